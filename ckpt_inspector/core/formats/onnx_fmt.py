@@ -1,0 +1,232 @@
+"""ONNX models: initializers (name, dtype, shape), opsets, graph inputs and outputs.
+
+The model is walked at the protobuf wire level on a memory map, so tensor
+bytes are never read or copied; each initializer keeps the offset of its data
+(inline ``raw_data`` or an external data file next to the model). ONNX holds
+no Python code, so the verdict is ``safe``; external data paths that leave
+the model's folder are refused.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+from collections import Counter
+from typing import Any
+
+from ckpt_inspector.core import dtypes
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.formats import _protobuf as pb
+from ckpt_inspector.core.tensors import FileRange, VarintData
+from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
+
+
+def sniff(head: bytes) -> bool:
+    """ModelProto starts with ir_version (field 1, varint) in every exporter we know."""
+    if len(head) < 2 or head[0] != 0x08:
+        return False
+    try:
+        version, pos = pb.read_varint(head, 1, len(head))
+    except CheckpointError:
+        return False
+    return 1 <= version <= 64 and pos < len(head) and head[pos] in (0x12, 0x1A, 0x22, 0x28,
+                                                                      0x32, 0x3A, 0x42, 0x72)
+
+
+def read(path: str) -> Checkpoint:
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError("empty file")
+    with open(path, "rb") as f:
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    root = Node("dict", None, "onnx.ModelProto")
+    ckpt = Checkpoint(path, "onnx", root, file_size=size)
+    meta: dict[str, Any] = {}
+    opsets: dict[str, int] = {}
+    props: dict[str, str] = {}
+    graph_span = None
+    for number, _wire, value in pb.fields(buf, 0, size):
+        if number == 1:
+            meta["ir_version"] = value
+        elif number == 2:
+            meta["producer"] = pb.text(buf, value)
+        elif number == 3:
+            meta["producer_version"] = pb.text(buf, value)
+        elif number == 4:
+            meta["domain"] = pb.text(buf, value)
+        elif number == 5:
+            meta["model_version"] = value
+        elif number == 6:
+            meta["doc_string"] = pb.text(buf, value)[:2000]
+        elif number == 7:
+            graph_span = value
+        elif number == 8:
+            domain, version = "", 0
+            for n2, _w2, v2 in pb.fields(buf, *value):
+                if n2 == 1:
+                    domain = pb.text(buf, v2)
+                elif n2 == 2:
+                    version = pb.signed64(v2)
+            opsets[domain or "ai.onnx"] = version
+        elif number == 14:
+            k, v = _string_pair(buf, value)
+            props[k] = v
+    if "ir_version" not in meta:
+        raise CheckpointError("not an ONNX model (no ir_version)")
+    if graph_span is None:
+        raise CheckpointError("ONNX model without a graph")
+    meta["opset_import"] = opsets
+    if props:
+        meta["metadata_props"] = props
+    _graph(buf, graph_span, path, root, meta)
+    ckpt.metadata.update(meta)
+    return ckpt
+
+
+def _string_pair(buf: Any, span: tuple[int, int]) -> tuple[str, str]:
+    key = value = ""
+    for n, _w, v in pb.fields(buf, *span):
+        if n == 1:
+            key = pb.text(buf, v)
+        elif n == 2:
+            value = pb.text(buf, v)
+    return key, value
+
+
+def _graph(buf: Any, span: tuple[int, int], path: str, root: Node, meta: dict[str, Any]) -> None:
+    ops: Counter[str] = Counter()
+    inputs, outputs = [], []
+    for number, _wire, value in pb.fields(buf, *span):
+        if number == 1:  # NodeProto
+            op, domain = "", ""
+            for n2, _w2, v2 in pb.fields(buf, *value):
+                if n2 == 4:
+                    op = pb.text(buf, v2)
+                elif n2 == 7:
+                    domain = pb.text(buf, v2)
+            ops[f"{domain}::{op}" if domain and domain != "ai.onnx" else op] += 1
+        elif number == 2:
+            meta["graph"] = pb.text(buf, value)
+        elif number == 5:  # initializer
+            name, info = _tensor(buf, value, path)
+            root.add(Node("tensor", name, "onnx.TensorProto", tensor=info))
+        elif number == 11:
+            inputs.append(_value_info(buf, value))
+        elif number == 12:
+            outputs.append(_value_info(buf, value))
+    initializer_names = {c.key for c in root.children}
+    meta["inputs"] = [i for i in inputs if i["name"] not in initializer_names]
+    meta["outputs"] = outputs
+    meta["nodes"] = sum(ops.values())
+    meta["operators"] = dict(ops.most_common())
+
+
+def _value_info(buf: Any, span: tuple[int, int]) -> dict[str, Any]:
+    info: dict[str, Any] = {"name": "", "dtype": None, "shape": None}
+    for n, _w, v in pb.fields(buf, *span):
+        if n == 1:
+            info["name"] = pb.text(buf, v)
+        elif n == 2:  # TypeProto
+            for n2, _w2, v2 in pb.fields(buf, *v):
+                if n2 != 1:  # only tensor types are described
+                    info["dtype"] = "non-tensor"
+                    continue
+                for n3, _w3, v3 in pb.fields(buf, *v2):
+                    if n3 == 1:
+                        info["dtype"] = dtypes.ONNX_NAMES.get(v3, f"onnx:{v3}")
+                    elif n3 == 2:
+                        dims: list[Any] = []
+                        for n4, _w4, v4 in pb.fields(buf, *v3):
+                            if n4 != 1:
+                                continue
+                            dim: Any = None
+                            for n5, _w5, v5 in pb.fields(buf, *v4):
+                                if n5 == 1:
+                                    dim = pb.signed64(v5)
+                                elif n5 == 2:
+                                    dim = pb.text(buf, v5)
+                            dims.append(dim)
+                        info["shape"] = dims
+    return info
+
+
+def _tensor(buf: Any, span: tuple[int, int], path: str) -> tuple[str, TensorInfo]:
+    name = ""
+    dims: list[int] = []
+    code = 0
+    raw = None
+    typed: dict[int, tuple[int, int]] = {}
+    external: dict[str, str] = {}
+    location = 0
+    for n, wire, v in pb.fields(buf, *span):
+        if n == 1:
+            if wire == pb.LEN:
+                dims.extend(pb.signed64(x) for x in pb.decode_packed_varints(bytes(buf[v[0]:v[1]])))
+            else:
+                dims.append(pb.signed64(v))
+        elif n == 2:
+            code = v
+        elif n == 8:
+            name = pb.text(buf, v)
+        elif n == 9:
+            raw = v
+        elif n in (4, 5, 7, 10, 11) and wire == pb.LEN:
+            typed[n] = v
+        elif n == 13:
+            k, val = _string_pair(buf, v)
+            external[k] = val
+        elif n == 14:
+            location = v
+    dtype = dtypes.ONNX_CODES.get(code)
+    info = TensorInfo(dtype or dtypes.ONNX_NAMES.get(code, f"onnx:{code}"), tuple(dims), None,
+                      device="cpu")
+    if dtype is None:
+        info.problem = f"ONNX data type {info.dtype} has no torch equivalent"
+        return name, info
+    if code in dtypes.ONNX_PACKED_4BIT:
+        info.problem = "packed 4-bit data: shown, not decoded"
+        return name, info
+    numel = math.prod(dims)
+    item = dtypes.itemsize(dtype) or 1
+    source: Any = None
+    if location == 1 or external:
+        source, problem = _external(path, external, numel * item)
+        info.problem = problem
+    elif raw is not None:
+        source = FileRange(path, raw[0], raw[1] - raw[0])
+    elif 4 in typed or 10 in typed:  # float_data / double_data: packed little-endian
+        s = typed.get(4) or typed[10]
+        source = FileRange(path, s[0], s[1] - s[0])
+        if dtype not in ("float32", "float64", "complex64", "complex128"):
+            info.problem = "unexpected float_data layout"
+    elif typed:
+        field_no, s = next(iter(typed.items()))
+        source = VarintData(path, s[0], s[1] - s[0], item,
+                            signed=field_no in (5, 7) and dtype.startswith("int"))
+    elif numel:
+        info.problem = "initializer has no data"
+    if source is not None and not isinstance(source, VarintData) and info.problem is None \
+            and source.nbytes != numel * item:
+        info.problem = f"data holds {source.nbytes:,} bytes, {numel * item:,} expected"
+    info.storage = StorageInfo(name, dtype, numel, "cpu", source, info.problem)
+    return name, info
+
+
+def _external(path: str, entry: dict[str, str], nbytes: int) -> tuple[Any, str | None]:
+    folder = os.path.dirname(os.path.abspath(path))
+    location = entry.get("location", "")
+    target = os.path.realpath(os.path.join(folder, location))
+    if not location or os.path.isabs(location) or os.path.commonpath(
+            [os.path.realpath(folder), target]) != os.path.realpath(folder):
+        return None, f"external data path {location!r} leaves the model's folder: refused"
+    if not os.path.isfile(target):
+        return None, f"external data file {location!r} not found"
+    try:
+        offset = int(entry.get("offset", 0))
+        length = int(entry["length"]) if "length" in entry else os.path.getsize(target) - offset
+    except ValueError:
+        return None, "malformed external data offset or length"
+    if offset < 0 or length < 0 or offset + length > os.path.getsize(target):
+        return None, f"external data lies outside {location!r}"
+    return FileRange(target, offset, length), None

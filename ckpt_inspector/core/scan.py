@@ -1,0 +1,175 @@
+"""The security verdict: ``safe``, ``needs-trust`` or ``dangerous``, with every finding.
+
+Allowlist first: a file is ``safe`` only when every global it would import is
+in torch's own ``weights_only`` allowlist and its streams are clean. Known
+dangerous modules and callables, imports whose names are computed at load
+time, and structural tricks (data after STOP, BUILD on an imported object,
+frames that lie, broken streams) make it ``dangerous``. Any other import is
+code the user would have to trust: ``needs-trust``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_GLOBALS
+from ckpt_inspector.core.pickle_vm import Call, GlobalRef, LazyBytes
+from ckpt_inspector.core.tree import Checkpoint
+
+SAFE, NEEDS_TRUST, DANGEROUS = "safe", "needs-trust", "dangerous"
+_RANK = {SAFE: 0, NEEDS_TRUST: 1, DANGEROUS: 2}
+
+# Modules whose every name can run commands, touch files or the network, or load code.
+DANGEROUS_MODULES = frozenset({
+    "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "sys", "socket", "shutil",
+    "runpy", "pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal",
+    "pip", "pdb", "bdb", "pty", "ctypes", "asyncio", "webbrowser", "importlib", "code",
+    "codeop", "commands", "multiprocessing", "signal", "tempfile", "glob", "io", "_io",
+    "requests", "urllib", "urllib2", "httplib", "http", "ftplib", "telnetlib", "smtplib",
+    "poplib", "imaplib", "nntplib", "xmlrpc", "socketserver", "ssl", "sqlite3", "platform",
+    "threading", "_thread", "concurrent", "zipimport", "pkgutil", "site", "timeit", "trace",
+    "profile", "cProfile", "pydoc", "venv", "ensurepip", "distutils", "setuptools",
+    "aiohttp", "httpx", "paramiko", "sysconfig",
+})
+DANGEROUS_NAMES = frozenset({
+    "builtins.eval", "builtins.exec", "builtins.compile", "builtins.open", "builtins.getattr",
+    "builtins.setattr", "builtins.delattr", "builtins.__import__", "builtins.breakpoint",
+    "builtins.input", "builtins.globals", "builtins.locals", "builtins.vars",
+    "builtins.execfile", "builtins.file", "builtins.apply", "builtins.reload",
+    "builtins.exit", "builtins.quit", "builtins.help", "builtins.memoryview", "builtins.type",
+    "functools.partial", "functools.reduce", "functools.partialmethod",
+    "operator.attrgetter", "operator.methodcaller", "operator.itemgetter",
+    "operator.getitem", "operator.setitem",
+    "types.FunctionType", "types.CodeType", "types.LambdaType", "types.MethodType",
+    "types.ModuleType",
+    "torch.load", "torch.serialization.load", "torch.serialization._load",
+    "torch.serialization._legacy_load", "torch.jit.load", "torch.jit._serialization.load",
+    "torch._C.import_ir_module", "torch._C._load_for_lite_interpreter", "torch.hub.load",
+    "torch.hub.load_state_dict_from_url", "torch.hub.download_url_to_file",
+    "torch.package.PackageImporter", "torch._dynamo.eval_frame", "torch.fx.graph_module",
+    "numpy.load", "numpy.lib.npyio.load", "numpy.testing._private.utils.runstring",
+    "codecs.open",
+})
+
+
+@dataclass
+class Finding:
+    severity: str  # dangerous | needs-trust | info
+    code: str
+    message: str
+    member: str | None = None
+    offset: int | None = None
+    name: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class ScanReport:
+    verdict: str
+    findings: list[Finding] = field(default_factory=list)
+    globals: list[str] = field(default_factory=list)
+
+
+def classify(module: str, name: str) -> str:
+    """``safe``, ``needs-trust`` or ``dangerous`` for an import of ``module.name``."""
+    full_name = f"{module}.{name}"
+    if full_name in WEIGHTS_ONLY_GLOBALS:
+        return SAFE
+    if full_name in DANGEROUS_NAMES:
+        return DANGEROUS
+    if module.split(".")[0] in DANGEROUS_MODULES or module in DANGEROUS_MODULES:
+        return DANGEROUS
+    # a dotted name walks attributes from the module: torch.serialization + "os.system"
+    attrs = name.split(".")
+    if len(attrs) > 1:
+        if any(a in DANGEROUS_MODULES for a in attrs[:-1]):
+            return DANGEROUS
+        for i in range(1, len(attrs)):
+            if f"{module}.{'.'.join(attrs[:i])}" in DANGEROUS_MODULES:
+                return DANGEROUS
+        if any(f"builtins.{a}" in DANGEROUS_NAMES for a in attrs):
+            return DANGEROUS
+    return NEEDS_TRUST
+
+
+def short_repr(value: Any, limit: int = 120, depth: int = 0) -> str:
+    """A bounded, non-recursive-in-size description of an inert value."""
+    if depth > 3:
+        return "…"
+    if isinstance(value, str):
+        text = repr(value if len(value) <= limit else value[:limit] + "…")
+    elif isinstance(value, (bytes, bytearray)):
+        text = repr(bytes(value[:limit]))
+    elif isinstance(value, LazyBytes):
+        text = repr(value)
+    elif isinstance(value, (int, float, bool, complex)) or value is None:
+        text = repr(value)
+    elif isinstance(value, GlobalRef):
+        text = value.full_name
+    elif isinstance(value, Call):
+        args = ", ".join(short_repr(a, limit // 2, depth + 1) for a in value.args[:4])
+        text = f"{value.func_name or '<computed>'}({args})"
+    elif isinstance(value, (tuple, list)):
+        inner = ", ".join(short_repr(v, limit // 2, depth + 1) for v in value[:6])
+        text = f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{short_repr(k, 30, depth + 1)}: {short_repr(v, 40, depth + 1)}"
+                               for k, v in list(value.items())[:4]) + "}"
+    else:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def scan(ckpt: Checkpoint, error: str | None = None) -> ScanReport:
+    """Judge a checkpoint from what its reader recorded (never from its data)."""
+    findings: list[Finding] = []
+    for record in ckpt.pickles:
+        member = record.member or None
+        calls_by_func: dict[int, list[Call]] = {}
+        for c in record.result.calls:
+            calls_by_func.setdefault(id(c.func), []).append(c)
+        seen: set[str] = set()
+        for g in record.result.globals:
+            if not g.literal:
+                continue  # reported with the anomaly below
+            name = g.full_name
+            level = classify(g.module, g.name)
+            if level == SAFE or name in seen:
+                continue
+            seen.add(name)
+            renamed = f" (written as {g.original[0]}.{g.original[1]})" if g.original else ""
+            if level == DANGEROUS:
+                uses = calls_by_func.get(id(g), [])
+                if uses:
+                    what = f"calls {name} with {short_repr(uses[0].args)}"
+                else:
+                    what = f"imports {name}"
+                findings.append(Finding(DANGEROUS, "dangerous-import",
+                                        f"{what}{renamed}: this can run commands or load code",
+                                        member, g.offset, name))
+            else:
+                findings.append(Finding(NEEDS_TRUST, "import",
+                                        f"imports {name}{renamed}, which is not in torch's "
+                                        "weights-only allowlist: loading runs that code",
+                                        member, g.offset, name))
+        for a in record.result.anomalies:
+            findings.append(Finding(DANGEROUS, a.code, a.message, member, a.offset))
+        if record.trailing > 0:
+            findings.append(Finding(DANGEROUS, "trailing-data",
+                                    f"{record.trailing:,} bytes follow the end of the pickle",
+                                    member, record.result.end))
+        if record.error:
+            findings.append(Finding(DANGEROUS, "malformed", record.error, member))
+    if ckpt.runs_code:
+        findings.append(Finding(NEEDS_TRUST, "code", ckpt.runs_code))
+    findings.extend(ckpt.findings)
+    if error and not any(f.code == "malformed" for f in findings):
+        findings.append(Finding(DANGEROUS, "malformed", error))
+    verdict = SAFE
+    for f in findings:
+        if _RANK.get(f.severity, 0) > _RANK[verdict]:
+            verdict = f.severity
+    return ScanReport(verdict, findings, ckpt.global_names())

@@ -1,0 +1,181 @@
+"""Totals and plain-data descriptions of a checkpoint, shared by the CLI's JSON and the GUI."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from typing import Any
+
+from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo, key_of
+
+MAX_VALUES = 1000
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def human_count(n: int) -> str:
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def jsonable(value: Any, limit: int = 100) -> Any:
+    """A JSON-safe version of a leaf value (NaN and complex become strings)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value[:limit]]
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    return str(value)
+
+
+def format_value(node: Node, limit: int = 100) -> str:
+    """A leaf's value as people read it: ``7``, ``'adam'``, ``(0.9, 0.999)``, ``None``."""
+    if node.kind == "none":
+        return "None"
+    if node.kind == "str":
+        text = repr(node.value)
+    elif node.kind in ("list", "tuple", "set") and node.value is not None:
+        parts = []
+        size = 0
+        for v in node.value:
+            item = repr(v)
+            size += len(item) + 2
+            if size > limit:
+                parts.append(f"… {len(node.value):,} items")
+                break
+            parts.append(item)
+        inner = ", ".join(parts)
+        if node.kind == "tuple":
+            text = f"({inner}{',' if len(node.value) == 1 else ''})"
+        elif node.kind == "set":
+            text = "{" + inner + "}"
+        else:
+            text = f"[{inner}]"
+        return text
+    elif node.kind == "bytes":
+        text = f"<{node.note}>"
+    else:
+        text = str(node.value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def storage_identity(t: TensorInfo) -> Any:
+    st = t.storage
+    if st is None or st.source is None:
+        return None
+    return id(st.source)
+
+
+def shared_storage(ckpt: Checkpoint) -> dict[int, list[str]]:
+    """Tensor keys by storage, for storages used by more than one tensor."""
+    users: dict[Any, list[str]] = defaultdict(list)
+    for path, node in ckpt.tensors():
+        ident = storage_identity(node.tensor)
+        if ident is not None:
+            users[ident].append(key_of(path))
+    return {k: v for k, v in users.items() if len(v) > 1}
+
+
+def tensor_record(path: list[Any], node: Node, shared: dict[int, list[str]]) -> dict[str, Any]:
+    t = node.tensor
+    assert t is not None
+    key = key_of(path)
+    rec: dict[str, Any] = {
+        "key": key,
+        "path": [jsonable(k) for k in path],
+        "dtype": t.dtype,
+        "shape": list(t.shape),
+        "numel": t.numel,
+        "nbytes": t.nbytes,
+        "device": t.device,
+        "stride": list(t.stride) if t.stride is not None else None,
+        "storage_offset": t.storage_offset,
+        "requires_grad": t.requires_grad,
+        "role": node.role,
+        "in_state_dict": node.in_state_dict(),
+    }
+    if t.storage is not None:
+        rec["storage"] = {"key": t.storage.key, "dtype": t.storage.dtype,
+                          "nbytes": t.storage.nbytes, "location": t.storage.location}
+    others = shared.get(storage_identity(t)) if storage_identity(t) is not None else None
+    if others:
+        rec["shares_storage_with"] = [k for k in others if k != key][:20]
+    if t.layout != "strided":
+        rec["layout"] = t.layout
+    if t.quantization:
+        rec["quantization"] = {k: jsonable(v) for k, v in t.quantization.items()}
+    if t.subclass:
+        rec["subclass"] = t.subclass
+    if t.problem:
+        rec["problem"] = t.problem
+    return rec
+
+
+def value_records(ckpt: Checkpoint, limit: int = MAX_VALUES) -> list[dict[str, Any]]:
+    """Non-tensor leaves (epoch, loss, hyper-parameters, ...) with their paths."""
+    out = []
+    for node in ckpt.root.walk():
+        if node.kind in ("scalar", "str", "none", "value", "bytes") or (
+                node.kind in ("list", "tuple", "set") and node.value is not None):
+            if node.parent is None:
+                continue
+            path = node.path()
+            out.append({"key": key_of(path), "path": [jsonable(k) for k in path],
+                        "type": node.type_name, "value": jsonable(node.value)})
+            if len(out) >= limit:
+                break
+    return out
+
+
+def totals(ckpt: Checkpoint) -> dict[str, Any]:
+    by_dtype: dict[str, dict[str, int]] = {}
+    devices: Counter[str] = Counter()
+    count = numel = nbytes = 0
+    storages: dict[Any, int] = {}
+    damaged = 0
+    for _path, node in ckpt.tensors():
+        t = node.tensor
+        count += 1
+        numel += t.numel
+        nbytes += t.nbytes
+        d = by_dtype.setdefault(t.dtype, {"tensors": 0, "numel": 0, "nbytes": 0})
+        d["tensors"] += 1
+        d["numel"] += t.numel
+        d["nbytes"] += t.nbytes
+        devices[t.device] += 1
+        ident = storage_identity(t)
+        if ident is not None:
+            storages[ident] = t.storage.source.nbytes
+        if t.problem:
+            damaged += 1
+    return {
+        "tensors": count,
+        "numel": numel,
+        "nbytes": nbytes,
+        "storage_nbytes": sum(storages.values()),
+        "by_dtype": dict(sorted(by_dtype.items(), key=lambda kv: -kv[1]["nbytes"])),
+        "devices": dict(devices),
+        "damaged_tensors": damaged,
+    }
+
+
+def subtree_totals(node: Node) -> tuple[int, int, int]:
+    """(tensors, elements, bytes) below a node."""
+    count = numel = nbytes = 0
+    for n in node.walk():
+        if n.kind == "tensor" and n.tensor is not None:
+            count += 1
+            numel += n.tensor.numel
+            nbytes += n.tensor.nbytes
+    return count, numel, nbytes

@@ -1,0 +1,235 @@
+"""Lazy access to tensor data.
+
+Readers attach a :class:`DataSource` to each storage; nothing is read until a
+caller asks. :func:`storage_buffer` gives the storage's bytes as a zero-copy
+``memoryview`` of a memory-mapped file where the bytes lie uncompressed in the
+file (torch zip archives, legacy files, safetensors, ONNX raw data).
+:func:`to_numpy` and :func:`to_torch` build views of one tensor on top of it;
+only :func:`to_torch` imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import struct
+import warnings
+import zipfile
+from typing import TYPE_CHECKING, Any
+
+from ckpt_inspector.core import dtypes
+from ckpt_inspector.core.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ckpt_inspector.core.tree import TensorInfo
+
+
+class DataSource:
+    """The bytes of one storage. Subclasses say where they are."""
+
+    nbytes: int = 0
+    byteorder: str = "little"
+
+    def buffer(self) -> memoryview:
+        """The bytes, zero-copy where the format allows."""
+        raise NotImplementedError
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        end = self.nbytes if length is None else min(self.nbytes, offset + length)
+        return bytes(self.buffer()[offset:end])
+
+
+_MMAPS: dict[tuple[str, int, float], mmap.mmap] = {}
+
+
+def _mapped(path: str) -> mmap.mmap:
+    """One read-only map per file version, shared by all its storages."""
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime)
+    mm = _MMAPS.get(key)
+    if mm is None:
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        _MMAPS[key] = mm
+    return mm
+
+
+class FileRange(DataSource):
+    """``length`` bytes at ``offset`` of a file on disk, memory-mapped on use."""
+
+    def __init__(self, path: str, offset: int, length: int, byteorder: str = "little"):
+        self.path = path
+        self.offset = offset
+        self.nbytes = length
+        self.byteorder = byteorder
+
+    def buffer(self) -> memoryview:
+        if self.nbytes == 0:
+            return memoryview(b"")
+        mm = _mapped(self.path)
+        if self.offset + self.nbytes > len(mm):
+            raise CheckpointError(f"{self.path}: storage data runs past the end of the file")
+        return memoryview(mm)[self.offset:self.offset + self.nbytes]
+
+    def __repr__(self) -> str:
+        return f"FileRange({self.path!r}, {self.offset}, {self.nbytes})"
+
+
+class BytesRange(DataSource):
+    """A range of an in-memory buffer (a checkpoint nested inside another)."""
+
+    def __init__(self, data: bytes | Any, offset: int, length: int, byteorder: str = "little"):
+        self.data = data
+        self.offset = offset
+        self.nbytes = length
+        self.byteorder = byteorder
+
+    def buffer(self) -> memoryview:
+        return memoryview(self.data)[self.offset:self.offset + self.nbytes]
+
+
+class ZipEntryData(DataSource):
+    """A zip member. Stored (uncompressed) members, which torch writes, are
+    memory-mapped in place; the local header is read on first use, so listing
+    an archive touches none of its records."""
+
+    def __init__(self, container: str | bytes, info: zipfile.ZipInfo, byteorder: str = "little"):
+        self.container = container  # a path, or the bytes of a nested archive
+        self.info = info
+        self.nbytes = info.file_size
+        self.byteorder = byteorder
+
+    def buffer(self) -> memoryview:
+        info = self.info
+        raw = _mapped(self.container) if isinstance(self.container, str) else self.container
+        if info.compress_type == zipfile.ZIP_STORED:
+            h = info.header_offset
+            if raw[h:h + 4] != b"PK\x03\x04":
+                raise CheckpointError(f"zip record {info.filename} has a damaged local header")
+            name_len, extra_len = struct.unpack_from("<HH", raw, h + 26)
+            start = h + 30 + name_len + extra_len
+            if start + info.file_size > len(raw):
+                raise CheckpointError(f"zip record {info.filename} runs past the end of the file")
+            return memoryview(raw)[start:start + info.file_size]
+        src = self.container if isinstance(self.container, str) else io.BytesIO(self.container)
+        with zipfile.ZipFile(src) as zf:
+            return memoryview(zf.read(info.filename))
+
+
+class VarintData(DataSource):
+    """ONNX ``int32_data``/``int64_data``/``uint64_data``: varints re-encoded on demand."""
+
+    def __init__(self, path: str, offset: int, length: int, itemsize: int, signed: bool):
+        self.path = path
+        self.offset = offset
+        self.length = length
+        self.itemsize = itemsize
+        self.signed = signed
+        self.nbytes = 0  # known once decoded
+
+    def buffer(self) -> memoryview:
+        from ckpt_inspector.core.formats._protobuf import decode_packed_varints
+
+        raw = bytes(_mapped(self.path)[self.offset:self.offset + self.length])
+        values = decode_packed_varints(raw)
+        bits = self.itemsize * 8
+        out = bytearray()
+        for v in values:
+            if self.signed and v >= 1 << 63:
+                v -= 1 << 64
+            out += (v & ((1 << bits) - 1)).to_bytes(self.itemsize, "little")
+        self.nbytes = len(out)
+        return memoryview(bytes(out))
+
+
+def extent(shape: tuple[int, ...], stride: tuple[int, ...] | None, offset: int) -> int:
+    """Number of storage elements a view needs: ``offset + max index + 1`` (0 if empty)."""
+    if any(s == 0 for s in shape):
+        return 0
+    if stride is None:
+        n = 1
+        for s in shape:
+            n *= s
+        return offset + n
+    return offset + sum((size - 1) * st for size, st in zip(shape, stride)) + 1
+
+
+def storage_buffer(info: TensorInfo) -> memoryview:
+    storage = info.storage
+    if storage is None or storage.source is None:
+        raise CheckpointError(info.problem or "this tensor has no data in the file")
+    if info.problem:
+        raise CheckpointError(info.problem)
+    return storage.source.buffer()
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides = []
+    acc = 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
+
+
+def to_numpy(info: TensorInfo) -> np.ndarray:
+    """A read-only numpy view of the tensor's data, zero-copy from the file.
+
+    dtypes numpy lacks (bfloat16, float8, complex32, ...) come back as their
+    raw bits (``uint8``/``uint16``/``uint32``); :func:`to_torch` converts them.
+    Quantized tensors come back as their integer representation.
+    """
+    import numpy as np
+
+    d = dtypes.DTYPES.get(info.dtype)
+    if d is None:
+        raise CheckpointError(f"dtype {info.dtype} is not supported")
+    np_code = d.numpy or {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}[d.itemsize]
+    np_dtype = np.dtype(np_code)
+    if info.storage and info.storage.source and info.storage.source.byteorder == "big":
+        np_dtype = np_dtype.newbyteorder(">")
+    buf = storage_buffer(info)
+    flat = np.frombuffer(buf, dtype=np_dtype)
+    stride = info.stride if info.stride is not None else _contiguous_strides(info.shape)
+    if extent(info.shape, stride, info.storage_offset) > flat.size:
+        raise CheckpointError("tensor extends past the end of its storage")
+    if info.numel == 0:
+        return np.zeros(info.shape, dtype=np_dtype)
+    return np.lib.stride_tricks.as_strided(
+        flat[info.storage_offset:],
+        shape=info.shape,
+        strides=tuple(s * np_dtype.itemsize for s in stride),
+        writeable=False,
+    )
+
+
+def to_torch(info: TensorInfo, device: str = "cpu") -> Any:
+    """The tensor as a ``torch.Tensor`` on ``device`` (a copy; never the file's pickle)."""
+    import numpy as np
+    import torch
+
+    dtype = getattr(torch, info.dtype)
+    q = info.quantization
+    base_dtype = getattr(torch, dtypes.QUANT_STORAGE[info.dtype]) if q else dtype
+    arr = to_numpy(info)
+    if arr.dtype.byteorder == ">":
+        arr = arr.byteswap().view(arr.dtype.newbyteorder("<"))
+    host = torch.from_numpy(np.array(arr, copy=True, order="C"))
+    if host.dtype != base_dtype:
+        host = host.view(base_dtype)
+    if q:
+        with warnings.catch_warnings():  # quantized dtypes are deprecated; files still hold them
+            warnings.simplefilter("ignore")
+            if q["scheme"] in ("per_tensor_affine", "per_tensor_symmetric"):
+                host = torch._make_per_tensor_quantized_tensor(host, q["scale"], q["zero_point"])
+            else:
+                scales = to_torch(info.components["scales"])
+                zero_points = to_torch(info.components["zero_points"])
+                host = torch._make_per_channel_quantized_tensor(host, scales, zero_points,
+                                                                q["axis"])
+    if info.is_parameter:
+        host = torch.nn.Parameter(host, requires_grad=info.requires_grad and host.is_floating_point())
+    return host.to(device)

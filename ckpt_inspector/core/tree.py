@@ -1,0 +1,184 @@
+"""The one model every format produces: a tree of :class:`Node` in a :class:`Checkpoint`.
+
+A node is a container (``dict``, ``list``, ``tuple``, ``set``, ``object``,
+``module``), a leaf value (``scalar``, ``str``, ``bytes``, ``none``, ``ref``)
+or a ``tensor`` described by a :class:`TensorInfo`. A tensor's data is never
+read to build the tree: :class:`StorageInfo` holds a lazy
+:class:`~ckpt_inspector.core.tensors.DataSource` that later operations use.
+
+Nodes know their parent and their row, so a Qt model can map an index to a
+node and back in O(1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ckpt_inspector.core import dtypes
+
+if TYPE_CHECKING:
+    from ckpt_inspector.core.pickle_vm import GlobalRef, PickleResult
+    from ckpt_inspector.core.scan import Finding
+    from ckpt_inspector.core.tensors import DataSource
+
+CONTAINER_KINDS = frozenset({"dict", "list", "tuple", "set", "object", "module"})
+
+
+@dataclass(eq=False)
+class StorageInfo:
+    """One storage record: a run of ``numel`` elements of ``dtype`` saved at ``location``."""
+
+    key: str
+    dtype: str
+    numel: int
+    location: str
+    source: DataSource | None = None
+    problem: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * (dtypes.itemsize(self.dtype) or 1)
+
+
+@dataclass(eq=False)
+class TensorInfo:
+    """What a tensor is, without its data."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...] | None = None
+    storage_offset: int = 0
+    storage: StorageInfo | None = None
+    device: str = "cpu"
+    requires_grad: bool = False
+    is_parameter: bool = False
+    layout: str = "strided"
+    quantization: dict[str, Any] | None = None
+    subclass: str | None = None
+    # component tensors of sparse/nested/quantized-per-channel tensors
+    components: dict[str, TensorInfo] | None = None
+    problem: str | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return dtypes.itemsize(self.dtype) or 0
+
+    @property
+    def nbytes(self) -> int:
+        if self.layout != "strided" and self.components:
+            return sum(c.nbytes for c in self.components.values())
+        return self.numel * self.itemsize
+
+    def is_contiguous(self) -> bool:
+        if self.stride is None:
+            return True
+        expected = 1
+        for size, stride in zip(reversed(self.shape), reversed(self.stride)):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
+
+@dataclass(eq=False)
+class Node:
+    """One entry of the tree.
+
+    ``key`` is the key in the parent (a ``str`` for dicts and attributes, an
+    ``int`` for sequences, anything hashable for exotic dict keys, ``None``
+    for the root). ``type_name`` is the Python type as the file names it
+    (``collections.OrderedDict``, ``torchvision.models.resnet.ResNet``,
+    ``int``). ``value`` holds a leaf's value; for a long sequence of scalars
+    it holds the whole sequence and ``children`` stays empty.
+    """
+
+    kind: str
+    key: Any = None
+    type_name: str = ""
+    value: Any = None
+    tensor: TensorInfo | None = None
+    role: str | None = None  # parameter | buffer | attribute | non-persistent buffer
+    note: str | None = None
+    children: list[Node] = field(default_factory=list)
+    parent: Node | None = field(default=None, repr=False)
+    row: int = 0
+
+    def add(self, child: Node) -> Node:
+        child.parent = self
+        child.row = len(self.children)
+        self.children.append(child)
+        return child
+
+    @property
+    def is_container(self) -> bool:
+        return self.kind in CONTAINER_KINDS
+
+    def path(self) -> list[Any]:
+        keys: list[Any] = []
+        node: Node | None = self
+        while node is not None and node.parent is not None:
+            keys.append(node.key)
+            node = node.parent
+        keys.reverse()
+        return keys
+
+    def walk(self) -> Iterator[Node]:
+        """This node and all below it, depth first, without recursion."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(node.children))
+
+    def in_state_dict(self) -> bool:
+        """False for tensors that ``state_dict()`` would leave out."""
+        return self.role not in ("non-persistent buffer", "attribute")
+
+
+def key_of(path: list[Any]) -> str:
+    return ".".join(str(k) for k in path)
+
+
+@dataclass(eq=False)
+class PickleRecord:
+    """One pickle stream the reader interpreted, and what it would have done."""
+
+    member: str  # archive member name, or "" for the file itself
+    result: PickleResult  # globals, calls and anomalies (partial when ``error`` is set)
+    trailing: int = 0  # bytes after STOP that no format explains
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Checkpoint:
+    """Everything a reader learned about one file."""
+
+    path: str
+    format: str  # torch-zip | torch-legacy | torchscript | pickle | safetensors | onnx
+    root: Node
+    file_size: int = 0
+    pickles: list[PickleRecord] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)  # structural findings of the reader
+    warnings: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    runs_code: str | None = None  # why loading this file runs code besides imports (TorchScript)
+
+    def tensors(self) -> Iterator[tuple[list[Any], Node]]:
+        """``(path, node)`` for every tensor node, in tree order."""
+        for node in self.root.walk():
+            if node.kind == "tensor":
+                yield node.path(), node
+
+    def globals(self) -> Iterator[GlobalRef]:
+        for record in self.pickles:
+            yield from record.result.globals
+
+    def global_names(self) -> list[str]:
+        return sorted({g.full_name for g in self.globals()})

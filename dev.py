@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Set up a local virtual environment and run the app or the test suite.
+
+    python3 dev.py app [FILES...]   set up .venv (first run: a few minutes), then launch ckpt-inspector
+    python3 dev.py test [ARGS...]   set up .venv, then run the whole test suite (pytest ARGS)
+
+Only the Python standard library is used here, so this works on a fresh machine
+with nothing but Python 3.10+. Dependencies are reinstalled only when
+pyproject.toml changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+STAMP = VENV / ".ckpt-inspector-installed"
+
+
+def _venv_python() -> Path:
+    if os.name == "nt":
+        return VENV / "Scripts" / "python.exe"
+    return VENV / "bin" / "python"
+
+
+def _wanted_stamp() -> str:
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    return f"{digest} {sys.version_info[:2]}"
+
+
+def setup() -> Path:
+    if sys.version_info < (3, 10):
+        sys.exit("ckpt-inspector needs Python 3.10 or newer")
+    py = _venv_python()
+    if not py.exists():
+        print(f"creating virtual environment in {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    if not STAMP.exists() or STAMP.read_text() != _wanted_stamp():
+        print("installing ckpt-inspector and its dependencies (first time: a few minutes)", flush=True)
+        pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "--upgrade", "pip"], check=True)
+        subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+        STAMP.write_text(_wanted_stamp())
+    return py
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("app", "test"):
+        print(__doc__.strip())
+        return 2
+    command, rest = argv[0], argv[1:]
+    py = setup()
+    if command == "app":
+        return subprocess.call([str(py), "-m", "ckpt_inspector", *rest])
+    return subprocess.call([str(py), "-m", "pytest", *rest], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
