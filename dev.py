@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up a local virtual environment and run the app or the test suite.
 
-    python3 dev.py app [FILES...]   set up .venv (first run: a few minutes), then launch ckpt-inspector
+    python3 dev.py app [FILES...]   set up .venv (first run: a few minutes), then start the app
     python3 dev.py test [ARGS...]   set up .venv, then run the whole test suite (pytest ARGS)
 
 Only the Python standard library is used here, so this works on a fresh machine
@@ -35,14 +35,15 @@ def _wanted_stamp() -> str:
 
 
 def setup() -> Path:
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - this script may run on any Python 3
         sys.exit("ckpt-inspector needs Python 3.10 or newer")
     py = _venv_python()
     if not py.exists():
         print(f"creating virtual environment in {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     if not STAMP.exists() or STAMP.read_text() != _wanted_stamp():
-        print("installing ckpt-inspector and its dependencies (first time: a few minutes)", flush=True)
+        print("installing ckpt-inspector and its dependencies (first time: a few minutes)",
+              flush=True)
         pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
         subprocess.run([*pip, "--upgrade", "pip"], check=True)
         subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)

@@ -102,7 +102,7 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 def _leaf_text(node: Node) -> str:
-    if node.kind == "tensor" or node.kind == "ndarray" and node.tensor is not None:
+    if node.kind == "tensor" or (node.kind == "ndarray" and node.tensor is not None):
         t = node.tensor
         parts = [t.dtype, _shape(t.shape), human_bytes(t.nbytes), t.device]
         if node.role and node.role != "parameter":
@@ -151,9 +151,9 @@ def print_info(ckpt: Checkpoint) -> None:
     print(ckpt.path)
     print(f"  format   {ckpt.format} ({human_bytes(ckpt.file_size)})")
     flagged = sorted({f.name for f in report.findings if f.name})
-    print(f"  verdict  {report.verdict}" + (f" — imports {', '.join(flagged[:5])}"
-                                          f"{f' and {len(flagged) - 5} more' if len(flagged) > 5 else ''}"
-                                          if flagged else ""))
+    more = f" and {len(flagged) - 5} more" if len(flagged) > 5 else ""
+    print(f"  verdict  {report.verdict}"
+          + (f" — imports {', '.join(flagged[:5])}{more}" if flagged else ""))
     dtypes_text = ", ".join(f"{d} {v['tensors']}" for d, v in tot["by_dtype"].items())
     print(f"  tensors  {tot['tensors']:,} · {tot['numel']:,} elements · "
           f"{human_bytes(tot['nbytes'])}" + (f" ({dtypes_text})" if dtypes_text else ""))

@@ -320,13 +320,13 @@ def bare_pickle(torch, files):
 
 # -- hostile files ---------------------------------------------------------------------------
 class _Payload:
-    """Unpickling this runs a shell command that creates the marker file."""
+    """Unpickling this runs a shell command (one that creates the marker file)."""
 
-    def __init__(self, marker: Path):
-        self.marker = marker
+    def __init__(self, command: str):
+        self.command = command
 
     def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+        return (os.system, (self.command,))
 
 
 @pytest.fixture()
@@ -340,25 +340,36 @@ def marker(tmp_path: Path) -> Path:
 def payload_files(torch, tmp_path: Path, marker: Path) -> dict[str, Path]:
     """The same os.system payload in each container a user might be sent."""
     out = {}
-    obj = {"weights": torch.ones(2), "evil": _Payload(marker)}
+    touch = f"touch {marker}"
+    obj = {"weights": torch.ones(2), "evil": _Payload(touch)}
     out["torch-zip"] = tmp_path / "evil_zip.pt"
     torch.save(obj, out["torch-zip"])
     out["torch-legacy"] = tmp_path / "evil_legacy.pt"
     torch.save(obj, out["torch-legacy"], _use_new_zipfile_serialization=False)
     out["pickle"] = tmp_path / "evil.pkl"
-    out["pickle"].write_bytes(pickle.dumps(_Payload(marker), protocol=2))
-    out["pickle-p0"] = tmp_path / "evil_p0.pkl"
-    out["pickle-p0"].write_bytes(pickle.dumps(_Payload(marker), protocol=0))
-    out["pickle-p5"] = tmp_path / "evil_p5.pkl"
-    out["pickle-p5"].write_bytes(pickle.dumps({"a": [_Payload(marker)]}, protocol=5))
-    # names computed at load time: _codecs.encode feeds STACK_GLOBAL
-    out["computed-import"] = tmp_path / "computed.pkl"
-    out["computed-import"].write_bytes(computed_import_pickle(f"touch {marker}"))
-    # a clean pickle followed by a second one that runs the payload
-    out["trailing"] = tmp_path / "trailing.pkl"
-    out["trailing"].write_bytes(pickle.dumps({"ok": 1}) + pickle.dumps(_Payload(marker)))
+    for name, build in PAYLOAD_BUILDERS.items():
+        out[name] = tmp_path / f"{name}.pkl"
+        out[name].write_bytes(build(touch))
     assert not marker.exists()
     return out
+
+
+PAYLOAD_BUILDERS = {
+    "pickle": lambda cmd: pickle.dumps(_Payload(cmd), protocol=2),
+    "pickle-p0": lambda cmd: pickle.dumps(_Payload(cmd), protocol=0),
+    "pickle-p5": lambda cmd: pickle.dumps({"a": [_Payload(cmd)]}, protocol=5),
+    # names computed at load time: _codecs.decode feeds STACK_GLOBAL
+    "computed-import": lambda cmd: computed_import_pickle(cmd),
+    # a clean pickle, then a second one that runs the payload (pickle.load twice)
+    "trailing": lambda cmd: pickle.dumps({"ok": 1}) + pickle.dumps(_Payload(cmd)),
+}
+
+
+@pytest.fixture()
+def payload_builders():
+    """Builders of the bare-pickle payloads, for the test that proves they are live.
+    ("trailing" runs its payload only on a second load, so it is left out.)"""
+    return {k: v for k, v in PAYLOAD_BUILDERS.items() if k != "trailing"}
 
 
 def computed_import_pickle(command: str) -> bytes:

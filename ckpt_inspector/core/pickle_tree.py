@@ -22,7 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ckpt_inspector.core import dtypes
-from ckpt_inspector.core.pickle_vm import Call, ExtensionRef, GlobalRef, LazyBytes, PersistentRef
+from ckpt_inspector.core.pickle_vm import (
+    Builds,
+    Call,
+    ExtensionRef,
+    GlobalRef,
+    LazyBytes,
+    PersistentRef,
+)
 from ckpt_inspector.core.tensors import BytesRange, extent
 from ckpt_inspector.core.tree import Node, StorageInfo, TensorInfo
 
@@ -72,7 +79,7 @@ def literal_bytes(value: Any) -> bytes | LazyBytes | None:
 def _state_dict_of(call: Call) -> dict[Any, Any] | None:
     """The ``__dict__`` part of an object's BUILD state, if it has one."""
     state = call.state
-    if isinstance(state, list) and state and all(isinstance(s, (dict, tuple)) for s in state):
+    if isinstance(state, Builds):
         merged: dict[Any, Any] = {}
         for s in state:
             part = _state_dict_of_value(s)
@@ -164,7 +171,8 @@ class TreeBuilder:
         self.count += 1
         if depth > self.max_depth or self.count > self.max_nodes:
             self._truncated = True
-            return Node("truncated", key, type_name_of(value), note="not shown: too deep or too large")
+            return Node("truncated", key, type_name_of(value),
+                        note="not shown: too deep or too large")
         if value is None:
             return Node("none", key, "None")
         if isinstance(value, SCALAR_TYPES):
@@ -237,9 +245,8 @@ class TreeBuilder:
                     "collections.Counter"):
             node = Node("dict", key, name)
             items: list[tuple[Any, Any]] = []
-            if name == "collections.Counter" and args and isinstance(args[0], dict):
-                items.extend(args[0].items())
-            elif name == "builtins.dict" and args and isinstance(args[0], dict):
+            if name in ("collections.Counter", "builtins.dict") and args and isinstance(
+                    args[0], dict):
                 items.extend(args[0].items())
             items.extend(call.dict_items or [])
             if name == "collections.defaultdict" and args:
@@ -298,10 +305,7 @@ class TreeBuilder:
                 isinstance(state.get("_parameters"), (dict, Call)):
             return self._module(type_name, state, key, depth, ancestors)
         node = Node("object", key, type_name)
-        if call.kind == "reduce" and args and not state:
-            for i, a in enumerate(args):
-                node.add(self._convert(a, f"arg{i}", depth + 1, ancestors))
-        elif args and call.kind in ("newobj", "newobj_ex", "obj", "inst"):
+        if args and (call.kind != "reduce" or not state):
             for i, a in enumerate(args):
                 node.add(self._convert(a, f"arg{i}", depth + 1, ancestors))
         if call.kwargs:
@@ -370,7 +374,7 @@ class TreeBuilder:
             return self._tensors[key]
         name = call.func_name or ""
         info = None
-        if depth < 8 and (name.startswith(_TORCH_UTILS) or name.startswith("torch._tensor.")):
+        if depth < 8 and (name.startswith((_TORCH_UTILS, "torch._tensor."))):
             try:
                 info = self._tensor_from(name[name.rfind(".") + 1:], call, depth)
             except (TypeError, ValueError, IndexError, KeyError, AttributeError):

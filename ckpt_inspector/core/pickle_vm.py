@@ -20,8 +20,9 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ckpt_inspector.core.errors import PickleError
 
@@ -268,7 +269,7 @@ def _run(data: Any, start: int, persistent_load: PersistentLoad | None,
         try:
             hash(key)
         except TypeError:
-            raise fail(f"unhashable {type(key).__name__} used as a dict key or set member") from None
+            raise fail(f"unhashable {type(key).__name__} as a dict key or set member") from None
         return key
 
     def add_global(module: Any, name: Any, opcode: int) -> GlobalRef:
@@ -485,8 +486,8 @@ def _run(data: Any, start: int, persistent_load: PersistentLoad | None,
                     target.state = state
                 else:  # a second BUILD: keep both, in order
                     prev = target.state
-                    target.state = prev + [state] if isinstance(prev, _Builds) else _Builds(
-                        [prev, state])
+                    target.state = Builds([*prev, state] if isinstance(prev, Builds)
+                                          else [prev, state])
             elif isinstance(target, GlobalRef):
                 target.state = state
                 anomalies.append(Anomaly(
@@ -729,7 +730,7 @@ def _run(data: Any, start: int, persistent_load: PersistentLoad | None,
             raise fail(f"unknown opcode 0x{op:02x}")
 
 
-class _Builds(list):
+class Builds(list):
     """Several BUILD states applied to one object, in order."""
 
 

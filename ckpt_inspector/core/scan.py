@@ -103,9 +103,7 @@ def short_repr(value: Any, limit: int = 120, depth: int = 0) -> str:
         text = repr(value if len(value) <= limit else value[:limit] + "…")
     elif isinstance(value, (bytes, bytearray)):
         text = repr(bytes(value[:limit]))
-    elif isinstance(value, LazyBytes):
-        text = repr(value)
-    elif isinstance(value, (int, float, bool, complex)) or value is None:
+    elif value is None or isinstance(value, (LazyBytes, int, float, bool, complex)):
         text = repr(value)
     elif isinstance(value, GlobalRef):
         text = value.full_name

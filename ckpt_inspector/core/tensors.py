@@ -231,5 +231,6 @@ def to_torch(info: TensorInfo, device: str = "cpu") -> Any:
                 host = torch._make_per_channel_quantized_tensor(host, scales, zero_points,
                                                                 q["axis"])
     if info.is_parameter:
-        host = torch.nn.Parameter(host, requires_grad=info.requires_grad and host.is_floating_point())
+        grad = info.requires_grad and host.is_floating_point()
+        host = torch.nn.Parameter(host, requires_grad=grad)
     return host.to(device)

@@ -255,7 +255,7 @@ def test_quantized(torch, quantized_file):
 
 
 def test_saved_on_cuda(torch, cuda_file):
-    path, sd = cuda_file
+    path, _ = cuda_file
     ckpt = open_checkpoint(path)
     infos = tensor_map(ckpt)
     assert {t.device for t in infos.values()} == {"cuda:0"}

@@ -6,6 +6,7 @@ once the header is consistent.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -60,7 +61,7 @@ def read(path: str) -> Checkpoint:
             src = info.storage.source
             spans.append((src.offset - data_start, src.offset - data_start + src.nbytes, name))
     spans.sort()
-    for (b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
+    for (_b0, e0, n0), (b1, _e1, n1) in itertools.pairwise(spans):
         if b1 < e0:
             raise CheckpointError(f"safetensors tensors {n0!r} and {n1!r} overlap")
     ckpt.metadata["header bytes"] = n

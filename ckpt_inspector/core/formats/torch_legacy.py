@@ -37,7 +37,7 @@ def sniff(head: bytes) -> bool:
 
     try:
         return pickle_vm.load(head[: stop + 1]).value == MAGIC_NUMBER
-    except Exception:  # noqa: BLE001 - not this format
+    except Exception:
         return False
 
 
