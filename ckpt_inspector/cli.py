@@ -117,8 +117,8 @@ def _leaf_text(node: Node) -> str:
     return node.note or node.type_name
 
 
-def _container_text(node: Node) -> str:
-    count, numel, nbytes = subtree_totals(node)
+def _container_text(node: Node, sums: dict[int, tuple[int, int, int]]) -> str:
+    count, numel, nbytes = sums[id(node)]
     label = node.type_name or node.kind
     if node.kind == "module":
         label = f"{label} (module)"
@@ -128,7 +128,8 @@ def _container_text(node: Node) -> str:
     return f"{label} · {len(node.children)} item{'s' if len(node.children) != 1 else ''}"
 
 
-def render_tree(node: Node, prefix: str = "") -> Iterator[str]:
+def render_tree(node: Node, sums: dict[int, tuple[int, int, int]],
+                prefix: str = "") -> Iterator[str]:
     """Box-drawn lines for a node's children (the tree's depth is bounded by the reader)."""
     kids = node.children
     width = min(max((len(str(k.key)) for k in kids), default=0), 48)
@@ -137,11 +138,11 @@ def render_tree(node: Node, prefix: str = "") -> Iterator[str]:
         branch = "└─ " if last else "├─ "
         key = str(child.key)
         if child.is_container and child.children:
-            yield f"{prefix}{branch}{key}  {_container_text(child)}"
-            yield from render_tree(child, prefix + ("   " if last else "│  "))
+            yield f"{prefix}{branch}{key}  {_container_text(child, sums)}"
+            yield from render_tree(child, sums, prefix + ("   " if last else "│  "))
         else:
             text = _leaf_text(child) if child.value is not None or not child.is_container \
-                else _container_text(child)
+                else _container_text(child, sums)
             yield f"{prefix}{branch}{key.ljust(width)}  {text}"
 
 
@@ -169,8 +170,9 @@ def print_info(ckpt: Checkpoint) -> None:
     print()
     root = ckpt.root
     if root.is_container:
-        print(_container_text(root))
-        for line in render_tree(root):
+        sums = subtree_totals(root)
+        print(_container_text(root, sums))
+        for line in render_tree(root, sums):
             print(line)
     else:
         print(_leaf_text(root))

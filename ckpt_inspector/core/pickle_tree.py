@@ -16,6 +16,7 @@ Cycles become ``cycle`` nodes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from collections.abc import Callable
@@ -144,7 +145,7 @@ class TreeBuilder:
         self,
         *,
         max_depth: int = 150,
-        max_nodes: int = 5_000_000,
+        max_nodes: int = 1_000_000,
         script_module_roles: Callable[[Call], dict[str, str] | None] | None = None,
         nested_loader: Callable[[bytes | LazyBytes], Any] | None = None,
     ):
@@ -539,7 +540,7 @@ class TreeBuilder:
 
 
 def _copy(info: TensorInfo) -> TensorInfo:
-    return TensorInfo(**{k: getattr(info, k) for k in info.__dataclass_fields__})
+    return dataclasses.replace(info)
 
 
 def _items(value: Any) -> list[tuple[Any, Any]]:

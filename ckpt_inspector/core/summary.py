@@ -170,12 +170,19 @@ def totals(ckpt: Checkpoint) -> dict[str, Any]:
     }
 
 
-def subtree_totals(node: Node) -> tuple[int, int, int]:
-    """(tensors, elements, bytes) below a node."""
-    count = numel = nbytes = 0
-    for n in node.walk():
-        if n.kind == "tensor" and n.tensor is not None:
-            count += 1
-            numel += n.tensor.numel
-            nbytes += n.tensor.nbytes
-    return count, numel, nbytes
+def subtree_totals(root: Node) -> dict[int, tuple[int, int, int]]:
+    """``id(node) -> (tensors, elements, bytes)`` below every node, in one pass."""
+    order = list(root.walk())
+    out: dict[int, tuple[int, int, int]] = {}
+    for node in reversed(order):  # children before parents
+        if node.kind == "tensor" and node.tensor is not None:
+            out[id(node)] = (1, node.tensor.numel, node.tensor.nbytes)
+            continue
+        count = numel = nbytes = 0
+        for child in node.children:
+            c, n, b = out[id(child)]
+            count += c
+            numel += n
+            nbytes += b
+        out[id(node)] = (count, numel, nbytes)
+    return out

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 CONTAINER_KINDS = frozenset({"dict", "list", "tuple", "set", "object", "module"})
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class StorageInfo:
     """One storage record: a run of ``numel`` elements of ``dtype`` saved at ``location``."""
 
@@ -43,7 +43,7 @@ class StorageInfo:
         return self.numel * (dtypes.itemsize(self.dtype) or 1)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class TensorInfo:
     """What a tensor is, without its data."""
 
@@ -87,7 +87,7 @@ class TensorInfo:
         return True
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """One entry of the tree.
 

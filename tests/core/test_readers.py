@@ -298,3 +298,31 @@ def test_reader_never_modifies_the_file(tensors_file, tmp_path):
     before = copy.read_bytes()
     open_checkpoint(copy)
     assert copy.read_bytes() == before
+
+
+def test_shared_reference_explosion_is_cut_off(tmp_path):
+    """40 levels of [x, x] describe 2**40 entries in a few hundred bytes."""
+    import pickle
+
+    value: object = [1]
+    for _ in range(40):
+        value = [value, value]
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(pickle.dumps(value, protocol=4))
+    ckpt = open_checkpoint(path)
+    assert any("cut off" in w for w in ckpt.warnings)
+    assert sum(1 for _ in ckpt.root.walk()) <= 1_100_000  # budget + cut-off markers
+
+
+def test_cycles_become_cycle_nodes(tmp_path):
+    import pickle
+
+    a: list = [1]
+    a.append(a)
+    d: dict = {"self": None}
+    d["self"] = d
+    path = tmp_path / "cycle.pkl"
+    path.write_bytes(pickle.dumps({"list": a, "dict": d}, protocol=2))
+    ckpt = open_checkpoint(path)
+    kinds = [n.kind for n in ckpt.root.walk()]
+    assert kinds.count("cycle") == 2
