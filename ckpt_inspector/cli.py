@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true", help="one JSON object on stdout")
     demo = sub.add_parser("demo", help="make the demo checkpoint (needs torch) and print its path")
     demo.add_argument("--info", action="store_true", help="also run info on it")
+    dev = sub.add_parser("devices", help="devices torch can load tensors onto (map_location)")
+    dev.add_argument("--json", action="store_true", help="one JSON list on stdout")
     return p
 
 
@@ -151,7 +153,7 @@ def print_info(ckpt: Checkpoint) -> None:
     tot = totals(ckpt)
     print(ckpt.path)
     print(f"  format   {ckpt.format} ({human_bytes(ckpt.file_size)})")
-    flagged = sorted({f.name for f in report.findings if f.name})
+    flagged = report.flagged_names()
     more = f" and {len(flagged) - 5} more" if len(flagged) > 5 else ""
     print(f"  verdict  {report.verdict}"
           + (f" — imports {', '.join(flagged[:5])}{more}" if flagged else ""))
@@ -254,13 +256,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_devices(args: argparse.Namespace) -> int:
+    from ckpt_inspector.core.devices import list_devices
+
+    devices = list_devices()
+    if args.json:
+        print(json.dumps(devices))
+    else:
+        for d in devices:
+            print(d["label"])
+    return EXIT_OK
+
+
+COMMANDS = {"info": cmd_info, "scan": cmd_scan, "demo": cmd_demo, "devices": cmd_devices}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
-    if not argv or argv[0] not in ("info", "scan", "demo", "-h", "--help", "--version"):
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         return launch_app(argv)
     args = parser.parse_args(argv)
-    handler = {"info": cmd_info, "scan": cmd_scan, "demo": cmd_demo}[args.command]
+    handler = COMMANDS[args.command]
     try:
         return handler(args)
     except BrokenPipeError:  # e.g. piped into head
@@ -268,16 +285,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def launch_app(paths: list[str]) -> int:
-    """Start the desktop app; until it exists, describe the files (or the demo)."""
+    """Start the desktop app with ``paths`` open."""
     try:
         from ckpt_inspector.gui.app import run
-    except ImportError:
-        run = None
-    if run is not None:
-        return run(paths)
-    if not paths:
-        return cmd_demo(argparse.Namespace(info=True))
-    status = EXIT_OK
-    for p in paths:
-        status = max(status, cmd_info(argparse.Namespace(path=p, json=False)))
-    return status
+    except ImportError as err:
+        print(f"ckpt-inspector: the desktop app cannot start ({err}); "
+              "the info and scan commands still work", file=sys.stderr)
+        return EXIT_NOT_SAFE
+    return run(paths)

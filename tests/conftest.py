@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import sys
 import warnings
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-ROOT = Path(__file__).resolve().parents[1]
 MARKER_NAME = "PWNED-marker"
 
 
@@ -387,10 +385,3 @@ def computed_import_pickle(command: str) -> bytes:
     cmd = command.encode()
     return (b"\x80\x04" + rot13("os") + rot13("system") + b"\x93"
             + b"X" + len(cmd).to_bytes(4, "little") + cmd + b"\x85R.")
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None):
-    import subprocess
-
-    return subprocess.run([sys.executable, "-m", "ckpt_inspector", *args], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **(env or {})}, cwd=ROOT)

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from conftest import ROOT, run_cli
+from support import ROOT, run_cli
 
 TENSOR_FIELDS = {"key", "path", "dtype", "shape", "numel", "nbytes", "device"}
 

@@ -10,7 +10,7 @@ import pytest
 
 import ckpt_inspector.core
 
-from conftest import ROOT
+from support import ROOT
 
 
 def test_core_imports_neither_qt_nor_torch():

@@ -10,6 +10,7 @@ code the user would have to trust: ``needs-trust``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from ckpt_inspector.core.pickle_vm import Call, GlobalRef, LazyBytes
 from ckpt_inspector.core.tree import Checkpoint
 
 SAFE, NEEDS_TRUST, DANGEROUS = "safe", "needs-trust", "dangerous"
+_MANGLE = re.compile(r"\.___torch_mangle_\d+")
 _RANK = {SAFE: 0, NEEDS_TRUST: 1, DANGEROUS: 2}
 
 # Modules whose every name can run commands, touch files or the network, or load code.
@@ -71,6 +73,21 @@ class ScanReport:
     verdict: str
     findings: list[Finding] = field(default_factory=list)
     globals: list[str] = field(default_factory=list)
+
+    def flagged_names(self) -> list[str]:
+        """Imports that made the verdict, most telling first: dangerous ones, then the
+        file's own classes, then torch's (``torch.nn.modules...``)."""
+        level = {}
+        for f in self.findings:
+            if f.name:
+                level[f.name] = min(level.get(f.name, 2), 0 if f.severity == DANGEROUS else 1)
+        ordered = sorted(level, key=lambda n: (level[n],
+                                               n.startswith(("torch.", "__torch__.torch.")), n))
+        # TorchScript mangles each copy of a class (___torch_mangle_12.Conv2d): one name each
+        seen: dict[str, None] = {}
+        for name in ordered:
+            seen.setdefault(_MANGLE.sub("", name), None)
+        return list(seen)
 
 
 def classify(module: str, name: str) -> str:

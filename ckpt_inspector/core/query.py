@@ -1,0 +1,113 @@
+"""The filter syntax of the key tree.
+
+Terms separated by spaces must all match (AND):
+
+- ``conv``            substring of the key, case-insensitive
+- ``re:^layer[12]\\.`` or ``/^layer[12]\\./``   regular expression on the key
+- ``shape:768x768``   exact shape; ``*`` matches any size (``shape:*x768``), ``shape:[]`` a scalar
+- ``dtype:bf16``      dtype by name or alias (bf16, fp16, half, fp32, float, fp8, int8, bool, ...);
+                      a prefix matches a family (``dtype:float8``)
+- ``device:cuda``     saved device (prefix: ``cuda`` matches ``cuda:0``)
+- ``role:buffer``     parameter | buffer | attribute
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ckpt_inspector.core.display import DisplayNode
+
+DTYPE_ALIASES = {
+    "bf16": "bfloat16", "fp16": "float16", "half": "float16", "f16": "float16",
+    "fp32": "float32", "float": "float32", "f32": "float32", "fp64": "float64",
+    "double": "float64", "f64": "float64", "fp8": "float8", "long": "int64", "int": "int32",
+    "short": "int16", "byte": "uint8", "char": "int8", "cfloat": "complex64",
+}
+
+
+class QueryError(ValueError):
+    """The filter text is not valid (shown to the user as is)."""
+
+
+@dataclass
+class Query:
+    text: str
+    tests: list[Callable[[DisplayNode], bool]]
+
+    def __call__(self, node: DisplayNode) -> bool:
+        return all(test(node) for test in self.tests)
+
+    @property
+    def empty(self) -> bool:
+        return not self.tests
+
+
+def _shape_test(spec: str) -> Callable[[DisplayNode], bool]:
+    spec = spec.strip().strip("[]()")
+    dims = [d for d in re.split(r"[x×,\s]+", spec) if d] if spec else []
+    pattern: list[int | None] = []
+    for d in dims:
+        if d in ("*", "?"):
+            pattern.append(None)
+        elif d.isdigit():
+            pattern.append(int(d))
+        else:
+            raise QueryError(f"shape: expects sizes like 768x768 or *x768, not {d!r}")
+
+    def test(n: DisplayNode) -> bool:
+        if not n.is_tensor:
+            return False
+        shape = n.node.tensor.shape
+        return len(shape) == len(pattern) and all(
+            p is None or p == s for p, s in zip(pattern, shape))
+    return test
+
+
+def _dtype_test(spec: str) -> Callable[[DisplayNode], bool]:
+    want = DTYPE_ALIASES.get(spec.lower(), spec.lower())
+
+    def test(n: DisplayNode) -> bool:
+        return n.is_tensor and n.node.tensor.dtype.startswith(want)
+    return test
+
+
+def _regex_test(pattern: str) -> Callable[[DisplayNode], bool]:
+    try:
+        rx = re.compile(pattern, re.IGNORECASE)
+    except re.error as err:
+        raise QueryError(f"invalid regular expression: {err}") from None
+    return lambda n: rx.search(n.key) is not None
+
+
+def parse(text: str) -> Query:
+    """Parse filter text; raises QueryError with a message for the user."""
+    tests: list[Callable[[DisplayNode], bool]] = []
+    for term in text.split():
+        field, sep, arg = term.partition(":")
+        field = field.lower() if sep else ""
+        if term.startswith("/") and term.endswith("/") and len(term) > 2:
+            tests.append(_regex_test(term[1:-1]))
+        elif field in ("re", "regex"):
+            tests.append(_regex_test(arg))
+        elif field == "shape":
+            tests.append(_shape_test(arg))
+        elif field == "dtype":
+            tests.append(_dtype_test(arg))
+        elif field == "device":
+            dev = arg.lower()
+            tests.append(lambda n, dev=dev: n.is_tensor and n.node.tensor.device.startswith(dev))
+        elif field == "role":
+            role = arg.lower()
+            tests.append(lambda n, role=role: n.node is not None and (n.node.role or "")
+                         .startswith(role))
+        else:
+            needle = term.lower()
+            tests.append(lambda n, needle=needle: needle in n.key.lower())
+    return Query(text, tests)
+
+
+def matching(top: DisplayNode, query: Query) -> set[int]:
+    """ids of the display nodes that match (their ancestors are shown by the view)."""
+    return {id(n) for n in top.walk() if n is not top and query(n)}

@@ -1,0 +1,54 @@
+"""The devices torch can put tensors on, found without importing torch in the app.
+
+Importing torch takes seconds and holds the GIL, which would freeze the window;
+so the list comes from ``ckpt-inspector devices --json`` run as a child process
+after the window shows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from PySide6.QtCore import QObject, QProcess, Signal
+
+
+def device_command() -> list[str]:
+    if getattr(sys, "frozen", False):  # a PyInstaller bundle: the executable is the app
+        return [sys.executable, "devices", "--json"]
+    return [sys.executable, "-m", "ckpt_inspector", "devices", "--json"]
+
+
+class DeviceProbe(QObject):
+    """Emits ``found([{"id": "cuda:0", "label": "cuda:0 — NVIDIA H200"}, ...])`` once."""
+
+    found = Signal(list)
+    failed = Signal(str)
+
+    def __init__(self, parent: Any = None):
+        super().__init__(parent)
+        self.process = QProcess(self)
+        self.process.finished.connect(self._done)
+        self.process.errorOccurred.connect(lambda _e: self.failed.emit(
+            self.process.errorString()))
+
+    def start(self) -> None:
+        cmd = device_command()
+        self.process.start(cmd[0], cmd[1:])
+
+    def _done(self, code: int, _status: Any) -> None:
+        out = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
+        if code != 0:
+            err = bytes(self.process.readAllStandardError()).decode("utf-8", "replace")
+            self.failed.emit(err.strip().splitlines()[-1] if err.strip() else f"exit {code}")
+            return
+        try:
+            self.found.emit(json.loads(out))
+        except json.JSONDecodeError:
+            self.failed.emit("could not read the device list")
+
+    def stop(self) -> None:
+        if self.process.state() != QProcess.ProcessState.NotRunning:
+            self.process.kill()
+            self.process.waitForFinished(2000)

@@ -1,0 +1,78 @@
+"""A dock listing checkpoint files under a folder; double-click opens one."""
+
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import QDir, QModelIndex, Signal
+from PySide6.QtWidgets import (
+    QFileSystemModel,
+    QHBoxLayout,
+    QLineEdit,
+    QToolButton,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
+
+CHECKPOINT_PATTERNS = ["*.pt", "*.pth", "*.ckpt", "*.bin", "*.pt2", "*.onnx", "*.safetensors",
+                       "*.pkl", "*.pickle", "*.tar"]
+
+
+class FileBrowser(QWidget):
+    file_activated = Signal(str)
+    folder_changed = Signal(str)
+
+    def __init__(self, folder: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.model = QFileSystemModel(self)
+        self.model.setNameFilters(CHECKPOINT_PATTERNS)
+        self.model.setNameFilterDisables(False)  # hide what is not a checkpoint
+        self.model.setFilter(QDir.Filter.AllDirs | QDir.Filter.Files | QDir.Filter.NoDotAndDotDot)
+        self.model.setRootPath("")
+        self.path_edit = QLineEdit()
+        self.path_edit.setObjectName("browserPath")
+        self.path_edit.setToolTip("Folder to list; edit and press Enter")
+        self.path_edit.returnPressed.connect(lambda: self.set_folder(self.path_edit.text()))
+        up = QToolButton()
+        up.setText("↑")
+        up.setToolTip("Parent folder")
+        up.setAutoRaise(True)
+        up.clicked.connect(lambda: self.set_folder(os.path.dirname(self.folder.rstrip(os.sep))
+                                                   or os.sep))
+        self.view = QTreeView()
+        self.view.setObjectName("browserTree")
+        self.view.setModel(self.model)
+        for col in (1, 2, 3):
+            self.view.hideColumn(col)
+        self.view.setHeaderHidden(True)
+        self.view.doubleClicked.connect(self._activated)
+        self.view.activated.connect(self._activated)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.path_edit, 1)
+        row.addWidget(up)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(row)
+        layout.addWidget(self.view, 1)
+        self.folder = ""
+        self.set_folder(folder)
+
+    def set_folder(self, folder: str) -> None:
+        folder = os.path.abspath(os.path.expanduser(folder or os.getcwd()))
+        if not os.path.isdir(folder):
+            self.path_edit.setStyleSheet("color:#b71c1c;")
+            return
+        self.path_edit.setStyleSheet("")
+        self.folder = folder
+        self.path_edit.setText(folder)
+        self.view.setRootIndex(self.model.index(folder))
+        self.folder_changed.emit(folder)
+
+    def _activated(self, index: QModelIndex) -> None:
+        path = self.model.filePath(index)
+        if os.path.isfile(path):
+            self.file_activated.emit(path)
+        elif os.path.isdir(path) and not self.view.isExpanded(index):
+            self.view.expand(index)

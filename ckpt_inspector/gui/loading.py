@@ -1,0 +1,61 @@
+"""What opening a file computes, all on a worker thread (Qt-free)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ckpt_inspector.core.display import DisplayNode, build_display_tree
+from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.scan import ScanReport, scan
+from ckpt_inspector.core.summary import totals, value_records
+from ckpt_inspector.core.tree import Checkpoint
+
+
+@dataclass
+class LoadedFile:
+    path: str
+    ckpt: Checkpoint
+    report: ScanReport
+    grouped: DisplayNode
+    flat: DisplayNode
+    totals: dict[str, Any]
+    values: list[dict[str, Any]]
+    seconds: float
+
+
+def load_file(path: str) -> LoadedFile:
+    start = time.perf_counter()
+    ckpt = open_checkpoint(path)
+    report = scan(ckpt)
+    grouped = build_display_tree(ckpt.root, grouped=True)
+    flat = build_display_tree(ckpt.root, grouped=False)
+    return LoadedFile(path, ckpt, report, grouped, flat, totals(ckpt), value_records(ckpt, 200),
+                      time.perf_counter() - start)
+
+
+def load_with_torch(path: str, device: str) -> dict[str, Any]:
+    """torch.load(weights_only=True) onto ``device``: checks the file loads on this machine."""
+    start = time.perf_counter()
+    import torch
+
+    imported = time.perf_counter()
+    obj = torch.load(path, map_location=device, weights_only=True)
+    count = 0
+    nbytes = 0
+    devices: set[str] = set()
+    stack = [obj]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, torch.Tensor):
+            count += 1
+            nbytes += v.numel() * v.element_size()
+            devices.add(str(v.device))
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return {"tensors": count, "nbytes": nbytes, "devices": sorted(devices),
+            "seconds": time.perf_counter() - imported,
+            "import_seconds": imported - start}

@@ -1,0 +1,407 @@
+"""The main window: menus, toolbar with the device picker, tabs, file browser, status bar."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+from PySide6.QtCore import QSettings, Qt, QUrl, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QStackedWidget,
+    QStyle,
+    QTabWidget,
+    QToolBar,
+    QWidget,
+)
+
+from ckpt_inspector import __version__
+from ckpt_inspector.core.summary import human_bytes
+from ckpt_inspector.gui.checkpoint_view import CheckpointView
+from ckpt_inspector.gui.devices import DeviceProbe
+from ckpt_inspector.gui.errors import ErrorReporter
+from ckpt_inspector.gui.file_browser import FileBrowser
+from ckpt_inspector.gui.loading import LoadedFile, load_with_torch
+from ckpt_inspector.gui.welcome import WelcomePage
+from ckpt_inspector.gui.workers import TaskRunner
+
+FILE_FILTER = ("Checkpoints (*.pt *.pth *.ckpt *.bin *.pt2 *.onnx *.safetensors *.pkl);;"
+               "All files (*)")
+MAX_RECENT = 10
+
+
+def make_demo() -> str:
+    """Make (or find) the demo checkpoint in a child process: torch never loads in the app."""
+    if getattr(sys, "frozen", False):
+        cmd = [sys.executable, "demo"]
+    else:
+        cmd = [sys.executable, "-m", "ckpt_inspector", "demo"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                           else "could not make the demo checkpoint")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+class MainWindow(QMainWindow):
+    file_shown = Signal(str)  # a file's tree is on screen (benchmarks and tests wait on it)
+
+    def __init__(self, settings: QSettings | None = None, probe_devices: bool = True):
+        super().__init__()
+        self.settings = settings or QSettings()
+        self.setWindowTitle("ckpt-inspector")
+        self.setAcceptDrops(True)
+        self.reporter = ErrorReporter(self)
+        self.runner = TaskRunner(lambda label, err: self.reporter.report(label, err), self)
+        self.runner.changed.connect(self._tasks_changed)
+        self.device = str(self.settings.value("device", "cpu"))
+
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("tabs")
+        self.tabs.setTabsClosable(True)
+        self.tabs.setMovable(True)
+        self.tabs.setDocumentMode(True)
+        self.tabs.tabCloseRequested.connect(self.close_tab)
+        self.tabs.currentChanged.connect(lambda _i: self._update_title())
+        self.welcome = WelcomePage()
+        self.welcome.open_requested.connect(self.open_dialog)
+        self.welcome.demo_requested.connect(self.open_demo)
+        self.welcome.recent_requested.connect(lambda p: self.open_paths([p]))
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.welcome)
+        self.pages.addWidget(self.tabs)
+        self.setCentralWidget(self.pages)
+
+        self._build_browser()
+        self._build_actions()
+        self._build_toolbar()
+        self._build_status()
+        self._refresh_recent()
+        geometry = self.settings.value("geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1400, 860)
+        state = self.settings.value("windowState")
+        if state is not None:
+            self.restoreState(state)
+
+        self.probe = DeviceProbe(self)
+        self.probe.found.connect(self._devices_found)
+        self.probe.failed.connect(lambda msg: self.statusBar().showMessage(
+            f"torch devices unavailable ({msg}); using cpu", 8000))
+        if probe_devices:
+            self.probe.start()
+
+    # -- construction --------------------------------------------------------------------------
+    def _build_browser(self) -> None:
+        folder = str(self.settings.value("lastFolder", os.getcwd()))
+        self.browser = FileBrowser(folder if os.path.isdir(folder) else os.getcwd())
+        self.browser.file_activated.connect(lambda p: self.open_paths([p]))
+        self.browser.folder_changed.connect(lambda f: self.settings.setValue("lastFolder", f))
+        self.browser_dock = QDockWidget("Files", self)
+        self.browser_dock.setObjectName("fileBrowserDock")
+        self.browser_dock.setWidget(self.browser)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.browser_dock)
+        self.resizeDocks([self.browser_dock], [220], Qt.Orientation.Horizontal)
+
+    def _build_actions(self) -> None:
+        style = self.style()
+        self.open_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_DialogOpenButton),
+                                   "&Open…", self)
+        self.open_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.open_action.setToolTip("Open checkpoint files (Ctrl+O)")
+        self.open_action.triggered.connect(self.open_dialog)
+        self.demo_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_FileIcon),
+                                   "Open &demo checkpoint", self)
+        self.demo_action.triggered.connect(self.open_demo)
+        self.close_action = QAction("&Close tab", self)
+        self.close_action.setShortcut(QKeySequence.StandardKey.Close)
+        self.close_action.triggered.connect(lambda: self.close_tab(self.tabs.currentIndex()))
+        self.reload_action = QAction("&Reload", self)
+        self.reload_action.setShortcut(QKeySequence.StandardKey.Refresh)
+        self.reload_action.triggered.connect(self.reload_current)
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        self.find_action = QAction("&Find", self)
+        self.find_action.setShortcut(QKeySequence.StandardKey.Find)
+        self.find_action.triggered.connect(self._focus_filter)
+        self.torch_action = QAction("Load with &torch (weights only)…", self)
+        self.torch_action.setToolTip("Check that the file loads with torch.load onto the "
+                                     "selected device")
+        self.torch_action.triggered.connect(self.load_current_with_torch)
+
+        menu = self.menuBar()
+        file_menu = menu.addMenu("&File")
+        file_menu.addAction(self.open_action)
+        self.recent_menu = file_menu.addMenu("Open &Recent")
+        self.recent_menu.aboutToShow.connect(self._refresh_recent)
+        file_menu.addAction(self.demo_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.reload_action)
+        file_menu.addAction(self.close_action)
+        file_menu.addSeparator()
+        file_menu.addAction(quit_action)
+        edit_menu = menu.addMenu("&Edit")
+        edit_menu.addAction(self.find_action)
+        view_menu = menu.addMenu("&View")
+        view_menu.addAction(self.browser_dock.toggleViewAction())
+        tools_menu = menu.addMenu("&Tools")
+        tools_menu.addAction(self.torch_action)
+        help_menu = menu.addMenu("&Help")
+        help_menu.addAction("&About ckpt-inspector", self.about)
+
+    def _build_toolbar(self) -> None:
+        bar = QToolBar("Main")
+        bar.setObjectName("mainToolbar")
+        bar.setMovable(False)
+        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        bar.addAction(self.open_action)
+        bar.addAction(self.demo_action)
+        spacer = QWidget()
+        spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        bar.addWidget(spacer)
+        label = QLabel("Device (map_location): ")
+        bar.addWidget(label)
+        self.device_box = QComboBox()
+        self.device_box.setObjectName("deviceBox")
+        self.device_box.setToolTip("Where tensors go when ckpt-inspector loads them with torch "
+                                   "(map_location). Saved devices differ? The Device column "
+                                   "shows 'cuda:0 → cpu'.")
+        self.device_box.setMinimumContentsLength(18)
+        self.device_box.addItem(self.device, self.device)
+        self.device_box.currentIndexChanged.connect(self._device_changed)
+        bar.addWidget(self.device_box)
+        self.addToolBar(bar)
+
+    def _build_status(self) -> None:
+        self.task_label = QLabel()
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 0)
+        self.progress.setMaximumWidth(160)
+        self.progress.setMaximumHeight(14)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("cancelButton")
+        self.cancel_button.clicked.connect(self.runner.cancel_all)
+        for w in (self.task_label, self.progress, self.cancel_button):
+            self.statusBar().addPermanentWidget(w)
+            w.hide()
+
+    # -- opening files -------------------------------------------------------------------------
+    def open_dialog(self) -> None:
+        folder = str(self.settings.value("lastFolder", os.getcwd()))
+        paths, _ = QFileDialog.getOpenFileNames(self, "Open checkpoints", folder, FILE_FILTER)
+        if paths:
+            self.open_paths(paths)
+
+    def open_paths(self, paths: list[str]) -> list[CheckpointView]:
+        views = []
+        for path in paths:
+            path = os.path.abspath(path)
+            existing = self._view_for(path)
+            if existing is not None:
+                self.tabs.setCurrentWidget(existing)
+                views.append(existing)
+                continue
+            view = CheckpointView(path, self.runner, self.reporter, self.device)
+            view.loaded.connect(lambda f, v=view: self._view_loaded(v, f))
+            view.failed.connect(lambda _m, v=view: self._view_failed(v))
+            index = self.tabs.addTab(view, os.path.basename(path))
+            self.tabs.setTabToolTip(index, path)
+            self.tabs.setCurrentIndex(index)
+            self.pages.setCurrentWidget(self.tabs)
+            view.start_loading()
+            views.append(view)
+            self._remember(path)
+        return views
+
+    def _view_for(self, path: str) -> CheckpointView | None:
+        for i in range(self.tabs.count()):
+            view = self.tabs.widget(i)
+            if isinstance(view, CheckpointView) and view.path == path:
+                return view
+        return None
+
+    def _view_loaded(self, view: CheckpointView, file: LoadedFile) -> None:
+        index = self.tabs.indexOf(view)
+        if index >= 0:
+            marker = {"dangerous": "⛔ ", "needs-trust": "⚠ "}.get(file.report.verdict, "")
+            self.tabs.setTabText(index, marker + os.path.basename(view.path))
+        self._update_title()
+        self.statusBar().showMessage(
+            f"{os.path.basename(view.path)}: {file.totals['tensors']:,} tensors, "
+            f"{human_bytes(file.totals['nbytes'])}, read in {file.seconds * 1000:.0f} ms", 8000)
+        self.file_shown.emit(view.path)
+
+    def _view_failed(self, view: CheckpointView) -> None:
+        index = self.tabs.indexOf(view)
+        if index >= 0:
+            self.tabs.setTabText(index, "✖ " + os.path.basename(view.path))
+
+    def open_demo(self) -> None:
+        self.runner.run("Making the demo checkpoint (first time only)", make_demo,
+                        on_result=lambda p: self.open_paths([p]))
+
+    def reload_current(self) -> None:
+        view = self.current_view()
+        if view is not None:
+            view.start_loading()
+
+    def close_tab(self, index: int) -> None:
+        if index < 0:
+            return
+        view = self.tabs.widget(index)
+        self.tabs.removeTab(index)
+        if view is not None:
+            view.deleteLater()
+        if self.tabs.count() == 0:
+            self._refresh_recent()
+            self.pages.setCurrentWidget(self.welcome)
+        self._update_title()
+
+    def current_view(self) -> CheckpointView | None:
+        view = self.tabs.currentWidget()
+        return view if isinstance(view, CheckpointView) else None
+
+    # -- drag and drop -------------------------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        paths = [p for p in paths if os.path.isfile(p)]
+        if paths:
+            event.acceptProposedAction()
+            self.open_paths(paths)
+
+    # -- recent files --------------------------------------------------------------------------
+    def recent_files(self) -> list[str]:
+        value = self.settings.value("recentFiles", [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(p) for p in (value or [])]
+
+    def _remember(self, path: str) -> None:
+        recent = [p for p in self.recent_files() if p != path]
+        recent.insert(0, path)
+        self.settings.setValue("recentFiles", recent[:MAX_RECENT])
+        self.settings.setValue("lastFolder", os.path.dirname(path))
+
+    def _refresh_recent(self) -> None:
+        recent = [p for p in self.recent_files() if os.path.exists(p)]
+        self.recent_menu.clear()
+        for path in recent:
+            self.recent_menu.addAction(path, lambda p=path: self.open_paths([p]))
+        if recent:
+            self.recent_menu.addSeparator()
+            self.recent_menu.addAction("Clear recent files", self._clear_recent)
+        else:
+            self.recent_menu.addAction("(none)").setEnabled(False)
+        self.welcome.set_recent(recent)
+
+    def _clear_recent(self) -> None:
+        self.settings.setValue("recentFiles", [])
+        self._refresh_recent()
+
+    # -- devices -------------------------------------------------------------------------------
+    def _devices_found(self, devices: list[dict[str, Any]]) -> None:
+        wanted = self.device
+        self.device_box.blockSignals(True)
+        self.device_box.clear()
+        for d in devices:
+            self.device_box.addItem(d["label"], d["id"])
+        index = self.device_box.findData(wanted)
+        if index < 0:
+            index = 0
+            if wanted != "cpu":
+                self.statusBar().showMessage(f"{wanted} is not available here; using cpu", 8000)
+        self.device_box.setCurrentIndex(index)
+        self.device_box.blockSignals(False)
+        self._device_changed(index)
+
+    def _device_changed(self, index: int) -> None:
+        device = self.device_box.itemData(index) or "cpu"
+        self.device = device
+        self.settings.setValue("device", device)
+        for i in range(self.tabs.count()):
+            view = self.tabs.widget(i)
+            if isinstance(view, CheckpointView):
+                view.set_target_device(device)
+
+    # -- torch ---------------------------------------------------------------------------------
+    def load_current_with_torch(self) -> None:
+        view = self.current_view()
+        if view is None or view.file is None:
+            return
+        verdict = view.file.report.verdict
+        if verdict != "safe":
+            self.reporter.show(
+                "Not loaded",
+                f"{os.path.basename(view.path)} is {verdict}: loading it with torch would "
+                "run code from the file. ckpt-inspector loads only files that hold nothing but "
+                "weights (verdict 'safe'); everything else is shown read-only.",
+                icon=QMessageBox.Icon.Warning)
+            return
+        device = self.device
+        self.runner.run(f"Loading {os.path.basename(view.path)} with torch onto {device}",
+                        load_with_torch, view.path, device,
+                        on_result=lambda r: self.reporter.show(
+                            "Loaded with torch",
+                            f"torch.load(weights_only=True, map_location='{device}') read "
+                            f"{r['tensors']:,} tensors ({human_bytes(r['nbytes'])}) onto "
+                            f"{', '.join(r['devices']) or device} in {r['seconds']:.2f} s.",
+                            icon=QMessageBox.Icon.Information))
+
+    # -- status, title, misc -------------------------------------------------------------------
+    def _tasks_changed(self) -> None:
+        tasks = self.runner.tasks
+        busy = bool(tasks)
+        for w in (self.task_label, self.progress, self.cancel_button):
+            w.setVisible(busy)
+        if busy:
+            more = f" (+{len(tasks) - 1} more)" if len(tasks) > 1 else ""
+            self.task_label.setText(tasks[-1].label + "…" + more)
+
+    def _update_title(self) -> None:
+        view = self.current_view()
+        self.setWindowTitle(f"{os.path.basename(view.path)} — ckpt-inspector" if view
+                            else "ckpt-inspector")
+
+    def _focus_filter(self) -> None:
+        view = self.current_view()
+        if view is not None:
+            view.focus_filter()
+
+    def about(self) -> None:
+        from PySide6 import __version__ as pyside_version
+        from PySide6.QtCore import qVersion
+
+        QMessageBox.about(self, "About ckpt-inspector",
+                          f"<b>ckpt-inspector {__version__}</b><br>"
+                          "Open PyTorch checkpoints safely and see what is inside.<br><br>"
+                          f"Qt {qVersion()}, PySide6 {pyside_version}<br>"
+                          f"Device: {self.device}")
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("windowState", self.saveState())
+        self.runner.cancel_all()
+        self.probe.stop()
+        super().closeEvent(event)
+
+
+def drop_urls(paths: list[str]) -> list[QUrl]:
+    return [QUrl.fromLocalFile(os.path.abspath(p)) for p in paths]

@@ -1,0 +1,171 @@
+"""HTML for the summary and selection panels (plain functions, easy to test)."""
+
+from __future__ import annotations
+
+import json
+import os
+from html import escape
+from typing import Any
+
+from ckpt_inspector.core.display import DisplayNode
+from ckpt_inspector.core.summary import format_value, human_bytes
+from ckpt_inspector.gui.loading import LoadedFile
+
+VERDICT_STYLE = {
+    "safe": ("#1b5e20", "#e8f5e9", "only weights; torch.load(weights_only=True) accepts it"),
+    "needs-trust": ("#8a4b00", "#fff4e0", "loading it with torch would run code"),
+    "dangerous": ("#b71c1c", "#fdecea", "do not load this file with torch"),
+}
+
+CSS = """
+<style>
+ body { font-size: 10pt; }
+ h3 { margin: 10px 0 4px 0; font-size: 10pt; color: #374151; }
+ table { border-collapse: collapse; }
+ td, th { padding: 1px 10px 1px 0; vertical-align: top; }
+ th { text-align: left; color: #6b7280; font-weight: normal; }
+ .num { text-align: right; }
+ .muted { color: #6b7280; }
+ .mono { font-family: monospace; font-size: 9pt; }
+ .bad { color: #b71c1c; }
+</style>
+"""
+
+
+def _rows(pairs: list[tuple[str, str]]) -> str:
+    return "<table>" + "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>"
+                               for k, v in pairs) + "</table>"
+
+
+def verdict_badge(verdict: str) -> str:
+    fg, bg, text = VERDICT_STYLE.get(verdict, ("#000", "#eee", verdict))
+    return (f'<table width="100%" style="background:{bg};"><tr><td style="padding:6px;">'
+            f'<b style="color:{fg};">{escape(verdict.upper())}</b>'
+            f'<span style="color:{fg};"> — {escape(text)}</span></td></tr></table>')
+
+
+def summary_html(loaded: LoadedFile) -> str:
+    ckpt, report, tot = loaded.ckpt, loaded.report, loaded.totals
+    parts = [CSS, f"<p><b>{escape(os.path.basename(loaded.path))}</b><br>"
+             f'<span class="muted">{escape(loaded.path)}</span></p>']
+    parts.append(_rows([
+        ("format", escape(ckpt.format)),
+        ("file size", human_bytes(ckpt.file_size)),
+        ("read in", f"{loaded.seconds * 1000:.0f} ms"),
+    ]))
+    parts.append("<h3>Security</h3>" + verdict_badge(report.verdict))
+    danger = [f for f in report.findings if f.severity == "dangerous"]
+    if danger:
+        items = [f'<li class="bad">{escape(f.message)}'
+                 + (f' <span class="muted">(byte {f.offset}'
+                    f'{" of " + escape(f.member) if f.member else ""})</span>'
+                    if f.offset is not None else "") + "</li>" for f in danger[:12]]
+        if len(danger) > 12:
+            items.append(f"<li>… {len(danger) - 12} more</li>")
+        parts.append("<ul style='margin-left:-20px'>" + "".join(items) + "</ul>")
+    trust = [f for f in report.findings if f.severity == "needs-trust"]
+    if any(f.name for f in trust):
+        ordered = report.flagged_names()
+        parts.append("<p>Imports outside torch's weights-only allowlist "
+                     f"({len(ordered)}):<br><span class='mono'>"
+                     + "<br>".join(escape(n) for n in ordered[:20])
+                     + ("<br>…" if len(ordered) > 20 else "") + "</span></p>")
+    for f in trust:
+        if not f.name:
+            parts.append(f"<p>{escape(f.message)}</p>")
+    parts.append("<h3>Tensors</h3>")
+    pairs = [("tensors", f"{tot['tensors']:,}"), ("elements", f"{tot['numel']:,}"),
+             ("size", human_bytes(tot["nbytes"]))]
+    if tot["storage_nbytes"] and tot["storage_nbytes"] != tot["nbytes"]:
+        pairs.append(("storage on disk", human_bytes(tot["storage_nbytes"])))
+    if tot["devices"]:
+        pairs.append(("saved on", escape(", ".join(f"{d} ({n})" for d, n in
+                                                   tot["devices"].items()))))
+    if tot["damaged_tensors"]:
+        pairs.append(("damaged", f'<span class="bad">{tot["damaged_tensors"]}</span>'))
+    parts.append(_rows(pairs))
+    if tot["by_dtype"]:
+        rows = "".join(
+            f"<tr><td class='mono'>{escape(d)}</td><td class='num'>{v['tensors']:,}</td>"
+            f"<td class='num'>{v['numel']:,}</td><td class='num'>{human_bytes(v['nbytes'])}"
+            f"</td></tr>" for d, v in tot["by_dtype"].items())
+        parts.append("<table><tr><th>dtype</th><th class='num'>tensors</th>"
+                     f"<th class='num'>elements</th><th class='num'>size</th></tr>{rows}</table>")
+    top_values = [v for v in loaded.values if len(v["path"]) <= 2][:24]
+    if top_values:
+        parts.append("<h3>Values</h3>")
+        parts.append(_rows([(v["key"], f"<span class='mono'>{escape(_short(v['value']))}</span>")
+                            for v in top_values]))
+    meta = {k: v for k, v in ckpt.metadata.items() if k not in ("code files",)}
+    if meta:
+        parts.append("<h3>File metadata</h3>")
+        parts.append(_rows([(k, escape(_short(v, 300))) for k, v in meta.items()]))
+    if "code files" in ckpt.metadata:
+        files = ckpt.metadata["code files"]
+        parts.append(f"<h3>Code ({len(files)} files, listed, never run)</h3>")
+        parts.append("<span class='mono muted'>" + "<br>".join(escape(f) for f in files[:15])
+                     + ("<br>…" if len(files) > 15 else "") + "</span>")
+    if ckpt.warnings:
+        parts.append("<h3>Warnings</h3><ul style='margin-left:-20px'>" + "".join(
+            f"<li>{escape(w)}</li>" for w in ckpt.warnings[:10]) + "</ul>")
+    return "".join(parts)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def details_html(d: DisplayNode | None, target_device: str) -> str:
+    if d is None:
+        return CSS + "<p class='muted'>Select a row to see its details.</p>"
+    node = d.node
+    parts = [CSS, f"<p><b class='mono'>{escape(d.key or '(root)')}</b></p>"]
+    if node is None:
+        parts.append(_rows([("kind", "group of dotted keys"),
+                            ("tensors", f"{d.tensors:,}"), ("elements", f"{d.numel:,}"),
+                            ("size", human_bytes(d.nbytes))]))
+        return "".join(parts)
+    if node.tensor is not None:
+        t = node.tensor
+        device = t.device if t.device == target_device else f"{t.device} → {target_device}"
+        pairs = [
+            ("dtype", escape(t.dtype)),
+            ("shape", escape(str(list(t.shape)))),
+            ("elements", f"{t.numel:,}"),
+            ("size", human_bytes(t.nbytes)),
+            ("device", escape(device)),
+            ("stride", escape(str(list(t.stride)) if t.stride is not None else "contiguous")),
+            ("storage offset", f"{t.storage_offset:,}"),
+        ]
+        if node.role:
+            pairs.append(("role", escape(node.role)))
+        if t.requires_grad:
+            pairs.append(("requires_grad", "True"))
+        if t.storage is not None:
+            pairs.append(("storage", escape(f"{t.storage.key} ({t.storage.dtype}, "
+                                            f"{human_bytes(t.storage.nbytes)})")))
+        if t.quantization:
+            pairs.append(("quantization", escape(json.dumps(t.quantization, default=str))))
+        if t.layout != "strided":
+            pairs.append(("layout", escape(t.layout)))
+        if t.subclass:
+            pairs.append(("subclass", escape(t.subclass)))
+        if t.problem:
+            pairs.append(("problem", f"<span class='bad'>{escape(t.problem)}</span>"))
+        parts.append(_rows(pairs))
+        return "".join(parts)
+    pairs = [("type", escape(node.type_name or node.kind))]
+    if node.kind in ("scalar", "str", "value", "none", "bytes", "ref") or node.value is not None:
+        pairs.append(("value", f"<span class='mono'>{escape(format_value(node, 2000))}</span>"))
+    if node.children:
+        pairs.append(("entries", f"{len(node.children):,}"))
+    if d.tensors:
+        pairs += [("tensors", f"{d.tensors:,}"), ("elements", f"{d.numel:,}"),
+                  ("size", human_bytes(d.nbytes))]
+    if node.role:
+        pairs.append(("role", escape(node.role)))
+    if node.note:
+        pairs.append(("note", escape(node.note)))
+    parts.append(_rows(pairs))
+    return "".join(parts)

@@ -1,0 +1,264 @@
+"""Qt item models over the core's display tree: no checkpoint logic here, only presentation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from PySide6.QtCore import (
+    QAbstractItemModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+)
+from PySide6.QtGui import QBrush, QColor, QFont
+
+from ckpt_inspector.core.display import DisplayNode
+from ckpt_inspector.core.summary import format_value, human_bytes
+
+COLUMNS = ("Key", "Type", "Shape / value", "Elements", "Size", "Device")
+KEY, TYPE, SHAPE, ELEMENTS, SIZE, DEVICE = range(len(COLUMNS))
+NodeRole = Qt.ItemDataRole.UserRole + 1
+
+_DIGITS = re.compile(r"(\d+)")
+_PROBLEM = QBrush(QColor("#c62828"))
+_MUTED = QBrush(QColor("#6b7280"))
+
+
+def natural_key(text: str) -> tuple[Any, ...]:
+    """``layer2`` before ``layer10``."""
+    return tuple(int(p) if p.isdigit() else p.lower() for p in _DIGITS.split(text))
+
+
+def short_type(name: str) -> str:
+    return name.rsplit(".", 1)[-1] if name else ""
+
+
+def type_text(d: DisplayNode) -> str:
+    node = d.node
+    if node is None:
+        return "module"  # a group of dotted state_dict keys
+    if node.tensor is not None:
+        t = node.tensor
+        extra = []
+        if node.role == "parameter" or t.is_parameter:
+            extra.append("param")
+        elif node.role and node.role != "attribute":
+            extra.append(node.role)
+        if t.quantization:
+            extra.append(t.quantization["scheme"])
+        if t.layout != "strided":
+            extra.append(t.layout)
+        if node.kind == "ndarray":
+            extra.append("numpy")
+        return t.dtype + (f" ({', '.join(extra)})" if extra else "")
+    if node.kind in ("module", "object"):
+        return short_type(node.type_name)
+    if node.kind in ("dict", "list", "tuple", "set"):
+        return short_type(node.type_name) or node.kind
+    return short_type(node.type_name) or node.kind
+
+
+def shape_text(d: DisplayNode) -> str:
+    node = d.node
+    if node is None:
+        return f"{d.tensors:,} tensor{'s' if d.tensors != 1 else ''}"
+    if node.tensor is not None:
+        return "[" + ", ".join(str(s) for s in node.tensor.shape) + "]"
+    if node.kind in ("scalar", "str", "value", "none", "bytes", "ref") or node.value is not None:
+        return format_value(node, 80)
+    if node.kind == "cycle":
+        return "(refers to an enclosing object)"
+    if node.children:
+        n = len(node.children)
+        return f"{n} item{'s' if n != 1 else ''}"
+    return node.note or ""
+
+
+class CheckpointModel(QAbstractItemModel):
+    """A read-only tree over :class:`DisplayNode`; nodes know their parent and row."""
+
+    def __init__(self, top: DisplayNode, parent: Any = None):
+        super().__init__(parent)
+        self._top = top
+        self._target = "cpu"
+
+    # -- structure -------------------------------------------------------------------
+    def node(self, index: QModelIndex) -> DisplayNode:
+        return index.internalPointer() if index.isValid() else self._top
+
+    def index(self, row: int, column: int, parent: QModelIndex = QModelIndex()) -> QModelIndex:
+        children = self.node(parent).children
+        if 0 <= row < len(children) and 0 <= column < len(COLUMNS):
+            return self.createIndex(row, column, children[row])
+        return QModelIndex()
+
+    def parent(self, index: QModelIndex = QModelIndex()) -> QModelIndex:  # type: ignore[override]
+        if not index.isValid():
+            return QModelIndex()
+        parent = index.internalPointer().parent
+        if parent is None or parent is self._top:
+            return QModelIndex()
+        return self.createIndex(parent.row, 0, parent)
+
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:
+        if parent.isValid() and parent.column() != 0:
+            return 0
+        return len(self.node(parent).children)
+
+    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:
+        return len(COLUMNS)
+
+    def hasChildren(self, parent: QModelIndex = QModelIndex()) -> bool:
+        return self.rowCount(parent) > 0
+
+    def flags(self, index: QModelIndex) -> Qt.ItemFlag:
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        return Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section]
+        if (orientation == Qt.Orientation.Horizontal and section in (ELEMENTS, SIZE)
+                and role == Qt.ItemDataRole.TextAlignmentRole):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    # -- data ---------------------------------------------------------------------------
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        d: DisplayNode = index.internalPointer()
+        col = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(d, col)
+        if role == NodeRole:
+            return d
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._tooltip(d)
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (ELEMENTS, SIZE):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ForegroundRole:
+            if d.is_tensor and d.node.tensor.problem:
+                return _PROBLEM
+            if col == SHAPE and not d.is_tensor:
+                return _MUTED
+            if col == KEY and d.node is not None and d.node.role == "attribute":
+                return _MUTED
+            if col == DEVICE and "→" in (self._display(d, col) or ""):
+                return QBrush(QColor("#b45309"))
+        if role == Qt.ItemDataRole.FontRole and col == KEY and not d.is_tensor and d.children:
+            font = QFont()
+            font.setBold(d.node is None or d.node.kind == "module")
+            return font
+        return None
+
+    def _display(self, d: DisplayNode, col: int) -> str | None:
+        if col == KEY:
+            return d.label
+        if col == TYPE:
+            return type_text(d)
+        if col == SHAPE:
+            return shape_text(d)
+        if col == ELEMENTS:
+            return f"{d.numel:,}" if d.tensors else ""
+        if col == SIZE:
+            return human_bytes(d.nbytes) if d.tensors else ""
+        if col == DEVICE and d.is_tensor:
+            saved = d.node.tensor.device
+            if saved not in (self._target, "numpy", "meta", "unknown") and self._target:
+                return f"{saved} → {self._target}"
+            return saved
+        return ""
+
+    def _tooltip(self, d: DisplayNode) -> str:
+        lines = [d.key or "(root)"]
+        if d.is_tensor:
+            t = d.node.tensor
+            lines.append(f"{t.dtype} {list(t.shape)}, stride {list(t.stride or ())}, "
+                         f"offset {t.storage_offset}")
+            if t.problem:
+                lines.append(f"DAMAGED: {t.problem}")
+        elif d.tensors:
+            lines.append(f"{d.tensors:,} tensors, {d.numel:,} elements, {human_bytes(d.nbytes)}")
+        return "\n".join(lines)
+
+    # -- device column ----------------------------------------------------------------------
+    def set_target_device(self, device: str) -> None:
+        if device == self._target:
+            return
+        self._target = device
+        if self._top.children:
+            self._emit_column_changed(DEVICE, self._top)
+
+    def _emit_column_changed(self, column: int, top: DisplayNode) -> None:
+        for d in top.walk():
+            if d.children:
+                first = self.createIndex(0, column, d.children[0])
+                last = self.createIndex(len(d.children) - 1, column, d.children[-1])
+                self.dataChanged.emit(first, last, [Qt.ItemDataRole.DisplayRole])
+
+    # -- sorting (in Python, one pass per level, instead of per-comparison calls) ----------
+    _SORT_KEYS: ClassVar[dict[int, Callable[[DisplayNode], Any]]] = {
+        KEY: lambda d: natural_key(d.label),
+        TYPE: lambda d: type_text(d),
+        SHAPE: lambda d: (tuple(d.node.tensor.shape) if d.is_tensor else (),
+                          natural_key(shape_text(d))),
+        ELEMENTS: lambda d: d.numel,
+        SIZE: lambda d: d.nbytes,
+        DEVICE: lambda d: d.node.tensor.device if d.is_tensor else "",
+    }
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        self.layoutAboutToBeChanged.emit()
+        old = self.persistentIndexList()
+        old_nodes = [(i.internalPointer(), i.column()) for i in old]
+        key = self._SORT_KEYS.get(column, lambda d: d.order)
+        reverse = order == Qt.SortOrder.DescendingOrder and column >= 0
+        for d in self._top.walk():
+            if len(d.children) > 1:
+                if column < 0:
+                    d.children.sort(key=lambda c: c.order)
+                else:
+                    d.children.sort(key=key, reverse=reverse)
+                for row, child in enumerate(d.children):
+                    child.row = row
+        new = [self.createIndex(n.row, c, n) for n, c in old_nodes]
+        self.changePersistentIndexList(old, new)
+        self.layoutChanged.emit()
+
+
+class FilterProxy(QSortFilterProxyModel):
+    """Recursive filtering by a precomputed set of matching nodes; sorting is the source's."""
+
+    def __init__(self, parent: Any = None):
+        super().__init__(parent)
+        self.setRecursiveFilteringEnabled(True)
+        self.setAutoAcceptChildRows(True)
+        self._matches: set[int] | None = None
+
+    def set_matches(self, matches: set[int] | None) -> None:
+        """Show only these nodes (by id) and their ancestors; None shows everything."""
+        if hasattr(self, "beginFilterChange"):  # Qt >= 6.9
+            self.beginFilterChange()
+            self._matches = matches
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            self._matches = matches
+            self.invalidateRowsFilter()
+
+    def filterAcceptsRow(self, row: int, parent: QModelIndex | QPersistentModelIndex) -> bool:
+        if self._matches is None:
+            return True
+        model: CheckpointModel = self.sourceModel()  # type: ignore[assignment]
+        children = model.node(parent).children if parent.isValid() else model._top.children
+        return 0 <= row < len(children) and id(children[row]) in self._matches
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        source = self.sourceModel()
+        if source is not None:
+            source.sort(column, order)

@@ -1,0 +1,67 @@
+"""The empty window: what to do first."""
+
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+
+class WelcomePage(QWidget):
+    open_requested = Signal()
+    demo_requested = Signal()
+    recent_requested = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("welcomePage")
+        title = QLabel("<span style='font-size:20pt; font-weight:600;'>ckpt-inspector</span>")
+        title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        subtitle = QLabel("See what is inside a PyTorch checkpoint — without running its code.")
+        subtitle.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        subtitle.setStyleSheet("color:#4b5563; font-size:11pt;")
+        self.open_button = QPushButton("Open…")
+        self.open_button.setObjectName("welcomeOpen")
+        self.demo_button = QPushButton("Open demo checkpoint")
+        self.demo_button.setObjectName("welcomeDemo")
+        self.demo_button.setToolTip("A resnet18 training checkpoint with optimizer state, "
+                                    "made on this machine the first time (no download)")
+        for b in (self.open_button, self.demo_button):
+            b.setMinimumSize(200, 40)
+        self.open_button.setDefault(True)
+        self.open_button.clicked.connect(self.open_requested)
+        self.demo_button.clicked.connect(self.demo_requested)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.open_button)
+        buttons.addSpacing(12)
+        buttons.addWidget(self.demo_button)
+        buttons.addStretch(1)
+        hint = QLabel(".pt  .pth  .ckpt  .bin  .pkl  .onnx  .safetensors — or drop files here")
+        hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        hint.setStyleSheet("color:#6b7280;")
+        self.recent = QLabel()
+        self.recent.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.recent.setOpenExternalLinks(False)
+        self.recent.linkActivated.connect(self.recent_requested)
+        layout = QVBoxLayout(self)
+        layout.addStretch(2)
+        layout.addWidget(title)
+        layout.addWidget(subtitle)
+        layout.addSpacing(24)
+        layout.addLayout(buttons)
+        layout.addSpacing(12)
+        layout.addWidget(hint)
+        layout.addSpacing(24)
+        layout.addWidget(self.recent)
+        layout.addStretch(3)
+
+    def set_recent(self, paths: list[str]) -> None:
+        if not paths:
+            self.recent.setText("")
+            return
+        links = "<br>".join(
+            f"<a href='{p}'>{os.path.basename(p)}</a> "
+            f"<span style='color:#9ca3af'>{os.path.dirname(p)}</span>" for p in paths[:6])
+        self.recent.setText(f"<b>Recent</b><br>{links}")

@@ -1,0 +1,31 @@
+"""GUI fixtures: an isolated QSettings file, a main window, and a check for leftover threads."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import QSettings, QThreadPool
+from superqt.utils import WorkerBase
+
+from ckpt_inspector.gui.main_window import MainWindow
+
+
+@pytest.fixture()
+def settings(tmp_path):
+    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+
+
+@pytest.fixture()
+def window(qtbot, settings):
+    win = MainWindow(settings=settings, probe_devices=False)
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    win.close()
+
+
+@pytest.fixture(autouse=True)
+def no_dangling_threads(qtbot):
+    yield
+    WorkerBase.await_workers(10_000)
+    qtbot.waitUntil(lambda: not WorkerBase._worker_set, timeout=10_000)
+    assert QThreadPool.globalInstance().waitForDone(10_000), "worker threads still running"

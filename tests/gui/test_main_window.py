@@ -1,0 +1,317 @@
+"""The desktop app, offscreen: opening files every way, the tree, filter, devices, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PySide6.QtCore import QMimeData, QModelIndex, QPoint, QPointF, Qt
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
+from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
+
+from ckpt_inspector.core.display import build_display_tree
+from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.gui import main_window as main_window_mod
+from ckpt_inspector.gui.checkpoint_view import CheckpointView
+from ckpt_inspector.gui.main_window import drop_urls
+from ckpt_inspector.gui.tree_model import DEVICE, KEY, SHAPE, CheckpointModel, NodeRole
+
+from support import ROOT, open_and_wait
+
+
+def visible_keys(view: CheckpointView) -> list[str]:
+    """Full keys of every leaf the proxy shows."""
+    proxy = view.proxy
+    out = []
+    stack = [QModelIndex()]
+    while stack:
+        parent = stack.pop()
+        for row in range(proxy.rowCount(parent)):
+            index = proxy.index(row, 0, parent)
+            if proxy.rowCount(index):
+                stack.append(index)
+            else:
+                out.append(index.data(NodeRole).key)
+    return out
+
+
+def find_row(view: CheckpointView, key: str) -> QModelIndex:
+    proxy = view.proxy
+    stack = [QModelIndex()]
+    while stack:
+        parent = stack.pop()
+        for row in range(proxy.rowCount(parent)):
+            index = proxy.index(row, 0, parent)
+            if index.data(NodeRole).key == key:
+                return index
+            stack.append(index)
+    raise KeyError(key)
+
+
+def test_open_by_path_shows_module_tree_and_summary(qtbot, window, training_ckpt):
+    path, _ = training_ckpt
+    view = open_and_wait(qtbot, window, path)
+    assert window.tabs.count() == 1 and window.pages.currentWidget() is window.tabs
+    assert window.tabs.tabText(0) == "model.ckpt"
+    # dotted keys are grouped: model_state_dict > 0 > weight
+    weight = find_row(view, "model_state_dict.0.weight")
+    assert weight.data() == "weight"
+    assert weight.parent().data() == "0"
+    assert weight.parent().parent().data() == "model_state_dict"
+    epoch = find_row(view, "epoch")
+    assert epoch.siblingAtColumn(SHAPE).data() == "7"
+    summary = view.summary.toPlainText()
+    assert "SAFE" in summary and "epoch" in summary and "float32" in summary
+    assert not view.banner.isVisible()
+
+
+def test_group_toggle_shows_flat_keys(qtbot, window, training_ckpt):
+    view = open_and_wait(qtbot, window, training_ckpt[0])
+    view.group_box.setChecked(False)
+    assert find_row(view, "model_state_dict.0.weight").data() == "0.weight"
+    view.group_box.setChecked(True)
+    assert find_row(view, "model_state_dict.0.weight").data() == "weight"
+
+
+def test_open_by_dialog(qtbot, window, tensors_file, monkeypatch):
+    monkeypatch.setattr(QFileDialog, "getOpenFileNames",
+                        lambda *a, **k: ([str(tensors_file[0])], "Checkpoints"))
+    with qtbot.waitSignal(window.file_shown, timeout=30_000):
+        window.open_action.trigger()
+    assert window.tabs.count() == 1
+    assert window.current_view().path == str(tensors_file[0])
+
+
+def drop(window, paths):
+    """What the window receives when files are dragged onto it: DragEnter, then Drop."""
+    mime = QMimeData()
+    mime.setUrls(drop_urls([str(p) for p in paths]))
+    enter = QDragEnterEvent(QPoint(50, 50), Qt.DropAction.CopyAction, mime,
+                            Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(window, enter)
+    assert enter.isAccepted()
+    event = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime,
+                       Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    assert QApplication.sendEvent(window, event)
+
+
+def test_drop_opens_each_file_in_its_own_tab(qtbot, window, tensors_file, resnet_params):
+    shown = []
+    window.file_shown.connect(shown.append)
+    drop(window, [tensors_file[0], resnet_params[0]])
+    qtbot.waitUntil(lambda: len(shown) == 2, timeout=60_000)
+    assert window.tabs.count() == 2
+    assert {window.tabs.tabText(i) for i in range(2)} == {"tensors.pt", "resnet18_params.pth"}
+    drop(window, [tensors_file[0]])  # an open file is not opened twice
+    assert window.tabs.count() == 2
+
+
+def test_file_browser_double_click_opens(qtbot, window, tensors_file):
+    path = str(tensors_file[0])
+    window.browser.set_folder(os.path.dirname(path))
+    model = window.browser.model
+    qtbot.waitUntil(lambda: model.index(path).isValid() and model.rowCount(
+        model.index(os.path.dirname(path))) > 0, timeout=10_000)
+    with qtbot.waitSignal(window.file_shown, timeout=30_000):
+        window.browser.view.doubleClicked.emit(model.index(path))
+    assert window.current_view().path == path
+    assert window.settings.value("lastFolder") == os.path.dirname(path)
+
+
+def test_filter_syntax(qtbot, window, resnet_params):
+    view = open_and_wait(qtbot, window, resnet_params[0])
+
+    def apply(text):
+        view.filter_edit.setText(text)
+        view.apply_filter()
+        return sorted(visible_keys(view))
+
+    assert apply("shape:64x3x7x7") == ["conv1.weight"]
+    assert apply("dtype:int64") == sorted(k for k in resnet_params[1]
+                                          if k.endswith("num_batches_tracked"))
+    assert apply("re:^layer4\\.1\\..*conv2") == ["layer4.1.conv2.weight"]
+    assert apply("fc.") == ["fc.bias", "fc.weight"]
+    assert apply("FC. shape:1000") == ["fc.bias"]
+    assert apply("re:([") == ["fc.bias"]  # an invalid pattern keeps the last good result
+    assert "invalid" in view.match_label.text()
+    assert len(apply("")) == len(resnet_params[1])
+
+
+def test_filter_is_debounced(qtbot, window, resnet_params):
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    qtbot.keyClicks(view.filter_edit, "bn1.running")
+    assert len(visible_keys(view)) == len(resnet_params[1])  # not yet applied
+    qtbot.waitUntil(lambda: len(visible_keys(view)) < len(resnet_params[1]), timeout=3000)
+    assert all("bn1.running" in k for k in visible_keys(view))
+
+
+def test_sorting_by_size(qtbot, window, resnet_params):
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    view.group_box.setChecked(False)
+    view.tree.sortByColumn(4, Qt.SortOrder.DescendingOrder)
+    first = view.proxy.index(0, 0, QModelIndex()).data(NodeRole)
+    assert first.key in ("layer4.0.conv2.weight", "layer4.1.conv1.weight",
+                         "layer4.1.conv2.weight")
+    view.tree.sortByColumn(-1, Qt.SortOrder.AscendingOrder)
+    assert view.proxy.index(0, 0, QModelIndex()).data(NodeRole).key == "conv1.weight"
+
+
+def test_copy_key_and_shape(qtbot, window, resnet_params):
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    index = find_row(view, "conv1.weight")
+    view.tree.setCurrentIndex(index)
+    view.copy_keys()
+    assert QGuiApplication.clipboard().text() == "conv1.weight"
+    view.copy_shapes()
+    assert QGuiApplication.clipboard().text() == "[64, 3, 7, 7]"
+    assert "64, 3, 7, 7" in view.details.toPlainText()
+
+
+def test_device_picker_and_saved_location(qtbot, window, cuda_file, settings):
+    view = open_and_wait(qtbot, window, cuda_file[0])
+    window._devices_found([{"id": "cpu", "label": "cpu"},
+                           {"id": "cuda:0", "label": "cuda:0 — Test GPU"}])
+    index = find_row(view, "0.weight")
+    assert index.siblingAtColumn(DEVICE).data() == "cuda:0 → cpu"
+    window.device_box.setCurrentIndex(window.device_box.findData("cuda:0"))
+    assert index.siblingAtColumn(DEVICE).data() == "cuda:0"
+    assert settings.value("device") == "cuda:0"
+    window.device_box.setCurrentIndex(0)
+    assert index.siblingAtColumn(DEVICE).data() == "cuda:0 → cpu"
+    assert window.device == "cpu"
+
+
+def test_saved_device_that_is_missing_falls_back_to_cpu(qtbot, settings):
+    from ckpt_inspector.gui.main_window import MainWindow
+
+    settings.setValue("device", "cuda:3")
+    win = MainWindow(settings=settings, probe_devices=False)
+    qtbot.addWidget(win)
+    win._devices_found([{"id": "cpu", "label": "cpu"}])
+    assert win.device == "cpu"
+    win.close()
+
+
+def test_real_device_probe(qtbot, settings):
+    """The probe runs ``ckpt-inspector devices`` as a child process; cpu is always there."""
+    from ckpt_inspector.gui.main_window import MainWindow
+
+    win = MainWindow(settings=settings, probe_devices=False)
+    qtbot.addWidget(win)
+    with qtbot.waitSignal(win.probe.found, timeout=120_000) as blocker:
+        win.probe.start()
+    assert blocker.args[0][0]["id"] == "cpu"
+    assert win.device_box.findData("cpu") >= 0
+    win.close()
+
+
+def test_broken_file_shows_an_error_dialog(qtbot, window, tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"PK\x03\x04 definitely not a zip")
+    [view] = window.open_paths([str(bad)])
+    qtbot.waitUntil(lambda: window.reporter.last is not None and
+                    window.reporter.last.isVisible(), timeout=30_000)
+    box = window.reporter.last
+    assert "broken.pt" in box.text() and "zip" in box.text()
+    assert box.detailedText()
+    assert window.tabs.tabText(0).startswith("✖")
+    assert "Could not read" in view.status.text()
+    box.close()
+
+
+def test_malicious_file_is_flagged_and_never_loaded(qtbot, window, payload_files, marker):
+    view = open_and_wait(qtbot, window, payload_files["torch-zip"])
+    assert view.banner.isVisible()
+    assert "Dangerous" in view.banner.text() and "posix.system" in view.banner.text()
+    assert window.tabs.tabText(0).startswith("⛔")
+    window.load_current_with_torch()
+    box = window.reporter.last
+    assert box is not None and "dangerous" in box.text()
+    box.close()
+    assert not marker.exists()
+
+
+def test_needs_trust_banner(qtbot, window, resnet_full):
+    view = open_and_wait(qtbot, window, resnet_full[0])
+    assert view.banner.isVisible() and "Needs trust" in view.banner.text()
+    assert "torchvision.models.resnet.ResNet" in view.banner.text()
+    assert find_row(view, "layer1.0.conv1.weight").data() == "weight"
+
+
+def test_load_with_torch_on_a_safe_file(qtbot, window, tensors_file):
+    open_and_wait(qtbot, window, tensors_file[0])
+    window.load_current_with_torch()
+    qtbot.waitUntil(lambda: window.reporter.last is not None
+                    and "Loaded" in window.reporter.last.windowTitle(), timeout=120_000)
+    assert "3 tensors" in window.reporter.last.text()
+    window.reporter.last.close()
+
+
+def test_stale_results_are_dropped(qtbot, window, tensors_file, resnet_params):
+    view = open_and_wait(qtbot, window, tensors_file[0])
+    from ckpt_inspector.gui.loading import load_file
+
+    other = load_file(str(resnet_params[0]))
+    view.start_loading()  # generation 2
+    view._loaded(other, 1)  # an answer to the first request arrives late
+    qtbot.waitSignal(view.loaded, timeout=30_000).wait()
+    assert view.file.path == str(tensors_file[0])
+
+
+def test_cancel_drops_the_result(qtbot, window, resnet_full):
+    [view] = window.open_paths([str(resnet_full[0])])
+    assert window.cancel_button.isVisibleTo(window)
+    window.cancel_button.click()
+    assert not window.runner.tasks
+    qtbot.wait(300)
+    assert view.file is None
+
+
+def test_recent_files_persist(qtbot, window, tensors_file, settings):
+    open_and_wait(qtbot, window, tensors_file[0])
+    assert window.recent_files()[0] == str(tensors_file[0])
+    window.close_tab(0)
+    assert window.pages.currentWidget() is window.welcome
+    assert "tensors.pt" in window.welcome.recent.text()
+    window._refresh_recent()
+    assert any(a.text() == str(tensors_file[0]) for a in window.recent_menu.actions())
+
+
+def test_demo_button(qtbot, window, training_ckpt, monkeypatch):
+    monkeypatch.setattr(main_window_mod, "make_demo", lambda: str(training_ckpt[0]))
+    with qtbot.waitSignal(window.file_shown, timeout=30_000):
+        window.welcome.demo_button.click()
+    assert window.current_view().path == str(training_ckpt[0])
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_model_passes_qtmodeltester(qtmodeltester, training_ckpt, grouped):
+    ckpt = open_checkpoint(training_ckpt[0])
+    model = CheckpointModel(build_display_tree(ckpt.root, grouped=grouped))
+    qtmodeltester.check(model, force_py=True)
+    model.sort(KEY, Qt.SortOrder.DescendingOrder)
+    qtmodeltester.check(model, force_py=True)
+
+
+def test_find_shortcut_focuses_filter(qtbot, window, tensors_file):
+    view = open_and_wait(qtbot, window, tensors_file[0])
+    window.find_action.trigger()
+    qtbot.waitUntil(view.filter_edit.hasFocus, timeout=2000)
+
+
+def test_error_box_is_a_message_box(qtbot, window):
+    box = window.reporter.show("t", "m", "d")
+    assert isinstance(box, QMessageBox) and box.detailedText() == "d"
+    box.close()
+
+
+def test_real_app_starts_and_quits(tensors_file, tmp_path):
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "CKPT_INSPECTOR_EXIT_WHEN_SHOWN": "1",
+           "XDG_CONFIG_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "ckpt_inspector", str(tensors_file[0])],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("shown ")
+    assert "Traceback" not in proc.stderr

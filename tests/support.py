@@ -1,0 +1,22 @@
+"""Helpers shared by the tests (conftest.py files hold only fixtures)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None):
+    return subprocess.run([sys.executable, "-m", "ckpt_inspector", *args], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def open_and_wait(qtbot, window, path):
+    """Open ``path`` in the main window and wait until its tree is shown."""
+    with qtbot.waitSignal(window.file_shown, timeout=60_000):
+        [view] = window.open_paths([str(path)])
+    return view
