@@ -568,9 +568,11 @@ def _names(value: Any) -> set[str]:
 def _shape(value: Any) -> tuple[int, ...]:
     if isinstance(value, Call) and value.func_name == "torch.Size" and value.args:
         value = value.args[0]
-    if not isinstance(value, (tuple, list)) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if not isinstance(value, (tuple, list)):
         raise ValueError("not a shape")
+    for v in value:
+        if type(v) is not int:
+            raise ValueError("not a shape")
     return tuple(value)
 
 
@@ -581,7 +583,7 @@ def _check(info: TensorInfo, offset: Any, storage: StorageInfo | None) -> str | 
         return storage.problem
     if not isinstance(offset, int) or offset < 0:
         return "malformed storage offset"
-    if any(s < 0 for s in info.shape):
+    if info.shape and min(info.shape) < 0:
         return "negative size in shape"
     numel = math.prod(info.shape)
     if numel > ABSURD_NUMEL:
@@ -589,7 +591,7 @@ def _check(info: TensorInfo, offset: Any, storage: StorageInfo | None) -> str | 
     if info.stride is not None:
         if len(info.stride) != len(info.shape):
             return "stride and shape have different lengths"
-        if any(s < 0 for s in info.stride):
+        if info.stride and min(info.stride) < 0:
             return "negative stride"
     if info.dtype not in dtypes.DTYPES:
         return f"unknown dtype {info.dtype}"

@@ -204,8 +204,21 @@ def load(
 
 def _run(data: Any, start: int, persistent_load: PersistentLoad | None,
          lazy_threshold: int, result: PickleResult) -> PickleResult:
-    size = len(data)
-    pos = start
+    # The hot loop uses plain locals only; rare errors surface as IndexError/KeyError/
+    # struct.error/TypeError from the fast path and are turned into PickleError below.
+    try:
+        return _loop(data, start, len(data), persistent_load, lazy_threshold, result)
+    except _Stop as stop:
+        raise stop.error from None
+
+
+class _Stop(Exception):
+    def __init__(self, error: PickleError):
+        self.error = error
+
+
+def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None,
+          lazy_threshold: int, result: PickleResult) -> PickleResult:
     stack: list[Any] = []
     metastack: list[list[Any]] = []
     memo: dict[int, Any] = {}
@@ -215,44 +228,15 @@ def _run(data: Any, start: int, persistent_load: PersistentLoad | None,
     anomalies = result.anomalies
     proto = 0
     frame_end = -1
-    op_pos = pos
+    limit = size  # min(frame end, size): past it the slow path at the loop top runs
+    unpack_i, unpack_h, unpack_iu, unpack_q, unpack_d = (
+        _UNPACK_I, _UNPACK_H, _UNPACK_IU, _UNPACK_Q, _UNPACK_D)
 
-    def fail(msg: str) -> PickleError:
-        return PickleError(msg, op_pos)
+    def fail(msg: str, at: int) -> _Stop:
+        return _Stop(PickleError(msg, at))
 
-    def need(n: int) -> None:
-        if n < 0 or pos + n > size:
-            raise fail("truncated pickle: data ends inside an opcode")
-        if frame_end >= 0 and pos + n > frame_end:
-            anomalies.append(Anomaly("frame-mismatch",
-                                     "an opcode runs past the end of its frame", op_pos))
-
-    def readline() -> bytes:
-        end = data.find(b"\n", pos)
-        if end < 0:
-            raise fail("truncated pickle: missing end of line")
-        return data[pos:end]
-
-    def pop() -> Any:
-        if not stack:
-            raise fail("stack underflow")
-        return stack.pop()
-
-    def pop_mark() -> list[Any]:
-        nonlocal stack
-        if not metastack:
-            raise fail("MARK expected but not found")
-        items = stack
-        stack = metastack.pop()
-        return items
-
-    def top() -> Any:
-        if not stack:
-            raise fail("stack underflow")
-        return stack[-1]
-
-    def make_tuple(items: list[Any] | tuple[Any, ...]) -> tuple[Any, ...]:
-        t = tuple(items)
+    def deep(t: tuple[Any, ...], at: int) -> tuple[Any, ...]:
+        """Record a tuple's nesting depth; refuse depths whose hashing could overflow C."""
         depth = 1
         for item in t:
             if type(item) is tuple:
@@ -260,19 +244,20 @@ def _run(data: Any, start: int, persistent_load: PersistentLoad | None,
                 if d > depth:
                     depth = d
         if depth > MAX_TUPLE_DEPTH:
-            raise fail(f"tuples nested deeper than {MAX_TUPLE_DEPTH}")
+            raise fail(f"tuples nested deeper than {MAX_TUPLE_DEPTH}", at)
         if depth > 1:
             tuple_depth[id(t)] = depth
         return t
 
-    def hashable(key: Any) -> Any:
+    def hashable(key: Any, at: int) -> Any:
         try:
             hash(key)
         except TypeError:
-            raise fail(f"unhashable {type(key).__name__} as a dict key or set member") from None
+            raise fail(f"unhashable {type(key).__name__} as a dict key or set member",
+                       at) from None
         return key
 
-    def add_global(module: Any, name: Any, opcode: int) -> GlobalRef:
+    def add_global(module: Any, name: Any, opcode: int, at: int) -> GlobalRef:
         literal = isinstance(module, str) and isinstance(name, str)
         original = None
         if literal and proto < 3:
@@ -283,451 +268,467 @@ def _run(data: Any, start: int, persistent_load: PersistentLoad | None,
             elif module in _compat_pickle.IMPORT_MAPPING:
                 original = (module, name)
                 module = _compat_pickle.IMPORT_MAPPING[module]
-        ref = GlobalRef(module, name, op_pos, _name(opcode), literal, original)
+        ref = GlobalRef(module, name, at, _name(opcode), literal, original)
         globals_.append(ref)
         if not literal:
             anomalies.append(Anomaly(
                 "dynamic-import",
                 f"{_name(opcode)} imports a name that is not a literal string in the stream",
-                op_pos))
+                at))
         return ref
 
-    def bytes_value(n: int, kind: str) -> Any:
-        nonlocal pos
-        need(n)
-        if n >= lazy_threshold:
-            value: Any = LazyBytes(data, pos, n, kind)
-        else:
-            value = bytes(data[pos:pos + n])
-            if kind == "bytearray":
-                value = bytearray(value)
-        pos += n
-        return value
-
-    def text(raw: bytes, encoding: str = "utf-8") -> str:
+    def text(raw: bytes, at: int, encoding: str = "utf-8") -> str:
         try:
             return raw.decode(encoding, "surrogatepass")
         except UnicodeDecodeError:
-            raise fail("invalid UTF-8 in a string") from None
+            raise fail("invalid UTF-8 in a string", at) from None
 
-    def persistent(pid: Any) -> Any:
-        if persistent_load is None:
-            return PersistentRef(pid, op_pos)
-        return persistent_load(pid, op_pos)
+    def line_at(p: int, at: int) -> bytes:
+        end = data.find(b"\n", p)
+        if end < 0:
+            raise fail("truncated pickle: missing end of line", at)
+        return data[p:end]
 
-    def call(func: Any, args: Any, kind: str, kwargs: Any = None) -> Call:
-        c = Call(func, args, kind, op_pos, kwargs)
+    def bytes_value(p: int, n: int, kind: str, at: int) -> Any:
+        if p + n > size:
+            raise fail("truncated pickle: data ends inside an opcode", at)
+        if n >= lazy_threshold:
+            return LazyBytes(data, p, n, kind)
+        value = bytes(data[p:p + n])
+        return bytearray(value) if kind == "bytearray" else value
+
+    def new_call(func: Any, args: Any, kind: str, at: int, kwargs: Any = None) -> Call:
+        c = Call(func, args, kind, at, kwargs)
         calls.append(c)
         return c
 
-    while True:
-        if frame_end >= 0 and pos >= frame_end:
-            if pos > frame_end:
-                anomalies.append(Anomaly("frame-mismatch",
-                                         "an opcode straddles the end of a frame", op_pos))
-            frame_end = -1
-        op_pos = pos
-        if pos >= size:
-            raise fail("truncated pickle: no STOP opcode")
-        op = data[pos]
-        pos += 1
+    def persistent(pid: Any, at: int) -> Any:
+        if persistent_load is None:
+            return PersistentRef(pid, at)
+        return persistent_load(pid, at)
 
-        if op == 0x71:  # BINPUT
-            need(1)
-            if not stack:
-                raise fail("PUT with an empty stack")
-            memo[data[pos]] = stack[-1]
+    def truncated(at: int) -> _Stop:
+        return fail("truncated pickle: data ends inside an opcode", at)
+
+    op_pos = pos
+    try:
+        while True:
+            if pos >= limit:
+                if frame_end >= 0 and pos >= frame_end:
+                    if pos > frame_end:
+                        anomalies.append(Anomaly("frame-mismatch",
+                                                 "an opcode straddles the end of a frame", op_pos))
+                    frame_end = -1
+                    limit = size
+                if pos >= size:
+                    raise fail("truncated pickle: no STOP opcode", pos)
+            op_pos = pos
+            op = data[pos]
             pos += 1
-        elif op == 0x68:  # BINGET
-            need(1)
-            idx = data[pos]
-            pos += 1
-            try:
-                stack.append(memo[idx])
-            except KeyError:
-                raise fail(f"memo key {idx} read before it was written") from None
-        elif op == 0x28:  # MARK
-            metastack.append(stack)
-            stack = []
-        elif op == 0x58:  # BINUNICODE
-            need(4)
-            n = _UNPACK_IU(data, pos)[0]
-            pos += 4
-            need(n)
-            stack.append(text(data[pos:pos + n]))
-            pos += n
-        elif op == 0x8C:  # SHORT_BINUNICODE
-            need(1)
-            n = data[pos]
-            pos += 1
-            need(n)
-            stack.append(text(data[pos:pos + n]))
-            pos += n
-        elif op == 0x4B:  # BININT1
-            need(1)
-            stack.append(data[pos])
-            pos += 1
-        elif op == 0x4D:  # BININT2
-            need(2)
-            stack.append(_UNPACK_H(data, pos)[0])
-            pos += 2
-        elif op == 0x4A:  # BININT
-            need(4)
-            stack.append(_UNPACK_I(data, pos)[0])
-            pos += 4
-        elif op == 0x74:  # TUPLE
-            items = pop_mark()  # rebinds ``stack``: pop before appending
-            stack.append(make_tuple(items))
-        elif op == 0x29:  # EMPTY_TUPLE
-            stack.append(())
-        elif op == 0x85:  # TUPLE1
-            stack.append(make_tuple((pop(),)))
-        elif op == 0x86:  # TUPLE2
-            b = pop()
-            a = pop()
-            stack.append(make_tuple((a, b)))
-        elif op == 0x87:  # TUPLE3
-            c3 = pop()
-            b = pop()
-            a = pop()
-            stack.append(make_tuple((a, b, c3)))
-        elif op == 0x52:  # REDUCE
-            args = pop()
-            func = pop()
-            if not isinstance(args, tuple):
-                raise fail("REDUCE arguments are not a tuple")
-            stack.append(call(func, args, "reduce"))
-        elif op == 0x51:  # BINPERSID
-            stack.append(persistent(pop()))
-        elif op == 0x63:  # GLOBAL
-            module = readline()
-            pos += len(module) + 1
-            name = readline()
-            pos += len(name) + 1
-            stack.append(add_global(text(module), text(name), op))
-        elif op == 0x93:  # STACK_GLOBAL
-            name = pop()
-            module = pop()
-            stack.append(add_global(module, name, op))
-        elif op == 0x89:  # NEWFALSE
-            stack.append(False)
-        elif op == 0x88:  # NEWTRUE
-            stack.append(True)
-        elif op == 0x4E:  # NONE
-            stack.append(None)
-        elif op == 0x7D:  # EMPTY_DICT
-            stack.append({})
-        elif op == 0x5D:  # EMPTY_LIST
-            stack.append([])
-        elif op == 0x94:  # MEMOIZE
-            if not stack:
-                raise fail("MEMOIZE with an empty stack")
-            memo[len(memo)] = stack[-1]
-        elif op == 0x95:  # FRAME
-            need(8)
-            n = _UNPACK_Q(data, pos)[0]
-            pos += 8
-            if pos + n > size:
-                raise fail("frame length is larger than the data")
-            frame_end = pos + n
-        elif op == 0x75:  # SETITEMS
-            items = pop_mark()
-            if len(items) % 2:
-                raise fail("SETITEMS with an odd number of items")
-            target = top()
-            if type(target) is dict:
-                for i in range(0, len(items), 2):
-                    target[hashable(items[i])] = items[i + 1]
-            elif isinstance(target, Call):
-                if target.dict_items is None:
-                    target.dict_items = []
-                target.dict_items.extend(zip(items[::2], items[1::2]))
-            else:
-                raise fail(f"SETITEMS on {type(target).__name__}")
-        elif op == 0x73:  # SETITEM
-            value = pop()
-            key = pop()
-            target = top()
-            if type(target) is dict:
-                target[hashable(key)] = value
-            elif isinstance(target, Call):
-                if target.dict_items is None:
-                    target.dict_items = []
-                target.dict_items.append((key, value))
-            else:
-                raise fail(f"SETITEM on {type(target).__name__}")
-        elif op == 0x65:  # APPENDS
-            items = pop_mark()
-            target = top()
-            if type(target) is list:
-                target.extend(items)
-            elif isinstance(target, Call):
-                if target.list_items is None:
-                    target.list_items = []
-                target.list_items.extend(items)
-            else:
-                raise fail(f"APPENDS on {type(target).__name__}")
-        elif op == 0x61:  # APPEND
-            value = pop()
-            target = top()
-            if type(target) is list:
-                target.append(value)
-            elif isinstance(target, Call):
-                if target.list_items is None:
-                    target.list_items = []
-                target.list_items.append(value)
-            else:
-                raise fail(f"APPEND on {type(target).__name__}")
-        elif op == 0x62:  # BUILD
-            state = pop()
-            target = top()
-            if isinstance(target, Call):
-                if target.state is None:
-                    target.state = state
-                else:  # a second BUILD: keep both, in order
-                    prev = target.state
-                    target.state = Builds([*prev, state] if isinstance(prev, Builds)
-                                          else [prev, state])
-            elif isinstance(target, GlobalRef):
-                target.state = state
-                anomalies.append(Anomaly(
-                    "build-on-global",
-                    f"BUILD sets attributes on the imported object {target.full_name}", op_pos))
-            else:
-                anomalies.append(Anomaly(
-                    "build-on-builtin",
-                    f"BUILD on a plain {type(target).__name__}, which a real unpickler rejects",
-                    op_pos))
-        elif op == 0x81:  # NEWOBJ
-            args = pop()
-            cls = pop()
-            if not isinstance(args, tuple):
-                raise fail("NEWOBJ arguments are not a tuple")
-            stack.append(call(cls, args, "newobj"))
-        elif op == 0x92:  # NEWOBJ_EX
-            kwargs = pop()
-            args = pop()
-            cls = pop()
-            if not isinstance(args, tuple) or not isinstance(kwargs, dict):
-                raise fail("NEWOBJ_EX arguments are malformed")
-            stack.append(call(cls, args, "newobj_ex", kwargs))
-        elif op == 0x80:  # PROTO
-            need(1)
-            proto = data[pos]
-            pos += 1
-            if proto > HIGHEST_PROTOCOL:
-                raise fail(f"unsupported pickle protocol {proto}")
-            result.protocol = max(result.protocol, proto)
-        elif op == 0x2E:  # STOP
-            value = pop()
-            if stack or metastack:
-                anomalies.append(Anomaly("stack-left",
-                                         "objects were left on the stack at STOP", op_pos))
-            result.value = value
-            result.end = pos
-            return result
-        elif op == 0x47:  # BINFLOAT
-            need(8)
-            stack.append(_UNPACK_D(data, pos)[0])
-            pos += 8
-        elif op == 0x8A:  # LONG1
-            need(1)
-            n = data[pos]
-            pos += 1
-            need(n)
-            stack.append(int.from_bytes(data[pos:pos + n], "little", signed=True))
-            pos += n
-        elif op == 0x8B:  # LONG4
-            need(4)
-            n = _UNPACK_I(data, pos)[0]
-            pos += 4
-            if n < 0:
-                raise fail("LONG4 with a negative length")
-            if n > MAX_LONG_BYTES:
-                raise fail("LONG4 integer is unreasonably large")
-            need(n)
-            stack.append(int.from_bytes(data[pos:pos + n], "little", signed=True))
-            pos += n
-        elif op == 0x43:  # SHORT_BINBYTES
-            need(1)
-            n = data[pos]
-            pos += 1
-            stack.append(bytes_value(n, "bytes"))
-        elif op == 0x42:  # BINBYTES
-            need(4)
-            n = _UNPACK_IU(data, pos)[0]
-            pos += 4
-            stack.append(bytes_value(n, "bytes"))
-        elif op == 0x8E:  # BINBYTES8
-            need(8)
-            n = _UNPACK_Q(data, pos)[0]
-            pos += 8
-            stack.append(bytes_value(n, "bytes"))
-        elif op == 0x96:  # BYTEARRAY8
-            need(8)
-            n = _UNPACK_Q(data, pos)[0]
-            pos += 8
-            stack.append(bytes_value(n, "bytearray"))
-        elif op == 0x8D:  # BINUNICODE8
-            need(8)
-            n = _UNPACK_Q(data, pos)[0]
-            pos += 8
-            need(n)
-            stack.append(text(data[pos:pos + n]))
-            pos += n
-        elif op == 0x55:  # SHORT_BINSTRING (Python 2 str)
-            need(1)
-            n = data[pos]
-            pos += 1
-            need(n)
-            stack.append(_py2_str(data[pos:pos + n]))
-            pos += n
-        elif op == 0x54:  # BINSTRING
-            need(4)
-            n = _UNPACK_I(data, pos)[0]
-            pos += 4
-            if n < 0:
-                raise fail("BINSTRING with a negative length")
-            need(n)
-            stack.append(_py2_str(data[pos:pos + n]) if n < lazy_threshold
-                         else LazyBytes(data, pos, n, "bytes"))
-            pos += n
-        elif op == 0x8F:  # EMPTY_SET
-            stack.append(set())
-        elif op == 0x90:  # ADDITEMS
-            items = pop_mark()
-            target = top()
-            if type(target) is set:
-                for item in items:
-                    target.add(hashable(item))
-            elif isinstance(target, Call):
-                if target.list_items is None:
-                    target.list_items = []
-                target.list_items.extend(items)
-            else:
-                raise fail(f"ADDITEMS on {type(target).__name__}")
-        elif op == 0x91:  # FROZENSET
-            items = pop_mark()
-            stack.append(frozenset(hashable(i) for i in items))
-        elif op == 0x6C:  # LIST
-            items = pop_mark()
-            stack.append(items)
-        elif op == 0x64:  # DICT
-            items = pop_mark()
-            if len(items) % 2:
-                raise fail("DICT with an odd number of items")
-            stack.append({hashable(items[i]): items[i + 1] for i in range(0, len(items), 2)})
-        elif op == 0x30:  # POP
-            if stack:
-                stack.pop()
-            else:
-                pop_mark()
-        elif op == 0x31:  # POP_MARK
-            pop_mark()
-        elif op == 0x32:  # DUP
-            stack.append(top())
-        elif op == 0x6A:  # LONG_BINGET
-            need(4)
-            idx = _UNPACK_IU(data, pos)[0]
-            pos += 4
-            try:
-                stack.append(memo[idx])
-            except KeyError:
-                raise fail(f"memo key {idx} read before it was written") from None
-        elif op == 0x72:  # LONG_BINPUT
-            need(4)
-            if not stack:
-                raise fail("PUT with an empty stack")
-            memo[_UNPACK_IU(data, pos)[0]] = stack[-1]
-            pos += 4
-        elif op == 0x67:  # GET
-            line = readline()
-            pos += len(line) + 1
-            idx = _text_int(line, fail)
-            try:
-                stack.append(memo[idx])
-            except KeyError:
-                raise fail(f"memo key {idx} read before it was written") from None
-        elif op == 0x70:  # PUT
-            line = readline()
-            pos += len(line) + 1
-            idx = _text_int(line, fail)
-            if idx < 0:
-                raise fail("negative PUT index")
-            if not stack:
-                raise fail("PUT with an empty stack")
-            memo[idx] = stack[-1]
-        elif op == 0x49:  # INT
-            line = readline()
-            pos += len(line) + 1
-            if line == b"00":
-                stack.append(False)
-            elif line == b"01":
-                stack.append(True)
-            else:
-                stack.append(_text_int(line, fail))
-        elif op == 0x4C:  # LONG
-            line = readline()
-            pos += len(line) + 1
-            if line.endswith(b"L"):
-                line = line[:-1]
-            stack.append(_text_int(line, fail))
-        elif op == 0x46:  # FLOAT
-            line = readline()
-            pos += len(line) + 1
-            try:
-                stack.append(float(line))
-            except ValueError:
-                raise fail("malformed FLOAT") from None
-        elif op == 0x53:  # STRING
-            line = readline()
-            pos += len(line) + 1
-            if len(line) >= 2 and line[0] == line[-1] and line[:1] in (b"'", b'"'):
+
+            if op == 0x72:  # LONG_BINPUT
+                memo[unpack_iu(data, pos)[0]] = stack[-1]
+                pos += 4
+            elif op == 0x68:  # BINGET
+                stack.append(memo[data[pos]])
+                pos += 1
+            elif op == 0x4B:  # BININT1
+                stack.append(data[pos])
+                pos += 1
+            elif op == 0x28:  # MARK
+                metastack.append(stack)
+                stack = []
+            elif op == 0x58:  # BINUNICODE
+                n = unpack_iu(data, pos)[0]
+                pos += 4
+                if pos + n > size:
+                    raise truncated(op_pos)
                 try:
-                    raw = codecs.escape_decode(line[1:-1])[0]
+                    stack.append(data[pos:pos + n].decode("utf-8", "surrogatepass"))
+                except UnicodeDecodeError:
+                    raise fail("invalid UTF-8 in a string", op_pos) from None
+                pos += n
+            elif op == 0x74:  # TUPLE
+                items = stack
+                stack = metastack.pop()
+                t = tuple(items)
+                for item in t:
+                    if type(item) is tuple:
+                        t = deep(t, op_pos)
+                        break
+                stack.append(t)
+            elif op == 0x85:  # TUPLE1
+                x = stack[-1]
+                stack[-1] = deep((x,), op_pos) if type(x) is tuple else (x,)
+            elif op == 0x52:  # REDUCE
+                args = stack.pop()
+                if type(args) is not tuple:
+                    raise fail("REDUCE arguments are not a tuple", op_pos)
+                c = Call(stack[-1], args, "reduce", op_pos)
+                calls.append(c)
+                stack[-1] = c
+            elif op == 0x71:  # BINPUT
+                memo[data[pos]] = stack[-1]
+                pos += 1
+            elif op == 0x6A:  # LONG_BINGET
+                stack.append(memo[unpack_iu(data, pos)[0]])
+                pos += 4
+            elif op == 0x51:  # BINPERSID
+                stack[-1] = (PersistentRef(stack[-1], op_pos) if persistent_load is None
+                             else persistent_load(stack[-1], op_pos))
+            elif op == 0x89:  # NEWFALSE
+                stack.append(False)
+            elif op == 0x88:  # NEWTRUE
+                stack.append(True)
+            elif op == 0x29:  # EMPTY_TUPLE
+                stack.append(())
+            elif op == 0x86:  # TUPLE2
+                b = stack.pop()
+                a = stack[-1]
+                t = (a, b)
+                stack[-1] = deep(t, op_pos) if type(a) is tuple or type(b) is tuple else t
+            elif op == 0x87:  # TUPLE3
+                c3 = stack.pop()
+                b = stack.pop()
+                a = stack[-1]
+                t = (a, b, c3)
+                stack[-1] = deep(t, op_pos) if (type(a) is tuple or type(b) is tuple
+                                                or type(c3) is tuple) else t
+            elif op == 0x8C:  # SHORT_BINUNICODE
+                n = data[pos]
+                pos += 1
+                if pos + n > size:
+                    raise truncated(op_pos)
+                stack.append(text(data[pos:pos + n], op_pos))
+                pos += n
+            elif op == 0x4D:  # BININT2
+                stack.append(unpack_h(data, pos)[0])
+                pos += 2
+            elif op == 0x4A:  # BININT
+                stack.append(unpack_i(data, pos)[0])
+                pos += 4
+            elif op == 0x94:  # MEMOIZE
+                memo[len(memo)] = stack[-1]
+            elif op == 0x4E:  # NONE
+                stack.append(None)
+            elif op == 0x7D:  # EMPTY_DICT
+                stack.append({})
+            elif op == 0x5D:  # EMPTY_LIST
+                stack.append([])
+            elif op == 0x75:  # SETITEMS
+                items = stack
+                stack = metastack.pop()
+                if len(items) % 2:
+                    raise fail("SETITEMS with an odd number of items", op_pos)
+                target = stack[-1]
+                if type(target) is dict:
+                    for i in range(0, len(items), 2):
+                        target[hashable(items[i], op_pos)] = items[i + 1]
+                elif isinstance(target, Call):
+                    if target.dict_items is None:
+                        target.dict_items = []
+                    target.dict_items.extend(zip(items[::2], items[1::2]))
+                else:
+                    raise fail(f"SETITEMS on {type(target).__name__}", op_pos)
+            elif op == 0x73:  # SETITEM
+                value = stack.pop()
+                key = stack.pop()
+                target = stack[-1]
+                if type(target) is dict:
+                    target[hashable(key, op_pos)] = value
+                elif isinstance(target, Call):
+                    if target.dict_items is None:
+                        target.dict_items = []
+                    target.dict_items.append((key, value))
+                else:
+                    raise fail(f"SETITEM on {type(target).__name__}", op_pos)
+            elif op == 0x65:  # APPENDS
+                items = stack
+                stack = metastack.pop()
+                target = stack[-1]
+                if type(target) is list:
+                    target.extend(items)
+                elif isinstance(target, Call):
+                    if target.list_items is None:
+                        target.list_items = []
+                    target.list_items.extend(items)
+                else:
+                    raise fail(f"APPENDS on {type(target).__name__}", op_pos)
+            elif op == 0x61:  # APPEND
+                value = stack.pop()
+                target = stack[-1]
+                if type(target) is list:
+                    target.append(value)
+                elif isinstance(target, Call):
+                    if target.list_items is None:
+                        target.list_items = []
+                    target.list_items.append(value)
+                else:
+                    raise fail(f"APPEND on {type(target).__name__}", op_pos)
+            elif op == 0x63:  # GLOBAL
+                module = line_at(pos, op_pos)
+                pos += len(module) + 1
+                name = line_at(pos, op_pos)
+                pos += len(name) + 1
+                stack.append(add_global(text(module, op_pos), text(name, op_pos), op, op_pos))
+            elif op == 0x93:  # STACK_GLOBAL
+                name = stack.pop()
+                module = stack[-1]
+                stack[-1] = add_global(module, name, op, op_pos)
+            elif op == 0x62:  # BUILD
+                state = stack.pop()
+                target = stack[-1]
+                if isinstance(target, Call):
+                    if target.state is None:
+                        target.state = state
+                    else:  # a second BUILD: keep both, in order
+                        prev = target.state
+                        target.state = Builds([*prev, state] if isinstance(prev, Builds)
+                                              else [prev, state])
+                elif isinstance(target, GlobalRef):
+                    target.state = state
+                    anomalies.append(Anomaly(
+                        "build-on-global",
+                        f"BUILD sets attributes on the imported object {target.full_name}", op_pos))
+                else:
+                    anomalies.append(Anomaly(
+                        "build-on-builtin",
+                        f"BUILD on a plain {type(target).__name__}, which a real unpickler rejects",
+                        op_pos))
+            elif op == 0x81:  # NEWOBJ
+                args = stack.pop()
+                cls = stack[-1]
+                if type(args) is not tuple:
+                    raise fail("NEWOBJ arguments are not a tuple", op_pos)
+                stack[-1] = new_call(cls, args, "newobj", op_pos)
+            elif op == 0x92:  # NEWOBJ_EX
+                kwargs = stack.pop()
+                args = stack.pop()
+                cls = stack[-1]
+                if type(args) is not tuple or type(kwargs) is not dict:
+                    raise fail("NEWOBJ_EX arguments are malformed", op_pos)
+                stack[-1] = new_call(cls, args, "newobj_ex", op_pos, kwargs)
+            elif op == 0x95:  # FRAME
+                n = unpack_q(data, pos)[0]
+                pos += 8
+                if pos + n > size:
+                    raise fail("frame length is larger than the data", op_pos)
+                frame_end = pos + n
+                limit = frame_end
+            elif op == 0x80:  # PROTO
+                proto = data[pos]
+                pos += 1
+                if proto > HIGHEST_PROTOCOL:
+                    raise fail(f"unsupported pickle protocol {proto}", op_pos)
+                result.protocol = max(result.protocol, proto)
+            elif op == 0x2E:  # STOP
+                value = stack.pop()
+                if stack or metastack:
+                    anomalies.append(Anomaly("stack-left",
+                                             "objects were left on the stack at STOP", op_pos))
+                if frame_end >= 0 and pos != frame_end:
+                    anomalies.append(Anomaly("frame-mismatch",
+                                             "the pickle stops inside a frame", op_pos))
+                result.value = value
+                result.end = pos
+                return result
+            elif op == 0x47:  # BINFLOAT
+                stack.append(unpack_d(data, pos)[0])
+                pos += 8
+            elif op == 0x8A:  # LONG1
+                n = data[pos]
+                pos += 1
+                if pos + n > size:
+                    raise truncated(op_pos)
+                stack.append(int.from_bytes(data[pos:pos + n], "little", signed=True))
+                pos += n
+            elif op == 0x8B:  # LONG4
+                n = unpack_i(data, pos)[0]
+                pos += 4
+                if n < 0:
+                    raise fail("LONG4 with a negative length", op_pos)
+                if n > MAX_LONG_BYTES:
+                    raise fail("LONG4 integer is unreasonably large", op_pos)
+                if pos + n > size:
+                    raise truncated(op_pos)
+                stack.append(int.from_bytes(data[pos:pos + n], "little", signed=True))
+                pos += n
+            elif op == 0x43:  # SHORT_BINBYTES
+                n = data[pos]
+                pos += 1
+                stack.append(bytes_value(pos, n, "bytes", op_pos))
+                pos += n
+            elif op == 0x42:  # BINBYTES
+                n = unpack_iu(data, pos)[0]
+                pos += 4
+                stack.append(bytes_value(pos, n, "bytes", op_pos))
+                pos += n
+            elif op == 0x8E:  # BINBYTES8
+                n = unpack_q(data, pos)[0]
+                pos += 8
+                stack.append(bytes_value(pos, n, "bytes", op_pos))
+                pos += n
+            elif op == 0x96:  # BYTEARRAY8
+                n = unpack_q(data, pos)[0]
+                pos += 8
+                stack.append(bytes_value(pos, n, "bytearray", op_pos))
+                pos += n
+            elif op == 0x8D:  # BINUNICODE8
+                n = unpack_q(data, pos)[0]
+                pos += 8
+                if pos + n > size:
+                    raise truncated(op_pos)
+                stack.append(text(data[pos:pos + n], op_pos))
+                pos += n
+            elif op == 0x55:  # SHORT_BINSTRING (Python 2 str)
+                n = data[pos]
+                pos += 1
+                if pos + n > size:
+                    raise truncated(op_pos)
+                stack.append(_py2_str(data[pos:pos + n]))
+                pos += n
+            elif op == 0x54:  # BINSTRING
+                n = unpack_i(data, pos)[0]
+                pos += 4
+                if n < 0:
+                    raise fail("BINSTRING with a negative length", op_pos)
+                if pos + n > size:
+                    raise truncated(op_pos)
+                stack.append(_py2_str(data[pos:pos + n]) if n < lazy_threshold
+                             else LazyBytes(data, pos, n, "bytes"))
+                pos += n
+            elif op == 0x8F:  # EMPTY_SET
+                stack.append(set())
+            elif op == 0x90:  # ADDITEMS
+                items = stack
+                stack = metastack.pop()
+                target = stack[-1]
+                if type(target) is set:
+                    for item in items:
+                        target.add(hashable(item, op_pos))
+                elif isinstance(target, Call):
+                    if target.list_items is None:
+                        target.list_items = []
+                    target.list_items.extend(items)
+                else:
+                    raise fail(f"ADDITEMS on {type(target).__name__}", op_pos)
+            elif op == 0x91:  # FROZENSET
+                items = stack
+                stack = metastack.pop()
+                stack.append(frozenset(hashable(i, op_pos) for i in items))
+            elif op == 0x6C:  # LIST
+                items = stack
+                stack = metastack.pop()
+                stack.append(items)
+            elif op == 0x64:  # DICT
+                items = stack
+                stack = metastack.pop()
+                if len(items) % 2:
+                    raise fail("DICT with an odd number of items", op_pos)
+                stack.append({hashable(items[i], op_pos): items[i + 1]
+                              for i in range(0, len(items), 2)})
+            elif op == 0x30:  # POP
+                if stack:
+                    stack.pop()
+                else:
+                    stack = metastack.pop()
+            elif op == 0x31:  # POP_MARK
+                stack = metastack.pop()
+            elif op == 0x32:  # DUP
+                stack.append(stack[-1])
+            elif op == 0x67:  # GET
+                line = line_at(pos, op_pos)
+                pos += len(line) + 1
+                stack.append(memo[_text_int(line, op_pos)])
+            elif op == 0x70:  # PUT
+                line = line_at(pos, op_pos)
+                pos += len(line) + 1
+                idx = _text_int(line, op_pos)
+                if idx < 0:
+                    raise fail("negative PUT index", op_pos)
+                memo[idx] = stack[-1]
+            elif op == 0x49:  # INT
+                line = line_at(pos, op_pos)
+                pos += len(line) + 1
+                if line == b"00":
+                    stack.append(False)
+                elif line == b"01":
+                    stack.append(True)
+                else:
+                    stack.append(_text_int(line, op_pos))
+            elif op == 0x4C:  # LONG
+                line = line_at(pos, op_pos)
+                pos += len(line) + 1
+                if line.endswith(b"L"):
+                    line = line[:-1]
+                stack.append(_text_int(line, op_pos))
+            elif op == 0x46:  # FLOAT
+                line = line_at(pos, op_pos)
+                pos += len(line) + 1
+                try:
+                    stack.append(float(line))
                 except ValueError:
-                    raise fail("malformed STRING") from None
-                stack.append(_py2_str(raw))
+                    raise fail("malformed FLOAT", op_pos) from None
+            elif op == 0x53:  # STRING
+                line = line_at(pos, op_pos)
+                pos += len(line) + 1
+                if len(line) >= 2 and line[0] == line[-1] and line[:1] in (b"'", b'"'):
+                    try:
+                        raw = codecs.escape_decode(line[1:-1])[0]
+                    except ValueError:
+                        raise fail("malformed STRING", op_pos) from None
+                    stack.append(_py2_str(raw))
+                else:
+                    raise fail("STRING argument is not quoted", op_pos)
+            elif op == 0x56:  # UNICODE
+                line = line_at(pos, op_pos)
+                pos += len(line) + 1
+                try:
+                    stack.append(line.decode("raw-unicode-escape"))
+                except UnicodeDecodeError:
+                    raise fail("malformed UNICODE", op_pos) from None
+            elif op == 0x50:  # PERSID
+                line = line_at(pos, op_pos)
+                pos += len(line) + 1
+                stack.append(persistent(text(line, op_pos, "ascii"), op_pos))
+            elif op == 0x69:  # INST
+                module = line_at(pos, op_pos)
+                pos += len(module) + 1
+                name = line_at(pos, op_pos)
+                pos += len(name) + 1
+                cls = add_global(text(module, op_pos), text(name, op_pos), op, op_pos)
+                items = stack
+                stack = metastack.pop()
+                stack.append(new_call(cls, deep(tuple(items), op_pos), "inst", op_pos))
+            elif op == 0x6F:  # OBJ
+                items = stack
+                stack = metastack.pop()
+                if not items:
+                    raise fail("OBJ without a class", op_pos)
+                stack.append(new_call(items[0], deep(tuple(items[1:]), op_pos), "obj", op_pos))
+            elif op in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4
+                n = {0x82: 1, 0x83: 2, 0x84: 4}[op]
+                if pos + n > size:
+                    raise truncated(op_pos)
+                code = int.from_bytes(data[pos:pos + n], "little")
+                pos += n
+                anomalies.append(Anomaly(
+                    "extension-import",
+                    f"imports through copyreg extension code {code}, a name not in the file",
+                    op_pos))
+                stack.append(ExtensionRef(code, op_pos))
+            elif op in (0x97, 0x98):  # NEXT_BUFFER, READONLY_BUFFER
+                raise fail("out-of-band buffers are not part of a file", op_pos)
             else:
-                raise fail("STRING argument is not quoted")
-        elif op == 0x56:  # UNICODE
-            line = readline()
-            pos += len(line) + 1
-            try:
-                stack.append(line.decode("raw-unicode-escape"))
-            except UnicodeDecodeError:
-                raise fail("malformed UNICODE") from None
-        elif op == 0x50:  # PERSID
-            line = readline()
-            pos += len(line) + 1
-            stack.append(persistent(text(line, "ascii")))
-        elif op == 0x69:  # INST
-            module = readline()
-            pos += len(module) + 1
-            name = readline()
-            pos += len(name) + 1
-            cls = add_global(text(module), text(name), op)
-            items = pop_mark()
-            stack.append(call(cls, make_tuple(items), "inst"))
-        elif op == 0x6F:  # OBJ
-            items = pop_mark()
-            if not items:
-                raise fail("OBJ without a class")
-            stack.append(call(items[0], make_tuple(items[1:]), "obj"))
-        elif op in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4
-            n = {0x82: 1, 0x83: 2, 0x84: 4}[op]
-            need(n)
-            code = int.from_bytes(data[pos:pos + n], "little")
-            pos += n
-            anomalies.append(Anomaly(
-                "extension-import",
-                f"imports through copyreg extension code {code}, a name not written in the file",
-                op_pos))
-            stack.append(ExtensionRef(code, op_pos))
-        elif op in (0x97, 0x98):  # NEXT_BUFFER, READONLY_BUFFER
-            raise fail("out-of-band buffers are not part of a file")
-        else:
-            raise fail(f"unknown opcode 0x{op:02x}")
+                raise fail(f"unknown opcode 0x{op:02x}", op_pos)
+    except (IndexError, struct.error):
+        if pos >= size:
+            raise fail("truncated pickle: data ends inside an opcode", op_pos) from None
+        raise fail("stack underflow: an opcode found too few items", op_pos) from None
+    except KeyError as err:
+        raise fail(f"memo key {err.args[0]} read before it was written", op_pos) from None
+    except TypeError as err:
+        raise fail(f"malformed stream: {err}", op_pos) from None
 
 
 class Builds(list):
@@ -741,8 +742,8 @@ def _py2_str(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def _text_int(line: bytes, fail: Callable[[str], PickleError]) -> int:
+def _text_int(line: bytes, at: int) -> int:
     try:
         return int(line)
     except ValueError:
-        raise fail("malformed integer") from None
+        raise _Stop(PickleError("malformed integer", at)) from None

@@ -147,14 +147,17 @@ class VarintData(DataSource):
 
 def extent(shape: tuple[int, ...], stride: tuple[int, ...] | None, offset: int) -> int:
     """Number of storage elements a view needs: ``offset + max index + 1`` (0 if empty)."""
-    if any(s == 0 for s in shape):
+    if 0 in shape:
         return 0
     if stride is None:
         n = 1
         for s in shape:
             n *= s
         return offset + n
-    return offset + sum((size - 1) * st for size, st in zip(shape, stride)) + 1
+    last = offset
+    for size, st in zip(shape, stride):
+        last += (size - 1) * st
+    return last + 1
 
 
 def storage_buffer(info: TensorInfo) -> memoryview:
