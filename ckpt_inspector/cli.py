@@ -15,6 +15,7 @@ from typing import Any
 from ckpt_inspector import __version__
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.gcpause import bulk_allocation
 from ckpt_inspector.core.scan import ScanReport, scan
 from ckpt_inspector.core.summary import (
     format_value,
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _unreadable(path: str, err: BaseException) -> int:
+    sys.stdout.flush()
     msg = str(err) or type(err).__name__
     print(f"ckpt-inspector: {path}: {msg}", file=sys.stderr)
     return EXIT_UNREADABLE
@@ -64,7 +66,8 @@ def _unreadable(path: str, err: BaseException) -> int:
 
 def _open(path: str) -> Checkpoint:
     try:
-        return open_checkpoint(path)
+        with bulk_allocation():
+            return open_checkpoint(path)
     except CheckpointError:
         raise
     except Exception as err:  # a reader bug must still end in one clear line
@@ -90,8 +93,7 @@ def info_json(ckpt: Checkpoint) -> dict[str, Any]:
         "tensors": tensors,
         "totals": totals(ckpt),
         "values": value_records(ckpt),
-        "metadata": {k: jsonable(v) if not isinstance(v, dict) else v
-                     for k, v in ckpt.metadata.items()},
+        "metadata": {k: jsonable(v, 10_000) for k, v in ckpt.metadata.items()},
         "warnings": ckpt.warnings,
     }
     if arrays:

@@ -156,6 +156,9 @@ class TreeBuilder:
         self.count = 0
         self.warnings: list[str] = []
         self._tensors: dict[int, TensorInfo | None] = {}
+        self._alive: list[Any] = []
+        self._scalar_lists: dict[int, bool] = {}
+        self._nested: dict[int, Any] = {}
         self._truncated = False
 
     # -- entry point -----------------------------------------------------------------
@@ -201,7 +204,12 @@ class TreeBuilder:
                 return self._sequence(Node(kind, key, type(value).__name__), value, depth,
                                       ancestors)
             if isinstance(value, Call):
-                return self._call(value, key, depth, ancestors)
+                try:
+                    return self._call(value, key, depth, ancestors)
+                except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
+                    # a malformed object: show it as such, keep reading the rest
+                    return Node("object", key, type_name_of(value),
+                                note=f"could not be interpreted ({type(err).__name__})")
             return Node("value", key, type(value).__name__, repr(value)[:200])
         finally:
             ancestors.discard(vid)
@@ -212,12 +220,20 @@ class TreeBuilder:
         return node
 
     def _sequence(self, node: Node, items: Any, depth: int, ancestors: set[int]) -> Node:
-        seq = list(items)
-        if seq and all(v is None or isinstance(v, SCALAR_TYPES) or
-                       (isinstance(v, str) and len(v) <= 64) for v in seq):
-            # (7, 7), betas, a list of parameter ids: one leaf showing its values
+        seq = items if isinstance(items, (list, tuple)) else list(items)
+        scalars = self._scalar_lists.get(id(seq))
+        if scalars is None:
+            scalars = bool(seq) and all(
+                v is None or isinstance(v, SCALAR_TYPES) or (isinstance(v, str) and len(v) <= 64)
+                for v in seq)
+            self._scalar_lists[id(seq)] = scalars
+            self._alive.append(seq)
+        if scalars:
+            # (7, 7), betas, a list of parameter ids: one leaf showing its values (shared,
+            # never copied: a file may reference one long list a million times)
             node.value = seq
             node.note = f"{len(seq):,} items"
+            self.count += len(seq) // 64
             return node
         for i, v in enumerate(seq):
             node.add(self._convert(v, i, depth + 1, ancestors))
@@ -250,6 +266,7 @@ class TreeBuilder:
                     args[0], dict):
                 items.extend(args[0].items())
             items.extend(call.dict_items or [])
+            items = _last_wins(items)
             if name == "collections.defaultdict" and args:
                 node.note = f"default: {type_name_of(args[0])}"
             state = _state_dict_of(call)
@@ -282,12 +299,15 @@ class TreeBuilder:
             node = self._ndarray(call, key)
             if node is not None:
                 return node
+        if name in ("numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer"):
+            node = self._frombuffer(call, key)
+            if node is not None:
+                return node
         if name == "numpy.dtype" and args:
             return Node("value", key, "numpy.dtype", f"dtype({args[0]!r})")
         if name == "torch.storage._load_from_bytes" and self.nested_loader and args:
-            raw = literal_bytes(args[0])
-            if raw is not None:
-                nested = self.nested_loader(raw)
+            nested = self._load_nested(call)
+            if nested is not None:
                 return self._convert(nested, key, depth + 1, ancestors)
         return self._object(call, key, depth, ancestors)
 
@@ -378,9 +398,29 @@ class TreeBuilder:
         if depth < 8 and (name.startswith((_TORCH_UTILS, "torch._tensor."))):
             try:
                 info = self._tensor_from(name[name.rfind(".") + 1:], call, depth)
+                if info is not None and call.state is not None:
+                    info = self._apply_build(info, call.state)
             except (TypeError, ValueError, IndexError, KeyError, AttributeError):
                 info = TensorInfo("unknown", (), problem=f"malformed arguments to {name}")
         self._tensors[key] = info
+        self._alive.append(call)  # ids are cache keys: keep every keyed call alive
+        return info
+
+    def _apply_build(self, info: TensorInfo, state: Any) -> TensorInfo:
+        """A BUILD on a rebuilt tensor is ``tensor.set_(storage, offset, size, stride)``
+        (torch's legacy unpickling does this, weights_only included): the tensor the
+        file really holds is the one ``state`` describes."""
+        if isinstance(state, Builds):
+            for s in state:
+                info = self._apply_build(info, s)
+            return info
+        if isinstance(state, tuple) and len(state) == 4:
+            rebuilt = self._strided(state[0], state[1], state[2], state[3], None,
+                                    info.requires_grad)
+            if not isinstance(state[0], StorageInfo):
+                rebuilt.problem = "BUILD replaced the tensor with something unreadable"
+            rebuilt.is_parameter = info.is_parameter
+            return rebuilt
         return info
 
     def _tensor_from(self, fn: str, call: Call, depth: int) -> TensorInfo | None:
@@ -483,8 +523,7 @@ class TreeBuilder:
         strides = _shape(stride) if stride is not None else None
         if not isinstance(storage, StorageInfo) and isinstance(storage, Call) and \
                 storage.func_name == "torch.storage._load_from_bytes" and self.nested_loader:
-            raw = literal_bytes(storage.args[0]) if storage.args else None
-            storage = self.nested_loader(raw) if raw is not None else None
+            storage = self._load_nested(storage)
         st = storage if isinstance(storage, StorageInfo) else None
         info = TensorInfo(
             dtype=dtype or (st.dtype if st else "unknown"),
@@ -498,6 +537,16 @@ class TreeBuilder:
         info.problem = _check(info, offset, st)
         return info
 
+    def _load_nested(self, call: Call) -> Any:
+        """The value of a checkpoint embedded as bytes, read once however often it is used."""
+        if id(call) in self._nested:
+            return self._nested[id(call)]
+        raw = literal_bytes(call.args[0]) if call.args else None
+        value = self.nested_loader(raw) if raw is not None and self.nested_loader else None
+        self._nested[id(call)] = value
+        self._alive.append(call)
+        return value
+
     def _storage_node(self, storage: StorageInfo, key: Any) -> Node:
         info = TensorInfo(storage.dtype, (storage.numel,), (1,), 0, storage,
                           device=storage.location, problem=storage.problem)
@@ -505,10 +554,22 @@ class TreeBuilder:
 
     # -- numpy -------------------------------------------------------------------------
     def _ndarray(self, call: Call, key: Any) -> Node | None:
+        """``numpy.core.multiarray._reconstruct`` + BUILD state: an array in the stream."""
         state = call.state
         if not (isinstance(state, tuple) and len(state) == 5):
             return None
         _version, shape, dtype_call, fortran, raw = state
+        return self._array_node(key, raw, dtype_call, shape, bool(fortran))
+
+    def _frombuffer(self, call: Call, key: Any) -> Node | None:
+        """``numpy.core.numeric._frombuffer(buffer, dtype, shape, order)``: protocol 5 arrays."""
+        if len(call.args) != 4:
+            return None
+        raw, dtype_call, shape, order = call.args
+        return self._array_node(key, raw, dtype_call, shape, order == "F")
+
+    def _array_node(self, key: Any, raw: Any, dtype_call: Any, shape: Any,
+                    fortran: bool) -> Node:
         code, order = _numpy_dtype(dtype_call)
         shape_t = _shape(shape)
         torch_name = _NUMPY_CODES.get(code or "")
@@ -539,6 +600,18 @@ class TreeBuilder:
         return node
 
 
+def _last_wins(items: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """Dict semantics for SETITEMS on an OrderedDict: a repeated key keeps its first
+    position and its last value."""
+    merged: dict[Any, Any] = {}
+    try:
+        for k, v in items:
+            merged[k] = v
+    except TypeError:  # an unhashable key: a real unpickler would have failed here
+        return items
+    return list(merged.items())
+
+
 def _copy(info: TensorInfo) -> TensorInfo:
     return dataclasses.replace(info)
 
@@ -558,10 +631,10 @@ def _names(value: Any) -> set[str]:
     if isinstance(value, (set, frozenset, list, tuple)):
         return {v for v in value if isinstance(v, str)}
     if isinstance(value, Call):
-        out = set(value.list_items or [])
+        items = list(value.list_items or [])
         if value.args and isinstance(value.args[0], (list, tuple, set)):
-            out |= set(value.args[0])
-        return {v for v in out if isinstance(v, str)}
+            items.extend(value.args[0])
+        return {v for v in items if isinstance(v, str)}
     return set()
 
 

@@ -108,6 +108,22 @@ def parse(text: str) -> Query:
     return Query(text, tests)
 
 
-def matching(top: DisplayNode, query: Query) -> set[int]:
-    """ids of the display nodes that match (their ancestors are shown by the view)."""
-    return {id(n) for n in top.walk() if n is not top and query(n)}
+def matching(top: DisplayNode, query: Query) -> list[DisplayNode]:
+    """The display nodes that match, in tree order."""
+    return [n for n in top.walk() if n is not top and query(n)]
+
+
+def visible_ids(matches: list[DisplayNode]) -> set[int]:
+    """What a filtered tree shows: the matches, everything above them (so a match is
+    reachable) and everything below them (a matching module shows its tensors)."""
+    visible: set[int] = set()
+    for node in matches:
+        if id(node) in visible:
+            continue
+        for below in node.walk():
+            visible.add(id(below))
+        parent = node.parent
+        while parent is not None and id(parent) not in visible:
+            visible.add(id(parent))
+            parent = parent.parent
+    return visible

@@ -32,8 +32,12 @@ DANGEROUS_MODULES = frozenset({
     "poplib", "imaplib", "nntplib", "xmlrpc", "socketserver", "ssl", "sqlite3", "platform",
     "threading", "_thread", "concurrent", "zipimport", "pkgutil", "site", "timeit", "trace",
     "profile", "cProfile", "pydoc", "venv", "ensurepip", "distutils", "setuptools",
-    "aiohttp", "httpx", "paramiko", "sysconfig",
+    "aiohttp", "httpx", "paramiko", "sysconfig", "_posixsubprocess", "_winapi", "msvcrt",
+    "tarfile", "zipfile", "shelve", "dbm", "mmap",
 })
+# whole torch submodules that download, compile or load code
+DANGEROUS_TORCH = ("torch.hub", "torch.utils.cpp_extension", "torch.package",
+                   "torch.jit._serialization")
 DANGEROUS_NAMES = frozenset({
     "builtins.eval", "builtins.exec", "builtins.compile", "builtins.open", "builtins.getattr",
     "builtins.setattr", "builtins.delattr", "builtins.__import__", "builtins.breakpoint",
@@ -50,6 +54,8 @@ DANGEROUS_NAMES = frozenset({
     "torch._C.import_ir_module", "torch._C._load_for_lite_interpreter", "torch.hub.load",
     "torch.hub.load_state_dict_from_url", "torch.hub.download_url_to_file",
     "torch.package.PackageImporter", "torch._dynamo.eval_frame", "torch.fx.graph_module",
+    "torch.hub._load_local", "operator.call", "_operator.attrgetter", "_operator.methodcaller",
+    "_operator.itemgetter", "_functools.partial", "_functools.reduce",
     "numpy.load", "numpy.lib.npyio.load", "numpy.testing._private.utils.runstring",
     "codecs.open",
 })
@@ -99,6 +105,8 @@ def classify(module: str, name: str) -> str:
         return DANGEROUS
     if module.split(".")[0] in DANGEROUS_MODULES or module in DANGEROUS_MODULES:
         return DANGEROUS
+    if module.startswith(DANGEROUS_TORCH):
+        return DANGEROUS
     # a dotted name walks attributes from the module: torch.serialization + "os.system"
     attrs = name.split(".")
     if len(attrs) > 1:
@@ -120,6 +128,8 @@ def short_repr(value: Any, limit: int = 120, depth: int = 0) -> str:
         text = repr(value if len(value) <= limit else value[:limit] + "…")
     elif isinstance(value, (bytes, bytearray)):
         text = repr(bytes(value[:limit]))
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 12_000:
+        text = f"<int of {value.bit_length():,} bits>"
     elif value is None or isinstance(value, (LazyBytes, int, float, bool, complex)):
         text = repr(value)
     elif isinstance(value, GlobalRef):
@@ -138,6 +148,31 @@ def short_repr(value: Any, limit: int = 120, depth: int = 0) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def _benign_use(name: str, uses: list[Call], called: set[int]) -> str | None:
+    """Why a dangerous callable is harmless as this file uses it, or None.
+
+    ``torch.save`` of some modules pickles a bound method as
+    ``getattr(<object made in the file>, "method")``, stored and never called;
+    hyper-parameters may hold ``type(None)``. Anything else (getattr on an
+    imported module, dunder or computed names, a method the stream then calls,
+    type() with 3 arguments) stays dangerous. ``called`` holds the ids of every
+    object the stream calls.
+    """
+    if not uses:
+        return None
+    if name == "builtins.getattr":
+        for c in uses:
+            if not (len(c.args) == 2 and isinstance(c.args[0], Call)
+                    and isinstance(c.args[1], str) and not c.args[1].startswith("__")
+                    and c.args[1].isidentifier()) or id(c) in called:
+                return None
+        methods = sorted({f"{c.args[0].func_name or '?'}.{c.args[1]}" for c in uses})
+        return f"binds method {', '.join(methods[:3])} of objects built in the file"
+    if name == "builtins.type" and all(len(c.args) == 1 and id(c) not in called for c in uses):
+        return "asks for the type of a value"
+    return None
+
+
 def scan(ckpt: Checkpoint, error: str | None = None) -> ScanReport:
     """Judge a checkpoint from what its reader recorded (never from its data)."""
     findings: list[Finding] = []
@@ -146,6 +181,7 @@ def scan(ckpt: Checkpoint, error: str | None = None) -> ScanReport:
         calls_by_func: dict[int, list[Call]] = {}
         for c in record.result.calls:
             calls_by_func.setdefault(id(c.func), []).append(c)
+        called = set(calls_by_func)
         seen: set[str] = set()
         for g in record.result.globals:
             if not g.literal:
@@ -156,8 +192,13 @@ def scan(ckpt: Checkpoint, error: str | None = None) -> ScanReport:
                 continue
             seen.add(name)
             renamed = f" (written as {g.original[0]}.{g.original[1]})" if g.original else ""
-            if level == DANGEROUS:
-                uses = calls_by_func.get(id(g), [])
+            uses = calls_by_func.get(id(g), [])
+            benign = _benign_use(name, uses, called) if level == DANGEROUS else None
+            if benign:
+                findings.append(Finding(NEEDS_TRUST, "import",
+                                        f"imports {name}{renamed}, which {benign}; loading it "
+                                        "with torch needs trust", member, g.offset, name))
+            elif level == DANGEROUS:
                 if uses:
                     what = f"calls {name} with {short_repr(uses[0].args)}"
                 else:

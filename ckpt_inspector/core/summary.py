@@ -26,14 +26,28 @@ def human_count(n: int) -> str:
     return str(n)
 
 
+def int_text(value: int) -> str:
+    """``str(value)``, except for integers too long to print (Python refuses > 4300 digits)."""
+    if value.bit_length() > 12_000:
+        return f"<int of {value.bit_length():,} bits>"
+    return str(value)
+
+
 def jsonable(value: Any, limit: int = 100) -> Any:
-    """A JSON-safe version of a leaf value (NaN and complex become strings)."""
-    if value is None or isinstance(value, (bool, int, str)):
+    """A JSON-safe version of a value (NaN, complex and huge ints become strings)."""
+    if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= 63 else int_text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value[:limit]]
+        out = [jsonable(v) for v in value[:limit]]
+        if len(value) > limit:
+            out.append(f"… {len(value) - limit:,} more")
+        return out
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in list(value.items())[:limit]}
     if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"
     return str(value)
@@ -49,7 +63,7 @@ def format_value(node: Node, limit: int = 100) -> str:
         parts = []
         size = 0
         for v in node.value:
-            item = repr(v)
+            item = int_text(v) if isinstance(v, int) and not isinstance(v, bool) else repr(v)
             size += len(item) + 2
             if size > limit:
                 parts.append(f"… {len(node.value):,} items")
@@ -65,6 +79,8 @@ def format_value(node: Node, limit: int = 100) -> str:
         return text
     elif node.kind == "bytes":
         text = f"<{node.note}>"
+    elif isinstance(node.value, int) and not isinstance(node.value, bool):
+        text = int_text(node.value)
     else:
         text = str(node.value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

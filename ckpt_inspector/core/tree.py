@@ -64,6 +64,8 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
+        if self.layout == "nested" and self.components:
+            return self.components["buffer"].numel
         return math.prod(self.shape)
 
     @property

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 from ckpt_inspector.core import query as query_mod
 from ckpt_inspector.core.display import DisplayNode
 from ckpt_inspector.gui.errors import ErrorReporter
-from ckpt_inspector.gui.loading import LoadedFile, load_file
+from ckpt_inspector.gui.loading import LoadedFile, load_file, release_file
 from ckpt_inspector.gui.panels import details_html, summary_html
 from ckpt_inspector.gui.tree_model import (
     DEVICE,
@@ -71,6 +71,7 @@ class CheckpointView(QWidget):
         self.target_device = target_device
         self.file: LoadedFile | None = None
         self._generation = 0
+        self._disposed = False
         self._models: dict[bool, CheckpointModel] = {}
         self._build()
 
@@ -123,6 +124,7 @@ class CheckpointView(QWidget):
         self.tree.setUniformRowHeights(True)
         self.tree.setAlternatingRowColors(True)
         self.tree.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.tree.selectionModel().currentChanged.connect(self._current_changed)
         self.tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.tree.customContextMenuRequested.connect(self._context_menu)
         self.tree.header().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
@@ -181,21 +183,30 @@ class CheckpointView(QWidget):
         self.status.setText(f"Reading {escape(os.path.basename(self.path))}…")
         self.runner.run(f"Reading {os.path.basename(self.path)}", load_file, self.path,
                         on_result=lambda r: self._loaded(r, generation),
-                        on_error=lambda e: self._failed(e, generation))
+                        on_error=lambda e: self._failed(e, generation),
+                        on_discard=release_file)
 
     def _loaded(self, file: LoadedFile, generation: int) -> None:
-        if generation != self._generation:
-            return  # a newer request superseded this one
+        if generation != self._generation or self._disposed:
+            release_file(file)  # superseded by a newer request, or the tab is gone
+            return
+        previous, old_models = self.file, list(self._models.values())
         self.file = file
         self._models = {True: CheckpointModel(file.grouped, self),
                         False: CheckpointModel(file.flat, self)}
+        dangerous = {f.name for f in file.report.findings
+                     if f.severity == "dangerous" and f.name}
         for model in self._models.values():
             model.set_target_device(self.target_device)
+            model.dangerous = dangerous
         self._show_model(self.group_box.isChecked())
         self.summary.setHtml(summary_html(file))
         self._show_banner(file)
         self.stack.setCurrentWidget(self.tree)
-        self.tree.selectionModel().currentChanged.connect(self._current_changed)
+        for model in old_models:
+            model.deleteLater()
+        if previous is not None:
+            release_file(previous)
         self.loaded.emit(file)
 
     def _failed(self, err: BaseException, generation: int) -> None:
@@ -283,7 +294,7 @@ class CheckpointView(QWidget):
             self.match_label.setText("")
             return
         matches = query_mod.matching(model.node(QModelIndex()), q)
-        self.proxy.set_matches(matches)
+        self.proxy.set_matches(query_mod.visible_ids(matches))
         self.match_label.setText(f"{len(matches):,} match{'es' if len(matches) != 1 else ''}")
         if len(matches) <= AUTO_EXPAND_LIMIT:
             self.tree.expandAll()
@@ -347,3 +358,13 @@ class CheckpointView(QWidget):
 
     def model(self) -> Any:
         return self.proxy.sourceModel()
+
+    def dispose(self) -> None:
+        """The tab is closing: detach the views from the trees, then free the trees."""
+        self._disposed = True
+        self._generation += 1
+        self.proxy.setSourceModel(None)
+        self._models = {}
+        if self.file is not None:
+            release_file(self.file)
+            self.file = None

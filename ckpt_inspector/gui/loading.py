@@ -8,6 +8,7 @@ from typing import Any
 
 from ckpt_inspector.core.display import DisplayNode, build_display_tree
 from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.gcpause import bulk_allocation, release
 from ckpt_inspector.core.scan import ScanReport, scan
 from ckpt_inspector.core.summary import totals, value_records
 from ckpt_inspector.core.tree import Checkpoint
@@ -27,12 +28,21 @@ class LoadedFile:
 
 def load_file(path: str) -> LoadedFile:
     start = time.perf_counter()
-    ckpt = open_checkpoint(path)
-    report = scan(ckpt)
-    grouped = build_display_tree(ckpt.root, grouped=True)
-    flat = build_display_tree(ckpt.root, grouped=False)
-    return LoadedFile(path, ckpt, report, grouped, flat, totals(ckpt), value_records(ckpt, 200),
-                      time.perf_counter() - start)
+    with bulk_allocation():
+        ckpt = open_checkpoint(path)
+        report = scan(ckpt)
+        grouped = build_display_tree(ckpt.root, grouped=True)
+        flat = build_display_tree(ckpt.root, grouped=False)
+        file = LoadedFile(path, ckpt, report, grouped, flat, totals(ckpt),
+                          value_records(ckpt, 200), 0.0)
+    file.seconds = time.perf_counter() - start
+    return file
+
+
+def release_file(file: LoadedFile) -> None:
+    """Free a file's trees now (they are cyclic, and frozen out of the collector)."""
+    for tree in (file.grouped, file.flat, file.ckpt.root):
+        release(tree)
 
 
 def load_with_torch(path: str, device: str) -> dict[str, Any]:

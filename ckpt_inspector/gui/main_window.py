@@ -8,7 +8,14 @@ import sys
 from typing import Any
 
 from PySide6.QtCore import QSettings, Qt, QUrl, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDropEvent,
+    QIcon,
+    QKeySequence,
+)
 from PySide6.QtWidgets import (
     QComboBox,
     QDockWidget,
@@ -237,8 +244,11 @@ class MainWindow(QMainWindow):
     def _view_loaded(self, view: CheckpointView, file: LoadedFile) -> None:
         index = self.tabs.indexOf(view)
         if index >= 0:
-            marker = {"dangerous": "⛔ ", "needs-trust": "⚠ "}.get(file.report.verdict, "")
-            self.tabs.setTabText(index, marker + os.path.basename(view.path))
+            icon = {"dangerous": QStyle.StandardPixmap.SP_MessageBoxCritical,
+                    "needs-trust": QStyle.StandardPixmap.SP_MessageBoxWarning}.get(
+                        file.report.verdict)
+            self.tabs.setTabIcon(index, self.style().standardIcon(icon) if icon else QIcon())
+            self.tabs.setTabToolTip(index, f"{view.path}\nverdict: {file.report.verdict}")
         self._update_title()
         self.statusBar().showMessage(
             f"{os.path.basename(view.path)}: {file.totals['tensors']:,} tensors, "
@@ -248,7 +258,9 @@ class MainWindow(QMainWindow):
     def _view_failed(self, view: CheckpointView) -> None:
         index = self.tabs.indexOf(view)
         if index >= 0:
-            self.tabs.setTabText(index, "✖ " + os.path.basename(view.path))
+            self.tabs.setTabIcon(index, self.style().standardIcon(
+                QStyle.StandardPixmap.SP_BrowserStop))
+            self.tabs.setTabToolTip(index, f"{view.path}\ncould not be read")
 
     def open_demo(self) -> None:
         self.runner.run("Making the demo checkpoint (first time only)", make_demo,
@@ -264,6 +276,8 @@ class MainWindow(QMainWindow):
             return
         view = self.tabs.widget(index)
         self.tabs.removeTab(index)
+        if isinstance(view, CheckpointView):
+            view.dispose()
         if view is not None:
             view.deleteLater()
         if self.tabs.count() == 0:

@@ -54,8 +54,10 @@ def type_text(d: DisplayNode) -> str:
         if node.kind == "ndarray":
             extra.append("numpy")
         return t.dtype + (f" ({', '.join(extra)})" if extra else "")
-    if node.kind in ("module", "object"):
+    if node.kind == "module":
         return short_type(node.type_name)
+    if node.kind == "object":
+        return node.type_name  # in full: posix.system says more than system
     if node.kind in ("dict", "list", "tuple", "set"):
         return short_type(node.type_name) or node.kind
     return short_type(node.type_name) or node.kind
@@ -84,6 +86,8 @@ class CheckpointModel(QAbstractItemModel):
         super().__init__(parent)
         self._top = top
         self._target = "cpu"
+        self.dangerous: set[str] = set()  # names the scan flagged; their rows are shown red
+        self._sorted_by: tuple[int, Qt.SortOrder] | None = None  # None: the file's order
 
     # -- structure -------------------------------------------------------------------
     def node(self, index: QModelIndex) -> DisplayNode:
@@ -144,6 +148,8 @@ class CheckpointModel(QAbstractItemModel):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ForegroundRole:
             if d.is_tensor and d.node.tensor.problem:
+                return _PROBLEM
+            if d.node is not None and d.node.type_name in self.dangerous:
                 return _PROBLEM
             if col == SHAPE and not d.is_tensor:
                 return _MUTED
@@ -214,6 +220,9 @@ class CheckpointModel(QAbstractItemModel):
     }
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        if column < 0 and self._sorted_by is None:
+            return  # already in the file's order
+        self._sorted_by = None if column < 0 else (column, order)
         self.layoutAboutToBeChanged.emit()
         old = self.persistentIndexList()
         old_nodes = [(i.internalPointer(), i.column()) for i in old]
@@ -233,16 +242,20 @@ class CheckpointModel(QAbstractItemModel):
 
 
 class FilterProxy(QSortFilterProxyModel):
-    """Recursive filtering by a precomputed set of matching nodes; sorting is the source's."""
+    """Filtering by a precomputed set of visible nodes; sorting is the source model's.
+
+    The set already holds the ancestors and descendants of every match (what
+    Qt's recursive filtering would show), computed in one Python pass, so the
+    proxy asks once per row of the parents it maps instead of walking every
+    subtree through Python calls: filtering 100,000 keys stays well under a second.
+    """
 
     def __init__(self, parent: Any = None):
         super().__init__(parent)
-        self.setRecursiveFilteringEnabled(True)
-        self.setAutoAcceptChildRows(True)
         self._matches: set[int] | None = None
 
     def set_matches(self, matches: set[int] | None) -> None:
-        """Show only these nodes (by id) and their ancestors; None shows everything."""
+        """Show only these nodes (ids of display nodes); None shows everything."""
         if hasattr(self, "beginFilterChange"):  # Qt >= 6.9
             self.beginFilterChange()
             self._matches = matches
@@ -254,8 +267,8 @@ class FilterProxy(QSortFilterProxyModel):
     def filterAcceptsRow(self, row: int, parent: QModelIndex | QPersistentModelIndex) -> bool:
         if self._matches is None:
             return True
-        model: CheckpointModel = self.sourceModel()  # type: ignore[assignment]
-        children = model.node(parent).children if parent.isValid() else model._top.children
+        node = parent.internalPointer() if parent.isValid() else self.sourceModel().node(parent)
+        children = node.children
         return 0 <= row < len(children) and id(children[row]) in self._matches
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:

@@ -34,13 +34,19 @@ class TaskRunner(QObject):
     def run(self, label: str, fn: Callable[..., Any], *args: Any,
             on_result: Callable[[Any], None],
             on_error: Callable[[BaseException], None] | None = None,
-            on_progress: Callable[[Any], None] | None = None) -> Task:
-        """Run ``fn(*args)`` (a function or a generator function) on a worker thread."""
+            on_progress: Callable[[Any], None] | None = None,
+            on_discard: Callable[[Any], None] | None = None) -> Task:
+        """Run ``fn(*args)`` (a function or a generator function) on a worker thread.
+
+        ``on_discard`` receives the result of a task that was cancelled meanwhile.
+        """
         task = Task(label)
 
         def returned(result: Any) -> None:
             if not task.cancelled:
                 on_result(result)
+            elif on_discard is not None:
+                on_discard(result)
 
         def errored(err: BaseException) -> None:
             if task.cancelled:

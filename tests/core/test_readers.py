@@ -91,7 +91,7 @@ def test_training_checkpoint(torch, training_ckpt):
     assert values["epoch"] == 7
     assert values["loss"] == pytest.approx(ckpt_obj["loss"])
     assert values["optimizer_state_dict.param_groups.0.lr"] == 0.001
-    assert values["optimizer_state_dict.param_groups.0.betas"] == [0.9, 0.999]
+    assert values["optimizer_state_dict.param_groups.0.betas"] == (0.9, 0.999)
     assert scan(ckpt).verdict == "safe"
 
 
@@ -270,7 +270,7 @@ def test_bare_pickle_with_tensor(torch, bare_pickle):
     infos = tensor_map(ckpt)
     assert torch.equal(to_torch(infos["t"]), data["t"])
     values = values_map(ckpt)
-    assert values["name"] == "run-1" and values["sizes"] == [3, 4]
+    assert values["name"] == "run-1" and values["sizes"] == (3, 4)
     report = scan(ckpt)
     assert report.verdict == "needs-trust"  # plain pickle of a tensor nests a torch.load
 

@@ -216,7 +216,8 @@ def test_broken_file_shows_an_error_dialog(qtbot, window, tmp_path):
     box = window.reporter.last
     assert "broken.pt" in box.text() and "zip" in box.text()
     assert box.detailedText()
-    assert window.tabs.tabText(0).startswith("✖")
+    assert "could not be read" in window.tabs.tabToolTip(0)
+    assert not window.tabs.tabIcon(0).isNull()
     assert "Could not read" in view.status.text()
     box.close()
 
@@ -225,7 +226,10 @@ def test_malicious_file_is_flagged_and_never_loaded(qtbot, window, payload_files
     view = open_and_wait(qtbot, window, payload_files["torch-zip"])
     assert view.banner.isVisible()
     assert "Dangerous" in view.banner.text() and "posix.system" in view.banner.text()
-    assert window.tabs.tabText(0).startswith("⛔")
+    assert "dangerous" in window.tabs.tabToolTip(0) and not window.tabs.tabIcon(0).isNull()
+    hook = find_row(view, "evil")
+    assert hook.siblingAtColumn(1).data() == "posix.system"
+    assert hook.data(Qt.ItemDataRole.ForegroundRole) is not None
     window.load_current_with_torch()
     box = window.reporter.last
     assert box is not None and "dangerous" in box.text()

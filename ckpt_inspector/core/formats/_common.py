@@ -8,6 +8,7 @@ from typing import Any
 
 from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import CheckpointError, PickleError
+from ckpt_inspector.core.pickle_tree import TreeBuilder
 from ckpt_inspector.core.tensors import BytesRange, DataSource, FileRange
 from ckpt_inspector.core.tree import Checkpoint, Node, PickleRecord
 
@@ -75,6 +76,18 @@ def _with_partial(err: CheckpointError, ckpt: Checkpoint) -> CheckpointError:
         ckpt.root = Node("truncated", note="the file could not be read")
     err.partial = ckpt
     return err
+
+
+def build_tree(ckpt: Checkpoint, value: Any, **options: Any) -> None:
+    """Set ``ckpt.root`` from an inert pickle value. A failure keeps the pickles already
+    recorded on ``ckpt`` (as ``err.partial``), so a scan still reports what they do."""
+    builder = TreeBuilder(**options)
+    try:
+        ckpt.root = builder.build(value)
+    except Exception as err:  # a reader bug on odd input must not hide the findings
+        raise fail(ckpt, f"could not interpret the file's objects "
+                         f"({type(err).__name__}: {err})") from err
+    ckpt.warnings.extend(builder.warnings)
 
 
 def fail(ckpt: Checkpoint, message: str) -> CheckpointError:

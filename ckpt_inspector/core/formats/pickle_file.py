@@ -12,8 +12,7 @@ from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import torch_legacy, torch_zip
-from ckpt_inspector.core.formats._common import Blob, run_pickle
-from ckpt_inspector.core.pickle_tree import TreeBuilder
+from ckpt_inspector.core.formats._common import Blob, build_tree, run_pickle
 from ckpt_inspector.core.pickle_vm import LazyBytes
 from ckpt_inspector.core.tree import Checkpoint
 
@@ -56,8 +55,6 @@ def read(path: str) -> Checkpoint:
     blob = Blob(path)
     ckpt = Checkpoint(path, "pickle", None, file_size=os.path.getsize(path))  # type: ignore[arg-type]
     result = run_pickle(ckpt, blob.data, "")
-    builder = TreeBuilder(nested_loader=_Nested(ckpt))
-    ckpt.root = builder.build(result.value)
-    ckpt.warnings.extend(builder.warnings)
+    build_tree(ckpt, result.value, nested_loader=_Nested(ckpt))
     ckpt.metadata["pickle protocol"] = result.protocol
     return ckpt

@@ -13,8 +13,7 @@ from typing import Any
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.dtypes import storage_class_dtype
-from ckpt_inspector.core.formats._common import Blob, fail, run_pickle
-from ckpt_inspector.core.pickle_tree import TreeBuilder
+from ckpt_inspector.core.formats._common import Blob, build_tree, fail, run_pickle
 from ckpt_inspector.core.pickle_vm import GlobalRef, PersistentRef
 from ckpt_inspector.core.tree import Checkpoint, StorageInfo
 
@@ -55,6 +54,9 @@ class _Storages:
         if kind != "storage" or len(pid) != 6:
             return PersistentRef(pid, offset)
         _, stype, root_key, location, numel, view = pid
+        if view is not None and not (isinstance(view, tuple) and len(view) == 3
+                                     and all(isinstance(v, (int, str)) for v in view)):
+            return PersistentRef(pid, offset)
         name = stype.name if isinstance(stype, GlobalRef) and stype.literal else ""
         dtype = storage_class_dtype(name) or "uint8"
         root_key = str(root_key)
@@ -68,8 +70,12 @@ class _Storages:
         if view is None:
             return root
         view_key, view_offset, view_size = view
-        st = StorageInfo(str(view_key), dtype, int(view_size), str(location))
-        self.views.append((st, root_key, int(view_offset)))
+        try:
+            size, start = int(view_size), int(view_offset)
+        except ValueError:
+            return PersistentRef(pid, offset)
+        st = StorageInfo(str(view_key), dtype, size, str(location))
+        self.views.append((st, root_key, start))
         return st
 
 
@@ -85,8 +91,9 @@ def _load(ckpt: Checkpoint, blob: Blob, label: str) -> Any:
         raise fail(ckpt, "not a legacy torch file (wrong magic number)")
     if header[1] != PROTOCOL_VERSION:
         raise fail(ckpt, f"unsupported legacy protocol version {header[1]!r}")
-    sys_info = header[2] if isinstance(header[2], dict) else {}
-    byteorder = "little" if sys_info.get("little_endian", True) else "big"
+    # torch writes storage sizes and data little-endian whatever sys_info says, and
+    # ignores the flag when loading; so do we
+    byteorder = "little"
     storages = _Storages()
     main = run_pickle(ckpt, data, f"{label}data", pos, storages.persistent_load,
                       expect_end=False)
@@ -137,9 +144,7 @@ def _load(ckpt: Checkpoint, blob: Blob, label: str) -> Any:
 def read(path: str) -> Checkpoint:
     ckpt = Checkpoint(path, "torch-legacy", None, file_size=os.path.getsize(path))  # type: ignore[arg-type]
     value = _load(ckpt, Blob(path), "")
-    builder = TreeBuilder()
-    ckpt.root = builder.build(value)
-    ckpt.warnings.extend(builder.warnings)
+    build_tree(ckpt, value)
     return ckpt
 
 

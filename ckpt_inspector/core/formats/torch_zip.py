@@ -13,17 +13,20 @@ import io
 import os
 import re
 import zipfile
+from collections import Counter
 from typing import Any
 
 from ckpt_inspector.core.dtypes import storage_class_dtype
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.formats._common import fail, run_pickle
-from ckpt_inspector.core.pickle_tree import TreeBuilder
+from ckpt_inspector.core.formats._common import build_tree, fail, run_pickle
 from ckpt_inspector.core.pickle_vm import Call, GlobalRef, PersistentRef
+from ckpt_inspector.core.scan import DANGEROUS, Finding
 from ckpt_inspector.core.tensors import ZipEntryData
 from ckpt_inspector.core.tree import Checkpoint, StorageInfo
 
 MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# torch's data.pkl stays small even for huge models (about 100 bytes per tensor)
+MAX_PICKLE_BYTES = 1 << 30
 
 
 def sniff(head: bytes) -> bool:
@@ -80,7 +83,16 @@ class _Archive:
         self.ckpt = ckpt
         self.zf = zf
         self.label = label  # prefix for member names in findings ("" for the file itself)
-        self.names = {i.filename: i for i in zf.infolist()}
+        self.infos = zf.infolist()
+        self.names = {i.filename: i for i in self.infos}  # the last of duplicates, as torch
+        counts = Counter(i.filename for i in self.infos)
+        for name, n in counts.items():
+            if n > 1:
+                ckpt.findings.append(Finding(
+                    DANGEROUS, "duplicate-member",
+                    f"the archive holds {n} records named {name!r}: zip readers disagree on "
+                    "which one counts, a way to show a scanner one pickle and torch another",
+                    label + name))
         roots = [n[: -len("data.pkl")] for n in self.names
                  if n.endswith("/data.pkl") and n.count("/") == 1]
         if not roots:
@@ -91,8 +103,9 @@ class _Archive:
         self.is_script = f"{prefix}constants.pkl" in self.names or any(
             n.startswith(f"{prefix}code/") for n in self.names)
         self.byteorder = "little"
-        if f"{prefix}byteorder" in self.names:
-            raw = zf.read(f"{prefix}byteorder").decode("ascii", "replace").strip()
+        order = self.names.get(f"{prefix}byteorder")
+        if order is not None and order.file_size <= 64:
+            raw = zf.read(order).decode("ascii", "replace").strip()
             self.byteorder = "big" if raw == "big" else "little"
         data_prefix = f"{prefix}data/"
         sources: dict[str, Any] = {
@@ -101,13 +114,20 @@ class _Archive:
         }
         self.table = StorageTable(ckpt, sources)
 
-    def load(self, member: str) -> Any:
-        return run_pickle(self.ckpt, self.zf.read(member), self.label + member,
+    def load(self, info: zipfile.ZipInfo) -> Any:
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise fail(self.ckpt, f"{info.filename} holds {info.file_size:,} bytes of pickle, "
+                                  f"more than the {MAX_PICKLE_BYTES >> 20} MiB the reader accepts")
+        try:
+            payload = self.zf.read(info)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as err:
+            raise fail(self.ckpt, f"cannot read {info.filename}: {err}") from None
+        return run_pickle(self.ckpt, payload, self.label + info.filename,
                           persistent_load=_persistent_load(self.table))
 
     @property
-    def main(self) -> str:
-        return f"{self.prefix}data.pkl"
+    def main(self) -> zipfile.ZipInfo:
+        return self.names[f"{self.prefix}data.pkl"]
 
 
 def _open_zip(ckpt: Checkpoint, source: Any) -> zipfile.ZipFile:
@@ -126,15 +146,13 @@ def read(path: str) -> Checkpoint:
             ckpt.format = "torchscript"
         result = archive.load(archive.main)
         roles = _ScriptRoles(zf, archive.prefix) if archive.is_script else None
-        builder = TreeBuilder(script_module_roles=roles)
-        ckpt.root = builder.build(result.value)
-        ckpt.warnings.extend(builder.warnings)
+        build_tree(ckpt, result.value, script_module_roles=roles)
 
         # every other pickle in the archive is scanned, though not shown
-        for name in archive.names:
-            if name != archive.main and name.endswith((".pkl", ".debug_pkl")):
+        for info in archive.infos:
+            if info is not archive.main and info.filename.endswith((".pkl", ".debug_pkl")):
                 try:
-                    archive.load(name)
+                    archive.load(info)
                 except CheckpointError as err:  # recorded; the scanner reports it
                     ckpt.warnings.append(str(err))
         ckpt.metadata.update(_archive_metadata(zf, archive.prefix, archive.names,

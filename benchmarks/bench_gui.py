@@ -1,0 +1,146 @@
+"""Start-up, open and event-loop stalls of the desktop app.
+
+    .venv/bin/python benchmarks/bench_gui.py [--platform offscreen|xcb] [--repeat 3]
+
+Measures, side by side in one run, on the 2 GiB / 800-tensor checkpoint that
+bench_info.py writes (made here if missing) and on a 100,000-tensor state_dict:
+
+- cold start: from spawning ``ckpt-inspector FILE`` to the window showing its tree;
+- open to tree: ``open_paths`` in a running app until the tree is on screen;
+- longest stall of the GUI event loop while a file opens (a 2 ms timer heartbeat);
+- for 100,000 tensors: filter and sort times in the GUI thread.
+
+Targets: cold start <= 1.5 s, open to tree <= 0.3 s, longest stall <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def ensure_files(folder: Path) -> tuple[Path, Path]:
+    big = folder / "bench_2048mb_800.pt"
+    if not big.exists():
+        subprocess.run([sys.executable, str(HERE / "bench_info.py"), "--make", str(big)],
+                       check=True)
+    many = folder / "state_dict_100k.pt"
+    if not many.exists():
+        code = ("import torch; torch.save({f'model.layers.{i // 10}.sub{i % 10}.weight': "
+                f"torch.zeros(4) for i in range(100_000)}}, {str(many)!r})")
+        subprocess.run([sys.executable, "-c", code], check=True)
+    return big, many
+
+
+def cold_start(path: Path, platform: str) -> float:
+    env = {**os.environ, "QT_QPA_PLATFORM": platform, "CKPT_INSPECTOR_EXIT_WHEN_SHOWN": "1",
+           "XDG_CONFIG_HOME": tempfile.mkdtemp()}
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "ckpt_inspector", str(path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("shown "))
+    return float(line.split()[1]) - start
+
+
+HARNESS = r'''
+import json, os, sys, tempfile, time
+from PySide6.QtCore import QElapsedTimer, QModelIndex, QSettings, Qt, QTimer
+from PySide6.QtWidgets import QApplication
+from ckpt_inspector.gui.main_window import MainWindow
+
+app = QApplication([])
+settings = QSettings(os.path.join(tempfile.mkdtemp(), "s.ini"), QSettings.Format.IniFormat)
+win = MainWindow(settings=settings, probe_devices=False)
+win.show()
+paths, repeat = sys.argv[1:-1], int(sys.argv[-1])
+clock = QElapsedTimer(); clock.start()
+last = [clock.elapsed()]; gaps = []
+def beat():
+    now = clock.elapsed(); gaps.append(now - last[0]); last[0] = now
+heart = QTimer(); heart.setInterval(2); heart.timeout.connect(beat); heart.start()
+results = {}
+jobs = [(p, i) for p in paths for i in range(repeat)]
+state = {}
+
+def start_next():
+    if not jobs:
+        QTimer.singleShot(0, app.quit); return
+    path, i = jobs.pop(0)
+    while win.tabs.count():
+        win.close_tab(0)
+    gaps.clear(); last[0] = clock.elapsed()
+    state.update(path=path, t0=time.perf_counter())
+    win.open_paths([path])
+
+def shown(path):
+    QTimer.singleShot(0, painted)
+
+def painted():
+    t1 = time.perf_counter()
+    r = results.setdefault(state["path"], {"open": [], "stall": [], "filter": [], "sort": []})
+    r["open"].append(t1 - state["t0"])
+    QTimer.singleShot(100, lambda: finish(r))
+
+def finish(r):
+    r["stall"].append(max(gaps) if gaps else 0)
+    view = win.current_view()
+    t = time.perf_counter()
+    view.filter_edit.setText("sub3"); view.apply_filter()
+    r["filter"].append(time.perf_counter() - t)
+    view.filter_edit.setText(""); view.apply_filter()
+    t = time.perf_counter()
+    view.tree.sortByColumn(0, Qt.SortOrder.DescendingOrder)
+    r["sort"].append(time.perf_counter() - t)
+    QTimer.singleShot(200, start_next)
+
+win.file_shown.connect(shown)
+QTimer.singleShot(500, start_next)
+app.exec()
+print(json.dumps(results))
+'''
+
+
+def in_app(paths: list[Path], platform: str, repeat: int) -> dict:
+    env = {**os.environ, "QT_QPA_PLATFORM": platform}
+    proc = subprocess.run([sys.executable, "-c", HARNESS, *map(str, paths), str(repeat)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--platform", default="offscreen")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "ckpt-inspector-bench"))
+    args = ap.parse_args()
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    big, many = ensure_files(folder)
+
+    cold = [cold_start(big, args.platform) for _ in range(args.repeat)]
+    res = in_app([big, many], args.platform, args.repeat)
+    med = statistics.median
+    print(f"\nQt platform: {args.platform}; median of {args.repeat}\n")
+    print(f"cold start to tree, {big.name}:   {med(cold):.3f} s   (target <= 1.5 s)")
+    for path, label in ((big, "2 GiB / 800 tensors"), (many, "100,000 tensors")):
+        r = res[str(path)]
+        print(f"{label}:")
+        print(f"  open to tree shown:          {med(r['open']):.3f} s   (target <= 0.3 s)")
+        print(f"  longest event-loop stall:    {max(r['stall']):.0f} ms   (target <= 50 ms)")
+        print(f"  filter 'sub3' (GUI thread):  {med(r['filter']) * 1000:.0f} ms")
+        print(f"  sort by key (GUI thread):    {med(r['sort']) * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

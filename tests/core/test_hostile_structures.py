@@ -1,0 +1,228 @@
+"""Files built to mislead or exhaust the reader: it must show what torch would load,
+stay within memory and time, and keep its verdict."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import resource
+import struct
+import subprocess
+import sys
+import warnings
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+from ckpt_inspector.core import CheckpointError, open_checkpoint
+from ckpt_inspector.core.formats import torch_zip
+from ckpt_inspector.core.scan import scan
+from ckpt_inspector.core.tensors import to_numpy, to_torch
+from ckpt_inspector.core.tree import key_of
+
+from support import ROOT, run_cli
+
+
+def tensors(ckpt):
+    return {key_of(p): n.tensor for p, n in ckpt.tensors()}
+
+
+def long_put(i: int) -> bytes:
+    return b"r" + struct.pack("<I", i)
+
+
+def long_get(i: int) -> bytes:
+    return b"j" + struct.pack("<I", i)
+
+
+def run_limited(*args: str, memory_gb: int = 2, timeout: int = 60):
+    """The CLI under an address-space limit: a memory bomb fails the test, not the machine."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (memory_gb << 30, memory_gb << 30))
+    return subprocess.run([sys.executable, "-m", "ckpt_inspector", *args], capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=limit, cwd=ROOT)
+
+
+def test_build_on_a_tensor_is_applied_like_torch(torch, tmp_path):
+    """BUILD on a rebuilt tensor is tensor.set_(...): the reader must show that tensor."""
+    small, big = torch.zeros(2), torch.arange(1000.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small_storage, big_storage = small.storage(), big.storage()
+
+    class Spoof:
+        def __reduce_ex__(self, _protocol):
+            return (torch._utils._rebuild_tensor_v2,
+                    (small_storage, 0, (2,), (1,), False, OrderedDict()),
+                    (big_storage, 0, (10, 100), (100, 1)))
+
+    path = tmp_path / "spoof.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save({"w": Spoof()}, path)
+    loaded = torch.load(path, weights_only=True)["w"]
+    info = tensors(open_checkpoint(path))["w"]
+    assert info.shape == tuple(loaded.shape) == (10, 100)
+    assert torch.equal(to_torch(info), loaded)
+
+
+def test_tensor_subclasses_keep_their_own_shapes(torch, tmp_path):
+    # a subclass pickle can find by name (torch is imported by the fixture, not here)
+    my_t = type("MyT", (torch.Tensor,), {"__module__": __name__})
+    globals()["MyT"] = my_t
+    MyT = my_t
+    data = {f"t{i}": torch.randn(i + 1, 2).as_subclass(MyT) for i in range(4)}
+    path = tmp_path / "sub.pt"
+    torch.save(data, path)
+    infos = tensors(open_checkpoint(path))
+    for key, t in data.items():
+        assert infos[key].shape == tuple(t.shape), key
+        assert torch.equal(to_torch(infos[key]), t.as_subclass(torch.Tensor))
+        assert infos[key].subclass.endswith("MyT")
+
+
+def test_duplicate_ordered_dict_keys_keep_the_last_value(tmp_path):
+    stream = (b"\x80\x02ccollections\nOrderedDict\n)R(X\x01\x00\x00\x00wK\x01"
+              b"X\x01\x00\x00\x00wK\x02u.")
+    assert pickle.loads(stream) == OrderedDict(w=2)
+    path = tmp_path / "dupkey.pkl"
+    path.write_bytes(stream)
+    root = open_checkpoint(path).root
+    assert [(c.key, c.value) for c in root.children] == [("w", 2)]
+
+
+def test_shared_list_bomb_stays_small_and_fast(tmp_path):
+    """50 KB that reference one 20,000-int list a million times."""
+    stream = b"\x80\x02](" + b"K\x01" * 20000 + b"e" + long_put(0)
+    stream += b"](" + long_get(0) * 1000 + b"e" + long_put(1)
+    stream += b"](" + long_get(1) * 1000 + b"e" + long_put(2) + b"."
+    path = tmp_path / "laughs.pkl"
+    path.write_bytes(stream)
+    proc = run_limited("info", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "cut off" in json.dumps(json.loads(proc.stdout)["warnings"])
+
+
+def test_one_embedded_checkpoint_used_many_times_is_read_once(torch, tmp_path):
+    inner = io.BytesIO()
+    torch.save({"w": torch.zeros(256 * 1024)}, inner, _use_new_zipfile_serialization=False)
+    raw = inner.getvalue()
+    stream = (b"\x80\x02ctorch.storage\n_load_from_bytes\nB" + struct.pack("<I", len(raw)) + raw
+              + b"\x85R" + long_put(0) + b"0](" + long_get(0) * 20000 + b"e.")
+    path = tmp_path / "nested.pkl"
+    path.write_bytes(stream)
+    proc = run_limited("scan", str(path), "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["verdict"] == "needs-trust"
+
+
+def test_oversized_pickle_member_is_refused(tensors_file, monkeypatch):
+    monkeypatch.setattr(torch_zip, "MAX_PICKLE_BYTES", 100)
+    with pytest.raises(CheckpointError, match="more than") as info:
+        open_checkpoint(tensors_file[0])
+    assert info.value.partial is not None
+
+
+def test_huge_integers_print_without_crashing(torch, tmp_path):
+    path = tmp_path / "bigint.pt"
+    torch.save({"w": torch.ones(2), "epoch": 10**5000}, path)
+    for args in (["info", str(path)], ["info", str(path), "--json"], ["scan", str(path)]):
+        proc = run_cli(*args)
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert "bits" in run_cli("info", str(path)).stdout
+
+
+def test_payload_before_a_malformed_object_is_still_reported(tmp_path, marker):
+    command = f"touch {marker}".encode()
+    system = b"cposix\nsystem\nX" + struct.pack("<I", len(command)) + command + b"\x85R"
+    bad_array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R"
+                 b"(K\x01X\x03\x00\x00\x00badcnumpy\ndtype\nX\x02\x00\x00\x00f8\x85R\x89C\x00tb")
+    path = tmp_path / "mixed.pkl"
+    path.write_bytes(b"\x80\x02(" + system + bad_array + b"l.")
+    proc = run_cli("scan", str(path), "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["verdict"] == "dangerous" and "posix.system" in report["globals"]
+    assert not marker.exists()
+
+
+def test_legacy_file_from_a_big_endian_host(torch, tmp_path):
+    """sys_info says big-endian; torch still writes sizes and data little-endian."""
+    data = {"w": torch.arange(6, dtype=torch.float32), "n": torch.tensor([7])}
+    buf = io.BytesIO()
+    torch.save(data, buf, _use_new_zipfile_serialization=False)
+    raw = buf.getvalue()
+    raw = raw.replace(b"little_endianq\x02\x88", b"little_endianq\x02\x89", 1)
+    assert b"little_endianq\x02\x89" in raw
+    path = tmp_path / "be_legacy.pt"
+    path.write_bytes(raw)
+    loaded = torch.load(path, weights_only=True)
+    infos = tensors(open_checkpoint(path))
+    for key, t in loaded.items():
+        assert infos[key].problem is None
+        assert torch.equal(to_torch(infos[key]), t)
+
+
+def test_duplicate_zip_members_are_flagged_and_both_scanned(torch, tmp_path, marker):
+    benign = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, benign)
+    evil = pickle.dumps(_Payload(f"touch {marker}"), protocol=2)
+    path = tmp_path / "dup.pt"
+    with zipfile.ZipFile(io.BytesIO(benign.getvalue())) as zin, \
+            zipfile.ZipFile(path, "w") as zout, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        for info in zin.infolist():
+            if info.filename.endswith("data.pkl"):
+                zout.writestr(info.filename, evil)
+            zout.writestr(info, zin.read(info))
+    report = scan(open_checkpoint(path))
+    assert report.verdict == "dangerous"
+    codes = {f.code for f in report.findings}
+    assert {"duplicate-member", "dangerous-import"} <= codes
+    assert not marker.exists()
+
+
+class _Payload:
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+def test_stored_bound_method_and_type_of_none_need_trust(torch, tmp_path):
+    lazy = tmp_path / "lazy.pt"
+    torch.save(torch.nn.LazyLinear(3), lazy)
+    assert scan(open_checkpoint(lazy)).verdict == "needs-trust"
+    typed = tmp_path / "type.pt"
+    torch.save({"hp": {"dtype": type(None)}}, typed)
+    assert scan(open_checkpoint(typed)).verdict == "needs-trust"
+
+
+def test_getattr_on_an_imported_object_is_dangerous(tmp_path):
+    """getattr(collections.OrderedDict, "__init__"): the first step of every gadget chain."""
+    stream = (b"\x80\x02c__builtin__\ngetattr\nccollections\nOrderedDict\n"
+              b"X\x08\x00\x00\x00__init__\x86R.")
+    path = tmp_path / "getattr.pkl"
+    path.write_bytes(stream)
+    assert scan(open_checkpoint(path)).verdict == "dangerous"
+
+
+def test_numpy_arrays_pickled_with_protocol_5(torch, tmp_path):
+    arr = np.arange(12, dtype=np.float16).reshape(3, 4)
+    path = tmp_path / "np5.pt"
+    torch.save({"a": arr}, path, pickle_protocol=5)
+    node = next(n for n in open_checkpoint(path).root.walk() if n.key == "a")
+    assert node.kind == "ndarray"
+    assert np.array_equal(to_numpy(node.tensor), arr)
+
+
+def test_onnx_inputs_are_json_objects(onnx_inline):
+    out = json.loads(run_cli("info", str(onnx_inline), "--json").stdout)
+    assert out["metadata"]["inputs"][0]["name"] == "image"
