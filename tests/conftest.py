@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from support import Payload
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 MARKER_NAME = "PWNED-marker"
@@ -317,16 +319,6 @@ def bare_pickle(torch, files):
 
 
 # -- hostile files ---------------------------------------------------------------------------
-class _Payload:
-    """Unpickling this runs a shell command (one that creates the marker file)."""
-
-    def __init__(self, command: str):
-        self.command = command
-
-    def __reduce__(self):
-        return (os.system, (self.command,))
-
-
 @pytest.fixture()
 def marker(tmp_path: Path) -> Path:
     path = tmp_path / MARKER_NAME
@@ -339,7 +331,7 @@ def payload_files(torch, tmp_path: Path, marker: Path) -> dict[str, Path]:
     """The same os.system payload in each container a user might be sent."""
     out = {}
     touch = f"touch {marker}"
-    obj = {"weights": torch.ones(2), "evil": _Payload(touch)}
+    obj = {"weights": torch.ones(2), "evil": Payload(touch)}
     out["torch-zip"] = tmp_path / "evil_zip.pt"
     torch.save(obj, out["torch-zip"])
     out["torch-legacy"] = tmp_path / "evil_legacy.pt"
@@ -353,13 +345,13 @@ def payload_files(torch, tmp_path: Path, marker: Path) -> dict[str, Path]:
 
 
 PAYLOAD_BUILDERS = {
-    "pickle": lambda cmd: pickle.dumps(_Payload(cmd), protocol=2),
-    "pickle-p0": lambda cmd: pickle.dumps(_Payload(cmd), protocol=0),
-    "pickle-p5": lambda cmd: pickle.dumps({"a": [_Payload(cmd)]}, protocol=5),
+    "pickle": lambda cmd: pickle.dumps(Payload(cmd), protocol=2),
+    "pickle-p0": lambda cmd: pickle.dumps(Payload(cmd), protocol=0),
+    "pickle-p5": lambda cmd: pickle.dumps({"a": [Payload(cmd)]}, protocol=5),
     # names computed at load time: _codecs.decode feeds STACK_GLOBAL
     "computed-import": lambda cmd: computed_import_pickle(cmd),
     # a clean pickle, then a second one that runs the payload (pickle.load twice)
-    "trailing": lambda cmd: pickle.dumps({"ok": 1}) + pickle.dumps(_Payload(cmd)),
+    "trailing": lambda cmd: pickle.dumps({"ok": 1}) + pickle.dumps(Payload(cmd)),
 }
 
 

@@ -188,6 +188,8 @@ class TreeBuilder:
             return Node("bytes", key, kind, value, note=f"{len(value):,} bytes")
         if isinstance(value, StorageInfo):
             return self._storage_node(value, key)
+        if isinstance(value, TensorInfo):  # described outside the pickle (tar format)
+            return Node("tensor", key, "torch.Tensor", tensor=value)
         if isinstance(value, GlobalRef):
             return Node("ref", key, "global", value.full_name)
         if isinstance(value, (PersistentRef, ExtensionRef)):
@@ -534,7 +536,7 @@ class TreeBuilder:
             device=st.location if st else "unknown",
             requires_grad=requires_grad,
         )
-        info.problem = _check(info, offset, st)
+        info.problem = check_tensor(info, offset, st)
         return info
 
     def _load_nested(self, call: Call) -> Any:
@@ -649,7 +651,8 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _check(info: TensorInfo, offset: Any, storage: StorageInfo | None) -> str | None:
+def check_tensor(info: TensorInfo, offset: Any, storage: StorageInfo | None) -> str | None:
+    """Why a tensor cannot be read from its storage, or None."""
     if storage is None:
         return "storage record not found in the file"
     if storage.problem:

@@ -23,7 +23,7 @@ from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy, to_torch
 from ckpt_inspector.core.tree import key_of
 
-from support import ROOT, run_cli
+from support import ROOT, Payload, run_cli
 
 
 def tensors(ckpt):
@@ -170,7 +170,7 @@ def test_legacy_file_from_a_big_endian_host(torch, tmp_path):
 def test_duplicate_zip_members_are_flagged_and_both_scanned(torch, tmp_path, marker):
     benign = io.BytesIO()
     torch.save({"w": torch.ones(2)}, benign)
-    evil = pickle.dumps(_Payload(f"touch {marker}"), protocol=2)
+    evil = pickle.dumps(Payload(f"touch {marker}"), protocol=2)
     path = tmp_path / "dup.pt"
     with zipfile.ZipFile(io.BytesIO(benign.getvalue())) as zin, \
             zipfile.ZipFile(path, "w") as zout, warnings.catch_warnings():
@@ -184,16 +184,6 @@ def test_duplicate_zip_members_are_flagged_and_both_scanned(torch, tmp_path, mar
     codes = {f.code for f in report.findings}
     assert {"duplicate-member", "dangerous-import"} <= codes
     assert not marker.exists()
-
-
-class _Payload:
-    def __init__(self, command: str):
-        self.command = command
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (self.command,))
 
 
 def test_stored_bound_method_and_type_of_none_need_trust(torch, tmp_path):

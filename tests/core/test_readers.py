@@ -326,3 +326,66 @@ def test_cycles_become_cycle_nodes(tmp_path):
     ckpt = open_checkpoint(path)
     kinds = [n.kind for n in ckpt.root.walk()]
     assert kinds.count("cycle") == 2
+
+
+def write_tar_checkpoint(torch, path, tensors: dict, extra: dict):
+    """The pre-0.4 tar format, written by hand the way torch 0.3 wrote it."""
+    import io
+    import pickle
+    import struct
+    import tarfile
+
+    storages, records = io.BytesIO(), io.BytesIO()
+    pickle.dump(len(tensors), storages, protocol=2)
+    pickle.dump(len(tensors), records, protocol=2)
+    for i, t in enumerate(tensors.values()):
+        t = t.contiguous()
+        storage_type = getattr(torch, {torch.float32: "FloatStorage",
+                                       torch.int64: "LongStorage"}[t.dtype])
+        pickle.dump((1000 + i, "cpu", storage_type), storages, protocol=2)
+        storages.write(struct.pack("<q", t.numel()) + t.numpy().tobytes())
+        pickle.dump((i, 1000 + i, type(t)), records, protocol=2)
+        records.write(struct.pack("<ii", t.dim(), 0))
+        records.write(struct.pack(f"<{t.dim()}q", *t.shape))
+        records.write(struct.pack(f"<{t.dim()}q", *t.stride()))
+        records.write(struct.pack("<q", 0))
+    pickle.dump([], storages, protocol=2)
+
+    class Refs(pickle.Pickler):
+        def persistent_id(self, obj):
+            for i, t in enumerate(tensors.values()):
+                if obj is t:
+                    return str(i)
+            return None
+
+    main = io.BytesIO()
+    Refs(main, protocol=2).dump({**tensors, **extra})
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, buf in (("sys_info", io.BytesIO(pickle.dumps({}))), ("pickle", main),
+                          ("tensors", records), ("storages", storages)):
+            info = tarfile.TarInfo(name)
+            info.size = len(buf.getvalue())
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+
+
+def test_pre_0_4_tar_format(torch, tmp_path):
+    tensors = {"w": torch.randn(3, 4), "steps": torch.arange(5)}
+    path = tmp_path / "old.pt"
+    write_tar_checkpoint(torch, path, tensors, {"epoch": 2})
+    loaded = torch.load(path, weights_only=False)  # our own file: checks the writer above
+    assert torch.equal(loaded["w"], tensors["w"])
+    ckpt = open_checkpoint(path)
+    assert ckpt.format == "torch-legacy" and ckpt.metadata["container"].startswith("tar")
+    assert_matches(torch, tensor_map(ckpt), tensors)
+    assert values_map(ckpt)["epoch"] == 2
+    assert scan(ckpt).verdict == "safe"
+
+
+def test_pre_0_4_tar_format_with_a_payload(torch, tmp_path, marker):
+    from support import Payload
+
+    path = tmp_path / "old_evil.pt"
+    write_tar_checkpoint(torch, path, {"w": torch.ones(2)},
+                         {"hook": Payload(f"touch {marker}")})
+    report = scan(open_checkpoint(path))
+    assert report.verdict == "dangerous" and "posix.system" in report.globals

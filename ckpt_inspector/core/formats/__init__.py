@@ -10,19 +10,21 @@ from ckpt_inspector.core.tree import Checkpoint
 FORMATS = ("torch-zip", "torch-legacy", "torchscript", "pickle", "safetensors", "onnx")
 
 
-def _head(path: str, n: int = 64) -> bytes:
+def _head(path: str, n: int = 512) -> bytes:
     with open(path, "rb") as f:
         return f.read(n)
 
 
 def detect_format(path: str) -> str:
     """The reader for ``path``, decided from its first bytes (``torchscript`` reads as
-    ``torch-zip`` until the archive is opened). Raises CheckpointError if none fits."""
+    ``torch-zip`` until the archive is opened; ``torch-tar`` is the pre-0.4 legacy
+    format, reported as ``torch-legacy``). Raises CheckpointError if none fits."""
     from ckpt_inspector.core.formats import (
         onnx_fmt,
         pickle_file,
         safetensors_fmt,
         torch_legacy,
+        torch_tar,
         torch_zip,
     )
 
@@ -31,6 +33,8 @@ def detect_format(path: str) -> str:
         raise CheckpointError("empty file")
     if torch_zip.sniff(head):
         return "torch-zip"
+    if torch_tar.sniff(head):
+        return "torch-tar"
     if torch_legacy.sniff(head):
         return "torch-legacy"
     if safetensors_fmt.sniff(head):
@@ -53,6 +57,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         pickle_file,
         safetensors_fmt,
         torch_legacy,
+        torch_tar,
         torch_zip,
     )
 
@@ -64,6 +69,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         reader = {
             "torch-zip": torch_zip.read,
             "torch-legacy": torch_legacy.read,
+            "torch-tar": torch_tar.read,  # reported as torch-legacy
             "safetensors": safetensors_fmt.read,
             "onnx": onnx_fmt.read,
             "pickle": pickle_file.read,
