@@ -37,7 +37,6 @@ def main() -> None:
 
     def expand(view) -> None:
         tree, proxy = view.tree, view.proxy
-        selected = None
         stack = [QModelIndex()]
         opened = 0
         while stack and opened < 6:
@@ -49,7 +48,17 @@ def main() -> None:
                     tree.expand(idx)
                     opened += 1
                     stack.append(idx)
-                elif d.is_tensor and selected is None and len(d.node.tensor.shape) == 4:
+        # select a visible tensor, a conv weight if there is one, to show its details
+        selected = None
+        stack = [QModelIndex()]
+        while stack:
+            parent = stack.pop()
+            for row in range(proxy.rowCount(parent)):
+                idx = proxy.index(row, 0, parent)
+                d = idx.data(NodeRole)
+                if tree.isExpanded(idx):
+                    stack.append(idx)
+                elif d.is_tensor and (selected is None or d.key.endswith("conv1.weight")):
                     selected = idx
         if selected is not None:
             tree.setCurrentIndex(selected)
