@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true", help="one JSON object on stdout")
     demo = sub.add_parser("demo", help="make the demo checkpoint (needs torch) and print its path")
     demo.add_argument("--info", action="store_true", help="also run info on it")
+    load = sub.add_parser("load", help="load a safe file with torch.load(weights_only=True) "
+                                       "onto a device and report what came back")
+    load.add_argument("path")
+    load.add_argument("--device", default="cpu", help="map_location (cpu, cuda:0, mps)")
+    load.add_argument("--json", action="store_true", help="one JSON object on stdout")
     dev = sub.add_parser("devices", help="devices torch can load tensors onto (map_location)")
     dev.add_argument("--json", action="store_true", help="one JSON list on stdout")
     return p
@@ -270,7 +275,34 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"info": cmd_info, "scan": cmd_scan, "demo": cmd_demo, "devices": cmd_devices}
+def cmd_load(args: argparse.Namespace) -> int:
+    try:
+        ckpt = _open(args.path)
+    except CheckpointError as err:
+        return _unreadable(args.path, err)
+    report = scan(ckpt)
+    if report.verdict != "safe":
+        names = ", ".join(report.flagged_names()[:5])
+        print(f"ckpt-inspector: {args.path}: not loaded: the file is {report.verdict}"
+              + (f" (imports {names})" if names else "")
+              + "; only files that hold nothing but weights are loaded", file=sys.stderr)
+        return EXIT_NOT_SAFE
+    from ckpt_inspector.core.torch_load import load_weights
+
+    try:
+        result = load_weights(args.path, args.device)
+    except Exception as err:  # torch's own message is the useful one
+        return _unreadable(args.path, CheckpointError(f"torch.load failed: {err}"))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.path}: {result['tensors']:,} tensors, {human_bytes(result['nbytes'])} "
+              f"on {', '.join(result['devices']) or args.device} in {result['seconds']:.2f} s")
+    return EXIT_OK
+
+
+COMMANDS = {"info": cmd_info, "scan": cmd_scan, "demo": cmd_demo, "devices": cmd_devices,
+            "load": cmd_load}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,3 +153,26 @@ def test_info_and_scan_do_not_import_torch(fixture, request):
             "bad = [m for m in ('torch', 'numpy', 'PySide6') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+
+
+def test_load_with_torch_onto_a_device(cuda_file, resnet_full):
+    """A file saved on cuda:0 loads onto the cpu: the device picker's map_location."""
+    proc = run_cli("load", str(cuda_file[0]), "--device", "cpu", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["devices"] == ["cpu"] and result["tensors"] == len(cuda_file[1])
+    refused = run_cli("load", str(resnet_full[0]))
+    assert refused.returncode == 1
+    assert "needs-trust" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_demo_checkpoint_is_made_locally(tmp_path):
+    proc = run_cli("demo", env={"XDG_CACHE_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    path = proc.stdout.strip().splitlines()[-1]
+    assert path.startswith(str(tmp_path))
+    out = json.loads(run_cli("info", path, "--json").stdout)
+    values = {v["key"]: v["value"] for v in out["values"]}
+    assert values["arch"] == "resnet18" and "epoch" in values
+    assert any(t["key"].startswith("optimizer_state_dict.state.") for t in out["tensors"])
+    assert out["verdict"] == "safe"

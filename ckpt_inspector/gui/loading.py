@@ -43,29 +43,3 @@ def release_file(file: LoadedFile) -> None:
     """Free a file's trees now (they are cyclic, and frozen out of the collector)."""
     for tree in (file.grouped, file.flat, file.ckpt.root):
         release(tree)
-
-
-def load_with_torch(path: str, device: str) -> dict[str, Any]:
-    """torch.load(weights_only=True) onto ``device``: checks the file loads on this machine."""
-    start = time.perf_counter()
-    import torch
-
-    imported = time.perf_counter()
-    obj = torch.load(path, map_location=device, weights_only=True)
-    count = 0
-    nbytes = 0
-    devices: set[str] = set()
-    stack = [obj]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, torch.Tensor):
-            count += 1
-            nbytes += v.numel() * v.element_size()
-            devices.add(str(v.device))
-        elif isinstance(v, dict):
-            stack.extend(v.values())
-        elif isinstance(v, (list, tuple)):
-            stack.extend(v)
-    return {"tensors": count, "nbytes": nbytes, "devices": sorted(devices),
-            "seconds": time.perf_counter() - imported,
-            "import_seconds": imported - start}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from ckpt_inspector.gui.checkpoint_view import CheckpointView
 from ckpt_inspector.gui.devices import DeviceProbe
 from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.file_browser import FileBrowser
-from ckpt_inspector.gui.loading import LoadedFile, load_with_torch
+from ckpt_inspector.gui.loading import LoadedFile
 from ckpt_inspector.gui.welcome import WelcomePage
 from ckpt_inspector.gui.workers import TaskRunner
 
@@ -48,17 +49,31 @@ FILE_FILTER = ("Checkpoints (*.pt *.pth *.ckpt *.bin *.pt2 *.onnx *.safetensors 
 MAX_RECENT = 10
 
 
-def make_demo() -> str:
-    """Make (or find) the demo checkpoint in a child process: torch never loads in the app."""
+def cli_command(*args: str) -> list[str]:
+    """``ckpt-inspector ARGS`` as a child process (from a bundle, the executable itself)."""
     if getattr(sys, "frozen", False):
-        cmd = [sys.executable, "demo"]
-    else:
-        cmd = [sys.executable, "-m", "ckpt_inspector", "demo"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "ckpt_inspector", *args]
+
+
+def run_cli(*args: str, timeout: float = 600) -> str:
+    """Run a torch-using command in a child process (importing torch here would hold the
+    GIL for a second and freeze the window) and return its stdout."""
+    proc = subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
-                           else "could not make the demo checkpoint")
-    return proc.stdout.strip().splitlines()[-1]
+        lines = proc.stderr.strip().splitlines()
+        raise RuntimeError(lines[-1].removeprefix("ckpt-inspector: ") if lines
+                           else f"{args[0]} failed with exit code {proc.returncode}")
+    return proc.stdout
+
+
+def make_demo() -> str:
+    """Make (or find) the demo checkpoint."""
+    return run_cli("demo").strip().splitlines()[-1]
+
+
+def load_with_torch(path: str, device: str) -> dict[str, Any]:
+    return json.loads(run_cli("load", path, "--device", device, "--json"))
 
 
 class MainWindow(QMainWindow):
