@@ -107,14 +107,14 @@ def classify(module: str, name: str) -> str:
         return DANGEROUS
     if module.startswith(DANGEROUS_TORCH):
         return DANGEROUS
-    # a dotted name walks attributes from the module: torch.serialization + "os.system"
+    # A dotted name walks attributes from the module (protocol 4 allows it):
+    # torch.serialization + "os.system", argparse + "_os.system". Nested classes
+    # (Outer.Inner) are the only legitimate use; anything else is a walk.
     attrs = name.split(".")
     if len(attrs) > 1:
-        if any(a in DANGEROUS_MODULES for a in attrs[:-1]):
+        steps = attrs[:-1]
+        if any(a in DANGEROUS_MODULES or a.startswith("_") or a.islower() for a in steps):
             return DANGEROUS
-        for i in range(1, len(attrs)):
-            if f"{module}.{'.'.join(attrs[:i])}" in DANGEROUS_MODULES:
-                return DANGEROUS
         if any(f"builtins.{a}" in DANGEROUS_NAMES for a in attrs):
             return DANGEROUS
     return NEEDS_TRUST
@@ -212,13 +212,17 @@ def scan(ckpt: Checkpoint, error: str | None = None) -> ScanReport:
                                         "weights-only allowlist: loading runs that code",
                                         member, g.offset, name))
         for a in record.result.anomalies:
-            findings.append(Finding(DANGEROUS, a.code, a.message, member, a.offset))
+            level = DANGEROUS if record.executed or a.code == "dynamic-import" else "info"
+            findings.append(Finding(level, a.code, a.message, member, a.offset))
+        # streams torch would unpickle must be clean; a member found by sniffing only
+        # matters for what it imports
+        broken = DANGEROUS if record.executed else "info"
         if record.trailing > 0:
-            findings.append(Finding(DANGEROUS, "trailing-data",
+            findings.append(Finding(broken, "trailing-data",
                                     f"{record.trailing:,} bytes follow the end of the pickle",
                                     member, record.result.end))
         if record.error:
-            findings.append(Finding(DANGEROUS, "malformed", record.error, member))
+            findings.append(Finding(broken, "malformed", record.error, member))
     if ckpt.runs_code:
         findings.append(Finding(NEEDS_TRUST, "code", ckpt.runs_code))
     findings.extend(ckpt.findings)

@@ -156,6 +156,7 @@ class PickleRecord:
     result: PickleResult  # globals, calls and anomalies (partial when ``error`` is set)
     trailing: int = 0  # bytes after STOP that no format explains
     error: str | None = None
+    executed: bool = True  # False: found by sniffing; torch itself never unpickles it
 
 
 @dataclass(eq=False)

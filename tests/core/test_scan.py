@@ -86,7 +86,9 @@ def test_classify(name, expected):
 def test_dotted_name_walk_to_a_dangerous_module():
     assert classify("torch.serialization", "os.system") == "dangerous"
     assert classify("torch", "serialization.os.system") == "dangerous"
-    assert classify("collections", "OrderedDict.__init__.__globals__") == "needs-trust"
+    assert classify("argparse", "_os.system") == "dangerous"
+    assert classify("collections", "OrderedDict.__init__.__globals__") == "dangerous"
+    assert classify("mypackage.models", "Outer.Inner") == "needs-trust"  # a nested class
 
 
 @pytest.mark.parametrize("fixture", [

@@ -7,7 +7,8 @@ import os
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.tree import Checkpoint
 
-FORMATS = ("torch-zip", "torch-legacy", "torchscript", "pickle", "safetensors", "onnx")
+FORMATS = ("torch-zip", "torch-legacy", "torchscript", "pickle", "safetensors", "onnx",
+           "archive")
 
 
 def _head(path: str, n: int = 512) -> bytes:
@@ -20,6 +21,7 @@ def detect_format(path: str) -> str:
     ``torch-zip`` until the archive is opened; ``torch-tar`` is the pre-0.4 legacy
     format, reported as ``torch-legacy``). Raises CheckpointError if none fits."""
     from ckpt_inspector.core.formats import (
+        archive,
         onnx_fmt,
         pickle_file,
         safetensors_fmt,
@@ -32,9 +34,12 @@ def detect_format(path: str) -> str:
     if not head:
         raise CheckpointError("empty file")
     if torch_zip.sniff(head):
-        return "torch-zip"
+        return archive.classify_zip(path)
     if torch_tar.sniff(head):
-        return "torch-tar"
+        return archive.classify_tar(path)
+    kind = archive.wrapper_kind(head)
+    if kind:
+        raise archive.refuse_wrapper(kind)
     if torch_legacy.sniff(head):
         return "torch-legacy"
     if safetensors_fmt.sniff(head):
@@ -53,6 +58,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     file cannot be read; ``err.partial`` then holds what was read so far.
     """
     from ckpt_inspector.core.formats import (
+        archive,
         onnx_fmt,
         pickle_file,
         safetensors_fmt,
@@ -70,6 +76,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             "torch-zip": torch_zip.read,
             "torch-legacy": torch_legacy.read,
             "torch-tar": torch_tar.read,  # reported as torch-legacy
+            "archive": lambda p: archive.read(p, "zip"),
+            "archive-tar": lambda p: archive.read(p, "tar"),
             "safetensors": safetensors_fmt.read,
             "onnx": onnx_fmt.read,
             "pickle": pickle_file.read,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 from typing import Any
@@ -14,7 +15,10 @@ from ckpt_inspector.core.tree import Checkpoint, Node, PickleRecord
 
 
 class Blob:
-    """The bytes of a file (memory-mapped) or of a checkpoint nested in another one."""
+    """The bytes of a file (memory-mapped) or of a checkpoint nested in another one.
+
+    ``source`` is what ``zipfile``/``tarfile`` open: the path, or a BytesIO of the bytes.
+    """
 
     def __init__(self, path: str, data: bytes | None = None):
         self.path = path
@@ -28,6 +32,15 @@ class Blob:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    @property
+    def source(self) -> Any:
+        return io.BytesIO(self.data) if self.nested else self.path
+
+    @property
+    def container(self) -> str | bytes:
+        """What a ZipEntryData reads from: the path, or the nested bytes."""
+        return self.data if self.nested else self.path
 
     def range(self, offset: int, length: int, byteorder: str = "little") -> DataSource:
         if self.nested:
@@ -43,6 +56,7 @@ def run_pickle(
     persistent_load: pickle_vm.PersistentLoad | None = None,
     *,
     expect_end: bool = True,
+    executed: bool = True,
 ) -> pickle_vm.PickleResult:
     """Interpret one pickle and record it on ``ckpt``.
 
@@ -55,11 +69,11 @@ def run_pickle(
     except PickleError as err:
         partial = err.result or pickle_vm.PickleResult(None, start, start, 0)
         _tag(partial, member)
-        ckpt.pickles.append(PickleRecord(member, partial, error=str(err)))
+        ckpt.pickles.append(PickleRecord(member, partial, error=str(err), executed=executed))
         where = f" in {member}" if member else ""
         raise _with_partial(CheckpointError(f"broken pickle{where}: {err}"), ckpt) from None
     _tag(result, member)
-    record = PickleRecord(member, result)
+    record = PickleRecord(member, result, executed=executed)
     if expect_end:
         record.trailing = len(data) - result.end
     ckpt.pickles.append(record)
@@ -78,16 +92,17 @@ def _with_partial(err: CheckpointError, ckpt: Checkpoint) -> CheckpointError:
     return err
 
 
-def build_tree(ckpt: Checkpoint, value: Any, **options: Any) -> None:
-    """Set ``ckpt.root`` from an inert pickle value. A failure keeps the pickles already
+def build_tree(ckpt: Checkpoint, value: Any, **options: Any) -> Node:
+    """The node tree of an inert pickle value. A failure keeps the pickles already
     recorded on ``ckpt`` (as ``err.partial``), so a scan still reports what they do."""
     builder = TreeBuilder(**options)
     try:
-        ckpt.root = builder.build(value)
+        root = builder.build(value)
     except Exception as err:  # a reader bug on odd input must not hide the findings
         raise fail(ckpt, f"could not interpret the file's objects "
                          f"({type(err).__name__}: {err})") from err
     ckpt.warnings.extend(builder.warnings)
+    return root
 
 
 def fail(ckpt: Checkpoint, message: str) -> CheckpointError:

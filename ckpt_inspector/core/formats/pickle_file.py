@@ -14,7 +14,7 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import torch_legacy, torch_zip
 from ckpt_inspector.core.formats._common import Blob, build_tree, run_pickle
 from ckpt_inspector.core.pickle_vm import LazyBytes
-from ckpt_inspector.core.tree import Checkpoint
+from ckpt_inspector.core.tree import Checkpoint, Node
 
 # opcodes a protocol 0/1 pickle can start with
 _PROTO0_FIRST = set(b"(]})NIJKLFSVUTXcdlt")
@@ -31,14 +31,15 @@ def sniff(head: bytes) -> bool:
 class _Nested:
     """Reads checkpoints embedded as bytes, at most a few levels deep."""
 
-    def __init__(self, ckpt: Checkpoint):
+    def __init__(self, ckpt: Checkpoint, label: str = ""):
         self.ckpt = ckpt
+        self.label = label
         self.count = 0
 
     def __call__(self, raw: bytes | LazyBytes) -> Any:
         data = raw.tobytes() if isinstance(raw, LazyBytes) else bytes(raw)
         self.count += 1
-        label = f"embedded#{self.count}/"
+        label = f"{self.label}embedded#{self.count}/"
         try:
             if torch_zip.sniff(data[:8]):
                 return torch_zip.load_nested(self.ckpt, data, label)
@@ -52,9 +53,13 @@ class _Nested:
 
 
 def read(path: str) -> Checkpoint:
-    blob = Blob(path)
     ckpt = Checkpoint(path, "pickle", None, file_size=os.path.getsize(path))  # type: ignore[arg-type]
-    result = run_pickle(ckpt, blob.data, "")
-    build_tree(ckpt, result.value, nested_loader=_Nested(ckpt))
-    ckpt.metadata["pickle protocol"] = result.protocol
+    ckpt.root = read_into(ckpt, Blob(path), "")
     return ckpt
+
+
+def read_into(ckpt: Checkpoint, blob: Blob, label: str, executed: bool = True) -> Node:
+    result = run_pickle(ckpt, blob.data, label, executed=executed)
+    if not label:
+        ckpt.metadata["pickle protocol"] = result.protocol
+    return build_tree(ckpt, result.value, nested_loader=_Nested(ckpt, label))

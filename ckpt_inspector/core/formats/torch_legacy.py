@@ -15,7 +15,7 @@ from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.dtypes import storage_class_dtype
 from ckpt_inspector.core.formats._common import Blob, build_tree, fail, run_pickle
 from ckpt_inspector.core.pickle_vm import GlobalRef, PersistentRef
-from ckpt_inspector.core.tree import Checkpoint, StorageInfo
+from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -143,9 +143,12 @@ def _load(ckpt: Checkpoint, blob: Blob, label: str) -> Any:
 
 def read(path: str) -> Checkpoint:
     ckpt = Checkpoint(path, "torch-legacy", None, file_size=os.path.getsize(path))  # type: ignore[arg-type]
-    value = _load(ckpt, Blob(path), "")
-    build_tree(ckpt, value)
+    ckpt.root = read_into(ckpt, Blob(path), "")
     return ckpt
+
+
+def read_into(ckpt: Checkpoint, blob: Blob, label: str) -> Node:
+    return build_tree(ckpt, _load(ckpt, blob, label))
 
 
 def load_nested(ckpt: Checkpoint, data: bytes, label: str) -> Any:

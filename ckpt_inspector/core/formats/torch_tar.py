@@ -20,7 +20,7 @@ from ckpt_inspector.core.dtypes import storage_class_dtype
 from ckpt_inspector.core.formats._common import Blob, build_tree, fail, run_pickle
 from ckpt_inspector.core.pickle_tree import check_tensor
 from ckpt_inspector.core.pickle_vm import GlobalRef, PersistentRef
-from ckpt_inspector.core.tree import Checkpoint, StorageInfo, TensorInfo
+from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
 MEMBERS = ("storages", "tensors", "pickle")
 
@@ -29,29 +29,43 @@ def sniff(head: bytes) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
 
-def read(path: str) -> Checkpoint:
-    blob = Blob(path)
-    data = blob.data
-    ckpt = Checkpoint(path, "torch-legacy", None, file_size=len(blob))  # type: ignore[arg-type]
+def members_of(ckpt: Checkpoint, blob: Blob) -> dict[str, tarfile.TarInfo]:
     try:
-        with tarfile.open(path, "r:") as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        with tarfile.open(fileobj=blob.source, mode="r:") if blob.nested else \
+                tarfile.open(blob.path, "r:") as tar:
+            return {m.name: m for m in tar.getmembers() if m.isfile()}
     except (tarfile.TarError, OSError, EOFError) as err:
         raise fail(ckpt, f"damaged tar archive: {err}") from None
-    missing = [m for m in MEMBERS if m not in members]
-    if missing:
+
+
+def is_torch_tar(members: dict[str, tarfile.TarInfo]) -> bool:
+    return all(m in members for m in MEMBERS)
+
+
+def read(path: str) -> Checkpoint:
+    blob = Blob(path)
+    ckpt = Checkpoint(path, "torch-legacy", None, file_size=len(blob))  # type: ignore[arg-type]
+    ckpt.root = read_into(ckpt, blob, "")
+    return ckpt
+
+
+def read_into(ckpt: Checkpoint, blob: Blob, label: str) -> Node:
+    data = blob.data
+    members = members_of(ckpt, blob)
+    if not is_torch_tar(members):
         raise fail(ckpt, "tar archive without the storages/tensors/pickle members of a "
                          "torch checkpoint")
-    ckpt.metadata["container"] = "tar (torch < 0.4)"
+    if not label:
+        ckpt.metadata["container"] = "tar (torch < 0.4)"
     objects: dict[Any, Any] = {}
 
     # storages -------------------------------------------------------------------------------
     m = members["storages"]
     pos, end = m.offset_data, m.offset_data + m.size
-    count = run_pickle(ckpt, data, "storages", pos, expect_end=False)
+    count = run_pickle(ckpt, data, f"{label}storages", pos, expect_end=False)
     pos = count.end
     for i in range(count.value if isinstance(count.value, int) else 0):
-        args = run_pickle(ckpt, data, f"storages#{i}", pos, expect_end=False)
+        args = run_pickle(ckpt, data, f"{label}storages#{i}", pos, expect_end=False)
         pos = args.end
         try:
             key, location, stype = args.value
@@ -73,7 +87,7 @@ def read(path: str) -> Checkpoint:
             pos += 8 + nbytes
         objects[key] = st
     if pos < end:
-        views = run_pickle(ckpt, data, "storage views", pos, expect_end=False)
+        views = run_pickle(ckpt, data, f"{label}storage views", pos, expect_end=False)
         for view in views.value if isinstance(views.value, list) else []:
             try:
                 target, root_key, offset, numel = view
@@ -92,10 +106,10 @@ def read(path: str) -> Checkpoint:
     # tensors ----------------------------------------------------------------------------------
     m = members["tensors"]
     pos, end = m.offset_data, m.offset_data + m.size
-    count = run_pickle(ckpt, data, "tensors", pos, expect_end=False)
+    count = run_pickle(ckpt, data, f"{label}tensors", pos, expect_end=False)
     pos = count.end
     for i in range(count.value if isinstance(count.value, int) else 0):
-        args = run_pickle(ckpt, data, f"tensors#{i}", pos, expect_end=False)
+        args = run_pickle(ckpt, data, f"{label}tensors#{i}", pos, expect_end=False)
         pos = args.end
         try:
             key, storage_key, _tensor_type = args.value
@@ -124,12 +138,13 @@ def read(path: str) -> Checkpoint:
             return PersistentRef(pid, offset)
 
     m = members["pickle"]
-    main = run_pickle(ckpt, data[m.offset_data:m.offset_data + m.size], "pickle", 0,
+    main = run_pickle(ckpt, data[m.offset_data:m.offset_data + m.size], f"{label}pickle", 0,
                       persistent_load)
-    build_tree(ckpt, main.value)
-    ckpt.metadata["pickle protocol"] = main.protocol
-    extra = sorted(set(members) - set(MEMBERS) - {"sys_info"})
-    if extra:
-        ckpt.metadata["other members"] = extra
-    return ckpt
+    root = build_tree(ckpt, main.value)
+    if not label:
+        ckpt.metadata["pickle protocol"] = main.protocol
+        extra = sorted(set(members) - set(MEMBERS) - {"sys_info"})
+        if extra:
+            ckpt.metadata["other members"] = extra
+    return root
 
