@@ -30,6 +30,8 @@ from ckpt_inspector.core.pickle_vm import (
     GlobalRef,
     LazyBytes,
     PersistentRef,
+    SafeKey,
+    safe_key,
 )
 from ckpt_inspector.core.tensors import BytesRange, extent
 from ckpt_inspector.core.tree import Node, StorageInfo, TensorInfo
@@ -243,6 +245,8 @@ class TreeBuilder:
 
     @staticmethod
     def _key(k: Any) -> Any:
+        if isinstance(k, SafeKey):
+            k = k.value
         if k is None or isinstance(k, (str, int, float, bool)):
             return k
         if isinstance(k, tuple) and all(isinstance(x, (str, int, float, bool)) for x in k):
@@ -605,13 +609,13 @@ class TreeBuilder:
 def _last_wins(items: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     """Dict semantics for SETITEMS on an OrderedDict: a repeated key keeps its first
     position and its last value."""
-    merged: dict[Any, Any] = {}
+    merged: dict[Any, tuple[Any, Any]] = {}
     try:
         for k, v in items:
-            merged[k] = v
+            merged[safe_key(k)] = (k, v)
     except TypeError:  # an unhashable key: a real unpickler would have failed here
         return items
-    return list(merged.items())
+    return list(merged.values())
 
 
 def _copy(info: TensorInfo) -> TensorInfo:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,12 @@ from ckpt_inspector.core.errors import PickleError
 
 MAX_TUPLE_DEPTH = 1000
 MAX_LONG_BYTES = 1 << 20
+# torch writes ~30 opcodes per tensor: 25M opcodes is ~800,000 tensors, ~15 s here
+MAX_OPS = 25_000_000
+# a safety net for whatever still makes a stream slow (hash-collision attacks on keys)
+MAX_SECONDS = 30.0
+_CHECK_EVERY = 1 << 16
+_P = (1 << 61) - 1  # CPython reduces numeric hashes modulo this prime
 HIGHEST_PROTOCOL = 5
 # bytes payloads at least this long are not copied out of the stream
 LAZY_BYTES_THRESHOLD = 1 << 16
@@ -104,6 +111,47 @@ class PersistentRef:
 
     def __repr__(self) -> str:
         return f"PersistentRef({self.pid!r})"
+
+
+class SafeKey:
+    """A numeric dict key (or a tuple of them) hashed with the randomized bytes hash.
+
+    CPython hashes numbers by value modulo 2**61-1, so a file can hold thousands of
+    distinct keys with one hash and make every insert scan them all (quadratic time).
+    """
+
+    __slots__ = ("_hash", "value")
+
+    def __init__(self, value: Any):
+        self.value = value
+        self._hash = hash(repr(value).encode() if not isinstance(value, int)
+                          else value.to_bytes((value.bit_length() + 8) // 8, "little",
+                                              signed=True))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SafeKey) and type(other.value) is type(self.value) \
+            and other.value == self.value
+
+    def __repr__(self) -> str:
+        return f"SafeKey({self.value!r})"
+
+
+def _risky_number(v: Any) -> bool:
+    t = type(v)
+    return (t is int and not -_P < v < _P) or t is float or t is complex
+
+
+def safe_key(key: Any) -> Any:
+    """``key``, or a :class:`SafeKey` for numbers whose hash an attacker can choose."""
+    if _risky_number(key):
+        return SafeKey(key)
+    if type(key) is tuple and any(_risky_number(v) for v in key):
+        return SafeKey(key) if all(type(v) in (int, float, complex, str, bool, type(None))
+                                   for v in key) else key
+    return key
 
 
 class LazyBytes:
@@ -250,6 +298,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
         return t
 
     def hashable(key: Any, at: int) -> Any:
+        key = safe_key(key)
         try:
             hash(key)
         except TypeError:
@@ -311,8 +360,19 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
         return fail("truncated pickle: data ends inside an opcode", at)
 
     op_pos = pos
+    ops_left = MAX_OPS
+    check_at = MAX_OPS - _CHECK_EVERY
+    deadline = time.monotonic() + MAX_SECONDS
     try:
         while True:
+            ops_left -= 1
+            if ops_left <= check_at:
+                if ops_left < 0:
+                    raise fail(f"more than {MAX_OPS:,} opcodes: the stream is refused", pos)
+                if time.monotonic() > deadline:
+                    raise fail(f"reading the stream took more than {MAX_SECONDS:.0f} s: "
+                               "refused (a hash-collision or similar attack?)", pos)
+                check_at = ops_left - _CHECK_EVERY
             if pos >= limit:
                 if frame_end >= 0 and pos >= frame_end:
                     if pos > frame_end:

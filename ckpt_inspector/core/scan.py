@@ -173,6 +173,60 @@ def _benign_use(name: str, uses: list[Call], called: set[int]) -> str | None:
     return None
 
 
+# text codecs whose result is a pure function of a short input: safe to apply here
+_PURE_CODECS = {"rot13", "rot_13", "latin1", "latin-1", "iso-8859-1", "utf-8", "utf8", "ascii",
+                "base64", "base64_codec", "hex", "hex_codec", "utf-16", "utf-32"}
+_MAX_EVAL_LEN = 4096
+
+
+def static_value(value: Any, depth: int = 0) -> str | bytes | None:
+    """What a computed import name evaluates to, for the calls that obfuscation uses
+    (``_codecs.decode('bf', 'rot13')``, ``builtins.str(b'os', 'latin1')``), without
+    running anything but Python's own codecs on short inputs. None when unknown."""
+    import codecs
+
+    if isinstance(value, (str, bytes)):
+        return value if len(value) <= _MAX_EVAL_LEN else None
+    if not isinstance(value, Call) or depth > 4:
+        return None
+    args = [static_value(a, depth + 1) for a in value.args]
+    if any(a is None for a in args):
+        return None
+    name = value.func_name
+    try:
+        if name in ("_codecs.decode", "codecs.decode", "_codecs.encode", "codecs.encode") \
+                and len(args) == 2 and isinstance(args[1], str) \
+                and args[1].lower() in _PURE_CODECS:
+            fn = codecs.decode if name.endswith("decode") else codecs.encode
+            return fn(args[0], args[1])
+        if name in ("builtins.str", "builtins.bytes") and len(args) == 2 \
+                and isinstance(args[0], bytes) and isinstance(args[1], str) \
+                and args[1].lower() in _PURE_CODECS:
+            return args[0].decode(args[1]) if name == "builtins.str" else args[0]
+    except (ValueError, TypeError, LookupError, UnicodeError):
+        return None
+    return None
+
+
+def _computed_import(g: GlobalRef) -> tuple[str, str | None]:
+    """(message, resolved ``module.name`` or None) for a non-literal import."""
+    parts = []
+    resolved = []
+    for what in (g.module, g.name):
+        value = static_value(what)
+        if isinstance(value, bytes):
+            value = None  # STACK_GLOBAL wants str: a bytes result fails when loaded
+        shown = short_repr(what, 60)
+        parts.append(f"{shown} → {value!r}" if isinstance(value, str) else shown)
+        resolved.append(value if isinstance(value, str) else None)
+    full = f"{resolved[0]}.{resolved[1]}" if None not in resolved else None
+    message = ("imports a name computed at load time (" + "; ".join(parts) + "), so "
+               "scanners that read names never see it")
+    if full:
+        message += f": it resolves to {full}"
+    return message, full
+
+
 def scan(ckpt: Checkpoint, error: str | None = None) -> ScanReport:
     """Judge a checkpoint from what its reader recorded (never from its data)."""
     findings: list[Finding] = []
@@ -213,7 +267,15 @@ def scan(ckpt: Checkpoint, error: str | None = None) -> ScanReport:
                                         member, g.offset, name))
         for a in record.result.anomalies:
             level = DANGEROUS if record.executed or a.code == "dynamic-import" else "info"
-            findings.append(Finding(level, a.code, a.message, member, a.offset))
+            message, name = a.message, None
+            if a.code == "dynamic-import":
+                ref = next((g for g in record.result.globals if g.offset == a.offset), None)
+                if ref is not None:
+                    message, name = _computed_import(ref)
+                    uses = calls_by_func.get(id(ref), [])
+                    if uses:
+                        message += f", and calls it with {short_repr(uses[0].args)}"
+            findings.append(Finding(level, a.code, message, member, a.offset, name))
         # streams torch would unpickle must be clean; a member found by sniffing only
         # matters for what it imports
         broken = DANGEROUS if record.executed else "info"

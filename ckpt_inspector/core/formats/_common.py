@@ -29,6 +29,9 @@ class Blob:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            if size and hasattr(mmap, "MADV_RANDOM"):
+                # the reader jumps between headers: do not read ahead into tensor data
+                self.data.madvise(mmap.MADV_RANDOM)
 
     def __len__(self) -> int:
         return len(self.data)

@@ -45,10 +45,16 @@ def data_span(raw: Any, info: zipfile.ZipInfo) -> tuple[int, int, str]:
 
 def read_member(raw: Any, info: zipfile.ZipInfo, limit: int) -> tuple[bytes, bool]:
     """The member's bytes, decompressed up to ``limit``, and whether its CRC matches."""
+    data, crc_ok, _local = read_checked(raw, info, limit)
+    return data, crc_ok
+
+
+def read_checked(raw: Any, info: zipfile.ZipInfo, limit: int) -> tuple[bytes, bool, str]:
+    """:func:`read_member`, plus the name the local header gives."""
     if info.file_size > limit:
         raise MemberError(f"{info.filename} holds {info.file_size:,} bytes, more than the "
                           f"{limit >> 20} MiB the reader accepts")
-    start, end, _name = data_span(raw, info)
+    start, end, local = data_span(raw, info)
     if info.compress_type == zipfile.ZIP_STORED:
         data = bytes(raw[start:start + min(info.file_size, info.compress_size)])
     elif info.compress_type == zipfile.ZIP_DEFLATED:
@@ -63,7 +69,15 @@ def read_member(raw: Any, info: zipfile.ZipInfo, limit: int) -> tuple[bytes, boo
     else:
         raise MemberError(f"{info.filename}: compression method {info.compress_type} is not "
                           "one torch writes")
-    return data, zlib.crc32(data) == info.CRC
+    return data, zlib.crc32(data) == info.CRC, local
+
+
+def name_mismatch(info: zipfile.ZipInfo, local: str, where: str) -> Finding:
+    return Finding(
+        DANGEROUS, "name-mismatch",
+        f"{info.filename} is called {local!r} in its local header: Python's zipfile refuses "
+        "such members while torch reads them, so scanners built on zipfile miss their content",
+        where)
 
 
 def unsafe_path(name: str) -> bool:
@@ -72,8 +86,10 @@ def unsafe_path(name: str) -> bool:
 
 
 def audit(ckpt: Checkpoint, raw: Any, infos: list[zipfile.ZipInfo], label: str) -> None:
-    """Findings for every member: duplicates, names that differ, ``..`` paths, encryption,
-    sizes past the end of the file."""
+    """Findings from the central directory for every member: duplicates, ``..`` paths,
+    encryption, sizes past the end of the file. Local headers are checked where a member
+    is read (:func:`read_checked`): reading all of them would touch every part of a
+    multi-GB file just to list it."""
     seen: dict[str, int] = {}
     for info in infos:
         seen[info.filename] = seen.get(info.filename, 0) + 1
@@ -94,17 +110,11 @@ def audit(ckpt: Checkpoint, raw: Any, infos: list[zipfile.ZipInfo], label: str) 
                 DANGEROUS, "encrypted-member",
                 f"{info.filename} is marked encrypted, which torch never writes: a way to make "
                 "scanners skip a member", where))
-        try:
-            _start, _end, local = data_span(raw, info)
-        except MemberError as err:
-            ckpt.findings.append(Finding(DANGEROUS, "bad-member", str(err), where))
-            continue
-        if local != info.filename:
+        if info.header_offset + 30 + info.compress_size > len(raw):
             ckpt.findings.append(Finding(
-                DANGEROUS, "name-mismatch",
-                f"{info.filename} is called {local!r} in its local header: Python's zipfile "
-                "refuses such members while torch reads them, so scanners built on zipfile "
-                "miss their content", where))
+                DANGEROUS, "bad-member",
+                f"{info.filename} declares {info.compress_size:,} bytes, more than the file "
+                "holds", where))
 
 
 def looks_like_pickle(raw: Any, info: zipfile.ZipInfo) -> bool:

@@ -84,13 +84,20 @@ def _members(ckpt: Checkpoint, blob: Blob, kind: str):
         for info in infos:
             if not info.is_dir():
                 yield info.filename, info.file_size, (
-                    lambda i=info: _zip.read_member(blob.data, i, MAX_MEMBER_BYTES)[0])
+                    lambda i=info: _read_zip_member(ckpt, blob, i))
     else:
         from ckpt_inspector.core.formats.torch_tar import members_of
 
         for name, m in members_of(ckpt, blob).items():
             yield name, m.size, (lambda m=m: bytes(blob.data[m.offset_data:
                                                              m.offset_data + m.size]))
+
+
+def _read_zip_member(ckpt: Checkpoint, blob: Blob, info: zipfile.ZipInfo) -> bytes:
+    data, _crc_ok, local = _zip.read_checked(blob.data, info, MAX_MEMBER_BYTES)
+    if local != info.filename:
+        ckpt.findings.append(_zip.name_mismatch(info, local, info.filename))
+    return data
 
 
 def _member_node(ckpt: Checkpoint, name: str, data: bytes, label: str, depth: int) -> Node:

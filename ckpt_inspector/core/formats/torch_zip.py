@@ -119,9 +119,11 @@ class _Archive:
         """Interpret a member as a pickle. ``executed``: torch would unpickle it."""
         where = self.label + info.filename
         try:
-            payload, crc_ok = _zip.read_member(self.raw, info, MAX_PICKLE_BYTES)
+            payload, crc_ok, local = _zip.read_checked(self.raw, info, MAX_PICKLE_BYTES)
         except _zip.MemberError as err:
             raise fail(self.ckpt, str(err)) from None
+        if local != info.filename:
+            self.ckpt.findings.append(_zip.name_mismatch(info, local, where))
         if not crc_ok:
             self.ckpt.findings.append(Finding(
                 DANGEROUS, "crc-mismatch",
