@@ -22,11 +22,15 @@ from ckpt_inspector.gui.tree_model import NodeRole
 
 def main() -> None:
     out, files = sys.argv[1], sys.argv[2:]
+    size = (1500, 900)
+    if files and "x" in files[0] and files[0].replace("x", "").isdigit():
+        w, h = files.pop(0).split("x")  # an optional WIDTHxHEIGHT first
+        size = (int(w), int(h))
     os.makedirs(out, exist_ok=True)
     app = QApplication([])
     settings = QSettings(os.path.join(tempfile.mkdtemp(), "s.ini"), QSettings.Format.IniFormat)
     win = MainWindow(settings=settings)
-    win.resize(1500, 900)
+    win.resize(*size)
     win.show()
     pending = list(files)
 

@@ -3,7 +3,9 @@
 Terms separated by spaces must all match (AND):
 
 - ``conv``            substring of the key, case-insensitive
-- ``re:^layer[12]\\.`` or ``/^layer[12]\\./``   regular expression on the key
+- ``re:^layer[12]\\.`` or ``/^layer[12]\\./``   regular expression on the key; ``^`` anchors at
+                      the start of any key segment, so ``^layer4`` finds
+                      ``model_state_dict.layer4.0.conv1.weight`` too
 - ``shape:768x768``   exact shape; ``*`` matches any size (``shape:*x768``), ``shape:[]`` a scalar
 - ``dtype:bf16``      dtype by name or alias (bf16, fp16, half, fp32, float, fp8, int8, bool, ...);
                       a prefix matches a family (``dtype:float8``)
@@ -78,7 +80,19 @@ def _regex_test(pattern: str) -> Callable[[DisplayNode], bool]:
         rx = re.compile(pattern, re.IGNORECASE)
     except re.error as err:
         raise QueryError(f"invalid regular expression: {err}") from None
-    return lambda n: rx.search(n.key) is not None
+
+    def test(n: DisplayNode) -> bool:
+        key = n.key
+        if rx.search(key):
+            return True
+        # a pattern anchored with ^ may start at any segment of a nested key
+        start = key.find(".")
+        while start >= 0:
+            if rx.search(key[start + 1:]):  # ^ only anchors at a string's real start
+                return True
+            start = key.find(".", start + 1)
+        return False
+    return test
 
 
 def parse(text: str) -> Query:

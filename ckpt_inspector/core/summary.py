@@ -154,6 +154,24 @@ def value_records(ckpt: Checkpoint, limit: int = MAX_VALUES) -> list[dict[str, A
     return out
 
 
+def top_values(root: Node, limit: int = 24) -> tuple[list[tuple[str, Node]], int]:
+    """The leaf values a person looks for first (epoch, loss, lr, versions), nearest the
+    root, outside modules; and how many such values there are in all."""
+    found: list[tuple[int, str, Node]] = []
+    stack: list[tuple[Node, int]] = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        for child in node.children:
+            if child.kind in ("module",) or child.role == "attribute":
+                continue
+            if child.kind in ("scalar", "str", "none", "value") or child.value is not None:
+                found.append((depth, key_of(child.path()), child))
+            elif child.children and depth < 2 and child.kind != "tensor":
+                stack.append((child, depth + 1))
+    found.sort(key=lambda t: t[0])
+    return [(k, n) for _d, k, n in found[:limit]], len(found)
+
+
 def totals(ckpt: Checkpoint) -> dict[str, Any]:
     by_dtype: dict[str, dict[str, int]] = {}
     devices: Counter[str] = Counter()

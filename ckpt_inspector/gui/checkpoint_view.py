@@ -16,10 +16,12 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMenu,
+    QPushButton,
     QSplitter,
     QStackedWidget,
     QTextBrowser,
     QToolButton,
+    QToolTip,
     QTreeView,
     QVBoxLayout,
     QWidget,
@@ -27,10 +29,11 @@ from PySide6.QtWidgets import (
 
 from ckpt_inspector.core import query as query_mod
 from ckpt_inspector.core.display import DisplayNode
-from ckpt_inspector.gui.errors import ErrorReporter
+from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.loading import LoadedFile, load_file, release_file
 from ckpt_inspector.gui.panels import details_html, summary_html
 from ckpt_inspector.gui.tree_model import (
+    COLUMNS,
     DEVICE,
     ELEMENTS,
     KEY,
@@ -45,12 +48,14 @@ from ckpt_inspector.gui.tree_model import (
 from ckpt_inspector.gui.workers import TaskRunner
 
 FILTER_HELP = (
-    "<b>Filter syntax</b> (terms separated by spaces must all match)<br>"
+    "<b>Filter syntax</b> — terms separated by spaces must all match<br>"
     "<code>conv</code> — key contains 'conv' (case-insensitive)<br>"
-    "<code>re:^layer[12]\\.</code> or <code>/bias$/</code> — regular expression on the key<br>"
+    "<code>re:^layer[12]\\.</code> or <code>/bias$/</code> — regular expression; "
+    "^ anchors at any key segment<br>"
     "<code>shape:768x768</code>, <code>shape:*x768</code>, <code>shape:[]</code> — tensor shape<br>"
     "<code>dtype:bf16</code>, <code>dtype:float8</code> — dtype or alias (fp16, fp32, half, …)<br>"
-    "<code>device:cuda</code> — saved device &nbsp; <code>role:buffer</code> — parameter, buffer"
+    "<code>device:cuda</code> — device saved in the file<br>"
+    "<code>role:buffer</code> — parameter, buffer or attribute"
 )
 DEBOUNCE_MS = 200
 AUTO_EXPAND_LIMIT = 400
@@ -73,6 +78,7 @@ class CheckpointView(QWidget):
         self._generation = 0
         self._disposed = False
         self._models: dict[bool, CheckpointModel] = {}
+        self._expanded_before_filter: set[str] | None = None
         self._build()
 
     # -- layout ------------------------------------------------------------------------------
@@ -97,7 +103,7 @@ class CheckpointView(QWidget):
         self.filter_help.clicked.connect(self._show_filter_help)
         self.match_label = QLabel()
         self.match_label.setObjectName("matchLabel")
-        self.match_label.setMinimumWidth(110)
+        self.match_label.setMaximumWidth(150)
         self.group_box = QCheckBox("Group by module")
         self.group_box.setChecked(True)
         self.group_box.setToolTip("Group dotted state_dict keys (layer1.0.conv1.weight) into "
@@ -131,19 +137,16 @@ class CheckpointView(QWidget):
         self.tree.setSortingEnabled(True)
         self.tree.header().setSectionsMovable(False)
         self.tree.header().setStretchLastSection(False)
+        self.tree.header().setMinimumSectionSize(50)
+        # the current row may vanish under a filter: keep the details panel honest
+        self.proxy.layoutChanged.connect(self._refresh_details)
+        self.proxy.rowsRemoved.connect(self._refresh_details)
+        self.proxy.modelReset.connect(self._refresh_details)
         copy = QAction("Copy key", self.tree)
         copy.setShortcut(QKeySequence.StandardKey.Copy)
         copy.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
         copy.triggered.connect(self.copy_keys)
         self.tree.addAction(copy)
-
-        self.status = QLabel("Reading…")
-        self.status.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.status.setObjectName("viewStatus")
-        self.status.setWordWrap(True)
-        self.stack = QStackedWidget()
-        self.stack.addWidget(self.status)
-        self.stack.addWidget(self.tree)
 
         left = QWidget()
         lv = QVBoxLayout(left)
@@ -151,7 +154,8 @@ class CheckpointView(QWidget):
         lv.setSpacing(4)
         lv.addWidget(self.banner)
         lv.addLayout(filter_row)
-        lv.addWidget(self.stack, 1)
+        lv.addWidget(self.tree, 1)
+        left.setMinimumWidth(360)
 
         self.summary = QTextBrowser()
         self.summary.setObjectName("summaryPanel")
@@ -164,27 +168,55 @@ class CheckpointView(QWidget):
         side.addWidget(self.details)
         side.setStretchFactor(0, 3)
         side.setStretchFactor(1, 1)
+        side.setMinimumWidth(280)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(left)
         self.splitter.addWidget(side)
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 1)
+        self.splitter.setChildrenCollapsible(False)
         self.splitter.setSizes([950, 330])
+
+        # a page for "reading…", errors and cancellations, with a button to read again
+        self.status = QLabel()
+        self.status.setObjectName("viewStatus")
+        self.status.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.retry_button = QPushButton("Read again")
+        self.retry_button.setObjectName("retryButton")
+        self.retry_button.clicked.connect(self.start_loading)
+        message = QWidget()
+        mv = QVBoxLayout(message)
+        mv.addStretch(1)
+        mv.addWidget(self.status)
+        mv.addWidget(self.retry_button, 0, Qt.AlignmentFlag.AlignHCenter)
+        mv.addStretch(2)
+
+        self.pages = QStackedWidget()
+        self.pages.addWidget(message)
+        self.pages.addWidget(self.splitter)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
-        layout.addWidget(self.splitter)
+        layout.addWidget(self.pages)
+
+    def _show_message(self, html: str, retry: bool) -> None:
+        self.status.setText(html)
+        self.retry_button.setVisible(retry)
+        self.pages.setCurrentIndex(0)
 
     # -- loading -------------------------------------------------------------------------------
     def start_loading(self) -> None:
         self._generation += 1
         generation = self._generation
-        self.stack.setCurrentWidget(self.status)
-        self.status.setText(f"Reading {escape(os.path.basename(self.path))}…")
-        self.runner.run(f"Reading {os.path.basename(self.path)}", load_file, self.path,
+        name = os.path.basename(self.path)
+        self._show_message(f"Reading <b>{escape(name)}</b>…", retry=False)
+        self.runner.run(f"Reading {name}", load_file, self.path,
                         on_result=lambda r: self._loaded(r, generation),
                         on_error=lambda e: self._failed(e, generation),
-                        on_discard=release_file)
+                        on_discard=release_file,
+                        on_cancel=lambda: self._cancelled(generation))
 
     def _loaded(self, file: LoadedFile, generation: int) -> None:
         if generation != self._generation or self._disposed:
@@ -202,7 +234,7 @@ class CheckpointView(QWidget):
         self._show_model(self.group_box.isChecked())
         self.summary.setHtml(summary_html(file))
         self._show_banner(file)
-        self.stack.setCurrentWidget(self.tree)
+        self.pages.setCurrentIndex(1)
         for model in old_models:
             model.deleteLater()
         if previous is not None:
@@ -212,31 +244,37 @@ class CheckpointView(QWidget):
     def _failed(self, err: BaseException, generation: int) -> None:
         if generation != self._generation:
             return
-        from ckpt_inspector.gui.errors import describe
-
         message, _details = describe(err)
-        self.status.setText(f"<b>Could not read {escape(os.path.basename(self.path))}</b>"
-                            f"<br><br>{escape(message)}")
+        self._show_message(f"<b>Could not read {escape(os.path.basename(self.path))}</b>"
+                           f"<br><br>{escape(message)}", retry=True)
         self.reporter.report("Could not open the file", err, self.path)
         self.failed.emit(message)
+
+    def _cancelled(self, generation: int) -> None:
+        if generation == self._generation and self.file is None:
+            self._show_message(f"Reading <b>{escape(os.path.basename(self.path))}</b> was "
+                               "cancelled.", retry=True)
 
     def _show_model(self, grouped: bool) -> None:
         model = self._models.get(grouped)
         if model is None:
             return
-        self.proxy.setSourceModel(model)
-        self.tree.header().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
-        model.sort(-1)
         header = self.tree.header()
-        header.setMinimumSectionSize(50)
+        column, order = header.sortIndicatorSection(), header.sortIndicatorOrder()
+        current = self.current_node()
+        self.proxy.setSourceModel(model)
+        model.sort(column if 0 <= column < len(COLUMNS) else -1, order)
         header.setSectionResizeMode(KEY, QHeaderView.ResizeMode.Stretch)
         for col, width in ((TYPE, 120), (SHAPE, 150), (ELEMENTS, 95), (SIZE, 80),
                            (DEVICE, 75)):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
             header.resizeSection(col, width)
+        self._expanded_before_filter = None
         self.apply_filter()
         if not self.filter_edit.text().strip():
             self._expand_top()
+        if current is not None:
+            self.select_key(current.key)
 
     def _expand_top(self) -> None:
         """Show the first level of every top-level container: a file at a glance."""
@@ -276,7 +314,7 @@ class CheckpointView(QWidget):
         self.banner.setText(text)
         self.banner.show()
 
-    # -- interaction ---------------------------------------------------------------------------
+    # -- filter --------------------------------------------------------------------------------
     def apply_filter(self) -> None:
         model = self.proxy.sourceModel()
         if not isinstance(model, CheckpointModel):
@@ -285,29 +323,73 @@ class CheckpointView(QWidget):
         try:
             q = query_mod.parse(text)
         except query_mod.QueryError as err:
-            self.match_label.setText(f"<span style='color:#b71c1c'>{escape(str(err))}</span>")
+            # keep the last good result; say what is wrong without squeezing the field
+            self.match_label.setText("<span style='color:#b71c1c'>invalid filter</span>")
             self.match_label.setToolTip(str(err))
             return
         self.match_label.setToolTip("")
         if q.empty:
-            self.proxy.set_matches(None)
+            if self.proxy.filtering:
+                self.proxy.set_matches(None)
+                self._restore_expansion()
             self.match_label.setText("")
             return
+        if not self.proxy.filtering:
+            self._expanded_before_filter = self._expanded_keys()
         matches = query_mod.matching(model.node(QModelIndex()), q)
         self.proxy.set_matches(query_mod.visible_ids(matches))
-        self.match_label.setText(f"{len(matches):,} match{'es' if len(matches) != 1 else ''}")
+        tensors = sum(1 for m in matches if m.is_tensor)
+        if not matches:
+            label = "<span style='color:#b71c1c'>no match</span>"
+        elif tensors:
+            label = f"{tensors:,} tensor{'s' if tensors != 1 else ''}"
+        else:
+            label = f"{len(matches):,} match{'es' if len(matches) != 1 else ''}"
+        self.match_label.setText(label)
+        self.match_label.setToolTip(f"{len(matches):,} rows match, {tensors:,} of them tensors")
         if len(matches) <= AUTO_EXPAND_LIMIT:
             self.tree.expandAll()
+
+    def _expanded_keys(self) -> set[str]:
+        out: set[str] = set()
+        stack = [QModelIndex()]
+        while stack:
+            parent = stack.pop()
+            for row in range(self.proxy.rowCount(parent)):
+                idx = self.proxy.index(row, 0, parent)
+                if self.tree.isExpanded(idx):
+                    out.add(idx.data(NodeRole).key)
+                    stack.append(idx)
+        return out
+
+    def _restore_expansion(self) -> None:
+        keys = self._expanded_before_filter
+        self._expanded_before_filter = None
+        if keys is None:
+            return
+        self.tree.collapseAll()
+        stack = [QModelIndex()]
+        while stack:
+            parent = stack.pop()
+            for row in range(self.proxy.rowCount(parent)):
+                idx = self.proxy.index(row, 0, parent)
+                if idx.data(NodeRole).key in keys:
+                    self.tree.expand(idx)
+                    stack.append(idx)
+        current = self.tree.currentIndex()
+        if current.isValid():
+            self.tree.scrollTo(current)
 
     def _set_grouped(self, grouped: bool) -> None:
         if self.file is not None:
             self._show_model(grouped)
 
+    # -- selection and commands ------------------------------------------------------------------
     def set_target_device(self, device: str) -> None:
         self.target_device = device
         for model in self._models.values():
             model.set_target_device(device)
-        self._current_changed(self.tree.currentIndex(), QModelIndex())
+        self._refresh_details()
 
     def focus_filter(self) -> None:
         self.filter_edit.setFocus()
@@ -317,9 +399,28 @@ class CheckpointView(QWidget):
         index = self.tree.currentIndex()
         return index.data(NodeRole) if index.isValid() else None
 
+    def select_key(self, key: str) -> bool:
+        """Make the row with this full key current (expanding its parents)."""
+        stack = [QModelIndex()]
+        while stack:
+            parent = stack.pop()
+            for row in range(self.proxy.rowCount(parent)):
+                idx = self.proxy.index(row, 0, parent)
+                node = idx.data(NodeRole)
+                if node.key == key:
+                    self.tree.setCurrentIndex(idx)
+                    self.tree.scrollTo(idx)
+                    return True
+                if key.startswith(node.key + ".") or not node.key:
+                    stack.append(idx)
+        return False
+
     def _current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         node = current.data(NodeRole) if current.isValid() else None
         self.details.setHtml(details_html(node, self.target_device))
+
+    def _refresh_details(self, *_args: Any) -> None:
+        self._current_changed(self.tree.currentIndex(), QModelIndex())
 
     def _selected_nodes(self) -> list[DisplayNode]:
         rows = self.tree.selectionModel().selectedRows(0) if self.tree.selectionModel() else []
@@ -342,17 +443,18 @@ class CheckpointView(QWidget):
         index = self.tree.indexAt(pos)
         if not index.isValid():
             return
+        has_children = self.proxy.rowCount(index.siblingAtColumn(0)) > 0
         menu = QMenu(self.tree)
         menu.addAction("Copy key", self.copy_keys)
         menu.addAction("Copy shape / value", self.copy_shapes)
         menu.addSeparator()
-        menu.addAction("Expand all below", lambda: self.tree.expandRecursively(index))
-        menu.addAction("Collapse", lambda: self.tree.collapse(index))
+        menu.addAction("Expand all below",
+                       lambda: self.tree.expandRecursively(index)).setEnabled(has_children)
+        menu.addAction("Collapse", lambda: self.tree.collapse(index)).setEnabled(
+            has_children and self.tree.isExpanded(index.siblingAtColumn(0)))
         menu.exec(self.tree.viewport().mapToGlobal(pos))
 
     def _show_filter_help(self) -> None:
-        from PySide6.QtWidgets import QToolTip
-
         QToolTip.showText(self.filter_help.mapToGlobal(QPoint(0, self.filter_help.height())),
                           FILTER_HELP, self.filter_help)
 

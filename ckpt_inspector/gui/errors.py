@@ -11,10 +11,20 @@ from ckpt_inspector.core.errors import CheckpointError
 
 
 def describe(err: BaseException) -> tuple[str, str]:
-    """(message for people, details for a bug report)."""
-    details = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    """(message for people, details: what was read for a file problem, the traceback for
+    a bug)."""
     if isinstance(err, CheckpointError):
-        return str(err), details
+        details = [f"Problem: {err}"]
+        partial = err.partial
+        if partial is not None:
+            details.append(f"Format: {partial.format}")
+            if partial.pickles:
+                details.append(f"Pickle streams read before the problem: {len(partial.pickles)}")
+                names = partial.global_names()
+                if names:
+                    details.append("Imports seen: " + ", ".join(names[:20]))
+        return str(err), "\n".join(details)
+    details = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     return f"{type(err).__name__}: {err}", details
 
 
@@ -25,10 +35,19 @@ class ErrorReporter:
 
     def show(self, title: str, message: str, details: str = "",
              icon: QMessageBox.Icon = QMessageBox.Icon.Critical) -> QMessageBox:
+        last = self.last
+        if last is not None and last.isVisible() and last.windowTitle() == title:
+            # several files failed at once: one dialog lists them all
+            last.setText(f"{last.text()}\n\n{message}")
+            if details:
+                previous = last.detailedText()
+                last.setDetailedText(f"{previous}\n\n{details}" if previous else details)
+            return last
         box = QMessageBox(icon, title, message, QMessageBox.StandardButton.Ok, self.parent)
         if details:
             box.setDetailedText(details)
         box.setObjectName("errorDialog")
+        box.setMinimumWidth(420)
         box.open()  # window-modal, does not block the event loop
         self.last = box
         return box

@@ -32,8 +32,8 @@ class FileBrowser(QWidget):
         self.model.setRootPath("")
         self.path_edit = QLineEdit()
         self.path_edit.setObjectName("browserPath")
-        self.path_edit.setToolTip("Folder to list; edit and press Enter")
-        self.path_edit.returnPressed.connect(lambda: self.set_folder(self.path_edit.text()))
+        self.path_edit.setToolTip("Folder to list (or a file to open); edit and press Enter")
+        self.path_edit.returnPressed.connect(self._path_entered)
         up = QToolButton()
         up.setText("↑")
         up.setToolTip("Parent folder")
@@ -58,6 +58,25 @@ class FileBrowser(QWidget):
         layout.addWidget(self.view, 1)
         self.folder = ""
         self.set_folder(folder)
+
+    def _path_entered(self) -> None:
+        path = os.path.abspath(os.path.expanduser(self.path_edit.text().strip()))
+        if os.path.isfile(path):
+            self.set_folder(os.path.dirname(path))
+            self.file_activated.emit(path)
+        else:
+            self.set_folder(path)
+
+    def show_file(self, path: str) -> None:
+        """Select ``path`` in the list if it is under the folder shown; else select nothing."""
+        if os.path.dirname(path).startswith(self.folder):
+            index = self.model.index(path)
+            if index.isValid():
+                self.view.setCurrentIndex(index)
+                self.view.scrollTo(index)
+                return
+        self.view.clearSelection()
+        self.view.setCurrentIndex(QModelIndex())
 
     def set_folder(self, folder: str) -> None:
         folder = os.path.abspath(os.path.expanduser(folder or os.getcwd()))

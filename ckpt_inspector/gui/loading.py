@@ -10,7 +10,7 @@ from ckpt_inspector.core.display import DisplayNode, build_display_tree
 from ckpt_inspector.core.formats import open_checkpoint
 from ckpt_inspector.core.gcpause import bulk_allocation, release
 from ckpt_inspector.core.scan import ScanReport, scan
-from ckpt_inspector.core.summary import totals, value_records
+from ckpt_inspector.core.summary import totals
 from ckpt_inspector.core.tree import Checkpoint
 
 
@@ -22,7 +22,6 @@ class LoadedFile:
     grouped: DisplayNode
     flat: DisplayNode
     totals: dict[str, Any]
-    values: list[dict[str, Any]]
     seconds: float
 
 
@@ -33,8 +32,7 @@ def load_file(path: str) -> LoadedFile:
         report = scan(ckpt)
         grouped = build_display_tree(ckpt.root, grouped=True)
         flat = build_display_tree(ckpt.root, grouped=False)
-        file = LoadedFile(path, ckpt, report, grouped, flat, totals(ckpt),
-                          value_records(ckpt, 200), 0.0)
+        file = LoadedFile(path, ckpt, report, grouped, flat, totals(ckpt), 0.0)
     file.seconds = time.perf_counter() - start
     return file
 

@@ -12,10 +12,14 @@ from PySide6.QtCore import QSettings, Qt, QUrl, Signal
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
+    QColor,
     QDragEnterEvent,
     QDropEvent,
+    QFont,
     QIcon,
     QKeySequence,
+    QPainter,
+    QPixmap,
 )
 from PySide6.QtWidgets import (
     QComboBox,
@@ -43,6 +47,37 @@ from ckpt_inspector.gui.file_browser import FileBrowser
 from ckpt_inspector.gui.loading import LoadedFile
 from ckpt_inspector.gui.welcome import WelcomePage
 from ckpt_inspector.gui.workers import TaskRunner
+
+VERDICT_WORDS = {"safe": "safe", "needs-trust": "needs trust", "dangerous": "dangerous",
+                 "unreadable": "could not be read"}
+
+
+def verdict_icon(verdict: str) -> QIcon:
+    """A small badge for a tab: amber "!" for needs-trust, red "!" for dangerous, grey "?"
+    for unreadable; nothing for safe (the close button keeps its own cross)."""
+    colors = {"needs-trust": "#d97706", "dangerous": "#c62828", "unreadable": "#6b7280"}
+    if verdict not in colors:
+        return QIcon()
+    icon = QIcon()
+    for size in (16, 32):
+        pix = QPixmap(size, size)
+        pix.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(pix)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setBrush(QColor(colors[verdict]))
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.drawEllipse(1, 1, size - 2, size - 2)
+        painter.setPen(QColor("white"))
+        font = QFont()
+        font.setBold(True)
+        font.setPixelSize(int(size * 0.75))
+        painter.setFont(font)
+        painter.drawText(pix.rect(), Qt.AlignmentFlag.AlignCenter,
+                         "?" if verdict == "unreadable" else "!")
+        painter.end()
+        icon.addPixmap(pix)
+    return icon
+
 
 FILE_FILTER = ("Checkpoints (*.pt *.pth *.ckpt *.bin *.pt2 *.onnx *.safetensors *.pkl);;"
                "All files (*)")
@@ -95,7 +130,7 @@ class MainWindow(QMainWindow):
         self.tabs.setMovable(True)
         self.tabs.setDocumentMode(True)
         self.tabs.tabCloseRequested.connect(self.close_tab)
-        self.tabs.currentChanged.connect(lambda _i: self._update_title())
+        self.tabs.currentChanged.connect(lambda _i: self._tab_changed())
         self.welcome = WelcomePage()
         self.welcome.open_requested.connect(self.open_dialog)
         self.welcome.demo_requested.connect(self.open_demo)
@@ -110,6 +145,7 @@ class MainWindow(QMainWindow):
         self._build_toolbar()
         self._build_status()
         self._refresh_recent()
+        self._tab_changed()
         geometry = self.settings.value("geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
@@ -157,6 +193,9 @@ class MainWindow(QMainWindow):
         quit_action = QAction("&Quit", self)
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
+        self.copy_action = QAction("&Copy key", self)
+        self.copy_action.setToolTip("Copy the keys of the selected rows")
+        self.copy_action.triggered.connect(self._copy_keys)
         self.find_action = QAction("&Find", self)
         self.find_action.setShortcut(QKeySequence.StandardKey.Find)
         self.find_action.triggered.connect(self._focus_filter)
@@ -177,6 +216,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(quit_action)
         edit_menu = menu.addMenu("&Edit")
+        edit_menu.addAction(self.copy_action)
         edit_menu.addAction(self.find_action)
         view_menu = menu.addMenu("&View")
         view_menu.addAction(self.browser_dock.toggleViewAction())
@@ -209,6 +249,9 @@ class MainWindow(QMainWindow):
         self.addToolBar(bar)
 
     def _build_status(self) -> None:
+        self.file_label = QLabel()
+        self.file_label.setObjectName("fileStatus")
+        self.statusBar().addWidget(self.file_label, 1)
         self.task_label = QLabel()
         self.progress = QProgressBar()
         self.progress.setRange(0, 0)
@@ -223,10 +266,19 @@ class MainWindow(QMainWindow):
 
     # -- opening files -------------------------------------------------------------------------
     def open_dialog(self) -> None:
-        folder = str(self.settings.value("lastFolder", os.getcwd()))
-        paths, _ = QFileDialog.getOpenFileNames(self, "Open checkpoints", folder, FILE_FILTER)
+        paths = self.ask_open_paths()
         if paths:
             self.open_paths(paths)
+
+    def ask_open_paths(self) -> list[str]:
+        """The Open dialog, starting in the Files dock's folder."""
+        dialog = QFileDialog(self, "Open checkpoints", self.browser.folder, FILE_FILTER)
+        dialog.setFileMode(QFileDialog.FileMode.ExistingFiles)
+        dialog.setViewMode(QFileDialog.ViewMode.Detail)
+        dialog.resize(900, 560)
+        if dialog.exec():
+            return dialog.selectedFiles()
+        return []
 
     def open_paths(self, paths: list[str]) -> list[CheckpointView]:
         views = []
@@ -246,7 +298,7 @@ class MainWindow(QMainWindow):
             self.pages.setCurrentWidget(self.tabs)
             view.start_loading()
             views.append(view)
-            self._remember(path)
+        self._update_actions()
         return views
 
     def _view_for(self, path: str) -> CheckpointView | None:
@@ -259,23 +311,18 @@ class MainWindow(QMainWindow):
     def _view_loaded(self, view: CheckpointView, file: LoadedFile) -> None:
         index = self.tabs.indexOf(view)
         if index >= 0:
-            icon = {"dangerous": QStyle.StandardPixmap.SP_MessageBoxCritical,
-                    "needs-trust": QStyle.StandardPixmap.SP_MessageBoxWarning}.get(
-                        file.report.verdict)
-            self.tabs.setTabIcon(index, self.style().standardIcon(icon) if icon else QIcon())
-            self.tabs.setTabToolTip(index, f"{view.path}\nverdict: {file.report.verdict}")
-        self._update_title()
-        self.statusBar().showMessage(
-            f"{os.path.basename(view.path)}: {file.totals['tensors']:,} tensors, "
-            f"{human_bytes(file.totals['nbytes'])}, read in {file.seconds * 1000:.0f} ms", 8000)
+            self.tabs.setTabIcon(index, verdict_icon(file.report.verdict))
+            self.tabs.setTabToolTip(index, f"{view.path}\n{VERDICT_WORDS[file.report.verdict]}")
+        self._remember(view.path)
+        self._tab_changed()
         self.file_shown.emit(view.path)
 
     def _view_failed(self, view: CheckpointView) -> None:
         index = self.tabs.indexOf(view)
         if index >= 0:
-            self.tabs.setTabIcon(index, self.style().standardIcon(
-                QStyle.StandardPixmap.SP_BrowserStop))
+            self.tabs.setTabIcon(index, verdict_icon("unreadable"))
             self.tabs.setTabToolTip(index, f"{view.path}\ncould not be read")
+        self._tab_changed()
 
     def open_demo(self) -> None:
         self.runner.run("Making the demo checkpoint (first time only)", make_demo,
@@ -298,7 +345,7 @@ class MainWindow(QMainWindow):
         if self.tabs.count() == 0:
             self._refresh_recent()
             self.pages.setCurrentWidget(self.welcome)
-        self._update_title()
+        self._tab_changed()
 
     def current_view(self) -> CheckpointView | None:
         view = self.tabs.currentWidget()
@@ -379,9 +426,9 @@ class MainWindow(QMainWindow):
         if verdict != "safe":
             self.reporter.show(
                 "Not loaded",
-                f"{os.path.basename(view.path)} is {verdict}: loading it with torch would "
-                "run code from the file. ckpt-inspector loads only files that hold nothing but "
-                "weights (verdict 'safe'); everything else is shown read-only.",
+                f"{os.path.basename(view.path)} {VERDICT_WORDS[verdict]}: loading it with torch "
+                "would run code from the file. ckpt-inspector loads only files that hold "
+                "nothing but weights (verdict 'safe'); everything else is shown read-only.",
                 icon=QMessageBox.Icon.Warning)
             return
         device = self.device
@@ -404,10 +451,35 @@ class MainWindow(QMainWindow):
             more = f" (+{len(tasks) - 1} more)" if len(tasks) > 1 else ""
             self.task_label.setText(tasks[-1].label + "…" + more)
 
-    def _update_title(self) -> None:
+    def _tab_changed(self) -> None:
+        """Title, status line, actions and the Files dock follow the current tab."""
         view = self.current_view()
         self.setWindowTitle(f"{os.path.basename(view.path)} — ckpt-inspector" if view
                             else "ckpt-inspector")
+        text = ""
+        if view is not None and view.file is not None:
+            f = view.file
+            n = f.totals["tensors"]
+            text = (f"{f.ckpt.format} · {n:,} tensor{'s' if n != 1 else ''} · "
+                    f"{human_bytes(f.totals['nbytes'])} · {VERDICT_WORDS[f.report.verdict]} · "
+                    f"read in {f.seconds * 1000:,.0f} ms")
+        self.file_label.setText(text)
+        if view is not None:
+            self.browser.show_file(view.path)
+        self._update_actions()
+
+    def _update_actions(self) -> None:
+        view = self.current_view()
+        loaded = view is not None and view.file is not None
+        self.torch_action.setEnabled(loaded)
+        self.copy_action.setEnabled(loaded)
+        self.reload_action.setEnabled(view is not None)
+        self.close_action.setEnabled(view is not None)
+
+    def _copy_keys(self) -> None:
+        view = self.current_view()
+        if view is not None:
+            view.copy_keys()
 
     def _focus_filter(self) -> None:
         view = self.current_view()

@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from ckpt_inspector.core.display import DisplayNode
-from ckpt_inspector.core.summary import format_value, human_bytes
+from ckpt_inspector.core.summary import format_value, human_bytes, top_values
 from ckpt_inspector.gui.loading import LoadedFile
 
 VERDICT_STYLE = {
@@ -32,9 +32,15 @@ CSS = """
 """
 
 
-def _rows(pairs: list[tuple[str, str]]) -> str:
-    return "<table>" + "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>"
-                               for k, v in pairs) + "</table>"
+def _rows(pairs: list[tuple[str, str]], escape_keys: bool = True) -> str:
+    return "<table>" + "".join(
+        f"<tr><th style='white-space:nowrap'>{escape(k) if escape_keys else k}</th><td>{v}</td></tr>"
+        for k, v in pairs) + "</table>"
+
+
+def breakable(name: str) -> str:
+    """HTML for a dotted name that may wrap after ``.`` and ``_``, never mid-word."""
+    return escape(name).replace(".", ".\u200b").replace("_", "_\u200b")
 
 
 def verdict_badge(verdict: str) -> str:
@@ -46,8 +52,8 @@ def verdict_badge(verdict: str) -> str:
 
 def summary_html(loaded: LoadedFile) -> str:
     ckpt, report, tot = loaded.ckpt, loaded.report, loaded.totals
-    parts = [CSS, f"<p><b>{escape(os.path.basename(loaded.path))}</b><br>"
-             f'<span class="muted">{escape(loaded.path)}</span></p>']
+    parts = [CSS, f"<p><b>{breakable(os.path.basename(loaded.path))}</b><br>"
+             f'<span class="muted">{breakable(loaded.path)}</span></p>']
     parts.append(_rows([
         ("format", escape(ckpt.format)),
         ("file size", human_bytes(ckpt.file_size)),
@@ -68,7 +74,7 @@ def summary_html(loaded: LoadedFile) -> str:
         ordered = report.flagged_names()
         parts.append("<p>Imports outside torch's weights-only allowlist "
                      f"({len(ordered)}):<br><span class='mono'>"
-                     + "<br>".join(escape(n) for n in ordered[:20])
+                     + "<br>".join(breakable(n) for n in ordered[:20])
                      + ("<br>…" if len(ordered) > 20 else "") + "</span></p>")
     for f in trust:
         if not f.name:
@@ -79,23 +85,31 @@ def summary_html(loaded: LoadedFile) -> str:
     if tot["storage_nbytes"] and tot["storage_nbytes"] != tot["nbytes"]:
         pairs.append(("storage on disk", human_bytes(tot["storage_nbytes"])))
     if tot["devices"]:
-        pairs.append(("saved on", escape(", ".join(f"{d} ({n})" for d, n in
+        pairs.append(("saved on", escape(", ".join(f"{d} ({n:,})" for d, n in
                                                    tot["devices"].items()))))
     if tot["damaged_tensors"]:
         pairs.append(("damaged", f'<span class="bad">{tot["damaged_tensors"]}</span>'))
     parts.append(_rows(pairs))
     if tot["by_dtype"]:
         rows = "".join(
-            f"<tr><td class='mono'>{escape(d)}</td><td class='num'>{v['tensors']:,}</td>"
-            f"<td class='num'>{v['numel']:,}</td><td class='num'>{human_bytes(v['nbytes'])}"
-            f"</td></tr>" for d, v in tot["by_dtype"].items())
-        parts.append("<table><tr><th>dtype</th><th class='num'>tensors</th>"
-                     f"<th class='num'>elements</th><th class='num'>size</th></tr>{rows}</table>")
-    top_values = [v for v in loaded.values if len(v["path"]) <= 2][:24]
-    if top_values:
+            f"<tr><td class='mono' style='white-space:nowrap'>{escape(d)}</td>"
+            f"<td class='num' style='white-space:nowrap'>{v['tensors']:,}</td>"
+            f"<td class='num' style='white-space:nowrap'>{v['numel']:,}</td>"
+            f"<td class='num' style='white-space:nowrap'>{human_bytes(v['nbytes'])}</td></tr>"
+            for d, v in tot["by_dtype"].items())
+        nw = "style='white-space:nowrap'"
+        parts.append(f"<table><tr><th {nw}>dtype</th><th class='num' {nw}>tensors</th>"
+                     f"<th class='num' {nw}>elements</th><th class='num' {nw}>size</th></tr>"
+                     f"{rows}</table>")
+    values, total = top_values(ckpt.root)
+    if values:
         parts.append("<h3>Values</h3>")
-        parts.append(_rows([(v["key"], f"<span class='mono'>{escape(_short(v['value']))}</span>")
-                            for v in top_values]))
+        rows = [(breakable(k), f"<span class='mono'>{escape(format_value(n, 80))}</span>")
+                for k, n in values]
+        if total > len(values):
+            rows.append(("", f"<span class='muted'>… {total - len(values):,} more in the "
+                             "tree</span>"))
+        parts.append(_rows(rows, escape_keys=False))
     meta = {k: v for k, v in ckpt.metadata.items() if k not in ("code files",)}
     if meta:
         parts.append("<h3>File metadata</h3>")
@@ -112,6 +126,8 @@ def summary_html(loaded: LoadedFile) -> str:
 
 
 def _short(value: Any, limit: int = 80) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -254,6 +254,10 @@ class FilterProxy(QSortFilterProxyModel):
         super().__init__(parent)
         self._matches: set[int] | None = None
 
+    @property
+    def filtering(self) -> bool:
+        return self._matches is not None
+
     def set_matches(self, matches: set[int] | None) -> None:
         """Show only these nodes (ids of display nodes); None shows everything."""
         if hasattr(self, "beginFilterChange"):  # Qt >= 6.9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from html import escape
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
@@ -61,7 +62,9 @@ class WelcomePage(QWidget):
         if not paths:
             self.recent.setText("")
             return
-        links = "<br>".join(
-            f"<a href='{p}'>{os.path.basename(p)}</a> "
-            f"<span style='color:#9ca3af'>{os.path.dirname(p)}</span>" for p in paths[:6])
-        self.recent.setText(f"<b>Recent</b><br>{links}")
+        rows = "".join(
+            f"<tr><td style='padding:2px 16px 2px 0'><a href='{escape(p)}'>"
+            f"{escape(os.path.basename(p))}</a></td>"
+            f"<td style='color:#9ca3af'>{escape(os.path.dirname(p))}</td></tr>"
+            for p in paths[:8])
+        self.recent.setText(f"<b>Recent</b><table style='margin-top:6px'>{rows}</table>")

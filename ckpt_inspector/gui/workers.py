@@ -19,6 +19,7 @@ class Task:
         self.label = label
         self.cancelled = False
         self.worker: WorkerBase | None = None
+        self.on_cancel: Callable[[], None] | None = None
 
 
 class TaskRunner(QObject):
@@ -35,12 +36,15 @@ class TaskRunner(QObject):
             on_result: Callable[[Any], None],
             on_error: Callable[[BaseException], None] | None = None,
             on_progress: Callable[[Any], None] | None = None,
-            on_discard: Callable[[Any], None] | None = None) -> Task:
+            on_discard: Callable[[Any], None] | None = None,
+            on_cancel: Callable[[], None] | None = None) -> Task:
         """Run ``fn(*args)`` (a function or a generator function) on a worker thread.
 
-        ``on_discard`` receives the result of a task that was cancelled meanwhile.
+        ``on_cancel`` runs when the user cancels; ``on_discard`` receives the result of
+        a task that was cancelled meanwhile.
         """
         task = Task(label)
+        task.on_cancel = on_cancel
 
         def returned(result: Any) -> None:
             if not task.cancelled:
@@ -73,6 +77,8 @@ class TaskRunner(QObject):
         if task.worker is not None:
             task.worker.quit()
         self._finished(task)
+        if task.on_cancel is not None:
+            task.on_cancel()
 
     def cancel_all(self) -> None:
         for task in list(self.tasks):

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from PySide6.QtCore import QMimeData, QModelIndex, QPoint, QPointF, Qt
+from PySide6.QtCore import QMimeData, QModelIndex, QPoint, QPointF, Qt, QTimer
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
-from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
+from PySide6.QtWidgets import QApplication, QFileDialog, QLineEdit, QMessageBox
 
 from ckpt_inspector.core.display import build_display_tree
 from ckpt_inspector.core.formats import open_checkpoint
@@ -76,10 +76,27 @@ def test_group_toggle_shows_flat_keys(qtbot, window, training_ckpt):
 
 
 def test_open_by_dialog(qtbot, window, tensors_file, monkeypatch):
-    monkeypatch.setattr(QFileDialog, "getOpenFileNames",
-                        lambda *a, **k: ([str(tensors_file[0])], "Checkpoints"))
+    """The real dialog, answered as a user would: pick the file, accept."""
+    folder = os.path.dirname(str(tensors_file[0]))
+    window.browser.set_folder(folder)
+
+    seen = {}
+
+    def answer():
+        dialog = window.findChild(QFileDialog)
+        if dialog is None or not dialog.isVisible():
+            QTimer.singleShot(100, answer)
+            return
+        seen["folder"] = dialog.directory().absolutePath()
+        # type the file name, as a user would
+        dialog.findChild(QLineEdit, "fileNameEdit").setText(os.path.basename(
+            str(tensors_file[0])))
+        dialog.accept()
+
+    QTimer.singleShot(100, answer)
     with qtbot.waitSignal(window.file_shown, timeout=30_000):
         window.open_action.trigger()
+    assert seen["folder"] == folder  # the dialog starts in the Files dock's folder
     assert window.tabs.count() == 1
     assert window.current_view().path == str(tensors_file[0])
 
@@ -319,3 +336,78 @@ def test_real_app_starts_and_quits(tensors_file, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("shown ")
     assert "Traceback" not in proc.stderr
+
+
+def test_cancel_offers_to_read_again(qtbot, window, resnet_full):
+    [view] = window.open_paths([str(resnet_full[0])])
+    window.cancel_button.click()
+    assert "cancelled" in view.status.text() and view.retry_button.isVisibleTo(view)
+    with qtbot.waitSignal(window.file_shown, timeout=30_000):
+        view.retry_button.click()
+    assert view.file is not None
+
+
+def test_regex_anchors_at_key_segments(qtbot, window, training_ckpt):
+    view = open_and_wait(qtbot, window, training_ckpt[0])
+    view.filter_edit.setText("re:^4\\.(weight|bias)$")
+    view.apply_filter()
+    assert sorted(visible_keys(view)) == ["model_state_dict.4.bias", "model_state_dict.4.weight"]
+    view.filter_edit.setText("re:^nothing-like-this")
+    view.apply_filter()
+    assert "no match" in view.match_label.text()
+
+
+def test_grouping_toggle_keeps_sort_and_selection(qtbot, window, resnet_params):
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    view.tree.sortByColumn(4, Qt.SortOrder.DescendingOrder)
+    assert view.select_key("fc.weight")
+    view.group_box.setChecked(False)
+    assert view.current_node().key == "fc.weight"
+    assert view.tree.header().sortIndicatorSection() == 4
+    first = view.proxy.index(0, 0, QModelIndex()).data(NodeRole)
+    assert first.key.startswith("layer4")  # still largest first
+
+
+def test_filter_then_clear_restores_expansion(qtbot, window, resnet_params):
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    view.tree.collapseAll()
+    view.tree.expand(find_row(view, "layer2"))
+    view.filter_edit.setText("fc.")
+    view.apply_filter()
+    view.filter_edit.setText("")
+    view.apply_filter()
+    assert view.tree.isExpanded(find_row(view, "layer2"))
+    assert not view.tree.isExpanded(find_row(view, "layer3"))
+
+
+def test_failed_files_are_not_recent_and_actions_follow_the_tab(qtbot, window, tmp_path):
+    assert not window.torch_action.isEnabled()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x04garbage")
+    window.open_paths([str(bad)])
+    qtbot.waitUntil(lambda: window.reporter.last is not None, timeout=30_000)
+    assert str(bad) not in window.recent_files()
+    assert not window.torch_action.isEnabled()
+    window.reporter.last.close()
+
+
+def test_errors_of_several_files_share_one_dialog(qtbot, window, tmp_path):
+    paths = []
+    for name in ("one.pt", "two.pt"):
+        path = tmp_path / name
+        path.write_bytes(b"PK\x03\x04 broken")
+        paths.append(str(path))
+    window.open_paths(paths)
+    qtbot.waitUntil(lambda: window.reporter.last is not None
+                    and "two.pt" in window.reporter.last.text()
+                    and "one.pt" in window.reporter.last.text(), timeout=30_000)
+    assert "truncated" in window.reporter.last.text()
+    assert len([w for w in window.findChildren(QMessageBox) if w.isVisible()]) == 1
+    window.reporter.last.close()
+
+
+def test_typing_a_file_path_in_the_files_dock_opens_it(qtbot, window, tensors_file):
+    window.browser.path_edit.setText(str(tensors_file[0]))
+    with qtbot.waitSignal(window.file_shown, timeout=30_000):
+        window.browser.path_edit.returnPressed.emit()
+    assert window.browser.folder == os.path.dirname(str(tensors_file[0]))

@@ -159,7 +159,12 @@ class _Archive:
 def _open_zip(ckpt: Checkpoint, source: Any) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as err:
+    except zipfile.BadZipFile as err:
+        if "not a zip file" in str(err):  # no end-of-archive record where zip puts it
+            raise fail(ckpt, "the zip archive is incomplete (its directory at the end is "
+                             "missing): the file is probably truncated") from None
+        raise fail(ckpt, f"damaged zip archive: {err}") from None
+    except (OSError, ValueError, EOFError, RuntimeError) as err:
         raise fail(ckpt, f"damaged zip archive: {err}") from None
 
 
