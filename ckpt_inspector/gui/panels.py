@@ -33,8 +33,9 @@ CSS = """
 
 
 def _rows(pairs: list[tuple[str, str]], escape_keys: bool = True) -> str:
+    nowrap = "style='white-space:nowrap'"
     return "<table>" + "".join(
-        f"<tr><th style='white-space:nowrap'>{escape(k) if escape_keys else k}</th><td>{v}</td></tr>"
+        f"<tr><th {nowrap}>{escape(k) if escape_keys else k}</th><td>{v}</td></tr>"
         for k, v in pairs) + "</table>"
 
 
