@@ -173,18 +173,38 @@ def _benign_use(name: str, uses: list[Call], called: set[int]) -> str | None:
     return None
 
 
-# text codecs whose result is a pure function of a short input: safe to apply here
-_PURE_CODECS = {"rot13", "rot_13", "latin1", "latin-1", "iso-8859-1", "utf-8", "utf8", "ascii",
-                "base64", "base64_codec", "hex", "hex_codec", "utf-16", "utf-32"}
 _MAX_EVAL_LEN = 4096
+_ROT13 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                       "NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm")
+
+
+def _transcode(value: str | bytes, codec: str, decode: bool) -> str | bytes | None:
+    """The few codecs obfuscation uses, done by hand: a codec lookup would import
+    ``encodings.<name>``, a module named by the file."""
+    import binascii
+
+    codec = codec.lower().replace("-", "_")
+    if codec in ("rot13", "rot_13") and isinstance(value, str):
+        return value.translate(_ROT13)
+    text = {"latin1": "latin-1", "latin_1": "latin-1", "iso_8859_1": "latin-1",
+            "utf8": "utf-8", "utf_8": "utf-8", "ascii": "ascii"}.get(codec)
+    if text:
+        if decode and isinstance(value, bytes):
+            return value.decode(text)
+        if not decode and isinstance(value, str):
+            return value.encode(text)
+        return None
+    if codec in ("base64", "base64_codec") and isinstance(value, bytes):
+        return binascii.a2b_base64(value) if decode else binascii.b2a_base64(value)
+    if codec in ("hex", "hex_codec") and isinstance(value, bytes):
+        return binascii.unhexlify(value) if decode else binascii.hexlify(value)
+    return None
 
 
 def static_value(value: Any, depth: int = 0) -> str | bytes | None:
     """What a computed import name evaluates to, for the calls that obfuscation uses
-    (``_codecs.decode('bf', 'rot13')``, ``builtins.str(b'os', 'latin1')``), without
-    running anything but Python's own codecs on short inputs. None when unknown."""
-    import codecs
-
+    (``_codecs.decode('bf', 'rot13')``, ``builtins.str(b'os', 'latin1')``), on short
+    inputs, importing nothing. None when unknown."""
     if isinstance(value, (str, bytes)):
         return value if len(value) <= _MAX_EVAL_LEN else None
     if not isinstance(value, Call) or depth > 4:
@@ -195,15 +215,12 @@ def static_value(value: Any, depth: int = 0) -> str | bytes | None:
     name = value.func_name
     try:
         if name in ("_codecs.decode", "codecs.decode", "_codecs.encode", "codecs.encode") \
-                and len(args) == 2 and isinstance(args[1], str) \
-                and args[1].lower() in _PURE_CODECS:
-            fn = codecs.decode if name.endswith("decode") else codecs.encode
-            return fn(args[0], args[1])
-        if name in ("builtins.str", "builtins.bytes") and len(args) == 2 \
-                and isinstance(args[0], bytes) and isinstance(args[1], str) \
-                and args[1].lower() in _PURE_CODECS:
-            return args[0].decode(args[1]) if name == "builtins.str" else args[0]
-    except (ValueError, TypeError, LookupError, UnicodeError):
+                and len(args) == 2 and isinstance(args[1], str):
+            return _transcode(args[0], args[1], name.endswith("decode"))
+        if name == "builtins.str" and len(args) == 2 and isinstance(args[0], bytes) \
+                and isinstance(args[1], str):
+            return _transcode(args[0], args[1], True)
+    except (ValueError, TypeError, UnicodeError):
         return None
     return None
 

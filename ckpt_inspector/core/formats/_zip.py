@@ -10,6 +10,7 @@ and each oddity becomes a finding instead of an excuse.
 
 from __future__ import annotations
 
+import encodings.cp437  # noqa: F401 - zipfile decodes legacy names with it; import it up front
 import struct
 import zipfile
 import zlib
