@@ -216,3 +216,26 @@ def test_numpy_arrays_pickled_with_protocol_5(torch, tmp_path):
 def test_onnx_inputs_are_json_objects(onnx_inline):
     out = json.loads(run_cli("info", str(onnx_inline), "--json").stdout)
     assert out["metadata"]["inputs"][0]["name"] == "image"
+
+
+@pytest.mark.parametrize("model", [
+    b"\x08\x07\x30\x05",  # doc_string (a text field) written as a number: found by the fuzzer
+    b"\x08\x07\x38\x05",  # the graph written as a number
+    b"\x08\x07\x3a\x02\x2a\x05",  # an initializer written as a number
+])
+def test_onnx_fields_of_the_wrong_type(tmp_path, model):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model)
+    with pytest.raises(CheckpointError):
+        open_checkpoint(path)
+
+
+def test_zip_member_without_a_name(tmp_path):
+    """Found by the fuzzer: zipfile's own is_dir() fails on an empty member name."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(zipfile.ZipInfo(""), b"hello")
+    path = tmp_path / "noname.zip"
+    path.write_bytes(buf.getvalue())
+    ckpt = open_checkpoint(path)
+    assert ckpt.format == "archive"

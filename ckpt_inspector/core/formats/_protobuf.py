@@ -69,6 +69,8 @@ def decode_packed_varints(raw: bytes) -> list[int]:
 
 
 def text(buf: Any, span: tuple[int, int]) -> str:
+    if not isinstance(span, tuple):
+        raise CheckpointError("malformed protobuf: a text field holds a number")
     return bytes(buf[span[0]:span[1]]).decode("utf-8", "replace")
 
 

@@ -82,7 +82,7 @@ def _members(ckpt: Checkpoint, blob: Blob, kind: str):
             infos = zf.infolist()
         _zip.audit(ckpt, blob.data, infos, "")
         for info in infos:
-            if not info.is_dir():
+            if info.filename and not info.filename.endswith("/"):
                 yield info.filename, info.file_size, (
                     lambda i=info: _read_zip_member(ckpt, blob, i))
     else:

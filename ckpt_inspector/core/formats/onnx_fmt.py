@@ -35,6 +35,15 @@ def sniff(head: bytes) -> bool:
 
 
 def read(path: str) -> Checkpoint:
+    try:
+        return _read(path)
+    except (TypeError, ValueError, IndexError, OverflowError) as err:
+        # a field with the wrong wire type, a negative length...: not a valid model
+        raise CheckpointError(f"malformed ONNX protobuf ({type(err).__name__}: {err})") \
+            from None
+
+
+def _read(path: str) -> Checkpoint:
     size = os.path.getsize(path)
     if size == 0:
         raise CheckpointError("empty file")
