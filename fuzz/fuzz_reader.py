@@ -115,7 +115,7 @@ def main() -> int:
     import atheris
 
     with atheris.instrument_imports(include=["ckpt_inspector"]):
-        import ckpt_inspector.cli  # noqa: F401
+        import ckpt_inspector.cli
         import ckpt_inspector.core.formats  # noqa: F401
     atheris.Setup(sys.argv, check)
     atheris.Fuzz()

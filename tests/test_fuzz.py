@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from support import ROOT
 
 FUZZ_SECONDS = 40
