@@ -52,10 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true", help="one JSON object on stdout")
     demo = sub.add_parser("demo", help="make the demo checkpoint (needs torch) and print its path")
     demo.add_argument("--info", action="store_true", help="also run info on it")
-    load = sub.add_parser("load", help="load a safe file with torch.load(weights_only=True) "
-                                       "onto a device and report what came back")
+    load = sub.add_parser(
+        "load", help="load a file you trust with torch onto a device and report what came back",
+        description="Weights-only for safe files; torch.nn/torchvision classes allowed by name "
+                    "for needs-trust files that import only those; anything else runs the "
+                    "file's code and takes --run-code (dangerous files also --allow-dangerous).")
     load.add_argument("path")
     load.add_argument("--device", default="cpu", help="map_location (cpu, cuda:0, mps)")
+    load.add_argument("--run-code", action="store_true",
+                      help="allow torch.load(weights_only=False) / torch.jit.load")
+    load.add_argument("--allow-dangerous", action="store_true",
+                      help="with --run-code: load even a file judged dangerous")
     load.add_argument("--json", action="store_true", help="one JSON object on stdout")
     dev = sub.add_parser("devices", help="devices torch can load tensors onto (map_location)")
     dev.add_argument("--json", action="store_true", help="one JSON list on stdout")
@@ -276,28 +283,29 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    from ckpt_inspector.core.torch_load import TrustError, trusted_load
+
+    if args.allow_dangerous and not args.run_code:
+        print("ckpt-inspector: --allow-dangerous needs --run-code too", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        ckpt = _open(args.path)
+        with bulk_allocation():
+            loaded = trusted_load(args.path, args.device, run_code=args.run_code,
+                                  allow_dangerous=args.allow_dangerous)
+    except TrustError as err:
+        print(f"ckpt-inspector: {args.path}: not loaded: {err}", file=sys.stderr)
+        return EXIT_NOT_SAFE
     except CheckpointError as err:
         return _unreadable(args.path, err)
-    report = scan(ckpt)
-    if report.verdict != "safe":
-        names = ", ".join(report.flagged_names()[:5])
-        print(f"ckpt-inspector: {args.path}: not loaded: the file is {report.verdict}"
-              + (f" (imports {names})" if names else "")
-              + "; only files that hold nothing but weights are loaded", file=sys.stderr)
-        return EXIT_NOT_SAFE
-    from ckpt_inspector.core.torch_load import load_weights
-
-    try:
-        result = load_weights(args.path, args.device)
     except Exception as err:  # torch's own message is the useful one
-        return _unreadable(args.path, CheckpointError(f"torch.load failed: {err}"))
+        return _unreadable(args.path, CheckpointError(f"torch refused it: {err}"))
+    result = loaded.describe()
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.path}: {result['tensors']:,} tensors, {human_bytes(result['nbytes'])} "
-              f"on {', '.join(result['devices']) or args.device} in {result['seconds']:.2f} s")
+        print(f"{args.path}: {result['type']}, {result['tensors']:,} tensors, "
+              f"{human_bytes(result['nbytes'])} on {', '.join(result['devices']) or args.device}"
+              f" in {result['seconds']:.2f} s ({result['mode']})")
     return EXIT_OK
 
 

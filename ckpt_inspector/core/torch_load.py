@@ -1,43 +1,138 @@
-"""Loading a checkpoint with torch itself, only for files whose verdict is ``safe``.
+"""Loading a checkpoint with torch itself: only for a file the user chose to trust.
 
-Used by ``ckpt-inspector load`` and, through that command in a child process, by the
-app: torch never has to be imported into the window's process.
+The rules, from least to most trust:
+
+1. ``torch.load(weights_only=True)``: what every ``safe`` file loads with.
+2. For a ``needs-trust`` file whose every import outside torch's allowlist is a
+   ``torch.nn`` or ``torchvision`` class: the same weights-only loader, with
+   exactly those classes allowed through ``torch.serialization.safe_globals``
+   (they come from the installed libraries, not from the file).
+3. Only with ``run_code``: ``torch.load(weights_only=False)`` (or
+   ``torch.jit.load`` for TorchScript), which runs whatever the file asks for.
+4. A ``dangerous`` file loads only with ``run_code`` *and* ``allow_dangerous``.
+
+Used by ``ckpt-inspector load`` and, through that command in a child process, by
+the app: torch is never imported into the window's process.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.scan import ScanReport, scan
 
-def load_weights(path: str, device: str) -> dict[str, Any]:
-    """``torch.load(path, map_location=device, weights_only=True)`` and what came back.
+TRUSTED_PACKAGES = ("torch.nn.", "torchvision.")
 
-    The caller has checked the verdict: this is the weights-only loader, which refuses
-    anything but plain weights even so.
-    """
-    start = time.perf_counter()
+
+class TrustError(CheckpointError):
+    """The file needs more trust than the caller gave."""
+
+
+@dataclass
+class LoadResult:
+    obj: Any
+    mode: str  # weights-only | weights-only + allowed classes | full (ran the file's code) | ...
+    verdict: str
+    seconds: float
+    allowed: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        """Counts of what came back, for people and JSON (never the tensors)."""
+        import torch
+
+        count = nbytes = 0
+        devices: set[str] = set()
+        seen: set[int] = set()
+        stack = [self.obj]
+        while stack:
+            v = stack.pop()
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            if isinstance(v, torch.Tensor):
+                count += 1
+                nbytes += v.numel() * v.element_size()
+                devices.add(str(v.device))
+            elif isinstance(v, dict):
+                stack.extend(v.values())
+            elif isinstance(v, (list, tuple)):
+                stack.extend(v)
+            elif isinstance(v, (torch.nn.Module, torch.jit.ScriptModule)):
+                stack.extend(v.state_dict().values())
+        kind = type(self.obj)
+        return {"mode": self.mode, "verdict": self.verdict, "type": f"{kind.__module__}."
+                f"{kind.__qualname__}", "tensors": count, "nbytes": nbytes,
+                "devices": sorted(devices), "seconds": self.seconds,
+                "allowed_classes": self.allowed}
+
+
+def _imports_needing_trust(report: ScanReport) -> list[str]:
+    return sorted({f.name for f in report.findings if f.severity == "needs-trust" and f.name})
+
+
+def _resolve(name: str) -> Any:
+    """A class from torch.nn or torchvision by its full name (imported from the installed
+    library; the file only named it)."""
+    module, _, attr = name.rpartition(".")
+    obj = importlib.import_module(module)
+    return getattr(obj, attr)
+
+
+def trusted_load(path: str, map_location: str = "cpu", *, run_code: bool = False,
+                 allow_dangerous: bool = False) -> LoadResult:
+    """Load ``path`` with torch following the rules above; raises TrustError otherwise."""
+    ckpt = open_checkpoint(path)
+    report = scan(ckpt)
+    if report.verdict == "dangerous" and not (run_code and allow_dangerous):
+        names = ", ".join(report.flagged_names()[:3])
+        raise TrustError(f"the file is dangerous{f' ({names})' if names else ''}: loading it "
+                         "runs that code; it takes both 'run code' and 'allow dangerous'")
+    if ckpt.format in ("onnx", "archive"):
+        raise TrustError(f"{ckpt.format} files are not loaded with torch")
     import torch
 
-    imported = time.perf_counter()
-    with warnings.catch_warnings():  # torch's notes about experimental dtypes, not ours
-        warnings.simplefilter("ignore", UserWarning)
-        obj = torch.load(path, map_location=device, weights_only=True)
-    count = 0
-    nbytes = 0
-    devices: set[str] = set()
-    stack = [obj]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, torch.Tensor):
-            count += 1
-            nbytes += v.numel() * v.element_size()
-            devices.add(str(v.device))
-        elif isinstance(v, dict):
-            stack.extend(v.values())
-        elif isinstance(v, (list, tuple)):
-            stack.extend(v)
-    return {"tensors": count, "nbytes": nbytes, "devices": sorted(devices),
-            "seconds": time.perf_counter() - imported,
-            "import_seconds": imported - start}
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes about experimental dtypes
+        if ckpt.format == "safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(path, device=map_location)
+            return LoadResult(obj, "safetensors", report.verdict, time.perf_counter() - start)
+        if ckpt.format == "torchscript":
+            if not run_code:
+                raise TrustError("a TorchScript archive runs its code when loaded: it takes "
+                                 "'run code'")
+            obj = torch.jit.load(path, map_location=map_location)
+            return LoadResult(obj, "torch.jit.load (ran the archive's code)", report.verdict,
+                              time.perf_counter() - start)
+        if report.verdict == "safe":
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+            return LoadResult(obj, "weights-only", report.verdict, time.perf_counter() - start)
+        names = _imports_needing_trust(report)
+        if names and report.verdict == "needs-trust" and all(
+                n.startswith(TRUSTED_PACKAGES) for n in names):
+            try:
+                classes = [_resolve(n) for n in names]
+            except (ImportError, AttributeError) as err:
+                raise TrustError(f"a class the file names is not in the installed torch or "
+                                 f"torchvision: {err}") from None
+            with torch.serialization.safe_globals(classes):
+                obj = torch.load(path, map_location=map_location, weights_only=True)
+            return LoadResult(obj, "weights-only + allowed classes", report.verdict,
+                              time.perf_counter() - start, names)
+        if not run_code:
+            other = [n for n in names if not n.startswith(TRUSTED_PACKAGES)]
+            shown = ", ".join(other[:4]) or "code"
+            raise TrustError(f"the file imports {shown}, which is not a torch.nn or "
+                             "torchvision class: loading it runs the file's code; it takes "
+                             "'run code'")
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+        return LoadResult(obj, "full (ran the file's code)", report.verdict,
+                          time.perf_counter() - start)

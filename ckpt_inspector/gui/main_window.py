@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 
 from ckpt_inspector import __version__
 from ckpt_inspector.core.summary import human_bytes
+from ckpt_inspector.core.torch_load import TRUSTED_PACKAGES
 from ckpt_inspector.gui.checkpoint_view import CheckpointView
 from ckpt_inspector.gui.devices import DeviceProbe
 from ckpt_inspector.gui.errors import ErrorReporter
@@ -107,8 +108,8 @@ def make_demo() -> str:
     return run_cli("demo").strip().splitlines()[-1]
 
 
-def load_with_torch(path: str, device: str) -> dict[str, Any]:
-    return json.loads(run_cli("load", path, "--device", device, "--json"))
+def load_with_torch(path: str, device: str, flags: list[str]) -> dict[str, Any]:
+    return json.loads(run_cli("load", path, "--device", device, "--json", *flags))
 
 
 class MainWindow(QMainWindow):
@@ -419,27 +420,68 @@ class MainWindow(QMainWindow):
 
     # -- torch ---------------------------------------------------------------------------------
     def load_current_with_torch(self) -> None:
+        """Load the current file with torch onto the chosen device, after asking for the
+        trust its verdict calls for (the rules of core/torch_load.py)."""
         view = self.current_view()
         if view is None or view.file is None:
             return
-        verdict = view.file.report.verdict
-        if verdict != "safe":
-            self.reporter.show(
-                "Not loaded",
-                f"{os.path.basename(view.path)} {VERDICT_WORDS[verdict]}: loading it with torch "
-                "would run code from the file. ckpt-inspector loads only files that hold "
-                "nothing but weights (verdict 'safe'); everything else is shown read-only.",
-                icon=QMessageBox.Icon.Warning)
+        flags = self._trust_flags(view)
+        if flags is None:
             return
         device = self.device
-        self.runner.run(f"Loading {os.path.basename(view.path)} with torch onto {device}",
-                        load_with_torch, view.path, device,
+        name = os.path.basename(view.path)
+        self.runner.run(f"Loading {name} with torch onto {device}",
+                        load_with_torch, view.path, device, flags,
                         on_result=lambda r: self.reporter.show(
                             "Loaded with torch",
-                            f"torch.load(weights_only=True, map_location='{device}') read "
-                            f"{r['tensors']:,} tensors ({human_bytes(r['nbytes'])}) onto "
-                            f"{', '.join(r['devices']) or device} in {r['seconds']:.2f} s.",
-                            icon=QMessageBox.Icon.Information))
+                            f"{name} loaded onto {', '.join(r['devices']) or device} "
+                            f"({r['mode']}): a {r['type']} holding {r['tensors']:,} tensors, "
+                            f"{human_bytes(r['nbytes'])}, in {r['seconds']:.2f} s.",
+                            icon=QMessageBox.Icon.Information),
+                        on_error=lambda e: self.reporter.report("Not loaded", e, name))
+
+    def _trust_flags(self, view: CheckpointView) -> list[str] | None:
+        """The ``load`` flags the user agrees to, or None if they decline."""
+        report, ckpt = view.file.report, view.file.ckpt
+        name = os.path.basename(view.path)
+        if report.verdict == "safe" and ckpt.format != "torchscript":
+            return []
+        if report.verdict == "dangerous":
+            first = next(f for f in report.findings if f.severity == "dangerous")
+            if not self.confirm("Dangerous file",
+                                f"{name} is dangerous: {first.message}.\n\nLoading it with "
+                                "torch runs that on this computer.", "Continue…"):
+                return None
+            if not self.confirm("Run a dangerous file?",
+                                f"Last check: load {name} and let it run its code?",
+                                "Run it anyway"):
+                return None
+            return ["--run-code", "--allow-dangerous"]
+        imports = report.flagged_names()
+        if ckpt.format != "torchscript" and imports and all(
+                n.startswith(TRUSTED_PACKAGES) for n in imports):
+            listed = ", ".join(imports[:4]) + (" …" if len(imports) > 4 else "")
+            ok = self.confirm("Load with torch",
+                              f"{name} needs these torch.nn / torchvision classes: {listed}.\n\n"
+                              "They will be allowed by name for torch's weights-only loader, "
+                              "from your installed torch and torchvision; nothing from the file "
+                              "runs.", "Load")
+            return [] if ok else None
+        what = (ckpt.runs_code or "") if ckpt.format == "torchscript" else \
+            f"it imports {', '.join(imports[:4])}"
+        ok = self.confirm("Run this file's code?",
+                          f"Loading {name} runs code from the file: {what}.\n\nDo you trust "
+                          "where it came from?", "Run its code")
+        return ["--run-code"] if ok else None
+
+    def confirm(self, title: str, text: str, accept: str) -> bool:
+        """Ask; the safe answer (Cancel) is the default."""
+        box = QMessageBox(QMessageBox.Icon.Warning, title, text, QMessageBox.StandardButton.Cancel,
+                          self)
+        yes = box.addButton(accept, QMessageBox.ButtonRole.AcceptRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return box.clickedButton() is yes
 
     # -- status, title, misc -------------------------------------------------------------------
     def _tasks_changed(self) -> None:

@@ -239,7 +239,8 @@ def test_broken_file_shows_an_error_dialog(qtbot, window, tmp_path):
     box.close()
 
 
-def test_malicious_file_is_flagged_and_never_loaded(qtbot, window, payload_files, marker):
+def test_malicious_file_is_flagged_and_never_loaded(qtbot, window, payload_files, marker,
+                                                    monkeypatch):
     view = open_and_wait(qtbot, window, payload_files["torch-zip"])
     assert view.banner.isVisible()
     assert "Dangerous" in view.banner.text() and "posix.system" in view.banner.text()
@@ -247,10 +248,16 @@ def test_malicious_file_is_flagged_and_never_loaded(qtbot, window, payload_files
     hook = find_row(view, "evil")
     assert hook.siblingAtColumn(1).data() == "posix.system"
     assert hook.data(Qt.ItemDataRole.ForegroundRole) is not None
+    asked = []
+
+    def decline(title, text, accept):
+        asked.append((title, text))
+        return False
+
+    monkeypatch.setattr(window, "confirm", decline)
     window.load_current_with_torch()
-    box = window.reporter.last
-    assert box is not None and "dangerous" in box.text()
-    box.close()
+    assert asked and asked[0][0] == "Dangerous file" and "posix.system" in asked[0][1]
+    assert not window.runner.tasks  # declined: nothing was started
     assert not marker.exists()
 
 
@@ -259,6 +266,18 @@ def test_needs_trust_banner(qtbot, window, resnet_full):
     assert view.banner.isVisible() and "Needs trust" in view.banner.text()
     assert "torchvision.models.resnet.ResNet" in view.banner.text()
     assert find_row(view, "layer1.0.conv1.weight").data() == "weight"
+
+
+def test_load_torchvision_model_after_confirming(qtbot, window, resnet_full, monkeypatch):
+    open_and_wait(qtbot, window, resnet_full[0])
+    asked = []
+    monkeypatch.setattr(window, "confirm", lambda t, text, a: asked.append(text) or True)
+    window.load_current_with_torch()
+    assert "torchvision.models.resnet.ResNet" in asked[0]
+    qtbot.waitUntil(lambda: window.reporter.last is not None
+                    and "Loaded" in window.reporter.last.windowTitle(), timeout=120_000)
+    assert "allowed classes" in window.reporter.last.text()
+    window.reporter.last.close()
 
 
 def test_load_with_torch_on_a_safe_file(qtbot, window, tensors_file):
