@@ -8,7 +8,8 @@ collector is off; on the way out the survivors are moved to the permanent
 generation (``gc.freeze``), so no later collection scans them again.
 
 Frozen objects are still freed by reference counting; whoever drops a loaded
-tree breaks its parent/child cycles first (:func:`release`).
+tree breaks its parent/child cycles first (:func:`release`). A process that reads
+file after file and drops them without ``release`` should not use this.
 """
 
 from __future__ import annotations
