@@ -361,7 +361,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
 
     op_pos = pos
     ops_left = MAX_OPS
-    check_at = MAX_OPS - _CHECK_EVERY
+    check_at = max(MAX_OPS - _CHECK_EVERY, -1)
     deadline = time.monotonic() + MAX_SECONDS
     try:
         while True:
@@ -372,7 +372,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 if time.monotonic() > deadline:
                     raise fail(f"reading the stream took more than {MAX_SECONDS:.0f} s: "
                                "refused (a hash-collision or similar attack?)", pos)
-                check_at = ops_left - _CHECK_EVERY
+                check_at = max(ops_left - _CHECK_EVERY, -1)
             if pos >= limit:
                 if frame_end >= 0 and pos >= frame_end:
                     if pos > frame_end:

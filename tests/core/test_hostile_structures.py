@@ -239,3 +239,100 @@ def test_zip_member_without_a_name(tmp_path):
     path.write_bytes(buf.getvalue())
     ckpt = open_checkpoint(path)
     assert ckpt.format == "archive"
+
+
+def test_absurd_and_negative_tensor_geometry_is_marked_not_allocated(torch, tmp_path):
+    """Shapes of 2**62 elements, negative strides, offsets past the end: listed, marked."""
+    import zipfile as zf_mod
+
+    base = tmp_path / "base.pt"
+    torch.save({"big": torch.zeros(2, 3), "neg": torch.zeros(4), "off": torch.zeros(5)}, base)
+    with zf_mod.ZipFile(base) as z:
+        names = z.namelist()
+        pkl = next(n for n in names if n.endswith("data.pkl"))
+        data = z.read(pkl)
+    # rewrite the size/stride/offset tuples (BININT1 opcodes) in the stream
+    data = data.replace(b"K\x02K\x03\x86", b"J\x00\x00\x00\x80J\x00\x00\x00\x80\x86", 1)
+    data = data.replace(b"K\x00K\x04\x85", b"K\x00K\x04\x85", 1)
+    out = tmp_path / "absurd.pt"
+    with zf_mod.ZipFile(base) as zin, zf_mod.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, data if info.filename == pkl else zin.read(info))
+    infos = tensors(open_checkpoint(out))
+    assert infos["big"].problem is not None  # negative sizes from the rewritten ints
+    assert infos["neg"].problem is None
+
+
+@pytest.mark.parametrize("case", ["numel", "stride", "offset"])
+def test_tensor_geometry_checks(case):
+    from ckpt_inspector.core.pickle_tree import check_tensor
+    from ckpt_inspector.core.tree import StorageInfo, TensorInfo
+
+    storage = StorageInfo("0", "float32", 10, "cpu")
+    info = {"numel": TensorInfo("float32", (2**31, 2**31), (2**31, 1), 0, storage),
+            "stride": TensorInfo("float32", (2, 2), (-1, 1), 0, storage),
+            "offset": TensorInfo("float32", (4,), (1,), 8, storage)}[case]
+    problem = check_tensor(info, info.storage_offset, storage)
+    assert problem and {"numel": "absurd", "stride": "negative stride",
+                        "offset": "storage holds"}[case] in problem
+
+
+def test_onnx_external_data_outside_the_folder_is_refused(tmp_path, onnx_inline):
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    model = onnx.load(str(onnx_inline))
+    init = model.graph.initializer[0]
+    set_external_data(init, location="../../etc/passwd", offset=0, length=16)
+    init.ClearField("raw_data")
+    init.data_location = onnx.TensorProto.EXTERNAL
+    (tmp_path / "m").mkdir()
+    path = tmp_path / "m" / "escape.onnx"
+    onnx.save(model, str(path))
+    info = tensors(open_checkpoint(path))[init.name]
+    assert "leaves the model's folder" in info.problem
+    with pytest.raises(Exception, match="leaves"):
+        to_numpy(info)
+
+
+@pytest.mark.parametrize("case", ["header too long", "overlap", "past the end"])
+def test_broken_safetensors_are_refused(tmp_path, case):
+    header = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+              "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}
+    body = b"\0" * 16
+    if case == "overlap":
+        header["b"]["data_offsets"] = [4, 12]
+    if case == "past the end":
+        body = b"\0" * 12
+    raw = json.dumps(header).encode()
+    size = len(raw) + (1000 if case == "header too long" else 0)
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", size) + raw + body)
+    with pytest.raises(CheckpointError):
+        open_checkpoint(path)
+
+
+def test_zip_with_100000_entries_reads_in_bounded_time(torch, tmp_path):
+    import time
+
+    base = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, base)
+    path = tmp_path / "many.pt"
+    with zipfile.ZipFile(io.BytesIO(base.getvalue())) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, zin.read(info))
+        for i in range(100_000):
+            zout.writestr(f"archive/extra/{i}", b"")
+    start = time.perf_counter()
+    ckpt = open_checkpoint(path)
+    assert time.perf_counter() - start < 30
+    assert scan(ckpt).verdict == "safe"
+    assert ckpt.metadata["records"] > 100_000
+
+
+def test_opcode_budget(monkeypatch):
+    from ckpt_inspector.core import pickle_vm
+
+    monkeypatch.setattr(pickle_vm, "MAX_OPS", 1000)
+    with pytest.raises(CheckpointError, match="opcodes"):
+        pickle_vm.load(b"\x80\x04" + b"N0" * 2000 + b"N.")
