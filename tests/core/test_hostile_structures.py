@@ -253,13 +253,12 @@ def test_absurd_and_negative_tensor_geometry_is_marked_not_allocated(torch, tmp_
         data = z.read(pkl)
     # rewrite the size/stride/offset tuples (BININT1 opcodes) in the stream
     data = data.replace(b"K\x02K\x03\x86", b"J\x00\x00\x00\x80J\x00\x00\x00\x80\x86", 1)
-    data = data.replace(b"K\x00K\x04\x85", b"K\x00K\x04\x85", 1)
     out = tmp_path / "absurd.pt"
     with zf_mod.ZipFile(base) as zin, zf_mod.ZipFile(out, "w") as zout:
         for info in zin.infolist():
             zout.writestr(info, data if info.filename == pkl else zin.read(info))
     infos = tensors(open_checkpoint(out))
-    assert infos["big"].problem is not None  # negative sizes from the rewritten ints
+    assert "negative size" in infos["big"].problem  # -2**31 from the rewritten ints
     assert infos["neg"].problem is None
 
 
