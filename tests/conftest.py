@@ -377,3 +377,13 @@ def computed_import_pickle(command: str) -> bytes:
     cmd = command.encode()
     return (b"\x80\x04" + rot13("os") + rot13("system") + b"\x93"
             + b"X" + len(cmd).to_bytes(4, "little") + cmd + b"\x85R.")
+
+
+@pytest.fixture(scope="session")
+def pt2_file(torch, files):
+    """``torch.export.save`` of a small network."""
+    model = TinyNet.make(torch).eval()
+    program = torch.export.export(model, (torch.randn(2, 3, 8, 8),))
+    path = files / "tiny.pt2"
+    torch.export.save(program, str(path))
+    return path, program

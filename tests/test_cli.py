@@ -16,7 +16,7 @@ TENSOR_FIELDS = {"key", "path", "dtype", "shape", "numel", "nbytes", "device"}
 FIXTURES = ["tensor_file", "tensors_file", "resnet_full", "resnet_params", "training_ckpt",
             "jit_trace", "onnx_file", "onnx_inline", "safetensors_file", "legacy_dict",
             "legacy_model", "dtypes_file", "views_file", "dataparallel_file", "lightning_file",
-            "numpy_namespace_file", "quantized_file", "cuda_file", "bare_pickle"]
+            "numpy_namespace_file", "quantized_file", "cuda_file", "bare_pickle", "pt2_file"]
 
 
 def _path(request, fixture):
@@ -31,7 +31,7 @@ def test_info_json_and_text_on_every_file_type(fixture, request):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["format"] in ("torch-zip", "torch-legacy", "torchscript", "pickle",
-                             "safetensors", "onnx")
+                             "safetensors", "onnx", "pt2")
     assert out["verdict"] in ("safe", "needs-trust", "dangerous")
     assert isinstance(out["globals"], list)
     assert out["tensors"], "every fixture holds tensors"

@@ -389,3 +389,13 @@ def test_pre_0_4_tar_format_with_a_payload(torch, tmp_path, marker):
                          {"hook": Payload(f"touch {marker}")})
     report = scan(open_checkpoint(path))
     assert report.verdict == "dangerous" and "posix.system" in report.globals
+
+
+def test_torch_export_pt2(torch, pt2_file):
+    path, program = pt2_file
+    ckpt = open_checkpoint(path)
+    assert ckpt.format == "pt2"
+    infos = {k: v for k, v in tensor_map(ckpt).items() if not k.startswith("sample inputs")}
+    assert_matches(torch, infos, dict(program.state_dict))
+    assert ckpt.metadata["nodes"] > 0
+    assert scan(ckpt).verdict == "safe"

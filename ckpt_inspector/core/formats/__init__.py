@@ -8,7 +8,7 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.tree import Checkpoint
 
 FORMATS = ("torch-zip", "torch-legacy", "torchscript", "pickle", "safetensors", "onnx",
-           "archive")
+           "pt2", "archive")
 
 
 def _head(path: str, n: int = 512) -> bytes:
@@ -61,6 +61,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         archive,
         onnx_fmt,
         pickle_file,
+        pt2,
         safetensors_fmt,
         torch_legacy,
         torch_tar,
@@ -77,6 +78,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             "torch-legacy": torch_legacy.read,
             "torch-tar": torch_tar.read,  # reported as torch-legacy
             "archive": lambda p: archive.read(p, "zip"),
+            "pt2": pt2.read,
             "archive-tar": lambda p: archive.read(p, "tar"),
             "safetensors": safetensors_fmt.read,
             "onnx": onnx_fmt.read,

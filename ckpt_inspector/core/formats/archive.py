@@ -168,7 +168,10 @@ def _pickle_like_name(name: str) -> bool:
 
 
 def classify_zip(path: str) -> str:
-    """``torch-zip`` when the zip has a ``<root>/data.pkl``, else ``archive``."""
+    """``torch-zip`` when the zip has a ``<root>/data.pkl``, ``pt2`` for torch.export
+    archives, else ``archive``."""
+    from ckpt_inspector.core.formats.pt2 import is_pt2
+
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
@@ -176,6 +179,8 @@ def classify_zip(path: str) -> str:
         return "torch-zip"  # the torch reader reports the damage
     if any(n.endswith("/data.pkl") and n.count("/") == 1 for n in names):
         return "torch-zip"
+    if is_pt2(names):
+        return "pt2"
     return "archive"
 
 
