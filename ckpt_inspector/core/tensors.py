@@ -16,6 +16,7 @@ import os
 import struct
 import warnings
 import zipfile
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ckpt_inspector.core import dtypes
@@ -41,6 +42,37 @@ class DataSource:
         end = self.nbytes if length is None else min(self.nbytes, offset + length)
         return bytes(self.buffer()[offset:end])
 
+    def file_span(self) -> tuple[str, int] | None:
+        """(path, offset of byte 0) when the bytes lie uncompressed in a file, else None."""
+        return None
+
+    def chunks(self, offset: int = 0, length: int | None = None,
+               size: int = 16 << 20) -> Iterator[bytes]:
+        """The bytes ``[offset, offset+length)`` in pieces of at most ``size`` bytes.
+
+        Read with ``pread`` where the bytes lie in a file, so a pass over a multi-GB
+        storage keeps only one piece in memory (a memory map would keep every page it
+        touched resident in this process)."""
+        end = self.nbytes if length is None else min(self.nbytes, offset + length)
+        span = self.file_span()
+        if span is None:
+            buf = self.buffer()
+            for start in range(offset, end, size):
+                yield bytes(buf[start:min(end, start + size)])
+            return
+        path, base = span
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            pos = offset
+            while pos < end:
+                piece = os.pread(fd, min(size, end - pos), base + pos)
+                if not piece:
+                    raise CheckpointError(f"{path}: the file ends inside a storage")
+                yield piece
+                pos += len(piece)
+        finally:
+            os.close(fd)
+
 
 _MMAPS: dict[tuple[str, int, float], mmap.mmap] = {}
 
@@ -65,6 +97,9 @@ class FileRange(DataSource):
         self.offset = offset
         self.nbytes = length
         self.byteorder = byteorder
+
+    def file_span(self) -> tuple[str, int] | None:
+        return self.path, self.offset
 
     def buffer(self) -> memoryview:
         if self.nbytes == 0:
@@ -101,6 +136,18 @@ class ZipEntryData(DataSource):
         self.info = info
         self.nbytes = info.file_size
         self.byteorder = byteorder
+
+    def file_span(self) -> tuple[str, int] | None:
+        info = self.info
+        if not isinstance(self.container, str) or info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with open(self.container, "rb") as f:
+            f.seek(info.header_offset)
+            header = f.read(30)
+        if header[:4] != b"PK\x03\x04":
+            raise CheckpointError(f"zip record {info.filename} has a damaged local header")
+        name_len, extra_len = struct.unpack_from("<HH", header, 26)
+        return self.container, info.header_offset + 30 + name_len + extra_len
 
     def buffer(self) -> memoryview:
         info = self.info

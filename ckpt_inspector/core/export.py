@@ -1,0 +1,561 @@
+"""Export tensors as a state_dict (``.pt``) or a safetensors file, streaming.
+
+Plain Python and numpy, no torch: the ``.pt`` archive is written the way
+``torch.save`` writes it (a pickle of ``OrderedDict`` + ``_rebuild_tensor_v2``
+records, storages as aligned, uncompressed zip records), so
+``torch.load(weights_only=True)`` reads it. Tensor bytes go from the source file
+to the output in pieces of 16 MiB, so a 2 GB checkpoint never sits in memory,
+let alone twice. Output is written to a temporary file beside the target and
+renamed into place; the source file is never written.
+
+The long operations are generators that yield :class:`Progress` (each yield is
+also a point where a caller may stop) and return their result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import struct
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpt_inspector.core import dtypes
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.tensors import to_numpy
+from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo, key_of
+
+PIECE = 16 << 20
+ALIGN = 64  # torch aligns storage records so they can be memory-mapped
+CASTS = ("float32", "float16", "bfloat16")
+_NUMPY_FLOATS = {"float64", "float32", "float16", "bfloat16"}
+_STORAGE_CLASS = {v: k for k, v in dtypes.STORAGE_CLASSES.items() if k != "UntypedStorage"}
+_SAFETENSORS_CODE = {v: k for k, v in dtypes.SAFETENSORS_CODES.items()}
+
+
+class ExportError(CheckpointError):
+    """The export cannot be done as asked (the message says why)."""
+
+
+@dataclass
+class Progress:
+    stage: str
+    done: int = 0
+    total: int = 0
+    detail: str = ""
+
+
+# -- what to export ------------------------------------------------------------------------
+@dataclass
+class Source:
+    """A subtree that holds tensors: the whole file, ``model_state_dict``, a module..."""
+
+    key: str
+    label: str
+    tensors: int
+    nbytes: int
+    score: float  # how much it looks like a model's weights (for the default choice)
+
+
+_MODEL_NAMES = ("model_state_dict", "state_dict", "model", "module", "net", "network",
+                "weights", "params", "ema", "model_ema")
+
+
+def sources(ckpt: Checkpoint) -> list[Source]:
+    """The whole file and each container near the root that holds tensors, best first."""
+    out: list[Source] = []
+    stack: list[tuple[Node, int]] = [(ckpt.root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        items = state_dict_items(node)
+        if items:
+            key = key_of(node.path())
+            name = str(node.key or "").lower()
+            score = (2.0 if name in _MODEL_NAMES else 0.0) + (1.0 if node.kind == "module" else 0)
+            score += 0.5 * (1 - sum("optim" in k or ".state." in k for k, _ in items)
+                            / len(items))
+            if not key:
+                score += 0.25
+            total = sum(t.nbytes for _, t in items)
+            label = f"{key or '(whole file)'} — {len(items):,} tensors"
+            out.append(Source(key, label, len(items), total, score))
+        if depth < 2:
+            for child in node.children:
+                if child.is_container and child.kind != "tensor":
+                    stack.append((child, depth + 1))
+    out.sort(key=lambda s: (-s.score, -s.nbytes))
+    return out
+
+
+def find_node(ckpt: Checkpoint, key: str) -> Node:
+    if not key:
+        return ckpt.root
+    for node in ckpt.root.walk():
+        if node.is_container and key_of(node.path()) == key:
+            return node
+    raise ExportError(f"no part of the file is called {key!r}")
+
+
+def state_dict_items(node: Node) -> list[tuple[str, TensorInfo]]:
+    """``(key relative to node, tensor)`` for every tensor a state_dict would hold."""
+    if node.kind == "tensor" and node.tensor is not None:
+        return [("", node.tensor)]
+    base = len(node.path())
+    out = []
+    for n in node.walk():
+        if n.kind == "tensor" and n.tensor is not None and n.in_state_dict():
+            out.append((key_of(n.path()[base:]), n.tensor))
+    return out
+
+
+# -- key transforms ------------------------------------------------------------------------
+@dataclass
+class KeyRules:
+    """Key changes, applied in this order: include, exclude, strip, rename, add prefix."""
+
+    strip_prefixes: list[str] = field(default_factory=list)
+    add_prefix: str = ""
+    renames: list[tuple[str, str]] = field(default_factory=list)  # (regex, replacement)
+    include: list[str] = field(default_factory=list)  # regexes; empty keeps everything
+    exclude: list[str] = field(default_factory=list)
+
+    def _compiled(self, patterns: list[str]) -> list[re.Pattern[str]]:
+        try:
+            return [re.compile(p) for p in patterns]
+        except re.error as err:
+            raise ExportError(f"invalid regular expression: {err}") from None
+
+    def apply(self, keys: list[str]) -> list[tuple[str, str | None]]:
+        """``(old, new)`` for each key; ``new`` is None for a key left out."""
+        include = self._compiled(self.include)
+        exclude = self._compiled(self.exclude)
+        renames = [(re.compile(p), r) for p, r in self._check_renames()]
+        out: list[tuple[str, str | None]] = []
+        for key in keys:
+            if include and not any(p.search(key) for p in include):
+                out.append((key, None))
+                continue
+            if any(p.search(key) for p in exclude):
+                out.append((key, None))
+                continue
+            new = key
+            for prefix in self.strip_prefixes:
+                if prefix and new.startswith(prefix):
+                    new = new[len(prefix):]
+            for pattern, repl in renames:
+                new = pattern.sub(repl, new)
+            out.append((key, self.add_prefix + new))
+        seen: dict[str, str] = {}
+        for old, new in out:
+            if new is None:
+                continue
+            if new in seen:
+                raise ExportError(f"two keys would both become {new!r}: {seen[new]!r} "
+                                  f"and {old!r}")
+            seen[new] = old
+        return out
+
+    def _check_renames(self) -> list[tuple[str, str]]:
+        for pattern, repl in self.renames:
+            try:
+                re.compile(pattern).sub(repl, "")
+            except (re.error, IndexError) as err:
+                raise ExportError(f"invalid rename {pattern!r} → {repl!r}: {err}") from None
+        return self.renames
+
+
+def common_prefix(keys: list[str]) -> str:
+    """``module.`` for a DataParallel state_dict: the dotted prefix every key shares."""
+    if not keys:
+        return ""
+    first = keys[0].split(".")
+    n = len(first) - 1
+    for key in keys[1:]:
+        parts = key.split(".")
+        n = min(n, len(parts) - 1)
+        for i in range(n):
+            if parts[i] != first[i]:
+                n = i
+                break
+    return ".".join(first[:n]) + "." if n else ""
+
+
+# -- the plan ------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    source_path: str
+    items: list[tuple[str, TensorInfo]]  # (output key, tensor)
+    fmt: str  # pt | safetensors
+    cast: str | None = None
+    device: str = "cpu"
+    metadata: dict[str, str] = field(default_factory=dict)
+    renamed: int = 0
+    excluded: int = 0
+
+    def out_dtype(self, t: TensorInfo) -> str:
+        """The cast applies to float64/32/16 and bfloat16 tensors; float8 and the rest
+        keep their dtype (counted in :meth:`preview`)."""
+        if self.cast and t.dtype in _NUMPY_FLOATS and not t.quantization:
+            return self.cast
+        return t.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel * (dtypes.itemsize(self.out_dtype(t)) or 1) for _, t in self.items)
+
+    def preview(self) -> dict[str, Any]:
+        kept = sum(1 for _, t in self.items if self.cast and self.out_dtype(t) != self.cast
+                   and dtypes.DTYPES[t.dtype].kind == "float")
+        return {"tensors": len(self.items), "bytes": self.nbytes, "excluded": self.excluded,
+                "renamed": self.renamed, "not_cast": kept,
+                "keys": [k for k, _ in self.items[:200]]}
+
+
+def make_plan(ckpt: Checkpoint, key: str = "", rules: KeyRules | None = None,
+              cast: str | None = None, device: str = "cpu", fmt: str = "pt",
+              metadata: dict[str, str] | None = None) -> Plan:
+    """Which tensors go out under which keys, checked before anything is written."""
+    if fmt not in ("pt", "safetensors"):
+        raise ExportError(f"unknown state_dict format {fmt!r}")
+    if cast is not None and cast not in CASTS:
+        raise ExportError(f"dtype casts go to {', '.join(CASTS)}, not {cast!r}")
+    items = state_dict_items(find_node(ckpt, key))
+    if not items:
+        raise ExportError("there are no tensors to export there")
+    mapping = (rules or KeyRules()).apply([k for k, _ in items])
+    kept: list[tuple[str, TensorInfo]] = []
+    renamed = excluded = 0
+    for (old, new), (_k, t) in zip(mapping, items):
+        if new is None:
+            excluded += 1
+            continue
+        renamed += new != old
+        kept.append((new, t))
+    if not kept:
+        raise ExportError("the key rules leave no tensor to export")
+    plan = Plan(ckpt.path, kept, fmt, cast, device, dict(metadata or {}), renamed, excluded)
+    damaged = [k for k, t in kept if t.problem or t.storage is None or t.storage.source is None]
+    if damaged:
+        raise ExportError(f"{len(damaged)} tensor(s) cannot be read, e.g. {damaged[0]!r}: "
+                          f"{dict(kept)[damaged[0]].problem or 'no data'}")
+    for k, t in kept:
+        if t.layout != "strided":
+            raise ExportError(f"{k!r} is a {t.layout} tensor: only dense tensors are exported")
+        if fmt == "safetensors" and plan.out_dtype(t) not in _SAFETENSORS_CODE:
+            raise ExportError(f"{k!r} is {plan.out_dtype(t)}, which safetensors cannot store")
+        if t.quantization and (fmt == "safetensors" or not t.quantization["scheme"].startswith(
+                "per_tensor")):
+            raise ExportError(f"{k!r} is quantized ({t.quantization['scheme']}): export it to "
+                              ".pt, per-tensor quantization only")
+    return plan
+
+
+# -- tensor bytes --------------------------------------------------------------------------
+def tensor_pieces(t: TensorInfo, out_dtype: str) -> Iterator[bytes]:
+    """The tensor's elements in C order, little-endian, as ``out_dtype``, in pieces."""
+    item = t.itemsize
+    source = t.storage.source
+    contiguous = t.is_contiguous() and source.byteorder == "little"
+    if out_dtype == t.dtype and contiguous:
+        yield from source.chunks(t.storage_offset * item, t.numel * item, PIECE)
+        return
+    if contiguous:  # cast piece by piece
+        step = PIECE - PIECE % item
+        for raw in source.chunks(t.storage_offset * item, t.numel * item, step):
+            yield cast_bytes(raw, t.dtype, out_dtype)
+        return
+    import numpy as np
+
+    arr = np.ascontiguousarray(to_numpy(t))  # one tensor's worth, for strided views
+    if arr.dtype.byteorder == ">":
+        arr = arr.byteswap().view(arr.dtype.newbyteorder("<"))
+    raw = memoryview(arr).cast("B")
+    step = PIECE - PIECE % item
+    for start in range(0, len(raw), step):
+        piece = bytes(raw[start:start + step])
+        yield piece if out_dtype == t.dtype else cast_bytes(piece, t.dtype, out_dtype)
+
+
+def cast_bytes(raw: bytes, src: str, dst: str) -> bytes:
+    """Convert little-endian float data between float64/32/16 and bfloat16 (round to
+    nearest even, NaN kept), with numpy alone."""
+    import numpy as np
+
+    if src == "bfloat16":
+        f32 = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        f32 = np.frombuffer(raw, dtype={"float64": "<f8", "float32": "<f4",
+                                        "float16": "<f2"}[src])
+    if dst == "bfloat16":
+        f32 = np.ascontiguousarray(f32, dtype=np.float32)
+        bits = f32.view(np.uint32)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        rounded[np.isnan(f32)] = 0x7FC0
+        return rounded.tobytes()
+    with np.errstate(over="ignore"):
+        return f32.astype({"float64": "<f8", "float32": "<f4", "float16": "<f2"}[dst]).tobytes()
+
+
+# -- writing -------------------------------------------------------------------------------
+def _atomic_target(out_path: str, source_path: str, overwrite: bool) -> None:
+    out = os.path.abspath(out_path)
+    if os.path.exists(out):
+        if os.path.exists(source_path) and os.path.samefile(out, source_path):
+            raise ExportError("the output would replace the source file: choose another name")
+        if not overwrite:
+            raise ExportError(f"{out} exists (overwrite it explicitly)")
+    folder = os.path.dirname(out) or "."
+    if not os.path.isdir(folder):
+        raise ExportError(f"folder {folder} does not exist")
+
+
+@contextlib.contextmanager
+def atomic_file(out_path: str) -> Iterator[str]:
+    """A temporary file beside ``out_path``, renamed over it only when writing finished."""
+    folder = os.path.dirname(os.path.abspath(out_path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out_path)}.", suffix=".partial",
+                               dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, out_path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def export_state_dict(plan: Plan, out_path: str, overwrite: bool = False
+                      ) -> Iterator[Progress]:
+    """Write the plan to ``out_path``; yields progress, returns ``{"path", "bytes"}``."""
+    _atomic_target(out_path, plan.source_path, overwrite)
+    with atomic_file(out_path) as tmp:
+        writer = _write_pt if plan.fmt == "pt" else _write_safetensors
+        yield from writer(plan, tmp, os.path.splitext(os.path.basename(out_path))[0])
+    return {"path": os.path.abspath(out_path), "bytes": os.path.getsize(out_path)}
+
+
+def _write_safetensors(plan: Plan, tmp: str, _stem: str) -> Iterator[Progress]:
+    header: dict[str, Any] = {}
+    pos = 0
+    for key, t in plan.items:
+        out = plan.out_dtype(t)
+        n = t.numel * (dtypes.itemsize(out) or 1)
+        header[key] = {"dtype": _SAFETENSORS_CODE[out], "shape": list(t.shape),
+                       "data_offsets": [pos, pos + n]}
+        pos += n
+    if plan.metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in plan.metadata.items()}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    total = pos
+    done = 0
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for key, t in plan.items:
+            for piece in tensor_pieces(t, plan.out_dtype(t)):
+                f.write(piece)
+                done += len(piece)
+                yield Progress("writing", done, total, key)
+
+
+def _write_pt(plan: Plan, tmp: str, stem: str) -> Iterator[Progress]:
+    root = re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "archive"
+    # storages: shared (and views kept) when a tensor is written as it is; a new one per
+    # tensor when it is cast
+    storage_keys: dict[int, str] = {}
+    records: list[tuple[str, Callable[[], Iterator[bytes]], int]] = []
+    entries = []
+    for key, t in plan.items:
+        out = plan.out_dtype(t)
+        st = t.storage
+        if out == t.dtype and st.source.byteorder == "little":
+            sid = id(st)
+            if sid not in storage_keys:
+                storage_keys[sid] = str(len(records))
+                records.append((storage_keys[sid],
+                                lambda st=st: st.source.chunks(0, st.nbytes, PIECE),
+                                st.nbytes))
+            entries.append((key, storage_keys[sid], st.dtype, st.numel, t.storage_offset,
+                            t.shape, t.stride or _strides(t.shape), out, t))
+        else:
+            skey = str(len(records))
+            n = t.numel * (dtypes.itemsize(out) or 1)
+            records.append((skey, lambda t=t, out=out: tensor_pieces(t, out), n))
+            entries.append((key, skey, out, t.numel, 0, t.shape, _strides(t.shape), out, t))
+    pickle_bytes = _state_dict_pickle(entries, plan.device)
+    total = sum(n for _k, _f, n in records)
+    done = 0
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        _add(zf, f"{root}/data.pkl", [pickle_bytes], len(pickle_bytes), align=False)
+        _add(zf, f"{root}/.format_version", [b"1"], 1, align=False)
+        _add(zf, f"{root}/.storage_alignment", [b"64"], 2, align=False)
+        _add(zf, f"{root}/byteorder", [b"little"], 6, align=False)
+        for skey, pieces, n in records:
+            def counted(it: Iterator[bytes]) -> Iterator[bytes]:
+                nonlocal done
+                for piece in it:
+                    done += len(piece)
+                    yield piece
+            progress = Progress("writing", done, total, f"storage {skey}")
+            yield progress
+            _add(zf, f"{root}/data/{skey}", counted(pieces()), n, align=True)
+        _add(zf, f"{root}/version", [b"3\n"], 2, align=False)
+    yield Progress("writing", total, total, "done")
+
+
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(out))
+
+
+def _add(zf: zipfile.ZipFile, name: str, pieces: Any, size: int, align: bool) -> None:
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    large = size >= 0x7FFFFFFF
+    if align:
+        # pad the local header's extra field so the data starts on a 64-byte boundary
+        offset = zf.fp.tell() + 30 + len(name.encode()) + (20 if large else 0)
+        pad = -(offset + 4) % ALIGN
+        info.extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad  # "FB", as torch does
+    info.file_size = size
+    written = 0
+    with zf.open(info, "w", force_zip64=large) as w:
+        for piece in pieces:
+            w.write(piece)
+            written += len(piece)
+    if written != size:
+        raise ExportError(f"{name}: wrote {written:,} bytes, expected {size:,}")
+
+
+# a pickle in the shape torch.save writes (protocol 2), built opcode by opcode
+def _str(s: str) -> bytes:
+    raw = s.encode("utf-8")
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def _int(v: int) -> bytes:
+    if 0 <= v < 256:
+        return b"K" + bytes([v])
+    if 0 <= v < 65536:
+        return b"M" + struct.pack("<H", v)
+    if -(2**31) <= v < 2**31:
+        return b"J" + struct.pack("<i", v)
+    raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw
+
+
+def _tuple(values: tuple[int, ...]) -> bytes:
+    return b"(" + b"".join(_int(v) for v in values) + b"t"
+
+
+def _state_dict_pickle(entries: list[tuple], device: str) -> bytes:
+    """``OrderedDict`` of tensors, opcode for opcode what ``torch.save`` writes."""
+    hooks = b"h\x00)R"  # OrderedDict() (memo 0 holds the class): empty backward hooks
+    out = [b"\x80\x02ccollections\nOrderedDict\nq\x00)R("]
+    for key, skey, sdtype, snumel, offset, shape, stride, tdtype, t in entries:
+        cls = _STORAGE_CLASS.get(sdtype)
+        if cls is not None:
+            pid = (b"(" + _str("storage") + f"ctorch\n{cls}\n".encode() + _str(skey)
+                   + _str(device) + _int(snumel) + b"t")
+        else:  # no typed storage class for this dtype: untyped bytes + the dtype
+            nbytes = snumel * (dtypes.itemsize(sdtype) or 1)
+            pid = (b"(" + _str("storage") + b"ctorch.storage\nUntypedStorage\n" + _str(skey)
+                   + _str(device) + _int(nbytes) + b"t")
+        view = pid + b"Q" + _int(offset) + _tuple(shape) + _tuple(stride)
+        if t.quantization:
+            q = t.quantization
+            params = (b"(ctorch\n" + q["scheme"].encode() + b"\nG" + struct.pack(">d", q["scale"])
+                      + _int(q["zero_point"]) + b"t")
+            rebuild = (b"ctorch._utils\n_rebuild_qtensor\n(" + view + params + b"\x89" + hooks
+                       + b"tR")
+        elif cls is not None and sdtype == tdtype:
+            rebuild = b"ctorch._utils\n_rebuild_tensor_v2\n(" + view + b"\x89" + hooks + b"tR"
+        else:
+            rebuild = (b"ctorch._utils\n_rebuild_tensor_v3\n(" + view + b"\x89" + hooks
+                       + f"ctorch\n{tdtype}\n".encode() + b"tR")
+        out.append(_str(key) + rebuild)
+    out.append(b"u.")
+    return b"".join(out)
+
+
+# -- verification ------------------------------------------------------------------------
+def _rechunk(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
+    buf = b""
+    for piece in pieces:
+        buf += piece
+        while len(buf) >= size:
+            yield buf[:size]
+            buf = buf[size:]
+    if buf:
+        yield buf
+
+
+def _as_float64(raw: bytes, dtype: str) -> Any:
+    import numpy as np
+
+    if dtype == "bfloat16":
+        return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32).astype(
+            np.float64)
+    return np.frombuffer(raw, {"float64": "<f8", "float32": "<f4", "float16": "<f2"}[dtype]
+                         ).astype(np.float64)
+
+
+def verify_state_dict(plan: Plan, out_path: str) -> Iterator[Progress]:
+    """Read the written file back with the reader and compare every tensor with its source:
+    bytes for tensors written as they were, the largest difference for cast ones.
+    Returns ``{"tensors", "bit_exact", "cast", "max_abs_diff", "problems"}``."""
+    import numpy as np
+
+    from ckpt_inspector.core.formats import open_checkpoint
+
+    written = {key: node.tensor for key, node in
+               ((key_of(p), n) for p, n in open_checkpoint(out_path).tensors())}
+    problems: list[str] = []
+    exact = cast = 0
+    max_diff = 0.0
+    total = plan.nbytes
+    done = 0
+    for key, src in plan.items:
+        out = written.get(key)
+        want = plan.out_dtype(src)
+        if out is None:
+            problems.append(f"{key}: missing from the output")
+            continue
+        if out.shape != src.shape or out.dtype != want:
+            problems.append(f"{key}: {out.dtype}{list(out.shape)} written, "
+                            f"{want}{list(src.shape)} expected")
+            continue
+        item = dtypes.itemsize(want) or 1
+        step = PIECE - PIECE % (item * (src.itemsize or 1))
+        if want == src.dtype:
+            same = all(a == b for a, b in zip(
+                _rechunk(tensor_pieces(src, want), step), _rechunk(tensor_pieces(out, want), step),
+                strict=True))
+            exact += same
+            if not same:
+                problems.append(f"{key}: bytes differ from the source")
+        else:
+            cast += 1
+            src_step = step // item * src.itemsize
+            for a, b in zip(_rechunk(tensor_pieces(src, src.dtype), src_step),
+                            _rechunk(tensor_pieces(out, want), step), strict=True):
+                x, y = _as_float64(a, src.dtype), _as_float64(b, want)
+                finite = np.isfinite(x) & np.isfinite(y)
+                if finite.any():
+                    max_diff = max(max_diff, float(np.max(np.abs(x[finite] - y[finite]))))
+        done += out.nbytes
+        yield Progress("verifying", done, total, key)
+    extra = set(written) - {k for k, _ in plan.items}
+    if extra:
+        problems.append(f"{len(extra)} unexpected tensors in the output")
+    return {"tensors": len(plan.items), "bit_exact": exact, "cast": cast,
+            "max_abs_diff": max_diff, "problems": problems}
