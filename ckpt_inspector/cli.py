@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--allow-dangerous", action="store_true",
                       help="with --run-code: load even a file judged dangerous")
     load.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    _export_parser(sub)
     dev = sub.add_parser("devices", help="devices torch can load tensors onto (map_location)")
     dev.add_argument("--json", action="store_true", help="one JSON list on stdout")
     return p
@@ -309,8 +310,186 @@ def cmd_load(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export_parser(sub: Any) -> None:
+    ex = sub.add_parser(
+        "export", help="export to a state_dict, safetensors, TorchScript, ONNX or .pt2, verified",
+        description="State_dict and safetensors exports read tensors from the file (no torch "
+                    "load); TorchScript, ONNX and .pt2 need a model: the file's own (with "
+                    "--trust), a torchvision architecture matched to its state_dict (--arch), "
+                    "or your builder (--builder). Every export is read back and checked.")
+    ex.add_argument("path")
+    ex.add_argument("--to", required=True,
+                    choices=["state_dict", "safetensors", "torchscript", "onnx", "pt2"])
+    ex.add_argument("-o", "--output", required=True, help="the file to write")
+    ex.add_argument("--key", help="the part of the file to export (default: the one that "
+                                  "looks most like model weights; '' for the whole file)")
+    ex.add_argument("--strip-prefix", action="append", default=[], metavar="P",
+                    help="remove this key prefix, e.g. module. (repeatable)")
+    ex.add_argument("--add-prefix", default="", metavar="P")
+    ex.add_argument("--rename", action="append", default=[], metavar="REGEX=REPLACEMENT")
+    ex.add_argument("--include", action="append", default=[], metavar="REGEX")
+    ex.add_argument("--exclude", action="append", default=[], metavar="REGEX")
+    ex.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                    help="cast floating tensors")
+    ex.add_argument("--device", default="cpu", help="map_location (and the device recorded "
+                                                    "in a .pt state_dict)")
+    ex.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                    help="safetensors __metadata__ entries")
+    ex.add_argument("--arch", default="auto", help="torchvision architecture, or auto")
+    ex.add_argument("--num-classes", type=int)
+    ex.add_argument("--builder", default="", metavar="MODULE:FUNCTION",
+                    help="your function that builds the model (runs your code)")
+    ex.add_argument("--model-source", default="auto",
+                    choices=["auto", "pickled", "torchscript", "torchvision", "callable"])
+    ex.add_argument("--input-shape", help="example input, e.g. 1,3,224,224")
+    ex.add_argument("--input-dtype", default="float32")
+    ex.add_argument("--method", default="trace", choices=["trace", "script"])
+    ex.add_argument("--exporter", default="dynamo", choices=["dynamo", "legacy"])
+    ex.add_argument("--opset", type=int)
+    ex.add_argument("--dynamic-batch", action="store_true")
+    ex.add_argument("--input-names", default="input")
+    ex.add_argument("--output-names", default="output")
+    ex.add_argument("--tolerance", type=float, default=1e-4)
+    ex.add_argument("--trust", action="store_true",
+                    help="load the file's own model with torch (torch.nn/torchvision classes)")
+    ex.add_argument("--run-code", action="store_true", help="with --trust: let it run its code")
+    ex.add_argument("--allow-dangerous", action="store_true")
+    ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--json", action="store_true", help="the result as one JSON object")
+    ex.add_argument("--progress", action="store_true",
+                    help="JSON lines of progress on stdout, then the result")
+
+
+def _drive(gen: Any, progress: bool) -> Any:
+    """Run an export generator, printing progress lines if asked; return its result."""
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress:
+            print(json.dumps({"event": "progress", "stage": p.stage, "done": p.done,
+                              "total": p.total, "detail": p.detail}), flush=True)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ckpt_inspector.core import export as ex
+    from ckpt_inspector.core.torch_load import TrustError
+
+    rules = ex.KeyRules(strip_prefixes=args.strip_prefix, add_prefix=args.add_prefix,
+                        include=args.include, exclude=args.exclude)
+    try:
+        rules.renames = [tuple(r.split("=", 1)) for r in args.rename]  # type: ignore[misc]
+        if any(len(r) != 2 for r in rules.renames):
+            raise ValueError
+        metadata = dict(m.split("=", 1) for m in args.metadata)
+        shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape \
+            else None
+    except ValueError:
+        print("ckpt-inspector: --rename, --metadata take A=B; --input-shape takes 1,3,224,224",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with bulk_allocation():
+            ckpt = _open(args.path)
+        key = args.key
+        if key is None:
+            found = ex.sources(ckpt)
+            key = found[0].key if found else ""
+        if args.to in ("state_dict", "safetensors"):
+            plan = ex.make_plan(ckpt, key, rules, args.dtype, args.device,
+                                "pt" if args.to == "state_dict" else "safetensors", metadata)
+            written = _drive(ex.export_state_dict(plan, args.output, args.overwrite),
+                             args.progress)
+            check = _drive(ex.verify_state_dict(plan, args.output), args.progress)
+            result = {"target": args.to, "source": key or "(whole file)", **written,
+                      **plan.preview(), **check}
+            del result["keys"]
+            result["passed"] = not check["problems"]
+            if args.to == "state_dict":
+                result.update(_torch_check(args.output))
+                result["passed"] = result["passed"] and result.get("torch_load", True)
+        else:
+            from ckpt_inspector.core.model_export import ModelSource, export_model
+
+            if not args.trust and args.model_source in ("pickled", "torchscript"):
+                raise TrustError("loading the file's own model takes --trust")
+            kind = args.model_source
+            if kind == "auto" and args.trust:  # --trust: the model the file itself holds
+                kind = "torchscript" if ckpt.format == "torchscript" else "pickled"
+            source = ModelSource(kind, args.arch, args.num_classes, args.builder,
+                                 key, rules, args.run_code and args.trust,
+                                 args.allow_dangerous)
+            if source.kind == "auto" and not args.trust and not args.builder and (
+                    ckpt.format == "torchscript" or any(n.kind == "module"
+                                                        for n in ckpt.root.walk())):
+                raise TrustError("the file holds a model: export it with --trust (its "
+                                 "torch.nn/torchvision classes are allowed by name), or "
+                                 "use --model-source torchvision")
+            result = _drive(export_model(
+                args.path, args.to, args.output, source, device=args.device, input_shape=shape,
+                input_dtype=args.input_dtype, method=args.method, exporter=args.exporter,
+                opset=args.opset, dynamic_batch=args.dynamic_batch,
+                input_names=args.input_names.split(","),
+                output_names=args.output_names.split(","), tolerance=args.tolerance,
+                overwrite=args.overwrite), args.progress)
+    except TrustError as err:
+        print(f"ckpt-inspector: {args.path}: not exported: {err}", file=sys.stderr)
+        return EXIT_NOT_SAFE
+    except CheckpointError as err:
+        return _unreadable(args.path, err)
+    if args.json or args.progress:
+        print(json.dumps({"event": "result", **result} if args.progress else result,
+                         default=str), flush=True)
+    else:
+        print(_export_report(result))
+    return EXIT_OK if result.get("passed") else EXIT_NOT_SAFE
+
+
+def _torch_check(path: str) -> dict[str, Any]:
+    """Does torch.load(weights_only=True) read the written file? (mmap: no second copy)"""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(path, weights_only=True, mmap=True)
+        return {"torch_load": True}
+    except Exception as err:
+        return {"torch_load": False, "torch_error": str(err).splitlines()[0]}
+
+
+def _export_report(r: dict[str, Any]) -> str:
+    lines = [f"wrote {r['path']} ({human_bytes(r['bytes'])})"]
+    if r["target"] in ("state_dict", "safetensors"):
+        lines.append(f"  {r['tensors']:,} tensors from {r['source']}"
+                     + (f", {r['excluded']} left out" if r["excluded"] else "")
+                     + (f", {r['renamed']} renamed" if r["renamed"] else ""))
+        lines.append(f"  read back: {r['bit_exact']:,} bit-exact"
+                     + (f", {r['cast']:,} cast (largest difference {r['max_abs_diff']:.3g})"
+                        if r["cast"] else ""))
+        if "torch_load" in r:
+            lines.append("  torch.load(weights_only=True): "
+                         + ("ok" if r["torch_load"] else f"FAILED: {r.get('torch_error')}"))
+        for p in r["problems"]:
+            lines.append(f"  PROBLEM: {p}")
+    else:
+        lines.append(f"  model: {r['model']}; input {r['input_dtype']} {r['input_shape']}")
+        if r.get("max_abs_diff") is not None:
+            lines.append(f"  reloaded and run: max abs difference {r['max_abs_diff']:.3g} "
+                         f"(tolerance {r['tolerance']:g})")
+        if r.get("onnxruntime"):
+            lines.append(f"  onnxruntime: {r['onnxruntime']}; onnx.checker: ok")
+    lines.append("verification " + ("PASSED" if r.get("passed") else "FAILED"))
+    return "\n".join(lines)
+
+
 COMMANDS = {"info": cmd_info, "scan": cmd_scan, "demo": cmd_demo, "devices": cmd_devices,
-            "load": cmd_load}
+            "load": cmd_load, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

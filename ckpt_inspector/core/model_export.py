@@ -239,7 +239,9 @@ def export_model(path: str, target: str, out_path: str, source: ModelSource, *,
                                 expected, tolerance))
     result["seconds"] = time.perf_counter() - start
     result["path"] = os.path.abspath(out_path)
-    result["bytes"] = os.path.getsize(out_path)
+    folder = os.path.dirname(result["path"])
+    result["bytes"] = sum(os.path.getsize(os.path.join(folder, f))
+                          for f in result.get("files", [os.path.basename(out_path)]))
     diff = result.get("max_abs_diff")
     if result.get("passed_without_run"):
         result["passed"] = bool(result.get("checker"))
