@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Payload
+from support import Payload, TinyNet
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -73,14 +73,6 @@ def resnet_params(torch, resnet18, files):
     path = files / "resnet18_params.pth"
     torch.save(resnet18.state_dict(), path)
     return path, resnet18.state_dict()
-
-
-class TinyNet:  # built lazily so importing conftest does not import torch
-    @staticmethod
-    def make(torch):
-        return torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-            torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))
 
 
 @pytest.fixture(scope="session")

@@ -30,3 +30,11 @@ def open_and_wait(qtbot, window, path):
     with qtbot.waitSignal(window.file_shown, timeout=60_000):
         [view] = window.open_paths([str(path)])
     return view
+
+
+class TinyNet:  # built lazily so importing conftest does not import torch
+    @staticmethod
+    def make(torch):
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))

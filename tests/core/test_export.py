@@ -7,7 +7,6 @@ import os
 import warnings
 
 import pytest
-from support import run_cli
 
 from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.export import (
@@ -20,6 +19,8 @@ from ckpt_inspector.core.export import (
     verify_state_dict,
 )
 from ckpt_inspector.core.model_export import ModelSource, export_model
+
+from support import run_cli
 
 
 def drive(gen):
@@ -110,9 +111,9 @@ def test_dataparallel_prefix_stripped_loads_strict(torch, dataparallel_file, tmp
     plan = make_plan(ckpt, "", KeyRules(strip_prefixes=["module."]))
     out = tmp_path / "plain.pt"
     drive(export_state_dict(plan, str(out)))
-    import conftest
+    from support import TinyNet
 
-    model = conftest.TinyNet.make(torch)
+    model = TinyNet.make(torch)
     model.load_state_dict(torch.load(out, weights_only=True), strict=True)
 
 
