@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="with --run-code: load even a file judged dangerous")
     load.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _export_parser(sub)
+    ar = sub.add_parser("arch", help="which torchvision architecture a state_dict fits")
+    ar.add_argument("path")
+    ar.add_argument("--key", help="the part holding the state_dict (default: best guess)")
+    ar.add_argument("--strip-prefix", action="append", default=[], metavar="P")
+    ar.add_argument("--json", action="store_true")
     dev = sub.add_parser("devices", help="devices torch can load tensors onto (map_location)")
     dev.add_argument("--json", action="store_true", help="one JSON list on stdout")
     return p
@@ -372,6 +377,34 @@ def _drive(gen: Any, progress: bool) -> Any:
                               "total": p.total, "detail": p.detail}), flush=True)
 
 
+def cmd_arch(args: argparse.Namespace) -> int:
+    from ckpt_inspector.core import arch
+    from ckpt_inspector.core import export as ex
+
+    try:
+        ckpt = _open(args.path)
+        key = args.key if args.key is not None else (ex.sources(ckpt) or [None])[0]
+        key = key if isinstance(key, str) else (key.key if key else "")
+        items = ex.state_dict_items(ex.find_node(ckpt, key))
+        mapping = ex.KeyRules(strip_prefixes=args.strip_prefix).apply([k for k, _ in items])
+    except CheckpointError as err:
+        return _unreadable(args.path, err)
+    shapes = {new: t.shape for (_old, new), (_k, t) in zip(mapping, items) if new}
+    found = arch.candidates(shapes)
+    out = [{"name": c.name, "score": round(c.score, 4), "num_classes": c.num_classes,
+            "exact": c.exact, "input_shape": list(arch.input_size(c.name)),
+            "missing": len(c.missing), "unexpected": len(c.unexpected),
+            "mismatched": len(c.mismatched)} for c in found]
+    if args.json:
+        print(json.dumps({"key": key, "prefix": ex.common_prefix(list(shapes)),
+                          "candidates": out}))
+    else:
+        for c in out:
+            print(f"{c['name']:24s} {c['score']:6.1%}" + (" exact" if c["exact"] else "")
+                  + (f" (num_classes={c['num_classes']})" if c["num_classes"] else ""))
+    return EXIT_OK if out and out[0]["exact"] else EXIT_NOT_SAFE
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ckpt_inspector.core import export as ex
     from ckpt_inspector.core.torch_load import TrustError
@@ -489,7 +522,7 @@ def _export_report(r: dict[str, Any]) -> str:
 
 
 COMMANDS = {"info": cmd_info, "scan": cmd_scan, "demo": cmd_demo, "devices": cmd_devices,
-            "load": cmd_load, "export": cmd_export}
+            "load": cmd_load, "export": cmd_export, "arch": cmd_arch}
 
 
 def main(argv: list[str] | None = None) -> int:

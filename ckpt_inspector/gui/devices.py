@@ -8,16 +8,15 @@ after the window shows.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 from PySide6.QtCore import QObject, QProcess, Signal
 
+from ckpt_inspector.gui.commands import cli_command
+
 
 def device_command() -> list[str]:
-    if getattr(sys, "frozen", False):  # a PyInstaller bundle: the executable is the app
-        return [sys.executable, "devices", "--json"]
-    return [sys.executable, "-m", "ckpt_inspector", "devices", "--json"]
+    return cli_command("devices", "--json")
 
 
 class DeviceProbe(QObject):

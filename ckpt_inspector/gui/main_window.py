@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from typing import Any
 
 from PySide6.QtCore import QSettings, Qt, QUrl, Signal
@@ -42,8 +40,10 @@ from ckpt_inspector import __version__
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.core.torch_load import TRUSTED_PACKAGES
 from ckpt_inspector.gui.checkpoint_view import CheckpointView
+from ckpt_inspector.gui.commands import run_cli
 from ckpt_inspector.gui.devices import DeviceProbe
 from ckpt_inspector.gui.errors import ErrorReporter
+from ckpt_inspector.gui.export_dialog import ExportDialog
 from ckpt_inspector.gui.file_browser import FileBrowser
 from ckpt_inspector.gui.loading import LoadedFile
 from ckpt_inspector.gui.welcome import WelcomePage
@@ -83,24 +83,6 @@ def verdict_icon(verdict: str) -> QIcon:
 FILE_FILTER = ("Checkpoints (*.pt *.pth *.ckpt *.bin *.pt2 *.onnx *.safetensors *.pkl);;"
                "All files (*)")
 MAX_RECENT = 10
-
-
-def cli_command(*args: str) -> list[str]:
-    """``ckpt-inspector ARGS`` as a child process (from a bundle, the executable itself)."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable, *args]
-    return [sys.executable, "-m", "ckpt_inspector", *args]
-
-
-def run_cli(*args: str, timeout: float = 600) -> str:
-    """Run a torch-using command in a child process (importing torch here would hold the
-    GIL for a second and freeze the window) and return its stdout."""
-    proc = subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        raise RuntimeError(lines[-1].removeprefix("ckpt-inspector: ") if lines
-                           else f"{args[0]} failed with exit code {proc.returncode}")
-    return proc.stdout
 
 
 def make_demo() -> str:
@@ -200,6 +182,12 @@ class MainWindow(QMainWindow):
         self.find_action = QAction("&Find", self)
         self.find_action.setShortcut(QKeySequence.StandardKey.Find)
         self.find_action.triggered.connect(self._focus_filter)
+        self.export_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_DialogSaveButton),
+                                     "&Export…", self)
+        self.export_action.setShortcut(QKeySequence("Ctrl+E"))
+        self.export_action.setToolTip("Export to a state_dict, safetensors, TorchScript, ONNX "
+                                      "or .pt2, verified (Ctrl+E)")
+        self.export_action.triggered.connect(self.export_current)
         self.torch_action = QAction("Load with &torch (weights only)…", self)
         self.torch_action.setToolTip("Check that the file loads with torch.load onto the "
                                      "selected device")
@@ -211,6 +199,8 @@ class MainWindow(QMainWindow):
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self.recent_menu.aboutToShow.connect(self._refresh_recent)
         file_menu.addAction(self.demo_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.export_action)
         file_menu.addSeparator()
         file_menu.addAction(self.reload_action)
         file_menu.addAction(self.close_action)
@@ -233,6 +223,7 @@ class MainWindow(QMainWindow):
         bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         bar.addAction(self.open_action)
         bar.addAction(self.demo_action)
+        bar.addAction(self.export_action)
         spacer = QWidget()
         spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         bar.addWidget(spacer)
@@ -440,6 +431,16 @@ class MainWindow(QMainWindow):
                             icon=QMessageBox.Icon.Information),
                         on_error=lambda e: self.reporter.report("Not loaded", e, name))
 
+    def export_current(self) -> ExportDialog | None:
+        view = self.current_view()
+        if view is None or view.file is None:
+            return None
+        dialog = ExportDialog(view.file, self.device, self)
+        dialog.open_requested.connect(lambda p: self.open_paths([p]))
+        dialog.open()
+        self.export_dialog = dialog
+        return dialog
+
     def _trust_flags(self, view: CheckpointView) -> list[str] | None:
         """The ``load`` flags the user agrees to, or None if they decline."""
         report, ckpt = view.file.report, view.file.ckpt
@@ -514,6 +515,7 @@ class MainWindow(QMainWindow):
         view = self.current_view()
         loaded = view is not None and view.file is not None
         self.torch_action.setEnabled(loaded)
+        self.export_action.setEnabled(loaded)
         self.copy_action.setEnabled(loaded)
         self.reload_action.setEnabled(view is not None)
         self.close_action.setEnabled(view is not None)

@@ -1,0 +1,108 @@
+"""The export dialog, driven as a user would: choose, preview, export, read the figures."""
+
+from __future__ import annotations
+
+import os
+
+from support import open_and_wait
+
+
+def dialog_for(qtbot, window, path):
+    open_and_wait(qtbot, window, path)
+    dialog = window.export_current()
+    qtbot.addWidget(dialog)
+    return dialog
+
+
+def choose(box, value):
+    box.setCurrentIndex(box.findData(value))
+
+
+def wait_result(qtbot, dialog, timeout=180_000):
+    qtbot.waitUntil(lambda: dialog.pages.currentIndex() == 2, timeout=timeout)
+    return dialog.result_view.toPlainText()
+
+
+def test_state_dict_to_safetensors_and_open_it(qtbot, window, training_ckpt, tmp_path):
+    dialog = dialog_for(qtbot, window, training_ckpt[0])
+    assert dialog.source_box.currentData() == "model_state_dict"  # the weights, not the optimizer
+    choose(dialog.target_box, "safetensors")
+    choose(dialog.dtype_box, "float16")
+    dialog.add_edit.setText("net.")
+    dialog.update_preview()
+    assert dialog.preview.item(0, 1).text().startswith("net.")
+    out = tmp_path / "weights.safetensors"
+    dialog.output_edit.setText(str(out))
+    dialog.export_button.click()
+    text = wait_result(qtbot, dialog)
+    assert "Exported and verified" in text and "cast" in text, text
+    assert out.exists()
+    with qtbot.waitSignal(window.file_shown, timeout=30_000):
+        dialog.open_button.click()
+    assert window.current_view().path == str(out)
+    keys = [k for k, _ in window.current_view().file.ckpt.tensors()]
+    assert all(key_path[0].startswith("net.") for key_path in keys)
+
+
+def test_state_dict_to_torchscript_with_detected_architecture(qtbot, window, resnet_params,
+                                                              tmp_path):
+    dialog = dialog_for(qtbot, window, resnet_params[0])
+    choose(dialog.target_box, "torchscript")
+    assert dialog.model_box.currentData() == "torchvision"
+    dialog.detect_button.click()
+    qtbot.waitUntil(lambda: "fits exactly" in dialog.arch_label.text(), timeout=120_000)
+    assert dialog.arch_box.currentData() == "resnet18"
+    assert dialog.shape_edit.text() == "1,3,224,224"
+    dialog.output_edit.setText(str(tmp_path / "r18_ts.pt"))
+    dialog.export_button.click()
+    text = wait_result(qtbot, dialog)
+    assert "Exported and verified" in text and "max abs difference" in text, text
+
+
+def test_preview_shows_rule_errors(qtbot, window, tensors_file):
+    dialog = dialog_for(qtbot, window, tensors_file[0])
+    dialog.rename_from.setText("(")
+    dialog.update_preview()
+    assert "invalid" in dialog.preview_label.text()
+    assert not dialog.export_button.isEnabled()
+    dialog.rename_from.setText("")
+    dialog.exclude_edit.setText("^x$")
+    dialog.update_preview()
+    assert "1 left out" in dialog.preview_label.text() and dialog.export_button.isEnabled()
+
+
+def test_existing_file_is_not_replaced_without_asking(qtbot, window, tensors_file, tmp_path,
+                                                      monkeypatch):
+    dialog = dialog_for(qtbot, window, tensors_file[0])
+    out = tmp_path / "exists.pt"
+    out.write_bytes(b"keep me")
+    dialog.output_edit.setText(str(out))
+    monkeypatch.setattr(dialog, "ask_overwrite", lambda path: False)
+    dialog.export_button.click()
+    assert dialog.process is None and out.read_bytes() == b"keep me"
+    dialog.output_edit.setText(str(tensors_file[0]))  # the source itself: refused outright
+    monkeypatch.setattr("PySide6.QtWidgets.QMessageBox.warning", lambda *a, **k: None)
+    dialog.export_button.click()
+    assert dialog.process is None
+
+
+def test_cancel_leaves_no_partial_file(qtbot, window, resnet_params, tmp_path):
+    dialog = dialog_for(qtbot, window, resnet_params[0])
+    choose(dialog.target_box, "onnx")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    dialog.output_edit.setText(str(out_dir / "r18.onnx"))
+    dialog.export_button.click()
+    assert dialog.pages.currentIndex() == 1
+    qtbot.wait(1500)
+    dialog.cancel()
+    assert dialog.pages.currentIndex() == 0 and dialog.process is None
+    assert os.listdir(out_dir) == []
+
+
+def test_dangerous_file_model_is_not_offered(qtbot, window, payload_files, marker):
+    dialog = dialog_for(qtbot, window, payload_files["torch-zip"])
+    choose(dialog.target_box, "torchscript")
+    own = dialog.model_box.findData("own")
+    assert own < 0 or not dialog.model_box.model().item(own).isEnabled()
+    assert not marker.exists()
