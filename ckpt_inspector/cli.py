@@ -360,6 +360,8 @@ def _export_parser(sub: Any) -> None:
     ex.add_argument("--run-code", action="store_true", help="with --trust: let it run its code")
     ex.add_argument("--allow-dangerous", action="store_true")
     ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--no-verify", action="store_true",
+                    help="state_dict/safetensors: skip reading the output back")
     ex.add_argument("--json", action="store_true", help="the result as one JSON object")
     ex.add_argument("--progress", action="store_true",
                     help="JSON lines of progress on stdout, then the result")
@@ -434,14 +436,18 @@ def cmd_export(args: argparse.Namespace) -> int:
                                 "pt" if args.to == "state_dict" else "safetensors", metadata)
             written = _drive(ex.export_state_dict(plan, args.output, args.overwrite),
                              args.progress)
-            check = _drive(ex.verify_state_dict(plan, args.output), args.progress)
             result = {"target": args.to, "source": key or "(whole file)", **written,
-                      **plan.preview(), **check}
+                      **plan.preview()}
             del result["keys"]
-            result["passed"] = not check["problems"]
-            if args.to == "state_dict":
-                result.update(_torch_check(args.output))
-                result["passed"] = result["passed"] and result.get("torch_load", True)
+            if args.no_verify:
+                result.update({"verified": False, "passed": True})
+            else:
+                check = _drive(ex.verify_state_dict(plan, args.output), args.progress)
+                result.update(check)
+                result["passed"] = not check["problems"]
+                if args.to == "state_dict":
+                    result.update(_torch_check(args.output))
+                    result["passed"] = result["passed"] and result.get("torch_load", True)
         else:
             from ckpt_inspector.core.model_export import ModelSource, export_model
 
@@ -502,6 +508,9 @@ def _export_report(r: dict[str, Any]) -> str:
         lines.append(f"  {r['tensors']:,} tensors from {r['source']}"
                      + (f", {r['excluded']} left out" if r["excluded"] else "")
                      + (f", {r['renamed']} renamed" if r["renamed"] else ""))
+        if r.get("verified") is False:
+            lines.append("  not read back (--no-verify)")
+            return "\n".join(lines)
         lines.append(f"  read back: {r['bit_exact']:,} bit-exact"
                      + (f", {r['cast']:,} cast (largest difference {r['max_abs_diff']:.3g})"
                         if r["cast"] else ""))
