@@ -227,6 +227,8 @@ def make_plan(ckpt: Checkpoint, key: str = "", rules: KeyRules | None = None,
     items = state_dict_items(find_node(ckpt, key))
     if not items:
         raise ExportError("there are no tensors to export there")
+    if len(items) == 1 and items[0][0] == "":  # a file that is one bare tensor
+        items = [("tensor", items[0][1])]
     mapping = (rules or KeyRules()).apply([k for k, _ in items])
     kept: list[tuple[str, TensorInfo]] = []
     renamed = excluded = 0

@@ -75,6 +75,9 @@ def read(path: str) -> Checkpoint:
                 data, _crc, _local = _zip.read_checked(blob.data, info, 1 << 30)
                 node = torch_zip.read_into(ckpt, Blob(f"{path}!{name}", data), f"{name}/")
                 node.key = f"sample inputs ({name.rsplit('/', 1)[-1]})"
+                for n in node.walk():  # example inputs, not part of the model's state
+                    if n.kind == "tensor":
+                        n.role = "attribute"
                 root.add(node)
             except Exception as err:  # reported as a warning; the rest still reads
                 ckpt.warnings.append(f"{name}: {err}")
