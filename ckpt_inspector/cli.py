@@ -70,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     ar.add_argument("--key", help="the part holding the state_dict (default: best guess)")
     ar.add_argument("--strip-prefix", action="append", default=[], metavar="P")
     ar.add_argument("--json", action="store_true")
+    st = sub.add_parser("stats", help="statistics of tensors (and histograms), read in chunks")
+    st.add_argument("path")
+    st.add_argument("keys", nargs="*", metavar="KEY", help="tensors to describe (default: all)")
+    st.add_argument("--device", default="cpu",
+                    help="where the arithmetic runs: cpu (numpy) or a torch device (cuda:0)")
+    st.add_argument("--bins", type=int, default=0, metavar="N",
+                    help="also a histogram of N bins (exact up to 64M elements, else sampled)")
+    st.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    st.add_argument("--progress", action="store_true",
+                    help="JSON lines of progress on stdout, then the result")
     dev = sub.add_parser("devices", help="devices torch can load tensors onto (map_location)")
     dev.add_argument("--json", action="store_true", help="one JSON list on stdout")
     return p
@@ -285,6 +295,63 @@ def cmd_devices(args: argparse.Namespace) -> int:
     else:
         for d in devices:
             print(d["label"])
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from ckpt_inspector.core.stats import compute, format_number, histogram
+    from ckpt_inspector.core.tree import key_of
+
+    if args.bins < 0 or args.bins > 10_000:
+        print("ckpt-inspector: --bins must be between 1 and 10000", file=sys.stderr)
+        return EXIT_USAGE
+    if args.device != "cpu":
+        try:
+            import torch
+
+            torch.empty(1, device=args.device)
+        except Exception as err:  # no torch, no such device
+            print(f"ckpt-inspector: device {args.device} is not available: {err}",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        ckpt = _open(args.path)
+    except CheckpointError as err:
+        return _unreadable(args.path, err)
+    found = {key_of(p): node.tensor for p, node in ckpt.tensors() if node.tensor is not None}
+    missing = [k for k in args.keys if k not in found]
+    if missing:
+        print(f"ckpt-inspector: {args.path}: no tensor {missing[0]!r}", file=sys.stderr)
+        return EXIT_USAGE
+    keys = args.keys or list(found)
+    report: dict[str, Any] = {}
+    for key in keys:
+        info = found[key]
+        try:
+            st = _drive(compute(info, args.device), args.progress)
+            entry: dict[str, Any] = {"shape": list(info.shape), **st.to_json()}
+            if args.bins and st.min is not None:
+                h = _drive(histogram(info, st, args.bins), args.progress)
+                entry["histogram"] = {"edges": h.edges.tolist(), "counts": h.counts.tolist(),
+                                      "sampled": h.sampled}
+        except CheckpointError as err:
+            entry = {"shape": list(info.shape), "dtype": info.dtype, "error": str(err)}
+        report[key] = entry
+    if args.json or args.progress:
+        print(json.dumps({"path": args.path, "device": args.device, "tensors": report}))
+        return EXIT_OK
+    width = min(max((len(k) for k in keys), default=3), 48)
+    print(f"{'key':{width}s}  {'dtype':9s} {'min':>11s} {'max':>11s} {'mean':>11s} "
+          f"{'std':>11s} {'zeros':>7s}  nan/inf")
+    for key, e in report.items():
+        if "error" in e:
+            print(f"{key:{width}s}  {e['dtype']:9s} {e['error']}")
+            continue
+        nums = " ".join(f"{format_number(e[f]):>11s}"
+                        for f in ("min", "max", "mean", "std"))
+        bad = e["nan"] + e["posinf"] + e["neginf"]
+        print(f"{key:{width}s}  {e['dtype']:9s} {nums} {e['sparsity']:7.1%}  "
+              f"{bad:,}" + (f"  ({e['note']})" if e["note"] else ""))
     return EXIT_OK
 
 
@@ -531,7 +598,7 @@ def _export_report(r: dict[str, Any]) -> str:
 
 
 COMMANDS = {"info": cmd_info, "scan": cmd_scan, "demo": cmd_demo, "devices": cmd_devices,
-            "load": cmd_load, "export": cmd_export, "arch": cmd_arch}
+            "load": cmd_load, "export": cmd_export, "arch": cmd_arch, "stats": cmd_stats}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -273,6 +273,11 @@ def quantized_file(torch, files):
             "per_channel": torch.quantize_per_channel(
                 x, torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0, 1, 2, 3]), 0,
                 torch.qint8),
+            "per_channel_axis1": torch.quantize_per_channel(
+                x, torch.linspace(0.05, 0.3, 5), torch.arange(5), 1, torch.quint8),
+            "conv_per_channel": torch.quantize_per_channel(
+                torch.randn(3, 2, 3, 3), torch.tensor([0.01, 0.02, 0.03]),
+                torch.tensor([0, 0, 0]), 0, torch.qint8),
         }
     path = files / "quantized.pt"
     torch.save(data, path)

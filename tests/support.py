@@ -38,3 +38,20 @@ class TinyNet:  # built lazily so importing conftest does not import torch
         return torch.nn.Sequential(
             torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
             torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))
+
+
+def drive(gen):
+    """Run a core generator to its end; its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def tensor_infos(path):
+    """``{key: TensorInfo}`` of a file, as the reader sees it."""
+    from ckpt_inspector.core import open_checkpoint
+    from ckpt_inspector.core.tree import key_of
+
+    return {key_of(p): n.tensor for p, n in open_checkpoint(path).tensors()}

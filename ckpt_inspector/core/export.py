@@ -27,6 +27,7 @@ from typing import Any
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo, key_of
 
@@ -40,14 +41,6 @@ _SAFETENSORS_CODE = {v: k for k, v in dtypes.SAFETENSORS_CODES.items()}
 
 class ExportError(CheckpointError):
     """The export cannot be done as asked (the message says why)."""
-
-
-@dataclass
-class Progress:
-    stage: str
-    done: int = 0
-    total: int = 0
-    detail: str = ""
 
 
 # -- what to export ------------------------------------------------------------------------
@@ -304,7 +297,7 @@ def cast_bytes(raw: bytes, src: str, dst: str) -> bytes:
 
 
 # -- writing -------------------------------------------------------------------------------
-def _atomic_target(out_path: str, source_path: str, overwrite: bool) -> None:
+def check_target(out_path: str, source_path: str, overwrite: bool) -> None:
     out = os.path.abspath(out_path)
     if os.path.exists(out):
         if os.path.exists(source_path) and os.path.samefile(out, source_path):
@@ -335,7 +328,7 @@ def atomic_file(out_path: str) -> Iterator[str]:
 def export_state_dict(plan: Plan, out_path: str, overwrite: bool = False
                       ) -> Iterator[Progress]:
     """Write the plan to ``out_path``; yields progress, returns ``{"path", "bytes"}``."""
-    _atomic_target(out_path, plan.source_path, overwrite)
+    check_target(out_path, plan.source_path, overwrite)
     with atomic_file(out_path) as tmp:
         writer = _write_pt if plan.fmt == "pt" else _write_safetensors
         yield from writer(plan, tmp, os.path.splitext(os.path.basename(out_path))[0])

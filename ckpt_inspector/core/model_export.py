@@ -29,13 +29,13 @@ from ckpt_inspector.core import arch
 from ckpt_inspector.core.export import (
     ExportError,
     KeyRules,
-    Progress,
-    _atomic_target,
     atomic_file,
+    check_target,
     find_node,
     state_dict_items,
 )
 from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.tensors import to_torch
 
 TARGETS = ("torchscript", "onnx", "pt2")
@@ -217,7 +217,7 @@ def export_model(path: str, target: str, out_path: str, source: ModelSource, *,
 
     if target not in TARGETS:
         raise ExportError(f"model targets are {', '.join(TARGETS)}, not {target!r}")
-    _atomic_target(out_path, path, overwrite)
+    check_target(out_path, path, overwrite)
     yield Progress("loading the model", 0, 4)
     loaded = load_model(path, source, device)
     x = example_input(loaded, input_shape, input_dtype, device)

@@ -73,6 +73,34 @@ class DataSource:
         finally:
             os.close(fd)
 
+    def blocks(self, offset: int = 0, length: int | None = None,
+               size: int = 1 << 20) -> Iterator[memoryview]:
+        """Like :meth:`chunks`, but each piece is a view of one reused buffer, valid
+        only until the next is asked for: a pass over a storage allocates nothing per
+        piece and keeps one small, cache-warm buffer resident."""
+        end = self.nbytes if length is None else min(self.nbytes, offset + length)
+        span = self.file_span()
+        if span is None:
+            buf = self.buffer()
+            for start in range(offset, end, size):
+                yield buf[start:min(end, start + size)]
+            return
+        path, base = span
+        block = bytearray(min(size, max(end - offset, 0)))
+        view = memoryview(block)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            pos = offset
+            while pos < end:
+                want = min(size, end - pos)
+                got = os.preadv(fd, [view[:want]], base + pos)
+                if got <= 0:
+                    raise CheckpointError(f"{path}: the file ends inside a storage")
+                yield view[:got]
+                pos += got
+        finally:
+            os.close(fd)
+
 
 _MMAPS: dict[tuple[str, int, float], mmap.mmap] = {}
 

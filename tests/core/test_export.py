@@ -20,15 +20,7 @@ from ckpt_inspector.core.export import (
 )
 from ckpt_inspector.core.model_export import ModelSource, export_model
 
-from support import run_cli
-
-
-def drive(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+from support import drive, run_cli
 
 
 def same(torch, a, b):
