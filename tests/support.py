@@ -55,3 +55,21 @@ def tensor_infos(path):
     from ckpt_inspector.core.tree import key_of
 
     return {key_of(p): n.tensor for p, n in open_checkpoint(path).tensors()}
+
+
+def find_row(view, key):
+    """The tree row (a proxy index) of the node with this full key."""
+    from PySide6.QtCore import QModelIndex
+
+    from ckpt_inspector.gui.tree_model import NodeRole
+
+    proxy = view.proxy
+    stack = [QModelIndex()]
+    while stack:
+        parent = stack.pop()
+        for row in range(proxy.rowCount(parent)):
+            index = proxy.index(row, 0, parent)
+            if index.data(NodeRole).key == key:
+                return index
+            stack.append(index)
+    raise KeyError(key)

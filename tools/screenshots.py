@@ -1,10 +1,11 @@
 """Screenshots of the real window for the README and for looking at changes.
 
-    DISPLAY=:99 .venv/bin/python tools/screenshots.py OUT_DIR FILE [FILE...]
+    DISPLAY=:99 .venv/bin/python tools/screenshots.py OUT_DIR [WxH] FILE[#KEY[#TAB]] ...
 
 Opens each file in the app (a real window, on the X display given), expands the
-first module groups, selects a tensor, and saves ``window.grab()`` per file,
-plus one of the empty window.
+first module groups, selects a tensor (KEY if given, else a conv weight), shows
+the tensor tab TAB (histogram, heatmap, values) and saves ``window.grab()`` per
+item, plus one of the empty window.
 """
 
 from __future__ import annotations
@@ -67,16 +68,35 @@ def main() -> None:
         if selected is not None:
             tree.setCurrentIndex(selected)
 
+    current: list[str] = []
+
     def next_file() -> None:
         if not pending:
             QTimer.singleShot(300, app.quit)
             return
-        path = pending.pop(0)
-        win.open_paths([path])
+        spec = pending.pop(0)
+        current[:] = [*spec.split("#"), "", ""][:3]
+        path = current[0]
+        view = win._view_for(os.path.abspath(path))
+        if view is not None:
+            win.tabs.setCurrentWidget(view)
+            shown(path)
+        else:
+            win.open_paths([path])
 
     def shown(path: str) -> None:
-        expand(win.current_view())
-        QTimer.singleShot(400, lambda: (snap(os.path.basename(path) + ".png"), next_file()))
+        view = win.current_view()
+        expand(view)
+        _path, key, tab = current
+        if key:
+            view.select_key(key)
+        if tab:
+            tabs = view.tensor_view.tabs
+            names = [tabs.tabText(i).lower() for i in range(tabs.count())]
+            if tab in names:
+                tabs.setCurrentIndex(names.index(tab))
+        name = "-".join(p for p in (os.path.basename(path), key, tab) if p) + ".png"
+        QTimer.singleShot(1500 if key else 400, lambda: (snap(name), next_file()))
 
     win.file_shown.connect(shown)
     QTimer.singleShot(1500, lambda: (snap("empty.png"), next_file()))

@@ -158,16 +158,35 @@ class Heatmap:
     factor: tuple[int, int]  # each pixel is the mean of this many rows and columns
     rows: str  # what the rows and columns are, for axis labels
     cols: str
-    grid: tuple[int, int] | None = None  # (kernels down, kernels across) for conv weights
+    grid: tuple[int, int] | None = None  # (out channels, in channels) shown, conv weights
     shown: tuple[int, int] | None = None  # rows and columns of the tensor the picture covers
+    layout: tuple[int, int, int, int] | None = None  # kernel grid: tiles across, kh, kw, tile_w
+    reduce: str = "none"  # how a pixel sums up its block: none (1×1), mean, absmax
+
+    def kernel_at(self, row: int, col: int) -> tuple[int, int, int, int] | None:
+        """In a kernel grid, the weight ``[out, in, r, c]`` at pixel (row, col); None in a gap."""
+        if self.layout is None or self.grid is None:
+            return None
+        across, kh, kw, tile_w = self.layout
+        tile_row, r = divmod(row, kh + 1)
+        tile_col, x = divmod(col, tile_w + 2)
+        if r >= kh or x >= tile_w or row < 0 or col < 0 or tile_col >= across:
+            return None
+        j, c = divmod(x, kw + 1)
+        out = tile_row * across + tile_col
+        if c >= kw or out >= self.grid[0] or j >= self.grid[1]:
+            return None
+        return out, j, r, c
 
 
 def heatmap(info: TensorInfo, axes: tuple[int, int] = (0, 1),
             index: dict[int, int] | None = None, kernels: bool = False,
-            max_side: int = MAX_SIDE) -> Iterator[Progress]:
+            max_side: int = MAX_SIDE, reduce: str = "mean") -> Iterator[Progress]:
     """A picture of the tensor (returns :class:`Heatmap`): the chosen two axes, the others
     fixed at ``index``; a 1-D tensor as a strip; conv weights [out, in, kh, kw] as a grid
-    of kernels. Beyond ``max_side`` pixels, blocks are averaged and the factor stated."""
+    of kernels. Beyond ``max_side`` pixels, each pixel stands for a block of values, their
+    ``mean`` or (``reduce="absmax"``) their largest magnitude, which keeps outliers visible;
+    the factor is stated."""
     if kernels and len(info.shape) == 4:
         return (yield from _kernel_grid(info, max_side))
     sl = TensorSlice(info, axes, index)
@@ -191,12 +210,27 @@ def heatmap(info: TensorInfo, axes: tuple[int, int] = (0, 1),
         r0, r1 = i * fr, min(rows_n, (i + 1) * fr)
         for c0 in range(0, cols_n, band_cols):
             c1 = min(cols_n, c0 + band_cols)
-            out[i, c0 // fc:math.ceil(c1 / fc)] = _block_means(get(r0, r1, c0, c1), fc)
+            block = get(r0, r1, c0, c1)
+            out[i, c0 // fc:math.ceil(c1 / fc)] = (
+                _block_absmax(block, fc) if reduce == "absmax" and (fr, fc) != (1, 1)
+                else _block_means(block, fc))
             done += (r1 - r0) * (c1 - c0)
         if done >= BAND_ELEMENTS or i == h - 1:
             yield Progress("heatmap", (i + 1) * fr, rows_n)
             done = 0
-    return Heatmap(out, (fr, fc), rows, cols, None, (rows_n, cols_n))
+    hm = Heatmap(out, (fr, fc), rows, cols, None, (rows_n, cols_n))
+    hm.reduce = reduce if (fr, fc) != (1, 1) else "none"
+    return hm
+
+
+def _block_absmax(band: np.ndarray, fc: int) -> np.ndarray:
+    """Largest magnitude over all rows of ``band`` and groups of ``fc`` columns; NaN wins."""
+    mags = np.abs(band).max(axis=0)  # NaN propagates, as a NaN in the block should show
+    full = len(mags) // fc * fc
+    out = mags[:full].reshape(-1, fc).max(axis=1)
+    if full < len(mags):
+        out = np.append(out, mags[full:].max())
+    return out.astype(np.float32)
 
 
 def _block_means(band: np.ndarray, fc: int) -> np.ndarray:
@@ -214,21 +248,30 @@ def _block_means(band: np.ndarray, fc: int) -> np.ndarray:
 
 
 def _kernel_grid(info: TensorInfo, max_side: int) -> Iterator[Progress]:
+    """Conv weights as tiles, one per output channel, each a row of its ``in`` kernels;
+    the tiles wrap so the picture is about square. Gaps between kernels are NaN."""
     arr = values_view(info)
     out_c, in_c, kh, kw = arr.shape
-    n_out = max(1, min(out_c, (max_side + 1) // (kh + 1)))
     n_in = max(1, min(in_c, (max_side + 1) // (kw + 1)))
-    img = np.full((n_out * (kh + 1) - 1, n_in * (kw + 1) - 1), np.nan, dtype=np.float32)
-    for i in range(n_out):
-        block = dequantize(info, arr[i:i + 1, :n_in], (i, 0, 0, 0))[0]
+    tile_w = n_in * (kw + 1) - 1
+    across = max(1, min(out_c, max_side // (tile_w + 2) or 1,
+                        round(math.sqrt(out_c * (kh + 1) / (tile_w + 2))) or 1))
+    n_out = min(out_c, across * max(1, (max_side + 1) // (kh + 1)))
+    down = math.ceil(n_out / across)
+    img = np.full((down * (kh + 1) - 1, across * (tile_w + 2) - 2), np.nan, dtype=np.float32)
+    for o in range(n_out):
+        block = dequantize(info, arr[o:o + 1, :n_in], (o, 0, 0, 0))[0]
         block = np.abs(block) if block.dtype.kind == "c" else block
+        top, left = (o // across) * (kh + 1), (o % across) * (tile_w + 2)
         for j in range(n_in):
-            img[i * (kh + 1):i * (kh + 1) + kh, j * (kw + 1):j * (kw + 1) + kw] = block[j]
-        if i % 64 == 63:
-            yield Progress("heatmap", i + 1, n_out)
-    rows = f"out channel ({n_out} of {out_c})" if n_out < out_c else "out channel"
-    cols = f"in channel ({n_in} of {in_c})" if n_in < in_c else "in channel"
-    return Heatmap(img, (1, 1), rows, cols, (n_out, n_in), (n_out, n_in))
+            x = left + j * (kw + 1)
+            img[top:top + kh, x:x + kw] = block[j]
+        if o % 64 == 63:
+            yield Progress("heatmap", o + 1, n_out)
+    rows = f"{n_out} of {out_c} out channels" if n_out < out_c else f"{out_c} out channels"
+    cols = f"{n_in} of {in_c} in channels each" if n_in < in_c else f"{in_c} in channels each"
+    return Heatmap(img, (1, 1), rows, cols, (n_out, n_in), (n_out, n_in),
+                   layout=(across, kh, kw, tile_w))
 
 
 def dequantize(info: TensorInfo, part: np.ndarray, start: tuple[int, ...]) -> np.ndarray:

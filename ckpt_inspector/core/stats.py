@@ -427,14 +427,18 @@ class Histogram:
 
 
 def histogram(info: TensorInfo, stats: Stats, bins: int = 100) -> Iterator[Progress]:
-    """Counts over ``bins`` equal bins between the finite min and max; exact up to
+    """Counts over ``bins`` equal bins between the finite min and max (one per value for
+    integers spanning fewer than ``bins`` values); exact up to
     :data:`HISTOGRAM_EXACT_LIMIT` elements, else from an evenly spread sample (every
     k-th element) of about :data:`HISTOGRAM_SAMPLE`, whose size is reported."""
     lo, hi = stats.min, stats.max
     if lo is None or hi is None:
         return Histogram(np.array([0.0, 1.0]), np.zeros(1, dtype=np.int64), None,
                          stats.nan, stats.posinf, stats.neginf)
-    if lo == hi:
+    if stats.kind in ("int", "bool") and hi - lo + 1 <= bins:
+        bins = int(hi - lo) + 1  # one bin per integer, centred on it
+        lo, hi = lo - 0.5, hi + 0.5
+    elif lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
     counts = np.zeros(bins, dtype=np.int64)

@@ -32,6 +32,7 @@ from ckpt_inspector.core.display import DisplayNode
 from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.loading import LoadedFile, load_file, release_file
 from ckpt_inspector.gui.panels import details_html, summary_html
+from ckpt_inspector.gui.tensor_view import TensorView
 from ckpt_inspector.gui.tree_model import (
     COLUMNS,
     DEVICE,
@@ -148,14 +149,26 @@ class CheckpointView(QWidget):
         copy.triggered.connect(self.copy_keys)
         self.tree.addAction(copy)
 
-        left = QWidget()
-        lv = QVBoxLayout(left)
+        top = QWidget()
+        lv = QVBoxLayout(top)
         lv.setContentsMargins(0, 0, 0, 0)
         lv.setSpacing(4)
         lv.addWidget(self.banner)
         lv.addLayout(filter_row)
         lv.addWidget(self.tree, 1)
+        self.tensor_view = TensorView(self.runner, self.reporter)
+        self.tensor_view.set_device(self.target_device)
+        self.tensor_view.stats_ready.connect(self._stats_ready)
+        left = QSplitter(Qt.Orientation.Vertical)
+        left.setObjectName("treeAndTensor")
+        left.addWidget(top)
+        left.addWidget(self.tensor_view)
+        left.setStretchFactor(0, 1)
+        left.setStretchFactor(1, 1)
+        left.setChildrenCollapsible(False)
+        left.setSizes([420, 420])
         left.setMinimumWidth(360)
+        self.left_splitter = left
 
         self.summary = QTextBrowser()
         self.summary.setObjectName("summaryPanel")
@@ -166,7 +179,7 @@ class CheckpointView(QWidget):
         side = QSplitter(Qt.Orientation.Vertical)
         side.addWidget(self.summary)
         side.addWidget(self.details)
-        side.setStretchFactor(0, 3)
+        side.setStretchFactor(0, 1)
         side.setStretchFactor(1, 1)
         side.setMinimumWidth(280)
 
@@ -224,6 +237,7 @@ class CheckpointView(QWidget):
             return
         previous, old_models = self.file, list(self._models.values())
         self.file = file
+        self.tensor_view.set_file(file.path)
         self._models = {True: CheckpointModel(file.grouped, self),
                         False: CheckpointModel(file.flat, self)}
         dangerous = {f.name for f in file.report.findings
@@ -387,6 +401,7 @@ class CheckpointView(QWidget):
     # -- selection and commands ------------------------------------------------------------------
     def set_target_device(self, device: str) -> None:
         self.target_device = device
+        self.tensor_view.set_device(device)
         for model in self._models.values():
             model.set_target_device(device)
         self._refresh_details()
@@ -417,7 +432,21 @@ class CheckpointView(QWidget):
 
     def _current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         node = current.data(NodeRole) if current.isValid() else None
-        self.details.setHtml(details_html(node, self.target_device))
+        info = node.node.tensor if node is not None and node.is_tensor else None
+        stats = self.tensor_view.cached_stats(info) if info is not None else None
+        self.details.setHtml(details_html(node, self.target_device, stats))
+        if node is None:
+            self.tensor_view.show_node("", None)
+        elif info is None:
+            self.tensor_view.show_node(node.key, None, f"{node.key or '(root)'} is not a "
+                                       "tensor: its contents are listed in the tree.")
+        elif info is not self.tensor_view.info:
+            self.tensor_view.show_node(node.key, info)
+
+    def _stats_ready(self, info: Any, stats: Any) -> None:
+        node = self.current_node()
+        if node is not None and node.is_tensor and node.node.tensor is info:
+            self.details.setHtml(details_html(node, self.target_device, stats))
 
     def _refresh_details(self, *_args: Any) -> None:
         self._current_changed(self.tree.currentIndex(), QModelIndex())
@@ -465,6 +494,7 @@ class CheckpointView(QWidget):
         """The tab is closing: detach the views from the trees, then free the trees."""
         self._disposed = True
         self._generation += 1
+        self.tensor_view.dispose()
         self.proxy.setSourceModel(None)
         self._models = {}
         if self.file is not None:

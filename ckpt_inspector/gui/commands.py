@@ -7,8 +7,12 @@ would freeze the window.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from typing import Any
+
+from PySide6.QtCore import QObject, QProcess, Signal
 
 
 def cli_command(*args: str) -> list[str]:
@@ -27,3 +31,61 @@ def run_cli(*args: str, timeout: float = 600) -> str:
         raise RuntimeError(lines[-1].removeprefix("ckpt-inspector: ") if lines
                            else f"{args[0]} failed with exit code {proc.returncode}")
     return proc.stdout
+
+
+class CliProcess(QObject):
+    """A command run as a child with ``--progress``: JSON progress lines, then one JSON
+    result. ``progress(dict)``, then ``done(dict)`` or ``failed(str)``; :meth:`kill` drops
+    it silently."""
+
+    progress = Signal(dict)
+    done = Signal(dict)
+    failed = Signal(str)
+
+    def __init__(self, args: list[str], parent: QObject | None = None):
+        super().__init__(parent)
+        self._buf = b""
+        self._result: dict | None = None
+        self._killed = False
+        self.proc = QProcess(self)
+        self.proc.readyReadStandardOutput.connect(self._read)
+        self.proc.finished.connect(self._finished)
+        self.proc.errorOccurred.connect(self._error)
+        cmd = cli_command(*args)
+        self.proc.start(cmd[0], cmd[1:])
+
+    def _read(self) -> None:
+        self._buf += bytes(self.proc.readAllStandardOutput())
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict) and msg.get("event") == "progress":
+                self.progress.emit(msg)
+            elif isinstance(msg, dict):
+                self._result = msg
+
+    def _finished(self, code: int, _status: Any) -> None:
+        if self._killed:
+            self.deleteLater()
+            return
+        self._read()
+        if code == 0 and self._result is not None:
+            self.done.emit(self._result)
+        else:
+            err = bytes(self.proc.readAllStandardError()).decode(errors="replace").strip()
+            last = err.splitlines()[-1] if err else f"exit code {code}"
+            self.failed.emit(last.removeprefix("ckpt-inspector: "))
+
+    def _error(self, error: QProcess.ProcessError) -> None:
+        if error == QProcess.ProcessError.FailedToStart and not self._killed:
+            self.failed.emit("the command could not start")
+
+    def kill(self) -> None:
+        self._killed = True
+        if self.proc.state() != QProcess.ProcessState.NotRunning:
+            self.proc.kill()  # deleted once it has gone
+        else:
+            self.deleteLater()

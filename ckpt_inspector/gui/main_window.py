@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt, QUrl, Signal
+from PySide6.QtCore import QSettings, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
@@ -46,6 +46,7 @@ from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.export_dialog import ExportDialog
 from ckpt_inspector.gui.file_browser import FileBrowser
 from ckpt_inspector.gui.loading import LoadedFile
+from ckpt_inspector.gui.tensor_view import preload_plots
 from ckpt_inspector.gui.welcome import WelcomePage
 from ckpt_inspector.gui.workers import TaskRunner
 
@@ -144,6 +145,8 @@ class MainWindow(QMainWindow):
             f"torch devices unavailable ({msg}); using cpu", 8000))
         if probe_devices:
             self.probe.start()
+        # pyqtgraph takes half a second to import: do it on a worker once the window is up
+        QTimer.singleShot(300, lambda: preload_plots(self.runner))
 
     # -- construction --------------------------------------------------------------------------
     def _build_browser(self) -> None:

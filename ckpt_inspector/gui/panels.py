@@ -8,6 +8,7 @@ from html import escape
 from typing import Any
 
 from ckpt_inspector.core.display import DisplayNode
+from ckpt_inspector.core.stats import Stats, format_number
 from ckpt_inspector.core.summary import format_value, human_bytes, top_values
 from ckpt_inspector.gui.loading import LoadedFile
 
@@ -133,7 +134,34 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def details_html(d: DisplayNode | None, target_device: str) -> str:
+def stats_rows(stats: Stats) -> str:
+    """The statistics of a tensor as table rows, NaN and inf in red when present."""
+    f = format_number
+    kind = {"complex magnitude": " (of |value|)", "quantized": " (dequantized)"}.get(stats.kind, "")
+    pairs: list[tuple[str, str]] = []
+    if stats.min is not None:
+        pairs += [("min", f(stats.min)), ("max", f(stats.max)), ("mean", f(stats.mean)),
+                  ("std", f(stats.std))]
+        if stats.kind != "bool":
+            pairs += [("mean |x|", f(stats.abs_mean)), ("L2 norm", f(stats.l2))]
+    if stats.true is not None:
+        pairs.append(("True", f"{stats.true:,} ({stats.true / stats.numel:.1%})"))
+    pairs.append(("zeros", f"{stats.zeros:,} ({stats.sparsity:.1%})"))
+    for n, label in ((stats.nan, "NaN"), (stats.posinf, "+inf"), (stats.neginf, "−inf")):
+        if n or stats.kind in ("float", "complex magnitude"):
+            pairs.append((label, f"<span class='bad'><b>{n:,}</b></span>" if n else "0"))
+    if stats.unique is not None:
+        top = ", ".join(f"{v:,} ({c:,})" for v, c in stats.top_values[:6])
+        pairs.append(("distinct", f"{stats.unique:,}"))
+        pairs.append(("most common", f"<span class='mono'>{escape(top)}</span>"))
+    if stats.note:
+        pairs.append(("note", escape(stats.note)))
+    where = f" on {escape(stats.device)}" if stats.device != "cpu" else ""
+    return (f"<h3>Statistics{kind}</h3>" + _rows(pairs)
+            + f"<p class='muted'>computed in {stats.seconds * 1000:,.0f} ms{where}</p>")
+
+
+def details_html(d: DisplayNode | None, target_device: str, stats: Stats | None = None) -> str:
     if d is None:
         return CSS + "<p class='muted'>Select a row to see its details.</p>"
     node = d.node
@@ -171,6 +199,8 @@ def details_html(d: DisplayNode | None, target_device: str) -> str:
         if t.problem:
             pairs.append(("problem", f"<span class='bad'>{escape(t.problem)}</span>"))
         parts.append(_rows(pairs))
+        if stats is not None:
+            parts.append(stats_rows(stats))
         return "".join(parts)
     pairs = [("type", escape(node.type_name or node.kind))]
     if node.kind in ("scalar", "str", "value", "none", "bytes", "ref") or node.value is not None:

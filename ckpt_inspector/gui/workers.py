@@ -15,8 +15,9 @@ from superqt.utils import WorkerBase, create_worker
 
 
 class Task:
-    def __init__(self, label: str):
+    def __init__(self, label: str, quiet: bool = False):
         self.label = label
+        self.quiet = quiet  # shown by its owner, not in the status bar
         self.cancelled = False
         self.worker: WorkerBase | None = None
         self.on_cancel: Callable[[], None] | None = None
@@ -37,13 +38,14 @@ class TaskRunner(QObject):
             on_error: Callable[[BaseException], None] | None = None,
             on_progress: Callable[[Any], None] | None = None,
             on_discard: Callable[[Any], None] | None = None,
-            on_cancel: Callable[[], None] | None = None) -> Task:
+            on_cancel: Callable[[], None] | None = None, quiet: bool = False) -> Task:
         """Run ``fn(*args)`` (a function or a generator function) on a worker thread.
 
         ``on_cancel`` runs when the user cancels; ``on_discard`` receives the result of
-        a task that was cancelled meanwhile.
+        a task that was cancelled meanwhile. A ``quiet`` task stays out of :attr:`tasks`
+        (the status bar): its owner shows its progress and cancels it.
         """
-        task = Task(label)
+        task = Task(label, quiet)
         task.on_cancel = on_cancel
 
         def returned(result: Any) -> None:
@@ -67,8 +69,9 @@ class TaskRunner(QObject):
         # errors go to our handler, never re-raised into the event loop
         worker = create_worker(fn, *args, _start_thread=False, _connect=connect)
         task.worker = worker
-        self.tasks.append(task)
-        self.changed.emit()
+        if not quiet:
+            self.tasks.append(task)
+            self.changed.emit()
         worker.start()
         return task
 

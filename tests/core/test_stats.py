@@ -137,10 +137,20 @@ def test_heatmaps(torch, resnet_params):
     got = tensor_infos(path)
     conv = got["conv1.weight"]
     grid = drive(heatmap(conv, kernels=True))
-    assert grid.grid == (64, 3) and grid.image.shape == (64 * 8 - 1, 3 * 8 - 1)
-    assert np.allclose(grid.image[:7, :7], sd["conv1.weight"][0, 0].numpy())
-    assert np.allclose(grid.image[8:15, 16:23], sd["conv1.weight"][1, 2].numpy())
-    assert np.isnan(grid.image[7, 0])  # the gap between kernels
+    across = grid.layout[0]  # tiles of 3 kernels (one per out channel), wrapped
+    assert grid.grid == (64, 3) and 1 < across < 64
+    assert grid.image.shape == (math.ceil(64 / across) * 8 - 1, across * 25 - 2)
+    w = sd["conv1.weight"].numpy()
+    assert np.allclose(grid.image[:7, :7], w[0, 0])
+    assert np.allclose(grid.image[:7, 25 + 16:25 + 23], w[1, 2])  # second tile, third kernel
+    assert np.allclose(grid.image[8:15, :7], w[across, 0])  # the second row of tiles
+    assert np.isnan(grid.image[7, 0]) and np.isnan(grid.image[0, 7])  # gaps
+    assert grid.kernel_at(8 + 3, 25 + 16 + 4) == (across + 1, 2, 3, 4)
+    assert grid.kernel_at(7, 0) is None and grid.kernel_at(0, 23) is None
+    for (r, c) in ((0, 0), (12, 30), (50, 60)):
+        at = grid.kernel_at(r, c)
+        if at is not None:
+            assert grid.image[r, c] == pytest.approx(float(w[at]))
     plane = drive(heatmap(conv, axes=(2, 3), index={0: 5, 1: 1}))
     assert np.allclose(plane.image, sd["conv1.weight"][5, 1].numpy())
     swapped = drive(heatmap(conv, axes=(3, 2), index={0: 5, 1: 1}))
@@ -209,3 +219,12 @@ def test_chunks_of_a_reused_buffer_are_read_in_order(torch, tmp_path, monkeypatc
     joined = np.concatenate([v for _, v in seen])
     assert [i for i, _ in seen] == list(np.cumsum([0] + [len(v) for _, v in seen[:-1]]))
     assert np.array_equal(joined, t[123:].float().numpy())
+
+
+def test_integer_histograms_have_one_bin_per_value(torch, tmp_path):
+    t = torch.tensor([0, 1, 1, 3, 3, 3], dtype=torch.int64)
+    path = tmp_path / "ints.pt"
+    torch.save({"t": t}, path)
+    info = tensor_infos(path)["t"]
+    h = drive(histogram(info, drive(compute(info)), bins=100))
+    assert h.counts.tolist() == [1, 2, 0, 3] and h.edges.tolist() == [-0.5, 0.5, 1.5, 2.5, 3.5]

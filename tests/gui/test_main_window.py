@@ -18,7 +18,7 @@ from ckpt_inspector.gui.checkpoint_view import CheckpointView
 from ckpt_inspector.gui.main_window import drop_urls
 from ckpt_inspector.gui.tree_model import DEVICE, KEY, SHAPE, CheckpointModel, NodeRole
 
-from support import ROOT, open_and_wait
+from support import ROOT, find_row, open_and_wait
 
 
 def visible_keys(view: CheckpointView) -> list[str]:
@@ -35,19 +35,6 @@ def visible_keys(view: CheckpointView) -> list[str]:
             else:
                 out.append(index.data(NodeRole).key)
     return out
-
-
-def find_row(view: CheckpointView, key: str) -> QModelIndex:
-    proxy = view.proxy
-    stack = [QModelIndex()]
-    while stack:
-        parent = stack.pop()
-        for row in range(proxy.rowCount(parent)):
-            index = proxy.index(row, 0, parent)
-            if index.data(NodeRole).key == key:
-                return index
-            stack.append(index)
-    raise KeyError(key)
 
 
 def test_open_by_path_shows_module_tree_and_summary(qtbot, window, training_ckpt):

@@ -1,0 +1,308 @@
+"""The histogram and heatmap of a tensor, drawn with pyqtgraph.
+
+Widgets only: they show a :class:`~ckpt_inspector.core.stats.Histogram` or a
+:class:`~ckpt_inspector.core.slices.Heatmap` they are given and say what the user
+asked to change (bins, log scale, symmetric colours) through signals; the tensor
+view computes. pyqtgraph takes half a second to import, so this module is
+imported ahead of time on a worker thread (see :func:`preload`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ckpt_inspector.core.slices import Heatmap
+from ckpt_inspector.core.stats import Histogram, Stats, format_number
+
+pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background="w",
+                    foreground="#374151")
+
+BAR_PEN = pg.mkPen("#2563eb", width=1.5)
+BAR_BRUSH = pg.mkBrush(37, 99, 235, 60)
+MEAN_PEN = pg.mkPen("#dc2626", width=1, style=Qt.PenStyle.DashLine)
+ZERO_PEN = pg.mkPen("#9ca3af", width=1)
+SEQUENTIAL = "viridis"
+DIVERGING = "CET-D1"
+
+
+def preload() -> bool:
+    """Nothing: importing this module is the work (called on a worker thread)."""
+    return True
+
+
+def _bar(checkable: str, tip: str) -> QCheckBox:
+    box = QCheckBox(checkable)
+    box.setToolTip(tip)
+    return box
+
+
+class HistogramPanel(QWidget):
+    bins_changed = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.log_box = _bar("Log counts", "Count axis on a log scale")
+        self.log_box.toggled.connect(self._set_log)
+        self.bins = QSpinBox()
+        self.bins.setRange(2, 1000)
+        self.bins.setValue(100)
+        self.bins.setPrefix("bins ")
+        self.bins.setKeyboardTracking(False)
+        self.bins.setToolTip("Number of equal bins between the smallest and largest finite value")
+        self.bins.valueChanged.connect(self.bins_changed)
+        self.note = QLabel()
+        self.note.setObjectName("histogramNote")
+        self.note.setTextFormat(Qt.TextFormat.RichText)
+        top = QHBoxLayout()
+        top.setContentsMargins(4, 2, 4, 0)
+        top.addWidget(self.log_box)
+        top.addWidget(self.bins)
+        top.addSpacing(12)
+        top.addWidget(self.note, 1)
+
+        self.plot = pg.PlotWidget()
+        self.plot.setObjectName("histogramPlot")
+        self.plot.setMenuEnabled(False)
+        self.plot.showGrid(x=False, y=True, alpha=0.15)
+        self.plot.setLabel("left", "count")
+        self.plot.getPlotItem().getViewBox().setMouseEnabled(x=True, y=False)
+        for side in ("left", "bottom"):  # plain numbers: "x0.001" under the axis confuses
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
+        self.curve = pg.PlotDataItem(stepMode="center", pen=BAR_PEN, fillLevel=0,
+                                     fillBrush=BAR_BRUSH)
+        self.plot.addItem(self.curve)
+        self.mean_line = pg.InfiniteLine(angle=90, pen=MEAN_PEN)
+        self.mean_line.setToolTip("mean")
+        self.plot.addItem(self.mean_line)
+        self.zero_line = pg.InfiniteLine(angle=90, pen=ZERO_PEN)
+        self.plot.addItem(self.zero_line)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addLayout(top)
+        layout.addWidget(self.plot, 1)
+        self.histogram: Histogram | None = None
+        self.stats: Stats | None = None
+
+    def show_histogram(self, h: Histogram, stats: Stats) -> None:
+        self.histogram, self.stats = h, stats
+        self._draw()
+        notes = []
+        total = int(h.counts.sum())
+        if h.sampled is not None:
+            notes.append(f"<b>sample</b> of {h.sampled:,} evenly spread elements "
+                         f"(of {stats.numel:,})")
+        else:
+            finite = " finite" if stats.kind not in ("int", "bool") else ""
+            notes.append(f"all {total:,}{finite} values")
+        special = [(n, w) for n, w in ((h.nan, "NaN"), (h.posinf, "+inf"), (h.neginf, "−inf"))
+                   if n]
+        if special:
+            notes.append("<span style='color:#b91c1c'><b>not shown:</b> "
+                         + ", ".join(f"{n:,} {w}" for n, w in special) + "</span>")
+        self.note.setText(" · ".join(notes))
+        self.note.setToolTip(f"{h.counts.size} bins from {format_number(float(h.edges[0]))} "
+                             f"to {format_number(float(h.edges[-1]))}")
+
+    def _draw(self) -> None:
+        h, stats = self.histogram, self.stats
+        if h is None or stats is None:
+            return
+        counts = h.counts.astype(np.float64)
+        log = self.log_box.isChecked()
+        if log:  # empty bins sit on the axis, one decade under a single count
+            counts = np.log10(np.where(counts > 0, counts, 0.1))
+            self.curve.setFillLevel(-1.0)
+            self.plot.setLabel("left", "log₁₀ count")
+        else:
+            self.curve.setFillLevel(0)
+            self.plot.setLabel("left", "count")
+        self.curve.setData(h.edges, counts)
+        self.plot.setLabel("bottom", "value" if stats.kind != "complex magnitude" else "|value|")
+        if stats.mean is not None and math.isfinite(stats.mean):
+            self.mean_line.setPos(stats.mean)
+            self.mean_line.show()
+        else:
+            self.mean_line.hide()
+        lo, hi = float(h.edges[0]), float(h.edges[-1])
+        self.zero_line.setVisible(lo < 0 < hi)
+        self.zero_line.setPos(0)
+        self.plot.enableAutoRange()
+
+    def _set_log(self, _on: bool) -> None:
+        self._draw()
+
+    def clear(self) -> None:
+        self.histogram = self.stats = None
+        self.curve.setData([], [])
+        self.mean_line.hide()
+        self.zero_line.hide()
+        self.note.setText("")
+
+
+class HeatmapPanel(QWidget):
+    """A picture of a 2-D slice with a colour bar, zoom and pan, and the value under the
+    cursor; ``hovered(row, col)`` gives the pixel so the owner can name the element."""
+
+    symmetric_changed = Signal(bool)
+    kernels_changed = Signal(bool)
+    reduce_changed = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.symmetric = _bar("Symmetric colours", "Centre the colour map on zero "
+                              "(blue negative, red positive)")
+        self.symmetric.setChecked(True)
+        self.symmetric.toggled.connect(self._recolour)
+        self.symmetric.toggled.connect(self.symmetric_changed)
+        self.kernels = _bar("Kernel grid", "Conv weights [out, in, kh, kw] as a grid of "
+                            "kh×kw kernels: one row per output channel")
+        self.kernels.toggled.connect(self.kernels_changed)
+        self.reduce = QComboBox()
+        self.reduce.addItem("pixel = block mean", "mean")
+        self.reduce.addItem("pixel = block max |value|", "absmax")
+        self.reduce.setToolTip("A downsampled pixel stands for a block of values: their mean, "
+                               "or their largest magnitude (keeps outliers visible)")
+        self.reduce.currentIndexChanged.connect(
+            lambda _i: self.reduce_changed.emit(self.reduce.currentData()))
+        self.reduce.hide()
+        self.note = QLabel()
+        self.note.setObjectName("heatmapNote")
+        top = QHBoxLayout()
+        top.setContentsMargins(4, 2, 4, 0)
+        top.addWidget(self.symmetric)
+        top.addWidget(self.kernels)
+        top.addWidget(self.reduce)
+        top.addSpacing(12)
+        top.addWidget(self.note, 1)
+
+        self.canvas = pg.GraphicsLayoutWidget()
+        self.canvas.setObjectName("heatmapCanvas")
+        self.plot = self.canvas.addPlot()
+        self.plot.setMenuEnabled(False)
+        self.plot.invertY(True)
+        for side in ("left", "bottom"):
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
+        self.plot.getViewBox().setBackgroundColor("#f3f4f6")
+        self.image = pg.ImageItem()
+        self.plot.addItem(self.image)
+        self.marks = pg.ImageItem()  # NaN and inf, painted over the colours
+        self.marks.setZValue(1)
+        self.plot.addItem(self.marks)
+        self.bar = pg.ColorBarItem(colorMap=pg.colormap.get(DIVERGING), interactive=False,
+                                   width=14)
+        self.bar.setImageItem(self.image, insert_in=self.plot)
+        self.hover = QLabel(" ")
+        self.hover.setObjectName("heatmapHover")
+        self.hover.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addLayout(top)
+        layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.hover)
+        self.heatmap: Heatmap | None = None
+        self.describe = None  # callable (row, col) -> text, set by the owner
+        self.canvas.scene().sigMouseMoved.connect(self._moved)
+
+    def show_heatmap(self, hm: Heatmap, note: str = "") -> None:
+        self.heatmap = hm
+        rect = (0, 0, hm.image.shape[1] * hm.factor[1], hm.image.shape[0] * hm.factor[0])
+        self.image.setImage(hm.image, autoLevels=False)
+        self.image.setRect(*rect)
+        special = self._marks(hm)
+        self.reduce.setVisible(hm.factor != (1, 1))
+        self._recolour()
+        self.plot.setLabel("left", hm.rows)
+        self.plot.setLabel("bottom", hm.cols)
+        grid = hm.layout is not None  # pixel numbers mean nothing in a grid of kernels
+        for side in ("left", "bottom"):
+            self.plot.getAxis(side).setStyle(showValues=not grid)
+        # square cells unless the picture is a long strip, which would shrink to a line
+        h, w = hm.image.shape[0] * hm.factor[0], hm.image.shape[1] * hm.factor[1]
+        self.plot.setAspectLocked(max(h, w) <= 8 * min(h, w))
+        self.plot.autoRange(padding=0.02)
+        parts = [note] if note else []
+        if hm.factor != (1, 1):
+            what = "largest |value|" if hm.reduce == "absmax" else "mean"
+            parts.append(f"downsampled: each pixel is the {what} of {hm.factor[0]}×"
+                         f"{hm.factor[1]} values")
+        if special:
+            parts.append(special)
+        self.note.setText(" · ".join(parts))
+        self.hover.setText("Move the pointer over the picture to read values; drag to pan, "
+                           "wheel to zoom")
+
+    def _marks(self, hm: Heatmap) -> str:
+        """Paint NaN magenta and ±inf black over the picture (not the gaps of a kernel grid);
+        say so in the note."""
+        img = hm.image
+        nan = np.isnan(img)
+        if hm.layout is not None:  # gaps between kernels are NaN by construction
+            nan[:] = False
+        inf = np.isinf(img)
+        if not nan.any() and not inf.any():
+            self.marks.clear()
+            return ""
+        rgba = np.zeros((*img.shape, 4), dtype=np.uint8)
+        rgba[nan] = (217, 70, 239, 255)
+        rgba[inf] = (17, 24, 39, 255)
+        self.marks.setImage(rgba, autoLevels=False, levels=(0, 255))
+        self.marks.setRect(0, 0, img.shape[1] * hm.factor[1], img.shape[0] * hm.factor[0])
+        parts = []
+        if nan.any():
+            parts.append("<span style='color:#c026d3'><b>NaN</b></span> magenta")
+        if inf.any():
+            parts.append("<b>±inf</b> black")
+        return ", ".join(parts)
+
+    def _recolour(self) -> None:
+        hm = self.heatmap
+        if hm is None:
+            return
+        finite = hm.image[np.isfinite(hm.image)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        symmetric = self.symmetric.isChecked() and hm.reduce != "absmax"
+        if hm.reduce == "absmax":
+            lo = 0.0
+        if symmetric:
+            m = max(abs(lo), abs(hi)) or 1.0
+            lo, hi = -m, m
+        elif lo == hi:
+            lo, hi = lo - 0.5, hi + 0.5
+        self.bar.setColorMap(pg.colormap.get(DIVERGING if symmetric else SEQUENTIAL))
+        self.bar.setLevels((lo, hi))
+
+    def _moved(self, pos: QPointF) -> None:
+        hm = self.heatmap
+        if hm is None or not self.plot.sceneBoundingRect().contains(pos):
+            return
+        p = self.plot.getViewBox().mapSceneToView(pos)
+        col, row = math.floor(p.x()), math.floor(p.y())
+        rows = hm.image.shape[0] * hm.factor[0]
+        cols = hm.image.shape[1] * hm.factor[1]
+        if not (0 <= row < rows and 0 <= col < cols):
+            self.hover.setText(" ")
+            return
+        if self.describe is not None:
+            self.hover.setText(self.describe(row, col))
+
+    def clear(self) -> None:
+        self.heatmap = None
+        self.image.clear()
+        self.marks.clear()
+        self.note.setText("")
+        self.hover.setText(" ")

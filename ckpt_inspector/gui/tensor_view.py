@@ -1,0 +1,640 @@
+"""What is inside the selected tensor: statistics, histogram, heatmap and values.
+
+Selecting a tensor cancels whatever was being computed for the previous one and
+starts the statistics and histogram on a worker (on the CPU with numpy, or, for
+another device from the device picker, in a child process where torch puts the
+chunks on that device). The heatmap is computed when its tab is shown. Results
+are cached per tensor while the file is open, so going back is instant.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QSpinBox,
+    QStackedWidget,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.progress import Progress
+from ckpt_inspector.core.slices import (
+    MAX_SIDE,
+    Heatmap,
+    TensorSlice,
+    format_cell,
+    heatmap,
+    save_npy,
+)
+from ckpt_inspector.core.stats import Histogram, Stats, compute, histogram
+from ckpt_inspector.core.summary import human_bytes
+from ckpt_inspector.core.tree import TensorInfo
+from ckpt_inspector.gui.commands import CliProcess
+from ckpt_inspector.gui.errors import ErrorReporter
+from ckpt_inspector.gui.workers import Task, TaskRunner
+
+HEATMAP_CACHE = 24  # pictures kept (at most 4 MiB each)
+SLICE_DEBOUNCE_MS = 120
+HISTOGRAM, HEATMAP, VALUES = range(3)
+
+
+def analyse(info: TensorInfo, bins: int) -> Any:
+    """Statistics, then the histogram (a generator for a worker)."""
+    stats = yield from compute(info)
+    hist = (yield from histogram(info, stats, bins)) if stats.min is not None else None
+    return stats, hist
+
+
+def only_histogram(info: TensorInfo, stats: Stats, bins: int) -> Any:
+    return (yield from histogram(info, stats, bins))
+
+
+def stats_from_json(data: dict[str, Any]) -> Stats:
+    """A :class:`Stats` from the ``stats --json`` entry of one tensor."""
+    known = Stats.__dataclass_fields__
+    values = {k: v for k, v in data.items() if k in known}
+    for k, v in values.items():
+        if isinstance(v, str) and k not in ("dtype", "kind", "device", "note"):
+            values[k] = float(v)  # 'inf', 'nan'
+    values["top_values"] = [tuple(p) for p in values.get("top_values", [])]
+    return Stats(**values)
+
+
+@dataclass
+class _Entry:
+    stats: Stats | None = None
+    hist: dict[int, Histogram | None] = field(default_factory=dict)
+    error: str = ""
+
+
+_PRELOAD = {"started": False, "done": False}
+
+
+def preload_plots(runner: TaskRunner) -> None:
+    """Import pyqtgraph (half a second) on a worker, before the first tensor is picked."""
+    if _PRELOAD["started"]:
+        return
+    _PRELOAD["started"] = True
+
+    def work() -> bool:
+        import ckpt_inspector.gui.plots  # noqa: F401
+
+        return True
+
+    def finished(_result: Any) -> None:
+        _PRELOAD["done"] = True
+
+    runner.run("Preparing plots", work, on_result=finished, on_error=finished, quiet=True)
+
+
+def _plots_ready() -> bool:
+    """True unless the import is under way on a worker (then importing here would wait)."""
+    return _PRELOAD["done"] or not _PRELOAD["started"]
+
+
+class SliceBar(QWidget):
+    """Which two axes of an N-D tensor are shown, and the index along the others."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.rows = QComboBox()
+        self.cols = QComboBox()
+        for box in (self.rows, self.cols):
+            box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.rows.setToolTip("The dimension shown down the rows")
+        self.cols.setToolTip("The dimension shown across the columns")
+        self.layout_ = QHBoxLayout(self)
+        self.layout_.setContentsMargins(4, 0, 4, 0)
+        self.spins: dict[int, QSpinBox] = {}
+        self.shape: tuple[int, ...] = ()
+        self.rows.currentIndexChanged.connect(self._axes_changed)
+        self.cols.currentIndexChanged.connect(self._axes_changed)
+        self._quiet = False
+
+    def set_shape(self, shape: tuple[int, ...]) -> None:
+        self._quiet = True
+        self.shape = shape
+        while self.layout_.count():
+            item = self.layout_.takeAt(0)
+            if item.widget() is not None and item.widget() not in (self.rows, self.cols):
+                item.widget().deleteLater()
+        self.spins = {}
+        self.rows.clear()
+        self.cols.clear()
+        nd = len(shape)
+        self.setVisible(nd >= 2)
+        if nd < 2:
+            self._quiet = False
+            return
+        for d, size in enumerate(shape):
+            self.rows.addItem(f"dim {d} ({size:,})", d)
+            self.cols.addItem(f"dim {d} ({size:,})", d)
+        self.rows.setCurrentIndex(nd - 2)
+        self.cols.setCurrentIndex(nd - 1)
+        self.layout_.addWidget(QLabel("rows"))
+        self.layout_.addWidget(self.rows)
+        self.layout_.addWidget(QLabel("columns"))
+        self.layout_.addWidget(self.cols)
+        for d, size in enumerate(shape):
+            spin = QSpinBox()
+            spin.setRange(0, max(size - 1, 0))
+            spin.setPrefix(f"dim {d} = ")
+            spin.setToolTip(f"Index along dim {d} (0 to {size - 1:,})")
+            spin.setKeyboardTracking(False)
+            spin.valueChanged.connect(lambda _v: None if self._quiet else self.changed.emit())
+            self.spins[d] = spin
+            self.layout_.addWidget(spin)
+        self.layout_.addStretch(1)
+        self._quiet = False
+        self._axes_changed()
+
+    def _axes_changed(self) -> None:
+        if self._quiet or len(self.shape) < 2:
+            return
+        a, b = self.axes()
+        if a == b:  # keep two different axes: move the other one out of the way
+            other = self.cols if self.sender() is self.rows else self.rows
+            self._quiet = True
+            other.setCurrentIndex(next(d for d in range(len(self.shape)) if d != a))
+            self._quiet = False
+            a, b = self.axes()
+        for d, spin in self.spins.items():
+            spin.setVisible(d not in (a, b))
+        self.changed.emit()
+
+    def axes(self) -> tuple[int, int]:
+        if len(self.shape) < 2:
+            return (0, 1)
+        return int(self.rows.currentData()), int(self.cols.currentData())
+
+    def index(self) -> dict[int, int]:
+        a, b = self.axes()
+        return {d: s.value() for d, s in self.spins.items() if d not in (a, b)}
+
+
+class TensorView(QWidget):
+    """The panel under the tree. ``stats_ready(info, stats)`` when statistics arrive."""
+
+    stats_ready = Signal(object, object)
+
+    def __init__(self, runner: TaskRunner, reporter: ErrorReporter,
+                 parent: QWidget | None = None):
+        super().__init__(parent)
+        self.runner = runner
+        self.reporter = reporter
+        self.path = ""
+        self.device = "cpu"
+        self.key = ""
+        self.info: TensorInfo | None = None
+        self._cache: dict[int, _Entry] = {}
+        self._heatmaps: OrderedDict[tuple[Any, ...], Heatmap] = OrderedDict()
+        self._stats_job: Task | CliProcess | None = None
+        self._heat_job: Task | None = None
+        self._heat_wanted: tuple[Any, ...] | None = None
+        self._waiting_for_plots = False
+        self.hist_panel: Any = None
+        self.heat_panel: Any = None
+        self.values_panel: Any = None
+        self._build()
+
+    # -- layout --------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.title = QLabel()
+        self.title.setObjectName("tensorTitle")
+        self.title.setTextFormat(Qt.TextFormat.RichText)
+        self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status = QLabel()
+        self.status.setObjectName("tensorStatus")
+        self.cancel_button = QToolButton()
+        self.cancel_button.setText("Cancel")
+        self.cancel_button.setObjectName("tensorCancel")
+        self.cancel_button.setToolTip("Stop computing statistics for this tensor")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.hide()
+        head = QHBoxLayout()
+        head.setContentsMargins(4, 2, 4, 2)
+        head.addWidget(self.title, 1)
+        head.addWidget(self.status)
+        head.addWidget(self.cancel_button)
+
+        self.slice_bar = SliceBar()
+        self.slice_bar.hide()
+        self._slice_timer = QTimer(self)
+        self._slice_timer.setSingleShot(True)
+        self._slice_timer.setInterval(SLICE_DEBOUNCE_MS)
+        self._slice_timer.timeout.connect(self._slice_changed)
+        self.slice_bar.changed.connect(self._slice_timer.start)
+
+        self.placeholder = QLabel("Select a tensor to see its statistics, histogram, heatmap "
+                                  "and values.")
+        self.placeholder.setObjectName("tensorPlaceholder")
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setWordWrap(True)
+        self.placeholder.setStyleSheet("color:#6b7280;")
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("tensorTabs")
+        self.tabs.setDocumentMode(True)
+        self.tabs.currentChanged.connect(self._tab_changed)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.placeholder)
+        self.pages.addWidget(self.tabs)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 4, 0, 0)
+        layout.setSpacing(2)
+        layout.addLayout(head)
+        layout.addWidget(self.slice_bar)
+        layout.addWidget(self.pages, 1)
+        self._show_placeholder("")
+
+    def _ensure_panels(self) -> bool:
+        """Build the plot tabs once pyqtgraph is imported; False while it is still loading."""
+        if self.hist_panel is not None:
+            return True
+        if not _plots_ready():
+            if not self._waiting_for_plots:  # the import finishes within a second
+                self._waiting_for_plots = True
+                QTimer.singleShot(50, self._plots_maybe_ready)
+            return False
+        from ckpt_inspector.gui.plots import HeatmapPanel, HistogramPanel
+        from ckpt_inspector.gui.values_table import ValuesPanel
+
+        self.hist_panel = HistogramPanel()
+        self.hist_panel.bins_changed.connect(self._bins_changed)
+        self.heat_panel = HeatmapPanel()
+        self.heat_panel.describe = self._describe_pixel
+        self.heat_panel.kernels_changed.connect(lambda _on: self._slice_changed())
+        self.heat_panel.reduce_changed.connect(lambda _r: self._update_heatmap())
+        self.values_panel = ValuesPanel()
+        self.values_panel.export_requested.connect(self.save_npy_dialog)
+        self.tabs.addTab(self.hist_panel, "Histogram")
+        self.tabs.addTab(self.heat_panel, "Heatmap")
+        self.tabs.addTab(self.values_panel, "Values")
+        return True
+
+    def _plots_maybe_ready(self) -> None:
+        if _plots_ready():
+            self._waiting_for_plots = False
+            if self.info is not None:
+                self.show_tensor(self.key, self.info)
+        else:
+            QTimer.singleShot(50, self._plots_maybe_ready)
+
+    def _show_placeholder(self, text: str) -> None:
+        self.title.setText("")
+        self.status.setText("")
+        self.slice_bar.hide()
+        self.placeholder.setText(text or "Select a tensor to see its statistics, histogram, "
+                                 "heatmap and values.")
+        self.pages.setCurrentIndex(0)
+
+    # -- what is shown ------------------------------------------------------------------------
+    def set_file(self, path: str) -> None:
+        """A new file (or the same file read again): forget everything about the old one."""
+        self.cancel()
+        self.path = path
+        self._cache.clear()
+        self._heatmaps.clear()
+        self.info = None
+        self._show_placeholder("")
+        if self.values_panel is not None:
+            self.values_panel.show_slice(None)
+
+    def set_device(self, device: str) -> None:
+        self.device = device
+
+    def cached_stats(self, info: TensorInfo) -> Stats | None:
+        entry = self._cache.get(id(info))
+        return entry.stats if entry else None
+
+    def show_node(self, key: str, info: TensorInfo | None, label: str = "") -> None:
+        if info is None:
+            self.cancel()
+            self.info = None
+            self._show_placeholder(label)
+            return
+        self.show_tensor(key, info)
+
+    def show_tensor(self, key: str, info: TensorInfo) -> None:
+        if info is not self.info:
+            self.cancel()
+        self.info, self.key = info, key
+        shape = "×".join(str(s) for s in info.shape) or "scalar"
+        self.title.setText(f"<b>{escape(key or '(root)')}</b> &nbsp;<span style='color:#6b7280'>"
+                           f"{escape(info.dtype)} [{escape(shape)}] · "
+                           f"{human_bytes(info.nbytes)}</span>")
+        problem = self._unreadable(info)
+        if problem:
+            self.status.setText("")
+            self.slice_bar.hide()
+            self.placeholder.setText(problem)
+            self.pages.setCurrentIndex(0)
+            return
+        if not self._ensure_panels():
+            self.placeholder.setText("Preparing plots…")
+            self.pages.setCurrentIndex(0)
+            return
+        self.pages.setCurrentIndex(1)
+        grid = len(info.shape) == 4 and info.shape[2] <= 16 and info.shape[3] <= 16
+        self.heat_panel.kernels.blockSignals(True)
+        self.heat_panel.kernels.setVisible(len(info.shape) == 4)
+        self.heat_panel.kernels.setChecked(grid)
+        self.heat_panel.kernels.blockSignals(False)
+        if self.slice_bar.shape != tuple(info.shape) or not self.slice_bar.isVisible():
+            self.slice_bar.set_shape(tuple(info.shape))
+        self.slice_bar.setVisible(len(info.shape) >= 2)
+        entry = self._cache.setdefault(id(info), _Entry())
+        self._show_stats(entry)
+        self._slice_changed()
+
+    @staticmethod
+    def _unreadable(info: TensorInfo) -> str:
+        if info.problem:
+            return f"This tensor cannot be read: {info.problem}"
+        if info.storage is None or info.storage.source is None:
+            return "This tensor has no data in the file (only its description)."
+        if info.layout != "strided":
+            return f"A {info.layout} tensor: there are no dense values to show."
+        if info.numel == 0:
+            return "An empty tensor: it has no values."
+        return ""
+
+    # -- statistics and histogram ----------------------------------------------------------------
+    def _show_stats(self, entry: _Entry) -> None:
+        info = self.info
+        assert info is not None
+        bins = self.hist_panel.bins.value()
+        if entry.error:
+            self.status.setText(f"<span style='color:#b91c1c'>{escape(entry.error)}</span>")
+            self.hist_panel.clear()
+            return
+        if entry.stats is None:
+            self.hist_panel.clear()
+            self._start_stats(info, bins)
+            return
+        self.status.setText(f"statistics in {entry.stats.seconds * 1000:,.0f} ms"
+                            + (f" on {entry.stats.device}" if entry.stats.device != "cpu"
+                               else ""))
+        self.stats_ready.emit(info, entry.stats)
+        if entry.stats.min is None:
+            self.hist_panel.clear()
+            self.hist_panel.note.setText("no finite values to count")
+        elif bins in entry.hist:
+            self.hist_panel.show_histogram(entry.hist[bins], entry.stats)
+        else:
+            self._start_histogram(info, entry.stats, bins)
+
+    def _busy(self, text: str) -> None:
+        self.status.setText(text)
+        self.cancel_button.show()
+
+    def _start_stats(self, info: TensorInfo, bins: int) -> None:
+        name = self.key or "(root)"
+        self._busy("statistics…")
+        if self.device != "cpu":
+            proc = CliProcess(["stats", self.path, self.key, "--device", self.device,
+                               "--bins", str(bins), "--progress"], self)
+            proc.progress.connect(lambda m: self._progress(info, Progress(
+                m.get("stage", ""), m.get("done", 0), m.get("total", 0))))
+            proc.done.connect(lambda r: self._child_done(info, bins, r))
+            proc.failed.connect(lambda msg: self._failed(info, msg))
+            self._stats_job = proc
+            return
+        self._stats_job = self.runner.run(
+            f"Statistics of {name}", analyse, info, bins, quiet=True,
+            on_result=lambda r: self._stats_done(info, bins, *r),
+            on_progress=lambda p: self._progress(info, p),
+            on_error=lambda e: self._failed(info, str(e)))
+
+    def _start_histogram(self, info: TensorInfo, stats: Stats, bins: int) -> None:
+        self._busy("histogram…")
+        self._stats_job = self.runner.run(
+            f"Histogram of {self.key}", only_histogram, info, stats, bins, quiet=True,
+            on_result=lambda h: self._stats_done(info, bins, stats, h),
+            on_progress=lambda p: self._progress(info, p),
+            on_error=lambda e: self._failed(info, str(e)))
+
+    def _progress(self, info: TensorInfo, p: Progress) -> None:
+        if info is self.info and p.total:
+            self._busy(f"{p.stage} {100 * p.done // p.total}%")
+
+    def _stats_done(self, info: TensorInfo, bins: int, stats: Stats,
+                    hist: Histogram | None) -> None:
+        entry = self._cache.get(id(info))
+        if entry is None:  # the file was closed or read again meanwhile
+            return
+        entry.stats = stats
+        entry.hist[bins] = hist
+        if info is self.info:
+            self._stats_job = None
+            self.cancel_button.hide()
+            self._show_stats(entry)
+
+    def _child_done(self, info: TensorInfo, bins: int, result: dict[str, Any]) -> None:
+        data = next(iter(result.get("tensors", {}).values()), None)
+        if not data or "error" in data:
+            self._failed(info, (data or {}).get("error", "no result"))
+            return
+        stats = stats_from_json(data)
+        h = data.get("histogram")
+        hist = Histogram(np.asarray(h["edges"]), np.asarray(h["counts"], dtype=np.int64),
+                         h["sampled"], stats.nan, stats.posinf, stats.neginf) if h else None
+        self._stats_done(info, bins, stats, hist)
+
+    def _failed(self, info: TensorInfo, message: str) -> None:
+        entry = self._cache.get(id(info))
+        if entry is not None:
+            entry.error = message
+        if info is self.info:
+            self._stats_job = None
+            self.cancel_button.hide()
+            self.status.setText(f"<span style='color:#b91c1c'>{escape(message)}</span>")
+
+    def _bins_changed(self, _bins: int) -> None:
+        if self.info is not None and self._stats_job is None:
+            self._show_stats(self._cache.setdefault(id(self.info), _Entry()))
+
+    def cancel(self) -> None:
+        """Stop the computations for the tensor shown (results so far are dropped)."""
+        job, self._stats_job = self._stats_job, None
+        if isinstance(job, CliProcess):
+            job.kill()
+        elif job is not None:
+            self.runner.cancel(job)
+        heat, self._heat_job = self._heat_job, None
+        if heat is not None:
+            self.runner.cancel(heat)
+        self._heat_wanted = None
+        self.cancel_button.hide()
+        if self.info is not None:
+            entry = self._cache.get(id(self.info))
+            if entry is not None and entry.stats is None and not entry.error:
+                self.status.setText("cancelled")
+
+    # -- heatmap and values ------------------------------------------------------------------------
+    def _heat_key(self) -> tuple[Any, ...]:
+        kernels = self.heat_panel.kernels.isChecked() and len(self.info.shape) == 4
+        axes = self.slice_bar.axes()
+        index = tuple(sorted(self.slice_bar.index().items()))
+        reduce = self.heat_panel.reduce.currentData()
+        return (id(self.info), kernels, axes if not kernels else None,
+                index if not kernels else None, reduce if not kernels else None)
+
+    def _slice_changed(self) -> None:
+        info = self.info
+        if info is None or self.hist_panel is None or self._unreadable(info):
+            return
+        try:
+            sl = TensorSlice(info, self.slice_bar.axes(), self.slice_bar.index())
+        except (CheckpointError, ValueError, IndexError) as err:
+            self.values_panel.show_slice(None, escape(str(err)))
+            return
+        rows, cols = sl.shape
+        what = "one value" if info.numel == 1 else (
+            f"{rows:,} values" if sl.dims[1] is None else f"{rows:,} × {cols:,} slice")
+        self.values_panel.show_slice(sl, what)
+        self._heat_wanted = None
+        if self.tabs.currentIndex() == HEATMAP:
+            self._update_heatmap()
+
+    def _tab_changed(self, index: int) -> None:
+        if index == HEATMAP and self.info is not None:
+            self._update_heatmap()
+
+    def _update_heatmap(self) -> None:
+        info = self.info
+        if info is None or self._unreadable(info):
+            return
+        key = self._heat_key()
+        if key == self._heat_wanted:
+            return
+        cached = self._heatmaps.get(key)
+        if cached is not None:
+            self._heatmaps.move_to_end(key)
+            self._show_heatmap(cached)
+            return
+        if self._heat_job is not None:
+            self.runner.cancel(self._heat_job)
+        self._heat_wanted = key
+        kernels = key[1]
+        self.heat_panel.note.setText("drawing…")
+        self._heat_job = self.runner.run(
+            f"Heatmap of {self.key}", heatmap, info, self.slice_bar.axes(),
+            self.slice_bar.index(), kernels, MAX_SIDE, key[4] or "mean", quiet=True,
+            on_result=lambda hm: self._heat_done(key, hm),
+            on_error=lambda e: self._heat_failed(key, e))
+
+    def _heat_done(self, key: tuple[Any, ...], hm: Heatmap) -> None:
+        if key[0] not in self._cache:
+            return
+        self._heatmaps[key] = hm
+        while len(self._heatmaps) > HEATMAP_CACHE:
+            self._heatmaps.popitem(last=False)
+        if key == self._heat_wanted:
+            self._heat_job = None
+            self._show_heatmap(hm)
+
+    def _heat_failed(self, key: tuple[Any, ...], err: BaseException) -> None:
+        if key == self._heat_wanted:
+            self._heat_job = None
+            self.heat_panel.clear()
+            self.heat_panel.note.setText(f"cannot draw: {err}")
+
+    def _show_heatmap(self, hm: Heatmap) -> None:
+        info = self.info
+        self._heat_wanted = self._heat_key()
+        note = ""
+        if hm.grid is not None and info is not None:
+            kh, kw = info.shape[2], info.shape[3]
+            note = f"{hm.grid[0]}×{hm.grid[1]} kernels of {kh}×{kw}"
+        self.heat_panel.show_heatmap(hm, note)
+
+    def _describe_pixel(self, row: int, col: int) -> str:
+        """The element under the pointer: its index and value (or the block it averages)."""
+        info, hm = self.info, self.heat_panel.heatmap
+        if info is None or hm is None:
+            return ""
+        try:
+            if hm.layout is not None:
+                at = hm.kernel_at(row, col)
+                if at is None:
+                    return " "
+                sl = TensorSlice(info, (2, 3), {0: at[0], 1: at[1]})
+                return f"[{', '.join(map(str, at))}] = {format_cell(sl.value(at[2], at[3]))}"
+            fr, fc = hm.factor
+            value = hm.image[row // fr, col // fc]
+            strip = len(info.shape) <= 1
+            if (fr, fc) == (1, 1):
+                sl = self.values_panel.model.slice
+                if sl is None:
+                    return ""
+                exact = sl.value(col, 0) if strip else sl.value(row, col)
+                return f"{self._element(row, col)} = {format_cell(exact)}"
+            r0, c0 = row // fr * fr, col // fc * fc
+            where = (f"[{c0}:{c0 + fc}]" if strip else
+                     f"rows {r0}–{r0 + fr - 1}, columns {c0}–{c0 + fc - 1}")
+            return f"{where}: mean {format_cell(float(value))}"
+        except (IndexError, CheckpointError):
+            return " "
+
+    def _element(self, row: int, col: int) -> str:
+        info = self.info
+        assert info is not None
+        nd = len(info.shape)
+        if nd == 0:
+            return "value"
+        if nd == 1:
+            return f"[{col}]"
+        a, b = self.slice_bar.axes()
+        index = self.slice_bar.index()
+        index[a], index[b] = row, col
+        return "[" + ", ".join(str(index[d]) for d in range(nd)) + "]"
+
+    # -- export --------------------------------------------------------------------------------
+    def save_npy_dialog(self, ask: Callable[..., tuple[str, str]] | None = None) -> None:
+        info = self.info
+        if info is None:
+            return
+        name = (self.key or os.path.splitext(os.path.basename(self.path))[0]) + ".npy"
+        start = os.path.join(os.path.dirname(self.path), name)
+        ask = ask or QFileDialog.getSaveFileName
+        out, _filter = ask(self, "Save tensor as .npy", start, "NumPy arrays (*.npy)")
+        if not out:
+            return
+        if not out.endswith(".npy"):
+            out += ".npy"
+        self.values_panel.note.setText("saving…")
+        self.runner.run(f"Saving {os.path.basename(out)}", save_npy, info, out, self.path, True,
+                        on_result=self._saved)
+
+    def _saved(self, result: dict[str, Any]) -> None:
+        if self.values_panel is not None:
+            self.values_panel.note.setText(
+                f"saved {escape(result['path'])} ({human_bytes(result['bytes'])}, "
+                f"{escape(result['dtype'])})")
+
+    def dispose(self) -> None:
+        self.cancel()
+        self._cache.clear()
+        self._heatmaps.clear()
+        self.info = None
+        if self.values_panel is not None:
+            self.values_panel.show_slice(None)
+

@@ -1,0 +1,149 @@
+"""The values of a 2-D slice of a tensor as a table.
+
+The model reads a cell only when the view paints it (the slice is a view of the
+memory-mapped file), so a table of millions of rows opens at once. Copy puts
+the selection on the clipboard as tab-separated text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ckpt_inspector.core.slices import TensorSlice, format_cell
+
+MAX_ROWS = 2**31 - 1  # Qt counts rows in an int
+COPY_LIMIT = 1_000_000  # cells
+
+Index = QModelIndex | QPersistentModelIndex
+
+
+class ValuesModel(QAbstractTableModel):
+    def __init__(self, sl: TensorSlice | None = None, parent: Any = None):
+        super().__init__(parent)
+        self.slice = sl
+
+    def set_slice(self, sl: TensorSlice | None) -> None:
+        self.beginResetModel()
+        self.slice = sl
+        self.endResetModel()
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:
+        if parent.isValid() or self.slice is None:
+            return 0
+        return min(self.slice.shape[0], MAX_ROWS)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:
+        if parent.isValid() or self.slice is None:
+            return 0
+        return min(self.slice.shape[1], MAX_ROWS)
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        sl = self.slice
+        if sl is None or not index.isValid():
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return format_cell(sl.value(index.row(), index.column()))
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            v = sl.value(index.row(), index.column())
+            text = repr(v)
+            if sl.info.quantization:
+                text += f"  (stored integer {sl.raw(index.row(), index.column())})"
+            return text
+        return None
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole or self.slice is None:
+            return None
+        dim = self.slice.dims[0 if orientation == Qt.Orientation.Vertical else 1]
+        if dim is None and orientation == Qt.Orientation.Horizontal:
+            return "value"
+        return str(section)
+
+    def text(self, rows: list[int], cols: list[int]) -> str:
+        """Tab-separated cells of these rows and columns."""
+        sl = self.slice
+        assert sl is not None
+        return "\n".join("\t".join(format_cell(sl.value(r, c)) for c in cols) for r in rows)
+
+
+class ValuesPanel(QWidget):
+    export_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.model = ValuesModel(parent=self)
+        self.table = QTableView()
+        self.table.setObjectName("valuesTable")
+        self.table.setModel(self.model)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ContiguousSelection)
+        self.table.setAlternatingRowColors(True)
+        self.table.setWordWrap(False)
+        for header in (self.table.verticalHeader(), self.table.horizontalHeader()):
+            header.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        self.table.verticalHeader().setDefaultSectionSize(
+            self.table.fontMetrics().height() + 6)
+        self.table.horizontalHeader().setDefaultSectionSize(
+            self.table.fontMetrics().horizontalAdvance("-0.000123456") + 14)
+        copy = QAction("Copy", self.table)
+        copy.setShortcut(QKeySequence.StandardKey.Copy)
+        copy.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        copy.triggered.connect(self.copy)
+        self.table.addAction(copy)
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+
+        self.note = QLabel()
+        self.note.setObjectName("valuesNote")
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.setToolTip("Copy the selected cells as tab-separated text (Ctrl+C)")
+        self.copy_button.clicked.connect(self.copy)
+        self.export_button = QPushButton("Save as .npy…")
+        self.export_button.setObjectName("saveNpyButton")
+        self.export_button.setToolTip("Save the whole tensor as a NumPy .npy file")
+        self.export_button.clicked.connect(self.export_requested)
+        top = QHBoxLayout()
+        top.setContentsMargins(4, 2, 4, 0)
+        top.addWidget(self.note, 1)
+        top.addWidget(self.copy_button)
+        top.addWidget(self.export_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addLayout(top)
+        layout.addWidget(self.table, 1)
+
+    def show_slice(self, sl: TensorSlice | None, note: str = "") -> None:
+        self.model.set_slice(sl)
+        self.note.setText(note)
+        self.copy_button.setEnabled(sl is not None)
+        self.export_button.setEnabled(sl is not None)
+
+    def copy(self) -> str:
+        ranges = self.table.selectionModel().selection()
+        if self.model.slice is None or ranges.isEmpty():
+            return ""
+        r = ranges[0]
+        rows = list(range(r.top(), r.bottom() + 1))
+        cols = list(range(r.left(), r.right() + 1))
+        if len(rows) * len(cols) > COPY_LIMIT:
+            self.note.setText(f"<span style='color:#b91c1c'>Select at most "
+                              f"{COPY_LIMIT:,} cells to copy</span>")
+            return ""
+        text = self.model.text(rows, cols)
+        QGuiApplication.clipboard().setText(text)
+        return text

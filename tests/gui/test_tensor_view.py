@@ -1,0 +1,226 @@
+"""The tensor view, offscreen: statistics, histogram, heatmap and values follow the selection;
+re-selection cancels; NaN are reported; values copy and save; a device runs in a child."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QItemSelection, QItemSelectionModel
+from PySide6.QtGui import QGuiApplication
+
+from ckpt_inspector.gui import tensor_view as tv_mod
+from ckpt_inspector.gui.tensor_view import HEATMAP, HISTOGRAM, VALUES
+
+from support import find_row, open_and_wait, tensor_infos
+
+WAIT = 60_000
+
+
+def select(qtbot, view, key):
+    view.tree.setCurrentIndex(find_row(view, key))
+    tv = view.tensor_view
+    info = tv.info
+    assert info is not None and tv.key == key
+    qtbot.waitUntil(lambda: tv.cached_stats(info) is not None or bool(tv._cache[id(info)].error),
+                    timeout=WAIT)
+    qtbot.waitUntil(lambda: tv._stats_job is None, timeout=WAIT)
+    return tv, tv.cached_stats(info)
+
+
+def show_tab(qtbot, tv, tab):
+    tv.tabs.setCurrentIndex(tab)
+    if tab == HEATMAP:
+        qtbot.waitUntil(lambda: tv._heat_job is None and tv.heat_panel.heatmap is not None,
+                        timeout=WAIT)
+
+
+def test_clicking_through_resnet18(qtbot, window, resnet_params, torch):
+    """Every tensor of a resnet18 shows correct numbers and a picture."""
+    path, sd = resnet_params
+    view = open_and_wait(qtbot, window, path)
+    for key in ("conv1.weight", "bn1.bias", "bn1.num_batches_tracked", "fc.weight",
+                "layer4.1.conv2.weight", "bn1.running_var"):
+        tv, stats = select(qtbot, view, key)
+        t = sd[key].double()
+        assert stats.numel == t.numel()
+        assert stats.mean == pytest.approx(float(t.mean()), rel=1e-6, abs=1e-12)
+        assert stats.std == pytest.approx(float(t.std(unbiased=False)), rel=1e-5, abs=1e-12)
+        details = view.details.toPlainText()
+        assert "Statistics" in details and "std" in details
+        h = tv.hist_panel.histogram
+        assert h is not None and h.counts.sum() == t.numel()
+        show_tab(qtbot, tv, HEATMAP)
+        assert tv.heat_panel.heatmap.image.size > 0
+        show_tab(qtbot, tv, VALUES)
+        model = tv.values_panel.model
+        assert model.rowCount() * model.columnCount() >= 1
+        tv.tabs.setCurrentIndex(HISTOGRAM)
+    # the conv weight: a grid of kernels whose pixels are the weights
+    tv, _ = select(qtbot, view, "conv1.weight")
+    show_tab(qtbot, tv, HEATMAP)
+    hm = tv.heat_panel.heatmap
+    assert tv.heat_panel.kernels.isChecked() and hm.grid == (64, 3)
+    w = sd["conv1.weight"].numpy()
+    assert hm.image[0, 1] == pytest.approx(float(w[0, 0, 0, 1]))
+    assert tv._describe_pixel(0, 1).startswith("[0, 0, 0, 1] = ")
+    # the bias: a strip, and its values one per row
+    tv, _ = select(qtbot, view, "bn1.bias")
+    show_tab(qtbot, tv, HEATMAP)
+    assert tv.heat_panel.heatmap.image.shape == (1, 64)
+    model = tv.values_panel.model
+    assert (model.rowCount(), model.columnCount()) == (64, 1)
+    assert float(model.index(5, 0).data()) == pytest.approx(float(sd["bn1.bias"][5]), rel=1e-5)
+    # a second visit is served from the cache
+    job_count = len(tv._cache)
+    tv, stats = select(qtbot, view, "conv1.weight")
+    assert tv._stats_job is None and len(tv._cache) == job_count
+
+
+def test_reselecting_cancels_the_running_computation(qtbot, window, tmp_path, torch,
+                                                     monkeypatch):
+    path = tmp_path / "two.pt"
+    torch.save({"big": torch.randn(1000, 1000), "small": torch.arange(10.0)}, path)
+    started = []
+
+    def slow(info, bins):  # the real computation, slowed down between chunks
+        started.append(info)
+        gen = tv_mod.compute(info)
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                stats = stop.value
+                break
+            yield p
+        for _ in range(400):
+            time.sleep(0.01)
+            yield tv_mod.Progress("statistics", 1, 2)
+        return stats, None
+
+    monkeypatch.setattr(tv_mod, "analyse", slow)
+    view = open_and_wait(qtbot, window, path)
+    tv = view.tensor_view
+    view.tree.setCurrentIndex(find_row(view, "big"))
+    big = tv.info
+    qtbot.waitUntil(lambda: "%" in tv.status.text(), timeout=WAIT)
+    job = tv._stats_job
+    assert tv.cancel_button.isVisible()
+    monkeypatch.setattr(tv_mod, "analyse", lambda info, bins: (yield from _fast(info, bins)))
+    _, stats = select(qtbot, view, "small")
+    assert job.cancelled and stats.max == 9.0
+    assert tv.cached_stats(big) is None  # dropped, not applied
+    assert "Statistics" in view.details.toPlainText() and "9" in view.details.toPlainText()
+    # the Cancel button stops a computation too, and going back computes again
+    view.tree.setCurrentIndex(find_row(view, "big"))
+    qtbot.waitUntil(lambda: tv.cached_stats(big) is not None, timeout=WAIT)
+
+
+def _fast(info, bins):
+    stats = yield from tv_mod.compute(info)
+    hist = yield from tv_mod.histogram(info, stats, bins)
+    return stats, hist
+
+
+def test_cancel_button(qtbot, window, tmp_path, torch, monkeypatch):
+    path = tmp_path / "one.pt"
+    torch.save({"t": torch.randn(100, 100)}, path)
+
+    def endless(info, bins):
+        while True:
+            time.sleep(0.01)
+            yield tv_mod.Progress("statistics", 1, 3)
+
+    monkeypatch.setattr(tv_mod, "analyse", endless)
+    view = open_and_wait(qtbot, window, path)
+    tv = view.tensor_view
+    view.tree.setCurrentIndex(find_row(view, "t"))
+    qtbot.waitUntil(lambda: "%" in tv.status.text(), timeout=WAIT)
+    job = tv._stats_job
+    tv.cancel_button.click()
+    assert job.cancelled and tv.status.text() == "cancelled"
+    assert not tv.cancel_button.isVisible()
+
+
+def test_nan_and_inf_are_reported(qtbot, window, tmp_path, torch):
+    t = torch.randn(64, 64)
+    t[3, :] = float("nan")
+    t[:, 5] = float("inf")
+    path = tmp_path / "nan.pt"
+    torch.save({"diverged": t}, path)
+    view = open_and_wait(qtbot, window, path)
+    tv, stats = select(qtbot, view, "diverged")
+    assert (stats.nan, stats.posinf) == (63, 64)  # (3, 5) is inf, written last
+    details = view.details.toPlainText()
+    assert "NaN\n63" in details or "NaN 63" in details or "NaN\t63" in details, details
+    note = tv.hist_panel.note.text()
+    assert "not shown" in note and "63 NaN" in note and "64 +inf" in note
+    assert tv.hist_panel.histogram.counts.sum() == 64 * 64 - 64 - 63
+    show_tab(qtbot, tv, HEATMAP)
+    assert "NaN" in tv.heat_panel.note.text() and "inf" in tv.heat_panel.note.text()
+    assert tv.heat_panel.marks.image is not None
+
+
+def test_slices_copy_and_npy(qtbot, window, tmp_path, torch, monkeypatch):
+    t = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    path = tmp_path / "cube.pt"
+    torch.save({"cube": t, "bf": torch.randn(5, 5).bfloat16()}, path)
+    view = open_and_wait(qtbot, window, path)
+    tv, _ = select(qtbot, view, "cube")
+    show_tab(qtbot, tv, VALUES)
+    model = tv.values_panel.model
+    assert (model.rowCount(), model.columnCount()) == (3, 4)  # last two axes, dim 0 = 0
+    tv.slice_bar.spins[0].setValue(1)
+    qtbot.waitUntil(lambda: model.index(0, 0).data() == "12", timeout=5000)
+    tv.slice_bar.rows.setCurrentIndex(0)  # rows: dim 0, columns: dim 2, dim 1 fixed
+    qtbot.waitUntil(lambda: model.rowCount() == 2 and model.columnCount() == 4, timeout=5000)
+    tv.slice_bar.spins[1].setValue(2)
+    qtbot.waitUntil(lambda: model.index(1, 3).data() == str(int(t[1, 2, 3])), timeout=5000)
+    # copy a block
+    table = tv.values_panel.table
+    sel = QItemSelection(model.index(0, 0), model.index(1, 1))
+    table.selectionModel().select(sel, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+    text = tv.values_panel.copy()
+    assert text == f"{int(t[0, 2, 0])}\t{int(t[0, 2, 1])}\n{int(t[1, 2, 0])}\t{int(t[1, 2, 1])}"
+    assert QGuiApplication.clipboard().text() == text
+    # save the whole tensor as .npy (bfloat16 saved as float32)
+    tv, _ = select(qtbot, view, "bf")
+    out = tmp_path / "bf"
+    tv.save_npy_dialog(ask=lambda *a: (str(out), ""))
+    qtbot.waitUntil(lambda: "saved" in tv.values_panel.note.text(), timeout=WAIT)
+    saved = np.load(str(out) + ".npy")
+    want = tensor_infos(path)["bf"]
+    assert saved.dtype == np.float32 and saved.shape == tuple(want.shape)
+    assert np.array_equal(saved, torch.load(path)["bf"].float().numpy())
+
+
+def test_huge_values_table_is_lazy(qtbot, window, tmp_path, torch):
+    t = torch.arange(5_000_000, dtype=torch.int32)
+    path = tmp_path / "long.pt"
+    torch.save({"ids": t}, path)
+    view = open_and_wait(qtbot, window, path)
+    tv, stats = select(qtbot, view, "ids")
+    assert stats.max == 4_999_999 and stats.unique is None
+    show_tab(qtbot, tv, VALUES)
+    model = tv.values_panel.model
+    start = time.perf_counter()
+    tv.values_panel.table.scrollToBottom()
+    QGuiApplication.processEvents()
+    assert model.rowCount() == 5_000_000 and model.index(4_999_999, 0).data() == "4999999"
+    assert time.perf_counter() - start < 5  # generous: a non-lazy model would take minutes
+
+
+def test_statistics_on_a_torch_device_run_in_a_child(qtbot, window, resnet_params, torch):
+    """A device other than cpu goes to `ckpt-inspector stats --device` (torch's reductions);
+    cpu:0 exercises that path on a machine without a GPU."""
+    path, sd = resnet_params
+    view = open_and_wait(qtbot, window, path)
+    view.set_target_device("cpu:0")
+    tv, stats = select(qtbot, view, "fc.weight")
+    assert stats.device == "cpu:0" and "on cpu:0" in view.details.toPlainText()
+    t = sd["fc.weight"].double()
+    assert stats.std == pytest.approx(float(t.std(unbiased=False)), rel=1e-9)
+    assert tv.hist_panel.histogram.counts.sum() == t.numel()
+    assert math.isfinite(stats.l2)
