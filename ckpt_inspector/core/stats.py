@@ -15,8 +15,11 @@ the chunks go to that device and torch does the arithmetic.
 from __future__ import annotations
 
 import math
+import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,14 +109,15 @@ def _kind(info: TensorInfo) -> str:
     return {"uint": "int", "bits": "int"}.get(kind, kind)
 
 
-def element_chunks(info: TensorInfo, chunk: int | None = None
-                   ) -> Iterator[tuple[np.ndarray, int]]:
+def element_chunks(info: TensorInfo, chunk: int | None = None, first: int = 0,
+                   count: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
     """``(values, index of the first)`` in C order, at most ``chunk`` at a time, as numbers:
     floats for float, complex-magnitude and dequantized tensors, integers for int and bool.
 
     Each array is valid only until the next is asked for: contiguous tensors are read
     into one reused buffer (see :meth:`DataSource.blocks`) and narrow floats widened into
-    another, so a pass allocates nothing per chunk and its pieces stay in the CPU cache."""
+    another, so a pass allocates nothing per chunk and its pieces stay in the CPU cache.
+    ``first`` and ``count`` choose a range of elements (contiguous tensors only)."""
     if info.storage is None or info.storage.source is None or info.problem:
         raise CheckpointError(info.problem or "this tensor has no data in the file")
     if info.layout != "strided":
@@ -127,10 +131,15 @@ def element_chunks(info: TensorInfo, chunk: int | None = None
         return
     chunk = chunk or CHUNK_ELEMENTS
     widen = _Widen(chunk)
+    if first or count is not None:
+        if not info.is_contiguous():
+            raise ValueError("a range of elements needs a contiguous tensor")
+        count = min(numel - first, numel if count is None else count)
     if info.is_contiguous():
         per_read = max(1, READ_BYTES // item // chunk) * chunk
-        index = 0
-        for block in info.storage.source.blocks(info.storage_offset * item, numel * item,
+        index = first
+        n = numel if count is None else count
+        for block in info.storage.source.blocks((info.storage_offset + first) * item, n * item,
                                                 per_read * item):
             values = np.frombuffer(block, dtype=raw_dtype)
             for s in range(0, len(values), chunk):
@@ -268,8 +277,10 @@ class _Moments:
                 stats.note = "the sum of squares overflows float64"
 
 
-def compute(info: TensorInfo, device: str = "cpu") -> Iterator[Progress]:
-    """Statistics of a tensor; yields progress about every 4M elements, returns :class:`Stats`."""
+def compute(info: TensorInfo, device: str = "cpu", stop: threading.Event | None = None
+            ) -> Iterator[Progress]:
+    """Statistics of a tensor; yields progress about every 4M elements, returns :class:`Stats`.
+    Setting ``stop`` (from any thread) ends it with :class:`Cancelled`."""
     start = time.perf_counter()
     kind = _kind(info)
     numel = info.numel
@@ -285,7 +296,7 @@ def compute(info: TensorInfo, device: str = "cpu") -> Iterator[Progress]:
     if kind in ("int", "bool"):
         yield from _integer_stats(info, stats)
     else:
-        yield from _float_stats(info, stats)
+        yield from _float_stats(info, stats, stop)
     stats.sparsity = stats.zeros / numel
     stats.seconds = time.perf_counter() - start
     return stats
@@ -294,30 +305,120 @@ def compute(info: TensorInfo, device: str = "cpu") -> Iterator[Progress]:
 REPORT_EVERY = 1 << 22  # elements between progress reports (and chances to stop)
 
 
-def _float_stats(info: TensorInfo, stats: Stats) -> Iterator[Progress]:
-    m = _Moments()
-    acc = ACCUMULATE
-    nan = posinf = neginf = 0
-    done = reported = 0
-    for values, _index in element_chunks(info):
-        n = len(values)
-        total = float(np.add.reduce(values, dtype=acc))
+class _FloatAcc:
+    """Running float statistics of the chunks seen (one per worker thread)."""
+
+    def __init__(self) -> None:
+        self.m = _Moments()
+        self.nan = self.posinf = self.neginf = 0
+
+    def add(self, values: np.ndarray, _index: int) -> None:
+        total = float(np.add.reduce(values, dtype=ACCUMULATE))
         if math.isfinite(total):  # so there is no NaN and no inf: the usual case
-            m.add(values, total)
-        else:
-            isnan = np.isnan(values)
-            isinf = np.isinf(values)
-            nan += int(isnan.sum())
-            posinf += int((isinf & (values > 0)).sum())
-            neginf += int((isinf & (values < 0)).sum())
-            good = values[~(isnan | isinf)].astype(np.float64)
-            m.add(good, float(np.add.reduce(good)))
-        done += n
-        if done - reported >= REPORT_EVERY or done == info.numel:
-            reported = done
-            yield Progress("statistics", done, info.numel, info.dtype)
-    stats.nan, stats.posinf, stats.neginf = nan, posinf, neginf
-    m.finish(stats)
+            self.m.add(values, total)
+            return
+        isnan = np.isnan(values)
+        isinf = np.isinf(values)
+        self.nan += int(isnan.sum())
+        self.posinf += int((isinf & (values > 0)).sum())
+        self.neginf += int((isinf & (values < 0)).sum())
+        good = values[~(isnan | isinf)].astype(np.float64)
+        self.m.add(good, float(np.add.reduce(good)))
+
+    def merge(self, other: _FloatAcc) -> None:
+        o = other.m
+        self.m.merge(o.n, o.mean * o.n, o.m2, o.abs_sum, o.lo, o.hi, o.zeros)
+        self.nan += other.nan
+        self.posinf += other.posinf
+        self.neginf += other.neginf
+
+
+def _float_stats(info: TensorInfo, stats: Stats, stop: threading.Event | None
+                 ) -> Iterator[Progress]:
+    acc = yield from accumulate(info, _FloatAcc, "statistics", stop=stop)
+    stats.nan, stats.posinf, stats.neginf = acc.nan, acc.posinf, acc.neginf
+    acc.m.finish(stats)
+
+
+# -- passes over the data, on one or more threads -----------------------------------------------
+PARALLEL_MIN = 1 << 23  # elements; smaller tensors are done in the calling thread
+
+
+def _workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, 4))
+
+
+def _parts(info: TensorInfo, chunk: int) -> list[tuple[int, int]]:
+    """Element ranges for the workers: one unless the tensor is big and contiguous."""
+    numel = info.numel
+    workers = _workers()
+    if workers == 1 or numel < PARALLEL_MIN or not info.is_contiguous():
+        return [(0, numel)]
+    per = -(-numel // workers // chunk) * chunk
+    return [(start, min(per, numel - start)) for start in range(0, numel, per)]
+
+
+def accumulate(info: TensorInfo, make: Any, stage: str, chunk: int | None = None,
+               stop: threading.Event | None = None) -> Iterator[Progress]:
+    """Feed every chunk of the tensor to accumulators made by ``make()`` (``add(values,
+    index)``, ``merge(other)``); returns the merged one. Big contiguous tensors are split
+    among threads (numpy releases the GIL in its loops). Progress is yielded about every
+    :data:`REPORT_EVERY` elements; closing the generator, or setting ``stop``, stops the
+    threads at their next chunk."""
+    chunk = chunk or CHUNK_ELEMENTS
+    numel = info.numel
+    parts = _parts(info, chunk)
+    if len(parts) == 1:
+        acc = make()
+        done = reported = 0
+        for values, index in element_chunks(info, chunk):
+            if stop is not None and stop.is_set():
+                raise Cancelled()
+            acc.add(values, index)
+            done += len(values)
+            if done - reported >= REPORT_EVERY or done == numel:
+                reported = done
+                yield Progress(stage, done, numel, info.dtype)
+        return acc
+    halt = stop or threading.Event()
+    progress = [0] * len(parts)
+
+    def work(i: int, first: int, count: int) -> Any:
+        acc = make()
+        for values, index in element_chunks(info, chunk, first, count):
+            if halt.is_set():
+                return None
+            acc.add(values, index)
+            progress[i] += len(values)
+        return acc
+
+    pool = ThreadPoolExecutor(len(parts), thread_name_prefix="ckpt-stats")
+    try:
+        futures = [pool.submit(work, i, a, n) for i, (a, n) in enumerate(parts)]
+        while True:
+            finished, _ = wait(futures, timeout=0.05)
+            if len(finished) == len(futures):
+                break
+            yield Progress(stage, sum(progress), numel, info.dtype)
+        results = [f.result() for f in futures]  # a worker's exception is raised here
+    finally:
+        halt.set()
+        pool.shutdown(wait=True)
+    if any(r is None for r in results):
+        raise Cancelled()
+    acc = results[0]
+    for other in results[1:]:
+        acc.merge(other)
+    yield Progress(stage, numel, numel, info.dtype)
+    return acc
+
+
+class Cancelled(Exception):
+    """The caller set the stop event."""
 
 
 def _integer_stats(info: TensorInfo, stats: Stats) -> Iterator[Progress]:
@@ -426,7 +527,8 @@ class Histogram:
     neginf: int = 0
 
 
-def histogram(info: TensorInfo, stats: Stats, bins: int = 100) -> Iterator[Progress]:
+def histogram(info: TensorInfo, stats: Stats, bins: int = 100,
+              stop: threading.Event | None = None) -> Iterator[Progress]:
     """Counts over ``bins`` equal bins between the finite min and max (one per value for
     integers spanning fewer than ``bins`` values); exact up to
     :data:`HISTOGRAM_EXACT_LIMIT` elements, else from an evenly spread sample (every
@@ -441,34 +543,50 @@ def histogram(info: TensorInfo, stats: Stats, bins: int = 100) -> Iterator[Progr
     elif lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
-    counts = np.zeros(bins, dtype=np.int64)
     numel = info.numel
     special = bool(stats.nan or stats.posinf or stats.neginf)
     step = numel // HISTOGRAM_SAMPLE if numel > HISTOGRAM_EXACT_LIMIT else 1
-    pending: list[np.ndarray] = []
-    held = sample = reported = 0
 
-    def flush() -> None:
-        nonlocal held
-        if pending:
-            f = np.concatenate(pending) if len(pending) > 1 else pending[0]
-            if special and f.dtype.kind == "f":
-                f = f[np.isfinite(f)]
-            counts[:] += np.histogram(f, bins=bins, range=(lo, hi))[0]
-            pending.clear()
-            held = 0
+    def make() -> _HistAcc:
+        return _HistAcc(bins, (lo, hi), step, special)
 
-    for values, index in element_chunks(info, chunk=1 << 20):
-        picked = values[(-index) % step::step] if step > 1 else values
-        sample += len(picked)
-        pending.append(picked.copy())  # the chunk's buffer is reused by the next read
-        held += len(picked)
-        if held >= 1 << 20:
-            flush()
-        done = index + len(values)
-        if done - reported >= REPORT_EVERY or done == info.numel:
-            reported = done
-            yield Progress("histogram", done, numel, "sample" if step > 1 else "")
-    flush()
-    return Histogram(edges, counts, sample if step > 1 else None,
+    acc = yield from accumulate(info, make, "histogram", chunk=1 << 20, stop=stop)
+    acc.flush()
+    return Histogram(edges, acc.counts, acc.sample if step > 1 else None,
                      stats.nan, stats.posinf, stats.neginf)
+
+
+class _HistAcc:
+    """Counts of one worker: every ``step``-th element (by its index in the whole tensor,
+    so the workers' samples add up to one evenly spread sample), histogrammed in batches."""
+
+    def __init__(self, bins: int, span: tuple[float, float], step: int, special: bool):
+        self.bins, self.span, self.step, self.special = bins, span, step, special
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.pending: list[np.ndarray] = []
+        self.held = self.sample = 0
+
+    def add(self, values: np.ndarray, index: int) -> None:
+        step = self.step
+        picked = values[(-index) % step::step] if step > 1 else values
+        self.sample += len(picked)
+        self.pending.append(picked.copy())  # the chunk's buffer is reused by the next read
+        self.held += len(picked)
+        if self.held >= 1 << 20:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            f = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            if self.special and f.dtype.kind == "f":
+                f = f[np.isfinite(f)]
+            self.counts += np.histogram(f, bins=self.bins, range=self.span)[0]
+            self.pending.clear()
+            self.held = 0
+
+    def merge(self, other: _HistAcc) -> None:
+        other.flush()
+        self.counts += other.counts
+        self.sample += other.sample
+
+

@@ -10,6 +10,7 @@ are cached per tensor while the file is open, so going back is instant.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,15 +54,16 @@ SLICE_DEBOUNCE_MS = 120
 HISTOGRAM, HEATMAP, VALUES = range(3)
 
 
-def analyse(info: TensorInfo, bins: int) -> Any:
-    """Statistics, then the histogram (a generator for a worker)."""
-    stats = yield from compute(info)
-    hist = (yield from histogram(info, stats, bins)) if stats.min is not None else None
+def analyse(info: TensorInfo, bins: int, stop: threading.Event | None = None) -> Any:
+    """Statistics, then the histogram (a generator for a worker; ``stop`` ends it)."""
+    stats = yield from compute(info, stop=stop)
+    hist = (yield from histogram(info, stats, bins, stop)) if stats.min is not None else None
     return stats, hist
 
 
-def only_histogram(info: TensorInfo, stats: Stats, bins: int) -> Any:
-    return (yield from histogram(info, stats, bins))
+def only_histogram(info: TensorInfo, stats: Stats, bins: int,
+                   stop: threading.Event | None = None) -> Any:
+    return (yield from histogram(info, stats, bins, stop))
 
 
 def stats_from_json(data: dict[str, Any]) -> Stats:
@@ -206,6 +208,7 @@ class TensorView(QWidget):
         self._cache: dict[int, _Entry] = {}
         self._heatmaps: OrderedDict[tuple[Any, ...], Heatmap] = OrderedDict()
         self._stats_job: Task | CliProcess | None = None
+        self._stop = threading.Event()
         self._heat_job: Task | None = None
         self._heat_wanted: tuple[Any, ...] | None = None
         self._waiting_for_plots = False
@@ -266,27 +269,51 @@ class TensorView(QWidget):
 
     def _ensure_panels(self) -> bool:
         """Build the plot tabs once pyqtgraph is imported; False while it is still loading."""
-        if self.hist_panel is not None:
+        if self.values_panel is not None:
             return True
         if not _plots_ready():
             if not self._waiting_for_plots:  # the import finishes within a second
                 self._waiting_for_plots = True
                 QTimer.singleShot(50, self._plots_maybe_ready)
             return False
-        from ckpt_inspector.gui.plots import HeatmapPanel, HistogramPanel
-        from ckpt_inspector.gui.values_table import ValuesPanel
+        while self._build_next_panel():
+            pass
+        return True
 
-        self.hist_panel = HistogramPanel()
-        self.hist_panel.bins_changed.connect(self._bins_changed)
-        self.heat_panel = HeatmapPanel()
-        self.heat_panel.describe = self._describe_pixel
-        self.heat_panel.kernels_changed.connect(lambda _on: self._slice_changed())
-        self.heat_panel.reduce_changed.connect(lambda _r: self._update_heatmap())
-        self.values_panel = ValuesPanel()
-        self.values_panel.export_requested.connect(self.save_npy_dialog)
-        self.tabs.addTab(self.hist_panel, "Histogram")
-        self.tabs.addTab(self.heat_panel, "Heatmap")
-        self.tabs.addTab(self.values_panel, "Values")
+    def _warm_up(self) -> None:
+        """Build the panels one per event-loop turn while the user looks at the tree (each
+        takes ~20 ms; all at once on the first click would stall the window)."""
+        if self.values_panel is not None:
+            return
+        if _plots_ready() and self._build_next_panel():
+            QTimer.singleShot(60, self._warm_up)
+        elif not _plots_ready():
+            QTimer.singleShot(200, self._warm_up)
+
+    def _build_next_panel(self) -> bool:
+        """Build the next missing panel; False when all exist."""
+        if self.hist_panel is None:
+            from ckpt_inspector.gui.plots import HistogramPanel
+
+            self.hist_panel = HistogramPanel()
+            self.hist_panel.bins_changed.connect(self._bins_changed)
+            self.tabs.addTab(self.hist_panel, "Histogram")
+        elif self.heat_panel is None:
+            from ckpt_inspector.gui.plots import HeatmapPanel
+
+            self.heat_panel = HeatmapPanel()
+            self.heat_panel.describe = self._describe_pixel
+            self.heat_panel.kernels_changed.connect(lambda _on: self._slice_changed())
+            self.heat_panel.reduce_changed.connect(lambda _r: self._update_heatmap())
+            self.tabs.addTab(self.heat_panel, "Heatmap")
+        elif self.values_panel is None:
+            from ckpt_inspector.gui.values_table import ValuesPanel
+
+            self.values_panel = ValuesPanel()
+            self.values_panel.export_requested.connect(self.save_npy_dialog)
+            self.tabs.addTab(self.values_panel, "Values")
+        else:
+            return False
         return True
 
     def _plots_maybe_ready(self) -> None:
@@ -310,6 +337,7 @@ class TensorView(QWidget):
         """A new file (or the same file read again): forget everything about the old one."""
         self.cancel()
         self.path = path
+        QTimer.singleShot(100, self._warm_up)
         self._cache.clear()
         self._heatmaps.clear()
         self.info = None
@@ -417,16 +445,18 @@ class TensorView(QWidget):
             proc.failed.connect(lambda msg: self._failed(info, msg))
             self._stats_job = proc
             return
+        self._stop = threading.Event()
         self._stats_job = self.runner.run(
-            f"Statistics of {name}", analyse, info, bins, quiet=True,
+            f"Statistics of {name}", analyse, info, bins, self._stop, quiet=True,
             on_result=lambda r: self._stats_done(info, bins, *r),
             on_progress=lambda p: self._progress(info, p),
             on_error=lambda e: self._failed(info, str(e)))
 
     def _start_histogram(self, info: TensorInfo, stats: Stats, bins: int) -> None:
         self._busy("histogram…")
+        self._stop = threading.Event()
         self._stats_job = self.runner.run(
-            f"Histogram of {self.key}", only_histogram, info, stats, bins, quiet=True,
+            f"Histogram of {self.key}", only_histogram, info, stats, bins, self._stop, quiet=True,
             on_result=lambda h: self._stats_done(info, bins, stats, h),
             on_progress=lambda p: self._progress(info, p),
             on_error=lambda e: self._failed(info, str(e)))
@@ -474,6 +504,7 @@ class TensorView(QWidget):
     def cancel(self) -> None:
         """Stop the computations for the tensor shown (results so far are dropped)."""
         job, self._stats_job = self._stats_job, None
+        self._stop.set()  # worker threads of a big tensor stop at their next chunk
         if isinstance(job, CliProcess):
             job.kill()
         elif job is not None:
@@ -499,7 +530,7 @@ class TensorView(QWidget):
 
     def _slice_changed(self) -> None:
         info = self.info
-        if info is None or self.hist_panel is None or self._unreadable(info):
+        if info is None or self.values_panel is None or self._unreadable(info):
             return
         try:
             sl = TensorSlice(info, self.slice_bar.axes(), self.slice_bar.index())

@@ -24,8 +24,18 @@ from PySide6.QtWidgets import (
 
 from ckpt_inspector.core.slices import TensorSlice, format_cell
 
-MAX_ROWS = 2**31 - 1  # Qt counts rows in an int
+# Qt adds up row heights in an int of pixels: past ~2**31 px a view misbehaves (minutes of
+# layout). Long vectors wrap into rows of 10, 100, ... values; taller slices are cut.
+MAX_ROWS = 10_000_000
 COPY_LIMIT = 1_000_000  # cells
+
+
+def wrap_width(n: int) -> int:
+    """Values per row for a vector of ``n``: 1 up to :data:`MAX_ROWS`, else a power of ten."""
+    width = 1
+    while n > MAX_ROWS * width:
+        width *= 10
+    return width
 
 Index = QModelIndex | QPersistentModelIndex
 
@@ -34,35 +44,51 @@ class ValuesModel(QAbstractTableModel):
     def __init__(self, sl: TensorSlice | None = None, parent: Any = None):
         super().__init__(parent)
         self.slice = sl
+        self.width = 1  # values per row when a long vector is wrapped
+        self.cut = False  # rows beyond MAX_ROWS are not shown
 
     def set_slice(self, sl: TensorSlice | None) -> None:
         self.beginResetModel()
         self.slice = sl
+        vector = sl is not None and sl.dims[1] is None
+        self.width = wrap_width(sl.shape[0]) if vector else 1
+        self.cut = sl is not None and not vector and sl.shape[0] > MAX_ROWS
         self.endResetModel()
 
     def rowCount(self, parent: Index = QModelIndex()) -> int:
         if parent.isValid() or self.slice is None:
             return 0
-        return min(self.slice.shape[0], MAX_ROWS)
+        return min(-(-self.slice.shape[0] // self.width), MAX_ROWS)
 
     def columnCount(self, parent: Index = QModelIndex()) -> int:
         if parent.isValid() or self.slice is None:
             return 0
-        return min(self.slice.shape[1], MAX_ROWS)
+        return self.width if self.width > 1 else min(self.slice.shape[1], MAX_ROWS)
+
+    def cell(self, row: int, col: int) -> tuple[int, int] | None:
+        """The slice element behind a table cell (None past the end of a wrapped vector)."""
+        if self.width == 1:
+            return row, col
+        i = row * self.width + col
+        return (i, 0) if self.slice is not None and i < self.slice.shape[0] else None
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         sl = self.slice
         if sl is None or not index.isValid():
             return None
+        at = self.cell(index.row(), index.column())
+        if at is None:
+            return None
         if role == Qt.ItemDataRole.DisplayRole:
-            return format_cell(sl.value(index.row(), index.column()))
+            return format_cell(sl.value(*at))
         if role == Qt.ItemDataRole.TextAlignmentRole:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole:
-            v = sl.value(index.row(), index.column())
-            text = repr(v)
+            text = repr(sl.value(*at))
+            if self.width > 1:
+                text = f"[{at[0]:,}] = {text}"
             if sl.info.quantization:
-                text += f"  (stored integer {sl.raw(index.row(), index.column())})"
+                text += f"  (stored integer {sl.raw(*at)})"
             return text
         return None
 
@@ -70,6 +96,9 @@ class ValuesModel(QAbstractTableModel):
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if role != Qt.ItemDataRole.DisplayRole or self.slice is None:
             return None
+        if self.width > 1:  # rows start at multiples of the width; columns add to them
+            return (f"{section * self.width:,}" if orientation == Qt.Orientation.Vertical
+                    else f"+{section}")
         dim = self.slice.dims[0 if orientation == Qt.Orientation.Vertical else 1]
         if dim is None and orientation == Qt.Orientation.Horizontal:
             return "value"
@@ -79,7 +108,11 @@ class ValuesModel(QAbstractTableModel):
         """Tab-separated cells of these rows and columns."""
         sl = self.slice
         assert sl is not None
-        return "\n".join("\t".join(format_cell(sl.value(r, c)) for c in cols) for r in rows)
+        out = []
+        for r in rows:
+            cells = (self.cell(r, c) for c in cols)
+            out.append("\t".join(format_cell(sl.value(*at)) for at in cells if at is not None))
+        return "\n".join(out)
 
 
 class ValuesPanel(QWidget):
@@ -129,6 +162,10 @@ class ValuesPanel(QWidget):
 
     def show_slice(self, sl: TensorSlice | None, note: str = "") -> None:
         self.model.set_slice(sl)
+        if self.model.width > 1:
+            note += f", {self.model.width} per row"
+        if self.model.cut:
+            note += f" (the first {MAX_ROWS:,} rows shown)"
         self.note.setText(note)
         self.copy_button.setEnabled(sl is not None)
         self.export_button.setEnabled(sl is not None)

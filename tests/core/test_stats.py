@@ -228,3 +228,41 @@ def test_integer_histograms_have_one_bin_per_value(torch, tmp_path):
     info = tensor_infos(path)["t"]
     h = drive(histogram(info, drive(compute(info)), bins=100))
     assert h.counts.tolist() == [1, 2, 0, 3] and h.edges.tolist() == [-0.5, 0.5, 1.5, 2.5, 3.5]
+
+
+def test_threads_split_big_tensors_with_the_same_results(torch, tmp_path, monkeypatch):
+    import threading
+
+    from ckpt_inspector.core import stats as stats_mod
+
+    t = torch.randn(100_003, dtype=torch.float64) * 3 + 7
+    t[17] = float("nan")
+    t[99_000] = -float("inf")
+    path = tmp_path / "split.pt"
+    torch.save({"t": t}, path)
+    info = tensor_infos(path)["t"]
+    one = drive(compute(info))
+    h1 = drive(histogram(info, one, bins=50))
+    monkeypatch.setattr(stats_mod, "PARALLEL_MIN", 1000)
+    monkeypatch.setattr(stats_mod, "_workers", lambda: 3)
+    monkeypatch.setattr(stats_mod, "HISTOGRAM_EXACT_LIMIT", 10_000)
+    monkeypatch.setattr(stats_mod, "HISTOGRAM_SAMPLE", 1000)
+    assert len(stats_mod._parts(info, stats_mod.CHUNK_ELEMENTS)) == 2  # 64K-element parts
+    monkeypatch.setattr(stats_mod, "CHUNK_ELEMENTS", 4096)
+    assert len(stats_mod._parts(info, 4096)) == 3
+    three = drive(compute(info))
+    check(torch, three, t)
+    assert (three.nan, three.neginf, three.min, three.max) == (one.nan, one.neginf, one.min,
+                                                              one.max)
+    assert three.std == pytest.approx(one.std, rel=1e-12)
+    sampled = drive(histogram(info, three, bins=50))
+    step = 100_003 // 1000
+    finite = t[::step][torch.isfinite(t[::step])].numpy()
+    assert sampled.sampled == len(t[::step]) and sampled.counts.sum() == len(finite)
+    assert np.array_equal(sampled.counts, np.histogram(finite, bins=50,
+                                                       range=(three.min, three.max))[0])
+    assert h1.sampled is None
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(stats_mod.Cancelled):
+        drive(compute(info, stop=stop))

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QItemSelection, QItemSelectionModel
+from PySide6.QtCore import QItemSelection, QItemSelectionModel, Qt
 from PySide6.QtGui import QGuiApplication
 
 from ckpt_inspector.gui import tensor_view as tv_mod
@@ -85,18 +85,20 @@ def test_reselecting_cancels_the_running_computation(qtbot, window, tmp_path, to
     torch.save({"big": torch.randn(1000, 1000), "small": torch.arange(10.0)}, path)
     started = []
 
-    def slow(info, bins):  # the real computation, slowed down between chunks
-        started.append(info)
+    def slow(info, bins, stop=None):  # the real computation, slowed down between chunks
+        started.append(stop)
         gen = tv_mod.compute(info)
         while True:
             try:
                 p = next(gen)
-            except StopIteration as stop:
-                stats = stop.value
+            except StopIteration as end:
+                stats = end.value
                 break
             yield p
         for _ in range(400):
             time.sleep(0.01)
+            if stop.is_set():
+                return None
             yield tv_mod.Progress("statistics", 1, 2)
         return stats, None
 
@@ -108,9 +110,9 @@ def test_reselecting_cancels_the_running_computation(qtbot, window, tmp_path, to
     qtbot.waitUntil(lambda: "%" in tv.status.text(), timeout=WAIT)
     job = tv._stats_job
     assert tv.cancel_button.isVisible()
-    monkeypatch.setattr(tv_mod, "analyse", lambda info, bins: (yield from _fast(info, bins)))
+    monkeypatch.setattr(tv_mod, "analyse", _fast)
     _, stats = select(qtbot, view, "small")
-    assert job.cancelled and stats.max == 9.0
+    assert job.cancelled and started[0].is_set() and stats.max == 9.0
     assert tv.cached_stats(big) is None  # dropped, not applied
     assert "Statistics" in view.details.toPlainText() and "9" in view.details.toPlainText()
     # the Cancel button stops a computation too, and going back computes again
@@ -118,7 +120,7 @@ def test_reselecting_cancels_the_running_computation(qtbot, window, tmp_path, to
     qtbot.waitUntil(lambda: tv.cached_stats(big) is not None, timeout=WAIT)
 
 
-def _fast(info, bins):
+def _fast(info, bins, stop=None):
     stats = yield from tv_mod.compute(info)
     hist = yield from tv_mod.histogram(info, stats, bins)
     return stats, hist
@@ -128,7 +130,7 @@ def test_cancel_button(qtbot, window, tmp_path, torch, monkeypatch):
     path = tmp_path / "one.pt"
     torch.save({"t": torch.randn(100, 100)}, path)
 
-    def endless(info, bins):
+    def endless(info, bins, stop=None):
         while True:
             time.sleep(0.01)
             yield tv_mod.Progress("statistics", 1, 3)
@@ -210,6 +212,26 @@ def test_huge_values_table_is_lazy(qtbot, window, tmp_path, torch):
     QGuiApplication.processEvents()
     assert model.rowCount() == 5_000_000 and model.index(4_999_999, 0).data() == "4999999"
     assert time.perf_counter() - start < 5  # generous: a non-lazy model would take minutes
+
+
+def test_very_long_vectors_wrap_into_rows(qtbot, window, tmp_path, torch, monkeypatch):
+    """Qt's views add row heights in a 32-bit int: a vector of more rows wraps."""
+    from ckpt_inspector.gui import values_table
+
+    monkeypatch.setattr(values_table, "MAX_ROWS", 1_000_000)
+    t = torch.arange(5_000_003, dtype=torch.int32)
+    path = tmp_path / "longer.pt"
+    torch.save({"ids": t}, path)
+    view = open_and_wait(qtbot, window, path)
+    tv, _ = select(qtbot, view, "ids")
+    show_tab(qtbot, tv, VALUES)
+    model = tv.values_panel.model
+    assert (model.rowCount(), model.columnCount()) == (500_001, 10)
+    assert model.index(123, 4).data() == "1234" and model.index(500_000, 2).data() == "5000002"
+    assert model.index(500_000, 3).data() is None  # past the end
+    assert model.headerData(123, Qt.Orientation.Vertical) == "1,230"
+    assert model.headerData(4, Qt.Orientation.Horizontal) == "+4"
+    assert "10 per row" in tv.values_panel.note.text()
 
 
 def test_statistics_on_a_torch_device_run_in_a_child(qtbot, window, resnet_params, torch):
