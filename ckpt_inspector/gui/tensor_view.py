@@ -66,6 +66,11 @@ def only_histogram(info: TensorInfo, stats: Stats, bins: int,
     return (yield from histogram(info, stats, bins, stop))
 
 
+def auto_bins(n: int) -> int:
+    """Bins for ``n`` values until the user picks a number: the Rice rule, 10 to 100."""
+    return max(10, min(100, round(2 * n ** (1 / 3))))
+
+
 def stats_from_json(data: dict[str, Any]) -> Stats:
     """A :class:`Stats` from the ``stats --json`` entry of one tensor."""
     known = Stats.__dataclass_fields__
@@ -209,6 +214,7 @@ class TensorView(QWidget):
         self._heatmaps: OrderedDict[tuple[Any, ...], Heatmap] = OrderedDict()
         self._stats_job: Task | CliProcess | None = None
         self._stop = threading.Event()
+        self._user_bins = False
         self._heat_job: Task | None = None
         self._heat_wanted: tuple[Any, ...] | None = None
         self._waiting_for_plots = False
@@ -388,6 +394,10 @@ class TensorView(QWidget):
         if self.slice_bar.shape != tuple(info.shape) or not self.slice_bar.isVisible():
             self.slice_bar.set_shape(tuple(info.shape))
         self.slice_bar.setVisible(len(info.shape) >= 2)
+        if not self._user_bins:
+            self.hist_panel.bins.blockSignals(True)
+            self.hist_panel.bins.setValue(auto_bins(info.numel))
+            self.hist_panel.bins.blockSignals(False)
         entry = self._cache.setdefault(id(info), _Entry())
         self._show_stats(entry)
         self._slice_changed()
@@ -498,6 +508,7 @@ class TensorView(QWidget):
             self.status.setText(f"<span style='color:#b91c1c'>{escape(message)}</span>")
 
     def _bins_changed(self, _bins: int) -> None:
+        self._user_bins = True  # the user's choice holds for every tensor from now on
         if self.info is not None and self._stats_job is None:
             self._show_stats(self._cache.setdefault(id(self.info), _Entry()))
 

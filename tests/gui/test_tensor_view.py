@@ -66,8 +66,13 @@ def test_clicking_through_resnet18(qtbot, window, resnet_params, torch):
     w = sd["conv1.weight"].numpy()
     assert hm.image[0, 1] == pytest.approx(float(w[0, 0, 0, 1]))
     assert tv._describe_pixel(0, 1).startswith("[0, 0, 0, 1] = ")
+    assert tv.hist_panel.histogram.counts.size == 42  # the Rice rule for 9,408 values
+    # the user's bin count holds from then on
+    tv.hist_panel.bins.setValue(7)
+    qtbot.waitUntil(lambda: tv.hist_panel.histogram.counts.size == 7, timeout=WAIT)
     # the bias: a strip, and its values one per row
     tv, _ = select(qtbot, view, "bn1.bias")
+    assert tv.hist_panel.histogram.counts.size == 7
     show_tab(qtbot, tv, HEATMAP)
     assert tv.heat_panel.heatmap.image.shape == (1, 64)
     model = tv.values_panel.model
