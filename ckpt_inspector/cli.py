@@ -414,14 +414,20 @@ def _export_parser(sub: Any) -> None:
     ex.add_argument("--model-source", default="auto",
                     choices=["auto", "pickled", "torchscript", "torchvision", "callable"])
     ex.add_argument("--input-shape", help="example input, e.g. 1,3,224,224")
-    ex.add_argument("--input-dtype", default="float32")
+    ex.add_argument("--input-dtype", default="float32",
+                    choices=["float32", "float64", "float16", "bfloat16", "int64", "int32",
+                             "int16", "int8", "uint8", "bool"])
     ex.add_argument("--method", default="trace", choices=["trace", "script"])
     ex.add_argument("--exporter", default="dynamo", choices=["dynamo", "legacy"])
     ex.add_argument("--opset", type=int)
-    ex.add_argument("--dynamic-batch", action="store_true")
+    ex.add_argument("--dynamic-batch", action="store_true",
+                    help="any batch size: traced at batch 2, checked at two batch sizes")
     ex.add_argument("--input-names", default="input")
     ex.add_argument("--output-names", default="output")
-    ex.add_argument("--tolerance", type=float, default=1e-4)
+    ex.add_argument("--tolerance", type=float, default=1e-4,
+                    help="absolute tolerance of the output comparison (default 1e-4)")
+    ex.add_argument("--rtol", type=float, default=1e-5,
+                    help="relative tolerance: |a-b| ≤ tolerance + rtol·|a| (default 1e-5)")
     ex.add_argument("--trust", action="store_true",
                     help="load the file's own model with torch (torch.nn/torchvision classes)")
     ex.add_argument("--run-code", action="store_true", help="with --trust: let it run its code")
@@ -474,9 +480,52 @@ def cmd_arch(args: argparse.Namespace) -> int:
     return EXIT_OK if out and out[0]["exact"] else EXIT_NOT_SAFE
 
 
+class _Interrupts:
+    """SIGINT and SIGTERM raise KeyboardInterrupt while an export runs, so that its
+    temporary files are removed on the way out; ``signum`` records which came."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _Interrupts:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_export(gen: Any, progress: bool) -> Any:
+    """:func:`_drive`, closing the generator whatever happens (its temporary files go)."""
+    try:
+        return _drive(gen, progress)
+    finally:
+        gen.close()
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    import signal
+
     from ckpt_inspector.core import export as ex
     from ckpt_inspector.core.torch_load import TrustError
+
+    def fail(message: str, code: int) -> int:
+        sys.stdout.flush()
+        print(f"ckpt-inspector: {message}", file=sys.stderr)
+        return code
 
     rules = ex.KeyRules(strip_prefixes=args.strip_prefix, add_prefix=args.add_prefix,
                         include=args.include, exclude=args.exclude)
@@ -487,63 +536,47 @@ def cmd_export(args: argparse.Namespace) -> int:
         metadata = dict(m.split("=", 1) for m in args.metadata)
         shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape \
             else None
+        if shape is not None and any(s < 1 for s in shape):
+            raise ValueError
     except ValueError:
-        print("ckpt-inspector: --rename, --metadata take A=B; --input-shape takes 1,3,224,224",
-              file=sys.stderr)
-        return EXIT_USAGE
+        return fail("--rename, --metadata take A=B; --input-shape takes sizes ≥ 1 such as "
+                    "1,3,224,224", EXIT_USAGE)
+    if args.allow_dangerous and not args.run_code:
+        return fail("--allow-dangerous needs --run-code too", EXIT_USAGE)
+    if args.run_code and not args.trust:
+        return fail("--run-code needs --trust too", EXIT_USAGE)
     try:
-        with bulk_allocation():
-            ckpt = _open(args.path)
-        key = args.key
-        if key is None:
-            found = ex.sources(ckpt)
-            key = found[0].key if found else ""
-        if args.to in ("state_dict", "safetensors"):
-            plan = ex.make_plan(ckpt, key, rules, args.dtype, args.device,
-                                "pt" if args.to == "state_dict" else "safetensors", metadata)
-            written = _drive(ex.export_state_dict(plan, args.output, args.overwrite),
-                             args.progress)
-            result = {"target": args.to, "source": key or "(whole file)", **written,
-                      **plan.preview()}
-            del result["keys"]
-            if args.no_verify:
-                result.update({"verified": False, "passed": True})
-            else:
-                check = _drive(ex.verify_state_dict(plan, args.output), args.progress)
-                result.update(check)
-                result["passed"] = not check["problems"]
-                if args.to == "state_dict":
-                    result.update(_torch_check(args.output))
-                    result["passed"] = result["passed"] and result.get("torch_load", True)
-        else:
-            from ckpt_inspector.core.model_export import ModelSource, export_model
-
-            if not args.trust and args.model_source in ("pickled", "torchscript"):
-                raise TrustError("loading the file's own model takes --trust")
-            kind = args.model_source
-            if kind == "auto" and args.trust:  # --trust: the model the file itself holds
-                kind = "torchscript" if ckpt.format == "torchscript" else "pickled"
-            source = ModelSource(kind, args.arch, args.num_classes, args.builder,
-                                 key, rules, args.run_code and args.trust,
-                                 args.allow_dangerous)
-            if source.kind == "auto" and not args.trust and not args.builder and (
-                    ckpt.format == "torchscript" or any(n.kind == "module"
-                                                        for n in ckpt.root.walk())):
-                raise TrustError("the file holds a model: export it with --trust (its "
-                                 "torch.nn/torchvision classes are allowed by name), or "
-                                 "use --model-source torchvision")
-            result = _drive(export_model(
-                args.path, args.to, args.output, source, device=args.device, input_shape=shape,
-                input_dtype=args.input_dtype, method=args.method, exporter=args.exporter,
-                opset=args.opset, dynamic_batch=args.dynamic_batch,
-                input_names=args.input_names.split(","),
-                output_names=args.output_names.split(","), tolerance=args.tolerance,
-                overwrite=args.overwrite), args.progress)
-    except TrustError as err:
-        print(f"ckpt-inspector: {args.path}: not exported: {err}", file=sys.stderr)
-        return EXIT_NOT_SAFE
-    except CheckpointError as err:
-        return _unreadable(args.path, err)
+        ex.check_device(args.device)
+    except ex.ExportUsageError as err:
+        return fail(str(err), EXIT_USAGE)
+    result: dict[str, Any] = {}
+    with _Interrupts() as interrupts:
+        try:
+            result = _export(args, rules, metadata, shape)
+        except KeyboardInterrupt:
+            pass
+        except BrokenPipeError:
+            raise
+        except TrustError as err:
+            return fail(f"{args.path}: not exported: {err}", EXIT_NOT_SAFE)
+        except ex.ExportUsageError as err:
+            return fail(f"{args.path}: not exported: {err}", EXIT_USAGE)
+        except ex.SourceDataError as err:
+            return _unreadable(args.path, err)
+        except ex.ExportError as err:
+            return fail(f"{args.path}: export failed: {err}", EXIT_NOT_SAFE)
+        except CheckpointError as err:
+            return _unreadable(args.path, err)
+        except Exception as err:  # torch's, onnx's: one line, never a traceback
+            text = (str(err).strip().splitlines() or [""])[0][:300]
+            return fail(f"{args.path}: export failed: {type(err).__name__}: {text}",
+                        EXIT_NOT_SAFE)
+        if interrupts.signum is not None or not result:
+            signum = interrupts.signum or signal.SIGINT
+            what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+            left = (f"; {result['path']} was written before it" if result.get("written")
+                    else "; nothing was written")
+            return fail(f"export interrupted ({what}){left}", 128 + signum)
     if args.json or args.progress:
         print(json.dumps({"event": "result", **result} if args.progress else result,
                          default=str), flush=True)
@@ -552,25 +585,56 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK if result.get("passed") else EXIT_NOT_SAFE
 
 
-def _torch_check(path: str) -> dict[str, Any]:
-    """Does torch.load(weights_only=True) read the written file? (mmap: no second copy)"""
-    try:
-        import torch
-    except ImportError:
-        return {}
-    try:
-        import warnings
+def _export(args: argparse.Namespace, rules: Any, metadata: dict[str, str],
+            shape: tuple[int, ...] | None) -> dict[str, Any]:
+    from ckpt_inspector.core import export as ex
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.load(path, weights_only=True, mmap=True)
-        return {"torch_load": True}
-    except Exception as err:
-        return {"torch_load": False, "torch_error": str(err).splitlines()[0]}
+    with bulk_allocation():
+        ckpt = _open(args.path)
+    key = args.key
+    if key is None:
+        found = ex.sources(ckpt)
+        key = found[0].key if found else ""
+    if args.to in ("state_dict", "safetensors"):
+        plan = ex.make_plan(ckpt, key, rules, args.dtype, args.device,
+                            "pt" if args.to == "state_dict" else "safetensors", metadata)
+        written = _run_export(ex.export_state_dict(plan, args.output, args.overwrite,
+                                                   verify=not args.no_verify), args.progress)
+        preview = plan.preview()
+        del preview["keys"]
+        preview["tensor_bytes"] = preview.pop("bytes")
+        result = {"target": args.to, "source": key or "(whole file)", **preview, **written}
+        result["status"] = ("passed" if result["passed"] and result["verified"] else
+                            "not verified" if result["passed"] else "failed")
+        return result
+    from ckpt_inspector.core.model_export import ModelSource, export_model
+    from ckpt_inspector.core.torch_load import TrustError
+
+    kind = args.model_source
+    if not args.trust and kind in ("pickled", "torchscript"):
+        raise TrustError("loading the file's own model takes --trust")
+    if kind == "auto" and args.trust and not args.builder and args.arch == "auto":
+        kind = "torchscript" if ckpt.format == "torchscript" else "pickled"
+    source = ModelSource(kind, args.arch, args.num_classes, args.builder, key, rules,
+                         args.run_code, args.allow_dangerous, trust=args.trust)
+    result = _run_export(export_model(
+        args.path, args.to, args.output, source, device=args.device, input_shape=shape,
+        input_dtype=args.input_dtype, method=args.method, exporter=args.exporter,
+        opset=args.opset, dynamic_batch=args.dynamic_batch,
+        input_names=args.input_names.split(","), output_names=args.output_names.split(","),
+        tolerance=args.tolerance, rtol=args.rtol, overwrite=args.overwrite), args.progress)
+    result["status"] = ("passed" if result["passed"] else
+                        "not verified" if not result["verified"] and result.get("written")
+                        else "failed")
+    return result
 
 
 def _export_report(r: dict[str, Any]) -> str:
-    lines = [f"wrote {r['path']} ({human_bytes(r['bytes'])})"]
+    if r.get("written", True):
+        lines = [f"wrote {r['path']} ({human_bytes(r['bytes'])})"]
+    else:
+        lines = [f"NOT written: {r['path']} (the export did not pass its checks; any file "
+                 "already there is unchanged)"]
     if r["target"] in ("state_dict", "safetensors"):
         lines.append(f"  {r['tensors']:,} tensors from {r['source']}"
                      + (f", {r['excluded']} left out" if r["excluded"] else "")
@@ -584,16 +648,28 @@ def _export_report(r: dict[str, Any]) -> str:
         if "torch_load" in r:
             lines.append("  torch.load(weights_only=True): "
                          + ("ok" if r["torch_load"] else f"FAILED: {r.get('torch_error')}"))
-        for p in r["problems"]:
-            lines.append(f"  PROBLEM: {p}")
     else:
         lines.append(f"  model: {r['model']}; input {r['input_dtype']} {r['input_shape']}")
         if r.get("max_abs_diff") is not None:
             lines.append(f"  reloaded and run: max abs difference {r['max_abs_diff']:.3g} "
-                         f"(tolerance {r['tolerance']:g})")
+                         f"(tolerance {r['tolerance']:g} + {r.get('rtol', 0):g}·|value|)")
+        if r.get("dynamic_batch"):
+            ok = r.get("dynamic_batch_checked")
+            lines.append(f"  dynamic batch: run at batch {r['input_shape'][0]} and "
+                         f"{r.get('dynamic_batch_size', 2)}: " + ("ok" if ok else "FAILED"))
         if r.get("onnxruntime"):
-            lines.append(f"  onnxruntime: {r['onnxruntime']}; onnx.checker: ok")
-    lines.append("verification " + ("PASSED" if r.get("passed") else "FAILED"))
+            lines.append(f"  onnxruntime: {r['onnxruntime']}; onnx.checker: "
+                         + ("ok" if r.get("checker") else "FAILED")
+                         + (f"; opset {r['opset']}" if r.get("opset") else ""))
+    for p in r.get("problems", []):
+        lines.append(f"  PROBLEM: {p}")
+    if r.get("passed") and r.get("verified", True):
+        lines.append("verification PASSED")
+    elif r.get("status") == "not verified":
+        lines.append("verification NOT DONE: the model was not run (install onnxruntime); "
+                     "exit status 1")
+    else:
+        lines.append("verification FAILED")
     return "\n".join(lines)
 
 

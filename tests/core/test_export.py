@@ -177,3 +177,290 @@ def test_cli_export_and_refusals(resnet_full, payload_files, marker, tmp_path):
     assert lines[0]["event"] == "progress" and lines[-1]["event"] == "result"
     assert lines[-1]["passed"] and lines[-1]["tensors"] == len(resnet_full[1].state_dict())
     assert not marker.exists()
+
+
+# -- regressions from the export review ----------------------------------------------------
+BUILDERS = '''
+import torch
+
+
+def tiny():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+                               torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))
+
+
+class Fixed(torch.nn.Module):
+    """Runs at any batch size, but int() of the batch size makes export specialize it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.lin(x) + torch.zeros(int(x.shape[0]), 3)
+
+
+class Noisy(torch.nn.Module):
+    """A different output on every run: no export of it can pass verification."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.lin(x) + torch.rand(x.shape[0], 3)
+
+
+def fixed():
+    return Fixed()
+
+
+def noisy():
+    return Noisy()
+'''
+
+
+@pytest.fixture(scope="module")
+def models(torch, tmp_path_factory):
+    """State_dicts of small models and ``export_builders_core:NAME`` builders for them."""
+    import sys
+
+    folder = tmp_path_factory.mktemp("builders")
+    (folder / "export_builders_core.py").write_text(BUILDERS)
+    sys.path.insert(0, str(folder))
+    import export_builders_core as b
+
+    paths = {}
+    for name in ("tiny", "fixed", "noisy"):
+        paths[name] = folder / f"{name}_sd.pt"
+        torch.save(getattr(b, name)().state_dict(), paths[name])
+    paths["tiny_module"] = folder / "tiny_module.pt"
+    torch.save(b.tiny(), paths["tiny_module"])
+    yield paths
+    sys.path.remove(str(folder))
+    sys.modules.pop("export_builders_core", None)
+
+
+def tiny_export(models, target, out, **options):
+    source = ModelSource(builder=f"export_builders_core:{options.pop('builder', 'tiny')}")
+    options.setdefault("input_shape", (1, 3, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return drive(export_model(str(models[options.pop("source", "tiny")]), target, str(out),
+                                  source, **options))
+
+
+def leftovers(folder):
+    return [f for f in os.listdir(folder) if f.endswith(".partial") or f.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def overflow_file(torch, tmp_path_factory):
+    path = tmp_path_factory.mktemp("overflow") / "overflow.pt"
+    torch.save({"w": torch.tensor([1.0, 70000.0, -1e6, 3.0]), "ok": torch.ones(3)}, path)
+    return path
+
+
+def test_cast_overflow_fails_the_export_and_writes_nothing(overflow_file, tmp_path):
+    """fp32 70000 and -1e6 become ±inf in float16: a loss the verification must catch, and a
+    failed verification leaves the target as it was."""
+    ckpt = open_checkpoint(overflow_file)
+    for fmt in ("safetensors", "pt"):
+        out = tmp_path / f"half.{fmt}"
+        out.write_bytes(b"old content")
+        result = drive(export_state_dict(make_plan(ckpt, "", cast="float16", fmt=fmt), str(out),
+                                         overwrite=True))
+        assert not result["passed"] and not result["written"], result
+        [problem] = result["problems"]
+        assert problem.startswith("w: 2 finite value(s) overflow to ±inf in float16"), problem
+        assert out.read_bytes() == b"old content"
+        assert leftovers(tmp_path) == []
+    # bfloat16 holds them: no problem, written
+    out = tmp_path / "bf16.safetensors"
+    result = drive(export_state_dict(make_plan(ckpt, "", cast="bfloat16", fmt="safetensors"),
+                                     str(out)))
+    assert result["passed"] and result["written"] and out.exists()
+
+
+def test_cast_is_checked_against_torchs_own_cast(torch, tmp_path):
+    """A written file whose values are not the cast of the source (a changed value, a NaN
+    that appeared) fails, even where every value is finite."""
+    from safetensors.torch import save_file
+
+    src = tmp_path / "src.pt"
+    torch.save({"v": torch.tensor([1.0, 2.0, 3.0, float("nan")])}, src)
+    plan = make_plan(open_checkpoint(src), "", cast="float16", fmt="safetensors")
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"v": torch.tensor([1.0, 2.5, float("nan"), 5.0], dtype=torch.float16)},
+              str(wrong))
+    problems = " | ".join(drive(verify_state_dict(plan, str(wrong)))["problems"])
+    assert "1 value(s) became NaN" in problems
+    assert "1 NaN value(s) were not kept" in problems
+    assert "3 value(s) differ from torch's own cast to float16" in problems
+
+
+def test_float64_to_float16_rounds_like_torch(torch, tmp_path):
+    """torch casts float64 → float → half (two roundings); a value just above a float16
+    halfway point shows the difference."""
+    x = torch.tensor([1 + 2**-11 + 2**-40, -3.0, 1e-9], dtype=torch.float64)
+    src = tmp_path / "f64.pt"
+    torch.save({"x": x}, src)
+    out = tmp_path / "f16.pt"
+    result = drive(export_state_dict(make_plan(open_checkpoint(src), "", cast="float16"),
+                                     str(out)))
+    assert result["passed"], result
+    got = torch.load(out, weights_only=True)["x"]
+    assert torch.equal(got.view(torch.int16), x.to(torch.float16).view(torch.int16))
+
+
+def test_written_files_follow_the_umask_and_keep_a_replaced_files_mode(tensors_file,
+                                                                       tmp_path):
+    plan = make_plan(open_checkpoint(tensors_file[0]), "")
+    old = os.umask(0o027)
+    try:
+        out = tmp_path / "new.safetensors"
+        plan.fmt = "safetensors"
+        result = drive(export_state_dict(plan, str(out)))
+        assert os.stat(out).st_mode & 0o777 == 0o640
+        assert result["bytes"] == os.path.getsize(out)  # the file, not the tensors
+        os.chmod(out, 0o604)
+        drive(export_state_dict(plan, str(out), overwrite=True))
+        assert os.stat(out).st_mode & 0o777 == 0o604
+    finally:
+        os.umask(old)
+
+
+def test_usage_errors_are_their_own_kind(tensors_file, tmp_path):
+    from ckpt_inspector.core.export import ExportUsageError, check_device
+
+    ckpt = open_checkpoint(tensors_file[0])
+    for bad in (lambda: make_plan(ckpt, "", KeyRules(include=["("])),
+                lambda: make_plan(ckpt, "nope"),
+                lambda: make_plan(ckpt, "", KeyRules(renames=[(".*", "same")])),
+                lambda: make_plan(ckpt, "", device="banana"),
+                lambda: drive(export_state_dict(make_plan(ckpt, ""), str(tmp_path / "no" / "x"))),
+                lambda: drive(export_state_dict(make_plan(ckpt, ""), str(tmp_path),
+                                                overwrite=True))):
+        with pytest.raises(ExportUsageError):
+            bad()
+    assert check_device("cuda:1") == "cuda:1" and check_device("mps") == "mps"
+
+
+def test_failed_model_verification_leaves_the_target_untouched(models, tmp_path):
+    out = tmp_path / "noisy.pt2"
+    out.write_bytes(b"old content")
+    result = tiny_export(models, "pt2", out, source="noisy", builder="noisy", input_shape=(1, 4),
+                         overwrite=True)
+    assert not result["passed"] and not result["written"]
+    assert "beyond the tolerance" in result["problems"][0]
+    assert out.read_bytes() == b"old content" and leftovers(tmp_path) == []
+
+
+def test_onnx_opset_that_was_not_written_fails(models, tmp_path):
+    out = tmp_path / "tiny13.onnx"
+    result = tiny_export(models, "onnx", out, opset=13)
+    assert not result["passed"] and not out.exists()
+    assert any("not the 13 asked for" in p for p in result["problems"]), result["problems"]
+    assert leftovers(tmp_path) == []
+
+
+def test_dynamic_batch(models, tmp_path):
+    """Exported at batch 2 and run at batch 1 and 2; a model whose code fixes the batch size
+    fails (ONNX: the exporter falls back to a static graph; .pt2: torch.export refuses)."""
+    for target, options in (("onnx", {"exporter": "dynamo"}), ("pt2", {}),
+                            ("torchscript", {})):
+        out = tmp_path / f"tiny.{target}"
+        result = tiny_export(models, target, out, dynamic_batch=True, **options)
+        assert result["passed"] and result["dynamic_batch_checked"], (target, result)
+        assert result["dynamic_batch_size"] == 2
+    out = tmp_path / "fixed.onnx"
+    fixed = tiny_export(models, "onnx", out, source="fixed", builder="fixed",
+                        input_shape=(1, 4), dynamic_batch=True)
+    assert not fixed["passed"] and fixed["dynamic_batch_checked"] is False
+    assert any("batch dimension is fixed" in p for p in fixed["problems"]), fixed["problems"]
+    assert not out.exists()
+    with pytest.raises(ExportError, match="batch dimension cannot be dynamic"):
+        tiny_export(models, "pt2", tmp_path / "fixed.pt2", source="fixed", builder="fixed",
+                    input_shape=(1, 4), dynamic_batch=True)
+    assert leftovers(tmp_path) == []
+
+
+def test_onnx_external_data_is_part_of_the_output(models, tmp_path):
+    from ckpt_inspector.core.export import ExportUsageError
+
+    out = tmp_path / "tiny.onnx"
+    data = tmp_path / "tiny.onnx.data"
+    data.write_bytes(b"someone's data")
+    with pytest.raises(ExportUsageError, match="external data"):
+        tiny_export(models, "onnx", out, exporter="dynamo")
+    assert data.read_bytes() == b"someone's data" and not out.exists()
+    result = tiny_export(models, "onnx", out, exporter="dynamo", overwrite=True)
+    assert result["passed"] and result["files"] == ["tiny.onnx", "tiny.onnx.data"]
+    assert data.read_bytes() != b"someone's data"
+    inline = tiny_export(models, "onnx", out, exporter="legacy", overwrite=True)
+    assert inline["passed"] and inline["files"] == ["tiny.onnx"]
+    assert sorted(os.listdir(tmp_path)) == ["tiny.onnx"]  # the old .data went with it
+
+
+def test_onnx_without_onnxruntime_is_not_verified(models, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    out = tmp_path / "tiny.onnx"
+    result = tiny_export(models, "onnx", out, exporter="legacy")
+    assert result["passed"] is False and result["verified"] is False
+    assert result["written"] and "not run" in result["onnxruntime"]
+
+
+def test_interrupt_turned_into_import_error_is_an_interrupt(models, tmp_path, monkeypatch):
+    import builtins
+    import sys
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "onnxruntime":
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise ImportError("initialization failed") from None
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_export(models, "onnx", tmp_path / "tiny.onnx", exporter="legacy")
+    assert os.listdir(tmp_path) == []
+
+
+def test_builder_wins_and_the_files_own_model_needs_trust(models):
+    from ckpt_inspector.core.model_export import load_model
+    from ckpt_inspector.core.torch_load import TrustError
+
+    path = str(models["tiny_module"])
+    built = load_model(path, ModelSource(builder="export_builders_core:tiny"))
+    assert built.description.startswith("export_builders_core:tiny")
+    with pytest.raises(TrustError, match="--trust"):
+        load_model(path, ModelSource())
+    with pytest.raises(TrustError):
+        load_model(path, ModelSource(kind="pickled"))
+    assert "from the file" in load_model(path, ModelSource(trust=True)).description
+
+
+def test_state_dict_mismatch_keeps_the_details(models):
+    from ckpt_inspector.core.export import ExportUsageError
+    from ckpt_inspector.core.model_export import load_model
+
+    with pytest.raises(ExportUsageError) as err:
+        load_model(str(models["tiny"]), ModelSource(builder="export_builders_core:fixed"))
+    assert "Missing key(s)" in str(err.value) and "Unexpected key(s)" in str(err.value)
+
+
+def test_output_comparison_has_a_relative_tolerance(torch):
+    from ckpt_inspector.core.model_export import compare
+
+    big = torch.tensor([1e4, -2e4, float("nan")], dtype=torch.float64)
+    assert compare(big, big + torch.tensor([0.05, -0.1, 0.0]), 1e-4, 1e-5) == (
+        pytest.approx(0.1, rel=1e-3), True)
+    assert compare(big, big + 0.5, 1e-4, 1e-5)[1] is False
+    assert compare(torch.tensor([float("nan")]), torch.tensor([1.0]), 1e-4, 1e-5)[1] is False
