@@ -485,7 +485,7 @@ def _pt2(model: Any, x: Any, xb: Any, out_path: str, checks: _Checks, expected: 
 def _onnxruntime() -> tuple[Any, str | None]:
     """``(module, None)``, or ``(None, why)`` when onnxruntime is not installed or does not
     import. An interrupt that the import turned into an ImportError is raised again."""
-    if "onnxruntime" not in sys.modules:
+    if sys.modules.get("onnxruntime") is None:  # None there: blocked, as if not installed
         try:
             missing = importlib.util.find_spec("onnxruntime") is None
         except (ImportError, ValueError):
