@@ -8,6 +8,7 @@ core's own plan, computed here as you type.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -539,18 +540,26 @@ class ExportDialog(QDialog):
 
     def cancel(self) -> None:
         if self.process is not None:
-            self.process.kill()
-            self.process.waitForFinished(5000)
+            process = self.process
+            process.finished.disconnect(self._finished)
+            process.terminate()  # SIGTERM: the command removes its temporary files
+            if not process.waitForFinished(5000):
+                process.kill()
+                process.waitForFinished(5000)
+            self.process = None
         self._remove_partial()
         self.pages.setCurrentIndex(0)
 
     def _remove_partial(self) -> None:
+        """What a killed export leaves: ``.NAME.XXXXXXXX.partial`` files and folders."""
         out = self.output_edit.text().strip()
         folder, name = os.path.dirname(os.path.abspath(out)), os.path.basename(out)
         for path in glob.glob(os.path.join(folder, f".{glob.escape(name)}.*.partial")):
-            os.unlink(path)
-        for path in glob.glob(os.path.join(folder, ".onnx-export-*")):
-            shutil.rmtree(path, ignore_errors=True)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     # -- pages 2 and 3 ---------------------------------------------------------------------------
     def _progress_page(self) -> QWidget:
@@ -599,31 +608,58 @@ class ExportDialog(QDialog):
                                      f"<p>{escape(err.splitlines()[-1] if err else f'exit {code}')}"
                                      "</p>")
             return
-        self.open_button.setEnabled(os.path.exists(r.get("path", "")))
-        passed = r.get("passed")
-        head = ("<h3 style='color:#1b5e20'>Exported and verified</h3>" if passed else
-                "<h3 style='color:#b71c1c'>Exported, but the verification failed</h3>")
-        rows = [("File", escape(r["path"])), ("Size", human_bytes(r["bytes"]))]
+        written = r.get("written", True)
+        self.open_button.setEnabled(written and os.path.exists(r.get("path", "")))
+        status = r.get("status") or ("passed" if r.get("passed") else "failed")
+        if status == "passed":
+            head = "<h3 style='color:#1b5e20'>Exported and verified</h3>"
+        elif status == "not verified":
+            head = ("<h3 style='color:#b26a00'>Exported, not verified</h3><p>"
+                    + escape(str(r.get("onnxruntime") or "the export was not checked"))
+                    + "</p>")
+        elif written:
+            head = "<h3 style='color:#b71c1c'>Exported, but the verification failed</h3>"
+        else:
+            head = ("<h3 style='color:#b71c1c'>The verification failed: nothing was written"
+                    "</h3><p>Any file already at that name is unchanged.</p>")
+        rows = [("File", escape(r["path"])),
+                ("Size" if written else "Size (not written)", human_bytes(r["bytes"]))]
         if r["target"] in ("state_dict", "safetensors"):
-            rows += [("Tensors", f"{r['tensors']:,} from {escape(r['source'])}"),
-                     ("Read back", f"{r['bit_exact']:,} bit-exact"
-                      + (f", {r['cast']:,} cast (largest difference {r['max_abs_diff']:.3g})"
-                         if r["cast"] else ""))]
+            tensors = f"{r['tensors']:,} from {escape(r['source'])}"
+            if r.get("excluded"):
+                tensors += f", {r['excluded']:,} left out"
+            if r.get("renamed"):
+                tensors += f", {r['renamed']:,} renamed"
+            rows.append(("Tensors", tensors))
+            if r.get("verified") is False:
+                rows.append(("Read back", "no (--no-verify)"))
+            else:
+                rows.append(("Read back", f"{r['bit_exact']:,} bit-exact"
+                             + (f", {r['cast']:,} cast (largest difference "
+                                f"{r['max_abs_diff']:.3g})" if r["cast"] else "")))
             if "torch_load" in r:
                 rows.append(("torch.load(weights_only=True)",
                              "ok" if r["torch_load"] else escape(r.get("torch_error", ""))))
-            rows += [("Problem", escape(p)) for p in r.get("problems", [])]
         else:
             rows += [("Model", escape(r["model"])),
                      ("Example input", f"{r['input_dtype']} {r['input_shape']}")]
             if r.get("max_abs_diff") is not None:
                 rows.append(("Reloaded and run", f"max abs difference {r['max_abs_diff']:.3g} "
-                             f"(tolerance {r['tolerance']:g})"))
+                             f"(tolerance {r['tolerance']:g} + {r.get('rtol', 0):g}·|value|)"))
+            if r.get("dynamic_batch"):
+                sizes = f"batch {r['input_shape'][0]} and {r.get('dynamic_batch_size', 2)}"
+                rows.append(("Dynamic batch", f"{sizes}: ok" if r.get("dynamic_batch_checked")
+                             else f"<span style='color:#b71c1c'>{sizes}: failed</span>"))
             if r.get("onnxruntime"):
                 rows.append(("onnxruntime", escape(str(r["onnxruntime"]))))
-                rows.append(("onnx.checker", "ok"))
+            if "checker" in r:
+                rows.append(("onnx.checker", "ok" if r["checker"] else "failed"))
+            if r.get("opset"):
+                rows.append(("Opset", str(r["opset"])))
             if r.get("files") and len(r["files"]) > 1:
                 rows.append(("Files", escape(", ".join(r["files"]))))
+        rows += [("Problem", f"<span style='color:#b71c1c'>{escape(p)}</span>")
+                 for p in r.get("problems", [])]
         table = "".join(f"<tr><th align='left' style='padding-right:12px'>{k}</th>"
                         f"<td>{v}</td></tr>" for k, v in rows)
         self.result_view.setHtml(f"{head}<table>{table}</table>")

@@ -106,3 +106,41 @@ def test_dangerous_file_model_is_not_offered(qtbot, window, payload_files, marke
     own = dialog.model_box.findData("own")
     assert own < 0 or not dialog.model_box.model().item(own).isEnabled()
     assert not marker.exists()
+
+
+def test_result_page_shows_key_counts(qtbot, window, tensors_file, tmp_path):
+    dialog = dialog_for(qtbot, window, tensors_file[0])
+    choose(dialog.target_box, "safetensors")
+    dialog.exclude_edit.setText("^z$")
+    dialog.rename_from.setText("^x$")
+    dialog.rename_to.setText("renamed_x")
+    dialog.output_edit.setText(str(tmp_path / "counts.safetensors"))
+    dialog.export_button.click()
+    text = wait_result(qtbot, dialog, 60_000)
+    assert "Exported and verified" in text, text
+    assert "2 from (whole file), 1 left out, 1 renamed" in text, text
+
+
+def test_result_page_for_a_failed_dynamic_batch_and_nothing_written(qtbot, window,
+                                                                    tensors_file, tmp_path):
+    dialog = dialog_for(qtbot, window, tensors_file[0])
+    dialog.result = {
+        "event": "result", "target": "onnx", "model": "Fixed", "input_shape": [1, 4],
+        "input_dtype": "float32", "tolerance": 1e-4, "rtol": 1e-5, "path":
+        str(tensors_file[0]), "bytes": 1000, "max_abs_diff": 0.0, "dynamic_batch": True,
+        "dynamic_batch_checked": False, "dynamic_batch_size": 2, "onnxruntime": "1.0",
+        "checker": True, "opset": 20, "passed": False, "verified": True, "written": False,
+        "status": "failed",
+        "problems": ["the batch dimension is fixed at 2 in the ONNX graph"]}
+    dialog.show_result(1, "")
+    text = dialog.result_view.toPlainText()
+    assert "nothing was written" in text
+    assert "Dynamic batch" in text and "batch 1 and 2: failed" in text
+    assert "the batch dimension is fixed at 2" in text
+    assert not dialog.open_button.isEnabled()  # the file there is not the export
+    dialog.result.update(passed=False, verified=False, written=True, status="not verified",
+                         problems=[], dynamic_batch=False,
+                         onnxruntime="not installed: the model was not run")
+    dialog.show_result(1, "")
+    text = dialog.result_view.toPlainText()
+    assert "Exported, not verified" in text and "the model was not run" in text
