@@ -464,3 +464,13 @@ def test_output_comparison_has_a_relative_tolerance(torch):
         pytest.approx(0.1, rel=1e-3), True)
     assert compare(big, big + 0.5, 1e-4, 1e-5)[1] is False
     assert compare(torch.tensor([float("nan")]), torch.tensor([1.0]), 1e-4, 1e-5)[1] is False
+
+
+def test_pt2_dynamic_batch_on_a_gpu(models, tmp_path, torch):
+    """On CUDA, convolutions add a batch ≤ 65535 guard: a range is fine, a fixed size is not
+    (a named Dim refused it on torch 2.11)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    result = tiny_export(models, "pt2", tmp_path / "tiny.pt2", device="cuda:0",
+                         dynamic_batch=True)
+    assert result["passed"] and result["dynamic_batch_checked"], result
