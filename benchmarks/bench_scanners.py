@@ -48,9 +48,9 @@ def ensure_venv(folder: Path) -> dict[str, str | None]:
     return found
 
 
-def run(cmd: list[str]) -> tuple[int, str]:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+def run(cmd: list[str], cwd: Path | None = None) -> tuple[int, str]:
+    try:  # in the file's folder: fickling writes safety_results.json where it runs
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
     except subprocess.TimeoutExpired:
         return -1, "timeout"
     return proc.returncode, proc.stdout + proc.stderr
@@ -68,7 +68,7 @@ def judge(tool: str, exe: str, path: Path) -> str:
         return {"dangerous": "flagged", "needs-trust": "trust", "safe": "clean"}[verdict]
     args = {"picklescan": ["-p", str(path)], "modelscan": ["-p", str(path)],
             "fickling": ["--check-safety", str(path)]}[tool]
-    code, _out = run([exe, *args])
+    code, _out = run([exe, *args], cwd=path.parent)
     return {0: "clean", 1: "flagged"}.get(code, "error")
 
 

@@ -1,7 +1,8 @@
 """Command line: ``ckpt-inspector [FILES...]``, ``info``, ``scan``.
 
-Exit codes: 0 ok / safe, 1 not safe, 2 usage, 3 unreadable input (one line on
-stderr naming the file and the problem, never a traceback).
+Exit codes: 0 ok / safe, 1 not safe (``export``: failed or not verified), 2 usage,
+3 unreadable input (one line on stderr naming the file and the problem, never a
+traceback), 130 / 143 after Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ckpt_inspector.core.summary import (
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 EXIT_OK, EXIT_NOT_SAFE, EXIT_USAGE, EXIT_UNREADABLE = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -688,6 +690,9 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except BrokenPipeError:  # e.g. piped into head
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C in info, scan, stats…: one line, no traceback
+        print(f"ckpt-inspector {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def launch_app(paths: list[str]) -> int:

@@ -374,3 +374,15 @@ def test_export_builder_wins_over_the_pickled_model_without_trust(export_models,
                       "--model-source", "pickled", "--builder", "export_builders_cli:tiny",
                       env=env)
     assert "--trust" in _one_line(refused, 1)
+
+
+def test_ctrl_c_in_any_command_exits_130_with_one_line(tensors_file, monkeypatch, capsys):
+    from ckpt_inspector import cli
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "stats", interrupted)
+    assert cli.main(["stats", str(tensors_file)]) == 130
+    err = capsys.readouterr().err
+    assert err == "ckpt-inspector stats: interrupted\n"

@@ -14,6 +14,7 @@ the chunks go to that device and torch does the arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -352,6 +353,13 @@ def _workers() -> int:
     return max(1, min(n, 4))
 
 
+def _lower_priority() -> None:
+    """Make the calling (pool) thread yield the CPU to the rest of the process: with as
+    many workers as cores, the window's thread would otherwise wait for a time slice."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)
+
+
 def _parts(info: TensorInfo, chunk: int) -> list[tuple[int, int]]:
     """Element ranges for the workers: one unless the tensor is big and contiguous."""
     numel = info.numel
@@ -384,13 +392,14 @@ def accumulate(info: TensorInfo, make: Any, stage: str, chunk: int | None = None
                 reported = done
                 yield Progress(stage, done, numel, info.dtype)
         return acc
-    halt = stop or threading.Event()
+    halt = threading.Event()  # ours to set: the caller's ``stop`` may serve another pass
     progress = [0] * len(parts)
 
     def work(i: int, first: int, count: int) -> Any:
+        _lower_priority()
         acc = make()
         for values, index in element_chunks(info, chunk, first, count):
-            if halt.is_set():
+            if halt.is_set() or (stop is not None and stop.is_set()):
                 return None
             acc.add(values, index)
             progress[i] += len(values)

@@ -460,7 +460,7 @@ class TensorView(QWidget):
             f"Statistics of {name}", analyse, info, bins, self._stop, quiet=True,
             on_result=lambda r: self._stats_done(info, bins, *r),
             on_progress=lambda p: self._progress(info, p),
-            on_error=lambda e: self._failed(info, str(e)))
+            on_error=lambda e: self._failed(info, str(e) or type(e).__name__))
 
     def _start_histogram(self, info: TensorInfo, stats: Stats, bins: int) -> None:
         self._busy("histogram…")
@@ -469,7 +469,7 @@ class TensorView(QWidget):
             f"Histogram of {self.key}", only_histogram, info, stats, bins, self._stop, quiet=True,
             on_result=lambda h: self._stats_done(info, bins, stats, h),
             on_progress=lambda p: self._progress(info, p),
-            on_error=lambda e: self._failed(info, str(e)))
+            on_error=lambda e: self._failed(info, str(e) or type(e).__name__))
 
     def _progress(self, info: TensorInfo, p: Progress) -> None:
         if info is self.info and p.total:

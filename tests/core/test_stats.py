@@ -266,3 +266,26 @@ def test_threads_split_big_tensors_with_the_same_results(torch, tmp_path, monkey
     stop.set()
     with pytest.raises(stats_mod.Cancelled):
         drive(compute(info, stop=stop))
+
+
+def test_one_stop_event_serves_stats_then_histogram_on_threads(torch, tmp_path, monkeypatch):
+    """The app passes the same stop event to statistics and then the histogram; the
+    threaded pass must not set it when it finishes (it once did, cancelling the histogram
+    of every tensor over 8M elements)."""
+    import threading
+
+    from ckpt_inspector.core import stats as stats_mod
+    from ckpt_inspector.gui.tensor_view import analyse
+
+    t = torch.randn(50_000)
+    path = tmp_path / "big.pt"
+    torch.save({"t": t}, path)
+    info = tensor_infos(path)["t"]
+    monkeypatch.setattr(stats_mod, "PARALLEL_MIN", 1000)
+    monkeypatch.setattr(stats_mod, "_workers", lambda: 2)
+    monkeypatch.setattr(stats_mod, "CHUNK_ELEMENTS", 4096)
+    stop = threading.Event()
+    stats, hist = drive(analyse(info, 20, stop))
+    assert not stop.is_set()
+    check(torch, stats, t)
+    assert hist is not None and hist.counts.sum() == 50_000
