@@ -82,6 +82,28 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="one JSON object on stdout")
     st.add_argument("--progress", action="store_true",
                     help="JSON lines of progress on stdout, then the result")
+    df = sub.add_parser(
+        "diff", help="compare two checkpoints: keys, shapes, dtypes and values",
+        description="Exit 0 when identical, 1 when different, 3 when a file cannot be read. "
+                    "Keys are matched exactly or, when it matches more of them, after "
+                    "stripping a prefix found automatically (module., model., ...).")
+    df.add_argument("a", metavar="A")
+    df.add_argument("b", metavar="B")
+    df.add_argument("--strip-prefix", action="append", default=[], metavar="P",
+                    help="strip P from the keys of both files where they start with it")
+    df.add_argument("--strip-prefix-a", action="append", default=[], metavar="P",
+                    help="strip P from A's keys only")
+    df.add_argument("--strip-prefix-b", action="append", default=[], metavar="P",
+                    help="strip P from B's keys only")
+    df.add_argument("--exact", action="store_true",
+                    help="match keys exactly (no prefix found automatically)")
+    df.add_argument("--key-a", metavar="KEY", help="compare only this part of A "
+                    "(e.g. model_state_dict)")
+    df.add_argument("--key-b", metavar="KEY", help="compare only this part of B")
+    df.add_argument("--all", action="store_true", help="list every key, identical ones too")
+    df.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    df.add_argument("--progress", action="store_true",
+                    help="JSON lines of progress on stdout, then the result")
     dev = sub.add_parser("devices", help="devices torch can load tensors onto (map_location)")
     dev.add_argument("--json", action="store_true", help="one JSON list on stdout")
     return p
@@ -355,6 +377,92 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"{key:{width}s}  {e['dtype']:9s} {nums} {e['sparsity']:7.1%}  "
               f"{bad:,}" + (f"  ({e['note']})" if e["note"] else ""))
     return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from ckpt_inspector.core import diff as d
+
+    rules = [d.PrefixRule(p, side) for side, given in
+             (("both", args.strip_prefix), ("a", args.strip_prefix_a), ("b", args.strip_prefix_b))
+             for p in given]
+    opened = []
+    for path in (args.a, args.b):
+        try:
+            opened.append(_open(path))
+        except CheckpointError as err:
+            return _unreadable(path, err)
+    try:
+        result = _drive(d.diff(*opened, rules=rules, key_a=args.key_a, key_b=args.key_b,
+                               auto=not args.exact), args.progress)
+    except KeyError as err:
+        side = "A" if args.key_a and err.args[0] == args.key_a else "B"
+        print(f"ckpt-inspector: {side} has no key {err.args[0]!r}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json or args.progress:
+        print(json.dumps(result.to_json()))
+    else:
+        print_diff(result, opened, args.all)
+    return EXIT_OK if result.identical else EXIT_NOT_SAFE
+
+
+def print_diff(result: Any, opened: list[Checkpoint], everything: bool) -> None:
+    from ckpt_inspector.core import diff as d
+
+    for name, ckpt in zip("AB", opened, strict=True):
+        t = totals(ckpt)
+        print(f"{name}  {ckpt.path}  ({ckpt.format}, {t['tensors']:,} tensors, "
+              f"{human_count(t['numel'])} elements, {human_bytes(t['nbytes'])})")
+    if result.rules:
+        how = "found automatically; --exact turns it off" if result.auto_rule else "as asked"
+        print("keys matched with " + "; ".join(r.describe() for r in result.rules)
+              + f" ({how})")
+    counts = result.counts()
+    summary = ", ".join(f"{n:,} {s}" for s, n in counts.items() if n)
+    if result.identical:
+        print(f"\nIDENTICAL: {summary or 'both empty'}")
+        if not everything:
+            return
+    else:
+        print(f"\nDIFFERENT: {summary}; {result.params_changed():,} elements in tensors "
+              "that are not identical")
+    largest = result.largest()
+    if largest:
+        print("\nlargest changes (relative L2 difference, ||A−B|| / ||A||):")
+        width = min(max(len(e.key) for e in largest), 60)
+        for e in largest:
+            print(f"  {e.key:{width}s}  {d.describe_numbers(e.numbers)}")
+    width = min(max((len(e.key) for e in result.entries), default=3), 60)
+    for status in d.STATUSES:
+        entries = [e for e in result.entries if e.status == status]
+        if not entries or (status == d.IDENTICAL and not everything):
+            continue
+        if status in (d.CHANGED, d.DTYPE):
+            entries.sort(key=lambda e: (-e.score(), e.key))
+        print(f"\n{status} ({len(entries):,}):")
+        shown = entries if everything else entries[:50]
+        for e in shown:
+            print(f"  {e.key:{width}s}  {_diff_line(e)}")
+        if len(shown) < len(entries):
+            print(f"  … and {len(entries) - len(shown):,} more (--all lists them)")
+
+
+def _diff_line(e: Any) -> str:
+    from ckpt_inspector.core import diff as d
+
+    a = e.a.describe() if e.a else ""
+    b = e.b.describe() if e.b else ""
+    if e.status == d.ONLY_A:
+        return a
+    if e.status == d.ONLY_B:
+        return b
+    if e.status == d.UNREADABLE:
+        return f"{a}: {e.error}"
+    if e.status == d.IDENTICAL:
+        return a
+    if e.numbers is not None:
+        text = d.describe_numbers(e.numbers)
+        return f"{a} → {b}: {text}" if a != b else f"{a}: {text}"
+    return f"{a} → {b}"
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -676,7 +784,8 @@ def _export_report(r: dict[str, Any]) -> str:
 
 
 COMMANDS = {"info": cmd_info, "scan": cmd_scan, "demo": cmd_demo, "devices": cmd_devices,
-            "load": cmd_load, "export": cmd_export, "arch": cmd_arch, "stats": cmd_stats}
+            "load": cmd_load, "export": cmd_export, "arch": cmd_arch, "stats": cmd_stats,
+            "diff": cmd_diff}
 
 
 def main(argv: list[str] | None = None) -> int:

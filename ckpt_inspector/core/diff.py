@@ -1,0 +1,585 @@
+"""Compare two checkpoints: which keys, shapes, dtypes and values changed.
+
+:func:`diff` is a generator that yields :class:`Progress` and returns a :class:`DiffResult`.
+Keys are matched exactly, or after prefix rules (``module.`` of DataParallel, ``model.`` of
+Lightning, ``model_state_dict.`` of a training checkpoint) given by the caller or found
+automatically when they match more keys. Tensors of the same shape and dtype are first
+compared byte for byte, in chunks read in lockstep from both files (exact, and as fast as
+reading the two files once); only a pair that differs is read again as numbers, in float64,
+for its max/mean absolute difference, relative L2 difference and cosine similarity. Neither
+file is ever loaded whole, and no code in either is run.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.progress import Progress
+from ckpt_inspector.core.stats import (
+    CHUNK_ELEMENTS,
+    Cancelled,
+    Histogram,
+    element_chunks,
+    format_number,
+)
+from ckpt_inspector.core.tensors import to_numpy
+from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo, key_of
+
+# statuses, in the order a report lists them
+ONLY_A, ONLY_B, KIND, SHAPE, DTYPE, CHANGED, UNREADABLE, IDENTICAL = (
+    "only in A", "only in B", "kind changed", "shape changed", "dtype changed",
+    "values changed", "unreadable", "identical")
+STATUSES = (ONLY_A, ONLY_B, KIND, SHAPE, DTYPE, CHANGED, UNREADABLE, IDENTICAL)
+JSON_STATUS = {ONLY_A: "only_a", ONLY_B: "only_b", KIND: "kind", SHAPE: "shape",
+               DTYPE: "dtype", CHANGED: "changed", UNREADABLE: "unreadable",
+               IDENTICAL: "identical"}
+
+COMMON_PREFIXES = ("module.", "model.", "_orig_mod.", "state_dict.", "model_state_dict.",
+                   "net.", "network.", "backbone.", "encoder.")
+RAW_BLOCK = 4 << 20  # bytes compared at a time
+MAX_VALUES = 100_000  # non-tensor leaves compared per file
+
+
+@dataclass(frozen=True)
+class PrefixRule:
+    """Strip ``prefix`` from the keys of side ``a``, ``b`` or ``both`` where they start with it."""
+
+    prefix: str
+    side: str = "both"
+
+    def describe(self) -> str:
+        where = {"a": "A's keys", "b": "B's keys", "both": "keys"}[self.side]
+        return f"'{self.prefix}' stripped from {where}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"prefix": self.prefix, "side": self.side}
+
+
+@dataclass
+class Numbers:
+    """How two tensors of the same shape differ, computed in float64."""
+
+    numel: int
+    changed: int = 0  # elements whose values differ (NaN against NaN counts as equal)
+    max_abs: float = 0.0
+    mean_abs: float = 0.0
+    rel_l2: float = 0.0  # ||A - B|| / ||A||
+    cosine: float | None = None
+    nan_mismatch: int = 0  # positions where only one side is NaN or ±inf differs
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        def num(x: float | None) -> float | str | None:
+            if x is None or math.isfinite(x):
+                return x
+            return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+        return {"numel": self.numel, "changed": self.changed, "max_abs": num(self.max_abs),
+                "mean_abs": num(self.mean_abs), "rel_l2": num(self.rel_l2),
+                "cosine": num(self.cosine), "nan_mismatch": self.nan_mismatch,
+                **({"note": self.note} if self.note else {})}
+
+
+@dataclass
+class Side:
+    """One side of an entry: the key in its file and the tensor or the value found there."""
+
+    key: str
+    node: Node
+
+    @property
+    def tensor(self) -> TensorInfo | None:
+        return self.node.tensor
+
+    def describe(self) -> str:
+        t = self.tensor
+        if t is not None:
+            return f"{t.dtype}[{','.join(map(str, t.shape))}]"
+        return _value_text(self.node)
+
+
+@dataclass
+class Entry:
+    key: str  # the key both sides share after the prefix rules
+    status: str
+    a: Side | None = None
+    b: Side | None = None
+    numbers: Numbers | None = None
+    error: str | None = None
+
+    @property
+    def is_tensor(self) -> bool:
+        side = self.a or self.b
+        return side is not None and side.tensor is not None
+
+    @property
+    def numel(self) -> int:
+        side = self.a or self.b
+        return side.tensor.numel if side is not None and side.tensor is not None else 0
+
+    def score(self) -> float:
+        """How big the change is, for sorting: relative L2, then max |A−B|."""
+        if self.numbers is None:
+            return math.inf if self.status in (SHAPE, KIND) else 0.0
+        if self.numbers.nan_mismatch:  # a NaN or inf appeared (or went): always worth a look
+            return math.inf
+        rel = self.numbers.rel_l2
+        return rel if math.isfinite(rel) else math.inf
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": self.key, "status": JSON_STATUS[self.status]}
+        for name, side in (("a", self.a), ("b", self.b)):
+            if side is None:
+                continue
+            out[f"key_{name}"] = side.key
+            t = side.tensor
+            if t is not None:
+                out[f"dtype_{name}"] = t.dtype
+                out[f"shape_{name}"] = list(t.shape)
+            else:
+                out[f"value_{name}"] = _value_json(side.node)
+        if self.numbers is not None:
+            out.update(self.numbers.to_json())
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
+class DiffResult:
+    path_a: str
+    path_b: str
+    rules: list[PrefixRule]
+    entries: list[Entry] = field(default_factory=list)
+    auto_rule: bool = False  # the rules were found by matching, not given
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATUSES, 0)
+        for e in self.entries:
+            out[e.status] += 1
+        return out
+
+    @property
+    def identical(self) -> bool:
+        return all(e.status == IDENTICAL for e in self.entries)
+
+    def params_changed(self) -> int:
+        """Elements of tensors that are not identical (either side's count)."""
+        total = 0
+        for e in self.entries:
+            if e.status != IDENTICAL and e.is_tensor:
+                total += max(_numel(e.a), _numel(e.b))
+        return total
+
+    def largest(self, n: int = 10) -> list[Entry]:
+        changed = [e for e in self.entries if e.numbers is not None and e.numbers.changed]
+        changed.sort(key=lambda e: (-e.score(), -(e.numbers.max_abs or 0.0), e.key))
+        return changed[:n]
+
+    def to_json(self) -> dict[str, Any]:
+        counts = self.counts()
+        return {"a": self.path_a, "b": self.path_b, "identical": self.identical,
+                "rules": [r.to_json() for r in self.rules], "rules_found": self.auto_rule,
+                "counts": {JSON_STATUS[s]: n for s, n in counts.items()},
+                "params_changed": self.params_changed(),
+                "largest": [e.key for e in self.largest()],
+                "entries": [e.to_json() for e in self.entries]}
+
+
+def _numel(side: Side | None) -> int:
+    return side.tensor.numel if side is not None and side.tensor is not None else 0
+
+
+# -- keys -----------------------------------------------------------------------------------
+def subtree(ckpt: Checkpoint, key: str | None) -> tuple[Node, str]:
+    """The node at dotted ``key`` (the root for None/""), and its key prefix."""
+    if not key:
+        return ckpt.root, ""
+    by_key = {key_of(node.path()): node for node in ckpt.root.walk() if node.parent is not None}
+    node = by_key.get(key)
+    if node is None:
+        raise KeyError(key)
+    return node, key + "."
+
+
+def leaves(root: Node) -> dict[str, Node]:
+    """Tensors and non-tensor leaf values under ``root``, by their key relative to it."""
+    out: dict[str, Node] = {}
+    base = len(root.path())
+    values = 0
+    for node in root.walk():
+        if node is root and node.kind != "tensor":
+            continue
+        if node.kind == "tensor":
+            out[key_of(node.path()[base:])] = node
+        elif values < MAX_VALUES and (node.kind in ("scalar", "str", "none", "value", "bytes") or (
+                node.kind in ("list", "tuple", "set") and node.value is not None)):
+            out[key_of(node.path()[base:])] = node
+            values += 1
+    return out
+
+
+def _strip(keys: dict[str, Node], rules: list[PrefixRule],
+           side: str) -> dict[str, tuple[str, Node]]:
+    """Keys after the rules for ``side`` -> (original key, node). A stripped key that
+    collides with one already there keeps its original form."""
+    mine = sorted((r.prefix for r in rules if r.side in (side, "both")), key=len, reverse=True)
+    out: dict[str, tuple[str, Node]] = {}
+    stripped: list[tuple[str, str, Node]] = []
+    for key, node in keys.items():
+        for p in mine:
+            if key.startswith(p) and len(key) > len(p):
+                stripped.append((key[len(p):], key, node))
+                break
+        else:
+            out[key] = (key, node)
+    for new, old, node in stripped:
+        out[new if new not in out else old] = (old, node)
+    return out
+
+
+def _tensor_matches(a: dict[str, tuple[str, Node]], b: dict[str, tuple[str, Node]]) -> int:
+    return sum(1 for k, (_, n) in a.items() if n.kind == "tensor" and k in b)
+
+
+def find_rules(keys_a: dict[str, Node], keys_b: dict[str, Node]) -> list[PrefixRule]:
+    """A prefix rule that matches more tensor keys than exact matching: strip a leading
+    one or two segments from one side (``module.``, ``model.``, ``model_state_dict.``,
+    ``state_dict.model.``), which is also how a prefix the other side lacks is added.
+    Tried: the prefixes most common among the keys that found no partner."""
+    base = _tensor_matches(_strip(keys_a, [], "a"), _strip(keys_b, [], "b"))
+    candidates: list[PrefixRule] = []
+    for side, mine, other in (("a", keys_a, keys_b), ("b", keys_b, keys_a)):
+        counts: Counter[str] = Counter()
+        for key, node in mine.items():
+            if node.kind != "tensor" or key in other:
+                continue
+            parts = key.split(".")
+            for n in (1, 2):
+                if len(parts) > n:
+                    counts[".".join(parts[:n]) + "."] += 1
+        candidates += [PrefixRule(p, side) for p, _ in counts.most_common(8)]
+    best: tuple[int, list[PrefixRule]] = (base, [])
+    for rule in candidates:
+        n = _tensor_matches(_strip(keys_a, [rule], "a"), _strip(keys_b, [rule], "b"))
+        if n > best[0]:
+            best = (n, [rule])
+    return best[1]
+
+
+# -- bytes and numbers ------------------------------------------------------------------------
+def raw_blocks(info: TensorInfo, size: int | None = None) -> Iterator[memoryview]:
+    """The tensor's bytes in C order, ``size`` at a time (views of a reused buffer)."""
+    size = size or RAW_BLOCK
+    if info.storage is None or info.storage.source is None or info.problem:
+        raise CheckpointError(info.problem or "this tensor has no data in the file")
+    if info.layout != "strided":
+        raise CheckpointError(f"{info.layout} tensors have no dense values to compare")
+    item = info.itemsize
+    if info.is_contiguous():
+        yield from info.storage.source.blocks(info.storage_offset * item, info.numel * item,
+                                              size)
+        return
+    view = to_numpy(info)
+    flat_rows = view.reshape(view.shape[0], -1) if view.ndim > 1 else view.reshape(1, -1)
+    row_bytes = max(1, flat_rows.shape[1] * view.itemsize)
+    step = max(1, size // row_bytes)
+    for r in range(0, flat_rows.shape[0], step):
+        yield memoryview(np.ascontiguousarray(flat_rows[r:r + step]).reshape(-1).view(np.uint8))
+
+
+def _equal(x: memoryview, y: memoryview) -> bool:
+    n = len(x)
+    kind = np.uint64 if n % 8 == 0 else np.uint8
+    return bool(np.array_equal(np.frombuffer(x, kind), np.frombuffer(y, kind)))
+
+
+def _paired(ia: Iterator[Any], ib: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
+    """Pieces of the same length from two streams of arrays (or memoryviews) whose pieces
+    may be cut differently. Each stream is advanced only when its piece is used up, so a
+    piece that is a view of a reused buffer stays valid while it is paired."""
+    xa = xb = None
+    try:
+        while True:
+            if xa is None or not len(xa):
+                xa = next(ia, None)
+            if xb is None or not len(xb):
+                xb = next(ib, None)
+            if xa is None or xb is None:
+                if xa is not None or xb is not None:
+                    raise ValueError("the two tensors have different numbers of elements")
+                return
+            n = min(len(xa), len(xb))
+            yield xa[:n], xb[:n]
+            xa, xb = xa[n:], xb[n:]
+    finally:
+        ia.close()
+        ib.close()
+
+
+def same_bytes(a: TensorInfo, b: TensorInfo, stop: threading.Event | None = None) -> bool:
+    """True when the two tensors hold the same bytes, read in lockstep."""
+    pieces = _paired(raw_blocks(a), raw_blocks(b))
+    try:
+        for xa, xb in pieces:
+            if stop is not None and stop.is_set():
+                raise Cancelled()
+            if not _equal(xa, xb):
+                return False
+        return True
+    finally:
+        pieces.close()
+
+
+def _same_place(a: TensorInfo, b: TensorInfo) -> bool:
+    """Both are the same bytes of the same file (a file compared with itself)."""
+    sa, sb = a.storage, b.storage
+    if sa is None or sb is None or sa.source is None or sb.source is None:
+        return False
+    fa, fb = sa.source.file_span(), sb.source.file_span()
+    return (fa is not None and fa == fb and a.dtype == b.dtype and a.shape == b.shape
+            and a.stride == b.stride and a.storage_offset == b.storage_offset)
+
+
+class _Acc:
+    """float64 sums over pairs of chunks."""
+
+    def __init__(self, numel: int):
+        self.n = Numbers(numel)
+        self.abs_sum = self.d2 = self.a2 = self.b2 = self.ab = 0.0
+        self.finite = 0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        a = a.astype(np.float64, copy=False)
+        b = b.astype(np.float64, copy=False)
+        fa, fb = np.isfinite(a), np.isfinite(b)
+        both = fa & fb
+        if both.all():
+            d = a - b
+            self.n.changed += int(np.count_nonzero(d))
+        else:
+            nan_a, nan_b = np.isnan(a), np.isnan(b)
+            special = ~both
+            # equal specials (NaN and NaN, inf and inf) are not changes; the rest are
+            same_special = special & ((nan_a & nan_b) | (~nan_a & ~nan_b & (a == b)))
+            self.n.nan_mismatch += int(np.count_nonzero(special & ~same_special))
+            self.n.changed += int(np.count_nonzero(special & ~same_special))
+            a, b = a[both], b[both]
+            d = a - b
+            self.n.changed += int(np.count_nonzero(d))
+        if not len(d):
+            return
+        ad = np.abs(d)
+        self.n.max_abs = max(self.n.max_abs, float(ad.max()))
+        self.abs_sum += float(ad.sum())
+        self.d2 += float(np.dot(d, d))
+        self.a2 += float(np.dot(a, a))
+        self.b2 += float(np.dot(b, b))
+        self.ab += float(np.dot(a, b))
+        self.finite += len(d)
+
+    def finish(self) -> Numbers:
+        n = self.n
+        n.mean_abs = self.abs_sum / self.finite if self.finite else 0.0
+        norm_a = math.sqrt(self.a2)
+        d = math.sqrt(self.d2)
+        n.rel_l2 = d / norm_a if norm_a else (0.0 if d == 0 else math.inf)
+        denom = math.sqrt(self.a2) * math.sqrt(self.b2)
+        n.cosine = self.ab / denom if denom else None
+        if n.cosine is not None:
+            n.cosine = max(-1.0, min(1.0, n.cosine))
+        return n
+
+
+def _values(info: TensorInfo) -> Iterator[np.ndarray]:
+    chunks = element_chunks(info, CHUNK_ELEMENTS)
+    try:
+        for values, _index in chunks:
+            yield values
+    finally:
+        chunks.close()
+
+
+def numbers(a: TensorInfo, b: TensorInfo, stop: threading.Event | None = None) -> Numbers:
+    """Differences of two tensors with the same number of elements, in float64.
+    Complex tensors are compared by magnitude (as the statistics are)."""
+    acc = _Acc(a.numel)
+    pieces = _paired(_values(a), _values(b))
+    try:
+        for va, vb in pieces:
+            if stop is not None and stop.is_set():
+                raise Cancelled()
+            acc.add(va, vb)
+    finally:
+        pieces.close()
+    out = acc.finish()
+    if "complex" in a.dtype or "complex" in b.dtype:
+        out.note = "complex values compared by magnitude"
+    return out
+
+
+def difference_histogram(a: TensorInfo, b: TensorInfo, numbers_: Numbers, bins: int = 100,
+                         stop: threading.Event | None = None) -> Iterator[Progress]:
+    """Counts of A − B over ``bins`` equal bins from −max|A−B| to +max|A−B| (both finite),
+    exact over every element; returns a :class:`~ckpt_inspector.core.stats.Histogram`
+    whose ``nan`` counts the positions where the difference is not finite."""
+    span = numbers_.max_abs or 0.5
+    edges = np.linspace(-span, span, bins + 1)
+    counts = np.zeros(bins, dtype=np.int64)
+    special = done = 0
+    total = a.numel
+    pieces = _paired(_values(a), _values(b))
+    try:
+        for va, vb in pieces:
+            if stop is not None and stop.is_set():
+                raise Cancelled()
+            d = va.astype(np.float64) - vb.astype(np.float64)
+            finite = np.isfinite(d)
+            if not finite.all():
+                special += int(len(d) - np.count_nonzero(finite))
+                d = d[finite]
+            counts += np.histogram(d, bins=bins, range=(-span, span))[0]
+            done += len(va)
+            if done % (1 << 22) < len(va) or done == total:
+                yield Progress("difference histogram", done, total)
+    finally:
+        pieces.close()
+    return Histogram(edges, counts, None, special, 0, 0)
+
+
+# -- values -----------------------------------------------------------------------------------
+def _value_json(node: Node) -> Any:
+    from ckpt_inspector.core.summary import jsonable
+
+    return jsonable(node.value)
+
+
+def _value_text(node: Node) -> str:
+    from ckpt_inspector.core.summary import format_value
+
+    return format_value(node)
+
+
+def _same_value(x: Node, y: Node) -> bool:
+    if x.kind != y.kind:
+        return False
+    vx, vy = x.value, y.value
+    if isinstance(vx, float) and isinstance(vy, float) and math.isnan(vx) and math.isnan(vy):
+        return True
+    try:
+        return bool(vx == vy) and type(vx) is type(vy)
+    except Exception:  # exotic values: compare their text
+        return repr(vx) == repr(vy)
+
+
+# -- the comparison -----------------------------------------------------------------------------
+def _file_order(entry: Entry) -> tuple[str, int]:
+    t = entry.a.tensor if entry.a is not None else None
+    if t is None or t.storage is None:
+        return ("", 0)
+    return (t.storage.key, t.storage_offset)
+
+
+def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
+         key_a: str | None = None, key_b: str | None = None, auto: bool = True,
+         stop: threading.Event | None = None) -> Iterator[Progress]:
+    """Compare ``a`` with ``b`` (or their subtrees at ``key_a``/``key_b``). ``rules`` are
+    applied as given; with none and ``auto``, rules that match more tensor keys are found.
+    Raises KeyError for a subtree key that is not there, :class:`Cancelled` on ``stop``."""
+    root_a, _ = subtree(a, key_a)
+    root_b, _ = subtree(b, key_b)
+    keys_a, keys_b = leaves(root_a), leaves(root_b)
+    found = False
+    if not rules and auto:
+        rules = find_rules(keys_a, keys_b)
+        found = bool(rules)
+    rules = list(rules or [])
+    na, nb = _strip(keys_a, rules, "a"), _strip(keys_b, rules, "b")
+    result = DiffResult(a.path, b.path, rules, auto_rule=found)
+    pairs: list[Entry] = []
+    order = list(na) + [k for k in nb if k not in na]
+    for key in order:
+        sa = Side(*na[key]) if key in na else None
+        sb = Side(*nb[key]) if key in nb else None
+        if sb is None:
+            result.entries.append(Entry(key, ONLY_A, sa))
+        elif sa is None:
+            result.entries.append(Entry(key, ONLY_B, None, sb))
+        elif (sa.tensor is None) != (sb.tensor is None):
+            result.entries.append(Entry(key, KIND, sa, sb))
+        elif sa.tensor is None:
+            same = _same_value(sa.node, sb.node)
+            result.entries.append(Entry(key, IDENTICAL if same else CHANGED, sa, sb))
+        elif tuple(sa.tensor.shape) != tuple(sb.tensor.shape):
+            result.entries.append(Entry(key, SHAPE, sa, sb))
+        else:
+            entry = Entry(key, DTYPE if sa.tensor.dtype != sb.tensor.dtype else IDENTICAL,
+                          sa, sb)
+            result.entries.append(entry)
+            pairs.append(entry)
+    pairs.sort(key=_file_order)  # read A in file order
+    total = sum(e.a.tensor.nbytes + e.b.tensor.nbytes for e in pairs)
+    done = 0
+    yield Progress("comparing", 0, total)
+    for entry in pairs:
+        ta, tb = entry.a.tensor, entry.b.tensor
+        try:
+            _compare(entry, ta, tb, stop)
+        except Cancelled:
+            raise
+        except (CheckpointError, OSError, ValueError) as err:
+            entry.status, entry.numbers, entry.error = UNREADABLE, None, str(err)
+        done += ta.nbytes + tb.nbytes
+        yield Progress("comparing", done, total, entry.key)
+    return result
+
+
+def _compare(entry: Entry, ta: TensorInfo, tb: TensorInfo,
+             stop: threading.Event | None) -> None:
+    if ta.numel == 0:
+        entry.numbers = Numbers(0) if entry.status == DTYPE else None
+        return
+    if entry.status == IDENTICAL:
+        byteorder_a = ta.storage.source.byteorder if ta.storage and ta.storage.source else ""
+        byteorder_b = tb.storage.source.byteorder if tb.storage and tb.storage.source else ""
+        if _same_place(ta, tb):
+            return
+        if (byteorder_a == byteorder_b and not ta.quantization and not tb.quantization
+                and same_bytes(ta, tb, stop)):
+            return
+        entry.status = CHANGED
+    entry.numbers = numbers(ta, tb, stop)
+    if entry.status == CHANGED and entry.numbers.changed == 0 and not entry.numbers.nan_mismatch:
+        # different bytes, same numbers: -0.0 against 0.0, NaN payloads, byte order
+        entry.numbers.note = "the same values stored with different bits (such as -0.0 and 0.0)"
+
+
+def run(gen: Iterator[Progress]) -> Any:
+    """Drive a generator to its return value (for callers without progress)."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def describe_numbers(n: Numbers) -> str:
+    if not n.changed and not n.nan_mismatch:
+        return "the same values" + (f" ({n.note})" if n.note else "")
+    parts = [f"{n.changed:,} of {n.numel:,} changed"]
+    if n.nan_mismatch:
+        parts.append(f"NaN/inf at {n.nan_mismatch:,} places on one side only")
+    parts += [f"max |A−B| {format_number(n.max_abs)}", f"mean |A−B| {format_number(n.mean_abs)}",
+              f"rel L2 {format_number(n.rel_l2)}"]
+    if n.cosine is not None:
+        parts.append(f"cos {format_number(n.cosine, 9)}")
+    if n.note:
+        parts.append(n.note)
+    return ", ".join(parts)
