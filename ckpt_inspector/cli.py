@@ -426,12 +426,14 @@ def print_diff(result: Any, opened: list[Checkpoint], everything: bool) -> None:
         print(f"\nDIFFERENT: {summary}; {result.params_changed():,} elements in tensors "
               "that are not identical")
     largest = result.largest()
-    if largest:
+    listed = sum(1 for e in result.entries if e.status in (d.CHANGED, d.DTYPE))
+    if largest and listed > len(largest):  # else the lists below say it all, in this order
         print("\nlargest changes (relative L2 difference, ||A−B|| / ||A||):")
         width = min(max(len(e.key) for e in largest), 60)
         for e in largest:
             print(f"  {e.key:{width}s}  {d.describe_numbers(e.numbers)}")
-    width = min(max((len(e.key) for e in result.entries), default=3), 60)
+    width = min(max((len(e.key) for e in result.entries
+                     if everything or e.status != d.IDENTICAL), default=3), 60)
     for status in d.STATUSES:
         entries = [e for e in result.entries if e.status == status]
         if not entries or (status == d.IDENTICAL and not everything):

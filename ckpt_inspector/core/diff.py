@@ -12,7 +12,9 @@ file is ever loaded whole, and no code in either is run.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ from ckpt_inspector.core.stats import (
     element_chunks,
     format_number,
 )
-from ckpt_inspector.core.tensors import to_numpy
+from ckpt_inspector.core.tensors import mapped_file, to_numpy
 from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo, key_of
 
 # statuses, in the order a report lists them
@@ -45,6 +47,7 @@ JSON_STATUS = {ONLY_A: "only_a", ONLY_B: "only_b", KIND: "kind", SHAPE: "shape",
 COMMON_PREFIXES = ("module.", "model.", "_orig_mod.", "state_dict.", "model_state_dict.",
                    "net.", "network.", "backbone.", "encoder.")
 RAW_BLOCK = 4 << 20  # bytes compared at a time
+FAULT_AROUND = 64 << 10
 MAX_VALUES = 100_000  # non-tensor leaves compared per file
 
 
@@ -275,8 +278,10 @@ def find_rules(keys_a: dict[str, Node], keys_b: dict[str, Node]) -> list[PrefixR
 
 
 # -- bytes and numbers ------------------------------------------------------------------------
-def raw_blocks(info: TensorInfo, size: int | None = None) -> Iterator[memoryview]:
-    """The tensor's bytes in C order, ``size`` at a time (views of a reused buffer)."""
+def raw_blocks(info: TensorInfo, size: int | None = None,
+               buffer: bytearray | None = None) -> Iterator[memoryview]:
+    """The tensor's bytes in C order, ``size`` at a time (views of a reused buffer,
+    ``buffer`` if given)."""
     size = size or RAW_BLOCK
     if info.storage is None or info.storage.source is None or info.problem:
         raise CheckpointError(info.problem or "this tensor has no data in the file")
@@ -285,7 +290,7 @@ def raw_blocks(info: TensorInfo, size: int | None = None) -> Iterator[memoryview
     item = info.itemsize
     if info.is_contiguous():
         yield from info.storage.source.blocks(info.storage_offset * item, info.numel * item,
-                                              size)
+                                              size, buffer)
         return
     view = to_numpy(info)
     flat_rows = view.reshape(view.shape[0], -1) if view.ndim > 1 else view.reshape(1, -1)
@@ -295,10 +300,32 @@ def raw_blocks(info: TensorInfo, size: int | None = None) -> Iterator[memoryview
         yield memoryview(np.ascontiguousarray(flat_rows[r:r + step]).reshape(-1).view(np.uint8))
 
 
-def _equal(x: memoryview, y: memoryview) -> bool:
-    n = len(x)
-    kind = np.uint64 if n % 8 == 0 else np.uint8
-    return bool(np.array_equal(np.frombuffer(x, kind), np.frombuffer(y, kind)))
+class _Buffers:
+    """What a byte comparison reuses from one tensor to the next: a read buffer per side
+    and the comparison's output (fresh ones per tensor cost more than the reading)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.out = np.empty(size // 8 + 1, dtype=bool)
+        self._read: tuple[bytearray, bytearray] | None = None
+
+    def read(self) -> tuple[bytearray, bytearray]:
+        """Read buffers for A and B (only tensors that are not mapped in place need them)."""
+        if self._read is None:
+            self._read = (bytearray(self.size), bytearray(self.size))
+        return self._read
+
+    def equal(self, x: memoryview, y: memoryview) -> bool:
+        n = len(x)
+        words = n // 8
+        if words:
+            head = slice(0, words * 8)
+            wx = np.frombuffer(x[head], np.uint64)
+            wy = np.frombuffer(y[head], np.uint64)
+            out = self.out[:words] if words <= len(self.out) else None
+            if not np.equal(wx, wy, out=out).all():
+                return False
+        return x[words * 8:] == y[words * 8:]
 
 
 def _paired(ia: Iterator[Any], ib: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
@@ -324,14 +351,74 @@ def _paired(ia: Iterator[Any], ib: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
         ib.close()
 
 
-def same_bytes(a: TensorInfo, b: TensorInfo, stop: threading.Event | None = None) -> bool:
-    """True when the two tensors hold the same bytes, read in lockstep."""
-    pieces = _paired(raw_blocks(a), raw_blocks(b))
+def _mapped_bytes(info: TensorInfo) -> tuple[Any, int] | None:
+    """(the file's read-only map, offset of the tensor's first byte) for a contiguous tensor
+    that lies uncompressed in a file, else None."""
+    src = info.storage.source if info.storage is not None else None
+    span = src.file_span() if src is not None else None
+    if span is None or not info.is_contiguous() or info.problem or info.layout != "strided":
+        return None
+    start = span[1] + info.storage_offset * info.itemsize
+    mm = mapped_file(span[0])
+    if start + info.nbytes > len(mm):
+        raise CheckpointError(f"{span[0]}: storage data runs past the end of the file")
+    return mm, start
+
+
+def _release(mm: Any, start: int, length: int) -> None:
+    """Drop the pages of ``[start, start+length)`` from this process's map (they stay in
+    the page cache): resident memory stays at one block however big the files are."""
+    # the kernel maps the aligned 64 KiB around a faulting page ("fault-around"): drop
+    # those pages too, on both sides
+    first = max(0, start - FAULT_AROUND)
+    first -= first % mmap.PAGESIZE
+    end = min(len(mm), start + length + FAULT_AROUND)
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # not Linux
+        mm.madvise(mmap.MADV_DONTNEED, first, end - first)
+
+
+def _same_mapped(a: tuple[Any, int], b: tuple[Any, int], nbytes: int, buffers: _Buffers,
+                 stop: threading.Event | None) -> bool:
+    """Compare two byte ranges of mapped files in place: no copy, one block resident."""
+    (ma, sa), (mb, sb) = a, b
+    words = sa % 8 == 0 and sb % 8 == 0
+    kind, width = (np.uint64, 8) if words else (np.uint8, 1)
+    step = buffers.size
+    for pos in range(0, nbytes, step):
+        if stop is not None and stop.is_set():
+            raise Cancelled()
+        n = min(step, nbytes - pos)
+        whole = n - n % width
+        x = np.frombuffer(ma, kind, whole // width, sa + pos)
+        y = np.frombuffer(mb, kind, whole // width, sb + pos)
+        out = buffers.out[:len(x)] if len(x) <= len(buffers.out) else None
+        same = bool(np.equal(x, y, out=out).all()) and (
+            ma[sa + pos + whole:sa + pos + n] == mb[sb + pos + whole:sb + pos + n])
+        del x, y
+        _release(ma, sa + pos, n)
+        _release(mb, sb + pos, n)
+        if not same:
+            return False
+    return True
+
+
+def same_bytes(a: TensorInfo, b: TensorInfo, stop: threading.Event | None = None,
+               buffers: _Buffers | None = None) -> bool:
+    """True when the two tensors hold the same bytes: compared in place in memory-mapped
+    files where both are contiguous there, else read in lockstep."""
+    buffers = buffers or _Buffers(RAW_BLOCK)
+    if a.nbytes != b.nbytes:
+        return False
+    ma, mb = _mapped_bytes(a), _mapped_bytes(b)
+    if ma is not None and mb is not None:
+        return _same_mapped(ma, mb, a.nbytes, buffers, stop)
+    buf_a, buf_b = buffers.read()
+    pieces = _paired(raw_blocks(a, buffers.size, buf_a), raw_blocks(b, buffers.size, buf_b))
     try:
         for xa, xb in pieces:
             if stop is not None and stop.is_set():
                 raise Cancelled()
-            if not _equal(xa, xb):
+            if not buffers.equal(xa, xb):
                 return False
         return True
     finally:
@@ -527,11 +614,12 @@ def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
     pairs.sort(key=_file_order)  # read A in file order
     total = sum(e.a.tensor.nbytes + e.b.tensor.nbytes for e in pairs)
     done = 0
+    buffers = _Buffers(RAW_BLOCK) if pairs else None
     yield Progress("comparing", 0, total)
     for entry in pairs:
         ta, tb = entry.a.tensor, entry.b.tensor
         try:
-            _compare(entry, ta, tb, stop)
+            _compare(entry, ta, tb, stop, buffers)
         except Cancelled:
             raise
         except (CheckpointError, OSError, ValueError) as err:
@@ -541,8 +629,8 @@ def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
     return result
 
 
-def _compare(entry: Entry, ta: TensorInfo, tb: TensorInfo,
-             stop: threading.Event | None) -> None:
+def _compare(entry: Entry, ta: TensorInfo, tb: TensorInfo, stop: threading.Event | None,
+             buffers: _Buffers | None = None) -> None:
     if ta.numel == 0:
         entry.numbers = Numbers(0) if entry.status == DTYPE else None
         return
@@ -552,7 +640,7 @@ def _compare(entry: Entry, ta: TensorInfo, tb: TensorInfo,
         if _same_place(ta, tb):
             return
         if (byteorder_a == byteorder_b and not ta.quantization and not tb.quantization
-                and same_bytes(ta, tb, stop)):
+                and same_bytes(ta, tb, stop, buffers)):
             return
         entry.status = CHANGED
     entry.numbers = numbers(ta, tb, stop)
@@ -575,11 +663,13 @@ def describe_numbers(n: Numbers) -> str:
         return "the same values" + (f" ({n.note})" if n.note else "")
     parts = [f"{n.changed:,} of {n.numel:,} changed"]
     if n.nan_mismatch:
-        parts.append(f"NaN/inf at {n.nan_mismatch:,} places on one side only")
-    parts += [f"max |A−B| {format_number(n.max_abs)}", f"mean |A−B| {format_number(n.mean_abs)}",
-              f"rel L2 {format_number(n.rel_l2)}"]
-    if n.cosine is not None:
-        parts.append(f"cos {format_number(n.cosine, 9)}")
+        parts.append(f"{n.nan_mismatch:,} NaN/inf on one side only")
+    if n.changed > n.nan_mismatch:  # finite values changed too
+        parts += [f"max |A−B| {format_number(n.max_abs)}",
+                  f"mean |A−B| {format_number(n.mean_abs)}",
+                  f"rel L2 {format_number(n.rel_l2)}"]
+        if n.cosine is not None:
+            parts.append(f"cos {format_number(n.cosine, 9)}")
     if n.note:
         parts.append(n.note)
     return ", ".join(parts)

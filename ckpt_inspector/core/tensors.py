@@ -73,11 +73,13 @@ class DataSource:
         finally:
             os.close(fd)
 
-    def blocks(self, offset: int = 0, length: int | None = None,
-               size: int = 1 << 20) -> Iterator[memoryview]:
+    def blocks(self, offset: int = 0, length: int | None = None, size: int = 1 << 20,
+               buffer: bytearray | None = None) -> Iterator[memoryview]:
         """Like :meth:`chunks`, but each piece is a view of one reused buffer, valid
         only until the next is asked for: a pass over a storage allocates nothing per
-        piece and keeps one small, cache-warm buffer resident."""
+        piece and keeps one small, cache-warm buffer resident. Passing ``buffer`` (at
+        least ``size`` bytes) reuses it across storages too: a fresh one per storage
+        costs a zero-fill and page faults, which dominate for many mid-sized tensors."""
         end = self.nbytes if length is None else min(self.nbytes, offset + length)
         span = self.file_span()
         if span is None:
@@ -86,8 +88,10 @@ class DataSource:
                 yield buf[start:min(end, start + size)]
             return
         path, base = span
-        block = bytearray(min(size, max(end - offset, 0)))
-        view = memoryview(block)
+        if buffer is not None and len(buffer) >= size:
+            view = memoryview(buffer)
+        else:
+            view = memoryview(bytearray(min(size, max(end - offset, 0))))
         fd = os.open(path, os.O_RDONLY)
         try:
             pos = offset
@@ -105,7 +109,7 @@ class DataSource:
 _MMAPS: dict[tuple[str, int, float], mmap.mmap] = {}
 
 
-def _mapped(path: str) -> mmap.mmap:
+def mapped_file(path: str) -> mmap.mmap:
     """One read-only map per file version, shared by all its storages."""
     st = os.stat(path)
     key = (path, st.st_size, st.st_mtime)
@@ -132,7 +136,7 @@ class FileRange(DataSource):
     def buffer(self) -> memoryview:
         if self.nbytes == 0:
             return memoryview(b"")
-        mm = _mapped(self.path)
+        mm = mapped_file(self.path)
         if self.offset + self.nbytes > len(mm):
             raise CheckpointError(f"{self.path}: storage data runs past the end of the file")
         return memoryview(mm)[self.offset:self.offset + self.nbytes]
@@ -179,7 +183,7 @@ class ZipEntryData(DataSource):
 
     def buffer(self) -> memoryview:
         info = self.info
-        raw = _mapped(self.container) if isinstance(self.container, str) else self.container
+        raw = mapped_file(self.container) if isinstance(self.container, str) else self.container
         if info.compress_type == zipfile.ZIP_STORED:
             h = info.header_offset
             if raw[h:h + 4] != b"PK\x03\x04":
@@ -208,7 +212,7 @@ class VarintData(DataSource):
     def buffer(self) -> memoryview:
         from ckpt_inspector.core.formats._protobuf import decode_packed_varints
 
-        raw = bytes(_mapped(self.path)[self.offset:self.offset + self.length])
+        raw = bytes(mapped_file(self.path)[self.offset:self.offset + self.length])
         values = decode_packed_varints(raw)
         bits = self.itemsize * 8
         out = bytearray()

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core import diff as d
+from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.stats import Cancelled
 
 from support import drive, run_cli
@@ -99,7 +99,7 @@ def test_dataparallel_copy_matches_after_the_prefix_rule(family):
 
 
 def test_different_architectures(family):
-    paths, sd, _ = family
+    paths, _, _ = family
     result = compare(paths["base"], paths["r34"])
     counts = result.counts()
     assert counts[d.ONLY_B] > 0 and counts[d.ONLY_A] == 0
@@ -150,16 +150,22 @@ def test_non_tensor_values_are_compared(family):
 
 def test_shapes_views_and_kinds(torch, tmp_path):
     base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    u8 = torch.arange(100, dtype=torch.uint8)
+    u8_changed = u8.clone()
+    u8_changed[50] = 0
     a = {"w": base.clone(), "t": base.t().contiguous(), "s": torch.ones(3), "x": 1,
-         "neg": torch.zeros(4)}
+         "neg": torch.zeros(4), "odd": u8[3:], "odd2": u8[3:]}
     b = {"w": base.clone()[:, :9], "t": base.t(), "s": 2, "x": torch.ones(1),
-         "neg": -torch.zeros(4)}
+         "neg": -torch.zeros(4), "odd": u8[3:].clone(), "odd2": u8_changed[3:]}
     torch.save(a, tmp_path / "a.pt")
     torch.save(b, tmp_path / "b.pt")
     entries = by_key(compare(tmp_path / "a.pt", tmp_path / "b.pt"))
     assert entries["w"].status == d.SHAPE
     assert entries["t"].status == d.IDENTICAL  # a transposed view read in C order
     assert entries["s"].status == entries["x"].status == d.KIND
+    # byte ranges that start at odd offsets in the files are compared byte by byte
+    assert entries["odd"].status == d.IDENTICAL
+    assert entries["odd2"].status == d.CHANGED and entries["odd2"].numbers.changed == 1
     neg = entries["neg"]  # -0.0 and 0.0: different bits, the same numbers
     assert neg.status == d.CHANGED and neg.numbers.changed == 0 and "bits" in neg.numbers.note
 
