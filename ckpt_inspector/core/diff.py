@@ -629,23 +629,44 @@ def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
     return result
 
 
+def _same_components(ta: TensorInfo, tb: TensorInfo, stop: threading.Event | None,
+                     buffers: _Buffers | None) -> bool:
+    """Quantization parameters and component tensors (per-channel scales, sparse indices
+    and values) are the same on both sides."""
+    if ta.quantization != tb.quantization:
+        return False
+    ca, cb = ta.components or {}, tb.components or {}
+    if ca.keys() != cb.keys():
+        return False
+    return all(ca[k].shape == cb[k].shape and ca[k].dtype == cb[k].dtype
+               and same_bytes(ca[k], cb[k], stop, buffers) for k in ca)
+
+
 def _compare(entry: Entry, ta: TensorInfo, tb: TensorInfo, stop: threading.Event | None,
              buffers: _Buffers | None = None) -> None:
     if ta.numel == 0:
         entry.numbers = Numbers(0) if entry.status == DTYPE else None
+        return
+    if ta.layout != "strided" or tb.layout != "strided":  # sparse, nested: by their parts
+        if ta.layout != tb.layout:
+            entry.status, entry.error = KIND, f"layout {ta.layout} → {tb.layout}"
+        elif entry.status == IDENTICAL and not _same_components(ta, tb, stop, buffers):
+            entry.status = CHANGED
+            entry.error = f"{ta.layout} tensors are compared by their parts: they differ"
         return
     if entry.status == IDENTICAL:
         byteorder_a = ta.storage.source.byteorder if ta.storage and ta.storage.source else ""
         byteorder_b = tb.storage.source.byteorder if tb.storage and tb.storage.source else ""
         if _same_place(ta, tb):
             return
-        if (byteorder_a == byteorder_b and not ta.quantization and not tb.quantization
+        if (byteorder_a == byteorder_b and _same_components(ta, tb, stop, buffers)
                 and same_bytes(ta, tb, stop, buffers)):
             return
         entry.status = CHANGED
     entry.numbers = numbers(ta, tb, stop)
     if entry.status == CHANGED and entry.numbers.changed == 0 and not entry.numbers.nan_mismatch:
-        # different bytes, same numbers: -0.0 against 0.0, NaN payloads, byte order
+        # different bytes, same numbers: -0.0 against 0.0, NaN payloads, byte order,
+        # quantized integers with other scales that dequantize alike
         entry.numbers.note = "the same values stored with different bits (such as -0.0 and 0.0)"
 
 

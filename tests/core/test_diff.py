@@ -269,3 +269,38 @@ def test_diff_imports_neither_torch_nor_qt(family):
             "bad = [m for m in ('torch', 'PySide6') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+
+
+def test_quantized_and_sparse_tensors(torch, quantized_file, tmp_path):
+    import warnings
+
+    path, data = quantized_file
+    assert compare(path, path).identical
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = dict(data)
+        x = data["per_tensor"].dequantize()
+        other["per_tensor"] = torch.quantize_per_tensor(x, 0.2, 3, torch.quint8)  # new scale
+        pc = data["per_channel"]
+        other["per_channel"] = torch.quantize_per_channel(
+            pc.dequantize(), torch.tensor([0.1, 0.2, 0.3, 0.5]), torch.tensor([0, 1, 2, 3]), 0,
+            torch.qint8)
+    copy = tmp_path / "q2.pt"
+    torch.save(other, copy)
+    entries = by_key(compare(path, copy))
+    assert entries["per_tensor_qint8"].status == d.IDENTICAL
+    assert entries["per_tensor"].status == d.CHANGED
+    ref = (data["per_tensor"].dequantize().double() - other["per_tensor"].dequantize().double())
+    assert entries["per_tensor"].numbers.max_abs == pytest.approx(float(ref.abs().max()))
+    assert entries["per_channel"].status == d.CHANGED  # one channel's scale changed
+    i = torch.tensor([[0, 1], [2, 0]])
+    sparse_a = {"s": torch.sparse_coo_tensor(i, torch.tensor([1.0, 2.0]), (3, 3),
+                                             check_invariants=True)}
+    sparse_b = {"s": torch.sparse_coo_tensor(i, torch.tensor([1.0, 3.0]), (3, 3),
+                                             check_invariants=True)}
+    torch.save(sparse_a, tmp_path / "sa.pt")
+    torch.save(sparse_a, tmp_path / "sa2.pt")
+    torch.save(sparse_b, tmp_path / "sb.pt")
+    assert compare(tmp_path / "sa.pt", tmp_path / "sa2.pt").identical
+    changed = by_key(compare(tmp_path / "sa.pt", tmp_path / "sb.pt"))["s"]
+    assert changed.status == d.CHANGED and "parts" in changed.error
