@@ -6,23 +6,18 @@ import os
 from html import escape
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QPoint, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtCore import QModelIndex, QPoint, Qt, Signal
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
-    QLineEdit,
     QMenu,
-    QPushButton,
     QSplitter,
     QStackedWidget,
     QTextBrowser,
     QToolButton,
     QToolTip,
-    QTreeView,
     QVBoxLayout,
     QWidget,
 )
@@ -30,14 +25,22 @@ from PySide6.QtWidgets import (
 from ckpt_inspector.core import query as query_mod
 from ckpt_inspector.core.display import DisplayNode
 from ckpt_inspector.gui.errors import ErrorReporter, describe
+from ckpt_inspector.gui.key_tree import (
+    MessagePage,
+    copy_keys,
+    current_node,
+    make_filter_edit,
+    make_key_tree,
+    select_key,
+    selected_nodes,
+    set_tree_model,
+)
 from ckpt_inspector.gui.loading import LoadedFile, load_file, release_file
 from ckpt_inspector.gui.panels import details_html, summary_html
 from ckpt_inspector.gui.tensor_view import TensorView
 from ckpt_inspector.gui.tree_model import (
-    COLUMNS,
     DEVICE,
     ELEMENTS,
-    KEY,
     SHAPE,
     SIZE,
     TYPE,
@@ -91,11 +94,9 @@ class CheckpointView(QWidget):
         self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.banner.hide()
 
-        self.filter_edit = QLineEdit()
-        self.filter_edit.setObjectName("filterEdit")
-        self.filter_edit.setPlaceholderText(
-            "Filter keys   (text, re:pattern, shape:768x768, dtype:bf16 — ? for help)")
-        self.filter_edit.setClearButtonEnabled(True)
+        self.filter_edit = make_filter_edit(
+            "filterEdit", "Filter keys   (text, re:pattern, shape:768x768, dtype:bf16 — ? for "
+            "help)", self.apply_filter, DEBOUNCE_MS, self)
         self.filter_edit.setToolTip(FILTER_HELP)
         self.filter_help = QToolButton()
         self.filter_help.setText("?")
@@ -110,12 +111,6 @@ class CheckpointView(QWidget):
         self.group_box.setToolTip("Group dotted state_dict keys (layer1.0.conv1.weight) into "
                                   "a module tree; untick for the file's flat keys")
         self.group_box.toggled.connect(self._set_grouped)
-        self._debounce = QTimer(self)
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(DEBOUNCE_MS)
-        self._debounce.timeout.connect(self.apply_filter)
-        self.filter_edit.textChanged.connect(lambda _t: self._debounce.start())
-        self.filter_edit.returnPressed.connect(self.apply_filter)
 
         filter_row = QHBoxLayout()
         filter_row.setContentsMargins(0, 0, 0, 0)
@@ -125,29 +120,9 @@ class CheckpointView(QWidget):
         filter_row.addWidget(self.group_box)
 
         self.proxy = FilterProxy(self)
-        self.tree = QTreeView()
-        self.tree.setObjectName("keyTree")
-        self.tree.setModel(self.proxy)
-        self.tree.setUniformRowHeights(True)
-        self.tree.setAlternatingRowColors(True)
-        self.tree.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.tree.selectionModel().currentChanged.connect(self._current_changed)
-        self.tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
-        self.tree.customContextMenuRequested.connect(self._context_menu)
-        self.tree.header().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
-        self.tree.setSortingEnabled(True)
-        self.tree.header().setSectionsMovable(False)
-        self.tree.header().setStretchLastSection(False)
-        self.tree.header().setMinimumSectionSize(50)
         # the current row may vanish under a filter: keep the details panel honest
-        self.proxy.layoutChanged.connect(self._refresh_details)
-        self.proxy.rowsRemoved.connect(self._refresh_details)
-        self.proxy.modelReset.connect(self._refresh_details)
-        copy = QAction("Copy key", self.tree)
-        copy.setShortcut(QKeySequence.StandardKey.Copy)
-        copy.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
-        copy.triggered.connect(self.copy_keys)
-        self.tree.addAction(copy)
+        self.tree = make_key_tree(self.proxy, "keyTree", self._current_changed,
+                                  self._context_menu, self.copy_keys, self._refresh_details)
 
         top = QWidget()
         lv = QVBoxLayout(top)
@@ -192,31 +167,19 @@ class CheckpointView(QWidget):
         self.splitter.setSizes([950, 330])
 
         # a page for "reading…", errors and cancellations, with a button to read again
-        self.status = QLabel()
-        self.status.setObjectName("viewStatus")
-        self.status.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.retry_button = QPushButton("Read again")
+        self.message = MessagePage("viewStatus", "Read again", self.start_loading)
+        self.status, self.retry_button = self.message.label, self.message.button
         self.retry_button.setObjectName("retryButton")
-        self.retry_button.clicked.connect(self.start_loading)
-        message = QWidget()
-        mv = QVBoxLayout(message)
-        mv.addStretch(1)
-        mv.addWidget(self.status)
-        mv.addWidget(self.retry_button, 0, Qt.AlignmentFlag.AlignHCenter)
-        mv.addStretch(2)
 
         self.pages = QStackedWidget()
-        self.pages.addWidget(message)
+        self.pages.addWidget(self.message)
         self.pages.addWidget(self.splitter)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(self.pages)
 
     def _show_message(self, html: str, retry: bool) -> None:
-        self.status.setText(html)
-        self.retry_button.setVisible(retry)
+        self.message.show_message(html, retry)
         self.pages.setCurrentIndex(0)
 
     # -- loading -------------------------------------------------------------------------------
@@ -273,16 +236,8 @@ class CheckpointView(QWidget):
         model = self._models.get(grouped)
         if model is None:
             return
-        header = self.tree.header()
-        column, order = header.sortIndicatorSection(), header.sortIndicatorOrder()
-        current = self.current_node()
-        self.proxy.setSourceModel(model)
-        model.sort(column if 0 <= column < len(COLUMNS) else -1, order)
-        header.setSectionResizeMode(KEY, QHeaderView.ResizeMode.Stretch)
-        for col, width in ((TYPE, 120), (SHAPE, 150), (ELEMENTS, 95), (SIZE, 80),
-                           (DEVICE, 75)):
-            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
-            header.resizeSection(col, width)
+        current = set_tree_model(self.tree, model, [(TYPE, 120), (SHAPE, 150), (ELEMENTS, 95),
+                                                    (SIZE, 80), (DEVICE, 75)])
         self._expanded_before_filter = None
         self.apply_filter()
         if not self.filter_edit.text().strip():
@@ -411,24 +366,11 @@ class CheckpointView(QWidget):
         self.filter_edit.selectAll()
 
     def current_node(self) -> DisplayNode | None:
-        index = self.tree.currentIndex()
-        return index.data(NodeRole) if index.isValid() else None
+        return current_node(self.tree)
 
     def select_key(self, key: str) -> bool:
         """Make the row with this full key current (expanding its parents)."""
-        stack = [QModelIndex()]
-        while stack:
-            parent = stack.pop()
-            for row in range(self.proxy.rowCount(parent)):
-                idx = self.proxy.index(row, 0, parent)
-                node = idx.data(NodeRole)
-                if node.key == key:
-                    self.tree.setCurrentIndex(idx)
-                    self.tree.scrollTo(idx)
-                    return True
-                if key.startswith(node.key + ".") or not node.key:
-                    stack.append(idx)
-        return False
+        return select_key(self.tree, key)
 
     def _current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         node = current.data(NodeRole) if current.isValid() else None
@@ -451,20 +393,11 @@ class CheckpointView(QWidget):
     def _refresh_details(self, *_args: Any) -> None:
         self._current_changed(self.tree.currentIndex(), QModelIndex())
 
-    def _selected_nodes(self) -> list[DisplayNode]:
-        rows = self.tree.selectionModel().selectedRows(0) if self.tree.selectionModel() else []
-        nodes = [i.data(NodeRole) for i in rows]
-        if not nodes and self.current_node() is not None:
-            nodes = [self.current_node()]
-        return nodes
-
     def copy_keys(self) -> None:
-        nodes = self._selected_nodes()
-        if nodes:
-            QGuiApplication.clipboard().setText("\n".join(n.key for n in nodes))
+        copy_keys(self.tree)
 
     def copy_shapes(self) -> None:
-        nodes = self._selected_nodes()
+        nodes = selected_nodes(self.tree)
         if nodes:
             QGuiApplication.clipboard().setText("\n".join(shape_text(n) for n in nodes))
 

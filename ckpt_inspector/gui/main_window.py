@@ -6,18 +6,14 @@ import json
 import os
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QPoint, QSettings, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
-    QColor,
     QDragEnterEvent,
     QDropEvent,
-    QFont,
     QIcon,
     QKeySequence,
-    QPainter,
-    QPixmap,
 )
 from PySide6.QtWidgets import (
     QComboBox,
@@ -25,6 +21,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QLabel,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -42,9 +39,11 @@ from ckpt_inspector.core.torch_load import TRUSTED_PACKAGES
 from ckpt_inspector.gui.checkpoint_view import CheckpointView
 from ckpt_inspector.gui.commands import run_cli
 from ckpt_inspector.gui.devices import DeviceProbe
+from ckpt_inspector.gui.diff_view import DiffView
 from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.export_dialog import ExportDialog
 from ckpt_inspector.gui.file_browser import FileBrowser
+from ckpt_inspector.gui.icons import badge_icon
 from ckpt_inspector.gui.loading import LoadedFile
 from ckpt_inspector.gui.tensor_view import preload_plots
 from ckpt_inspector.gui.welcome import WelcomePage
@@ -60,25 +59,7 @@ def verdict_icon(verdict: str) -> QIcon:
     colors = {"needs-trust": "#d97706", "dangerous": "#c62828", "unreadable": "#6b7280"}
     if verdict not in colors:
         return QIcon()
-    icon = QIcon()
-    for size in (16, 32):
-        pix = QPixmap(size, size)
-        pix.fill(Qt.GlobalColor.transparent)
-        painter = QPainter(pix)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        painter.setBrush(QColor(colors[verdict]))
-        painter.setPen(Qt.PenStyle.NoPen)
-        painter.drawEllipse(1, 1, size - 2, size - 2)
-        painter.setPen(QColor("white"))
-        font = QFont()
-        font.setBold(True)
-        font.setPixelSize(int(size * 0.75))
-        painter.setFont(font)
-        painter.drawText(pix.rect(), Qt.AlignmentFlag.AlignCenter,
-                         "?" if verdict == "unreadable" else "!")
-        painter.end()
-        icon.addPixmap(pix)
-    return icon
+    return badge_icon(colors[verdict], "?" if verdict == "unreadable" else "!")
 
 
 FILE_FILTER = ("Checkpoints (*.pt *.pth *.ckpt *.bin *.pt2 *.onnx *.safetensors *.pkl);;"
@@ -97,6 +78,7 @@ def load_with_torch(path: str, device: str, flags: list[str]) -> dict[str, Any]:
 
 class MainWindow(QMainWindow):
     file_shown = Signal(str)  # a file's tree is on screen (benchmarks and tests wait on it)
+    comparison_shown = Signal(object)  # a DiffView whose result is on screen
 
     def __init__(self, settings: QSettings | None = None, probe_devices: bool = True):
         super().__init__()
@@ -115,6 +97,8 @@ class MainWindow(QMainWindow):
         self.tabs.setDocumentMode(True)
         self.tabs.tabCloseRequested.connect(self.close_tab)
         self.tabs.currentChanged.connect(lambda _i: self._tab_changed())
+        self.tabs.tabBar().setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.tabs.tabBar().customContextMenuRequested.connect(self._tab_menu)
         self.welcome = WelcomePage()
         self.welcome.open_requested.connect(self.open_dialog)
         self.welcome.demo_requested.connect(self.open_demo)
@@ -170,6 +154,14 @@ class MainWindow(QMainWindow):
         self.demo_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_FileIcon),
                                    "Open &demo checkpoint", self)
         self.demo_action.triggered.connect(self.open_demo)
+        self.compare_action = QAction(
+            style.standardIcon(QStyle.StandardPixmap.SP_FileDialogContentsView), "Co&mpare…",
+            self)
+        self.compare_action.setShortcut(QKeySequence("Ctrl+D"))
+        self.compare_action.setToolTip("Compare two checkpoints: keys, shapes, dtypes and "
+                                       "values (Ctrl+D); Shift-drop a file to compare it with "
+                                       "the current one")
+        self.compare_action.triggered.connect(self.compare_dialog)
         self.close_action = QAction("&Close tab", self)
         self.close_action.setShortcut(QKeySequence.StandardKey.Close)
         self.close_action.triggered.connect(lambda: self.close_tab(self.tabs.currentIndex()))
@@ -202,6 +194,7 @@ class MainWindow(QMainWindow):
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self.recent_menu.aboutToShow.connect(self._refresh_recent)
         file_menu.addAction(self.demo_action)
+        file_menu.addAction(self.compare_action)
         file_menu.addSeparator()
         file_menu.addAction(self.export_action)
         file_menu.addSeparator()
@@ -226,6 +219,7 @@ class MainWindow(QMainWindow):
         bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         bar.addAction(self.open_action)
         bar.addAction(self.demo_action)
+        bar.addAction(self.compare_action)
         bar.addAction(self.export_action)
         spacer = QWidget()
         spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
@@ -267,8 +261,16 @@ class MainWindow(QMainWindow):
 
     def ask_open_paths(self) -> list[str]:
         """The Open dialog, starting in the Files dock's folder."""
-        dialog = QFileDialog(self, "Open checkpoints", self.browser.folder, FILE_FILTER)
-        dialog.setFileMode(QFileDialog.FileMode.ExistingFiles)
+        return self._ask_files("Open checkpoints", QFileDialog.FileMode.ExistingFiles)
+
+    def ask_compare_file(self, title: str) -> str:
+        """One checkpoint for a comparison ("" if the user cancels)."""
+        paths = self._ask_files(title, QFileDialog.FileMode.ExistingFile)
+        return paths[0] if paths else ""
+
+    def _ask_files(self, title: str, mode: QFileDialog.FileMode) -> list[str]:
+        dialog = QFileDialog(self, title, self.browser.folder, FILE_FILTER)
+        dialog.setFileMode(mode)
         dialog.setViewMode(QFileDialog.ViewMode.Detail)
         dialog.resize(900, 560)
         if dialog.exec():
@@ -295,6 +297,89 @@ class MainWindow(QMainWindow):
             views.append(view)
         self._update_actions()
         return views
+
+    # -- comparing files -------------------------------------------------------------------------
+    def compare_dialog(self) -> DiffView | None:
+        """Compare the current tab's file (or one asked for) with a file asked for."""
+        view = self.current_view()
+        first = view.path if view is not None else self.ask_compare_file(
+            "Compare — choose the first checkpoint (A)")
+        if not first:
+            return None
+        return self.compare_with(first)
+
+    def compare_with(self, first: str) -> DiffView | None:
+        second = self.ask_compare_file(f"Compare {os.path.basename(first)} (A) with… (B)")
+        return self.compare_paths(first, second) if second else None
+
+    def compare_paths(self, path_a: str, path_b: str) -> DiffView:
+        """A tab comparing the two files (the open one if there is; it is not redone)."""
+        path_a, path_b = os.path.abspath(path_a), os.path.abspath(path_b)
+        for i in range(self.tabs.count()):
+            existing = self.tabs.widget(i)
+            if isinstance(existing, DiffView) and (existing.path_a, existing.path_b) == (
+                    path_a, path_b):
+                self.tabs.setCurrentWidget(existing)
+                return existing
+        view = DiffView(path_a, path_b, self.runner, self.reporter)
+        view.shown.connect(lambda _c, v=view: self._comparison_shown(v))
+        view.failed.connect(lambda _m, v=view: self._tab_changed())
+        view.progressed.connect(self._tasks_changed)
+        view.open_requested.connect(self.show_key_in_file)
+        index = self.tabs.addTab(view, view.title)
+        self.tabs.setTabToolTip(index, f"A: {path_a}\nB: {path_b}")
+        self.tabs.setCurrentIndex(index)
+        self.pages.setCurrentWidget(self.tabs)
+        view.start()
+        self._update_actions()
+        return view
+
+    def _comparison_shown(self, view: DiffView) -> None:
+        index = self.tabs.indexOf(view)
+        if index >= 0:
+            self.tabs.setTabToolTip(index, f"A: {view.path_a}\nB: {view.path_b}\n"
+                                           f"{view.status_text()}")
+        self._tab_changed()
+        self.comparison_shown.emit(view)
+
+    def show_key_in_file(self, path: str, key: str) -> None:
+        """Open ``path`` (or go to its tab) and select ``key`` once its tree is shown."""
+        [view] = self.open_paths([path])
+        if view.file is not None:
+            view.select_key(key)
+            return
+
+        def loaded(_file: LoadedFile) -> None:
+            view.loaded.disconnect(loaded)
+            view.select_key(key)
+
+        view.loaded.connect(loaded)
+
+    def _tab_menu(self, pos: QPoint) -> None:
+        index = self.tabs.tabBar().tabAt(pos)
+        if index >= 0:
+            self.tab_menu(index).exec(self.tabs.tabBar().mapToGlobal(pos))
+
+    def tab_menu(self, index: int) -> QMenu:
+        """The context menu of a tab: compare a file with another, compare again, close."""
+        view = self.tabs.widget(index)
+        menu = QMenu(self.tabs.tabBar())
+        if isinstance(view, CheckpointView):
+            menu.addAction("Compare with…", lambda: self.compare_with(view.path))
+            others = [w for w in self._tab_widgets()
+                      if isinstance(w, CheckpointView) and w is not view]
+            if others:
+                sub = menu.addMenu("Compare with open file")
+                for other in others:
+                    sub.addAction(os.path.basename(other.path),
+                                  lambda o=other: self.compare_paths(view.path, o.path))
+            menu.addSeparator()
+        elif isinstance(view, DiffView):
+            menu.addAction("Compare again", view.start)
+            menu.addAction("Swap A and B", lambda: self.compare_paths(view.path_b, view.path_a))
+            menu.addSeparator()
+        menu.addAction("Close tab", lambda: self.close_tab(self.tabs.indexOf(view)))
+        return menu
 
     def _view_for(self, path: str) -> CheckpointView | None:
         for i in range(self.tabs.count()):
@@ -324,16 +409,18 @@ class MainWindow(QMainWindow):
                         on_result=lambda p: self.open_paths([p]))
 
     def reload_current(self) -> None:
-        view = self.current_view()
-        if view is not None:
+        view = self.tabs.currentWidget()
+        if isinstance(view, CheckpointView):
             view.start_loading()
+        elif isinstance(view, DiffView):
+            view.start()
 
     def close_tab(self, index: int) -> None:
         if index < 0:
             return
         view = self.tabs.widget(index)
         self.tabs.removeTab(index)
-        if isinstance(view, CheckpointView):
+        if isinstance(view, (CheckpointView, DiffView)):
             view.dispose()
         if view is not None:
             view.deleteLater()
@@ -352,11 +439,24 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
+        """Files dropped open in tabs; with Shift held, a file is compared with the current
+        tab's file (two files with each other)."""
         paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
         paths = [p for p in paths if os.path.isfile(p)]
-        if paths:
-            event.acceptProposedAction()
-            self.open_paths(paths)
+        if not paths:
+            return
+        event.acceptProposedAction()
+        view = self.current_view()
+        if event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            if len(paths) == 2:
+                self.compare_paths(*paths)
+                return
+            if len(paths) == 1 and view is not None:
+                self.compare_paths(view.path, paths[0])
+                return
+            self.statusBar().showMessage("Shift-drop compares one file with the current tab's, "
+                                         "or two files with each other", 8000)
+        self.open_paths(paths)
 
     # -- recent files --------------------------------------------------------------------------
     def recent_files(self) -> list[str]:
@@ -496,6 +596,16 @@ class MainWindow(QMainWindow):
         if busy:
             more = f" (+{len(tasks) - 1} more)" if len(tasks) > 1 else ""
             self.task_label.setText(tasks[-1].label + "…" + more)
+            fraction = next((w.fraction for w in self._tab_widgets()
+                             if isinstance(w, DiffView) and w.task is tasks[-1]), None)
+            if fraction is None:
+                self.progress.setRange(0, 0)  # busy, for work that cannot say how far it is
+            else:
+                self.progress.setRange(0, 1000)
+                self.progress.setValue(int(fraction * 1000))
+
+    def _tab_widgets(self) -> list[QWidget]:
+        return [self.tabs.widget(i) for i in range(self.tabs.count())]
 
     def _tab_changed(self) -> None:
         """Title, status line, actions and the Files dock follow the current tab."""
@@ -503,6 +613,10 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{os.path.basename(view.path)} — ckpt-inspector" if view
                             else "ckpt-inspector")
         text = ""
+        diff = self.tabs.currentWidget()
+        if isinstance(diff, DiffView):
+            self.setWindowTitle(f"{diff.title} — ckpt-inspector")
+            text = diff.status_text()
         if view is not None and view.file is not None:
             f = view.file
             n = f.totals["tensors"]
@@ -517,20 +631,22 @@ class MainWindow(QMainWindow):
     def _update_actions(self) -> None:
         view = self.current_view()
         loaded = view is not None and view.file is not None
+        diff = self.tabs.currentWidget() if isinstance(self.tabs.currentWidget(),
+                                                      DiffView) else None
         self.torch_action.setEnabled(loaded)
         self.export_action.setEnabled(loaded)
-        self.copy_action.setEnabled(loaded)
-        self.reload_action.setEnabled(view is not None)
-        self.close_action.setEnabled(view is not None)
+        self.copy_action.setEnabled(loaded or (diff is not None and diff.comparison is not None))
+        self.reload_action.setEnabled(view is not None or diff is not None)
+        self.close_action.setEnabled(view is not None or diff is not None)
 
     def _copy_keys(self) -> None:
-        view = self.current_view()
-        if view is not None:
+        view = self.tabs.currentWidget()
+        if isinstance(view, (CheckpointView, DiffView)):
             view.copy_keys()
 
     def _focus_filter(self) -> None:
-        view = self.current_view()
-        if view is not None:
+        view = self.tabs.currentWidget()
+        if isinstance(view, (CheckpointView, DiffView)):
             view.focus_filter()
 
     def about(self) -> None:
@@ -547,6 +663,9 @@ class MainWindow(QMainWindow):
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("windowState", self.saveState())
         self.runner.cancel_all()
+        for view in self._tab_widgets():
+            if isinstance(view, DiffView):
+                view.dispose()  # its statistics run as quiet tasks: stop them too
         self.probe.stop()
         super().closeEvent(event)
 

@@ -134,10 +134,9 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def stats_rows(stats: Stats) -> str:
-    """The statistics of a tensor as table rows, NaN and inf in red when present."""
+def stats_pairs(stats: Stats) -> list[tuple[str, str]]:
+    """(label, HTML) of each statistic of a tensor, NaN and inf in red when present."""
     f = format_number
-    kind = {"complex magnitude": " (of |value|)", "quantized": " (dequantized)"}.get(stats.kind, "")
     pairs: list[tuple[str, str]] = []
     if stats.min is not None:
         pairs += [("min", f(stats.min)), ("max", f(stats.max)), ("mean", f(stats.mean)),
@@ -156,8 +155,21 @@ def stats_rows(stats: Stats) -> str:
         pairs.append(("most common", f"<span class='mono'>{escape(top)}</span>"))
     if stats.note:
         pairs.append(("note", escape(stats.note)))
+    return pairs
+
+
+STATS_OF = {"complex magnitude": " (of |value|)", "quantized": " (dequantized)"}
+
+
+def stats_kind(stats: Stats) -> str:
+    """What the statistics are of, when not the values themselves: ' (of |value|)'."""
+    return STATS_OF.get(stats.kind, "")
+
+
+def stats_rows(stats: Stats) -> str:
+    """The statistics of a tensor as table rows, NaN and inf in red when present."""
     where = f" on {escape(stats.device)}" if stats.device != "cpu" else ""
-    return (f"<h3>Statistics{kind}</h3>" + _rows(pairs)
+    return (f"<h3>Statistics{stats_kind(stats)}</h3>" + _rows(stats_pairs(stats))
             + f"<p class='muted'>computed in {stats.seconds * 1000:,.0f} ms{where}</p>")
 
 

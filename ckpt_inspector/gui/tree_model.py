@@ -25,6 +25,7 @@ NodeRole = Qt.ItemDataRole.UserRole + 1
 _DIGITS = re.compile(r"(\d+)")
 _PROBLEM = QBrush(QColor("#c62828"))
 _MUTED = QBrush(QColor("#6b7280"))
+_RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
 
 def natural_key(text: str) -> tuple[Any, ...]:
@@ -79,23 +80,31 @@ def shape_text(d: DisplayNode) -> str:
     return node.note or ""
 
 
-class CheckpointModel(QAbstractItemModel):
-    """A read-only tree over :class:`DisplayNode`; nodes know their parent and row."""
+class NodeTreeModel(QAbstractItemModel):
+    """A read-only tree over nodes that know their ``parent``, ``row``, ``children`` and
+    ``order`` (their first position, to undo sorting): the structure and the sorting that
+    the key tree and the comparison tree share. Subclasses name their :attr:`COLUMNS` (those
+    in :attr:`NUMERIC` are aligned right), give a cell's text (``_display``), a row's
+    tooltip (``_tooltip``), any other role (``_style``) and one sort key per column in
+    :attr:`_SORT_KEYS`. :data:`NodeRole` gives the node of a row."""
 
-    def __init__(self, top: DisplayNode, parent: Any = None):
+    COLUMNS: ClassVar[tuple[str, ...]] = ()
+    COLUMN_HELP: ClassVar[dict[int, str]] = {}  # header tooltips
+    NUMERIC: ClassVar[tuple[int, ...]] = ()
+    _SORT_KEYS: ClassVar[dict[int, Callable[[Any], Any]]] = {}
+
+    def __init__(self, top: Any, parent: Any = None):
         super().__init__(parent)
         self._top = top
-        self._target = "cpu"
-        self.dangerous: set[str] = set()  # names the scan flagged; their rows are shown red
         self._sorted_by: tuple[int, Qt.SortOrder] | None = None  # None: the file's order
 
     # -- structure -------------------------------------------------------------------
-    def node(self, index: QModelIndex) -> DisplayNode:
+    def node(self, index: QModelIndex) -> Any:
         return index.internalPointer() if index.isValid() else self._top
 
     def index(self, row: int, column: int, parent: QModelIndex = QModelIndex()) -> QModelIndex:
         children = self.node(parent).children
-        if 0 <= row < len(children) and 0 <= column < len(COLUMNS):
+        if 0 <= row < len(children) and 0 <= column < len(self.COLUMNS):
             return self.createIndex(row, column, children[row])
         return QModelIndex()
 
@@ -113,7 +122,7 @@ class CheckpointModel(QAbstractItemModel):
         return len(self.node(parent).children)
 
     def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:
-        return len(COLUMNS)
+        return len(self.COLUMNS)
 
     def hasChildren(self, parent: QModelIndex = QModelIndex()) -> bool:
         return self.rowCount(parent) > 0
@@ -125,27 +134,78 @@ class CheckpointModel(QAbstractItemModel):
 
     def headerData(self, section: int, orientation: Qt.Orientation,
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        if (orientation == Qt.Orientation.Horizontal and section in (ELEMENTS, SIZE)
-                and role == Qt.ItemDataRole.TextAlignmentRole):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if orientation != Qt.Orientation.Horizontal:
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self.COLUMNS[section]
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self.COLUMN_HELP.get(section)
+        if role == Qt.ItemDataRole.TextAlignmentRole and section in self.NUMERIC:
+            return _RIGHT
         return None
 
     # -- data ---------------------------------------------------------------------------
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
             return None
-        d: DisplayNode = index.internalPointer()
+        node = index.internalPointer()
         col = index.column()
         if role == Qt.ItemDataRole.DisplayRole:
-            return self._display(d, col)
+            return self._display(node, col)
         if role == NodeRole:
-            return d
+            return node
         if role == Qt.ItemDataRole.ToolTipRole:
-            return self._tooltip(d)
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (ELEMENTS, SIZE):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            return self._tooltip(node)
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in self.NUMERIC:
+            return _RIGHT
+        return self._style(node, col, role)
+
+    def _display(self, node: Any, col: int) -> str | None:
+        return ""
+
+    def _tooltip(self, node: Any) -> str:
+        return ""
+
+    def _style(self, node: Any, col: int, role: int) -> Any:
+        """Any other role of a cell (colours, fonts, icons)."""
+        return None
+
+    # -- sorting (in Python, one pass per level, instead of per-comparison calls) ----------
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        if column < 0 and self._sorted_by is None:
+            return  # already in the file's order
+        self._sorted_by = None if column < 0 else (column, order)
+        self.layoutAboutToBeChanged.emit()
+        old = self.persistentIndexList()
+        old_nodes = [(i.internalPointer(), i.column()) for i in old]
+        key = self._SORT_KEYS.get(column, lambda d: d.order)
+        reverse = order == Qt.SortOrder.DescendingOrder and column >= 0
+        for d in self._top.walk():
+            if len(d.children) > 1:
+                if column < 0:
+                    d.children.sort(key=lambda c: c.order)
+                else:
+                    d.children.sort(key=key, reverse=reverse)
+                for row, child in enumerate(d.children):
+                    child.row = row
+        new = [self.createIndex(n.row, c, n) for n, c in old_nodes]
+        self.changePersistentIndexList(old, new)
+        self.layoutChanged.emit()
+
+
+class CheckpointModel(NodeTreeModel):
+    """A read-only tree over :class:`DisplayNode`; nodes know their parent and row."""
+
+    COLUMNS = COLUMNS
+    NUMERIC = (ELEMENTS, SIZE)
+
+    def __init__(self, top: DisplayNode, parent: Any = None):
+        super().__init__(top, parent)
+        self._target = "cpu"
+        self.dangerous: set[str] = set()  # names the scan flagged; their rows are shown red
+
+    # -- data ---------------------------------------------------------------------------
+    def _style(self, d: DisplayNode, col: int, role: int) -> Any:
         if role == Qt.ItemDataRole.ForegroundRole:
             if d.is_tensor and d.node.tensor.problem:
                 return _PROBLEM
@@ -208,7 +268,6 @@ class CheckpointModel(QAbstractItemModel):
                 last = self.createIndex(len(d.children) - 1, column, d.children[-1])
                 self.dataChanged.emit(first, last, [Qt.ItemDataRole.DisplayRole])
 
-    # -- sorting (in Python, one pass per level, instead of per-comparison calls) ----------
     _SORT_KEYS: ClassVar[dict[int, Callable[[DisplayNode], Any]]] = {
         KEY: lambda d: natural_key(d.label),
         TYPE: lambda d: type_text(d),
@@ -218,27 +277,6 @@ class CheckpointModel(QAbstractItemModel):
         SIZE: lambda d: d.nbytes,
         DEVICE: lambda d: d.node.tensor.device if d.is_tensor else "",
     }
-
-    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
-        if column < 0 and self._sorted_by is None:
-            return  # already in the file's order
-        self._sorted_by = None if column < 0 else (column, order)
-        self.layoutAboutToBeChanged.emit()
-        old = self.persistentIndexList()
-        old_nodes = [(i.internalPointer(), i.column()) for i in old]
-        key = self._SORT_KEYS.get(column, lambda d: d.order)
-        reverse = order == Qt.SortOrder.DescendingOrder and column >= 0
-        for d in self._top.walk():
-            if len(d.children) > 1:
-                if column < 0:
-                    d.children.sort(key=lambda c: c.order)
-                else:
-                    d.children.sort(key=key, reverse=reverse)
-                for row, child in enumerate(d.children):
-                    child.row = row
-        new = [self.createIndex(n.row, c, n) for n, c in old_nodes]
-        self.changePersistentIndexList(old, new)
-        self.layoutChanged.emit()
 
 
 class FilterProxy(QSortFilterProxyModel):

@@ -1,0 +1,1219 @@
+"""A comparison of two checkpoints in a tab: what changed, where, and by how much.
+
+Reading both files and comparing them (``core.diff``) runs on a worker, with its
+progress in the status bar and the main window's Cancel. The result is a tree
+of every key of both files, flat or grouped into modules, coloured by what
+happened to it, filtered by status and key, and sortable by any column (the
+difference columns numerically). Selecting a key computes both tensors'
+statistics and the histogram of A − B on a worker; selecting another cancels
+that, and results are kept while the tab is open.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any, ClassVar
+
+from PySide6.QtCore import (
+    QModelIndex,
+    QPersistentModelIndex,
+    QPoint,
+    QSortFilterProxyModel,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QHBoxLayout,
+    QLabel,
+    QLayout,
+    QMenu,
+    QSplitter,
+    QStackedWidget,
+    QTextBrowser,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ckpt_inspector.core import diff as core_diff
+from ckpt_inspector.core.diff import (
+    CHANGED,
+    DTYPE,
+    IDENTICAL,
+    KIND,
+    ONLY_A,
+    ONLY_B,
+    SHAPE,
+    STATUSES,
+    UNREADABLE,
+    DiffResult,
+    Entry,
+    Numbers,
+    Side,
+)
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.progress import Progress
+from ckpt_inspector.core.stats import Histogram, Stats, compute, format_number
+from ckpt_inspector.core.summary import format_value, human_bytes, totals
+from ckpt_inspector.core.tree import Checkpoint, TensorInfo
+from ckpt_inspector.gui import key_tree
+from ckpt_inspector.gui.errors import ErrorReporter, describe
+from ckpt_inspector.gui.icons import badge_icon
+from ckpt_inspector.gui.panels import CSS, breakable, stats_kind, stats_pairs
+from ckpt_inspector.gui.tensor_view import TensorView, auto_bins
+from ckpt_inspector.gui.tree_model import NodeRole, NodeTreeModel, natural_key
+from ckpt_inspector.gui.workers import Task, TaskRunner
+
+# -- what each status looks like: text colour, badge colour, badge mark ------------------------
+STATUS_STYLE = {
+    IDENTICAL: ("#6b7280", "#9ca3af", "="),
+    CHANGED: ("#c2410c", "#f97316", "~"),
+    DTYPE: ("#a16207", "#eab308", "T"),
+    SHAPE: ("#b91c1c", "#dc2626", "≠"),
+    KIND: ("#b91c1c", "#dc2626", "≠"),
+    ONLY_A: ("#1d4ed8", "#2563eb", "−"),
+    ONLY_B: ("#7e22ce", "#9333ea", "+"),
+    UNREADABLE: ("#7f1d1d", "#7f1d1d", "?"),
+}
+# the colour a group takes is its worst child's: first in this order
+SEVERITY = (KIND, SHAPE, UNREADABLE, ONLY_A, ONLY_B, DTYPE, CHANGED, IDENTICAL)
+_RANK = {s: i for i, s in enumerate(SEVERITY)}
+STATUS_HELP = {
+    IDENTICAL: "the same bytes (or the same value) on both sides",
+    CHANGED: "same shape and dtype, different values",
+    DTYPE: "same shape, different dtype (values compared in float64)",
+    SHAPE: "different shapes",
+    KIND: "a tensor on one side, a value on the other",
+    ONLY_A: "in A, not in B (removed)",
+    ONLY_B: "in B, not in A (added)",
+    UNREADABLE: "the data of one side could not be read",
+}
+
+COLUMNS = ("Key", "Status", "A", "B", "max |A−B|", "rel L2", "cosine", "changed")
+KEY, STATUS, A, B, MAX_ABS, REL_L2, COSINE, CHANGED_COL = range(len(COLUMNS))
+NUMERIC = (MAX_ABS, REL_L2, COSINE, CHANGED_COL)
+COLUMN_HELP = {
+    KEY: "The key both files share (after the prefix rule, if one was used)",
+    STATUS: "What happened to the key from A to B; groups count the keys below that differ",
+    A: "dtype[shape] of a tensor in A, or its value",
+    B: "dtype[shape] of a tensor in B, or its value",
+    MAX_ABS: "Largest |A − B| over the elements (groups: the largest below)",
+    REL_L2: "Relative L2 difference ||A − B|| / ||A|| (groups: the largest below). Sorted "
+            "by difference: keys missing on one side or whose shape changed come first",
+    COSINE: "Cosine similarity of A and B as vectors (groups: the smallest below)",
+    CHANGED_COL: "Elements whose values differ (groups: the sum below)",
+}
+
+# status filters: (button text, statuses shown or None for all, tooltip)
+FILTERS = (
+    ("All", None, "Every key of both files"),
+    ("Changed", frozenset(STATUSES) - {IDENTICAL}, "Every key that is not identical"),
+    ("Missing", frozenset({ONLY_A, ONLY_B}), "Keys in only one of the files"),
+    ("Shape mismatch", frozenset({SHAPE, KIND}),
+     "Keys whose shapes differ (or a tensor on one side and a value on the other)"),
+)
+ALL, CHANGED_ONLY, MISSING, SHAPES = range(len(FILTERS))
+DEBOUNCE_MS = 150
+AUTO_EXPAND_LIMIT = 400
+
+
+def column(*items: QWidget | QLayout, spacing: int = 0) -> QWidget:
+    """A widget holding ``items`` top to bottom without margins; the last one stretches."""
+    widget = QWidget()
+    layout = QVBoxLayout(widget)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.setSpacing(spacing)
+    for i, item in enumerate(items):
+        stretch = int(i == len(items) - 1)
+        if isinstance(item, QLayout):
+            layout.addLayout(item, stretch)
+        else:
+            layout.addWidget(item, stretch)
+    return widget
+
+
+def status_icon(status: str) -> Any:
+    _text, color, mark = STATUS_STYLE[status]
+    return badge_icon(color, mark)
+
+
+def percent(part: int, whole: int) -> str:
+    """``part`` of ``whole`` in words people read at a glance: 100%, 3.2%, <0.1%, 0."""
+    if not part or not whole:
+        return "0%"
+    if part == whole:
+        return "100%"
+    share = part / whole
+    return "<0.1%" if share < 0.001 else (">99.9%" if share > 0.999 else f"{share:.1%}")
+
+
+# -- work for the workers (no Qt below until the models) ---------------------------------------
+@dataclass
+class Comparison:
+    a: Checkpoint
+    b: Checkpoint
+    result: DiffResult
+    grouped: DiffNode
+    flat: DiffNode
+    totals_a: dict[str, Any]
+    totals_b: dict[str, Any]
+    seconds: float
+
+    def elements(self) -> tuple[int, int]:
+        """(elements that changed, elements compared one to one)."""
+        changed = compared = 0
+        for e in self.result.entries:
+            if e.numbers is not None:
+                changed += e.numbers.changed
+                compared += e.numbers.numel
+            elif e.status == IDENTICAL and e.is_tensor:
+                compared += e.numel
+        return changed, compared
+
+
+def compare_files(path_a: str, path_b: str, stop: threading.Event | None = None
+                  ) -> Iterator[Progress]:
+    """Read both files and compare them (a generator for a worker); returns a
+    :class:`Comparison` with both trees of the result built."""
+    start = time.perf_counter()
+    yield Progress("reading A", detail=os.path.basename(path_a))
+    a = open_checkpoint(path_a)
+    yield Progress("reading B", detail=os.path.basename(path_b))
+    b = open_checkpoint(path_b)
+    result = yield from core_diff.diff(a, b, stop=stop)
+    yield Progress("arranging the keys")
+    return Comparison(a, b, result, build_tree(result.entries, True),
+                      build_tree(result.entries, False), totals(a), totals(b),
+                      time.perf_counter() - start)
+
+
+@dataclass
+class Piece:
+    """One finished part of :func:`analyse_pair`: ``what`` is a, b, numbers or hist; ``value``
+    the result or the message of why it could not be computed."""
+
+    what: str
+    value: Any
+
+
+def _tagged(gen: Iterator[Progress], tag: str) -> Iterator[Progress]:
+    """``gen``'s progress with its stage prefixed by ``tag``; returns what ``gen`` returns."""
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as end:
+            return end.value
+        yield Progress(f"{tag}{p.stage}", p.done, p.total, p.detail)
+
+
+def analyse_pair(a: TensorInfo | None, b: TensorInfo | None,
+                 pair: tuple[TensorInfo, TensorInfo, Numbers | None] | None, bins: int,
+                 stop: threading.Event | None = None) -> Iterator[Progress | Piece]:
+    """Statistics of ``a`` and ``b`` (those given), then, for ``pair``, the histogram of
+    A − B (after the difference's numbers when they are not known yet). Each result is
+    yielded as a :class:`Piece` as soon as it is there, so going elsewhere keeps it."""
+    for what, info in (("a", a), ("b", b)):
+        if info is None:
+            continue
+        try:
+            stats = yield from _tagged(compute(info, "cpu", stop), f"{what.upper()} ")
+        except (CheckpointError, OSError, ValueError) as err:
+            stats = str(err) or type(err).__name__
+        yield Piece(what, stats)
+    if pair is None:
+        return True
+    ta, tb, numbers = pair
+    try:
+        if numbers is None:
+            yield Progress("comparing values")
+            numbers = core_diff.numbers(ta, tb, stop)
+            yield Piece("numbers", numbers)
+        hist = yield from core_diff.difference_histogram(ta, tb, numbers, bins, stop)
+    except (CheckpointError, OSError, ValueError) as err:
+        hist = str(err) or type(err).__name__
+    yield Piece("hist", hist)
+    return True
+
+
+# -- the merged key tree -----------------------------------------------------------------------
+@dataclass(eq=False, slots=True)
+class DiffNode:
+    """A key of the comparison (``entry``), a group of dotted keys (``entry`` None), or
+    both (a list value whose items are keys too). The totals cover the node and all below."""
+
+    label: str
+    key: str
+    entry: Entry | None = None
+    parent: DiffNode | None = field(default=None, repr=False)
+    children: list[DiffNode] = field(default_factory=list, repr=False)
+    row: int = 0
+    order: int = 0
+    entries: int = 0
+    changed: int = 0  # entries that are not identical
+    worst: str = IDENTICAL
+    elements_changed: int = 0
+    max_abs: float | None = None  # the largest below
+    rel_l2: float | None = None  # the largest below
+    score: float | None = None  # the largest difference_score() below
+    cosine: float | None = None  # the smallest below
+
+    def add(self, child: DiffNode) -> DiffNode:
+        child.parent = self
+        child.row = child.order = len(self.children)
+        self.children.append(child)
+        return child
+
+    def walk(self) -> Iterator[DiffNode]:
+        stack = [self]
+        while stack:
+            n = stack.pop()
+            yield n
+            stack.extend(reversed(n.children))
+
+
+def build_tree(entries: list[Entry], grouped: bool) -> DiffNode:
+    """The entries as rows: flat (one per key, in the order of the comparison) or grouped
+    by the dots of their keys (``layer1.0.conv1.weight`` under layer1 > 0 > conv1)."""
+    top = DiffNode("", "")
+    if not grouped:
+        for e in entries:
+            top.add(DiffNode(e.key or "(root)", e.key, e))
+    else:
+        nodes: dict[tuple[str, ...], DiffNode] = {}
+        for e in entries:
+            parts = tuple(e.key.split("."))
+            parent = top
+            for depth in range(1, len(parts)):
+                node = nodes.get(parts[:depth])
+                if node is None:
+                    node = nodes[parts[:depth]] = parent.add(
+                        DiffNode(parts[depth - 1], ".".join(parts[:depth])))
+                parent = node
+            node = nodes.get(parts)
+            if node is None:
+                nodes[parts] = parent.add(DiffNode(parts[-1] or "(root)", e.key, e))
+            else:  # a group that is also a key of its own
+                node.entry = e
+    for node in reversed(list(top.walk())):  # every node after all of its children
+        _total(node)
+    return top
+
+
+def difference_score(e: Entry) -> float:
+    """How different, for sorting by difference: the relative L2 difference (Entry.score),
+    and above every number what differs in a way no number measures (a key missing on one
+    side, a shape or kind changed, a value changed, unreadable data)."""
+    if e.numbers is not None or e.status == IDENTICAL:
+        return e.score()
+    return math.inf
+
+
+def _total(node: DiffNode) -> None:
+    e = node.entry
+    if e is not None:
+        node.entries = 1
+        node.changed = int(e.status != IDENTICAL)
+        node.worst = e.status
+        node.score = difference_score(e)
+        if e.numbers is not None:
+            node.elements_changed = e.numbers.changed
+            node.max_abs = e.numbers.max_abs
+            node.rel_l2 = e.numbers.rel_l2
+            node.cosine = e.numbers.cosine
+    for c in node.children:
+        node.entries += c.entries
+        node.changed += c.changed
+        node.elements_changed += c.elements_changed
+        if _RANK[c.worst] < _RANK[node.worst]:
+            node.worst = c.worst
+        if c.max_abs is not None and (node.max_abs is None or c.max_abs > node.max_abs):
+            node.max_abs = c.max_abs
+        if c.rel_l2 is not None and (node.rel_l2 is None or c.rel_l2 > node.rel_l2):
+            node.rel_l2 = c.rel_l2
+        if c.score is not None and (node.score is None or c.score > node.score):
+            node.score = c.score
+        if c.cosine is not None and (node.cosine is None or c.cosine < node.cosine):
+            node.cosine = c.cosine
+
+
+def side_text(side: Side | None) -> str:
+    return side.describe() if side is not None else "—"
+
+
+def status_text(d: DiffNode) -> str:
+    if d.entry is not None and not d.children:
+        return d.entry.status
+    if not d.changed:
+        return f"{d.entries:,} identical"
+    return f"{d.changed:,} of {d.entries:,} changed"
+
+
+_MUTED = QBrush(QColor("#9ca3af"))
+_BRUSHES = {s: QBrush(QColor(style[0])) for s, style in STATUS_STYLE.items()}
+
+
+class DiffModel(NodeTreeModel):
+    """The merged keys of two files as a tree (or a flat list) of :class:`DiffNode`."""
+
+    COLUMNS = COLUMNS
+    COLUMN_HELP = COLUMN_HELP
+    NUMERIC = NUMERIC
+    _SORT_KEYS: ClassVar[dict[int, Any]] = {
+        KEY: lambda d: natural_key(d.label),
+        STATUS: lambda d: (_RANK[d.worst], -d.changed),
+        A: lambda d: natural_key(side_text(d.entry.a)) if d.entry else (),
+        B: lambda d: natural_key(side_text(d.entry.b)) if d.entry else (),
+        # no number sorts under every number; ties: the worse status first when descending
+        MAX_ABS: lambda d: (-1.0 if d.max_abs is None else d.max_abs, -_RANK[d.worst]),
+        REL_L2: lambda d: (-1.0 if d.score is None else d.score, -_RANK[d.worst]),
+        COSINE: lambda d: (2.0 if d.cosine is None else d.cosine, _RANK[d.worst]),
+        CHANGED_COL: lambda d: (d.elements_changed, -_RANK[d.worst]),
+    }
+
+    def _style(self, d: DiffNode, col: int, role: int) -> Any:
+        if role == Qt.ItemDataRole.DecorationRole and col == KEY:
+            return status_icon(d.worst)
+        if role == Qt.ItemDataRole.ForegroundRole:
+            if col in (KEY, STATUS):
+                return _BRUSHES[d.worst]
+            if d.entry is None and col in NUMERIC:
+                return _MUTED  # a group's figure is its children's, not its own
+            if col in (A, B) and d.entry is not None:
+                side = d.entry.a if col == A else d.entry.b
+                return _MUTED if side is None else None
+        if role == Qt.ItemDataRole.FontRole and col == KEY and d.children:
+            font = QFont()
+            font.setBold(True)
+            return font
+        return None
+
+    @staticmethod
+    def _display(d: DiffNode, col: int) -> str:
+        e = d.entry
+        if col == KEY:
+            return d.label
+        if col == STATUS:
+            return status_text(d)
+        if col in (A, B):
+            if e is None:
+                return ""
+            return side_text(e.a if col == A else e.b)
+        if col == MAX_ABS:
+            return format_number(d.max_abs, 4) if d.max_abs is not None else ""
+        if col == REL_L2:
+            return format_number(d.rel_l2, 4) if d.rel_l2 is not None else ""
+        if col == COSINE:
+            return format_number(d.cosine, 6) if d.cosine is not None else ""
+        if col == CHANGED_COL:
+            if e is not None and not d.children:
+                return f"{e.numbers.changed:,}" if e.numbers is not None else ""
+            return f"{d.elements_changed:,}" if d.elements_changed else ""
+        return ""
+
+    @staticmethod
+    def _tooltip(d: DiffNode) -> str:
+        e = d.entry
+        lines = [d.key or "(root)"]
+        if e is not None:
+            lines.append(f"{e.status}: {STATUS_HELP[e.status]}")
+            for name, side in (("A", e.a), ("B", e.b)):
+                if side is not None:
+                    where = f" (key {side.key} in the file)" if side.key != e.key else ""
+                    lines.append(f"{name}: {side.describe()}{where}")
+            if e.numbers is not None:
+                n = e.numbers
+                lines.append(f"{n.changed:,} of {n.numel:,} elements changed "
+                             f"({percent(n.changed, n.numel)})")
+                lines.append(core_diff.describe_numbers(n))
+            if e.error:
+                lines.append(e.error)
+        if d.children:
+            lines.append(f"{status_text(d)} below; {d.elements_changed:,} elements changed")
+        return "\n".join(lines)
+
+
+class DiffFilter(QSortFilterProxyModel):
+    """Keys by status and by text; a match keeps its groups (recursive filtering). Sorting
+    is the source model's (one Python pass per level)."""
+
+    def __init__(self, parent: Any = None):
+        super().__init__(parent)
+        self.setRecursiveFilteringEnabled(True)
+        self.statuses: frozenset[str] | None = None
+        self.terms: list[str] = []
+
+    @property
+    def filtering(self) -> bool:
+        return self.statuses is not None or bool(self.terms)
+
+    def set_filter(self, statuses: frozenset[str] | None, text: str) -> None:
+        """Show keys with one of ``statuses`` (None: any) containing every word of ``text``."""
+        terms = text.lower().split()
+        if statuses == self.statuses and terms == self.terms:
+            return
+        if hasattr(self, "beginFilterChange"):  # Qt >= 6.9
+            self.beginFilterChange()
+            self.statuses, self.terms = statuses, terms
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            self.statuses, self.terms = statuses, terms
+            self.invalidateRowsFilter()
+
+    def accepts(self, entry: Entry | None) -> bool:
+        if entry is None:
+            return False  # a group is shown when something below it is
+        if self.statuses is not None and entry.status not in self.statuses:
+            return False
+        key = entry.key.lower()
+        return all(t in key for t in self.terms)
+
+    def filterAcceptsRow(self, row: int, parent: QModelIndex | QPersistentModelIndex) -> bool:
+        if not self.filtering:
+            return True
+        node = parent.internalPointer() if parent.isValid() else self.sourceModel().node(parent)
+        children = node.children
+        return 0 <= row < len(children) and self.accepts(children[row].entry)
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        source = self.sourceModel()
+        if source is not None:
+            source.sort(column, order)
+
+
+# -- the selected key --------------------------------------------------------------------------
+def _cell(value: str, color: str | None = None, bold: bool = False) -> str:
+    style = f" style='color:{color}'" if color else ""
+    text = f"<b>{value}</b>" if bold else value
+    return f"<td{style}>{text}</td>"
+
+
+def compare_rows(rows: list[tuple[str, str, str]], differ_color: str = "") -> str:
+    """A table of (label, A, B) as HTML under a row naming A and B; a B that differs from
+    A is bold in ``differ_color``."""
+    nowrap = "style='white-space:nowrap'"
+    out = ["<tr><th></th><th><b>A</b></th><th><b>B</b></th></tr>"]
+    for label, a, b in rows:
+        mark = bool(differ_color) and a != b
+        out.append(f"<tr><th {nowrap}>{escape(label)}</th>{_cell(a)}"
+                   f"{_cell(b, differ_color if mark else None, mark)}</tr>")
+    return "<table>" + "".join(out) + "</table>"
+
+
+def _shape(t: TensorInfo) -> str:
+    return "[" + ",".join(str(s) for s in t.shape) + "]"
+
+
+def side_rows(e: Entry) -> list[tuple[str, str, str]]:
+    """What both sides are: the key in each file, dtype, shape, size; or type and value."""
+    sides = (e.a, e.b)
+
+    def row(label: str, get: Any) -> tuple[str, str, str]:
+        a, b = ("<span class='muted'>—</span>" if s is None else escape(get(s)) for s in sides)
+        return label, a, b
+
+    def tensor(get: Any) -> Any:
+        return lambda s: get(s.tensor) if s.tensor is not None else ""
+
+    def value(get: Any) -> Any:
+        return lambda s: get(s.node) if s.tensor is None else ""
+
+    rows: list[tuple[str, str, str]] = []
+    if any(s is not None and s.key != e.key for s in sides):
+        rows.append(row("key in the file", lambda s: s.key))
+    if any(s is not None and s.tensor is not None for s in sides):
+        rows += [row("dtype", tensor(lambda t: t.dtype)), row("shape", tensor(_shape)),
+                 row("elements", tensor(lambda t: f"{t.numel:,}")),
+                 row("size", tensor(lambda t: human_bytes(t.nbytes)))]
+    if any(s is not None and s.tensor is None for s in sides):
+        rows += [row("type", value(lambda n: n.type_name or n.kind)),
+                 row("value", value(lambda n: format_value(n, 400)))]
+    return rows
+
+
+def stats_columns(a: Stats | str | None, b: Stats | str | None, busy: bool
+                  ) -> list[tuple[str, str, str]]:
+    """The statistics of both sides row by row (a label missing on one side left empty);
+    a message where a side's could not be computed, '…' while it is being computed."""
+    pairs = {side: (dict(stats_pairs(s)) if isinstance(s, Stats) else {})
+             for side, s in (("a", a), ("b", b))}
+    labels = list(pairs["a"]) + [k for k in pairs["b"] if k not in pairs["a"]]
+
+    def filler(s: Stats | str | None) -> str:
+        if isinstance(s, str):
+            return f"<span class='bad'>{escape(s)}</span>"
+        return "…" if busy else ""
+
+    if not labels:
+        return [("statistics", filler(a), filler(b))]
+    return [(k, pairs["a"].get(k, "" if isinstance(a, Stats) else filler(a)),
+             pairs["b"].get(k, "" if isinstance(b, Stats) else filler(b))) for k in labels]
+
+
+def numbers_rows(n: Numbers) -> list[tuple[str, str]]:
+    f = format_number
+    rows = [("changed", f"{n.changed:,} of {n.numel:,} ({percent(n.changed, n.numel)})")]
+    if n.changed or n.nan_mismatch:
+        rows += [("max |A−B|", f(n.max_abs)), ("mean |A−B|", f(n.mean_abs)),
+                 ("rel L2 ‖A−B‖/‖A‖", f(n.rel_l2)),
+                 ("cosine", f(n.cosine, 9) if n.cosine is not None else "-")]
+    if n.nan_mismatch:
+        rows.append(("NaN/inf", f"<span class='bad'><b>{n.nan_mismatch:,}</b> places where one "
+                                "side only is NaN or ±inf</span>"))
+    if n.note:
+        rows.append(("note", escape(n.note)))
+    return rows
+
+
+def entry_html(e: Entry, numbers: Numbers | None, stats_a: Stats | str | None,
+               stats_b: Stats | str | None, busy: bool) -> str:
+    """The selected key: its status, the difference's numbers and both sides (left), the
+    statistics of both sides (right)."""
+    color = STATUS_STYLE[e.status][0]
+    title = (f"<p><b class='mono'>{breakable(e.key or '(root)')}</b><br>"
+             f"<span style='color:{color}'><b>{escape(e.status)}</b></span> "
+             f"<span class='muted'>— {escape(STATUS_HELP[e.status])}</span></p>")
+    parts = []
+    if e.error:
+        parts.append(f"<p class='bad'>{escape(e.error)}</p>")
+    if numbers is not None:
+        how = " (element by element, in C order)" if e.status == SHAPE else ""
+        parts.append(f"<h3>Difference{how}</h3><table>" + "".join(
+            f"<tr><th style='white-space:nowrap'>{escape(k)}</th><td>{v}</td></tr>"
+            for k, v in numbers_rows(numbers)) + "</table>")
+    parts.append("<h3>A and B</h3>" + compare_rows(side_rows(e), color))
+    right = ""
+    if any(s is not None and s.tensor is not None for s in (e.a, e.b)):
+        kinds = {stats_kind(s) for s in (stats_a, stats_b) if isinstance(s, Stats)}
+        right = (f"<h3>Statistics{''.join(sorted(kinds))}</h3>"
+                 + compare_rows(stats_columns(stats_a, stats_b, busy)))
+    return (CSS + title + "<table width='100%'><tr><td style='padding-right:18px'>"
+            + "".join(parts) + f"</td><td>{right}</td></tr></table>")
+
+
+def group_html(d: DiffNode) -> str:
+    counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+    for n in d.walk():
+        if n.entry is not None:
+            counts[n.entry.status] += 1
+    color = STATUS_STYLE[d.worst][0]
+    rows = "".join(
+        f"<tr><td style='color:{STATUS_STYLE[s][0]}'>{escape(s)}</td>"
+        f"<td class='num'>{n:,}</td></tr>" for s, n in counts.items() if n)
+    return (CSS + f"<p><b class='mono'>{breakable(d.key)}</b><br><span style='color:{color}'>"
+            f"<b>{escape(status_text(d))}</b></span> <span class='muted'>— a group of "
+            f"{d.entries:,} keys</span></p><table>{rows}</table>"
+            + (f"<p>{d.elements_changed:,} elements changed below.</p>"
+               if d.elements_changed else ""))
+
+
+def histogram_reason(e: Entry) -> str:
+    """Why there is no histogram of A − B for this entry ("" when there is one)."""
+    if e.status == ONLY_A:
+        return "Only in A: there is nothing to subtract."
+    if e.status == ONLY_B:
+        return "Only in B: there is nothing to subtract."
+    if not e.is_tensor or e.status == KIND:
+        return "Not two tensors: their values are listed above."
+    if e.status == UNREADABLE:
+        return f"Not compared: {e.error}"
+    ta, tb = e.a.tensor, e.b.tensor
+    if ta.numel != tb.numel:
+        return (f"Different numbers of elements ({ta.numel:,} and {tb.numel:,}): no element by "
+                "element difference.")
+    for t in (ta, tb):
+        problem = TensorView._unreadable(t)
+        if problem:
+            return problem
+    if e.status == IDENTICAL:
+        return "Identical: A − B is zero everywhere."
+    if e.numbers is not None and not e.numbers.changed and not e.numbers.nan_mismatch:
+        return "The same values: A − B is zero everywhere."
+    return ""
+
+
+class EntryPanel(QWidget):
+    """The selected key: the difference's numbers, both sides side by side with their
+    statistics, and the histogram of A − B."""
+
+    def __init__(self, runner: TaskRunner, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.runner = runner
+        self.node: DiffNode | None = None
+        self._stats: dict[int, Stats | str] = {}  # by id(TensorInfo)
+        self._numbers: dict[int, Numbers] = {}  # by id(Entry), those computed here
+        self._hists: dict[tuple[int, int], Histogram | str] = {}  # by (id(Entry), bins)
+        self._job: Task | None = None
+        self._stop = threading.Event()
+        self._user_bins = False
+        self.hist_panel: Any = None
+        self._build()
+
+    def _build(self) -> None:
+        self.status = QLabel()
+        self.status.setObjectName("diffStatus")
+        self.cancel_button = QToolButton()
+        self.cancel_button.setText("Cancel")
+        self.cancel_button.setObjectName("diffCancel")
+        self.cancel_button.setToolTip("Stop computing the statistics of this key")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.hide()
+        head = QHBoxLayout()
+        head.setContentsMargins(4, 0, 4, 0)
+        head.addStretch(1)
+        head.addWidget(self.status)
+        head.addWidget(self.cancel_button)
+        self.text = QTextBrowser()
+        self.text.setObjectName("diffDetails")
+        self.text.setOpenLinks(False)
+        self.hist_note = QLabel()
+        self.hist_note.setObjectName("diffHistogramNote")
+        self.hist_note.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.hist_note.setWordWrap(True)
+        self.hist_note.setStyleSheet("color:#6b7280;")
+        self.hist_pages = QStackedWidget()
+        self.hist_pages.addWidget(self.hist_note)
+        self.hist_pages.setMinimumWidth(260)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.text)
+        split.addWidget(column(head, self.hist_pages))
+        split.setChildrenCollapsible(False)
+        split.setStretchFactor(0, 4)
+        split.setStretchFactor(1, 3)
+        split.setSizes([640, 480])
+        self.splitter = split
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(split, 1)
+        self.show_node(None)
+
+    def _ensure_histogram(self) -> Any:
+        if self.hist_panel is None:
+            from ckpt_inspector.gui.plots import HistogramPanel
+
+            panel = HistogramPanel()
+            panel.setObjectName("differenceHistogram")
+            panel.bins.setToolTip("Number of equal bins from −max |A−B| to +max |A−B|")
+            panel.bins_changed.connect(self._bins_changed)
+            # the panel names its axis "value" whenever it draws: this one is a difference
+            panel.log_box.toggled.connect(lambda _on: self._label_axis())
+            self.hist_pages.addWidget(panel)
+            self.hist_panel = panel
+        return self.hist_panel
+
+    def _label_axis(self) -> None:
+        self.hist_panel.plot.setLabel("bottom", "A − B")
+
+    # -- what is shown -------------------------------------------------------------------------
+    def show_node(self, node: DiffNode | None) -> None:
+        if node is not self.node:
+            self._stop_job()
+            self.status.setText("")
+        self.node = node
+        if node is None:
+            self.text.setHtml(CSS + "<p class='muted'>Select a key to see both sides: their "
+                              "statistics side by side and the histogram of A − B.</p>")
+            self._no_histogram("")
+            return
+        e = node.entry
+        if e is None:
+            self.text.setHtml(group_html(node))
+            self._no_histogram("A group of keys: select one of them to see its difference.")
+            return
+        self._refresh(start=True)
+
+    def _refresh(self, start: bool = False) -> None:
+        """Draw the selected entry from what is known, and start computing the rest."""
+        node = self.node
+        if node is None or node.entry is None:
+            return
+        e = node.entry
+        ta = e.a.tensor if e.a is not None else None
+        tb = e.b.tensor if e.b is not None else None
+        numbers = e.numbers or self._numbers.get(id(e))
+        stats = [self._side_stats(t) for t in (ta, tb)]
+        reason = histogram_reason(e)
+        bins = self._bins(e)
+        hist = self._hists.get((id(e), bins)) if not reason else None
+        busy = self._job is not None
+        if start and not busy:
+            need = [t if t is not None and s is None else None for t, s in zip((ta, tb), stats)]
+            pair = (ta, tb, numbers) if not reason and hist is None else None
+            if any(need) or pair is not None:
+                self._start(e, need[0], need[1], pair, bins)
+                busy = True
+        self.text.setHtml(entry_html(e, numbers, stats[0], stats[1], busy))
+        if reason:
+            self._no_histogram(reason)
+        elif isinstance(hist, Histogram):
+            self._show_histogram(hist, numbers or Numbers(ta.numel))
+        elif isinstance(hist, str):
+            self._no_histogram(f"No histogram: {hist}")
+        else:
+            self._no_histogram("histogram of A − B…")
+
+    def _side_stats(self, t: TensorInfo | None) -> Stats | str | None:
+        if t is None:
+            return None
+        problem = TensorView._unreadable(t)
+        if problem:
+            return problem
+        return self._stats.get(id(t))
+
+    def _bins(self, e: Entry) -> int:
+        if self._user_bins and self.hist_panel is not None:
+            return self.hist_panel.bins.value()
+        return auto_bins(e.numel)
+
+    def _no_histogram(self, text: str) -> None:
+        self.hist_note.setText(text)
+        self.hist_pages.setCurrentWidget(self.hist_note)
+
+    def _show_histogram(self, h: Histogram, n: Numbers) -> None:
+        panel = self._ensure_histogram()
+        panel.bins.blockSignals(True)
+        panel.bins.setValue(h.counts.size)
+        panel.bins.blockSignals(False)
+        panel.show_histogram(h, Stats("float64", n.numel, "float"))
+        self._label_axis()
+        same = n.numel - n.changed
+        note = [f"all {n.numel:,} differences" + (f", {same:,} of them 0" if same else "")]
+        if h.nan:
+            note.append(f"<span style='color:#b91c1c'><b>not shown:</b> {h.nan:,} not "
+                        "finite</span>")
+        panel.note.setText(" · ".join(note))
+        self.hist_pages.setCurrentWidget(panel)
+
+    # -- computing -----------------------------------------------------------------------------
+    def _start(self, e: Entry, a: TensorInfo | None, b: TensorInfo | None,
+               pair: tuple[TensorInfo, TensorInfo, Numbers | None] | None, bins: int) -> None:
+        self._stop = threading.Event()
+        self.status.setText("statistics…")
+        self.cancel_button.show()
+        self._job = self.runner.run(
+            f"Statistics of {e.key}", analyse_pair, a, b, pair, bins, self._stop, quiet=True,
+            on_progress=lambda p: self._progress(e, bins, p),
+            on_result=lambda _r: self._done(e),
+            on_error=lambda err: self._failed(e, err))
+
+    def _progress(self, e: Entry, bins: int, p: Progress | Piece) -> None:
+        current = self.node is not None and self.node.entry is e
+        if isinstance(p, Progress):
+            if current:
+                pct = f" {100 * p.done // p.total}%" if p.total else ""
+                self.status.setText(f"{p.stage}{pct}")
+            return
+        if p.what in ("a", "b"):
+            side = e.a if p.what == "a" else e.b
+            self._stats[id(side.tensor)] = p.value
+        elif p.what == "numbers":
+            self._numbers[id(e)] = p.value
+        else:
+            self._hists[(id(e), bins)] = p.value
+        if current:
+            self._refresh()
+
+    def _done(self, e: Entry) -> None:
+        if self.node is not None and self.node.entry is e:
+            self._job = None
+            self.cancel_button.hide()
+            self.status.setText("")
+            self._refresh()
+
+    def _failed(self, e: Entry, err: BaseException) -> None:
+        if self.node is not None and self.node.entry is e:
+            self._job = None
+            self.cancel_button.hide()
+            self.status.setText(f"<span style='color:#b91c1c'>{escape(describe(err)[0])}</span>")
+
+    def _bins_changed(self, _bins: int) -> None:
+        self._user_bins = True  # the user's choice holds for every key from now on
+        if self._job is None:
+            self._refresh(start=True)
+
+    def _stop_job(self) -> bool:
+        job, self._job = self._job, None
+        self._stop.set()  # the statistics' threads stop at their next chunk
+        self.cancel_button.hide()
+        if job is not None:
+            self.runner.cancel(job)
+        return job is not None
+
+    def cancel(self) -> None:
+        """Stop what is being computed for the key shown (finished parts are kept)."""
+        if self._stop_job():
+            self.status.setText("cancelled")
+            self._refresh()
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None
+
+    def cached_stats(self, t: TensorInfo) -> Stats | str | None:
+        return self._stats.get(id(t))
+
+    def forget(self) -> None:
+        self._stop_job()
+        self.node = None
+        self._stats.clear()
+        self._numbers.clear()
+        self._hists.clear()
+
+
+# -- the tab -----------------------------------------------------------------------------------
+def tab_title(path_a: str, path_b: str) -> str:
+    """``a.pt ↔ b.pt``; with the folder where both files have the same name."""
+    a, b = os.path.basename(path_a), os.path.basename(path_b)
+    if a == b:
+        a = os.path.join(os.path.basename(os.path.dirname(path_a)), a)
+        b = os.path.join(os.path.basename(os.path.dirname(path_b)), b)
+    return f"{a} ↔ {b}"
+
+
+def rule_text(result: DiffResult) -> str:
+    if not result.rules:
+        return "Keys matched exactly."
+    how = (" — <b>found automatically</b>, because it matches more keys" if result.auto_rule
+           else "")
+    return ("Keys matched after " + "; ".join(escape(r.describe()) for r in result.rules)
+            + how + ".")
+
+
+def summary_html(c: Comparison) -> str:
+    """The header: both files, the key rule, and how many keys of each status."""
+    result = c.result
+    files = "".join(
+        f"<tr><td><b>{name}</b>&nbsp;</td><td>{escape(ckpt.path)}&nbsp;&nbsp;</td>"
+        f"<td style='color:#6b7280'>{escape(ckpt.format)} · {t['tensors']:,} tensors · "
+        f"{human_bytes(t['nbytes'])}</td></tr>"
+        for name, ckpt, t in (("A", c.a, c.totals_a), ("B", c.b, c.totals_b)))
+    counts = result.counts()
+    shown = [s for s in SEVERITY if counts[s]]
+    items = " &nbsp; ".join(
+        f"<span style='color:{STATUS_STYLE[s][0]}'>●&nbsp;<b>{counts[s]:,}</b>&nbsp;{escape(s)}"
+        "</span>" for s in shown) or "no keys on either side"
+    changed, compared = c.elements()
+    if result.identical:
+        verdict = "<b style='color:#15803d'>IDENTICAL</b>"
+    else:
+        verdict = "<b style='color:#c2410c'>DIFFERENT</b>"
+    elements = (f" &nbsp;—&nbsp; <b>{changed:,}</b> of {compared:,} elements compared changed "
+                f"({percent(changed, compared)})" if compared else "")
+    return (f"<table cellspacing='0'>{files}</table>"
+            f"<div style='margin-top:3px'>{rule_text(result)}</div>"
+            f"<div style='margin-top:3px'>{verdict} &nbsp; {items}{elements}</div>")
+
+
+class DiffView(QWidget):
+    """A tab comparing two files. ``shown(comparison)`` once the result is on screen;
+    ``open_requested(path, key)`` when the user asks to see a key in one of the files."""
+
+    shown = Signal(object)
+    failed = Signal(str)
+    progressed = Signal()  # the task's label or fraction changed (for the status bar)
+    open_requested = Signal(str, str)
+
+    def __init__(self, path_a: str, path_b: str, runner: TaskRunner, reporter: ErrorReporter,
+                 parent: QWidget | None = None):
+        super().__init__(parent)
+        self.path_a = os.path.abspath(path_a)
+        self.path_b = os.path.abspath(path_b)
+        self.runner = runner
+        self.reporter = reporter
+        self.comparison: Comparison | None = None
+        self.task: Task | None = None
+        self.fraction: float | None = None  # of the comparison running, when known
+        self._stop = threading.Event()
+        self._generation = 0
+        self._disposed = False
+        self._models: dict[bool, DiffModel] = {}
+        self._build()
+
+    @property
+    def title(self) -> str:
+        return tab_title(self.path_a, self.path_b)
+
+    # -- layout ------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.header = QLabel()
+        self.header.setObjectName("diffHeader")
+        self.header.setTextFormat(Qt.TextFormat.RichText)
+        self.header.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.header.setWordWrap(True)
+        self.header.setStyleSheet("QLabel#diffHeader { background:#f9fafb; border:1px solid "
+                                  "#e5e7eb; border-radius:4px; padding:6px; }")
+
+        self.filter_buttons = QButtonGroup(self)
+        self.filter_buttons.setExclusive(True)
+        filter_row = QHBoxLayout()
+        filter_row.setContentsMargins(0, 0, 0, 0)
+        filter_row.setSpacing(2)
+        for i, (text, _statuses, tip) in enumerate(FILTERS):
+            button = QToolButton()
+            button.setText(text)
+            button.setCheckable(True)
+            button.setToolTip(tip)
+            button.setObjectName(f"diffFilter{text.split()[0]}")
+            self.filter_buttons.addButton(button, i)
+            filter_row.addWidget(button)
+        self.filter_buttons.button(ALL).setChecked(True)
+        self.filter_buttons.idToggled.connect(lambda _i, on: on and self.apply_filter())
+        filter_row.addSpacing(8)
+        self.filter_edit = key_tree.make_filter_edit(
+            "diffFilterEdit", "Filter keys (words, all must match)", self.apply_filter,
+            DEBOUNCE_MS, self)
+        filter_row.addWidget(self.filter_edit, 1)
+        self.match_label = QLabel()
+        self.match_label.setObjectName("diffMatchLabel")
+        filter_row.addWidget(self.match_label)
+        self.group_box = QCheckBox("Group by module")
+        self.group_box.setToolTip("Group dotted keys (layer1.0.conv1.weight) into a module "
+                                  "tree; untick for one row per key, easier to sort by "
+                                  "difference")
+        self.group_box.toggled.connect(self._set_grouped)
+        filter_row.addWidget(self.group_box)
+
+        self.proxy = DiffFilter(self)
+        # largest difference first: what changed most is the first row
+        self.tree = key_tree.make_key_tree(self.proxy, "diffTree", self._current_changed,
+                                  self._context_menu, self.copy_keys, self._refresh_selection,
+                                  sort=(REL_L2, Qt.SortOrder.DescendingOrder))
+
+        left = column(filter_row, self.tree, spacing=4)
+        self.entry_panel = EntryPanel(self.runner)
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(self.entry_panel)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.setSizes([400, 360])
+
+        body = column(self.header, self.splitter, spacing=6)
+
+        # "comparing…", errors and cancellations, with a button to compare again
+        self.message_page = key_tree.MessagePage("diffMessage", "Compare again", self.start,
+                                        progress=True)
+        self.message, self.retry_button = self.message_page.label, self.message_page.button
+        self.progress = self.message_page.progress
+        self.retry_button.setObjectName("diffRetry")
+
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.message_page)
+        self.pages.addWidget(body)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        layout.addWidget(self.pages)
+
+    def _show_message(self, html: str, retry: bool, progress: bool = False) -> None:
+        self.message_page.show_message(html, retry, progress)
+        self.pages.setCurrentIndex(0)
+
+    # -- comparing ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Read both files and compare them on a worker (again, if they were)."""
+        if self.task is not None:
+            self.runner.cancel(self.task)
+        self._generation += 1
+        generation = self._generation
+        self._stop = threading.Event()
+        stop = self._stop
+        self.progress.setRange(0, 0)
+        self._show_message(f"Comparing <b>{escape(self.title)}</b>…", retry=False, progress=True)
+        self.fraction = None
+        self.task = self.runner.run(
+            f"Comparing {self.title}", compare_files, self.path_a, self.path_b, stop,
+            on_result=lambda c: self._done(c, generation),
+            on_error=lambda e: self._failed(e, generation),
+            on_progress=lambda p: self._progress(p, generation),
+            on_cancel=lambda: self._cancelled(generation, stop))
+
+    def _progress(self, p: Progress, generation: int) -> None:
+        if generation != self._generation or self.task is None:
+            return
+        detail = f" {escape(p.detail)}" if p.detail else ""
+        self.fraction = p.done / p.total if p.total else None
+        if self.fraction is not None:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(self.fraction * 1000))
+        else:
+            self.progress.setRange(0, 0)
+        self._show_message(f"Comparing <b>{escape(self.title)}</b>…<br><br>"
+                           f"<span style='color:#6b7280'>{escape(p.stage)}{detail}</span>",
+                           retry=False, progress=True)
+        self.progressed.emit()
+
+    def _done(self, c: Comparison, generation: int) -> None:
+        if generation != self._generation or self._disposed:
+            return
+        self.task = None
+        self.fraction = None
+        self.comparison = c
+        self.entry_panel.forget()
+        old = list(self._models.values())
+        self._models = {True: DiffModel(c.grouped, self), False: DiffModel(c.flat, self)}
+        self.header.setText(summary_html(c))
+        counts = c.result.counts()
+        for i, (text, statuses, _tip) in enumerate(FILTERS):
+            n = len(c.result.entries) if statuses is None else sum(counts[s] for s in statuses)
+            button = self.filter_buttons.button(i)
+            button.setText(f"{text}  {n:,}")
+            button.setEnabled(bool(n) or i == ALL)
+        self._show_model(self.group_box.isChecked())
+        self.pages.setCurrentIndex(1)
+        for model in old:
+            model.deleteLater()
+        self.shown.emit(c)
+
+    def _failed(self, err: BaseException, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self.task = None
+        message, _details = describe(err)
+        self._show_message(f"<b>Could not compare {escape(self.title)}</b><br><br>"
+                           f"{escape(message)}", retry=True)
+        self.reporter.report("Could not compare the files", err,
+                             f"A: {self.path_a}\nB: {self.path_b}")
+        self.failed.emit(message)
+
+    def _cancelled(self, generation: int, stop: threading.Event) -> None:
+        stop.set()  # the comparison stops within the tensor it is reading
+        if generation != self._generation:
+            return
+        self.task = None
+        if self.comparison is None:
+            self._show_message(f"Comparing <b>{escape(self.title)}</b> was cancelled.",
+                               retry=True)
+        else:
+            self.pages.setCurrentIndex(1)  # the last result is still good
+
+    # -- the tree ------------------------------------------------------------------------------
+    def model(self) -> DiffModel | None:
+        source = self.proxy.sourceModel()
+        return source if isinstance(source, DiffModel) else None
+
+    def _show_model(self, grouped: bool) -> None:
+        model = self._models.get(grouped)
+        if model is None:
+            return
+        current = key_tree.set_tree_model(
+            self.tree, model, [(STATUS, 120), (A, 150), (B, 150), (MAX_ABS, 80), (REL_L2, 72),
+                               (COSINE, 80), (CHANGED_COL, 90)])
+        self.apply_filter(force=True)
+        if current is not None:
+            self.select_key(current.key)
+
+    def _set_grouped(self, grouped: bool) -> None:
+        self._show_model(grouped)
+
+    def apply_filter(self, force: bool = False) -> None:
+        model = self.model()
+        if model is None:
+            return
+        statuses = FILTERS[max(self.filter_buttons.checkedId(), 0)][1]
+        text = self.filter_edit.text().strip()
+        before = (self.proxy.statuses, self.proxy.terms)
+        self.proxy.set_filter(statuses, text)
+        if not force and before == (self.proxy.statuses, self.proxy.terms):
+            return
+        shown = 0
+        if self.proxy.filtering:
+            shown = sum(1 for n in model.node(QModelIndex()).walk() if self.proxy.accepts(n.entry))
+            self.match_label.setText(f"{shown:,} key{'s' if shown != 1 else ''}" if shown else
+                                     "<span style='color:#b71c1c'>no match</span>")
+        else:
+            self.match_label.setText("")
+        if self.group_box.isChecked():
+            if self.proxy.filtering and shown <= AUTO_EXPAND_LIMIT:
+                self.tree.expandAll()
+            else:
+                self._expand_changed()
+
+    def _expand_changed(self) -> None:
+        """Open the groups on the way to what changed (all of them if few keys changed)."""
+        self.tree.collapseAll()
+        stack = [QModelIndex()]
+        opened = 0
+        while stack and opened < AUTO_EXPAND_LIMIT:
+            parent = stack.pop()
+            for row in range(self.proxy.rowCount(parent)):
+                idx = self.proxy.index(row, 0, parent)
+                node = idx.data(NodeRole)
+                if node.children and node.changed:
+                    self.tree.expand(idx)
+                    opened += 1
+                    stack.append(idx)
+
+    def current_node(self) -> DiffNode | None:
+        return key_tree.current_node(self.tree)
+
+    def select_key(self, key: str) -> bool:
+        """Make the row of this key current (expanding its groups)."""
+        return key_tree.select_key(self.tree, key)
+
+    def _current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        node = current.data(NodeRole) if current.isValid() else None
+        if node is not self.entry_panel.node:
+            self.entry_panel.show_node(node)
+
+    def _refresh_selection(self, *_args: Any) -> None:
+        self._current_changed(self.tree.currentIndex(), QModelIndex())
+
+    def copy_keys(self) -> None:
+        key_tree.copy_keys(self.tree)
+
+    def focus_filter(self) -> None:
+        self.filter_edit.setFocus()
+        self.filter_edit.selectAll()
+
+    def _context_menu(self, pos: QPoint) -> None:
+        index = self.tree.indexAt(pos)
+        if not index.isValid():
+            return
+        node = index.data(NodeRole)
+        e = node.entry
+        menu = QMenu(self.tree)
+        menu.addAction("Copy key", self.copy_keys)
+        menu.addSeparator()
+        for name, path, side in (("A", self.path_a, e.a if e else None),
+                                 ("B", self.path_b, e.b if e else None)):
+            action = menu.addAction(f"Show in {name} ({os.path.basename(path)})",
+                                    lambda p=path, s=side: self.open_requested.emit(p, s.key))
+            action.setEnabled(side is not None)
+        if node.children:
+            menu.addSeparator()
+            menu.addAction("Expand all below", lambda: self.tree.expandRecursively(index))
+        menu.exec(self.tree.viewport().mapToGlobal(pos))
+
+    def status_text(self) -> str:
+        """One line for the window's status bar."""
+        c = self.comparison
+        if c is None:
+            return ""
+        counts = c.result.counts()
+        n = len(c.result.entries)
+        different = n - counts[IDENTICAL]
+        what = "identical" if c.result.identical else f"{different:,} differ"
+        return f"comparison · {n:,} keys · {what} · compared in {c.seconds * 1000:,.0f} ms"
+
+    def dispose(self) -> None:
+        """The tab is closing: stop the work and let go of both files."""
+        self._disposed = True
+        self._generation += 1
+        if self.task is not None:
+            self.runner.cancel(self.task)
+            self.task = None
+        self._stop.set()
+        self.entry_panel.forget()
+        self.proxy.setSourceModel(None)
+        self._models = {}
+        self.comparison = None

@@ -1,0 +1,169 @@
+"""What a file's tab and a comparison's tab share: the key tree's view, its filter field,
+finding a key, copying the selected keys, and the page that says "reading…" or why not.
+
+Both trees are node models (:class:`~ckpt_inspector.gui.tree_model.NodeTreeModel`) behind
+a filtering proxy; every node has a full dotted ``key``, given by :data:`NodeRole`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt, QTimer
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ckpt_inspector.gui.tree_model import NodeRole
+
+
+def make_key_tree(proxy: QSortFilterProxyModel, name: str,
+                  on_current: Callable[[QModelIndex, QModelIndex], None],
+                  on_menu: Callable[[Any], None], on_copy: Callable[[], None],
+                  on_rows_changed: Callable[..., None],
+                  sort: tuple[int, Qt.SortOrder] = (-1, Qt.SortOrder.AscendingOrder)
+                  ) -> QTreeView:
+    """A tree view over ``proxy``: several rows selectable, sortable by clicking a header
+    (first by ``sort``; -1 is the file's order), a context menu, Ctrl+C for ``on_copy``,
+    and ``on_rows_changed`` when the rows change under the current one (a filter)."""
+    tree = QTreeView()
+    tree.setObjectName(name)
+    tree.setModel(proxy)
+    tree.setUniformRowHeights(True)
+    tree.setAlternatingRowColors(True)
+    tree.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+    tree.selectionModel().currentChanged.connect(on_current)
+    tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+    tree.customContextMenuRequested.connect(on_menu)
+    tree.header().setSortIndicator(*sort)
+    tree.setSortingEnabled(True)
+    tree.header().setSectionsMovable(False)
+    tree.header().setStretchLastSection(False)
+    tree.header().setMinimumSectionSize(50)
+    for signal in (proxy.layoutChanged, proxy.rowsRemoved, proxy.modelReset):
+        signal.connect(on_rows_changed)
+    copy = QAction("Copy key", tree)
+    copy.setShortcut(QKeySequence.StandardKey.Copy)
+    copy.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+    copy.triggered.connect(on_copy)
+    tree.addAction(copy)
+    return tree
+
+
+def set_tree_model(tree: QTreeView, model: Any, widths: list[tuple[int, int]]) -> Any:
+    """Show ``model`` in ``tree`` (through its proxy) sorted as the header says, the first
+    column stretched and the others ``(column, width)`` wide; returns the node that was
+    current, for the caller to select again."""
+    header = tree.header()
+    column, order = header.sortIndicatorSection(), header.sortIndicatorOrder()
+    current = current_node(tree)
+    tree.model().setSourceModel(model)
+    model.sort(column if 0 <= column < model.columnCount() else -1, order)
+    header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+    for col, width in widths:
+        header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
+        header.resizeSection(col, width)
+    return current
+
+
+def make_filter_edit(name: str, placeholder: str, apply: Callable[[], None], delay_ms: int,
+                     parent: QWidget) -> QLineEdit:
+    """A filter field that applies ``apply`` ``delay_ms`` after the last key typed, or at
+    once on Enter."""
+    edit = QLineEdit()
+    edit.setObjectName(name)
+    edit.setPlaceholderText(placeholder)
+    edit.setClearButtonEnabled(True)
+    timer = QTimer(parent)
+    timer.setSingleShot(True)
+    timer.setInterval(delay_ms)
+    timer.timeout.connect(apply)
+    edit.textChanged.connect(lambda _t: timer.start())
+    edit.returnPressed.connect(apply)
+    return edit
+
+
+def find_key(proxy: QSortFilterProxyModel, key: str) -> QModelIndex:
+    """The row (a proxy index) of the node with this full key; invalid if not shown."""
+    stack = [QModelIndex()]
+    while stack:
+        parent = stack.pop()
+        for row in range(proxy.rowCount(parent)):
+            idx = proxy.index(row, 0, parent)
+            node = idx.data(NodeRole)
+            if node.key == key:
+                return idx
+            if key.startswith(node.key + ".") or not node.key:
+                stack.append(idx)
+    return QModelIndex()
+
+
+def select_key(tree: QTreeView, key: str) -> bool:
+    """Make the row with this full key current (expanding its parents), in the middle."""
+    idx = find_key(tree.model(), key)
+    if not idx.isValid():
+        return False
+    tree.setCurrentIndex(idx)
+    tree.scrollTo(idx, QAbstractItemView.ScrollHint.PositionAtCenter)
+    return True
+
+
+def current_node(tree: QTreeView) -> Any:
+    index = tree.currentIndex()
+    return index.data(NodeRole) if index.isValid() else None
+
+
+def selected_nodes(tree: QTreeView) -> list[Any]:
+    """The nodes of the selected rows, or the current row's."""
+    model = tree.selectionModel()
+    nodes = [i.data(NodeRole) for i in model.selectedRows(0)] if model else []
+    current = current_node(tree)
+    return nodes or ([current] if current is not None else [])
+
+
+def copy_keys(tree: QTreeView) -> None:
+    nodes = selected_nodes(tree)
+    if nodes:
+        QGuiApplication.clipboard().setText("\n".join(n.key for n in nodes))
+
+
+class MessagePage(QWidget):
+    """A centred message ("reading…", an error, "cancelled") with a button to try again,
+    and, if asked for, a progress bar."""
+
+    def __init__(self, name: str, retry: str, on_retry: Callable[[], None],
+                 progress: bool = False, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.label = QLabel()
+        self.label.setObjectName(name)
+        self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.button = QPushButton(retry)
+        self.button.clicked.connect(on_retry)
+        self.progress: QProgressBar | None = None
+        layout = QVBoxLayout(self)
+        layout.addStretch(1)
+        layout.addWidget(self.label)
+        if progress:
+            self.progress = QProgressBar()
+            self.progress.setMaximumWidth(360)
+            layout.addWidget(self.progress, 0, Qt.AlignmentFlag.AlignHCenter)
+        layout.addWidget(self.button, 0, Qt.AlignmentFlag.AlignHCenter)
+        layout.addStretch(2)
+
+    def show_message(self, html: str, retry: bool, progress: bool = False) -> None:
+        self.label.setText(html)
+        self.button.setVisible(retry)
+        if self.progress is not None:
+            self.progress.setVisible(progress)
