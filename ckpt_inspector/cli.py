@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -84,13 +85,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="JSON lines of progress on stdout, then the result")
     df = sub.add_parser(
         "diff", help="compare two checkpoints: keys, shapes, dtypes and values",
-        description="Exit 0 when identical, 1 when different, 3 when a file cannot be read. "
+        description="Exit 0 when identical, 1 when different, 3 when a file (or a tensor's "
+                    "data) cannot be read. "
                     "Keys are matched exactly or, when it matches more of them, after "
                     "stripping a prefix found automatically (module., model., ...).")
     df.add_argument("a", metavar="A")
     df.add_argument("b", metavar="B")
     df.add_argument("--strip-prefix", action="append", default=[], metavar="P",
-                    help="strip P from the keys of both files where they start with it")
+                    help="strip P (ending at a key segment: 'module' means 'module.') from "
+                         "the keys of both files where they start with it; given rules "
+                         "replace the automatic search")
     df.add_argument("--strip-prefix-a", action="append", default=[], metavar="P",
                     help="strip P from A's keys only")
     df.add_argument("--strip-prefix-b", action="append", default=[], metavar="P",
@@ -398,11 +402,20 @@ def cmd_diff(args: argparse.Namespace) -> int:
         side = "A" if args.key_a and err.args[0] == args.key_a else "B"
         print(f"ckpt-inspector: {side} has no key {err.args[0]!r}", file=sys.stderr)
         return EXIT_USAGE
-    if args.json or args.progress:
-        print(json.dumps(result.to_json()))
-    else:
-        print_diff(result, opened, args.all)
-    return EXIT_OK if result.identical else EXIT_NOT_SAFE
+    unreadable = sum(1 for e in result.entries if e.status == d.UNREADABLE)
+    code = EXIT_OK if result.identical else EXIT_UNREADABLE if unreadable else EXIT_NOT_SAFE
+    try:
+        if args.json or args.progress:
+            print(json.dumps(result.to_json()))
+        else:
+            print_diff(result, opened, args.all)
+        sys.stdout.flush()
+    except BrokenPipeError:  # piped into head: the answer is still the exit status
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if unreadable:
+        print(f"ckpt-inspector: {unreadable:,} tensor(s) could not be read, so the files "
+              "cannot be called identical or different there", file=sys.stderr)
+    return code
 
 
 def print_diff(result: Any, opened: list[Checkpoint], everything: bool) -> None:
@@ -423,12 +436,12 @@ def print_diff(result: Any, opened: list[Checkpoint], everything: bool) -> None:
         if not everything:
             return
     else:
-        print(f"\nDIFFERENT: {summary}; {result.params_changed():,} elements in tensors "
-              "that are not identical")
+        print(f"\nDIFFERENT: {summary}; {result.params_changed():,} of "
+              f"{result.params_compared():,} shared elements are in tensors that differ")
     largest = result.largest()
     listed = sum(1 for e in result.entries if e.status in (d.CHANGED, d.DTYPE))
     if largest and listed > len(largest):  # else the lists below say it all, in this order
-        print("\nlargest changes (relative L2 difference, ||A−B|| / ||A||):")
+        print("\nlargest changes (relative L2 difference, ||A−B|| / max(||A||, ||B||)):")
         width = min(max(len(e.key) for e in largest), 60)
         for e in largest:
             print(f"  {e.key:{width}s}  {d.describe_numbers(e.numbers)}")
@@ -443,7 +456,7 @@ def print_diff(result: Any, opened: list[Checkpoint], everything: bool) -> None:
         print(f"\n{status} ({len(entries):,}):")
         shown = entries if everything else entries[:50]
         for e in shown:
-            print(f"  {e.key:{width}s}  {_diff_line(e)}")
+            print(f"  {e.key or '(the part chosen)':{width}s}  {_diff_line(e)}")
         if len(shown) < len(entries):
             print(f"  … and {len(entries) - len(shown):,} more (--all lists them)")
 

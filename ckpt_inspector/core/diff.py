@@ -16,6 +16,7 @@ import contextlib
 import math
 import mmap
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,14 +50,20 @@ COMMON_PREFIXES = ("module.", "model.", "_orig_mod.", "state_dict.", "model_stat
 RAW_BLOCK = 4 << 20  # bytes compared at a time
 FAULT_AROUND = 64 << 10
 MAX_VALUES = 100_000  # non-tensor leaves compared per file
+PROGRESS_EVERY = 0.05  # seconds between progress reports
 
 
 @dataclass(frozen=True)
 class PrefixRule:
-    """Strip ``prefix`` from the keys of side ``a``, ``b`` or ``both`` where they start with it."""
+    """Strip ``prefix`` from the keys of side ``a``, ``b`` or ``both`` where they start with
+    it. Prefixes end at a key segment: ``module`` is taken as ``module.``."""
 
     prefix: str
     side: str = "both"
+
+    def __post_init__(self) -> None:
+        if self.prefix and not self.prefix.endswith("."):
+            object.__setattr__(self, "prefix", self.prefix + ".")
 
     def describe(self) -> str:
         where = {"a": "A's keys", "b": "B's keys", "both": "keys"}[self.side]
@@ -74,7 +81,7 @@ class Numbers:
     changed: int = 0  # elements whose values differ (NaN against NaN counts as equal)
     max_abs: float = 0.0
     mean_abs: float = 0.0
-    rel_l2: float = 0.0  # ||A - B|| / ||A||
+    rel_l2: float = 0.0  # ||A - B|| / max(||A||, ||B||): 0 same, 1 unrelated, 2 opposite
     cosine: float | None = None
     nan_mismatch: int = 0  # positions where only one side is NaN or ±inf differs
     note: str = ""
@@ -128,9 +135,10 @@ class Entry:
         return side.tensor.numel if side is not None and side.tensor is not None else 0
 
     def score(self) -> float:
-        """How big the change is, for sorting: relative L2, then max |A−B|."""
+        """How big the change is, for sorting: changes without numbers (a value, a shape, a
+        kind, unreadable data) and NaN/inf appearing first, then relative L2."""
         if self.numbers is None:
-            return math.inf if self.status in (SHAPE, KIND) else 0.0
+            return math.inf if self.status in (SHAPE, KIND, CHANGED, UNREADABLE) else 0.0
         if self.numbers.nan_mismatch:  # a NaN or inf appeared (or went): always worth a look
             return math.inf
         rel = self.numbers.rel_l2
@@ -174,16 +182,24 @@ class DiffResult:
         return all(e.status == IDENTICAL for e in self.entries)
 
     def params_changed(self) -> int:
-        """Elements of tensors that are not identical (either side's count)."""
+        """Elements of the tensors found on both sides that are not identical (the larger
+        side's count where the shapes differ); tensors on one side only are not counted."""
         total = 0
         for e in self.entries:
-            if e.status != IDENTICAL and e.is_tensor:
+            if (e.status != IDENTICAL and e.a is not None and e.b is not None
+                    and e.a.tensor is not None and e.b.tensor is not None):
                 total += max(_numel(e.a), _numel(e.b))
         return total
 
+    def params_compared(self) -> int:
+        """Elements of the tensors found on both sides."""
+        return sum(max(_numel(e.a), _numel(e.b)) for e in self.entries
+                   if e.a is not None and e.b is not None
+                   and e.a.tensor is not None and e.b.tensor is not None)
+
     def largest(self, n: int = 10) -> list[Entry]:
         changed = [e for e in self.entries if e.numbers is not None and e.numbers.changed]
-        changed.sort(key=lambda e: (-e.score(), -(e.numbers.max_abs or 0.0), e.key))
+        changed.sort(key=lambda e: (-e.score(), -_finite_or_zero(e.numbers.max_abs), e.key))
         return changed[:n]
 
     def to_json(self) -> dict[str, Any]:
@@ -194,6 +210,10 @@ class DiffResult:
                 "params_changed": self.params_changed(),
                 "largest": [e.key for e in self.largest()],
                 "entries": [e.to_json() for e in self.entries]}
+
+
+def _finite_or_zero(x: float | None) -> float:
+    return x if x is not None and math.isfinite(x) else 0.0
 
 
 def _numel(side: Side | None) -> int:
@@ -218,8 +238,8 @@ def leaves(root: Node) -> dict[str, Node]:
     base = len(root.path())
     values = 0
     for node in root.walk():
-        if node is root and node.kind != "tensor":
-            continue
+        if node is root and node.kind != "tensor" and node.children:
+            continue  # a container: its leaves follow (a leaf chosen as root is kept)
         if node.kind == "tensor":
             out[key_of(node.path()[base:])] = node
         elif values < MAX_VALUES and (node.kind in ("scalar", "str", "none", "value", "bytes") or (
@@ -436,35 +456,54 @@ def _same_place(a: TensorInfo, b: TensorInfo) -> bool:
 
 
 class _Acc:
-    """float64 sums over pairs of chunks."""
+    """float64 sums over pairs of chunks. Values beyond 2**480 in magnitude (only float64
+    tensors have them) are divided by a common power of two first, so that squares and
+    their sums cannot overflow; the ratios (relative L2, cosine) do not depend on it."""
+
+    LIMIT = 2.0**480
 
     def __init__(self, numel: int):
         self.n = Numbers(numel)
         self.abs_sum = self.d2 = self.a2 = self.b2 = self.ab = 0.0
+        self.scale = 1.0
         self.finite = 0
+
+    def _rescale(self, biggest: float) -> None:
+        new = 2.0 ** (math.frexp(biggest)[1] - 480)
+        f = self.scale / new
+        self.a2 *= f * f
+        self.b2 *= f * f
+        self.d2 *= f * f
+        self.ab *= f * f
+        self.abs_sum *= f
+        self.scale = new
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
         a = a.astype(np.float64, copy=False)
         b = b.astype(np.float64, copy=False)
         fa, fb = np.isfinite(a), np.isfinite(b)
         both = fa & fb
-        if both.all():
-            d = a - b
-            self.n.changed += int(np.count_nonzero(d))
-        else:
+        if not both.all():
             nan_a, nan_b = np.isnan(a), np.isnan(b)
             special = ~both
             # equal specials (NaN and NaN, inf and inf) are not changes; the rest are
             same_special = special & ((nan_a & nan_b) | (~nan_a & ~nan_b & (a == b)))
-            self.n.nan_mismatch += int(np.count_nonzero(special & ~same_special))
-            self.n.changed += int(np.count_nonzero(special & ~same_special))
+            mismatched = int(np.count_nonzero(special & ~same_special))
+            self.n.nan_mismatch += mismatched
+            self.n.changed += mismatched
             a, b = a[both], b[both]
-            d = a - b
-            self.n.changed += int(np.count_nonzero(d))
-        if not len(d):
+        if not len(a):
             return
+        biggest = max(float(np.abs(a).max()), float(np.abs(b).max()))
+        if biggest > self.LIMIT * self.scale:
+            self._rescale(biggest)
+        if self.scale != 1.0:
+            a, b = a / self.scale, b / self.scale
+        d = a - b
+        self.n.changed += int(np.count_nonzero(d))
         ad = np.abs(d)
-        self.n.max_abs = max(self.n.max_abs, float(ad.max()))
+        with np.errstate(over="ignore"):
+            self.n.max_abs = max(self.n.max_abs, float(ad.max()) * self.scale)
         self.abs_sum += float(ad.sum())
         self.d2 += float(np.dot(d, d))
         self.a2 += float(np.dot(a, a))
@@ -474,14 +513,17 @@ class _Acc:
 
     def finish(self) -> Numbers:
         n = self.n
-        n.mean_abs = self.abs_sum / self.finite if self.finite else 0.0
-        norm_a = math.sqrt(self.a2)
-        d = math.sqrt(self.d2)
-        n.rel_l2 = d / norm_a if norm_a else (0.0 if d == 0 else math.inf)
-        denom = math.sqrt(self.a2) * math.sqrt(self.b2)
-        n.cosine = self.ab / denom if denom else None
-        if n.cosine is not None:
-            n.cosine = max(-1.0, min(1.0, n.cosine))
+        with np.errstate(over="ignore"):
+            n.mean_abs = float(np.float64(self.abs_sum) * self.scale / self.finite
+                               ) if self.finite else 0.0
+        norm_a, norm_b, d = math.sqrt(self.a2), math.sqrt(self.b2), math.sqrt(self.d2)
+        top = max(norm_a, norm_b)
+        n.rel_l2 = d / top if top else 0.0  # both all zero: then d is zero too
+        denom = norm_a * norm_b
+        n.cosine = max(-1.0, min(1.0, self.ab / denom)) if denom else None
+        if n.nan_mismatch:  # A − B is NaN or inf there: no finite summary of it is honest
+            n.max_abs = n.mean_abs = n.rel_l2 = math.nan
+            n.cosine = None
         return n
 
 
@@ -616,6 +658,7 @@ def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
     done = 0
     buffers = _Buffers(RAW_BLOCK) if pairs else None
     yield Progress("comparing", 0, total)
+    last = time.monotonic()
     for entry in pairs:
         ta, tb = entry.a.tensor, entry.b.tensor
         try:
@@ -625,7 +668,12 @@ def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
         except (CheckpointError, OSError, ValueError) as err:
             entry.status, entry.numbers, entry.error = UNREADABLE, None, str(err)
         done += ta.nbytes + tb.nbytes
-        yield Progress("comparing", done, total, entry.key)
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY or entry is pairs[-1]:  # not one signal per key
+            last = now
+            yield Progress("comparing", done, total, entry.key)
+        elif stop is not None and stop.is_set():
+            raise Cancelled()
     return result
 
 

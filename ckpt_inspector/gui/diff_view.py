@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from html import escape
+from html import escape, unescape
 from typing import Any, ClassVar
 
 from PySide6.QtCore import (
@@ -108,7 +108,8 @@ COLUMN_HELP = {
     A: "dtype[shape] of a tensor in A, or its value",
     B: "dtype[shape] of a tensor in B, or its value",
     MAX_ABS: "Largest |A − B| over the elements (groups: the largest below)",
-    REL_L2: "Relative L2 difference ||A − B|| / ||A|| (groups: the largest below). Sorted "
+    REL_L2: "Relative L2 difference ||A − B|| / max(||A||, ||B||): 0 the same, 1 unrelated "
+            "or from zero, 2 opposite (groups: the largest below). Sorted "
             "by difference: keys missing on one side or whose shape changed come first",
     COSINE: "Cosine similarity of A and B as vectors (groups: the smallest below)",
     CHANGED_COL: "Elements whose values differ (groups: the sum below)",
@@ -148,13 +149,15 @@ def status_icon(status: str) -> Any:
 
 
 def percent(part: int, whole: int) -> str:
-    """``part`` of ``whole`` in words people read at a glance: 100%, 3.2%, <0.1%, 0."""
+    """``part`` of ``whole`` in words people read at a glance (rich text): 100%, 3.2%,
+    &lt;0.1%, 0%."""
     if not part or not whole:
         return "0%"
     if part == whole:
         return "100%"
     share = part / whole
-    return "<0.1%" if share < 0.001 else (">99.9%" if share > 0.999 else f"{share:.1%}")
+    # &lt; and &gt;: this goes into rich text, where a bare "<" starts a tag
+    return "&lt;0.1%" if share < 0.001 else ("&gt;99.9%" if share > 0.999 else f"{share:.1%}")
 
 
 # -- work for the workers (no Qt below until the models) ---------------------------------------
@@ -413,7 +416,7 @@ class DiffModel(NodeTreeModel):
         if col == REL_L2:
             return format_number(d.rel_l2, 4) if d.rel_l2 is not None else ""
         if col == COSINE:
-            return format_number(d.cosine, 6) if d.cosine is not None else ""
+            return format_number(d.cosine, 9) if d.cosine is not None else ""
         if col == CHANGED_COL:
             if e is not None and not d.children:
                 return f"{e.numbers.changed:,}" if e.numbers is not None else ""
@@ -433,7 +436,7 @@ class DiffModel(NodeTreeModel):
             if e.numbers is not None:
                 n = e.numbers
                 lines.append(f"{n.changed:,} of {n.numel:,} elements changed "
-                             f"({percent(n.changed, n.numel)})")
+                             f"({unescape(percent(n.changed, n.numel))})")
                 lines.append(core_diff.describe_numbers(n))
             if e.error:
                 lines.append(e.error)
@@ -564,10 +567,11 @@ def numbers_rows(n: Numbers) -> list[tuple[str, str]]:
     rows = [("changed", f"{n.changed:,} of {n.numel:,} ({percent(n.changed, n.numel)})")]
     if n.changed or n.nan_mismatch:
         rows += [("max |A−B|", f(n.max_abs)), ("mean |A−B|", f(n.mean_abs)),
-                 ("rel L2 ‖A−B‖/‖A‖", f(n.rel_l2)),
+                 ("rel L2 ‖A−B‖/max(‖A‖,‖B‖)", f(n.rel_l2)),
                  ("cosine", f(n.cosine, 9) if n.cosine is not None else "-")]
     if n.nan_mismatch:
-        rows.append(("NaN/inf", f"<span class='bad'><b>{n.nan_mismatch:,}</b> places where one "
+        where = "place" if n.nan_mismatch == 1 else "places"
+        rows.append(("NaN/inf", f"<span class='bad'><b>{n.nan_mismatch:,}</b> {where} where one "
                                 "side only is NaN or ±inf</span>"))
     if n.note:
         rows.append(("note", escape(n.note)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +13,7 @@ from ckpt_inspector.core import diff as d
 from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.stats import Cancelled
 
-from support import drive, run_cli
+from support import ROOT, drive, run_cli
 
 
 def compare(a, b, **kw):
@@ -73,16 +75,20 @@ def test_fine_tuned_copy_against_torch(torch, family):
     assert n.changed == int((a != b).sum())
     assert n.max_abs == pytest.approx(float((a - b).abs().max()), rel=1e-12)
     assert n.mean_abs == pytest.approx(float((a - b).abs().mean()), rel=1e-9)
-    assert n.rel_l2 == pytest.approx(float((a - b).norm() / a.norm()), rel=1e-9)
+    top = max(float(a.norm()), float(b.norm()))
+    assert n.rel_l2 == pytest.approx(float((a - b).norm()) / top, rel=1e-9)
     cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
     assert n.cosine == pytest.approx(float(cos), rel=1e-9)
     bias = entries["fc.bias"].numbers
     assert bias.changed == 1 and bias.max_abs == pytest.approx(abs(5.0 - float(sd["fc.bias"][3])))
     nan = entries["layer4.1.bn2.running_var"].numbers
-    assert nan.nan_mismatch == 1 and nan.changed == 1 and nan.max_abs == 0
+    assert nan.nan_mismatch == 1 and nan.changed == 1
+    # A − B is NaN there: no finite figure is given that could read as "no difference"
+    assert math.isnan(nan.max_abs) and math.isnan(nan.rel_l2) and nan.cosine is None
     # a NaN appearing ranks first, then the biggest relative change
     assert [e.key for e in result.largest()][:2] == ["layer4.1.bn2.running_var", "fc.bias"]
     assert result.params_changed() == 512_000 + 1000 + 512
+    assert result.params_compared() == sum(t.numel() for t in sd.values())
 
 
 def test_dataparallel_copy_matches_after_the_prefix_rule(family):
@@ -242,6 +248,8 @@ def test_cli_json(family):
     assert fc["shape_a"] == [1000, 512] and fc["changed"] == 512_000
     assert 0 < fc["rel_l2"] < 1 and math.isfinite(fc["max_abs"])
     assert js["largest"][0] == "layer4.1.bn2.running_var"
+    [nan] = [e for e in js["entries"] if e["key"] == "layer4.1.bn2.running_var"]
+    assert nan["max_abs"] == nan["rel_l2"] == "nan" and nan["nan_mismatch"] == 1
 
 
 def test_hostile_files_are_compared_without_running_them(payload_files, marker, tmp_path):
@@ -304,3 +312,46 @@ def test_quantized_and_sparse_tensors(torch, quantized_file, tmp_path):
     assert compare(tmp_path / "sa.pt", tmp_path / "sa2.pt").identical
     changed = by_key(compare(tmp_path / "sa.pt", tmp_path / "sb.pt"))["s"]
     assert changed.status == d.CHANGED and "parts" in changed.error
+
+
+def test_review_cases(torch, family, tmp_path):
+    """Found by a new-user review: values chosen with --key-a/--key-b, overflow in float64,
+    zeros against non-zeros, prefixes without their dot, value changes listed first,
+    broken pipes and unreadable tensors."""
+    paths, _, _ = family
+    epochs = compare(paths["train"], paths["train9"], key_a="epoch", key_b="epoch")
+    [entry] = epochs.entries
+    assert entry.status == d.CHANGED and not epochs.identical
+    out = run_cli("diff", str(paths["train"]), str(paths["train9"]), "--key-a", "epoch",
+                  "--key-b", "epoch")
+    assert out.returncode == 1 and "7 → 9" in out.stdout
+    big = {"f64": torch.tensor([1e300, -1e300], dtype=torch.float64),
+           "zero": torch.zeros(4), "ok": torch.ones(2)}
+    flipped = {"f64": torch.tensor([-1e300, 1e300], dtype=torch.float64),
+               "zero": torch.ones(4), "ok": torch.ones(2)}
+    torch.save(big, tmp_path / "big.pt")
+    torch.save(flipped, tmp_path / "flipped.pt")
+    entries = by_key(compare(tmp_path / "big.pt", tmp_path / "flipped.pt"))
+    n = entries["f64"].numbers
+    assert n.rel_l2 == pytest.approx(2.0) and n.cosine == pytest.approx(-1.0)
+    assert n.max_abs == pytest.approx(2e300) and n.mean_abs == pytest.approx(2e300)
+    zero = entries["zero"].numbers  # zeros against ones: fully changed, not infinite
+    assert zero.rel_l2 == pytest.approx(1.0) and zero.cosine is None
+    assert compare(paths["base"], paths["dp"], rules=[d.PrefixRule("module", "b")]).identical
+    report = run_cli("diff", str(paths["train"]), str(paths["train9"]))
+    changed = report.stdout[report.stdout.index("values changed ("):]
+    assert changed.splitlines()[1].split()[0] in ("epoch", "loss")  # values before tensors
+    piped = subprocess.run(f"{sys.executable} -m ckpt_inspector diff {paths['base']} "
+                           f"{paths['tuned']} | head -1; exit ${{PIPESTATUS[0]}}",
+                           shell=True, executable="/bin/bash", cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert piped.returncode == 1
+    import zipfile
+
+    damaged = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(paths["base"]) as src, zipfile.ZipFile(damaged, "w") as dst:
+        for item in src.infolist():
+            if not item.filename.endswith("/data/0"):
+                dst.writestr(item, src.read(item.filename))
+    unreadable = run_cli("diff", str(damaged), str(damaged))
+    assert unreadable.returncode == 3 and "could not be read" in unreadable.stderr

@@ -444,3 +444,14 @@ def test_diff_model_passes_qtmodeltester(qtmodeltester, pair, grouped):
     qtmodeltester.check(model, force_py=True)
     model.sort(REL_L2, Qt.SortOrder.DescendingOrder)
     qtmodeltester.check(model, force_py=True)
+
+
+def test_small_shares_are_not_cut_off_in_rich_text():
+    """"<0.1%" in rich text once started a tag and hid the rest of the line."""
+    from ckpt_inspector.core.diff import Numbers
+
+    assert plain(f"changed ({dv.percent(1, 10_000)}) of all") == "changed (<0.1%) of all"
+    assert plain(f"({dv.percent(9_999, 10_000)}) rest") == "(>99.9%) rest"
+    rows = dv.numbers_rows(Numbers(10_000, changed=1, max_abs=1.0, mean_abs=1e-4,
+                                   rel_l2=0.1, cosine=0.99))
+    assert "(<0.1%)" in plain(rows[0][1])
