@@ -63,6 +63,7 @@ from ckpt_inspector.core.diff import (
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import open_checkpoint
 from ckpt_inspector.core.progress import Progress
+from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.stats import Histogram, Stats, compute, format_number
 from ckpt_inspector.core.summary import format_value, human_bytes, totals
 from ckpt_inspector.core.tree import Checkpoint, TensorInfo
@@ -171,6 +172,7 @@ class Comparison:
     totals_a: dict[str, Any]
     totals_b: dict[str, Any]
     seconds: float
+    verdicts: tuple[str, str] = ("", "")  # each file's security verdict (scan)
 
     def elements(self) -> tuple[int, int]:
         """(elements that changed, elements compared one to one)."""
@@ -197,7 +199,7 @@ def compare_files(path_a: str, path_b: str, stop: threading.Event | None = None
     yield Progress("arranging the keys")
     return Comparison(a, b, result, build_tree(result.entries, True),
                       build_tree(result.entries, False), totals(a), totals(b),
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, (scan(a).verdict, scan(b).verdict))
 
 
 @dataclass
@@ -892,14 +894,26 @@ def rule_text(result: DiffResult) -> str:
             + how + ".")
 
 
+VERDICT_STYLE = {"safe": ("#15803d", "safe"),
+                 "needs-trust": ("#b45309", "needs trust: loading it with torch runs code"),
+                 "dangerous": ("#b91c1c", "DANGEROUS: open it in its own tab to see why")}
+
+
+def verdict_html(verdict: str) -> str:
+    """A file's security verdict, so that a comparison never hides a hostile file."""
+    color, text = VERDICT_STYLE.get(verdict, ("#6b7280", verdict))
+    return f"<span style='color:{color}'><b>{escape(text)}</b></span>" if verdict else ""
+
+
 def summary_html(c: Comparison) -> str:
     """The header: both files, the key rule, and how many keys of each status."""
     result = c.result
     files = "".join(
         f"<tr><td><b>{name}</b>&nbsp;</td><td>{escape(ckpt.path)}&nbsp;&nbsp;</td>"
         f"<td style='color:#6b7280'>{escape(ckpt.format)} · {t['tensors']:,} tensors · "
-        f"{human_bytes(t['nbytes'])}</td></tr>"
-        for name, ckpt, t in (("A", c.a, c.totals_a), ("B", c.b, c.totals_b)))
+        f"{human_bytes(t['nbytes'])}</td><td>&nbsp;&nbsp;{verdict_html(v)}</td></tr>"
+        for name, ckpt, t, v in (("A", c.a, c.totals_a, c.verdicts[0]),
+                                 ("B", c.b, c.totals_b, c.verdicts[1])))
     counts = result.counts()
     shown = [s for s in SEVERITY if counts[s]]
     items = " &nbsp; ".join(

@@ -455,3 +455,15 @@ def test_small_shares_are_not_cut_off_in_rich_text():
     rows = dv.numbers_rows(Numbers(10_000, changed=1, max_abs=1.0, mean_abs=1e-4,
                                    rel_l2=0.1, cosine=0.99))
     assert "(<0.1%)" in plain(rows[0][1])
+
+
+def test_the_header_names_each_files_verdict(qtbot, window, payload_files, marker, tmp_path,
+                                             torch):
+    """A comparison must not hide that one of the files is hostile (nor run it)."""
+    safe = tmp_path / "safe.pt"
+    torch.save({"weights": torch.ones(2)}, safe)
+    with qtbot.waitSignal(window.comparison_shown, timeout=WAIT) as blocker:
+        window.compare_paths(str(safe), str(payload_files["torch-zip"]))
+    header = plain(blocker.args[0].header.text())
+    assert "safe" in header and "DANGEROUS" in header, header
+    assert not marker.exists()
