@@ -1,11 +1,13 @@
 """Screenshots of the real window for the README and for looking at changes.
 
-    DISPLAY=:99 .venv/bin/python tools/screenshots.py OUT_DIR [WxH] FILE[#KEY[#TAB]] ...
+    DISPLAY=:99 .venv/bin/python tools/screenshots.py [--theme dark] OUT_DIR [WxH] \
+        FILE[#KEY[#TAB]] ...
 
 Opens each file in the app (a real window, on the X display given), expands the
 first module groups, selects a tensor (KEY if given, else a conv weight), shows
 the tensor tab TAB (histogram, heatmap, values) and saves ``window.grab()`` per
-item, plus one of the empty window.
+item, plus one of the empty window and, at the end, of the About and Keyboard
+shortcuts dialogs. ``--theme light|dark`` picks the theme (default: the system's).
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ import tempfile
 from PySide6.QtCore import QModelIndex, QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 
+from ckpt_inspector.gui import theme
 from ckpt_inspector.gui.main_window import MainWindow
 from ckpt_inspector.gui.tree_model import NodeRole
 
 
 def main() -> None:
-    out, files = sys.argv[1], sys.argv[2:]
+    args = sys.argv[1:]
+    if args[:1] == ["--theme"]:
+        os.environ[theme.ENV] = args[1]  # read by the main window
+        args = args[2:]
+    out, files = args[0], args[1:]
     size = (1500, 900)
     if files and "x" in files[0] and files[0].replace("x", "").isdigit():
         w, h = files.pop(0).split("x")  # an optional WIDTHxHEIGHT first
@@ -70,9 +77,17 @@ def main() -> None:
 
     current: list[str] = []
 
+    def dialogs() -> None:
+        for name, dialog in (("about.png", win.about()), ("shortcuts.png", win.show_shortcuts())):
+            app.processEvents()
+            dialog.grab().save(os.path.join(out, name))
+            print("saved", os.path.join(out, name))
+            dialog.close()
+        QTimer.singleShot(300, app.quit)
+
     def next_file() -> None:
         if not pending:
-            QTimer.singleShot(300, app.quit)
+            QTimer.singleShot(300, dialogs)
             return
         spec = pending.pop(0)
         current[:] = [*spec.split("#"), "", ""][:3]

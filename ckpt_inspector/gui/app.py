@@ -10,14 +10,22 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from ckpt_inspector import __version__
+from ckpt_inspector.gui.icons import app_icon
 from ckpt_inspector.gui.main_window import MainWindow
+
+DESKTOP_ID = "ckpt-inspector"  # resources/ckpt-inspector.desktop, the Wayland app id
 
 
 def make_app() -> QApplication:
+    """The application, named for QSettings and the desktop (window icon, the .desktop
+    entry that groups its windows); the theme is applied by the main window, from its
+    settings."""
+    QApplication.setDesktopFileName(DESKTOP_ID)
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "ckpt-inspector"])
     app.setOrganizationName("ckpt-inspector")
     app.setApplicationName("ckpt-inspector")
     app.setApplicationVersion(__version__)
+    app.setWindowIcon(app_icon())
     return app  # type: ignore[return-value]
 
 

@@ -6,7 +6,7 @@ import os
 from html import escape
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QPoint, Qt, Signal
+from PySide6.QtCore import QEvent, QModelIndex, QPoint, Qt, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -38,6 +38,7 @@ from ckpt_inspector.gui.key_tree import (
 from ckpt_inspector.gui.loading import LoadedFile, load_file, release_file
 from ckpt_inspector.gui.panels import details_html, summary_html
 from ckpt_inspector.gui.tensor_view import TensorView
+from ckpt_inspector.gui.theme import color, is_palette_change, span
 from ckpt_inspector.gui.tree_model import (
     DEVICE,
     ELEMENTS,
@@ -178,6 +179,14 @@ class CheckpointView(QWidget):
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(self.pages)
 
+    def changeEvent(self, event: QEvent) -> None:
+        """A theme switch: draw the panels again in its colours."""
+        super().changeEvent(event)
+        if is_palette_change(event) and self.file is not None:
+            self.summary.setHtml(summary_html(self.file))
+            self._show_banner(self.file)
+            self._refresh_details()
+
     def _show_message(self, html: str, retry: bool) -> None:
         self.message.show_message(html, retry)
         self.pages.setCurrentIndex(0)
@@ -271,13 +280,15 @@ class CheckpointView(QWidget):
             text = (f"<b>Dangerous file.</b> {escape(first.message)}{where}. "
                     "It is shown read-only; ckpt-inspector has not run any of it. "
                     "Do not load it with torch.")
-            style = "background:#fdecea; color:#7f1d1d; border:1px solid #f5c2c0;"
+            kind = "danger"
         else:
             what = f"It imports {shown}{more}" if names else "It contains code"
             extra = f" {escape(file.ckpt.runs_code)}." if file.ckpt.runs_code else ""
             text = (f"<b>Needs trust.</b> {what}: loading it with torch would run that code."
                     f"{extra} ckpt-inspector only reads it, read-only.")
-            style = "background:#fff4e0; color:#78350f; border:1px solid #f6d7a7;"
+            kind = "warning"
+        style = (f"background:{color(kind + '_bg')}; color:{color(kind + '_fg')}; "
+                 f"border:1px solid {color(kind + '_border')};")
         self.banner.setStyleSheet(f"QLabel#securityBanner {{ {style} padding:8px; "
                                   "border-radius:4px; }")
         self.banner.setText(text)
@@ -293,7 +304,7 @@ class CheckpointView(QWidget):
             q = query_mod.parse(text)
         except query_mod.QueryError as err:
             # keep the last good result; say what is wrong without squeezing the field
-            self.match_label.setText("<span style='color:#b71c1c'>invalid filter</span>")
+            self.match_label.setText(span("danger", "invalid filter"))
             self.match_label.setToolTip(str(err))
             return
         self.match_label.setToolTip("")
@@ -309,7 +320,7 @@ class CheckpointView(QWidget):
         self.proxy.set_matches(query_mod.visible_ids(matches))
         tensors = sum(1 for m in matches if m.is_tensor)
         if not matches:
-            label = "<span style='color:#b71c1c'>no match</span>"
+            label = span("danger", "no match")
         elif tensors:
             label = f"{tensors:,} tensor{'s' if tensors != 1 else ''}"
         else:

@@ -21,6 +21,7 @@ from html import escape, unescape
 from typing import Any, ClassVar
 
 from PySide6.QtCore import (
+    QEvent,
     QModelIndex,
     QPersistentModelIndex,
     QPoint,
@@ -28,7 +29,7 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -70,21 +71,22 @@ from ckpt_inspector.core.tree import Checkpoint, TensorInfo
 from ckpt_inspector.gui import key_tree
 from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.icons import badge_icon
-from ckpt_inspector.gui.panels import CSS, breakable, stats_kind, stats_pairs
+from ckpt_inspector.gui.panels import breakable, css, stats_kind, stats_pairs
 from ckpt_inspector.gui.tensor_view import TensorView, auto_bins
+from ckpt_inspector.gui.theme import brush, color, is_palette_change, set_muted, span
 from ckpt_inspector.gui.tree_model import NodeRole, NodeTreeModel, natural_key
 from ckpt_inspector.gui.workers import Task, TaskRunner
 
-# -- what each status looks like: text colour, badge colour, badge mark ------------------------
+# -- what each status looks like: text colour (a theme role), badge colour, badge mark ---------
 STATUS_STYLE = {
-    IDENTICAL: ("#6b7280", "#9ca3af", "="),
-    CHANGED: ("#c2410c", "#f97316", "~"),
-    DTYPE: ("#a16207", "#eab308", "T"),
-    SHAPE: ("#b91c1c", "#dc2626", "≠"),
-    KIND: ("#b91c1c", "#dc2626", "≠"),
-    ONLY_A: ("#1d4ed8", "#2563eb", "−"),
-    ONLY_B: ("#7e22ce", "#9333ea", "+"),
-    UNREADABLE: ("#7f1d1d", "#7f1d1d", "?"),
+    IDENTICAL: ("muted", "#9ca3af", "="),
+    CHANGED: ("changed", "#f97316", "~"),
+    DTYPE: ("warning", "#eab308", "T"),
+    SHAPE: ("danger", "#dc2626", "≠"),
+    KIND: ("danger", "#dc2626", "≠"),
+    ONLY_A: ("accent", "#2563eb", "−"),
+    ONLY_B: ("purple", "#9333ea", "+"),
+    UNREADABLE: ("danger_fg", "#7f1d1d", "?"),
 }
 # the colour a group takes is its worst child's: first in this order
 SEVERITY = (KIND, SHAPE, UNREADABLE, ONLY_A, ONLY_B, DTYPE, CHANGED, IDENTICAL)
@@ -142,6 +144,11 @@ def column(*items: QWidget | QLayout, spacing: int = 0) -> QWidget:
         else:
             layout.addWidget(item, stretch)
     return widget
+
+
+def status_color(status: str) -> str:
+    """The text colour of a status in the current theme."""
+    return color(STATUS_STYLE[status][0])
 
 
 def status_icon(status: str) -> Any:
@@ -363,10 +370,6 @@ def status_text(d: DiffNode) -> str:
     return f"{d.changed:,} of {d.entries:,} changed"
 
 
-_MUTED = QBrush(QColor("#9ca3af"))
-_BRUSHES = {s: QBrush(QColor(style[0])) for s, style in STATUS_STYLE.items()}
-
-
 class DiffModel(NodeTreeModel):
     """The merged keys of two files as a tree (or a flat list) of :class:`DiffNode`."""
 
@@ -390,12 +393,12 @@ class DiffModel(NodeTreeModel):
             return status_icon(d.worst)
         if role == Qt.ItemDataRole.ForegroundRole:
             if col in (KEY, STATUS):
-                return _BRUSHES[d.worst]
+                return brush(STATUS_STYLE[d.worst][0])
             if d.entry is None and col in NUMERIC:
-                return _MUTED  # a group's figure is its children's, not its own
+                return brush("faint")  # a group's figure is its children's, not its own
             if col in (A, B) and d.entry is not None:
                 side = d.entry.a if col == A else d.entry.b
-                return _MUTED if side is None else None
+                return brush("faint") if side is None else None
         if role == Qt.ItemDataRole.FontRole and col == KEY and d.children:
             font = QFont()
             font.setBold(True)
@@ -584,9 +587,8 @@ def entry_html(e: Entry, numbers: Numbers | None, stats_a: Stats | str | None,
                stats_b: Stats | str | None, busy: bool) -> str:
     """The selected key: its status, the difference's numbers and both sides (left), the
     statistics of both sides (right)."""
-    color = STATUS_STYLE[e.status][0]
     title = (f"<p><b class='mono'>{breakable(e.key or '(root)')}</b><br>"
-             f"<span style='color:{color}'><b>{escape(e.status)}</b></span> "
+             f"<span style='color:{status_color(e.status)}'><b>{escape(e.status)}</b></span> "
              f"<span class='muted'>— {escape(STATUS_HELP[e.status])}</span></p>")
     parts = []
     if e.error:
@@ -602,7 +604,7 @@ def entry_html(e: Entry, numbers: Numbers | None, stats_a: Stats | str | None,
         kinds = {stats_kind(s) for s in (stats_a, stats_b) if isinstance(s, Stats)}
         right = (f"<h3>Statistics{''.join(sorted(kinds))}</h3>"
                  + compare_rows(stats_columns(stats_a, stats_b, busy)))
-    return (CSS + title + "<table width='100%'><tr><td style='padding-right:18px'>"
+    return (css() + title + "<table width='100%'><tr><td style='padding-right:18px'>"
             + "".join(parts) + f"</td><td>{right}</td></tr></table>")
 
 
@@ -611,11 +613,11 @@ def group_html(d: DiffNode) -> str:
     for n in d.walk():
         if n.entry is not None:
             counts[n.entry.status] += 1
-    color = STATUS_STYLE[d.worst][0]
     rows = "".join(
-        f"<tr><td style='color:{STATUS_STYLE[s][0]}'>{escape(s)}</td>"
+        f"<tr><td style='color:{status_color(s)}'>{escape(s)}</td>"
         f"<td class='num'>{n:,}</td></tr>" for s, n in counts.items() if n)
-    return (CSS + f"<p><b class='mono'>{breakable(d.key)}</b><br><span style='color:{color}'>"
+    return (css() + f"<p><b class='mono'>{breakable(d.key)}</b><br>"
+            f"<span style='color:{status_color(d.worst)}'>"
             f"<b>{escape(status_text(d))}</b></span> <span class='muted'>— a group of "
             f"{d.entries:,} keys</span></p><table>{rows}</table>"
             + (f"<p>{d.elements_changed:,} elements changed below.</p>"
@@ -685,7 +687,7 @@ class EntryPanel(QWidget):
         self.hist_note.setObjectName("diffHistogramNote")
         self.hist_note.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.hist_note.setWordWrap(True)
-        self.hist_note.setStyleSheet("color:#6b7280;")
+        set_muted(self.hist_note)
         self.hist_pages = QStackedWidget()
         self.hist_pages.addWidget(self.hist_note)
         self.hist_pages.setMinimumWidth(260)
@@ -720,13 +722,18 @@ class EntryPanel(QWidget):
         self.hist_panel.plot.setLabel("bottom", "A − B")
 
     # -- what is shown -------------------------------------------------------------------------
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        if is_palette_change(event) and getattr(self, "text", None) is not None:
+            self.show_node(self.node)  # drawn again in the new theme's colours
+
     def show_node(self, node: DiffNode | None) -> None:
         if node is not self.node:
             self._stop_job()
             self.status.setText("")
         self.node = node
         if node is None:
-            self.text.setHtml(CSS + "<p class='muted'>Select a key to see both sides: their "
+            self.text.setHtml(css() + "<p class='muted'>Select a key to see both sides: their "
                               "statistics side by side and the histogram of A − B.</p>")
             self._no_histogram("")
             return
@@ -794,8 +801,7 @@ class EntryPanel(QWidget):
         same = n.numel - n.changed
         note = [f"all {n.numel:,} differences" + (f", {same:,} of them 0" if same else "")]
         if h.nan:
-            note.append(f"<span style='color:#b91c1c'><b>not shown:</b> {h.nan:,} not "
-                        "finite</span>")
+            note.append(span("danger", f"<b>not shown:</b> {h.nan:,} not finite"))
         panel.note.setText(" · ".join(note))
         self.hist_pages.setCurrentWidget(panel)
 
@@ -839,7 +845,7 @@ class EntryPanel(QWidget):
         if self.node is not None and self.node.entry is e:
             self._job = None
             self.cancel_button.hide()
-            self.status.setText(f"<span style='color:#b91c1c'>{escape(describe(err)[0])}</span>")
+            self.status.setText(span("danger", escape(describe(err)[0])))
 
     def _bins_changed(self, _bins: int) -> None:
         self._user_bins = True  # the user's choice holds for every key from now on
@@ -894,15 +900,15 @@ def rule_text(result: DiffResult) -> str:
             + how + ".")
 
 
-VERDICT_STYLE = {"safe": ("#15803d", "safe"),
-                 "needs-trust": ("#b45309", "needs trust: loading it with torch runs code"),
-                 "dangerous": ("#b91c1c", "DANGEROUS: open it in its own tab to see why")}
+VERDICT_STYLE = {"safe": ("ok", "safe"),  # colour role, words
+                 "needs-trust": ("warning", "needs trust: loading it with torch runs code"),
+                 "dangerous": ("danger", "DANGEROUS: open it in its own tab to see why")}
 
 
 def verdict_html(verdict: str) -> str:
     """A file's security verdict, so that a comparison never hides a hostile file."""
-    color, text = VERDICT_STYLE.get(verdict, ("#6b7280", verdict))
-    return f"<span style='color:{color}'><b>{escape(text)}</b></span>" if verdict else ""
+    role, text = VERDICT_STYLE.get(verdict, ("muted", verdict))
+    return span(role, escape(text), bold=True) if verdict else ""
 
 
 def summary_html(c: Comparison) -> str:
@@ -910,20 +916,20 @@ def summary_html(c: Comparison) -> str:
     result = c.result
     files = "".join(
         f"<tr><td><b>{name}</b>&nbsp;</td><td>{escape(ckpt.path)}&nbsp;&nbsp;</td>"
-        f"<td style='color:#6b7280'>{escape(ckpt.format)} · {t['tensors']:,} tensors · "
+        f"<td style='color:{color('muted')}'>{escape(ckpt.format)} · {t['tensors']:,} tensors · "
         f"{human_bytes(t['nbytes'])}</td><td>&nbsp;&nbsp;{verdict_html(v)}</td></tr>"
         for name, ckpt, t, v in (("A", c.a, c.totals_a, c.verdicts[0]),
                                  ("B", c.b, c.totals_b, c.verdicts[1])))
     counts = result.counts()
     shown = [s for s in SEVERITY if counts[s]]
     items = " &nbsp; ".join(
-        f"<span style='color:{STATUS_STYLE[s][0]}'>●&nbsp;<b>{counts[s]:,}</b>&nbsp;{escape(s)}"
+        f"<span style='color:{status_color(s)}'>●&nbsp;<b>{counts[s]:,}</b>&nbsp;{escape(s)}"
         "</span>" for s in shown) or "no keys on either side"
     changed, compared = c.elements()
     if result.identical:
-        verdict = "<b style='color:#15803d'>IDENTICAL</b>"
+        verdict = span("ok", "IDENTICAL", bold=True)
     else:
-        verdict = "<b style='color:#c2410c'>DIFFERENT</b>"
+        verdict = span("changed", "DIFFERENT", bold=True)
     elements = (f" &nbsp;—&nbsp; <b>{changed:,}</b> of {compared:,} elements compared changed "
                 f"({percent(changed, compared)})" if compared else "")
     return (f"<table cellspacing='0'>{files}</table>"
@@ -960,6 +966,19 @@ class DiffView(QWidget):
     def title(self) -> str:
         return tab_title(self.path_a, self.path_b)
 
+    def changeEvent(self, event: QEvent) -> None:
+        """A theme switch: the header's box and text in its colours."""
+        super().changeEvent(event)
+        if is_palette_change(event):
+            self._style_header()
+            if self.comparison is not None:
+                self.header.setText(summary_html(self.comparison))
+
+    def _style_header(self) -> None:
+        self.header.setStyleSheet(
+            f"QLabel#diffHeader {{ background:{color('panel_bg')}; border:1px solid "
+            f"{color('panel_border')}; border-radius:4px; padding:6px; }}")
+
     # -- layout ------------------------------------------------------------------------------
     def _build(self) -> None:
         self.header = QLabel()
@@ -967,8 +986,7 @@ class DiffView(QWidget):
         self.header.setTextFormat(Qt.TextFormat.RichText)
         self.header.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.header.setWordWrap(True)
-        self.header.setStyleSheet("QLabel#diffHeader { background:#f9fafb; border:1px solid "
-                                  "#e5e7eb; border-radius:4px; padding:6px; }")
+        self._style_header()
 
         self.filter_buttons = QButtonGroup(self)
         self.filter_buttons.setExclusive(True)
@@ -1066,7 +1084,7 @@ class DiffView(QWidget):
         else:
             self.progress.setRange(0, 0)
         self._show_message(f"Comparing <b>{escape(self.title)}</b>…<br><br>"
-                           f"<span style='color:#6b7280'>{escape(p.stage)}{detail}</span>",
+                           + span("muted", f"{escape(p.stage)}{detail}"),
                            retry=False, progress=True)
         self.progressed.emit()
 
@@ -1147,7 +1165,7 @@ class DiffView(QWidget):
         if self.proxy.filtering:
             shown = sum(1 for n in model.node(QModelIndex()).walk() if self.proxy.accepts(n.entry))
             self.match_label.setText(f"{shown:,} key{'s' if shown != 1 else ''}" if shown else
-                                     "<span style='color:#b71c1c'>no match</span>")
+                                     span("danger", "no match"))
         else:
             self.match_label.setText("")
         if self.group_box.isChecked():

@@ -44,6 +44,7 @@ from ckpt_inspector.core import export as ex
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.gui.commands import cli_command
 from ckpt_inspector.gui.loading import LoadedFile
+from ckpt_inspector.gui.theme import color, set_muted, span
 
 TARGETS = [
     ("state_dict", "state_dict (.pt)", ".pt", "Tensors only, loadable with "
@@ -93,7 +94,7 @@ class ExportDialog(QDialog):
                                         Qt.ItemDataRole.ToolTipRole)
         self.target_box.currentIndexChanged.connect(self._target_changed)
         self.target_hint = QLabel()
-        self.target_hint.setStyleSheet("color:#6b7280;")
+        set_muted(self.target_hint)
 
         self.source_box = QComboBox()
         self.source_box.setObjectName("sourceBox")
@@ -374,7 +375,7 @@ class ExportDialog(QDialog):
                                 self.dtype_box.currentData(), self.device, fmt)
         except ex.ExportError as err:
             self.preview.setRowCount(0)
-            self.preview_label.setText(f"<span style='color:#b71c1c'>{escape(str(err))}</span>")
+            self.preview_label.setText(span("danger", escape(str(err))))
             self.export_button.setEnabled(self.target in MODEL_TARGETS)
             return
         items = ex.state_dict_items(ex.find_node(self.file.ckpt, self.source_key))
@@ -604,7 +605,7 @@ class ExportDialog(QDialog):
         self.pages.setCurrentIndex(2)
         if r is None:
             self.open_button.setEnabled(False)
-            self.result_view.setHtml(f"<h3 style='color:#b71c1c'>Export failed</h3>"
+            self.result_view.setHtml(f"<h3 style='color:{color('danger')}'>Export failed</h3>"
                                      f"<p>{escape(err.splitlines()[-1] if err else f'exit {code}')}"
                                      "</p>")
             return
@@ -612,15 +613,17 @@ class ExportDialog(QDialog):
         self.open_button.setEnabled(written and os.path.exists(r.get("path", "")))
         status = r.get("status") or ("passed" if r.get("passed") else "failed")
         if status == "passed":
-            head = "<h3 style='color:#1b5e20'>Exported and verified</h3>"
+            head = f"<h3 style='color:{color('ok')}'>Exported and verified</h3>"
         elif status == "not verified":
-            head = ("<h3 style='color:#b26a00'>Exported, not verified</h3><p>"
+            head = (f"<h3 style='color:{color('warning')}'>Exported, not verified</h3><p>"
                     + escape(str(r.get("onnxruntime") or "the export was not checked"))
                     + "</p>")
         elif written:
-            head = "<h3 style='color:#b71c1c'>Exported, but the verification failed</h3>"
+            head = (f"<h3 style='color:{color('danger')}'>Exported, but the verification failed"
+                    "</h3>")
         else:
-            head = ("<h3 style='color:#b71c1c'>The verification failed: nothing was written"
+            head = (f"<h3 style='color:{color('danger')}'>The verification failed: nothing was "
+                    "written"
                     "</h3><p>Any file already at that name is unchanged.</p>")
         rows = [("File", escape(r["path"])),
                 ("Size" if written else "Size (not written)", human_bytes(r["bytes"]))]
@@ -649,7 +652,7 @@ class ExportDialog(QDialog):
             if r.get("dynamic_batch"):
                 sizes = f"batch {r['input_shape'][0]} and {r.get('dynamic_batch_size', 2)}"
                 rows.append(("Dynamic batch", f"{sizes}: ok" if r.get("dynamic_batch_checked")
-                             else f"<span style='color:#b71c1c'>{sizes}: failed</span>"))
+                             else span("danger", f"{sizes}: failed")))
             if r.get("onnxruntime"):
                 rows.append(("onnxruntime", escape(str(r["onnxruntime"]))))
             if "checker" in r:
@@ -658,7 +661,7 @@ class ExportDialog(QDialog):
                 rows.append(("Opset", str(r["opset"])))
             if r.get("files") and len(r["files"]) > 1:
                 rows.append(("Files", escape(", ".join(r["files"]))))
-        rows += [("Problem", f"<span style='color:#b71c1c'>{escape(p)}</span>")
+        rows += [("Problem", span("danger", escape(p)))
                  for p in r.get("problems", [])]
         table = "".join(f"<tr><th align='left' style='padding-right:12px'>{k}</th>"
                         f"<td>{v}</td></tr>" for k, v in rows)

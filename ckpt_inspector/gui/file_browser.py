@@ -15,6 +15,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_inspector.gui.theme import color
+
 CHECKPOINT_PATTERNS = ["*.pt", "*.pth", "*.ckpt", "*.bin", "*.pt2", "*.onnx", "*.safetensors",
                        "*.pkl", "*.pickle", "*.tar"]
 
@@ -81,7 +83,7 @@ class FileBrowser(QWidget):
     def set_folder(self, folder: str) -> None:
         folder = os.path.abspath(os.path.expanduser(folder or os.getcwd()))
         if not os.path.isdir(folder):
-            self.path_edit.setStyleSheet("color:#b71c1c;")
+            self.path_edit.setStyleSheet(f"color:{color('danger')};")
             return
         self.path_edit.setStyleSheet("")
         self.folder = folder

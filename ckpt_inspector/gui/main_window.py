@@ -6,9 +6,10 @@ import json
 import os
 from typing import Any
 
-from PySide6.QtCore import QPoint, QSettings, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QPoint, QSettings, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QAction,
+    QActionGroup,
     QCloseEvent,
     QDragEnterEvent,
     QDropEvent,
@@ -16,6 +17,7 @@ from PySide6.QtGui import (
     QKeySequence,
 )
 from PySide6.QtWidgets import (
+    QApplication,
     QComboBox,
     QDockWidget,
     QFileDialog,
@@ -27,15 +29,14 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSizePolicy,
     QStackedWidget,
-    QStyle,
     QTabWidget,
     QToolBar,
     QWidget,
 )
 
-from ckpt_inspector import __version__
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.core.torch_load import TRUSTED_PACKAGES
+from ckpt_inspector.gui import theme
 from ckpt_inspector.gui.checkpoint_view import CheckpointView
 from ckpt_inspector.gui.commands import run_cli
 from ckpt_inspector.gui.devices import DeviceProbe
@@ -43,7 +44,8 @@ from ckpt_inspector.gui.diff_view import DiffView
 from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.export_dialog import ExportDialog
 from ckpt_inspector.gui.file_browser import FileBrowser
-from ckpt_inspector.gui.icons import badge_icon
+from ckpt_inspector.gui.help_dialogs import ShortcutsDialog, about_box, about_html
+from ckpt_inspector.gui.icons import app_icon, badge_icon, icon
 from ckpt_inspector.gui.loading import LoadedFile
 from ckpt_inspector.gui.tensor_view import preload_plots
 from ckpt_inspector.gui.welcome import WelcomePage
@@ -62,9 +64,11 @@ def verdict_icon(verdict: str) -> QIcon:
     return badge_icon(colors[verdict], "?" if verdict == "unreadable" else "!")
 
 
+THEME_NAMES = {"system": "Follow the &system", "light": "&Light", "dark": "&Dark"}
 FILE_FILTER = ("Checkpoints (*.pt *.pth *.ckpt *.bin *.pt2 *.onnx *.safetensors *.pkl);;"
                "All files (*)")
 MAX_RECENT = 10
+FILES_WIDTH = 220  # the Files panel, at first and after View > Reset layout
 
 
 def make_demo() -> str:
@@ -83,12 +87,16 @@ class MainWindow(QMainWindow):
     def __init__(self, settings: QSettings | None = None, probe_devices: bool = True):
         super().__init__()
         self.settings = settings or QSettings()
+        theme.controller().set_mode(theme.saved_mode(self.settings))
         self.setWindowTitle("ckpt-inspector")
+        self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self.reporter = ErrorReporter(self)
         self.runner = TaskRunner(lambda label, err: self.reporter.report(label, err), self)
         self.runner.changed.connect(self._tasks_changed)
         self.device = str(self.settings.value("device", "cpu"))
+        self.devices: list[str] | None = None  # labels, once the child process has listed them
+        self.devices_error = ""
 
         self.tabs = QTabWidget()
         self.tabs.setObjectName("tabs")
@@ -114,23 +122,15 @@ class MainWindow(QMainWindow):
         self._build_status()
         self._refresh_recent()
         self._tab_changed()
-        geometry = self.settings.value("geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
-        else:
-            self.resize(1400, 860)
-        state = self.settings.value("windowState")
-        if state is not None:
-            self.restoreState(state)
+        self.restore_layout()
 
         self.probe = DeviceProbe(self)
         self.probe.found.connect(self._devices_found)
-        self.probe.failed.connect(lambda msg: self.statusBar().showMessage(
-            f"torch devices unavailable ({msg}); using cpu", 8000))
+        self.probe.failed.connect(self._devices_failed)
         if probe_devices:
             self.probe.start()
         # pyqtgraph takes half a second to import: do it on a worker once the window is up
-        QTimer.singleShot(300, lambda: preload_plots(self.runner))
+        QTimer.singleShot(300, self, lambda: preload_plots(self.runner))  # not once deleted
 
     # -- construction --------------------------------------------------------------------------
     def _build_browser(self) -> None:
@@ -142,51 +142,68 @@ class MainWindow(QMainWindow):
         self.browser_dock.setObjectName("fileBrowserDock")
         self.browser_dock.setWidget(self.browser)
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.browser_dock)
-        self.resizeDocks([self.browser_dock], [220], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.browser_dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
+
+    def _action(self, name: str | None, text: str, slot: Any,
+                shortcut: QKeySequence.StandardKey | str | None = None, tip: str = "",
+                fallback: str = "") -> QAction:
+        """An action with an icon from resources/icons (``name``), a shortcut (a standard key
+        where the platform has one, else ``fallback``) and a tooltip that names it."""
+        action = QAction(icon(name) if name else QIcon(), text, self)
+        if isinstance(shortcut, QKeySequence.StandardKey):
+            action.setShortcuts(shortcut)
+        elif shortcut:
+            action.setShortcut(QKeySequence(shortcut))
+        if action.shortcut().isEmpty() and fallback:
+            action.setShortcut(QKeySequence(fallback))
+        keys = action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+        tip = tip or text.replace("&", "").rstrip("…")
+        action.setToolTip(f"{tip} ({keys})" if keys else tip)
+        action.triggered.connect(slot)
+        return action
 
     def _build_actions(self) -> None:
-        style = self.style()
-        self.open_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_DialogOpenButton),
-                                   "&Open…", self)
-        self.open_action.setShortcut(QKeySequence.StandardKey.Open)
-        self.open_action.setToolTip("Open checkpoint files (Ctrl+O)")
-        self.open_action.triggered.connect(self.open_dialog)
-        self.demo_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_FileIcon),
-                                   "Open &demo checkpoint", self)
-        self.demo_action.triggered.connect(self.open_demo)
-        self.compare_action = QAction(
-            style.standardIcon(QStyle.StandardPixmap.SP_FileDialogContentsView), "Co&mpare…",
-            self)
-        self.compare_action.setShortcut(QKeySequence("Ctrl+D"))
-        self.compare_action.setToolTip("Compare two checkpoints: keys, shapes, dtypes and "
-                                       "values (Ctrl+D); Shift-drop a file to compare it with "
-                                       "the current one")
-        self.compare_action.triggered.connect(self.compare_dialog)
-        self.close_action = QAction("&Close tab", self)
-        self.close_action.setShortcut(QKeySequence.StandardKey.Close)
-        self.close_action.triggered.connect(lambda: self.close_tab(self.tabs.currentIndex()))
-        self.reload_action = QAction("&Reload", self)
-        self.reload_action.setShortcut(QKeySequence.StandardKey.Refresh)
-        self.reload_action.triggered.connect(self.reload_current)
-        quit_action = QAction("&Quit", self)
-        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
-        quit_action.triggered.connect(self.close)
-        self.copy_action = QAction("&Copy key", self)
-        self.copy_action.setToolTip("Copy the keys of the selected rows")
-        self.copy_action.triggered.connect(self._copy_keys)
-        self.find_action = QAction("&Find", self)
-        self.find_action.setShortcut(QKeySequence.StandardKey.Find)
-        self.find_action.triggered.connect(self._focus_filter)
-        self.export_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_DialogSaveButton),
-                                     "&Export…", self)
-        self.export_action.setShortcut(QKeySequence("Ctrl+E"))
-        self.export_action.setToolTip("Export to a state_dict, safetensors, TorchScript, ONNX "
-                                      "or .pt2, verified (Ctrl+E)")
-        self.export_action.triggered.connect(self.export_current)
-        self.torch_action = QAction("Load with &torch (weights only)…", self)
-        self.torch_action.setToolTip("Check that the file loads with torch.load onto the "
-                                     "selected device")
-        self.torch_action.triggered.connect(self.load_current_with_torch)
+        std = QKeySequence.StandardKey
+        self.open_action = self._action("open", "&Open…", self.open_dialog, std.Open,
+                                        "Open checkpoint files")
+        self.demo_action = self._action(
+            "demo", "Open &demo checkpoint", self.open_demo,
+            tip="A resnet18 training checkpoint, made on this machine the first time")
+        self.compare_action = self._action(
+            "compare", "Co&mpare…", self.compare_dialog, "Ctrl+D",
+            "Compare two checkpoints: keys, shapes, dtypes and values; Shift-drop a file to "
+            "compare it with the current one")
+        self.export_action = self._action(
+            "export", "&Export…", self.export_current, "Ctrl+E",
+            "Export to a state_dict, safetensors, TorchScript, ONNX or .pt2, verified")
+        self.reload_action = self._action("reload", "&Reload", self.reload_current, std.Refresh,
+                                          "Read the file again (or compare again)")
+        self.close_action = self._action("close-tab", "&Close tab",
+                                         lambda: self.close_tab(self.tabs.currentIndex()),
+                                         std.Close)
+        # Windows has no standard Quit key (Alt+F4 closes the window there)
+        self.quit_action = self._action("quit", "&Quit", self.close, std.Quit,
+                                        fallback="Ctrl+Q")
+        self.copy_action = self._action(
+            "copy", "&Copy keys", self._copy_keys, std.Copy,
+            "Copy the keys of the selected rows")
+        # Ctrl+C itself belongs to the focused widget (key tree: keys; values table: cells;
+        # text: the selection): shown here, it never fires at the window level
+        self.copy_action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        self.find_action = self._action("find", "&Find…", self._focus_filter, std.Find,
+                                        "Filter the keys of the current tab")
+        self.torch_action = self._action(
+            "device", "Load with &torch (weights only)…", self.load_current_with_torch,
+            tip="Check that the file loads with torch.load onto the selected device")
+        self.next_tab_action = self._action(None, "&Next tab", lambda: self._step_tab(1),
+                                            std.NextChild)
+        self.previous_tab_action = self._action(None, "&Previous tab",
+                                                lambda: self._step_tab(-1), std.PreviousChild)
+        self.reset_layout_action = self._action(None, "&Reset layout", self.reset_layout,
+                                                tip="Put the Files panel back on the left")
+        self.shortcuts_action = self._action("shortcuts", "&Keyboard shortcuts",
+                                             self.show_shortcuts, std.HelpContents)
+        self.about_action = self._action("about", "&About ckpt-inspector", self.about)
 
         menu = self.menuBar()
         file_menu = menu.addMenu("&File")
@@ -201,22 +218,53 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.reload_action)
         file_menu.addAction(self.close_action)
         file_menu.addSeparator()
-        file_menu.addAction(quit_action)
+        file_menu.addAction(self.quit_action)
         edit_menu = menu.addMenu("&Edit")
         edit_menu.addAction(self.copy_action)
         edit_menu.addAction(self.find_action)
         view_menu = menu.addMenu("&View")
-        view_menu.addAction(self.browser_dock.toggleViewAction())
+        files_action = self.browser_dock.toggleViewAction()
+        files_action.setIcon(icon("files"))
+        files_action.setText("&Files panel")
+        view_menu.addAction(files_action)
+        view_menu.addAction(self.reset_layout_action)
+        view_menu.addSeparator()
+        view_menu.addAction(self.next_tab_action)
+        view_menu.addAction(self.previous_tab_action)
+        view_menu.addSeparator()
+        self._build_theme_menu(view_menu)
         tools_menu = menu.addMenu("&Tools")
         tools_menu.addAction(self.torch_action)
         help_menu = menu.addMenu("&Help")
-        help_menu.addAction("&About ckpt-inspector", self.about)
+        help_menu.addAction(self.shortcuts_action)
+        help_menu.addSeparator()
+        help_menu.addAction(self.about_action)
+        help_menu.addAction("About &Qt", QApplication.aboutQt)
+
+    def _build_theme_menu(self, view_menu: QMenu) -> None:
+        theme_menu = view_menu.addMenu(icon("theme"), "&Theme")
+        self.theme_actions = QActionGroup(self)
+        mode = theme.controller().mode
+        for name, text in THEME_NAMES.items():
+            action = theme_menu.addAction(text, lambda n=name: self.set_theme(n))
+            action.setCheckable(True)
+            action.setChecked(name == mode)
+            action.setData(name)
+            self.theme_actions.addAction(action)
+
+    def set_theme(self, mode: str) -> None:
+        """Light, dark, or the system's; kept in the settings."""
+        theme.controller().set_mode(mode)
+        self.settings.setValue(theme.SETTING, mode)
+        for action in self.theme_actions.actions():
+            action.setChecked(action.data() == mode)
 
     def _build_toolbar(self) -> None:
         bar = QToolBar("Main")
         bar.setObjectName("mainToolbar")
         bar.setMovable(False)
         bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        bar.setIconSize(QSize(20, 20))
         bar.addAction(self.open_action)
         bar.addAction(self.demo_action)
         bar.addAction(self.compare_action)
@@ -488,7 +536,12 @@ class MainWindow(QMainWindow):
         self._refresh_recent()
 
     # -- devices -------------------------------------------------------------------------------
+    def _devices_failed(self, message: str) -> None:
+        self.devices_error = message
+        self.statusBar().showMessage(f"torch devices unavailable ({message}); using cpu", 8000)
+
     def _devices_found(self, devices: list[dict[str, Any]]) -> None:
+        self.devices = [d["label"] for d in devices]
         wanted = self.device
         self.device_box.blockSignals(True)
         self.device_box.clear()
@@ -649,19 +702,49 @@ class MainWindow(QMainWindow):
         if isinstance(view, (CheckpointView, DiffView)):
             view.focus_filter()
 
-    def about(self) -> None:
-        from PySide6 import __version__ as pyside_version
-        from PySide6.QtCore import qVersion
+    def _step_tab(self, step: int) -> None:
+        if self.tabs.count():
+            self.tabs.setCurrentIndex((self.tabs.currentIndex() + step) % self.tabs.count())
 
-        QMessageBox.about(self, "About ckpt-inspector",
-                          f"<b>ckpt-inspector {__version__}</b><br>"
-                          "Open PyTorch checkpoints safely and see what is inside.<br><br>"
-                          f"Qt {qVersion()}, PySide6 {pyside_version}<br>"
-                          f"Device: {self.device}")
+    def show_shortcuts(self) -> ShortcutsDialog:
+        dialog = ShortcutsDialog(self.menuBar(), self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog
+
+    def about_text(self) -> str:
+        """The About box's text: versions (torch's from its metadata: importing it would
+        freeze the window) and the devices the child process listed."""
+        return about_html(self.devices, self.device, self.devices_error,
+                          self.settings.fileName())
+
+    def about(self) -> QMessageBox:
+        box = about_box(self, self.about_text())
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+        return box
+
+    # -- settings ------------------------------------------------------------------------------
+    def restore_layout(self) -> None:
+        """Window size and place, and where the docks and toolbar are, as last closed."""
+        geometry = self.settings.value("geometry")
+        if geometry is None or not self.restoreGeometry(geometry):
+            self.resize(1400, 860)
+        state = self.settings.value("windowState")
+        if state is not None:
+            self.restoreState(state)
+
+    def reset_layout(self) -> None:
+        dock = self.browser_dock
+        dock.setFloating(False)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+        dock.show()
+        self.resizeDocks([dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("windowState", self.saveState())
+        self.settings.sync()
         self.runner.cancel_all()
         for view in self._tab_widgets():
             if isinstance(view, DiffView):

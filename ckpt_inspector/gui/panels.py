@@ -11,26 +11,34 @@ from ckpt_inspector.core.display import DisplayNode
 from ckpt_inspector.core.stats import Stats, format_number
 from ckpt_inspector.core.summary import format_value, human_bytes, top_values
 from ckpt_inspector.gui.loading import LoadedFile
+from ckpt_inspector.gui.theme import color
 
+# verdict -> (text colour role, background role, what it means)
 VERDICT_STYLE = {
-    "safe": ("#1b5e20", "#e8f5e9", "only weights; torch.load(weights_only=True) accepts it"),
-    "needs-trust": ("#8a4b00", "#fff4e0", "loading it with torch would run code"),
-    "dangerous": ("#b71c1c", "#fdecea", "do not load this file with torch"),
+    "safe": ("ok_fg", "ok_bg", "only weights; torch.load(weights_only=True) accepts it"),
+    "needs-trust": ("warning_fg", "warning_bg", "loading it with torch would run code"),
+    "dangerous": ("danger_fg", "danger_bg", "do not load this file with torch"),
 }
 
-CSS = """
+CSS_TEMPLATE = """
 <style>
- body { font-size: 10pt; }
- h3 { margin: 10px 0 4px 0; font-size: 10pt; color: #374151; }
- table { border-collapse: collapse; }
- td, th { padding: 1px 10px 1px 0; vertical-align: top; }
- th { text-align: left; color: #6b7280; font-weight: normal; }
- .num { text-align: right; }
- .muted { color: #6b7280; }
- .mono { font-family: monospace; font-size: 9pt; }
- .bad { color: #b71c1c; }
+ body {{ font-size: 10pt; }}
+ h3 {{ margin: 10px 0 4px 0; font-size: 10pt; color: {heading}; }}
+ table {{ border-collapse: collapse; }}
+ td, th {{ padding: 1px 10px 1px 0; vertical-align: top; }}
+ th {{ text-align: left; color: {muted}; font-weight: normal; }}
+ .num {{ text-align: right; }}
+ .muted {{ color: {muted}; }}
+ .mono {{ font-family: monospace; font-size: 9pt; }}
+ .bad {{ color: {danger}; }}
 </style>
 """
+
+
+def css() -> str:
+    """The panels' style sheet in the current theme's colours."""
+    return CSS_TEMPLATE.format(**{r: color(r) for r in ("heading", "muted", "danger")})
+
 
 
 def _rows(pairs: list[tuple[str, str]], escape_keys: bool = True) -> str:
@@ -46,15 +54,17 @@ def breakable(name: str) -> str:
 
 
 def verdict_badge(verdict: str) -> str:
-    fg, bg, text = VERDICT_STYLE.get(verdict, ("#000", "#eee", verdict))
-    return (f'<table width="100%" style="background:{bg};"><tr><td style="padding:6px;">'
+    fg_role, bg_role, text = VERDICT_STYLE.get(verdict, ("heading", "panel_bg", verdict))
+    fg, bg = color(fg_role), color(bg_role)
+    # Qt's rich text draws a cell's bgcolor (not a table's CSS background)
+    return (f'<table width="100%" cellspacing="0"><tr><td bgcolor="{bg}" style="padding:6px;">'
             f'<b style="color:{fg};">{escape(verdict.upper())}</b>'
             f'<span style="color:{fg};"> — {escape(text)}</span></td></tr></table>')
 
 
 def summary_html(loaded: LoadedFile) -> str:
     ckpt, report, tot = loaded.ckpt, loaded.report, loaded.totals
-    parts = [CSS, f"<p><b>{breakable(os.path.basename(loaded.path))}</b><br>"
+    parts = [css(), f"<p><b>{breakable(os.path.basename(loaded.path))}</b><br>"
              f'<span class="muted">{breakable(loaded.path)}</span></p>']
     parts.append(_rows([
         ("format", escape(ckpt.format)),
@@ -175,9 +185,9 @@ def stats_rows(stats: Stats) -> str:
 
 def details_html(d: DisplayNode | None, target_device: str, stats: Stats | None = None) -> str:
     if d is None:
-        return CSS + "<p class='muted'>Select a row to see its details.</p>"
+        return css() + "<p class='muted'>Select a row to see its details.</p>"
     node = d.node
-    parts = [CSS, f"<p><b class='mono'>{escape(d.key or '(root)')}</b></p>"]
+    parts = [css(), f"<p><b class='mono'>{escape(d.key or '(root)')}</b></p>"]
     if node is None:
         parts.append(_rows([("kind", "group of dotted keys"),
                             ("tensors", f"{d.tensors:,}"), ("elements", f"{d.numel:,}"),

@@ -10,10 +10,12 @@ imported ahead of time on a worker thread (see :func:`preload`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtCore import QEvent, QPointF, Qt, Signal
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -26,14 +28,12 @@ from PySide6.QtWidgets import (
 
 from ckpt_inspector.core.slices import Heatmap
 from ckpt_inspector.core.stats import Histogram, Stats, format_number
+from ckpt_inspector.gui import theme
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background="w",
                     foreground="#374151")
 
-BAR_PEN = pg.mkPen("#2563eb", width=1.5)
-BAR_BRUSH = pg.mkBrush(37, 99, 235, 60)
 MEAN_PEN = pg.mkPen("#dc2626", width=1, style=Qt.PenStyle.DashLine)
-ZERO_PEN = pg.mkPen("#9ca3af", width=1)
 SEQUENTIAL = "viridis"
 DIVERGING = "CET-D1"
 
@@ -41,6 +41,35 @@ DIVERGING = "CET-D1"
 def preload() -> bool:
     """Nothing: importing this module is the work (called on a worker thread)."""
     return True
+
+
+def _theme_plot(canvas: pg.GraphicsView, *plots: pg.PlotItem) -> None:
+    """Background, axes, ticks and labels in the current theme's colours."""
+    canvas.setBackground(theme.color("plot_bg"))
+    fg = theme.color("plot_fg")
+    for plot in plots:
+        for side in ("left", "bottom", "right", "top"):
+            axis = plot.getAxis(side)
+            axis.setPen(fg)
+            axis.setTextPen(fg)
+
+
+class ThemedNote:
+    """A label whose text a function makes, made again in a new theme's colours (unless
+    something else has been written there since)."""
+
+    def __init__(self, label: QLabel):
+        self.label = label
+        self.make: Callable[[], str] | None = None
+        self.text = ""
+
+    def show(self, make: Callable[[], str]) -> None:
+        self.make, self.text = make, make()
+        self.label.setText(self.text)
+
+    def retheme(self) -> None:
+        if self.make is not None and self.label.text() == self.text:
+            self.show(self.make)
 
 
 def _bar(checkable: str, tip: str) -> QCheckBox:
@@ -66,6 +95,7 @@ class HistogramPanel(QWidget):
         self.note = QLabel()
         self.note.setObjectName("histogramNote")
         self.note.setTextFormat(Qt.TextFormat.RichText)
+        self.themed_note = ThemedNote(self.note)
         top = QHBoxLayout()
         top.setContentsMargins(4, 2, 4, 0)
         top.addWidget(self.log_box)
@@ -81,14 +111,14 @@ class HistogramPanel(QWidget):
         self.plot.getPlotItem().getViewBox().setMouseEnabled(x=True, y=False)
         for side in ("left", "bottom"):  # plain numbers: "x0.001" under the axis confuses
             self.plot.getAxis(side).enableAutoSIPrefix(False)
-        self.curve = pg.PlotDataItem(stepMode="center", pen=BAR_PEN, fillLevel=0,
-                                     fillBrush=BAR_BRUSH)
+        self.curve = pg.PlotDataItem(stepMode="center", fillLevel=0)
         self.plot.addItem(self.curve)
         self.mean_line = pg.InfiniteLine(angle=90, pen=MEAN_PEN)
         self.mean_line.setToolTip("mean")
         self.plot.addItem(self.mean_line)
-        self.zero_line = pg.InfiniteLine(angle=90, pen=ZERO_PEN)
+        self.zero_line = pg.InfiniteLine(angle=90)
         self.plot.addItem(self.zero_line)
+        self._apply_theme()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
@@ -97,9 +127,29 @@ class HistogramPanel(QWidget):
         self.histogram: Histogram | None = None
         self.stats: Stats | None = None
 
+    def _apply_theme(self) -> None:
+        _theme_plot(self.plot, self.plot.getPlotItem())
+        bar = QColor(theme.color("accent"))
+        self.curve.setPen(pg.mkPen(bar, width=1.5))
+        bar.setAlpha(70)
+        self.curve.setFillBrush(pg.mkBrush(bar))
+        self.zero_line.setPen(pg.mkPen(theme.color("plot_zero"), width=1))
+
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        if theme.is_palette_change(event):
+            self._apply_theme()
+            self.themed_note.retheme()
+
     def show_histogram(self, h: Histogram, stats: Stats) -> None:
         self.histogram, self.stats = h, stats
         self._draw()
+        self.themed_note.show(lambda: self._note(h, stats))
+        self.note.setToolTip(f"{h.counts.size} bins from {format_number(float(h.edges[0]))} "
+                             f"to {format_number(float(h.edges[-1]))}")
+
+    @staticmethod
+    def _note(h: Histogram, stats: Stats) -> str:
         notes = []
         total = int(h.counts.sum())
         if h.sampled is not None:
@@ -111,11 +161,9 @@ class HistogramPanel(QWidget):
         special = [(n, w) for n, w in ((h.nan, "NaN"), (h.posinf, "+inf"), (h.neginf, "−inf"))
                    if n]
         if special:
-            notes.append("<span style='color:#b91c1c'><b>not shown:</b> "
-                         + ", ".join(f"{n:,} {w}" for n, w in special) + "</span>")
-        self.note.setText(" · ".join(notes))
-        self.note.setToolTip(f"{h.counts.size} bins from {format_number(float(h.edges[0]))} "
-                             f"to {format_number(float(h.edges[-1]))}")
+            notes.append(theme.span("danger", "<b>not shown:</b> "
+                                    + ", ".join(f"{n:,} {w}" for n, w in special)))
+        return " · ".join(notes)
 
     def _draw(self) -> None:
         h, stats = self.histogram, self.stats
@@ -181,6 +229,7 @@ class HeatmapPanel(QWidget):
         self.reduce.hide()
         self.note = QLabel()
         self.note.setObjectName("heatmapNote")
+        self.themed_note = ThemedNote(self.note)
         top = QHBoxLayout()
         top.setContentsMargins(4, 2, 4, 0)
         top.addWidget(self.symmetric)
@@ -196,7 +245,6 @@ class HeatmapPanel(QWidget):
         self.plot.invertY(True)
         for side in ("left", "bottom"):
             self.plot.getAxis(side).enableAutoSIPrefix(False)
-        self.plot.getViewBox().setBackgroundColor("#f3f4f6")
         self.image = pg.ImageItem()
         self.plot.addItem(self.image)
         self.marks = pg.ImageItem()  # NaN and inf, painted over the colours
@@ -205,6 +253,7 @@ class HeatmapPanel(QWidget):
         self.bar = pg.ColorBarItem(colorMap=pg.colormap.get(DIVERGING), interactive=False,
                                    width=14)
         self.bar.setImageItem(self.image, insert_in=self.plot)
+        self._apply_theme()
         self.hover = QLabel(" ")
         self.hover.setObjectName("heatmapHover")
         self.hover.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -217,6 +266,16 @@ class HeatmapPanel(QWidget):
         self.heatmap: Heatmap | None = None
         self.describe = None  # callable (row, col) -> text, set by the owner
         self.canvas.scene().sigMouseMoved.connect(self._moved)
+
+    def _apply_theme(self) -> None:
+        _theme_plot(self.canvas, self.plot, self.bar)
+        self.plot.getViewBox().setBackgroundColor(theme.color("plot_view_bg"))
+
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        if theme.is_palette_change(event):
+            self._apply_theme()
+            self.themed_note.retheme()
 
     def show_heatmap(self, hm: Heatmap, note: str = "") -> None:
         self.heatmap = hm
@@ -240,15 +299,13 @@ class HeatmapPanel(QWidget):
             what = "largest |value|" if hm.reduce == "absmax" else "mean"
             parts.append(f"downsampled: each pixel is the {what} of {hm.factor[0]}×"
                          f"{hm.factor[1]} values")
-        if special:
-            parts.append(special)
-        self.note.setText(" · ".join(parts))
+        self.themed_note.show(lambda: " · ".join([*parts, *special()]))
         self.hover.setText("Move the pointer over the picture to read values; drag to pan, "
                            "wheel to zoom")
 
-    def _marks(self, hm: Heatmap) -> str:
+    def _marks(self, hm: Heatmap) -> Callable[[], list[str]]:
         """Paint NaN magenta and ±inf black over the picture (not the gaps of a kernel grid);
-        say so in the note."""
+        returns what makes the words for the note."""
         img = hm.image
         nan = np.isnan(img)
         if hm.layout is not None:  # gaps between kernels are NaN by construction
@@ -256,18 +313,20 @@ class HeatmapPanel(QWidget):
         inf = np.isinf(img)
         if not nan.any() and not inf.any():
             self.marks.clear()
-            return ""
+            return list
         rgba = np.zeros((*img.shape, 4), dtype=np.uint8)
         rgba[nan] = (217, 70, 239, 255)
         rgba[inf] = (17, 24, 39, 255)
         self.marks.setImage(rgba, autoLevels=False, levels=(0, 255))
         self.marks.setRect(0, 0, img.shape[1] * hm.factor[1], img.shape[0] * hm.factor[0])
-        parts = []
-        if nan.any():
-            parts.append("<span style='color:#c026d3'><b>NaN</b></span> magenta")
-        if inf.any():
-            parts.append("<b>±inf</b> black")
-        return ", ".join(parts)
+        has_nan, has_inf = bool(nan.any()), bool(inf.any())
+
+        def words() -> list[str]:
+            nan_word = [theme.span("nan", "NaN", bold=True) + " magenta"] if has_nan else []
+            inf_word = ["<b>±inf</b> black"] if has_inf else []
+            return [", ".join(nan_word + inf_word)]
+
+        return words
 
     def _recolour(self) -> None:
         hm = self.heatmap

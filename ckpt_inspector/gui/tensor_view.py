@@ -18,7 +18,7 @@ from html import escape
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -47,6 +47,7 @@ from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.commands import CliProcess
 from ckpt_inspector.gui.errors import ErrorReporter
+from ckpt_inspector.gui.theme import is_palette_change, set_muted, span
 from ckpt_inspector.gui.workers import Task, TaskRunner
 
 HEATMAP_CACHE = 24  # pictures kept (at most 4 MiB each)
@@ -99,14 +100,19 @@ def preload_plots(runner: TaskRunner) -> None:
     _PRELOAD["started"] = True
 
     def work() -> bool:
-        import ckpt_inspector.gui.plots  # noqa: F401
-
+        try:
+            import ckpt_inspector.gui.plots  # noqa: F401
+        finally:
+            # set here, not in a callback: the window that started the import may be closed
+            # (its tasks cancelled, or deleted) before a result would reach it, and every
+            # later tensor view in the process waits on this flag
+            _PRELOAD["done"] = True
         return True
 
-    def finished(_result: Any) -> None:
-        _PRELOAD["done"] = True
+    def ignore(_result: Any) -> None:
+        """An error shows when the GUI thread imports the module itself."""
 
-    runner.run("Preparing plots", work, on_result=finished, on_error=finished, quiet=True)
+    runner.run("Preparing plots", work, on_result=ignore, on_error=ignore, quiet=True)
 
 
 def _plots_ready() -> bool:
@@ -256,7 +262,7 @@ class TensorView(QWidget):
         self.placeholder.setObjectName("tensorPlaceholder")
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.placeholder.setWordWrap(True)
-        self.placeholder.setStyleSheet("color:#6b7280;")
+        set_muted(self.placeholder)
         self.tabs = QTabWidget()
         self.tabs.setObjectName("tensorTabs")
         self.tabs.setDocumentMode(True)
@@ -358,6 +364,18 @@ class TensorView(QWidget):
         entry = self._cache.get(id(info))
         return entry.stats if entry else None
 
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        if is_palette_change(event) and self.info is not None:
+            self._show_title()
+
+    def _show_title(self) -> None:
+        info = self.info
+        shape = "×".join(str(s) for s in info.shape) or "scalar"
+        details = f"{escape(info.dtype)} [{escape(shape)}] · {human_bytes(info.nbytes)}"
+        self.title.setText(f"<b>{escape(self.key or '(root)')}</b> &nbsp;"
+                           + span("muted", details))
+
     def show_node(self, key: str, info: TensorInfo | None, label: str = "") -> None:
         if info is None:
             self.cancel()
@@ -370,10 +388,7 @@ class TensorView(QWidget):
         if info is not self.info:
             self.cancel()
         self.info, self.key = info, key
-        shape = "×".join(str(s) for s in info.shape) or "scalar"
-        self.title.setText(f"<b>{escape(key or '(root)')}</b> &nbsp;<span style='color:#6b7280'>"
-                           f"{escape(info.dtype)} [{escape(shape)}] · "
-                           f"{human_bytes(info.nbytes)}</span>")
+        self._show_title()
         problem = self._unreadable(info)
         if problem:
             self.status.setText("")
@@ -420,7 +435,7 @@ class TensorView(QWidget):
         assert info is not None
         bins = self.hist_panel.bins.value()
         if entry.error:
-            self.status.setText(f"<span style='color:#b91c1c'>{escape(entry.error)}</span>")
+            self.status.setText(span("danger", escape(entry.error)))
             self.hist_panel.clear()
             return
         if entry.stats is None:
@@ -505,7 +520,7 @@ class TensorView(QWidget):
         if info is self.info:
             self._stats_job = None
             self.cancel_button.hide()
-            self.status.setText(f"<span style='color:#b91c1c'>{escape(message)}</span>")
+            self.status.setText(span("danger", escape(message)))
 
     def _bins_changed(self, _bins: int) -> None:
         self._user_bins = True  # the user's choice holds for every tensor from now on

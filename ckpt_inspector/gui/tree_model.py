@@ -13,18 +13,17 @@ from PySide6.QtCore import (
     QSortFilterProxyModel,
     Qt,
 )
-from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtGui import QFont
 
 from ckpt_inspector.core.display import DisplayNode
 from ckpt_inspector.core.summary import format_value, human_bytes
+from ckpt_inspector.gui.theme import brush
 
 COLUMNS = ("Key", "Type", "Shape / value", "Elements", "Size", "Device")
 KEY, TYPE, SHAPE, ELEMENTS, SIZE, DEVICE = range(len(COLUMNS))
 NodeRole = Qt.ItemDataRole.UserRole + 1
 
 _DIGITS = re.compile(r"(\d+)")
-_PROBLEM = QBrush(QColor("#c62828"))
-_MUTED = QBrush(QColor("#6b7280"))
 _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
 
@@ -208,15 +207,15 @@ class CheckpointModel(NodeTreeModel):
     def _style(self, d: DisplayNode, col: int, role: int) -> Any:
         if role == Qt.ItemDataRole.ForegroundRole:
             if d.is_tensor and d.node.tensor.problem:
-                return _PROBLEM
+                return brush("danger")
             if d.node is not None and d.node.type_name in self.dangerous:
-                return _PROBLEM
+                return brush("danger")
             if col == SHAPE and not d.is_tensor:
-                return _MUTED
+                return brush("muted")
             if col == KEY and d.node is not None and d.node.role == "attribute":
-                return _MUTED
+                return brush("muted")
             if col == DEVICE and "→" in (self._display(d, col) or ""):
-                return QBrush(QColor("#b45309"))
+                return brush("warning")
         if role == Qt.ItemDataRole.FontRole and col == KEY and not d.is_tensor and d.children:
             font = QFont()
             font.setBold(d.node is None or d.node.kind == "module")

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_inspector.core.slices import TensorSlice, format_cell
+from ckpt_inspector.gui.theme import span
 
 # Qt adds up row heights in an int of pixels: past ~2**31 px a view misbehaves (minutes of
 # layout). Long vectors wrap into rows of 10, 100, ... values; taller slices are cut.
@@ -178,8 +179,7 @@ class ValuesPanel(QWidget):
         rows = list(range(r.top(), r.bottom() + 1))
         cols = list(range(r.left(), r.right() + 1))
         if len(rows) * len(cols) > COPY_LIMIT:
-            self.note.setText(f"<span style='color:#b91c1c'>Select at most "
-                              f"{COPY_LIMIT:,} cells to copy</span>")
+            self.note.setText(span("danger", f"Select at most {COPY_LIMIT:,} cells to copy"))
             return ""
         text = self.model.text(rows, cols)
         QGuiApplication.clipboard().setText(text)

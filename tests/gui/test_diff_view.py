@@ -148,7 +148,7 @@ def test_filters_keep_the_changed_keys_and_their_groups(qtbot, window, pair):
     assert group.siblingAtColumn(STATUS).data() == "2 of 2 changed"
     assert top["1"].siblingAtColumn(STATUS).data() == "2 of 5 changed"
     # the group takes its worst child's colour: 0.bias changed shape (red)
-    shape_colour = dv.STATUS_STYLE[core_diff.SHAPE][0]
+    shape_colour = dv.status_color(core_diff.SHAPE)
     assert top["0"].data(Qt.ItemDataRole.ForegroundRole).color().name() == shape_colour
     assert view.proxy.rowCount(top["1"]) == 2  # identical children are filtered out
     # the key filter, combined with the status filter
