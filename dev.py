@@ -3,6 +3,9 @@
 
     python3 dev.py app [FILES...]   set up .venv (first run: a few minutes), then start the app
     python3 dev.py test [ARGS...]   set up .venv, then run the whole test suite (pytest ARGS)
+    python3 dev.py bundle [ARGS...] set up .venv with PyInstaller, then build the one-folder
+                                    bundle dist/ckpt-inspector (tools/build_bundle.py ARGS:
+                                    --cpu-only, --windowed, --test...)
 
 Only the Python standard library is used here, so this works on a fresh machine
 with nothing but Python 3.10+. Dependencies are reinstalled only when
@@ -21,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".ckpt-inspector-installed"
+BUNDLE_STAMP = VENV / ".ckpt-inspector-bundle-installed"
 
 
 def _venv_python() -> Path:
@@ -51,11 +55,26 @@ def setup() -> Path:
     return py
 
 
+def setup_bundle() -> Path:
+    """setup(), plus the `bundle` extra (PyInstaller) in the same environment."""
+    py = setup()
+    if not BUNDLE_STAMP.exists() or BUNDLE_STAMP.read_text() != _wanted_stamp():
+        print("installing PyInstaller into .venv", flush=True)
+        subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q",
+                        "-e", f"{ROOT}[test,bundle]"], check=True)
+        BUNDLE_STAMP.write_text(_wanted_stamp())
+    return py
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("app", "test"):
+    if not argv or argv[0] not in ("app", "test", "bundle"):
         print(__doc__.strip())
         return 2
     command, rest = argv[0], argv[1:]
+    if command == "bundle":
+        py = setup_bundle()
+        return subprocess.call([str(py), str(ROOT / "tools" / "build_bundle.py"), *rest],
+                               cwd=ROOT)
     py = setup()
     if command == "app":
         return subprocess.call([str(py), "-m", "ckpt_inspector", *rest])
