@@ -33,10 +33,13 @@ from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
+    QComboBox,
     QHBoxLayout,
     QLabel,
     QLayout,
+    QLineEdit,
     QMenu,
+    QPushButton,
     QSplitter,
     QStackedWidget,
     QTextBrowser,
@@ -193,16 +196,35 @@ class Comparison:
         return changed, compared
 
 
-def compare_files(path_a: str, path_b: str, stop: threading.Event | None = None
-                  ) -> Iterator[Progress]:
+@dataclass(frozen=True)
+class MatchOptions:
+    """How keys are matched: the rules of ``ckpt-inspector diff`` (``--strip-prefix``,
+    ``--exact``, ``--key-a``, ``--key-b``)."""
+
+    rules: tuple[core_diff.PrefixRule, ...] = ()
+    auto: bool = True
+    key_a: str = ""
+    key_b: str = ""
+
+
+def compare_files(path_a: str, path_b: str, stop: threading.Event | None = None,
+                  options: MatchOptions | None = None) -> Iterator[Progress]:
     """Read both files and compare them (a generator for a worker); returns a
     :class:`Comparison` with both trees of the result built."""
+    options = options or MatchOptions()
     start = time.perf_counter()
     yield Progress("reading A", detail=os.path.basename(path_a))
     a = open_checkpoint(path_a)
     yield Progress("reading B", detail=os.path.basename(path_b))
     b = open_checkpoint(path_b)
-    result = yield from core_diff.diff(a, b, stop=stop)
+    try:
+        result = yield from core_diff.diff(a, b, rules=list(options.rules),
+                                           key_a=options.key_a or None,
+                                           key_b=options.key_b or None, auto=options.auto,
+                                           stop=stop)
+    except KeyError as err:
+        side = "A" if options.key_a and err.args[0] == options.key_a else "B"
+        raise CheckpointError(f"{side} has no key {err.args[0]!r} to compare") from None
     yield Progress("arranging the keys")
     return Comparison(a, b, result, build_tree(result.entries, True),
                       build_tree(result.entries, False), totals(a), totals(b),
@@ -960,6 +982,7 @@ class DiffView(QWidget):
         self._generation = 0
         self._disposed = False
         self._models: dict[bool, DiffModel] = {}
+        self.options = MatchOptions()
         self._build()
 
     @property
@@ -1048,7 +1071,68 @@ class DiffView(QWidget):
         self.pages.addWidget(body)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
+        layout.addLayout(self._build_options())
         layout.addWidget(self.pages)
+
+    def _build_options(self) -> QHBoxLayout:
+        """How keys are matched, as ``ckpt-inspector diff`` lets you say it: shown above
+        the result, the progress and any error alike, so a wrong choice can be mended."""
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 4)
+        row.setSpacing(6)
+        row.addWidget(QLabel("Match keys"))
+        self.match_mode = QComboBox()
+        self.match_mode.setObjectName("diffMatchMode")
+        self.match_mode.addItems(["automatically", "exactly", "after stripping"])
+        self.match_mode.setToolTip(
+            "automatically: exactly, or after stripping a prefix (module., model., …) from "
+            "one side when that matches more tensors; exactly: keys as they are; after "
+            "stripping: the prefix you give")
+        self.prefix_edit = QLineEdit()
+        self.prefix_edit.setObjectName("diffPrefix")
+        self.prefix_edit.setPlaceholderText("module.")
+        self.prefix_edit.setMaximumWidth(160)
+        self.prefix_side = QComboBox()
+        self.prefix_side.setObjectName("diffPrefixSide")
+        self.prefix_side.addItems(["from both", "from A", "from B"])
+        self.part_a = QLineEdit()
+        self.part_a.setObjectName("diffPartA")
+        self.part_a.setPlaceholderText("all of A (or a key: model_state_dict)")
+        self.part_b = QLineEdit()
+        self.part_b.setObjectName("diffPartB")
+        self.part_b.setPlaceholderText("all of B")
+        self.apply_button = QPushButton("Compare")
+        self.apply_button.setObjectName("diffApply")
+        self.apply_button.setToolTip("Compare again with these choices")
+        self.apply_button.clicked.connect(self.apply_options)
+        for edit in (self.prefix_edit, self.part_a, self.part_b):
+            edit.returnPressed.connect(self.apply_options)
+        self.match_mode.currentIndexChanged.connect(self._mode_changed)
+        for w in (self.match_mode, self.prefix_edit, self.prefix_side):
+            row.addWidget(w)
+        row.addSpacing(12)
+        row.addWidget(QLabel("A"))
+        row.addWidget(self.part_a, 1)
+        row.addWidget(QLabel("B"))
+        row.addWidget(self.part_b, 1)
+        row.addWidget(self.apply_button)
+        self._mode_changed()
+        return row
+
+    def _mode_changed(self, *_args: Any) -> None:
+        stripping = self.match_mode.currentIndex() == 2
+        self.prefix_edit.setEnabled(stripping)
+        self.prefix_side.setEnabled(stripping)
+
+    def apply_options(self) -> None:
+        """Compare again with the choices in the options row."""
+        mode = self.match_mode.currentIndex()
+        prefix = self.prefix_edit.text().strip()
+        side = ("both", "a", "b")[self.prefix_side.currentIndex()]
+        rules = (core_diff.PrefixRule(prefix, side),) if mode == 2 and prefix else ()
+        self.options = MatchOptions(rules, auto=mode == 0, key_a=self.part_a.text().strip(),
+                                    key_b=self.part_b.text().strip())
+        self.start()
 
     def _show_message(self, html: str, retry: bool, progress: bool = False) -> None:
         self.message_page.show_message(html, retry, progress)
@@ -1068,6 +1152,7 @@ class DiffView(QWidget):
         self.fraction = None
         self.task = self.runner.run(
             f"Comparing {self.title}", compare_files, self.path_a, self.path_b, stop,
+            self.options,
             on_result=lambda c: self._done(c, generation),
             on_error=lambda e: self._failed(e, generation),
             on_progress=lambda p: self._progress(p, generation),
@@ -1142,8 +1227,8 @@ class DiffView(QWidget):
         if model is None:
             return
         current = key_tree.set_tree_model(
-            self.tree, model, [(STATUS, 120), (A, 150), (B, 150), (MAX_ABS, 80), (REL_L2, 72),
-                               (COSINE, 80), (CHANGED_COL, 90)])
+            self.tree, model, [(STATUS, 140), (A, 150), (B, 150), (MAX_ABS, 80), (REL_L2, 72),
+                               (COSINE, 96), (CHANGED_COL, 90)])
         self.apply_filter(force=True)
         if current is not None:
             self.select_key(current.key)

@@ -273,7 +273,7 @@ def test_cancel_stops_the_comparison_and_it_can_be_run_again(qtbot, window, pair
     path_a, path_b, _a, _b = pair
     stops = []
 
-    def slow(path_a, path_b, stop=None):
+    def slow(path_a, path_b, stop=None, options=None):
         stops.append(stop)
         for _ in range(1000):
             time.sleep(0.01)
@@ -467,3 +467,42 @@ def test_the_header_names_each_files_verdict(qtbot, window, payload_files, marke
     header = plain(blocker.args[0].header.text())
     assert "safe" in header and "DANGEROUS" in header, header
     assert not marker.exists()
+
+
+def test_match_options_row_runs_the_cli_rules(qtbot, window, tmp_path, torch):
+    """The options above the result: a part of A, a prefix, exact matching, and an error
+    for a key that is not there, which the row then lets the user mend."""
+    sd = TinyNet.make(torch).state_dict()
+    train, plain_sd, dp = tmp_path / "train.ckpt", tmp_path / "sd.pt", tmp_path / "dp.pt"
+    torch.save({"epoch": 3, "model_state_dict": sd}, train)
+    torch.save(sd, plain_sd)
+    torch.save({f"module.{k}": v for k, v in sd.items()}, dp)
+    with qtbot.waitSignal(window.comparison_shown, timeout=WAIT) as blocker:
+        window.compare_paths(str(train), str(plain_sd))
+    view = blocker.args[0]
+    assert "DIFFERENT" in plain(view.header.text())  # epoch is only in A
+    view.part_a.setText("model_state_dict")
+    with qtbot.waitSignal(view.shown, timeout=WAIT):
+        view.apply_button.click()
+    assert "IDENTICAL" in plain(view.header.text())
+    view.part_a.setText("nope")
+    with qtbot.waitSignal(view.failed, timeout=WAIT):
+        view.apply_button.click()
+    assert view.part_a.isVisible() and "nope" in plain(view.message.text())
+
+    with qtbot.waitSignal(window.comparison_shown, timeout=WAIT) as blocker:
+        window.compare_paths(str(plain_sd), str(dp))
+    view = blocker.args[0]
+    assert "found automatically" in plain(view.header.text())
+    view.match_mode.setCurrentIndex(1)  # exactly
+    assert not view.prefix_edit.isEnabled()
+    with qtbot.waitSignal(view.shown, timeout=WAIT):
+        view.apply_button.click()
+    assert "DIFFERENT" in plain(view.header.text())
+    view.match_mode.setCurrentIndex(2)
+    view.prefix_edit.setText("module")
+    view.prefix_side.setCurrentIndex(2)  # from B
+    with qtbot.waitSignal(view.shown, timeout=WAIT):
+        view.apply_button.click()
+    header = plain(view.header.text())
+    assert "IDENTICAL" in header and "'module.' stripped from B's keys" in header
