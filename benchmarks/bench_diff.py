@@ -17,10 +17,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_info import run_status  # noqa: E402  (the same measurement of a child process)
 
 READ_BOTH = """
 import sys
@@ -50,20 +52,6 @@ torch.save(ckpt, sys.argv[2])
 """
 
 
-def run(cmd: list[str]) -> tuple[float, float, int]:
-    """(seconds, peak RSS in MB, exit status) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    if code not in (0, 1):
-        raise SystemExit(f"{cmd} failed ({code}): {err}")
-    return elapsed, usage.ru_maxrss / 1024, code
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mb", type=int, default=2048)
@@ -89,10 +77,10 @@ def main() -> None:
                                        str(a), str(b)],
         "torch.load both + torch.equal loop": [py, "-c", TORCH_EQUAL, str(a), str(b)],
     }
-    run(contenders["read both files once (16 MiB reads)"])  # warm the page cache
+    run_status(contenders["read both files once (16 MiB reads)"])  # warm the page cache
     results = {}
     for name, cmd in contenders.items():
-        runs = [run(cmd) for _ in range(args.repeat)]
+        runs = [run_status(cmd, ok=(0, 1)) for _ in range(args.repeat)]
         results[name] = (statistics.median(r[0] for r in runs), max(r[1] for r in runs),
                          runs[0][2])
     size = (a.stat().st_size + b.stat().st_size) / 2**30

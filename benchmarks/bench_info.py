@@ -31,16 +31,25 @@ def make_checkpoint(path: Path, size_mb: int, count: int) -> None:
     torch.save({"model": sd, "epoch": 3, "lr": 1e-4}, path)
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of one child process."""
+def run_status(cmd: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, float, int]:
+    """(seconds, peak RSS in MB, exit status) of one child process; an exit status not in
+    ``ok`` stops the benchmark with the child's stderr."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd} failed: {proc.stderr.read().decode()}")
+    code = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode()
     proc.stderr.close()
-    return elapsed, usage.ru_maxrss / 1024
+    if code not in ok:
+        raise SystemExit(f"{cmd} failed ({code}): {err}")
+    return elapsed, usage.ru_maxrss / 1024, code
+
+
+def run(cmd: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of one child process that must succeed."""
+    elapsed, rss, _ = run_status(cmd)
+    return elapsed, rss
 
 
 def main() -> None:

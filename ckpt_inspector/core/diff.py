@@ -48,7 +48,7 @@ JSON_STATUS = {ONLY_A: "only_a", ONLY_B: "only_b", KIND: "kind", SHAPE: "shape",
 COMMON_PREFIXES = ("module.", "model.", "_orig_mod.", "state_dict.", "model_state_dict.",
                    "net.", "network.", "backbone.", "encoder.")
 RAW_BLOCK = 4 << 20  # bytes compared at a time
-FAULT_AROUND = 64 << 10
+FAULT_AROUND = 2 << 20  # fault-around (64 KiB) and large page-cache folios (up to 2 MiB)
 MAX_VALUES = 100_000  # non-tensor leaves compared per file
 PROGRESS_EVERY = 0.05  # seconds between progress reports
 
@@ -388,8 +388,8 @@ def _mapped_bytes(info: TensorInfo) -> tuple[Any, int] | None:
 def _release(mm: Any, start: int, length: int) -> None:
     """Drop the pages of ``[start, start+length)`` from this process's map (they stay in
     the page cache): resident memory stays at one block however big the files are."""
-    # the kernel maps the aligned 64 KiB around a faulting page ("fault-around"): drop
-    # those pages too, on both sides
+    # the kernel maps more than the faulting page (the aligned 64 KiB around it, or a
+    # whole large folio of the page cache): drop a margin on both sides too
     first = max(0, start - FAULT_AROUND)
     first -= first % mmap.PAGESIZE
     end = min(len(mm), start + length + FAULT_AROUND)
