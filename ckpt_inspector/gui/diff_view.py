@@ -1061,7 +1061,7 @@ class DiffView(QWidget):
 
         # "comparing…", errors and cancellations, with a button to compare again
         self.message_page = key_tree.MessagePage("diffMessage", "Compare again", self.start,
-                                        progress=True)
+                                                  progress=True, on_cancel=self.cancel)
         self.message, self.retry_button = self.message_page.label, self.message_page.button
         self.progress = self.message_page.progress
         self.retry_button.setObjectName("diffRetry")
@@ -1205,6 +1205,11 @@ class DiffView(QWidget):
         self.reporter.report("Could not compare the files", err,
                              f"A: {self.path_a}\nB: {self.path_b}")
         self.failed.emit(message)
+
+    def cancel(self) -> None:
+        """Stop the comparison that is running (the Cancel under its progress bar)."""
+        if self.task is not None:
+            self.runner.cancel(self.task)
 
     def _cancelled(self, generation: int, stop: threading.Event) -> None:
         stop.set()  # the comparison stops within the tensor it is reading

@@ -142,7 +142,8 @@ class MessagePage(QWidget):
     and, if asked for, a progress bar."""
 
     def __init__(self, name: str, retry: str, on_retry: Callable[[], None],
-                 progress: bool = False, parent: QWidget | None = None):
+                 progress: bool = False, parent: QWidget | None = None,
+                 on_cancel: Callable[[], None] | None = None):
         super().__init__(parent)
         self.label = QLabel()
         self.label.setObjectName(name)
@@ -159,6 +160,12 @@ class MessagePage(QWidget):
             self.progress = QProgressBar()
             self.progress.setMaximumWidth(360)
             layout.addWidget(self.progress, 0, Qt.AlignmentFlag.AlignHCenter)
+        # Cancel beside the progress it stops, not only in the status bar
+        self.cancel_button: QPushButton | None = None
+        if on_cancel is not None:
+            self.cancel_button = QPushButton("Cancel")
+            self.cancel_button.clicked.connect(on_cancel)
+            layout.addWidget(self.cancel_button, 0, Qt.AlignmentFlag.AlignHCenter)
         layout.addWidget(self.button, 0, Qt.AlignmentFlag.AlignHCenter)
         layout.addStretch(2)
 
@@ -167,3 +174,5 @@ class MessagePage(QWidget):
         self.button.setVisible(retry)
         if self.progress is not None:
             self.progress.setVisible(progress)
+        if self.cancel_button is not None:
+            self.cancel_button.setVisible(progress)

@@ -293,6 +293,14 @@ def test_cancel_stops_the_comparison_and_it_can_be_run_again(qtbot, window, pair
     assert stops[0].is_set() and not window.runner.tasks
     assert "cancelled" in view.message.text() and view.retry_button.isVisibleTo(view)
     assert view.comparison is None
+    cancel_here = view.message_page.cancel_button
+    assert not cancel_here.isVisibleTo(view)  # only while it runs
+    view.retry_button.click()  # again, and this time the Cancel under the progress bar
+    qtbot.waitUntil(lambda: len(stops) == 2 and window.progress.value() == 250, timeout=WAIT)
+    assert cancel_here.isVisibleTo(view) and not view.retry_button.isVisibleTo(view)
+    cancel_here.click()
+    assert stops[1].is_set() and not window.runner.tasks
+    assert "cancelled" in view.message.text() and not cancel_here.isVisibleTo(view)
     monkeypatch.setattr(dv, "compare_files", real)
     with qtbot.waitSignal(view.shown, timeout=WAIT):
         view.retry_button.click()
