@@ -45,8 +45,6 @@ JSON_STATUS = {ONLY_A: "only_a", ONLY_B: "only_b", KIND: "kind", SHAPE: "shape",
                DTYPE: "dtype", CHANGED: "changed", UNREADABLE: "unreadable",
                IDENTICAL: "identical"}
 
-COMMON_PREFIXES = ("module.", "model.", "_orig_mod.", "state_dict.", "model_state_dict.",
-                   "net.", "network.", "backbone.", "encoder.")
 RAW_BLOCK = 4 << 20  # bytes compared at a time
 FAULT_AROUND = 2 << 20  # fault-around (64 KiB) and large page-cache folios (up to 2 MiB)
 MAX_VALUES = 100_000  # non-tensor leaves compared per file
@@ -221,15 +219,15 @@ def _numel(side: Side | None) -> int:
 
 
 # -- keys -----------------------------------------------------------------------------------
-def subtree(ckpt: Checkpoint, key: str | None) -> tuple[Node, str]:
-    """The node at dotted ``key`` (the root for None/""), and its key prefix."""
+def subtree(ckpt: Checkpoint, key: str | None) -> Node:
+    """The node at dotted ``key`` (the root for None/"")."""
     if not key:
-        return ckpt.root, ""
+        return ckpt.root
     by_key = {key_of(node.path()): node for node in ckpt.root.walk() if node.parent is not None}
     node = by_key.get(key)
     if node is None:
         raise KeyError(key)
-    return node, key + "."
+    return node
 
 
 def leaves(root: Node) -> dict[str, Node]:
@@ -622,8 +620,8 @@ def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
     """Compare ``a`` with ``b`` (or their subtrees at ``key_a``/``key_b``). ``rules`` are
     applied as given; with none and ``auto``, rules that match more tensor keys are found.
     Raises KeyError for a subtree key that is not there, :class:`Cancelled` on ``stop``."""
-    root_a, _ = subtree(a, key_a)
-    root_b, _ = subtree(b, key_b)
+    root_a = subtree(a, key_a)
+    root_b = subtree(b, key_b)
     keys_a, keys_b = leaves(root_a), leaves(root_b)
     found = False
     if not rules and auto:
@@ -716,15 +714,6 @@ def _compare(entry: Entry, ta: TensorInfo, tb: TensorInfo, stop: threading.Event
         # different bytes, same numbers: -0.0 against 0.0, NaN payloads, byte order,
         # quantized integers with other scales that dequantize alike
         entry.numbers.note = "the same values stored with different bits (such as -0.0 and 0.0)"
-
-
-def run(gen: Iterator[Progress]) -> Any:
-    """Drive a generator to its return value (for callers without progress)."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def describe_numbers(n: Numbers) -> str:

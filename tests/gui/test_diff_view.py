@@ -31,7 +31,7 @@ from ckpt_inspector.gui.diff_view import (
 from ckpt_inspector.gui.main_window import drop_urls
 from ckpt_inspector.gui.tree_model import NodeRole
 
-from support import TinyNet, open_and_wait
+from support import TinyNet, drive, open_and_wait
 
 WAIT = 60_000
 CHANGED_KEYS = {"4.weight", "4.bias", "1.running_var", "0.bias", "1.num_batches_tracked",
@@ -447,7 +447,7 @@ def test_two_bare_tensors(qtbot, window, tmp_path, torch):
 @pytest.mark.parametrize("grouped", [True, False])
 def test_diff_model_passes_qtmodeltester(qtmodeltester, pair, grouped):
     path_a, path_b, _a, _b = pair
-    result = core_diff.run(core_diff.diff(open_checkpoint(path_a), open_checkpoint(path_b)))
+    result = drive(core_diff.diff(open_checkpoint(path_a), open_checkpoint(path_b)))
     model = DiffModel(build_tree(result.entries, grouped))
     qtmodeltester.check(model, force_py=True)
     model.sort(REL_L2, Qt.SortOrder.DescendingOrder)
