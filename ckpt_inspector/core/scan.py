@@ -14,7 +14,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ckpt_inspector.core import callables
 from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_GLOBALS
+from ckpt_inspector.core.calls import Analysis, Use, judge_use
 from ckpt_inspector.core.pickle_vm import Call, GlobalRef, LazyBytes
 from ckpt_inspector.core.tree import Checkpoint
 
@@ -44,7 +46,7 @@ DANGEROUS_NAMES = frozenset({
     "builtins.input", "builtins.globals", "builtins.locals", "builtins.vars",
     "builtins.execfile", "builtins.file", "builtins.apply", "builtins.reload",
     "builtins.exit", "builtins.quit", "builtins.help", "builtins.memoryview", "builtins.type",
-    "functools.partial", "functools.reduce", "functools.partialmethod",
+    "functools.reduce",
     "operator.attrgetter", "operator.methodcaller", "operator.itemgetter",
     "operator.getitem", "operator.setitem",
     "types.FunctionType", "types.CodeType", "types.LambdaType", "types.MethodType",
@@ -55,7 +57,7 @@ DANGEROUS_NAMES = frozenset({
     "torch.hub.load_state_dict_from_url", "torch.hub.download_url_to_file",
     "torch.package.PackageImporter", "torch._dynamo.eval_frame", "torch.fx.graph_module",
     "torch.hub._load_local", "operator.call", "_operator.attrgetter", "_operator.methodcaller",
-    "_operator.itemgetter", "_functools.partial", "_functools.reduce",
+    "_operator.itemgetter", "_functools.reduce",
     "numpy.load", "numpy.lib.npyio.load", "numpy.testing._private.utils.runstring",
     "codecs.open",
 })
@@ -97,26 +99,15 @@ class ScanReport:
 
 
 def classify(module: str, name: str) -> str:
-    """``safe``, ``needs-trust`` or ``dangerous`` for an import of ``module.name``."""
+    """``safe``, ``needs-trust`` or ``dangerous`` for a bare import of ``module.name`` (what
+    it would be called if the stream only named it; uses decide the rest, in :func:`scan`)."""
     full_name = f"{module}.{name}"
     if full_name in WEIGHTS_ONLY_GLOBALS:
         return SAFE
-    if full_name in DANGEROUS_NAMES:
+    kind, canon = callables.resolve(module, name)
+    use = Use(GlobalRef(module, name, 0, "GLOBAL"), kind, canon)
+    if kind == callables.MODULE or (denied(use) and kind != callables.RECORD):
         return DANGEROUS
-    if module.split(".")[0] in DANGEROUS_MODULES or module in DANGEROUS_MODULES:
-        return DANGEROUS
-    if module.startswith(DANGEROUS_TORCH):
-        return DANGEROUS
-    # A dotted name walks attributes from the module (protocol 4 allows it):
-    # torch.serialization + "os.system", argparse + "_os.system". Nested classes
-    # (Outer.Inner) are the only legitimate use; anything else is a walk.
-    attrs = name.split(".")
-    if len(attrs) > 1:
-        steps = attrs[:-1]
-        if any(a in DANGEROUS_MODULES or a.startswith("_") or a.islower() for a in steps):
-            return DANGEROUS
-        if any(f"builtins.{a}" in DANGEROUS_NAMES for a in attrs):
-            return DANGEROUS
     return NEEDS_TRUST
 
 
@@ -162,15 +153,22 @@ def _benign_use(name: str, uses: list[Call], called: set[int]) -> str | None:
         return None
     if name == "builtins.getattr":
         for c in uses:
-            if not (len(c.args) == 2 and isinstance(c.args[0], Call)
+            if not (len(c.args) == 2 and isinstance(c.args[0], (Call, GlobalRef))
                     and isinstance(c.args[1], str) and not c.args[1].startswith("__")
                     and c.args[1].isidentifier()) or id(c) in called:
                 return None
-        methods = sorted({f"{c.args[0].func_name or '?'}.{c.args[1]}" for c in uses})
-        return f"binds method {', '.join(methods[:3])} of objects built in the file"
+        methods = sorted({f"{_name_of(c.args[0])}.{c.args[1]}" for c in uses})
+        return (f"reads attribute {', '.join(methods[:3])} of an object or class in the file, "
+                "never called")
     if name == "builtins.type" and all(len(c.args) == 1 and id(c) not in called for c in uses):
         return "asks for the type of a value"
     return None
+
+
+def _name_of(value: Any) -> str:
+    if isinstance(value, GlobalRef):
+        return value.full_name
+    return value.func_name or "?"
 
 
 _MAX_EVAL_LEN = 4096
@@ -201,36 +199,50 @@ def _transcode(value: str | bytes, codec: str, decode: bool) -> str | bytes | No
     return None
 
 
-def static_value(value: Any, depth: int = 0) -> str | bytes | None:
+_EVALUATED = ("_codecs.decode", "codecs.decode", "_codecs.encode", "codecs.encode", "builtins.str")
+
+
+def static_value(value: Any, depth: int = 0, memo: dict[int, Any] | None = None
+                 ) -> str | bytes | None:
     """What a computed import name evaluates to, for the calls that obfuscation uses
     (``_codecs.decode('bf', 'rot13')``, ``builtins.str(b'os', 'latin1')``), on short
-    inputs, importing nothing. None when unknown."""
+    inputs, importing nothing. None when unknown. Each call is evaluated once (``memo``):
+    a stream can reuse one call from the memo at every level."""
     if isinstance(value, (str, bytes)):
         return value if len(value) <= _MAX_EVAL_LEN else None
     if not isinstance(value, Call) or depth > 4:
         return None
-    args = [static_value(a, depth + 1) for a in value.args]
-    if any(a is None for a in args):
-        return None
     name = value.func_name
-    try:
-        if name in ("_codecs.decode", "codecs.decode", "_codecs.encode", "codecs.encode") \
-                and len(args) == 2 and isinstance(args[1], str):
-            return _transcode(args[0], args[1], name.endswith("decode"))
-        if name == "builtins.str" and len(args) == 2 and isinstance(args[0], bytes) \
-                and isinstance(args[1], str):
-            return _transcode(args[0], args[1], True)
-    except (ValueError, TypeError, UnicodeError):
+    if name not in _EVALUATED or len(value.args) != 2:
         return None
-    return None
+    memo = {} if memo is None else memo
+    if id(value) in memo:
+        return memo[id(value)]
+    memo[id(value)] = None
+    args = [static_value(a, depth + 1, memo) for a in value.args]
+    result: str | bytes | None = None
+    if all(a is not None for a in args):
+        try:
+            if name != "builtins.str" and isinstance(args[1], str):
+                result = _transcode(args[0], args[1], name.endswith("decode"))
+            elif name == "builtins.str" and isinstance(args[0], bytes) \
+                    and isinstance(args[1], str):
+                result = _transcode(args[0], args[1], True)
+        except (ValueError, TypeError, UnicodeError):
+            result = None
+    if isinstance(result, (str, bytes)) and len(result) > _MAX_EVAL_LEN:
+        result = None
+    memo[id(value)] = result
+    return result
 
 
 def _computed_import(g: GlobalRef) -> tuple[str, str | None]:
     """(message, resolved ``module.name`` or None) for a non-literal import."""
     parts = []
     resolved = []
+    memo: dict[int, Any] = {}
     for what in (g.module, g.name):
-        value = static_value(what)
+        value = static_value(what, 0, memo)
         if isinstance(value, bytes):
             value = None  # STACK_GLOBAL wants str: a bytes result fails when loaded
         shown = short_repr(what, 60)
@@ -244,44 +256,66 @@ def _computed_import(g: GlobalRef) -> tuple[str, str | None]:
     return message, full
 
 
+def denied(use: Use) -> bool:
+    """The second opinion: the name, or what it really is, is on a denylist."""
+    for full in (use.ref.full_name, use.canonical):
+        module = full.rpartition(".")[0]
+        if full in DANGEROUS_NAMES or module.startswith(DANGEROUS_TORCH):
+            return True
+        if module.split(".")[0] in DANGEROUS_MODULES or module in DANGEROUS_MODULES:
+            return True
+        # a dotted name walks attributes (torch.serialization + "os.system", argparse +
+        # "_os.system"); nested classes (Outer.Inner) are the only legitimate use
+    attrs = str(use.ref.name).split(".")
+    steps = attrs[:-1]
+    return any(a in DANGEROUS_MODULES or a.startswith("_") or a.islower() for a in steps) or \
+        any(f"builtins.{a}" in DANGEROUS_NAMES for a in attrs[1:])
+
+
+def _judge(use: Use, invoked: set[int]) -> tuple[str, str, str] | None:
+    """(severity, code, message) for one imported name, or None when torch allows it."""
+    name = use.ref.full_name
+    renamed = (f" (written as {use.ref.original[0]}.{use.ref.original[1]})"
+               if use.ref.original else "")
+    judged = judge_use(use)
+    if denied(use) and use.kind != callables.RECORD:
+        benign = _benign_use(name, use.called, invoked)
+        if benign:
+            return (NEEDS_TRUST, "import", f"imports {name}{renamed}, which {benign}; loading "
+                    "it with torch needs trust")
+        what = judged[1] if judged and judged[0] == DANGEROUS else (
+            f"calls {name} with {short_repr(use.called[0].args)}" if use.called
+            else f"imports {name}")
+        return (DANGEROUS, "dangerous-import",
+                f"{what}{renamed}: this can run commands, touch files or load code")
+    if judged is None:
+        return None
+    severity, message = judged
+    if severity == DANGEROUS:
+        benign = _benign_use(name, use.called, invoked)
+        if benign:
+            return (NEEDS_TRUST, "import", f"imports {name}{renamed}, which {benign}; loading "
+                    "it with torch needs trust")
+        return DANGEROUS, "dangerous-call", message + renamed
+    return severity, "import", message + renamed
+
+
 def scan(ckpt: Checkpoint, error: str | None = None) -> ScanReport:
     """Judge a checkpoint from what its reader recorded (never from its data)."""
     findings: list[Finding] = []
     for record in ckpt.pickles:
         member = record.member or None
+        analysis = Analysis(record.result)
         calls_by_func: dict[int, list[Call]] = {}
         for c in record.result.calls:
             calls_by_func.setdefault(id(c.func), []).append(c)
-        called = set(calls_by_func)
-        seen: set[str] = set()
-        for g in record.result.globals:
-            if not g.literal:
-                continue  # reported with the anomaly below
-            name = g.full_name
-            level = classify(g.module, g.name)
-            if level == SAFE or name in seen:
-                continue
-            seen.add(name)
-            renamed = f" (written as {g.original[0]}.{g.original[1]})" if g.original else ""
-            uses = calls_by_func.get(id(g), [])
-            benign = _benign_use(name, uses, called) if level == DANGEROUS else None
-            if benign:
-                findings.append(Finding(NEEDS_TRUST, "import",
-                                        f"imports {name}{renamed}, which {benign}; loading it "
-                                        "with torch needs trust", member, g.offset, name))
-            elif level == DANGEROUS:
-                if uses:
-                    what = f"calls {name} with {short_repr(uses[0].args)}"
-                else:
-                    what = f"imports {name}"
-                findings.append(Finding(DANGEROUS, "dangerous-import",
-                                        f"{what}{renamed}: this can run commands or load code",
-                                        member, g.offset, name))
-            else:
-                findings.append(Finding(NEEDS_TRUST, "import",
-                                        f"imports {name}{renamed}, which is not in torch's "
-                                        "weights-only allowlist: loading runs that code",
-                                        member, g.offset, name))
+        for name, use in analysis.uses.items():
+            judged = _judge(use, analysis.invoked)
+            if judged is not None:
+                findings.append(Finding(judged[0], judged[1], judged[2], member,
+                                        use.ref.offset, name))
+        for v in analysis.verdicts:
+            findings.append(Finding(v.severity, v.code, v.message, member, v.offset, v.name))
         for a in record.result.anomalies:
             level = DANGEROUS if record.executed or a.code == "dynamic-import" else "info"
             message, name = a.message, None

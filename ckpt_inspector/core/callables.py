@@ -1,0 +1,79 @@
+"""What a name a pickle imports *is* (a class, a function, a module), known without importing it.
+
+The table (``callables.tsv.gz``, written by ``tools/gen_callables.py`` from the
+standard library, torch, torchvision and numpy installed with this project) holds
+one kind per name:
+
+``m`` module, ``c`` class, ``r`` record class (namedtuple, enum, exception: building
+one only stores values), ``a`` a class whose construction acts on the world (runs
+commands, opens files or sockets, downloads, loads code), ``f`` a callable that is
+not a class. A name under those packages that the table does not hold (a dotted
+walk such as ``Path.write_text``, a method) is judged by :func:`kind_of`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import sys
+from functools import lru_cache
+from importlib import resources
+
+MODULE, CLASS, RECORD, ACTING, FUNCTION, UNKNOWN = "m", "c", "r", "a", "f", "?"
+CLASS_KINDS = frozenset({CLASS, RECORD, ACTING})
+KNOWN_ROOTS = frozenset({"torch", "torchvision", "numpy", "builtins", "__builtin__"}) | \
+    frozenset(sys.stdlib_module_names)
+
+
+@lru_cache(maxsize=1)
+def _table() -> tuple[dict[str, str], dict[str, str]]:
+    kinds: dict[str, str] = {}
+    canon: dict[str, str] = {}
+    raw = resources.files("ckpt_inspector.core").joinpath("callables.tsv.gz").read_bytes()
+    for line in gzip.decompress(raw).decode().splitlines():
+        if not line or line[0] == "#":
+            continue
+        parts = line.split("\t")
+        kinds[parts[0]] = parts[1]
+        if len(parts) > 2:
+            canon[parts[0]] = parts[2]
+    return kinds, canon
+
+
+def canonical(full_name: str) -> str:
+    """The object's own ``module.qualname`` (``torch.save`` -> ``torch.serialization.save``)."""
+    return _table()[1].get(full_name, full_name)
+
+
+def resolve(module: str, name: str) -> tuple[str, str]:
+    """(kind, canonical name) of ``module.name``; the kind is one of the constants above.
+
+    A dotted ``name`` walks attributes: through a module it is what it reaches there
+    (``argparse`` + ``_os.system`` is ``os.system``, a function); through a class it is
+    a nested class only if the table says so, else a method or attribute (a function).
+    Names in packages the table does not cover are ``?`` (unknown), as are names these
+    packages do not have.
+    """
+    kinds = _table()[0]
+    full = f"{module}.{name}"
+    kind = kinds.get(full)
+    if kind is not None:
+        return kind, canonical(full)
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):  # the longest known prefix, then the rest
+        head = f"{module}.{'.'.join(parts[:i])}"
+        head_kind = kinds.get(head)
+        if head_kind is None:
+            continue
+        rest = ".".join(parts[i:])
+        if head_kind == MODULE:  # a shorter name each time: the walk ends
+            return resolve(canonical(head), rest)
+        return FUNCTION, f"{canonical(head)}.{rest}"  # a method or attribute
+    return UNKNOWN, full
+
+
+def kind_of(module: str, name: str) -> str:
+    return resolve(module, name)[0]
+
+
+def is_known_package(module: str) -> bool:
+    return module.split(".")[0] in KNOWN_ROOTS
