@@ -6,7 +6,9 @@ The rules, from least to most trust:
 2. For a ``needs-trust`` file whose every import outside torch's allowlist is a
    ``torch.nn`` or ``torchvision`` class: the same weights-only loader, with
    exactly those classes allowed through ``torch.serialization.safe_globals``
-   (they come from the installed libraries, not from the file).
+   (they come from the installed libraries, not from the file) -- each one checked
+   here to be an ``nn.Module`` subclass (or on :data:`EXTRA_CLASSES`): a *function*
+   in safe_globals would be called by the loader.
 3. Only with ``run_code``: ``torch.load(weights_only=False)`` (or
    ``torch.jit.load`` for TorchScript), which runs whatever the file asks for.
 4. A ``dangerous`` file loads only with ``run_code`` *and* ``allow_dangerous``.
@@ -76,12 +78,34 @@ def _imports_needing_trust(report: ScanReport) -> list[str]:
     return sorted({f.name for f in report.findings if f.severity == "needs-trust" and f.name})
 
 
-def _resolve(name: str) -> Any:
-    """A class from torch.nn or torchvision by its full name (imported from the installed
-    library; the file only named it)."""
+# classes besides nn.Module subclasses that the weights-only loader may build for a file
+EXTRA_CLASSES = ("torch.nn.parameter.UninitializedParameter",
+                 "torch.nn.parameter.UninitializedBuffer", "torch.nn.parameter.Buffer")
+
+
+def allowed_class(name: str) -> Any:
+    """The class ``name`` from the installed torch.nn or torchvision, if it is one the
+    weights-only loader may build: an ``nn.Module`` subclass or one of
+    :data:`EXTRA_CLASSES`. Anything else (a function such as ``torchvision.io.write_file``,
+    a module, a value) raises TrustError: ``safe_globals`` would let the loader *call* it.
+    Runs in the loading process (torch imported); the file only named the class."""
+    import torch
+
     module, _, attr = name.rpartition(".")
-    obj = importlib.import_module(module)
-    return getattr(obj, attr)
+    if not name.startswith(TRUSTED_PACKAGES) or not module or "." in attr:
+        raise TrustError(f"{name} is not a torch.nn or torchvision class")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise TrustError(f"a class the file names is not in the installed torch or "
+                         f"torchvision: {err}") from None
+    if not isinstance(obj, type):
+        raise TrustError(f"{name} is a {type(obj).__name__}, not a class: loading would "
+                         "call it; it takes 'run code'")
+    if issubclass(obj, torch.nn.Module) or f"{obj.__module__}.{obj.__qualname__}" in \
+            EXTRA_CLASSES:
+        return obj
+    raise TrustError(f"{name} is a class but not an nn.Module: it takes 'run code'")
 
 
 def trusted_load(path: str, map_location: str = "cpu", *, run_code: bool = False,
@@ -118,11 +142,7 @@ def trusted_load(path: str, map_location: str = "cpu", *, run_code: bool = False
         names = _imports_needing_trust(report)
         if names and report.verdict == "needs-trust" and all(
                 n.startswith(TRUSTED_PACKAGES) for n in names):
-            try:
-                classes = [_resolve(n) for n in names]
-            except (ImportError, AttributeError) as err:
-                raise TrustError(f"a class the file names is not in the installed torch or "
-                                 f"torchvision: {err}") from None
+            classes = [allowed_class(n) for n in names]
             with torch.serialization.safe_globals(classes):
                 obj = torch.load(path, map_location=map_location, weights_only=True)
             return LoadResult(obj, "weights-only + allowed classes", report.verdict,
