@@ -299,6 +299,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if report.globals:
             print("  imports: " + ", ".join(report.globals))
     if error:
+        # what was read before the failure already shows a payload: that is the answer
+        # (a file torch would run is never just "unreadable"); else exit 3 as unreadable
+        if any(f.severity == "dangerous" and f.code != "malformed" for f in report.findings):
+            print(f"ckpt-inspector: {args.path}: {error} (verdict from what was read: "
+                  f"{report.verdict})", file=sys.stderr)
+            return EXIT_NOT_SAFE
         return _unreadable(args.path, CheckpointError(f"{error} (verdict: {report.verdict})"))
     return EXIT_OK if report.verdict == "safe" else EXIT_NOT_SAFE
 

@@ -38,6 +38,8 @@ from ckpt_inspector.core.tree import Node, StorageInfo, TensorInfo
 
 SCALAR_TYPES = (bool, int, float, complex)
 ABSURD_NUMEL = 1 << 48
+MAX_NDIM = 1024
+_INT64 = 1 << 63
 
 _TORCH_UTILS = "torch._utils."
 _NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
@@ -610,12 +612,32 @@ def _last_wins(items: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     """Dict semantics for SETITEMS on an OrderedDict: a repeated key keeps its first
     position and its last value."""
     merged: dict[Any, tuple[Any, Any]] = {}
+    slots: dict[int, Any] = {}  # id(key) -> its dict key: one hash per distinct key object
     try:
         for k, v in items:
-            merged[safe_key(k)] = (k, v)
+            slot = slots.get(id(k))
+            if slot is None:
+                slot = slots[id(k)] = _Hashed(safe_key(k))
+            merged[slot] = (k, v)
     except TypeError:  # an unhashable key: a real unpickler would have failed here
         return items
     return list(merged.values())
+
+
+class _Hashed:
+    """A key with its hash computed once (a tuple's hash is not cached by Python)."""
+
+    __slots__ = ("hash", "key")
+
+    def __init__(self, key: Any):
+        self.key = key
+        self.hash = hash(key)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Hashed) and (other.key is self.key or other.key == self.key)
 
 
 def _copy(info: TensorInfo) -> TensorInfo:
@@ -647,10 +669,12 @@ def _names(value: Any) -> set[str]:
 def _shape(value: Any) -> tuple[int, ...]:
     if isinstance(value, Call) and value.func_name == "torch.Size" and value.args:
         value = value.args[0]
-    if not isinstance(value, (tuple, list)):
+    if not isinstance(value, (tuple, list)) or len(value) > MAX_NDIM:
         raise ValueError("not a shape")
     for v in value:
-        if type(v) is not int:
+        # torch sizes and strides are 64-bit: a bigger integer is no shape (and multiplying
+        # megabyte integers for every tensor would take minutes)
+        if type(v) is not int or not -_INT64 <= v < _INT64:
             raise ValueError("not a shape")
     return tuple(value)
 
@@ -661,8 +685,10 @@ def check_tensor(info: TensorInfo, offset: Any, storage: StorageInfo | None) -> 
         return "storage record not found in the file"
     if storage.problem:
         return storage.problem
-    if not isinstance(offset, int) or offset < 0:
+    if not isinstance(offset, int) or not 0 <= offset < _INT64:
         return "malformed storage offset"
+    if not 0 <= storage.numel < _INT64:
+        return "malformed storage size"
     if info.shape and min(info.shape) < 0:
         return "negative size in shape"
     numel = math.prod(info.shape)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import _compat_pickle
 import codecs
+import contextlib
+import contextvars
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +33,14 @@ MAX_TUPLE_DEPTH = 1000
 MAX_LONG_BYTES = 1 << 20
 # torch writes ~30 opcodes per tensor: 25M opcodes is ~800,000 tensors, ~15 s here
 MAX_OPS = 25_000_000
-# a safety net for whatever still makes a stream slow (hash-collision attacks on keys)
-MAX_SECONDS = 30.0
-_CHECK_EVERY = 1 << 16
+# a safety net for whatever still makes a stream slow (hash-collision attacks on keys):
+# checked every few thousand opcodes and after every costly hash, so no one step starves it
+MAX_SECONDS = 15.0
+_CHECK_EVERY = 1 << 12
+# a dict key or set member whose hash would visit more items than this is refused: tuple
+# hashes are not cached, and memo references let a small stream name an enormous key
+MAX_KEY_ITEMS = 1 << 20
+_WORK_CHECK = 1 << 20
 _P = (1 << 61) - 1  # CPython reduces numeric hashes modulo this prime
 HIGHEST_PROTOCOL = 5
 # bytes payloads at least this long are not copied out of the stream
@@ -124,9 +131,10 @@ class SafeKey:
 
     def __init__(self, value: Any):
         self.value = value
-        self._hash = hash(repr(value).encode() if not isinstance(value, int)
-                          else value.to_bytes((value.bit_length() + 8) // 8, "little",
-                                              signed=True))
+        if type(value) is tuple:
+            self._hash = hash(tuple(_scalar_hash(v) for v in value))
+        else:
+            self._hash = _scalar_hash(value)
 
     def __hash__(self) -> int:
         return self._hash
@@ -137,6 +145,35 @@ class SafeKey:
 
     def __repr__(self) -> str:
         return f"SafeKey({self.value!r})"
+
+
+def _scalar_hash(v: Any) -> int:
+    """A randomized hash of a scalar that no chosen value can aim (ints by their bytes:
+    ``repr`` of a huge int fails past Python's digit limit)."""
+    t = type(v)
+    if t is int or t is bool:
+        return hash(int(v).to_bytes((v.bit_length() + 8) // 8, "little", signed=True))
+    if t is float:
+        return hash(struct.pack("<d", v))
+    if t is complex:
+        return hash(struct.pack("<dd", v.real, v.imag))
+    return hash(v)  # str and None: randomized or constant already
+
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "pickle_deadline", default=None)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float = MAX_SECONDS) -> Iterator[None]:
+    """One time limit shared by every pickle read inside the block (a file holding many
+    pickles is bounded as a whole, not each of them)."""
+    token = _DEADLINE.set(time.monotonic() + seconds if _DEADLINE.get() is None
+                          else _DEADLINE.get())
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
 
 
 def _risky_number(v: Any) -> bool:
@@ -246,6 +283,9 @@ def load(
         err = PickleError("structure nested too deeply")
     except MemoryError:
         err = PickleError("stream needs more memory than is available")
+    except (ValueError, OverflowError, ArithmeticError, AttributeError, LookupError,
+            TypeError) as exc:  # never lose what was read to an odd value
+        err = PickleError(f"malformed stream ({type(exc).__name__}: {exc})")
     err.result = partial
     raise err
 
@@ -271,6 +311,10 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
     metastack: list[list[Any]] = []
     memo: dict[int, Any] = {}
     tuple_depth: dict[int, int] = {}
+    tuple_cost: dict[int, int] = {}  # nested tuples: items their hash visits
+    hashed: dict[int, Any] = {}  # id of a big key -> its hashable form (ids kept alive)
+    alive: list[Any] = []
+    work = [0]
     globals_ = result.globals
     calls = result.calls
     anomalies = result.anomalies
@@ -284,27 +328,60 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
         return _Stop(PickleError(msg, at))
 
     def deep(t: tuple[Any, ...], at: int) -> tuple[Any, ...]:
-        """Record a tuple's nesting depth; refuse depths whose hashing could overflow C."""
+        """Record a tuple's nesting depth and the items hashing it visits; refuse depths
+        whose hashing could overflow C."""
         depth = 1
+        cost = len(t)
         for item in t:
             if type(item) is tuple:
                 d = tuple_depth.get(id(item), 1) + 1
                 if d > depth:
                     depth = d
+                cost += tuple_cost.get(id(item), len(item))
         if depth > MAX_TUPLE_DEPTH:
             raise fail(f"tuples nested deeper than {MAX_TUPLE_DEPTH}", at)
         if depth > 1:
             tuple_depth[id(t)] = depth
+            tuple_cost[id(t)] = cost
+            alive.append(t)
         return t
 
     def hashable(key: Any, at: int) -> Any:
-        key = safe_key(key)
+        t = type(key)
+        big = t is tuple or (t is int and not -_P < key < _P)
+        if big:
+            cached = hashed.get(id(key))
+            if cached is not None:
+                return cached
+            cost = tuple_cost.get(id(key), len(key)) if t is tuple else 1
+            if cost > MAX_KEY_ITEMS:
+                raise fail(f"a dict key or set member of {cost:,} items: too costly to hash",
+                           at)
+            work[0] += cost
+            if work[0] > _WORK_CHECK:
+                work[0] = 0
+                if time.monotonic() > deadline_at:
+                    raise fail(f"reading the stream took more than {MAX_SECONDS:.0f} s: "
+                               "refused (a hash-collision or similar attack?)", at)
+        value = safe_key(key)
         try:
-            hash(key)
+            hash(value)
         except TypeError:
-            raise fail(f"unhashable {type(key).__name__} as a dict key or set member",
+            raise fail(f"unhashable {type(value).__name__} as a dict key or set member",
                        at) from None
-        return key
+        if big:
+            hashed[id(key)] = value
+            alive.append(key)
+        return value
+
+    def checked(key: Any, at: int) -> None:
+        """A key stored on an object for its own ``__setitem__``: its cost is checked and
+        charged like a dict key's, but it stays as written (it may not be hashable)."""
+        try:
+            hashable(key, at)
+        except _Stop as stop:
+            if "unhashable" not in str(stop.error):
+                raise
 
     def add_global(module: Any, name: Any, opcode: int, at: int) -> GlobalRef:
         literal = isinstance(module, str) and isinstance(name, str)
@@ -362,14 +439,17 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
     op_pos = pos
     ops_left = MAX_OPS
     check_at = max(MAX_OPS - _CHECK_EVERY, -1)
-    deadline = time.monotonic() + MAX_SECONDS
+    shared = _DEADLINE.get()
+    deadline_at = time.monotonic() + MAX_SECONDS
+    if shared is not None and shared < deadline_at:
+        deadline_at = shared
     try:
         while True:
             ops_left -= 1
             if ops_left <= check_at:
                 if ops_left < 0:
                     raise fail(f"more than {MAX_OPS:,} opcodes: the stream is refused", pos)
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline_at:
                     raise fail(f"reading the stream took more than {MAX_SECONDS:.0f} s: "
                                "refused (a hash-collision or similar attack?)", pos)
                 check_at = max(ops_left - _CHECK_EVERY, -1)
@@ -487,6 +567,8 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 elif isinstance(target, Call):
                     if target.dict_items is None:
                         target.dict_items = []
+                    for i in range(0, len(items), 2):
+                        checked(items[i], op_pos)
                     target.dict_items.extend(zip(items[::2], items[1::2]))
                 else:
                     raise fail(f"SETITEMS on {type(target).__name__}", op_pos)
@@ -499,6 +581,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 elif isinstance(target, Call):
                     if target.dict_items is None:
                         target.dict_items = []
+                    checked(key, op_pos)
                     target.dict_items.append((key, value))
                 else:
                     raise fail(f"SETITEM on {type(target).__name__}", op_pos)

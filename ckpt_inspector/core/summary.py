@@ -126,7 +126,8 @@ def tensor_record(path: list[Any], node: Node, shared: dict[int, list[str]]) -> 
                           "nbytes": t.storage.nbytes, "location": t.storage.location}
     others = shared.get(storage_identity(t)) if storage_identity(t) is not None else None
     if others:
-        rec["shares_storage_with"] = [k for k in others if k != key][:20]
+        # the first 20 others: a linear step per tensor even when thousands share a storage
+        rec["shares_storage_with"] = [k for k in others[:21] if k != key][:20]
     if t.layout != "strided":
         rec["layout"] = t.layout
     if t.quantization:
