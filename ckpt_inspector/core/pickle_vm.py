@@ -364,6 +364,8 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     raise fail(f"reading the stream took more than {MAX_SECONDS:.0f} s: "
                                "refused (a hash-collision or similar attack?)", at)
         value = safe_key(key)
+        if big and type(value) is tuple and len(value) > 64:
+            value = SafeKey(value)  # its hash computed once, not on every insert
         try:
             hash(value)
         except TypeError:

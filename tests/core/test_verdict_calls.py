@@ -11,10 +11,11 @@ import warnings
 
 import pytest
 
-import hostile_calls
 from ckpt_inspector.core import CheckpointError, open_checkpoint
 from ckpt_inspector.core.callables import resolve
 from ckpt_inspector.core.scan import scan
+
+import hostile_calls
 from support import ROOT, run_cli
 
 
@@ -59,7 +60,7 @@ def test_every_trick_really_runs_its_payload_under_torch_load(hostile):
 @pytest.mark.parametrize("index", range(len(hostile_calls.HOSTILE)),
                          ids=[n for n, *_ in hostile_calls.HOSTILE])
 def test_each_trick_is_dangerous_and_named(hostile, index):
-    name, path, marker, shown = hostile[index]
+    _name, path, marker, shown = hostile[index]
     report = verdict_of(path)
     assert report.verdict == "dangerous", [f.message for f in report.findings]
     dangerous = [f for f in report.findings if f.severity == "dangerous"]
@@ -70,7 +71,7 @@ def test_each_trick_is_dangerous_and_named(hostile, index):
 
 
 def test_cli_scan_exits_1_and_names_the_call(hostile):
-    name, path, marker, shown = hostile[[n for n, *_ in hostile].index("collect_env_run.pkl")]
+    _name, path, marker, _shown = hostile[[n for n, *_ in hostile].index("collect_env_run.pkl")]
     proc = run_cli("scan", "--json", str(path))
     assert proc.returncode == 1, proc.stderr
     out = json.loads(proc.stdout)
@@ -168,7 +169,7 @@ TORCHVISION_FUNCTIONS = ["torchvision.io.write_file", "torchvision.io.read_file"
 def test_trusted_load_never_allows_a_torchvision_function(torch, name):
     from ckpt_inspector.core.torch_load import TrustError, allowed_class
 
-    with pytest.raises(TrustError, match="not a class|run code"):
+    with pytest.raises(TrustError, match=r"not a class|run code"):
         allowed_class(name)
 
 
