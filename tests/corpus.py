@@ -234,6 +234,14 @@ def build(out: Path, marker: Path) -> list[Sample]:
     add("extension_code.pkl", extension_code(), "dangerous", "extension-import",
         "EXT1: an import by copyreg extension code, no name in the file")
 
+    # callables nobody lists: each runs its payload under torch.load (proven in
+    # tests/core/test_verdict_calls.py); the verdict comes from what is called
+    import hostile_calls
+
+    for name, builder, _shown in hostile_calls.HOSTILE:
+        add(f"calls_{name}", builder(marker), "dangerous", None,
+            builder.__doc__.strip().split("\n")[0] if builder.__doc__ else name)
+
     # torch files ---------------------------------------------------------------------------
     weights = {"w": torch.ones(2)}
     evil = {**weights, "hook": Reduce(os.system, touch)}
@@ -318,6 +326,23 @@ def build(out: Path, marker: Path) -> list[Sample]:
         "safe", None, "quantized tensor and a Parameter")
     add("benign_lazy_module.pt", _zip_bytes(torch, torch.nn.LazyLinear(3)), "needs-trust",
         "import", "LazyLinear: a bound method stored through getattr")
+    import platform
+
+    import numpy as np
+    from torchvision.models import ResNet18_Weights
+
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1,
+                                               num_heads=1, hidden_dim=8, mlp_dim=8)
+    add("benign_vit_whole.pt", _zip_bytes(torch, vit), "needs-trust", "import",
+        "a VisionTransformer saved whole: functools.partial(nn.LayerNorm, eps=1e-6) inside")
+    add("benign_lightning_hparams.ckpt",
+        _zip_bytes(torch, {"state_dict": weights, "hyper_parameters": {
+            "weights": ResNet18_Weights.IMAGENET1K_V1, "lr": 0.1}}),
+        "needs-trust", "import", "Lightning-style hyper_parameters holding a torchvision "
+        "Weights enum")
+    add("benign_uname_rng.pt", _zip_bytes(torch, {"platform": platform.uname(),
+                                                   "rng": np.random.default_rng(0)}),
+        "needs-trust", "import", "platform.uname() and a numpy Generator")
     add("benign_plain.pkl", pickle.dumps({"lr": 0.1, "sizes": [1, 2, 3]}, protocol=4), "safe",
         None, "plain data in a bare pickle")
     add("benign_zip_of_weights.zip", _plain_zip({"a.pt": benign_zip}), "safe", None,
