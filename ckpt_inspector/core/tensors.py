@@ -10,7 +10,6 @@ only :func:`to_torch` imports torch.
 
 from __future__ import annotations
 
-import io
 import mmap
 import os
 import struct
@@ -159,11 +158,12 @@ class BytesRange(DataSource):
 
 
 class ZipEntryData(DataSource):
-    """A zip member. Stored (uncompressed) members, which torch writes, are
-    memory-mapped in place; the local header is read on first use, so listing
-    an archive touches none of its records."""
+    """A zip member, read where torch's zip reader reads it. Stored (uncompressed)
+    members, which torch writes, are memory-mapped in place; the local header is read on
+    first use, so listing an archive touches none of its records. ``info`` is a record of
+    ``formats._zip`` (or anything with ``zipfile.ZipInfo``'s attribute names)."""
 
-    def __init__(self, container: str | bytes, info: zipfile.ZipInfo, byteorder: str = "little"):
+    def __init__(self, container: str | bytes, info: Any, byteorder: str = "little"):
         self.container = container  # a path, or the bytes of a nested archive
         self.info = info
         self.nbytes = info.file_size
@@ -193,9 +193,15 @@ class ZipEntryData(DataSource):
             if start + info.file_size > len(raw):
                 raise CheckpointError(f"zip record {info.filename} runs past the end of the file")
             return memoryview(raw)[start:start + info.file_size]
-        src = self.container if isinstance(self.container, str) else io.BytesIO(self.container)
-        with zipfile.ZipFile(src) as zf:
-            return memoryview(zf.read(info.filename))
+        # compressed (torch never writes these): inflated the way torch's reader does it,
+        # from the record torch reads, not from whatever zipfile would pick
+        from ckpt_inspector.core.formats import _zip
+
+        try:
+            data, _crc_ok = _zip.read_member(raw, info, 1 << 40)
+        except _zip.MemberError as err:
+            raise CheckpointError(str(err)) from None
+        return memoryview(data)
 
 
 class VarintData(DataSource):

@@ -6,21 +6,31 @@ extracted and loaded, so each member that is a checkpoint is read in place
 Archives nest up to :data:`MAX_DEPTH` levels. Compressed wrappers this reader
 does not unpack (7z, gzip, xz, ...) are refused with the reason, never called
 safe.
+
+Members are told apart from a bounded prefix (a compressed member is never inflated
+whole just to see what it is); one is read whole only when it is a checkpoint, within
+a budget of inflated bytes per archive. A member that parses as a pickle is a pickle,
+whatever its first byte and whatever else its first bytes look like.
 """
 
 from __future__ import annotations
 
 import tarfile
-import zipfile
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core import pickle_vm
+from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.formats import _zip
 from ckpt_inspector.core.formats._common import Blob, fail
 from ckpt_inspector.core.scan import NEEDS_TRUST, Finding
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 MAX_DEPTH = 3
-MAX_MEMBER_BYTES = 1 << 30
+MAX_MEMBER_BYTES = 1 << 30  # a member read whole (stored members are views, not copies)
+MAX_INFLATE_MEMBER = 256 << 20  # a compressed member inflated into memory
+MAX_INFLATE_TOTAL = 1 << 30  # everything inflated for one archive, one member at a time
+SNIFF_BYTES = 64 << 10
 
 WRAPPERS = (
     (b"7z\xbc\xaf\x27\x1c", "7z"),
@@ -44,6 +54,23 @@ def refuse_wrapper(kind: str) -> CheckpointError:
                            "extract it and open the files inside")
 
 
+class _Member:
+    """One member: its name, declared size, a bounded prefix and a way to read it whole."""
+
+    def __init__(self, name: str, size: int, head: Callable[[], bytes],
+                 whole: Callable[[], Any], compressed: bool):
+        self.name, self.size = name, size
+        self._head, self._whole = head, whole
+        self.compressed = compressed
+        self._head_bytes: bytes | None = None
+
+    @property
+    def head(self) -> bytes:
+        if self._head_bytes is None:
+            self._head_bytes = self._head()
+        return self._head_bytes
+
+
 def read(path: str, kind: str) -> Checkpoint:
     blob = Blob(path)
     ckpt = Checkpoint(path, "archive", None, file_size=len(blob))  # type: ignore[arg-type]
@@ -52,113 +79,210 @@ def read(path: str, kind: str) -> Checkpoint:
     return ckpt
 
 
-def read_into(ckpt: Checkpoint, blob: Blob, label: str, kind: str, depth: int) -> Node:
+def read_into(ckpt: Checkpoint, blob: Blob, label: str, kind: str, depth: int,
+              budget: list[int] | None = None) -> Node:
     root = Node("dict", None, f"{kind} archive")
-    for name, size, fetch in _members(ckpt, blob, kind):
-        where = label + name
-        if size > MAX_MEMBER_BYTES:
+    budget = budget if budget is not None else [MAX_INFLATE_TOTAL]
+    for m in _members(ckpt, blob, kind, label):
+        where = label + m.name
+        if m.size > MAX_MEMBER_BYTES:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
-                                         f"{name} ({size:,} bytes) is too large to scan inside "
+                                         f"{m.name} ({m.size:,} bytes) is too large to scan inside "
                                          "an archive: extract it and open it", where))
-            root.add(Node("value", name, "member", f"<not scanned: {size:,} bytes>"))
+            root.add(Node("value", m.name, "member", f"<not scanned: {m.size:,} bytes>"))
             continue
         try:
-            data = fetch()
-        except (CheckpointError, _zip.MemberError, OSError, tarfile.TarError) as err:
+            node = _member_node(ckpt, blob, m, f"{where}/", depth, budget)
+        except (_zip.MemberError, OSError, tarfile.TarError) as err:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
-                                         f"{name} could not be read: {err}", where))
+                                         f"{m.name} could not be read: {err}", where))
             continue
-        root.add(_member_node(ckpt, name, data, f"{where}/", depth))
+        node.key = m.name
+        root.add(node)
     return root
 
 
-def _members(ckpt: Checkpoint, blob: Blob, kind: str):
+def _members(ckpt: Checkpoint, blob: Blob, kind: str, label: str) -> Iterator[_Member]:
+    raw = blob.data
     if kind == "zip":
         try:
-            zf = zipfile.ZipFile(blob.source)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as err:
-            raise fail(ckpt, f"damaged zip archive: {err}") from None
-        with zf:
-            infos = zf.infolist()
-        _zip.audit(ckpt, blob.data, infos, "")
-        for info in infos:
-            if info.filename and not info.filename.endswith("/"):
-                yield info.filename, info.file_size, (
-                    lambda i=info: _read_zip_member(ckpt, blob, i))
+            directory = _zip.open_directory(raw)
+            entries: list[Any] = list(directory.entries)
+            entries += _zip.audit(ckpt, raw, directory, label)
+        except _zip.ZipError as err:
+            infos, why = _zip.zipfile_view(raw)
+            if infos is None:
+                raise fail(ckpt, f"damaged zip archive: {err}; {why}") from None
+            entries = [_zip.as_entry(i, n) for n, i in enumerate(infos)]
+        for e in entries:
+            if not e.filename or e.filename.endswith("/") or e.file_size == 0:
+                continue
+            yield _Member(e.filename, e.file_size,
+                          lambda e=e: _zip.read_prefix(raw, e, SNIFF_BYTES),
+                          lambda e=e: _zip_whole(ckpt, raw, e, label),
+                          e.compress_type != _zip.STORED)
     else:
         from ckpt_inspector.core.formats.torch_tar import members_of
 
         for name, m in members_of(ckpt, blob).items():
-            yield name, m.size, (lambda m=m: bytes(blob.data[m.offset_data:
-                                                             m.offset_data + m.size]))
+            start, size = m.offset_data, m.size
+            if start + size > len(raw):
+                raise _zip.MemberError(f"{name} runs past the end of the archive")
+            yield _Member(name, size,
+                          lambda s=start, n=size: bytes(raw[s:s + min(n, SNIFF_BYTES)]),
+                          lambda s=start, n=size: memoryview(raw)[s:s + n], False)
 
 
-def _read_zip_member(ckpt: Checkpoint, blob: Blob, info: zipfile.ZipInfo) -> bytes:
-    data, _crc_ok, local = _zip.read_checked(blob.data, info, MAX_MEMBER_BYTES)
-    if local != info.filename:
-        ckpt.findings.append(_zip.name_mismatch(info, local, info.filename))
-    return data
+def _zip_whole(ckpt: Checkpoint, raw: Any, entry: Any, label: str) -> Any:
+    start, end, local = _zip.data_span(raw, entry)
+    if local != entry.filename:
+        ckpt.findings.append(_zip.name_mismatch(entry, local, label + entry.filename))
+    if entry.compress_type == _zip.STORED:
+        return memoryview(raw)[start:min(start + entry.file_size, len(raw))]
+    return _zip.inflate(raw, start, end, entry.file_size, entry.filename, exact=False)[0]
 
 
-def _member_node(ckpt: Checkpoint, name: str, data: bytes, label: str, depth: int) -> Node:
+def _whole(ckpt: Checkpoint, m: _Member, label: str, budget: list[int]) -> Any | None:
+    """The member's bytes, or None with a finding when the inflation budget is spent."""
+    if m.compressed:
+        if m.size > min(MAX_INFLATE_MEMBER, budget[0]):
+            ckpt.findings.append(_zip.unscanned(
+                m.name, m.size, min(MAX_INFLATE_MEMBER, max(budget[0], 0)), label.rstrip("/"),
+                " for a compressed member of an archive"))
+            return None
+        budget[0] -= m.size
+    return m._whole()
+
+
+def _member_node(ckpt: Checkpoint, blob: Blob, m: _Member, label: str, depth: int,
+                 budget: list[int]) -> Node:
     """The tree of one member: a checkpoint's own tree, or a note of what it is."""
-    from ckpt_inspector.core.formats import (
-        pickle_file,
-        safetensors_fmt,
-        torch_legacy,
-        torch_tar,
-        torch_zip,
-    )
+    from ckpt_inspector.core.formats import pickle_file, safetensors_fmt, torch_legacy, torch_tar
 
-    head = data[:512]
-    nested = Blob(f"{ckpt.path}!{label}", data)
+    head, name = m.head, m.name
+    path = f"{ckpt.path}!{label}"
     named = _pickle_like_name(name)
     try:
-        if torch_zip.sniff(head) or torch_tar.sniff(head):
-            kind = "zip" if torch_zip.sniff(head) else "tar"
-            if kind == "zip" and _is_torch_zip(data):
-                node = torch_zip.read_into(ckpt, nested, label)
-            elif kind == "tar" and torch_tar.is_torch_tar(torch_tar.members_of(ckpt, nested)):
-                node = torch_tar.read_into(ckpt, nested, label)
-            elif depth + 1 >= MAX_DEPTH:
-                ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
-                                             f"{name}: archives nested deeper than {MAX_DEPTH} "
-                                             "levels are not opened", label.rstrip("/")))
-                node = Node("value", None, "member", "<archive not opened: nested too deep>")
-            else:
-                node = read_into(ckpt, nested, label, kind, depth + 1)
-        elif torch_legacy.sniff(head):
-            node = torch_legacy.read_into(ckpt, nested, label)
-        elif wrapper_kind(head):
+        if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or torch_tar.sniff(head):
+            kind = "tar" if torch_tar.sniff(head) else "zip"
+            data = _whole(ckpt, m, label, budget)
+            if data is None:
+                return Node("value", None, "member", "<not scanned: over the inflation budget>")
+            return _nested(ckpt, path, data, kind, label, depth, budget)
+        if torch_legacy.sniff(head):
+            data = _whole(ckpt, m, label, budget)
+            if data is None:
+                return Node("value", None, "member", "<not scanned: over the inflation budget>")
+            return torch_legacy.read_into(ckpt, Blob(path, bytes(data)), label)
+        kind = wrapper_kind(head)
+        if kind:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
-                                         f"{name} is {wrapper_kind(head)}-compressed and was "
-                                         "not unpacked", label.rstrip("/")))
-            node = Node("value", None, "member", f"<{wrapper_kind(head)} data, not unpacked>")
-        elif safetensors_fmt.sniff(head):
-            node = Node("value", None, "member", "<safetensors file: holds no code>")
-        elif (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or (
-                named and pickle_file.sniff(head)):
+                                         f"{name} is {kind}-compressed and was not unpacked",
+                                         label.rstrip("/")))
+            return Node("value", None, "member", f"<{kind} data, not unpacked>")
+        # a pickle first: no other format's sniff may hide one
+        data = _pickle_bytes(ckpt, m, label, budget, named)
+        if data is not None:
             # a pickle whatever its name; one not named like a checkpoint is not something
             # a loader would run, so only what it imports counts
-            node = pickle_file.read_into(ckpt, nested, label, executed=named)
-        else:
-            node = Node("bytes", None, "member", b"", note=f"{len(data):,} bytes, not a checkpoint")
+            return pickle_file.read_into(ckpt, Blob(path, data), label, executed=named)
+        if safetensors_fmt.sniff(head):
+            return Node("value", None, "member", "<safetensors file: holds no code>")
+        return Node("bytes", None, "member", b"", note=f"{m.size:,} bytes, not a checkpoint")
     except CheckpointError as err:
         ckpt.findings.append(Finding(NEEDS_TRUST, "unreadable-member",
                                      f"{name} could not be read: {err}", label.rstrip("/")))
-        node = Node("value", None, "member", f"<unreadable: {err}>")
-    node.key = name
-    return node
+        return Node("value", None, "member", f"<unreadable: {err}>")
 
 
-def _is_torch_zip(data: bytes) -> bool:
-    import io
+def _nested(ckpt: Checkpoint, path: str, data: Any, kind: str, label: str, depth: int,
+            budget: list[int]) -> Node:
+    from ckpt_inspector.core.formats import pt2, torch_tar, torch_zip
 
+    if kind == "zip":
+        shape = _zip_kind(data)
+        if shape == "torch-zip":
+            return torch_zip.read_into(ckpt, Blob(path, data), label)
+        if shape == "pt2":
+            return pt2.read_into(ckpt, Blob(path, data), label)
+    else:
+        nested = Blob(path, bytes(data))
+        if torch_tar.is_torch_tar(torch_tar.members_of(ckpt, nested)):
+            return torch_tar.read_into(ckpt, nested, label)
+        data = nested.data
+    if depth + 1 >= MAX_DEPTH:
+        ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
+                                     f"{label.rstrip('/')}: archives nested deeper than "
+                                     f"{MAX_DEPTH} levels are not opened", label.rstrip("/")))
+        return Node("value", None, "member", "<archive not opened: nested too deep>")
+    return read_into(ckpt, Blob(path, data), label, kind, depth + 1, budget)
+
+
+def _pickle_bytes(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
+                  named: bool) -> bytes | None:
+    """The member's bytes when it is a pickle: one that parses up to STOP (a member named
+    like a checkpoint), or that imports something (any member); tried on the prefix first,
+    read whole only when the prefix is a pickle that goes on."""
+    from ckpt_inspector.core.formats import pickle_file
+    from ckpt_inspector.core.formats.torch_zip import _worth_recording
+
+    head = m.head
+    if not head:
+        return None
+    data: Any = head
+    while True:
+        try:
+            result = pickle_vm.load(data)
+        except PickleError as err:
+            cut = len(data) < m.size and ("truncated" in err.reason or "missing end" in err.reason
+                                          or (err.offset or 0) >= len(data) - 9)
+            if cut:
+                whole = _whole(ckpt, m, label, budget)
+                if whole is None:
+                    return None
+                data = bytes(whole)
+                continue
+            partial = err.result
+            if (partial is not None and _worth_recording(partial)) or (
+                    named and pickle_file.sniff(head)):
+                return bytes(data)  # a broken pickle: read so the scan reports it
+            return None
+        if named or _worth_recording(result):
+            return bytes(data)
+        return None
+
+
+def _zip_kind(data: Any) -> str:
+    """``torch-zip``, ``pt2`` or ``archive`` for zip bytes, as :func:`classify_zip` does."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            return any(n.endswith("/data.pkl") and n.count("/") == 1 for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError):
-        return True  # let the torch reader report what is wrong with it
+        directory = _zip.open_directory(data)
+    except _zip.ZipError:
+        infos, _why = _zip.zipfile_view(data)
+        if infos is None:
+            return "torch-zip"  # let the torch reader report what is wrong with it
+        return _kind_of_names([i.orig_filename for i in infos])
+    return _kind_of(directory)
+
+
+def _kind_of(directory: _zip.Directory) -> str:
+    # torch.export.save never writes a data.pkl nor torch.save an archive_format: a file
+    # with both is read as pt2, whose reader also interprets the data.pkl torch.load runs
+    if directory.record("archive_format") is not None:
+        return "pt2"
+    if directory.record("data.pkl") is not None:
+        return "torch-zip"
+    return _kind_of_names([e.filename for e in directory.entries])
+
+
+def _kind_of_names(names: list[str]) -> str:
+    from ckpt_inspector.core.formats.pt2 import is_pt2
+
+    if is_pt2(names):
+        return "pt2"
+    if any(n.lower().endswith("/data.pkl") and n.count("/") == 1 for n in names):
+        return "torch-zip"
+    return "archive"
+
 
 
 def _pickle_like_name(name: str) -> bool:
@@ -168,20 +292,10 @@ def _pickle_like_name(name: str) -> bool:
 
 
 def classify_zip(path: str) -> str:
-    """``torch-zip`` when the zip has a ``<root>/data.pkl``, ``pt2`` for torch.export
-    archives, else ``archive``."""
-    from ckpt_inspector.core.formats.pt2 import is_pt2
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError):
-        return "torch-zip"  # the torch reader reports the damage
-    if any(n.endswith("/data.pkl") and n.count("/") == 1 for n in names):
-        return "torch-zip"
-    if is_pt2(names):
-        return "pt2"
-    return "archive"
+    """``pt2`` for torch.export archives, ``torch-zip`` when torch finds a ``data.pkl``
+    (or the zip has a ``<root>/data.pkl``), else ``archive``. Records are listed the way
+    torch lists them."""
+    return _zip_kind(Blob(path).data)
 
 
 def classify_tar(path: str) -> str:

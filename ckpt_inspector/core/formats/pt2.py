@@ -1,23 +1,45 @@
 """``torch.export.save`` archives (``.pt2``): an exported program's weights and graph.
 
-Layout: ``<root>/archive_format`` says ``pt2``; ``<root>/data/weights/*_weights_config.json``
+Layout (``torch/export/pt2_archive``): ``<root>/archive_format`` says ``pt2``;
+``<root>/models/<model>.json`` is a serialized graph; ``data/weights/<model>_weights_config.json``
 maps each state_dict name to a record ``data/weights/<path_name>`` holding its raw bytes
-(or, with ``use_pickle``, a small ``torch.save`` file) plus dtype, sizes and strides;
-constants work the same way; ``<root>/models/*.json`` is the serialized graph and
-``<root>/data/sample_inputs/*.pt`` the example inputs, saved with ``torch.save``. Every
-embedded torch file is read (and scanned) like any other; the graph is summarized.
+plus dtype, sizes and strides; constants work the same way under ``data/constants/``;
+``data/sample_inputs/<model>.pt`` holds the example inputs.
+
+What ``torch.export.load`` runs, and how this reader treats it:
+
+- records with ``use_pickle`` (weights and ``tensor_`` constants):
+  ``torch.load(weights_only=False)``, so any pickle in them runs;
+- ``opaque_obj_`` constants: ``pickle.loads``; ``custom_obj_`` constants:
+  ``torch._C._pickle_load_obj``;
+- legacy ``data/weights/<model>.pt`` / ``data/constants/<model>.pt`` and the sample inputs:
+  ``torch.load(weights_only=True)``, then ``weights_only=False`` when that fails;
+- when torch's own zip reader fails, ``torch.export.load`` falls back to Python's
+  ``zipfile`` and the older layout (``serialized_state_dict.pt`` ...), loaded the same way;
+- ``data/aotinductor/<model>/`` holds AOTInductor's compiled native code, which loading
+  runs (a ``native-code`` finding);
+- sympy parses (``eval``) every ``expr_str`` of the graph, and ``ep.module()`` executes
+  ``guards_code``: anything there that is not a plain expression is dangerous.
+
+All of these pickles are interpreted as the loader would run them (``executed``), each
+embedded torch file like any other. A malformed JSON entry is reported and skipped: it
+never hides the pickles from the scan.
 """
 
 from __future__ import annotations
 
+import ast
 import json
-import zipfile
+import posixpath
+import re
 from collections import Counter
 from typing import Any
 
+from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import _zip, torch_zip
-from ckpt_inspector.core.formats._common import Blob, fail
+from ckpt_inspector.core.formats._common import Blob, run_pickle
 from ckpt_inspector.core.pickle_tree import check_tensor
+from ckpt_inspector.core.scan import DANGEROUS, NEEDS_TRUST, Finding, classify
 from ckpt_inspector.core.tensors import ZipEntryData
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
@@ -27,88 +49,363 @@ SCALAR_TYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "f
                 12: "bool", 13: "bfloat16", 28: "uint16", 29: "float8_e4m3fn",
                 30: "float8_e5m2", 31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz",
                 33: "float8_e8m0fnu", 34: "uint32", 35: "uint64"}
-MAX_JSON_BYTES = 256 << 20
+# a graph of a large model is a few MB; json.loads costs ~6x the text in Python objects
+MAX_JSON_BYTES = 64 << 20
+# embedded torch files (pickled weights, sample inputs) read into memory when compressed
+MAX_NESTED_BYTES = 256 << 20
+MAX_EXPR_CHARS = 20_000
+NATIVE_SUFFIXES = (".so", ".dll", ".dylib", ".pyd", ".cubin", ".hsaco", ".spv", ".fatbin",
+                   ".ptx", ".o", ".a", ".wrapper.cpp", ".kernel.cpp", ".cpp")
+NATIVE_MAGIC = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe",
+                b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
+LEGACY_FILES = ("serialized_state_dict.pt", "serialized_constants.pt",
+                "serialized_example_inputs.pt")
+
+
+def is_native(head: bytes) -> bool:
+    """ELF, Mach-O or PE (a DOS header whose stub or PE signature shows)."""
+    return head.startswith(NATIVE_MAGIC) or (
+        head.startswith(b"MZ") and (b"PE\0\0" in head or b"This program" in head))
 
 
 def is_pt2(names: list[str]) -> bool:
-    return any(n.endswith("/archive_format") and n.count("/") == 1 for n in names)
+    return any(n.endswith("/archive_format") and n.count("/") == 1 for n in names) or (
+        "serialized_exported_program.json" in names)
 
 
 def read(path: str) -> Checkpoint:
     blob = Blob(path)
     ckpt = Checkpoint(path, "pt2", None, file_size=len(blob))  # type: ignore[arg-type]
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as err:
-        raise fail(ckpt, f"damaged zip archive: {err}") from None
-    with zf:
-        infos = zf.infolist()
-    _zip.audit(ckpt, blob.data, infos, "")
-    names = {i.filename: i for i in infos}
-    root_dir = next(n for n in names if n.endswith("/archive_format")).rsplit("/", 1)[0] + "/"
-    root = Node("dict", None, "torch.export program")
-
-    def read_json(info: zipfile.ZipInfo) -> Any:
-        try:
-            raw, _crc, _local = _zip.read_checked(blob.data, info, MAX_JSON_BYTES)
-            return json.loads(raw)
-        except (_zip.MemberError, ValueError, UnicodeDecodeError) as err:
-            raise fail(ckpt, f"{info.filename}: {err}") from None
-
-    for kind in ("weights", "constants"):
-        prefix = f"{root_dir}data/{kind}/"
-        target = root if kind == "weights" else Node("dict", "constants", "constants")
-        for cname, cinfo in names.items():
-            if not (cname.startswith(prefix) and cname.endswith("_config.json")):
-                continue
-            config = read_json(cinfo)
-            entries = config.get("config", {}) if isinstance(config, dict) else {}
-            for key, entry in entries.items():
-                target.add(_tensor_node(ckpt, blob, names, prefix, key, entry))
-        if kind == "constants" and target.children:
-            root.add(target)
-
-    # embedded torch.save files (sample inputs): read, so their pickles are scanned
-    for name, info in names.items():
-        if name.startswith(f"{root_dir}data/sample_inputs/") and not name.endswith("/"):
-            try:
-                data, _crc, _local = _zip.read_checked(blob.data, info, 1 << 30)
-                node = torch_zip.read_into(ckpt, Blob(f"{path}!{name}", data), f"{name}/")
-                node.key = f"sample inputs ({name.rsplit('/', 1)[-1]})"
-                for n in node.walk():  # example inputs, not part of the model's state
-                    if n.kind == "tensor":
-                        n.role = "attribute"
-                root.add(node)
-            except Exception as err:  # reported as a warning; the rest still reads
-                ckpt.warnings.append(f"{name}: {err}")
-
-    ops: Counter[str] = Counter()
-    graphs = 0
-    for name, info in names.items():
-        if name.startswith(f"{root_dir}models/") and name.endswith(".json"):
-            graphs += 1
-            model = read_json(info)
-            nodes = (model.get("graph_module", {}).get("graph", {}).get("nodes", [])
-                     if isinstance(model, dict) else [])
-            for n in nodes:
-                if isinstance(n, dict):
-                    ops[str(n.get("target", "?"))] += 1
-    ckpt.metadata.update({"archive root": root_dir.rstrip("/"), "records": len(infos),
-                          "graphs": graphs, "nodes": sum(ops.values()),
-                          "operators": dict(ops.most_common())})
-    ckpt.root = root
+    ckpt.root = read_into(ckpt, blob, "")
     return ckpt
 
 
-def _tensor_node(ckpt: Checkpoint, blob: Blob, names: dict[str, zipfile.ZipInfo], prefix: str,
-                 key: str, entry: Any) -> Node:
-    meta = entry.get("tensor_meta", {}) if isinstance(entry, dict) else {}
-    dtype = SCALAR_TYPES.get(meta.get("dtype"), f"pt2:{meta.get('dtype')}")
+def read_into(ckpt: Checkpoint, blob: Blob, label: str) -> Node:
+    reader = _Reader(ckpt, blob, label)
+    reader.modern()
+    reader.legacy()
+    reader.rest()
+    if not label:
+        ckpt.metadata.update(reader.metadata())
+    return reader.root
+
+
+class _Reader:
+    def __init__(self, ckpt: Checkpoint, blob: Blob, label: str):
+        self.ckpt, self.blob, self.label = ckpt, blob, label
+        self.raw = blob.data
+        self.root = Node("dict", None, "torch.export program")
+        self.done: set[int] = set()  # ids of records already read
+        self.ops: Counter[str] = Counter()
+        self.graphs = 0
+        self.extra: list[_zip.Entry] = []
+        try:
+            self.dir: _zip.Directory | None = _zip.open_directory(self.raw)
+        except _zip.ZipError as err:
+            self.dir = None
+            ckpt.warnings.append(f"torch cannot open this zip archive ({err}); "
+                                 "torch.export.load then reads it with Python's zipfile")
+        if self.dir is not None:
+            self.extra = _zip.audit(ckpt, self.raw, self.dir, label)
+        self.names: list[str] = []
+        if self.dir is not None:
+            listed = self.dir.all_records()
+            self.names = listed if listed is not None else [
+                n for n in (self.dir.under_root(e) for e in self.dir.entries) if n is not None]
+
+    # -- helpers ------------------------------------------------------------------------------
+    def where(self, entry: Any) -> str:
+        return self.label + entry.filename
+
+    def record(self, name: str) -> _zip.Entry | None:
+        return self.dir.record(name) if self.dir is not None else None
+
+    def member_bytes(self, entry: Any, cap: int) -> Any:
+        """The record's bytes: a zero-copy view when stored, else inflated up to ``cap``
+        (None, with a finding, past it)."""
+        raw = self.raw
+        start, end, _local = _zip.data_span(raw, entry)
+        if entry.compress_type == _zip.STORED:
+            return memoryview(raw)[start:min(start + entry.file_size, len(raw))]
+        if entry.file_size > cap:
+            self.ckpt.findings.append(_zip.unscanned(entry.filename, entry.file_size, cap,
+                                                     self.where(entry)))
+            return None
+        return _zip.inflate(raw, start, end, entry.file_size, entry.filename, exact=False)[0]
+
+    def read_json(self, entry: Any) -> Any:
+        """A JSON record, or None (with a warning) when it is too large or not JSON."""
+        self.done.add(id(entry))
+        if entry.file_size > MAX_JSON_BYTES:
+            self.ckpt.findings.append(Finding(
+                NEEDS_TRUST, "unscanned-member",
+                f"{entry.filename} holds {entry.file_size:,} bytes of JSON, more than the "
+                f"{MAX_JSON_BYTES >> 20} MiB this reader parses: what it describes was not "
+                "checked", self.where(entry)))
+            return None
+        try:
+            data = self.member_bytes(entry, MAX_JSON_BYTES)
+            return None if data is None else json.loads(bytes(data))
+        except (_zip.MemberError, ValueError, UnicodeDecodeError, RecursionError) as err:
+            self.ckpt.warnings.append(f"{entry.filename}: {err}")
+            return None
+
+    def nested(self, entry: Any, title: str, executed: bool = True) -> Node | None:
+        """An embedded file that ``torch.load`` reads: its pickles interpreted as run."""
+        self.done.add(id(entry))
+        name = entry.filename
+        try:
+            data = self.member_bytes(entry, MAX_NESTED_BYTES)
+            if data is None:
+                return None
+            node = read_torch_bytes(self.ckpt, data, f"{self.blob.path}!{name}",
+                                    f"{self.label}{name}/", executed)
+        except (CheckpointError, _zip.MemberError) as err:  # reported; the rest still reads
+            self.ckpt.warnings.append(f"{name}: {err}")
+            return None
+        if node is not None:
+            node.key = title
+        return node
+
+    def bare_pickle(self, entry: Any) -> None:
+        """``pickle.loads`` of a record (opaque constants): any pickle runs."""
+        self.done.add(id(entry))
+        try:
+            data = self.member_bytes(entry, MAX_NESTED_BYTES)
+            if data is not None:
+                run_pickle(self.ckpt, bytes(data), self.where(entry), expect_end=False)
+        except (CheckpointError, _zip.MemberError) as err:
+            self.ckpt.warnings.append(f"{entry.filename}: {err}")
+
+    # -- torch.export.load: load_pt2 ----------------------------------------------------------
+    def modern(self) -> None:
+        if self.dir is None:
+            return
+        names = set(self.names)
+        models = [n for n in self.names if n.startswith("models/")]
+        for name in models:
+            model = name[len("models/"):len(name) - len(".json")]
+            entry = self.record(name)
+            if entry is not None:
+                self.graph(entry)
+            sample = self.record(f"data/sample_inputs/{model}.pt")
+            if sample is not None:
+                node = self.nested(sample, f"sample inputs ({model}.pt)")
+                if node is not None:
+                    for n in node.walk():  # example inputs, not part of the model's state
+                        if n.kind == "tensor":
+                            n.role = "attribute"
+                    self.root.add(node)
+            for kind in ("weights", "constants"):
+                legacy = f"data/{kind}/{model}.pt"
+                if legacy in names and (e := self.record(legacy)) is not None:
+                    node = self.nested(e, f"{kind} ({model}.pt)")
+                    if node is not None:
+                        self.root.add(node)
+        # every payload config, whatever model names (or none) the graphs give
+        for kind in ("weights", "constants"):
+            target = self.root if kind == "weights" else Node("dict", "constants", "constants")
+            for name in self.names:
+                if name.startswith(f"data/{kind}/") and name.endswith("_config.json"):
+                    entry = self.record(name)
+                    if entry is not None and id(entry) not in self.done:
+                        self.payloads(entry, kind, target)
+            if kind == "constants" and target.children:
+                self.root.add(target)
+        self.native_code()
+
+    def payloads(self, config_entry: Any, kind: str, target: Node) -> None:
+        config = self.read_json(config_entry)
+        entries = config.get("config") if isinstance(config, dict) else None
+        if not isinstance(entries, dict):
+            if config is not None:
+                self.ckpt.warnings.append(f"{config_entry.filename}: no 'config' mapping")
+            return
+        base = f"data/{kind}/"
+        for key, entry in entries.items():
+            key = str(key)
+            if not isinstance(entry, dict):
+                self.ckpt.warnings.append(f"{config_entry.filename}: {key!r} is not an object")
+                continue
+            path_name = entry.get("path_name")
+            if not isinstance(path_name, str):
+                self.ckpt.warnings.append(f"{config_entry.filename}: {key!r} has no path_name")
+                continue
+            record = self.record(posixpath.join(base, path_name))
+            pickled = bool(entry.get("use_pickle"))
+            custom = kind == "constants" and path_name.startswith("custom_obj_")
+            opaque = kind == "constants" and path_name.startswith("opaque_obj_")
+            if record is None:
+                if pickled or custom or opaque:
+                    self.ckpt.warnings.append(f"{key}: record {path_name!r} is missing")
+                target.add(_tensor_node(self, None, key, entry, "record missing from the "
+                                                                 "archive"))
+                continue
+            if opaque:  # pickle.loads
+                self.bare_pickle(record)
+                target.add(Node("value", key, "opaque object",
+                                "<pickled object: pickle.loads runs it>"))
+            elif custom or pickled:  # torch._C._pickle_load_obj / torch.load(weights_only=False)
+                node = self.nested(record, key)
+                target.add(node if node is not None else
+                           Node("value", key, "pickled object", "<could not be read>"))
+            else:
+                self.done.add(id(record))
+                target.add(_tensor_node(self, record, key, entry))
+
+    def graph(self, entry: Any) -> None:
+        """Summarize a serialized program; check what torch evaluates from it."""
+        self.graphs += 1
+        model = self.read_json(entry)
+        if model is None:
+            return
+        try:
+            nodes = model.get("graph_module", {}).get("graph", {}).get("nodes", [])
+        except AttributeError:
+            nodes = []
+        for n in nodes if isinstance(nodes, list) else []:
+            if isinstance(n, dict):
+                target = str(n.get("target", "?"))
+                self.ops[target] += 1
+        for target in self.ops:
+            module, _, name = target.rpartition(".")
+            if module and classify(module, name) == DANGEROUS:
+                self.ckpt.findings.append(Finding(
+                    DANGEROUS, "dangerous-import",
+                    f"the graph calls {target}: running the program runs it",
+                    self.where(entry), name=target))
+        check_expressions(self.ckpt, model, self.where(entry))
+
+    def native_code(self) -> None:
+        """AOTInductor packages: shared libraries and kernels that loading runs."""
+        assert self.dir is not None
+        models: dict[str, list[str]] = {}
+        for e in self.dir.entries:
+            name = self.dir.under_root(e)
+            if name is not None and name.startswith("data/aotinductor/"):
+                model = name[len("data/aotinductor/"):].split("/", 1)[0]
+                models.setdefault(model, []).append(name)
+                self.done.add(id(e))
+        for model, files in models.items():
+            native = [f for f in files if f.endswith(NATIVE_SUFFIXES)] or files
+            self.ckpt.findings.append(Finding(
+                NEEDS_TRUST, "native-code",
+                f"AOTInductor package {model!r}: torch.export.load loads its compiled native "
+                f"code ({', '.join(native[:3])}{' ...' if len(native) > 3 else ''}), which "
+                "runs with the user's rights and cannot be inspected here",
+                f"{self.label}{self.dir.prefix}data/aotinductor/{model}"))
+
+    # -- torch.export.load's fallback: Python's zipfile and the older layout ----------------
+    def legacy(self) -> None:
+        infos, _why = _zip.zipfile_view(self.raw)
+        if not infos:
+            return
+        by_name = {i.orig_filename: i for i in infos}  # zipfile's read() takes the last
+        if "version" not in by_name:
+            return
+        for name in LEGACY_FILES:
+            info = by_name.get(name)
+            if info is None:
+                continue
+            entry = self._same(_zip.as_entry(info))
+            if id(entry) in self.done:
+                continue
+            node = self.nested(entry, name[len("serialized_"):].replace(".pt", ""))
+            if node is not None:
+                self.root.add(node)
+        info = by_name.get("serialized_exported_program.json")
+        if info is not None:
+            entry = self._same(_zip.as_entry(info))
+            if id(entry) not in self.done:
+                self.graph(entry)
+
+    def _same(self, entry: _zip.Entry) -> Any:
+        """The torch-view record at the same place, so nothing is read twice."""
+        if self.dir is not None:
+            for e in self.dir.entries:
+                if e.key() == entry.key():
+                    return e
+        return entry
+
+    # -- everything else ------------------------------------------------------------------
+    def rest(self) -> None:
+        """Records no pt2 loader reads by name: ``.pkl`` records (``torch.load`` of the
+        file runs ``data.pkl``), embedded torch files, pickles and native code hidden
+        under other names."""
+        entries: list[Any] = [*(self.dir.entries if self.dir else []), *self.extra]
+        budget = [torch_zip.MAX_SNIFF_TOTAL]
+        theirs = {id(e) for e in self.extra}
+        for e in entries:
+            if id(e) in self.done or e.file_size == 0 or e.filename.endswith("/"):
+                continue
+            self.done.add(id(e))
+            head = _zip.read_prefix(self.raw, e, 512)
+            if is_native(head) or e.filename.endswith((".so", ".dll", ".dylib", ".pyd")):
+                self.ckpt.findings.append(Finding(
+                    NEEDS_TRUST, "native-code",
+                    f"{e.filename} is compiled native code: nothing here runs it by name, "
+                    "but it cannot be inspected", self.where(e)))
+                continue
+            lower = e.filename.lower()
+            if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+                node = self.nested(e, e.filename, executed=False)
+                if node is not None:
+                    self.root.add(node)
+            elif lower.endswith((".pkl", ".debug_pkl")):
+                node = self.nested(e, e.filename, executed=id(e) not in theirs)
+            else:
+                data = torch_zip.sniff_pickle(self.raw, e, budget)
+                if data is not None:
+                    try:
+                        run_pickle(self.ckpt, data, self.where(e), executed=False)
+                    except CheckpointError as err:
+                        self.ckpt.warnings.append(str(err))
+
+    def metadata(self) -> dict[str, Any]:
+        return {"archive root": self.dir.prefix.rstrip("/") if self.dir else "",
+                "records": len(self.dir.entries) if self.dir else 0,
+                "graphs": self.graphs, "nodes": sum(self.ops.values()),
+                "operators": dict(self.ops.most_common())}
+
+
+def read_torch_bytes(ckpt: Checkpoint, data: Any, path: str, label: str,
+                     executed: bool = True) -> Node | None:
+    """What ``torch.load`` reads from these bytes: a zip archive, or else the legacy
+    format, whose first step unpickles the stream's first pickle."""
+    from ckpt_inspector.core.formats import torch_legacy, torch_tar
+
+    head = bytes(data[:512])
+    if head[:4] == b"PK\x03\x04":
+        return torch_zip.read_into(ckpt, Blob(path, data), label, executed)
+    blob = Blob(path, bytes(data))
+    if torch_tar.sniff(head):
+        return torch_tar.read_into(ckpt, blob, label)
+    if not executed:
+        from ckpt_inspector.core.formats import pickle_file
+
+        return pickle_file.read_into(ckpt, blob, label, executed=False)
+    return torch_legacy.read_into(ckpt, blob, label)
+
+
+def _tensor_node(reader: _Reader, record: Any, key: str, entry: dict[str, Any],
+                 problem: str | None = None) -> Node:
+    meta = entry.get("tensor_meta")
+    if not isinstance(meta, dict):
+        info = TensorInfo("unknown", (), None)
+        info.problem = problem or "no tensor_meta: the entry is malformed"
+        return Node("tensor", key, "torch.Tensor", tensor=info)
+    raw_dtype = meta.get("dtype")
+    dtype = SCALAR_TYPES.get(raw_dtype, f"pt2:{raw_dtype}") if isinstance(
+        raw_dtype, int) else f"pt2:{raw_dtype!r}"
 
     def ints(values: Any) -> tuple[int, ...]:
+        if values is None:
+            return ()
+        if not isinstance(values, list):
+            raise ValueError("not a list")
         out = []
-        for v in values or []:
-            if not (isinstance(v, dict) and isinstance(v.get("as_int"), int)):
+        for v in values:
+            if not (isinstance(v, dict) and type(v.get("as_int")) is int):
                 raise ValueError("symbolic size")
             out.append(v["as_int"])
         return tuple(out)
@@ -117,25 +414,27 @@ def _tensor_node(ckpt: Checkpoint, blob: Blob, names: dict[str, zipfile.ZipInfo]
     try:
         info.shape = ints(meta.get("sizes"))
         info.stride = ints(meta.get("strides"))
-        offset = meta.get("storage_offset", {}).get("as_int", 0)
-    except (ValueError, AttributeError):
+        offset_field = meta.get("storage_offset")
+        offset = offset_field.get("as_int", 0) if isinstance(offset_field, dict) else 0
+        if type(offset) is not int:
+            raise ValueError("symbolic offset")
+    except ValueError:
         info.problem = "symbolic or malformed sizes"
         return Node("tensor", key, "torch.Tensor", tensor=info)
-    device = meta.get("device") or {}
-    info.device = str(device.get("type", "cpu")) + (
-        f":{device['index']}" if device.get("index") is not None else "")
+    device = meta.get("device")
+    device = device if isinstance(device, dict) else {}
+    index = device.get("index")
+    info.device = str(device.get("type", "cpu")) + (f":{index}" if index is not None else "")
     info.requires_grad = bool(meta.get("requires_grad"))
     info.is_parameter = bool(entry.get("is_param"))
-    record = names.get(prefix + str(entry.get("path_name", "")))
-    if record is None:
-        info.problem = "weight record missing from the archive"
-    elif entry.get("use_pickle"):
-        info.problem = "stored with torch.save inside the archive: shown, not decoded"
+    if problem or record is None:
+        info.problem = problem or "weight record missing from the archive"
     else:
-        numel = record.file_size // (1 if dtype.startswith("pt2:") else
-                                     max(1, _itemsize(dtype)))
+        itemsize = 1 if dtype.startswith("pt2:") else max(1, _itemsize(dtype))
+        numel = record.file_size // itemsize
+        container = reader.blob.container
         info.storage = StorageInfo(str(entry.get("path_name")), dtype, numel, info.device,
-                                   ZipEntryData(blob.path, record))
+                                   ZipEntryData(container, record))
         info.storage_offset = offset
         info.problem = check_tensor(info, offset, info.storage)
     node = Node("tensor", key, "torch.nn.Parameter" if info.is_parameter else "torch.Tensor",
@@ -148,3 +447,112 @@ def _itemsize(dtype: str) -> int:
     from ckpt_inspector.core import dtypes
 
     return dtypes.itemsize(dtype) or 1
+
+
+# -- strings torch evaluates -------------------------------------------------------------------
+# What torch writes into expr_str (sympy's srepr: ``Symbol('s31', positive=True, integer=True)``,
+# ``Mul(Integer(2), Symbol(...))``) and guards_code: symbols, numbers, operators and calls to
+# sympy's constructors and torch.utils._sympy.functions. A string may only name a symbol or
+# spell a number: any other sympy function parses a string argument with sympify (an eval).
+_SYMBOL = re.compile(r"[a-z]{1,4}[0-9]+\Z")
+_SYMPY_FUNCS = frozenset({
+    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
+    "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv",
+    "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt",
+    "RoundToInt", "RoundDecimal", "ToFloat", "Identity", "Max", "Min", "Abs", "Eq", "Ne",
+    "Lt", "Le", "Gt", "Ge", "StrictLessThan", "LessThan", "StrictGreaterThan", "GreaterThan",
+    "Equality", "Unequality", "And", "Or", "Not", "Piecewise", "ExprCondPair", "ceiling",
+    "floor", "sqrt", "Pow", "Mul", "Add", "Integer", "Rational", "Float", "Symbol", "Dummy",
+    "Tuple", "oo", "zoo", "nan", "Infinity", "NegativeInfinity", "ComplexInfinity", "NaN",
+    "Half", "One", "Zero", "NegativeOne", "true", "false", "True", "False", "pi", "E", "I",
+    "BooleanTrue", "BooleanFalse", "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or",
+    "BitwiseFn_bitwise_xor", "OpaqueUnaryFn_sqrt", "OpaqueUnaryFn_exp", "OpaqueUnaryFn_log",
+    "OpaqueUnaryFn_cos", "OpaqueUnaryFn_sin", "OpaqueUnaryFn_tan", "OpaqueUnaryFn_cosh",
+    "OpaqueUnaryFn_sinh", "OpaqueUnaryFn_tanh", "OpaqueUnaryFn_asin", "OpaqueUnaryFn_acos",
+    "OpaqueUnaryFn_atan", "OpaqueUnaryFn_log2", "math", "inf", "L", "int", "float", "bool",
+    "abs", "min", "max", "round", "sym_int", "sym_float", "sym_max", "sym_min", "sym_sqrt",
+    "sym_ite", "sym_not",
+})
+_STRING_CALLS = frozenset({"Symbol", "Dummy", "Integer", "Float", "Rational"})
+_TENSOR_ATTRS = frozenset({"size", "stride", "storage_offset", "dim", "numel", "shape",
+                           "floor", "ceil", "sqrt", "trunc", "log2", "pow", "isnan", "isinf"})
+_OPS = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.operator,
+        ast.unaryop, ast.boolop, ast.cmpop, ast.expr_context, ast.Tuple, ast.keyword)
+
+
+def _allowed(node: ast.AST, parent: ast.AST | None, guards: bool) -> bool:
+    if isinstance(node, _OPS):
+        return not (isinstance(node, ast.keyword) and (
+            not node.arg or node.arg.startswith("_") or not isinstance(node.value, ast.Constant)
+            or isinstance(node.value.value, str)))
+    if isinstance(node, ast.Constant):
+        if node.value is None or type(node.value) in (int, float, bool):
+            return True
+        if type(node.value) is not str:
+            return False
+        if isinstance(parent, ast.Call) and node in parent.args:
+            return isinstance(parent.func, ast.Name) and parent.func.id in _STRING_CALLS
+        return guards and isinstance(parent, ast.Subscript)
+    if isinstance(node, ast.Name):
+        return not node.id.startswith("_") and (node.id in _SYMPY_FUNCS
+                                                or bool(_SYMBOL.match(node.id)))
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) or (guards and isinstance(node.func, ast.Attribute))
+    if guards and isinstance(node, ast.Subscript):
+        return True
+    return guards and isinstance(node, ast.Attribute) and node.attr in _TENSOR_ATTRS
+
+
+def unsafe_expression(text: str, guards: bool = False) -> str | None:
+    """Why a string torch evaluates (sympy's ``eval`` of ``expr_str``; the ``exec`` of
+    ``guards_code``) is not the plain arithmetic torch writes, or None. Only parses it."""
+    if len(text) > MAX_EXPR_CHARS:
+        return f"{len(text):,} characters, too long to check"
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return "not an expression torch writes"
+    stack: list[tuple[ast.AST, ast.AST | None]] = [(tree, None)]
+    while stack:
+        node, parent = stack.pop()
+        if not _allowed(node, parent, guards):
+            what = (getattr(node, "id", None) or getattr(node, "attr", None)
+                    or (repr(node.value)[:40] if isinstance(node, ast.Constant) else None)
+                    or type(node).__name__)
+            return f"it uses {what}"
+        stack.extend((child, node) for child in ast.iter_child_nodes(node))
+    return None
+
+
+def check_expressions(ckpt: Checkpoint, model: Any, where: str, limit: int = 100_000) -> None:
+    """Findings for the graph's strings that torch evaluates."""
+    seen = 0
+    stack = [model]
+    exprs: list[str] = []
+    while stack and seen < limit * 20:
+        value = stack.pop()
+        seen += 1
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k == "expr_str" and isinstance(v, str):
+                    exprs.append(v)
+                elif isinstance(v, (dict, list)):
+                    stack.append(v)
+        elif isinstance(value, list):
+            stack.extend(v for v in value if isinstance(v, (dict, list)))
+    for text in dict.fromkeys(exprs[:limit]):
+        why = unsafe_expression(text)
+        if why:
+            ckpt.findings.append(Finding(
+                DANGEROUS, "code-in-expression",
+                f"a symbolic expression that torch.export.load hands to sympy (which evaluates "
+                f"it as Python) is not plain arithmetic: {why}: {text[:120]!r}", where))
+    guards = model.get("guards_code") if isinstance(model, dict) else None
+    for text in guards if isinstance(guards, list) else []:
+        why = unsafe_expression(str(text), guards=True)
+        if why:
+            ckpt.findings.append(Finding(
+                DANGEROUS, "code-in-expression",
+                f"guards_code, which ep.module() executes as Python, is not a plain guard: "
+                f"{why}: {str(text)[:120]!r}", where))
+

@@ -2,21 +2,27 @@
 
 Layout: ``<root>/data.pkl`` is the pickled object; each storage is a record
 ``<root>/data/<key>``, stored uncompressed and aligned, so its bytes can be
-memory-mapped in place. The root folder is whatever name the writer chose.
-TorchScript archives add ``<root>/code/`` (the model's code, listed here,
-never run) and ``<root>/constants.pkl``.
+memory-mapped in place. The root folder is whatever name the writer chose: torch
+takes it from the FIRST record of the central directory. TorchScript archives add
+``<root>/code/`` (the model's code, listed here, never run) and ``<root>/constants.pkl``.
+
+Records are found the way torch finds them (``_zip.Directory``: miniz's listing,
+case-insensitive lookups under the first record's folder), never through Python's
+``zipfile``. Besides ``data.pkl``, every ``.pkl`` record is interpreted as a pickle
+torch runs, and every other record that parses as a pickle importing something is
+recorded too (its imports count), whatever its first byte: a pickle may start with
+any opcode.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
+import mmap
 import re
-import zipfile
 from typing import Any
 
 from ckpt_inspector.core.dtypes import storage_class_dtype
-from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.formats import _zip
 from ckpt_inspector.core.formats._common import Blob, build_tree, fail, run_pickle
 from ckpt_inspector.core.pickle_vm import Call, GlobalRef, PersistentRef
@@ -25,8 +31,22 @@ from ckpt_inspector.core.tensors import ZipEntryData
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
 MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-# torch's data.pkl stays small even for huge models (about 100 bytes per tensor)
+# A stored data.pkl is interpreted in place (no copy); torch's stays small even for huge
+# models (about 100 bytes per tensor), but numpy arrays pickled inline can make it large.
 MAX_PICKLE_BYTES = 1 << 30
+# A compressed pickle (torch never writes one) is inflated into memory up to this size;
+# past it, what was inflated is interpreted and the cap is reported.
+MAX_INFLATED_PICKLE = 128 << 20
+# Other records are tried as pickles from a prefix this long, then whole when the prefix
+# parses as a pickle that goes on, within a budget for the whole archive.
+SNIFF_BYTES = 64 << 10
+MAX_SNIFF_MEMBER = 64 << 20
+MAX_SNIFF_TOTAL = 256 << 20
+# TorchScript code read to tell parameters from buffers
+MAX_CODE_FILE = 16 << 20
+MAX_CODE_TOTAL = 128 << 20
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 def sniff(head: bytes) -> bool:
@@ -34,11 +54,15 @@ def sniff(head: bytes) -> bool:
 
 
 class StorageTable:
-    """Storage records by key; one :class:`StorageInfo` per (key, dtype) view of a record."""
+    """Storage records by key; one :class:`StorageInfo` per (key, dtype) view of a record.
 
-    def __init__(self, ckpt: Checkpoint, sources: dict[str, Any]):
+    ``lookup(key)`` gives the record torch reads for ``data/<key>`` (a DataSource), or
+    None when the archive has none.
+    """
+
+    def __init__(self, ckpt: Checkpoint, lookup: Any):
         self.ckpt = ckpt
-        self.sources = sources  # key -> DataSource | None
+        self.lookup = lookup
         self.storages: dict[tuple[str, str], StorageInfo] = {}
 
     def used_records(self) -> set[int]:
@@ -58,11 +82,11 @@ class StorageTable:
             st.problem = f"unknown storage type {getattr(stype, 'full_name', stype)!r}"
         elif not isinstance(numel, int) or numel < 0:
             st.problem = "malformed storage size"
-        if key not in self.sources:
+        source = self.lookup(key)
+        if source is None:
             st.problem = st.problem or f"storage record {key!r} is missing from the file"
         else:
-            source = self.sources[key]
-            if source is not None and source.nbytes < st.nbytes:
+            if source.nbytes < st.nbytes:
                 st.problem = st.problem or (
                     f"storage record {key!r} holds {source.nbytes:,} bytes, "
                     f"{st.nbytes:,} expected")
@@ -81,91 +105,241 @@ def _persistent_load(table: StorageTable):
     return load
 
 
-class _Archive:
-    """An open torch zip archive: its root folder, storage records and main pickle."""
+def _pickle_name(name: str) -> bool:
+    """Records torch's loaders unpickle by name (lookups ignore case)."""
+    return name.lower().endswith((".pkl", ".debug_pkl"))
 
-    def __init__(self, ckpt: Checkpoint, zf: zipfile.ZipFile, raw: Any, container: str | bytes,
-                 label: str):
+
+class _Archive:
+    """An open torch zip archive, as torch's reader sees it: its root folder, records and
+    main pickle."""
+
+    def __init__(self, ckpt: Checkpoint, raw: Any, container: Any, label: str,
+                 executed: bool = True):
         self.ckpt = ckpt
-        self.zf = zf
         self.raw = raw  # the archive's bytes (a memory map of the file, or nested bytes)
+        self.container = container
         self.label = label  # prefix for member names in findings ("" for the file itself)
-        self.infos = zf.infolist()
-        self.names = {i.filename: i for i in self.infos}  # the last of duplicates, as torch
-        _zip.audit(ckpt, raw, self.infos, label)
-        roots = [n[: -len("data.pkl")] for n in self.names
-                 if n.endswith("/data.pkl") and n.count("/") == 1]
-        if not roots:
-            raise fail(ckpt, "zip archive without a data.pkl record: not a torch checkpoint")
-        self.prefix = prefix = roots[0]
-        if len(roots) > 1:
-            ckpt.warnings.append(f"archive has {len(roots)} data.pkl records; reading {prefix}")
-        self.is_script = f"{prefix}constants.pkl" in self.names or any(
-            n.startswith(f"{prefix}code/") for n in self.names)
+        try:
+            self.dir = _zip.open_directory(raw)
+        except _zip.ZipError as err:
+            raise fail(ckpt, f"torch cannot open this zip archive: {err}") from None
+        self.infos = self.dir.entries
+        # records only Python's zipfile lists: scanned too, for what they import
+        self.extra = _zip.audit(ckpt, raw, self.dir, label)
+        self.prefix = self.dir.prefix
+        self.via_root = True  # records found under torch's root folder
+        self.executed = executed  # False: no loader unpickles this archive's pickles
+        main = self.dir.record("data.pkl")
+        if main is None:
+            main = self._fallback_main()
+        elif main.raw_name != self.dir.root + b"/data.pkl":  # type: ignore[operator]
+            ckpt.findings.append(Finding(
+                DANGEROUS, "name-case",
+                f"torch reads {main.filename!r} as {self.prefix}data.pkl (its zip reader "
+                "ignores case): scanners that look for the exact name miss it",
+                label + main.filename))
+        self.main = main
+        self.names = {e.filename: e for e in self.infos}
+        listed = self.dir.all_records()
+        self.is_script = (listed is not None and "constants.pkl" in listed) or any(
+            n.startswith(f"{self.prefix}code/") for n in self.names) or (
+            self.dir.record("constants.pkl") is not None)
         self.byteorder = "little"
-        order = self.names.get(f"{prefix}byteorder")
+        order = self.dir.record("byteorder")
         if order is not None and order.file_size <= 64:
-            with contextlib.suppress(_zip.MemberError):
+            try:
                 text = _zip.read_member(raw, order, 64)[0].decode("ascii", "replace").strip()
                 self.byteorder = "big" if text == "big" else "little"
-        data_prefix = f"{prefix}data/"
-        sources: dict[str, Any] = {
-            n[len(data_prefix):]: ZipEntryData(container, i, self.byteorder)
-            for n, i in self.names.items() if n.startswith(data_prefix) and not n.endswith("/")
-        }
-        self.table = StorageTable(ckpt, sources)
+            except _zip.MemberError:
+                pass
+        self.table = StorageTable(ckpt, self._storage)
 
-    def load(self, info: zipfile.ZipInfo, executed: bool = True) -> Any:
+    def _fallback_main(self) -> _zip.Entry:
+        """No data.pkl where torch looks (its root comes from the first record): torch
+        cannot load the file, but a ``<folder>/data.pkl`` is still read and scanned."""
+        candidates = [e for e in self.infos if e.raw_name.lower().endswith(b"/data.pkl")
+                      and e.raw_name.count(b"/") == 1]
+        if not candidates:
+            raise fail(self.ckpt, "zip archive without a data.pkl record: not a torch "
+                                  "checkpoint")
+        why = self.dir.root_problem or (f"its records live under {self.prefix!r}, taken "
+                                        "from the first record")
+        self.ckpt.warnings.append(f"torch cannot load this archive ({why}); "
+                                  f"{candidates[0].filename} is shown anyway")
+        self.via_root = self.executed = False
+        self.prefix = candidates[0].filename[:-len("data.pkl")]
+        return candidates[0]
+
+    def _storage(self, key: str) -> ZipEntryData | None:
+        if self.via_root:
+            entry = self.dir.record(f"data/{key}")
+        else:
+            entry = self.dir.locate(f"{self.prefix}data/{key}")
+        if entry is None or entry.is_dir:
+            return None
+        return ZipEntryData(self.container, entry, self.byteorder)
+
+    def member(self, name: str) -> _zip.Entry | None:
+        """A record by its name under the root, as torch finds it."""
+        if self.via_root:
+            return self.dir.record(name)
+        return self.dir.locate(self.prefix + name)
+
+    def load(self, info: Any, executed: bool = True) -> Any:
         """Interpret a member as a pickle. ``executed``: torch would unpickle it."""
+        ckpt, raw = self.ckpt, self.raw
         where = self.label + info.filename
+        refused = _zip.torch_refuses(info)
+        if refused and info.compress_type not in (_zip.STORED, _zip.DEFLATED):
+            raise fail(ckpt, f"{info.filename}: {refused}")
+        if _zip.uninitialized(info):
+            raise fail(ckpt, f"{info.filename}: torch's reader leaves its {info.file_size:,} "
+                             "bytes uninitialized (a directory entry or no data)")
         try:
-            payload, crc_ok, local = _zip.read_checked(self.raw, info, MAX_PICKLE_BYTES)
+            start, end, local = _zip.data_span(raw, info)
         except _zip.MemberError as err:
-            raise fail(self.ckpt, str(err)) from None
+            raise fail(ckpt, str(err)) from None
         if local != info.filename:
-            self.ckpt.findings.append(_zip.name_mismatch(info, local, where))
-        if not crc_ok:
+            ckpt.findings.append(_zip.name_mismatch(info, local, where))
+        persistent = _persistent_load(self.table)
+        if info.compress_type == _zip.STORED:
+            if info.file_size > MAX_PICKLE_BYTES:
+                raise fail(ckpt, f"{info.filename} holds {info.file_size:,} bytes, more than "
+                                 f"the {MAX_PICKLE_BYTES >> 20} MiB the reader accepts")
+            stop = min(start + info.file_size, len(raw))
+            self._check_crc(info, memoryview(raw)[start:stop], where)
+            if isinstance(raw, (bytes, mmap.mmap)):
+                return self._run_in_place(raw, start, stop, where, executed, persistent)
+            # a view into another file's bytes: the interpreter wants bytes, so copy the span
+            return self._run_in_place(bytes(raw[start:stop]), 0, stop - start, where,
+                                      executed, persistent)
+        cap = min(info.file_size, MAX_INFLATED_PICKLE)
+        data, complete = _zip.inflate(raw, start, end, cap, info.filename, exact=False)
+        if complete or info.file_size <= MAX_INFLATED_PICKLE:
+            if not complete and executed:
+                ckpt.warnings.append(f"{info.filename}: damaged compressed data (torch's "
+                                     "reader refuses it); what inflates is interpreted")
+            self._check_crc(info, data, where)
+            return run_pickle(ckpt, data, where, executed=executed, persistent_load=persistent)
+        with contextlib.suppress(CheckpointError):  # recorded; the cap is the error
+            run_pickle(ckpt, data, where, executed=executed, persistent_load=persistent)
+        raise fail(ckpt, f"{info.filename} inflates to {info.file_size:,} bytes, more than the "
+                         f"{MAX_INFLATED_PICKLE >> 20} MiB the reader accepts: only its first "
+                         f"{MAX_INFLATED_PICKLE >> 20} MiB were interpreted")
+
+    def _run_in_place(self, data: Any, start: int, stop: int, where: str, executed: bool,
+                      persistent: Any) -> Any:
+        """Interpret a stored member where it lies (no copy). The interpreter sees the
+        file past the member's end; a pickle that runs on past it is one torch cannot
+        finish, reported as such."""
+        ckpt = self.ckpt
+        try:
+            result = run_pickle(ckpt, data, where, start, persistent, expect_end=False,
+                                executed=executed)
+        except CheckpointError:
+            record = ckpt.pickles[-1]
+            if record.result.end > stop or (record.error and "truncated" in record.error):
+                record.error = (f"the pickle does not end inside its record ({stop - start:,} "
+                                "bytes): torch's unpickler stops with an error there")
+            raise
+        record = ckpt.pickles[-1]
+        if result.end > stop:
+            record.error = (f"the pickle does not end inside its record ({stop - start:,} "
+                            "bytes): torch's unpickler stops with an error there")
+            raise fail(ckpt, f"broken pickle in {where}: {record.error}")
+        record.trailing = stop - result.end
+        return result
+
+    def _check_crc(self, info: Any, data: Any, where: str) -> None:
+        import zlib
+
+        if zlib.crc32(data) != info.CRC:
             self.ckpt.findings.append(Finding(
                 DANGEROUS, "crc-mismatch",
                 f"{info.filename}'s checksum does not match its bytes: the archive was changed "
-                "after it was written (torch does not check; zipfile-based scanners stop)", where))
-        return run_pickle(self.ckpt, payload, where, executed=executed,
-                          persistent_load=_persistent_load(self.table))
+                "after it was written (torch does not check; zipfile-based scanners stop)",
+                where))
 
     @property
-    def main(self) -> zipfile.ZipInfo:
-        return self.names[f"{self.prefix}data.pkl"]
+    def entries(self) -> list[Any]:
+        return [*self.infos, *self.extra]
 
     def scan_other_members(self) -> None:
         """Every other pickle in the archive is interpreted (though not shown): the .pkl
-        records torch reads, and any member that starts like a pickle but is not a
-        storage the object refers to."""
+        records torch's loaders read, and any other record that parses as a pickle
+        importing something (whatever its first byte), unless the object uses it as a
+        storage."""
         used = self.table.used_records()
-        for info in self.infos:
-            if info is self.main:
-                continue
-            if info.filename.endswith((".pkl", ".debug_pkl")):
-                executed = True
-            elif id(info) not in used and _zip.looks_like_pickle(self.raw, info):
-                executed = False
-            else:
+        budget = [MAX_SNIFF_TOTAL]
+        theirs = {id(e) for e in self.extra}
+        for info in self.entries:
+            if info is self.main or id(info) in used or info.file_size == 0 or (
+                    isinstance(info, _zip.Entry) and info.is_dir):
                 continue
             try:
-                self.load(info, executed)
+                if _pickle_name(info.filename):
+                    self.load(info, executed=self.executed and id(info) not in theirs)
+                else:
+                    self._sniff(info, budget)
             except CheckpointError as err:  # recorded; the scanner reports it
                 self.ckpt.warnings.append(str(err))
 
+    def _sniff(self, info: Any, budget: list[int]) -> None:
+        """Record ``info`` if it parses as a pickle up to STOP with an import."""
+        found = sniff_pickle(self.raw, info, budget)
+        if found is None:
+            if budget[0] <= 0 and info.file_size > SNIFF_BYTES:
+                self.ckpt.findings.append(_zip.unscanned(
+                    info.filename, info.file_size, MAX_SNIFF_TOTAL, self.label + info.filename,
+                    " for records that are not pickles by name"))
+            return
+        data = found
+        run_pickle(self.ckpt, data, self.label + info.filename, executed=False,
+                   persistent_load=_persistent_load(self.table))
 
-def _open_zip(ckpt: Checkpoint, source: Any) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(source)
-    except zipfile.BadZipFile as err:
-        if "not a zip file" in str(err):  # no end-of-archive record where zip puts it
-            raise fail(ckpt, "the zip archive is incomplete (its directory at the end is "
-                             "missing): the file is probably truncated") from None
-        raise fail(ckpt, f"damaged zip archive: {err}") from None
-    except (OSError, ValueError, EOFError, RuntimeError) as err:
-        raise fail(ckpt, f"damaged zip archive: {err}") from None
+
+def _worth_recording(result: Any) -> bool:
+    """A sniffed stream counts when it imports something with a real name (text that
+    happens to parse gives names with spaces and punctuation) or hides an import."""
+    if any(a.code == "dynamic-import" for a in result.anomalies):
+        return True
+    return any(g.literal and _IDENT.match(str(g.module)) and _IDENT.match(str(g.name))
+               for g in result.globals)
+
+
+def sniff_pickle(raw: Any, info: Any, budget: list[int]) -> bytes | None:
+    """The bytes of ``info`` if they parse as a pickle up to STOP that imports something,
+    read from a prefix first and whole only when the prefix is a pickle that goes on
+    (``budget[0]``: bytes the archive may still spend). Never inflates more than needed."""
+    from ckpt_inspector.core import pickle_vm
+
+    if _zip.torch_refuses(info) and info.compress_type not in (_zip.STORED, _zip.DEFLATED):
+        return None
+    size = info.file_size
+    want = min(size, SNIFF_BYTES)
+    while True:
+        if want > budget[0]:
+            budget[0] = 0
+            return None
+        data = _zip.read_prefix(raw, info, want)
+        budget[0] -= len(data)
+        if not data:
+            return None
+        try:
+            result = pickle_vm.load(data)
+        except PickleError as err:
+            partial = err.result
+            cut = (len(data) < size and ("truncated" in err.reason or "missing end" in err.reason
+                                         or (err.offset or 0) >= len(data) - 9))
+            if not cut or want >= min(size, MAX_SNIFF_MEMBER):
+                # a stream that breaks still counts when it imported something first
+                if partial is not None and _worth_recording(partial):
+                    return data
+                return None
+            want = min(size, MAX_SNIFF_MEMBER, max(want * 16, 1 << 20))
+            continue
+        return data if _worth_recording(result) else None
 
 
 def read(path: str) -> Checkpoint:
@@ -176,58 +350,68 @@ def read(path: str) -> Checkpoint:
     return ckpt
 
 
-def read_into(ckpt: Checkpoint, blob: Blob, label: str) -> Node:
+def read_into(ckpt: Checkpoint, blob: Blob, label: str, executed: bool = True) -> Node:
     """The tree of the archive in ``blob``; its pickles and findings go to ``ckpt``
-    (``label`` prefixes member names for an archive nested in another file)."""
-    with _open_zip(ckpt, blob.source) as zf:
-        archive = _Archive(ckpt, zf, blob.data, blob.container, label)
-        result = archive.load(archive.main)
-        roles = _ScriptRoles(archive) if archive.is_script else None
+    (``label`` prefixes member names for an archive nested in another file; ``executed``
+    False for one that no loader would unpickle, found by its bytes alone)."""
+    archive = _Archive(ckpt, blob.data, blob.container, label, executed)
+    try:
+        result = archive.load(archive.main, archive.executed)
+    except CheckpointError:
+        archive.scan_other_members()  # the other pickles still count
+        raise
+    roles = _ScriptRoles(archive) if archive.is_script else None
+    try:
         root = build_tree(ckpt, result.value, script_module_roles=roles)
+    finally:
         archive.scan_other_members()
-        code = sorted(n[len(archive.prefix):] for n in archive.names
-                      if n.startswith(f"{archive.prefix}code/") and n.endswith(".py"))
+    code = sorted(n[len(archive.prefix):] for n in archive.names
+                  if n.startswith(f"{archive.prefix}code/") and n.endswith(".py"))
+    if archive.is_script:
+        runs = (f"TorchScript archive{' ' + label.rstrip('/') if label else ''}: "
+                f"torch.jit.load compiles and runs the {len(code)} code files it contains")
+        ckpt.runs_code = f"{ckpt.runs_code}; {runs}" if ckpt.runs_code else runs
+    if not label:
+        ckpt.format = "torchscript" if archive.is_script else "torch-zip"
+        ckpt.metadata.update(_archive_metadata(archive, result.protocol))
         if archive.is_script:
-            runs = (f"TorchScript archive{' ' + label.rstrip('/') if label else ''}: "
-                    f"torch.jit.load compiles and runs the {len(code)} code files it contains")
-            ckpt.runs_code = f"{ckpt.runs_code}; {runs}" if ckpt.runs_code else runs
-        if not label:
-            ckpt.format = "torchscript" if archive.is_script else "torch-zip"
-            ckpt.metadata.update(_archive_metadata(archive, result.protocol))
-            if archive.is_script:
-                ckpt.metadata["code files"] = code
+            ckpt.metadata["code files"] = code
     return root
 
 
 def load_nested(ckpt: Checkpoint, data: bytes, label: str) -> Any:
     """The inert root value of a torch zip archive embedded in a pickle."""
-    with _open_zip(ckpt, io.BytesIO(data)) as zf:
-        archive = _Archive(ckpt, zf, data, data, label)
-        value = archive.load(archive.main).value
+    archive = _Archive(ckpt, data, data, label)
+    try:
+        value = archive.load(archive.main, archive.executed).value
+    finally:
         archive.scan_other_members()
-        return value
+    return value
 
 
 def _archive_metadata(archive: _Archive, protocol: int) -> dict[str, Any]:
-    prefix, names = archive.prefix, archive.names
+    prefix = archive.prefix
     meta: dict[str, Any] = {"archive root": prefix.rstrip("/"), "records": len(archive.infos),
                             "byte order": archive.byteorder, "pickle protocol": protocol}
     for label, member in (("serialization version", "version"),
                           ("storage alignment", ".storage_alignment"),
                           ("format version", ".format_version")):
-        info = names.get(prefix + member)
+        info = archive.member(member)
         if info is not None and info.file_size < 64:
             with contextlib.suppress(_zip.MemberError):
                 meta[label] = _zip.read_member(archive.raw, info, 64)[0].decode(
                     "ascii", "replace").strip()
-    extra = sorted(n[len(prefix) + 6:] for n in names if n.startswith(f"{prefix}extra/"))
+    extra = sorted(n[len(prefix) + 6:] for n in archive.names if n.startswith(f"{prefix}extra/"))
     if extra:
         meta["extra files"] = extra
     return meta
 
 
 _CLASS_RE = re.compile(r"^class (\w+)\(", re.M)
-_LIST_RE = re.compile(r"^\s+__(parameters|buffers)__ = \[([^\]]*)\]", re.M)
+# one line each, as TorchScript writes them: [ \t] and [^\]\n] keep the search linear
+# (``^\s+`` crossed blank lines and made 120,000 of them take 36 s)
+_LIST_RE = re.compile(r"^[ \t]+__(parameters|buffers)__ = \[([^\]\n]*)\]", re.M)
+_QUOTED_RE = re.compile(r'"([^"\n]+)"')
 
 
 class _ScriptRoles:
@@ -240,23 +424,29 @@ class _ScriptRoles:
     def __init__(self, archive: _Archive):
         self.classes: dict[str, dict[str, str]] = {}
         code = f"{archive.prefix}code/"
+        left = MAX_CODE_TOTAL
         for info in archive.infos:
             name = info.filename
             if not (name.startswith(code) and name.endswith(".py")):
                 continue
+            if info.file_size > min(MAX_CODE_FILE, left):
+                archive.ckpt.warnings.append(
+                    f"{name}: {info.file_size:,} bytes of code, not read for parameter roles")
+                continue
             module = name[len(code):-3].replace("/", ".")
             try:
-                text = _zip.read_member(archive.raw, info, 50 << 20)[0].decode("utf-8",
-                                                                                "replace")
+                text = _zip.read_member(archive.raw, info, MAX_CODE_FILE)[0].decode(
+                    "utf-8", "replace")
             except _zip.MemberError:
                 continue
+            left -= info.file_size
             starts = [(m.start(), m.group(1)) for m in _CLASS_RE.finditer(text)]
             for i, (start, cls) in enumerate(starts):
                 end = starts[i + 1][0] if i + 1 < len(starts) else len(text)
                 roles: dict[str, str] = {}
                 for m in _LIST_RE.finditer(text, start, end):
                     role = "parameter" if m.group(1) == "parameters" else "buffer"
-                    for attr in re.findall(r'"([^"]+)"', m.group(2)):
+                    for attr in _QUOTED_RE.findall(m.group(2)):
                         roles[attr] = role
                 self.classes[f"{module}.{cls}"] = roles
 
@@ -265,3 +455,4 @@ class _ScriptRoles:
         if isinstance(cls, GlobalRef) and cls.literal and str(cls.module).startswith("__torch__"):
             return self.classes.get(cls.full_name, {})
         return None
+
