@@ -109,6 +109,14 @@ class Verdict:
     name: str | None = None
 
 
+def _allowed_kind(name: str) -> str:
+    """Class or function for a name on torch's allowlist (its classes are capitalized,
+    bar a few builtins; its functions are ``_rebuild_*`` and ``_codecs.encode``)."""
+    if name[:1].isupper() or name in ("set", "bytearray", "complex"):
+        return callables.CLASS
+    return callables.FUNCTION if name.startswith("_") or name == "encode" else callables.CLASS
+
+
 def _is_class(kind: str) -> bool:
     return kind in callables.CLASS_KINDS
 
@@ -148,7 +156,10 @@ class Analysis:
             name = g.full_name
             use = self.uses.get(name)
             if use is None:
-                kind, canon = callables.resolve(str(g.module), str(g.name))
+                if name in WEIGHTS_ONLY_GLOBALS:  # no table needed (it takes ~0.1 s to load)
+                    kind, canon = _allowed_kind(str(g.name)), name
+                else:
+                    kind, canon = callables.resolve(str(g.module), str(g.name))
                 use = self.uses[name] = Use(g, kind, canon)
             self.by_id[id(g)] = use
         self.invoked: set[int] = set()  # ids of objects some call invokes
