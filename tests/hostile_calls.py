@@ -176,3 +176,24 @@ HOSTILE = [
     ("partial_of_function.pkl", partial_of_function, None),
     ("reduce_via_map.pkl", reduce_via_map, "torch.utils.collect_env.run"),
 ]
+
+
+# -- more of the same classes ------------------------------------------------------------------
+def reconstructor_base_acts(marker: Path) -> bytes:
+    """copyreg._reconstructor(cls, base, state) runs base.__init__(obj, state): a base
+    class whose constructor opens the file named by the state."""
+    return pickle_of(call(g("copyreg", "_reconstructor"), g("logging", "FileHandler"),
+                          g("logging", "FileHandler"), s(str(marker))))
+
+
+def newobj_ex_kwargs(marker: Path) -> bytes:
+    """NEWOBJ_EX with keyword arguments only: numpy.memmap.__new__ creates the file."""
+    kwargs = d(filename=s(str(marker)), dtype=s("uint8"), mode=s("w+"), shape=t(i(4)))
+    return pickle_of(g("numpy", "memmap") + EMPTY_TUPLE + kwargs + b"\x92")
+
+
+MORE = [
+    ("reconstructor_base_acts.pkl", reconstructor_base_acts, "logging.FileHandler"),
+    ("newobj_ex_kwargs.pkl", newobj_ex_kwargs, "numpy.memmap"),
+]
+HOSTILE += MORE

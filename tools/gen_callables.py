@@ -56,12 +56,15 @@ ACTING_MODULES = (
     "numpy._core.memmap", "numpy.core.memmap", "numpy.lib.format", "numpy.lib._datasource",
     "numpy.lib.npyio", "numpy.lib._npyio_impl", "torchvision.datasets", "torchvision.io",
     "torchvision.utils", "torch.utils.tensorboard", "torch.utils.cpp_extension", "torch.hub",
-    "torch.package", "torch.distributed", "torch._C._distributed", "torch.multiprocessing",
+    "torch.package", "torch.distributed", "torch._C._distributed_c10d",
+    "torch._C._distributed_rpc", "torch._C._distributed_autograd", "torch.multiprocessing",
+    "_frozen_importlib", "_frozen_importlib_external", "torch.library", "torch._library",
     "torch.profiler", "torch.autograd.profiler", "torch._inductor", "torch.export",
     "torch.jit", "torch.serialization", "torch.utils.data.datapipes", "torch.cuda.memory",
     "torch._dynamo", "torch.fx", "torch.compiler", "torch.utils.checkpoint",
 )
 ACTING_CLASSES = ("torch._C.PyTorchFileWriter", "torch._C.PyTorchFileReader",
+                  "torch.PyTorchFileWriter", "torch.PyTorchFileReader",
                   "torch.storage.UntypedStorage", "torch.UntypedStorage")
 
 
@@ -152,7 +155,7 @@ def main() -> None:
         try:
             with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 mod = importlib.import_module(name)
-        except BaseException:  # noqa: BLE001 - optional dependencies, platform modules
+        except BaseException:  # optional dependencies, platform modules, SystemExit
             continue
         table.setdefault(name, ("m", None))
         try:

@@ -73,6 +73,9 @@ CONSUMERS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "functools.reduce": ((0,), ()),
     "_functools.reduce": ((0,), ()),
 }
+# rebuild functions that set a state argument on what they build (torch's _set_obj_state)
+STATE_ARGS = {"torch._utils._rebuild_parameter_with_state": 3,
+              "torch._tensor._rebuild_from_type_v2": 3, "torch._tensor._rebuild_from_type": 3}
 # callables kept by an object to be called later (a partial, a defaultdict's factory)
 KEEPERS = frozenset({"functools.partial", "_functools.partial", "functools.partialmethod",
                      "collections.defaultdict", "functools.cached_property",
@@ -196,6 +199,12 @@ class Analysis:
             for i in class_at:
                 if i < len(c.args):
                     self._passed(c.args[i], name, "class")
+        if name in ("copyreg._reconstructor", "copy_reg._reconstructor") and \
+                len(c.args) >= 3 and c.args[2] is not None:
+            # base.__new__(cls, state) and base.__init__(obj, state): built with arguments
+            self._built(c.args[1], (c.args[2],), c)
+        elif name in ("copyreg.__newobj__", "copyreg.__newobj_ex__") and len(c.args) > 1:
+            self._built(c.args[0], tuple(c.args[1:]), c)
         if name in KEEPERS or use.canonical in KEEPERS:
             kept = [c.args[0]] if c.args else []
             for s in _states_raw(c.state):
@@ -203,6 +212,11 @@ class Analysis:
                     kept.append(s[0])  # functools.partial's state: (func, args, kw, dict)
             for v in kept:
                 self._passed(v, name, "keep")
+
+    def _built(self, cls: Any, args: tuple[Any, ...], by: Call) -> None:
+        use = self.by_id.get(id(cls))
+        if use is not None:
+            use.built.append(Call(cls, args, "reconstruct", by.offset))
 
     def _passed(self, value: Any, caller: str, how: str) -> None:
         if isinstance(value, Call):
@@ -226,9 +240,11 @@ class Analysis:
 
     # -- BUILD -----------------------------------------------------------------------------
     def _state(self, c: Call) -> None:
-        if c.state is None:
-            return
-        for state in _states(c.state):
+        states = [c.state] if c.state is not None else []
+        at = STATE_ARGS.get(c.func_name or "")
+        if at is not None and at < len(c.args):
+            states.append(c.args[at])  # set on the rebuilt tensor attribute by attribute
+        for state in (d for s in states for d in _states(s)):
             for key, value in state.items():
                 if not (isinstance(key, str) and key.startswith("__") and key.endswith("__")):
                     continue
@@ -276,10 +292,11 @@ def judge_use(use: Use) -> tuple[str, str] | None:
         return "dangerous", f"imports the module {use.canonical} itself as {name}"
     if use.called and kind == callables.FUNCTION and not reconstructor:
         return "dangerous", f"calls {name} with {_short(args)}: a function, not a class"
-    if kind == callables.ACTING and any(c.args for c in use.called + use.built):
-        built = (use.called + use.built)[0]
-        return "dangerous", (f"builds {name} with {_short(built.args)}: its constructor opens "
-                             "files, sockets or processes, or fetches or loads code")
+    if kind == callables.ACTING and any(c.args or c.kwargs for c in use.called + use.built):
+        built = next(c for c in use.called + use.built if c.args or c.kwargs)
+        return "dangerous", (f"builds {name} with {_short(built.args or built.kwargs)}: its "
+                             "constructor opens files, sockets or processes, or fetches or "
+                             "loads code")
     if use.kept_by and kind == callables.FUNCTION and not (_pure(use.canonical) and _pure(name)):
         return "dangerous", (f"{use.kept_by[0]} keeps {name} to call later: a function that "
                              "is not a tensor operation")
