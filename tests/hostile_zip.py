@@ -75,6 +75,15 @@ class RawZip:
         self.buf += lname + stored
         return rec
 
+    def add_deflated(self, name: str | bytes, stream: bytes, size: int, crc: int = 0) -> Record:
+        """A record whose raw deflate ``stream`` (built by the caller) inflates to ``size``."""
+        raw_name = name.encode() if isinstance(name, str) else name
+        rec = Record(raw_name, stream, size, crc, 8, len(self.buf))
+        self.buf += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0, crc,
+                                len(stream), size, len(raw_name), 0)
+        self.buf += raw_name + stream
+        return rec
+
     def pad(self, data: bytes) -> None:
         self.buf += data
 
@@ -316,6 +325,17 @@ def polyglot_in_archive_bin(torch, marker: Path) -> bytes:
 
 # -- .pt2 -----------------------------------------------------------------------------------------
 def _pt2_parts(torch, dynamic: bool = False) -> list[tuple[str, bytes]]:
+    """The records of ``torch.export.save`` of a tiny network (exported once per process)."""
+    key = ("pt2", dynamic)
+    if key not in _CACHE:
+        _CACHE[key] = _export_parts(torch, dynamic)
+    return list(_CACHE[key])
+
+
+_CACHE: dict[tuple[str, bool], list[tuple[str, bytes]]] = {}
+
+
+def _export_parts(torch, dynamic: bool) -> list[tuple[str, bytes]]:
     m = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
     x = torch.randn(2, 4)
     shapes = {"input": {0: torch.export.Dim("batch", min=2, max=64)}} if dynamic else None
@@ -420,6 +440,38 @@ def pt2_sympy_expression(torch, marker: Path) -> bytes:
     return simple_zip(_set_json(parts, "models/model.json", edit))
 
 
+def pt2_legacy_layout(torch, marker: Path) -> bytes:
+    """The layout torch.export.load falls back to, read with Python's zipfile when torch's
+    reader fails (here: the first record is not in a folder): its .pt files go through
+    torch.load with a weights_only=False retry."""
+    from torch._export.serde.schema import SCHEMA_VERSION
+
+    parts = dict(_pt2_parts(torch))
+    model = next(d for n, d in parts.items() if n.endswith("models/model.json"))
+    inputs = next(d for n, d in parts.items() if n.endswith("sample_inputs/model.pt"))
+    weights = io.BytesIO()
+    torch.save({}, weights)
+    payload = io.BytesIO()
+    torch.save({"c": Reduce(os.system, f"touch {marker}")}, payload)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("version", ".".join(map(str, SCHEMA_VERSION)))
+        z.writestr("serialized_exported_program.json", model)
+        z.writestr("serialized_state_dict.pt", weights.getvalue())
+        z.writestr("serialized_constants.pt", payload.getvalue())
+        z.writestr("serialized_example_inputs.pt", inputs)
+    return out.getvalue()
+
+
+def pt2_with_data_pkl(torch, marker: Path) -> bytes:
+    """A .pt2 that also holds a data.pkl: torch.export.load reads the program, torch.load
+    of the same file unpickles data.pkl."""
+    parts = _pt2_parts(torch)
+    root = parts[0][0].split("/", 1)[0]
+    parts.insert(1, (f"{root}/data.pkl", evil_pickle(marker)))
+    return simple_zip(parts)
+
+
 # (filename, builder, expected verdict, a finding the scan must report, what it does)
 SAMPLES = [
     ("zip_case_renamed.pt", case_renamed_data_pkl, "dangerous", "name-case",
@@ -460,6 +512,10 @@ SAMPLES = [
      "an AOTInductor shared library"),
     ("pt2_sympy_expression.pt2", pt2_sympy_expression, "dangerous", "code-in-expression",
      "a symbolic size that sympy evaluates as Python"),
+    ("pt2_legacy_layout.pt2", pt2_legacy_layout, "dangerous", "dangerous-import",
+     "the older layout torch.export.load falls back to"),
+    ("pt2_with_data_pkl.pt2", pt2_with_data_pkl, "dangerous", "dangerous-import",
+     "a data.pkl inside a .pt2, run by torch.load"),
 ]
 
 # samples whose payload the real loader runs: (filename, loader) for the child-process proof
@@ -477,4 +533,6 @@ LIVE = {
     "pt2_pickled_weight.pt2": "torch.export.load",
     "pt2_sample_inputs.pt2": "torch.export.load",
     "pt2_sympy_expression.pt2": "torch.export.load",
+    "pt2_legacy_layout.pt2": "torch.export.load",
+    "pt2_with_data_pkl.pt2": "torch.load",
 }

@@ -108,6 +108,23 @@ class Entry:
         return f"Entry({self.filename!r} @{self.header_offset}, {self.file_size} bytes)"
 
 
+# signature, version needed, flags, method, time+date as miniz reads "method" (32 bits:
+# method | time << 16), crc, sizes, name/extra/comment lengths, disk, external attributes,
+# local header offset
+_CENTRAL = struct.Struct("<4s2xHHHH2xIIIHHHH2xII")
+
+
+def _plain_extra(extra: bytes) -> bool:
+    """Extra fields zipfile reads without complaint and without zip64 values."""
+    pos = 0
+    while len(extra) - pos >= 4:
+        tp, ln = struct.unpack_from("<HH", extra, pos)
+        if ln + 4 > len(extra) - pos or tp == 1:
+            return False
+        pos += 4 + ln
+    return True
+
+
 def _u16(raw: Any, at: int) -> int:
     return struct.unpack_from("<H", raw, at)[0]
 
@@ -207,27 +224,47 @@ class Directory:
             raise ZipError(f"the archive claims {total:,} records, more than the "
                            f"{MAX_RECORDS:,} this reader lists")
         self.cdir_offset, self.cdir_size, self.count = cdir_ofs, cdir_size, total
-        p, n = cdir_ofs, cdir_size
+        # the directory is parsed from one copy when it is of a sane size
+        if cdir_size <= 64 << 20:
+            cd, base = bytes(raw[cdir_ofs:cdir_ofs + cdir_size]), cdir_ofs
+        else:
+            cd, base = raw, 0
+        p, n = cdir_ofs - base, cdir_size
         entries = self.entries
+        unpack = _CENTRAL.unpack_from
+        # whether Python's zipfile parses these same records the same way (see audit)
+        plain = True
         for i in range(total):
-            if n < 46 or bytes(raw[p:p + 4]) != CENTRAL_SIG:
+            if n < 46:
                 raise ZipError(f"central directory record {i} is damaged")
-            (flags, method, _time, _date, crc, comp, usize, name_len, extra_len, comment_len,
-             disk, _iattr, eattr, lho) = struct.unpack_from("<8xHHHHIIIHHHHHII", raw, p)
+            (sig, version, flags, method, _time, crc, comp, usize, name_len, extra_len,
+             comment_len, disk, eattr, lho) = unpack(cd, p)
+            if sig != CENTRAL_SIG:
+                raise ZipError(f"central directory record {i} is damaged")
             total_len = 46 + name_len + extra_len + comment_len
             if total_len > n:
                 raise ZipError(f"central directory record {i} runs past the directory")
-            entry = Entry(i, bytes(raw[p + 46:p + 46 + name_len]), flags, method, crc, comp,
-                          usize, lho, eattr)
+            name = cd[p + 46:p + 46 + name_len]
+            entry = Entry(i, name if type(name) is bytes else bytes(name), flags, method, crc,
+                          comp, usize, lho, eattr)
             d_comp, d_size, d_lho = comp, usize, lho
             if extra_len and max(comp, usize, lho) == U32:
-                d_size, d_comp, d_lho = self._zip64_fields_dir(p + 46 + name_len, extra_len,
-                                                               usize, comp, lho)
-                self._zip64_fields_stat(entry, p + 46 + name_len, extra_len)
+                plain = False
+                d_size, d_comp, d_lho = self._zip64_fields_dir(base + p + 46 + name_len,
+                                                               extra_len, usize, comp, lho)
+                self._zip64_fields_stat(entry, base + p + 46 + name_len, extra_len)
+            elif plain and (version > 63 or (extra_len and not _plain_extra(
+                    cd[p + 46 + name_len:p + 46 + name_len + extra_len]))):
+                plain = False
+            if plain and flags & 0x800:
+                try:
+                    entry.raw_name.decode("utf-8")
+                except UnicodeDecodeError:
+                    plain = False
             # miniz reads the method as a 32-bit field (method and time): a stored record
             # with a non-zero time is never checked for equal sizes
             if d_comp != U32 and d_size != U32 and (
-                    (_u32(raw, p + 10) == 0 and d_size != d_comp) or (d_size and not d_comp)):
+                    (method == 0 and _time == 0 and d_size != d_comp) or (d_size and not d_comp)):
                 raise ZipError(f"{entry.filename}: sizes that cannot be right")
             if disk == U16 or (disk != this_disk and disk != 1):
                 raise ZipError("multi-disk archives are not supported by torch")
@@ -238,6 +275,8 @@ class Directory:
             entries.append(entry)
             n -= total_len
             p += total_len
+        # records that fill the directory exactly are what zipfile reads too
+        self.plain = plain and n == 0
 
     def _zip64_fields_dir(self, at: int, length: int, usize: int, comp: int,
                           lho: int) -> tuple[int, int, int]:
@@ -402,11 +441,34 @@ class Directory:
         return entry.raw_name[len(prefix):].decode("utf-8", "replace")
 
 
-def open_directory(raw: Any) -> Directory:
+_LAST: list[Any] = [None, None]  # (key, Directory): detection and reading share one parse
+
+
+def open_directory(raw: Any, key: Any = None) -> Directory:
+    """The :class:`Directory` of ``raw``; ``key`` (see :func:`file_key`) reuses the last
+    parse of the same file version."""
+    if key is not None and _LAST[0] == key:
+        return _LAST[1]
     try:
-        return Directory(raw)
+        directory = Directory(raw)
     except struct.error:
         raise ZipError("the central directory is cut off") from None
+    if key is not None:
+        _LAST[:] = [key, directory]
+    return directory
+
+
+def file_key(path: Any) -> Any:
+    """A key for one version of a file on disk (None for bytes in memory)."""
+    import os
+
+    if not isinstance(path, str):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 # -- member bytes -------------------------------------------------------------------------------
@@ -589,6 +651,52 @@ class _MapReader(io.RawIOBase):
         return data
 
 
+def zipfile_layout(raw: Any) -> tuple[int, int, int, int, int | None] | None:
+    """(end record, directory start, directory size, shift, zip64 end record) where Python's
+    ``zipfile`` (3.11: ``_EndRecData``, ``_RealGetContents``) finds them, or None where it
+    gives up. It only looks at the very end or at the LAST signature in the last 64 KiB,
+    takes a zip64 end record only right before its locator, and computes the directory's
+    place from the end record's position, shifting every offset by the difference."""
+    size = len(raw)
+    if size < 22:
+        return None
+    tail = bytes(raw[size - 22:size])
+    if tail[:4] == END_SIG and tail[-2:] == b"\0\0":
+        eocd = size - 22
+    else:
+        start = max(size - (1 << 16) - 22, 0)
+        i = bytes(raw[start:size]).rfind(END_SIG)
+        if i < 0 or size - (start + i) < 22:
+            return None
+        eocd = start + i
+    cd_size, cd_offset = _u32(raw, eocd + 12), _u32(raw, eocd + 16)
+    z64 = None
+    if eocd >= 20 and bytes(raw[eocd - 20:eocd - 16]) == ZIP64_LOCATOR_SIG:
+        if _u32(raw, eocd - 16) != 0 or _u32(raw, eocd - 4) > 1:
+            return None
+        if eocd < 76:
+            return None
+        if bytes(raw[eocd - 76:eocd - 72]) == ZIP64_END_SIG:
+            z64 = eocd - 76
+            cd_size, cd_offset = _u64(raw, z64 + 40), _u64(raw, z64 + 48)
+    shift = eocd - cd_size - cd_offset - (76 if z64 is not None else 0)
+    if cd_offset + shift < 0:
+        return None
+    return eocd, cd_offset + shift, cd_size, shift, z64
+
+
+def zipfile_agrees(directory: Directory) -> bool:
+    """True when Python's zipfile certainly lists what torch's reader lists: the same end
+    record, directory bytes and zip64 record, no shift, and records zipfile parses the
+    same way. (Otherwise the two listings are compared record by record.)"""
+    if not directory.plain:
+        return False
+    layout = zipfile_layout(directory.raw)
+    return layout is not None and layout == (
+        directory.end_offset, directory.cdir_offset, directory.cdir_size, 0,
+        directory.zip64_end_offset)
+
+
 # -- findings ---------------------------------------------------------------------------------
 def audit(ckpt: Checkpoint, raw: Any, directory: Directory, label: str) -> list[Entry]:
     """Findings for the whole archive: duplicates (as miniz compares names), ``..`` paths,
@@ -623,6 +731,8 @@ def audit(ckpt: Checkpoint, raw: Any, directory: Directory, label: str) -> list[
                 DANGEROUS, "bad-member",
                 f"{e.filename} declares {e.compress_size:,} bytes, more than the file "
                 "holds", where))
+    if zipfile_agrees(directory):
+        return []
     theirs, refused = zipfile_view(raw)
     if theirs is None:
         ckpt.findings.append(Finding(

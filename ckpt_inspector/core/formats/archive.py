@@ -106,7 +106,7 @@ def _members(ckpt: Checkpoint, blob: Blob, kind: str, label: str) -> Iterator[_M
     raw = blob.data
     if kind == "zip":
         try:
-            directory = _zip.open_directory(raw)
+            directory = _zip.open_directory(raw, _zip.file_key(blob.container))
             entries: list[Any] = list(directory.entries)
             entries += _zip.audit(ckpt, raw, directory, label)
         except _zip.ZipError as err:
@@ -162,9 +162,11 @@ def _member_node(ckpt: Checkpoint, blob: Blob, m: _Member, label: str, depth: in
     head, name = m.head, m.name
     path = f"{ckpt.path}!{label}"
     named = _pickle_like_name(name)
+    # tarfile takes 512 zero bytes for an empty archive, from which torch.load gets nothing
+    tar = torch_tar.sniff(head) and bool(head[:512].strip(b"\0"))
     try:
-        if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or torch_tar.sniff(head):
-            kind = "tar" if torch_tar.sniff(head) else "zip"
+        if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or tar:
+            kind = "tar" if tar else "zip"
             data = _whole(ckpt, m, label, budget)
             if data is None:
                 return Node("value", None, "member", "<not scanned: over the inflation budget>")
@@ -252,10 +254,10 @@ def _pickle_bytes(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
         return None
 
 
-def _zip_kind(data: Any) -> str:
+def _zip_kind(data: Any, key: Any = None) -> str:
     """``torch-zip``, ``pt2`` or ``archive`` for zip bytes, as :func:`classify_zip` does."""
     try:
-        directory = _zip.open_directory(data)
+        directory = _zip.open_directory(data, key)
     except _zip.ZipError:
         infos, _why = _zip.zipfile_view(data)
         if infos is None:
@@ -295,7 +297,7 @@ def classify_zip(path: str) -> str:
     """``pt2`` for torch.export archives, ``torch-zip`` when torch finds a ``data.pkl``
     (or the zip has a ``<root>/data.pkl``), else ``archive``. Records are listed the way
     torch lists them."""
-    return _zip_kind(Blob(path).data)
+    return _zip_kind(Blob(path).data, _zip.file_key(path))
 
 
 def classify_tar(path: str) -> str:

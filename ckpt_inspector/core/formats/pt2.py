@@ -100,7 +100,8 @@ class _Reader:
         self.graphs = 0
         self.extra: list[_zip.Entry] = []
         try:
-            self.dir: _zip.Directory | None = _zip.open_directory(self.raw)
+            self.dir: _zip.Directory | None = _zip.open_directory(
+                self.raw, _zip.file_key(blob.container))
         except _zip.ZipError as err:
             self.dir = None
             ckpt.warnings.append(f"torch cannot open this zip archive ({err}); "
@@ -370,21 +371,19 @@ class _Reader:
 
 def read_torch_bytes(ckpt: Checkpoint, data: Any, path: str, label: str,
                      executed: bool = True) -> Node | None:
-    """What ``torch.load`` reads from these bytes: a zip archive, or else the legacy
-    format, whose first step unpickles the stream's first pickle."""
-    from ckpt_inspector.core.formats import torch_legacy, torch_tar
+    """What ``torch.load`` reads from these bytes: a zip archive; else a tar archive of the
+    pre-0.4 format; else a pickle stream (its first pickle runs, then the legacy format)."""
+    from ckpt_inspector.core.formats import pickle_file, torch_tar
 
     head = bytes(data[:512])
     if head[:4] == b"PK\x03\x04":
         return torch_zip.read_into(ckpt, Blob(path, data), label, executed)
     blob = Blob(path, bytes(data))
+    if not executed:
+        return pickle_file.read_into(ckpt, blob, label, executed=False)
     if torch_tar.sniff(head):
         return torch_tar.read_into(ckpt, blob, label)
-    if not executed:
-        from ckpt_inspector.core.formats import pickle_file
-
-        return pickle_file.read_into(ckpt, blob, label, executed=False)
-    return torch_legacy.read_into(ckpt, blob, label)
+    return pickle_file.read_stream(ckpt, blob, label)
 
 
 def _tensor_node(reader: _Reader, record: Any, key: str, entry: dict[str, Any],

@@ -26,7 +26,7 @@ from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.formats import _zip
 from ckpt_inspector.core.formats._common import Blob, build_tree, fail, run_pickle
 from ckpt_inspector.core.pickle_vm import Call, GlobalRef, PersistentRef
-from ckpt_inspector.core.scan import DANGEROUS, Finding
+from ckpt_inspector.core.scan import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.tensors import ZipEntryData
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
@@ -121,7 +121,7 @@ class _Archive:
         self.container = container
         self.label = label  # prefix for member names in findings ("" for the file itself)
         try:
-            self.dir = _zip.open_directory(raw)
+            self.dir = _zip.open_directory(raw, _zip.file_key(container))
         except _zip.ZipError as err:
             raise fail(ckpt, f"torch cannot open this zip archive: {err}") from None
         self.infos = self.dir.entries
@@ -205,8 +205,10 @@ class _Archive:
         persistent = _persistent_load(self.table)
         if info.compress_type == _zip.STORED:
             if info.file_size > MAX_PICKLE_BYTES:
-                raise fail(ckpt, f"{info.filename} holds {info.file_size:,} bytes, more than "
-                                 f"the {MAX_PICKLE_BYTES >> 20} MiB the reader accepts")
+                message = (f"{info.filename} holds {info.file_size:,} bytes, more than the "
+                           f"{MAX_PICKLE_BYTES >> 20} MiB the reader accepts")
+                self._unscanned(message, where, executed)
+                raise fail(ckpt, message)
             stop = min(start + info.file_size, len(raw))
             self._check_crc(info, memoryview(raw)[start:stop], where)
             if isinstance(raw, (bytes, mmap.mmap)):
@@ -224,9 +226,18 @@ class _Archive:
             return run_pickle(ckpt, data, where, executed=executed, persistent_load=persistent)
         with contextlib.suppress(CheckpointError):  # recorded; the cap is the error
             run_pickle(ckpt, data, where, executed=executed, persistent_load=persistent)
-        raise fail(ckpt, f"{info.filename} inflates to {info.file_size:,} bytes, more than the "
-                         f"{MAX_INFLATED_PICKLE >> 20} MiB the reader accepts: only its first "
-                         f"{MAX_INFLATED_PICKLE >> 20} MiB were interpreted")
+        message = (f"{info.filename} inflates to {info.file_size:,} bytes, more than the "
+                   f"{MAX_INFLATED_PICKLE >> 20} MiB the reader accepts: only its first "
+                   f"{MAX_INFLATED_PICKLE >> 20} MiB were interpreted")
+        self._unscanned(message, where, executed)
+        raise fail(ckpt, message)
+
+    def _unscanned(self, message: str, where: str, executed: bool) -> None:
+        """A pickle too large to read whole: torch would run all of it, so what could not
+        be seen is a finding of its own (torch never writes such a pickle compressed)."""
+        self.ckpt.findings.append(Finding(
+            DANGEROUS if executed else NEEDS_TRUST, "unscanned-pickle",
+            f"{message}; torch would unpickle all of it", where))
 
     def _run_in_place(self, data: Any, start: int, stop: int, where: str, executed: bool,
                       persistent: Any) -> Any:
