@@ -1,124 +1,519 @@
-"""Fuzz the reader and the scanner: any input must end in a result or a CheckpointError.
+"""Fuzz the readers, the scanner and the info/scan commands with structure-aware mutators.
 
-    python fuzz/fuzz_reader.py SEED_DIR [SEED_DIR...] [libFuzzer flags]    # atheris
-    python fuzz/fuzz_reader.py --random SECONDS SEED_DIR...              # no atheris
+The property, for every input: opening it (``open_checkpoint``) returns or raises
+CheckpointError, nothing else; ``scan`` and the ``info``/``info --json``/``scan``/
+``scan --json`` commands then run to an exit status of 0, 1 or 3 with output that a
+UTF-8 terminal can print; all of it within a time limit and a memory limit; and an
+input whose payload a real loader runs (torch, asked in a child: fuzz/oracle.py) is
+never called ``safe`` or left unreadable.
 
-With atheris (coverage-guided, libFuzzer flags such as ``-max_total_time=60
--timeout=10 -rss_limit_mb=3000``), new inputs go into the first seed folder and
-a crash is written as ``crash-*``. ``--random`` mutates the seeds at random for
-the given time (byte flips, cuts, splices, repeated chunks) where atheris is not
-installed. The test suite runs a bounded round; longer rounds are for people:
+Seeds: ``python fuzz/make_seeds.py SEEDS`` writes small files of every format (made with
+torch, onnx and safetensors) and the hostile corpus. Then:
 
-    .venv/bin/python tests/corpus.py /tmp/seeds && \\
-    .venv/bin/python fuzz/fuzz_reader.py /tmp/fuzz-out /tmp/seeds -max_total_time=3600
+  run      structure-aware mutation (zip, tar, .pt2, ONNX, safetensors; byte-level havoc
+           for bare pickles and on top), every input checked in a worker process with a
+           per-input time limit and an address-space limit. Deterministic for a --seed.
+  atheris  coverage-guided (libFuzzer) with the same mutators as a custom mutator and
+           the same property; libFuzzer flags follow the seed folders.
+  check    run the property on saved inputs (a crash file), with its traceback.
+
+Longer campaigns (each finding is saved once per signature under --out, with its
+traceback, and the run goes on; exit status 1 if any finding is not --known):
+
+  .venv/bin/python fuzz/make_seeds.py /tmp/seeds
+  .venv/bin/python fuzz/fuzz_reader.py run --seconds 3600 --out /tmp/fuzz-found /tmp/seeds
+  .venv/bin/python fuzz/fuzz_reader.py run --format pt2 --iterations 100000 --seed 7 \\
+      --out /tmp/fuzz-found /tmp/seeds
+  .venv/bin/python fuzz/fuzz_reader.py atheris /tmp/fuzz-corpus /tmp/seeds \\
+      -max_total_time=3600 -timeout=20 -rss_limit_mb=3000 -artifact_prefix=/tmp/fuzz-found/
+  .venv/bin/python fuzz/fuzz_reader.py check /tmp/fuzz-found/*.input
+
+Run several ``run`` campaigns with different --seed values side by side to use more
+cores. tests/test_fuzz.py runs a short fixed-seed round of ``run`` for every format.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import fnmatch
+import hashlib
+import io
+import json
 import os
 import random
+import resource
+import select
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from collections import Counter, defaultdict
+from pathlib import Path
 
-WORK = os.path.join(tempfile.mkdtemp(prefix="ckpt-fuzz-"), "input")
-EXTENSIONS = ("", ".onnx")  # ONNX is also picked by extension
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import mutators
+import payloads
+import zip_mutator
+
+EXIT_STATUSES = (0, 1, 3)  # ok/safe, not safe, unreadable
+EXTENSION = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors", "tar": ".tar"}
+SIDECAR = "weights.bin"  # external data ONNX mutants may point at, beside every input
 
 
-def check(data: bytes) -> None:
-    """Read ``data`` as every reader would: anything but CheckpointError is a bug."""
-    from ckpt_inspector.cli import info_json
+# -- the property (runs in the worker) ---------------------------------------------------
+class InputTimeout(Exception):
+    """The per-input time limit passed (raised from SIGALRM inside whatever was running)."""
+
+
+class CommandFailed(Exception):
+    """A command's output cannot be printed, or it ended with an unexpected status."""
+
+    def __init__(self, command: str, what: str, message: str):
+        super().__init__(f"{command}: {message}")
+        self.command, self.what = command, what
+
+
+def check(path: str) -> dict:
+    """Open, scan and run the info/scan commands on ``path``; what the reader said.
+
+    Raises whatever the code under test raises, except CheckpointError from the reader."""
+    from ckpt_inspector import cli
     from ckpt_inspector.core import CheckpointError, open_checkpoint
-    from ckpt_inspector.core.scan import scan
 
-    for ext in EXTENSIONS:
-        path = WORK + ext
-        with open(path, "wb") as f:
-            f.write(data)
+    try:
+        opened = open_checkpoint(path)
+    except CheckpointError as err:
+        opened = err
+    ckpt = opened.partial if isinstance(opened, CheckpointError) else opened
+
+    def cached_open(_path: str):  # the commands as the CLI runs them, on what was read
+        if isinstance(opened, CheckpointError):
+            raise opened
+        return opened
+
+    original = cli._open
+    cli._open = cached_open  # not bulk_allocation: its gc.freeze would keep every input
+    try:
+        for command, as_json in (("info", False), ("info", True), ("scan", False),
+                                 ("scan", True)):
+            name = f"{command}{' --json' if as_json else ''}"
+            args = argparse.Namespace(path=path, json=as_json)
+            handler = cli.cmd_info if command == "info" else cli.cmd_scan
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                status = handler(args)
+            try:  # stdout is a UTF-8 terminal (strict where the locale is not C/POSIX)
+                out.getvalue().encode("utf-8")
+            except UnicodeEncodeError as err:
+                line = out.getvalue()[:err.start].count("\n") + 1
+                raise CommandFailed(name, "unprintable", f"line {line} of the output cannot "
+                                    f"be written to a UTF-8 stdout ({err.reason})") from None
+            if status not in EXIT_STATUSES:
+                raise CommandFailed(name, "exit-status", f"exit status {status}")
+    finally:
+        cli._open = original
+    verdict = None
+    if ckpt is not None:
+        from ckpt_inspector.core.scan import scan
+
+        verdict = scan(ckpt, str(opened) if isinstance(opened, CheckpointError) else None
+                       ).verdict
+    return {"verdict": verdict, "format": getattr(ckpt, "format", None),
+            "error": str(opened) if isinstance(opened, CheckpointError) else None}
+
+
+def signature(exc: BaseException) -> str:
+    """``Type@file:function`` of the deepest frame in ckpt_inspector (else the deepest)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if "ckpt_inspector" in f.filename] or frames
+    where = ours[-1] if ours else None
+    place = f"{Path(where.filename).name}:{where.name}" if where else "?"
+    if isinstance(exc, CommandFailed):
+        return f"{exc.what}@{exc.command}"
+    kind = "hang" if isinstance(exc, InputTimeout) else type(exc).__name__
+    return f"{kind}@{place}"
+
+
+def worker(reply_fd: int, timeout: float, memory_mb: int) -> None:
+    """Answer JSON lines ``{"path"}`` on stdin, one result line per input on ``reply_fd``
+    (not stdout: the commands under test print there)."""
+    import ckpt_inspector.cli  # imported before the memory limit is set
+    import ckpt_inspector.core.formats  # noqa: F401
+
+    replies = os.fdopen(reply_fd, "w")
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    limit = vm + (memory_mb << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    def on_alarm(_signum, _frame):
+        raise InputTimeout(f"still running after {timeout} s")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    for line in sys.stdin:
+        path = json.loads(line)["path"]
         try:
-            # not inside bulk_allocation: its gc.freeze would keep every input's garbage
-            ckpt = open_checkpoint(path)
-            scan(ckpt)
-            info_json(ckpt)
-        except CheckpointError as err:
-            if err.partial is not None:
-                scan(err.partial, str(err))
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            try:
+                reply = check(path)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except BaseException as exc:
+            reply = {"bug": signature(exc), "trace": traceback.format_exc()}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+        if "bug" in reply and reply["bug"].startswith(("hang@", "MemoryError@")):
+            return  # an interrupted reader may leave a broken state behind: start afresh
 
 
-def seeds(folders: list[str]) -> list[bytes]:
-    out = []
+class Worker:
+    """The worker process: restarted after each finding, killed when it does not answer."""
+
+    def __init__(self, timeout: float, memory_mb: int):
+        self.timeout, self.memory_mb = timeout, memory_mb
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        read, write = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "_worker", str(write),
+             str(self.timeout), str(self.memory_mb)], stdin=subprocess.PIPE, text=True,
+            pass_fds=(write,))
+        os.close(write)
+        self.replies = os.fdopen(read)
+
+    def __call__(self, path: str) -> dict:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        try:
+            self.proc.stdin.write(json.dumps({"path": path}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return self._died()
+        ready, _, _ = select.select([self.replies], [], [], self.timeout + 60)
+        line = self.replies.readline() if ready else ""
+        if not ready:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            return {"bug": "hang@worker (no answer, killed)", "trace": ""}
+        if not line:
+            return self._died()
+        reply = json.loads(line)
+        if reply.get("bug", "").startswith(("hang@", "MemoryError@")):  # the worker exits
+            self.proc.stdin.close()
+            self.proc.wait()
+            self.proc = None
+        return reply
+
+    def _died(self) -> dict:
+        code = self.proc.wait()
+        self.proc = None
+        return {"bug": f"died@worker (status {code})", "trace": f"exit status {code}"}
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+# -- the payload oracle (runs in the driver) ---------------------------------------------
+def mentions_payload(data: bytes, depth: int = 0) -> bool:
+    """The marker's name is in the input, or in a (deflated) zip member of it."""
+    marker = payloads.MARKER.encode()
+    if marker in data:
+        return True
+    if depth < 2 and data[:4] == b"PK\x03\x04":
+        z = zip_mutator.parse(data)
+        return z is not None and any(mentions_payload(e.plain, depth + 1) for e in z.entries)
+    return False
+
+
+def _mentions(data: bytes) -> bool:
+    try:
+        return mentions_payload(data)
+    except Exception:  # a zip too damaged to list: its plain bytes were searched already
+        return False
+
+
+def loaders_for(family: str, fmt: str | None) -> list[str]:
+    """What a user would run on a file the reader read as ``fmt`` (None: unreadable, then
+    by the look of its bytes): torch.load, torch.export.load, or -- for an archive of
+    checkpoints -- torch.load of its members."""
+    if fmt is None:  # unreadable: only a loader that runs the file itself counts
+        fmt = {"zip": "torch-zip", "tar": "torch-legacy", "pt2": "pt2",
+               "pickle": "pickle"}.get(family)
+    if fmt in (None, "onnx", "safetensors"):
+        return []
+    if fmt == "pt2":
+        return ["pt2", "torch"]
+    if fmt == "archive":
+        return ["torch", "archive"]
+    return ["torch"]
+
+
+# -- the campaign ------------------------------------------------------------------------
+def load_seeds(folders: list[str]) -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = defaultdict(list)
     for folder in folders:
         for name in sorted(os.listdir(folder)):
             path = os.path.join(folder, name)
             if os.path.isfile(path) and os.path.getsize(path) < 4 << 20:
-                with open(path, "rb") as f:
-                    out.append(f.read())
-    return out or [b""]
+                data = Path(path).read_bytes()
+                out[mutators.family(data)].append(data)
+    return dict(out)
 
 
-def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
-    buf = bytearray(data)
-    for _ in range(rng.randint(1, 6)):
-        op = rng.randrange(6)
-        if op == 0 and buf:  # flip bytes
-            for _ in range(rng.randint(1, 8)):
-                buf[rng.randrange(len(buf))] = rng.randrange(256)
-        elif op == 1 and buf:  # cut
-            buf = buf[: rng.randrange(len(buf))]
-        elif op == 2:  # splice another seed in
-            other = rng.choice(pool)
-            if other:
-                a = rng.randrange(len(other))
-                b = min(len(other), a + rng.randint(1, 512))
-                at = rng.randrange(len(buf) + 1)
-                buf[at:at] = other[a:b]
-        elif op == 3 and buf:  # repeat a chunk
-            a = rng.randrange(len(buf))
-            b = min(len(buf), a + rng.randint(1, 64))
-            buf[a:a] = buf[a:b] * rng.randint(2, 50)
-        elif op == 4 and buf:  # interesting integers
-            at = rng.randrange(len(buf))
-            buf[at:at + 4] = rng.choice([b"\xff\xff\xff\x7f", b"\x00\x00\x00\x80",
-                                         b"\xff\xff\xff\xff", b"\x00\x00\x00\x00"])
-        elif op == 5 and buf:  # drop a chunk
-            a = rng.randrange(len(buf))
-            del buf[a:a + rng.randint(1, 64)]
-    return bytes(buf)
+class Campaign:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.work = tempfile.mkdtemp(prefix="ckpt-fuzz-")
+        Path(self.work, SIDECAR).write_bytes(bytes(range(256)) * 16)
+        self.out = Path(args.out) if args.out else Path(self.work, "found")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.worker = Worker(args.timeout, args.memory_mb)
+        from oracle import Oracle
 
+        self.oracle = None if args.no_oracle else Oracle(args.oracle_timeout)
+        self.known = list(args.known or [])
+        self.findings: dict[str, dict] = {}
+        self.seeds: dict[str, list[bytes]] = {}
+        self.stats: dict[str, Counter] = defaultdict(Counter)
 
-def run_random(seconds: float, folders: list[str], seed: int = 0) -> int:
-    rng = random.Random(seed)
-    pool = seeds(folders)
-    end = time.monotonic() + seconds
-    runs = 0
-    while time.monotonic() < end:
-        data = mutate(rng, rng.choice(pool), pool)
+    def mutant(self, rng: random.Random, family: str, pool: list[bytes]) -> bytes:
+        seed = rng.choice(self.seeds[family])
         try:
-            check(data)
-        except Exception:
-            crash = os.path.join(os.path.dirname(WORK), f"crash-{runs}")
-            with open(crash, "wb") as f:
-                f.write(data)
-            traceback.print_exc()
-            print(f"crash after {runs} runs, input saved to {crash}", file=sys.stderr)
-            return 1
-        runs += 1
-    print(f"random fuzz: {runs} inputs in {seconds:.0f} s, no crash")
-    return 0
+            return mutators.mutate(rng, seed, pool, self.args.structured)
+        except Exception as exc:  # a bug of the fuzzer itself: reported, not fatal
+            self.record(family, seed, {"bug": f"fuzzer-bug@{signature(exc)}",
+                                       "trace": traceback.format_exc()})
+            return mutators.havoc(rng, seed, pool)
+
+    def one(self, family: str, data: bytes) -> None:
+        path = os.path.join(self.work, "input" + EXTENSION.get(family, ""))
+        Path(path).write_bytes(data)
+        reply = self.worker(path)
+        stats = self.stats[family]
+        stats["inputs"] += 1
+        if "bug" not in reply:
+            stats[f"verdict {reply['verdict']}"] += 1
+            if reply["verdict"] in ("safe", None) and self.oracle is not None \
+                    and _mentions(data):
+                loaders = loaders_for(family, reply["format"])
+                ran = self.oracle(path, loaders) if loaders else None
+                stats["oracle asked"] += 1
+                if ran:
+                    said = reply["verdict"] or f"unreadable ({reply['error']})"
+                    where = reply["format"] or f"unreadable-{family}"
+                    reply = {"bug": f"payload-missed@{where} ({ran})",
+                             "trace": f"the reader said {said}; the {ran} loader ran the "
+                                      "payload (created the marker)"}
+        if "bug" in reply:
+            self.record(family, data, reply)
+
+    def record(self, family: str, data: bytes, reply: dict) -> None:
+        sig = reply["bug"]
+        known = any(fnmatch.fnmatchcase(sig, pattern) for pattern in self.known)
+        self.stats[family]["known findings" if known else "findings"] += 1
+        seen = self.findings.get(sig)
+        if seen is not None:
+            seen["count"] += 1
+            if len(data) >= seen["size"]:
+                return
+        name = f"{sig.split('@')[0]}-{family}-{hashlib.sha1(data).hexdigest()[:12]}"
+        (self.out / f"{name}.input").write_bytes(data)
+        (self.out / f"{name}.txt").write_text(f"{sig}\n\n{reply['trace']}")
+        if seen is not None:  # keep the smallest reproducer of each signature
+            with contextlib.suppress(OSError):
+                os.unlink(seen["file"])
+                os.unlink(seen["file"][:-len(".input")] + ".txt")
+        count = seen["count"] if seen else 1
+        self.findings[sig] = {"family": family, "file": str(self.out / f"{name}.input"),
+                              "size": len(data), "count": count, "known": known}
+        if seen is None:
+            print(f"{'known' if known else 'FOUND'} {sig} ({family}): "
+                  f"{self.out / name}.input", file=sys.stderr)
+            if not known and reply["trace"]:
+                print(reply["trace"].rstrip()[-3000:], file=sys.stderr)
+
+    def run(self, seeds: dict[str, list[bytes]]) -> int:
+        args = self.args
+        families = args.format or [f for f in mutators.FAMILIES if f in seeds]
+        missing = [f for f in families if f not in seeds]
+        if missing:
+            print(f"no seeds for {', '.join(missing)}", file=sys.stderr)
+            return 2
+        self.seeds = seeds
+        pool = [d for f in families for d in seeds[f]]
+        rng = random.Random(args.seed)
+        start = time.monotonic()
+        try:
+            if args.seconds is not None:
+                while time.monotonic() - start < args.seconds:
+                    family = rng.choice(families)
+                    self.one(family, self.mutant(rng, family, pool))
+            else:
+                for family in families:
+                    fam_rng = random.Random(f"{args.seed}/{family}")
+                    for data in seeds[family]:  # the seeds themselves first
+                        self.one(family, data)
+                    for _ in range(args.iterations):
+                        self.one(family, self.mutant(fam_rng, family, pool))
+        finally:
+            self.worker.close()
+            if self.oracle is not None:
+                self.oracle.close()
+        summary = {"seconds": round(time.monotonic() - start, 1),
+                   "families": {f: dict(self.stats[f]) for f in families},
+                   "findings": self.findings}
+        if args.summary:
+            Path(args.summary).write_text(json.dumps(summary, indent=1))
+        for f in families:
+            s = self.stats[f]
+            print(f"{f:12s} {s['inputs']:6d} inputs  " + ", ".join(
+                f"{k} {v}" for k, v in sorted(s.items()) if k != "inputs"))
+        new = [s for s, f in self.findings.items() if not f["known"]]
+        print(f"{summary['seconds']} s; {len(self.findings)} distinct findings, "
+              f"{len(new)} not known; inputs saved in {self.out}")
+        if not args.out and not self.findings:
+            shutil.rmtree(self.work, ignore_errors=True)
+        return 1 if new else 0
 
 
-def main() -> int:
-    if len(sys.argv) > 2 and sys.argv[1] == "--random":
-        return run_random(float(sys.argv[2]), sys.argv[3:])
+# -- atheris -------------------------------------------------------------------------------
+def run_atheris(argv: list[str], use_oracle: bool = True, known: list[str] | None = None
+                ) -> int:
+    """libFuzzer over the same property, with the structure-aware mutators as its custom
+    mutator (half the time; libFuzzer's own byte mutations the other half)."""
     import atheris
+
+    work = tempfile.mkdtemp(prefix="ckpt-fuzz-")
+    Path(work, SIDECAR).write_bytes(bytes(range(256)) * 16)
+    folders = [a for a in argv if not a.startswith("-")]
+    pool = [d for ds in load_seeds(folders[1:] or folders).values() for d in ds]
+    from oracle import Oracle
+
+    oracle = Oracle() if use_oracle else None
+
+    def is_known(sig: str) -> bool:
+        return any(fnmatch.fnmatchcase(sig, pattern) for pattern in known or ())
+
+    def test_one(data: bytes) -> None:
+        family = mutators.family(data)
+        path = os.path.join(work, "input" + EXTENSION.get(family, ""))
+        Path(path).write_bytes(data)
+        try:
+            reply = check(path)
+        except Exception as exc:
+            if is_known(signature(exc)):
+                return
+            raise
+        if oracle and reply["verdict"] in ("safe", None) and _mentions(data):
+            ran = oracle(path, loaders_for(family, reply["format"]))
+            where = reply["format"] or f"unreadable-{family}"
+            if ran and not is_known(f"payload-missed@{where} ({ran})"):
+                raise AssertionError(f"payload-missed@{where} ({ran}): the reader said "
+                                     f"{reply['verdict']}, the loader ran the payload")
+
+    def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+        rng = random.Random(seed)
+        if rng.random() < 0.5:
+            return atheris.Mutate(data, max_size)
+        return mutators.mutate(rng, data, pool)[:max_size]
 
     with atheris.instrument_imports(include=["ckpt_inspector"]):
         import ckpt_inspector.cli
         import ckpt_inspector.core.formats  # noqa: F401
-    atheris.Setup(sys.argv, check)
+    atheris.Setup([sys.argv[0], *argv], test_one, custom_mutator=custom_mutator)
     atheris.Fuzz()
     return 0
+
+
+def run_check(files: list[str], timeout: float) -> int:
+    """The property on saved inputs, in this process, with tracebacks."""
+    status = 0
+    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(InputTimeout("timeout")))
+    for name in files:
+        data = Path(name).read_bytes()
+        family = mutators.family(data)
+        work = tempfile.mkdtemp(prefix="ckpt-fuzz-check-")
+        Path(work, SIDECAR).write_bytes(bytes(range(256)) * 16)
+        path = os.path.join(work, "input" + EXTENSION.get(family, ""))
+        Path(path).write_bytes(data)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            print(f"{name}: {check(path)}")
+        except BaseException as exc:
+            status = 1
+            print(f"{name}: {signature(exc)}")
+            traceback.print_exc()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            shutil.rmtree(work, ignore_errors=True)
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fuzz_reader.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="structure-aware mutation, deterministic for a --seed")
+    run.add_argument("seeds", nargs="+", metavar="SEED_DIR")
+    run.add_argument("--format", action="append", choices=mutators.FAMILIES,
+                     help="fuzz only this format (repeatable; default: every seeded format)")
+    how_long = run.add_mutually_exclusive_group()
+    how_long.add_argument("--iterations", type=int, default=1000,
+                          help="mutants per format, after the seeds themselves (default 1000)")
+    how_long.add_argument("--seconds", type=float, help="run this long, formats at random")
+    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument("--out", help="folder for findings (default: a temporary folder)")
+    run.add_argument("--timeout", type=float, default=20.0,
+                     help="seconds allowed per input (default 20)")
+    run.add_argument("--memory-mb", type=int, default=1024,
+                     help="address space the reader may add per input (default 1024)")
+    run.add_argument("--structured", type=float, default=0.9,
+                     help="share of structure-aware mutations, the rest byte havoc (0.9)")
+    run.add_argument("--no-oracle", action="store_true",
+                     help="do not ask torch (in a child) whether a payload runs")
+    run.add_argument("--oracle-timeout", type=float, default=10.0,
+                     help="seconds a loader may take in the oracle (default 10; torch itself "
+                          "hangs on some inputs, such as a tar member that is a FIFO)")
+    run.add_argument("--known", action="append", metavar="SIGNATURE",
+                     help="a finding already reported (a signature, * and ? allowed): "
+                          "counted, not a failure (repeatable)")
+    run.add_argument("--summary", help="write per-format counts and findings as JSON here")
+    ath = sub.add_parser("atheris", help="coverage-guided: SEED_DIR... then libFuzzer flags")
+    ath.add_argument("--no-oracle", action="store_true",
+                     help="do not ask torch (in a child) whether a payload runs")
+    ath.add_argument("--known", action="append", metavar="SIGNATURE",
+                     help="a finding already reported (* and ? allowed): not a crash")
+    ath.add_argument("rest", nargs=argparse.REMAINDER,
+                     help="the corpus folder (new inputs go there), seed folders, then "
+                          "libFuzzer flags")
+    chk = sub.add_parser("check", help="run the property on saved inputs")
+    chk.add_argument("files", nargs="+")
+    chk.add_argument("--timeout", type=float, default=20.0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_worker"]:
+        worker(int(argv[1]), float(argv[2]), int(argv[3]))
+        return 0
+    if argv[:1] == ["--random"] and len(argv) > 2:  # the old spelling
+        argv = ["run", "--seconds", argv[1], *argv[2:]]
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return Campaign(args).run(load_seeds(args.seeds))
+    if args.command == "atheris":
+        return run_atheris(args.rest, not args.no_oracle, args.known)
+    return run_check(args.files, args.timeout)
 
 
 if __name__ == "__main__":
