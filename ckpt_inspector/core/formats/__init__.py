@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.tree import Checkpoint
 
@@ -57,6 +58,23 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     Raises CheckpointError (one line for the user, without the path) when the
     file cannot be read; ``err.partial`` then holds what was read so far.
     """
+    path = os.fspath(path)
+    try:
+        if os.path.isdir(path):
+            raise CheckpointError("is a folder, not a file")
+        with pickle_vm.deadline():  # one time limit for every pickle the file holds
+            return _read(path)
+    except FileNotFoundError:
+        raise CheckpointError("no such file") from None
+    except PermissionError:
+        raise CheckpointError("permission denied") from None
+    except IsADirectoryError:
+        raise CheckpointError("is a folder, not a file") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read the file: {err}") from None
+
+
+def _read(path: str) -> Checkpoint:
     from ckpt_inspector.core.formats import (
         archive,
         onnx_fmt,
@@ -68,28 +86,16 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         torch_zip,
     )
 
-    path = os.fspath(path)
-    try:
-        if os.path.isdir(path):
-            raise CheckpointError("is a folder, not a file")
-        fmt = detect_format(path)
-        reader = {
-            "torch-zip": torch_zip.read,
-            "torch-legacy": torch_legacy.read,
-            "torch-tar": torch_tar.read,  # reported as torch-legacy
-            "archive": lambda p: archive.read(p, "zip"),
-            "pt2": pt2.read,
-            "archive-tar": lambda p: archive.read(p, "tar"),
-            "safetensors": safetensors_fmt.read,
-            "onnx": onnx_fmt.read,
-            "pickle": pickle_file.read,
-        }[fmt]
-        return reader(path)
-    except FileNotFoundError:
-        raise CheckpointError("no such file") from None
-    except PermissionError:
-        raise CheckpointError("permission denied") from None
-    except IsADirectoryError:
-        raise CheckpointError("is a folder, not a file") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read the file: {err}") from None
+    fmt = detect_format(path)
+    reader = {
+        "torch-zip": torch_zip.read,
+        "torch-legacy": torch_legacy.read,
+        "torch-tar": torch_tar.read,  # reported as torch-legacy
+        "archive": lambda p: archive.read(p, "zip"),
+        "pt2": pt2.read,
+        "archive-tar": lambda p: archive.read(p, "tar"),
+        "safetensors": safetensors_fmt.read,
+        "onnx": onnx_fmt.read,
+        "pickle": pickle_file.read,
+    }[fmt]
+    return reader(path)
