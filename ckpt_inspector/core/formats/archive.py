@@ -142,16 +142,20 @@ def _zip_whole(ckpt: Checkpoint, raw: Any, entry: Any, label: str) -> Any:
     return _zip.inflate(raw, start, end, entry.file_size, entry.filename, exact=False)[0]
 
 
-def _whole(ckpt: Checkpoint, m: _Member, label: str, budget: list[int]) -> Any | None:
-    """The member's bytes, or None with a finding when the inflation budget is spent."""
-    if m.compressed:
+def _whole(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
+           copy: bool = False) -> Any | None:
+    """The member's bytes (a view of a stored zip member unless ``copy``: readers that
+    need ``bytes``), or None with a finding when they would have to be inflated or copied
+    past the per-member cap or the archive's budget."""
+    if m.compressed or copy:
         if m.size > min(MAX_INFLATE_MEMBER, budget[0]):
             ckpt.findings.append(_zip.unscanned(
                 m.name, m.size, min(MAX_INFLATE_MEMBER, max(budget[0], 0)), label.rstrip("/"),
-                " for a compressed member of an archive"))
+                " (or copies) for a member of an archive"))
             return None
         budget[0] -= m.size
-    return m._whole()
+    data = m._whole()
+    return bytes(data) if copy else data
 
 
 def _member_node(ckpt: Checkpoint, blob: Blob, m: _Member, label: str, depth: int,
@@ -167,15 +171,15 @@ def _member_node(ckpt: Checkpoint, blob: Blob, m: _Member, label: str, depth: in
     try:
         if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or tar:
             kind = "tar" if tar else "zip"
-            data = _whole(ckpt, m, label, budget)
+            data = _whole(ckpt, m, label, budget, copy=tar)
             if data is None:
                 return Node("value", None, "member", "<not scanned: over the inflation budget>")
             return _nested(ckpt, path, data, kind, label, depth, budget)
         if torch_legacy.sniff(head):
-            data = _whole(ckpt, m, label, budget)
+            data = _whole(ckpt, m, label, budget, copy=True)
             if data is None:
                 return Node("value", None, "member", "<not scanned: over the inflation budget>")
-            return torch_legacy.read_into(ckpt, Blob(path, bytes(data)), label)
+            return torch_legacy.read_into(ckpt, Blob(path, data), label)
         kind = wrapper_kind(head)
         if kind:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
@@ -208,7 +212,7 @@ def _nested(ckpt: Checkpoint, path: str, data: Any, kind: str, label: str, depth
         if shape == "pt2":
             return pt2.read_into(ckpt, Blob(path, data), label)
     else:
-        nested = Blob(path, bytes(data))
+        nested = Blob(path, data if isinstance(data, bytes) else bytes(data))
         if torch_tar.is_torch_tar(torch_tar.members_of(ckpt, nested)):
             return torch_tar.read_into(ckpt, nested, label)
         data = nested.data
@@ -239,10 +243,10 @@ def _pickle_bytes(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
             cut = len(data) < m.size and ("truncated" in err.reason or "missing end" in err.reason
                                           or (err.offset or 0) >= len(data) - 9)
             if cut:
-                whole = _whole(ckpt, m, label, budget)
+                whole = _whole(ckpt, m, label, budget, copy=True)
                 if whole is None:
                     return None
-                data = bytes(whole)
+                data = whole
                 continue
             partial = err.result
             if (partial is not None and _worth_recording(partial)) or (

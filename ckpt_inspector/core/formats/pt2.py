@@ -121,16 +121,20 @@ class _Reader:
     def record(self, name: str) -> _zip.Entry | None:
         return self.dir.record(name) if self.dir is not None else None
 
-    def member_bytes(self, entry: Any, cap: int) -> Any:
+    def member_bytes(self, entry: Any, cap: int, runs: bool = False) -> Any:
         """The record's bytes: a zero-copy view when stored, else inflated up to ``cap``
-        (None, with a finding, past it)."""
+        (None, with a finding, past it: dangerous when ``runs``, a loader unpickling it
+        whole; torch never writes such a record compressed)."""
         raw = self.raw
         start, end, _local = _zip.data_span(raw, entry)
         if entry.compress_type == _zip.STORED:
             return memoryview(raw)[start:min(start + entry.file_size, len(raw))]
         if entry.file_size > cap:
-            self.ckpt.findings.append(_zip.unscanned(entry.filename, entry.file_size, cap,
-                                                     self.where(entry)))
+            finding = _zip.unscanned(entry.filename, entry.file_size, cap, self.where(entry))
+            if runs:
+                finding.severity = DANGEROUS
+                finding.message += "; torch.export.load unpickles all of it"
+            self.ckpt.findings.append(finding)
             return None
         return _zip.inflate(raw, start, end, entry.file_size, entry.filename, exact=False)[0]
 
@@ -156,7 +160,7 @@ class _Reader:
         self.done.add(id(entry))
         name = entry.filename
         try:
-            data = self.member_bytes(entry, MAX_NESTED_BYTES)
+            data = self.member_bytes(entry, MAX_NESTED_BYTES, runs=executed)
             if data is None:
                 return None
             node = read_torch_bytes(self.ckpt, data, f"{self.blob.path}!{name}",
@@ -172,7 +176,7 @@ class _Reader:
         """``pickle.loads`` of a record (opaque constants): any pickle runs."""
         self.done.add(id(entry))
         try:
-            data = self.member_bytes(entry, MAX_NESTED_BYTES)
+            data = self.member_bytes(entry, MAX_NESTED_BYTES, runs=True)
             if data is not None:
                 run_pickle(self.ckpt, bytes(data), self.where(entry), expect_end=False)
         except (CheckpointError, _zip.MemberError) as err:
@@ -336,6 +340,7 @@ class _Reader:
         entries: list[Any] = [*(self.dir.entries if self.dir else []), *self.extra]
         budget = [torch_zip.MAX_SNIFF_TOTAL]
         theirs = {id(e) for e in self.extra}
+        skipped: list[str] = []
         for e in entries:
             if id(e) in self.done or e.file_size == 0 or e.filename.endswith("/"):
                 continue
@@ -356,11 +361,23 @@ class _Reader:
                 node = self.nested(e, e.filename, executed=id(e) not in theirs)
             else:
                 data = torch_zip.sniff_pickle(self.raw, e, budget)
-                if data is not None:
+                if data is torch_zip.SKIPPED:
+                    skipped.append(e.filename)
+                elif data is torch_zip.UNFINISHED:
+                    self.ckpt.findings.append(_zip.unscanned(
+                        e.filename, e.file_size, torch_zip.MAX_SNIFF_MEMBER, self.where(e),
+                        " for records that are pickles by their bytes, not their name"))
+                elif isinstance(data, bytes):
                     try:
                         run_pickle(self.ckpt, data, self.where(e), executed=False)
                     except CheckpointError as err:
                         self.ckpt.warnings.append(str(err))
+        if skipped:
+            self.ckpt.findings.append(Finding(
+                NEEDS_TRUST, "unscanned-member",
+                f"{len(skipped):,} records ({', '.join(skipped[:3])} ...) were not tried as "
+                f"pickles: the {torch_zip.MAX_SNIFF_TOTAL >> 20} MiB spent per archive on "
+                "records that are not pickles by name was used up", self.label.rstrip("/") or None))
 
     def metadata(self) -> dict[str, Any]:
         return {"archive root": self.dir.prefix.rstrip("/") if self.dir else "",

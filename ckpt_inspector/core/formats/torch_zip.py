@@ -284,6 +284,7 @@ class _Archive:
         used = self.table.used_records()
         budget = [MAX_SNIFF_TOTAL]
         theirs = {id(e) for e in self.extra}
+        skipped: list[str] = []
         for info in self.entries:
             if info is self.main or id(info) in used or info.file_size == 0 or (
                     isinstance(info, _zip.Entry) and info.is_dir):
@@ -291,23 +292,44 @@ class _Archive:
             try:
                 if _pickle_name(info.filename):
                     self.load(info, executed=self.executed and id(info) not in theirs)
-                else:
-                    self._sniff(info, budget)
+                elif self._sniff(info, budget):
+                    skipped.append(info.filename)
             except CheckpointError as err:  # recorded; the scanner reports it
                 self.ckpt.warnings.append(str(err))
+        if skipped:
+            more = f" and {len(skipped) - 3:,} more" if len(skipped) > 3 else ""
+            self.ckpt.findings.append(Finding(
+                NEEDS_TRUST, "unscanned-member",
+                f"{', '.join(skipped[:3])}{more} were not tried as pickles: the "
+                f"{MAX_SNIFF_TOTAL >> 20} MiB this reader spends per archive on records that "
+                "are not pickles by name was used up", self.label.rstrip("/") or None))
 
-    def _sniff(self, info: Any, budget: list[int]) -> None:
-        """Record ``info`` if it parses as a pickle up to STOP with an import."""
+    def _sniff(self, info: Any, budget: list[int]) -> bool:
+        """Record ``info`` if it parses as a pickle up to STOP with an import. True when
+        the budget was spent before it could be tried."""
         found = sniff_pickle(self.raw, info, budget)
-        if found is None:
-            if budget[0] <= 0 and info.file_size > SNIFF_BYTES:
-                self.ckpt.findings.append(_zip.unscanned(
-                    info.filename, info.file_size, MAX_SNIFF_TOTAL, self.label + info.filename,
-                    " for records that are not pickles by name"))
-            return
-        data = found
-        run_pickle(self.ckpt, data, self.label + info.filename, executed=False,
-                   persistent_load=_persistent_load(self.table))
+        if found is UNFINISHED:
+            self.ckpt.findings.append(_zip.unscanned(
+                info.filename, info.file_size, MAX_SNIFF_MEMBER, self.label + info.filename,
+                " for records that are pickles by their bytes, not their name"))
+        elif isinstance(found, bytes):
+            run_pickle(self.ckpt, found, self.label + info.filename, executed=False,
+                       persistent_load=_persistent_load(self.table))
+        return found is SKIPPED
+
+
+class _Answer:
+    def __init__(self, what: str):
+        self.what = what
+
+    def __repr__(self) -> str:
+        return self.what
+
+
+# sniff_pickle's answers for a record that starts a pickle going on past the caps, and for
+# one left untried because the archive's budget is spent
+UNFINISHED: Any = _Answer("UNFINISHED")
+SKIPPED: Any = _Answer("SKIPPED")
 
 
 def _worth_recording(result: Any) -> bool:
@@ -322,7 +344,9 @@ def _worth_recording(result: Any) -> bool:
 def sniff_pickle(raw: Any, info: Any, budget: list[int]) -> bytes | None:
     """The bytes of ``info`` if they parse as a pickle up to STOP that imports something,
     read from a prefix first and whole only when the prefix is a pickle that goes on
-    (``budget[0]``: bytes the archive may still spend). Never inflates more than needed."""
+    (``budget[0]``: bytes the archive may still spend). Never inflates more than needed.
+    :data:`UNFINISHED` when the record starts a pickle that goes on past the caps,
+    :data:`SKIPPED` when the budget is spent."""
     from ckpt_inspector.core import pickle_vm
 
     if _zip.torch_refuses(info) and info.compress_type not in (_zip.STORED, _zip.DEFLATED):
@@ -332,7 +356,7 @@ def sniff_pickle(raw: Any, info: Any, budget: list[int]) -> bytes | None:
     while True:
         if want > budget[0]:
             budget[0] = 0
-            return None
+            return SKIPPED
         data = _zip.read_prefix(raw, info, want)
         budget[0] -= len(data)
         if not data:
@@ -341,13 +365,14 @@ def sniff_pickle(raw: Any, info: Any, budget: list[int]) -> bytes | None:
             result = pickle_vm.load(data)
         except PickleError as err:
             partial = err.result
-            cut = (len(data) < size and ("truncated" in err.reason or "missing end" in err.reason
-                                         or (err.offset or 0) >= len(data) - 9))
-            if not cut or want >= min(size, MAX_SNIFF_MEMBER):
-                # a stream that breaks still counts when it imported something first
-                if partial is not None and _worth_recording(partial):
-                    return data
+            if partial is not None and _worth_recording(partial):
+                return data  # it imported something before it broke (or was cut)
+            cut = len(data) < size and ("truncated" in err.reason or "missing end" in err.reason
+                                        or (err.offset or 0) >= len(data) - 9)
+            if not cut:
                 return None
+            if want >= min(size, MAX_SNIFF_MEMBER):
+                return UNFINISHED
             want = min(size, MAX_SNIFF_MEMBER, max(want * 16, 1 << 20))
             continue
         return data if _worth_recording(result) else None
