@@ -242,6 +242,15 @@ def build(out: Path, marker: Path) -> list[Sample]:
         add(f"calls_{name}", builder(marker), "dangerous", None,
             builder.__doc__.strip().split("\n")[0] if builder.__doc__ else name)
 
+    # zips read as torch's miniz reads them, bare-pickle and .pt2 loader paths (builders
+    # in hostile_zip.py, proven live in tests/core/test_zip_like_torch.py and
+    # test_pt2_security.py)
+    import hostile_zip
+
+    for name, builder, expect, finding, about in hostile_zip.SAMPLES:
+        if expect == "dangerous":
+            add(name, builder(torch, marker), expect, finding, about)
+
     # torch files ---------------------------------------------------------------------------
     weights = {"w": torch.ones(2)}
     evil = {**weights, "hook": Reduce(os.system, touch)}
