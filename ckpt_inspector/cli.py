@@ -131,6 +131,25 @@ def _open(path: str) -> Checkpoint:
 
 
 # -- info ----------------------------------------------------------------------------------
+def write_json(obj: dict[str, Any], out: Any) -> None:
+    """``obj`` as indented JSON, except that each top-level list holds one item per line,
+    compact: Python's indenting encoder is pure Python (13 s for 100,000 tensors), the
+    compact one is C."""
+    out.write("{\n")
+    items = list(obj.items())
+    for i, (key, value) in enumerate(items):
+        out.write(f" {json.dumps(key)}: ")
+        if isinstance(value, list) and value:
+            out.write("[\n")
+            last = len(value) - 1
+            for j, v in enumerate(value):
+                out.write("  " + json.dumps(v) + (",\n" if j < last else "\n ]"))
+        else:
+            out.write(json.dumps(value, indent=1).replace("\n", "\n "))
+        out.write(",\n" if i < len(items) - 1 else "\n")
+    out.write("}\n")
+
+
 def info_json(ckpt: Checkpoint) -> dict[str, Any]:
     report = scan(ckpt)
     shared = shared_storage(ckpt)
@@ -249,8 +268,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         return _unreadable(args.path, err)
     if args.json:
-        json.dump(info_json(ckpt), sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        write_json(info_json(ckpt), sys.stdout)
         damaged = totals(ckpt)["damaged_tensors"]
         if damaged:
             print(f"ckpt-inspector: {args.path}: {damaged} damaged tensor(s) listed with "
