@@ -1,31 +1,71 @@
 """A bare pickle stream (``.pkl``, old ``.bin`` files), read with the same interpreter.
 
+``pickle.load`` and ``torch.load`` (on a file that is neither a zip nor a tar
+archive) both start by unpickling whatever the first bytes hold, so a file is a
+pickle whenever its first opcode is one and the interpreter gets through its
+first bytes: a stream may start with any opcode (``BININT2 ... POP`` before the
+real object), not only with ``PROTO``. When the first pickle evaluates to
+torch's magic number the rest is read as the legacy format, as torch does.
+
 A tensor pickled with plain ``pickle.dump`` carries its storage as a torch
 checkpoint nested in bytes (``torch.storage._load_from_bytes(b'...')``); that
-nested checkpoint is read the same way, without running anything.
+nested checkpoint is read the way ``torch.load`` reads bytes, without running
+anything.
 """
 
 from __future__ import annotations
 
 import os
+import pickletools
 from typing import Any
 
-from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core import pickle_vm
+from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.formats import torch_legacy, torch_zip
 from ckpt_inspector.core.formats._common import Blob, build_tree, run_pickle
 from ckpt_inspector.core.pickle_vm import LazyBytes
 from ckpt_inspector.core.tree import Checkpoint, Node
 
-# opcodes a protocol 0/1 pickle can start with
-_PROTO0_FIRST = set(b"(]})NIJKLFSVUTXcdlt")
+# every opcode of protocols 0-5 (pickletools.opcodes); 0x97/0x98 (out-of-band buffers)
+# only load with a buffers argument, which neither pickle.load nor torch.load passes
+OPCODES = frozenset(ord(op.code) for op in pickletools.opcodes) - {0x97, 0x98}
+SNIFF_BYTES = 64 << 10
 
 
 def sniff(head: bytes) -> bool:
-    if not head:
+    """Whether a loader would unpickle these bytes without failing on the first of them:
+    the first byte is an opcode and the interpreter runs through ``head`` (at most
+    :data:`SNIFF_BYTES` of it) without an error other than running out of data."""
+    head = bytes(head[:SNIFF_BYTES])
+    if not head or head[0] not in OPCODES:
         return False
-    if head[0] == 0x80:
-        return len(head) > 1 and head[1] <= 5
-    return head[0] in _PROTO0_FIRST
+    try:
+        pickle_vm.load(head)
+    except PickleError as err:
+        return _cut_short(err, head)
+    except Exception:  # any other failure of the interpreter: not a stream it reads
+        return False
+    return True
+
+
+def _cut_short(err: PickleError, head: bytes) -> bool:
+    """Whether the interpreter failed only because ``head`` ends where the file goes on:
+    an opcode or argument running past the end (a truncated stream, a missing newline,
+    a frame or length longer than what is there)."""
+    reason, at = err.reason, err.offset
+    if reason.startswith("truncated pickle: missing end of line") and at is not None:
+        # a text argument: printable ASCII up to the end of what was read (UNICODE's
+        # raw-unicode-escape may hold any byte; STRING's starts with a quote)
+        op, rest = head[at], head[at + 1:]
+        if op == ord("V"):
+            return True
+        return all(0x20 <= b < 0x7F for b in rest) and (op != ord("S")
+                                                        or rest[:1] in (b"'", b'"'))
+    if reason.startswith(("truncated pickle", "frame length is larger")):
+        return True
+    # a fixed-size argument cut by the end reads as a stack underflow: the opcode sits
+    # in the last 9 bytes (8-byte argument and the opcode itself)
+    return at is not None and at >= len(head) - 9
 
 
 class _Nested:
@@ -41,25 +81,58 @@ class _Nested:
         self.count += 1
         label = f"{self.label}embedded#{self.count}/"
         try:
+            # torch.load(io.BytesIO(b)): a zip, or else (never a tar: only real files are
+            # tried as tar) the legacy stream, whose first pickle runs whatever it is
             if torch_zip.sniff(data[:8]):
                 return torch_zip.load_nested(self.ckpt, data, label)
-            if torch_legacy.sniff(data[:64]):
-                return torch_legacy.load_nested(self.ckpt, data, label)
+            return torch_legacy.load_nested(self.ckpt, data, label)
         except CheckpointError as err:
             self.ckpt.warnings.append(f"embedded checkpoint: {err}")
             return None
-        self.ckpt.warnings.append("embedded bytes are not a torch checkpoint")
-        return None
 
 
 def read(path: str) -> Checkpoint:
     ckpt = Checkpoint(path, "pickle", None, file_size=os.path.getsize(path))  # type: ignore[arg-type]
-    ckpt.root = read_into(ckpt, Blob(path), "")
+    try:
+        ckpt.root = read_stream(ckpt, Blob(path), "")
+    except CheckpointError as err:
+        raise _not_a_pickle(ckpt, err) from None
     return ckpt
 
 
-def read_into(ckpt: Checkpoint, blob: Blob, label: str, executed: bool = True) -> Node:
-    result = run_pickle(ckpt, blob.data, label, executed=executed)
+def _not_a_pickle(ckpt: Checkpoint, err: CheckpointError) -> CheckpointError:
+    """A stream that breaks before it imports or calls anything does nothing when a
+    loader runs it: bytes that only looked like a pickle at first (random data, text)
+    are not a checkpoint. Any other failure keeps what was read, for the scan."""
+    if len(ckpt.pickles) == 1 and ckpt.pickles[0].error:
+        result = ckpt.pickles[0].result
+        if not (result.globals or result.calls or result.anomalies):
+            return CheckpointError(f"not a checkpoint: the format is not recognised (the "
+                                   f"bytes break as a pickle: {ckpt.pickles[0].error})")
+    return err
+
+
+def read_stream(ckpt: Checkpoint, blob: Blob, label: str) -> Node:
+    """What a loader does with a stream: run its first pickle; when that evaluates (or may
+    evaluate) to torch's magic number and more bytes follow, go on as the legacy format."""
+    first = run_pickle(ckpt, blob.data, label, expect_end=False)
+    record = ckpt.pickles[-1]
+    if torch_legacy.equals(first.value, torch_legacy.MAGIC_NUMBER) is not False \
+            and first.end < len(blob.data):
+        if not label:
+            ckpt.format = "torch-legacy"
+        record.member = f"{label}magic number"
+        for g in first.globals:
+            g.member = record.member
+        return torch_legacy.read_into(ckpt, blob, label, first)
+    record.trailing = len(blob.data) - first.end
     if not label:
-        ckpt.metadata["pickle protocol"] = result.protocol
+        ckpt.metadata["pickle protocol"] = first.protocol
+    return build_tree(ckpt, first.value, nested_loader=_Nested(ckpt, label))
+
+
+def read_into(ckpt: Checkpoint, blob: Blob, label: str, executed: bool = True) -> Node:
+    if executed:
+        return read_stream(ckpt, blob, label)
+    result = run_pickle(ckpt, blob.data, label, executed=False)
     return build_tree(ckpt, result.value, nested_loader=_Nested(ckpt, label))
