@@ -5,11 +5,14 @@ bytes are never read or copied; each initializer keeps the offset of its data
 (inline ``raw_data`` or an external data file next to the model). ONNX holds
 no Python code, so the verdict is ``safe``; external data paths that leave
 the model's folder are refused.
+
+Walking is bounded (see ``_protobuf``): at most :data:`MAX_FIELDS` fields per
+model, :data:`MAX_NDIM` dimensions per tensor, and each shape's element count
+is checked dimension by dimension before anything multiplies it.
 """
 
 from __future__ import annotations
 
-import math
 import mmap
 import os
 from collections import Counter
@@ -20,6 +23,10 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import _protobuf as pb
 from ckpt_inspector.core.tensors import FileRange, VarintData
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
+
+MAX_FIELDS = 25_000_000  # ~10 s of walking; a large real model has a few million
+MAX_NDIM = 1024
+_INT64 = 1 << 63
 
 
 def sniff(head: bytes) -> bool:
@@ -55,7 +62,8 @@ def _read(path: str) -> Checkpoint:
     opsets: dict[str, int] = {}
     props: dict[str, str] = {}
     graph_span = None
-    for number, _wire, value in pb.fields(buf, 0, size):
+    budget = pb.Budget(MAX_FIELDS)
+    for number, _wire, value in pb.fields(buf, 0, size, budget):
         if number == 1:
             meta["ir_version"] = value
         elif number == 2:
@@ -72,14 +80,14 @@ def _read(path: str) -> Checkpoint:
             graph_span = value
         elif number == 8:
             domain, version = "", 0
-            for n2, _w2, v2 in pb.fields(buf, *value):
+            for n2, _w2, v2 in pb.fields(buf, *value, budget):
                 if n2 == 1:
                     domain = pb.text(buf, v2)
                 elif n2 == 2:
                     version = pb.signed64(v2)
             opsets[domain or "ai.onnx"] = version
         elif number == 14:
-            k, v = _string_pair(buf, value)
+            k, v = _string_pair(buf, value, budget)
             props[k] = v
     if "ir_version" not in meta:
         raise CheckpointError("not an ONNX model (no ir_version)")
@@ -88,14 +96,14 @@ def _read(path: str) -> Checkpoint:
     meta["opset_import"] = opsets
     if props:
         meta["metadata_props"] = props
-    _graph(buf, graph_span, path, root, meta)
+    _graph(buf, graph_span, path, root, meta, budget)
     ckpt.metadata.update(meta)
     return ckpt
 
 
-def _string_pair(buf: Any, span: tuple[int, int]) -> tuple[str, str]:
+def _string_pair(buf: Any, span: tuple[int, int], budget: pb.Budget) -> tuple[str, str]:
     key = value = ""
-    for n, _w, v in pb.fields(buf, *span):
+    for n, _w, v in pb.fields(buf, *span, budget):
         if n == 1:
             key = pb.text(buf, v)
         elif n == 2:
@@ -103,13 +111,14 @@ def _string_pair(buf: Any, span: tuple[int, int]) -> tuple[str, str]:
     return key, value
 
 
-def _graph(buf: Any, span: tuple[int, int], path: str, root: Node, meta: dict[str, Any]) -> None:
+def _graph(buf: Any, span: tuple[int, int], path: str, root: Node, meta: dict[str, Any],
+           budget: pb.Budget) -> None:
     ops: Counter[str] = Counter()
     inputs, outputs = [], []
-    for number, _wire, value in pb.fields(buf, *span):
+    for number, _wire, value in pb.fields(buf, *span, budget):
         if number == 1:  # NodeProto
             op, domain = "", ""
-            for n2, _w2, v2 in pb.fields(buf, *value):
+            for n2, _w2, v2 in pb.fields(buf, *value, budget):
                 if n2 == 4:
                     op = pb.text(buf, v2)
                 elif n2 == 7:
@@ -118,12 +127,12 @@ def _graph(buf: Any, span: tuple[int, int], path: str, root: Node, meta: dict[st
         elif number == 2:
             meta["graph"] = pb.text(buf, value)
         elif number == 5:  # initializer
-            name, info = _tensor(buf, value, path)
+            name, info = _tensor(buf, value, path, budget)
             root.add(Node("tensor", name, "onnx.TensorProto", tensor=info))
         elif number == 11:
-            inputs.append(_value_info(buf, value))
+            inputs.append(_value_info(buf, value, budget))
         elif number == 12:
-            outputs.append(_value_info(buf, value))
+            outputs.append(_value_info(buf, value, budget))
     initializer_names = {c.key for c in root.children}
     meta["inputs"] = [i for i in inputs if i["name"] not in initializer_names]
     meta["outputs"] = outputs
@@ -131,26 +140,30 @@ def _graph(buf: Any, span: tuple[int, int], path: str, root: Node, meta: dict[st
     meta["operators"] = dict(ops.most_common())
 
 
-def _value_info(buf: Any, span: tuple[int, int]) -> dict[str, Any]:
+def _value_info(buf: Any, span: tuple[int, int], budget: pb.Budget) -> dict[str, Any]:
     info: dict[str, Any] = {"name": "", "dtype": None, "shape": None}
-    for n, _w, v in pb.fields(buf, *span):
+    for n, _w, v in pb.fields(buf, *span, budget):
         if n == 1:
             info["name"] = pb.text(buf, v)
         elif n == 2:  # TypeProto
-            for n2, _w2, v2 in pb.fields(buf, *v):
+            for n2, _w2, v2 in pb.fields(buf, *v, budget):
                 if n2 != 1:  # only tensor types are described
                     info["dtype"] = "non-tensor"
                     continue
-                for n3, _w3, v3 in pb.fields(buf, *v2):
+                for n3, _w3, v3 in pb.fields(buf, *v2, budget):
                     if n3 == 1:
                         info["dtype"] = dtypes.ONNX_NAMES.get(v3, f"onnx:{v3}")
                     elif n3 == 2:
                         dims: list[Any] = []
-                        for n4, _w4, v4 in pb.fields(buf, *v3):
+                        for n4, _w4, v4 in pb.fields(buf, *v3, budget):
                             if n4 != 1:
                                 continue
+                            if len(dims) == MAX_NDIM:
+                                dims.append("…")
+                            if len(dims) > MAX_NDIM:
+                                continue  # walked (within the budget), not kept
                             dim: Any = None
-                            for n5, _w5, v5 in pb.fields(buf, *v4):
+                            for n5, _w5, v5 in pb.fields(buf, *v4, budget):
                                 if n5 == 1:
                                     dim = pb.signed64(v5)
                                 elif n5 == 2:
@@ -160,20 +173,31 @@ def _value_info(buf: Any, span: tuple[int, int]) -> dict[str, Any]:
     return info
 
 
-def _tensor(buf: Any, span: tuple[int, int], path: str) -> tuple[str, TensorInfo]:
+def _tensor(buf: Any, span: tuple[int, int], path: str,
+            budget: pb.Budget) -> tuple[str, TensorInfo]:
     name = ""
     dims: list[int] = []
+    ndim = 0  # dimensions in the file, beyond the MAX_NDIM kept
     code = 0
     raw = None
     typed: dict[int, tuple[int, int]] = {}
     external: dict[str, str] = {}
     location = 0
-    for n, wire, v in pb.fields(buf, *span):
+    for n, wire, v in pb.fields(buf, *span, budget):
         if n == 1:
-            if wire == pb.LEN:
-                dims.extend(pb.signed64(x) for x in pb.decode_packed_varints(bytes(buf[v[0]:v[1]])))
+            if wire == pb.LEN:  # packed: decoded only when there are few enough
+                left = MAX_NDIM - ndim  # a varint takes 1 to 10 bytes
+                packed = pb.decode_packed_varints(bytes(buf[v[0]:v[1]]), left) \
+                    if 0 <= v[1] - v[0] <= 10 * left else None
+                if packed is None:
+                    ndim = MAX_NDIM + 1
+                else:
+                    ndim += len(packed)
+                    dims.extend(pb.signed64(x) for x in packed)
             else:
-                dims.append(pb.signed64(v))
+                ndim += 1
+                if ndim <= MAX_NDIM:
+                    dims.append(pb.signed64(v))
         elif n == 2:
             code = v
         elif n == 8:
@@ -183,20 +207,25 @@ def _tensor(buf: Any, span: tuple[int, int], path: str) -> tuple[str, TensorInfo
         elif n in (4, 5, 7, 10, 11) and wire == pb.LEN:
             typed[n] = v
         elif n == 13:
-            k, val = _string_pair(buf, v)
+            k, val = _string_pair(buf, v, budget)
             external[k] = val
         elif n == 14:
             location = v
     dtype = dtypes.ONNX_CODES.get(code)
-    info = TensorInfo(dtype or dtypes.ONNX_NAMES.get(code, f"onnx:{code}"), tuple(dims), None,
-                      device="cpu")
+    numel = _numel(dims, ndim)
+    # a shape whose product is not an element count is not kept: whatever shows or sums
+    # it would multiply it again
+    info = TensorInfo(dtype or dtypes.ONNX_NAMES.get(code, f"onnx:{code}"),
+                      tuple(dims) if isinstance(numel, int) else (), None, device="cpu")
+    if isinstance(numel, str):
+        info.problem = numel
+        return name, info
     if dtype is None:
         info.problem = f"ONNX data type {info.dtype} has no torch equivalent"
         return name, info
     if code in dtypes.ONNX_PACKED_4BIT:
         info.problem = "packed 4-bit data: shown, not decoded"
         return name, info
-    numel = math.prod(dims)
     item = dtypes.itemsize(dtype) or 1
     source: Any = None
     if location == 1 or external:
@@ -220,6 +249,27 @@ def _tensor(buf: Any, span: tuple[int, int], path: str) -> tuple[str, TensorInfo
         info.problem = f"data holds {source.nbytes:,} bytes, {numel * item:,} expected"
     info.storage = StorageInfo(name, dtype, numel, "cpu", source, info.problem)
     return name, info
+
+
+def _numel(dims: list[int], ndim: int) -> int | str:
+    """The element count, or why there is none: each dimension is checked before it is
+    multiplied, so no product grows past int64 (a shape of a million huge dimensions
+    would otherwise take minutes)."""
+    if ndim > MAX_NDIM:
+        return f"more than {MAX_NDIM:,} dimensions: not read"
+    numel = 1
+    for d in dims:
+        if d < 0:
+            return f"negative dimension in shape {_short(dims)}"
+        numel *= d
+        if numel >= _INT64:
+            return f"the element count of shape {_short(dims)} overflows int64"
+    return numel
+
+
+def _short(dims: list[int]) -> str:
+    shown = ", ".join(str(d) for d in dims[:6])
+    return f"({shown}{', …' if len(dims) > 6 else ''}; {len(dims)} dimensions)"
 
 
 def _external(path: str, entry: dict[str, str], nbytes: int) -> tuple[Any, str | None]:

@@ -2,13 +2,20 @@
 
 Only the header is read. It holds no code, so the verdict is always ``safe``
 once the header is consistent.
+
+The header is checked the way the safetensors library checks it
+(``safetensors/src/tensor.rs``): at most ``MAX_HEADER_SIZE`` (100,000,000)
+bytes of UTF-8 JSON, dimensions that fit an unsigned 64-bit integer and whose
+running product does not overflow one, and data offsets that match the byte
+size. It is also bounded where the library is not, so that a crafted header
+cannot make reading slow or large: a number of tensors, dimensions per
+tensor, and JSON values per tensor; each cap is refused with its reason.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import struct
 from typing import Any
@@ -18,30 +25,48 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.tensors import FileRange
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
-MAX_HEADER = 100 << 20  # the limit the safetensors library itself enforces
+MAX_HEADER = 100_000_000  # MAX_HEADER_SIZE of the safetensors library
+# the library has no limit on these; ours keep a header within ~0.5 GB and a few seconds
+MAX_TENSORS = 300_000
+MAX_NDIM = 1024
+MAX_VALUES = 16 * MAX_TENSORS + (1 << 16)  # JSON values (commas, arrays, objects)
+_U64 = 1 << 64  # the library's usize: a size, or a running product, must stay below it
+
+
+class _NotAnInt:
+    """What a JSON float or NaN becomes: no field of a safetensors header may hold one."""
+
+    __slots__ = ()
+
+
+_FLOAT = _NotAnInt()
 
 
 def sniff(head: bytes) -> bool:
+    """A length below 4 GiB followed by ``{``; a header over the library's limit is
+    recognised, so that reading refuses it with that reason."""
     if len(head) < 9:
         return False
     (n,) = struct.unpack_from("<Q", head)
-    return 2 <= n <= MAX_HEADER and head[8:9] == b"{"
+    return 2 <= n < 1 << 32 and head[8:9] == b"{"
 
 
 def read(path: str) -> Checkpoint:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
+        first = f.read(8)
+        if len(first) < 8:
+            raise CheckpointError("safetensors header is truncated")
+        (n,) = struct.unpack("<Q", first)
         if n > MAX_HEADER:
-            raise CheckpointError(f"safetensors header of {n:,} bytes is larger than allowed")
+            raise CheckpointError(f"safetensors header of {n:,} bytes is larger than the "
+                                  f"{MAX_HEADER:,} the safetensors library accepts")
         if 8 + n > size:
             raise CheckpointError(
                 f"safetensors header claims {n:,} bytes but the file has {size - 8:,}")
         raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"safetensors header is not valid JSON: {err}") from None
+    header = _parse(raw)
+    del raw
     if not isinstance(header, dict):
         raise CheckpointError("safetensors header is not a JSON object")
     data_start = 8 + n
@@ -53,6 +78,9 @@ def read(path: str) -> Checkpoint:
         if not isinstance(metadata, dict):
             raise CheckpointError("safetensors __metadata__ is not a JSON object")
         ckpt.metadata["__metadata__"] = metadata
+    if len(header) > MAX_TENSORS:
+        raise CheckpointError(f"safetensors header lists {len(header):,} tensors: more than "
+                              f"the {MAX_TENSORS:,} ckpt-inspector reads")
     spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
         info = _tensor(name, entry, path, data_start, data_len)
@@ -68,27 +96,68 @@ def read(path: str) -> Checkpoint:
     return ckpt
 
 
+def _parse(raw: bytes) -> Any:
+    """The header's JSON, parsed only once it is known to hold a bounded number of values
+    (Python builds an object for every one of them)."""
+    # every value but the first of a container follows a comma; counted on the bytes (a
+    # comma inside a string counts too, which only matters for absurd metadata)
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    if values > MAX_VALUES:
+        raise CheckpointError(f"safetensors header holds up to {values:,} JSON values: more "
+                              f"than the {MAX_VALUES:,} ckpt-inspector reads (made for "
+                              f"{MAX_TENSORS:,} tensors)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError("safetensors header is not valid UTF-8") from None
+    try:
+        return json.loads(text, parse_float=lambda _s: _FLOAT,
+                          parse_constant=lambda _s: _FLOAT)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"safetensors header is not valid JSON: {err}") from None
+    except RecursionError:
+        raise CheckpointError("safetensors header is not valid JSON: nested too deeply") \
+            from None
+
+
+def _size(value: Any) -> bool:
+    """A usize as the library reads it: an integer in [0, 2**64)."""
+    return type(value) is int and 0 <= value < _U64
+
+
 def _tensor(name: str, entry: Any, path: str, data_start: int, data_len: int) -> TensorInfo:
     if not isinstance(entry, dict):
         raise CheckpointError(f"safetensors entry {name!r} is not an object")
     code = entry.get("dtype")
     shape = entry.get("shape")
     offsets = entry.get("data_offsets")
-    if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+    if not isinstance(shape, list):
         raise CheckpointError(f"safetensors entry {name!r} has a malformed shape")
-    if not (isinstance(offsets, list) and len(offsets) == 2
-            and all(isinstance(o, int) for o in offsets)):
+    if len(shape) > MAX_NDIM:
+        raise CheckpointError(f"safetensors entry {name!r} has {len(shape):,} dimensions: "
+                              f"more than the {MAX_NDIM:,} ckpt-inspector reads")
+    # the library's try_fold(1, checked_mul): every running product must fit in 64 bits,
+    # checked before the next multiplication so no product ever grows large
+    numel = 1
+    for s in shape:
+        if not _size(s):
+            raise CheckpointError(f"safetensors entry {name!r} has a malformed shape")
+        numel *= s
+        if numel >= _U64:
+            raise CheckpointError(f"safetensors entry {name!r}: its shape's element count "
+                                  "overflows 64 bits")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_size, offsets))):
         raise CheckpointError(f"safetensors entry {name!r} has malformed data_offsets")
     begin, end = offsets
     if not 0 <= begin <= end <= data_len:
         raise CheckpointError(f"safetensors entry {name!r} lies outside the file")
-    dtype = dtypes.SAFETENSORS_CODES.get(code)
-    info = TensorInfo(dtype or f"safetensors:{code}", tuple(shape), None, 0, device="cpu")
+    dtype = dtypes.SAFETENSORS_CODES.get(code) if isinstance(code, str) else None
+    info = TensorInfo(dtype or f"safetensors:{str(code)[:40]}", tuple(shape), None, 0,
+                      device="cpu")
     if dtype is None:
-        info.problem = f"dtype {code!r} is not supported"
+        info.problem = f"dtype {str(code)[:40]!r} is not supported"
         return info
     item = dtypes.itemsize(dtype) or 1
-    numel = math.prod(shape)
     if numel * item != end - begin:
         raise CheckpointError(
             f"safetensors entry {name!r}: {end - begin:,} bytes for {numel:,} {code} elements")
