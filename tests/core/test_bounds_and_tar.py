@@ -1,0 +1,199 @@
+"""Tar, legacy and bare-pickle files read the way torch reads them, and header bombs in
+safetensors, ONNX and the legacy format kept within time and memory.
+
+Each trick's payload is first shown to run under ``torch.load(weights_only=False)`` (in
+a child process), then the scan must call the file dangerous without running it."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import random
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from ckpt_inspector.core import CheckpointError, open_checkpoint
+from ckpt_inspector.core.formats import detect_format, torch_tar
+from ckpt_inspector.core.scan import scan
+
+import hostile_files as hf
+from test_hostile_structures import run_limited
+
+SAMPLES = {name: (builder, expect, code) for name, builder, expect, code, _ in hf.SAMPLES}
+
+
+def verdict_of(path):
+    try:
+        ckpt = open_checkpoint(path)
+    except CheckpointError as err:
+        if err.partial is None:
+            return "refused", set()
+        report = scan(err.partial, str(err))
+    else:
+        report = scan(ckpt)
+    return report.verdict, {f.code for f in report.findings}
+
+
+def test_torch_runs_each_trick(torch, tmp_path):
+    """The oracle: torch.load(weights_only=False) runs every live sample's payload."""
+    paths = []
+    for name in sorted(hf.LIVE_WITH_TORCH):
+        path = tmp_path / name
+        path.write_bytes(SAMPLES[name][0](torch, tmp_path / f"{name}.ran"))
+        paths.append(str(path))
+    code = """
+import sys, warnings, torch
+warnings.simplefilter("ignore")
+for p in sys.argv[1:]:
+    try:
+        torch.load(p, weights_only=False)
+    except Exception:
+        pass  # most fail after their payload ran (wrong magic number, missing data)
+"""
+    subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, timeout=300,
+                   cwd=tmp_path)
+    dead = [n for n in sorted(hf.LIVE_WITH_TORCH) if not (tmp_path / f"{n}.ran").exists()]
+    assert not dead, f"payloads torch.load does not run: {dead}"
+
+
+def test_each_sample_gets_its_verdict_and_nothing_runs(torch, tmp_path, marker):
+    wrong = []
+    for name, (builder, expect, code) in SAMPLES.items():
+        path = tmp_path / name
+        path.write_bytes(builder(torch, marker))
+        verdict, codes = verdict_of(path)
+        if verdict != expect or (code and code not in codes):
+            wrong.append(f"{name}: {verdict} {sorted(codes)}, expected {expect} with {code}")
+        path.unlink()
+    assert not wrong, "\n".join(wrong)
+
+
+# -- tar: detection and member resolution as tarfile does them -------------------------------
+def _tar_opens(data: bytes) -> bool:
+    """torch's test: tarfile.open(mode="r:") without a TarError."""
+    try:
+        tarfile.open(fileobj=io.BytesIO(data), mode="r:").close()
+    except tarfile.TarError:
+        return False
+    return True
+
+
+def test_is_tar_agrees_with_tarfile_open(torch, tmp_path):
+    rng = random.Random(12)
+    cases = {
+        "v7": hf.tar_v7(torch, tmp_path / "m"),
+        "gnu": hf.tar_bytes([("storages", b"x")]),
+        "pax": hf.tar_bytes([("storages", b"x")], fmt=tarfile.PAX_FORMAT),
+        "ustar": hf.tar_bytes([("storages", b"x")], fmt=tarfile.USTAR_FORMAT),
+        "zeros": bytes(1024),
+        "short": hf.tar_bytes([("a", b"")])[:300],
+        "pickle": pickle.dumps({"a": 1}),
+        "text": b"hello world\n" * 100,
+        **{f"random{i}": rng.randbytes(2048) for i in range(20)},
+    }
+    for name, data in cases.items():
+        if name == "zeros":  # an empty archive: torch fails on it, nothing runs
+            assert _tar_opens(data) and not torch_tar.is_tar(data[:512])
+            continue
+        assert torch_tar.is_tar(data[:512]) == _tar_opens(data), name
+    assert torch_tar.is_tar(cases["v7"]) and not torch_tar.is_tar(cases["text"])
+
+
+def test_tar_link_loop_and_member_cap_are_bounded(tmp_path, monkeypatch):
+    loop = hf.tar_bytes([("storages", hf.EMPTY_STORAGES), ("tensors", hf.EMPTY_TENSORS),
+                         ("a", ("sym", "b")), ("b", ("sym", "a")), ("pickle", ("sym", "a"))])
+    path = tmp_path / "loop.pt"
+    path.write_bytes(loop)
+    with pytest.raises(CheckpointError, match="loop"):
+        open_checkpoint(path)
+    many = hf.tar_bytes([("storages", hf.EMPTY_STORAGES)]
+                        + [(f"m{i}", b"") for i in range(60)])
+    path = tmp_path / "many.pt"
+    path.write_bytes(many)
+    monkeypatch.setattr(torch_tar, "MAX_MEMBERS", 50)
+    with pytest.raises(CheckpointError, match="more than 50 members"):
+        open_checkpoint(path)
+
+
+def test_tar_symlink_to_an_extracted_member_reads_it(torch, tmp_path):
+    """tensors -> storages: torch opens the extracted storages file a second time."""
+    storages = pickle.dumps(0, protocol=2) + pickle.dumps([], protocol=2)
+    data = hf.tar_bytes([("storages", storages), ("tensors", ("sym", "storages")),
+                         ("pickle", pickle.dumps({"epoch": 3}, protocol=2))])
+    path = tmp_path / "alias.pt"
+    path.write_bytes(data)
+    assert torch.load(path, weights_only=False) == {"epoch": 3}
+    ckpt = open_checkpoint(path)
+    report = scan(ckpt)
+    assert report.verdict == "dangerous" and "tar-link" in {f.code for f in report.findings}
+    assert [c.key for c in ckpt.root.children] == ["epoch"]
+
+
+# -- bare pickles ---------------------------------------------------------------------------
+def test_random_bytes_are_still_not_a_checkpoint(tmp_path):
+    rng = random.Random(7)
+    for i in range(30):
+        path = tmp_path / f"noise{i}.bin"
+        path.write_bytes(rng.randbytes(4096))
+        with pytest.raises(CheckpointError, match=r"not a checkpoint|not recognised"):
+            detect_format(str(path))
+
+
+def test_a_pickle_may_start_with_any_opcode(tmp_path):
+    for prefix in (b"M\x01\x000", b"K\x07\x85" + b"0", b"N0", b"]0", b"\x88" + b"0"):
+        path = tmp_path / "odd.pkl"
+        path.write_bytes(prefix + pickle.dumps({"lr": 0.1}, protocol=2))
+        assert pickle.loads(path.read_bytes()) == {"lr": 0.1}
+        ckpt = open_checkpoint(path)
+        assert [(c.key, c.value) for c in ckpt.root.children] == [("lr", 0.1)], prefix
+
+
+# -- bounds: the CLI under a memory limit, with a clear message -----------------------------
+@pytest.mark.parametrize("name, message", [
+    ("safetensors_150000_dims.safetensors", "150,000 dimensions"),
+    ("safetensors_overflowing_dims.safetensors", "overflows 64 bits"),
+    ("safetensors_many_tensors.safetensors", "JSON values"),
+    ("tar_pax_digits.pt", "digits: refused"),
+])
+def test_header_bombs_are_refused_with_a_reason(torch, tmp_path, marker, name, message):
+    path = tmp_path / name
+    path.write_bytes(SAMPLES[name][0](torch, marker))
+    proc = run_limited("info", str(path), "--json", timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("name, message", [
+    ("onnx_150000_dims", "more than 1,024 dimensions"),
+    ("onnx_packed_dims", "more than 1,024 dimensions"),
+])
+def test_onnx_dimension_bombs_are_marked_not_multiplied(torch, tmp_path, name, message):
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(getattr(hf, name)(torch, tmp_path / "m"))
+    proc = run_limited("info", str(path), "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    [tensor] = json.loads(proc.stdout)["tensors"]
+    assert message in json.dumps(tensor)
+
+
+def test_legacy_huge_integer_is_bounded_and_the_payload_found(torch, tmp_path, marker):
+    path = tmp_path / "big_int.pt"
+    path.write_bytes(hf.legacy_huge_integer(torch, marker))
+    proc = run_limited("scan", str(path), "--json", timeout=120)
+    report = json.loads(proc.stdout)
+    assert report["verdict"] == "dangerous" and "posix.system" in report["globals"]
+
+
+def test_a_legitimate_100000_tensor_safetensors_opens(tmp_path):
+    n = 100_000
+    parts = b",".join(b'"t%d":{"dtype":"U8","shape":[1],"data_offsets":[%d,%d]}' % (i, i, i + 1)
+                      for i in range(n))
+    path = tmp_path / "many.safetensors"
+    path.write_bytes(hf._safetensors(b"{" + parts + b"}", bytes(n)))
+    proc = run_limited("scan", str(path), "--json", timeout=120)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["verdict"] == "safe", proc.stderr
+
