@@ -834,6 +834,9 @@ def main(argv: list[str] | None = None) -> int:
         return launch_app(argv)
     args = parser.parse_args(argv)
     handler = COMMANDS[args.command]
+    for stream in (sys.stdout, sys.stderr):  # a file's names may hold lone surrogates
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return handler(args)
     except BrokenPipeError:  # e.g. piped into head

@@ -251,6 +251,14 @@ def build(out: Path, marker: Path) -> list[Sample]:
         if expect == "dangerous":
             add(name, builder(torch, marker), expect, finding, about)
 
+    # tar links and V7 headers, odd first opcodes, computed legacy headers (builders in
+    # hostile_files.py, proven live in tests/core/test_bounds_and_tar.py)
+    import hostile_files
+
+    for name, builder, expect, finding, about in hostile_files.SAMPLES:
+        if expect == "dangerous":
+            add(name, builder(torch, marker), expect, finding, about)
+
     # torch files ---------------------------------------------------------------------------
     weights = {"w": torch.ones(2)}
     evil = {**weights, "hook": Reduce(os.system, touch)}
