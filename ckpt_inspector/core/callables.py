@@ -6,8 +6,9 @@ one kind per name:
 
 ``m`` module, ``c`` class, ``r`` record class (namedtuple, enum, exception: building
 one only stores values), ``a`` a class whose construction acts on the world (runs
-commands, opens files or sockets, downloads, loads code), ``f`` a callable that is
-not a class. A name under those packages that the table does not hold (a dotted
+commands, opens files or sockets, downloads, loads code), ``s`` a class whose
+``__setstate__`` loads or runs what the state holds, ``t`` a metaclass, ``f`` a callable
+that is not a class. A name under those packages that the table does not hold (a dotted
 walk such as ``Path.write_text``, a method) is judged by :func:`kind_of`.
 """
 
@@ -19,24 +20,26 @@ from functools import lru_cache
 from importlib import resources
 
 MODULE, CLASS, RECORD, ACTING, FUNCTION, UNKNOWN = "m", "c", "r", "a", "f", "?"
-CLASS_KINDS = frozenset({CLASS, RECORD, ACTING})
-KNOWN_ROOTS = frozenset({"torch", "torchvision", "numpy", "builtins", "__builtin__"}) | \
-    frozenset(sys.stdlib_module_names)
+SETSTATE, METACLASS = "s", "t"
+CLASS_KINDS = frozenset({CLASS, RECORD, ACTING, SETSTATE, METACLASS})
 
 
 @lru_cache(maxsize=1)
-def _table() -> tuple[dict[str, str], dict[str, str]]:
+def _table() -> tuple[dict[str, str], dict[str, str], frozenset[str]]:
     kinds: dict[str, str] = {}
     canon: dict[str, str] = {}
+    roots = {"builtins", "__builtin__", *sys.stdlib_module_names}
     raw = resources.files("ckpt_inspector.core").joinpath("callables.tsv.gz").read_bytes()
     for line in gzip.decompress(raw).decode().splitlines():
         if not line or line[0] == "#":
+            if line.startswith("# roots:"):
+                roots.update(line[len("# roots:"):].split())
             continue
         parts = line.split("\t")
         kinds[parts[0]] = parts[1]
         if len(parts) > 2:
             canon[parts[0]] = parts[2]
-    return kinds, canon
+    return kinds, canon, frozenset(roots)
 
 
 def canonical(full_name: str) -> str:
@@ -76,4 +79,7 @@ def kind_of(module: str, name: str) -> str:
 
 
 def is_known_package(module: str) -> bool:
-    return module.split(".")[0] in KNOWN_ROOTS
+    """Whether the table covers ``module``'s package (the standard library, torch,
+    torchvision, numpy and what is installed with them): a name there that the table lacks
+    is no class the installed libraries have."""
+    return module.split(".")[0] in _table()[2]

@@ -27,6 +27,7 @@ from typing import Any
 
 from ckpt_inspector.core import callables
 from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_GLOBALS
+from ckpt_inspector.core.pickle_tree import literal_bytes
 from ckpt_inspector.core.pickle_vm import Builds, Call, GlobalRef, PickleResult
 
 # Library functions that rebuild an object from its parts when unpickled (their
@@ -46,6 +47,7 @@ RECONSTRUCTORS = frozenset({
     "torch.nn.modules.module._forward_unimplemented",
     "logging.getLogger", "re._compile", "zoneinfo.ZoneInfo._unpickle",
     "array._array_reconstructor", "torch.nested._internal.nested_tensor._rebuild_njt",
+    "numpy.ma.core._mareconstruct",
 })
 # TorchScript's own unpickler (C++) builds these itself; nothing by these names is imported
 RECONSTRUCTOR_PREFIXES = ("torch.jit._pickle.",)
@@ -72,7 +74,17 @@ CONSUMERS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "itertools.accumulate": ((1,), ()),
     "functools.reduce": ((0,), ()),
     "_functools.reduce": ((0,), ()),
+    "itertools.groupby": ((1,), ()),
+    "weakref.finalize": ((1,), ()),
+    "weakref.ref": ((1,), ()),
+    "_weakref.ref": ((1,), ()),
+    "weakref.WeakMethod": ((1,), ()),
+    "numpy.random._pickle.__generator_ctor": ((1,), ()),
+    "numpy.random._pickle.__randomstate_ctor": ((1,), ()),
 }
+# methods the unpickler looks up on the object itself for APPEND(S) and ADDITEMS: an
+# instance attribute of that name, planted by BUILD, is called with the file's items
+ITEM_METHODS = frozenset({"append", "extend", "add"})
 # rebuild functions that set a state argument on what they build (torch's _set_obj_state)
 STATE_ARGS = {"torch._utils._rebuild_parameter_with_state": 3,
               "torch._tensor._rebuild_from_type_v2": 3, "torch._tensor._rebuild_from_type": 3}
@@ -101,6 +113,7 @@ class Use:
     called_by: list[str] = field(default_factory=list)  # allowlisted callers that call it
     class_for: list[str] = field(default_factory=list)  # callers that use it as a class
     kept_by: list[str] = field(default_factory=list)  # partial/defaultdict that keep it
+    given_state: bool = False  # BUILD gives its instances a state (their __setstate__ runs)
 
 
 @dataclass
@@ -181,7 +194,7 @@ class Analysis:
                 use.called.append(c)
         elif use is not None:
             use.built.append(c)
-        if isinstance(func, Call):
+        if isinstance(func, Call) and attribute_name(func) not in RECONSTRUCTORS:
             inner = func.func_name or "<computed>"
             self.verdicts.append(Verdict(
                 "dangerous", "calls-result",
@@ -190,6 +203,12 @@ class Analysis:
         if use is None:
             return
         name = use.ref.full_name
+        if name == "torch.storage._load_from_bytes" and c.args and \
+                literal_bytes(c.args[0]) is None:
+            self.verdicts.append(Verdict(
+                "dangerous", "computed-checkpoint",
+                f"torch.load()s a checkpoint from bytes computed at load time "
+                f"({_short(c.args[0])}): what it runs cannot be read", c.offset, name))
         positions = CONSUMERS.get(name) or CONSUMERS.get(use.canonical)
         if positions:
             called_at, class_at = positions
@@ -240,12 +259,28 @@ class Analysis:
 
     # -- BUILD -----------------------------------------------------------------------------
     def _state(self, c: Call) -> None:
+        if c.state is not None:
+            target = c.func
+            if c.func_name in ("copyreg._reconstructor", "copy_reg._reconstructor",
+                               "copyreg.__newobj__", "copyreg.__newobj_ex__") and c.args:
+                target = c.args[0]
+            use = self.by_id.get(id(target))
+            if use is not None:
+                use.given_state = True
         states = [c.state] if c.state is not None else []
         at = STATE_ARGS.get(c.func_name or "")
         if at is not None and at < len(c.args):
             states.append(c.args[at])  # set on the rebuilt tensor attribute by attribute
         for state in (d for s in states for d in _states(s)):
             for key, value in state.items():
+                if key in ITEM_METHODS and isinstance(value, (GlobalRef, Call)):
+                    self.verdicts.append(Verdict(
+                        "dangerous", "build-sets-method",
+                        f"BUILD sets {key} on a {c.func_name or 'computed'} object to "
+                        f"{_short(value)}: APPEND(S)/ADDITEMS call it with the file's items",
+                        c.offset, value.full_name if isinstance(value, GlobalRef) and
+                        value.literal else None))
+                    continue
                 if not (isinstance(key, str) and key.startswith("__") and key.endswith("__")):
                     continue
                 if key in BEHAVIOUR_DUNDERS or isinstance(value, (GlobalRef, Call)):
@@ -255,6 +290,15 @@ class Analysis:
                         f"{_short(value)}: a later BUILD or call runs it", c.offset,
                         value.full_name if isinstance(value, GlobalRef) and value.literal
                         else None))
+
+
+def attribute_name(c: Call) -> str | None:
+    """``module.Class.attr`` for ``getattr(module.Class, 'attr')`` (protocol 2 writes a
+    classmethod such as ``ZoneInfo._unpickle`` that way), else None."""
+    if c.func_name == "builtins.getattr" and len(c.args) == 2 and isinstance(
+            c.args[0], GlobalRef) and c.args[0].literal and isinstance(c.args[1], str):
+        return f"{c.args[0].full_name}.{c.args[1]}"
+    return None
 
 
 def _states_raw(state: Any) -> Iterator[Any]:
@@ -288,6 +332,16 @@ def judge_use(use: Use) -> tuple[str, str] | None:
                              f"{_kind_word(kind)}")
     if allowed:
         return None
+    if kind == callables.METACLASS and any(len(c.args) >= 2 for c in use.called):
+        return "dangerous", (f"makes a class at load time with {name}"
+                             f"{_short(use.called[0].args)}: its methods are the file's")
+    if kind == callables.SETSTATE and use.given_state:
+        return "dangerous", (f"builds {name} with a state: its __setstate__ loads or runs "
+                             "what the state holds")
+    with_args = [c for c in use.called + use.built if c.args or c.kwargs]
+    if kind == callables.UNKNOWN and with_args and callables.is_known_package(name):
+        return "dangerous", (f"calls {name} with {_short(with_args[0].args)}: the installed "
+                             "package has no class of that name")
     if kind == callables.MODULE:
         return "dangerous", f"imports the module {use.canonical} itself as {name}"
     if use.called and kind == callables.FUNCTION and not reconstructor:
@@ -326,9 +380,22 @@ IMPURE_ATTRS = frozenset({"from_file", "load", "save", "eval", "exec", "open", "
                           "locals", "exit", "quit", "help"})
 
 
+# torch modules whose functions act on files, processes or code: not kept lightly
+TORCH_ACTING = ("torch.utils.collect_env", "torch.hub", "torch.serialization",
+                "torch.distributed", "torch._inductor", "torch.utils.cpp_extension", "torch.fx",
+                "torch.jit", "torch.package", "torch._dynamo", "torch.export", "torch.utils.data",
+                "torch.multiprocessing", "torch.profiler", "torch.utils.tensorboard",
+                "torch._C._distributed", "torch.compiler", "torch.onnx", "torch._export")
+
+
 def _pure(canonical: str) -> bool:
     module, _, attr = canonical.rpartition(".")
-    return module in PURE_MODULES and attr not in IMPURE_ATTRS
+    if attr in IMPURE_ATTRS:
+        return False
+    if module in PURE_MODULES:
+        return True
+    # torch's own helpers (a GradScaler's per-optimizer state factory)
+    return module.startswith("torch.") and not module.startswith(TORCH_ACTING)
 
 
 def _kind_word(kind: str) -> str:

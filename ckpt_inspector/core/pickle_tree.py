@@ -62,17 +62,41 @@ def type_name_of(value: Any) -> str:
     return type(value).__name__
 
 
-def literal_bytes(value: Any) -> bytes | LazyBytes | None:
-    """Bytes written in the stream, including protocol 2's ``_codecs.encode(str, 'latin1')``."""
+# the names codecs.lookup accepts for the encodings a stream may spell bytes with
+_CODEC_ALIASES = {
+    "latin-1": {"latin1", "latin_1", "latin", "l1", "iso8859", "iso8859_1", "iso_8859_1",
+                "iso_8859_1_1987", "iso_ir_100", "8859", "cp819", "ibm819", "csisolatin1"},
+    "utf-8": {"utf8", "utf_8", "u8", "utf", "utf8_ucs2", "utf8_ucs4", "cp65001"},
+    "ascii": {"ascii", "646", "us_ascii", "us", "ansi_x3.4_1968", "ansi_x3_4_1968", "cp367",
+              "csascii", "ibm367", "iso646_us", "iso_646.irv_1991", "iso_ir_6"},
+}
+
+
+def _codec(name: Any) -> str | None:
+    if not isinstance(name, str):
+        return None
+    norm = name.strip().lower().replace("-", "_").replace(" ", "_")
+    return next((c for c, names in _CODEC_ALIASES.items() if norm in names), None)
+
+
+def literal_bytes(value: Any, depth: int = 0) -> bytes | LazyBytes | None:
+    """Bytes written in the stream, including protocol 2's ``_codecs.encode(str, 'latin1')``
+    (any spelling of the codec ``codecs.lookup`` accepts) and ``bytearray(b'...')``/
+    ``bytes(b'...')`` around them."""
     if isinstance(value, (bytes, bytearray, LazyBytes)):
         return value
-    if (isinstance(value, Call) and value.func_name == "_codecs.encode"
-            and len(value.args) == 2 and isinstance(value.args[0], str)
-            and value.args[1] in ("latin1", "latin-1")):
-        try:
-            return value.args[0].encode("latin-1")
-        except UnicodeEncodeError:
-            return None
+    if isinstance(value, Call) and depth < 4:
+        name = value.func_name
+        if name in ("builtins.bytearray", "builtins.bytes") and len(value.args) == 1:
+            return literal_bytes(value.args[0], depth + 1)
+        if name in ("_codecs.encode", "codecs.encode") and len(value.args) == 2 \
+                and isinstance(value.args[0], str):
+            codec = _codec(value.args[1])
+            try:
+                return value.args[0].encode(codec) if codec else None
+            except UnicodeEncodeError:
+                return None
+        return None
     if isinstance(value, str):  # protocol 0/1 numpy data is a latin-1 str
         try:
             return value.encode("latin-1")
@@ -152,6 +176,7 @@ class TreeBuilder:
         max_nodes: int = 1_000_000,
         script_module_roles: Callable[[Call], dict[str, str] | None] | None = None,
         nested_loader: Callable[[bytes | LazyBytes], Any] | None = None,
+        embedded: dict[int, Any] | None = None,
     ):
         self.max_depth = max_depth
         self.max_nodes = max_nodes
@@ -162,7 +187,7 @@ class TreeBuilder:
         self._tensors: dict[int, TensorInfo | None] = {}
         self._alive: list[Any] = []
         self._scalar_lists: dict[int, bool] = {}
-        self._nested: dict[int, Any] = {}
+        self._nested: dict[int, Any] = dict(embedded or {})  # read already by the reader
         self._truncated = False
 
     # -- entry point -----------------------------------------------------------------
@@ -313,7 +338,8 @@ class TreeBuilder:
                 return node
         if name == "numpy.dtype" and args:
             return Node("value", key, "numpy.dtype", f"dtype({args[0]!r})")
-        if name == "torch.storage._load_from_bytes" and self.nested_loader and args:
+        if name == "torch.storage._load_from_bytes" and args and (
+                self.nested_loader or id(call) in self._nested):
             nested = self._load_nested(call)
             if nested is not None:
                 return self._convert(nested, key, depth + 1, ancestors)
@@ -530,7 +556,8 @@ class TreeBuilder:
         shape = _shape(size)
         strides = _shape(stride) if stride is not None else None
         if not isinstance(storage, StorageInfo) and isinstance(storage, Call) and \
-                storage.func_name == "torch.storage._load_from_bytes" and self.nested_loader:
+                storage.func_name == "torch.storage._load_from_bytes" and (
+                    self.nested_loader or id(storage) in self._nested):
             storage = self._load_nested(storage)
         st = storage if isinstance(storage, StorageInfo) else None
         info = TensorInfo(

@@ -40,6 +40,9 @@ _CHECK_EVERY = 1 << 12
 # a dict key or set member whose hash would visit more items than this is refused: tuple
 # hashes are not cached, and memo references let a small stream name an enormous key
 MAX_KEY_ITEMS = 1 << 20
+# torch.save and pickle.dump memoize each imported name; TorchScript names a class per
+# module: tens of thousands of imports is a flood meant to exhaust the reader
+MAX_GLOBALS = 50_000
 _WORK_CHECK = 1 << 20
 _P = (1 << 61) - 1  # CPython reduces numeric hashes modulo this prime
 HIGHEST_PROTOCOL = 5
@@ -396,6 +399,9 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
             elif module in _compat_pickle.IMPORT_MAPPING:
                 original = (module, name)
                 module = _compat_pickle.IMPORT_MAPPING[module]
+        if len(globals_) >= MAX_GLOBALS:
+            raise fail(f"more than {MAX_GLOBALS:,} imports in one stream: refused (pickles "
+                       "import each name once and then reuse it)", at)
         ref = GlobalRef(module, name, at, _name(opcode), literal, original)
         globals_.append(ref)
         if not literal:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ckpt_inspector.core import callables
 from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_GLOBALS
-from ckpt_inspector.core.calls import Analysis, Use, judge_use
+from ckpt_inspector.core.calls import RECONSTRUCTORS, Analysis, Use, attribute_name, judge_use
 from ckpt_inspector.core.pickle_vm import Call, GlobalRef, LazyBytes
 from ckpt_inspector.core.tree import Checkpoint
 
@@ -155,7 +155,9 @@ def _benign_use(name: str, uses: list[Call], called: set[int]) -> str | None:
         for c in uses:
             if not (len(c.args) == 2 and isinstance(c.args[0], (Call, GlobalRef))
                     and isinstance(c.args[1], str) and not c.args[1].startswith("__")
-                    and c.args[1].isidentifier()) or id(c) in called:
+                    and c.args[1].isidentifier()):
+                return None
+            if id(c) in called and attribute_name(c) not in RECONSTRUCTORS:
                 return None
         methods = sorted({f"{_name_of(c.args[0])}.{c.args[1]}" for c in uses})
         return (f"reads attribute {', '.join(methods[:3])} of an object or class in the file, "

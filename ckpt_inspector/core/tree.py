@@ -172,6 +172,10 @@ class Checkpoint:
     warnings: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     runs_code: str | None = None  # why loading this file runs code besides imports (TorchScript)
+    # checkpoints embedded as bytes (torch.storage._load_from_bytes), read as torch.load
+    # reads them: id of the call -> the inert value; how deep such reading goes now
+    embedded: dict[int, Any] = field(default_factory=dict, repr=False)
+    embed_depth: int = 0
 
     def tensors(self) -> Iterator[tuple[list[Any], Node]]:
         """``(path, node)`` for every tensor node, in tree order."""

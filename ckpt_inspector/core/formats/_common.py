@@ -9,7 +9,8 @@ from typing import Any
 
 from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import CheckpointError, PickleError
-from ckpt_inspector.core.pickle_tree import TreeBuilder
+from ckpt_inspector.core.pickle_tree import TreeBuilder, literal_bytes
+from ckpt_inspector.core.scan import DANGEROUS, Finding
 from ckpt_inspector.core.tensors import BytesRange, DataSource, FileRange
 from ckpt_inspector.core.tree import Checkpoint, Node, PickleRecord
 
@@ -73,6 +74,7 @@ def run_pickle(
         partial = err.result or pickle_vm.PickleResult(None, start, start, 0)
         _tag(partial, member)
         ckpt.pickles.append(PickleRecord(member, partial, error=str(err), executed=executed))
+        read_embedded(ckpt, partial, member)
         where = f" in {member}" if member else ""
         raise _with_partial(CheckpointError(f"broken pickle{where}: {err}"), ckpt) from None
     _tag(result, member)
@@ -80,7 +82,40 @@ def run_pickle(
     if expect_end:
         record.trailing = len(data) - result.end
     ckpt.pickles.append(record)
+    read_embedded(ckpt, result, member)
     return result
+
+
+EMBED_DEPTH = 4
+_LOAD_FROM_BYTES = "torch.storage._load_from_bytes"
+
+
+def read_embedded(ckpt: Checkpoint, result: pickle_vm.PickleResult, member: str) -> None:
+    """Every ``torch.storage._load_from_bytes(b)`` the stream calls is ``torch.load`` of
+    ``b`` with ``weights_only=False``: its pickles are read (and scanned) as run, whether
+    or not the value ends up in the tree (a result popped off the stack, used as a key).
+    Bytes computed at load time cannot be read: the scan calls that dangerous."""
+    calls = [c for c in result.calls if c.func_name == _LOAD_FROM_BYTES and c.args
+             and id(c) not in ckpt.embedded]
+    if not calls:
+        return
+    from ckpt_inspector.core.formats.pickle_file import load_embedded
+
+    for call in calls:
+        raw = literal_bytes(call.args[0])
+        if raw is None:
+            continue
+        if ckpt.embed_depth >= EMBED_DEPTH:
+            ckpt.findings.append(Finding(
+                DANGEROUS, "nested-too-deep",
+                f"checkpoints embedded in embedded checkpoints more than {EMBED_DEPTH} levels "
+                "deep: torch.load reads them all, ckpt-inspector stops here", member))
+            return
+        ckpt.embed_depth += 1
+        try:
+            ckpt.embedded[id(call)] = load_embedded(ckpt, raw, f"{member}/" if member else "")
+        finally:
+            ckpt.embed_depth -= 1
 
 
 def _tag(result: pickle_vm.PickleResult, member: str) -> None:
@@ -98,7 +133,7 @@ def _with_partial(err: CheckpointError, ckpt: Checkpoint) -> CheckpointError:
 def build_tree(ckpt: Checkpoint, value: Any, **options: Any) -> Node:
     """The node tree of an inert pickle value. A failure keeps the pickles already
     recorded on ``ckpt`` (as ``err.partial``), so a scan still reports what they do."""
-    builder = TreeBuilder(**options)
+    builder = TreeBuilder(embedded=ckpt.embedded, **options)
     try:
         root = builder.build(value)
     except Exception as err:  # a reader bug on odd input must not hide the findings

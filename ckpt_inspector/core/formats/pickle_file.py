@@ -68,27 +68,30 @@ def _cut_short(err: PickleError, head: bytes) -> bool:
     return at is not None and at >= len(head) - 9
 
 
+def load_embedded(ckpt: Checkpoint, raw: bytes | LazyBytes, label: str) -> Any:
+    """The inert value of ``torch.load(io.BytesIO(raw))``: a zip, or else (never a tar:
+    only real files are tried as tar) the legacy stream, whose first pickle runs whatever
+    it is. Its pickles are recorded on ``ckpt`` as run."""
+    data = raw.tobytes() if isinstance(raw, LazyBytes) else bytes(raw)
+    where = f"{label}embedded#{len(ckpt.embedded) + 1}/"
+    try:
+        if torch_zip.sniff(data[:8]):
+            return torch_zip.load_nested(ckpt, data, where)
+        return torch_legacy.load_nested(ckpt, data, where)
+    except CheckpointError as err:
+        ckpt.warnings.append(f"embedded checkpoint: {err}")
+        return None
+
+
 class _Nested:
-    """Reads checkpoints embedded as bytes, at most a few levels deep."""
+    """Reads a checkpoint embedded as bytes that the reader did not read already."""
 
     def __init__(self, ckpt: Checkpoint, label: str = ""):
         self.ckpt = ckpt
         self.label = label
-        self.count = 0
 
     def __call__(self, raw: bytes | LazyBytes) -> Any:
-        data = raw.tobytes() if isinstance(raw, LazyBytes) else bytes(raw)
-        self.count += 1
-        label = f"{self.label}embedded#{self.count}/"
-        try:
-            # torch.load(io.BytesIO(b)): a zip, or else (never a tar: only real files are
-            # tried as tar) the legacy stream, whose first pickle runs whatever it is
-            if torch_zip.sniff(data[:8]):
-                return torch_zip.load_nested(self.ckpt, data, label)
-            return torch_legacy.load_nested(self.ckpt, data, label)
-        except CheckpointError as err:
-            self.ckpt.warnings.append(f"embedded checkpoint: {err}")
-            return None
+        return load_embedded(self.ckpt, raw, self.label)
 
 
 def read(path: str) -> Checkpoint:
