@@ -197,3 +197,80 @@ MORE = [
     ("newobj_ex_kwargs.pkl", newobj_ex_kwargs, "numpy.memmap"),
 ]
 HOSTILE += MORE
+
+
+# -- found by a red-team round -----------------------------------------------------------------
+def _bytes(raw: bytes) -> bytes:
+    return b"B" + struct.pack("<I", len(raw)) + raw
+
+
+def _os_system(marker: Path) -> bytes:
+    return pickle_of(call(g("os", "system"), s(touch(marker))))
+
+
+LOAD_FROM_BYTES = g("torch.storage", "_load_from_bytes")
+
+
+def nested_bytes_popped(marker: Path) -> bytes:
+    """_load_from_bytes (torch.load of its bytes, weights_only=False) whose result is
+    popped: it never reaches the object's tree."""
+    return pickle_of(call(LOAD_FROM_BYTES, _bytes(_os_system(marker))) + POP + d(a=i(1)))
+
+
+def nested_bytes_codec_alias(marker: Path) -> bytes:
+    """The nested checkpoint spelled as _codecs.encode(str, 'l1') (a latin-1 alias)."""
+    text = s(_os_system(marker).decode("latin-1"))
+    return pickle_of(d(x=call(LOAD_FROM_BYTES, call(g("_codecs", "encode"), text, s("l1")))))
+
+
+def nested_bytes_as_key(marker: Path) -> bytes:
+    """The nested checkpoint inside a dict key (bytearray around the bytes)."""
+    raw = call(g("builtins", "bytearray"), _bytes(_os_system(marker)))
+    return pickle_of(EMPTY_DICT + t(call(LOAD_FROM_BYTES, raw)) + i(1) + SETITEM)
+
+
+def setstate_unpickles(marker: Path) -> bytes:
+    """A torch class whose __setstate__ runs pickle.loads on its state."""
+    return pickle_of(g("torch.utils.data.datapipes.datapipe", "_IterDataPipeSerializationWrapper")
+                     + EMPTY_TUPLE + NEWOBJ + t(_bytes(_os_system(marker)), b"\x89") + BUILD)
+
+
+def build_plants_extend(marker: Path) -> bytes:
+    """BUILD sets an instance attribute 'extend' that APPENDS then calls with the items."""
+    return pickle_of(call(g("collections", "OrderedDict")) + d(extend=g(
+        "torch.utils.collect_env", "run")) + BUILD + MARK + s("touch") + s(str(marker)) + b"e")
+
+
+def metaclass_setstate(marker: Path) -> bytes:
+    """A class made at load time by abc.ABCMeta, whose __setstate__ is a file handler."""
+    cls = call(g("abc", "ABCMeta"), s("X"), t(g("builtins", "object")),
+               d(__setstate__=g("logging", "FileHandler")))
+    obj = call(g("copyreg", "_reconstructor"), cls, g("builtins", "object"), b"N")
+    return pickle_of(obj + s(str(marker)) + BUILD)
+
+
+def groupby_key(marker: Path) -> bytes:
+    """list(itertools.groupby(items, key)): the key function runs on each item."""
+    items = b"]" + MARK + s(touch(marker)) + b"e"
+    return pickle_of(call(g("builtins", "list"), call(g("itertools", "groupby"), items,
+                                                      g("torch.utils.collect_env", "run"))))
+
+
+def sympy_parse(marker: Path) -> bytes:
+    """sympy (installed with torch) evaluates an expression string as Python."""
+    return pickle_of(call(g("sympy", "sympify"),
+                          s(f"__import__('os').system('{touch(marker)}')")))
+
+
+REDTEAM = [
+    ("nested_bytes_popped.pkl", nested_bytes_popped, "os.system"),
+    ("nested_bytes_codec_alias.pkl", nested_bytes_codec_alias, "os.system"),
+    ("nested_bytes_as_key.pkl", nested_bytes_as_key, "os.system"),
+    ("setstate_unpickles.pkl", setstate_unpickles,
+     "torch.utils.data.datapipes.datapipe._IterDataPipeSerializationWrapper"),
+    ("build_plants_extend.pkl", build_plants_extend, None),
+    ("metaclass_setstate.pkl", metaclass_setstate, "abc.ABCMeta"),
+    ("groupby_key.pkl", groupby_key, "torch.utils.collect_env.run"),
+    ("sympy_parse.pkl", sympy_parse, "sympy.sympify"),
+]
+HOSTILE += REDTEAM
