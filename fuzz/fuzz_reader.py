@@ -10,12 +10,14 @@ never called ``safe`` or left unreadable.
 Seeds: ``python fuzz/make_seeds.py SEEDS`` writes small files of every format (made with
 torch, onnx and safetensors) and the hostile corpus. Then:
 
-  run      structure-aware mutation (zip, tar, .pt2, ONNX, safetensors; byte-level havoc
-           for bare pickles and on top), every input checked in a worker process with a
-           per-input time limit and an address-space limit. Deterministic for a --seed.
-  atheris  coverage-guided (libFuzzer) with the same mutators as a custom mutator and
-           the same property; libFuzzer flags follow the seed folders.
-  check    run the property on saved inputs (a crash file), with its traceback.
+  run      structure-aware mutation (zip, tar, .pt2, ONNX, safetensors and bare pickles,
+           with byte-level havoc on top now and then), every input checked in a worker
+           process with a per-input time limit (SIGALRM) and an address-space limit
+           (RLIMIT_AS). Deterministic for a --seed.
+  atheris  coverage-guided (libFuzzer) with the same mutators as its custom mutator (half
+           of the mutants; libFuzzer's own the other half) and the same property;
+           libFuzzer flags follow the corpus and seed folders.
+  check    run the property on saved inputs (a finding's .input file), with a traceback.
 
 Longer campaigns (each finding is saved once per signature under --out, with its
 traceback, and the run goes on; exit status 1 if any finding is not --known):
@@ -28,8 +30,13 @@ traceback, and the run goes on; exit status 1 if any finding is not --known):
       -max_total_time=3600 -timeout=20 -rss_limit_mb=3000 -artifact_prefix=/tmp/fuzz-found/
   .venv/bin/python fuzz/fuzz_reader.py check /tmp/fuzz-found/*.input
 
-Run several ``run`` campaigns with different --seed values side by side to use more
-cores. tests/test_fuzz.py runs a short fixed-seed round of ``run`` for every format.
+Signatures are ``Exception@file:function`` (the deepest frame in ckpt_inspector),
+``hang@...``, ``unprintable@COMMAND``, ``exit-status@COMMAND`` and ``payload-missed@FORMAT
+(LOADER)``. Run several ``run`` campaigns with different --seed values side by side to use
+more cores. libFuzzer stops at its first crash: pass the findings already reported as
+``atheris --known SIGNATURE`` so that it looks for new ones. The payload oracle needs torch;
+--no-oracle leaves it out. tests/test_fuzz.py runs a short fixed-seed round of ``run`` for
+every format and a few hundred atheris runs.
 """
 
 from __future__ import annotations
@@ -66,8 +73,9 @@ SIDECAR = "weights.bin"  # external data ONNX mutants may point at, beside every
 
 
 # -- the property (runs in the worker) ---------------------------------------------------
-class InputTimeout(Exception):
-    """The per-input time limit passed (raised from SIGALRM inside whatever was running)."""
+class InputTimeout(BaseException):
+    """The per-input time limit passed (raised from SIGALRM inside whatever was running).
+    Not an Exception: an ``except Exception`` in the code under test must not swallow it."""
 
 
 class CommandFailed(Exception):
@@ -127,10 +135,33 @@ def check(path: str) -> dict:
             "error": str(opened) if isinstance(opened, CheckpointError) else None}
 
 
+MUTATE_SECONDS = 2.0  # a mutation takes milliseconds; parsing a hostile seed may not
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """InputTimeout from SIGALRM if the block runs longer than ``seconds``."""
+    def on_alarm(_signum, _frame):
+        raise InputTimeout(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def signature(exc: BaseException) -> str:
-    """``Type@file:function`` of the deepest frame in ckpt_inspector (else the deepest)."""
+    """``Type@file:function`` of the deepest frame in ckpt_inspector (else the deepest);
+    for a hang, of the reader's entry point (where the alarm lands inside it varies)."""
     frames = traceback.extract_tb(exc.__traceback__)
     ours = [f for f in frames if "ckpt_inspector" in f.filename] or frames
+    if isinstance(exc, InputTimeout):
+        readers = [f for f in ours if f"formats{os.sep}" in f.filename
+                   and not f.filename.endswith("__init__.py")]
+        ours = readers[:1] or ours
     where = ours[-1] if ours else None
     place = f"{Path(where.filename).name}:{where.name}" if where else "?"
     if isinstance(exc, CommandFailed):
@@ -151,18 +182,11 @@ def worker(reply_fd: int, timeout: float, memory_mb: int) -> None:
     limit = vm + (memory_mb << 20)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    def on_alarm(_signum, _frame):
-        raise InputTimeout(f"still running after {timeout} s")
-
-    signal.signal(signal.SIGALRM, on_alarm)
     for line in sys.stdin:
         path = json.loads(line)["path"]
         try:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-            try:
+            with time_limit(timeout):
                 reply = check(path)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
         except BaseException as exc:
             reply = {"bug": signature(exc), "trace": traceback.format_exc()}
         replies.write(json.dumps(reply) + "\n")
@@ -283,16 +307,25 @@ class Campaign:
         self.known = list(args.known or [])
         self.findings: dict[str, dict] = {}
         self.seeds: dict[str, list[bytes]] = {}
+        self.slow_seeds: set[int] = set()
         self.stats: dict[str, Counter] = defaultdict(Counter)
 
     def mutant(self, rng: random.Random, family: str, pool: list[bytes]) -> bytes:
         seed = rng.choice(self.seeds[family])
+        slow = hash(seed) in self.slow_seeds
         try:
-            return mutators.mutate(rng, seed, pool, self.args.structured)
+            with time_limit(MUTATE_SECONDS):
+                return mutators.mutate(rng, seed, pool, 0.0 if slow else self.args.structured)
+        except InputTimeout:
+            # the library parsing the seed is slow on it (Python < 3.11.10's tarfile spends
+            # minutes on a PAX header full of digits): byte-level mutation only, from now on
+            self.slow_seeds.add(hash(seed))
+            print(f"a {family} seed takes over {MUTATE_SECONDS} s to parse: havoc only for it",
+                  file=sys.stderr)
         except Exception as exc:  # a bug of the fuzzer itself: reported, not fatal
             self.record(family, seed, {"bug": f"fuzzer-bug@{signature(exc)}",
                                        "trace": traceback.format_exc()})
-            return mutators.havoc(rng, seed, pool)
+        return mutators.havoc(rng, seed, pool)
 
     def one(self, family: str, data: bytes) -> None:
         path = os.path.join(self.work, "input" + EXTENSION.get(family, ""))
@@ -424,7 +457,11 @@ def run_atheris(argv: list[str], use_oracle: bool = True, known: list[str] | Non
         rng = random.Random(seed)
         if rng.random() < 0.5:
             return atheris.Mutate(data, max_size)
-        return mutators.mutate(rng, data, pool)[:max_size]
+        try:
+            with time_limit(MUTATE_SECONDS):  # see Campaign.mutant
+                return mutators.mutate(rng, data, pool)[:max_size]
+        except InputTimeout:
+            return atheris.Mutate(data, max_size)
 
     with atheris.instrument_imports(include=["ckpt_inspector"]):
         import ckpt_inspector.cli
@@ -437,7 +474,6 @@ def run_atheris(argv: list[str], use_oracle: bool = True, known: list[str] | Non
 def run_check(files: list[str], timeout: float) -> int:
     """The property on saved inputs, in this process, with tracebacks."""
     status = 0
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(InputTimeout("timeout")))
     for name in files:
         data = Path(name).read_bytes()
         family = mutators.family(data)
@@ -445,15 +481,15 @@ def run_check(files: list[str], timeout: float) -> int:
         Path(work, SIDECAR).write_bytes(bytes(range(256)) * 16)
         path = os.path.join(work, "input" + EXTENSION.get(family, ""))
         Path(path).write_bytes(data)
-        signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
-            print(f"{name}: {check(path)}")
+            with time_limit(timeout):
+                reply = check(path)
+            print(f"{name}: {reply}")
         except BaseException as exc:
             status = 1
             print(f"{name}: {signature(exc)}")
             traceback.print_exc()
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
             shutil.rmtree(work, ignore_errors=True)
     return status
 

@@ -28,9 +28,11 @@ from support import ROOT, Payload
 sys.path.insert(0, str(ROOT / "fuzz"))
 
 import fuzz_reader
+import tar_mutator
+import zip_mutator
 
 FORMATS = ("zip", "pt2", "tar", "onnx", "safetensors", "pickle")
-ITERATIONS = 400  # per format: about 30 s for the round on 2 cores
+ITERATIONS = 350  # per format: about 25 s for the round on 2 cores
 ATHERIS_RUNS = 300
 
 # signature patterns of the findings reproduced by the xfail tests below
@@ -44,6 +46,8 @@ KNOWN = (
     "*@safetensors_fmt.py:*",  # test_safetensors_header_of_the_wrong_shape
     "unprintable@*",  # test_lone_surrogate_in_a_name_is_printable
     "OverflowError@torch_tar.py:members_of",  # test_tar_in_a_zip_with_a_huge_pax_size
+    "hang@archive.py:read",  # test_member_shorter_than_declared_in_an_archive
+    "MemberError@archive.py:*",  # test_tar_member_past_the_end
 )
 
 
@@ -166,6 +170,15 @@ def archive_member_without_proto(command: str) -> bytes:
     return out.getvalue()
 
 
+def archive_member_past_the_end(command: str) -> bytes:
+    """A zip whose deflated member declares 1,000 more compressed bytes than the file holds:
+    zipfile and unzip inflate it anyway (the deflate stream ends by itself)."""
+    member = zip_mutator.Entry(b"model.pt", pickle.dumps(Payload(command), protocol=2),
+                               method=zip_mutator.DEFLATED, encode="deflate")
+    member.csize = len(zip_mutator._encoded(member)) + 1000
+    return zip_mutator.build(zip_mutator.Zip([member]))
+
+
 HOSTILE = {  # name -> (builder, whether it needs the .pt2 seed, how a user loads it)
     "pt2_pickled_weight": (pt2_pickled_weight, True, "pt2"),
     "pt2_legacy_weights": (pt2_legacy_weights, True, "pt2"),
@@ -175,6 +188,7 @@ HOSTILE = {  # name -> (builder, whether it needs the .pt2 seed, how a user load
     "archive_hard_link": (archive_hard_link, False, "archive"),
     "archive_member_without_proto": (archive_member_without_proto, False, "archive"),
     "bare_pickle_without_proto": (no_proto_pickle, False, "torch"),
+    "archive_member_past_the_end": (archive_member_past_the_end, False, "archive"),
 }
 
 
@@ -266,6 +280,41 @@ def test_pickle_without_proto(seeds, tmp_path, marker, name):
     assert verdict(path) == "dangerous"
 
 
+@pytest.mark.xfail(strict=False, reason="archive reader: a deflated member whose compressed "
+                   "size runs past the end of the file is skipped without a finding")
+def test_archive_member_past_the_end(seeds, tmp_path, marker):
+    path = tmp_path / "release.zip"
+    path.write_bytes(build("archive_member_past_the_end", seeds, f"touch {marker}"))
+    assert verdict(path) == "dangerous"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="archive._pickle_bytes loops for ever when a member "
+                   "inflates to fewer bytes than its declared size: the 'cut' prefix is read "
+                   "whole, is still shorter, and is tried again")
+def test_member_shorter_than_declared_in_an_archive(tmp_path):
+    member = zip_mutator.Entry(b"README.txt", b"weights", method=zip_mutator.DEFLATED,
+                               encode="deflate", usize=255)
+    path = tmp_path / "release.zip"
+    path.write_bytes(zip_mutator.build(zip_mutator.Zip([member])))
+    proc = subprocess.run([sys.executable, str(ROOT / "fuzz" / "fuzz_reader.py"), "check",
+                           "--timeout", "5", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.xfail(strict=False, reason="a pickle that runs os.system and then breaks (BINPUT "
+                   "eats the next opcode) is 'not recognised' by the pickle sniffing in the "
+                   "working tree of this commit, so it is unreadable with no finding")
+def test_pickle_broken_after_its_payload_is_read(tmp_path, marker):
+    cmd = f"touch {marker}".encode()
+    text = b"X" + len(cmd).to_bytes(4, "little") + cmd
+    path = tmp_path / "model.pkl"
+    path.write_bytes(b"\x80\x02]q\x00cposix\nsystem\nq\x01" + text + b"q\x02\x85q\x03R"
+                     + b"qcos\nsystem\n(S'x'\ntR.")
+    assert verdict(path) == "dangerous"
+
+
 # -- inputs that make a reader raise something else than CheckpointError ----------------
 def _meta(**values):
     return lambda c: c["config"]["weight"]["tensor_meta"].update(values)
@@ -324,6 +373,16 @@ def test_tar_in_a_zip_with_a_huge_pax_size(tmp_path):
     path = tmp_path / "release.zip"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("model.tar", tar.getvalue())
+    fuzz_reader.check(str(path))
+
+
+@pytest.mark.xfail(strict=False, reason="archive._members raises _zip.MemberError (not a "
+                   "CheckpointError) for a tar member whose size runs past the end: a PAX "
+                   "GNU.sparse.size record changes the size after tarfile stepped over the data")
+def test_tar_member_past_the_end(tmp_path):
+    path = tmp_path / "release.tar"
+    path.write_bytes(tar_mutator.build(tar_mutator.Tar([tar_mutator.Member(
+        "release/model.pt", b"\0" * 100, pax={"GNU.sparse.size": "1000000"})])))
     fuzz_reader.check(str(path))
 
 
