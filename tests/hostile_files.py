@@ -18,20 +18,9 @@ import struct
 import tarfile
 from pathlib import Path
 
+from support import Reduce, payload
+
 MAGIC = 0x1950A86A20F9469CFC6C
-
-
-class _Reduce:
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return (self.func, self.args)
-
-
-def payload(marker: Path, protocol: int = 2) -> bytes:
-    """A pickle that runs ``touch marker``."""
-    return pickle.dumps(_Reduce(os.system, f"touch {marker}"), protocol=protocol)
 
 
 def _str(s: str) -> bytes:
@@ -178,14 +167,14 @@ def _legacy(torch, obj) -> bytes:
 def legacy_magic_after_pop(torch, marker: Path) -> bytes:
     """A legacy file whose magic number is written after BININT1/POP: torch checks only
     the value, then unpickles the object with the payload."""
-    raw = _legacy(torch, {"w": torch.ones(2), "hook": _Reduce(os.system, f"touch {marker}")})
+    raw = _legacy(torch, {"w": torch.ones(2), "hook": Reduce(os.system, f"touch {marker}")})
     assert raw.startswith(b"\x80\x02\x8a\x0a")
     return b"K\x070" + raw
 
 
 def legacy_computed_magic(torch, marker: Path) -> bytes:
     """The magic number computed by ``builtins.int('0x…', 16)`` when loaded."""
-    raw = _legacy(torch, {"w": torch.ones(2), "hook": _Reduce(os.system, f"touch {marker}")})
+    raw = _legacy(torch, {"w": torch.ones(2), "hook": Reduce(os.system, f"touch {marker}")})
     first = pickle.dumps(MAGIC, protocol=2)
     assert raw.startswith(first)
     computed = (b"\x80\x02cbuiltins\nint\n(" + _str(hex(MAGIC)) + b"K\x10tR.")

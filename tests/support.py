@@ -10,6 +10,46 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class Reduce:
+    """Pickles as ``func(*args)``."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return (self.func, self.args)
+
+
+def payload(marker, protocol: int = 2) -> bytes:
+    """A bare pickle that runs ``touch marker`` when loaded."""
+    import pickle
+
+    return pickle.dumps(Reduce(os.system, f"touch {marker}"), protocol=protocol)
+
+
+def build_sample(torch, builder, marker) -> bytes:
+    """A hostile sample's bytes (its builder may warn while it makes them)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return builder(torch, marker)
+
+
+def scan_file(path):
+    """``(checkpoint, scan report, error)`` as ``scan`` sees a file: what was read before
+    a failure is judged too."""
+    from ckpt_inspector.core import CheckpointError, open_checkpoint
+    from ckpt_inspector.core.scan import scan
+
+    try:
+        ckpt, error = open_checkpoint(path), None
+    except CheckpointError as err:
+        ckpt, error = err.partial, str(err)
+    assert ckpt is not None, error
+    return ckpt, scan(ckpt, error), error
+
+
 class Payload:
     """Unpickling this runs a shell command (one that creates the marker file)."""
 
@@ -18,6 +58,30 @@ class Payload:
 
     def __reduce__(self):
         return (os.system, (self.command,))
+
+
+_PEAK = ("import runpy, sys\nsys.argv = ['ckpt-inspector', *sys.argv[1:]]\n"
+         "try:\n    runpy.run_module('ckpt_inspector', run_name='__main__')\nfinally:\n"
+         "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+         "    print('peak-kib', hwm[0].split()[1] if hwm else 0, file=sys.stderr)\n")
+
+
+def run_limited(*args: str, memory_gb: int = 2, timeout: int = 120):
+    """The CLI under an address-space limit (a memory bomb fails the test, not the machine);
+    ``proc.peak_kib`` is its peak RSS. That is VmHWM, not ``ru_maxrss``: the latter
+    survives exec, so it starts at the forking pytest process's own peak."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (memory_gb << 30, memory_gb << 30))
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *args], capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=limit, cwd=ROOT)
+    lines = proc.stderr.strip().splitlines()
+    proc.peak_kib = int(lines[-1].split()[-1]) if lines and lines[-1].startswith(
+        "peak-kib") else 0
+    if lines and lines[-1].startswith("peak-kib"):
+        proc.stderr = "\n".join(lines[:-1]) + ("\n" if len(lines) > 1 else "")
+    return proc
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None):

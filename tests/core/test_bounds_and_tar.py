@@ -21,7 +21,7 @@ from ckpt_inspector.core.formats import detect_format, torch_tar
 from ckpt_inspector.core.scan import scan
 
 import hostile_files as hf
-from test_hostile_structures import run_limited
+from support import run_limited
 
 SAMPLES = {name: (builder, expect, code) for name, builder, expect, code, _ in hf.SAMPLES}
 

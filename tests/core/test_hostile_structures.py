@@ -6,10 +6,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import resource
 import struct
-import subprocess
-import sys
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -23,7 +20,7 @@ from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy, to_torch
 from ckpt_inspector.core.tree import key_of
 
-from support import ROOT, Payload, run_cli
+from support import Payload, run_cli, run_limited
 
 
 def tensors(ckpt):
@@ -36,14 +33,6 @@ def long_put(i: int) -> bytes:
 
 def long_get(i: int) -> bytes:
     return b"j" + struct.pack("<I", i)
-
-
-def run_limited(*args: str, memory_gb: int = 2, timeout: int = 60):
-    """The CLI under an address-space limit: a memory bomb fails the test, not the machine."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (memory_gb << 30, memory_gb << 30))
-    return subprocess.run([sys.executable, "-m", "ckpt_inspector", *args], capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=limit, cwd=ROOT)
 
 
 def test_build_on_a_tensor_is_applied_like_torch(torch, tmp_path):

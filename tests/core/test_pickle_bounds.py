@@ -9,13 +9,11 @@ import time
 
 import pytest
 
-from ckpt_inspector.core import CheckpointError, open_checkpoint, pickle_vm
+from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import PickleError
-from ckpt_inspector.core.scan import scan
 
 from hostile_calls import MARK, call, g, s, t
-from support import run_cli
-from test_hostile_structures import run_limited
+from support import run_cli, run_limited, scan_file
 
 
 def payload(marker) -> bytes:
@@ -36,11 +34,8 @@ def big_tuple(n: int) -> bytes:
 
 
 def verdict(path):
-    try:
-        ckpt, error = open_checkpoint(path), None
-    except CheckpointError as err:
-        ckpt, error = err.partial, str(err)
-    return scan(ckpt, error), error
+    _ckpt, report, error = scan_file(path)
+    return report, error
 
 
 def test_one_huge_key_used_66000_times_is_hashed_once(tmp_path):

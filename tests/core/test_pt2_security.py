@@ -6,47 +6,28 @@ from __future__ import annotations
 
 import io
 import json
-import resource
 import subprocess
 import sys
 import warnings
 import zipfile
 import zlib
-from pathlib import Path
 
 import pytest
 
-from ckpt_inspector.core import CheckpointError, open_checkpoint
 from ckpt_inspector.core.formats import pt2
-from ckpt_inspector.core.scan import scan
 
 import hostile_zip as H
-from support import ROOT
+from support import ROOT, build_sample, payload, run_limited, scan_file
 
 PT2_SAMPLES = [s for s in H.SAMPLES if s[0].startswith("pt2")]
-
-
-def build(torch, builder, marker: Path) -> bytes:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return builder(torch, marker)
-
-
-def report_of(path: Path):
-    try:
-        ckpt, error = open_checkpoint(path), None
-    except CheckpointError as err:
-        ckpt, error = err.partial, str(err)
-    assert ckpt is not None, error
-    return ckpt, scan(ckpt, error), error
 
 
 @pytest.mark.parametrize("sample", PT2_SAMPLES, ids=[s[0] for s in PT2_SAMPLES])
 def test_pt2_payloads_are_found_and_nothing_runs(torch, tmp_path, marker, sample):
     name, builder, expect, code, _about = sample
     path = tmp_path / name
-    path.write_bytes(build(torch, builder, marker))
-    ckpt, report, _error = report_of(path)
+    path.write_bytes(build_sample(torch, builder, marker))
+    ckpt, report, _error = scan_file(path)
     assert ckpt.format == "pt2"
     assert report.verdict == expect, [f.message for f in report.findings]
     assert code in {f.code for f in report.findings}
@@ -64,7 +45,7 @@ def test_each_pt2_payload_is_live(torch, tmp_path):
         builder = next(b for n, b, *_ in H.SAMPLES if n == name)
         flag = tmp_path / f"ran-{name}"
         path = tmp_path / name
-        path.write_bytes(build(torch, builder, flag))
+        path.write_bytes(build_sample(torch, builder, flag))
         jobs.append((str(path), str(flag), loader))
     script = ("import json, os, sys, warnings, logging, torch\nwarnings.simplefilter('ignore')\n"
               "logging.disable(logging.CRITICAL)\nout = {}\n"
@@ -89,7 +70,7 @@ def test_real_exports_are_safe(torch, tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             path.write_bytes(H.simple_zip(H._pt2_parts(torch, dynamic)))
-        ckpt, report, error = report_of(path)
+        ckpt, report, error = scan_file(path)
         assert error is None and report.verdict == "safe", [f.message for f in report.findings]
         assert ckpt.metadata["nodes"] > 0
 
@@ -121,7 +102,7 @@ def test_malformed_json_never_hides_the_pickles(torch, tmp_path, marker, case):
         parts = [(n, b"[1, 2, 3]" if n.endswith("_config.json") else d) for n, d in parts]
     else:
         parts = [(n, b"{not json" if n.endswith(".json") else d) for n, d in parts]
-    parts.insert(1, (f"{root}/data/constants/opaque_obj_0", H.evil_pickle(marker)))
+    parts.insert(1, (f"{root}/data/constants/opaque_obj_0", payload(marker)))
     if case == "types":
         def consts(cfg):
             cfg["config"]["hook"] = {"path_name": "opaque_obj_0", "tensor_meta": None}
@@ -129,7 +110,7 @@ def test_malformed_json_never_hides_the_pickles(torch, tmp_path, marker, case):
         parts = H._set_json(parts, "data/constants/model_constants_config.json", consts)
     path = tmp_path / f"{case}.pt2"
     path.write_bytes(H.simple_zip(parts))
-    _ckpt, report, _error = report_of(path)
+    _ckpt, report, _error = scan_file(path)
     assert report.verdict == "dangerous"
     # the opaque record is read even when its config cannot be: it parses as a pickle
     assert "posix.system" in report.globals or "os.system" in report.globals
@@ -191,25 +172,18 @@ def test_graph_json_of_256_mb_is_capped(torch, tmp_path):
     path = tmp_path / "big_json.pt2"
     path.write_bytes(z.finish(recs))
 
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-    code = ("import resource, runpy, sys\nsys.argv = ['ckpt-inspector', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('ckpt_inspector', run_name='__main__')\nfinally:\n"
-            "    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-            "file=sys.stderr)\n")
-    proc = subprocess.run([sys.executable, "-c", code, "scan", "--json", str(path)],
-                          capture_output=True, text=True, timeout=120, preexec_fn=limit, cwd=ROOT)
+    proc = run_limited("scan", "--json", str(path))
     out = json.loads(proc.stdout)
     assert "unscanned-member" in {f["code"] for f in out["findings"]}
     assert out["verdict"] == "needs-trust"
-    assert int(proc.stderr.strip().splitlines()[-1].split()[-1]) < 1 << 20  # KiB
+    assert proc.peak_kib < 1 << 20  # KiB
 
 
 def test_legacy_layout_is_read_with_zipfile(torch, tmp_path, marker):
     """The fallback torch.export.load takes reads exact names with Python's zipfile."""
     path = tmp_path / "legacy.pt2"
-    path.write_bytes(build(torch, H.pt2_legacy_layout, marker))
-    ckpt, report, _error = report_of(path)
+    path.write_bytes(build_sample(torch, H.pt2_legacy_layout, marker))
+    ckpt, report, _error = scan_file(path)
     members = {p.member for p in ckpt.pickles if p.executed}
     assert any(m.startswith("serialized_constants.pt") for m in members), members
     assert report.verdict == "dangerous"
@@ -221,7 +195,7 @@ def test_aoti_package_needs_trust_even_without_a_known_suffix(torch, tmp_path):
     parts.insert(1, (f"{root}/data/aotinductor/model/kernels.bin", b"\0" * 16))
     path = tmp_path / "aoti.pt2"
     path.write_bytes(H.simple_zip(parts))
-    _ckpt, report, _error = report_of(path)
+    _ckpt, report, _error = scan_file(path)
     assert report.verdict == "needs-trust"
     assert "native-code" in {f.code for f in report.findings}
 
@@ -232,16 +206,16 @@ def test_native_code_hidden_under_another_name(torch, tmp_path):
     parts.insert(1, (f"{root}/extra/readme.txt", b"\x7fELF\x02\x01\x01" + b"\0" * 64))
     path = tmp_path / "elf.pt2"
     path.write_bytes(H.simple_zip(parts))
-    _ckpt, report, _error = report_of(path)
+    _ckpt, report, _error = scan_file(path)
     assert report.verdict == "needs-trust"
 
 
 def test_pt2_in_a_plain_zip(torch, tmp_path, marker):
-    inner = build(torch, H.pt2_opaque_constant, marker)
+    inner = build_sample(torch, H.pt2_opaque_constant, marker)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as z:
         z.writestr("exports/model.pt2", inner)
     path = tmp_path / "bundle.zip"
     path.write_bytes(out.getvalue())
-    _ckpt, report, _error = report_of(path)
+    _ckpt, report, _error = scan_file(path)
     assert report.verdict == "dangerous"

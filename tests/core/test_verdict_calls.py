@@ -11,20 +11,14 @@ import warnings
 
 import pytest
 
-from ckpt_inspector.core import CheckpointError, open_checkpoint
 from ckpt_inspector.core.callables import resolve
-from ckpt_inspector.core.scan import scan
 
 import hostile_calls
-from support import ROOT, run_cli
+from support import ROOT, run_cli, scan_file
 
 
 def verdict_of(path):
-    try:
-        ckpt, error = open_checkpoint(path), None
-    except CheckpointError as err:
-        ckpt, error = err.partial, str(err)
-    return scan(ckpt, error)
+    return scan_file(path)[1]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import resource
 import struct
 import subprocess
 import sys
@@ -19,30 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_inspector.core import CheckpointError, open_checkpoint
 from ckpt_inspector.core.formats import _zip, torch_zip
 from ckpt_inspector.core.formats._common import Blob
-from ckpt_inspector.core.scan import scan
 
 import hostile_zip as H
-from support import ROOT
+from support import ROOT, build_sample, run_limited, scan_file
 
 ZIP_SAMPLES = [s for s in H.SAMPLES if not s[0].startswith("pt2")]
-
-
-def build(torch, builder, marker: Path) -> bytes:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return builder(torch, marker)
-
-
-def report_of(path: Path):
-    try:
-        ckpt, error = open_checkpoint(path), None
-    except CheckpointError as err:
-        ckpt, error = err.partial, str(err)
-    assert ckpt is not None, error
-    return ckpt, scan(ckpt, error)
 
 
 # -- the differential test -------------------------------------------------------------------
@@ -111,7 +93,7 @@ def differential_corpus(torch, tmp: Path) -> dict[str, bytes]:
     out["pt2"] = H.simple_zip(H._pt2_parts(torch))
     for name, builder, *_ in ZIP_SAMPLES:
         if not name.startswith("archive"):
-            out[name] = build(torch, builder, tmp / "never")
+            out[name] = build_sample(torch, builder, tmp / "never")
     members = H.benign_members(torch)
     pkl = next(d for n, d in members if n.endswith("data.pkl"))
     # duplicates in every order, with case variants: which one miniz's heap sort meets
@@ -204,8 +186,8 @@ def test_duplicates_are_read_as_torch_picks_them(torch, tmp_path):
 def test_tricks_are_found_and_nothing_runs(torch, tmp_path, marker, sample):
     name, builder, expect, code, _about = sample
     path = tmp_path / name
-    path.write_bytes(build(torch, builder, marker))
-    _ckpt, report = report_of(path)
+    path.write_bytes(build_sample(torch, builder, marker))
+    _ckpt, report, _error = scan_file(path)
     assert report.verdict == expect, [f.message for f in report.findings]
     assert code in {f.code for f in report.findings}
     assert "posix.system" in report.globals or "os.system" in report.globals
@@ -221,7 +203,7 @@ def test_each_trick_is_live_for_torch_load(torch, tmp_path):
         builder = next(b for n, b, *_ in H.SAMPLES if n == name)
         flag = tmp_path / f"ran-{name}"
         path = tmp_path / name
-        path.write_bytes(build(torch, builder, flag))
+        path.write_bytes(build_sample(torch, builder, flag))
         jobs.append((str(path), str(flag)))
     script = ("import json, os, sys, warnings, torch\nwarnings.simplefilter('ignore')\n"
               "out = {}\nfor path, flag in json.loads(sys.argv[1]):\n"
@@ -240,7 +222,7 @@ def test_first_record_decides_the_root(torch, tmp_path):
     members = H.replace(H.benign_members(torch), "data.pkl", b"\x80\x02}q\x00.")
     path = tmp_path / "root.pt"
     path.write_bytes(H.simple_zip([("other/readme", b"hi"), *members]))
-    ckpt, _report = report_of(path)
+    ckpt, _report, _error = scan_file(path)
     assert any("torch cannot load" in w for w in ckpt.warnings)
     assert not any(p.executed for p in ckpt.pickles)
     with pytest.raises(RuntimeError):
@@ -277,20 +259,6 @@ def bomb_zip(members: list[tuple[str, bytes, int | None]]) -> bytes:
     return z.finish(recs)
 
 
-def run_limited(*args: str, memory_gb: int = 2, timeout: int = 120):
-    """The CLI under an address-space limit; its own peak RSS (KiB) on the last stderr line."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (memory_gb << 30, memory_gb << 30))
-    code = ("import resource, runpy, sys\nsys.argv = ['ckpt-inspector', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('ckpt_inspector', run_name='__main__')\nfinally:\n"
-            "    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-            "file=sys.stderr)\n")
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=limit, cwd=ROOT)
-    rss = int(proc.stderr.strip().splitlines()[-1].split()[-1])
-    return proc, rss
-
-
 def test_deflated_data_pkl_of_1_gib_is_capped(torch, tmp_path):
     prefix = b"\x80\x02\x8e" + struct.pack("<Q", 1 << 30)  # BINBYTES8 of 1 GiB: runs on
     stream, _crc = deflate_bomb(prefix, 1 << 30)
@@ -298,7 +266,8 @@ def test_deflated_data_pkl_of_1_gib_is_capped(torch, tmp_path):
                for n, d in H.benign_members(torch)]
     path = tmp_path / "bomb.pt"
     path.write_bytes(bomb_zip(members))
-    proc, rss = run_limited("scan", "--json", str(path))
+    proc = run_limited("scan", "--json", str(path))
+    rss = proc.peak_kib
     assert proc.returncode == 1, proc.stderr
     out = json.loads(proc.stdout)
     assert out["verdict"] == "dangerous"
@@ -311,7 +280,8 @@ def test_archive_of_ten_1_gib_members_is_sniffed_from_prefixes(tmp_path):
     stream, _crc = deflate_bomb(b"", 1 << 30)
     path = tmp_path / "bombs.zip"
     path.write_bytes(bomb_zip([(f"part{i}.bin", stream, 1 << 30) for i in range(10)]))
-    proc, rss = run_limited("scan", "--json", str(path))
+    proc = run_limited("scan", "--json", str(path))
+    rss = proc.peak_kib
     out = json.loads(proc.stdout)
     assert out["verdict"] == "safe", out  # zeros: nothing any loader could run
     assert rss < 1 << 20
@@ -326,7 +296,8 @@ def test_records_that_start_like_big_pickles_spend_a_budget(torch, tmp_path):
     members += [(f"archive/extra/blob{i}", stream, 64 << 20) for i in range(20)]
     path = tmp_path / "sniff.pt"
     path.write_bytes(bomb_zip(members))
-    proc, rss = run_limited("scan", "--json", str(path))
+    proc = run_limited("scan", "--json", str(path))
+    rss = proc.peak_kib
     out = json.loads(proc.stdout)
     assert "unscanned-member" in {f["code"] for f in out["findings"]}
     assert out["verdict"] == "needs-trust"
@@ -348,7 +319,7 @@ def test_blank_lines_in_torchscript_code_are_linear(torch, tmp_path):
     parts = [(n, code if n.endswith("modules/linear.py") else d) for n, d in parts]
     path = tmp_path / "blank.pt"
     path.write_bytes(H.simple_zip(parts))
-    proc, _rss = run_limited("info", "--json", str(path), timeout=60)
+    proc = run_limited("info", "--json", str(path), timeout=60)
     assert proc.returncode == 0, proc.stderr
     roles = {t["key"]: t.get("role") for t in json.loads(proc.stdout)["tensors"]}
     assert roles.get("weight") == "parameter", roles
@@ -357,7 +328,8 @@ def test_blank_lines_in_torchscript_code_are_linear(torch, tmp_path):
 def test_checkpoint_with_100000_tensors_opens(torch, tmp_path):
     path = tmp_path / "many.pt"
     torch.save({f"layer{i}.w": torch.zeros(1) for i in range(100_000)}, path)
-    proc, rss = run_limited("scan", "--json", str(path), timeout=120)
+    proc = run_limited("scan", "--json", str(path), timeout=120)
+    rss = proc.peak_kib
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["verdict"] == "safe"
     assert rss < 1 << 20

@@ -49,6 +49,10 @@ def wrapper_kind(head: bytes) -> str | None:
     return None
 
 
+def raise_wrapper(kind: str) -> str:
+    raise refuse_wrapper(kind)
+
+
 def refuse_wrapper(kind: str) -> CheckpointError:
     return CheckpointError(f"a {kind}-compressed file: ckpt-inspector does not unpack {kind}; "
                            "extract it and open the files inside")
