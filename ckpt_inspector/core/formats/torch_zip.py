@@ -126,7 +126,9 @@ class _Archive:
         try:
             self.dir = _zip.open_directory(raw, _zip.file_key(container))
         except _zip.ZipError as err:
-            raise fail(ckpt, f"torch cannot open this zip archive: {err}") from None
+            hint = ("; the file is probably truncated" if "too short" in str(err)
+                    or "no end-of-directory" in str(err) else "")
+            raise fail(ckpt, f"torch cannot open this zip archive: {err}{hint}") from None
         self.infos = self.dir.entries
         # records only Python's zipfile lists: scanned too, for what they import
         self.extra = _zip.audit(ckpt, raw, self.dir, label)
