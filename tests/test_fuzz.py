@@ -462,6 +462,9 @@ def test_fuzz_round(fuzz_round, fmt):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("CKPT_INSPECTOR_ATHERIS"),
+                    reason="opt-in (CKPT_INSPECTOR_ATHERIS=1): while the archive-member hang "
+                    "(xfail above) is open, a coverage-guided run can reach it and outlast CI")
 def test_atheris_round(seeds, tmp_path):
     """The coverage-guided target runs with the structure-aware custom mutator."""
     pytest.importorskip("atheris")
