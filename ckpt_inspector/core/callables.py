@@ -74,10 +74,6 @@ def resolve(module: str, name: str) -> tuple[str, str]:
     return UNKNOWN, full
 
 
-def kind_of(module: str, name: str) -> str:
-    return resolve(module, name)[0]
-
-
 def is_known_package(module: str) -> bool:
     """Whether the table covers ``module``'s package (the standard library, torch,
     torchvision, numpy and what is installed with them): a name there that the table lacks
