@@ -472,8 +472,11 @@ def file_key(path: Any) -> Any:
 
 
 # -- member bytes -------------------------------------------------------------------------------
-def data_span(raw: Any, entry: Any) -> tuple[int, int, str]:
-    """(start, end, local-header name) of a member's stored bytes, where miniz reads them."""
+def data_span(raw: Any, entry: Any, clamp: bool = False) -> tuple[int, int, str]:
+    """(start, end, local-header name) of a member's stored bytes, where miniz reads them.
+    miniz refuses a member whose compressed size runs past the end of the file; with
+    ``clamp`` (how zipfile and unzip extract it: the deflate stream ends by itself) the
+    span stops at the end instead."""
     h = entry.header_offset
     if h < 0 or h + 30 > len(raw) or bytes(raw[h:h + 4]) != LOCAL_SIG:
         raise MemberError(f"{entry.filename}: no local header where the directory points")
@@ -482,6 +485,8 @@ def data_span(raw: Any, entry: Any) -> tuple[int, int, str]:
     name = _decode_name(bytes(raw[h + 30:h + 30 + name_len]), flags)
     start = h + 30 + name_len + extra_len
     if start + entry.compress_size > len(raw):
+        if clamp and start <= len(raw):
+            return start, len(raw), name
         raise MemberError(f"{entry.filename}: declares {entry.compress_size:,} bytes, "
                           "more than the file holds")
     return start, start + entry.compress_size, name
@@ -563,10 +568,10 @@ def inflate(raw: Any, start: int, end: int, size: int, name: str = "",
     return bytes(out), inflater.eof and len(out) == size
 
 
-def read_prefix(raw: Any, entry: Any, n: int) -> bytes:
+def read_prefix(raw: Any, entry: Any, n: int, clamp: bool = False) -> bytes:
     """Up to ``n`` first bytes of a member, leniently (never inflating more than ``n``)."""
     try:
-        start, end, _local = data_span(raw, entry)
+        start, end, _local = data_span(raw, entry, clamp)
     except MemberError:
         return b""
     if entry.compress_type == DEFLATED:
@@ -607,6 +612,25 @@ def zipfile_view(raw: Any) -> tuple[list[zipfile.ZipInfo] | None, str | None]:
             RuntimeError, struct.error, UnicodeDecodeError, NotImplementedError,
             MemoryError) as err:
         return None, str(err) or type(err).__name__
+
+
+def zipfile_read(raw: Any, name: str, limit: int) -> bytes:
+    """``ZipFile.read(name)`` as a loader built on zipfile gets it (the last record of that
+    name; a stored record's bytes are its compressed size, whatever size it declares), up
+    to ``limit`` bytes. Raises :class:`MemberError` past the limit or where zipfile fails."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with zipfile.ZipFile(io.BytesIO(raw) if isinstance(raw, bytes)
+                                 else _MapReader(raw)) as zf, zf.open(name) as member:
+                data = member.read(limit + 1)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
+            RuntimeError, struct.error, UnicodeDecodeError, NotImplementedError, KeyError,
+            zlib.error, MemoryError) as err:
+        raise MemberError(f"{name}: {err or type(err).__name__}") from None
+    if len(data) > limit:
+        raise MemberError(f"{name} holds more than the {limit >> 20} MiB the reader accepts")
+    return data
 
 
 def _info_key(info: zipfile.ZipInfo) -> tuple[str, int, int, int, int]:

@@ -23,7 +23,7 @@ from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.formats import _zip
 from ckpt_inspector.core.formats._common import Blob, fail
-from ckpt_inspector.core.scan import NEEDS_TRUST, Finding
+from ckpt_inspector.core.scan import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 MAX_DEPTH = 3
@@ -103,7 +103,38 @@ def read_into(ckpt: Checkpoint, blob: Blob, label: str, kind: str, depth: int,
             continue
         node.key = m.name
         root.add(node)
+    if kind == "tar":
+        zipped = _zip_over_tar(ckpt, blob, label, depth, budget)
+        if zipped is not None:
+            root.add(zipped)
     return root
+
+
+def _zip_over_tar(ckpt: Checkpoint, blob: Blob, label: str, depth: int,
+                  budget: list[int]) -> Node | None:
+    """A tar that Python's zipfile (and unzip) also open, from a zip directory at its end
+    that is not inside one member's data: extracted as a zip, it yields other files than
+    tar gives. Such a polyglot is dangerous and its zip members are scanned too."""
+    from ckpt_inspector.core.formats.torch_tar import members_of
+
+    infos, _why = _zip.zipfile_view(blob.data)
+    if not infos:
+        return None
+    try:
+        spans = [(m.offset_data, m.offset_data + m.size) for m in members_of(ckpt, blob).values()]
+    except CheckpointError:
+        spans = []
+    offsets = [i.header_offset for i in infos]
+    if any(all(a <= o < b for o in offsets) for a, b in spans):
+        return None  # a zip member of the tar (a torch.save file): read as a member
+    ckpt.findings.append(Finding(
+        DANGEROUS, "polyglot",
+        "the tar archive is also a zip archive (Python's zipfile and unzip open it from the "
+        "directory at its end): extracted as a zip it yields other files than tar does",
+        label.rstrip("/") or None))
+    node = read_into(ckpt, blob, f"{label}(as zip)/", "zip", depth + 1, budget)
+    node.key = "(as zip)"
+    return node
 
 
 def _members(ckpt: Checkpoint, blob: Blob, kind: str, label: str) -> Iterator[_Member]:
@@ -122,7 +153,7 @@ def _members(ckpt: Checkpoint, blob: Blob, kind: str, label: str) -> Iterator[_M
             if not e.filename or e.filename.endswith("/") or e.file_size == 0:
                 continue
             yield _Member(e.filename, e.file_size,
-                          lambda e=e: _zip.read_prefix(raw, e, SNIFF_BYTES),
+                          lambda e=e: _zip.read_prefix(raw, e, SNIFF_BYTES, clamp=True),
                           lambda e=e: _zip_whole(ckpt, raw, e, label),
                           e.compress_type != _zip.STORED)
     else:
@@ -138,7 +169,8 @@ def _members(ckpt: Checkpoint, blob: Blob, kind: str, label: str) -> Iterator[_M
 
 
 def _zip_whole(ckpt: Checkpoint, raw: Any, entry: Any, label: str) -> Any:
-    start, end, local = _zip.data_span(raw, entry)
+    # extracted with zipfile or unzip, a member may run past the end of the file
+    start, end, local = _zip.data_span(raw, entry, clamp=True)
     if local != entry.filename:
         ckpt.findings.append(_zip.name_mismatch(entry, local, label + entry.filename))
     if entry.compress_type == _zip.STORED:
@@ -240,17 +272,19 @@ def _pickle_bytes(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
     if not head:
         return None
     data: Any = head
+    whole_read = False
     while True:
         try:
             result = pickle_vm.load(data)
         except PickleError as err:
-            cut = len(data) < m.size and ("truncated" in err.reason or "missing end" in err.reason
-                                          or (err.offset or 0) >= len(data) - 9)
+            cut = not whole_read and len(data) < m.size and (
+                "truncated" in err.reason or "missing end" in err.reason
+                or (err.offset or 0) >= len(data) - 9)
             if cut:
                 whole = _whole(ckpt, m, label, budget, copy=True)
                 if whole is None:
                     return None
-                data = whole
+                data, whole_read = whole, True
                 continue
             partial = err.result
             if (partial is not None and _worth_recording(partial)) or (
