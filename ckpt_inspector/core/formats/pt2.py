@@ -138,6 +138,21 @@ class _Reader:
             return None
         return _zip.inflate(raw, start, end, entry.file_size, entry.filename, exact=False)[0]
 
+    def zipfile_bytes(self, entry: Any, name: str, runs: bool) -> bytes | None:
+        """``ZipFile.read(name)``, or None with a finding past MAX_NESTED_BYTES."""
+        try:
+            return _zip.zipfile_read(self.raw, name, MAX_NESTED_BYTES)
+        except _zip.MemberError:
+            if entry.file_size <= MAX_NESTED_BYTES and entry.compress_size <= MAX_NESTED_BYTES:
+                raise
+        finding = _zip.unscanned(entry.filename, max(entry.file_size, entry.compress_size),
+                                 MAX_NESTED_BYTES, self.where(entry))
+        if runs:
+            finding.severity = DANGEROUS
+            finding.message += "; torch.export.load unpickles all of it"
+        self.ckpt.findings.append(finding)
+        return None
+
     def read_json(self, entry: Any) -> Any:
         """A JSON record, or None (with a warning) when it is too large or not JSON."""
         self.done.add(id(entry))
@@ -155,12 +170,18 @@ class _Reader:
             self.ckpt.warnings.append(f"{entry.filename}: {err}")
             return None
 
-    def nested(self, entry: Any, title: str, executed: bool = True) -> Node | None:
-        """An embedded file that ``torch.load`` reads: its pickles interpreted as run."""
+    def nested(self, entry: Any, title: str, executed: bool = True,
+               by_zipfile: str | None = None) -> Node | None:
+        """An embedded file that ``torch.load`` reads: its pickles interpreted as run. Its
+        bytes as torch's zip reader gets them, or as Python's zipfile does (``by_zipfile``:
+        the legacy layout, whose loader reads records with ``ZipFile.read(by_zipfile)``)."""
         self.done.add(id(entry))
         name = entry.filename
         try:
-            data = self.member_bytes(entry, MAX_NESTED_BYTES, runs=executed)
+            if by_zipfile:
+                data = self.zipfile_bytes(entry, by_zipfile, executed)
+            else:
+                data = self.member_bytes(entry, MAX_NESTED_BYTES, runs=executed)
             if data is None:
                 return None
             node = read_torch_bytes(self.ckpt, data, f"{self.blob.path}!{name}",
@@ -305,7 +326,8 @@ class _Reader:
         infos, _why = _zip.zipfile_view(self.raw)
         if not infos:
             return
-        by_name = {i.orig_filename: i for i in infos}  # zipfile's read() takes the last
+        # torch compares ZipInfo.filename (cut at a NUL); zipfile's read() takes the last
+        by_name = {i.filename: i for i in infos}
         if "version" not in by_name:
             return
         for name in LEGACY_FILES:
@@ -315,7 +337,8 @@ class _Reader:
             entry = self._same(_zip.as_entry(info))
             if id(entry) in self.done:
                 continue
-            node = self.nested(entry, name[len("serialized_"):].replace(".pt", ""))
+            node = self.nested(entry, name[len("serialized_"):].replace(".pt", ""),
+                               by_zipfile=name)
             if node is not None:
                 self.root.add(node)
         info = by_name.get("serialized_exported_program.json")
