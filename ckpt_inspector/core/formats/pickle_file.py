@@ -42,10 +42,23 @@ def sniff(head: bytes) -> bool:
     try:
         pickle_vm.load(head)
     except PickleError as err:
-        return _cut_short(err, head)
+        return _cut_short(err, head) or _acted(err.result)
     except Exception:  # any other failure of the interpreter: not a stream it reads
         return False
     return True
+
+
+def _acted(result: pickle_vm.PickleResult | None) -> bool:
+    """Whether a stream did something before it broke, as a loader would run it: called
+    anything, or imported a name that could be a module's (``pickle.load`` raises only
+    after the call or the import)."""
+    if result is None:
+        return False
+    if result.calls:
+        return True
+    return any(g.literal and all(isinstance(part, str) and part and all(
+        p.isidentifier() for p in part.split(".")) for part in (g.module, g.name))
+        for g in result.globals)
 
 
 def _cut_short(err: PickleError, head: bytes) -> bool:
