@@ -112,15 +112,18 @@ def check(path: str) -> dict:
             name = f"{command}{' --json' if as_json else ''}"
             args = argparse.Namespace(path=path, json=as_json)
             handler = cli.cmd_info if command == "info" else cli.cmd_scan
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-                status = handler(args)
-            try:  # stdout is a UTF-8 terminal (strict where the locale is not C/POSIX)
-                out.getvalue().encode("utf-8")
+            # stdout as cli.main leaves it: UTF-8, lone surrogates (names may hold them)
+            # written as backslash escapes
+            raw = io.BytesIO()
+            out = io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace")
+            try:
+                with contextlib.redirect_stdout(out), \
+                        contextlib.redirect_stderr(io.StringIO()):
+                    status = handler(args)
+                out.flush()
             except UnicodeEncodeError as err:
-                line = out.getvalue()[:err.start].count("\n") + 1
-                raise CommandFailed(name, "unprintable", f"line {line} of the output cannot "
-                                    f"be written to a UTF-8 stdout ({err.reason})") from None
+                raise CommandFailed(name, "unprintable", f"the output cannot be written to "
+                                    f"a UTF-8 stdout ({err.reason})") from None
             if status not in EXIT_STATUSES:
                 raise CommandFailed(name, "exit-status", f"exit status {status}")
     finally:

@@ -4,9 +4,9 @@ minimal reproducers of what it found (the long runs are fuzz/fuzz_reader.py).
 The round checks, for each input: the reader returns or raises CheckpointError, the
 info/scan commands end in 0, 1 or 3 with printable output, within a time and a memory
 limit, and an input whose payload torch runs (asked in a child) is never ``safe``.
-Findings already reproduced below are passed as ``--known``: the round still fails on
-anything new. Each reproducer is an xfail until its reader is fixed; then drop its
-signature from KNOWN.
+Findings already reproduced below may be passed as ``--known`` while their fix is open:
+the round still fails on anything new. Every reproducer below passes: each was found by
+the fuzzer, fixed, and kept as a regression test (its docstring says what was wrong).
 """
 
 from __future__ import annotations
@@ -35,21 +35,8 @@ FORMATS = ("zip", "pt2", "tar", "onnx", "safetensors", "pickle")
 ITERATIONS = 350  # per format: about 25 s for the round on 2 cores
 ATHERIS_RUNS = 300
 
-# signature patterns of the findings reproduced by the xfail tests below
-KNOWN = (
-    "payload-missed@torch-zip (torch)",  # test_zip_case_twin_of_data_pkl
-    "payload-missed@pt2 (pt2)",  # test_pt2_records_torch_export_load_unpickles
-    "payload-missed@archive (torch)",  # test_legacy_tar_member_as_hard_link
-    "payload-missed@archive (archive)",  # test_archive_member_as_hard_link, ..._without_proto
-    "payload-missed@unreadable-pickle (torch)",  # test_bare_pickle_without_proto
-    "*@pt2.py:*",  # test_pt2_json_of_the_wrong_shape
-    "*@safetensors_fmt.py:*",  # test_safetensors_header_of_the_wrong_shape
-    "unprintable@*",  # test_lone_surrogate_in_a_name_is_printable
-    "OverflowError@torch_tar.py:members_of",  # test_tar_in_a_zip_with_a_huge_pax_size
-    "hang@archive.py:read",  # test_member_shorter_than_declared_in_an_archive
-    "MemberError@archive.py:*",  # test_tar_member_past_the_end
-    "payload-missed@unreadable-pt2 (pt2)",  # test_pt2_torch_export_load_reads_anyway
-)
+# signature patterns of findings still open (each with a failing reproducer below)
+KNOWN: tuple[str, ...] = ()
 
 
 def edit_zip(data: bytes, edit) -> bytes:
@@ -164,6 +151,15 @@ def archive_hard_link(command: str) -> bytes:
                    ("release/model.pt", "data/blob")])
 
 
+def tar_then_zip(command: str) -> bytes:
+    """A tar of a README with a zip after its end blocks: tar extracts the README, zipfile
+    and unzip (which allow bytes before an archive) extract a payload ``model.pt``."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("release/model.pt", pickle.dumps(Payload(command), protocol=2))
+    return tar_of([("README.txt", b"weights inside")]) + out.getvalue()
+
+
 def archive_member_without_proto(command: str) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as z:
@@ -214,6 +210,7 @@ HOSTILE = {  # name -> (builder, whether it needs the .pt2 seed, how a user load
     "archive_member_without_proto": (archive_member_without_proto, False, "archive"),
     "bare_pickle_without_proto": (no_proto_pickle, False, "torch"),
     "archive_member_past_the_end": (archive_member_past_the_end, False, "archive"),
+    "tar_then_zip": (tar_then_zip, False, "archive"),
     "pt2_behind_a_stub": (pt2_behind_a_stub, True, "pt2"),
     "pt2_legacy_layout_size_lie": (pt2_legacy_layout_size_lie, False, "pt2"),
 }
@@ -262,74 +259,94 @@ def test_hostile_reproducers_are_live(seeds, tmp_path):
     assert not dead, f"payloads that did not run: {dead}"
 
 
-@pytest.mark.xfail(strict=False, reason="pt2 reader does not read the records torch.export."
-                   "load unpickles: use_pickle weights, data/weights/model.pt, opaque_obj_ "
-                   "constants")
 @pytest.mark.parametrize("name", ["pt2_pickled_weight", "pt2_legacy_weights",
                                   "pt2_opaque_constant"])
 def test_pt2_records_torch_export_load_unpickles(seeds, tmp_path, marker, name):
+    """Was (fixed): pt2 reader does not read the records torch.export.load unpickles:
+    use_pickle weights, data/weights/model.pt, opaque_obj_ constants."""
     path = tmp_path / "model.pt2"
     path.write_bytes(build(name, seeds, f"touch {marker}"))
     assert verdict(path) == "dangerous"
 
 
-@pytest.mark.xfail(strict=False, reason="torch's zip reader (miniz) finds data.pkl ignoring "
-                   "case; the reader neither flags case-insensitive duplicates nor reads "
-                   "data.PKL, whose protocol 0 stream it does not sniff as a pickle")
 def test_zip_case_twin_of_data_pkl(seeds, tmp_path, marker):
+    """Was (fixed): torch's zip reader (miniz) finds data.pkl ignoring case; the reader
+    neither flags case-insensitive duplicates nor reads data.PKL, whose protocol 0
+    stream it does not sniff as a pickle."""
     path = tmp_path / "model.pt"
     path.write_bytes(build("zip_case_twin", seeds, f"touch {marker}"))
     assert verdict(path) == "dangerous"
 
 
-@pytest.mark.xfail(strict=False, reason="torch_tar.members_of keeps regular files only; torch "
-                   "extracts a hard-linked 'storages' and unpickles it")
 def test_legacy_tar_member_as_hard_link(seeds, tmp_path, marker):
+    """Was (fixed): torch_tar.members_of keeps regular files only; torch extracts a hard-
+    linked 'storages' and unpickles it."""
     path = tmp_path / "model.tar"
     path.write_bytes(build("legacy_tar_hard_link", seeds, f"touch {marker}"))
     assert verdict(path) == "dangerous"
 
 
-@pytest.mark.xfail(strict=False, reason="archive reader skips hard links: extracted, "
-                   "release/model.pt is the payload")
 def test_archive_member_as_hard_link(seeds, tmp_path, marker):
+    """Was (fixed): archive reader skips hard links: extracted, release/model.pt is the
+    payload."""
     path = tmp_path / "release.tar"
     path.write_bytes(build("archive_hard_link", seeds, f"touch {marker}"))
     assert verdict(path) == "dangerous"
 
 
-@pytest.mark.xfail(strict=False, reason="pickle_file.sniff does not know pickles that start "
-                   "with a protocol 4 opcode and no PROTO (0x8c here); pickle.load does")
 @pytest.mark.parametrize("name", ["archive_member_without_proto", "bare_pickle_without_proto"])
 def test_pickle_without_proto(seeds, tmp_path, marker, name):
+    """Was (fixed): pickle_file.sniff does not know pickles that start with a protocol 4
+    opcode and no PROTO (0x8c here); pickle.load does."""
     path = tmp_path / "model.pkl"
     path.write_bytes(build(name, seeds, f"touch {marker}"))
     assert verdict(path) == "dangerous"
 
 
-@pytest.mark.xfail(strict=False, reason="a .pt2 behind a stub is 'not recognised' (detection "
-                   "wants PK at byte 0), a stored record of the legacy .pt2 layout whose "
-                   "uncompressed size disagrees is skipped: torch.export.load runs both")
 @pytest.mark.parametrize("name", ["pt2_behind_a_stub", "pt2_legacy_layout_size_lie"])
 def test_pt2_torch_export_load_reads_anyway(seeds, tmp_path, marker, name):
+    """Was (fixed): a .pt2 behind a stub is 'not recognised' (detection wants PK at byte
+    0), a stored record of the legacy .pt2 layout whose uncompressed size disagrees is
+    skipped: torch.export.load runs both."""
     path = tmp_path / "model.pt2"
     path.write_bytes(build(name, seeds, f"touch {marker}"))
     assert verdict(path) == "dangerous"
 
 
-@pytest.mark.xfail(strict=False, reason="archive reader: a deflated member whose compressed "
-                   "size runs past the end of the file is skipped without a finding")
 def test_archive_member_past_the_end(seeds, tmp_path, marker):
+    """Was (fixed): archive reader: a deflated member whose compressed size runs past the
+    end of the file is skipped without a finding."""
     path = tmp_path / "release.zip"
     path.write_bytes(build("archive_member_past_the_end", seeds, f"touch {marker}"))
     assert verdict(path) == "dangerous"
 
 
+def test_tar_that_is_also_a_zip(seeds, tmp_path, marker):
+    """Was (fixed, found by the fuzz round): a tar whose end is a zip directory (the zip
+    inside a FIFO's unskipped data, or after the end blocks) was called safe; zipfile
+    extracts its payload."""
+    path = tmp_path / "release.tar"
+    path.write_bytes(build("tar_then_zip", seeds, f"touch {marker}"))
+    assert verdict(path) == "dangerous"
+
+
+def test_tar_of_a_torch_file_is_not_a_polyglot(tmp_path):
+    """A tar whose last member is a torch.save zip: zipfile finds that member's directory
+    at the end, inside the member's data: a member, not a second archive."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(3)}, buf)
+    path = tmp_path / "release.tar"
+    path.write_bytes(tar_of([("README.txt", b"hi"), ("release/model.pt", buf.getvalue())]))
+    assert verdict(path) == "safe"
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="archive._pickle_bytes loops for ever when a member "
-                   "inflates to fewer bytes than its declared size: the 'cut' prefix is read "
-                   "whole, is still shorter, and is tried again")
 def test_member_shorter_than_declared_in_an_archive(tmp_path):
+    """Was (fixed): archive._pickle_bytes loops for ever when a member inflates to fewer
+    bytes than its declared size: the 'cut' prefix is read whole, is still shorter, and
+    is tried again."""
     member = zip_mutator.Entry(b"README.txt", b"weights", method=zip_mutator.DEFLATED,
                                encode="deflate", usize=255)
     path = tmp_path / "release.zip"
@@ -340,10 +357,10 @@ def test_member_shorter_than_declared_in_an_archive(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
-@pytest.mark.xfail(strict=False, reason="a pickle that runs os.system and then breaks (BINPUT "
-                   "eats the next opcode) is 'not recognised' by the pickle sniffing in the "
-                   "working tree of this commit, so it is unreadable with no finding")
 def test_pickle_broken_after_its_payload_is_read(tmp_path, marker):
+    """Was (fixed): a pickle that runs os.system and then breaks (BINPUT eats the next
+    opcode) is 'not recognised' by the pickle sniffing in the working tree of this
+    commit, so it is unreadable with no finding."""
     cmd = f"touch {marker}".encode()
     text = b"X" + len(cmd).to_bytes(4, "little") + cmd
     path = tmp_path / "model.pkl"
@@ -370,10 +387,10 @@ PT2_EDITS = {  # name -> (the JSON record edited, the edit)
 }
 
 
-@pytest.mark.xfail(strict=False, reason="pt2 reader trusts the JSON's types (AttributeError, "
-                   "TypeError) and its depth (RecursionError)")
 @pytest.mark.parametrize("edit", list(PT2_EDITS))
 def test_pt2_json_of_the_wrong_shape(seeds, tmp_path, edit):
+    """Was (fixed): pt2 reader trusts the JSON's types (AttributeError, TypeError) and its
+    depth (RecursionError)."""
     path = tmp_path / "model.pt2"
     record, change = PT2_EDITS[edit]
     path.write_bytes(edit_pt2((seeds / "linear.pt2").read_bytes(), **{record: change}))
@@ -384,23 +401,22 @@ def safetensors_file(header: bytes) -> bytes:
     return len(header).to_bytes(8, "little") + header + b"\0" * 4
 
 
-@pytest.mark.xfail(strict=False, reason="safetensors reader: a dtype that is a list or an "
-                   "object is looked up in a dict (TypeError); json.loads of a deep header "
-                   "raises RecursionError")
 @pytest.mark.parametrize("header", [
     b'{"w": {"dtype": {"F32": 1}, "shape": [1], "data_offsets": [0, 4]}}',
     b'{"w": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}',
     b'{"w": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
 ], ids=["dtype an object", "dtype a list", "nested 100,000 deep"])
 def test_safetensors_header_of_the_wrong_shape(tmp_path, header):
+    """Was (fixed): safetensors reader: a dtype that is a list or an object is looked up in
+    a dict (TypeError); json.loads of a deep header raises RecursionError."""
     path = tmp_path / "model.safetensors"
     path.write_bytes(safetensors_file(header))
     fuzz_reader.check(str(path))
 
 
-@pytest.mark.xfail(strict=False, reason="torch_tar.members_of lets tarfile's OverflowError "
-                   "out: a PAX size of 2**66 makes it seek past what BytesIO can")
 def test_tar_in_a_zip_with_a_huge_pax_size(tmp_path):
+    """Was (fixed): torch_tar.members_of lets tarfile's OverflowError out: a PAX size of
+    2**66 makes it seek past what BytesIO can."""
     tar = io.BytesIO()
     with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as t:
         info = tarfile.TarInfo("storages")
@@ -413,19 +429,19 @@ def test_tar_in_a_zip_with_a_huge_pax_size(tmp_path):
     fuzz_reader.check(str(path))
 
 
-@pytest.mark.xfail(strict=False, reason="archive._members raises _zip.MemberError (not a "
-                   "CheckpointError) for a tar member whose size runs past the end: a PAX "
-                   "GNU.sparse.size record changes the size after tarfile stepped over the data")
 def test_tar_member_past_the_end(tmp_path):
+    """Was (fixed): archive._members raises _zip.MemberError (not a CheckpointError) for a
+    tar member whose size runs past the end: a PAX GNU.sparse.size record changes the
+    size after tarfile stepped over the data."""
     path = tmp_path / "release.tar"
     path.write_bytes(tar_mutator.build(tar_mutator.Tar([tar_mutator.Member(
         "release/model.pt", b"\0" * 100, pax={"GNU.sparse.size": "1000000"})])))
     fuzz_reader.check(str(path))
 
 
-@pytest.mark.xfail(strict=False, reason="cli.print_info prints names as they are: a lone "
-                   "surrogate (JSON \\udcff) fails on a strict UTF-8 stdout with a traceback")
 def test_lone_surrogate_in_a_name_is_printable(tmp_path):
+    """Was (fixed): cli.print_info prints names as they are: a lone surrogate (JSON \udcff)
+    fails on a strict UTF-8 stdout with a traceback."""
     path = tmp_path / "model.safetensors"
     path.write_bytes(safetensors_file(
         b'{"\\udcff": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'))
@@ -462,9 +478,6 @@ def test_fuzz_round(fuzz_round, fmt):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("CKPT_INSPECTOR_ATHERIS"),
-                    reason="opt-in (CKPT_INSPECTOR_ATHERIS=1): while the archive-member hang "
-                    "(xfail above) is open, a coverage-guided run can reach it and outlast CI")
 def test_atheris_round(seeds, tmp_path):
     """The coverage-guided target runs with the structure-aware custom mutator."""
     pytest.importorskip("atheris")
