@@ -68,7 +68,9 @@ def judge(tool: str, exe: str, path: Path) -> str:
         return {"dangerous": "flagged", "needs-trust": "trust", "safe": "clean"}[verdict]
     args = {"picklescan": ["-p", str(path)], "modelscan": ["-p", str(path)],
             "fickling": ["--check-safety", str(path)]}[tool]
-    code, _out = run([exe, *args], cwd=path.parent)
+    code, out = run([exe, *args], cwd=path.parent)
+    if "Traceback (most recent call last)" in out:
+        return "error"  # the tool crashed (Python exits 1 then, which is not a verdict)
     return {0: "clean", 1: "flagged"}.get(code, "error")
 
 
