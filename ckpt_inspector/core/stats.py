@@ -589,6 +589,8 @@ class _HistAcc:
             f = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
             if self.special and f.dtype.kind == "f":
                 f = f[np.isfinite(f)]
+            if f.dtype == np.bool_:  # numpy warns, then converts it the same way
+                f = f.view(np.uint8)
             self.counts += np.histogram(f, bins=self.bins, range=self.span)[0]
             self.pending.clear()
             self.held = 0
