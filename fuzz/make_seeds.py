@@ -12,6 +12,7 @@ marker the fuzzer's torch oracle looks for.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import sys
 import warnings
@@ -31,7 +32,9 @@ def make(out: Path) -> None:
     import corpus
 
     torch.manual_seed(0)
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    os.chdir(out)  # a sample's files outside its archive (a link's target) are written here
     for sample in corpus.build(out / "corpus", Path(payloads.MARKER)):
         if sample.path.stat().st_size < 1 << 20:
             sample.path.rename(out / sample.name)

@@ -78,6 +78,8 @@ def make(out: Path) -> None:
         t.add(out / "state_dict.pth", "release/model.pth")
     import corpus
 
+    (out / "hostile").mkdir()
+    os.chdir(out / "hostile")  # a link's target outside its archive is written there
     corpus.build(out / "hostile", Path("MARKER"))
 
 
