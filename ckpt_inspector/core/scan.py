@@ -11,16 +11,16 @@ code the user would have to trust: ``needs-trust``.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ckpt_inspector.core import callables
 from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_GLOBALS
 from ckpt_inspector.core.calls import RECONSTRUCTORS, Analysis, Use, attribute_name, judge_use
+from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, SAFE, Finding
 from ckpt_inspector.core.pickle_vm import Call, GlobalRef, LazyBytes
 from ckpt_inspector.core.tree import Checkpoint
 
-SAFE, NEEDS_TRUST, DANGEROUS = "safe", "needs-trust", "dangerous"
 _MANGLE = re.compile(r"\.___torch_mangle_\d+")
 _RANK = {SAFE: 0, NEEDS_TRUST: 1, DANGEROUS: 2}
 
@@ -61,19 +61,6 @@ DANGEROUS_NAMES = frozenset({
     "numpy.load", "numpy.lib.npyio.load", "numpy.testing._private.utils.runstring",
     "codecs.open",
 })
-
-
-@dataclass
-class Finding:
-    severity: str  # dangerous | needs-trust | info
-    code: str
-    message: str
-    member: str | None = None
-    offset: int | None = None
-    name: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ckpt_inspector.core.formats import _zip, torch_zip
-from ckpt_inspector.core.formats._common import Blob
+from ckpt_inspector.core.io.source import BytesSource, LocalSource
 
 import hostile_zip as H
 from support import ROOT, build_sample, run_limited, scan_file
@@ -48,7 +48,7 @@ def torch_view(torch, path: Path):
 
 
 def our_view(path: Path):
-    raw = Blob(str(path)).data
+    raw = LocalSource(path).data
     try:
         directory = _zip.Directory(raw)
     except _zip.ZipError as err:
@@ -173,7 +173,7 @@ def test_duplicates_are_read_as_torch_picks_them(torch, tmp_path):
     path = tmp_path / "dups.zip"
     path.write_bytes(H.simple_zip(members))
     reader = torch._C.PyTorchFileReader(str(path))
-    raw = Blob(str(path)).data
+    raw = LocalSource(path).data
     directory = _zip.Directory(raw)
     assert directory.case_duplicates
     for name in {n.split("/", 1)[1] for n, _ in members}:
@@ -361,5 +361,5 @@ def open_checkpoint_bytes(raw: bytes):
     from ckpt_inspector.core.tree import Checkpoint
 
     ckpt = Checkpoint("<bytes>", "torch-zip", None, file_size=len(raw))  # type: ignore[arg-type]
-    ckpt.root = torch_zip.read_into(ckpt, Blob("<bytes>", raw), "")
+    ckpt.root = torch_zip.read_into(ckpt, BytesSource("<bytes>", raw), "")
     return ckpt

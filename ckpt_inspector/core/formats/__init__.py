@@ -3,55 +3,96 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.io.source import Source, open_source
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 FORMATS = ("torch-zip", "torch-legacy", "torchscript", "pickle", "safetensors", "onnx",
            "pt2", "archive")
 
 
-def _head(path: str, n: int = 512) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(n)
+@dataclass(frozen=True)
+class Reader:
+    """One way to read a file: ``sniff(source)`` says whether it applies (from the head
+    and listings cached on the source), ``read(source)`` reads it."""
+
+    name: str
+    sniff: Callable[[Source], bool]
+    read: Callable[[Source], Checkpoint]
 
 
-def detect_format(path: str) -> str:
-    """The reader for ``path``, decided from its first bytes (``torchscript`` reads as
-    ``torch-zip`` until the archive is opened; ``torch-tar`` is the pre-0.4 legacy
-    format, reported as ``torch-legacy``). Raises CheckpointError if none fits."""
+def _readers() -> tuple[Reader, ...]:
     from ckpt_inspector.core.formats import (
         archive,
         onnx_fmt,
         pickle_file,
+        pt2,
         safetensors_fmt,
         torch_legacy,
         torch_tar,
         torch_zip,
     )
 
-    head = _head(path)
-    if not head:
+    def zip_of(kind: str) -> Callable[[Source], bool]:
+        return lambda src: torch_zip.sniff(src.head()) and archive.zip_kind(src) == kind
+
+    def tar_of(kind: str) -> Callable[[Source], bool]:
+        return lambda src: torch_tar.sniff(src.head()) and archive.tar_kind(src) == kind
+
+    def onnx(src: Source) -> bool:
+        head = src.head()
+        return onnx_fmt.sniff(head) or (src.name.lower().endswith(".onnx")
+                                        and head[:1] == b"\x08")
+
+    # in the order torch.load decides: a zip (local header at byte 0), a tar, then the rest;
+    # a compressed wrapper ("BZh" also starts a pickle) before the formats sniffed by magic
+    return (
+        Reader("torch-zip", zip_of("torch-zip"), torch_zip.read),
+        Reader("pt2", zip_of("pt2"), pt2.read),
+        Reader("archive", zip_of("archive"), lambda src: archive.read(src, "zip")),
+        Reader("torch-tar", tar_of("torch-tar"), torch_tar.read),  # reported as torch-legacy
+        Reader("archive-tar", tar_of("archive-tar"), lambda src: archive.read(src, "tar")),
+        Reader("compressed", lambda src: archive.wrapper_kind(src.head()) is not None,
+               archive.read_wrapped),
+        Reader("torch-legacy", lambda src: torch_legacy.sniff(src.head()), torch_legacy.read),
+        Reader("safetensors", lambda src: safetensors_fmt.sniff(src.head()),
+               safetensors_fmt.read),
+        Reader("onnx", onnx, onnx_fmt.read),
+        Reader("pickle", lambda src: pickle_file.sniff(src.head()), pickle_file.read),
+    )
+
+
+READERS: tuple[Reader, ...] = ()
+
+
+def readers() -> tuple[Reader, ...]:
+    """The registry, in the order detection tries it (built on first use: the readers
+    import what they need only when a file is opened)."""
+    global READERS
+    if not READERS:
+        READERS = _readers()
+    return READERS
+
+
+def reader_for(src: Source) -> Reader:
+    """The first reader whose sniff accepts ``src``. Raises CheckpointError if none does."""
+    if not src.head(1):
         raise CheckpointError("empty file")
-    if torch_zip.sniff(head):
-        return archive.classify_zip(path)
-    if torch_tar.sniff(head):
-        return archive.classify_tar(path)
-    kind = archive.wrapper_kind(head)
-    if kind:
-        # torch.load unpickles whatever is not a zip or a tar: "BZh" also starts a pickle
-        # (BINBYTES), so one that parses is read as such; refused only if it is not one
-        return f"pickle-or-{kind}" if pickle_file.sniff(head) else archive.raise_wrapper(kind)
-    if torch_legacy.sniff(head):
-        return "torch-legacy"
-    if safetensors_fmt.sniff(head):
-        return "safetensors"
-    if onnx_fmt.sniff(head) or (path.lower().endswith(".onnx") and head[:1] == b"\x08"):
-        return "onnx"
-    if pickle_file.sniff(head):
-        return "pickle"
+    for reader in readers():
+        if reader.sniff(src):
+            return reader
     raise CheckpointError("not a checkpoint: the format is not recognised")
+
+
+def detect_format(path: str | os.PathLike[str] | Source) -> str:
+    """The name of the reader for a file (``torchscript`` reads as ``torch-zip`` until the
+    archive is opened; ``torch-tar`` is the pre-0.4 legacy format, reported as
+    ``torch-legacy``). Raises CheckpointError if none fits."""
+    return reader_for(path if isinstance(path, Source) else open_source(path)).name
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -65,17 +106,18 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         if os.path.isdir(path):
             raise CheckpointError("is a folder, not a file")
         with pickle_vm.deadline():  # one time limit for every pickle the file holds
+            src = open_source(path)
             try:
-                ckpt = _read(path)
+                ckpt = reader_for(src).read(src)
             except CheckpointError as err:
                 # unreadable as what its first bytes say, yet maybe an archive to torch
                 partial = err.partial or Checkpoint(path, "unknown", Node(
                     "truncated", note="the file could not be read"))
-                if not _is_zip(partial) and _zip_view(partial):
+                if not _is_zip(partial) and _zip_view(partial, src):
                     err.partial = partial
                 raise
             if not _is_zip(ckpt):
-                _zip_view(ckpt)
+                _zip_view(ckpt, src)
             return ckpt
     except FileNotFoundError:
         raise CheckpointError("no such file") from None
@@ -87,41 +129,6 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"cannot read the file: {err}") from None
 
 
-def _read(path: str) -> Checkpoint:
-    from ckpt_inspector.core.formats import (
-        archive,
-        onnx_fmt,
-        pickle_file,
-        pt2,
-        safetensors_fmt,
-        torch_legacy,
-        torch_tar,
-        torch_zip,
-    )
-
-    fmt = detect_format(path)
-    if fmt.startswith("pickle-or-"):
-        try:
-            return pickle_file.read(path)
-        except CheckpointError as err:
-            if err.partial is not None and err.partial.pickles and \
-                    err.partial.pickles[0].result.globals:
-                raise
-            raise archive.refuse_wrapper(fmt[len("pickle-or-"):]) from None
-    reader = {
-        "torch-zip": torch_zip.read,
-        "torch-legacy": torch_legacy.read,
-        "torch-tar": torch_tar.read,  # reported as torch-legacy
-        "archive": lambda p: archive.read(p, "zip"),
-        "pt2": pt2.read,
-        "archive-tar": lambda p: archive.read(p, "tar"),
-        "safetensors": safetensors_fmt.read,
-        "onnx": onnx_fmt.read,
-        "pickle": pickle_file.read,
-    }[fmt]
-    return reader(path)
-
-
 ZIP_FORMATS = ("torch-zip", "torchscript", "pt2")
 
 
@@ -130,24 +137,22 @@ def _is_zip(ckpt: Checkpoint) -> bool:
                                           and ckpt.metadata.get("container") == "zip")
 
 
-def _zip_view(ckpt: Checkpoint) -> bool:
+def _zip_view(ckpt: Checkpoint, src: Source) -> bool:
     """A file read as another format may also be a zip to ``torch.jit.load`` and
     ``torch.export.load``: torch's zip reader (miniz) finds the archive from its directory
     at the *end* of the file, whatever the first bytes say. Such a polyglot is dangerous
     and what its archive holds is scanned too."""
+    from ckpt_inspector.core.findings import DANGEROUS, Finding
     from ckpt_inspector.core.formats import _zip, archive, pt2, torch_zip
-    from ckpt_inspector.core.formats._common import Blob
-    from ckpt_inspector.core.scan import DANGEROUS, Finding
 
-    blob = Blob(ckpt.path)
     try:
-        _zip.find_end_record(blob.data, len(blob.data))
+        _zip.find_end_record(src.data, len(src.data))
         try:  # miniz, as torch.jit.load and torch.export.load read it
-            kind = archive._kind_of(_zip.open_directory(blob.data))
+            kind = archive._kind_of(_zip.directory_of(src))
         except _zip.ZipError:
             # torch.export.load's fallback for the older layout reads with zipfile, which
             # allows for bytes before the archive; torch.jit.load has no such fallback
-            infos, _why = _zip.zipfile_view(blob.data)
+            infos, _why = _zip.zipfile_view(src.data)
             kind = archive._kind_of_names([i.orig_filename for i in infos or []])
             if kind != "pt2":
                 return False
@@ -157,7 +162,7 @@ def _zip_view(ckpt: Checkpoint) -> bool:
         return False
     loader = "torch.export.load" if kind == "pt2" else "torch.jit.load / torch.export.load"
     try:
-        view = (pt2.read if kind == "pt2" else torch_zip.read)(ckpt.path)
+        view = (pt2.read if kind == "pt2" else torch_zip.read)(src)
     except CheckpointError as err:
         view = err.partial
     ckpt.findings.append(Finding(

@@ -2,54 +2,19 @@
 
 from __future__ import annotations
 
-import io
-import mmap
-import os
 from typing import Any
 
 from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import CheckpointError, PickleError
+from ckpt_inspector.core.findings import DANGEROUS, Finding
+from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.pickle_tree import TreeBuilder, literal_bytes
-from ckpt_inspector.core.scan import DANGEROUS, Finding
-from ckpt_inspector.core.tensors import BytesRange, DataSource, FileRange
 from ckpt_inspector.core.tree import Checkpoint, Node, PickleRecord
 
 
-class Blob:
-    """The bytes of a file (memory-mapped) or of a checkpoint nested in another one.
-
-    ``source`` is what ``zipfile``/``tarfile`` open: the path, or a BytesIO of the bytes.
-    """
-
-    def __init__(self, path: str, data: bytes | None = None):
-        self.path = path
-        self.nested = data is not None
-        if data is not None:
-            self.data: Any = data
-        else:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-            if size and hasattr(mmap, "MADV_RANDOM"):
-                # the reader jumps between headers: do not read ahead into tensor data
-                self.data.madvise(mmap.MADV_RANDOM)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    @property
-    def source(self) -> Any:
-        return io.BytesIO(self.data) if self.nested else self.path
-
-    @property
-    def container(self) -> str | bytes:
-        """What a ZipEntryData reads from: the path, or the nested bytes."""
-        return self.data if self.nested else self.path
-
-    def range(self, offset: int, length: int, byteorder: str = "little") -> DataSource:
-        if self.nested:
-            return BytesRange(self.data, offset, length, byteorder)
-        return FileRange(self.path, offset, length, byteorder)
+def new_checkpoint(src: Source, fmt: str) -> Checkpoint:
+    """The checkpoint a reader fills in (its ``root`` is set once the tree is built)."""
+    return Checkpoint(src.name, fmt, None, file_size=len(src))  # type: ignore[arg-type]
 
 
 def run_pickle(

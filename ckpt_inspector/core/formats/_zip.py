@@ -34,7 +34,7 @@ import zipfile
 import zlib
 from typing import Any
 
-from ckpt_inspector.core.scan import DANGEROUS, NEEDS_TRUST, Finding
+from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.tree import Checkpoint
 
 LOCAL_SIG, CENTRAL_SIG, END_SIG = b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06"
@@ -441,34 +441,18 @@ class Directory:
         return entry.raw_name[len(prefix):].decode("utf-8", "replace")
 
 
-_LAST: list[Any] = [None, None]  # (key, Directory): detection and reading share one parse
-
-
-def open_directory(raw: Any, key: Any = None) -> Directory:
-    """The :class:`Directory` of ``raw``; ``key`` (see :func:`file_key`) reuses the last
-    parse of the same file version."""
-    if key is not None and _LAST[0] == key:
-        return _LAST[1]
+def open_directory(raw: Any) -> Directory:
+    """The :class:`Directory` of the zip in ``raw``, as miniz reads it."""
     try:
-        directory = Directory(raw)
+        return Directory(raw)
     except struct.error:
         raise ZipError("the central directory is cut off") from None
-    if key is not None:
-        _LAST[:] = [key, directory]
-    return directory
 
 
-def file_key(path: Any) -> Any:
-    """A key for one version of a file on disk (None for bytes in memory)."""
-    import os
-
-    if not isinstance(path, str):
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (path, st.st_size, st.st_mtime_ns, st.st_ino)
+def directory_of(src: Any) -> Directory:
+    """The directory of a :class:`~ckpt_inspector.core.io.source.Source`, parsed once:
+    detection and the reader share it."""
+    return src.cached("zip.directory", lambda: open_directory(src.data))
 
 
 # -- member bytes -------------------------------------------------------------------------------

@@ -21,9 +21,10 @@ from typing import Any
 
 from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import CheckpointError, PickleError
+from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats import _zip
-from ckpt_inspector.core.formats._common import Blob, fail
-from ckpt_inspector.core.scan import DANGEROUS, NEEDS_TRUST, Finding
+from ckpt_inspector.core.formats._common import fail, new_checkpoint
+from ckpt_inspector.core.io.source import BytesSource, Source
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 MAX_DEPTH = 3
@@ -49,8 +50,23 @@ def wrapper_kind(head: bytes) -> str | None:
     return None
 
 
-def raise_wrapper(kind: str) -> str:
-    raise refuse_wrapper(kind)
+def read_wrapped(src: Source) -> Checkpoint:
+    """A file that starts like a compressed wrapper: ``torch.load`` unpickles whatever is
+    not a zip or a tar, and "BZh" also starts a pickle (BINBYTES), so one that parses (or
+    imports something before it breaks) is read as a pickle; anything else is refused,
+    with the reason, never called safe."""
+    from ckpt_inspector.core.formats import pickle_file
+
+    kind = wrapper_kind(src.head()) or "compressed"
+    if not pickle_file.sniff(src.head()):
+        raise refuse_wrapper(kind)
+    try:
+        return pickle_file.read(src)
+    except CheckpointError as err:
+        if err.partial is not None and err.partial.pickles and \
+                err.partial.pickles[0].result.globals:
+            raise
+        raise refuse_wrapper(kind) from None
 
 
 def refuse_wrapper(kind: str) -> CheckpointError:
@@ -75,19 +91,18 @@ class _Member:
         return self._head_bytes
 
 
-def read(path: str, kind: str) -> Checkpoint:
-    blob = Blob(path)
-    ckpt = Checkpoint(path, "archive", None, file_size=len(blob))  # type: ignore[arg-type]
+def read(src: Source, kind: str) -> Checkpoint:
+    ckpt = new_checkpoint(src, "archive")
     ckpt.metadata["container"] = kind
-    ckpt.root = read_into(ckpt, blob, "", kind, 0)
+    ckpt.root = read_into(ckpt, src, "", kind, 0)
     return ckpt
 
 
-def read_into(ckpt: Checkpoint, blob: Blob, label: str, kind: str, depth: int,
+def read_into(ckpt: Checkpoint, src: Source, label: str, kind: str, depth: int,
               budget: list[int] | None = None) -> Node:
     root = Node("dict", None, f"{kind} archive")
     budget = budget if budget is not None else [MAX_INFLATE_TOTAL]
-    for m in _members(ckpt, blob, kind, label):
+    for m in _members(ckpt, src, kind, label):
         where = label + m.name
         if m.size > MAX_MEMBER_BYTES:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
@@ -96,7 +111,7 @@ def read_into(ckpt: Checkpoint, blob: Blob, label: str, kind: str, depth: int,
             root.add(Node("value", m.name, "member", f"<not scanned: {m.size:,} bytes>"))
             continue
         try:
-            node = _member_node(ckpt, blob, m, f"{where}/", depth, budget)
+            node = _member_node(ckpt, src, m, f"{where}/", depth, budget)
         except (_zip.MemberError, OSError, tarfile.TarError) as err:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
                                          f"{m.name} could not be read: {err}", where))
@@ -104,24 +119,24 @@ def read_into(ckpt: Checkpoint, blob: Blob, label: str, kind: str, depth: int,
         node.key = m.name
         root.add(node)
     if kind == "tar":
-        zipped = _zip_over_tar(ckpt, blob, label, depth, budget)
+        zipped = _zip_over_tar(ckpt, src, label, depth, budget)
         if zipped is not None:
             root.add(zipped)
     return root
 
 
-def _zip_over_tar(ckpt: Checkpoint, blob: Blob, label: str, depth: int,
+def _zip_over_tar(ckpt: Checkpoint, src: Source, label: str, depth: int,
                   budget: list[int]) -> Node | None:
     """A tar that Python's zipfile (and unzip) also open, from a zip directory at its end
     that is not inside one member's data: extracted as a zip, it yields other files than
     tar gives. Such a polyglot is dangerous and its zip members are scanned too."""
     from ckpt_inspector.core.formats.torch_tar import members_of
 
-    infos, _why = _zip.zipfile_view(blob.data)
+    infos, _why = _zip.zipfile_view(src.data)
     if not infos:
         return None
     try:
-        spans = [(m.offset_data, m.offset_data + m.size) for m in members_of(ckpt, blob).values()]
+        spans = [(m.offset_data, m.offset_data + m.size) for m in members_of(ckpt, src).values()]
     except CheckpointError:
         spans = []
     offsets = [i.header_offset for i in infos]
@@ -132,16 +147,16 @@ def _zip_over_tar(ckpt: Checkpoint, blob: Blob, label: str, depth: int,
         "the tar archive is also a zip archive (Python's zipfile and unzip open it from the "
         "directory at its end): extracted as a zip it yields other files than tar does",
         label.rstrip("/") or None))
-    node = read_into(ckpt, blob, f"{label}(as zip)/", "zip", depth + 1, budget)
+    node = read_into(ckpt, src, f"{label}(as zip)/", "zip", depth + 1, budget)
     node.key = "(as zip)"
     return node
 
 
-def _members(ckpt: Checkpoint, blob: Blob, kind: str, label: str) -> Iterator[_Member]:
-    raw = blob.data
+def _members(ckpt: Checkpoint, src: Source, kind: str, label: str) -> Iterator[_Member]:
+    raw = src.data
     if kind == "zip":
         try:
-            directory = _zip.open_directory(raw, _zip.file_key(blob.container))
+            directory = _zip.directory_of(src)
             entries: list[Any] = list(directory.entries)
             entries += _zip.audit(ckpt, raw, directory, label)
         except _zip.ZipError as err:
@@ -159,7 +174,7 @@ def _members(ckpt: Checkpoint, blob: Blob, kind: str, label: str) -> Iterator[_M
     else:
         from ckpt_inspector.core.formats.torch_tar import members_of
 
-        for name, m in members_of(ckpt, blob).items():
+        for name, m in members_of(ckpt, src).items():
             start, size = m.offset_data, m.size
             if start + size > len(raw):
                 raise _zip.MemberError(f"{name} runs past the end of the archive")
@@ -194,7 +209,7 @@ def _whole(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
     return bytes(data) if copy else data
 
 
-def _member_node(ckpt: Checkpoint, blob: Blob, m: _Member, label: str, depth: int,
+def _member_node(ckpt: Checkpoint, src: Source, m: _Member, label: str, depth: int,
                  budget: list[int]) -> Node:
     """The tree of one member: a checkpoint's own tree, or a note of what it is."""
     from ckpt_inspector.core.formats import pickle_file, safetensors_fmt, torch_legacy, torch_tar
@@ -215,7 +230,7 @@ def _member_node(ckpt: Checkpoint, blob: Blob, m: _Member, label: str, depth: in
             data = _whole(ckpt, m, label, budget, copy=True)
             if data is None:
                 return Node("value", None, "member", "<not scanned: over the inflation budget>")
-            return torch_legacy.read_into(ckpt, Blob(path, data), label)
+            return torch_legacy.read_into(ckpt, BytesSource(path, data), label)
         kind = wrapper_kind(head)
         if kind:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
@@ -227,7 +242,7 @@ def _member_node(ckpt: Checkpoint, blob: Blob, m: _Member, label: str, depth: in
         if data is not None:
             # a pickle whatever its name; one not named like a checkpoint is not something
             # a loader would run, so only what it imports counts
-            return pickle_file.read_into(ckpt, Blob(path, data), label, executed=named)
+            return pickle_file.read_into(ckpt, BytesSource(path, data), label, executed=named)
         if safetensors_fmt.sniff(head):
             return Node("value", None, "member", "<safetensors file: holds no code>")
         return Node("bytes", None, "member", b"", note=f"{m.size:,} bytes, not a checkpoint")
@@ -241,23 +256,21 @@ def _nested(ckpt: Checkpoint, path: str, data: Any, kind: str, label: str, depth
             budget: list[int]) -> Node:
     from ckpt_inspector.core.formats import pt2, torch_tar, torch_zip
 
+    nested = BytesSource(path, data if kind == "zip" or isinstance(data, bytes) else bytes(data))
     if kind == "zip":
-        shape = _zip_kind(data)
+        shape = zip_kind(nested)
         if shape == "torch-zip":
-            return torch_zip.read_into(ckpt, Blob(path, data), label)
+            return torch_zip.read_into(ckpt, nested, label)
         if shape == "pt2":
-            return pt2.read_into(ckpt, Blob(path, data), label)
-    else:
-        nested = Blob(path, data if isinstance(data, bytes) else bytes(data))
-        if torch_tar.is_torch_tar(torch_tar.members_of(ckpt, nested)):
-            return torch_tar.read_into(ckpt, nested, label)
-        data = nested.data
+            return pt2.read_into(ckpt, nested, label)
+    elif torch_tar.is_torch_tar(torch_tar.members_of(ckpt, nested)):
+        return torch_tar.read_into(ckpt, nested, label)
     if depth + 1 >= MAX_DEPTH:
         ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
                                      f"{label.rstrip('/')}: archives nested deeper than "
                                      f"{MAX_DEPTH} levels are not opened", label.rstrip("/")))
         return Node("value", None, "member", "<archive not opened: nested too deep>")
-    return read_into(ckpt, Blob(path, data), label, kind, depth + 1, budget)
+    return read_into(ckpt, nested, label, kind, depth + 1, budget)
 
 
 def _pickle_bytes(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
@@ -296,12 +309,18 @@ def _pickle_bytes(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
         return None
 
 
-def _zip_kind(data: Any, key: Any = None) -> str:
-    """``torch-zip``, ``pt2`` or ``archive`` for zip bytes, as :func:`classify_zip` does."""
+def zip_kind(src: Source) -> str:
+    """``pt2`` for torch.export archives, ``torch-zip`` when torch finds a ``data.pkl``
+    (or the zip has a ``<root>/data.pkl``), else ``archive``. Records are listed the way
+    torch lists them (Python's zipfile where torch's reader refuses the zip)."""
+    return src.cached("zip.kind", lambda: _zip_kind(src))
+
+
+def _zip_kind(src: Source) -> str:
     try:
-        directory = _zip.open_directory(data, key)
+        directory = _zip.directory_of(src)
     except _zip.ZipError:
-        infos, _why = _zip.zipfile_view(data)
+        infos, _why = _zip.zipfile_view(src.data)
         if infos is None:
             return "torch-zip"  # let the torch reader report what is wrong with it
         return _kind_of_names([i.orig_filename for i in infos])
@@ -335,18 +354,12 @@ def _pickle_like_name(name: str) -> bool:
                                   ".joblib", ".dat", ".data"))
 
 
-def classify_zip(path: str) -> str:
-    """``pt2`` for torch.export archives, ``torch-zip`` when torch finds a ``data.pkl``
-    (or the zip has a ``<root>/data.pkl``), else ``archive``. Records are listed the way
-    torch lists them."""
-    return _zip_kind(Blob(path).data, _zip.file_key(path))
-
-
-def classify_tar(path: str) -> str:
+def tar_kind(src: Source) -> str:
+    """``torch-tar`` when ``torch.load`` runs pickles from this tar, else ``archive-tar``."""
     from ckpt_inspector.core.formats.torch_tar import is_torch_tar, members_of
 
     try:
-        members = members_of(Checkpoint(path, "archive", Node("dict")), Blob(path))
+        members = members_of(Checkpoint(src.name, "archive", Node("dict")), src)
     except CheckpointError:
         return "torch-tar"
     return "torch-tar" if is_torch_tar(members) else "archive-tar"

@@ -13,7 +13,6 @@ is checked dimension by dimension before anything multiplies it.
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections import Counter
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import _protobuf as pb
+from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.tensors import FileRange, VarintData
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
@@ -41,21 +41,22 @@ def sniff(head: bytes) -> bool:
                                                                       0x32, 0x3A, 0x42, 0x72)
 
 
-def read(path: str) -> Checkpoint:
+def read(src: Source) -> Checkpoint:
     try:
-        return _read(path)
+        return _read(src)
     except (TypeError, ValueError, IndexError, OverflowError) as err:
         # a field with the wrong wire type, a negative length...: not a valid model
         raise CheckpointError(f"malformed ONNX protobuf ({type(err).__name__}: {err})") \
             from None
 
 
-def _read(path: str) -> Checkpoint:
-    size = os.path.getsize(path)
+def _read(src: Source) -> Checkpoint:
+    size = len(src)
     if size == 0:
         raise CheckpointError("empty file")
-    with open(path, "rb") as f:
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    buf = src.data
+    # initializers (and external data files beside the model) are read from the file
+    path = src.path or src.name
     root = Node("dict", None, "onnx.ModelProto")
     ckpt = Checkpoint(path, "onnx", root, file_size=size)
     meta: dict[str, Any] = {}

@@ -15,14 +15,14 @@ anything.
 
 from __future__ import annotations
 
-import os
 import pickletools
 from typing import Any
 
 from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.formats import torch_legacy, torch_zip
-from ckpt_inspector.core.formats._common import Blob, build_tree, run_pickle
+from ckpt_inspector.core.formats._common import build_tree, new_checkpoint, run_pickle
+from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.pickle_vm import LazyBytes
 from ckpt_inspector.core.tree import Checkpoint, Node
 
@@ -107,10 +107,10 @@ class _Nested:
         return load_embedded(self.ckpt, raw, self.label)
 
 
-def read(path: str) -> Checkpoint:
-    ckpt = Checkpoint(path, "pickle", None, file_size=os.path.getsize(path))  # type: ignore[arg-type]
+def read(src: Source) -> Checkpoint:
+    ckpt = new_checkpoint(src, "pickle")
     try:
-        ckpt.root = read_stream(ckpt, Blob(path), "")
+        ckpt.root = read_stream(ckpt, src, "")
     except CheckpointError as err:
         raise _not_a_pickle(ckpt, err) from None
     return ckpt
@@ -128,27 +128,27 @@ def _not_a_pickle(ckpt: Checkpoint, err: CheckpointError) -> CheckpointError:
     return err
 
 
-def read_stream(ckpt: Checkpoint, blob: Blob, label: str) -> Node:
+def read_stream(ckpt: Checkpoint, src: Source, label: str) -> Node:
     """What a loader does with a stream: run its first pickle; when that evaluates (or may
     evaluate) to torch's magic number and more bytes follow, go on as the legacy format."""
-    first = run_pickle(ckpt, blob.data, label, expect_end=False)
+    first = run_pickle(ckpt, src.data, label, expect_end=False)
     record = ckpt.pickles[-1]
     if torch_legacy.equals(first.value, torch_legacy.MAGIC_NUMBER) is not False \
-            and first.end < len(blob.data):
+            and first.end < len(src.data):
         if not label:
             ckpt.format = "torch-legacy"
         record.member = f"{label}magic number"
         for g in first.globals:
             g.member = record.member
-        return torch_legacy.read_into(ckpt, blob, label, first)
-    record.trailing = len(blob.data) - first.end
+        return torch_legacy.read_into(ckpt, src, label, first)
+    record.trailing = len(src.data) - first.end
     if not label:
         ckpt.metadata["pickle protocol"] = first.protocol
     return build_tree(ckpt, first.value, nested_loader=_Nested(ckpt, label))
 
 
-def read_into(ckpt: Checkpoint, blob: Blob, label: str, executed: bool = True) -> Node:
+def read_into(ckpt: Checkpoint, src: Source, label: str, executed: bool = True) -> Node:
     if executed:
-        return read_stream(ckpt, blob, label)
-    result = run_pickle(ckpt, blob.data, label, executed=False)
+        return read_stream(ckpt, src, label)
+    result = run_pickle(ckpt, src.data, label, executed=False)
     return build_tree(ckpt, result.value, nested_loader=_Nested(ckpt, label))

@@ -36,10 +36,12 @@ from collections import Counter
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats import _zip, torch_zip
-from ckpt_inspector.core.formats._common import Blob, run_pickle
+from ckpt_inspector.core.formats._common import new_checkpoint, run_pickle
+from ckpt_inspector.core.io.source import BytesSource, Source
 from ckpt_inspector.core.pickle_tree import check_tensor
-from ckpt_inspector.core.scan import DANGEROUS, NEEDS_TRUST, Finding, classify
+from ckpt_inspector.core.scan import classify
 from ckpt_inspector.core.tensors import ZipEntryData
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
@@ -73,15 +75,14 @@ def is_pt2(names: list[str]) -> bool:
         "serialized_exported_program.json" in names)
 
 
-def read(path: str) -> Checkpoint:
-    blob = Blob(path)
-    ckpt = Checkpoint(path, "pt2", None, file_size=len(blob))  # type: ignore[arg-type]
-    ckpt.root = read_into(ckpt, blob, "")
+def read(src: Source) -> Checkpoint:
+    ckpt = new_checkpoint(src, "pt2")
+    ckpt.root = read_into(ckpt, src, "")
     return ckpt
 
 
-def read_into(ckpt: Checkpoint, blob: Blob, label: str) -> Node:
-    reader = _Reader(ckpt, blob, label)
+def read_into(ckpt: Checkpoint, src: Source, label: str) -> Node:
+    reader = _Reader(ckpt, src, label)
     reader.modern()
     reader.legacy()
     reader.rest()
@@ -91,17 +92,16 @@ def read_into(ckpt: Checkpoint, blob: Blob, label: str) -> Node:
 
 
 class _Reader:
-    def __init__(self, ckpt: Checkpoint, blob: Blob, label: str):
-        self.ckpt, self.blob, self.label = ckpt, blob, label
-        self.raw = blob.data
+    def __init__(self, ckpt: Checkpoint, src: Source, label: str):
+        self.ckpt, self.src, self.label = ckpt, src, label
+        self.raw = src.data
         self.root = Node("dict", None, "torch.export program")
         self.done: set[int] = set()  # ids of records already read
         self.ops: Counter[str] = Counter()
         self.graphs = 0
         self.extra: list[_zip.Entry] = []
         try:
-            self.dir: _zip.Directory | None = _zip.open_directory(
-                self.raw, _zip.file_key(blob.container))
+            self.dir: _zip.Directory | None = _zip.directory_of(src)
         except _zip.ZipError as err:
             self.dir = None
             ckpt.warnings.append(f"torch cannot open this zip archive ({err}); "
@@ -184,7 +184,7 @@ class _Reader:
                 data = self.member_bytes(entry, MAX_NESTED_BYTES, runs=executed)
             if data is None:
                 return None
-            node = read_torch_bytes(self.ckpt, data, f"{self.blob.path}!{name}",
+            node = read_torch_bytes(self.ckpt, data, f"{self.src.name}!{name}",
                                     f"{self.label}{name}/", executed)
         except (CheckpointError, _zip.MemberError) as err:  # reported; the rest still reads
             self.ckpt.warnings.append(f"{name}: {err}")
@@ -417,13 +417,13 @@ def read_torch_bytes(ckpt: Checkpoint, data: Any, path: str, label: str,
 
     head = bytes(data[:512])
     if head[:4] == b"PK\x03\x04":
-        return torch_zip.read_into(ckpt, Blob(path, data), label, executed)
-    blob = Blob(path, bytes(data))
+        return torch_zip.read_into(ckpt, BytesSource(path, data), label, executed)
+    src = BytesSource(path, bytes(data))
     if not executed:
-        return pickle_file.read_into(ckpt, blob, label, executed=False)
+        return pickle_file.read_into(ckpt, src, label, executed=False)
     if torch_tar.sniff(head):
-        return torch_tar.read_into(ckpt, blob, label)
-    return pickle_file.read_stream(ckpt, blob, label)
+        return torch_tar.read_into(ckpt, src, label)
+    return pickle_file.read_stream(ckpt, src, label)
 
 
 def _tensor_node(reader: _Reader, record: Any, key: str, entry: dict[str, Any],
@@ -471,7 +471,7 @@ def _tensor_node(reader: _Reader, record: Any, key: str, entry: dict[str, Any],
     else:
         itemsize = 1 if dtype.startswith("pt2:") else max(1, _itemsize(dtype))
         numel = record.file_size // itemsize
-        container = reader.blob.container
+        container = reader.src.container
         info.storage = StorageInfo(str(entry.get("path_name")), dtype, numel, info.device,
                                    ZipEntryData(container, record))
         info.storage_offset = offset

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import struct
 from typing import Any
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.tensors import FileRange
+from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
 MAX_HEADER = 100_000_000  # MAX_HEADER_SIZE of the safetensors library
@@ -51,20 +50,19 @@ def sniff(head: bytes) -> bool:
     return 2 <= n < 1 << 32 and head[8:9] == b"{"
 
 
-def read(path: str) -> Checkpoint:
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        first = f.read(8)
-        if len(first) < 8:
-            raise CheckpointError("safetensors header is truncated")
-        (n,) = struct.unpack("<Q", first)
-        if n > MAX_HEADER:
-            raise CheckpointError(f"safetensors header of {n:,} bytes is larger than the "
-                                  f"{MAX_HEADER:,} the safetensors library accepts")
-        if 8 + n > size:
-            raise CheckpointError(
-                f"safetensors header claims {n:,} bytes but the file has {size - 8:,}")
-        raw = f.read(n)
+def read(src: Source) -> Checkpoint:
+    size = len(src)
+    first = src.read(0, 8)
+    if len(first) < 8:
+        raise CheckpointError("safetensors header is truncated")
+    (n,) = struct.unpack("<Q", first)
+    if n > MAX_HEADER:
+        raise CheckpointError(f"safetensors header of {n:,} bytes is larger than the "
+                              f"{MAX_HEADER:,} the safetensors library accepts")
+    if 8 + n > size:
+        raise CheckpointError(
+            f"safetensors header claims {n:,} bytes but the file has {size - 8:,}")
+    raw = src.read(8, n)
     header = _parse(raw)
     del raw
     if not isinstance(header, dict):
@@ -72,7 +70,7 @@ def read(path: str) -> Checkpoint:
     data_start = 8 + n
     data_len = size - data_start
     root = Node("dict", None, "safetensors")
-    ckpt = Checkpoint(path, "safetensors", root, file_size=size)
+    ckpt = Checkpoint(src.name, "safetensors", root, file_size=size)
     metadata = header.pop("__metadata__", None)
     if metadata is not None:
         if not isinstance(metadata, dict):
@@ -83,11 +81,11 @@ def read(path: str) -> Checkpoint:
                               f"the {MAX_TENSORS:,} ckpt-inspector reads")
     spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
-        info = _tensor(name, entry, path, data_start, data_len)
+        info = _tensor(name, entry, src, data_start, data_len)
         root.add(Node("tensor", name, "torch.Tensor", tensor=info))
         if info.storage is not None and info.storage.numel:
-            src = info.storage.source
-            spans.append((src.offset - data_start, src.offset - data_start + src.nbytes, name))
+            data = info.storage.source
+            spans.append((data.offset - data_start, data.offset - data_start + data.nbytes, name))
     spans.sort()
     for (_b0, e0, n0), (b1, _e1, n1) in itertools.pairwise(spans):
         if b1 < e0:
@@ -125,7 +123,7 @@ def _size(value: Any) -> bool:
     return type(value) is int and 0 <= value < _U64
 
 
-def _tensor(name: str, entry: Any, path: str, data_start: int, data_len: int) -> TensorInfo:
+def _tensor(name: str, entry: Any, src: Source, data_start: int, data_len: int) -> TensorInfo:
     if not isinstance(entry, dict):
         raise CheckpointError(f"safetensors entry {name!r} is not an object")
     code = entry.get("dtype")
@@ -162,5 +160,5 @@ def _tensor(name: str, entry: Any, path: str, data_start: int, data_len: int) ->
         raise CheckpointError(
             f"safetensors entry {name!r}: {end - begin:,} bytes for {numel:,} {code} elements")
     info.storage = StorageInfo(name, dtype, numel, "cpu",
-                               FileRange(path, data_start + begin, end - begin))
+                               src.range(data_start + begin, end - begin))
     return info

@@ -14,15 +14,16 @@ computes it) to the magic number, and the first pickle always counts as run.
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import Any
 
 from ckpt_inspector.core import dtypes, pickle_vm
 from ckpt_inspector.core.dtypes import storage_class_dtype
-from ckpt_inspector.core.formats._common import Blob, build_tree, fail, run_pickle
+from ckpt_inspector.core.findings import DANGEROUS, Finding
+from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
+from ckpt_inspector.core.io.source import BytesSource, Source
 from ckpt_inspector.core.pickle_vm import Call, ExtensionRef, GlobalRef, PersistentRef
-from ckpt_inspector.core.scan import DANGEROUS, Finding, short_repr
+from ckpt_inspector.core.scan import short_repr
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -168,11 +169,11 @@ def _short(value: Any) -> str:
     return short_repr(value, 80)
 
 
-def _load(ckpt: Checkpoint, blob: Blob, label: str,
+def _load(ckpt: Checkpoint, src: Source, label: str,
           first: pickle_vm.PickleResult | None = None) -> Any:
     """The object of a legacy stream. ``first``: the magic-number pickle, when the caller
     has already run it."""
-    data = blob.data
+    data = src.data
     magic = _header(ckpt, data, label, "magic number", 0, MAGIC_NUMBER, first)
     version = _header(ckpt, data, label, "protocol version", magic.end, PROTOCOL_VERSION)
     sys_info = run_pickle(ckpt, data, f"{label}system info", version.end, expect_end=False)
@@ -203,7 +204,7 @@ def _load(ckpt: Checkpoint, blob: Blob, label: str,
             break
         if count != st.numel and st.problem is None:
             st.problem = f"storage holds {count:,} elements, {st.numel:,} expected"
-        st.source = blob.range(pos + 8, nbytes, byteorder)
+        st.source = src.range(pos + 8, nbytes, byteorder)
         pos += 8 + nbytes
     for st in storages.roots.values():
         if st.source is None and st.problem is None:
@@ -218,27 +219,26 @@ def _load(ckpt: Checkpoint, blob: Blob, label: str,
         elif offset < 0 or (offset + view.numel) * item > root.source.nbytes:
             view.problem = "storage view lies outside its storage"
         else:
-            src = root.source
-            view.source = blob.range(getattr(src, "offset", 0) + offset * item,
+            view.source = src.range(getattr(root.source, "offset", 0) + offset * item,
                                      view.numel * item, byteorder)
     ckpt.pickles[-1].trailing = len(data) - pos  # bytes after the last storage
-    if not blob.nested:
+    if src.path is not None:
         ckpt.metadata.update({"legacy protocol": PROTOCOL_VERSION, "byte order": byteorder,
                               "pickle protocol": main.protocol})
     return main.value
 
 
-def read(path: str) -> Checkpoint:
-    ckpt = Checkpoint(path, "torch-legacy", None, file_size=os.path.getsize(path))  # type: ignore[arg-type]
-    ckpt.root = read_into(ckpt, Blob(path), "")
+def read(src: Source) -> Checkpoint:
+    ckpt = new_checkpoint(src, "torch-legacy")
+    ckpt.root = read_into(ckpt, src, "")
     return ckpt
 
 
-def read_into(ckpt: Checkpoint, blob: Blob, label: str,
+def read_into(ckpt: Checkpoint, src: Source, label: str,
               first: pickle_vm.PickleResult | None = None) -> Node:
-    """The legacy stream in ``blob``; ``first`` is its first pickle when already run."""
-    return build_tree(ckpt, _load(ckpt, blob, label, first))
+    """The legacy stream in ``src``; ``first`` is its first pickle when already run."""
+    return build_tree(ckpt, _load(ckpt, src, label, first))
 
 
 def load_nested(ckpt: Checkpoint, data: bytes, label: str) -> Any:
-    return _load(ckpt, Blob(ckpt.path, data), label)
+    return _load(ckpt, BytesSource(ckpt.path, data), label)

@@ -39,10 +39,11 @@ from typing import Any
 from ckpt_inspector.core import dtypes, pickle_vm
 from ckpt_inspector.core.dtypes import storage_class_dtype
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.formats._common import Blob, build_tree, fail, run_pickle
+from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
+from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
+from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.pickle_tree import check_tensor
 from ckpt_inspector.core.pickle_vm import Call, GlobalRef, PersistentRef
-from ckpt_inspector.core.scan import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.tensors import BytesRange, DataSource
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
@@ -215,9 +216,9 @@ class TarMembers(dict):
     tar_error: str | None = None
 
 
-def members_of(ckpt: Checkpoint, blob: Blob) -> TarMembers:
+def members_of(ckpt: Checkpoint, src: Source) -> TarMembers:
     try:
-        listing = _list(blob.data)
+        listing = src.cached("tar.listing", lambda: _list(src.data))
     except _NotTar as err:
         found = TarMembers()
         found.tar_error = str(err)
@@ -261,9 +262,9 @@ class _Content:
     what: str  # the member, and the links followed to it
     in_file: bool  # data is the archive itself, so ranges are file ranges
 
-    def range(self, blob: Blob, pos: int, n: int) -> DataSource:
+    def range(self, src: Source, pos: int, n: int) -> DataSource:
         if self.in_file:
-            return blob.range(pos, n)
+            return src.range(pos, n)
         return BytesRange(self.data, pos, n)
 
 
@@ -285,18 +286,17 @@ def _kind(m: tarfile.TarInfo) -> str:
     return "file"
 
 
-def read(path: str) -> Checkpoint:
-    blob = Blob(path)
-    ckpt = Checkpoint(path, "torch-legacy", None, file_size=len(blob))  # type: ignore[arg-type]
-    ckpt.root = read_into(ckpt, blob, "")
+def read(src: Source) -> Checkpoint:
+    ckpt = new_checkpoint(src, "torch-legacy")
+    ckpt.root = read_into(ckpt, src, "")
     return ckpt
 
 
-def read_into(ckpt: Checkpoint, blob: Blob, label: str) -> Node:
+def read_into(ckpt: Checkpoint, src: Source, label: str) -> Node:
     try:
-        listing = _list(blob.data)
+        listing = src.cached("tar.listing", lambda: _list(src.data))
     except _NotTar as err:
-        return _fallback(ckpt, blob, label, f"Python's tarfile rejects it ({err})")
+        return _fallback(ckpt, src, label, f"Python's tarfile rejects it ({err})")
     except CheckpointError as err:
         raise fail(ckpt, str(err)) from None
     if listing.last("storages") is None:
@@ -304,10 +304,10 @@ def read_into(ckpt: Checkpoint, blob: Blob, label: str) -> Node:
                          "(torch.load fails on it)")
     if not label:
         ckpt.metadata["container"] = "tar (torch < 0.4)"
-    return _TorchTar(ckpt, blob, label, listing).run()
+    return _TorchTar(ckpt, src, label, listing).run()
 
 
-def _fallback(ckpt: Checkpoint, blob: Blob, label: str, why: str) -> Node:
+def _fallback(ckpt: Checkpoint, src: Source, label: str, why: str) -> Node:
     """torch's answer to a TarError on the tar path: read the file as a pickle stream."""
     from ckpt_inspector.core.formats import pickle_file
 
@@ -317,12 +317,12 @@ def _fallback(ckpt: Checkpoint, blob: Blob, label: str, why: str) -> Node:
         "as a pickle stream, so the file is both", label.rstrip("/") or None))
     if not label:
         ckpt.metadata["container"] = "tar header, read as a pickle stream"
-    return pickle_file.read_stream(ckpt, blob, label)
+    return pickle_file.read_stream(ckpt, src, label)
 
 
 class _TorchTar:
-    def __init__(self, ckpt: Checkpoint, blob: Blob, label: str, listing: Listing):
-        self.ckpt, self.blob, self.label, self.listing = ckpt, blob, label, listing
+    def __init__(self, ckpt: Checkpoint, src: Source, label: str, listing: Listing):
+        self.ckpt, self.src, self.label, self.listing = ckpt, src, label, listing
         self.objects: dict[Any, Any] = {}
         self.extracted: dict[str, _Content] = {}
 
@@ -346,7 +346,7 @@ class _TorchTar:
         except _NotTar as err:
             # a TarError half way: torch has run what it read so far, then reads the file
             # from its first byte as a pickle stream
-            return _fallback(ckpt, self.blob, self.label, f"tarfile fails part way ({err})")
+            return _fallback(ckpt, self.src, self.label, f"tarfile fails part way ({err})")
         except _Stop as err:
             raise fail(ckpt, str(err)) from None
         root = build_tree(ckpt, main.value)
@@ -437,7 +437,7 @@ class _TorchTar:
                              "from it (a FIFO blocks, a device is read as root)", name)
             raise _Stop(f"{name} is a {_kind(m)}, not a file (torch.load fails there)")
         if m.sparse is None:
-            return _Content(self.blob.data, m.offset_data, m.offset_data + m.size, name, True)
+            return _Content(self.src.data, m.offset_data, m.offset_data + m.size, name, True)
         if m.size > MAX_REBUILT or any(o + n > MAX_REBUILT for o, n in m.sparse):
             raise _Stop(f"{name} is a sparse file of {m.size:,} bytes: more than the "
                         f"{MAX_REBUILT >> 20} MiB rebuilt in memory, refused")
@@ -450,7 +450,7 @@ class _TorchTar:
     def _rebuild_for_extract(self, m: tarfile.TarInfo) -> bytes:
         """TarFile.makefile: each piece written at its offset, then cut to the size."""
         out = bytearray(m.size)
-        src, raw = m.offset_data, self.blob.data
+        src, raw = m.offset_data, self.src.data
         for offset, size in m.sparse:
             if src + size > len(raw):
                 raise _NotTar("ReadError: unexpected end of data")
@@ -521,7 +521,7 @@ class _TorchTar:
                 st.problem = "storage data runs past its tar member"
                 pos = end
             else:
-                st.source = content.range(self.blob, pos + 8, nbytes)
+                st.source = content.range(self.src, pos + 8, nbytes)
                 pos += 8 + nbytes
             self.objects[_key(key)] = st
             i += 1
@@ -545,7 +545,7 @@ class _TorchTar:
                 if isinstance(src, BytesRange):
                     st.source = BytesRange(src.data, src.offset + offset * item, numel * item)
                 else:
-                    st.source = self.blob.range(getattr(src, "offset", 0) + offset * item,
+                    st.source = self.src.range(getattr(src, "offset", 0) + offset * item,
                                                 numel * item)
             else:
                 st.problem = "storage view lies outside its storage"

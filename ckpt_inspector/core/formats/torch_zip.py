@@ -23,10 +23,11 @@ from typing import Any
 
 from ckpt_inspector.core.dtypes import storage_class_dtype
 from ckpt_inspector.core.errors import CheckpointError, PickleError
+from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats import _zip
-from ckpt_inspector.core.formats._common import Blob, build_tree, fail, run_pickle
+from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
+from ckpt_inspector.core.io.source import BytesSource, Source
 from ckpt_inspector.core.pickle_vm import Call, GlobalRef, PersistentRef
-from ckpt_inspector.core.scan import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.tensors import ZipEntryData
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
@@ -117,14 +118,13 @@ class _Archive:
     """An open torch zip archive, as torch's reader sees it: its root folder, records and
     main pickle."""
 
-    def __init__(self, ckpt: Checkpoint, raw: Any, container: Any, label: str,
-                 executed: bool = True):
+    def __init__(self, ckpt: Checkpoint, src: Source, label: str, executed: bool = True):
         self.ckpt = ckpt
-        self.raw = raw  # the archive's bytes (a memory map of the file, or nested bytes)
-        self.container = container
+        self.raw = raw = src.data  # the archive's bytes (a map of the file, nested bytes)
+        self.container = src.container
         self.label = label  # prefix for member names in findings ("" for the file itself)
         try:
-            self.dir = _zip.open_directory(raw, _zip.file_key(container))
+            self.dir = _zip.directory_of(src)
         except _zip.ZipError as err:
             hint = ("; the file is probably truncated" if "too short" in str(err)
                     or "no end-of-directory" in str(err) else "")
@@ -383,19 +383,18 @@ def sniff_pickle(raw: Any, info: Any, budget: list[int]) -> bytes | None:
         return data if _worth_recording(result) else None
 
 
-def read(path: str) -> Checkpoint:
+def read(src: Source) -> Checkpoint:
     """Read a torch zip or TorchScript archive without running anything in it."""
-    blob = Blob(path)
-    ckpt = Checkpoint(path, "torch-zip", None, file_size=len(blob))  # type: ignore[arg-type]
-    ckpt.root = read_into(ckpt, blob, "")
+    ckpt = new_checkpoint(src, "torch-zip")
+    ckpt.root = read_into(ckpt, src, "")
     return ckpt
 
 
-def read_into(ckpt: Checkpoint, blob: Blob, label: str, executed: bool = True) -> Node:
-    """The tree of the archive in ``blob``; its pickles and findings go to ``ckpt``
+def read_into(ckpt: Checkpoint, src: Source, label: str, executed: bool = True) -> Node:
+    """The tree of the archive in ``src``; its pickles and findings go to ``ckpt``
     (``label`` prefixes member names for an archive nested in another file; ``executed``
     False for one that no loader would unpickle, found by its bytes alone)."""
-    archive = _Archive(ckpt, blob.data, blob.container, label, executed)
+    archive = _Archive(ckpt, src, label, executed)
     try:
         result = archive.load(archive.main, archive.executed)
     except CheckpointError:
@@ -422,7 +421,7 @@ def read_into(ckpt: Checkpoint, blob: Blob, label: str, executed: bool = True) -
 
 def load_nested(ckpt: Checkpoint, data: bytes, label: str) -> Any:
     """The inert root value of a torch zip archive embedded in a pickle."""
-    archive = _Archive(ckpt, data, data, label)
+    archive = _Archive(ckpt, BytesSource(ckpt.path, data), label)
     try:
         value = archive.load(archive.main, archive.executed).value
     finally:

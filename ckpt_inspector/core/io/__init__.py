@@ -1,0 +1,1 @@
+"""Where bytes come from and where they go: byte sources that readers read, staged files."""

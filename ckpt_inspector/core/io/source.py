@@ -1,0 +1,164 @@
+"""A :class:`Source` is the bytes of one checkpoint file, wherever they are: a local file,
+a checkpoint nested in another (a member of an archive, bytes embedded in a pickle), and
+later a remote object or one file of a multi-file checkpoint. Readers take a Source, never
+a path, so each of these is read the same way.
+
+A source gives its size, random access to its bytes (``data``: a buffer that supports
+``len`` and slicing; ``read``), its first bytes (``head``), the ranges of tensor data that
+operations read later (``range``), and a per-source cache (``cached``) where detection and
+the readers keep what they parse once: a zip directory, a tar listing, the zip's kind.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ckpt_inspector.core.tensors import BytesRange, DataSource, FileRange
+
+T = TypeVar("T")
+HEAD_BYTES = 64 << 10
+
+
+class Source:
+    """The bytes of one file. ``name`` is what messages, labels and tensor locations show
+    (a path, or ``outer!member`` for a nested checkpoint)."""
+
+    name: str
+
+    def __init__(self, name: str):
+        self.name = name
+        self._cache: dict[str, Any] = {}
+        self._head: bytes | None = None
+
+    # -- bytes -------------------------------------------------------------------------
+    @property
+    def data(self) -> Any:
+        """All the bytes as a read-only buffer (slicing reads only what it covers)."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` (fewer at the end of the file)."""
+        if offset < 0 or n < 0:
+            raise ValueError("negative offset or length")
+        return bytes(self.data[offset:offset + n])
+
+    def head(self, n: int = 512) -> bytes:
+        """The first ``n`` bytes (up to 64 KiB are read once and kept)."""
+        if n > HEAD_BYTES:
+            return self.read(0, n)
+        if self._head is None:
+            self._head = self.read(0, HEAD_BYTES)
+        return self._head[:n]
+
+    # -- what readers hand to operations ----------------------------------------------
+    def range(self, offset: int, length: int, byteorder: str = "little") -> DataSource:
+        """A lazy view of ``length`` bytes at ``offset`` (a tensor's storage)."""
+        return BytesRange(self.data, offset, length, byteorder)
+
+    @property
+    def container(self) -> str | bytes:
+        """What a zip record's data source reads from: a path, or the bytes."""
+        return self.data
+
+    @property
+    def openable(self) -> Any:
+        """What zipfile.ZipFile and tarfile.open take: a path, or a file object over the bytes."""
+        return io.BytesIO(self.data)
+
+    @property
+    def path(self) -> str | None:
+        """The local file these bytes are, whole; None for anything else."""
+        return None
+
+    # -- what is parsed once ------------------------------------------------------------
+    def cached(self, key: str, make: Callable[[], T]) -> T:
+        """``make()`` once per source and key; an exception it raises is raised again on
+        every later call (a directory that does not parse does not parse twice)."""
+        if key not in self._cache:
+            try:
+                self._cache[key] = (True, make())
+            except Exception as err:  # kept and re-raised: the same failure each time
+                self._cache[key] = (False, err)
+        ok, value = self._cache[key]
+        if not ok:
+            raise value
+        return value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class LocalSource(Source):
+    """A file on disk, memory-mapped on first use (random access, no read-ahead: readers
+    jump between headers and must not page in tensor data)."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        path = os.fspath(path)
+        super().__init__(path)
+        self._path = path
+        self._data: Any = None
+
+    @property
+    def data(self) -> Any:
+        if self._data is None:
+            with open(self._path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                self._data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            if size and hasattr(mmap, "MADV_RANDOM"):
+                self._data.madvise(mmap.MADV_RANDOM)
+        return self._data
+
+    def read(self, offset: int, n: int) -> bytes:
+        if self._data is not None:
+            return super().read(offset, n)
+        with open(self._path, "rb") as f:  # a few bytes need no map
+            f.seek(offset)
+            return f.read(n)
+
+    def __len__(self) -> int:
+        if self._data is None:
+            return os.path.getsize(self._path)
+        return len(self._data)
+
+    def range(self, offset: int, length: int, byteorder: str = "little") -> DataSource:
+        return FileRange(self._path, offset, length, byteorder)
+
+    @property
+    def container(self) -> str | bytes:
+        return self._path
+
+    @property
+    def openable(self) -> Any:
+        return self._path
+
+    @property
+    def path(self) -> str | None:
+        return self._path
+
+
+class BytesSource(Source):
+    """Bytes in memory: a checkpoint nested in another one."""
+
+    def __init__(self, name: str, data: Any):
+        super().__init__(name)
+        self._data = data
+
+    @property
+    def data(self) -> Any:
+        return self._data
+
+
+def open_source(path: str | os.PathLike[str]) -> Source:
+    """The source for a path (a local file for now; URLs come with their own sources)."""
+    return LocalSource(path)
