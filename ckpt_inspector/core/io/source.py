@@ -120,7 +120,7 @@ class LocalSource(Source):
         return self._data
 
     def read(self, offset: int, n: int) -> bytes:
-        if self._data is not None:
+        if self._data is not None or offset < 0 or n < 0:
             return super().read(offset, n)
         with open(self._path, "rb") as f:  # a few bytes need no map
             f.seek(offset)
