@@ -31,15 +31,9 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 from ckpt_inspector.core import open_checkpoint
-from ckpt_inspector.core.stats import compute, histogram
+from ckpt_inspector.core.progress import run as drive
+from ckpt_inspector.core.ops.stats import compute, histogram
 from ckpt_inspector.core.tree import key_of
-
-def drive(g):
-    while True:
-        try:
-            next(g)
-        except StopIteration as s:
-            return s.value
 
 path, mode = sys.argv[1], sys.argv[2]
 info = next(n.tensor for p, n in open_checkpoint(path).tensors() if key_of(p) == "big")

@@ -351,7 +351,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from ckpt_inspector.core.stats import compute, format_number, histogram
+    from ckpt_inspector.core.ops.stats import compute, format_number, histogram
     from ckpt_inspector.core.tree import key_of
 
     if args.bins < 0 or args.bins > 10_000:
@@ -408,7 +408,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from ckpt_inspector.core import diff as d
+    from ckpt_inspector.core.ops import diff as d
 
     rules = [d.PrefixRule(p, side) for side, given in
              (("both", args.strip_prefix), ("a", args.strip_prefix_a), ("b", args.strip_prefix_b))
@@ -443,7 +443,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def print_diff(result: Any, opened: list[Checkpoint], everything: bool) -> None:
-    from ckpt_inspector.core import diff as d
+    from ckpt_inspector.core.ops import diff as d
 
     for name, ckpt in zip("AB", opened, strict=True):
         t = totals(ckpt)
@@ -486,7 +486,7 @@ def print_diff(result: Any, opened: list[Checkpoint], everything: bool) -> None:
 
 
 def _diff_line(e: Any) -> str:
-    from ckpt_inspector.core import diff as d
+    from ckpt_inspector.core.ops import diff as d
 
     a = e.a.describe() if e.a else ""
     b = e.b.describe() if e.b else ""
@@ -505,7 +505,7 @@ def _diff_line(e: Any) -> str:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from ckpt_inspector.core.torch_load import TrustError, trusted_load
+    from ckpt_inspector.core.ops.torch_load import TrustError, trusted_load
 
     if args.allow_dangerous and not args.run_code:
         print("ckpt-inspector: --allow-dangerous needs --run-code too", file=sys.stderr)
@@ -602,8 +602,8 @@ def _drive(gen: Any, progress: bool) -> Any:
 
 
 def cmd_arch(args: argparse.Namespace) -> int:
-    from ckpt_inspector.core import arch
     from ckpt_inspector.core import export as ex
+    from ckpt_inspector.core.ops import arch
 
     try:
         ckpt = _open(args.path)
@@ -669,7 +669,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import signal
 
     from ckpt_inspector.core import export as ex
-    from ckpt_inspector.core.torch_load import TrustError
+    from ckpt_inspector.core.ops.torch_load import TrustError
 
     def fail(message: str, code: int) -> int:
         sys.stdout.flush()
@@ -757,7 +757,7 @@ def _export(args: argparse.Namespace, rules: Any, metadata: dict[str, str],
                             "not verified" if result["passed"] else "failed")
         return result
     from ckpt_inspector.core.model_export import ModelSource, export_model
-    from ckpt_inspector.core.torch_load import TrustError
+    from ckpt_inspector.core.ops.torch_load import TrustError
 
     kind = args.model_source
     if not args.trust and kind in ("pickled", "torchscript"):

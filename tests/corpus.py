@@ -357,7 +357,8 @@ def build(out: Path, marker: Path) -> list[Sample]:
             "weights": ResNet18_Weights.IMAGENET1K_V1, "lr": 0.1}}),
         "needs-trust", "import", "Lightning-style hyper_parameters holding a torchvision "
         "Weights enum")
-    add("benign_uname_rng.pt", _zip_bytes(torch, {"platform": platform.uname(),
+    uname = platform.uname_result("Linux", "trainer", "6.1.0", "#1 SMP", "x86_64")  # fixed
+    add("benign_uname_rng.pt", _zip_bytes(torch, {"platform": uname,
                                                    "rng": np.random.default_rng(0)}),
         "needs-trust", "import", "platform.uname() and a numpy Generator")
     add("benign_plain.pkl", pickle.dumps({"lr": 0.1, "sizes": [1, 2, 3]}, protocol=4), "safe",

@@ -106,12 +106,36 @@ def _run(argv: list[str]) -> dict:
     return {"status": status, "stdout": value, "stderr": err.getvalue().strip()}
 
 
+def _install_paths() -> list[bytes]:
+    """Folders whose path a saved file may hold: torch's (source file names in TorchScript
+    debug records, ``.pt2`` stack traces, a legacy whole-model pickle) and this checkout's."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    site = Path(spec.origin).parent.parent if spec and spec.origin else None
+    return [str(p).encode() for p in (site, HERE.parent) if p is not None]
+
+
+def _holds(path: Path, needles: list[bytes]) -> bool:
+    """Whether the file, or a compressed member of it as a zip, holds one of ``needles``."""
+    blobs = [path.read_bytes()]
+    with contextlib.suppress(Exception), zipfile.ZipFile(path) as z:
+        blobs += [z.read(i) for i in z.infolist() if i.compress_type and i.file_size < 1 << 24]
+    return any(n in blob for n in needles for blob in blobs)
+
+
 def record(folder: Path) -> dict[str, dict]:
-    """``{command line: {status, stdout, stderr}}`` with the folder written as ``<corpus>``."""
+    """``{command line: {status, stdout, stderr}}`` with the folder written as ``<corpus>``.
+    A file that holds an install path (see :func:`_install_paths`) has a size and offsets
+    that depend on where the checkout and its venv are, so those are left out for it."""
     folder = folder.resolve()
     runs: dict[str, list[str]] = {}
+    located: set[str] = set()
+    paths = _install_paths()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "MARKER"):
         rel = path.relative_to(folder).as_posix()
+        if _holds(path, paths):
+            located.add(rel)
         runs[f"info --json {rel}"] = ["info", "--json", str(path)]
         runs[f"scan --json {rel}"] = ["scan", "--json", str(path)]
         if rel in STATS:
@@ -125,22 +149,25 @@ def record(folder: Path) -> dict[str, dict]:
     finally:
         os.chdir(cwd)
     text = json.dumps(results, sort_keys=True).replace(str(folder), "<corpus>")
-    return {name: _stable(result) for name, result in json.loads(text).items()}
+    return {name: _stable(result, located=name.split()[-1] in located)
+            for name, result in json.loads(text).items()}
 
 
-def _stable(value, keys: dict | None = None):
-    """Without what differs between two makes or runs of the same corpus: timings, and the
-    storage keys of the legacy format (memory addresses at save time), numbered instead."""
+def _stable(value, keys: dict | None = None, located: bool = False):
+    """Without what differs between two makes or runs of the same corpus: timings, the
+    storage keys of the legacy format (memory addresses at save time), numbered instead,
+    and for a file that holds an install path its size and byte offsets."""
     keys = {} if keys is None else keys
+    dropped = {"seconds", "file_size", "offset"} if located else {"seconds"}
     if isinstance(value, dict):
-        out = {k: _stable(v, keys) for k, v in value.items() if k != "seconds"}
+        out = {k: _stable(v, keys, located) for k, v in value.items() if k not in dropped}
         storage = out.get("storage")
         if isinstance(storage, dict) and str(storage.get("key", "")).isdigit() \
                 and len(storage["key"]) > 8:
             storage["key"] = keys.setdefault(storage["key"], f"<storage {len(keys)}>")
         return out
     if isinstance(value, list):
-        return [_stable(v, keys) for v in value]
+        return [_stable(v, keys, located) for v in value]
     return value
 
 

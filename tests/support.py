@@ -105,12 +105,10 @@ class TinyNet:  # built lazily so importing conftest does not import torch
 
 
 def drive(gen):
-    """Run a core generator to its end; its return value."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    """Run a core job to its end; its return value."""
+    from ckpt_inspector.core.progress import run
+
+    return run(gen)
 
 
 def tensor_infos(path):

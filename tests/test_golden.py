@@ -18,8 +18,10 @@ pytestmark = pytest.mark.slow
 
 
 def _differences(old, new, where: str = "") -> list[str]:
+    """Floats agree to float32 precision: an optimizer step's last bit differs between
+    CPUs (vector widths), not between versions of this code."""
     if isinstance(old, float) and isinstance(new, (int, float)) and not isinstance(new, bool):
-        return [] if math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12) else \
+        return [] if math.isclose(old, new, rel_tol=1e-6, abs_tol=1e-9) else \
             [f"{where}: {old!r} -> {new!r}"]
     if isinstance(old, dict) and isinstance(new, dict):
         out = [f"{where}.{k}: missing" for k in old.keys() - new.keys()]

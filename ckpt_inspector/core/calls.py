@@ -27,8 +27,8 @@ from typing import Any
 
 from ckpt_inspector.core import callables
 from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_GLOBALS
-from ckpt_inspector.core.pickle_tree import literal_bytes
-from ckpt_inspector.core.pickle_vm import Builds, Call, GlobalRef, PickleResult
+from ckpt_inspector.core.pickle.rebuild import literal_bytes
+from ckpt_inspector.core.pickle.vm import Builds, Call, GlobalRef, PickleResult
 
 # Library functions that rebuild an object from its parts when unpickled (their
 # arguments are checked like any other use): calling them is a reconstruction.

@@ -3,7 +3,7 @@
 A model comes from one of four sources (:class:`ModelSource`): the pickled
 ``nn.Module`` in the file, a TorchScript archive, a state_dict matched to a
 torchvision architecture, or a ``module:callable`` the user names. The first two
-go through trusted loading (:mod:`ckpt_inspector.core.torch_load`); the last runs
+go through trusted loading (:mod:`ckpt_inspector.core.ops.torch_load`); the last runs
 the user's own code, by their explicit choice. Every export is written to a
 temporary file (or folder) beside the target, loaded back from there and run on the
 example input (and on a second batch size with ``dynamic_batch``); outputs are
@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpt_inspector.core import arch
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.export import (
     PARTIAL,
@@ -44,9 +43,10 @@ from ckpt_inspector.core.export import (
     state_dict_items,
 )
 from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.ops import arch
+from ckpt_inspector.core.ops.torch_load import TrustError
 from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.tensors import to_torch
-from ckpt_inspector.core.torch_load import TrustError
 
 TARGETS = ("torchscript", "onnx", "pt2")
 INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16",
@@ -90,7 +90,7 @@ def load_model(path: str, source: ModelSource, device: str = "cpu") -> LoadedMod
     architecture you named, the file's own model (TorchScript, or a pickled module), a
     torchvision architecture matched to the weights. Whenever the file's own
     model would be loaded (its pickle or TorchScript code), ``source.trust`` is required,
-    and :func:`~ckpt_inspector.core.torch_load.trusted_load`'s rules apply."""
+    and :func:`~ckpt_inspector.core.ops.torch_load.trusted_load`'s rules apply."""
     ckpt = open_checkpoint(path)
     kind = source.kind
     if kind == "auto":
@@ -105,7 +105,7 @@ def load_model(path: str, source: ModelSource, device: str = "cpu") -> LoadedMod
             raise TrustError("the file holds a model: loading it runs its pickle; export it "
                              "with --trust (torch.nn/torchvision classes are allowed by name), "
                              "or build it with --arch or --builder from its weights")
-        from ckpt_inspector.core.torch_load import trusted_load
+        from ckpt_inspector.core.ops.torch_load import trusted_load
 
         loaded = trusted_load(path, device, run_code=source.run_code,
                               allow_dangerous=source.allow_dangerous)

@@ -18,7 +18,7 @@ from ckpt_inspector.core import callables
 from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_GLOBALS
 from ckpt_inspector.core.calls import RECONSTRUCTORS, Analysis, Use, attribute_name, judge_use
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, SAFE, Finding
-from ckpt_inspector.core.pickle_vm import Call, GlobalRef, LazyBytes
+from ckpt_inspector.core.pickle.vm import Call, GlobalRef, LazyBytes
 from ckpt_inspector.core.tree import Checkpoint
 
 _MANGLE = re.compile(r"\.___torch_mangle_\d+")

@@ -21,7 +21,7 @@ from ckpt_inspector.core import dtypes
 
 if TYPE_CHECKING:
     from ckpt_inspector.core.findings import Finding
-    from ckpt_inspector.core.pickle_vm import GlobalRef, PickleResult
+    from ckpt_inspector.core.pickle.vm import GlobalRef, PickleResult
     from ckpt_inspector.core.tensors import DataSource
 
 CONTAINER_KINDS = frozenset({"dict", "list", "tuple", "set", "object", "module"})

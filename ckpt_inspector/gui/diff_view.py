@@ -48,8 +48,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_inspector.core import diff as core_diff
-from ckpt_inspector.core.diff import (
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.ops import diff as core_diff
+from ckpt_inspector.core.ops.diff import (
     CHANGED,
     DTYPE,
     IDENTICAL,
@@ -64,11 +66,9 @@ from ckpt_inspector.core.diff import (
     Numbers,
     Side,
 )
-from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.ops.stats import Histogram, Stats, compute, format_number
 from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.scan import scan
-from ckpt_inspector.core.stats import Histogram, Stats, compute, format_number
 from ckpt_inspector.core.summary import format_value, human_bytes, totals
 from ckpt_inspector.core.tree import Checkpoint, TensorInfo
 from ckpt_inspector.gui import key_tree

@@ -34,8 +34,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_inspector.core.ops.torch_load import TRUSTED_PACKAGES
 from ckpt_inspector.core.summary import human_bytes
-from ckpt_inspector.core.torch_load import TRUSTED_PACKAGES
 from ckpt_inspector.gui import theme
 from ckpt_inspector.gui.checkpoint_view import CheckpointView
 from ckpt_inspector.gui.commands import run_cli
@@ -568,7 +568,7 @@ class MainWindow(QMainWindow):
     # -- torch ---------------------------------------------------------------------------------
     def load_current_with_torch(self) -> None:
         """Load the current file with torch onto the chosen device, after asking for the
-        trust its verdict calls for (the rules of core/torch_load.py)."""
+        trust its verdict calls for (the rules of core/ops/torch_load.py)."""
         view = self.current_view()
         if view is None or view.file is None:
             return

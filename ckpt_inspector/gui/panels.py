@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from ckpt_inspector.core.display import DisplayNode
-from ckpt_inspector.core.stats import Stats, format_number
+from ckpt_inspector.core.ops.stats import Stats, format_number
 from ckpt_inspector.core.summary import format_value, human_bytes, top_values
 from ckpt_inspector.gui.loading import LoadedFile
 from ckpt_inspector.gui.theme import color

@@ -1,7 +1,7 @@
 """The histogram and heatmap of a tensor, drawn with pyqtgraph.
 
-Widgets only: they show a :class:`~ckpt_inspector.core.stats.Histogram` or a
-:class:`~ckpt_inspector.core.slices.Heatmap` they are given and say what the user
+Widgets only: they show a :class:`~ckpt_inspector.core.ops.stats.Histogram` or a
+:class:`~ckpt_inspector.core.ops.slices.Heatmap` they are given and say what the user
 asked to change (bins, log scale, symmetric colours) through signals; the tensor
 view computes. pyqtgraph takes half a second to import, so this module is
 imported ahead of time on a worker thread (see :func:`preload`).
@@ -26,8 +26,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_inspector.core.slices import Heatmap
-from ckpt_inspector.core.stats import Histogram, Stats, format_number
+from ckpt_inspector.core.ops.slices import Heatmap
+from ckpt_inspector.core.ops.stats import Histogram, Stats, format_number
 from ckpt_inspector.gui import theme
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background="w",

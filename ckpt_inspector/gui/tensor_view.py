@@ -33,8 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.progress import Progress
-from ckpt_inspector.core.slices import (
+from ckpt_inspector.core.ops.slices import (
     MAX_SIDE,
     Heatmap,
     TensorSlice,
@@ -42,7 +41,8 @@ from ckpt_inspector.core.slices import (
     heatmap,
     save_npy,
 )
-from ckpt_inspector.core.stats import Histogram, Stats, compute, histogram
+from ckpt_inspector.core.ops.stats import Histogram, Stats, compute, histogram
+from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.commands import CliProcess

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_inspector.core.slices import TensorSlice, format_cell
+from ckpt_inspector.core.ops.slices import TensorSlice, format_cell
 from ckpt_inspector.gui.theme import span
 
 # Qt adds up row heights in an int of pixels: past ~2**31 px a view misbehaves (minutes of

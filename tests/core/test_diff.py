@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from ckpt_inspector.core import diff as d
 from ckpt_inspector.core import open_checkpoint
-from ckpt_inspector.core.stats import Cancelled
+from ckpt_inspector.core.ops import diff as d
+from ckpt_inspector.core.progress import Cancelled
 
 from support import ROOT, drive, run_cli
 

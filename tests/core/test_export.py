@@ -435,7 +435,7 @@ def test_interrupt_turned_into_import_error_is_an_interrupt(models, tmp_path, mo
 
 def test_builder_wins_and_the_files_own_model_needs_trust(models):
     from ckpt_inspector.core.model_export import load_model
-    from ckpt_inspector.core.torch_load import TrustError
+    from ckpt_inspector.core.ops.torch_load import TrustError
 
     path = str(models["tiny_module"])
     built = load_model(path, ModelSource(builder="export_builders_core:tiny"))

@@ -253,7 +253,7 @@ def test_absurd_and_negative_tensor_geometry_is_marked_not_allocated(torch, tmp_
 
 @pytest.mark.parametrize("case", ["numel", "stride", "offset"])
 def test_tensor_geometry_checks(case):
-    from ckpt_inspector.core.pickle_tree import check_tensor
+    from ckpt_inspector.core.pickle.rebuild import check_tensor
     from ckpt_inspector.core.tree import StorageInfo, TensorInfo
 
     storage = StorageInfo("0", "float32", 10, "cpu")
@@ -319,7 +319,7 @@ def test_zip_with_100000_entries_reads_in_bounded_time(torch, tmp_path):
 
 
 def test_opcode_budget(monkeypatch):
-    from ckpt_inspector.core import pickle_vm
+    from ckpt_inspector.core.pickle import vm as pickle_vm
 
     monkeypatch.setattr(pickle_vm, "MAX_OPS", 1000)
     with pytest.raises(CheckpointError, match="opcodes"):

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import PickleError
+from ckpt_inspector.core.pickle import vm as pickle_vm
 
 from hostile_calls import MARK, call, g, s, t
 from support import run_cli, run_limited, scan_file

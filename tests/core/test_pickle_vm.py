@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import PickleError
-from ckpt_inspector.core.pickle_vm import Call, GlobalRef
+from ckpt_inspector.core.pickle import vm as pickle_vm
+from ckpt_inspector.core.pickle.vm import Call, GlobalRef
 
 SHARED = [1, 2]
 PLAIN = {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.slices import TensorSlice, format_cell, heatmap, save_npy
+from ckpt_inspector.core.ops.slices import TensorSlice, format_cell, heatmap, save_npy
 
 from support import drive, tensor_infos
 

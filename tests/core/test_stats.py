@@ -8,8 +8,9 @@ import warnings
 import numpy as np
 import pytest
 
-from ckpt_inspector.core.slices import heatmap
-from ckpt_inspector.core.stats import compute, histogram
+from ckpt_inspector.core import progress
+from ckpt_inspector.core.ops.slices import heatmap
+from ckpt_inspector.core.ops.stats import compute, histogram
 
 from support import drive, tensor_infos
 
@@ -92,7 +93,7 @@ def test_nan_inf_zero_and_integer_counts(torch, tmp_path):
 
 
 def test_chunked_accumulation_matches_one_pass(torch, tmp_path, monkeypatch):
-    from ckpt_inspector.core import stats as stats_mod
+    from ckpt_inspector.core.ops import stats as stats_mod
 
     monkeypatch.setattr(stats_mod, "CHUNK_ELEMENTS", 512)  # many chunks
     monkeypatch.setattr(stats_mod, "READ_BYTES", 4096)
@@ -120,7 +121,7 @@ def test_histogram_matches_numpy(torch, tmp_path):
 
 
 def test_histogram_of_a_huge_tensor_is_a_stated_sample(torch, tmp_path, monkeypatch):
-    from ckpt_inspector.core import stats as stats_mod
+    from ckpt_inspector.core.ops import stats as stats_mod
 
     monkeypatch.setattr(stats_mod, "HISTOGRAM_EXACT_LIMIT", 1000)
     monkeypatch.setattr(stats_mod, "HISTOGRAM_SAMPLE", 100)
@@ -194,7 +195,7 @@ def test_float32_extremes_do_not_overflow(torch, tmp_path):
 
 def test_torch_path_matches_numpy_path(torch, views_file):
     """The reductions used for a GPU device, run here on the CPU."""
-    from ckpt_inspector.core.stats import Stats, _compute_torch, _kind
+    from ckpt_inspector.core.ops.stats import Stats, _compute_torch, _kind
 
     path, data = views_file
     got = tensor_infos(path)
@@ -207,8 +208,8 @@ def test_torch_path_matches_numpy_path(torch, views_file):
 
 
 def test_chunks_of_a_reused_buffer_are_read_in_order(torch, tmp_path, monkeypatch):
-    from ckpt_inspector.core import stats as stats_mod
-    from ckpt_inspector.core.stats import element_chunks
+    from ckpt_inspector.core.ops import stats as stats_mod
+    from ckpt_inspector.core.ops.stats import element_chunks
 
     monkeypatch.setattr(stats_mod, "READ_BYTES", 1000)  # not a multiple of the chunk
     t = torch.arange(10_000, dtype=torch.float16)
@@ -233,7 +234,7 @@ def test_integer_histograms_have_one_bin_per_value(torch, tmp_path):
 def test_threads_split_big_tensors_with_the_same_results(torch, tmp_path, monkeypatch):
     import threading
 
-    from ckpt_inspector.core import stats as stats_mod
+    from ckpt_inspector.core.ops import stats as stats_mod
 
     t = torch.randn(100_003, dtype=torch.float64) * 3 + 7
     t[17] = float("nan")
@@ -264,7 +265,7 @@ def test_threads_split_big_tensors_with_the_same_results(torch, tmp_path, monkey
     assert h1.sampled is None
     stop = threading.Event()
     stop.set()
-    with pytest.raises(stats_mod.Cancelled):
+    with pytest.raises(progress.Cancelled):
         drive(compute(info, stop=stop))
 
 
@@ -274,7 +275,7 @@ def test_one_stop_event_serves_stats_then_histogram_on_threads(torch, tmp_path, 
     of every tensor over 8M elements)."""
     import threading
 
-    from ckpt_inspector.core import stats as stats_mod
+    from ckpt_inspector.core.ops import stats as stats_mod
     from ckpt_inspector.gui.tensor_view import analyse
 
     t = torch.randn(50_000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ckpt_inspector.core.torch_load import TrustError, trusted_load
+from ckpt_inspector.core.ops.torch_load import TrustError, trusted_load
 
 from support import run_cli
 

@@ -161,14 +161,14 @@ TORCHVISION_FUNCTIONS = ["torchvision.io.write_file", "torchvision.io.read_file"
 
 @pytest.mark.parametrize("name", TORCHVISION_FUNCTIONS)
 def test_trusted_load_never_allows_a_torchvision_function(torch, name):
-    from ckpt_inspector.core.torch_load import TrustError, allowed_class
+    from ckpt_inspector.core.ops.torch_load import TrustError, allowed_class
 
     with pytest.raises(TrustError, match=r"not a class|run code"):
         allowed_class(name)
 
 
 def test_trusted_load_allows_module_classes(torch):
-    from ckpt_inspector.core.torch_load import TrustError, allowed_class
+    from ckpt_inspector.core.ops.torch_load import TrustError, allowed_class
 
     assert allowed_class("torchvision.models.resnet.ResNet").__name__ == "ResNet"
     assert allowed_class("torch.nn.modules.conv.Conv2d").__name__ == "Conv2d"

@@ -11,8 +11,8 @@ from PySide6.QtCore import QMimeData, QModelIndex, QPoint, QPointF, Qt
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QTextDocument
 from PySide6.QtWidgets import QApplication
 
-from ckpt_inspector.core import diff as core_diff
 from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.ops import diff as core_diff
 from ckpt_inspector.gui import diff_view as dv
 from ckpt_inspector.gui.diff_view import (
     CHANGED_COL,
@@ -456,7 +456,7 @@ def test_diff_model_passes_qtmodeltester(qtmodeltester, pair, grouped):
 
 def test_small_shares_are_not_cut_off_in_rich_text():
     """"<0.1%" in rich text once started a tag and hid the rest of the line."""
-    from ckpt_inspector.core.diff import Numbers
+    from ckpt_inspector.core.ops.diff import Numbers
 
     assert plain(f"changed ({dv.percent(1, 10_000)}) of all") == "changed (<0.1%) of all"
     assert plain(f"({dv.percent(9_999, 10_000)}) rest") == "(>99.9%) rest"

@@ -6,9 +6,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io.source import Source, open_source
+from ckpt_inspector.core.pickle import vm as pickle_vm
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 FORMATS = ("torch-zip", "torch-legacy", "torchscript", "pickle", "safetensors", "onnx",

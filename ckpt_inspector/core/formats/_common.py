@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, Finding
 from ckpt_inspector.core.io.source import Source
-from ckpt_inspector.core.pickle_tree import TreeBuilder, literal_bytes
+from ckpt_inspector.core.pickle import vm as pickle_vm
+from ckpt_inspector.core.pickle.rebuild import TreeBuilder, literal_bytes
 from ckpt_inspector.core.tree import Checkpoint, Node, PickleRecord
 
 

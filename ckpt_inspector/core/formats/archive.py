@@ -19,12 +19,12 @@ import tarfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats import _zip
 from ckpt_inspector.core.formats._common import fail, new_checkpoint
 from ckpt_inspector.core.io.source import BytesSource, Source
+from ckpt_inspector.core.pickle import vm as pickle_vm
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 MAX_DEPTH = 3

@@ -18,12 +18,12 @@ from __future__ import annotations
 import pickletools
 from typing import Any
 
-from ckpt_inspector.core import pickle_vm
 from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.formats import torch_legacy, torch_zip
 from ckpt_inspector.core.formats._common import build_tree, new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import Source
-from ckpt_inspector.core.pickle_vm import LazyBytes
+from ckpt_inspector.core.pickle import vm as pickle_vm
+from ckpt_inspector.core.pickle.vm import LazyBytes
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 # every opcode of protocols 0-5 (pickletools.opcodes); 0x97/0x98 (out-of-band buffers)

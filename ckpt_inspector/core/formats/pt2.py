@@ -40,7 +40,7 @@ from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats import _zip, torch_zip
 from ckpt_inspector.core.formats._common import new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import BytesSource, Source
-from ckpt_inspector.core.pickle_tree import check_tensor
+from ckpt_inspector.core.pickle.rebuild import check_tensor
 from ckpt_inspector.core.scan import classify
 from ckpt_inspector.core.tensors import ZipEntryData
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo

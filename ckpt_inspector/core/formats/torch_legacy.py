@@ -17,12 +17,13 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from ckpt_inspector.core import dtypes, pickle_vm
+from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.dtypes import storage_class_dtype
 from ckpt_inspector.core.findings import DANGEROUS, Finding
 from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import BytesSource, Source
-from ckpt_inspector.core.pickle_vm import Call, ExtensionRef, GlobalRef, PersistentRef
+from ckpt_inspector.core.pickle import vm as pickle_vm
+from ckpt_inspector.core.pickle.vm import Call, ExtensionRef, GlobalRef, PersistentRef
 from ckpt_inspector.core.scan import short_repr
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 

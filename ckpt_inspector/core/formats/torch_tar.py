@@ -36,14 +36,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ckpt_inspector.core import dtypes, pickle_vm
+from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.dtypes import storage_class_dtype
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import Source
-from ckpt_inspector.core.pickle_tree import check_tensor
-from ckpt_inspector.core.pickle_vm import Call, GlobalRef, PersistentRef
+from ckpt_inspector.core.pickle import vm as pickle_vm
+from ckpt_inspector.core.pickle.rebuild import check_tensor
+from ckpt_inspector.core.pickle.vm import Call, GlobalRef, PersistentRef
 from ckpt_inspector.core.tensors import BytesRange, DataSource
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 

@@ -27,7 +27,7 @@ from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats import _zip
 from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import BytesSource, Source
-from ckpt_inspector.core.pickle_vm import Call, GlobalRef, PersistentRef
+from ckpt_inspector.core.pickle.vm import Call, GlobalRef, PersistentRef
 from ckpt_inspector.core.tensors import ZipEntryData
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
@@ -352,7 +352,7 @@ def sniff_pickle(raw: Any, info: Any, budget: list[int]) -> bytes | None:
     (``budget[0]``: bytes the archive may still spend). Never inflates more than needed.
     :data:`UNFINISHED` when the record starts a pickle that goes on past the caps,
     :data:`SKIPPED` when the budget is spent."""
-    from ckpt_inspector.core import pickle_vm
+    from ckpt_inspector.core.pickle import vm as pickle_vm
 
     if _zip.torch_refuses(info) and info.compress_type not in (_zip.STORED, _zip.DEFLATED):
         return None

@@ -28,7 +28,7 @@ import numpy as np
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.progress import Progress
+from ckpt_inspector.core.progress import Cancelled, Progress
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import TensorInfo
 
@@ -424,10 +424,6 @@ def accumulate(info: TensorInfo, make: Any, stage: str, chunk: int | None = None
         acc.merge(other)
     yield Progress(stage, numel, numel, info.dtype)
     return acc
-
-
-class Cancelled(Exception):
-    """The caller set the stop event."""
 
 
 def _integer_stats(info: TensorInfo, stats: Stats) -> Iterator[Progress]:

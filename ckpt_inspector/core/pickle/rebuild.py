@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ckpt_inspector.core import dtypes
-from ckpt_inspector.core.pickle_vm import (
+from ckpt_inspector.core.pickle.vm import (
     Builds,
     Call,
     ExtensionRef,

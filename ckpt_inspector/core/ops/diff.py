@@ -25,14 +25,13 @@ from typing import Any
 import numpy as np
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.progress import Progress
-from ckpt_inspector.core.stats import (
+from ckpt_inspector.core.ops.stats import (
     CHUNK_ELEMENTS,
-    Cancelled,
     Histogram,
     element_chunks,
     format_number,
 )
+from ckpt_inspector.core.progress import Cancelled, Progress
 from ckpt_inspector.core.tensors import mapped_file, to_numpy
 from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo, key_of
 
@@ -555,7 +554,7 @@ def numbers(a: TensorInfo, b: TensorInfo, stop: threading.Event | None = None) -
 def difference_histogram(a: TensorInfo, b: TensorInfo, numbers_: Numbers, bins: int = 100,
                          stop: threading.Event | None = None) -> Iterator[Progress]:
     """Counts of A − B over ``bins`` equal bins from −max|A−B| to +max|A−B| (both finite),
-    exact over every element; returns a :class:`~ckpt_inspector.core.stats.Histogram`
+    exact over every element; returns a :class:`~ckpt_inspector.core.ops.stats.Histogram`
     whose ``nan`` counts the positions where the difference is not finite."""
     span = numbers_.max_abs or 0.5
     edges = np.linspace(-span, span, bins + 1)

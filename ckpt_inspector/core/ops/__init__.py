@@ -1,0 +1,1 @@
+"""Operations on an open checkpoint: statistics, slices, diff, export, the trusted load."""
