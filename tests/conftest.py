@@ -8,8 +8,11 @@ tests compare against it, the object that was saved.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import pickle
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,6 +21,14 @@ import pytest
 from support import Payload, TinyNet
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+# Tests never write into the user's real config, cache or data folders: this session and
+# every child it starts (the CLI, torch children) get their own, removed at exit. The GUI
+# tests also switch Qt's QStandardPaths to test mode (tests/gui/conftest.py).
+_HOME = tempfile.mkdtemp(prefix="ckpt-inspector-tests-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+for _name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
+    os.environ[_name] = os.path.join(_HOME, _name.split("_")[1].lower())
 
 MARKER_NAME = "PWNED-marker"
 

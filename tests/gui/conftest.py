@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from PySide6.QtCore import QSettings, QThreadPool
+from PySide6.QtCore import QSettings, QStandardPaths, QThreadPool
 from superqt.utils import WorkerBase
 
 from ckpt_inspector.gui.main_window import MainWindow
+
+QStandardPaths.setTestModeEnabled(True)  # file dialogs' state and QSettings() in ~/.qttest
 
 
 @pytest.fixture()
