@@ -8,11 +8,8 @@ core's own plan, computed here as you type.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import os
-import shutil
 from html import escape
 from typing import Any
 
@@ -40,7 +37,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_inspector.core import export as ex
+from ckpt_inspector.core.errors import ExportError
+from ckpt_inspector.core.io.atomic import remove_partial
+from ckpt_inspector.core.ops.export import plan as export_plan
+from ckpt_inspector.core.ops.export.request import ExportRequest, parse_shape
+from ckpt_inspector.core.ops.export.result import ExportResult, Row
+from ckpt_inspector.core.progress import Progress, parse_line
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.gui.commands import cli_command
 from ckpt_inspector.gui.loading import LoadedFile
@@ -66,7 +68,7 @@ class ExportDialog(QDialog):
         self.file = file
         self.device = device
         self.process: QProcess | None = None
-        self.result: dict[str, Any] | None = None
+        self.result: ExportResult | None = None
         self._stdout = b""
         self.setWindowTitle(f"Export {os.path.basename(file.path)}")
         self.setMinimumSize(900, 640)
@@ -86,6 +88,32 @@ class ExportDialog(QDialog):
     # -- page 1: options ------------------------------------------------------------------
     def _options_page(self) -> QWidget:
         page = QWidget()
+        top = QFormLayout()
+        top.addRow("Export to", self._target_choice())
+        top.addRow("", self.target_hint)
+        top.addRow("From", self._source_choice())
+        left = QVBoxLayout()
+        left.addLayout(top)
+        left.addWidget(self._keys_group())
+        left.addWidget(self._tensor_group())
+        left.addWidget(self._model_group())
+        left.addStretch(1)
+        right = QVBoxLayout()
+        right.addWidget(QLabel("<b>Preview</b>"))
+        right.addWidget(self._preview_table(), 1)
+        right.addWidget(self.preview_label)
+        body = QHBoxLayout()
+        body.addLayout(left, 3)
+        body.addLayout(right, 2)
+        layout = QVBoxLayout(page)
+        layout.addLayout(body, 1)
+        out_form = QFormLayout()
+        out_form.addRow("Save as", self._output_row())
+        layout.addLayout(out_form)
+        layout.addLayout(self._buttons())
+        return page
+
+    def _target_choice(self) -> QComboBox:
         self.target_box = QComboBox()
         self.target_box.setObjectName("targetBox")
         for value, label, _suffix, tip in TARGETS:
@@ -95,14 +123,18 @@ class ExportDialog(QDialog):
         self.target_box.currentIndexChanged.connect(self._target_changed)
         self.target_hint = QLabel()
         set_muted(self.target_hint)
+        return self.target_box
 
+    def _source_choice(self) -> QComboBox:
         self.source_box = QComboBox()
         self.source_box.setObjectName("sourceBox")
-        for s in ex.sources(self.file.ckpt):
+        for s in export_plan.sources(self.file.ckpt):
             self.source_box.addItem(f"{s.label}, {human_bytes(s.nbytes)}", s.key)
         self.source_box.currentIndexChanged.connect(self._source_changed)
+        return self.source_box
 
-        # key rules and their preview
+    def _keys_group(self) -> QGroupBox:
+        """The key rules, each change previewed."""
         self.strip_edit = QLineEdit()
         self.strip_edit.setPlaceholderText("e.g. module.")
         self.add_edit = QLineEdit()
@@ -129,7 +161,9 @@ class ExportDialog(QDialog):
         keys.addRow("Exclude", self.exclude_edit)
         self.keys_group = QGroupBox("Keys")
         self.keys_group.setLayout(keys)
+        return self.keys_group
 
+    def _preview_table(self) -> QTableWidget:
         self.preview = QTableWidget(0, 3)
         self.preview.setObjectName("keyPreview")
         self.preview.setHorizontalHeaderLabels(["Key in the file", "Key in the export", "Shape"])
@@ -145,11 +179,13 @@ class ExportDialog(QDialog):
         self.preview.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.preview_label = QLabel()
         self.preview_label.setObjectName("previewLabel")
+        return self.preview
 
-        # tensors: dtype and device
+    def _tensor_group(self) -> QGroupBox:
+        """state_dict and safetensors: dtype, device and metadata."""
         self.dtype_box = QComboBox()
         self.dtype_box.addItem("keep", None)
-        for d in ex.CASTS:
+        for d in export_plan.CASTS:
             self.dtype_box.addItem(d, d)
         self.dtype_box.currentIndexChanged.connect(lambda _i: self._preview_timer.start())
         self.device_label = QLabel(self.device)
@@ -164,17 +200,38 @@ class ExportDialog(QDialog):
         tensors.addRow("safetensors metadata", self.metadata_edit)
         self.tensor_group = QGroupBox("Tensors")
         self.tensor_group.setLayout(tensors)
+        return self.tensor_group
 
-        # model: where it comes from, the example input, exporter options
+    def _model_group(self) -> QGroupBox:
+        """Model targets: where the model comes from, the example input, the exporter."""
+        model = QFormLayout()
+        self.model_form = model
+        model.addRow("Model", self._model_choice())
+        model.addRow("Architecture", self._arch_row())
+        model.addRow("", self.arch_label)
+        self.builder_edit = QLineEdit()
+        self.builder_edit.setPlaceholderText("mypackage.models:build_model")
+        model.addRow("Builder", self.builder_edit)
+        self.trust_box = QCheckBox()
+        self.trust_box.setObjectName("trustBox")
+        self.run_code_box = QCheckBox("Let the file run its own code (weights_only=False)")
+        self._set_trust_text()
+        model.addRow("", self.trust_box)
+        model.addRow("", self.run_code_box)
+        self._exporter_rows(model)
+        self.model_group = QGroupBox("Model")
+        self.model_group.setLayout(model)
+        return self.model_group
+
+    def _model_choice(self) -> QComboBox:
         self.model_box = QComboBox()
         self.model_box.setObjectName("modelBox")
         holds_model = self.file.ckpt.format == "torchscript" or any(
             n.kind == "module" for n in self.file.ckpt.root.walk())
-        verdict = self.file.report.verdict
+        dangerous = self.file.report.verdict == "dangerous"
         if holds_model:
-            label = "the model in this file (loaded with torch)"
-            self.model_box.addItem(label, "own")
-            if verdict == "dangerous":
+            self.model_box.addItem("the model in this file (loaded with torch)", "own")
+            if dangerous:
                 self.model_box.model().item(0).setEnabled(False)
                 self.model_box.setItemData(0, "Dangerous file: its model is not loaded",
                                            Qt.ItemDataRole.ToolTipRole)
@@ -182,9 +239,12 @@ class ExportDialog(QDialog):
                                "torchvision")
         self.model_box.addItem("my builder (module:function), with the weights from the file",
                                "callable")
-        if holds_model and verdict == "dangerous":
+        if holds_model and dangerous:
             self.model_box.setCurrentIndex(1)
         self.model_box.currentIndexChanged.connect(self._model_changed)
+        return self.model_box
+
+    def _arch_row(self) -> QHBoxLayout:
         self.arch_box = QComboBox()
         self.arch_box.setObjectName("archBox")
         self.arch_box.setEditable(True)
@@ -198,12 +258,10 @@ class ExportDialog(QDialog):
         arch_row = QHBoxLayout()
         arch_row.addWidget(self.arch_box, 1)
         arch_row.addWidget(self.detect_button)
-        self.builder_edit = QLineEdit()
-        self.builder_edit.setPlaceholderText("mypackage.models:build_model")
-        self.trust_box = QCheckBox()
-        self.trust_box.setObjectName("trustBox")
-        self.run_code_box = QCheckBox("Let the file run its own code (weights_only=False)")
-        self._set_trust_text()
+        return arch_row
+
+    def _exporter_rows(self, model: QFormLayout) -> None:
+        """The example input, TorchScript's and ONNX's options, the tolerance."""
         self.shape_edit = QLineEdit("1,3,224,224")
         self.shape_edit.setObjectName("shapeEdit")
         self.input_dtype = QComboBox()
@@ -226,14 +284,6 @@ class ExportDialog(QDialog):
         self.tolerance.setRange(0, 1)
         self.tolerance.setSingleStep(1e-4)
         self.tolerance.setValue(1e-4)
-        model = QFormLayout()
-        self.model_form = model
-        model.addRow("Model", self.model_box)
-        model.addRow("Architecture", arch_row)
-        model.addRow("", self.arch_label)
-        model.addRow("Builder", self.builder_edit)
-        model.addRow("", self.trust_box)
-        model.addRow("", self.run_code_box)
         model.addRow("Example input shape", self.shape_edit)
         model.addRow("Example input dtype", self.input_dtype)
         model.addRow("TorchScript", self.method_box)
@@ -242,9 +292,8 @@ class ExportDialog(QDialog):
         model.addRow("", self.dynamic_box)
         model.addRow("Input / output names", _pair(self.input_names, self.output_names))
         model.addRow("Tolerance (max abs difference)", self.tolerance)
-        self.model_group = QGroupBox("Model")
-        self.model_group.setLayout(model)
 
+    def _output_row(self) -> QHBoxLayout:
         self.output_edit = QLineEdit()
         self.output_edit.setObjectName("outputEdit")
         browse = QPushButton("Browse…")
@@ -252,7 +301,9 @@ class ExportDialog(QDialog):
         out_row = QHBoxLayout()
         out_row.addWidget(self.output_edit, 1)
         out_row.addWidget(browse)
+        return out_row
 
+    def _buttons(self) -> QHBoxLayout:
         self.export_button = QPushButton("Export")
         self.export_button.setObjectName("exportButton")
         self.export_button.setDefault(True)
@@ -263,31 +314,7 @@ class ExportDialog(QDialog):
         buttons.addStretch(1)
         buttons.addWidget(cancel)
         buttons.addWidget(self.export_button)
-
-        top = QFormLayout()
-        top.addRow("Export to", self.target_box)
-        top.addRow("", self.target_hint)
-        top.addRow("From", self.source_box)
-        left = QVBoxLayout()
-        left.addLayout(top)
-        left.addWidget(self.keys_group)
-        left.addWidget(self.tensor_group)
-        left.addWidget(self.model_group)
-        left.addStretch(1)
-        right = QVBoxLayout()
-        right.addWidget(QLabel("<b>Preview</b>"))
-        right.addWidget(self.preview, 1)
-        right.addWidget(self.preview_label)
-        body = QHBoxLayout()
-        body.addLayout(left, 3)
-        body.addLayout(right, 2)
-        layout = QVBoxLayout(page)
-        layout.addLayout(body, 1)
-        out_form = QFormLayout()
-        out_form.addRow("Save as", out_row)
-        layout.addLayout(out_form)
-        layout.addLayout(buttons)
-        return page
+        return buttons
 
     def _set_trust_text(self) -> None:
         names = self.file.report.flagged_names()
@@ -323,8 +350,8 @@ class ExportDialog(QDialog):
         self._preview_timer.start()
 
     def _suggest_prefix(self) -> None:
-        items = ex.state_dict_items(ex.find_node(self.file.ckpt, self.source_key))
-        prefix = ex.common_prefix([k for k, _ in items])
+        items = export_plan.state_dict_items(export_plan.find_node(self.file.ckpt, self.source_key))
+        prefix = export_plan.common_prefix([k for k, _ in items])
         if prefix in ("module.", "model.", "_orig_mod.") and not self.strip_edit.text():
             self.strip_edit.setText(prefix)
 
@@ -359,11 +386,11 @@ class ExportDialog(QDialog):
     def source_key(self) -> str:
         return self.source_box.currentData() or ""
 
-    def rules(self) -> ex.KeyRules:
+    def rules(self) -> export_plan.KeyRules:
         strip = [p.strip() for p in self.strip_edit.text().split(",") if p.strip()]
         renames = ([(self.rename_from.text(), self.rename_to.text())]
                    if self.rename_from.text() else [])
-        return ex.KeyRules(strip, self.add_edit.text().strip(), renames,
+        return export_plan.KeyRules(strip, self.add_edit.text().strip(), renames,
                            [self.include_edit.text()] if self.include_edit.text() else [],
                            [self.exclude_edit.text()] if self.exclude_edit.text() else [])
 
@@ -371,14 +398,14 @@ class ExportDialog(QDialog):
         """The core's plan for these choices: the keys as they will be written."""
         fmt = "safetensors" if self.target == "safetensors" else "pt"
         try:
-            plan = ex.make_plan(self.file.ckpt, self.source_key, self.rules(),
+            plan = export_plan.make_plan(self.file.ckpt, self.source_key, self.rules(),
                                 self.dtype_box.currentData(), self.device, fmt)
-        except ex.ExportError as err:
+        except ExportError as err:
             self.preview.setRowCount(0)
             self.preview_label.setText(span("danger", escape(str(err))))
             self.export_button.setEnabled(self.target in MODEL_TARGETS)
             return
-        items = ex.state_dict_items(ex.find_node(self.file.ckpt, self.source_key))
+        items = export_plan.state_dict_items(export_plan.find_node(self.file.ckpt, self.source_key))
         mapping = self.rules().apply([k for k, _ in items])
         self.preview.setRowCount(min(len(mapping), PREVIEW_ROWS))
         for row, ((old, new), (_k, t)) in enumerate(zip(mapping[:PREVIEW_ROWS], items)):
@@ -430,55 +457,53 @@ class ExportDialog(QDialog):
         self.arch_box.addItem("auto", "auto")
 
     # -- running -------------------------------------------------------------------------------
-    def command(self) -> list[str]:
-        out = self.output_edit.text().strip()
-        args = ["export", self.file.path, "--to", self.target, "-o", out, "--progress",
-                "--device", self.device]
+    def request(self) -> ExportRequest:
+        """The export these choices ask for (:class:`ExportUsageError` for an example input
+        shape that is not sizes such as 1,3,224,224)."""
         r = self.rules()
-        for p in r.strip_prefixes:
-            args += ["--strip-prefix", p]
-        if r.add_prefix:
-            args += ["--add-prefix", r.add_prefix]
-        for a, b in r.renames:
-            args += ["--rename", f"{a}={b}"]
-        for p in r.include:
-            args += ["--include", p]
-        for p in r.exclude:
-            args += ["--exclude", p]
+        request = ExportRequest(
+            self.file.path, self.target, self.output_edit.text().strip(),
+            strip_prefix=r.strip_prefixes, add_prefix=r.add_prefix, rename=r.renames,
+            include=r.include, exclude=r.exclude, device=self.device)
         if self.target in MODEL_TARGETS:
-            kind = self.model_box.currentData()
-            if kind == "own":
-                args += ["--trust"] if self.trust_box.isChecked() else []
-                args += ["--run-code"] if self.run_code_box.isChecked() else []
-                args += ["--model-source", "torchscript" if self.file.ckpt.format ==
-                         "torchscript" else "pickled"]
-            else:
-                args += ["--key", self.source_key]
-                if kind == "callable":
-                    args += ["--model-source", "callable", "--builder", self.builder_edit.text()]
-                else:
-                    name = self.arch_box.currentData() or self.arch_box.currentText().split()[0]
-                    args += ["--model-source", "torchvision", "--arch", name]
-            shape = self.shape_edit.text().replace(" ", "").replace("x", ",")
-            args += ["--input-shape", shape, "--input-dtype", self.input_dtype.currentText(),
-                     "--method", self.method_box.currentText(),
-                     "--exporter", self.exporter_box.currentText(),
-                     "--input-names", self.input_names.text() or "input",
-                     "--output-names", self.output_names.text() or "output",
-                     "--tolerance", repr(self.tolerance.value())]
-            if self.opset_spin.value():
-                args += ["--opset", str(self.opset_spin.value())]
-            if self.dynamic_box.isChecked():
-                args.append("--dynamic-batch")
+            self._model_request(request)
         else:
-            args += ["--key", self.source_key]
-            if self.dtype_box.currentData():
-                args += ["--dtype", self.dtype_box.currentData()]
+            request.key = self.source_key
+            request.dtype = self.dtype_box.currentData()
             if self.target == "safetensors":
-                for part in self.metadata_edit.text().split(";"):
-                    if "=" in part:
-                        args += ["--metadata", part.strip()]
-        return cli_command(*args)
+                request.metadata = dict(part.strip().split("=", 1)
+                                        for part in self.metadata_edit.text().split(";")
+                                        if "=" in part)
+        return request
+
+    def _model_request(self, request: ExportRequest) -> None:
+        kind = self.model_box.currentData()
+        if kind == "own":
+            request.trust = self.trust_box.isChecked()
+            request.run_code = self.run_code_box.isChecked()
+            request.model_source = ("torchscript" if self.file.ckpt.format == "torchscript"
+                                    else "pickled")
+        else:
+            request.key = self.source_key
+            request.model_source = kind
+            if kind == "callable":
+                request.builder = self.builder_edit.text()
+            else:
+                request.arch = (self.arch_box.currentData()
+                                or self.arch_box.currentText().split()[0])
+        request.input_shape = parse_shape(self.shape_edit.text().replace(" ", "")
+                                          .replace("x", ","))
+        request.input_dtype = self.input_dtype.currentText()
+        request.method = self.method_box.currentText()
+        request.exporter = self.exporter_box.currentText()
+        request.input_names = (self.input_names.text() or "input").split(",")
+        request.output_names = (self.output_names.text() or "output").split(",")
+        request.tolerance = self.tolerance.value()
+        request.opset = self.opset_spin.value() or None
+        request.dynamic_batch = self.dynamic_box.isChecked()
+
+    def command(self, request: ExportRequest) -> list[str]:
+        return cli_command(*request.to_argv(), "--progress")
 
     def start(self) -> None:
         out = self.output_edit.text().strip()
@@ -488,11 +513,16 @@ class ExportDialog(QDialog):
             QMessageBox.warning(self, "Export", "The export would replace the file it comes "
                                 "from: choose another name.")
             return
-        cmd = self.command()
+        try:
+            request = self.request()
+        except ExportError as err:
+            QMessageBox.warning(self, "Export", str(err))
+            return
         if os.path.exists(out):
             if not self.ask_overwrite(out):
                 return
-            cmd.append("--overwrite")
+            request.overwrite = True
+        cmd = self.command(request)
         self._stdout = b""
         self.result = None
         self.stage_label.setText("Starting…")
@@ -515,20 +545,18 @@ class ExportDialog(QDialog):
         self._stdout += bytes(self.process.readAllStandardOutput())
         *lines, self._stdout = self._stdout.split(b"\n")
         for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "progress":
-                total = int(event.get("total") or 0)
-                if total:
-                    scale = max(1, total // 1_000_000)
-                    self.bar.setRange(0, total // scale)
-                    self.bar.setValue(int(event.get("done", 0)) // scale)
-                self.stage_label.setText(f"{event.get('stage', '').capitalize()}… "
-                                         f"{escape(str(event.get('detail', '')))}")
-            elif event.get("event") == "result":
-                self.result = event
+            message = parse_line(line)
+            if isinstance(message, Progress):
+                self._show_progress(message)
+            elif isinstance(message, dict) and message.get("event") == "result":
+                self.result = ExportResult.from_json(message)
+
+    def _show_progress(self, report: Progress) -> None:
+        if report.total:
+            scale = max(1, report.total // 1_000_000)
+            self.bar.setRange(0, report.total // scale)
+            self.bar.setValue(report.done // scale)
+        self.stage_label.setText(f"{report.stage.capitalize()}… {escape(report.detail)}")
 
     def _finished(self, code: int, _status: Any) -> None:
         self._read()
@@ -552,15 +580,8 @@ class ExportDialog(QDialog):
         self.pages.setCurrentIndex(0)
 
     def _remove_partial(self) -> None:
-        """What a killed export leaves: ``.NAME.XXXXXXXX.partial`` files and folders."""
-        out = self.output_edit.text().strip()
-        folder, name = os.path.dirname(os.path.abspath(out)), os.path.basename(out)
-        for path in glob.glob(os.path.join(folder, f".{glob.escape(name)}.*.partial")):
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+        """What a killed export leaves beside its output."""
+        remove_partial(self.output_edit.text().strip())
 
     # -- pages 2 and 3 ---------------------------------------------------------------------------
     def _progress_page(self) -> QWidget:
@@ -609,67 +630,14 @@ class ExportDialog(QDialog):
                                      f"<p>{escape(err.splitlines()[-1] if err else f'exit {code}')}"
                                      "</p>")
             return
-        written = r.get("written", True)
-        self.open_button.setEnabled(written and os.path.exists(r.get("path", "")))
-        status = r.get("status") or ("passed" if r.get("passed") else "failed")
-        if status == "passed":
-            head = f"<h3 style='color:{color('ok')}'>Exported and verified</h3>"
-        elif status == "not verified":
-            head = (f"<h3 style='color:{color('warning')}'>Exported, not verified</h3><p>"
-                    + escape(str(r.get("onnxruntime") or "the export was not checked"))
-                    + "</p>")
-        elif written:
-            head = (f"<h3 style='color:{color('danger')}'>Exported, but the verification failed"
-                    "</h3>")
-        else:
-            head = (f"<h3 style='color:{color('danger')}'>The verification failed: nothing was "
-                    "written"
-                    "</h3><p>Any file already at that name is unchanged.</p>")
-        rows = [("File", escape(r["path"])),
-                ("Size" if written else "Size (not written)", human_bytes(r["bytes"]))]
-        if r["target"] in ("state_dict", "safetensors"):
-            tensors = f"{r['tensors']:,} from {escape(r['source'])}"
-            if r.get("excluded"):
-                tensors += f", {r['excluded']:,} left out"
-            if r.get("renamed"):
-                tensors += f", {r['renamed']:,} renamed"
-            rows.append(("Tensors", tensors))
-            if r.get("verified") is False:
-                rows.append(("Read back", "no (--no-verify)"))
-            else:
-                rows.append(("Read back", f"{r['bit_exact']:,} bit-exact"
-                             + (f", {r['cast']:,} cast (largest difference "
-                                f"{r['max_abs_diff']:.3g})" if r["cast"] else "")))
-            if "torch_load" in r:
-                rows.append(("torch.load(weights_only=True)",
-                             "ok" if r["torch_load"] else escape(r.get("torch_error", ""))))
-        else:
-            rows += [("Model", escape(r["model"])),
-                     ("Example input", f"{r['input_dtype']} {r['input_shape']}")]
-            if r.get("max_abs_diff") is not None:
-                rows.append(("Reloaded and run", f"max abs difference {r['max_abs_diff']:.3g} "
-                             f"(tolerance {r['tolerance']:g} + {r.get('rtol', 0):g}·|value|)"))
-            if r.get("dynamic_batch"):
-                sizes = f"batch {r['input_shape'][0]} and {r.get('dynamic_batch_size', 2)}"
-                rows.append(("Dynamic batch", f"{sizes}: ok" if r.get("dynamic_batch_checked")
-                             else span("danger", f"{sizes}: failed")))
-            if r.get("onnxruntime"):
-                rows.append(("onnxruntime", escape(str(r["onnxruntime"]))))
-            if "checker" in r:
-                rows.append(("onnx.checker", "ok" if r["checker"] else "failed"))
-            if r.get("opset"):
-                rows.append(("Opset", str(r["opset"])))
-            if r.get("files") and len(r["files"]) > 1:
-                rows.append(("Files", escape(", ".join(r["files"]))))
-        rows += [("Problem", span("danger", escape(p)))
-                 for p in r.get("problems", [])]
-        table = "".join(f"<tr><th align='left' style='padding-right:12px'>{k}</th>"
-                        f"<td>{v}</td></tr>" for k, v in rows)
-        self.result_view.setHtml(f"{head}<table>{table}</table>")
+        self.open_button.setEnabled(r.written and os.path.exists(r.path))
+        table = "".join(f"<tr><th align='left' style='padding-right:12px'>{escape(row.label)}"
+                        f"</th><td>{_cell(row)}</td></tr>" for row in r.rows())
+        self.result_view.setHtml(f"{_heading(r)}<table>{table}</table>")
 
     def _open_exported(self) -> None:
-        if self.result and self.result.get("path"):
-            self.open_requested.emit(self.result["path"])
+        if self.result and self.result.path:
+            self.open_requested.emit(self.result.path)
 
     def reject(self) -> None:
         if self.process is not None:
@@ -684,3 +652,21 @@ def _pair(a: QWidget, b: QWidget) -> QWidget:
     row.addWidget(a)
     row.addWidget(b)
     return w
+
+
+def _cell(row: Row) -> str:
+    text = escape(row.value)
+    return span(row.level, text) if row.level else text
+
+
+def _heading(r: ExportResult) -> str:
+    """What became of the export, in a heading (and a line under it)."""
+    if r.status == "passed":
+        return f"<h3 style='color:{color('ok')}'>Exported and verified</h3>"
+    if r.status == "not verified":
+        return (f"<h3 style='color:{color('warning')}'>Exported, not verified</h3><p>"
+                + escape(str(r.onnxruntime or "the export was not checked")) + "</p>")
+    if r.written:
+        return f"<h3 style='color:{color('danger')}'>Exported, but the verification failed</h3>"
+    return (f"<h3 style='color:{color('danger')}'>The verification failed: nothing was written"
+            "</h3><p>Any file already at that name is unchanged.</p>")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+from ckpt_inspector.core.ops.export.request import ExportRequest
+from ckpt_inspector.core.ops.export.result import ExportResult
+
 from support import open_and_wait
 
 
@@ -124,7 +127,7 @@ def test_result_page_shows_key_counts(qtbot, window, tensors_file, tmp_path):
 def test_result_page_for_a_failed_dynamic_batch_and_nothing_written(qtbot, window,
                                                                     tensors_file, tmp_path):
     dialog = dialog_for(qtbot, window, tensors_file[0])
-    dialog.result = {
+    figures = {
         "event": "result", "target": "onnx", "model": "Fixed", "input_shape": [1, 4],
         "input_dtype": "float32", "tolerance": 1e-4, "rtol": 1e-5, "path":
         str(tensors_file[0]), "bytes": 1000, "max_abs_diff": 0.0, "dynamic_batch": True,
@@ -132,15 +135,55 @@ def test_result_page_for_a_failed_dynamic_batch_and_nothing_written(qtbot, windo
         "checker": True, "opset": 20, "passed": False, "verified": True, "written": False,
         "status": "failed",
         "problems": ["the batch dimension is fixed at 2 in the ONNX graph"]}
+    dialog.result = ExportResult.from_json(figures)
     dialog.show_result(1, "")
     text = dialog.result_view.toPlainText()
     assert "nothing was written" in text
     assert "Dynamic batch" in text and "batch 1 and 2: failed" in text
     assert "the batch dimension is fixed at 2" in text
     assert not dialog.open_button.isEnabled()  # the file there is not the export
-    dialog.result.update(passed=False, verified=False, written=True, status="not verified",
-                         problems=[], dynamic_batch=False,
-                         onnxruntime="not installed: the model was not run")
+    figures.update(passed=False, verified=False, written=True, status="not verified",
+                   problems=[], dynamic_batch=False,
+                   onnxruntime="not installed: the model was not run")
+    dialog.result = ExportResult.from_json(figures)
     dialog.show_result(1, "")
     text = dialog.result_view.toPlainText()
     assert "Exported, not verified" in text and "the model was not run" in text
+
+
+def test_request_round_trips_through_the_command_line(qtbot, window, training_ckpt, tmp_path):
+    """The dialog's request, as argv, parses back into the same request."""
+    from ckpt_inspector.cli import _parser
+
+    dialog = dialog_for(qtbot, window, training_ckpt[0])
+    choose(dialog.target_box, "safetensors")
+    choose(dialog.dtype_box, "bfloat16")
+    dialog.strip_edit.setText("module., model.")
+    dialog.rename_from.setText("^0")
+    dialog.rename_to.setText("first")
+    dialog.metadata_edit.setText("a=1; b=x=y")
+    dialog.output_edit.setText(str(tmp_path / "out.safetensors"))
+    request = dialog.request()
+    args = _parser().parse_args(request.to_argv())
+    assert ExportRequest.from_args(args) == request
+    choose(dialog.target_box, "onnx")
+    choose(dialog.model_box, "torchvision")
+    dialog.dynamic_box.setChecked(True)
+    dialog.opset_spin.setValue(17)
+    dialog.shape_edit.setText("2x3x32x32")
+    request = dialog.request()
+    assert request.input_shape == (2, 3, 32, 32) and request.opset == 17
+    args = _parser().parse_args(request.to_argv())
+    assert ExportRequest.from_args(args) == request
+
+
+def test_result_json_round_trip_and_text_report():
+    figures = {"target": "safetensors", "source": "(whole file)", "tensors": 2, "excluded": 1,
+               "renamed": 0, "not_cast": 0, "tensor_bytes": 48, "path": "/x.safetensors",
+               "bytes": 200, "verified": True, "bit_exact": 2, "cast": 0,
+               "max_abs_diff": 0.0, "problems": [], "passed": True, "written": True,
+               "status": "passed"}
+    result = ExportResult.from_json({"event": "result", **figures})
+    assert result.to_json() == figures and list(result.to_json()) == list(figures)
+    assert result.text().splitlines()[1:] == ["  2 tensors from (whole file), 1 left out",
+                                              "  read back: 2 bit-exact", "verification PASSED"]

@@ -77,12 +77,9 @@ class ExportRequest:
             if any(len(r) != 2 for r in rename):
                 raise ValueError
             metadata = dict(m.split("=", 1) for m in args.metadata)
-            shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape \
-                else None
-            if shape is not None and any(s < 1 for s in shape):
-                raise ValueError
         except ValueError:
             raise ExportUsageError(_BAD_SYNTAX) from None
+        shape = parse_shape(args.input_shape)
         request = cls(
             args.path, args.to, args.output, args.key, list(args.strip_prefix),
             args.add_prefix, rename, list(args.include), list(args.exclude),  # type: ignore[arg-type]
@@ -121,6 +118,19 @@ class ExportRequest:
             argv += ["--output-names", ",".join(self.output_names)]
         argv += [flag for flag, name in _FLAGS if getattr(self, name)]
         return argv + ([] if self.verify else ["--no-verify"])
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """``1,3,224,224`` as a shape (None for an empty text); sizes must be ≥ 1."""
+    if not text:
+        return None
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise ExportUsageError(_BAD_SYNTAX) from None
+    if any(s < 1 for s in shape):
+        raise ExportUsageError(_BAD_SYNTAX)
+    return shape
 
 
 # (option, field) pairs written as "--option value" when the value is not the default
