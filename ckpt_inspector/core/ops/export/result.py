@@ -47,7 +47,7 @@ class ExportResult:
     passed: bool = False
     verified: bool = True
     status: str = ""
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] | None = None  # None: not checked (--no-verify)
     max_abs_diff: float | None = None
     # state_dict and safetensors
     source: str | None = None
@@ -123,7 +123,7 @@ class ExportResult:
         rows = [Row("File", self.path),
                 Row("Size" if self.written else "Size (not written)", human_bytes(self.bytes))]
         rows += self._state_rows() if self.is_state_dict else self._model_rows()
-        rows += [Row("Problem", p, f"PROBLEM: {p}", "danger") for p in self.problems]
+        rows += [Row("Problem", p, f"PROBLEM: {p}", "danger") for p in self.problems or []]
         return rows
 
     def _state_rows(self) -> list[Row]:
