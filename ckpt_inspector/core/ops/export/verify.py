@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import ExportError
 from ckpt_inspector.core.ops.export.pieces import PIECE, as_float64, rechunk, tensor_pieces
 from ckpt_inspector.core.ops.export.plan import Plan
-from ckpt_inspector.core.progress import Progress
+from ckpt_inspector.core.progress import Job, Progress
 from ckpt_inspector.core.tree import key_of
 
 
@@ -108,7 +108,7 @@ class _CastCheck:
         return out
 
 
-def verify_state_dict(plan: Plan, out_path: str) -> Iterator[Progress]:
+def verify_state_dict(plan: Plan, out_path: str) -> Job[dict[str, Any]]:
     """Read the written file back with the reader and compare every tensor with its source:
     bytes for tensors written as they were; for cast ones, each element against torch's own
     ``.to(dtype)`` of the source, and no finite value may become ±inf (overflow) and no NaN
@@ -309,7 +309,7 @@ def save_verified(stage: Any, steps: Steps, inputs: Inputs, checks: Checks,
 
 
 def reloaded(checks: Checks, result: dict[str, Any], what: str,
-              load: Callable[[], Any]) -> Callable[[Any], Any] | None:
+             load: Callable[[], Any]) -> Callable[[Any], Any] | None:
     """The module ``load()`` returns, as a function run without gradients; None (and a
     problem) when it does not load."""
     import torch

@@ -24,14 +24,14 @@ from ckpt_inspector.core.io.atomic import check_target, staged_file
 from ckpt_inspector.core.ops.export.pieces import PIECE, tensor_pieces
 from ckpt_inspector.core.ops.export.plan import SAFETENSORS_CODE, Plan
 from ckpt_inspector.core.ops.export.verify import torch_load_check, verify_state_dict
-from ckpt_inspector.core.progress import Progress
+from ckpt_inspector.core.progress import Job, Progress
 
 ALIGN = 64  # torch aligns storage records so they can be memory-mapped
 _STORAGE_CLASS = {v: k for k, v in dtypes.STORAGE_CLASSES.items() if k != "UntypedStorage"}
 
 
 def export_state_dict(plan: Plan, out_path: str, overwrite: bool = False,
-                      verify: bool = True) -> Iterator[Progress]:
+                      verify: bool = True) -> Job[dict[str, Any]]:
     """Write the plan to a temporary file, read it back (:func:`verify_state_dict`, and
     ``torch.load(weights_only=True)`` for a ``.pt``), and rename it to ``out_path`` only
     when that passed; yields progress. Returns ``{"path", "bytes" (the file's size),
@@ -59,7 +59,7 @@ def export_state_dict(plan: Plan, out_path: str, overwrite: bool = False,
 
 
 
-def _write_safetensors(plan: Plan, tmp: str, _stem: str) -> Iterator[Progress]:
+def _write_safetensors(plan: Plan, tmp: str, _stem: str) -> Job[None]:
     header: dict[str, Any] = {}
     pos = 0
     for key, t in plan.items:
@@ -83,7 +83,7 @@ def _write_safetensors(plan: Plan, tmp: str, _stem: str) -> Iterator[Progress]:
                 yield Progress("writing", done, total, key)
 
 
-def _write_pt(plan: Plan, tmp: str, stem: str) -> Iterator[Progress]:
+def _write_pt(plan: Plan, tmp: str, stem: str) -> Job[None]:
     root = re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "archive"
     # storages: shared (and views kept) when a tensor is written as it is; a new one per
     # tensor when it is cast
