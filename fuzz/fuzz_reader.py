@@ -90,7 +90,7 @@ def check(path: str) -> dict:
     """Open, scan and run the info/scan commands on ``path``; what the reader said.
 
     Raises whatever the code under test raises, except CheckpointError from the reader."""
-    from ckpt_inspector import cli
+    from ckpt_inspector.cli import _common, inspect
     from ckpt_inspector.core import CheckpointError, open_checkpoint
 
     try:
@@ -104,14 +104,14 @@ def check(path: str) -> dict:
             raise opened
         return opened
 
-    original = cli._open
-    cli._open = cached_open  # not bulk_allocation: its gc.freeze would keep every input
+    original = _common.open_file
+    _common.open_file = cached_open  # not bulk_allocation: its gc.freeze would keep every input
     try:
         for command, as_json in (("info", False), ("info", True), ("scan", False),
                                  ("scan", True)):
             name = f"{command}{' --json' if as_json else ''}"
             args = argparse.Namespace(path=path, json=as_json)
-            handler = cli.cmd_info if command == "info" else cli.cmd_scan
+            handler = inspect.cmd_info if command == "info" else inspect.cmd_scan
             # stdout as cli.main leaves it: UTF-8, lone surrogates (names may hold them)
             # written as backslash escapes
             raw = io.BytesIO()
@@ -127,7 +127,7 @@ def check(path: str) -> dict:
             if status not in EXIT_STATUSES:
                 raise CommandFailed(name, "exit-status", f"exit status {status}")
     finally:
-        cli._open = original
+        _common.open_file = original
     verdict = None
     if ckpt is not None:
         from ckpt_inspector.core.scan import scan

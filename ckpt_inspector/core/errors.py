@@ -1,4 +1,8 @@
-"""Errors raised by the core. Every problem with a user's file is a CheckpointError."""
+"""Errors raised by the core. Every problem with a user's file is a CheckpointError.
+
+Each error carries the ``exit_code`` the command line ends with (the table that turns
+an error into one line on stderr is ``ckpt_inspector/cli/_errors.py``): 1 not safe or
+failed, 2 usage, 3 unreadable input."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ class CheckpointError(Exception):
     """
 
     partial = None
+    exit_code = 3
 
 
 class PickleError(CheckpointError):
@@ -25,3 +30,22 @@ class PickleError(CheckpointError):
         self.offset = offset
         self.reason = message
         self.result = None  # pickle_vm.PickleResult: what was read before the error
+
+
+class ExportError(CheckpointError):
+    """An export failed (the message says why): exit 1 on the command line."""
+
+    exit_code = 1
+
+
+class ExportUsageError(ExportError):
+    """An export (or a file save) cannot be done as asked (an option, a key, the output
+    path): exit 2."""
+
+    exit_code = 2
+
+
+class SourceDataError(ExportError):
+    """The source file's data cannot be read: exit 3, like any unreadable input."""
+
+    exit_code = 3

@@ -7,12 +7,14 @@ would freeze the window.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
+from dataclasses import asdict
 from typing import Any
 
 from PySide6.QtCore import QObject, QProcess, Signal
+
+from ckpt_inspector.core.progress import Progress, parse_line
 
 
 def cli_command(*args: str) -> list[str]:
@@ -35,8 +37,9 @@ def run_cli(*args: str, timeout: float = 600) -> str:
 
 class CliProcess(QObject):
     """A command run as a child with ``--progress``: JSON progress lines, then one JSON
-    result. ``progress(dict)``, then ``done(dict)`` or ``failed(str)``; :meth:`kill` drops
-    it silently."""
+    result, read with :func:`ckpt_inspector.core.progress.parse_line`. ``progress(dict)``
+    (a :class:`~ckpt_inspector.core.progress.Progress` as a dict: stage, done, total,
+    detail), then ``done(dict)`` or ``failed(str)``; :meth:`kill` drops it silently."""
 
     progress = Signal(dict)
     done = Signal(dict)
@@ -58,13 +61,10 @@ class CliProcess(QObject):
         self._buf += bytes(self.proc.readAllStandardOutput())
         *lines, self._buf = self._buf.split(b"\n")
         for line in lines:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(msg, dict) and msg.get("event") == "progress":
-                self.progress.emit(msg)
-            elif isinstance(msg, dict):
+            msg = parse_line(line)
+            if isinstance(msg, Progress):
+                self.progress.emit(asdict(msg))
+            elif msg is not None:
                 self._result = msg
 
     def _finished(self, code: int, _status: Any) -> None:

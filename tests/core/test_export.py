@@ -9,16 +9,12 @@ import warnings
 import pytest
 
 from ckpt_inspector.core import open_checkpoint
-from ckpt_inspector.core.export import (
-    ExportError,
-    KeyRules,
-    common_prefix,
-    export_state_dict,
-    make_plan,
-    sources,
-    verify_state_dict,
-)
-from ckpt_inspector.core.model_export import ModelSource, export_model
+from ckpt_inspector.core.errors import ExportError
+from ckpt_inspector.core.ops.export.model import export_model
+from ckpt_inspector.core.ops.export.model_source import ModelSource
+from ckpt_inspector.core.ops.export.plan import KeyRules, common_prefix, make_plan, sources
+from ckpt_inspector.core.ops.export.verify import verify_state_dict
+from ckpt_inspector.core.ops.export.writers import export_state_dict
 
 from support import drive, run_cli
 
@@ -331,7 +327,8 @@ def test_written_files_follow_the_umask_and_keep_a_replaced_files_mode(tensors_f
 
 
 def test_usage_errors_are_their_own_kind(tensors_file, tmp_path):
-    from ckpt_inspector.core.export import ExportUsageError, check_device
+    from ckpt_inspector.core.errors import ExportUsageError
+    from ckpt_inspector.core.ops.export.plan import check_device
 
     ckpt = open_checkpoint(tensors_file[0])
     for bad in (lambda: make_plan(ckpt, "", KeyRules(include=["("])),
@@ -386,7 +383,7 @@ def test_dynamic_batch(models, tmp_path):
 
 
 def test_onnx_external_data_is_part_of_the_output(models, tmp_path):
-    from ckpt_inspector.core.export import ExportUsageError
+    from ckpt_inspector.core.errors import ExportUsageError
 
     out = tmp_path / "tiny.onnx"
     data = tmp_path / "tiny.onnx.data"
@@ -434,7 +431,7 @@ def test_interrupt_turned_into_import_error_is_an_interrupt(models, tmp_path, mo
 
 
 def test_builder_wins_and_the_files_own_model_needs_trust(models):
-    from ckpt_inspector.core.model_export import load_model
+    from ckpt_inspector.core.ops.export.model_source import load_model
     from ckpt_inspector.core.ops.torch_load import TrustError
 
     path = str(models["tiny_module"])
@@ -448,8 +445,8 @@ def test_builder_wins_and_the_files_own_model_needs_trust(models):
 
 
 def test_state_dict_mismatch_keeps_the_details(models):
-    from ckpt_inspector.core.export import ExportUsageError
-    from ckpt_inspector.core.model_export import load_model
+    from ckpt_inspector.core.errors import ExportUsageError
+    from ckpt_inspector.core.ops.export.model_source import load_model
 
     with pytest.raises(ExportUsageError) as err:
         load_model(str(models["tiny"]), ModelSource(builder="export_builders_core:fixed"))
@@ -457,7 +454,7 @@ def test_state_dict_mismatch_keeps_the_details(models):
 
 
 def test_output_comparison_has_a_relative_tolerance(torch):
-    from ckpt_inspector.core.model_export import compare
+    from ckpt_inspector.core.ops.export.verify import compare
 
     big = torch.tensor([1e4, -2e4, float("nan")], dtype=torch.float64)
     assert compare(big, big + torch.tensor([0.05, -0.1, 0.0]), 1e-4, 1e-5) == (

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+from ckpt_inspector.core.ops.export.request import ExportRequest
+from ckpt_inspector.core.ops.export.result import ExportResult
+
 from support import open_and_wait
 
 
@@ -25,15 +28,16 @@ def wait_result(qtbot, dialog, timeout=180_000):
 
 def test_state_dict_to_safetensors_and_open_it(qtbot, window, training_ckpt, tmp_path):
     dialog = dialog_for(qtbot, window, training_ckpt[0])
-    assert dialog.source_box.currentData() == "model_state_dict"  # the weights, not the optimizer
-    choose(dialog.target_box, "safetensors")
-    choose(dialog.dtype_box, "float16")
-    dialog.add_edit.setText("net.")
-    dialog.update_preview()
-    assert dialog.preview.item(0, 1).text().startswith("net.")
+    # the weights, not the optimizer
+    assert dialog.options.source_box.currentData() == "model_state_dict"
+    choose(dialog.options.target_box, "safetensors")
+    choose(dialog.options.dtype_box, "float16")
+    dialog.options.add_edit.setText("net.")
+    dialog.options.update_preview()
+    assert dialog.options.preview.item(0, 1).text().startswith("net.")
     out = tmp_path / "weights.safetensors"
-    dialog.output_edit.setText(str(out))
-    dialog.export_button.click()
+    dialog.options.output_edit.setText(str(out))
+    dialog.options.export_button.click()
     text = wait_result(qtbot, dialog)
     assert "Exported and verified" in text and "cast" in text, text
     assert out.exists()
@@ -47,28 +51,30 @@ def test_state_dict_to_safetensors_and_open_it(qtbot, window, training_ckpt, tmp
 def test_state_dict_to_torchscript_with_detected_architecture(qtbot, window, resnet_params,
                                                               tmp_path):
     dialog = dialog_for(qtbot, window, resnet_params[0])
-    choose(dialog.target_box, "torchscript")
-    assert dialog.model_box.currentData() == "torchvision"
-    dialog.detect_button.click()
-    qtbot.waitUntil(lambda: "fits exactly" in dialog.arch_label.text(), timeout=120_000)
-    assert dialog.arch_box.currentData() == "resnet18"
-    assert dialog.shape_edit.text() == "1,3,224,224"
-    dialog.output_edit.setText(str(tmp_path / "r18_ts.pt"))
-    dialog.export_button.click()
+    choose(dialog.options.target_box, "torchscript")
+    assert dialog.options.model_group.model_box.currentData() == "torchvision"
+    dialog.options.model_group.detect_button.click()
+    model = dialog.options.model_group
+    qtbot.waitUntil(lambda: "fits exactly" in model.arch_label.text(), timeout=120_000)
+    assert dialog.options.model_group.arch_box.currentData() == "resnet18"
+    assert dialog.options.model_group.shape_edit.text() == "1,3,224,224"
+    dialog.options.output_edit.setText(str(tmp_path / "r18_ts.pt"))
+    dialog.options.export_button.click()
     text = wait_result(qtbot, dialog)
     assert "Exported and verified" in text and "max abs difference" in text, text
 
 
 def test_preview_shows_rule_errors(qtbot, window, tensors_file):
     dialog = dialog_for(qtbot, window, tensors_file[0])
-    dialog.rename_from.setText("(")
-    dialog.update_preview()
-    assert "invalid" in dialog.preview_label.text()
-    assert not dialog.export_button.isEnabled()
-    dialog.rename_from.setText("")
-    dialog.exclude_edit.setText("^x$")
-    dialog.update_preview()
-    assert "1 left out" in dialog.preview_label.text() and dialog.export_button.isEnabled()
+    dialog.options.rename_from.setText("(")
+    dialog.options.update_preview()
+    assert "invalid" in dialog.options.preview_label.text()
+    assert not dialog.options.export_button.isEnabled()
+    dialog.options.rename_from.setText("")
+    dialog.options.exclude_edit.setText("^x$")
+    dialog.options.update_preview()
+    assert "1 left out" in dialog.options.preview_label.text()
+    assert dialog.options.export_button.isEnabled()
 
 
 def test_existing_file_is_not_replaced_without_asking(qtbot, window, tensors_file, tmp_path,
@@ -76,23 +82,23 @@ def test_existing_file_is_not_replaced_without_asking(qtbot, window, tensors_fil
     dialog = dialog_for(qtbot, window, tensors_file[0])
     out = tmp_path / "exists.pt"
     out.write_bytes(b"keep me")
-    dialog.output_edit.setText(str(out))
+    dialog.options.output_edit.setText(str(out))
     monkeypatch.setattr(dialog, "ask_overwrite", lambda path: False)
-    dialog.export_button.click()
+    dialog.options.export_button.click()
     assert dialog.process is None and out.read_bytes() == b"keep me"
-    dialog.output_edit.setText(str(tensors_file[0]))  # the source itself: refused outright
+    dialog.options.output_edit.setText(str(tensors_file[0]))  # the source itself: refused outright
     monkeypatch.setattr("PySide6.QtWidgets.QMessageBox.warning", lambda *a, **k: None)
-    dialog.export_button.click()
+    dialog.options.export_button.click()
     assert dialog.process is None
 
 
 def test_cancel_leaves_no_partial_file(qtbot, window, resnet_params, tmp_path):
     dialog = dialog_for(qtbot, window, resnet_params[0])
-    choose(dialog.target_box, "onnx")
+    choose(dialog.options.target_box, "onnx")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    dialog.output_edit.setText(str(out_dir / "r18.onnx"))
-    dialog.export_button.click()
+    dialog.options.output_edit.setText(str(out_dir / "r18.onnx"))
+    dialog.options.export_button.click()
     assert dialog.pages.currentIndex() == 1
     qtbot.wait(1500)
     dialog.cancel()
@@ -102,20 +108,20 @@ def test_cancel_leaves_no_partial_file(qtbot, window, resnet_params, tmp_path):
 
 def test_dangerous_file_model_is_not_offered(qtbot, window, payload_files, marker):
     dialog = dialog_for(qtbot, window, payload_files["torch-zip"])
-    choose(dialog.target_box, "torchscript")
-    own = dialog.model_box.findData("own")
-    assert own < 0 or not dialog.model_box.model().item(own).isEnabled()
+    choose(dialog.options.target_box, "torchscript")
+    own = dialog.options.model_group.model_box.findData("own")
+    assert own < 0 or not dialog.options.model_group.model_box.model().item(own).isEnabled()
     assert not marker.exists()
 
 
 def test_result_page_shows_key_counts(qtbot, window, tensors_file, tmp_path):
     dialog = dialog_for(qtbot, window, tensors_file[0])
-    choose(dialog.target_box, "safetensors")
-    dialog.exclude_edit.setText("^z$")
-    dialog.rename_from.setText("^x$")
-    dialog.rename_to.setText("renamed_x")
-    dialog.output_edit.setText(str(tmp_path / "counts.safetensors"))
-    dialog.export_button.click()
+    choose(dialog.options.target_box, "safetensors")
+    dialog.options.exclude_edit.setText("^z$")
+    dialog.options.rename_from.setText("^x$")
+    dialog.options.rename_to.setText("renamed_x")
+    dialog.options.output_edit.setText(str(tmp_path / "counts.safetensors"))
+    dialog.options.export_button.click()
     text = wait_result(qtbot, dialog, 60_000)
     assert "Exported and verified" in text, text
     assert "2 from (whole file), 1 left out, 1 renamed" in text, text
@@ -124,7 +130,7 @@ def test_result_page_shows_key_counts(qtbot, window, tensors_file, tmp_path):
 def test_result_page_for_a_failed_dynamic_batch_and_nothing_written(qtbot, window,
                                                                     tensors_file, tmp_path):
     dialog = dialog_for(qtbot, window, tensors_file[0])
-    dialog.result = {
+    figures = {
         "event": "result", "target": "onnx", "model": "Fixed", "input_shape": [1, 4],
         "input_dtype": "float32", "tolerance": 1e-4, "rtol": 1e-5, "path":
         str(tensors_file[0]), "bytes": 1000, "max_abs_diff": 0.0, "dynamic_batch": True,
@@ -132,15 +138,55 @@ def test_result_page_for_a_failed_dynamic_batch_and_nothing_written(qtbot, windo
         "checker": True, "opset": 20, "passed": False, "verified": True, "written": False,
         "status": "failed",
         "problems": ["the batch dimension is fixed at 2 in the ONNX graph"]}
+    dialog.result = ExportResult.from_json(figures)
     dialog.show_result(1, "")
     text = dialog.result_view.toPlainText()
     assert "nothing was written" in text
     assert "Dynamic batch" in text and "batch 1 and 2: failed" in text
     assert "the batch dimension is fixed at 2" in text
     assert not dialog.open_button.isEnabled()  # the file there is not the export
-    dialog.result.update(passed=False, verified=False, written=True, status="not verified",
-                         problems=[], dynamic_batch=False,
-                         onnxruntime="not installed: the model was not run")
+    figures.update(passed=False, verified=False, written=True, status="not verified",
+                   problems=[], dynamic_batch=False,
+                   onnxruntime="not installed: the model was not run")
+    dialog.result = ExportResult.from_json(figures)
     dialog.show_result(1, "")
     text = dialog.result_view.toPlainText()
     assert "Exported, not verified" in text and "the model was not run" in text
+
+
+def test_request_round_trips_through_the_command_line(qtbot, window, training_ckpt, tmp_path):
+    """The dialog's request, as argv, parses back into the same request."""
+    from ckpt_inspector.cli import _parser
+
+    dialog = dialog_for(qtbot, window, training_ckpt[0])
+    choose(dialog.options.target_box, "safetensors")
+    choose(dialog.options.dtype_box, "bfloat16")
+    dialog.options.strip_edit.setText("module., model.")
+    dialog.options.rename_from.setText("^0")
+    dialog.options.rename_to.setText("first")
+    dialog.options.metadata_edit.setText("a=1; b=x=y")
+    dialog.options.output_edit.setText(str(tmp_path / "out.safetensors"))
+    request = dialog.options.request()
+    args = _parser().parse_args(request.to_argv())
+    assert ExportRequest.from_args(args) == request
+    choose(dialog.options.target_box, "onnx")
+    choose(dialog.options.model_group.model_box, "torchvision")
+    dialog.options.model_group.dynamic_box.setChecked(True)
+    dialog.options.model_group.opset_spin.setValue(17)
+    dialog.options.model_group.shape_edit.setText("2x3x32x32")
+    request = dialog.options.request()
+    assert request.input_shape == (2, 3, 32, 32) and request.opset == 17
+    args = _parser().parse_args(request.to_argv())
+    assert ExportRequest.from_args(args) == request
+
+
+def test_result_json_round_trip_and_text_report():
+    figures = {"target": "safetensors", "source": "(whole file)", "tensors": 2, "excluded": 1,
+               "renamed": 0, "not_cast": 0, "tensor_bytes": 48, "path": "/x.safetensors",
+               "bytes": 200, "verified": True, "bit_exact": 2, "cast": 0,
+               "max_abs_diff": 0.0, "problems": [], "passed": True, "written": True,
+               "status": "passed"}
+    result = ExportResult.from_json({"event": "result", **figures})
+    assert result.to_json() == figures and list(result.to_json()) == list(figures)
+    assert result.text().splitlines()[1:] == ["  2 tensors from (whole file), 1 left out",
+                                              "  read back: 2 bit-exact", "verification PASSED"]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.export import atomic_file, check_target
+from ckpt_inspector.core.io.atomic import atomic_file, check_target
 from ckpt_inspector.core.ops.stats import numpy_dtype
 from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.tensors import to_numpy

@@ -1,0 +1,69 @@
+"""Command line: ``ckpt-inspector [FILES...]`` opens the window; ``info``, ``scan``,
+``demo``, ``load``, ``export``, ``arch``, ``stats``, ``diff`` and ``devices`` run a
+command.
+
+One module per group of commands, each with ``add_parser(sub)`` and ``run(args)``;
+how an error ends a command (one line on stderr, an exit code) is ``_errors``'s table.
+Exit codes: 0 ok / safe, 1 not safe (``export``: failed or not verified), 2 usage,
+3 unreadable input, 130 / 143 after Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from ckpt_inspector import __version__
+from ckpt_inspector.cli import arch, devices, diff, export, inspect, load, stats
+from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, EXIT_USAGE, interrupted
+
+# in the order `--help` lists them
+GROUPS = (inspect, load, export, arch, stats, diff, devices)
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    name: group.run for group in GROUPS for name in group.NAMES}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors exit 2, as argparse does
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ckpt-inspector",
+                description="Open PyTorch checkpoints safely and see what is inside.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for group in GROUPS:
+        group.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        return launch_app(argv)
+    args = parser.parse_args(argv)
+    handler = COMMANDS[args.command]
+    for stream in (sys.stdout, sys.stderr):  # a file's names may hold lone surrogates
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        return handler(args)
+    except BrokenPipeError:  # e.g. piped into head
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return interrupted(args.command)
+
+
+def launch_app(paths: list[str]) -> int:
+    """Start the desktop app with ``paths`` open."""
+    try:
+        from ckpt_inspector.gui.app import run
+    except ImportError as err:
+        print(f"ckpt-inspector: the desktop app cannot start ({err}); "
+              "the info and scan commands still work", file=sys.stderr)
+        return EXIT_NOT_SAFE
+    return run(paths)

@@ -1,0 +1,53 @@
+"""``load``: load a file you trust with torch onto a device and report what came back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ckpt_inspector.cli._errors import EXIT_OK, report, usage
+from ckpt_inspector.core.gcpause import bulk_allocation
+from ckpt_inspector.core.summary import human_bytes
+
+NAMES = ("load",)
+
+
+def add_parser(sub: Any) -> None:
+    load = sub.add_parser(
+        "load", help="load a file you trust with torch onto a device and report what came back",
+        description="Weights-only for safe files; torch.nn/torchvision classes allowed by name "
+                    "for needs-trust files that import only those; anything else runs the "
+                    "file's code and takes --run-code (dangerous files also --allow-dangerous).")
+    load.add_argument("path")
+    load.add_argument("--device", default="cpu", help="map_location (cpu, cuda:0, mps)")
+    load.add_argument("--run-code", action="store_true",
+                      help="allow torch.load(weights_only=False) / torch.jit.load")
+    load.add_argument("--allow-dangerous", action="store_true",
+                      help="with --run-code: load even a file judged dangerous")
+    load.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    return cmd_load(args)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from ckpt_inspector.core.ops.torch_load import trusted_load
+
+    if args.allow_dangerous and not args.run_code:
+        return usage("--allow-dangerous needs --run-code too")
+    try:
+        with bulk_allocation():
+            loaded = trusted_load(args.path, args.device, run_code=args.run_code,
+                                  allow_dangerous=args.allow_dangerous)
+    except Exception as err:  # TrustError, CheckpointError, torch's own
+        return report(err, args.path, "load")
+    result = loaded.describe()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.path}: {result['type']}, {result['tensors']:,} tensors, "
+              f"{human_bytes(result['nbytes'])} on {', '.join(result['devices']) or args.device}"
+              f" in {result['seconds']:.2f} s ({result['mode']})")
+    return EXIT_OK
