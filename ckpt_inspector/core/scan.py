@@ -18,8 +18,8 @@ from ckpt_inspector.core import callables
 from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_GLOBALS
 from ckpt_inspector.core.calls import RECONSTRUCTORS, Analysis, Use, attribute_name, judge_use
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, SAFE, Finding
-from ckpt_inspector.core.pickle.vm import Call, GlobalRef, LazyBytes
-from ckpt_inspector.core.tree import Checkpoint
+from ckpt_inspector.core.pickle.values import Anomaly, Call, GlobalRef, LazyBytes
+from ckpt_inspector.core.tree import Checkpoint, PickleRecord
 
 _MANGLE = re.compile(r"\.___torch_mangle_\d+")
 _RANK = {SAFE: 0, NEEDS_TRUST: 1, DANGEROUS: 2}
@@ -293,38 +293,7 @@ def scan(ckpt: Checkpoint, error: str | None = None) -> ScanReport:
     """Judge a checkpoint from what its reader recorded (never from its data)."""
     findings: list[Finding] = []
     for record in ckpt.pickles:
-        member = record.member or None
-        analysis = Analysis(record.result)
-        calls_by_func: dict[int, list[Call]] = {}
-        for c in record.result.calls:
-            calls_by_func.setdefault(id(c.func), []).append(c)
-        for name, use in analysis.uses.items():
-            judged = _judge(use, analysis.invoked)
-            if judged is not None:
-                findings.append(Finding(judged[0], judged[1], judged[2], member,
-                                        use.ref.offset, name))
-        for v in analysis.verdicts:
-            findings.append(Finding(v.severity, v.code, v.message, member, v.offset, v.name))
-        for a in record.result.anomalies:
-            level = DANGEROUS if record.executed or a.code == "dynamic-import" else "info"
-            message, name = a.message, None
-            if a.code == "dynamic-import":
-                ref = next((g for g in record.result.globals if g.offset == a.offset), None)
-                if ref is not None:
-                    message, name = _computed_import(ref)
-                    uses = calls_by_func.get(id(ref), [])
-                    if uses:
-                        message += f", and calls it with {short_repr(uses[0].args)}"
-            findings.append(Finding(level, a.code, message, member, a.offset, name))
-        # streams torch would unpickle must be clean; a member found by sniffing only
-        # matters for what it imports
-        broken = DANGEROUS if record.executed else "info"
-        if record.trailing > 0:
-            findings.append(Finding(broken, "trailing-data",
-                                    f"{record.trailing:,} bytes follow the end of the pickle",
-                                    member, record.result.end))
-        if record.error:
-            findings.append(Finding(broken, "malformed", record.error, member))
+        findings.extend(_record_findings(record))
     if ckpt.runs_code:
         findings.append(Finding(NEEDS_TRUST, "code", ckpt.runs_code))
     findings.extend(ckpt.findings)
@@ -335,3 +304,46 @@ def scan(ckpt: Checkpoint, error: str | None = None) -> ScanReport:
         if _RANK.get(f.severity, 0) > _RANK[verdict]:
             verdict = f.severity
     return ScanReport(verdict, findings, ckpt.global_names())
+
+
+def _record_findings(record: PickleRecord) -> list[Finding]:
+    """What one pickle the file holds imports, calls and does wrong."""
+    findings: list[Finding] = []
+    member = record.member or None
+    analysis = Analysis(record.result)
+    calls_by_func: dict[int, list[Call]] = {}
+    for c in record.result.calls:
+        calls_by_func.setdefault(id(c.func), []).append(c)
+    for name, use in analysis.uses.items():
+        judged = _judge(use, analysis.invoked)
+        if judged is not None:
+            findings.append(Finding(judged[0], judged[1], judged[2], member,
+                                    use.ref.offset, name))
+    for v in analysis.verdicts:
+        findings.append(Finding(v.severity, v.code, v.message, member, v.offset, v.name))
+    for a in record.result.anomalies:
+        findings.append(_anomaly_finding(record, a, calls_by_func))
+    # streams torch would unpickle must be clean; a member found by sniffing only
+    # matters for what it imports
+    broken = DANGEROUS if record.executed else "info"
+    if record.trailing > 0:
+        findings.append(Finding(broken, "trailing-data",
+                                f"{record.trailing:,} bytes follow the end of the pickle",
+                                member, record.result.end))
+    if record.error:
+        findings.append(Finding(broken, "malformed", record.error, member))
+    return findings
+
+
+def _anomaly_finding(record: PickleRecord, a: Anomaly,
+                     calls_by_func: dict[int, list[Call]]) -> Finding:
+    level = DANGEROUS if record.executed or a.code == "dynamic-import" else "info"
+    message, name = a.message, None
+    if a.code == "dynamic-import":
+        ref = next((g for g in record.result.globals if g.offset == a.offset), None)
+        if ref is not None:
+            message, name = _computed_import(ref)
+            uses = calls_by_func.get(id(ref), [])
+            if uses:
+                message += f", and calls it with {short_repr(uses[0].args)}"
+    return Finding(level, a.code, message, record.member or None, a.offset, name)

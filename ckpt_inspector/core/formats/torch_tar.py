@@ -42,9 +42,15 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import Source
-from ckpt_inspector.core.pickle import vm as pickle_vm
 from ckpt_inspector.core.pickle.rebuild import check_tensor
-from ckpt_inspector.core.pickle.vm import Call, GlobalRef, PersistentRef
+from ckpt_inspector.core.pickle.values import (
+    Call,
+    ExtensionRef,
+    GlobalRef,
+    PersistentRef,
+    PickleResult,
+    safe_key,
+)
 from ckpt_inspector.core.tensors import BytesRange, DataSource
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
@@ -471,7 +477,7 @@ class _TorchTar:
 
     # -- the members' records ------------------------------------------------------------
     def pickle_at(self, content: _Content, pos: int, what: str,
-                  persistent_load: Any = None) -> pickle_vm.PickleResult:
+                  persistent_load: Any = None) -> PickleResult:
         """One pickle of a member, read from ``pos``; it may run past the member's end in
         the archive's bytes (offsets stay file offsets), but torch reads only the member,
         so a pickle that does is recorded as broken and nothing after it runs."""
@@ -591,7 +597,7 @@ class _TorchTar:
             self.objects[_key(key)] = info
             i += 1
 
-    def main_pickle(self) -> pickle_vm.PickleResult:
+    def main_pickle(self) -> PickleResult:
         content = self.extractfile("pickle")
         objects = self.objects
 
@@ -615,7 +621,7 @@ def _count(value: Any) -> int | None:
     it (a call whose result is only known when it runs)."""
     if isinstance(value, int):
         return max(value, 0)
-    if isinstance(value, (Call, GlobalRef, pickle_vm.ExtensionRef)):
+    if isinstance(value, (Call, GlobalRef, ExtensionRef)):
         return None
     raise _Stop(f"the record count is a {type(value).__name__} (torch.load fails there)")
 
@@ -638,8 +644,8 @@ def _key(key: Any) -> Any:
     if type(key) is str:
         return key if len(key) <= MAX_KEY_CHARS else _Opaque()
     try:
-        hash(pickle_vm.safe_key(key))
-        return pickle_vm.safe_key(key)
+        hash(safe_key(key))
+        return safe_key(key)
     except (TypeError, ValueError):
         return _Opaque()
 

@@ -27,7 +27,7 @@ from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats import _zip
 from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import BytesSource, Source
-from ckpt_inspector.core.pickle.vm import Call, GlobalRef, PersistentRef
+from ckpt_inspector.core.pickle.values import Call, GlobalRef, PersistentRef
 from ckpt_inspector.core.tensors import ZipEntryData
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
