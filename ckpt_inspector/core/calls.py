@@ -28,7 +28,7 @@ from typing import Any
 from ckpt_inspector.core import callables
 from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_GLOBALS
 from ckpt_inspector.core.pickle.arguments import literal_bytes
-from ckpt_inspector.core.pickle.values import Builds, Call, GlobalRef, PickleResult
+from ckpt_inspector.core.pickle.values import Builds, Call, GlobalRef, PickleResult, short_repr
 
 # Library functions that rebuild an object from its parts when unpickled (their
 # arguments are checked like any other use): calling them is a reconstruction.
@@ -317,8 +317,6 @@ def _states_raw(state: Any) -> Iterator[Any]:
 
 
 def _short(value: Any) -> str:
-    from ckpt_inspector.core.scan import short_repr
-
     return short_repr(value)
 
 

@@ -18,7 +18,7 @@ from ckpt_inspector.core import callables
 from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_GLOBALS
 from ckpt_inspector.core.calls import RECONSTRUCTORS, Analysis, Use, attribute_name, judge_use
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, SAFE, Finding
-from ckpt_inspector.core.pickle.values import Anomaly, Call, GlobalRef, LazyBytes
+from ckpt_inspector.core.pickle.values import Anomaly, Call, GlobalRef, short_repr
 from ckpt_inspector.core.tree import Checkpoint, PickleRecord
 
 _MANGLE = re.compile(r"\.___torch_mangle_\d+")
@@ -96,34 +96,6 @@ def classify(module: str, name: str) -> str:
     if kind == callables.MODULE or (denied(use) and kind != callables.RECORD):
         return DANGEROUS
     return NEEDS_TRUST
-
-
-def short_repr(value: Any, limit: int = 120, depth: int = 0) -> str:
-    """A bounded, non-recursive-in-size description of an inert value."""
-    if depth > 3:
-        return "…"
-    if isinstance(value, str):
-        text = repr(value if len(value) <= limit else value[:limit] + "…")
-    elif isinstance(value, (bytes, bytearray)):
-        text = repr(bytes(value[:limit]))
-    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 12_000:
-        text = f"<int of {value.bit_length():,} bits>"
-    elif value is None or isinstance(value, (LazyBytes, int, float, bool, complex)):
-        text = repr(value)
-    elif isinstance(value, GlobalRef):
-        text = value.full_name
-    elif isinstance(value, Call):
-        args = ", ".join(short_repr(a, limit // 2, depth + 1) for a in value.args[:4])
-        text = f"{value.func_name or '<computed>'}({args})"
-    elif isinstance(value, (tuple, list)):
-        inner = ", ".join(short_repr(v, limit // 2, depth + 1) for v in value[:6])
-        text = f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
-    elif isinstance(value, dict):
-        text = "{" + ", ".join(f"{short_repr(k, 30, depth + 1)}: {short_repr(v, 40, depth + 1)}"
-                               for k, v in list(value.items())[:4]) + "}"
-    else:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _benign_use(name: str, uses: list[Call], called: set[int]) -> str | None:

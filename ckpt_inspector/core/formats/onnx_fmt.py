@@ -20,8 +20,9 @@ from typing import Any
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import _protobuf as pb
+from ckpt_inspector.core.formats._onnx_data import VarintData
 from ckpt_inspector.core.io.source import Source
-from ckpt_inspector.core.tensors import FileRange, VarintData
+from ckpt_inspector.core.tensors import FileRange
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
 MAX_FIELDS = 25_000_000  # ~10 s of walking; a large real model has a few million

@@ -37,12 +37,11 @@ from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
-from ckpt_inspector.core.formats import _zip, torch_zip
+from ckpt_inspector.core.formats import _zip, _zip_audit, _zip_members, torch_zip
 from ckpt_inspector.core.formats._common import new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import BytesSource, Source
 from ckpt_inspector.core.pickle.rebuild import check_tensor
 from ckpt_inspector.core.scan import classify
-from ckpt_inspector.core.tensors import ZipEntryData
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
 # torch._export.serde.schema.ScalarType -> torch dtype name
@@ -107,7 +106,7 @@ class _Reader:
             ckpt.warnings.append(f"torch cannot open this zip archive ({err}); "
                                  "torch.export.load then reads it with Python's zipfile")
         if self.dir is not None:
-            self.extra = _zip.audit(ckpt, self.raw, self.dir, label)
+            self.extra = _zip_audit.audit(ckpt, self.raw, self.dir, label)
         self.names: list[str] = []
         if self.dir is not None:
             listed = self.dir.all_records()
@@ -126,26 +125,28 @@ class _Reader:
         (None, with a finding, past it: dangerous when ``runs``, a loader unpickling it
         whole; torch never writes such a record compressed)."""
         raw = self.raw
-        start, end, _local = _zip.data_span(raw, entry)
+        start, end, _local = _zip_members.data_span(raw, entry)
         if entry.compress_type == _zip.STORED:
             return memoryview(raw)[start:min(start + entry.file_size, len(raw))]
         if entry.file_size > cap:
-            finding = _zip.unscanned(entry.filename, entry.file_size, cap, self.where(entry))
+            finding = _zip_members.unscanned(entry.filename, entry.file_size, cap,
+                                             self.where(entry))
             if runs:
                 finding.severity = DANGEROUS
                 finding.message += "; torch.export.load unpickles all of it"
             self.ckpt.findings.append(finding)
             return None
-        return _zip.inflate(raw, start, end, entry.file_size, entry.filename, exact=False)[0]
+        return _zip_members.inflate(raw, start, end, entry.file_size, entry.filename,
+                                    exact=False)[0]
 
     def zipfile_bytes(self, entry: Any, name: str, runs: bool) -> bytes | None:
         """``ZipFile.read(name)``, or None with a finding past MAX_NESTED_BYTES."""
         try:
-            return _zip.zipfile_read(self.raw, name, MAX_NESTED_BYTES)
-        except _zip.MemberError:
+            return _zip_audit.zipfile_read(self.raw, name, MAX_NESTED_BYTES)
+        except _zip_members.MemberError:
             if entry.file_size <= MAX_NESTED_BYTES and entry.compress_size <= MAX_NESTED_BYTES:
                 raise
-        finding = _zip.unscanned(entry.filename, max(entry.file_size, entry.compress_size),
+        finding = _zip_members.unscanned(entry.filename, max(entry.file_size, entry.compress_size),
                                  MAX_NESTED_BYTES, self.where(entry))
         if runs:
             finding.severity = DANGEROUS
@@ -166,7 +167,7 @@ class _Reader:
         try:
             data = self.member_bytes(entry, MAX_JSON_BYTES)
             return None if data is None else json.loads(bytes(data))
-        except (_zip.MemberError, ValueError, UnicodeDecodeError, RecursionError) as err:
+        except (_zip_members.MemberError, ValueError, UnicodeDecodeError, RecursionError) as err:
             self.ckpt.warnings.append(f"{entry.filename}: {err}")
             return None
 
@@ -186,7 +187,7 @@ class _Reader:
                 return None
             node = read_torch_bytes(self.ckpt, data, f"{self.src.name}!{name}",
                                     f"{self.label}{name}/", executed)
-        except (CheckpointError, _zip.MemberError) as err:  # reported; the rest still reads
+        except (CheckpointError, _zip_members.MemberError) as err:  # reported; the rest still reads
             self.ckpt.warnings.append(f"{name}: {err}")
             return None
         if node is not None:
@@ -200,7 +201,7 @@ class _Reader:
             data = self.member_bytes(entry, MAX_NESTED_BYTES, runs=True)
             if data is not None:
                 run_pickle(self.ckpt, bytes(data), self.where(entry), expect_end=False)
-        except (CheckpointError, _zip.MemberError) as err:
+        except (CheckpointError, _zip_members.MemberError) as err:
             self.ckpt.warnings.append(f"{entry.filename}: {err}")
 
     # -- torch.export.load: load_pt2 ----------------------------------------------------------
@@ -323,7 +324,7 @@ class _Reader:
 
     # -- torch.export.load's fallback: Python's zipfile and the older layout ----------------
     def legacy(self) -> None:
-        infos, _why = _zip.zipfile_view(self.raw)
+        infos, _why = _zip_audit.zipfile_view(self.raw)
         if not infos:
             return
         # torch compares ZipInfo.filename (cut at a NUL); zipfile's read() takes the last
@@ -334,7 +335,7 @@ class _Reader:
             info = by_name.get(name)
             if info is None:
                 continue
-            entry = self._same(_zip.as_entry(info))
+            entry = self._same(_zip_audit.as_entry(info))
             if id(entry) in self.done:
                 continue
             node = self.nested(entry, name[len("serialized_"):].replace(".pt", ""),
@@ -343,7 +344,7 @@ class _Reader:
                 self.root.add(node)
         info = by_name.get("serialized_exported_program.json")
         if info is not None:
-            entry = self._same(_zip.as_entry(info))
+            entry = self._same(_zip_audit.as_entry(info))
             if id(entry) not in self.done:
                 self.graph(entry)
 
@@ -368,7 +369,7 @@ class _Reader:
             if id(e) in self.done or e.file_size == 0 or e.filename.endswith("/"):
                 continue
             self.done.add(id(e))
-            head = _zip.read_prefix(self.raw, e, 512)
+            head = _zip_members.read_prefix(self.raw, e, 512)
             if is_native(head) or e.filename.endswith((".so", ".dll", ".dylib", ".pyd")):
                 self.ckpt.findings.append(Finding(
                     NEEDS_TRUST, "native-code",
@@ -387,7 +388,7 @@ class _Reader:
                 if data is torch_zip.SKIPPED:
                     skipped.append(e.filename)
                 elif data is torch_zip.UNFINISHED:
-                    self.ckpt.findings.append(_zip.unscanned(
+                    self.ckpt.findings.append(_zip_members.unscanned(
                         e.filename, e.file_size, torch_zip.MAX_SNIFF_MEMBER, self.where(e),
                         " for records that are pickles by their bytes, not their name"))
                 elif isinstance(data, bytes):
@@ -473,7 +474,7 @@ def _tensor_node(reader: _Reader, record: Any, key: str, entry: dict[str, Any],
         numel = record.file_size // itemsize
         container = reader.src.container
         info.storage = StorageInfo(str(entry.get("path_name")), dtype, numel, info.device,
-                                   ZipEntryData(container, record))
+                                   _zip_members.ZipEntryData(container, record))
         info.storage_offset = offset
         info.problem = check_tensor(info, offset, info.storage)
     node = Node("tensor", key, "torch.nn.Parameter" if info.is_parameter else "torch.Tensor",

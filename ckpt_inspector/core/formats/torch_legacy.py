@@ -29,8 +29,8 @@ from ckpt_inspector.core.pickle.values import (
     GlobalRef,
     PersistentRef,
     PickleResult,
+    short_repr,
 )
-from ckpt_inspector.core.scan import short_repr
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C

@@ -19,7 +19,7 @@ import dataclasses
 import math
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.pickle.arguments import (
@@ -35,11 +35,26 @@ from ckpt_inspector.core.pickle.values import Call, GlobalRef, LazyBytes
 from ckpt_inspector.core.tensors import BytesRange
 from ckpt_inspector.core.tree import Node, StorageInfo, TensorInfo
 
-if TYPE_CHECKING:
-    from ckpt_inspector.core.pickle.rebuild import TreeBuilder
 
-ValueHandler = Callable[["TreeBuilder", Call, Any, int, "set[int]"], "Node | None"]
-TensorHandler = Callable[["TreeBuilder", Call, int], "TensorInfo | None"]
+class TreeBuilder(Protocol):
+    """What a handler may ask of the builder (:class:`~.rebuild.TreeBuilder`)."""
+
+    def convert(self, value: Any, key: Any, depth: int, ancestors: set[int]) -> Node: ...
+
+    def mapping(self, node: Node, items: Any, depth: int, ancestors: set[int]) -> Node: ...
+
+    def sequence(self, node: Node, items: Any, depth: int, ancestors: set[int]) -> Node: ...
+
+    def tensor_info(self, call: Any, depth: int = 0) -> TensorInfo | None: ...
+
+    def strided(self, storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None,
+                requires_grad: bool) -> TensorInfo: ...
+
+    def nested_value(self, call: Call) -> Any: ...
+
+
+ValueHandler = Callable[[TreeBuilder, Call, Any, int, "set[int]"], "Node | None"]
+TensorHandler = Callable[[TreeBuilder, Call, int], "TensorInfo | None"]
 
 VALUES: dict[str, ValueHandler] = {}
 TENSORS: dict[str, TensorHandler] = {}
