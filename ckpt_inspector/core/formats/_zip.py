@@ -115,6 +115,18 @@ def _plain_extra(extra: bytes) -> bool:
     return True
 
 
+def _reads_plainly(entry: Entry, version: int, extra: bytes) -> bool:
+    """Whether zipfile reads a record without zip64 values the way miniz does."""
+    if version > 63 or (extra and not _plain_extra(extra)):
+        return False
+    if entry.flag_bits & 0x800:
+        try:
+            entry.raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
 def _u16(raw: Any, at: int) -> int:
     return struct.unpack_from("<H", raw, at)[0]
 
@@ -170,6 +182,28 @@ class Directory(MinizLookup):
 
     # -- mz_zip_reader_read_central_dir ---------------------------------------------------
     def _read(self) -> None:
+        total, this_disk = self._end_record()
+        cdir_ofs, cdir_size, raw = self.cdir_offset, self.cdir_size, self.raw
+        # the directory is parsed from one copy when it is of a sane size
+        if cdir_size <= 64 << 20:
+            cd, base = bytes(raw[cdir_ofs:cdir_ofs + cdir_size]), cdir_ofs
+        else:
+            cd, base = raw, 0
+        p, n = cdir_ofs - base, cdir_size
+        entries = self.entries
+        # whether Python's zipfile parses these same records the same way (see audit)
+        plain = True
+        for i in range(total):
+            entry, total_len, plain = self._entry(cd, base, p, n, i, this_disk, plain)
+            entries.append(entry)
+            n -= total_len
+            p += total_len
+        # records that fill the directory exactly are what zipfile reads too
+        self.plain = plain and n == 0
+
+    def _end_record(self) -> tuple[int, int]:
+        """The end record (and the zip64 one it points to): (record count, this disk);
+        sets the directory's offset, size and count."""
         raw, size, eocd = self.raw, self.size, self.end_offset
         total = _u16(raw, eocd + 10)
         on_disk = _u16(raw, eocd + 8)
@@ -177,31 +211,10 @@ class Directory(MinizLookup):
         cdir_disk = _u16(raw, eocd + 6)
         cdir_size = _u32(raw, eocd + 12)
         cdir_ofs = _u32(raw, eocd + 16)
-        z64 = None
-        if eocd >= 20 + 56 and bytes(raw[eocd - 20:eocd - 16]) == ZIP64_LOCATOR_SIG:
-            z64_ofs = _u64(raw, eocd - 20 + 8)
-            if z64_ofs > size - 56:
-                raise ZipError("the zip64 locator points past the end of the file")
-            if bytes(raw[z64_ofs:z64_ofs + 4]) == ZIP64_END_SIG:
-                self.zip64 = True
-                z64 = z64_ofs
+        z64 = self._zip64_end()
         self.zip64_end_offset = z64
         if z64 is not None:
-            disks = _u32(raw, eocd - 20 + 16)
-            if _u64(raw, z64 + 4) < 56 - 12:
-                raise ZipError("damaged zip64 end record")
-            if disks != 1:
-                raise ZipError("multi-disk archives are not supported by torch")
-            total64, on_disk64 = _u64(raw, z64 + 32), _u64(raw, z64 + 24)
-            if total64 > U32 or on_disk64 > U32:
-                raise ZipError("too many records for torch's zip reader")
-            total, on_disk = total64, on_disk64
-            size64 = _u64(raw, z64 + 40)
-            if size64 > U32:
-                raise ZipError("central directory too large for torch's zip reader")
-            cdir_size = size64
-            this_disk, cdir_disk = _u32(raw, z64 + 16), _u32(raw, z64 + 20)
-            cdir_ofs = _u64(raw, z64 + 48)
+            total, on_disk, cdir_size, this_disk, cdir_disk, cdir_ofs = self._zip64_end_fields(z64)
         if total != on_disk:
             raise ZipError("multi-disk archives are not supported by torch")
         if (this_disk | cdir_disk) != 0 and (this_disk != 1 or cdir_disk != 1):
@@ -214,59 +227,75 @@ class Directory(MinizLookup):
             raise ZipError(f"the archive claims {total:,} records, more than the "
                            f"{MAX_RECORDS:,} this reader lists")
         self.cdir_offset, self.cdir_size, self.count = cdir_ofs, cdir_size, total
-        # the directory is parsed from one copy when it is of a sane size
-        if cdir_size <= 64 << 20:
-            cd, base = bytes(raw[cdir_ofs:cdir_ofs + cdir_size]), cdir_ofs
-        else:
-            cd, base = raw, 0
-        p, n = cdir_ofs - base, cdir_size
-        entries = self.entries
-        unpack = _CENTRAL.unpack_from
-        # whether Python's zipfile parses these same records the same way (see audit)
-        plain = True
-        for i in range(total):
-            if n < 46:
-                raise ZipError(f"central directory record {i} is damaged")
-            (sig, version, flags, method, _time, crc, comp, usize, name_len, extra_len,
-             comment_len, disk, eattr, lho) = unpack(cd, p)
-            if sig != CENTRAL_SIG:
-                raise ZipError(f"central directory record {i} is damaged")
-            total_len = 46 + name_len + extra_len + comment_len
-            if total_len > n:
-                raise ZipError(f"central directory record {i} runs past the directory")
-            name = cd[p + 46:p + 46 + name_len]
-            entry = Entry(i, name if type(name) is bytes else bytes(name), flags, method, crc,
-                          comp, usize, lho, eattr)
-            d_comp, d_size, d_lho = comp, usize, lho
-            if extra_len and max(comp, usize, lho) == U32:
-                plain = False
-                d_size, d_comp, d_lho = self._zip64_fields_dir(base + p + 46 + name_len,
-                                                               extra_len, usize, comp, lho)
-                self._zip64_fields_stat(entry, base + p + 46 + name_len, extra_len)
-            elif plain and (version > 63 or (extra_len and not _plain_extra(
-                    cd[p + 46 + name_len:p + 46 + name_len + extra_len]))):
-                plain = False
-            if plain and flags & 0x800:
-                try:
-                    entry.raw_name.decode("utf-8")
-                except UnicodeDecodeError:
-                    plain = False
-            # miniz reads the method as a 32-bit field (method and time): a stored record
-            # with a non-zero time is never checked for equal sizes
-            if d_comp != U32 and d_size != U32 and (
-                    (method == 0 and _time == 0 and d_size != d_comp) or (d_size and not d_comp)):
-                raise ZipError(f"{entry.filename}: sizes that cannot be right")
-            if disk == U16 or (disk != this_disk and disk != 1):
-                raise ZipError("multi-disk archives are not supported by torch")
-            if d_comp != U32 and d_lho + 30 + d_comp > size:
-                raise ZipError(f"{entry.filename} runs past the end of the file")
-            if flags & _LOCAL_DIR_IS_MASKED:
-                raise ZipError("masked local headers (encrypted directory) are not supported")
-            entries.append(entry)
-            n -= total_len
-            p += total_len
-        # records that fill the directory exactly are what zipfile reads too
-        self.plain = plain and n == 0
+        return total, this_disk
+
+    def _zip64_end(self) -> int | None:
+        """The offset of the zip64 end record the locator points to, if there is one."""
+        raw, eocd = self.raw, self.end_offset
+        if eocd >= 20 + 56 and bytes(raw[eocd - 20:eocd - 16]) == ZIP64_LOCATOR_SIG:
+            z64_ofs = _u64(raw, eocd - 20 + 8)
+            if z64_ofs > self.size - 56:
+                raise ZipError("the zip64 locator points past the end of the file")
+            if bytes(raw[z64_ofs:z64_ofs + 4]) == ZIP64_END_SIG:
+                self.zip64 = True
+                return z64_ofs
+        return None
+
+    def _zip64_end_fields(self, z64: int) -> tuple[int, int, int, int, int, int]:
+        """(total, on disk, directory size, this disk, directory disk, directory offset)
+        from the zip64 end record."""
+        raw, eocd = self.raw, self.end_offset
+        disks = _u32(raw, eocd - 20 + 16)
+        if _u64(raw, z64 + 4) < 56 - 12:
+            raise ZipError("damaged zip64 end record")
+        if disks != 1:
+            raise ZipError("multi-disk archives are not supported by torch")
+        total64, on_disk64 = _u64(raw, z64 + 32), _u64(raw, z64 + 24)
+        if total64 > U32 or on_disk64 > U32:
+            raise ZipError("too many records for torch's zip reader")
+        size64 = _u64(raw, z64 + 40)
+        if size64 > U32:
+            raise ZipError("central directory too large for torch's zip reader")
+        return (total64, on_disk64, size64, _u32(raw, z64 + 16), _u32(raw, z64 + 20),
+                _u64(raw, z64 + 48))
+
+    def _entry(self, cd: Any, base: int, p: int, n: int, i: int, this_disk: int,
+               plain: bool) -> tuple[Entry, int, bool]:
+        """Record ``i`` at ``cd[p:]`` (``n`` bytes of the directory left): the entry, its
+        length in the directory, and whether zipfile still reads the records plainly."""
+        if n < 46:
+            raise ZipError(f"central directory record {i} is damaged")
+        (sig, version, flags, method, _time, crc, comp, usize, name_len, extra_len,
+         comment_len, disk, eattr, lho) = _CENTRAL.unpack_from(cd, p)
+        if sig != CENTRAL_SIG:
+            raise ZipError(f"central directory record {i} is damaged")
+        total_len = 46 + name_len + extra_len + comment_len
+        if total_len > n:
+            raise ZipError(f"central directory record {i} runs past the directory")
+        name = cd[p + 46:p + 46 + name_len]
+        entry = Entry(i, name if type(name) is bytes else bytes(name), flags, method, crc,
+                      comp, usize, lho, eattr)
+        d_comp, d_size, d_lho = comp, usize, lho
+        extra_at = p + 46 + name_len
+        if extra_len and max(comp, usize, lho) == U32:
+            plain = False
+            d_size, d_comp, d_lho = self._zip64_fields_dir(base + extra_at, extra_len, usize,
+                                                           comp, lho)
+            self._zip64_fields_stat(entry, base + extra_at, extra_len)
+        elif plain:
+            plain = _reads_plainly(entry, version, cd[extra_at:extra_at + extra_len])
+        # miniz reads the method as a 32-bit field (method and time): a stored record
+        # with a non-zero time is never checked for equal sizes
+        if d_comp != U32 and d_size != U32 and (
+                (method == 0 and _time == 0 and d_size != d_comp) or (d_size and not d_comp)):
+            raise ZipError(f"{entry.filename}: sizes that cannot be right")
+        if disk == U16 or (disk != this_disk and disk != 1):
+            raise ZipError("multi-disk archives are not supported by torch")
+        if d_comp != U32 and d_lho + 30 + d_comp > self.size:
+            raise ZipError(f"{entry.filename} runs past the end of the file")
+        if flags & _LOCAL_DIR_IS_MASKED:
+            raise ZipError("masked local headers (encrypted directory) are not supported")
+        return entry, total_len, plain
 
     def _zip64_fields_dir(self, at: int, length: int, usize: int, comp: int,
                           lho: int) -> tuple[int, int, int]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
-from ckpt_inspector.core.formats import _zip, _zip_audit, _zip_members
+from ckpt_inspector.core.formats import _tar_listing, _zip, _zip_audit, _zip_members
 from ckpt_inspector.core.formats._common import fail, new_checkpoint
 from ckpt_inspector.core.io.source import BytesSource, Source
 from ckpt_inspector.core.pickle import vm as pickle_vm
@@ -130,13 +130,12 @@ def _zip_over_tar(ckpt: Checkpoint, src: Source, label: str, depth: int,
     """A tar that Python's zipfile (and unzip) also open, from a zip directory at its end
     that is not inside one member's data: extracted as a zip, it yields other files than
     tar gives. Such a polyglot is dangerous and its zip members are scanned too."""
-    from ckpt_inspector.core.formats.torch_tar import members_of
-
     infos, _why = _zip_audit.zipfile_view(src.data)
     if not infos:
         return None
     try:
-        spans = [(m.offset_data, m.offset_data + m.size) for m in members_of(ckpt, src).values()]
+        spans = [(m.offset_data, m.offset_data + m.size)
+                 for m in _tar_listing.members_of(ckpt, src).values()]
     except CheckpointError:
         spans = []
     offsets = [i.header_offset for i in infos]
@@ -172,9 +171,7 @@ def _members(ckpt: Checkpoint, src: Source, kind: str, label: str) -> Iterator[_
                           lambda e=e: _zip_whole(ckpt, raw, e, label),
                           e.compress_type != _zip.STORED)
     else:
-        from ckpt_inspector.core.formats.torch_tar import members_of
-
-        for name, m in members_of(ckpt, src).items():
+        for name, m in _tar_listing.members_of(ckpt, src).items():
             start, size = m.offset_data, m.size
             if start + size > len(raw):
                 raise _zip_members.MemberError(f"{name} runs past the end of the archive")
@@ -263,7 +260,7 @@ def _nested(ckpt: Checkpoint, path: str, data: Any, kind: str, label: str, depth
             return torch_zip.read_into(ckpt, nested, label)
         if shape == "pt2":
             return pt2.read_into(ckpt, nested, label)
-    elif torch_tar.is_torch_tar(torch_tar.members_of(ckpt, nested)):
+    elif _tar_listing.is_torch_tar(_tar_listing.members_of(ckpt, nested)):
         return torch_tar.read_into(ckpt, nested, label)
     if depth + 1 >= MAX_DEPTH:
         ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
@@ -356,10 +353,8 @@ def _pickle_like_name(name: str) -> bool:
 
 def tar_kind(src: Source) -> str:
     """``torch-tar`` when ``torch.load`` runs pickles from this tar, else ``archive-tar``."""
-    from ckpt_inspector.core.formats.torch_tar import is_torch_tar, members_of
-
     try:
-        members = members_of(Checkpoint(src.name, "archive", Node("dict")), src)
+        members = _tar_listing.members_of(Checkpoint(src.name, "archive", Node("dict")), src)
     except CheckpointError:
         return "torch-tar"
-    return "torch-tar" if is_torch_tar(members) else "archive-tar"
+    return "torch-tar" if _tar_listing.is_torch_tar(members) else "archive-tar"

@@ -40,8 +40,6 @@ from ckpt_inspector.core.pickle.values import (
 from ckpt_inspector.core.tensors import extent
 from ckpt_inspector.core.tree import Node, StorageInfo, TensorInfo
 
-__all__ = ["SCALAR_TYPES", "TreeBuilder", "check_tensor", "literal_bytes", "type_name_of"]
-
 SCALAR_TYPES = (bool, int, float, complex)
 ABSURD_NUMEL = 1 << 48
 _INT64 = 1 << 63

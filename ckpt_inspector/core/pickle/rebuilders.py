@@ -76,6 +76,8 @@ _STRUCT_CODES = {"f8": "d", "f4": "f", "f2": "e", "i8": "q", "i4": "i", "i2": "h
 
 
 def value_rebuilder(name: str) -> ValueHandler | None:
+    """The handler for a call of ``name`` (numpy's multiarray functions also under a
+    submodule of it), or None: the call is shown as an object."""
     handler = VALUES.get(name)
     if handler is None and name.startswith(_NUMPY_MODULES):  # and their submodules
         handler = VALUES.get(_NUMPY_MODULES[0] + name[name.rfind("."):])
@@ -83,6 +85,7 @@ def value_rebuilder(name: str) -> ValueHandler | None:
 
 
 def tensor_rebuilder(name: str) -> TensorHandler | None:
+    """The handler for a torch rebuild function named ``name``, or None."""
     if not name.startswith(_TORCH_REBUILD_MODULES):
         return None
     return _TENSORS_BY_NAME.get(name[name.rfind(".") + 1:])
