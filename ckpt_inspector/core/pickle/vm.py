@@ -7,7 +7,7 @@ module (``GLOBAL``, ``STACK_GLOBAL``, ``INST``), this interpreter records a
 the call; persistent ids become whatever the caller's ``persistent_load``
 returns (by default a :class:`PersistentRef`). Nothing is imported and nothing
 is called, so the result is inert: plain Python containers and scalars plus
-these records.
+these records (:mod:`values`).
 
 Hostile streams end in a :class:`PickleError` with the byte offset, never in
 a crash: the interpreter does not recurse, every length is checked against
