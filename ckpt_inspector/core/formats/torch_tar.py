@@ -28,10 +28,7 @@ torch reads it), through a file object that bounds each header record
 
 from __future__ import annotations
 
-import posixpath
 import struct
-import tarfile
-from dataclasses import dataclass
 from typing import Any
 
 from ckpt_inspector.core import dtypes
@@ -49,6 +46,7 @@ from ckpt_inspector.core.formats._tar_listing import (
 from ckpt_inspector.core.formats._tar_listing import (
     members_of as members_of,  # tests/test_fuzz.py reads it here
 )
+from ckpt_inspector.core.formats._tar_members import Content, MemberResolver, Stop
 from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.pickle.rebuild import check_tensor
 from ckpt_inspector.core.pickle.values import (
@@ -59,10 +57,9 @@ from ckpt_inspector.core.pickle.values import (
     PickleResult,
     safe_key,
 )
-from ckpt_inspector.core.tensors import BytesRange, DataSource
+from ckpt_inspector.core.tensors import BytesRange
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
-MAX_REBUILT = 256 << 20  # a sparse member, rebuilt in memory as tarfile would write it
 MAX_RECORDS = 200_000  # storage or tensor records
 MAX_NDIM = 64
 # keys torch matches by value; longer ones are kept apart instead of hashed again and again
@@ -73,43 +70,7 @@ MAX_KEY_CHARS = 1024
 sniff = is_tar
 
 
-
-
 # -- what torch reads ------------------------------------------------------------------------
-@dataclass
-class _Content:
-    """The bytes torch reads for one member: ``data[start:end]``."""
-
-    data: Any
-    start: int
-    end: int
-    what: str  # the member, and the links followed to it
-    in_file: bool  # data is the archive itself, so ranges are file ranges
-
-    def range(self, src: Source, pos: int, n: int) -> DataSource:
-        if self.in_file:
-            return src.range(pos, n)
-        return BytesRange(self.data, pos, n)
-
-
-class _Stop(Exception):
-    """torch fails at this point: nothing after it runs."""
-
-
-def _kind(m: tarfile.TarInfo) -> str:
-    if m.issym():
-        return "symbolic link"
-    if m.islnk():
-        return "hard link"
-    if m.isdir():
-        return "folder"
-    if m.isfifo():
-        return "FIFO"
-    if m.ischr() or m.isblk():
-        return "device"
-    return "file"
-
-
 def read(src: Source) -> Checkpoint:
     ckpt = new_checkpoint(src, "torch-legacy")
     ckpt.root = read_into(ckpt, src, "")
@@ -144,11 +105,11 @@ def _fallback(ckpt: Checkpoint, src: Source, label: str, why: str) -> Node:
     return pickle_file.read_stream(ckpt, src, label)
 
 
-class _TorchTar:
+class _TorchTar(MemberResolver):
     def __init__(self, ckpt: Checkpoint, src: Source, label: str, listing: Listing):
         self.ckpt, self.src, self.label, self.listing = ckpt, src, label, listing
         self.objects: dict[Any, Any] = {}
-        self.extracted: dict[str, _Content] = {}
+        self.extracted: dict[str, Content] = {}
 
     def finding(self, severity: str, code: str, message: str, member: str) -> None:
         self.ckpt.findings.append(Finding(severity, code, message, self.label + member))
@@ -171,7 +132,7 @@ class _TorchTar:
             # a TarError half way: torch has run what it read so far, then reads the file
             # from its first byte as a pickle stream
             return _fallback(ckpt, self.src, self.label, f"tarfile fails part way ({err})")
-        except _Stop as err:
+        except Stop as err:
             raise fail(ckpt, str(err)) from None
         root = build_tree(ckpt, main.value)
         if not self.label:
@@ -181,138 +142,27 @@ class _TorchTar:
                 ckpt.metadata["other members"] = extra[:50]
         return root
 
-    # -- resolving members ---------------------------------------------------------------
-    def extract(self, name: str) -> _Content:
-        """What ``tar.extract(name, tmpdir)`` leaves at ``tmpdir/name`` and torch opens."""
-        i = self.listing.last(name)
-        if i is None:
-            raise _Stop(f"tar archive without a {name} member (torch.load fails there)")
-        chain: list[str] = []
-        seen: set[int] = set()
-        m = self.listing.members[i]
-        while m.islnk() or m.issym():
-            if i in seen:
-                raise _Stop(f"{name}: tar links form a loop")
-            seen.add(i)
-            chain.append(f"{m.name} → {m.linkname}")
-            path = posixpath.normpath(m.linkname) if m.linkname else "."
-            if m.linkname.startswith("/") or path == ".." or path.startswith("../"):
-                self.finding(DANGEROUS, "tar-link",
-                             f"{name} is a {_kind(m)} to {m.linkname!r}, outside the archive: "
-                             "torch.load reads that file of the loading machine as "
-                             f"{name} ({' ; '.join(chain)}); what it holds cannot be checked",
-                             name)
-                raise _Stop(f"{name} is a link out of the archive")
-            if path in self.extracted:  # the file torch extracted before this one
-                content = self.extracted[path]
-                break
-            if m.issym():
-                # made on disk and opened there: it names nothing torch has extracted
-                raise _Stop(f"{name} is a symbolic link to {m.linkname!r}, which torch has "
-                            "not extracted (torch.load fails there)")
-            target = self.listing.link_target(i)
-            if target is None:
-                raise _Stop(f"{name} is a hard link to {m.linkname!r}, not in the archive "
-                            "(torch.load fails there)")
-            i, m = target, self.listing.members[target]
-        else:
-            content = self.regular(m, name, rebuild="extract")
-        if chain:
-            self.link_finding(name, chain, content)
-        content.what = name if not chain else f"{name} ({' ; '.join(chain)})"
-        self.extracted[name] = content
-        return content
-
-    def extractfile(self, name: str) -> _Content:
-        """What ``tar.extractfile(name)`` reads: links are followed inside the archive."""
-        i = self.listing.last(name)
-        if i is None:
-            raise _Stop(f"tar archive without a {name} member (torch.load fails there)")
-        chain: list[str] = []
-        seen: set[int] = set()
-        m = self.listing.members[i]
-        while m.islnk() or m.issym():
-            if i in seen:  # torch recurses until RecursionError
-                raise _Stop(f"{name}: tar links form a loop")
-            seen.add(i)
-            chain.append(f"{m.name} → {m.linkname}")
-            target = self.listing.link_target(i)
-            if target is None:
-                raise _Stop(f"{name} is a {_kind(m)} to {m.linkname!r}, not in the archive "
-                            "(torch.load fails there)")
-            i, m = target, self.listing.members[target]
-        content = self.regular(m, name, rebuild="extractfile")
-        if chain:
-            self.link_finding(name, chain, content)
-        content.what = name if not chain else f"{name} ({' ; '.join(chain)})"
-        return content
-
-    def link_finding(self, name: str, chain: list[str], content: _Content) -> None:
-        self.finding(DANGEROUS, "tar-link",
-                     f"{name} is a link ({' ; '.join(chain)}): torch.load reads the bytes it "
-                     "leads to, which a scanner that skips links never reads", name)
-
-    def regular(self, m: tarfile.TarInfo, name: str, rebuild: str) -> _Content:
-        """The bytes of a member that holds data, as tarfile writes or reads them."""
-        if m.isdir() or m.isfifo() or m.ischr() or m.isblk():
-            if not m.isdir():
-                self.finding(DANGEROUS, "tar-special-member",
-                             f"{name} is a {_kind(m)}: torch.load would create it and read "
-                             "from it (a FIFO blocks, a device is read as root)", name)
-            raise _Stop(f"{name} is a {_kind(m)}, not a file (torch.load fails there)")
-        if m.sparse is None:
-            return _Content(self.src.data, m.offset_data, m.offset_data + m.size, name, True)
-        if m.size > MAX_REBUILT or any(o + n > MAX_REBUILT for o, n in m.sparse):
-            raise _Stop(f"{name} is a sparse file of {m.size:,} bytes: more than the "
-                        f"{MAX_REBUILT >> 20} MiB rebuilt in memory, refused")
-        self.finding(DANGEROUS, "tar-sparse-member",
-                     f"{name} is a sparse file: torch.load reads it with holes filled, not "
-                     "the bytes stored in the archive", name)
-        data = self._rebuild_for_extract(m) if rebuild == "extract" else self._rebuild_read(m)
-        return _Content(data, 0, len(data), name, False)
-
-    def _rebuild_for_extract(self, m: tarfile.TarInfo) -> bytes:
-        """TarFile.makefile: each piece written at its offset, then cut to the size."""
-        out = bytearray(m.size)
-        src, raw = m.offset_data, self.src.data
-        for offset, size in m.sparse:
-            if src + size > len(raw):
-                raise NotTar("ReadError: unexpected end of data")
-            if offset < m.size:
-                n = min(size, m.size - offset)
-                out[offset:offset + n] = raw[src:src + n]
-            src += size
-        return bytes(out)
-
-    def _rebuild_read(self, m: tarfile.TarInfo) -> bytes:
-        """TarFile.extractfile(...).read(): tarfile's own reader over the same bytes."""
-        try:
-            with self.listing.tar.extractfile(m) as f:  # type: ignore[union-attr]
-                return f.read()
-        except tarfile.TarError as err:
-            raise NotTar(f"{type(err).__name__}: {err}") from None
-
     # -- the members' records ------------------------------------------------------------
-    def pickle_at(self, content: _Content, pos: int, what: str,
+    def pickle_at(self, content: Content, pos: int, what: str,
                   persistent_load: Any = None) -> PickleResult:
         """One pickle of a member, read from ``pos``; it may run past the member's end in
         the archive's bytes (offsets stay file offsets), but torch reads only the member,
         so a pickle that does is recorded as broken and nothing after it runs."""
         if pos >= content.end:
-            raise _Stop(f"{content.what} ends before its {what} (torch.load fails there)")
+            raise Stop(f"{content.what} ends before its {what} (torch.load fails there)")
         try:
             result = run_pickle(self.ckpt, content.data, f"{self.label}{what}", pos,
                                 persistent_load, expect_end=False)
         except CheckpointError as err:
-            raise _Stop(str(err)) from None
+            raise Stop(str(err)) from None
         if result.end > content.end:
             self.ckpt.pickles[-1].error = (f"the pickle runs {result.end - content.end:,} bytes "
                                            f"past the end of {content.what}")
-            raise _Stop(f"a pickle runs past the end of {content.what} (torch.load fails "
+            raise Stop(f"a pickle runs past the end of {content.what} (torch.load fails "
                         "there)")
         return result
 
-    def storages(self, content: _Content) -> None:
+    def storages(self, content: Content) -> None:
         raw, end = content.data, content.end
         count = self.pickle_at(content, content.start, "storages")
         pos = count.end
@@ -320,7 +170,7 @@ class _TorchTar:
         i = 0
         while n is None or i < n:
             if i >= MAX_RECORDS:
-                raise _Stop(f"more than {MAX_RECORDS:,} storage records: refused")
+                raise Stop(f"more than {MAX_RECORDS:,} storage records: refused")
             if n is None and pos >= end:
                 break
             args = self.pickle_at(content, pos, f"storages#{i}")
@@ -331,12 +181,12 @@ class _TorchTar:
             try:
                 key, location, stype = args.value
             except (TypeError, ValueError):
-                raise _Stop("malformed storage record in the tar archive") from None
+                raise Stop("malformed storage record in the tar archive") from None
             name = stype.name if isinstance(stype, GlobalRef) and stype.literal else ""
             dtype = storage_class_dtype(name) or "uint8"
             item = dtypes.itemsize(dtype) or 1
             if pos + 8 > end:
-                raise _Stop("storage data is truncated (torch.load fails there)")
+                raise Stop("storage data is truncated (torch.load fails there)")
             (numel,) = struct.unpack_from("<q", raw, pos)
             nbytes = numel * item
             st = StorageInfo(_text(key), dtype, max(numel, 0), _text(location))
@@ -353,7 +203,7 @@ class _TorchTar:
             views = self.pickle_at(content, pos, "storage views")
             self.views(content, views.value)
 
-    def views(self, content: _Content, value: Any) -> None:
+    def views(self, content: Content, value: Any) -> None:
         for view in value if isinstance(value, list) else []:
             try:
                 target, root_key, offset, numel = view
@@ -375,7 +225,7 @@ class _TorchTar:
                 st.problem = "storage view lies outside its storage"
             self.objects[_key(target)] = st
 
-    def tensors(self, content: _Content) -> None:
+    def tensors(self, content: Content) -> None:
         raw, end = content.data, content.end
         count = self.pickle_at(content, content.start, "tensors")
         pos = count.end
@@ -383,7 +233,7 @@ class _TorchTar:
         i = 0
         while n is None or i < n:
             if i >= MAX_RECORDS:
-                raise _Stop(f"more than {MAX_RECORDS:,} tensor records: refused")
+                raise Stop(f"more than {MAX_RECORDS:,} tensor records: refused")
             if n is None and pos >= end:
                 break
             args = self.pickle_at(content, pos, f"tensors#{i}")
@@ -391,13 +241,13 @@ class _TorchTar:
             try:
                 key, storage_key, _tensor_type = args.value
             except (TypeError, ValueError):
-                raise _Stop("malformed tensor record in the tar archive") from None
+                raise Stop("malformed tensor record in the tar archive") from None
             if pos + 8 > end:
-                raise _Stop("tensor record is truncated (torch.load fails there)")
+                raise Stop("tensor record is truncated (torch.load fails there)")
             (ndim,) = struct.unpack_from("<i", raw, pos)
             size = 16 + 16 * ndim
             if ndim < 0 or pos + size > end:
-                raise _Stop("malformed tensor record in the tar archive")
+                raise Stop("malformed tensor record in the tar archive")
             storage = self.objects.get(_key(storage_key))
             if ndim > MAX_NDIM:
                 info = TensorInfo(storage.dtype if storage else "unknown", (), None, 0, storage)
@@ -440,7 +290,7 @@ def _count(value: Any) -> int | None:
         return max(value, 0)
     if isinstance(value, (Call, GlobalRef, ExtensionRef)):
         return None
-    raise _Stop(f"the record count is a {type(value).__name__} (torch.load fails there)")
+    raise Stop(f"the record count is a {type(value).__name__} (torch.load fails there)")
 
 
 def _small(value: Any, limit: int) -> bool:
