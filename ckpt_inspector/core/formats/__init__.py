@@ -59,17 +59,18 @@ def _readers() -> tuple[Reader, ...]:
         # names the format from what the archive holds
         Reader(torchscript.NAME, script, torch_zip.read),
         Reader(torch_zip.NAME, zip_of("torch-zip"), torch_zip.read),
-        Reader("pt2", zip_of("pt2"), pt2.read),
+        Reader(pt2.NAME, zip_of("pt2"), pt2.read),
         Reader("archive", zip_of("archive"), lambda src: archive.read(src, "zip")),
-        Reader("torch-tar", tar_of("torch-tar"), torch_tar.read),  # reported as torch-legacy
+        Reader(torch_tar.NAME, tar_of("torch-tar"), torch_tar.read),  # reported as torch-legacy
         Reader("archive-tar", tar_of("archive-tar"), lambda src: archive.read(src, "tar")),
         Reader("compressed", lambda src: archive.wrapper_kind(src.head()) is not None,
                archive.read_wrapped),
-        Reader("torch-legacy", lambda src: torch_legacy.sniff(src.head()), torch_legacy.read),
-        Reader("safetensors", lambda src: safetensors_fmt.sniff(src.head()),
+        Reader(torch_legacy.NAME, lambda src: torch_legacy.sniff(src.head()),
+               torch_legacy.read),
+        Reader(safetensors_fmt.NAME, lambda src: safetensors_fmt.sniff(src.head()),
                safetensors_fmt.read),
-        Reader("onnx", onnx, onnx_fmt.read),
-        Reader("pickle", lambda src: pickle_file.sniff(src.head()), pickle_file.read),
+        Reader(onnx_fmt.NAME, onnx, onnx_fmt.read),
+        Reader(pickle_file.NAME, lambda src: pickle_file.sniff(src.head()), pickle_file.read),
     )
 
 

@@ -26,6 +26,7 @@ from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.tensors import FileRange
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
+NAME = "onnx"
 MAX_FIELDS = 25_000_000  # ~10 s of walking; a large real model has a few million
 MAX_NDIM = 1024
 _INT64 = 1 << 63

@@ -26,6 +26,7 @@ from ckpt_inspector.core.pickle import vm as pickle_vm
 from ckpt_inspector.core.pickle.values import LazyBytes, PickleResult
 from ckpt_inspector.core.tree import Checkpoint, Node
 
+NAME = "pickle"
 # every opcode of protocols 0-5 (pickletools.opcodes); 0x97/0x98 (out-of-band buffers)
 # only load with a buffers argument, which neither pickle.load nor torch.load passes
 OPCODES = frozenset(ord(op.code) for op in pickletools.opcodes) - {0x97, 0x98}

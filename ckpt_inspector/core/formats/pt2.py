@@ -46,6 +46,7 @@ from ckpt_inspector.core.io.source import BytesSource, Source
 from ckpt_inspector.core.scan import classify
 from ckpt_inspector.core.tree import Checkpoint, Node
 
+NAME = "pt2"
 MAX_JSON_BYTES = 64 << 20
 # embedded torch files (pickled weights, sample inputs) read into memory when compressed
 MAX_NESTED_BYTES = 256 << 20

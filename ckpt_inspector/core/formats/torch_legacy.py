@@ -33,6 +33,7 @@ from ckpt_inspector.core.pickle.values import (
 )
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
+NAME = "torch-legacy"
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 # the magic number as torch.save pickles it with its default protocol 2

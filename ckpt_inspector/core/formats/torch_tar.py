@@ -60,6 +60,7 @@ from ckpt_inspector.core.pickle.values import (
 from ckpt_inspector.core.tensors import BytesRange
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
+NAME = "torch-tar"
 MAX_RECORDS = 200_000  # storage or tensor records
 MAX_NDIM = 64
 # keys torch matches by value; longer ones are kept apart instead of hashed again and again
