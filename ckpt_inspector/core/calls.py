@@ -27,8 +27,8 @@ from typing import Any
 
 from ckpt_inspector.core import callables
 from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_GLOBALS
-from ckpt_inspector.core.pickle.rebuild import literal_bytes
-from ckpt_inspector.core.pickle.vm import Builds, Call, GlobalRef, PickleResult
+from ckpt_inspector.core.pickle.arguments import literal_bytes
+from ckpt_inspector.core.pickle.values import Builds, Call, GlobalRef, PickleResult, short_repr
 
 # Library functions that rebuild an object from its parts when unpickled (their
 # arguments are checked like any other use): calling them is a reconstruction.
@@ -200,8 +200,11 @@ class Analysis:
                 "dangerous", "calls-result",
                 f"calls what {inner}(…) returns, with {_short(c.args)}: loading runs a callable "
                 "the file assembled", c.offset, func.func_name))
-        if use is None:
-            return
+        if use is not None:
+            self._named_call(c, use)
+
+    def _named_call(self, c: Call, use: Use) -> None:
+        """What calling an imported name does with its arguments."""
         name = use.ref.full_name
         if name == "torch.storage._load_from_bytes" and c.args and \
                 literal_bytes(c.args[0]) is None:
@@ -224,6 +227,11 @@ class Analysis:
             self._built(c.args[1], (c.args[2],), c)
         elif name in ("copyreg.__newobj__", "copyreg.__newobj_ex__") and len(c.args) > 1:
             self._built(c.args[0], tuple(c.args[1:]), c)
+        self._kept(c, use)
+
+    def _kept(self, c: Call, use: Use) -> None:
+        """A callable a keeper (functools.partial...) holds to call later."""
+        name = use.ref.full_name
         if name in KEEPERS or use.canonical in KEEPERS:
             kept = [c.args[0]] if c.args else []
             for s in _states_raw(c.state):
@@ -309,8 +317,6 @@ def _states_raw(state: Any) -> Iterator[Any]:
 
 
 def _short(value: Any) -> str:
-    from ckpt_inspector.core.scan import short_repr
-
     return short_repr(value)
 
 

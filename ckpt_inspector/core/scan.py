@@ -18,8 +18,8 @@ from ckpt_inspector.core import callables
 from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_GLOBALS
 from ckpt_inspector.core.calls import RECONSTRUCTORS, Analysis, Use, attribute_name, judge_use
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, SAFE, Finding
-from ckpt_inspector.core.pickle.vm import Call, GlobalRef, LazyBytes
-from ckpt_inspector.core.tree import Checkpoint
+from ckpt_inspector.core.pickle.values import Anomaly, Call, GlobalRef, short_repr
+from ckpt_inspector.core.tree import Checkpoint, PickleRecord
 
 _MANGLE = re.compile(r"\.___torch_mangle_\d+")
 _RANK = {SAFE: 0, NEEDS_TRUST: 1, DANGEROUS: 2}
@@ -96,34 +96,6 @@ def classify(module: str, name: str) -> str:
     if kind == callables.MODULE or (denied(use) and kind != callables.RECORD):
         return DANGEROUS
     return NEEDS_TRUST
-
-
-def short_repr(value: Any, limit: int = 120, depth: int = 0) -> str:
-    """A bounded, non-recursive-in-size description of an inert value."""
-    if depth > 3:
-        return "…"
-    if isinstance(value, str):
-        text = repr(value if len(value) <= limit else value[:limit] + "…")
-    elif isinstance(value, (bytes, bytearray)):
-        text = repr(bytes(value[:limit]))
-    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 12_000:
-        text = f"<int of {value.bit_length():,} bits>"
-    elif value is None or isinstance(value, (LazyBytes, int, float, bool, complex)):
-        text = repr(value)
-    elif isinstance(value, GlobalRef):
-        text = value.full_name
-    elif isinstance(value, Call):
-        args = ", ".join(short_repr(a, limit // 2, depth + 1) for a in value.args[:4])
-        text = f"{value.func_name or '<computed>'}({args})"
-    elif isinstance(value, (tuple, list)):
-        inner = ", ".join(short_repr(v, limit // 2, depth + 1) for v in value[:6])
-        text = f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
-    elif isinstance(value, dict):
-        text = "{" + ", ".join(f"{short_repr(k, 30, depth + 1)}: {short_repr(v, 40, depth + 1)}"
-                               for k, v in list(value.items())[:4]) + "}"
-    else:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _benign_use(name: str, uses: list[Call], called: set[int]) -> str | None:
@@ -293,38 +265,7 @@ def scan(ckpt: Checkpoint, error: str | None = None) -> ScanReport:
     """Judge a checkpoint from what its reader recorded (never from its data)."""
     findings: list[Finding] = []
     for record in ckpt.pickles:
-        member = record.member or None
-        analysis = Analysis(record.result)
-        calls_by_func: dict[int, list[Call]] = {}
-        for c in record.result.calls:
-            calls_by_func.setdefault(id(c.func), []).append(c)
-        for name, use in analysis.uses.items():
-            judged = _judge(use, analysis.invoked)
-            if judged is not None:
-                findings.append(Finding(judged[0], judged[1], judged[2], member,
-                                        use.ref.offset, name))
-        for v in analysis.verdicts:
-            findings.append(Finding(v.severity, v.code, v.message, member, v.offset, v.name))
-        for a in record.result.anomalies:
-            level = DANGEROUS if record.executed or a.code == "dynamic-import" else "info"
-            message, name = a.message, None
-            if a.code == "dynamic-import":
-                ref = next((g for g in record.result.globals if g.offset == a.offset), None)
-                if ref is not None:
-                    message, name = _computed_import(ref)
-                    uses = calls_by_func.get(id(ref), [])
-                    if uses:
-                        message += f", and calls it with {short_repr(uses[0].args)}"
-            findings.append(Finding(level, a.code, message, member, a.offset, name))
-        # streams torch would unpickle must be clean; a member found by sniffing only
-        # matters for what it imports
-        broken = DANGEROUS if record.executed else "info"
-        if record.trailing > 0:
-            findings.append(Finding(broken, "trailing-data",
-                                    f"{record.trailing:,} bytes follow the end of the pickle",
-                                    member, record.result.end))
-        if record.error:
-            findings.append(Finding(broken, "malformed", record.error, member))
+        findings.extend(_record_findings(record))
     if ckpt.runs_code:
         findings.append(Finding(NEEDS_TRUST, "code", ckpt.runs_code))
     findings.extend(ckpt.findings)
@@ -335,3 +276,46 @@ def scan(ckpt: Checkpoint, error: str | None = None) -> ScanReport:
         if _RANK.get(f.severity, 0) > _RANK[verdict]:
             verdict = f.severity
     return ScanReport(verdict, findings, ckpt.global_names())
+
+
+def _record_findings(record: PickleRecord) -> list[Finding]:
+    """What one pickle the file holds imports, calls and does wrong."""
+    findings: list[Finding] = []
+    member = record.member or None
+    analysis = Analysis(record.result)
+    calls_by_func: dict[int, list[Call]] = {}
+    for c in record.result.calls:
+        calls_by_func.setdefault(id(c.func), []).append(c)
+    for name, use in analysis.uses.items():
+        judged = _judge(use, analysis.invoked)
+        if judged is not None:
+            findings.append(Finding(judged[0], judged[1], judged[2], member,
+                                    use.ref.offset, name))
+    for v in analysis.verdicts:
+        findings.append(Finding(v.severity, v.code, v.message, member, v.offset, v.name))
+    for a in record.result.anomalies:
+        findings.append(_anomaly_finding(record, a, calls_by_func))
+    # streams torch would unpickle must be clean; a member found by sniffing only
+    # matters for what it imports
+    broken = DANGEROUS if record.executed else "info"
+    if record.trailing > 0:
+        findings.append(Finding(broken, "trailing-data",
+                                f"{record.trailing:,} bytes follow the end of the pickle",
+                                member, record.result.end))
+    if record.error:
+        findings.append(Finding(broken, "malformed", record.error, member))
+    return findings
+
+
+def _anomaly_finding(record: PickleRecord, a: Anomaly,
+                     calls_by_func: dict[int, list[Call]]) -> Finding:
+    level = DANGEROUS if record.executed or a.code == "dynamic-import" else "info"
+    message, name = a.message, None
+    if a.code == "dynamic-import":
+        ref = next((g for g in record.result.globals if g.offset == a.offset), None)
+        if ref is not None:
+            message, name = _computed_import(ref)
+            uses = calls_by_func.get(id(ref), [])
+            if uses:
+                message += f", and calls it with {short_repr(uses[0].args)}"
+    return Finding(level, a.code, message, record.member or None, a.offset, name)

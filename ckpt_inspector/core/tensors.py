@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 import warnings
-import zipfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -155,79 +153,6 @@ class BytesRange(DataSource):
 
     def buffer(self) -> memoryview:
         return memoryview(self.data)[self.offset:self.offset + self.nbytes]
-
-
-class ZipEntryData(DataSource):
-    """A zip member, read where torch's zip reader reads it. Stored (uncompressed)
-    members, which torch writes, are memory-mapped in place; the local header is read on
-    first use, so listing an archive touches none of its records. ``info`` is a record of
-    ``formats._zip`` (or anything with ``zipfile.ZipInfo``'s attribute names)."""
-
-    def __init__(self, container: str | bytes, info: Any, byteorder: str = "little"):
-        self.container = container  # a path, or the bytes of a nested archive
-        self.info = info
-        self.nbytes = info.file_size
-        self.byteorder = byteorder
-
-    def file_span(self) -> tuple[str, int] | None:
-        info = self.info
-        if not isinstance(self.container, str) or info.compress_type != zipfile.ZIP_STORED:
-            return None
-        with open(self.container, "rb") as f:
-            f.seek(info.header_offset)
-            header = f.read(30)
-        if header[:4] != b"PK\x03\x04":
-            raise CheckpointError(f"zip record {info.filename} has a damaged local header")
-        name_len, extra_len = struct.unpack_from("<HH", header, 26)
-        return self.container, info.header_offset + 30 + name_len + extra_len
-
-    def buffer(self) -> memoryview:
-        info = self.info
-        raw = mapped_file(self.container) if isinstance(self.container, str) else self.container
-        if info.compress_type == zipfile.ZIP_STORED:
-            h = info.header_offset
-            if raw[h:h + 4] != b"PK\x03\x04":
-                raise CheckpointError(f"zip record {info.filename} has a damaged local header")
-            name_len, extra_len = struct.unpack_from("<HH", raw, h + 26)
-            start = h + 30 + name_len + extra_len
-            if start + info.file_size > len(raw):
-                raise CheckpointError(f"zip record {info.filename} runs past the end of the file")
-            return memoryview(raw)[start:start + info.file_size]
-        # compressed (torch never writes these): inflated the way torch's reader does it,
-        # from the record torch reads, not from whatever zipfile would pick
-        from ckpt_inspector.core.formats import _zip
-
-        try:
-            data, _crc_ok = _zip.read_member(raw, info, 1 << 40)
-        except _zip.MemberError as err:
-            raise CheckpointError(str(err)) from None
-        return memoryview(data)
-
-
-class VarintData(DataSource):
-    """ONNX ``int32_data``/``int64_data``/``uint64_data``: varints re-encoded on demand."""
-
-    def __init__(self, path: str, offset: int, length: int, itemsize: int, signed: bool):
-        self.path = path
-        self.offset = offset
-        self.length = length
-        self.itemsize = itemsize
-        self.signed = signed
-        self.nbytes = 0  # known once decoded
-
-    def buffer(self) -> memoryview:
-        from ckpt_inspector.core.formats._protobuf import decode_packed_varints
-
-        raw = bytes(mapped_file(self.path)[self.offset:self.offset + self.length])
-        values = decode_packed_varints(raw)
-        bits = self.itemsize * 8
-        out = bytearray()
-        for v in values:
-            if self.signed and v >= 1 << 63:
-                v -= 1 << 64
-            out += (v & ((1 << bits) - 1)).to_bytes(self.itemsize, "little")
-        self.nbytes = len(out)
-        return memoryview(bytes(out))
 
 
 def extent(shape: tuple[int, ...], stride: tuple[int, ...] | None, offset: int) -> int:

@@ -17,7 +17,7 @@ import tarfile
 import pytest
 
 from ckpt_inspector.core import CheckpointError, open_checkpoint
-from ckpt_inspector.core.formats import detect_format, torch_tar
+from ckpt_inspector.core.formats import _tar_listing, detect_format, torch_tar
 from ckpt_inspector.core.scan import scan
 
 import hostile_files as hf
@@ -114,7 +114,7 @@ def test_tar_link_loop_and_member_cap_are_bounded(tmp_path, monkeypatch):
                         + [(f"m{i}", b"") for i in range(60)])
     path = tmp_path / "many.pt"
     path.write_bytes(many)
-    monkeypatch.setattr(torch_tar, "MAX_MEMBERS", 50)
+    monkeypatch.setattr(_tar_listing, "MAX_MEMBERS", 50)
     with pytest.raises(CheckpointError, match="more than 50 members"):
         open_checkpoint(path)
 

@@ -11,7 +11,7 @@ import pytest
 
 from ckpt_inspector.core.errors import PickleError
 from ckpt_inspector.core.pickle import vm as pickle_vm
-from ckpt_inspector.core.pickle.vm import Call, GlobalRef
+from ckpt_inspector.core.pickle.values import Call, GlobalRef, LazyBytes
 
 SHARED = [1, 2]
 PLAIN = {
@@ -78,7 +78,7 @@ def test_lazy_bytes_are_not_copied():
     payload = bytes(range(256)) * 1024
     data = pickle.dumps(payload, protocol=4)
     value = pickle_vm.load(data).value
-    assert isinstance(value, pickle_vm.LazyBytes)
+    assert isinstance(value, LazyBytes)
     assert value.tobytes() == payload
 
 

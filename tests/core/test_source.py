@@ -70,10 +70,21 @@ def test_detection_and_reading_share_one_parse_of_the_zip_directory(tmp_path, mo
 def test_every_reader_has_a_name_a_sniff_and_a_read():
     names = [r.name for r in readers()]
     assert len(names) == len(set(names))
-    for expected in ("torch-zip", "pt2", "archive", "torch-tar", "archive-tar",
+    for expected in ("torchscript", "torch-zip", "pt2", "archive", "torch-tar", "archive-tar",
                      "torch-legacy", "safetensors", "onnx", "pickle"):
         assert expected in names
     assert all(callable(r.sniff) and callable(r.read) for r in readers())
+
+
+def test_a_torchscript_archive_has_its_own_reader(tmp_path):
+    plain, script = tmp_path / "plain.pt", tmp_path / "script.pt"
+    data = pickle.dumps({"a": 1}, protocol=2)
+    plain.write_bytes(_zip_of({"m/data.pkl": data, "m/version": b"3\n"}))
+    script.write_bytes(_zip_of({"m/data.pkl": data, "m/constants.pkl": pickle.dumps(()),
+                                "m/code/__torch__.py": b"", "m/version": b"3\n"}))
+    assert detect_format(plain) == "torch-zip" and detect_format(script) == "torchscript"
+    assert open_checkpoint(script).format == "torchscript"
+    assert open_checkpoint(plain).format == "torch-zip"
 
 
 def test_detection_takes_a_source_or_a_path(tmp_path):

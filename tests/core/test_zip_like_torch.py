@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_inspector.core.formats import _zip, torch_zip
+from ckpt_inspector.core.formats import _zip, _zip_members, torch_zip
 from ckpt_inspector.core.io.source import BytesSource, LocalSource
 
 import hostile_zip as H
@@ -60,12 +60,12 @@ def our_view(path: Path):
         if entry is None:
             records[name] = None
             continue
-        if _zip.torch_refuses(entry):
+        if _zip_members.torch_refuses(entry):
             records[name] = "error"
             continue
         try:
-            records[name] = _zip.read_member(raw, entry, 1 << 30)[0]
-        except _zip.MemberError:
+            records[name] = _zip_members.read_member(raw, entry, 1 << 30)[0]
+        except _zip_members.MemberError:
             records[name] = "error"
     return names, records
 
@@ -178,7 +178,8 @@ def test_duplicates_are_read_as_torch_picks_them(torch, tmp_path):
     assert directory.case_duplicates
     for name in {n.split("/", 1)[1] for n, _ in members}:
         entry = directory.record(name)
-        assert _zip.read_member(raw, entry, 1 << 20)[0] == bytes(reader.get_record(name)), name
+        data = _zip_members.read_member(raw, entry, 1 << 20)[0]
+        assert data == bytes(reader.get_record(name)), name
 
 
 # -- each class of trick ---------------------------------------------------------------------

@@ -35,6 +35,7 @@ def _readers() -> tuple[Reader, ...]:
         torch_legacy,
         torch_tar,
         torch_zip,
+        torchscript,
     )
 
     def zip_of(kind: str) -> Callable[[Source], bool]:
@@ -50,19 +51,26 @@ def _readers() -> tuple[Reader, ...]:
 
     # in the order torch.load decides: a zip (local header at byte 0), a tar, then the rest;
     # a compressed wrapper ("BZh" also starts a pickle) before the formats sniffed by magic
+    def script(src: Source) -> bool:
+        return zip_of("torch-zip")(src) and torchscript.sniff(src)
+
     return (
-        Reader("torch-zip", zip_of("torch-zip"), torch_zip.read),
-        Reader("pt2", zip_of("pt2"), pt2.read),
+        # torch.jit.save's archive is torch.save's plus code: one reader reads both and
+        # names the format from what the archive holds
+        Reader(torchscript.NAME, script, torch_zip.read),
+        Reader(torch_zip.NAME, zip_of("torch-zip"), torch_zip.read),
+        Reader(pt2.NAME, zip_of("pt2"), pt2.read),
         Reader("archive", zip_of("archive"), lambda src: archive.read(src, "zip")),
-        Reader("torch-tar", tar_of("torch-tar"), torch_tar.read),  # reported as torch-legacy
+        Reader(torch_tar.NAME, tar_of("torch-tar"), torch_tar.read),  # reported as torch-legacy
         Reader("archive-tar", tar_of("archive-tar"), lambda src: archive.read(src, "tar")),
         Reader("compressed", lambda src: archive.wrapper_kind(src.head()) is not None,
                archive.read_wrapped),
-        Reader("torch-legacy", lambda src: torch_legacy.sniff(src.head()), torch_legacy.read),
-        Reader("safetensors", lambda src: safetensors_fmt.sniff(src.head()),
+        Reader(torch_legacy.NAME, lambda src: torch_legacy.sniff(src.head()),
+               torch_legacy.read),
+        Reader(safetensors_fmt.NAME, lambda src: safetensors_fmt.sniff(src.head()),
                safetensors_fmt.read),
-        Reader("onnx", onnx, onnx_fmt.read),
-        Reader("pickle", lambda src: pickle_file.sniff(src.head()), pickle_file.read),
+        Reader(onnx_fmt.NAME, onnx, onnx_fmt.read),
+        Reader(pickle_file.NAME, lambda src: pickle_file.sniff(src.head()), pickle_file.read),
     )
 
 
@@ -89,9 +97,8 @@ def reader_for(src: Source) -> Reader:
 
 
 def detect_format(path: str | os.PathLike[str] | Source) -> str:
-    """The name of the reader for a file (``torchscript`` reads as ``torch-zip`` until the
-    archive is opened; ``torch-tar`` is the pre-0.4 legacy format, reported as
-    ``torch-legacy``). Raises CheckpointError if none fits."""
+    """The name of the reader for a file (``torch-tar`` is the pre-0.4 legacy format,
+    reported as ``torch-legacy``). Raises CheckpointError if none fits."""
     return reader_for(path if isinstance(path, Source) else open_source(path)).name
 
 
@@ -143,7 +150,7 @@ def _zip_view(ckpt: Checkpoint, src: Source) -> bool:
     at the *end* of the file, whatever the first bytes say. Such a polyglot is dangerous
     and what its archive holds is scanned too."""
     from ckpt_inspector.core.findings import DANGEROUS, Finding
-    from ckpt_inspector.core.formats import _zip, archive, pt2, torch_zip
+    from ckpt_inspector.core.formats import _zip, _zip_audit, archive, pt2, torch_zip
 
     try:
         _zip.find_end_record(src.data, len(src.data))
@@ -152,7 +159,7 @@ def _zip_view(ckpt: Checkpoint, src: Source) -> bool:
         except _zip.ZipError:
             # torch.export.load's fallback for the older layout reads with zipfile, which
             # allows for bytes before the archive; torch.jit.load has no such fallback
-            infos, _why = _zip.zipfile_view(src.data)
+            infos, _why = _zip_audit.zipfile_view(src.data)
             kind = archive._kind_of_names([i.orig_filename for i in infos or []])
             if kind != "pt2":
                 return False

@@ -8,7 +8,9 @@ from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, Finding
 from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.pickle import vm as pickle_vm
-from ckpt_inspector.core.pickle.rebuild import TreeBuilder, literal_bytes
+from ckpt_inspector.core.pickle.arguments import literal_bytes
+from ckpt_inspector.core.pickle.rebuild import TreeBuilder
+from ckpt_inspector.core.pickle.values import PersistentLoad, PickleResult
 from ckpt_inspector.core.tree import Checkpoint, Node, PickleRecord
 
 
@@ -22,11 +24,11 @@ def run_pickle(
     data: Any,
     member: str,
     start: int = 0,
-    persistent_load: pickle_vm.PersistentLoad | None = None,
+    persistent_load: PersistentLoad | None = None,
     *,
     expect_end: bool = True,
     executed: bool = True,
-) -> pickle_vm.PickleResult:
+) -> PickleResult:
     """Interpret one pickle and record it on ``ckpt``.
 
     With ``expect_end``, bytes after STOP are recorded as trailing data (the
@@ -36,7 +38,7 @@ def run_pickle(
     try:
         result = pickle_vm.load(data, start, persistent_load=persistent_load)
     except PickleError as err:
-        partial = err.result or pickle_vm.PickleResult(None, start, start, 0)
+        partial = err.result or PickleResult(None, start, start, 0)
         _tag(partial, member)
         ckpt.pickles.append(PickleRecord(member, partial, error=str(err), executed=executed))
         read_embedded(ckpt, partial, member)
@@ -55,7 +57,7 @@ EMBED_DEPTH = 4
 _LOAD_FROM_BYTES = "torch.storage._load_from_bytes"
 
 
-def read_embedded(ckpt: Checkpoint, result: pickle_vm.PickleResult, member: str) -> None:
+def read_embedded(ckpt: Checkpoint, result: PickleResult, member: str) -> None:
     """Every ``torch.storage._load_from_bytes(b)`` the stream calls is ``torch.load`` of
     ``b`` with ``weights_only=False``: its pickles are read (and scanned) as run, whether
     or not the value ends up in the tree (a result popped off the stack, used as a key).
@@ -83,7 +85,7 @@ def read_embedded(ckpt: Checkpoint, result: pickle_vm.PickleResult, member: str)
             ckpt.embed_depth -= 1
 
 
-def _tag(result: pickle_vm.PickleResult, member: str) -> None:
+def _tag(result: PickleResult, member: str) -> None:
     for g in result.globals:
         g.member = member
 

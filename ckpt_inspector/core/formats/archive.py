@@ -21,7 +21,7 @@ from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
-from ckpt_inspector.core.formats import _zip
+from ckpt_inspector.core.formats import _tar_listing, _zip, _zip_audit, _zip_members
 from ckpt_inspector.core.formats._common import fail, new_checkpoint
 from ckpt_inspector.core.io.source import BytesSource, Source
 from ckpt_inspector.core.pickle import vm as pickle_vm
@@ -112,7 +112,7 @@ def read_into(ckpt: Checkpoint, src: Source, label: str, kind: str, depth: int,
             continue
         try:
             node = _member_node(ckpt, src, m, f"{where}/", depth, budget)
-        except (_zip.MemberError, OSError, tarfile.TarError) as err:
+        except (_zip_members.MemberError, OSError, tarfile.TarError) as err:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
                                          f"{m.name} could not be read: {err}", where))
             continue
@@ -130,13 +130,12 @@ def _zip_over_tar(ckpt: Checkpoint, src: Source, label: str, depth: int,
     """A tar that Python's zipfile (and unzip) also open, from a zip directory at its end
     that is not inside one member's data: extracted as a zip, it yields other files than
     tar gives. Such a polyglot is dangerous and its zip members are scanned too."""
-    from ckpt_inspector.core.formats.torch_tar import members_of
-
-    infos, _why = _zip.zipfile_view(src.data)
+    infos, _why = _zip_audit.zipfile_view(src.data)
     if not infos:
         return None
     try:
-        spans = [(m.offset_data, m.offset_data + m.size) for m in members_of(ckpt, src).values()]
+        spans = [(m.offset_data, m.offset_data + m.size)
+                 for m in _tar_listing.members_of(ckpt, src).values()]
     except CheckpointError:
         spans = []
     offsets = [i.header_offset for i in infos]
@@ -158,26 +157,24 @@ def _members(ckpt: Checkpoint, src: Source, kind: str, label: str) -> Iterator[_
         try:
             directory = _zip.directory_of(src)
             entries: list[Any] = list(directory.entries)
-            entries += _zip.audit(ckpt, raw, directory, label)
+            entries += _zip_audit.audit(ckpt, raw, directory, label)
         except _zip.ZipError as err:
-            infos, why = _zip.zipfile_view(raw)
+            infos, why = _zip_audit.zipfile_view(raw)
             if infos is None:
                 raise fail(ckpt, f"damaged zip archive: {err}; {why}") from None
-            entries = [_zip.as_entry(i, n) for n, i in enumerate(infos)]
+            entries = [_zip_audit.as_entry(i, n) for n, i in enumerate(infos)]
         for e in entries:
             if not e.filename or e.filename.endswith("/") or e.file_size == 0:
                 continue
             yield _Member(e.filename, e.file_size,
-                          lambda e=e: _zip.read_prefix(raw, e, SNIFF_BYTES, clamp=True),
+                          lambda e=e: _zip_members.read_prefix(raw, e, SNIFF_BYTES, clamp=True),
                           lambda e=e: _zip_whole(ckpt, raw, e, label),
                           e.compress_type != _zip.STORED)
     else:
-        from ckpt_inspector.core.formats.torch_tar import members_of
-
-        for name, m in members_of(ckpt, src).items():
+        for name, m in _tar_listing.members_of(ckpt, src).items():
             start, size = m.offset_data, m.size
             if start + size > len(raw):
-                raise _zip.MemberError(f"{name} runs past the end of the archive")
+                raise _zip_members.MemberError(f"{name} runs past the end of the archive")
             yield _Member(name, size,
                           lambda s=start, n=size: bytes(raw[s:s + min(n, SNIFF_BYTES)]),
                           lambda s=start, n=size: memoryview(raw)[s:s + n], False)
@@ -185,12 +182,12 @@ def _members(ckpt: Checkpoint, src: Source, kind: str, label: str) -> Iterator[_
 
 def _zip_whole(ckpt: Checkpoint, raw: Any, entry: Any, label: str) -> Any:
     # extracted with zipfile or unzip, a member may run past the end of the file
-    start, end, local = _zip.data_span(raw, entry, clamp=True)
+    start, end, local = _zip_members.data_span(raw, entry, clamp=True)
     if local != entry.filename:
-        ckpt.findings.append(_zip.name_mismatch(entry, local, label + entry.filename))
+        ckpt.findings.append(_zip_members.name_mismatch(entry, local, label + entry.filename))
     if entry.compress_type == _zip.STORED:
         return memoryview(raw)[start:min(start + entry.file_size, len(raw))]
-    return _zip.inflate(raw, start, end, entry.file_size, entry.filename, exact=False)[0]
+    return _zip_members.inflate(raw, start, end, entry.file_size, entry.filename, exact=False)[0]
 
 
 def _whole(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
@@ -200,7 +197,7 @@ def _whole(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
     past the per-member cap or the archive's budget."""
     if m.compressed or copy:
         if m.size > min(MAX_INFLATE_MEMBER, budget[0]):
-            ckpt.findings.append(_zip.unscanned(
+            ckpt.findings.append(_zip_members.unscanned(
                 m.name, m.size, min(MAX_INFLATE_MEMBER, max(budget[0], 0)), label.rstrip("/"),
                 " (or copies) for a member of an archive"))
             return None
@@ -263,7 +260,7 @@ def _nested(ckpt: Checkpoint, path: str, data: Any, kind: str, label: str, depth
             return torch_zip.read_into(ckpt, nested, label)
         if shape == "pt2":
             return pt2.read_into(ckpt, nested, label)
-    elif torch_tar.is_torch_tar(torch_tar.members_of(ckpt, nested)):
+    elif _tar_listing.is_torch_tar(_tar_listing.members_of(ckpt, nested)):
         return torch_tar.read_into(ckpt, nested, label)
     if depth + 1 >= MAX_DEPTH:
         ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
@@ -320,7 +317,7 @@ def _zip_kind(src: Source) -> str:
     try:
         directory = _zip.directory_of(src)
     except _zip.ZipError:
-        infos, _why = _zip.zipfile_view(src.data)
+        infos, _why = _zip_audit.zipfile_view(src.data)
         if infos is None:
             return "torch-zip"  # let the torch reader report what is wrong with it
         return _kind_of_names([i.orig_filename for i in infos])
@@ -356,10 +353,8 @@ def _pickle_like_name(name: str) -> bool:
 
 def tar_kind(src: Source) -> str:
     """``torch-tar`` when ``torch.load`` runs pickles from this tar, else ``archive-tar``."""
-    from ckpt_inspector.core.formats.torch_tar import is_torch_tar, members_of
-
     try:
-        members = members_of(Checkpoint(src.name, "archive", Node("dict")), src)
+        members = _tar_listing.members_of(Checkpoint(src.name, "archive", Node("dict")), src)
     except CheckpointError:
         return "torch-tar"
-    return "torch-tar" if is_torch_tar(members) else "archive-tar"
+    return "torch-tar" if _tar_listing.is_torch_tar(members) else "archive-tar"

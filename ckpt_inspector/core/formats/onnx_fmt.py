@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import _protobuf as pb
+from ckpt_inspector.core.formats._onnx_data import VarintData
 from ckpt_inspector.core.io.source import Source
-from ckpt_inspector.core.tensors import FileRange, VarintData
+from ckpt_inspector.core.tensors import FileRange
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
+NAME = "onnx"
 MAX_FIELDS = 25_000_000  # ~10 s of walking; a large real model has a few million
 MAX_NDIM = 1024
 _INT64 = 1 << 63
@@ -65,31 +68,18 @@ def _read(src: Source) -> Checkpoint:
     graph_span = None
     budget = pb.Budget(MAX_FIELDS)
     for number, _wire, value in pb.fields(buf, 0, size, budget):
-        if number == 1:
-            meta["ir_version"] = value
-        elif number == 2:
-            meta["producer"] = pb.text(buf, value)
-        elif number == 3:
-            meta["producer_version"] = pb.text(buf, value)
-        elif number == 4:
-            meta["domain"] = pb.text(buf, value)
-        elif number == 5:
-            meta["model_version"] = value
-        elif number == 6:
-            meta["doc_string"] = pb.text(buf, value)[:2000]
-        elif number == 7:
+        if number == 7:
             graph_span = value
         elif number == 8:
-            domain, version = "", 0
-            for n2, _w2, v2 in pb.fields(buf, *value, budget):
-                if n2 == 1:
-                    domain = pb.text(buf, v2)
-                elif n2 == 2:
-                    version = pb.signed64(v2)
+            domain, version = _opset(buf, value, budget)
             opsets[domain or "ai.onnx"] = version
         elif number == 14:
             k, v = _string_pair(buf, value, budget)
             props[k] = v
+        elif number in _MODEL_NUMBERS:
+            meta[_MODEL_NUMBERS[number]] = value
+        elif number in _MODEL_TEXTS:
+            meta[_MODEL_TEXTS[number]] = pb.text(buf, value)[:_TEXT_CAPS.get(number)]
     if "ir_version" not in meta:
         raise CheckpointError("not an ONNX model (no ir_version)")
     if graph_span is None:
@@ -100,6 +90,22 @@ def _read(src: Source) -> Checkpoint:
     _graph(buf, graph_span, path, root, meta, budget)
     ckpt.metadata.update(meta)
     return ckpt
+
+
+# ModelProto's scalar fields, by number
+_MODEL_NUMBERS = {1: "ir_version", 5: "model_version"}
+_MODEL_TEXTS = {2: "producer", 3: "producer_version", 4: "domain", 6: "doc_string"}
+_TEXT_CAPS = {6: 2000}
+
+
+def _opset(buf: Any, span: tuple[int, int], budget: pb.Budget) -> tuple[str, int]:
+    domain, version = "", 0
+    for n, _w, v in pb.fields(buf, *span, budget):
+        if n == 1:
+            domain = pb.text(buf, v)
+        elif n == 2:
+            version = pb.signed64(v)
+    return domain, version
 
 
 def _string_pair(buf: Any, span: tuple[int, int], budget: pb.Budget) -> tuple[str, str]:
@@ -151,67 +157,79 @@ def _value_info(buf: Any, span: tuple[int, int], budget: pb.Budget) -> dict[str,
                 if n2 != 1:  # only tensor types are described
                     info["dtype"] = "non-tensor"
                     continue
-                for n3, _w3, v3 in pb.fields(buf, *v2, budget):
-                    if n3 == 1:
-                        info["dtype"] = dtypes.ONNX_NAMES.get(v3, f"onnx:{v3}")
-                    elif n3 == 2:
-                        dims: list[Any] = []
-                        for n4, _w4, v4 in pb.fields(buf, *v3, budget):
-                            if n4 != 1:
-                                continue
-                            if len(dims) == MAX_NDIM:
-                                dims.append("…")
-                            if len(dims) > MAX_NDIM:
-                                continue  # walked (within the budget), not kept
-                            dim: Any = None
-                            for n5, _w5, v5 in pb.fields(buf, *v4, budget):
-                                if n5 == 1:
-                                    dim = pb.signed64(v5)
-                                elif n5 == 2:
-                                    dim = pb.text(buf, v5)
-                            dims.append(dim)
-                        info["shape"] = dims
+                _tensor_type(buf, v2, info, budget)
     return info
+
+
+def _tensor_type(buf: Any, span: tuple[int, int], info: dict[str, Any],
+                 budget: pb.Budget) -> None:
+    for n, _w, v in pb.fields(buf, *span, budget):
+        if n == 1:
+            info["dtype"] = dtypes.ONNX_NAMES.get(v, f"onnx:{v}")
+        elif n == 2:
+            info["shape"] = _shape_dims(buf, v, budget)
+
+
+def _shape_dims(buf: Any, span: tuple[int, int], budget: pb.Budget) -> list[Any]:
+    """A TensorShapeProto's dimensions: numbers, symbolic names or None."""
+    dims: list[Any] = []
+    for n, _w, v in pb.fields(buf, *span, budget):
+        if n != 1:
+            continue
+        if len(dims) == MAX_NDIM:
+            dims.append("…")
+        if len(dims) > MAX_NDIM:
+            continue  # walked (within the budget), not kept
+        dim: Any = None
+        for n2, _w2, v2 in pb.fields(buf, *v, budget):
+            if n2 == 1:
+                dim = pb.signed64(v2)
+            elif n2 == 2:
+                dim = pb.text(buf, v2)
+        dims.append(dim)
+    return dims
+
+
+@dataclass
+class _TensorFields:
+    """What a TensorProto says, field by field (``typed``: the typed data fields)."""
+
+    name: str = ""
+    dims: list[int] = field(default_factory=list)
+    ndim: int = 0  # dimensions in the file, beyond the MAX_NDIM kept
+    code: int = 0
+    raw: Any = None
+    typed: dict[int, tuple[int, int]] = field(default_factory=dict)
+    external: dict[str, str] = field(default_factory=dict)
+    location: int = 0
+
+
+def _tensor_fields(buf: Any, span: tuple[int, int], budget: pb.Budget) -> _TensorFields:
+    f = _TensorFields()
+    for n, wire, v in pb.fields(buf, *span, budget):
+        if n == 1:
+            f.ndim = _add_dims(buf, wire, v, f.dims, f.ndim)
+        elif n == 2:
+            f.code = v
+        elif n == 8:
+            f.name = pb.text(buf, v)
+        elif n == 9:
+            f.raw = v
+        elif n in (4, 5, 7, 10, 11) and wire == pb.LEN:
+            f.typed[n] = v
+        elif n == 13:
+            k, val = _string_pair(buf, v, budget)
+            f.external[k] = val
+        elif n == 14:
+            f.location = v
+    return f
 
 
 def _tensor(buf: Any, span: tuple[int, int], path: str,
             budget: pb.Budget) -> tuple[str, TensorInfo]:
-    name = ""
-    dims: list[int] = []
-    ndim = 0  # dimensions in the file, beyond the MAX_NDIM kept
-    code = 0
-    raw = None
-    typed: dict[int, tuple[int, int]] = {}
-    external: dict[str, str] = {}
-    location = 0
-    for n, wire, v in pb.fields(buf, *span, budget):
-        if n == 1:
-            if wire == pb.LEN:  # packed: decoded only when there are few enough
-                left = MAX_NDIM - ndim  # a varint takes 1 to 10 bytes
-                packed = pb.decode_packed_varints(bytes(buf[v[0]:v[1]]), left) \
-                    if 0 <= v[1] - v[0] <= 10 * left else None
-                if packed is None:
-                    ndim = MAX_NDIM + 1
-                else:
-                    ndim += len(packed)
-                    dims.extend(pb.signed64(x) for x in packed)
-            else:
-                ndim += 1
-                if ndim <= MAX_NDIM:
-                    dims.append(pb.signed64(v))
-        elif n == 2:
-            code = v
-        elif n == 8:
-            name = pb.text(buf, v)
-        elif n == 9:
-            raw = v
-        elif n in (4, 5, 7, 10, 11) and wire == pb.LEN:
-            typed[n] = v
-        elif n == 13:
-            k, val = _string_pair(buf, v, budget)
-            external[k] = val
-        elif n == 14:
-            location = v
+    f = _tensor_fields(buf, span, budget)
+    name, dims, ndim, code, raw, typed, external, location = (
+        f.name, f.dims, f.ndim, f.code, f.raw, f.typed, f.external, f.location)
     dtype = dtypes.ONNX_CODES.get(code)
     numel = _numel(dims, ndim)
     # a shape whose product is not an element count is not kept: whatever shows or sums
@@ -234,15 +252,8 @@ def _tensor(buf: Any, span: tuple[int, int], path: str,
         info.problem = problem
     elif raw is not None:
         source = FileRange(path, raw[0], raw[1] - raw[0])
-    elif 4 in typed or 10 in typed:  # float_data / double_data: packed little-endian
-        s = typed.get(4) or typed[10]
-        source = FileRange(path, s[0], s[1] - s[0])
-        if dtype not in ("float32", "float64", "complex64", "complex128"):
-            info.problem = "unexpected float_data layout"
     elif typed:
-        field_no, s = next(iter(typed.items()))
-        source = VarintData(path, s[0], s[1] - s[0], item,
-                            signed=field_no in (5, 7) and dtype.startswith("int"))
+        source = _typed_data(path, typed, dtype, item, info)
     elif numel:
         info.problem = "initializer has no data"
     if source is not None and not isinstance(source, VarintData) and info.problem is None \
@@ -250,6 +261,36 @@ def _tensor(buf: Any, span: tuple[int, int], path: str,
         info.problem = f"data holds {source.nbytes:,} bytes, {numel * item:,} expected"
     info.storage = StorageInfo(name, dtype, numel, "cpu", source, info.problem)
     return name, info
+
+
+def _add_dims(buf: Any, wire: int, v: Any, dims: list[int], ndim: int) -> int:
+    """TensorProto.dims (packed or one by one) added to ``dims`` (at most MAX_NDIM kept);
+    the number of dimensions the file gives so far."""
+    if wire == pb.LEN:  # packed: decoded only when there are few enough
+        left = MAX_NDIM - ndim  # a varint takes 1 to 10 bytes
+        packed = pb.decode_packed_varints(bytes(buf[v[0]:v[1]]), left) \
+            if 0 <= v[1] - v[0] <= 10 * left else None
+        if packed is None:
+            return MAX_NDIM + 1
+        dims.extend(pb.signed64(x) for x in packed)
+        return ndim + len(packed)
+    ndim += 1
+    if ndim <= MAX_NDIM:
+        dims.append(pb.signed64(v))
+    return ndim
+
+
+def _typed_data(path: str, typed: dict[int, tuple[int, int]], dtype: str, item: int,
+                info: TensorInfo) -> Any:
+    """The data of an initializer held in a typed field rather than raw_data."""
+    if 4 in typed or 10 in typed:  # float_data / double_data: packed little-endian
+        s = typed.get(4) or typed[10]
+        if dtype not in ("float32", "float64", "complex64", "complex128"):
+            info.problem = "unexpected float_data layout"
+        return FileRange(path, s[0], s[1] - s[0])
+    field_no, s = next(iter(typed.items()))
+    return VarintData(path, s[0], s[1] - s[0], item,
+                      signed=field_no in (5, 7) and dtype.startswith("int"))
 
 
 def _numel(dims: list[int], ndim: int) -> int | str:

@@ -23,9 +23,10 @@ from ckpt_inspector.core.formats import torch_legacy, torch_zip
 from ckpt_inspector.core.formats._common import build_tree, new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.pickle import vm as pickle_vm
-from ckpt_inspector.core.pickle.vm import LazyBytes
+from ckpt_inspector.core.pickle.values import LazyBytes, PickleResult
 from ckpt_inspector.core.tree import Checkpoint, Node
 
+NAME = "pickle"
 # every opcode of protocols 0-5 (pickletools.opcodes); 0x97/0x98 (out-of-band buffers)
 # only load with a buffers argument, which neither pickle.load nor torch.load passes
 OPCODES = frozenset(ord(op.code) for op in pickletools.opcodes) - {0x97, 0x98}
@@ -48,7 +49,7 @@ def sniff(head: bytes) -> bool:
     return True
 
 
-def _acted(result: pickle_vm.PickleResult | None) -> bool:
+def _acted(result: PickleResult | None) -> bool:
     """Whether a stream did something before it broke, as a loader would run it: called
     anything, or imported a name that could be a module's (``pickle.load`` raises only
     after the call or the import)."""

@@ -28,34 +28,28 @@ never hides the pickles from the scan.
 
 from __future__ import annotations
 
-import ast
 import json
 import posixpath
-import re
 from collections import Counter
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
-from ckpt_inspector.core.formats import _zip, torch_zip
+from ckpt_inspector.core.formats import _zip, _zip_audit, _zip_members, torch_zip
 from ckpt_inspector.core.formats._common import new_checkpoint, run_pickle
+from ckpt_inspector.core.formats._pt2_expressions import check_expressions
+from ckpt_inspector.core.formats._pt2_expressions import (
+    unsafe_expression as unsafe_expression,  # tests read it here
+)
+from ckpt_inspector.core.formats._pt2_weights import tensor_node
 from ckpt_inspector.core.io.source import BytesSource, Source
-from ckpt_inspector.core.pickle.rebuild import check_tensor
 from ckpt_inspector.core.scan import classify
-from ckpt_inspector.core.tensors import ZipEntryData
-from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
+from ckpt_inspector.core.tree import Checkpoint, Node
 
-# torch._export.serde.schema.ScalarType -> torch dtype name
-SCALAR_TYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16",
-                7: "float32", 8: "float64", 9: "complex32", 10: "complex64", 11: "complex128",
-                12: "bool", 13: "bfloat16", 28: "uint16", 29: "float8_e4m3fn",
-                30: "float8_e5m2", 31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz",
-                33: "float8_e8m0fnu", 34: "uint32", 35: "uint64"}
-# a graph of a large model is a few MB; json.loads costs ~6x the text in Python objects
+NAME = "pt2"
 MAX_JSON_BYTES = 64 << 20
 # embedded torch files (pickled weights, sample inputs) read into memory when compressed
 MAX_NESTED_BYTES = 256 << 20
-MAX_EXPR_CHARS = 20_000
 NATIVE_SUFFIXES = (".so", ".dll", ".dylib", ".pyd", ".cubin", ".hsaco", ".spv", ".fatbin",
                    ".ptx", ".o", ".a", ".wrapper.cpp", ".kernel.cpp", ".cpp")
 NATIVE_MAGIC = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe",
@@ -107,7 +101,7 @@ class _Reader:
             ckpt.warnings.append(f"torch cannot open this zip archive ({err}); "
                                  "torch.export.load then reads it with Python's zipfile")
         if self.dir is not None:
-            self.extra = _zip.audit(ckpt, self.raw, self.dir, label)
+            self.extra = _zip_audit.audit(ckpt, self.raw, self.dir, label)
         self.names: list[str] = []
         if self.dir is not None:
             listed = self.dir.all_records()
@@ -126,26 +120,28 @@ class _Reader:
         (None, with a finding, past it: dangerous when ``runs``, a loader unpickling it
         whole; torch never writes such a record compressed)."""
         raw = self.raw
-        start, end, _local = _zip.data_span(raw, entry)
+        start, end, _local = _zip_members.data_span(raw, entry)
         if entry.compress_type == _zip.STORED:
             return memoryview(raw)[start:min(start + entry.file_size, len(raw))]
         if entry.file_size > cap:
-            finding = _zip.unscanned(entry.filename, entry.file_size, cap, self.where(entry))
+            finding = _zip_members.unscanned(entry.filename, entry.file_size, cap,
+                                             self.where(entry))
             if runs:
                 finding.severity = DANGEROUS
                 finding.message += "; torch.export.load unpickles all of it"
             self.ckpt.findings.append(finding)
             return None
-        return _zip.inflate(raw, start, end, entry.file_size, entry.filename, exact=False)[0]
+        return _zip_members.inflate(raw, start, end, entry.file_size, entry.filename,
+                                    exact=False)[0]
 
     def zipfile_bytes(self, entry: Any, name: str, runs: bool) -> bytes | None:
         """``ZipFile.read(name)``, or None with a finding past MAX_NESTED_BYTES."""
         try:
-            return _zip.zipfile_read(self.raw, name, MAX_NESTED_BYTES)
-        except _zip.MemberError:
+            return _zip_audit.zipfile_read(self.raw, name, MAX_NESTED_BYTES)
+        except _zip_members.MemberError:
             if entry.file_size <= MAX_NESTED_BYTES and entry.compress_size <= MAX_NESTED_BYTES:
                 raise
-        finding = _zip.unscanned(entry.filename, max(entry.file_size, entry.compress_size),
+        finding = _zip_members.unscanned(entry.filename, max(entry.file_size, entry.compress_size),
                                  MAX_NESTED_BYTES, self.where(entry))
         if runs:
             finding.severity = DANGEROUS
@@ -166,7 +162,7 @@ class _Reader:
         try:
             data = self.member_bytes(entry, MAX_JSON_BYTES)
             return None if data is None else json.loads(bytes(data))
-        except (_zip.MemberError, ValueError, UnicodeDecodeError, RecursionError) as err:
+        except (_zip_members.MemberError, ValueError, UnicodeDecodeError, RecursionError) as err:
             self.ckpt.warnings.append(f"{entry.filename}: {err}")
             return None
 
@@ -186,7 +182,7 @@ class _Reader:
                 return None
             node = read_torch_bytes(self.ckpt, data, f"{self.src.name}!{name}",
                                     f"{self.label}{name}/", executed)
-        except (CheckpointError, _zip.MemberError) as err:  # reported; the rest still reads
+        except (CheckpointError, _zip_members.MemberError) as err:  # reported; the rest still reads
             self.ckpt.warnings.append(f"{name}: {err}")
             return None
         if node is not None:
@@ -200,7 +196,7 @@ class _Reader:
             data = self.member_bytes(entry, MAX_NESTED_BYTES, runs=True)
             if data is not None:
                 run_pickle(self.ckpt, bytes(data), self.where(entry), expect_end=False)
-        except (CheckpointError, _zip.MemberError) as err:
+        except (CheckpointError, _zip_members.MemberError) as err:
             self.ckpt.warnings.append(f"{entry.filename}: {err}")
 
     # -- torch.export.load: load_pt2 ----------------------------------------------------------
@@ -208,26 +204,8 @@ class _Reader:
         if self.dir is None:
             return
         names = set(self.names)
-        models = [n for n in self.names if n.startswith("models/")]
-        for name in models:
-            model = name[len("models/"):len(name) - len(".json")]
-            entry = self.record(name)
-            if entry is not None:
-                self.graph(entry)
-            sample = self.record(f"data/sample_inputs/{model}.pt")
-            if sample is not None:
-                node = self.nested(sample, f"sample inputs ({model}.pt)")
-                if node is not None:
-                    for n in node.walk():  # example inputs, not part of the model's state
-                        if n.kind == "tensor":
-                            n.role = "attribute"
-                    self.root.add(node)
-            for kind in ("weights", "constants"):
-                legacy = f"data/{kind}/{model}.pt"
-                if legacy in names and (e := self.record(legacy)) is not None:
-                    node = self.nested(e, f"{kind} ({model}.pt)")
-                    if node is not None:
-                        self.root.add(node)
+        for name in [n for n in self.names if n.startswith("models/")]:
+            self.model(name[len("models/"):len(name) - len(".json")], name, names)
         # every payload config, whatever model names (or none) the graphs give
         for kind in ("weights", "constants"):
             target = self.root if kind == "weights" else Node("dict", "constants", "constants")
@@ -239,6 +217,26 @@ class _Reader:
             if kind == "constants" and target.children:
                 self.root.add(target)
         self.native_code()
+
+    def model(self, model: str, name: str, names: set[str]) -> None:
+        """One model's graph, sample inputs and legacy weights/constants files."""
+        entry = self.record(name)
+        if entry is not None:
+            self.graph(entry)
+        sample = self.record(f"data/sample_inputs/{model}.pt")
+        if sample is not None:
+            node = self.nested(sample, f"sample inputs ({model}.pt)")
+            if node is not None:
+                for n in node.walk():  # example inputs, not part of the model's state
+                    if n.kind == "tensor":
+                        n.role = "attribute"
+                self.root.add(node)
+        for kind in ("weights", "constants"):
+            legacy = f"data/{kind}/{model}.pt"
+            if legacy in names and (e := self.record(legacy)) is not None:
+                node = self.nested(e, f"{kind} ({model}.pt)")
+                if node is not None:
+                    self.root.add(node)
 
     def payloads(self, config_entry: Any, kind: str, target: Node) -> None:
         config = self.read_json(config_entry)
@@ -264,8 +262,8 @@ class _Reader:
             if record is None:
                 if pickled or custom or opaque:
                     self.ckpt.warnings.append(f"{key}: record {path_name!r} is missing")
-                target.add(_tensor_node(self, None, key, entry, "record missing from the "
-                                                                 "archive"))
+                target.add(tensor_node(self.src.container, None, key, entry,
+                                       "record missing from the archive"))
                 continue
             if opaque:  # pickle.loads
                 self.bare_pickle(record)
@@ -277,7 +275,7 @@ class _Reader:
                            Node("value", key, "pickled object", "<could not be read>"))
             else:
                 self.done.add(id(record))
-                target.add(_tensor_node(self, record, key, entry))
+                target.add(tensor_node(self.src.container, record, key, entry))
 
     def graph(self, entry: Any) -> None:
         """Summarize a serialized program; check what torch evaluates from it."""
@@ -323,7 +321,7 @@ class _Reader:
 
     # -- torch.export.load's fallback: Python's zipfile and the older layout ----------------
     def legacy(self) -> None:
-        infos, _why = _zip.zipfile_view(self.raw)
+        infos, _why = _zip_audit.zipfile_view(self.raw)
         if not infos:
             return
         # torch compares ZipInfo.filename (cut at a NUL); zipfile's read() takes the last
@@ -334,7 +332,7 @@ class _Reader:
             info = by_name.get(name)
             if info is None:
                 continue
-            entry = self._same(_zip.as_entry(info))
+            entry = self._same(_zip_audit.as_entry(info))
             if id(entry) in self.done:
                 continue
             node = self.nested(entry, name[len("serialized_"):].replace(".pt", ""),
@@ -343,7 +341,7 @@ class _Reader:
                 self.root.add(node)
         info = by_name.get("serialized_exported_program.json")
         if info is not None:
-            entry = self._same(_zip.as_entry(info))
+            entry = self._same(_zip_audit.as_entry(info))
             if id(entry) not in self.done:
                 self.graph(entry)
 
@@ -368,7 +366,7 @@ class _Reader:
             if id(e) in self.done or e.file_size == 0 or e.filename.endswith("/"):
                 continue
             self.done.add(id(e))
-            head = _zip.read_prefix(self.raw, e, 512)
+            head = _zip_members.read_prefix(self.raw, e, 512)
             if is_native(head) or e.filename.endswith((".so", ".dll", ".dylib", ".pyd")):
                 self.ckpt.findings.append(Finding(
                     NEEDS_TRUST, "native-code",
@@ -387,7 +385,7 @@ class _Reader:
                 if data is torch_zip.SKIPPED:
                     skipped.append(e.filename)
                 elif data is torch_zip.UNFINISHED:
-                    self.ckpt.findings.append(_zip.unscanned(
+                    self.ckpt.findings.append(_zip_members.unscanned(
                         e.filename, e.file_size, torch_zip.MAX_SNIFF_MEMBER, self.where(e),
                         " for records that are pickles by their bytes, not their name"))
                 elif isinstance(data, bytes):
@@ -424,174 +422,3 @@ def read_torch_bytes(ckpt: Checkpoint, data: Any, path: str, label: str,
     if torch_tar.sniff(head):
         return torch_tar.read_into(ckpt, src, label)
     return pickle_file.read_stream(ckpt, src, label)
-
-
-def _tensor_node(reader: _Reader, record: Any, key: str, entry: dict[str, Any],
-                 problem: str | None = None) -> Node:
-    meta = entry.get("tensor_meta")
-    if not isinstance(meta, dict):
-        info = TensorInfo("unknown", (), None)
-        info.problem = problem or "no tensor_meta: the entry is malformed"
-        return Node("tensor", key, "torch.Tensor", tensor=info)
-    raw_dtype = meta.get("dtype")
-    dtype = SCALAR_TYPES.get(raw_dtype, f"pt2:{raw_dtype}") if isinstance(
-        raw_dtype, int) else f"pt2:{raw_dtype!r}"
-
-    def ints(values: Any) -> tuple[int, ...]:
-        if values is None:
-            return ()
-        if not isinstance(values, list):
-            raise ValueError("not a list")
-        out = []
-        for v in values:
-            if not (isinstance(v, dict) and type(v.get("as_int")) is int):
-                raise ValueError("symbolic size")
-            out.append(v["as_int"])
-        return tuple(out)
-
-    info = TensorInfo(dtype, (), None)
-    try:
-        info.shape = ints(meta.get("sizes"))
-        info.stride = ints(meta.get("strides"))
-        offset_field = meta.get("storage_offset")
-        offset = offset_field.get("as_int", 0) if isinstance(offset_field, dict) else 0
-        if type(offset) is not int:
-            raise ValueError("symbolic offset")
-    except ValueError:
-        info.problem = "symbolic or malformed sizes"
-        return Node("tensor", key, "torch.Tensor", tensor=info)
-    device = meta.get("device")
-    device = device if isinstance(device, dict) else {}
-    index = device.get("index")
-    info.device = str(device.get("type", "cpu")) + (f":{index}" if index is not None else "")
-    info.requires_grad = bool(meta.get("requires_grad"))
-    info.is_parameter = bool(entry.get("is_param"))
-    if problem or record is None:
-        info.problem = problem or "weight record missing from the archive"
-    else:
-        itemsize = 1 if dtype.startswith("pt2:") else max(1, _itemsize(dtype))
-        numel = record.file_size // itemsize
-        container = reader.src.container
-        info.storage = StorageInfo(str(entry.get("path_name")), dtype, numel, info.device,
-                                   ZipEntryData(container, record))
-        info.storage_offset = offset
-        info.problem = check_tensor(info, offset, info.storage)
-    node = Node("tensor", key, "torch.nn.Parameter" if info.is_parameter else "torch.Tensor",
-                tensor=info)
-    node.role = "parameter" if info.is_parameter else "buffer"
-    return node
-
-
-def _itemsize(dtype: str) -> int:
-    from ckpt_inspector.core import dtypes
-
-    return dtypes.itemsize(dtype) or 1
-
-
-# -- strings torch evaluates -------------------------------------------------------------------
-# What torch writes into expr_str (sympy's srepr: ``Symbol('s31', positive=True, integer=True)``,
-# ``Mul(Integer(2), Symbol(...))``) and guards_code: symbols, numbers, operators and calls to
-# sympy's constructors and torch.utils._sympy.functions. A string may only name a symbol or
-# spell a number: any other sympy function parses a string argument with sympify (an eval).
-_SYMBOL = re.compile(r"[a-z]{1,4}[0-9]+\Z")
-_SYMPY_FUNCS = frozenset({
-    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
-    "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv",
-    "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt",
-    "RoundToInt", "RoundDecimal", "ToFloat", "Identity", "Max", "Min", "Abs", "Eq", "Ne",
-    "Lt", "Le", "Gt", "Ge", "StrictLessThan", "LessThan", "StrictGreaterThan", "GreaterThan",
-    "Equality", "Unequality", "And", "Or", "Not", "Piecewise", "ExprCondPair", "ceiling",
-    "floor", "sqrt", "Pow", "Mul", "Add", "Integer", "Rational", "Float", "Symbol", "Dummy",
-    "Tuple", "oo", "zoo", "nan", "Infinity", "NegativeInfinity", "ComplexInfinity", "NaN",
-    "Half", "One", "Zero", "NegativeOne", "true", "false", "True", "False", "pi", "E", "I",
-    "BooleanTrue", "BooleanFalse", "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or",
-    "BitwiseFn_bitwise_xor", "OpaqueUnaryFn_sqrt", "OpaqueUnaryFn_exp", "OpaqueUnaryFn_log",
-    "OpaqueUnaryFn_cos", "OpaqueUnaryFn_sin", "OpaqueUnaryFn_tan", "OpaqueUnaryFn_cosh",
-    "OpaqueUnaryFn_sinh", "OpaqueUnaryFn_tanh", "OpaqueUnaryFn_asin", "OpaqueUnaryFn_acos",
-    "OpaqueUnaryFn_atan", "OpaqueUnaryFn_log2", "math", "inf", "L", "int", "float", "bool",
-    "abs", "min", "max", "round", "sym_int", "sym_float", "sym_max", "sym_min", "sym_sqrt",
-    "sym_ite", "sym_not",
-})
-_STRING_CALLS = frozenset({"Symbol", "Dummy", "Integer", "Float", "Rational"})
-_TENSOR_ATTRS = frozenset({"size", "stride", "storage_offset", "dim", "numel", "shape",
-                           "floor", "ceil", "sqrt", "trunc", "log2", "pow", "isnan", "isinf"})
-_OPS = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.operator,
-        ast.unaryop, ast.boolop, ast.cmpop, ast.expr_context, ast.Tuple, ast.keyword)
-
-
-def _allowed(node: ast.AST, parent: ast.AST | None, guards: bool) -> bool:
-    if isinstance(node, _OPS):
-        return not (isinstance(node, ast.keyword) and (
-            not node.arg or node.arg.startswith("_") or not isinstance(node.value, ast.Constant)
-            or isinstance(node.value.value, str)))
-    if isinstance(node, ast.Constant):
-        if node.value is None or type(node.value) in (int, float, bool):
-            return True
-        if type(node.value) is not str:
-            return False
-        if isinstance(parent, ast.Call) and node in parent.args:
-            return isinstance(parent.func, ast.Name) and parent.func.id in _STRING_CALLS
-        return guards and isinstance(parent, ast.Subscript)
-    if isinstance(node, ast.Name):
-        return not node.id.startswith("_") and (node.id in _SYMPY_FUNCS
-                                                or bool(_SYMBOL.match(node.id)))
-    if isinstance(node, ast.Call):
-        return isinstance(node.func, ast.Name) or (guards and isinstance(node.func, ast.Attribute))
-    if guards and isinstance(node, ast.Subscript):
-        return True
-    return guards and isinstance(node, ast.Attribute) and node.attr in _TENSOR_ATTRS
-
-
-def unsafe_expression(text: str, guards: bool = False) -> str | None:
-    """Why a string torch evaluates (sympy's ``eval`` of ``expr_str``; the ``exec`` of
-    ``guards_code``) is not the plain arithmetic torch writes, or None. Only parses it."""
-    if len(text) > MAX_EXPR_CHARS:
-        return f"{len(text):,} characters, too long to check"
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return "not an expression torch writes"
-    stack: list[tuple[ast.AST, ast.AST | None]] = [(tree, None)]
-    while stack:
-        node, parent = stack.pop()
-        if not _allowed(node, parent, guards):
-            what = (getattr(node, "id", None) or getattr(node, "attr", None)
-                    or (repr(node.value)[:40] if isinstance(node, ast.Constant) else None)
-                    or type(node).__name__)
-            return f"it uses {what}"
-        stack.extend((child, node) for child in ast.iter_child_nodes(node))
-    return None
-
-
-def check_expressions(ckpt: Checkpoint, model: Any, where: str, limit: int = 100_000) -> None:
-    """Findings for the graph's strings that torch evaluates."""
-    seen = 0
-    stack = [model]
-    exprs: list[str] = []
-    while stack and seen < limit * 20:
-        value = stack.pop()
-        seen += 1
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if k == "expr_str" and isinstance(v, str):
-                    exprs.append(v)
-                elif isinstance(v, (dict, list)):
-                    stack.append(v)
-        elif isinstance(value, list):
-            stack.extend(v for v in value if isinstance(v, (dict, list)))
-    for text in dict.fromkeys(exprs[:limit]):
-        why = unsafe_expression(text)
-        if why:
-            ckpt.findings.append(Finding(
-                DANGEROUS, "code-in-expression",
-                f"a symbolic expression that torch.export.load hands to sympy (which evaluates "
-                f"it as Python) is not plain arithmetic: {why}: {text[:120]!r}", where))
-    guards = model.get("guards_code") if isinstance(model, dict) else None
-    for text in guards if isinstance(guards, list) else []:
-        why = unsafe_expression(str(text), guards=True)
-        if why:
-            ckpt.findings.append(Finding(
-                DANGEROUS, "code-in-expression",
-                f"guards_code, which ep.module() executes as Python, is not a plain guard: "
-                f"{why}: {str(text)[:120]!r}", where))
-

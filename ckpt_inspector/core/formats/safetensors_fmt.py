@@ -24,6 +24,7 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
+NAME = "safetensors"
 MAX_HEADER = 100_000_000  # MAX_HEADER_SIZE of the safetensors library
 # the library has no limit on these; ours keep a header within ~0.5 GB and a few seconds
 MAX_TENSORS = 300_000

@@ -23,10 +23,17 @@ from ckpt_inspector.core.findings import DANGEROUS, Finding
 from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import BytesSource, Source
 from ckpt_inspector.core.pickle import vm as pickle_vm
-from ckpt_inspector.core.pickle.vm import Call, ExtensionRef, GlobalRef, PersistentRef
-from ckpt_inspector.core.scan import short_repr
+from ckpt_inspector.core.pickle.values import (
+    Call,
+    ExtensionRef,
+    GlobalRef,
+    PersistentRef,
+    PickleResult,
+    short_repr,
+)
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
+NAME = "torch-legacy"
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 # the magic number as torch.save pickles it with its default protocol 2
@@ -145,7 +152,7 @@ def _describe(value: Any) -> str:
 
 
 def _header(ckpt: Checkpoint, data: Any, label: str, what: str, pos: int, expected: int,
-            first: pickle_vm.PickleResult | None = None) -> pickle_vm.PickleResult:
+            first: PickleResult | None = None) -> PickleResult:
     """One header pickle, checked by value the way torch checks it: torch stops at the
     first one that differs, after running it."""
     result = first or run_pickle(ckpt, data, f"{label}{what}", pos, expect_end=False)
@@ -171,7 +178,7 @@ def _short(value: Any) -> str:
 
 
 def _load(ckpt: Checkpoint, src: Source, label: str,
-          first: pickle_vm.PickleResult | None = None) -> Any:
+          first: PickleResult | None = None) -> Any:
     """The object of a legacy stream. ``first``: the magic-number pickle, when the caller
     has already run it."""
     data = src.data
@@ -236,7 +243,7 @@ def read(src: Source) -> Checkpoint:
 
 
 def read_into(ckpt: Checkpoint, src: Source, label: str,
-              first: pickle_vm.PickleResult | None = None) -> Node:
+              first: PickleResult | None = None) -> Node:
     """The legacy stream in ``src``; ``first`` is its first pickle when already run."""
     return build_tree(ckpt, _load(ckpt, src, label, first))
 

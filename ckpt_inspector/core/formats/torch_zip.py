@@ -1,10 +1,11 @@
-"""``torch.save`` zip archives (``torch-zip``) and ``torch.jit.save`` archives (``torchscript``).
+"""``torch.save`` zip archives (``torch-zip``), and the archive part of ``torch.jit.save``'s
+(``torchscript``: :mod:`torchscript` holds what is TorchScript's own).
 
 Layout: ``<root>/data.pkl`` is the pickled object; each storage is a record
 ``<root>/data/<key>``, stored uncompressed and aligned, so its bytes can be
 memory-mapped in place. The root folder is whatever name the writer chose: torch
 takes it from the FIRST record of the central directory. TorchScript archives add
-``<root>/code/`` (the model's code, listed here, never run) and ``<root>/constants.pkl``.
+``<root>/code/`` (the model's code, listed, never run) and ``<root>/constants.pkl``.
 
 Records are found the way torch finds them (``_zip.Directory``: miniz's listing,
 case-insensitive lookups under the first record's folder), never through Python's
@@ -24,11 +25,10 @@ from typing import Any
 from ckpt_inspector.core.dtypes import storage_class_dtype
 from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
-from ckpt_inspector.core.formats import _zip
+from ckpt_inspector.core.formats import _zip, _zip_audit, _zip_members, torchscript
 from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import BytesSource, Source
-from ckpt_inspector.core.pickle.vm import Call, GlobalRef, PersistentRef
-from ckpt_inspector.core.tensors import ZipEntryData
+from ckpt_inspector.core.pickle.values import GlobalRef, PersistentRef
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
 MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -43,11 +43,11 @@ MAX_INFLATED_PICKLE = 128 << 20
 SNIFF_BYTES = 64 << 10
 MAX_SNIFF_MEMBER = 64 << 20
 MAX_SNIFF_TOTAL = 256 << 20
-# TorchScript code read to tell parameters from buffers
-MAX_CODE_FILE = 16 << 20
-MAX_CODE_TOTAL = 128 << 20
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+NAME = "torch-zip"
 
 
 def sniff(head: bytes) -> bool:
@@ -72,7 +72,7 @@ class StorageTable:
     def used_records(self) -> set[int]:
         """ids of the zip members the object refers to as storages."""
         return {id(st.source.info) for st in self.storages.values()
-                if isinstance(st.source, ZipEntryData)}
+                if isinstance(st.source, _zip_members.ZipEntryData)}
 
     def get(self, stype: Any, key: Any, location: Any, numel: Any) -> StorageInfo:
         class_name = stype.name if isinstance(stype, GlobalRef) and stype.literal else ""
@@ -131,7 +131,7 @@ class _Archive:
             raise fail(ckpt, f"torch cannot open this zip archive: {err}{hint}") from None
         self.infos = self.dir.entries
         # records only Python's zipfile lists: scanned too, for what they import
-        self.extra = _zip.audit(ckpt, raw, self.dir, label)
+        self.extra = _zip_audit.audit(ckpt, raw, self.dir, label)
         self.prefix = self.dir.prefix
         self.via_root = True  # records found under torch's root folder
         self.executed = executed  # False: no loader unpickles this archive's pickles
@@ -146,17 +146,15 @@ class _Archive:
                 label + main.filename))
         self.main = main
         self.names = {e.filename: e for e in self.infos}
-        listed = self.dir.all_records()
-        self.is_script = (listed is not None and "constants.pkl" in listed) or any(
-            n.startswith(f"{self.prefix}code/") for n in self.names) or (
-            self.dir.record("constants.pkl") is not None)
+        self.is_script = torchscript.is_script(self.dir, self.prefix, self.names)
         self.byteorder = "little"
         order = self.dir.record("byteorder")
         if order is not None and order.file_size <= 64:
             try:
-                text = _zip.read_member(raw, order, 64)[0].decode("ascii", "replace").strip()
+                text = _zip_members.read_member(raw, order, 64)[0].decode(
+                    "ascii", "replace").strip()
                 self.byteorder = "big" if text == "big" else "little"
-            except _zip.MemberError:
+            except _zip_members.MemberError:
                 pass
         self.table = StorageTable(ckpt, self._storage)
 
@@ -176,14 +174,14 @@ class _Archive:
         self.prefix = candidates[0].filename[:-len("data.pkl")]
         return candidates[0]
 
-    def _storage(self, key: str) -> ZipEntryData | None:
+    def _storage(self, key: str) -> _zip_members.ZipEntryData | None:
         if self.via_root:
             entry = self.dir.record(f"data/{key}")
         else:
             entry = self.dir.locate(f"{self.prefix}data/{key}")
         if entry is None or entry.is_dir:
             return None
-        return ZipEntryData(self.container, entry, self.byteorder)
+        return _zip_members.ZipEntryData(self.container, entry, self.byteorder)
 
     def member(self, name: str) -> _zip.Entry | None:
         """A record by its name under the root, as torch finds it."""
@@ -195,18 +193,18 @@ class _Archive:
         """Interpret a member as a pickle. ``executed``: torch would unpickle it."""
         ckpt, raw = self.ckpt, self.raw
         where = self.label + info.filename
-        refused = _zip.torch_refuses(info)
+        refused = _zip_members.torch_refuses(info)
         if refused and info.compress_type not in (_zip.STORED, _zip.DEFLATED):
             raise fail(ckpt, f"{info.filename}: {refused}")
-        if _zip.uninitialized(info):
+        if _zip_members.uninitialized(info):
             raise fail(ckpt, f"{info.filename}: torch's reader leaves its {info.file_size:,} "
                              "bytes uninitialized (a directory entry or no data)")
         try:
-            start, end, local = _zip.data_span(raw, info)
-        except _zip.MemberError as err:
+            start, end, local = _zip_members.data_span(raw, info)
+        except _zip_members.MemberError as err:
             raise fail(ckpt, str(err)) from None
         if local != info.filename:
-            ckpt.findings.append(_zip.name_mismatch(info, local, where))
+            ckpt.findings.append(_zip_members.name_mismatch(info, local, where))
         persistent = _persistent_load(self.table)
         if info.compress_type == _zip.STORED:
             if info.file_size > MAX_PICKLE_BYTES:
@@ -222,7 +220,7 @@ class _Archive:
             return self._run_in_place(bytes(raw[start:stop]), 0, stop - start, where,
                                       executed, persistent)
         cap = min(info.file_size, MAX_INFLATED_PICKLE)
-        data, complete = _zip.inflate(raw, start, end, cap, info.filename, exact=False)
+        data, complete = _zip_members.inflate(raw, start, end, cap, info.filename, exact=False)
         if complete or info.file_size <= MAX_INFLATED_PICKLE:
             if not complete and executed:
                 ckpt.warnings.append(f"{info.filename}: damaged compressed data (torch's "
@@ -314,7 +312,7 @@ class _Archive:
         the budget was spent before it could be tried."""
         found = sniff_pickle(self.raw, info, budget)
         if found is UNFINISHED:
-            self.ckpt.findings.append(_zip.unscanned(
+            self.ckpt.findings.append(_zip_members.unscanned(
                 info.filename, info.file_size, MAX_SNIFF_MEMBER, self.label + info.filename,
                 " for records that are pickles by their bytes, not their name"))
         elif isinstance(found, bytes):
@@ -354,7 +352,7 @@ def sniff_pickle(raw: Any, info: Any, budget: list[int]) -> bytes | None:
     :data:`SKIPPED` when the budget is spent."""
     from ckpt_inspector.core.pickle import vm as pickle_vm
 
-    if _zip.torch_refuses(info) and info.compress_type not in (_zip.STORED, _zip.DEFLATED):
+    if _zip_members.torch_refuses(info) and info.compress_type not in (_zip.STORED, _zip.DEFLATED):
         return None
     size = info.file_size
     want = min(size, SNIFF_BYTES)
@@ -362,7 +360,7 @@ def sniff_pickle(raw: Any, info: Any, budget: list[int]) -> bytes | None:
         if want > budget[0]:
             budget[0] = 0
             return SKIPPED
-        data = _zip.read_prefix(raw, info, want)
+        data = _zip_members.read_prefix(raw, info, want)
         budget[0] -= len(data)
         if not data:
             return None
@@ -400,17 +398,14 @@ def read_into(ckpt: Checkpoint, src: Source, label: str, executed: bool = True) 
     except CheckpointError:
         archive.scan_other_members()  # the other pickles still count
         raise
-    roles = _ScriptRoles(archive) if archive.is_script else None
+    roles = torchscript.ScriptRoles(archive) if archive.is_script else None
     try:
         root = build_tree(ckpt, result.value, script_module_roles=roles)
     finally:
         archive.scan_other_members()
-    code = sorted(n[len(archive.prefix):] for n in archive.names
-                  if n.startswith(f"{archive.prefix}code/") and n.endswith(".py"))
+    code = torchscript.code_files(archive.names, archive.prefix)
     if archive.is_script:
-        runs = (f"TorchScript archive{' ' + label.rstrip('/') if label else ''}: "
-                f"torch.jit.load compiles and runs the {len(code)} code files it contains")
-        ckpt.runs_code = f"{ckpt.runs_code}; {runs}" if ckpt.runs_code else runs
+        torchscript.note_code(ckpt, code, label)
     if not label:
         ckpt.format = "torchscript" if archive.is_script else "torch-zip"
         ckpt.metadata.update(_archive_metadata(archive, result.protocol))
@@ -438,61 +433,10 @@ def _archive_metadata(archive: _Archive, protocol: int) -> dict[str, Any]:
                           ("format version", ".format_version")):
         info = archive.member(member)
         if info is not None and info.file_size < 64:
-            with contextlib.suppress(_zip.MemberError):
-                meta[label] = _zip.read_member(archive.raw, info, 64)[0].decode(
+            with contextlib.suppress(_zip_members.MemberError):
+                meta[label] = _zip_members.read_member(archive.raw, info, 64)[0].decode(
                     "ascii", "replace").strip()
     extra = sorted(n[len(prefix) + 6:] for n in archive.names if n.startswith(f"{prefix}extra/"))
     if extra:
         meta["extra files"] = extra
     return meta
-
-
-_CLASS_RE = re.compile(r"^class (\w+)\(", re.M)
-# one line each, as TorchScript writes them: [ \t] and [^\]\n] keep the search linear
-# (``^\s+`` crossed blank lines and made 120,000 of them take 36 s)
-_LIST_RE = re.compile(r"^[ \t]+__(parameters|buffers)__ = \[([^\]\n]*)\]", re.M)
-_QUOTED_RE = re.compile(r'"([^"\n]+)"')
-
-
-class _ScriptRoles:
-    """Which attributes of each scripted class are parameters and buffers.
-
-    TorchScript writes ``__parameters__ = ["weight", ]`` and ``__buffers__``
-    into each class of ``code/``; ``state_dict()`` holds exactly those.
-    """
-
-    def __init__(self, archive: _Archive):
-        self.classes: dict[str, dict[str, str]] = {}
-        code = f"{archive.prefix}code/"
-        left = MAX_CODE_TOTAL
-        for info in archive.infos:
-            name = info.filename
-            if not (name.startswith(code) and name.endswith(".py")):
-                continue
-            if info.file_size > min(MAX_CODE_FILE, left):
-                archive.ckpt.warnings.append(
-                    f"{name}: {info.file_size:,} bytes of code, not read for parameter roles")
-                continue
-            module = name[len(code):-3].replace("/", ".")
-            try:
-                text = _zip.read_member(archive.raw, info, MAX_CODE_FILE)[0].decode(
-                    "utf-8", "replace")
-            except _zip.MemberError:
-                continue
-            left -= info.file_size
-            starts = [(m.start(), m.group(1)) for m in _CLASS_RE.finditer(text)]
-            for i, (start, cls) in enumerate(starts):
-                end = starts[i + 1][0] if i + 1 < len(starts) else len(text)
-                roles: dict[str, str] = {}
-                for m in _LIST_RE.finditer(text, start, end):
-                    role = "parameter" if m.group(1) == "parameters" else "buffer"
-                    for attr in _QUOTED_RE.findall(m.group(2)):
-                        roles[attr] = role
-                self.classes[f"{module}.{cls}"] = roles
-
-    def __call__(self, call: Call) -> dict[str, str] | None:
-        cls = call.func
-        if isinstance(cls, GlobalRef) and cls.literal and str(cls.module).startswith("__torch__"):
-            return self.classes.get(cls.full_name, {})
-        return None
-

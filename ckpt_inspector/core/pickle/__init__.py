@@ -1,1 +1,3 @@
-"""The pickle interpreter: the opcode loop (vm) and what its records rebuild (rebuild)."""
+"""The pickle interpreter: inert records (values), the opcode loop (vm), reading a call's
+arguments (arguments), what torch's and numpy's functions rebuild (rebuilders, a table) and
+the node tree built from it all (rebuild)."""
