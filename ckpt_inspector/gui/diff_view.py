@@ -11,12 +11,7 @@ that, and results are kept while the tab is open.
 
 from __future__ import annotations
 
-import math
 import os
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from html import escape, unescape
 from typing import Any, ClassVar
 
@@ -48,9 +43,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.keytree import natural_key
 from ckpt_inspector.core.ops import diff as core_diff
+from ckpt_inspector.core.ops.analysis import auto_bins
 from ckpt_inspector.core.ops.diff import (
     CHANGED,
     DTYPE,
@@ -64,21 +59,31 @@ from ckpt_inspector.core.ops.diff import (
     DiffResult,
     Entry,
     Numbers,
-    Side,
 )
-from ckpt_inspector.core.ops.stats import Histogram, Stats, compute, format_number
+from ckpt_inspector.core.ops.difftree import (
+    RANK,
+    SEVERITY,
+    STATUS_HELP,
+    Comparison,
+    DiffNode,
+    MatchOptions,
+    compare_files,
+    side_text,
+    status_text,
+)
+from ckpt_inspector.core.ops.stats import Histogram, Stats, format_number
 from ckpt_inspector.core.progress import Progress
-from ckpt_inspector.core.scan import scan
-from ckpt_inspector.core.summary import format_value, human_bytes, totals
-from ckpt_inspector.core.tree import Checkpoint, TensorInfo
+from ckpt_inspector.core.summary import format_value, human_bytes
+from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui import key_tree
+from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.icons import badge_icon
+from ckpt_inspector.gui.jobs import JobRunner, Task
 from ckpt_inspector.gui.panels import breakable, css, stats_kind, stats_pairs
-from ckpt_inspector.gui.tensor_view import TensorView, auto_bins
+from ckpt_inspector.gui.tensor_view import TensorView
 from ckpt_inspector.gui.theme import brush, color, is_palette_change, set_muted, span
-from ckpt_inspector.gui.tree_model import NodeRole, NodeTreeModel, natural_key
-from ckpt_inspector.gui.workers import Task, TaskRunner
+from ckpt_inspector.gui.tree_model import NodeRole, NodeTreeModel
 
 # -- what each status looks like: text colour (a theme role), badge colour, badge mark ---------
 STATUS_STYLE = {
@@ -91,20 +96,6 @@ STATUS_STYLE = {
     ONLY_B: ("purple", "#9333ea", "+"),
     UNREADABLE: ("danger_fg", "#7f1d1d", "?"),
 }
-# the colour a group takes is its worst child's: first in this order
-SEVERITY = (KIND, SHAPE, UNREADABLE, ONLY_A, ONLY_B, DTYPE, CHANGED, IDENTICAL)
-_RANK = {s: i for i, s in enumerate(SEVERITY)}
-STATUS_HELP = {
-    IDENTICAL: "the same bytes (or the same value) on both sides",
-    CHANGED: "same shape and dtype, different values",
-    DTYPE: "same shape, different dtype (values compared in float64)",
-    SHAPE: "different shapes",
-    KIND: "a tensor on one side, a value on the other",
-    ONLY_A: "in A, not in B (removed)",
-    ONLY_B: "in B, not in A (added)",
-    UNREADABLE: "the data of one side could not be read",
-}
-
 COLUMNS = ("Key", "Status", "A", "B", "max |A−B|", "rel L2", "cosine", "changed")
 KEY, STATUS, A, B, MAX_ABS, REL_L2, COSINE, CHANGED_COL = range(len(COLUMNS))
 NUMERIC = (MAX_ABS, REL_L2, COSINE, CHANGED_COL)
@@ -171,227 +162,6 @@ def percent(part: int, whole: int) -> str:
     return "&lt;0.1%" if share < 0.001 else ("&gt;99.9%" if share > 0.999 else f"{share:.1%}")
 
 
-# -- work for the workers (no Qt below until the models) ---------------------------------------
-@dataclass
-class Comparison:
-    a: Checkpoint
-    b: Checkpoint
-    result: DiffResult
-    grouped: DiffNode
-    flat: DiffNode
-    totals_a: dict[str, Any]
-    totals_b: dict[str, Any]
-    seconds: float
-    verdicts: tuple[str, str] = ("", "")  # each file's security verdict (scan)
-
-    def elements(self) -> tuple[int, int]:
-        """(elements that changed, elements compared one to one)."""
-        changed = compared = 0
-        for e in self.result.entries:
-            if e.numbers is not None:
-                changed += e.numbers.changed
-                compared += e.numbers.numel
-            elif e.status == IDENTICAL and e.is_tensor:
-                compared += e.numel
-        return changed, compared
-
-
-@dataclass(frozen=True)
-class MatchOptions:
-    """How keys are matched: the rules of ``ckpt-inspector diff`` (``--strip-prefix``,
-    ``--exact``, ``--key-a``, ``--key-b``)."""
-
-    rules: tuple[core_diff.PrefixRule, ...] = ()
-    auto: bool = True
-    key_a: str = ""
-    key_b: str = ""
-
-
-def compare_files(path_a: str, path_b: str, stop: threading.Event | None = None,
-                  options: MatchOptions | None = None) -> Iterator[Progress]:
-    """Read both files and compare them (a generator for a worker); returns a
-    :class:`Comparison` with both trees of the result built."""
-    options = options or MatchOptions()
-    start = time.perf_counter()
-    yield Progress("reading A", detail=os.path.basename(path_a))
-    a = open_checkpoint(path_a)
-    yield Progress("reading B", detail=os.path.basename(path_b))
-    b = open_checkpoint(path_b)
-    try:
-        result = yield from core_diff.diff(a, b, rules=list(options.rules),
-                                           key_a=options.key_a or None,
-                                           key_b=options.key_b or None, auto=options.auto,
-                                           stop=stop)
-    except KeyError as err:
-        side = "A" if options.key_a and err.args[0] == options.key_a else "B"
-        raise CheckpointError(f"{side} has no key {err.args[0]!r} to compare") from None
-    yield Progress("arranging the keys")
-    return Comparison(a, b, result, build_tree(result.entries, True),
-                      build_tree(result.entries, False), totals(a), totals(b),
-                      time.perf_counter() - start, (scan(a).verdict, scan(b).verdict))
-
-
-@dataclass
-class Piece:
-    """One finished part of :func:`analyse_pair`: ``what`` is a, b, numbers or hist; ``value``
-    the result or the message of why it could not be computed."""
-
-    what: str
-    value: Any
-
-
-def _tagged(gen: Iterator[Progress], tag: str) -> Iterator[Progress]:
-    """``gen``'s progress with its stage prefixed by ``tag``; returns what ``gen`` returns."""
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as end:
-            return end.value
-        yield Progress(f"{tag}{p.stage}", p.done, p.total, p.detail)
-
-
-def analyse_pair(a: TensorInfo | None, b: TensorInfo | None,
-                 pair: tuple[TensorInfo, TensorInfo, Numbers | None] | None, bins: int,
-                 stop: threading.Event | None = None) -> Iterator[Progress | Piece]:
-    """Statistics of ``a`` and ``b`` (those given), then, for ``pair``, the histogram of
-    A − B (after the difference's numbers when they are not known yet). Each result is
-    yielded as a :class:`Piece` as soon as it is there, so going elsewhere keeps it."""
-    for what, info in (("a", a), ("b", b)):
-        if info is None:
-            continue
-        try:
-            stats = yield from _tagged(compute(info, "cpu", stop), f"{what.upper()} ")
-        except (CheckpointError, OSError, ValueError) as err:
-            stats = str(err) or type(err).__name__
-        yield Piece(what, stats)
-    if pair is None:
-        return True
-    ta, tb, numbers = pair
-    try:
-        if numbers is None:
-            yield Progress("comparing values")
-            numbers = core_diff.numbers(ta, tb, stop)
-            yield Piece("numbers", numbers)
-        hist = yield from core_diff.difference_histogram(ta, tb, numbers, bins, stop)
-    except (CheckpointError, OSError, ValueError) as err:
-        hist = str(err) or type(err).__name__
-    yield Piece("hist", hist)
-    return True
-
-
-# -- the merged key tree -----------------------------------------------------------------------
-@dataclass(eq=False, slots=True)
-class DiffNode:
-    """A key of the comparison (``entry``), a group of dotted keys (``entry`` None), or
-    both (a list value whose items are keys too). The totals cover the node and all below."""
-
-    label: str
-    key: str
-    entry: Entry | None = None
-    parent: DiffNode | None = field(default=None, repr=False)
-    children: list[DiffNode] = field(default_factory=list, repr=False)
-    row: int = 0
-    order: int = 0
-    entries: int = 0
-    changed: int = 0  # entries that are not identical
-    worst: str = IDENTICAL
-    elements_changed: int = 0
-    max_abs: float | None = None  # the largest below
-    rel_l2: float | None = None  # the largest below
-    score: float | None = None  # the largest difference_score() below
-    cosine: float | None = None  # the smallest below
-
-    def add(self, child: DiffNode) -> DiffNode:
-        child.parent = self
-        child.row = child.order = len(self.children)
-        self.children.append(child)
-        return child
-
-    def walk(self) -> Iterator[DiffNode]:
-        stack = [self]
-        while stack:
-            n = stack.pop()
-            yield n
-            stack.extend(reversed(n.children))
-
-
-def build_tree(entries: list[Entry], grouped: bool) -> DiffNode:
-    """The entries as rows: flat (one per key, in the order of the comparison) or grouped
-    by the dots of their keys (``layer1.0.conv1.weight`` under layer1 > 0 > conv1)."""
-    top = DiffNode("", "")
-    if not grouped:
-        for e in entries:
-            top.add(DiffNode(e.key or "(root)", e.key, e))
-    else:
-        nodes: dict[tuple[str, ...], DiffNode] = {}
-        for e in entries:
-            parts = tuple(e.key.split("."))
-            parent = top
-            for depth in range(1, len(parts)):
-                node = nodes.get(parts[:depth])
-                if node is None:
-                    node = nodes[parts[:depth]] = parent.add(
-                        DiffNode(parts[depth - 1], ".".join(parts[:depth])))
-                parent = node
-            node = nodes.get(parts)
-            if node is None:
-                nodes[parts] = parent.add(DiffNode(parts[-1] or "(root)", e.key, e))
-            else:  # a group that is also a key of its own
-                node.entry = e
-    for node in reversed(list(top.walk())):  # every node after all of its children
-        _total(node)
-    return top
-
-
-def difference_score(e: Entry) -> float:
-    """How different, for sorting by difference: the relative L2 difference (Entry.score),
-    and above every number what differs in a way no number measures (a key missing on one
-    side, a shape or kind changed, a value changed, unreadable data)."""
-    if e.numbers is not None or e.status == IDENTICAL:
-        return e.score()
-    return math.inf
-
-
-def _total(node: DiffNode) -> None:
-    e = node.entry
-    if e is not None:
-        node.entries = 1
-        node.changed = int(e.status != IDENTICAL)
-        node.worst = e.status
-        node.score = difference_score(e)
-        if e.numbers is not None:
-            node.elements_changed = e.numbers.changed
-            node.max_abs = e.numbers.max_abs
-            node.rel_l2 = e.numbers.rel_l2
-            node.cosine = e.numbers.cosine
-    for c in node.children:
-        node.entries += c.entries
-        node.changed += c.changed
-        node.elements_changed += c.elements_changed
-        if _RANK[c.worst] < _RANK[node.worst]:
-            node.worst = c.worst
-        if c.max_abs is not None and (node.max_abs is None or c.max_abs > node.max_abs):
-            node.max_abs = c.max_abs
-        if c.rel_l2 is not None and (node.rel_l2 is None or c.rel_l2 > node.rel_l2):
-            node.rel_l2 = c.rel_l2
-        if c.score is not None and (node.score is None or c.score > node.score):
-            node.score = c.score
-        if c.cosine is not None and (node.cosine is None or c.cosine < node.cosine):
-            node.cosine = c.cosine
-
-
-def side_text(side: Side | None) -> str:
-    return side.describe() if side is not None else "—"
-
-
-def status_text(d: DiffNode) -> str:
-    if d.entry is not None and not d.children:
-        return d.entry.status
-    if not d.changed:
-        return f"{d.entries:,} identical"
-    return f"{d.changed:,} of {d.entries:,} changed"
-
-
 class DiffModel(NodeTreeModel):
     """The merged keys of two files as a tree (or a flat list) of :class:`DiffNode`."""
 
@@ -400,14 +170,14 @@ class DiffModel(NodeTreeModel):
     NUMERIC = NUMERIC
     _SORT_KEYS: ClassVar[dict[int, Any]] = {
         KEY: lambda d: natural_key(d.label),
-        STATUS: lambda d: (_RANK[d.worst], -d.changed),
+        STATUS: lambda d: (RANK[d.worst], -d.changed),
         A: lambda d: natural_key(side_text(d.entry.a)) if d.entry else (),
         B: lambda d: natural_key(side_text(d.entry.b)) if d.entry else (),
         # no number sorts under every number; ties: the worse status first when descending
-        MAX_ABS: lambda d: (-1.0 if d.max_abs is None else d.max_abs, -_RANK[d.worst]),
-        REL_L2: lambda d: (-1.0 if d.score is None else d.score, -_RANK[d.worst]),
-        COSINE: lambda d: (2.0 if d.cosine is None else d.cosine, _RANK[d.worst]),
-        CHANGED_COL: lambda d: (d.elements_changed, -_RANK[d.worst]),
+        MAX_ABS: lambda d: (-1.0 if d.max_abs is None else d.max_abs, -RANK[d.worst]),
+        REL_L2: lambda d: (-1.0 if d.score is None else d.score, -RANK[d.worst]),
+        COSINE: lambda d: (2.0 if d.cosine is None else d.cosine, RANK[d.worst]),
+        CHANGED_COL: lambda d: (d.elements_changed, -RANK[d.worst]),
     }
 
     def _style(self, d: DiffNode, col: int, role: int) -> Any:
@@ -675,15 +445,13 @@ class EntryPanel(QWidget):
     """The selected key: the difference's numbers, both sides side by side with their
     statistics, and the histogram of A − B."""
 
-    def __init__(self, runner: TaskRunner, parent: QWidget | None = None):
+    def __init__(self, analysis: Analysis, parent: QWidget | None = None):
         super().__init__(parent)
-        self.runner = runner
+        self.analysis = analysis
+        analysis.changed.connect(self._changed)
+        analysis.progressed.connect(self._progress)
+        analysis.finished.connect(self._finished)
         self.node: DiffNode | None = None
-        self._stats: dict[int, Stats | str] = {}  # by id(TensorInfo)
-        self._numbers: dict[int, Numbers] = {}  # by id(Entry), those computed here
-        self._hists: dict[tuple[int, int], Histogram | str] = {}  # by (id(Entry), bins)
-        self._job: Task | None = None
-        self._stop = threading.Event()
         self._user_bins = False
         self.hist_panel: Any = None
         self._build()
@@ -774,12 +542,12 @@ class EntryPanel(QWidget):
         e = node.entry
         ta = e.a.tensor if e.a is not None else None
         tb = e.b.tensor if e.b is not None else None
-        numbers = e.numbers or self._numbers.get(id(e))
+        numbers = self.analysis.numbers(e)
         stats = [self._side_stats(t) for t in (ta, tb)]
         reason = histogram_reason(e)
         bins = self._bins(e)
-        hist = self._hists.get((id(e), bins)) if not reason else None
-        busy = self._job is not None
+        hist = self.analysis.histogram(e, bins) if not reason else None
+        busy = self.analysis.busy
         if start and not busy:
             need = [t if t is not None and s is None else None for t, s in zip((ta, tb), stats)]
             pair = (ta, tb, numbers) if not reason and hist is None else None
@@ -802,7 +570,7 @@ class EntryPanel(QWidget):
         problem = TensorView._unreadable(t)
         if problem:
             return problem
-        return self._stats.get(id(t))
+        return self.analysis.stats(t)
 
     def _bins(self, e: Entry) -> int:
         if self._user_bins and self.hist_panel is not None:
@@ -830,57 +598,45 @@ class EntryPanel(QWidget):
     # -- computing -----------------------------------------------------------------------------
     def _start(self, e: Entry, a: TensorInfo | None, b: TensorInfo | None,
                pair: tuple[TensorInfo, TensorInfo, Numbers | None] | None, bins: int) -> None:
-        self._stop = threading.Event()
         self.status.setText("statistics…")
         self.cancel_button.show()
-        self._job = self.runner.run(
-            f"Statistics of {e.key}", analyse_pair, a, b, pair, bins, self._stop, quiet=True,
-            on_progress=lambda p: self._progress(e, bins, p),
-            on_result=lambda _r: self._done(e),
-            on_error=lambda err: self._failed(e, err))
+        self.analysis.analyse_pair(e, a, b, pair, bins)
 
-    def _progress(self, e: Entry, bins: int, p: Progress | Piece) -> None:
-        current = self.node is not None and self.node.entry is e
-        if isinstance(p, Progress):
-            if current:
-                pct = f" {100 * p.done // p.total}%" if p.total else ""
-                self.status.setText(f"{p.stage}{pct}")
-            return
-        if p.what in ("a", "b"):
-            side = e.a if p.what == "a" else e.b
-            self._stats[id(side.tensor)] = p.value
-        elif p.what == "numbers":
-            self._numbers[id(e)] = p.value
-        else:
-            self._hists[(id(e), bins)] = p.value
-        if current:
+    def _current(self, e: Any) -> bool:
+        return self.node is not None and self.node.entry is e
+
+    def _progress(self, e: Any, p: Progress) -> None:
+        if self._current(e):
+            pct = f" {100 * p.done // p.total}%" if p.total else ""
+            self.status.setText(f"{p.stage}{pct}")
+
+    def _changed(self, e: Any) -> None:
+        if self._current(e):
             self._refresh()
 
-    def _done(self, e: Entry) -> None:
-        if self.node is not None and self.node.entry is e:
-            self._job = None
-            self.cancel_button.hide()
+    def _finished(self, e: Any, error: str) -> None:
+        if not self._current(e):
+            return
+        self.cancel_button.hide()
+        if error:
+            self.status.setText(span("danger", escape(error)))
+        else:
             self.status.setText("")
             self._refresh()
 
-    def _failed(self, e: Entry, err: BaseException) -> None:
-        if self.node is not None and self.node.entry is e:
-            self._job = None
-            self.cancel_button.hide()
-            self.status.setText(span("danger", escape(describe(err)[0])))
-
     def _bins_changed(self, _bins: int) -> None:
         self._user_bins = True  # the user's choice holds for every key from now on
-        if self._job is None:
+        if not self.analysis.busy:
             self._refresh(start=True)
 
+    @property
+    def _job(self) -> Task | None:
+        """The task computing for the key shown (for tests)."""
+        return self.analysis._job
+
     def _stop_job(self) -> bool:
-        job, self._job = self._job, None
-        self._stop.set()  # the statistics' threads stop at their next chunk
         self.cancel_button.hide()
-        if job is not None:
-            self.runner.cancel(job)
-        return job is not None
+        return self.analysis.cancel()
 
     def cancel(self) -> None:
         """Stop what is being computed for the key shown (finished parts are kept)."""
@@ -890,17 +646,15 @@ class EntryPanel(QWidget):
 
     @property
     def busy(self) -> bool:
-        return self._job is not None
+        return self.analysis.busy
 
     def cached_stats(self, t: TensorInfo) -> Stats | str | None:
-        return self._stats.get(id(t))
+        return self.analysis.stats(t)
 
     def forget(self) -> None:
         self._stop_job()
         self.node = None
-        self._stats.clear()
-        self._numbers.clear()
-        self._hists.clear()
+        self.analysis.clear()
 
 
 # -- the tab -----------------------------------------------------------------------------------
@@ -965,10 +719,9 @@ class DiffView(QWidget):
 
     shown = Signal(object)
     failed = Signal(str)
-    progressed = Signal()  # the task's label or fraction changed (for the status bar)
     open_requested = Signal(str, str)
 
-    def __init__(self, path_a: str, path_b: str, runner: TaskRunner, reporter: ErrorReporter,
+    def __init__(self, path_a: str, path_b: str, runner: JobRunner, reporter: ErrorReporter,
                  parent: QWidget | None = None):
         super().__init__(parent)
         self.path_a = os.path.abspath(path_a)
@@ -977,8 +730,6 @@ class DiffView(QWidget):
         self.reporter = reporter
         self.comparison: Comparison | None = None
         self.task: Task | None = None
-        self.fraction: float | None = None  # of the comparison running, when known
-        self._stop = threading.Event()
         self._generation = 0
         self._disposed = False
         self._models: dict[bool, DiffModel] = {}
@@ -1048,7 +799,7 @@ class DiffView(QWidget):
                                   sort=(REL_L2, Qt.SortOrder.DescendingOrder))
 
         left = column(filter_row, self.tree, spacing=4)
-        self.entry_panel = EntryPanel(self.runner)
+        self.entry_panel = EntryPanel(Analysis(self.runner, self))
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(left)
         self.splitter.addWidget(self.entry_panel)
@@ -1145,39 +896,34 @@ class DiffView(QWidget):
             self.runner.cancel(self.task)
         self._generation += 1
         generation = self._generation
-        self._stop = threading.Event()
-        stop = self._stop
         self.progress.setRange(0, 0)
         self._show_message(f"Comparing <b>{escape(self.title)}</b>…", retry=False, progress=True)
-        self.fraction = None
         self.task = self.runner.run(
-            f"Comparing {self.title}", compare_files, self.path_a, self.path_b, stop,
-            self.options,
+            f"Comparing {self.title}", compare_files, self.path_a, self.path_b,
+            self.options, cancellable=True,
             on_result=lambda c: self._done(c, generation),
             on_error=lambda e: self._failed(e, generation),
             on_progress=lambda p: self._progress(p, generation),
-            on_cancel=lambda: self._cancelled(generation, stop))
+            on_cancel=lambda: self._cancelled(generation))
 
     def _progress(self, p: Progress, generation: int) -> None:
         if generation != self._generation or self.task is None:
             return
         detail = f" {escape(p.detail)}" if p.detail else ""
-        self.fraction = p.done / p.total if p.total else None
-        if self.fraction is not None:
+        fraction = self.task.fraction  # the window shows it too, from the task
+        if fraction is not None:
             self.progress.setRange(0, 1000)
-            self.progress.setValue(int(self.fraction * 1000))
+            self.progress.setValue(int(fraction * 1000))
         else:
             self.progress.setRange(0, 0)
         self._show_message(f"Comparing <b>{escape(self.title)}</b>…<br><br>"
                            + span("muted", f"{escape(p.stage)}{detail}"),
                            retry=False, progress=True)
-        self.progressed.emit()
 
     def _done(self, c: Comparison, generation: int) -> None:
         if generation != self._generation or self._disposed:
             return
         self.task = None
-        self.fraction = None
         self.comparison = c
         self.entry_panel.forget()
         old = list(self._models.values())
@@ -1211,8 +957,8 @@ class DiffView(QWidget):
         if self.task is not None:
             self.runner.cancel(self.task)
 
-    def _cancelled(self, generation: int, stop: threading.Event) -> None:
-        stop.set()  # the comparison stops within the tensor it is reading
+    def _cancelled(self, generation: int) -> None:
+        # the task's token is set: the comparison stops within the tensor it is reading
         if generation != self._generation:
             return
         self.task = None
@@ -1338,7 +1084,6 @@ class DiffView(QWidget):
         if self.task is not None:
             self.runner.cancel(self.task)
             self.task = None
-        self._stop.set()
         self.entry_panel.forget()
         self.proxy.setSourceModel(None)
         self._models = {}

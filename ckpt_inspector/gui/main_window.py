@@ -34,7 +34,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_inspector.core.ops.torch_load import TRUSTED_PACKAGES
+from ckpt_inspector.core.ops.session import LoadedFile
+from ckpt_inspector.core.ops.torch_load import consent
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.gui import theme
 from ckpt_inspector.gui.checkpoint_view import CheckpointView
@@ -46,10 +47,9 @@ from ckpt_inspector.gui.export_dialog import ExportDialog
 from ckpt_inspector.gui.file_browser import FileBrowser
 from ckpt_inspector.gui.help_dialogs import ShortcutsDialog, about_box, about_html
 from ckpt_inspector.gui.icons import app_icon, badge_icon, icon
-from ckpt_inspector.gui.loading import LoadedFile
+from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.tensor_view import preload_plots
 from ckpt_inspector.gui.welcome import WelcomePage
-from ckpt_inspector.gui.workers import TaskRunner
 
 VERDICT_WORDS = {"safe": "safe", "needs-trust": "needs trust", "dangerous": "dangerous",
                  "unreadable": "could not be read"}
@@ -92,7 +92,7 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self.reporter = ErrorReporter(self)
-        self.runner = TaskRunner(lambda label, err: self.reporter.report(label, err), self)
+        self.runner = JobRunner(lambda label, err: self.reporter.report(label, err), self)
         self.runner.changed.connect(self._tasks_changed)
         self.device = str(self.settings.value("device", "cpu"))
         self.devices: list[str] | None = None  # labels, once the child process has listed them
@@ -372,7 +372,6 @@ class MainWindow(QMainWindow):
         view = DiffView(path_a, path_b, self.runner, self.reporter)
         view.shown.connect(lambda _c, v=view: self._comparison_shown(v))
         view.failed.connect(lambda _m, v=view: self._tab_changed())
-        view.progressed.connect(self._tasks_changed)
         view.open_requested.connect(self.show_key_in_file)
         index = self.tabs.addTab(view, view.title)
         self.tabs.setTabToolTip(index, f"A: {path_a}\nB: {path_b}")
@@ -598,38 +597,13 @@ class MainWindow(QMainWindow):
         return dialog
 
     def _trust_flags(self, view: CheckpointView) -> list[str] | None:
-        """The ``load`` flags the user agrees to, or None if they decline."""
-        report, ckpt = view.file.report, view.file.ckpt
-        name = os.path.basename(view.path)
-        if report.verdict == "safe" and ckpt.format != "torchscript":
-            return []
-        if report.verdict == "dangerous":
-            first = next(f for f in report.findings if f.severity == "dangerous")
-            if not self.confirm("Dangerous file",
-                                f"{name} is dangerous: {first.message}.\n\nLoading it with "
-                                "torch runs that on this computer.", "Continue…"):
+        """The ``load`` flags the user agrees to (the core's consent rules), or None if they
+        decline."""
+        needed = consent(view.file.report, view.file.ckpt, os.path.basename(view.path))
+        for q in needed.questions:
+            if not self.confirm(q.title, q.text, q.accept):
                 return None
-            if not self.confirm("Run a dangerous file?",
-                                f"Last check: load {name} and let it run its code?",
-                                "Run it anyway"):
-                return None
-            return ["--run-code", "--allow-dangerous"]
-        imports = report.flagged_names()
-        if ckpt.format != "torchscript" and imports and all(
-                n.startswith(TRUSTED_PACKAGES) for n in imports):
-            listed = ", ".join(imports[:4]) + (" …" if len(imports) > 4 else "")
-            ok = self.confirm("Load with torch",
-                              f"{name} needs these torch.nn / torchvision classes: {listed}.\n\n"
-                              "They will be allowed by name for torch's weights-only loader, "
-                              "from your installed torch and torchvision; nothing from the file "
-                              "runs.", "Load")
-            return [] if ok else None
-        what = (ckpt.runs_code or "") if ckpt.format == "torchscript" else \
-            f"it imports {', '.join(imports[:4])}"
-        ok = self.confirm("Run this file's code?",
-                          f"Loading {name} runs code from the file: {what}.\n\nDo you trust "
-                          "where it came from?", "Run its code")
-        return ["--run-code"] if ok else None
+        return list(needed.flags)
 
     def confirm(self, title: str, text: str, accept: str) -> bool:
         """Ask; the safe answer (Cancel) is the default."""
@@ -649,8 +623,7 @@ class MainWindow(QMainWindow):
         if busy:
             more = f" (+{len(tasks) - 1} more)" if len(tasks) > 1 else ""
             self.task_label.setText(tasks[-1].label + "…" + more)
-            fraction = next((w.fraction for w in self._tab_widgets()
-                             if isinstance(w, DiffView) and w.task is tasks[-1]), None)
+            fraction = tasks[-1].fraction
             if fraction is None:
                 self.progress.setRange(0, 0)  # busy, for work that cannot say how far it is
             else:

@@ -8,9 +8,9 @@ from html import escape
 from typing import Any
 
 from ckpt_inspector.core.display import DisplayNode
+from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.ops.stats import Stats, format_number
 from ckpt_inspector.core.summary import format_value, human_bytes, top_values
-from ckpt_inspector.gui.loading import LoadedFile
 from ckpt_inspector.gui.theme import color
 
 # verdict -> (text colour role, background role, what it means)

@@ -10,14 +10,11 @@ are cached per tensor while the file is open, so going back is instant.
 from __future__ import annotations
 
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-import numpy as np
 from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
@@ -33,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.ops.analysis import auto_bins
 from ckpt_inspector.core.ops.slices import (
     MAX_SIDE,
     Heatmap,
@@ -41,59 +39,24 @@ from ckpt_inspector.core.ops.slices import (
     heatmap,
     save_npy,
 )
-from ckpt_inspector.core.ops.stats import Histogram, Stats, compute, histogram
+from ckpt_inspector.core.ops.stats import Stats
 from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.core.tree import TensorInfo
-from ckpt_inspector.gui.commands import CliProcess
+from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter
+from ckpt_inspector.gui.jobs import JobRunner, Task
 from ckpt_inspector.gui.theme import is_palette_change, set_muted, span
-from ckpt_inspector.gui.workers import Task, TaskRunner
 
 HEATMAP_CACHE = 24  # pictures kept (at most 4 MiB each)
 SLICE_DEBOUNCE_MS = 120
 HISTOGRAM, HEATMAP, VALUES = range(3)
 
 
-def analyse(info: TensorInfo, bins: int, stop: threading.Event | None = None) -> Any:
-    """Statistics, then the histogram (a generator for a worker; ``stop`` ends it)."""
-    stats = yield from compute(info, stop=stop)
-    hist = (yield from histogram(info, stats, bins, stop)) if stats.min is not None else None
-    return stats, hist
-
-
-def only_histogram(info: TensorInfo, stats: Stats, bins: int,
-                   stop: threading.Event | None = None) -> Any:
-    return (yield from histogram(info, stats, bins, stop))
-
-
-def auto_bins(n: int) -> int:
-    """Bins for ``n`` values until the user picks a number: the Rice rule, 10 to 100."""
-    return max(10, min(100, round(2 * n ** (1 / 3))))
-
-
-def stats_from_json(data: dict[str, Any]) -> Stats:
-    """A :class:`Stats` from the ``stats --json`` entry of one tensor."""
-    known = Stats.__dataclass_fields__
-    values = {k: v for k, v in data.items() if k in known}
-    for k, v in values.items():
-        if isinstance(v, str) and k not in ("dtype", "kind", "device", "note"):
-            values[k] = float(v)  # 'inf', 'nan'
-    values["top_values"] = [tuple(p) for p in values.get("top_values", [])]
-    return Stats(**values)
-
-
-@dataclass
-class _Entry:
-    stats: Stats | None = None
-    hist: dict[int, Histogram | None] = field(default_factory=dict)
-    error: str = ""
-
-
 _PRELOAD = {"started": False, "done": False}
 
 
-def preload_plots(runner: TaskRunner) -> None:
+def preload_plots(runner: JobRunner) -> None:
     """Import pyqtgraph (half a second) on a worker, before the first tensor is picked."""
     if _PRELOAD["started"]:
         return
@@ -203,11 +166,10 @@ class SliceBar(QWidget):
 
 
 class TensorView(QWidget):
-    """The panel under the tree. ``stats_ready(info, stats)`` when statistics arrive."""
+    """The panel under the tree: the statistics and histogram of the tensor selected (from
+    and into the file's :class:`Analysis`), its heatmap and its values."""
 
-    stats_ready = Signal(object, object)
-
-    def __init__(self, runner: TaskRunner, reporter: ErrorReporter,
+    def __init__(self, runner: JobRunner, reporter: ErrorReporter, analysis: Analysis,
                  parent: QWidget | None = None):
         super().__init__(parent)
         self.runner = runner
@@ -216,10 +178,12 @@ class TensorView(QWidget):
         self.device = "cpu"
         self.key = ""
         self.info: TensorInfo | None = None
-        self._cache: dict[int, _Entry] = {}
+        self.analysis = analysis
+        analysis.changed.connect(self._changed)
+        analysis.progressed.connect(self._progress)
+        analysis.finished.connect(self._finished)
+        self._shown: set[int] = set()  # tensors of this file shown (their heatmaps are kept)
         self._heatmaps: OrderedDict[tuple[Any, ...], Heatmap] = OrderedDict()
-        self._stats_job: Task | CliProcess | None = None
-        self._stop = threading.Event()
         self._user_bins = False
         self._heat_job: Task | None = None
         self._heat_wanted: tuple[Any, ...] | None = None
@@ -348,9 +312,10 @@ class TensorView(QWidget):
     def set_file(self, path: str) -> None:
         """A new file (or the same file read again): forget everything about the old one."""
         self.cancel()
-        self.path = path
+        self.path = self.analysis.path = path
         QTimer.singleShot(100, self._warm_up)
-        self._cache.clear()
+        self.analysis.clear()
+        self._shown.clear()
         self._heatmaps.clear()
         self.info = None
         self._show_placeholder("")
@@ -358,11 +323,11 @@ class TensorView(QWidget):
             self.values_panel.show_slice(None)
 
     def set_device(self, device: str) -> None:
-        self.device = device
+        self.device = self.analysis.device = device
 
     def cached_stats(self, info: TensorInfo) -> Stats | None:
-        entry = self._cache.get(id(info))
-        return entry.stats if entry else None
+        stats = self.analysis.stats(info)
+        return stats if isinstance(stats, Stats) else None
 
     def changeEvent(self, event: QEvent) -> None:
         super().changeEvent(event)
@@ -413,8 +378,8 @@ class TensorView(QWidget):
             self.hist_panel.bins.blockSignals(True)
             self.hist_panel.bins.setValue(auto_bins(info.numel))
             self.hist_panel.bins.blockSignals(False)
-        entry = self._cache.setdefault(id(info), _Entry())
-        self._show_stats(entry)
+        self._shown.add(id(info))
+        self._show_stats()
         self._slice_changed()
 
     @staticmethod
@@ -430,120 +395,73 @@ class TensorView(QWidget):
         return ""
 
     # -- statistics and histogram ----------------------------------------------------------------
-    def _show_stats(self, entry: _Entry) -> None:
+    def _show_stats(self) -> None:
         info = self.info
         assert info is not None
         bins = self.hist_panel.bins.value()
-        if entry.error:
-            self.status.setText(span("danger", escape(entry.error)))
+        error = self.analysis.error(info)
+        stats = self.analysis.stats(info)
+        if error:
+            self.status.setText(span("danger", escape(error)))
             self.hist_panel.clear()
             return
-        if entry.stats is None:
+        if not isinstance(stats, Stats):
             self.hist_panel.clear()
-            self._start_stats(info, bins)
+            self._start(info, bins, "statistics…")
             return
-        self.status.setText(f"statistics in {entry.stats.seconds * 1000:,.0f} ms"
-                            + (f" on {entry.stats.device}" if entry.stats.device != "cpu"
-                               else ""))
-        self.stats_ready.emit(info, entry.stats)
-        if entry.stats.min is None:
+        self.status.setText(f"statistics in {stats.seconds * 1000:,.0f} ms"
+                            + (f" on {stats.device}" if stats.device != "cpu" else ""))
+        if stats.min is None:
             self.hist_panel.clear()
             self.hist_panel.note.setText("no finite values to count")
-        elif bins in entry.hist:
-            self.hist_panel.show_histogram(entry.hist[bins], entry.stats)
+        elif self.analysis.has_histogram(info, bins):
+            self.hist_panel.show_histogram(self.analysis.histogram(info, bins), stats)
         else:
-            self._start_histogram(info, entry.stats, bins)
+            self._start(info, bins, "histogram…")
 
     def _busy(self, text: str) -> None:
         self.status.setText(text)
         self.cancel_button.show()
 
-    def _start_stats(self, info: TensorInfo, bins: int) -> None:
-        name = self.key or "(root)"
-        self._busy("statistics…")
-        if self.device != "cpu":
-            proc = CliProcess(["stats", self.path, self.key, "--device", self.device,
-                               "--bins", str(bins), "--progress"], self)
-            proc.progress.connect(lambda m: self._progress(info, Progress(
-                m.get("stage", ""), m.get("done", 0), m.get("total", 0))))
-            proc.done.connect(lambda r: self._child_done(info, bins, r))
-            proc.failed.connect(lambda msg: self._failed(info, msg))
-            self._stats_job = proc
-            return
-        self._stop = threading.Event()
-        self._stats_job = self.runner.run(
-            f"Statistics of {name}", analyse, info, bins, self._stop, quiet=True,
-            on_result=lambda r: self._stats_done(info, bins, *r),
-            on_progress=lambda p: self._progress(info, p),
-            on_error=lambda e: self._failed(info, str(e) or type(e).__name__))
+    def _start(self, info: TensorInfo, bins: int, what: str) -> None:
+        self._busy(what)
+        self.analysis.analyse(info, self.key, bins)
 
-    def _start_histogram(self, info: TensorInfo, stats: Stats, bins: int) -> None:
-        self._busy("histogram…")
-        self._stop = threading.Event()
-        self._stats_job = self.runner.run(
-            f"Histogram of {self.key}", only_histogram, info, stats, bins, self._stop, quiet=True,
-            on_result=lambda h: self._stats_done(info, bins, stats, h),
-            on_progress=lambda p: self._progress(info, p),
-            on_error=lambda e: self._failed(info, str(e) or type(e).__name__))
-
-    def _progress(self, info: TensorInfo, p: Progress) -> None:
+    def _progress(self, info: Any, p: Progress) -> None:
         if info is self.info and p.total:
             self._busy(f"{p.stage} {100 * p.done // p.total}%")
 
-    def _stats_done(self, info: TensorInfo, bins: int, stats: Stats,
-                    hist: Histogram | None) -> None:
-        entry = self._cache.get(id(info))
-        if entry is None:  # the file was closed or read again meanwhile
-            return
-        entry.stats = stats
-        entry.hist[bins] = hist
-        if info is self.info:
-            self._stats_job = None
+    def _changed(self, info: Any) -> None:
+        if info is self.info and self.hist_panel is not None:
             self.cancel_button.hide()
-            self._show_stats(entry)
+            self._show_stats()
 
-    def _child_done(self, info: TensorInfo, bins: int, result: dict[str, Any]) -> None:
-        data = next(iter(result.get("tensors", {}).values()), None)
-        if not data or "error" in data:
-            self._failed(info, (data or {}).get("error", "no result"))
-            return
-        stats = stats_from_json(data)
-        h = data.get("histogram")
-        hist = Histogram(np.asarray(h["edges"]), np.asarray(h["counts"], dtype=np.int64),
-                         h["sampled"], stats.nan, stats.posinf, stats.neginf) if h else None
-        self._stats_done(info, bins, stats, hist)
-
-    def _failed(self, info: TensorInfo, message: str) -> None:
-        entry = self._cache.get(id(info))
-        if entry is not None:
-            entry.error = message
-        if info is self.info:
-            self._stats_job = None
+    def _finished(self, info: Any, error: str) -> None:
+        if info is self.info and error:
             self.cancel_button.hide()
-            self.status.setText(span("danger", escape(message)))
+            self.status.setText(span("danger", escape(error)))
 
     def _bins_changed(self, _bins: int) -> None:
         self._user_bins = True  # the user's choice holds for every tensor from now on
-        if self.info is not None and self._stats_job is None:
-            self._show_stats(self._cache.setdefault(id(self.info), _Entry()))
+        if self.info is not None and not self.analysis.busy:
+            self._show_stats()
+
+    @property
+    def _stats_job(self) -> Task | None:
+        """The task computing the statistics shown (for tests and benchmarks)."""
+        return self.analysis._job
 
     def cancel(self) -> None:
         """Stop the computations for the tensor shown (results so far are dropped)."""
-        job, self._stats_job = self._stats_job, None
-        self._stop.set()  # worker threads of a big tensor stop at their next chunk
-        if isinstance(job, CliProcess):
-            job.kill()
-        elif job is not None:
-            self.runner.cancel(job)
+        self.analysis.cancel()
         heat, self._heat_job = self._heat_job, None
         if heat is not None:
             self.runner.cancel(heat)
         self._heat_wanted = None
         self.cancel_button.hide()
-        if self.info is not None:
-            entry = self._cache.get(id(self.info))
-            if entry is not None and entry.stats is None and not entry.error:
-                self.status.setText("cancelled")
+        if self.info is not None and self.analysis.stats(self.info) is None and \
+                not self.analysis.error(self.info):
+            self.status.setText("cancelled")
 
     # -- heatmap and values ------------------------------------------------------------------------
     def _heat_key(self) -> tuple[Any, ...]:
@@ -599,7 +517,7 @@ class TensorView(QWidget):
             on_error=lambda e: self._heat_failed(key, e))
 
     def _heat_done(self, key: tuple[Any, ...], hm: Heatmap) -> None:
-        if key[0] not in self._cache:
+        if key[0] not in self._shown:
             return
         self._heatmaps[key] = hm
         while len(self._heatmaps) > HEATMAP_CACHE:
@@ -689,7 +607,8 @@ class TensorView(QWidget):
 
     def dispose(self) -> None:
         self.cancel()
-        self._cache.clear()
+        self.analysis.clear()
+        self._shown.clear()
         self._heatmaps.clear()
         self.info = None
         if self.values_panel is not None:

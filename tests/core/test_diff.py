@@ -203,14 +203,14 @@ def test_difference_histogram_matches_numpy(torch, family):
     assert hist.counts.sum() == diff.size
 
 
-def test_stop_cancels(family):
-    import threading
+def test_a_cancel_token_cancels(family):
+    from ckpt_inspector.core.progress import CancelToken
 
     paths, _, _ = family
-    stop = threading.Event()
-    stop.set()
+    token = CancelToken()
+    token.cancel()
     with pytest.raises(Cancelled):
-        compare(paths["base"], paths["tuned"], stop=stop)
+        compare(paths["base"], paths["tuned"], cancel=token)
 
 
 # -- the command line -----------------------------------------------------------------------

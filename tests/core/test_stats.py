@@ -232,7 +232,6 @@ def test_integer_histograms_have_one_bin_per_value(torch, tmp_path):
 
 
 def test_threads_split_big_tensors_with_the_same_results(torch, tmp_path, monkeypatch):
-    import threading
 
     from ckpt_inspector.core.ops import stats as stats_mod
 
@@ -263,20 +262,20 @@ def test_threads_split_big_tensors_with_the_same_results(torch, tmp_path, monkey
     assert np.array_equal(sampled.counts, np.histogram(finite, bins=50,
                                                        range=(three.min, three.max))[0])
     assert h1.sampled is None
-    stop = threading.Event()
-    stop.set()
+    token = progress.CancelToken()
+    token.cancel()
     with pytest.raises(progress.Cancelled):
-        drive(compute(info, stop=stop))
+        drive(compute(info, cancel=token))
 
 
 def test_one_stop_event_serves_stats_then_histogram_on_threads(torch, tmp_path, monkeypatch):
     """The app passes the same stop event to statistics and then the histogram; the
     threaded pass must not set it when it finishes (it once did, cancelling the histogram
     of every tensor over 8M elements)."""
-    import threading
 
     from ckpt_inspector.core.ops import stats as stats_mod
-    from ckpt_inspector.gui.tensor_view import analyse
+    from ckpt_inspector.core.ops.analysis import analyse
+    from ckpt_inspector.core.progress import CancelToken
 
     t = torch.randn(50_000)
     path = tmp_path / "big.pt"
@@ -285,8 +284,8 @@ def test_one_stop_event_serves_stats_then_histogram_on_threads(torch, tmp_path, 
     monkeypatch.setattr(stats_mod, "PARALLEL_MIN", 1000)
     monkeypatch.setattr(stats_mod, "_workers", lambda: 2)
     monkeypatch.setattr(stats_mod, "CHUNK_ELEMENTS", 4096)
-    stop = threading.Event()
-    stats, hist = drive(analyse(info, 20, stop))
-    assert not stop.is_set()
+    token = CancelToken()
+    stats, hist = drive(analyse(info, 20, token))
+    assert not token.cancelled
     check(torch, stats, t)
     assert hist is not None and hist.counts.sum() == 50_000

@@ -12,7 +12,10 @@ from PySide6.QtGui import QDragEnterEvent, QDropEvent, QTextDocument
 from PySide6.QtWidgets import QApplication
 
 from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.keytree import natural_key
 from ckpt_inspector.core.ops import diff as core_diff
+from ckpt_inspector.core.ops.difftree import build_tree
+from ckpt_inspector.gui import analysis as analysis_mod
 from ckpt_inspector.gui import diff_view as dv
 from ckpt_inspector.gui.diff_view import (
     CHANGED_COL,
@@ -26,7 +29,6 @@ from ckpt_inspector.gui.diff_view import (
     STATUS,
     DiffModel,
     DiffView,
-    build_tree,
 )
 from ckpt_inspector.gui.main_window import drop_urls
 from ckpt_inspector.gui.tree_model import NodeRole
@@ -186,7 +188,7 @@ def test_sorting_by_difference_is_numeric(qtbot, window, pair):
     view.tree.sortByColumn(COSINE, Qt.SortOrder.AscendingOrder)
     assert leaf_keys(view)[0] == "4.weight"  # the least similar
     view.tree.sortByColumn(KEY, Qt.SortOrder.AscendingOrder)
-    assert leaf_keys(view) == sorted(CHANGED_KEYS, key=dv.natural_key)
+    assert leaf_keys(view) == sorted(CHANGED_KEYS, key=natural_key)
     # the sort holds when switching to groups and back
     view.group_box.setChecked(True)
     assert view.tree.header().sortIndicatorSection() == KEY
@@ -273,11 +275,11 @@ def test_cancel_stops_the_comparison_and_it_can_be_run_again(qtbot, window, pair
     path_a, path_b, _a, _b = pair
     stops = []
 
-    def slow(path_a, path_b, stop=None, options=None):
-        stops.append(stop)
+    def slow(path_a, path_b, options=None, cancel=None):
+        stops.append(cancel)
         for _ in range(1000):
             time.sleep(0.01)
-            if stop.is_set():
+            if cancel.is_set():
                 return None
             yield core_diff.Progress("comparing", 1, 4)
         raise AssertionError("not cancelled")
@@ -312,25 +314,25 @@ def test_selecting_another_key_cancels_its_statistics(qtbot, window, pair, monke
     view = compare(qtbot, window, path_a, path_b)
     stops = []
 
-    def endless(a, b, pair, bins, stop=None):
-        stops.append(stop)
-        while not stop.is_set():
+    def endless(a, b, pair, bins, cancel=None):
+        stops.append(cancel)
+        while not cancel.is_set():
             time.sleep(0.01)
             yield core_diff.Progress("A statistics", 1, 3)
 
-    real = dv.analyse_pair
-    monkeypatch.setattr(dv, "analyse_pair", endless)
+    real = analysis_mod.analyse_pair
+    monkeypatch.setattr(analysis_mod, "analyse_pair", endless)
     view.select_key("4.weight")
     panel = view.entry_panel
     qtbot.waitUntil(lambda: "33%" in panel.status.text(), timeout=WAIT)
     job = panel._job
     assert panel.cancel_button.isVisibleTo(view) and "…" in panel.text.toPlainText()
-    monkeypatch.setattr(dv, "analyse_pair", real)
+    monkeypatch.setattr(analysis_mod, "analyse_pair", real)
     panel = wait_for_entry(qtbot, view, "4.bias")
     assert job.cancelled and stops[0].is_set()
     assert panel.hist_panel.histogram is not None
     # the Cancel button stops it too
-    monkeypatch.setattr(dv, "analyse_pair", endless)
+    monkeypatch.setattr(analysis_mod, "analyse_pair", endless)
     view.select_key("1.running_var")
     qtbot.waitUntil(lambda: "33%" in panel.status.text(), timeout=WAIT)
     panel.cancel_button.click()

@@ -278,7 +278,7 @@ def test_load_with_torch_on_a_safe_file(qtbot, window, tensors_file):
 
 def test_stale_results_are_dropped(qtbot, window, tensors_file, resnet_params):
     view = open_and_wait(qtbot, window, tensors_file[0])
-    from ckpt_inspector.gui.loading import load_file
+    from ckpt_inspector.core.ops.session import load_file
 
     other = load_file(str(resnet_params[0]))
     view.start_loading()  # generation 2

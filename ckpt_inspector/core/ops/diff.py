@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 import mmap
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from ckpt_inspector.core.ops.stats import (
     element_chunks,
     format_number,
 )
-from ckpt_inspector.core.progress import Cancelled, Progress
+from ckpt_inspector.core.progress import Cancelled, CancelToken, Job, Progress
 from ckpt_inspector.core.tensors import mapped_file, to_numpy
 from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo, key_of
 
@@ -395,14 +394,14 @@ def _release(mm: Any, start: int, length: int) -> None:
 
 
 def _same_mapped(a: tuple[Any, int], b: tuple[Any, int], nbytes: int, buffers: _Buffers,
-                 stop: threading.Event | None) -> bool:
+                 cancel: CancelToken | None) -> bool:
     """Compare two byte ranges of mapped files in place: no copy, one block resident."""
     (ma, sa), (mb, sb) = a, b
     words = sa % 8 == 0 and sb % 8 == 0
     kind, width = (np.uint64, 8) if words else (np.uint8, 1)
     step = buffers.size
     for pos in range(0, nbytes, step):
-        if stop is not None and stop.is_set():
+        if cancel is not None and cancel.is_set():
             raise Cancelled()
         n = min(step, nbytes - pos)
         whole = n - n % width
@@ -419,7 +418,7 @@ def _same_mapped(a: tuple[Any, int], b: tuple[Any, int], nbytes: int, buffers: _
     return True
 
 
-def same_bytes(a: TensorInfo, b: TensorInfo, stop: threading.Event | None = None,
+def same_bytes(a: TensorInfo, b: TensorInfo, cancel: CancelToken | None = None,
                buffers: _Buffers | None = None) -> bool:
     """True when the two tensors hold the same bytes: compared in place in memory-mapped
     files where both are contiguous there, else read in lockstep."""
@@ -428,12 +427,12 @@ def same_bytes(a: TensorInfo, b: TensorInfo, stop: threading.Event | None = None
         return False
     ma, mb = _mapped_bytes(a), _mapped_bytes(b)
     if ma is not None and mb is not None:
-        return _same_mapped(ma, mb, a.nbytes, buffers, stop)
+        return _same_mapped(ma, mb, a.nbytes, buffers, cancel)
     buf_a, buf_b = buffers.read()
     pieces = _paired(raw_blocks(a, buffers.size, buf_a), raw_blocks(b, buffers.size, buf_b))
     try:
         for xa, xb in pieces:
-            if stop is not None and stop.is_set():
+            if cancel is not None and cancel.is_set():
                 raise Cancelled()
             if not buffers.equal(xa, xb):
                 return False
@@ -533,14 +532,14 @@ def _values(info: TensorInfo) -> Iterator[np.ndarray]:
         chunks.close()
 
 
-def numbers(a: TensorInfo, b: TensorInfo, stop: threading.Event | None = None) -> Numbers:
+def numbers(a: TensorInfo, b: TensorInfo, cancel: CancelToken | None = None) -> Numbers:
     """Differences of two tensors with the same number of elements, in float64.
     Complex tensors are compared by magnitude (as the statistics are)."""
     acc = _Acc(a.numel)
     pieces = _paired(_values(a), _values(b))
     try:
         for va, vb in pieces:
-            if stop is not None and stop.is_set():
+            if cancel is not None and cancel.is_set():
                 raise Cancelled()
             acc.add(va, vb)
     finally:
@@ -552,7 +551,7 @@ def numbers(a: TensorInfo, b: TensorInfo, stop: threading.Event | None = None) -
 
 
 def difference_histogram(a: TensorInfo, b: TensorInfo, numbers_: Numbers, bins: int = 100,
-                         stop: threading.Event | None = None) -> Iterator[Progress]:
+                         cancel: CancelToken | None = None) -> Job[Histogram]:
     """Counts of A − B over ``bins`` equal bins from −max|A−B| to +max|A−B| (both finite),
     exact over every element; returns a :class:`~ckpt_inspector.core.ops.stats.Histogram`
     whose ``nan`` counts the positions where the difference is not finite."""
@@ -564,7 +563,7 @@ def difference_histogram(a: TensorInfo, b: TensorInfo, numbers_: Numbers, bins: 
     pieces = _paired(_values(a), _values(b))
     try:
         for va, vb in pieces:
-            if stop is not None and stop.is_set():
+            if cancel is not None and cancel.is_set():
                 raise Cancelled()
             d = va.astype(np.float64) - vb.astype(np.float64)
             finite = np.isfinite(d)
@@ -615,10 +614,10 @@ def _file_order(entry: Entry) -> tuple[str, int]:
 
 def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
          key_a: str | None = None, key_b: str | None = None, auto: bool = True,
-         stop: threading.Event | None = None) -> Iterator[Progress]:
+         cancel: CancelToken | None = None) -> Job[DiffResult]:
     """Compare ``a`` with ``b`` (or their subtrees at ``key_a``/``key_b``). ``rules`` are
     applied as given; with none and ``auto``, rules that match more tensor keys are found.
-    Raises KeyError for a subtree key that is not there, :class:`Cancelled` on ``stop``."""
+    Raises KeyError for a subtree key that is not there, :class:`Cancelled` on ``cancel``."""
     root_a = subtree(a, key_a)
     root_b = subtree(b, key_b)
     keys_a, keys_b = leaves(root_a), leaves(root_b)
@@ -659,7 +658,7 @@ def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
     for entry in pairs:
         ta, tb = entry.a.tensor, entry.b.tensor
         try:
-            _compare(entry, ta, tb, stop, buffers)
+            _compare(entry, ta, tb, cancel, buffers)
         except Cancelled:
             raise
         except (CheckpointError, OSError, ValueError) as err:
@@ -669,12 +668,12 @@ def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
         if now - last >= PROGRESS_EVERY or entry is pairs[-1]:  # not one signal per key
             last = now
             yield Progress("comparing", done, total, entry.key)
-        elif stop is not None and stop.is_set():
+        elif cancel is not None and cancel.is_set():
             raise Cancelled()
     return result
 
 
-def _same_components(ta: TensorInfo, tb: TensorInfo, stop: threading.Event | None,
+def _same_components(ta: TensorInfo, tb: TensorInfo, cancel: CancelToken | None,
                      buffers: _Buffers | None) -> bool:
     """Quantization parameters and component tensors (per-channel scales, sparse indices
     and values) are the same on both sides."""
@@ -684,10 +683,10 @@ def _same_components(ta: TensorInfo, tb: TensorInfo, stop: threading.Event | Non
     if ca.keys() != cb.keys():
         return False
     return all(ca[k].shape == cb[k].shape and ca[k].dtype == cb[k].dtype
-               and same_bytes(ca[k], cb[k], stop, buffers) for k in ca)
+               and same_bytes(ca[k], cb[k], cancel, buffers) for k in ca)
 
 
-def _compare(entry: Entry, ta: TensorInfo, tb: TensorInfo, stop: threading.Event | None,
+def _compare(entry: Entry, ta: TensorInfo, tb: TensorInfo, cancel: CancelToken | None,
              buffers: _Buffers | None = None) -> None:
     if ta.numel == 0:
         entry.numbers = Numbers(0) if entry.status == DTYPE else None
@@ -695,7 +694,7 @@ def _compare(entry: Entry, ta: TensorInfo, tb: TensorInfo, stop: threading.Event
     if ta.layout != "strided" or tb.layout != "strided":  # sparse, nested: by their parts
         if ta.layout != tb.layout:
             entry.status, entry.error = KIND, f"layout {ta.layout} → {tb.layout}"
-        elif entry.status == IDENTICAL and not _same_components(ta, tb, stop, buffers):
+        elif entry.status == IDENTICAL and not _same_components(ta, tb, cancel, buffers):
             entry.status = CHANGED
             entry.error = f"{ta.layout} tensors are compared by their parts: they differ"
         return
@@ -704,11 +703,11 @@ def _compare(entry: Entry, ta: TensorInfo, tb: TensorInfo, stop: threading.Event
         byteorder_b = tb.storage.source.byteorder if tb.storage and tb.storage.source else ""
         if _same_place(ta, tb):
             return
-        if (byteorder_a == byteorder_b and _same_components(ta, tb, stop, buffers)
-                and same_bytes(ta, tb, stop, buffers)):
+        if (byteorder_a == byteorder_b and _same_components(ta, tb, cancel, buffers)
+                and same_bytes(ta, tb, cancel, buffers)):
             return
         entry.status = CHANGED
-    entry.numbers = numbers(ta, tb, stop)
+    entry.numbers = numbers(ta, tb, cancel)
     if entry.status == CHANGED and entry.numbers.changed == 0 and not entry.numbers.nan_mismatch:
         # different bytes, same numbers: -0.0 against 0.0, NaN payloads, byte order,
         # quantized integers with other scales that dequantize alike

@@ -28,7 +28,7 @@ import numpy as np
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.progress import Cancelled, Progress
+from ckpt_inspector.core.progress import Cancelled, CancelToken, Job, Progress
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import TensorInfo
 
@@ -278,10 +278,11 @@ class _Moments:
                 stats.note = "the sum of squares overflows float64"
 
 
-def compute(info: TensorInfo, device: str = "cpu", stop: threading.Event | None = None
-            ) -> Iterator[Progress]:
-    """Statistics of a tensor; yields progress about every 4M elements, returns :class:`Stats`.
-    Setting ``stop`` (from any thread) ends it with :class:`Cancelled`."""
+def compute(info: TensorInfo, device: str = "cpu", cancel: CancelToken | None = None,
+            stage: str = "statistics") -> Job[Stats]:
+    """Statistics of a tensor; yields progress (named ``stage``) about every 4M elements,
+    returns :class:`Stats`. Setting ``cancel`` (from any thread) ends it with
+    :class:`Cancelled`."""
     start = time.perf_counter()
     kind = _kind(info)
     numel = info.numel
@@ -291,19 +292,19 @@ def compute(info: TensorInfo, device: str = "cpu", stop: threading.Event | None 
         stats.note = "empty tensor"
         return stats
     if device != "cpu":
-        result = yield from _compute_torch(info, stats, device)
+        result = yield from _compute_torch(info, stats, device, stage)
         result.seconds = time.perf_counter() - start
         return result
     if kind in ("int", "bool"):
-        yield from _integer_stats(info, stats)
+        yield from _integer_stats(info, stats, stage)
     else:
-        yield from _float_stats(info, stats, stop)
+        yield from _float_stats(info, stats, cancel, stage)
     stats.sparsity = stats.zeros / numel
     stats.seconds = time.perf_counter() - start
     return stats
 
 
-REPORT_EVERY = 1 << 22  # elements between progress reports (and chances to stop)
+REPORT_EVERY = 1 << 22  # elements between progress reports (and chances to cancel)
 
 
 class _FloatAcc:
@@ -334,9 +335,9 @@ class _FloatAcc:
         self.neginf += other.neginf
 
 
-def _float_stats(info: TensorInfo, stats: Stats, stop: threading.Event | None
-                 ) -> Iterator[Progress]:
-    acc = yield from accumulate(info, _FloatAcc, "statistics", stop=stop)
+def _float_stats(info: TensorInfo, stats: Stats, cancel: CancelToken | None,
+                 stage: str) -> Job[None]:
+    acc = yield from accumulate(info, _FloatAcc, stage, cancel=cancel)
     stats.nan, stats.posinf, stats.neginf = acc.nan, acc.posinf, acc.neginf
     acc.m.finish(stats)
 
@@ -371,11 +372,11 @@ def _parts(info: TensorInfo, chunk: int) -> list[tuple[int, int]]:
 
 
 def accumulate(info: TensorInfo, make: Any, stage: str, chunk: int | None = None,
-               stop: threading.Event | None = None) -> Iterator[Progress]:
+               cancel: CancelToken | None = None) -> Job[Any]:
     """Feed every chunk of the tensor to accumulators made by ``make()`` (``add(values,
     index)``, ``merge(other)``); returns the merged one. Big contiguous tensors are split
     among threads (numpy releases the GIL in its loops). Progress is yielded about every
-    :data:`REPORT_EVERY` elements; closing the generator, or setting ``stop``, stops the
+    :data:`REPORT_EVERY` elements; closing the generator, or setting ``cancel``, stops the
     threads at their next chunk."""
     chunk = chunk or CHUNK_ELEMENTS
     numel = info.numel
@@ -384,7 +385,7 @@ def accumulate(info: TensorInfo, make: Any, stage: str, chunk: int | None = None
         acc = make()
         done = reported = 0
         for values, index in element_chunks(info, chunk):
-            if stop is not None and stop.is_set():
+            if cancel is not None and cancel.is_set():
                 raise Cancelled()
             acc.add(values, index)
             done += len(values)
@@ -392,14 +393,14 @@ def accumulate(info: TensorInfo, make: Any, stage: str, chunk: int | None = None
                 reported = done
                 yield Progress(stage, done, numel, info.dtype)
         return acc
-    halt = threading.Event()  # ours to set: the caller's ``stop`` may serve another pass
+    halt = threading.Event()  # ours to set: the caller's ``cancel`` may serve another pass
     progress = [0] * len(parts)
 
     def work(i: int, first: int, count: int) -> Any:
         _lower_priority()
         acc = make()
         for values, index in element_chunks(info, chunk, first, count):
-            if halt.is_set() or (stop is not None and stop.is_set()):
+            if halt.is_set() or (cancel is not None and cancel.is_set()):
                 return None
             acc.add(values, index)
             progress[i] += len(values)
@@ -426,7 +427,7 @@ def accumulate(info: TensorInfo, make: Any, stage: str, chunk: int | None = None
     return acc
 
 
-def _integer_stats(info: TensorInfo, stats: Stats) -> Iterator[Progress]:
+def _integer_stats(info: TensorInfo, stats: Stats, stage: str = "statistics") -> Job[None]:
     """Integers and bools with exact integer sums (int64 per chunk where that cannot
     overflow, else Python ints), and value counts when the values span fewer than
     :data:`VALUE_COUNT_RANGE`."""
@@ -468,7 +469,7 @@ def _integer_stats(info: TensorInfo, stats: Stats) -> Iterator[Progress]:
         done += len(v)
         if done - reported >= REPORT_EVERY or done == info.numel:
             reported = done
-            yield Progress("statistics", done, info.numel, info.dtype)
+            yield Progress(stage, done, info.numel, info.dtype)
     n = info.numel
     stats.finite, stats.zeros = n, zeros
     stats.min, stats.max = float(lo), float(hi)
@@ -484,7 +485,8 @@ def _integer_stats(info: TensorInfo, stats: Stats) -> Iterator[Progress]:
         stats.top_values = [(int(v + base), int(counts[v])) for v in top]
 
 
-def _compute_torch(info: TensorInfo, stats: Stats, device: str) -> Iterator[Progress]:
+def _compute_torch(info: TensorInfo, stats: Stats, device: str, stage: str = "statistics"
+                   ) -> Job[Stats]:
     """The same statistics with the chunks on ``device`` (a GPU) and torch's reductions,
     in float64 there; only a handful of numbers per chunk come back."""
     import torch
@@ -512,7 +514,7 @@ def _compute_torch(info: TensorInfo, stats: Stats, device: str) -> Iterator[Prog
         done += len(values)
         if done - reported >= REPORT_EVERY or done == info.numel:
             reported = done
-            yield Progress("statistics", done, info.numel, f"{info.dtype} on {device}")
+            yield Progress(stage, done, info.numel, f"{info.dtype} on {device}")
     stats.nan, stats.posinf, stats.neginf = nan, posinf, neginf
     m.finish(stats)
     stats.sparsity = stats.zeros / info.numel
@@ -533,7 +535,7 @@ class Histogram:
 
 
 def histogram(info: TensorInfo, stats: Stats, bins: int = 100,
-              stop: threading.Event | None = None) -> Iterator[Progress]:
+              cancel: CancelToken | None = None) -> Job[Histogram]:
     """Counts over ``bins`` equal bins between the finite min and max (one per value for
     integers spanning fewer than ``bins`` values); exact up to
     :data:`HISTOGRAM_EXACT_LIMIT` elements, else from an evenly spread sample (every
@@ -555,7 +557,7 @@ def histogram(info: TensorInfo, stats: Stats, bins: int = 100,
     def make() -> _HistAcc:
         return _HistAcc(bins, (lo, hi), step, special)
 
-    acc = yield from accumulate(info, make, "histogram", chunk=1 << 20, stop=stop)
+    acc = yield from accumulate(info, make, "histogram", chunk=1 << 20, cancel=cancel)
     acc.flush()
     return Histogram(edges, acc.counts, acc.sample if step > 1 else None,
                      stats.nan, stats.posinf, stats.neginf)
