@@ -59,7 +59,7 @@ import json, os, sys, tempfile, time
 from PySide6.QtCore import QElapsedTimer, QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 from ckpt_inspector.gui.main_window import MainWindow
-from ckpt_inspector.gui.tensor_view import HEATMAP
+from ckpt_inspector.gui.tensor.view import HEATMAP
 from support import find_row
 
 app = QApplication([])

@@ -14,7 +14,7 @@ from PySide6.QtGui import QGuiApplication
 from ckpt_inspector.core.ops.stats import compute, histogram
 from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.gui import analysis as analysis_mod
-from ckpt_inspector.gui.tensor_view import HEATMAP, HISTOGRAM, VALUES
+from ckpt_inspector.gui.tensor.view import HEATMAP, HISTOGRAM, VALUES
 
 from support import find_row, open_and_wait, tensor_infos
 
@@ -223,7 +223,7 @@ def test_huge_values_table_is_lazy(qtbot, window, tmp_path, torch):
 
 def test_very_long_vectors_wrap_into_rows(qtbot, window, tmp_path, torch, monkeypatch):
     """Qt's views add row heights in a 32-bit int: a vector of more rows wraps."""
-    from ckpt_inspector.gui import values_table
+    from ckpt_inspector.gui.tensor import values_table as values_table
 
     monkeypatch.setattr(values_table, "MAX_ROWS", 1_000_000)
     t = torch.arange(5_000_003, dtype=torch.int32)

@@ -31,6 +31,19 @@ def only_histogram(info: TensorInfo, stats: Stats, bins: int,
     return (yield from histogram(info, stats, bins, cancel))
 
 
+def unreadable(info: TensorInfo) -> str:
+    """Why the values of ``info`` cannot be shown ("" when they can)."""
+    if info.problem:
+        return f"This tensor cannot be read: {info.problem}"
+    if info.storage is None or info.storage.source is None:
+        return "This tensor has no data in the file (only its description)."
+    if info.layout != "strided":
+        return f"A {info.layout} tensor: there are no dense values to show."
+    if info.numel == 0:
+        return "An empty tensor: it has no values."
+    return ""
+
+
 def auto_bins(n: int) -> int:
     """Bins for ``n`` values until the user picks a number: the Rice rule, 10 to 100."""
     return max(10, min(100, round(2 * n ** (1 / 3))))

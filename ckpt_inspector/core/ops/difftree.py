@@ -16,6 +16,7 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import open_checkpoint
 from ckpt_inspector.core.keytree import DottedKeys, KeyRow, roll_up
 from ckpt_inspector.core.ops import diff as core_diff
+from ckpt_inspector.core.ops.analysis import unreadable
 from ckpt_inspector.core.ops.diff import (
     CHANGED,
     DTYPE,
@@ -138,6 +139,31 @@ def status_text(d: DiffNode) -> str:
     if not d.changed:
         return f"{d.entries:,} identical"
     return f"{d.changed:,} of {d.entries:,} changed"
+
+
+def histogram_reason(e: Entry) -> str:
+    """Why there is no histogram of A − B for this entry ("" when there is one)."""
+    if e.status == ONLY_A:
+        return "Only in A: there is nothing to subtract."
+    if e.status == ONLY_B:
+        return "Only in B: there is nothing to subtract."
+    if not e.is_tensor or e.status == KIND:
+        return "Not two tensors: their values are listed above."
+    if e.status == UNREADABLE:
+        return f"Not compared: {e.error}"
+    ta, tb = e.a.tensor, e.b.tensor
+    if ta.numel != tb.numel:
+        return (f"Different numbers of elements ({ta.numel:,} and {tb.numel:,}): no element by "
+                "element difference.")
+    for t in (ta, tb):
+        problem = unreadable(t)
+        if problem:
+            return problem
+    if e.status == IDENTICAL:
+        return "Identical: A − B is zero everywhere."
+    if e.numbers is not None and not e.numbers.changed and not e.numbers.nan_mismatch:
+        return "The same values: A − B is zero everywhere."
+    return ""
 
 
 # -- reading and comparing both files ----------------------------------------------------------

@@ -29,21 +29,11 @@ from ckpt_inspector.core.ops.stats import Stats
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter, describe
+from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
 from ckpt_inspector.gui.jobs import JobRunner
-from ckpt_inspector.gui.key_tree import (
-    MessagePage,
-    copy_keys,
-    current_node,
-    make_filter_edit,
-    make_key_tree,
-    select_key,
-    selected_nodes,
-    set_tree_model,
-)
-from ckpt_inspector.gui.panels import details_html, summary_html
-from ckpt_inspector.gui.tensor_view import TensorView
+from ckpt_inspector.gui.tensor.view import TensorView
 from ckpt_inspector.gui.theme import color, is_palette_change, span
-from ckpt_inspector.gui.tree_model import (
+from ckpt_inspector.gui.tree.model import (
     DEVICE,
     ELEMENTS,
     SHAPE,
@@ -53,6 +43,16 @@ from ckpt_inspector.gui.tree_model import (
     FilterProxy,
     NodeRole,
     shape_text,
+)
+from ckpt_inspector.gui.tree.widgets import (
+    MessagePage,
+    copy_keys,
+    current_node,
+    make_filter_edit,
+    make_key_tree,
+    select_key,
+    selected_nodes,
+    set_tree_model,
 )
 
 FILTER_HELP = (

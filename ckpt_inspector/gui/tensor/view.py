@@ -15,13 +15,11 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from PySide6.QtCore import QEvent, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, Qt, QTimer
 from PySide6.QtWidgets import (
-    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
-    QSpinBox,
     QStackedWidget,
     QTabWidget,
     QToolButton,
@@ -30,12 +28,11 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.ops.analysis import auto_bins
+from ckpt_inspector.core.ops.analysis import auto_bins, unreadable
 from ckpt_inspector.core.ops.slices import (
     MAX_SIDE,
     Heatmap,
     TensorSlice,
-    format_cell,
     heatmap,
     save_npy,
 )
@@ -46,123 +43,13 @@ from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.jobs import JobRunner, Task
+from ckpt_inspector.gui.tensor.preload import plots_ready
+from ckpt_inspector.gui.tensor.slicing import SliceBar, describe_pixel
 from ckpt_inspector.gui.theme import is_palette_change, set_muted, span
 
 HEATMAP_CACHE = 24  # pictures kept (at most 4 MiB each)
 SLICE_DEBOUNCE_MS = 120
 HISTOGRAM, HEATMAP, VALUES = range(3)
-
-
-_PRELOAD = {"started": False, "done": False}
-
-
-def preload_plots(runner: JobRunner) -> None:
-    """Import pyqtgraph (half a second) on a worker, before the first tensor is picked."""
-    if _PRELOAD["started"]:
-        return
-    _PRELOAD["started"] = True
-
-    def work() -> bool:
-        try:
-            import ckpt_inspector.gui.plots  # noqa: F401
-        finally:
-            # set here, not in a callback: the window that started the import may be closed
-            # (its tasks cancelled, or deleted) before a result would reach it, and every
-            # later tensor view in the process waits on this flag
-            _PRELOAD["done"] = True
-        return True
-
-    def ignore(_result: Any) -> None:
-        """An error shows when the GUI thread imports the module itself."""
-
-    runner.run("Preparing plots", work, on_result=ignore, on_error=ignore, quiet=True)
-
-
-def _plots_ready() -> bool:
-    """True unless the import is under way on a worker (then importing here would wait)."""
-    return _PRELOAD["done"] or not _PRELOAD["started"]
-
-
-class SliceBar(QWidget):
-    """Which two axes of an N-D tensor are shown, and the index along the others."""
-
-    changed = Signal()
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.rows = QComboBox()
-        self.cols = QComboBox()
-        for box in (self.rows, self.cols):
-            box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
-        self.rows.setToolTip("The dimension shown down the rows")
-        self.cols.setToolTip("The dimension shown across the columns")
-        self.layout_ = QHBoxLayout(self)
-        self.layout_.setContentsMargins(4, 0, 4, 0)
-        self.spins: dict[int, QSpinBox] = {}
-        self.shape: tuple[int, ...] = ()
-        self.rows.currentIndexChanged.connect(self._axes_changed)
-        self.cols.currentIndexChanged.connect(self._axes_changed)
-        self._quiet = False
-
-    def set_shape(self, shape: tuple[int, ...]) -> None:
-        self._quiet = True
-        self.shape = shape
-        while self.layout_.count():
-            item = self.layout_.takeAt(0)
-            if item.widget() is not None and item.widget() not in (self.rows, self.cols):
-                item.widget().deleteLater()
-        self.spins = {}
-        self.rows.clear()
-        self.cols.clear()
-        nd = len(shape)
-        self.setVisible(nd >= 2)
-        if nd < 2:
-            self._quiet = False
-            return
-        for d, size in enumerate(shape):
-            self.rows.addItem(f"dim {d} ({size:,})", d)
-            self.cols.addItem(f"dim {d} ({size:,})", d)
-        self.rows.setCurrentIndex(nd - 2)
-        self.cols.setCurrentIndex(nd - 1)
-        self.layout_.addWidget(QLabel("rows"))
-        self.layout_.addWidget(self.rows)
-        self.layout_.addWidget(QLabel("columns"))
-        self.layout_.addWidget(self.cols)
-        for d, size in enumerate(shape):
-            spin = QSpinBox()
-            spin.setRange(0, max(size - 1, 0))
-            spin.setPrefix(f"dim {d} = ")
-            spin.setToolTip(f"Index along dim {d} (0 to {size - 1:,})")
-            spin.setKeyboardTracking(False)
-            spin.valueChanged.connect(lambda _v: None if self._quiet else self.changed.emit())
-            self.spins[d] = spin
-            self.layout_.addWidget(spin)
-        self.layout_.addStretch(1)
-        self._quiet = False
-        self._axes_changed()
-
-    def _axes_changed(self) -> None:
-        if self._quiet or len(self.shape) < 2:
-            return
-        a, b = self.axes()
-        if a == b:  # keep two different axes: move the other one out of the way
-            other = self.cols if self.sender() is self.rows else self.rows
-            self._quiet = True
-            other.setCurrentIndex(next(d for d in range(len(self.shape)) if d != a))
-            self._quiet = False
-            a, b = self.axes()
-        for d, spin in self.spins.items():
-            spin.setVisible(d not in (a, b))
-        self.changed.emit()
-
-    def axes(self) -> tuple[int, int]:
-        if len(self.shape) < 2:
-            return (0, 1)
-        return int(self.rows.currentData()), int(self.cols.currentData())
-
-    def index(self) -> dict[int, int]:
-        a, b = self.axes()
-        return {d: s.value() for d, s in self.spins.items() if d not in (a, b)}
 
 
 class TensorView(QWidget):
@@ -247,7 +134,7 @@ class TensorView(QWidget):
         """Build the plot tabs once pyqtgraph is imported; False while it is still loading."""
         if self.values_panel is not None:
             return True
-        if not _plots_ready():
+        if not plots_ready():
             if not self._waiting_for_plots:  # the import finishes within a second
                 self._waiting_for_plots = True
                 QTimer.singleShot(50, self._plots_maybe_ready)
@@ -261,21 +148,21 @@ class TensorView(QWidget):
         takes ~20 ms; all at once on the first click would stall the window)."""
         if self.values_panel is not None:
             return
-        if _plots_ready() and self._build_next_panel():
+        if plots_ready() and self._build_next_panel():
             QTimer.singleShot(60, self._warm_up)
-        elif not _plots_ready():
+        elif not plots_ready():
             QTimer.singleShot(200, self._warm_up)
 
     def _build_next_panel(self) -> bool:
         """Build the next missing panel; False when all exist."""
         if self.hist_panel is None:
-            from ckpt_inspector.gui.plots import HistogramPanel
+            from ckpt_inspector.gui.tensor.plots import HistogramPanel
 
             self.hist_panel = HistogramPanel()
             self.hist_panel.bins_changed.connect(self._bins_changed)
             self.tabs.addTab(self.hist_panel, "Histogram")
         elif self.heat_panel is None:
-            from ckpt_inspector.gui.plots import HeatmapPanel
+            from ckpt_inspector.gui.tensor.plots import HeatmapPanel
 
             self.heat_panel = HeatmapPanel()
             self.heat_panel.describe = self._describe_pixel
@@ -283,7 +170,7 @@ class TensorView(QWidget):
             self.heat_panel.reduce_changed.connect(lambda _r: self._update_heatmap())
             self.tabs.addTab(self.heat_panel, "Heatmap")
         elif self.values_panel is None:
-            from ckpt_inspector.gui.values_table import ValuesPanel
+            from ckpt_inspector.gui.tensor.values_table import ValuesPanel
 
             self.values_panel = ValuesPanel()
             self.values_panel.export_requested.connect(self.save_npy_dialog)
@@ -293,7 +180,7 @@ class TensorView(QWidget):
         return True
 
     def _plots_maybe_ready(self) -> None:
-        if _plots_ready():
+        if plots_ready():
             self._waiting_for_plots = False
             if self.info is not None:
                 self.show_tensor(self.key, self.info)
@@ -354,7 +241,7 @@ class TensorView(QWidget):
             self.cancel()
         self.info, self.key = info, key
         self._show_title()
-        problem = self._unreadable(info)
+        problem = unreadable(info)
         if problem:
             self.status.setText("")
             self.slice_bar.hide()
@@ -381,18 +268,6 @@ class TensorView(QWidget):
         self._shown.add(id(info))
         self._show_stats()
         self._slice_changed()
-
-    @staticmethod
-    def _unreadable(info: TensorInfo) -> str:
-        if info.problem:
-            return f"This tensor cannot be read: {info.problem}"
-        if info.storage is None or info.storage.source is None:
-            return "This tensor has no data in the file (only its description)."
-        if info.layout != "strided":
-            return f"A {info.layout} tensor: there are no dense values to show."
-        if info.numel == 0:
-            return "An empty tensor: it has no values."
-        return ""
 
     # -- statistics and histogram ----------------------------------------------------------------
     def _show_stats(self) -> None:
@@ -474,7 +349,7 @@ class TensorView(QWidget):
 
     def _slice_changed(self) -> None:
         info = self.info
-        if info is None or self.values_panel is None or self._unreadable(info):
+        if info is None or self.values_panel is None or unreadable(info):
             return
         try:
             sl = TensorSlice(info, self.slice_bar.axes(), self.slice_bar.index())
@@ -495,7 +370,7 @@ class TensorView(QWidget):
 
     def _update_heatmap(self) -> None:
         info = self.info
-        if info is None or self._unreadable(info):
+        if info is None or unreadable(info):
             return
         key = self._heat_key()
         if key == self._heat_wanted:
@@ -542,45 +417,9 @@ class TensorView(QWidget):
         self.heat_panel.show_heatmap(hm, note)
 
     def _describe_pixel(self, row: int, col: int) -> str:
-        """The element under the pointer: its index and value (or the block it averages)."""
-        info, hm = self.info, self.heat_panel.heatmap
-        if info is None or hm is None:
-            return ""
-        try:
-            if hm.layout is not None:
-                at = hm.kernel_at(row, col)
-                if at is None:
-                    return " "
-                sl = TensorSlice(info, (2, 3), {0: at[0], 1: at[1]})
-                return f"[{', '.join(map(str, at))}] = {format_cell(sl.value(at[2], at[3]))}"
-            fr, fc = hm.factor
-            value = hm.image[row // fr, col // fc]
-            strip = len(info.shape) <= 1
-            if (fr, fc) == (1, 1):
-                sl = self.values_panel.model.slice
-                if sl is None:
-                    return ""
-                exact = sl.value(col, 0) if strip else sl.value(row, col)
-                return f"{self._element(row, col)} = {format_cell(exact)}"
-            r0, c0 = row // fr * fr, col // fc * fc
-            where = (f"[{c0}:{c0 + fc}]" if strip else
-                     f"rows {r0}–{r0 + fr - 1}, columns {c0}–{c0 + fc - 1}")
-            return f"{where}: mean {format_cell(float(value))}"
-        except (IndexError, CheckpointError):
-            return " "
-
-    def _element(self, row: int, col: int) -> str:
-        info = self.info
-        assert info is not None
-        nd = len(info.shape)
-        if nd == 0:
-            return "value"
-        if nd == 1:
-            return f"[{col}]"
-        a, b = self.slice_bar.axes()
-        index = self.slice_bar.index()
-        index[a], index[b] = row, col
-        return "[" + ", ".join(str(index[d]) for d in range(nd)) + "]"
+        sl = self.values_panel.model.slice if self.values_panel is not None else None
+        return describe_pixel(self.info, self.heat_panel.heatmap, sl, self.slice_bar.axes(),
+                              self.slice_bar.index(), row, col)
 
     # -- export --------------------------------------------------------------------------------
     def save_npy_dialog(self, ask: Callable[..., tuple[str, str]] | None = None) -> None:
