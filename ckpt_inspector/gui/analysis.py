@@ -24,7 +24,8 @@ from ckpt_inspector.core.ops.analysis import (
     stats_from_json,
 )
 from ckpt_inspector.core.ops.diff import Entry, Numbers
-from ckpt_inspector.core.ops.stats import Histogram, Stats
+from ckpt_inspector.core.ops.histogram import Histogram
+from ckpt_inspector.core.ops.stats import Stats
 from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.errors import describe

@@ -23,7 +23,8 @@ from PySide6.QtGui import QAction, QGuiApplication, QIcon, QImage, QKeySequence,
 from PySide6.QtWidgets import QApplication
 
 from ckpt_inspector import __version__
-from ckpt_inspector.core.ops.stats import Histogram, Stats
+from ckpt_inspector.core.ops.histogram import Histogram
+from ckpt_inspector.core.ops.stats import Stats
 from ckpt_inspector.gui import app as app_mod
 from ckpt_inspector.gui import icons, theme
 from ckpt_inspector.gui.dialogs.help import shortcut_rows

@@ -11,7 +11,8 @@ import pytest
 from PySide6.QtCore import QItemSelection, QItemSelectionModel, Qt
 from PySide6.QtGui import QGuiApplication
 
-from ckpt_inspector.core.ops.stats import compute, histogram
+from ckpt_inspector.core.ops.histogram import histogram
+from ckpt_inspector.core.ops.stats import compute
 from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.gui import analysis as analysis_mod
 from ckpt_inspector.gui.tensor.view import HEATMAP, HISTOGRAM, VALUES

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.ops import diff as core_diff
-from ckpt_inspector.core.ops.diff import Numbers
-from ckpt_inspector.core.ops.stats import Histogram, Stats, compute, histogram
+from ckpt_inspector.core.ops.histogram import Histogram, histogram
+from ckpt_inspector.core.ops.stats import Stats, compute
+from ckpt_inspector.core.ops.tensor_diff import Numbers, difference_histogram
+from ckpt_inspector.core.ops.tensor_diff import numbers as numbers_of
 from ckpt_inspector.core.progress import CancelToken, Job, Progress
 from ckpt_inspector.core.tree import TensorInfo
 
@@ -89,9 +90,9 @@ def analyse_pair(a: TensorInfo | None, b: TensorInfo | None,
     try:
         if numbers is None:
             yield Progress("comparing values")
-            numbers = core_diff.numbers(ta, tb, cancel)
+            numbers = numbers_of(ta, tb, cancel)
             yield Piece("numbers", numbers)
-        hist = yield from core_diff.difference_histogram(ta, tb, numbers, bins, cancel)
+        hist = yield from difference_histogram(ta, tb, numbers, bins, cancel)
     except (CheckpointError, OSError, ValueError) as err:
         hist = str(err) or type(err).__name__
     yield Piece("hist", hist)

@@ -32,7 +32,8 @@ from ckpt_inspector.core.ops.difftree import (
     DiffNode,
     histogram_reason,
 )
-from ckpt_inspector.core.ops.stats import Histogram, Stats
+from ckpt_inspector.core.ops.histogram import Histogram
+from ckpt_inspector.core.ops.stats import Stats
 from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.analysis import Analysis
