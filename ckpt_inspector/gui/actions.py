@@ -10,24 +10,31 @@ from PySide6.QtGui import QAction, QActionGroup, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QComboBox,
+    QDockWidget,
     QLabel,
     QMenu,
     QProgressBar,
     QPushButton,
     QSizePolicy,
+    QStackedWidget,
+    QTabWidget,
     QToolBar,
     QWidget,
 )
 
 from ckpt_inspector.gui import theme
 from ckpt_inspector.gui.diff.view import DiffView
+from ckpt_inspector.gui.file_browser import FileBrowser
 from ckpt_inspector.gui.icons import icon
 from ckpt_inspector.gui.jobs import Task
+from ckpt_inspector.gui.settings import LAST_FOLDER
 from ckpt_inspector.gui.tree.checkpoint_view import CheckpointView
+from ckpt_inspector.gui.welcome import WelcomePage
 
 if TYPE_CHECKING:
     from ckpt_inspector.gui.main_window import MainWindow
 
+FILES_WIDTH = 220  # the Files panel, at first and after View > Reset layout
 THEME_NAMES = {"system": "Follow the &system", "light": "&Light", "dark": "&Dark"}
 
 
@@ -224,3 +231,50 @@ def show_tasks(self: MainWindow, tasks: list[Task]) -> None:
         else:
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(fraction * 1000))
+
+
+def build_pages(self: MainWindow) -> None:
+    """The central pages: the welcome page, and the tabs once a file is open."""
+    self.tabs = QTabWidget()
+    self.tabs.setObjectName("tabs")
+    self.tabs.setTabsClosable(True)
+    self.tabs.setMovable(True)
+    self.tabs.setDocumentMode(True)
+    self.tabs.tabCloseRequested.connect(self.close_tab)
+    self.tabs.currentChanged.connect(lambda _i: self._tab_changed())
+    self.tabs.tabBar().setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+    self.tabs.tabBar().customContextMenuRequested.connect(self._tab_menu)
+    self.welcome = WelcomePage()
+    self.welcome.open_requested.connect(self.open_dialog)
+    self.welcome.demo_requested.connect(self.open_demo)
+    self.welcome.recent_requested.connect(lambda p: self.open_paths([p]))
+    self.pages = QStackedWidget()
+    self.pages.addWidget(self.welcome)
+    self.pages.addWidget(self.tabs)
+    self.setCentralWidget(self.pages)
+
+
+def build_browser(self: MainWindow) -> None:
+    """The Files dock, in the folder last used."""
+    folder = str(self.settings.value(LAST_FOLDER, os.getcwd()))
+    self.browser = FileBrowser(folder if os.path.isdir(folder) else os.getcwd())
+    self.browser.file_activated.connect(lambda p: self.open_paths([p]))
+    self.browser.folder_changed.connect(lambda f: self.settings.setValue(LAST_FOLDER, f))
+    self.browser_dock = QDockWidget("Files", self)
+    self.browser_dock.setObjectName("fileBrowserDock")
+    self.browser_dock.setWidget(self.browser)
+    self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.browser_dock)
+    self.resizeDocks([self.browser_dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
+
+
+def update_actions(self: MainWindow) -> None:
+    """Enable what makes sense for the current tab."""
+    view = self.current_view()
+    loaded = view is not None and view.file is not None
+    diff = self.tabs.currentWidget() if isinstance(self.tabs.currentWidget(),
+                                                  DiffView) else None
+    self.torch_action.setEnabled(loaded)
+    self.export_action.setEnabled(loaded)
+    self.copy_action.setEnabled(loaded or (diff is not None and diff.comparison is not None))
+    self.reload_action.setEnabled(view is not None or diff is not None)
+    self.close_action.setEnabled(view is not None or diff is not None)

@@ -13,12 +13,9 @@ from PySide6.QtGui import (
     QDropEvent,
 )
 from PySide6.QtWidgets import (
-    QDockWidget,
     QMainWindow,
     QMenu,
     QMessageBox,
-    QStackedWidget,
-    QTabWidget,
     QWidget,
 )
 
@@ -27,11 +24,15 @@ from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.gui import settings as settings_mod
 from ckpt_inspector.gui import theme
 from ckpt_inspector.gui.actions import (
+    FILES_WIDTH,
     build_actions,
+    build_browser,
+    build_pages,
     build_status,
     build_toolbar,
     show_tasks,
     tab_menu,
+    update_actions,
 )
 from ckpt_inspector.gui.commands import run_cli
 from ckpt_inspector.gui.devices import DeviceProbe, fill_device_box
@@ -41,14 +42,10 @@ from ckpt_inspector.gui.dialogs.help import ShortcutsDialog, about_box, about_ht
 from ckpt_inspector.gui.diff.view import DiffView
 from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.export_dialog import ExportDialog
-from ckpt_inspector.gui.file_browser import FileBrowser
 from ckpt_inspector.gui.icons import VERDICT_WORDS, app_icon, verdict_icon
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.tensor.preload import preload_plots
 from ckpt_inspector.gui.tree.checkpoint_view import CheckpointView
-from ckpt_inspector.gui.welcome import WelcomePage
-
-FILES_WIDTH = 220  # the Files panel, at first and after View > Reset layout
 
 
 def make_demo() -> str:
@@ -78,25 +75,8 @@ class MainWindow(QMainWindow):
         self.devices: list[str] | None = None  # labels, once the child process has listed them
         self.devices_error = ""
 
-        self.tabs = QTabWidget()
-        self.tabs.setObjectName("tabs")
-        self.tabs.setTabsClosable(True)
-        self.tabs.setMovable(True)
-        self.tabs.setDocumentMode(True)
-        self.tabs.tabCloseRequested.connect(self.close_tab)
-        self.tabs.currentChanged.connect(lambda _i: self._tab_changed())
-        self.tabs.tabBar().setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
-        self.tabs.tabBar().customContextMenuRequested.connect(self._tab_menu)
-        self.welcome = WelcomePage()
-        self.welcome.open_requested.connect(self.open_dialog)
-        self.welcome.demo_requested.connect(self.open_demo)
-        self.welcome.recent_requested.connect(lambda p: self.open_paths([p]))
-        self.pages = QStackedWidget()
-        self.pages.addWidget(self.welcome)
-        self.pages.addWidget(self.tabs)
-        self.setCentralWidget(self.pages)
-
-        self._build_browser()
+        build_pages(self)
+        build_browser(self)
         build_actions(self)
         build_toolbar(self)
         build_status(self)
@@ -111,18 +91,6 @@ class MainWindow(QMainWindow):
             self.probe.start()
         # pyqtgraph takes half a second to import: do it on a worker once the window is up
         QTimer.singleShot(300, self, lambda: preload_plots(self.runner))  # not once deleted
-
-    # -- construction --------------------------------------------------------------------------
-    def _build_browser(self) -> None:
-        folder = str(self.settings.value("lastFolder", os.getcwd()))
-        self.browser = FileBrowser(folder if os.path.isdir(folder) else os.getcwd())
-        self.browser.file_activated.connect(lambda p: self.open_paths([p]))
-        self.browser.folder_changed.connect(lambda f: self.settings.setValue("lastFolder", f))
-        self.browser_dock = QDockWidget("Files", self)
-        self.browser_dock.setObjectName("fileBrowserDock")
-        self.browser_dock.setWidget(self.browser)
-        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.browser_dock)
-        self.resizeDocks([self.browser_dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
 
     def set_theme(self, mode: str) -> None:
         """Light, dark, or the system's; kept in the settings."""
@@ -431,15 +399,7 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _update_actions(self) -> None:
-        view = self.current_view()
-        loaded = view is not None and view.file is not None
-        diff = self.tabs.currentWidget() if isinstance(self.tabs.currentWidget(),
-                                                      DiffView) else None
-        self.torch_action.setEnabled(loaded)
-        self.export_action.setEnabled(loaded)
-        self.copy_action.setEnabled(loaded or (diff is not None and diff.comparison is not None))
-        self.reload_action.setEnabled(view is not None or diff is not None)
-        self.close_action.setEnabled(view is not None or diff is not None)
+        update_actions(self)
 
     def _copy_keys(self) -> None:
         view = self.tabs.currentWidget()
