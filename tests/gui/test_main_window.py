@@ -322,6 +322,22 @@ def test_model_passes_qtmodeltester(qtmodeltester, training_ckpt, grouped):
     qtmodeltester.check(model, force_py=True)
 
 
+def test_a_key_that_other_keys_extend_is_one_row(qtmodeltester, torch, tmp_path, window,
+                                                 qtbot):
+    """Keys ``x`` and ``x.y`` (issue 13): one row ``x``, a tensor with ``y`` below it."""
+    path = tmp_path / "xy.pt"
+    torch.save({"x": torch.zeros(2), "x.y": torch.ones(3)}, path)
+    model = CheckpointModel(build_display_tree(open_checkpoint(path).root))
+    qtmodeltester.check(model, force_py=True)
+    assert model.rowCount() == 1
+    x = model.index(0, KEY)
+    assert x.data() == "x" and model.rowCount(x) == 1
+    assert model.index(0, KEY, x).data() == "y"
+    assert model.index(0, SHAPE).data() == "[2]"
+    view = open_and_wait(qtbot, window, path)
+    assert view.select_key("x.y") and view.current_node().key == "x.y"
+
+
 def test_find_shortcut_focuses_filter(qtbot, window, tensors_file):
     view = open_and_wait(qtbot, window, tensors_file[0])
     window.find_action.trigger()
