@@ -59,7 +59,7 @@ import json, os, sys, tempfile, time
 from PySide6.QtCore import QElapsedTimer, QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 from ckpt_inspector.gui.main_window import MainWindow
-from ckpt_inspector.gui.tensor_view import HEATMAP
+from ckpt_inspector.gui.tensor.view import HEATMAP
 from support import find_row
 
 app = QApplication([])
@@ -102,7 +102,7 @@ def heat(view, tv):
     wait(lambda: tv.heat_panel.heatmap is not None and tv._heat_job is None, done)
 def reselect(view, tv):
     # forget the results and start again, then pick another tensor half-way
-    tv._cache.clear(); tv._heatmaps.clear(); tv.tabs.setCurrentIndex(0)
+    tv.analysis.clear(); tv._heatmaps.clear(); tv.tabs.setCurrentIndex(0)
     view.tree.setCurrentIndex(find_row(view, "small"))
     QTimer.singleShot(200, lambda: go_big(view, tv))
 def go_big(view, tv):

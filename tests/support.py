@@ -123,7 +123,7 @@ def find_row(view, key):
     """The tree row (a proxy index) of the node with this full key."""
     from PySide6.QtCore import QModelIndex
 
-    from ckpt_inspector.gui.tree_model import NodeRole
+    from ckpt_inspector.gui.tree.model import NodeRole
 
     proxy = view.proxy
     stack = [QModelIndex()]

@@ -21,7 +21,8 @@ import tempfile
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 
-from ckpt_inspector.gui.diff_view import FILTERS, histogram_reason
+from ckpt_inspector.core.ops.difftree import histogram_reason
+from ckpt_inspector.gui.diff.model import FILTERS
 from ckpt_inspector.gui.main_window import MainWindow
 
 

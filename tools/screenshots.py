@@ -21,7 +21,7 @@ from PySide6.QtWidgets import QApplication
 
 from ckpt_inspector.gui import theme
 from ckpt_inspector.gui.main_window import MainWindow
-from ckpt_inspector.gui.tree_model import NodeRole
+from ckpt_inspector.gui.tree.model import NodeRole
 
 
 def main() -> None:

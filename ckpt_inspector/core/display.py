@@ -1,28 +1,26 @@
 """The tree people browse: the node tree with dotted state_dict keys grouped into modules.
 
-``layer1.0.conv1.weight`` in a state_dict becomes ``layer1 > 0 > conv1 > weight``;
-group rows carry the number of tensors, elements and bytes below them. The
-flat view keeps the file's own keys. Qt-free, so the GUI's item model is a thin
+``layer1.0.conv1.weight`` in a state_dict becomes ``layer1 > 0 > conv1 > weight`` (the
+rule of :class:`~ckpt_inspector.core.keytree.DottedKeys`: keys ``x`` and ``x.y`` are one
+row ``x`` holding ``y``); group rows carry the number of tensors, elements and bytes below
+them. The flat view keeps the file's own keys. Qt-free, so the GUI's item model is a thin
 adapter and the whole tree can be built on a worker thread.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from ckpt_inspector.core.keytree import DottedKeys, KeyRow, join, roll_up, split_key
 from ckpt_inspector.core.tree import Node
 
 
 @dataclass(eq=False, slots=True)
-class DisplayNode:
-    label: str
-    node: Node | None  # None for a synthetic group of dotted keys
-    key: str  # the full dotted key from the root, as info --json names it
-    parent: DisplayNode | None = field(default=None, repr=False)
-    children: list[DisplayNode] = field(default_factory=list, repr=False)
-    row: int = 0
-    order: int = 0  # position in the file, to undo sorting
+class DisplayNode(KeyRow):
+    """A row: a node of the checkpoint (``node``), a group of dotted keys (``node`` None),
+    or both (a key that other keys extend). Totals cover the row and all below it."""
+
+    node: Node | None = None
     tensors: int = 0
     numel: int = 0
     nbytes: int = 0
@@ -35,22 +33,16 @@ class DisplayNode:
     def is_tensor(self) -> bool:
         return self.node is not None and self.node.tensor is not None
 
-    def add(self, child: DisplayNode) -> DisplayNode:
-        child.parent = self
-        child.row = child.order = len(self.children)
-        self.children.append(child)
-        return child
-
-    def walk(self):
-        stack = [self]
-        while stack:
-            n = stack.pop()
-            yield n
-            stack.extend(reversed(n.children))
-
-
-def _join(prefix: str, label: Any) -> str:
-    return f"{prefix}.{label}" if prefix else str(label)
+    def tally(self) -> None:
+        tensors = numel = nbytes = 0
+        if self.is_tensor:
+            t = self.node.tensor  # type: ignore[union-attr]
+            tensors, numel, nbytes = 1, t.numel, t.nbytes
+        for c in self.children:
+            tensors += c.tensors
+            numel += c.numel
+            nbytes += c.nbytes
+        self.tensors, self.numel, self.nbytes = tensors, numel, nbytes
 
 
 def _groupable(node: Node) -> bool:
@@ -59,46 +51,32 @@ def _groupable(node: Node) -> bool:
                                        for c in node.children)
 
 
+def _taken(row: DisplayNode) -> bool:
+    return row.node is not None
+
+
 def build_display_tree(root: Node, grouped: bool = True) -> DisplayNode:
     """The browsable tree for ``root``; iterative, so any depth the reader allows works."""
-    top = DisplayNode("", None, "")
-    top.node = root
+    top = DisplayNode("", "", node=root)
     if not root.children:  # one bare tensor or value: show it as the only row
-        top.add(DisplayNode("(root)", root, ""))
-        _totals(top)
+        top.add(DisplayNode("(root)", "", node=root))
+        top.node = None  # counted once, in its row
+        roll_up(top)
+        top.node = root
         return top
+    rows = DottedKeys(DisplayNode)
     stack: list[tuple[Node, DisplayNode]] = [(root, top)]
     while stack:
         node, dnode = stack.pop()
         if grouped and _groupable(node):
-            groups: dict[tuple[int, str], DisplayNode] = {}
             for child in node.children:
-                parts = child.key.split(".") if isinstance(child.key, str) else [child.key]
-                parent = dnode
-                for part in parts[:-1]:
-                    gkey = (id(parent), part)
-                    group = groups.get(gkey)
-                    if group is None:
-                        group = parent.add(DisplayNode(part, None, _join(parent.key, part)))
-                        groups[gkey] = group
-                    parent = group
-                leaf = parent.add(DisplayNode(str(parts[-1]), child,
-                                              _join(dnode.key, child.key)))
-                stack.append((child, leaf))
+                row = rows.place(dnode, split_key(child.key), taken=_taken)
+                row.node = child
+                stack.append((child, row))
         else:
             for child in node.children:
-                leaf = dnode.add(DisplayNode(str(child.key), child, _join(dnode.key, child.key)))
-                stack.append((child, leaf))
-    _totals(top)
+                row = dnode.add(DisplayNode(str(child.key), join(dnode.key, child.key),
+                                            node=child))
+                stack.append((child, row))
+    roll_up(top)
     return top
-
-
-def _totals(top: DisplayNode) -> None:
-    for d in reversed(list(top.walk())):
-        if d.is_tensor:
-            t = d.node.tensor
-            d.tensors, d.numel, d.nbytes = 1, t.numel, t.nbytes
-        else:
-            d.tensors = sum(c.tensors for c in d.children)
-            d.numel = sum(c.numel for c in d.children)
-            d.nbytes = sum(c.nbytes for c in d.children)

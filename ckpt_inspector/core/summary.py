@@ -6,6 +6,7 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
+from ckpt_inspector.core.keytree import roll_up
 from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo, key_of
 
 MAX_VALUES = 1000
@@ -207,12 +208,12 @@ def totals(ckpt: Checkpoint) -> dict[str, Any]:
 
 def subtree_totals(root: Node) -> dict[int, tuple[int, int, int]]:
     """``id(node) -> (tensors, elements, bytes)`` below every node, in one pass."""
-    order = list(root.walk())
     out: dict[int, tuple[int, int, int]] = {}
-    for node in reversed(order):  # children before parents
+
+    def tally(node: Node) -> None:
         if node.kind == "tensor" and node.tensor is not None:
             out[id(node)] = (1, node.tensor.numel, node.tensor.nbytes)
-            continue
+            return
         count = numel = nbytes = 0
         for child in node.children:
             c, n, b = out[id(child)]
@@ -220,4 +221,6 @@ def subtree_totals(root: Node) -> dict[int, tuple[int, int, int]]:
             numel += n
             nbytes += b
         out[id(node)] = (count, numel, nbytes)
+
+    roll_up(root, tally)
     return out

@@ -6,8 +6,8 @@ or a ``tensor`` described by a :class:`TensorInfo`. A tensor's data is never
 read to build the tree: :class:`StorageInfo` holds a lazy
 :class:`~ckpt_inspector.core.tensors.DataSource` that later operations use.
 
-Nodes know their parent and their row, so a Qt model can map an index to a
-node and back in O(1).
+Nodes know their parent and their row (:class:`~ckpt_inspector.core.keytree.TreeNode`), so
+a Qt model can map an index to a node and back in O(1).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ckpt_inspector.core import dtypes
+from ckpt_inspector.core.keytree import TreeNode
 
 if TYPE_CHECKING:
     from ckpt_inspector.core.findings import Finding
@@ -90,7 +91,7 @@ class TensorInfo:
 
 
 @dataclass(eq=False, slots=True)
-class Node:
+class Node(TreeNode):
     """One entry of the tree.
 
     ``key`` is the key in the parent (a ``str`` for dicts and attributes, an
@@ -108,15 +109,6 @@ class Node:
     tensor: TensorInfo | None = None
     role: str | None = None  # parameter | buffer | attribute | non-persistent buffer
     note: str | None = None
-    children: list[Node] = field(default_factory=list)
-    parent: Node | None = field(default=None, repr=False)
-    row: int = 0
-
-    def add(self, child: Node) -> Node:
-        child.parent = self
-        child.row = len(self.children)
-        self.children.append(child)
-        return child
 
     @property
     def is_container(self) -> bool:
@@ -130,14 +122,6 @@ class Node:
             node = node.parent
         keys.reverse()
         return keys
-
-    def walk(self) -> Iterator[Node]:
-        """This node and all below it, depth first, without recursion."""
-        stack = [self]
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(reversed(node.children))
 
     def in_state_dict(self) -> bool:
         """False for tensors that ``state_dict()`` would leave out."""

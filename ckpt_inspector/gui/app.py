@@ -8,6 +8,7 @@ import time
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
+from superqt.utils import WorkerBase
 
 from ckpt_inspector import __version__
 from ckpt_inspector.gui.icons import app_icon
@@ -44,4 +45,8 @@ def run(paths: list[str]) -> int:
     quit_after = os.environ.get("CKPT_INSPECTOR_QUIT_AFTER_MS")
     if quit_after:
         QTimer.singleShot(int(quit_after), window.close)
-    return app.exec()
+    code = app.exec()
+    # let the workers still running (the plots preload, a cancelled read) end before the
+    # interpreter tears their objects down under them
+    WorkerBase.await_workers(5000)
+    return code

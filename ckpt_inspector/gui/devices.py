@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from PySide6.QtCore import QObject, QProcess, Signal
+from PySide6.QtWidgets import QComboBox
 
 from ckpt_inspector.gui.commands import cli_command
 
@@ -51,3 +52,22 @@ class DeviceProbe(QObject):
         if self.process.state() != QProcess.ProcessState.NotRunning:
             self.process.kill()
             self.process.waitForFinished(2000)
+
+
+def fill_device_box(box: QComboBox, devices: list[dict[str, Any]], wanted: str
+                    ) -> tuple[int, str]:
+    """List ``devices`` (``label``, ``id``) in ``box``, ``wanted`` current if it is there;
+    the index chosen, and a note for the status bar when ``wanted`` is not."""
+    box.blockSignals(True)
+    box.clear()
+    for d in devices:
+        box.addItem(d["label"], d["id"])
+    index = box.findData(wanted)
+    note = ""
+    if index < 0:
+        index = 0
+        if wanted != "cpu":
+            note = f"{wanted} is not available here; using cpu"
+    box.setCurrentIndex(index)
+    box.blockSignals(False)
+    return index, note

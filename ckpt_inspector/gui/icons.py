@@ -144,3 +144,16 @@ def badge_icon(color: str, mark: str) -> QIcon:
         painter.end()
         icon.addPixmap(pix)
     return icon
+
+
+VERDICT_WORDS = {"safe": "safe", "needs-trust": "needs trust", "dangerous": "dangerous",
+                 "unreadable": "could not be read"}
+
+
+def verdict_icon(verdict: str) -> QIcon:
+    """A small badge for a tab: amber "!" for needs-trust, red "!" for dangerous, grey "?"
+    for unreadable; nothing for safe (the close button keeps its own cross)."""
+    colors = {"needs-trust": "#d97706", "dangerous": "#c62828", "unreadable": "#6b7280"}
+    if verdict not in colors:
+        return QIcon()
+    return badge_icon(colors[verdict], "?" if verdict == "unreadable" else "!")

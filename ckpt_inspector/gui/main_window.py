@@ -6,69 +6,46 @@ import json
 import os
 from typing import Any
 
-from PySide6.QtCore import QPoint, QSettings, QSize, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QPoint, QSettings, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
-    QAction,
-    QActionGroup,
     QCloseEvent,
     QDragEnterEvent,
     QDropEvent,
-    QIcon,
-    QKeySequence,
 )
 from PySide6.QtWidgets import (
-    QApplication,
-    QComboBox,
-    QDockWidget,
-    QFileDialog,
-    QLabel,
     QMainWindow,
     QMenu,
     QMessageBox,
-    QProgressBar,
-    QPushButton,
-    QSizePolicy,
-    QStackedWidget,
-    QTabWidget,
-    QToolBar,
     QWidget,
 )
 
-from ckpt_inspector.core.ops.torch_load import TRUSTED_PACKAGES
+from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.summary import human_bytes
+from ckpt_inspector.gui import settings as settings_mod
 from ckpt_inspector.gui import theme
-from ckpt_inspector.gui.checkpoint_view import CheckpointView
+from ckpt_inspector.gui.actions import (
+    FILES_WIDTH,
+    build_actions,
+    build_browser,
+    build_pages,
+    build_status,
+    build_toolbar,
+    show_tasks,
+    tab_menu,
+    update_actions,
+)
 from ckpt_inspector.gui.commands import run_cli
-from ckpt_inspector.gui.devices import DeviceProbe
-from ckpt_inspector.gui.diff_view import DiffView
+from ckpt_inspector.gui.devices import DeviceProbe, fill_device_box
+from ckpt_inspector.gui.dialogs.consent import ask_consent, confirm
+from ckpt_inspector.gui.dialogs.files import ask_files
+from ckpt_inspector.gui.dialogs.help import ShortcutsDialog, about_box, about_html
+from ckpt_inspector.gui.diff.view import DiffView
 from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.export_dialog import ExportDialog
-from ckpt_inspector.gui.file_browser import FileBrowser
-from ckpt_inspector.gui.help_dialogs import ShortcutsDialog, about_box, about_html
-from ckpt_inspector.gui.icons import app_icon, badge_icon, icon
-from ckpt_inspector.gui.loading import LoadedFile
-from ckpt_inspector.gui.tensor_view import preload_plots
-from ckpt_inspector.gui.welcome import WelcomePage
-from ckpt_inspector.gui.workers import TaskRunner
-
-VERDICT_WORDS = {"safe": "safe", "needs-trust": "needs trust", "dangerous": "dangerous",
-                 "unreadable": "could not be read"}
-
-
-def verdict_icon(verdict: str) -> QIcon:
-    """A small badge for a tab: amber "!" for needs-trust, red "!" for dangerous, grey "?"
-    for unreadable; nothing for safe (the close button keeps its own cross)."""
-    colors = {"needs-trust": "#d97706", "dangerous": "#c62828", "unreadable": "#6b7280"}
-    if verdict not in colors:
-        return QIcon()
-    return badge_icon(colors[verdict], "?" if verdict == "unreadable" else "!")
-
-
-THEME_NAMES = {"system": "Follow the &system", "light": "&Light", "dark": "&Dark"}
-FILE_FILTER = ("Checkpoints (*.pt *.pth *.ckpt *.bin *.pt2 *.onnx *.safetensors *.pkl);;"
-               "All files (*)")
-MAX_RECENT = 10
-FILES_WIDTH = 220  # the Files panel, at first and after View > Reset layout
+from ckpt_inspector.gui.icons import VERDICT_WORDS, app_icon, verdict_icon
+from ckpt_inspector.gui.jobs import JobRunner
+from ckpt_inspector.gui.tensor.preload import preload_plots
+from ckpt_inspector.gui.tree.checkpoint_view import CheckpointView
 
 
 def make_demo() -> str:
@@ -92,34 +69,17 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self.reporter = ErrorReporter(self)
-        self.runner = TaskRunner(lambda label, err: self.reporter.report(label, err), self)
+        self.runner = JobRunner(lambda label, err: self.reporter.report(label, err), self)
         self.runner.changed.connect(self._tasks_changed)
         self.device = str(self.settings.value("device", "cpu"))
         self.devices: list[str] | None = None  # labels, once the child process has listed them
         self.devices_error = ""
 
-        self.tabs = QTabWidget()
-        self.tabs.setObjectName("tabs")
-        self.tabs.setTabsClosable(True)
-        self.tabs.setMovable(True)
-        self.tabs.setDocumentMode(True)
-        self.tabs.tabCloseRequested.connect(self.close_tab)
-        self.tabs.currentChanged.connect(lambda _i: self._tab_changed())
-        self.tabs.tabBar().setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
-        self.tabs.tabBar().customContextMenuRequested.connect(self._tab_menu)
-        self.welcome = WelcomePage()
-        self.welcome.open_requested.connect(self.open_dialog)
-        self.welcome.demo_requested.connect(self.open_demo)
-        self.welcome.recent_requested.connect(lambda p: self.open_paths([p]))
-        self.pages = QStackedWidget()
-        self.pages.addWidget(self.welcome)
-        self.pages.addWidget(self.tabs)
-        self.setCentralWidget(self.pages)
-
-        self._build_browser()
-        self._build_actions()
-        self._build_toolbar()
-        self._build_status()
+        build_pages(self)
+        build_browser(self)
+        build_actions(self)
+        build_toolbar(self)
+        build_status(self)
         self._refresh_recent()
         self._tab_changed()
         self.restore_layout()
@@ -132,174 +92,12 @@ class MainWindow(QMainWindow):
         # pyqtgraph takes half a second to import: do it on a worker once the window is up
         QTimer.singleShot(300, self, lambda: preload_plots(self.runner))  # not once deleted
 
-    # -- construction --------------------------------------------------------------------------
-    def _build_browser(self) -> None:
-        folder = str(self.settings.value("lastFolder", os.getcwd()))
-        self.browser = FileBrowser(folder if os.path.isdir(folder) else os.getcwd())
-        self.browser.file_activated.connect(lambda p: self.open_paths([p]))
-        self.browser.folder_changed.connect(lambda f: self.settings.setValue("lastFolder", f))
-        self.browser_dock = QDockWidget("Files", self)
-        self.browser_dock.setObjectName("fileBrowserDock")
-        self.browser_dock.setWidget(self.browser)
-        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.browser_dock)
-        self.resizeDocks([self.browser_dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
-
-    def _action(self, name: str | None, text: str, slot: Any,
-                shortcut: QKeySequence.StandardKey | str | None = None, tip: str = "",
-                fallback: str = "") -> QAction:
-        """An action with an icon from resources/icons (``name``), a shortcut (a standard key
-        where the platform has one, else ``fallback``) and a tooltip that names it."""
-        action = QAction(icon(name) if name else QIcon(), text, self)
-        if isinstance(shortcut, QKeySequence.StandardKey):
-            action.setShortcuts(shortcut)
-        elif shortcut:
-            action.setShortcut(QKeySequence(shortcut))
-        if action.shortcut().isEmpty() and fallback:
-            action.setShortcut(QKeySequence(fallback))
-        keys = action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
-        tip = tip or text.replace("&", "").rstrip("…")
-        action.setToolTip(f"{tip} ({keys})" if keys else tip)
-        action.triggered.connect(slot)
-        return action
-
-    def _build_actions(self) -> None:
-        std = QKeySequence.StandardKey
-        self.open_action = self._action("open", "&Open…", self.open_dialog, std.Open,
-                                        "Open checkpoint files")
-        self.demo_action = self._action(
-            "demo", "Open &demo checkpoint", self.open_demo,
-            tip="A resnet18 training checkpoint, made on this machine the first time")
-        self.compare_action = self._action(
-            "compare", "Co&mpare…", self.compare_dialog, "Ctrl+D",
-            "Compare two checkpoints: keys, shapes, dtypes and values; Shift-drop a file to "
-            "compare it with the current one")
-        self.export_action = self._action(
-            "export", "&Export…", self.export_current, "Ctrl+E",
-            "Export to a state_dict, safetensors, TorchScript, ONNX or .pt2, verified")
-        self.reload_action = self._action("reload", "&Reload", self.reload_current, std.Refresh,
-                                          "Read the file again (or compare again)")
-        self.close_action = self._action("close-tab", "&Close tab",
-                                         lambda: self.close_tab(self.tabs.currentIndex()),
-                                         std.Close)
-        # Windows has no standard Quit key (Alt+F4 closes the window there)
-        self.quit_action = self._action("quit", "&Quit", self.close, std.Quit,
-                                        fallback="Ctrl+Q")
-        self.copy_action = self._action(
-            "copy", "&Copy keys", self._copy_keys, std.Copy,
-            "Copy the keys of the selected rows")
-        # Ctrl+C itself belongs to the focused widget (key tree: keys; values table: cells;
-        # text: the selection): shown here, it never fires at the window level
-        self.copy_action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
-        self.find_action = self._action("find", "&Find…", self._focus_filter, std.Find,
-                                        "Filter the keys of the current tab")
-        self.torch_action = self._action(
-            "device", "Load with &torch (weights only)…", self.load_current_with_torch,
-            tip="Check that the file loads with torch.load onto the selected device")
-        self.next_tab_action = self._action(None, "&Next tab", lambda: self._step_tab(1),
-                                            std.NextChild)
-        self.previous_tab_action = self._action(None, "&Previous tab",
-                                                lambda: self._step_tab(-1), std.PreviousChild)
-        self.reset_layout_action = self._action(None, "&Reset layout", self.reset_layout,
-                                                tip="Put the Files panel back on the left")
-        self.shortcuts_action = self._action("shortcuts", "&Keyboard shortcuts",
-                                             self.show_shortcuts, std.HelpContents)
-        self.about_action = self._action("about", "&About ckpt-inspector", self.about)
-
-        menu = self.menuBar()
-        file_menu = menu.addMenu("&File")
-        file_menu.addAction(self.open_action)
-        self.recent_menu = file_menu.addMenu("Open &Recent")
-        self.recent_menu.aboutToShow.connect(self._refresh_recent)
-        file_menu.addAction(self.demo_action)
-        file_menu.addAction(self.compare_action)
-        file_menu.addSeparator()
-        file_menu.addAction(self.export_action)
-        file_menu.addSeparator()
-        file_menu.addAction(self.reload_action)
-        file_menu.addAction(self.close_action)
-        file_menu.addSeparator()
-        file_menu.addAction(self.quit_action)
-        edit_menu = menu.addMenu("&Edit")
-        edit_menu.addAction(self.copy_action)
-        edit_menu.addAction(self.find_action)
-        view_menu = menu.addMenu("&View")
-        files_action = self.browser_dock.toggleViewAction()
-        files_action.setIcon(icon("files"))
-        files_action.setText("&Files panel")
-        view_menu.addAction(files_action)
-        view_menu.addAction(self.reset_layout_action)
-        view_menu.addSeparator()
-        view_menu.addAction(self.next_tab_action)
-        view_menu.addAction(self.previous_tab_action)
-        view_menu.addSeparator()
-        self._build_theme_menu(view_menu)
-        tools_menu = menu.addMenu("&Tools")
-        tools_menu.addAction(self.torch_action)
-        help_menu = menu.addMenu("&Help")
-        help_menu.addAction(self.shortcuts_action)
-        help_menu.addSeparator()
-        help_menu.addAction(self.about_action)
-        help_menu.addAction("About &Qt", QApplication.aboutQt)
-
-    def _build_theme_menu(self, view_menu: QMenu) -> None:
-        theme_menu = view_menu.addMenu(icon("theme"), "&Theme")
-        self.theme_actions = QActionGroup(self)
-        mode = theme.controller().mode
-        for name, text in THEME_NAMES.items():
-            action = theme_menu.addAction(text, lambda n=name: self.set_theme(n))
-            action.setCheckable(True)
-            action.setChecked(name == mode)
-            action.setData(name)
-            self.theme_actions.addAction(action)
-
     def set_theme(self, mode: str) -> None:
         """Light, dark, or the system's; kept in the settings."""
         theme.controller().set_mode(mode)
         self.settings.setValue(theme.SETTING, mode)
         for action in self.theme_actions.actions():
             action.setChecked(action.data() == mode)
-
-    def _build_toolbar(self) -> None:
-        bar = QToolBar("Main")
-        bar.setObjectName("mainToolbar")
-        bar.setMovable(False)
-        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        bar.setIconSize(QSize(20, 20))
-        bar.addAction(self.open_action)
-        bar.addAction(self.demo_action)
-        bar.addAction(self.compare_action)
-        bar.addAction(self.export_action)
-        spacer = QWidget()
-        spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        bar.addWidget(spacer)
-        label = QLabel("Device (map_location): ")
-        bar.addWidget(label)
-        self.device_box = QComboBox()
-        self.device_box.setObjectName("deviceBox")
-        self.device_box.setToolTip("Where tensors go when ckpt-inspector loads them with torch "
-                                   "(map_location). Saved devices differ? The Device column "
-                                   "shows 'cuda:0 → cpu'.")
-        self.device_box.setMinimumContentsLength(18)
-        self.device_box.addItem(self.device, self.device)
-        self.device_box.currentIndexChanged.connect(self._device_changed)
-        bar.addWidget(self.device_box)
-        self.addToolBar(bar)
-
-    def _build_status(self) -> None:
-        self.file_label = QLabel()
-        self.file_label.setObjectName("fileStatus")
-        self.statusBar().addWidget(self.file_label, 1)
-        self.task_label = QLabel()
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 0)
-        self.progress.setMaximumWidth(160)
-        self.progress.setMaximumHeight(14)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setObjectName("cancelButton")
-        self.cancel_button.clicked.connect(self.runner.cancel_all)
-        for w in (self.task_label, self.progress, self.cancel_button):
-            self.statusBar().addPermanentWidget(w)
-            w.hide()
 
     # -- opening files -------------------------------------------------------------------------
     def open_dialog(self) -> None:
@@ -309,21 +107,12 @@ class MainWindow(QMainWindow):
 
     def ask_open_paths(self) -> list[str]:
         """The Open dialog, starting in the Files dock's folder."""
-        return self._ask_files("Open checkpoints", QFileDialog.FileMode.ExistingFiles)
+        return ask_files(self, self.browser.folder, "Open checkpoints")
 
     def ask_compare_file(self, title: str) -> str:
         """One checkpoint for a comparison ("" if the user cancels)."""
-        paths = self._ask_files(title, QFileDialog.FileMode.ExistingFile)
+        paths = ask_files(self, self.browser.folder, title, single=True)
         return paths[0] if paths else ""
-
-    def _ask_files(self, title: str, mode: QFileDialog.FileMode) -> list[str]:
-        dialog = QFileDialog(self, title, self.browser.folder, FILE_FILTER)
-        dialog.setFileMode(mode)
-        dialog.setViewMode(QFileDialog.ViewMode.Detail)
-        dialog.resize(900, 560)
-        if dialog.exec():
-            return dialog.selectedFiles()
-        return []
 
     def open_paths(self, paths: list[str]) -> list[CheckpointView]:
         views = []
@@ -372,7 +161,6 @@ class MainWindow(QMainWindow):
         view = DiffView(path_a, path_b, self.runner, self.reporter)
         view.shown.connect(lambda _c, v=view: self._comparison_shown(v))
         view.failed.connect(lambda _m, v=view: self._tab_changed())
-        view.progressed.connect(self._tasks_changed)
         view.open_requested.connect(self.show_key_in_file)
         index = self.tabs.addTab(view, view.title)
         self.tabs.setTabToolTip(index, f"A: {path_a}\nB: {path_b}")
@@ -409,25 +197,7 @@ class MainWindow(QMainWindow):
             self.tab_menu(index).exec(self.tabs.tabBar().mapToGlobal(pos))
 
     def tab_menu(self, index: int) -> QMenu:
-        """The context menu of a tab: compare a file with another, compare again, close."""
-        view = self.tabs.widget(index)
-        menu = QMenu(self.tabs.tabBar())
-        if isinstance(view, CheckpointView):
-            menu.addAction("Compare with…", lambda: self.compare_with(view.path))
-            others = [w for w in self._tab_widgets()
-                      if isinstance(w, CheckpointView) and w is not view]
-            if others:
-                sub = menu.addMenu("Compare with open file")
-                for other in others:
-                    sub.addAction(os.path.basename(other.path),
-                                  lambda o=other: self.compare_paths(view.path, o.path))
-            menu.addSeparator()
-        elif isinstance(view, DiffView):
-            menu.addAction("Compare again", view.start)
-            menu.addAction("Swap A and B", lambda: self.compare_paths(view.path_b, view.path_a))
-            menu.addSeparator()
-        menu.addAction("Close tab", lambda: self.close_tab(self.tabs.indexOf(view)))
-        return menu
+        return tab_menu(self, index)
 
     def _view_for(self, path: str) -> CheckpointView | None:
         for i in range(self.tabs.count()):
@@ -506,18 +276,12 @@ class MainWindow(QMainWindow):
                                          "or two files with each other", 8000)
         self.open_paths(paths)
 
-    # -- recent files --------------------------------------------------------------------------
+    # -- recent files and layout (kept in the settings) ------------------------------------------
     def recent_files(self) -> list[str]:
-        value = self.settings.value("recentFiles", [])
-        if isinstance(value, str):
-            value = [value]
-        return [str(p) for p in (value or [])]
+        return settings_mod.recent_files(self.settings)
 
     def _remember(self, path: str) -> None:
-        recent = [p for p in self.recent_files() if p != path]
-        recent.insert(0, path)
-        self.settings.setValue("recentFiles", recent[:MAX_RECENT])
-        self.settings.setValue("lastFolder", os.path.dirname(path))
+        settings_mod.remember(self.settings, path)
 
     def _refresh_recent(self) -> None:
         recent = [p for p in self.recent_files() if os.path.exists(p)]
@@ -532,8 +296,18 @@ class MainWindow(QMainWindow):
         self.welcome.set_recent(recent)
 
     def _clear_recent(self) -> None:
-        self.settings.setValue("recentFiles", [])
+        settings_mod.clear_recent(self.settings)
         self._refresh_recent()
+
+    def restore_layout(self) -> None:
+        settings_mod.restore_layout(self, self.settings)
+
+    def reset_layout(self) -> None:
+        dock = self.browser_dock
+        dock.setFloating(False)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+        dock.show()
+        self.resizeDocks([dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
 
     # -- devices -------------------------------------------------------------------------------
     def _devices_failed(self, message: str) -> None:
@@ -542,18 +316,9 @@ class MainWindow(QMainWindow):
 
     def _devices_found(self, devices: list[dict[str, Any]]) -> None:
         self.devices = [d["label"] for d in devices]
-        wanted = self.device
-        self.device_box.blockSignals(True)
-        self.device_box.clear()
-        for d in devices:
-            self.device_box.addItem(d["label"], d["id"])
-        index = self.device_box.findData(wanted)
-        if index < 0:
-            index = 0
-            if wanted != "cpu":
-                self.statusBar().showMessage(f"{wanted} is not available here; using cpu", 8000)
-        self.device_box.setCurrentIndex(index)
-        self.device_box.blockSignals(False)
+        index, note = fill_device_box(self.device_box, devices, self.device)
+        if note:
+            self.statusBar().showMessage(note, 8000)
         self._device_changed(index)
 
     def _device_changed(self, index: int) -> None:
@@ -599,63 +364,15 @@ class MainWindow(QMainWindow):
 
     def _trust_flags(self, view: CheckpointView) -> list[str] | None:
         """The ``load`` flags the user agrees to, or None if they decline."""
-        report, ckpt = view.file.report, view.file.ckpt
-        name = os.path.basename(view.path)
-        if report.verdict == "safe" and ckpt.format != "torchscript":
-            return []
-        if report.verdict == "dangerous":
-            first = next(f for f in report.findings if f.severity == "dangerous")
-            if not self.confirm("Dangerous file",
-                                f"{name} is dangerous: {first.message}.\n\nLoading it with "
-                                "torch runs that on this computer.", "Continue…"):
-                return None
-            if not self.confirm("Run a dangerous file?",
-                                f"Last check: load {name} and let it run its code?",
-                                "Run it anyway"):
-                return None
-            return ["--run-code", "--allow-dangerous"]
-        imports = report.flagged_names()
-        if ckpt.format != "torchscript" and imports and all(
-                n.startswith(TRUSTED_PACKAGES) for n in imports):
-            listed = ", ".join(imports[:4]) + (" …" if len(imports) > 4 else "")
-            ok = self.confirm("Load with torch",
-                              f"{name} needs these torch.nn / torchvision classes: {listed}.\n\n"
-                              "They will be allowed by name for torch's weights-only loader, "
-                              "from your installed torch and torchvision; nothing from the file "
-                              "runs.", "Load")
-            return [] if ok else None
-        what = (ckpt.runs_code or "") if ckpt.format == "torchscript" else \
-            f"it imports {', '.join(imports[:4])}"
-        ok = self.confirm("Run this file's code?",
-                          f"Loading {name} runs code from the file: {what}.\n\nDo you trust "
-                          "where it came from?", "Run its code")
-        return ["--run-code"] if ok else None
+        return ask_consent(self.confirm, view.file.report, view.file.ckpt,
+                           os.path.basename(view.path))
 
     def confirm(self, title: str, text: str, accept: str) -> bool:
-        """Ask; the safe answer (Cancel) is the default."""
-        box = QMessageBox(QMessageBox.Icon.Warning, title, text, QMessageBox.StandardButton.Cancel,
-                          self)
-        yes = box.addButton(accept, QMessageBox.ButtonRole.AcceptRole)
-        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
-        box.exec()
-        return box.clickedButton() is yes
+        return confirm(self, title, text, accept)
 
     # -- status, title, misc -------------------------------------------------------------------
     def _tasks_changed(self) -> None:
-        tasks = self.runner.tasks
-        busy = bool(tasks)
-        for w in (self.task_label, self.progress, self.cancel_button):
-            w.setVisible(busy)
-        if busy:
-            more = f" (+{len(tasks) - 1} more)" if len(tasks) > 1 else ""
-            self.task_label.setText(tasks[-1].label + "…" + more)
-            fraction = next((w.fraction for w in self._tab_widgets()
-                             if isinstance(w, DiffView) and w.task is tasks[-1]), None)
-            if fraction is None:
-                self.progress.setRange(0, 0)  # busy, for work that cannot say how far it is
-            else:
-                self.progress.setRange(0, 1000)
-                self.progress.setValue(int(fraction * 1000))
+        show_tasks(self, self.runner.tasks)
 
     def _tab_widgets(self) -> list[QWidget]:
         return [self.tabs.widget(i) for i in range(self.tabs.count())]
@@ -682,15 +399,7 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _update_actions(self) -> None:
-        view = self.current_view()
-        loaded = view is not None and view.file is not None
-        diff = self.tabs.currentWidget() if isinstance(self.tabs.currentWidget(),
-                                                      DiffView) else None
-        self.torch_action.setEnabled(loaded)
-        self.export_action.setEnabled(loaded)
-        self.copy_action.setEnabled(loaded or (diff is not None and diff.comparison is not None))
-        self.reload_action.setEnabled(view is not None or diff is not None)
-        self.close_action.setEnabled(view is not None or diff is not None)
+        update_actions(self)
 
     def _copy_keys(self) -> None:
         view = self.tabs.currentWidget()
@@ -724,27 +433,8 @@ class MainWindow(QMainWindow):
         box.open()
         return box
 
-    # -- settings ------------------------------------------------------------------------------
-    def restore_layout(self) -> None:
-        """Window size and place, and where the docks and toolbar are, as last closed."""
-        geometry = self.settings.value("geometry")
-        if geometry is None or not self.restoreGeometry(geometry):
-            self.resize(1400, 860)
-        state = self.settings.value("windowState")
-        if state is not None:
-            self.restoreState(state)
-
-    def reset_layout(self) -> None:
-        dock = self.browser_dock
-        dock.setFloating(False)
-        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
-        dock.show()
-        self.resizeDocks([dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
-
     def closeEvent(self, event: QCloseEvent) -> None:
-        self.settings.setValue("geometry", self.saveGeometry())
-        self.settings.setValue("windowState", self.saveState())
-        self.settings.sync()
+        settings_mod.save_layout(self, self.settings)
         self.runner.cancel_all()
         for view in self._tab_widgets():
             if isinstance(view, DiffView):

@@ -11,6 +11,7 @@ import pytest
 
 from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.ops import diff as d
+from ckpt_inspector.core.ops import tensor_diff
 from ckpt_inspector.core.progress import Cancelled
 
 from support import ROOT, drive, run_cli
@@ -185,7 +186,8 @@ def test_chunks_cut_differently_still_pair_up(torch, tmp_path, monkeypatch):
     changed[5, 7] += 1
     torch.save({"m": changed.t()}, tmp_path / "b.pt")
     monkeypatch.setattr(d, "RAW_BLOCK", 1000)
-    monkeypatch.setattr(d, "CHUNK_ELEMENTS", 777)
+    monkeypatch.setattr(tensor_diff, "RAW_BLOCK", 1000)
+    monkeypatch.setattr(tensor_diff, "CHUNK_ELEMENTS", 777)
     e = by_key(compare(tmp_path / "a.pt", tmp_path / "b.pt"))["m"]
     assert e.status == d.CHANGED and e.numbers.changed == 1
     assert e.numbers.max_abs == pytest.approx(1.0, rel=1e-6)
@@ -196,21 +198,22 @@ def test_difference_histogram_matches_numpy(torch, family):
 
     paths, sd, tuned = family
     entry = by_key(compare(paths["base"], paths["tuned"]))["fc.weight"]
-    hist = drive(d.difference_histogram(entry.a.tensor, entry.b.tensor, entry.numbers, 40))
+    hist = drive(tensor_diff.difference_histogram(entry.a.tensor, entry.b.tensor,
+                                                  entry.numbers, 40))
     diff = (sd["fc.weight"].double() - tuned["fc.weight"].double()).numpy().ravel()
     span = entry.numbers.max_abs
     assert np.array_equal(hist.counts, np.histogram(diff, bins=40, range=(-span, span))[0])
     assert hist.counts.sum() == diff.size
 
 
-def test_stop_cancels(family):
-    import threading
+def test_a_cancel_token_cancels(family):
+    from ckpt_inspector.core.progress import CancelToken
 
     paths, _, _ = family
-    stop = threading.Event()
-    stop.set()
+    token = CancelToken()
+    token.cancel()
     with pytest.raises(Cancelled):
-        compare(paths["base"], paths["tuned"], stop=stop)
+        compare(paths["base"], paths["tuned"], cancel=token)
 
 
 # -- the command line -----------------------------------------------------------------------

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from ckpt_inspector.core import progress
+from ckpt_inspector.core.ops.histogram import histogram
 from ckpt_inspector.core.ops.slices import heatmap
-from ckpt_inspector.core.ops.stats import compute, histogram
+from ckpt_inspector.core.ops.stats import compute
 
 from support import drive, tensor_infos
 
@@ -93,10 +94,10 @@ def test_nan_inf_zero_and_integer_counts(torch, tmp_path):
 
 
 def test_chunked_accumulation_matches_one_pass(torch, tmp_path, monkeypatch):
-    from ckpt_inspector.core.ops import stats as stats_mod
+    from ckpt_inspector.core.ops import passes as passes_mod
 
-    monkeypatch.setattr(stats_mod, "CHUNK_ELEMENTS", 512)  # many chunks
-    monkeypatch.setattr(stats_mod, "READ_BYTES", 4096)
+    monkeypatch.setattr(passes_mod, "CHUNK_ELEMENTS", 512)  # many chunks
+    monkeypatch.setattr(passes_mod, "READ_BYTES", 4096)
     t = torch.randn(301, 157, dtype=torch.float64) * 1e3 + 5
     path = tmp_path / "chunks.pt"
     torch.save({"t": t, "tt": t.t()}, path)
@@ -121,10 +122,10 @@ def test_histogram_matches_numpy(torch, tmp_path):
 
 
 def test_histogram_of_a_huge_tensor_is_a_stated_sample(torch, tmp_path, monkeypatch):
-    from ckpt_inspector.core.ops import stats as stats_mod
+    from ckpt_inspector.core.ops import histogram as histogram_mod
 
-    monkeypatch.setattr(stats_mod, "HISTOGRAM_EXACT_LIMIT", 1000)
-    monkeypatch.setattr(stats_mod, "HISTOGRAM_SAMPLE", 100)
+    monkeypatch.setattr(histogram_mod, "HISTOGRAM_EXACT_LIMIT", 1000)
+    monkeypatch.setattr(histogram_mod, "HISTOGRAM_SAMPLE", 100)
     t = torch.arange(5000, dtype=torch.float32)
     path = tmp_path / "big.pt"
     torch.save({"t": t}, path)
@@ -208,10 +209,10 @@ def test_torch_path_matches_numpy_path(torch, views_file):
 
 
 def test_chunks_of_a_reused_buffer_are_read_in_order(torch, tmp_path, monkeypatch):
-    from ckpt_inspector.core.ops import stats as stats_mod
-    from ckpt_inspector.core.ops.stats import element_chunks
+    from ckpt_inspector.core.ops import passes as passes_mod
+    from ckpt_inspector.core.ops.passes import element_chunks
 
-    monkeypatch.setattr(stats_mod, "READ_BYTES", 1000)  # not a multiple of the chunk
+    monkeypatch.setattr(passes_mod, "READ_BYTES", 1000)  # not a multiple of the chunk
     t = torch.arange(10_000, dtype=torch.float16)
     path = tmp_path / "order.pt"
     torch.save({"t": t[123:]}, path)  # a view with a storage offset
@@ -232,9 +233,9 @@ def test_integer_histograms_have_one_bin_per_value(torch, tmp_path):
 
 
 def test_threads_split_big_tensors_with_the_same_results(torch, tmp_path, monkeypatch):
-    import threading
 
-    from ckpt_inspector.core.ops import stats as stats_mod
+    from ckpt_inspector.core.ops import histogram as histogram_mod
+    from ckpt_inspector.core.ops import passes as passes_mod
 
     t = torch.randn(100_003, dtype=torch.float64) * 3 + 7
     t[17] = float("nan")
@@ -244,13 +245,13 @@ def test_threads_split_big_tensors_with_the_same_results(torch, tmp_path, monkey
     info = tensor_infos(path)["t"]
     one = drive(compute(info))
     h1 = drive(histogram(info, one, bins=50))
-    monkeypatch.setattr(stats_mod, "PARALLEL_MIN", 1000)
-    monkeypatch.setattr(stats_mod, "_workers", lambda: 3)
-    monkeypatch.setattr(stats_mod, "HISTOGRAM_EXACT_LIMIT", 10_000)
-    monkeypatch.setattr(stats_mod, "HISTOGRAM_SAMPLE", 1000)
-    assert len(stats_mod._parts(info, stats_mod.CHUNK_ELEMENTS)) == 2  # 64K-element parts
-    monkeypatch.setattr(stats_mod, "CHUNK_ELEMENTS", 4096)
-    assert len(stats_mod._parts(info, 4096)) == 3
+    monkeypatch.setattr(passes_mod, "PARALLEL_MIN", 1000)
+    monkeypatch.setattr(passes_mod, "_workers", lambda: 3)
+    monkeypatch.setattr(histogram_mod, "HISTOGRAM_EXACT_LIMIT", 10_000)
+    monkeypatch.setattr(histogram_mod, "HISTOGRAM_SAMPLE", 1000)
+    assert len(passes_mod._parts(info, passes_mod.CHUNK_ELEMENTS)) == 2  # 64K-element parts
+    monkeypatch.setattr(passes_mod, "CHUNK_ELEMENTS", 4096)
+    assert len(passes_mod._parts(info, 4096)) == 3
     three = drive(compute(info))
     check(torch, three, t)
     assert (three.nan, three.neginf, three.min, three.max) == (one.nan, one.neginf, one.min,
@@ -263,30 +264,30 @@ def test_threads_split_big_tensors_with_the_same_results(torch, tmp_path, monkey
     assert np.array_equal(sampled.counts, np.histogram(finite, bins=50,
                                                        range=(three.min, three.max))[0])
     assert h1.sampled is None
-    stop = threading.Event()
-    stop.set()
+    token = progress.CancelToken()
+    token.cancel()
     with pytest.raises(progress.Cancelled):
-        drive(compute(info, stop=stop))
+        drive(compute(info, cancel=token))
 
 
 def test_one_stop_event_serves_stats_then_histogram_on_threads(torch, tmp_path, monkeypatch):
     """The app passes the same stop event to statistics and then the histogram; the
     threaded pass must not set it when it finishes (it once did, cancelling the histogram
     of every tensor over 8M elements)."""
-    import threading
 
-    from ckpt_inspector.core.ops import stats as stats_mod
-    from ckpt_inspector.gui.tensor_view import analyse
+    from ckpt_inspector.core.ops import passes as passes_mod
+    from ckpt_inspector.core.ops.analysis import analyse
+    from ckpt_inspector.core.progress import CancelToken
 
     t = torch.randn(50_000)
     path = tmp_path / "big.pt"
     torch.save({"t": t}, path)
     info = tensor_infos(path)["t"]
-    monkeypatch.setattr(stats_mod, "PARALLEL_MIN", 1000)
-    monkeypatch.setattr(stats_mod, "_workers", lambda: 2)
-    monkeypatch.setattr(stats_mod, "CHUNK_ELEMENTS", 4096)
-    stop = threading.Event()
-    stats, hist = drive(analyse(info, 20, stop))
-    assert not stop.is_set()
+    monkeypatch.setattr(passes_mod, "PARALLEL_MIN", 1000)
+    monkeypatch.setattr(passes_mod, "_workers", lambda: 2)
+    monkeypatch.setattr(passes_mod, "CHUNK_ELEMENTS", 4096)
+    token = CancelToken()
+    stats, hist = drive(analyse(info, 20, token))
+    assert not token.cancelled
     check(torch, stats, t)
     assert hist is not None and hist.counts.sum() == 50_000

@@ -23,13 +23,14 @@ from PySide6.QtGui import QAction, QGuiApplication, QIcon, QImage, QKeySequence,
 from PySide6.QtWidgets import QApplication
 
 from ckpt_inspector import __version__
-from ckpt_inspector.core.ops.stats import Histogram, Stats
+from ckpt_inspector.core.ops.histogram import Histogram
+from ckpt_inspector.core.ops.stats import Stats
 from ckpt_inspector.gui import app as app_mod
 from ckpt_inspector.gui import icons, theme
-from ckpt_inspector.gui.help_dialogs import shortcut_rows
+from ckpt_inspector.gui.dialogs.help import shortcut_rows
+from ckpt_inspector.gui.html.checkpoint import verdict_badge
 from ckpt_inspector.gui.main_window import MainWindow
-from ckpt_inspector.gui.panels import verdict_badge
-from ckpt_inspector.gui.tree_model import SHAPE
+from ckpt_inspector.gui.tree.model import SHAPE
 
 from support import ROOT, find_row, open_and_wait
 
@@ -344,7 +345,7 @@ def test_icons_follow_the_theme(qtbot, window):
 
 
 def test_plots_follow_the_theme(qtbot):
-    from ckpt_inspector.gui.plots import HeatmapPanel, HistogramPanel
+    from ckpt_inspector.gui.tensor.plots import HeatmapPanel, HistogramPanel
 
     hist, heat = HistogramPanel(), HeatmapPanel()
     for w in (hist, heat):

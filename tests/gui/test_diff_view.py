@@ -12,9 +12,15 @@ from PySide6.QtGui import QDragEnterEvent, QDropEvent, QTextDocument
 from PySide6.QtWidgets import QApplication
 
 from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.keytree import natural_key
 from ckpt_inspector.core.ops import diff as core_diff
-from ckpt_inspector.gui import diff_view as dv
-from ckpt_inspector.gui.diff_view import (
+from ckpt_inspector.core.ops.difftree import build_tree
+from ckpt_inspector.core.ops.stats import format_number
+from ckpt_inspector.gui import analysis as analysis_mod
+from ckpt_inspector.gui.diff import view as dv
+from ckpt_inspector.gui.diff.entry_panel import EntryPanel
+from ckpt_inspector.gui.diff.model import (
+    ALL,
     CHANGED_COL,
     CHANGED_ONLY,
     COSINE,
@@ -25,11 +31,11 @@ from ckpt_inspector.gui.diff_view import (
     SHAPES,
     STATUS,
     DiffModel,
-    DiffView,
-    build_tree,
 )
+from ckpt_inspector.gui.diff.view import DiffView
+from ckpt_inspector.gui.html.diff import numbers_rows, percent, status_color
 from ckpt_inspector.gui.main_window import drop_urls
-from ckpt_inspector.gui.tree_model import NodeRole
+from ckpt_inspector.gui.tree.model import NodeRole
 
 from support import TinyNet, drive, open_and_wait
 
@@ -86,7 +92,7 @@ def compare(qtbot, window, path_a, path_b) -> DiffView:
     return blocker.args[0]
 
 
-def wait_for_entry(qtbot, view: DiffView, key: str) -> dv.EntryPanel:
+def wait_for_entry(qtbot, view: DiffView, key: str) -> EntryPanel:
     assert view.select_key(key), key
     panel = view.entry_panel
     assert panel.node is not None and panel.node.key == key
@@ -148,14 +154,14 @@ def test_filters_keep_the_changed_keys_and_their_groups(qtbot, window, pair):
     assert group.siblingAtColumn(STATUS).data() == "2 of 2 changed"
     assert top["1"].siblingAtColumn(STATUS).data() == "2 of 5 changed"
     # the group takes its worst child's colour: 0.bias changed shape (red)
-    shape_colour = dv.status_color(core_diff.SHAPE)
+    shape_colour = status_color(core_diff.SHAPE)
     assert top["0"].data(Qt.ItemDataRole.ForegroundRole).color().name() == shape_colour
     assert view.proxy.rowCount(top["1"]) == 2  # identical children are filtered out
     # the key filter, combined with the status filter
     view.filter_edit.setText("running")
     view.apply_filter()
     assert leaf_keys(view) == ["1.running_var"]
-    view.filter_buttons.button(dv.ALL).click()
+    view.filter_buttons.button(ALL).click()
     assert sorted(leaf_keys(view)) == ["1.running_mean", "1.running_var"]
     view.filter_edit.setText("nothing-like-this")
     view.apply_filter()
@@ -186,7 +192,7 @@ def test_sorting_by_difference_is_numeric(qtbot, window, pair):
     view.tree.sortByColumn(COSINE, Qt.SortOrder.AscendingOrder)
     assert leaf_keys(view)[0] == "4.weight"  # the least similar
     view.tree.sortByColumn(KEY, Qt.SortOrder.AscendingOrder)
-    assert leaf_keys(view) == sorted(CHANGED_KEYS, key=dv.natural_key)
+    assert leaf_keys(view) == sorted(CHANGED_KEYS, key=natural_key)
     # the sort holds when switching to groups and back
     view.group_box.setChecked(True)
     assert view.tree.header().sortIndicatorSection() == KEY
@@ -207,7 +213,7 @@ def test_selecting_a_changed_key_shows_both_sides_and_the_difference(qtbot, wind
     for word in ("Difference", "max |A−B|", "cosine", "Statistics", "min", "std", "NaN",
                  "float32", "[10,288]"):
         assert word in text, (word, text)
-    assert dv.format_number(stats_a.mean) in text and dv.format_number(stats_b.mean) in text
+    assert format_number(stats_a.mean) in text and format_number(stats_b.mean) in text
     hist = panel.hist_panel
     assert panel.hist_pages.currentWidget() is hist and hist.isVisibleTo(view)
     assert hist.histogram.counts.sum() == a["4.weight"].numel()
@@ -273,11 +279,11 @@ def test_cancel_stops_the_comparison_and_it_can_be_run_again(qtbot, window, pair
     path_a, path_b, _a, _b = pair
     stops = []
 
-    def slow(path_a, path_b, stop=None, options=None):
-        stops.append(stop)
+    def slow(path_a, path_b, options=None, cancel=None):
+        stops.append(cancel)
         for _ in range(1000):
             time.sleep(0.01)
-            if stop.is_set():
+            if cancel.is_set():
                 return None
             yield core_diff.Progress("comparing", 1, 4)
         raise AssertionError("not cancelled")
@@ -312,25 +318,25 @@ def test_selecting_another_key_cancels_its_statistics(qtbot, window, pair, monke
     view = compare(qtbot, window, path_a, path_b)
     stops = []
 
-    def endless(a, b, pair, bins, stop=None):
-        stops.append(stop)
-        while not stop.is_set():
+    def endless(a, b, pair, bins, cancel=None):
+        stops.append(cancel)
+        while not cancel.is_set():
             time.sleep(0.01)
             yield core_diff.Progress("A statistics", 1, 3)
 
-    real = dv.analyse_pair
-    monkeypatch.setattr(dv, "analyse_pair", endless)
+    real = analysis_mod.analyse_pair
+    monkeypatch.setattr(analysis_mod, "analyse_pair", endless)
     view.select_key("4.weight")
     panel = view.entry_panel
     qtbot.waitUntil(lambda: "33%" in panel.status.text(), timeout=WAIT)
     job = panel._job
     assert panel.cancel_button.isVisibleTo(view) and "…" in panel.text.toPlainText()
-    monkeypatch.setattr(dv, "analyse_pair", real)
+    monkeypatch.setattr(analysis_mod, "analyse_pair", real)
     panel = wait_for_entry(qtbot, view, "4.bias")
     assert job.cancelled and stops[0].is_set()
     assert panel.hist_panel.histogram is not None
     # the Cancel button stops it too
-    monkeypatch.setattr(dv, "analyse_pair", endless)
+    monkeypatch.setattr(analysis_mod, "analyse_pair", endless)
     view.select_key("1.running_var")
     qtbot.waitUntil(lambda: "33%" in panel.status.text(), timeout=WAIT)
     panel.cancel_button.click()
@@ -458,9 +464,9 @@ def test_small_shares_are_not_cut_off_in_rich_text():
     """"<0.1%" in rich text once started a tag and hid the rest of the line."""
     from ckpt_inspector.core.ops.diff import Numbers
 
-    assert plain(f"changed ({dv.percent(1, 10_000)}) of all") == "changed (<0.1%) of all"
-    assert plain(f"({dv.percent(9_999, 10_000)}) rest") == "(>99.9%) rest"
-    rows = dv.numbers_rows(Numbers(10_000, changed=1, max_abs=1.0, mean_abs=1e-4,
+    assert plain(f"changed ({percent(1, 10_000)}) of all") == "changed (<0.1%) of all"
+    assert plain(f"({percent(9_999, 10_000)}) rest") == "(>99.9%) rest"
+    rows = numbers_rows(Numbers(10_000, changed=1, max_abs=1.0, mean_abs=1e-4,
                                    rel_l2=0.1, cosine=0.99))
     assert "(<0.1%)" in plain(rows[0][1])
 

@@ -14,9 +14,9 @@ from PySide6.QtWidgets import QApplication, QFileDialog, QLineEdit, QMessageBox
 from ckpt_inspector.core.display import build_display_tree
 from ckpt_inspector.core.formats import open_checkpoint
 from ckpt_inspector.gui import main_window as main_window_mod
-from ckpt_inspector.gui.checkpoint_view import CheckpointView
 from ckpt_inspector.gui.main_window import drop_urls
-from ckpt_inspector.gui.tree_model import DEVICE, KEY, SHAPE, CheckpointModel, NodeRole
+from ckpt_inspector.gui.tree.checkpoint_view import CheckpointView
+from ckpt_inspector.gui.tree.model import DEVICE, KEY, SHAPE, CheckpointModel, NodeRole
 
 from support import ROOT, find_row, open_and_wait
 
@@ -278,7 +278,7 @@ def test_load_with_torch_on_a_safe_file(qtbot, window, tensors_file):
 
 def test_stale_results_are_dropped(qtbot, window, tensors_file, resnet_params):
     view = open_and_wait(qtbot, window, tensors_file[0])
-    from ckpt_inspector.gui.loading import load_file
+    from ckpt_inspector.core.ops.session import load_file
 
     other = load_file(str(resnet_params[0]))
     view.start_loading()  # generation 2
@@ -320,6 +320,22 @@ def test_model_passes_qtmodeltester(qtmodeltester, training_ckpt, grouped):
     qtmodeltester.check(model, force_py=True)
     model.sort(KEY, Qt.SortOrder.DescendingOrder)
     qtmodeltester.check(model, force_py=True)
+
+
+def test_a_key_that_other_keys_extend_is_one_row(qtmodeltester, torch, tmp_path, window,
+                                                 qtbot):
+    """Keys ``x`` and ``x.y`` (issue 13): one row ``x``, a tensor with ``y`` below it."""
+    path = tmp_path / "xy.pt"
+    torch.save({"x": torch.zeros(2), "x.y": torch.ones(3)}, path)
+    model = CheckpointModel(build_display_tree(open_checkpoint(path).root))
+    qtmodeltester.check(model, force_py=True)
+    assert model.rowCount() == 1
+    x = model.index(0, KEY)
+    assert x.data() == "x" and model.rowCount(x) == 1
+    assert model.index(0, KEY, x).data() == "y"
+    assert model.index(0, SHAPE).data() == "[2]"
+    view = open_and_wait(qtbot, window, path)
+    assert view.select_key("x.y") and view.current_node().key == "x.y"
 
 
 def test_find_shortcut_focuses_filter(qtbot, window, tensors_file):

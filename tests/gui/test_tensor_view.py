@@ -11,8 +11,11 @@ import pytest
 from PySide6.QtCore import QItemSelection, QItemSelectionModel, Qt
 from PySide6.QtGui import QGuiApplication
 
-from ckpt_inspector.gui import tensor_view as tv_mod
-from ckpt_inspector.gui.tensor_view import HEATMAP, HISTOGRAM, VALUES
+from ckpt_inspector.core.ops.histogram import histogram
+from ckpt_inspector.core.ops.stats import compute
+from ckpt_inspector.core.progress import Progress
+from ckpt_inspector.gui import analysis as analysis_mod
+from ckpt_inspector.gui.tensor.view import HEATMAP, HISTOGRAM, VALUES
 
 from support import find_row, open_and_wait, tensor_infos
 
@@ -24,7 +27,7 @@ def select(qtbot, view, key):
     tv = view.tensor_view
     info = tv.info
     assert info is not None and tv.key == key
-    qtbot.waitUntil(lambda: tv.cached_stats(info) is not None or bool(tv._cache[id(info)].error),
+    qtbot.waitUntil(lambda: tv.cached_stats(info) is not None or bool(tv.analysis.error(info)),
                     timeout=WAIT)
     qtbot.waitUntil(lambda: tv._stats_job is None, timeout=WAIT)
     return tv, tv.cached_stats(info)
@@ -79,9 +82,9 @@ def test_clicking_through_resnet18(qtbot, window, resnet_params, torch):
     assert (model.rowCount(), model.columnCount()) == (64, 1)
     assert float(model.index(5, 0).data()) == pytest.approx(float(sd["bn1.bias"][5]), rel=1e-5)
     # a second visit is served from the cache
-    job_count = len(tv._cache)
+    job_count = len(tv.analysis._stats)
     tv, stats = select(qtbot, view, "conv1.weight")
-    assert tv._stats_job is None and len(tv._cache) == job_count
+    assert tv._stats_job is None and len(tv.analysis._stats) == job_count
 
 
 def test_reselecting_cancels_the_running_computation(qtbot, window, tmp_path, torch,
@@ -90,9 +93,9 @@ def test_reselecting_cancels_the_running_computation(qtbot, window, tmp_path, to
     torch.save({"big": torch.randn(1000, 1000), "small": torch.arange(10.0)}, path)
     started = []
 
-    def slow(info, bins, stop=None):  # the real computation, slowed down between chunks
-        started.append(stop)
-        gen = tv_mod.compute(info)
+    def slow(info, bins, cancel=None):  # the real computation, slowed down between chunks
+        started.append(cancel)
+        gen = compute(info)
         while True:
             try:
                 p = next(gen)
@@ -102,12 +105,12 @@ def test_reselecting_cancels_the_running_computation(qtbot, window, tmp_path, to
             yield p
         for _ in range(400):
             time.sleep(0.01)
-            if stop.is_set():
+            if cancel.is_set():
                 return None
-            yield tv_mod.Progress("statistics", 1, 2)
+            yield Progress("statistics", 1, 2)
         return stats, None
 
-    monkeypatch.setattr(tv_mod, "analyse", slow)
+    monkeypatch.setattr(analysis_mod, "analyse", slow)
     view = open_and_wait(qtbot, window, path)
     tv = view.tensor_view
     view.tree.setCurrentIndex(find_row(view, "big"))
@@ -115,7 +118,7 @@ def test_reselecting_cancels_the_running_computation(qtbot, window, tmp_path, to
     qtbot.waitUntil(lambda: "%" in tv.status.text(), timeout=WAIT)
     job = tv._stats_job
     assert tv.cancel_button.isVisible()
-    monkeypatch.setattr(tv_mod, "analyse", _fast)
+    monkeypatch.setattr(analysis_mod, "analyse", _fast)
     _, stats = select(qtbot, view, "small")
     assert job.cancelled and started[0].is_set() and stats.max == 9.0
     assert tv.cached_stats(big) is None  # dropped, not applied
@@ -125,9 +128,9 @@ def test_reselecting_cancels_the_running_computation(qtbot, window, tmp_path, to
     qtbot.waitUntil(lambda: tv.cached_stats(big) is not None, timeout=WAIT)
 
 
-def _fast(info, bins, stop=None):
-    stats = yield from tv_mod.compute(info)
-    hist = yield from tv_mod.histogram(info, stats, bins)
+def _fast(info, bins, cancel=None):
+    stats = yield from compute(info)
+    hist = yield from histogram(info, stats, bins)
     return stats, hist
 
 
@@ -135,12 +138,12 @@ def test_cancel_button(qtbot, window, tmp_path, torch, monkeypatch):
     path = tmp_path / "one.pt"
     torch.save({"t": torch.randn(100, 100)}, path)
 
-    def endless(info, bins, stop=None):
+    def endless(info, bins, cancel=None):
         while True:
             time.sleep(0.01)
-            yield tv_mod.Progress("statistics", 1, 3)
+            yield Progress("statistics", 1, 3)
 
-    monkeypatch.setattr(tv_mod, "analyse", endless)
+    monkeypatch.setattr(analysis_mod, "analyse", endless)
     view = open_and_wait(qtbot, window, path)
     tv = view.tensor_view
     view.tree.setCurrentIndex(find_row(view, "t"))
@@ -221,7 +224,7 @@ def test_huge_values_table_is_lazy(qtbot, window, tmp_path, torch):
 
 def test_very_long_vectors_wrap_into_rows(qtbot, window, tmp_path, torch, monkeypatch):
     """Qt's views add row heights in a 32-bit int: a vector of more rows wraps."""
-    from ckpt_inspector.gui import values_table
+    from ckpt_inspector.gui.tensor import values_table as values_table
 
     monkeypatch.setattr(values_table, "MAX_ROWS", 1_000_000)
     t = torch.arange(5_000_003, dtype=torch.int32)

@@ -6,33 +6,30 @@ Lightning, ``model_state_dict.`` of a training checkpoint) given by the caller o
 automatically when they match more keys. Tensors of the same shape and dtype are first
 compared byte for byte, in chunks read in lockstep from both files (exact, and as fast as
 reading the two files once); only a pair that differs is read again as numbers, in float64,
-for its max/mean absolute difference, relative L2 difference and cosine similarity. Neither
-file is ever loaded whole, and no code in either is run.
+for its max/mean absolute difference, relative L2 difference and cosine similarity (both in
+:mod:`~ckpt_inspector.core.ops.tensor_diff`). Neither file is ever loaded whole, and no code
+in either is run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import mmap
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.ops.stats import (
-    CHUNK_ELEMENTS,
-    Histogram,
-    element_chunks,
-    format_number,
+from ckpt_inspector.core.ops.tensor_diff import (
+    RAW_BLOCK,
+    Buffers,
+    Numbers,
+    numbers,
+    same_bytes,
+    same_place,
 )
-from ckpt_inspector.core.progress import Cancelled, Progress
-from ckpt_inspector.core.tensors import mapped_file, to_numpy
+from ckpt_inspector.core.ops.tensor_diff import describe_numbers as describe_numbers  # for cli
+from ckpt_inspector.core.progress import Cancelled, CancelToken, Job, Progress
 from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo, key_of
 
 # statuses, in the order a report lists them
@@ -44,8 +41,6 @@ JSON_STATUS = {ONLY_A: "only_a", ONLY_B: "only_b", KIND: "kind", SHAPE: "shape",
                DTYPE: "dtype", CHANGED: "changed", UNREADABLE: "unreadable",
                IDENTICAL: "identical"}
 
-RAW_BLOCK = 4 << 20  # bytes compared at a time
-FAULT_AROUND = 2 << 20  # fault-around (64 KiB) and large page-cache folios (up to 2 MiB)
 MAX_VALUES = 100_000  # non-tensor leaves compared per file
 PROGRESS_EVERY = 0.05  # seconds between progress reports
 
@@ -68,30 +63,6 @@ class PrefixRule:
 
     def to_json(self) -> dict[str, str]:
         return {"prefix": self.prefix, "side": self.side}
-
-
-@dataclass
-class Numbers:
-    """How two tensors of the same shape differ, computed in float64."""
-
-    numel: int
-    changed: int = 0  # elements whose values differ (NaN against NaN counts as equal)
-    max_abs: float = 0.0
-    mean_abs: float = 0.0
-    rel_l2: float = 0.0  # ||A - B|| / max(||A||, ||B||): 0 same, 1 unrelated, 2 opposite
-    cosine: float | None = None
-    nan_mismatch: int = 0  # positions where only one side is NaN or ±inf differs
-    note: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        def num(x: float | None) -> float | str | None:
-            if x is None or math.isfinite(x):
-                return x
-            return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-        return {"numel": self.numel, "changed": self.changed, "max_abs": num(self.max_abs),
-                "mean_abs": num(self.mean_abs), "rel_l2": num(self.rel_l2),
-                "cosine": num(self.cosine), "nan_mismatch": self.nan_mismatch,
-                **({"note": self.note} if self.note else {})}
 
 
 @dataclass
@@ -294,292 +265,6 @@ def find_rules(keys_a: dict[str, Node], keys_b: dict[str, Node]) -> list[PrefixR
     return best[1]
 
 
-# -- bytes and numbers ------------------------------------------------------------------------
-def raw_blocks(info: TensorInfo, size: int | None = None,
-               buffer: bytearray | None = None) -> Iterator[memoryview]:
-    """The tensor's bytes in C order, ``size`` at a time (views of a reused buffer,
-    ``buffer`` if given)."""
-    size = size or RAW_BLOCK
-    if info.storage is None or info.storage.source is None or info.problem:
-        raise CheckpointError(info.problem or "this tensor has no data in the file")
-    if info.layout != "strided":
-        raise CheckpointError(f"{info.layout} tensors have no dense values to compare")
-    item = info.itemsize
-    if info.is_contiguous():
-        yield from info.storage.source.blocks(info.storage_offset * item, info.numel * item,
-                                              size, buffer)
-        return
-    view = to_numpy(info)
-    flat_rows = view.reshape(view.shape[0], -1) if view.ndim > 1 else view.reshape(1, -1)
-    row_bytes = max(1, flat_rows.shape[1] * view.itemsize)
-    step = max(1, size // row_bytes)
-    for r in range(0, flat_rows.shape[0], step):
-        yield memoryview(np.ascontiguousarray(flat_rows[r:r + step]).reshape(-1).view(np.uint8))
-
-
-class _Buffers:
-    """What a byte comparison reuses from one tensor to the next: a read buffer per side
-    and the comparison's output (fresh ones per tensor cost more than the reading)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.out = np.empty(size // 8 + 1, dtype=bool)
-        self._read: tuple[bytearray, bytearray] | None = None
-
-    def read(self) -> tuple[bytearray, bytearray]:
-        """Read buffers for A and B (only tensors that are not mapped in place need them)."""
-        if self._read is None:
-            self._read = (bytearray(self.size), bytearray(self.size))
-        return self._read
-
-    def equal(self, x: memoryview, y: memoryview) -> bool:
-        n = len(x)
-        words = n // 8
-        if words:
-            head = slice(0, words * 8)
-            wx = np.frombuffer(x[head], np.uint64)
-            wy = np.frombuffer(y[head], np.uint64)
-            out = self.out[:words] if words <= len(self.out) else None
-            if not np.equal(wx, wy, out=out).all():
-                return False
-        return x[words * 8:] == y[words * 8:]
-
-
-def _paired(ia: Iterator[Any], ib: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
-    """Pieces of the same length from two streams of arrays (or memoryviews) whose pieces
-    may be cut differently. Each stream is advanced only when its piece is used up, so a
-    piece that is a view of a reused buffer stays valid while it is paired."""
-    xa = xb = None
-    try:
-        while True:
-            if xa is None or not len(xa):
-                xa = next(ia, None)
-            if xb is None or not len(xb):
-                xb = next(ib, None)
-            if xa is None or xb is None:
-                if xa is not None or xb is not None:
-                    raise ValueError("the two tensors have different numbers of elements")
-                return
-            n = min(len(xa), len(xb))
-            yield xa[:n], xb[:n]
-            xa, xb = xa[n:], xb[n:]
-    finally:
-        ia.close()
-        ib.close()
-
-
-def _mapped_bytes(info: TensorInfo) -> tuple[Any, int] | None:
-    """(the file's read-only map, offset of the tensor's first byte) for a contiguous tensor
-    that lies uncompressed in a file, else None."""
-    src = info.storage.source if info.storage is not None else None
-    span = src.file_span() if src is not None else None
-    if span is None or not info.is_contiguous() or info.problem or info.layout != "strided":
-        return None
-    start = span[1] + info.storage_offset * info.itemsize
-    mm = mapped_file(span[0])
-    if start + info.nbytes > len(mm):
-        raise CheckpointError(f"{span[0]}: storage data runs past the end of the file")
-    return mm, start
-
-
-def _release(mm: Any, start: int, length: int) -> None:
-    """Drop the pages of ``[start, start+length)`` from this process's map (they stay in
-    the page cache): resident memory stays at one block however big the files are."""
-    # the kernel maps more than the faulting page (the aligned 64 KiB around it, or a
-    # whole large folio of the page cache): drop a margin on both sides too
-    first = max(0, start - FAULT_AROUND)
-    first -= first % mmap.PAGESIZE
-    end = min(len(mm), start + length + FAULT_AROUND)
-    with contextlib.suppress(AttributeError, ValueError, OSError):  # not Linux
-        mm.madvise(mmap.MADV_DONTNEED, first, end - first)
-
-
-def _same_mapped(a: tuple[Any, int], b: tuple[Any, int], nbytes: int, buffers: _Buffers,
-                 stop: threading.Event | None) -> bool:
-    """Compare two byte ranges of mapped files in place: no copy, one block resident."""
-    (ma, sa), (mb, sb) = a, b
-    words = sa % 8 == 0 and sb % 8 == 0
-    kind, width = (np.uint64, 8) if words else (np.uint8, 1)
-    step = buffers.size
-    for pos in range(0, nbytes, step):
-        if stop is not None and stop.is_set():
-            raise Cancelled()
-        n = min(step, nbytes - pos)
-        whole = n - n % width
-        x = np.frombuffer(ma, kind, whole // width, sa + pos)
-        y = np.frombuffer(mb, kind, whole // width, sb + pos)
-        out = buffers.out[:len(x)] if len(x) <= len(buffers.out) else None
-        same = bool(np.equal(x, y, out=out).all()) and (
-            ma[sa + pos + whole:sa + pos + n] == mb[sb + pos + whole:sb + pos + n])
-        del x, y
-        _release(ma, sa + pos, n)
-        _release(mb, sb + pos, n)
-        if not same:
-            return False
-    return True
-
-
-def same_bytes(a: TensorInfo, b: TensorInfo, stop: threading.Event | None = None,
-               buffers: _Buffers | None = None) -> bool:
-    """True when the two tensors hold the same bytes: compared in place in memory-mapped
-    files where both are contiguous there, else read in lockstep."""
-    buffers = buffers or _Buffers(RAW_BLOCK)
-    if a.nbytes != b.nbytes:
-        return False
-    ma, mb = _mapped_bytes(a), _mapped_bytes(b)
-    if ma is not None and mb is not None:
-        return _same_mapped(ma, mb, a.nbytes, buffers, stop)
-    buf_a, buf_b = buffers.read()
-    pieces = _paired(raw_blocks(a, buffers.size, buf_a), raw_blocks(b, buffers.size, buf_b))
-    try:
-        for xa, xb in pieces:
-            if stop is not None and stop.is_set():
-                raise Cancelled()
-            if not buffers.equal(xa, xb):
-                return False
-        return True
-    finally:
-        pieces.close()
-
-
-def _same_place(a: TensorInfo, b: TensorInfo) -> bool:
-    """Both are the same bytes of the same file (a file compared with itself)."""
-    sa, sb = a.storage, b.storage
-    if sa is None or sb is None or sa.source is None or sb.source is None:
-        return False
-    fa, fb = sa.source.file_span(), sb.source.file_span()
-    return (fa is not None and fa == fb and a.dtype == b.dtype and a.shape == b.shape
-            and a.stride == b.stride and a.storage_offset == b.storage_offset)
-
-
-class _Acc:
-    """float64 sums over pairs of chunks. Values beyond 2**480 in magnitude (only float64
-    tensors have them) are divided by a common power of two first, so that squares and
-    their sums cannot overflow; the ratios (relative L2, cosine) do not depend on it."""
-
-    LIMIT = 2.0**480
-
-    def __init__(self, numel: int):
-        self.n = Numbers(numel)
-        self.abs_sum = self.d2 = self.a2 = self.b2 = self.ab = 0.0
-        self.scale = 1.0
-        self.finite = 0
-
-    def _rescale(self, biggest: float) -> None:
-        new = 2.0 ** (math.frexp(biggest)[1] - 480)
-        f = self.scale / new
-        self.a2 *= f * f
-        self.b2 *= f * f
-        self.d2 *= f * f
-        self.ab *= f * f
-        self.abs_sum *= f
-        self.scale = new
-
-    def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        a = a.astype(np.float64, copy=False)
-        b = b.astype(np.float64, copy=False)
-        fa, fb = np.isfinite(a), np.isfinite(b)
-        both = fa & fb
-        if not both.all():
-            nan_a, nan_b = np.isnan(a), np.isnan(b)
-            special = ~both
-            # equal specials (NaN and NaN, inf and inf) are not changes; the rest are
-            same_special = special & ((nan_a & nan_b) | (~nan_a & ~nan_b & (a == b)))
-            mismatched = int(np.count_nonzero(special & ~same_special))
-            self.n.nan_mismatch += mismatched
-            self.n.changed += mismatched
-            a, b = a[both], b[both]
-        if not len(a):
-            return
-        biggest = max(float(np.abs(a).max()), float(np.abs(b).max()))
-        if biggest > self.LIMIT * self.scale:
-            self._rescale(biggest)
-        if self.scale != 1.0:
-            a, b = a / self.scale, b / self.scale
-        d = a - b
-        self.n.changed += int(np.count_nonzero(d))
-        ad = np.abs(d)
-        with np.errstate(over="ignore"):
-            self.n.max_abs = max(self.n.max_abs, float(ad.max()) * self.scale)
-        self.abs_sum += float(ad.sum())
-        self.d2 += float(np.dot(d, d))
-        self.a2 += float(np.dot(a, a))
-        self.b2 += float(np.dot(b, b))
-        self.ab += float(np.dot(a, b))
-        self.finite += len(d)
-
-    def finish(self) -> Numbers:
-        n = self.n
-        with np.errstate(over="ignore"):
-            n.mean_abs = float(np.float64(self.abs_sum) * self.scale / self.finite
-                               ) if self.finite else 0.0
-        norm_a, norm_b, d = math.sqrt(self.a2), math.sqrt(self.b2), math.sqrt(self.d2)
-        top = max(norm_a, norm_b)
-        n.rel_l2 = d / top if top else 0.0  # both all zero: then d is zero too
-        denom = norm_a * norm_b
-        n.cosine = max(-1.0, min(1.0, self.ab / denom)) if denom else None
-        if n.nan_mismatch:  # A − B is NaN or inf there: no finite summary of it is honest
-            n.max_abs = n.mean_abs = n.rel_l2 = math.nan
-            n.cosine = None
-        return n
-
-
-def _values(info: TensorInfo) -> Iterator[np.ndarray]:
-    chunks = element_chunks(info, CHUNK_ELEMENTS)
-    try:
-        for values, _index in chunks:
-            yield values
-    finally:
-        chunks.close()
-
-
-def numbers(a: TensorInfo, b: TensorInfo, stop: threading.Event | None = None) -> Numbers:
-    """Differences of two tensors with the same number of elements, in float64.
-    Complex tensors are compared by magnitude (as the statistics are)."""
-    acc = _Acc(a.numel)
-    pieces = _paired(_values(a), _values(b))
-    try:
-        for va, vb in pieces:
-            if stop is not None and stop.is_set():
-                raise Cancelled()
-            acc.add(va, vb)
-    finally:
-        pieces.close()
-    out = acc.finish()
-    if "complex" in a.dtype or "complex" in b.dtype:
-        out.note = "complex values compared by magnitude"
-    return out
-
-
-def difference_histogram(a: TensorInfo, b: TensorInfo, numbers_: Numbers, bins: int = 100,
-                         stop: threading.Event | None = None) -> Iterator[Progress]:
-    """Counts of A − B over ``bins`` equal bins from −max|A−B| to +max|A−B| (both finite),
-    exact over every element; returns a :class:`~ckpt_inspector.core.ops.stats.Histogram`
-    whose ``nan`` counts the positions where the difference is not finite."""
-    span = numbers_.max_abs or 0.5
-    edges = np.linspace(-span, span, bins + 1)
-    counts = np.zeros(bins, dtype=np.int64)
-    special = done = 0
-    total = a.numel
-    pieces = _paired(_values(a), _values(b))
-    try:
-        for va, vb in pieces:
-            if stop is not None and stop.is_set():
-                raise Cancelled()
-            d = va.astype(np.float64) - vb.astype(np.float64)
-            finite = np.isfinite(d)
-            if not finite.all():
-                special += int(len(d) - np.count_nonzero(finite))
-                d = d[finite]
-            counts += np.histogram(d, bins=bins, range=(-span, span))[0]
-            done += len(va)
-            if done % (1 << 22) < len(va) or done == total:
-                yield Progress("difference histogram", done, total)
-    finally:
-        pieces.close()
-    return Histogram(edges, counts, None, special, 0, 0)
-
-
 # -- values -----------------------------------------------------------------------------------
 def _value_json(node: Node) -> Any:
     from ckpt_inspector.core.summary import jsonable
@@ -615,10 +300,10 @@ def _file_order(entry: Entry) -> tuple[str, int]:
 
 def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
          key_a: str | None = None, key_b: str | None = None, auto: bool = True,
-         stop: threading.Event | None = None) -> Iterator[Progress]:
+         cancel: CancelToken | None = None) -> Job[DiffResult]:
     """Compare ``a`` with ``b`` (or their subtrees at ``key_a``/``key_b``). ``rules`` are
     applied as given; with none and ``auto``, rules that match more tensor keys are found.
-    Raises KeyError for a subtree key that is not there, :class:`Cancelled` on ``stop``."""
+    Raises KeyError for a subtree key that is not there, :class:`Cancelled` on ``cancel``."""
     root_a = subtree(a, key_a)
     root_b = subtree(b, key_b)
     keys_a, keys_b = leaves(root_a), leaves(root_b)
@@ -653,13 +338,13 @@ def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
     pairs.sort(key=_file_order)  # read A in file order
     total = sum(e.a.tensor.nbytes + e.b.tensor.nbytes for e in pairs)
     done = 0
-    buffers = _Buffers(RAW_BLOCK) if pairs else None
+    buffers = Buffers(RAW_BLOCK) if pairs else None
     yield Progress("comparing", 0, total)
     last = time.monotonic()
     for entry in pairs:
         ta, tb = entry.a.tensor, entry.b.tensor
         try:
-            _compare(entry, ta, tb, stop, buffers)
+            _compare(entry, ta, tb, cancel, buffers)
         except Cancelled:
             raise
         except (CheckpointError, OSError, ValueError) as err:
@@ -669,13 +354,13 @@ def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
         if now - last >= PROGRESS_EVERY or entry is pairs[-1]:  # not one signal per key
             last = now
             yield Progress("comparing", done, total, entry.key)
-        elif stop is not None and stop.is_set():
+        elif cancel is not None and cancel.is_set():
             raise Cancelled()
     return result
 
 
-def _same_components(ta: TensorInfo, tb: TensorInfo, stop: threading.Event | None,
-                     buffers: _Buffers | None) -> bool:
+def _same_components(ta: TensorInfo, tb: TensorInfo, cancel: CancelToken | None,
+                     buffers: Buffers | None) -> bool:
     """Quantization parameters and component tensors (per-channel scales, sparse indices
     and values) are the same on both sides."""
     if ta.quantization != tb.quantization:
@@ -684,49 +369,32 @@ def _same_components(ta: TensorInfo, tb: TensorInfo, stop: threading.Event | Non
     if ca.keys() != cb.keys():
         return False
     return all(ca[k].shape == cb[k].shape and ca[k].dtype == cb[k].dtype
-               and same_bytes(ca[k], cb[k], stop, buffers) for k in ca)
+               and same_bytes(ca[k], cb[k], cancel, buffers) for k in ca)
 
 
-def _compare(entry: Entry, ta: TensorInfo, tb: TensorInfo, stop: threading.Event | None,
-             buffers: _Buffers | None = None) -> None:
+def _compare(entry: Entry, ta: TensorInfo, tb: TensorInfo, cancel: CancelToken | None,
+             buffers: Buffers | None = None) -> None:
     if ta.numel == 0:
         entry.numbers = Numbers(0) if entry.status == DTYPE else None
         return
     if ta.layout != "strided" or tb.layout != "strided":  # sparse, nested: by their parts
         if ta.layout != tb.layout:
             entry.status, entry.error = KIND, f"layout {ta.layout} → {tb.layout}"
-        elif entry.status == IDENTICAL and not _same_components(ta, tb, stop, buffers):
+        elif entry.status == IDENTICAL and not _same_components(ta, tb, cancel, buffers):
             entry.status = CHANGED
             entry.error = f"{ta.layout} tensors are compared by their parts: they differ"
         return
     if entry.status == IDENTICAL:
         byteorder_a = ta.storage.source.byteorder if ta.storage and ta.storage.source else ""
         byteorder_b = tb.storage.source.byteorder if tb.storage and tb.storage.source else ""
-        if _same_place(ta, tb):
+        if same_place(ta, tb):
             return
-        if (byteorder_a == byteorder_b and _same_components(ta, tb, stop, buffers)
-                and same_bytes(ta, tb, stop, buffers)):
+        if (byteorder_a == byteorder_b and _same_components(ta, tb, cancel, buffers)
+                and same_bytes(ta, tb, cancel, buffers)):
             return
         entry.status = CHANGED
-    entry.numbers = numbers(ta, tb, stop)
+    entry.numbers = numbers(ta, tb, cancel)
     if entry.status == CHANGED and entry.numbers.changed == 0 and not entry.numbers.nan_mismatch:
         # different bytes, same numbers: -0.0 against 0.0, NaN payloads, byte order,
         # quantized integers with other scales that dequantize alike
         entry.numbers.note = "the same values stored with different bits (such as -0.0 and 0.0)"
-
-
-def describe_numbers(n: Numbers) -> str:
-    if not n.changed and not n.nan_mismatch:
-        return "the same values" + (f" ({n.note})" if n.note else "")
-    parts = [f"{n.changed:,} of {n.numel:,} changed"]
-    if n.nan_mismatch:
-        parts.append(f"{n.nan_mismatch:,} NaN/inf on one side only")
-    if n.changed > n.nan_mismatch:  # finite values changed too
-        parts += [f"max |A−B| {format_number(n.max_abs)}",
-                  f"mean |A−B| {format_number(n.mean_abs)}",
-                  f"rel L2 {format_number(n.rel_l2)}"]
-        if n.cosine is not None:
-            parts.append(f"cos {format_number(n.cosine, 9)}")
-    if n.note:
-        parts.append(n.note)
-    return ", ".join(parts)

@@ -20,6 +20,7 @@ the app: torch is never imported into the window's process.
 from __future__ import annotations
 
 import importlib
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import open_checkpoint
 from ckpt_inspector.core.scan import ScanReport, scan
+from ckpt_inspector.core.tree import Checkpoint
 
 TRUSTED_PACKAGES = ("torch.nn.", "torchvision.")
 
@@ -72,6 +74,52 @@ class LoadResult:
                 f"{kind.__qualname__}", "tensors": count, "nbytes": nbytes,
                 "devices": sorted(devices), "seconds": self.seconds,
                 "allowed_classes": self.allowed}
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question to put to the user before loading: the safe answer is no."""
+
+    title: str
+    text: str
+    accept: str  # the words of the button that says yes
+
+
+@dataclass(frozen=True)
+class Consent:
+    """What loading a file with torch takes: the questions to ask, in order (every one
+    answered yes), then the ``load`` flags those answers stand for."""
+
+    questions: tuple[Question, ...] = ()
+    flags: tuple[str, ...] = ()
+
+
+def consent(report: ScanReport, ckpt: Checkpoint, name: str | None = None) -> Consent:
+    """The consent the rules above call for to load ``ckpt`` (scanned as ``report``);
+    ``name`` is how the questions call the file (its file name by default)."""
+    name = name if name is not None else os.path.basename(ckpt.path)
+    if report.verdict == "safe" and ckpt.format != "torchscript":
+        return Consent()
+    if report.verdict == "dangerous":
+        first = next(f for f in report.findings if f.severity == "dangerous")
+        return Consent((
+            Question("Dangerous file", f"{name} is dangerous: {first.message}.\n\nLoading it "
+                     "with torch runs that on this computer.", "Continue…"),
+            Question("Run a dangerous file?", f"Last check: load {name} and let it run its "
+                     "code?", "Run it anyway")), ("--run-code", "--allow-dangerous"))
+    imports = report.flagged_names()
+    if ckpt.format != "torchscript" and imports and all(
+            n.startswith(TRUSTED_PACKAGES) for n in imports):
+        listed = ", ".join(imports[:4]) + (" …" if len(imports) > 4 else "")
+        return Consent((Question(
+            "Load with torch", f"{name} needs these torch.nn / torchvision classes: {listed}."
+            "\n\nThey will be allowed by name for torch's weights-only loader, from your "
+            "installed torch and torchvision; nothing from the file runs.", "Load"),))
+    what = (ckpt.runs_code or "") if ckpt.format == "torchscript" else \
+        f"it imports {', '.join(imports[:4])}"
+    return Consent((Question(
+        "Run this file's code?", f"Loading {name} runs code from the file: {what}.\n\nDo you "
+        "trust where it came from?", "Run its code"),), ("--run-code",))
 
 
 def _imports_needing_trust(report: ScanReport) -> list[str]:

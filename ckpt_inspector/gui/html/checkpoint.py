@@ -8,9 +8,10 @@ from html import escape
 from typing import Any
 
 from ckpt_inspector.core.display import DisplayNode
+from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.ops.stats import Stats, format_number
 from ckpt_inspector.core.summary import format_value, human_bytes, top_values
-from ckpt_inspector.gui.loading import LoadedFile
+from ckpt_inspector.core.tree import Node
 from ckpt_inspector.gui.theme import color
 
 # verdict -> (text colour role, background role, what it means)
@@ -183,6 +184,38 @@ def stats_rows(stats: Stats) -> str:
             + f"<p class='muted'>computed in {stats.seconds * 1000:,.0f} ms{where}</p>")
 
 
+def _tensor_pairs(node: Node, target_device: str) -> list[tuple[str, str]]:
+    """What the details panel says of a tensor, row by row."""
+    t = node.tensor
+    assert t is not None
+    device = t.device if t.device == target_device else f"{t.device} → {target_device}"
+    pairs = [
+        ("dtype", escape(t.dtype)),
+        ("shape", escape(str(list(t.shape)))),
+        ("elements", f"{t.numel:,}"),
+        ("size", human_bytes(t.nbytes)),
+        ("device", escape(device)),
+        ("stride", escape(str(list(t.stride)) if t.stride is not None else "contiguous")),
+        ("storage offset", f"{t.storage_offset:,}"),
+    ]
+    if node.role:
+        pairs.append(("role", escape(node.role)))
+    if t.requires_grad:
+        pairs.append(("requires_grad", "True"))
+    if t.storage is not None:
+        pairs.append(("storage", escape(f"{t.storage.key} ({t.storage.dtype}, "
+                                        f"{human_bytes(t.storage.nbytes)})")))
+    if t.quantization:
+        pairs.append(("quantization", escape(json.dumps(t.quantization, default=str))))
+    if t.layout != "strided":
+        pairs.append(("layout", escape(t.layout)))
+    if t.subclass:
+        pairs.append(("subclass", escape(t.subclass)))
+    if t.problem:
+        pairs.append(("problem", f"<span class='bad'>{escape(t.problem)}</span>"))
+    return pairs
+
+
 def details_html(d: DisplayNode | None, target_device: str, stats: Stats | None = None) -> str:
     if d is None:
         return css() + "<p class='muted'>Select a row to see its details.</p>"
@@ -194,33 +227,7 @@ def details_html(d: DisplayNode | None, target_device: str, stats: Stats | None 
                             ("size", human_bytes(d.nbytes))]))
         return "".join(parts)
     if node.tensor is not None:
-        t = node.tensor
-        device = t.device if t.device == target_device else f"{t.device} → {target_device}"
-        pairs = [
-            ("dtype", escape(t.dtype)),
-            ("shape", escape(str(list(t.shape)))),
-            ("elements", f"{t.numel:,}"),
-            ("size", human_bytes(t.nbytes)),
-            ("device", escape(device)),
-            ("stride", escape(str(list(t.stride)) if t.stride is not None else "contiguous")),
-            ("storage offset", f"{t.storage_offset:,}"),
-        ]
-        if node.role:
-            pairs.append(("role", escape(node.role)))
-        if t.requires_grad:
-            pairs.append(("requires_grad", "True"))
-        if t.storage is not None:
-            pairs.append(("storage", escape(f"{t.storage.key} ({t.storage.dtype}, "
-                                            f"{human_bytes(t.storage.nbytes)})")))
-        if t.quantization:
-            pairs.append(("quantization", escape(json.dumps(t.quantization, default=str))))
-        if t.layout != "strided":
-            pairs.append(("layout", escape(t.layout)))
-        if t.subclass:
-            pairs.append(("subclass", escape(t.subclass)))
-        if t.problem:
-            pairs.append(("problem", f"<span class='bad'>{escape(t.problem)}</span>"))
-        parts.append(_rows(pairs))
+        parts.append(_rows(_tensor_pairs(node, target_device)))
         if stats is not None:
             parts.append(stats_rows(stats))
         return "".join(parts)

@@ -26,8 +26,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_inspector.core.ops.histogram import Histogram
 from ckpt_inspector.core.ops.slices import Heatmap
-from ckpt_inspector.core.ops.stats import Histogram, Stats, format_number
+from ckpt_inspector.core.ops.stats import Stats, format_number
 from ckpt_inspector.gui import theme
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background="w",

@@ -1,7 +1,7 @@
 """What a file's tab and a comparison's tab share: the key tree's view, its filter field,
 finding a key, copying the selected keys, and the page that says "reading…" or why not.
 
-Both trees are node models (:class:`~ckpt_inspector.gui.tree_model.NodeTreeModel`) behind
+Both trees are node models (:class:`~ckpt_inspector.gui.tree.model.NodeTreeModel`) behind
 a filtering proxy; every node has a full dotted ``key``, given by :data:`NodeRole`.
 """
 
@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_inspector.gui.tree_model import NodeRole
+from ckpt_inspector.gui.tree.model import NodeRole
 
 
 def make_key_tree(proxy: QSortFilterProxyModel, name: str,

@@ -24,22 +24,16 @@ from PySide6.QtWidgets import (
 
 from ckpt_inspector.core import query as query_mod
 from ckpt_inspector.core.display import DisplayNode
+from ckpt_inspector.core.ops.session import LoadedFile, load_file, release_file
+from ckpt_inspector.core.ops.stats import Stats
+from ckpt_inspector.core.tree import TensorInfo
+from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter, describe
-from ckpt_inspector.gui.key_tree import (
-    MessagePage,
-    copy_keys,
-    current_node,
-    make_filter_edit,
-    make_key_tree,
-    select_key,
-    selected_nodes,
-    set_tree_model,
-)
-from ckpt_inspector.gui.loading import LoadedFile, load_file, release_file
-from ckpt_inspector.gui.panels import details_html, summary_html
-from ckpt_inspector.gui.tensor_view import TensorView
+from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
+from ckpt_inspector.gui.jobs import JobRunner
+from ckpt_inspector.gui.tensor.view import TensorView
 from ckpt_inspector.gui.theme import color, is_palette_change, span
-from ckpt_inspector.gui.tree_model import (
+from ckpt_inspector.gui.tree.model import (
     DEVICE,
     ELEMENTS,
     SHAPE,
@@ -50,7 +44,16 @@ from ckpt_inspector.gui.tree_model import (
     NodeRole,
     shape_text,
 )
-from ckpt_inspector.gui.workers import TaskRunner
+from ckpt_inspector.gui.tree.widgets import (
+    MessagePage,
+    copy_keys,
+    current_node,
+    make_filter_edit,
+    make_key_tree,
+    select_key,
+    selected_nodes,
+    set_tree_model,
+)
 
 FILTER_HELP = (
     "<b>Filter syntax</b> — terms separated by spaces must all match<br>"
@@ -72,7 +75,7 @@ class CheckpointView(QWidget):
     loaded = Signal(object)  # LoadedFile, once the tree is shown
     failed = Signal(str)
 
-    def __init__(self, path: str, runner: TaskRunner, reporter: ErrorReporter,
+    def __init__(self, path: str, runner: JobRunner, reporter: ErrorReporter,
                  target_device: str = "cpu", parent: QWidget | None = None):
         super().__init__(parent)
         self.path = os.path.abspath(path)
@@ -132,9 +135,10 @@ class CheckpointView(QWidget):
         lv.addWidget(self.banner)
         lv.addLayout(filter_row)
         lv.addWidget(self.tree, 1)
-        self.tensor_view = TensorView(self.runner, self.reporter)
+        self.analysis = Analysis(self.runner, self)
+        self.analysis.changed.connect(self._stats_ready)
+        self.tensor_view = TensorView(self.runner, self.reporter, self.analysis)
         self.tensor_view.set_device(self.target_device)
-        self.tensor_view.stats_ready.connect(self._stats_ready)
         left = QSplitter(Qt.Orientation.Vertical)
         left.setObjectName("treeAndTensor")
         left.addWidget(top)
@@ -386,8 +390,7 @@ class CheckpointView(QWidget):
     def _current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         node = current.data(NodeRole) if current.isValid() else None
         info = node.node.tensor if node is not None and node.is_tensor else None
-        stats = self.tensor_view.cached_stats(info) if info is not None else None
-        self.details.setHtml(details_html(node, self.target_device, stats))
+        self.details.setHtml(details_html(node, self.target_device, self._stats_of(info)))
         if node is None:
             self.tensor_view.show_node("", None)
         elif info is None:
@@ -396,10 +399,14 @@ class CheckpointView(QWidget):
         elif info is not self.tensor_view.info:
             self.tensor_view.show_node(node.key, info)
 
-    def _stats_ready(self, info: Any, stats: Any) -> None:
+    def _stats_of(self, info: TensorInfo | None) -> Stats | None:
+        stats = self.analysis.stats(info) if info is not None else None
+        return stats if isinstance(stats, Stats) else None
+
+    def _stats_ready(self, info: Any) -> None:
         node = self.current_node()
         if node is not None and node.is_tensor and node.node.tensor is info:
-            self.details.setHtml(details_html(node, self.target_device, stats))
+            self.details.setHtml(details_html(node, self.target_device, self._stats_of(info)))
 
     def _refresh_details(self, *_args: Any) -> None:
         self._current_changed(self.tree.currentIndex(), QModelIndex())

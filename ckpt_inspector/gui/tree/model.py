@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -16,6 +15,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QFont
 
 from ckpt_inspector.core.display import DisplayNode
+from ckpt_inspector.core.keytree import natural_key
 from ckpt_inspector.core.summary import format_value, human_bytes
 from ckpt_inspector.gui.theme import brush
 
@@ -23,13 +23,7 @@ COLUMNS = ("Key", "Type", "Shape / value", "Elements", "Size", "Device")
 KEY, TYPE, SHAPE, ELEMENTS, SIZE, DEVICE = range(len(COLUMNS))
 NodeRole = Qt.ItemDataRole.UserRole + 1
 
-_DIGITS = re.compile(r"(\d+)")
 _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-
-
-def natural_key(text: str) -> tuple[Any, ...]:
-    """``layer2`` before ``layer10``."""
-    return tuple(int(p) if p.isdigit() else p.lower() for p in _DIGITS.split(text))
 
 
 def short_type(name: str) -> str:

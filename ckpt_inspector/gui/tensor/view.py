@@ -10,21 +10,16 @@ are cached per tensor while the file is open, so going back is instant.
 from __future__ import annotations
 
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-import numpy as np
-from PySide6.QtCore import QEvent, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, Qt, QTimer
 from PySide6.QtWidgets import (
-    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
-    QSpinBox,
     QStackedWidget,
     QTabWidget,
     QToolButton,
@@ -33,181 +28,35 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.ops.analysis import auto_bins, unreadable
 from ckpt_inspector.core.ops.slices import (
     MAX_SIDE,
     Heatmap,
     TensorSlice,
-    format_cell,
     heatmap,
     save_npy,
 )
-from ckpt_inspector.core.ops.stats import Histogram, Stats, compute, histogram
+from ckpt_inspector.core.ops.stats import Stats
 from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.core.tree import TensorInfo
-from ckpt_inspector.gui.commands import CliProcess
+from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter
+from ckpt_inspector.gui.jobs import JobRunner, Task
+from ckpt_inspector.gui.tensor.preload import plots_ready
+from ckpt_inspector.gui.tensor.slicing import SliceBar, describe_pixel
 from ckpt_inspector.gui.theme import is_palette_change, set_muted, span
-from ckpt_inspector.gui.workers import Task, TaskRunner
 
 HEATMAP_CACHE = 24  # pictures kept (at most 4 MiB each)
 SLICE_DEBOUNCE_MS = 120
 HISTOGRAM, HEATMAP, VALUES = range(3)
 
 
-def analyse(info: TensorInfo, bins: int, stop: threading.Event | None = None) -> Any:
-    """Statistics, then the histogram (a generator for a worker; ``stop`` ends it)."""
-    stats = yield from compute(info, stop=stop)
-    hist = (yield from histogram(info, stats, bins, stop)) if stats.min is not None else None
-    return stats, hist
-
-
-def only_histogram(info: TensorInfo, stats: Stats, bins: int,
-                   stop: threading.Event | None = None) -> Any:
-    return (yield from histogram(info, stats, bins, stop))
-
-
-def auto_bins(n: int) -> int:
-    """Bins for ``n`` values until the user picks a number: the Rice rule, 10 to 100."""
-    return max(10, min(100, round(2 * n ** (1 / 3))))
-
-
-def stats_from_json(data: dict[str, Any]) -> Stats:
-    """A :class:`Stats` from the ``stats --json`` entry of one tensor."""
-    known = Stats.__dataclass_fields__
-    values = {k: v for k, v in data.items() if k in known}
-    for k, v in values.items():
-        if isinstance(v, str) and k not in ("dtype", "kind", "device", "note"):
-            values[k] = float(v)  # 'inf', 'nan'
-    values["top_values"] = [tuple(p) for p in values.get("top_values", [])]
-    return Stats(**values)
-
-
-@dataclass
-class _Entry:
-    stats: Stats | None = None
-    hist: dict[int, Histogram | None] = field(default_factory=dict)
-    error: str = ""
-
-
-_PRELOAD = {"started": False, "done": False}
-
-
-def preload_plots(runner: TaskRunner) -> None:
-    """Import pyqtgraph (half a second) on a worker, before the first tensor is picked."""
-    if _PRELOAD["started"]:
-        return
-    _PRELOAD["started"] = True
-
-    def work() -> bool:
-        try:
-            import ckpt_inspector.gui.plots  # noqa: F401
-        finally:
-            # set here, not in a callback: the window that started the import may be closed
-            # (its tasks cancelled, or deleted) before a result would reach it, and every
-            # later tensor view in the process waits on this flag
-            _PRELOAD["done"] = True
-        return True
-
-    def ignore(_result: Any) -> None:
-        """An error shows when the GUI thread imports the module itself."""
-
-    runner.run("Preparing plots", work, on_result=ignore, on_error=ignore, quiet=True)
-
-
-def _plots_ready() -> bool:
-    """True unless the import is under way on a worker (then importing here would wait)."""
-    return _PRELOAD["done"] or not _PRELOAD["started"]
-
-
-class SliceBar(QWidget):
-    """Which two axes of an N-D tensor are shown, and the index along the others."""
-
-    changed = Signal()
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.rows = QComboBox()
-        self.cols = QComboBox()
-        for box in (self.rows, self.cols):
-            box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
-        self.rows.setToolTip("The dimension shown down the rows")
-        self.cols.setToolTip("The dimension shown across the columns")
-        self.layout_ = QHBoxLayout(self)
-        self.layout_.setContentsMargins(4, 0, 4, 0)
-        self.spins: dict[int, QSpinBox] = {}
-        self.shape: tuple[int, ...] = ()
-        self.rows.currentIndexChanged.connect(self._axes_changed)
-        self.cols.currentIndexChanged.connect(self._axes_changed)
-        self._quiet = False
-
-    def set_shape(self, shape: tuple[int, ...]) -> None:
-        self._quiet = True
-        self.shape = shape
-        while self.layout_.count():
-            item = self.layout_.takeAt(0)
-            if item.widget() is not None and item.widget() not in (self.rows, self.cols):
-                item.widget().deleteLater()
-        self.spins = {}
-        self.rows.clear()
-        self.cols.clear()
-        nd = len(shape)
-        self.setVisible(nd >= 2)
-        if nd < 2:
-            self._quiet = False
-            return
-        for d, size in enumerate(shape):
-            self.rows.addItem(f"dim {d} ({size:,})", d)
-            self.cols.addItem(f"dim {d} ({size:,})", d)
-        self.rows.setCurrentIndex(nd - 2)
-        self.cols.setCurrentIndex(nd - 1)
-        self.layout_.addWidget(QLabel("rows"))
-        self.layout_.addWidget(self.rows)
-        self.layout_.addWidget(QLabel("columns"))
-        self.layout_.addWidget(self.cols)
-        for d, size in enumerate(shape):
-            spin = QSpinBox()
-            spin.setRange(0, max(size - 1, 0))
-            spin.setPrefix(f"dim {d} = ")
-            spin.setToolTip(f"Index along dim {d} (0 to {size - 1:,})")
-            spin.setKeyboardTracking(False)
-            spin.valueChanged.connect(lambda _v: None if self._quiet else self.changed.emit())
-            self.spins[d] = spin
-            self.layout_.addWidget(spin)
-        self.layout_.addStretch(1)
-        self._quiet = False
-        self._axes_changed()
-
-    def _axes_changed(self) -> None:
-        if self._quiet or len(self.shape) < 2:
-            return
-        a, b = self.axes()
-        if a == b:  # keep two different axes: move the other one out of the way
-            other = self.cols if self.sender() is self.rows else self.rows
-            self._quiet = True
-            other.setCurrentIndex(next(d for d in range(len(self.shape)) if d != a))
-            self._quiet = False
-            a, b = self.axes()
-        for d, spin in self.spins.items():
-            spin.setVisible(d not in (a, b))
-        self.changed.emit()
-
-    def axes(self) -> tuple[int, int]:
-        if len(self.shape) < 2:
-            return (0, 1)
-        return int(self.rows.currentData()), int(self.cols.currentData())
-
-    def index(self) -> dict[int, int]:
-        a, b = self.axes()
-        return {d: s.value() for d, s in self.spins.items() if d not in (a, b)}
-
-
 class TensorView(QWidget):
-    """The panel under the tree. ``stats_ready(info, stats)`` when statistics arrive."""
+    """The panel under the tree: the statistics and histogram of the tensor selected (from
+    and into the file's :class:`Analysis`), its heatmap and its values."""
 
-    stats_ready = Signal(object, object)
-
-    def __init__(self, runner: TaskRunner, reporter: ErrorReporter,
+    def __init__(self, runner: JobRunner, reporter: ErrorReporter, analysis: Analysis,
                  parent: QWidget | None = None):
         super().__init__(parent)
         self.runner = runner
@@ -216,10 +65,12 @@ class TensorView(QWidget):
         self.device = "cpu"
         self.key = ""
         self.info: TensorInfo | None = None
-        self._cache: dict[int, _Entry] = {}
+        self.analysis = analysis
+        analysis.changed.connect(self._changed)
+        analysis.progressed.connect(self._progress)
+        analysis.finished.connect(self._finished)
+        self._shown: set[int] = set()  # tensors of this file shown (their heatmaps are kept)
         self._heatmaps: OrderedDict[tuple[Any, ...], Heatmap] = OrderedDict()
-        self._stats_job: Task | CliProcess | None = None
-        self._stop = threading.Event()
         self._user_bins = False
         self._heat_job: Task | None = None
         self._heat_wanted: tuple[Any, ...] | None = None
@@ -283,7 +134,7 @@ class TensorView(QWidget):
         """Build the plot tabs once pyqtgraph is imported; False while it is still loading."""
         if self.values_panel is not None:
             return True
-        if not _plots_ready():
+        if not plots_ready():
             if not self._waiting_for_plots:  # the import finishes within a second
                 self._waiting_for_plots = True
                 QTimer.singleShot(50, self._plots_maybe_ready)
@@ -297,21 +148,21 @@ class TensorView(QWidget):
         takes ~20 ms; all at once on the first click would stall the window)."""
         if self.values_panel is not None:
             return
-        if _plots_ready() and self._build_next_panel():
+        if plots_ready() and self._build_next_panel():
             QTimer.singleShot(60, self._warm_up)
-        elif not _plots_ready():
+        elif not plots_ready():
             QTimer.singleShot(200, self._warm_up)
 
     def _build_next_panel(self) -> bool:
         """Build the next missing panel; False when all exist."""
         if self.hist_panel is None:
-            from ckpt_inspector.gui.plots import HistogramPanel
+            from ckpt_inspector.gui.tensor.plots import HistogramPanel
 
             self.hist_panel = HistogramPanel()
             self.hist_panel.bins_changed.connect(self._bins_changed)
             self.tabs.addTab(self.hist_panel, "Histogram")
         elif self.heat_panel is None:
-            from ckpt_inspector.gui.plots import HeatmapPanel
+            from ckpt_inspector.gui.tensor.plots import HeatmapPanel
 
             self.heat_panel = HeatmapPanel()
             self.heat_panel.describe = self._describe_pixel
@@ -319,7 +170,7 @@ class TensorView(QWidget):
             self.heat_panel.reduce_changed.connect(lambda _r: self._update_heatmap())
             self.tabs.addTab(self.heat_panel, "Heatmap")
         elif self.values_panel is None:
-            from ckpt_inspector.gui.values_table import ValuesPanel
+            from ckpt_inspector.gui.tensor.values_table import ValuesPanel
 
             self.values_panel = ValuesPanel()
             self.values_panel.export_requested.connect(self.save_npy_dialog)
@@ -329,7 +180,7 @@ class TensorView(QWidget):
         return True
 
     def _plots_maybe_ready(self) -> None:
-        if _plots_ready():
+        if plots_ready():
             self._waiting_for_plots = False
             if self.info is not None:
                 self.show_tensor(self.key, self.info)
@@ -348,9 +199,10 @@ class TensorView(QWidget):
     def set_file(self, path: str) -> None:
         """A new file (or the same file read again): forget everything about the old one."""
         self.cancel()
-        self.path = path
+        self.path = self.analysis.path = path
         QTimer.singleShot(100, self._warm_up)
-        self._cache.clear()
+        self.analysis.clear()
+        self._shown.clear()
         self._heatmaps.clear()
         self.info = None
         self._show_placeholder("")
@@ -358,11 +210,11 @@ class TensorView(QWidget):
             self.values_panel.show_slice(None)
 
     def set_device(self, device: str) -> None:
-        self.device = device
+        self.device = self.analysis.device = device
 
     def cached_stats(self, info: TensorInfo) -> Stats | None:
-        entry = self._cache.get(id(info))
-        return entry.stats if entry else None
+        stats = self.analysis.stats(info)
+        return stats if isinstance(stats, Stats) else None
 
     def changeEvent(self, event: QEvent) -> None:
         super().changeEvent(event)
@@ -389,7 +241,7 @@ class TensorView(QWidget):
             self.cancel()
         self.info, self.key = info, key
         self._show_title()
-        problem = self._unreadable(info)
+        problem = unreadable(info)
         if problem:
             self.status.setText("")
             self.slice_bar.hide()
@@ -413,137 +265,78 @@ class TensorView(QWidget):
             self.hist_panel.bins.blockSignals(True)
             self.hist_panel.bins.setValue(auto_bins(info.numel))
             self.hist_panel.bins.blockSignals(False)
-        entry = self._cache.setdefault(id(info), _Entry())
-        self._show_stats(entry)
+        self._shown.add(id(info))
+        self._show_stats()
         self._slice_changed()
 
-    @staticmethod
-    def _unreadable(info: TensorInfo) -> str:
-        if info.problem:
-            return f"This tensor cannot be read: {info.problem}"
-        if info.storage is None or info.storage.source is None:
-            return "This tensor has no data in the file (only its description)."
-        if info.layout != "strided":
-            return f"A {info.layout} tensor: there are no dense values to show."
-        if info.numel == 0:
-            return "An empty tensor: it has no values."
-        return ""
-
     # -- statistics and histogram ----------------------------------------------------------------
-    def _show_stats(self, entry: _Entry) -> None:
+    def _show_stats(self) -> None:
         info = self.info
         assert info is not None
         bins = self.hist_panel.bins.value()
-        if entry.error:
-            self.status.setText(span("danger", escape(entry.error)))
+        error = self.analysis.error(info)
+        stats = self.analysis.stats(info)
+        if error:
+            self.status.setText(span("danger", escape(error)))
             self.hist_panel.clear()
             return
-        if entry.stats is None:
+        if not isinstance(stats, Stats):
             self.hist_panel.clear()
-            self._start_stats(info, bins)
+            self._start(info, bins, "statistics…")
             return
-        self.status.setText(f"statistics in {entry.stats.seconds * 1000:,.0f} ms"
-                            + (f" on {entry.stats.device}" if entry.stats.device != "cpu"
-                               else ""))
-        self.stats_ready.emit(info, entry.stats)
-        if entry.stats.min is None:
+        self.status.setText(f"statistics in {stats.seconds * 1000:,.0f} ms"
+                            + (f" on {stats.device}" if stats.device != "cpu" else ""))
+        if stats.min is None:
             self.hist_panel.clear()
             self.hist_panel.note.setText("no finite values to count")
-        elif bins in entry.hist:
-            self.hist_panel.show_histogram(entry.hist[bins], entry.stats)
+        elif self.analysis.has_histogram(info, bins):
+            self.hist_panel.show_histogram(self.analysis.histogram(info, bins), stats)
         else:
-            self._start_histogram(info, entry.stats, bins)
+            self._start(info, bins, "histogram…")
 
     def _busy(self, text: str) -> None:
         self.status.setText(text)
         self.cancel_button.show()
 
-    def _start_stats(self, info: TensorInfo, bins: int) -> None:
-        name = self.key or "(root)"
-        self._busy("statistics…")
-        if self.device != "cpu":
-            proc = CliProcess(["stats", self.path, self.key, "--device", self.device,
-                               "--bins", str(bins), "--progress"], self)
-            proc.progress.connect(lambda m: self._progress(info, Progress(
-                m.get("stage", ""), m.get("done", 0), m.get("total", 0))))
-            proc.done.connect(lambda r: self._child_done(info, bins, r))
-            proc.failed.connect(lambda msg: self._failed(info, msg))
-            self._stats_job = proc
-            return
-        self._stop = threading.Event()
-        self._stats_job = self.runner.run(
-            f"Statistics of {name}", analyse, info, bins, self._stop, quiet=True,
-            on_result=lambda r: self._stats_done(info, bins, *r),
-            on_progress=lambda p: self._progress(info, p),
-            on_error=lambda e: self._failed(info, str(e) or type(e).__name__))
+    def _start(self, info: TensorInfo, bins: int, what: str) -> None:
+        self._busy(what)
+        self.analysis.analyse(info, self.key, bins)
 
-    def _start_histogram(self, info: TensorInfo, stats: Stats, bins: int) -> None:
-        self._busy("histogram…")
-        self._stop = threading.Event()
-        self._stats_job = self.runner.run(
-            f"Histogram of {self.key}", only_histogram, info, stats, bins, self._stop, quiet=True,
-            on_result=lambda h: self._stats_done(info, bins, stats, h),
-            on_progress=lambda p: self._progress(info, p),
-            on_error=lambda e: self._failed(info, str(e) or type(e).__name__))
-
-    def _progress(self, info: TensorInfo, p: Progress) -> None:
+    def _progress(self, info: Any, p: Progress) -> None:
         if info is self.info and p.total:
             self._busy(f"{p.stage} {100 * p.done // p.total}%")
 
-    def _stats_done(self, info: TensorInfo, bins: int, stats: Stats,
-                    hist: Histogram | None) -> None:
-        entry = self._cache.get(id(info))
-        if entry is None:  # the file was closed or read again meanwhile
-            return
-        entry.stats = stats
-        entry.hist[bins] = hist
-        if info is self.info:
-            self._stats_job = None
+    def _changed(self, info: Any) -> None:
+        if info is self.info and self.hist_panel is not None:
             self.cancel_button.hide()
-            self._show_stats(entry)
+            self._show_stats()
 
-    def _child_done(self, info: TensorInfo, bins: int, result: dict[str, Any]) -> None:
-        data = next(iter(result.get("tensors", {}).values()), None)
-        if not data or "error" in data:
-            self._failed(info, (data or {}).get("error", "no result"))
-            return
-        stats = stats_from_json(data)
-        h = data.get("histogram")
-        hist = Histogram(np.asarray(h["edges"]), np.asarray(h["counts"], dtype=np.int64),
-                         h["sampled"], stats.nan, stats.posinf, stats.neginf) if h else None
-        self._stats_done(info, bins, stats, hist)
-
-    def _failed(self, info: TensorInfo, message: str) -> None:
-        entry = self._cache.get(id(info))
-        if entry is not None:
-            entry.error = message
-        if info is self.info:
-            self._stats_job = None
+    def _finished(self, info: Any, error: str) -> None:
+        if info is self.info and error:
             self.cancel_button.hide()
-            self.status.setText(span("danger", escape(message)))
+            self.status.setText(span("danger", escape(error)))
 
     def _bins_changed(self, _bins: int) -> None:
         self._user_bins = True  # the user's choice holds for every tensor from now on
-        if self.info is not None and self._stats_job is None:
-            self._show_stats(self._cache.setdefault(id(self.info), _Entry()))
+        if self.info is not None and not self.analysis.busy:
+            self._show_stats()
+
+    @property
+    def _stats_job(self) -> Task | None:
+        """The task computing the statistics shown (for tests and benchmarks)."""
+        return self.analysis._job
 
     def cancel(self) -> None:
         """Stop the computations for the tensor shown (results so far are dropped)."""
-        job, self._stats_job = self._stats_job, None
-        self._stop.set()  # worker threads of a big tensor stop at their next chunk
-        if isinstance(job, CliProcess):
-            job.kill()
-        elif job is not None:
-            self.runner.cancel(job)
+        self.analysis.cancel()
         heat, self._heat_job = self._heat_job, None
         if heat is not None:
             self.runner.cancel(heat)
         self._heat_wanted = None
         self.cancel_button.hide()
-        if self.info is not None:
-            entry = self._cache.get(id(self.info))
-            if entry is not None and entry.stats is None and not entry.error:
-                self.status.setText("cancelled")
+        if self.info is not None and self.analysis.stats(self.info) is None and \
+                not self.analysis.error(self.info):
+            self.status.setText("cancelled")
 
     # -- heatmap and values ------------------------------------------------------------------------
     def _heat_key(self) -> tuple[Any, ...]:
@@ -556,7 +349,7 @@ class TensorView(QWidget):
 
     def _slice_changed(self) -> None:
         info = self.info
-        if info is None or self.values_panel is None or self._unreadable(info):
+        if info is None or self.values_panel is None or unreadable(info):
             return
         try:
             sl = TensorSlice(info, self.slice_bar.axes(), self.slice_bar.index())
@@ -577,7 +370,7 @@ class TensorView(QWidget):
 
     def _update_heatmap(self) -> None:
         info = self.info
-        if info is None or self._unreadable(info):
+        if info is None or unreadable(info):
             return
         key = self._heat_key()
         if key == self._heat_wanted:
@@ -599,7 +392,7 @@ class TensorView(QWidget):
             on_error=lambda e: self._heat_failed(key, e))
 
     def _heat_done(self, key: tuple[Any, ...], hm: Heatmap) -> None:
-        if key[0] not in self._cache:
+        if key[0] not in self._shown:
             return
         self._heatmaps[key] = hm
         while len(self._heatmaps) > HEATMAP_CACHE:
@@ -624,45 +417,9 @@ class TensorView(QWidget):
         self.heat_panel.show_heatmap(hm, note)
 
     def _describe_pixel(self, row: int, col: int) -> str:
-        """The element under the pointer: its index and value (or the block it averages)."""
-        info, hm = self.info, self.heat_panel.heatmap
-        if info is None or hm is None:
-            return ""
-        try:
-            if hm.layout is not None:
-                at = hm.kernel_at(row, col)
-                if at is None:
-                    return " "
-                sl = TensorSlice(info, (2, 3), {0: at[0], 1: at[1]})
-                return f"[{', '.join(map(str, at))}] = {format_cell(sl.value(at[2], at[3]))}"
-            fr, fc = hm.factor
-            value = hm.image[row // fr, col // fc]
-            strip = len(info.shape) <= 1
-            if (fr, fc) == (1, 1):
-                sl = self.values_panel.model.slice
-                if sl is None:
-                    return ""
-                exact = sl.value(col, 0) if strip else sl.value(row, col)
-                return f"{self._element(row, col)} = {format_cell(exact)}"
-            r0, c0 = row // fr * fr, col // fc * fc
-            where = (f"[{c0}:{c0 + fc}]" if strip else
-                     f"rows {r0}–{r0 + fr - 1}, columns {c0}–{c0 + fc - 1}")
-            return f"{where}: mean {format_cell(float(value))}"
-        except (IndexError, CheckpointError):
-            return " "
-
-    def _element(self, row: int, col: int) -> str:
-        info = self.info
-        assert info is not None
-        nd = len(info.shape)
-        if nd == 0:
-            return "value"
-        if nd == 1:
-            return f"[{col}]"
-        a, b = self.slice_bar.axes()
-        index = self.slice_bar.index()
-        index[a], index[b] = row, col
-        return "[" + ", ".join(str(index[d]) for d in range(nd)) + "]"
+        sl = self.values_panel.model.slice if self.values_panel is not None else None
+        return describe_pixel(self.info, self.heat_panel.heatmap, sl, self.slice_bar.axes(),
+                              self.slice_bar.index(), row, col)
 
     # -- export --------------------------------------------------------------------------------
     def save_npy_dialog(self, ask: Callable[..., tuple[str, str]] | None = None) -> None:
@@ -689,7 +446,8 @@ class TensorView(QWidget):
 
     def dispose(self) -> None:
         self.cancel()
-        self._cache.clear()
+        self.analysis.clear()
+        self._shown.clear()
         self._heatmaps.clear()
         self.info = None
         if self.values_panel is not None:

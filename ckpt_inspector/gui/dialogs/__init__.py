@@ -1,0 +1,1 @@
+"""Dialogs: help and shortcuts, consent before loading with torch."""

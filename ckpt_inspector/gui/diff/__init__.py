@@ -1,0 +1,1 @@
+"""The comparison tab: its model, its panels and the tab itself."""

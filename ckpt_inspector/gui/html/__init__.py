@@ -1,0 +1,1 @@
+"""Rich text the views show (the HTML subset of Qt), built from core results."""

@@ -1,0 +1,236 @@
+"""Rich text of a comparison: the header (both files, the key rule, counts by status) and
+the selected key (both sides, their statistics, the numbers of the difference).
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from ckpt_inspector.core.ops.diff import (
+    CHANGED,
+    DTYPE,
+    IDENTICAL,
+    KIND,
+    ONLY_A,
+    ONLY_B,
+    SHAPE,
+    STATUSES,
+    UNREADABLE,
+    DiffResult,
+    Entry,
+    Numbers,
+)
+from ckpt_inspector.core.ops.difftree import (
+    SEVERITY,
+    STATUS_HELP,
+    Comparison,
+    DiffNode,
+    status_text,
+)
+from ckpt_inspector.core.ops.stats import Stats, format_number
+from ckpt_inspector.core.summary import format_value, human_bytes
+from ckpt_inspector.core.tree import TensorInfo
+from ckpt_inspector.gui.html.checkpoint import breakable, css, stats_kind, stats_pairs
+from ckpt_inspector.gui.theme import color, span
+
+# -- what each status looks like: text colour (a theme role), badge colour, badge mark ---------
+STATUS_STYLE = {
+    IDENTICAL: ("muted", "#9ca3af", "="),
+    CHANGED: ("changed", "#f97316", "~"),
+    DTYPE: ("warning", "#eab308", "T"),
+    SHAPE: ("danger", "#dc2626", "≠"),
+    KIND: ("danger", "#dc2626", "≠"),
+    ONLY_A: ("accent", "#2563eb", "−"),
+    ONLY_B: ("purple", "#9333ea", "+"),
+    UNREADABLE: ("danger_fg", "#7f1d1d", "?"),
+}
+
+
+def status_color(status: str) -> str:
+    """The text colour of a status in the current theme."""
+    return color(STATUS_STYLE[status][0])
+
+
+def percent(part: int, whole: int) -> str:
+    """``part`` of ``whole`` in words people read at a glance (rich text): 100%, 3.2%,
+    &lt;0.1%, 0%."""
+    if not part or not whole:
+        return "0%"
+    if part == whole:
+        return "100%"
+    share = part / whole
+    # &lt; and &gt;: this goes into rich text, where a bare "<" starts a tag
+    return "&lt;0.1%" if share < 0.001 else ("&gt;99.9%" if share > 0.999 else f"{share:.1%}")
+
+
+# -- the selected key --------------------------------------------------------------------------
+def _cell(value: str, color: str | None = None, bold: bool = False) -> str:
+    style = f" style='color:{color}'" if color else ""
+    text = f"<b>{value}</b>" if bold else value
+    return f"<td{style}>{text}</td>"
+
+
+def compare_rows(rows: list[tuple[str, str, str]], differ_color: str = "") -> str:
+    """A table of (label, A, B) as HTML under a row naming A and B; a B that differs from
+    A is bold in ``differ_color``."""
+    nowrap = "style='white-space:nowrap'"
+    out = ["<tr><th></th><th><b>A</b></th><th><b>B</b></th></tr>"]
+    for label, a, b in rows:
+        mark = bool(differ_color) and a != b
+        out.append(f"<tr><th {nowrap}>{escape(label)}</th>{_cell(a)}"
+                   f"{_cell(b, differ_color if mark else None, mark)}</tr>")
+    return "<table>" + "".join(out) + "</table>"
+
+
+def _shape(t: TensorInfo) -> str:
+    return "[" + ",".join(str(s) for s in t.shape) + "]"
+
+
+def side_rows(e: Entry) -> list[tuple[str, str, str]]:
+    """What both sides are: the key in each file, dtype, shape, size; or type and value."""
+    sides = (e.a, e.b)
+
+    def row(label: str, get: Any) -> tuple[str, str, str]:
+        a, b = ("<span class='muted'>—</span>" if s is None else escape(get(s)) for s in sides)
+        return label, a, b
+
+    def tensor(get: Any) -> Any:
+        return lambda s: get(s.tensor) if s.tensor is not None else ""
+
+    def value(get: Any) -> Any:
+        return lambda s: get(s.node) if s.tensor is None else ""
+
+    rows: list[tuple[str, str, str]] = []
+    if any(s is not None and s.key != e.key for s in sides):
+        rows.append(row("key in the file", lambda s: s.key))
+    if any(s is not None and s.tensor is not None for s in sides):
+        rows += [row("dtype", tensor(lambda t: t.dtype)), row("shape", tensor(_shape)),
+                 row("elements", tensor(lambda t: f"{t.numel:,}")),
+                 row("size", tensor(lambda t: human_bytes(t.nbytes)))]
+    if any(s is not None and s.tensor is None for s in sides):
+        rows += [row("type", value(lambda n: n.type_name or n.kind)),
+                 row("value", value(lambda n: format_value(n, 400)))]
+    return rows
+
+
+def stats_columns(a: Stats | str | None, b: Stats | str | None, busy: bool
+                  ) -> list[tuple[str, str, str]]:
+    """The statistics of both sides row by row (a label missing on one side left empty);
+    a message where a side's could not be computed, '…' while it is being computed."""
+    pairs = {side: (dict(stats_pairs(s)) if isinstance(s, Stats) else {})
+             for side, s in (("a", a), ("b", b))}
+    labels = list(pairs["a"]) + [k for k in pairs["b"] if k not in pairs["a"]]
+
+    def filler(s: Stats | str | None) -> str:
+        if isinstance(s, str):
+            return f"<span class='bad'>{escape(s)}</span>"
+        return "…" if busy else ""
+
+    if not labels:
+        return [("statistics", filler(a), filler(b))]
+    return [(k, pairs["a"].get(k, "" if isinstance(a, Stats) else filler(a)),
+             pairs["b"].get(k, "" if isinstance(b, Stats) else filler(b))) for k in labels]
+
+
+def numbers_rows(n: Numbers) -> list[tuple[str, str]]:
+    f = format_number
+    rows = [("changed", f"{n.changed:,} of {n.numel:,} ({percent(n.changed, n.numel)})")]
+    if n.changed or n.nan_mismatch:
+        rows += [("max |A−B|", f(n.max_abs)), ("mean |A−B|", f(n.mean_abs)),
+                 ("rel L2 ‖A−B‖/max(‖A‖,‖B‖)", f(n.rel_l2)),
+                 ("cosine", f(n.cosine, 9) if n.cosine is not None else "-")]
+    if n.nan_mismatch:
+        where = "place" if n.nan_mismatch == 1 else "places"
+        rows.append(("NaN/inf", f"<span class='bad'><b>{n.nan_mismatch:,}</b> {where} where one "
+                                "side only is NaN or ±inf</span>"))
+    if n.note:
+        rows.append(("note", escape(n.note)))
+    return rows
+
+
+def entry_html(e: Entry, numbers: Numbers | None, stats_a: Stats | str | None,
+               stats_b: Stats | str | None, busy: bool) -> str:
+    """The selected key: its status, the difference's numbers and both sides (left), the
+    statistics of both sides (right)."""
+    title = (f"<p><b class='mono'>{breakable(e.key or '(root)')}</b><br>"
+             f"<span style='color:{status_color(e.status)}'><b>{escape(e.status)}</b></span> "
+             f"<span class='muted'>— {escape(STATUS_HELP[e.status])}</span></p>")
+    parts = []
+    if e.error:
+        parts.append(f"<p class='bad'>{escape(e.error)}</p>")
+    if numbers is not None:
+        how = " (element by element, in C order)" if e.status == SHAPE else ""
+        parts.append(f"<h3>Difference{how}</h3><table>" + "".join(
+            f"<tr><th style='white-space:nowrap'>{escape(k)}</th><td>{v}</td></tr>"
+            for k, v in numbers_rows(numbers)) + "</table>")
+    parts.append("<h3>A and B</h3>" + compare_rows(side_rows(e), color))
+    right = ""
+    if any(s is not None and s.tensor is not None for s in (e.a, e.b)):
+        kinds = {stats_kind(s) for s in (stats_a, stats_b) if isinstance(s, Stats)}
+        right = (f"<h3>Statistics{''.join(sorted(kinds))}</h3>"
+                 + compare_rows(stats_columns(stats_a, stats_b, busy)))
+    return (css() + title + "<table width='100%'><tr><td style='padding-right:18px'>"
+            + "".join(parts) + f"</td><td>{right}</td></tr></table>")
+
+
+def group_html(d: DiffNode) -> str:
+    counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+    for n in d.walk():
+        if n.entry is not None:
+            counts[n.entry.status] += 1
+    rows = "".join(
+        f"<tr><td style='color:{status_color(s)}'>{escape(s)}</td>"
+        f"<td class='num'>{n:,}</td></tr>" for s, n in counts.items() if n)
+    return (css() + f"<p><b class='mono'>{breakable(d.key)}</b><br>"
+            f"<span style='color:{status_color(d.worst)}'>"
+            f"<b>{escape(status_text(d))}</b></span> <span class='muted'>— a group of "
+            f"{d.entries:,} keys</span></p><table>{rows}</table>"
+            + (f"<p>{d.elements_changed:,} elements changed below.</p>"
+               if d.elements_changed else ""))
+
+
+def rule_text(result: DiffResult) -> str:
+    if not result.rules:
+        return "Keys matched exactly."
+    how = (" — <b>found automatically</b>, because it matches more keys" if result.auto_rule
+           else "")
+    return ("Keys matched after " + "; ".join(escape(r.describe()) for r in result.rules)
+            + how + ".")
+
+
+VERDICT_STYLE = {"safe": ("ok", "safe"),  # colour role, words
+                 "needs-trust": ("warning", "needs trust: loading it with torch runs code"),
+                 "dangerous": ("danger", "DANGEROUS: open it in its own tab to see why")}
+
+
+def verdict_html(verdict: str) -> str:
+    """A file's security verdict, so that a comparison never hides a hostile file."""
+    role, text = VERDICT_STYLE.get(verdict, ("muted", verdict))
+    return span(role, escape(text), bold=True) if verdict else ""
+
+
+def summary_html(c: Comparison) -> str:
+    """The header: both files, the key rule, and how many keys of each status."""
+    result = c.result
+    files = "".join(
+        f"<tr><td><b>{name}</b>&nbsp;</td><td>{escape(ckpt.path)}&nbsp;&nbsp;</td>"
+        f"<td style='color:{color('muted')}'>{escape(ckpt.format)} · {t['tensors']:,} tensors · "
+        f"{human_bytes(t['nbytes'])}</td><td>&nbsp;&nbsp;{verdict_html(v)}</td></tr>"
+        for name, ckpt, t, v in (("A", c.a, c.totals_a, c.verdicts[0]),
+                                 ("B", c.b, c.totals_b, c.verdicts[1])))
+    counts = result.counts()
+    shown = [s for s in SEVERITY if counts[s]]
+    items = " &nbsp; ".join(
+        f"<span style='color:{status_color(s)}'>●&nbsp;<b>{counts[s]:,}</b>&nbsp;{escape(s)}"
+        "</span>" for s in shown) or "no keys on either side"
+    changed, compared = c.elements()
+    if result.identical:
+        verdict = span("ok", "IDENTICAL", bold=True)
+    else:
+        verdict = span("changed", "DIFFERENT", bold=True)
+    elements = (f" &nbsp;—&nbsp; <b>{changed:,}</b> of {compared:,} elements compared changed "
+                f"({percent(changed, compared)})" if compared else "")
+    return (f"<table cellspacing='0'>{files}</table>"
+            f"<div style='margin-top:3px'>{rule_text(result)}</div>"
+            f"<div style='margin-top:3px'>{verdict} &nbsp; {items}{elements}</div>")

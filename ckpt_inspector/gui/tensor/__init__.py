@@ -1,0 +1,1 @@
+"""The tensor panel: statistics and histogram, heatmap, values."""

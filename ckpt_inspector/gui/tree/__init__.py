@@ -1,0 +1,1 @@
+"""The checkpoint tab: its key tree (model, view helpers) and the tab itself."""
