@@ -1,26 +1,12 @@
-"""What several commands share: opening a file, printing a job's progress."""
+"""What several commands share: opening a file (as the window does), printing a job's
+progress."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.formats import open_checkpoint
-from ckpt_inspector.core.gcpause import bulk_allocation
+from ckpt_inspector.core.ops.session import open_file as open_file  # as the window opens
 from ckpt_inspector.core.progress import Progress, progress_line
-from ckpt_inspector.core.tree import Checkpoint
-
-
-def open_file(path: str) -> Checkpoint:
-    """The checkpoint at ``path``; any failure is a :class:`CheckpointError` (a reader bug
-    must still end in one clear line)."""
-    try:
-        with bulk_allocation():
-            return open_checkpoint(path)
-    except CheckpointError:
-        raise
-    except Exception as err:
-        raise CheckpointError(f"unexpected {type(err).__name__} while reading: {err}") from err
 
 
 def _print_progress(report: Progress) -> None:

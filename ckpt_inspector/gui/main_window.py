@@ -37,11 +37,11 @@ from ckpt_inspector.gui.actions import (
 from ckpt_inspector.gui.commands import run_cli
 from ckpt_inspector.gui.devices import DeviceProbe, fill_device_box
 from ckpt_inspector.gui.dialogs.consent import ask_consent, confirm
+from ckpt_inspector.gui.dialogs.export import ExportDialog
 from ckpt_inspector.gui.dialogs.files import ask_files
 from ckpt_inspector.gui.dialogs.help import ShortcutsDialog, about_box, about_html
 from ckpt_inspector.gui.diff.view import DiffView
 from ckpt_inspector.gui.errors import ErrorReporter
-from ckpt_inspector.gui.export_dialog import ExportDialog
 from ckpt_inspector.gui.icons import VERDICT_WORDS, app_icon, verdict_icon
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.tensor.preload import preload_plots

@@ -1,6 +1,6 @@
-"""Opening a file for display: read it, scan it, build both trees people browse (grouped
-and flat) and its totals. What the window does on a worker thread for every file it opens,
-and what ``info`` can call for the same figures. Qt-free."""
+"""Opening a file: :func:`open_file` reads it (what every command calls), :func:`load_file`
+also scans it and builds both trees people browse (grouped and flat) and its totals (what
+the window does on a worker thread for every file it opens). Qt-free."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckpt_inspector.core.display import DisplayNode, build_display_tree
+from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import open_checkpoint
 from ckpt_inspector.core.gcpause import bulk_allocation, release
 from ckpt_inspector.core.scan import ScanReport, scan
@@ -27,10 +28,22 @@ class LoadedFile:
     seconds: float
 
 
+def open_file(path: str) -> Checkpoint:
+    """The checkpoint at ``path``; any failure is a :class:`CheckpointError` (a reader bug
+    must still end in one clear line)."""
+    try:
+        with bulk_allocation():
+            return open_checkpoint(path)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"unexpected {type(err).__name__} while reading: {err}") from err
+
+
 def load_file(path: str) -> LoadedFile:
     start = time.perf_counter()
+    ckpt = open_file(path)
     with bulk_allocation():
-        ckpt = open_checkpoint(path)
         report = scan(ckpt)
         grouped = build_display_tree(ckpt.root, grouped=True)
         flat = build_display_tree(ckpt.root, grouped=False)

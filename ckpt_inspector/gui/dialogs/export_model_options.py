@@ -22,8 +22,8 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_inspector.core.ops.export.request import ExportRequest, parse_shape
+from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.gui.commands import cli_command
-from ckpt_inspector.gui.loading import LoadedFile
 
 
 class ModelOptions(QGroupBox):

@@ -29,9 +29,9 @@ from PySide6.QtWidgets import (
 from ckpt_inspector.core.errors import ExportError
 from ckpt_inspector.core.ops.export import plan as export_plan
 from ckpt_inspector.core.ops.export.request import ExportRequest
+from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.summary import human_bytes
-from ckpt_inspector.gui.export_model_options import ModelOptions
-from ckpt_inspector.gui.loading import LoadedFile
+from ckpt_inspector.gui.dialogs.export_model_options import ModelOptions
 from ckpt_inspector.gui.theme import set_muted, span
 
 TARGETS = [

@@ -33,10 +33,10 @@ from ckpt_inspector.core.errors import ExportError
 from ckpt_inspector.core.io.atomic import remove_partial
 from ckpt_inspector.core.ops.export.request import ExportRequest
 from ckpt_inspector.core.ops.export.result import ExportResult, Row
+from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.progress import Progress, parse_line
 from ckpt_inspector.gui.commands import cli_command
-from ckpt_inspector.gui.export_options import ExportOptions
-from ckpt_inspector.gui.loading import LoadedFile
+from ckpt_inspector.gui.dialogs.export_options import ExportOptions
 from ckpt_inspector.gui.theme import color, span
 
 
