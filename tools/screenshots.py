@@ -24,8 +24,8 @@ from ckpt_inspector.gui.main_window import MainWindow
 from ckpt_inspector.gui.tree.model import NodeRole
 
 
-def main() -> None:
-    args = sys.argv[1:]
+def _arguments(args: list[str]) -> tuple[str, tuple[int, int], list[str]]:
+    """OUT_DIR, the window size and the file specs; ``--theme`` goes to the environment."""
     if args[:1] == ["--theme"]:
         os.environ[theme.ENV] = args[1]  # read by the main window
         args = args[2:]
@@ -34,75 +34,78 @@ def main() -> None:
     if files and "x" in files[0] and files[0].replace("x", "").isdigit():
         w, h = files.pop(0).split("x")  # an optional WIDTHxHEIGHT first
         size = (int(w), int(h))
-    os.makedirs(out, exist_ok=True)
-    app = QApplication([])
-    settings = QSettings(os.path.join(tempfile.mkdtemp(), "s.ini"), QSettings.Format.IniFormat)
-    win = MainWindow(settings=settings)
-    win.resize(*size)
-    win.show()
-    pending = list(files)
+    return out, size, files
 
-    def snap(name: str) -> None:
-        app.processEvents()
-        win.grab().save(os.path.join(out, name))
-        print("saved", os.path.join(out, name))
 
-    def expand(view) -> None:
-        tree, proxy = view.tree, view.proxy
-        stack = [QModelIndex()]
-        opened = 0
-        while stack and opened < 6:
-            parent = stack.pop(0)
-            for row in range(proxy.rowCount(parent)):
-                idx = proxy.index(row, 0, parent)
-                d = idx.data(NodeRole)
-                if proxy.rowCount(idx) and d.kind in ("group", "module", "dict") and opened < 6:
-                    tree.expand(idx)
-                    opened += 1
-                    stack.append(idx)
-        # select a visible tensor, a conv weight if there is one, to show its details
-        selected = None
-        stack = [QModelIndex()]
-        while stack:
-            parent = stack.pop()
-            for row in range(proxy.rowCount(parent)):
-                idx = proxy.index(row, 0, parent)
-                d = idx.data(NodeRole)
-                if tree.isExpanded(idx):
-                    stack.append(idx)
-                elif d.is_tensor and (selected is None or d.key.endswith("conv1.weight")):
-                    selected = idx
-        if selected is not None:
-            tree.setCurrentIndex(selected)
+def _children(proxy, parent: QModelIndex):
+    for row in range(proxy.rowCount(parent)):
+        yield proxy.index(row, 0, parent)
 
-    current: list[str] = []
 
-    def dialogs() -> None:
-        for name, dialog in (("about.png", win.about()), ("shortcuts.png", win.show_shortcuts())):
-            app.processEvents()
-            dialog.grab().save(os.path.join(out, name))
-            print("saved", os.path.join(out, name))
+def expand(view) -> None:
+    """Open the first module groups, then select a visible tensor (a conv weight if there is
+    one) to show its details."""
+    tree, proxy = view.tree, view.proxy
+    queue = [QModelIndex()]
+    opened = 0
+    while queue and opened < 6:
+        for idx in _children(proxy, queue.pop(0)):
+            if proxy.rowCount(idx) and idx.data(NodeRole).kind in ("group", "module", "dict") \
+                    and opened < 6:
+                tree.expand(idx)
+                opened += 1
+                queue.append(idx)
+    selected = None
+    stack = [QModelIndex()]
+    while stack:
+        for idx in _children(proxy, stack.pop()):
+            d = idx.data(NodeRole)
+            if tree.isExpanded(idx):
+                stack.append(idx)
+            elif d.is_tensor and (selected is None or d.key.endswith("conv1.weight")):
+                selected = idx
+    if selected is not None:
+        tree.setCurrentIndex(selected)
+
+
+class Shooter:
+    """Opens each file in turn, shows what its spec asks for and saves the window."""
+
+    def __init__(self, app: QApplication, win: MainWindow, out: str, files: list[str]):
+        self.app, self.win, self.out = app, win, out
+        self.pending = list(files)
+        self.current: list[str] = []
+
+    def snap(self, name: str, widget=None) -> None:
+        self.app.processEvents()
+        (widget or self.win).grab().save(os.path.join(self.out, name))
+        print("saved", os.path.join(self.out, name))
+
+    def dialogs(self) -> None:
+        for name, dialog in (("about.png", self.win.about()),
+                             ("shortcuts.png", self.win.show_shortcuts())):
+            self.snap(name, dialog)
             dialog.close()
-        QTimer.singleShot(300, app.quit)
+        QTimer.singleShot(300, self.app.quit)
 
-    def next_file() -> None:
-        if not pending:
-            QTimer.singleShot(300, dialogs)
+    def next_file(self) -> None:
+        if not self.pending:
+            QTimer.singleShot(300, self.dialogs)
             return
-        spec = pending.pop(0)
-        current[:] = [*spec.split("#"), "", ""][:3]
-        path = current[0]
-        view = win._view_for(os.path.abspath(path))
+        spec = self.pending.pop(0)
+        self.current[:] = [*spec.split("#"), "", ""][:3]
+        path = self.current[0]
+        view = self.win._view_for(os.path.abspath(path))
         if view is not None:
-            win.tabs.setCurrentWidget(view)
-            shown(path)
+            self.win.tabs.setCurrentWidget(view)
+            self.shown(path)
         else:
-            win.open_paths([path])
+            self.win.open_paths([path])
 
-    def shown(path: str) -> None:
-        view = win.current_view()
+    def shown(self, path: str) -> None:
+        view = self.win.current_view()
         expand(view)
-        _path, key, tab = current
+        _path, key, tab = self.current
         if key:
             view.select_key(key)
         if tab:
@@ -111,10 +114,20 @@ def main() -> None:
             if tab in names:
                 tabs.setCurrentIndex(names.index(tab))
         name = "-".join(p for p in (os.path.basename(path), key, tab) if p) + ".png"
-        QTimer.singleShot(1500 if key else 400, lambda: (snap(name), next_file()))
+        QTimer.singleShot(1500 if key else 400, lambda: (self.snap(name), self.next_file()))
 
-    win.file_shown.connect(shown)
-    QTimer.singleShot(1500, lambda: (snap("empty.png"), next_file()))
+
+def main() -> None:
+    out, size, files = _arguments(sys.argv[1:])
+    os.makedirs(out, exist_ok=True)
+    app = QApplication([])
+    settings = QSettings(os.path.join(tempfile.mkdtemp(), "s.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(settings=settings)
+    win.resize(*size)
+    win.show()
+    shooter = Shooter(app, win, out, files)
+    win.file_shown.connect(shooter.shown)
+    QTimer.singleShot(1500, lambda: (shooter.snap("empty.png"), shooter.next_file()))
     app.exec()
 
 

@@ -291,3 +291,20 @@ def test_one_stop_event_serves_stats_then_histogram_on_threads(torch, tmp_path, 
     assert not token.cancelled
     check(torch, stats, t)
     assert hist is not None and hist.counts.sum() == 50_000
+
+
+def test_histogram_of_values_near_the_dtypes_limits(torch, tmp_path):
+    """Was: a span wider than the dtype holds (float32 ±3e38, float64 ±1e308) gave numpy's
+    "Too many bins for data range" and a traceback."""
+    path = tmp_path / "limits.pt"
+    torch.save({"f32": torch.tensor([3e38, -3e38, 0.0, 1.0], dtype=torch.float32),
+                "f64": torch.tensor([1e308, -1e308, 2.0], dtype=torch.float64),
+                "f16": torch.tensor([65504.0, -65504.0], dtype=torch.float16)}, path)
+    infos = tensor_infos(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for key, counts in (("f32", [1, 0, 2, 1]), ("f64", [1, 0, 1, 1]), ("f16", [1, 0, 0, 1])):
+            stats = drive(compute(infos[key]))
+            h = drive(histogram(infos[key], stats, bins=4))
+            assert h.counts.tolist() == counts, key
+            assert np.all(np.isfinite(h.edges)) and np.all(np.diff(h.edges) > 0), key

@@ -3,6 +3,7 @@ to a size and from an evenly spread sample above it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,13 +45,14 @@ def histogram(info: TensorInfo, stats: Stats, bins: int = 100,
         lo, hi = lo - 0.5, hi + 0.5
     elif lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, bins + 1)
+    halve = not math.isfinite(hi - lo)  # a span wider than float64 holds: bin halves
+    edges = np.linspace(lo / 2, hi / 2, bins + 1) * 2 if halve else np.linspace(lo, hi, bins + 1)
     numel = info.numel
     special = bool(stats.nan or stats.posinf or stats.neginf)
     step = numel // HISTOGRAM_SAMPLE if numel > HISTOGRAM_EXACT_LIMIT else 1
 
     def make() -> _HistAcc:
-        return _HistAcc(bins, (lo, hi), step, special)
+        return _HistAcc(bins, (lo, hi), step, special, halve)
 
     acc = yield from accumulate(info, make, "histogram", chunk=1 << 20, cancel=cancel)
     acc.flush()
@@ -62,8 +64,10 @@ class _HistAcc:
     """Counts of one worker: every ``step``-th element (by its index in the whole tensor,
     so the workers' samples add up to one evenly spread sample), histogrammed in batches."""
 
-    def __init__(self, bins: int, span: tuple[float, float], step: int, special: bool):
+    def __init__(self, bins: int, span: tuple[float, float], step: int, special: bool,
+                 halve: bool = False):
         self.bins, self.span, self.step, self.special = bins, span, step, special
+        self.halve = halve
         self.counts = np.zeros(bins, dtype=np.int64)
         self.pending: list[np.ndarray] = []
         self.held = self.sample = 0
@@ -84,7 +88,13 @@ class _HistAcc:
                 f = f[np.isfinite(f)]
             if f.dtype == np.bool_:  # numpy warns, then converts it the same way
                 f = f.view(np.uint8)
-            self.counts += np.histogram(f, bins=self.bins, range=self.span)[0]
+            span = self.span
+            if f.dtype.kind == "f" and (self.halve or span[1] - span[0] > float(np.finfo(f.dtype).max)):
+                # numpy bins in the data's dtype: a span that overflows it gives no bins
+                f = f.astype(np.float64)
+                if self.halve:
+                    f, span = f / 2, (span[0] / 2, span[1] / 2)
+            self.counts += np.histogram(f, bins=self.bins, range=span)[0]
             self.pending.clear()
             self.held = 0
 

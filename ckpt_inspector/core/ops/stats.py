@@ -149,7 +149,8 @@ class _Moments:
                 deviation = c.astype(np.float64) - total / k
                 m2 = float(np.dot(deviation, deviation))
         np.abs(c, out=buf)
-        abs_sum = float(np.add.reduce(buf, dtype=ACCUMULATE))
+        with np.errstate(over="ignore"):  # values near float64's limit: the sum is inf
+            abs_sum = float(np.add.reduce(buf, dtype=ACCUMULATE))
         zeros = 0
         if cmin <= 0.0 <= cmax:  # else there is no zero to count
             zeros = k - int(np.count_nonzero(np.not_equal(c, 0, out=self.mask[:k])))
