@@ -89,7 +89,8 @@ class _HistAcc:
             if f.dtype == np.bool_:  # numpy warns, then converts it the same way
                 f = f.view(np.uint8)
             span = self.span
-            if f.dtype.kind == "f" and (self.halve or span[1] - span[0] > float(np.finfo(f.dtype).max)):
+            narrow = f.dtype.kind == "f" and span[1] - span[0] > float(np.finfo(f.dtype).max)
+            if self.halve or narrow:
                 # numpy bins in the data's dtype: a span that overflows it gives no bins
                 f = f.astype(np.float64)
                 if self.halve:
