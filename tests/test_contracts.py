@@ -100,7 +100,8 @@ def _graph(top_level: bool = True) -> dict[str, set[str]]:
 
 
 def test_no_import_cycles():
-    graph = _graph()
+    """Not even through an import inside a function."""
+    graph = _graph(top_level=False)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []

@@ -77,6 +77,15 @@ def _readers() -> tuple[Reader, ...]:
 READERS: tuple[Reader, ...] = ()
 
 
+def _register_embedded_loader() -> None:
+    from ckpt_inspector.core.formats import _common, pickle_file
+
+    _common.embedded_loader = pickle_file.load_embedded
+
+
+_register_embedded_loader()
+
+
 def readers() -> tuple[Reader, ...]:
     """The registry, in the order detection tries it (built on first use: the readers
     import what they need only when a file is opened)."""

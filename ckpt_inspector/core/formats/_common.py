@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError, PickleError
@@ -56,6 +57,11 @@ def run_pickle(
 EMBED_DEPTH = 4
 _LOAD_FROM_BYTES = "torch.storage._load_from_bytes"
 
+# ``(ckpt, bytes, label) -> value``: reads a checkpoint embedded as bytes. That goes back
+# through the readers, which build on this module, so the registry (formats/__init__)
+# sets it rather than this module importing them.
+embedded_loader: Callable[[Checkpoint, Any, str], Any] | None = None
+
 
 def read_embedded(ckpt: Checkpoint, result: PickleResult, member: str) -> None:
     """Every ``torch.storage._load_from_bytes(b)`` the stream calls is ``torch.load`` of
@@ -66,8 +72,8 @@ def read_embedded(ckpt: Checkpoint, result: PickleResult, member: str) -> None:
              and id(c) not in ckpt.embedded]
     if not calls:
         return
-    from ckpt_inspector.core.formats.pickle_file import load_embedded
-
+    load_embedded = embedded_loader
+    assert load_embedded is not None, "formats/__init__ registers the embedded loader"
     for call in calls:
         raw = literal_bytes(call.args[0])
         if raw is None:
