@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io.atomic import atomic_file, check_target
 from ckpt_inspector.core.ops.stats import numpy_dtype
-from ckpt_inspector.core.progress import Progress
+from ckpt_inspector.core.progress import Job, Progress
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import TensorInfo
 
@@ -181,7 +180,7 @@ class Heatmap:
 
 def heatmap(info: TensorInfo, axes: tuple[int, int] = (0, 1),
             index: dict[int, int] | None = None, kernels: bool = False,
-            max_side: int = MAX_SIDE, reduce: str = "mean") -> Iterator[Progress]:
+            max_side: int = MAX_SIDE, reduce: str = "mean") -> Job[Heatmap]:
     """A picture of the tensor (returns :class:`Heatmap`): the chosen two axes, the others
     fixed at ``index``; a 1-D tensor as a strip; conv weights [out, in, kh, kw] as a grid
     of kernels. Beyond ``max_side`` pixels, each pixel stands for a block of values, their
@@ -247,7 +246,7 @@ def _block_means(band: np.ndarray, fc: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _kernel_grid(info: TensorInfo, max_side: int) -> Iterator[Progress]:
+def _kernel_grid(info: TensorInfo, max_side: int) -> Job[Heatmap]:
     """Conv weights as tiles, one per output channel, each a row of its ``in`` kernels;
     the tiles wrap so the picture is about square. Gaps between kernels are NaN."""
     arr = values_view(info)
@@ -304,7 +303,7 @@ def npy_dtype(info: TensorInfo) -> np.dtype:
 
 
 def save_npy(info: TensorInfo, out_path: str, source_path: str = "",
-             overwrite: bool = False) -> Iterator[Progress]:
+             overwrite: bool = False) -> Job[dict[str, Any]]:
     """Write the tensor as ``.npy`` (C order), atomically, in pieces of rows; returns
     ``{"path", "bytes", "dtype"}``. The source file is never written."""
     check_target(out_path, source_path or out_path + ".src", overwrite)
