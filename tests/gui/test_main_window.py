@@ -16,7 +16,15 @@ from ckpt_inspector.core.formats import open_checkpoint
 from ckpt_inspector.gui import main_window as main_window_mod
 from ckpt_inspector.gui.main_window import drop_urls
 from ckpt_inspector.gui.tree.checkpoint_view import CheckpointView
-from ckpt_inspector.gui.tree.model import DEVICE, KEY, SHAPE, CheckpointModel, NodeRole
+from ckpt_inspector.gui.tree.model import (
+    DEVICE,
+    ELEMENTS,
+    KEY,
+    SHAPE,
+    SIZE,
+    CheckpointModel,
+    NodeRole,
+)
 
 from support import ROOT, find_row, open_and_wait
 
@@ -334,6 +342,10 @@ def test_a_key_that_other_keys_extend_is_one_row(qtmodeltester, torch, tmp_path,
     assert x.data() == "x" and model.rowCount(x) == 1
     assert model.index(0, KEY, x).data() == "y"
     assert model.index(0, SHAPE).data() == "[2]"
+    # the row's columns are its tensor's own; the totals with the keys below in its tooltip
+    assert model.index(0, ELEMENTS).data() == "2" and model.index(0, SIZE).data() == "8 B"
+    assert "with the keys under it: 2 tensors, 5 elements" in \
+        model.index(0, KEY).data(Qt.ItemDataRole.ToolTipRole)
     view = open_and_wait(qtbot, window, path)
     assert view.select_key("x.y") and view.current_node().key == "x.y"
 

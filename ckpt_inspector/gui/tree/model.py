@@ -57,6 +57,16 @@ def type_text(d: DisplayNode) -> str:
     return short_type(node.type_name) or node.kind
 
 
+def row_numel(d: DisplayNode) -> int:
+    """A tensor row's own element count (also when other keys extend its key: the row's
+    shape and dtype are its tensor's); a group's total."""
+    return d.node.tensor.numel if d.is_tensor else d.numel  # type: ignore[union-attr]
+
+
+def row_nbytes(d: DisplayNode) -> int:
+    return d.node.tensor.nbytes if d.is_tensor else d.nbytes  # type: ignore[union-attr]
+
+
 def shape_text(d: DisplayNode) -> str:
     node = d.node
     if node is None:
@@ -224,9 +234,9 @@ class CheckpointModel(NodeTreeModel):
         if col == SHAPE:
             return shape_text(d)
         if col == ELEMENTS:
-            return f"{d.numel:,}" if d.tensors else ""
+            return f"{row_numel(d):,}" if d.tensors else ""
         if col == SIZE:
-            return human_bytes(d.nbytes) if d.tensors else ""
+            return human_bytes(row_nbytes(d)) if d.tensors else ""
         if col == DEVICE and d.is_tensor:
             saved = d.node.tensor.device
             if saved not in (self._target, "numpy", "meta", "unknown") and self._target:
@@ -242,6 +252,9 @@ class CheckpointModel(NodeTreeModel):
                          f"offset {t.storage_offset}")
             if t.problem:
                 lines.append(f"DAMAGED: {t.problem}")
+            if d.children:  # a key that other keys extend: the columns are its tensor's own
+                lines.append(f"with the keys under it: {d.tensors:,} tensors, "
+                             f"{d.numel:,} elements, {human_bytes(d.nbytes)}")
         elif d.tensors:
             lines.append(f"{d.tensors:,} tensors, {d.numel:,} elements, {human_bytes(d.nbytes)}")
         return "\n".join(lines)
@@ -266,8 +279,8 @@ class CheckpointModel(NodeTreeModel):
         TYPE: lambda d: type_text(d),
         SHAPE: lambda d: (tuple(d.node.tensor.shape) if d.is_tensor else (),
                           natural_key(shape_text(d))),
-        ELEMENTS: lambda d: d.numel,
-        SIZE: lambda d: d.nbytes,
+        ELEMENTS: lambda d: row_numel(d),
+        SIZE: lambda d: row_nbytes(d),
         DEVICE: lambda d: d.node.tensor.device if d.is_tensor else "",
     }
 
