@@ -75,6 +75,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 MAX_LISTED = 12
 MAX_SNIFFED = 500
+PICKLE_NAMES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".p", ".model", ".th")
 
 
 def unknown_folder(path: str) -> str:
@@ -93,6 +94,8 @@ def unknown_folder(path: str) -> str:
             kind = formats.detect_format(full)
         except (CheckpointError, OSError, ValueError):
             continue
+        if kind == "pickle" and not name.lower().endswith(PICKLE_NAMES):
+            continue  # many text files start with bytes that read as a pickle opcode
         found.append(f"{name} ({kind})")
     if not found:
         return "is a folder, and holds no checkpoint file ckpt-inspector recognises"

@@ -71,7 +71,7 @@ class Union:
                 first = self._where[key]
                 self.ckpt.findings.append(Finding(
                     "info", "duplicate-key",
-                    f"{key!r} is in both {first} and {rel}", file=rel, name=key))
+                    f"{key!r} is in both {first} and {rel}", file=rel))
                 if owner is None or owner.get(key) != rel:
                     continue
             self._put(key, child, rel)

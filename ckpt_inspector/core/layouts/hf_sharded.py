@@ -212,14 +212,14 @@ def _check_index(union: Union, rel: str, keys: list[str], held: list[str],
         ckpt.findings.append(Finding(
             "info", "index-mismatch",
             f"the index puts {len(absent):,} key(s) in {rel} that it does not hold, e.g. "
-            f"{absent[0]!r}", file=rel, name=absent[0]))
+            f"{absent[0]!r}", file=rel))
         _damage(union, rel, absent, f"the index puts it in {rel}, which does not hold it")
     unlisted = [k for k in held if weight_map.get(k) != rel]
     if unlisted:
         ckpt.findings.append(Finding(
             "info", "index-mismatch",
-            f"{rel} holds {len(unlisted):,} tensor(s) the index does not put there, e.g. "
-            f"{unlisted[0]!r}", file=rel, name=unlisted[0]))
+            f"{rel} holds {len(unlisted):,} key(s) the index does not put there, e.g. "
+            f"{unlisted[0]!r}", file=rel))
 
 
 def _config(ckpt: Checkpoint, folder: str) -> None:
