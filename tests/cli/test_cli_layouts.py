@@ -7,10 +7,9 @@ import json
 import shutil
 
 import pytest
+from shards import marker_payload, save_sharded, state_dict
 
 from support import run_cli
-
-from shards import marker_payload, save_sharded, state_dict
 
 
 @pytest.fixture(scope="module")

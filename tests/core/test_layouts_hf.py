@@ -8,13 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
+from shards import marker_payload, save_sharded, state_dict
 
 from ckpt_inspector.core import CheckpointError, open_checkpoint
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_torch
 from ckpt_inspector.core.tree import key_of
-
-from shards import marker_payload, save_sharded, state_dict
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,8 @@ def _reference(torch, path):
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            names = f.keys()  # a safe_open handle is not iterable
+            return {k: f.get_tensor(k) for k in names}
     return torch.load(path, weights_only=True)
 
 
@@ -71,7 +71,7 @@ def test_folder_and_index_read_as_one_checkpoint(sharded, torch, sd):
 
 
 def test_one_shard_alone_is_that_shard(sharded):
-    folder, weight_map, ext = sharded
+    folder, weight_map, _ext = sharded
     shard = sorted(set(weight_map.values()))[0]
     ckpt = open_checkpoint(folder / shard)
     assert ckpt.format in ("safetensors", "torch-zip") and not ckpt.files
