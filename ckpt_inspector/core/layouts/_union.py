@@ -117,6 +117,10 @@ class Union:
 
     @staticmethod
     def _tag(node: Node, rel: str) -> None:
+        if not node.children:  # a tensor of a state_dict: the common case, 100,000s of them
+            if node.tensor is not None:
+                node.tensor.file = rel
+            return
         for n in node.walk():
             if n.tensor is not None:
                 n.tensor.file = rel

@@ -152,6 +152,8 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
         if plan.metadata is not None:
             ckpt.metadata["index metadata"] = plan.metadata
     ckpt.metadata["shards"] = len(plan.shards)
+    if plan.weight_map is not None and not plan.weight_map:
+        ckpt.warnings.append(f"{plan.index} lists no tensor")
     promised: dict[str, list[str]] = {}
     for key, rel in (plan.weight_map or {}).items():
         promised.setdefault(rel, []).append(key)
