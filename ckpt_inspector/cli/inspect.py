@@ -86,6 +86,8 @@ def info_json(ckpt: Checkpoint) -> dict[str, Any]:
     }
     if arrays:
         out["arrays"] = arrays
+    if ckpt.files:  # a checkpoint made of several files
+        out["files"] = ckpt.files
     return out
 
 
@@ -159,6 +161,7 @@ def print_info(ckpt: Checkpoint) -> None:
             v = json.dumps(v)
         text = str(v)
         print(f"  {k}: {text if len(text) <= 200 else text[:200] + '…'}")
+    _print_files(ckpt)
     print()
     root = ckpt.root
     if root.is_container:
@@ -173,6 +176,18 @@ def print_info(ckpt: Checkpoint) -> None:
     if tot["damaged_tensors"]:
         print(f"warning: {tot['damaged_tensors']} tensor(s) are damaged; see DAMAGED above",
               file=sys.stderr)
+
+
+def _print_files(ckpt: Checkpoint) -> None:
+    """The files of a checkpoint made of several files."""
+    if not ckpt.files:
+        return
+    print(f"  files    {len(ckpt.files):,}")
+    for f in ckpt.files[:50]:
+        what = f.get("problem") or f["format"] or "?"
+        print(f"    {f['path']}  {human_bytes(f['size'])}  {what}")
+    if len(ckpt.files) > 50:
+        print(f"    … and {len(ckpt.files) - 50:,} more (info --json lists them)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -224,7 +239,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     else:
         print(f"{args.path}: {report.verdict}")
         for f in report.findings:
-            where = " ".join(x for x in (f.member and f"in {f.member}",
+            where = " ".join(x for x in (f.file and f"file {f.file}",
+                                         f.member and f"in {f.member}",
                                          f.offset is not None and f"at byte {f.offset}") if x)
             print(f"  [{f.severity}] {f.message}" + (f" ({where})" if where else ""))
         if report.globals:

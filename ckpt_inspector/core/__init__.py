@@ -5,7 +5,8 @@ reading a torch-zip, legacy, pickle or safetensors file is plain Python.
 """
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.formats import detect_format, open_checkpoint
+from ckpt_inspector.core.formats import detect_format
+from ckpt_inspector.core.layouts import open_checkpoint
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
 __all__ = [

@@ -18,6 +18,7 @@ class Finding:
     member: str | None = None
     offset: int | None = None
     name: str | None = None
+    file: str | None = None  # which file, in a checkpoint made of several files
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -290,9 +290,10 @@ def _record_findings(record: PickleRecord) -> list[Finding]:
         judged = _judge(use, analysis.invoked)
         if judged is not None:
             findings.append(Finding(judged[0], judged[1], judged[2], member,
-                                    use.ref.offset, name))
+                                    use.ref.offset, name, record.file))
     for v in analysis.verdicts:
-        findings.append(Finding(v.severity, v.code, v.message, member, v.offset, v.name))
+        findings.append(Finding(v.severity, v.code, v.message, member, v.offset, v.name,
+                                record.file))
     for a in record.result.anomalies:
         findings.append(_anomaly_finding(record, a, calls_by_func))
     # streams torch would unpickle must be clean; a member found by sniffing only
@@ -301,9 +302,9 @@ def _record_findings(record: PickleRecord) -> list[Finding]:
     if record.trailing > 0:
         findings.append(Finding(broken, "trailing-data",
                                 f"{record.trailing:,} bytes follow the end of the pickle",
-                                member, record.result.end))
+                                member, record.result.end, file=record.file))
     if record.error:
-        findings.append(Finding(broken, "malformed", record.error, member))
+        findings.append(Finding(broken, "malformed", record.error, member, file=record.file))
     return findings
 
 
@@ -318,4 +319,4 @@ def _anomaly_finding(record: PickleRecord, a: Anomaly,
             uses = calls_by_func.get(id(ref), [])
             if uses:
                 message += f", and calls it with {short_repr(uses[0].args)}"
-    return Finding(level, a.code, message, record.member or None, a.offset, name)
+    return Finding(level, a.code, message, record.member or None, a.offset, name, record.file)

@@ -137,6 +137,8 @@ def tensor_record(path: list[Any], node: Node, shared: dict[int, list[str]]) -> 
         rec["subclass"] = t.subclass
     if t.problem:
         rec["problem"] = t.problem
+    if t.file is not None:  # only in checkpoints made of several files
+        rec["file"] = t.file
     return rec
 
 

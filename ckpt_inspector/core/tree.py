@@ -62,6 +62,9 @@ class TensorInfo:
     # component tensors of sparse/nested/quantized-per-channel tensors
     components: dict[str, TensorInfo] | None = None
     problem: str | None = None
+    # the file that holds it, relative to what was opened, when a checkpoint is made of
+    # several files (None for a single file)
+    file: str | None = None
 
     @property
     def numel(self) -> int:
@@ -141,6 +144,7 @@ class PickleRecord:
     trailing: int = 0  # bytes after STOP that no format explains
     error: str | None = None
     executed: bool = True  # False: found by sniffing; torch itself never unpickles it
+    file: str | None = None  # the file of a checkpoint made of several files that holds it
 
 
 @dataclass(eq=False)
@@ -160,6 +164,9 @@ class Checkpoint:
     # reads them: id of the call -> the inert value; how deep such reading goes now
     embedded: dict[int, Any] = field(default_factory=dict, repr=False)
     embed_depth: int = 0
+    # a checkpoint made of several files (a layout): each file as ``{"path" (relative to
+    # what was opened), "size", "format", ...}``; empty for a single file
+    files: list[dict[str, Any]] = field(default_factory=list)
 
     def tensors(self) -> Iterator[tuple[list[Any], Node]]:
         """``(path, node)`` for every tensor node, in tree order."""

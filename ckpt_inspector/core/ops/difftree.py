@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.formats import open_checkpoint
 from ckpt_inspector.core.keytree import DottedKeys, KeyRow, roll_up
+from ckpt_inspector.core.layouts import open_checkpoint
 from ckpt_inspector.core.ops import diff as core_diff
 from ckpt_inspector.core.ops.analysis import unreadable
 from ckpt_inspector.core.ops.diff import (

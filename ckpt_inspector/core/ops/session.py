@@ -10,8 +10,8 @@ from typing import Any
 
 from ckpt_inspector.core.display import DisplayNode, build_display_tree
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.formats import open_checkpoint
 from ckpt_inspector.core.gcpause import bulk_allocation, release
+from ckpt_inspector.core.layouts import open_checkpoint
 from ckpt_inspector.core.scan import ScanReport, scan
 from ckpt_inspector.core.summary import totals
 from ckpt_inspector.core.tree import Checkpoint
@@ -29,7 +29,8 @@ class LoadedFile:
 
 
 def open_file(path: str) -> Checkpoint:
-    """The checkpoint at ``path``; any failure is a :class:`CheckpointError` (a reader bug
+    """The checkpoint at ``path`` (a file, a folder or an index of a checkpoint made of
+    several files); any failure is a :class:`CheckpointError` (a reader bug
     must still end in one clear line)."""
     try:
         with bulk_allocation():

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckpt_inspector.core import dtypes
-from ckpt_inspector.core.errors import ExportError
+from ckpt_inspector.core.errors import ExportError, ExportUsageError
 from ckpt_inspector.core.io.atomic import check_target, staged_file
 from ckpt_inspector.core.ops.export.pieces import PIECE, tensor_pieces
 from ckpt_inspector.core.ops.export.plan import SAFETENSORS_CODE, Plan
@@ -30,6 +30,19 @@ ALIGN = 64  # torch aligns storage records so they can be memory-mapped
 _STORAGE_CLASS = {v: k for k, v in dtypes.STORAGE_CLASSES.items() if k != "UntypedStorage"}
 
 
+def _check_sources(plan: Plan, out_path: str) -> None:
+    """Refuse an output that would replace a file the tensors are read from (a shard of a
+    checkpoint made of several files: ``check_target`` knows only the path opened)."""
+    if not os.path.isfile(out_path):
+        return
+    files = {span[0] for _k, t in plan.items if t.storage is not None
+             and t.storage.source is not None and (span := t.storage.source.file_span())}
+    for path in files:
+        if os.path.exists(path) and os.path.samefile(path, out_path):
+            raise ExportUsageError("the output would replace a file the source is read from "
+                                   f"({os.path.basename(path)}): choose another name")
+
+
 def export_state_dict(plan: Plan, out_path: str, overwrite: bool = False,
                       verify: bool = True) -> Job[dict[str, Any]]:
     """Write the plan to a temporary file, read it back (:func:`verify_state_dict`, and
@@ -38,6 +51,7 @@ def export_state_dict(plan: Plan, out_path: str, overwrite: bool = False,
     "written", "verified", "passed"}`` and, when verified, the figures of the check.
     Without ``verify`` the file is renamed into place unchecked."""
     check_target(out_path, plan.source_path, overwrite)
+    _check_sources(plan, out_path)
     with staged_file(out_path) as staged:
         writer = _write_pt if plan.fmt == "pt" else _write_safetensors
         yield from writer(plan, staged.path, os.path.splitext(os.path.basename(out_path))[0])

@@ -1,0 +1,155 @@
+"""One :class:`Checkpoint` made of the checkpoints of several files: what every layout whose
+files each hold part of a state_dict shares (Hugging Face shards, later GGUF splits).
+
+Each file is read by the single-file readers; :class:`Union` folds what they found into one
+tree (the union of their top-level keys), one list of pickles and findings for the verdict
+(each naming its file), and one list of files. A file that is missing or unreadable keeps
+its place: the tensors something else promised it holds are shown damaged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
+from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo
+
+
+def read_file(path: str) -> Checkpoint:
+    """One file with the single-file readers; any failure is a :class:`CheckpointError`."""
+    from ckpt_inspector.core import formats
+
+    try:
+        return formats.open_checkpoint(path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # a reader bug on one shard must not hide the others
+        raise CheckpointError(f"unexpected {type(err).__name__} while reading: {err}") from err
+
+
+class Union:
+    """The checkpoint being built: ``add`` each file's checkpoint, ``missing`` each file
+    that is not there, ``unreadable`` each that did not read."""
+
+    def __init__(self, path: str, fmt: str, type_name: str):
+        self.root = Node("dict", None, type_name)
+        self.ckpt = Checkpoint(path, fmt, self.root)
+        self._where: dict[str, str] = {}  # key -> file that holds it
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return self._where
+
+    def add_file(self, rel: str, size: int, fmt: str | None, **extra: Any) -> None:
+        entry: dict[str, Any] = {"path": rel, "size": size, "format": fmt}
+        entry.update({k: v for k, v in extra.items() if v is not None})
+        self.ckpt.files.append(entry)
+        self.ckpt.file_size += size
+
+    def add(self, rel: str, part: Checkpoint, owner: dict[str, str] | None = None) -> list[str]:
+        """Fold ``part`` (the checkpoint of file ``rel``) in; returns the top-level keys it
+        holds. ``owner`` (key -> file, from an index) settles a key two files hold."""
+        self._absorb_scan(rel, part)
+        root = part.root
+        if root is None or not (root.is_container and root.kind == "dict"):
+            self.ckpt.findings.append(Finding(
+                "info", "not-a-state-dict",
+                f"{rel} holds a {root.type_name or root.kind if root else 'nothing'}, not a "
+                "dict of tensors: shown under its file name", file=rel))
+            if root is not None:
+                root.key = rel
+                self._put(rel, root, rel)
+            return []
+        held = []
+        for child in list(root.children):
+            key = str(child.key)
+            held.append(key)
+            self._tag(child, rel)
+            if key in self._where and self._where[key] != rel:
+                first = self._where[key]
+                self.ckpt.findings.append(Finding(
+                    "info", "duplicate-key",
+                    f"{key!r} is in both {first} and {rel}", file=rel))
+                if owner is None or owner.get(key) != rel:
+                    continue
+            self._put(key, child, rel)
+        return held
+
+    def damaged(self, key: str, rel: str, problem: str) -> None:
+        """A tensor something promised that cannot be read (its shape and dtype unknown)."""
+        if key in self._where:
+            return
+        info = TensorInfo("unknown", (), problem=problem, file=rel)
+        self._put(key, Node("tensor", key, "torch.Tensor", tensor=info), rel)
+
+    def unreadable(self, rel: str, full: str, err: CheckpointError) -> None:
+        """A file that exists but did not read: what was read before the failure still
+        counts for the verdict, and a file that is no safetensors file is not safe
+        (what loading it would run is unknown)."""
+        partial = err.partial
+        if partial is not None:
+            self._absorb_scan(rel, partial)
+        self.ckpt.warnings.append(f"{rel} cannot be read ({err}): its tensors are shown "
+                                  "damaged")
+        fmt = partial.format if partial is not None else _sniffed(full)
+        severity = "info" if fmt == "safetensors" else NEEDS_TRUST
+        self.ckpt.findings.append(Finding(
+            severity, "unreadable-file",
+            f"{rel} cannot be read: {err}" + ("" if severity == "info" else
+                                               "; what loading it would run is unknown"),
+            file=rel))
+
+    # -- inside --------------------------------------------------------------------------
+    def _put(self, key: str, node: Node, rel: str) -> None:
+        old = self._where.get(key)
+        self._where[key] = rel
+        node.key = key
+        if old is None:
+            self.root.add(node)
+            return
+        for i, child in enumerate(self.root.children):  # rare: a duplicate the index settles
+            if str(child.key) == key:
+                node.parent, node.row = self.root, i
+                self.root.children[i] = node
+                return
+
+    @staticmethod
+    def _tag(node: Node, rel: str) -> None:
+        if not node.children:  # a tensor of a state_dict: the common case, 100,000s of them
+            if node.tensor is not None:
+                node.tensor.file = rel
+            return
+        for n in node.walk():
+            if n.tensor is not None:
+                n.tensor.file = rel
+
+    def _absorb_scan(self, rel: str, part: Checkpoint) -> None:
+        """The part's pickles, findings, warnings and code for the verdict, each naming
+        its file."""
+        for record in part.pickles:
+            record.file = rel
+        self.ckpt.pickles.extend(part.pickles)
+        for finding in part.findings:
+            finding.file = rel
+        self.ckpt.findings.extend(part.findings)
+        if part.runs_code:
+            self.ckpt.findings.append(Finding(NEEDS_TRUST, "code", part.runs_code, file=rel))
+        self.ckpt.warnings.extend(f"{rel}: {w}" for w in part.warnings)
+
+
+def _sniffed(path: str) -> str | None:
+    from ckpt_inspector.core import formats
+
+    try:
+        return formats.detect_format(path)
+    except (CheckpointError, OSError, ValueError):
+        return None
+
+
+def file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

@@ -1,0 +1,234 @@
+"""Hugging Face sharded checkpoints: ``model-00001-of-00003.safetensors`` ... and their index.
+
+What it opens: a folder, or its index file (``model.safetensors.index.json``,
+``pytorch_model.bin.index.json``, ``adapter_model.safetensors.index.json``,
+``diffusion_pytorch_model.safetensors.index.fp16.json``, ...), whose ``weight_map`` says
+which shard holds each key; or a folder without an index that holds
+``PREFIX-0000K-of-0000N.{safetensors,bin}`` files, grouped the same way. Where a folder holds
+several, it reads what ``transformers`` loads first: safetensors before ``.bin``, the
+``model`` prefix before others. ``config.json`` goes into the metadata.
+
+Each shard is read by the single-file readers (a ``.bin`` shard is a torch zip or legacy
+file: every pickle interpreted, none loaded); the verdict is the worst of the shards, each
+finding naming its file. A missing or unreadable shard leaves the others readable, its
+tensors (those the index lists) damaged, with a warning naming it. A key the index puts in
+a shard that does not hold it, or a tensor of a shard the index does not list, is a finding.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.findings import DANGEROUS, Finding
+from ckpt_inspector.core.layouts._union import Union, file_size, read_file
+from ckpt_inspector.core.tree import Checkpoint
+
+NAME = "hf-sharded"
+INDEX = re.compile(r"^(?P<prefix>.+?)\.(?P<ext>safetensors|bin)\.index(?:\.(?P<variant>[^./]+))?"
+                   r"\.json$")
+SHARD = re.compile(r"^(?P<prefix>.+)-(?P<k>\d+)-of-(?P<n>\d+)\.(?P<ext>safetensors|bin)$")
+MAX_JSON = 100_000_000  # an index (or config.json) larger than this is refused
+MAX_SHARDS = 100_000
+CONFIG = "config.json"
+
+
+# -- which files ---------------------------------------------------------------------------
+def _rank(prefix: str, ext: str, variant: str | None = None) -> tuple[Any, ...]:
+    """What transformers / diffusers load first comes first."""
+    return (ext != "safetensors", variant is not None, prefix not in ("model", "pytorch_model",
+                                                                      "diffusion_pytorch_model"),
+            prefix, variant or "")
+
+
+def indexes(folder: str, names: list[str] | None = None) -> list[str]:
+    """The index files in ``folder``, the one to read first."""
+    names = os.listdir(folder) if names is None else names
+    found = [(m, n) for n in names if (m := INDEX.match(n)) and
+             os.path.isfile(os.path.join(folder, n))]
+    found.sort(key=lambda mn: _rank(mn[0]["prefix"], mn[0]["ext"], mn[0]["variant"]))
+    return [n for _m, n in found]
+
+
+def shard_groups(names: list[str]) -> list[list[str]]:
+    """``PREFIX-0000K-of-0000N.EXT`` names grouped by (prefix, N, extension), the group to
+    read first first; each group lists every name from 1 to N, present or not."""
+    groups: dict[tuple[str, str, str], str] = {}
+    for name in names:
+        m = SHARD.match(name)
+        if m and 1 <= int(m["n"]) <= MAX_SHARDS and 1 <= int(m["k"]) <= int(m["n"]):
+            groups.setdefault((m["prefix"], m["n"], m["ext"]), m["k"])
+    out = []
+    for (prefix, n, ext), k in sorted(groups.items(), key=lambda g: _rank(g[0][0], g[0][2])):
+        width = len(k)
+        out.append([f"{prefix}-{i:0{width}d}-of-{n}.{ext}" for i in range(1, int(n) + 1)])
+    return out
+
+
+def detect(path: str) -> bool:
+    if os.path.isdir(path):
+        names = os.listdir(path)
+        return bool(indexes(path, names) or shard_groups(names))
+    return bool(INDEX.match(os.path.basename(path))) and os.path.isfile(path)
+
+
+# -- reading -------------------------------------------------------------------------------
+def _json(path: str, what: str) -> Any:
+    size = os.path.getsize(path)
+    if size > MAX_JSON:
+        raise CheckpointError(f"{what} is {size:,} bytes: more than the {MAX_JSON:,} "
+                              "ckpt-inspector reads")
+    with builtins.open(path, "rb") as f:  # this module's open() reads a layout
+        raw = f.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{what} is not valid JSON: {err}") from None
+
+
+def _weight_map(index: Any, name: str) -> dict[str, str]:
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        raise CheckpointError(f"{name} has no weight_map object")
+    weight_map = index["weight_map"]
+    bad = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise CheckpointError(f"{name}: the file of {bad!r} is not a string")
+    return weight_map
+
+
+def _inside(rel: str) -> bool:
+    """A shard name that stays inside the folder (loaders join it to the folder's path)."""
+    return bool(rel) and "\0" not in rel and not os.path.isabs(rel) and \
+        ".." not in rel.replace("\\", "/").split("/")
+
+
+@dataclass
+class _Plan:
+    folder: str
+    index: str | None  # its name, None for shards found by their names
+    shards: list[str]  # in the order read
+    weight_map: dict[str, str] | None = None
+    metadata: Any = None  # the index's "metadata"
+    others: list[str] = field(default_factory=list)  # indexes or groups not read
+
+
+def _plan(path: str) -> _Plan:
+    if not os.path.isdir(path):
+        folder, index = os.path.dirname(path) or ".", os.path.basename(path)
+        others: list[str] = []
+    else:
+        folder, names = path, os.listdir(path)
+        found = indexes(path, names)
+        groups = shard_groups(names)
+        if not found:
+            first, *rest = groups
+            return _Plan(folder, None, first, others=[g[0] for g in rest])
+        index, others = found[0], found[1:]
+    data = _json(os.path.join(folder, index), index)
+    weight_map = _weight_map(data, index)
+    shards = sorted(set(weight_map.values()))
+    if len(shards) > MAX_SHARDS:
+        raise CheckpointError(f"{index} names {len(shards):,} files: more than the "
+                              f"{MAX_SHARDS:,} ckpt-inspector reads")
+    return _Plan(folder, index, shards, weight_map, data.get("metadata"), others)
+
+
+def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(path)
+    try:
+        plan = _plan(path)
+    except OSError as err:
+        raise CheckpointError(f"cannot read the index: {err}") from None
+    union = Union(path, NAME, NAME)
+    ckpt = union.ckpt
+    if plan.index is not None:
+        union.add_file(plan.index, file_size(os.path.join(plan.folder, plan.index)),
+                       "hf-index")
+        ckpt.metadata["index"] = plan.index
+        if plan.metadata is not None:
+            ckpt.metadata["index metadata"] = plan.metadata
+    ckpt.metadata["shards"] = len(plan.shards)
+    if plan.weight_map is not None and not plan.weight_map:
+        ckpt.warnings.append(f"{plan.index} lists no tensor")
+    promised: dict[str, list[str]] = {}
+    for key, rel in (plan.weight_map or {}).items():
+        promised.setdefault(rel, []).append(key)
+    for rel in plan.shards:
+        _read_shard(union, plan.folder, rel, promised.get(rel), plan.weight_map)
+    _config(ckpt, plan.folder)
+    for other in plan.others:
+        ckpt.warnings.append(f"the folder also holds {other}, not read (open it on its own "
+                             "to see those weights)")
+    return ckpt
+
+
+def _read_shard(union: Union, folder: str, rel: str, keys: list[str] | None,
+                weight_map: dict[str, str] | None) -> None:
+    """Read one shard into ``union``; ``keys`` are those the index puts in it."""
+    ckpt = union.ckpt
+    full = os.path.join(folder, rel)
+    if not _inside(rel):
+        union.add_file(rel, 0, None, problem="outside the folder: not read")
+        ckpt.findings.append(Finding(
+            DANGEROUS, "shard-outside-folder",
+            f"the index names {rel!r}, a file outside the model's folder: loading the "
+            "model would read it", file=rel))
+        _damage(union, rel, keys, "the index puts it outside the model's folder")
+        return
+    if not os.path.isfile(full):
+        union.add_file(rel, 0, None, problem="missing")
+        what = f": its {len(keys):,} tensor(s) are shown damaged" if keys else ""
+        ckpt.warnings.append(f"{rel} is missing{what}")
+        _damage(union, rel, keys, f"its file {rel} is missing")
+        return
+    try:
+        part = read_file(full)
+    except CheckpointError as err:
+        union.add_file(rel, file_size(full), err.partial.format if err.partial else None,
+                       problem=str(err))
+        union.unreadable(rel, full, err)
+        _damage(union, rel, keys, f"its file {rel} cannot be read: {err}")
+        return
+    union.add_file(rel, part.file_size, part.format)
+    held = union.add(rel, part, weight_map)
+    if keys is not None:
+        _check_index(union, rel, keys, held, weight_map or {})
+
+
+def _damage(union: Union, rel: str, keys: list[str] | None, problem: str) -> None:
+    for key in keys or ():
+        union.damaged(key, rel, problem)
+
+
+def _check_index(union: Union, rel: str, keys: list[str], held: list[str],
+                 weight_map: dict[str, str]) -> None:
+    """Where the index and the shard disagree."""
+    ckpt = union.ckpt
+    present = set(held)
+    absent = [k for k in keys if k not in present]
+    if absent:
+        ckpt.findings.append(Finding(
+            "info", "index-mismatch",
+            f"the index puts {len(absent):,} key(s) in {rel} that it does not hold, e.g. "
+            f"{absent[0]!r}", file=rel))
+        _damage(union, rel, absent, f"the index puts it in {rel}, which does not hold it")
+    unlisted = [k for k in held if weight_map.get(k) != rel]
+    if unlisted:
+        ckpt.findings.append(Finding(
+            "info", "index-mismatch",
+            f"{rel} holds {len(unlisted):,} key(s) the index does not put there, e.g. "
+            f"{unlisted[0]!r}", file=rel))
+
+
+def _config(ckpt: Checkpoint, folder: str) -> None:
+    path = os.path.join(folder, CONFIG)
+    if not os.path.isfile(path):
+        return
+    try:
+        ckpt.metadata["config"] = _json(path, CONFIG)
+    except (CheckpointError, OSError) as err:
+        ckpt.warnings.append(f"{CONFIG} cannot be read: {err}")

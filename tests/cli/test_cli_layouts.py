@@ -1,0 +1,141 @@
+"""The commands on a Hugging Face sharded folder: ``info``, ``scan``, ``stats``, ``diff`` and
+``export`` work on the whole model; single files keep their output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from shards import marker_payload, save_sharded, state_dict
+
+from support import run_cli
+
+
+@pytest.fixture(scope="module")
+def model(torch, tmp_path_factory):
+    """The same state_dict as safetensors shards, .bin shards, one safetensors file, and a
+    fine-tuned copy in shards."""
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("hf-cli")
+    sd = state_dict(torch)
+    maps = {ext: save_sharded(torch, root / ext, sd, ext) for ext in ("safetensors", "bin")}
+    save_file({k: v.contiguous() for k, v in sd.items()}, root / "single.safetensors")
+    tuned = dict(sd)
+    tuned["lm_head.weight"] = sd["lm_head.weight"] + 1
+    tuned["model.layers.2.mlp.weight"] = sd["model.layers.2.mlp.weight"] * 2
+    save_sharded(torch, root / "tuned", tuned, "safetensors")
+    return root, sd, maps
+
+
+@pytest.mark.parametrize("ext", ["safetensors", "bin"])
+def test_info_json_names_the_layout_and_every_file(model, ext):
+    root, sd, maps = model
+    proc = run_cli("info", str(root / ext), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["format"] == "hf-sharded" and out["verdict"] == "safe"
+    assert {t["key"]: t["file"] for t in out["tensors"]} == maps[ext]
+    for t in out["tensors"]:
+        assert list(sd[t["key"]].shape) == t["shape"]
+        assert str(sd[t["key"]].dtype) == f"torch.{t['dtype']}"
+    files = {f["path"]: f for f in out["files"]}
+    for shard in set(maps[ext].values()):
+        assert files[shard]["size"] == (root / ext / shard).stat().st_size
+        assert files[shard]["format"] in ("safetensors", "torch-zip")
+    assert out["file_size"] == sum(f["size"] for f in out["files"])
+    assert out["metadata"]["config"]["model_type"] == "toy"
+    assert out["metadata"]["index metadata"]["total_size"] > 0
+    text = run_cli("info", str(root / ext))
+    assert text.returncode == 0 and "hf-sharded" in text.stdout
+    assert all(shard in text.stdout for shard in set(maps[ext].values()))
+
+
+def test_single_files_have_no_layout_keys(model):
+    out = json.loads(run_cli("info", str(model[0] / "single.safetensors"), "--json").stdout)
+    assert "files" not in out and all("file" not in t for t in out["tensors"])
+
+
+def test_scan_of_a_folder_with_a_malicious_shard(model, torch, tmp_path):
+    folder = tmp_path / "bad"
+    shutil.copytree(model[0] / "bin", folder)
+    marker = tmp_path / "PWNED-marker"
+    marker_payload(torch, folder / "pytorch_model-00003-of-00003.bin", marker)
+    proc = run_cli("scan", str(folder), "--json")
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["verdict"] == "dangerous" and out["format"] == "hf-sharded"
+    assert any(f["severity"] == "dangerous" and f["file"] == "pytorch_model-00003-of-00003.bin"
+               for f in out["findings"])
+    for command in (("info", str(folder)), ("stats", str(folder)),
+                    ("diff", str(folder), str(model[0] / "bin"))):
+        run_cli(*command)
+    assert not marker.exists()
+    assert run_cli("scan", str(model[0] / "bin")).returncode == 0
+
+
+def test_stats_on_a_folder(model):
+    root, sd, _maps = model
+    proc = run_cli("stats", str(root / "safetensors"), "lm_head.weight", "--json")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)["tensors"]["lm_head.weight"]
+    ref = sd["lm_head.weight"]
+    assert got["shape"] == list(ref.shape)
+    assert got["max"] == pytest.approx(ref.max().item())
+    assert got["mean"] == pytest.approx(ref.mean().item(), abs=1e-6)
+
+
+def test_diff_across_layouts(model):
+    root = model[0]
+    for a, b in ((root / "safetensors", root / "single.safetensors"),
+                 (root / "bin", root / "safetensors"),
+                 (root / "bin" / "pytorch_model.bin.index.json", root / "single.safetensors")):
+        proc = run_cli("diff", str(a), str(b), "--json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert json.loads(proc.stdout)["identical"]
+    proc = run_cli("diff", str(root / "safetensors"), str(root / "tuned"), "--json")
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    changed = {e["key"] for e in out["entries"] if e["status"] not in ("identical",)}
+    assert changed == {"lm_head.weight", "model.layers.2.mlp.weight"}
+
+
+@pytest.mark.parametrize("to", ["safetensors", "state_dict"])
+def test_export_a_folder_to_one_file(model, torch, tmp_path, to):
+    root, sd, _maps = model
+    out = tmp_path / ("all.safetensors" if to == "safetensors" else "all.pt")
+    proc = run_cli("export", str(root / "bin"), "--to", to, "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if to == "safetensors":
+        from safetensors.torch import load_file
+
+        got = load_file(out)
+    else:
+        got = torch.load(out, weights_only=True)
+    assert set(got) == set(sd)
+    assert all(torch.equal(got[k], sd[k]) for k in sd)
+    shard = root / "bin" / "pytorch_model-00001-of-00003.bin"
+    refused = run_cli("export", str(root / "bin"), "--to", to, "-o", str(shard), "--overwrite")
+    assert refused.returncode == 2 and "replace a file the source" in refused.stderr
+
+
+def test_missing_shard_and_unknown_folder(model, tensors_file, tmp_path):
+    folder = tmp_path / "partial"
+    shutil.copytree(model[0] / "safetensors", folder)
+    (folder / "model-00002-of-00003.safetensors").unlink()
+    proc = run_cli("info", str(folder), "--json")
+    assert proc.returncode == 0 and "damaged" in proc.stderr
+    out = json.loads(proc.stdout)
+    assert any("model-00002-of-00003.safetensors" in w for w in out["warnings"])
+    damaged = [t for t in out["tensors"] if "problem" in t]
+    assert damaged and all(t["file"] == "model-00002-of-00003.safetensors" for t in damaged)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(tensors_file[0], mixed / "one.pt")
+    shutil.copy(model[0] / "single.safetensors", mixed / "two.safetensors")
+    for command in ("info", "scan", "stats"):
+        proc = run_cli(command, str(mixed))
+        assert proc.returncode == 3, (command, proc.stderr)
+        assert "one.pt (torch-zip)" in proc.stderr and "two.safetensors" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1

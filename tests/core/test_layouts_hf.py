@@ -1,0 +1,207 @@
+"""Hugging Face sharded checkpoints (``core/layouts/hf_sharded``): a folder or its index read
+as one checkpoint, checked against what torch and safetensors read from the same shards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from shards import marker_payload, save_sharded, state_dict
+
+from ckpt_inspector.core import CheckpointError, open_checkpoint
+from ckpt_inspector.core.scan import scan
+from ckpt_inspector.core.tensors import to_torch
+from ckpt_inspector.core.tree import key_of
+
+
+@pytest.fixture(scope="module")
+def sd(torch):
+    return state_dict(torch)
+
+
+@pytest.fixture(scope="module", params=["safetensors", "bin"])
+def sharded(request, torch, sd, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"hf-{request.param}")
+    weight_map = save_sharded(torch, folder, sd, request.param)
+    return folder, weight_map, request.param
+
+
+def _tensors(ckpt):
+    return {key_of(p): n.tensor for p, n in ckpt.tensors()}
+
+
+def _reference(torch, path):
+    """``{key: tensor}`` as the library that wrote a shard reads it."""
+    if str(path).endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            names = f.keys()  # a safe_open handle is not iterable
+            return {k: f.get_tensor(k) for k in names}
+    return torch.load(path, weights_only=True)
+
+
+def test_folder_and_index_read_as_one_checkpoint(sharded, torch, sd):
+    folder, weight_map, ext = sharded
+    index = next(folder.glob("*.index.json"))
+    for opened in (folder, index):
+        ckpt = open_checkpoint(opened)
+        assert ckpt.format == "hf-sharded"
+        infos = _tensors(ckpt)
+        assert set(infos) == set(sd) == set(weight_map)
+        for shard in sorted(set(weight_map.values())):
+            for key, ref in _reference(torch, folder / shard).items():
+                info = infos[key]
+                assert info.file == shard == weight_map[key]
+                assert info.dtype == str(ref.dtype).removeprefix("torch.")
+                assert info.shape == tuple(ref.shape)
+                assert torch.equal(to_torch(info), ref)
+        files = {f["path"]: f for f in ckpt.files}
+        assert files[index.name]["format"] == "hf-index"
+        for shard in set(weight_map.values()):
+            assert files[shard]["size"] == (folder / shard).stat().st_size
+            assert files[shard]["format"] == ("safetensors" if ext == "safetensors"
+                                              else "torch-zip")
+        assert ckpt.metadata["config"]["model_type"] == "toy"
+        assert ckpt.metadata["index metadata"]["total_size"] > 0
+        assert scan(ckpt).verdict == "safe"
+        assert not ckpt.warnings
+
+
+def test_one_shard_alone_is_that_shard(sharded):
+    folder, weight_map, _ext = sharded
+    shard = sorted(set(weight_map.values()))[0]
+    ckpt = open_checkpoint(folder / shard)
+    assert ckpt.format in ("safetensors", "torch-zip") and not ckpt.files
+    infos = _tensors(ckpt)
+    assert set(infos) == {k for k, v in weight_map.items() if v == shard}
+    assert all(t.file is None for t in infos.values())
+
+
+def test_shards_without_an_index_are_grouped(torch, sd, tmp_path):
+    save_sharded(torch, tmp_path, sd, "safetensors", prefix="adapter_model", index=False)
+    ckpt = open_checkpoint(tmp_path)
+    assert ckpt.format == "hf-sharded" and set(_tensors(ckpt)) == set(sd)
+    assert [f["path"] for f in ckpt.files] == [
+        f"adapter_model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)]
+
+
+def test_other_prefixes_and_the_preferred_index(torch, sd, tmp_path):
+    save_sharded(torch, tmp_path, sd, "bin", shards=2)
+    save_sharded(torch, tmp_path, sd, "safetensors", shards=2,
+                 prefix="diffusion_pytorch_model")
+    ckpt = open_checkpoint(tmp_path)  # safetensors first, as diffusers loads it
+    assert ckpt.metadata["index"] == "diffusion_pytorch_model.safetensors.index.json"
+    assert any("pytorch_model.bin.index.json" in w for w in ckpt.warnings)
+    other = open_checkpoint(tmp_path / "pytorch_model.bin.index.json")
+    assert {f["format"] for f in other.files[1:]} == {"torch-zip"}
+
+
+def test_a_malicious_bin_shard_makes_the_folder_dangerous(torch, sd, tmp_path):
+    save_sharded(torch, tmp_path, sd, "bin", shards=2)
+    marker = tmp_path / "PWNED-marker"
+    shard = tmp_path / "pytorch_model-00002-of-00002.bin"
+    marker_payload(torch, shard, marker)
+    report = scan(open_checkpoint(tmp_path))
+    assert report.verdict == "dangerous"
+    bad = [f for f in report.findings if f.severity == "dangerous"]
+    assert bad and all(f.file == shard.name for f in bad)
+    assert any(f.code == "index-mismatch" and "model.extra" in f.message
+               for f in report.findings)
+    assert not marker.exists()
+
+
+def test_a_missing_shard_leaves_the_others_readable(torch, sd, tmp_path):
+    weight_map = save_sharded(torch, tmp_path, sd, "safetensors")
+    gone = sorted(set(weight_map.values()))[1]
+    (tmp_path / gone).unlink()
+    ckpt = open_checkpoint(tmp_path)
+    infos = _tensors(ckpt)
+    assert set(infos) == set(sd)
+    for key, shard in weight_map.items():
+        assert (infos[key].problem is not None) == (shard == gone), key
+        assert infos[key].file == shard
+    assert any(gone in w and "missing" in w for w in ckpt.warnings)
+    assert scan(ckpt).verdict == "safe"
+
+
+@pytest.mark.parametrize("ext", ["safetensors", "bin"])
+def test_a_truncated_shard_is_damaged_and_named(torch, sd, tmp_path, ext):
+    weight_map = save_sharded(torch, tmp_path, sd, ext)
+    cut = sorted(set(weight_map.values()))[0]
+    data = (tmp_path / cut).read_bytes()
+    (tmp_path / cut).write_bytes(data[:len(data) // 2])
+    ckpt = open_checkpoint(tmp_path)
+    infos = _tensors(ckpt)
+    assert {k for k, t in infos.items() if t.problem} == {
+        k for k, v in weight_map.items() if v == cut}
+    assert any(w.startswith(cut) for w in ckpt.warnings)
+    report = scan(ckpt)
+    assert any(f.file == cut and f.code == "unreadable-file" for f in report.findings)
+    # what torch would run from a .bin that does not read is unknown: never "safe"
+    assert (report.verdict == "safe") == (ext == "safetensors"), report.findings
+
+
+def test_index_and_shard_disagree(torch, sd, tmp_path):
+    weight_map = save_sharded(torch, tmp_path, sd, "safetensors", shards=2)
+    index = tmp_path / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    promised = next(iter(weight_map))
+    data["weight_map"]["model.ghost"] = weight_map[promised]  # promised, not there
+    del data["weight_map"][promised]  # there, not promised
+    index.write_text(json.dumps(data))
+    ckpt = open_checkpoint(tmp_path)
+    infos = _tensors(ckpt)
+    assert infos["model.ghost"].problem and infos[promised].problem is None
+    messages = [f.message for f in scan(ckpt).findings if f.code == "index-mismatch"]
+    assert any("model.ghost" in m for m in messages)
+    assert any(promised in m for m in messages)
+
+
+def test_a_shard_outside_the_folder_is_not_read(torch, sd, tmp_path):
+    save_sharded(torch, tmp_path / "m", sd, "safetensors", shards=2)
+    index = tmp_path / "m" / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    shutil.copy(tmp_path / "m" / "model-00001-of-00002.safetensors", tmp_path / "out.st")
+    data["weight_map"]["model.stolen"] = "../out.st"
+    index.write_text(json.dumps(data))
+    ckpt = open_checkpoint(index)
+    assert _tensors(ckpt)["model.stolen"].problem
+    assert scan(ckpt).verdict == "dangerous"
+
+
+def test_a_folder_in_no_layout_is_refused_with_its_files(tensors_file, tmp_path):
+    shutil.copy(tensors_file[0], tmp_path / "a.pt")
+    (tmp_path / "b.safetensors").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match=r"holds 1 checkpoint file.*a\.pt \(torch-zip\)"):
+        open_checkpoint(tmp_path)
+    (tmp_path / "a.pt").unlink()
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        open_checkpoint(tmp_path)
+
+
+def test_broken_index_is_one_clear_error(tmp_path):
+    (tmp_path / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        open_checkpoint(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": 3}')
+    with pytest.raises(CheckpointError, match="no weight_map"):
+        open_checkpoint(tmp_path / "model.safetensors.index.json")
+
+
+def test_single_files_gain_no_layout_fields(tensors_file):
+    ckpt = open_checkpoint(tensors_file[0])
+    assert not ckpt.files
+    assert all(n.tensor.file is None for _p, n in ckpt.tensors())
+    assert all(f.file is None for f in scan(ckpt).findings)
+
+
+def test_values_match_the_state_dict(sharded, torch, sd):
+    ckpt = open_checkpoint(sharded[0])
+    for key, info in _tensors(ckpt).items():
+        got = to_torch(info)
+        assert got.dtype == sd[key].dtype
+        assert np.array_equal(got.float().numpy(), sd[key].float().numpy()), key
