@@ -31,6 +31,12 @@ class DataSource:
     nbytes: int = 0
     byteorder: str = "little"
 
+    @property
+    def stored_nbytes(self) -> int:
+        """Bytes the data takes in its file (less than :attr:`nbytes` where the source
+        decodes packed or quantized elements, see ``core/decoded.py``)."""
+        return self.nbytes
+
     def buffer(self) -> memoryview:
         """The bytes, zero-copy where the format allows."""
         raise NotImplementedError
