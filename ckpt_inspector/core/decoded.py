@@ -155,7 +155,7 @@ SUB_BYTE_BITS = {"float4_e2m1fn": 4, "float6_e2m3fn": 6, "float6_e3m2fn": 6}
 def sub_byte_source(raw: DataSource, dtype: str, numel: int) -> DecodedData:
     """The elements of a packed sub-byte float tensor, one ml_dtypes byte each."""
     bits = SUB_BYTE_BITS[dtype]
-    d = dtypes.DTYPES[dtype]
+    d = dtypes.KNOWN[dtype]
     assert d.block is not None
     return DecodedData(raw, numel, d.block, 1, lambda b: unpack_bits(b, bits))
 

@@ -35,10 +35,6 @@ _TABLE = [
     DType("float8_e5m2fnuz", 1, "float"),
     DType("float8_e8m0fnu", 1, "float"),
     DType("float4_e2m1fn_x2", 1, "float"),
-    # sub-byte floats by element (ml_dtypes' names; torch has float4_e2m1fn_x2, a pair)
-    DType("float4_e2m1fn", 1, "float", block=(2, 1)),
-    DType("float6_e2m3fn", 1, "float", block=(4, 3)),
-    DType("float6_e3m2fn", 1, "float", block=(4, 3)),
     DType("complex128", 16, "complex", "<c16"),
     DType("complex64", 8, "complex", "<c8"),
     DType("complex32", 4, "complex"),
@@ -78,9 +74,24 @@ GGML_BLOCKS: dict[str, tuple[int, int]] = {
     "iq1_m": (256, 56), "tq1_0": (256, 54), "tq2_0": (256, 66), "mxfp4": (32, 17),
     "nvfp4": (64, 36), "q1_0": (128, 18),
 }
-_TABLE += [DType(name, 4, "float", "<f4", block=b) for name, b in GGML_BLOCKS.items()]
 
-DTYPES: dict[str, DType] = {d.name: d for d in _TABLE}
+DTYPES: dict[str, DType] = {d.name: d for d in _TABLE}  # torch's dtypes
+
+# dtypes torch lacks that files hold: sub-byte floats by element (ml_dtypes' names; torch's
+# float4_e2m1fn_x2 is a pair) and ggml's quantized blocks
+OTHER_DTYPES: dict[str, DType] = {d.name: d for d in [
+    DType("float4_e2m1fn", 1, "float", block=(2, 1)),
+    DType("float6_e2m3fn", 1, "float", block=(4, 3)),
+    DType("float6_e3m2fn", 1, "float", block=(4, 3)),
+    *(DType(name, 4, "float", "<f4", block=b) for name, b in GGML_BLOCKS.items()),
+]}
+KNOWN: dict[str, DType] = {**DTYPES, **OTHER_DTYPES}
+
+
+def get(name: str) -> DType | None:
+    """The dtype of a tensor by its name, torch's or another (see :data:`OTHER_DTYPES`)."""
+    return KNOWN.get(name)
+
 
 # Typed-storage classes as torch's pickles name them (``torch.FloatStorage``).
 STORAGE_CLASSES: dict[str, str] = {
@@ -167,13 +178,13 @@ ONNX_PACKED_4BIT = {21, 22, 23}
 
 
 def itemsize(name: str) -> int | None:
-    d = DTYPES.get(name)
+    d = KNOWN.get(name)
     return d.itemsize if d else None
 
 
 def stored_nbytes(name: str, numel: int) -> int:
     """Bytes ``numel`` elements of ``name`` take in a file (whole blocks for block types)."""
-    d = DTYPES.get(name)
+    d = KNOWN.get(name)
     if d is None:
         return numel
     if d.block is not None:

@@ -157,7 +157,7 @@ def _tensor(name: str, entry: Any, src: Source, data_start: int, data_len: int) 
     if dtype is None:
         info.problem = f"dtype {str(code)[:40]!r} is not supported"
         return info
-    block = dtypes.DTYPES[dtype].block
+    block = dtypes.KNOWN[dtype].block
     if block is not None and numel % block[0]:  # the library's MisalignedSlice
         raise CheckpointError(f"safetensors entry {name!r}: {numel:,} {code} elements do not "
                               "end on a byte boundary")

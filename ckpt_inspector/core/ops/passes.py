@@ -39,7 +39,7 @@ def numpy_dtype(name: str) -> Any:
         return np.dtype(special[name])
     if name == "complex32":
         return np.dtype("<f2")  # pairs of halves: re, im
-    d = dtypes.DTYPES.get(name)
+    d = dtypes.get(name)
     if d is None or d.numpy is None:
         raise CheckpointError(f"statistics of {name} tensors are not supported")
     return np.dtype(d.numpy)

@@ -296,7 +296,7 @@ def dequantize(info: TensorInfo, part: np.ndarray, start: tuple[int, ...]) -> np
 def npy_dtype(info: TensorInfo) -> np.dtype:
     """What a tensor is saved as in ``.npy``: its own type where numpy has it, float32 for
     bfloat16, float8, sub-byte floats and dequantized tensors, complex64 for complex32."""
-    d = dtypes.DTYPES.get(info.dtype)
+    d = dtypes.get(info.dtype)
     if info.quantization or info.dtype == "bfloat16" or info.dtype.startswith("float8") \
             or (d is not None and d.block is not None):
         return np.dtype("<f4")

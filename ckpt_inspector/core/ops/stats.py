@@ -90,8 +90,8 @@ def format_number(x: float | str | None, digits: int = 6) -> str:
 
 # -- reading elements as numbers --------------------------------------------------------
 def _kind(info: TensorInfo) -> str:
-    d = dtypes.DTYPES[info.dtype]
-    if info.quantization or d.numpy == "<f4" and d.block is not None:  # ggml blocks
+    d = dtypes.KNOWN[info.dtype]
+    if info.quantization or (d.numpy == "<f4" and d.block is not None):  # ggml blocks
         return "quantized"
     kind = d.kind
     return {"uint": "int", "bits": "int"}.get(kind, kind)

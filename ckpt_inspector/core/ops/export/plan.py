@@ -194,7 +194,7 @@ class Plan:
 
     def preview(self) -> dict[str, Any]:
         kept = sum(1 for _, t in self.items if self.cast and self.out_dtype(t) != self.cast
-                   and dtypes.DTYPES[t.dtype].kind == "float")
+                   and dtypes.KNOWN[t.dtype].kind == "float")
         return {"tensors": len(self.items), "bytes": self.nbytes, "excluded": self.excluded,
                 "renamed": self.renamed, "not_cast": kept,
                 "keys": [k for k, _ in self.items[:200]]}
