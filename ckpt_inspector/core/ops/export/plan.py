@@ -183,7 +183,12 @@ class Plan:
 
     def out_dtype(self, t: TensorInfo) -> str:
         """The cast applies to float64/32/16 and bfloat16 tensors; float8 and the rest
-        keep their dtype (counted in :meth:`preview`)."""
+        keep their dtype (counted in :meth:`preview`). Types no format stores by element
+        (sub-byte floats, ggml's quantized blocks) go out as their values: float32, or the
+        cast."""
+        d = dtypes.get(t.dtype)
+        if d is not None and d.block is not None:
+            return self.cast or "float32"
         if self.cast and t.dtype in _NUMPY_FLOATS and not t.quantization:
             return self.cast
         return t.dtype
