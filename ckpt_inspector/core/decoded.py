@@ -16,6 +16,7 @@ bits to its users; they are read the same way, as a little-endian bit stream (el
 from __future__ import annotations
 
 import mmap
+import tempfile
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from ckpt_inspector.core.tensors import DataSource
 from ckpt_inspector.core.tree import TensorInfo
 
 PIECE_ELEMENTS = 1 << 18  # elements decoded at a time by chunks() and blocks()
-IN_MEMORY = 256 << 20  # a whole decoded tensor above this goes to an anonymous map
+IN_MEMORY = 256 << 20  # a whole decoded tensor above this goes to a temporary file's map
 # the last few whole decodes: id of the source -> (the source, weakly; its elements)
 _CACHE: OrderedDict[int, tuple[weakref.ref[Any], memoryview]] = OrderedDict()
 _CACHE_SIZE = 2
@@ -114,13 +115,15 @@ class DecodedData(DataSource):
 
     def buffer(self) -> memoryview:
         """All the decoded elements (kept for the last few tensors asked for; above
-        :data:`IN_MEMORY` in an anonymous map the system can page out)."""
+        :data:`IN_MEMORY` in a deleted temporary file's map, which the system can page out)."""
         cached = _CACHE.get(id(self))
         if cached is not None and cached[0]() is self:
             _CACHE.move_to_end(id(self))
             return cached[1]
-        if self.nbytes > IN_MEMORY:
-            out: Any = mmap.mmap(-1, self.nbytes)
+        if self.nbytes > IN_MEMORY:  # a deleted temporary file: pages the system can drop
+            with tempfile.TemporaryFile(prefix="ckpt-inspector-") as f:
+                f.truncate(self.nbytes)
+                out: Any = mmap.mmap(f.fileno(), self.nbytes)
         else:
             out = bytearray(self.nbytes)
         view = memoryview(out)
