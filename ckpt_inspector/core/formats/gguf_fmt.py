@@ -132,7 +132,7 @@ def _bounded(base: type) -> type:
         def _get_field_parts(self, orig_offs: int, raw_type: int) -> Any:
             if int(raw_type) == GGUFValueType.ARRAY:
                 itype, n = _check_array(self, orig_offs, least)
-                if itype != GGUFValueType.ARRAY:  # nested arrays: gguf's own walk
+                if itype != GGUFValueType.ARRAY:  # arrays of arrays take gguf's own walk
                     return _array_parts(self, orig_offs, itype, n)
             return super()._get_field_parts(orig_offs, raw_type)
 
