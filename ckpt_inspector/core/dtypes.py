@@ -17,6 +17,11 @@ class DType:
     itemsize: int  # bytes per element as torch stores them
     kind: str  # float | int | uint | bool | complex | quant | bits
     numpy: str | None = None  # numpy dtype string when numpy has the exact type
+    # Types whose stored bytes are not one element each: ``(elements, bytes)`` per stored
+    # block (two float4 per byte, four float6 in three bytes, ggml's quantized blocks).
+    # Their data sources decode the blocks, and ``itemsize``/``numpy`` describe the
+    # decoded elements (one ml_dtypes byte for sub-byte floats, float32 for ggml blocks).
+    block: tuple[int, int] | None = None
 
 
 _TABLE = [
@@ -57,7 +62,36 @@ _TABLE = [
     DType("bits4x2", 1, "bits", "<u1"),
 ]
 
-DTYPES: dict[str, DType] = {d.name: d for d in _TABLE}
+# ggml's quantized types (llama.cpp, GGUF files) by their lower-case names: (elements,
+# bytes) per block, as gguf.GGML_QUANT_SIZES gives them (tests/core/test_gguf.py checks).
+# Their values are read dequantized to float32.
+GGML_BLOCKS: dict[str, tuple[int, int]] = {
+    "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24),
+    "q8_0": (32, 34), "q8_1": (32, 40), "q2_k": (256, 84), "q3_k": (256, 110),
+    "q4_k": (256, 144), "q5_k": (256, 176), "q6_k": (256, 210), "q8_k": (256, 292),
+    "iq2_xxs": (256, 66), "iq2_xs": (256, 74), "iq3_xxs": (256, 98), "iq1_s": (256, 50),
+    "iq4_nl": (32, 18), "iq3_s": (256, 110), "iq2_s": (256, 82), "iq4_xs": (256, 136),
+    "iq1_m": (256, 56), "tq1_0": (256, 54), "tq2_0": (256, 66), "mxfp4": (32, 17),
+    "nvfp4": (64, 36), "q1_0": (128, 18),
+}
+
+DTYPES: dict[str, DType] = {d.name: d for d in _TABLE}  # torch's dtypes
+
+# dtypes torch lacks that files hold: sub-byte floats by element (ml_dtypes' names; torch's
+# float4_e2m1fn_x2 is a pair) and ggml's quantized blocks
+OTHER_DTYPES: dict[str, DType] = {d.name: d for d in [
+    DType("float4_e2m1fn", 1, "float", block=(2, 1)),
+    DType("float6_e2m3fn", 1, "float", block=(4, 3)),
+    DType("float6_e3m2fn", 1, "float", block=(4, 3)),
+    *(DType(name, 4, "float", "<f4", block=b) for name, b in GGML_BLOCKS.items()),
+]}
+KNOWN: dict[str, DType] = {**DTYPES, **OTHER_DTYPES}
+
+
+def get(name: str) -> DType | None:
+    """The dtype of a tensor by its name, torch's or another (see :data:`OTHER_DTYPES`)."""
+    return KNOWN.get(name)
+
 
 # Typed-storage classes as torch's pickles name them (``torch.FloatStorage``).
 STORAGE_CLASSES: dict[str, str] = {
@@ -96,6 +130,9 @@ SAFETENSORS_CODES: dict[str, str] = {
     "F8_E5M2": "float8_e5m2",
     "F8_E5M2FNUZ": "float8_e5m2fnuz",
     "F8_E8M0": "float8_e8m0fnu",
+    "F4": "float4_e2m1fn",  # two per byte, the first in the low nibble
+    "F6_E2M3": "float6_e2m3fn",  # four in three bytes (see core/decoded.py)
+    "F6_E3M2": "float6_e3m2fn",
     "C64": "complex64",
     "I64": "int64",
     "I32": "int32",
@@ -141,8 +178,19 @@ ONNX_PACKED_4BIT = {21, 22, 23}
 
 
 def itemsize(name: str) -> int | None:
-    d = DTYPES.get(name)
+    d = KNOWN.get(name)
     return d.itemsize if d else None
+
+
+def stored_nbytes(name: str, numel: int) -> int:
+    """Bytes ``numel`` elements of ``name`` take in a file (whole blocks for block types)."""
+    d = KNOWN.get(name)
+    if d is None:
+        return numel
+    if d.block is not None:
+        elements, size = d.block
+        return -(-numel // elements) * size
+    return numel * d.itemsize
 
 
 def storage_class_dtype(class_name: str) -> str | None:

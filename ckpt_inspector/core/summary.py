@@ -194,7 +194,7 @@ def totals(ckpt: Checkpoint) -> dict[str, Any]:
         devices[t.device] += 1
         ident = storage_identity(t)
         if ident is not None:
-            storages[ident] = t.storage.source.nbytes
+            storages[ident] = t.storage.source.stored_nbytes
         if t.problem:
             damaged += 1
     return {

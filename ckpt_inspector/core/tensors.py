@@ -31,6 +31,12 @@ class DataSource:
     nbytes: int = 0
     byteorder: str = "little"
 
+    @property
+    def stored_nbytes(self) -> int:
+        """Bytes the data takes in its file (less than :attr:`nbytes` where the source
+        decodes packed or quantized elements, see ``core/decoded.py``)."""
+        return self.nbytes
+
     def buffer(self) -> memoryview:
         """The bytes, zero-copy where the format allows."""
         raise NotImplementedError
@@ -197,7 +203,7 @@ def to_numpy(info: TensorInfo) -> np.ndarray:
     """
     import numpy as np
 
-    d = dtypes.DTYPES.get(info.dtype)
+    d = dtypes.get(info.dtype)
     if d is None:
         raise CheckpointError(f"dtype {info.dtype} is not supported")
     np_code = d.numpy or {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}[d.itemsize]
@@ -224,6 +230,14 @@ def to_torch(info: TensorInfo, device: str = "cpu") -> Any:
     import numpy as np
     import torch
 
+    d = dtypes.get(info.dtype)
+    if d is not None and d.block is not None:  # no such torch dtype: the values, as float32
+        arr = to_numpy(info)
+        if d.numpy is None:  # sub-byte float codes, one a byte
+            import ml_dtypes
+
+            arr = arr.view(getattr(ml_dtypes, info.dtype))
+        return torch.from_numpy(np.array(arr, dtype=np.float32, order="C")).to(device)
     dtype = getattr(torch, info.dtype)
     q = info.quantization
     base_dtype = getattr(torch, dtypes.QUANT_STORAGE[info.dtype]) if q else dtype

@@ -28,6 +28,7 @@ class Reader:
 def _readers() -> tuple[Reader, ...]:
     from ckpt_inspector.core.formats import (
         archive,
+        gguf_fmt,
         onnx_fmt,
         pickle_file,
         pt2,
@@ -70,6 +71,7 @@ def _readers() -> tuple[Reader, ...]:
         Reader(safetensors_fmt.NAME, lambda src: safetensors_fmt.sniff(src.head()),
                safetensors_fmt.read),
         Reader(onnx_fmt.NAME, onnx, onnx_fmt.read),
+        Reader(gguf_fmt.NAME, lambda src: gguf_fmt.sniff(src.head()), gguf_fmt.read),
         Reader(pickle_file.NAME, lambda src: pickle_file.sniff(src.head()), pickle_file.read),
     )
 

@@ -86,6 +86,7 @@ def read(src: Source) -> Checkpoint:
         root.add(Node("tensor", name, "torch.Tensor", tensor=info))
         if info.storage is not None and info.storage.numel:
             data = info.storage.source
+            data = getattr(data, "raw", data)  # the stored bytes of a decoded tensor
             spans.append((data.offset - data_start, data.offset - data_start + data.nbytes, name))
     spans.sort()
     for (_b0, e0, n0), (b1, _e1, n1) in itertools.pairwise(spans):
@@ -156,10 +157,21 @@ def _tensor(name: str, entry: Any, src: Source, data_start: int, data_len: int) 
     if dtype is None:
         info.problem = f"dtype {str(code)[:40]!r} is not supported"
         return info
-    item = dtypes.itemsize(dtype) or 1
-    if numel * item != end - begin:
+    block = dtypes.KNOWN[dtype].block
+    if block is not None and numel % block[0]:  # the library's MisalignedSlice
+        raise CheckpointError(f"safetensors entry {name!r}: {numel:,} {code} elements do not "
+                              "end on a byte boundary")
+    if dtypes.stored_nbytes(dtype, numel) != end - begin:
         raise CheckpointError(
             f"safetensors entry {name!r}: {end - begin:,} bytes for {numel:,} {code} elements")
-    info.storage = StorageInfo(name, dtype, numel, "cpu",
-                               src.range(data_start + begin, end - begin))
-    return info
+    raw = src.range(data_start + begin, end - begin)
+    if block is None:
+        info.storage = StorageInfo(name, dtype, numel, "cpu", raw)
+        return info
+    # sub-byte floats (F4, F6_*): the storage is the file's bytes, read decoded
+    from ckpt_inspector.core.decoded import PackedTensorInfo, sub_byte_source
+
+    packed = PackedTensorInfo(dtype, info.shape, None, 0, device="cpu")
+    packed.storage = StorageInfo(name, "uint8", end - begin, "cpu",
+                                 sub_byte_source(raw, dtype, numel))
+    return packed

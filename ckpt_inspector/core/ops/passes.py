@@ -31,12 +31,15 @@ def numpy_dtype(name: str) -> Any:
     special = {"bfloat16": ml_dtypes.bfloat16, "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
                "float8_e5m2": ml_dtypes.float8_e5m2, "float8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
                "float8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
-               "float8_e8m0fnu": ml_dtypes.float8_e8m0fnu}
+               "float8_e8m0fnu": ml_dtypes.float8_e8m0fnu,
+               "float4_e2m1fn": ml_dtypes.float4_e2m1fn,
+               "float6_e2m3fn": ml_dtypes.float6_e2m3fn,
+               "float6_e3m2fn": ml_dtypes.float6_e3m2fn}
     if name in special:
         return np.dtype(special[name])
     if name == "complex32":
         return np.dtype("<f2")  # pairs of halves: re, im
-    d = dtypes.DTYPES.get(name)
+    d = dtypes.get(name)
     if d is None or d.numpy is None:
         raise CheckpointError(f"statistics of {name} tensors are not supported")
     return np.dtype(d.numpy)

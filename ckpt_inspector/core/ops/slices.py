@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io.atomic import atomic_file, check_target
 from ckpt_inspector.core.ops.stats import numpy_dtype
@@ -294,8 +295,10 @@ def dequantize(info: TensorInfo, part: np.ndarray, start: tuple[int, ...]) -> np
 # -- .npy export ------------------------------------------------------------------------------
 def npy_dtype(info: TensorInfo) -> np.dtype:
     """What a tensor is saved as in ``.npy``: its own type where numpy has it, float32 for
-    bfloat16, float8 and dequantized tensors, complex64 for complex32."""
-    if info.quantization or info.dtype == "bfloat16" or info.dtype.startswith("float8"):
+    bfloat16, float8, sub-byte floats and dequantized tensors, complex64 for complex32."""
+    d = dtypes.get(info.dtype)
+    if info.quantization or info.dtype == "bfloat16" or info.dtype.startswith("float8") \
+            or (d is not None and d.block is not None):
         return np.dtype("<f4")
     if info.dtype == "complex32":
         return np.dtype("<c8")

@@ -90,9 +90,10 @@ def format_number(x: float | str | None, digits: int = 6) -> str:
 
 # -- reading elements as numbers --------------------------------------------------------
 def _kind(info: TensorInfo) -> str:
-    if info.quantization:
+    d = dtypes.KNOWN[info.dtype]
+    if info.quantization or (d.numpy == "<f4" and d.block is not None):  # ggml blocks
         return "quantized"
-    kind = dtypes.DTYPES[info.dtype].kind
+    kind = d.kind
     return {"uint": "int", "bits": "int"}.get(kind, kind)
 
 

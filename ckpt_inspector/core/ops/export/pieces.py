@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import TensorInfo
 
@@ -19,6 +20,10 @@ def tensor_pieces(t: TensorInfo, out_dtype: str) -> Iterator[bytes]:
     """The tensor's elements in C order, little-endian, as ``out_dtype``, in pieces."""
     item = t.itemsize
     source = t.storage.source
+    d = dtypes.get(t.dtype)
+    if d is not None and d.block is not None and out_dtype != t.dtype:
+        yield from _values(t, out_dtype)
+        return
     contiguous = t.is_contiguous() and source.byteorder == "little"
     if out_dtype == t.dtype and contiguous:
         yield from source.chunks(t.storage_offset * item, t.numel * item, PIECE)
@@ -38,6 +43,20 @@ def tensor_pieces(t: TensorInfo, out_dtype: str) -> Iterator[bytes]:
     for start in range(0, len(raw), step):
         piece = bytes(raw[start:start + step])
         yield piece if out_dtype == t.dtype else cast_bytes(piece, t.dtype, out_dtype)
+
+
+def _values(t: TensorInfo, out_dtype: str) -> Iterator[bytes]:
+    """A tensor read decoded (sub-byte float codes, dequantized ggml blocks) as float32
+    values, cast to ``out_dtype`` from there."""
+    import numpy as np
+
+    from ckpt_inspector.core.ops.passes import numpy_dtype
+
+    item = t.itemsize
+    step = PIECE - PIECE % (item * 4)
+    for raw in t.storage.source.chunks(0, t.numel * item, step):
+        f32 = np.frombuffer(raw, numpy_dtype(t.dtype)).astype("<f4").tobytes()
+        yield f32 if out_dtype == "float32" else cast_bytes(f32, "float32", out_dtype)
 
 
 def cast_bytes(raw: bytes, src: str, dst: str) -> bytes:

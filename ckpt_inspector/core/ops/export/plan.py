@@ -183,7 +183,12 @@ class Plan:
 
     def out_dtype(self, t: TensorInfo) -> str:
         """The cast applies to float64/32/16 and bfloat16 tensors; float8 and the rest
-        keep their dtype (counted in :meth:`preview`)."""
+        keep their dtype (counted in :meth:`preview`). Types no format stores by element
+        (sub-byte floats, ggml's quantized blocks) go out as their values: float32, or the
+        cast."""
+        d = dtypes.get(t.dtype)
+        if d is not None and d.block is not None:
+            return self.cast or "float32"
         if self.cast and t.dtype in _NUMPY_FLOATS and not t.quantization:
             return self.cast
         return t.dtype
@@ -194,7 +199,7 @@ class Plan:
 
     def preview(self) -> dict[str, Any]:
         kept = sum(1 for _, t in self.items if self.cast and self.out_dtype(t) != self.cast
-                   and dtypes.DTYPES[t.dtype].kind == "float")
+                   and dtypes.KNOWN[t.dtype].kind == "float")
         return {"tensors": len(self.items), "bytes": self.nbytes, "excluded": self.excluded,
                 "renamed": self.renamed, "not_cast": kept,
                 "keys": [k for k, _ in self.items[:200]]}

@@ -1,0 +1,162 @@
+"""GGUF files (llama.cpp): structure against gguf's own reader, values against its own
+dequantization, and hostile headers refused in bounded time."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from gguf_files import TOKENS, hostile, write_gguf
+
+from ckpt_inspector.core import dtypes
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.formats import detect_format, open_checkpoint
+from ckpt_inspector.core.ops import stats
+from ckpt_inspector.core.ops.passes import element_chunks
+from ckpt_inspector.core.ops.slices import TensorSlice, heatmap, save_npy
+from ckpt_inspector.core.progress import run
+from ckpt_inspector.core.scan import scan
+from ckpt_inspector.core.tree import key_of
+
+gguf = pytest.importorskip("gguf")
+
+PLAIN = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+@pytest.fixture(scope="module")
+def gguf_file(tmp_path_factory: pytest.TempPathFactory):
+    return write_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+def _tensors(path):
+    ckpt = open_checkpoint(path)
+    return ckpt, {key_of(p): n.tensor for p, n in ckpt.tensors()}
+
+
+def _reference(t) -> np.ndarray:
+    """The tensor's values as gguf's reader and dequantizer give them, row-major."""
+    values = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+    return np.asarray(values, dtype=np.float32).reshape(tuple(reversed(t.shape.tolist())))
+
+
+def test_structure_matches_gguf_reader(gguf_file):
+    ckpt, tensors = _tensors(gguf_file)
+    assert detect_format(gguf_file) == "gguf" and ckpt.format == "gguf"
+    assert scan(ckpt).verdict == "safe"
+    reader = gguf.GGUFReader(str(gguf_file))
+    assert list(tensors) == [t.name for t in reader.tensors]
+    for t in reader.tensors:
+        info = tensors[t.name]
+        ggml = t.tensor_type.name
+        assert info.dtype == PLAIN.get(ggml, ggml.lower())
+        # gguf lists dims fastest first; shown rows first, as numpy does
+        assert info.shape == tuple(reversed(t.shape.tolist())) == _reference(t).shape
+        assert info.numel == t.n_elements
+        assert info.nbytes == t.n_bytes, t.name
+        assert info.problem is None
+    assert tensors["blk.1.ffn_down.weight"].shape == (2, 3, 512)
+    meta = ckpt.metadata
+    assert meta["general.architecture"] == "llama" and meta["general.name"] == "tiny"
+    assert meta["llama.block_count"] == 2 and meta["GGUF version"] == 3
+    assert meta["tokenizer.ggml.tokens"] == {"length": len(TOKENS), "type": "string",
+                                             "first": TOKENS[:8]}
+    assert meta["small.list"] == [1, 2, 3]
+    assert meta["GGUF tensor types"] == {"F32": 2, "F16": 1, "BF16": 1, "Q8_0": 1, "Q4_0": 1,
+                                         "Q4_K": 1}
+
+
+def test_statistics_match_dequantize(gguf_file):
+    _ckpt, tensors = _tensors(gguf_file)
+    for t in gguf.GGUFReader(str(gguf_file)).tensors:
+        ref = _reference(t).astype(np.float64)
+        got = run(stats.compute(tensors[t.name]))
+        assert got.numel == ref.size
+        assert got.kind == ("float" if t.tensor_type.name in PLAIN else "quantized")
+        assert got.min == ref.min() and got.max == ref.max()
+        assert got.mean == pytest.approx(ref.mean(), rel=1e-9, abs=1e-12)
+        assert got.std == pytest.approx(ref.std(), rel=1e-6)
+        assert got.zeros == int((ref == 0).sum())
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 1000])
+def test_chunks_cut_anywhere(gguf_file, chunk):
+    """Pieces that cut blocks and rows anywhere still give every value once, in order."""
+    _ckpt, tensors = _tensors(gguf_file)
+    for t in gguf.GGUFReader(str(gguf_file)).tensors:
+        info = tensors[t.name]
+        parts = [v.copy() for v, _i in element_chunks(info, chunk)]
+        assert np.array_equal(np.concatenate(parts), _reference(t).reshape(-1)), t.name
+        first, count = 37, 301
+        part = np.concatenate([v.copy() for v, _ in element_chunks(info, 50, first, count)])
+        assert np.array_equal(part, _reference(t).reshape(-1)[first:first + count])
+
+
+def test_values_heatmap_and_npy(gguf_file, tmp_path):
+    _ckpt, tensors = _tensors(gguf_file)
+    reader = {t.name: t for t in gguf.GGUFReader(str(gguf_file)).tensors}
+    ref = _reference(reader["blk.1.ffn_down.weight"])
+    info = tensors["blk.1.ffn_down.weight"]
+    sl = TensorSlice(info, (1, 2), {0: 1})
+    assert sl.shape == (3, 512)
+    assert sl.value(2, 5) == pytest.approx(float(ref[1, 2, 5]))
+    assert np.array_equal(sl.floats(0, 3, 0, 512), ref[1])
+    hm = run(heatmap(info, (1, 2), {0: 1}, max_side=64))
+    assert hm.image.shape == (3, 64)
+    out = tmp_path / "q.npy"
+    run(save_npy(info, str(out)))
+    assert np.array_equal(np.load(out), ref)
+
+
+def test_ggml_block_table_matches_gguf():
+    """Every ggml type gguf knows: a plain dtype torch has, or a block type of ours with
+    gguf's block sizes (a new ggml type fails here)."""
+    plain = {"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"}
+    for qtype, (block, size) in gguf.GGML_QUANT_SIZES.items():
+        if qtype.name in plain:
+            continue
+        assert dtypes.GGML_BLOCKS.get(qtype.name.lower()) == (block, size), qtype.name
+        assert dtypes.get(qtype.name.lower()).block == (block, size)
+    assert dtypes.stored_nbytes("q4_k", 512) == 288
+
+
+@pytest.mark.parametrize("case", sorted(hostile(b"GGUF" + bytes(600))))
+def test_hostile_headers_refused_quickly(gguf_file, tmp_path, case):
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(hostile(gguf_file.read_bytes())[case])
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as err:
+        open_checkpoint(path)
+    assert time.perf_counter() - start < 5, case
+    assert "GGUF" in str(err.value), str(err.value)
+
+
+def test_split_part_opens_as_itself(gguf_file, tmp_path):
+    part = tmp_path / "model-00001-of-00002.gguf"
+    part.write_bytes(gguf_file.read_bytes())
+    ckpt, tensors = _tensors(part)
+    assert ckpt.format == "gguf" and len(tensors) == 7
+
+
+def test_large_vocabulary_and_nested_arrays(tmp_path):
+    """A tokenizer of 262k tokens reads in well under a second or two (gguf's own reader
+    takes about 20 s and 900 MB); nested arrays still read."""
+    path = tmp_path / "vocab.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_token_list([f"token{i}" for i in range(262_144)])
+    w.add_array("tokenizer.ggml.token_type", [1] * 262_144)
+    w.add_array("nested", [[1, 2], [3]])
+    w.add_tensor("x", np.zeros(32, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    start = time.perf_counter()
+    ckpt = open_checkpoint(path)
+    assert time.perf_counter() - start < 5
+    meta = ckpt.metadata
+    assert meta["tokenizer.ggml.tokens"]["length"] == 262_144
+    assert meta["tokenizer.ggml.tokens"]["first"][:2] == ["token0", "token1"]
+    assert meta["tokenizer.ggml.token_type"] == {"length": 262_144, "type": "int32",
+                                                 "first": [1] * 8}
+    assert meta["nested"]["length"] == 2 and meta["nested"]["type"] == "array"
