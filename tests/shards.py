@@ -32,13 +32,18 @@ def save_sharded(torch, folder: Path, sd: dict, ext: str = "safetensors", shards
         {"model_type": "toy", "hidden_size": 4, "num_hidden_layers": 4}))
     prefix = prefix or ("model" if ext == "safetensors" else "pytorch_model")
     try:
-        from huggingface_hub import save_torch_state_dict
+        from huggingface_hub import save_torch_state_dict, split_torch_state_dict_into_shards
     except ImportError:
         save_torch_state_dict = None
     if save_torch_state_dict is not None and index and prefix in ("model", "pytorch_model"):
         total = sum(t.numel() * t.element_size() for t in sd.values())
-        save_torch_state_dict(sd, folder, safe_serialization=ext == "safetensors",
-                              max_shard_size=max(total // shards, 1) + 1)
+        # the shard size for which huggingface_hub's own split makes ``shards`` files
+        sizes = [int(total * f / shards) + 1 for f in (1.0, 1.1, 1.2, 1.35, 1.5, 1.75)]
+        size = next((m for m in sizes if len(split_torch_state_dict_into_shards(
+            sd, max_shard_size=m).filename_to_tensors) == shards), None)
+        if size is not None:
+            save_torch_state_dict(sd, folder, safe_serialization=ext == "safetensors",
+                                  max_shard_size=size)
         name = f"{prefix}.{ext}.index.json"
         if (folder / name).exists():
             return json.loads((folder / name).read_text())["weight_map"]

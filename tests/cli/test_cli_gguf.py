@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from gguf_files import hostile, write_gguf
 
+from gguf_files import hostile, write_gguf
 from support import run_cli
 
 gguf = pytest.importorskip("gguf")

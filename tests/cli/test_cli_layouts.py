@@ -7,8 +7,8 @@ import json
 import shutil
 
 import pytest
-from shards import marker_payload, save_sharded, state_dict
 
+from shards import marker_payload, save_sharded, state_dict
 from support import run_cli
 
 

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-from gguf_files import TOKENS, hostile, write_gguf
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
@@ -18,6 +17,8 @@ from ckpt_inspector.core.ops.slices import TensorSlice, heatmap, save_npy
 from ckpt_inspector.core.progress import run
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tree import key_of
+
+from gguf_files import TOKENS, hostile, write_gguf
 
 gguf = pytest.importorskip("gguf")
 

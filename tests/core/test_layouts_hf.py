@@ -8,12 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
-from shards import marker_payload, save_sharded, state_dict
 
 from ckpt_inspector.core import CheckpointError, open_checkpoint
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_torch
 from ckpt_inspector.core.tree import key_of
+
+from shards import marker_payload, save_sharded, state_dict
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +101,9 @@ def test_other_prefixes_and_the_preferred_index(torch, sd, tmp_path):
 
 
 def test_a_malicious_bin_shard_makes_the_folder_dangerous(torch, sd, tmp_path):
-    save_sharded(torch, tmp_path, sd, "bin", shards=2)
+    weight_map = save_sharded(torch, tmp_path, sd, "bin", shards=2)
     marker = tmp_path / "PWNED-marker"
-    shard = tmp_path / "pytorch_model-00002-of-00002.bin"
+    shard = tmp_path / sorted(set(weight_map.values()))[-1]
     marker_payload(torch, shard, marker)
     report = scan(open_checkpoint(tmp_path))
     assert report.verdict == "dangerous"

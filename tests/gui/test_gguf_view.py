@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gguf_files import write_gguf
 
 from ckpt_inspector.gui.tensor.view import HEATMAP, VALUES
 
+from gguf_files import write_gguf
 from support import find_row, open_and_wait
 
 WAIT = 60_000
