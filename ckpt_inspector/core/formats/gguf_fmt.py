@@ -20,8 +20,6 @@ import sys
 from collections import Counter
 from typing import Any
 
-import numpy as np
-
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io.source import Source
@@ -96,6 +94,8 @@ _BOUNDED: dict[type, type] = {}
 def _bounded(base: type) -> type:
     """``GGUFReader`` that stops at the end of the file, at counts the bytes left cannot
     hold, and at :data:`MAX_ITEMS` array elements, before it loops or allocates."""
+    import numpy as np  # here, not at import: info and scan of other formats never load it
+
     if base in _BOUNDED:
         return _BOUNDED[base]
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
@@ -149,6 +149,7 @@ def _bounded(base: type) -> type:
 def _check_array(reader: Any, offs: int, least: dict[int, int]) -> tuple[int, int]:
     """An array's item type and count, the count checked against the bytes left and
     :data:`MAX_ITEMS` in all."""
+    import numpy as np
     itype = int(reader._get(offs, np.uint32)[0])
     n = int(reader._get(offs + 4, np.uint64)[0])
     if itype not in least:
@@ -167,6 +168,7 @@ def _array_parts(reader: Any, offs: int, itype: int, n: int) -> Any:
     shape but lighter: gguf's own walk makes two numpy views per item (a 262k-token
     vocabulary took 20 s and 900 MB). Numbers are one view of them all; strings are walked
     by their lengths and only the first :data:`SHOWN_ITEMS` kept as parts."""
+    import numpy as np
     from gguf import GGUFValueType
 
     parts = [reader._get(offs, np.uint32), reader._get(offs + 4, np.uint64)]
