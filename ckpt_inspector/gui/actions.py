@@ -62,6 +62,10 @@ def build_actions(self: MainWindow) -> None:
     std = QKeySequence.StandardKey
     self.open_action = action(self, "open", "&Open…", self.open_dialog, std.Open,
                                     "Open checkpoint files")
+    self.open_folder_action = action(self, "open", "Open &Folder…", self.open_folder_dialog,
+                                     "Ctrl+Shift+O",
+                                     "Open a checkpoint made of many files (a sharded model's "
+                                     "folder)")
     self.demo_action = action(self,
         "demo", "Open &demo checkpoint", self.open_demo,
         tip="A resnet18 training checkpoint, made on this machine the first time")
@@ -104,6 +108,7 @@ def build_actions(self: MainWindow) -> None:
     menu = self.menuBar()
     file_menu = menu.addMenu("&File")
     file_menu.addAction(self.open_action)
+    file_menu.addAction(self.open_folder_action)
     self.recent_menu = file_menu.addMenu("Open &Recent")
     self.recent_menu.aboutToShow.connect(self._refresh_recent)
     file_menu.addAction(self.demo_action)

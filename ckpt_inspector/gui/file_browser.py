@@ -1,10 +1,12 @@
-"""A dock listing checkpoint files under a folder; double-click opens one."""
+"""A dock listing checkpoint files under a folder; double-click opens one (or a folder that
+is a checkpoint, such as a sharded model)."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from PySide6.QtCore import QDir, QModelIndex, Signal
+from PySide6.QtCore import QDir, QModelIndex, Qt, Signal
 from PySide6.QtWidgets import (
     QFileSystemModel,
     QHBoxLayout,
@@ -15,10 +17,38 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_inspector.core.layouts import is_checkpoint_folder
+from ckpt_inspector.gui.icons import app_icon
 from ckpt_inspector.gui.theme import color
 
 CHECKPOINT_PATTERNS = ["*.pt", "*.pth", "*.ckpt", "*.bin", "*.pt2", "*.onnx", "*.safetensors",
-                       "*.pkl", "*.pickle", "*.tar"]
+                       "*.gguf", "*.pkl", "*.pickle", "*.tar", "*.index.json"]
+
+
+class _CheckpointFolders(QFileSystemModel):
+    """The file system, with folders that are checkpoints (a sharded model) marked with the
+    checkpoint icon; what a folder is, is asked once per folder."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._known: dict[str, bool] = {}
+
+    def is_checkpoint(self, path: str) -> bool:
+        if path not in self._known:
+            try:
+                self._known[path] = is_checkpoint_folder(path)
+            except OSError:
+                self._known[path] = False
+        return self._known[path]
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role == Qt.ItemDataRole.DecorationRole and index.column() == 0 and self.isDir(index) \
+                and self.is_checkpoint(self.filePath(index)):
+            return app_icon()  # the checkpoint icon
+        if role == Qt.ItemDataRole.ToolTipRole and index.column() == 0 and self.isDir(index) \
+                and self.is_checkpoint(self.filePath(index)):
+            return "A checkpoint made of several files: double-click opens it"
+        return super().data(index, role)
 
 
 class FileBrowser(QWidget):
@@ -27,7 +57,7 @@ class FileBrowser(QWidget):
 
     def __init__(self, folder: str, parent: QWidget | None = None):
         super().__init__(parent)
-        self.model = QFileSystemModel(self)
+        self.model = _CheckpointFolders(self)
         self.model.setNameFilters(CHECKPOINT_PATTERNS)
         self.model.setNameFilterDisables(False)  # hide what is not a checkpoint
         self.model.setFilter(QDir.Filter.AllDirs | QDir.Filter.Files | QDir.Filter.NoDotAndDotDot)
@@ -93,7 +123,7 @@ class FileBrowser(QWidget):
 
     def _activated(self, index: QModelIndex) -> None:
         path = self.model.filePath(index)
-        if os.path.isfile(path):
+        if os.path.isfile(path) or (os.path.isdir(path) and self.model.is_checkpoint(path)):
             self.file_activated.emit(path)
         elif os.path.isdir(path) and not self.view.isExpanded(index):
             self.view.expand(index)

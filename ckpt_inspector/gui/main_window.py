@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_inspector.core.layouts import is_checkpoint_folder
 from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.gui import settings as settings_mod
@@ -38,7 +39,7 @@ from ckpt_inspector.gui.commands import run_cli
 from ckpt_inspector.gui.devices import DeviceProbe, fill_device_box
 from ckpt_inspector.gui.dialogs.consent import ask_consent, confirm
 from ckpt_inspector.gui.dialogs.export import ExportDialog
-from ckpt_inspector.gui.dialogs.files import ask_files
+from ckpt_inspector.gui.dialogs.files import ask_files, ask_folder
 from ckpt_inspector.gui.dialogs.help import ShortcutsDialog, about_box, about_html
 from ckpt_inspector.gui.diff.view import DiffView
 from ckpt_inspector.gui.errors import ErrorReporter
@@ -104,6 +105,11 @@ class MainWindow(QMainWindow):
         paths = self.ask_open_paths()
         if paths:
             self.open_paths(paths)
+
+    def open_folder_dialog(self) -> None:
+        folder = ask_folder(self, self.browser.folder, "Open a checkpoint folder")
+        if folder:
+            self.open_paths([folder])
 
     def ask_open_paths(self) -> list[str]:
         """The Open dialog, starting in the Files dock's folder."""
@@ -260,7 +266,13 @@ class MainWindow(QMainWindow):
         """Files dropped open in tabs; with Shift held, a file is compared with the current
         tab's file (two files with each other)."""
         paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        paths = [p for p in paths if os.path.isfile(p)]
+        folders = [p for p in paths if os.path.isdir(p) and not is_checkpoint_folder(p)]
+        paths = [p for p in paths if os.path.isfile(p) or is_checkpoint_folder(p)]
+        if folders and not paths:  # a folder of files: browse it
+            event.acceptProposedAction()
+            self.browser.set_folder(folders[0])
+            self.browser_dock.show()
+            return
         if not paths:
             return
         event.acceptProposedAction()

@@ -53,6 +53,13 @@ def layout_for(path: str) -> Layout | None:
     return None
 
 
+def is_checkpoint_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether a folder is a checkpoint some layout reads (what the window opens on a
+    double-click or a drop, rather than browsing it)."""
+    path = os.fspath(path)
+    return os.path.isdir(path) and layout_for(path) is not None
+
+
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read the structure of a checkpoint: one file, a folder or an index file of a
     checkpoint made of several files. Never runs code from any of them.

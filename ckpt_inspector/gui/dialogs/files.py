@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QFileDialog, QWidget
 
-FILE_FILTER = ("Checkpoints (*.pt *.pth *.ckpt *.bin *.pt2 *.onnx *.safetensors *.pkl);;"
-               "All files (*)")
+FILE_FILTER = ("Checkpoints (*.pt *.pth *.ckpt *.bin *.pt2 *.onnx *.safetensors *.gguf *.pkl "
+               "*.index.json);;All files (*)")
 
 
 def ask_files(parent: QWidget, folder: str, title: str, single: bool = False) -> list[str]:
@@ -18,3 +18,8 @@ def ask_files(parent: QWidget, folder: str, title: str, single: bool = False) ->
     if dialog.exec():
         return dialog.selectedFiles()
     return []
+
+
+def ask_folder(parent: QWidget, folder: str, title: str) -> str:
+    """A folder the user picks, starting in ``folder`` ("" if they cancel)."""
+    return QFileDialog.getExistingDirectory(parent, title, folder)

@@ -123,6 +123,7 @@ def summary_html(loaded: LoadedFile) -> str:
             rows.append(("", f"<span class='muted'>… {total - len(values):,} more in the "
                              "tree</span>"))
         parts.append(_rows(rows, escape_keys=False))
+    parts.append(_files_html(ckpt.files))
     meta = {k: v for k, v in ckpt.metadata.items() if k not in ("code files",)}
     if meta:
         parts.append("<h3>File metadata</h3>")
@@ -184,6 +185,18 @@ def stats_rows(stats: Stats) -> str:
             + f"<p class='muted'>computed in {stats.seconds * 1000:,.0f} ms{where}</p>")
 
 
+def _files_html(files: list[dict[str, Any]], shown: int = 50) -> str:
+    """The files of a checkpoint made of several, with their sizes and formats."""
+    if not files:
+        return ""
+    rows = [(breakable(str(f.get("path", ""))),
+             f"{human_bytes(int(f.get('size') or 0))} · {escape(str(f.get('format', '')))}")
+            for f in files[:shown]]
+    more = (f"<span class='muted'>… {len(files) - shown:,} more</span>"
+            if len(files) > shown else "")
+    return f"<h3>Files ({len(files)})</h3>" + _rows(rows, escape_keys=False) + more
+
+
 def _tensor_pairs(node: Node, target_device: str) -> list[tuple[str, str]]:
     """What the details panel says of a tensor, row by row."""
     t = node.tensor
@@ -198,6 +211,8 @@ def _tensor_pairs(node: Node, target_device: str) -> list[tuple[str, str]]:
         ("stride", escape(str(list(t.stride)) if t.stride is not None else "contiguous")),
         ("storage offset", f"{t.storage_offset:,}"),
     ]
+    if t.file:
+        pairs.append(("file", escape(t.file)))
     if node.role:
         pairs.append(("role", escape(node.role)))
     if t.requires_grad:
