@@ -65,6 +65,9 @@ class TensorInfo:
     # the file that holds it, relative to what was opened, when a checkpoint is made of
     # several files (None for a single file)
     file: str | None = None
+    # where a tensor saved in chunks lies: ``{"file", "offsets", "shape"}`` per chunk (a
+    # DCP tensor sharded across ranks); None for a tensor in one piece
+    pieces: list[dict[str, Any]] | None = None
 
     @property
     def numel(self) -> int:
