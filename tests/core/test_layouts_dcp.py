@@ -128,3 +128,46 @@ def test_missing_distcp_marks_its_entries_damaged(one_rank, tmp_path):
     ckpt = open_checkpoint(folder)
     assert any("__0_0.distcp is missing" in w for w in ckpt.warnings)
     assert all(i.problem for i in _tensors(ckpt).values())
+
+
+def test_payload_in_a_bytes_entry_is_dangerous_and_never_runs(torch, tmp_path):
+    """DCP loads bytes entries with torch.load(weights_only=False): their pickles count."""
+    from support import Payload
+
+    marker = tmp_path / "marker"
+    folder = dcp_files.save(torch, tmp_path / "evil", {"w": torch.ones(2),
+                                                     "extra": Payload(f"touch {marker}")})
+    ckpt = open_checkpoint(folder)
+    report = scan(ckpt)
+    assert report.verdict == "dangerous"
+    assert any(f.file == "__0_0.distcp" and f.severity == "dangerous" for f in report.findings)
+    assert set(_tensors(ckpt)) == {"w"}
+    assert not marker.exists()
+
+
+def test_lightning_ckpt_folder_is_dcp(one_rank, torch, tmp_path):
+    import shutil
+
+    folder = tmp_path / "epoch=1-step=10.ckpt"
+    shutil.copytree(one_rank[0], folder)
+    ckpt = open_checkpoint(folder)
+    assert ckpt.format == "dcp"
+    _check_against(torch, ckpt, one_rank[1])
+
+
+def test_broken_metadata_is_one_clear_error(one_rank, tmp_path):
+    import shutil
+
+    from ckpt_inspector.core import CheckpointError
+
+    folder = tmp_path / "bad"
+    shutil.copytree(one_rank[0], folder)
+    meta = folder / ".metadata"
+    meta.write_bytes(meta.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match=r"^\.metadata: broken pickle") as err:
+        open_checkpoint(folder)
+    assert err.value.partial is not None and err.value.partial.pickles
+    meta.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match=r"holds no torch\.distributed\.checkpoint") as err:
+        open_checkpoint(folder)
+    assert err.value.partial is not None and err.value.partial.pickles

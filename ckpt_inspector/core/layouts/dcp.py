@@ -167,17 +167,19 @@ def _read_metadata(union: Union, folder: str) -> dict[str, Any]:
         raw = f.read()
     try:
         with pickle_vm.deadline():
-            result = run_pickle(ckpt, raw, METADATA)
+            result = run_pickle(ckpt, raw, "")  # findings name the file (record.file)
     except CheckpointError as err:
-        err.partial = ckpt
-        raise
+        wrapped = CheckpointError(f"{METADATA}: {err}")
+        wrapped.partial = ckpt
+        raise wrapped from None
     finally:
         for record in ckpt.pickles:
             record.file = METADATA
     fields = _state(result.value, M + "Metadata")
     if fields is None:
-        ckpt.root = ckpt.root or Node("truncated", note="no DCP metadata")
-        raise CheckpointError(f"{METADATA} holds no torch.distributed.checkpoint Metadata")
+        err = CheckpointError(f"{METADATA} holds no torch.distributed.checkpoint Metadata")
+        err.partial = ckpt  # its pickle still counts for the verdict
+        raise err
     return fields
 
 
