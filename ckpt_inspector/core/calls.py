@@ -54,7 +54,10 @@ RECONSTRUCTORS = frozenset({
 # building them does not by itself make a file need trust. Any other use of them (called by
 # another function, kept to be called, used as a class by a consumer) is judged as usual.
 _DCP = "torch.distributed.checkpoint.metadata."
-DATA_CLASSES = frozenset({
+# the classes torch.distributed.checkpoint's own .metadata is made of: plain records that
+# DCP unpickles itself; known only in that stream (PickleRecord.known_classes), since
+# torch.load(weights_only=True) refuses them anywhere else
+DCP_METADATA_CLASSES = frozenset({
     _DCP + "Metadata", _DCP + "TensorStorageMetadata", _DCP + "BytesStorageMetadata",
     _DCP + "ChunkStorageMetadata", _DCP + "TensorProperties", _DCP + "_MEM_FORMAT_ENCODING",
     _DCP + "MetadataIndex", _DCP + "StorageMeta",
@@ -333,9 +336,10 @@ def _short(value: Any) -> str:
     return short_repr(value)
 
 
-def judge_use(use: Use) -> tuple[str, str] | None:
+def judge_use(use: Use, known: frozenset[str] = frozenset()) -> tuple[str, str] | None:
     """(severity, message) for one imported name from how the stream uses it; None when
-    torch's weights-only loader allows it as used."""
+    torch's weights-only loader allows it as used, or when it is a class the stream's own
+    loader expects (``known``: e.g. DCP's metadata records) built and not kept to call."""
     name = use.ref.full_name
     allowed = name in WEIGHTS_ONLY_GLOBALS
     kind = use.kind
@@ -349,7 +353,7 @@ def judge_use(use: Use) -> tuple[str, str] | None:
     if use.class_for and kind in (callables.FUNCTION, callables.MODULE):
         return "dangerous", (f"{use.class_for[0]} uses {name} as a class, but it is a "
                              f"{_kind_word(kind)}")
-    if allowed or (name in DATA_CLASSES and not use.kept_by):
+    if allowed or (name in known and not use.kept_by):
         return None
     if kind == callables.METACLASS and any(len(c.args) >= 2 for c in use.called):
         return "dangerous", (f"makes a class at load time with {name}"

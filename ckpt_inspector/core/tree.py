@@ -148,6 +148,9 @@ class PickleRecord:
     error: str | None = None
     executed: bool = True  # False: found by sniffing; torch itself never unpickles it
     file: str | None = None  # the file of a checkpoint made of several files that holds it
+    # classes the stream's own loader expects and that are plain records there (DCP's
+    # .metadata): not a reason for needs-trust in this stream only
+    known_classes: frozenset[str] = frozenset()
 
 
 @dataclass(eq=False)

@@ -91,6 +91,23 @@ def test_dcp_classes_alone_do_not_need_trust(one_rank):
     assert any(n.startswith("torch.distributed.checkpoint.metadata.") for n in report.globals)
 
 
+def test_dcp_classes_are_known_only_in_dcp_metadata(torch, tmp_path):
+    """The same records in a plain torch.save file are classes torch.load(weights_only=True)
+    refuses: needs-trust there."""
+    import pathlib
+
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+
+    path = tmp_path / "records.pt"
+    torch.save({"where": pathlib.PurePosixPath("/ckpt"),
+                "chunk": ChunkStorageMetadata(torch.Size([0]), torch.Size([2]))}, path)
+    report = scan(open_checkpoint(path))
+    assert report.verdict == "needs-trust"
+    assert {"pathlib.PurePosixPath",
+            "torch.distributed.checkpoint.metadata.ChunkStorageMetadata"} <= \
+        {f.name for f in report.findings}
+
+
 def test_payload_in_metadata_is_dangerous_and_never_runs(one_rank, torch, tmp_path):
     import shutil
 

@@ -9,9 +9,9 @@ where each piece lies: ``storage_data`` maps (name, chunk offsets) to
 and writer thread.
 
 ``.metadata`` goes through our pickle interpreter (never ``pickle.load``) and is scanned
-like any pickle; DCP's own metadata classes are known data classes
-(:data:`ckpt_inspector.core.calls.DATA_CLASSES`). Each item in a ``.distcp`` file is, with
-the default ``torch_save`` serialization, a ``torch.save`` archive (a zip) at
+like any pickle; DCP's own metadata classes are known data classes in that stream only
+(:data:`ckpt_inspector.core.calls.DCP_METADATA_CLASSES`). Each item in a ``.distcp`` file
+is, with the default ``torch_save`` serialization, a ``torch.save`` archive (a zip) at
 ``[offset, offset + length)``: read by the torch-zip reader over that byte range, every
 pickle interpreted and scanned. Tensor entries become tensors; bytes entries (``step``,
 optimizer ``param_groups``...) are ``torch.save``'d objects, shown as their values.
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpt_inspector.core import dtypes
+from ckpt_inspector.core.calls import DCP_METADATA_CLASSES
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
 from ckpt_inspector.core.layouts._union import Union, file_size
@@ -175,6 +176,7 @@ def _read_metadata(union: Union, folder: str) -> dict[str, Any]:
     finally:
         for record in ckpt.pickles:
             record.file = METADATA
+            record.known_classes = DCP_METADATA_CLASSES
     fields = _state(result.value, M + "Metadata")
     if fields is None:
         err = CheckpointError(f"{METADATA} holds no torch.distributed.checkpoint Metadata")
