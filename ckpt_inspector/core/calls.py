@@ -49,6 +49,22 @@ RECONSTRUCTORS = frozenset({
     "array._array_reconstructor", "torch.nested._internal.nested_tensor._rebuild_njt",
     "numpy.ma.core._mareconstruct",
 })
+# Plain data classes of libraries whose files hold them (torch.distributed.checkpoint's
+# ``.metadata``): built from literal fields, their code does nothing but store them, so
+# building them does not by itself make a file need trust. Any other use of them (called by
+# another function, kept to be called, used as a class by a consumer) is judged as usual.
+_DCP = "torch.distributed.checkpoint.metadata."
+# the classes torch.distributed.checkpoint's own .metadata is made of: plain records that
+# DCP unpickles itself; known only in that stream (PickleRecord.known_classes), since
+# torch.load(weights_only=True) refuses them anywhere else
+DCP_METADATA_CLASSES = frozenset({
+    _DCP + "Metadata", _DCP + "TensorStorageMetadata", _DCP + "BytesStorageMetadata",
+    _DCP + "ChunkStorageMetadata", _DCP + "TensorProperties", _DCP + "_MEM_FORMAT_ENCODING",
+    _DCP + "MetadataIndex", _DCP + "StorageMeta",
+    "torch.distributed.checkpoint.filesystem._StorageInfo",
+    "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath",
+    "pathlib.PureWindowsPath",  # StorageMeta.checkpoint_id
+})
 # TorchScript's own unpickler (C++) builds these itself; nothing by these names is imported
 RECONSTRUCTOR_PREFIXES = ("torch.jit._pickle.",)
 # Cython's generated unpickling helpers in numpy (SeedSequence, bit generators)
@@ -320,9 +336,10 @@ def _short(value: Any) -> str:
     return short_repr(value)
 
 
-def judge_use(use: Use) -> tuple[str, str] | None:
+def judge_use(use: Use, known: frozenset[str] = frozenset()) -> tuple[str, str] | None:
     """(severity, message) for one imported name from how the stream uses it; None when
-    torch's weights-only loader allows it as used."""
+    torch's weights-only loader allows it as used, or when it is a class the stream's own
+    loader expects (``known``: e.g. DCP's metadata records) built and not kept to call."""
     name = use.ref.full_name
     allowed = name in WEIGHTS_ONLY_GLOBALS
     kind = use.kind
@@ -336,7 +353,7 @@ def judge_use(use: Use) -> tuple[str, str] | None:
     if use.class_for and kind in (callables.FUNCTION, callables.MODULE):
         return "dangerous", (f"{use.class_for[0]} uses {name} as a class, but it is a "
                              f"{_kind_word(kind)}")
-    if allowed:
+    if allowed or (name in known and not use.kept_by):
         return None
     if kind == callables.METACLASS and any(len(c.args) >= 2 for c in use.called):
         return "dangerous", (f"makes a class at load time with {name}"

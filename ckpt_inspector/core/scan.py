@@ -233,12 +233,14 @@ def denied(use: Use) -> bool:
         any(f"builtins.{a}" in DANGEROUS_NAMES for a in attrs[1:])
 
 
-def _judge(use: Use, invoked: set[int]) -> tuple[str, str, str] | None:
-    """(severity, code, message) for one imported name, or None when torch allows it."""
+def _judge(use: Use, invoked: set[int],
+           known: frozenset[str] = frozenset()) -> tuple[str, str, str] | None:
+    """(severity, code, message) for one imported name, or None when torch allows it (or
+    the stream's own loader expects it: ``known``)."""
     name = use.ref.full_name
     renamed = (f" (written as {use.ref.original[0]}.{use.ref.original[1]})"
                if use.ref.original else "")
-    judged = judge_use(use)
+    judged = judge_use(use, known)
     if denied(use) and use.kind != callables.RECORD:
         benign = _benign_use(name, use.called, invoked)
         if benign:
@@ -287,7 +289,7 @@ def _record_findings(record: PickleRecord) -> list[Finding]:
     for c in record.result.calls:
         calls_by_func.setdefault(id(c.func), []).append(c)
     for name, use in analysis.uses.items():
-        judged = _judge(use, analysis.invoked)
+        judged = _judge(use, analysis.invoked, record.known_classes)
         if judged is not None:
             findings.append(Finding(judged[0], judged[1], judged[2], member,
                                     use.ref.offset, name, record.file))

@@ -139,6 +139,8 @@ def tensor_record(path: list[Any], node: Node, shared: dict[int, list[str]]) -> 
         rec["problem"] = t.problem
     if t.file is not None:  # only in checkpoints made of several files
         rec["file"] = t.file
+    if t.pieces is not None:
+        rec["pieces"] = t.pieces
     return rec
 
 

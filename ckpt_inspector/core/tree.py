@@ -65,6 +65,9 @@ class TensorInfo:
     # the file that holds it, relative to what was opened, when a checkpoint is made of
     # several files (None for a single file)
     file: str | None = None
+    # where a tensor saved in chunks lies: ``{"file", "offsets", "shape"}`` per chunk (a
+    # DCP tensor sharded across ranks); None for a tensor in one piece
+    pieces: list[dict[str, Any]] | None = None
 
     @property
     def numel(self) -> int:
@@ -145,6 +148,9 @@ class PickleRecord:
     error: str | None = None
     executed: bool = True  # False: found by sniffing; torch itself never unpickles it
     file: str | None = None  # the file of a checkpoint made of several files that holds it
+    # classes the stream's own loader expects and that are plain records there (DCP's
+    # .metadata): not a reason for needs-trust in this stream only
+    known_classes: frozenset[str] = frozenset()
 
 
 @dataclass(eq=False)

@@ -29,9 +29,10 @@ class Layout:
 
 
 def _layouts() -> tuple[Layout, ...]:
-    from ckpt_inspector.core.layouts import hf_sharded
+    from ckpt_inspector.core.layouts import dcp, hf_sharded
 
-    return (Layout(hf_sharded.NAME, hf_sharded.detect, hf_sharded.open),)
+    return (Layout(hf_sharded.NAME, hf_sharded.detect, hf_sharded.open),
+            Layout(dcp.NAME, dcp.detect, dcp.open))
 
 
 LAYOUTS: tuple[Layout, ...] = ()

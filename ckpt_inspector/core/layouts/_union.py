@@ -77,6 +77,15 @@ class Union:
             self._put(key, child, rel)
         return held
 
+    def put(self, key: str, node: Node, rel: str) -> None:
+        """One entry read on its own (a layout whose index names each entry)."""
+        self._put(key, node, rel)
+
+    def absorb(self, rel: str, part: Checkpoint) -> None:
+        """The pickles, findings and warnings of ``part`` (read from ``rel``) for the
+        verdict, without its tree."""
+        self._absorb_scan(rel, part)
+
     def damaged(self, key: str, rel: str, problem: str) -> None:
         """A tensor something promised that cannot be read (its shape and dtype unknown)."""
         if key in self._where:
