@@ -89,6 +89,24 @@ def test_shards_without_an_index_are_grouped(torch, sd, tmp_path):
         f"adapter_model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)]
 
 
+def test_a_model_saved_unsharded_is_its_folder(torch, sd, tmp_path):
+    """``model.safetensors`` beside ``config.json`` (what save_pretrained writes for a small
+    model); with a ``pytorch_model.bin`` too, the safetensors file is read, as transformers
+    does, and the other is named."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text('{"model_type": "toy"}')
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    ckpt = open_checkpoint(tmp_path)
+    assert ckpt.format == "hf-sharded" and set(_tensors(ckpt)) == set(sd)
+    assert [f["path"] for f in ckpt.files] == ["model.safetensors"]
+    assert all(t.file == "model.safetensors" for t in _tensors(ckpt).values())
+    assert any("pytorch_model.bin" in w for w in ckpt.warnings)
+    assert ckpt.metadata["config"]["model_type"] == "toy"
+    assert scan(ckpt).verdict == "safe"
+
+
 def test_other_prefixes_and_the_preferred_index(torch, sd, tmp_path):
     save_sharded(torch, tmp_path, sd, "bin", shards=2)
     save_sharded(torch, tmp_path, sd, "safetensors", shards=2,

@@ -4,7 +4,9 @@ What it opens: a folder, or its index file (``model.safetensors.index.json``,
 ``pytorch_model.bin.index.json``, ``adapter_model.safetensors.index.json``,
 ``diffusion_pytorch_model.safetensors.index.fp16.json``, ...), whose ``weight_map`` says
 which shard holds each key; or a folder without an index that holds
-``PREFIX-0000K-of-0000N.{safetensors,bin}`` files, grouped the same way. Where a folder holds
+``PREFIX-0000K-of-0000N.{safetensors,bin}`` files, grouped the same way; or a model saved
+unsharded, its folder holding ``model.safetensors`` (``pytorch_model.bin``,
+``adapter_model.safetensors``, ...) beside ``config.json``. Where a folder holds
 several, it reads what ``transformers`` loads first: safetensors before ``.bin``, the
 ``model`` prefix before others. ``config.json`` goes into the metadata.
 
@@ -36,6 +38,9 @@ SHARD = re.compile(r"^(?P<prefix>.+)-(?P<k>\d+)-of-(?P<n>\d+)\.(?P<ext>safetenso
 MAX_JSON = 100_000_000  # an index (or config.json) larger than this is refused
 MAX_SHARDS = 100_000
 CONFIG = "config.json"
+# the one weights file of a model saved unsharded (transformers, PEFT, diffusers)
+SINGLE = re.compile(r"^(?P<prefix>model|pytorch_model|adapter_model|diffusion_pytorch_model)"
+                    r"(?:\.(?P<variant>[^./]+))?\.(?P<ext>safetensors|bin)$")
 
 
 # -- which files ---------------------------------------------------------------------------
@@ -70,10 +75,19 @@ def shard_groups(names: list[str]) -> list[list[str]]:
     return out
 
 
+def singles(folder: str, names: list[str]) -> list[str]:
+    """The unsharded weights files in ``folder`` (``model.safetensors``,
+    ``pytorch_model.bin``, ...), the one transformers would load first first."""
+    found = [(m, n) for n in names if (m := SINGLE.match(n)) and
+             os.path.isfile(os.path.join(folder, n))]
+    found.sort(key=lambda mn: _rank(mn[0]["prefix"], mn[0]["ext"], mn[0]["variant"]))
+    return [n for _m, n in found]
+
+
 def detect(path: str) -> bool:
     if os.path.isdir(path):
         names = os.listdir(path)
-        return bool(indexes(path, names) or shard_groups(names))
+        return bool(indexes(path, names) or shard_groups(names) or singles(path, names))
     return bool(INDEX.match(os.path.basename(path))) and os.path.isfile(path)
 
 
@@ -125,9 +139,12 @@ def _plan(path: str) -> _Plan:
         folder, names = path, os.listdir(path)
         found = indexes(path, names)
         groups = shard_groups(names)
-        if not found:
+        if not found and groups:
             first, *rest = groups
             return _Plan(folder, None, first, others=[g[0] for g in rest])
+        if not found:  # a model saved in one file, beside its config
+            first, *rest = singles(path, names)
+            return _Plan(folder, None, [first], others=rest)
         index, others = found[0], found[1:]
     data = _json(os.path.join(folder, index), index)
     weight_map = _weight_map(data, index)
