@@ -207,15 +207,6 @@ class ExportDialog(QDialog):
         super().reject()
 
 
-def _pair(a: QWidget, b: QWidget) -> QWidget:
-    w = QWidget()
-    row = QHBoxLayout(w)
-    row.setContentsMargins(0, 0, 0, 0)
-    row.addWidget(a)
-    row.addWidget(b)
-    return w
-
-
 def _cell(row: Row) -> str:
     text = escape(row.value)
     return span(row.level, text) if row.level else text
