@@ -9,7 +9,6 @@ import socket
 
 import dcp_files
 import pytest
-import shards
 
 from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.errors import ExportUsageError
@@ -18,6 +17,7 @@ from ckpt_inspector.core.ops.export.plan import make_plan
 from ckpt_inspector.core.ops.export.request import ExportRequest
 from ckpt_inspector.core.tensors import to_torch
 
+import shards
 from support import drive, run_cli
 
 

@@ -18,8 +18,11 @@ optimizer ``param_groups``...) are ``torch.save``'d objects, shown as their valu
 
 A tensor saved in several chunks (DTensor / ShardedTensor shards from several ranks) is
 one logical tensor of the full size whose ``pieces`` say where each chunk is; its data
-source (:class:`StitchedSource`) assembles the values from the chunks -- for now by
-materializing the whole tensor in memory, chunk by chunk, on first use.
+source (:class:`~ckpt_inspector.core.layouts._stitch.StitchedSource`) reads it in C order
+a piece at a time, each piece gathered from the chunks that cover it. Storages of items
+saved uncompressed are read with ``pread`` at their place in the ``.distcp`` file
+(:class:`ItemRange`), so a pass over a large checkpoint keeps one piece resident, not
+the pages of a memory map.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.calls import DCP_METADATA_CLASSES
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
+from ckpt_inspector.core.layouts._stitch import StitchedSource
 from ckpt_inspector.core.layouts._union import Union, file_size
 from ckpt_inspector.core.pickle.values import Call, GlobalRef
 from ckpt_inspector.core.tensors import DataSource
@@ -274,6 +277,7 @@ class _Files:
             self._absorb(rel, part)
             raise CheckpointError(f"{rel} at {offset}: {err}") from None
         self._absorb(rel, part)
+        _in_place(root, full, offset)
         return root
 
     def _absorb(self, rel: str, part: Checkpoint) -> None:
@@ -342,36 +346,48 @@ def _stitched(entry: Entry, pieces: list[tuple[Chunk, TensorInfo]]) -> Node:
     return Node("tensor", entry.fqn, "torch.Tensor", tensor=info)
 
 
-class StitchedSource(DataSource):
-    """The bytes of a tensor saved in chunks, assembled in C order on first use.
+class ItemRange(DataSource):
+    """A storage of an item saved uncompressed: its bytes where they lie in the ``.distcp``
+    file (``file_span``: read with ``pread``), found from the record's local header on first
+    use; ``inner`` is the zip record over the item's bytes."""
 
-    For now the whole tensor is materialized (one numpy array, filled chunk by chunk);
-    streaming by rows is left for later."""
+    def __init__(self, path: str, base: int, inner: Any):
+        self.path = path
+        self.base = base  # where the item starts in the file
+        self.inner = inner
+        self.nbytes = inner.nbytes
+        self.byteorder = inner.byteorder
+        self._span: tuple[str, int] | None = None
 
-    def __init__(self, shape: tuple[int, ...], dtype: str, pieces: list[tuple[Chunk, TensorInfo]]):
-        self.shape = shape
-        self.dtype = dtype
-        self.pieces = pieces
-        self.nbytes = math.prod(shape) * (dtypes.itemsize(dtype) or 0)
-        self._buf: memoryview | None = None
+    def file_span(self) -> tuple[str, int] | None:
+        if self._span is None:
+            import struct
+
+            info, raw = self.inner.info, self.inner.container
+            h = info.header_offset
+            if bytes(raw[h:h + 4]) != b"PK\x03\x04":
+                raise CheckpointError(f"zip record {info.filename} has a damaged local header")
+            name_len, extra_len = struct.unpack_from("<HH", raw, h + 26)
+            self._span = (self.path, self.base + h + 30 + name_len + extra_len)
+        return self._span
 
     def buffer(self) -> memoryview:
-        if self._buf is None:
-            import numpy as np
-
-            from ckpt_inspector.core.tensors import to_numpy
-
-            out: Any = None
-            for chunk, info in self.pieces:
-                arr = to_numpy(info)
-                if out is None:
-                    out = np.empty(self.shape, dtype=arr.dtype.newbyteorder("<"))
-                where = tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes))
-                out[where] = arr
-            if out is None:
-                return memoryview(b"")
-            self._buf = memoryview(np.ascontiguousarray(out).reshape(-1).view(np.uint8))
-        return self._buf
+        return self.inner.buffer()
 
     def __repr__(self) -> str:
-        return f"StitchedSource({list(self.shape)}, {self.dtype}, {len(self.pieces)} pieces)"
+        return f"ItemRange({self.path!r}, {self.base}, {self.nbytes})"
+
+
+def _in_place(root: Node, full: str, offset: int) -> None:
+    """Point the uncompressed storages of an item read at ``offset`` of ``full`` at the
+    file itself (:class:`ItemRange`)."""
+    import zipfile
+
+    from ckpt_inspector.core.formats._zip_members import ZipEntryData
+
+    for node in root.walk():
+        storage = node.tensor.storage if node.tensor is not None else None
+        src = storage.source if storage is not None else None
+        if type(src) is ZipEntryData and not isinstance(src.container, str) and \
+                src.info.compress_type == zipfile.ZIP_STORED:
+            storage.source = ItemRange(full, offset, src)

@@ -17,7 +17,8 @@ STATE_TARGETS = ("state_dict", "safetensors", "hf-sharded")
 
 # the order of the keys in the JSON result (what `export --json` has always printed)
 _STATE_ORDER = ("target", "source", "tensors", "excluded", "renamed", "not_cast",
-                "tensor_bytes", "path", "files", "max_shard_size", "bytes", "verified", "bit_exact", "cast",
+                "tensor_bytes", "path", "files", "max_shard_size", "bytes", "verified",
+                "bit_exact", "cast",
                 "max_abs_diff", "problems", "cast_reference", "torch_load", "torch_error",
                 "passed", "written", "status")
 _MODEL_ORDER = ("target", "model", "input_shape", "input_dtype", "tolerance", "rtol",
