@@ -22,7 +22,7 @@ from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.tensors import DataSource
 
-BOX = 8 << 20  # bytes a box holds at most (unless one element is larger)
+BOX = 16 << 20  # bytes a box of buffer() holds at most (unless one element is larger)
 
 
 class StitchedSource(DataSource):
@@ -117,8 +117,20 @@ class StitchedSource(DataSource):
 
     def chunks(self, offset: int = 0, length: int | None = None,
                size: int = 16 << 20) -> Iterator[bytes]:
-        for block in self.blocks(offset, length, min(size, BOX)):
-            yield bytes(block)
+        """Like :meth:`blocks`, each piece a new buffer of its own (filled in place: no
+        copy)."""
+        end = self.nbytes if length is None else min(self.nbytes, offset + length)
+        if end <= offset:
+            return
+        item = self.item
+        size = max(size, item)
+        for prefix, a, b, start in self._boxes(offset // item, -(-end // item), size):
+            n = (b - a) * math.prod(self.shape[len(prefix) + 1:]) * item
+            box = bytearray(n)
+            self._fill(memoryview(box), prefix, a, b)
+            lo, hi = max(offset, start * item), min(end, start * item + n)
+            yield box if (lo, hi) == (start * item, start * item + n) else \
+                box[lo - start * item:hi - start * item]
 
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
         if self._buf is not None:
