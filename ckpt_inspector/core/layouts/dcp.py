@@ -30,12 +30,15 @@ from __future__ import annotations
 import builtins
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.calls import DCP_METADATA_CLASSES
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
+from ckpt_inspector.core.layouts import _dcp_transforms as _transforms
 from ckpt_inspector.core.layouts._stitch import StitchedSource
 from ckpt_inspector.core.layouts._union import Union, file_size
 from ckpt_inspector.core.pickle.values import Call, GlobalRef
@@ -241,8 +244,10 @@ class _Files:
             full = os.path.join(self.folder, rel)
             self.union.add_file(rel, file_size(full), "distcp", problem=problem)
 
-    def item(self, fqn: str, where: tuple[str, int, int, Any]) -> Node:
-        """The tree of the torch.save archive at ``where``; its pickles go to the verdict."""
+    def item(self, fqn: str, where: tuple[str, int, int, Any],
+             expected: int | None = None) -> Node:
+        """The tree of the torch.save archive at ``where``; its pickles go to the verdict.
+        ``expected``: the bytes of the tensor chunk it holds (bounds what it may inflate to)."""
         from ckpt_inspector.core.formats import torch_zip
         from ckpt_inspector.core.io.source import BytesSource
         from ckpt_inspector.core.pickle import vm as pickle_vm
@@ -263,13 +268,16 @@ class _Files:
             self.seen[rel] = "missing"
             raise CheckpointError(f"its file {rel} is missing")
         self.seen.setdefault(rel, None)
-        if transforms:
-            raise CheckpointError(f"saved through {', '.join(map(str, transforms))}: not read")
+        descriptors = _transforms.check(transforms) if transforms else None
         data = mapped_file(full) if file_size(full) else b""
         if offset < 0 or length <= 0 or offset + length > len(data):
             raise CheckpointError(f"{rel} ends before its bytes [{offset}, {offset + length})")
+        raw: Any = memoryview(data)[offset:offset + length]
+        limit = _transforms.MAX_INFLATED if expected is None else 2 * expected + (16 << 20)
+        if descriptors:
+            raw = _transforms.inflate(raw, descriptors, limit)
         part = Checkpoint(f"{rel}@{offset}", "torch-zip", None)  # type: ignore[arg-type]
-        src = BytesSource(part.path, memoryview(data)[offset:offset + length])
+        src = BytesSource(part.path, raw)
         try:
             with pickle_vm.deadline():
                 root = torch_zip.read_into(part, src, f"{fqn}/")
@@ -277,7 +285,11 @@ class _Files:
             self._absorb(rel, part)
             raise CheckpointError(f"{rel} at {offset}: {err}") from None
         self._absorb(rel, part)
-        _in_place(root, full, offset)
+        if descriptors:
+            _in_place(root, lambda inner: _transforms.Inflated(full, offset, length,
+                                                               descriptors, limit, inner))
+        else:
+            _in_place(root, lambda inner: ItemRange(full, offset, inner))
         return root
 
     def _absorb(self, rel: str, part: Checkpoint) -> None:
@@ -310,7 +322,8 @@ def _tensor(reader: _Files, entry: Entry) -> Node:
         if chunk.where is None:
             raise CheckpointError(f"{METADATA} says nowhere where its chunk at "
                                   f"{list(chunk.offsets)} is")
-        node = reader.item(entry.fqn, chunk.where)
+        node = reader.item(entry.fqn, chunk.where,
+                           math.prod(chunk.sizes) * (dtypes.itemsize(entry.dtype or '') or 8))
         info = node.tensor
         if info is None:
             raise CheckpointError(f"{chunk.where[0]} holds a {node.type_name or node.kind} "
@@ -378,9 +391,9 @@ class ItemRange(DataSource):
         return f"ItemRange({self.path!r}, {self.base}, {self.nbytes})"
 
 
-def _in_place(root: Node, full: str, offset: int) -> None:
-    """Point the uncompressed storages of an item read at ``offset`` of ``full`` at the
-    file itself (:class:`ItemRange`)."""
+def _in_place(root: Node, make: Callable[[Any], DataSource]) -> None:
+    """Replace the storages of an item, zip records over its bytes, by ``make(record)``:
+    the record where it lies in the file (:class:`ItemRange`), or inflated again on use."""
     import zipfile
 
     from ckpt_inspector.core.formats._zip_members import ZipEntryData
@@ -390,4 +403,4 @@ def _in_place(root: Node, full: str, offset: int) -> None:
         src = storage.source if storage is not None else None
         if type(src) is ZipEntryData and not isinstance(src.container, str) and \
                 src.info.compress_type == zipfile.ZIP_STORED:
-            storage.source = ItemRange(full, offset, src)
+            storage.source = make(src)
