@@ -134,6 +134,22 @@ def test_missing_or_truncated_rank_file_marks_its_tensors_damaged(torch, tmp_pat
     assert {k for k, i in _model(ckpt).items() if i.problem} == damaged
 
 
+def test_without_zero_the_module_is_shown(torch, tmp_path):
+    root = zero_files.save(torch, tmp_path / "z", 2, 1)
+    for path in (root / zero_files.TAG).glob("*_optim_states.pt"):
+        path.unlink()
+    states = root / zero_files.TAG / "mp_rank_00_model_states.pt"
+    saved = torch.load(states, weights_only=False)  # our own file: trusted here
+    saved["ds_config"]["zero_optimization"]["stage"] = 0  # DeepSpeed without ZeRO
+    torch.save(saved, states)
+    ckpt = open_checkpoint(root)
+    assert any("no ZeRO optimizer states" in w for w in ckpt.warnings)
+    got = _model(ckpt)
+    for key, t in zero_files.model_weights(torch).items():
+        assert torch.equal(to_torch(got[key]), t), key
+    assert ckpt.metadata["buffers"] == 2
+
+
 def test_latest_naming_nothing_is_one_clear_error(made, tmp_path):
     from ckpt_inspector.core.errors import CheckpointError
 

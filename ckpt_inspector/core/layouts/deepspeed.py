@@ -99,7 +99,8 @@ class _Build:
             models = [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(self.world)]
         elif "mp_rank_00_model_states.pt" in read or not models:
             models = ["mp_rank_00_model_states.pt"]
-        want = [f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(self.world)]
+        want = [f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(self.world)
+                if optims or self.stage in FP32_GROUPS]  # none in a checkpoint without ZeRO
         for name in models + want:
             if name not in read:
                 read[name] = self.reader.file(name)
@@ -190,9 +191,12 @@ class _Build:
         if self.stage not in FP32_GROUPS or not ranks:
             ckpt.warnings.append("no ZeRO optimizer states: the module's weights are shown "
                                  "as saved")
+            buffers = mv.get("buffer_names") if isinstance(mv.get("buffer_names"), list) else []
             for node in module.children if module is not None else ():
                 if node.kind == "tensor":
-                    self._put(str(node.key), _copy(node, node.role), main.rel)
+                    role = "buffer" if node.key in buffers else "parameter"
+                    self._put(str(node.key), _copy(node, role), main.rel)
+            self._order(module)
             return
         shapes = _param_shapes(mv.get("param_shapes"))
         if shapes is None:
