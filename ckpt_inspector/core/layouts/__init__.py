@@ -29,10 +29,11 @@ class Layout:
 
 
 def _layouts() -> tuple[Layout, ...]:
-    from ckpt_inspector.core.layouts import dcp, hf_sharded
+    from ckpt_inspector.core.layouts import dcp, deepspeed, hf_sharded
 
     return (Layout(hf_sharded.NAME, hf_sharded.detect, hf_sharded.open),
-            Layout(dcp.NAME, dcp.detect, dcp.open))
+            Layout(dcp.NAME, dcp.detect, dcp.open),
+            Layout(deepspeed.NAME, deepspeed.detect, deepspeed.open))
 
 
 LAYOUTS: tuple[Layout, ...] = ()
