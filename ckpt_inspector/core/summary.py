@@ -254,8 +254,10 @@ def top_values(root: Node, limit: int = 24) -> tuple[list[tuple[str, Node]], int
     while stack:
         node, depth = stack.pop()
         for child in node.children:
-            if child.kind in ("module",) or child.role == "attribute":
-                continue
+            kind = child.kind
+            if (kind == "tensor" and child.value is None) or kind == "module" or \
+                    child.role == "attribute":
+                continue  # tensors first: a state_dict holds up to 100,000s of them
             if child.kind in ("scalar", "str", "none", "value") or child.value is not None:
                 found.append((depth, key_of(child.path()), child))
             elif child.children and depth < 2 and child.kind != "tensor":
