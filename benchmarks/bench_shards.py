@@ -2,7 +2,7 @@
 against safetensors' own reader, and the window opening it.
 
     .venv/bin/python benchmarks/bench_shards.py [--repeat 5] [--tensors 100000] [--shards 160]
-        [--no-gui] [--platform offscreen]
+        [--only cli|gui] [--platform offscreen] [--keep DIR]
 
 The model is written in this run (``safetensors.numpy.save_file`` per shard and a
 ``model.safetensors.index.json`` as ``huggingface_hub`` writes it; small float32 / float16
@@ -76,13 +76,17 @@ print(n)
 '''
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one child process."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd} failed ({proc.returncode}): {proc.stderr.decode()}")
-    return elapsed
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd} failed: {err}")
+    return elapsed, usage.ru_utime + usage.ru_stime
 
 
 def cold_start(folder: Path, platform: str) -> float:
@@ -110,16 +114,54 @@ def in_window(folder: Path, platform: str, repeat: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])[str(folder)]
 
 
+def command_line(folder: Path, repeat: int, env: dict[str, str]) -> None:
+    """(a) against (b), whole processes, interleaved so a busy moment hits both alike."""
+    py = sys.executable
+    contenders = {
+        "(a) ckpt-inspector info --json": [py, "-m", "ckpt_inspector", "info", "--json",
+                                           str(folder)],
+        "(b) safetensors.safe_open, keys + shapes": [py, "-c", SAFE_OPEN, str(folder)],
+        "python -c pass (floor)": [py, "-c", "pass"],
+    }
+    for cmd in contenders.values():  # warm the page cache and the .pyc files
+        timed(cmd, env)
+    wall: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeat):
+        for name, cmd in contenders.items():
+            w, c = timed(cmd, env)
+            wall[name].append(w)
+            cpu[name].append(c)
+    med = statistics.median
+    print(f"\n{'process':45s} {'wall s':>8s} {'CPU s':>8s}   (median of {repeat}, warm cache)")
+    for name in contenders:
+        print(f"{name:45s} {med(wall[name]):8.3f} {med(cpu[name]):8.3f}")
+    a, b = "(a) ckpt-inspector info --json", "(b) safetensors.safe_open, keys + shapes"
+    print(f"\ninfo --json / safe_open:  {med(wall[a]) / med(wall[b]):.2f}x wall, "
+          f"{med(cpu[a]) / med(cpu[b]):.2f}x CPU   (target <= 1.0x)")
+
+
+def window(folder: Path, repeat: int, platform: str) -> None:
+    med = statistics.median
+    cold = [cold_start(folder, platform) for _ in range(repeat)]
+    r = in_window(folder, platform, repeat)
+    print(f"\nthe window (Qt platform {platform}), median of {repeat}:")
+    print(f"  launch to tree shown:        {med(cold):.3f} s   (target <= 1.5 s)")
+    print(f"  open to tree (running app):  {med(r['open']):.3f} s")
+    print(f"  longest event-loop stall:    {max(r['stall']):.0f} ms   (target <= 50 ms)")
+    print(f"  filter 'sub3' (GUI thread):  {med(r['filter']) * 1000:.0f} ms")
+    print(f"  sort by key (GUI thread):    {med(r['sort']) * 1000:.0f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--tensors", type=int, default=100_000)
     ap.add_argument("--shards", type=int, default=160)
     ap.add_argument("--platform", default="offscreen")
-    ap.add_argument("--no-gui", action="store_true", help="only (a) and (b)")
+    ap.add_argument("--only", choices=("cli", "gui"), help="only (a)+(b), or only (c)")
     ap.add_argument("--keep", help="write the model here and keep it (reused if present)")
     args = ap.parse_args()
-    med = statistics.median
     tmp = None
     if args.keep:
         folder = Path(args.keep)
@@ -132,39 +174,13 @@ def main() -> None:
             make_model(folder, args.tensors, args.shards)
             print(f"wrote {args.tensors:,} tensors in {args.shards} shards to {folder} "
                   f"({time.perf_counter() - t:.1f} s)", flush=True)
-        py = sys.executable
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-        contenders = {
-            "(a) ckpt-inspector info --json": [py, "-m", "ckpt_inspector", "info", "--json",
-                                               str(folder)],
-            "(b) safetensors.safe_open, keys + shapes": [py, "-c", SAFE_OPEN, str(folder)],
-            "python -c pass (floor)": [py, "-c", "pass"],
-        }
-        for cmd in contenders.values():  # warm the page cache and the .pyc files
-            timed(cmd, env)
-        times: dict[str, list[float]] = {name: [] for name in contenders}
-        for _ in range(args.repeat):  # interleaved, so a busy moment hits all alike
-            for name, cmd in contenders.items():
-                times[name].append(timed(cmd, env))
-        print(f"\n{args.tensors:,} tensors in {args.shards} safetensors shards + index, "
-              f"median of {args.repeat}, warm page cache, whole processes\n")
-        for name, ts in times.items():
-            print(f"{name:45s} {med(ts):7.3f} s   (min {min(ts):.3f})")
-        a = med(times["(a) ckpt-inspector info --json"])
-        b = med(times["(b) safetensors.safe_open, keys + shapes"])
-        print(f"\ninfo --json / safe_open:  {a / b:.2f}x   (target <= 1.0x)")
-        if args.no_gui:
-            return
-        os.environ["PYTHONPATH"] = env["PYTHONPATH"]
-        cold = [cold_start(folder, args.platform) for _ in range(args.repeat)]
-        r = in_window(folder, args.platform, args.repeat)
-        print(f"\nthe window (Qt platform {args.platform}), median of {args.repeat}:")
-        print(f"  launch to tree shown:        {med(cold):.3f} s   (target <= 1.5 s)")
-        print(f"  open to tree (running app):  {med(r['open']):.3f} s")
-        print(f"  longest event-loop stall:    {max(r['stall']):.0f} ms   (target <= 50 ms)")
-        print(f"  filter 'sub3' (GUI thread):   {med(r['filter']) * 1000:.0f} ms")
-        print(f"  sort by key (GUI thread):    {med(r['sort']) * 1000:.0f} ms")
+        print(f"{args.tensors:,} tensors in {args.shards} safetensors shards + index")
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        if args.only != "gui":
+            command_line(folder, args.repeat, dict(os.environ))
+        if args.only != "cli":
+            window(folder, args.repeat, args.platform)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -260,7 +260,7 @@ class CheckpointView(QWidget):
         if model is None:
             return
         current = set_tree_model(self.tree, model, [(TYPE, 120), (SHAPE, 150), (ELEMENTS, 95),
-                                                    (SIZE, 80), (DEVICE, 75), (FILE, 230)])
+                                                    (SIZE, 80), (DEVICE, 75), (FILE, 170)])
         # the File column only says something when the tensors lie in several files
         self.tree.setColumnHidden(FILE, self._tensor_files < 2)
         self._expanded_before_filter = None
