@@ -101,13 +101,27 @@ def cold_start(folder: Path, platform: str) -> float:
     return float(line.split()[1]) - start
 
 
+WAIT_FOR_PRELOAD = """
+from ckpt_inspector.gui.tensor.preload import _PRELOAD
+def wait_preload():
+    QTimer.singleShot(300, start_next) if _PRELOAD["done"] else QTimer.singleShot(50, wait_preload)
+QTimer.singleShot(500, wait_preload)
+"""
+
+
 def in_window(folder: Path, platform: str, repeat: int) -> dict:
     """Open to tree and the longest stall, in a running window (bench_gui.py's harness)."""
     sys.path.insert(0, str(HERE))
     from bench_gui import HARNESS
 
+    # the window imports pyqtgraph on a worker once it is up (half a second that stalls
+    # the GUI thread now and then, whatever is open): start once that is over, so the
+    # stalls measured are those of opening the folder
+    first = "QTimer.singleShot(500, start_next)"
+    assert first in HARNESS
+    harness = HARNESS.replace(first, WAIT_FOR_PRELOAD)
     env = {**os.environ, "QT_QPA_PLATFORM": platform}
-    proc = subprocess.run([sys.executable, "-c", HARNESS, str(folder), str(repeat)],
+    proc = subprocess.run([sys.executable, "-c", harness, str(folder), str(repeat)],
                           env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
@@ -148,7 +162,8 @@ def window(folder: Path, repeat: int, platform: str) -> None:
     print(f"\nthe window (Qt platform {platform}), median of {repeat}:")
     print(f"  launch to tree shown:        {med(cold):.3f} s   (target <= 1.5 s)")
     print(f"  open to tree (running app):  {med(r['open']):.3f} s")
-    print(f"  longest event-loop stall:    {max(r['stall']):.0f} ms   (target <= 50 ms)")
+    print(f"  longest event-loop stall:    {max(r['stall']):.0f} ms   (target <= 50 ms; each "
+          f"open: {', '.join(f'{x:.0f}' for x in r['stall'])} ms)")
     print(f"  filter 'sub3' (GUI thread):  {med(r['filter']) * 1000:.0f} ms")
     print(f"  sort by key (GUI thread):    {med(r['sort']) * 1000:.0f} ms")
 
