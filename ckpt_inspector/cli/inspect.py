@@ -11,6 +11,7 @@ from typing import Any
 from ckpt_inspector.cli import _common
 from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, fail, unreadable
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.gcpause import bulk_allocation
 from ckpt_inspector.core.scan import ScanReport, scan
 from ckpt_inspector.core.summary import (
     format_value,
@@ -19,9 +20,10 @@ from ckpt_inspector.core.summary import (
     jsonable,
     shared_storage,
     subtree_totals,
-    tensor_record,
+    tensor_json,
     totals,
     value_records,
+    walk_paths,
 )
 from ckpt_inspector.core.tree import Checkpoint, Node
 
@@ -44,19 +46,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 # -- info ----------------------------------------------------------------------------------
+class Encoded(list):
+    """A list of items already encoded as JSON text (one per line in :func:`write_json`)."""
+
+
 def write_json(obj: dict[str, Any], out: Any) -> None:
     """``obj`` as indented JSON, except that each top-level list holds one item per line,
     compact: Python's indenting encoder is pure Python (13 s for 100,000 tensors), the
-    compact one is C."""
+    compact one is C. An :class:`Encoded` list's items are written as they are."""
     out.write("{\n")
     items = list(obj.items())
     for i, (key, value) in enumerate(items):
         out.write(f" {json.dumps(key)}: ")
         if isinstance(value, list) and value:
-            out.write("[\n")
-            last = len(value) - 1
-            for j, v in enumerate(value):
-                out.write("  " + json.dumps(v) + (",\n" if j < last else "\n ]"))
+            lines = value if isinstance(value, Encoded) else map(json.dumps, value)
+            out.write("[\n  " + ",\n  ".join(lines) + "\n ]")
         else:
             out.write(json.dumps(value, indent=1).replace("\n", "\n "))
         out.write(",\n" if i < len(items) - 1 else "\n")
@@ -64,14 +68,14 @@ def write_json(obj: dict[str, Any], out: Any) -> None:
 
 
 def info_json(ckpt: Checkpoint) -> dict[str, Any]:
+    """What ``info --json`` prints; its ``tensors`` and ``arrays`` are :class:`Encoded`
+    (``json.loads`` each item for the record)."""
     report = scan(ckpt)
-    shared = shared_storage(ckpt)
-    tensors, arrays = [], []
-    for node in ckpt.root.walk():
-        if node.tensor is None:
-            continue
-        rec = tensor_record(node.path(), node, shared)
-        (tensors if node.kind == "tensor" else arrays).append(rec)
+    pairs = [(p, n) for p, n in walk_paths(ckpt.root) if n.tensor is not None]
+    shared = shared_storage(ckpt, [(p, n) for p, n in pairs if n.kind == "tensor"])
+    tensors, arrays = Encoded(), Encoded()
+    for path, node in pairs:
+        (tensors if node.kind == "tensor" else arrays).append(tensor_json(path, node, shared))
     out: dict[str, Any] = {
         "path": ckpt.path,
         "format": ckpt.format,
@@ -196,8 +200,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         return unreadable(args.path, err)
     if args.json:
-        write_json(info_json(ckpt), sys.stdout)
-        damaged = totals(ckpt)["damaged_tensors"]
+        with bulk_allocation():  # 100,000s of records: keep the collector out
+            doc = info_json(ckpt)
+            write_json(doc, sys.stdout)
+        damaged = doc["totals"]["damaged_tensors"]
         if damaged:
             print(f"ckpt-inspector: {args.path}: {damaged} damaged tensor(s) listed with "
                   "their problem", file=sys.stderr)

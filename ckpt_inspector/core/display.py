@@ -35,8 +35,8 @@ class DisplayNode(KeyRow):
 
     def tally(self) -> None:
         tensors = numel = nbytes = 0
-        if self.is_tensor:
-            t = self.node.tensor  # type: ignore[union-attr]
+        t = self.node.tensor if self.node is not None else None
+        if t is not None:
             tensors, numel, nbytes = 1, t.numel, t.nbytes
         for c in self.children:
             tensors += c.tensors

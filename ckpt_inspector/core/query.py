@@ -11,6 +11,8 @@ Terms separated by spaces must all match (AND):
                       a prefix matches a family (``dtype:float8``)
 - ``device:cuda``     saved device (prefix: ``cuda`` matches ``cuda:0``)
 - ``role:buffer``     parameter | buffer | attribute
+- ``file:-00002-``    the file that holds the tensor (a checkpoint made of several files),
+                      substring, case-insensitive
 """
 
 from __future__ import annotations
@@ -116,6 +118,10 @@ def parse(text: str) -> Query:
             role = arg.lower()
             tests.append(lambda n, role=role: n.node is not None and (n.node.role or "")
                          .startswith(role))
+        elif field == "file":
+            part = arg.lower()
+            tests.append(lambda n, part=part: n.is_tensor and part in (n.node.tensor.file or "")
+                         .lower())
         else:
             needle = term.lower()
             tests.append(lambda n, needle=needle: needle in n.key.lower())

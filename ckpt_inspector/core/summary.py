@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from json.encoder import encode_basestring_ascii as _js
 from typing import Any
 
+from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.keytree import roll_up
 from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo, key_of
 
@@ -94,14 +98,40 @@ def storage_identity(t: TensorInfo) -> Any:
     return id(st.source)
 
 
-def shared_storage(ckpt: Checkpoint) -> dict[int, list[str]]:
-    """Tensor keys by storage, for storages used by more than one tensor."""
+def walk_paths(root: Node) -> Iterator[tuple[list[Any], Node]]:
+    """``(path, node)`` for ``root`` and every node below it, in :meth:`Node.walk`'s order,
+    each path built from its parent's (not by walking up from every node)."""
+    stack: list[tuple[list[Any], Node]] = [([], root)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        path, node = pop()
+        yield path, node
+        kids = node.children
+        if kids:
+            for child in reversed(kids):
+                push(([*path, child.key], child))
+
+
+def tensor_paths(ckpt: Checkpoint) -> list[tuple[list[Any], Node]]:
+    """What :meth:`Checkpoint.tensors` yields, as a list, faster."""
+    return [(p, n) for p, n in walk_paths(ckpt.root) if n.kind == "tensor"]
+
+
+def shared_storage(ckpt: Checkpoint,
+                   pairs: list[tuple[list[Any], Node]] | None = None) -> dict[int, list[str]]:
+    """Tensor keys by storage, for storages used by more than one tensor (``pairs``: the
+    checkpoint's :func:`tensor_paths`, when the caller has them)."""
+    pairs = tensor_paths(ckpt) if pairs is None else pairs
+    idents = [storage_identity(node.tensor) for _path, node in pairs]
+    counts = Counter(idents)
+    counts.pop(None, None)
+    if not counts or max(counts.values()) < 2:
+        return {}
     users: dict[Any, list[str]] = defaultdict(list)
-    for path, node in ckpt.tensors():
-        ident = storage_identity(node.tensor)
-        if ident is not None:
+    for ident, (path, _node) in zip(idents, pairs):
+        if ident is not None and counts[ident] > 1:
             users[ident].append(key_of(path))
-    return {k: v for k, v in users.items() if len(v) > 1}
+    return dict(users)
 
 
 def tensor_record(path: list[Any], node: Node, shared: dict[int, list[str]]) -> dict[str, Any]:
@@ -144,6 +174,62 @@ def tensor_record(path: list[Any], node: Node, shared: dict[int, list[str]]) -> 
     return rec
 
 
+_ITEMSIZE = {name: d.itemsize for name, d in dtypes.KNOWN.items()}
+_NOT_SAVED = ("non-persistent buffer", "attribute")  # Node.in_state_dict
+_INT_LIST = str.maketrans("", "", "0123456789[], -")  # what a list of ints prints as
+
+
+def _int_list(values: Any) -> str | None:
+    """``values`` as JSON when they are plain ints (``str`` of such a list is its JSON)."""
+    if type(values) is not tuple:
+        return None
+    text = str(list(values))
+    return None if text.translate(_INT_LIST) else text
+
+
+def tensor_json(path: list[Any], node: Node, shared: dict[int, list[str]]) -> str:
+    """``json.dumps(tensor_record(path, node, shared))``, written directly for the common
+    tensor (a plain strided tensor, its storage its own, keys and names strings): a
+    checkpoint holds up to hundreds of thousands, and the dict plus the encoder take ~10 µs
+    each. Anything else goes through :func:`tensor_record`."""
+    t = node.tensor
+    st = t.storage if t is not None else None
+    if st is None or st.source is None or t.layout != "strided" or t.quantization or \
+            t.subclass or t.pieces is not None or (shared and id(st.source) in shared):
+        return json.dumps(tensor_record(path, node, shared))
+    shape = _int_list(t.shape)
+    stride = "null" if t.stride is None else _int_list(t.stride)
+    offset, grad, role = t.storage_offset, t.requires_grad, node.role
+    if shape is None or stride is None or type(offset) is not int or \
+            type(st.numel) is not int or type(grad) is not bool or \
+            not ((len(path) == 1 and type(path[0]) is str) or all(type(k) is str for k in path)):
+        return json.dumps(tensor_record(path, node, shared))
+    try:
+        key = _js(".".join(path))
+        one = len(path) == 1
+        keys = key if one else ", ".join(map(_js, path))
+        store = key if one and type(st.key) is str and st.key == path[0] else _js(st.key)
+        numel = math.prod(t.shape)
+        size = _ITEMSIZE.get(t.dtype)
+        text = (f'{{"key": {key}, "path": [{keys}], '
+                f'"dtype": {_js(t.dtype)}, "shape": {shape}, "numel": {numel}, '
+                f'"nbytes": {numel * (size or 0)}, "device": {_js(t.device)}, '
+                f'"stride": {stride}, "storage_offset": {offset}, '
+                f'"requires_grad": {"true" if grad else "false"}, '
+                f'"role": {"null" if role is None else _js(role)}, '
+                f'"in_state_dict": {"false" if role in _NOT_SAVED else "true"}, '
+                f'"storage": {{"key": {store}, "dtype": {_js(st.dtype)}, '
+                f'"nbytes": {st.numel * (_ITEMSIZE.get(st.dtype) or 1)}, '
+                f'"location": {_js(st.location)}}}')
+        if t.problem:
+            text += f', "problem": {_js(t.problem)}'
+        if t.file is not None:
+            text += f', "file": {_js(t.file)}'
+    except TypeError:  # a name that is not a string
+        return json.dumps(tensor_record(path, node, shared))
+    return text + "}"
+
+
 def value_records(ckpt: Checkpoint, limit: int = MAX_VALUES) -> list[dict[str, Any]]:
     """Non-tensor leaves (epoch, loss, hyper-parameters, ...) with their paths."""
     out = []
@@ -168,8 +254,10 @@ def top_values(root: Node, limit: int = 24) -> tuple[list[tuple[str, Node]], int
     while stack:
         node, depth = stack.pop()
         for child in node.children:
-            if child.kind in ("module",) or child.role == "attribute":
-                continue
+            kind = child.kind
+            if (kind == "tensor" and child.value is None) or kind == "module" or \
+                    child.role == "attribute":
+                continue  # tensors first: a state_dict holds up to 100,000s of them
             if child.kind in ("scalar", "str", "none", "value") or child.value is not None:
                 found.append((depth, key_of(child.path()), child))
             elif child.children and depth < 2 and child.kind != "tensor":
@@ -184,19 +272,28 @@ def totals(ckpt: Checkpoint) -> dict[str, Any]:
     count = numel = nbytes = 0
     storages: dict[Any, int] = {}
     damaged = 0
-    for _path, node in ckpt.tensors():
+    for node in ckpt.root.walk():
+        if node.kind != "tensor":
+            continue
         t = node.tensor
         count += 1
-        numel += t.numel
-        nbytes += t.nbytes
-        d = by_dtype.setdefault(t.dtype, {"tensors": 0, "numel": 0, "nbytes": 0})
+        if t.layout == "strided":  # TensorInfo.numel and .nbytes, without the calls
+            n = math.prod(t.shape)
+            b = n * (dtypes.itemsize(t.dtype) or 0)
+        else:
+            n, b = t.numel, t.nbytes
+        numel += n
+        nbytes += b
+        d = by_dtype.get(t.dtype)
+        if d is None:
+            d = by_dtype[t.dtype] = {"tensors": 0, "numel": 0, "nbytes": 0}
         d["tensors"] += 1
-        d["numel"] += t.numel
-        d["nbytes"] += t.nbytes
+        d["numel"] += n
+        d["nbytes"] += b
         devices[t.device] += 1
-        ident = storage_identity(t)
-        if ident is not None:
-            storages[ident] = t.storage.source.stored_nbytes
+        st = t.storage
+        if st is not None and st.source is not None:
+            storages[id(st.source)] = st.source.stored_nbytes
         if t.problem:
             damaged += 1
     return {

@@ -80,20 +80,69 @@ def read(src: Source) -> Checkpoint:
     if len(header) > MAX_TENSORS:
         raise CheckpointError(f"safetensors header lists {len(header):,} tensors: more than "
                               f"the {MAX_TENSORS:,} ckpt-inspector reads")
-    spans: list[tuple[int, int, str]] = []
-    for name, entry in header.items():
-        info = _tensor(name, entry, src, data_start, data_len)
-        root.add(Node("tensor", name, "torch.Tensor", tensor=info))
-        if info.storage is not None and info.storage.numel:
-            data = info.storage.source
-            data = getattr(data, "raw", data)  # the stored bytes of a decoded tensor
-            spans.append((data.offset - data_start, data.offset - data_start + data.nbytes, name))
+    spans = _tensors(header, root, src, data_start, data_len)
     spans.sort()
     for (_b0, e0, n0), (b1, _e1, n1) in itertools.pairwise(spans):
         if b1 < e0:
             raise CheckpointError(f"safetensors tensors {n0!r} and {n1!r} overlap")
     ckpt.metadata["header bytes"] = n
     return ckpt
+
+
+# dtype code -> (torch name, bytes per element) for the codes without blocks: the fast path
+_PLAIN = {code: (name, dtypes.KNOWN[name].itemsize) for code, name in
+          dtypes.SAFETENSORS_CODES.items() if dtypes.KNOWN[name].block is None}
+_FAST_NDIM = 8
+
+
+def _tensors(header: dict[str, Any], root: Node, src: Source, data_start: int,
+             data_len: int) -> list[tuple[int, int, str]]:
+    """Every entry of the header as a tensor node under ``root``; returns the data span of
+    each non-empty one, ``(begin, end, name)``, relative to the data.
+
+    An entry of the common kind (a plain dtype, at most 8 positive dimensions, offsets
+    that fit and match) is checked and built inline: a shard holds thousands and a model
+    hundreds of thousands. Any other entry goes through :func:`_tensor`, which checks it
+    the library's way, so it is accepted or refused with the same words either way."""
+    spans: list[tuple[int, int, str]] = []
+    add_span = spans.append
+    add_node = root.add
+    add_child = root.children.append
+    file_range = src.range
+    plain = _PLAIN
+    for name, entry in header.items():
+        if type(entry) is dict:
+            code = entry.get("dtype")
+            shape = entry.get("shape")
+            offsets = entry.get("data_offsets")
+            fast = plain.get(code) if type(code) is str else None
+            if fast is not None and type(shape) is list and len(shape) <= _FAST_NDIM and \
+                    type(offsets) is list and len(offsets) == 2:
+                begin, end = offsets
+                numel = 1
+                for s in shape:
+                    if type(s) is not int or s <= 0:
+                        numel = -1
+                        break
+                    numel *= s
+                if 0 < numel < _U64 and type(begin) is int and type(end) is int and \
+                        0 <= begin <= end <= data_len and numel * fast[1] == end - begin:
+                    dtype = fast[0]
+                    info = TensorInfo(dtype, tuple(shape), None, 0, StorageInfo(
+                        name, dtype, numel, "cpu", file_range(data_start + begin, end - begin)),
+                        "cpu")
+                    # root.add inlined: the node knows its parent and row
+                    add_child(Node("tensor", name, "torch.Tensor", tensor=info, parent=root,
+                                   row=len(root.children)))
+                    add_span((begin, end, name))
+                    continue
+        info = _tensor(name, entry, src, data_start, data_len)
+        add_node(Node("tensor", name, "torch.Tensor", tensor=info))
+        if info.storage is not None and info.storage.numel:
+            data = info.storage.source
+            data = getattr(data, "raw", data)  # the stored bytes of a decoded tensor
+            add_span((data.offset - data_start, data.offset - data_start + data.nbytes, name))
+    return spans
 
 
 def _parse(raw: bytes) -> Any:

@@ -63,12 +63,24 @@ class Union:
                 self._put(rel, root, rel)
             return []
         held = []
+        where = self._where
+        mine = self.root
+        kids = mine.children
         for child in list(root.children):
             key = str(child.key)
             held.append(key)
-            self._tag(child, rel)
-            if key in self._where and self._where[key] != rel:
-                first = self._where[key]
+            if child.children or child.tensor is None:
+                self._tag(child, rel)
+            else:  # a tensor of a state_dict: the common case, 100,000s of them
+                child.tensor.file = rel
+            first = where.get(key)
+            if first is None:  # _put, inlined for the common case
+                where[key] = rel
+                child.key = key
+                child.parent, child.row = mine, len(kids)
+                kids.append(child)
+                continue
+            if first != rel:
                 self.ckpt.findings.append(Finding(
                     "info", "duplicate-key",
                     f"{key!r} is in both {first} and {rel}", file=rel))

@@ -36,6 +36,7 @@ from ckpt_inspector.gui.theme import color, is_palette_change, span
 from ckpt_inspector.gui.tree.model import (
     DEVICE,
     ELEMENTS,
+    FILE,
     SHAPE,
     SIZE,
     TYPE,
@@ -63,10 +64,17 @@ FILTER_HELP = (
     "<code>shape:768x768</code>, <code>shape:*x768</code>, <code>shape:[]</code> — tensor shape<br>"
     "<code>dtype:bf16</code>, <code>dtype:float8</code> — dtype or alias (fp16, fp32, half, …)<br>"
     "<code>device:cuda</code> — device saved in the file<br>"
-    "<code>role:buffer</code> — parameter, buffer or attribute"
+    "<code>role:buffer</code> — parameter, buffer or attribute<br>"
+    "<code>file:-00002-</code> — the file that holds the tensor (a model in several files)"
 )
 DEBOUNCE_MS = 200
 AUTO_EXPAND_LIMIT = 400
+
+
+def _load(path: str) -> tuple[LoadedFile, int]:
+    """What a tab reads on a worker: the file, and how many files hold its tensors."""
+    file = load_file(path)
+    return file, len({n.tensor.file for n in file.ckpt.root.walk() if n.tensor is not None})
 
 
 class CheckpointView(QWidget):
@@ -87,6 +95,7 @@ class CheckpointView(QWidget):
         self._disposed = False
         self._models: dict[bool, CheckpointModel] = {}
         self._expanded_before_filter: set[str] | None = None
+        self._tensor_files = 0  # how many files hold the open file's tensors
         self._build()
 
     # -- layout ------------------------------------------------------------------------------
@@ -201,18 +210,19 @@ class CheckpointView(QWidget):
         generation = self._generation
         name = os.path.basename(self.path)
         self._show_message(f"Reading <b>{escape(name)}</b>…", retry=False)
-        self.runner.run(f"Reading {name}", load_file, self.path,
-                        on_result=lambda r: self._loaded(r, generation),
+        self.runner.run(f"Reading {name}", _load, self.path,
+                        on_result=lambda r: self._loaded(r[0], generation, r[1]),
                         on_error=lambda e: self._failed(e, generation),
-                        on_discard=release_file,
+                        on_discard=lambda r: release_file(r[0]),
                         on_cancel=lambda: self._cancelled(generation))
 
-    def _loaded(self, file: LoadedFile, generation: int) -> None:
+    def _loaded(self, file: LoadedFile, generation: int, files: int = 1) -> None:
         if generation != self._generation or self._disposed:
             release_file(file)  # superseded by a newer request, or the tab is gone
             return
         previous, old_models = self.file, list(self._models.values())
         self.file = file
+        self._tensor_files = files
         self.tensor_view.set_file(file.path)
         self._models = {True: CheckpointModel(file.grouped, self),
                         False: CheckpointModel(file.flat, self)}
@@ -250,7 +260,9 @@ class CheckpointView(QWidget):
         if model is None:
             return
         current = set_tree_model(self.tree, model, [(TYPE, 120), (SHAPE, 150), (ELEMENTS, 95),
-                                                    (SIZE, 80), (DEVICE, 75)])
+                                                    (SIZE, 80), (DEVICE, 75), (FILE, 170)])
+        # the File column only says something when the tensors lie in several files
+        self.tree.setColumnHidden(FILE, self._tensor_files < 2)
         self._expanded_before_filter = None
         self.apply_filter()
         if not self.filter_edit.text().strip():

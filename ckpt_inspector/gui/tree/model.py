@@ -19,8 +19,8 @@ from ckpt_inspector.core.keytree import natural_key
 from ckpt_inspector.core.summary import format_value, human_bytes
 from ckpt_inspector.gui.theme import brush
 
-COLUMNS = ("Key", "Type", "Shape / value", "Elements", "Size", "Device")
-KEY, TYPE, SHAPE, ELEMENTS, SIZE, DEVICE = range(len(COLUMNS))
+COLUMNS = ("Key", "Type", "Shape / value", "Elements", "Size", "Device", "File")
+KEY, TYPE, SHAPE, ELEMENTS, SIZE, DEVICE, FILE = range(len(COLUMNS))
 NodeRole = Qt.ItemDataRole.UserRole + 1
 
 _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -65,6 +65,12 @@ def row_numel(d: DisplayNode) -> int:
 
 def row_nbytes(d: DisplayNode) -> int:
     return d.node.tensor.nbytes if d.is_tensor else d.nbytes  # type: ignore[union-attr]
+
+
+def file_text(d: DisplayNode) -> str:
+    """The file that holds a tensor row, relative to what was opened ("" for a single
+    file, and for groups)."""
+    return (d.node.tensor.file or "") if d.is_tensor else ""  # type: ignore[union-attr]
 
 
 def shape_text(d: DisplayNode) -> str:
@@ -242,6 +248,8 @@ class CheckpointModel(NodeTreeModel):
             if saved not in (self._target, "numpy", "meta", "unknown") and self._target:
                 return f"{saved} → {self._target}"
             return saved
+        if col == FILE:
+            return file_text(d)
         return ""
 
     def _tooltip(self, d: DisplayNode) -> str:
@@ -250,6 +258,8 @@ class CheckpointModel(NodeTreeModel):
             t = d.node.tensor
             lines.append(f"{t.dtype} {list(t.shape)}, stride {list(t.stride or ())}, "
                          f"offset {t.storage_offset}")
+            if t.file:
+                lines.append(f"in {t.file}")
             if t.problem:
                 lines.append(f"DAMAGED: {t.problem}")
             if d.children:  # a key that other keys extend: the columns are its tensor's own
@@ -282,6 +292,7 @@ class CheckpointModel(NodeTreeModel):
         ELEMENTS: lambda d: row_numel(d),
         SIZE: lambda d: row_nbytes(d),
         DEVICE: lambda d: d.node.tensor.device if d.is_tensor else "",
+        FILE: lambda d: natural_key(file_text(d)),
     }
 
 
