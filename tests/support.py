@@ -93,6 +93,9 @@ def open_and_wait(qtbot, window, path):
     """Open ``path`` in the main window and wait until its tree is shown."""
     with qtbot.waitSignal(window.file_shown, timeout=60_000):
         [view] = window.open_paths([str(path)])
+    # the tree is shown from the read's result; its task ends on the worker's next signal
+    qtbot.waitUntil(lambda: not any(t.label.startswith("Reading ") for t in window.runner.tasks),
+                    timeout=10_000)
     return view
 
 
