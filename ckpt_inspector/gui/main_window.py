@@ -47,6 +47,7 @@ from ckpt_inspector.gui.icons import VERDICT_WORDS, app_icon, verdict_icon
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.tensor.preload import preload_plots
 from ckpt_inspector.gui.tree.checkpoint_view import CheckpointView
+from ckpt_inspector.gui.whole_model_bar import offer_whole_model
 
 
 def make_demo() -> str:
@@ -137,6 +138,8 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentIndex(index)
             self.pages.setCurrentWidget(self.tabs)
             view.start_loading()
+            offer_whole_model(self.runner, view, path, lambda v: v in self._tab_widgets(),
+                              lambda p: self.open_paths([p]))
             views.append(view)
         self._update_actions()
         return views

@@ -21,6 +21,8 @@ VERDICT_STYLE = {
     "dangerous": ("danger_fg", "danger_bg", "do not load this file with torch"),
 }
 
+MAX_PIECES = 16  # a tensor's pieces listed in the details panel (then "and N more")
+
 CSS_TEMPLATE = """
 <style>
  body {{ font-size: 10pt; }}
@@ -197,6 +199,28 @@ def _files_html(files: list[dict[str, Any]], shown: int = 50) -> str:
     return f"<h3>Files ({len(files)})</h3>" + _rows(rows, escape_keys=False) + more
 
 
+def _ints(values: Any) -> str:
+    return ", ".join(f"{int(v):,}" for v in values) if isinstance(values, (list, tuple)) \
+        else escape(str(values))
+
+
+def pieces_html(pieces: list[dict[str, Any]], shown: int = MAX_PIECES) -> str:
+    """The chunks a tensor was saved in (a DCP tensor sharded across ranks): each one's file,
+    where it starts in the whole tensor, and its shape."""
+    if not pieces:
+        return ""
+    nw = "style='white-space:nowrap'"
+    rows = "".join(
+        f"<tr><td class='mono'>{escape(str(p.get('file', '')))}</td>"
+        f"<td class='mono' {nw}>[{_ints(p.get('offsets', ()))}]</td>"
+        f"<td class='mono' {nw}>[{_ints(p.get('shape', ()))}]</td></tr>"
+        for p in pieces[:shown])
+    more = (f"<p class='muted'>… and {len(pieces) - shown:,} more</p>"
+            if len(pieces) > shown else "")
+    return (f"<h3>Pieces ({len(pieces):,})</h3><table><tr><th>file</th><th {nw}>starts at"
+            f"</th><th>shape</th></tr>{rows}</table>{more}")
+
+
 def _tensor_pairs(node: Node, target_device: str) -> list[tuple[str, str]]:
     """What the details panel says of a tensor, row by row."""
     t = node.tensor
@@ -211,7 +235,11 @@ def _tensor_pairs(node: Node, target_device: str) -> list[tuple[str, str]]:
         ("stride", escape(str(list(t.stride)) if t.stride is not None else "contiguous")),
         ("storage offset", f"{t.storage_offset:,}"),
     ]
-    if t.file:
+    if t.pieces:
+        files = len({str(p.get("file")) for p in t.pieces})
+        pairs.append(("saved in", f"{len(t.pieces):,} pieces, {files:,} "
+                                  f"file{'s' if files != 1 else ''}"))
+    elif t.file:
         pairs.append(("file", escape(t.file)))
     if node.role:
         pairs.append(("role", escape(node.role)))
@@ -243,6 +271,7 @@ def details_html(d: DisplayNode | None, target_device: str, stats: Stats | None 
         return "".join(parts)
     if node.tensor is not None:
         parts.append(_rows(_tensor_pairs(node, target_device)))
+        parts.append(pieces_html(node.tensor.pieces or []))
         if stats is not None:
             parts.append(stats_rows(stats))
         return "".join(parts)
