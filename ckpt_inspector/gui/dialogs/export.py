@@ -51,8 +51,7 @@ class ExportDialog(QDialog):
         self.result: ExportResult | None = None
         self._stdout = b""
         self.setWindowTitle(f"Export {os.path.basename(file.path)}")
-        self.setMinimumSize(900, 640)
-        self.resize(1060, 720)
+        self._fit_screen()
         self.pages = QStackedWidget()
         self.options = ExportOptions(file, device)
         self.options.export_requested.connect(self.start)
@@ -62,6 +61,13 @@ class ExportDialog(QDialog):
         self.pages.addWidget(self._result_page())
         layout = QVBoxLayout(self)
         layout.addWidget(self.pages)
+
+    def _fit_screen(self) -> None:
+        """1060×720 where the screen has room, else what it has (a 1024×700 laptop)."""
+        screen = self.screen().availableGeometry()
+        width, height = min(1060, screen.width() - 24), min(720, screen.height() - 48)
+        self.setMinimumSize(min(900, width), min(600, height))
+        self.resize(width, height)
 
     # -- running -------------------------------------------------------------------------------
     def command(self, request: ExportRequest) -> list[str]:

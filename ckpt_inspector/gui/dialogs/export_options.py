@@ -40,9 +40,8 @@ TARGETS = [
     ("state_dict", "state_dict (.pt)", ".pt", "Tensors only, loadable with "
      "torch.load(weights_only=True)"),
     ("safetensors", "safetensors", ".safetensors", "Tensors only, no code at all"),
-    ("hf-sharded", "Hugging Face sharded (folder)", "", "A folder of "
-     "model-0000K-of-0000N.safetensors shards and model.safetensors.index.json, split as "
-     "huggingface_hub does"),
+    ("hf-sharded", "Hugging Face sharded (folder)", "", "A folder of safetensors shards "
+     "(model-0000K-of-0000N) and their index, split as huggingface_hub does"),
     ("torchscript", "TorchScript (.pt)", ".pt", "A runnable model: trace or script"),
     ("onnx", "ONNX (.onnx)", ".onnx", "For onnxruntime and other runtimes"),
     ("pt2", "torch.export (.pt2)", ".pt2", "An exported program for torch.export.load"),
@@ -112,6 +111,7 @@ class ExportOptions(QWidget):
             self.target_box.setItemData(last, tip, Qt.ItemDataRole.ToolTipRole)
         self.target_box.currentIndexChanged.connect(self._target_changed)
         self.target_hint = QLabel()
+        self.target_hint.setWordWrap(True)
         set_muted(self.target_hint)
         return self.target_box
 
