@@ -191,12 +191,15 @@ def _files_html(files: list[dict[str, Any]], shown: int = 50) -> str:
     """The files of a checkpoint made of several, with their sizes and formats."""
     if not files:
         return ""
-    rows = [(breakable(str(f.get("path", ""))),
-             f"{human_bytes(int(f.get('size') or 0))} · {escape(str(f.get('format', '')))}")
-            for f in files[:shown]]
+    nw = "style='white-space:nowrap'"
+    rows = "".join(
+        f"<tr><td>{breakable(str(f.get('path', '')))}</td>"
+        f"<td class='num' {nw}>{human_bytes(int(f.get('size') or 0))}</td>"
+        f"<td class='muted' {nw}>{escape(str(f.get('format', '')))}</td></tr>"
+        for f in files[:shown])
     more = (f"<span class='muted'>… {len(files) - shown:,} more</span>"
             if len(files) > shown else "")
-    return f"<h3>Files ({len(files)})</h3>" + _rows(rows, escape_keys=False) + more
+    return f"<h3>Files ({len(files)})</h3><table>{rows}</table>{more}"
 
 
 def _ints(values: Any) -> str:
