@@ -44,8 +44,8 @@ class WholeModelBar(QFrame):
         folder = os.path.basename(whole.folder) or whole.folder
         what = "checkpoint" if "checkpoint" in whole.kind else "model"
         self.label.setText(f"<b>{escape(os.path.basename(file))}</b> is "
-                           f"{escape(whole.describe())} (in {escape(folder)}); only its own "
-                           "tensors are shown.")
+                           f"{escape(whole.describe())} in the folder {escape(folder)}: "
+                           "this tab shows that file alone.")
         self.button = QPushButton(f"Open the whole {what}")
         self.button.setObjectName("openWholeModel")
         self.button.setToolTip(f"Open {whole.path}")
