@@ -88,6 +88,7 @@ def offer_whole_model(runner: JobRunner, view: QWidget, path: str,
             bar = WholeModelBar(path, whole, view)
             bar.open_requested.connect(open_path)
             layout.insertWidget(0, bar)
+            bar.show()  # now, not on the layout's queued call
 
     runner.run(f"Looking beside {os.path.basename(path)}", whole_model_for, path,
                on_result=found, quiet=True)
