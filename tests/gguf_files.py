@@ -51,6 +51,42 @@ def write_gguf(path: Path) -> Path:
     return path
 
 
+SPLIT_NAMES = [f"split-{k:05d}-of-00003.gguf" for k in (1, 2, 3)]
+
+
+def write_gguf_split(folder: Path, split: bool = True) -> Path:
+    """A model split in three files by gguf-py's own splitting writer
+    (``GGUFWriter(split_max_tensors=2)``, what ``convert_hf_to_gguf.py --split-max-tensors``
+    uses; the same ``split.*`` keys as llama.cpp's ``gguf-split``): F32 and F16 in the
+    first split, Q8_0 and F32 in the second, Q4_K in the third; the model's metadata in the
+    first only. With ``split=False``, the same model in one file, ``split.gguf``."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(41)
+    w = gguf.GGUFWriter(folder / "split.gguf", "llama", split_max_tensors=2 if split else 0)
+    w.add_block_count(1)
+    w.add_string("general.name", "tiny-split")
+    w.add_token_list(TOKENS)
+    w.add_tensor("token_embd.weight", rng.standard_normal((4, 32)).astype(np.float32))
+    w.add_tensor("blk.0.ffn_up.weight", rng.standard_normal((3, 32)).astype(np.float16))
+    q8 = quants.quantize(rng.standard_normal((5, 64)).astype(np.float32), Q.Q8_0)
+    w.add_tensor("blk.0.attn_q.weight", q8, raw_shape=q8.shape, raw_dtype=Q.Q8_0)
+    w.add_tensor("blk.0.attn_norm.weight", rng.standard_normal(32).astype(np.float32))
+    qk = q4_k_blocks(rng, 2 * 2).reshape(2, 2 * 144)
+    w.add_tensor("output.weight", qk, raw_shape=qk.shape, raw_dtype=Q.Q4_K)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    if not split:
+        return folder / "split.gguf"
+    assert sorted(p.name for p in folder.iterdir()) == SPLIT_NAMES
+    return folder
+
+
 def _string(text: str) -> bytes:
     raw = text.encode()
     return struct.pack("<Q", len(raw)) + raw

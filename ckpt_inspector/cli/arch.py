@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ckpt_inspector.cli import _common
-from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, unreadable
+from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, fail, unreadable
 from ckpt_inspector.core.errors import CheckpointError
 
 NAMES = ("arch",)
@@ -34,15 +34,22 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         return unreadable(args.path, err)
     shapes = {new: t.shape for (_old, new), (_k, t) in zip(mapping, items) if new}
-    found = arch.candidates(shapes)
+    if args.strip_prefix:  # as asked
+        prefix, found = ex.common_prefix(list(shapes)), arch.candidates(shapes)
+    else:  # the prefix the weights sit under (module., model. beside optim.), if any
+        prefix, found = arch.fit(shapes)
     out = [{"name": c.name, "score": round(c.score, 4), "num_classes": c.num_classes,
             "exact": c.exact, "input_shape": list(arch.input_size(c.name)),
             "missing": len(c.missing), "unexpected": len(c.unexpected),
             "mismatched": len(c.mismatched)} for c in found]
     if args.json:
-        print(json.dumps({"key": key, "prefix": ex.common_prefix(list(shapes)),
-                          "candidates": out}))
+        print(json.dumps({"key": key, "prefix": prefix, "candidates": out}))
+    elif not out:
+        return fail(f"{args.path}: no torchvision architecture shares keys and shapes with "
+                    "these weights", EXIT_NOT_SAFE)
     else:
+        if prefix:
+            print(f"(the weights under {prefix!r}, without it)")
         for c in out:
             print(f"{c['name']:24s} {c['score']:6.1%}" + (" exact" if c["exact"] else "")
                   + (f" (num_classes={c['num_classes']})" if c["num_classes"] else ""))

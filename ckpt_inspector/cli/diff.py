@@ -103,6 +103,8 @@ def print_diff(result: Any, opened: list[Checkpoint], everything: bool) -> None:
         how = "found automatically; --exact turns it off" if result.auto_rule else "as asked"
         print("keys matched with " + "; ".join(r.describe() for r in result.rules)
               + f" ({how})")
+    for note in result.notes():
+        print(f"note: {note}")
     counts = result.counts()
     summary = ", ".join(f"{n:,} {s}" for s, n in counts.items() if n)
     if result.identical:

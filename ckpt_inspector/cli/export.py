@@ -26,15 +26,23 @@ NAMES = ("export",)
 
 def add_parser(sub: Any) -> None:
     ex = sub.add_parser(
-        "export", help="export to a state_dict, safetensors, TorchScript, ONNX or .pt2, verified",
+        "export", help="export to a state_dict, safetensors, a sharded Hugging Face model, "
+                       "TorchScript, ONNX or .pt2, verified",
         description="State_dict and safetensors exports read tensors from the file (no torch "
                     "load); TorchScript, ONNX and .pt2 need a model: the file's own (with "
                     "--trust), a torchvision architecture matched to its state_dict (--arch), "
                     "or your builder (--builder). Every export is read back and checked.")
     ex.add_argument("path")
     ex.add_argument("--to", required=True,
-                    choices=["state_dict", "safetensors", "torchscript", "onnx", "pt2"])
-    ex.add_argument("-o", "--output", required=True, help="the file to write")
+                    choices=["state_dict", "safetensors", "hf-sharded", "torchscript", "onnx",
+                             "pt2"],
+                    help="hf-sharded: a folder of model-0000K-of-0000N.safetensors shards and "
+                         "model.safetensors.index.json, split as huggingface_hub does")
+    ex.add_argument("-o", "--output", required=True,
+                    help="the file to write (the folder, for hf-sharded)")
+    ex.add_argument("--max-shard-size", metavar="SIZE",
+                    help="hf-sharded: the largest shard, e.g. 5GB (the default), 500MB, or "
+                         "bytes; a tensor larger than that gets a shard of its own")
     ex.add_argument("--key", help="the part of the file to export (default: the one that "
                                   "looks most like model weights; '' for the whole file)")
     ex.add_argument("--strip-prefix", action="append", default=[], metavar="P",

@@ -8,7 +8,15 @@ calls, so statistics, histograms, heatmaps and values work unchanged. A
 :class:`PackedTensorInfo` reports the bytes the tensor takes in the file.
 
 Bit order: ``F4`` packs two elements a byte, the first in the low nibble (torch's
-``float4_e2m1fn_x2``, ONNX, NVIDIA). The safetensors library leaves the order of ``F6``
+``float4_e2m1fn_x2``, ONNX, NVIDIA).
+
+float4 has two names for the same bytes. A file that stores elements (safetensors ``F4``,
+ONNX ``FLOAT4E2M1``) is shown as it says: ``float4_e2m1fn`` (ml_dtypes' name) with the
+header's shape, the model's logical one. torch has no 4-bit element: it holds a byte of
+two, ``float4_e2m1fn_x2``, with the last dimension halved (``safetensors.torch.load_file``
+of an ``F4`` tensor gives that); a torch file is shown as torch holds it.
+:func:`torch_f4_view` and :func:`f4_elements` turn one into the other over the same bytes,
+for exports to torch and for comparing the two. The safetensors library leaves the order of ``F6``
 bits to its users; they are read the same way, as a little-endian bit stream (element
 ``i`` in bits ``6i .. 6i+5`` of each 3-byte group read as a little-endian integer).
 """
@@ -28,7 +36,7 @@ import numpy as np
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.tensors import DataSource
-from ckpt_inspector.core.tree import TensorInfo
+from ckpt_inspector.core.tree import StorageInfo, TensorInfo
 
 PIECE_ELEMENTS = 1 << 18  # elements decoded at a time by chunks() and blocks()
 IN_MEMORY = 256 << 20  # a whole decoded tensor above this goes to a temporary file's map
@@ -174,3 +182,61 @@ def ggml_source(raw: DataSource, dtype: str, numel: int, qtype: Any) -> DecodedD
         return np.asarray(quants.dequantize(b, qtype), dtype=np.float32)
 
     return DecodedData(raw, numel, block, 4, decode)
+
+
+# -- float4: elements and torch's pairs ------------------------------------------------------
+F4, F4_X2 = "float4_e2m1fn", "float4_e2m1fn_x2"
+
+
+class _Slice(DataSource):
+    """``length`` bytes of ``base`` from ``start``."""
+
+    def __init__(self, base: DataSource, start: int, length: int):
+        self.base, self.start, self.nbytes = base, start, length
+        self.byteorder = base.byteorder
+
+    def buffer(self) -> memoryview:
+        return self.base.buffer()[self.start:self.start + self.nbytes]
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        end = self.nbytes if length is None else min(self.nbytes, offset + length)
+        return self.base.read(self.start + offset, max(0, end - offset))
+
+    def file_span(self) -> tuple[str, int] | None:
+        span = self.base.file_span()
+        return None if span is None else (span[0], span[1] + self.start)
+
+
+def torch_f4_view(info: TensorInfo) -> TensorInfo | None:
+    """A ``float4_e2m1fn`` tensor (safetensors' ``F4``) as torch holds it:
+    ``float4_e2m1fn_x2``, the last dimension halved, the same bytes. None where torch
+    cannot hold it (a scalar, an odd last dimension) or it is not such a tensor."""
+    source = info.storage.source if info.storage is not None else None
+    if info.dtype != F4 or not info.shape or info.shape[-1] % 2 or \
+            not isinstance(source, DecodedData):
+        return None
+    shape = (*info.shape[:-1], info.shape[-1] // 2)
+    n = source.stored_nbytes
+    assert info.storage is not None
+    return TensorInfo(F4_X2, shape, None, 0,
+                      StorageInfo(info.storage.key, F4_X2, n, info.storage.location,
+                                  source.raw),
+                      device=info.device, file=info.file, pieces=info.pieces)
+
+
+def f4_elements(info: TensorInfo) -> TensorInfo | None:
+    """A torch ``float4_e2m1fn_x2`` tensor as its elements: ``float4_e2m1fn``, the last
+    dimension doubled (what ``safetensors.torch`` writes it as). None unless it is such a
+    tensor, dense, in C order, with its data."""
+    source = info.storage.source if info.storage is not None else None
+    if info.dtype != F4_X2 or not info.shape or source is None or \
+            info.layout != "strided" or not info.is_contiguous():
+        return None
+    assert info.storage is not None
+    n = info.numel
+    out = PackedTensorInfo(F4, (*info.shape[:-1], info.shape[-1] * 2), None, 0,
+                           device=info.device, file=info.file, pieces=info.pieces)
+    raw = _Slice(source, info.storage_offset, n)
+    out.storage = StorageInfo(info.storage.key, "uint8", n, info.storage.location,
+                              sub_byte_source(raw, F4, n * 2))
+    return out

@@ -3,6 +3,7 @@ dequantization, and hostile headers refused in bounded time."""
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import detect_format, open_checkpoint
+from ckpt_inspector.core.layouts import open_checkpoint as open_any
 from ckpt_inspector.core.ops import stats
 from ckpt_inspector.core.ops.passes import element_chunks
 from ckpt_inspector.core.ops.slices import TensorSlice, heatmap, save_npy
@@ -18,7 +20,7 @@ from ckpt_inspector.core.progress import run
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tree import key_of
 
-from gguf_files import TOKENS, hostile, write_gguf
+from gguf_files import SPLIT_NAMES, TOKENS, hostile, write_gguf, write_gguf_split
 
 gguf = pytest.importorskip("gguf")
 
@@ -31,7 +33,7 @@ def gguf_file(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _tensors(path):
-    ckpt = open_checkpoint(path)
+    ckpt = open_any(path)
     return ckpt, {key_of(p): n.tensor for p, n in ckpt.tensors()}
 
 
@@ -161,3 +163,104 @@ def test_large_vocabulary_and_nested_arrays(tmp_path):
     assert meta["tokenizer.ggml.token_type"] == {"length": 262_144, "type": "int32",
                                                  "first": [1] * 8}
     assert meta["nested"]["length"] == 2 and meta["nested"]["type"] == "array"
+
+
+# -- a model split in several files (gguf-split) ------------------------------------------
+@pytest.fixture(scope="module")
+def split_folder(tmp_path_factory: pytest.TempPathFactory):
+    return write_gguf_split(tmp_path_factory.mktemp("gguf-split") / "model")
+
+
+def _split_reference(folder) -> dict[str, tuple[str, object]]:
+    """Each tensor of the splits as gguf's reader gives it, with the split holding it."""
+    return {t.name: (name, t) for name in SPLIT_NAMES
+            for t in gguf.GGUFReader(str(folder / name)).tensors}
+
+
+def test_split_folder_is_one_model(split_folder):
+    ckpt, tensors = _tensors(split_folder)
+    assert ckpt.format == "gguf" and scan(ckpt).verdict == "safe"
+    ref = _split_reference(split_folder)
+    assert list(tensors) == list(ref)  # the order of the splits, then of each split
+    for key, (name, t) in ref.items():
+        info = tensors[key]
+        ggml = t.tensor_type.name
+        assert info.file == name
+        assert info.dtype == PLAIN.get(ggml, ggml.lower())
+        assert info.shape == tuple(reversed(t.shape.tolist()))
+        assert info.nbytes == t.n_bytes and info.problem is None
+        got = np.concatenate([v.copy() for v, _i in element_chunks(info, 100)])
+        assert np.array_equal(got, _reference(t).reshape(-1)), key
+    assert [f["path"] for f in ckpt.files] == SPLIT_NAMES
+    assert all(f["format"] == "gguf" for f in ckpt.files)
+    assert ckpt.file_size == sum((split_folder / n).stat().st_size for n in SPLIT_NAMES)
+    meta = ckpt.metadata
+    assert meta["general.name"] == "tiny-split" and meta["splits"] == 3
+    assert meta["split.count"] == 3 and meta["split.tensors.count"] == 5
+    assert "split.no" not in meta
+    assert meta["GGUF tensor types"] == {"F32": 2, "F16": 1, "Q8_0": 1, "Q4_K": 1}
+    assert not ckpt.warnings and not ckpt.findings
+
+
+def test_stats_of_a_quantized_tensor_in_a_split(split_folder):
+    _ckpt, tensors = _tensors(split_folder)
+    name, t = _split_reference(split_folder)["blk.0.attn_q.weight"]
+    assert name == SPLIT_NAMES[1] and t.tensor_type.name == "Q8_0"
+    ref = _reference(t).astype(np.float64)
+    got = run(stats.compute(tensors["blk.0.attn_q.weight"]))
+    assert got.kind == "quantized" and got.numel == ref.size == 320
+    assert got.min == ref.min() and got.max == ref.max()
+    assert got.mean == pytest.approx(ref.mean(), rel=1e-9, abs=1e-12)
+    assert got.std == pytest.approx(ref.std(), rel=1e-6)
+
+
+def test_one_split_alone_is_that_split(split_folder):
+    ckpt, tensors = _tensors(split_folder / SPLIT_NAMES[1])
+    assert ckpt.format == "gguf" and not ckpt.files
+    assert list(tensors) == ["blk.0.attn_q.weight", "blk.0.attn_norm.weight"]
+    assert ckpt.metadata["split.no"] == 1 and ckpt.metadata["split.count"] == 3
+
+
+@pytest.mark.parametrize("gone", [1, 0])
+def test_a_missing_split_is_damaged_and_named(split_folder, tmp_path, gone):
+    folder = tmp_path / "partial"
+    shutil.copytree(split_folder, folder)
+    (folder / SPLIT_NAMES[gone]).unlink()
+    ckpt, tensors = _tensors(folder)
+    lost = SPLIT_NAMES[gone]
+    assert tensors[lost].problem and lost in tensors[lost].problem
+    assert tensors[lost].file == lost
+    ok = [k for k, t in tensors.items() if t.problem is None]
+    assert len(ok) == 3 and all(tensors[k].file != lost for k in ok)
+    assert any(lost in w and "missing" in w and "2 of the model's 5 tensors" in w
+               for w in ckpt.warnings), ckpt.warnings
+    assert next(f for f in ckpt.files if f["path"] == lost)["problem"] == "missing"
+    if gone == 0:  # the model's metadata was in it
+        assert "general.name" not in ckpt.metadata
+        assert any("first split" in w for w in ckpt.warnings)
+
+
+def test_a_truncated_split_and_a_stray_one(split_folder, tmp_path):
+    folder = tmp_path / "bad"
+    shutil.copytree(split_folder, folder)
+    last = folder / SPLIT_NAMES[2]
+    last.write_bytes(last.read_bytes()[:100])
+    (folder / "other-00001-of-00002.gguf").write_bytes((split_folder / SPLIT_NAMES[1])
+                                                      .read_bytes())
+    ckpt, tensors = _tensors(folder)
+    assert tensors[SPLIT_NAMES[2]].problem and len(tensors) == 5
+    assert any(SPLIT_NAMES[2] in w and "cannot be read" in w for w in ckpt.warnings)
+    assert scan(ckpt).verdict == "safe"  # a GGUF file holds no code, even unreadable
+    assert any("other-00001-of-00002.gguf" in w for w in ckpt.warnings)
+
+
+def test_a_split_that_disagrees_with_its_name(split_folder, tmp_path):
+    folder = tmp_path / "swapped"
+    shutil.copytree(split_folder, folder)
+    a, b = folder / SPLIT_NAMES[1], folder / SPLIT_NAMES[2]
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    ckpt = open_any(folder)
+    assert any(f.code == "split-mismatch" and f.file == SPLIT_NAMES[1]
+               for f in ckpt.findings)

@@ -173,3 +173,61 @@ def test_json_reports_stored_bytes(tmp_path):
         ("float4_e2m1fn", [2, 8], 16, 8)
     assert rec["storage"]["nbytes"] == 8 and totals(ckpt)["storage_nbytes"] == 8
     assert key_of(p) == "w"
+
+
+# -- float4: safetensors' elements against torch's pairs ----------------------------------
+@pytest.fixture
+def f4_pair(torch, tmp_path):
+    """The same float4 tensor as safetensors writes it from torch (F4 by element, the
+    header's shape [4, 24]) and as torch.save keeps it (float4_e2m1fn_x2, [4, 12])."""
+    from safetensors.torch import save_file
+
+    t = (torch.arange(48, dtype=torch.uint8) * 37).view(4, 12).view(torch.float4_e2m1fn_x2)
+    save_file({"w": t, "b": torch.ones(3)}, str(tmp_path / "f4.safetensors"))
+    torch.save({"w": t, "b": torch.ones(3)}, tmp_path / "x2.pt")
+    return tmp_path / "f4.safetensors", tmp_path / "x2.pt", t
+
+
+def test_f4_shown_by_element_torch_files_by_pair(f4_pair):
+    f4, x2, t = f4_pair
+    infos = {key_of(p): n.tensor for p, n in open_checkpoint(f4).tensors()}
+    assert (infos["w"].dtype, infos["w"].shape) == ("float4_e2m1fn", (4, 24))
+    infos = {key_of(p): n.tensor for p, n in open_checkpoint(x2).tensors()}
+    assert (infos["w"].dtype, infos["w"].shape) == ("float4_e2m1fn_x2", tuple(t.shape))
+
+
+def test_f4_and_torch_pairs_compare_identical(f4_pair):
+    from ckpt_inspector.core.ops.diff import IDENTICAL, diff
+
+    f4, x2, _t = f4_pair
+    result = run(diff(open_checkpoint(x2), open_checkpoint(f4)))
+    assert result.identical, [(e.key, e.status, e.error) for e in result.entries]
+    assert {e.key: e.status for e in result.entries} == {"w": IDENTICAL, "b": IDENTICAL}
+
+
+def test_f4_exports_to_what_torch_loads(torch, f4_pair, tmp_path):
+    """To a torch state_dict, an F4 tensor goes out as ``safetensors.torch.load_file``
+    gives it: float4_e2m1fn_x2, the last dimension halved, the same bytes."""
+    from safetensors.torch import load_file
+
+    from ckpt_inspector.core.ops.export.plan import make_plan
+    from ckpt_inspector.core.ops.export.writers import export_state_dict
+
+    f4, _x2, t = f4_pair
+    out = tmp_path / "out.pt"
+    run(export_state_dict(make_plan(open_checkpoint(f4), ""), str(out)))
+    got = torch.load(out, weights_only=True)
+    want = load_file(str(f4))
+    assert got["w"].dtype == want["w"].dtype == torch.float4_e2m1fn_x2
+    assert got["w"].shape == want["w"].shape == t.shape
+    assert torch.equal(got["w"].view(torch.uint8), t.view(torch.uint8))
+    assert torch.equal(got["b"], want["b"])
+    # a cast goes out as the values
+    cast = tmp_path / "cast.pt"
+    run(export_state_dict(make_plan(open_checkpoint(f4), "", cast="bfloat16"), str(cast)))
+    values = torch.load(cast, weights_only=True)["w"]
+    assert values.dtype == torch.bfloat16 and values.shape == (4, 24)
+    want_values = t.view(torch.uint8).numpy().reshape(-1)
+    codes = np.stack([want_values & 0xF, want_values >> 4], -1).reshape(4, 24)
+    assert np.array_equal(values.float().numpy(),
+                          codes.view(ml_dtypes.float4_e2m1fn).astype(np.float32))

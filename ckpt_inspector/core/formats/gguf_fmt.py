@@ -9,7 +9,8 @@ compare with other formats) and their logical shape in row-major order: GGUF lis
 dimensions fastest first (``ne[0]`` is a row), shown reversed as numpy would. Quantized
 tensors are dequantized a piece of whole blocks at a time when their values are read
 (see :mod:`ckpt_inspector.core.decoded`). A split part (``-0000K-of-0000N.gguf``) reads as
-itself.
+itself; the folder of a split model reads as the whole model
+(:mod:`ckpt_inspector.core.layouts.gguf_split`).
 """
 
 from __future__ import annotations

@@ -18,8 +18,11 @@ optimizer ``param_groups``...) are ``torch.save``'d objects, shown as their valu
 
 A tensor saved in several chunks (DTensor / ShardedTensor shards from several ranks) is
 one logical tensor of the full size whose ``pieces`` say where each chunk is; its data
-source (:class:`StitchedSource`) assembles the values from the chunks -- for now by
-materializing the whole tensor in memory, chunk by chunk, on first use.
+source (:class:`~ckpt_inspector.core.layouts._stitch.StitchedSource`) reads it in C order
+a piece at a time, each piece gathered from the chunks that cover it. Storages of items
+saved uncompressed are read with ``pread`` at their place in the ``.distcp`` file
+(:class:`ItemRange`), so a pass over a large checkpoint keeps one piece resident, not
+the pages of a memory map.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import builtins
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,8 @@ from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.calls import DCP_METADATA_CLASSES
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
+from ckpt_inspector.core.layouts import _dcp_transforms as _transforms
+from ckpt_inspector.core.layouts._stitch import StitchedSource
 from ckpt_inspector.core.layouts._union import Union, file_size
 from ckpt_inspector.core.pickle.values import Call, GlobalRef
 from ckpt_inspector.core.tensors import DataSource
@@ -238,8 +244,10 @@ class _Files:
             full = os.path.join(self.folder, rel)
             self.union.add_file(rel, file_size(full), "distcp", problem=problem)
 
-    def item(self, fqn: str, where: tuple[str, int, int, Any]) -> Node:
-        """The tree of the torch.save archive at ``where``; its pickles go to the verdict."""
+    def item(self, fqn: str, where: tuple[str, int, int, Any],
+             expected: int | None = None) -> Node:
+        """The tree of the torch.save archive at ``where``; its pickles go to the verdict.
+        ``expected``: the bytes of the tensor chunk it holds (bounds what it may inflate to)."""
         from ckpt_inspector.core.formats import torch_zip
         from ckpt_inspector.core.io.source import BytesSource
         from ckpt_inspector.core.pickle import vm as pickle_vm
@@ -260,13 +268,16 @@ class _Files:
             self.seen[rel] = "missing"
             raise CheckpointError(f"its file {rel} is missing")
         self.seen.setdefault(rel, None)
-        if transforms:
-            raise CheckpointError(f"saved through {', '.join(map(str, transforms))}: not read")
+        descriptors = _transforms.check(transforms) if transforms else None
         data = mapped_file(full) if file_size(full) else b""
         if offset < 0 or length <= 0 or offset + length > len(data):
             raise CheckpointError(f"{rel} ends before its bytes [{offset}, {offset + length})")
+        raw: Any = memoryview(data)[offset:offset + length]
+        limit = _transforms.MAX_INFLATED if expected is None else 2 * expected + (16 << 20)
+        if descriptors:
+            raw = _transforms.inflate(raw, descriptors, limit)
         part = Checkpoint(f"{rel}@{offset}", "torch-zip", None)  # type: ignore[arg-type]
-        src = BytesSource(part.path, memoryview(data)[offset:offset + length])
+        src = BytesSource(part.path, raw)
         try:
             with pickle_vm.deadline():
                 root = torch_zip.read_into(part, src, f"{fqn}/")
@@ -274,6 +285,11 @@ class _Files:
             self._absorb(rel, part)
             raise CheckpointError(f"{rel} at {offset}: {err}") from None
         self._absorb(rel, part)
+        if descriptors:
+            _in_place(root, lambda inner: _transforms.Inflated(full, offset, length,
+                                                               descriptors, limit, inner))
+        else:
+            _in_place(root, lambda inner: ItemRange(full, offset, inner))
         return root
 
     def _absorb(self, rel: str, part: Checkpoint) -> None:
@@ -306,7 +322,8 @@ def _tensor(reader: _Files, entry: Entry) -> Node:
         if chunk.where is None:
             raise CheckpointError(f"{METADATA} says nowhere where its chunk at "
                                   f"{list(chunk.offsets)} is")
-        node = reader.item(entry.fqn, chunk.where)
+        node = reader.item(entry.fqn, chunk.where,
+                           math.prod(chunk.sizes) * (dtypes.itemsize(entry.dtype or '') or 8))
         info = node.tensor
         if info is None:
             raise CheckpointError(f"{chunk.where[0]} holds a {node.type_name or node.kind} "
@@ -342,36 +359,48 @@ def _stitched(entry: Entry, pieces: list[tuple[Chunk, TensorInfo]]) -> Node:
     return Node("tensor", entry.fqn, "torch.Tensor", tensor=info)
 
 
-class StitchedSource(DataSource):
-    """The bytes of a tensor saved in chunks, assembled in C order on first use.
+class ItemRange(DataSource):
+    """A storage of an item saved uncompressed: its bytes where they lie in the ``.distcp``
+    file (``file_span``: read with ``pread``), found from the record's local header on first
+    use; ``inner`` is the zip record over the item's bytes."""
 
-    For now the whole tensor is materialized (one numpy array, filled chunk by chunk);
-    streaming by rows is left for later."""
+    def __init__(self, path: str, base: int, inner: Any):
+        self.path = path
+        self.base = base  # where the item starts in the file
+        self.inner = inner
+        self.nbytes = inner.nbytes
+        self.byteorder = inner.byteorder
+        self._span: tuple[str, int] | None = None
 
-    def __init__(self, shape: tuple[int, ...], dtype: str, pieces: list[tuple[Chunk, TensorInfo]]):
-        self.shape = shape
-        self.dtype = dtype
-        self.pieces = pieces
-        self.nbytes = math.prod(shape) * (dtypes.itemsize(dtype) or 0)
-        self._buf: memoryview | None = None
+    def file_span(self) -> tuple[str, int] | None:
+        if self._span is None:
+            import struct
+
+            info, raw = self.inner.info, self.inner.container
+            h = info.header_offset
+            if bytes(raw[h:h + 4]) != b"PK\x03\x04":
+                raise CheckpointError(f"zip record {info.filename} has a damaged local header")
+            name_len, extra_len = struct.unpack_from("<HH", raw, h + 26)
+            self._span = (self.path, self.base + h + 30 + name_len + extra_len)
+        return self._span
 
     def buffer(self) -> memoryview:
-        if self._buf is None:
-            import numpy as np
-
-            from ckpt_inspector.core.tensors import to_numpy
-
-            out: Any = None
-            for chunk, info in self.pieces:
-                arr = to_numpy(info)
-                if out is None:
-                    out = np.empty(self.shape, dtype=arr.dtype.newbyteorder("<"))
-                where = tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes))
-                out[where] = arr
-            if out is None:
-                return memoryview(b"")
-            self._buf = memoryview(np.ascontiguousarray(out).reshape(-1).view(np.uint8))
-        return self._buf
+        return self.inner.buffer()
 
     def __repr__(self) -> str:
-        return f"StitchedSource({list(self.shape)}, {self.dtype}, {len(self.pieces)} pieces)"
+        return f"ItemRange({self.path!r}, {self.base}, {self.nbytes})"
+
+
+def _in_place(root: Node, make: Callable[[Any], DataSource]) -> None:
+    """Replace the storages of an item, zip records over its bytes, by ``make(record)``:
+    the record where it lies in the file (:class:`ItemRange`), or inflated again on use."""
+    import zipfile
+
+    from ckpt_inspector.core.formats._zip_members import ZipEntryData
+
+    for node in root.walk():
+        storage = node.tensor.storage if node.tensor is not None else None
+        src = storage.source if storage is not None else None
+        if type(src) is ZipEntryData and not isinstance(src.container, str) and \
+                src.info.compress_type == zipfile.ZIP_STORED:
+            storage.source = make(src)

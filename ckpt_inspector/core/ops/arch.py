@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,10 +118,13 @@ def _head_size(sig: dict[str, list[int]], shapes: dict[str, tuple[int, ...]],
 
 
 def candidates(shapes: dict[str, tuple[int, ...]], limit: int = 5,
-               cache_dir: Path | None = None) -> list[Candidate]:
-    """The torchvision architectures closest to these state_dict shapes, best first."""
+               cache_dir: Path | None = None, only: str | None = None) -> list[Candidate]:
+    """The torchvision architectures closest to these state_dict shapes, best first
+    (``only``: that one architecture)."""
     out = []
     for name, sig in signatures(cache_dir).items():
+        if only is not None and name != only:
+            continue
         c = _compare(sig, shapes)
         c.name = name
         if c.mismatched and not c.missing and not c.unexpected:
@@ -133,6 +137,53 @@ def candidates(shapes: dict[str, tuple[int, ...]], limit: int = 5,
             out.append(c)
     out.sort(key=lambda c: (-c.score, c.name))
     return out[:limit]
+
+
+MAX_PREFIXES = 6
+
+
+def prefixes(keys: list[str]) -> list[str]:
+    """Prefixes a model's keys may sit under, to try: none, the one every key shares
+    (``module.`` of DataParallel), then the first segments holding the most keys
+    (``model.`` of a DCP or Lightning checkpoint beside ``optim.``)."""
+    out = [""]
+    common = _common_prefix(keys)
+    if common:
+        out.append(common)
+    firsts = Counter(k.split(".", 1)[0] + "." for k in keys if "." in k)
+    out += [p for p, _n in firsts.most_common(MAX_PREFIXES) if p not in out]
+    return out[:MAX_PREFIXES]
+
+
+def _common_prefix(keys: list[str]) -> str:
+    parts = [k.split(".")[:-1] for k in keys]
+    if not parts:
+        return ""
+    n = min(len(p) for p in parts)
+    first = parts[0]
+    for p in parts[1:]:
+        n = next((i for i in range(n) if p[i] != first[i]), n)
+    return "".join(f"{s}." for s in first[:n])
+
+
+def under(shapes: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries whose key starts with ``prefix``, without it."""
+    if not prefix:
+        return dict(shapes)
+    return {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+
+
+def fit(shapes: dict[str, tuple[int, ...]], only: str | None = None,
+        cache_dir: Path | None = None) -> tuple[str, list[Candidate]]:
+    """The prefix (of :func:`prefixes`) under which the shapes best match a torchvision
+    architecture (``only``: that one), and the candidates there; no prefix on a tie."""
+    best: tuple[str, list[Candidate]] = ("", [])
+    for prefix in prefixes(list(shapes)):
+        found = candidates(under(shapes, prefix), cache_dir=cache_dir, only=only)
+        if found and (not best[1] or (found[0].exact, found[0].score) >
+                      (best[1][0].exact, best[1][0].score)):
+            best = (prefix, found)
+    return best
 
 
 def build(name: str, num_classes: int | None = None) -> Any:

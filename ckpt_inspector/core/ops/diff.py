@@ -71,10 +71,11 @@ class Side:
 
     key: str
     node: Node
+    view: TensorInfo | None = None  # the tensor as compared, where not as stored
 
     @property
     def tensor(self) -> TensorInfo | None:
-        return self.node.tensor
+        return self.view if self.view is not None else self.node.tensor
 
     def describe(self) -> str:
         t = self.tensor
@@ -138,6 +139,23 @@ class DiffResult:
     rules: list[PrefixRule]
     entries: list[Entry] = field(default_factory=list)
     auto_rule: bool = False  # the rules were found by matching, not given
+    # values on one side only that the other side's format cannot hold (DCP's ``step``
+    # against a safetensors file): not compared, not a difference
+    unstored: list[Entry] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """What was left out of the comparison, in words."""
+        out = []
+        for side, status, other in (("A", ONLY_A, "B"), ("B", ONLY_B, "A")):
+            keys = sorted((e.key for e in self.unstored if e.status == status),
+                          key=lambda k: k.count("."))  # top-level ones (step) first
+            if keys:
+                shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5:,} more"
+                                               if len(keys) > 5 else "")
+                out.append(f"{len(keys):,} non-tensor entr{'y' if len(keys) == 1 else 'ies'}"
+                           f" of {side} not compared ({shown}): {other} is a format that "
+                           "holds tensors only")
+        return out
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATUSES, 0)
@@ -172,12 +190,16 @@ class DiffResult:
 
     def to_json(self) -> dict[str, Any]:
         counts = self.counts()
-        return {"a": self.path_a, "b": self.path_b, "identical": self.identical,
-                "rules": [r.to_json() for r in self.rules], "rules_found": self.auto_rule,
-                "counts": {JSON_STATUS[s]: n for s, n in counts.items()},
-                "params_changed": self.params_changed(),
-                "largest": [e.key for e in self.largest()],
-                "entries": [e.to_json() for e in self.entries]}
+        out: dict[str, Any] = {
+            "a": self.path_a, "b": self.path_b, "identical": self.identical,
+            "rules": [r.to_json() for r in self.rules], "rules_found": self.auto_rule,
+            "counts": {JSON_STATUS[s]: n for s, n in counts.items()},
+            "params_changed": self.params_changed(),
+            "largest": [e.key for e in self.largest()],
+            "entries": [e.to_json() for e in self.entries]}
+        if self.unstored:  # only where something was left out
+            out.update(not_compared=[e.to_json() for e in self.unstored], notes=self.notes())
+        return out
 
 
 def _finite_or_zero(x: float | None) -> float:
@@ -290,6 +312,20 @@ def _same_value(x: Node, y: Node) -> bool:
         return repr(vx) == repr(vy)
 
 
+# formats whose files hold tensors and nothing else: a value (DCP's ``step``) that the
+# other side holds is not a difference a conversion to them could have kept
+TENSORS_ONLY = frozenset({"safetensors", "gguf"})
+
+
+def holds_tensors_only(ckpt: Checkpoint) -> bool:
+    """Whether ``ckpt`` is of a format (or made of files of formats) that hold only
+    tensors: safetensors, GGUF (whose key/values are metadata, not entries)."""
+    if ckpt.format in TENSORS_ONLY:
+        return True
+    kinds = {f.get("format") for f in ckpt.files if f.get("format") != "hf-index"}
+    return bool(kinds) and kinds <= TENSORS_ONLY
+
+
 # -- the comparison -----------------------------------------------------------------------------
 def _file_order(entry: Entry) -> tuple[str, int]:
     t = entry.a.tensor if entry.a is not None else None
@@ -316,24 +352,17 @@ def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
     result = DiffResult(a.path, b.path, rules, auto_rule=found)
     pairs: list[Entry] = []
     order = list(na) + [k for k in nb if k not in na]
+    cannot = (holds_tensors_only(a), holds_tensors_only(b))
     for key in order:
         sa = Side(*na[key]) if key in na else None
         sb = Side(*nb[key]) if key in nb else None
-        if sb is None:
-            result.entries.append(Entry(key, ONLY_A, sa))
-        elif sa is None:
-            result.entries.append(Entry(key, ONLY_B, None, sb))
-        elif (sa.tensor is None) != (sb.tensor is None):
-            result.entries.append(Entry(key, KIND, sa, sb))
-        elif sa.tensor is None:
-            same = _same_value(sa.node, sb.node)
-            result.entries.append(Entry(key, IDENTICAL if same else CHANGED, sa, sb))
-        elif tuple(sa.tensor.shape) != tuple(sb.tensor.shape):
-            result.entries.append(Entry(key, SHAPE, sa, sb))
-        else:
-            entry = Entry(key, DTYPE if sa.tensor.dtype != sb.tensor.dtype else IDENTICAL,
-                          sa, sb)
-            result.entries.append(entry)
+        entry = _entry(key, sa, sb)
+        if entry.status in (ONLY_A, ONLY_B) and not entry.is_tensor and \
+                cannot[entry.status == ONLY_A]:
+            result.unstored.append(entry)  # a value the other side's format cannot hold
+            continue
+        result.entries.append(entry)
+        if entry.status in (IDENTICAL, DTYPE) and entry.is_tensor:
             pairs.append(entry)
     pairs.sort(key=_file_order)  # read A in file order
     total = sum(e.a.tensor.nbytes + e.b.tensor.nbytes for e in pairs)
@@ -357,6 +386,36 @@ def diff(a: Checkpoint, b: Checkpoint, rules: list[PrefixRule] | None = None,
         elif cancel is not None and cancel.is_set():
             raise Cancelled()
     return result
+
+
+def _entry(key: str, sa: Side | None, sb: Side | None) -> Entry:
+    """The entry of a key before any data is read: its status from what each side holds
+    (a pair of tensors of one shape stays IDENTICAL or DTYPE until compared)."""
+    if sb is None:
+        return Entry(key, ONLY_A, sa)
+    if sa is None:
+        return Entry(key, ONLY_B, None, sb)
+    if (sa.tensor is None) != (sb.tensor is None):
+        return Entry(key, KIND, sa, sb)
+    if sa.tensor is None or sb.tensor is None:
+        return Entry(key, IDENTICAL if _same_value(sa.node, sb.node) else CHANGED, sa, sb)
+    _same_elements(sa, sb)
+    if tuple(sa.tensor.shape) != tuple(sb.tensor.shape):
+        return Entry(key, SHAPE, sa, sb)
+    return Entry(key, DTYPE if sa.tensor.dtype != sb.tensor.dtype else IDENTICAL, sa, sb)
+
+
+def _same_elements(sa: Side, sb: Side) -> None:
+    """torch's ``float4_e2m1fn_x2`` (two elements a byte) against ``float4_e2m1fn`` by
+    element (safetensors' ``F4``): the torch side compared as its elements, so that a file
+    and its conversion are the same tensor (see :mod:`ckpt_inspector.core.decoded`)."""
+    from ckpt_inspector.core.decoded import F4, F4_X2, f4_elements
+
+    ta, tb = sa.tensor, sb.tensor
+    if ta is None or tb is None or {ta.dtype, tb.dtype} != {F4, F4_X2}:
+        return
+    side = sa if ta.dtype == F4_X2 else sb
+    side.view = f4_elements(side.node.tensor) if side.node.tensor is not None else None
 
 
 def _same_components(ta: TensorInfo, tb: TensorInfo, cancel: CancelToken | None,

@@ -13,6 +13,11 @@ The rules, from least to most trust:
    ``torch.jit.load`` for TorchScript), which runs whatever the file asks for.
 4. A ``dangerous`` file loads only with ``run_code`` *and* ``allow_dangerous``.
 
+A checkpoint made of several files (a sharded Hugging Face model, a DCP folder, GGUF
+splits, ... : a folder or an index file) has no one file torch loads: its state_dict is
+assembled from what our readers read of each file (tensors copied into torch, plain
+values as they are), so nothing in any of them runs and no consent is needed.
+
 Used by ``ckpt-inspector load`` and, through that command in a child process, by
 the app: torch is never imported into the window's process.
 """
@@ -98,6 +103,8 @@ def consent(report: ScanReport, ckpt: Checkpoint, name: str | None = None) -> Co
     """The consent the rules above call for to load ``ckpt`` (scanned as ``report``);
     ``name`` is how the questions call the file (its file name by default)."""
     name = name if name is not None else os.path.basename(ckpt.path)
+    if ckpt.files:  # several files: assembled from our readers, nothing runs
+        return Consent()
     if report.verdict == "safe" and ckpt.format != "torchscript":
         return Consent()
     if report.verdict == "dangerous":
@@ -159,6 +166,10 @@ def allowed_class(name: str) -> Any:
 def trusted_load(path: str, map_location: str = "cpu", *, run_code: bool = False,
                  allow_dangerous: bool = False) -> LoadResult:
     """Load ``path`` with torch following the rules above; raises TrustError otherwise."""
+    from ckpt_inspector.core.layouts import layout_for
+
+    if os.path.isdir(path) or layout_for(path) is not None:
+        return assembled(path, map_location)
     ckpt = open_checkpoint(path)
     report = scan(ckpt)
     if report.verdict == "dangerous" and not (run_code and allow_dangerous):
@@ -204,3 +215,38 @@ def trusted_load(path: str, map_location: str = "cpu", *, run_code: bool = False
         obj = torch.load(path, map_location=map_location, weights_only=False)
         return LoadResult(obj, "full (ran the file's code)", report.verdict,
                           time.perf_counter() - start)
+
+
+PLAIN_VALUES = ("scalar", "str", "bytes", "none")
+
+
+def assembled(path: str, map_location: str = "cpu") -> LoadResult:
+    """The state_dict of a checkpoint made of several files, ``{dotted key: tensor or
+    plain value}``, built from what our readers read (see the module's note): no code in
+    any file runs. A tensor that cannot be read (a missing shard) is a CheckpointError."""
+    import torch  # noqa: F401  (its import is not the loading time)
+
+    from ckpt_inspector.core.layouts import open_checkpoint as open_layout
+    from ckpt_inspector.core.tensors import to_torch
+    from ckpt_inspector.core.tree import key_of
+
+    start = time.perf_counter()
+    ckpt = open_layout(path)
+    verdict = scan(ckpt).verdict
+    tensors = list(ckpt.tensors())
+    damaged = [(p, n.tensor) for p, n in tensors if n.tensor is not None and (
+        n.tensor.problem or n.tensor.storage is None or n.tensor.storage.source is None)]
+    if damaged:
+        p, t = damaged[0]
+        raise CheckpointError(f"{len(damaged):,} tensor(s) cannot be read, e.g. "
+                              f"{key_of(p)!r}: {t.problem or 'no data'}")
+    out: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for node in ckpt.root.walk():
+            if node.kind == "tensor" and node.tensor is not None:
+                out[key_of(node.path())] = to_torch(node.tensor, map_location)
+            elif node.kind in PLAIN_VALUES and node.parent is not None:
+                out[key_of(node.path())] = node.value
+    mode = f"assembled from {len(ckpt.files):,} files by ckpt-inspector's readers (no code ran)"
+    return LoadResult(out, mode, verdict, time.perf_counter() - start)

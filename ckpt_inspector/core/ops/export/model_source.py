@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError, ExportUsageError
-from ckpt_inspector.core.formats import open_checkpoint
+from ckpt_inspector.core.layouts import open_checkpoint
 from ckpt_inspector.core.ops import arch
 from ckpt_inspector.core.ops.export.plan import KeyRules, find_node, state_dict_items
 from ckpt_inspector.core.ops.export.verify import brief
@@ -91,11 +91,16 @@ def load_model(path: str, source: ModelSource, device: str = "cpu") -> LoadedMod
     state = {new: t for (old, new), (_k, t) in zip(mapping, items) if new is not None}
     if not state:
         raise ExportUsageError("no tensors to build a model from")
+    prefix = ""
     if kind == "callable":
         model = _call_builder(source.builder)
         name = None
     else:
         name, classes = source.arch, source.num_classes
+        if not source.key and source.rules == KeyRules():  # weights under model., module.
+            prefix, found = arch.fit({k: t.shape for k, t in state.items()},
+                                     only=None if name == "auto" else name)
+            state = arch.under(state, prefix)
         if name == "auto":
             found = arch.candidates({k: t.shape for k, t in state.items()})
             if not found or not found[0].exact:
@@ -122,7 +127,8 @@ def load_model(path: str, source: ModelSource, device: str = "cpu") -> LoadedMod
                                ) from None
     model = model.to(device).eval()
     what = f"torchvision {name}" if name else source.builder
-    return LoadedModel(model, f"{what}, weights from {source.key or 'the file'}", name)
+    where = source.key or (f"{prefix!r}" if prefix else "the file")
+    return LoadedModel(model, f"{what}, weights from {where}", name)
 
 
 def _find_module(obj: Any, key: str) -> Any:

@@ -86,14 +86,22 @@ def cast_bytes(raw: bytes, src: str, dst: str) -> bytes:
 
 
 def rechunk(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
-    buf = b""
+    """The same bytes cut into pieces of ``size`` (the last may be shorter); a piece that
+    already has that size passes through uncopied."""
+    buf = bytearray()
     for piece in pieces:
+        if not buf and len(piece) == size:
+            yield piece
+            continue
         buf += piece
-        while len(buf) >= size:
-            yield buf[:size]
-            buf = buf[size:]
+        start = 0
+        while len(buf) - start >= size:
+            yield bytes(buf[start:start + size])
+            start += size
+        if start:
+            del buf[:start]
     if buf:
-        yield buf
+        yield bytes(buf)
 
 
 def as_float64(raw: bytes, dtype: str) -> Any:

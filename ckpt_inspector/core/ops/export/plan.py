@@ -230,6 +230,10 @@ def make_plan(ckpt: Checkpoint, key: str = "", rules: KeyRules | None = None,
         kept.append((new, t))
     if not kept:
         raise ExportUsageError("the key rules leave no tensor to export")
+    if fmt == "pt" and cast is None:  # float4 by element goes out as torch holds it
+        from ckpt_inspector.core.decoded import torch_f4_view
+
+        kept = [(k, torch_f4_view(t) or t) for k, t in kept]
     plan = Plan(ckpt.path, kept, fmt, cast, device, dict(metadata or {}), renamed, excluded)
     damaged = [k for k, t in kept if t.problem or t.storage is None or t.storage.source is None]
     if damaged:

@@ -18,7 +18,7 @@ from ckpt_inspector.core.ops.export.result import STATE_TARGETS, ExportResult
 from ckpt_inspector.core.progress import Job
 from ckpt_inspector.core.tree import Checkpoint
 
-TARGETS = ("state_dict", "safetensors", "torchscript", "onnx", "pt2")
+TARGETS = ("state_dict", "safetensors", "hf-sharded", "torchscript", "onnx", "pt2")
 MODEL_SOURCES = ("auto", "pickled", "torchscript", "torchvision", "callable")
 _BAD_SYNTAX = ("--rename, --metadata take A=B; --input-shape takes sizes ≥ 1 such as "
                "1,3,224,224")
@@ -57,6 +57,7 @@ class ExportRequest:
     allow_dangerous: bool = False
     overwrite: bool = False
     verify: bool = True
+    max_shard_size: int | None = None  # hf-sharded: bytes per shard (None: 5GB)
 
     @property
     def rules(self) -> KeyRules:
@@ -88,6 +89,11 @@ class ExportRequest:
             args.opset, args.dynamic_batch, args.input_names.split(","),
             args.output_names.split(","), args.tolerance, args.rtol, args.trust,
             args.run_code, args.allow_dangerous, args.overwrite, not args.no_verify)
+        size = getattr(args, "max_shard_size", None)
+        if size is not None:
+            from ckpt_inspector.core.ops.export.sharded import parse_size
+
+            request.max_shard_size = parse_size(size)
         request.check()
         return request
 
@@ -98,6 +104,11 @@ class ExportRequest:
         if self.run_code and not self.trust:
             raise ExportUsageError("--run-code needs --trust too")
         check_device(self.device)
+        if self.max_shard_size is not None:
+            if self.to != "hf-sharded":
+                raise ExportUsageError("--max-shard-size goes with --to hf-sharded")
+            if not isinstance(self.max_shard_size, int) or self.max_shard_size < 1:
+                raise ExportUsageError("--max-shard-size must be at least 1 byte")
 
     def to_argv(self) -> list[str]:
         """``export PATH --to … -o …`` and every option that is not its default."""
@@ -138,7 +149,8 @@ _VALUED = (("--dtype", "dtype"), ("--device", "device"), ("--arch", "arch"),
            ("--num-classes", "num_classes"), ("--builder", "builder"),
            ("--model-source", "model_source"), ("--input-dtype", "input_dtype"),
            ("--method", "method"), ("--exporter", "exporter"), ("--opset", "opset"),
-           ("--tolerance", "tolerance"), ("--rtol", "rtol"))
+           ("--tolerance", "tolerance"), ("--rtol", "rtol"),
+           ("--max-shard-size", "max_shard_size"))
 _FLAGS = (("--dynamic-batch", "dynamic_batch"), ("--trust", "trust"),
           ("--run-code", "run_code"), ("--allow-dangerous", "allow_dangerous"),
           ("--overwrite", "overwrite"))
@@ -177,8 +189,14 @@ def _state_dict(request: ExportRequest, ckpt: Checkpoint, key: str) -> Job[Expor
 
     plan = make_plan(ckpt, key, request.rules, request.dtype, request.device,
                      "pt" if request.to == "state_dict" else "safetensors", request.metadata)
-    written = yield from export_state_dict(plan, request.output, request.overwrite,
-                                           verify=request.verify)
+    if request.to == "hf-sharded":
+        from ckpt_inspector.core.ops.export.sharded import export_sharded
+
+        written = yield from export_sharded(plan, request.output, request.max_shard_size,
+                                            request.overwrite, verify=request.verify)
+    else:
+        written = yield from export_state_dict(plan, request.output, request.overwrite,
+                                               verify=request.verify)
     preview = plan.preview()
     del preview["keys"]
     preview["tensor_bytes"] = preview.pop("bytes")

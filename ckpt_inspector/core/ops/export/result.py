@@ -13,11 +13,12 @@ from typing import Any
 
 from ckpt_inspector.core.summary import human_bytes
 
-STATE_TARGETS = ("state_dict", "safetensors")
+STATE_TARGETS = ("state_dict", "safetensors", "hf-sharded")
 
 # the order of the keys in the JSON result (what `export --json` has always printed)
 _STATE_ORDER = ("target", "source", "tensors", "excluded", "renamed", "not_cast",
-                "tensor_bytes", "path", "bytes", "verified", "bit_exact", "cast",
+                "tensor_bytes", "path", "files", "max_shard_size", "bytes", "verified",
+                "bit_exact", "cast",
                 "max_abs_diff", "problems", "cast_reference", "torch_load", "torch_error",
                 "passed", "written", "status")
 _MODEL_ORDER = ("target", "model", "input_shape", "input_dtype", "tolerance", "rtol",
@@ -78,6 +79,8 @@ class ExportResult:
     dynamic_batch_checked: bool | None = None
     dynamic_batch_size: int | None = None
     seconds: float | None = None
+    # hf-sharded
+    max_shard_size: int | None = None
     # keys given as null (kept in the JSON), and keys this version does not know
     given: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -131,6 +134,13 @@ class ExportResult:
             (f", {self.renamed} renamed" if self.renamed else "")
         rows = [Row("Tensors", f"{self.tensors:,} from {self.source}{left}",
                     f"{self.tensors:,} tensors from {self.source}{left}")]
+        if self.target == "hf-sharded" and self.files:
+            shards = [f for f in self.files if not f.endswith(".json")]
+            limit = f" of at most {_decimal(self.max_shard_size)}" \
+                if self.max_shard_size else ""
+            what = (f"{len(shards)} shards{limit} and {self.files[-1]}" if len(shards) > 1
+                    else f"{shards[0]} (one shard{limit}: no index)")
+            rows.append(Row("Files", what, f"files: {what}"))
         if self.verified is False:
             return [*rows, Row("Read back", "no (--no-verify)", "not read back (--no-verify)")]
         back = f"{self.bit_exact:,} bit-exact" + (
@@ -190,3 +200,11 @@ class ExportResult:
         else:
             lines.append("verification FAILED")
         return "\n".join(lines)
+
+
+def _decimal(n: int) -> str:
+    """A size in the decimal units of ``--max-shard-size`` (5 GB, 500 MB)."""
+    for unit, factor in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= factor:
+            return f"{n / factor:g} {unit}"
+    return f"{n:,} B"

@@ -121,8 +121,14 @@ def verify_state_dict(plan: Plan, out_path: str) -> Job[dict[str, Any]]:
     (largest finite difference of a cast), "problems"}``; any problem fails the export."""
     from ckpt_inspector.core.formats import open_checkpoint
 
+    return (yield from verify_tensors(plan, open_checkpoint(out_path)))
+
+
+def verify_tensors(plan: Plan, opened: Any) -> Job[dict[str, Any]]:
+    """:func:`verify_state_dict` against an output already opened (a
+    :class:`~ckpt_inspector.core.tree.Checkpoint`: one file, or a folder of shards)."""
     written = {key: node.tensor for key, node in
-               ((key_of(p), n) for p, n in open_checkpoint(out_path).tensors())}
+               ((key_of(p), n) for p, n in opened.tensors())}
     problems: list[str] = []
     exact = cast = 0
     max_diff = 0.0

@@ -74,27 +74,36 @@ def export_state_dict(plan: Plan, out_path: str, overwrite: bool = False,
 
 
 def _write_safetensors(plan: Plan, tmp: str, _stem: str) -> Job[None]:
+    yield from write_safetensors(plan, plan.items, tmp, plan.metadata)
+
+
+def write_safetensors(plan: Plan, items: list[tuple[str, Any]], path: str,
+                      metadata: dict[str, str], done: int = 0,
+                      total: int | None = None) -> Job[int]:
+    """``items`` (output key, tensor) of ``plan`` as one safetensors file at ``path``,
+    streamed piece by piece; progress counts from ``done`` towards ``total`` (default: the
+    file's tensor bytes). Returns the bytes counted so far."""
     header: dict[str, Any] = {}
     pos = 0
-    for key, t in plan.items:
+    for key, t in items:
         out = plan.out_dtype(t)
         n = t.numel * (dtypes.itemsize(out) or 1)
         header[key] = {"dtype": SAFETENSORS_CODE[out], "shape": list(t.shape),
                        "data_offsets": [pos, pos + n]}
         pos += n
-    if plan.metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in plan.metadata.items()}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    total = pos
-    done = 0
-    with open(tmp, "wb") as f:
+    total = done + pos if total is None else total
+    with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
-        for key, t in plan.items:
+        for key, t in items:
             for piece in tensor_pieces(t, plan.out_dtype(t)):
                 f.write(piece)
                 done += len(piece)
                 yield Progress("writing", done, total, key)
+    return done
 
 
 def _write_pt(plan: Plan, tmp: str, stem: str) -> Job[None]:

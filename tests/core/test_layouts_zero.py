@@ -1,0 +1,184 @@
+"""DeepSpeed ZeRO checkpoints (``core/layouts/deepspeed``): every file read by our pickle
+interpreter, never loaded; the fp32 weights gathered from the ranks' flat partitions and
+checked against the weights saved, against a reference written from ``zero_to_fp32``'s
+algorithm and, where DeepSpeed is installed, against DeepSpeed itself."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+
+import pytest
+import zero_files
+
+from ckpt_inspector.core import open_checkpoint
+from ckpt_inspector.core.scan import scan
+from ckpt_inspector.core.tensors import to_torch
+
+CASES = [(1, 1), (1, 3), (2, 1), (2, 2), (2, 3), (3, 1), (3, 2), (3, 3)]
+
+
+def _model(ckpt):
+    """The top-level tensors: the consolidated state_dict."""
+    return {str(n.key): n.tensor for n in ckpt.root.children if n.kind == "tensor"}
+
+
+@pytest.fixture(scope="module")
+def made(torch, tmp_path_factory):
+    root = tmp_path_factory.mktemp("zero")
+    return {(s, w): zero_files.save(torch, root / f"z{s}w{w}", s, w,
+                                    half=torch.bfloat16 if w == 2 else None)
+            for s, w in CASES}
+
+
+@pytest.mark.parametrize("stage,world", CASES)
+def test_weights_match_the_saved_ones_and_zero_to_fp32(made, torch, stage, world):
+    root = made[(stage, world)]
+    ckpt = open_checkpoint(root)
+    assert ckpt.format == "deepspeed-zero"
+    assert not ckpt.warnings and not [f for f in ckpt.findings if f.code == "zero-partitions"]
+    got = _model(ckpt)
+    half = torch.bfloat16 if world == 2 else torch.float32
+    want = zero_files.expected(torch)
+    ref = zero_files.reference(torch, root / zero_files.TAG)
+    assert list(got) == list(want)  # the module's order, the alias last
+    assert set(ref) == set(want)
+    for key, t in want.items():
+        info = got[key]
+        assert info.problem is None, (key, info.problem)
+        assert tuple(info.shape) == tuple(t.shape), key
+        value = to_torch(info)
+        if key in zero_files.FROZEN:
+            t = t.to(half)
+        assert value.dtype == t.dtype, key
+        assert torch.equal(value, t), key
+        assert torch.equal(value.to(ref[key].dtype), ref[key]), key
+    m = ckpt.metadata
+    assert (m["zero stage"], m["world size"], m["tag"], m["ds_version"]) == \
+        (stage, world, zero_files.TAG, zero_files.DS_VERSION)
+    assert m["parameter groups"] == 2 and m["buffers"] == 2
+
+
+def test_pieces_name_each_rank_and_stream_in_order(made, torch):
+    ckpt = open_checkpoint(made[(3, 3)] / zero_files.TAG)  # the tag folder itself
+    info = _model(ckpt)["layer.weight"]
+    files = [p["file"] for p in info.pieces]
+    assert files == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(3)]
+    assert [p["numel"] for p in info.pieces] == [12, 12, 11]  # 35 in 3 pieces of 12
+    assert [p["at"] for p in info.pieces] == [0, 12, 24]
+    src = info.storage.source
+    streamed = b"".join(bytes(b) for b in src.blocks(0, None, 8))
+    assert streamed == b"".join(src.chunks()) == bytes(src.buffer()) == src.read()
+    assert src.read(40, 20) == streamed[40:60]
+    assert torch.equal(to_torch(info), zero_files.model_weights(torch)["layer.weight"])
+    # stages 1-2: a parameter that straddles two ranks
+    straddle = [i for i in _model(open_checkpoint(made[(2, 3)])).values()
+                if i.pieces and len({p["file"] for p in i.pieces}) > 1]
+    assert straddle
+
+
+def test_files_values_and_verdict(made):
+    ckpt = open_checkpoint(made[(2, 2)])
+    files = {f["path"]: f for f in ckpt.files}
+    tag = zero_files.TAG
+    assert set(files) == {"latest", f"{tag}/mp_rank_00_model_states.pt",
+                          f"{tag}/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                          f"{tag}/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"}
+    model = ckpt.root.children
+    states = next(n for n in model if n.key == "mp_rank_00_model_states")
+    assert {"ds_config", "global_steps", "lr_scheduler", "epoch"} <= \
+        {str(c.key) for c in states.children}
+    assert all(n.role == "attribute" for n in states.walk() if n.kind == "tensor")
+    report = scan(ckpt)
+    # DeepSpeed's own classes are imported by torch.load, as with real files
+    assert report.verdict == "needs-trust"
+    assert all(f.file for f in report.findings if f.severity != "info")
+
+
+def test_payload_in_model_states_is_dangerous_and_never_runs(torch, tmp_path):
+    from support import Payload
+
+    marker = tmp_path / "marker"
+    root = zero_files.save(torch, tmp_path / "evil", 3, 2,
+                           extra={"client": Payload(f"touch {marker}")})
+    ckpt = open_checkpoint(root)
+    report = scan(ckpt)
+    assert report.verdict == "dangerous"
+    bad = {f.file for f in report.findings if f.severity == "dangerous"}
+    assert bad == {f"{zero_files.TAG}/zero_pp_rank_{r}_mp_rank_00_model_states.pt"
+                   for r in range(2)}
+    assert all(i.problem is None for i in _model(ckpt).values())
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_missing_or_truncated_rank_file_marks_its_tensors_damaged(torch, tmp_path, stage):
+    root = zero_files.save(torch, tmp_path / "z", stage, 2)
+    lost = root / zero_files.TAG / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    lost.write_bytes(lost.read_bytes()[:300])
+    ckpt = open_checkpoint(root)
+    rel = f"{zero_files.TAG}/{lost.name}"
+    assert any(rel in w for w in ckpt.warnings)
+    model = _model(ckpt)
+    damaged = {k for k, i in model.items() if i.problem}
+    assert damaged and all(rel in model[k].problem for k in damaged)
+    assert "norm.running" not in damaged and "frozen.weight" not in damaged
+    if stage == 3:  # a piece of every parameter on every rank, but head.bias's is padding
+        assert damaged == {"embed.weight", "layer.weight", "layer.bias", "head.weight",
+                           "tied.weight"}
+    else:  # the first half of each group is rank 0's
+        assert "embed.weight" not in damaged and "head.bias" in damaged
+    lost.unlink()
+    ckpt = open_checkpoint(root)
+    assert any(f"{rel} is missing" in w for w in ckpt.warnings)
+    assert {k for k, i in _model(ckpt).items() if i.problem} == damaged
+
+
+def test_without_zero_the_module_is_shown(torch, tmp_path):
+    root = zero_files.save(torch, tmp_path / "z", 2, 1)
+    for path in (root / zero_files.TAG).glob("*_optim_states.pt"):
+        path.unlink()
+    states = root / zero_files.TAG / "mp_rank_00_model_states.pt"
+    saved = torch.load(states, weights_only=False)  # our own file: trusted here
+    saved["ds_config"]["zero_optimization"]["stage"] = 0  # DeepSpeed without ZeRO
+    torch.save(saved, states)
+    ckpt = open_checkpoint(root)
+    assert any("no ZeRO optimizer states" in w for w in ckpt.warnings)
+    got = _model(ckpt)
+    for key, t in zero_files.model_weights(torch).items():
+        assert torch.equal(to_torch(got[key]), t), key
+    assert ckpt.metadata["buffers"] == 2
+
+
+def test_latest_naming_nothing_is_one_clear_error(made, tmp_path):
+    from ckpt_inspector.core.errors import CheckpointError
+
+    (tmp_path / "latest").write_text("global_step9")
+    (tmp_path / "zero_to_fp32.py").write_text("# DeepSpeed's script\n")
+    with pytest.raises(CheckpointError, match="global_step9"):
+        open_checkpoint(tmp_path)
+    (tmp_path / "latest").write_text("../../etc")
+    with pytest.raises(CheckpointError, match="outside"):
+        open_checkpoint(tmp_path)
+
+
+# -- real DeepSpeed --------------------------------------------------------------------------
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                    reason="deepspeed is not installed (not a dependency)")
+@pytest.mark.parametrize("stage", [2, 3])
+def test_real_deepspeed_checkpoint_matches_its_zero_to_fp32(torch, tmp_path, stage):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = zero_files.save_real(tmp_path, stage, 2, port)
+    ref = get_fp32_state_dict_from_zero_checkpoint(str(root))
+    ckpt = open_checkpoint(root)
+    assert ckpt.metadata["zero stage"] == stage and ckpt.metadata["world size"] == 2
+    got = _model(ckpt)
+    assert set(got) == set(ref)
+    for key, t in ref.items():
+        value = to_torch(got[key])
+        assert value.shape == t.shape
+        assert torch.equal(value.to(t.dtype), t), key
