@@ -6,16 +6,11 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
-from ckpt_inspector.core.ops.export.request import TARGETS, ExportRequest
+from ckpt_inspector.core.ops.export.request import ExportRequest
 from ckpt_inspector.gui.dialogs.export_options import folder_output
 
 from shards import save_sharded, state_dict
 from support import open_and_wait
-
-needs_sharded = pytest.mark.skipif("hf-sharded" not in TARGETS,
-                                   reason="the core has no hf-sharded export yet")
 
 
 def _model(torch, tmp_path):
@@ -48,12 +43,8 @@ def test_a_folder_gets_names_from_its_own(qtbot, window, torch, tmp_path):
     _choose(options.target_box, "state_dict")
     assert options.output_edit.text() == str(tmp_path / "llm_state_dict.pt")
     assert not options.shard_row.isVisible()
-    # the model targets need a model loaded from one file: offered, greyed, with the reason
-    box = options.target_box
-    for target in ("torchscript", "onnx", "pt2"):
-        index = box.findData(target)
-        assert not box.model().item(index).isEnabled()
-        assert "several files" in box.itemData(index, 3)  # ToolTipRole
+    _choose(options.target_box, "onnx")
+    assert options.output_edit.text() == str(tmp_path / "llm.onnx")
     # opened by its index, the checkpoint is still named after its folder
     window.close_tab(0)
     options = _dialog(qtbot, window, folder / "model.safetensors.index.json").options
@@ -61,7 +52,6 @@ def test_a_folder_gets_names_from_its_own(qtbot, window, torch, tmp_path):
     assert options.output_edit.text() == str(tmp_path / "llm.safetensors")
 
 
-@needs_sharded
 def test_a_folder_to_hugging_face_shards(qtbot, window, torch, tmp_path):
     folder, sd = _model(torch, tmp_path)
     dialog = _dialog(qtbot, window, folder)
@@ -95,7 +85,6 @@ def test_a_folder_to_hugging_face_shards(qtbot, window, torch, tmp_path):
     assert window.current_view().file.ckpt.format == "hf-sharded"
 
 
-@needs_sharded
 def test_a_sharded_export_never_lands_on_its_source(qtbot, window, torch, tmp_path,
                                                     monkeypatch):
     folder, _ = _model(torch, tmp_path)

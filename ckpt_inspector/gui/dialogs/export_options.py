@@ -29,8 +29,8 @@ from PySide6.QtWidgets import (
 
 from ckpt_inspector.core.errors import ExportError
 from ckpt_inspector.core.ops.export import plan as export_plan
-from ckpt_inspector.core.ops.export.request import TARGETS as CORE_TARGETS
 from ckpt_inspector.core.ops.export.request import ExportRequest
+from ckpt_inspector.core.ops.export.sharded import split
 from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.gui.dialogs.export_model_options import ModelOptions
@@ -48,8 +48,6 @@ TARGETS = [
 ]
 MODEL_TARGETS = ("torchscript", "onnx", "pt2")
 FOLDER_TARGETS = ("hf-sharded",)  # the output is a folder
-NO_MODEL_YET = ("Not yet for a checkpoint made of several files: export it to safetensors, "
-                "then export that file")
 SHARD_UNITS = (("MB", 10**6), ("GB", 10**9))  # decimal, as huggingface_hub counts
 # what the names of a sharded model's own files look like (a folder to export into again)
 SHARDED_NAMES = ("model.safetensors", "model.safetensors.index.json")
@@ -99,16 +97,10 @@ class ExportOptions(QWidget):
     def _target_choice(self) -> QComboBox:
         self.target_box = QComboBox()
         self.target_box.setObjectName("targetBox")
-        several = bool(self.file.ckpt.files)
         for value, label, _suffix, tip in TARGETS:
-            if value not in CORE_TARGETS:
-                continue  # a target this version of the core does not write
             self.target_box.addItem(label, value)
-            last = self.target_box.count() - 1
-            if several and value in MODEL_TARGETS:
-                self.target_box.model().item(last).setEnabled(False)
-                tip = NO_MODEL_YET
-            self.target_box.setItemData(last, tip, Qt.ItemDataRole.ToolTipRole)
+            self.target_box.setItemData(self.target_box.count() - 1, tip,
+                                        Qt.ItemDataRole.ToolTipRole)
         self.target_box.currentIndexChanged.connect(self._target_changed)
         self.target_hint = QLabel()
         self.target_hint.setWordWrap(True)
@@ -353,8 +345,6 @@ class ExportOptions(QWidget):
         if p["not_cast"]:
             text += f" · {p['not_cast']:,} float8 and other tensors keep their dtype"
         if self.target == "hf-sharded" and p["tensors"]:
-            from ckpt_inspector.core.ops.export.sharded import split
-
             shards = len(split(plan, self.max_shard_size()))
             text += (f" · in {shards:,} shards of at most {self._shard_size_text()}"
                      if shards > 1 else " · in one file (model.safetensors): it fits in "
