@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from ckpt_inspector.core import layouts
 from ckpt_inspector.core.layouts.siblings import whole_model_for
 
@@ -75,16 +73,23 @@ def test_a_distcp_item_file_belongs_to_its_folder(tmp_path):
     assert whole_model_for(folder / "__0_0.distcp") is None
 
 
-def test_a_gguf_split_is_offered_only_where_a_layout_reads_it(tmp_path, monkeypatch):
+def test_a_gguf_split_belongs_to_its_folder_when_that_opens_its_set(tmp_path):
     folder = _touch(tmp_path / "g", "llama-00001-of-00003.gguf", "llama-00002-of-00003.gguf",
                     "llama-00003-of-00003.gguf")
-    part = folder / "llama-00002-of-00003.gguf"
-    if layouts.layout_for(str(folder)) is None and layouts.layout_for(
-            str(folder / "llama-00001-of-00003.gguf")) is None:
-        assert whole_model_for(part) is None  # no GGUF split layout yet: nothing to offer
-    fake = layouts.Layout("gguf-split", lambda p: p.endswith("-00001-of-00003.gguf"),
-                          lambda p: pytest.fail("not opened here"))
-    monkeypatch.setattr(layouts, "LAYOUTS", (fake,))
-    whole = whole_model_for(part)
-    assert whole is not None and whole.path == str(folder / "llama-00001-of-00003.gguf")
+    whole = whole_model_for(folder / "llama-00002-of-00003.gguf")
+    assert whole is not None and whole.path == str(folder)
     assert whole.describe() == "split 2 of 3 of a GGUF model"
+    # a smaller set beside it: the folder opens the other one, so nothing is offered
+    _touch(folder, "tiny-00001-of-00002.gguf")
+    assert whole_model_for(folder / "tiny-00001-of-00002.gguf") is None
+    assert whole_model_for(folder / "llama-00003-of-00003.gguf") is not None
+
+
+def test_a_deepspeed_rank_file_belongs_to_its_tag_folder(tmp_path):
+    tag = _touch(tmp_path / "ckpt" / "global_step10", "mp_rank_00_model_states.pt",
+                 "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                 "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    (tmp_path / "ckpt" / "latest").write_text("global_step10")
+    whole = whole_model_for(tag / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    assert whole is not None and whole.path == str(tag)
+    assert whole.describe() == "file 3 of 3 of a DeepSpeed checkpoint"

@@ -78,10 +78,15 @@ def test_a_tensor_in_pieces(qtbot, window, torch, two_ranks, tmp_path):
 def test_many_pieces_are_capped():
     pieces = [{"file": f"__{i}_0.distcp", "offsets": [i * 4, 0], "shape": [4, 8]}
               for i in range(40)]
-    html = pieces_html(pieces)
+    html = pieces_html(pieces).replace("\u200b", "")
     assert "Pieces (40)" in html and "and 24 more" in html
     assert "__15_0.distcp" in html and "__16_0.distcp" not in html
     assert "[60, 0]" in html and pieces_html([]) == ""
+    # a ZeRO partition: a run of the flattened tensor
+    html = pieces_html([{"file": "global_step3/zero_pp_rank_1_mp_rank_00_optim_states.pt",
+                         "group": 0, "offset": 11, "numel": 17, "at": 18}]).replace("\u200b", "")
+    assert "at element 18 · 17 elements" in html
+    assert "in global_step3/</span>" in html and ">zero_pp_rank_1_mp" in html
 
 
 def test_one_shard_offers_the_whole_model(qtbot, window, torch, tmp_path):

@@ -6,9 +6,10 @@ decided from names in the file's folder (one listing), never by reading a shard:
 
 - a Hugging Face shard ``PREFIX-0000K-of-0000N.{safetensors,bin}``: its index
   (``PREFIX.EXT.index.json``) or its folder;
-- a GGUF split ``NAME-0000K-of-0000N.gguf``: its folder, or its first split, whichever a
-  layout reads;
-- a ``torch.distributed.checkpoint`` item file ``__R_I.distcp`` beside ``.metadata``.
+- a GGUF split ``NAME-0000K-of-0000N.gguf``: its folder, where that opens its set;
+- a ``torch.distributed.checkpoint`` item file ``__R_I.distcp`` beside ``.metadata``;
+- a DeepSpeed rank file (``mp_rank_00_model_states.pt``,
+  ``zero_pp_rank_0_mp_rank_00_optim_states.pt``): its tag folder.
 
 Only a whole that some layout of :mod:`ckpt_inspector.core.layouts` opens is offered: the
 answer is None for a file that is complete by itself, or whose siblings no layout reads.
@@ -20,10 +21,10 @@ import os
 import re
 from dataclasses import dataclass
 
-from ckpt_inspector.core.layouts import layout_for
+from ckpt_inspector.core.layouts import _deepspeed_files as deepspeed_files
+from ckpt_inspector.core.layouts import gguf_split, layout_for
 from ckpt_inspector.core.layouts.hf_sharded import INDEX, SHARD, indexes, shard_groups
 
-GGUF_SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})\.gguf$")
 DISTCP = re.compile(r"^__\d+_\d+\.distcp$")
 
 
@@ -36,14 +37,13 @@ class WholeModel:
     index: str | None  # the index file (a name in ``folder``) that lists this part, if any
     part: int  # this file's number, from 1
     count: int  # how many parts the whole has
-    kind: str  # "sharded model", "GGUF model", "torch.distributed checkpoint"
+    kind: str  # "sharded model", "GGUF model", "torch.distributed checkpoint", ...
 
     def describe(self) -> str:
         """``shard 2 of 5 of a sharded model``."""
         if self.count == 1:
             return f"the only data file of a {self.kind}"
-        noun = "file" if self.kind == "torch.distributed checkpoint" else (
-            "split" if self.kind == "GGUF model" else "shard")
+        noun = {"sharded model": "shard", "GGUF model": "split"}.get(self.kind, "file")
         return f"{noun} {self.part} of {self.count} of a {self.kind}"
 
 
@@ -57,10 +57,12 @@ def whole_model_for(path: str | os.PathLike[str]) -> WholeModel | None:
             return None
         if m := SHARD.match(name):
             return _hf_shard(folder, name, m)
-        if m := GGUF_SPLIT.match(name):
-            return _gguf_split(folder, m)
+        if m := gguf_split.SPLIT.match(name):
+            return _gguf_split(folder, name, m)
         if DISTCP.match(name):
             return _distcp(folder, name)
+        if deepspeed_files.MODEL.match(name) or deepspeed_files.OPTIM.match(name):
+            return _deepspeed(folder, name)
     except (OSError, ValueError):
         return None
     return None
@@ -87,15 +89,14 @@ def _hf_shard(folder: str, name: str, m: re.Match[str]) -> WholeModel | None:
     return WholeModel(target, folder, index, part, count, "sharded model")
 
 
-def _gguf_split(folder: str, m: re.Match[str]) -> WholeModel | None:
+def _gguf_split(folder: str, name: str, m: re.Match[str]) -> WholeModel | None:
     part, count = int(m["k"]), int(m["n"])
     if count < 2 or not 1 <= part <= count:
         return None
-    first = os.path.join(folder, f"{m['prefix']}-{1:05d}-of-{m['n']}.gguf")
-    for target in (folder, first):
-        if os.path.exists(target) and layout_for(target) is not None:
-            return WholeModel(target, folder, None, part, count, "GGUF model")
-    return None
+    sets = gguf_split.split_sets(os.listdir(folder))
+    if not sets or name not in sets[0] or layout_for(folder) is None:
+        return None  # the folder opens another set of splits
+    return WholeModel(folder, folder, None, part, count, "GGUF model")
 
 
 def _distcp(folder: str, name: str) -> WholeModel | None:
@@ -105,3 +106,12 @@ def _distcp(folder: str, name: str) -> WholeModel | None:
         return None
     return WholeModel(folder, folder, None, items.index(name) + 1, len(items),
                       "torch.distributed checkpoint")
+
+
+def _deepspeed(folder: str, name: str) -> WholeModel | None:
+    ranks = sorted(n for n in os.listdir(folder)
+                   if deepspeed_files.MODEL.match(n) or deepspeed_files.OPTIM.match(n))
+    if layout_for(folder) is None:
+        return None
+    return WholeModel(folder, folder, None, ranks.index(name) + 1, len(ranks),
+                      "DeepSpeed checkpoint")

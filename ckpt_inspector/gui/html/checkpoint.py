@@ -22,6 +22,7 @@ VERDICT_STYLE = {
 }
 
 MAX_PIECES = 16  # a tensor's pieces listed in the details panel (then "and N more")
+SHORT_NAME = 16  # piece files named in at most this many characters fit a table's column
 
 CSS_TEMPLATE = """
 <style>
@@ -207,21 +208,46 @@ def _ints(values: Any) -> str:
         else escape(str(values))
 
 
+def _piece_cells(piece: dict[str, Any]) -> tuple[str, str]:
+    """Where a piece starts in the whole tensor, and how big it is: offsets and shape for a
+    block (DCP), first element and count for a run of the flattened tensor (ZeRO)."""
+    if "offsets" in piece or "shape" in piece:
+        return (f"[{_ints(piece.get('offsets', ()))}]", f"[{_ints(piece.get('shape', ()))}]")
+    if "numel" in piece:
+        n = int(piece.get("numel") or 0)
+        return (f"element {int(piece.get('at') or 0):,}",
+                f"{n:,} element{'s' if n != 1 else ''}")
+    rest = {k: v for k, v in piece.items() if k != "file"}
+    return "", escape(json.dumps(rest, default=str)[:120])
+
+
 def pieces_html(pieces: list[dict[str, Any]], shown: int = MAX_PIECES) -> str:
-    """The chunks a tensor was saved in (a DCP tensor sharded across ranks): each one's file,
-    where it starts in the whole tensor, and its shape."""
+    """The chunks a tensor was saved in (a DCP tensor sharded across ranks, a ZeRO
+    partition): each one's file, where it starts in the whole tensor, and its size."""
     if not pieces:
         return ""
     nw = "style='white-space:nowrap'"
-    rows = "".join(
-        f"<tr><td class='mono'>{escape(str(p.get('file', '')))}</td>"
-        f"<td class='mono' {nw}>[{_ints(p.get('offsets', ()))}]</td>"
-        f"<td class='mono' {nw}>[{_ints(p.get('shape', ()))}]</td></tr>"
-        for p in pieces[:shown])
+    files = [str(p.get("file", "")) for p in pieces]
+    folders = {os.path.dirname(f) for f in files}
+    folder = folders.pop() if len(folders) == 1 else ""  # said once, in the heading
+    names = [os.path.relpath(f, folder) if folder else f for f in files[:shown]]
+    cells = [_piece_cells(p) for p in pieces[:shown]]
     more = (f"<p class='muted'>… and {len(pieces) - shown:,} more</p>"
             if len(pieces) > shown else "")
-    return (f"<h3>Pieces ({len(pieces):,})</h3><table><tr><th>file</th><th {nw}>starts at"
-            f"</th><th>shape</th></tr>{rows}</table>{more}")
+    size = "shape" if "shape" in pieces[0] else "size"
+    where = f" <span class='muted'>in {escape(folder)}/</span>" if folder else ""
+    head = f"<h3>Pieces ({len(pieces):,}){where}</h3>"
+    if max(len(n) for n in names) > SHORT_NAME:  # a line for the name, one for the rest
+        label = "shape " if size == "shape" else ""
+        return head + "".join(
+            f"<p style='margin:0 0 3px 0'><span class='mono'>{breakable(n)}</span><br>"
+            f"<span class='muted'>&nbsp;&nbsp;at {start} · {label}{extent}</span></p>"
+            for n, (start, extent) in zip(names, cells)) + more
+    rows = "".join(f"<tr><td class='mono'>{escape(n)}</td>"
+                   + "".join(f"<td class='mono' {nw}>{c}</td>" for c in cell) + "</tr>"
+                   for n, cell in zip(names, cells))
+    return (f"{head}<table><tr><th>file</th><th {nw}>starts at</th><th>{size}</th></tr>"
+            f"{rows}</table>{more}")
 
 
 def _tensor_pairs(node: Node, target_device: str) -> list[tuple[str, str]]:
