@@ -133,3 +133,26 @@ def test_a_file_complete_by_itself_has_no_bar(qtbot, window, torch, tmp_path):
     view = open_and_wait(qtbot, window, path)
     qtbot.wait(300)
     assert view.findChild(WholeModelBar) is None
+
+
+def test_a_zero_partitioned_tensor(qtbot, window, torch, tmp_path):
+    import zero_files
+
+    folder = zero_files.save(torch, tmp_path / "zero", 3, 2)
+    want = zero_files.expected(torch)["layer.weight"].double().numpy()
+    view = open_and_wait(qtbot, window, folder)
+    tv, stats = _select(qtbot, view, "layer.weight")
+    details = view.details.toPlainText().replace("\u200b", "")
+    assert "Pieces (2) in global_step3/" in details and "at element 18" in details
+    assert stats.mean == pytest.approx(want.mean())
+    tv.tabs.setCurrentIndex(HEATMAP)
+    qtbot.waitUntil(lambda: tv._heat_job is None and tv.heat_panel.heatmap is not None,
+                    timeout=WAIT)
+    assert np.allclose(tv.heat_panel.heatmap.image, want)
+    # one rank's file opened alone points at its tag folder
+    rank = next((folder / "global_step3").glob("*_model_states.pt"))
+    alone = open_and_wait(qtbot, window, rank)
+    qtbot.waitUntil(lambda: alone.findChild(WholeModelBar) is not None, timeout=WAIT)
+    bar = alone.findChild(WholeModelBar)
+    assert "of a DeepSpeed checkpoint" in bar.label.text()
+    assert bar.button.text() == "Open the whole checkpoint"
