@@ -138,8 +138,7 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentIndex(index)
             self.pages.setCurrentWidget(self.tabs)
             view.start_loading()
-            offer_whole_model(self.runner, view, path, lambda v: v in self._tab_widgets(),
-                              lambda p: self.open_paths([p]))
+            offer_whole_model(self.runner, view, path, self._tab_widgets, self.open_paths)
             views.append(view)
         self._update_actions()
         return views

@@ -75,18 +75,19 @@ class WholeModelBar(QFrame):
 
 
 def offer_whole_model(runner: JobRunner, view: QWidget, path: str,
-                      is_open: Callable[[QWidget], bool],
-                      open_path: Callable[[str], object]) -> None:
+                      tabs: Callable[[], list[QWidget]],
+                      open_paths: Callable[[list[str]], object]) -> None:
     """Look (on a worker) for the checkpoint ``path`` is one part of; if there is one and
-    the tab ``view`` is still open, put the bar over its content."""
+    the tab ``view`` is still among ``tabs()``, put the bar over its content (its button
+    calls ``open_paths([whole])``)."""
     if not os.path.isfile(path):
         return
 
     def found(whole: WholeModel | None) -> None:
-        layout = view.layout() if whole is not None and is_open(view) else None
+        layout = view.layout() if whole is not None and view in tabs() else None
         if isinstance(layout, QVBoxLayout) and view.findChild(WholeModelBar) is None:
             bar = WholeModelBar(path, whole, view)
-            bar.open_requested.connect(open_path)
+            bar.open_requested.connect(lambda p: open_paths([p]))
             layout.insertWidget(0, bar)
             bar.show()  # now, not on the layout's queued call
 
