@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ from ckpt_inspector.cli import _common
 from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, fail, unreadable
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.gcpause import bulk_allocation
+from ckpt_inspector.core.layouts.siblings import whole_model_for
 from ckpt_inspector.core.scan import ScanReport, scan
 from ckpt_inspector.core.summary import (
     format_value,
@@ -209,6 +211,10 @@ def cmd_info(args: argparse.Namespace) -> int:
                   "their problem", file=sys.stderr)
     else:
         print_info(ckpt)
+        whole = whole_model_for(args.path)
+        if whole is not None:  # one shard: say where the rest is (the text, not --json)
+            print(f"note: {os.path.basename(args.path)} is {whole.describe()}; "
+                  f"'ckpt-inspector info {whole.path}' reads all of it", file=sys.stderr)
     return EXIT_OK
 
 

@@ -47,6 +47,7 @@ from ckpt_inspector.gui.icons import VERDICT_WORDS, app_icon, verdict_icon
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.tensor.preload import preload_plots
 from ckpt_inspector.gui.tree.checkpoint_view import CheckpointView
+from ckpt_inspector.gui.whole_model_bar import offer_whole_model
 
 
 def make_demo() -> str:
@@ -137,6 +138,7 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentIndex(index)
             self.pages.setCurrentWidget(self.tabs)
             view.start_loading()
+            offer_whole_model(self.runner, view, path, self._tab_widgets, self.open_paths)
             views.append(view)
         self._update_actions()
         return views

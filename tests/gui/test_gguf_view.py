@@ -36,4 +36,11 @@ def test_quantized_tensors_in_the_window(qtbot, window, tmp_path):
                         and tv.heat_panel.heatmap is not None, timeout=WAIT)
         assert tv.heat_panel.heatmap.image.size > 0
         tv.tabs.setCurrentIndex(VALUES)
-        assert tv.values_panel.model.rowCount() >= 1
+        model = tv.values_panel.model
+        assert model.rowCount() >= 1
+        first = ref.reshape(-1, ref.shape[-1])[0, 0] if ref.ndim > 1 else ref[0]
+        assert float(model.index(0, 0).data()) == pytest.approx(first, rel=1e-3, abs=1e-6)
+        out = tmp_path / f"{key}.npy"
+        tv.save_npy_dialog(ask=lambda *a, out=out: (str(out), ""))
+        qtbot.waitUntil(out.exists, timeout=WAIT)  # written aside, then renamed: whole
+        assert np.array_equal(np.load(out), ref.reshape(info.shape).astype(np.float32))

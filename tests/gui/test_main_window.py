@@ -250,6 +250,7 @@ def test_malicious_file_is_flagged_and_never_loaded(qtbot, window, payload_files
         return False
 
     monkeypatch.setattr(window, "confirm", decline)
+    qtbot.waitUntil(lambda: not window.runner.tasks, timeout=10_000)  # the read's end
     window.load_current_with_torch()
     assert asked and asked[0][0] == "Dangerous file" and "posix.system" in asked[0][1]
     assert not window.runner.tasks  # declined: nothing was started

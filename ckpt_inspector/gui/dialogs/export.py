@@ -51,8 +51,7 @@ class ExportDialog(QDialog):
         self.result: ExportResult | None = None
         self._stdout = b""
         self.setWindowTitle(f"Export {os.path.basename(file.path)}")
-        self.setMinimumSize(900, 640)
-        self.resize(1060, 720)
+        self._fit_screen()
         self.pages = QStackedWidget()
         self.options = ExportOptions(file, device)
         self.options.export_requested.connect(self.start)
@@ -63,6 +62,13 @@ class ExportDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(self.pages)
 
+    def _fit_screen(self) -> None:
+        """1060×720 where the screen has room, else what it has (a 1024×700 laptop)."""
+        screen = self.screen().availableGeometry()
+        width, height = min(1060, screen.width() - 24), min(720, screen.height() - 48)
+        self.setMinimumSize(min(900, width), min(600, height))
+        self.resize(width, height)
+
     # -- running -------------------------------------------------------------------------------
     def command(self, request: ExportRequest) -> list[str]:
         return cli_command(*request.to_argv(), "--progress")
@@ -71,16 +77,16 @@ class ExportDialog(QDialog):
         out = self.options.output_edit.text().strip()
         if not out:
             return
-        if os.path.abspath(out) == os.path.abspath(self.file.path):
-            QMessageBox.warning(self, "Export", "The export would replace the file it comes "
-                                "from: choose another name.")
+        problem = self._output_problem(out)
+        if problem:
+            QMessageBox.warning(self, "Export", problem)
             return
         try:
             request = self.options.request()
         except ExportError as err:
             QMessageBox.warning(self, "Export", str(err))
             return
-        if os.path.exists(out):
+        if os.path.exists(out) and not _empty_folder(out):
             if not self.ask_overwrite(out):
                 return
             request.overwrite = True
@@ -95,9 +101,29 @@ class ExportDialog(QDialog):
         self.process.finished.connect(self._finished)
         self.process.start(cmd[0], cmd[1:])
 
+    def _output_problem(self, out: str) -> str:
+        """Why ``out`` cannot be the export's target ("" if it can): the source itself, or,
+        for a folder, one that holds the source."""
+        out, source = os.path.abspath(out), os.path.abspath(self.file.path)
+        if out == source:
+            return ("The export would replace the checkpoint it comes from: choose another "
+                    "name.")
+        if self.options.writes_folder:
+            sources = [source] + [os.path.join(os.path.dirname(source)
+                                               if os.path.isfile(source) else source,
+                                               str(f.get("path", "")))
+                                  for f in self.file.ckpt.files]
+            if any(_inside(p, out) for p in sources):
+                return ("The export folder would hold or replace the checkpoint it comes "
+                        "from: choose a folder outside it.")
+        return ""
+
     def ask_overwrite(self, path: str) -> bool:
-        answer = QMessageBox.question(self, "Replace file?",
-                                      f"{os.path.basename(path)} exists. Replace it?",
+        what = "folder" if os.path.isdir(path) else "file"
+        text = (f"The folder {os.path.basename(path)} is not empty. Replace the sharded "
+                "model it holds?" if what == "folder" else
+                f"{os.path.basename(path)} exists. Replace it?")
+        answer = QMessageBox.question(self, f"Replace {what}?", text,
                                       QMessageBox.StandardButton.Yes
                                       | QMessageBox.StandardButton.Cancel,
                                       QMessageBox.StandardButton.Cancel)
@@ -193,6 +219,8 @@ class ExportDialog(QDialog):
                                      "</p>")
             return
         self.open_button.setEnabled(r.written and os.path.exists(r.path))
+        self.open_button.setText("Open exported model" if os.path.isdir(r.path)
+                                 else "Open exported file")
         table = "".join(f"<tr><th align='left' style='padding-right:12px'>{escape(row.label)}"
                         f"</th><td>{_cell(row)}</td></tr>" for row in r.rows())
         self.result_view.setHtml(f"{_heading(r)}<table>{table}</table>")
@@ -205,6 +233,19 @@ class ExportDialog(QDialog):
         if self.process is not None:
             self.cancel()
         super().reject()
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _empty_folder(path: str) -> bool:
+    try:
+        return os.path.isdir(path) and not os.listdir(path)
+    except OSError:
+        return False
 
 
 def _cell(row: Row) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -29,6 +30,7 @@ from PySide6.QtWidgets import (
 from ckpt_inspector.core.errors import ExportError
 from ckpt_inspector.core.ops.export import plan as export_plan
 from ckpt_inspector.core.ops.export.request import ExportRequest
+from ckpt_inspector.core.ops.export.sharded import split
 from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.gui.dialogs.export_model_options import ModelOptions
@@ -38,11 +40,17 @@ TARGETS = [
     ("state_dict", "state_dict (.pt)", ".pt", "Tensors only, loadable with "
      "torch.load(weights_only=True)"),
     ("safetensors", "safetensors", ".safetensors", "Tensors only, no code at all"),
+    ("hf-sharded", "Hugging Face sharded (folder)", "", "A folder of safetensors shards "
+     "(model-0000K-of-0000N) and their index, split as huggingface_hub does"),
     ("torchscript", "TorchScript (.pt)", ".pt", "A runnable model: trace or script"),
     ("onnx", "ONNX (.onnx)", ".onnx", "For onnxruntime and other runtimes"),
     ("pt2", "torch.export (.pt2)", ".pt2", "An exported program for torch.export.load"),
 ]
 MODEL_TARGETS = ("torchscript", "onnx", "pt2")
+FOLDER_TARGETS = ("hf-sharded",)  # the output is a folder
+SHARD_UNITS = (("MB", 10**6), ("GB", 10**9))  # decimal, as huggingface_hub counts
+# what the names of a sharded model's own files look like (a folder to export into again)
+SHARDED_NAMES = ("model.safetensors", "model.safetensors.index.json")
 PREVIEW_ROWS = 200
 
 
@@ -95,6 +103,7 @@ class ExportOptions(QWidget):
                                         Qt.ItemDataRole.ToolTipRole)
         self.target_box.currentIndexChanged.connect(self._target_changed)
         self.target_hint = QLabel()
+        self.target_hint.setWordWrap(True)
         set_muted(self.target_hint)
         return self.target_box
 
@@ -167,13 +176,46 @@ class ExportOptions(QWidget):
         meta = self.file.ckpt.metadata.get("__metadata__")
         if isinstance(meta, dict):
             self.metadata_edit.setText("; ".join(f"{k}={v}" for k, v in meta.items()))
-        tensors = QFormLayout()
+        self.tensor_form = tensors = QFormLayout()
         tensors.addRow("Cast floating tensors to", self.dtype_box)
         tensors.addRow("Device (map_location)", self.device_label)
         tensors.addRow("safetensors metadata", self.metadata_edit)
+        tensors.addRow("Max shard size", self._shard_size_row())
         self.tensor_group = QGroupBox("Tensors")
         self.tensor_group.setLayout(tensors)
         return self.tensor_group
+
+    def _shard_size_row(self) -> QWidget:
+        """Hugging Face sharded: the largest shard (5 GB, huggingface_hub's default)."""
+        self.shard_size = QDoubleSpinBox()
+        self.shard_size.setObjectName("shardSize")
+        self.shard_size.setDecimals(2)
+        self.shard_size.setRange(0.01, 1_000_000)
+        self.shard_size.setValue(5)
+        self.shard_unit = QComboBox()
+        for name, factor in SHARD_UNITS:
+            self.shard_unit.addItem(name, factor)
+        self.shard_unit.setCurrentIndex(len(SHARD_UNITS) - 1)
+        tip = ("Shards are filled in key order up to this size; a larger tensor gets a "
+               "shard of its own. 1 GB = 10⁹ bytes, as huggingface_hub counts.")
+        for w in (self.shard_size, self.shard_unit):
+            w.setToolTip(tip)
+        self.shard_size.valueChanged.connect(lambda _v: self._preview_timer.start())
+        self.shard_unit.currentIndexChanged.connect(lambda _i: self._preview_timer.start())
+        self.shard_row = QWidget()
+        row = QHBoxLayout(self.shard_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.shard_size)
+        row.addWidget(self.shard_unit)
+        row.addStretch(1)
+        return self.shard_row
+
+    def max_shard_size(self) -> int:
+        """The shard size chosen, in bytes."""
+        return round(self.shard_size.value() * self.shard_unit.currentData())
+
+    def _shard_size_text(self) -> str:
+        return f"{self.shard_size.value():g} {self.shard_unit.currentText()}"
 
     def _model_group(self) -> ModelOptions:
         """Model targets: where the model comes from, the example input, the exporter."""
@@ -218,7 +260,8 @@ class ExportOptions(QWidget):
         self.model_group.setVisible(model)
         self.tensor_group.setVisible(not model)
         self.model_group.show_target(target)
-        self.metadata_edit.setEnabled(target == "safetensors")
+        self.metadata_edit.setEnabled(target in ("safetensors", "hf-sharded"))
+        self.tensor_form.setRowVisible(self.shard_row, target == "hf-sharded")
         self._model_changed()
         self._suggest_output()
         self._preview_timer.start()
@@ -239,17 +282,29 @@ class ExportOptions(QWidget):
 
     def _suggest_output(self) -> None:
         suffix = next(t[2] for t in TARGETS if t[0] == self.target)
-        folder = os.path.dirname(self.file.path)
-        stem = os.path.splitext(os.path.basename(self.file.path))[0]
-        tag = {"state_dict": "_state_dict", "torchscript": "_torchscript"}.get(self.target, "")
+        folder, stem = output_base(self.file)
+        tag = {"state_dict": "_state_dict", "torchscript": "_torchscript",
+               "hf-sharded": "_sharded"}.get(self.target, "")
         current = self.output_edit.text()
         if not current or os.path.dirname(current) == folder:
             self.output_edit.setText(os.path.join(folder, f"{stem}{tag}{suffix}"))
 
+    @property
+    def writes_folder(self) -> bool:
+        return self.target in FOLDER_TARGETS
+
     def _browse(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export to", self.output_edit.text())
-        if path:
-            self.output_edit.setText(path)
+        current = self.output_edit.text()
+        if not self.writes_folder:
+            path, _ = QFileDialog.getSaveFileName(self, "Export to", current)
+            if path:
+                self.output_edit.setText(path)
+            return
+        start = os.path.dirname(current) if current else output_base(self.file)[0]
+        chosen = QFileDialog.getExistingDirectory(
+            self, "Export into a folder (an empty or new one)", start)
+        if chosen:
+            self.output_edit.setText(folder_output(chosen, os.path.basename(current)))
 
     @property
     def source_key(self) -> str:
@@ -265,7 +320,7 @@ class ExportOptions(QWidget):
 
     def update_preview(self) -> None:
         """The core's plan for these choices: the keys as they will be written."""
-        fmt = "safetensors" if self.target == "safetensors" else "pt"
+        fmt = "pt" if self.target == "state_dict" else "safetensors"
         try:
             plan = export_plan.make_plan(self.file.ckpt, self.source_key, self.rules(),
                                 self.dtype_box.currentData(), self.device, fmt)
@@ -289,6 +344,11 @@ class ExportOptions(QWidget):
             text += f" · {p['renamed']:,} renamed"
         if p["not_cast"]:
             text += f" · {p['not_cast']:,} float8 and other tensors keep their dtype"
+        if self.target == "hf-sharded" and p["tensors"]:
+            shards = len(split(plan, self.max_shard_size()))
+            text += (f" · in {shards:,} shards of at most {self._shard_size_text()}"
+                     if shards > 1 else " · in one file (model.safetensors): it fits in "
+                     f"{self._shard_size_text()}")
         if len(mapping) > PREVIEW_ROWS:
             text += f" (first {PREVIEW_ROWS} shown)"
         self.preview_label.setText(text)
@@ -312,10 +372,36 @@ class ExportOptions(QWidget):
         else:
             request.key = self.source_key
             request.dtype = self.dtype_box.currentData()
-            if self.target == "safetensors":
+            if self.target in ("safetensors", "hf-sharded"):
                 request.metadata = dict(part.strip().split("=", 1)
                                         for part in self.metadata_edit.text().split(";")
                                         if "=" in part)
+            if self.target == "hf-sharded":
+                request.max_shard_size = self.max_shard_size()
         return request
+
+
+def output_base(file: LoadedFile) -> tuple[str, str]:
+    """Where exports go by default and the name they start with: beside the file, after its
+    stem; beside a checkpoint folder (opened by the folder, its index or its .metadata),
+    after the folder's name."""
+    path = file.path.rstrip(os.sep) or file.path
+    if os.path.isdir(path) or file.ckpt.files:
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        return os.path.dirname(folder), os.path.basename(folder)
+    return os.path.dirname(path), os.path.splitext(os.path.basename(path))[0]
+
+
+def folder_output(chosen: str, name: str) -> str:
+    """The folder a sharded export goes to when the user picks ``chosen``: that folder if
+    it is empty or a sharded model already (it is replaced, after asking), else a new
+    folder ``name`` in it."""
+    try:
+        names = os.listdir(chosen)
+    except OSError:
+        return chosen
+    if not names or any(n in SHARDED_NAMES for n in names) or not name:
+        return chosen
+    return os.path.join(chosen, name)
 
 

@@ -21,6 +21,9 @@ VERDICT_STYLE = {
     "dangerous": ("danger_fg", "danger_bg", "do not load this file with torch"),
 }
 
+MAX_PIECES = 16  # a tensor's pieces listed in the details panel (then "and N more")
+SHORT_NAME = 16  # piece files named in at most this many characters fit a table's column
+
 CSS_TEMPLATE = """
 <style>
  body {{ font-size: 10pt; }}
@@ -189,12 +192,62 @@ def _files_html(files: list[dict[str, Any]], shown: int = 50) -> str:
     """The files of a checkpoint made of several, with their sizes and formats."""
     if not files:
         return ""
-    rows = [(breakable(str(f.get("path", ""))),
-             f"{human_bytes(int(f.get('size') or 0))} · {escape(str(f.get('format', '')))}")
-            for f in files[:shown]]
+    nw = "style='white-space:nowrap'"
+    rows = "".join(
+        f"<tr><td>{breakable(str(f.get('path', '')))}</td>"
+        f"<td class='num' {nw}>{human_bytes(int(f.get('size') or 0))}</td>"
+        f"<td class='muted' {nw}>{escape(str(f.get('format', '')))}</td></tr>"
+        for f in files[:shown])
     more = (f"<span class='muted'>… {len(files) - shown:,} more</span>"
             if len(files) > shown else "")
-    return f"<h3>Files ({len(files)})</h3>" + _rows(rows, escape_keys=False) + more
+    return f"<h3>Files ({len(files)})</h3><table>{rows}</table>{more}"
+
+
+def _ints(values: Any) -> str:
+    return ", ".join(f"{int(v):,}" for v in values) if isinstance(values, (list, tuple)) \
+        else escape(str(values))
+
+
+def _piece_cells(piece: dict[str, Any]) -> tuple[str, str]:
+    """Where a piece starts in the whole tensor, and how big it is: offsets and shape for a
+    block (DCP), first element and count for a run of the flattened tensor (ZeRO)."""
+    if "offsets" in piece or "shape" in piece:
+        return (f"[{_ints(piece.get('offsets', ()))}]", f"[{_ints(piece.get('shape', ()))}]")
+    if "numel" in piece:
+        n = int(piece.get("numel") or 0)
+        return (f"element {int(piece.get('at') or 0):,}",
+                f"{n:,} element{'s' if n != 1 else ''}")
+    rest = {k: v for k, v in piece.items() if k != "file"}
+    return "", escape(json.dumps(rest, default=str)[:120])
+
+
+def pieces_html(pieces: list[dict[str, Any]], shown: int = MAX_PIECES) -> str:
+    """The chunks a tensor was saved in (a DCP tensor sharded across ranks, a ZeRO
+    partition): each one's file, where it starts in the whole tensor, and its size."""
+    if not pieces:
+        return ""
+    nw = "style='white-space:nowrap'"
+    files = [str(p.get("file", "")) for p in pieces]
+    folders = {os.path.dirname(f) for f in files}
+    folder = folders.pop() if len(folders) == 1 else ""  # said once, in the heading
+    names = [os.path.relpath(f, folder) if folder else f for f in files[:shown]]
+    cells = [_piece_cells(p) for p in pieces[:shown]]
+    more = (f"<p class='muted'>… and {len(pieces) - shown:,} more</p>"
+            if len(pieces) > shown else "")
+    size = "shape" if "shape" in pieces[0] else "size"
+    where = f" <span class='muted'>in {escape(folder)}/</span>" if folder else ""
+    head = f"<h3>Pieces ({len(pieces):,}){where}</h3>"
+    if max(len(n) for n in names) > SHORT_NAME:  # a line for the name, one for the rest
+        label = "shape " if size == "shape" else ""
+        return head + "".join(
+            f"<p style='margin:0 0 3px 0'><span class='mono'>{breakable(n)}</span><br>"
+            f"<span class='muted'>&nbsp;&nbsp;at {start} · {label}{extent}</span></p>"
+            for n, (start, extent) in zip(names, cells)) + more
+    rows = "".join(f"<tr><td class='mono'>{escape(n)}</td>"
+                   + "".join(f"<td class='mono' {nw}>{c}</td>" for c in cell) + "</tr>"
+                   for n, cell in zip(names, cells))
+    return (f"{head}<table><tr><th>file</th><th {nw}>starts at</th><th>{size}</th></tr>"
+            f"{rows}</table>{more}")
 
 
 def _tensor_pairs(node: Node, target_device: str) -> list[tuple[str, str]]:
@@ -211,7 +264,11 @@ def _tensor_pairs(node: Node, target_device: str) -> list[tuple[str, str]]:
         ("stride", escape(str(list(t.stride)) if t.stride is not None else "contiguous")),
         ("storage offset", f"{t.storage_offset:,}"),
     ]
-    if t.file:
+    if t.pieces:
+        files = len({str(p.get("file")) for p in t.pieces})
+        pairs.append(("saved in", f"{len(t.pieces):,} pieces, {files:,} "
+                                  f"file{'s' if files != 1 else ''}"))
+    elif t.file:
         pairs.append(("file", escape(t.file)))
     if node.role:
         pairs.append(("role", escape(node.role)))
@@ -243,6 +300,7 @@ def details_html(d: DisplayNode | None, target_device: str, stats: Stats | None 
         return "".join(parts)
     if node.tensor is not None:
         parts.append(_rows(_tensor_pairs(node, target_device)))
+        parts.append(pieces_html(node.tensor.pieces or []))
         if stats is not None:
             parts.append(stats_rows(stats))
         return "".join(parts)
