@@ -80,7 +80,18 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         return layout.open(path)
     if os.path.isdir(path):
         raise CheckpointError(unknown_folder(path))
-    return formats.open_checkpoint(path)
+    try:
+        return formats.open_checkpoint(path)
+    except CheckpointError as err:
+        if not path.endswith(".distcp"):
+            raise
+        # one rank's items, torch.save archives laid end to end: only .metadata says where
+        hint = CheckpointError(
+            "is one data file of a torch.distributed.checkpoint; its items are found only "
+            "through the checkpoint's .metadata: open the folder that holds both "
+            f"({err})")
+        hint.partial = getattr(err, "partial", None)
+        raise hint from None
 
 
 MAX_LISTED = 12
