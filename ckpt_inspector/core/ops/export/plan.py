@@ -8,6 +8,7 @@ no torch.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ _MODEL_NAMES = ("model_state_dict", "state_dict", "model", "module", "net", "net
 def sources(ckpt: Checkpoint) -> list[Source]:
     """The whole file and each container near the root that holds tensors, best first."""
     out: list[Source] = []
+    whole = "(whole model)" if os.path.isdir(ckpt.path) else "(whole file)"
     stack: list[tuple[Node, int]] = [(ckpt.root, 0)]
     while stack:
         node, depth = stack.pop()
@@ -65,7 +67,7 @@ def sources(ckpt: Checkpoint) -> list[Source]:
             if not key:
                 score += 0.25
             total = sum(t.nbytes for _, t in items)
-            label = f"{key or '(whole file)'} — {len(items):,} tensors"
+            label = f"{key or whole} — {len(items):,} tensors"
             out.append(Source(key, label, len(items), total, score))
         if depth < 2:
             for child in node.children:

@@ -9,6 +9,7 @@ with :meth:`ExportRequest.to_argv`, so the options are spelled in one place.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,7 +201,8 @@ def _state_dict(request: ExportRequest, ckpt: Checkpoint, key: str) -> Job[Expor
     preview = plan.preview()
     del preview["keys"]
     preview["tensor_bytes"] = preview.pop("bytes")
-    return ExportResult.from_json({"target": request.to, "source": key or "(whole file)",
+    whole = "(whole model)" if os.path.isdir(request.path) else "(whole file)"
+    return ExportResult.from_json({"target": request.to, "source": key or whole,
                                    **preview, **written})
 
 

@@ -123,7 +123,7 @@ class ExportResult:
     # -- the figures, worded once ---------------------------------------------------------
     def rows(self) -> list[Row]:
         """The figures, in order: the file, then the checks, then each problem."""
-        rows = [Row("File", self.path),
+        rows = [Row("Folder" if self.target == "hf-sharded" else "File", self.path),
                 Row("Size" if self.written else "Size (not written)", human_bytes(self.bytes))]
         rows += self._state_rows() if self.is_state_dict else self._model_rows()
         rows += [Row("Problem", p, f"PROBLEM: {p}", "danger") for p in self.problems or []]
