@@ -11,17 +11,31 @@ Exit codes: 0 ok / safe, 1 not safe (``export``: failed or not verified), 2 usag
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
+from types import ModuleType
 
 from ckpt_inspector import __version__
-from ckpt_inspector.cli import arch, devices, diff, export, inspect, load, stats
 from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, EXIT_USAGE, interrupted
 
-# in the order `--help` lists them
-GROUPS = (inspect, load, export, arch, stats, diff, devices)
+# each command's module, in the order `--help` lists them: a command imports only its own
+# module (what it needs to read a file comes with it), not every command's
+_MODULES = {"info": "inspect", "scan": "inspect", "demo": "inspect", "load": "load",
+            "export": "export", "arch": "arch", "stats": "stats", "diff": "diff",
+            "devices": "devices"}
+
+
+def _group(name: str) -> ModuleType:
+    return importlib.import_module(f"ckpt_inspector.cli.{_MODULES[name]}")
+
+
+def _runner(name: str) -> Callable[[argparse.Namespace], int]:
+    return lambda args: _group(name).run(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    name: group.run for group in GROUPS for name in group.NAMES}
+    name: _runner(name) for name in _MODULES}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,21 +44,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser: every command's, or only ``command``'s (what running it
+    needs: the other commands' modules stay unimported)."""
     p = _Parser(prog="ckpt-inspector",
                 description="Open PyTorch checkpoints safely and see what is inside.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for group in GROUPS:
-        group.add_parser(sub)
+    names = [command] if command in _MODULES else list(_MODULES)
+    for module in dict.fromkeys(_MODULES[n] for n in names):
+        importlib.import_module(f"ckpt_inspector.cli.{module}").add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = _parser()
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         return launch_app(argv)
+    parser = _parser(argv[0])
     args = parser.parse_args(argv)
     handler = COMMANDS[args.command]
     for stream in (sys.stdout, sys.stderr):  # a file's names may hold lone surrogates

@@ -25,7 +25,7 @@ from ckpt_inspector.core.summary import (
     tensor_json,
     totals,
     value_records,
-    walk_paths,
+    with_tensor,
 )
 from ckpt_inspector.core.tree import Checkpoint, Node
 
@@ -73,11 +73,17 @@ def info_json(ckpt: Checkpoint) -> dict[str, Any]:
     """What ``info --json`` prints; its ``tensors`` and ``arrays`` are :class:`Encoded`
     (``json.loads`` each item for the record)."""
     report = scan(ckpt)
-    pairs = [(p, n) for p, n in walk_paths(ckpt.root) if n.tensor is not None]
-    shared = shared_storage(ckpt, [(p, n) for p, n in pairs if n.kind == "tensor"])
-    tensors, arrays = Encoded(), Encoded()
-    for path, node in pairs:
-        (tensors if node.kind == "tensor" else arrays).append(tensor_json(path, node, shared))
+    pairs = with_tensor(ckpt.root)
+    plain = [(p, n) for p, n in pairs if n.kind == "tensor"]
+    shared = shared_storage(ckpt, plain)
+    cache: dict[tuple[Any, ...], tuple[str, str]] = {}  # what tensors have in common
+    if len(plain) == len(pairs):
+        tensors, arrays = Encoded(tensor_json(p, n, shared, cache) for p, n in pairs), Encoded()
+    else:
+        tensors, arrays = Encoded(), Encoded()
+        for path, node in pairs:
+            (tensors if node.kind == "tensor" else arrays).append(
+                tensor_json(path, node, shared, cache))
     out: dict[str, Any] = {
         "path": ckpt.path,
         "format": ckpt.format,
@@ -85,7 +91,7 @@ def info_json(ckpt: Checkpoint) -> dict[str, Any]:
         "verdict": report.verdict,
         "globals": report.globals,
         "tensors": tensors,
-        "totals": totals(ckpt),
+        "totals": totals(ckpt, [n for _p, n in plain]),
         "values": value_records(ckpt),
         "metadata": {k: jsonable(v, 10_000) for k, v in ckpt.metadata.items()},
         "warnings": ckpt.warnings,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from json.encoder import encode_basestring_ascii as _js
+from operator import attrgetter
 from typing import Any
 
 from ckpt_inspector.core import dtypes
@@ -114,7 +116,29 @@ def walk_paths(root: Node) -> Iterator[tuple[list[Any], Node]]:
 
 def tensor_paths(ckpt: Checkpoint) -> list[tuple[list[Any], Node]]:
     """What :meth:`Checkpoint.tensors` yields, as a list, faster."""
-    return [(p, n) for p, n in walk_paths(ckpt.root) if n.kind == "tensor"]
+    return [(p, n) for p, n in with_tensor(ckpt.root) if n.kind == "tensor"]
+
+
+def with_tensor(root: Node) -> list[tuple[list[Any], Node]]:
+    """``(path, node)`` for every node that has a ``tensor``, in :meth:`Node.walk`'s
+    order: :func:`walk_paths` for them, without a step per node for the leaves of a
+    state_dict."""
+    out: list[tuple[list[Any], Node]] = []
+    add = out.append
+    if root.tensor is not None:
+        add(([], root))
+    stack: list[tuple[list[Any], Iterator[Node]]] = [([], iter(root.children))]
+    while stack:
+        path, kids = stack[-1]
+        for child in kids:
+            if child.tensor is not None:
+                add(([*path, child.key], child))
+            if child.children:
+                stack.append(([*path, child.key], iter(child.children)))
+                break
+        else:
+            stack.pop()
+    return out
 
 
 def shared_storage(ckpt: Checkpoint,
@@ -176,73 +200,99 @@ def tensor_record(path: list[Any], node: Node, shared: dict[int, list[str]]) -> 
 
 _ITEMSIZE = {name: d.itemsize for name, d in dtypes.KNOWN.items()}
 _NOT_SAVED = ("non-persistent buffer", "attribute")  # Node.in_state_dict
-_INT_LIST = str.maketrans("", "", "0123456789[], -")  # what a list of ints prints as
 
 
-def _int_list(values: Any) -> str | None:
-    """``values`` as JSON when they are plain ints (``str`` of such a list is its JSON)."""
-    if type(values) is not tuple:
-        return None
-    text = str(list(values))
-    return None if text.translate(_INT_LIST) else text
-
-
-def tensor_json(path: list[Any], node: Node, shared: dict[int, list[str]]) -> str:
+def tensor_json(path: list[Any], node: Node, shared: dict[int, list[str]],
+                cache: dict[tuple[Any, ...], tuple[str, str]] | None = None) -> str:
     """``json.dumps(tensor_record(path, node, shared))``, written directly for the common
     tensor (a plain strided tensor, its storage its own, keys and names strings): a
     checkpoint holds up to hundreds of thousands, and the dict plus the encoder take ~10 µs
-    each. Anything else goes through :func:`tensor_record`."""
+    each. Anything else goes through :func:`tensor_record`.
+
+    ``cache`` (one dict for all the tensors of a checkpoint) keeps the text of what tensors
+    have in common (dtype, shape, storage, file, ...): most tensors then cost a lookup."""
     t = node.tensor
     st = t.storage if t is not None else None
-    if st is None or st.source is None or t.layout != "strided" or t.quantization or \
-            t.subclass or t.pieces is not None or (shared and id(st.source) in shared):
+    if st is None or st.source is None or type(t) is not TensorInfo or \
+            t.layout != "strided" or t.quantization or t.subclass or t.pieces is not None \
+            or (shared and id(st.source) in shared):
         return json.dumps(tensor_record(path, node, shared))
-    shape = _int_list(t.shape)
-    stride = "null" if t.stride is None else _int_list(t.stride)
-    offset, grad, role = t.storage_offset, t.requires_grad, node.role
-    if shape is None or stride is None or type(offset) is not int or \
-            type(st.numel) is not int or type(grad) is not bool or \
-            not ((len(path) == 1 and type(path[0]) is str) or all(type(k) is str for k in path)):
+    shape, stride = t.shape, t.stride
+    offset, grad, role, numel = t.storage_offset, t.requires_grad, node.role, st.numel
+    if type(shape) is not tuple or not (stride is None or type(stride) is tuple) or \
+            type(offset) is not int or type(numel) is not int or type(grad) is not bool:
+        return json.dumps(tensor_record(path, node, shared))
+    # each dimension an int (checked here, not by the cache: 2.0 == 2 and True == 1)
+    for s in shape:
+        if type(s) is not int:
+            return json.dumps(tensor_record(path, node, shared))
+    if stride is not None:
+        for s in stride:
+            if type(s) is not int:
+                return json.dumps(tensor_record(path, node, shared))
+    one = len(path) == 1
+    if not ((one and type(path[0]) is str) or all(type(k) is str for k in path)):
         return json.dumps(tensor_record(path, node, shared))
     try:
-        key = _js(".".join(path))
-        one = len(path) == 1
+        key = _js(path[0] if one else ".".join(path))
         keys = key if one else ", ".join(map(_js, path))
         store = key if one and type(st.key) is str and st.key == path[0] else _js(st.key)
-        numel = math.prod(t.shape)
-        size = _ITEMSIZE.get(t.dtype)
-        text = (f'{{"key": {key}, "path": [{keys}], '
-                f'"dtype": {_js(t.dtype)}, "shape": {shape}, "numel": {numel}, '
-                f'"nbytes": {numel * (size or 0)}, "device": {_js(t.device)}, '
-                f'"stride": {stride}, "storage_offset": {offset}, '
-                f'"requires_grad": {"true" if grad else "false"}, '
-                f'"role": {"null" if role is None else _js(role)}, '
-                f'"in_state_dict": {"false" if role in _NOT_SAVED else "true"}, '
-                f'"storage": {{"key": {store}, "dtype": {_js(st.dtype)}, '
-                f'"nbytes": {st.numel * (_ITEMSIZE.get(st.dtype) or 1)}, '
-                f'"location": {_js(st.location)}}}')
-        if t.problem:
-            text += f', "problem": {_js(t.problem)}'
-        if t.file is not None:
-            text += f', "file": {_js(t.file)}'
+        sig = (t.dtype, shape, stride, offset, grad, role, t.device, st.dtype, numel,
+               st.location, t.problem, t.file)
+        parts = cache.get(sig) if cache is not None else None
+        if parts is None:
+            parts = _shared_parts(t, st, role)
+            if cache is not None:
+                cache[sig] = parts
     except TypeError:  # a name that is not a string
         return json.dumps(tensor_record(path, node, shared))
-    return text + "}"
+    return f'{{"key": {key}, "path": [{keys}], {parts[0]}{store}{parts[1]}'
+
+
+def _shared_parts(t: TensorInfo, st: Any, role: str | None) -> tuple[str, str]:
+    """The text of a common tensor's record around its storage key (see
+    :func:`tensor_json`): everything but its own key and path."""
+    numel = math.prod(t.shape)
+    size = _ITEMSIZE.get(t.dtype)
+    stride = "null" if t.stride is None else str(list(t.stride))
+    head = (f'"dtype": {_js(t.dtype)}, "shape": {list(t.shape)}, "numel": {numel}, '
+            f'"nbytes": {numel * (size or 0)}, "device": {_js(t.device)}, '
+            f'"stride": {stride}, "storage_offset": {t.storage_offset}, '
+            f'"requires_grad": {"true" if t.requires_grad else "false"}, '
+            f'"role": {"null" if role is None else _js(role)}, '
+            f'"in_state_dict": {"false" if role in _NOT_SAVED else "true"}, '
+            f'"storage": {{"key": ')
+    tail = (f', "dtype": {_js(st.dtype)}, '
+            f'"nbytes": {st.numel * (_ITEMSIZE.get(st.dtype) or 1)}, '
+            f'"location": {_js(st.location)}}}')
+    if t.problem:
+        tail += f', "problem": {_js(t.problem)}'
+    if t.file is not None:
+        tail += f', "file": {_js(t.file)}'
+    return head, tail + "}"
+
+
+_VALUE_KINDS = frozenset({"scalar", "str", "none", "value", "bytes"})
+_SEQUENCE_KINDS = frozenset({"list", "tuple", "set"})
 
 
 def value_records(ckpt: Checkpoint, limit: int = MAX_VALUES) -> list[dict[str, Any]]:
     """Non-tensor leaves (epoch, loss, hyper-parameters, ...) with their paths."""
     out = []
-    for node in ckpt.root.walk():
-        if node.kind in ("scalar", "str", "none", "value", "bytes") or (
-                node.kind in ("list", "tuple", "set") and node.value is not None):
-            if node.parent is None:
-                continue
+    stack = [ckpt.root]
+    pop, extend = stack.pop, stack.extend
+    while stack:  # Node.walk, inlined: a state_dict holds 100,000s of tensors
+        node = pop()
+        kind = node.kind
+        if (kind in _VALUE_KINDS or (kind in _SEQUENCE_KINDS and node.value is not None)) \
+                and node.parent is not None:
             path = node.path()
             out.append({"key": key_of(path), "path": [jsonable(k) for k in path],
                         "type": node.type_name, "value": jsonable(node.value)})
             if len(out) >= limit:
                 break
+        if node.children:
+            extend(reversed(node.children))
     return out
 
 
@@ -266,45 +316,82 @@ def top_values(root: Node, limit: int = 24) -> tuple[list[tuple[str, Node]], int
     return [(k, n) for _d, k, n in found[:limit]], len(found)
 
 
-def totals(ckpt: Checkpoint) -> dict[str, Any]:
-    by_dtype: dict[str, dict[str, int]] = {}
-    devices: Counter[str] = Counter()
-    count = numel = nbytes = 0
-    storages: dict[Any, int] = {}
-    damaged = 0
-    for node in ckpt.root.walk():
-        if node.kind != "tensor":
-            continue
-        t = node.tensor
-        count += 1
-        if t.layout == "strided":  # TensorInfo.numel and .nbytes, without the calls
+def totals(ckpt: Checkpoint, nodes: list[Node] | None = None) -> dict[str, Any]:
+    """Counts, elements and bytes of the tensors, by dtype and device. ``nodes``: the
+    checkpoint's tensor nodes in tree order, when the caller has them."""
+    if nodes is None:
+        nodes = [n for n in ckpt.root.walk() if n.kind == "tensor"]
+    ts = list(map(_TENSOR, nodes))
+    sums = _by_dtype_fast(ts)
+    if sums is None:
+        sums = _by_dtype(ts)
+    by_dtype, numel, nbytes = sums
+    storages = [st.source for st in map(_STORAGE, ts) if st is not None and
+                st.source is not None]
+    distinct = dict(zip(map(id, storages), storages))  # each storage counted once
+    return {
+        "tensors": len(ts),
+        "numel": numel,
+        "nbytes": nbytes,
+        "storage_nbytes": sum(src.stored_nbytes for src in distinct.values()),
+        "by_dtype": {k: {"tensors": v[0], "numel": v[1], "nbytes": v[2]} for k, v in
+                     sorted(by_dtype.items(), key=lambda kv: -kv[1][2])},
+        "devices": dict(Counter(map(_DEVICE, ts))),
+        "damaged_tensors": len(list(filter(None, map(_PROBLEM, ts)))),
+    }
+
+
+_TENSOR, _STORAGE = attrgetter("tensor"), attrgetter("storage")
+_DTYPE, _SHAPE, _DEVICE, _PROBLEM = (attrgetter(a) for a in ("dtype", "shape", "device",
+                                                              "problem"))
+_LAYOUT = attrgetter("layout")
+
+
+def _by_dtype(ts: list[TensorInfo]) -> tuple[dict[str, list[int]], int, int]:
+    """dtype -> [tensors, numel, nbytes] (in the order dtypes first appear), and the sums."""
+    by_dtype: dict[str, list[int]] = {}
+    numel = nbytes = 0
+    for t in ts:
+        if t.layout == "strided" and type(t) is TensorInfo:  # .numel and .nbytes, inlined
             n = math.prod(t.shape)
-            b = n * (dtypes.itemsize(t.dtype) or 0)
+            b = n * (_ITEMSIZE.get(t.dtype) or 0)
         else:
             n, b = t.numel, t.nbytes
         numel += n
         nbytes += b
         d = by_dtype.get(t.dtype)
         if d is None:
-            d = by_dtype[t.dtype] = {"tensors": 0, "numel": 0, "nbytes": 0}
-        d["tensors"] += 1
-        d["numel"] += n
-        d["nbytes"] += b
-        devices[t.device] += 1
-        st = t.storage
-        if st is not None and st.source is not None:
-            storages[id(st.source)] = st.source.stored_nbytes
-        if t.problem:
-            damaged += 1
-    return {
-        "tensors": count,
-        "numel": numel,
-        "nbytes": nbytes,
-        "storage_nbytes": sum(storages.values()),
-        "by_dtype": dict(sorted(by_dtype.items(), key=lambda kv: -kv[1]["nbytes"])),
-        "devices": dict(devices),
-        "damaged_tensors": damaged,
-    }
+            by_dtype[t.dtype] = [1, n, b]
+        else:
+            d[0] += 1
+            d[1] += n
+            d[2] += b
+    return by_dtype, numel, nbytes
+
+
+def _by_dtype_fast(ts: list[TensorInfo]) -> tuple[dict[str, list[int]], int, int] | None:
+    """:func:`_by_dtype` with no Python step per tensor, for strided tensors of a few
+    dtypes whose shapes are ints (None otherwise: the sums of other numbers depend on
+    their order)."""
+    if set(map(_LAYOUT, ts)) - {"strided"} or set(map(type, ts)) - {TensorInfo}:
+        return None
+    dtype_of = list(map(_DTYPE, ts))
+    counts = Counter(dtype_of)
+    if len(counts) > 8 or not all(type(d) is str for d in counts):
+        return None
+    numels = list(map(math.prod, map(_SHAPE, ts)))
+    if set(map(type, numels)) - {int}:
+        return None
+    by_dtype: dict[str, list[int]] = {}
+    numel = nbytes = 0
+    for dtype, count in counts.items():
+        n = sum(numels) if len(counts) == 1 else \
+            sum(itertools.compress(numels, map(dtype.__eq__, dtype_of)))
+        b = n * (_ITEMSIZE.get(dtype) or 0)
+        by_dtype[dtype] = [count, n, b]
+        numel += n
+        nbytes += b
+    return by_dtype, numel, nbytes
 
 
 def subtree_totals(root: Node) -> dict[int, tuple[int, int, int]]:

@@ -1,6 +1,6 @@
 """Opening a file: :func:`open_file` reads it (what every command calls), :func:`load_file`
-also scans it and builds both trees people browse (grouped and flat) and its totals (what
-the window does on a worker thread for every file it opens). Qt-free."""
+also scans it and builds the tree people browse (grouped; the flat one on first use) and its
+totals (what the window does on a worker thread for every file it opens). Qt-free."""
 
 from __future__ import annotations
 
@@ -23,9 +23,19 @@ class LoadedFile:
     ckpt: Checkpoint
     report: ScanReport
     grouped: DisplayNode
-    flat: DisplayNode
+    flat: DisplayNode | None  # None until asked for (:meth:`tree`)
     totals: dict[str, Any]
     seconds: float
+
+    def tree(self, grouped: bool) -> DisplayNode:
+        """The grouped or the flat tree; the flat one is built on first use (a quarter of
+        a second for 100,000 tensors that most people never ask for)."""
+        if grouped:
+            return self.grouped
+        if self.flat is None:
+            with bulk_allocation():
+                self.flat = build_display_tree(self.ckpt.root, grouped=False)
+        return self.flat
 
 
 def open_file(path: str) -> Checkpoint:
@@ -41,14 +51,16 @@ def open_file(path: str) -> Checkpoint:
         raise CheckpointError(f"unexpected {type(err).__name__} while reading: {err}") from err
 
 
-def load_file(path: str) -> LoadedFile:
+def load_file(path: str, flat: bool = False) -> LoadedFile:
+    """Read, scan and build the grouped tree of ``path`` (and the flat one with ``flat``,
+    else on first use)."""
     start = time.perf_counter()
     ckpt = open_file(path)
     with bulk_allocation():
         report = scan(ckpt)
         grouped = build_display_tree(ckpt.root, grouped=True)
-        flat = build_display_tree(ckpt.root, grouped=False)
-        file = LoadedFile(path, ckpt, report, grouped, flat, totals(ckpt), 0.0)
+        flat_tree = build_display_tree(ckpt.root, grouped=False) if flat else None
+        file = LoadedFile(path, ckpt, report, grouped, flat_tree, totals(ckpt), 0.0)
     file.seconds = time.perf_counter() - start
     return file
 
@@ -56,4 +68,5 @@ def load_file(path: str) -> LoadedFile:
 def release_file(file: LoadedFile) -> None:
     """Free a file's trees now (they are cyclic, and frozen out of the collector)."""
     for tree in (file.grouped, file.flat, file.ckpt.root):
-        release(tree)
+        if tree is not None:
+            release(tree)

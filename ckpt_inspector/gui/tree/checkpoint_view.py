@@ -71,9 +71,10 @@ DEBOUNCE_MS = 200
 AUTO_EXPAND_LIMIT = 400
 
 
-def _load(path: str) -> tuple[LoadedFile, int]:
-    """What a tab reads on a worker: the file, and how many files hold its tensors."""
-    file = load_file(path)
+def _load(path: str, flat: bool = False) -> tuple[LoadedFile, int]:
+    """What a tab reads on a worker: the file (and its flat tree when that is what the tab
+    shows), and how many files hold its tensors."""
+    file = load_file(path, flat)
     return file, len({n.tensor.file for n in file.ckpt.root.walk() if n.tensor is not None})
 
 
@@ -210,7 +211,7 @@ class CheckpointView(QWidget):
         generation = self._generation
         name = os.path.basename(self.path)
         self._show_message(f"Reading <b>{escape(name)}</b>…", retry=False)
-        self.runner.run(f"Reading {name}", _load, self.path,
+        self.runner.run(f"Reading {name}", _load, self.path, not self.group_box.isChecked(),
                         on_result=lambda r: self._loaded(r[0], generation, r[1]),
                         on_error=lambda e: self._failed(e, generation),
                         on_discard=lambda r: release_file(r[0]),
@@ -224,13 +225,8 @@ class CheckpointView(QWidget):
         self.file = file
         self._tensor_files = files
         self.tensor_view.set_file(file.path)
-        self._models = {True: CheckpointModel(file.grouped, self),
-                        False: CheckpointModel(file.flat, self)}
-        dangerous = {f.name for f in file.report.findings
-                     if f.severity == "dangerous" and f.name}
-        for model in self._models.values():
-            model.set_target_device(self.target_device)
-            model.dangerous = dangerous
+        # a model per tree, made when first shown (the flat tree is built then too)
+        self._models = {}
         self._show_model(self.group_box.isChecked())
         self.summary.setHtml(summary_html(file))
         self._show_banner(file)
@@ -255,8 +251,18 @@ class CheckpointView(QWidget):
             self._show_message(f"Reading <b>{escape(os.path.basename(self.path))}</b> was "
                                "cancelled.", retry=True)
 
-    def _show_model(self, grouped: bool) -> None:
+    def _model(self, grouped: bool) -> CheckpointModel | None:
         model = self._models.get(grouped)
+        if model is None and self.file is not None:
+            file = self.file
+            model = self._models[grouped] = CheckpointModel(file.tree(grouped), self)
+            model.set_target_device(self.target_device)
+            model.dangerous = {f.name for f in file.report.findings
+                               if f.severity == "dangerous" and f.name}
+        return model
+
+    def _show_model(self, grouped: bool) -> None:
+        model = self._model(grouped)
         if model is None:
             return
         current = set_tree_model(self.tree, model, [(TYPE, 120), (SHAPE, 150), (ELEMENTS, 95),
