@@ -19,7 +19,7 @@ from ckpt_inspector.cli._errors import (
 )
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.progress import run as run_job
-from ckpt_inspector.core.summary import human_bytes, human_count, totals
+from ckpt_inspector.core.summary import counted, human_bytes, human_count, totals
 from ckpt_inspector.core.tree import Checkpoint
 
 NAMES = ("diff",)
@@ -87,7 +87,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # piped into head: the answer is still the exit status
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if unreadable_count:
-        fail(f"{unreadable_count:,} tensor(s) could not be read, so the files cannot be "
+        fail(f"{counted(unreadable_count, 'tensor')} could not be read, so the files cannot be "
              "called identical or different there", code)
     return code
 
