@@ -97,7 +97,7 @@ def print_diff(result: Any, opened: list[Checkpoint], everything: bool) -> None:
 
     for name, ckpt in zip("AB", opened, strict=True):
         t = totals(ckpt)
-        print(f"{name}  {ckpt.path}  ({ckpt.format}, {t['tensors']:,} tensors, "
+        print(f"{name}  {ckpt.path}  ({ckpt.format}, {counted(t['tensors'], 'tensor')}, "
               f"{human_count(t['numel'])} elements, {human_bytes(t['nbytes'])})")
     if result.rules:
         how = "found automatically; --exact turns it off" if result.auto_rule else "as asked"

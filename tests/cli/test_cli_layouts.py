@@ -197,3 +197,20 @@ def test_scan_of_a_folder_with_a_missing_shard_is_not_clean(model, tmp_path, ext
         assert out["verdict"] == "safe" and proc.returncode == 3 and gone in proc.stderr
     text = run_cli("scan", str(folder))
     assert "incomplete: 1 file not scanned" in text.stdout and text.returncode != 0
+
+
+def test_load_of_a_dangerous_folder_says_so(model, torch, tmp_path):
+    """load assembles a dangerous folder without running it (exit 0), and says on stderr
+    that the verdict is dangerous and which entry it left out."""
+    folder = tmp_path / "bad"
+    shutil.copytree(model[0] / "bin", folder)
+    marker = tmp_path / "PWNED-marker"
+    marker_payload(torch, folder / "pytorch_model-00003-of-00003.bin", marker)
+    proc = run_cli("load", str(folder))
+    assert proc.returncode == 0, proc.stderr
+    assert "verdict is dangerous" in proc.stderr
+    assert "left out: 'model.extra'" in proc.stderr
+    assert f"{len(model[1])} tensors," in proc.stdout
+    out = json.loads(run_cli("load", str(folder), "--json").stdout)
+    assert out["verdict"] == "dangerous" and out["left_out"] == ["model.extra"]
+    assert not marker.exists()
