@@ -19,7 +19,7 @@ from ckpt_inspector.cli._errors import (
 )
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.progress import run as run_job
-from ckpt_inspector.core.summary import human_bytes, human_count, totals
+from ckpt_inspector.core.summary import counted, human_bytes, human_count, totals
 from ckpt_inspector.core.tree import Checkpoint
 
 NAMES = ("diff",)
@@ -87,7 +87,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # piped into head: the answer is still the exit status
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if unreadable_count:
-        fail(f"{unreadable_count:,} tensor(s) could not be read, so the files cannot be "
+        fail(f"{counted(unreadable_count, 'tensor')} could not be read, so the files cannot be "
              "called identical or different there", code)
     return code
 
@@ -97,7 +97,7 @@ def print_diff(result: Any, opened: list[Checkpoint], everything: bool) -> None:
 
     for name, ckpt in zip("AB", opened, strict=True):
         t = totals(ckpt)
-        print(f"{name}  {ckpt.path}  ({ckpt.format}, {t['tensors']:,} tensors, "
+        print(f"{name}  {ckpt.path}  ({ckpt.format}, {counted(t['tensors'], 'tensor')}, "
               f"{human_count(t['numel'])} elements, {human_bytes(t['nbytes'])})")
     if result.rules:
         how = "found automatically; --exact turns it off" if result.auto_rule else "as asked"

@@ -16,6 +16,7 @@ from ckpt_inspector.core.gcpause import bulk_allocation
 from ckpt_inspector.core.layouts.siblings import whole_model_for
 from ckpt_inspector.core.scan import ScanReport, scan
 from ckpt_inspector.core.summary import (
+    counted,
     format_value,
     human_bytes,
     human_count,
@@ -110,7 +111,8 @@ def _shape(shape: tuple[int, ...]) -> str:
 def _leaf_text(node: Node) -> str:
     if node.kind == "tensor" or (node.kind == "ndarray" and node.tensor is not None):
         t = node.tensor
-        parts = [t.dtype, _shape(t.shape), human_bytes(t.nbytes), t.device]
+        parts = [t.dtype, _shape(t.shape), human_bytes(t.nbytes), t.device] \
+            if t.shape_known else [t.dtype, "shape unknown", t.device]
         if node.role and node.role != "parameter":
             parts.append(node.role)
         if t.quantization:
@@ -129,9 +131,9 @@ def _container_text(node: Node, sums: dict[int, tuple[int, int, int]]) -> str:
     if node.kind == "module":
         label = f"{label} (module)"
     if count:
-        return (f"{label} · {count} tensor{'s' if count != 1 else ''} · "
+        return (f"{label} · {counted(count, 'tensor')} · "
                 f"{human_count(numel)} elements · {human_bytes(nbytes)}")
-    return f"{label} · {len(node.children)} item{'s' if len(node.children) != 1 else ''}"
+    return f"{label} · {counted(len(node.children), 'item')}"
 
 
 def render_tree(node: Node, sums: dict[int, tuple[int, int, int]],
@@ -162,8 +164,10 @@ def print_info(ckpt: Checkpoint) -> None:
     print(f"  verdict  {report.verdict}"
           + (f" — imports {', '.join(flagged[:5])}{more}" if flagged else ""))
     dtypes_text = ", ".join(f"{d} {v['tensors']}" for d, v in tot["by_dtype"].items())
+    lost = tot["damaged_tensors"]
     print(f"  tensors  {tot['tensors']:,} · {tot['numel']:,} elements · "
-          f"{human_bytes(tot['nbytes'])}" + (f" ({dtypes_text})" if dtypes_text else ""))
+          f"{human_bytes(tot['nbytes'])}" + (f" ({dtypes_text})" if dtypes_text else "")
+          + (f" · {lost:,} cannot be read" if lost else ""))
     if tot["devices"]:
         print("  devices  " + ", ".join(f"{d} ({n})" for d, n in tot["devices"].items()))
     for k, v in ckpt.metadata.items():
@@ -186,8 +190,13 @@ def print_info(ckpt: Checkpoint) -> None:
     for w in ckpt.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if tot["damaged_tensors"]:
-        print(f"warning: {tot['damaged_tensors']} tensor(s) are damaged; see DAMAGED above",
-              file=sys.stderr)
+        print(f"warning: {counted(tot['damaged_tensors'], 'tensor')} damaged; see DAMAGED "
+              "above" + _unknown_shapes(tot), file=sys.stderr)
+
+
+def _unknown_shapes(tot: dict[str, Any]) -> str:
+    n = tot.get("unknown_shape_tensors", 0)
+    return (f" ({n:,} of unknown shape, not counted in the elements and bytes)" if n else "")
 
 
 def _print_files(ckpt: Checkpoint) -> None:
@@ -213,8 +222,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             write_json(doc, sys.stdout)
         damaged = doc["totals"]["damaged_tensors"]
         if damaged:
-            print(f"ckpt-inspector: {args.path}: {damaged} damaged tensor(s) listed with "
-                  "their problem", file=sys.stderr)
+            print(f"ckpt-inspector: {args.path}: {counted(damaged, 'damaged tensor')} listed "
+                  "with their problem" + _unknown_shapes(doc["totals"]), file=sys.stderr)
     else:
         print_info(ckpt)
         whole = whole_model_for(args.path)
@@ -235,6 +244,8 @@ def scan_json(path: str, ckpt: Checkpoint | None, report: ScanReport,
         "findings": [f.to_json() for f in report.findings],
         "readable": error is None,
     }
+    if report.unscanned:  # files not scanned: a "safe" verdict is incomplete
+        out["unscanned"] = report.unscanned
     if error:
         out["error"] = error
     return out
@@ -255,7 +266,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         json.dump(scan_json(args.path, ckpt, report, error), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print(f"{args.path}: {report.verdict}")
+        unscanned = report.unscanned
+        print(f"{args.path}: {report.verdict}" + (
+            f" (incomplete: {counted(len(unscanned), 'file')} not scanned)" if unscanned
+            else ""))
         for f in report.findings:
             where = " ".join(x for x in (f.file and f"file {f.file}",
                                          f.member and f"in {f.member}",
@@ -270,6 +284,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
             return fail(f"{args.path}: {error} (verdict from what was read: "
                         f"{report.verdict})", EXIT_NOT_SAFE)
         return unreadable(args.path, CheckpointError(f"{error} (verdict: {report.verdict})"))
+    if report.verdict == "safe" and report.unscanned:
+        # what was read is safe, but not all of it could be read: not a clean exit 0
+        missing = report.unscanned
+        return unreadable(args.path, CheckpointError(
+            f"{counted(len(missing), 'file')} not scanned ({', '.join(missing[:3])}"
+            f"{', …' if len(missing) > 3 else ''}): the verdict safe covers only the rest"))
     return EXIT_OK if report.verdict == "safe" else EXIT_NOT_SAFE
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ckpt_inspector.cli._errors import EXIT_OK, report, usage
 from ckpt_inspector.core.gcpause import bulk_allocation
-from ckpt_inspector.core.summary import human_bytes
+from ckpt_inspector.core.summary import counted, human_bytes
 
 NAMES = ("load",)
 
@@ -47,7 +47,25 @@ def cmd_load(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.path}: {result['type']}, {result['tensors']:,} tensors, "
+        print(f"{args.path}: {result['type']}, {counted(result['tensors'], 'tensor')}, "
               f"{human_bytes(result['nbytes'])} on {', '.join(result['devices']) or args.device}"
               f" in {result['seconds']:.2f} s ({result['mode']})")
+        _warn(args.path, result)
     return EXIT_OK
+
+
+def _warn(path: str, result: dict[str, Any]) -> None:
+    """On stderr: a verdict that is not safe, and the entries left out (what an assembled
+    checkpoint's readers could not rebuild without running code)."""
+    import sys
+
+    if result.get("verdict") not in (None, "safe"):
+        print(f"ckpt-inspector: {path}: the verdict is {result['verdict']}"
+              + (" (no code ran: only its tensors and plain values were read)"
+                 if "no code ran" in result["mode"] else ""), file=sys.stderr)
+    left = result.get("left_out") or []
+    if left:
+        shown = ", ".join(repr(k) for k in left[:5]) + (" …" if len(left) > 5 else "")
+        print(f"ckpt-inspector: {path}: {counted(len(left), 'entry', 'entries')} that "
+              f"{'is' if len(left) == 1 else 'are'} neither a tensor nor a plain value left "
+              f"out: {shown}", file=sys.stderr)

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ckpt_inspector.cli import _common
-from ckpt_inspector.cli._errors import EXIT_OK, unreadable, usage
+from ckpt_inspector.cli._errors import EXIT_OK, EXIT_UNREADABLE, fail, unreadable, usage
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.progress import run as run_job
 
@@ -67,9 +67,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         except CheckpointError as err:
             entry = {"shape": list(info.shape), "dtype": info.dtype, "error": str(err)}
         report[key] = entry
+    failed = [k for k, e in report.items() if "error" in e]
     if args.json or args.progress:
         print(json.dumps({"path": args.path, "device": args.device, "tensors": report}))
-        return EXIT_OK
+        return _failed(args, failed)
     width = min(max((len(k) for k in keys), default=3), 48)
     print(f"{'key':{width}s}  {'dtype':9s} {'min':>11s} {'max':>11s} {'mean':>11s} "
           f"{'std':>11s} {'zeros':>7s}  nan/inf")
@@ -82,4 +83,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
         bad = e["nan"] + e["posinf"] + e["neginf"]
         print(f"{key:{width}s}  {e['dtype']:9s} {nums} {e['sparsity']:7.1%}  "
               f"{bad:,}" + (f"  ({e['note']})" if e["note"] else ""))
+    return _failed(args, failed)
+
+
+def _failed(args: argparse.Namespace, failed: list[str]) -> int:
+    """Exit 3 when a tensor named on the command line cannot be read; a line on stderr
+    saying how many could not be read in any case."""
+    if not failed:
+        return EXIT_OK
+    what = f"{len(failed):,} tensor{'s' if len(failed) != 1 else ''} could not be read"
+    if args.keys:
+        return fail(f"{args.path}: {what} ({failed[0]})", EXIT_UNREADABLE)
+    import sys
+
+    print(f"ckpt-inspector: {args.path}: {what}", file=sys.stderr)
     return EXIT_OK

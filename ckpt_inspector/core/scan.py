@@ -23,6 +23,8 @@ from ckpt_inspector.core.tree import Checkpoint, PickleRecord
 
 _MANGLE = re.compile(r"\.___torch_mangle_\d+")
 _RANK = {SAFE: 0, NEEDS_TRUST: 1, DANGEROUS: 2}
+# findings that say a file of the checkpoint was not scanned (see ScanReport.unscanned)
+UNSCANNED_CODES = frozenset({"missing-file", "unreadable-file"})
 
 # Modules whose every name can run commands, touch files or the network, or load code.
 DANGEROUS_MODULES = frozenset({
@@ -68,6 +70,13 @@ class ScanReport:
     verdict: str
     findings: list[Finding] = field(default_factory=list)
     globals: list[str] = field(default_factory=list)
+
+    @property
+    def unscanned(self) -> list[str]:
+        """The files of the checkpoint that were not scanned (missing or unreadable): the
+        verdict covers only the rest, so a ``safe`` one is incomplete."""
+        return list(dict.fromkeys(f.file or "?" for f in self.findings
+                                  if f.code in UNSCANNED_CODES))
 
     def flagged_names(self) -> list[str]:
         """Imports that made the verdict, most telling first: dangerous ones, then the

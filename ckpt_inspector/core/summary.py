@@ -13,7 +13,7 @@ from typing import Any
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.keytree import roll_up
-from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo, key_of
+from ckpt_inspector.core.tree import UNKNOWN_DTYPE, Checkpoint, Node, TensorInfo, key_of
 
 MAX_VALUES = 1000
 
@@ -167,8 +167,8 @@ def tensor_record(path: list[Any], node: Node, shared: dict[int, list[str]]) -> 
         "path": [jsonable(k) for k in path],
         "dtype": t.dtype,
         "shape": list(t.shape),
-        "numel": t.numel,
-        "nbytes": t.nbytes,
+        "numel": t.numel if t.shape_known else None,  # unknown: its file is missing
+        "nbytes": t.nbytes if t.shape_known else None,
         "device": t.device,
         "stride": list(t.stride) if t.stride is not None else None,
         "storage_offset": t.storage_offset,
@@ -329,7 +329,7 @@ def totals(ckpt: Checkpoint, nodes: list[Node] | None = None) -> dict[str, Any]:
     storages = [st.source for st in map(_STORAGE, ts) if st is not None and
                 st.source is not None]
     distinct = dict(zip(map(id, storages), storages))  # each storage counted once
-    return {
+    out = {
         "tensors": len(ts),
         "numel": numel,
         "nbytes": nbytes,
@@ -339,6 +339,14 @@ def totals(ckpt: Checkpoint, nodes: list[Node] | None = None) -> dict[str, Any]:
         "devices": dict(Counter(map(_DEVICE, ts))),
         "damaged_tensors": len(list(filter(None, map(_PROBLEM, ts)))),
     }
+    if out["damaged_tensors"]:  # damaged ones whose file is missing: shape unknown, no count
+        out["unknown_shape_tensors"] = sum(1 for t in ts if t.problem and not t.shape_known)
+    return out
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 tensor``, ``2 tensors``, ``1,000 tensors``."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 _TENSOR, _STORAGE = attrgetter("tensor"), attrgetter("storage")
@@ -352,7 +360,7 @@ def _by_dtype(ts: list[TensorInfo]) -> tuple[dict[str, list[int]], int, int]:
     by_dtype: dict[str, list[int]] = {}
     numel = nbytes = 0
     for t in ts:
-        if t.layout == "strided" and type(t) is TensorInfo:  # .numel and .nbytes, inlined
+        if t.layout == "strided" and type(t) is TensorInfo and t.problem is None:  # inlined
             n = math.prod(t.shape)
             b = n * (_ITEMSIZE.get(t.dtype) or 0)
         else:
@@ -377,7 +385,7 @@ def _by_dtype_fast(ts: list[TensorInfo]) -> tuple[dict[str, list[int]], int, int
         return None
     dtype_of = list(map(_DTYPE, ts))
     counts = Counter(dtype_of)
-    if len(counts) > 8 or not all(type(d) is str for d in counts):
+    if len(counts) > 8 or not all(type(d) is str for d in counts) or UNKNOWN_DTYPE in counts:
         return None
     numels = list(map(math.prod, map(_SHAPE, ts)))
     if set(map(type, numels)) - {int}:

@@ -44,6 +44,11 @@ class StorageInfo:
         return self.numel * (dtypes.itemsize(self.dtype) or 1)
 
 
+# the dtype of a tensor something promised (an index, a split's count) whose file is
+# missing or unreadable: its dtype and shape are unknown, and it counts no elements
+UNKNOWN_DTYPE = "unknown"
+
+
 @dataclass(eq=False, slots=True)
 class TensorInfo:
     """What a tensor is, without its data."""
@@ -70,7 +75,13 @@ class TensorInfo:
     pieces: list[dict[str, Any]] | None = None
 
     @property
+    def shape_known(self) -> bool:
+        return self.problem is None or self.dtype != UNKNOWN_DTYPE
+
+    @property
     def numel(self) -> int:
+        if self.problem is not None and self.dtype == UNKNOWN_DTYPE:
+            return 0  # shape unknown: counts nothing (shape_known is False)
         if self.layout == "nested" and self.components:
             return self.components["buffer"].numel
         return math.prod(self.shape)

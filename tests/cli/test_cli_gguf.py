@@ -50,3 +50,37 @@ def test_broken_gguf_exits_3_quickly(tmp_path, case):
     assert time.perf_counter() - start < 30
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_export_says_which_tensors_were_dequantized(tmp_path):
+    """GGUF's quantized types go out as float32: the result says so, in text and JSON."""
+    path = write_gguf(tmp_path / "tiny.gguf")
+    out = tmp_path / "tiny.safetensors"
+    proc = run_cli("export", str(path), "--to", "safetensors", "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    quantized = {t.tensor_type.name.lower() for t in gguf.GGUFReader(str(path)).tensors
+                 if t.tensor_type.name.startswith("Q")}
+    decoded = json.loads(proc.stdout)["dequantized"]
+    assert decoded["to"] == "float32" and set(decoded["dtypes"]) == quantized
+    assert decoded["tensors"] == sum(decoded["dtypes"].values())
+    text = run_cli("export", str(path), "--to", "safetensors", "-o", str(out), "--overwrite")
+    assert f"{decoded['tensors']} tensors dequantized to float32: " in text.stdout
+
+
+def test_sizes_are_the_bytes_in_the_file_everywhere(tmp_path):
+    """A quantized tensor's nbytes is what it takes in the file (not its float32 size): the
+    records, the totals (by dtype too), the storage and the text summary agree."""
+    path = write_gguf(tmp_path / "tiny.gguf")
+    info = json.loads(run_cli("info", "--json", str(path)).stdout)
+    reader = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors}
+    records = {t["key"]: t for t in info["tensors"]}
+    assert {k: t["nbytes"] for k, t in records.items()} == reader
+    assert all(t["storage"]["nbytes"] == t["nbytes"] for t in records.values())
+    totals = info["totals"]
+    assert totals["nbytes"] == totals["storage_nbytes"] == sum(reader.values())
+    for dtype, row in totals["by_dtype"].items():
+        assert row["nbytes"] == sum(t["nbytes"] for t in records.values() if t["dtype"] == dtype)
+    from ckpt_inspector.core.summary import human_bytes
+
+    text = run_cli("info", str(path)).stdout
+    assert text.count(human_bytes(sum(reader.values()))) >= 2  # the summary and the tree's top

@@ -139,3 +139,78 @@ def test_missing_shard_and_unknown_folder(model, tensors_file, tmp_path):
         assert proc.returncode == 3, (command, proc.stderr)
         assert "one.pt (torch-zip)" in proc.stderr and "two.safetensors" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _without(model, tmp_path, ext: str, shard: int) -> tuple:
+    """A copy of the sharded model in ``ext`` with its ``shard``-th file removed."""
+    folder = tmp_path / f"without-{ext}"
+    shutil.copytree(model[0] / ext, folder)
+    gone = sorted(folder.glob(f"*-0000{shard}-of-*.{ext}"))[0]
+    gone.unlink()
+    lost = sorted(k for k, v in model[2][ext].items() if v == gone.name)
+    assert lost
+    return folder, gone.name, lost
+
+
+def test_commands_on_the_tensors_of_a_missing_shard(model, tmp_path):
+    """stats names the missing file (exit 3 for a named tensor, never a traceback); diff
+    lists them unreadable, not "shape changed"; info counts no elements for them."""
+    folder, gone, lost = _without(model, tmp_path, "safetensors", 2)
+    one = run_cli("stats", str(folder), lost[0])
+    assert one.returncode == 3 and "Traceback" not in one.stderr
+    assert f"its file {gone} is missing" in one.stdout and "1 tensor could not" in one.stderr
+    every = run_cli("stats", str(folder), "--json")
+    assert every.returncode == 0 and "Traceback" not in every.stderr
+    out = json.loads(every.stdout)["tensors"]
+    assert {k for k, e in out.items() if "error" in e} == set(lost)
+    assert all(gone in out[k]["error"] for k in lost)
+    compared = run_cli("diff", str(folder), str(model[0] / "safetensors"), "--json")
+    entries = json.loads(compared.stdout)["entries"]
+    status = {e["key"]: e["status"] for e in entries}
+    assert {k for k, s in status.items() if s == "unreadable"} == set(lost)
+    assert "shape changed" not in status.values()
+    info = json.loads(run_cli("info", str(folder), "--json").stdout)
+    records = {t["key"]: t for t in info["tensors"]}
+    assert all(records[k]["numel"] is None and records[k]["nbytes"] is None for k in lost)
+    sd = model[1]
+    kept = sum(t.numel() for k, t in sd.items() if k not in lost)
+    assert info["totals"]["numel"] == kept
+    assert info["totals"]["damaged_tensors"] == info["totals"]["unknown_shape_tensors"] == len(lost)
+    text = run_cli("info", str(folder))
+    assert f"{kept:,} elements" in text.stdout and f"{len(lost)} cannot be read" in text.stdout
+
+
+@pytest.mark.parametrize("ext", ["safetensors", "bin"])
+def test_scan_of_a_folder_with_a_missing_shard_is_not_clean(model, tmp_path, ext):
+    """A missing shard was not scanned: a finding names it; a missing .bin shard (where a
+    payload could be) makes it needs-trust (exit 1), a missing safetensors shard is an
+    info finding, but the scan exits 3 (incomplete), never a clean safe/0."""
+    folder, gone, _ = _without(model, tmp_path, ext, 2)
+    proc = run_cli("scan", str(folder), "--json")
+    out = json.loads(proc.stdout)
+    found = [f for f in out["findings"] if f["code"] == "missing-file"]
+    assert len(found) == 1 and found[0]["file"] == gone and "not scanned" in found[0]["message"]
+    assert out["unscanned"] == [gone]
+    if ext == "bin":
+        assert out["verdict"] == "needs-trust" and proc.returncode == 1
+    else:
+        assert out["verdict"] == "safe" and proc.returncode == 3 and gone in proc.stderr
+    text = run_cli("scan", str(folder))
+    assert "incomplete: 1 file not scanned" in text.stdout and text.returncode != 0
+
+
+def test_load_of_a_dangerous_folder_says_so(model, torch, tmp_path):
+    """load assembles a dangerous folder without running it (exit 0), and says on stderr
+    that the verdict is dangerous and which entry it left out."""
+    folder = tmp_path / "bad"
+    shutil.copytree(model[0] / "bin", folder)
+    marker = tmp_path / "PWNED-marker"
+    marker_payload(torch, folder / "pytorch_model-00003-of-00003.bin", marker)
+    proc = run_cli("load", str(folder))
+    assert proc.returncode == 0, proc.stderr
+    assert "verdict is dangerous" in proc.stderr
+    assert "left out: 'model.extra'" in proc.stderr
+    assert f"{len(model[1])} tensors," in proc.stdout
+    out = json.loads(run_cli("load", str(folder), "--json").stdout)
+    assert out["verdict"] == "dangerous" and out["left_out"] == ["model.extra"]
+    assert not marker.exists()

@@ -43,3 +43,22 @@ def test_dcp_exports_to_safetensors_and_hf_sharded_diff_alike(torch, tmp_path):
     assert one["counts"] == hf["counts"]
     both = _diff(tmp_path / "one.safetensors", tmp_path / "hf")
     assert both["identical"] and both["counts"]["identical"] == len(tensors)
+
+
+def test_shard_limit_is_worded_truthfully(torch, tmp_path):
+    """Tensors larger than --max-shard-size get a shard of their own: the result says how
+    many, rather than "shards of at most"."""
+    sd = shards.state_dict(torch)
+    shards.save_sharded(torch, tmp_path / "a", sd, shards=3)
+    limit = 100
+    big = sum(1 for t in sd.values() if t.numel() * t.element_size() > limit)
+    assert big
+    out = tmp_path / "out"
+    proc = run_cli("export", str(tmp_path / "a"), "--to", "hf-sharded", "-o", str(out),
+                   "--max-shard-size", str(limit))
+    assert proc.returncode == 0, proc.stderr
+    assert "at most" not in proc.stdout
+    assert f"(limit {limit} B; {big} tensors larger than it in their own shard)" in proc.stdout
+    again = run_cli("export", str(tmp_path / "a"), "--to", "hf-sharded", "-o", str(out),
+                    "--max-shard-size", str(limit), "--overwrite", "--json")
+    assert json.loads(again.stdout)["oversized"] == big

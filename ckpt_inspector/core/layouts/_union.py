@@ -14,7 +14,7 @@ from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
-from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo
+from ckpt_inspector.core.tree import UNKNOWN_DTYPE, Checkpoint, Node, TensorInfo
 
 
 def read_file(path: str) -> Checkpoint:
@@ -47,6 +47,8 @@ class Union:
         entry.update({k: v for k, v in extra.items() if v is not None})
         self.ckpt.files.append(entry)
         self.ckpt.file_size += size
+        if extra.get("problem") == "missing":
+            self.ckpt.findings.append(missing_finding(rel))
 
     def add(self, rel: str, part: Checkpoint, owner: dict[str, str] | None = None) -> list[str]:
         """Fold ``part`` (the checkpoint of file ``rel``) in; returns the top-level keys it
@@ -102,7 +104,7 @@ class Union:
         """A tensor something promised that cannot be read (its shape and dtype unknown)."""
         if key in self._where:
             return
-        info = TensorInfo("unknown", (), problem=problem, file=rel)
+        info = TensorInfo(UNKNOWN_DTYPE, (), problem=problem, file=rel)
         self._put(key, Node("tensor", key, "torch.Tensor", tensor=info), rel)
 
     def unreadable(self, rel: str, full: str, err: CheckpointError) -> None:
@@ -158,6 +160,22 @@ class Union:
         if part.runs_code:
             self.ckpt.findings.append(Finding(NEEDS_TRUST, "code", part.runs_code, file=rel))
         self.ckpt.warnings.extend(f"{rel}: {w}" for w in part.warnings)
+
+
+# files that hold tensors and metadata only: what loads them runs no code from them
+_NO_CODE = (".safetensors", ".gguf")
+
+
+def missing_finding(rel: str) -> Finding:
+    """A file of the layout that is not there was not scanned. One that may hold pickles
+    (a ``.bin``/``.pt`` shard, a ``.distcp`` file, a ZeRO rank file) could be where a
+    payload is: the checkpoint cannot be vouched for (``needs-trust``); a safetensors or
+    GGUF file cannot carry code: ``info`` (the scan still says it is incomplete)."""
+    if rel.lower().endswith(_NO_CODE):
+        return Finding("info", "missing-file", f"{rel} is missing: not scanned (it holds "
+                       "no code, but what it holds is unknown)", file=rel)
+    return Finding(NEEDS_TRUST, "missing-file", f"{rel} is missing: not scanned; what "
+                   "loading the checkpoint with it would run is unknown", file=rel)
 
 
 def _sniffed(path: str) -> str | None:

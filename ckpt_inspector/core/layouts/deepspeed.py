@@ -35,6 +35,7 @@ from ckpt_inspector.core.findings import Finding
 from ckpt_inspector.core.layouts import _deepspeed_files as df
 from ckpt_inspector.core.layouts import _deepspeed_zero as zero
 from ckpt_inspector.core.layouts._union import file_size
+from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo
 
 NAME = "deepspeed-zero"
@@ -107,7 +108,7 @@ class _Build:
         extra = [n for n in optims if n not in want]
         if extra:
             self.ckpt.findings.append(Finding(
-                "info", "zero-partitions", f"{len(extra)} optimizer file(s) beyond the "
+                "info", "zero-partitions", f"{counted(len(extra), 'optimizer file')} beyond the "
                 f"{self.world} ranks the checkpoint says it has, e.g. {extra[0]}: not used",
                 file=self.reader.prefix + extra[0]))
         model_files = [read[n] for n in models]
@@ -126,7 +127,7 @@ class _Build:
                     (out if df.rank_of(n, pattern)[0] == 0 else skipped).append(n)
         if skipped:
             self.ckpt.warnings.append(
-                f"{len(skipped)} file(s) of model-parallel ranks above 0 not read (as "
+                f"{counted(len(skipped), 'file')} of model-parallel ranks above 0 not read (as "
                 f"zero_to_fp32.py does not), e.g. {self.reader.prefix}{skipped[0]}")
         models.sort(key=lambda n: df.rank_of(n, df.MODEL))
         optims.sort(key=lambda n: df.rank_of(n, df.OPTIM))

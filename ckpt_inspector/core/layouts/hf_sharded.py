@@ -29,6 +29,7 @@ from typing import Any
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import DANGEROUS, Finding
 from ckpt_inspector.core.layouts._union import Union, file_size, read_file
+from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import Checkpoint
 
 NAME = "hf-sharded"
@@ -198,7 +199,8 @@ def _read_shard(union: Union, folder: str, rel: str, keys: list[str] | None,
         return
     if not os.path.isfile(full):
         union.add_file(rel, 0, None, problem="missing")
-        what = f": its {len(keys):,} tensor(s) are shown damaged" if keys else ""
+        what = (f": its {counted(len(keys), 'tensor')} "
+                f"{'is' if len(keys) == 1 else 'are'} shown damaged") if keys else ""
         ckpt.warnings.append(f"{rel} is missing{what}")
         _damage(union, rel, keys, f"its file {rel} is missing")
         return
@@ -230,14 +232,14 @@ def _check_index(union: Union, rel: str, keys: list[str], held: list[str],
     if absent:
         ckpt.findings.append(Finding(
             "info", "index-mismatch",
-            f"the index puts {len(absent):,} key(s) in {rel} that it does not hold, e.g. "
+            f"the index puts {counted(len(absent), 'key')} in {rel} that it does not hold, e.g. "
             f"{absent[0]!r}", file=rel))
         _damage(union, rel, absent, f"the index puts it in {rel}, which does not hold it")
     unlisted = [k for k in held if weight_map.get(k) != rel]
     if unlisted:
         ckpt.findings.append(Finding(
             "info", "index-mismatch",
-            f"{rel} holds {len(unlisted):,} key(s) the index does not put there, e.g. "
+            f"{rel} holds {counted(len(unlisted), 'key')} the index does not put there, e.g. "
             f"{unlisted[0]!r}", file=rel))
 
 

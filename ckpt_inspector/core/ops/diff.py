@@ -399,6 +399,9 @@ def _entry(key: str, sa: Side | None, sb: Side | None) -> Entry:
         return Entry(key, KIND, sa, sb)
     if sa.tensor is None or sb.tensor is None:
         return Entry(key, IDENTICAL if _same_value(sa.node, sb.node) else CHANGED, sa, sb)
+    lost = next((t.problem for t in (sa.tensor, sb.tensor) if not t.shape_known), None)
+    if lost:  # a tensor something promised whose file is missing: no shape to compare
+        return Entry(key, UNREADABLE, sa, sb, error=lost)
     _same_elements(sa, sb)
     if tuple(sa.tensor.shape) != tuple(sb.tensor.shape):
         return Entry(key, SHAPE, sa, sb)

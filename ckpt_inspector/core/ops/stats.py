@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ckpt_inspector.core import dtypes
+from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.ops.histogram import Histogram, histogram
 from ckpt_inspector.core.ops.passes import (
     CHUNK_ELEMENTS,
@@ -89,6 +90,17 @@ def format_number(x: float | str | None, digits: int = 6) -> str:
 
 
 # -- reading elements as numbers --------------------------------------------------------
+def readable(info: TensorInfo) -> None:
+    """Raise :class:`CheckpointError` for a tensor that cannot be read (the layouts' problem
+    names its file):
+    one marked damaged (a missing or short file, a key its shard lacks) or of a dtype we
+    cannot decode."""
+    if info.problem:
+        raise CheckpointError(info.problem)
+    if info.dtype not in dtypes.KNOWN:
+        raise CheckpointError(f"dtype {info.dtype} cannot be read")
+
+
 def _kind(info: TensorInfo) -> str:
     d = dtypes.KNOWN[info.dtype]
     if info.quantization or (d.numpy == "<f4" and d.block is not None):  # ggml blocks
@@ -174,6 +186,7 @@ def compute(info: TensorInfo, device: str = "cpu", cancel: CancelToken | None = 
     returns :class:`Stats`. Setting ``cancel`` (from any thread) ends it with
     :class:`Cancelled`."""
     start = time.perf_counter()
+    readable(info)
     kind = _kind(info)
     numel = info.numel
     stats = Stats(info.dtype, numel, "complex magnitude" if kind == "complex" else kind,

@@ -34,6 +34,7 @@ from typing import Any
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import open_checkpoint
 from ckpt_inspector.core.scan import ScanReport, scan
+from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import Checkpoint
 
 TRUSTED_PACKAGES = ("torch.nn.", "torchvision.")
@@ -50,6 +51,7 @@ class LoadResult:
     verdict: str
     seconds: float
     allowed: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # entries not rebuilt (assembled)
 
     def describe(self) -> dict[str, Any]:
         """Counts of what came back, for people and JSON (never the tensors)."""
@@ -78,7 +80,8 @@ class LoadResult:
         return {"mode": self.mode, "verdict": self.verdict, "type": f"{kind.__module__}."
                 f"{kind.__qualname__}", "tensors": count, "nbytes": nbytes,
                 "devices": sorted(devices), "seconds": self.seconds,
-                "allowed_classes": self.allowed}
+                "allowed_classes": self.allowed,
+                **({"left_out": self.left_out} if self.left_out else {})}
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,7 @@ def assembled(path: str, map_location: str = "cpu") -> LoadResult:
         n.tensor.problem or n.tensor.storage is None or n.tensor.storage.source is None)]
     if damaged:
         p, t = damaged[0]
-        raise CheckpointError(f"{len(damaged):,} tensor(s) cannot be read, e.g. "
+        raise CheckpointError(f"{counted(len(damaged), 'tensor')} cannot be read, e.g. "
                               f"{key_of(p)!r}: {t.problem or 'no data'}")
     out: dict[str, Any] = {}
     with warnings.catch_warnings():
@@ -248,5 +251,10 @@ def assembled(path: str, map_location: str = "cpu") -> LoadResult:
                 out[key_of(node.path())] = to_torch(node.tensor, map_location)
             elif node.kind in PLAIN_VALUES and node.parent is not None:
                 out[key_of(node.path())] = node.value
+    # entries that are neither tensors nor plain values (an object a pickle would build,
+    # maybe the payload that made the verdict): not rebuilt, so left out
+    left = [key_of(n.path()) for n in ckpt.root.children
+            if n.kind not in ("tensor", "dict", "list", *PLAIN_VALUES)
+            and not any(d.kind == "tensor" for d in n.walk())]
     mode = f"assembled from {len(ckpt.files):,} files by ckpt-inspector's readers (no code ran)"
-    return LoadResult(out, mode, verdict, time.perf_counter() - start)
+    return LoadResult(out, mode, verdict, time.perf_counter() - start, left_out=left)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import ExportUsageError, SourceDataError
+from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo, key_of
 
 CASTS = ("float32", "float16", "bfloat16")
@@ -202,9 +203,27 @@ class Plan:
     def preview(self) -> dict[str, Any]:
         kept = sum(1 for _, t in self.items if self.cast and self.out_dtype(t) != self.cast
                    and dtypes.KNOWN[t.dtype].kind == "float")
-        return {"tensors": len(self.items), "bytes": self.nbytes, "excluded": self.excluded,
-                "renamed": self.renamed, "not_cast": kept,
-                "keys": [k for k, _ in self.items[:200]]}
+        out = {"tensors": len(self.items), "bytes": self.nbytes, "excluded": self.excluded,
+               "renamed": self.renamed, "not_cast": kept,
+               "keys": [k for k, _ in self.items[:200]]}
+        decoded = self.dequantized()
+        if decoded:
+            out["dequantized"] = decoded
+        return out
+
+    def dequantized(self) -> dict[str, Any] | None:
+        """The tensors stored in blocks (ggml's quantized types, sub-byte floats) that go
+        out as their values: ``{"tensors", "to", "dtypes": {dtype: count}}``, or None."""
+        found: dict[str, int] = {}
+        to: set[str] = set()
+        for _k, t in self.items:
+            d = dtypes.get(t.dtype)
+            if d is not None and d.block is not None and self.out_dtype(t) != t.dtype:
+                found[t.dtype] = found.get(t.dtype, 0) + 1
+                to.add(self.out_dtype(t))
+        if not found:
+            return None
+        return {"tensors": sum(found.values()), "to": ", ".join(sorted(to)), "dtypes": found}
 
 
 def make_plan(ckpt: Checkpoint, key: str = "", rules: KeyRules | None = None,
@@ -239,8 +258,8 @@ def make_plan(ckpt: Checkpoint, key: str = "", rules: KeyRules | None = None,
     plan = Plan(ckpt.path, kept, fmt, cast, device, dict(metadata or {}), renamed, excluded)
     damaged = [k for k, t in kept if t.problem or t.storage is None or t.storage.source is None]
     if damaged:
-        raise SourceDataError(f"{len(damaged)} tensor(s) cannot be read, e.g. {damaged[0]!r}: "
-                          f"{dict(kept)[damaged[0]].problem or 'no data'}")
+        raise SourceDataError(f"{counted(len(damaged), 'tensor')} cannot be read, e.g. "
+                              f"{damaged[0]!r}: {dict(kept)[damaged[0]].problem or 'no data'}")
     for k, t in kept:
         if t.layout != "strided":
             raise ExportUsageError(f"{k!r} is a {t.layout} tensor: only dense tensors are "

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ckpt_inspector.core.summary import human_bytes
+from ckpt_inspector.core.summary import counted, human_bytes
 
 STATE_TARGETS = ("state_dict", "safetensors", "hf-sharded")
 
 # the order of the keys in the JSON result (what `export --json` has always printed)
 _STATE_ORDER = ("target", "source", "tensors", "excluded", "renamed", "not_cast",
-                "tensor_bytes", "path", "files", "max_shard_size", "bytes", "verified",
+                "dequantized", "tensor_bytes", "path", "files", "max_shard_size", "oversized",
+                "bytes", "verified",
                 "bit_exact", "cast",
                 "max_abs_diff", "problems", "cast_reference", "torch_load", "torch_error",
                 "passed", "written", "status")
@@ -79,8 +80,11 @@ class ExportResult:
     dynamic_batch_checked: bool | None = None
     dynamic_batch_size: int | None = None
     seconds: float | None = None
+    # tensors stored in blocks written as their values: {"tensors", "to", "dtypes"}
+    dequantized: dict[str, Any] | None = None
     # hf-sharded
     max_shard_size: int | None = None
+    oversized: int | None = None  # tensors larger than max_shard_size, each in its own shard
     # keys given as null (kept in the JSON), and keys this version does not know
     given: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -133,14 +137,21 @@ class ExportResult:
         left = (f", {self.excluded} left out" if self.excluded else "") + \
             (f", {self.renamed} renamed" if self.renamed else "")
         rows = [Row("Tensors", f"{self.tensors:,} from {self.source}{left}",
-                    f"{self.tensors:,} tensors from {self.source}{left}")]
+                    f"{counted(self.tensors or 0, 'tensor')} from {self.source}{left}")]
         if self.target == "hf-sharded" and self.files:
             shards = [f for f in self.files if not f.endswith(".json")]
-            limit = f" of at most {_decimal(self.max_shard_size)}" \
-                if self.max_shard_size else ""
-            what = (f"{len(shards)} shards{limit} and {self.files[-1]}" if len(shards) > 1
-                    else f"{shards[0]} (one shard{limit}: no index)")
+            limit = f"limit {_decimal(self.max_shard_size)}" if self.max_shard_size else ""
+            if limit and self.oversized:
+                limit += (f"; {counted(self.oversized, 'tensor')} larger than it in "
+                          f"{'its' if self.oversized == 1 else 'their'} own shard")
+            what = (f"{len(shards)} shards ({limit}) and {self.files[-1]}" if len(shards) > 1
+                    else f"{shards[0]} (one shard, {limit}: no index)")
             rows.append(Row("Files", what, f"files: {what}"))
+        if self.dequantized:
+            d = self.dequantized
+            what = (f"{counted(d['tensors'], 'tensor')} dequantized to {d['to']}: "
+                    + ", ".join(d["dtypes"]))
+            rows.append(Row("Dequantized", what, what))
         if self.verified is False:
             return [*rows, Row("Read back", "no (--no-verify)", "not read back (--no-verify)")]
         back = f"{self.bit_exact:,} bit-exact" + (

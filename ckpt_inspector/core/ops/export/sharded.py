@@ -156,6 +156,9 @@ def export_sharded(plan: Plan, out_dir: str, max_size: int | None = None,
     total = sum(size_of(plan, t) for _k, t in plan.items)
     out = os.path.abspath(out_dir)
     result: dict[str, Any] = {"path": out, "verified": verify, "max_shard_size": max_size}
+    oversized = sum(1 for _k, t in plan.items if size_of(plan, t) > max_size)
+    if oversized:  # each in a shard of its own, larger than the limit (as huggingface_hub)
+        result["oversized"] = oversized
     with staged_folder(out) as work:
         done = 0
         for name, items in zip(names, shards):
