@@ -54,6 +54,7 @@ from ckpt_inspector.gui.tree.widgets import (
     select_key,
     selected_nodes,
     set_tree_model,
+    wrappable,
 )
 
 FILTER_HELP = (
@@ -242,7 +243,7 @@ class CheckpointView(QWidget):
             return
         message, _details = describe(err)
         self._show_message(f"<b>Could not read {escape(os.path.basename(self.path))}</b>"
-                           f"<br><br>{escape(message)}", retry=True)
+                           f"<br><br>{wrappable(message)}", retry=True)
         self.reporter.report("Could not open the file", err, self.path)
         self.failed.emit(message)
 

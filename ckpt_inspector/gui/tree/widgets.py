@@ -7,7 +7,9 @@ a filtering proxy; every node has a full dotted ``key``, given by :data:`NodeRol
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from html import escape
 from typing import Any
 
 from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt, QTimer
@@ -137,6 +139,23 @@ def copy_keys(tree: QTreeView) -> None:
         QGuiApplication.clipboard().setText("\n".join(n.key for n in nodes))
 
 
+LONG_WORD = 24  # longer runs without a space may break after / . _ - (or anywhere)
+MESSAGE_WIDTH = 720  # a message page's text: a readable measure, centred
+
+
+def wrappable(text: str) -> str:
+    """HTML for a message that a word-wrapped label can always wrap: long paths and names
+    may break after ``/ . _ -`` (and, lacking those, every few characters)."""
+
+    def soften(match: re.Match[str]) -> str:
+        word = re.sub(r"([/._\-])", "\\1\u200b", match.group(0))
+        return "\u200b".join(part if len(part) <= LONG_WORD else "\u200b".join(
+            part[i:i + LONG_WORD] for i in range(0, len(part), LONG_WORD))
+            for part in word.split("\u200b"))
+
+    return escape(re.sub(rf"\S{{{LONG_WORD + 1},}}", soften, text))
+
+
 class MessagePage(QWidget):
     """A centred message ("reading…", an error, "cancelled") with a button to try again,
     and, if asked for, a progress bar."""
@@ -150,12 +169,13 @@ class MessagePage(QWidget):
         self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.label.setMaximumWidth(MESSAGE_WIDTH)
         self.button = QPushButton(retry)
         self.button.clicked.connect(on_retry)
         self.progress: QProgressBar | None = None
         layout = QVBoxLayout(self)
         layout.addStretch(1)
-        layout.addWidget(self.label)
+        layout.addWidget(self.label, 0, Qt.AlignmentFlag.AlignHCenter)
         if progress:
             self.progress = QProgressBar()
             self.progress.setMaximumWidth(360)
