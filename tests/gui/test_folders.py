@@ -129,3 +129,26 @@ def test_a_long_error_message_wraps_on_the_error_page(qtbot, window, tmp_path):
     doc.setHtml(label.text())
     doc.setTextWidth(label.width())
     assert doc.idealWidth() <= label.width()  # no line wider than the label: nothing cut
+
+
+def test_a_missing_shard_shows_a_warning_bar_over_the_tree(qtbot, window, torch, tmp_path):
+    folder, weight_map = _model(torch, tmp_path)
+    lost = sorted(set(weight_map.values()))[1]
+    (folder / lost).unlink()
+    view = open_and_wait(qtbot, window, folder)
+    bar = view.files_banner
+    assert bar.isVisible()
+    n = sum(1 for f in weight_map.values() if f == lost)
+    text = bar.text()
+    assert f"1 of {len(set(weight_map.values()))} files is missing" in text
+    assert lost in text and f"{n} tensor" in text
+    summary = view.summary.toPlainText().replace("\u200b", "")
+    files = summary.split("Files (")[1].split("Warnings")[0]
+    assert "missing" in files.split(lost)[1].split(".safetensors")[0]  # its format cell
+    assert "None" not in summary
+
+
+def test_no_warning_bar_when_every_file_is_read(qtbot, window, torch, tmp_path):
+    folder, _ = _model(torch, tmp_path)
+    view = open_and_wait(qtbot, window, folder)
+    assert not view.files_banner.isVisible()

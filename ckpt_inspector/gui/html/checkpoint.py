@@ -188,6 +188,16 @@ def stats_rows(stats: Stats) -> str:
             + f"<p class='muted'>computed in {stats.seconds * 1000:,.0f} ms{where}</p>")
 
 
+def _file_format(f: dict[str, Any]) -> str:
+    """A file's format, or in red what is wrong with it ("missing", "unreadable": the
+    problem itself is in the Warnings)."""
+    problem = f.get("problem")
+    if problem:
+        word = "missing" if problem == "missing" else "unreadable"
+        return f"<span class='bad'>{word}</span>"
+    return f"<span class='muted'>{escape(str(f.get('format') or ''))}</span>"
+
+
 def _files_html(files: list[dict[str, Any]], shown: int = 50) -> str:
     """The files of a checkpoint made of several, with their sizes and formats."""
     if not files:
@@ -196,8 +206,7 @@ def _files_html(files: list[dict[str, Any]], shown: int = 50) -> str:
     rows = "".join(
         f"<tr><td>{breakable(str(f.get('path', '')))}</td>"
         f"<td class='num' {nw}>{human_bytes(int(f.get('size') or 0))}</td>"
-        f"<td class='muted' {nw}>{escape(str(f.get('format', '')))}</td></tr>"
-        for f in files[:shown])
+        f"<td {nw}>{_file_format(f)}</td></tr>" for f in files[:shown])
     more = (f"<span class='muted'>… {len(files) - shown:,} more</span>"
             if len(files) > shown else "")
     return f"<h3>Files ({len(files)})</h3><table>{rows}</table>{more}"

@@ -33,6 +33,7 @@ from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.tensor.view import TensorView
 from ckpt_inspector.gui.theme import color, is_palette_change, span
+from ckpt_inspector.gui.tree.files_banner import make_files_banner, show_files_banner
 from ckpt_inspector.gui.tree.model import (
     DEVICE,
     ELEMENTS,
@@ -108,6 +109,7 @@ class CheckpointView(QWidget):
         self.banner.setTextFormat(Qt.TextFormat.RichText)
         self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.banner.hide()
+        self.files_banner = make_files_banner()
 
         self.filter_edit = make_filter_edit(
             "filterEdit", "Filter keys   (text, re:pattern, shape:768x768, dtype:bf16 — ? for "
@@ -144,6 +146,7 @@ class CheckpointView(QWidget):
         lv.setContentsMargins(0, 0, 0, 0)
         lv.setSpacing(4)
         lv.addWidget(self.banner)
+        lv.addWidget(self.files_banner)
         lv.addLayout(filter_row)
         lv.addWidget(self.tree, 1)
         self.analysis = Analysis(self.runner, self)
@@ -289,6 +292,7 @@ class CheckpointView(QWidget):
                 self.tree.expand(idx)
 
     def _show_banner(self, file: LoadedFile) -> None:
+        show_files_banner(self.files_banner, file.ckpt)
         report = file.report
         if report.verdict == "safe":
             self.banner.hide()
