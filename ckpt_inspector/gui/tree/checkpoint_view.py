@@ -32,8 +32,12 @@ from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.tensor.view import TensorView
-from ckpt_inspector.gui.theme import color, is_palette_change, span
-from ckpt_inspector.gui.tree.files_banner import make_files_banner, show_files_banner
+from ckpt_inspector.gui.theme import is_palette_change, span
+from ckpt_inspector.gui.tree.banners import (
+    make_files_banner,
+    show_files_banner,
+    show_verdict_banner,
+)
 from ckpt_inspector.gui.tree.model import (
     DEVICE,
     ELEMENTS,
@@ -47,6 +51,8 @@ from ckpt_inspector.gui.tree.model import (
     shape_text,
 )
 from ckpt_inspector.gui.tree.widgets import (
+    ColumnFitter,
+    ElideMiddle,
     MessagePage,
     copy_keys,
     current_node,
@@ -70,6 +76,10 @@ FILTER_HELP = (
     "<code>file:-00002-</code> — the file that holds the tensor (a model in several files)"
 )
 DEBOUNCE_MS = 200
+SIDE_MIN = 210  # the summary and details panels' least width
+KEY_MIN = 200  # the Key column's least width: below it the tree scrolls sideways
+COLUMN_CAPS = {TYPE: 160, SHAPE: 170, ELEMENTS: 110, SIZE: 90, DEVICE: 110, FILE: 240}
+COLUMNS_GIVE_WAY = [(FILE, 110), (SHAPE, 110), (TYPE, 90)]  # in turn, to the least width
 AUTO_EXPAND_LIMIT = 400
 
 
@@ -140,6 +150,8 @@ class CheckpointView(QWidget):
         # the current row may vanish under a filter: keep the details panel honest
         self.tree = make_key_tree(self.proxy, "keyTree", self._current_changed,
                                   self._context_menu, self.copy_keys, self._refresh_details)
+        self.tree.setItemDelegateForColumn(FILE, ElideMiddle(self.tree))  # ranks differ last
+        self.columns = ColumnFitter(self.tree, KEY_MIN, COLUMN_CAPS, COLUMNS_GIVE_WAY)
 
         top = QWidget()
         lv = QVBoxLayout(top)
@@ -175,7 +187,7 @@ class CheckpointView(QWidget):
         side.addWidget(self.details)
         side.setStretchFactor(0, 1)
         side.setStretchFactor(1, 1)
-        side.setMinimumWidth(280)
+        side.setMinimumWidth(SIDE_MIN)  # at small widths the tree gets the space
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(left)
@@ -269,14 +281,14 @@ class CheckpointView(QWidget):
         model = self._model(grouped)
         if model is None:
             return
-        current = set_tree_model(self.tree, model, [(TYPE, 120), (SHAPE, 150), (ELEMENTS, 95),
-                                                    (SIZE, 80), (DEVICE, 75), (FILE, 170)])
+        current = set_tree_model(self.tree, model, [])
         # the File column only says something when the tensors lie in several files
         self.tree.setColumnHidden(FILE, self._tensor_files < 2)
         self._expanded_before_filter = None
         self.apply_filter()
         if not self.filter_edit.text().strip():
             self._expand_top()
+        self.columns.fit()
         if current is not None:
             self.select_key(current.key)
 
@@ -293,33 +305,7 @@ class CheckpointView(QWidget):
 
     def _show_banner(self, file: LoadedFile) -> None:
         show_files_banner(self.files_banner, file.ckpt)
-        report = file.report
-        if report.verdict == "safe":
-            self.banner.hide()
-            return
-        names = report.flagged_names()
-        shown = ", ".join(f"<code>{escape(n)}</code>" for n in names[:6])
-        more = f" and {len(names) - 6} more" if len(names) > 6 else ""
-        if report.verdict == "dangerous":
-            first = next(f for f in report.findings if f.severity == "dangerous")
-            where = f" (byte {first.offset} of {escape(first.member or 'the file')})" \
-                if first.offset is not None else ""
-            text = (f"<b>Dangerous file.</b> {escape(first.message)}{where}. "
-                    "It is shown read-only; ckpt-inspector has not run any of it. "
-                    "Do not load it with torch.")
-            kind = "danger"
-        else:
-            what = f"It imports {shown}{more}" if names else "It contains code"
-            extra = f" {escape(file.ckpt.runs_code)}." if file.ckpt.runs_code else ""
-            text = (f"<b>Needs trust.</b> {what}: loading it with torch would run that code."
-                    f"{extra} ckpt-inspector only reads it, read-only.")
-            kind = "warning"
-        style = (f"background:{color(kind + '_bg')}; color:{color(kind + '_fg')}; "
-                 f"border:1px solid {color(kind + '_border')};")
-        self.banner.setStyleSheet(f"QLabel#securityBanner {{ {style} padding:8px; "
-                                  "border-radius:4px; }")
-        self.banner.setText(text)
-        self.banner.show()
+        show_verdict_banner(self.banner, file)
 
     # -- filter --------------------------------------------------------------------------------
     def apply_filter(self) -> None:

@@ -1,6 +1,7 @@
-"""The warning bar over the key tree of a checkpoint made of several files when some of its
-files are missing or cannot be read: "1 of 6 files is missing: model-00003-of-00006.safetensors;
-its 12 tensors cannot be read." (the summary's Warnings say it too, far down)."""
+"""The bars over the key tree: the verdict's (needs trust, dangerous), and for a checkpoint
+made of several files some of which are missing or cannot be read: "1 of 6 files is missing:
+model-00003-of-00006.safetensors; its 12 tensors cannot be read." (the summary's Warnings say
+it too, far down)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel
 
+from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.tree import Checkpoint
 from ckpt_inspector.gui.theme import color
 
@@ -77,8 +79,40 @@ def show_files_banner(label: QLabel, ckpt: Checkpoint) -> None:
     if not text:
         label.hide()
         return
-    style = (f"background:{color('warning_bg')}; color:{color('warning_fg')}; "
-             f"border:1px solid {color('warning_border')};")
-    label.setStyleSheet(f"QLabel#filesBanner {{ {style} padding:8px; border-radius:4px; }}")
+    paint(label, "warning", text)
+
+
+def paint(label: QLabel, kind: str, text: str) -> None:
+    """Show ``text`` in a bar of the theme's ``kind`` colours (warning, danger)."""
+    style = (f"background:{color(kind + '_bg')}; color:{color(kind + '_fg')}; "
+             f"border:1px solid {color(kind + '_border')};")
+    label.setStyleSheet(f"QLabel#{label.objectName()} {{ {style} padding:8px; "
+                        "border-radius:4px; }")
     label.setText(text)
     label.show()
+
+
+def show_verdict_banner(banner: QLabel, file: LoadedFile) -> None:
+    """The bar that says a file needs trust or is dangerous (hidden for a safe one)."""
+    report = file.report
+    if report.verdict == "safe":
+        banner.hide()
+        return
+    names = report.flagged_names()
+    shown = ", ".join(f"<code>{escape(n)}</code>" for n in names[:6])
+    more = f" and {len(names) - 6} more" if len(names) > 6 else ""
+    if report.verdict == "dangerous":
+        first = next(f for f in report.findings if f.severity == "dangerous")
+        where = f" (byte {first.offset} of {escape(first.member or 'the file')})" \
+            if first.offset is not None else ""
+        text = (f"<b>Dangerous file.</b> {escape(first.message)}{where}. "
+                "It is shown read-only; ckpt-inspector has not run any of it. "
+                "Do not load it with torch.")
+        kind = "danger"
+    else:
+        what = f"It imports {shown}{more}" if names else "It contains code"
+        extra = f" {escape(file.ckpt.runs_code)}." if file.ckpt.runs_code else ""
+        text = (f"<b>Needs trust.</b> {what}: loading it with torch would run that code."
+                f"{extra} ckpt-inspector only reads it, read-only.")
+        kind = "warning"
+    paint(banner, kind, text)
