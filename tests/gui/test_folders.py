@@ -152,3 +152,19 @@ def test_no_warning_bar_when_every_file_is_read(qtbot, window, torch, tmp_path):
     folder, _ = _model(torch, tmp_path)
     view = open_and_wait(qtbot, window, folder)
     assert not view.files_banner.isVisible()
+
+
+def test_config_json_is_a_table_of_its_top_level_keys(qtbot, window, torch, tmp_path):
+    import json
+
+    folder, _ = _model(torch, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {str(i): f"class number {i}" for i in range(500)}  # a long value
+    (folder / "config.json").write_text(json.dumps(config))
+    view = open_and_wait(qtbot, window, folder)
+    summary = view.summary.toPlainText().replace("\u200b", "")
+    assert f"config.json ({len(config)})" in summary
+    lines = summary.splitlines()
+    assert "hidden_size" in lines and "model_type" in lines
+    assert '{"model_type"' not in summary  # not one raw JSON blob
+    assert max(len(line) for line in lines) < 120  # the long value is cut short
