@@ -79,15 +79,18 @@ DEBOUNCE_MS = 200
 SIDE_MIN = 210  # the summary and details panels' least width
 KEY_MIN = 200  # the Key column's least width: below it the tree scrolls sideways
 COLUMN_CAPS = {TYPE: 160, SHAPE: 170, ELEMENTS: 110, SIZE: 90, DEVICE: 110, FILE: 240}
-COLUMNS_GIVE_WAY = [(FILE, 110), (SHAPE, 110), (TYPE, 90)]  # in turn, to the least width
+COLUMNS_GIVE_WAY = [(SHAPE, 110), (TYPE, 90), (FILE, 110)]  # in turn, to the least width
 AUTO_EXPAND_LIMIT = 400
 
 
-def _load(path: str, flat: bool = False) -> tuple[LoadedFile, int]:
+def _load(path: str, flat: bool = False) -> tuple[LoadedFile, int, str]:
     """What a tab reads on a worker: the file (and its flat tree when that is what the tab
-    shows), and how many files hold its tensors."""
+    shows), how many files hold its tensors, and the folder they all lie in ("" if none:
+    the File column leaves it out)."""
     file = load_file(path, flat)
-    return file, len({n.tensor.file for n in file.ckpt.root.walk() if n.tensor is not None})
+    files = {n.tensor.file for n in file.ckpt.root.walk() if n.tensor is not None}
+    folders = {os.path.dirname(f or "") for f in files}
+    return file, len(files), folders.pop() if len(folders) == 1 else ""
 
 
 class CheckpointView(QWidget):
@@ -109,6 +112,7 @@ class CheckpointView(QWidget):
         self._models: dict[bool, CheckpointModel] = {}
         self._expanded_before_filter: set[str] | None = None
         self._tensor_files = 0  # how many files hold the open file's tensors
+        self._files_folder = ""  # the folder they all lie in, left out of the File column
         self._build()
 
     # -- layout ------------------------------------------------------------------------------
@@ -228,18 +232,19 @@ class CheckpointView(QWidget):
         name = os.path.basename(self.path)
         self._show_message(f"Reading <b>{escape(name)}</b>…", retry=False)
         self.runner.run(f"Reading {name}", _load, self.path, not self.group_box.isChecked(),
-                        on_result=lambda r: self._loaded(r[0], generation, r[1]),
+                        on_result=lambda r: self._loaded(r[0], generation, r[1], r[2]),
                         on_error=lambda e: self._failed(e, generation),
                         on_discard=lambda r: release_file(r[0]),
                         on_cancel=lambda: self._cancelled(generation))
 
-    def _loaded(self, file: LoadedFile, generation: int, files: int = 1) -> None:
+    def _loaded(self, file: LoadedFile, generation: int, files: int = 1,
+                folder: str = "") -> None:
         if generation != self._generation or self._disposed:
             release_file(file)  # superseded by a newer request, or the tab is gone
             return
         previous, old_models = self.file, list(self._models.values())
         self.file = file
-        self._tensor_files = files
+        self._tensor_files, self._files_folder = files, folder
         self.tensor_view.set_file(file.path)
         # a model per tree, made when first shown (the flat tree is built then too)
         self._models = {}
@@ -273,6 +278,7 @@ class CheckpointView(QWidget):
             file = self.file
             model = self._models[grouped] = CheckpointModel(file.tree(grouped), self)
             model.set_target_device(self.target_device)
+            model.files_folder = self._files_folder
             model.dangerous = {f.name for f in file.report.findings
                                if f.severity == "dangerous" and f.name}
         return model

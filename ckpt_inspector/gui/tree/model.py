@@ -82,13 +82,14 @@ def tensor_files(d: DisplayNode) -> list[str]:
     return files
 
 
-def file_text(d: DisplayNode) -> str:
-    """The File column: the file that holds a tensor, and "+N" when N more hold pieces of it
-    ("" for a single file, and for groups)."""
+def file_text(d: DisplayNode, folder: str = "") -> str:
+    """The File column: the file that holds a tensor (relative to ``folder``, where all of
+    them lie), and "+N" when N more hold pieces of it ("" for a single file, for groups)."""
     files = tensor_files(d)
-    if len(files) > 1:
-        return f"{files[0]} +{len(files) - 1}"
-    return files[0] if files else ""
+    first = files[0] if files else ""
+    if folder and first.startswith(folder + "/"):
+        first = first[len(folder) + 1:]
+    return f"{first} +{len(files) - 1}" if len(files) > 1 else first
 
 
 def shape_text(d: DisplayNode) -> str:
@@ -230,6 +231,7 @@ class CheckpointModel(NodeTreeModel):
         super().__init__(top, parent)
         self._target = "cpu"
         self.dangerous: set[str] = set()  # names the scan flagged; their rows are shown red
+        self.files_folder = ""  # where all the files lie: the File column leaves it out
 
     # -- data ---------------------------------------------------------------------------
     def _style(self, d: DisplayNode, col: int, role: int) -> Any:
@@ -267,7 +269,7 @@ class CheckpointModel(NodeTreeModel):
                 return f"{saved} → {self._target}"
             return saved
         if col == FILE:
-            return file_text(d)
+            return file_text(d, self.files_folder)
         return ""
 
     def _tooltip(self, d: DisplayNode) -> str:
