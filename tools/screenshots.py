@@ -100,7 +100,16 @@ class Shooter:
             self.win.tabs.setCurrentWidget(view)
             self.shown(path)
         else:
-            self.win.open_paths([path])
+            views = self.win.open_paths([path])
+            if not views:  # a folder browsed in the Files dock: no tab
+                self.failed(path)
+            for v in views:
+                v.failed.connect(lambda _m, p=path: self.failed(p))
+
+    def failed(self, path: str) -> None:
+        """A file that did not open (or a folder that is browsed): the window as it is."""
+        name = os.path.basename(path.rstrip(os.sep)) + "-failed.png"
+        QTimer.singleShot(600, lambda: (self.snap(name), self.next_file()))
 
     def shown(self, path: str) -> None:
         view = self.win.current_view()

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_inspector.core.layouts import is_checkpoint_folder
 from ckpt_inspector.gui import theme
 from ckpt_inspector.gui.diff.view import DiffView
 from ckpt_inspector.gui.file_browser import FileBrowser
@@ -270,6 +271,27 @@ def build_browser(self: MainWindow) -> None:
     self.browser_dock.setWidget(self.browser)
     self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.browser_dock)
     self.resizeDocks([self.browser_dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
+
+
+def is_checkpoint_folder_quiet(path: str) -> bool:
+    """Whether ``path`` is a folder some layout reads (False when it cannot be listed)."""
+    try:
+        return is_checkpoint_folder(path)
+    except OSError:
+        return False
+
+
+def browse_folder(self: MainWindow, folder: str) -> None:
+    """A folder that is no checkpoint: list it in the Files dock (shown if hidden) and say so
+    in the status bar, so that its files can be opened from there."""
+    self.browser.set_folder(folder)
+    dock = self.browser_dock
+    dock.show()
+    dock.raise_()
+    self.statusBar().showMessage(
+        f"{os.path.basename(folder.rstrip(os.sep)) or folder} is a folder, not a checkpoint "
+        "ckpt-inspector knows: its files are listed in the Files panel; double-click one to "
+        "open it", 15000)
 
 
 def update_actions(self: MainWindow) -> None:

@@ -78,7 +78,10 @@ class FileBrowser(QWidget):
         for col in (1, 2, 3):
             self.view.hideColumn(col)
         self.view.setHeaderHidden(True)
-        self.view.doubleClicked.connect(self._activated)
+        # a double-click on a plain folder expands it (_activated); Qt's own toggle would
+        # collapse it again at once
+        self.view.setExpandsOnDoubleClick(False)
+        # a double-click activates (Enter too, or a single click where the platform says so)
         self.view.activated.connect(self._activated)
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
@@ -125,5 +128,5 @@ class FileBrowser(QWidget):
         path = self.model.filePath(index)
         if os.path.isfile(path) or (os.path.isdir(path) and self.model.is_checkpoint(path)):
             self.file_activated.emit(path)
-        elif os.path.isdir(path) and not self.view.isExpanded(index):
-            self.view.expand(index)
+        elif os.path.isdir(path):
+            self.view.setExpanded(index, not self.view.isExpanded(index))

@@ -19,18 +19,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ckpt_inspector.core.layouts import is_checkpoint_folder
 from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.gui import settings as settings_mod
 from ckpt_inspector.gui import theme
 from ckpt_inspector.gui.actions import (
     FILES_WIDTH,
+    browse_folder,
     build_actions,
     build_browser,
     build_pages,
     build_status,
     build_toolbar,
+    is_checkpoint_folder_quiet,
     show_tasks,
     tab_menu,
     update_actions,
@@ -122,9 +123,14 @@ class MainWindow(QMainWindow):
         return paths[0] if paths else ""
 
     def open_paths(self, paths: list[str]) -> list[CheckpointView]:
+        """A tab per file or checkpoint folder; a folder in no known layout is browsed in the
+        Files dock instead (its files open from there)."""
         views = []
         for path in paths:
             path = os.path.abspath(path)
+            if not is_checkpoint_folder_quiet(path) and os.path.isdir(path):
+                browse_folder(self, path)
+                continue
             existing = self._view_for(path)
             if existing is not None:
                 self.tabs.setCurrentWidget(existing)
@@ -268,13 +274,7 @@ class MainWindow(QMainWindow):
         """Files dropped open in tabs; with Shift held, a file is compared with the current
         tab's file (two files with each other)."""
         paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        folders = [p for p in paths if os.path.isdir(p) and not is_checkpoint_folder(p)]
-        paths = [p for p in paths if os.path.isfile(p) or is_checkpoint_folder(p)]
-        if folders and not paths:  # a folder of files: browse it
-            event.acceptProposedAction()
-            self.browser.set_folder(folders[0])
-            self.browser_dock.show()
-            return
+        paths = [p for p in paths if os.path.exists(p)]  # a plain folder is browsed
         if not paths:
             return
         event.acceptProposedAction()

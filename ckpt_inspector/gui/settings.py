@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from PySide6.QtCore import QSettings
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QMainWindow
 
 MAX_RECENT = 10
@@ -37,9 +38,28 @@ def restore_layout(window: QMainWindow, settings: QSettings) -> None:
     geometry = settings.value(GEOMETRY)
     if geometry is None or not window.restoreGeometry(geometry):
         window.resize(1400, 860)
+    fit_to_screen(window)
     state = settings.value(WINDOW_STATE)
     if state is not None:
         window.restoreState(state)
+
+
+def fit_to_screen(window: QMainWindow) -> None:
+    """Keep the window inside the screen's available area (a size saved on a bigger screen,
+    or the first size on a small one), moved into it if it lies partly outside."""
+    screen = window.screen() or QGuiApplication.primaryScreen()
+    if screen is None:
+        return
+    area = screen.availableGeometry()
+    frame = window.frameGeometry().size() - window.geometry().size()  # title bar, borders
+    width = min(window.width(), area.width() - max(frame.width(), 0))
+    height = min(window.height(), area.height() - max(frame.height(), 0))
+    if (width, height) != (window.width(), window.height()):
+        window.resize(width, height)
+    if not window.isMaximized() and not area.contains(window.frameGeometry()):
+        x = min(max(window.x(), area.left()), area.right() - window.frameGeometry().width() + 1)
+        y = min(max(window.y(), area.top()), area.bottom() - window.frameGeometry().height() + 1)
+        window.move(x, y)
 
 
 def save_layout(window: QMainWindow, settings: QSettings) -> None:

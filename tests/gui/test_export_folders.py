@@ -81,6 +81,7 @@ def test_a_folder_to_hugging_face_shards(qtbot, window, torch, tmp_path):
     assert dialog.open_button.text() == "Open exported model" and dialog.open_button.isEnabled()
     with qtbot.waitSignal(window.file_shown, timeout=60_000):
         dialog.open_button.click()
+    assert not dialog.isVisible()  # out of the way of the tab it opened
     assert window.current_view().path == str(out)
     assert window.current_view().file.ckpt.format == "hf-sharded"
 

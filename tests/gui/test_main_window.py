@@ -127,7 +127,7 @@ def test_file_browser_double_click_opens(qtbot, window, tensors_file):
     qtbot.waitUntil(lambda: model.index(path).isValid() and model.rowCount(
         model.index(os.path.dirname(path))) > 0, timeout=10_000)
     with qtbot.waitSignal(window.file_shown, timeout=30_000):
-        window.browser.view.doubleClicked.emit(model.index(path))
+        window.browser.view.activated.emit(model.index(path))  # what a double-click emits
     assert window.current_view().path == path
     assert window.settings.value("lastFolder") == os.path.dirname(path)
 

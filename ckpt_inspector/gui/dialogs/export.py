@@ -226,8 +226,10 @@ class ExportDialog(QDialog):
         self.result_view.setHtml(f"{_heading(r)}<table>{table}</table>")
 
     def _open_exported(self) -> None:
+        """Open what was exported in a tab and close the dialog, so that the tab is seen."""
         if self.result and self.result.path:
             self.open_requested.emit(self.result.path)
+            self.accept()
 
     def reject(self) -> None:
         if self.process is not None:

@@ -318,7 +318,7 @@ class DiffView(QWidget):
         self.task = None
         message, _details = describe(err)
         self._show_message(f"<b>Could not compare {escape(self.title)}</b><br><br>"
-                           f"{escape(message)}", retry=True)
+                           f"{key_tree.wrappable(message)}", retry=True)
         self.reporter.report("Could not compare the files", err,
                              f"A: {self.path_a}\nB: {self.path_b}")
         self.failed.emit(message)

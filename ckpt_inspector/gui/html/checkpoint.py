@@ -127,19 +127,45 @@ def summary_html(loaded: LoadedFile) -> str:
                              "tree</span>"))
         parts.append(_rows(rows, escape_keys=False))
     parts.append(_files_html(ckpt.files))
-    meta = {k: v for k, v in ckpt.metadata.items() if k not in ("code files",)}
-    if meta:
-        parts.append("<h3>File metadata</h3>")
-        parts.append(_rows([(k, escape(_short(v, 300))) for k, v in meta.items()]))
-    if "code files" in ckpt.metadata:
-        files = ckpt.metadata["code files"]
-        parts.append(f"<h3>Code ({len(files)} files, listed, never run)</h3>")
-        parts.append("<span class='mono muted'>" + "<br>".join(escape(f) for f in files[:15])
-                     + ("<br>…" if len(files) > 15 else "") + "</span>")
+    parts.append(_metadata_html(ckpt.metadata))
     if ckpt.warnings:
         parts.append("<h3>Warnings</h3><ul style='margin-left:-20px'>" + "".join(
             f"<li>{escape(w)}</li>" for w in ckpt.warnings[:10]) + "</ul>")
     return "".join(parts)
+
+
+def _metadata_html(metadata: dict[str, Any]) -> str:
+    """The file's metadata (a config.json as a table of its own) and the code files it
+    lists."""
+    parts: list[str] = []
+    meta = {k: v for k, v in metadata.items() if k not in ("code files",)}
+    tables = {k: v for k, v in meta.items() if k in KEY_VALUE_TABLES and isinstance(v, dict)}
+    meta = {k: v for k, v in meta.items() if k not in tables}
+    if meta:
+        parts.append("<h3>File metadata</h3>")
+        parts.append(_rows([(k, escape(_short(v, 300))) for k, v in meta.items()]))
+    for name, table in tables.items():
+        parts.append(_key_values(KEY_VALUE_TABLES[name], table))
+    if "code files" in metadata:
+        files = metadata["code files"]
+        parts.append(f"<h3>Code ({len(files)} files, listed, never run)</h3>")
+        parts.append("<span class='mono muted'>" + "<br>".join(escape(f) for f in files[:15])
+                     + ("<br>…" if len(files) > 15 else "") + "</span>")
+    return "".join(parts)
+
+
+KEY_VALUE_TABLES = {"config": "config.json"}  # metadata shown as tables, under these titles
+TABLE_ROWS = 40  # rows of such a table (then "… N more")
+
+
+def _key_values(title: str, values: dict[str, Any]) -> str:
+    """A metadata dict (a model's config.json) as a compact table of its top-level keys,
+    long values cut short."""
+    rows = [(breakable(str(k)), f"<span class='mono'>{escape(_short(v, 60))}</span>")
+            for k, v in list(values.items())[:TABLE_ROWS]]
+    if len(values) > TABLE_ROWS:
+        rows.append(("", f"<span class='muted'>… {len(values) - TABLE_ROWS:,} more</span>"))
+    return f"<h3>{escape(title)} ({len(values):,})</h3>" + _rows(rows, escape_keys=False)
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -188,6 +214,16 @@ def stats_rows(stats: Stats) -> str:
             + f"<p class='muted'>computed in {stats.seconds * 1000:,.0f} ms{where}</p>")
 
 
+def _file_format(f: dict[str, Any]) -> str:
+    """A file's format, or in red what is wrong with it ("missing", "unreadable": the
+    problem itself is in the Warnings)."""
+    problem = f.get("problem")
+    if problem:
+        word = "missing" if problem == "missing" else "unreadable"
+        return f"<span class='bad'>{word}</span>"
+    return f"<span class='muted'>{escape(str(f.get('format') or ''))}</span>"
+
+
 def _files_html(files: list[dict[str, Any]], shown: int = 50) -> str:
     """The files of a checkpoint made of several, with their sizes and formats."""
     if not files:
@@ -196,8 +232,7 @@ def _files_html(files: list[dict[str, Any]], shown: int = 50) -> str:
     rows = "".join(
         f"<tr><td>{breakable(str(f.get('path', '')))}</td>"
         f"<td class='num' {nw}>{human_bytes(int(f.get('size') or 0))}</td>"
-        f"<td class='muted' {nw}>{escape(str(f.get('format', '')))}</td></tr>"
-        for f in files[:shown])
+        f"<td {nw}>{_file_format(f)}</td></tr>" for f in files[:shown])
     more = (f"<span class='muted'>… {len(files) - shown:,} more</span>"
             if len(files) > shown else "")
     return f"<h3>Files ({len(files)})</h3><table>{rows}</table>{more}"

@@ -32,7 +32,12 @@ from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.tensor.view import TensorView
-from ckpt_inspector.gui.theme import color, is_palette_change, span
+from ckpt_inspector.gui.theme import is_palette_change, span
+from ckpt_inspector.gui.tree.banners import (
+    make_files_banner,
+    show_files_banner,
+    show_verdict_banner,
+)
 from ckpt_inspector.gui.tree.model import (
     DEVICE,
     ELEMENTS,
@@ -46,6 +51,8 @@ from ckpt_inspector.gui.tree.model import (
     shape_text,
 )
 from ckpt_inspector.gui.tree.widgets import (
+    ColumnFitter,
+    ElideMiddle,
     MessagePage,
     copy_keys,
     current_node,
@@ -54,6 +61,7 @@ from ckpt_inspector.gui.tree.widgets import (
     select_key,
     selected_nodes,
     set_tree_model,
+    wrappable,
 )
 
 FILTER_HELP = (
@@ -68,14 +76,21 @@ FILTER_HELP = (
     "<code>file:-00002-</code> — the file that holds the tensor (a model in several files)"
 )
 DEBOUNCE_MS = 200
+SIDE_MIN = 210  # the summary and details panels' least width
+KEY_MIN = 200  # the Key column's least width: below it the tree scrolls sideways
+COLUMN_CAPS = {TYPE: 160, SHAPE: 170, ELEMENTS: 110, SIZE: 90, DEVICE: 110, FILE: 240}
+COLUMNS_GIVE_WAY = [(SHAPE, 110), (TYPE, 90), (FILE, 110)]  # in turn, to the least width
 AUTO_EXPAND_LIMIT = 400
 
 
-def _load(path: str, flat: bool = False) -> tuple[LoadedFile, int]:
+def _load(path: str, flat: bool = False) -> tuple[LoadedFile, int, str]:
     """What a tab reads on a worker: the file (and its flat tree when that is what the tab
-    shows), and how many files hold its tensors."""
+    shows), how many files hold its tensors, and the folder they all lie in ("" if none:
+    the File column leaves it out)."""
     file = load_file(path, flat)
-    return file, len({n.tensor.file for n in file.ckpt.root.walk() if n.tensor is not None})
+    files = {n.tensor.file for n in file.ckpt.root.walk() if n.tensor is not None}
+    folders = {os.path.dirname(f or "") for f in files}
+    return file, len(files), folders.pop() if len(folders) == 1 else ""
 
 
 class CheckpointView(QWidget):
@@ -97,6 +112,7 @@ class CheckpointView(QWidget):
         self._models: dict[bool, CheckpointModel] = {}
         self._expanded_before_filter: set[str] | None = None
         self._tensor_files = 0  # how many files hold the open file's tensors
+        self._files_folder = ""  # the folder they all lie in, left out of the File column
         self._build()
 
     # -- layout ------------------------------------------------------------------------------
@@ -107,6 +123,7 @@ class CheckpointView(QWidget):
         self.banner.setTextFormat(Qt.TextFormat.RichText)
         self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.banner.hide()
+        self.files_banner = make_files_banner()
 
         self.filter_edit = make_filter_edit(
             "filterEdit", "Filter keys   (text, re:pattern, shape:768x768, dtype:bf16 — ? for "
@@ -137,12 +154,15 @@ class CheckpointView(QWidget):
         # the current row may vanish under a filter: keep the details panel honest
         self.tree = make_key_tree(self.proxy, "keyTree", self._current_changed,
                                   self._context_menu, self.copy_keys, self._refresh_details)
+        self.tree.setItemDelegateForColumn(FILE, ElideMiddle(self.tree))  # ranks differ last
+        self.columns = ColumnFitter(self.tree, KEY_MIN, COLUMN_CAPS, COLUMNS_GIVE_WAY)
 
         top = QWidget()
         lv = QVBoxLayout(top)
         lv.setContentsMargins(0, 0, 0, 0)
         lv.setSpacing(4)
         lv.addWidget(self.banner)
+        lv.addWidget(self.files_banner)
         lv.addLayout(filter_row)
         lv.addWidget(self.tree, 1)
         self.analysis = Analysis(self.runner, self)
@@ -171,7 +191,7 @@ class CheckpointView(QWidget):
         side.addWidget(self.details)
         side.setStretchFactor(0, 1)
         side.setStretchFactor(1, 1)
-        side.setMinimumWidth(280)
+        side.setMinimumWidth(SIDE_MIN)  # at small widths the tree gets the space
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(left)
@@ -212,18 +232,19 @@ class CheckpointView(QWidget):
         name = os.path.basename(self.path)
         self._show_message(f"Reading <b>{escape(name)}</b>…", retry=False)
         self.runner.run(f"Reading {name}", _load, self.path, not self.group_box.isChecked(),
-                        on_result=lambda r: self._loaded(r[0], generation, r[1]),
+                        on_result=lambda r: self._loaded(r[0], generation, r[1], r[2]),
                         on_error=lambda e: self._failed(e, generation),
                         on_discard=lambda r: release_file(r[0]),
                         on_cancel=lambda: self._cancelled(generation))
 
-    def _loaded(self, file: LoadedFile, generation: int, files: int = 1) -> None:
+    def _loaded(self, file: LoadedFile, generation: int, files: int = 1,
+                folder: str = "") -> None:
         if generation != self._generation or self._disposed:
             release_file(file)  # superseded by a newer request, or the tab is gone
             return
         previous, old_models = self.file, list(self._models.values())
         self.file = file
-        self._tensor_files = files
+        self._tensor_files, self._files_folder = files, folder
         self.tensor_view.set_file(file.path)
         # a model per tree, made when first shown (the flat tree is built then too)
         self._models = {}
@@ -242,7 +263,7 @@ class CheckpointView(QWidget):
             return
         message, _details = describe(err)
         self._show_message(f"<b>Could not read {escape(os.path.basename(self.path))}</b>"
-                           f"<br><br>{escape(message)}", retry=True)
+                           f"<br><br>{wrappable(message)}", retry=True)
         self.reporter.report("Could not open the file", err, self.path)
         self.failed.emit(message)
 
@@ -257,6 +278,7 @@ class CheckpointView(QWidget):
             file = self.file
             model = self._models[grouped] = CheckpointModel(file.tree(grouped), self)
             model.set_target_device(self.target_device)
+            model.files_folder = self._files_folder
             model.dangerous = {f.name for f in file.report.findings
                                if f.severity == "dangerous" and f.name}
         return model
@@ -265,14 +287,14 @@ class CheckpointView(QWidget):
         model = self._model(grouped)
         if model is None:
             return
-        current = set_tree_model(self.tree, model, [(TYPE, 120), (SHAPE, 150), (ELEMENTS, 95),
-                                                    (SIZE, 80), (DEVICE, 75), (FILE, 170)])
+        current = set_tree_model(self.tree, model, [])
         # the File column only says something when the tensors lie in several files
         self.tree.setColumnHidden(FILE, self._tensor_files < 2)
         self._expanded_before_filter = None
         self.apply_filter()
         if not self.filter_edit.text().strip():
             self._expand_top()
+        self.columns.fit()
         if current is not None:
             self.select_key(current.key)
 
@@ -288,33 +310,8 @@ class CheckpointView(QWidget):
                 self.tree.expand(idx)
 
     def _show_banner(self, file: LoadedFile) -> None:
-        report = file.report
-        if report.verdict == "safe":
-            self.banner.hide()
-            return
-        names = report.flagged_names()
-        shown = ", ".join(f"<code>{escape(n)}</code>" for n in names[:6])
-        more = f" and {len(names) - 6} more" if len(names) > 6 else ""
-        if report.verdict == "dangerous":
-            first = next(f for f in report.findings if f.severity == "dangerous")
-            where = f" (byte {first.offset} of {escape(first.member or 'the file')})" \
-                if first.offset is not None else ""
-            text = (f"<b>Dangerous file.</b> {escape(first.message)}{where}. "
-                    "It is shown read-only; ckpt-inspector has not run any of it. "
-                    "Do not load it with torch.")
-            kind = "danger"
-        else:
-            what = f"It imports {shown}{more}" if names else "It contains code"
-            extra = f" {escape(file.ckpt.runs_code)}." if file.ckpt.runs_code else ""
-            text = (f"<b>Needs trust.</b> {what}: loading it with torch would run that code."
-                    f"{extra} ckpt-inspector only reads it, read-only.")
-            kind = "warning"
-        style = (f"background:{color(kind + '_bg')}; color:{color(kind + '_fg')}; "
-                 f"border:1px solid {color(kind + '_border')};")
-        self.banner.setStyleSheet(f"QLabel#securityBanner {{ {style} padding:8px; "
-                                  "border-radius:4px; }")
-        self.banner.setText(text)
-        self.banner.show()
+        show_files_banner(self.files_banner, file.ckpt)
+        show_verdict_banner(self.banner, file)
 
     # -- filter --------------------------------------------------------------------------------
     def apply_filter(self) -> None:

@@ -22,6 +22,7 @@ from ckpt_inspector.gui.theme import brush
 COLUMNS = ("Key", "Type", "Shape / value", "Elements", "Size", "Device", "File")
 KEY, TYPE, SHAPE, ELEMENTS, SIZE, DEVICE, FILE = range(len(COLUMNS))
 NodeRole = Qt.ItemDataRole.UserRole + 1
+MAX_TIP_FILES = 12  # files named in a row's tooltip
 
 _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
@@ -67,10 +68,28 @@ def row_nbytes(d: DisplayNode) -> int:
     return d.node.tensor.nbytes if d.is_tensor else d.nbytes  # type: ignore[union-attr]
 
 
-def file_text(d: DisplayNode) -> str:
-    """The file that holds a tensor row, relative to what was opened ("" for a single
-    file, and for groups)."""
-    return (d.node.tensor.file or "") if d.is_tensor else ""  # type: ignore[union-attr]
+def tensor_files(d: DisplayNode) -> list[str]:
+    """The files that hold a tensor row, relative to what was opened: its own, then those
+    of its pieces (a tensor saved in pieces by several ranks); [] for groups."""
+    if not d.is_tensor:
+        return []
+    t = d.node.tensor  # type: ignore[union-attr]
+    files = [t.file] if t.file else []
+    for piece in t.pieces or ():
+        name = piece.get("file")
+        if name and name not in files:
+            files.append(str(name))
+    return files
+
+
+def file_text(d: DisplayNode, folder: str = "") -> str:
+    """The File column: the file that holds a tensor (relative to ``folder``, where all of
+    them lie), and "+N" when N more hold pieces of it ("" for a single file, for groups)."""
+    files = tensor_files(d)
+    first = files[0] if files else ""
+    if folder and first.startswith(folder + "/"):
+        first = first[len(folder) + 1:]
+    return f"{first} +{len(files) - 1}" if len(files) > 1 else first
 
 
 def shape_text(d: DisplayNode) -> str:
@@ -212,6 +231,7 @@ class CheckpointModel(NodeTreeModel):
         super().__init__(top, parent)
         self._target = "cpu"
         self.dangerous: set[str] = set()  # names the scan flagged; their rows are shown red
+        self.files_folder = ""  # where all the files lie: the File column leaves it out
 
     # -- data ---------------------------------------------------------------------------
     def _style(self, d: DisplayNode, col: int, role: int) -> Any:
@@ -249,7 +269,7 @@ class CheckpointModel(NodeTreeModel):
                 return f"{saved} → {self._target}"
             return saved
         if col == FILE:
-            return file_text(d)
+            return file_text(d, self.files_folder)
         return ""
 
     def _tooltip(self, d: DisplayNode) -> str:
@@ -258,8 +278,14 @@ class CheckpointModel(NodeTreeModel):
             t = d.node.tensor
             lines.append(f"{t.dtype} {list(t.shape)}, stride {list(t.stride or ())}, "
                          f"offset {t.storage_offset}")
-            if t.file:
-                lines.append(f"in {t.file}")
+            files = tensor_files(d)
+            if len(files) > 1:
+                lines.append(f"in pieces, in {len(files)} files:")
+                lines += [f"  {f}" for f in files[:MAX_TIP_FILES]]
+                if len(files) > MAX_TIP_FILES:
+                    lines.append(f"  … and {len(files) - MAX_TIP_FILES:,} more")
+            elif files:
+                lines.append(f"in {files[0]}")
             if t.problem:
                 lines.append(f"DAMAGED: {t.problem}")
             if d.children:  # a key that other keys extend: the columns are its tensor's own

@@ -7,10 +7,12 @@ a filtering proxy; every node has a full dotted ``key``, given by :data:`NodeRol
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from html import escape
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt, QTimer
+from PySide6.QtCore import QEvent, QModelIndex, QObject, QSortFilterProxyModel, Qt, QTimer
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -19,6 +21,8 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTreeView,
     QVBoxLayout,
     QWidget,
@@ -74,6 +78,64 @@ def set_tree_model(tree: QTreeView, model: Any, widths: list[tuple[int, int]]) -
         header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
         header.resizeSection(col, width)
     return current
+
+
+class ColumnFitter(QObject):
+    """The key tree's columns sized to their content (each at most its cap); the key column
+    gets its content's width when it can (the columns in ``shrink`` give way first, down to
+    their least width), takes any slack, and never goes under ``key_min`` (then the view
+    scrolls sideways rather than cutting every key to "…")."""
+
+    def __init__(self, tree: QTreeView, key_min: int, caps: dict[int, int],
+                 shrink: list[tuple[int, int]]):
+        super().__init__(tree)
+        self.tree, self.key_min, self.caps, self.shrink = tree, key_min, caps, shrink
+        self.wanted: dict[int, int] = {}
+        tree.viewport().installEventFilter(self)
+
+    def fit(self) -> None:
+        """Measure the columns (the rows shown now, as Qt samples them) and share the width."""
+        header = self.tree.header()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        least = header.minimumSectionSize()
+        def need(col: int) -> int:  # its cells' and its title's
+            return max(self.tree.sizeHintForColumn(col) + 12, header.sectionSizeHint(col))
+
+        self.wanted = {col: max(least, min(cap, need(col))) for col, cap in self.caps.items()
+                       if not self.tree.isColumnHidden(col)}
+        self.wanted[0] = max(self.key_min, need(0))
+        self.fit_key()
+
+    def fit_key(self) -> None:
+        if not self.wanted:
+            return
+        header = self.tree.header()
+        widths = {c: w for c, w in self.wanted.items() if not self.tree.isColumnHidden(c)}
+        over = sum(widths.values()) - self.tree.viewport().width()
+        for col, least in self.shrink:  # too wide: these give way, in turn
+            if over <= 0:
+                break
+            if col in widths:
+                give = min(over, max(0, widths[col] - least))
+                widths[col] -= give
+                over -= give
+        widths[0] = max(self.key_min, widths[0] - over)  # over < 0: the slack
+        for col, width in widths.items():
+            header.resizeSection(col, width)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Resize:
+            self.fit_key()
+        return False
+
+
+class ElideMiddle(QStyledItemDelegate):
+    """Cells cut in the middle ("global_st…rank_1_optim_states.pt"): for file names that
+    differ only near their end."""
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index: Any) -> None:
+        super().initStyleOption(option, index)
+        option.textElideMode = Qt.TextElideMode.ElideMiddle
 
 
 def make_filter_edit(name: str, placeholder: str, apply: Callable[[], None], delay_ms: int,
@@ -137,6 +199,23 @@ def copy_keys(tree: QTreeView) -> None:
         QGuiApplication.clipboard().setText("\n".join(n.key for n in nodes))
 
 
+LONG_WORD = 24  # longer runs without a space may break after / . _ - (or anywhere)
+MESSAGE_WIDTH = 720  # a message page's text: a readable measure, centred
+
+
+def wrappable(text: str) -> str:
+    """HTML for a message that a word-wrapped label can always wrap: long paths and names
+    may break after ``/ . _ -`` (and, lacking those, every few characters)."""
+
+    def soften(match: re.Match[str]) -> str:
+        word = re.sub(r"([/._\-])", "\\1\u200b", match.group(0))
+        return "\u200b".join(part if len(part) <= LONG_WORD else "\u200b".join(
+            part[i:i + LONG_WORD] for i in range(0, len(part), LONG_WORD))
+            for part in word.split("\u200b"))
+
+    return escape(re.sub(rf"\S{{{LONG_WORD + 1},}}", soften, text))
+
+
 class MessagePage(QWidget):
     """A centred message ("reading…", an error, "cancelled") with a button to try again,
     and, if asked for, a progress bar."""
@@ -150,12 +229,13 @@ class MessagePage(QWidget):
         self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.label.setMaximumWidth(MESSAGE_WIDTH)
         self.button = QPushButton(retry)
         self.button.clicked.connect(on_retry)
         self.progress: QProgressBar | None = None
         layout = QVBoxLayout(self)
         layout.addStretch(1)
-        layout.addWidget(self.label)
+        layout.addWidget(self.label, 0, Qt.AlignmentFlag.AlignHCenter)
         if progress:
             self.progress = QProgressBar()
             self.progress.setMaximumWidth(360)
