@@ -57,13 +57,37 @@ def breakable(name: str) -> str:
     return escape(name).replace(".", ".\u200b").replace("_", "_\u200b")
 
 
-def verdict_badge(verdict: str) -> str:
+def verdict_badge(verdict: str, meaning: str | None = None) -> str:
     fg_role, bg_role, text = VERDICT_STYLE.get(verdict, ("heading", "panel_bg", verdict))
+    text = meaning or text
     fg, bg = color(fg_role), color(bg_role)
     # Qt's rich text draws a cell's bgcolor (not a table's CSS background)
     return (f'<table width="100%" cellspacing="0"><tr><td bgcolor="{bg}" style="padding:6px;">'
             f'<b style="color:{fg};">{escape(verdict.upper())}</b>'
             f'<span style="color:{fg};"> — {escape(text)}</span></td></tr></table>')
+
+
+TORCH_LOAD_FORMATS = ("torch-zip", "torch-legacy")
+NOT_WEIGHTS = {None, "hf-index", "text", "json"}  # a layout's index, config and marker files
+
+
+def safe_meaning(fmt: str, files: list[dict], devices: dict[str, int]) -> str:
+    """What ``safe`` means for this checkpoint: only torch's own formats are read by
+    ``torch.load``, and one saved on a GPU needs ``map_location`` on a machine without it."""
+    inner = {f.get("format") for f in files} - NOT_WEIGHTS if files else {fmt}
+    if inner and inner <= set(TORCH_LOAD_FORMATS):
+        where = "each file" if files else "it"
+        text = f"only weights; torch.load(weights_only=True) accepts {where}"
+        gpu = sorted(d for d in devices if not d.startswith("cpu"))
+        if gpu:
+            text += (f"; saved on {', '.join(gpu)}: pass map_location='cpu' where that "
+                     "device is missing")
+        return text
+    if fmt == "dcp":
+        return "only weights and DCP's own records; torch.distributed.checkpoint reads it"
+    if fmt == "torchscript":
+        return "only weights and TorchScript code, which runs only when the model is called"
+    return "only data, nothing that runs when it is read (torch.load does not read this format)"
 
 
 def summary_html(loaded: LoadedFile) -> str:
@@ -75,7 +99,9 @@ def summary_html(loaded: LoadedFile) -> str:
         ("file size", human_bytes(ckpt.file_size)),
         ("read in", f"{loaded.seconds * 1000:.0f} ms"),
     ]))
-    parts.append("<h3>Security</h3>" + verdict_badge(report.verdict))
+    meaning = safe_meaning(ckpt.format, ckpt.files, tot.get("devices") or {}) \
+        if report.verdict == "safe" else None
+    parts.append("<h3>Security</h3>" + verdict_badge(report.verdict, meaning))
     danger = [f for f in report.findings if f.severity == "dangerous"]
     if danger:
         items = [f'<li class="bad">{escape(f.message)}'
