@@ -28,6 +28,7 @@ from ckpt_inspector.core.summary import (
     value_records,
     with_tensor,
 )
+from ckpt_inspector.core.tensor_text import tensors_json
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 NAMES = ("info", "scan", "demo")
@@ -79,7 +80,7 @@ def info_json(ckpt: Checkpoint) -> dict[str, Any]:
     shared = shared_storage(ckpt, plain)
     cache: dict[tuple[Any, ...], tuple[str, str]] = {}  # what tensors have in common
     if len(plain) == len(pairs):
-        tensors, arrays = Encoded(tensor_json(p, n, shared, cache) for p, n in pairs), Encoded()
+        tensors, arrays = Encoded(tensors_json(pairs, shared)), Encoded()
     else:
         tensors, arrays = Encoded(), Encoded()
         for path, node in pairs:
