@@ -64,7 +64,9 @@ def write_json(obj: dict[str, Any], out: Any) -> None:
         out.write(f" {json.dumps(key)}: ")
         if isinstance(value, list) and value:
             lines = value if isinstance(value, Encoded) else map(json.dumps, value)
-            out.write("[\n  " + ",\n  ".join(lines) + "\n ]")
+            out.write("[\n  ")  # not one string: the tensors' text is 10s of MB
+            out.write(",\n  ".join(lines))
+            out.write("\n ]")
         else:
             out.write(json.dumps(value, indent=1).replace("\n", "\n "))
         out.write(",\n" if i < len(items) - 1 else "\n")
