@@ -28,6 +28,7 @@ from ckpt_inspector.core.summary import (
     value_records,
     with_tensor,
 )
+from ckpt_inspector.core.tensor_text import tensors_json
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 NAMES = ("info", "scan", "demo")
@@ -63,7 +64,9 @@ def write_json(obj: dict[str, Any], out: Any) -> None:
         out.write(f" {json.dumps(key)}: ")
         if isinstance(value, list) and value:
             lines = value if isinstance(value, Encoded) else map(json.dumps, value)
-            out.write("[\n  " + ",\n  ".join(lines) + "\n ]")
+            out.write("[\n  ")  # not one string: the tensors' text is 10s of MB
+            out.write(",\n  ".join(lines))
+            out.write("\n ]")
         else:
             out.write(json.dumps(value, indent=1).replace("\n", "\n "))
         out.write(",\n" if i < len(items) - 1 else "\n")
@@ -79,7 +82,7 @@ def info_json(ckpt: Checkpoint) -> dict[str, Any]:
     shared = shared_storage(ckpt, plain)
     cache: dict[tuple[Any, ...], tuple[str, str]] = {}  # what tensors have in common
     if len(plain) == len(pairs):
-        tensors, arrays = Encoded(tensor_json(p, n, shared, cache) for p, n in pairs), Encoded()
+        tensors, arrays = Encoded(tensors_json(pairs, shared)), Encoded()
     else:
         tensors, arrays = Encoded(), Encoded()
         for path, node in pairs:

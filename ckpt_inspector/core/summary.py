@@ -13,6 +13,7 @@ from typing import Any
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.keytree import roll_up
+from ckpt_inspector.core.tensors import DataSource
 from ckpt_inspector.core.tree import UNKNOWN_DTYPE, Checkpoint, Node, TensorInfo, key_of
 
 MAX_VALUES = 1000
@@ -333,7 +334,7 @@ def totals(ckpt: Checkpoint, nodes: list[Node] | None = None) -> dict[str, Any]:
         "tensors": len(ts),
         "numel": numel,
         "nbytes": nbytes,
-        "storage_nbytes": sum(src.stored_nbytes for src in distinct.values()),
+        "storage_nbytes": _stored_nbytes(list(distinct.values())),
         "by_dtype": {k: {"tensors": v[0], "numel": v[1], "nbytes": v[2]} for k, v in
                      sorted(by_dtype.items(), key=lambda kv: -kv[1][2])},
         "devices": dict(Counter(map(_DEVICE, ts))),
@@ -344,6 +345,14 @@ def totals(ckpt: Checkpoint, nodes: list[Node] | None = None) -> dict[str, Any]:
     return out
 
 
+def _stored_nbytes(sources: list[Any]) -> int:
+    """The sum of the sources' ``stored_nbytes``: their ``nbytes`` summed in C where no
+    source's class says otherwise (a file's own bytes, not decoded ones)."""
+    if all(kind.stored_nbytes is DataSource.stored_nbytes for kind in set(map(type, sources))):
+        return sum(map(_NBYTES, sources))
+    return sum(src.stored_nbytes for src in sources)
+
+
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``1 tensor``, ``2 tensors``, ``1,000 tensors``."""
     return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
@@ -352,7 +361,7 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
 _TENSOR, _STORAGE = attrgetter("tensor"), attrgetter("storage")
 _DTYPE, _SHAPE, _DEVICE, _PROBLEM = (attrgetter(a) for a in ("dtype", "shape", "device",
                                                               "problem"))
-_LAYOUT = attrgetter("layout")
+_LAYOUT, _NBYTES = attrgetter("layout"), attrgetter("nbytes")
 
 
 def _by_dtype(ts: list[TensorInfo]) -> tuple[dict[str, list[int]], int, int]:

@@ -107,7 +107,8 @@ def _tensors(header: dict[str, Any], root: Node, src: Source, data_start: int,
     spans: list[tuple[int, int, str]] = []
     add_span = spans.append
     add_node = root.add
-    add_child = root.children.append
+    kids = root.children
+    add_child = kids.append
     file_range = src.range
     plain = _PLAIN
     for name, entry in header.items():
@@ -131,9 +132,12 @@ def _tensors(header: dict[str, Any], root: Node, src: Source, data_start: int,
                     info = TensorInfo(dtype, tuple(shape), None, 0, StorageInfo(
                         name, dtype, numel, "cpu", file_range(data_start + begin, end - begin)),
                         "cpu")
-                    # root.add inlined: the node knows its parent and row
-                    add_child(Node("tensor", name, "torch.Tensor", tensor=info, parent=root,
-                                   row=len(root.children)))
+                    # root.add inlined: the node knows its parent and row (set after:
+                    # keyword arguments cost more than the two stores)
+                    node = Node("tensor", name, "torch.Tensor", None, info)
+                    node.parent = root
+                    node.row = len(kids)
+                    add_child(node)
                     add_span((begin, end, name))
                     continue
         info = _tensor(name, entry, src, data_start, data_len)

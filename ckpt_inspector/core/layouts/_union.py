@@ -64,6 +64,9 @@ class Union:
                 root.key = rel
                 self._put(rel, root, rel)
             return []
+        fast = self._add_plain(rel, root.children)
+        if fast is not None:
+            return fast
         held = []
         where = self._where
         mine = self.root
@@ -89,6 +92,28 @@ class Union:
                 if owner is None or owner.get(key) != rel:
                     continue
             self._put(key, child, rel)
+        return held
+
+    def _add_plain(self, rel: str, children: list[Node]) -> list[str] | None:
+        """:meth:`add` for the common part: tensors under string keys none of the files
+        before held (a shard of a state_dict), in one pass and a few calls in C; None
+        for anything else (``add`` then goes the general way)."""
+        held = [child.key for child in children]
+        where = self._where
+        if set(map(type, held)) - {str} or not where.keys().isdisjoint(held) or \
+                len(set(held)) != len(held):
+            return None
+        tensors = [child.tensor for child in children if not child.children]
+        if len(tensors) != len(children) or None in tensors:
+            return None
+        where.update(dict.fromkeys(held, rel))
+        for t in tensors:
+            t.file = rel
+        mine = self.root
+        for row, child in enumerate(children, len(mine.children)):
+            child.parent = mine
+            child.row = row
+        mine.children.extend(children)
         return held
 
     def put(self, key: str, node: Node, rel: str) -> None:
