@@ -130,6 +130,7 @@ class NodeTreeModel(QAbstractItemModel):
         self._top = top
         self._sorted_by: tuple[int, Qt.SortOrder] | None = None  # None: the file's order
         self._in_order: set[int] = set()  # ids of the nodes whose children are sorted so
+        self._resorted = False  # sorted by a column since built (else in the file's order)
 
     # -- structure -------------------------------------------------------------------
     def node(self, index: QModelIndex) -> Any:
@@ -140,6 +141,8 @@ class NodeTreeModel(QAbstractItemModel):
         for (sorting 100,000 rows at once would freeze the window), as a new list, so a
         worker walking the tree meanwhile sees every child once."""
         children = node.children
+        if not self._resorted:
+            return children  # as built: in the file's order
         if len(children) > 1 and id(node) not in self._in_order:
             self._in_order.add(id(node))
             if self._sorted_by is None:
@@ -227,6 +230,7 @@ class NodeTreeModel(QAbstractItemModel):
         if column < 0 and self._sorted_by is None:
             return  # already in the file's order
         self._sorted_by = None if column < 0 else (column, order)
+        self._resorted = True
         self.layoutAboutToBeChanged.emit()
         old = self.persistentIndexList()
         old_nodes = [(i.internalPointer(), i.column()) for i in old]
@@ -358,6 +362,15 @@ class FilterProxy(QSortFilterProxyModel):
     def __init__(self, parent: Any = None):
         super().__init__(parent)
         self._matches: set[int] | None = None
+        # the children of the parent asked about last: Qt asks about every row of a parent
+        # in turn (10,000 times for a module of 10,000 rows); sorting may replace the list
+        self._parent_node: Any = None
+        self._children: list[Any] = []
+        self.sourceModelChanged.connect(self._forget_parent)
+        self.layoutAboutToBeChanged.connect(self._forget_parent)
+
+    def _forget_parent(self, *_args: Any) -> None:
+        self._parent_node, self._children = None, []
 
     @property
     def filtering(self) -> bool:
@@ -365,6 +378,7 @@ class FilterProxy(QSortFilterProxyModel):
 
     def set_matches(self, matches: set[int] | None) -> None:
         """Show only these nodes (ids of display nodes); None shows everything."""
+        self._forget_parent()
         if hasattr(self, "beginFilterChange"):  # Qt >= 6.9
             self.beginFilterChange()
             self._matches = matches
@@ -377,7 +391,9 @@ class FilterProxy(QSortFilterProxyModel):
         if self._matches is None:
             return True
         node = parent.internalPointer() if parent.isValid() else self.sourceModel().node(parent)
-        children = self.sourceModel().children_of(node)
+        if node is not self._parent_node:
+            self._parent_node, self._children = node, self.sourceModel().children_of(node)
+        children = self._children
         return 0 <= row < len(children) and id(children[row]) in self._matches
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
