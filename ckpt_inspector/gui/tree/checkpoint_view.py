@@ -6,7 +6,7 @@ import os
 from html import escape
 from typing import Any
 
-from PySide6.QtCore import QEvent, QModelIndex, QPoint, Qt, Signal
+from PySide6.QtCore import QEvent, QModelIndex, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -254,7 +254,11 @@ class CheckpointView(QWidget):
         # a model per tree, made when first shown (the flat tree is built then too)
         self._models = {}
         self._show_model(self.group_box.isChecked())
-        self.summary.setHtml(summary_html(file))
+        if file.totals["tensors"] > SYNC_FILTER_TENSORS:  # the tree first, then the summary
+            self.summary.clear()
+            QTimer.singleShot(0, self, lambda: self._show_summary(file))
+        else:
+            self._show_summary(file)
         self._show_banner(file)
         self.pages.setCurrentIndex(1)
         for model in old_models:
@@ -262,6 +266,10 @@ class CheckpointView(QWidget):
         if previous is not None:
             release_file(previous)
         self.loaded.emit(file)
+
+    def _show_summary(self, file: LoadedFile) -> None:
+        if file is self.file:
+            self.summary.setHtml(summary_html(file))
 
     def _failed(self, err: BaseException, generation: int) -> None:
         if generation != self._generation:
