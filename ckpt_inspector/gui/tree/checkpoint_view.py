@@ -38,7 +38,13 @@ from ckpt_inspector.gui.tree.banners import (
     show_files_banner,
     show_verdict_banner,
 )
-from ckpt_inspector.gui.tree.filtering import Result, SlicedMatcher, match_now
+from ckpt_inspector.gui.tree.filtering import (
+    Result,
+    SlicedMatcher,
+    expanded_keys,
+    match_now,
+    restore_expansion,
+)
 from ckpt_inspector.gui.tree.model import (
     DEVICE,
     ELEMENTS,
@@ -352,7 +358,7 @@ class CheckpointView(QWidget):
             self.filtered.emit()
             return
         if not self.proxy.filtering:
-            self._expanded_before_filter = self._expanded_keys()
+            self._expanded_before_filter = expanded_keys(self.tree)
         top = model.node(QModelIndex())
         if top.tensors <= SYNC_FILTER_TENSORS:
             self._show_matches(match_now(top, q))
@@ -375,35 +381,10 @@ class CheckpointView(QWidget):
             self.tree.expandAll()
         self.filtered.emit()
 
-    def _expanded_keys(self) -> set[str]:
-        out: set[str] = set()
-        stack = [QModelIndex()]
-        while stack:
-            parent = stack.pop()
-            for row in range(self.proxy.rowCount(parent)):
-                idx = self.proxy.index(row, 0, parent)
-                if self.tree.isExpanded(idx):
-                    out.add(idx.data(NodeRole).key)
-                    stack.append(idx)
-        return out
-
     def _restore_expansion(self) -> None:
-        keys = self._expanded_before_filter
-        self._expanded_before_filter = None
-        if keys is None:
-            return
-        self.tree.collapseAll()
-        stack = [QModelIndex()]
-        while stack:
-            parent = stack.pop()
-            for row in range(self.proxy.rowCount(parent)):
-                idx = self.proxy.index(row, 0, parent)
-                if idx.data(NodeRole).key in keys:
-                    self.tree.expand(idx)
-                    stack.append(idx)
-        current = self.tree.currentIndex()
-        if current.isValid():
-            self.tree.scrollTo(current)
+        keys, self._expanded_before_filter = self._expanded_before_filter, None
+        if keys is not None:
+            restore_expansion(self.tree, keys)
 
     def _set_grouped(self, grouped: bool) -> None:
         if self.file is not None:

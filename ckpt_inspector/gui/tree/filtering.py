@@ -1,5 +1,6 @@
 """Filtering a large key tree without freezing the window: the query is matched on the GUI
-thread a slice of a few milliseconds at a time, between events.
+thread a slice of a few milliseconds at a time, between events; and the expanded rows kept
+while a filter shows.
 
 Not on a worker: matching is pure Python, so a worker would hold the interpreter lock while
 the GUI thread waits for it at every call into Python (painting a row, a timer), which
@@ -12,10 +13,12 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QModelIndex, QObject, QTimer, Signal
+from PySide6.QtWidgets import QTreeView
 
 from ckpt_inspector.core import query as query_mod
 from ckpt_inspector.core.display import DisplayNode
+from ckpt_inspector.gui.tree.model import NodeRole
 
 SLICE_S = 0.012  # GUI-thread time per turn of the event loop
 STEP = 512  # nodes between looks at the clock
@@ -96,3 +99,35 @@ class SlicedMatcher(QObject):
             self.done.emit(end.value)
             return
         self._timer.start()
+
+
+def expanded_keys(tree: QTreeView) -> set[str]:
+    """The keys of the expanded rows (kept while a filter shows, restored after it)."""
+    model = tree.model()
+    out: set[str] = set()
+    stack = [QModelIndex()]
+    while stack:
+        parent = stack.pop()
+        for row in range(model.rowCount(parent)):
+            idx = model.index(row, 0, parent)
+            if tree.isExpanded(idx):
+                out.add(idx.data(NodeRole).key)
+                stack.append(idx)
+    return out
+
+
+def restore_expansion(tree: QTreeView, keys: set[str]) -> None:
+    """Expand the rows with these keys (and only them), the current row in sight."""
+    model = tree.model()
+    tree.collapseAll()
+    stack = [QModelIndex()]
+    while stack:
+        parent = stack.pop()
+        for row in range(model.rowCount(parent)):
+            idx = model.index(row, 0, parent)
+            if idx.data(NodeRole).key in keys:
+                tree.expand(idx)
+                stack.append(idx)
+    current = tree.currentIndex()
+    if current.isValid():
+        tree.scrollTo(current)
