@@ -10,8 +10,9 @@ adapter and the whole tree can be built on a worker thread.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ckpt_inspector.core.keytree import DottedKeys, KeyRow, join, roll_up, split_key
+from ckpt_inspector.core.keytree import KeyRow, join, roll_up
 from ckpt_inspector.core.tree import Node
 
 
@@ -51,8 +52,86 @@ def _groupable(node: Node) -> bool:
                                        for c in node.children)
 
 
-def _taken(row: DisplayNode) -> bool:
-    return row.node is not None
+Slots = dict[tuple[int, Any], DisplayNode]  # (id of the parent row, part) -> row
+
+
+def _place_all(dnode: DisplayNode, children: list[Node], slots: Slots, made: list[DisplayNode],
+               stack: list[tuple[Node, DisplayNode]]) -> None:
+    """The rows of a groupable mapping's children below ``dnode``, by the rule of
+    :class:`~ckpt_inspector.core.keytree.DottedKeys` (rows looked up by (parent, part) in
+    ``slots``, shared by the whole tree; ``x`` and ``x.y`` share the row ``x``; a duplicate
+    key gets a row of its own that nothing joins). Group rows are remembered by their
+    dotted prefix, so a key costs a look-up or two, not one per part."""
+    groups: dict[str, DisplayNode] = {}  # dotted prefix -> its group row
+    for child in children:
+        key = child.key
+        if isinstance(key, str) and "." in key:
+            prefix, _, part = key.rpartition(".")
+            parent = groups.get(prefix) if prefix else None
+            if parent is None:
+                parent = _group(dnode, prefix, groups, slots, made)
+        else:
+            parent, part = dnode, key
+        slot = (id(parent), part)
+        row = slots.get(slot)
+        if row is None:
+            row = slots[slot] = _make(parent, str(part), join(parent.key, part), made)
+        elif row.node is not None:  # a duplicate key: a row of its own beside it
+            row = _make(parent, str(part), row.key, made)
+        row.node = child
+        stack.append((child, row))
+
+
+def _group(dnode: DisplayNode, prefix: str, groups: dict[str, DisplayNode], slots: Slots,
+           made: list[DisplayNode]) -> DisplayNode:
+    """The group row of the dotted ``prefix`` below ``dnode``, made (with the rows above
+    it) where missing; iterative, for keys of any number of parts."""
+    missing: list[str] = []
+    parent = None
+    while parent is None:
+        head, dot, part = prefix.rpartition(".")
+        missing.append(part)
+        if not dot:
+            parent = dnode
+        else:
+            prefix = head
+            parent = groups.get(prefix) if prefix else None
+    if not dot:
+        prefix = ""
+    for part in reversed(missing):
+        slot = (id(parent), part)
+        row = slots.get(slot)
+        if row is None:
+            row = slots[slot] = _make(parent, part, join(parent.key, part), made)
+        prefix = f"{prefix}.{part}" if prefix or parent is not dnode else part
+        groups[prefix] = parent = row
+    return parent
+
+
+def _make(parent: DisplayNode, label: str, key: str, made: list[DisplayNode]) -> DisplayNode:
+    children = parent.children
+    n = len(children)
+    row = DisplayNode(label, key, n, parent=parent, row=n)
+    children.append(row)
+    made.append(row)
+    return row
+
+
+def _tally_all(made: list[DisplayNode]) -> None:
+    """Every row's totals, children first: a row is made after its parent, so in reverse
+    order of making each row is complete when it is added to its parent's."""
+    for row in reversed(made):
+        node = row.node
+        t = node.tensor if node is not None else None
+        if t is not None:
+            row.tensors += 1
+            row.numel += t.numel
+            row.nbytes += t.nbytes
+        parent = row.parent
+        if parent is not None:
+            parent.tensors += row.tensors
+            parent.numel += row.numel
+            parent.nbytes += row.nbytes
 
 
 def build_display_tree(root: Node, grouped: bool = True) -> DisplayNode:
@@ -64,19 +143,17 @@ def build_display_tree(root: Node, grouped: bool = True) -> DisplayNode:
         roll_up(top)
         top.node = root
         return top
-    rows = DottedKeys(DisplayNode)
+    made: list[DisplayNode] = [top]
+    slots: Slots = {}
     stack: list[tuple[Node, DisplayNode]] = [(root, top)]
     while stack:
         node, dnode = stack.pop()
         if grouped and _groupable(node):
-            for child in node.children:
-                row = rows.place(dnode, split_key(child.key), taken=_taken)
-                row.node = child
-                stack.append((child, row))
+            _place_all(dnode, node.children, slots, made, stack)
         else:
             for child in node.children:
-                row = dnode.add(DisplayNode(str(child.key), join(dnode.key, child.key),
-                                            node=child))
+                row = _make(dnode, str(child.key), join(dnode.key, child.key), made)
+                row.node = child
                 stack.append((child, row))
-    roll_up(top)
+    _tally_all(made)
     return top

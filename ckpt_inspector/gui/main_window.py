@@ -46,9 +46,11 @@ from ckpt_inspector.gui.diff.view import DiffView
 from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.icons import VERDICT_WORDS, app_icon, verdict_icon
 from ckpt_inspector.gui.jobs import JobRunner
-from ckpt_inspector.gui.tensor.preload import preload_plots
+from ckpt_inspector.gui.tensor.preload import preload_when_idle
 from ckpt_inspector.gui.tree.checkpoint_view import CheckpointView
 from ckpt_inspector.gui.whole_model_bar import offer_whole_model
+
+IDLE_AFTER_MS = 500  # how often the window looks whether it is idle (no task running)
 
 
 def make_demo() -> str:
@@ -90,10 +92,21 @@ class MainWindow(QMainWindow):
         self.probe = DeviceProbe(self)
         self.probe.found.connect(self._devices_found)
         self.probe.failed.connect(self._devices_failed)
-        if probe_devices:
+        # listing the devices (a child process that imports torch) and importing pyqtgraph
+        # (half a second on a worker) wait until no file is being read: they would slow the
+        # read down, and stall the window, while the user waits for the first tree
+        self._probe_pending = probe_devices
+        QTimer.singleShot(IDLE_AFTER_MS, self, self._when_idle)  # not once deleted
+
+    def _when_idle(self) -> None:
+        """Start what waits for an idle window (see ``__init__``), or look again later."""
+        if self.runner.tasks:
+            QTimer.singleShot(IDLE_AFTER_MS, self, self._when_idle)
+            return
+        if self._probe_pending:
+            self._probe_pending = False
             self.probe.start()
-        # pyqtgraph takes half a second to import: do it on a worker once the window is up
-        QTimer.singleShot(300, self, lambda: preload_plots(self.runner))  # not once deleted
+        preload_when_idle(self.runner)
 
     def set_theme(self, mode: str) -> None:
         """Light, dark, or the system's; kept in the settings."""

@@ -190,7 +190,7 @@ class DiffFilter(QSortFilterProxyModel):
         if not self.filtering:
             return True
         node = parent.internalPointer() if parent.isValid() else self.sourceModel().node(parent)
-        children = node.children
+        children = self.sourceModel().children_of(node)
         return 0 <= row < len(children) and self.accepts(children[row].entry)
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:

@@ -1,5 +1,10 @@
 """pyqtgraph takes half a second to import: import it on a worker before the first tensor
-is picked, and tell the views whether importing it here would wait."""
+is picked, and tell the views whether it is there.
+
+The import holds the interpreter for stretches of up to a second (it stalls the GUI thread
+and slows a read on another worker), so it starts once the window is idle: after a file's
+tree is shown and no read runs (:func:`preload_when_idle`), or when a tensor's plots are
+first needed."""
 
 from __future__ import annotations
 
@@ -33,5 +38,13 @@ def preload_plots(runner: JobRunner) -> None:
 
 
 def plots_ready() -> bool:
-    """True unless the import is under way on a worker (then importing here would wait)."""
-    return _PRELOAD["done"] or not _PRELOAD["started"]
+    """True once the import on a worker is over (importing here then costs nothing; if it
+    failed, importing here shows why)."""
+    return _PRELOAD["done"]
+
+
+def preload_when_idle(runner: JobRunner) -> bool:
+    """Start the import unless a task (a read) runs; True once it is started."""
+    if not _PRELOAD["started"] and not runner.tasks:
+        preload_plots(runner)
+    return _PRELOAD["started"]

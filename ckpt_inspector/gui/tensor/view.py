@@ -43,7 +43,7 @@ from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.jobs import JobRunner, Task
-from ckpt_inspector.gui.tensor.preload import plots_ready
+from ckpt_inspector.gui.tensor.preload import plots_ready, preload_plots, preload_when_idle
 from ckpt_inspector.gui.tensor.slicing import SliceBar, describe_pixel
 from ckpt_inspector.gui.theme import is_palette_change, set_muted, span
 
@@ -135,6 +135,7 @@ class TensorView(QWidget):
         if self.values_panel is not None:
             return True
         if not plots_ready():
+            preload_plots(self.runner)  # needed now, whatever else runs
             if not self._waiting_for_plots:  # the import finishes within a second
                 self._waiting_for_plots = True
                 QTimer.singleShot(50, self._plots_maybe_ready)
@@ -151,6 +152,7 @@ class TensorView(QWidget):
         if plots_ready() and self._build_next_panel():
             QTimer.singleShot(60, self._warm_up)
         elif not plots_ready():
+            preload_when_idle(self.runner)  # not while a read runs: it would slow it down
             QTimer.singleShot(200, self._warm_up)
 
     def _build_next_panel(self) -> bool:

@@ -6,7 +6,7 @@ import os
 from html import escape
 from typing import Any
 
-from PySide6.QtCore import QEvent, QModelIndex, QPoint, Qt, Signal
+from PySide6.QtCore import QEvent, QModelIndex, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -37,6 +37,13 @@ from ckpt_inspector.gui.tree.banners import (
     make_files_banner,
     show_files_banner,
     show_verdict_banner,
+)
+from ckpt_inspector.gui.tree.filtering import (
+    Result,
+    SlicedMatcher,
+    expanded_keys,
+    match_now,
+    restore_expansion,
 )
 from ckpt_inspector.gui.tree.model import (
     DEVICE,
@@ -81,6 +88,7 @@ KEY_MIN = 200  # the Key column's least width: below it the tree scrolls sideway
 COLUMN_CAPS = {TYPE: 160, SHAPE: 170, ELEMENTS: 110, SIZE: 90, DEVICE: 110, FILE: 240}
 COLUMNS_GIVE_WAY = [(SHAPE, 110), (TYPE, 90), (FILE, 110)]  # in turn, to the least width
 AUTO_EXPAND_LIMIT = 400
+SYNC_FILTER_TENSORS = 5_000  # a larger tree is filtered a slice at a time
 
 
 def _load(path: str, flat: bool = False) -> tuple[LoadedFile, int, str]:
@@ -98,6 +106,7 @@ class CheckpointView(QWidget):
 
     loaded = Signal(object)  # LoadedFile, once the tree is shown
     failed = Signal(str)
+    filtered = Signal()  # a filter's result is shown (for a large tree, a moment later)
 
     def __init__(self, path: str, runner: JobRunner, reporter: ErrorReporter,
                  target_device: str = "cpu", parent: QWidget | None = None):
@@ -111,6 +120,8 @@ class CheckpointView(QWidget):
         self._disposed = False
         self._models: dict[bool, CheckpointModel] = {}
         self._expanded_before_filter: set[str] | None = None
+        self.matcher = SlicedMatcher(self)
+        self.matcher.done.connect(self._show_matches)
         self._tensor_files = 0  # how many files hold the open file's tensors
         self._files_folder = ""  # the folder they all lie in, left out of the File column
         self._build()
@@ -249,7 +260,11 @@ class CheckpointView(QWidget):
         # a model per tree, made when first shown (the flat tree is built then too)
         self._models = {}
         self._show_model(self.group_box.isChecked())
-        self.summary.setHtml(summary_html(file))
+        if file.totals["tensors"] > SYNC_FILTER_TENSORS:  # the tree first, then the summary
+            self.summary.clear()
+            QTimer.singleShot(0, self, lambda: self._show_summary(file))
+        else:
+            self._show_summary(file)
         self._show_banner(file)
         self.pages.setCurrentIndex(1)
         for model in old_models:
@@ -257,6 +272,10 @@ class CheckpointView(QWidget):
         if previous is not None:
             release_file(previous)
         self.loaded.emit(file)
+
+    def _show_summary(self, file: LoadedFile) -> None:
+        if file is self.file:
+            self.summary.setHtml(summary_html(file))
 
     def _failed(self, err: BaseException, generation: int) -> None:
         if generation != self._generation:
@@ -315,9 +334,12 @@ class CheckpointView(QWidget):
 
     # -- filter --------------------------------------------------------------------------------
     def apply_filter(self) -> None:
+        """Filter by the field's query: at once for a small tree, a slice at a time for a
+        large one (matching 100,000 keys takes half a second); ``filtered`` once shown."""
         model = self.proxy.sourceModel()
         if not isinstance(model, CheckpointModel):
             return
+        self.matcher.cancel()
         text = self.filter_edit.text().strip()
         try:
             q = query_mod.parse(text)
@@ -325,6 +347,7 @@ class CheckpointView(QWidget):
             # keep the last good result; say what is wrong without squeezing the field
             self.match_label.setText(span("danger", "invalid filter"))
             self.match_label.setToolTip(str(err))
+            self.filtered.emit()
             return
         self.match_label.setToolTip("")
         if q.empty:
@@ -332,52 +355,36 @@ class CheckpointView(QWidget):
                 self.proxy.set_matches(None)
                 self._restore_expansion()
             self.match_label.setText("")
+            self.filtered.emit()
             return
         if not self.proxy.filtering:
-            self._expanded_before_filter = self._expanded_keys()
-        matches = query_mod.matching(model.node(QModelIndex()), q)
-        self.proxy.set_matches(query_mod.visible_ids(matches))
-        tensors = sum(1 for m in matches if m.is_tensor)
-        if not matches:
+            self._expanded_before_filter = expanded_keys(self.tree)
+        top = model.node(QModelIndex())
+        if top.tensors <= SYNC_FILTER_TENSORS:
+            self._show_matches(match_now(top, q))
+            return
+        self.match_label.setText(span("muted", "filtering…"))
+        self.matcher.start(top, q)  # _show_matches when done
+
+    def _show_matches(self, result: Result) -> None:
+        visible, rows, tensors = result
+        self.proxy.set_matches(visible)
+        if not rows:
             label = span("danger", "no match")
         elif tensors:
             label = f"{tensors:,} tensor{'s' if tensors != 1 else ''}"
         else:
-            label = f"{len(matches):,} match{'es' if len(matches) != 1 else ''}"
+            label = f"{rows:,} match{'es' if rows != 1 else ''}"
         self.match_label.setText(label)
-        self.match_label.setToolTip(f"{len(matches):,} rows match, {tensors:,} of them tensors")
-        if len(matches) <= AUTO_EXPAND_LIMIT:
+        self.match_label.setToolTip(f"{rows:,} rows match, {tensors:,} of them tensors")
+        if rows <= AUTO_EXPAND_LIMIT:
             self.tree.expandAll()
-
-    def _expanded_keys(self) -> set[str]:
-        out: set[str] = set()
-        stack = [QModelIndex()]
-        while stack:
-            parent = stack.pop()
-            for row in range(self.proxy.rowCount(parent)):
-                idx = self.proxy.index(row, 0, parent)
-                if self.tree.isExpanded(idx):
-                    out.add(idx.data(NodeRole).key)
-                    stack.append(idx)
-        return out
+        self.filtered.emit()
 
     def _restore_expansion(self) -> None:
-        keys = self._expanded_before_filter
-        self._expanded_before_filter = None
-        if keys is None:
-            return
-        self.tree.collapseAll()
-        stack = [QModelIndex()]
-        while stack:
-            parent = stack.pop()
-            for row in range(self.proxy.rowCount(parent)):
-                idx = self.proxy.index(row, 0, parent)
-                if idx.data(NodeRole).key in keys:
-                    self.tree.expand(idx)
-                    stack.append(idx)
-        current = self.tree.currentIndex()
-        if current.isValid():
-            self.tree.scrollTo(current)
+        keys, self._expanded_before_filter = self._expanded_before_filter, None
+        if keys is not None:
+            restore_expansion(self.tree, keys)
 
     def _set_grouped(self, grouped: bool) -> None:
         if self.file is not None:
@@ -460,6 +467,7 @@ class CheckpointView(QWidget):
         """The tab is closing: detach the views from the trees, then free the trees."""
         self._disposed = True
         self._generation += 1
+        self.matcher.cancel()
         self.tensor_view.dispose()
         self.proxy.setSourceModel(None)
         self._models = {}

@@ -27,6 +27,10 @@ MAX_TIP_FILES = 12  # files named in a row's tooltip
 _RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
 
+def _order(node: Any) -> int:
+    return node.order
+
+
 def short_type(name: str) -> str:
     return name.rsplit(".", 1)[-1] if name else ""
 
@@ -125,13 +129,36 @@ class NodeTreeModel(QAbstractItemModel):
         super().__init__(parent)
         self._top = top
         self._sorted_by: tuple[int, Qt.SortOrder] | None = None  # None: the file's order
+        self._in_order: set[int] = set()  # ids of the nodes whose children are sorted so
+        self._resorted = False  # sorted by a column since built (else in the file's order)
 
     # -- structure -------------------------------------------------------------------
     def node(self, index: QModelIndex) -> Any:
         return index.internalPointer() if index.isValid() else self._top
 
+    def children_of(self, node: Any) -> list[Any]:
+        """A node's children in the order shown: each level is sorted when first asked
+        for (sorting 100,000 rows at once would freeze the window), as a new list, so a
+        worker walking the tree meanwhile sees every child once."""
+        children = node.children
+        if not self._resorted:
+            return children  # as built: in the file's order
+        if len(children) > 1 and id(node) not in self._in_order:
+            self._in_order.add(id(node))
+            if self._sorted_by is None:
+                ordered = sorted(children, key=_order)
+            else:
+                column, order = self._sorted_by
+                ordered = sorted(children, key=self._SORT_KEYS.get(column, _order),
+                                 reverse=order == Qt.SortOrder.DescendingOrder)
+            if ordered != children:
+                for row, child in enumerate(ordered):
+                    child.row = row
+                node.children = children = ordered
+        return children
+
     def index(self, row: int, column: int, parent: QModelIndex = QModelIndex()) -> QModelIndex:
-        children = self.node(parent).children
+        children = self.children_of(self.node(parent))
         if 0 <= row < len(children) and 0 <= column < len(self.COLUMNS):
             return self.createIndex(row, column, children[row])
         return QModelIndex()
@@ -198,27 +225,28 @@ class NodeTreeModel(QAbstractItemModel):
         """Any other role of a cell (colours, fonts, icons)."""
         return None
 
-    # -- sorting (in Python, one pass per level, instead of per-comparison calls) ----------
+    # -- sorting (in Python, one level at a time, when the level is first shown) ----------
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
         if column < 0 and self._sorted_by is None:
             return  # already in the file's order
         self._sorted_by = None if column < 0 else (column, order)
+        self._resorted = True
         self.layoutAboutToBeChanged.emit()
         old = self.persistentIndexList()
         old_nodes = [(i.internalPointer(), i.column()) for i in old]
-        key = self._SORT_KEYS.get(column, lambda d: d.order)
-        reverse = order == Qt.SortOrder.DescendingOrder and column >= 0
-        for d in self._top.walk():
-            if len(d.children) > 1:
-                if column < 0:
-                    d.children.sort(key=lambda c: c.order)
-                else:
-                    d.children.sort(key=key, reverse=reverse)
-                for row, child in enumerate(d.children):
-                    child.row = row
+        self._in_order.clear()
+        for node, _column in old_nodes:  # the rows of these are needed now: their levels
+            self._sort_above(node)
         new = [self.createIndex(n.row, c, n) for n, c in old_nodes]
         self.changePersistentIndexList(old, new)
         self.layoutChanged.emit()
+
+    def _sort_above(self, node: Any) -> None:
+        """Sort the levels that hold ``node`` and its ancestors (so their rows are right)."""
+        parent = node.parent
+        while parent is not None and id(parent) not in self._in_order:
+            self.children_of(parent)
+            parent = parent.parent
 
 
 class CheckpointModel(NodeTreeModel):
@@ -334,6 +362,15 @@ class FilterProxy(QSortFilterProxyModel):
     def __init__(self, parent: Any = None):
         super().__init__(parent)
         self._matches: set[int] | None = None
+        # the children of the parent asked about last: Qt asks about every row of a parent
+        # in turn (10,000 times for a module of 10,000 rows); sorting may replace the list
+        self._parent_node: Any = None
+        self._children: list[Any] = []
+        self.sourceModelChanged.connect(self._forget_parent)
+        self.layoutAboutToBeChanged.connect(self._forget_parent)
+
+    def _forget_parent(self, *_args: Any) -> None:
+        self._parent_node, self._children = None, []
 
     @property
     def filtering(self) -> bool:
@@ -341,6 +378,7 @@ class FilterProxy(QSortFilterProxyModel):
 
     def set_matches(self, matches: set[int] | None) -> None:
         """Show only these nodes (ids of display nodes); None shows everything."""
+        self._forget_parent()
         if hasattr(self, "beginFilterChange"):  # Qt >= 6.9
             self.beginFilterChange()
             self._matches = matches
@@ -353,7 +391,9 @@ class FilterProxy(QSortFilterProxyModel):
         if self._matches is None:
             return True
         node = parent.internalPointer() if parent.isValid() else self.sourceModel().node(parent)
-        children = node.children
+        if node is not self._parent_node:
+            self._parent_node, self._children = node, self.sourceModel().children_of(node)
+        children = self._children
         return 0 <= row < len(children) and id(children[row]) in self._matches
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
