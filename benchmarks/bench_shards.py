@@ -194,6 +194,11 @@ def main() -> None:
         print(f"{args.tensors:,} tensors in {args.shards} safetensors shards + index")
         os.environ["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        # an installed package runs from its .pyc files; where PYTHONDONTWRITEBYTECODE is
+        # set (some CI images) every run would compile the project's source again
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "ckpt_inspector")],
+                       check=True)
         if args.only != "gui":
             command_line(folder, args.repeat, dict(os.environ))
         if args.only != "cli":
