@@ -23,3 +23,20 @@ def test_formats_torch_load_cannot_read_do_not_claim_it():
         assert "accepts" not in text and "torch.load does not read" in text, fmt
     assert "torch.distributed.checkpoint" in safe_meaning(
         "dcp", [{"path": "__0_0.distcp", "format": "distcp"}], {"cpu": 1})
+
+
+
+def test_a_safe_verdict_with_a_missing_file_says_it_is_incomplete(tmp_path):
+    import torch
+    from shards import save_sharded, state_dict
+
+    from ckpt_inspector.core.ops.session import load_file
+    from ckpt_inspector.gui.html.checkpoint import summary_html
+
+    weight_map = save_sharded(torch, tmp_path / "m", state_dict(torch))
+    gone = sorted(set(weight_map.values()))[1]
+    (tmp_path / "m" / gone).unlink()
+    loaded = load_file(str(tmp_path / "m"))
+    assert loaded.report.verdict == "safe" and loaded.report.unscanned == [gone]
+    html = summary_html(loaded)
+    assert "incomplete: 1 file not scanned" in html and gone in html

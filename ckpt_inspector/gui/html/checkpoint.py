@@ -101,6 +101,10 @@ def summary_html(loaded: LoadedFile) -> str:
     ]))
     meaning = safe_meaning(ckpt.format, ckpt.files, tot.get("devices") or {}) \
         if report.verdict == "safe" else None
+    if meaning and report.unscanned:  # the verdict covers only the files that were read
+        n = len(report.unscanned)
+        meaning = (f"incomplete: {n} file{'s' if n != 1 else ''} not scanned "
+                   f"({', '.join(report.unscanned[:3])}); the rest is {meaning}")
     parts.append("<h3>Security</h3>" + verdict_badge(report.verdict, meaning))
     danger = [f for f in report.findings if f.severity == "dangerous"]
     if danger:
