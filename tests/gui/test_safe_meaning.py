@@ -28,10 +28,11 @@ def test_formats_torch_load_cannot_read_do_not_claim_it():
 
 def test_a_safe_verdict_with_a_missing_file_says_it_is_incomplete(tmp_path):
     import torch
-    from shards import save_sharded, state_dict
 
     from ckpt_inspector.core.ops.session import load_file
     from ckpt_inspector.gui.html.checkpoint import summary_html
+
+    from shards import save_sharded, state_dict
 
     weight_map = save_sharded(torch, tmp_path / "m", state_dict(torch))
     gone = sorted(set(weight_map.values()))[1]
