@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from ckpt_inspector.core.layouts._stitch import StitchedSource
+from ckpt_inspector.core.layouts._stitch import StitchedSource, tiling_problem
 from ckpt_inspector.core.layouts.dcp import Chunk
 from ckpt_inspector.core.tensors import BytesRange, FileRange
 from ckpt_inspector.core.tree import StorageInfo, TensorInfo
@@ -78,3 +78,31 @@ def test_chunks_that_do_not_cover_are_an_error():
     pieces = _cut(full, [[2], []])[:1]
     with pytest.raises(Exception, match="do not cover"):
         list(StitchedSource((4, 4), "float32", pieces).blocks())
+
+
+@pytest.mark.parametrize(("shape", "boxes", "problem"), [
+    ((4, 4), [((0, 0), (2, 4)), ((2, 0), (2, 4))], None),
+    ((6, 8), [((a, b), (3, 4)) for a in (0, 3) for b in (0, 4)], None),
+    ((), [((), ())], None),
+    ((8,), [((0,), (4,)), ((0,), (4,))], "overlap"),            # a duplicate hides a gap
+    ((4, 4), [((0, 0), (3, 4)), ((2, 0), (1, 4))], "overlap"),  # counts add up: 16
+    ((4, 4), [((0, 0), (2, 4)), ((2, 0), (2, 3)), ((2, 3), (2, 1))], None),
+    ((4, 1), [((0, 0), (4,))], "2 offsets and 1 sizes"),
+    ((4,), [((2,), (4,))], "runs past"),
+    ((4,), [((0,), (2,))], "elements"),
+])
+def test_tiling_is_checked_exactly(shape, boxes, problem):
+    got = tiling_problem(shape, boxes)
+    assert (got is None) if problem is None else (problem in (got or "")), got
+
+
+def test_many_chunks_are_checked_within_a_bound(monkeypatch):
+    from ckpt_inspector.core.layouts import _stitch
+
+    rows = [((i, 0), (1, 4)) for i in range(20_000)]  # row-sharded: a sweep of one each
+    assert tiling_problem((20_000, 4), rows) is None
+    cols = [((0, i), (4, 1)) for i in range(20_000)]
+    assert tiling_problem((4, 20_000), cols) is None  # swept along the other dimension
+    monkeypatch.setattr(_stitch, "MAX_OVERLAP_WORK", 1000)
+    grid = [((i, j), (1, 1)) for i in range(100) for j in range(100)]
+    assert "too many" in tiling_problem((100, 100), grid)

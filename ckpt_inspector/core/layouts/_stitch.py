@@ -27,7 +27,8 @@ BOX = 16 << 20  # bytes a box of buffer() holds at most (unless one element is l
 
 class StitchedSource(DataSource):
     """The bytes of a tensor of ``shape`` saved as ``pieces``: ``(chunk, info)`` with
-    ``chunk.offsets`` / ``chunk.sizes`` and the chunk's own ``TensorInfo``."""
+    ``chunk.offsets`` / ``chunk.sizes`` and the chunk's own ``TensorInfo``, chunks that
+    tile ``shape`` (:func:`tiling_problem` says None)."""
 
     def __init__(self, shape: tuple[int, ...], dtype: str, pieces: list[tuple[Any, Any]]):
         self.shape = tuple(shape)
@@ -149,6 +150,46 @@ class StitchedSource(DataSource):
 
     def __repr__(self) -> str:
         return f"StitchedSource({list(self.shape)}, {self.dtype}, {len(self.pieces)} pieces)"
+
+
+MAX_OVERLAP_WORK = 1 << 22  # pairs of chunks compared, at most, to find an overlap
+
+
+def tiling_problem(shape: tuple[int, ...],
+                   boxes: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> str | None:
+    """Why chunks ``(offsets, sizes)`` do not tile ``shape`` exactly (each chunk inside it,
+    one offset and size per dimension, no two overlapping, every element covered), or
+    None. Overlaps are found by a sweep along the dimension with the most distinct
+    offsets, at most :data:`MAX_OVERLAP_WORK` comparisons."""
+    ndim = len(shape)
+    for off, sz in boxes:
+        if len(off) != ndim or len(sz) != ndim:
+            return (f"a chunk with {len(off)} offsets and {len(sz)} sizes in a tensor of "
+                    f"{ndim} dimensions")
+        if any(o + s > n for o, s, n in zip(off, sz, shape)):
+            return f"the chunk at {list(off)} of shape {list(sz)} runs past it"
+    covered = sum(math.prod(sz) for _off, sz in boxes)
+    if covered != math.prod(shape):
+        return f"they hold {covered:,} elements where it has {math.prod(shape):,}"
+    return _overlap(ndim, [b for b in boxes if math.prod(b[1])])
+
+
+def _overlap(ndim: int, boxes: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> str | None:
+    if ndim == 0 or len(boxes) < 2:
+        return None
+    d = max(range(ndim), key=lambda i: len({off[i] for off, _sz in boxes}))
+    active: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    work = 0
+    for off, sz in sorted(boxes, key=lambda b: b[0][d]):
+        active = [b for b in active if b[0][d] + b[1][d] > off[d]]
+        work += len(active) + 1
+        if work > MAX_OVERLAP_WORK:
+            return f"{len(boxes):,} chunks: too many to check that none overlap"
+        for o2, s2 in active:
+            if all(a < b + t and b < a + s for a, s, b, t in zip(off, sz, o2, s2)):
+                return f"the chunks at {list(o2)} and {list(off)} overlap"
+        active.append((off, sz))
+    return None
 
 
 def _box_bytes(src: StitchedSource, size: int) -> int:

@@ -39,7 +39,7 @@ from ckpt_inspector.core.calls import DCP_METADATA_CLASSES
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
 from ckpt_inspector.core.layouts import _dcp_transforms as _transforms
-from ckpt_inspector.core.layouts._stitch import StitchedSource
+from ckpt_inspector.core.layouts._stitch import StitchedSource, tiling_problem
 from ckpt_inspector.core.layouts._union import Union, file_size
 from ckpt_inspector.core.pickle.values import Call, GlobalRef
 from ckpt_inspector.core.tensors import DataSource
@@ -273,9 +273,8 @@ class _Files:
         if offset < 0 or length <= 0 or offset + length > len(data):
             raise CheckpointError(f"{rel} ends before its bytes [{offset}, {offset + length})")
         raw: Any = memoryview(data)[offset:offset + length]
-        limit = _transforms.MAX_INFLATED if expected is None else 2 * expected + (16 << 20)
         if descriptors:
-            raw = _transforms.inflate(raw, descriptors, limit)
+            raw = _transforms.inflate(raw, descriptors, _transforms.limit_for(expected))
         part = Checkpoint(f"{rel}@{offset}", "torch-zip", None)  # type: ignore[arg-type]
         src = BytesSource(part.path, raw)
         try:
@@ -286,8 +285,9 @@ class _Files:
             raise CheckpointError(f"{rel} at {offset}: {err}") from None
         self._absorb(rel, part)
         if descriptors:
+            size = len(raw)
             _in_place(root, lambda inner: _transforms.Inflated(full, offset, length,
-                                                               descriptors, limit, inner))
+                                                               descriptors, size, inner))
         else:
             _in_place(root, lambda inner: ItemRange(full, offset, inner))
         return root
@@ -335,7 +335,7 @@ def _tensor(reader: _Files, entry: Entry) -> Node:
         if entry.dtype is not None and info.dtype != entry.dtype:
             raise CheckpointError(f"a chunk of dtype {info.dtype} in {info.file} where "
                                   f"{METADATA} says {entry.dtype}")
-        if len(entry.chunks) == 1 and chunk.sizes == entry.size:
+        if len(entry.chunks) == 1 and chunk.sizes == entry.size and not any(chunk.offsets):
             return node
         pieces.append((chunk, info))
     return _stitched(entry, pieces)
@@ -346,12 +346,10 @@ def _stitched(entry: Entry, pieces: list[tuple[Chunk, TensorInfo]]) -> Node:
     info = TensorInfo(dtype, entry.size, device=pieces[0][1].device, file=pieces[0][1].file)
     info.pieces = [{"file": p.file, "offsets": list(c.offsets), "shape": list(c.sizes)}
                    for c, p in pieces]
-    covered = sum(math.prod(c.sizes) for c, _p in pieces)
-    inside = all(len(c.offsets) == len(entry.size) and all(
-        o + s <= n for o, s, n in zip(c.offsets, c.sizes, entry.size)) for c, _p in pieces)
-    if not inside or covered != math.prod(entry.size):
+    problem = tiling_problem(entry.size, [(c.offsets, c.sizes) for c, _p in pieces])
+    if problem:
         info.problem = (f"its {len(pieces)} chunks do not tile its shape "
-                        f"{list(entry.size)}")
+                        f"{list(entry.size)}: {problem}")
     else:
         source = StitchedSource(entry.size, dtype, pieces)
         info.storage = StorageInfo(entry.fqn, dtype, math.prod(entry.size), info.device,
