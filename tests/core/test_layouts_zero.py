@@ -182,3 +182,33 @@ def test_real_deepspeed_checkpoint_matches_its_zero_to_fp32(torch, tmp_path, sta
         value = to_torch(got[key])
         assert value.shape == t.shape
         assert torch.equal(value.to(t.dtype), t), key
+
+
+def test_shared_references_nested_30_deep_in_a_deepspeed_file_are_read_once(
+        torch, tmp_path, monkeypatch):
+    """``a = [a, a]`` nested 30 times in the model states (a 2 KB file): the plain values
+    DeepSpeed saved are taken with one conversion per object, not one per path."""
+    from collections import OrderedDict
+
+    from ckpt_inspector.core.layouts import _deepspeed_files
+
+    a: list = [0]
+    for _ in range(30):
+        a = [a, a]
+    (tmp_path / "global_step1").mkdir()
+    (tmp_path / "latest").write_text("global_step1")
+    torch.save({"module": OrderedDict(), "client": a},
+               tmp_path / "global_step1" / "mp_rank_00_model_states.pt")
+    calls = []
+    convert = _deepspeed_files._Plain._convert
+
+    def counted(self, value, depth):
+        calls.append(depth)
+        return convert(self, value, depth)
+
+    monkeypatch.setattr(_deepspeed_files._Plain, "_convert", counted)
+    ckpt = open_checkpoint(tmp_path)
+    assert ckpt.format == "deepspeed-zero"
+    assert len(calls) < 100  # 31 lists, the dict and the OrderedDict: once each
+    assert sum(1 for _ in ckpt.root.walk()) < 25_000
+    assert any("same object" in w for w in ckpt.warnings)

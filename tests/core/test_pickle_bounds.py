@@ -133,3 +133,55 @@ def test_tensors_sharing_one_storage_list_their_sharers_in_linear_time(torch, tm
     tensors = json.loads(proc.stdout)["tensors"]
     assert len(tensors) == 5_000
     assert all(len(x["shares_storage_with"]) == 20 for x in tensors)
+
+
+def _dag(depth: int) -> list:
+    """``a = [a, a]`` nested ``depth`` times: 2**depth paths in a pickle of a few hundred
+    bytes (pickle's memo writes each list once)."""
+    a: list = [0]
+    for _ in range(depth):
+        a = [a, a]
+    return a
+
+
+def test_shared_references_nested_30_deep_build_a_tree_linear_in_the_file(tmp_path):
+    import pickle
+
+    from ckpt_inspector.core import open_checkpoint
+    from ckpt_inspector.core.pickle.rebuild import TreeBuilder
+
+    data = pickle.dumps({"client": _dag(30)}, protocol=2)
+    assert len(data) < 2_000
+    builder = TreeBuilder()
+    root = builder.build(pickle_vm.load(data).value)
+    # 2**31 nodes if every use were expanded; the copies are held to max_repeated
+    assert builder.count < builder.max_repeated + 1_000
+    assert builder.repeated <= builder.max_repeated
+    assert any("same object" in w for w in builder.warnings)
+    nodes = list(root.walk())
+    assert len(nodes) <= builder.count
+    refs = [n for n in nodes if n.kind == "ref"]
+    assert refs and all(n.value.startswith("(same object as client.") for n in refs)
+
+    path = tmp_path / "dag30.pkl"
+    path.write_bytes(data)
+    ckpt = open_checkpoint(str(path))
+    assert sum(1 for _ in ckpt.root.walk()) < builder.max_repeated + 1_000
+    assert any("same object" in w for w in ckpt.warnings)
+
+
+def test_an_object_used_in_a_few_places_is_still_shown_in_full_in_each(tmp_path):
+    import pickle
+
+    from ckpt_inspector.core.pickle.rebuild import TreeBuilder
+
+    shared = {"lr": 0.1, "betas": [0.9, 0.999], "nested": [[1, "a"], {"k": None}]}
+    dag = _dag(6)
+    builder = TreeBuilder()
+    root = builder.build(pickle_vm.load(pickle.dumps(
+        {"a": shared, "b": shared, "dag": dag}, protocol=4)).value)
+    assert not builder.warnings
+    a, b, d = root.children
+    assert sum(1 for _ in a.walk()) == sum(1 for _ in b.walk()) == 7
+    assert sum(1 for _ in d.walk()) == 2 ** 7 - 1  # every use expanded
+    assert not [n for n in root.walk() if n.kind == "ref"]

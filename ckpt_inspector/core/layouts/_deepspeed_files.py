@@ -53,34 +53,60 @@ def read_latest(folder: str) -> str | None:
 
 
 # -- inert values ----------------------------------------------------------------------------
-def plain(value: Any, depth: int = 0) -> Any:
+def plain(value: Any) -> Any:
     """The pickle's inert value as plain Python where DeepSpeed saved plain data:
-    ``OrderedDict`` -> dict, ``torch.Size`` -> tuple, ``ZeroStageEnum`` -> int."""
-    if depth > MAX_DEPTH:
-        return None
-    if isinstance(value, SafeKey):
-        return value.value
-    if isinstance(value, Call):
-        name = value.func_name or ""
-        args = value.args if isinstance(value.args, tuple) else ()
-        if name == "collections.OrderedDict":
-            out: dict[Any, Any] = {}
-            if args and isinstance(args[0], (list, tuple)):
-                out.update((plain(k, depth + 1), plain(v, depth + 1)) for k, v in
-                           (p for p in args[0] if isinstance(p, tuple) and len(p) == 2))
-            out.update((plain(k, depth + 1), plain(v, depth + 1))
-                       for k, v in value.dict_items or ())
-            return out
-        if name == "torch.Size" and args:
-            return plain(args[0], depth + 1)
-        if name.endswith("ZeroStageEnum") and args:
-            return args[0]
-        return value
-    if isinstance(value, dict):
-        return {plain(k, depth + 1): plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain(v, depth + 1) for v in value)
-    return value
+    ``OrderedDict`` -> dict, ``torch.Size`` -> tuple, ``ZeroStageEnum`` -> int. An object the
+    pickle uses in several places is converted once (its result is shared), so the work is
+    linear in the pickle's size however it nests shared references; a cycle becomes None."""
+    return _Plain().convert(value, 0)
+
+
+class _Plain:
+    def __init__(self) -> None:
+        self.done: dict[int, Any] = {}  # id of a converted object -> its plain value
+        self.busy: set[int] = set()  # ids being converted (a cycle)
+
+    def convert(self, value: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            return None
+        if isinstance(value, SafeKey):
+            return value.value
+        if not isinstance(value, (Call, dict, list, tuple)):
+            return value
+        vid = id(value)  # the pickle's value is alive while it is read: ids are stable
+        if vid in self.done:
+            return self.done[vid]
+        if vid in self.busy:
+            return None
+        self.busy.add(vid)
+        try:
+            out = self._convert(value, depth)
+        finally:
+            self.busy.discard(vid)
+        self.done[vid] = out
+        return out
+
+    def _convert(self, value: Any, depth: int) -> Any:
+        step = depth + 1
+        if isinstance(value, Call):
+            name = value.func_name or ""
+            args = value.args if isinstance(value.args, tuple) else ()
+            if name == "collections.OrderedDict":
+                out: dict[Any, Any] = {}
+                if args and isinstance(args[0], (list, tuple)):
+                    out.update((self.convert(k, step), self.convert(v, step)) for k, v in
+                               (p for p in args[0] if isinstance(p, tuple) and len(p) == 2))
+                out.update((self.convert(k, step), self.convert(v, step))
+                           for k, v in value.dict_items or ())
+                return out
+            if name == "torch.Size" and args:
+                return self.convert(args[0], step)
+            if name.endswith("ZeroStageEnum") and args:
+                return args[0]
+            return value
+        if isinstance(value, dict):
+            return {self.convert(k, step): self.convert(v, step) for k, v in value.items()}
+        return type(value)(self.convert(v, step) for v in value)
 
 
 def shape_of(value: Any) -> tuple[int, ...] | None:
