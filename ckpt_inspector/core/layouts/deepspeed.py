@@ -289,7 +289,7 @@ class _Build:
                 info = _damaged(shape, models[0].rel, self.lost if self.cut else
                                 "its fragments are too short")
             elif not self._spend(len(segs)):
-                info = _damaged(shape, models[0].rel, _OVER)
+                info = _damaged(shape, models[0].rel, _over())
             else:
                 info = zero.gathered(name, shape, zero.head(segs, n))
             self._put(name, zero_node(name, info, "parameter"), info.file or models[0].rel)
@@ -371,7 +371,7 @@ class _Build:
         """The parameter ``name`` made of the runs ``segs(*args)`` says (``cost`` of them
         at most)."""
         if not self._spend(cost):
-            info = _damaged(shape, rel, _OVER)
+            info = _damaged(shape, rel, _over())
         else:
             try:
                 info = zero.gathered(name, shape, segs(*args))
@@ -429,7 +429,8 @@ def _param_shapes(value: Any) -> list[dict[str, tuple[int, ...]]] | None:
     return None if any(g is None for g in out) else out  # type: ignore[return-value]
 
 
-_OVER = f"not gathered: the parameters are cut in over {MAX_PIECES:,} pieces in all"
+def _over() -> str:
+    return f"not gathered: the parameters are cut in over {MAX_PIECES:,} pieces in all"
 
 
 def _fragments(f: df.File) -> dict[Any, Node]:
