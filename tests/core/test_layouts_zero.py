@@ -212,3 +212,99 @@ def test_shared_references_nested_30_deep_in_a_deepspeed_file_are_read_once(
     assert len(calls) < 100  # 31 lists, the dict and the OrderedDict: once each
     assert sum(1 for _ in ckpt.root.walk()) < 25_000
     assert any("same object" in w for w in ckpt.warnings)
+
+# -- hostile files: the work is bounded by what is stored, not by the numbers in it ---------
+def _hostile(torch, root, stage, world, shapes, flats, ranks=(0,)):
+    """A tag folder whose files claim ``world`` ranks and ``shapes`` (one group) but hold
+    only ``ranks``' files, each rank's flat partition from ``flats[r]``."""
+    from collections import OrderedDict
+
+    tag = root / "global_step1"
+    tag.mkdir(parents=True)
+    (root / "latest").write_text("global_step1")
+    key = "fp32_flat_groups" if stage == 3 else "single_partition_of_fp32_groups"
+    for r in ranks:
+        osd = {"zero_stage": stage, "partition_count": world, key: [flats[r]]}
+        torch.save({"optimizer_state_dict": osd},
+                   tag / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt")
+        if stage == 3 or r == 0:
+            name = (f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" if stage == 3
+                    else "mp_rank_00_model_states.pt")
+            torch.save({"module": OrderedDict(), "param_shapes": [OrderedDict(shapes)],
+                        "dp_world_size": world, "buffer_names": []}, tag / name)
+    return root
+
+
+def _pieces(ckpt):
+    return sum(len(i.pieces or ()) for i in _model(ckpt).values())
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_claimed_rank_count_does_not_multiply_the_work(torch, tmp_path, stage):
+    """100,000 ranks claimed, 2 files there, 200 parameters, and rank 0's partition an
+    expanded tensor claiming 10**9 elements over 4 bytes: was a per-rank record of every
+    parameter (500 MB for 10,000 ranks) and a quadratic sort (193 s)."""
+    import tracemalloc
+
+    world = 100_000
+    shapes = [(f"p{i}", (world,)) for i in range(200)]
+    root = _hostile(torch, tmp_path / "z", stage, world, shapes,
+                    {0: torch.zeros(1).expand(10**9)})
+    tracemalloc.start()
+    try:
+        ckpt = open_checkpoint(root)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 150 << 20, peak  # a stand-in per missing rank was gone long before
+    missing = [w for w in ckpt.warnings if "rank files missing" in w]
+    assert len(missing) == 1 and "100,000 ranks" in missing[0]
+    assert not [w for w in ckpt.warnings if w.endswith("is shown damaged")]  # no per-file one
+    assert len(ckpt.files) <= 3  # latest and the two files there, not one per missing rank
+    model = _model(ckpt)
+    assert len(model) == 200 and all(i.problem for i in model.values())
+    assert _pieces(ckpt) <= 200  # at most a piece each, not one per claimed rank
+
+
+def test_a_partition_claiming_more_than_its_bytes_makes_no_pieces(torch, tmp_path):
+    """Rank 0's flat partition is 10**9 elements over a 4-byte storage; rank 2 is missing
+    (a stand-in sized like the valid rank 1's): the parameters in it are damaged, naming
+    why, and those of rank 1 are read."""
+    flats = {0: torch.zeros(1).expand(10**9), 1: torch.arange(8.0)}
+    shapes = [("a", (10**9 - 2,)), ("b", (2,)), ("c", (8,)), ("d", (3,))]
+    root = _hostile(torch, tmp_path / "z", 2, 3, shapes, flats, ranks=(0, 1))
+    ckpt = open_checkpoint(root)
+    model = _model(ckpt)
+    assert "not a contiguous tensor" in model["a"].problem
+    assert "not a contiguous tensor" in model["b"].problem
+    assert model["c"].problem is None
+    assert torch.equal(to_torch(model["c"]), torch.arange(8.0))
+    assert "zero_pp_rank_2_mp_rank_00_optim_states.pt is missing" in model["d"].problem
+    assert _pieces(ckpt) <= 6
+
+
+def test_pieces_past_the_limit_are_damaged_with_one_warning(made, monkeypatch):
+    from ckpt_inspector.core.layouts import deepspeed
+
+    monkeypatch.setattr(deepspeed, "MAX_PIECES", 7)
+    ckpt = open_checkpoint(made[(3, 3)])
+    over = [w for w in ckpt.warnings if "over 7 pieces" in w]
+    assert len(over) == 1
+    model = {k: i for k, i in _model(ckpt).items() if k not in zero_files.SHARED}
+    assert sum(len(i.pieces or ()) for i in model.values() if not i.problem) <= 7
+    assert [k for k, i in model.items() if i.problem and "over 7 pieces" in i.problem]
+    assert [k for k, i in model.items() if i.problem is None and i.pieces]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_huge_shape_is_one_damaged_tensor_not_an_overflow(torch, tmp_path, stage):
+    """``math.ceil(x / y)`` raised OverflowError on a shape of 10**400 elements."""
+    shapes = [("ok", (4,)), ("huge", (10**200, 10**200)), ("after", (2,))]
+    root = _hostile(torch, tmp_path / "z", stage, 1, shapes, {0: torch.arange(8.0)})
+    ckpt = open_checkpoint(root)
+    model = _model(ckpt)
+    assert torch.equal(to_torch(model["ok"]), torch.arange(4.0))
+    huge = model["huge"]
+    assert "about 10^400 elements" in huge.problem and huge.numel == 0  # counts nothing
+    assert model["after"].problem  # its offset lies past the huge one
+    assert scan(ckpt).verdict == "safe"

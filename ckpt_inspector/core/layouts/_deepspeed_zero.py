@@ -19,6 +19,8 @@ A gathered tensor is a list of :class:`Seg` (a run of elements of one partition)
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,23 +53,46 @@ class Short(Exception):
     """The partitions end before the elements a parameter needs."""
 
 
+class Flat:
+    """The concatenation of some partitions; a run of it is found by bisection, so taking
+    a parameter costs the partitions it spans, not all of them."""
+
+    def __init__(self, parts: list[Part]):
+        self.parts = parts
+        self.starts = list(itertools.accumulate((p.numel for p in parts), initial=0))
+
+    @property
+    def numel(self) -> int:
+        return self.starts[-1]
+
+    def span(self, start: int, n: int) -> int:
+        """How many partitions elements ``[start, start + n)`` touch (at most)."""
+        if n <= 0:
+            return 0
+        return bisect.bisect_left(self.starts, start + n) - bisect.bisect_right(
+            self.starts, start) + 1
+
+    def take(self, start: int, n: int) -> list[Seg]:
+        """Elements ``[start, start + n)`` of the concatenation."""
+        over = start + n - self.numel
+        if over > 0:
+            raise Short(f"the flat partitions end {count(min(over, n))} element(s) before "
+                        "its end")
+        out: list[Seg] = []
+        i = bisect.bisect_right(self.starts, start) - 1
+        while n > 0:
+            k = min(n, self.starts[i + 1] - start)
+            if k > 0:
+                out.append(Seg(self.parts[i], start - self.starts[i], k))
+                start += k
+                n -= k
+            i += 1
+        return out
+
+
 def take(parts: list[Part], start: int, n: int) -> list[Seg]:
     """Elements ``[start, start + n)`` of the concatenation of ``parts``."""
-    out: list[Seg] = []
-    base = 0
-    for part in parts:
-        if n <= 0:
-            break
-        end = base + part.numel
-        if start < end:
-            k = min(n, end - start)
-            out.append(Seg(part, start - base, k))
-            start += k
-            n -= k
-        base = end
-    if n > 0:
-        raise Short(f"the flat partitions end {n:,} element(s) before its end")
-    return out
+    return Flat(parts).take(start, n)
 
 
 def head(segs: list[Seg], n: int) -> list[Seg]:
@@ -82,20 +107,46 @@ def head(segs: list[Seg], n: int) -> list[Seg]:
     return out
 
 
-def zero3_take(ranks: list[list[Part]], offset: int, per: int, n: int) -> list[Seg]:
+def zero3_take(ranks: list[Flat], offset: int, per: int, n: int) -> list[Seg]:
     """A stage 3 parameter of ``n`` elements: ``per`` elements at ``offset`` of each rank's
-    concatenation of groups, rank after rank, without the padding at the end."""
-    return head([s for rank in ranks for s in take(rank, offset, per)], n)
+    concatenation of groups, rank after rank (only the ranks holding some of it), without
+    the padding at the end."""
+    k = ranks_needed(n, per)
+    return head([s for rank in ranks[:k] for s in rank.take(offset, per)], n)
+
+
+def ceil_div(x: int, y: int) -> int:
+    """``ceil(x / y)`` in integers (a float overflows on the sizes a file may claim)."""
+    return -(-x // y)
 
 
 def zero2_align(x: int, world: int) -> int:
     align = 2 * world
-    return align * math.ceil(x / align)
+    return align * ceil_div(x, align)
 
 
 def partitioned(numel: int, world: int) -> int:
     """Elements of a stage 3 parameter each rank holds (with the padding)."""
-    return math.ceil(numel / world)
+    return ceil_div(numel, world)
+
+
+def ranks_needed(numel: int, per: int) -> int:
+    """How many ranks hold some of a stage 3 parameter (the others hold only padding)."""
+    return ceil_div(numel, per) if per > 0 else 0
+
+
+def unusable(rel: str, t: TensorInfo) -> str | None:
+    """Why a flat partition cannot be read as the elements it claims (checked before any
+    piece is made of it: a file may claim a huge tensor over a few stored bytes)."""
+    if t.problem:
+        return f"{rel}: {t.problem}"
+    if t.storage is None or t.storage.source is None:
+        return f"its partition in {rel} has no data"
+    if not t.is_contiguous() or t.layout != "strided":
+        return f"its partition in {rel} is not a contiguous tensor"
+    if (t.storage_offset + t.numel) * t.itemsize > t.storage.source.nbytes:
+        return f"{rel} ends inside its partition"
+    return None
 
 
 # -- tensors ------------------------------------------------------------------------------
@@ -232,6 +283,12 @@ def _short(info: TensorInfo, shape: tuple[int, ...], rel: str) -> TensorInfo:
     out = TensorInfo(info.dtype, shape, file=rel)
     out.problem = f"{rel} holds {info.numel:,} element(s) of it, not {math.prod(shape):,}"
     return out
+
+
+def count(x: int) -> str:
+    """``x`` with thousands separators, or its order of magnitude where it is huge (a
+    shape in a file may claim any size)."""
+    return f"{x:,}" if x < 10**18 else f"about 10^{len(str(x)) - 1}"
 
 
 def numels(parts: list[Any]) -> int:

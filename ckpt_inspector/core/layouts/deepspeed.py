@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections import Counter
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
@@ -36,11 +37,18 @@ from ckpt_inspector.core.layouts import _deepspeed_files as df
 from ckpt_inspector.core.layouts import _deepspeed_zero as zero
 from ckpt_inspector.core.layouts._union import file_size
 from ckpt_inspector.core.summary import counted
-from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo
+from ckpt_inspector.core.tree import UNKNOWN_DTYPE, Checkpoint, Node, TensorInfo
 
 NAME = "deepspeed-zero"
 FP32_GROUPS = {1: "single_partition_of_fp32_groups", 2: "single_partition_of_fp32_groups",
                3: "fp32_flat_groups"}
+# The rank count is a number from the file: past this many missing rank files, they are
+# one warning and the model is gathered from the ranks before the first missing one only
+MAX_MISSING = 16
+# pieces (runs of one partition) of all the gathered parameters together; past it, the
+# parameters left are shown damaged (a real 1,024-rank checkpoint of 800 tensors has 819,200)
+MAX_PIECES = 2_000_000
+MAX_NUMEL = 2**63 - 1  # torch's: a damaged parameter claiming more counts no elements
 
 
 def detect(path: str) -> bool:
@@ -89,6 +97,9 @@ class _Build:
         self.stage: int | None = None
         self.world = 0
         self.lost: str | None = None  # why a rank's partitions are unknown
+        self.first_bad = 0  # the first rank whose partitions are unknown (or how many are read)
+        self.cut = False  # ranks after a missing one are not read (too many missing)
+        self.pieces = 0  # pieces made so far (MAX_PIECES)
 
     # -- files ---------------------------------------------------------------------------
     def run(self, names: list[str]) -> None:
@@ -102,10 +113,9 @@ class _Build:
             models = ["mp_rank_00_model_states.pt"]
         want = [f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(self.world)
                 if optims or self.stage in FP32_GROUPS]  # none in a checkpoint without ZeRO
-        for name in models + want:
-            if name not in read:
-                read[name] = self.reader.file(name)
-        extra = [n for n in optims if n not in want]
+        models, want = self._missing(read, models, want)
+        wanted = set(want)
+        extra = [n for n in optims if n not in wanted]
         if extra:
             self.ckpt.findings.append(Finding(
                 "info", "zero-partitions", f"{counted(len(extra), 'optimizer file')} beyond the "
@@ -114,8 +124,37 @@ class _Build:
         model_files = [read[n] for n in models]
         rank_files = [read[n] for n in want]
         self._model(model_files, rank_files)
-        for name in sorted(read, key=lambda n: (n not in models, n)):
+        first = set(models)
+        for name in sorted(read, key=lambda n: (n not in first, n)):
             self._subtree(read[name])
+
+    def _missing(self, read: dict[str, df.File], models: list[str],
+                 want: list[str]) -> tuple[list[str], list[str]]:
+        """Read the rank files not read yet. Where more than ``MAX_MISSING`` are missing,
+        the rank count the file claims is not believed rank by rank: one warning, and only
+        the ranks before the first missing one are used."""
+        missing = [n for n in models + want if n not in read]
+        if len(missing) <= MAX_MISSING:
+            for name in missing:
+                read[name] = self.reader.file(name)
+            return models, want
+        gone = set(missing)
+        cut = next(r for r in range(self.world)
+                   if (models[r] if len(models) > 1 else "") in gone or want[r] in gone)
+        example = self.reader.prefix + missing[0]
+        self.lost = (f"its file {example} is missing (one of {len(missing):,} rank files "
+                     "missing)")
+        self.cut = True
+        self.ckpt.warnings.append(
+            f"{counted(len(missing), 'rank file')} missing (the checkpoint says it has "
+            f"{self.world:,} ranks), e.g. {example}: the parameters with a piece in them are "
+            "shown damaged")
+        cut = max(cut, 1)
+        models, want = (models[:cut] if len(models) > 1 else models), want[:cut]
+        for name in models + want:
+            if name not in read:  # rank 0's: what it holds is shown damaged
+                read[name] = self.reader.file(name)
+        return models, want
 
     def _names(self, names: list[str]) -> tuple[list[str], list[str], str]:
         """The model states and optimizer files of model-parallel rank 0, in rank order, and
@@ -132,7 +171,7 @@ class _Build:
         models.sort(key=lambda n: df.rank_of(n, df.MODEL))
         optims.sort(key=lambda n: df.rank_of(n, df.OPTIM))
         prefixes = [m["prefix"] for n in optims if (m := df.OPTIM.match(n))]
-        prefix = max(set(prefixes), key=prefixes.count) if prefixes else ""
+        prefix = Counter(prefixes).most_common(1)[0][0] if prefixes else ""
         return models, [n for n in optims if df.OPTIM.match(n)["prefix"] == prefix], prefix  # type: ignore[index]
 
     def _facts(self, read: dict[str, df.File], models: list[str], optim: df.File | None,
@@ -208,7 +247,7 @@ class _Build:
         self._frozen(models)
         parts = self._partitions(ranks)
         if self.stage == 3:
-            self._zero3(shapes, parts, ranks[0].rel)
+            self._zero3(shapes, parts, ranks)
         else:
             self._zero12(shapes, parts, ranks[0].rel)
         self._shared(mv.get("shared_params"), main.rel)
@@ -224,9 +263,10 @@ class _Build:
 
     def _frozen(self, models: list[df.File]) -> None:
         shapes = df.shapes_of(models[0].value.get("frozen_param_shapes")) or {}
+        frags = [_fragments(f) for f in models]
         for name, shape in shapes.items():
             if self.stage != 3:
-                node = df.child(models[0].root, "frozen_param_fragments", name)
+                node = frags[0].get(name)
                 if node is None or node.tensor is None:
                     info = _damaged(shape, models[0].rel, f"{models[0].rel} holds no fragment")
                 else:
@@ -235,21 +275,28 @@ class _Build:
                 continue
             n = _numel(shape)
             per = zero.partitioned(n, self.world)
-            segs = []
-            for f in models:
-                node = df.child(f.root, "frozen_param_fragments", name)
+            segs, total = [], 0
+            for f, frag in zip(models, frags):
+                if total >= n:
+                    break
+                node = frag.get(name)
                 t = node.tensor if node is not None else None
                 problem = f.problem or (None if t else f"{f.rel} holds no fragment of it")
-                segs.append(zero.Seg(zero.Part(f.rel, t.numel if t else per, t, problem), 0,
-                                     t.numel if t else per))
-            info = zero.gathered(name, shape, zero.head(segs, n)) if sum(
-                s.numel for s in segs) >= n else _damaged(shape, models[0].rel,
-                                                          "its fragments are too short")
+                size = t.numel if t else per
+                segs.append(zero.Seg(zero.Part(f.rel, size, t, problem), 0, size))
+                total += size
+            if total < n:
+                info = _damaged(shape, models[0].rel, self.lost if self.cut else
+                                "its fragments are too short")
+            elif not self._spend(len(segs)):
+                info = _damaged(shape, models[0].rel, _over())
+            else:
+                info = zero.gathered(name, shape, zero.head(segs, n))
             self._put(name, zero_node(name, info, "parameter"), info.file or models[0].rel)
 
     def _partitions(self, ranks: list[df.File]) -> list[list[zero.Part]]:
-        """Each rank's flat fp32 groups; a rank whose file is missing gets parts of the
-        sizes the others have, with no data."""
+        """Each rank's flat fp32 groups, each checked against the bytes stored for it; a
+        rank whose file is missing gets parts of the sizes the others have, with no data."""
         key = FP32_GROUPS[self.stage]  # type: ignore[index]
         found: list[list[TensorInfo] | None] = []
         for f in ranks:
@@ -263,53 +310,85 @@ class _Build:
                 if f.part is not None:
                     f.problem = f"{f.rel} holds no {key}"
                     self.ckpt.warnings.append(f.problem)
-        template = next((g for g in found if g is not None), None)
-        self.lost = next((f.problem for f in ranks if f.problem), None)
+        bad = {id(t): why for f, groups in zip(ranks, found) for t in groups or ()
+               if (why := zero.unusable(f.rel, t))}
+        template = next((g for g in found if g is not None and not any(
+            id(t) in bad for t in g)), None) or next((g for g in found if g is not None), None)
+        self.lost = self.lost or next((f.problem for f in ranks if f.problem), None)
+        self.first_bad = next((r for r, g in enumerate(found) if g is None), len(ranks))
         out = []
         for f, groups in zip(ranks, found):
             if groups is None:
                 groups_parts = [zero.Part(f.rel, t.numel, None, f.problem, g)
                                 for g, t in enumerate(template or ())]
             else:
-                groups_parts = [zero.Part(f.rel, t.numel, t, None, g)
-                                for g, t in enumerate(groups)]
+                groups_parts = [zero.Part(f.rel, t.numel, None if id(t) in bad else t,
+                                          bad.get(id(t)), g) for g, t in enumerate(groups)]
             out.append(groups_parts)
         return out
 
     def _zero12(self, shapes: list[dict[str, tuple[int, ...]]], parts: list[list[zero.Part]],
                 rel: str) -> None:
         for g, group_shapes in enumerate(shapes):
-            group = [rank[g] for rank in parts if g < len(rank)]
+            group = zero.Flat([rank[g] for rank in parts if g < len(rank)])
             offset = 0
             for name, shape in group_shapes.items():
-                self._gather(name, shape, rel, zero.take, group, offset, _numel(shape))
-                offset += _numel(shape)
-            avail = zero.numels(group)
-            if zero.zero2_align(offset, self.world) != zero.zero2_align(avail, self.world):
-                _finding(self.ckpt, rel, f"group {g}: its parameters take {offset:,} of the "
-                         f"{avail:,} elements of its partitions (more than the padding)")
+                n = _numel(shape)
+                self._gather(name, shape, rel, group.span(offset, n), group.take, offset, n)
+                offset += n
+            avail = group.numel
+            if not self.cut and \
+                    zero.zero2_align(offset, self.world) != zero.zero2_align(avail, self.world):
+                _finding(self.ckpt, rel, f"group {g}: its parameters take {zero.count(offset)} "
+                         f"of the {zero.count(avail)} elements of its partitions (more than the "
+                         "padding)")
 
     def _zero3(self, shapes: list[dict[str, tuple[int, ...]]], parts: list[list[zero.Part]],
-               rel: str) -> None:
+               ranks: list[df.File]) -> None:
+        rel = ranks[0].rel
+        flats = [zero.Flat(rank) for rank in parts]
         offset = 0
         for name, shape in {k: v for d in shapes for k, v in d.items()}.items():
             n = _numel(shape)
             per = zero.partitioned(n, self.world)
-            self._gather(name, shape, rel, zero.zero3_take, parts, offset, per, n)
+            k = zero.ranks_needed(n, per)
+            if k > self.first_bad:  # a rank holding some of it is missing: no pieces made
+                why = ranks[self.first_bad].problem if self.first_bad < len(ranks) else None
+                self._put(name, zero_node(name, _damaged(shape, rel, why or self.lost or
+                                                         "a rank's file is missing"),
+                                          "parameter"), rel)
+            else:
+                cost = k * max(1, flats[0].span(offset, per)) if flats else 0
+                self._gather(name, shape, rel, cost, zero.zero3_take, flats, offset, per, n)
             offset += per
-        avail = zero.numels(parts[0]) * self.world if parts else 0
-        if offset * self.world != avail:
-            _finding(self.ckpt, rel, f"its parameters take {offset * self.world:,} of the "
-                     f"{avail:,} elements of the ranks' partitions")
+        avail = flats[0].numel * self.world if flats else 0
+        if not self.cut and offset * self.world != avail:
+            _finding(self.ckpt, rel, f"its parameters take {zero.count(offset * self.world)} "
+                     f"of the {zero.count(avail)} elements of the ranks' partitions")
 
-    def _gather(self, name: str, shape: tuple[int, ...], rel: str, segs: Any,
+    def _gather(self, name: str, shape: tuple[int, ...], rel: str, cost: int, segs: Any,
                 *args: Any) -> None:
-        """The parameter ``name`` made of the runs ``segs(*args)`` says."""
-        try:
-            info = zero.gathered(name, shape, segs(*args))
-        except zero.Short as err:
-            info = _damaged(shape, rel, self.lost or str(err))
+        """The parameter ``name`` made of the runs ``segs(*args)`` says (``cost`` of them
+        at most)."""
+        if not self._spend(cost):
+            info = _damaged(shape, rel, _over())
+        else:
+            try:
+                info = zero.gathered(name, shape, segs(*args))
+            except zero.Short as err:
+                info = _damaged(shape, rel, self.lost or str(err))
         self._put(name, zero_node(name, info, "parameter"), info.file or rel)
+
+    def _spend(self, pieces: int) -> bool:
+        """Whether ``pieces`` more pieces keep to MAX_PIECES (once past it, none do)."""
+        if self.pieces + pieces <= MAX_PIECES:
+            self.pieces += pieces
+            return True
+        if self.pieces <= MAX_PIECES:
+            self.pieces = MAX_PIECES + 1
+            self.ckpt.warnings.append(f"the parameters are cut in over {MAX_PIECES:,} pieces "
+                                      "in all: those past it are shown damaged")
+        return False
 
     def _shared(self, shared: Any, rel: str) -> None:
         for alias, target in (shared.items() if isinstance(shared, dict) else ()):
@@ -318,6 +397,11 @@ class _Build:
                 self._put(alias, _copy(node, "parameter"), node.tensor.file or rel)
 
     def _put(self, key: str, node: Node, rel: str) -> None:
+        t = node.tensor
+        if t is not None and t.problem and t.dtype != UNKNOWN_DTYPE and t.numel > MAX_NUMEL:
+            # a shape no tensor has (int64 numel): counts nothing, as a shape unknown
+            t.problem += f" (its shape claims {zero.count(t.numel)} elements)"
+            t.dtype = UNKNOWN_DTYPE
         node.key = key
         self.entries[key] = node
 
@@ -325,7 +409,8 @@ class _Build:
         """The entries in the module's order, then the others in zero_to_fp32's."""
         order = [str(c.key) for c in module.children] if module is not None else []
         keys = [k for k in order if k in self.entries]
-        keys += [k for k in self.entries if k not in set(keys)]
+        seen = set(keys)
+        keys += [k for k in self.entries if k not in seen]
         for key in keys:
             node = self.entries[key]
             rel = node.tensor.file if node.tensor is not None and node.tensor.file else ""
@@ -342,6 +427,17 @@ def _param_shapes(value: Any) -> list[dict[str, tuple[int, ...]]] | None:
         return None
     out = [df.shapes_of(g) for g in groups]
     return None if any(g is None for g in out) else out  # type: ignore[return-value]
+
+
+def _over() -> str:
+    return f"not gathered: the parameters are cut in over {MAX_PIECES:,} pieces in all"
+
+
+def _fragments(f: df.File) -> dict[Any, Node]:
+    """The frozen parameters' fragments a model states file holds, by name."""
+    node = df.child(f.root, "frozen_param_fragments")
+    return {c.key: c for c in reversed(node.children) if isinstance(c.key, (str, int))} \
+        if node is not None else {}
 
 
 def _copy(node: Node, role: str | None) -> Node:
