@@ -20,6 +20,8 @@ MAX_VALUES = 1000
 
 
 def human_bytes(n: float) -> str:
+    if isinstance(n, int) and abs(n) >= 1 << 80:  # a size a hostile header claims: no float
+        return f"about 10^{len(str(abs(n))) - 1} B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"

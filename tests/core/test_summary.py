@@ -22,6 +22,8 @@ def test_human_units():
     assert human_bytes(12) == "12 B"
     assert human_bytes(1536) == "1.5 KiB"
     assert human_bytes(3 * 1024 ** 3) == "3.0 GiB"
+    # a size a hostile header claims is too large for a float: worded, not an OverflowError
+    assert human_bytes(10 ** 400) == "about 10^400 B"
     assert human_count(999) == "999" and human_count(1_500_000) == "1.5M"
 
 
