@@ -135,16 +135,18 @@ def ranks_needed(numel: int, per: int) -> int:
     return ceil_div(numel, per) if per > 0 else 0
 
 
-def unusable(rel: str, t: TensorInfo) -> str | None:
+def unusable(rel: str, t: TensorInfo, end: int | None = None) -> str | None:
     """Why a flat partition cannot be read as the elements it claims (checked before any
-    piece is made of it: a file may claim a huge tensor over a few stored bytes)."""
+    piece is made of it: a file may claim a huge tensor over a few stored bytes), or, with
+    ``end``, as its first ``end`` elements."""
     if t.problem:
         return f"{rel}: {t.problem}"
     if t.storage is None or t.storage.source is None:
         return f"its partition in {rel} has no data"
     if not t.is_contiguous() or t.layout != "strided":
         return f"its partition in {rel} is not a contiguous tensor"
-    if (t.storage_offset + t.numel) * t.itemsize > t.storage.source.nbytes:
+    if (t.storage_offset + (t.numel if end is None else end)) * t.itemsize > \
+            t.storage.source.nbytes:
         return f"{rel} ends inside its partition"
     return None
 
@@ -180,15 +182,9 @@ def _problem(segs: list[Seg], dtype: str) -> str | None:
         t = part.info
         if t.dtype != dtype:
             return f"its partitions in {part.rel} are {t.dtype}, others {dtype}"
-        if t.problem:
-            return f"{part.rel}: {t.problem}"
-        if t.storage is None or t.storage.source is None:
-            return f"its partition in {part.rel} has no data"
-        if not t.is_contiguous() or t.layout != "strided":
-            return f"its partition in {part.rel} is not a contiguous tensor"
-        end = (t.storage_offset + seg.start + seg.numel) * t.itemsize
-        if end > t.storage.source.nbytes:
-            return f"{part.rel} ends inside its partition"
+        why = unusable(part.rel, t, seg.start + seg.numel)
+        if why is not None:
+            return why
     return None
 
 
