@@ -400,3 +400,28 @@ def test_torch_export_pt2(torch, pt2_file):
     assert_matches(torch, infos, dict(program.state_dict))
     assert ckpt.metadata["nodes"] > 0
     assert scan(ckpt).verdict == "safe"
+
+
+@pytest.mark.parametrize("entry, words", [
+    ('{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}', "malformed shape"),
+    ('{"dtype":"F32","shape":[NaN],"data_offsets":[0,8]}', "malformed shape"),
+    ('{"dtype":"F32","shape":[18446744073709551617],"data_offsets":[0,8]}',
+     "malformed shape"),
+    ('{"dtype":"F32","shape":[2],"data_offsets":[0,8.0]}', "malformed data_offsets"),
+    ('{"dtype":"F32","shape":[2],"data_offsets":[0,8],}', "not valid JSON"),
+])
+def test_a_safetensors_header_that_is_not_strict_json_is_refused_like_the_library(
+        tmp_path, entry, words):
+    """The header is parsed strictly (orjson, as serde_json reads it); what that refuses
+    gets the words of the one-by-one checks. The safetensors library refuses each too."""
+    from safetensors import safe_open
+
+    from ckpt_inspector.core.errors import CheckpointError
+
+    header = ('{"w":' + entry + "}").encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    with pytest.raises(CheckpointError, match=words):
+        open_checkpoint(str(path))
+    with pytest.raises(Exception), safe_open(str(path), framework="np") as f:  # noqa: B017
+        f.get_slice("w").get_shape()  # any refusal of the library's own

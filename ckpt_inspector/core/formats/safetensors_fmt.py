@@ -19,6 +19,8 @@ import json
 import struct
 from typing import Any
 
+import orjson
+
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io.source import Source
@@ -159,6 +161,14 @@ def _parse(raw: bytes) -> Any:
         raise CheckpointError(f"safetensors header holds up to {values:,} JSON values: more "
                               f"than the {MAX_VALUES:,} ckpt-inspector reads (made for "
                               f"{MAX_TENSORS:,} tensors)")
+    try:
+        # orjson is strict JSON as serde_json (the library's parser) reads it: no NaN, no
+        # integer past 64 bits, no lone surrogate; twice as fast as json for 100,000s of
+        # entries. What it refuses goes through json for the refusal's words (a float or
+        # a constant becomes a value no field accepts).
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import DANGEROUS, Finding
 from ckpt_inspector.core.layouts._union import Union, file_size, read_file
@@ -100,6 +102,10 @@ def _json(path: str, what: str) -> Any:
                               "ckpt-inspector reads")
     with builtins.open(path, "rb") as f:  # this module's open() reads a layout
         raw = f.read()
+    try:  # twice as fast as json on an index of 100,000s of names (a stall in the window)
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass  # what Python's json (the loaders' own) still accepts: NaN, huge integers
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
