@@ -8,11 +8,11 @@ import time
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
-from superqt.utils import WorkerBase
 
 from ckpt_inspector import __version__
 from ckpt_inspector.gui.icons import app_icon
 from ckpt_inspector.gui.main_window import MainWindow
+from ckpt_inspector.gui.worker import Worker
 
 DESKTOP_ID = "ckpt-inspector"  # resources/ckpt-inspector.desktop, the Wayland app id
 
@@ -48,5 +48,5 @@ def run(paths: list[str]) -> int:
     code = app.exec()
     # let the workers still running (the plots preload, a cancelled read) end before the
     # interpreter tears their objects down under them
-    WorkerBase.await_workers(5000)
+    Worker.await_all(5000)
     return code

@@ -1,5 +1,6 @@
-"""Heavy work off the GUI thread: one runner for jobs on a worker thread (superqt's
-workers, as napari does) and for commands in a child process (anything that imports torch).
+"""Heavy work off the GUI thread: one runner for jobs on a worker thread (:mod:`worker`,
+superqt's workers as napari uses them, without superqt) and for commands in a child process
+(anything that imports torch).
 
 Every task has a label shown in the status bar, its last :class:`Progress` (so the window
 shows how far it is without asking the view that started it), a :class:`CancelToken` and
@@ -14,10 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal
-from superqt.utils import WorkerBase, create_worker
 
 from ckpt_inspector.core.progress import CancelToken, Progress
 from ckpt_inspector.gui.commands import CliProcess
+from ckpt_inspector.gui.worker import Worker
 
 
 class ChildError(RuntimeError):
@@ -31,7 +32,7 @@ class Task:
         self.cancelled = False
         self.token = CancelToken()  # what a job's inner loops check (threads of a pass)
         self.progress: Progress | None = None  # the last report
-        self.worker: WorkerBase | CliProcess | None = None
+        self.worker: Worker | CliProcess | None = None
         self.on_cancel: Callable[[], None] | None = None
 
     @property
@@ -76,13 +77,12 @@ class JobRunner(QObject):
             elif on_discard is not None:
                 on_discard(result)
 
-        connect: dict[str, Any] = {"returned": returned,
-                                   "errored": self._errored(task, on_error),
-                                   "finished": lambda: self._finished(task)}
+        worker = Worker(fn, *args, **kwargs)
+        worker.returned.connect(returned)
+        worker.errored.connect(self._errored(task, on_error))
+        worker.finished.connect(lambda: self._finished(task))
         if on_progress is not None or inspect.isgeneratorfunction(fn):
-            connect["yielded"] = self._progressed(task, on_progress)
-        # errors go to our handler, never re-raised into the event loop
-        worker = create_worker(fn, *args, **kwargs, _start_thread=False, _connect=connect)
+            worker.yielded.connect(self._progressed(task, on_progress))
         task.worker = worker
         self._started(task)
         worker.start()

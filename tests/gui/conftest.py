@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import QSettings, QStandardPaths, QThreadPool
-from superqt.utils import WorkerBase
 
 from ckpt_inspector.gui.main_window import MainWindow
+from ckpt_inspector.gui.worker import Worker
 
 QStandardPaths.setTestModeEnabled(True)  # file dialogs' state and QSettings() in ~/.qttest
 
@@ -28,6 +28,6 @@ def window(qtbot, settings):
 @pytest.fixture(autouse=True)
 def no_dangling_threads(qtbot):
     yield
-    WorkerBase.await_workers(10_000)
-    qtbot.waitUntil(lambda: not WorkerBase._worker_set, timeout=10_000)
+    Worker.await_all(10_000)
+    qtbot.waitUntil(lambda: not Worker.running, timeout=10_000)
     assert QThreadPool.globalInstance().waitForDone(10_000), "worker threads still running"

@@ -59,3 +59,60 @@ def test_a_child_that_fails_reports_a_child_error(qtbot):
     label, err = errors[0]
     assert label == "Statistics" and isinstance(err, ChildError) and str(err)
     assert runner.tasks == []
+
+
+def slow_value(started):
+    started.append(True)
+    time.sleep(0.3)
+    return "opened"
+
+
+def test_a_cancelled_function_job_hands_its_result_to_on_discard(qtbot):
+    """What a cancelled read opened is still released (superqt's workers dropped it)."""
+    runner = JobRunner(lambda label, err: None)
+    started, results, discarded = [], [], []
+    task = runner.run("Reading", slow_value, started, on_result=results.append,
+                      on_discard=discarded.append)
+    qtbot.waitUntil(lambda: started == [True], timeout=WAIT)
+    runner.cancel(task)
+    qtbot.waitUntil(lambda: discarded == ["opened"], timeout=WAIT)
+    assert results == []
+
+
+def test_a_worker_stops_a_generator_at_its_next_yield_and_closes_it(qtbot):
+    from ckpt_inspector.gui.worker import Worker
+
+    closed, returned, values = [], [], []
+
+    def gen():
+        try:
+            for i in range(10_000):
+                time.sleep(0.005)
+                yield i
+        finally:
+            closed.append(True)
+        return "all"
+
+    worker = Worker(gen)
+    worker.yielded.connect(values.append)
+    worker.returned.connect(returned.append)
+    worker.start()
+    qtbot.waitUntil(lambda: len(values) >= 3, timeout=WAIT)
+    worker.quit()
+    qtbot.waitUntil(lambda: worker not in Worker.running, timeout=WAIT)
+    assert closed == [True] and returned == [] and len(values) < 10_000
+
+
+def test_a_worker_reports_an_error_once_and_never_raises_it(qtbot):
+    from ckpt_inspector.gui.worker import Worker
+
+    def boom():
+        raise ValueError("bad file")
+
+    errors, finished = [], []
+    worker = Worker(boom)
+    worker.errored.connect(errors.append)
+    worker.finished.connect(lambda: finished.append(True))
+    worker.start()
+    qtbot.waitUntil(lambda: finished == [True], timeout=WAIT)
+    assert len(errors) == 1 and str(errors[0]) == "bad file"
