@@ -61,25 +61,55 @@ def _place_all(dnode: DisplayNode, children: list[Node], slots: Slots, made: lis
     :class:`~ckpt_inspector.core.keytree.DottedKeys` (rows looked up by (parent, part) in
     ``slots``, shared by the whole tree; ``x`` and ``x.y`` share the row ``x``; a duplicate
     key gets a row of its own that nothing joins). Group rows are remembered by their
-    dotted prefix, so a key costs a look-up or two, not one per part."""
+    dotted prefix, so a key costs a look-up or two, not one per part.
+
+    A state_dict holds 100,000s of keys: the common case (a dotted string key whose
+    parent group exists, or is one part below one that does) is made inline, rows are
+    built without keyword arguments, and only a row with children goes on the stack."""
     groups: dict[str, DisplayNode] = {}  # dotted prefix -> its group row
+    get_group, get_slot, add_made, push = groups.get, slots.get, made.append, stack.append
     for child in children:
         key = child.key
-        if isinstance(key, str) and "." in key:
+        if type(key) is str and "." in key:
             prefix, _, part = key.rpartition(".")
-            parent = groups.get(prefix) if prefix else None
+            parent = get_group(prefix) if prefix else None
             if parent is None:
-                parent = _group(dnode, prefix, groups, slots, made)
+                head, dot, last = prefix.rpartition(".")
+                above = get_group(head) if dot and head else None
+                if above is not None:  # one group row missing: made here
+                    slot = (id(above), last)
+                    parent = get_slot(slot)
+                    if parent is None:
+                        kids = above.children
+                        n = len(kids)
+                        parent = slots[slot] = DisplayNode(
+                            last, f"{above.key}.{last}" if above.key else last, n)
+                        parent.parent = above
+                        parent.row = n
+                        kids.append(parent)
+                        add_made(parent)
+                    groups[prefix] = parent
+                else:
+                    parent = _group(dnode, prefix, groups, slots, made)
         else:
             parent, part = dnode, key
         slot = (id(parent), part)
-        row = slots.get(slot)
+        row = get_slot(slot)
         if row is None:
-            row = slots[slot] = _make(parent, str(part), join(parent.key, part), made)
+            kids = parent.children
+            n = len(kids)
+            pkey = parent.key
+            row = slots[slot] = DisplayNode(str(part), f"{pkey}.{part}" if pkey else str(part),
+                                            n)
+            row.parent = parent  # the two stores cost less than keyword arguments
+            row.row = n
+            kids.append(row)
+            add_made(row)
         elif row.node is not None:  # a duplicate key: a row of its own beside it
             row = _make(parent, str(part), row.key, made)
         row.node = child
-        stack.append((child, row))
+        if child.children:
+            push((child, row))
 
 
 def _group(dnode: DisplayNode, prefix: str, groups: dict[str, DisplayNode], slots: Slots,
@@ -120,18 +150,28 @@ def _make(parent: DisplayNode, label: str, key: str, made: list[DisplayNode]) ->
 def _tally_all(made: list[DisplayNode]) -> None:
     """Every row's totals, children first: a row is made after its parent, so in reverse
     order of making each row is complete when it is added to its parent's."""
+    sizes: dict[str, int] = {}  # dtype -> bytes per element (a property call per tensor)
     for row in reversed(made):
         node = row.node
         t = node.tensor if node is not None else None
+        tensors, numel, nbytes = row.tensors, row.numel, row.nbytes
         if t is not None:
-            row.tensors += 1
-            row.numel += t.numel
-            row.nbytes += t.nbytes
+            n = t.numel
+            tensors += 1
+            numel += n
+            if t.layout == "strided":
+                size = sizes.get(t.dtype)
+                if size is None:
+                    size = sizes[t.dtype] = t.itemsize
+                nbytes += n * size
+            else:
+                nbytes += t.nbytes
+            row.tensors, row.numel, row.nbytes = tensors, numel, nbytes
         parent = row.parent
         if parent is not None:
-            parent.tensors += row.tensors
-            parent.numel += row.numel
-            parent.nbytes += row.nbytes
+            parent.tensors += tensors
+            parent.numel += numel
+            parent.nbytes += nbytes
 
 
 def build_display_tree(root: Node, grouped: bool = True) -> DisplayNode:
@@ -154,6 +194,7 @@ def build_display_tree(root: Node, grouped: bool = True) -> DisplayNode:
             for child in node.children:
                 row = _make(dnode, str(child.key), join(dnode.key, child.key), made)
                 row.node = child
-                stack.append((child, row))
+                if child.children:
+                    stack.append((child, row))
     _tally_all(made)
     return top
