@@ -49,10 +49,22 @@ _state: dict[str, bool] = {}
 
 def release(root: Any) -> None:
     """Break the parent/children cycles of a node tree so reference counting frees it."""
+    for _ in release_steps(root, 1 << 62):
+        pass
+
+
+def release_steps(root: Any, per: int = 2048) -> Iterator[None]:
+    """:func:`release` in steps of ``per`` nodes (it yields between them), for a thread that
+    must stay responsive: freeing 100,000s of nodes takes a tenth of a second or more."""
     stack = [root]
+    n = 0
     while stack:
         node = stack.pop()
         children = node.children
         stack.extend(children)
         node.children = []
         node.parent = None
+        n += 1
+        if n == per:
+            n = 0
+            yield

@@ -305,6 +305,19 @@ def test_cancel_drops_the_result(qtbot, window, resnet_full):
     assert view.file is None
 
 
+def test_closing_a_tab_frees_its_trees_between_events(qtbot, window, resnet_full):
+    """Closing returns at once; the trees are broken up in slices on the event loop."""
+    from ckpt_inspector.gui import release
+
+    view = open_and_wait(qtbot, window, resnet_full[0])
+    file = view.file
+    assert file.grouped.children and file.ckpt.root.children
+    window.close_tab(0)
+    assert release.pending() == 1
+    qtbot.waitUntil(lambda: release.pending() == 0, timeout=30_000)
+    assert file.grouped.children == [] and file.ckpt.root.children == []
+
+
 def test_recent_files_persist(qtbot, window, tensors_file, settings):
     open_and_wait(qtbot, window, tensors_file[0])
     assert window.recent_files()[0] == str(tensors_file[0])

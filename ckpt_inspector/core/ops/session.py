@@ -5,12 +5,13 @@ totals (what the window does on a worker thread for every file it opens). Qt-fre
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ckpt_inspector.core.display import DisplayNode, build_display_tree
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.gcpause import bulk_allocation, release
+from ckpt_inspector.core.gcpause import bulk_allocation, release_steps
 from ckpt_inspector.core.layouts import open_checkpoint
 from ckpt_inspector.core.scan import ScanReport, scan
 from ckpt_inspector.core.summary import totals
@@ -67,6 +68,12 @@ def load_file(path: str, flat: bool = False) -> LoadedFile:
 
 def release_file(file: LoadedFile) -> None:
     """Free a file's trees now (they are cyclic, and frozen out of the collector)."""
+    for _ in release_file_steps(file):
+        pass
+
+
+def release_file_steps(file: LoadedFile, per: int = 2048) -> Iterator[None]:
+    """:func:`release_file` in steps of ``per`` nodes (see :func:`release_steps`)."""
     for tree in (file.grouped, file.flat, file.ckpt.root):
         if tree is not None:
-            release(tree)
+            yield from release_steps(tree, per)

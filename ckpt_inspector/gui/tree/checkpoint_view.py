@@ -24,13 +24,14 @@ from PySide6.QtWidgets import (
 
 from ckpt_inspector.core import query as query_mod
 from ckpt_inspector.core.display import DisplayNode
-from ckpt_inspector.core.ops.session import LoadedFile, load_file, release_file
+from ckpt_inspector.core.ops.session import LoadedFile, load_file
 from ckpt_inspector.core.ops.stats import Stats
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
 from ckpt_inspector.gui.jobs import JobRunner
+from ckpt_inspector.gui.release import release_soon
 from ckpt_inspector.gui.tensor.view import TensorView
 from ckpt_inspector.gui.theme import is_palette_change, span
 from ckpt_inspector.gui.tree.banners import (
@@ -245,13 +246,13 @@ class CheckpointView(QWidget):
         self.runner.run(f"Reading {name}", _load, self.path, not self.group_box.isChecked(),
                         on_result=lambda r: self._loaded(r[0], generation, r[1], r[2]),
                         on_error=lambda e: self._failed(e, generation),
-                        on_discard=lambda r: release_file(r[0]),
+                        on_discard=lambda r: release_soon(r[0]),
                         on_cancel=lambda: self._cancelled(generation))
 
     def _loaded(self, file: LoadedFile, generation: int, files: int = 1,
                 folder: str = "") -> None:
         if generation != self._generation or self._disposed:
-            release_file(file)  # superseded by a newer request, or the tab is gone
+            release_soon(file)  # superseded by a newer request, or the tab is gone
             return
         previous, old_models = self.file, list(self._models.values())
         self.file = file
@@ -270,7 +271,7 @@ class CheckpointView(QWidget):
         for model in old_models:
             model.deleteLater()
         if previous is not None:
-            release_file(previous)
+            release_soon(previous)
         self.loaded.emit(file)
 
     def _show_summary(self, file: LoadedFile) -> None:
@@ -472,5 +473,5 @@ class CheckpointView(QWidget):
         self.proxy.setSourceModel(None)
         self._models = {}
         if self.file is not None:
-            release_file(self.file)
+            release_soon(self.file)
             self.file = None
