@@ -100,7 +100,7 @@ class RangeServer:
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> RangeServer:
         self._httpd = _HTTPServer(self)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     def stop(self) -> None:

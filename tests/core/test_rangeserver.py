@@ -225,3 +225,13 @@ def test_fsspec_against_faults(server: RangeServer, fs) -> None:
     with pytest.raises(Exception, match="503"):
         fs.cat_file(url, start=0, end=10)
     assert fs.cat_file(url, start=0, end=10) == DATA[:10]
+    # a dropped connection is an aiohttp ClientPayloadError (a ClientError), not retried
+    server.drop_after_bytes = 1000
+    with pytest.raises(Exception, match="Not enough data"):
+        fs.cat_file(url, start=0, end=5000)
+    server.drop_after_bytes = None
+    # a change between the HEAD and the GET goes unnoticed: new bytes, no error
+    server.change_after = {"model/a.bin": 1}
+    with fs.open(url, block_size=4096) as f:
+        f.seek(1000)
+        assert f.read(4) == bytes(b ^ 0xFF for b in DATA[1000:1004])
