@@ -308,6 +308,10 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Accept-Ranges"] = "bytes"
         if self.headers.get("If-None-Match") == entry.etag:
             return 304, headers, b""
+        match = self.headers.get("If-Match")
+        if match is not None and match not in ("*", entry.etag):  # RFC 9110 13.1.1
+            msg = b"412 the ETag does not match\n"
+            return 412, {"ETag": entry.etag, "Content-Length": str(len(msg))}, msg
         span = parse_range(rng, entry.size) if ranged else None
         if span is False:
             return 416, headers | {"Content-Range": f"bytes */{entry.size}"}, b""

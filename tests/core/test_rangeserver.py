@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from rangeserver import RangeServer, parse_range
 
 DATA = os.urandom(300_000)

@@ -10,7 +10,8 @@ import pytest
 
 from ckpt_inspector.core import CheckpointError, open_checkpoint
 from ckpt_inspector.core.formats import _zip, detect_format, reader_for, readers
-from ckpt_inspector.core.io.source import BytesSource, LocalSource, open_source
+from ckpt_inspector.core.io.opening import open_source
+from ckpt_inspector.core.io.source import BytesSource, LocalSource
 
 
 def test_local_source_reads_ranges_and_caches_its_head(tmp_path):

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.io.source import Source, open_source
+from ckpt_inspector.core.io.opening import open_source
+from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.pickle import vm as pickle_vm
 from ckpt_inspector.core.tree import Checkpoint, Node
 
@@ -136,6 +137,9 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 raise
             if not _is_zip(ckpt):
                 _zip_view(ckpt, src)
+            transfer = getattr(src, "transfer", None)
+            if transfer is not None:  # a remote file: what its structure took to read
+                ckpt.metadata["remote"] = transfer.to_json()
             return ckpt
     except FileNotFoundError:
         raise CheckpointError("no such file") from None

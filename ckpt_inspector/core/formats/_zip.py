@@ -127,16 +127,17 @@ def _reads_plainly(entry: Entry, version: int, extra: bytes) -> bool:
     return True
 
 
+# sliced, not unpacked in place: ``raw`` may be a remote file's buffer, which slices
 def _u16(raw: Any, at: int) -> int:
-    return struct.unpack_from("<H", raw, at)[0]
+    return struct.unpack_from("<H", raw[at:at + 2])[0]
 
 
 def _u32(raw: Any, at: int) -> int:
-    return struct.unpack_from("<I", raw, at)[0]
+    return struct.unpack_from("<I", raw[at:at + 4])[0]
 
 
 def _u64(raw: Any, at: int) -> int:
-    return struct.unpack_from("<Q", raw, at)[0]
+    return struct.unpack_from("<Q", raw[at:at + 8])[0]
 
 
 def find_end_record(raw: Any, size: int) -> int:

@@ -23,6 +23,7 @@ from ckpt_inspector.core.formats._zip import (
     _u64,
 )
 from ckpt_inspector.core.formats._zip_members import MemberError, unsafe_path
+from ckpt_inspector.core.io.source import BufferReader
 from ckpt_inspector.core.tree import Checkpoint
 
 
@@ -32,7 +33,7 @@ def zipfile_view(raw: Any) -> tuple[list[zipfile.ZipInfo] | None, str | None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with zipfile.ZipFile(io.BytesIO(raw) if isinstance(raw, bytes)
-                                 else _MapReader(raw)) as zf:
+                                 else BufferReader(raw)) as zf:
                 return zf.infolist(), None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
             RuntimeError, struct.error, UnicodeDecodeError, NotImplementedError,
@@ -48,7 +49,7 @@ def zipfile_read(raw: Any, name: str, limit: int) -> bytes:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with zipfile.ZipFile(io.BytesIO(raw) if isinstance(raw, bytes)
-                                 else _MapReader(raw)) as zf, zf.open(name) as member:
+                                 else BufferReader(raw)) as zf, zf.open(name) as member:
                 data = member.read(limit + 1)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
             RuntimeError, struct.error, UnicodeDecodeError, NotImplementedError, KeyError,
@@ -72,33 +73,6 @@ def as_entry(info: zipfile.ZipInfo, index: int = -1) -> Entry:
               info.file_size, info.header_offset, info.external_attr)
     e.filename = info.orig_filename
     return e
-
-
-class _MapReader(io.RawIOBase):
-    """A read-only file object over a memory map (zipfile wants seek/tell/read)."""
-
-    def __init__(self, raw: Any):
-        self.raw, self.pos = raw, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = max(0, offset if whence == 0 else
-                       self.pos + offset if whence == 1 else len(self.raw) + offset)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.raw) if n is None or n < 0 else min(len(self.raw), self.pos + n)
-        data = bytes(self.raw[self.pos:end])
-        self.pos = max(self.pos, end)
-        return data
 
 
 def zipfile_layout(raw: Any) -> tuple[int, int, int, int, int | None] | None:

@@ -38,7 +38,7 @@ def data_span(raw: Any, entry: Any, clamp: bool = False) -> tuple[int, int, str]
     if h < 0 or h + 30 > len(raw) or bytes(raw[h:h + 4]) != LOCAL_SIG:
         raise MemberError(f"{entry.filename}: no local header where the directory points")
     flags = _u16(raw, h + 6)
-    name_len, extra_len = struct.unpack_from("<HH", raw, h + 26)
+    name_len, extra_len = struct.unpack_from("<HH", raw[h + 26:h + 30])
     name = _decode_name(bytes(raw[h + 30:h + 30 + name_len]), flags)
     start = h + 30 + name_len + extra_len
     if start + entry.compress_size > len(raw):
@@ -191,12 +191,16 @@ class ZipEntryData(DataSource):
         raw = mapped_file(self.container) if isinstance(self.container, str) else self.container
         if info.compress_type == zipfile.ZIP_STORED:
             h = info.header_offset
-            if raw[h:h + 4] != b"PK\x03\x04":
+            header = bytes(raw[h:h + 30])
+            if header[:4] != b"PK\x03\x04" or len(header) < 30:
                 raise CheckpointError(f"zip record {info.filename} has a damaged local header")
-            name_len, extra_len = struct.unpack_from("<HH", raw, h + 26)
+            name_len, extra_len = struct.unpack_from("<HH", header, 26)
             start = h + 30 + name_len + extra_len
             if start + info.file_size > len(raw):
                 raise CheckpointError(f"zip record {info.filename} runs past the end of the file")
+            fetch = getattr(raw, "fetch", None)
+            if fetch is not None:  # a remote file: the data itself, past the structure cache
+                return memoryview(fetch(start, start + info.file_size))
             return memoryview(raw)[start:start + info.file_size]
         # compressed (torch never writes these): inflated the way torch's reader does it,
         # from the record torch reads, not from whatever zipfile would pick

@@ -23,7 +23,7 @@ from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats import _tar_listing, _zip, _zip_audit, _zip_members
 from ckpt_inspector.core.formats._common import fail, new_checkpoint
-from ckpt_inspector.core.io.source import BytesSource, Source
+from ckpt_inspector.core.io.source import BytesSource, Source, span
 from ckpt_inspector.core.pickle import vm as pickle_vm
 from ckpt_inspector.core.tree import Checkpoint, Node
 
@@ -177,7 +177,7 @@ def _members(ckpt: Checkpoint, src: Source, kind: str, label: str) -> Iterator[_
                 raise _zip_members.MemberError(f"{name} runs past the end of the archive")
             yield _Member(name, size,
                           lambda s=start, n=size: bytes(raw[s:s + min(n, SNIFF_BYTES)]),
-                          lambda s=start, n=size: memoryview(raw)[s:s + n], False)
+                          lambda s=start, n=size: span(raw, s, s + n), False)
 
 
 def _zip_whole(ckpt: Checkpoint, raw: Any, entry: Any, label: str) -> Any:
@@ -186,7 +186,7 @@ def _zip_whole(ckpt: Checkpoint, raw: Any, entry: Any, label: str) -> Any:
     if local != entry.filename:
         ckpt.findings.append(_zip_members.name_mismatch(entry, local, label + entry.filename))
     if entry.compress_type == _zip.STORED:
-        return memoryview(raw)[start:min(start + entry.file_size, len(raw))]
+        return span(raw, start, min(start + entry.file_size, len(raw)))
     return _zip_members.inflate(raw, start, end, entry.file_size, entry.filename, exact=False)[0]
 
 

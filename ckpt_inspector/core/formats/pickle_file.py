@@ -132,7 +132,7 @@ def _not_a_pickle(ckpt: Checkpoint, err: CheckpointError) -> CheckpointError:
 def read_stream(ckpt: Checkpoint, src: Source, label: str) -> Node:
     """What a loader does with a stream: run its first pickle; when that evaluates (or may
     evaluate) to torch's magic number and more bytes follow, go on as the legacy format."""
-    first = run_pickle(ckpt, src.data, label, expect_end=False)
+    first = run_pickle(ckpt, src.buffer(), label, expect_end=False)
     record = ckpt.pickles[-1]
     if torch_legacy.equals(first.value, torch_legacy.MAGIC_NUMBER) is not False \
             and first.end < len(src.data):
@@ -151,5 +151,5 @@ def read_stream(ckpt: Checkpoint, src: Source, label: str) -> Node:
 def read_into(ckpt: Checkpoint, src: Source, label: str, executed: bool = True) -> Node:
     if executed:
         return read_stream(ckpt, src, label)
-    result = run_pickle(ckpt, src.data, label, executed=False)
+    result = run_pickle(ckpt, src.buffer(), label, executed=False)
     return build_tree(ckpt, result.value, nested_loader=_Nested(ckpt, label))

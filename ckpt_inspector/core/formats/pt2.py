@@ -42,7 +42,7 @@ from ckpt_inspector.core.formats._pt2_expressions import (
     unsafe_expression as unsafe_expression,  # tests read it here
 )
 from ckpt_inspector.core.formats._pt2_weights import tensor_node
-from ckpt_inspector.core.io.source import BytesSource, Source
+from ckpt_inspector.core.io.source import BytesSource, Source, span
 from ckpt_inspector.core.scan import classify
 from ckpt_inspector.core.tree import Checkpoint, Node
 
@@ -122,7 +122,7 @@ class _Reader:
         raw = self.raw
         start, end, _local = _zip_members.data_span(raw, entry)
         if entry.compress_type == _zip.STORED:
-            return memoryview(raw)[start:min(start + entry.file_size, len(raw))]
+            return span(raw, start, min(start + entry.file_size, len(raw)))
         if entry.file_size > cap:
             finding = _zip_members.unscanned(entry.filename, entry.file_size, cap,
                                              self.where(entry))

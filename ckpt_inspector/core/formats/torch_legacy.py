@@ -181,7 +181,7 @@ def _load(ckpt: Checkpoint, src: Source, label: str,
           first: PickleResult | None = None) -> Any:
     """The object of a legacy stream. ``first``: the magic-number pickle, when the caller
     has already run it."""
-    data = src.data
+    data = src.buffer()
     magic = _header(ckpt, data, label, "magic number", 0, MAGIC_NUMBER, first)
     version = _header(ckpt, data, label, "protocol version", magic.end, PROTOCOL_VERSION)
     sys_info = run_pickle(ckpt, data, f"{label}system info", version.end, expect_end=False)

@@ -27,7 +27,7 @@ from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats import _zip, _zip_audit, _zip_members, torchscript
 from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
-from ckpt_inspector.core.io.source import BytesSource, Source
+from ckpt_inspector.core.io.source import BytesSource, Source, span
 from ckpt_inspector.core.pickle.values import GlobalRef, PersistentRef
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
@@ -213,7 +213,7 @@ class _Archive:
                 self._unscanned(message, where, executed)
                 raise fail(ckpt, message)
             stop = min(start + info.file_size, len(raw))
-            self._check_crc(info, memoryview(raw)[start:stop], where)
+            self._check_crc(info, span(raw, start, stop), where)
             if isinstance(raw, (bytes, mmap.mmap)):
                 return self._run_in_place(raw, start, stop, where, executed, persistent)
             # a view into another file's bytes: the interpreter wants bytes, so copy the span

@@ -23,6 +23,45 @@ T = TypeVar("T")
 HEAD_BYTES = 64 << 10
 
 
+class BufferReader(io.RawIOBase):
+    """A read-only file object over a buffer that slices (a memory map, a remote file's
+    blocks): what zipfile and tarfile want (seek/tell/read), without copying it whole."""
+
+    def __init__(self, raw: Any):
+        self.raw, self.pos = raw, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = max(0, offset if whence == 0 else
+                       self.pos + offset if whence == 1 else len(self.raw) + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        end = len(self.raw) if n is None or n < 0 else min(len(self.raw), self.pos + n)
+        data = bytes(self.raw[self.pos:end])
+        self.pos = max(self.pos, end)
+        return data
+
+
+def span(raw: Any, start: int, stop: int) -> memoryview:
+    """``raw[start:stop]`` as a memoryview: in place over bytes or a memory map; fetched
+    over a remote file's buffer (which slices but has no buffer protocol)."""
+    try:
+        return memoryview(raw)[start:stop]
+    except TypeError:
+        fetch = getattr(raw, "fetch", None)  # a large span (data) past the structure's cache
+        big = fetch is not None and stop - start > 1 << 20
+        return memoryview(fetch(start, stop) if big else raw[start:stop])
+
+
 class Source:
     """The bytes of one file. ``name`` is what messages, labels and tensor locations show
     (a path, or ``outer!member`` for a nested checkpoint)."""
@@ -60,6 +99,12 @@ class Source:
         if self._head is None:
             self._head = self.read(0, HEAD_BYTES)
         return self._head[:n]
+
+    def buffer(self) -> Any:
+        """All the bytes as a real buffer (bytes, a memory map), for a reader that scans
+        them in place (the pickle interpreter); a remote source fetches them, within a
+        limit."""
+        return self.data
 
     # -- what readers hand to operations ----------------------------------------------
     def range(self, offset: int, length: int, byteorder: str = "little") -> DataSource:
@@ -157,8 +202,3 @@ class BytesSource(Source):
     @property
     def data(self) -> Any:
         return self._data
-
-
-def open_source(path: str | os.PathLike[str]) -> Source:
-    """The source for a path (a local file for now; URLs come with their own sources)."""
-    return LocalSource(path)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ckpt_inspector.core import formats
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.io.opening import is_url
 from ckpt_inspector.core.tree import Checkpoint
 
 
@@ -72,6 +73,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     layout is refused with the checkpoint files it holds.
     """
     path = os.fspath(path)
+    if is_url(path):  # one remote file (a remote folder's layouts come later)
+        return formats.open_checkpoint(path)
     try:
         layout = layout_for(path)
     except OSError as err:

@@ -1,0 +1,379 @@
+"""Checkpoints at a URL, read by byte range through fsspec: ``https://``, ``http://``,
+``s3://`` (s3fs), ``gs://`` (gcsfs) and ``hf://`` (huggingface_hub's ``HfFileSystem``).
+
+A :class:`RemoteSource` is a :class:`~ckpt_inspector.core.io.source.Source` like a local
+file: the readers slice its ``data`` and never know. Slices are served from a cache of
+small blocks (structure lies in a few places: a header at the start, a zip's directory at
+the end), each missing run of blocks in one ranged request; tensor data goes past the cache
+(``range`` gives a :class:`RemoteRange` that fetches its own bytes, in pieces). Every
+request and byte is counted (:class:`Transfer`), which is what the budgets are checked on.
+
+Each request carries the ETag the first answer gave (``If-Match``): a file that changes
+while it is read fails with one line instead of mixing two versions. Transient failures
+(5xx, a dropped connection, a timeout) are tried again a few times with a back-off;
+401/403/404 are not.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.io.source import BufferReader, Source
+from ckpt_inspector.core.tensors import DataSource
+
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+# scheme -> (module fsspec needs, the extra that installs it)
+SCHEMES = {"http": ("aiohttp", None), "https": ("aiohttp", None),
+           "s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
+           "hf": ("huggingface_hub", None)}
+BLOCK = 64 << 10  # structure is small and clustered: a 64 KiB block, merged into runs
+MAX_CACHED = 512  # blocks kept (32 MiB); a pickle of many records stays cached whole
+PIECE = 8 << 20  # tensor data is fetched in pieces of this size
+MAX_WHOLE = 256 << 20  # a bare pickle (no zip) is fetched whole, up to this
+RETRIES = (0.2, 0.8, 2.0)  # seconds before each new try of a transient failure
+
+
+def scheme_of(url: str) -> str:
+    m = _URL.match(url)
+    return m.group(1).lower() if m else ""
+
+
+@dataclass
+class Transfer:
+    """What was asked of the server for one URL: requests made and bytes received."""
+
+    size: int = 0
+    requests: int = 0
+    bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, n: int) -> None:
+        with self.lock:
+            self.requests += 1
+            self.bytes += n
+
+    def to_json(self) -> dict[str, int]:
+        return {"size": self.size, "requests": self.requests, "bytes": self.bytes}
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem for ``url`` and the path within it."""
+    scheme = scheme_of(url)
+    if scheme not in SCHEMES:
+        raise CheckpointError(f"{scheme}:// URLs are not supported (http, https, s3, gs, hf)")
+    module, extra = SCHEMES[scheme]
+    try:
+        import fsspec
+
+        __import__(module)
+        return fsspec.core.url_to_fs(url)
+    except ImportError:
+        how = f"pip install 'ckpt-inspector[{extra}]'" if extra else f"pip install {module}"
+        raise CheckpointError(f"{scheme}:// needs the {module} package: {how}") from None
+
+
+def describe_error(err: BaseException, url: str) -> str:
+    """One line for a failed request, naming the credential a refusal asks for."""
+    status = getattr(err, "status", None) or getattr(err, "code", None)
+    scheme = scheme_of(url)
+    if isinstance(err, FileNotFoundError) or status == 404:
+        return "no such file at that URL (404)"
+    if isinstance(err, PermissionError) or status in (401, 403):
+        who = {"hf": "a Hugging Face token (HF_TOKEN or `hf auth login`)",
+               "s3": "AWS credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, or the instance role)",
+               "gs": "Google credentials (GOOGLE_APPLICATION_CREDENTIALS or gcloud auth)",
+               }.get(scheme, "credentials the server accepts")
+        return f"access denied ({status or 'forbidden'}): it needs {who}"
+    if status == 412:
+        return "the file changed on the server while it was being read"
+    if isinstance(err, TimeoutError) or "timeout" in type(err).__name__.lower():
+        return "the server did not answer in time"
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if "range" in text.lower():
+        return "the server does not answer byte-range requests: download the file first"
+    return f"cannot read the URL: {text[:200]}"
+
+
+def _transient(err: BaseException) -> bool:
+    status = getattr(err, "status", None) or getattr(err, "code", None)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    return isinstance(err, (ConnectionError, TimeoutError)) or \
+        type(err).__name__ in ("ServerDisconnectedError", "ClientOSError",
+                               "ClientPayloadError", "ServerTimeoutError")
+
+
+def _with_retries(call: Callable[[], Any], url: str) -> Any:
+    for delay in (*RETRIES, None):
+        try:
+            return call()
+        except CheckpointError:
+            raise
+        except Exception as err:  # every library raises its own kinds
+            if delay is None or not _transient(err):
+                raise CheckpointError(describe_error(err, url)) from None
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class RemoteFile:
+    """One remote object: its size and ETag (asked once) and ranged reads of it.
+
+    Over HTTP the first request is a GET of the file's last :data:`TAIL` bytes (a suffix
+    range): its ``Content-Range`` gives the size, and those bytes hold what readers look
+    for at the end (a zip's directory, a polyglot's end record), so no HEAD is spent.
+    Elsewhere the library's ``info`` gives the size (a HEAD, or a listing)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.fs, self.path = filesystem(url)
+        self.transfer = Transfer()
+        self.tail: tuple[int, bytes] = (0, b"")  # (offset, bytes) the first request gave
+        if scheme_of(url) in ("http", "https"):
+            size, self.etag, self.tail = _with_retries(lambda: _probe(self.fs, self.path), url)
+            self.transfer.count(len(self.tail[1]))
+        else:
+            info = _with_retries(lambda: self.fs.info(self.path), url)
+            self.transfer.count(0)
+            if info.get("type") == "directory":
+                raise CheckpointError("is a folder, not a file")
+            size = info.get("size")
+            if size is None:
+                raise CheckpointError("the server does not say how large the file is")
+            self.etag = info.get("ETag") or info.get("etag") or info.get("blob_id")
+        self.size = self.transfer.size = int(size)
+        self._lock = threading.Lock()
+        self._file: Any = None
+
+    def _open(self) -> Any:
+        if self._file is None:
+            kwargs: dict[str, Any] = {"block_size": BLOCK, "cache_type": "none"}
+            if scheme_of(self.url) in ("http", "https"):
+                # size known: no HEAD; the ETag pins the version read (a change is a 412)
+                kwargs["size"] = self.size
+                if self.etag:
+                    kwargs["headers"] = {"If-Match": self.etag}
+            self._file = self.fs.open(self.path, "rb", **kwargs)
+        return self._file
+
+    def fetch(self, start: int, end: int) -> bytes:
+        """The bytes ``[start, end)``: one request (more only where a try failed)."""
+        end = min(end, self.size)
+        if start >= end:
+            return b""
+
+        def call() -> bytes:
+            with self._lock:
+                f = self._open()
+                f.seek(start)
+                return f.read(end - start)
+
+        data = _with_retries(call, self.url)
+        self.transfer.count(len(data))
+        if len(data) != end - start:
+            raise CheckpointError(f"the server sent {len(data):,} bytes for a range of "
+                                  f"{end - start:,}: the file changed or was cut short")
+        return data
+
+
+TAIL = 128 << 10  # more than a zip's end record search (64 KiB + 22) and a typical directory
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+
+
+class _NoRanges(Exception):
+    """The server answered a range request with the whole file."""
+
+    def __str__(self) -> str:
+        return "the server does not answer byte-range requests"
+
+
+def _probe(fs: Any, url: str) -> tuple[int, str | None, tuple[int, bytes]]:
+    """(size, ETag, (offset, bytes)) from one GET of the last :data:`TAIL` bytes, on
+    fsspec's own HTTP session; a server that sends the whole of a large file instead is
+    refused before its body is read."""
+    from fsspec.asyn import sync
+
+    async def probe() -> tuple[int, str | None, tuple[int, bytes]]:
+        kwargs = dict(fs.kwargs)
+        headers = {**kwargs.pop("headers", {}), "Range": f"bytes=-{TAIL}"}
+        session = await fs.set_session()
+        async with session.get(fs.encode_url(url), headers=headers, **kwargs) as r:
+            etag = r.headers.get("ETag")
+            if r.status == 416:  # an empty file has no last bytes
+                return 0, etag, (0, b"")
+            if r.status == 200:
+                if r.content_length is not None and r.content_length <= TAIL:
+                    body = await r.read()
+                    return len(body), etag, (0, body)
+                raise _NoRanges()
+            r.raise_for_status()
+            m = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", "").strip())
+            if m is None:
+                raise _NoRanges()
+            body = await r.read()
+            start, total = int(m.group(1)), int(m.group(3))
+            if len(body) != int(m.group(2)) - start + 1:
+                raise ConnectionError("the connection dropped in the middle of an answer")
+            return total, etag, (start, body)
+
+    try:
+        return sync(fs.loop, probe)
+    except _NoRanges as err:
+        raise CheckpointError(describe_error(err, url)) from None
+
+
+class RemoteBuffer:
+    """``len`` and slicing over a remote file, from a cache of :data:`BLOCK`-sized blocks:
+    what the readers take for ``Source.data``. A slice's missing blocks are fetched as
+    runs, one request per run."""
+
+    def __init__(self, file: RemoteFile):
+        self.file = file
+        self._blocks: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+        start, data = file.tail  # the blocks the first request already holds
+        for b in range(-(-start // BLOCK), -(-file.size // BLOCK)):
+            self._blocks[b] = data[b * BLOCK - start:(b + 1) * BLOCK - start]
+
+    def __len__(self) -> int:
+        return self.file.size
+
+    def __getitem__(self, key: int | slice) -> Any:
+        size = self.file.size
+        if isinstance(key, int):
+            i = key + size if key < 0 else key
+            if not 0 <= i < size:
+                raise IndexError("index out of range")
+            return self.read(i, i + 1)[0]
+        start, stop, step = key.indices(size)
+        if step != 1:
+            raise ValueError("a remote file is sliced with step 1 only")
+        return self.read(start, stop)
+
+    def read(self, start: int, stop: int) -> bytes:
+        if stop <= start:
+            return b""
+        tail_start, tail = self.file.tail
+        if start >= tail_start and stop <= tail_start + len(tail):  # what the probe brought
+            return tail[start - tail_start:stop - tail_start]
+        first, last = start // BLOCK, (stop - 1) // BLOCK
+        with self._lock:
+            missing = [b for b in range(first, last + 1) if b not in self._blocks]
+            for run in _runs(missing):
+                data = self.file.fetch(run[0] * BLOCK, (run[-1] + 1) * BLOCK)
+                for i, b in enumerate(run):
+                    self._blocks[b] = data[i * BLOCK:(i + 1) * BLOCK]
+            out = b"".join(self._blocks[b] for b in range(first, last + 1))
+            self._evict()
+        return out[start - first * BLOCK:stop - first * BLOCK]
+
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        """``bytes.find`` a block at a time (the pickle interpreter looks for line ends)."""
+        end = self.file.size if end is None else min(end, self.file.size)
+        pos = max(start, 0)
+        while pos < end:
+            edge = (pos // BLOCK + 1) * BLOCK
+            i = self.read(pos, min(end, edge + len(sub) - 1)).find(sub)
+            if i >= 0:
+                return pos + i
+            pos = edge
+        return -1
+
+    def fetch(self, start: int, stop: int) -> bytes:
+        """The bytes ``[start, stop)`` straight from the server, not kept: tensor data."""
+        return self.file.fetch(start, stop)
+
+    def _evict(self) -> None:
+        while len(self._blocks) > MAX_CACHED:  # oldest first (insertion order)
+            self._blocks.pop(next(iter(self._blocks)))
+
+
+def _runs(blocks: list[int]) -> Iterator[list[int]]:
+    run: list[int] = []
+    for b in blocks:
+        if run and b != run[-1] + 1:
+            yield run
+            run = []
+        run.append(b)
+    if run:
+        yield run
+
+
+class RemoteRange(DataSource):
+    """``length`` bytes at ``offset`` of a remote file: a tensor's data, fetched when asked
+    for (and only the piece asked for), never cached with the structure."""
+
+    def __init__(self, file: RemoteFile, offset: int, length: int, byteorder: str = "little"):
+        self.file = file
+        self.offset = offset
+        self.nbytes = length
+        self.byteorder = byteorder
+
+    def buffer(self) -> memoryview:
+        return memoryview(b"".join(self.chunks()))
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        return b"".join(self.chunks(offset, length))
+
+    def chunks(self, offset: int = 0, length: int | None = None,
+               size: int = PIECE) -> Iterator[bytes]:
+        end = self.nbytes if length is None else min(self.nbytes, offset + length)
+        for start in range(offset, end, size):
+            stop = min(end, start + size)
+            yield self.file.fetch(self.offset + start, self.offset + stop)
+
+    def __repr__(self) -> str:
+        return f"RemoteRange({self.file.url!r}, {self.offset}, {self.nbytes})"
+
+
+class RemoteSource(Source):
+    """A checkpoint file at a URL."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.file = RemoteFile(url)
+        self._buffer = RemoteBuffer(self.file)
+        self._whole: bytes | None = None
+
+    @property
+    def data(self) -> RemoteBuffer:
+        return self._buffer
+
+    def __len__(self) -> int:
+        return self.file.size
+
+    def buffer(self) -> bytes:
+        """The whole file, for a pickle read in place: up to :data:`MAX_WHOLE` bytes."""
+        if self.file.size > MAX_WHOLE:
+            raise CheckpointError(
+                f"is a bare pickle of {self.file.size:,} bytes: over a URL ckpt-inspector "
+                f"reads such files up to {MAX_WHOLE >> 20} MiB (download it to read it)")
+        if self._whole is None:
+            self._whole = self._buffer.read(0, self.file.size)
+        return self._whole
+
+    def read(self, offset: int, n: int) -> bytes:
+        if offset < 0 or n < 0:
+            raise ValueError("negative offset or length")
+        return self._buffer.read(offset, min(offset + n, self.file.size))
+
+    def range(self, offset: int, length: int, byteorder: str = "little") -> DataSource:
+        return RemoteRange(self.file, offset, length, byteorder)
+
+    @property
+    def container(self) -> Any:
+        return self._buffer
+
+    @property
+    def openable(self) -> Any:
+        return BufferReader(self._buffer)
+
+    @property
+    def transfer(self) -> Transfer:
+        return self.file.transfer
