@@ -12,6 +12,7 @@ import pytest
 
 from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.io import remote as remote_mod
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import key_of
@@ -73,7 +74,8 @@ def test_a_safetensors_file_takes_two_requests_and_reads_as_locally(server, file
     log = server.requests("m.safetensors")
     assert len(log) <= 2 and all(r.range for r in log), log  # the header and the tail
     assert remote.metadata["remote"]["requests"] == len(log)
-    assert server.bytes_sent() < 200_000  # of a 1.1 MB file
+    # the last 128 KiB and the first 256 KiB of a 1.1 MB file, not the tensors between
+    assert server.bytes_sent() <= remote_mod.TAIL + remote_mod.HEAD_BLOCKS * remote_mod.BLOCK
 
 
 def test_a_torch_zip_of_800_tensors_structure_in_few_requests(server, files):
@@ -145,3 +147,69 @@ def test_a_connection_that_keeps_dropping_fails_in_one_line(server):
     server.drop_after_bytes = {"many.pt": 100}
     with pytest.raises(CheckpointError):
         open_checkpoint(server.url("many.pt"))
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, torch):
+    from shards import save_sharded, state_dict
+
+    folder = tmp_path_factory.mktemp("sharded") / "model"
+    sd = state_dict(torch)
+    weight_map = save_sharded(torch, folder, sd, shards=3)
+    bins = tmp_path_factory.mktemp("bins") / "model"
+    save_sharded(torch, bins, sd, ext="bin", shards=2)
+    return folder, sd, weight_map, bins
+
+
+def test_a_sharded_model_opens_from_its_index_url(sharded, torch):
+    folder, sd, weight_map, _bins = sharded
+    with RangeServer(folder) as rs:
+        ckpt = open_checkpoint(rs.url("model.safetensors.index.json"))
+        log = rs.requests()
+    local = open_checkpoint(str(folder))
+    assert ckpt.format == "hf-sharded"
+    keys = {key_of(p): (n.tensor.dtype, n.tensor.shape, n.tensor.file) for p, n in ckpt.tensors()}
+    assert keys == {key_of(p): (n.tensor.dtype, n.tensor.shape, n.tensor.file)
+                    for p, n in local.tensors()}
+    assert set(keys) == set(sd) and ckpt.metadata["config"]["model_type"] == "toy"
+    shards = set(weight_map.values())
+    # the index and config.json once each, each shard in one or two requests
+    assert len(log) <= 2 + 2 * len(shards), log
+    assert sum(r.path.endswith(".json") for r in log) == 2
+    assert all(r.range for r in log if r.path.endswith(".safetensors"))
+    node = {key_of(p): n for p, n in ckpt.tensors()}["lm_head.weight"]
+    assert np.array_equal(to_numpy(node.tensor), sd["lm_head.weight"].numpy())
+
+
+def test_a_missing_remote_shard_leaves_the_others_readable(sharded, tmp_path):
+    import shutil
+
+    folder, _sd, weight_map, _bins = sharded
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    gone = sorted(set(weight_map.values()))[0]
+    (copy / gone).unlink()
+    with RangeServer(copy) as rs:
+        ckpt = open_checkpoint(rs.url("model.safetensors.index.json"))
+    damaged = {key_of(p) for p, n in ckpt.tensors() if n.tensor.problem}
+    assert damaged == {k for k, v in weight_map.items() if v == gone}
+    assert any(gone in w for w in ckpt.warnings)
+
+
+def test_remote_bin_shards_are_scanned_and_a_payload_never_runs(sharded, tmp_path, torch):
+    import shutil
+
+    from shards import marker_payload
+
+    _folder, _sd, _weight_map, bins = sharded
+    copy = tmp_path / "model"
+    shutil.copytree(bins, copy)
+    marker = tmp_path / "shard-marker"
+    shard = sorted(copy.glob("pytorch_model-*.bin"))[0]
+    marker_payload(torch, shard, marker)
+    with RangeServer(copy) as rs:
+        proc = run_cli("scan", "--json", rs.url("pytorch_model.bin.index.json"))
+    doc = json.loads(proc.stdout)
+    assert proc.returncode != 0 and doc["verdict"] == "dangerous"
+    assert any(shard.name in json.dumps(f) for f in doc["findings"])
+    assert not marker.exists()

@@ -33,6 +33,8 @@ SCHEMES = {"http": ("aiohttp", None), "https": ("aiohttp", None),
            "s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
            "hf": ("huggingface_hub", None)}
 BLOCK = 64 << 10  # structure is small and clustered: a 64 KiB block, merged into runs
+HEAD_BLOCKS = 4  # the first read of a file's start takes 256 KiB: a safetensors header of
+# a few thousand tensors, a torch zip's data.pkl (its first record) come in one request
 MAX_CACHED = 512  # blocks kept (32 MiB); a pickle of many records stays cached whole
 PIECE = 8 << 20  # tensor data is fetched in pieces of this size
 MAX_WHOLE = 256 << 20  # a bare pickle (no zip) is fetched whole, up to this
@@ -264,7 +266,10 @@ class RemoteBuffer:
             return tail[start - tail_start:stop - tail_start]
         first, last = start // BLOCK, (stop - 1) // BLOCK
         with self._lock:
-            missing = [b for b in range(first, last + 1) if b not in self._blocks]
+            wanted = range(first, last + 1)
+            if first == 0:  # a file's start holds its header: read ahead there only
+                wanted = range(max(last + 1, min(HEAD_BLOCKS, -(-self.file.size // BLOCK))))
+            missing = [b for b in wanted if b not in self._blocks]
             for run in _runs(missing):
                 data = self.file.fetch(run[0] * BLOCK, (run[-1] + 1) * BLOCK)
                 for i, b in enumerate(run):

@@ -27,12 +27,13 @@ class Layout:
     name: str
     detect: Callable[[str], bool]
     open: Callable[[str], Checkpoint]
+    remote: bool = False  # reads a folder or an index at a URL too
 
 
 def _layouts() -> tuple[Layout, ...]:
     from ckpt_inspector.core.layouts import dcp, deepspeed, gguf_split, hf_sharded
 
-    return (Layout(hf_sharded.NAME, hf_sharded.detect, hf_sharded.open),
+    return (Layout(hf_sharded.NAME, hf_sharded.detect, hf_sharded.open, remote=True),
             Layout(dcp.NAME, dcp.detect, dcp.open),
             Layout(deepspeed.NAME, deepspeed.detect, deepspeed.open),
             Layout(gguf_split.NAME, gguf_split.detect, gguf_split.open))
@@ -73,8 +74,9 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     layout is refused with the checkpoint files it holds.
     """
     path = os.fspath(path)
-    if is_url(path):  # one remote file (a remote folder's layouts come later)
-        return formats.open_checkpoint(path)
+    if is_url(path):  # the layouts that read a URL, else one remote file
+        layout = next((lay for lay in layouts() if lay.remote and lay.detect(path)), None)
+        return layout.open(path) if layout is not None else formats.open_checkpoint(path)
     try:
         layout = layout_for(path)
     except OSError as err:

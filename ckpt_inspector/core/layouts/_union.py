@@ -9,11 +9,11 @@ its place: the tensors something else promised it holds are shown damaged.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
+from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.tree import UNKNOWN_DTYPE, Checkpoint, Node, TensorInfo
 
 
@@ -214,6 +214,6 @@ def _sniffed(path: str) -> str | None:
 
 def file_size(path: str) -> int:
     try:
-        return os.path.getsize(path)
-    except OSError:
+        return paths.getsize(path)
+    except (OSError, CheckpointError):
         return 0

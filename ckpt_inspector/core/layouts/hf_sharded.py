@@ -19,10 +19,12 @@ a shard that does not hold it, or a tensor of a shard the index does not list, i
 
 from __future__ import annotations
 
-import builtins
 import json
 import os
 import re
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,8 @@ import orjson
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import DANGEROUS, Finding
+from ckpt_inspector.core.io import paths
+from ckpt_inspector.core.io.opening import is_url
 from ckpt_inspector.core.layouts._union import Union, file_size, read_file
 from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import Checkpoint
@@ -40,6 +44,7 @@ INDEX = re.compile(r"^(?P<prefix>.+?)\.(?P<ext>safetensors|bin)\.index(?:\.(?P<v
 SHARD = re.compile(r"^(?P<prefix>.+)-(?P<k>\d+)-of-(?P<n>\d+)\.(?P<ext>safetensors|bin)$")
 MAX_JSON = 100_000_000  # an index (or config.json) larger than this is refused
 MAX_SHARDS = 100_000
+REMOTE_READS = 16  # shards of a remote model read at once (huggingface_hub uses 16 too)
 CONFIG = "config.json"
 # the one weights file of a model saved unsharded (transformers, PEFT, diffusers)
 SINGLE = re.compile(r"^(?P<prefix>model|pytorch_model|adapter_model|diffusion_pytorch_model)"
@@ -56,9 +61,9 @@ def _rank(prefix: str, ext: str, variant: str | None = None) -> tuple[Any, ...]:
 
 def indexes(folder: str, names: list[str] | None = None) -> list[str]:
     """The index files in ``folder``, the one to read first."""
-    names = os.listdir(folder) if names is None else names
+    names = paths.listdir(folder) if names is None else names
     found = [(m, n) for n in names if (m := INDEX.match(n)) and
-             os.path.isfile(os.path.join(folder, n))]
+             paths.isfile(paths.join(folder, n))]
     found.sort(key=lambda mn: _rank(mn[0]["prefix"], mn[0]["ext"], mn[0]["variant"]))
     return [n for _m, n in found]
 
@@ -82,26 +87,21 @@ def singles(folder: str, names: list[str]) -> list[str]:
     """The unsharded weights files in ``folder`` (``model.safetensors``,
     ``pytorch_model.bin``, ...), the one transformers would load first first."""
     found = [(m, n) for n in names if (m := SINGLE.match(n)) and
-             os.path.isfile(os.path.join(folder, n))]
+             paths.isfile(paths.join(folder, n))]
     found.sort(key=lambda mn: _rank(mn[0]["prefix"], mn[0]["ext"], mn[0]["variant"]))
     return [n for _m, n in found]
 
 
 def detect(path: str) -> bool:
-    if os.path.isdir(path):
-        names = os.listdir(path)
+    if paths.isdir(path):
+        names = paths.listdir(path)
         return bool(indexes(path, names) or shard_groups(names) or singles(path, names))
-    return bool(INDEX.match(os.path.basename(path))) and os.path.isfile(path)
+    return bool(INDEX.match(paths.basename(path))) and paths.isfile(path)
 
 
 # -- reading -------------------------------------------------------------------------------
 def _json(path: str, what: str) -> Any:
-    size = os.path.getsize(path)
-    if size > MAX_JSON:
-        raise CheckpointError(f"{what} is {size:,} bytes: more than the {MAX_JSON:,} "
-                              "ckpt-inspector reads")
-    with builtins.open(path, "rb") as f:  # this module's open() reads a layout
-        raw = f.read()
+    raw = paths.read_bytes(path, MAX_JSON)
     try:  # twice as fast as json on an index of 100,000s of names (a stall in the window)
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -139,11 +139,11 @@ class _Plan:
 
 
 def _plan(path: str) -> _Plan:
-    if not os.path.isdir(path):
-        folder, index = os.path.dirname(path) or ".", os.path.basename(path)
+    if not paths.isdir(path):
+        folder, index = paths.dirname(path), paths.basename(path)
         others: list[str] = []
     else:
-        folder, names = path, os.listdir(path)
+        folder, names = path, paths.listdir(path)
         found = indexes(path, names)
         groups = shard_groups(names)
         if not found and groups:
@@ -153,7 +153,7 @@ def _plan(path: str) -> _Plan:
             first, *rest = singles(path, names)
             return _Plan(folder, None, [first], others=rest)
         index, others = found[0], found[1:]
-    data = _json(os.path.join(folder, index), index)
+    data = _json(paths.join(folder, index), index)
     weight_map = _weight_map(data, index)
     shards = sorted(set(weight_map.values()))
     if len(shards) > MAX_SHARDS:
@@ -170,7 +170,7 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
     union = Union(path, NAME, NAME)
     ckpt = union.ckpt
     if plan.index is not None:
-        union.add_file(plan.index, file_size(os.path.join(plan.folder, plan.index)),
+        union.add_file(plan.index, file_size(paths.join(plan.folder, plan.index)),
                        "hf-index")
         ckpt.metadata["index"] = plan.index
         if plan.metadata is not None:
@@ -181,8 +181,10 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
     promised: dict[str, list[str]] = {}
     for key, rel in (plan.weight_map or {}).items():
         promised.setdefault(rel, []).append(key)
-    for rel in plan.shards:
-        _read_shard(union, plan.folder, rel, promised.get(rel), plan.weight_map)
+    with _reads(plan) as reads:
+        for rel in plan.shards:
+            _read_shard(union, plan.folder, rel, promised.get(rel), plan.weight_map,
+                        reads.get(rel))
     _config(ckpt, plan.folder)
     for other in plan.others:
         ckpt.warnings.append(f"the folder also holds {other}, not read (open it on its own "
@@ -190,11 +192,30 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
     return ckpt
 
 
+@contextmanager
+def _reads(plan: _Plan) -> Iterator[dict[str, Future[Checkpoint]]]:
+    """The shards of a remote model, read :data:`REMOTE_READS` at a time (each is a few
+    requests that mostly wait on the network); nothing for a local one."""
+    if not is_url(plan.folder):
+        yield {}
+        return
+    with ThreadPoolExecutor(REMOTE_READS, thread_name_prefix="shard") as pool:
+        futures = {rel: pool.submit(read_file, paths.join(plan.folder, rel))
+                   for rel in plan.shards if _inside(rel)}
+        try:
+            yield futures
+        finally:
+            for future in futures.values():
+                future.cancel()
+
+
 def _read_shard(union: Union, folder: str, rel: str, keys: list[str] | None,
-                weight_map: dict[str, str] | None) -> None:
-    """Read one shard into ``union``; ``keys`` are those the index puts in it."""
+                weight_map: dict[str, str] | None,
+                read: Future[Checkpoint] | None = None) -> None:
+    """Read one shard into ``union``; ``keys`` are those the index puts in it; ``read``
+    is the shard already being read (a remote model's)."""
     ckpt = union.ckpt
-    full = os.path.join(folder, rel)
+    full = paths.join(folder, rel)
     if not _inside(rel):
         union.add_file(rel, 0, None, problem="outside the folder: not read")
         ckpt.findings.append(Finding(
@@ -203,7 +224,7 @@ def _read_shard(union: Union, folder: str, rel: str, keys: list[str] | None,
             "model would read it", file=rel))
         _damage(union, rel, keys, "the index puts it outside the model's folder")
         return
-    if not os.path.isfile(full):
+    if not paths.isfile(full):
         union.add_file(rel, 0, None, problem="missing")
         what = (f": its {counted(len(keys), 'tensor')} "
                 f"{'is' if len(keys) == 1 else 'are'} shown damaged") if keys else ""
@@ -211,7 +232,7 @@ def _read_shard(union: Union, folder: str, rel: str, keys: list[str] | None,
         _damage(union, rel, keys, f"its file {rel} is missing")
         return
     try:
-        part = read_file(full)
+        part = read.result() if read is not None else read_file(full)
     except CheckpointError as err:
         union.add_file(rel, file_size(full), err.partial.format if err.partial else None,
                        problem=str(err))
@@ -251,8 +272,8 @@ def _check_index(union: Union, rel: str, keys: list[str], held: list[str],
 
 
 def _config(ckpt: Checkpoint, folder: str) -> None:
-    path = os.path.join(folder, CONFIG)
-    if not os.path.isfile(path):
+    path = paths.join(folder, CONFIG)
+    if not paths.isfile(path):
         return
     try:
         ckpt.metadata["config"] = _json(path, CONFIG)

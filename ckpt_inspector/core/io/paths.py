@@ -1,0 +1,134 @@
+"""What layouts ask of a folder, for a local path or a URL alike: ``isdir``, ``listdir``,
+``isfile``, ``getsize``, ``read_bytes``, and URL-aware ``join``/``dirname``/``basename``.
+
+A local path goes to :mod:`os`. A URL goes to its fsspec filesystem: a folder's listing is
+asked once (names, sizes, kinds) and answers every later question about its files. Plain
+HTTP has no listings: a model there is opened through its index file's URL, its shards
+named by the index; a file whose listing is unknown is taken to exist, and reading it says
+otherwise (one request either way).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import threading
+from typing import Any
+
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.io.opening import is_url
+
+_listings: dict[str, dict[str, dict[str, Any]] | None] = {}  # folder URL -> name -> info
+_sizes: dict[str, int] = {}  # URL -> size, of the files read whole here
+_lock = threading.Lock()
+
+
+def join(folder: str, rel: str) -> str:
+    return posixpath.join(folder, rel) if is_url(folder) else os.path.join(folder, rel)
+
+
+def dirname(path: str) -> str:
+    if is_url(path):
+        return posixpath.dirname(path.rstrip("/"))
+    return os.path.dirname(path) or "."
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/")) if is_url(path) else os.path.basename(path)
+
+
+def _listing(folder: str) -> dict[str, dict[str, Any]] | None:
+    """``{name: fsspec info}`` of a folder URL, or None where it cannot be listed."""
+    folder = folder.rstrip("/")
+    with _lock:
+        if folder in _listings:
+            return _listings[folder]
+    from ckpt_inspector.core.io.remote import filesystem, scheme_of
+
+    listing = None
+    if scheme_of(folder) not in ("http", "https"):  # HTTP servers list nothing we can trust
+        fs, path = filesystem(folder)
+        try:
+            entries = fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            entries = None
+        except Exception as err:  # the library's own errors: a refusal, a timeout
+            from ckpt_inspector.core.io.remote import describe_error
+
+            raise CheckpointError(describe_error(err, folder)) from None
+        if entries is not None:
+            listing = {posixpath.basename(e["name"].rstrip("/")): e for e in entries}
+    with _lock:
+        _listings[folder] = listing
+    return listing
+
+
+def forget(folder: str) -> None:
+    """Drop a folder's listing (a reload asks again)."""
+    with _lock:
+        _listings.pop(folder.rstrip("/"), None)
+        _sizes.clear()
+
+
+def isdir(path: str) -> bool:
+    if not is_url(path):
+        return os.path.isdir(path)
+    listing = _listing(dirname(path))
+    entry = listing.get(basename(path)) if listing else None
+    if entry is not None:
+        return entry.get("type") == "directory"
+    return bool(_listing(path))  # a bucket or a repository's root has no parent entry
+
+
+def listdir(path: str) -> list[str]:
+    if not is_url(path):
+        return os.listdir(path)
+    listing = _listing(path)
+    if listing is None:
+        raise CheckpointError("cannot list a folder at that URL")
+    return sorted(listing)
+
+
+def isfile(path: str) -> bool:
+    if not is_url(path):
+        return os.path.isfile(path)
+    listing = _listing(dirname(path))
+    if listing is None:
+        return True  # unknown: reading it will say
+    entry = listing.get(basename(path))
+    return entry is not None and entry.get("type") != "directory"
+
+
+def getsize(path: str) -> int:
+    if not is_url(path):
+        return os.path.getsize(path)
+    listing = _listing(dirname(path))
+    entry = listing.get(basename(path)) if listing else None
+    if entry is not None and entry.get("size") is not None:
+        return int(entry["size"])
+    with _lock:
+        if path in _sizes:
+            return _sizes[path]
+    from ckpt_inspector.core.io.remote import RemoteFile
+
+    return RemoteFile(path).size
+
+
+def read_bytes(path: str, limit: int) -> bytes:
+    """A small file whole (an index, a config): refused past ``limit`` bytes."""
+    if not is_url(path):
+        size = os.path.getsize(path)
+        if size > limit:
+            raise CheckpointError(f"{basename(path)} is {size:,} bytes: more than the "
+                                  f"{limit:,} ckpt-inspector reads")
+        with open(path, "rb") as f:
+            return f.read()
+    from ckpt_inspector.core.io.remote import RemoteSource
+
+    src = RemoteSource(path)
+    with _lock:
+        _sizes[path] = len(src)
+    if len(src) > limit:
+        raise CheckpointError(f"{basename(path)} is {len(src):,} bytes: more than the "
+                              f"{limit:,} ckpt-inspector reads")
+    return src.read(0, len(src))
