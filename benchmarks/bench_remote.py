@@ -1,0 +1,109 @@
+"""Checkpoints over HTTP from a loopback server (tests/rangeserver.py, which logs every
+request), next to the same files opened locally: requests, bytes transferred, seconds.
+
+    .venv/bin/python benchmarks/bench_remote.py [--repeat 3] [--keep DIR] [--only zip|shards]
+
+(a) a 2 GiB ``torch.save`` zip of 800 float32 tensors: ``info --json URL`` against
+    ``info --json FILE`` (budget: the structure in <= 2 MiB and <= 8 requests);
+(b) the 100,000-tensor model in 160 safetensors shards of bench_shards.py: ``info --json``
+    on its index URL against the local folder (budget: the index plus one or two requests
+    per shard, issued concurrently).
+Each is a whole process (Python start and imports included), warm page cache, median of
+``--repeat``; the counts come from the server's log of the last run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(HERE))
+
+from bench_shards import make_model  # noqa: E402
+from rangeserver import RangeServer  # noqa: E402
+
+MIB = 1 << 20
+
+
+def make_zip(path: Path) -> None:
+    """800 float32 tensors of 2.68 MB each: 2 GiB, written with torch.save."""
+    import torch
+
+    n = (2 << 30) // 800 // 4
+    torch.save({f"layers.{i // 8}.w{i % 8}": torch.zeros(n) for i in range(800)}, path)
+
+
+def run(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd} failed: {proc.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def side_by_side(label: str, local: str, served: Path, name: str, repeat: int) -> None:
+    py = [sys.executable, "-m", "ckpt_inspector", "info", "--json"]
+    with RangeServer(served) as rs:
+        url = rs.url(name)
+        run(py + [url])
+        run(py + [local])  # warm the page cache and the .pyc files
+        times: dict[str, list[float]] = {"local": [], "remote": []}
+        for _ in range(repeat):
+            times["local"].append(run(py + [local]))
+            rs.clear()
+            times["remote"].append(run(py + [url]))
+        log = rs.requests()
+    med = statistics.median
+    size = sum(f.stat().st_size for f in served.rglob("*") if f.is_file())
+    print(f"\n{label} ({size / MIB:,.0f} MiB), median of {repeat}:")
+    print(f"  info --json, local:          {med(times['local']):7.3f} s")
+    print(f"  info --json, over HTTP:      {med(times['remote']):7.3f} s   "
+          f"({med(times['remote']) / med(times['local']):.2f}x local)")
+    sent = sum(r.sent for r in log)
+    print(f"  requests: {len(log):,} ({len({r.port for r in log})} connections), "
+          f"{sent / MIB:.2f} MiB transferred ({sent / size:.3%} of the bytes)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--keep", help="write the files here and keep them (reused if present)")
+    ap.add_argument("--only", choices=("zip", "shards"))
+    args = ap.parse_args()
+    base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "ckpt_inspector")],
+                   check=True)
+    try:
+        if args.only != "shards":
+            zdir = base / "zip"
+            zdir.mkdir(parents=True, exist_ok=True)
+            if not (zdir / "model.pt").exists():
+                make_zip(zdir / "model.pt")
+            side_by_side("(a) torch.save zip, 800 tensors", str(zdir / "model.pt"), zdir,
+                         "model.pt", args.repeat)
+        if args.only != "zip":
+            mdir = base / "model"
+            if not (mdir / "model.safetensors.index.json").exists():
+                make_model(mdir, 100_000, 160)
+            side_by_side("(b) 100,000 tensors in 160 safetensors shards", str(mdir), mdir,
+                         "model.safetensors.index.json", args.repeat)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
