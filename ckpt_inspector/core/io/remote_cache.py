@@ -154,7 +154,8 @@ class Entry:
             self._written += _HEAD.size + len(data)
             os.utime(self.folder)  # last use: what pruning orders by
         except OSError:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def _digest(version: str, name: str, data: bytes) -> bytes:
