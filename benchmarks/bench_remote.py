@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
 from bench_shards import make_model  # noqa: E402
+
 from rangeserver import RangeServer  # noqa: E402
 
 MIB = 1 << 20
@@ -55,13 +56,13 @@ def side_by_side(label: str, local: str, served: Path, name: str, repeat: int) -
     py = [sys.executable, "-m", "ckpt_inspector", "info", "--json"]
     with RangeServer(served) as rs:
         url = rs.url(name)
-        run(py + [url])
-        run(py + [local])  # warm the page cache and the .pyc files
+        run([*py, url])
+        run([*py, local])  # warm the page cache and the .pyc files
         times: dict[str, list[float]] = {"local": [], "remote": []}
         for _ in range(repeat):
-            times["local"].append(run(py + [local]))
+            times["local"].append(run([*py, local]))
             rs.clear()
-            times["remote"].append(run(py + [url]))
+            times["remote"].append(run([*py, url]))
         log = rs.requests()
     med = statistics.median
     size = sum(f.stat().st_size for f in served.rglob("*") if f.is_file())

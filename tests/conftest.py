@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import itertools
 import os
 import pickle
 import shutil
@@ -31,6 +32,16 @@ for _name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_H
     os.environ[_name] = os.path.join(_HOME, _name.split("_")[1].lower())
 
 MARKER_NAME = "PWNED-marker"
+_CACHES = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def remote_cache_per_test(monkeypatch):
+    """Each test (and the CLI it starts) has its own disk cache of remote structure, made
+    only when written: a loopback port reused by a later test never finds another's."""
+    monkeypatch.setenv("CKPT_INSPECTOR_CACHE_DIR",
+                       os.path.join(_HOME, "remote-cache", str(next(_CACHES))))
+    monkeypatch.delenv("CKPT_INSPECTOR_NO_CACHE", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -50,6 +51,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p = _Parser(prog="ckpt-inspector",
                 description="Open PyTorch checkpoints safely and see what is inside.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not read or write the disk cache of remote files' structure "
+                        "(any command, anywhere on the line; CKPT_INSPECTOR_NO_CACHE=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     names = [command] if command in _MODULES else list(_MODULES)
     for module in dict.fromkeys(_MODULES[n] for n in names):
@@ -58,7 +62,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _global_options(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         return launch_app(argv)
     parser = _parser(argv[0])
@@ -73,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except KeyboardInterrupt:
         return interrupted(args.command)
+
+
+def _global_options(argv: list[str]) -> list[str]:
+    """``argv`` less the options for every command (and the window), applied: ``--no-cache``
+    sets CKPT_INSPECTOR_NO_CACHE=1, which child processes inherit."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--no-cache" not in argv[:end]:
+        return argv
+    os.environ["CKPT_INSPECTOR_NO_CACHE"] = "1"
+    return [a for a in argv[:end] if a != "--no-cache"] + argv[end:]
 
 
 def launch_app(paths: list[str]) -> int:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.io import remote_cache
 from ckpt_inspector.core.io.source import BufferReader, Source
 from ckpt_inspector.core.tensors import DataSource
 
@@ -137,9 +138,12 @@ class RemoteFile:
         self.fs, self.path = filesystem(url)
         self.transfer = Transfer()
         self.tail: tuple[int, bytes] = (0, b"")  # (offset, bytes) the first request gave
+        self.cache = remote_cache.entry_for(url)  # structure kept on disk (None: not kept)
         if scheme_of(url) in ("http", "https"):
-            size, self.etag, self.tail = _with_retries(lambda: _probe(self.fs, self.path), url)
-            self.transfer.count(len(self.tail[1]))
+            known = self.cache.known() if self.cache else None  # a 304 means it is current
+            size, self.etag, self.tail = _with_retries(
+                lambda: _probe(self.fs, self.path, known), url)
+            self.transfer.count(0 if known and self.tail is known[2] else len(self.tail[1]))
         else:
             info = _with_retries(lambda: self.fs.info(self.path), url)
             self.transfer.count(0)
@@ -150,6 +154,8 @@ class RemoteFile:
                 raise CheckpointError("the server does not say how large the file is")
             self.etag = info.get("ETag") or info.get("etag") or info.get("blob_id")
         self.size = self.transfer.size = int(size)
+        self.cache = self.cache.keep(self.etag, self.size, self.tail) if self.cache and \
+            self.etag else None  # without an ETag, nothing says a cached copy is current
         self._lock = threading.Lock()
         self._file: Any = None
 
@@ -195,18 +201,24 @@ class _NoRanges(Exception):
         return "the server does not answer byte-range requests"
 
 
-def _probe(fs: Any, url: str) -> tuple[int, str | None, tuple[int, bytes]]:
+def _probe(fs: Any, url: str, known: tuple[int, str, tuple[int, bytes]] | None = None,
+           ) -> tuple[int, str | None, tuple[int, bytes]]:
     """(size, ETag, (offset, bytes)) from one GET of the last :data:`TAIL` bytes, on
     fsspec's own HTTP session; a server that sends the whole of a large file instead is
-    refused before its body is read."""
+    refused before its body is read. With ``known`` (what the disk cache holds) the GET
+    is conditional, and a 304 answers ``known`` itself."""
     from fsspec.asyn import sync
 
     async def probe() -> tuple[int, str | None, tuple[int, bytes]]:
         kwargs = dict(fs.kwargs)
         headers = {**kwargs.pop("headers", {}), "Range": f"bytes=-{TAIL}"}
+        if known:
+            headers["If-None-Match"] = known[1]
         session = await fs.set_session()
         async with session.get(fs.encode_url(url), headers=headers, **kwargs) as r:
             etag = r.headers.get("ETag")
+            if r.status == 304 and known:
+                return known
             if r.status == 416:  # an empty file has no last bytes
                 return 0, etag, (0, b"")
             if r.status == 200:
@@ -269,11 +281,13 @@ class RemoteBuffer:
             wanted = range(first, last + 1)
             if first == 0:  # a file's start holds its header: read ahead there only
                 wanted = range(max(last + 1, min(HEAD_BLOCKS, -(-self.file.size // BLOCK))))
-            missing = [b for b in wanted if b not in self._blocks]
+            missing = [b for b in wanted if b not in self._blocks and not self._from_disk(b)]
             for run in _runs(missing):
                 data = self.file.fetch(run[0] * BLOCK, (run[-1] + 1) * BLOCK)
                 for i, b in enumerate(run):
                     self._blocks[b] = data[i * BLOCK:(i + 1) * BLOCK]
+                    if self.file.cache:
+                        self.file.cache.put(b * BLOCK, self._blocks[b])
             out = b"".join(self._blocks[b] for b in range(first, last + 1))
             self._evict()
         return out[start - first * BLOCK:stop - first * BLOCK]
@@ -293,6 +307,14 @@ class RemoteBuffer:
     def fetch(self, start: int, stop: int) -> bytes:
         """The bytes ``[start, stop)`` straight from the server, not kept: tensor data."""
         return self.file.fetch(start, stop)
+
+    def _from_disk(self, b: int) -> bool:
+        """Block ``b`` from the disk cache into memory, if it is there and intact."""
+        cache, size = self.file.cache, self.file.size
+        data = cache.get(b * BLOCK, min(BLOCK, size - b * BLOCK)) if cache else None
+        if data is not None:
+            self._blocks[b] = data
+        return data is not None
 
     def _evict(self) -> None:
         while len(self._blocks) > MAX_CACHED:  # oldest first (insertion order)
