@@ -66,7 +66,9 @@ class Transfer:
 
 
 def filesystem(url: str) -> tuple[Any, str]:
-    """The fsspec filesystem for ``url`` and the path within it."""
+    """The fsspec filesystem for ``url`` and the path within it. Each library configures
+    itself as usual: for an S3-compatible store (MinIO, R2, moto) botocore reads
+    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, and fsspec ``FSSPEC_S3_ENDPOINT_URL``."""
     scheme = scheme_of(url)
     if scheme not in SCHEMES:
         raise CheckpointError(f"{scheme}:// URLs are not supported (http, https, s3, gs, hf)")
@@ -86,6 +88,8 @@ def describe_error(err: BaseException, url: str) -> str:
     status = getattr(err, "status", None) or getattr(err, "code", None)
     scheme = scheme_of(url)
     if isinstance(err, FileNotFoundError) or status == 404:
+        if scheme in ("s3", "gs", "gcs") and "bucket" in str(err).lower():
+            return "no such bucket (404)"  # s3fs: "The specified bucket does not exist"
         return "no such file at that URL (404)"
     if isinstance(err, PermissionError) or status in (401, 403):
         who = {"hf": "a Hugging Face token (HF_TOKEN or `hf auth login`)",
@@ -93,7 +97,7 @@ def describe_error(err: BaseException, url: str) -> str:
                "gs": "Google credentials (GOOGLE_APPLICATION_CREDENTIALS or gcloud auth)",
                }.get(scheme, "credentials the server accepts")
         return f"access denied ({status or 'forbidden'}): it needs {who}"
-    if status == 412:
+    if status == 412 or type(err).__name__ == "FileExpired":  # s3fs's If-Match refusal
         return "the file changed on the server while it was being read"
     if isinstance(err, TimeoutError) or "timeout" in type(err).__name__.lower():
         return "the server did not answer in time"
@@ -131,7 +135,8 @@ class RemoteFile:
     Over HTTP the first request is a GET of the file's last :data:`TAIL` bytes (a suffix
     range): its ``Content-Range`` gives the size, and those bytes hold what readers look
     for at the end (a zip's directory, a polyglot's end record), so no HEAD is spent.
-    Elsewhere the library's ``info`` gives the size (a HEAD, or a listing)."""
+    Elsewhere the library's ``info`` gives the size (a HEAD, or a listing) and a ranged
+    read of those last bytes follows."""
 
     def __init__(self, url: str):
         self.url = url
@@ -139,13 +144,21 @@ class RemoteFile:
         self.transfer = Transfer()
         self.tail: tuple[int, bytes] = (0, b"")  # (offset, bytes) the first request gave
         self.cache = remote_cache.entry_for(url)  # structure kept on disk (None: not kept)
+        self._lock = threading.Lock()
+        self._file: Any = None
         if scheme_of(url) in ("http", "https"):
             known = self.cache.known() if self.cache else None  # a 304 means it is current
             size, self.etag, self.tail = _with_retries(
                 lambda: _probe(self.fs, self.path, known), url)
             self.transfer.count(0 if known and self.tail is known[2] else len(self.tail[1]))
         else:
-            info = _with_retries(lambda: self.fs.info(self.path), url)
+            # The library's file asks ``info`` once (a HEAD on S3) and keeps it as
+            # ``details``: opening first spends no second HEAD. s3fs then sends that ETag as
+            # ``IfMatch`` on every ranged GET (a replaced object fails as FileExpired), and on
+            # a version-aware filesystem (``FSSPEC_S3_VERSION_AWARE=true``) pins VersionId.
+            self._file = _with_retries(lambda: self.fs.open(
+                self.path, "rb", block_size=BLOCK, cache_type="none"), url)
+            info = self._file.details
             self.transfer.count(0)
             if info.get("type") == "directory":
                 raise CheckpointError("is a folder, not a file")
@@ -154,10 +167,11 @@ class RemoteFile:
                 raise CheckpointError("the server does not say how large the file is")
             self.etag = info.get("ETag") or info.get("etag") or info.get("blob_id")
         self.size = self.transfer.size = int(size)
+        if not self.tail[1] and self.size:  # as over HTTP: the end in one request, early
+            start = max(0, self.size - TAIL)
+            self.tail = (start, self.fetch(start, self.size))
         self.cache = self.cache.keep(self.etag, self.size, self.tail) if self.cache and \
             self.etag else None  # without an ETag, nothing says a cached copy is current
-        self._lock = threading.Lock()
-        self._file: Any = None
 
     def _open(self) -> Any:
         if self._file is None:
@@ -251,8 +265,9 @@ class RemoteBuffer:
         self.file = file
         self._blocks: dict[int, bytes] = {}
         self._lock = threading.Lock()
-        start, data = file.tail  # the blocks the first request already holds
-        for b in range(-(-start // BLOCK), -(-file.size // BLOCK)):
+        start, data = file.tail  # the whole blocks the first request already holds
+        end = start + len(data)
+        for b in range(-(-start // BLOCK), -(-end // BLOCK) if end >= file.size else end // BLOCK):
             self._blocks[b] = data[b * BLOCK - start:(b + 1) * BLOCK - start]
 
     def __len__(self) -> int:
