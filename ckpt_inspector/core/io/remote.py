@@ -135,7 +135,14 @@ class RemoteFile:
         self.fs, self.path = filesystem(url)
         self.transfer = Transfer()
         self.tail: tuple[int, bytes] = (0, b"")  # (offset, bytes) the first request gave
-        if scheme_of(url) in ("http", "https"):
+        self._file: Any = None
+        if scheme_of(url) == "hf":  # the tail gives commit, size, ETag; reads pinned to it
+            from ckpt_inspector.core.io.hub import HubFile
+
+            self._file = _with_retries(lambda: HubFile(self.fs, self.path, TAIL), url)
+            size, self.etag, self.tail = self._file.size, self._file.etag, self._file.tail
+            self.transfer.count(len(self.tail[1]))
+        elif scheme_of(url) in ("http", "https"):
             size, self.etag, self.tail = _with_retries(lambda: _probe(self.fs, self.path), url)
             self.transfer.count(len(self.tail[1]))
         else:
@@ -149,7 +156,6 @@ class RemoteFile:
             self.etag = info.get("ETag") or info.get("etag") or info.get("blob_id")
         self.size = self.transfer.size = int(size)
         self._lock = threading.Lock()
-        self._file: Any = None
 
     def _open(self) -> Any:
         if self._file is None:
@@ -237,8 +243,8 @@ class RemoteBuffer:
         self.file = file
         self._blocks: dict[int, bytes] = {}
         self._lock = threading.Lock()
-        start, data = file.tail  # the blocks the first request already holds
-        for b in range(-(-start // BLOCK), -(-file.size // BLOCK)):
+        start, data = file.tail  # the blocks the first request already holds (none: no tail)
+        for b in range(-(-start // BLOCK), -(-file.size // BLOCK) if data else 0):
             self._blocks[b] = data[b * BLOCK - start:(b + 1) * BLOCK - start]
 
     def __len__(self) -> int:
