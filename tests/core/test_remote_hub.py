@@ -184,3 +184,28 @@ def test_a_whole_repository_is_refused_with_a_hint(hub):
         open_checkpoint("hf://owner/repo")
 
 
+
+
+def test_the_fake_hub_lists_a_repository_as_hffilesystem_asks(hub):
+    """What a whole-model layout would start from: HfFileSystem's listing (names, sizes)
+    through the tree route (paginated) and paths-info, at the commit."""
+    from huggingface_hub import HfApi, HfFileSystem
+
+    hub.page_size = 2  # every listing in several pages
+    sha = hub.repos["owner/repo"].sha
+    fs = HfFileSystem(endpoint=hub.endpoint, skip_instance_cache=True)
+    found = fs.find(f"owner/repo@{sha}", detail=True)
+    files = hub.repos["owner/repo"].files
+    assert {k.split("/", 2)[2]: v["size"] for k, v in found.items()} == \
+        {n: len(d) for n, d in files.items()}
+    assert found[f"owner/repo@{sha}/model.safetensors"]["lfs"].sha256
+    assert [e["name"] for e in fs.ls("owner/repo", detail=True)] == [
+        "owner/repo/config.json", "owner/repo/evil.pkl", "owner/repo/model.safetensors",
+        "owner/repo/sub"]
+    tree = hub.requests("/tree/")
+    assert len(tree) >= 3 and all(r.status == 200 for r in tree)
+    infos = HfApi(endpoint=hub.endpoint).get_paths_info("owner/repo", ["sub/m.pt", "sub"],
+                                                        revision=sha)
+    assert [(i.path, getattr(i, "size", None)) for i in infos] == [
+        ("sub/m.pt", len(files["sub/m.pt"])), ("sub", None)]
+    assert HfApi(endpoint=hub.endpoint).model_info("owner/repo").sha == sha
