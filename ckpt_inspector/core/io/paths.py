@@ -70,14 +70,32 @@ def forget(folder: str) -> None:
         _sizes.clear()
 
 
+def names_a_file(url: str) -> bool:
+    """Whether a URL plainly names a file, so no request need ask: a last part with an
+    extension (``model.safetensors``), except a Hub repository's own name."""
+    scheme, _sep, rest = url.partition("://")
+    parts = [p for p in rest.split("/") if p]
+    if scheme.lower() == "hf":
+        if parts and parts[0] in ("datasets", "spaces", "models"):
+            parts = parts[1:]
+        if len(parts) <= 2:  # owner/repo[@revision]
+            return False
+    stem, dot, ext = (parts[-1] if parts else "").rpartition(".")
+    return bool(dot and stem and ext.isalnum() and len(ext) <= 12)
+
+
 def isdir(path: str) -> bool:
     if not is_url(path):
         return os.path.isdir(path)
-    listing = _listing(dirname(path))
-    entry = listing.get(basename(path)) if listing else None
-    if entry is not None:
-        return entry.get("type") == "directory"
-    return bool(_listing(path))  # a bucket or a repository's root has no parent entry
+    if names_a_file(path):
+        return False
+    listing = _listing(path)
+    if not listing:
+        return False
+    # fsspec lists a file as itself
+    only = next(iter(listing.values())) if len(listing) == 1 else None
+    return not (only is not None and only.get("type") == "file" and
+                only.get("name", "").rstrip("/").endswith(basename(path)))
 
 
 def listdir(path: str) -> list[str]:

@@ -146,7 +146,13 @@ class RemoteFile:
         self.cache = remote_cache.entry_for(url)  # structure kept on disk (None: not kept)
         self._lock = threading.Lock()
         self._file: Any = None
-        if scheme_of(url) in ("http", "https"):
+        if scheme_of(url) == "hf":  # the tail gives commit, size, ETag; reads pinned to it
+            from ckpt_inspector.core.io.hub import HubFile
+
+            self._file = _with_retries(lambda: HubFile(self.fs, self.path, TAIL), url)
+            size, self.etag, self.tail = self._file.size, self._file.etag, self._file.tail
+            self.transfer.count(len(self.tail[1]))
+        elif scheme_of(url) in ("http", "https"):
             known = self.cache.known() if self.cache else None  # a 304 means it is current
             size, self.etag, self.tail = _with_retries(
                 lambda: _probe(self.fs, self.path, known), url)

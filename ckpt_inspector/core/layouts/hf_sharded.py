@@ -93,6 +93,8 @@ def singles(folder: str, names: list[str]) -> list[str]:
 
 
 def detect(path: str) -> bool:
+    if is_url(path) and paths.names_a_file(path):  # no request for a file's URL
+        return bool(INDEX.match(paths.basename(path)))
     if paths.isdir(path):
         names = paths.listdir(path)
         return bool(indexes(path, names) or shard_groups(names) or singles(path, names))

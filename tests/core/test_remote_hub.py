@@ -1,0 +1,235 @@
+"""``hf://owner/repo[@revision]/path`` against a fake Hub on 127.0.0.1 (tests/fakehub.py):
+the same tensors as the local file in one HEAD and a few ranged GETs pinned to the commit,
+private repositories with and without a token, missing files in one line, and the verdict
+from the bytes read."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from ckpt_inspector.core import open_checkpoint
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.io import remote as remote_mod
+from ckpt_inspector.core.scan import scan
+from ckpt_inspector.core.tensors import to_numpy
+from ckpt_inspector.core.tree import key_of
+
+from fakehub import FakeHub, Repo
+from support import payload, run_cli
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Nothing here may reach another address than 127.0.0.1."""
+    real = socket.socket.connect
+
+    def connect(self, address):
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost"):
+            raise AssertionError(f"a test tried to reach {address}")
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, torch):
+    """The files the repositories serve, as bytes, and what was saved in them."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("hub")
+    gen = torch.Generator().manual_seed(1)
+    small = {f"layers.{i}.weight": torch.randn(16, 16, generator=gen) for i in range(40)}
+    small["head.weight"] = torch.randn(256, 256, generator=gen)
+    save_file(small, str(folder / "model.safetensors"))
+    zipped = {f"blocks.{i}.weight": torch.randn(64, generator=gen) for i in range(100)}
+    torch.save(zipped, folder / "m.pt")
+    marker = folder.parent / "hub-marker"
+    (folder / "evil.pkl").write_bytes(payload(marker))
+    data = {n: (folder / n).read_bytes() for n in ("model.safetensors", "m.pt", "evil.pkl")}
+    from shards import save_sharded, state_dict
+
+    save_sharded(torch, folder / "sharded", state_dict(torch), shards=3)
+    data["sharded"] = {p.name: p.read_bytes() for p in (folder / "sharded").iterdir()}
+    return folder, data, small, zipped, marker
+
+
+@pytest.fixture
+def hub(made, monkeypatch, tmp_path):
+    """The fake Hub, and huggingface_hub pointed at it (this process and the CLI's), with
+    its own HF_HOME and no token."""
+    _folder, data, *_ = made
+    repos = {
+        "owner/repo": Repo({"model.safetensors": data["model.safetensors"],
+                            "sub/m.pt": data["m.pt"], "evil.pkl": data["evil.pkl"],
+                            "config.json": b"{}"}, lfs={"model.safetensors", "sub/m.pt"}),
+        "owner/private": Repo({"model.safetensors": data["model.safetensors"]}, private=True,
+                              lfs={"model.safetensors"}),
+        "owner/sharded": Repo(data["sharded"], lfs={n for n in data["sharded"]
+                                                    if n.endswith(".safetensors")}),
+        "owner/notes": Repo({"README.md": b"# nothing to load\n"}),
+    }
+    with FakeHub(repos) as fake:
+        env = {"HF_ENDPOINT": fake.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "",
+               "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_IMPLICIT_TOKEN": "0"}
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        from huggingface_hub import constants
+
+        monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)  # what HF_ENDPOINT sets
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            fake.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
+        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "hf" / "agents"))
+        fake.env = env
+        yield fake
+
+
+def listing(ckpt):
+    return [(key_of(p), n.tensor.dtype, n.tensor.shape) for p, n in ckpt.tensors()]
+
+
+def test_a_safetensors_file_takes_two_requests_pinned_to_the_commit(hub, made):
+    folder = made[0]
+    remote = open_checkpoint("hf://owner/repo/model.safetensors")
+    assert listing(remote) == listing(open_checkpoint(str(folder / "model.safetensors")))
+    log = hub.requests()
+    assert len(log) == 2 and all(r.method == "GET" and r.range for r in log), log
+    sha = hub.repos["owner/repo"].sha
+    assert "/resolve/main/" in log[0].path and f"/resolve/{sha}/" in log[1].path, log
+    assert remote.metadata["remote"]["requests"] == len(log)
+    # of a 306 KB file: the tail and the start (the header, read ahead)
+    assert hub.bytes_sent() <= remote_mod.TAIL + remote_mod.HEAD_BLOCKS * remote_mod.BLOCK
+
+
+def test_through_the_hubs_redirect_to_a_cdn(hub, made):
+    hub.cdn = True
+    remote = open_checkpoint("hf://owner/repo/model.safetensors")
+    assert listing(remote) == listing(open_checkpoint(str(made[0] / "model.safetensors")))
+    paths = [r.path.split("/")[1] for r in hub.requests()]
+    assert paths == ["owner", "cdn", "owner", "cdn"], hub.requests()  # two ranged reads
+    assert remote.metadata["remote"]["requests"] == 2
+
+
+def test_a_torch_zip_in_a_folder_at_a_revision(hub, made):
+    folder, _data, _small, zipped, _marker = made
+    remote = open_checkpoint("hf://owner/repo@main/sub/m.pt")
+    assert listing(remote) == listing(open_checkpoint(str(folder / "m.pt")))
+    node = {key_of(p): n for p, n in remote.tensors()}["blocks.7.weight"]
+    assert np.array_equal(to_numpy(node.tensor), zipped["blocks.7.weight"].numpy())
+    assert len(hub.requests()) <= 1 + 8 + 1, hub.requests()
+    assert scan(remote).verdict == "safe"
+
+
+def test_one_tensors_values_are_the_saved_ones(hub, made):
+    small = made[2]
+    remote = open_checkpoint("hf://owner/repo/model.safetensors")
+    node = {key_of(p): n for p, n in remote.tensors()}["head.weight"]
+    hub.clear()
+    assert np.array_equal(to_numpy(node.tensor), small["head.weight"].numpy())
+    assert hub.bytes_sent() <= node.tensor.nbytes + (2 << 20)
+
+
+def test_the_revision_is_pinned_to_the_commit_sha(hub, made):
+    sha = hub.repos["owner/repo"].sha
+    remote = open_checkpoint(f"hf://owner/repo@{sha}/model.safetensors")
+    assert len(list(remote.tensors())) == len(made[2])
+    with pytest.raises(CheckpointError, match="no such file"):
+        open_checkpoint("hf://owner/repo@v9/model.safetensors")
+
+
+def test_the_cli_reads_an_hf_url(hub, made):
+    proc = run_cli("info", "--json", "hf://owner/repo/model.safetensors", env=hub.env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert len(doc["tensors"]) == len(made[2])
+    assert doc["metadata"]["remote"]["requests"] == len(hub.requests()) == 2  # the fake Hub
+
+
+@pytest.mark.parametrize("url", ["hf://owner/nope/model.safetensors",
+                                 "hf://owner/repo/nope.safetensors"])
+def test_a_missing_repo_or_file_is_one_line_and_exit_3(hub, url):
+    proc = run_cli("info", url, env=hub.env)
+    assert proc.returncode == 3 and "no such file" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_private_repo_needs_a_token_and_never_prints_it(hub, made, monkeypatch):
+    proc = run_cli("info", "hf://owner/private/model.safetensors", env=hub.env)
+    assert proc.returncode == 3 and "HF_TOKEN" in proc.stderr and "hf auth login" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not [r for r in hub.requests() if r.authorized]
+    with pytest.raises(CheckpointError, match="HF_TOKEN"):
+        open_checkpoint("hf://owner/private/model.safetensors")
+
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    remote = open_checkpoint("hf://owner/private/model.safetensors")
+    assert len(list(remote.tensors())) == len(made[2])
+    proc = run_cli("info", "--json", "hf://owner/private/model.safetensors",
+                   env={**hub.env, "HF_TOKEN": hub.token})
+    assert proc.returncode == 0, proc.stderr
+    assert hub.token not in proc.stdout + proc.stderr
+
+    wrong = run_cli("info", "hf://owner/private/model.safetensors",
+                    env={**hub.env, "HF_TOKEN": "hf_wrong_secret_xyz"})
+    assert wrong.returncode == 3 and "hf_wrong_secret_xyz" not in wrong.stdout + wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+
+
+def test_a_pickle_that_would_run_code_is_dangerous_and_never_runs(hub, made):
+    marker = made[4]
+    proc = run_cli("scan", "hf://owner/repo/evil.pkl", env=hub.env)
+    assert proc.returncode != 0 and "dangerous" in proc.stdout.lower(), proc.stderr
+    assert not marker.exists()
+
+
+def test_a_whole_repository_opens_as_the_model_it_holds(hub, made):
+    """``hf://owner/repo``: the layout found from the repository's listing, the shards read
+    at the commit, concurrently; a model saved in one file beside its config too."""
+    folder, data, *_ = made
+    hub.clear()
+    ckpt = open_checkpoint("hf://owner/sharded")
+    local = open_checkpoint(str(folder / "sharded"))
+    assert ckpt.format == "hf-sharded" and listing(ckpt) == listing(local)
+    shards = [n for n in data["sharded"] if n.endswith(".safetensors")]
+    files = [r for r in hub.requests() if "/resolve/" in r.path or "/cdn/" in r.path]
+    assert len(files) <= 2 + 2 * len(shards), hub.requests()  # index, config, 1-2 a shard
+    single = open_checkpoint("hf://owner/repo")
+    assert listing(single) == listing(open_checkpoint(str(folder / "model.safetensors")))
+
+
+def test_a_repository_holding_no_model_is_refused_with_a_hint(hub):
+    with pytest.raises(CheckpointError, match="name a file"):
+        open_checkpoint("hf://owner/notes")
+
+
+
+
+def test_the_fake_hub_lists_a_repository_as_hffilesystem_asks(hub):
+    """What a whole-model layout would start from: HfFileSystem's listing (names, sizes)
+    through the tree route (paginated) and paths-info, at the commit."""
+    from huggingface_hub import HfApi, HfFileSystem
+
+    hub.page_size = 2  # every listing in several pages
+    sha = hub.repos["owner/repo"].sha
+    fs = HfFileSystem(endpoint=hub.endpoint, skip_instance_cache=True)
+    found = fs.find(f"owner/repo@{sha}", detail=True)
+    files = hub.repos["owner/repo"].files
+    assert {k.split("/", 2)[2]: v["size"] for k, v in found.items()} == \
+        {n: len(d) for n, d in files.items()}
+    assert found[f"owner/repo@{sha}/model.safetensors"]["lfs"].sha256
+    assert [e["name"] for e in fs.ls("owner/repo", detail=True)] == [
+        "owner/repo/config.json", "owner/repo/evil.pkl", "owner/repo/model.safetensors",
+        "owner/repo/sub"]
+    tree = hub.requests("/tree/")
+    assert len(tree) >= 3 and all(r.status == 200 for r in tree)
+    infos = HfApi(endpoint=hub.endpoint).get_paths_info("owner/repo", ["sub/m.pt", "sub"],
+                                                        revision=sha)
+    assert [(i.path, getattr(i, "size", None)) for i in infos] == [
+        ("sub/m.pt", len(files["sub/m.pt"])), ("sub", None)]
+    assert HfApi(endpoint=hub.endpoint).model_info("owner/repo").sha == sha
