@@ -28,7 +28,7 @@ from ckpt_inspector.gui.diff.view import DiffView
 from ckpt_inspector.gui.file_browser import FileBrowser
 from ckpt_inspector.gui.icons import icon
 from ckpt_inspector.gui.jobs import Task
-from ckpt_inspector.gui.remote import name_of
+from ckpt_inspector.gui.remote import is_url, name_of
 from ckpt_inspector.gui.settings import LAST_FOLDER
 from ckpt_inspector.gui.tree.checkpoint_view import CheckpointView
 from ckpt_inspector.gui.welcome import WelcomePage
@@ -305,7 +305,8 @@ def update_actions(self: MainWindow) -> None:
     loaded = view is not None and view.file is not None
     diff = self.tabs.currentWidget() if isinstance(self.tabs.currentWidget(),
                                                   DiffView) else None
-    self.torch_action.setEnabled(loaded)
+    # torch.load reads a local file: a URL's checkpoint is looked at, not loaded
+    self.torch_action.setEnabled(loaded and not is_url(view.path))
     self.export_action.setEnabled(loaded)
     self.copy_action.setEnabled(loaded or (diff is not None and diff.comparison is not None))
     self.reload_action.setEnabled(view is not None or diff is not None)

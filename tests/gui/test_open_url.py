@@ -76,6 +76,7 @@ def test_open_url_dialog_shows_the_tree(qtbot, window, server):
     assert "remote" not in summary.split("File metadata")[-1]  # shown once, not as metadata
     # nothing local was asked of a URL: no "whole model" bar, no file selected in the dock
     assert window.browser.view.selectionModel().selectedIndexes() == []
+    assert window.export_action.isEnabled() and not window.torch_action.isEnabled()
     window.open_paths([url])  # the same URL again: its tab, not a second one
     assert window.tabs.count() == 1
 

@@ -12,7 +12,7 @@ from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.ops.stats import Stats, format_number
 from ckpt_inspector.core.summary import format_value, human_bytes, top_values
 from ckpt_inspector.core.tree import Node
-from ckpt_inspector.gui.remote import name_of, strip_credentials, transfer_text
+from ckpt_inspector.gui.remote import name_of, strip_credentials, transfer_counts
 from ckpt_inspector.gui.theme import color
 
 # verdict -> (text colour role, background role, what it means)
@@ -98,9 +98,11 @@ def summary_html(loaded: LoadedFile) -> str:
              f'<span class="muted">{breakable(where).replace("/", "/&#8203;")}</span></p>']
     rows = [("format", escape(ckpt.format)), ("file size", human_bytes(ckpt.file_size)),
             ("read in", f"{loaded.seconds * 1000:.0f} ms")]
-    remote = transfer_text(ckpt)
-    if remote:  # a URL: what reading its structure took
-        rows.append(("over the network", escape(remote)))
+    counts = transfer_counts(ckpt)
+    if counts is not None:  # a URL: what reading its structure took
+        n = int(counts.get("requests", 0))
+        rows.append(("structure", f"{human_bytes(int(counts.get('bytes', 0)))} in {n:,} "
+                                  f"request{'s' if n != 1 else ''}"))
     parts.append(_rows(rows))
     meaning = safe_meaning(ckpt.format, ckpt.files, tot.get("devices") or {}) \
         if report.verdict == "safe" else None
