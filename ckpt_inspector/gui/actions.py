@@ -28,6 +28,7 @@ from ckpt_inspector.gui.diff.view import DiffView
 from ckpt_inspector.gui.file_browser import FileBrowser
 from ckpt_inspector.gui.icons import icon
 from ckpt_inspector.gui.jobs import Task
+from ckpt_inspector.gui.remote import is_url, name_of
 from ckpt_inspector.gui.settings import LAST_FOLDER
 from ckpt_inspector.gui.tree.checkpoint_view import CheckpointView
 from ckpt_inspector.gui.welcome import WelcomePage
@@ -67,6 +68,9 @@ def build_actions(self: MainWindow) -> None:
                                      "Ctrl+Shift+O",
                                      "Open a checkpoint made of many files (a sharded model's "
                                      "folder)")
+    self.open_url_action = action(self, "open", "Open &URL…", self.open_url_dialog, "Ctrl+L",
+                                  "Open a checkpoint file at an https://, s3://, gs:// or "
+                                  "hf:// URL (only its structure is read)")
     self.demo_action = action(self,
         "demo", "Open &demo checkpoint", self.open_demo,
         tip="A resnet18 training checkpoint, made on this machine the first time")
@@ -110,6 +114,7 @@ def build_actions(self: MainWindow) -> None:
     file_menu = menu.addMenu("&File")
     file_menu.addAction(self.open_action)
     file_menu.addAction(self.open_folder_action)
+    file_menu.addAction(self.open_url_action)
     self.recent_menu = file_menu.addMenu("Open &Recent")
     self.recent_menu.aboutToShow.connect(self._refresh_recent)
     file_menu.addAction(self.demo_action)
@@ -194,7 +199,7 @@ def tab_menu(self: MainWindow, index: int) -> QMenu:
         if others:
             sub = menu.addMenu("Compare with open file")
             for other in others:
-                sub.addAction(os.path.basename(other.path),
+                sub.addAction(name_of(other.path),
                               lambda o=other: self.compare_paths(view.path, o.path))
         menu.addSeparator()
     elif isinstance(view, DiffView):
@@ -300,7 +305,8 @@ def update_actions(self: MainWindow) -> None:
     loaded = view is not None and view.file is not None
     diff = self.tabs.currentWidget() if isinstance(self.tabs.currentWidget(),
                                                   DiffView) else None
-    self.torch_action.setEnabled(loaded)
+    # torch.load reads a local file: a URL's checkpoint is looked at, not loaded
+    self.torch_action.setEnabled(loaded and not is_url(view.path))
     self.export_action.setEnabled(loaded)
     self.copy_action.setEnabled(loaded or (diff is not None and diff.comparison is not None))
     self.reload_action.setEnabled(view is not None or diff is not None)

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 
 from ckpt_inspector.core.layouts import is_checkpoint_folder
 from ckpt_inspector.gui.icons import app_icon
+from ckpt_inspector.gui.remote import is_url
 from ckpt_inspector.gui.theme import color
 
 CHECKPOINT_PATTERNS = ["*.pt", "*.pth", "*.ckpt", "*.bin", "*.pt2", "*.onnx", "*.safetensors",
@@ -95,7 +96,12 @@ class FileBrowser(QWidget):
         self.set_folder(folder)
 
     def _path_entered(self) -> None:
-        path = os.path.abspath(os.path.expanduser(self.path_edit.text().strip()))
+        text = self.path_edit.text().strip()
+        if is_url(text):  # a URL typed here opens like one given to File > Open URL
+            self.path_edit.setText(self.folder)
+            self.file_activated.emit(text)
+            return
+        path = os.path.abspath(os.path.expanduser(text))
         if os.path.isfile(path):
             self.set_folder(os.path.dirname(path))
             self.file_activated.emit(path)

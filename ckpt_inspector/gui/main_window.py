@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from PySide6.QtCore import QPoint, QSettings, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QMimeData, QPoint, QSettings, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QCloseEvent,
     QDragEnterEvent,
@@ -42,10 +42,12 @@ from ckpt_inspector.gui.dialogs.consent import ask_consent, confirm
 from ckpt_inspector.gui.dialogs.export import ExportDialog
 from ckpt_inspector.gui.dialogs.files import ask_files, ask_folder
 from ckpt_inspector.gui.dialogs.help import ShortcutsDialog, about_box, about_html
+from ckpt_inspector.gui.dialogs.open_url import OpenUrlDialog
 from ckpt_inspector.gui.diff.view import DiffView
 from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.icons import VERDICT_WORDS, app_icon, verdict_icon
 from ckpt_inspector.gui.jobs import JobRunner
+from ckpt_inspector.gui.remote import is_url, name_of, normalize, strip_credentials, transfer_text
 from ckpt_inspector.gui.tensor.preload import preload_when_idle
 from ckpt_inspector.gui.tree.checkpoint_view import CheckpointView
 from ckpt_inspector.gui.whole_model_bar import offer_whole_model
@@ -126,6 +128,15 @@ class MainWindow(QMainWindow):
         if folder:
             self.open_paths([folder])
 
+    def open_url_dialog(self) -> OpenUrlDialog:
+        """File > Open URL: the recent URLs to pick from or edit; Open opens it in a tab."""
+        dialog = OpenUrlDialog(settings_mod.recent_urls(self.settings), self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(lambda: self.open_paths([dialog.url()]))
+        dialog.open()
+        self.url_dialog = dialog
+        return dialog
+
     def ask_open_paths(self) -> list[str]:
         """The Open dialog, starting in the Files dock's folder."""
         return ask_files(self, self.browser.folder, "Open checkpoints")
@@ -140,8 +151,9 @@ class MainWindow(QMainWindow):
         Files dock instead (its files open from there)."""
         views = []
         for path in paths:
-            path = os.path.abspath(path)
-            if not is_checkpoint_folder_quiet(path) and os.path.isdir(path):
+            path = normalize(path)
+            if not is_url(path) and not is_checkpoint_folder_quiet(path) and \
+                    os.path.isdir(path):
                 browse_folder(self, path)
                 continue
             existing = self._view_for(path)
@@ -152,8 +164,8 @@ class MainWindow(QMainWindow):
             view = CheckpointView(path, self.runner, self.reporter, self.device)
             view.loaded.connect(lambda f, v=view: self._view_loaded(v, f))
             view.failed.connect(lambda _m, v=view: self._view_failed(v))
-            index = self.tabs.addTab(view, os.path.basename(path))
-            self.tabs.setTabToolTip(index, path)
+            index = self.tabs.addTab(view, name_of(path))
+            self.tabs.setTabToolTip(index, strip_credentials(path))
             self.tabs.setCurrentIndex(index)
             self.pages.setCurrentWidget(self.tabs)
             view.start_loading()
@@ -173,12 +185,12 @@ class MainWindow(QMainWindow):
         return self.compare_with(first)
 
     def compare_with(self, first: str) -> DiffView | None:
-        second = self.ask_compare_file(f"Compare {os.path.basename(first)} (A) with… (B)")
+        second = self.ask_compare_file(f"Compare {name_of(first)} (A) with… (B)")
         return self.compare_paths(first, second) if second else None
 
     def compare_paths(self, path_a: str, path_b: str) -> DiffView:
         """A tab comparing the two files (the open one if there is; it is not redone)."""
-        path_a, path_b = os.path.abspath(path_a), os.path.abspath(path_b)
+        path_a, path_b = normalize(path_a), normalize(path_b)
         for i in range(self.tabs.count()):
             existing = self.tabs.widget(i)
             if isinstance(existing, DiffView) and (existing.path_a, existing.path_b) == (
@@ -237,7 +249,8 @@ class MainWindow(QMainWindow):
         index = self.tabs.indexOf(view)
         if index >= 0:
             self.tabs.setTabIcon(index, verdict_icon(file.report.verdict))
-            self.tabs.setTabToolTip(index, f"{view.path}\n{VERDICT_WORDS[file.report.verdict]}")
+            self.tabs.setTabToolTip(index, f"{strip_credentials(view.path)}\n"
+                                           f"{VERDICT_WORDS[file.report.verdict]}")
         self._remember(view.path)
         self._tab_changed()
         self.file_shown.emit(view.path)
@@ -246,7 +259,7 @@ class MainWindow(QMainWindow):
         index = self.tabs.indexOf(view)
         if index >= 0:
             self.tabs.setTabIcon(index, verdict_icon("unreadable"))
-            self.tabs.setTabToolTip(index, f"{view.path}\ncould not be read")
+            self.tabs.setTabToolTip(index, f"{strip_credentials(view.path)}\ncould not be read")
         self._tab_changed()
 
     def open_demo(self) -> None:
@@ -280,14 +293,13 @@ class MainWindow(QMainWindow):
 
     # -- drag and drop -------------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if any(u.isLocalFile() for u in event.mimeData().urls()):
+        if dropped_paths(event.mimeData()):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
-        """Files dropped open in tabs; with Shift held, a file is compared with the current
-        tab's file (two files with each other)."""
-        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        paths = [p for p in paths if os.path.exists(p)]  # a plain folder is browsed
+        """Files and URLs dropped open in tabs; with Shift held, a file is compared with the
+        current tab's file (two files with each other)."""
+        paths = dropped_paths(event.mimeData())
         if not paths:
             return
         event.acceptProposedAction()
@@ -308,14 +320,22 @@ class MainWindow(QMainWindow):
         return settings_mod.recent_files(self.settings)
 
     def _remember(self, path: str) -> None:
-        settings_mod.remember(self.settings, path)
+        if is_url(path):
+            settings_mod.remember_url(self.settings, path)
+        else:
+            settings_mod.remember(self.settings, path)
 
     def _refresh_recent(self) -> None:
-        recent = [p for p in self.recent_files() if os.path.exists(p)]
+        recent = [p for p in self.recent_files() if not is_url(p) and os.path.exists(p)]
+        urls = settings_mod.recent_urls(self.settings)
         self.recent_menu.clear()
         for path in recent:
             self.recent_menu.addAction(path, lambda p=path: self.open_paths([p]))
-        if recent:
+        if recent and urls:
+            self.recent_menu.addSeparator()
+        for url in urls:
+            self.recent_menu.addAction(url, lambda u=url: self.open_paths([u]))
+        if recent or urls:
             self.recent_menu.addSeparator()
             self.recent_menu.addAction("Clear recent files", self._clear_recent)
         else:
@@ -368,7 +388,7 @@ class MainWindow(QMainWindow):
         if flags is None:
             return
         device = self.device
-        name = os.path.basename(view.path)
+        name = name_of(view.path)
         self.runner.run(f"Loading {name} with torch onto {device}",
                         load_with_torch, view.path, device, flags,
                         on_result=lambda r: self.reporter.show(
@@ -383,16 +403,25 @@ class MainWindow(QMainWindow):
         view = self.current_view()
         if view is None or view.file is None:
             return None
-        dialog = ExportDialog(view.file, self.device, self)
+        dialog = ExportDialog(view.file, self.device, self,
+                              settings_mod.export_folder(self.settings))
         dialog.open_requested.connect(lambda p: self.open_paths([p]))
+        dialog.finished.connect(lambda _r: self._exported(dialog))
         dialog.open()
         self.export_dialog = dialog
         return dialog
 
+    def _exported(self, dialog: ExportDialog) -> None:
+        """The folder an export was written to: where the next export of a remote file goes."""
+        result = dialog.result
+        if result is not None and result.written and result.path:
+            folder = result.path if os.path.isdir(result.path) else os.path.dirname(result.path)
+            self.settings.setValue(settings_mod.LAST_EXPORT_FOLDER, folder)
+
     def _trust_flags(self, view: CheckpointView) -> list[str] | None:
         """The ``load`` flags the user agrees to, or None if they decline."""
         return ask_consent(self.confirm, view.file.report, view.file.ckpt,
-                           os.path.basename(view.path))
+                           name_of(view.path))
 
     def confirm(self, title: str, text: str, accept: str) -> bool:
         return confirm(self, title, text, accept)
@@ -407,7 +436,7 @@ class MainWindow(QMainWindow):
     def _tab_changed(self) -> None:
         """Title, status line, actions and the Files dock follow the current tab."""
         view = self.current_view()
-        self.setWindowTitle(f"{os.path.basename(view.path)} — ckpt-inspector" if view
+        self.setWindowTitle(f"{name_of(view.path)} — ckpt-inspector" if view
                             else "ckpt-inspector")
         text = ""
         diff = self.tabs.currentWidget()
@@ -420,9 +449,12 @@ class MainWindow(QMainWindow):
             text = (f"{f.ckpt.format} · {n:,} tensor{'s' if n != 1 else ''} · "
                     f"{human_bytes(f.totals['nbytes'])} · {VERDICT_WORDS[f.report.verdict]} · "
                     f"read in {f.seconds * 1000:,.0f} ms")
+            remote = transfer_text(f.ckpt)
+            if remote:
+                text += f" · {remote}"
         self.file_label.setText(text)
         if view is not None:
-            self.browser.show_file(view.path)
+            self.browser.show_file("" if is_url(view.path) else view.path)
         self._update_actions()
 
     def _update_actions(self) -> None:
@@ -471,4 +503,20 @@ class MainWindow(QMainWindow):
 
 
 def drop_urls(paths: list[str]) -> list[QUrl]:
-    return [QUrl.fromLocalFile(os.path.abspath(p)) for p in paths]
+    return [QUrl(p) if is_url(p) else QUrl.fromLocalFile(os.path.abspath(p)) for p in paths]
+
+
+def dropped_paths(mime: QMimeData) -> list[str]:
+    """What a drop names: local files and folders that exist (a plain folder is browsed),
+    URLs that are not local files, and URLs dropped as text (one a line)."""
+    paths = []
+    for url in mime.urls():
+        if url.isLocalFile():
+            path = url.toLocalFile()
+            if os.path.exists(path):
+                paths.append(path)
+        elif is_url(url.toString()):
+            paths.append(url.toString())
+    if not paths and mime.hasText():
+        paths = [line.strip() for line in mime.text().splitlines() if is_url(line.strip())]
+    return paths

@@ -9,16 +9,35 @@ from PySide6.QtCore import QSettings
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QMainWindow
 
+from ckpt_inspector.gui.remote import strip_credentials
+
 MAX_RECENT = 10
 RECENT, LAST_FOLDER, GEOMETRY, WINDOW_STATE = "recentFiles", "lastFolder", "geometry", \
     "windowState"
+RECENT_URLS, LAST_EXPORT_FOLDER = "recentUrls", "lastExportFolder"
 
 
 def recent_files(settings: QSettings) -> list[str]:
-    value = settings.value(RECENT, [])
+    return _strings(settings, RECENT)
+
+
+def _strings(settings: QSettings, key: str) -> list[str]:
+    value = settings.value(key, [])
     if isinstance(value, str):
         value = [value]
     return [str(p) for p in (value or [])]
+
+
+def recent_urls(settings: QSettings) -> list[str]:
+    """The URLs opened last, most recent first (never with credentials)."""
+    return [strip_credentials(u) for u in _strings(settings, RECENT_URLS)]
+
+
+def remember_url(settings: QSettings, url: str) -> None:
+    """``url``, less any ``user:password@``, first among the recent URLs."""
+    url = strip_credentials(url)
+    recent = [u for u in recent_urls(settings) if u != url]
+    settings.setValue(RECENT_URLS, [url, *recent][:MAX_RECENT])
 
 
 def remember(settings: QSettings, path: str) -> None:
@@ -31,6 +50,14 @@ def remember(settings: QSettings, path: str) -> None:
 
 def clear_recent(settings: QSettings) -> None:
     settings.setValue(RECENT, [])
+    settings.setValue(RECENT_URLS, [])
+
+
+def export_folder(settings: QSettings) -> str:
+    """Where an export of a remote checkpoint goes by default: the folder the last export
+    went to, else the user's home."""
+    folder = str(settings.value(LAST_EXPORT_FOLDER, "") or "")
+    return folder if folder and os.path.isdir(folder) else os.path.expanduser("~")
 
 
 def restore_layout(window: QMainWindow, settings: QSettings) -> None:

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from ckpt_inspector.core.layouts.siblings import WholeModel, whole_model_for
 from ckpt_inspector.gui.jobs import JobRunner
+from ckpt_inspector.gui.remote import is_url
 from ckpt_inspector.gui.theme import color, is_palette_change
 
 
@@ -80,7 +81,7 @@ def offer_whole_model(runner: JobRunner, view: QWidget, path: str,
     """Look (on a worker) for the checkpoint ``path`` is one part of; if there is one and
     the tab ``view`` is still among ``tabs()``, put the bar over its content (its button
     calls ``open_paths([whole])``)."""
-    if not os.path.isfile(path):
+    if is_url(path) or not os.path.isfile(path):  # a URL's siblings are not listed
         return
 
     def found(whole: WholeModel | None) -> None:

@@ -37,23 +37,25 @@ from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.progress import Progress, parse_line
 from ckpt_inspector.gui.commands import cli_command
 from ckpt_inspector.gui.dialogs.export_options import ExportOptions
+from ckpt_inspector.gui.remote import is_url, name_of
 from ckpt_inspector.gui.theme import color, span
 
 
 class ExportDialog(QDialog):
     open_requested = Signal(str)
 
-    def __init__(self, file: LoadedFile, device: str, parent: QWidget | None = None):
+    def __init__(self, file: LoadedFile, device: str, parent: QWidget | None = None,
+                 local_folder: str = ""):
         super().__init__(parent)
         self.file = file
         self.device = device
         self.process: QProcess | None = None
         self.result: ExportResult | None = None
         self._stdout = b""
-        self.setWindowTitle(f"Export {os.path.basename(file.path)}")
+        self.setWindowTitle(f"Export {name_of(file.path)}")
         self._fit_screen()
         self.pages = QStackedWidget()
-        self.options = ExportOptions(file, device)
+        self.options = ExportOptions(file, device, local_folder=local_folder)
         self.options.export_requested.connect(self.start)
         self.options.close_requested.connect(self.reject)
         self.pages.addWidget(self.options)
@@ -104,6 +106,8 @@ class ExportDialog(QDialog):
     def _output_problem(self, out: str) -> str:
         """Why ``out`` cannot be the export's target ("" if it can): the source itself, or,
         for a folder, one that holds the source."""
+        if is_url(self.file.path):
+            return ""  # a remote checkpoint: a local export never replaces it
         out, source = os.path.abspath(out), os.path.abspath(self.file.path)
         if out == source:
             return ("The export would replace the checkpoint it comes from: choose another "

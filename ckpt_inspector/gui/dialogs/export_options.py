@@ -34,6 +34,7 @@ from ckpt_inspector.core.ops.export.sharded import split
 from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.gui.dialogs.export_model_options import ModelOptions
+from ckpt_inspector.gui.remote import is_url, stem_of
 from ckpt_inspector.gui.theme import set_muted, span
 
 TARGETS = [
@@ -61,10 +62,12 @@ class ExportOptions(QWidget):
     export_requested = Signal()
     close_requested = Signal()
 
-    def __init__(self, file: LoadedFile, device: str, parent: QWidget | None = None):
+    def __init__(self, file: LoadedFile, device: str, parent: QWidget | None = None,
+                 local_folder: str = ""):
         super().__init__(parent)
         self.file = file
         self.device = device
+        self.local_folder = local_folder  # where a remote checkpoint's exports go
         self._preview_timer = QTimer(self)
         self._preview_timer.setSingleShot(True)
         self._preview_timer.setInterval(150)
@@ -282,7 +285,7 @@ class ExportOptions(QWidget):
 
     def _suggest_output(self) -> None:
         suffix = next(t[2] for t in TARGETS if t[0] == self.target)
-        folder, stem = output_base(self.file)
+        folder, stem = output_base(self.file, self.local_folder)
         tag = {"state_dict": "_state_dict", "torchscript": "_torchscript",
                "hf-sharded": "_sharded"}.get(self.target, "")
         current = self.output_edit.text()
@@ -300,7 +303,8 @@ class ExportOptions(QWidget):
             if path:
                 self.output_edit.setText(path)
             return
-        start = os.path.dirname(current) if current else output_base(self.file)[0]
+        start = os.path.dirname(current) if current else \
+            output_base(self.file, self.local_folder)[0]
         chosen = QFileDialog.getExistingDirectory(
             self, "Export into a folder (an empty or new one)", start)
         if chosen:
@@ -381,10 +385,13 @@ class ExportOptions(QWidget):
         return request
 
 
-def output_base(file: LoadedFile) -> tuple[str, str]:
+def output_base(file: LoadedFile, local_folder: str = "") -> tuple[str, str]:
     """Where exports go by default and the name they start with: beside the file, after its
     stem; beside a checkpoint folder (opened by the folder, its index or its .metadata),
-    after the folder's name."""
+    after the folder's name; for a URL, in ``local_folder`` (else the home folder), after
+    the URL's last component."""
+    if is_url(file.path):
+        return local_folder or os.path.expanduser("~"), stem_of(file.path)
     path = file.path.rstrip(os.sep) or file.path
     if os.path.isdir(path) or file.ckpt.files:
         folder = path if os.path.isdir(path) else os.path.dirname(path)

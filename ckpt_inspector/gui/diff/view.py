@@ -67,6 +67,7 @@ from ckpt_inspector.gui.diff.model import (
 from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.html.diff import summary_html
 from ckpt_inspector.gui.jobs import JobRunner, Task
+from ckpt_inspector.gui.remote import is_url, name_of, normalize
 from ckpt_inspector.gui.theme import color, is_palette_change, span
 from ckpt_inspector.gui.tree import widgets as key_tree
 from ckpt_inspector.gui.tree.model import NodeRole
@@ -77,8 +78,8 @@ AUTO_EXPAND_LIMIT = 400
 
 def tab_title(path_a: str, path_b: str) -> str:
     """``a.pt ↔ b.pt``; with the folder where both files have the same name."""
-    a, b = os.path.basename(path_a), os.path.basename(path_b)
-    if a == b:
+    a, b = name_of(path_a), name_of(path_b)
+    if a == b and not is_url(path_a) and not is_url(path_b):
         a = os.path.join(os.path.basename(os.path.dirname(path_a)), a)
         b = os.path.join(os.path.basename(os.path.dirname(path_b)), b)
     return f"{a} ↔ {b}"
@@ -95,8 +96,8 @@ class DiffView(QWidget):
     def __init__(self, path_a: str, path_b: str, runner: JobRunner, reporter: ErrorReporter,
                  parent: QWidget | None = None):
         super().__init__(parent)
-        self.path_a = os.path.abspath(path_a)
-        self.path_b = os.path.abspath(path_b)
+        self.path_a = normalize(path_a)  # a URL stays as it is
+        self.path_b = normalize(path_b)
         self.runner = runner
         self.reporter = reporter
         self.comparison: Comparison | None = None
@@ -429,7 +430,7 @@ class DiffView(QWidget):
         menu.addSeparator()
         for name, path, side in (("A", self.path_a, e.a if e else None),
                                  ("B", self.path_b, e.b if e else None)):
-            action = menu.addAction(f"Show in {name} ({os.path.basename(path)})",
+            action = menu.addAction(f"Show in {name} ({name_of(path)})",
                                     lambda p=path, s=side: self.open_requested.emit(p, s.key))
             action.setEnabled(side is not None)
         if node.children:

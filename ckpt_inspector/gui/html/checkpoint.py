@@ -12,6 +12,7 @@ from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.ops.stats import Stats, format_number
 from ckpt_inspector.core.summary import format_value, human_bytes, top_values
 from ckpt_inspector.core.tree import Node
+from ckpt_inspector.gui.remote import name_of, strip_credentials, transfer_counts
 from ckpt_inspector.gui.theme import color
 
 # verdict -> (text colour role, background role, what it means)
@@ -92,13 +93,17 @@ def safe_meaning(fmt: str, files: list[dict], devices: dict[str, int]) -> str:
 
 def summary_html(loaded: LoadedFile) -> str:
     ckpt, report, tot = loaded.ckpt, loaded.report, loaded.totals
-    parts = [css(), f"<p><b>{breakable(os.path.basename(loaded.path))}</b><br>"
-             f'<span class="muted">{breakable(loaded.path)}</span></p>']
-    parts.append(_rows([
-        ("format", escape(ckpt.format)),
-        ("file size", human_bytes(ckpt.file_size)),
-        ("read in", f"{loaded.seconds * 1000:.0f} ms"),
-    ]))
+    where = strip_credentials(loaded.path)
+    parts = [css(), f"<p><b>{breakable(name_of(loaded.path))}</b><br>"
+             f'<span class="muted">{breakable(where).replace("/", "/&#8203;")}</span></p>']
+    rows = [("format", escape(ckpt.format)), ("file size", human_bytes(ckpt.file_size)),
+            ("read in", f"{loaded.seconds * 1000:.0f} ms")]
+    counts = transfer_counts(ckpt)
+    if counts is not None:  # a URL: what reading its structure took
+        n = int(counts.get("requests", 0))
+        rows.append(("structure", f"{human_bytes(int(counts.get('bytes', 0)))} in {n:,} "
+                                  f"request{'s' if n != 1 else ''}"))
+    parts.append(_rows(rows))
     meaning = safe_meaning(ckpt.format, ckpt.files, tot.get("devices") or {}) \
         if report.verdict == "safe" else None
     if meaning and report.unscanned:  # the verdict covers only the files that were read
@@ -168,7 +173,7 @@ def _metadata_html(metadata: dict[str, Any]) -> str:
     """The file's metadata (a config.json as a table of its own) and the code files it
     lists."""
     parts: list[str] = []
-    meta = {k: v for k, v in metadata.items() if k not in ("code files",)}
+    meta = {k: v for k, v in metadata.items() if k not in ("code files", "remote")}
     tables = {k: v for k, v in meta.items() if k in KEY_VALUE_TABLES and isinstance(v, dict)}
     meta = {k: v for k, v in meta.items() if k not in tables}
     if meta:

@@ -43,6 +43,7 @@ from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.jobs import JobRunner, Task
+from ckpt_inspector.gui.remote import is_url, stem_of
 from ckpt_inspector.gui.tensor.preload import plots_ready, preload_plots, preload_when_idle
 from ckpt_inspector.gui.tensor.slicing import SliceBar, describe_pixel
 from ckpt_inspector.gui.theme import is_palette_change, set_muted, span
@@ -428,8 +429,9 @@ class TensorView(QWidget):
         info = self.info
         if info is None:
             return
-        name = (self.key or os.path.splitext(os.path.basename(self.path))[0]) + ".npy"
-        start = os.path.join(os.path.dirname(self.path), name)
+        name = (self.key or stem_of(self.path)) + ".npy"
+        folder = os.path.expanduser("~") if is_url(self.path) else os.path.dirname(self.path)
+        start = os.path.join(folder, name)
         ask = ask or QFileDialog.getSaveFileName
         out, _filter = ask(self, "Save tensor as .npy", start, "NumPy arrays (*.npy)")
         if not out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from html import escape
 from typing import Any
+from urllib.parse import urlsplit
 
 from PySide6.QtCore import QEvent, QModelIndex, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
@@ -32,6 +33,7 @@ from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.release import release_soon
+from ckpt_inspector.gui.remote import is_url, name_of, normalize, strip_credentials
 from ckpt_inspector.gui.tensor.view import TensorView
 from ckpt_inspector.gui.theme import is_palette_change, span
 from ckpt_inspector.gui.tree.banners import (
@@ -112,7 +114,7 @@ class CheckpointView(QWidget):
     def __init__(self, path: str, runner: JobRunner, reporter: ErrorReporter,
                  target_device: str = "cpu", parent: QWidget | None = None):
         super().__init__(parent)
-        self.path = os.path.abspath(path)
+        self.path = normalize(path)  # a URL stays as it is
         self.runner = runner
         self.reporter = reporter
         self.target_device = target_device
@@ -241,8 +243,10 @@ class CheckpointView(QWidget):
     def start_loading(self) -> None:
         self._generation += 1
         generation = self._generation
-        name = os.path.basename(self.path)
-        self._show_message(f"Reading <b>{escape(name)}</b>…", retry=False)
+        name = name_of(self.path)
+        where = f" from {escape(urlsplit(self.path).hostname or '')}" if is_url(self.path) \
+            else ""
+        self._show_message(f"Reading <b>{escape(name)}</b>{where}…", retry=False)
         self.runner.run(f"Reading {name}", _load, self.path, not self.group_box.isChecked(),
                         on_result=lambda r: self._loaded(r[0], generation, r[1], r[2]),
                         on_error=lambda e: self._failed(e, generation),
@@ -282,14 +286,14 @@ class CheckpointView(QWidget):
         if generation != self._generation:
             return
         message, _details = describe(err)
-        self._show_message(f"<b>Could not read {escape(os.path.basename(self.path))}</b>"
+        self._show_message(f"<b>Could not read {escape(name_of(self.path))}</b>"
                            f"<br><br>{wrappable(message)}", retry=True)
-        self.reporter.report("Could not open the file", err, self.path)
+        self.reporter.report("Could not open the file", err, strip_credentials(self.path))
         self.failed.emit(message)
 
     def _cancelled(self, generation: int) -> None:
         if generation == self._generation and self.file is None:
-            self._show_message(f"Reading <b>{escape(os.path.basename(self.path))}</b> was "
+            self._show_message(f"Reading <b>{escape(name_of(self.path))}</b> was "
                                "cancelled.", retry=True)
 
     def _model(self, grouped: bool) -> CheckpointModel | None:

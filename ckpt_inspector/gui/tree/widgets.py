@@ -16,6 +16,7 @@ from PySide6.QtCore import QEvent, QModelIndex, QObject, QSortFilterProxyModel, 
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
@@ -235,7 +236,13 @@ class MessagePage(QWidget):
         self.progress: QProgressBar | None = None
         layout = QVBoxLayout(self)
         layout.addStretch(1)
-        layout.addWidget(self.label, 0, Qt.AlignmentFlag.AlignHCenter)
+        # centred by stretches, not by an alignment flag: an aligned word-wrapped label
+        # keeps the height of its first text, and cuts a longer one off
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.label, 100)
+        row.addStretch(1)
+        layout.addLayout(row)
         if progress:
             self.progress = QProgressBar()
             self.progress.setMaximumWidth(360)

@@ -1,0 +1,64 @@
+"""What the window says and does differently for a checkpoint named by a URL: its name
+(the URL's last path component), a URL without its credentials (what is shown and kept),
+and the transfer counts ("read 1.3 MiB in 6 requests of 2.0 GiB").
+
+Everything that would call :mod:`os.path` on a tab's path asks :func:`is_url` first.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from ckpt_inspector.core.io.opening import is_url
+from ckpt_inspector.core.summary import human_bytes
+
+__all__ = ["is_url", "name_of", "normalize", "strip_credentials", "transfer_text"]
+
+
+def strip_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` part (never shown, never kept)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def name_of(path: str) -> str:
+    """A tab's title: a URL's last path component (decoded; the host for a bare one), else
+    the path's base name."""
+    if not is_url(path):
+        return os.path.basename(path.rstrip(os.sep)) or path
+    parts = urlsplit(path)
+    last = unquote(parts.path.rstrip("/").rpartition("/")[2])
+    return last or parts.netloc or path
+
+
+def stem_of(path: str) -> str:
+    """:func:`name_of` without its extension (a default export name)."""
+    return os.path.splitext(name_of(path))[0] or "checkpoint"
+
+
+def normalize(path: str) -> str:
+    """What a tab keeps as its path: a URL as typed (less spaces around it), a local path
+    made absolute."""
+    path = path.strip() if is_url(path.strip()) else path
+    return path if is_url(path) else os.path.abspath(path)
+
+
+def transfer_counts(ckpt: Any) -> dict[str, int] | None:
+    """``{"size", "requests", "bytes"}`` of a remote checkpoint (read by the core when it
+    read the structure), or None for a local one."""
+    remote = getattr(ckpt, "metadata", {}).get("remote")
+    return remote if isinstance(remote, dict) else None
+
+
+def transfer_text(ckpt: Any) -> str:
+    """"read 1.3 MiB in 6 requests of 2.0 GiB" ("" for a local checkpoint)."""
+    counts = transfer_counts(ckpt)
+    if counts is None:
+        return ""
+    n = int(counts.get("requests", 0))
+    return (f"read {human_bytes(int(counts.get('bytes', 0)))} in {n:,} "
+            f"request{'s' if n != 1 else ''} of {human_bytes(int(counts.get('size', 0)))}")
