@@ -7,7 +7,11 @@ request), next to the same files opened locally: requests, bytes transferred, se
     ``info --json FILE`` (budget: the structure in <= 2 MiB and <= 8 requests);
 (b) the 100,000-tensor model in 160 safetensors shards of bench_shards.py: ``info --json``
     on its index URL against the local folder (budget: the index plus one or two requests
-    per shard, issued concurrently).
+    per shard, issued concurrently);
+(c) the same model in a repository of the fake Hub (tests/fakehub.py, HF_ENDPOINT):
+    ``scan hf://bench/model`` (the whole structure read and checked) against a process that
+    calls
+    ``huggingface_hub.get_safetensors_metadata("bench/model")`` (target <= 1.0x).
 Each is a whole process (Python start and imports included), warm page cache, median of
 ``--repeat``; the counts come from the server's log of the last run.
 """
@@ -44,16 +48,17 @@ def make_zip(path: Path) -> None:
     torch.save({f"layers.{i // 8}.w{i % 8}": torch.zeros(n) for i in range(800)}, path)
 
 
-def run(cmd: list[str]) -> float:
+def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{cmd} failed: {proc.stderr[-2000:]}")
     return time.perf_counter() - start
 
 
 def side_by_side(label: str, local: str, served: Path, name: str, repeat: int) -> None:
-    py = [sys.executable, "-m", "ckpt_inspector", "info", "--json"]
+    py = [sys.executable, "-m", "ckpt_inspector", "--no-cache", "info", "--json"]
     with RangeServer(served) as rs:
         url = rs.url(name)
         run([*py, url])
@@ -75,11 +80,50 @@ def side_by_side(label: str, local: str, served: Path, name: str, repeat: int) -
           f"{sent / MIB:.2f} MiB transferred ({sent / size:.3%} of the bytes)")
 
 
+HUB_METADATA = r'''
+import sys
+from huggingface_hub import get_safetensors_metadata
+meta = get_safetensors_metadata(sys.argv[1])
+print(sum(len(f.tensors) for f in meta.files_metadata.values()))
+'''
+
+
+def against_the_hub(folder: Path, repeat: int) -> None:
+    from fakehub import FakeHub, Repo
+
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    repo = Repo(files, lfs={n for n in files if n.endswith(".safetensors")})
+    with FakeHub({"bench/model": repo}) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0",
+               "HF_HOME": tempfile.mkdtemp(), "HF_HUB_DISABLE_TELEMETRY": "1"}
+        # scan: every shard's structure read and checked, the verdict printed (info --json
+        # would add writing 41 MB of JSON, which get_safetensors_metadata does not do)
+        ours = [sys.executable, "-m", "ckpt_inspector", "--no-cache", "scan",
+                "hf://bench/model"]
+        theirs = [sys.executable, "-c", HUB_METADATA, "bench/model"]
+        times: dict[str, list[float]] = {"ours": [], "theirs": []}
+        counts: dict[str, int] = {}
+        for cmd in (ours, theirs):  # warm up
+            run(cmd, env)
+        for _ in range(repeat):
+            for name, cmd in (("ours", ours), ("theirs", theirs)):
+                hub.clear()
+                times[name].append(run(cmd, env))
+                counts[name] = len(hub.requests())
+    med = statistics.median
+    print(f"\n(c) the same model on a (fake, loopback) Hub, median of {repeat}:")
+    print(f"  ckpt-inspector scan hf://bench/model:          {med(times['ours']):7.3f} s, "
+          f"{counts['ours']} requests")
+    print(f"  huggingface_hub.get_safetensors_metadata:      {med(times['theirs']):7.3f} s, "
+          f"{counts['theirs']} requests")
+    print(f"  ratio: {med(times['ours']) / med(times['theirs']):.2f}x   (target <= 1.0x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", help="write the files here and keep them (reused if present)")
-    ap.add_argument("--only", choices=("zip", "shards"))
+    ap.add_argument("--only", choices=("zip", "shards"), help="(a) only, or (b) and (c)")
     args = ap.parse_args()
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-remote-"))
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -101,6 +145,7 @@ def main() -> None:
                 make_model(mdir, 100_000, 160)
             side_by_side("(b) 100,000 tensors in 160 safetensors shards", str(mdir), mdir,
                          "model.safetensors.index.json", args.repeat)
+            against_the_hub(mdir, args.repeat)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

@@ -49,6 +49,11 @@ class DataSource:
         """(path, offset of byte 0) when the bytes lie uncompressed in a file, else None."""
         return None
 
+    @property
+    def remote(self) -> bool:
+        """Whether the bytes are fetched from a server (then read in pieces, not whole)."""
+        return False
+
     def chunks(self, offset: int = 0, length: int | None = None,
                size: int = 16 << 20) -> Iterator[bytes]:
         """The bytes ``[offset, offset+length)`` in pieces of at most ``size`` bytes.
@@ -85,6 +90,10 @@ class DataSource:
         costs a zero-fill and page faults, which dominate for many mid-sized tensors."""
         end = self.nbytes if length is None else min(self.nbytes, offset + length)
         span = self.file_span()
+        if span is None and self.remote:  # fetched a piece at a time, never whole
+            for piece in self.chunks(offset, end - offset, max(size, 8 << 20)):
+                yield memoryview(piece)
+            return
         if span is None:
             buf = self.buffer()
             for start in range(offset, end, size):

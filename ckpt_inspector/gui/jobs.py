@@ -72,7 +72,8 @@ class JobRunner(QObject):
         kwargs = {"cancel": task.token} if cancellable else {}
 
         def returned(result: Any) -> None:
-            if not task.cancelled:
+            # a worker told to quit (the window closing) hands its result to nobody's view
+            if not (task.cancelled or worker.abort_requested):
                 on_result(result)
             elif on_discard is not None:
                 on_discard(result)
@@ -150,8 +151,9 @@ class JobRunner(QObject):
     def _progressed(self, task: Task, on_progress: Callable[[Any], None] | None
                     ) -> Callable[[Any], None]:
         def progressed(value: Any) -> None:
-            if task.cancelled:
-                return
+            worker = task.worker
+            if task.cancelled or (isinstance(worker, Worker) and worker.abort_requested):
+                return  # queued before the worker was told to stop: its view may be gone
             if isinstance(value, Progress):
                 task.progress = value
                 if task in self.tasks:
@@ -163,7 +165,8 @@ class JobRunner(QObject):
     def _errored(self, task: Task, on_error: Callable[[BaseException], None] | None
                  ) -> Callable[[BaseException], None]:
         def errored(err: BaseException) -> None:
-            if task.cancelled:
+            worker = task.worker
+            if task.cancelled or (isinstance(worker, Worker) and worker.abort_requested):
                 return
             if on_error is not None:
                 on_error(err)

@@ -213,3 +213,38 @@ def test_remote_bin_shards_are_scanned_and_a_payload_never_runs(sharded, tmp_pat
     assert proc.returncode != 0 and doc["verdict"] == "dangerous"
     assert any(shard.name in json.dumps(f) for f in doc["findings"])
     assert not marker.exists()
+
+
+def test_a_cancelled_read_stops_at_its_next_request(server, files):
+    """The window's Cancel: the token stops the reading of a remote model between requests
+    (and the threads reading its shards with it)."""
+    import threading
+
+    from ckpt_inspector.core.ops.session import load_file
+    from ckpt_inspector.core.progress import Cancelled
+
+    token = threading.Event()
+    token.set()
+    with pytest.raises(Cancelled):
+        load_file(server.url("many.pt"), cancel=token)
+    assert server.requests("many.pt") == []
+    ckpt = load_file(server.url("many.pt"), cancel=threading.Event()).ckpt  # not set: reads
+    assert len(list(ckpt.tensors())) == 800
+
+
+def test_export_and_diff_stream_a_remote_file_a_piece_at_a_time(tmp_path, torch):
+    """A 48 MiB tensor of a remote torch zip is exported to a local safetensors file and
+    compared with the local copy without any request larger than a piece."""
+    from safetensors.numpy import load_file
+
+    big = {"big.weight": torch.arange(12 << 20, dtype=torch.float32), "b": torch.ones(3)}
+    torch.save(big, tmp_path / "big.pt")
+    out = tmp_path / "out.safetensors"
+    with RangeServer(tmp_path) as rs:
+        proc = run_cli("export", rs.url("big.pt"), "--to", "safetensors", "-o", str(out))
+        assert proc.returncode == 0, proc.stderr
+        diff = run_cli("diff", "--json", rs.url("big.pt"), str(tmp_path / "big.pt"))
+        assert diff.returncode == 0, diff.stdout + diff.stderr
+        largest = max(r.sent for r in rs.requests())
+    assert np.array_equal(load_file(str(out))["big.weight"], big["big.weight"].numpy())
+    assert largest <= (16 << 20) + (256 << 10)  # pieces, never the whole 48 MiB tensor

@@ -372,12 +372,15 @@ def test_plots_follow_the_theme(qtbot):
 def test_system_theme_follows_the_platform(qtbot, window, monkeypatch):
     ctl = theme.controller()
     assert ctl.mode == "system"
-    monkeypatch.setattr(ctl, "system_dark", lambda: True)
-    ctl._system_changed(Qt.ColorScheme.Dark)  # what styleHints().colorSchemeChanged calls
-    assert theme.is_dark()
-    window.set_theme("light")  # a choice of the user's holds when the system changes
-    ctl._system_changed(Qt.ColorScheme.Dark)
-    assert not theme.is_dark()
+    # undone here, not at the test's end: the module's theme fixture checks the light
+    # system theme after it, and an autouse fixture may hold monkeypatch open past it
+    with monkeypatch.context() as patch:
+        patch.setattr(ctl, "system_dark", lambda: True)
+        ctl._system_changed(Qt.ColorScheme.Dark)  # what styleHints().colorSchemeChanged calls
+        assert theme.is_dark()
+        window.set_theme("light")  # a choice of the user's holds when the system changes
+        ctl._system_changed(Qt.ColorScheme.Dark)
+        assert not theme.is_dark()
 
 
 def test_theme_from_the_environment(qtbot, tmp_path, monkeypatch):

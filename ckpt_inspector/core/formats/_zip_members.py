@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
@@ -186,18 +187,40 @@ class ZipEntryData(DataSource):
         name_len, extra_len = struct.unpack_from("<HH", header, 26)
         return self.container, info.header_offset + 30 + name_len + extra_len
 
+    def _stored_start(self, raw: Any) -> int:
+        """Where a stored member's bytes begin: after its local header, as miniz reads."""
+        info = self.info
+        h = info.header_offset
+        header = bytes(raw[h:h + 30])
+        if header[:4] != b"PK\x03\x04" or len(header) < 30:
+            raise CheckpointError(f"zip record {info.filename} has a damaged local header")
+        name_len, extra_len = struct.unpack_from("<HH", header, 26)
+        start = h + 30 + name_len + extra_len
+        if start + info.file_size > len(raw):
+            raise CheckpointError(f"zip record {info.filename} runs past the end of the file")
+        return start
+
+    @property
+    def remote(self) -> bool:
+        return hasattr(self.container, "fetch") and self.info.compress_type == zipfile.ZIP_STORED
+
+    def chunks(self, offset: int = 0, length: int | None = None,
+               size: int = 16 << 20) -> Iterator[bytes]:
+        fetch = getattr(self.container, "fetch", None)
+        if fetch is None or self.info.compress_type != zipfile.ZIP_STORED:
+            yield from super().chunks(offset, length, size)
+            return
+        # a remote file: each piece fetched on its own, never the whole member at once
+        start = self._stored_start(self.container)
+        end = self.nbytes if length is None else min(self.nbytes, offset + length)
+        for pos in range(offset, end, size):
+            yield fetch(start + pos, start + min(end, pos + size))
+
     def buffer(self) -> memoryview:
         info = self.info
         raw = mapped_file(self.container) if isinstance(self.container, str) else self.container
         if info.compress_type == zipfile.ZIP_STORED:
-            h = info.header_offset
-            header = bytes(raw[h:h + 30])
-            if header[:4] != b"PK\x03\x04" or len(header) < 30:
-                raise CheckpointError(f"zip record {info.filename} has a damaged local header")
-            name_len, extra_len = struct.unpack_from("<HH", header, 26)
-            start = h + 30 + name_len + extra_len
-            if start + info.file_size > len(raw):
-                raise CheckpointError(f"zip record {info.filename} runs past the end of the file")
+            start = self._stored_start(raw)
             fetch = getattr(raw, "fetch", None)
             if fetch is not None:  # a remote file: the data itself, past the structure cache
                 return memoryview(fetch(start, start + info.file_size))

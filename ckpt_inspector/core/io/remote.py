@@ -25,6 +25,7 @@ from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io import remote_cache
+from ckpt_inspector.core.io.cancel import check_cancelled
 from ckpt_inspector.core.io.source import BufferReader, Source
 from ckpt_inspector.core.tensors import DataSource
 
@@ -126,6 +127,7 @@ def _with_retries(call: Callable[[], Any], url: str) -> Any:
             if delay is None or not _transient(err):
                 raise CheckpointError(describe_error(err, url)) from None
             time.sleep(delay)
+            check_cancelled()
     raise AssertionError("unreachable")
 
 
@@ -140,6 +142,7 @@ class RemoteFile:
 
     def __init__(self, url: str):
         self.url = url
+        check_cancelled()
         self.fs, self.path = filesystem(url)
         self.transfer = Transfer()
         self.tail: tuple[int, bytes] = (0, b"")  # (offset, bytes) the first request gave
@@ -195,6 +198,7 @@ class RemoteFile:
         end = min(end, self.size)
         if start >= end:
             return b""
+        check_cancelled()
 
         def call() -> bytes:
             with self._lock:
@@ -362,6 +366,10 @@ class RemoteRange(DataSource):
         self.offset = offset
         self.nbytes = length
         self.byteorder = byteorder
+
+    @property
+    def remote(self) -> bool:
+        return True
 
     def buffer(self) -> memoryview:
         return memoryview(b"".join(self.chunks()))

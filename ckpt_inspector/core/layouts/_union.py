@@ -14,6 +14,7 @@ from typing import Any
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
 from ckpt_inspector.core.io import paths
+from ckpt_inspector.core.progress import Cancelled
 from ckpt_inspector.core.tree import UNKNOWN_DTYPE, Checkpoint, Node, TensorInfo
 
 
@@ -23,7 +24,7 @@ def read_file(path: str) -> Checkpoint:
 
     try:
         return formats.open_checkpoint(path)
-    except CheckpointError:
+    except (CheckpointError, Cancelled):
         raise
     except Exception as err:  # a reader bug on one shard must not hide the others
         raise CheckpointError(f"unexpected {type(err).__name__} while reading: {err}") from err

@@ -19,6 +19,7 @@ a shard that does not hold it, or a tensor of a shard the index does not list, i
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import re
@@ -202,7 +203,9 @@ def _reads(plan: _Plan) -> Iterator[dict[str, Future[Checkpoint]]]:
         yield {}
         return
     with ThreadPoolExecutor(REMOTE_READS, thread_name_prefix="shard") as pool:
-        futures = {rel: pool.submit(read_file, paths.join(plan.folder, rel))
+        # each in a copy of this context: a cancel token set for the open reaches them
+        futures = {rel: pool.submit(contextvars.copy_context().run, read_file,
+                                    paths.join(plan.folder, rel))
                    for rel in plan.shards if _inside(rel)}
         try:
             yield futures

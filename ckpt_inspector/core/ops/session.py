@@ -4,6 +4,7 @@ totals (what the window does on a worker thread for every file it opens). Qt-fre
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +13,9 @@ from typing import Any
 from ckpt_inspector.core.display import DisplayNode, build_display_tree
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.gcpause import bulk_allocation, release_steps
+from ckpt_inspector.core.io.cancel import cancellable
 from ckpt_inspector.core.layouts import open_checkpoint
+from ckpt_inspector.core.progress import Cancelled
 from ckpt_inspector.core.scan import ScanReport, scan
 from ckpt_inspector.core.summary import totals
 from ckpt_inspector.core.tree import Checkpoint
@@ -46,17 +49,20 @@ def open_file(path: str) -> Checkpoint:
     try:
         with bulk_allocation():
             return open_checkpoint(path)
-    except CheckpointError:
+    except (CheckpointError, Cancelled):
         raise
     except Exception as err:
         raise CheckpointError(f"unexpected {type(err).__name__} while reading: {err}") from err
 
 
-def load_file(path: str, flat: bool = False) -> LoadedFile:
+def load_file(path: str, flat: bool = False, cancel: threading.Event | None = None
+              ) -> LoadedFile:
     """Read, scan and build the grouped tree of ``path`` (and the flat one with ``flat``,
-    else on first use)."""
+    else on first use). Setting ``cancel`` stops a remote file's reading at its next
+    request (:class:`~ckpt_inspector.core.progress.Cancelled`)."""
     start = time.perf_counter()
-    ckpt = open_file(path)
+    with cancellable(cancel):
+        ckpt = open_file(path)
     with bulk_allocation():
         report = scan(ckpt)
         grouped = build_display_tree(ckpt.root, grouped=True)

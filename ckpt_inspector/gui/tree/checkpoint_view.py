@@ -94,11 +94,11 @@ AUTO_EXPAND_LIMIT = 400
 SYNC_FILTER_TENSORS = 5_000  # a larger tree is filtered a slice at a time
 
 
-def _load(path: str, flat: bool = False) -> tuple[LoadedFile, int, str]:
+def _load(path: str, flat: bool = False, cancel: Any = None) -> tuple[LoadedFile, int, str]:
     """What a tab reads on a worker: the file (and its flat tree when that is what the tab
     shows), how many files hold its tensors, and the folder they all lie in ("" if none:
     the File column leaves it out)."""
-    file = load_file(path, flat)
+    file = load_file(path, flat, cancel)  # a URL's transfer stops when cancelled
     files = {n.tensor.file for n in file.ckpt.root.walk() if n.tensor is not None}
     folders = {os.path.dirname(f or "") for f in files}
     return file, len(files), folders.pop() if len(folders) == 1 else ""
@@ -251,7 +251,7 @@ class CheckpointView(QWidget):
                         on_result=lambda r: self._loaded(r[0], generation, r[1], r[2]),
                         on_error=lambda e: self._failed(e, generation),
                         on_discard=lambda r: release_soon(r[0]),
-                        on_cancel=lambda: self._cancelled(generation))
+                        on_cancel=lambda: self._cancelled(generation), cancellable=True)
 
     def _loaded(self, file: LoadedFile, generation: int, files: int = 1,
                 folder: str = "") -> None:
