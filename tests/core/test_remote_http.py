@@ -248,3 +248,37 @@ def test_export_and_diff_stream_a_remote_file_a_piece_at_a_time(tmp_path, torch)
         largest = max(r.sent for r in rs.requests())
     assert np.array_equal(load_file(str(out))["big.weight"], big["big.weight"].numpy())
     assert largest <= (16 << 20) + (256 << 10)  # pieces, never the whole 48 MiB tensor
+
+
+def test_a_server_that_stops_answering_fails_in_time(tmp_path):
+    """A server that accepts and never answers: exit 3 in one line after the timeout
+    (CKPT_INSPECTOR_TIMEOUT), not a hang."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # kept open, never answered
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/m.pt"
+        proc = run_cli("info", url, env={"CKPT_INSPECTOR_TIMEOUT": "1"})
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert proc.returncode == 3 and "did not answer in time" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

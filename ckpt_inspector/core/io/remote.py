@@ -16,6 +16,7 @@ while it is read fails with one line instead of mixing two versions. Transient f
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -78,10 +79,25 @@ def filesystem(url: str) -> tuple[Any, str]:
         import fsspec
 
         __import__(module)
+        if scheme in ("http", "https"):  # a server that stops answering fails, in time
+            import aiohttp
+
+            wait = timeout_s()
+            return fsspec.core.url_to_fs(url, client_kwargs={"timeout": aiohttp.ClientTimeout(
+                total=None, sock_connect=wait, sock_read=wait)})
         return fsspec.core.url_to_fs(url)
     except ImportError:
         how = f"pip install 'ckpt-inspector[{extra}]'" if extra else f"pip install {module}"
         raise CheckpointError(f"{scheme}:// needs the {module} package: {how}") from None
+
+
+def timeout_s() -> float:
+    """Seconds to wait for a connection or for the next bytes of an answer (HTTP):
+    ``CKPT_INSPECTOR_TIMEOUT``, 60 by default."""
+    try:
+        return max(float(os.environ.get("CKPT_INSPECTOR_TIMEOUT", "60")), 0.1)
+    except ValueError:
+        return 60.0
 
 
 def describe_error(err: BaseException, url: str) -> str:
@@ -112,9 +128,10 @@ def _transient(err: BaseException) -> bool:
     status = getattr(err, "status", None) or getattr(err, "code", None)
     if isinstance(status, int):
         return status >= 500 or status == 429
-    return isinstance(err, (ConnectionError, TimeoutError)) or \
-        type(err).__name__ in ("ServerDisconnectedError", "ClientOSError",
-                               "ClientPayloadError", "ServerTimeoutError")
+    # a dropped connection is tried again; a server that did not answer in time is not
+    # (each try would wait the whole timeout again)
+    return (isinstance(err, ConnectionError) and not isinstance(err, TimeoutError)) or \
+        type(err).__name__ in ("ServerDisconnectedError", "ClientOSError", "ClientPayloadError")
 
 
 def _with_retries(call: Callable[[], Any], url: str) -> Any:
