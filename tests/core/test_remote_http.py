@@ -176,6 +176,8 @@ def test_a_sharded_model_opens_from_its_index_url(sharded, torch):
     # the index and config.json once each, each shard in one or two requests
     assert len(log) <= 2 + 2 * len(shards), log
     assert sum(r.path.endswith(".json") for r in log) == 2
+    # what the window's status bar says: every file's requests (config.json aside)
+    assert ckpt.metadata["remote"]["requests"] == len(log) - 1
     assert all(r.range for r in log if r.path.endswith(".safetensors"))
     node = {key_of(p): n for p, n in ckpt.tensors()}["lm_head.weight"]
     assert np.array_equal(to_numpy(node.tensor), sd["lm_head.weight"].numpy())

@@ -43,6 +43,14 @@ class Union:
     def keys(self) -> dict[str, str]:
         return self._where
 
+    def count_transfer(self, transfer: dict[str, int] | None) -> None:
+        """Add what reading one remote file took to the checkpoint's ``remote`` totals."""
+        if transfer:
+            total = self.ckpt.metadata.setdefault("remote",
+                                                  {"size": 0, "requests": 0, "bytes": 0})
+            for k in total:
+                total[k] += transfer.get(k, 0)
+
     def add_file(self, rel: str, size: int, fmt: str | None, **extra: Any) -> None:
         entry: dict[str, Any] = {"path": rel, "size": size, "format": fmt}
         entry.update({k: v for k, v in extra.items() if v is not None})
@@ -55,6 +63,7 @@ class Union:
         """Fold ``part`` (the checkpoint of file ``rel``) in; returns the top-level keys it
         holds. ``owner`` (key -> file, from an index) settles a key two files hold."""
         self._absorb_scan(rel, part)
+        self.count_transfer(part.metadata.get("remote"))
         root = part.root
         if root is None or not (root.is_container and root.kind == "dict"):
             self.ckpt.findings.append(Finding(

@@ -173,8 +173,10 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
     union = Union(path, NAME, NAME)
     ckpt = union.ckpt
     if plan.index is not None:
-        union.add_file(plan.index, file_size(paths.join(plan.folder, plan.index)),
-                       "hf-index")
+        size = file_size(paths.join(plan.folder, plan.index))
+        union.add_file(plan.index, size, "hf-index")
+        if is_url(plan.folder):  # read whole, in one request
+            union.count_transfer({"size": size, "requests": 1, "bytes": size})
         ckpt.metadata["index"] = plan.index
         if plan.metadata is not None:
             ckpt.metadata["index metadata"] = plan.metadata
