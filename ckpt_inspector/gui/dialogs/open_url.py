@@ -14,7 +14,9 @@ from PySide6.QtWidgets import (
 
 from ckpt_inspector.gui.remote import is_url
 
-HINT = ("https://, http://, s3://bucket/key, gs://bucket/key or hf://owner/repo/file. "
+HINT = ("https://, http://, s3://bucket/key, gs://bucket/key, hf://owner/repo/file, or a "
+        "whole model: hf://owner/repo, or a sharded model's index "
+        "(…/model.safetensors.index.json). "
         "Only the structure is read (a few requests); tensor data is fetched when you look "
         "at it. Credentials come from each storage library's own configuration and are "
         "never kept.")
@@ -38,7 +40,7 @@ class OpenUrlDialog(QDialog):
         self.box.lineEdit().setPlaceholderText("https://example.org/model.safetensors")
         self.box.lineEdit().selectAll()
         self.box.editTextChanged.connect(self._changed)
-        label = QLabel("&URL of a checkpoint file:")
+        label = QLabel("&URL of a checkpoint:")
         label.setBuddy(self.box)
         hint = QLabel(HINT)
         hint.setObjectName("urlHint")
