@@ -284,3 +284,13 @@ def test_a_server_that_stops_answering_fails_in_time(tmp_path):
         listener.close()
     assert proc.returncode == 3 and "did not answer in time" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_load_of_a_url_is_built_by_our_readers_and_never_runs_code(server, files):
+    proc = run_cli("load", "--json", server.url("many.pt"))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["tensors"] == 800 and "no code ran" in doc["mode"]
+    refused = run_cli("load", "--run-code", server.url("evil.pkl"))
+    assert refused.returncode != 0 and "download it first" in refused.stderr
+    assert not files[3].exists()

@@ -169,8 +169,14 @@ def allowed_class(name: str) -> Any:
 def trusted_load(path: str, map_location: str = "cpu", *, run_code: bool = False,
                  allow_dangerous: bool = False) -> LoadResult:
     """Load ``path`` with torch following the rules above; raises TrustError otherwise."""
+    from ckpt_inspector.core.io.opening import is_url
     from ckpt_inspector.core.layouts import layout_for
 
+    if is_url(path):  # torch reads local files: the tensors come from our own readers
+        if run_code:
+            raise TrustError("'run code' loads a local file with torch: download it first "
+                             "(a URL is loaded from ckpt-inspector's own readers, no code run)")
+        return assembled(path, map_location)
     if os.path.isdir(path) or layout_for(path) is not None:
         return assembled(path, map_location)
     ckpt = open_checkpoint(path)
@@ -256,5 +262,6 @@ def assembled(path: str, map_location: str = "cpu") -> LoadResult:
     left = [key_of(n.path()) for n in ckpt.root.children
             if n.kind not in ("tensor", "dict", "list", *PLAIN_VALUES)
             and not any(d.kind == "tensor" for d in n.walk())]
-    mode = f"assembled from {len(ckpt.files):,} files by ckpt-inspector's readers (no code ran)"
+    files = counted(len(ckpt.files), "file") if ckpt.files else "one file"
+    mode = f"assembled from {files} by ckpt-inspector's readers (no code ran)"
     return LoadResult(out, mode, verdict, time.perf_counter() - start, left_out=left)
