@@ -161,3 +161,22 @@ def test_a_prefix_url_on_s3_reads_as_the_local_folder(s3server, two_ranks):
     for name in names:  # the open (a HEAD), its end, maybe its start; then model.w's rows
         seen = log.requests(f"dcp/ckpt/{name}")
         assert 1 <= len(seen) <= 5 and all(m in ("HEAD", "GET") for m, _p, _s in seen), seen
+
+
+def test_a_zstd_compressed_item_is_inflated_over_http(torch, tmp_path):
+    pytest.importorskip("zstandard")
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint._extension import ZStandard
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"w": torch.arange(4096.0).reshape(64, 64), "step": 5}, no_dist=True,
+                 storage_writer=FileSystemWriter(str(tmp_path / "z"), _extensions=[ZStandard()]))
+    with RangeServer(tmp_path / "z") as rs:
+        ckpt = open_checkpoint(rs.url(".metadata"))
+        w = {key_of(p): n.tensor for p, n in ckpt.tensors()}["w"]
+        assert w.problem is None
+        assert np.array_equal(to_numpy(w), np.arange(4096.0, dtype=np.float32).reshape(64, 64))
