@@ -34,7 +34,7 @@ def _layouts() -> tuple[Layout, ...]:
     from ckpt_inspector.core.layouts import dcp, deepspeed, gguf_split, hf_sharded
 
     return (Layout(hf_sharded.NAME, hf_sharded.detect, hf_sharded.open, remote=True),
-            Layout(dcp.NAME, dcp.detect, dcp.open),
+            Layout(dcp.NAME, dcp.detect, dcp.open, remote=True),
             Layout(deepspeed.NAME, deepspeed.detect, deepspeed.open),
             Layout(gguf_split.NAME, gguf_split.detect, gguf_split.open))
 

@@ -21,7 +21,7 @@ kept), so the checkpoint is never held in memory whole.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
@@ -131,11 +131,13 @@ _CACHE: OrderedDict[tuple[str, int], memoryview] = OrderedDict()
 
 
 class Inflated(DataSource):
-    """A storage of a compressed item: inflated again on use (the last few kept)."""
+    """A storage of a compressed item: inflated again on use (the last few kept).
+    ``fetch(start, stop)`` gets the item's bytes where ``path`` is a URL."""
 
     def __init__(self, path: str, offset: int, length: int, descriptors: list[str],
-                 size: int, inner: Any):
+                 size: int, inner: Any, fetch: Callable[[int, int], bytes] | None = None):
         self.where = (path, offset, length)
+        self.fetch = fetch
         self.descriptors = descriptors
         self.size = size  # what the item inflated to when the folder was opened
         self.info = inner.info
@@ -150,7 +152,10 @@ class Inflated(DataSource):
         key = (path, offset)
         data = _CACHE.get(key)
         if data is None:
-            raw = memoryview(mapped_file(path))[offset:offset + length]
+            if self.fetch is not None:  # a remote item: fetched whole, as when opened
+                raw = memoryview(self.fetch(offset, offset + length))
+            else:
+                raw = memoryview(mapped_file(path))[offset:offset + length]
             data = inflate(raw, self.descriptors, self.size, self.size)
             _CACHE[key] = data
             while len(_CACHE) > _KEEP:

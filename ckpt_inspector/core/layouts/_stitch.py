@@ -101,6 +101,11 @@ class StitchedSource(DataSource):
             raise CheckpointError("the chunks do not cover the tensor")
 
     # -- DataSource --------------------------------------------------------------------------
+    @property
+    def remote(self) -> bool:
+        return any(info.storage is not None and info.storage.source is not None and
+                   info.storage.source.remote for _chunk, info in self.pieces)
+
     def blocks(self, offset: int = 0, length: int | None = None, size: int = 1 << 20,
                buffer: bytearray | None = None) -> Iterator[memoryview]:
         end = self.nbytes if length is None else min(self.nbytes, offset + length)
@@ -230,6 +235,12 @@ def _read_elements(info: Any, start: int, count: int, dest: memoryview) -> None:
     pos = (info.storage_offset + start) * item
     n = count * item
     span = source.file_span()
+    if span is None and source.remote:  # a chunk at a URL: this region only, fetched
+        got = b"".join(source.chunks(pos, n))
+        if len(got) != n:
+            raise CheckpointError("a chunk's data ends early")
+        dest[:n] = got
+        return
     if span is None:
         buf = source.buffer()
         if pos + n > len(buf):

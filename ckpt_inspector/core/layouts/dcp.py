@@ -21,49 +21,54 @@ one logical tensor of the full size whose ``pieces`` say where each chunk is; it
 source (:class:`~ckpt_inspector.core.layouts._stitch.StitchedSource`) reads it in C order
 a piece at a time, each piece gathered from the chunks that cover it. Storages of items
 saved uncompressed are read with ``pread`` at their place in the ``.distcp`` file
-(:class:`ItemRange`), so a pass over a large checkpoint keeps one piece resident, not
-the pages of a memory map.
+(:class:`~ckpt_inspector.core.layouts._dcp_items.ItemRange`), so a pass over a large
+checkpoint keeps one piece resident, not the pages of a memory map.
+
+At a URL (``s3://bucket/ckpt``, ``hf://owner/repo/ckpt``: a folder that lists; over plain
+HTTP the URL of ``.metadata`` itself, whose storage entries name the ``.distcp`` files):
+``.metadata`` is read whole, each item's structure over its byte range, the files
+concurrently (:mod:`~ckpt_inspector.core.layouts._dcp_items`); tensor data when asked for.
 """
 
 from __future__ import annotations
 
 import builtins
 import math
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.calls import DCP_METADATA_CLASSES
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
-from ckpt_inspector.core.layouts import _dcp_transforms as _transforms
+from ckpt_inspector.core.findings import Finding
+from ckpt_inspector.core.io import paths
+from ckpt_inspector.core.io.opening import is_url
+from ckpt_inspector.core.layouts._dcp_items import METADATA, Files, Item
 from ckpt_inspector.core.layouts._stitch import StitchedSource, tiling_problem
 from ckpt_inspector.core.layouts._union import Union, file_size
 from ckpt_inspector.core.pickle.values import Call, GlobalRef
-from ckpt_inspector.core.tensors import DataSource
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
 NAME = "dcp"
-METADATA = ".metadata"
 SUFFIX = ".distcp"
 MAX_METADATA = 1 << 30  # a .metadata larger than this is refused
 M = "torch.distributed.checkpoint.metadata."
 
 
 def _has_distcp(folder: str, names: list[str] | None = None) -> bool:
-    names = os.listdir(folder) if names is None else names
+    names = paths.listdir(folder) if names is None else names
     return any(n.endswith(SUFFIX) for n in names)
 
 
 def detect(path: str) -> bool:
-    if os.path.isdir(path):
-        names = os.listdir(path)
-        return METADATA in names and os.path.isfile(os.path.join(path, METADATA)) and \
+    if is_url(path) and paths.basename(path) == METADATA:
+        return True  # no request: its storage entries name the data files (plain HTTP)
+    if paths.isdir(path):
+        names = paths.listdir(path)
+        return METADATA in names and paths.isfile(paths.join(path, METADATA)) and \
             _has_distcp(path, names)
-    if os.path.basename(path) == METADATA and os.path.isfile(path):
-        return _has_distcp(os.path.dirname(path) or ".")
+    if paths.basename(path) == METADATA and paths.isfile(path):
+        return _has_distcp(paths.dirname(path))
     return False
 
 
@@ -164,14 +169,7 @@ def _read_metadata(union: Union, folder: str) -> dict[str, Any]:
     from ckpt_inspector.core.pickle import vm as pickle_vm
 
     ckpt = union.ckpt
-    full = os.path.join(folder, METADATA)
-    size = file_size(full)
-    union.add_file(METADATA, size, "pickle")
-    if size > MAX_METADATA:
-        raise CheckpointError(f"{METADATA} is {size:,} bytes: more than the "
-                              f"{MAX_METADATA:,} ckpt-inspector reads")
-    with builtins.open(full, "rb") as f:  # this module's open() reads a layout
-        raw = f.read()
+    raw = _metadata_bytes(union, paths.join(folder, METADATA))
     try:
         with pickle_vm.deadline():
             result = run_pickle(ckpt, raw, "")  # findings name the file (record.file)
@@ -191,8 +189,32 @@ def _read_metadata(union: Union, folder: str) -> dict[str, Any]:
     return fields
 
 
+def _metadata_bytes(union: Union, full: str) -> bytes:
+    """``.metadata`` whole (at a URL: one request where it is under 128 KiB)."""
+    if is_url(full):
+        from ckpt_inspector.core.io.remote import RemoteSource
+
+        src = RemoteSource(full)
+        size = len(src)
+    else:
+        size = file_size(full)
+    union.add_file(METADATA, size, "pickle")
+    if size > MAX_METADATA:
+        raise CheckpointError(f"{METADATA} is {size:,} bytes: more than the "
+                              f"{MAX_METADATA:,} ckpt-inspector reads")
+    if is_url(full):
+        raw = src.read(0, size)
+        union.count_transfer(src.transfer.to_json())
+        return raw
+    with builtins.open(full, "rb") as f:  # this module's open() reads a layout
+        return f.read()
+
+
 def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(path)
-    folder = path if os.path.isdir(path) else (os.path.dirname(path) or ".")
+    if is_url(path) and paths.basename(path) == METADATA:
+        folder = paths.dirname(path)  # no request to ask whether it is a folder
+    else:
+        folder = path if paths.isdir(path) else paths.dirname(path)
     union = Union(path, NAME, NAME)
     ckpt = union.ckpt
     try:
@@ -205,16 +227,35 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
                                      "this reader does not know: not shown", file=METADATA))
     ckpt.metadata["dcp version"] = meta.get("version")
     ckpt.metadata["entries"] = len(entries)
-    reader = _Files(union, folder)
-    for entry in entries:
-        try:
-            node = _tensor(reader, entry) if entry.kind == "tensor" else _bytes(reader, entry)
-        except CheckpointError as err:
-            node = _damaged(entry, str(err))
-        union.put(entry.fqn, node, node.tensor.file if node.tensor and node.tensor.file
-                  else _first_file(entry))
+    reader = Files(union, folder)
+    with reader.reading(_items(entries)):
+        for entry in entries:
+            try:
+                node = _tensor(reader, entry) if entry.kind == "tensor" else \
+                    _bytes(reader, entry)
+            except CheckpointError as err:
+                node = _damaged(entry, str(err))
+            union.put(entry.fqn, node, node.tensor.file if node.tensor and node.tensor.file
+                      else _first_file(entry))
     reader.list_files()
     return ckpt
+
+
+def _expected(entry: Entry, chunk: Chunk) -> int:
+    """The bytes of a tensor chunk, from ``.metadata`` (bounds what it may inflate to)."""
+    return math.prod(chunk.sizes) * (dtypes.itemsize(entry.dtype or "") or 8)
+
+
+def _items(entries: list[Entry]) -> list[Item]:
+    """Every item the entries name, as :meth:`Files.item` will be asked for it."""
+    out: list[Item] = []
+    for entry in entries:
+        if entry.kind == "bytes" and entry.where is not None:
+            out.append((entry.fqn, entry.where, None))
+        elif entry.kind == "tensor":
+            out.extend((entry.fqn, c.where, _expected(entry, c)) for c in entry.chunks
+                       if c.where is not None)
+    return out
 
 
 def _first_file(entry: Entry) -> str:
@@ -230,78 +271,7 @@ def _damaged(entry: Entry, problem: str) -> Node:
     return Node("tensor", entry.fqn, "torch.Tensor", tensor=info)
 
 
-class _Files:
-    """The ``.distcp`` files, each item read as a torch.save archive over its byte range."""
-
-    def __init__(self, union: Union, folder: str):
-        self.union = union
-        self.folder = folder
-        self.seen: dict[str, str | None] = {}  # rel -> problem
-
-    def list_files(self) -> None:
-        for rel in sorted(self.seen):
-            problem = self.seen[rel]
-            full = os.path.join(self.folder, rel)
-            self.union.add_file(rel, file_size(full), "distcp", problem=problem)
-
-    def item(self, fqn: str, where: tuple[str, int, int, Any],
-             expected: int | None = None) -> Node:
-        """The tree of the torch.save archive at ``where``; its pickles go to the verdict.
-        ``expected``: the bytes of the tensor chunk it holds (bounds what it may inflate to)."""
-        from ckpt_inspector.core.formats import torch_zip
-        from ckpt_inspector.core.io.source import BytesSource
-        from ckpt_inspector.core.pickle import vm as pickle_vm
-        from ckpt_inspector.core.tensors import mapped_file
-
-        rel, offset, length, transforms = where
-        ckpt = self.union.ckpt
-        if not _inside(rel):
-            self.seen.setdefault(rel, "outside the folder: not read")
-            ckpt.findings.append(Finding(
-                NEEDS_TRUST, "shard-outside-folder", f"{METADATA} puts {fqn!r} in {rel!r}, "
-                "outside the checkpoint's folder: loading it would read that file", file=rel))
-            raise CheckpointError(f"{METADATA} puts it outside the folder ({rel})")
-        full = os.path.join(self.folder, rel)
-        if not os.path.isfile(full):
-            if rel not in self.seen:
-                ckpt.warnings.append(f"{rel} is missing: its entries are shown damaged")
-            self.seen[rel] = "missing"
-            raise CheckpointError(f"its file {rel} is missing")
-        self.seen.setdefault(rel, None)
-        descriptors = _transforms.check(transforms) if transforms else None
-        data = mapped_file(full) if file_size(full) else b""
-        if offset < 0 or length <= 0 or offset + length > len(data):
-            raise CheckpointError(f"{rel} ends before its bytes [{offset}, {offset + length})")
-        raw: Any = memoryview(data)[offset:offset + length]
-        if descriptors:
-            raw = _transforms.inflate(raw, descriptors, _transforms.limit_for(expected))
-        part = Checkpoint(f"{rel}@{offset}", "torch-zip", None)  # type: ignore[arg-type]
-        src = BytesSource(part.path, raw)
-        try:
-            with pickle_vm.deadline():
-                root = torch_zip.read_into(part, src, f"{fqn}/")
-        except CheckpointError as err:
-            self._absorb(rel, part)
-            raise CheckpointError(f"{rel} at {offset}: {err}") from None
-        self._absorb(rel, part)
-        if descriptors:
-            size = len(raw)
-            _in_place(root, lambda inner: _transforms.Inflated(full, offset, length,
-                                                               descriptors, size, inner))
-        else:
-            _in_place(root, lambda inner: ItemRange(full, offset, inner))
-        return root
-
-    def _absorb(self, rel: str, part: Checkpoint) -> None:
-        self.union.absorb(rel, part)
-
-
-def _inside(rel: str) -> bool:
-    return bool(rel) and "\0" not in rel and not os.path.isabs(rel) and \
-        ".." not in rel.replace("\\", "/").split("/")
-
-
-def _bytes(reader: _Files, entry: Entry) -> Node:
+def _bytes(reader: Files, entry: Entry) -> Node:
     if entry.where is None:
         raise CheckpointError(f"{METADATA} says nowhere where it is")
     node = reader.item(entry.fqn, entry.where)
@@ -311,7 +281,7 @@ def _bytes(reader: _Files, entry: Entry) -> Node:
     return node
 
 
-def _tensor(reader: _Files, entry: Entry) -> Node:
+def _tensor(reader: Files, entry: Entry) -> Node:
     if not entry.chunks:
         if math.prod(entry.size) == 0:
             info = TensorInfo(entry.dtype or "unknown", entry.size, file=METADATA)
@@ -322,8 +292,7 @@ def _tensor(reader: _Files, entry: Entry) -> Node:
         if chunk.where is None:
             raise CheckpointError(f"{METADATA} says nowhere where its chunk at "
                                   f"{list(chunk.offsets)} is")
-        node = reader.item(entry.fqn, chunk.where,
-                           math.prod(chunk.sizes) * (dtypes.itemsize(entry.dtype or '') or 8))
+        node = reader.item(entry.fqn, chunk.where, _expected(entry, chunk))
         info = node.tensor
         if info is None:
             raise CheckpointError(f"{chunk.where[0]} holds a {node.type_name or node.kind} "
@@ -355,50 +324,3 @@ def _stitched(entry: Entry, pieces: list[tuple[Chunk, TensorInfo]]) -> Node:
         info.storage = StorageInfo(entry.fqn, dtype, math.prod(entry.size), info.device,
                                    source)
     return Node("tensor", entry.fqn, "torch.Tensor", tensor=info)
-
-
-class ItemRange(DataSource):
-    """A storage of an item saved uncompressed: its bytes where they lie in the ``.distcp``
-    file (``file_span``: read with ``pread``), found from the record's local header on first
-    use; ``inner`` is the zip record over the item's bytes."""
-
-    def __init__(self, path: str, base: int, inner: Any):
-        self.path = path
-        self.base = base  # where the item starts in the file
-        self.inner = inner
-        self.nbytes = inner.nbytes
-        self.byteorder = inner.byteorder
-        self._span: tuple[str, int] | None = None
-
-    def file_span(self) -> tuple[str, int] | None:
-        if self._span is None:
-            import struct
-
-            info, raw = self.inner.info, self.inner.container
-            h = info.header_offset
-            if bytes(raw[h:h + 4]) != b"PK\x03\x04":
-                raise CheckpointError(f"zip record {info.filename} has a damaged local header")
-            name_len, extra_len = struct.unpack_from("<HH", raw, h + 26)
-            self._span = (self.path, self.base + h + 30 + name_len + extra_len)
-        return self._span
-
-    def buffer(self) -> memoryview:
-        return self.inner.buffer()
-
-    def __repr__(self) -> str:
-        return f"ItemRange({self.path!r}, {self.base}, {self.nbytes})"
-
-
-def _in_place(root: Node, make: Callable[[Any], DataSource]) -> None:
-    """Replace the storages of an item, zip records over its bytes, by ``make(record)``:
-    the record where it lies in the file (:class:`ItemRange`), or inflated again on use."""
-    import zipfile
-
-    from ckpt_inspector.core.formats._zip_members import ZipEntryData
-
-    for node in root.walk():
-        storage = node.tensor.storage if node.tensor is not None else None
-        src = storage.source if storage is not None else None
-        if type(src) is ZipEntryData and not isinstance(src.container, str) and \
-                src.info.compress_type == zipfile.ZIP_STORED:
-            storage.source = make(src)
