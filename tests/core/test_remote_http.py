@@ -294,3 +294,46 @@ def test_load_of_a_url_is_built_by_our_readers_and_never_runs_code(server, files
     refused = run_cli("load", "--run-code", server.url("evil.pkl"))
     assert refused.returncode != 0 and "download it first" in refused.stderr
     assert not files[3].exists()
+
+
+def _gguf_listing(ckpt):
+    return [(key_of(p), n.tensor.dtype, n.tensor.shape) for p, n in ckpt.tensors()]
+
+
+def test_a_gguf_file_reads_from_its_header_alone(tmp_path):
+    """gguf's reader parses a sparse copy holding the fetched header; quantized tensors
+    come dequantized from their own byte ranges."""
+    from gguf_files import write_gguf
+
+    from ckpt_inspector.core.tensors import to_numpy as values
+
+    path = write_gguf(tmp_path / "tiny.gguf")
+    local = open_checkpoint(str(path))
+    with RangeServer(tmp_path) as rs:
+        remote = open_checkpoint(rs.url("tiny.gguf"))
+        assert len(rs.requests()) <= 2  # the tail, then the start (the whole header)
+        assert _gguf_listing(remote) == _gguf_listing(local)
+        assert remote.metadata["GGUF data offset"] == local.metadata["GGUF data offset"]
+        a = {key_of(p): n for p, n in remote.tensors()}
+        b = {key_of(p): n for p, n in local.tensors()}
+        for key in a:
+            assert np.array_equal(values(a[key].tensor), values(b[key].tensor)), key
+
+
+def test_a_gguf_header_larger_than_the_first_read_is_read_again_whole(tmp_path):
+    import gguf
+
+    w = gguf.GGUFWriter(str(tmp_path / "vocab.gguf"), "llama")
+    w.add_token_list([f"token-{i:07d}-{'x' * 20}" for i in range(200_000)])  # ~8 MB
+    w.add_tensor("w", np.arange(64, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    local = open_checkpoint(str(tmp_path / "vocab.gguf"))
+    with RangeServer(tmp_path) as rs:
+        remote = open_checkpoint(rs.url("vocab.gguf"))
+        sent = rs.bytes_sent()
+    assert _gguf_listing(remote) == _gguf_listing(local)
+    assert remote.metadata["GGUF data offset"] > 4 << 20
+    assert sent < 2 * (tmp_path / "vocab.gguf").stat().st_size

@@ -57,9 +57,7 @@ def read(src: Source) -> Checkpoint:
     if n_tensors * _MIN_TENSOR + n_kv * _MIN_KV > size - 24:
         raise CheckpointError(f"GGUF header claims {n_tensors:,} tensors and {n_kv:,} "
                               f"key/values: more than a file of {size:,} bytes can hold")
-    if src.path is None:
-        raise CheckpointError("GGUF is read from files on disk only")
-    reader = _open(src.path)
+    reader = _open(src.path) if src.path is not None else _open_remote(src, size)
     root = Node("dict", None, "gguf")
     ckpt = Checkpoint(src.name, NAME, root, file_size=size)
     ckpt.metadata.update(_metadata(reader))
@@ -87,6 +85,44 @@ def _open(path: str) -> Any:
         raise CheckpointError("malformed GGUF header: arrays nested too deeply") from None
     except MemoryError:
         raise CheckpointError("malformed GGUF header: too large to read") from None
+
+
+REMOTE_HEAD = 4 << 20  # the first read of a remote GGUF's header, four times more each try
+MAX_REMOTE_HEAD = 256 << 20  # a vocabulary of 100,000s of tokens takes a few MiB
+
+
+def _open_remote(src: Source, size: int) -> Any:
+    """The reader of a GGUF that is not on disk (at a URL), from its header alone.
+
+    gguf's reader maps a file. Here it maps a sparse file of the remote file's size that
+    holds only the first bytes fetched: the header is parsed front to back, so if the data
+    offset it finds lies within those bytes, every byte it parsed was the file's own. If
+    not (or if zeros past them broke the parse), a four times larger start is fetched and
+    the header read again. Tensor data stays remote (``src.range``)."""
+    import tempfile
+
+    want = REMOTE_HEAD
+    while True:
+        n = min(want, size)
+        head = src.read(0, n)
+        with tempfile.NamedTemporaryFile(prefix="ckpt-inspector-", suffix=".gguf") as tmp:
+            tmp.truncate(size)  # sparse: only the header's bytes take room
+            tmp.write(head)
+            tmp.flush()
+            try:  # the reader keeps its map of the file once the name is gone
+                reader = _open(tmp.name)
+                if int(reader.data_offset) <= n:
+                    return reader
+            except CheckpointError:
+                if n == size:
+                    raise
+        if n == size:
+            raise CheckpointError("malformed GGUF header: its tensor data would start past "
+                                  "the end of the file")
+        if want >= MAX_REMOTE_HEAD:
+            raise CheckpointError(f"GGUF header larger than {MAX_REMOTE_HEAD >> 20} MiB: "
+                                  "download the file to read it")
+        want *= 4
 
 
 _BOUNDED: dict[type, type] = {}
