@@ -337,3 +337,37 @@ def test_a_gguf_header_larger_than_the_first_read_is_read_again_whole(tmp_path):
     assert _gguf_listing(remote) == _gguf_listing(local)
     assert remote.metadata["GGUF data offset"] > 4 << 20
     assert sent < 2 * (tmp_path / "vocab.gguf").stat().st_size
+
+
+def test_a_server_that_sends_more_than_asked_is_refused_in_bounded_memory(files):
+    """An answer longer than the range asked for (a hostile server) is cut off at the
+    range's length: reading stops there, with one line."""
+    import http.server
+    import threading
+
+    data = (files[0] / "many.pt").read_bytes()
+
+    class Liar(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {len(data) - 1000}-{len(data) - 1}/"
+                                              f"{len(data)}")
+            self.send_header("Content-Length", str(64 << 20))
+            self.end_headers()
+            try:
+                for _ in range(64):
+                    self.wfile.write(bytes(1 << 20))
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Liar)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(CheckpointError, match="more bytes than were asked"):
+            open_checkpoint(f"http://127.0.0.1:{httpd.server_address[1]}/many.pt")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -200,15 +200,16 @@ class RemoteFile:
             self.etag else None  # without an ETag, nothing says a cached copy is current
 
     def _open(self) -> Any:
+        """The library's file object (s3, gs; hf's own :class:`HubFile`): HTTP goes
+        through :func:`_get_range` instead."""
         if self._file is None:
-            kwargs: dict[str, Any] = {"block_size": BLOCK, "cache_type": "none"}
-            if scheme_of(self.url) in ("http", "https"):
-                # size known: no HEAD; the ETag pins the version read (a change is a 412)
-                kwargs["size"] = self.size
-                if self.etag:
-                    kwargs["headers"] = {"If-Match": self.etag}
-            self._file = self.fs.open(self.path, "rb", **kwargs)
+            self._file = self.fs.open(self.path, "rb", block_size=BLOCK, cache_type="none")
         return self._file
+
+    def _read(self, start: int, end: int) -> bytes:
+        f = self._open()
+        f.seek(start)
+        return f.read(end - start)
 
     def fetch(self, start: int, end: int) -> bytes:
         """The bytes ``[start, end)``: one request (more only where a try failed)."""
@@ -217,11 +218,13 @@ class RemoteFile:
             return b""
         check_cancelled()
 
-        def call() -> bytes:
-            with self._lock:
-                f = self._open()
-                f.seek(start)
-                return f.read(end - start)
+        if scheme_of(self.url) in ("http", "https"):
+            def call() -> bytes:
+                return _get_range(self.fs, self.path, start, end, self.etag)
+        else:
+            def call() -> bytes:
+                with self._lock:
+                    return self._read(start, end)
 
         data = _with_retries(call, self.url)
         self.transfer.count(len(data))
@@ -264,14 +267,14 @@ def _probe(fs: Any, url: str, known: tuple[int, str, tuple[int, bytes]] | None =
                 return 0, etag, (0, b"")
             if r.status == 200:
                 if r.content_length is not None and r.content_length <= TAIL:
-                    body = await r.read()
+                    body = await _body(r, TAIL)
                     return len(body), etag, (0, body)
                 raise _NoRanges()
             r.raise_for_status()
             m = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", "").strip())
             if m is None:
                 raise _NoRanges()
-            body = await r.read()
+            body = await _body(r, TAIL)
             start, total = int(m.group(1)), int(m.group(3))
             if len(body) != int(m.group(2)) - start + 1:
                 raise ConnectionError("the connection dropped in the middle of an answer")
@@ -281,6 +284,41 @@ def _probe(fs: Any, url: str, known: tuple[int, str, tuple[int, bytes]] | None =
         return sync(fs.loop, probe)
     except _NoRanges as err:
         raise CheckpointError(describe_error(err, url)) from None
+
+
+async def _body(r: Any, limit: int) -> bytes:
+    """An answer's body, refused past ``limit`` bytes: a server that sends more than was
+    asked (a hostile or broken one) costs no more memory than the request."""
+    out = bytearray()
+    while True:
+        piece = await r.content.read(min(1 << 20, limit + 1 - len(out)))
+        if not piece:
+            return bytes(out)
+        out += piece
+        if len(out) > limit:
+            raise ConnectionError("the server sent more bytes than were asked for")
+
+
+def _get_range(fs: Any, url: str, start: int, end: int, etag: str | None) -> bytes:
+    """The bytes ``[start, end)`` in one GET on fsspec's HTTP session: a 206 for exactly
+    that range (anything else is refused before its body is read), at most ``end - start``
+    bytes read, the ETag of the first answer required (``If-Match``: a change is a 412)."""
+    from fsspec.asyn import sync
+
+    async def get() -> bytes:
+        kwargs = dict(fs.kwargs)
+        headers = {**kwargs.pop("headers", {}), "Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            headers["If-Match"] = etag
+        session = await fs.set_session()
+        async with session.get(fs.encode_url(url), headers=headers, **kwargs) as r:
+            r.raise_for_status()
+            m = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", "").strip())
+            if r.status != 206 or m is None or int(m.group(1)) != start:
+                raise _NoRanges()
+            return await _body(r, end - start)
+
+    return sync(fs.loop, get)
 
 
 class RemoteBuffer:
