@@ -101,6 +101,27 @@ def _remote_latest(url: str, transfer: dict[str, int] | None) -> bytes:
     return raw
 
 
+def detect(path: str) -> bool:
+    if is_url(path) and opens_checkpoint(paths.basename(path)):
+        return True  # no request: the other files are found from it (plain HTTP lists none)
+    if is_url(path) and paths.names_a_file(path):
+        return False
+    if not paths.isdir(path):
+        return False
+    names = paths.listdir(path)
+    if is_tag(path, names):
+        return True
+    if LATEST not in names:
+        return False
+    try:
+        tag = read_latest(path)
+    except (CheckpointError, OSError):
+        return SCRIPT in names
+    if tag and inside(tag) and paths.isdir(paths.join(path, tag)):
+        return is_tag(paths.join(path, tag))
+    return SCRIPT in names
+
+
 # -- inert values ----------------------------------------------------------------------------
 def plain(value: Any) -> Any:
     """The pickle's inert value as plain Python where DeepSpeed saved plain data:

@@ -54,24 +54,7 @@ MAX_NUMEL = 2**63 - 1  # torch's: a damaged parameter claiming more counts no el
 
 
 def detect(path: str) -> bool:
-    if is_url(path) and df.opens_checkpoint(paths.basename(path)):
-        return True  # no request: the other files are found from it (plain HTTP lists none)
-    if is_url(path) and paths.names_a_file(path):
-        return False
-    if not paths.isdir(path):
-        return False
-    names = paths.listdir(path)
-    if df.is_tag(path, names):
-        return True
-    if df.LATEST not in names:
-        return False
-    try:
-        tag = df.read_latest(path)
-    except (CheckpointError, OSError):
-        return df.SCRIPT in names
-    if tag and df.inside(tag) and paths.isdir(paths.join(path, tag)):
-        return df.is_tag(paths.join(path, tag))
-    return df.SCRIPT in names
+    return df.detect(path)
 
 
 def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(path)
