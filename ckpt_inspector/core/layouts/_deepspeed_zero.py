@@ -210,7 +210,13 @@ class _Slice(DataSource):
         self.nbytes = length
         self.byteorder = source.byteorder
 
+    @property
+    def remote(self) -> bool:
+        return self.source.remote
+
     def buffer(self) -> memoryview:
+        if self.remote:  # its own bytes by range, never the whole partition
+            return memoryview(b"".join(self.chunks()))
         return self.source.buffer()[self.offset:self.offset + self.nbytes]
 
     def chunks(self, offset: int = 0, length: int | None = None,
@@ -229,6 +235,10 @@ class FlatPieces(DataSource):
         self.runs = runs
         self.nbytes = sum(r.nbytes for r in runs)
         self.byteorder = runs[0].byteorder if runs else "little"
+
+    @property
+    def remote(self) -> bool:
+        return any(run.remote for run in self.runs)
 
     def _spans(self, offset: int, length: int | None) -> Iterator[tuple[DataSource, int, int]]:
         end = self.nbytes if length is None else min(self.nbytes, offset + length)

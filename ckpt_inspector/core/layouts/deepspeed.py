@@ -33,6 +33,8 @@ from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import Finding
+from ckpt_inspector.core.io import paths
+from ckpt_inspector.core.io.opening import is_url
 from ckpt_inspector.core.layouts import _deepspeed_files as df
 from ckpt_inspector.core.layouts import _deepspeed_zero as zero
 from ckpt_inspector.core.layouts._union import file_size
@@ -52,34 +54,28 @@ MAX_NUMEL = 2**63 - 1  # torch's: a damaged parameter claiming more counts no el
 
 
 def detect(path: str) -> bool:
-    if not os.path.isdir(path):
-        return False
-    names = os.listdir(path)
-    if df.is_tag(path, names):
-        return True
-    if df.LATEST not in names:
-        return False
-    try:
-        tag = df.read_latest(path)
-    except (CheckpointError, OSError):
-        return df.SCRIPT in names
-    if tag and df.inside(tag) and os.path.isdir(os.path.join(path, tag)):
-        return df.is_tag(os.path.join(path, tag))
-    return df.SCRIPT in names
+    return df.detect(path)
 
 
 def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(path)
     try:
         reader = df.Reader(path, NAME)
-        names = sorted(os.listdir(reader.folder))
     except OSError as err:
         raise CheckpointError(f"cannot read the folder: {err}") from None
     if reader.tag is not None:
-        reader.union.add_file(df.LATEST, file_size(os.path.join(path, df.LATEST)), "text")
-    try:
-        _Build(reader).run(names)
-    except OSError as err:
-        raise CheckpointError(f"cannot read the checkpoint: {err}") from None
+        size = reader.latest_transfer.get("size")  # at a URL: known from reading it
+        reader.union.add_file(df.LATEST, size if size is not None else
+                              file_size(paths.join(reader.root_folder, df.LATEST)), "text")
+        reader.union.count_transfer(reader.latest_transfer)
+    with reader.reading():  # at a URL, the files read concurrently
+        try:
+            names = reader.names()
+        except OSError as err:
+            raise CheckpointError(f"cannot read the folder: {err}") from None
+        try:
+            _Build(reader).run(names)
+        except OSError as err:
+            raise CheckpointError(f"cannot read the checkpoint: {err}") from None
     return reader.ckpt
 
 
@@ -104,6 +100,7 @@ class _Build:
     # -- files ---------------------------------------------------------------------------
     def run(self, names: list[str]) -> None:
         models, optims, prefix = self._names(names)
+        self.reader.prefetch(models + optims)  # at a URL: read concurrently
         read = {n: self.reader.file(n) for n in models + optims}
         first_optim = next((read[n] for n in optims if read[n].part is not None), None)
         self.stage, self.world = self._facts(read, models, first_optim, len(optims))
@@ -135,6 +132,7 @@ class _Build:
         the ranks before the first missing one are used."""
         missing = [n for n in models + want if n not in read]
         if len(missing) <= MAX_MISSING:
+            self.reader.prefetch(missing)
             for name in missing:
                 read[name] = self.reader.file(name)
             return models, want
@@ -218,8 +216,7 @@ class _Build:
         mv = main.value
         ckpt.metadata.update({"zero stage": self.stage, "world size": self.world,
                               "ds_version": mv.get("ds_version"),
-                              "tag": self.reader.tag or os.path.basename(
-                                  os.path.abspath(self.reader.folder))})
+                              "tag": self.reader.tag or _folder_name(self.reader.folder)})
         for key in ("global_steps", "global_samples", "skipped_steps"):
             if type(mv.get(key)) is int:
                 ckpt.metadata[key.replace("_", " ")] = mv[key]
@@ -419,6 +416,10 @@ class _Build:
                  for r in ("parameter", "buffer")}
         self.ckpt.metadata["parameters"] = count["parameter"]
         self.ckpt.metadata["buffers"] = count["buffer"]
+
+
+def _folder_name(folder: str) -> str:
+    return paths.basename(folder) if is_url(folder) else os.path.basename(os.path.abspath(folder))
 
 
 def _param_shapes(value: Any) -> list[dict[str, tuple[int, ...]]] | None:
