@@ -303,9 +303,9 @@ def _gguf_listing(ckpt):
 def test_a_gguf_file_reads_from_its_header_alone(tmp_path):
     """gguf's reader parses a sparse copy holding the fetched header; quantized tensors
     come dequantized from their own byte ranges."""
-    from gguf_files import write_gguf
-
     from ckpt_inspector.core.tensors import to_numpy as values
+
+    from gguf_files import write_gguf
 
     path = write_gguf(tmp_path / "tiny.gguf")
     local = open_checkpoint(str(path))
