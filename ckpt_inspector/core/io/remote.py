@@ -85,10 +85,28 @@ def filesystem(url: str) -> tuple[Any, str]:
             wait = timeout_s()
             return fsspec.core.url_to_fs(url, client_kwargs={"timeout": aiohttp.ClientTimeout(
                 total=None, sock_connect=wait, sock_read=wait)})
+        if module == "gcsfs" and os.environ.get("STORAGE_EMULATOR_HOST", "default") != "default":
+            return _emulated_gcs(url)
         return fsspec.core.url_to_fs(url)
     except ImportError:
         how = f"pip install 'ckpt-inspector[{extra}]'" if extra else f"pip install {module}"
         raise CheckpointError(f"{scheme}:// needs the {module} package: {how}") from None
+
+
+def _emulated_gcs(url: str) -> tuple[Any, str]:
+    """gcsfs against a GCS emulator (``STORAGE_EMULATOR_HOST``: fake-gcs-server, the tests'
+    fake): the plain JSON-API filesystem, whose every request goes to that host. gcsfs's
+    default class first asks a gRPC control plane for the bucket's layout (over TLS, which
+    an emulator does not speak: a minute lost per open), and its credential chain would ask
+    Google's metadata server; so credentials are anonymous unless the user names some
+    (``GOOGLE_APPLICATION_CREDENTIALS``, or fsspec's ``FSSPEC_GCS_TOKEN``)."""
+    import fsspec.config
+    import gcsfs.core
+
+    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or any(
+        "token" in fsspec.config.conf.get(p, {}) for p in ("gs", "gcs"))
+    fs = gcsfs.core.GCSFileSystem(**({} if named else {"token": "anon"}))
+    return fs, fs._strip_protocol(url)
 
 
 def timeout_s() -> float:
@@ -105,14 +123,16 @@ def describe_error(err: BaseException, url: str) -> str:
     status = getattr(err, "status", None) or getattr(err, "code", None)
     scheme = scheme_of(url)
     if isinstance(err, FileNotFoundError) or status == 404:
-        if scheme in ("s3", "gs", "gcs") and "bucket" in str(err).lower():
+        if scheme in ("s3", "gs", "gcs") and re.search(
+                r"bucket does not exist|nosuchbucket", str(err).lower()):
             return "no such bucket (404)"  # s3fs: "The specified bucket does not exist"
         return "no such file at that URL (404)"
-    if isinstance(err, PermissionError) or status in (401, 403):
+    if isinstance(err, PermissionError) or status in (401, 403) or (
+            isinstance(err, OSError) and str(err).startswith("Forbidden")):  # gcsfs's 403
         who = {"hf": "a Hugging Face token (HF_TOKEN or `hf auth login`)",
                "s3": "AWS credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, or the instance role)",
                "gs": "Google credentials (GOOGLE_APPLICATION_CREDENTIALS or gcloud auth)",
-               }.get(scheme, "credentials the server accepts")
+               }.get("gs" if scheme == "gcs" else scheme, "credentials the server accepts")
         return f"access denied ({status or 'forbidden'}): it needs {who}"
     if status == 412 or type(err).__name__ == "FileExpired":  # s3fs's If-Match refusal
         return "the file changed on the server while it was being read"
@@ -166,6 +186,7 @@ class RemoteFile:
         self.cache = remote_cache.entry_for(url)  # structure kept on disk (None: not kept)
         self._lock = threading.Lock()
         self._file: Any = None
+        self.generation: str | None = None
         if scheme_of(url) == "hf":  # the tail gives commit, size, ETag; reads pinned to it
             from ckpt_inspector.core.io.hub import HubFile
 
@@ -192,6 +213,8 @@ class RemoteFile:
             if size is None:
                 raise CheckpointError("the server does not say how large the file is")
             self.etag = info.get("ETag") or info.get("etag") or info.get("blob_id")
+            # GCS: every read names the generation the open saw (gcsfs's file does not)
+            self.generation = info.get("generation") if scheme_of(url) in ("gs", "gcs") else None
         self.size = self.transfer.size = int(size)
         if not self.tail[1] and self.size:  # as over HTTP: the end in one request, early
             start = max(0, self.size - TAIL)
@@ -223,6 +246,13 @@ class RemoteFile:
                 return _get_range(self.fs, self.path, start, end, self.etag)
         else:
             def call() -> bytes:
+                if self.generation:  # a replaced object's old generation is gone: a 404
+                    try:
+                        return self.fs.cat_file(self.path, start=start, end=end,
+                                                generation=self.generation)
+                    except FileNotFoundError:
+                        raise CheckpointError("the file changed on the server while it was "
+                                              "being read") from None
                 with self._lock:
                     return self._read(start, end)
 
