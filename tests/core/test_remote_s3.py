@@ -15,7 +15,7 @@ import pytest
 
 from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.io.remote import describe_error, filesystem
+from ckpt_inspector.core.io.remote_fs import describe_error, filesystem
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import key_of

@@ -43,7 +43,7 @@ def _listing(folder: str) -> dict[str, dict[str, Any]] | None:
     with _lock:
         if folder in _listings:
             return _listings[folder]
-    from ckpt_inspector.core.io.remote import filesystem, scheme_of
+    from ckpt_inspector.core.io.remote_fs import filesystem, scheme_of
 
     listing = None
     if scheme_of(folder) not in ("http", "https"):  # HTTP servers list nothing we can trust
@@ -53,7 +53,7 @@ def _listing(folder: str) -> dict[str, dict[str, Any]] | None:
         except (FileNotFoundError, NotADirectoryError):
             entries = None
         except Exception as err:  # the library's own errors: a refusal, a timeout
-            from ckpt_inspector.core.io.remote import describe_error
+            from ckpt_inspector.core.io.remote_fs import describe_error
 
             raise CheckpointError(describe_error(err, folder)) from None
         if entries is not None:

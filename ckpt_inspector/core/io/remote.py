@@ -16,37 +16,29 @@ while it is read fails with one line instead of mixing two versions. Transient f
 
 from __future__ import annotations
 
-import os
-import re
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io import remote_cache
 from ckpt_inspector.core.io.cancel import check_cancelled
+from ckpt_inspector.core.io.http_range import TAIL, get_range, probe
+from ckpt_inspector.core.io.remote_fs import (
+    filesystem,
+    scheme_of,
+    with_retries,
+)
 from ckpt_inspector.core.io.source import BufferReader, Source
 from ckpt_inspector.core.tensors import DataSource
 
-_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-# scheme -> (module fsspec needs, the extra that installs it)
-SCHEMES = {"http": ("aiohttp", None), "https": ("aiohttp", None),
-           "s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
-           "hf": ("huggingface_hub", None)}
 BLOCK = 64 << 10  # structure is small and clustered: a 64 KiB block, merged into runs
 HEAD_BLOCKS = 4  # the first read of a file's start takes 256 KiB: a safetensors header of
 # a few thousand tensors, a torch zip's data.pkl (its first record) come in one request
 MAX_CACHED = 512  # blocks kept (32 MiB); a pickle of many records stays cached whole
 PIECE = 8 << 20  # tensor data is fetched in pieces of this size
 MAX_WHOLE = 256 << 20  # a bare pickle (no zip) is fetched whole, up to this
-RETRIES = (0.2, 0.8, 2.0)  # seconds before each new try of a transient failure
-
-
-def scheme_of(url: str) -> str:
-    m = _URL.match(url)
-    return m.group(1).lower() if m else ""
 
 
 @dataclass
@@ -65,107 +57,6 @@ class Transfer:
 
     def to_json(self) -> dict[str, int]:
         return {"size": self.size, "requests": self.requests, "bytes": self.bytes}
-
-
-def filesystem(url: str) -> tuple[Any, str]:
-    """The fsspec filesystem for ``url`` and the path within it. Each library configures
-    itself as usual: for an S3-compatible store (MinIO, R2, moto) botocore reads
-    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, and fsspec ``FSSPEC_S3_ENDPOINT_URL``."""
-    scheme = scheme_of(url)
-    if scheme not in SCHEMES:
-        raise CheckpointError(f"{scheme}:// URLs are not supported (http, https, s3, gs, hf)")
-    module, extra = SCHEMES[scheme]
-    try:
-        import fsspec
-
-        __import__(module)
-        if scheme in ("http", "https"):  # a server that stops answering fails, in time
-            import aiohttp
-
-            wait = timeout_s()
-            return fsspec.core.url_to_fs(url, client_kwargs={"timeout": aiohttp.ClientTimeout(
-                total=None, sock_connect=wait, sock_read=wait)})
-        if module == "gcsfs" and os.environ.get("STORAGE_EMULATOR_HOST", "default") != "default":
-            return _emulated_gcs(url)
-        return fsspec.core.url_to_fs(url)
-    except ImportError:
-        how = f"pip install 'ckpt-inspector[{extra}]'" if extra else f"pip install {module}"
-        raise CheckpointError(f"{scheme}:// needs the {module} package: {how}") from None
-
-
-def _emulated_gcs(url: str) -> tuple[Any, str]:
-    """gcsfs against a GCS emulator (``STORAGE_EMULATOR_HOST``: fake-gcs-server, the tests'
-    fake): the plain JSON-API filesystem, whose every request goes to that host. gcsfs's
-    default class first asks a gRPC control plane for the bucket's layout (over TLS, which
-    an emulator does not speak: a minute lost per open), and its credential chain would ask
-    Google's metadata server; so credentials are anonymous unless the user names some
-    (``GOOGLE_APPLICATION_CREDENTIALS``, or fsspec's ``FSSPEC_GCS_TOKEN``)."""
-    import fsspec.config
-    import gcsfs.core
-
-    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or any(
-        "token" in fsspec.config.conf.get(p, {}) for p in ("gs", "gcs"))
-    fs = gcsfs.core.GCSFileSystem(**({} if named else {"token": "anon"}))
-    return fs, fs._strip_protocol(url)
-
-
-def timeout_s() -> float:
-    """Seconds to wait for a connection or for the next bytes of an answer (HTTP):
-    ``CKPT_INSPECTOR_TIMEOUT``, 60 by default."""
-    try:
-        return max(float(os.environ.get("CKPT_INSPECTOR_TIMEOUT", "60")), 0.1)
-    except ValueError:
-        return 60.0
-
-
-def describe_error(err: BaseException, url: str) -> str:
-    """One line for a failed request, naming the credential a refusal asks for."""
-    status = getattr(err, "status", None) or getattr(err, "code", None)
-    scheme = scheme_of(url)
-    if isinstance(err, FileNotFoundError) or status == 404:
-        if scheme in ("s3", "gs", "gcs") and re.search(
-                r"bucket does not exist|nosuchbucket", str(err).lower()):
-            return "no such bucket (404)"  # s3fs: "The specified bucket does not exist"
-        return "no such file at that URL (404)"
-    if isinstance(err, PermissionError) or status in (401, 403) or (
-            isinstance(err, OSError) and str(err).startswith("Forbidden")):  # gcsfs's 403
-        who = {"hf": "a Hugging Face token (HF_TOKEN or `hf auth login`)",
-               "s3": "AWS credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, or the instance role)",
-               "gs": "Google credentials (GOOGLE_APPLICATION_CREDENTIALS or gcloud auth)",
-               }.get("gs" if scheme == "gcs" else scheme, "credentials the server accepts")
-        return f"access denied ({status or 'forbidden'}): it needs {who}"
-    if status == 412 or type(err).__name__ == "FileExpired":  # s3fs's If-Match refusal
-        return "the file changed on the server while it was being read"
-    if isinstance(err, TimeoutError) or "timeout" in type(err).__name__.lower():
-        return "the server did not answer in time"
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if "range" in text.lower():
-        return "the server does not answer byte-range requests: download the file first"
-    return f"cannot read the URL: {text[:200]}"
-
-
-def _transient(err: BaseException) -> bool:
-    status = getattr(err, "status", None) or getattr(err, "code", None)
-    if isinstance(status, int):
-        return status >= 500 or status == 429
-    # a dropped connection is tried again; a server that did not answer in time is not
-    # (each try would wait the whole timeout again)
-    return (isinstance(err, ConnectionError) and not isinstance(err, TimeoutError)) or \
-        type(err).__name__ in ("ServerDisconnectedError", "ClientOSError", "ClientPayloadError")
-
-
-def _with_retries(call: Callable[[], Any], url: str) -> Any:
-    for delay in (*RETRIES, None):
-        try:
-            return call()
-        except CheckpointError:
-            raise
-        except Exception as err:  # every library raises its own kinds
-            if delay is None or not _transient(err):
-                raise CheckpointError(describe_error(err, url)) from None
-            time.sleep(delay)
-            check_cancelled()
-    raise AssertionError("unreachable")
 
 
 class RemoteFile:
@@ -190,20 +81,20 @@ class RemoteFile:
         if scheme_of(url) == "hf":  # the tail gives commit, size, ETag; reads pinned to it
             from ckpt_inspector.core.io.hub import HubFile
 
-            self._file = _with_retries(lambda: HubFile(self.fs, self.path, TAIL), url)
+            self._file = with_retries(lambda: HubFile(self.fs, self.path, TAIL), url)
             size, self.etag, self.tail = self._file.size, self._file.etag, self._file.tail
             self.transfer.count(len(self.tail[1]))
         elif scheme_of(url) in ("http", "https"):
             known = self.cache.known() if self.cache else None  # a 304 means it is current
-            size, self.etag, self.tail = _with_retries(
-                lambda: _probe(self.fs, self.path, known), url)
+            size, self.etag, self.tail = with_retries(
+                lambda: probe(self.fs, self.path, known), url)
             self.transfer.count(0 if known and self.tail is known[2] else len(self.tail[1]))
         else:
             # The library's file asks ``info`` once (a HEAD on S3) and keeps it as
             # ``details``: opening first spends no second HEAD. s3fs then sends that ETag as
             # ``IfMatch`` on every ranged GET (a replaced object fails as FileExpired), and on
             # a version-aware filesystem (``FSSPEC_S3_VERSION_AWARE=true``) pins VersionId.
-            self._file = _with_retries(lambda: self.fs.open(
+            self._file = with_retries(lambda: self.fs.open(
                 self.path, "rb", block_size=BLOCK, cache_type="none"), url)
             info = self._file.details
             self.transfer.count(0)
@@ -224,7 +115,7 @@ class RemoteFile:
 
     def _open(self) -> Any:
         """The library's file object (s3, gs; hf's own :class:`HubFile`): HTTP goes
-        through :func:`_get_range` instead."""
+        through :func:`~ckpt_inspector.core.io.http_range.get_range` instead."""
         if self._file is None:
             self._file = self.fs.open(self.path, "rb", block_size=BLOCK, cache_type="none")
         return self._file
@@ -243,7 +134,7 @@ class RemoteFile:
 
         if scheme_of(self.url) in ("http", "https"):
             def call() -> bytes:
-                return _get_range(self.fs, self.path, start, end, self.etag)
+                return get_range(self.fs, self.path, start, end, self.etag)
         else:
             def call() -> bytes:
                 if self.generation:  # a replaced object's old generation is gone: a 404
@@ -256,99 +147,12 @@ class RemoteFile:
                 with self._lock:
                     return self._read(start, end)
 
-        data = _with_retries(call, self.url)
+        data = with_retries(call, self.url)
         self.transfer.count(len(data))
         if len(data) != end - start:
             raise CheckpointError(f"the server sent {len(data):,} bytes for a range of "
                                   f"{end - start:,}: the file changed or was cut short")
         return data
-
-
-TAIL = 128 << 10  # more than a zip's end record search (64 KiB + 22) and a typical directory
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
-
-
-class _NoRanges(Exception):
-    """The server answered a range request with the whole file."""
-
-    def __str__(self) -> str:
-        return "the server does not answer byte-range requests"
-
-
-def _probe(fs: Any, url: str, known: tuple[int, str, tuple[int, bytes]] | None = None,
-           ) -> tuple[int, str | None, tuple[int, bytes]]:
-    """(size, ETag, (offset, bytes)) from one GET of the last :data:`TAIL` bytes, on
-    fsspec's own HTTP session; a server that sends the whole of a large file instead is
-    refused before its body is read. With ``known`` (what the disk cache holds) the GET
-    is conditional, and a 304 answers ``known`` itself."""
-    from fsspec.asyn import sync
-
-    async def probe() -> tuple[int, str | None, tuple[int, bytes]]:
-        kwargs = dict(fs.kwargs)
-        headers = {**kwargs.pop("headers", {}), "Range": f"bytes=-{TAIL}"}
-        if known:
-            headers["If-None-Match"] = known[1]
-        session = await fs.set_session()
-        async with session.get(fs.encode_url(url), headers=headers, **kwargs) as r:
-            etag = r.headers.get("ETag")
-            if r.status == 304 and known:
-                return known
-            if r.status == 416:  # an empty file has no last bytes
-                return 0, etag, (0, b"")
-            if r.status == 200:
-                if r.content_length is not None and r.content_length <= TAIL:
-                    body = await _body(r, TAIL)
-                    return len(body), etag, (0, body)
-                raise _NoRanges()
-            r.raise_for_status()
-            m = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", "").strip())
-            if m is None:
-                raise _NoRanges()
-            body = await _body(r, TAIL)
-            start, total = int(m.group(1)), int(m.group(3))
-            if len(body) != int(m.group(2)) - start + 1:
-                raise ConnectionError("the connection dropped in the middle of an answer")
-            return total, etag, (start, body)
-
-    try:
-        return sync(fs.loop, probe)
-    except _NoRanges as err:
-        raise CheckpointError(describe_error(err, url)) from None
-
-
-async def _body(r: Any, limit: int) -> bytes:
-    """An answer's body, refused past ``limit`` bytes: a server that sends more than was
-    asked (a hostile or broken one) costs no more memory than the request."""
-    out = bytearray()
-    while True:
-        piece = await r.content.read(min(1 << 20, limit + 1 - len(out)))
-        if not piece:
-            return bytes(out)
-        out += piece
-        if len(out) > limit:
-            raise ConnectionError("the server sent more bytes than were asked for")
-
-
-def _get_range(fs: Any, url: str, start: int, end: int, etag: str | None) -> bytes:
-    """The bytes ``[start, end)`` in one GET on fsspec's HTTP session: a 206 for exactly
-    that range (anything else is refused before its body is read), at most ``end - start``
-    bytes read, the ETag of the first answer required (``If-Match``: a change is a 412)."""
-    from fsspec.asyn import sync
-
-    async def get() -> bytes:
-        kwargs = dict(fs.kwargs)
-        headers = {**kwargs.pop("headers", {}), "Range": f"bytes={start}-{end - 1}"}
-        if etag:
-            headers["If-Match"] = etag
-        session = await fs.set_session()
-        async with session.get(fs.encode_url(url), headers=headers, **kwargs) as r:
-            r.raise_for_status()
-            m = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", "").strip())
-            if r.status != 206 or m is None or int(m.group(1)) != start:
-                raise _NoRanges()
-            return await _body(r, end - start)
-
-    return sync(fs.loop, get)
 
 
 class RemoteBuffer:

@@ -1,0 +1,130 @@
+"""Which library reads a URL, and its failures in one line: the fsspec filesystem for each
+scheme (``http(s)`` with aiohttp, ``s3`` s3fs, ``gs`` gcsfs, ``hf`` huggingface_hub), the
+timeout of HTTP, the words for a refused or failed request (naming the credential a
+refusal asks for), and the tries again of a transient failure."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.io.cancel import check_cancelled
+
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+# scheme -> (module fsspec needs, the extra that installs it)
+SCHEMES = {"http": ("aiohttp", None), "https": ("aiohttp", None),
+           "s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
+           "hf": ("huggingface_hub", None)}
+RETRIES = (0.2, 0.8, 2.0)  # seconds before each new try of a transient failure
+
+
+def scheme_of(url: str) -> str:
+    m = _URL.match(url)
+    return m.group(1).lower() if m else ""
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem for ``url`` and the path within it. Each library configures
+    itself as usual: for an S3-compatible store (MinIO, R2, moto) botocore reads
+    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, and fsspec ``FSSPEC_S3_ENDPOINT_URL``."""
+    scheme = scheme_of(url)
+    if scheme not in SCHEMES:
+        raise CheckpointError(f"{scheme}:// URLs are not supported (http, https, s3, gs, hf)")
+    module, extra = SCHEMES[scheme]
+    try:
+        import fsspec
+
+        __import__(module)
+        if scheme in ("http", "https"):  # a server that stops answering fails, in time
+            import aiohttp
+
+            wait = timeout_s()
+            return fsspec.core.url_to_fs(url, client_kwargs={"timeout": aiohttp.ClientTimeout(
+                total=None, sock_connect=wait, sock_read=wait)})
+        if module == "gcsfs" and os.environ.get("STORAGE_EMULATOR_HOST", "default") != "default":
+            return _emulated_gcs(url)
+        return fsspec.core.url_to_fs(url)
+    except ImportError:
+        how = f"pip install 'ckpt-inspector[{extra}]'" if extra else f"pip install {module}"
+        raise CheckpointError(f"{scheme}:// needs the {module} package: {how}") from None
+
+
+def _emulated_gcs(url: str) -> tuple[Any, str]:
+    """gcsfs against a GCS emulator (``STORAGE_EMULATOR_HOST``: fake-gcs-server, the tests'
+    fake): the plain JSON-API filesystem, whose every request goes to that host. gcsfs's
+    default class first asks a gRPC control plane for the bucket's layout (over TLS, which
+    an emulator does not speak: a minute lost per open), and its credential chain would ask
+    Google's metadata server; so credentials are anonymous unless the user names some
+    (``GOOGLE_APPLICATION_CREDENTIALS``, or fsspec's ``FSSPEC_GCS_TOKEN``)."""
+    import fsspec.config
+    import gcsfs.core
+
+    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or any(
+        "token" in fsspec.config.conf.get(p, {}) for p in ("gs", "gcs"))
+    fs = gcsfs.core.GCSFileSystem(**({} if named else {"token": "anon"}))
+    return fs, fs._strip_protocol(url)
+
+
+def timeout_s() -> float:
+    """Seconds to wait for a connection or for the next bytes of an answer (HTTP):
+    ``CKPT_INSPECTOR_TIMEOUT``, 60 by default."""
+    try:
+        return max(float(os.environ.get("CKPT_INSPECTOR_TIMEOUT", "60")), 0.1)
+    except ValueError:
+        return 60.0
+
+
+def describe_error(err: BaseException, url: str) -> str:
+    """One line for a failed request, naming the credential a refusal asks for."""
+    status = getattr(err, "status", None) or getattr(err, "code", None)
+    scheme = scheme_of(url)
+    if isinstance(err, FileNotFoundError) or status == 404:
+        if scheme in ("s3", "gs", "gcs") and re.search(
+                r"bucket does not exist|nosuchbucket", str(err).lower()):
+            return "no such bucket (404)"  # s3fs: "The specified bucket does not exist"
+        return "no such file at that URL (404)"
+    if isinstance(err, PermissionError) or status in (401, 403) or (
+            isinstance(err, OSError) and str(err).startswith("Forbidden")):  # gcsfs's 403
+        who = {"hf": "a Hugging Face token (HF_TOKEN or `hf auth login`)",
+               "s3": "AWS credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, or the instance role)",
+               "gs": "Google credentials (GOOGLE_APPLICATION_CREDENTIALS or gcloud auth)",
+               }.get("gs" if scheme == "gcs" else scheme, "credentials the server accepts")
+        return f"access denied ({status or 'forbidden'}): it needs {who}"
+    if status == 412 or type(err).__name__ == "FileExpired":  # s3fs's If-Match refusal
+        return "the file changed on the server while it was being read"
+    if isinstance(err, TimeoutError) or "timeout" in type(err).__name__.lower():
+        return "the server did not answer in time"
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if "range" in text.lower():
+        return "the server does not answer byte-range requests: download the file first"
+    return f"cannot read the URL: {text[:200]}"
+
+
+def _transient(err: BaseException) -> bool:
+    status = getattr(err, "status", None) or getattr(err, "code", None)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    # a dropped connection is tried again; a server that did not answer in time is not
+    # (each try would wait the whole timeout again)
+    return (isinstance(err, ConnectionError) and not isinstance(err, TimeoutError)) or \
+        type(err).__name__ in ("ServerDisconnectedError", "ClientOSError", "ClientPayloadError")
+
+
+def with_retries(call: Callable[[], Any], url: str) -> Any:
+    for delay in (*RETRIES, None):
+        try:
+            return call()
+        except CheckpointError:
+            raise
+        except Exception as err:  # every library raises its own kinds
+            if delay is None or not _transient(err):
+                raise CheckpointError(describe_error(err, url)) from None
+            time.sleep(delay)
+            check_cancelled()
+    raise AssertionError("unreachable")
+
+
