@@ -180,3 +180,21 @@ def test_a_zstd_compressed_item_is_inflated_over_http(torch, tmp_path):
         w = {key_of(p): n.tensor for p, n in ckpt.tensors()}["w"]
         assert w.problem is None
         assert np.array_equal(to_numpy(w), np.arange(4096.0, dtype=np.float32).reshape(64, 64))
+
+
+@pytest.mark.parametrize("fault", ["forbidden", "dropped"])
+def test_a_distcp_that_cannot_be_read_is_never_called_safe(two_ranks, fault):
+    """What a file that did not read would run is unknown: the verdict says so (it was
+    'safe' while its tensors showed damaged)."""
+    from ckpt_inspector.core.scan import scan
+
+    name = "__1_0.distcp"
+    with RangeServer(two_ranks) as rs:
+        if fault == "forbidden":
+            rs.fail_first = {name: [403] * 20}
+        else:
+            rs.drop_after_bytes = {name: 100}
+        ckpt = open_checkpoint(rs.url(".metadata"))
+    report = scan(ckpt)
+    assert report.verdict != "safe", (fault, ckpt.warnings)
+    assert any(f.file == name for f in report.findings)

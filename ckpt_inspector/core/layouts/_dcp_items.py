@@ -139,7 +139,10 @@ class Files:
         part, root, err = got
         if part is not None:
             self.union.absorb(rel, part)
-        if err is not None:
+        if err is not None:  # its pickles were not all read: the verdict cannot be safe
+            ckpt.findings.append(Finding(
+                NEEDS_TRUST, "unreadable-item", f"{fqn!r} in {rel} cannot be read: {err}; "
+                "what loading it would run is unknown", file=rel))
             raise err
         assert root is not None
         return root
@@ -155,6 +158,9 @@ class Files:
         if rel not in self.seen:
             self.union.ckpt.warnings.append(f"{rel} cannot be read ({err}): its entries are "
                                             "shown damaged")
+            self.union.ckpt.findings.append(Finding(
+                NEEDS_TRUST, "unreadable-file", f"{rel} cannot be read: {err}; what loading "
+                "it would run is unknown", file=rel))
         self.seen[rel] = str(err)
         raise CheckpointError(f"its file {rel} cannot be read: {err}")
 
