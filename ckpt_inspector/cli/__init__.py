@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return launch_app(argv)
     parser = _parser(argv[0])
     args = parser.parse_args(argv)
+    _hide_credentials(args)
     handler = COMMANDS[args.command]
     for stream in (sys.stdout, sys.stderr):  # a file's names may hold lone surrogates
         if hasattr(stream, "reconfigure"):
@@ -77,6 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except KeyboardInterrupt:
         return interrupted(args.command)
+
+
+def _hide_credentials(args: argparse.Namespace) -> None:
+    """URLs given with ``user:pass@`` are used with them but shown (in every message and
+    JSON output) without them."""
+    from ckpt_inspector.core.io.urls import redact
+
+    for name, value in vars(args).items():
+        if isinstance(value, str) and "@" in value:
+            setattr(args, name, redact(value))
+        elif isinstance(value, list) and any(isinstance(v, str) and "@" in v for v in value):
+            setattr(args, name, [redact(v) if isinstance(v, str) else v for v in value])
 
 
 def _global_options(argv: list[str]) -> list[str]:

@@ -371,3 +371,13 @@ def test_a_server_that_sends_more_than_asked_is_refused_in_bounded_memory(files)
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_credentials_in_a_url_are_used_but_never_shown(server):
+    url = server.url("many.pt").replace("http://", "http://someone:s3cret@")
+    for args in (("info", "--json", url), ("info", url), ("scan", "--json", url),
+                 ("info", url.replace("many.pt", "nothing.pt"))):
+        proc = run_cli(*args)
+        assert "s3cret" not in proc.stdout + proc.stderr, args
+    assert json.loads(run_cli("info", "--json", url).stdout)["path"].startswith(
+        "http://***@127.0.0.1")

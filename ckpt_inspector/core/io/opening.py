@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 
 from ckpt_inspector.core.io.source import LocalSource, Source
+from ckpt_inspector.core.io.urls import is_url
+
+__all__ = ["is_url", "open_source"]
 
 
 def open_source(path: str | os.PathLike[str]) -> Source:
@@ -15,12 +18,3 @@ def open_source(path: str | os.PathLike[str]) -> Source:
 
         return RemoteSource(os.fspath(path))
     return LocalSource(path)
-
-
-def is_url(path: object) -> bool:
-    """``scheme://…`` (a Windows path such as ``C:\\x`` has no ``//``)."""
-    if not isinstance(path, str):
-        return False
-    scheme, sep, _rest = path.partition("://")
-    return bool(sep) and scheme.isascii() and scheme[:1].isalpha() and \
-        all(c.isalnum() or c in "+.-" for c in scheme)

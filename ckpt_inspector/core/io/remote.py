@@ -31,6 +31,7 @@ from ckpt_inspector.core.io.remote_fs import (
     with_retries,
 )
 from ckpt_inspector.core.io.source import BufferReader, Source
+from ckpt_inspector.core.io.urls import redact
 from ckpt_inspector.core.tensors import DataSource
 
 BLOCK = 64 << 10  # structure is small and clustered: a 64 KiB block, merged into runs
@@ -281,6 +282,7 @@ class RemoteSource(Source):
     """A checkpoint file at a URL."""
 
     def __init__(self, url: str):
+        url = redact(url)  # its name is shown: never with the credentials the URL carries
         super().__init__(url)
         self.file = RemoteFile(url)
         self._buffer = RemoteBuffer(self.file)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io.cancel import check_cancelled
+from ckpt_inspector.core.io.urls import unredact
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 # scheme -> (module fsspec needs, the extra that installs it)
@@ -31,6 +32,7 @@ def filesystem(url: str) -> tuple[Any, str]:
     """The fsspec filesystem for ``url`` and the path within it. Each library configures
     itself as usual: for an S3-compatible store (MinIO, R2, moto) botocore reads
     ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, and fsspec ``FSSPEC_S3_ENDPOINT_URL``."""
+    url = unredact(url)  # what is shown hides the credentials; the request carries them
     scheme = scheme_of(url)
     if scheme not in SCHEMES:
         raise CheckpointError(f"{scheme}:// URLs are not supported (http, https, s3, gs, hf)")

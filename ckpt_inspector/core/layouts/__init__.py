@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ckpt_inspector.core import formats
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.io.opening import is_url
+from ckpt_inspector.core.io.urls import is_url, redact
 from ckpt_inspector.core.tree import Checkpoint
 
 
@@ -75,6 +75,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """
     path = os.fspath(path)
     if is_url(path):  # the layouts that read a URL, else one remote file
+        path = redact(path)  # shown without its credentials, requested with them
         layout = next((lay for lay in layouts() if lay.remote and lay.detect(path)), None)
         return layout.open(path) if layout is not None else formats.open_checkpoint(path)
     try:
