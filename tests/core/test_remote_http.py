@@ -381,3 +381,31 @@ def test_credentials_in_a_url_are_used_but_never_shown(server):
         assert "s3cret" not in proc.stdout + proc.stderr, args
     assert json.loads(run_cli("info", "--json", url).stdout)["path"].startswith(
         "http://***@127.0.0.1")
+
+
+def test_a_sharded_model_on_a_server_without_ranges_fails_in_one_line(sharded, tmp_path):
+    """The server's failure is the model's: exit 3, not every shard shown damaged."""
+    import shutil
+
+    from shards import save_sharded, state_dict
+
+    folder = tmp_path / "big"
+    save_sharded(torch_module(), folder, state_dict(torch_module()), shards=2)
+    for shard in folder.glob("*.safetensors"):  # past what one suffix read holds
+        data = shard.read_bytes()
+        shutil.copy(shard, shard.with_suffix(".tmp"))
+        shard.write_bytes(data)
+    with RangeServer(folder) as rs:
+        rs.ignore_range = {p.name for p in folder.glob("*.safetensors")}
+        big = bytes(300_000)
+        for shard in folder.glob("*.safetensors"):
+            rs.put(shard.name, shard.read_bytes() + big)
+        proc = run_cli("info", rs.url("model.safetensors.index.json"))
+    assert proc.returncode == 3 and "byte-range" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def torch_module():
+    import torch
+
+    return torch

@@ -109,7 +109,7 @@ def bucket(s3server, tmp_path_factory, torch):
     marker = folder.parent / "s3-marker"
     (folder / "evil.pkl").write_bytes(payload(marker))
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    fs.mkdir(BUCKET)
+    fs.makedirs(BUCKET, exist_ok=True)  # other modules use the same server
     for name in ("m.safetensors", "many.pt", "evil.pkl"):
         fs.put_file(str(folder / name), f"{BUCKET}/{name}")
     return log, folder, {**small, **many}, marker

@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.io.remote_fs import describe_error
+from ckpt_inspector.core.io.remote_fs import ServerError, describe_error
 
 TAIL = 128 << 10  # more than a zip's end record search (64 KiB + 22) and a typical directory
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
@@ -61,7 +60,7 @@ def probe(fs: Any, url: str, known: tuple[int, str, tuple[int, bytes]] | None = 
     try:
         return sync(fs.loop, ask)
     except _NoRanges as err:
-        raise CheckpointError(describe_error(err, url)) from None
+        raise ServerError(describe_error(err, url)) from None
 
 
 async def _body(r: Any, limit: int) -> bytes:

@@ -53,9 +53,9 @@ def _listing(folder: str) -> dict[str, dict[str, Any]] | None:
         except (FileNotFoundError, NotADirectoryError):
             entries = None
         except Exception as err:  # the library's own errors: a refusal, a timeout
-            from ckpt_inspector.core.io.remote_fs import describe_error
+            from ckpt_inspector.core.io.remote_fs import failure
 
-            raise CheckpointError(describe_error(err, folder)) from None
+            raise failure(err, folder) from None
         if entries is not None:
             listing = {posixpath.basename(e["name"].rstrip("/")): e for e in entries}
     with _lock:

@@ -100,7 +100,13 @@ def describe_error(err: BaseException, url: str) -> str:
         return "the file changed on the server while it was being read"
     if isinstance(err, TimeoutError) or "timeout" in type(err).__name__.lower():
         return "the server did not answer in time"
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    kind = type(err).__name__
+    if kind in ("ClientPayloadError", "ContentLengthError", "ServerDisconnectedError") or \
+            "dropped" in str(err):
+        return "the connection dropped in the middle of an answer (each try alike)"
+    if kind in ("ClientConnectorError", "ClientConnectorDNSError", "ConnectionRefusedError"):
+        return f"cannot connect to the server: {str(err).splitlines()[0][:160]}"
+    text = str(err).splitlines()[0] if str(err) else kind
     if "range" in text.lower():
         return "the server does not answer byte-range requests: download the file first"
     return f"cannot read the URL: {text[:200]}"
@@ -116,6 +122,23 @@ def _transient(err: BaseException) -> bool:
         type(err).__name__ in ("ServerDisconnectedError", "ClientOSError", "ClientPayloadError")
 
 
+class ServerError(CheckpointError):
+    """A failure of the server rather than of one file: no byte ranges, a refusal of the
+    credentials, no answer in time, errors that trying again did not cure. A model made of
+    several files stops on it (each file would fail alike) instead of showing every file
+    damaged."""
+
+
+def failure(err: BaseException, url: str) -> CheckpointError:
+    """The one-line error for a failed request: a missing or changed file is that file's
+    problem; anything else is the server's (:class:`ServerError`)."""
+    status = getattr(err, "status", None) or getattr(err, "code", None)
+    message = describe_error(err, url)
+    if isinstance(err, FileNotFoundError) or status in (404, 412) or "changed" in message:
+        return CheckpointError(message)
+    return ServerError(message)
+
+
 def with_retries(call: Callable[[], Any], url: str) -> Any:
     for delay in (*RETRIES, None):
         try:
@@ -124,7 +147,7 @@ def with_retries(call: Callable[[], Any], url: str) -> Any:
             raise
         except Exception as err:  # every library raises its own kinds
             if delay is None or not _transient(err):
-                raise CheckpointError(describe_error(err, url)) from None
+                raise failure(err, url) from None
             time.sleep(delay)
             check_cancelled()
     raise AssertionError("unreachable")

@@ -25,6 +25,7 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
 from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.io.opening import is_url
+from ckpt_inspector.core.io.remote_fs import ServerError
 from ckpt_inspector.core.layouts import _dcp_transforms as _transforms
 from ckpt_inspector.core.layouts._union import Union, file_size
 from ckpt_inspector.core.tensors import DataSource
@@ -126,6 +127,8 @@ class Files:
             raise CheckpointError(f"{METADATA} puts it outside the folder ({rel})")
         if self.remote:
             src, parsed = self._remote(rel)
+            if isinstance(src, ServerError):
+                raise src  # the server's failure, not this file's: the others fail alike
             if isinstance(src, CheckpointError):
                 self._unreadable(rel, src)
             self.seen.setdefault(rel, None)
@@ -139,6 +142,8 @@ class Files:
         part, root, err = got
         if part is not None:
             self.union.absorb(rel, part)
+        if isinstance(err, ServerError):
+            raise err
         if err is not None:  # its pickles were not all read: the verdict cannot be safe
             ckpt.findings.append(Finding(
                 NEEDS_TRUST, "unreadable-item", f"{fqn!r} in {rel} cannot be read: {err}; "

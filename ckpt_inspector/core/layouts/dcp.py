@@ -43,6 +43,7 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import Finding
 from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.io.opening import is_url
+from ckpt_inspector.core.io.remote_fs import ServerError
 from ckpt_inspector.core.layouts._dcp_items import METADATA, Files, Item
 from ckpt_inspector.core.layouts._stitch import StitchedSource, tiling_problem
 from ckpt_inspector.core.layouts._union import Union, file_size
@@ -233,6 +234,8 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
             try:
                 node = _tensor(reader, entry) if entry.kind == "tensor" else \
                     _bytes(reader, entry)
+            except ServerError:
+                raise  # the server's failure: every entry would fail alike
             except CheckpointError as err:
                 node = _damaged(entry, str(err))
             union.put(entry.fqn, node, node.tensor.file if node.tensor and node.tensor.file

@@ -35,6 +35,7 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import DANGEROUS, Finding
 from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.io.opening import is_url
+from ckpt_inspector.core.io.remote_fs import ServerError
 from ckpt_inspector.core.layouts._union import Union, file_size, read_file
 from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import Checkpoint
@@ -240,6 +241,8 @@ def _read_shard(union: Union, folder: str, rel: str, keys: list[str] | None,
         return
     try:
         part = read.result() if read is not None else read_file(full)
+    except ServerError:
+        raise  # the server's failure, not this file's: every shard would fail alike
     except CheckpointError as err:
         union.add_file(rel, file_size(full), err.partial.format if err.partial else None,
                        problem=str(err))
