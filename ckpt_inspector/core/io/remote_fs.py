@@ -47,27 +47,34 @@ def filesystem(url: str) -> tuple[Any, str]:
             wait = timeout_s()
             return fsspec.core.url_to_fs(url, client_kwargs={"timeout": aiohttp.ClientTimeout(
                 total=None, sock_connect=wait, sock_read=wait)})
-        if module == "gcsfs" and os.environ.get("STORAGE_EMULATOR_HOST", "default") != "default":
-            return _emulated_gcs(url)
+        if module == "gcsfs":
+            return _gcs(url)
         return fsspec.core.url_to_fs(url)
     except ImportError:
         how = f"pip install 'ckpt-inspector[{extra}]'" if extra else f"pip install {module}"
         raise CheckpointError(f"{scheme}:// needs the {module} package: {how}") from None
 
 
-def _emulated_gcs(url: str) -> tuple[Any, str]:
-    """gcsfs against a GCS emulator (``STORAGE_EMULATOR_HOST``: fake-gcs-server, the tests'
-    fake): the plain JSON-API filesystem, whose every request goes to that host. gcsfs's
-    default class first asks a gRPC control plane for the bucket's layout (over TLS, which
-    an emulator does not speak: a minute lost per open), and its credential chain would ask
-    Google's metadata server; so credentials are anonymous unless the user names some
-    (``GOOGLE_APPLICATION_CREDENTIALS``, or fsspec's ``FSSPEC_GCS_TOKEN``)."""
+def _gcs(url: str) -> tuple[Any, str]:
+    """gcsfs's plain JSON-API filesystem. Its default class first asks a gRPC control
+    plane for each bucket's layout (a minute lost where it cannot be reached, and pages of
+    warnings), which reading objects by range does not need. Against an emulator
+    (``STORAGE_EMULATOR_HOST``: fake-gcs-server, the tests' fake) every request goes to
+    that host and credentials are anonymous unless the user names some
+    (``GOOGLE_APPLICATION_CREDENTIALS``, or fsspec's ``FSSPEC_GCS_TOKEN``); elsewhere
+    Google's own credential chain applies. The libraries' log lines stay out of the one
+    line an error is."""
+    import logging
+
     import fsspec.config
     import gcsfs.core
 
+    for name in ("gcsfs", "google", "google.auth", "google.api_core"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    emulated = os.environ.get("STORAGE_EMULATOR_HOST", "default") != "default"
     named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or any(
         "token" in fsspec.config.conf.get(p, {}) for p in ("gs", "gcs"))
-    fs = gcsfs.core.GCSFileSystem(**({} if named else {"token": "anon"}))
+    fs = gcsfs.core.GCSFileSystem(**({"token": "anon"} if emulated and not named else {}))
     return fs, fs._strip_protocol(url)
 
 
