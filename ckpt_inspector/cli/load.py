@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from ckpt_inspector.cli._errors import EXIT_OK, report, usage
+from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, report, usage
 from ckpt_inspector.core.gcpause import bulk_allocation
 from ckpt_inspector.core.summary import counted, human_bytes
 
@@ -51,7 +51,10 @@ def cmd_load(args: argparse.Namespace) -> int:
               f"{human_bytes(result['nbytes'])} on {', '.join(result['devices']) or args.device}"
               f" in {result['seconds']:.2f} s ({result['mode']})")
         _warn(args.path, result)
-    return EXIT_OK
+    # loaded without running anything, but a script chaining on the exit status must not
+    # go on as if the file were fine (as scan and a refused load say 1)
+    assembled = "no code ran" in str(result.get("mode", ""))
+    return EXIT_NOT_SAFE if assembled and result.get("verdict") == "dangerous" else EXIT_OK
 
 
 def _warn(path: str, result: dict[str, Any]) -> None:

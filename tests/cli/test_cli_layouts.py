@@ -200,14 +200,14 @@ def test_scan_of_a_folder_with_a_missing_shard_is_not_clean(model, tmp_path, ext
 
 
 def test_load_of_a_dangerous_folder_says_so(model, torch, tmp_path):
-    """load assembles a dangerous folder without running it (exit 0), and says on stderr
-    that the verdict is dangerous and which entry it left out."""
+    """load assembles a dangerous folder without running it, says on stderr that the
+    verdict is dangerous and which entry it left out, and exits 1 (not safe)."""
     folder = tmp_path / "bad"
     shutil.copytree(model[0] / "bin", folder)
     marker = tmp_path / "PWNED-marker"
     marker_payload(torch, folder / "pytorch_model-00003-of-00003.bin", marker)
     proc = run_cli("load", str(folder))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     assert "verdict is dangerous" in proc.stderr
     assert "left out: 'model.extra'" in proc.stderr
     assert f"{len(model[1])} tensors," in proc.stdout

@@ -409,3 +409,9 @@ def torch_module():
     import torch
 
     return torch
+
+
+def test_load_of_a_dangerous_url_exits_1_though_nothing_ran(server, files):
+    proc = run_cli("load", server.url("evil.pkl"))
+    assert proc.returncode == 1 and "dangerous" in proc.stderr
+    assert not files[3].exists()
