@@ -116,8 +116,11 @@ class _Interrupts:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ckpt_inspector.core.io.urls import is_url
     from ckpt_inspector.core.ops.export.request import ExportRequest, run_export
 
+    if is_url(args.output):  # a remote file is never written
+        return usage("the output is written to a local path: ckpt-inspector writes no URL")
     try:
         request = ExportRequest.from_args(args)
     except ExportUsageError as err:

@@ -415,3 +415,9 @@ def test_load_of_a_dangerous_url_exits_1_though_nothing_ran(server, files):
     proc = run_cli("load", server.url("evil.pkl"))
     assert proc.returncode == 1 and "dangerous" in proc.stderr
     assert not files[3].exists()
+
+
+def test_an_export_to_a_url_is_a_usage_error(files):
+    proc = run_cli("export", str(files[0] / "many.pt"), "--to", "safetensors", "-o",
+                   "http://127.0.0.1:9/out.safetensors")
+    assert proc.returncode == 2 and "writes no URL" in proc.stderr

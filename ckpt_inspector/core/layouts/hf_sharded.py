@@ -288,4 +288,6 @@ def _config(ckpt: Checkpoint, folder: str) -> None:
     try:
         ckpt.metadata["config"] = _json(path, CONFIG)
     except (CheckpointError, OSError) as err:
+        if is_url(path) and "(404)" in str(err):
+            return  # over HTTP nothing lists the folder: it is simply not there
         ckpt.warnings.append(f"{CONFIG} cannot be read: {err}")
