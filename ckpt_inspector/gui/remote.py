@@ -60,5 +60,9 @@ def transfer_text(ckpt: Any) -> str:
     if counts is None:
         return ""
     n = int(counts.get("requests", 0))
-    return (f"read {human_bytes(int(counts.get('bytes', 0)))} in {n:,} "
-            f"request{'s' if n != 1 else ''} of {human_bytes(int(counts.get('size', 0)))}")
+    got, size = int(counts.get("bytes", 0)), int(counts.get("size", 0))
+    if got == 0 and n and size:  # the server said the disk cache's copy is current
+        return (f"structure from the disk cache ({n:,} request{'s' if n != 1 else ''} to "
+                f"check it) of {human_bytes(size)}")
+    return (f"read {human_bytes(got)} in {n:,} "
+            f"request{'s' if n != 1 else ''} of {human_bytes(size)}")
