@@ -406,3 +406,19 @@ def pt2_file(torch, files):
     path = files / "tiny.pt2"
     torch.export.save(program, str(path))
     return path, program
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """Nothing may reach another address than 127.0.0.1 (the remote tests: no AWS, no
+    Google endpoint or metadata server, no Hub): a connection elsewhere fails the test."""
+    import socket
+
+    real = socket.socket.connect
+
+    def connect(self, address):
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost"):
+            raise AssertionError(f"a test tried to reach {address}")
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,16 +17,7 @@ DATA = os.urandom(300_000)
 SMALL = bytes(range(256)) * 4  # 1024 bytes
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any connection to an address other than 127.0.0.1 fails the test."""
-    real = socket.socket.connect
-
-    def connect(self: socket.socket, address: object) -> None:
-        assert isinstance(address, tuple) and address[0] == "127.0.0.1", address
-        real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+pytestmark = pytest.mark.usefixtures("loopback_only")  # tests/conftest.py
 
 
 # urllib without proxies from the environment: requests go straight to 127.0.0.1

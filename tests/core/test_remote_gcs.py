@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -26,18 +25,7 @@ MIB = 1 << 20
 BUCKET = "ckpts"
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Nothing here may reach another address than 127.0.0.1 (no Google endpoint, no
-    metadata server at 169.254.169.254, no oauth2.googleapis.com)."""
-    real = socket.socket.connect
-
-    def connect(self, address):
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost"):
-            raise AssertionError(f"a test tried to reach {address}")
-        return real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+pytestmark = pytest.mark.usefixtures("loopback_only")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

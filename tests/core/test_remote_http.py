@@ -23,17 +23,7 @@ from support import payload, run_cli
 MIB = 1 << 20
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Nothing here may reach another address than 127.0.0.1."""
-    real = socket.socket.connect
-
-    def connect(self, address):
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost"):
-            raise AssertionError(f"a test tried to reach {address}")
-        return real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+pytestmark = pytest.mark.usefixtures("loopback_only")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

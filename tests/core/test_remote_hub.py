@@ -6,7 +6,6 @@ from the bytes read."""
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -21,18 +20,7 @@ from ckpt_inspector.core.tree import key_of
 from fakehub import FakeHub, Repo
 from support import payload, run_cli
 
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Nothing here may reach another address than 127.0.0.1."""
-    real = socket.socket.connect
-
-    def connect(self, address):
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost"):
-            raise AssertionError(f"a test tried to reach {address}")
-        return real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+pytestmark = pytest.mark.usefixtures("loopback_only")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import sys
 
 import numpy as np
@@ -49,17 +48,7 @@ class RequestLog(logging.Handler):
         return [r for r in self.seen if r[1] == path or r[1].startswith(path + "?")]
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Nothing here may reach another address than 127.0.0.1 (no AWS, no instance role)."""
-    real = socket.socket.connect
-
-    def connect(self, address):
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost"):
-            raise AssertionError(f"a test tried to reach {address}")
-        return real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+pytestmark = pytest.mark.usefixtures("loopback_only")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ concurrently, the flat fp32 partitions fetched by range; requests counted from t
 from __future__ import annotations
 
 import shutil
-import socket
 
 import numpy as np
 import pytest
@@ -29,17 +28,7 @@ TAG = zero_files.TAG
 CASES = [(2, 3), (3, 2)]  # stage 2 over 3 ranks (fp32); stage 3 over 2 ranks (bf16_ files)
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Nothing here may reach another address than 127.0.0.1."""
-    real = socket.socket.connect
-
-    def connect(self, address):
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost"):
-            raise AssertionError(f"a test tried to reach {address}")
-        return real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+pytestmark = pytest.mark.usefixtures("loopback_only")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
