@@ -429,6 +429,19 @@ class MainWindow(QMainWindow):
     # -- status, title, misc -------------------------------------------------------------------
     def _tasks_changed(self) -> None:
         show_tasks(self, self.runner.tasks)
+        view = self.current_view()
+        if view is not None and view.file is not None and is_url(view.path):
+            self.file_label.setText(self._status_text(view))  # what it has fetched so far
+
+    @staticmethod
+    def _status_text(view: CheckpointView) -> str:
+        f = view.file
+        n = f.totals["tensors"]
+        text = (f"{f.ckpt.format} · {n:,} tensor{'s' if n != 1 else ''} · "
+                f"{human_bytes(f.totals['nbytes'])} · {VERDICT_WORDS[f.report.verdict]} · "
+                f"read in {f.seconds * 1000:,.0f} ms")
+        remote = transfer_text(f.ckpt)
+        return f"{text} · {remote}" if remote else text
 
     def _tab_widgets(self) -> list[QWidget]:
         return [self.tabs.widget(i) for i in range(self.tabs.count())]
@@ -444,14 +457,7 @@ class MainWindow(QMainWindow):
             self.setWindowTitle(f"{diff.title} — ckpt-inspector")
             text = diff.status_text()
         if view is not None and view.file is not None:
-            f = view.file
-            n = f.totals["tensors"]
-            text = (f"{f.ckpt.format} · {n:,} tensor{'s' if n != 1 else ''} · "
-                    f"{human_bytes(f.totals['nbytes'])} · {VERDICT_WORDS[f.report.verdict]} · "
-                    f"read in {f.seconds * 1000:,.0f} ms")
-            remote = transfer_text(f.ckpt)
-            if remote:
-                text += f" · {remote}"
+            text = self._status_text(view)
         self.file_label.setText(text)
         if view is not None:
             self.browser.show_file("" if is_url(view.path) else view.path)

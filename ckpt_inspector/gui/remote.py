@@ -48,10 +48,19 @@ def normalize(path: str) -> str:
 
 
 def transfer_counts(ckpt: Any) -> dict[str, int] | None:
-    """``{"size", "requests", "bytes"}`` of a remote checkpoint (read by the core when it
-    read the structure), or None for a local one."""
+    """``{"size", "requests", "bytes"}`` of a remote checkpoint: what its files have taken
+    so far (tensor data fetched for statistics and plots included), else what reading the
+    structure took; None for a local one."""
     remote = getattr(ckpt, "metadata", {}).get("remote")
-    return remote if isinstance(remote, dict) else None
+    if not isinstance(remote, dict):
+        return None
+    from ckpt_inspector.core.io.paths import dirname, names_a_file
+    from ckpt_inspector.core.io.remote import live_counts
+
+    path = str(getattr(ckpt, "path", ""))
+    several = bool(getattr(ckpt, "files", None))
+    live = live_counts(dirname(path) if several and names_a_file(path) else path)
+    return live if live and live["requests"] >= remote.get("requests", 0) else remote
 
 
 def transfer_text(ckpt: Any) -> str:

@@ -411,3 +411,18 @@ def test_an_export_to_a_url_is_a_usage_error(files):
     proc = run_cli("export", str(files[0] / "many.pt"), "--to", "safetensors", "-o",
                    "http://127.0.0.1:9/out.safetensors")
     assert proc.returncode == 2 and "writes no URL" in proc.stderr
+
+
+def test_live_counts_include_the_tensor_data_fetched_later(server, files):
+    """What the window's status bar shows: the structure, then each tensor fetched."""
+    from ckpt_inspector.core.io.remote import live_counts
+
+    url = server.url("m.safetensors")
+    ckpt = open_checkpoint(url)
+    before = live_counts(url)
+    assert before["requests"] == ckpt.metadata["remote"]["requests"]
+    node = {key_of(p): n for p, n in ckpt.tensors()}["head.weight"]
+    to_numpy(node.tensor)
+    after = live_counts(url)
+    assert after["requests"] == before["requests"] + 1
+    assert after["bytes"] == before["bytes"] + node.tensor.nbytes

@@ -17,6 +17,7 @@ while it is read fails with one line instead of mixing two versions. Transient f
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,19 @@ HEAD_BLOCKS = 4  # the first read of a file's start takes 256 KiB: a safetensors
 MAX_CACHED = 512  # blocks kept (32 MiB); a pickle of many records stays cached whole
 PIECE = 8 << 20  # tensor data is fetched in pieces of this size
 MAX_WHOLE = 256 << 20  # a bare pickle (no zip) is fetched whole, up to this
+
+
+_live: weakref.WeakValueDictionary[str, Transfer] = weakref.WeakValueDictionary()
+
+
+def live_counts(url: str) -> dict[str, int] | None:
+    """What the files at ``url`` (a file's URL, or a folder's: the files under it) have
+    taken so far, structure and tensor data alike, while they are open; None if none is."""
+    prefix = url.rstrip("/") + "/"
+    found = [t for key, t in list(_live.items()) if key == url or key.startswith(prefix)]
+    if not found:
+        return None
+    return {k: sum(getattr(t, k) for t in found) for k in ("size", "requests", "bytes")}
 
 
 @dataclass
@@ -74,6 +88,7 @@ class RemoteFile:
         check_cancelled()
         self.fs, self.path = filesystem(url)
         self.transfer = Transfer()
+        _live[url] = self.transfer  # for as long as the file is open
         self.tail: tuple[int, bytes] = (0, b"")  # (offset, bytes) the first request gave
         self.cache = remote_cache.entry_for(url)  # structure kept on disk (None: not kept)
         self._lock = threading.Lock()
