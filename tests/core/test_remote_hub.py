@@ -42,6 +42,10 @@ def made(tmp_path_factory, torch):
 
     save_sharded(torch, folder / "sharded", state_dict(torch), shards=3)
     data["sharded"] = {p.name: p.read_bytes() for p in (folder / "sharded").iterdir()}
+    from gguf_files import write_gguf_split
+
+    write_gguf_split(folder / "splits")
+    data["splits"] = {p.name: p.read_bytes() for p in (folder / "splits").iterdir()}
     return folder, data, small, zipped, marker
 
 
@@ -59,6 +63,7 @@ def hub(made, monkeypatch, tmp_path):
         "owner/sharded": Repo(data["sharded"], lfs={n for n in data["sharded"]
                                                     if n.endswith(".safetensors")}),
         "owner/notes": Repo({"README.md": b"# nothing to load\n"}),
+        "owner/gguf": Repo(data["splits"], lfs=set(data["splits"])),
     }
     with FakeHub(repos) as fake:
         env = {"HF_ENDPOINT": fake.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "",
@@ -221,3 +226,12 @@ def test_the_fake_hub_lists_a_repository_as_hffilesystem_asks(hub):
     assert [(i.path, getattr(i, "size", None)) for i in infos] == [
         ("sub/m.pt", len(files["sub/m.pt"])), ("sub", None)]
     assert HfApi(endpoint=hub.endpoint).model_info("owner/repo").sha == sha
+
+
+def test_a_split_gguf_model_in_a_repository_opens_whole(hub, made):
+    folder = made[0] / "splits"
+    remote = open_checkpoint("hf://owner/gguf")
+    local = open_checkpoint(str(folder))
+    assert remote.format == local.format and remote.files and len(remote.files) == 3
+    assert listing(remote) == listing(local)
+    assert {f["path"] for f in remote.files} == {f["path"] for f in local.files}

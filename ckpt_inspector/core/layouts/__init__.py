@@ -36,7 +36,7 @@ def _layouts() -> tuple[Layout, ...]:
     return (Layout(hf_sharded.NAME, hf_sharded.detect, hf_sharded.open, remote=True),
             Layout(dcp.NAME, dcp.detect, dcp.open, remote=True),
             Layout(deepspeed.NAME, deepspeed.detect, deepspeed.open, remote=True),
-            Layout(gguf_split.NAME, gguf_split.detect, gguf_split.open))
+            Layout(gguf_split.NAME, gguf_split.detect, gguf_split.open, remote=True))
 
 
 LAYOUTS: tuple[Layout, ...] = ()

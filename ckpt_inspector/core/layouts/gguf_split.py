@@ -17,13 +17,14 @@ that says how many of the model's tensors are missing (from ``split.tensors.coun
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import Finding
+from ckpt_inspector.core.io import paths
+from ckpt_inspector.core.io.urls import is_url
 from ckpt_inspector.core.layouts._union import Union, file_size, read_file
 from ckpt_inspector.core.tree import Checkpoint
 
@@ -48,12 +49,14 @@ def split_sets(names: list[str]) -> list[list[str]]:
 
 
 def detect(path: str) -> bool:
-    return os.path.isdir(path) and bool(split_sets(os.listdir(path)))
+    if is_url(path) and paths.names_a_file(path):  # a split's URL: that split alone
+        return False
+    return paths.isdir(path) and bool(split_sets(paths.listdir(path)))
 
 
 def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(path)
     try:
-        sets = split_sets(os.listdir(path))
+        sets = split_sets(paths.listdir(path))
     except OSError as err:
         raise CheckpointError(f"cannot read the folder: {err}") from None
     if not sets:
@@ -79,8 +82,8 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
 
 
 def _read_split(union: Union, folder: str, rel: str) -> Checkpoint | None:
-    full = os.path.join(folder, rel)
-    if not os.path.isfile(full):
+    full = paths.join(folder, rel)
+    if not paths.isfile(full):
         union.add_file(rel, 0, None, problem="missing")
         return None
     try:
@@ -166,7 +169,7 @@ def _lost(union: Union, splits: list[str], read: dict[str, Checkpoint],
             ": their tensors are not shown"
     names = ", ".join(lost)
     for rel in lost:
-        missing = not os.path.isfile(os.path.join(ckpt.path, rel))
+        missing = not paths.isfile(paths.join(ckpt.path, rel))
         what = "is missing" if missing else "cannot be read"
         if missing:
             ckpt.warnings.append(f"{rel} is missing" + (count if len(lost) == 1 else ""))
