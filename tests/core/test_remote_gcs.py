@@ -12,7 +12,7 @@ import pytest
 from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io import paths
-from ckpt_inspector.core.io.remote_fs import describe_error
+from ckpt_inspector.core.io.remote_fs import _gcs_class, describe_error
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import key_of
@@ -41,12 +41,11 @@ def fake(tmp_path_factory):
         mp.setenv("NO_GCE_CHECK", "true")
         for name in ("GOOGLE_APPLICATION_CREDENTIALS", "FSSPEC_GCS_TOKEN", "FSSPEC_GS_TOKEN"):
             mp.delenv(name, raising=False)
-        gcsfs.GCSFileSystem.clear_instance_cache()
-        gcsfs.core.GCSFileSystem.clear_instance_cache()
+        _gcs_class().clear_instance_cache()
         try:
             yield gcs
         finally:
-            gcsfs.core.GCSFileSystem.clear_instance_cache()
+            _gcs_class().clear_instance_cache()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +85,7 @@ def listing(ckpt):
 
 def fresh():
     """Forget what gcsfs and the folder listings hold, so every open asks again."""
-    gcsfs.core.GCSFileSystem.clear_instance_cache()
+    _gcs_class().clear_instance_cache()
     with paths._lock:
         paths._listings.clear()
 
@@ -194,3 +193,41 @@ def test_an_object_replaced_while_read_fails_in_one_line(bucket):
     fake.put(BUCKET, "changing.safetensors", (folder / "m.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="changed"):
         to_numpy(node.tensor)
+
+
+def test_a_transient_failure_is_tried_again_a_few_times_not_gcsfs_six(bucket):
+    """gcsfs alone tries each request six times over about 35 seconds (a minute where
+    nothing answers); here a failure is tried again by ckpt-inspector's own few tries."""
+    fake = bucket[0]
+    fresh()
+    fake.clear()
+    fake.fail_first = {f"{BUCKET}/m.safetensors": [503, 500]}
+    try:
+        ckpt = open_checkpoint(url("m.safetensors"))
+    finally:
+        fake.fail_first = {}
+    assert len(list(ckpt.tensors())) == 41
+    failed = [r for r in fake.requests() if r.status >= 500]
+    assert len(failed) == 2, fake.requests()
+    fresh()
+    fake.clear()
+    fake.fail_first = {f"{BUCKET}/m.safetensors": [503] * 40}
+    try:
+        proc = run_cli("info", url("m.safetensors"))
+    finally:
+        fake.fail_first = {}
+    assert proc.returncode == 3 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    tries = [r for r in fake.requests() if r.route == "object"]
+    assert 1 < len(tries) <= 4, fake.requests()  # the first and three more, not 6 x 4
+
+
+def test_no_server_at_the_emulator_address_fails_at_once(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_cli("info", url("m.safetensors"),
+                   env={"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"})
+    assert proc.returncode == 3 and "cannot connect" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -47,15 +47,18 @@ def _listing(folder: str) -> dict[str, dict[str, Any]] | None:
 
     listing = None
     if scheme_of(folder) not in ("http", "https"):  # HTTP servers list nothing we can trust
-        fs, path = filesystem(folder)
-        try:
-            entries = fs.ls(path, detail=True)
-        except (FileNotFoundError, NotADirectoryError):
-            entries = None
-        except Exception as err:  # the library's own errors: a refusal, a timeout
-            from ckpt_inspector.core.io.remote_fs import failure
+        from ckpt_inspector.core.io.remote_fs import with_retries
 
-            raise failure(err, folder) from None
+        fs, path = filesystem(folder)
+
+        def ls() -> list[dict[str, Any]] | None:
+            try:
+                return fs.ls(path, detail=True)  # type: ignore[no-any-return]
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+
+        # the library's own errors: a refusal, a timeout; a 5xx tried again
+        entries = with_retries(ls, folder)
         if entries is not None:
             listing = {posixpath.basename(e["name"].rstrip("/")): e for e in entries}
     with _lock:

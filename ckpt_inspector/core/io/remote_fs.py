@@ -63,19 +63,36 @@ def _gcs(url: str) -> tuple[Any, str]:
     that host and credentials are anonymous unless the user names some
     (``GOOGLE_APPLICATION_CREDENTIALS``, or fsspec's ``FSSPEC_GCS_TOKEN``); elsewhere
     Google's own credential chain applies. The libraries' log lines stay out of the one
-    line an error is."""
+    line an error is. gcsfs's own tries again of every failed request (six, over about 35
+    seconds, even where nothing answers) are left to :func:`with_retries`."""
     import logging
 
     import fsspec.config
-    import gcsfs.core
 
     for name in ("gcsfs", "google", "google.auth", "google.api_core"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     emulated = os.environ.get("STORAGE_EMULATOR_HOST", "default") != "default"
     named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or any(
         "token" in fsspec.config.conf.get(p, {}) for p in ("gs", "gcs"))
-    fs = gcsfs.core.GCSFileSystem(**({"token": "anon"} if emulated and not named else {}))
+    fs = _gcs_class()(**({"token": "anon"} if emulated and not named else {}))
     return fs, fs._strip_protocol(url)
+
+
+_GCS_CLASS: Any = None
+
+
+def _gcs_class() -> Any:
+    """``GCSFileSystem`` whose requests are each tried once (its ``_request`` without the
+    ``retry_request`` decorator's six tries)."""
+    global _GCS_CLASS
+    if _GCS_CLASS is None:
+        import gcsfs.core
+        from gcsfs.retry import retry_request
+
+        base = gcsfs.core.GCSFileSystem
+        once = retry_request(retries=1)(base._request.__wrapped__)
+        _GCS_CLASS = type("OneTryGCSFileSystem", (base,), {"_request": once})
+    return _GCS_CLASS
 
 
 def timeout_s() -> float:
