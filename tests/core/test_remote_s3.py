@@ -199,3 +199,39 @@ def test_a_url_whose_library_is_missing_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "s3fs", None)
     with pytest.raises(CheckpointError, match=re.escape("pip install 'ckpt-inspector[s3]'")):
         filesystem("s3://b/k")
+
+
+def test_an_unavailable_store_is_tried_a_few_times_not_botocores_and_s3fs(s3server):
+    """botocore tries a failed request five times and s3fs a few more, each try again of
+    ours multiplying them (a dead endpoint took 12 s): here each request is tried once by
+    the libraries and three more times by ckpt-inspector, for a 503 as for no server."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Unavailable(BaseHTTPRequestHandler):
+        def _answer(self):
+            seen.append(self.command)
+            body = b"<Error><Code>SlowDown</Code><Message>Please reduce</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Unavailable) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        try:
+            proc = run_cli("info", f"s3://{BUCKET}/m.safetensors", env={
+                "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{httpd.server_address[1]}"})
+        finally:
+            httpd.shutdown()
+    assert proc.returncode == 3 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert 1 < len(seen) <= 4, seen

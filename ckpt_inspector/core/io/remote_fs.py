@@ -49,6 +49,10 @@ def filesystem(url: str) -> tuple[Any, str]:
                 total=None, sock_connect=wait, sock_read=wait)})
         if module == "gcsfs":
             return _gcs(url)
+        if module == "s3fs":
+            fs, path = fsspec.core.url_to_fs(url, **_s3_config())
+            fs.retries = 1  # s3fs's own tries again (five), left to with_retries
+            return fs, path
         return fsspec.core.url_to_fs(url)
     except ImportError:
         how = f"pip install 'ckpt-inspector[{extra}]'" if extra else f"pip install {module}"
@@ -95,6 +99,15 @@ def _gcs_class() -> Any:
     return _GCS_CLASS
 
 
+def _s3_config() -> dict[str, Any]:
+    """Each request tried once by botocore (which would otherwise try a connection that
+    fails five times, and s3fs five more: 12 s where nothing answers); :func:`with_retries`
+    tries again what is transient. A user's own ``AWS_MAX_ATTEMPTS`` is left to botocore."""
+    if os.environ.get("AWS_MAX_ATTEMPTS"):
+        return {}
+    return {"config_kwargs": {"retries": {"max_attempts": 1}}}
+
+
 def timeout_s() -> float:
     """Seconds to wait for a connection or for the next bytes of an answer (HTTP):
     ``CKPT_INSPECTOR_TIMEOUT``, 60 by default."""
@@ -128,7 +141,8 @@ def describe_error(err: BaseException, url: str) -> str:
     if kind in ("ClientPayloadError", "ContentLengthError", "ServerDisconnectedError") or \
             "dropped" in str(err):
         return "the connection dropped in the middle of an answer (each try alike)"
-    if kind in ("ClientConnectorError", "ClientConnectorDNSError", "ConnectionRefusedError"):
+    if kind in ("ClientConnectorError", "ClientConnectorDNSError", "ConnectionRefusedError",
+                "EndpointConnectionError"):
         return f"cannot connect to the server: {str(err).splitlines()[0][:160]}"
     text = str(err).splitlines()[0] if str(err) else kind
     if "range" in text.lower():
