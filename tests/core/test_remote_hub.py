@@ -12,6 +12,7 @@ import pytest
 
 from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.io import remote as remote_mod
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy
@@ -194,6 +195,26 @@ def test_a_whole_repository_opens_as_the_model_it_holds(hub, made):
     assert len(files) <= 2 + 2 * len(shards), hub.requests()  # index, config, 1-2 a shard
     single = open_checkpoint("hf://owner/repo")
     assert listing(single) == listing(open_checkpoint(str(folder / "model.safetensors")))
+
+
+def test_a_whole_repository_is_listed_by_the_tree_api_alone_in_pages(hub, made):
+    """The listing is the tree route's pages and nothing else (no repository info first,
+    as HfFileSystem would ask); a private repository's listing without a token names the
+    token."""
+    folder = made[0]
+    paths.forget("hf://owner/sharded")
+    hub.clear()
+    hub.page_size = 2
+    try:
+        ckpt = open_checkpoint("hf://owner/sharded")
+    finally:
+        hub.page_size = 1000
+    assert listing(ckpt) == listing(open_checkpoint(str(folder / "sharded")))
+    api = [r.path for r in hub.requests() if r.path.startswith("/api/")]
+    assert api and all("/tree/" in p for p in api), api
+    assert len(api) == -(-len(hub.repos["owner/sharded"].files) // 2), api
+    with pytest.raises(CheckpointError, match="HF_TOKEN"):
+        open_checkpoint("hf://owner/private")
 
 
 def test_a_repository_holding_no_model_is_refused_with_a_hint(hub):

@@ -61,6 +61,50 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise
 
 
+def _parse(url: str) -> Any:
+    from huggingface_hub.utils import parse_hf_uri
+
+    uri = parse_hf_uri(url)
+    if uri.is_bucket:
+        raise CheckpointError("hf:// buckets are not supported")
+    return uri
+
+
+def listing(url: str) -> dict[str, dict[str, Any]] | None:
+    """``{name: {"name", "size", "type"}}`` of a folder of a repository (its root for
+    ``hf://owner/repo[@revision]``) at the revision named: one request of the Hub's tree API
+    (a page of a thousand entries), through ``HfApi`` rather than ``HfFileSystem``, which
+    would first ask for the repository's info; None where that path is not a folder."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFolder
+
+    uri = _parse(url)
+
+    def ls() -> list[Any] | None:
+        try:
+            return list(HfApi().list_repo_tree(uri.id, uri.path_in_repo or None,
+                                               revision=uri.revision, repo_type=uri.type))
+        except Exception as err:
+            if type(err).__name__ in ("RemoteEntryNotFoundError", "EntryNotFoundError"):
+                return None
+            raise
+
+    entries = _call(ls)
+    if entries is None:
+        return None
+    folder = uri.path_in_repo.strip("/")
+    inside = [e for e in entries if e.path.rpartition("/")[0] == folder]
+    if not inside and entries:  # a file's path lists that file (as fsspec's listing does)
+        return {e.path.rpartition("/")[2]: _entry(e, RepoFolder) for e in entries}
+    return {e.path.rpartition("/")[2]: _entry(e, RepoFolder) for e in inside}
+
+
+def _entry(e: Any, folder_class: type) -> dict[str, Any]:
+    if isinstance(e, folder_class):
+        return {"name": e.path, "size": 0, "type": "directory"}
+    return {"name": e.path, "size": e.size, "type": "file"}
+
+
 class HubFile:
     """``seek`` and ``read`` of one pinned Hub file, each read one ranged GET: what
     ``RemoteFile`` reads through (in place of ``fs.open``). The first request, a GET of the
@@ -68,23 +112,19 @@ class HubFile:
     the Hub's redirect to its CDN), the size (``Content-Range``) and the ETag, and brings
     what readers look for at the end (a zip's directory)."""
 
-    def __init__(self, fs: Any, path: str, tail: int):
+    def __init__(self, url: str, tail: int):
         from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import parse_hf_uri
 
-        uri = parse_hf_uri("hf://" + path)
-        if uri.is_bucket:
-            raise CheckpointError("hf:// buckets are not supported")
+        uri = _parse(url)
         if not uri.path_in_repo:
             raise CheckpointError("names a whole repository: name a file in it "
                                   "(hf://owner/repo[@revision]/path/in/repo)")
-        self.token = fs.token
+        self.token = None  # the library's own: HF_TOKEN, or what `hf auth login` saved
         self.revision = uri.revision or "main"
-        url = hf_hub_url(uri.id, uri.path_in_repo, repo_type=uri.type, revision=self.revision,
-                         endpoint=fs.endpoint)
+        url = hf_hub_url(uri.id, uri.path_in_repo, repo_type=uri.type, revision=self.revision)
         self.commit, self.size, self.etag, self.tail = _call(self._probe, url, tail)
         self.url = hf_hub_url(uri.id, uri.path_in_repo, repo_type=uri.type,
-                              revision=self.commit, endpoint=fs.endpoint)
+                              revision=self.commit)
         self.pos = 0
 
     def _headers(self, rng: str) -> dict[str, str]:

@@ -46,7 +46,12 @@ def _listing(folder: str) -> dict[str, dict[str, Any]] | None:
     from ckpt_inspector.core.io.remote_fs import filesystem, scheme_of
 
     listing = None
-    if scheme_of(folder) not in ("http", "https"):  # HTTP servers list nothing we can trust
+    if scheme_of(folder) == "hf":
+        from ckpt_inspector.core.io import hub
+        from ckpt_inspector.core.io.remote_fs import with_retries
+
+        listing = with_retries(lambda: hub.listing(folder), folder)
+    elif scheme_of(folder) not in ("http", "https"):  # HTTP lists nothing we can trust
         from ckpt_inspector.core.io.remote_fs import with_retries
 
         fs, path = filesystem(folder)

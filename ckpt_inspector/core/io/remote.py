@@ -1,5 +1,6 @@
 """Checkpoints at a URL, read by byte range through fsspec: ``https://``, ``http://``,
-``s3://`` (s3fs), ``gs://`` (gcsfs) and ``hf://`` (huggingface_hub's ``HfFileSystem``).
+``s3://`` (s3fs), ``gs://`` (gcsfs); ``hf://`` through huggingface_hub itself
+(:mod:`~ckpt_inspector.core.io.hub`).
 
 A :class:`RemoteSource` is a :class:`~ckpt_inspector.core.io.source.Source` like a local
 file: the readers slice its ``data`` and never know. Slices are served from a cache of
@@ -86,7 +87,8 @@ class RemoteFile:
     def __init__(self, url: str):
         self.url = url
         check_cancelled()
-        self.fs, self.path = filesystem(url)
+        # hf:// reads through huggingface_hub itself (:class:`HubFile`), not HfFileSystem
+        self.fs, self.path = (None, url) if scheme_of(url) == "hf" else filesystem(url)
         self.transfer = Transfer()
         _live[url] = self.transfer  # for as long as the file is open
         self.tail: tuple[int, bytes] = (0, b"")  # (offset, bytes) the first request gave
@@ -97,7 +99,7 @@ class RemoteFile:
         if scheme_of(url) == "hf":  # the tail gives commit, size, ETag; reads pinned to it
             from ckpt_inspector.core.io.hub import HubFile
 
-            self._file = with_retries(lambda: HubFile(self.fs, self.path, TAIL), url)
+            self._file = with_retries(lambda: HubFile(url, TAIL), url)
             size, self.etag, self.tail = self._file.size, self._file.etag, self._file.tail
             self.transfer.count(len(self.tail[1]))
         elif scheme_of(url) in ("http", "https"):
