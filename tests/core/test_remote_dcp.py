@@ -15,6 +15,7 @@ import pytest
 
 from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.io.remote_fs import forget_filesystems
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import key_of
@@ -141,7 +142,7 @@ def test_a_prefix_url_on_s3_reads_as_the_local_folder(s3server, two_ranks):
         fs.makedirs(BUCKET, exist_ok=True)  # other modules use the same server
     for path in two_ranks.iterdir():
         fs.put_file(str(path), f"{BUCKET}/dcp/ckpt/{path.name}")
-    s3fs.S3FileSystem.clear_instance_cache()
+    forget_filesystems()
     log.seen.clear()
     remote = open_checkpoint(f"s3://{BUCKET}/dcp/ckpt")
     assert remote.format == "dcp"

@@ -12,7 +12,7 @@ import pytest
 from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io import paths
-from ckpt_inspector.core.io.remote_fs import _gcs_class, describe_error
+from ckpt_inspector.core.io.remote_fs import describe_error, forget_filesystems
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import key_of
@@ -41,11 +41,11 @@ def fake(tmp_path_factory):
         mp.setenv("NO_GCE_CHECK", "true")
         for name in ("GOOGLE_APPLICATION_CREDENTIALS", "FSSPEC_GCS_TOKEN", "FSSPEC_GS_TOKEN"):
             mp.delenv(name, raising=False)
-        _gcs_class().clear_instance_cache()
+        forget_filesystems()
         try:
             yield gcs
         finally:
-            _gcs_class().clear_instance_cache()
+            forget_filesystems()
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def listing(ckpt):
 
 def fresh():
     """Forget what gcsfs and the folder listings hold, so every open asks again."""
-    _gcs_class().clear_instance_cache()
+    forget_filesystems()
     with paths._lock:
         paths._listings.clear()
 
@@ -109,7 +109,7 @@ def test_a_gcs_object_reads_as_the_local_file(bucket, name):
     # each read names the generation the metadata gave: a replaced object is not mixed in
     assert all(r.range and r.query.get("generation") for r in media), media
     assert remote.metadata["remote"]["size"] == (folder / name).stat().st_size
-    assert len(media) <= remote.metadata["remote"]["requests"] <= len(seen)
+    assert remote.metadata["remote"]["requests"] == len(seen)  # each one the server saw
     size = (folder / name).stat().st_size
     if name == "m.safetensors":
         assert len(media) <= 2, seen  # the end, the header
@@ -218,7 +218,9 @@ def test_a_transient_failure_is_tried_again_a_few_times_not_gcsfs_six(bucket):
         fake.fail_first = {}
     assert proc.returncode == 3 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     tries = [r for r in fake.requests() if r.route == "object"]
-    assert 1 < len(tries) <= 4, fake.requests()  # the first and three more, not 6 x 4
+    # the first try and three more, each one or two object requests (gcsfs's info asks
+    # again when its folder check answers first): not gcsfs's 6 a request, times 4
+    assert 1 < len(tries) <= 8, fake.requests()
 
 
 def test_no_server_at_the_emulator_address_fails_at_once(tmp_path):

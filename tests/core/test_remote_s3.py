@@ -14,7 +14,7 @@ import pytest
 
 from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.io.remote_fs import describe_error, filesystem
+from ckpt_inspector.core.io.remote_fs import describe_error, filesystem, forget_filesystems
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import key_of
@@ -71,11 +71,11 @@ def s3server(tmp_path_factory):
             mp.setenv(name, value)
         for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "FSSPEC_S3_ENDPOINT_URL"):
             mp.delenv(name, raising=False)
-        s3fs.S3FileSystem.clear_instance_cache()
+        forget_filesystems()
         try:
             yield server, log, f"http://{host}:{port}"
         finally:
-            s3fs.S3FileSystem.clear_instance_cache()
+            forget_filesystems()
             logging.getLogger("werkzeug").removeHandler(log)
             server.stop()
 
@@ -120,9 +120,9 @@ def test_an_s3_object_reads_as_the_local_file(bucket, name):
     assert listing(remote) == listing(open_checkpoint(str(folder / name)))
     seen = log.requests(name)
     assert all(r[0] in ("HEAD", "GET") and r[2] in (200, 206) for r in seen), seen
-    # the open counts as one request: a HEAD, or none where s3fs answers from the
-    # bucket's listing it already holds (our counts are an upper bound)
-    assert len(seen) <= remote.metadata["remote"]["requests"] <= len(seen) + 1
+    # the open is what s3fs sent about the object: a HEAD, or none where it answers from
+    # the bucket's listing it already holds
+    assert remote.metadata["remote"]["requests"] == len(seen)  # each one the server saw
     assert remote.metadata["remote"]["size"] == (folder / name).stat().st_size
     if name == "m.safetensors":
         assert len(seen) <= 3, seen  # HEAD, the end, the header
@@ -169,13 +169,13 @@ def test_refused_credentials_name_aws_credentials(bucket, monkeypatch):
     import moto.settings
 
     monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
-    s3fs.S3FileSystem.clear_instance_cache()
+    forget_filesystems()
     try:
         with pytest.raises(CheckpointError, match=r"access denied.*AWS credentials"):
             open_checkpoint(url("m.safetensors"))
         proc = run_cli("info", url("m.safetensors"))
     finally:
-        s3fs.S3FileSystem.clear_instance_cache()
+        forget_filesystems()
     assert proc.returncode == 3 and "AWS credentials" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "AWS credentials" in describe_error(PermissionError("Forbidden"), url("x"))

@@ -13,6 +13,7 @@ import pytest
 import zero_files
 
 from ckpt_inspector.core import open_checkpoint
+from ckpt_inspector.core.io.remote_fs import forget_filesystems
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import key_of
@@ -178,7 +179,7 @@ def test_a_prefix_url_on_s3_reads_as_the_local_folder(s3server, made, torch):
     for path in root.rglob("*"):
         if path.is_file():
             fs.put_file(str(path), f"{BUCKET}/zero/run/{path.relative_to(root).as_posix()}")
-    s3fs.S3FileSystem.clear_instance_cache()
+    forget_filesystems()
     log.seen.clear()
     remote = open_checkpoint(f"s3://{BUCKET}/zero/run")
     local = open_checkpoint(str(root))

@@ -28,6 +28,7 @@ from ckpt_inspector.core.io import remote_cache
 from ckpt_inspector.core.io.cancel import check_cancelled
 from ckpt_inspector.core.io.http_range import TAIL, get_range, probe
 from ckpt_inspector.core.io.remote_fs import (
+    asked,
     filesystem,
     scheme_of,
     with_retries,
@@ -112,10 +113,11 @@ class RemoteFile:
             # ``details``: opening first spends no second HEAD. s3fs then sends that ETag as
             # ``IfMatch`` on every ranged GET (a replaced object fails as FileExpired), and on
             # a version-aware filesystem (``FSSPEC_S3_VERSION_AWARE=true``) pins VersionId.
+            before = asked(self.path)
             self._file = with_retries(lambda: self.fs.open(
                 self.path, "rb", block_size=BLOCK, cache_type="none"), url)
             info = self._file.details
-            self.transfer.count(0)
+            self.transfer.requests += asked(self.path) - before
             if info.get("type") == "directory":
                 raise CheckpointError("is a folder, not a file")
             size = info.get("size")

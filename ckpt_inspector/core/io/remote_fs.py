@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -50,9 +52,8 @@ def filesystem(url: str) -> tuple[Any, str]:
         if module == "gcsfs":
             return _gcs(url)
         if module == "s3fs":
-            fs, path = fsspec.core.url_to_fs(url, **_s3_config())
-            fs.retries = 1  # s3fs's own tries again (five), left to with_retries
-            return fs, path
+            fs = _s3_class()(**_s3_config())
+            return fs, fs._strip_protocol(url)
         return fsspec.core.url_to_fs(url)
     except ImportError:
         how = f"pip install 'ckpt-inspector[{extra}]'" if extra else f"pip install {module}"
@@ -82,12 +83,43 @@ def _gcs(url: str) -> tuple[Any, str]:
     return fs, fs._strip_protocol(url)
 
 
+_asked: Counter[str] = Counter()  # "bucket/key" -> requests the libraries sent about it
+_asked_lock = threading.Lock()
+
+
+def asked(path: str) -> int:
+    """How many requests s3fs or gcsfs has sent about the object ``bucket/key`` (its
+    metadata, a listing of ``key/``, its bytes) in this process: what an open costs is the
+    difference before and after (gcsfs's ``info`` is two or three requests, s3fs's one, or
+    none where a listing already said)."""
+    with _asked_lock:
+        return _asked[path.strip("/")]
+
+
+def _count(name: str) -> None:
+    with _asked_lock:
+        _asked[name.strip("/")] += 1
+
+
+_MEDIA = re.compile(r"/b/([^/?]+)/o/([^?]+)")
 _GCS_CLASS: Any = None
+_S3_CLASS: Any = None
+
+
+def _gcs_object(path: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    from urllib.parse import unquote
+
+    if path.startswith("http"):  # a download: .../b/{bucket}/o/{quoted key}?alt=media
+        m = _MEDIA.search(path)
+        return f"{unquote(m.group(1))}/{unquote(m.group(2))}" if m else ""
+    if path.endswith("/o") and args:  # a listing
+        return f"{args[0]}/{kwargs.get('prefix') or ''}"
+    return "/".join(str(a) for a in args)
 
 
 def _gcs_class() -> Any:
     """``GCSFileSystem`` whose requests are each tried once (its ``_request`` without the
-    ``retry_request`` decorator's six tries)."""
+    ``retry_request`` decorator's six tries) and counted (:func:`asked`)."""
     global _GCS_CLASS
     if _GCS_CLASS is None:
         import gcsfs.core
@@ -95,8 +127,40 @@ def _gcs_class() -> Any:
 
         base = gcsfs.core.GCSFileSystem
         once = retry_request(retries=1)(base._request.__wrapped__)
-        _GCS_CLASS = type("OneTryGCSFileSystem", (base,), {"_request": once})
+
+        async def _request(self: Any, method: str, path: str, *args: Any,
+                           **kwargs: Any) -> Any:
+            _count(_gcs_object(path, args, kwargs))
+            return await once(self, method, path, *args, **kwargs)
+
+        _GCS_CLASS = type("OneTryGCSFileSystem", (base,), {"_request": _request})
     return _GCS_CLASS
+
+
+def forget_filesystems() -> None:
+    """Drop the S3 and GCS filesystems made so far (each keeps its endpoint and
+    credentials): the next URL makes new ones from the configuration as it is now."""
+    for cls in (_S3_CLASS, _GCS_CLASS):
+        if cls is not None:
+            cls.clear_instance_cache()
+
+
+def _s3_class() -> Any:
+    """``S3FileSystem`` that tries each call once (s3fs's own five tries again are left to
+    :func:`with_retries`) and counts it (:func:`asked`)."""
+    global _S3_CLASS
+    if _S3_CLASS is None:
+        import s3fs
+
+        base = s3fs.S3FileSystem
+
+        async def _call_s3(self: Any, method: str, *akwarglist: Any, **kwargs: Any) -> Any:
+            key = kwargs.get("Key") if "Key" in kwargs else kwargs.get("Prefix", "")
+            _count(f"{kwargs.get('Bucket', '')}/{key or ''}")
+            return await base._call_s3(self, method, *akwarglist, **kwargs)
+
+        _S3_CLASS = type("OneTryS3FileSystem", (base,), {"_call_s3": _call_s3, "retries": 1})
+    return _S3_CLASS
 
 
 def _s3_config() -> dict[str, Any]:
