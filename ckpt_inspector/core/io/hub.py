@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 from ckpt_inspector.core.errors import CheckpointError
 
@@ -70,20 +71,36 @@ def _parse(url: str) -> Any:
     return uri
 
 
+def _file_url(uri: Any, revision: str) -> str:
+    """``{endpoint}/[datasets/|spaces/]owner/repo/resolve/{revision}/{path}``: the URL
+    ``huggingface_hub.hf_hub_url`` makes, without importing ``file_download`` (and with it
+    ``hf_api``: a third of a second of a remote open)."""
+    from huggingface_hub import constants
+
+    repo = constants.REPO_TYPES_URL_PREFIXES.get(uri.type, "") + uri.id
+    return constants.HUGGINGFACE_CO_URL_TEMPLATE.format(
+        repo_id=repo, revision=quote(revision, safe=""), filename=quote(uri.path_in_repo))
+
+
 def listing(url: str) -> dict[str, dict[str, Any]] | None:
     """``{name: {"name", "size", "type"}}`` of a folder of a repository (its root for
-    ``hf://owner/repo[@revision]``) at the revision named: one request of the Hub's tree API
-    (a page of a thousand entries), through ``HfApi`` rather than ``HfFileSystem``, which
-    would first ask for the repository's info; None where that path is not a folder."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFolder
+    ``hf://owner/repo[@revision]``) at the revision named: the Hub's tree API, page by page
+    (a thousand entries a page), as ``HfApi.list_repo_tree`` asks it (and not
+    ``HfFileSystem``, which first asks for the repository's info); None where that path is
+    not a folder."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers, paginate
 
     uri = _parse(url)
+    folder = uri.path_in_repo.strip("/")
+    tree = (f"{constants.ENDPOINT}/api/{uri.type}s/{uri.id}/tree/"
+            f"{quote(uri.revision or constants.DEFAULT_REVISION, safe='')}"
+            + (f"/{quote(folder, safe='')}" if folder else ""))
 
-    def ls() -> list[Any] | None:
+    def ls() -> list[dict[str, Any]] | None:
         try:
-            return list(HfApi().list_repo_tree(uri.id, uri.path_in_repo or None,
-                                               revision=uri.revision, repo_type=uri.type))
+            return list(paginate(tree, params={"recursive": False, "expand": False},
+                                 headers=build_hf_headers()))
         except Exception as err:
             if type(err).__name__ in ("RemoteEntryNotFoundError", "EntryNotFoundError"):
                 return None
@@ -92,17 +109,16 @@ def listing(url: str) -> dict[str, dict[str, Any]] | None:
     entries = _call(ls)
     if entries is None:
         return None
-    folder = uri.path_in_repo.strip("/")
-    inside = [e for e in entries if e.path.rpartition("/")[0] == folder]
+    inside = [e for e in entries if str(e.get("path", "")).rpartition("/")[0] == folder]
     if not inside and entries:  # a file's path lists that file (as fsspec's listing does)
-        return {e.path.rpartition("/")[2]: _entry(e, RepoFolder) for e in entries}
-    return {e.path.rpartition("/")[2]: _entry(e, RepoFolder) for e in inside}
+        inside = entries
+    return {str(e["path"]).rpartition("/")[2]: _entry(e) for e in inside}
 
 
-def _entry(e: Any, folder_class: type) -> dict[str, Any]:
-    if isinstance(e, folder_class):
-        return {"name": e.path, "size": 0, "type": "directory"}
-    return {"name": e.path, "size": e.size, "type": "file"}
+def _entry(e: dict[str, Any]) -> dict[str, Any]:
+    if e.get("type") == "directory":
+        return {"name": e["path"], "size": 0, "type": "directory"}
+    return {"name": e["path"], "size": e.get("size"), "type": "file"}
 
 
 class HubFile:
@@ -113,18 +129,15 @@ class HubFile:
     what readers look for at the end (a zip's directory)."""
 
     def __init__(self, url: str, tail: int):
-        from huggingface_hub import hf_hub_url
-
         uri = _parse(url)
         if not uri.path_in_repo:
             raise CheckpointError("names a whole repository: name a file in it "
                                   "(hf://owner/repo[@revision]/path/in/repo)")
         self.token = None  # the library's own: HF_TOKEN, or what `hf auth login` saved
         self.revision = uri.revision or "main"
-        url = hf_hub_url(uri.id, uri.path_in_repo, repo_type=uri.type, revision=self.revision)
-        self.commit, self.size, self.etag, self.tail = _call(self._probe, url, tail)
-        self.url = hf_hub_url(uri.id, uri.path_in_repo, repo_type=uri.type,
-                              revision=self.commit)
+        self.commit, self.size, self.etag, self.tail = _call(
+            self._probe, _file_url(uri, self.revision), tail)
+        self.url = _file_url(uri, self.commit)
         self.pos = 0
 
     def _headers(self, rng: str) -> dict[str, str]:
