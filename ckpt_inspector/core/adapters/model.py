@@ -162,7 +162,8 @@ _DIGITS = re.compile(r"(\d+)")
 @dataclass
 class ModuleGroup:
     """Modules whose names differ only in numbers and that share rank, alpha and scale:
-    ``pattern`` writes each number that differs as its range (``0–31``) or ``*``."""
+    ``pattern`` writes each number that differs as its range (``0–31``), its runs
+    (``{0,2–31}``) or ``*``."""
 
     pattern: str
     modules: list[AdaptedModule]
@@ -173,7 +174,7 @@ class ModuleGroup:
 
 
 def _numbers_text(values: list[int], most: int = 3) -> str:
-    """``7``, ``0–31``, ``0, 2–31``; ``*`` for more than ``most`` runs."""
+    """``7``, ``0–31``, ``{0,2–31}``; ``*`` for more than ``most`` runs."""
     distinct = sorted(set(values))
     runs: list[list[int]] = []
     for v in distinct:
@@ -183,7 +184,8 @@ def _numbers_text(values: list[int], most: int = 3) -> str:
             runs.append([v, v])
     if len(runs) > most:
         return "*"
-    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
+    text = ",".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
+    return f"{{{text}}}" if len(runs) > 1 else text
 
 
 def module_groups(modules: list[AdaptedModule], strip: str = "") -> list[ModuleGroup]:

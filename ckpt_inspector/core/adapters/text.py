@@ -1,0 +1,72 @@
+"""The adapter section ``ckpt-inspector info`` prints: what the adapter is, then one line per
+group of modules that share rank, alpha and scale (:func:`module_groups`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ckpt_inspector.core.adapters.model import Adapter, module_groups, short, spread
+
+MAX_ROWS = 24  # groups printed (info --json lists every module)
+KINDS = {"peft": "PEFT LoRA adapter", "lora": "LoRA file"}
+NAMINGS = {"peft": "lora_A/lora_B", "kohya": "kohya lora_down/lora_up",
+           "diffusers": "diffusers lora.down/lora.up"}
+
+
+def counts_text(values: list[float]) -> str:
+    """``16`` when every module has it, else ``8 (3), 16 (221)``."""
+    counts = spread(values)["counts"]
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{v} ({n})" for v, n in counts.items())
+
+
+def common_prefix(adapter: Adapter) -> str:
+    """The prefix every module name starts with that says nothing (``base_model.model.``)."""
+    from ckpt_inspector.core.adapters.build import PEFT_PREFIX
+
+    names = [m.name for m in adapter.modules]
+    return PEFT_PREFIX if names and all(n.startswith(PEFT_PREFIX) for n in names) else ""
+
+
+def headline(adapter: Adapter) -> str:
+    """``PEFT LoRA adapter of meta-llama/Llama-2-7b-hf · 224 modules``."""
+    base = f" of {adapter.base_model}" if adapter.base_model else ""
+    n = len(adapter.modules)
+    return f"{KINDS.get(adapter.kind, adapter.kind)}{base} · {n:,} module{'s' if n != 1 else ''}"
+
+
+def scale_rule(adapter: Adapter) -> str:
+    return "alpha/√r (rsLoRA)" if adapter.config.get("use_rslora") else "alpha/r"
+
+
+def adapter_lines(adapter: Adapter, max_rows: int = MAX_ROWS) -> Iterator[str]:
+    """The lines of the section, indented as ``info``'s header."""
+    mods = adapter.modules
+    yield f"  adapter  {headline(adapter)} ({NAMINGS.get(adapter.naming, adapter.naming)})"
+    yield (f"           rank {counts_text([m.rank for m in mods])} · alpha "
+           f"{counts_text([m.alpha for m in mods])} · scale "
+           f"{counts_text([m.scale for m in mods])} = {scale_rule(adapter)}")
+    targets = adapter.config.get("target_modules")
+    if targets:
+        text = ", ".join(map(str, targets)) if isinstance(targets, list) else str(targets)
+        yield f"           target modules: {text}"
+    if adapter.other_tensors:
+        saved = adapter.config.get("modules_to_save")
+        what = f" (modules_to_save: {', '.join(map(str, saved))})" if saved else ""
+        yield f"           {len(adapter.other_tensors):,} other tensors saved whole{what}"
+    prefix = common_prefix(adapter)
+    groups = module_groups(mods, prefix)
+    rows = [(g.pattern + (f" ×{len(g.modules)}" if len(g.modules) > 1 else ""),
+             g.first) for g in groups[:max_rows]]
+    head = "module" + (f" (after {prefix})" if prefix else "")
+    width = min(max(len(head), *(len(r[0]) for r in rows)), 64)
+    yield f"    {head:{width}s}  {'rank':>4s}  {'alpha':>7s}  {'scale':>8s}  update"
+    for label, m in rows:
+        update = str(list(m.update_shape)) if m.update_shape else f"none: {m.problem}"
+        yield (f"    {label:{width}s}  {m.rank:>4d}  {short(m.alpha):>7s}  "
+               f"{short(m.scale):>8s}  {update}")
+    if len(groups) > max_rows:
+        yield f"    … {len(groups) - max_rows:,} more groups (info --json lists every module)"
+    for note in adapter.notes:
+        yield f"  note: {note}"
