@@ -22,11 +22,17 @@ def counts_text(values: list[float]) -> str:
 
 
 def common_prefix(adapter: Adapter) -> str:
-    """The prefix every module name starts with that says nothing (``base_model.model.``)."""
-    from ckpt_inspector.core.adapters.build import PEFT_PREFIX
-
-    names = [m.name for m in adapter.modules]
-    return PEFT_PREFIX if names and all(n.startswith(PEFT_PREFIX) for n in names) else ""
+    """The dotted segments every module name starts with (``base_model.model.model.layers.``),
+    left out of the table's rows; "" for one module, or names without dots (kohya's)."""
+    names = [m.name.split(".") for m in adapter.modules]
+    if len(names) < 2:
+        return ""
+    prefix: list[str] = []
+    for parts in zip(*(n[:-1] for n in names)):  # never a whole name
+        if len(set(parts)) != 1:
+            break
+        prefix.append(parts[0])
+    return ".".join(prefix) + "." if prefix else ""
 
 
 def headline(adapter: Adapter) -> str:

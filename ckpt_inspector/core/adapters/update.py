@@ -214,3 +214,12 @@ def prepare(info: TensorInfo, cancel: CancelToken | None = None) -> Job[TensorIn
         raise CheckpointError("not an effective update")
     yield from source.fill(cancel)
     return info
+
+
+def stats_argv(info: TensorInfo, key: str) -> list[str]:
+    """What names ``info`` to ``ckpt-inspector stats`` (a child computing statistics on
+    another device): its key, or for an effective update its module and ``--lora-update``."""
+    source = info.storage.source if info.storage is not None else None
+    if isinstance(source, UpdateData):
+        return [source.module.name, "--lora-update"]
+    return [key]
