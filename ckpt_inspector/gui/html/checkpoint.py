@@ -161,12 +161,20 @@ def summary_html(loaded: LoadedFile) -> str:
             rows.append(("", f"<span class='muted'>… {total - len(values):,} more in the "
                              "tree</span>"))
         parts.append(_rows(rows, escape_keys=False))
+    parts.append(_adapter_html(loaded))
     parts.append(_files_html(ckpt.files))
     parts.append(_metadata_html(ckpt.metadata))
     if ckpt.warnings:
         parts.append("<h3>Warnings</h3><ul style='margin-left:-20px'>" + "".join(
             f"<li>{escape(w)}</li>" for w in ckpt.warnings[:10]) + "</ul>")
     return "".join(parts)
+
+
+def _adapter_html(loaded: LoadedFile) -> str:
+    """A LoRA adapter's rank, alpha and scale per module (gui/html/adapter.py)."""
+    from ckpt_inspector.gui.html.adapter import adapter_html  # built on this module's helpers
+
+    return adapter_html(loaded.adapter)
 
 
 def _metadata_html(metadata: dict[str, Any]) -> str:
@@ -189,7 +197,8 @@ def _metadata_html(metadata: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-KEY_VALUE_TABLES = {"config": "config.json"}  # metadata shown as tables, under these titles
+# metadata shown as tables, under these titles
+KEY_VALUE_TABLES = {"config": "config.json", "adapter_config": "adapter_config.json"}
 TABLE_ROWS = 40  # rows of such a table (then "… N more")
 
 
