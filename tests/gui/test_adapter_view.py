@@ -60,7 +60,7 @@ def test_summary_details_and_the_effective_update(qtbot, window, adapter_dir):
     info, stats = _update_shown(qtbot, tv)
     rank, _alpha, scale = expected_peft()[Q]
     ref = update_of(arrays, Q, scale)
-    assert rank == 2 and info.shape == ref.shape and "update" in tv.key
+    assert rank == 2 and info.shape == ref.shape and tv.key == f"4·B@A of {Q}"
     assert stats.std == pytest.approx(ref.std(), rel=1e-5)
     assert stats.mean == pytest.approx(ref.mean(), abs=1e-5 * np.abs(ref).max())
     assert tv.hist_panel.histogram.counts.sum() == ref.size

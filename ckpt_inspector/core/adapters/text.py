@@ -63,15 +63,16 @@ def adapter_lines(adapter: Adapter, max_rows: int = MAX_ROWS) -> Iterator[str]:
         yield f"           {len(adapter.other_tensors):,} other tensors saved whole{what}"
     prefix = common_prefix(adapter)
     groups = module_groups(mods, prefix)
-    rows = [(g.pattern + (f" ×{len(g.modules)}" if len(g.modules) > 1 else ""),
-             g.first) for g in groups[:max_rows]]
+    rows = [(g.first, str(list(g.first.update_shape)) if g.first.update_shape else "none",
+             g.pattern + (f" ×{len(g.modules)}" if len(g.modules) > 1 else ""))
+            for g in groups[:max_rows]]
+    width = min(max(len("update"), *(len(r[1]) for r in rows)), 24)
     head = "module" + (f" (after {prefix})" if prefix else "")
-    width = min(max(len(head), *(len(r[0]) for r in rows)), 64)
-    yield f"    {head:{width}s}  {'rank':>4s}  {'alpha':>7s}  {'scale':>8s}  update"
-    for label, m in rows:
-        update = str(list(m.update_shape)) if m.update_shape else f"none: {m.problem}"
-        yield (f"    {label:{width}s}  {m.rank:>4d}  {short(m.alpha):>7s}  "
-               f"{short(m.scale):>8s}  {update}")
+    yield f"    {'rank':>4s}  {'alpha':>7s}  {'scale':>8s}  {'update':{width}s}  {head}"
+    for m, update, label in rows:  # the numbers first: the names are long
+        problem = f"  ({m.problem})" if m.problem else ""
+        yield (f"    {m.rank:>4d}  {short(m.alpha):>7s}  {short(m.scale):>8s}  "
+               f"{update:{width}s}  {label}{problem}")
     if len(groups) > max_rows:
         yield f"    … {len(groups) - max_rows:,} more groups (info --json lists every module)"
     for note in adapter.notes:

@@ -58,18 +58,20 @@ def _module_table(adapter: Adapter, max_groups: int) -> str:
         name = f"<span class='mono'>{breakable(g.pattern)}</span>{count}"
         if m.problem:
             name += f"<br><span class='bad'>{escape(m.problem)}</span>"
-        body.append(f"<tr><td>{name}</td><td class='num' {NOWRAP}>{m.rank}</td>"
+        # the numbers first: in a narrow panel only the name wraps (at its dots)
+        body.append(f"<tr><td class='num' {NOWRAP}>{m.rank}</td>"
                     f"<td class='num' {NOWRAP}>{escape(short(m.alpha))}</td>"
-                    f"<td class='num' {NOWRAP}>{escape(short(m.scale))}</td></tr>")
+                    f"<td class='num' {NOWRAP}>{escape(short(m.scale))}</td>"
+                    f"<td>{name}</td></tr>")
     more = ""
     if len(groups) > max_groups:
         hidden = sum(len(g.modules) for g in groups[max_groups:])
         more = (f"<p class='muted'>… {len(groups) - max_groups:,} more rows ({hidden:,} "
                 "modules): info --json lists every module</p>")
-    title = "module" + (f" <span class='muted'>(after {escape(prefix)})</span>" if prefix
+    title = "module" + (f" <span class='muted'>(after {breakable(prefix)})</span>" if prefix
                         else "")
-    return (f"<table><tr><th>{title}</th><th class='num' {NOWRAP}>r</th>"
-            f"<th class='num' {NOWRAP}>alpha</th><th class='num' {NOWRAP}>scale</th></tr>"
+    return (f"<table><tr><th class='num' {NOWRAP}>r</th><th class='num' {NOWRAP}>alpha</th>"
+            f"<th class='num' {NOWRAP}>scale</th><th>{title}</th></tr>"
             + "".join(body) + "</table>" + more)
 
 

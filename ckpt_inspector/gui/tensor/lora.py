@@ -32,8 +32,8 @@ TIP = ("Show the effective update scale · B @ A of this LoRA pair (rank {rank},
 
 
 def update_key(module: AdaptedModule) -> str:
-    """What the view's title calls the update."""
-    return f"{module.name} (update {short(module.scale)}·B@A)"
+    """What the view's title calls the update (what it is first: a long name is cut)."""
+    return f"{short(module.scale)}·B@A of {module.name}"
 
 
 class UpdateSwitch(QObject):
