@@ -135,6 +135,7 @@ def _peft_config(ckpt: Checkpoint, notes: list[str]) -> tuple[dict[str, Any] | N
     if isinstance(config, dict):
         return config, CONFIG
     from ckpt_inspector.core.io import paths
+    from ckpt_inspector.core.io.opening import is_url
 
     if ckpt.files or not paths.basename(ckpt.path).startswith("adapter_model"):
         return None, None
@@ -144,7 +145,8 @@ def _peft_config(ckpt: Checkpoint, notes: list[str]) -> tuple[dict[str, Any] | N
             return None, None
         config = json.loads(paths.read_bytes(beside, MAX_CONFIG).decode("utf-8"))
     except (OSError, ValueError, UnicodeDecodeError, CheckpointError) as err:
-        notes.append(f"{CONFIG} beside the file cannot be read: {err}")
+        if not (is_url(beside) and "(404)" in str(err)):  # over HTTP nothing lists a folder
+            notes.append(f"{CONFIG} beside the file cannot be read: {err}")
         return None, None
     if not isinstance(config, dict):
         notes.append(f"{CONFIG} beside the file is not a JSON object")
@@ -219,7 +221,12 @@ def _lora_alpha(meta: dict[str, Any], notes: list[str]) -> Any:
 
     def alpha_of(m: AdaptedModule, tensors: dict[str, TensorInfo]) -> tuple[float, str, bool]:
         key = m.extras.get("alpha")
-        if key is not None:
+        if key is not None and _remote(tensors[key]):
+            note = ("alpha tensors are not fetched from a remote file (a request each): "
+                    "alpha from the metadata, or the rank")
+            if note not in notes:
+                notes.append(note)
+        elif key is not None:
             try:
                 return _scalar(tensors[key]), "tensor", False
             except (CheckpointError, OSError, ValueError) as err:
@@ -244,6 +251,11 @@ def _metadata_number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) else None
+
+
+def _remote(info: TensorInfo) -> bool:
+    source = info.storage.source if info.storage is not None else None
+    return source is not None and source.remote
 
 
 def _scalar(info: TensorInfo) -> float:

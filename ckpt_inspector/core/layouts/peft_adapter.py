@@ -47,7 +47,10 @@ def detect(path: str) -> bool:
     folder = _folder_of(path)
     if folder is None:
         return False
-    names = paths.listdir(folder)
+    try:
+        names = paths.listdir(folder)
+    except CheckpointError:  # a folder at an HTTP URL: nothing lists it
+        return False
     if CONFIG not in names:
         return False
     index, files = _weights(folder, names)
