@@ -4,7 +4,8 @@ adapted module, and its effective update ``scale · B @ A`` as a tensor computed
 - :func:`find_adapter` (``build``): a :class:`Checkpoint`'s :class:`Adapter`, or None;
 - ``pairs``: the key namings (PEFT, kohya / sd-scripts, diffusers);
 - ``model``: :class:`Adapter`, :class:`AdaptedModule`, their JSON, :func:`module_groups`;
-- ``update``: :func:`update_tensor`, :func:`prepare`, :func:`is_update`;
+- ``update``: :func:`~ckpt_inspector.core.adapters.update.update_tensor`, ``prepare``,
+  ``is_update`` (numpy: imported from there, so that ``info`` and ``scan`` import no numpy);
 - ``text``: the lines ``info`` prints.
 
 Qt-free, torch-free; nothing from the file runs.
@@ -20,7 +21,5 @@ from ckpt_inspector.core.adapters.model import (
     module_groups,
     short,
 )
-from ckpt_inspector.core.adapters.update import is_update, prepare, update_tensor
 
-__all__ = ["AdaptedModule", "Adapter", "ModuleGroup", "find_adapter", "is_update",
-           "module_groups", "prepare", "short", "update_tensor"]
+__all__ = ["AdaptedModule", "Adapter", "ModuleGroup", "find_adapter", "module_groups", "short"]

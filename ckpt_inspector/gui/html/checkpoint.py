@@ -91,7 +91,9 @@ def safe_meaning(fmt: str, files: list[dict], devices: dict[str, int]) -> str:
     return "only data, nothing that runs when it is read (torch.load does not read this format)"
 
 
-def summary_html(loaded: LoadedFile) -> str:
+def summary_html(loaded: LoadedFile, sections: str = "") -> str:
+    """The summary panel; ``sections``: more of it (an adapter's, gui/html/adapter.py), put
+    before the files."""
     ckpt, report, tot = loaded.ckpt, loaded.report, loaded.totals
     where = strip_credentials(loaded.path)
     parts = [css(), f"<p><b>{breakable(name_of(loaded.path))}</b><br>"
@@ -161,20 +163,13 @@ def summary_html(loaded: LoadedFile) -> str:
             rows.append(("", f"<span class='muted'>… {total - len(values):,} more in the "
                              "tree</span>"))
         parts.append(_rows(rows, escape_keys=False))
-    parts.append(_adapter_html(loaded))
+    parts.append(sections)
     parts.append(_files_html(ckpt.files))
     parts.append(_metadata_html(ckpt.metadata))
     if ckpt.warnings:
         parts.append("<h3>Warnings</h3><ul style='margin-left:-20px'>" + "".join(
             f"<li>{escape(w)}</li>" for w in ckpt.warnings[:10]) + "</ul>")
     return "".join(parts)
-
-
-def _adapter_html(loaded: LoadedFile) -> str:
-    """A LoRA adapter's rank, alpha and scale per module (gui/html/adapter.py)."""
-    from ckpt_inspector.gui.html.adapter import adapter_html  # built on this module's helpers
-
-    return adapter_html(loaded.adapter)
 
 
 def _metadata_html(metadata: dict[str, Any]) -> str:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QObject
 from PySide6.QtWidgets import QToolButton
 
-from ckpt_inspector.core.adapters import AdaptedModule, Adapter, prepare, short
+from ckpt_inspector.core.adapters import AdaptedModule, Adapter, short
+from ckpt_inspector.core.adapters.update import prepare
 from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.theme import span

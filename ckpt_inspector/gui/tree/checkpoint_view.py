@@ -30,7 +30,7 @@ from ckpt_inspector.core.ops.stats import Stats
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter, describe
-from ckpt_inspector.gui.html.adapter import pair_html
+from ckpt_inspector.gui.html.adapter import adapter_html, pair_html
 from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.release import release_soon
@@ -232,7 +232,7 @@ class CheckpointView(QWidget):
         """A theme switch: draw the panels again in its colours."""
         super().changeEvent(event)
         if is_palette_change(event) and self.file is not None:
-            self.summary.setHtml(summary_html(self.file))
+            self._show_summary(self.file)
             self._show_banner(self.file)
             self._refresh_details()
 
@@ -282,7 +282,7 @@ class CheckpointView(QWidget):
 
     def _show_summary(self, file: LoadedFile) -> None:
         if file is self.file:
-            self.summary.setHtml(summary_html(file))
+            self.summary.setHtml(summary_html(file, adapter_html(file.adapter)))
 
     def _failed(self, err: BaseException, generation: int) -> None:
         if generation != self._generation:
