@@ -170,19 +170,55 @@ def _peft_config(ckpt: Checkpoint, notes: list[str]) -> tuple[dict[str, Any] | N
     return config, beside
 
 
+# The config comes from the file: a pattern that repeats a group (``(a|aa)+``), or holds
+# many unbounded repetitions, can take exponential or high-polynomial time on a name that
+# almost matches. Such patterns (never seen in real configs) are skipped with a note.
+QUANTIFIED_GROUP = re.compile(r"\)\s*(?:[*+]|\{)")
+UNBOUNDED = re.compile(r"(?<!\\)(?:[*+]|\{\d*,\})")
+MAX_PATTERN = 500
+MAX_NAME = 300  # module names matched against a regular expression
+
+
+def _risky(pattern: str) -> bool:
+    return len(pattern) > MAX_PATTERN or bool(QUANTIFIED_GROUP.search(pattern)) or \
+        len(UNBOUNDED.findall(pattern)) > 2
+
+
+def _note(notes: list[str], note: str) -> None:
+    if note not in notes:
+        notes.append(note)
+
+
 def _pattern(patterns: Any, name: str, notes: list[str]) -> str | None:
     """PEFT's ``get_pattern_key``: the first pattern ``p`` with
-    ``re.match(rf"(.*\\.)?({p})$", name)``, or None."""
+    ``re.match(rf"(.*\\.)?({p})$", name)``, or None. Matched as what that means: ``p``
+    matches all of ``name`` or all of what follows one of its dots (a plain name is
+    compared as text). A pattern that could take exponential time is skipped."""
     if not isinstance(patterns, dict):
         return None
-    for pattern in patterns:
+    starts: list[int] | None = None
+    for pattern in map(str, patterns):
+        if re.escape(pattern) == pattern:  # a plain name (no dot: "." matches any character)
+            if name == pattern or name.endswith("." + pattern):
+                return pattern
+            continue
+        if _risky(pattern):
+            _note(notes, f"the pattern {pattern[:80]!r} is not used: it repeats a group or "
+                  "holds many repetitions, which can take exponential time to match")
+            continue
+        if len(name) > MAX_NAME:
+            _note(notes, f"module names longer than {MAX_NAME} characters are not matched "
+                  "against regular expressions")
+            continue
         try:
-            if re.match(rf"(.*\.)?({pattern})$", name):
-                return str(pattern)
+            compiled = re.compile(pattern)
         except re.error as err:
-            note = f"the pattern {pattern!r} is not a regular expression: {err}"
-            if note not in notes:
-                notes.append(note)
+            _note(notes, f"the pattern {pattern[:80]!r} is not a regular expression: {err}")
+            continue
+        if starts is None:
+            starts = [0, *(i + 1 for i, c in enumerate(name) if c == ".")]
+        if any(compiled.fullmatch(name, start) for start in starts):
+            return pattern
     return None
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 ROWS_ELEMENTS = 1 << 18  # elements of the update computed at a time
 IN_MEMORY = 256 << 20  # a whole update above this goes to a temporary file's map
+MAX_WHOLE = 8 << 30  # a whole update above this is refused (statistics still go in blocks)
 _CACHE: OrderedDict[int, tuple[weakref.ref[Any], memoryview]] = OrderedDict()
 _CACHE_SIZE = 3  # whole updates kept (the one shown, and the last few)
 _CACHE_LOCK = threading.Lock()
@@ -157,6 +158,11 @@ class UpdateData(DataSource):
         temporary file's map, which the system can page out); yields progress by rows."""
         if self.ready:
             return
+        if self.nbytes > MAX_WHOLE:  # two small factors can describe an enormous matrix
+            raise CheckpointError(
+                f"the update is {self.rows:,} × {self.cols:,} elements "
+                f"({self.nbytes / (1 << 30):,.1f} GiB): too large to hold whole; its "
+                "statistics are computed a block at a time (stats --lora-update)")
         if self.nbytes > IN_MEMORY:
             with tempfile.TemporaryFile(prefix="ckpt-inspector-") as f:
                 f.truncate(self.nbytes)
