@@ -335,3 +335,22 @@ def test_an_enormous_update_is_not_held_whole(tmp_path, torch):
         run(prepare(info))
     values = next(iter(info.storage.source.blocks(0, 4 << 20)))  # a block: computed rows
     assert np.frombuffer(values, np.float32).max() == 1.0
+
+
+def test_a_sharded_adapter_with_its_index(tmp_path, torch):
+    """``adapter_model-0000K-of-0000N.safetensors`` with ``adapter_model.safetensors.index.json``
+    beside ``adapter_config.json`` opens as one adapter (and not as the base model a
+    ``model.safetensors`` in the same folder would be)."""
+    from adapter_files import PEFT_CONFIG, peft_tensors
+    from shards import save_sharded
+
+    folder = tmp_path / "sharded-adapter"
+    sd = peft_tensors(torch)
+    save_sharded(torch, folder, sd, prefix="adapter_model")
+    (folder / "adapter_config.json").write_text(json.dumps(PEFT_CONFIG))
+    save_sharded(torch, folder, {"other.weight": torch.ones(2)}, shards=1, index=False)
+    ckpt = open_checkpoint(folder)
+    assert ckpt.format == "peft-adapter" and ckpt.metadata["index"].startswith("adapter_model")
+    assert {f["path"] for f in ckpt.files} >= {"adapter_model.safetensors.index.json"}
+    adapter = find_adapter(ckpt)
+    assert {m.name: (m.rank, m.alpha, m.scale) for m in adapter.modules} == expected_peft()
