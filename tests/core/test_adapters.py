@@ -280,7 +280,9 @@ def test_diffusers_namings_lone_halves_and_bad_pairs(torch, tmp_path):
         "unet.mid.processor.to_k_lora.up.weight": t(8, 2),
         "te.q.lora_linear_layer.down.weight": t(2, 8), "te.q.lora_linear_layer.up.weight":
             t(8, 2),
-        "te.q.alpha": torch.tensor(1.0),
+        "te.q.alpha": torch.tensor(1.5, dtype=torch.bfloat16),
+        "d.lora_A.weight": t(2, 8), "d.lora_B.weight": t(8, 2),
+        "d.alpha": torch.tensor(6.0, dtype=torch.float64),
         "lonely.lora_A.weight": t(2, 8),  # no lora_B
         "bad.lora_A.weight": t(2, 8), "bad.lora_B.weight": t(8, 3),  # ranks disagree
         "tucker.lora_down.weight": t(2, 8, 1, 1), "tucker.lora_mid.weight": t(2, 2, 3, 3),
@@ -289,8 +291,9 @@ def test_diffusers_namings_lone_halves_and_bad_pairs(torch, tmp_path):
     adapter = find_adapter(open_checkpoint(tmp_path / "mixed.safetensors"))
     by_name = {m.name: m for m in adapter.modules}
     assert set(by_name) == {"unet.mid.attn.to_q", "unet.mid.processor.to_k", "te.q", "bad",
-                            "tucker"}
-    assert by_name["te.q"].alpha == 1.0 and by_name["te.q"].scale == 0.5
+                            "tucker", "d"}
+    assert by_name["te.q"].alpha == 1.5 and by_name["te.q"].scale == 0.75  # bfloat16 alpha
+    assert by_name["d"].alpha == 6.0 and by_name["d"].scale == 3.0  # float64 alpha
     assert by_name["unet.mid.attn.to_q"].scale == 1.0  # no alpha: alpha = rank
     assert adapter.unpaired == ["lonely.lora_A.weight"]
     for name in ("bad", "tucker"):

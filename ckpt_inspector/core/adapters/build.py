@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 from collections import Counter
 from typing import Any
 
@@ -310,12 +311,28 @@ def _remote(info: TensorInfo) -> bool:
     return source is not None and source.remote
 
 
-def _scalar(info: TensorInfo) -> float:
-    """The one value of an alpha tensor."""
-    from ckpt_inspector.core.ops.passes import element_chunks
+STRUCT = {"float16": "e", "float32": "f", "float64": "d", "int64": "q", "int32": "i"}
 
+
+def _scalar(info: TensorInfo) -> float:
+    """The one value of an alpha tensor: read with :mod:`struct` for the usual dtypes (no
+    numpy for ``info``), else as statistics read values."""
     if info.numel != 1:
         raise ValueError(f"it holds {info.numel:,} values, not one")
+    source = info.storage.source if info.storage is not None else None
+    code = STRUCT.get(info.dtype) or ("H" if info.dtype == "bfloat16" else None)
+    if source is not None and code is not None and not info.problem:
+        size = struct.calcsize(code)
+        raw = source.read(info.storage_offset * size, size)
+        if len(raw) != size:
+            raise ValueError("its data runs past the end of the file")
+        order = ">" if source.byteorder == "big" else "<"
+        value = struct.unpack(order + code, raw)[0]
+        if info.dtype == "bfloat16":  # the high half of a float32
+            value = struct.unpack("<f", struct.pack("<I", value << 16))[0]
+        return float(value)
+    from ckpt_inspector.core.ops.passes import element_chunks
+
     for values, _index in element_chunks(info):
         return float(values[0])
     raise ValueError("it holds no value")
