@@ -76,8 +76,12 @@ class UpdateSwitch(QObject):
     def selected(self, key: str, info: TensorInfo | None) -> bool:
         """The tensor ``info`` (None: no tensor) is selected. True when the view shows its
         pair's update instead (now, or once computed)."""
-        self.cancel()
         module = self.module(info)
+        if module is not None and self._selected == (key, info) and \
+                self.button.isChecked() and (self._job is not None or self.view.info is
+                                             self.update_of(info)):
+            return True  # the same row again (a filter, a theme): already shown or coming
+        self.cancel()
         self._selected = (key, info) if module is not None and info is not None else None
         self.button.setVisible(module is not None)
         if module is None:
