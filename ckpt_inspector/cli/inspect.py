@@ -11,6 +11,8 @@ from typing import Any
 
 from ckpt_inspector.cli import _common
 from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, fail, unreadable
+from ckpt_inspector.core.adapters import find_adapter
+from ckpt_inspector.core.adapters.text import adapter_lines
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.gcpause import bulk_allocation
 from ckpt_inspector.core.layouts.siblings import whole_model_for
@@ -104,7 +106,15 @@ def info_json(ckpt: Checkpoint) -> dict[str, Any]:
         out["arrays"] = arrays
     if ckpt.files:  # a checkpoint made of several files
         out["files"] = ckpt.files
+    _adapter_json(ckpt, out)
     return out
+
+
+def _adapter_json(ckpt: Checkpoint, out: dict[str, Any]) -> None:
+    """``adapter``: the LoRA pairs of an adapter (core/adapters), when it has some."""
+    adapter = find_adapter(ckpt)
+    if adapter is not None:
+        out["adapter"] = adapter.to_json()
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -180,6 +190,7 @@ def print_info(ckpt: Checkpoint) -> None:
             v = json.dumps(v)
         text = str(v)
         print(f"  {k}: {text if len(text) <= 200 else text[:200] + '…'}")
+    _print_adapter(ckpt)
     _print_files(ckpt)
     print()
     root = ckpt.root
@@ -200,6 +211,14 @@ def print_info(ckpt: Checkpoint) -> None:
 def _unknown_shapes(tot: dict[str, Any]) -> str:
     n = tot.get("unknown_shape_tensors", 0)
     return (f" ({n:,} of unknown shape, not counted in the elements and bytes)" if n else "")
+
+
+def _print_adapter(ckpt: Checkpoint) -> None:
+    """The adapter section of a LoRA adapter (core/adapters)."""
+    adapter = find_adapter(ckpt)
+    if adapter is not None:
+        for line in adapter_lines(adapter):
+            print(line)
 
 
 def _print_files(ckpt: Checkpoint) -> None:

@@ -22,6 +22,10 @@ def add_parser(sub: Any) -> None:
                     help="where the arithmetic runs: cpu (numpy) or a torch device (cuda:0)")
     st.add_argument("--bins", type=int, default=0, metavar="N",
                     help="also a histogram of N bins (exact up to 64M elements, else sampled)")
+    st.add_argument("--lora-update", action="store_true",
+                    help="statistics of LoRA pairs' effective update scale·B@A instead: each "
+                         "KEY names an adapted module or one of its tensors (default: every "
+                         "pair)")
     st.add_argument("--json", action="store_true", help="one JSON object on stdout")
     st.add_argument("--progress", action="store_true",
                     help="JSON lines of progress on stdout, then the result")
@@ -48,23 +52,29 @@ def cmd_stats(args: argparse.Namespace) -> int:
         ckpt = _common.open_file(args.path)
     except CheckpointError as err:
         return unreadable(args.path, err)
-    found = {key_of(p): node.tensor for p, node in ckpt.tensors() if node.tensor is not None}
-    missing = [k for k in args.keys if k not in found]
-    if missing:
-        return usage(f"{args.path}: no tensor {missing[0]!r}")
-    keys = args.keys or list(found)
+    if args.lora_update:
+        targets = _lora_targets(args, ckpt)
+        if isinstance(targets, int):
+            return targets
+    else:
+        found = {key_of(p): node.tensor for p, node in ckpt.tensors()
+                 if node.tensor is not None}
+        missing = [k for k in args.keys if k not in found]
+        if missing:
+            return usage(f"{args.path}: no tensor {missing[0]!r}")
+        targets = {k: (found[k], {}) for k in args.keys or found}
+    keys = list(targets)
     on_progress = _common.progress_printer(args.progress)
     report: dict[str, Any] = {}
-    for key in keys:
-        info = found[key]
+    for key, (info, about) in targets.items():
         try:
             st = run_job(compute(info, args.device), on_progress)
-            entry: dict[str, Any] = {"shape": list(info.shape), **st.to_json()}
+            entry: dict[str, Any] = {"shape": list(info.shape), **about, **st.to_json()}
             if args.bins and st.min is not None:
                 h = run_job(histogram(info, st, args.bins), on_progress)
                 entry["histogram"] = {"edges": h.edges.tolist(), "counts": h.counts.tolist(),
                                       "sampled": h.sampled}
-        except CheckpointError as err:
+        except (CheckpointError, OSError, ValueError) as err:  # a file, or a pair's shapes
             entry = {"shape": list(info.shape), "dtype": info.dtype, "error": str(err)}
         report[key] = entry
     failed = [k for k, e in report.items() if "error" in e]
@@ -72,8 +82,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps({"path": args.path, "device": args.device, "tensors": report}))
         return _failed(args, failed)
     width = min(max((len(k) for k in keys), default=3), 48)
-    print(f"{'key':{width}s}  {'dtype':9s} {'min':>11s} {'max':>11s} {'mean':>11s} "
-          f"{'std':>11s} {'zeros':>7s}  nan/inf")
+    if args.lora_update:
+        print("effective update scale·B@A of each LoRA pair, computed from its two tensors")
+    print(f"{'module' if args.lora_update else 'key':{width}s}  {'dtype':9s} {'min':>11s} "
+          f"{'max':>11s} {'mean':>11s} {'std':>11s} {'zeros':>7s}  nan/inf")
     for key, e in report.items():
         if "error" in e:
             print(f"{key:{width}s}  {e['dtype']:9s} {e['error']}")
@@ -81,9 +93,38 @@ def cmd_stats(args: argparse.Namespace) -> int:
         nums = " ".join(f"{format_number(e[f]):>11s}"
                         for f in ("min", "max", "mean", "std"))
         bad = e["nan"] + e["posinf"] + e["neginf"]
+        pair = f"  (r {e['rank']}, alpha {e['alpha']:.6g}, scale {e['scale']:.6g})" \
+            if "rank" in e and not isinstance(e["scale"], str) else ""
         print(f"{key:{width}s}  {e['dtype']:9s} {nums} {e['sparsity']:7.1%}  "
-              f"{bad:,}" + (f"  ({e['note']})" if e["note"] else ""))
+              f"{bad:,}" + (f"  ({e['note']})" if e["note"] else "") + pair)
     return _failed(args, failed)
+
+
+def _lora_targets(args: argparse.Namespace, ckpt: Any) -> dict[str, Any] | int:
+    """``--lora-update``: module name -> (its effective update as a tensor, what describes
+    it), for the modules the keys name (a module's name or any key of its pair), else for
+    every pair that has an update; or the exit code of a usage error."""
+    from ckpt_inspector.core.adapters import find_adapter
+    from ckpt_inspector.core.adapters.model import number
+
+    adapter = find_adapter(ckpt)
+    if adapter is None:
+        return usage(f"{args.path}: no LoRA pairs (lora_A/lora_B, lora_down/lora_up) in it")
+    if args.keys:
+        modules = []
+        for key in args.keys:
+            module = adapter.module_named(key)
+            if module is None:
+                return usage(f"{args.path}: {key!r} is no adapted module nor a key of a "
+                             "LoRA pair")
+            if module.problem:
+                return usage(f"{args.path}: {module.name}: {module.problem}")
+            modules.append(module)
+    else:
+        modules = [m for m in adapter.modules if not m.problem]
+    return {m.name: (adapter.update_tensor(m), {
+        "update_of": [m.a_key, m.b_key], "rank": m.rank, "alpha": number(m.alpha),
+        "scale": number(m.scale)}) for m in modules}
 
 
 def _failed(args: argparse.Namespace, failed: list[str]) -> int:

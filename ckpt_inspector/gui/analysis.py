@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
+from ckpt_inspector.core.adapters.update import stats_argv
 from ckpt_inspector.core.ops.analysis import (
     Piece,
     analyse,
@@ -104,8 +105,9 @@ class Analysis(QObject):
                 on_error=lambda e: self._failed(info, e))
         elif self.device != "cpu":
             self._job = self.runner.run_child(
-                f"Statistics of {name}", ["stats", self.path, key, "--device", self.device,
-                                          "--bins", str(bins), "--progress"], quiet=True,
+                f"Statistics of {name}", ["stats", self.path, *stats_argv(info, key), "--device",
+                                          self.device, "--bins", str(bins), "--progress"],
+                quiet=True,
                 on_result=lambda r: self._child_done(info, bins, r),
                 on_progress=lambda p: self._progress(info, p),
                 on_error=lambda e: self._failed(info, e))

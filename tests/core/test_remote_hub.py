@@ -47,6 +47,12 @@ def made(tmp_path_factory, torch):
 
     write_gguf_split(folder / "splits")
     data["splits"] = {p.name: p.read_bytes() for p in (folder / "splits").iterdir()}
+    from adapter_files import kohya_file, peft_by_hand
+
+    peft_by_hand(torch, folder / "adapter")
+    data["adapter"] = {p.name: p.read_bytes() for p in (folder / "adapter").iterdir()}
+    kohya_file(torch, folder / "kohya.safetensors")
+    data["kohya.safetensors"] = (folder / "kohya.safetensors").read_bytes()
     return folder, data, small, zipped, marker
 
 
@@ -65,6 +71,8 @@ def hub(made, monkeypatch, tmp_path):
                                                     if n.endswith(".safetensors")}),
         "owner/notes": Repo({"README.md": b"# nothing to load\n"}),
         "owner/gguf": Repo(data["splits"], lfs=set(data["splits"])),
+        "owner/adapter": Repo({**data["adapter"], "kohya.safetensors": data["kohya.safetensors"]},
+                              lfs={"adapter_model.safetensors", "kohya.safetensors"}),
     }
     with FakeHub(repos) as fake:
         env = {"HF_ENDPOINT": fake.endpoint, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "",
@@ -215,6 +223,24 @@ def test_a_whole_repository_is_listed_by_the_tree_api_alone_in_pages(hub, made):
     assert len(api) == -(-len(hub.repos["owner/sharded"].files) // 2), api
     with pytest.raises(CheckpointError, match="HF_TOKEN"):
         open_checkpoint("hf://owner/private")
+
+
+def test_a_lora_adapter_in_a_repository(hub, made):
+    """A PEFT adapter's repository opens as the adapter (its config read beside it); a
+    kohya file's alpha tensors are not fetched one request each: its metadata says alpha."""
+    from ckpt_inspector.core.adapters import find_adapter
+
+    folder = made[0]
+    adapter = find_adapter(open_checkpoint("hf://owner/adapter"))
+    local = find_adapter(open_checkpoint(str(folder / "adapter")))
+    assert adapter.kind == "peft" and adapter.to_json()["modules"] == local.to_json()["modules"]
+    hub.clear()
+    kohya = find_adapter(open_checkpoint("hf://owner/adapter/kohya.safetensors"))
+    assert len([r for r in hub.requests() if "/resolve/" in r.path or "/cdn/" in r.path]) <= 3
+    assert any("not fetched from a remote file" in n for n in kohya.notes)
+    linear = kohya.module_named(
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q")
+    assert (linear.alpha, linear.alpha_from) == (2.0, "ss_network_alpha")
 
 
 def test_a_repository_holding_no_model_is_refused_with_a_hint(hub):

@@ -31,9 +31,10 @@ class Layout:
 
 
 def _layouts() -> tuple[Layout, ...]:
-    from ckpt_inspector.core.layouts import dcp, deepspeed, gguf_split, hf_sharded
+    from ckpt_inspector.core.layouts import dcp, deepspeed, gguf_split, hf_sharded, peft_adapter
 
-    return (Layout(hf_sharded.NAME, hf_sharded.detect, hf_sharded.open, remote=True),
+    return (Layout(peft_adapter.NAME, peft_adapter.detect, peft_adapter.open, remote=True),
+            Layout(hf_sharded.NAME, hf_sharded.detect, hf_sharded.open, remote=True),
             Layout(dcp.NAME, dcp.detect, dcp.open, remote=True),
             Layout(deepspeed.NAME, deepspeed.detect, deepspeed.open, remote=True),
             Layout(gguf_split.NAME, gguf_split.detect, gguf_split.open, remote=True))

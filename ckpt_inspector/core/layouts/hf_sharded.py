@@ -104,7 +104,7 @@ def detect(path: str) -> bool:
 
 
 # -- reading -------------------------------------------------------------------------------
-def _json(path: str, what: str) -> Any:
+def read_json(path: str, what: str) -> Any:
     raw = paths.read_bytes(path, MAX_JSON)
     try:  # twice as fast as json on an index of 100,000s of names (a stall in the window)
         return orjson.loads(raw)
@@ -157,7 +157,7 @@ def _plan(path: str) -> _Plan:
             first, *rest = singles(path, names)
             return _Plan(folder, None, [first], others=rest)
         index, others = found[0], found[1:]
-    data = _json(paths.join(folder, index), index)
+    data = read_json(paths.join(folder, index), index)
     weight_map = _weight_map(data, index)
     shards = sorted(set(weight_map.values()))
     if len(shards) > MAX_SHARDS:
@@ -171,7 +171,23 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
         plan = _plan(path)
     except OSError as err:
         raise CheckpointError(f"cannot read the index: {err}") from None
-    union = Union(path, NAME, NAME)
+    return read_plan(path, plan, NAME)
+
+
+def plan_files(folder: str, files: list[str], index: str | None = None) -> _Plan:
+    """What to read: the index ``index`` (a name in ``folder``) and the shards it lists, or,
+    without one, the ``files`` given (the first of them; the others are named as not read).
+    For a layout that chooses its files itself (a PEFT adapter's ``adapter_model.*``)."""
+    if index is not None:
+        return _plan(paths.join(folder, index))
+    first, *rest = files
+    return _Plan(folder, None, [first], others=rest)
+
+
+def read_plan(path: str, plan: _Plan, fmt: str) -> Checkpoint:
+    """Read the files of ``plan`` as one checkpoint of format ``fmt`` (``path``: what was
+    opened)."""
+    union = Union(path, fmt, fmt)
     ckpt = union.ckpt
     if plan.index is not None:
         size = file_size(paths.join(plan.folder, plan.index))
@@ -286,7 +302,7 @@ def _config(ckpt: Checkpoint, folder: str) -> None:
     if not paths.isfile(path):
         return
     try:
-        ckpt.metadata["config"] = _json(path, CONFIG)
+        ckpt.metadata["config"] = read_json(path, CONFIG)
     except (CheckpointError, OSError) as err:
         if is_url(path) and "(404)" in str(err):
             return  # over HTTP nothing lists the folder: it is simply not there

@@ -1,6 +1,7 @@
 """Opening a file: :func:`open_file` reads it (what every command calls), :func:`load_file`
-also scans it and builds the tree people browse (grouped; the flat one on first use) and its
-totals (what the window does on a worker thread for every file it opens). Qt-free."""
+also scans it and builds the tree people browse (grouped; the flat one on first use), its
+totals and, for a LoRA adapter, its pairs (what the window does on a worker thread for every
+file it opens). Qt-free."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ckpt_inspector.core.adapters import Adapter, find_adapter
 from ckpt_inspector.core.display import DisplayNode, build_display_tree
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.gcpause import bulk_allocation, release_steps
@@ -30,6 +32,7 @@ class LoadedFile:
     flat: DisplayNode | None  # None until asked for (:meth:`tree`)
     totals: dict[str, Any]
     seconds: float
+    adapter: Adapter | None = None  # the LoRA pairs of an adapter (core/adapters)
 
     def tree(self, grouped: bool) -> DisplayNode:
         """The grouped or the flat tree; the flat one is built on first use (a quarter of
@@ -68,6 +71,7 @@ def load_file(path: str, flat: bool = False, cancel: threading.Event | None = No
         grouped = build_display_tree(ckpt.root, grouped=True)
         flat_tree = build_display_tree(ckpt.root, grouped=False) if flat else None
         file = LoadedFile(path, ckpt, report, grouped, flat_tree, totals(ckpt), 0.0)
+    file.adapter = find_adapter(ckpt)
     file.seconds = time.perf_counter() - start
     return file
 

@@ -91,7 +91,9 @@ def safe_meaning(fmt: str, files: list[dict], devices: dict[str, int]) -> str:
     return "only data, nothing that runs when it is read (torch.load does not read this format)"
 
 
-def summary_html(loaded: LoadedFile) -> str:
+def summary_html(loaded: LoadedFile, sections: str = "") -> str:
+    """The summary panel; ``sections``: more of it (an adapter's, gui/html/adapter.py), put
+    before the files."""
     ckpt, report, tot = loaded.ckpt, loaded.report, loaded.totals
     where = strip_credentials(loaded.path)
     parts = [css(), f"<p><b>{breakable(name_of(loaded.path))}</b><br>"
@@ -161,6 +163,7 @@ def summary_html(loaded: LoadedFile) -> str:
             rows.append(("", f"<span class='muted'>… {total - len(values):,} more in the "
                              "tree</span>"))
         parts.append(_rows(rows, escape_keys=False))
+    parts.append(sections)
     parts.append(_files_html(ckpt.files))
     parts.append(_metadata_html(ckpt.metadata))
     if ckpt.warnings:
@@ -189,7 +192,8 @@ def _metadata_html(metadata: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-KEY_VALUE_TABLES = {"config": "config.json"}  # metadata shown as tables, under these titles
+# metadata shown as tables, under these titles
+KEY_VALUE_TABLES = {"config": "config.json", "adapter_config": "adapter_config.json"}
 TABLE_ROWS = 40  # rows of such a table (then "… N more")
 
 

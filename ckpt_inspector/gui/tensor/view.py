@@ -44,6 +44,7 @@ from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.jobs import JobRunner, Task
 from ckpt_inspector.gui.remote import is_url, stem_of
+from ckpt_inspector.gui.tensor.lora import UpdateSwitch
 from ckpt_inspector.gui.tensor.preload import plots_ready, preload_plots, preload_when_idle
 from ckpt_inspector.gui.tensor.slicing import SliceBar, describe_pixel
 from ckpt_inspector.gui.theme import is_palette_change, set_muted, span
@@ -95,9 +96,11 @@ class TensorView(QWidget):
         self.cancel_button.setToolTip("Stop computing statistics for this tensor")
         self.cancel_button.clicked.connect(self.cancel)
         self.cancel_button.hide()
+        self.lora = UpdateSwitch(self, self.runner)  # a LoRA pair's update, on request
         head = QHBoxLayout()
         head.setContentsMargins(4, 2, 4, 2)
         head.addWidget(self.title, 1)
+        head.addWidget(self.lora.button)
         head.addWidget(self.status)
         head.addWidget(self.cancel_button)
 
@@ -232,12 +235,18 @@ class TensorView(QWidget):
                            + span("muted", details))
 
     def show_node(self, key: str, info: TensorInfo | None, label: str = "") -> None:
+        if self.lora.selected(key, info):
+            return  # the update of its LoRA pair is shown instead
         if info is None:
-            self.cancel()
-            self.info = None
-            self._show_placeholder(label)
+            self.show_message(label)
             return
         self.show_tensor(key, info)
+
+    def show_message(self, text: str) -> None:
+        """No tensor: ``text`` (or what to do) in its place."""
+        self.cancel()
+        self.info = None
+        self._show_placeholder(text)
 
     def show_tensor(self, key: str, info: TensorInfo) -> None:
         if info is not self.info:
@@ -332,6 +341,8 @@ class TensorView(QWidget):
     def cancel(self) -> None:
         """Stop the computations for the tensor shown (results so far are dropped)."""
         self.analysis.cancel()
+        if self.lora.cancel():
+            self.status.setText("cancelled")
         heat, self._heat_job = self._heat_job, None
         if heat is not None:
             self.runner.cancel(heat)

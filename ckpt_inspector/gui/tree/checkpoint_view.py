@@ -30,6 +30,7 @@ from ckpt_inspector.core.ops.stats import Stats
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter, describe
+from ckpt_inspector.gui.html.adapter import adapter_html, pair_html
 from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.release import release_soon
@@ -231,7 +232,7 @@ class CheckpointView(QWidget):
         """A theme switch: draw the panels again in its colours."""
         super().changeEvent(event)
         if is_palette_change(event) and self.file is not None:
-            self.summary.setHtml(summary_html(self.file))
+            self._show_summary(self.file)
             self._show_banner(self.file)
             self._refresh_details()
 
@@ -262,6 +263,7 @@ class CheckpointView(QWidget):
         self.file = file
         self._tensor_files, self._files_folder = files, folder
         self.tensor_view.set_file(file.path)
+        self.tensor_view.lora.set_adapter(file.adapter)
         # a model per tree, made when first shown (the flat tree is built then too)
         self._models = {}
         self._show_model(self.group_box.isChecked())
@@ -280,7 +282,7 @@ class CheckpointView(QWidget):
 
     def _show_summary(self, file: LoadedFile) -> None:
         if file is self.file:
-            self.summary.setHtml(summary_html(file))
+            self.summary.setHtml(summary_html(file, adapter_html(file.adapter)))
 
     def _failed(self, err: BaseException, generation: int) -> None:
         if generation != self._generation:
@@ -417,7 +419,7 @@ class CheckpointView(QWidget):
     def _current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         node = current.data(NodeRole) if current.isValid() else None
         info = node.node.tensor if node is not None and node.is_tensor else None
-        self.details.setHtml(details_html(node, self.target_device, self._stats_of(info)))
+        self.details.setHtml(self._details_html(node, info))
         if node is None:
             self.tensor_view.show_node("", None)
         elif info is None:
@@ -426,14 +428,23 @@ class CheckpointView(QWidget):
         elif info is not self.tensor_view.info:
             self.tensor_view.show_node(node.key, info)
 
+    def _details_html(self, node: DisplayNode | None, info: TensorInfo | None) -> str:
+        """The details of a row; for a tensor of a LoRA pair, the pair and the statistics of
+        its effective update once computed."""
+        lora = self.tensor_view.lora
+        return (details_html(node, self.target_device, self._stats_of(info))
+                + pair_html(lora.module(info), self._stats_of(lora.update_of(info))))
+
     def _stats_of(self, info: TensorInfo | None) -> Stats | None:
         stats = self.analysis.stats(info) if info is not None else None
         return stats if isinstance(stats, Stats) else None
 
     def _stats_ready(self, info: Any) -> None:
         node = self.current_node()
-        if node is not None and node.is_tensor and node.node.tensor is info:
-            self.details.setHtml(details_html(node, self.target_device, self._stats_of(info)))
+        if node is not None and node.is_tensor and (
+                node.node.tensor is info or self.tensor_view.lora.update_of(node.node.tensor)
+                is info):
+            self.details.setHtml(self._details_html(node, node.node.tensor))
 
     def _refresh_details(self, *_args: Any) -> None:
         self._current_changed(self.tree.currentIndex(), QModelIndex())
