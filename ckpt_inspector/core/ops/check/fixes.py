@@ -40,7 +40,7 @@ def _score(specs: dict[str, Spec], expected: dict[str, Spec], strip: str,
     """(keys that land on a model key of their shape, keys that land on a model key)."""
     fits = names = 0
     for key, spec in specs.items():
-        want = expected.get(add + key.removeprefix(strip))
+        want = expected.get(apply_prefix(key, strip, add))
         if want is not None:
             names += 1
             fits += spec.shape is not None and want.shape is not None and shapes_match(
@@ -65,7 +65,11 @@ def best_prefix(specs: dict[str, Spec], expected: dict[str, Spec]) -> tuple[str,
 
 
 def apply_prefix(key: str, strip: str, add: str) -> str:
-    return add + key.removeprefix(strip)
+    """The key under the rule: ``strip`` removed where it starts it; ``add`` put before
+    every key, or, with ``strip``, in its place (a prefix replaced: only those keys)."""
+    if not strip:
+        return add + key
+    return add + key[len(strip):] if key.startswith(strip) else key
 
 
 # -- renames ---------------------------------------------------------------------------------
@@ -210,9 +214,12 @@ def _new_key(key: str, fix: Fix) -> str:
 
 def _summary(fix: Fix, after: Outcome) -> str:
     steps = []
-    if fix.strip_prefix:
+    if fix.strip_prefix and fix.add_prefix:
+        steps.append(f"replace {fix.strip_prefix!r} with {fix.add_prefix!r} at the start "
+                     "of the keys")
+    elif fix.strip_prefix:
         steps.append(f"strip {fix.strip_prefix!r} from the keys")
-    if fix.add_prefix:
+    elif fix.add_prefix:
         steps.append(f"add {fix.add_prefix!r} before every key")
     steps += [f"rename {old!r} to {new!r}" for old, new in fix.renames]
     if fix.num_classes is not None:
@@ -240,11 +247,14 @@ def _code(fix: Fix, part: str, target: Target) -> str:
         lines.append("import re")
     where = "".join(f"[{_py(p)}]" for p in part.split(".")) if part else ""
     lines.append(f"# sd: the checkpoint's state_dict (torch.load(...){where})")
-    if fix.strip_prefix or fix.add_prefix:
-        new = f"k.removeprefix({_py(fix.strip_prefix)})" if fix.strip_prefix else "k"
-        if fix.add_prefix:
-            new = f"{_py(fix.add_prefix)} + {new}"
-        lines.append(f"sd = {{{new}: v for k, v in sd.items()}}")
+    strip, add = _py(fix.strip_prefix), _py(fix.add_prefix)
+    if fix.strip_prefix and fix.add_prefix:
+        lines.append(f"sd = {{({add} + k[{len(fix.strip_prefix)}:] if k.startswith({strip}) "
+                     "else k): v for k, v in sd.items()}")
+    elif fix.strip_prefix:
+        lines.append(f"sd = {{k.removeprefix({strip}): v for k, v in sd.items()}}")
+    elif fix.add_prefix:
+        lines.append(f"sd = {{{add} + k: v for k, v in sd.items()}}")
     for old, new in fix.renames:
         pattern = _segments_pattern(old).pattern
         literal = f'r"{pattern}"' if '"' not in pattern and not pattern.endswith("\\") \
