@@ -189,6 +189,14 @@ def find_fix(sd: StateDict, target: Target, outcome: Outcome) -> Fix | None:
             fix.notes.append(f"the classifier head has {classes:,} outputs in the checkpoint: "
                              "build the model for that many classes")
     items = [Item(_new_key(i.key, fix), i.spec, i.value) for i in sd.items]
+    cast = [i for i in items if i.spec.shape is not None and i.key in final.expected
+            and i.spec.dtype != final.expected[i.key].dtype]
+    if cast:
+        n, first = len(cast), cast[0]
+        fix.notes.append(f"{n:,} tensor{'s' if n != 1 else ''} will be cast to the model's "
+                         f"dtype as {'they load' if n != 1 else 'it loads'} (e.g. "
+                         f"{first.key}: {first.spec.dtype} → "
+                         f"{final.expected[first.key].dtype})")
     # a dict made from the keys keeps no _metadata (so BatchNorm fills num_batches_tracked)
     after = final.load(items, None if fix.changes_keys else sd.versions)
     only_unexpected = bool(after.unexpected) and not (

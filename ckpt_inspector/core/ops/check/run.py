@@ -81,11 +81,11 @@ def _notes(out: CheckReport, target: Target) -> list[str]:
     notes = []
     filled = [r.key for r in out.rows if r.status == FILLED]
     if filled:
-        notes.append(f"{len(filled):,} key{'s' if len(filled) != 1 else ''} the checkpoint "
-                     f"lacks {'are' if len(filled) != 1 else 'is'} filled in by the model's "
-                     f"loader, not reported missing (e.g. {filled[0]}): BatchNorm does so "
-                     "for num_batches_tracked when the state_dict's _metadata gives no "
-                     "version for its module")
+        n = len(filled)
+        notes.append(f"{n:,} key{'s' if n != 1 else ''} the checkpoint lacks "
+                     f"{'are' if n != 1 else 'is'} filled in, not reported missing (e.g. "
+                     f"{filled[0]}): BatchNorm does so when the state_dict's _metadata has "
+                     "no version for its module")
     ignored = [r.key for r in out.rows if r.status == IGNORED]
     if ignored:
         notes.append(f"{len(ignored):,} key{'s' if len(ignored) != 1 else ''} of the "
@@ -96,8 +96,8 @@ def _notes(out: CheckReport, target: Target) -> list[str]:
                      "differ in dtype only: load_state_dict casts them to the model's "
                      "(no error)")
     if not target.exact:
-        notes.append("the model is another checkpoint: its modules are inferred from its "
-                     "keys (order and custom loaders may differ from the real model's)")
+        notes.append("the model's modules are inferred from the other checkpoint's keys "
+                     "(the real model may order unexpected keys or load some its own way)")
     matched = sum(1 for r in out.rows if r.status in (OK, DTYPE))
     if target.kind != "checkpoint" and target.expected and \
             matched < LOW_MATCH * len(target.expected) and not (
