@@ -303,3 +303,26 @@ def test_prefix_rename_and_head_are_found():
     assert infer_renames({"x.w": spec(2), "y.w": spec(2)}, {"p.w": spec(2), "q.w": spec(2)}) \
         == []
     assert head_size(specs | {"backbone.l0.conv.weight": spec(1, 3)}, expected) == 10
+
+
+def test_builder_that_needs_real_numbers_and_a_loader_that_fails(torch, tmp_path):
+    """A builder doing arithmetic meta tensors cannot (``.item()``) is built again with each
+    tensor moved to meta as it is made; a model whose own loader fails on meta tensors is
+    bad input (exit 2), not a traceback."""
+    (tmp_path / "odd.py").write_text(
+        "import torch\n"
+        "def needs_item():\n"
+        "    width = int(torch.tensor([4.0]).sum().item())\n"
+        "    return torch.nn.Linear(width, 2)\n"
+        "class Picky(torch.nn.Linear):\n"
+        "    def _load_from_state_dict(self, sd, prefix, *args):\n"
+        "        raise ValueError('no meta here')\n"
+        "def picky():\n"
+        "    return Picky(4, 2)\n")
+    torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "lin.pt")
+    report = run_check(CheckRequest(str(tmp_path / "lin.pt"),
+                                    builder=f"{tmp_path / 'odd.py'}:needs_item"))
+    assert report.compatible and report.target["class"] == "Linear"
+    with pytest.raises(CheckUsageError, match="load_state_dict failed on meta tensors: "
+                                              "ValueError: no meta here"):
+        run_check(CheckRequest(str(tmp_path / "lin.pt"), builder=f"{tmp_path / 'odd.py'}:picky"))

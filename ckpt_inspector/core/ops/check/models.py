@@ -80,10 +80,12 @@ def load_on_meta(model: Any, items: list[Item], versions: dict[str, int] | None)
             # strict=False: the same lists (each module checks strictly either way), and
             # only the size mismatches and copy errors in the exception
             model.load_state_dict(sd, strict=False)
-    except RuntimeError as err:
+    except Exception as err:  # torch's list of errors, or the model's own loader failing
         text = str(err)
-        if not text.startswith(_HEADER) or "missing" not in seen:
-            raise CheckUsageError(f"load_state_dict failed: {text.splitlines()[0]}") from None
+        if not isinstance(err, RuntimeError) or not text.startswith(_HEADER) or \
+                "missing" not in seen:
+            raise CheckUsageError(f"the model's load_state_dict failed on meta tensors: "
+                                  f"{type(err).__name__}: {_first_line(err)}") from None
         messages = text.split(":\n\t", 1)[1].split("\n\t")
     finally:
         handle.remove()
@@ -164,7 +166,7 @@ def arch_target(name: str, num_classes: int | None = None) -> ModelTarget:
     except Exception as err:
         raise CheckUsageError(f"torchvision could not build {name!r}: "
                               f"{type(err).__name__}: {_first_line(err)}") from None
-    return ModelTarget("arch", name, model.to("meta"), num_classes)
+    return _target("arch", name, model, num_classes)
 
 
 def builder_target(spec: str) -> ModelTarget:
@@ -191,7 +193,17 @@ def builder_target(spec: str) -> ModelTarget:
     if not isinstance(model, torch.nn.Module):
         raise CheckUsageError(f"the builder {spec} returned a {type(model).__name__}, not a "
                               "torch.nn.Module")
-    return ModelTarget("builder", spec, model.to("meta"))
+    return _target("builder", spec, model)
+
+
+def _target(kind: str, name: str, model: Any, num_classes: int | None = None) -> ModelTarget:
+    """The model moved to meta (a builder may have made some tensors elsewhere) with the
+    state_dict it expects; a model whose ``state_dict()`` fails there is bad input."""
+    try:
+        return ModelTarget(kind, name, model.to("meta"), num_classes)
+    except Exception as err:
+        raise CheckUsageError(f"{name}: the model's state_dict() failed on the meta device: "
+                              f"{type(err).__name__}: {_first_line(err)}") from None
 
 
 def load_builder(spec: str) -> Any:
