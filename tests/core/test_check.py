@@ -326,3 +326,38 @@ def test_builder_that_needs_real_numbers_and_a_loader_that_fails(torch, tmp_path
     with pytest.raises(CheckUsageError, match="load_state_dict failed on meta tensors: "
                                               "ValueError: no meta here"):
         run_check(CheckRequest(str(tmp_path / "lin.pt"), builder=f"{tmp_path / 'odd.py'}:picky"))
+
+
+def test_non_persistent_buffers_and_extra_values_as_torch_has_them(torch, tmp_path,
+                                                                    monkeypatch):
+    """A non-persistent buffer is not in a state_dict: a checkpoint that has one under its
+    name is reported unexpected, by the builder's model and by another file alike."""
+    (tmp_path / "bufnet.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(3, 2)\n"
+        "        self.register_buffer('mean', torch.zeros(3), persistent=False)\n"
+        "        self.register_buffer('count', torch.zeros((), dtype=torch.long))\n"
+        "def build():\n"
+        "    return Net()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import bufnet
+
+    model = bufnet.build()
+    sd = model.state_dict()
+    assert "mean" not in sd
+    torch.save(sd, tmp_path / "model.pt")
+    sd = OrderedDict(sd)
+    sd["mean"] = torch.zeros(3)
+    sd["count"] = torch.zeros(1, dtype=torch.long)  # one element into a 0-d buffer: fine
+    torch.save(sd, tmp_path / "with_mean.pt")
+    expected = torch_says(model, torch.load(tmp_path / "with_mean.pt", weights_only=True))
+    assert expected["unexpected"] == ["mean"] and not expected["mismatched"]
+    for request in (CheckRequest(str(tmp_path / "with_mean.pt"), builder="bufnet:build"),
+                    CheckRequest(str(tmp_path / "with_mean.pt"),
+                                 against=str(tmp_path / "model.pt"))):
+        report = run_check(request)
+        assert ours(report) == expected, request
+        assert not report.fix.strict and report.fix.compatible  # strict=False ignores it
