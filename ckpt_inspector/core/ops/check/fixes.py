@@ -20,6 +20,9 @@ from ckpt_inspector.core.ops.check.state import Item, Outcome, StateDict, Target
 KNOWN_PREFIXES = ("module.", "model.", "_orig_mod.")
 MAX_PREFIXES = 8
 MAX_SEGMENTS = 3  # a prefix rule takes at most this many leading segments
+MAX_LEFTOVER = 5000  # renames are looked for among at most this many keys on one side
+MAX_PAIRS = 64  # keys of the same shape paired with each leftover key
+MAX_RULES = 256  # the renames suggested by the most pairs, checked against every key
 
 
 # -- prefixes --------------------------------------------------------------------------------
@@ -109,16 +112,18 @@ def infer_renames(specs: dict[str, Spec], expected: dict[str, Spec]
     by_shape: dict[tuple[int, ...] | None, list[str]] = defaultdict(list)
     for k in missing:
         by_shape[expected[k].shape].append(k)
+    if not unexpected or not missing or min(len(unexpected), len(missing)) > MAX_LEFTOVER:
+        return []  # nothing to pair, or two unrelated models: not worth the pairs
     shape_of_u: Counter[tuple[int, ...] | None] = Counter(specs[k].shape for k in unexpected)
-    rules: set[tuple[str, str]] = set()
+    rules: Counter[tuple[str, str]] = Counter()
     for u in unexpected:
-        for m in by_shape.get(specs[u].shape, ())[:256]:
+        for m in by_shape.get(specs[u].shape, ())[:MAX_PAIRS]:
             rule = _rule(u, m)
             if rule is not None:
-                rules.add(rule)
+                rules[rule] += 1
     missing_set = set(missing)
     valid: list[tuple[int, str, str, dict[str, str]]] = []
-    for old, new in rules:
+    for (old, new), _n in rules.most_common(MAX_RULES):
         pattern = _segments_pattern(old)
         moved: dict[str, str] = {}
         for u in unexpected:
