@@ -1,6 +1,6 @@
 """Command line: ``ckpt-inspector [FILES...]`` opens the window; ``info``, ``scan``,
-``demo``, ``load``, ``export``, ``arch``, ``stats``, ``diff`` and ``devices`` run a
-command.
+``demo``, ``load``, ``export``, ``arch``, ``check``, ``stats``, ``diff`` and ``devices`` run
+a command.
 
 One module per group of commands, each with ``add_parser(sub)`` and ``run(args)``;
 how an error ends a command (one line on stderr, an exit code) is ``_errors``'s table.
@@ -23,8 +23,8 @@ from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, EXIT_USAGE, inter
 # each command's module, in the order `--help` lists them: a command imports only its own
 # module (what it needs to read a file comes with it), not every command's
 _MODULES = {"info": "inspect", "scan": "inspect", "demo": "inspect", "load": "load",
-            "export": "export", "arch": "arch", "stats": "stats", "diff": "diff",
-            "devices": "devices"}
+            "export": "export", "arch": "arch", "check": "check", "stats": "stats",
+            "diff": "diff", "devices": "devices"}
 
 
 def _group(name: str) -> ModuleType:

@@ -126,6 +126,10 @@ class Node(TreeNode):
     tensor: TensorInfo | None = None
     role: str | None = None  # parameter | buffer | attribute | non-persistent buffer
     note: str | None = None
+    # a saved state_dict's ``_metadata`` as load_state_dict reads it: module prefix ->
+    # its class's ``_version`` (BatchNorm's 2 makes a missing num_batches_tracked an
+    # error); None where the dict carried no ``_metadata``
+    versions: dict[str, int] | None = None
 
     @property
     def is_container(self) -> bool:

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from ckpt_inspector.core.layouts import is_checkpoint_folder
 from ckpt_inspector.gui import theme
+from ckpt_inspector.gui.check.view import CheckView
 from ckpt_inspector.gui.diff.view import DiffView
 from ckpt_inspector.gui.file_browser import FileBrowser
 from ckpt_inspector.gui.icons import icon
@@ -100,6 +101,11 @@ def build_actions(self: MainWindow) -> None:
     self.torch_action = action(self,
         "device", "Load with &torch (weights only)…", self.load_current_with_torch,
         tip="Check that the file loads with torch.load onto the selected device")
+    self.check_action = action(self,
+        "check", "Check against a &model…", self.check_dialog,
+        tip="Will load_state_dict(strict=True) accept this checkpoint? Missing, unexpected "
+            "and mismatched keys against a torchvision architecture, your builder or "
+            "another open file, and the fix")
     self.next_tab_action = action(self, None, "&Next tab", lambda: self._step_tab(1),
                                         std.NextChild)
     self.previous_tab_action = action(self, None, "&Previous tab",
@@ -142,6 +148,7 @@ def build_actions(self: MainWindow) -> None:
     _build_theme_menu(self, view_menu)
     tools_menu = menu.addMenu("&Tools")
     tools_menu.addAction(self.torch_action)
+    tools_menu.addAction(self.check_action)
     help_menu = menu.addMenu("&Help")
     help_menu.addAction(self.shortcuts_action)
     help_menu.addSeparator()
@@ -205,6 +212,9 @@ def tab_menu(self: MainWindow, index: int) -> QMenu:
     elif isinstance(view, DiffView):
         menu.addAction("Compare again", view.start)
         menu.addAction("Swap A and B", lambda: self.compare_paths(view.path_b, view.path_a))
+        menu.addSeparator()
+    elif isinstance(view, CheckView):
+        menu.addAction("Check again", view.start)
         menu.addSeparator()
     menu.addAction("Close tab", lambda: self.close_tab(self.tabs.indexOf(view)))
     return menu
@@ -304,10 +314,13 @@ def update_actions(self: MainWindow) -> None:
     view = self.current_view()
     loaded = view is not None and view.file is not None
     diff = self.tabs.currentWidget() if isinstance(self.tabs.currentWidget(),
-                                                  DiffView) else None
+                                                  (DiffView, CheckView)) else None
     # torch.load reads a local file: a URL's checkpoint is looked at, not loaded
     self.torch_action.setEnabled(loaded and not is_url(view.path))
     self.export_action.setEnabled(loaded)
-    self.copy_action.setEnabled(loaded or (diff is not None and diff.comparison is not None))
+    self.check_action.setEnabled(loaded)
+    self.copy_action.setEnabled(loaded or (isinstance(diff, DiffView) and diff.comparison
+                                           is not None) or (isinstance(diff, CheckView)
+                                                            and diff.report is not None))
     self.reload_action.setEnabled(view is not None or diff is not None)
     self.close_action.setEnabled(view is not None or diff is not None)

@@ -39,14 +39,18 @@ class CliProcess(QObject):
     """A command run as a child with ``--progress``: JSON progress lines, then one JSON
     result, read with :func:`ckpt_inspector.core.progress.parse_line`. ``progress(dict)``
     (a :class:`~ckpt_inspector.core.progress.Progress` as a dict: stage, done, total,
-    detail), then ``done(dict)`` or ``failed(str)``; :meth:`kill` drops it silently."""
+    detail), then ``done(dict)`` or ``failed(str)``; :meth:`kill` drops it silently. A
+    command whose answer is also in its exit code (``check``: 1 when it would not load)
+    names the codes that still carry a result in ``ok_codes``."""
 
     progress = Signal(dict)
     done = Signal(dict)
     failed = Signal(str)
 
-    def __init__(self, args: list[str], parent: QObject | None = None):
+    def __init__(self, args: list[str], parent: QObject | None = None,
+                 ok_codes: tuple[int, ...] = (0,)):
         super().__init__(parent)
+        self._ok_codes = ok_codes
         self._buf = b""
         self._result: dict | None = None
         self._killed = False
@@ -72,7 +76,7 @@ class CliProcess(QObject):
             self.deleteLater()
             return
         self._read()
-        if code == 0 and self._result is not None:
+        if code in self._ok_codes and self._result is not None:
             self.done.emit(self._result)
         else:
             err = bytes(self.proc.readAllStandardError()).decode(errors="replace").strip()

@@ -93,12 +93,13 @@ class JobRunner(QObject):
                   on_result: Callable[[dict[str, Any]], None],
                   on_error: Callable[[BaseException], None] | None = None,
                   on_progress: Callable[[Progress], None] | None = None,
-                  on_cancel: Callable[[], None] | None = None, quiet: bool = False) -> Task:
+                  on_cancel: Callable[[], None] | None = None, quiet: bool = False,
+                  ok_codes: tuple[int, ...] = (0,)) -> Task:
         """Run ``ckpt-inspector ARGV --progress`` in a child process, with the callbacks of
-        :meth:`run`: its progress lines, then its JSON result; a failure is a
-        :class:`ChildError`. Cancelling kills the child."""
+        :meth:`run`: its progress lines, then its JSON result (its exit code one of
+        ``ok_codes``); a failure is a :class:`ChildError`. Cancelling kills the child."""
         task = self._task(label, quiet, on_cancel)
-        proc = CliProcess(argv, self)
+        proc = CliProcess(argv, self, ok_codes)
         progressed = self._progressed(task, on_progress)
         proc.progress.connect(lambda m: progressed(Progress(
             str(m.get("stage", "")), int(m.get("done") or 0), int(m.get("total") or 0),

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_inspector.core.ops.check.request import CheckRequest
 from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.gui import settings as settings_mod
@@ -36,8 +37,11 @@ from ckpt_inspector.gui.actions import (
     tab_menu,
     update_actions,
 )
+from ckpt_inspector.gui.check.launch import ask_check, open_check
+from ckpt_inspector.gui.check.view import CheckView
 from ckpt_inspector.gui.commands import run_cli
 from ckpt_inspector.gui.devices import DeviceProbe, fill_device_box
+from ckpt_inspector.gui.dialogs.check import CheckDialog
 from ckpt_inspector.gui.dialogs.consent import ask_consent, confirm
 from ckpt_inspector.gui.dialogs.export import ExportDialog
 from ckpt_inspector.gui.dialogs.files import ask_files, ask_folder
@@ -67,6 +71,7 @@ def load_with_torch(path: str, device: str, flags: list[str]) -> dict[str, Any]:
 class MainWindow(QMainWindow):
     file_shown = Signal(str)  # a file's tree is on screen (benchmarks and tests wait on it)
     comparison_shown = Signal(object)  # a DiffView whose result is on screen
+    check_done = Signal(object)  # a CheckView whose result is on screen
 
     def __init__(self, settings: QSettings | None = None, probe_devices: bool = True):
         super().__init__()
@@ -217,6 +222,23 @@ class MainWindow(QMainWindow):
         self._tab_changed()
         self.comparison_shown.emit(view)
 
+    # -- checking against a model ----------------------------------------------------------------
+    def check_dialog(self) -> CheckDialog | None:
+        """Tools > Check against a model…: the current tab's file against a model."""
+        self.check_dialog_ = ask_check(self)
+        return self.check_dialog_
+
+    def check_request(self, request: CheckRequest) -> CheckView:
+        return open_check(self, request)
+
+    def check_shown(self, view: CheckView) -> None:
+        index = self.tabs.indexOf(view)
+        if index >= 0:
+            self.tabs.setTabToolTip(index, f"{view.request.path}\nagainst "
+                                           f"{view.request.model_label}\n{view.status_text()}")
+        self._tab_changed()
+        self.check_done.emit(view)
+
     def show_key_in_file(self, path: str, key: str) -> None:
         """Open ``path`` (or go to its tab) and select ``key`` once its tree is shown."""
         [view] = self.open_paths([path])
@@ -278,7 +300,7 @@ class MainWindow(QMainWindow):
             return
         view = self.tabs.widget(index)
         self.tabs.removeTab(index)
-        if isinstance(view, (CheckpointView, DiffView)):
+        if isinstance(view, (CheckpointView, DiffView, CheckView)):
             view.dispose()
         if view is not None:
             view.deleteLater()
@@ -453,7 +475,7 @@ class MainWindow(QMainWindow):
                             else "ckpt-inspector")
         text = ""
         diff = self.tabs.currentWidget()
-        if isinstance(diff, DiffView):
+        if isinstance(diff, (DiffView, CheckView)):
             self.setWindowTitle(f"{diff.title} — ckpt-inspector")
             text = diff.status_text()
         if view is not None and view.file is not None:
@@ -468,12 +490,12 @@ class MainWindow(QMainWindow):
 
     def _copy_keys(self) -> None:
         view = self.tabs.currentWidget()
-        if isinstance(view, (CheckpointView, DiffView)):
+        if isinstance(view, (CheckpointView, DiffView, CheckView)):
             view.copy_keys()
 
     def _focus_filter(self) -> None:
         view = self.tabs.currentWidget()
-        if isinstance(view, (CheckpointView, DiffView)):
+        if isinstance(view, (CheckpointView, DiffView, CheckView)):
             view.focus_filter()
 
     def _step_tab(self, step: int) -> None:

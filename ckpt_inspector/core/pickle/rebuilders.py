@@ -252,7 +252,24 @@ def _dict(b: TreeBuilder, call: Call, key: Any, depth: int, ancestors: set[int])
     state = state_dict_of(call)
     if state and "_metadata" in state:
         node.note = "state_dict with _metadata"
+        node.versions = _versions(state["_metadata"])
     return b.mapping(node, items, depth, ancestors)
+
+
+def _versions(metadata: Any) -> dict[str, int]:
+    """``{module prefix: version}`` of a state_dict's ``_metadata`` (an OrderedDict of
+    ``{"version": n}``); what is not that shape is left out."""
+    if isinstance(metadata, Call):
+        items = list(metadata.dict_items or [])
+    else:
+        items = list(metadata.items()) if isinstance(metadata, dict) else []
+    out = {}
+    for prefix, entry in items:
+        if isinstance(prefix, str) and isinstance(entry, dict):
+            version = entry.get("version")
+            if isinstance(version, int) and not isinstance(version, bool):
+                out[prefix] = version
+    return out
 
 
 @_values("builtins.set", "builtins.frozenset")

@@ -1,0 +1,1 @@
+"""The check tab: a checkpoint against a model, its model and the tab itself."""
