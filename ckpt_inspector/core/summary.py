@@ -13,6 +13,7 @@ from typing import Any
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.keytree import roll_up
+from ckpt_inspector.core.memory import memory_totals
 from ckpt_inspector.core.tensors import DataSource
 from ckpt_inspector.core.tree import UNKNOWN_DTYPE, Checkpoint, Node, TensorInfo, key_of
 
@@ -344,6 +345,7 @@ def totals(ckpt: Checkpoint, nodes: list[Node] | None = None) -> dict[str, Any]:
     }
     if out["damaged_tensors"]:  # damaged ones whose file is missing: shape unknown, no count
         out["unknown_shape_tensors"] = sum(1 for t in ts if t.problem and not t.shape_known)
+    out["memory"] = memory_totals(ckpt, nodes, ts)  # as saved, as float16, optimizer's part
     return out
 
 
