@@ -118,6 +118,7 @@ class CheckpointView(QWidget):
         self.runner = runner
         self.reporter = reporter
         self.target_device = target_device
+        self.devices: list[dict[str, Any]] | None = None  # with free memory, once listed
         self.file: LoadedFile | None = None
         self._generation = 0
         self._disposed = False
@@ -231,7 +232,7 @@ class CheckpointView(QWidget):
         """A theme switch: draw the panels again in its colours."""
         super().changeEvent(event)
         if is_palette_change(event) and self.file is not None:
-            self.summary.setHtml(summary_html(self.file))
+            self.summary.setHtml(summary_html(self.file, self.devices))
             self._show_banner(self.file)
             self._refresh_details()
 
@@ -280,7 +281,7 @@ class CheckpointView(QWidget):
 
     def _show_summary(self, file: LoadedFile) -> None:
         if file is self.file:
-            self.summary.setHtml(summary_html(file))
+            self.summary.setHtml(summary_html(file, self.devices))
 
     def _failed(self, err: BaseException, generation: int) -> None:
         if generation != self._generation:
@@ -402,6 +403,13 @@ class CheckpointView(QWidget):
         for model in self._models.values():
             model.set_target_device(device)
         self._refresh_details()
+
+    def set_devices(self, devices: list[dict[str, Any]] | None) -> None:
+        """The devices here with their free memory: the summary says whether the weights
+        fit."""
+        self.devices = devices
+        if self.file is not None and devices is not None:
+            self.summary.setHtml(summary_html(self.file, devices))
 
     def focus_filter(self) -> None:
         self.filter_edit.setFocus()
