@@ -384,8 +384,8 @@ class MainWindow(QMainWindow):
         for view in self._tab_widgets():
             if isinstance(view, CheckpointView):
                 view.set_devices(devices)
-        if open_now:
-            box.showPopup()
+        if open_now:  # once the views have taken the change (a popup shown before closes)
+            QTimer.singleShot(0, self, box.showPopup)
 
     def _device_changed(self, index: int) -> None:
         device = self.device_box.itemData(index) or "cpu"

@@ -110,7 +110,7 @@ def test_opening_the_picker_lists_devices_with_free_memory(qtbot, settings, monk
     labels = [box.itemText(i) for i in range(box.count())]
     assert labels == ["cpu · 12.0 GiB available", "cuda:0 — Fake GPU · 20.0 GiB free",
                       "cuda:1 — Tiny GPU · 1.0 KiB free"]
-    assert box.view().isVisible()  # shown again with its new rows
+    qtbot.waitUntil(box.view().isVisible, timeout=5000)  # shown again with its new rows
     box.hidePopup()
     assert win.device_list[1]["free_bytes"] == 20 * GIB
     summary = view.summary.toPlainText()
