@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from PySide6.QtCore import QObject, QProcess, Signal
+from PySide6.QtCore import QObject, QProcess, QSize, Signal
 from PySide6.QtWidgets import QComboBox
 
 from ckpt_inspector.core.summary import human_bytes
@@ -33,6 +33,24 @@ class DeviceBox(QComboBox):
     def showPopup(self) -> None:
         self.opening.emit()
         super().showPopup()
+
+    def refit_popup(self) -> None:
+        """Size the open list to its rows, on the screen: filled while open (hiding it and
+        showing it again can leave it closed on screen but open to Qt)."""
+        view = self.view()
+        frame = view.parentWidget()
+        if frame is None or not frame.isVisible():
+            return
+        rows = min(self.count(), self.maxVisibleItems())
+        extra_h, extra_w = frame.height() - view.height(), frame.width() - view.width()
+        height = sum(view.sizeHintForRow(i) for i in range(rows)) + 2 * view.frameWidth()
+        geometry = frame.geometry()
+        geometry.setSize(QSize(max(frame.width(), view.minimumWidth() + extra_w),
+                               height + extra_h))
+        screen = self.screen().availableGeometry()
+        if geometry.right() > screen.right():
+            geometry.moveRight(screen.right())
+        frame.setGeometry(geometry)
 
 
 class DeviceProbe(QObject):
@@ -130,6 +148,9 @@ def fill_device_box(box: QComboBox, devices: list[dict[str, Any]], wanted: str
             note = f"{wanted} is not available here; using cpu"
     box.setCurrentIndex(index)
     view = box.view()  # the list shows whole labels; the box itself stays narrow
-    view.setMinimumWidth(view.sizeHintForColumn(0) + 2 * view.frameWidth() + 8)
+    metrics = view.fontMetrics()
+    widest = max((metrics.horizontalAdvance(box.itemText(i)) for i in range(box.count())),
+                 default=0)
+    view.setMinimumWidth(widest + 2 * view.frameWidth() + 6 * metrics.averageCharWidth())
     box.blockSignals(False)
     return index, note

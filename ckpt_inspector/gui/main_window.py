@@ -374,18 +374,14 @@ class MainWindow(QMainWindow):
         self.devices = [d["label"] for d in devices]
         self.device_list = devices
         box = self.device_box
-        open_now = box.view().isVisible()
-        if open_now:  # shown again once filled: the list's size follows its new rows
-            box.hidePopup()
         index, note = fill_device_box(box, devices, self.device)
+        box.refit_popup()  # when open: its new rows in full
         if note:
             self.statusBar().showMessage(note, 8000)
         self._device_changed(index)
         for view in self._tab_widgets():
             if isinstance(view, CheckpointView):
                 view.set_devices(devices)
-        if open_now:  # once the views have taken the change (a popup shown before closes)
-            QTimer.singleShot(0, self, box.showPopup)
 
     def _device_changed(self, index: int) -> None:
         device = self.device_box.itemData(index) or "cpu"

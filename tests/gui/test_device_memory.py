@@ -110,13 +110,18 @@ def test_opening_the_picker_lists_devices_with_free_memory(qtbot, settings, monk
     labels = [box.itemText(i) for i in range(box.count())]
     assert labels == ["cpu · 12.0 GiB available", "cuda:0 — Fake GPU · 20.0 GiB free",
                       "cuda:1 — Tiny GPU · 1.0 KiB free"]
-    qtbot.waitUntil(box.view().isVisible, timeout=5000)  # shown again with its new rows
+    popup = box.view()  # still open, sized to its new rows, whole labels
+    assert popup.isVisible()
+    widest = max(popup.fontMetrics().horizontalAdvance(label) for label in labels)
+    assert popup.parentWidget().width() > widest and popup.parentWidget().height() > \
+        3 * popup.fontMetrics().height()
     box.hidePopup()
     assert win.device_list[1]["free_bytes"] == 20 * GIB
     summary = view.summary.toPlainText()
     assert NOT_LISTED not in summary
     assert "Fits on cuda:0 (20.0 GiB free)" in summary and "no activations" in summary
     box.showPopup()  # listed once: opening it again starts nothing
+    assert popup.parentWidget().width() > widest
     box.hidePopup()
     assert win.probe.process.state() == QProcess.ProcessState.NotRunning
     win.close()

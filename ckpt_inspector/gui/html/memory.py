@@ -29,7 +29,7 @@ def memory_html(memory: dict[str, Any] | None, devices: list[dict[str, Any]] | N
     if opt is not None:
         share = memory.get("optimizer_share", 0)
         rows.append(("optimizer state", f"{human_bytes(opt['saved'])} "
-                                        f"<span class='muted'>({share:.0%} of it all)</span>"))
+                                        f"<span class='muted'>({share:.0%} of the total)</span>"))
     if other:
         rows.append(("other tensors", human_bytes(other["saved"])))
     table = "<table>" + "".join(f"<tr><th {nw}>{escape(k)}</th><td {nw}>{v}</td></tr>"
