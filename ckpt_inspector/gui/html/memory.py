@@ -19,26 +19,30 @@ def memory_html(memory: dict[str, Any] | None, devices: list[dict[str, Any]] | N
     if not memory or not memory.get("saved"):
         return ""
     nw = "style='white-space:nowrap'"
-    rows = [("as saved", human_bytes(memory["saved"])),
-            ("as float16 / bfloat16", human_bytes(memory["float16"]))]
+    rows = [("as saved", size(memory["saved"])),
+            ("as fp16 / bf16", size(memory["float16"]))]
     opt, other, weights = memory.get("optimizer"), memory.get("other"), memory["weights"]
     if opt is not None or other:
-        rows.append(("weights", f"{human_bytes(weights['saved'])} "
-                                f"<span class='muted'>({human_bytes(weights['float16'])} as "
-                                "float16)</span>"))
+        rows.append(("weights", f"{size(weights['saved'])} <span class='muted'>"
+                                f"({size(weights['float16'])} as fp16)</span>"))
     if opt is not None:
         share = memory.get("optimizer_share", 0)
-        rows.append(("optimizer state", f"{human_bytes(opt['saved'])} "
-                                        f"<span class='muted'>({share:.0%} of the total)</span>"))
+        rows.append(("optimizer state", f"{size(opt['saved'])} "
+                                        f"<span class='muted'>({share:.0%} of all)</span>"))
     if other:
-        rows.append(("other tensors", human_bytes(other["saved"])))
-    table = "<table>" + "".join(f"<tr><th {nw}>{escape(k)}</th><td {nw}>{v}</td></tr>"
+        rows.append(("other tensors", size(other["saved"])))
+    table = "<table>" + "".join(f"<tr><th {nw}>{escape(k)}</th><td>{v}</td></tr>"
                                 for k, v in rows) + "</table>"
     parts = ["<h3>Memory</h3>", table]
     if memory.get("note"):
         parts.append(f"<p class='muted'>{escape(memory['note'])}</p>")
     parts.append(fit_html(memory, devices))
     return "".join(parts)
+
+
+def size(n: int) -> str:
+    """A size that never wraps between its number and its unit."""
+    return human_bytes(n).replace(" ", "&nbsp;")
 
 
 def fit_html(memory: dict[str, Any], devices: list[dict[str, Any]] | None) -> str:
