@@ -61,17 +61,23 @@ _LAYOUT_PROBLEM, _STORAGE_SOURCE = attrgetter("layout", "problem"), attrgetter("
 _NBYTES, _KEY, _CHILDREN = attrgetter("nbytes"), attrgetter("key"), attrgetter("children")
 
 
-def memory_totals(ckpt: Checkpoint, nodes: list[Node],
-                  ts: list[TensorInfo] | None = None) -> dict[str, Any]:
+def memory_totals(ckpt: Checkpoint, nodes: list[Node], ts: list[TensorInfo] | None = None,
+                  by_dtype: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
     """``totals.memory``: bytes of every tensor (``nodes``: the checkpoint's tensor nodes
     in tree order; ``ts``: their tensors, when the caller has them) as saved and cast to
     half precision, and the parts ``weights``, ``optimizer`` (``None`` when no optimizer
     state is found) and ``other`` (``None`` when empty), each ``{"tensors", "saved",
-    "float16", "bfloat16"}``; ``optimizer_share``: the optimizer's part of ``saved``."""
+    "float16", "bfloat16"}``; ``optimizer_share``: the optimizer's part of ``saved``.
+    ``by_dtype``: ``totals``' sums by dtype, when each tensor is a plain strided one with a
+    storage of its own that holds just its bytes (the whole then costs nothing more)."""
     weights, optimizer, other = split(ckpt, nodes)
     derived = _derived(ckpt, nodes)
     held = [n for n in nodes if id(n) not in derived] if derived else nodes
-    whole = part(held, ts if held is nodes else None)
+    if by_dtype is not None and held is nodes:
+        saved, half = from_dtypes(by_dtype)
+        whole = {"tensors": len(nodes), "saved": saved, "float16": half, "bfloat16": half}
+    else:
+        whole = part(held, ts if held is nodes else None)
     saved, half = whole["saved"], whole["float16"]
     out: dict[str, Any] = {
         "saved": saved, "float16": half, "bfloat16": half,
@@ -85,6 +91,18 @@ def memory_totals(ckpt: Checkpoint, nodes: list[Node],
         out["note"] = ("the weights are gathered from the optimizer's fp32 partitions: "
                        "counted in the optimizer state, not again in saved")
     return out
+
+
+def from_dtypes(by_dtype: dict[str, dict[str, int]]) -> tuple[int, int]:
+    """(bytes as saved, bytes cast to half precision) from sums by dtype (``{"numel",
+    "nbytes"}`` each) of tensors that each hold just their own storage."""
+    saved = half = 0
+    for name, sums in by_dtype.items():
+        saved += sums["nbytes"]
+        d = dtypes.get(name)
+        half += sums["numel"] * HALF * HALVES_PER_ELEMENT.get(name, 1) \
+            if d is not None and d.kind == "float" else sums["nbytes"]
+    return saved, half
 
 
 def part(nodes: list[Node], ts: list[TensorInfo] | None = None) -> dict[str, int]:

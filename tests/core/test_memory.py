@@ -220,3 +220,19 @@ def test_damaged_and_storage_less_tensors_take_the_slow_path():
 def test_a_value_named_optimizer_is_not_optimizer_state(tmp_path):
     torch.save({"optimizer": "adam", "weights": torch.ones(3)}, tmp_path / "x.pt")
     assert memory_of(tmp_path / "x.pt")["optimizer"] is None
+
+
+def test_sums_by_dtype_and_tensor_by_tensor_agree(tmp_path):
+    """``totals`` hands its sums by dtype to memory_totals for plain files: the same
+    figures as counting tensor by tensor, on every dtype torch saves."""
+    from conftest import all_dtype_tensors
+
+    torch.save(all_dtype_tensors(torch), tmp_path / "dtypes.pt")
+    torch.save(model().state_dict(), tmp_path / "sd.pt")
+    for name in ("dtypes.pt", "sd.pt"):
+        ckpt = open_checkpoint(os.fspath(tmp_path / name))
+        nodes = [n for n in ckpt.root.walk() if n.kind == "tensor"]
+        tot = totals(ckpt, nodes)
+        by_dtype = memory_totals(ckpt, nodes, None, tot["by_dtype"])
+        one_by_one = memory_totals(ckpt, nodes)
+        assert by_dtype == one_by_one == tot["memory"], name
