@@ -58,6 +58,7 @@ NOT_IN_STATE_DICT = ("non-persistent buffer", "attribute")  # Node.in_state_dict
 
 _DTYPE, _TENSOR, _ROLE = attrgetter("dtype"), attrgetter("tensor"), attrgetter("role")
 _LAYOUT_PROBLEM, _STORAGE_SOURCE = attrgetter("layout", "problem"), attrgetter("storage.source")
+_STORED = attrgetter("storage.source.nbytes")
 _NBYTES, _KEY, _CHILDREN = attrgetter("nbytes"), attrgetter("key"), attrgetter("children")
 
 
@@ -79,11 +80,13 @@ def memory_totals(ckpt: Checkpoint, nodes: list[Node], ts: list[TensorInfo] | No
     else:
         whole = part(held, ts if held is nodes else None)
     saved, half = whole["saved"], whole["float16"]
+    plain = by_dtype is not None
     out: dict[str, Any] = {
         "saved": saved, "float16": half, "bfloat16": half,
-        "weights": whole if len(weights) == len(nodes) and not derived else part(weights),
-        "optimizer": part(optimizer) if optimizer is not None else None,
-        "other": part(other) if other else None,
+        "weights": whole if len(weights) == len(nodes) and not derived else
+        part(weights, plain=plain),
+        "optimizer": part(optimizer, plain=plain) if optimizer is not None else None,
+        "other": part(other, plain=plain) if other else None,
     }
     if optimizer is not None and saved:
         out["optimizer_share"] = round(out["optimizer"]["saved"] / saved, 4)
@@ -105,8 +108,13 @@ def from_dtypes(by_dtype: dict[str, dict[str, int]]) -> tuple[int, int]:
     return saved, half
 
 
-def part(nodes: list[Node], ts: list[TensorInfo] | None = None) -> dict[str, int]:
-    saved, half = sizes(list(map(_TENSOR, nodes)) if ts is None else ts)
+def part(nodes: list[Node], ts: list[TensorInfo] | None = None,
+         plain: bool = False) -> dict[str, int]:
+    """The figures of some tensor nodes (``plain``: each is known to hold just its own
+    storage, see :func:`memory_totals`)."""
+    ts = list(map(_TENSOR, nodes)) if ts is None else ts
+    found = _sum_by_dtype(list(map(_DTYPE, ts)), list(map(_STORED, ts))) if plain else None
+    saved, half = found if found is not None else sizes(ts)
     return {"tensors": len(nodes), "saved": saved, "float16": half, "bfloat16": half}
 
 
@@ -315,6 +323,12 @@ def _plain_sizes(ts: list[TensorInfo]) -> tuple[int, int] | None:
         keep = list(dict(zip(map(id, sources), range(len(sources)))).values())
         dtype_of = list(map(dtype_of.__getitem__, keep))
         stored = list(map(stored.__getitem__, keep))
+    return _sum_by_dtype(dtype_of, stored)
+
+
+def _sum_by_dtype(dtype_of: list[str], stored: list[int]) -> tuple[int, int] | None:
+    """(bytes as saved, bytes cast to half precision) of tensors of dtypes ``dtype_of``
+    each holding ``stored`` bytes (None when a dtype has blocks or is unknown)."""
     counts = Counter(dtype_of)
     known = {name: dtypes.get(name) for name in counts}
     if not all(d is not None and d.itemsize and d.block is None for d in known.values()) \
