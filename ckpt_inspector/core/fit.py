@@ -13,8 +13,8 @@ from typing import Any
 
 from ckpt_inspector.core.summary import human_bytes
 
-ASSUMES = ("Weights only: no activations, gradients or optimizer state, and no CUDA "
-           "context or allocator overhead (a few hundred MiB on a GPU)")
+ASSUMES = ("Weights only ({need} as saved): no activations, gradients or optimizer state, "
+           "and no CUDA context or allocator overhead (a few hundred MiB on a GPU)")
 LISTED = 3  # devices named in the sentence, at most
 
 
@@ -29,7 +29,7 @@ class Fit:
     fits: list[str] = field(default_factory=list)
     fits_half: list[str] = field(default_factory=list)
     sentence: str = ""
-    assumes: str = ASSUMES
+    assumes: str = ""  # what the comparison leaves out (ASSUMES, with the need)
 
 
 def check_fit(memory: dict[str, Any], devices: list[dict[str, Any]]) -> Fit | None:
@@ -45,6 +45,7 @@ def check_fit(memory: dict[str, Any], devices: list[dict[str, Any]]) -> Fit | No
     result = Fit(need, half, [d["id"] for d in known if d["free_bytes"] >= need],
                  [d["id"] for d in known if d["free_bytes"] >= half])
     result.sentence = _sentence(need, half, gpus, cpu)
+    result.assumes = ASSUMES.format(need=human_bytes(need))
     return result
 
 

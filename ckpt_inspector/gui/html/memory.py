@@ -53,5 +53,5 @@ def fit_html(memory: dict[str, Any], devices: list[dict[str, Any]] | None) -> st
         return f"<p class='muted'>{escape(NOT_LISTED)}</p>"
     cls = "" if fit.sentence.startswith(("fits", "no GPU here; fits")) else " class='bad'"
     return (f"<p id='fit'><b{cls}>{escape(fit.sentence[0].upper() + fit.sentence[1:])}"
-            f"</b><br><span class='muted'>{escape(fit.assumes)} "
-            f"({human_bytes(fit.need)} of weights as saved).</span></p>")
+            f"</b><br><span class='muted'>{escape(fit.assumes)}. Free memory as it was "
+            "when the Device picker was first opened.</span></p>")
