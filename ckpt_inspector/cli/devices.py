@@ -12,7 +12,8 @@ NAMES = ("devices",)
 
 
 def add_parser(sub: Any) -> None:
-    dev = sub.add_parser("devices", help="devices torch can load tensors onto (map_location)")
+    dev = sub.add_parser("devices", help="devices torch can load tensors onto (map_location), with "
+                         "their free memory")
     dev.add_argument("--json", action="store_true", help="one JSON list on stdout")
 
 
@@ -28,5 +29,18 @@ def cmd_devices(args: argparse.Namespace) -> int:
         print(json.dumps(devices))
     else:
         for d in devices:
-            print(d["label"])
+            print(d["label"] + memory_text(d))
     return EXIT_OK
+
+
+def memory_text(device: dict[str, Any]) -> str:
+    """``  (12.0 GiB of 80.0 GiB free)``: a GPU's free memory (for cpu: the system's
+    available memory), or nothing when unknown."""
+    free, total = device.get("free_bytes"), device.get("total_bytes")
+    if not isinstance(free, int):
+        return ""
+    from ckpt_inspector.core.summary import human_bytes
+
+    word = "available" if device.get("id") == "cpu" else "free"
+    of = f" of {human_bytes(total)}" if isinstance(total, int) else ""
+    return f"  ({human_bytes(free)}{of} {word})"

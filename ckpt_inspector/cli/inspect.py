@@ -183,6 +183,8 @@ def print_info(ckpt: Checkpoint) -> None:
           + (f" · {lost:,} cannot be read" if lost else ""))
     if tot["devices"]:
         print("  devices  " + ", ".join(f"{d} ({n})" for d, n in tot["devices"].items()))
+    if tot["tensors"]:
+        print("  memory   " + memory_text(tot["memory"]))
     for k, v in ckpt.metadata.items():
         if k in ("code files", "operators", "doc_string"):
             v = f"{len(v)} entries" if isinstance(v, (list, dict)) else str(v)[:60] + "…"
@@ -206,6 +208,18 @@ def print_info(ckpt: Checkpoint) -> None:
     if tot["damaged_tensors"]:
         print(f"warning: {counted(tot['damaged_tensors'], 'tensor')} damaged; see DAMAGED "
               "above" + _unknown_shapes(tot), file=sys.stderr)
+
+
+def memory_text(mem: dict[str, Any]) -> str:
+    """The tensors' memory in a line: as saved, as float16/bfloat16, and a training
+    checkpoint's weights and optimizer state."""
+    text = (f"{human_bytes(mem['saved'])} as saved · {human_bytes(mem['float16'])} as "
+            "float16/bfloat16")
+    opt = mem.get("optimizer")
+    if opt is not None:
+        text += (f" · weights {human_bytes(mem['weights']['saved'])}, optimizer state "
+                 f"{human_bytes(opt['saved'])} ({mem.get('optimizer_share', 0):.0%})")
+    return text
 
 
 def _unknown_shapes(tot: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.keytree import roll_up
+from ckpt_inspector.core.memory import memory_totals
 from ckpt_inspector.core.tensors import DataSource
 from ckpt_inspector.core.tree import UNKNOWN_DTYPE, Checkpoint, Node, TensorInfo, key_of
 
@@ -325,9 +326,8 @@ def totals(ckpt: Checkpoint, nodes: list[Node] | None = None) -> dict[str, Any]:
     if nodes is None:
         nodes = [n for n in ckpt.root.walk() if n.kind == "tensor"]
     ts = list(map(_TENSOR, nodes))
-    sums = _by_dtype_fast(ts)
-    if sums is None:
-        sums = _by_dtype(ts)
+    fast = _by_dtype_fast(ts)
+    sums = fast if fast is not None else _by_dtype(ts)
     by_dtype, numel, nbytes = sums
     storages = [st.source for st in map(_STORAGE, ts) if st is not None and
                 st.source is not None]
@@ -344,6 +344,11 @@ def totals(ckpt: Checkpoint, nodes: list[Node] | None = None) -> dict[str, Any]:
     }
     if out["damaged_tensors"]:  # damaged ones whose file is missing: shape unknown, no count
         out["unknown_shape_tensors"] = sum(1 for t in ts if t.problem and not t.shape_known)
+    # as saved, as float16, the optimizer's part; from the sums by dtype where each tensor
+    # is a plain one whose storage is its own and holds just its bytes (most files)
+    plain = fast is not None and len(distinct) == len(ts) and not out["damaged_tensors"] \
+        and out["storage_nbytes"] == nbytes
+    out["memory"] = memory_totals(ckpt, nodes, ts, out["by_dtype"] if plain else None)
     return out
 
 

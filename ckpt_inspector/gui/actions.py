@@ -9,7 +9,6 @@ from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QAction, QActionGroup, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
-    QComboBox,
     QDockWidget,
     QLabel,
     QMenu,
@@ -25,6 +24,7 @@ from PySide6.QtWidgets import (
 from ckpt_inspector.core.layouts import is_checkpoint_folder
 from ckpt_inspector.gui import theme
 from ckpt_inspector.gui.check.view import CheckView
+from ckpt_inspector.gui.devices import DeviceBox
 from ckpt_inspector.gui.diff.view import DiffView
 from ckpt_inspector.gui.file_browser import FileBrowser
 from ckpt_inspector.gui.icons import icon
@@ -183,11 +183,12 @@ def build_toolbar(self: MainWindow) -> None:
     bar.addWidget(spacer)
     label = QLabel("Device (map_location): ")
     bar.addWidget(label)
-    self.device_box = QComboBox()
+    self.device_box = DeviceBox()
     self.device_box.setObjectName("deviceBox")
     self.device_box.setToolTip("Where tensors go when ckpt-inspector loads them with torch "
                                "(map_location). Saved devices differ? The Device column "
-                               "shows 'cuda:0 → cpu'.")
+                               "shows 'cuda:0 → cpu'. Opening this list asks torch (in a "
+                               "child process) for the devices and their free memory.")
     self.device_box.setMinimumContentsLength(18)
     self.device_box.addItem(self.device, self.device)
     self.device_box.currentIndexChanged.connect(self._device_changed)

@@ -40,7 +40,7 @@ from ckpt_inspector.gui.actions import (
 from ckpt_inspector.gui.check.launch import ask_check, open_check
 from ckpt_inspector.gui.check.view import CheckView
 from ckpt_inspector.gui.commands import run_cli
-from ckpt_inspector.gui.devices import DeviceProbe, fill_device_box
+from ckpt_inspector.gui.devices import LISTING, DeviceProbe, fill_device_box, show_listing
 from ckpt_inspector.gui.dialogs.check import CheckDialog
 from ckpt_inspector.gui.dialogs.consent import ask_consent, confirm
 from ckpt_inspector.gui.dialogs.export import ExportDialog
@@ -85,6 +85,7 @@ class MainWindow(QMainWindow):
         self.runner.changed.connect(self._tasks_changed)
         self.device = str(self.settings.value("device", "cpu"))
         self.devices: list[str] | None = None  # labels, once the child process has listed them
+        self.device_list: list[dict[str, Any]] | None = None  # with their free memory
         self.devices_error = ""
 
         build_pages(self)
@@ -96,13 +97,15 @@ class MainWindow(QMainWindow):
         self._tab_changed()
         self.restore_layout()
 
+        # the devices are listed by a child process that imports torch (seconds, ~900 MB):
+        # only when the user first opens the picker (``probe_devices``: whether it may)
         self.probe = DeviceProbe(self)
         self.probe.found.connect(self._devices_found)
         self.probe.failed.connect(self._devices_failed)
-        # listing the devices (a child process that imports torch) and importing pyqtgraph
-        # (half a second on a worker) wait until no file is being read: they would slow the
-        # read down, and stall the window, while the user waits for the first tree
-        self._probe_pending = probe_devices
+        self._may_probe = probe_devices
+        self.device_box.opening.connect(self._device_picker_opening)
+        # importing pyqtgraph (half a second on a worker) waits until no file is being
+        # read: it would slow the read down while the user waits for the first tree
         QTimer.singleShot(IDLE_AFTER_MS, self, self._when_idle)  # not once deleted
 
     def _when_idle(self) -> None:
@@ -110,9 +113,6 @@ class MainWindow(QMainWindow):
         if self.runner.tasks:
             QTimer.singleShot(IDLE_AFTER_MS, self, self._when_idle)
             return
-        if self._probe_pending:
-            self._probe_pending = False
-            self.probe.start()
         preload_when_idle(self.runner)
 
     def set_theme(self, mode: str) -> None:
@@ -167,6 +167,7 @@ class MainWindow(QMainWindow):
                 views.append(existing)
                 continue
             view = CheckpointView(path, self.runner, self.reporter, self.device)
+            view.set_devices(self.device_list)
             view.loaded.connect(lambda f, v=view: self._view_loaded(v, f))
             view.failed.connect(lambda _m, v=view: self._view_failed(v))
             index = self.tabs.addTab(view, name_of(path))
@@ -379,16 +380,30 @@ class MainWindow(QMainWindow):
         self.resizeDocks([dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
 
     # -- devices -------------------------------------------------------------------------------
+    def _device_picker_opening(self) -> None:
+        """The picker's first opening lists the devices (until then it holds the remembered
+        choice alone), with a greyed row saying so while the child runs."""
+        if self._may_probe and not self.probe.started:
+            show_listing(self.device_box)
+            self.probe.start()
+
     def _devices_failed(self, message: str) -> None:
         self.devices_error = message
+        self.device_box.removeItem(self.device_box.findText(LISTING))
         self.statusBar().showMessage(f"torch devices unavailable ({message}); using cpu", 8000)
 
     def _devices_found(self, devices: list[dict[str, Any]]) -> None:
         self.devices = [d["label"] for d in devices]
-        index, note = fill_device_box(self.device_box, devices, self.device)
+        self.device_list = devices
+        box = self.device_box
+        index, note = fill_device_box(box, devices, self.device)
+        box.refit_popup()  # when open: its new rows in full
         if note:
             self.statusBar().showMessage(note, 8000)
         self._device_changed(index)
+        for view in self._tab_widgets():
+            if isinstance(view, CheckpointView):
+                view.set_devices(devices)
 
     def _device_changed(self, index: int) -> None:
         device = self.device_box.itemData(index) or "cpu"
@@ -512,7 +527,7 @@ class MainWindow(QMainWindow):
         """The About box's text: versions (torch's from its metadata: importing it would
         freeze the window) and the devices the child process listed."""
         return about_html(self.devices, self.device, self.devices_error,
-                          self.settings.fileName())
+                          self.settings.fileName(), asked=self.probe.started)
 
     def about(self) -> QMessageBox:
         box = about_box(self, self.about_text())

@@ -258,6 +258,8 @@ def test_keyboard_shortcuts_dialog_lists_the_actions(qtbot, window):
 
 # -- about ---------------------------------------------------------------------------------
 def test_about_names_versions_and_devices(qtbot, window):
+    assert "listed when the Device picker is first opened" in window.about_text()
+    window.probe.started = True  # as once the picker was opened (this window may not)
     assert "still being listed" in window.about_text()
     window._devices_failed("no torch here")
     assert "no torch here" in window.about_text()
@@ -273,8 +275,9 @@ def test_about_names_versions_and_devices(qtbot, window):
 
 
 def test_about_does_not_import_torch(tmp_path):
-    """In a fresh GUI process: the window lists the devices (a child process imports torch)
-    and About shows torch's version, while torch stays out of the GUI process."""
+    """In a fresh GUI process: the window lists the devices when the picker is opened (a
+    child process imports torch) and About shows torch's version, while torch stays out of
+    the GUI process."""
     code = f"""
 import json, sys
 from PySide6.QtCore import QSettings, QTimer
@@ -289,6 +292,8 @@ def done(*_args):
     app.quit()
 win.probe.found.connect(lambda _d: QTimer.singleShot(700, done))  # after the plots preload
 win.probe.failed.connect(done)
+win.show()
+QTimer.singleShot(100, win.device_box.showPopup)  # as a click on the picker does
 QTimer.singleShot(60_000, done)
 app.exec()
 """

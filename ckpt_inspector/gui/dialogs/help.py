@@ -142,13 +142,16 @@ def versions() -> list[tuple[str, str]]:
 
 
 def about_html(devices: list[str] | None, device: str, probe_error: str = "",
-               settings_file: str = "") -> str:
+               settings_file: str = "", asked: bool = True) -> str:
     """The About text: what the app is, the versions, and the devices torch offers here
-    (``None`` while the child process that lists them is still running)."""
+    (``None`` while the child process that lists them is still running, or, ``asked``
+    False, before the device picker was first opened)."""
     if devices:
         found = "<br>".join(escape(d) for d in devices)
     elif probe_error:
         found = span("muted", f"not found ({escape(probe_error)}); cpu is used")
+    elif not asked:
+        found = span("muted", "listed when the Device picker is first opened")
     else:
         found = span("muted", "still being listed…")
     pairs = [*versions(), ("System", platform.platform(terse=True))]

@@ -12,6 +12,7 @@ from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.ops.stats import Stats, format_number
 from ckpt_inspector.core.summary import format_value, human_bytes, top_values
 from ckpt_inspector.core.tree import Node
+from ckpt_inspector.gui.html.memory import memory_html
 from ckpt_inspector.gui.remote import name_of, strip_credentials, transfer_counts
 from ckpt_inspector.gui.theme import color
 
@@ -91,9 +92,11 @@ def safe_meaning(fmt: str, files: list[dict], devices: dict[str, int]) -> str:
     return "only data, nothing that runs when it is read (torch.load does not read this format)"
 
 
-def summary_html(loaded: LoadedFile, sections: str = "") -> str:
+def summary_html(loaded: LoadedFile, sections: str = "",
+                 devices: list[dict[str, Any]] | None = None) -> str:
     """The summary panel; ``sections``: more of it (an adapter's, gui/html/adapter.py), put
-    before the files."""
+    before the files; ``devices``: the devices here with their free memory, once listed (the
+    Memory section then says whether the weights fit)."""
     ckpt, report, tot = loaded.ckpt, loaded.report, loaded.totals
     where = strip_credentials(loaded.path)
     parts = [css(), f"<p><b>{breakable(name_of(loaded.path))}</b><br>"
@@ -154,6 +157,7 @@ def summary_html(loaded: LoadedFile, sections: str = "") -> str:
         parts.append(f"<table><tr><th {nw}>dtype</th><th class='num' {nw}>tensors</th>"
                      f"<th class='num' {nw}>elements</th><th class='num' {nw}>size</th></tr>"
                      f"{rows}</table>")
+    parts.append(memory_html(tot.get("memory"), devices))
     values, total = top_values(ckpt.root)
     if values:
         parts.append("<h3>Values</h3>")

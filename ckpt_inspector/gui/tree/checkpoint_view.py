@@ -119,6 +119,7 @@ class CheckpointView(QWidget):
         self.runner = runner
         self.reporter = reporter
         self.target_device = target_device
+        self.devices: list[dict[str, Any]] | None = None  # with free memory, once listed
         self.file: LoadedFile | None = None
         self._generation = 0
         self._disposed = False
@@ -282,7 +283,7 @@ class CheckpointView(QWidget):
 
     def _show_summary(self, file: LoadedFile) -> None:
         if file is self.file:
-            self.summary.setHtml(summary_html(file, adapter_html(file.adapter)))
+            self.summary.setHtml(summary_html(file, adapter_html(file.adapter), self.devices))
 
     def _failed(self, err: BaseException, generation: int) -> None:
         if generation != self._generation:
@@ -404,6 +405,13 @@ class CheckpointView(QWidget):
         for model in self._models.values():
             model.set_target_device(device)
         self._refresh_details()
+
+    def set_devices(self, devices: list[dict[str, Any]] | None) -> None:
+        """The devices here with their free memory: the summary says whether the weights
+        fit."""
+        self.devices = devices
+        if self.file is not None and devices is not None:
+            self._show_summary(self.file)
 
     def focus_filter(self) -> None:
         self.filter_edit.setFocus()
