@@ -1,0 +1,351 @@
+"""Will ``torch.load(path, map_location="cpu")`` work? The answer before anyone runs torch.
+
+From what the readers recorded (:mod:`weights_only` says what torch's weights-only unpickler
+refuses) and the scan's verdict, for the installed torch (whose default has been
+``weights_only=True`` since 2.6):
+
+- ``weights_only``: whether that call succeeds; ``blocked_by``: the globals it refuses (what
+  ``torch.serialization.get_unsafe_globals_in_checkpoint`` lists);
+- ``fix``: code (imports, then ``torch.serialization.add_safe_globals([...])``) that makes it
+  succeed, run before it -- only for a file that is not dangerous and whose refusals an
+  allowlist can lift; otherwise None and ``problem`` says why;
+- what is true for each format (``loader``: safetensors, TorchScript, ONNX, GGUF, pt2 files
+  are not ``torch.load`` files), for older torch (``weights_only=False`` by default: the
+  file's imports run), for ``mmap=True`` (legacy files cannot be mapped), and for a file
+  saved on a GPU (this prediction is for ``map_location="cpu"``).
+
+Nothing here imports torch: the allowlist was generated from torch (``allowlist_from``), and
+the installed version is read from its package metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpt_inspector.core.allowlist import GENERATED_FROM
+from ckpt_inspector.core.findings import DANGEROUS, SAFE
+from ckpt_inspector.core.safe_globals_fix import fix_code
+from ckpt_inspector.core.scan import ScanReport
+from ckpt_inspector.core.tree import Checkpoint, PickleRecord
+from ckpt_inspector.core.weights_only import check, loaded_streams
+
+TORCH_LOAD_FORMATS = ("torch-zip", "torch-legacy")
+NOT_WEIGHTS = {None, "hf-index", "text", "json"}  # a layout's index, config and marker files
+# torch.load hands a path ending in .safetensors to safetensors.torch.load_file (torch
+# 2.14.1 does, older torch does not; tests/core/test_torch_load_prediction.py checks it
+# against the installed torch)
+READS_SAFETENSORS_PATHS = True
+SAFETENSORS_LOADER = "safetensors.torch.load_file(path, device='cpu')"
+# what reads each format that torch.load does not (or not only)
+LOADERS = {
+    "safetensors": SAFETENSORS_LOADER,
+    "torchscript": "torch.jit.load(path, map_location='cpu'): a TorchScript archive, whose "
+                   "code runs when the model is called (only for a file you trust)",
+    "pt2": "torch.export.load(path): an ExportedProgram archive (torch.export.save)",
+    "onnx": "onnx.load(path), or onnxruntime.InferenceSession(path)",
+    "gguf": "gguf.GGUFReader(path) (the gguf package), or llama.cpp",
+    "pickle": "pickle.load, which runs whatever the file imports (only for a file you trust)",
+    "archive": "extract the archive: torch.load reads the checkpoint files inside it, "
+               "one at a time",
+    "dcp": "torch.distributed.checkpoint.load(state_dict, checkpoint_id=folder), or "
+           "torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt') "
+           "for one torch.load file",
+}
+WHY_NOT = {
+    "torchscript": "torch.load refuses a TorchScript archive with weights_only=True (with "
+                   "weights_only=False it hands it to torch.jit.load)",
+    "pt2": "an ExportedProgram archive has no data.pkl: torch.load cannot read it",
+    "onnx": "an ONNX model is not a torch.save file: torch.load cannot read it",
+    "gguf": "a GGUF file is not a torch.save file: torch.load cannot read it",
+    "safetensors": "torch.load reads a safetensors file only by a path ending in "
+                   ".safetensors (and only in recent torch)",
+    "pickle": "a plain pickle, not a torch.save file: torch.load fails on it (invalid magic "
+              "number)",
+    "archive": "an archive of files, not one checkpoint: torch.load cannot read it",
+    "dcp": "a torch.distributed.checkpoint folder: its .distcp files are not torch.load files",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def installed_torch() -> str | None:
+    """The installed torch's version, from its package metadata (importing torch takes
+    seconds); None when torch is not installed."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str | None) -> tuple[int, ...] | None:
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    return tuple(int(x or 0) for x in m.groups()) if m else None
+
+
+@dataclass
+class TorchLoadPrediction:
+    """What ``torch.load(path, map_location="cpu")`` would do with its default
+    ``weights_only=True``."""
+
+    weights_only: bool  # it succeeds
+    blocked_by: list[str] = field(default_factory=list)  # globals torch refuses
+    fix: str | None = None  # code that makes it succeed, run before torch.load
+    dangerous: bool = False  # do not load this file with torch at all
+    problem: str | None = None  # why it fails that no allowlist fixes, or why there is no fix
+    loader: str | None = None  # what reads this format, when torch.load does not (only)
+    older_torch: str | None = None  # torch < 2.6, whose torch.load runs the file's imports
+    mmap: str | None = None  # torch.load(..., mmap=True)
+    note: str | None = None  # devices, torch versions
+    files: list[dict[str, Any]] = field(default_factory=list)  # per file, for many files
+
+    def to_json(self) -> dict[str, Any]:
+        torch = installed_torch()
+        release = _release(torch)
+        out: dict[str, Any] = {
+            "weights_only": self.weights_only,
+            "blocked_by": self.blocked_by,
+            "fix": self.fix,
+            "dangerous": self.dangerous,
+            "map_location": "cpu",
+            "torch": torch,
+            "allowlist_from": GENERATED_FROM,
+            "default_weights_only": release >= (2, 6) if release else None,
+        }
+        for key in ("problem", "loader", "older_torch", "mmap", "note"):
+            value = getattr(self, key)
+            if value:
+                out[key] = value
+        if self.files:
+            out["files"] = self.files
+        return out
+
+    def headline(self) -> str:
+        """One line: will it load, and if not, what to do."""
+        if self.dangerous:
+            refused = (f" (weights_only=True refuses {_listed(self.blocked_by)})"
+                       if self.blocked_by else "")
+            return f"do not load this file with torch: it is dangerous{refused}"
+        if self.weights_only:
+            return "torch.load(path) works (weights_only=True, the default since torch 2.6)"
+        if self.blocked_by and self.fix:
+            return (f"torch.load(path) fails: weights_only=True refuses "
+                    f"{_listed(self.blocked_by)}; allowing {_them(self.blocked_by)} fixes it")
+        parts = [f"torch.load(path) fails: {self.problem or 'not a torch.load file'}"]
+        if self.loader:
+            parts.append(f"read it with {self.loader}")
+        return "; ".join(parts)
+
+    def lines(self) -> list[str]:
+        """What ``scan`` prints: the headline, then the fix (or why there is none)."""
+        out = [self.headline()]
+        if self.fix:
+            allowed = re.findall(r"^    (.+),$", self.fix, re.M)
+            call = ("torch.serialization.add_safe_globals([" + ", ".join(allowed) + "])"
+                    if allowed else "")
+            out.append("fix: " + (call or self.fix.splitlines()[-1])
+                       + ", after their imports (the code: scan --json, torch_load.fix)")
+        elif self.blocked_by and self.problem and not self.dangerous:
+            out.append(f"no fix: {self.problem}")
+        return out
+
+
+def _listed(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _them(names: list[str]) -> str:
+    return "it" if len(names) == 1 else "them"
+
+
+@dataclass
+class _FileAnswer:
+    weights_only: bool
+    blocked: list[tuple[str, str]]
+    names: list[tuple[str, str]]  # what a fix allows
+    by_import: dict[str, list[str]]
+    problem: str | None
+
+
+def _torch_file(records: list[PickleRecord], fmt: str, metadata: dict[str, Any]
+                ) -> _FileAnswer:
+    """A torch.save file (zip or legacy): what the weights-only unpickler does with it."""
+    result = check(loaded_streams(records))
+    problem = result.problems[0] if result.problems else None
+    if "tar" in str(metadata.get("container", "")):  # torch < 0.4's tar format
+        problem = ("torch.load refuses weights_only=True for the legacy .tar format "
+                   "(torch < 0.4): only weights_only=False reads it")
+    imported = {n for names in result.by_import.values() for n in names}
+    names = [(m, n) for m, n in result.blocked if f"{m}.{n}" not in imported]
+    names += result.also_allow
+    return _FileAnswer(result.loads and problem is None, result.blocked, names,
+                       result.by_import, problem)
+
+
+def _other_file(fmt: str, path: str) -> _FileAnswer:
+    """A file torch.load does not read as a torch.save file."""
+    if fmt == "safetensors" and READS_SAFETENSORS_PATHS and path.lower().endswith(
+            ".safetensors"):
+        return _FileAnswer(True, [], [], {}, None)
+    return _FileAnswer(False, [], [], {}, WHY_NOT.get(fmt, f"torch.load does not read "
+                                                           f"{fmt} files"))
+
+
+def predict(ckpt: Checkpoint, report: ScanReport, error: str | None = None
+            ) -> TorchLoadPrediction:
+    """What ``torch.load(ckpt.path, map_location="cpu")`` would do (``report``: its scan;
+    ``error``: why it could not be read whole, if it could not)."""
+    dangerous = report.verdict == DANGEROUS
+    if ckpt.files:
+        pred = _many_files(ckpt, report)
+    else:
+        if ckpt.format in TORCH_LOAD_FORMATS:
+            answer = _torch_file(ckpt.pickles, ckpt.format, ckpt.metadata)
+        else:
+            answer = _other_file(ckpt.format, ckpt.path)
+        pred = _prediction(answer, dangerous)
+        pred.loader = _loader(ckpt.format, ckpt.path, answer.weights_only)
+        pred.mmap = _mmap(ckpt.format, ckpt.metadata)
+    if error:
+        pred.weights_only, pred.fix = False, None
+        pred.problem = (f"ckpt-inspector could not read it whole ({error}): torch.load most "
+                        "likely fails too")
+    pred.dangerous = dangerous
+    if dangerous:
+        pred.fix = None
+    pred.older_torch = _older_torch(ckpt, report, pred)
+    pred.note = _note(ckpt, pred)
+    return pred
+
+
+def _prediction(answer: _FileAnswer, dangerous: bool) -> TorchLoadPrediction:
+    pred = TorchLoadPrediction(answer.weights_only, [f"{m}.{n}" for m, n in answer.blocked],
+                               problem=answer.problem)
+    if not answer.weights_only and answer.problem is None and not dangerous:
+        pred.fix = fix_code(answer.names, answer.by_import)
+        if pred.fix is None:
+            pred.problem = ("it names globals that are not Python identifiers: no code can "
+                            "allow them")
+    elif dangerous and answer.blocked:
+        pred.problem = ("it is dangerous: allowing what it imports would let the file run "
+                        "its payload")
+    return pred
+
+
+def _loader(fmt: str, path: str, loads: bool) -> str | None:
+    if fmt in TORCH_LOAD_FORMATS:
+        return None
+    loader = LOADERS.get(fmt)
+    if fmt == "safetensors" and loads:
+        return f"{loader} (torch.load hands this path to it in recent torch only)"
+    return loader
+
+
+def _mmap(fmt: str, metadata: dict[str, Any]) -> str | None:
+    if fmt == "torch-zip":
+        return "mmap=True works: a zip-format file, whose storages torch maps instead of reading"
+    if fmt == "torch-legacy":
+        return ("mmap=True fails: the legacy (non-zip) format cannot be memory-mapped; "
+                "torch.save it again (zip format, the default since torch 1.6) to map it")
+    if fmt == "safetensors":
+        return "not torch.load's: safetensors.safe_open reads tensors lazily from the mapped file"
+    return None
+
+
+def _many_files(ckpt: Checkpoint, report: ScanReport) -> TorchLoadPrediction:
+    """A checkpoint of several files: torch.load reads one file at a time, so say it of
+    each (a folder of .distcp or GGUF files has none)."""
+    fmt = ckpt.format
+    weights = [f for f in ckpt.files if f.get("format") not in NOT_WEIGHTS]
+    if fmt in LOADERS or not weights:
+        answer = _other_file(fmt, ckpt.path)
+        pred = _prediction(answer, report.verdict == DANGEROUS)
+        pred.loader = LOADERS.get(fmt)
+        return pred
+    files: list[dict[str, Any]] = []
+    blocked: set[tuple[str, str]] = set()
+    names: dict[tuple[str, str], None] = {}
+    by_import: dict[str, list[str]] = {}
+    problems: list[str] = []
+    for f in weights:
+        rel = str(f.get("path"))
+        inner = str(f.get("format"))
+        if f.get("problem"):
+            answer = _FileAnswer(False, [], [], {}, f"the file is {f['problem']}")
+        elif inner in TORCH_LOAD_FORMATS:
+            answer = _torch_file([r for r in ckpt.pickles if r.file == rel], inner, {})
+        else:
+            answer = _other_file(inner, rel)
+        entry: dict[str, Any] = {"path": rel, "format": inner,
+                                 "weights_only": answer.weights_only,
+                                 "blocked_by": [f"{m}.{n}" for m, n in answer.blocked]}
+        if answer.problem:
+            entry["problem"] = answer.problem
+            problems.append(f"{rel}: {answer.problem}")
+        files.append(entry)
+        blocked.update(answer.blocked)
+        names.update(dict.fromkeys(answer.names))
+        for module, allowed in answer.by_import.items():
+            by_import.setdefault(module, []).extend(allowed)
+    merged = _FileAnswer(all(e["weights_only"] for e in files), sorted(blocked), list(names),
+                         by_import, problems[0] if problems else None)
+    pred = _prediction(merged, report.verdict == DANGEROUS)
+    pred.files = files
+    inner_formats = {e["format"] for e in files}
+    if "safetensors" in inner_formats:
+        pred.loader = f"{SAFETENSORS_LOADER} for each file"
+    if inner_formats <= set(TORCH_LOAD_FORMATS):
+        pred.mmap = _mmap("torch-legacy" if "torch-legacy" in inner_formats else "torch-zip",
+                          {})
+    return pred
+
+
+def _older_torch(ckpt: Checkpoint, report: ScanReport, pred: TorchLoadPrediction
+                 ) -> str | None:
+    """What a plain torch.load(path) does in torch < 2.6, whose default is
+    weights_only=False (the full unpickler)."""
+    fmt = ckpt.format
+    torch_files = fmt in TORCH_LOAD_FORMATS or any(
+        f.get("format") in TORCH_LOAD_FORMATS for f in ckpt.files)
+    before = "torch < 2.6 (weights_only=False by default)"
+    if report.verdict == DANGEROUS and (torch_files or fmt == "pickle"):
+        return f"{before}: a plain torch.load(path) runs this file's payload"
+    if fmt == "torchscript":
+        return f"{before}: torch.load hands it to torch.jit.load"
+    if fmt == "pickle":
+        return (f"{before}: torch.load unpickles it in full, running what it imports, "
+                "before it fails")
+    if not torch_files:
+        return None
+    if report.verdict != SAFE:
+        names = report.flagged_names() or pred.blocked_by
+        text = f"{before}: a plain torch.load(path) imports {_listed(names)} and runs their code"
+        if pred.fix:
+            text += ("; pass weights_only=True (torch >= 1.13) with the fix (add_safe_globals: "
+                     "torch >= 2.4) to allow only those")
+        return text
+    return (f"{before}: loads it with the full unpickler; it names only what torch allows, "
+            "so nothing else runs")
+
+
+def _note(ckpt: Checkpoint, pred: TorchLoadPrediction) -> str | None:
+    """Devices the tensors were saved on (this prediction is for map_location='cpu'), and an
+    installed torch other than the one the allowlist came from."""
+    notes = []
+    gpu = sorted({n.tensor.device for n in ckpt.root.walk() if n.tensor is not None
+                  and n.tensor.device and not n.tensor.device.startswith("cpu")}) \
+        if ckpt.root is not None else []
+    torch_files = ckpt.format in TORCH_LOAD_FORMATS or any(
+        f.get("format") in TORCH_LOAD_FORMATS for f in ckpt.files)
+    if gpu and torch_files:
+        notes.append(f"saved on {', '.join(gpu[:4])}: this is for map_location='cpu'; without "
+                     "it torch.load puts the tensors back there, and fails where that "
+                     "device is missing")
+    torch = installed_torch()
+    if torch and _release(torch) != _release(GENERATED_FROM):
+        notes.append(f"predicted with torch {GENERATED_FROM}'s allowlist; torch {torch} is "
+                     "installed")
+    return "; ".join(notes) or None
