@@ -55,6 +55,12 @@ LOADERS = {
            "torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt') "
            "for one torch.load file",
 }
+# what reads a checkpoint of several torch.load files as a whole
+LAYOUT_NOTES = {
+    "hf-sharded": "transformers' from_pretrained(folder) reads all the shards",
+    "deepspeed-zero": "deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint"
+                      "(folder) merges the partitions into one state_dict",
+}
 WHY_NOT = {
     "torchscript": "torch.load refuses a TorchScript archive with weights_only=True (with "
                    "weights_only=False it hands it to torch.jit.load)",
@@ -335,9 +341,15 @@ def _note(ckpt: Checkpoint, pred: TorchLoadPrediction) -> str | None:
     """Devices the tensors were saved on (this prediction is for map_location='cpu'), and an
     installed torch other than the one the allowlist came from."""
     notes = []
-    gpu = sorted({n.tensor.device for n in ckpt.root.walk() if n.tensor is not None
-                  and n.tensor.device and not n.tensor.device.startswith("cpu")}) \
-        if ckpt.root is not None else []
+    if pred.files:
+        notes.append(f"a checkpoint of {len(pred.files)} files: torch.load reads one at a time "
+                     "(files: the answer for each)"
+                     + ("; the fix covers them all" if pred.fix else ""))
+        if ckpt.format in LAYOUT_NOTES:
+            notes.append(LAYOUT_NOTES[ckpt.format])
+    gpu = sorted({n.tensor.device for n in ckpt.root.walk() if n.kind == "tensor"
+                  and n.tensor is not None and n.tensor.device
+                  and not n.tensor.device.startswith("cpu")}) if ckpt.root is not None else []
     torch_files = ckpt.format in TORCH_LOAD_FORMATS or any(
         f.get("format") in TORCH_LOAD_FORMATS for f in ckpt.files)
     if gpu and torch_files:
