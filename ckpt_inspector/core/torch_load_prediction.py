@@ -128,6 +128,20 @@ class TorchLoadPrediction:
             out["files"] = self.files
         return out
 
+    @property
+    def works(self) -> str:
+        """"torch.load(path) works", or of each file of a checkpoint of several."""
+        return (f"torch.load works on each of its {len(self.files)} files" if self.files
+                else "torch.load(path) works")
+
+    @property
+    def fails(self) -> str:
+        """"torch.load(path) fails", or on how many files of a checkpoint of several."""
+        if not self.files:
+            return "torch.load(path) fails"
+        bad = sum(not f["weights_only"] for f in self.files)
+        return f"torch.load fails on {bad} of its {len(self.files)} files"
+
     def headline(self) -> str:
         """One line: will it load, and if not, what to do."""
         if self.dangerous:
@@ -135,11 +149,11 @@ class TorchLoadPrediction:
                        if self.blocked_by else "")
             return f"do not load this file with torch: it is dangerous{refused}"
         if self.weights_only:
-            return "torch.load(path) works (weights_only=True, the default since torch 2.6)"
+            return f"{self.works} (weights_only=True, the default since torch 2.6)"
         if self.blocked_by and self.fix:
-            return (f"torch.load(path) fails: weights_only=True refuses "
+            return (f"{self.fails}: weights_only=True refuses "
                     f"{_listed(self.blocked_by)}; allowing {_them(self.blocked_by)} fixes it")
-        parts = [f"torch.load(path) fails: {self.problem or 'not a torch.load file'}"]
+        parts = [f"{self.fails}: {self.problem or 'not a torch.load file'}"]
         if self.loader:
             parts.append(f"read it with {self.loader}")
         return "; ".join(parts)
@@ -200,10 +214,11 @@ def _other_file(fmt: str, path: str) -> _FileAnswer:
                                                            f"{fmt} files"))
 
 
-def predict(ckpt: Checkpoint, report: ScanReport, error: str | None = None
-            ) -> TorchLoadPrediction:
+def predict(ckpt: Checkpoint, report: ScanReport, error: str | None = None,
+            devices: dict[str, int] | None = None) -> TorchLoadPrediction:
     """What ``torch.load(ckpt.path, map_location="cpu")`` would do (``report``: its scan;
-    ``error``: why it could not be read whole, if it could not)."""
+    ``error``: why it could not be read whole, if it could not; ``devices``: where its tensors
+    were saved, when the caller has counted them already: else they are counted here)."""
     dangerous = report.verdict == DANGEROUS
     if ckpt.files:
         pred = _many_files(ckpt, report)
@@ -223,7 +238,7 @@ def predict(ckpt: Checkpoint, report: ScanReport, error: str | None = None
     if dangerous:
         pred.fix = None
     pred.older_torch = _older_torch(ckpt, report, pred)
-    pred.note = _note(ckpt, pred)
+    pred.note = _note(ckpt, pred, devices)
     return pred
 
 
@@ -265,7 +280,7 @@ def _many_files(ckpt: Checkpoint, report: ScanReport) -> TorchLoadPrediction:
     """A checkpoint of several files: torch.load reads one file at a time, so say it of
     each (a folder of .distcp or GGUF files has none)."""
     fmt = ckpt.format
-    weights = [f for f in ckpt.files if f.get("format") not in NOT_WEIGHTS]
+    weights = [f for f in ckpt.files if f.get("format") not in NOT_WEIGHTS or f.get("problem")]
     if fmt in LOADERS or not weights:
         answer = _other_file(fmt, ckpt.path)
         pred = _prediction(answer, report.verdict == DANGEROUS)
@@ -278,13 +293,14 @@ def _many_files(ckpt: Checkpoint, report: ScanReport) -> TorchLoadPrediction:
     problems: list[str] = []
     for f in weights:
         rel = str(f.get("path"))
-        inner = str(f.get("format"))
+        inner = f.get("format")
         if f.get("problem"):
-            answer = _FileAnswer(False, [], [], {}, f"the file is {f['problem']}")
+            answer = _FileAnswer(False, [], [], {}, f"the file is {f['problem']}"
+                                 if f["problem"] == "missing" else str(f["problem"]))
         elif inner in TORCH_LOAD_FORMATS:
             answer = _torch_file([r for r in ckpt.pickles if r.file == rel], inner, {})
         else:
-            answer = _other_file(inner, rel)
+            answer = _other_file(str(inner), rel)
         entry: dict[str, Any] = {"path": rel, "format": inner,
                                  "weights_only": answer.weights_only,
                                  "blocked_by": [f"{m}.{n}" for m, n in answer.blocked]}
@@ -337,7 +353,8 @@ def _older_torch(ckpt: Checkpoint, report: ScanReport, pred: TorchLoadPrediction
             "so nothing else runs")
 
 
-def _note(ckpt: Checkpoint, pred: TorchLoadPrediction) -> str | None:
+def _note(ckpt: Checkpoint, pred: TorchLoadPrediction, devices: dict[str, int] | None
+          ) -> str | None:
     """Devices the tensors were saved on (this prediction is for map_location='cpu'), and an
     installed torch other than the one the allowlist came from."""
     notes = []
@@ -347,9 +364,10 @@ def _note(ckpt: Checkpoint, pred: TorchLoadPrediction) -> str | None:
                      + ("; the fix covers them all" if pred.fix else ""))
         if ckpt.format in LAYOUT_NOTES:
             notes.append(LAYOUT_NOTES[ckpt.format])
-    gpu = sorted({n.tensor.device for n in ckpt.root.walk() if n.kind == "tensor"
-                  and n.tensor is not None and n.tensor.device
-                  and not n.tensor.device.startswith("cpu")}) if ckpt.root is not None else []
+    if devices is None:
+        devices = dict.fromkeys(n.tensor.device for n in ckpt.root.walk() if n.kind == "tensor"
+                                and n.tensor is not None) if ckpt.root is not None else {}
+    gpu = sorted(d for d in devices if d and not d.startswith("cpu"))
     torch_files = ckpt.format in TORCH_LOAD_FORMATS or any(
         f.get("format") in TORCH_LOAD_FORMATS for f in ckpt.files)
     if gpu and torch_files:
