@@ -89,6 +89,7 @@ def info_json(ckpt: Checkpoint) -> dict[str, Any]:
         for path, node in pairs:
             (tensors if node.kind == "tensor" else arrays).append(
                 tensor_json(path, node, shared, cache))
+    tot = totals(ckpt, [n for _p, n in plain])
     out: dict[str, Any] = {
         "path": ckpt.path,
         "format": ckpt.format,
@@ -96,11 +97,11 @@ def info_json(ckpt: Checkpoint) -> dict[str, Any]:
         "verdict": report.verdict,
         "globals": report.globals,
         "tensors": tensors,
-        "totals": totals(ckpt, [n for _p, n in plain]),
+        "totals": tot,
         "values": value_records(ckpt),
         "metadata": {k: jsonable(v, 10_000) for k, v in ckpt.metadata.items()},
         "warnings": ckpt.warnings,
-        "torch_load": predict(ckpt, report).to_json(),
+        "torch_load": predict(ckpt, report, devices=tot["devices"]).to_json(),
     }
     if arrays:
         out["arrays"] = arrays

@@ -236,7 +236,7 @@ def predict(ckpt: Checkpoint, report: ScanReport, error: str | None = None,
                         "likely fails too")
     pred.dangerous = dangerous
     if dangerous:
-        pred.fix = None
+        pred.fix = pred.mmap = None
     pred.older_torch = _older_torch(ckpt, report, pred)
     pred.note = _note(ckpt, pred, devices)
     return pred

@@ -125,7 +125,11 @@ def check(records: Iterable[PickleRecord]) -> WeightsOnlyCheck:
                     f"{where}), which torch's weights-only unpickler does not read (saved with "
                     "pickle_protocol > 2?)", None)
                 break  # one is enough to say why
-        for c in result.calls:
+        # 100,000s of tensors' calls: only the few that fill an object or make a numpy dtype
+        dtypes = {id(g) for g in result.globals if g.literal and g.full_name in NUMPY_DTYPE_NAMES}
+        picked = [c for c in result.calls if c.dict_items or c.list_items] if not dtypes else \
+            [c for c in result.calls if c.dict_items or c.list_items or id(c.func) in dtypes]
+        for c in picked:
             _call_problems(c, problems, dtype_classes)
     for module, name in sorted(blocked, key=lambda mn: f"{mn[0]}.{mn[1]}"):
         full = f"{module}.{name}"

@@ -52,7 +52,9 @@ def torch_load_html(pred: TorchLoadPrediction) -> str:
     if pred.fix:
         parts.append(f"<p>Run this before <span class='mono'>torch.load</span> "
                      f"(<a href='{COPY_FIX_URL}'>Copy</a>):</p>"
-                     f"<pre class='mono'>{escape(pred.fix.rstrip())}</pre>")
+                     # pre-wrap: the panel is narrow; a long line wraps, indents stay
+                     f"<p class='mono' style='white-space:pre-wrap'>"
+                     f"{escape(pred.fix.rstrip())}</p>")
     if pred.loader:
         parts.append(f"<p>Read it with <span class='mono'>{escape(pred.loader)}</span></p>")
     parts.append(_files(pred))
