@@ -271,6 +271,14 @@ def test_the_numpy_fix_names_what_torch_needs(predictions):
         assert f"numpy.dtypes.{cls}" in scalars
 
 
+def test_omegaconf_containers_are_covered(predictions, torch_results, corpus):
+    pytest.importorskip("omegaconf", reason="omegaconf is not installed (the test extra)")
+    paths, _ = corpus
+    pred = predictions["omegaconf"]
+    assert "omegaconf.dictconfig.DictConfig" in pred.blocked_by and "typing.Any" in pred.fix
+    assert torch_results[str(paths["omegaconf"])]["fixed"] == "ok"
+
+
 def test_a_dangerous_file_gets_no_fix_and_never_runs(predictions, torch_results, corpus):
     paths, marker = corpus
     pred = predictions["dangerous"]
