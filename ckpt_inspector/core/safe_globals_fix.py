@@ -11,21 +11,20 @@ text from the file: one that is not a dotted Python identifier gets no code at a
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
 import keyword
+
+from ckpt_inspector.core import installed
 
 NUMPY_CORES = ("numpy.core", "numpy._core")
 
 
-@functools.lru_cache(maxsize=1)
 def numpy_core() -> str | None:
     """Where the installed numpy keeps its core: ``numpy._core`` from numpy 2 on,
     ``numpy.core`` before; None without numpy. From the package's metadata (no import)."""
-    try:
-        major = importlib.metadata.version("numpy").split(".")[0]
-    except importlib.metadata.PackageNotFoundError:
+    found = installed.version("numpy")
+    if found is None:
         return None
+    major = found.split(".")[0]
     return "numpy._core" if major.isdigit() and int(major) >= 2 else "numpy.core"
 
 

@@ -20,20 +20,20 @@ the installed version is read from its package metadata.
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckpt_inspector.core import installed
 from ckpt_inspector.core.allowlist import GENERATED_FROM
-from ckpt_inspector.core.findings import DANGEROUS, SAFE
+from ckpt_inspector.core.findings import DANGEROUS, SAFE, Finding
 from ckpt_inspector.core.safe_globals_fix import fix_code
 from ckpt_inspector.core.scan import ScanReport
 from ckpt_inspector.core.tree import Checkpoint, PickleRecord
-from ckpt_inspector.core.weights_only import check, loaded_streams
+from ckpt_inspector.core.weights_only import check, loaded_streams, zip_streams
 
 TORCH_LOAD_FORMATS = ("torch-zip", "torch-legacy")
+ZIP_FORMATS = ("torch-zip", "torchscript", "pt2")  # zips: torch.load decides by their records
 NOT_WEIGHTS = {None, "hf-index", "text", "json"}  # a layout's index, config and marker files
 # torch.load hands a path ending in .safetensors to safetensors.torch.load_file (torch
 # 2.14.1 does, older torch does not; tests/core/test_torch_load_prediction.py checks it
@@ -61,6 +61,8 @@ LAYOUT_NOTES = {
     "deepspeed-zero": "deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint"
                       "(folder) merges the partitions into one state_dict",
 }
+OUTSIDE_ROOT = ("torch's zip reader refuses the archive: a record lies outside its root "
+                "folder")
 WHY_NOT = {
     "torchscript": "torch.load refuses a TorchScript archive with weights_only=True (with "
                    "weights_only=False it hands it to torch.jit.load)",
@@ -76,14 +78,10 @@ WHY_NOT = {
 }
 
 
-@functools.lru_cache(maxsize=1)
 def installed_torch() -> str | None:
     """The installed torch's version, from its package metadata (importing torch takes
     seconds); None when torch is not installed."""
-    try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return installed.version("torch")
 
 
 def _release(version: str | None) -> tuple[int, ...] | None:
@@ -106,6 +104,8 @@ class TorchLoadPrediction:
     mmap: str | None = None  # torch.load(..., mmap=True)
     note: str | None = None  # devices, torch versions
     files: list[dict[str, Any]] = field(default_factory=list)  # per file, for many files
+    # the formats as torch.load takes them (a zip with a data.pkl is torch-zip to it)
+    formats: set[str] = field(default_factory=set, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         torch = installed_torch()
@@ -190,10 +190,25 @@ class _FileAnswer:
     problem: str | None
 
 
-def _torch_file(records: list[PickleRecord], fmt: str, metadata: dict[str, Any]
-                ) -> _FileAnswer:
-    """A torch.save file (zip or legacy): what the weights-only unpickler does with it."""
-    result = check(loaded_streams(records))
+def _answer(fmt: str, path: str, records: list[PickleRecord], metadata: dict[str, Any],
+            findings: list[Finding]) -> tuple[_FileAnswer, str]:
+    """One file: what torch.load does with it, and its format as torch.load takes it."""
+    if fmt in ZIP_FORMATS:
+        if any(f.code == "outside-root" and not f.member for f in findings):
+            return _FileAnswer(False, [], [], {}, OUTSIDE_ROOT), fmt
+        kind, streams = zip_streams(records)
+        if kind == "torch-zip":
+            return _torch_file(streams, metadata), kind
+        return _other_file(kind or fmt, path), kind or fmt
+    if fmt == "torch-legacy":
+        return _torch_file(loaded_streams(records), metadata), fmt
+    return _other_file(fmt, path), fmt
+
+
+def _torch_file(streams: list[PickleRecord], metadata: dict[str, Any]) -> _FileAnswer:
+    """A torch.save file (zip or legacy): what the weights-only unpickler does with the
+    ``streams`` it unpickles."""
+    result = check(streams)
     problem = result.problems[0] if result.problems else None
     if "tar" in str(metadata.get("container", "")):  # torch < 0.4's tar format
         problem = ("torch.load refuses weights_only=True for the legacy .tar format "
@@ -223,13 +238,12 @@ def predict(ckpt: Checkpoint, report: ScanReport, error: str | None = None,
     if ckpt.files:
         pred = _many_files(ckpt, report)
     else:
-        if ckpt.format in TORCH_LOAD_FORMATS:
-            answer = _torch_file(ckpt.pickles, ckpt.format, ckpt.metadata)
-        else:
-            answer = _other_file(ckpt.format, ckpt.path)
+        answer, seen = _answer(ckpt.format, ckpt.path, ckpt.pickles, ckpt.metadata,
+                               ckpt.findings)
         pred = _prediction(answer, dangerous)
-        pred.loader = _loader(ckpt.format, ckpt.path, answer.weights_only)
-        pred.mmap = _mmap(ckpt.format, ckpt.metadata)
+        pred.formats = {seen}
+        pred.loader = _loader(seen, ckpt.path, answer.weights_only)
+        pred.mmap = _mmap(seen, ckpt.metadata)
     if error:
         pred.weights_only, pred.fix = False, None
         pred.problem = (f"ckpt-inspector could not read it whole ({error}): torch.load most "
@@ -285,8 +299,10 @@ def _many_files(ckpt: Checkpoint, report: ScanReport) -> TorchLoadPrediction:
         answer = _other_file(fmt, ckpt.path)
         pred = _prediction(answer, report.verdict == DANGEROUS)
         pred.loader = LOADERS.get(fmt)
+        pred.formats = {fmt}
         return pred
     files: list[dict[str, Any]] = []
+    pred_formats: set[str] = set()
     blocked: set[tuple[str, str]] = set()
     names: dict[tuple[str, str], None] = {}
     by_import: dict[str, list[str]] = {}
@@ -294,13 +310,14 @@ def _many_files(ckpt: Checkpoint, report: ScanReport) -> TorchLoadPrediction:
     for f in weights:
         rel = str(f.get("path"))
         inner = f.get("format")
+        seen = str(inner)
         if f.get("problem"):
             answer = _FileAnswer(False, [], [], {}, f"the file is {f['problem']}"
                                  if f["problem"] == "missing" else str(f["problem"]))
-        elif inner in TORCH_LOAD_FORMATS:
-            answer = _torch_file([r for r in ckpt.pickles if r.file == rel], inner, {})
         else:
-            answer = _other_file(str(inner), rel)
+            answer, seen = _answer(seen, rel, [r for r in ckpt.pickles if r.file == rel], {},
+                                   [x for x in ckpt.findings if x.file == rel])
+        pred_formats.add(seen)
         entry: dict[str, Any] = {"path": rel, "format": inner,
                                  "weights_only": answer.weights_only,
                                  "blocked_by": [f"{m}.{n}" for m, n in answer.blocked]}
@@ -316,11 +333,11 @@ def _many_files(ckpt: Checkpoint, report: ScanReport) -> TorchLoadPrediction:
                          by_import, problems[0] if problems else None)
     pred = _prediction(merged, report.verdict == DANGEROUS)
     pred.files = files
-    inner_formats = {e["format"] for e in files}
-    if "safetensors" in inner_formats:
+    pred.formats = pred_formats
+    if "safetensors" in pred_formats:
         pred.loader = f"{SAFETENSORS_LOADER} for each file"
-    if inner_formats <= set(TORCH_LOAD_FORMATS):
-        pred.mmap = _mmap("torch-legacy" if "torch-legacy" in inner_formats else "torch-zip",
+    if pred_formats <= set(TORCH_LOAD_FORMATS):
+        pred.mmap = _mmap("torch-legacy" if "torch-legacy" in pred_formats else "torch-zip",
                           {})
     return pred
 
@@ -330,12 +347,11 @@ def _older_torch(ckpt: Checkpoint, report: ScanReport, pred: TorchLoadPrediction
     """What a plain torch.load(path) does in torch < 2.6, whose default is
     weights_only=False (the full unpickler)."""
     fmt = ckpt.format
-    torch_files = fmt in TORCH_LOAD_FORMATS or any(
-        f.get("format") in TORCH_LOAD_FORMATS for f in ckpt.files)
+    torch_files = bool(pred.formats & set(TORCH_LOAD_FORMATS))
     before = "torch < 2.6 (weights_only=False by default)"
     if report.verdict == DANGEROUS and (torch_files or fmt == "pickle"):
         return f"{before}: a plain torch.load(path) runs this file's payload"
-    if fmt == "torchscript":
+    if "torchscript" in pred.formats:
         return f"{before}: torch.load hands it to torch.jit.load"
     if fmt == "pickle":
         return (f"{before}: torch.load unpickles it in full, running what it imports, "
@@ -368,8 +384,7 @@ def _note(ckpt: Checkpoint, pred: TorchLoadPrediction, devices: dict[str, int] |
         devices = dict.fromkeys(n.tensor.device for n in ckpt.root.walk() if n.kind == "tensor"
                                 and n.tensor is not None) if ckpt.root is not None else {}
     gpu = sorted(d for d in devices if d and not d.startswith("cpu"))
-    torch_files = ckpt.format in TORCH_LOAD_FORMATS or any(
-        f.get("format") in TORCH_LOAD_FORMATS for f in ckpt.files)
+    torch_files = bool(pred.formats & set(TORCH_LOAD_FORMATS))
     if gpu and torch_files:
         notes.append(f"saved on {', '.join(gpu[:4])}: this is for map_location='cpu'; without "
                      "it torch.load puts the tensors back there, and fails where that "

@@ -103,6 +103,26 @@ def loaded_streams(records: Iterable[PickleRecord]) -> list[PickleRecord]:
             if not any(r.member.startswith(m + "/") for m in members if m != r.member)]
 
 
+def _at_root(member: str, name: str) -> bool:
+    """``member`` is ``<root folder>/<name>`` (torch's zip reader ignores case)."""
+    m = member.rstrip("/").lower()
+    return m.count("/") == 1 and m.endswith("/" + name)
+
+
+def zip_streams(records: Iterable[PickleRecord]) -> tuple[str | None, list[PickleRecord]]:
+    """What torch.load does with a zip archive, by its own rules: ``("torchscript", [])``
+    when it holds a ``constants.pkl`` record (torch.load hands it to torch.jit.load, or
+    refuses it with weights_only=True); ``("torch-zip", [data.pkl's stream])`` when it
+    holds ``<root>/data.pkl`` (the first such record: the one torch's reader finds, which
+    our reader reads first; a .pt2 or an archive with a code/ folder too); else
+    ``(None, [])``: torch.load cannot read it."""
+    executed = [r for r in records if r.executed]
+    if any(_at_root(r.member, "constants.pkl") for r in executed):
+        return "torchscript", []
+    main = next((r for r in executed if _at_root(r.member, "data.pkl")), None)
+    return ("torch-zip", [main]) if main is not None else (None, [])
+
+
 def check(records: Iterable[PickleRecord]) -> WeightsOnlyCheck:
     """What torch's weights-only unpickler would refuse in ``records`` (the streams that
     :func:`loaded_streams` keeps)."""
