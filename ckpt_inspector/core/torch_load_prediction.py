@@ -29,53 +29,21 @@ from ckpt_inspector.core.allowlist import GENERATED_FROM
 from ckpt_inspector.core.findings import DANGEROUS, SAFE, Finding
 from ckpt_inspector.core.safe_globals_fix import fix_code
 from ckpt_inspector.core.scan import ScanReport
+from ckpt_inspector.core.torch_load_formats import (
+    LAYOUT_NOTES,
+    LOADERS,
+    NOT_WEIGHTS,
+    OUTSIDE_ROOT,
+    READS_SAFETENSORS_PATHS,
+    SAFETENSORS_LOADER,
+    TORCH_LOAD_FORMATS,
+    WHY_NOT,
+    ZIP_FORMATS,
+    loader_text,
+    mmap_text,
+)
 from ckpt_inspector.core.tree import Checkpoint, PickleRecord
 from ckpt_inspector.core.weights_only import check, loaded_streams, zip_streams
-
-TORCH_LOAD_FORMATS = ("torch-zip", "torch-legacy")
-ZIP_FORMATS = ("torch-zip", "torchscript", "pt2")  # zips: torch.load decides by their records
-NOT_WEIGHTS = {None, "hf-index", "text", "json"}  # a layout's index, config and marker files
-# torch.load hands a path ending in .safetensors to safetensors.torch.load_file (torch
-# 2.14.1 does, older torch does not; tests/core/test_torch_load_prediction.py checks it
-# against the installed torch)
-READS_SAFETENSORS_PATHS = True
-SAFETENSORS_LOADER = "safetensors.torch.load_file(path, device='cpu')"
-# what reads each format that torch.load does not (or not only)
-LOADERS = {
-    "safetensors": SAFETENSORS_LOADER,
-    "torchscript": "torch.jit.load(path, map_location='cpu'): a TorchScript archive, whose "
-                   "code runs when the model is called (only for a file you trust)",
-    "pt2": "torch.export.load(path): an ExportedProgram archive (torch.export.save)",
-    "onnx": "onnx.load(path), or onnxruntime.InferenceSession(path)",
-    "gguf": "gguf.GGUFReader(path) (the gguf package), or llama.cpp",
-    "pickle": "pickle.load, which runs whatever the file imports (only for a file you trust)",
-    "archive": "extract the archive: torch.load reads the checkpoint files inside it, "
-               "one at a time",
-    "dcp": "torch.distributed.checkpoint.load(state_dict, checkpoint_id=folder), or "
-           "torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt') "
-           "for one torch.load file",
-}
-# what reads a checkpoint of several torch.load files as a whole
-LAYOUT_NOTES = {
-    "hf-sharded": "transformers' from_pretrained(folder) reads all the shards",
-    "deepspeed-zero": "deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint"
-                      "(folder) merges the partitions into one state_dict",
-}
-OUTSIDE_ROOT = ("torch's zip reader refuses the archive: a record lies outside its root "
-                "folder")
-WHY_NOT = {
-    "torchscript": "torch.load refuses a TorchScript archive with weights_only=True (with "
-                   "weights_only=False it hands it to torch.jit.load)",
-    "pt2": "an ExportedProgram archive has no data.pkl: torch.load cannot read it",
-    "onnx": "an ONNX model is not a torch.save file: torch.load cannot read it",
-    "gguf": "a GGUF file is not a torch.save file: torch.load cannot read it",
-    "safetensors": "torch.load reads a safetensors file only by a path ending in "
-                   ".safetensors (and only in recent torch)",
-    "pickle": "a plain pickle, not a torch.save file: torch.load fails on it (invalid magic "
-              "number)",
-    "archive": "an archive of files, not one checkpoint: torch.load cannot read it",
-    "dcp": "a torch.distributed.checkpoint folder: its .distcp files are not torch.load files",
-}
 
 
 def installed_torch() -> str | None:
@@ -242,8 +210,8 @@ def predict(ckpt: Checkpoint, report: ScanReport, error: str | None = None,
                                ckpt.findings)
         pred = _prediction(answer, dangerous)
         pred.formats = {seen}
-        pred.loader = _loader(seen, ckpt.path, answer.weights_only)
-        pred.mmap = _mmap(seen, ckpt.metadata)
+        pred.loader = loader_text(seen, answer.weights_only)
+        pred.mmap = mmap_text(seen)
     if error:
         pred.weights_only, pred.fix = False, None
         pred.problem = (f"ckpt-inspector could not read it whole ({error}): torch.load most "
@@ -268,26 +236,6 @@ def _prediction(answer: _FileAnswer, dangerous: bool) -> TorchLoadPrediction:
         pred.problem = ("it is dangerous: allowing what it imports would let the file run "
                         "its payload")
     return pred
-
-
-def _loader(fmt: str, path: str, loads: bool) -> str | None:
-    if fmt in TORCH_LOAD_FORMATS:
-        return None
-    loader = LOADERS.get(fmt)
-    if fmt == "safetensors" and loads:
-        return f"{loader} (torch.load hands this path to it in recent torch only)"
-    return loader
-
-
-def _mmap(fmt: str, metadata: dict[str, Any]) -> str | None:
-    if fmt == "torch-zip":
-        return "mmap=True works: a zip-format file, whose storages torch maps instead of reading"
-    if fmt == "torch-legacy":
-        return ("mmap=True fails: the legacy (non-zip) format cannot be memory-mapped; "
-                "torch.save it again (zip format, the default since torch 1.6) to map it")
-    if fmt == "safetensors":
-        return "not torch.load's: safetensors.safe_open reads tensors lazily from the mapped file"
-    return None
 
 
 def _many_files(ckpt: Checkpoint, report: ScanReport) -> TorchLoadPrediction:
@@ -337,8 +285,7 @@ def _many_files(ckpt: Checkpoint, report: ScanReport) -> TorchLoadPrediction:
     if "safetensors" in pred_formats:
         pred.loader = f"{SAFETENSORS_LOADER} for each file"
     if pred_formats <= set(TORCH_LOAD_FORMATS):
-        pred.mmap = _mmap("torch-legacy" if "torch-legacy" in pred_formats else "torch-zip",
-                          {})
+        pred.mmap = mmap_text("torch-legacy" if "torch-legacy" in pred_formats else "torch-zip")
     return pred
 
 
@@ -375,9 +322,8 @@ def _note(ckpt: Checkpoint, pred: TorchLoadPrediction, devices: dict[str, int] |
     installed torch other than the one the allowlist came from."""
     notes = []
     if pred.files:
-        notes.append(f"a checkpoint of {len(pred.files)} files: torch.load reads one at a time "
-                     "(files: the answer for each)"
-                     + ("; the fix covers them all" if pred.fix else ""))
+        notes.append(f"{len(pred.files)} files: torch.load reads one at a time, each answered "
+                     "on its own" + ("; the fix covers them all" if pred.fix else ""))
         if ckpt.format in LAYOUT_NOTES:
             notes.append(LAYOUT_NOTES[ckpt.format])
     if devices is None:

@@ -29,11 +29,8 @@ import pytest
 from ckpt_inspector.core.allowlist import WEIGHTS_ONLY_OPCODES
 from ckpt_inspector.core.pickle import vm
 from ckpt_inspector.core.safe_globals_fix import fix_code
-from ckpt_inspector.core.torch_load_prediction import (
-    READS_SAFETENSORS_PATHS,
-    TorchLoadPrediction,
-    predict,
-)
+from ckpt_inspector.core.torch_load_formats import READS_SAFETENSORS_PATHS
+from ckpt_inspector.core.torch_load_prediction import TorchLoadPrediction, predict
 from ckpt_inspector.core.weights_only import numpy_dtype_class
 
 from support import Payload, scan_file
