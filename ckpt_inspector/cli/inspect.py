@@ -31,6 +31,7 @@ from ckpt_inspector.core.summary import (
     with_tensor,
 )
 from ckpt_inspector.core.tensor_text import tensors_json
+from ckpt_inspector.core.torch_load_prediction import predict
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 NAMES = ("info", "scan", "demo")
@@ -90,6 +91,7 @@ def info_json(ckpt: Checkpoint) -> dict[str, Any]:
         for path, node in pairs:
             (tensors if node.kind == "tensor" else arrays).append(
                 tensor_json(path, node, shared, cache))
+    tot = totals(ckpt, [n for _p, n in plain])
     out: dict[str, Any] = {
         "path": ckpt.path,
         "format": ckpt.format,
@@ -97,10 +99,11 @@ def info_json(ckpt: Checkpoint) -> dict[str, Any]:
         "verdict": report.verdict,
         "globals": report.globals,
         "tensors": tensors,
-        "totals": totals(ckpt, [n for _p, n in plain]),
+        "totals": tot,
         "values": value_records(ckpt),
         "metadata": {k: jsonable(v, 10_000) for k, v in ckpt.metadata.items()},
         "warnings": ckpt.warnings,
+        "torch_load": predict(ckpt, report, devices=tot["devices"]).to_json(),
     }
     if arrays:
         out["arrays"] = arrays
@@ -284,6 +287,8 @@ def scan_json(path: str, ckpt: Checkpoint | None, report: ScanReport,
         out["unscanned"] = report.unscanned
     if error:
         out["error"] = error
+    if ckpt is not None:
+        out["torch_load"] = predict(ckpt, report, error).to_json()
     return out
 
 
@@ -313,6 +318,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
             print(f"  [{f.severity}] {f.message}" + (f" ({where})" if where else ""))
         if report.globals:
             print("  imports: " + ", ".join(report.globals))
+        for line in predict(ckpt, report, error).lines():
+            print(f"  {line}")
     if error:
         # what was read before the failure already shows a payload: that is the answer
         # (a file torch would run is never just "unreadable"); else exit 3 as unreadable

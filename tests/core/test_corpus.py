@@ -6,21 +6,11 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from ckpt_inspector.core import CheckpointError, open_checkpoint
 from ckpt_inspector.core.scan import scan
 
 import corpus as corpus_mod
 from support import ROOT, run_cli
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory, torch):
-    folder = tmp_path_factory.mktemp("corpus")
-    samples = corpus_mod.build(folder / "files", folder / "MARKER")
-    yield samples
-    assert not (folder / "MARKER").exists(), "a payload ran while the corpus was scanned"
 
 
 def verdict_of(path):

@@ -116,7 +116,13 @@ class MinizLookup:
 
     def all_records(self) -> list[str] | None:
         """``get_all_records()``: names under the root, cut like C strings; None where
-        torch raises (a record outside the root folder)."""
+        torch raises (a record outside the root folder). Listed once."""
+        listed = self.__dict__.get("_all_records", self)
+        if listed is self:
+            listed = self.__dict__["_all_records"] = self._list_records()
+        return listed
+
+    def _list_records(self) -> list[str] | None:
         if self.root is None:
             return None
         prefix = self.root.split(b"\0", 1)[0] + b"/"

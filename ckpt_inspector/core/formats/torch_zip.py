@@ -147,6 +147,12 @@ class _Archive:
         self.main = main
         self.names = {e.filename: e for e in self.infos}
         self.is_script = torchscript.is_script(self.dir, self.prefix, self.names)
+        if self.via_root and self.dir.all_records() is None:
+            ckpt.findings.append(Finding(
+                "info", "outside-root",
+                f"a record lies outside the archive's folder {self.prefix!r}: torch's reader "
+                "refuses the whole archive (torch.load cannot read it)",
+                label.rstrip("/") or None))
         self.byteorder = "little"
         order = self.dir.record("byteorder")
         if order is not None and order.file_size <= 64:

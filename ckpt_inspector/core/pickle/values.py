@@ -196,6 +196,9 @@ class PickleResult:
     globals: list[GlobalRef] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
+    # opcode -> offset of its first use, for each opcode torch's weights-only unpickler
+    # does not read (protocols 3-5's, the text opcodes of 0-1, POP, DUP, INST, ...)
+    rare_opcodes: dict[int, int] = field(default_factory=dict)
 
 
 PersistentLoad = Callable[[Any, int], Any]

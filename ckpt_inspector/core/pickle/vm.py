@@ -149,6 +149,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
     globals_ = result.globals
     calls = result.calls
     anomalies = result.anomalies
+    rare = result.rare_opcodes
     proto = 0
     frame_end = -1
     limit = size  # min(frame end, size): past it the slow path at the loop top runs
@@ -371,6 +372,8 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 stack[-1] = deep(t, op_pos) if (type(a) is tuple or type(b) is tuple
                                                 or type(c3) is tuple) else t
             elif op == 0x8C:  # SHORT_BINUNICODE
+                if op not in rare:
+                    rare[op] = op_pos
                 n = data[pos]
                 pos += 1
                 if pos + n > size:
@@ -384,6 +387,8 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 stack.append(unpack_i(data, pos)[0])
                 pos += 4
             elif op == 0x94:  # MEMOIZE
+                if op not in rare:
+                    rare[op] = op_pos
                 memo[len(memo)] = stack[-1]
             elif op == 0x4E:  # NONE
                 stack.append(None)
@@ -451,6 +456,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 pos += len(name) + 1
                 stack.append(add_global(text(module, op_pos), text(name, op_pos), op, op_pos))
             elif op == 0x93:  # STACK_GLOBAL
+                rare.setdefault(op, op_pos)
                 name = stack.pop()
                 module = stack[-1]
                 stack[-1] = add_global(module, name, op, op_pos)
@@ -481,6 +487,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     raise fail("NEWOBJ arguments are not a tuple", op_pos)
                 stack[-1] = new_call(cls, args, "newobj", op_pos)
             elif op == 0x92:  # NEWOBJ_EX
+                rare.setdefault(op, op_pos)
                 kwargs = stack.pop()
                 args = stack.pop()
                 cls = stack[-1]
@@ -488,6 +495,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     raise fail("NEWOBJ_EX arguments are malformed", op_pos)
                 stack[-1] = new_call(cls, args, "newobj_ex", op_pos, kwargs)
             elif op == 0x95:  # FRAME
+                rare.setdefault(op, op_pos)
                 n = unpack_q(data, pos)[0]
                 pos += 8
                 if pos + n > size:
@@ -521,6 +529,19 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     raise truncated(op_pos)
                 stack.append(int.from_bytes(data[pos:pos + n], "little", signed=True))
                 pos += n
+            elif op == 0x55:  # SHORT_BINSTRING (Python 2 str)
+                n = data[pos]
+                pos += 1
+                if pos + n > size:
+                    raise truncated(op_pos)
+                stack.append(_py2_str(data[pos:pos + n]))
+                pos += n
+            elif op == 0x8F:  # EMPTY_SET
+                stack.append(set())
+            # Every opcode below is one torch's weights-only unpickler refuses (and torch.save's
+            # protocol 2 never writes): note where each first appears, then go on down.
+            elif rare.setdefault(op, op_pos) < 0:  # never true: op_pos >= 0
+                pass
             elif op == 0x8B:  # LONG4
                 n = unpack_i(data, pos)[0]
                 pos += 4
@@ -559,13 +580,6 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     raise truncated(op_pos)
                 stack.append(text(data[pos:pos + n], op_pos))
                 pos += n
-            elif op == 0x55:  # SHORT_BINSTRING (Python 2 str)
-                n = data[pos]
-                pos += 1
-                if pos + n > size:
-                    raise truncated(op_pos)
-                stack.append(_py2_str(data[pos:pos + n]))
-                pos += n
             elif op == 0x54:  # BINSTRING
                 n = unpack_i(data, pos)[0]
                 pos += 4
@@ -576,8 +590,6 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 stack.append(_py2_str(data[pos:pos + n]) if n < lazy_threshold
                              else LazyBytes(data, pos, n, "bytes"))
                 pos += n
-            elif op == 0x8F:  # EMPTY_SET
-                stack.append(set())
             elif op == 0x90:  # ADDITEMS
                 items = stack
                 stack = metastack.pop()

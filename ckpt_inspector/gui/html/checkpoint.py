@@ -11,14 +11,17 @@ from ckpt_inspector.core.display import DisplayNode
 from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.core.ops.stats import Stats, format_number
 from ckpt_inspector.core.summary import format_value, human_bytes, top_values
+from ckpt_inspector.core.torch_load_prediction import predict
 from ckpt_inspector.core.tree import Node
 from ckpt_inspector.gui.html.memory import memory_html
+from ckpt_inspector.gui.html.torch_load import torch_load_html
 from ckpt_inspector.gui.remote import name_of, strip_credentials, transfer_counts
 from ckpt_inspector.gui.theme import color
 
-# verdict -> (text colour role, background role, what it means)
+# verdict -> (text colour role, background role, what it means); whether torch.load reads the
+# file is the torch.load box's to say (formats, opcodes, devices: not the verdict's)
 VERDICT_STYLE = {
-    "safe": ("ok_fg", "ok_bg", "only weights; torch.load(weights_only=True) accepts it"),
+    "safe": ("ok_fg", "ok_bg", "only data: nothing in it runs when it is read"),
     "needs-trust": ("warning_fg", "warning_bg", "loading it with torch would run code"),
     "dangerous": ("danger_fg", "danger_bg", "do not load this file with torch"),
 }
@@ -69,27 +72,14 @@ def verdict_badge(verdict: str, meaning: str | None = None) -> str:
             f'<span style="color:{fg};"> — {escape(text)}</span></td></tr></table>')
 
 
-TORCH_LOAD_FORMATS = ("torch-zip", "torch-legacy")
-NOT_WEIGHTS = {None, "hf-index", "text", "json"}  # a layout's index, config and marker files
-
-
-def safe_meaning(fmt: str, files: list[dict], devices: dict[str, int]) -> str:
-    """What ``safe`` means for this checkpoint: only torch's own formats are read by
-    ``torch.load``, and one saved on a GPU needs ``map_location`` on a machine without it."""
-    inner = {f.get("format") for f in files} - NOT_WEIGHTS if files else {fmt}
-    if inner and inner <= set(TORCH_LOAD_FORMATS):
-        where = "each file" if files else "it"
-        text = f"only weights; torch.load(weights_only=True) accepts {where}"
-        gpu = sorted(d for d in devices if not d.startswith("cpu"))
-        if gpu:
-            text += (f"; saved on {', '.join(gpu)}: pass map_location='cpu' where that "
-                     "device is missing")
-        return text
+def safe_meaning(fmt: str) -> str:
+    """What ``safe`` means for a file of this format (only data; whether torch.load reads
+    it, and how, is the torch.load box's to say)."""
     if fmt == "dcp":
-        return "only weights and DCP's own records; torch.distributed.checkpoint reads it"
+        return "only weights and DCP's own records: nothing in it runs when it is read"
     if fmt == "torchscript":
         return "only weights and TorchScript code, which runs only when the model is called"
-    return "only data, nothing that runs when it is read (torch.load does not read this format)"
+    return VERDICT_STYLE["safe"][2]
 
 
 def summary_html(loaded: LoadedFile, sections: str = "",
@@ -109,8 +99,7 @@ def summary_html(loaded: LoadedFile, sections: str = "",
         rows.append(("structure", f"{human_bytes(int(counts.get('bytes', 0)))} in {n:,} "
                                   f"request{'s' if n != 1 else ''}"))
     parts.append(_rows(rows))
-    meaning = safe_meaning(ckpt.format, ckpt.files, tot.get("devices") or {}) \
-        if report.verdict == "safe" else None
+    meaning = safe_meaning(ckpt.format) if report.verdict == "safe" else None
     if meaning and report.unscanned:  # the verdict covers only the files that were read
         n = len(report.unscanned)
         meaning = (f"incomplete: {n} file{'s' if n != 1 else ''} not scanned "
@@ -135,6 +124,7 @@ def summary_html(loaded: LoadedFile, sections: str = "",
     for f in trust:
         if not f.name:
             parts.append(f"<p>{escape(f.message)}</p>")
+    parts.append(torch_load_html(predict(ckpt, report, devices=tot.get("devices") or {})))
     parts.append("<h3>Tensors</h3>")
     pairs = [("tensors", f"{tot['tensors']:,}"), ("elements", f"{tot['numel']:,}"),
              ("size", human_bytes(tot["nbytes"]))]

@@ -7,7 +7,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlsplit
 
-from PySide6.QtCore import QEvent, QModelIndex, QPoint, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QModelIndex, QPoint, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -27,11 +27,13 @@ from ckpt_inspector.core import query as query_mod
 from ckpt_inspector.core.display import DisplayNode
 from ckpt_inspector.core.ops.session import LoadedFile, load_file
 from ckpt_inspector.core.ops.stats import Stats
+from ckpt_inspector.core.torch_load_prediction import predict
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.html.adapter import adapter_html, pair_html
 from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
+from ckpt_inspector.gui.html.torch_load import COPY_FIX_URL
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.release import release_soon
 from ckpt_inspector.gui.remote import is_url, name_of, normalize, strip_credentials
@@ -199,6 +201,7 @@ class CheckpointView(QWidget):
         self.summary = QTextBrowser()
         self.summary.setObjectName("summaryPanel")
         self.summary.setOpenLinks(False)
+        self.summary.anchorClicked.connect(self._summary_link)
         self.details = QTextBrowser()
         self.details.setObjectName("detailsPanel")
         self.details.setHtml(details_html(None, self.target_device))
@@ -284,6 +287,19 @@ class CheckpointView(QWidget):
     def _show_summary(self, file: LoadedFile) -> None:
         if file is self.file:
             self.summary.setHtml(summary_html(file, adapter_html(file.adapter), self.devices))
+
+    def torch_load_fix(self) -> str | None:
+        """The code that makes torch.load accept the open file (the summary's Copy link)."""
+        file = self.file
+        if file is None:
+            return None
+        return predict(file.ckpt, file.report, devices=file.totals.get("devices") or {}).fix
+
+    def _summary_link(self, url: QUrl) -> None:
+        if url.toString() == COPY_FIX_URL:
+            fix = self.torch_load_fix()
+            if fix:
+                QGuiApplication.clipboard().setText(fix)
 
     def _failed(self, err: BaseException, generation: int) -> None:
         if generation != self._generation:
