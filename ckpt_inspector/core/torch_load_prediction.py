@@ -326,11 +326,11 @@ def _note(ckpt: Checkpoint, pred: TorchLoadPrediction, devices: dict[str, int] |
                      "on its own" + ("; the fix covers them all" if pred.fix else ""))
         if ckpt.format in LAYOUT_NOTES:
             notes.append(LAYOUT_NOTES[ckpt.format])
-    if devices is None:
+    torch_files = bool(pred.formats & set(TORCH_LOAD_FORMATS))
+    if devices is None and torch_files:  # (other formats have no saved-on device to warn of)
         devices = dict.fromkeys(n.tensor.device for n in ckpt.root.walk() if n.kind == "tensor"
                                 and n.tensor is not None) if ckpt.root is not None else {}
-    gpu = sorted(d for d in devices if d and not d.startswith("cpu"))
-    torch_files = bool(pred.formats & set(TORCH_LOAD_FORMATS))
+    gpu = sorted(d for d in devices or () if d and not d.startswith("cpu"))
     if gpu and torch_files:
         notes.append(f"saved on {', '.join(gpu[:4])}: this is for map_location='cpu'; without "
                      "it torch.load puts the tensors back there, and fails where that "
