@@ -39,11 +39,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return usage("--bins must be between 1 and 10000")
     if args.device != "cpu":
         try:
-            import torch
+            from ckpt_inspector.core.devices import unavailable
 
-            torch.empty(1, device=args.device)
-        except Exception as err:  # no torch, no such device
-            return usage(f"device {args.device} is not available: {err}")
+            problem = unavailable(args.device)
+        except ImportError as err:  # no torch
+            problem = f"device {args.device} needs torch: {err}"
+        if problem:
+            return usage(problem)
     try:
         ckpt = _common.open_file(args.path)
     except CheckpointError as err:
