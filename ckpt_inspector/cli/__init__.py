@@ -18,7 +18,14 @@ from collections.abc import Callable
 from types import ModuleType
 
 from ckpt_inspector import __version__
-from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, EXIT_USAGE, interrupted
+from ckpt_inspector.cli._errors import (
+    EXIT_NOT_SAFE,
+    EXIT_OK,
+    EXIT_USAGE,
+    answer_in_json,
+    interrupted,
+    note,
+)
 
 # each command's module, in the order `--help` lists them: a command imports only its own
 # module (what it needs to read a file comes with it), not every command's
@@ -42,6 +49,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # usage errors exit 2, as argparse does
         self.print_usage(sys.stderr)
+        note(message)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
@@ -63,6 +71,13 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = _global_options(sys.argv[1:] if argv is None else argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--json" in argv[:end]:  # every exit prints one JSON object, errors too
+        return answer_in_json(lambda: _main(argv))
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         return launch_app(argv)
     parser = _parser(argv[0])

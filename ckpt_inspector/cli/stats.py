@@ -71,7 +71,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         report[key] = entry
     failed = [k for k, e in report.items() if "error" in e]
     if args.json or args.progress:
-        print(json.dumps({"path": args.path, "device": args.device, "tensors": report}))
+        doc: dict[str, Any] = {"path": args.path, "device": args.device, "tensors": report}
+        if failed and args.keys:  # it exits 3: the answer says so too
+            doc.update(error=_unread(args, failed), exit_code=EXIT_UNREADABLE)
+        print(json.dumps(doc))
         return _failed(args, failed)
     width = min(max((len(k) for k in keys), default=3), 48)
     print(f"{'key':{width}s}  {'dtype':9s} {'min':>11s} {'max':>11s} {'mean':>11s} "
@@ -93,10 +96,14 @@ def _failed(args: argparse.Namespace, failed: list[str]) -> int:
     saying how many could not be read in any case."""
     if not failed:
         return EXIT_OK
-    what = f"{len(failed):,} tensor{'s' if len(failed) != 1 else ''} could not be read"
     if args.keys:
-        return fail(f"{args.path}: {what} ({failed[0]})", EXIT_UNREADABLE)
+        return fail(_unread(args, failed), EXIT_UNREADABLE, args.path)
     import sys
 
-    print(f"ckpt-inspector: {args.path}: {what}", file=sys.stderr)
+    print(f"ckpt-inspector: {_unread(args, failed)}", file=sys.stderr)
     return EXIT_OK
+
+
+def _unread(args: argparse.Namespace, failed: list[str]) -> str:
+    what = f"{len(failed):,} tensor{'s' if len(failed) != 1 else ''} could not be read"
+    return f"{args.path}: {what}" + (f" ({failed[0]})" if args.keys else "")

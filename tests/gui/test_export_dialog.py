@@ -190,3 +190,14 @@ def test_result_json_round_trip_and_text_report():
     assert result.to_json() == figures and list(result.to_json()) == list(figures)
     assert result.text().splitlines()[1:] == ["  2 tensors from (whole file), 1 left out",
                                               "  read back: 2 bit-exact", "verification PASSED"]
+
+
+def test_a_failed_architecture_detection_is_said(qtbot, window, tensors_file):
+    """``arch --json`` answers a failure with {"error", "exit_code"}: the dialog says it."""
+    dialog = dialog_for(qtbot, window, tensors_file[0])
+    choose(dialog.options.target_box, "torchscript")
+    model = dialog.options.model_group
+    model.detect_arch("no.such.part", [])
+    qtbot.waitUntil(lambda: model.detect_button.isEnabled(), timeout=120_000)
+    assert model.arch_label.text().startswith("Detection failed: ")
+    assert "no part of the file is called 'no.such.part'" in model.arch_label.text()
