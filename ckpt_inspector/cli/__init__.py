@@ -18,13 +18,15 @@ from collections.abc import Callable
 from types import ModuleType
 
 from ckpt_inspector import __version__
+from ckpt_inspector.cli import _app
+from ckpt_inspector.cli._app import launch_app as launch_app  # the window
 from ckpt_inspector.cli._errors import (
-    EXIT_NOT_SAFE,
     EXIT_OK,
     EXIT_USAGE,
     answer_in_json,
     interrupted,
     note,
+    usage,
 )
 
 # each command's module, in the order `--help` lists them: a command imports only its own
@@ -79,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
-        return launch_app(argv)
+        # the window, with these files open: a mistyped command is not a file name
+        mistake = _app.unknown_word(argv, COMMANDS)
+        return usage(mistake) if mistake else launch_app(argv)
     parser = _parser(argv[0])
     args = parser.parse_args(argv)
     _hide_credentials(args)
@@ -116,13 +120,3 @@ def _global_options(argv: list[str]) -> list[str]:
     os.environ["CKPT_INSPECTOR_NO_CACHE"] = "1"
     return [a for a in argv[:end] if a != "--no-cache"] + argv[end:]
 
-
-def launch_app(paths: list[str]) -> int:
-    """Start the desktop app with ``paths`` open."""
-    try:
-        from ckpt_inspector.gui.app import run
-    except ImportError as err:
-        print(f"ckpt-inspector: the desktop app cannot start ({err}); "
-              "the info and scan commands still work", file=sys.stderr)
-        return EXIT_NOT_SAFE
-    return run(paths)
