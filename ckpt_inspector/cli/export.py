@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 from typing import Any
 
 from ckpt_inspector.cli import _common
@@ -117,6 +118,7 @@ class _Interrupts:
 
 def run(args: argparse.Namespace) -> int:
     from ckpt_inspector.core.io.urls import is_url
+    from ckpt_inspector.core.ops.export.names import name_warning
     from ckpt_inspector.core.ops.export.request import ExportRequest, run_export
 
     if is_url(args.output):  # a remote file is never written
@@ -125,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         request = ExportRequest.from_args(args)
     except ExportUsageError as err:
         return usage(str(err))
+    mismatch = name_warning(request.to, request.output)
+    if mismatch:  # written as asked, but tools go by the name
+        print(f"ckpt-inspector: warning: {mismatch}", file=sys.stderr)
     result = None
     with _Interrupts() as interrupts:
         try:
