@@ -127,9 +127,6 @@ def run(args: argparse.Namespace) -> int:
         request = ExportRequest.from_args(args)
     except ExportUsageError as err:
         return usage(str(err))
-    mismatch = name_warning(request.to, request.output)
-    if mismatch:  # written as asked, but tools go by the name
-        print(f"ckpt-inspector: warning: {mismatch}", file=sys.stderr)
     result = None
     with _Interrupts() as interrupts:
         try:
@@ -154,4 +151,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), default=str), flush=True)
     else:
         print(result.text())
+    mismatch = name_warning(request.to, result.path or request.output)
+    if mismatch and result.written:  # written as asked, but tools go by the name
+        sys.stdout.flush()
+        print(f"ckpt-inspector: warning: {mismatch}", file=sys.stderr)
     return EXIT_OK if result.passed else EXIT_NOT_SAFE
