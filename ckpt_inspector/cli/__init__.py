@@ -1,6 +1,7 @@
-"""Command line: ``ckpt-inspector [FILES...]`` opens the window; ``info``, ``scan``,
-``demo``, ``load``, ``export``, ``arch``, ``stats``, ``diff`` and ``devices`` run a
-command.
+"""Command line: ``ckpt-inspector [FILES...]`` opens the window (where there is a display,
+see ``_app``); ``info``, ``scan``, ``demo``, ``load``, ``export``, ``arch``, ``stats``,
+``diff`` and ``devices`` run a command. With ``--json`` every exit prints one JSON object
+(``_errors.answer_in_json``).
 
 One module per group of commands, each with ``add_parser(sub)`` and ``run(args)``;
 how an error ends a command (one line on stderr, an exit code) is ``_errors``'s table.
