@@ -9,13 +9,15 @@
 
 Only the Python standard library is used here, so this works on a fresh machine
 with nothing but Python 3.10+. Dependencies are reinstalled only when
-pyproject.toml changes.
+pyproject.toml changes. SIGTERM and SIGHUP sent to this script are passed on to the
+app, the tests or the build it runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -66,6 +68,32 @@ def setup_bundle() -> Path:
     return py
 
 
+def run_child(cmd: list[str], **kwargs) -> int:
+    """Run ``cmd`` to its end. SIGTERM and SIGHUP sent to this script (a process manager, a
+    closed terminal, ``kill``) are passed on to it, so that it ends too instead of being
+    left running; Ctrl-C reaches it from the terminal by itself, so this script only waits
+    for it. Its exit status, or 128 + the signal that ended it, as shells report it."""
+    proc = subprocess.Popen(cmd, **kwargs)
+    previous = {}
+
+    def forward(signum, _frame):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    passed_on = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    try:
+        for sig in passed_on:
+            previous[sig] = signal.signal(sig, forward)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:  # this script is ending for another reason
+            proc.terminate()
+    return 128 - code if code < 0 else code
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("app", "test", "bundle"):
         print(__doc__.strip())
@@ -73,12 +101,11 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "bundle":
         py = setup_bundle()
-        return subprocess.call([str(py), str(ROOT / "tools" / "build_bundle.py"), *rest],
-                               cwd=ROOT)
+        return run_child([str(py), str(ROOT / "tools" / "build_bundle.py"), *rest], cwd=ROOT)
     py = setup()
     if command == "app":
-        return subprocess.call([str(py), "-m", "ckpt_inspector", *rest])
-    return subprocess.call([str(py), "-m", "pytest", *rest], cwd=ROOT)
+        return run_child([str(py), "-m", "ckpt_inspector", *rest])
+    return run_child([str(py), "-m", "pytest", *rest], cwd=ROOT)
 
 
 if __name__ == "__main__":

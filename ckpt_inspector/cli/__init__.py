@@ -1,6 +1,7 @@
-"""Command line: ``ckpt-inspector [FILES...]`` opens the window; ``info``, ``scan``,
-``demo``, ``load``, ``export``, ``arch``, ``check``, ``stats``, ``diff`` and ``devices`` run
-a command.
+"""Command line: ``ckpt-inspector [FILES...]`` opens the window (where there is a display,
+see ``_app``); ``info``, ``scan``, ``demo``, ``load``, ``export``, ``arch``, ``check``,
+``stats``, ``diff`` and ``devices`` run a command. With ``--json`` every exit prints one JSON
+object (``_errors.answer_in_json``).
 
 One module per group of commands, each with ``add_parser(sub)`` and ``run(args)``;
 how an error ends a command (one line on stderr, an exit code) is ``_errors``'s table.
@@ -18,7 +19,16 @@ from collections.abc import Callable
 from types import ModuleType
 
 from ckpt_inspector import __version__
-from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, EXIT_USAGE, interrupted
+from ckpt_inspector.cli import _app
+from ckpt_inspector.cli._app import launch_app as launch_app  # the window
+from ckpt_inspector.cli._errors import (
+    EXIT_OK,
+    EXIT_USAGE,
+    answer_in_json,
+    interrupted,
+    note,
+    usage,
+)
 
 # each command's module, in the order `--help` lists them: a command imports only its own
 # module (what it needs to read a file comes with it), not every command's
@@ -42,6 +52,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # usage errors exit 2, as argparse does
         self.print_usage(sys.stderr)
+        note(message)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
@@ -63,8 +74,17 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = _global_options(sys.argv[1:] if argv is None else argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--json" in argv[:end]:  # every exit prints one JSON object, errors too
+        return answer_in_json(lambda: _main(argv))
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
-        return launch_app(argv)
+        # the window, with these files open: a mistyped command is not a file name
+        mistake = _app.unknown_word(argv, COMMANDS)
+        return usage(mistake) if mistake else launch_app(argv)
     parser = _parser(argv[0])
     args = parser.parse_args(argv)
     _hide_credentials(args)
@@ -101,13 +121,3 @@ def _global_options(argv: list[str]) -> list[str]:
     os.environ["CKPT_INSPECTOR_NO_CACHE"] = "1"
     return [a for a in argv[:end] if a != "--no-cache"] + argv[end:]
 
-
-def launch_app(paths: list[str]) -> int:
-    """Start the desktop app with ``paths`` open."""
-    try:
-        from ckpt_inspector.gui.app import run
-    except ImportError as err:
-        print(f"ckpt-inspector: the desktop app cannot start ({err}); "
-              "the info and scan commands still work", file=sys.stderr)
-        return EXIT_NOT_SAFE
-    return run(paths)

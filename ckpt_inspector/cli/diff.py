@@ -78,17 +78,21 @@ def cmd_diff(args: argparse.Namespace) -> int:
     unreadable_count = sum(1 for e in result.entries if e.status == d.UNREADABLE)
     code = (EXIT_OK if result.identical else EXIT_UNREADABLE if unreadable_count
             else EXIT_NOT_SAFE)
+    failure = (f"{counted(unreadable_count, 'tensor')} could not be read, so the files cannot "
+               "be called identical or different there")
     try:
         if args.json or args.progress:
-            print(json.dumps(result.to_json()))
+            doc = result.to_json()
+            if unreadable_count:  # it exits 3: the answer says so too
+                doc.update(error=failure, exit_code=code)
+            print(json.dumps(doc))
         else:
             print_diff(result, opened, args.all)
         sys.stdout.flush()
     except BrokenPipeError:  # piped into head: the answer is still the exit status
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if unreadable_count:
-        fail(f"{counted(unreadable_count, 'tensor')} could not be read, so the files cannot be "
-             "called identical or different there", code)
+        fail(failure, code)
     return code
 
 

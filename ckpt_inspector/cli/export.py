@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 from typing import Any
 
 from ckpt_inspector.cli import _common
@@ -117,6 +118,7 @@ class _Interrupts:
 
 def run(args: argparse.Namespace) -> int:
     from ckpt_inspector.core.io.urls import is_url
+    from ckpt_inspector.core.ops.export.names import name_warning
     from ckpt_inspector.core.ops.export.request import ExportRequest, run_export
 
     if is_url(args.output):  # a remote file is never written
@@ -149,4 +151,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), default=str), flush=True)
     else:
         print(result.text())
+    mismatch = name_warning(request.to, result.path or request.output)
+    if mismatch and result.written:  # written as asked, but tools go by the name
+        sys.stdout.flush()
+        print(f"ckpt-inspector: warning: {mismatch}", file=sys.stderr)
     return EXIT_OK if result.passed else EXIT_NOT_SAFE

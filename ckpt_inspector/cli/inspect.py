@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ckpt_inspector.cli import _common
-from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, fail, unreadable
+from ckpt_inspector.cli._errors import EXIT_NOT_SAFE, EXIT_OK, EXIT_UNREADABLE, fail, unreadable
 from ckpt_inspector.core.adapters import find_adapter
 from ckpt_inspector.core.adapters.text import adapter_lines
 from ckpt_inspector.core.errors import CheckpointError
@@ -303,8 +303,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
             return unreadable(args.path, err)
     assert ckpt is not None
     report = scan(ckpt, error)
+    code, failure = _scan_failure(report, error)
     if args.json:
-        json.dump(scan_json(args.path, ckpt, report, error), sys.stdout, indent=1)
+        doc = scan_json(args.path, ckpt, report, error)
+        if failure:  # the one answer says it too
+            doc.setdefault("error", failure)
+            doc["exit_code"] = code
+        json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         unscanned = report.unscanned
@@ -320,20 +325,27 @@ def cmd_scan(args: argparse.Namespace) -> int:
             print("  imports: " + ", ".join(report.globals))
         for line in predict(ckpt, report, error).lines():
             print(f"  {line}")
+    if failure:
+        return fail(f"{args.path}: {failure}", code, args.path)
+    return EXIT_OK if report.verdict == "safe" else EXIT_NOT_SAFE
+
+
+def _scan_failure(report: ScanReport, error: str | None) -> tuple[int, str]:
+    """The exit status and the problem of a scan that could not read everything; (0, "")
+    when it read all of it (the verdict decides)."""
     if error:
         # what was read before the failure already shows a payload: that is the answer
         # (a file torch would run is never just "unreadable"); else exit 3 as unreadable
         if any(f.severity == "dangerous" and f.code != "malformed" for f in report.findings):
-            return fail(f"{args.path}: {error} (verdict from what was read: "
-                        f"{report.verdict})", EXIT_NOT_SAFE)
-        return unreadable(args.path, CheckpointError(f"{error} (verdict: {report.verdict})"))
+            return EXIT_NOT_SAFE, f"{error} (verdict from what was read: {report.verdict})"
+        return EXIT_UNREADABLE, f"{error} (verdict: {report.verdict})"
     if report.verdict == "safe" and report.unscanned:
         # what was read is safe, but not all of it could be read: not a clean exit 0
         missing = report.unscanned
-        return unreadable(args.path, CheckpointError(
+        return EXIT_UNREADABLE, (
             f"{counted(len(missing), 'file')} not scanned ({', '.join(missing[:3])}"
-            f"{', …' if len(missing) > 3 else ''}): the verdict safe covers only the rest"))
-    return EXIT_OK if report.verdict == "safe" else EXIT_NOT_SAFE
+            f"{', …' if len(missing) > 3 else ''}): the verdict safe covers only the rest")
+    return EXIT_OK, ""
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

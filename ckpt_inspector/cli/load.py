@@ -33,10 +33,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    from ckpt_inspector.core.devices import unavailable
     from ckpt_inspector.core.ops.torch_load import trusted_load
 
     if args.allow_dangerous and not args.run_code:
         return usage("--allow-dangerous needs --run-code too")
+    problem = unavailable(args.device)  # the file may be fine: the device is not here
+    if problem:
+        return usage(problem)
     try:
         with bulk_allocation():
             loaded = trusted_load(args.path, args.device, run_code=args.run_code,

@@ -41,13 +41,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     if args.bins < 0 or args.bins > 10_000:
         return usage("--bins must be between 1 and 10000")
-    if args.device != "cpu":
-        try:
-            import torch
-
-            torch.empty(1, device=args.device)
-        except Exception as err:  # no torch, no such device
-            return usage(f"device {args.device} is not available: {err}")
+    problem = _device_problem(args.device)
+    if problem:
+        return usage(problem)
     try:
         ckpt = _common.open_file(args.path)
     except CheckpointError as err:
@@ -79,7 +75,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         report[key] = entry
     failed = [k for k, e in report.items() if "error" in e]
     if args.json or args.progress:
-        print(json.dumps({"path": args.path, "device": args.device, "tensors": report}))
+        doc: dict[str, Any] = {"path": args.path, "device": args.device, "tensors": report}
+        if failed and args.keys:  # it exits 3: the answer says so too
+            doc.update(error=_unread(args, failed), exit_code=EXIT_UNREADABLE)
+        print(json.dumps(doc))
         return _failed(args, failed)
     width = min(max((len(k) for k in keys), default=3), 48)
     if args.lora_update:
@@ -98,6 +97,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"{key:{width}s}  {e['dtype']:9s} {nums} {e['sparsity']:7.1%}  "
               f"{bad:,}" + (f"  ({e['note']})" if e["note"] else "") + pair)
     return _failed(args, failed)
+
+
+def _device_problem(device: str) -> str:
+    """Why statistics cannot run on ``device`` here ("" when they can, and for the cpu)."""
+    if device == "cpu":
+        return ""
+    try:
+        from ckpt_inspector.core.devices import unavailable
+
+        return unavailable(device)
+    except ImportError as err:  # no torch
+        return f"device {device} needs torch: {err}"
 
 
 def _lora_targets(args: argparse.Namespace, ckpt: Any) -> dict[str, Any] | int:
@@ -132,10 +143,14 @@ def _failed(args: argparse.Namespace, failed: list[str]) -> int:
     saying how many could not be read in any case."""
     if not failed:
         return EXIT_OK
-    what = f"{len(failed):,} tensor{'s' if len(failed) != 1 else ''} could not be read"
     if args.keys:
-        return fail(f"{args.path}: {what} ({failed[0]})", EXIT_UNREADABLE)
+        return fail(_unread(args, failed), EXIT_UNREADABLE, args.path)
     import sys
 
-    print(f"ckpt-inspector: {args.path}: {what}", file=sys.stderr)
+    print(f"ckpt-inspector: {_unread(args, failed)}", file=sys.stderr)
     return EXIT_OK
+
+
+def _unread(args: argparse.Namespace, failed: list[str]) -> str:
+    what = f"{len(failed):,} tensor{'s' if len(failed) != 1 else ''} could not be read"
+    return f"{args.path}: {what}" + (f" ({failed[0]})" if args.keys else "")

@@ -65,3 +65,17 @@ def _kib(text: str | None) -> int | None:
         return None
     parts = text.split()
     return int(parts[0]) * 1024 if parts and parts[0].isdigit() else None
+
+
+def unavailable(device: str) -> str:
+    """Why torch cannot put tensors on ``device`` here, in one line ("" when it can): a
+    name torch does not know, or a device this machine lacks (``cuda:0`` without a GPU)."""
+    import torch
+
+    try:
+        torch.empty(1, device=device)
+    except Exception as err:  # RuntimeError, AssertionError (torch built without CUDA)...
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()),
+                     type(err).__name__)
+        return f"device {device} is not available here: {first[:300]}"
+    return ""

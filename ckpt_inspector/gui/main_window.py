@@ -10,6 +10,7 @@ from PySide6.QtCore import QMimeData, QPoint, QSettings, Qt, QTimer, QUrl, Signa
 from PySide6.QtGui import (
     QCloseEvent,
     QDragEnterEvent,
+    QDragMoveEvent,
     QDropEvent,
 )
 from PySide6.QtWidgets import (
@@ -317,15 +318,19 @@ class MainWindow(QMainWindow):
     # -- drag and drop -------------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if dropped_paths(event.mimeData()):
-            event.acceptProposedAction()
+            take_as_copy(event)
+
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
+        # Shift (compare) proposes a move in file managers: answered at every step
+        if dropped_paths(event.mimeData()):
+            take_as_copy(event)
 
     def dropEvent(self, event: QDropEvent) -> None:
         """Files and URLs dropped open in tabs; with Shift held, a file is compared with the
         current tab's file (two files with each other)."""
         paths = dropped_paths(event.mimeData())
-        if not paths:
+        if not paths or not take_as_copy(event):
             return
-        event.acceptProposedAction()
         view = self.current_view()
         if event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
             if len(paths) == 2:
@@ -547,6 +552,20 @@ class MainWindow(QMainWindow):
 
 def drop_urls(paths: list[str]) -> list[QUrl]:
     return [QUrl(p) if is_url(p) else QUrl.fromLocalFile(os.path.abspath(p)) for p in paths]
+
+
+def take_as_copy(event: QDropEvent) -> bool:
+    """Accept a drag or a drop as a copy (a link where the source offers no copy), never as
+    the move it may propose: the source would delete the user's file. False, and the event
+    ignored, when the source offers only a move."""
+    offered = event.possibleActions()
+    for action in (Qt.DropAction.CopyAction, Qt.DropAction.LinkAction):
+        if offered & action:
+            event.setDropAction(action)
+            event.accept()
+            return True
+    event.ignore()
+    return False
 
 
 def dropped_paths(mime: QMimeData) -> list[str]:

@@ -185,3 +185,19 @@ def test_export_builder_wins_over_the_pickled_model_without_trust(export_models,
                       "--model-source", "pickled", "--builder", "export_builders_cli:tiny",
                       env=env)
     assert "--trust" in _one_line(refused, 1)
+
+
+def test_a_name_of_another_format_is_written_with_a_warning(tensors_file, tmp_path):
+    """``--to safetensors -o x.pt`` writes what was asked, and says on stderr that the name
+    says otherwise; a name that fits gets no word."""
+    out = tmp_path / "x.pt"
+    proc = run_cli("export", str(tensors_file[0]), "--to", "safetensors", "-o", str(out),
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "passed"
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("ckpt-inspector: warning: x.pt: a safetensors file named .pt"), line
+    assert json.loads(run_cli("info", str(out), "--json").stdout)["format"] == "safetensors"
+    fits = run_cli("export", str(tensors_file[0]), "--to", "safetensors", "-o",
+                   str(tmp_path / "x.safetensors"))
+    assert fits.returncode == 0 and fits.stderr == "", fits.stderr

@@ -190,3 +190,60 @@ def test_result_json_round_trip_and_text_report():
     assert result.to_json() == figures and list(result.to_json()) == list(figures)
     assert result.text().splitlines()[1:] == ["  2 tensors from (whole file), 1 left out",
                                               "  read back: 2 bit-exact", "verification PASSED"]
+
+
+def test_a_failed_architecture_detection_is_said(qtbot, window, tensors_file):
+    """``arch --json`` answers a failure with {"error", "exit_code"}: the dialog says it."""
+    dialog = dialog_for(qtbot, window, tensors_file[0])
+    choose(dialog.options.target_box, "torchscript")
+    model = dialog.options.model_group
+    model.detect_arch("no.such.part", [])
+    qtbot.waitUntil(lambda: model.detect_button.isEnabled(), timeout=120_000)
+    assert model.arch_label.text().startswith("Detection failed: ")
+    assert "no part of the file is called 'no.such.part'" in model.arch_label.text()
+
+
+def test_save_as_follows_the_format_keeping_folder_and_stem(qtbot, window, tensors_file,
+                                                            tmp_path):
+    """Switching the target renames the output for it: an untouched suggestion becomes the
+    new target's suggestion, a name the user chose keeps its folder and stem."""
+    dialog = dialog_for(qtbot, window, tensors_file[0])
+    options = dialog.options
+    choose(options.target_box, "state_dict")
+    folder = os.path.dirname(str(tensors_file[0]))
+    assert options.output_edit.text() == os.path.join(folder, "tensors_state_dict.pt")
+    choose(options.target_box, "safetensors")  # the suggestion, untouched
+    assert options.output_edit.text() == os.path.join(folder, "tensors.safetensors")
+    mine = tmp_path / "elsewhere"
+    choose(options.target_box, "state_dict")
+    options.output_edit.setText(str(mine / "demo_sd.pt"))  # as after Export another
+    for target, name in (("safetensors", "demo_sd.safetensors"), ("onnx", "demo_sd.onnx"),
+                         ("torchscript", "demo_sd.pt"), ("pt2", "demo_sd.pt2"),
+                         ("hf-sharded", "demo_sd"), ("state_dict", "demo_sd.pt")):
+        choose(options.target_box, target)
+        assert options.output_edit.text() == str(mine / name), target
+    options.output_edit.setText(str(mine / "weights.pth"))  # a .pth state_dict stays .pth
+    choose(options.target_box, "torchscript")
+    assert options.output_edit.text() == str(mine / "weights.pth")
+    options.output_edit.setText(str(tmp_path / "tensors_state_dict.pt"))  # another folder
+    choose(options.target_box, "onnx")
+    assert options.output_edit.text() == str(tmp_path / "tensors.onnx")
+
+
+def test_a_name_of_another_format_is_warned_about(qtbot, window, tensors_file, tmp_path,
+                                                  monkeypatch):
+    dialog = dialog_for(qtbot, window, tensors_file[0])
+    choose(dialog.options.target_box, "safetensors")
+    out = tmp_path / "x.pt"
+    dialog.options.output_edit.setText(str(out))
+    asked = []
+    monkeypatch.setattr(dialog, "ask_mismatch", lambda text: asked.append(text) or False)
+    dialog.options.export_button.click()
+    assert dialog.process is None and not out.exists()
+    [text] = asked
+    assert "x.pt" in text and "safetensors" in text and ".safetensors" in text
+    # a name that fits is not asked about
+    dialog.options.output_edit.setText(str(tmp_path / "x.safetensors"))
+    dialog.options.export_button.click()
+    assert len(asked) == 1 and dialog.process is not None
+    wait_result(qtbot, dialog)

@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 
 from ckpt_inspector.core.errors import ExportError
 from ckpt_inspector.core.io.atomic import remove_partial
+from ckpt_inspector.core.ops.export.names import name_warning
 from ckpt_inspector.core.ops.export.request import ExportRequest
 from ckpt_inspector.core.ops.export.result import ExportResult, Row
 from ckpt_inspector.core.ops.session import LoadedFile
@@ -88,6 +89,9 @@ class ExportDialog(QDialog):
         except ExportError as err:
             QMessageBox.warning(self, "Export", str(err))
             return
+        mismatch = name_warning(request.to, out)
+        if mismatch and not self.ask_mismatch(mismatch):
+            return
         if os.path.exists(out) and not _empty_folder(out):
             if not self.ask_overwrite(out):
                 return
@@ -121,6 +125,15 @@ class ExportDialog(QDialog):
                 return ("The export folder would hold or replace the checkpoint it comes "
                         "from: choose a folder outside it.")
         return ""
+
+    def ask_mismatch(self, warning: str) -> bool:
+        """Whether to export under a name that says another format."""
+        answer = QMessageBox.question(self, "Export under this name?",
+                                      f"{warning}.\n\nExport under this name anyway?",
+                                      QMessageBox.StandardButton.Yes
+                                      | QMessageBox.StandardButton.Cancel,
+                                      QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Yes
 
     def ask_overwrite(self, path: str) -> bool:
         what = "folder" if os.path.isdir(path) else "file"

@@ -4,6 +4,7 @@ torchvision architecture, your builder), the example input and the exporter's op
 from __future__ import annotations
 
 import json
+from html import escape
 from typing import Any
 
 from PySide6.QtCore import QProcess, Qt, Signal
@@ -175,8 +176,10 @@ class ModelOptions(QGroupBox):
         try:
             data = json.loads(bytes(proc.readAllStandardOutput()).decode())
         except ValueError:
-            self.arch_label.setText("Detection failed: "
-                                    + bytes(proc.readAllStandardError()).decode()[-200:])
+            data = {"error": bytes(proc.readAllStandardError()).decode()[-200:]}
+        if "candidates" not in data:  # a failure answers {"error", "exit_code"}
+            why = escape(str(data.get("error", "")), quote=False)
+            self.arch_label.setText(f"Detection failed: {why}")
             return
         found = data["candidates"]
         self.arch_box.clear()

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from ckpt_inspector.core.errors import ExportError
+from ckpt_inspector.core.ops.export import names as export_names
 from ckpt_inspector.core.ops.export import plan as export_plan
 from ckpt_inspector.core.ops.export.request import ExportRequest
 from ckpt_inspector.core.ops.export.sharded import split
@@ -53,6 +54,8 @@ SHARD_UNITS = (("MB", 10**6), ("GB", 10**9))  # decimal, as huggingface_hub coun
 # what the names of a sharded model's own files look like (a folder to export into again)
 SHARDED_NAMES = ("model.safetensors", "model.safetensors.index.json")
 PREVIEW_ROWS = 200
+# what a suggested output's name adds to the file's stem, by target
+_TAGS = {"state_dict": "_state_dict", "torchscript": "_torchscript", "hf-sharded": "_sharded"}
 
 
 class ExportOptions(QWidget):
@@ -284,13 +287,21 @@ class ExportOptions(QWidget):
         self.source_box.setEnabled(not own or self.target not in MODEL_TARGETS)
 
     def _suggest_output(self) -> None:
-        suffix = next(t[2] for t in TARGETS if t[0] == self.target)
+        """Name the output for the target: while its name is one of the suggestions, the
+        target's suggestion (in the folder chosen); a name of the user's own keeps its
+        folder and stem and takes the target's extension."""
         folder, stem = output_base(self.file, self.local_folder)
-        tag = {"state_dict": "_state_dict", "torchscript": "_torchscript",
-               "hf-sharded": "_sharded"}.get(self.target, "")
-        current = self.output_edit.text()
-        if not current or os.path.dirname(current) == folder:
-            self.output_edit.setText(os.path.join(folder, f"{stem}{tag}{suffix}"))
+        suggested = {t: f"{stem}{_TAGS.get(t, '')}{export_names.EXTENSIONS[t][0]}"
+                     for t, *_rest in TARGETS}
+        current = self.output_edit.text().strip()
+        if not current:
+            self.output_edit.setText(os.path.join(folder, suggested[self.target]))
+            return
+        head, name = os.path.split(current.rstrip(os.sep) or current)
+        named = (os.path.join(head, suggested[self.target]) if name in suggested.values()
+                 else export_names.with_extension(self.target, current))
+        if named != current:
+            self.output_edit.setText(named)
 
     @property
     def writes_folder(self) -> bool:
