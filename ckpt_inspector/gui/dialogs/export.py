@@ -230,10 +230,11 @@ class ExportDialog(QDialog):
         self.result_view.setHtml(f"{_heading(r)}<table>{table}</table>")
 
     def _open_exported(self) -> None:
-        """Open what was exported in a tab and close the dialog, so that the tab is seen."""
+        """Close the dialog, then open what was exported in a tab: a tab opened while the
+        dialog is still up would open behind it."""
         if self.result and self.result.path:
-            self.open_requested.emit(self.result.path)
             self.accept()
+            self.open_requested.emit(self.result.path)
 
     def reject(self) -> None:
         if self.process is not None:

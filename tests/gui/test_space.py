@@ -1,0 +1,30 @@
+"""What the window does with its space and its dialogs: panels that say something useful
+before a selection, controls shown only where they act, dialogs out of the way of what
+they open."""
+
+from __future__ import annotations
+
+from ckpt_inspector.core.ops.export.result import ExportResult
+
+from support import open_and_wait
+
+
+def test_open_exported_file_closes_the_dialog_before_the_tab_opens(qtbot, window,
+                                                                    tensors_file,
+                                                                    training_ckpt):
+    open_and_wait(qtbot, window, tensors_file[0])
+    dialog = window.export_current()
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(dialog.isVisible, timeout=5000)
+    dialog.result = ExportResult("safetensors", str(training_ckpt[0]), bytes=1, written=True,
+                                 passed=True, status="passed", source="model", tensors=3,
+                                 bit_exact=3)
+    dialog.show_result(0, "")
+    assert dialog.open_button.isEnabled()
+    seen = []
+    window.tabs.currentChanged.connect(lambda _i: seen.append(dialog.isVisible()))
+    with qtbot.waitSignal(window.file_shown, timeout=30_000):
+        dialog.open_button.click()
+    assert seen and not any(seen)  # the new tab became current with the dialog gone
+    assert window.current_view().path == str(training_ckpt[0])
+    assert not dialog.isVisible()
