@@ -37,7 +37,7 @@ from ckpt_inspector.gui.html.diff import numbers_rows, percent, status_color
 from ckpt_inspector.gui.main_window import drop_urls
 from ckpt_inspector.gui.tree.model import NodeRole
 
-from support import TinyNet, drive, open_and_wait
+from support import TinyNet, drive, open_and_wait, run_cli
 
 WAIT = 60_000
 CHANGED_KEYS = {"4.weight", "4.bias", "1.running_var", "0.bias", "1.num_batches_tracked",
@@ -133,6 +133,23 @@ def test_compare_from_the_file_menu(qtbot, window, pair, monkeypatch):
     assert "6 differ" in window.file_label.text()
 
 
+def test_the_window_and_the_command_line_sum_up_in_the_same_words(qtbot, window, pair):
+    path_a, path_b, a, b = pair
+    view = compare(qtbot, window, path_a, path_b)
+    proc = run_cli("diff", path_a, path_b)
+    assert proc.returncode == 1, proc.stderr
+    [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("DIFFERENT:")]
+    statuses, figures = line.removeprefix("DIFFERENT: ").split("; ")
+    # both figures: the elements that changed, and what the tensors that differ hold
+    shared = [k for k in a if k in b]
+    differ = [k for k in shared if not a[k].equal(b[k]) or a[k].dtype != b[k].dtype]
+    held = sum(max(a[k].numel(), b[k].numel()) for k in differ)
+    assert figures.startswith("2,898 of ") and "elements compared changed" in figures
+    assert figures.endswith(f"in {len(differ)} tensors holding {held:,} elements"), figures
+    header = plain(view.header.text())
+    assert figures in header, (figures, header)
+
+
 def test_filters_keep_the_changed_keys_and_their_groups(qtbot, window, pair):
     path_a, path_b, a, _b = pair
     view = compare(qtbot, window, path_a, path_b)
@@ -196,6 +213,26 @@ def test_sorting_by_difference_is_numeric(qtbot, window, pair):
     # the sort holds when switching to groups and back
     view.group_box.setChecked(True)
     assert view.tree.header().sortIndicatorSection() == KEY
+
+
+def test_the_difference_columns_share_one_precision(qtbot, window, pair):
+    path_a, path_b, _a, _b = pair
+    view = compare(qtbot, window, path_a, path_b)
+    view.group_box.setChecked(False)
+    rows = [[view.proxy.index(r, c).data() for c in (MAX_ABS, REL_L2, COSINE)]
+            for r in range(view.proxy.rowCount())]
+    cells = [cell for row in rows for cell in row if cell]
+    assert len(cells) >= 9
+
+    def significant(text):  # digits of the mantissa, without leading zeros
+        mantissa = text.split("e")[0].lstrip("-").replace(".", "").lstrip("0")
+        return len(mantissa)
+
+    for cell in cells:
+        assert significant(cell.split(" ")[-1]) <= 4, cell
+    # 4.bias moved by 1e-6: its cosine is 1 to nine digits, and says by how much it is not
+    cosine = dict(zip(leaf_keys(view), (row[2] for row in rows)))["4.bias"]
+    assert cosine.startswith("1 − ") and float(cosine.split(" ")[-1]) < 1e-4, cosine
 
 
 def test_selecting_a_changed_key_shows_both_sides_and_the_difference(qtbot, window, pair,

@@ -20,6 +20,7 @@ from ckpt_inspector.core.ops.diff import (
     DiffResult,
     Entry,
     Numbers,
+    share_text,
 )
 from ckpt_inspector.core.ops.difftree import (
     SEVERITY,
@@ -29,6 +30,7 @@ from ckpt_inspector.core.ops.difftree import (
     status_text,
 )
 from ckpt_inspector.core.ops.stats import Stats, format_number
+from ckpt_inspector.core.ops.tensor_diff import format_cosine
 from ckpt_inspector.core.summary import format_value, human_bytes
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.html.checkpoint import breakable, css, stats_kind, stats_pairs
@@ -53,15 +55,9 @@ def status_color(status: str) -> str:
 
 
 def percent(part: int, whole: int) -> str:
-    """``part`` of ``whole`` in words people read at a glance (rich text): 100%, 3.2%,
-    &lt;0.1%, 0%."""
-    if not part or not whole:
-        return "0%"
-    if part == whole:
-        return "100%"
-    share = part / whole
-    # &lt; and &gt;: this goes into rich text, where a bare "<" starts a tag
-    return "&lt;0.1%" if share < 0.001 else ("&gt;99.9%" if share > 0.999 else f"{share:.1%}")
+    """``part`` of ``whole`` in words people read at a glance, as rich text: 100%, 3.2%,
+    &lt;0.1%, 0% (a bare "<" would start a tag)."""
+    return escape(share_text(part, whole))
 
 
 # -- the selected key --------------------------------------------------------------------------
@@ -139,7 +135,7 @@ def numbers_rows(n: Numbers) -> list[tuple[str, str]]:
     if n.changed or n.nan_mismatch:
         rows += [("max |A−B|", f(n.max_abs)), ("mean |A−B|", f(n.mean_abs)),
                  ("rel L2 ‖A−B‖/max(‖A‖,‖B‖)", f(n.rel_l2)),
-                 ("cosine", f(n.cosine, 9) if n.cosine is not None else "-")]
+                 ("cosine", format_cosine(n.cosine, 6))]
     if n.nan_mismatch:
         where = "place" if n.nan_mismatch == 1 else "places"
         rows.append(("NaN/inf", f"<span class='bad'><b>{n.nan_mismatch:,}</b> {where} where one "
@@ -224,13 +220,12 @@ def summary_html(c: Comparison) -> str:
     items = " &nbsp; ".join(
         f"<span style='color:{status_color(s)}'>●&nbsp;<b>{counts[s]:,}</b>&nbsp;{escape(s)}"
         "</span>" for s in shown) or "no keys on either side"
-    changed, compared = c.elements()
     if result.identical:
         verdict = span("ok", "IDENTICAL", bold=True)
     else:
         verdict = span("changed", "DIFFERENT", bold=True)
-    elements = (f" &nbsp;—&nbsp; <b>{changed:,}</b> of {compared:,} elements compared changed "
-                f"({percent(changed, compared)})" if compared else "")
+    elements = result.change_summary()  # in the words and figures of `ckpt-inspector diff`
+    elements = f" &nbsp;—&nbsp; {escape(elements)}" if elements else ""
     return (f"<table cellspacing='0'>{files}</table>"
             f"<div style='margin-top:3px'>{rule_text(result)}</div>"
             f"<div style='margin-top:3px'>{verdict} &nbsp; {items}{elements}</div>")
