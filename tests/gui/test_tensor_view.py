@@ -87,6 +87,45 @@ def test_clicking_through_resnet18(qtbot, window, resnet_params, torch):
     assert tv._stats_job is None and len(tv.analysis._stats) == job_count
 
 
+def _filled(panel):
+    """How much of the plot's view the picture covers, across and down."""
+    view = panel.plot.getViewBox().sceneBoundingRect()
+    image = panel.image.sceneBoundingRect().intersected(view)
+    return image.width() / view.width(), image.height() / view.height()
+
+
+def test_heatmaps_fill_the_view_with_axes_that_say_what_they_are(qtbot, window,
+                                                                 resnet_params):
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    window.resize(1400, 860)
+    tv, _ = select(qtbot, view, "conv1.weight")
+    show_tab(qtbot, tv, HEATMAP)
+    panel = tv.heat_panel
+    qtbot.waitUntil(lambda: tv._heat_job is None, timeout=WAIT)
+    qtbot.wait(300)  # a resize on the way lays the grid out again
+    qtbot.waitUntil(lambda: tv._heat_job is None, timeout=WAIT)
+    across, down = _filled(panel)
+    assert max(across, down) > 0.95 and min(across, down) > 0.6, (across, down)
+    assert "output channel" in panel.plot.getAxis("left").labelText
+    assert "input channels 0–2" in panel.plot.getAxis("bottom").labelText
+    assert panel.plot.getAxis("bottom")._tickLevels[0]  # ticked, in channels
+    first = panel.heatmap.layout[0]
+    # a narrower view: fewer output channels a row
+    window.resize(700, 860)
+    qtbot.waitUntil(lambda: panel.heatmap.layout[0] < first, timeout=WAIT)
+    # a 1000×512 weight fills the plot, its axes in its own indices
+    window.resize(1400, 860)
+    tv, _ = select(qtbot, view, "fc.weight")
+    show_tab(qtbot, tv, HEATMAP)
+    qtbot.wait(50)
+    across, down = _filled(panel)
+    assert across > 0.98 and down > 0.98, (across, down)
+    (x0, x1), (y0, y1) = panel.plot.getViewBox().viewRange()
+    assert x0 >= -1 and x1 <= 513 and y0 >= -1 and y1 <= 1001
+    assert panel.plot.getAxis("left").labelText == "dim 0 (0–999)"
+    assert panel.plot.getAxis("bottom")._tickLevels is None  # the plot's own numbers
+
+
 def test_reselecting_cancels_the_running_computation(qtbot, window, tmp_path, torch,
                                                      monkeypatch):
     path = tmp_path / "two.pt"

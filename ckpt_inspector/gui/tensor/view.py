@@ -9,6 +9,7 @@ are cached per tensor while the file is open, so going back is instant.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -50,6 +51,7 @@ from ckpt_inspector.gui.theme import is_palette_change, set_muted, span
 
 HEATMAP_CACHE = 24  # pictures kept (at most 4 MiB each)
 SLICE_DEBOUNCE_MS = 120
+RESIZE_DEBOUNCE_MS = 200  # a kernel grid is laid out again for the view's new shape
 HISTOGRAM, HEATMAP, VALUES = range(3)
 
 
@@ -171,6 +173,11 @@ class TensorView(QWidget):
             self.heat_panel.describe = self._describe_pixel
             self.heat_panel.kernels_changed.connect(lambda _on: self._slice_changed())
             self.heat_panel.reduce_changed.connect(lambda _r: self._update_heatmap())
+            resize = QTimer(self)
+            resize.setSingleShot(True)
+            resize.setInterval(RESIZE_DEBOUNCE_MS)
+            resize.timeout.connect(self._heat_resized)
+            self.heat_panel.resized.connect(resize.start)
             self.tabs.addTab(self.heat_panel, "Heatmap")
         elif self.values_panel is None:
             from ckpt_inspector.gui.tensor.values_table import ValuesPanel
@@ -347,8 +354,14 @@ class TensorView(QWidget):
         axes = self.slice_bar.axes()
         index = tuple(sorted(self.slice_bar.index().items()))
         reduce = self.heat_panel.reduce.currentData()
+        # a kernel grid is laid out for the view's shape, in steps of about a fifth
+        shape = round(math.log2(self.heat_panel.view_aspect()) * 4) / 4 if kernels else None
         return (id(self.info), kernels, axes if not kernels else None,
-                index if not kernels else None, reduce if not kernels else None)
+                index if not kernels else None, reduce if not kernels else None, shape)
+
+    def _heat_resized(self) -> None:
+        if self.info is not None and self.tabs.currentIndex() == HEATMAP:
+            self._update_heatmap()  # nothing new unless a kernel grid's shape changed
 
     def _slice_changed(self) -> None:
         info = self.info
@@ -390,7 +403,8 @@ class TensorView(QWidget):
         self.heat_panel.note.setText("drawing…")
         self._heat_job = self.runner.run(
             f"Heatmap of {self.key}", heatmap, info, self.slice_bar.axes(),
-            self.slice_bar.index(), kernels, MAX_SIDE, key[4] or "mean", quiet=True,
+            self.slice_bar.index(), kernels, MAX_SIDE, key[4] or "mean",
+            2 ** key[5] if kernels else 1.0, quiet=True,
             on_result=lambda hm: self._heat_done(key, hm),
             on_error=lambda e: self._heat_failed(key, e))
 
