@@ -77,6 +77,7 @@ class TensorView(QWidget):
         self._user_bins = False
         self._heat_job: Task | None = None
         self._heat_wanted: tuple[Any, ...] | None = None
+        self._values_for: tuple[Any, ...] | None = None  # the slice the values table shows
         self._waiting_for_plots = False
         self.hist_panel: Any = None
         self.heat_panel: Any = None
@@ -171,7 +172,7 @@ class TensorView(QWidget):
 
             self.heat_panel = HeatmapPanel()
             self.heat_panel.describe = self._describe_pixel
-            self.heat_panel.kernels_changed.connect(lambda _on: self._slice_changed())
+            self.heat_panel.kernels_changed.connect(lambda _on: self._kernels_changed())
             self.heat_panel.reduce_changed.connect(lambda _r: self._update_heatmap())
             resize = QTimer(self)
             resize.setSingleShot(True)
@@ -216,6 +217,7 @@ class TensorView(QWidget):
         self._heatmaps.clear()
         self.info = None
         self._show_placeholder("")
+        self._values_for = None
         if self.values_panel is not None:
             self.values_panel.show_slice(None)
 
@@ -268,9 +270,9 @@ class TensorView(QWidget):
         self.heat_panel.kernels.setVisible(len(info.shape) == 4)
         self.heat_panel.kernels.setChecked(grid)
         self.heat_panel.kernels.blockSignals(False)
-        if self.slice_bar.shape != tuple(info.shape) or not self.slice_bar.isVisible():
+        if self.slice_bar.shape != tuple(info.shape):
             self.slice_bar.set_shape(tuple(info.shape))
-        self.slice_bar.setVisible(len(info.shape) >= 2)
+        self._place_slice_bar()
         if not self._user_bins:
             self.hist_panel.bins.blockSignals(True)
             self.hist_panel.bins.setValue(auto_bins(info.numel))
@@ -367,22 +369,45 @@ class TensorView(QWidget):
         info = self.info
         if info is None or self.values_panel is None or unreadable(info):
             return
+        shown = (id(info), self.slice_bar.axes(), tuple(sorted(self.slice_bar.index().items())))
+        if shown == self._values_for:
+            return  # the same slice (a debounced signal of a new shape): keep its note
         try:
             sl = TensorSlice(info, self.slice_bar.axes(), self.slice_bar.index())
         except (CheckpointError, ValueError, IndexError) as err:
             self.values_panel.show_slice(None, escape(str(err)))
+            self._values_for = None
             return
         rows, cols = sl.shape
         what = "one value" if info.numel == 1 else (
             f"{rows:,} values" if sl.dims[1] is None else f"{rows:,} × {cols:,} slice")
         self.values_panel.show_slice(sl, what)
+        self._values_for = shown
         self._heat_wanted = None
         if self.tabs.currentIndex() == HEATMAP:
             self._update_heatmap()
 
     def _tab_changed(self, index: int) -> None:
+        self._place_slice_bar()
         if index == HEATMAP and self.info is not None:
             self._update_heatmap()
+
+    def _kernels_changed(self) -> None:
+        self._place_slice_bar()
+        self._heat_wanted = None
+        if self.tabs.currentIndex() == HEATMAP:
+            self._update_heatmap()
+
+    def _place_slice_bar(self) -> None:
+        """The slice's axes and indices, shown only where they act: over the values, and
+        over a heatmap that is not a grid of kernels (not over the histogram, which counts
+        the whole tensor)."""
+        info, tab = self.info, self.tabs.currentIndex()
+        kernels = (self.heat_panel is not None and self.heat_panel.kernels.isChecked()
+                   and info is not None and len(info.shape) == 4)
+        self.slice_bar.setVisible(
+            info is not None and len(info.shape) >= 2 and self.pages.currentIndex() == 1
+            and (tab == VALUES or (tab == HEATMAP and not kernels)))
 
     def _update_heatmap(self) -> None:
         info = self.info
@@ -468,6 +493,7 @@ class TensorView(QWidget):
         self._shown.clear()
         self._heatmaps.clear()
         self.info = None
+        self._values_for = None
         if self.values_panel is not None:
             self.values_panel.show_slice(None)
 
