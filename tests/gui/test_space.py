@@ -28,3 +28,24 @@ def test_open_exported_file_closes_the_dialog_before_the_tab_opens(qtbot, window
     assert seen and not any(seen)  # the new tab became current with the dialog gone
     assert window.current_view().path == str(training_ckpt[0])
     assert not dialog.isVisible()
+
+
+def test_the_export_preview_keeps_the_ends_of_keys(qtbot, window, resnet_params):
+    from PySide6.QtCore import Qt
+
+    open_and_wait(qtbot, window, resnet_params[0])
+    dialog = window.export_current()
+    qtbot.addWidget(dialog)
+    options = dialog.options
+    options.update_preview()
+    table = options.preview
+    # running_mean and running_var differ at their ends: cut in the middle, whole in a tip
+    assert table.textElideMode() == Qt.TextElideMode.ElideMiddle
+    keys = [table.item(r, 0).text() for r in range(table.rowCount())]
+    assert "layer1.0.bn1.num_batches_tracked" in keys
+    for r in range(table.rowCount()):
+        for c in range(3):
+            assert table.item(r, c).toolTip() == table.item(r, c).text()
+    # the preview has at least the room the options have
+    assert table.width() >= options.keys_group.width() - 10
+    dialog.reject()
