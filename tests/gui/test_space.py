@@ -49,3 +49,42 @@ def test_the_export_preview_keeps_the_ends_of_keys(qtbot, window, resnet_params)
     # the preview has at least the room the options have
     assert table.width() >= options.keys_group.width() - 10
     dialog.reject()
+
+
+def test_before_a_selection_the_lower_half_shows_where_the_bytes_are(qtbot, window,
+                                                                     training_ckpt):
+    from PySide6.QtCore import QUrl
+
+    from ckpt_inspector.gui.html.overview import key_href
+
+    view = open_and_wait(qtbot, window, training_ckpt[0])
+    tv = view.tensor_view
+    assert tv.pages.currentWidget() is tv.overview
+    text = tv.overview.toPlainText().replace("\u200b", "")
+    sd = training_ckpt[1]["model_state_dict"]
+    biggest = max(sd, key=lambda k: sd[k].numel() * sd[k].element_size())
+    assert "Largest tensors" in text and f"model_state_dict.{biggest}" in text
+    assert "shape:**x3x3" in text  # what one can do next
+    # a link selects its tensor, and the tensor's figures replace the overview
+    tv.overview.anchorClicked.emit(QUrl(key_href(f"model_state_dict.{biggest}")))
+    assert view.current_node().key == f"model_state_dict.{biggest}"
+    assert tv.pages.currentWidget() is tv.tabs
+    # a group: its own largest tensors, without the hints
+    assert view.select_key("model_state_dict")
+    assert tv.pages.currentWidget() is tv.overview
+    text = tv.overview.toPlainText().replace("\u200b", "")
+    assert text.startswith("model_state_dict") and biggest in text and "shape:**" not in text
+
+
+def test_the_largest_tensors_are_found_without_visiting_every_row(training_ckpt, torch):
+    from ckpt_inspector.core.ops.session import load_file
+    from ckpt_inspector.gui.html.overview import largest_tensors
+
+    file = load_file(str(training_ckpt[0]))
+    for grouped in (True, False):
+        top = file.tree(grouped)
+        tensors = [d for d in top.walk() if d.is_tensor]
+        want = sorted((d.node.tensor.nbytes for d in tensors), reverse=True)[:5]
+        got = largest_tensors(top, 5)
+        assert [d.node.tensor.nbytes for d in got] == want
+        assert all(d.is_tensor for d in got)

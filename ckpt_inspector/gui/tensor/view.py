@@ -16,13 +16,14 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from PySide6.QtCore import QEvent, Qt, QTimer
+from PySide6.QtCore import QEvent, Qt, QTimer, QUrl, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QStackedWidget,
     QTabWidget,
+    QTextBrowser,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -57,7 +58,11 @@ HISTOGRAM, HEATMAP, VALUES = range(3)
 
 class TensorView(QWidget):
     """The panel under the tree: the statistics and histogram of the tensor selected (from
-    and into the file's :class:`Analysis`), its heatmap and its values."""
+    and into the file's :class:`Analysis`), its heatmap and its values; with no tensor
+    selected, an overview (see :meth:`show_overview`) whose links ask for a key
+    (``key_requested``)."""
+
+    key_requested = Signal(str)
 
     def __init__(self, runner: JobRunner, reporter: ErrorReporter, analysis: Analysis,
                  parent: QWidget | None = None):
@@ -122,9 +127,14 @@ class TensorView(QWidget):
         self.tabs.setObjectName("tensorTabs")
         self.tabs.setDocumentMode(True)
         self.tabs.currentChanged.connect(self._tab_changed)
+        self.overview = QTextBrowser()
+        self.overview.setObjectName("tensorOverview")
+        self.overview.setOpenLinks(False)
+        self.overview.anchorClicked.connect(self._link)
         self.pages = QStackedWidget()
         self.pages.addWidget(self.placeholder)
         self.pages.addWidget(self.tabs)
+        self.pages.addWidget(self.overview)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 4, 0, 0)
@@ -197,6 +207,22 @@ class TensorView(QWidget):
                 self.show_tensor(self.key, self.info)
         else:
             QTimer.singleShot(50, self._plots_maybe_ready)
+
+    def show_overview(self, html: str) -> None:
+        """No tensor selected: what the file (or the selected group) holds, as ``html``
+        whose ``key:`` links select a key."""
+        self.cancel()
+        self.info = None
+        self._show_placeholder("")
+        self.overview.setHtml(html)
+        self.pages.setCurrentWidget(self.overview)
+
+    def _link(self, url: QUrl) -> None:
+        from ckpt_inspector.gui.html.overview import key_of_href
+
+        key = key_of_href(url.toString())
+        if key is not None:
+            self.key_requested.emit(key)
 
     def _show_placeholder(self, text: str) -> None:
         self.title.setText("")

@@ -31,6 +31,7 @@ from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
+from ckpt_inspector.gui.html.overview import overview_html
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.release import release_soon
 from ckpt_inspector.gui.remote import is_url, name_of, normalize, strip_credentials
@@ -128,6 +129,7 @@ class CheckpointView(QWidget):
         self.matcher = SlicedMatcher(self)
         self.matcher.done.connect(self._show_matches)
         self._tensor_files = 0  # how many files hold the open file's tensors
+        self._overviews: dict[int, str] = {}  # the overview of a row (id), once made
         self._files_folder = ""  # the folder they all lie in, left out of the File column
         self._build()
 
@@ -185,6 +187,7 @@ class CheckpointView(QWidget):
         self.analysis.changed.connect(self._stats_ready)
         self.tensor_view = TensorView(self.runner, self.reporter, self.analysis)
         self.tensor_view.set_device(self.target_device)
+        self.tensor_view.key_requested.connect(self.select_key)
         left = QSplitter(Qt.Orientation.Vertical)
         left.setObjectName("treeAndTensor")
         left.addWidget(top)
@@ -235,6 +238,7 @@ class CheckpointView(QWidget):
         if is_palette_change(event) and self.file is not None:
             self.summary.setHtml(summary_html(self.file))
             self._show_banner(self.file)
+            self._overviews.clear()
             self._refresh_details()
 
     def _show_message(self, html: str, retry: bool) -> None:
@@ -313,6 +317,7 @@ class CheckpointView(QWidget):
         model = self._model(grouped)
         if model is None:
             return
+        self._overviews.clear()  # made of the other tree's rows
         current = set_tree_model(self.tree, model, [])
         # the File column only says something when the tensors lie in several files
         self.tree.setColumnHidden(FILE, self._tensor_files < 2)
@@ -420,13 +425,25 @@ class CheckpointView(QWidget):
         node = current.data(NodeRole) if current.isValid() else None
         info = node.node.tensor if node is not None and node.is_tensor else None
         self.details.setHtml(details_html(node, self.target_device, self._stats_of(info)))
-        if node is None:
-            self.tensor_view.show_node("", None)
+        if node is None or (info is None and node.children):
+            self._show_overview(node)  # the file's, or the group's, largest tensors
         elif info is None:
             self.tensor_view.show_node(node.key, None, f"{node.key or '(root)'} is not a "
-                                       "tensor: its contents are listed in the tree.")
+                                       "tensor: its value is in the tree.")
         elif info is not self.tensor_view.info:
             self.tensor_view.show_node(node.key, info)
+
+    def _show_overview(self, node: DisplayNode | None) -> None:
+        model = self.proxy.sourceModel()
+        if not isinstance(model, CheckpointModel):
+            self.tensor_view.show_node("", None)
+            return
+        top = node or model.node(QModelIndex())
+        html = self._overviews.get(id(top))
+        if html is None:
+            html = self._overviews[id(top)] = overview_html(
+                top, node.key if node is not None else "", hints=node is None)
+        self.tensor_view.show_overview(html)
 
     def _stats_of(self, info: TensorInfo | None) -> Stats | None:
         stats = self.analysis.stats(info) if info is not None else None
