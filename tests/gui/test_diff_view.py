@@ -215,6 +215,29 @@ def test_sorting_by_difference_is_numeric(qtbot, window, pair):
     assert view.tree.header().sortIndicatorSection() == KEY
 
 
+def test_before_a_key_is_selected_the_panel_lists_the_changes_across_its_width(qtbot,
+                                                                              window, pair):
+    from PySide6.QtCore import QUrl
+
+    from ckpt_inspector.gui.html.overview import key_href
+
+    path_a, path_b, _a, _b = pair
+    view = compare(qtbot, window, path_a, path_b)
+    panel = view.entry_panel
+    assert panel.node is None and not panel.right.isVisible()  # no empty half
+    assert panel.text.width() > 0.9 * panel.width()
+    text = plain(panel.text.toHtml())
+    assert "Largest changes" in text and "4.weight" in text
+    assert "only in A (1) — 1.num_batches_tracked" in text, text
+    assert "shape changed (1) — 0.bias" in text
+    panel.text.anchorClicked.emit(QUrl(key_href("4.weight")))
+    assert view.current_node().key == "4.weight"
+    assert panel.right.isVisible()  # the histogram of A − B beside the figures
+    view.group_box.setChecked(True)
+    assert view.select_key("4")  # a group: its counts, across the width again
+    assert not panel.right.isVisible()
+
+
 def test_the_difference_columns_share_one_precision(qtbot, window, pair):
     path_a, path_b, _a, _b = pair
     view = compare(qtbot, window, path_a, path_b)

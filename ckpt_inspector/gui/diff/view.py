@@ -172,6 +172,7 @@ class DiffView(QWidget):
 
         left = column(filter_row, self.tree, spacing=4)
         self.entry_panel = EntryPanel(Analysis(self.runner, self))
+        self.entry_panel.key_requested.connect(self.select_key)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(left)
         self.splitter.addWidget(self.entry_panel)
@@ -298,6 +299,7 @@ class DiffView(QWidget):
         self.task = None
         self.comparison = c
         self.entry_panel.forget()
+        self.entry_panel.set_comparison(c)
         old = list(self._models.values())
         self._models = {True: DiffModel(c.grouped, self), False: DiffModel(c.flat, self)}
         self.header.setText(summary_html(c))

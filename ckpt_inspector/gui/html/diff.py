@@ -186,6 +186,73 @@ def group_html(d: DiffNode) -> str:
                if d.elements_changed else ""))
 
 
+LISTED = 10  # changes listed in the overview, and keys of each other status
+
+
+def _key_link(key: str) -> str:
+    from ckpt_inspector.gui.html.overview import key_href
+
+    return f"<a href='{key_href(key)}'>{escape(key or '(the part chosen)')}</a>"
+
+
+def overview_html(c: Comparison) -> str:
+    """What the comparison tab shows before a key is selected: the largest changes with
+    their figures, the keys that changed in ways no number measures, each a link that
+    selects it."""
+    result = c.result
+    f = format_number
+    parts, others = [], []
+    largest = result.largest(LISTED)
+    if largest:
+        head = ("<tr><th>key</th><th class='num'>max |A−B|</th>"
+                "<th class='num'>rel L2</th><th class='num'>cosine</th>"
+                "<th class='num'>changed</th></tr>")
+        rows = "".join(
+            f"<tr><td style='white-space:nowrap'>{_key_link(e.key)}</td>"
+            f"<td class='num'>{f(e.numbers.max_abs, 4)}</td>"
+            f"<td class='num'>{f(e.numbers.rel_l2, 4)}</td>"
+            f"<td class='num'>{format_cosine(e.numbers.cosine, 4)}</td>"
+            f"<td class='num'>{percent(e.numbers.changed, e.numbers.numel)}</td></tr>"
+            for e in largest)
+        parts.append(f"<h3>Largest changes</h3><table>{head}{rows}</table>")
+    for status in (KIND, SHAPE, ONLY_A, ONLY_B, UNREADABLE, DTYPE):
+        keys = [e.key for e in result.entries if e.status == status]
+        if status == DTYPE:  # those with figures are in the table
+            keys = [k for k in keys if k not in {e.key for e in largest}]
+        if keys:
+            more = (f" <span class='muted'>and {len(keys) - LISTED:,} more</span>"
+                    if len(keys) > LISTED else "")
+            others.append(f"<p><span style='color:{status_color(status)}'><b>{escape(status)}"
+                          f"</b> ({len(keys):,})</span> — "
+                          + ", ".join(_key_link(k) for k in keys[:LISTED]) + more + "</p>")
+    modules = _changed_modules(c.grouped)
+    if len(modules) > 1:
+        rows = "".join(
+            f"<tr><td>{_key_link(d.key)}</td><td class='num'>{d.changed:,} of {d.entries:,} "
+            f"key{'s' if d.entries != 1 else ''}</td>"
+            f"<td class='num'>{d.elements_changed:,} elements</td></tr>" for d in modules)
+        others.append("<h3>Where the changes are</h3><table>" + rows + "</table>")
+    if result.identical:
+        parts.append("<p>Every key is identical: the same bytes, or the same value.</p>")
+    hint = ("<p class='muted'>Select a key to see both sides, their statistics side by side "
+            "and the histogram of A − B.</p>")
+    right = hint + "".join(others)
+    if not parts:
+        return css() + right
+    return (css() + "<table width='100%'><tr><td width='55%' style='padding-right:18px'>"
+            + "".join(parts) + f"</td><td>{right}</td></tr></table>")
+
+
+def _changed_modules(top: DiffNode) -> list[DiffNode]:
+    """The groups right below the top (or below the one group all keys are in) that hold a
+    change, most changed elements first."""
+    while len(top.children) == 1 and top.children[0].children:
+        top = top.children[0]
+    groups = [d for d in top.children if d.changed]
+    groups.sort(key=lambda d: (-d.elements_changed, -d.changed))
+    return groups[:LISTED]
+
+
 def rule_text(result: DiffResult) -> str:
     if not result.rules:
         return "Keys matched exactly."
