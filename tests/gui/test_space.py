@@ -88,3 +88,35 @@ def test_the_largest_tensors_are_found_without_visiting_every_row(training_ckpt,
         got = largest_tensors(top, 5)
         assert [d.node.tensor.nbytes for d in got] == want
         assert all(d.is_tensor for d in got)
+
+
+def test_the_export_result_page_fits_its_lines_and_gives_the_command(qtbot, window,
+                                                                      tensors_file, tmp_path):
+    import shlex
+
+    open_and_wait(qtbot, window, tensors_file[0])
+    dialog = window.export_current()
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(dialog.isVisible, timeout=5000)
+    options_size = dialog.size()
+    options = dialog.options
+    options.target_box.setCurrentIndex(options.target_box.findData("safetensors"))
+    out = tmp_path / "t.safetensors"
+    options.output_edit.setText(str(out))
+    options.export_button.click()
+    qtbot.waitUntil(lambda: dialog.pages.currentIndex() == 2, timeout=180_000)
+    assert "Exported and verified" in dialog.result_view.toPlainText()
+    qtbot.wait(50)
+    # no blank area under the figures: the text is as tall as its lines, the dialog too
+    doc = dialog.result_view.document()
+    assert dialog.result_view.height() <= doc.size().height() + 40
+    assert dialog.height() < options_size.height() * 0.75, (dialog.height(), options_size)
+    argv = shlex.split(dialog.command_edit.text())
+    assert argv[0] == "ckpt-inspector" and argv[1:] == dialog.request.to_argv()
+    assert argv[argv.index("-o") + 1] == str(out)
+    [back] = [b for b in dialog.findChildren(type(dialog.open_button))
+              if b.text() == "Export another"]
+    back.click()
+    assert dialog.pages.currentIndex() == 0
+    assert dialog.size() == options_size
+    dialog.reject()
