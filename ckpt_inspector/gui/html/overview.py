@@ -19,6 +19,8 @@ from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.gui.html.checkpoint import breakable, css
 
 LISTED = 10  # tensors and parts listed
+WIDE = 760  # pixels from which the tensors and the parts stand side by side
+NOWRAP = "style='white-space:nowrap'"
 KEY_LINK = "key:"  # href of a link that selects a key in the tree
 
 
@@ -81,17 +83,19 @@ def _tensor_rows(rows: list[DisplayNode], whole: int, top_key: str) -> Iterator[
         key = d.key[len(top_key) + 1:] if top_key and d.key.startswith(top_key + ".") \
             else d.key
         shape = "×".join(str(s) for s in t.shape) or "scalar"
-        yield (f"<tr><td><a href='{key_href(d.key)}'>{breakable(key or '(root)')}</a></td>"
-               f"<td class='muted'>{escape(t.dtype)}</td><td class='mono'>{shape}</td>"
-               f"<td class='num'>{human_bytes(t.nbytes)}</td>"
+        yield (f"<tr><td {NOWRAP}><a href='{key_href(d.key)}'>{escape(key or '(root)')}</a>"
+               f"</td><td class='muted'>{escape(t.dtype)}</td>"
+               f"<td class='mono' {NOWRAP}>{shape}</td>"
+               f"<td class='num' {NOWRAP}>{human_bytes(t.nbytes)}</td>"
                f"<td class='num muted'>{_share(t.nbytes, whole)}</td></tr>")
 
 
 def _part_rows(rows: list[DisplayNode], whole: int) -> Iterator[str]:
     for d in rows:
-        yield (f"<tr><td><a href='{key_href(d.key)}'>{breakable(d.key)}</a></td>"
-               f"<td class='num muted'>{d.tensors:,} tensor{'s' if d.tensors != 1 else ''}"
-               f"</td><td class='num'>{human_bytes(d.nbytes)}</td>"
+        yield (f"<tr><td {NOWRAP}><a href='{key_href(d.key)}'>{escape(d.key)}</a></td>"
+               f"<td class='num muted' {NOWRAP}>{d.tensors:,} "
+               f"tensor{'s' if d.tensors != 1 else ''}</td>"
+               f"<td class='num' {NOWRAP}>{human_bytes(d.nbytes)}</td>"
                f"<td class='num muted'>{_share(d.nbytes, whole)}</td></tr>")
 
 
@@ -106,9 +110,11 @@ HINTS = (
 )
 
 
-def overview_html(top: DisplayNode, title: str = "", hints: bool = True) -> str:
+def overview_html(top: DisplayNode, title: str = "", hints: bool = True,
+                  wide: bool = True) -> str:
     """The largest tensors and parts of ``top`` (the file's rows, or a group's), linked;
-    with ``hints``, what one can do next."""
+    with ``hints``, what one can do next; side by side if ``wide``, else one under the
+    other."""
     whole = top.nbytes
     what = f"<b class='mono'>{breakable(title)}</b>: " if title else ""
     head = (f"<p>{what}{top.tensors:,} tensor{'s' if top.tensors != 1 else ''}, "
@@ -126,5 +132,5 @@ def overview_html(top: DisplayNode, title: str = "", hints: bool = True) -> str:
     if hints:
         right += "<h3>Next</h3>" + "".join(f"<p>{h}</p>" for h in HINTS)
     body = (f"<table width='100%'><tr><td width='55%' style='padding-right:18px'>{left}</td>"
-            f"<td>{right}</td></tr></table>") if left and right else left + right
+            f"<td>{right}</td></tr></table>") if left and right and wide else left + right
     return css() + head + body

@@ -83,6 +83,8 @@ class TensorView(QWidget):
         self._heat_job: Task | None = None
         self._heat_wanted: tuple[Any, ...] | None = None
         self._values_for: tuple[Any, ...] | None = None  # the slice the values table shows
+        self._overview: Callable[[bool], str] | None = None  # makes the overview's HTML
+        self._overview_wide = True
         self._waiting_for_plots = False
         self.hist_panel: Any = None
         self.heat_panel: Any = None
@@ -208,14 +210,27 @@ class TensorView(QWidget):
         else:
             QTimer.singleShot(50, self._plots_maybe_ready)
 
-    def show_overview(self, html: str) -> None:
-        """No tensor selected: what the file (or the selected group) holds, as ``html``
-        whose ``key:`` links select a key."""
+    def show_overview(self, make: Callable[[bool], str]) -> None:
+        """No tensor selected: what the file (or the selected group) holds, as the HTML
+        ``make(wide)`` gives for a wide panel or a narrow one (made again when the panel
+        becomes the other), whose ``key:`` links select a key."""
         self.cancel()
         self.info = None
         self._show_placeholder("")
-        self.overview.setHtml(html)
+        self._overview, self._overview_wide = make, self._wide()
+        self.overview.setHtml(make(self._overview_wide))
         self.pages.setCurrentWidget(self.overview)
+
+    def _wide(self) -> bool:
+        from ckpt_inspector.gui.html.overview import WIDE
+
+        return self.width() >= WIDE
+
+    def resizeEvent(self, event: Any) -> None:
+        super().resizeEvent(event)
+        if self._overview is not None and self._wide() != self._overview_wide:
+            self._overview_wide = self._wide()
+            self.overview.setHtml(self._overview(self._overview_wide))
 
     def _link(self, url: QUrl) -> None:
         from ckpt_inspector.gui.html.overview import key_of_href

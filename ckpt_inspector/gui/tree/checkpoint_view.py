@@ -129,7 +129,7 @@ class CheckpointView(QWidget):
         self.matcher = SlicedMatcher(self)
         self.matcher.done.connect(self._show_matches)
         self._tensor_files = 0  # how many files hold the open file's tensors
-        self._overviews: dict[int, str] = {}  # the overview of a row (id), once made
+        self._overviews: dict[tuple[int, bool], str] = {}  # a row's overview (id, wide)
         self._files_folder = ""  # the folder they all lie in, left out of the File column
         self._build()
 
@@ -439,11 +439,15 @@ class CheckpointView(QWidget):
             self.tensor_view.show_node("", None)
             return
         top = node or model.node(QModelIndex())
-        html = self._overviews.get(id(top))
-        if html is None:
-            html = self._overviews[id(top)] = overview_html(
-                top, node.key if node is not None else "", hints=node is None)
-        self.tensor_view.show_overview(html)
+
+        def make(wide: bool) -> str:  # made once for each width and row
+            html = self._overviews.get((id(top), wide))
+            if html is None:
+                html = self._overviews[id(top), wide] = overview_html(
+                    top, node.key if node is not None else "", node is None, wide)
+            return html
+
+        self.tensor_view.show_overview(make)
 
     def _stats_of(self, info: TensorInfo | None) -> Stats | None:
         stats = self.analysis.stats(info) if info is not None else None
