@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 from ckpt_inspector.core.layouts import is_checkpoint_folder
 from ckpt_inspector.gui import theme
 from ckpt_inspector.gui.diff.view import DiffView
+from ckpt_inspector.gui.dock_fit import DockYield
 from ckpt_inspector.gui.file_browser import FileBrowser
 from ckpt_inspector.gui.icons import icon
 from ckpt_inspector.gui.jobs import Task
@@ -289,6 +290,7 @@ def build_browser(self: MainWindow) -> None:
     self.browser_dock.setWidget(self.browser)
     self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.browser_dock)
     self.resizeDocks([self.browser_dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
+    self.dock_yield = DockYield(self, self.browser_dock, FILES_WIDTH, self.settings)
 
 
 def is_checkpoint_folder_quiet(path: str) -> bool:

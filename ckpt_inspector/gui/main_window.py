@@ -354,7 +354,7 @@ class MainWindow(QMainWindow):
         dock.setFloating(False)
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
         dock.show()
-        self.resizeDocks([dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
+        self.dock_yield.reset(FILES_WIDTH)  # within what a narrow window leaves it
 
     # -- devices -------------------------------------------------------------------------------
     def _devices_failed(self, message: str) -> None:

@@ -159,6 +159,7 @@ def test_settings_are_restored_in_the_next_window(qtbot, tmp_path, tensors_file,
     while first.tabs.count():  # the welcome page is narrower than a file's tab
         first.close_action.trigger()
     first.resize(700, 500)  # smaller than the offscreen screen (restoreGeometry fits it)
+    qtbot.wait(50)  # the window has its size before the user drags the panel's edge
     dock = first.browser_dock
     first.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
     first.resizeDocks([dock], [170], Qt.Orientation.Horizontal)  # not the 220 it starts at

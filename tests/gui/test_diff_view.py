@@ -139,7 +139,7 @@ def test_the_window_and_the_command_line_sum_up_in_the_same_words(qtbot, window,
     proc = run_cli("diff", path_a, path_b)
     assert proc.returncode == 1, proc.stderr
     [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("DIFFERENT:")]
-    statuses, figures = line.removeprefix("DIFFERENT: ").split("; ")
+    _statuses, figures = line.removeprefix("DIFFERENT: ").split("; ")
     # both figures: the elements that changed, and what the tensors that differ hold
     shared = [k for k in a if k in b]
     differ = [k for k in shared if not a[k].equal(b[k]) or a[k].dtype != b[k].dtype]

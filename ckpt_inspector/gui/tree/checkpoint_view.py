@@ -89,10 +89,10 @@ FILTER_HELP = (
     "<code>file:-00002-</code> — the file that holds the tensor (a model in several files)"
 )
 DEBOUNCE_MS = 200
-SIDE_MIN = 210  # the summary and details panels' least width
+SIDE_MIN = 190  # the summary and details panels' least width
 KEY_MIN = 200  # the Key column's least width: below it the tree scrolls sideways
 COLUMN_CAPS = {TYPE: 160, SHAPE: 170, ELEMENTS: 110, SIZE: 90, DEVICE: 110, FILE: 240}
-COLUMNS_GIVE_WAY = [(SHAPE, 110), (TYPE, 90), (FILE, 110)]  # in turn, to the least width
+COLUMNS_GIVE_WAY = [(SHAPE, 95), (TYPE, 80), (FILE, 110)]  # in turn, to the least width
 AUTO_EXPAND_LIMIT = 400
 SYNC_FILTER_TENSORS = 5_000  # a larger tree is filtered a slice at a time
 
@@ -173,7 +173,9 @@ class CheckpointView(QWidget):
         self.tree = make_key_tree(self.proxy, "keyTree", self._current_changed,
                                   self._context_menu, self.copy_keys, self._refresh_details)
         self.tree.setItemDelegateForColumn(FILE, ElideMiddle(self.tree))  # ranks differ last
-        self.columns = ColumnFitter(self.tree, KEY_MIN, COLUMN_CAPS, COLUMNS_GIVE_WAY)
+        self.columns = ColumnFitter(self.tree, KEY_MIN, COLUMN_CAPS, COLUMNS_GIVE_WAY,
+                                    self._column_texts)
+        self.columns.short.connect(self._columns_short)
 
         top = QWidget()
         lv = QVBoxLayout(top)
@@ -408,7 +410,22 @@ class CheckpointView(QWidget):
         self.tensor_view.set_device(device)
         for model in self._models.values():
             model.set_target_device(device)
+        self.columns.grow()  # "cuda:0" may now read "cuda:0 → cpu"
         self._refresh_details()
+
+    def _column_texts(self, column: int) -> list[str]:
+        """What a column shows in rows that may not be expanded yet: every device's text."""
+        model = self.proxy.sourceModel()
+        if column != DEVICE or self.file is None or not isinstance(model, CheckpointModel):
+            return []
+        return [model.device_text(d) for d in self.file.totals.get("devices") or {}]
+
+    def _columns_short(self, pixels: int) -> None:
+        """The tree's columns lack room: the summary panel yields it, to its least width."""
+        tree, side = self.splitter.sizes()
+        give = min(pixels, side - SIDE_MIN)
+        if pixels and give > 0:
+            self.splitter.setSizes([tree + give, side - give])
 
     def focus_filter(self) -> None:
         self.filter_edit.setFocus()
