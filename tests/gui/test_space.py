@@ -120,3 +120,18 @@ def test_the_export_result_page_fits_its_lines_and_gives_the_command(qtbot, wind
     assert dialog.pages.currentIndex() == 0
     assert dialog.size() == options_size
     dialog.reject()
+
+
+def test_the_overview_stacks_its_parts_in_a_narrow_panel(qtbot, window, resnet_params):
+    from ckpt_inspector.gui.html.overview import WIDE
+
+    window.resize(1400, 860)
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    tv = view.tensor_view
+    qtbot.waitUntil(lambda: tv.width() >= WIDE, timeout=5000)
+    side_by_side = "width='55%'"
+    assert tv._overview_wide and side_by_side in tv._overview(True)
+    window.resize(900, 700)
+    qtbot.waitUntil(lambda: not tv._overview_wide, timeout=5000)
+    assert side_by_side not in tv._overview(False)
+    assert "Largest tensors" in tv.overview.toPlainText()
