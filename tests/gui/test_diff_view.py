@@ -238,6 +238,21 @@ def test_before_a_key_is_selected_the_panel_lists_the_changes_across_its_width(q
     assert not panel.right.isVisible()
 
 
+def test_in_a_1024_window_every_column_shows_and_keys_stay_readable(qtbot, window, pair):
+    path_a, path_b, _a, _b = pair
+    window.resize(1024, 700)
+    view = compare(qtbot, window, path_a, path_b)
+    qtbot.wait(100)
+    tree, header = view.tree, view.tree.header()
+    assert tree.horizontalScrollBar().maximum() == 0, [header.sectionSize(c) for c in range(8)]
+    assert header.sectionSize(KEY) >= min(dv.KEY_MIN, tree.sizeHintForColumn(KEY))
+    for col in (MAX_ABS, REL_L2, COSINE, CHANGED_COL):  # the figures are never cut
+        assert header.sectionSize(col) >= tree.sizeHintForColumn(col), col
+    window.resize(1600, 900)  # room: the key column takes it
+    qtbot.wait(100)
+    assert sum(header.sectionSize(c) for c in range(8)) == tree.viewport().width()
+
+
 def test_the_difference_columns_share_one_precision(qtbot, window, pair):
     path_a, path_b, _a, _b = pair
     view = compare(qtbot, window, path_a, path_b)

@@ -204,15 +204,16 @@ def overview_html(c: Comparison) -> str:
     parts, others = [], []
     largest = result.largest(LISTED)
     if largest:
-        head = ("<tr><th>key</th><th class='num'>max |A−B|</th>"
-                "<th class='num'>rel L2</th><th class='num'>cosine</th>"
-                "<th class='num'>changed</th></tr>")
+        nowrap = "style='white-space:nowrap'"  # a narrow panel scrolls, keys stay whole
+        head = "".join(f"<th class='num' {nowrap}>{h}</th>"
+                       for h in ("max |A−B|", "rel L2", "cosine", "changed"))
+        head = f"<tr><th>key</th>{head}</tr>"
         rows = "".join(
-            f"<tr><td style='white-space:nowrap'>{_key_link(e.key)}</td>"
-            f"<td class='num'>{f(e.numbers.max_abs, 4)}</td>"
-            f"<td class='num'>{f(e.numbers.rel_l2, 4)}</td>"
-            f"<td class='num'>{format_cosine(e.numbers.cosine, 4)}</td>"
-            f"<td class='num'>{percent(e.numbers.changed, e.numbers.numel)}</td></tr>"
+            f"<tr><td {nowrap}>{_key_link(e.key)}</td>" + "".join(
+                f"<td class='num' {nowrap}>{cell}</td>" for cell in (
+                    f(e.numbers.max_abs, 4), f(e.numbers.rel_l2, 4),
+                    format_cosine(e.numbers.cosine, 4),
+                    percent(e.numbers.changed, e.numbers.numel))) + "</tr>"
             for e in largest)
         parts.append(f"<h3>Largest changes</h3><table>{head}{rows}</table>")
     for status in (KIND, SHAPE, ONLY_A, ONLY_B, UNREADABLE, DTYPE):
