@@ -111,13 +111,14 @@ def print_diff(result: Any, opened: list[Checkpoint], everything: bool) -> None:
         print(f"note: {note}")
     counts = result.counts()
     summary = ", ".join(f"{n:,} {s}" for s, n in counts.items() if n)
+    elements = result.change_summary()  # the window's words too
+    elements = f"; {elements}" if elements else ""
     if result.identical:
-        print(f"\nIDENTICAL: {summary or 'both empty'}")
+        print(f"\nIDENTICAL: {summary or 'both empty'}{elements}")
         if not everything:
             return
     else:
-        print(f"\nDIFFERENT: {summary}; {result.params_changed():,} of "
-              f"{result.params_compared():,} shared elements are in tensors that differ")
+        print(f"\nDIFFERENT: {summary}{elements}")
     largest = result.largest()
     listed = sum(1 for e in result.entries if e.status in (d.CHANGED, d.DTYPE))
     if largest and listed > len(largest):  # else the lists below say it all, in this order

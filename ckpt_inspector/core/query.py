@@ -6,7 +6,10 @@ Terms separated by spaces must all match (AND):
 - ``re:^layer[12]\\.`` or ``/^layer[12]\\./``   regular expression on the key; ``^`` anchors at
                       the start of any key segment, so ``^layer4`` finds
                       ``model_state_dict.layer4.0.conv1.weight`` too
-- ``shape:768x768``   exact shape; ``*`` matches any size (``shape:*x768``), ``shape:[]`` a scalar
+- ``shape:768x768``   exact shape; ``*`` matches one dimension of any size (``shape:*x768``),
+                      ``**`` (or ``…``, ``...``) any number of dimensions, none included
+                      (``shape:**x3x3``: every 3×3 kernel, ``shape:64x**``: a first dimension
+                      of 64), ``shape:[]`` a scalar
 - ``dtype:bf16``      dtype by name or alias (bf16, fp16, half, fp32, float, fp8, int8, bool, ...);
                       a prefix matches a family (``dtype:float8``)
 - ``device:cuda``     saved device (prefix: ``cuda`` matches ``cuda:0``)
@@ -48,25 +51,45 @@ class Query:
         return not self.tests
 
 
+ANY_DIMS = ("**", "…", "...")  # any number of dimensions, none included
+
+
 def _shape_test(spec: str) -> Callable[[DisplayNode], bool]:
     spec = spec.strip().strip("[]()")
     dims = [d for d in re.split(r"[x×,\s]+", spec) if d] if spec else []
-    pattern: list[int | None] = []
+    pattern: list[int | str | None] = []  # a size, None for any size, "**" for any dims
     for d in dims:
         if d in ("*", "?"):
             pattern.append(None)
+        elif d in ANY_DIMS:
+            if not pattern or pattern[-1] != "**":  # "**x**" is one run
+                pattern.append("**")
         elif d.isdigit():
             pattern.append(int(d))
         else:
-            raise QueryError(f"shape: expects sizes like 768x768 or *x768, not {d!r}")
+            raise QueryError(f"shape: expects sizes like 768x768, *x768 or **x3x3, not {d!r}")
 
     def test(n: DisplayNode) -> bool:
-        if not n.is_tensor:
-            return False
-        shape = n.node.tensor.shape
+        return n.is_tensor and shape_matches(pattern, tuple(n.node.tensor.shape))
+    return test
+
+
+def shape_matches(pattern: list[int | str | None], shape: tuple[int, ...]) -> bool:
+    """Whether ``shape`` fits ``pattern``: sizes, ``None`` (one dimension of any size) and
+    ``"**"`` (any number of dimensions), as a glob matches a path."""
+    if "**" not in pattern:
         return len(shape) == len(pattern) and all(
             p is None or p == s for p, s in zip(pattern, shape))
-    return test
+    # which prefixes of the shape the pattern so far can match (a shape has few dimensions)
+    reach = [True] + [False] * len(shape)
+    for p in pattern:
+        if p == "**":
+            for i in range(1, len(reach)):
+                reach[i] = reach[i] or reach[i - 1]
+        else:
+            reach = [False] + [reach[i] and (p is None or p == shape[i])
+                               for i in range(len(shape))]
+    return reach[-1]
 
 
 def _dtype_test(spec: str) -> Callable[[DisplayNode], bool]:

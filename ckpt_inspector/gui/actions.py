@@ -26,6 +26,7 @@ from ckpt_inspector.gui import theme
 from ckpt_inspector.gui.check.view import CheckView
 from ckpt_inspector.gui.devices import DeviceBox
 from ckpt_inspector.gui.diff.view import DiffView
+from ckpt_inspector.gui.dock_fit import DockYield
 from ckpt_inspector.gui.file_browser import FileBrowser
 from ckpt_inspector.gui.icons import icon
 from ckpt_inspector.gui.jobs import Task
@@ -48,7 +49,7 @@ def action(self: QWidget, name: str | None, text: str, slot: Any,
     where the platform has one, else ``fallback``) and a tooltip that names it."""
     action = QAction(icon(name) if name else QIcon(), text, self)
     if isinstance(shortcut, QKeySequence.StandardKey):
-        action.setShortcuts(shortcut)
+        action.setShortcuts(as_written(QKeySequence.keyBindings(shortcut)))
     elif shortcut:
         action.setShortcut(QKeySequence(shortcut))
     if action.shortcut().isEmpty() and fallback:
@@ -58,6 +59,19 @@ def action(self: QWidget, name: str | None, text: str, slot: Any,
     action.setToolTip(f"{tip} ({keys})" if keys else tip)
     action.triggered.connect(slot)
     return action
+
+
+def as_written(keys: list[QKeySequence]) -> list[QKeySequence]:
+    """Keys as people write them: a standard key's "Ctrl+Shift+Backtab" (what X11 sends for
+    Ctrl+Shift+Tab) as "Ctrl+Shift+Tab", so that menus and Help › Keyboard shortcuts say the
+    same; Qt's shortcut map tries Shift+Backtab as Shift+Tab, so the key still works."""
+    out = []
+    for key in keys:
+        text = key.toString()
+        if "Shift+" in text and text.endswith("Backtab"):
+            key = QKeySequence(text.removesuffix("Backtab") + "Tab")
+        out.append(key)
+    return out
 
 
 def build_actions(self: MainWindow) -> None:
@@ -287,6 +301,7 @@ def build_browser(self: MainWindow) -> None:
     self.browser_dock.setWidget(self.browser)
     self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.browser_dock)
     self.resizeDocks([self.browser_dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
+    self.dock_yield = DockYield(self, self.browser_dock, FILES_WIDTH, self.settings)
 
 
 def is_checkpoint_folder_quiet(path: str) -> bool:

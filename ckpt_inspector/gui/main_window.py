@@ -382,7 +382,7 @@ class MainWindow(QMainWindow):
         dock.setFloating(False)
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
         dock.show()
-        self.resizeDocks([dock], [FILES_WIDTH], Qt.Orientation.Horizontal)
+        self.dock_yield.reset(FILES_WIDTH)  # within what a narrow window leaves it
 
     # -- devices -------------------------------------------------------------------------------
     def _device_picker_opening(self) -> None:

@@ -358,3 +358,17 @@ def test_review_cases(torch, family, tmp_path):
                 dst.writestr(item, src.read(item.filename))
     unreadable = run_cli("diff", str(damaged), str(damaged))
     assert unreadable.returncode == 3 and "could not be read" in unreadable.stderr
+
+
+def test_a_cosine_near_one_says_how_far_from_one_in_the_digits_asked():
+    from ckpt_inspector.core.ops.tensor_diff import format_cosine
+
+    assert format_cosine(0.68165517) == "0.6817"
+    assert format_cosine(0.68165517, 6) == "0.681655"
+    assert format_cosine(0.999999995) == "1 − 5e-09"
+    assert format_cosine(0.9999876543) == "1 − 1.235e-05"
+    assert format_cosine(0.99994) == "0.9999"
+    assert format_cosine(0.99994, 6) == "0.99994"
+    assert format_cosine(-0.99999) == "-1 + 1e-05"
+    assert format_cosine(1.0) == "1" and format_cosine(-1.0) == "-1"
+    assert format_cosine(None) == "-"

@@ -40,6 +40,31 @@ def test_terms(top):
     assert parse("").empty and not parse("x").empty
 
 
+def test_trailing_and_leading_dimensions_match_with_a_run_of_any_dims():
+    root = state_dict(
+        tensor("conv1.weight", (64, 3, 7, 7)),
+        tensor("layer1.conv.weight", (64, 64, 3, 3)),
+        tensor("layer2.conv.weight", (128, 64, 3, 3)),
+        tensor("grouped.weight", (8, 1, 1, 3, 3)),
+        tensor("fc.weight", (3, 3)),
+        tensor("proj.weight", (64, 3, 3, 1)),
+        tensor("bn.weight", (64,)),
+    )
+    top = build_display_tree(root)
+    kernels = ["layer1.conv.weight", "layer2.conv.weight", "grouped.weight", "fc.weight"]
+    for spec in ("**x3x3", "…x3x3", "...x3x3", "[**,3,3]", "**x**x3x3"):
+        assert keys(top, f"shape:{spec}") == kernels, spec
+    assert keys(top, "shape:*x3x3") == []  # one * is one dimension, as before
+    assert keys(top, "shape:*x*x3x3") == ["layer1.conv.weight", "layer2.conv.weight"]
+    assert keys(top, "shape:64x**") == ["conv1.weight", "layer1.conv.weight",
+                                        "proj.weight", "bn.weight"]
+    assert keys(top, "shape:64x**x1") == ["proj.weight"]
+    assert keys(top, "shape:**x64x**") == ["conv1.weight", "layer1.conv.weight",
+                                           "layer2.conv.weight", "proj.weight", "bn.weight"]
+    assert keys(top, "shape:**x*x3x3") == kernels[:3]  # at least three dimensions
+    assert len(keys(top, "shape:**")) == 7
+
+
 def test_errors():
     with pytest.raises(QueryError):
         parse("re:[")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -161,3 +162,44 @@ def test_downsampled_heatmap_can_keep_outliers(torch, tmp_path):
     assert mean.factor == peak.factor == (4, 1) and peak.reduce == "absmax"
     assert mean.image[30, 7] == pytest.approx(-9.0 / 4)
     assert peak.image[30, 7] == 9.0 and peak.image.sum() == 9.0
+
+
+@pytest.mark.parametrize("aspect", [0.5, 1.0, 3.0, 5.0])
+def test_a_kernel_grid_takes_the_views_shape_and_its_ticks_tell_the_truth(torch, tmp_path,
+                                                                         aspect):
+    w = torch.randn(64, 3, 7, 7)
+    path = tmp_path / "conv.pt"
+    torch.save({"w": w}, path)
+    hm = drive(heatmap(tensor_infos(path)["w"], kernels=True, aspect=aspect))
+    h_px, w_px = hm.image.shape
+    assert abs(math.log(w_px / h_px / aspect)) < math.log(1.5), (w_px, h_px)
+    frame = hm.frame
+    across = hm.layout[0]
+    assert "output channel" in frame.left
+    assert ("input channel" in frame.bottom) and "7×7" in frame.bottom
+    left = [t for t in frame.left_ticks[0] if t[1]]
+    bottom = [t for t in frame.bottom_ticks[0] if t[1]]
+    assert left and bottom
+    # the output channel under a row's label plus a column's offset is the kernel there
+    for y, row_label in left:
+        for x, col_label in bottom:
+            at = hm.kernel_at(int(y), int(x))
+            if across == 1:
+                assert at[:2] == (int(row_label), int(col_label))
+            elif at is not None:
+                assert at[0] == int(row_label) + int(col_label.lstrip("+"))
+                assert hm.image[int(y), int(x)] == pytest.approx(float(w[at]))
+    # every tile row is marked (labelled or not)
+    rows = math.ceil(64 / across)
+    assert len(frame.left_ticks[0]) + len(frame.left_ticks[1]) == rows
+
+
+def test_a_matrix_heatmap_names_its_axes_with_their_ranges(torch, tmp_path):
+    path = tmp_path / "fc.pt"
+    torch.save({"fc": torch.randn(1000, 512), "b": torch.randn(10)}, path)
+    got = tensor_infos(path)
+    hm = drive(heatmap(got["fc"]))
+    assert hm.frame.left == "dim 0 (0–999)" and hm.frame.bottom == "dim 1 (0–511)"
+    assert hm.frame.left_ticks is None and hm.frame.bottom_ticks is None  # the plot's own
+    strip = drive(heatmap(got["b"]))
+    assert strip.frame.bottom == "index (0–9)" and not strip.frame.left_values

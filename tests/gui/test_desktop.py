@@ -159,6 +159,7 @@ def test_settings_are_restored_in_the_next_window(qtbot, tmp_path, tensors_file,
     while first.tabs.count():  # the welcome page is narrower than a file's tab
         first.close_action.trigger()
     first.resize(700, 500)  # smaller than the offscreen screen (restoreGeometry fits it)
+    qtbot.wait(50)  # the window has its size before the user drags the panel's edge
     dock = first.browser_dock
     first.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
     first.resizeDocks([dock], [170], Qt.Orientation.Horizontal)  # not the 220 it starts at
@@ -205,6 +206,8 @@ def test_standard_shortcuts(window):
                 window.shortcuts_action: STD.HelpContents}
     for action, key in expected.items():
         keys = QKeySequence.keyBindings(key) or [QKeySequence("Ctrl+Q")]  # Quit, on Windows
+        # written as people write them: Ctrl+Shift+Tab, not X11's Ctrl+Shift+Backtab
+        keys = [QKeySequence(k.toString().replace("Shift+Backtab", "Shift+Tab")) for k in keys]
         assert action.shortcuts() == keys, action.text()
         assert action.shortcut().toString(NATIVE) in action.toolTip()
     # no key does two things: Qt would do neither, warning about an ambiguous shortcut
@@ -233,6 +236,28 @@ def test_shortcut_keys_work(qtbot, window, tensors_file):
     qtbot.keySequence(view.filter_edit, QKeySequence(STD.Close))
     qtbot.waitUntil(lambda: window.tabs.count() == 0, timeout=2000)
     assert window.pages.currentWidget() is window.welcome
+
+
+def test_previous_tab_reads_the_same_in_the_menu_and_the_dialog_and_works(qtbot, window,
+                                                                          tensors_file,
+                                                                          training_ckpt):
+    action = window.previous_tab_action
+    assert action in window.menuBar().actions()[2].menu().actions()  # View
+    shown = action.shortcut().toString(NATIVE)  # what the menu writes beside it
+    assert "Backtab" not in shown and shown.endswith("Shift+Tab")
+    dialog = window.show_shortcuts()
+    assert ("Previous tab", shown) in dialog.rows()
+    dialog.close()
+    open_and_wait(qtbot, window, tensors_file[0])
+    open_and_wait(qtbot, window, training_ckpt[0])
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
+    ctrl_shift = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
+    # X11 sends Ctrl+Shift+Tab as Backtab; other platforms as Tab: both go back one tab
+    for key in (Qt.Key.Key_Backtab, Qt.Key.Key_Tab):
+        before = window.tabs.currentIndex()
+        qtbot.keyClick(window.tabs, key, ctrl_shift)
+        assert window.tabs.currentIndex() == (before - 1) % 2, key
 
 
 def test_keyboard_shortcuts_dialog_lists_the_actions(qtbot, window):

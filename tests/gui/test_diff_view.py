@@ -37,7 +37,7 @@ from ckpt_inspector.gui.html.diff import numbers_rows, percent, status_color
 from ckpt_inspector.gui.main_window import drop_urls
 from ckpt_inspector.gui.tree.model import NodeRole
 
-from support import TinyNet, drive, open_and_wait
+from support import TinyNet, drive, open_and_wait, run_cli
 
 WAIT = 60_000
 CHANGED_KEYS = {"4.weight", "4.bias", "1.running_var", "0.bias", "1.num_batches_tracked",
@@ -133,6 +133,23 @@ def test_compare_from_the_file_menu(qtbot, window, pair, monkeypatch):
     assert "6 differ" in window.file_label.text()
 
 
+def test_the_window_and_the_command_line_sum_up_in_the_same_words(qtbot, window, pair):
+    path_a, path_b, a, b = pair
+    view = compare(qtbot, window, path_a, path_b)
+    proc = run_cli("diff", path_a, path_b)
+    assert proc.returncode == 1, proc.stderr
+    [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("DIFFERENT:")]
+    _statuses, figures = line.removeprefix("DIFFERENT: ").split("; ")
+    # both figures: the elements that changed, and what the tensors that differ hold
+    shared = [k for k in a if k in b]
+    differ = [k for k in shared if not a[k].equal(b[k]) or a[k].dtype != b[k].dtype]
+    held = sum(max(a[k].numel(), b[k].numel()) for k in differ)
+    assert figures.startswith("2,898 of ") and "elements compared changed" in figures
+    assert figures.endswith(f"in {len(differ)} tensors holding {held:,} elements"), figures
+    header = plain(view.header.text())
+    assert figures in header, (figures, header)
+
+
 def test_filters_keep_the_changed_keys_and_their_groups(qtbot, window, pair):
     path_a, path_b, a, _b = pair
     view = compare(qtbot, window, path_a, path_b)
@@ -196,6 +213,64 @@ def test_sorting_by_difference_is_numeric(qtbot, window, pair):
     # the sort holds when switching to groups and back
     view.group_box.setChecked(True)
     assert view.tree.header().sortIndicatorSection() == KEY
+
+
+def test_before_a_key_is_selected_the_panel_lists_the_changes_across_its_width(qtbot,
+                                                                              window, pair):
+    from PySide6.QtCore import QUrl
+
+    from ckpt_inspector.gui.html.overview import key_href
+
+    path_a, path_b, _a, _b = pair
+    view = compare(qtbot, window, path_a, path_b)
+    panel = view.entry_panel
+    assert panel.node is None and not panel.right.isVisible()  # no empty half
+    assert panel.text.width() > 0.9 * panel.width()
+    text = plain(panel.text.toHtml())
+    assert "Largest changes" in text and "4.weight" in text
+    assert "only in A (1) — 1.num_batches_tracked" in text, text
+    assert "shape changed (1) — 0.bias" in text
+    panel.text.anchorClicked.emit(QUrl(key_href("4.weight")))
+    assert view.current_node().key == "4.weight"
+    assert panel.right.isVisible()  # the histogram of A − B beside the figures
+    view.group_box.setChecked(True)
+    assert view.select_key("4")  # a group: its counts, across the width again
+    assert not panel.right.isVisible()
+
+
+def test_in_a_1024_window_every_column_shows_and_keys_stay_readable(qtbot, window, pair):
+    path_a, path_b, _a, _b = pair
+    window.resize(1024, 700)
+    view = compare(qtbot, window, path_a, path_b)
+    qtbot.wait(100)
+    tree, header = view.tree, view.tree.header()
+    assert tree.horizontalScrollBar().maximum() == 0, [header.sectionSize(c) for c in range(8)]
+    assert header.sectionSize(KEY) >= min(dv.KEY_MIN, tree.sizeHintForColumn(KEY))
+    for col in (MAX_ABS, REL_L2, COSINE, CHANGED_COL):  # the figures are never cut
+        assert header.sectionSize(col) >= tree.sizeHintForColumn(col), col
+    window.resize(1600, 900)  # room: the key column takes it
+    qtbot.wait(100)
+    assert sum(header.sectionSize(c) for c in range(8)) == tree.viewport().width()
+
+
+def test_the_difference_columns_share_one_precision(qtbot, window, pair):
+    path_a, path_b, _a, _b = pair
+    view = compare(qtbot, window, path_a, path_b)
+    view.group_box.setChecked(False)
+    rows = [[view.proxy.index(r, c).data() for c in (MAX_ABS, REL_L2, COSINE)]
+            for r in range(view.proxy.rowCount())]
+    cells = [cell for row in rows for cell in row if cell]
+    assert len(cells) >= 9
+
+    def significant(text):  # digits of the mantissa, without leading zeros
+        mantissa = text.split("e")[0].lstrip("-").replace(".", "").lstrip("0")
+        return len(mantissa)
+
+    for cell in cells:
+        assert significant(cell.split(" ")[-1]) <= 4, cell
+    # 4.bias moved by 1e-6: its cosine is 1 to nine digits, and says by how much it is not
+    cosine = dict(zip(leaf_keys(view), (row[2] for row in rows)))["4.bias"]
+    assert cosine.startswith("1 − ") and float(cosine.split(" ")[-1]) < 1e-4, cosine
 
 
 def test_selecting_a_changed_key_shows_both_sides_and_the_difference(qtbot, window, pair,

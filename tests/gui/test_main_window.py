@@ -151,6 +151,16 @@ def test_filter_syntax(qtbot, window, resnet_params):
     assert len(apply("")) == len(resnet_params[1])
 
 
+def test_filter_finds_every_3x3_kernel_and_its_help_says_how(qtbot, window, resnet_params):
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    view.filter_edit.setText("shape:**x3x3")
+    view.apply_filter()
+    kernels = sorted(k for k, t in resnet_params[1].items() if tuple(t.shape[-2:]) == (3, 3))
+    assert len(kernels) == 16 and sorted(visible_keys(view)) == kernels
+    for help_text in (view.filter_edit.toolTip(), view.filter_help.toolTip()):
+        assert "shape:**x3x3" in help_text
+
+
 def test_filter_is_debounced(qtbot, window, resnet_params):
     view = open_and_wait(qtbot, window, resnet_params[0])
     qtbot.keyClicks(view.filter_edit, "bn1.running")

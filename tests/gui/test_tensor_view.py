@@ -79,12 +79,95 @@ def test_clicking_through_resnet18(qtbot, window, resnet_params, torch):
     show_tab(qtbot, tv, HEATMAP)
     assert tv.heat_panel.heatmap.image.shape == (1, 64)
     model = tv.values_panel.model
-    assert (model.rowCount(), model.columnCount()) == (64, 1)
-    assert float(model.index(5, 0).data()) == pytest.approx(float(sd["bn1.bias"][5]), rel=1e-5)
+    width = model.width  # wrapped into as many columns as fit
+    assert (model.rowCount(), model.columnCount()) == (-(-64 // width), width)
+    assert float(model.index(*divmod(5, width)).data()) == pytest.approx(
+        float(sd["bn1.bias"][5]), rel=1e-5)
     # a second visit is served from the cache
     job_count = len(tv.analysis._stats)
     tv, stats = select(qtbot, view, "conv1.weight")
     assert tv._stats_job is None and len(tv.analysis._stats) == job_count
+
+
+def _filled(panel):
+    """How much of the plot's view the picture covers, across and down."""
+    view = panel.plot.getViewBox().sceneBoundingRect()
+    image = panel.image.sceneBoundingRect().intersected(view)
+    return image.width() / view.width(), image.height() / view.height()
+
+
+def test_heatmaps_fill_the_view_with_axes_that_say_what_they_are(qtbot, window,
+                                                                 resnet_params):
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    window.resize(1400, 860)
+    tv, _ = select(qtbot, view, "conv1.weight")
+    show_tab(qtbot, tv, HEATMAP)
+    panel = tv.heat_panel
+    qtbot.waitUntil(lambda: tv._heat_job is None, timeout=WAIT)
+    qtbot.wait(300)  # a resize on the way lays the grid out again
+    qtbot.waitUntil(lambda: tv._heat_job is None, timeout=WAIT)
+    across, down = _filled(panel)
+    assert max(across, down) > 0.95 and min(across, down) > 0.6, (across, down)
+    assert "output channel" in panel.plot.getAxis("left").labelText
+    assert "input channels 0–2" in panel.plot.getAxis("bottom").labelText
+    assert panel.plot.getAxis("bottom")._tickLevels[0]  # ticked, in channels
+    first = panel.heatmap.layout[0]
+    # a narrower view: fewer output channels a row
+    window.resize(700, 860)
+    qtbot.waitUntil(lambda: panel.heatmap.layout[0] < first, timeout=WAIT)
+    # a 1000×512 weight fills the plot, its axes in its own indices
+    window.resize(1400, 860)
+    tv, _ = select(qtbot, view, "fc.weight")
+    show_tab(qtbot, tv, HEATMAP)
+    qtbot.wait(50)
+    across, down = _filled(panel)
+    assert across > 0.98 and down > 0.98, (across, down)
+    (x0, x1), (y0, y1) = panel.plot.getViewBox().viewRange()
+    assert x0 >= -1 and x1 <= 513 and y0 >= -1 and y1 <= 1001
+    assert panel.plot.getAxis("left").labelText == "dim 0 (0–999)"
+    assert panel.plot.getAxis("bottom")._tickLevels is None  # the plot's own numbers
+
+
+def test_a_vector_wraps_into_the_columns_that_fit(qtbot, window, resnet_params):
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    window.resize(1400, 860)
+    tv, _ = select(qtbot, view, "bn1.running_mean")
+    show_tab(qtbot, tv, VALUES)
+    panel = tv.values_panel
+    qtbot.waitUntil(lambda: panel.model.width > 1, timeout=5000)
+    table, model = panel.table, panel.model
+    used = sum(table.columnWidth(c) for c in range(model.columnCount()))
+    room = table.viewport().width()
+    assert used <= room < used + 2 * table.columnWidth(0), (used, room)  # no more would fit
+    assert model.width in (2, 4, 5, 8, 10, 20, 50, 100)
+    assert f"{model.width} per row" in panel.note.text()
+    want = resnet_params[1]["bn1.running_mean"]
+    r, c = divmod(37, model.width)
+    assert float(model.index(r, c).data()) == pytest.approx(float(want[37]), abs=1e-6)
+    # a narrower panel: fewer columns
+    wide = model.width
+    window.resize(760, 860)
+    qtbot.waitUntil(lambda: model.width < wide, timeout=5000)
+
+
+def test_the_slice_controls_show_only_where_they_act(qtbot, window, resnet_params):
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    tv, _ = select(qtbot, view, "conv1.weight")
+    bar = tv.slice_bar
+    assert tv.tabs.currentIndex() == HISTOGRAM and not bar.isVisible()  # counts everything
+    show_tab(qtbot, tv, HEATMAP)
+    assert tv.heat_panel.kernels.isChecked() and not bar.isVisible()  # a grid: all kernels
+    tv.heat_panel.kernels.setChecked(False)
+    assert bar.isVisible()  # two axes of the weight, the others at an index
+    show_tab(qtbot, tv, VALUES)
+    assert bar.isVisible()
+    tv.tabs.setCurrentIndex(HISTOGRAM)
+    assert not bar.isVisible()
+    tv.tabs.setCurrentIndex(VALUES)
+    tv, _ = select(qtbot, view, "bn1.bias")  # one axis: nothing to choose
+    assert not bar.isVisible()
+    tv, _ = select(qtbot, view, "fc.weight")
+    assert bar.isVisible()
 
 
 def test_reselecting_cancels_the_running_computation(qtbot, window, tmp_path, torch,
@@ -218,7 +301,9 @@ def test_huge_values_table_is_lazy(qtbot, window, tmp_path, torch):
     start = time.perf_counter()
     tv.values_panel.table.scrollToBottom()
     QGuiApplication.processEvents()
-    assert model.rowCount() == 5_000_000 and model.index(4_999_999, 0).data() == "4999999"
+    width = model.width
+    assert model.rowCount() == -(-5_000_000 // width)
+    assert model.index(*divmod(4_999_999, width)).data() == "4999999"
     assert time.perf_counter() - start < 5  # generous: a non-lazy model would take minutes
 
 
@@ -234,12 +319,15 @@ def test_very_long_vectors_wrap_into_rows(qtbot, window, tmp_path, torch, monkey
     tv, _ = select(qtbot, view, "ids")
     show_tab(qtbot, tv, VALUES)
     model = tv.values_panel.model
-    assert (model.rowCount(), model.columnCount()) == (500_001, 10)
-    assert model.index(123, 4).data() == "1234" and model.index(500_000, 2).data() == "5000002"
-    assert model.index(500_000, 3).data() is None  # past the end
-    assert model.headerData(123, Qt.Orientation.Vertical) == "1,230"
+    width = model.width  # at least 10: 5,000,003 rows of 1 would pass MAX_ROWS
+    assert width % 10 == 0
+    assert (model.rowCount(), model.columnCount()) == (-(-5_000_003 // width), width)
+    assert model.index(*divmod(1234, width)).data() == "1234"
+    assert model.index(*divmod(5_000_002, width)).data() == "5000002"
+    assert model.index(5_000_003 // width, 5_000_003 % width).data() is None  # past the end
+    assert model.headerData(123, Qt.Orientation.Vertical) == f"{123 * width:,}"
     assert model.headerData(4, Qt.Orientation.Horizontal) == "+4"
-    assert "10 per row" in tv.values_panel.note.text()
+    assert f"{width} per row" in tv.values_panel.note.text()
 
 
 def test_statistics_on_a_torch_device_run_in_a_child(qtbot, window, resnet_params, torch):

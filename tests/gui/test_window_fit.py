@@ -68,3 +68,65 @@ def test_the_first_window_fits_the_screen(qtbot, tmp_path):
     area = (win.screen() or QGuiApplication.primaryScreen()).availableGeometry()
     assert win.width() <= area.width() and win.height() <= area.height()
     win.close()
+
+
+def _sideways(view):
+    """Pixels the key tree's columns lack (0: every column shows whole)."""
+    return view.tree.horizontalScrollBar().maximum()
+
+
+def test_every_column_shows_in_a_1024_window(qtbot, window, resnet_params):
+    from ckpt_inspector.gui.tree.checkpoint_view import SIDE_MIN
+    from ckpt_inspector.gui.tree.model import DEVICE
+
+    window.resize(1024, 700)
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    qtbot.wait(100)
+    header = view.tree.header()
+    assert _sideways(view) == 0, [header.sectionSize(c) for c in range(7)]
+    assert window.browser_dock.width() <= 152  # the Files panel yields (220 at 1,400)
+    # the key column is as wide as its keys, plus what is left over: never mostly empty
+    # while other columns are cut
+    need = view.tree.sizeHintForColumn(KEY) + 12
+    assert header.sectionSize(KEY) >= need
+    # every row open: the deepest keys need more; the summary yields, and the key column
+    # keeps a readable width
+    view.tree.expandAll()
+    qtbot.wait(100)
+    side = view.splitter.sizes()[1]
+    assert _sideways(view) == 0 or side <= SIDE_MIN + 1
+    assert header.sectionSize(KEY) >= min(KEY_MIN, view.tree.sizeHintForColumn(KEY))
+    assert not view.tree.isColumnHidden(DEVICE) and header.sectionSize(DEVICE) > 40
+
+
+def test_the_device_column_fits_cuda_to_cpu_before_a_row_is_open(qtbot, window, cuda_file):
+    from ckpt_inspector.gui.tree.model import DEVICE
+
+    view = open_and_wait(qtbot, window, cuda_file[0])
+    view.tree.collapseAll()
+    view.columns.fit()  # measured with no tensor row in sight
+    text = "cuda:0 → cpu"
+    assert view.tree.fontMetrics().horizontalAdvance(text) + 8 <= \
+        view.tree.header().sectionSize(DEVICE)
+    view.tree.expandAll()
+    idx = next(_tensor_rows(view))
+    assert idx.siblingAtColumn(DEVICE).data() == text
+
+
+def test_the_files_panel_yields_in_a_narrow_window_and_comes_back(qtbot, window):
+    from ckpt_inspector.gui.actions import FILES_WIDTH
+    from ckpt_inspector.gui.dock_fit import dock_cap
+
+    window.resize(1400, 860)
+    qtbot.waitUntil(lambda: abs(window.browser_dock.width() - FILES_WIDTH) <= 2, timeout=3000)
+    window.resize(1024, 700)
+    qtbot.waitUntil(lambda: window.browser_dock.width() <= dock_cap(1024) + 2, timeout=3000)
+    window.resize(1400, 860)
+    qtbot.waitUntil(lambda: abs(window.browser_dock.width() - FILES_WIDTH) <= 2, timeout=3000)
+    # a width the user drags to is the one it comes back to
+    window.resizeDocks([window.browser_dock], [300], Qt.Orientation.Horizontal)
+    qtbot.waitUntil(lambda: abs(window.browser_dock.width() - 300) <= 2, timeout=3000)
+    window.resize(1024, 700)
+    qtbot.waitUntil(lambda: window.browser_dock.width() <= dock_cap(1024) + 2, timeout=3000)
+    window.resize(1400, 860)
+    qtbot.waitUntil(lambda: abs(window.browser_dock.width() - 300) <= 2, timeout=3000)

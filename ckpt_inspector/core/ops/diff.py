@@ -183,6 +183,33 @@ class DiffResult:
                    if e.a is not None and e.b is not None
                    and e.a.tensor is not None and e.b.tensor is not None)
 
+    def elements_changed(self) -> tuple[int, int]:
+        """(elements whose values differ, elements compared one to one)."""
+        changed = compared = 0
+        for e in self.entries:
+            if e.numbers is not None:
+                changed += e.numbers.changed
+                compared += e.numbers.numel
+            elif e.status == IDENTICAL and e.is_tensor:
+                compared += e.numel
+        return changed, compared
+
+    def change_summary(self) -> str:
+        """Both figures of how much changed, in the words the command line prints and the
+        window shows: the elements that changed, and what the tensors that differ hold
+        ("" when no tensor was compared)."""
+        changed, compared = self.elements_changed()
+        tensors = sum(1 for e in self.entries if e.status != IDENTICAL and e.a is not None
+                      and e.b is not None and e.a.tensor is not None and e.b.tensor is not None)
+        if not compared and not tensors:
+            return ""
+        text = (f"{changed:,} of {compared:,} elements compared changed "
+                f"({share_text(changed, compared)})")
+        if tensors:
+            text += (f", in {tensors:,} tensor{'s' if tensors != 1 else ''} holding "
+                     f"{self.params_changed():,} elements")
+        return text
+
     def largest(self, n: int = 10) -> list[Entry]:
         changed = [e for e in self.entries if e.numbers is not None and e.numbers.changed]
         changed.sort(key=lambda e: (-e.score(), -_finite_or_zero(e.numbers.max_abs), e.key))
@@ -200,6 +227,16 @@ class DiffResult:
         if self.unstored:  # only where something was left out
             out.update(not_compared=[e.to_json() for e in self.unstored], notes=self.notes())
         return out
+
+
+def share_text(part: int, whole: int) -> str:
+    """``part`` of ``whole`` as people read it at a glance: 100%, 3.2%, <0.1%, 0%."""
+    if not part or not whole:
+        return "0%"
+    if part == whole:
+        return "100%"
+    share = part / whole
+    return "<0.1%" if share < 0.001 else (">99.9%" if share > 0.999 else f"{share:.1%}")
 
 
 def _finite_or_zero(x: float | None) -> float:

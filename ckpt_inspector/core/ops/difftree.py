@@ -181,14 +181,7 @@ class Comparison:
 
     def elements(self) -> tuple[int, int]:
         """(elements that changed, elements compared one to one)."""
-        changed = compared = 0
-        for e in self.result.entries:
-            if e.numbers is not None:
-                changed += e.numbers.changed
-                compared += e.numbers.numel
-            elif e.status == IDENTICAL and e.is_tensor:
-                compared += e.numel
-        return changed, compared
+        return self.result.elements_changed()
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io.atomic import atomic_file, check_target
+from ckpt_inspector.core.ops.grid_axes import Axes, grid_across, kernel_grid_axes, matrix_axes
 from ckpt_inspector.core.ops.stats import numpy_dtype
 from ckpt_inspector.core.progress import Job, Progress
 from ckpt_inspector.core.tensors import to_numpy
@@ -162,6 +163,7 @@ class Heatmap:
     shown: tuple[int, int] | None = None  # rows and columns of the tensor the picture covers
     layout: tuple[int, int, int, int] | None = None  # kernel grid: tiles across, kh, kw, tile_w
     reduce: str = "none"  # how a pixel sums up its block: none (1×1), mean, absmax
+    frame: Axes | None = None  # what the axes say: titles and, for a kernel grid, ticks
 
     def kernel_at(self, row: int, col: int) -> tuple[int, int, int, int] | None:
         """In a kernel grid, the weight ``[out, in, r, c]`` at pixel (row, col); None in a gap."""
@@ -181,14 +183,16 @@ class Heatmap:
 
 def heatmap(info: TensorInfo, axes: tuple[int, int] = (0, 1),
             index: dict[int, int] | None = None, kernels: bool = False,
-            max_side: int = MAX_SIDE, reduce: str = "mean") -> Job[Heatmap]:
+            max_side: int = MAX_SIDE, reduce: str = "mean",
+            aspect: float = 1.0) -> Job[Heatmap]:
     """A picture of the tensor (returns :class:`Heatmap`): the chosen two axes, the others
     fixed at ``index``; a 1-D tensor as a strip; conv weights [out, in, kh, kw] as a grid
-    of kernels. Beyond ``max_side`` pixels, each pixel stands for a block of values, their
-    ``mean`` or (``reduce="absmax"``) their largest magnitude, which keeps outliers visible;
-    the factor is stated."""
+    of kernels, laid out to fit a view ``aspect`` times as wide as it is high. Beyond
+    ``max_side`` pixels, each pixel stands for a block of values, their ``mean`` or
+    (``reduce="absmax"``) their largest magnitude, which keeps outliers visible; the factor
+    is stated."""
     if kernels and len(info.shape) == 4:
-        return (yield from _kernel_grid(info, max_side))
+        return (yield from _kernel_grid(info, max_side, aspect))
     sl = TensorSlice(info, axes, index)
     strip = sl.dims[1] is None  # 1-D (or 0-d): show as one row
     rows_n, cols_n = sl.shape
@@ -220,6 +224,7 @@ def heatmap(info: TensorInfo, axes: tuple[int, int] = (0, 1),
             done = 0
     hm = Heatmap(out, (fr, fc), rows, cols, None, (rows_n, cols_n))
     hm.reduce = reduce if (fr, fc) != (1, 1) else "none"
+    hm.frame = matrix_axes(rows, cols, (rows_n, cols_n), strip)
     return hm
 
 
@@ -247,15 +252,15 @@ def _block_means(band: np.ndarray, fc: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _kernel_grid(info: TensorInfo, max_side: int) -> Job[Heatmap]:
+def _kernel_grid(info: TensorInfo, max_side: int, aspect: float = 1.0) -> Job[Heatmap]:
     """Conv weights as tiles, one per output channel, each a row of its ``in`` kernels;
-    the tiles wrap so the picture is about square. Gaps between kernels are NaN."""
+    the tiles wrap so the picture has the view's shape (``aspect``, width over height).
+    Gaps between kernels are NaN."""
     arr = values_view(info)
     out_c, in_c, kh, kw = arr.shape
     n_in = max(1, min(in_c, (max_side + 1) // (kw + 1)))
     tile_w = n_in * (kw + 1) - 1
-    across = max(1, min(out_c, max_side // (tile_w + 2) or 1,
-                        round(math.sqrt(out_c * (kh + 1) / (tile_w + 2))) or 1))
+    across = grid_across(out_c, tile_w, kh, max_side, aspect)
     n_out = min(out_c, across * max(1, (max_side + 1) // (kh + 1)))
     down = math.ceil(n_out / across)
     img = np.full((down * (kh + 1) - 1, across * (tile_w + 2) - 2), np.nan, dtype=np.float32)
@@ -270,8 +275,9 @@ def _kernel_grid(info: TensorInfo, max_side: int) -> Job[Heatmap]:
             yield Progress("heatmap", o + 1, n_out)
     rows = f"{n_out} of {out_c} out channels" if n_out < out_c else f"{out_c} out channels"
     cols = f"{n_in} of {in_c} in channels each" if n_in < in_c else f"{in_c} in channels each"
-    return Heatmap(img, (1, 1), rows, cols, (n_out, n_in), (n_out, n_in),
-                   layout=(across, kh, kw, tile_w))
+    layout = (across, kh, kw, tile_w)
+    return Heatmap(img, (1, 1), rows, cols, (n_out, n_in), (n_out, n_in), layout=layout,
+                   frame=kernel_grid_axes(out_c, in_c, (n_out, n_in), kh, kw, layout))
 
 
 def dequantize(info: TensorInfo, part: np.ndarray, start: tuple[int, ...]) -> np.ndarray:

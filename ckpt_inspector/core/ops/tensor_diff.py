@@ -335,6 +335,18 @@ def difference_histogram(a: TensorInfo, b: TensorInfo, numbers_: Numbers, bins: 
     return Histogram(edges, counts, None, special, 0, 0)
 
 
+def format_cosine(c: float | None, digits: int = 4) -> str:
+    """A cosine similarity with ``digits`` significant digits, like the other figures of a
+    difference; one that rounds to ±1 says how far from it it is (``1 − 5.001e-09``), where
+    a fine-tuned weight's cosine lies, rather than needing nine digits."""
+    if c is None:
+        return "-"
+    if not math.isfinite(c) or abs(c) >= 1 or f"{abs(c):.{digits}g}" != "1":
+        return format_number(c, digits)
+    return f"{'-' if c < 0 else ''}1 {'+' if c < 0 else '−'} " \
+           f"{format_number(1 - abs(c), digits)}"
+
+
 def describe_numbers(n: Numbers) -> str:
     if not n.changed and not n.nan_mismatch:
         return "the same values" + (f" ({n.note})" if n.note else "")
@@ -346,7 +358,7 @@ def describe_numbers(n: Numbers) -> str:
                   f"mean |A−B| {format_number(n.mean_abs)}",
                   f"rel L2 {format_number(n.rel_l2)}"]
         if n.cosine is not None:
-            parts.append(f"cos {format_number(n.cosine, 9)}")
+            parts.append(f"cos {format_cosine(n.cosine, 6)}")
     if n.note:
         parts.append(n.note)
     return ", ".join(parts)

@@ -12,17 +12,22 @@ removes its partial output.
 from __future__ import annotations
 
 import os
+import shlex
 from html import escape
 from typing import Any
 
-from PySide6.QtCore import QProcess, Qt, Signal
+from PySide6.QtCore import QProcess, QSize, Qt, Signal
+from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QStackedWidget,
     QTextBrowser,
     QVBoxLayout,
@@ -52,6 +57,8 @@ class ExportDialog(QDialog):
         self.device = device
         self.process: QProcess | None = None
         self.result: ExportResult | None = None
+        self.request: ExportRequest | None = None
+        self._options_size: QSize | None = None  # the dialog's size before the result page
         self._stdout = b""
         self.setWindowTitle(f"Export {name_of(file.path)}")
         self._fit_screen()
@@ -97,6 +104,7 @@ class ExportDialog(QDialog):
                 return
             request.overwrite = True
         cmd = self.command(request)
+        self.request = request
         self._stdout = b""
         self.result = None
         self.stage_label.setText("Starting…")
@@ -206,14 +214,30 @@ class ExportDialog(QDialog):
         return page
 
     def _result_page(self) -> QWidget:
+        """The figures, the same export as a command line, and what to do next; the
+        dialog fits it (:meth:`_fit_result`) rather than keep the options page's size."""
         page = QWidget()
         self.result_view = QTextBrowser()
         self.result_view.setObjectName("resultView")
+        self.result_view.setFrameShape(QFrame.Shape.NoFrame)
+        self.command_edit = QLineEdit()
+        self.command_edit.setObjectName("exportCommand")
+        self.command_edit.setReadOnly(True)
+        self.command_edit.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.command_edit.setToolTip("The same export from a shell or a script")
+        copy = QPushButton("Copy")
+        copy.setToolTip("Copy the command line")
+        copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(
+            self.command_edit.text()))
+        command = QHBoxLayout()
+        command.addWidget(QLabel("Command line:"))
+        command.addWidget(self.command_edit, 1)
+        command.addWidget(copy)
         self.open_button = QPushButton("Open exported file")
         self.open_button.setObjectName("openExported")
         self.open_button.clicked.connect(self._open_exported)
         back = QPushButton("Export another")
-        back.clicked.connect(lambda: self.pages.setCurrentIndex(0))
+        back.clicked.connect(self._export_another)
         close = QPushButton("Close")
         close.clicked.connect(self.accept)
         buttons = QHBoxLayout()
@@ -223,17 +247,51 @@ class ExportDialog(QDialog):
         buttons.addWidget(close)
         layout = QVBoxLayout(page)
         layout.addWidget(self.result_view, 1)
+        layout.addLayout(command)
         layout.addLayout(buttons)
         return page
 
+    def _show_page(self, index: int) -> None:
+        """Show a page; the others' sizes no longer hold the dialog up (a stack is as large
+        as its largest page), so that the dialog can fit the page shown."""
+        for i in range(self.pages.count()):
+            policy = QSizePolicy.Policy.Preferred if i == index else \
+                QSizePolicy.Policy.Ignored
+            self.pages.widget(i).setSizePolicy(policy, policy)
+        self.pages.setCurrentIndex(index)
+
+    def _fit_result(self) -> None:
+        """The result page as tall as its text (within the screen), the dialog too."""
+        if self._options_size is None:
+            self._options_size = self.size()
+        view = self.result_view
+        view.document().setTextWidth(max(view.viewport().width(), self.width() - 60))
+        text = int(view.document().size().height()) + 2 * view.frameWidth() + 8
+        screen = self.screen().availableGeometry().height() - 200
+        view.setFixedHeight(min(text, screen))
+        self.setMinimumSize(min(600, self.minimumWidth()), 0)
+        self._show_page(2)
+        self.resize(self.width(), self.sizeHint().height())
+
+    def _export_another(self) -> None:
+        """Back to the options, at the size they had."""
+        self._show_page(0)
+        if self._options_size is not None:
+            self._fit_screen()
+            self.resize(self._options_size)
+            self._options_size = None
+
     def show_result(self, code: int, err: str) -> None:
         r = self.result
-        self.pages.setCurrentIndex(2)
+        self.command_edit.setText(
+            shlex.join(["ckpt-inspector", *self.request.to_argv()]) if self.request else "")
+        self.command_edit.setCursorPosition(0)
         if r is None:
             self.open_button.setEnabled(False)
             self.result_view.setHtml(f"<h3 style='color:{color('danger')}'>Export failed</h3>"
                                      f"<p>{escape(err.splitlines()[-1] if err else f'exit {code}')}"
                                      "</p>")
+            self._fit_result()
             return
         self.open_button.setEnabled(r.written and os.path.exists(r.path))
         self.open_button.setText("Open exported model" if os.path.isdir(r.path)
@@ -241,12 +299,14 @@ class ExportDialog(QDialog):
         table = "".join(f"<tr><th align='left' style='padding-right:12px'>{escape(row.label)}"
                         f"</th><td>{_cell(row)}</td></tr>" for row in r.rows())
         self.result_view.setHtml(f"{_heading(r)}<table>{table}</table>")
+        self._fit_result()
 
     def _open_exported(self) -> None:
-        """Open what was exported in a tab and close the dialog, so that the tab is seen."""
+        """Close the dialog, then open what was exported in a tab: a tab opened while the
+        dialog is still up would open behind it."""
         if self.result and self.result.path:
-            self.open_requested.emit(self.result.path)
             self.accept()
+            self.open_requested.emit(self.result.path)
 
     def reject(self) -> None:
         if self.process is not None:

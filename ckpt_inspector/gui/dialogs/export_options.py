@@ -90,8 +90,8 @@ class ExportOptions(QWidget):
         right.addWidget(self._preview_table(), 1)
         right.addWidget(self.preview_label)
         body = QHBoxLayout()
-        body.addLayout(left, 3)
-        body.addLayout(right, 2)
+        body.addLayout(left, 1)
+        body.addLayout(right, 1)  # the keys need the room more than the option fields
         layout = QVBoxLayout(self)
         layout.addLayout(body, 1)
         out_form = QFormLayout()
@@ -164,6 +164,9 @@ class ExportOptions(QWidget):
             self.preview.fontMetrics().height() + 6)
         self.preview.setMinimumWidth(420)
         self.preview.setWordWrap(False)
+        # keys differ at their end (running_mean, running_var): cut them in the middle,
+        # and the whole key is the cell's tooltip
+        self.preview.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.preview.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.preview_label = QLabel()
         self.preview_label.setObjectName("previewLabel")
@@ -348,9 +351,11 @@ class ExportOptions(QWidget):
         mapping = self.rules().apply([k for k, _ in items])
         self.preview.setRowCount(min(len(mapping), PREVIEW_ROWS))
         for row, ((old, new), (_k, t)) in enumerate(zip(mapping[:PREVIEW_ROWS], items)):
-            self.preview.setItem(row, 0, QTableWidgetItem(old))
-            self.preview.setItem(row, 1, QTableWidgetItem(new if new is not None else "(left out)"))
-            self.preview.setItem(row, 2, QTableWidgetItem(str(list(t.shape))))
+            for col, text in enumerate((old, new if new is not None else "(left out)",
+                                        str(list(t.shape)))):
+                item = QTableWidgetItem(text)
+                item.setToolTip(text)
+                self.preview.setItem(row, col, item)
         p = plan.preview()
         text = f"{p['tensors']:,} tensors, {human_bytes(p['bytes'])}"
         if p["excluded"]:

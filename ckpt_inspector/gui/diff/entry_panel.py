@@ -10,6 +10,8 @@ from typing import Any
 from PySide6.QtCore import (
     QEvent,
     Qt,
+    QUrl,
+    Signal,
 )
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -29,6 +31,7 @@ from ckpt_inspector.core.ops.diff import (
     Numbers,
 )
 from ckpt_inspector.core.ops.difftree import (
+    Comparison,
     DiffNode,
     histogram_reason,
 )
@@ -38,7 +41,8 @@ from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.html.checkpoint import css
-from ckpt_inspector.gui.html.diff import entry_html, group_html
+from ckpt_inspector.gui.html.diff import entry_html, group_html, overview_html
+from ckpt_inspector.gui.html.overview import key_of_href
 from ckpt_inspector.gui.jobs import Task
 from ckpt_inspector.gui.theme import is_palette_change, set_muted, span
 
@@ -60,11 +64,15 @@ def column(*items: QWidget | QLayout, spacing: int = 0) -> QWidget:
 
 class EntryPanel(QWidget):
     """The selected key: the difference's numbers, both sides side by side with their
-    statistics, and the histogram of A − B."""
+    statistics, and the histogram of A − B. With no key (or a group) selected, the
+    comparison's largest changes across the whole width, linked (``key_requested``)."""
+
+    key_requested = Signal(str)
 
     def __init__(self, analysis: Analysis, parent: QWidget | None = None):
         super().__init__(parent)
         self.analysis = analysis
+        self.comparison: Comparison | None = None
         analysis.changed.connect(self._changed)
         analysis.progressed.connect(self._progress)
         analysis.finished.connect(self._finished)
@@ -90,6 +98,7 @@ class EntryPanel(QWidget):
         self.text = QTextBrowser()
         self.text.setObjectName("diffDetails")
         self.text.setOpenLinks(False)
+        self.text.anchorClicked.connect(self._link)
         self.hist_note = QLabel()
         self.hist_note.setObjectName("diffHistogramNote")
         self.hist_note.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -100,7 +109,8 @@ class EntryPanel(QWidget):
         self.hist_pages.setMinimumWidth(260)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.text)
-        split.addWidget(column(head, self.hist_pages))
+        self.right = column(head, self.hist_pages)  # hidden while no key is shown
+        split.addWidget(self.right)
         split.setChildrenCollapsible(False)
         split.setStretchFactor(0, 4)
         split.setStretchFactor(1, 3)
@@ -134,14 +144,28 @@ class EntryPanel(QWidget):
         if is_palette_change(event) and getattr(self, "text", None) is not None:
             self.show_node(self.node)  # drawn again in the new theme's colours
 
+    def set_comparison(self, comparison: Comparison | None) -> None:
+        """The comparison whose overview shows while no key is selected."""
+        self.comparison = comparison
+        if self.node is None:
+            self.show_node(None)
+
+    def _link(self, url: QUrl) -> None:
+        key = key_of_href(url.toString())
+        if key is not None:
+            self.key_requested.emit(key)
+
     def show_node(self, node: DiffNode | None) -> None:
         if node is not self.node:
             self._stop_job()
             self.status.setText("")
         self.node = node
+        # a key's histogram beside its figures; the overview and a group take the width
+        self.right.setVisible(node is not None and node.entry is not None)
         if node is None:
-            self.text.setHtml(css() + "<p class='muted'>Select a key to see both sides: their "
-                              "statistics side by side and the histogram of A − B.</p>")
+            self.text.setHtml(overview_html(self.comparison) if self.comparison is not None
+                              else css() + "<p class='muted'>Select a key to see both sides: "
+                              "their statistics side by side and the histogram of A − B.</p>")
             self._no_histogram("")
             return
         e = node.entry
@@ -271,4 +295,5 @@ class EntryPanel(QWidget):
     def forget(self) -> None:
         self._stop_job()
         self.node = None
+        self.comparison = None
         self.analysis.clear()

@@ -34,6 +34,7 @@ from ckpt_inspector.core.ops.difftree import (
     status_text,
 )
 from ckpt_inspector.core.ops.stats import format_number
+from ckpt_inspector.core.ops.tensor_diff import format_cosine
 from ckpt_inspector.gui.html.diff import STATUS_STYLE, percent
 from ckpt_inspector.gui.icons import badge_icon
 from ckpt_inspector.gui.theme import brush
@@ -122,7 +123,7 @@ class DiffModel(NodeTreeModel):
         if col == REL_L2:
             return format_number(d.rel_l2, 4) if d.rel_l2 is not None else ""
         if col == COSINE:
-            return format_number(d.cosine, 9) if d.cosine is not None else ""
+            return format_cosine(d.cosine, 4) if d.cosine is not None else ""
         if col == CHANGED_COL:
             if e is not None and not d.children:
                 return f"{e.numbers.changed:,}" if e.numbers is not None else ""

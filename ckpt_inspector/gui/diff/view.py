@@ -74,6 +74,10 @@ from ckpt_inspector.gui.tree.model import NodeRole
 
 DEBOUNCE_MS = 150
 AUTO_EXPAND_LIMIT = 400
+KEY_MIN = 160  # the Key column's least width: below it the tree scrolls sideways
+COLUMN_CAPS = {STATUS: 150, A: 200, B: 200, MAX_ABS: 100, REL_L2: 90, COSINE: 120,
+               CHANGED_COL: 110}
+COLUMNS_GIVE_WAY = [(A, 100), (B, 100), (STATUS, 90)]  # in turn, to the least width
 
 
 def tab_title(path_a: str, path_b: str) -> str:
@@ -170,8 +174,12 @@ class DiffView(QWidget):
                                   self._context_menu, self.copy_keys, self._refresh_selection,
                                   sort=(REL_L2, Qt.SortOrder.DescendingOrder))
 
+        # columns as wide as their content; the key column takes the slack, A and B and
+        # the status give way first in a narrow window
+        self.columns = key_tree.ColumnFitter(self.tree, KEY_MIN, COLUMN_CAPS, COLUMNS_GIVE_WAY)
         left = column(filter_row, self.tree, spacing=4)
         self.entry_panel = EntryPanel(Analysis(self.runner, self))
+        self.entry_panel.key_requested.connect(self.select_key)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(left)
         self.splitter.addWidget(self.entry_panel)
@@ -298,6 +306,7 @@ class DiffView(QWidget):
         self.task = None
         self.comparison = c
         self.entry_panel.forget()
+        self.entry_panel.set_comparison(c)
         old = list(self._models.values())
         self._models = {True: DiffModel(c.grouped, self), False: DiffModel(c.flat, self)}
         self.header.setText(summary_html(c))
@@ -349,10 +358,9 @@ class DiffView(QWidget):
         model = self._models.get(grouped)
         if model is None:
             return
-        current = key_tree.set_tree_model(
-            self.tree, model, [(STATUS, 140), (A, 150), (B, 150), (MAX_ABS, 80), (REL_L2, 72),
-                               (COSINE, 96), (CHANGED_COL, 90)])
+        current = key_tree.set_tree_model(self.tree, model, [])
         self.apply_filter(force=True)
+        self.columns.fit()
         if current is not None:
             self.select_key(current.key)
 

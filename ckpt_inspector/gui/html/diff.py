@@ -20,6 +20,7 @@ from ckpt_inspector.core.ops.diff import (
     DiffResult,
     Entry,
     Numbers,
+    share_text,
 )
 from ckpt_inspector.core.ops.difftree import (
     SEVERITY,
@@ -29,6 +30,7 @@ from ckpt_inspector.core.ops.difftree import (
     status_text,
 )
 from ckpt_inspector.core.ops.stats import Stats, format_number
+from ckpt_inspector.core.ops.tensor_diff import format_cosine
 from ckpt_inspector.core.summary import format_value, human_bytes
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.html.checkpoint import breakable, css, stats_kind, stats_pairs
@@ -53,15 +55,9 @@ def status_color(status: str) -> str:
 
 
 def percent(part: int, whole: int) -> str:
-    """``part`` of ``whole`` in words people read at a glance (rich text): 100%, 3.2%,
-    &lt;0.1%, 0%."""
-    if not part or not whole:
-        return "0%"
-    if part == whole:
-        return "100%"
-    share = part / whole
-    # &lt; and &gt;: this goes into rich text, where a bare "<" starts a tag
-    return "&lt;0.1%" if share < 0.001 else ("&gt;99.9%" if share > 0.999 else f"{share:.1%}")
+    """``part`` of ``whole`` in words people read at a glance, as rich text: 100%, 3.2%,
+    &lt;0.1%, 0% (a bare "<" would start a tag)."""
+    return escape(share_text(part, whole))
 
 
 # -- the selected key --------------------------------------------------------------------------
@@ -139,7 +135,7 @@ def numbers_rows(n: Numbers) -> list[tuple[str, str]]:
     if n.changed or n.nan_mismatch:
         rows += [("max |A−B|", f(n.max_abs)), ("mean |A−B|", f(n.mean_abs)),
                  ("rel L2 ‖A−B‖/max(‖A‖,‖B‖)", f(n.rel_l2)),
-                 ("cosine", f(n.cosine, 9) if n.cosine is not None else "-")]
+                 ("cosine", format_cosine(n.cosine, 6))]
     if n.nan_mismatch:
         where = "place" if n.nan_mismatch == 1 else "places"
         rows.append(("NaN/inf", f"<span class='bad'><b>{n.nan_mismatch:,}</b> {where} where one "
@@ -190,6 +186,74 @@ def group_html(d: DiffNode) -> str:
                if d.elements_changed else ""))
 
 
+LISTED = 10  # changes listed in the overview, and keys of each other status
+
+
+def _key_link(key: str) -> str:
+    from ckpt_inspector.gui.html.overview import key_href
+
+    return f"<a href='{key_href(key)}'>{escape(key or '(the part chosen)')}</a>"
+
+
+def overview_html(c: Comparison) -> str:
+    """What the comparison tab shows before a key is selected: the largest changes with
+    their figures, the keys that changed in ways no number measures, each a link that
+    selects it."""
+    result = c.result
+    f = format_number
+    parts, others = [], []
+    largest = result.largest(LISTED)
+    if largest:
+        nowrap = "style='white-space:nowrap'"  # a narrow panel scrolls, keys stay whole
+        head = "".join(f"<th class='num' {nowrap}>{h}</th>"
+                       for h in ("max |A−B|", "rel L2", "cosine", "changed"))
+        head = f"<tr><th>key</th>{head}</tr>"
+        rows = "".join(
+            f"<tr><td {nowrap}>{_key_link(e.key)}</td>" + "".join(
+                f"<td class='num' {nowrap}>{cell}</td>" for cell in (
+                    f(e.numbers.max_abs, 4), f(e.numbers.rel_l2, 4),
+                    format_cosine(e.numbers.cosine, 4),
+                    percent(e.numbers.changed, e.numbers.numel))) + "</tr>"
+            for e in largest)
+        parts.append(f"<h3>Largest changes</h3><table>{head}{rows}</table>")
+    for status in (KIND, SHAPE, ONLY_A, ONLY_B, UNREADABLE, DTYPE):
+        keys = [e.key for e in result.entries if e.status == status]
+        if status == DTYPE:  # those with figures are in the table
+            keys = [k for k in keys if k not in {e.key for e in largest}]
+        if keys:
+            more = (f" <span class='muted'>and {len(keys) - LISTED:,} more</span>"
+                    if len(keys) > LISTED else "")
+            others.append(f"<p><span style='color:{status_color(status)}'><b>{escape(status)}"
+                          f"</b> ({len(keys):,})</span> — "
+                          + ", ".join(_key_link(k) for k in keys[:LISTED]) + more + "</p>")
+    modules = _changed_modules(c.grouped)
+    if len(modules) > 1:
+        rows = "".join(
+            f"<tr><td>{_key_link(d.key)}</td><td class='num'>{d.changed:,} of {d.entries:,} "
+            f"key{'s' if d.entries != 1 else ''}</td>"
+            f"<td class='num'>{d.elements_changed:,} elements</td></tr>" for d in modules)
+        others.append("<h3>Where the changes are</h3><table>" + rows + "</table>")
+    if result.identical:
+        parts.append("<p>Every key is identical: the same bytes, or the same value.</p>")
+    hint = ("<p class='muted'>Select a key to see both sides, their statistics side by side "
+            "and the histogram of A − B.</p>")
+    right = hint + "".join(others)
+    if not parts:
+        return css() + right
+    return (css() + "<table width='100%'><tr><td width='55%' style='padding-right:18px'>"
+            + "".join(parts) + f"</td><td>{right}</td></tr></table>")
+
+
+def _changed_modules(top: DiffNode) -> list[DiffNode]:
+    """The groups right below the top (or below the one group all keys are in) that hold a
+    change, most changed elements first."""
+    while len(top.children) == 1 and top.children[0].children:
+        top = top.children[0]
+    groups = [d for d in top.children if d.changed]
+    groups.sort(key=lambda d: (-d.elements_changed, -d.changed))
+    return groups[:LISTED]
+
+
 def rule_text(result: DiffResult) -> str:
     if not result.rules:
         return "Keys matched exactly."
@@ -224,13 +288,12 @@ def summary_html(c: Comparison) -> str:
     items = " &nbsp; ".join(
         f"<span style='color:{status_color(s)}'>●&nbsp;<b>{counts[s]:,}</b>&nbsp;{escape(s)}"
         "</span>" for s in shown) or "no keys on either side"
-    changed, compared = c.elements()
     if result.identical:
         verdict = span("ok", "IDENTICAL", bold=True)
     else:
         verdict = span("changed", "DIFFERENT", bold=True)
-    elements = (f" &nbsp;—&nbsp; <b>{changed:,}</b> of {compared:,} elements compared changed "
-                f"({percent(changed, compared)})" if compared else "")
+    elements = result.change_summary()  # in the words and figures of `ckpt-inspector diff`
+    elements = f" &nbsp;—&nbsp; {escape(elements)}" if elements else ""
     return (f"<table cellspacing='0'>{files}</table>"
             f"<div style='margin-top:3px'>{rule_text(result)}</div>"
             f"<div style='margin-top:3px'>{verdict} &nbsp; {items}{elements}</div>")

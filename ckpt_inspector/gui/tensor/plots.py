@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ckpt_inspector.core.ops.grid_axes import Axes
 from ckpt_inspector.core.ops.histogram import Histogram
 from ckpt_inspector.core.ops.slices import Heatmap
 from ckpt_inspector.core.ops.stats import Stats, format_number
@@ -209,6 +210,7 @@ class HeatmapPanel(QWidget):
     symmetric_changed = Signal(bool)
     kernels_changed = Signal(bool)
     reduce_changed = Signal(str)
+    resized = Signal()  # the picture's room changed shape (a kernel grid may lay out anew)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -286,15 +288,7 @@ class HeatmapPanel(QWidget):
         special = self._marks(hm)
         self.reduce.setVisible(hm.factor != (1, 1))
         self._recolour()
-        self.plot.setLabel("left", hm.rows)
-        self.plot.setLabel("bottom", hm.cols)
-        grid = hm.layout is not None  # pixel numbers mean nothing in a grid of kernels
-        for side in ("left", "bottom"):
-            self.plot.getAxis(side).setStyle(showValues=not grid)
-        # square cells unless the picture is a long strip, which would shrink to a line
-        h, w = hm.image.shape[0] * hm.factor[0], hm.image.shape[1] * hm.factor[1]
-        self.plot.setAspectLocked(max(h, w) <= 8 * min(h, w))
-        self.plot.autoRange(padding=0.02)
+        self._frame(hm)
         parts = [note] if note else []
         if hm.factor != (1, 1):
             what = "largest |value|" if hm.reduce == "absmax" else "mean"
@@ -303,6 +297,42 @@ class HeatmapPanel(QWidget):
         self.themed_note.show(lambda: " · ".join([*parts, *special()]))
         self.hover.setText("Move the pointer over the picture to read values; drag to pan, "
                            "wheel to zoom")
+
+    def _frame(self, hm: Heatmap) -> None:
+        """Axes that say what they are, ticked; the picture fills the view. A kernel grid
+        keeps square pixels (its layout already has the view's shape: see
+        :func:`~ckpt_inspector.core.ops.grid_axes.grid_across`) and is ticked in channels;
+        a matrix is stretched to the view and ticked in its indices, and cannot be panned
+        away from."""
+        frame = hm.frame or Axes(hm.rows, hm.cols)
+        self.plot.setLabel("left", frame.left)
+        self.plot.setLabel("bottom", frame.bottom)
+        for side, ticks, values in (("left", frame.left_ticks, frame.left_values),
+                                    ("bottom", frame.bottom_ticks, True)):
+            axis = self.plot.getAxis(side)
+            axis.setTicks(ticks)  # None: the plot's own, in the tensor's indices
+            axis.setStyle(showValues=values)
+        h, w = hm.image.shape[0] * hm.factor[0], hm.image.shape[1] * hm.factor[1]
+        box = self.plot.getViewBox()
+        grid = hm.layout is not None
+        box.setLimits(xMin=None, xMax=None, yMin=None, yMax=None)
+        self.plot.setAspectLocked(grid)
+        if not grid:
+            box.setLimits(xMin=0, xMax=w, yMin=0, yMax=h)
+        self.plot.autoRange(padding=0.01 if grid else 0.0)
+
+    def view_aspect(self) -> float:
+        """How many times wider than high the picture's room is (1 before it is shown)."""
+        box = self.plot.getViewBox().sceneBoundingRect()
+        if box.width() > 10 and box.height() > 10:
+            return box.width() / box.height()
+        # not laid out yet: the canvas less the axes and the colour bar
+        w, h = self.canvas.width() - 140, self.canvas.height() - 50
+        return w / h if w > 10 and h > 10 else 1.0
+
+    def resizeEvent(self, event: QEvent) -> None:
+        super().resizeEvent(event)
+        self.resized.emit()
 
     def _marks(self, hm: Heatmap) -> Callable[[], list[str]]:
         """Paint NaN magenta and ±inf black over the picture (not the gaps of a kernel grid);

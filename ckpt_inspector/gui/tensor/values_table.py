@@ -31,12 +31,17 @@ MAX_ROWS = 10_000_000
 COPY_LIMIT = 1_000_000  # cells
 
 
-def wrap_width(n: int) -> int:
-    """Values per row for a vector of ``n``: 1 up to :data:`MAX_ROWS`, else a power of ten."""
+ROW_WIDTHS = (1, 2, 4, 5, 8, 10, 20, 50, 100)  # values a row of a vector: easy row starts
+
+
+def wrap_width(n: int, fit: int = 1) -> int:
+    """Values per row for a vector of ``n``: as many of :data:`ROW_WIDTHS` as ``fit`` on
+    screen (never more than ``n``), and a power of ten past :data:`MAX_ROWS` rows."""
     width = 1
     while n > MAX_ROWS * width:
         width *= 10
-    return width
+    fitting = max(w for w in ROW_WIDTHS if w <= max(1, min(fit, n)))
+    return max(width, fitting)
 
 Index = QModelIndex | QPersistentModelIndex
 
@@ -45,14 +50,15 @@ class ValuesModel(QAbstractTableModel):
     def __init__(self, sl: TensorSlice | None = None, parent: Any = None):
         super().__init__(parent)
         self.slice = sl
-        self.width = 1  # values per row when a long vector is wrapped
+        self.width = 1  # values per row when a vector is wrapped
         self.cut = False  # rows beyond MAX_ROWS are not shown
+        self.fit = 1  # columns the view has room for
 
     def set_slice(self, sl: TensorSlice | None) -> None:
         self.beginResetModel()
         self.slice = sl
         vector = sl is not None and sl.dims[1] is None
-        self.width = wrap_width(sl.shape[0]) if vector else 1
+        self.width = wrap_width(sl.shape[0], self.fit) if vector else 1
         self.cut = sl is not None and not vector and sl.shape[0] > MAX_ROWS
         self.endResetModel()
 
@@ -143,6 +149,7 @@ class ValuesPanel(QWidget):
 
         self.note = QLabel()
         self.note.setObjectName("valuesNote")
+        self._note = ""  # the note of the slice shown, before the wrapping is said
         self.copy_button = QPushButton("Copy")
         self.copy_button.setToolTip("Copy the selected cells as tab-separated text (Ctrl+C)")
         self.copy_button.clicked.connect(self.copy)
@@ -162,12 +169,30 @@ class ValuesPanel(QWidget):
         layout.addWidget(self.table, 1)
 
     def show_slice(self, sl: TensorSlice | None, note: str = "") -> None:
+        self.model.fit = self._columns_that_fit(sl.shape[0] if sl is not None else 1)
         self.model.set_slice(sl)
+        self._note = note
         if self.model.width > 1:
             note += f", {self.model.width} per row"
         if self.model.cut:
             note += f" (the first {MAX_ROWS:,} rows shown)"
         self.note.setText(note)
+
+    def _columns_that_fit(self, n: int) -> int:
+        """How many value columns the table shows without scrolling sideways, its row
+        headers counting up to ``n``."""
+        starts = self.table.fontMetrics().horizontalAdvance(f"{n:,}") + 16
+        room = self.table.width() - starts - \
+            self.table.verticalScrollBar().sizeHint().width() - 4
+        return max(1, room // self.table.horizontalHeader().defaultSectionSize())
+
+    def resizeEvent(self, event: Any) -> None:
+        """A vector is wrapped into as many columns as the panel has room for."""
+        super().resizeEvent(event)
+        sl = self.model.slice
+        if sl is not None and sl.dims[1] is None and \
+                wrap_width(sl.shape[0], self._columns_that_fit(sl.shape[0])) != self.model.width:
+            self.show_slice(sl, self._note)
         self.copy_button.setEnabled(sl is not None)
         self.export_button.setEnabled(sl is not None)
 

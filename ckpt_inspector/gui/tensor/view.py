@@ -9,19 +9,21 @@ are cached per tensor while the file is open, so going back is instant.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from PySide6.QtCore import QEvent, Qt, QTimer
+from PySide6.QtCore import QEvent, Qt, QTimer, QUrl, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QStackedWidget,
     QTabWidget,
+    QTextBrowser,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -51,12 +53,17 @@ from ckpt_inspector.gui.theme import is_palette_change, set_muted, span
 
 HEATMAP_CACHE = 24  # pictures kept (at most 4 MiB each)
 SLICE_DEBOUNCE_MS = 120
+RESIZE_DEBOUNCE_MS = 200  # a kernel grid is laid out again for the view's new shape
 HISTOGRAM, HEATMAP, VALUES = range(3)
 
 
 class TensorView(QWidget):
     """The panel under the tree: the statistics and histogram of the tensor selected (from
-    and into the file's :class:`Analysis`), its heatmap and its values."""
+    and into the file's :class:`Analysis`), its heatmap and its values; with no tensor
+    selected, an overview (see :meth:`show_overview`) whose links ask for a key
+    (``key_requested``)."""
+
+    key_requested = Signal(str)
 
     def __init__(self, runner: JobRunner, reporter: ErrorReporter, analysis: Analysis,
                  parent: QWidget | None = None):
@@ -76,6 +83,9 @@ class TensorView(QWidget):
         self._user_bins = False
         self._heat_job: Task | None = None
         self._heat_wanted: tuple[Any, ...] | None = None
+        self._values_for: tuple[Any, ...] | None = None  # the slice the values table shows
+        self._overview: Callable[[bool], str] | None = None  # makes the overview's HTML
+        self._overview_wide = True
         self._waiting_for_plots = False
         self.hist_panel: Any = None
         self.heat_panel: Any = None
@@ -122,9 +132,14 @@ class TensorView(QWidget):
         self.tabs.setObjectName("tensorTabs")
         self.tabs.setDocumentMode(True)
         self.tabs.currentChanged.connect(self._tab_changed)
+        self.overview = QTextBrowser()
+        self.overview.setObjectName("tensorOverview")
+        self.overview.setOpenLinks(False)
+        self.overview.anchorClicked.connect(self._link)
         self.pages = QStackedWidget()
         self.pages.addWidget(self.placeholder)
         self.pages.addWidget(self.tabs)
+        self.pages.addWidget(self.overview)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 4, 0, 0)
@@ -172,8 +187,13 @@ class TensorView(QWidget):
 
             self.heat_panel = HeatmapPanel()
             self.heat_panel.describe = self._describe_pixel
-            self.heat_panel.kernels_changed.connect(lambda _on: self._slice_changed())
+            self.heat_panel.kernels_changed.connect(lambda _on: self._kernels_changed())
             self.heat_panel.reduce_changed.connect(lambda _r: self._update_heatmap())
+            resize = QTimer(self)
+            resize.setSingleShot(True)
+            resize.setInterval(RESIZE_DEBOUNCE_MS)
+            resize.timeout.connect(self._heat_resized)
+            self.heat_panel.resized.connect(resize.start)
             self.tabs.addTab(self.heat_panel, "Heatmap")
         elif self.values_panel is None:
             from ckpt_inspector.gui.tensor.values_table import ValuesPanel
@@ -192,6 +212,35 @@ class TensorView(QWidget):
                 self.show_tensor(self.key, self.info)
         else:
             QTimer.singleShot(50, self._plots_maybe_ready)
+
+    def show_overview(self, make: Callable[[bool], str]) -> None:
+        """No tensor selected: what the file (or the selected group) holds, as the HTML
+        ``make(wide)`` gives for a wide panel or a narrow one (made again when the panel
+        becomes the other), whose ``key:`` links select a key."""
+        self.cancel()
+        self.info = None
+        self._show_placeholder("")
+        self._overview, self._overview_wide = make, self._wide()
+        self.overview.setHtml(make(self._overview_wide))
+        self.pages.setCurrentWidget(self.overview)
+
+    def _wide(self) -> bool:
+        from ckpt_inspector.gui.html.overview import WIDE
+
+        return self.width() >= WIDE
+
+    def resizeEvent(self, event: Any) -> None:
+        super().resizeEvent(event)
+        if self._overview is not None and self._wide() != self._overview_wide:
+            self._overview_wide = self._wide()
+            self.overview.setHtml(self._overview(self._overview_wide))
+
+    def _link(self, url: QUrl) -> None:
+        from ckpt_inspector.gui.html.overview import key_of_href
+
+        key = key_of_href(url.toString())
+        if key is not None:
+            self.key_requested.emit(key)
 
     def _show_placeholder(self, text: str) -> None:
         self.title.setText("")
@@ -212,6 +261,7 @@ class TensorView(QWidget):
         self._heatmaps.clear()
         self.info = None
         self._show_placeholder("")
+        self._values_for = None
         if self.values_panel is not None:
             self.values_panel.show_slice(None)
 
@@ -270,9 +320,9 @@ class TensorView(QWidget):
         self.heat_panel.kernels.setVisible(len(info.shape) == 4)
         self.heat_panel.kernels.setChecked(grid)
         self.heat_panel.kernels.blockSignals(False)
-        if self.slice_bar.shape != tuple(info.shape) or not self.slice_bar.isVisible():
+        if self.slice_bar.shape != tuple(info.shape):
             self.slice_bar.set_shape(tuple(info.shape))
-        self.slice_bar.setVisible(len(info.shape) >= 2)
+        self._place_slice_bar()
         if not self._user_bins:
             self.hist_panel.bins.blockSignals(True)
             self.hist_panel.bins.setValue(auto_bins(info.numel))
@@ -358,29 +408,58 @@ class TensorView(QWidget):
         axes = self.slice_bar.axes()
         index = tuple(sorted(self.slice_bar.index().items()))
         reduce = self.heat_panel.reduce.currentData()
+        # a kernel grid is laid out for the view's shape, in steps of about a fifth
+        shape = round(math.log2(self.heat_panel.view_aspect()) * 4) / 4 if kernels else None
         return (id(self.info), kernels, axes if not kernels else None,
-                index if not kernels else None, reduce if not kernels else None)
+                index if not kernels else None, reduce if not kernels else None, shape)
+
+    def _heat_resized(self) -> None:
+        if self.info is not None and self.tabs.currentIndex() == HEATMAP:
+            self._update_heatmap()  # nothing new unless a kernel grid's shape changed
 
     def _slice_changed(self) -> None:
         info = self.info
         if info is None or self.values_panel is None or unreadable(info):
             return
+        shown = (id(info), self.slice_bar.axes(), tuple(sorted(self.slice_bar.index().items())))
+        if shown == self._values_for:
+            return  # the same slice (a debounced signal of a new shape): keep its note
         try:
             sl = TensorSlice(info, self.slice_bar.axes(), self.slice_bar.index())
         except (CheckpointError, ValueError, IndexError) as err:
             self.values_panel.show_slice(None, escape(str(err)))
+            self._values_for = None
             return
         rows, cols = sl.shape
         what = "one value" if info.numel == 1 else (
             f"{rows:,} values" if sl.dims[1] is None else f"{rows:,} × {cols:,} slice")
         self.values_panel.show_slice(sl, what)
+        self._values_for = shown
         self._heat_wanted = None
         if self.tabs.currentIndex() == HEATMAP:
             self._update_heatmap()
 
     def _tab_changed(self, index: int) -> None:
+        self._place_slice_bar()
         if index == HEATMAP and self.info is not None:
             self._update_heatmap()
+
+    def _kernels_changed(self) -> None:
+        self._place_slice_bar()
+        self._heat_wanted = None
+        if self.tabs.currentIndex() == HEATMAP:
+            self._update_heatmap()
+
+    def _place_slice_bar(self) -> None:
+        """The slice's axes and indices, shown only where they act: over the values, and
+        over a heatmap that is not a grid of kernels (not over the histogram, which counts
+        the whole tensor)."""
+        info, tab = self.info, self.tabs.currentIndex()
+        kernels = (self.heat_panel is not None and self.heat_panel.kernels.isChecked()
+                   and info is not None and len(info.shape) == 4)
+        self.slice_bar.setVisible(
+            info is not None and len(info.shape) >= 2 and self.pages.currentIndex() == 1
+            and (tab == VALUES or (tab == HEATMAP and not kernels)))
 
     def _update_heatmap(self) -> None:
         info = self.info
@@ -401,7 +480,8 @@ class TensorView(QWidget):
         self.heat_panel.note.setText("drawing…")
         self._heat_job = self.runner.run(
             f"Heatmap of {self.key}", heatmap, info, self.slice_bar.axes(),
-            self.slice_bar.index(), kernels, MAX_SIDE, key[4] or "mean", quiet=True,
+            self.slice_bar.index(), kernels, MAX_SIDE, key[4] or "mean",
+            2 ** key[5] if kernels else 1.0, quiet=True,
             on_result=lambda hm: self._heat_done(key, hm),
             on_error=lambda e: self._heat_failed(key, e))
 
@@ -465,6 +545,7 @@ class TensorView(QWidget):
         self._shown.clear()
         self._heatmaps.clear()
         self.info = None
+        self._values_for = None
         if self.values_panel is not None:
             self.values_panel.show_slice(None)
 

@@ -34,6 +34,7 @@ from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.html.adapter import adapter_html, pair_html
 from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
 from ckpt_inspector.gui.html.torch_load import COPY_FIX_URL
+from ckpt_inspector.gui.html.overview import overview_html
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.release import release_soon
 from ckpt_inspector.gui.remote import is_url, name_of, normalize, strip_credentials
@@ -82,17 +83,19 @@ FILTER_HELP = (
     "<code>conv</code> — key contains 'conv' (case-insensitive)<br>"
     "<code>re:^layer[12]\\.</code> or <code>/bias$/</code> — regular expression; "
     "^ anchors at any key segment<br>"
-    "<code>shape:768x768</code>, <code>shape:*x768</code>, <code>shape:[]</code> — tensor shape<br>"
+    "<code>shape:768x768</code>, <code>shape:[]</code> — tensor shape; <code>*</code> is one "
+    "dimension of any size (<code>shape:*x768</code>), <code>**</code> any number of them "
+    "(<code>shape:**x3x3</code>: every 3×3 kernel)<br>"
     "<code>dtype:bf16</code>, <code>dtype:float8</code> — dtype or alias (fp16, fp32, half, …)<br>"
     "<code>device:cuda</code> — device saved in the file<br>"
     "<code>role:buffer</code> — parameter, buffer or attribute<br>"
     "<code>file:-00002-</code> — the file that holds the tensor (a model in several files)"
 )
 DEBOUNCE_MS = 200
-SIDE_MIN = 210  # the summary and details panels' least width
+SIDE_MIN = 190  # the summary and details panels' least width
 KEY_MIN = 200  # the Key column's least width: below it the tree scrolls sideways
 COLUMN_CAPS = {TYPE: 160, SHAPE: 170, ELEMENTS: 110, SIZE: 90, DEVICE: 110, FILE: 240}
-COLUMNS_GIVE_WAY = [(SHAPE, 110), (TYPE, 90), (FILE, 110)]  # in turn, to the least width
+COLUMNS_GIVE_WAY = [(SHAPE, 95), (TYPE, 80), (FILE, 110)]  # in turn, to the least width
 AUTO_EXPAND_LIMIT = 400
 SYNC_FILTER_TENSORS = 5_000  # a larger tree is filtered a slice at a time
 
@@ -130,6 +133,7 @@ class CheckpointView(QWidget):
         self.matcher = SlicedMatcher(self)
         self.matcher.done.connect(self._show_matches)
         self._tensor_files = 0  # how many files hold the open file's tensors
+        self._overviews: dict[tuple[int, bool], str] = {}  # a row's overview (id, wide)
         self._files_folder = ""  # the folder they all lie in, left out of the File column
         self._build()
 
@@ -173,7 +177,9 @@ class CheckpointView(QWidget):
         self.tree = make_key_tree(self.proxy, "keyTree", self._current_changed,
                                   self._context_menu, self.copy_keys, self._refresh_details)
         self.tree.setItemDelegateForColumn(FILE, ElideMiddle(self.tree))  # ranks differ last
-        self.columns = ColumnFitter(self.tree, KEY_MIN, COLUMN_CAPS, COLUMNS_GIVE_WAY)
+        self.columns = ColumnFitter(self.tree, KEY_MIN, COLUMN_CAPS, COLUMNS_GIVE_WAY,
+                                    self._column_texts)
+        self.columns.short.connect(self._columns_short)
 
         top = QWidget()
         lv = QVBoxLayout(top)
@@ -187,6 +193,7 @@ class CheckpointView(QWidget):
         self.analysis.changed.connect(self._stats_ready)
         self.tensor_view = TensorView(self.runner, self.reporter, self.analysis)
         self.tensor_view.set_device(self.target_device)
+        self.tensor_view.key_requested.connect(self.select_key)
         left = QSplitter(Qt.Orientation.Vertical)
         left.setObjectName("treeAndTensor")
         left.addWidget(top)
@@ -238,6 +245,7 @@ class CheckpointView(QWidget):
         if is_palette_change(event) and self.file is not None:
             self._show_summary(self.file)
             self._show_banner(self.file)
+            self._overviews.clear()
             self._refresh_details()
 
     def _show_message(self, html: str, retry: bool) -> None:
@@ -330,6 +338,7 @@ class CheckpointView(QWidget):
         model = self._model(grouped)
         if model is None:
             return
+        self._overviews.clear()  # made of the other tree's rows
         current = set_tree_model(self.tree, model, [])
         # the File column only says something when the tensors lie in several files
         self.tree.setColumnHidden(FILE, self._tensor_files < 2)
@@ -420,6 +429,7 @@ class CheckpointView(QWidget):
         self.tensor_view.set_device(device)
         for model in self._models.values():
             model.set_target_device(device)
+        self.columns.grow()  # "cuda:0" may now read "cuda:0 → cpu"
         self._refresh_details()
 
     def set_devices(self, devices: list[dict[str, Any]] | None) -> None:
@@ -428,6 +438,20 @@ class CheckpointView(QWidget):
         self.devices = devices
         if self.file is not None and devices is not None:
             self._show_summary(self.file)
+
+    def _column_texts(self, column: int) -> list[str]:
+        """What a column shows in rows that may not be expanded yet: every device's text."""
+        model = self.proxy.sourceModel()
+        if column != DEVICE or self.file is None or not isinstance(model, CheckpointModel):
+            return []
+        return [model.device_text(d) for d in self.file.totals.get("devices") or {}]
+
+    def _columns_short(self, pixels: int) -> None:
+        """The tree's columns lack room: the summary panel yields it, to its least width."""
+        tree, side = self.splitter.sizes()
+        give = min(pixels, side - SIDE_MIN)
+        if pixels and give > 0:
+            self.splitter.setSizes([tree + give, side - give])
 
     def focus_filter(self) -> None:
         self.filter_edit.setFocus()
@@ -444,11 +468,11 @@ class CheckpointView(QWidget):
         node = current.data(NodeRole) if current.isValid() else None
         info = node.node.tensor if node is not None and node.is_tensor else None
         self.details.setHtml(self._details_html(node, info))
-        if node is None:
-            self.tensor_view.show_node("", None)
+        if node is None or (info is None and node.children):
+            self._show_overview(node)  # the file's, or the group's, largest tensors
         elif info is None:
             self.tensor_view.show_node(node.key, None, f"{node.key or '(root)'} is not a "
-                                       "tensor: its contents are listed in the tree.")
+                                       "tensor: its value is in the tree.")
         elif info is not self.tensor_view.info:
             self.tensor_view.show_node(node.key, info)
 
@@ -458,6 +482,22 @@ class CheckpointView(QWidget):
         lora = self.tensor_view.lora
         return (details_html(node, self.target_device, self._stats_of(info))
                 + pair_html(lora.module(info), self._stats_of(lora.update_of(info))))
+
+    def _show_overview(self, node: DisplayNode | None) -> None:
+        model = self.proxy.sourceModel()
+        if not isinstance(model, CheckpointModel):
+            self.tensor_view.show_node("", None)
+            return
+        top = node or model.node(QModelIndex())
+
+        def make(wide: bool) -> str:  # made once for each width and row
+            html = self._overviews.get((id(top), wide))
+            if html is None:
+                html = self._overviews[id(top), wide] = overview_html(
+                    top, node.key if node is not None else "", node is None, wide)
+            return html
+
+        self.tensor_view.show_overview(make)
 
     def _stats_of(self, info: TensorInfo | None) -> Stats | None:
         stats = self.analysis.stats(info) if info is not None else None

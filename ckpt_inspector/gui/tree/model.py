@@ -292,10 +292,7 @@ class CheckpointModel(NodeTreeModel):
         if col == SIZE:
             return human_bytes(row_nbytes(d)) if d.tensors else ""
         if col == DEVICE and d.is_tensor:
-            saved = d.node.tensor.device
-            if saved not in (self._target, "numpy", "meta", "unknown") and self._target:
-                return f"{saved} → {self._target}"
-            return saved
+            return self.device_text(d.node.tensor.device)
         if col == FILE:
             return file_text(d, self.files_folder)
         return ""
@@ -324,6 +321,13 @@ class CheckpointModel(NodeTreeModel):
         return "\n".join(lines)
 
     # -- device column ----------------------------------------------------------------------
+    def device_text(self, saved: str) -> str:
+        """The Device column of a tensor saved on ``saved``: ``cuda:0 → cpu`` where it would
+        be loaded elsewhere."""
+        if saved not in (self._target, "numpy", "meta", "unknown") and self._target:
+            return f"{saved} → {self._target}"
+        return saved
+
     def set_target_device(self, device: str) -> None:
         if device == self._target:
             return

@@ -12,7 +12,15 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from PySide6.QtCore import QEvent, QModelIndex, QObject, QSortFilterProxyModel, Qt, QTimer
+from PySide6.QtCore import (
+    QEvent,
+    QModelIndex,
+    QObject,
+    QSortFilterProxyModel,
+    Qt,
+    QTimer,
+    Signal,
+)
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -82,29 +90,66 @@ def set_tree_model(tree: QTreeView, model: Any, widths: list[tuple[int, int]]) -
 
 
 class ColumnFitter(QObject):
-    """The key tree's columns sized to their content (each at most its cap); the key column
-    gets its content's width when it can (the columns in ``shrink`` give way first, down to
-    their least width), takes any slack, and never goes under ``key_min`` (then the view
-    scrolls sideways rather than cutting every key to "…")."""
+    """The key tree's columns sized to their content (each at most its cap), measured from
+    the rows shown and from ``texts(column)`` (what a column may show in rows not yet
+    expanded: the Device column's ``cuda:0 → cpu``), and measured again, growing only,
+    when rows are expanded. The key column takes any slack; when the columns are too wide,
+    those in ``shrink`` give way first (down to their least width), then the key column,
+    down to ``key_min`` (or its content, if narrower): then the view scrolls sideways
+    rather than cutting every key to "…", and ``short`` says by how much, so that the
+    panels beside the tree can yield."""
+
+    short = Signal(int)  # pixels the columns lack at their least widths (0: they fit)
 
     def __init__(self, tree: QTreeView, key_min: int, caps: dict[int, int],
-                 shrink: list[tuple[int, int]]):
+                 shrink: list[tuple[int, int]],
+                 texts: Callable[[int], list[str]] | None = None):
         super().__init__(tree)
         self.tree, self.key_min, self.caps, self.shrink = tree, key_min, caps, shrink
+        self.texts = texts or (lambda _col: [])
         self.wanted: dict[int, int] = {}
+        self.lacking = 0
+        self._grow = QTimer(self)
+        self._grow.setSingleShot(True)
+        self._grow.setInterval(0)  # once, after a burst of expansions (Expand all below)
+        self._grow.timeout.connect(self.grow)
+        tree.expanded.connect(lambda _i: self._grow.start())
         tree.viewport().installEventFilter(self)
 
-    def fit(self) -> None:
-        """Measure the columns (the rows shown now, as Qt samples them) and share the width."""
+    def _need(self, col: int) -> int:
+        """A column's content width: its cells' (as Qt samples the rows shown), its
+        title's, and the widest of ``texts(col)``."""
         header = self.tree.header()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
-        least = header.minimumSectionSize()
-        def need(col: int) -> int:  # its cells' and its title's
-            return max(self.tree.sizeHintForColumn(col) + 12, header.sectionSizeHint(col))
+        metrics = self.tree.fontMetrics()
+        texts = max((metrics.horizontalAdvance(t) + 20 for t in self.texts(col)), default=0)
+        return max(self.tree.sizeHintForColumn(col) + 12, header.sectionSizeHint(col), texts)
 
-        self.wanted = {col: max(least, min(cap, need(col))) for col, cap in self.caps.items()
-                       if not self.tree.isColumnHidden(col)}
-        self.wanted[0] = max(self.key_min, need(0))
+    def _measure(self) -> dict[int, int]:
+        least = self.tree.header().minimumSectionSize()
+        wanted = {col: max(least, min(cap, self._need(col))) for col, cap in self.caps.items()
+                  if not self.tree.isColumnHidden(col)}
+        wanted[0] = max(least, self._need(0))
+        return wanted
+
+    def fit(self) -> None:
+        """Measure the columns afresh (a new tree) and share the width."""
+        header = self.tree.header()
+        # a new model's sections, some hidden since: Qt counts a hidden section's old width
+        # in the header's length (a sideways scroll bar over nothing) unless its sections
+        # are laid out before they are resized
+        for col in range(header.count()):
+            header.sectionSize(col)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        self.wanted = self._measure()
+        self.fit_key()
+
+    def grow(self) -> None:
+        """Rows were expanded, or a column's texts changed: columns whose content got
+        wider grow (none narrows, so nothing jumps under the pointer)."""
+        if not self.wanted:
+            return
+        for col, width in self._measure().items():
+            self.wanted[col] = max(width, self.wanted.get(col, 0))
         self.fit_key()
 
     def fit_key(self) -> None:
@@ -112,7 +157,8 @@ class ColumnFitter(QObject):
             return
         header = self.tree.header()
         widths = {c: w for c, w in self.wanted.items() if not self.tree.isColumnHidden(c)}
-        over = sum(widths.values()) - self.tree.viewport().width()
+        room = self.tree.viewport().width()
+        over = sum(widths.values()) - room
         for col, least in self.shrink:  # too wide: these give way, in turn
             if over <= 0:
                 break
@@ -120,9 +166,14 @@ class ColumnFitter(QObject):
                 give = min(over, max(0, widths[col] - least))
                 widths[col] -= give
                 over -= give
-        widths[0] = max(self.key_min, widths[0] - over)  # over < 0: the slack
+        # over < 0: the key column takes the slack; over > 0: it gives way, to a floor
+        widths[0] = max(min(self.key_min, widths[0]), widths[0] - over)
         for col, width in widths.items():
             header.resizeSection(col, width)
+        lacking = max(0, sum(widths.values()) - room)
+        if lacking != self.lacking:
+            self.lacking = lacking
+            self.short.emit(lacking)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if event.type() == QEvent.Type.Resize:

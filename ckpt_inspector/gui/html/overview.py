@@ -1,0 +1,136 @@
+"""What the panel under the key tree shows before a tensor is selected: where the bytes of
+the file (or of the selected group) are, its largest tensors and parts, each a link that
+selects it, and, for the whole file, what one can do next.
+
+Finding the largest tensors visits few rows: a group row's byte total bounds every tensor
+below it, so a best-first walk stops after the tensors it lists (a flat mapping of
+100,000 keys is one heap of its rows).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from html import escape
+from urllib.parse import quote, unquote
+
+from ckpt_inspector.core.display import DisplayNode
+from ckpt_inspector.core.summary import human_bytes
+from ckpt_inspector.gui.html.checkpoint import breakable, css
+
+LISTED = 10  # tensors and parts listed
+WIDE = 760  # pixels from which the tensors and the parts stand side by side
+NOWRAP = "style='white-space:nowrap'"
+KEY_LINK = "key:"  # href of a link that selects a key in the tree
+
+
+def key_href(key: str) -> str:
+    return KEY_LINK + quote(key, safe="")
+
+
+def key_of_href(href: str) -> str | None:
+    """The key a link selects, or None for another link."""
+    return unquote(href[len(KEY_LINK):]) if href.startswith(KEY_LINK) else None
+
+
+def largest_tensors(top: DisplayNode, n: int = LISTED) -> list[DisplayNode]:
+    """The rows of the ``n`` largest tensors below ``top`` by bytes, largest first."""
+    out: list[DisplayNode] = []
+    heap: list[tuple[int, int, int, DisplayNode]] = []  # (-bytes, 0 tensor / 1 below, n, row)
+
+    def push(d: DisplayNode) -> None:
+        if d.is_tensor:  # the row's own tensor (a key that other keys extend has both)
+            heap.append((-d.node.tensor.nbytes, 0, len(heap) + len(out), d))
+        if d.children and d.tensors > d.is_tensor:
+            heap.append((-d.nbytes, 1, len(heap) + len(out), d))
+
+    push(top)
+    heapq.heapify(heap)
+    count = len(heap)
+    while heap and len(out) < n:
+        _bytes, below, _order, d = heapq.heappop(heap)
+        if not below:
+            out.append(d)
+            continue
+        for child in d.children:  # bounded by the group's total: no tensor left is larger
+            if child.is_tensor:
+                heapq.heappush(heap, (-child.node.tensor.nbytes, 0, count, child))
+                count += 1
+            if child.children and child.tensors > child.is_tensor:
+                heapq.heappush(heap, (-child.nbytes, 1, count, child))
+                count += 1
+    return out
+
+
+def _parts(top: DisplayNode) -> list[DisplayNode]:
+    """The largest groups holding tensors right below ``top``, or below the one group that
+    holds them all (``model`` of a training checkpoint); none for a flat mapping."""
+    while True:
+        groups = [c for c in top.children if c.children and c.tensors]
+        if len(groups) != 1 or groups[0].tensors != top.tensors:
+            break
+        top = groups[0]
+    return heapq.nlargest(LISTED, groups, key=lambda c: c.nbytes) if len(groups) > 1 else []
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part / whole:.0%}" if whole and part / whole >= 0.005 else "&lt;1%"
+
+
+def _tensor_rows(rows: list[DisplayNode], whole: int, top_key: str) -> Iterator[str]:
+    for d in rows:
+        t = d.node.tensor
+        key = d.key[len(top_key) + 1:] if top_key and d.key.startswith(top_key + ".") \
+            else d.key
+        shape = "×".join(str(s) for s in t.shape) or "scalar"
+        yield (f"<tr><td {NOWRAP}><a href='{key_href(d.key)}'>{escape(key or '(root)')}</a>"
+               f"</td><td class='muted'>{escape(t.dtype)}</td>"
+               f"<td class='mono' {NOWRAP}>{shape}</td>"
+               f"<td class='num' {NOWRAP}>{human_bytes(t.nbytes)}</td>"
+               f"<td class='num muted'>{_share(t.nbytes, whole)}</td></tr>")
+
+
+def _part_rows(rows: list[DisplayNode], whole: int) -> Iterator[str]:
+    for d in rows:
+        yield (f"<tr><td {NOWRAP}><a href='{key_href(d.key)}'>{escape(d.key)}</a></td>"
+               f"<td class='num muted' {NOWRAP}>{d.tensors:,} "
+               f"tensor{'s' if d.tensors != 1 else ''}</td>"
+               f"<td class='num' {NOWRAP}>{human_bytes(d.nbytes)}</td>"
+               f"<td class='num muted'>{_share(d.nbytes, whole)}</td></tr>")
+
+
+HINTS = (
+    "Select a tensor for its <b>statistics</b>, <b>histogram</b>, <b>heatmap</b> and "
+    "<b>values</b> (computed from the file's bytes; nothing runs).",
+    "Filter the keys (Ctrl+F): <code>conv</code>, <code>dtype:bf16</code>, "
+    "<code>shape:**x3x3</code> (every 3×3 kernel), <code>re:^layer[12]\\.</code>, "
+    "<code>device:cuda</code> — <b>?</b> beside the field lists them all.",
+    "Compare with another checkpoint (Ctrl+D, or drop a file with Shift held); export to "
+    "safetensors, TorchScript, ONNX or .pt2 (Ctrl+E); right-click a row to copy keys.",
+)
+
+
+def overview_html(top: DisplayNode, title: str = "", hints: bool = True,
+                  wide: bool = True) -> str:
+    """The largest tensors and parts of ``top`` (the file's rows, or a group's), linked;
+    with ``hints``, what one can do next; side by side if ``wide``, else one under the
+    other."""
+    whole = top.nbytes
+    what = f"<b class='mono'>{breakable(title)}</b>: " if title else ""
+    head = (f"<p>{what}{top.tensors:,} tensor{'s' if top.tensors != 1 else ''}, "
+            f"{top.numel:,} elements, {human_bytes(whole)}</p>") if top.tensors else \
+        f"<p>{what}no tensors.</p>"
+    left = right = ""
+    tensors = largest_tensors(top)
+    if tensors:
+        left = ("<h3>Largest tensors</h3><table>"
+                + "".join(_tensor_rows(tensors, whole, top.key)) + "</table>")
+    parts = _parts(top)
+    if parts:
+        right = ("<h3>Largest parts</h3><table>" + "".join(_part_rows(parts, whole))
+                 + "</table>")
+    if hints:
+        right += "<h3>Next</h3>" + "".join(f"<p>{h}</p>" for h in HINTS)
+    body = (f"<table width='100%'><tr><td width='55%' style='padding-right:18px'>{left}</td>"
+            f"<td>{right}</td></tr></table>") if left and right and wide else left + right
+    return css() + head + body
