@@ -33,8 +33,8 @@ from ckpt_inspector.gui.analysis import Analysis
 from ckpt_inspector.gui.errors import ErrorReporter, describe
 from ckpt_inspector.gui.html.adapter import adapter_html, pair_html
 from ckpt_inspector.gui.html.checkpoint import details_html, summary_html
-from ckpt_inspector.gui.html.torch_load import COPY_FIX_URL
 from ckpt_inspector.gui.html.overview import overview_html
+from ckpt_inspector.gui.html.torch_load import COPY_FIX_URL
 from ckpt_inspector.gui.jobs import JobRunner
 from ckpt_inspector.gui.release import release_soon
 from ckpt_inspector.gui.remote import is_url, name_of, normalize, strip_credentials
