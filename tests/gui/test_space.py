@@ -135,3 +135,23 @@ def test_the_overview_stacks_its_parts_in_a_narrow_panel(qtbot, window, resnet_p
     qtbot.waitUntil(lambda: not tv._overview_wide, timeout=5000)
     assert side_by_side not in tv._overview(False)
     assert "Largest tensors" in tv.overview.toPlainText()
+
+
+def test_the_wide_overview_never_breaks_a_cell_inside_a_word(qtbot, window, training_ckpt):
+    """Side by side, the largest tensors' table keeps each cell on one line (its dtype and
+    share columns once wrapped a letter a line, 'f / l / o / a / t')."""
+    view = open_and_wait(qtbot, window, training_ckpt[0])
+    tv = view.tensor_view
+    window.resize(1600, 1000)
+    tv.resize(900, 400)
+    qtbot.waitUntil(lambda: tv._overview_wide, timeout=5000)
+    doc = tv.overview.document()
+    doc.setTextWidth(tv.overview.viewport().width())
+    block, cells = doc.begin(), 0
+    while block.isValid():
+        text = block.text().strip()
+        if text and (text.startswith("float") or text.endswith("%")):
+            cells += 1
+            assert block.layout().lineCount() == 1, text
+        block = block.next()
+    assert cells >= 4

@@ -84,10 +84,10 @@ def _tensor_rows(rows: list[DisplayNode], whole: int, top_key: str) -> Iterator[
             else d.key
         shape = "×".join(str(s) for s in t.shape) or "scalar"
         yield (f"<tr><td {NOWRAP}><a href='{key_href(d.key)}'>{escape(key or '(root)')}</a>"
-               f"</td><td class='muted'>{escape(t.dtype)}</td>"
+               f"</td><td class='muted' {NOWRAP}>{escape(t.dtype)}</td>"
                f"<td class='mono' {NOWRAP}>{shape}</td>"
                f"<td class='num' {NOWRAP}>{human_bytes(t.nbytes)}</td>"
-               f"<td class='num muted'>{_share(t.nbytes, whole)}</td></tr>")
+               f"<td class='num muted' {NOWRAP}>{_share(t.nbytes, whole)}</td></tr>")
 
 
 def _part_rows(rows: list[DisplayNode], whole: int) -> Iterator[str]:
@@ -96,7 +96,7 @@ def _part_rows(rows: list[DisplayNode], whole: int) -> Iterator[str]:
                f"<td class='num muted' {NOWRAP}>{d.tensors:,} "
                f"tensor{'s' if d.tensors != 1 else ''}</td>"
                f"<td class='num' {NOWRAP}>{human_bytes(d.nbytes)}</td>"
-               f"<td class='num muted'>{_share(d.nbytes, whole)}</td></tr>")
+               f"<td class='num muted' {NOWRAP}>{_share(d.nbytes, whole)}</td></tr>")
 
 
 HINTS = (
