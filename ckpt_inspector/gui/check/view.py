@@ -50,7 +50,6 @@ from ckpt_inspector.gui.tree import widgets as key_tree
 from ckpt_inspector.gui.tree.model import NodeRole
 
 DEBOUNCE_MS = 150
-AUTO_EXPAND_LIMIT = 400
 CODE_LINES = 6  # the fix's code box shows this many lines before it scrolls
 
 
@@ -302,33 +301,10 @@ class CheckView(QWidget):
         self.proxy.set_filter(statuses, text)
         if not force and before == (self.proxy.statuses, self.proxy.terms):
             return
-        shown = 0
-        if self.proxy.filtering:
-            shown = sum(1 for n in model.node(QModelIndex()).walk() if self.proxy.accepts(n))
-            self.match_label.setText(f"{shown:,} key{'s' if shown != 1 else ''}" if shown
-                                     else span("danger", "no match"))
-        else:
-            self.match_label.setText("")
-        if self.group_box.isChecked():
-            if self.proxy.filtering and shown <= AUTO_EXPAND_LIMIT:
-                self.tree.expandAll()
-            else:
-                self._expand_failing()
-
-    def _expand_failing(self) -> None:
-        """Open the groups on the way to the keys that make loading fail."""
-        self.tree.collapseAll()
-        stack = [QModelIndex()]
-        opened = 0
-        while stack and opened < AUTO_EXPAND_LIMIT:
-            parent = stack.pop()
-            for row in range(self.proxy.rowCount(parent)):
-                idx = self.proxy.index(row, 0, parent)
-                node = idx.data(NodeRole)
-                if node.children and node.failing:
-                    self.tree.expand(idx)
-                    opened += 1
-                    stack.append(idx)
+        key_tree.show_filtered(
+            self.tree, self.proxy,
+            lambda: sum(1 for n in model.node(QModelIndex()).walk() if self.proxy.accepts(n)),
+            self.match_label, self.group_box.isChecked(), lambda node: node.failing)
 
     def current_node(self) -> CheckNode | None:
         return key_tree.current_node(self.tree)

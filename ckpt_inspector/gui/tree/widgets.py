@@ -314,3 +314,38 @@ class MessagePage(QWidget):
             self.progress.setVisible(progress)
         if self.cancel_button is not None:
             self.cancel_button.setVisible(progress)
+
+
+AUTO_EXPAND_LIMIT = 400  # groups opened by themselves after a filter, at most
+
+
+def show_filtered(tree: QTreeView, proxy: Any, shown: Callable[[], int], label: Any,
+                  grouped: bool, of_note: Callable[[Any], bool]) -> None:
+    """After a comparison's or a check's filter changed: ``label`` counts the keys it lets
+    through (``shown()``: counted only while it filters), and a grouped tree opens every
+    group when few keys match, else the groups on the way to the rows ``of_note`` (what
+    changed, what fails loading)."""
+    from ckpt_inspector.gui.theme import span
+
+    count = shown() if proxy.filtering else 0
+    if proxy.filtering:
+        label.setText(f"{count:,} key{'s' if count != 1 else ''}" if count
+                      else span("danger", "no match"))
+    else:
+        label.setText("")
+    if not grouped:
+        return
+    if proxy.filtering and count <= AUTO_EXPAND_LIMIT:
+        tree.expandAll()
+        return
+    tree.collapseAll()
+    stack, opened = [QModelIndex()], 0
+    while stack and opened < AUTO_EXPAND_LIMIT:
+        parent = stack.pop()
+        for row in range(proxy.rowCount(parent)):
+            idx = proxy.index(row, 0, parent)
+            node = idx.data(NodeRole)
+            if node.children and of_note(node):
+                tree.expand(idx)
+                opened += 1
+                stack.append(idx)
