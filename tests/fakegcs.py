@@ -33,11 +33,11 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from rangeserver import parse_range
+from rangeserver import Bound, LoopbackServer, parse_range
 
 _REASONS = {403: "Forbidden", 404: "Not Found", 500: "Internal Server Error",
             503: "Service Unavailable"}
@@ -72,7 +72,7 @@ class _Object:
                 "updated": stamp}
 
 
-class FakeGCS:
+class FakeGCS(LoopbackServer):
     def __init__(self, page_size: int = 1000) -> None:
         self.page_size = page_size
         self.fail_first: dict[str, list[int]] = {}
@@ -81,30 +81,7 @@ class FakeGCS:
         self._lock = threading.Lock()
         self._log: list[GCSRequest] = []
         self._generation = 1_700_000_000_000_000
-        self._httpd: ThreadingHTTPServer | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> FakeGCS:
-        self._httpd = _HTTPServer(self)
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> FakeGCS:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def endpoint(self) -> str:
-        assert self._httpd is not None, "the server is not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._httpd = None
 
     # -- content ---------------------------------------------------------------------------
     def put(self, bucket: str, name: str, data: bytes) -> None:
@@ -229,14 +206,6 @@ def _error(status: int, message: str) -> tuple[int, dict[str, str], bytes]:
     return status, *_json(doc)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, owner: FakeGCS) -> None:
-        self.owner = owner
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 60
@@ -251,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def do_GET(self) -> None:
-        fake = cast(_HTTPServer, self.server).owner
+        fake = cast(FakeGCS, cast(Bound, self.server).owner)
         split = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         range_ = self.headers.get("Range")
@@ -265,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _refuse(self) -> None:
-        fake = cast(_HTTPServer, self.server).owner
+        fake = cast(FakeGCS, cast(Bound, self.server).owner)
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
@@ -280,3 +249,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     do_HEAD = do_PUT = do_POST = do_DELETE = do_PATCH = _refuse
+
+
+FakeGCS.handler = _Handler

@@ -30,11 +30,11 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from rangeserver import parse_range
+from rangeserver import Bound, LoopbackServer, parse_range
 
 KINDS = {"models": "", "datasets": "datasets/", "spaces": "spaces/"}
 
@@ -96,7 +96,7 @@ class Repo:
                 else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
 
 
-class FakeHub:
+class FakeHub(LoopbackServer):
     """``FakeHub({"owner/name": Repo({...})}, token="hf_x")``; ``with`` starts and stops it."""
 
     def __init__(self, repos: dict[str, Repo], token: str = "hf_fake_token_0123",
@@ -108,29 +108,7 @@ class FakeHub:
         self.blobs: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._log: list[HubRequest] = []
-        self._httpd: _Server | None = None
-
-    def start(self) -> FakeHub:
-        self._httpd = _Server(self)
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> FakeHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def endpoint(self) -> str:
-        assert self._httpd is not None, "the hub is not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._httpd = None
 
     def requests(self, contains: str = "") -> list[HubRequest]:
         """The requests logged whose path contains ``contains``, but the library's own daily
@@ -151,14 +129,6 @@ class FakeHub:
             self._log.append(r)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, hub: FakeHub) -> None:
-        self.hub = hub
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-
 class _Answer(Exception):
     """An error answer: status, Hub error code, message."""
 
@@ -172,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     @property
     def hub(self) -> FakeHub:
-        return cast(_Server, self.server).hub
+        return cast(FakeHub, cast(Bound, self.server).owner)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -318,3 +288,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _json(value: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     return 200, {"Content-Type": "application/json", **(headers or {})}, json.dumps(value).encode()
+
+
+FakeHub.handler = _Handler

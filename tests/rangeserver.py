@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import cast
+from typing import Self, cast
 from urllib.parse import quote, unquote, urlsplit
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -56,7 +56,52 @@ class _Entry:
             return f.read(n)
 
 
-class RangeServer:
+class Bound(ThreadingHTTPServer):
+    """A threaded HTTP server on a free port of 127.0.0.1, serving for ``owner`` (a fake
+    whose handler reads its state as ``self.server.owner``)."""
+
+    daemon_threads = True
+
+    def __init__(self, owner: object, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.owner = owner
+        super().__init__(("127.0.0.1", 0), handler)
+
+
+class LoopbackServer:
+    """Start and stop of the tests' fake servers (``with`` does both): ``handler`` answers
+    the requests; ``port`` is where it listens."""
+
+    handler: type[BaseHTTPRequestHandler]
+    _httpd: Bound | None = None
+
+    def start(self) -> Self:
+        self._httpd = Bound(self, self.handler)
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "the server is not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class RangeServer(LoopbackServer):
     """Serves a folder (files read on each request) or a ``{name: bytes}`` dict.
 
     Fault modes (attributes, changeable while running; "per path" = a collection of names):
@@ -95,30 +140,7 @@ class RangeServer:
         self._entries: dict[str, _Entry] = {}
         for name, data in (files.items() if isinstance(files, Mapping) else ()):
             self.put(name, data)
-        self._httpd: _HTTPServer | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> RangeServer:
-        self._httpd = _HTTPServer(self)
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> RangeServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "the server is not started"
-        return self._httpd.server_address[1]
+        self._httpd = None
 
     def url(self, name: str = "") -> str:
         return f"http://127.0.0.1:{self.port}/{quote(name)}"
@@ -219,21 +241,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
     return (start, size - 1 if end is None else min(end, size - 1)) if start < size else False
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, owner: RangeServer) -> None:
-        self.owner = owner
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 60  # idle keep-alive connections end on their own
 
     @property
     def rs(self) -> RangeServer:
-        return cast(_HTTPServer, self.server).owner
+        return cast(RangeServer, cast(Bound, self.server).owner)
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass
@@ -320,3 +334,6 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
         headers["Content-Length"] = str(end - start + 1)
         return (206 if span else 200), headers, (entry, start)
+
+
+RangeServer.handler = _Handler
