@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
 
 class DataSource:
-    """The bytes of one storage. Subclasses say where they are."""
+    """The bytes of one storage. Subclasses say where they are (those made once per tensor
+    by the hundred thousand keep their fields in slots)."""
 
+    __slots__ = ()
     nbytes: int = 0
     byteorder: str = "little"
 
@@ -135,6 +137,8 @@ def mapped_file(path: str) -> mmap.mmap:
 
 class FileRange(DataSource):
     """``length`` bytes at ``offset`` of a file on disk, memory-mapped on use."""
+
+    __slots__ = ("path", "offset", "nbytes", "byteorder")
 
     def __init__(self, path: str, offset: int, length: int, byteorder: str = "little"):
         self.path = path

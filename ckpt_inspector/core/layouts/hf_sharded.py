@@ -23,6 +23,7 @@ import contextvars
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -120,8 +121,8 @@ def _weight_map(index: Any, name: str) -> dict[str, str]:
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
         raise CheckpointError(f"{name} has no weight_map object")
     weight_map = index["weight_map"]
-    bad = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
-    if bad is not None:
+    if set(map(type, weight_map.values())) - {str}:  # in C: 100,000s of names
+        bad = next(k for k, v in weight_map.items() if not isinstance(v, str))
         raise CheckpointError(f"{name}: the file of {bad!r} is not a string")
     return weight_map
 
@@ -200,18 +201,44 @@ def read_plan(path: str, plan: _Plan, fmt: str) -> Checkpoint:
     ckpt.metadata["shards"] = len(plan.shards)
     if plan.weight_map is not None and not plan.weight_map:
         ckpt.warnings.append(f"{plan.index} lists no tensor")
-    promised: dict[str, list[str]] = {}
-    for key, rel in (plan.weight_map or {}).items():
-        promised.setdefault(rel, []).append(key)
+    promised = _Promised(plan.weight_map)
     with _reads(plan) as reads:
         for rel in plan.shards:
-            _read_shard(union, plan.folder, rel, promised.get(rel), plan.weight_map,
-                        reads.get(rel))
+            _read_shard(union, plan.folder, rel, promised, reads.get(rel))
     _config(ckpt, plan.folder)
     for other in plan.others:
         ckpt.warnings.append(f"the folder also holds {other}, not read (open it on its own "
                              "to see those weights)")
     return ckpt
+
+
+class _Promised:
+    """What the index puts in each file (``weight_map``: key -> file; None without an
+    index). The keys of one file are grouped only where they are needed (a file missing,
+    unreadable, or holding other keys than the index says): a consistent model is checked
+    by counts and set operations in C."""
+
+    def __init__(self, weight_map: dict[str, str] | None):
+        self.map = weight_map
+        self.counts = Counter(weight_map.values()) if weight_map else Counter()
+        self._groups: dict[str, list[str]] | None = None
+
+    def keys(self, rel: str) -> list[str] | None:
+        """The keys the index puts in ``rel``, in its order (None without an index)."""
+        if self.map is None:
+            return None
+        if self._groups is None:
+            self._groups = {}
+            for key, file in self.map.items():
+                self._groups.setdefault(file, []).append(key)
+        return self._groups.get(rel, [])
+
+    def agrees(self, rel: str, held: list[str]) -> bool:
+        """Whether ``rel`` holds exactly the keys the index puts in it (``held`` are
+        distinct: a file's top-level keys)."""
+        assert self.map is not None
+        return self.counts.get(rel, 0) == len(held) == len(set(held)) and \
+            (not held or set(map(self.map.get, held)) == {rel})
 
 
 @contextmanager
@@ -233,10 +260,9 @@ def _reads(plan: _Plan) -> Iterator[dict[str, Future[Checkpoint]]]:
                 future.cancel()
 
 
-def _read_shard(union: Union, folder: str, rel: str, keys: list[str] | None,
-                weight_map: dict[str, str] | None,
+def _read_shard(union: Union, folder: str, rel: str, promised: _Promised,
                 read: Future[Checkpoint] | None = None) -> None:
-    """Read one shard into ``union``; ``keys`` are those the index puts in it; ``read``
+    """Read one shard into ``union``; ``promised`` says what the index puts in it; ``read``
     is the shard already being read (a remote model's)."""
     ckpt = union.ckpt
     full = paths.join(folder, rel)
@@ -246,10 +272,11 @@ def _read_shard(union: Union, folder: str, rel: str, keys: list[str] | None,
             DANGEROUS, "shard-outside-folder",
             f"the index names {rel!r}, a file outside the model's folder: loading the "
             "model would read it", file=rel))
-        _damage(union, rel, keys, "the index puts it outside the model's folder")
+        _damage(union, rel, promised.keys(rel), "the index puts it outside the model's folder")
         return
     if not paths.isfile(full):
         union.add_file(rel, 0, None, problem="missing")
+        keys = promised.keys(rel)
         what = (f": its {counted(len(keys), 'tensor')} "
                 f"{'is' if len(keys) == 1 else 'are'} shown damaged") if keys else ""
         ckpt.warnings.append(f"{rel} is missing{what}")
@@ -263,12 +290,12 @@ def _read_shard(union: Union, folder: str, rel: str, keys: list[str] | None,
         union.add_file(rel, file_size(full), err.partial.format if err.partial else None,
                        problem=str(err))
         union.unreadable(rel, full, err)
-        _damage(union, rel, keys, f"its file {rel} cannot be read: {err}")
+        _damage(union, rel, promised.keys(rel), f"its file {rel} cannot be read: {err}")
         return
     union.add_file(rel, part.file_size, part.format)
-    held = union.add(rel, part, weight_map)
-    if keys is not None:
-        _check_index(union, rel, keys, held, weight_map or {})
+    held = union.add(rel, part, promised.map)
+    if promised.map is not None and not promised.agrees(rel, held):
+        _check_index(union, rel, promised.keys(rel) or [], held, promised.map)
 
 
 def _damage(union: Union, rel: str, keys: list[str] | None, problem: str) -> None:
