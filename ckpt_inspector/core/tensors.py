@@ -138,7 +138,7 @@ def mapped_file(path: str) -> mmap.mmap:
 class FileRange(DataSource):
     """``length`` bytes at ``offset`` of a file on disk, memory-mapped on use."""
 
-    __slots__ = ("path", "offset", "nbytes", "byteorder")
+    __slots__ = ("byteorder", "nbytes", "offset", "path")
 
     def __init__(self, path: str, offset: int, length: int, byteorder: str = "little"):
         self.path = path

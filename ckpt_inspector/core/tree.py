@@ -13,6 +13,7 @@ a Qt model can map an index to a node and back in O(1).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -147,6 +148,63 @@ class Node(TreeNode):
     def in_state_dict(self) -> bool:
         """False for tensors that ``state_dict()`` would leave out."""
         return self.role not in ("non-persistent buffer", "attribute")
+
+
+# Where a header-read tensor's TensorInfo is still to be made, the ``tensor`` slot of its
+# node holds a list: [make data source, offset, length, dtype, shape, numel, key, file]
+_TENSOR_SLOT = Node.__dict__["tensor"]
+_FILE = 7
+_lazy_lock = threading.Lock()
+
+
+class LazyTensorNode(Node):
+    """A tensor node of a format whose header says everything (safetensors) made by the
+    hundred thousand: its :class:`TensorInfo`, :class:`StorageInfo` and data source are
+    made when ``tensor`` is first read, and the node then becomes a plain :class:`Node`.
+    A verdict (``scan``) never reads them. Built only by :func:`pending_tensor`."""
+
+    __slots__ = ()
+
+    @property  # type: ignore[override]
+    def tensor(self) -> TensorInfo | None:
+        value = _TENSOR_SLOT.__get__(self, Node)
+        if type(value) is list:
+            with _lazy_lock:  # two threads reading it first make one TensorInfo
+                value = _TENSOR_SLOT.__get__(self, Node)
+                if type(value) is list:
+                    make, offset, length, dtype, shape, numel, key, file = value
+                    value = TensorInfo(dtype, tuple(shape), None, 0, StorageInfo(
+                        key, dtype, numel, "cpu", make(offset, length)), "cpu", file=file)
+                    _TENSOR_SLOT.__set__(self, value)
+        if type(self) is LazyTensorNode:
+            self.__class__ = Node  # read as a plain slot from now on
+        return value
+
+    @tensor.setter
+    def tensor(self, value: TensorInfo | None) -> None:
+        _TENSOR_SLOT.__set__(self, value)
+
+
+def pending_tensor(key: str, make: Any, offset: int, length: int, dtype: str,
+                   shape: list[int], numel: int) -> Node:
+    """A tensor node whose TensorInfo (on the CPU, contiguous, a storage of its own of
+    ``numel`` elements at ``make(offset, length)``) is made when first read."""
+    return LazyTensorNode("tensor", key, "torch.Tensor", None,
+                          [make, offset, length, dtype, shape, numel, key, None])  # type: ignore[arg-type]
+
+
+def peek_tensor(node: Node) -> Any:
+    """What the ``tensor`` slot holds without making a pending TensorInfo: a TensorInfo,
+    None, or a pending one (see :func:`set_file`)."""
+    return _TENSOR_SLOT.__get__(node, Node)
+
+
+def set_file(peeked: Any, rel: str) -> None:
+    """Name the file of a tensor as :func:`peek_tensor` gave it."""
+    if type(peeked) is list:
+        peeked[_FILE] = rel
+    else:
+        peeked.file = rel
 
 
 def key_of(path: list[Any]) -> str:

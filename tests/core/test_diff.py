@@ -36,7 +36,9 @@ def family(torch, resnet18, tmp_path_factory):
     torch.save(sd, paths["base"])
     torch.save({k: v.clone() for k, v in sd.items()}, paths["copy"])
     tuned = {k: v.clone() for k, v in sd.items()}
-    tuned["fc.weight"] += 0.01 * torch.randn_like(tuned["fc.weight"])
+    # noise that never rounds away (every element changes), the same on every run
+    gen = torch.Generator().manual_seed(0)
+    tuned["fc.weight"] += 0.01 + 0.01 * torch.rand(tuned["fc.weight"].shape, generator=gen)
     tuned["fc.bias"][3] = 5.0
     tuned["layer4.1.bn2.running_var"][0] = float("nan")
     paths["tuned"] = folder / "tuned.pt"

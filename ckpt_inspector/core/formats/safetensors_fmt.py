@@ -24,7 +24,7 @@ import orjson
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io.source import Source
-from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
+from ckpt_inspector.core.tree import Checkpoint, LazyTensorNode, Node, StorageInfo, TensorInfo
 
 NAME = "safetensors"
 MAX_HEADER = 100_000_000  # MAX_HEADER_SIZE of the safetensors library
@@ -113,6 +113,7 @@ def _tensors(header: dict[str, Any], root: Node, src: Source, data_start: int,
     add_child = kids.append
     file_range = src.range
     plain = _PLAIN
+    lazy = LazyTensorNode  # pending_tensor, inlined
     for name, entry in header.items():
         if type(entry) is dict:
             code = entry.get("dtype")
@@ -130,13 +131,11 @@ def _tensors(header: dict[str, Any], root: Node, src: Source, data_start: int,
                     numel *= s
                 if 0 < numel < _U64 and type(begin) is int and type(end) is int and \
                         0 <= begin <= end <= data_len and numel * fast[1] == end - begin:
-                    dtype = fast[0]
-                    info = TensorInfo(dtype, tuple(shape), None, 0, StorageInfo(
-                        name, dtype, numel, "cpu", file_range(data_start + begin, end - begin)),
-                        "cpu")
-                    # root.add inlined: the node knows its parent and row (set after:
-                    # keyword arguments cost more than the two stores)
-                    node = Node("tensor", name, "torch.Tensor", None, info)
+                    # its TensorInfo is made when first read (a verdict reads none);
+                    # root.add inlined: the node knows its parent and row
+                    node = lazy("tensor", name, "torch.Tensor", None, [
+                        file_range, data_start + begin, end - begin, fast[0], shape, numel,
+                        name, None])
                     node.parent = root
                     node.row = len(kids)
                     add_child(node)

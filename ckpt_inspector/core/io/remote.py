@@ -270,7 +270,7 @@ class RemoteRange(DataSource):
     """``length`` bytes at ``offset`` of a remote file: a tensor's data, fetched when asked
     for (and only the piece asked for), never cached with the structure."""
 
-    __slots__ = ("file", "offset", "nbytes", "byteorder")
+    __slots__ = ("byteorder", "file", "nbytes", "offset")
 
     def __init__(self, file: RemoteFile, offset: int, length: int, byteorder: str = "little"):
         self.file = file

@@ -15,7 +15,14 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
 from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.progress import Cancelled
-from ckpt_inspector.core.tree import UNKNOWN_DTYPE, Checkpoint, Node, TensorInfo
+from ckpt_inspector.core.tree import (
+    UNKNOWN_DTYPE,
+    Checkpoint,
+    Node,
+    TensorInfo,
+    peek_tensor,
+    set_file,
+)
 
 
 def read_file(path: str) -> Checkpoint:
@@ -113,12 +120,13 @@ class Union:
         if set(map(type, held)) - {str} or not where.keys().isdisjoint(held) or \
                 len(set(held)) != len(held):
             return None
-        tensors = [child.tensor for child in children if not child.children]
+        # as the nodes hold them: a TensorInfo still to be made is not made here
+        tensors = [peek_tensor(child) for child in children if not child.children]
         if len(tensors) != len(children) or None in tensors:
             return None
         where.update(dict.fromkeys(held, rel))
         for t in tensors:
-            t.file = rel
+            set_file(t, rel)
         mine = self.root
         for row, child in enumerate(children, len(mine.children)):
             child.parent = mine
