@@ -10,8 +10,10 @@ request), next to the same files opened locally: requests, bytes transferred, se
     per shard, issued concurrently);
 (c) the same model in a repository of the fake Hub (tests/fakehub.py, HF_ENDPOINT):
     ``scan hf://bench/model`` (the whole structure read and checked) against a process that
-    calls
-    ``huggingface_hub.get_safetensors_metadata("bench/model")`` (target <= 1.0x).
+    calls ``huggingface_hub.get_safetensors_metadata("bench/model")`` (target <= 1.0x);
+    then the same model with 4 MiB of data added to each shard (as real shards, whose
+    header is far from their end, where the zip check looks), on loopback and with each
+    answer 20 ms late (a round trip to a server elsewhere).
 Each is a whole process (Python start and imports included), warm page cache, median of
 ``--repeat``; the counts come from the server's log of the last run.
 """
@@ -19,6 +21,7 @@ Each is a whole process (Python start and imports included), warm page cache, me
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -88,12 +91,34 @@ print(sum(len(f.tensors) for f in meta.files_metadata.values()))
 '''
 
 
-def against_the_hub(folder: Path, repeat: int) -> None:
+def padded(src: Path, dst: Path, pad: int = 4 << 20) -> None:
+    """The model of ``src`` with ``pad`` bytes of data added to each shard (one more tensor
+    at its end), as real shards are: their header at the start, far from their last bytes."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    for shard in sorted(src.glob("*.safetensors")):
+        part = load_file(str(shard))
+        key = f"pad.{shard.stem}.weight"
+        part[key] = np.zeros(pad // 4, np.float32)
+        save_file(part, str(dst / shard.name), metadata={"format": "pt"})
+        index["weight_map"][key] = shard.name
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index))
+    shutil.copy(src / "config.json", dst / "config.json")
+
+
+def against_the_hub(folder: Path, repeat: int, label: str = "the same model",
+                    latency: float = 0.0) -> float:
+    """``scan hf://bench/model`` against ``get_safetensors_metadata`` on the fake Hub
+    serving ``folder``, each answer ``latency`` seconds late (a network's round trip);
+    returns the ratio of their medians."""
     from fakehub import FakeHub, Repo
 
     files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     repo = Repo(files, lfs={n for n in files if n.endswith(".safetensors")})
-    with FakeHub({"bench/model": repo}) as hub:
+    with FakeHub({"bench/model": repo}, latency=latency) as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0",
                "HF_HOME": tempfile.mkdtemp(), "HF_HUB_DISABLE_TELEMETRY": "1"}
         # scan: every shard's structure read and checked, the verdict printed (info --json
@@ -103,6 +128,7 @@ def against_the_hub(folder: Path, repeat: int) -> None:
         theirs = [sys.executable, "-c", HUB_METADATA, "bench/model"]
         times: dict[str, list[float]] = {"ours": [], "theirs": []}
         counts: dict[str, int] = {}
+        sent: dict[str, int] = {}
         for cmd in (ours, theirs):  # warm up
             run(cmd, env)
         for _ in range(repeat):
@@ -110,13 +136,19 @@ def against_the_hub(folder: Path, repeat: int) -> None:
                 hub.clear()
                 times[name].append(run(cmd, env))
                 counts[name] = len(hub.requests())
+                sent[name] = hub.bytes_sent()
     med = statistics.median
-    print(f"\n(c) the same model on a (fake, loopback) Hub, median of {repeat}:")
-    print(f"  ckpt-inspector scan hf://bench/model:          {med(times['ours']):7.3f} s, "
-          f"{counts['ours']} requests")
-    print(f"  huggingface_hub.get_safetensors_metadata:      {med(times['theirs']):7.3f} s, "
-          f"{counts['theirs']} requests")
-    print(f"  ratio: {med(times['ours']) / med(times['theirs']):.2f}x   (target <= 1.0x)")
+    size = sum(len(d) for d in files.values())
+    where = f"answers {latency * 1000:.0f} ms late" if latency else "loopback, no delay"
+    print(f"\n(c) {label} ({size / MIB:,.0f} MiB) on a fake Hub ({where}), median of "
+          f"{repeat}:")
+    for name, what in (("ours", "ckpt-inspector scan hf://bench/model:    "),
+                       ("theirs", "huggingface_hub.get_safetensors_metadata:")):
+        print(f"  {what} {med(times[name]):7.3f} s, {counts[name]} requests, "
+              f"{sent[name] / MIB:.1f} MiB")
+    ratio = med(times["ours"]) / med(times["theirs"])
+    print(f"  ratio: {ratio:.2f}x   (target <= 1.0x)")
+    return ratio
 
 
 def main() -> None:
@@ -146,6 +178,14 @@ def main() -> None:
             side_by_side("(b) 100,000 tensors in 160 safetensors shards", str(mdir), mdir,
                          "model.safetensors.index.json", args.repeat)
             against_the_hub(mdir, args.repeat)
+            # shards as they really are: 4 MiB of data after each header (a probe of a
+            # shard's end is no longer its whole file); on loopback, and with 20 ms answers
+            big = base / "model-4mib"
+            if not (big / "model.safetensors.index.json").exists():
+                padded(mdir, big)
+            for latency in (0.0, 0.02):
+                against_the_hub(big, args.repeat, "the model with 4 MiB of data per shard",
+                                latency)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
@@ -56,6 +57,7 @@ class Repo:
     kind: str = "models"
     sha: str = ""
     lfs: set[str] = field(default_factory=set)  # paths served as LFS files (with an lfs entry)
+    _hashes: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         h = hashlib.sha1()
@@ -67,9 +69,9 @@ class Repo:
         if path in self.files:
             data = self.files[path]
             out: dict[str, Any] = {"type": "file", "path": path, "size": len(data),
-                                   "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+                                   "oid": self._hash("blob", path)}
             if path in self.lfs:
-                out["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
+                out["lfs"] = {"oid": self._hash("sha256", path), "size": len(data),
                               "pointerSize": 134}
             if expand:
                 out["lastCommit"] = {"id": self.sha, "title": "add", "date": "2024-01-01T00:00:00Z"}
@@ -91,17 +93,28 @@ class Repo:
         return list(seen)  # folders first-seen order, as a tree walk lists them
 
     def etag(self, path: str) -> str:
+        return self._hash("sha256" if path in self.lfs else "blob", path)
+
+    def _hash(self, kind: str, path: str) -> str:
+        """A file's sha256, or its git blob sha1, kept as the Hub keeps them (not worked out
+        again per request: the benchmark's files are hundreds of MB); a file a test
+        replaces is hashed anew."""
         data = self.files[path]
-        return (hashlib.sha256(data).hexdigest() if path in self.lfs
-                else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+        kept = self._hashes.get((kind, path))
+        if kept is None or kept[0] is not data:
+            digest = (hashlib.sha256(data).hexdigest() if kind == "sha256"
+                      else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+            kept = self._hashes[(kind, path)] = (data, digest)
+        return kept[1]
 
 
 class FakeHub(LoopbackServer):
     """``FakeHub({"owner/name": Repo({...})}, token="hf_x")``; ``with`` starts and stops it."""
 
     def __init__(self, repos: dict[str, Repo], token: str = "hf_fake_token_0123",
-                 page_size: int = 1000, cdn: bool = False):
+                 page_size: int = 1000, cdn: bool = False, latency: float = 0.0):
         self.repos = repos
+        self.latency = latency  # seconds each answer waits, as a round trip over a network
         self.cdn = cdn  # LFS files answered with a 302 to /cdn/…, as the Hub does
         self.token = token
         self.page_size = page_size
@@ -160,6 +173,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.headers.get("Authorization") == f"Bearer {self.hub.token}"
 
     def _serve(self, body: bool) -> None:
+        if self.hub.latency:  # a network's round trip, before the answer (each on its thread)
+            time.sleep(self.hub.latency)
         split = urlsplit(self.path)
         path, query = unquote(split.path), parse_qs(split.query)
         payload = b""

@@ -282,3 +282,49 @@ def test_a_split_gguf_model_in_a_repository_opens_whole(hub, made):
     assert remote.format == local.format and remote.files and len(remote.files) == 3
     assert listing(remote) == listing(local)
     assert {f["path"] for f in remote.files} == {f["path"] for f in local.files}
+
+
+@pytest.fixture
+def big_shards(hub, tmp_path):
+    """A model of two shards larger than the probe's tail (their headers far from their
+    ends, as real shards are), in ``owner/big``."""
+    from safetensors.numpy import save_file
+
+    files: dict[str, bytes] = {}
+    weight_map = {}
+    for k in (1, 2):
+        name = f"model-0000{k}-of-00002.safetensors"
+        part = {f"layers.{k}.{i}.weight": np.full((8, 8), i, np.float32) for i in range(50)}
+        part[f"layers.{k}.big"] = np.zeros(100_000, np.float32)  # 400 KB after the header
+        save_file(part, str(tmp_path / name))
+        files[name] = (tmp_path / name).read_bytes()
+        weight_map |= dict.fromkeys(part, name)
+    files["model.safetensors.index.json"] = json.dumps({"weight_map": weight_map}).encode()
+    hub.repos["owner/big"] = Repo(files, lfs={n for n in files if n.endswith(".safetensors")})
+    return files
+
+
+def test_a_listed_shards_start_is_asked_beside_its_tail(hub, big_shards, monkeypatch):
+    """A shard the listing says is larger than the tail: its start (the header) is asked
+    at the revision beside the probe of its end, not after it (one round trip, two
+    requests); the two answers must name one commit."""
+    hub.clear()
+    ckpt = open_checkpoint("hf://owner/big")
+    assert len(list(ckpt.tensors())) == 102 and scan(ckpt).verdict == "safe"
+    for name in (n for n in big_shards if n.endswith(".safetensors")):
+        asked = hub.requests(name)
+        assert sorted(r.range for r in asked) == [
+            f"bytes=-{remote_mod.TAIL}", f"bytes=0-{remote_mod.BESIDE - 1}"], asked
+        assert all("/resolve/main/" in r.path for r in asked), asked  # neither waited
+    assert ckpt.metadata["remote"]["requests"] == len(
+        [r for r in hub.requests() if "/resolve/" in r.path])
+    # a new commit between the two answers: the shard is not read as a mix of two versions
+    from ckpt_inspector.core.io import hub as hub_mod
+
+    real = hub_mod.first_bytes
+    monkeypatch.setattr(hub_mod, "first_bytes",
+                        lambda url, n: ("0" * 40, real(url, n)[1]))
+    monkeypatch.setenv("CKPT_INSPECTOR_NO_CACHE", "1")  # the first open's copy would answer
+    mixed = open_checkpoint("hf://owner/big")
+    assert all(f.get("problem", "").startswith("the file changed on the server")
+               for f in mixed.files if f["path"].endswith(".safetensors")), mixed.files

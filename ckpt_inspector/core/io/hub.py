@@ -121,6 +121,43 @@ def _entry(e: dict[str, Any]) -> dict[str, Any]:
     return {"name": e["path"], "size": e.get("size"), "type": "file"}
 
 
+def first_bytes(url: str, n: int) -> tuple[str | None, bytes]:
+    """The commit and the first ``n`` bytes of the file ``url`` names, at the revision it
+    names: one ranged GET, asked beside :class:`HubFile`'s probe where the file is known
+    to be larger than the probe's tail (the caller checks that both name one commit)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    uri = _parse(url)
+    headers = {**build_hf_headers(), "Range": f"bytes=0-{n - 1}", "Accept-Encoding": "identity"}
+    with get_session().stream("GET", _file_url(uri, uri.revision or "main"), headers=headers,
+                              timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
+        if r.status_code >= 400:
+            r.read()
+            hf_raise_for_status(r)
+        commit = next((h.headers["X-Repo-Commit"] for h in [*r.history, r]
+                       if "X-Repo-Commit" in h.headers), None)
+        m = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", "").strip())
+        if r.status_code != 206 or m is None or int(m.group(1)) != 0:
+            raise CheckpointError("the server does not answer byte-range requests: "
+                                  "download the file first")  # before the body
+        body = b"".join(_limited(r.iter_bytes(), n))
+        if len(body) != int(m.group(2)) + 1:
+            raise ConnectionError("the connection dropped in the middle of an answer")
+        return commit, body
+
+
+def _limited(pieces: Any, n: int) -> Any:
+    """An answer's pieces, refused past ``n`` bytes (a server that sends more than was
+    asked costs no more memory than the request)."""
+    got = 0
+    for piece in pieces:
+        got += len(piece)
+        if got > n:
+            raise ConnectionError("the server sent more bytes than were asked for")
+        yield piece
+
+
 class HubFile:
     """``seek`` and ``read`` of one pinned Hub file, each read one ranged GET: what
     ``RemoteFile`` reads through (in place of ``fs.open``). The first request, a GET of the

@@ -125,6 +125,16 @@ def isfile(path: str) -> bool:
     return entry is not None and entry.get("type") != "directory"
 
 
+def known_size(url: str) -> int | None:
+    """A file's size as a listing already asked says it (no request); None if unknown."""
+    folder = dirname(url).rstrip("/")
+    with _lock:
+        listing = _listings.get(folder)
+    entry = listing.get(basename(url)) if listing else None
+    size = entry.get("size") if entry is not None and entry.get("type") != "directory" else None
+    return int(size) if size is not None else None
+
+
 def getsize(path: str) -> int:
     if not is_url(path):
         return os.path.getsize(path)
@@ -151,7 +161,7 @@ def read_bytes(path: str, limit: int) -> bytes:
             return f.read()
     from ckpt_inspector.core.io.remote import RemoteSource
 
-    src = RemoteSource(path)
+    src = RemoteSource(path, whole=True)
     with _lock:
         _sizes[path] = len(src)
     if len(src) > limit:

@@ -17,14 +17,16 @@ while it is read fails with one line instead of mixing two versions. Transient f
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.io import remote_cache
+from ckpt_inspector.core.io import paths, remote_cache
 from ckpt_inspector.core.io.cancel import check_cancelled
 from ckpt_inspector.core.io.http_range import TAIL, get_range, probe
 from ckpt_inspector.core.io.remote_fs import (
@@ -43,7 +45,20 @@ HEAD_BLOCKS = 4  # the first read of a file's start takes 256 KiB: a safetensors
 MAX_CACHED = 512  # blocks kept (32 MiB); a pickle of many records stays cached whole
 PIECE = 8 << 20  # tensor data is fetched in pieces of this size
 MAX_WHOLE = 256 << 20  # a bare pickle (no zip) is fetched whole, up to this
+BESIDE = 2 * BLOCK  # a listed file's start, asked beside the probe: most headers
 
+
+def _beside(call: Callable[[], Any]) -> Future[Any]:
+    """``call()`` on a thread of its own, in this context (a cancel reaches it)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(16, thread_name_prefix="beside")
+    return _pool.submit(contextvars.copy_context().run, call)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 _live: weakref.WeakValueDictionary[str, Transfer] = weakref.WeakValueDictionary()
 
@@ -85,7 +100,7 @@ class RemoteFile:
     Elsewhere the library's ``info`` gives the size (a HEAD, or a listing) and a ranged
     read of those last bytes follows."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, beside: bool = True):
         self.url = url
         check_cancelled()
         # hf:// reads through huggingface_hub itself (:class:`HubFile`), not HfFileSystem
@@ -97,12 +112,26 @@ class RemoteFile:
         self._lock = threading.Lock()
         self._file: Any = None
         self.generation: str | None = None
+        self.head = b""  # the file's first bytes, where they came with the first request
         if scheme_of(url) == "hf":  # the tail gives commit, size, ETag; reads pinned to it
-            from ckpt_inspector.core.io.hub import HubFile
+            from ckpt_inspector.core.io.hub import HubFile, first_bytes
 
+            # a file a listing says is larger than the tail (a model's shard): its start,
+            # where the header is, asked at once beside the tail, in one round trip
+            listed = paths.known_size(url)
+            early = None
+            if beside and listed is not None and listed > TAIL and \
+                    not (self.cache and self.cache.known()):
+                early = _beside(lambda: with_retries(lambda: first_bytes(url, BESIDE), url))
             self._file = with_retries(lambda: HubFile(url, TAIL), url)
             size, self.etag, self.tail = self._file.size, self._file.etag, self._file.tail
             self.transfer.count(len(self.tail[1]))
+            if early is not None:
+                commit, self.head = early.result()
+                self.transfer.count(len(self.head))
+                if commit != self._file.commit:
+                    raise CheckpointError("the file changed on the server while it was being "
+                                          "read (a new commit)")
         elif scheme_of(url) in ("http", "https"):
             known = self.cache.known() if self.cache else None  # a 304 means it is current
             size, self.etag, self.tail = with_retries(
@@ -184,10 +213,15 @@ class RemoteBuffer:
         self.file = file
         self._blocks: dict[int, bytes] = {}
         self._lock = threading.Lock()
-        start, data = file.tail  # the whole blocks the first request already holds
-        end = start + len(data)
-        for b in range(-(-start // BLOCK), -(-end // BLOCK) if end >= file.size else end // BLOCK):
-            self._blocks[b] = data[b * BLOCK - start:(b + 1) * BLOCK - start]
+        # the whole blocks the first requests already hold: the tail, and the head where it
+        # was asked beside it
+        for start, data in ((0, file.head), file.tail):
+            end = start + len(data)
+            for b in range(-(-start // BLOCK),
+                           -(-end // BLOCK) if end >= file.size else end // BLOCK):
+                self._blocks[b] = data[b * BLOCK - start:(b + 1) * BLOCK - start]
+                if file.cache and start == 0 and data:
+                    file.cache.put(b * BLOCK, self._blocks[b])
 
     def __len__(self) -> int:
         return self.file.size
@@ -213,7 +247,8 @@ class RemoteBuffer:
         first, last = start // BLOCK, (stop - 1) // BLOCK
         with self._lock:
             wanted = range(first, last + 1)
-            if first == 0:  # a file's start holds its header: read ahead there only
+            if first == 0 and 0 not in self._blocks:  # a file's start holds its header:
+                # read ahead there only (not where the start came beside the probe)
                 wanted = range(max(last + 1, min(HEAD_BLOCKS, -(-self.file.size // BLOCK))))
             missing = [b for b in wanted if b not in self._blocks and not self._from_disk(b)]
             for run in _runs(missing):
@@ -302,10 +337,12 @@ class RemoteRange(DataSource):
 class RemoteSource(Source):
     """A checkpoint file at a URL."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, whole: bool = False):
+        """``whole``: the file is to be read whole (an index), so its start is not asked
+        beside the first request."""
         url = redact(url)  # its name is shown: never with the credentials the URL carries
         super().__init__(url)
-        self.file = RemoteFile(url)
+        self.file = RemoteFile(url, beside=not whole)
         self._buffer = RemoteBuffer(self.file)
         self._whole: bytes | None = None
 
