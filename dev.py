@@ -52,7 +52,8 @@ def setup() -> Path:
               flush=True)
         pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
         subprocess.run([*pip, "--upgrade", "pip"], check=True)
-        subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+        # everything: the torch extra too (a light install is `pip install .`)
+        subprocess.run([*pip, "-e", f"{ROOT}[torch,test]"], check=True)
         STAMP.write_text(_wanted_stamp())
     return py
 
@@ -63,7 +64,7 @@ def setup_bundle() -> Path:
     if not BUNDLE_STAMP.exists() or BUNDLE_STAMP.read_text() != _wanted_stamp():
         print("installing PyInstaller into .venv", flush=True)
         subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-                        "-e", f"{ROOT}[test,bundle]"], check=True)
+                        "-e", f"{ROOT}[torch,test,bundle]"], check=True)
         BUNDLE_STAMP.write_text(_wanted_stamp())
     return py
 

@@ -29,6 +29,7 @@ from ckpt_inspector.cli._errors import (
     note,
     usage,
 )
+from ckpt_inspector.core.extras import missing
 
 # each command's module, in the order `--help` lists them: a command imports only its own
 # module (what it needs to read a file comes with it), not every command's
@@ -94,6 +95,11 @@ def _main(argv: list[str]) -> int:
             stream.reconfigure(errors="backslashreplace")
     try:
         return handler(args)
+    except ModuleNotFoundError as err:  # torch, on a light install: say what to install
+        needs = missing(err)
+        if needs is None:
+            raise
+        return usage(f"{args.command} {needs}")
     except BrokenPipeError:  # e.g. piped into head
         return EXIT_OK
     except KeyboardInterrupt:

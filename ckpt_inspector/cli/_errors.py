@@ -23,6 +23,7 @@ from ckpt_inspector.core.errors import (
     ExportUsageError,
     SourceDataError,
 )
+from ckpt_inspector.core.extras import missing
 from ckpt_inspector.core.ops.torch_load import TrustError
 
 EXIT_OK, EXIT_NOT_SAFE, EXIT_USAGE, EXIT_UNREADABLE = 0, 1, 2, 3
@@ -68,7 +69,11 @@ def usage(message: str) -> int:
 
 def report(err: BaseException, path: str, command: str | None = None) -> int:
     """The table's line for ``err`` on stderr; its exit code. An error no row covers is
-    raised again."""
+    raised again. An optional part that is not installed (torch, on a light install) is a
+    usage error whose line says what to install."""
+    needs = missing(err)
+    if needs is not None:
+        return fail(f"{path}: {command or 'this'} {needs}", EXIT_USAGE, path)
     for kind, where, code, line in TABLE:
         if isinstance(err, kind) and where in (None, command):
             text = str(err) or type(err).__name__

@@ -107,8 +107,10 @@ def _device_problem(device: str) -> str:
         from ckpt_inspector.core.devices import unavailable
 
         return unavailable(device)
-    except ImportError as err:  # no torch
-        return f"device {device} needs torch: {err}"
+    except ImportError as err:  # no torch (a light install)
+        from ckpt_inspector.core.extras import missing
+
+        return f"device {device} {missing(err) or f'needs torch: {err}'}"
 
 
 def _lora_targets(args: argparse.Namespace, ckpt: Any) -> dict[str, Any] | int:
