@@ -5,7 +5,8 @@
     python3 dev.py test [ARGS...]   set up .venv, then run the whole test suite (pytest ARGS)
     python3 dev.py bundle [ARGS...] set up .venv with PyInstaller, then build the one-folder
                                     bundle dist/ckpt-inspector (tools/build_bundle.py ARGS:
-                                    --cpu-only, --windowed, --test...)
+                                    --cpu-only, --windowed, --test...; --viewer: the light
+                                    bundle without torch, dist/ckpt-inspector-viewer)
 
 Only the Python standard library is used here, so this works on a fresh machine
 with nothing but Python 3.10+. Dependencies are reinstalled only when

@@ -84,6 +84,16 @@ def run_limited(*args: str, memory_gb: int = 2, timeout: int = 120):
     return proc
 
 
+def torch_blocker(folder: Path) -> Path:
+    """A folder that, first on PYTHONPATH, makes torch, torchvision and onnxscript fail to
+    import as they do where they are not installed (a light install)."""
+    for name in ("torch", "torchvision", "onnxscript"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{name}'\", name={name!r})\n")
+    return folder
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None):
     return subprocess.run([sys.executable, "-m", "ckpt_inspector", *args], capture_output=True,
                           text=True, timeout=300, env={**os.environ, **(env or {})}, cwd=ROOT)

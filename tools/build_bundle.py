@@ -5,11 +5,13 @@
 
 OPTIONS
     --console, --windowed, --cpu-only, --no-strip   passed to build.spec (see its header)
+    --viewer     the light bundle without torch, in dist/ckpt-inspector-viewer
     --clean      start from an empty PyInstaller work folder (build/build)
     --test       then run tests/test_bundle.py against the new bundle
     --quiet      keep PyInstaller's log in build/pyinstaller.log instead of the terminal
 
-The bundle is dist/ckpt-inspector (the executable: dist/ckpt-inspector/ckpt-inspector).
+The bundle is dist/ckpt-inspector (the executable: dist/ckpt-inspector/ckpt-inspector), or
+dist/ckpt-inspector-viewer with --viewer.
 PyInstaller's work files and its cache stay under build/.
 """
 
@@ -25,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "ckpt-inspector"
 BUNDLE = ROOT / "dist" / NAME
-SPEC_OPTIONS = ("--console", "--windowed", "--cpu-only", "--no-strip")
+VIEWER = ROOT / "dist" / f"{NAME}-viewer"
+SPEC_OPTIONS = ("--console", "--windowed", "--cpu-only", "--no-strip", "--viewer")
 
 
 def disk_usage(path: Path) -> int:
@@ -61,9 +64,10 @@ def biggest_parts(bundle: Path, count: int = 12) -> list[tuple[int, str]]:
     return sorted(parts, reverse=True)[:count]
 
 
-def check(exe: Path) -> None:
-    """A quick look that the executable starts and that torch imports inside it."""
-    for args in (["--version"], ["devices", "--json"]):
+def check(exe: Path, viewer: bool = False) -> None:
+    """A quick look that the executable starts and that torch imports inside it (the light
+    bundle: that it starts)."""
+    for args in (["--version"], *([] if viewer else [["devices", "--json"]])):
         start = time.perf_counter()
         proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300)
         took = time.perf_counter() - start
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     # PyInstaller's cache (stripped copies of libraries, several GB if ever used) goes under
     # build/, not into ~/.cache
     env = {**os.environ, "PYINSTALLER_CONFIG_DIR": str(ROOT / "build" / "pyinstaller-config")}
-    print(f"building {BUNDLE.relative_to(ROOT)} with PyInstaller {PyInstaller.__version__}"
+    bundle = VIEWER if args.viewer else BUNDLE
+    print(f"building {bundle.relative_to(ROOT)} with PyInstaller {PyInstaller.__version__}"
           f"{' ' + ' '.join(spec_options) if spec_options else ''}", flush=True)
     log = ROOT / "build" / "pyinstaller.log"
     start = time.perf_counter()
@@ -115,18 +120,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{f'; its log: {log}' if args.quiet else ''}", file=sys.stderr)
         return code
 
-    exe = BUNDLE / (NAME + (".exe" if os.name == "nt" else ""))
-    files = sum(len(names) for _, _, names in os.walk(BUNDLE))
+    exe = bundle / (NAME + (".exe" if os.name == "nt" else ""))
+    files = sum(len(names) for _, _, names in os.walk(bundle))
     print(f"\nbuilt {exe.relative_to(ROOT)} in {took / 60:.1f} min ({took:.0f} s)")
-    print(f"bundle size: {human(disk_usage(BUNDLE))} on disk, {files:,} files")
+    print(f"bundle size: {human(disk_usage(bundle))} on disk, {files:,} files")
     print("biggest parts:")
-    for size, part in biggest_parts(BUNDLE):
+    for size, part in biggest_parts(bundle):
         print(f"  {human(size):>10}  {part}")
-    check(exe)
+    check(exe, args.viewer)
     if args.test:
         env = {**os.environ, "CKPT_INSPECTOR_BUNDLE_TEST": "existing"}
-        return subprocess.call([sys.executable, "-m", "pytest", "tests/test_bundle.py", "-v"],
-                               cwd=ROOT, env=env)
+        tests = "tests/test_bundle_viewer.py" if args.viewer else "tests/test_bundle.py"
+        return subprocess.call([sys.executable, "-m", "pytest", tests, "-v"], cwd=ROOT, env=env)
     return 0
 
 

@@ -24,14 +24,24 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "ckpt_inspector", *args]
 
 
+class CommandFailed(Exception):
+    """A command the window ran failed: its one line for people (the last of stderr, what
+    the command line says, e.g. what to install), and all it wrote on stderr."""
+
+    def __init__(self, line: str, stderr: str = ""):
+        super().__init__(line)
+        self.stderr = stderr
+
+
 def run_cli(*args: str, timeout: float = 600) -> str:
-    """Run a command to the end (on a worker thread) and return its stdout; raise with its
-    last line of stderr when it fails."""
+    """Run a command to the end (on a worker thread) and return its stdout; raise
+    :class:`CommandFailed` with its last line of stderr when it fails."""
     proc = subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
-        raise RuntimeError(lines[-1].removeprefix("ckpt-inspector: ") if lines
-                           else f"{args[0]} failed with exit code {proc.returncode}")
+        raise CommandFailed(lines[-1].removeprefix("ckpt-inspector: ") if lines
+                            else f"{args[0]} failed with exit code {proc.returncode}",
+                            proc.stderr)
     return proc.stdout
 
 

@@ -24,6 +24,10 @@ def describe(err: BaseException) -> tuple[str, str]:
                 if names:
                     details.append("Imports seen: " + ", ".join(names[:20]))
         return str(err), "\n".join(details)
+    stderr = getattr(err, "stderr", None)
+    if isinstance(stderr, str):  # a command the window ran (gui.commands.CommandFailed)
+        # what to install on a line of its own (a label wraps it at its hyphen otherwise)
+        return str(err).replace(": pip install ", ":\npip install "), stderr.strip()
     details = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     return f"{type(err).__name__}: {err}", details
 

@@ -17,11 +17,11 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from ckpt_inspector.core.progress import CancelToken, Progress
-from ckpt_inspector.gui.commands import CliProcess
+from ckpt_inspector.gui.commands import CliProcess, CommandFailed
 from ckpt_inspector.gui.worker import Worker
 
 
-class ChildError(RuntimeError):
+class ChildError(CommandFailed):
     """A command in a child process failed; its message is the child's last line."""
 
 

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from support import run_cli
+from support import run_cli, torch_blocker
 
 HINT = "pip install 'ckpt-inspector[torch]'"
 
@@ -27,11 +27,7 @@ def no_torch(tmp_path_factory):
     from safetensors.numpy import save_file
 
     folder = tmp_path_factory.mktemp("light")
-    blocker = folder / "blocker"
-    for name in ("torch", "torchvision", "onnxscript"):
-        (blocker / name).mkdir(parents=True)
-        (blocker / name / "__init__.py").write_text(
-            f"raise ModuleNotFoundError(\"No module named '{name}'\", name={name!r})\n")
+    blocker = torch_blocker(folder / "blocker")
     gen = torch.Generator().manual_seed(0)
     sd = {"fc.weight": torch.randn(4, 3, generator=gen), "fc.bias": torch.zeros(4)}
     torch.save(sd, folder / "sd.pt")
@@ -60,7 +56,8 @@ def test_the_exported_safetensors_holds_the_saved_values(no_torch):
     env, folder = no_torch
     run_cli("export", str(folder / "sd.pt"), "--to", "safetensors", "-o",
             str(folder / "again.safetensors"), env=env)
-    got, want = load_file(str(folder / "again.safetensors")), load_file(str(folder / "sd.safetensors"))
+    got = load_file(str(folder / "again.safetensors"))
+    want = load_file(str(folder / "sd.safetensors"))
     assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in got)
 
 
