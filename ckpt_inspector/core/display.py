@@ -25,6 +25,7 @@ class DisplayNode(KeyRow):
     tensors: int = 0
     numel: int = 0
     nbytes: int = 0
+    largest: int = 0  # bytes of the largest single tensor at or below this row
 
     @property
     def kind(self) -> str:
@@ -35,15 +36,18 @@ class DisplayNode(KeyRow):
         return self.node is not None and self.node.tensor is not None
 
     def tally(self) -> None:
-        tensors = numel = nbytes = 0
+        tensors = numel = nbytes = largest = 0
         t = self.node.tensor if self.node is not None else None
         if t is not None:
             tensors, numel, nbytes = 1, t.numel, t.nbytes
+            largest = nbytes
         for c in self.children:
             tensors += c.tensors
             numel += c.numel
             nbytes += c.nbytes
-        self.tensors, self.numel, self.nbytes = tensors, numel, nbytes
+            if c.largest > largest:
+                largest = c.largest
+        self.tensors, self.numel, self.nbytes, self.largest = tensors, numel, nbytes, largest
 
 
 def _groupable(node: Node) -> bool:
@@ -163,15 +167,20 @@ def _tally_all(made: list[DisplayNode]) -> None:
                 size = sizes.get(t.dtype)
                 if size is None:
                     size = sizes[t.dtype] = t.itemsize
-                nbytes += n * size
+                own = n * size
             else:
-                nbytes += t.nbytes
+                own = t.nbytes
+            nbytes += own
             row.tensors, row.numel, row.nbytes = tensors, numel, nbytes
+            if own > row.largest:
+                row.largest = own
         parent = row.parent
         if parent is not None:
             parent.tensors += tensors
             parent.numel += numel
             parent.nbytes += nbytes
+            if row.largest > parent.largest:
+                parent.largest = row.largest
 
 
 def build_display_tree(root: Node, grouped: bool = True) -> DisplayNode:
