@@ -111,7 +111,7 @@ def _tensors(header: dict[str, Any], root: Node, src: Source, data_start: int,
     add_node = root.add
     kids = root.children
     add_child = kids.append
-    file_range = src.range
+    ranges = src.ranges()  # what a tensor made when first read keeps (not the file's map)
     plain = _PLAIN
     lazy = LazyTensorNode  # pending_tensor, inlined
     for name, entry in header.items():
@@ -134,7 +134,7 @@ def _tensors(header: dict[str, Any], root: Node, src: Source, data_start: int,
                     # its TensorInfo is made when first read (a verdict reads none);
                     # root.add inlined: the node knows its parent and row
                     node = lazy("tensor", name, "torch.Tensor", None, [
-                        file_range, data_start + begin, end - begin, fast[0], shape, numel,
+                        ranges, data_start + begin, end - begin, fast[0], shape, numel,
                         name, None])
                     node.parent = root
                     node.row = len(kids)

@@ -18,6 +18,7 @@ while it is read fails with one line instead of mixing two versions. Transient f
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -370,6 +371,9 @@ class RemoteSource(Source):
 
     def range(self, offset: int, length: int, byteorder: str = "little") -> DataSource:
         return RemoteRange(self.file, offset, length, byteorder)
+
+    def ranges(self) -> Callable[[int, int], DataSource]:
+        return functools.partial(RemoteRange, self.file)  # not the block cache
 
     @property
     def container(self) -> Any:

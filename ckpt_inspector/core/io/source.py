@@ -11,6 +11,7 @@ the readers keep what they parse once: a zip directory, a tar listing, the zip's
 
 from __future__ import annotations
 
+import functools
 import io
 import mmap
 import os
@@ -111,6 +112,11 @@ class Source:
         """A lazy view of ``length`` bytes at ``offset`` (a tensor's storage)."""
         return BytesRange(self.data, offset, length, byteorder)
 
+    def ranges(self) -> Callable[[int, int], DataSource]:
+        """What :meth:`range` does, as a callable that holds no more than the views it
+        makes do (a file's path, not its map): kept by tensors made when first read."""
+        return self.range
+
     @property
     def container(self) -> str | bytes:
         """What a zip record's data source reads from: a path, or the bytes."""
@@ -178,6 +184,9 @@ class LocalSource(Source):
 
     def range(self, offset: int, length: int, byteorder: str = "little") -> DataSource:
         return FileRange(self._path, offset, length, byteorder)
+
+    def ranges(self) -> Callable[[int, int], DataSource]:
+        return functools.partial(FileRange, self._path)
 
     @property
     def container(self) -> str | bytes:
