@@ -11,7 +11,7 @@ import pytest
 
 from ckpt_inspector.core import open_checkpoint
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.io import paths
+from ckpt_inspector.core.io import listings
 from ckpt_inspector.core.io.remote_fs import describe_error, forget_filesystems
 from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy
@@ -86,8 +86,7 @@ def listing(ckpt):
 def fresh():
     """Forget what gcsfs and the folder listings hold, so every open asks again."""
     forget_filesystems()
-    with paths._lock:
-        paths._listings.clear()
+    listings.forget_all()
 
 
 @pytest.mark.parametrize("name", ["m.safetensors", "many.pt"])

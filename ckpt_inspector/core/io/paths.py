@@ -16,9 +16,9 @@ import threading
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.io import listings
 from ckpt_inspector.core.io.opening import is_url
 
-_listings: dict[str, dict[str, dict[str, Any]] | None] = {}  # folder URL -> name -> info
 _sizes: dict[str, int] = {}  # URL -> size, of the files read whole here
 _lock = threading.Lock()
 
@@ -40,9 +40,9 @@ def basename(path: str) -> str:
 def _listing(folder: str) -> dict[str, dict[str, Any]] | None:
     """``{name: fsspec info}`` of a folder URL, or None where it cannot be listed."""
     folder = folder.rstrip("/")
-    with _lock:
-        if folder in _listings:
-            return _listings[folder]
+    asked, kept = listings.get(folder)
+    if asked:
+        return kept
     from ckpt_inspector.core.io.remote_fs import filesystem, scheme_of
 
     listing = None
@@ -66,15 +66,14 @@ def _listing(folder: str) -> dict[str, dict[str, Any]] | None:
         entries = with_retries(ls, folder)
         if entries is not None:
             listing = {posixpath.basename(e["name"].rstrip("/")): e for e in entries}
-    with _lock:
-        _listings[folder] = listing
+    listings.keep(folder, listing)
     return listing
 
 
 def forget(folder: str) -> None:
     """Drop a folder's listing (a reload asks again)."""
+    listings.forget(folder)
     with _lock:
-        _listings.pop(folder.rstrip("/"), None)
         _sizes.clear()
 
 
@@ -123,16 +122,6 @@ def isfile(path: str) -> bool:
         return True  # unknown: reading it will say
     entry = listing.get(basename(path))
     return entry is not None and entry.get("type") != "directory"
-
-
-def known_size(url: str) -> int | None:
-    """A file's size as a listing already asked says it (no request); None if unknown."""
-    folder = dirname(url).rstrip("/")
-    with _lock:
-        listing = _listings.get(folder)
-    entry = listing.get(basename(url)) if listing else None
-    size = entry.get("size") if entry is not None and entry.get("type") != "directory" else None
-    return int(size) if size is not None else None
 
 
 def getsize(path: str) -> int:

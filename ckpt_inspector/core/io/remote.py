@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.io import paths, remote_cache
+from ckpt_inspector.core.io import listings, remote_cache
 from ckpt_inspector.core.io.cancel import check_cancelled
 from ckpt_inspector.core.io.http_range import TAIL, get_range, probe
 from ckpt_inspector.core.io.remote_fs import (
@@ -119,7 +119,7 @@ class RemoteFile:
 
             # a file a listing says is larger than the tail (a model's shard): its start,
             # where the header is, asked at once beside the tail, in one round trip
-            listed = paths.known_size(url)
+            listed = listings.known_size(url)
             early = None
             if beside and listed is not None and listed > TAIL and \
                     not (self.cache and self.cache.known()):
