@@ -20,6 +20,7 @@ from ckpt_inspector.core.layouts import open_checkpoint
 from ckpt_inspector.core.progress import Cancelled
 from ckpt_inspector.core.scan import ScanReport, scan
 from ckpt_inspector.core.summary import totals
+from ckpt_inspector.core.torch_load_prediction import predict
 from ckpt_inspector.core.tree import Checkpoint
 
 
@@ -33,6 +34,9 @@ class LoadedFile:
     totals: dict[str, Any]
     seconds: float
     adapter: Adapter | None = None  # the LoRA pairs of an adapter (core/adapters)
+    # what torch.load would do with it (core/torch_load_prediction): made with the rest on
+    # the worker, not when the window shows it (100,000s of calls are looked through)
+    torch_load: Any = None
 
     def tree(self, grouped: bool) -> DisplayNode:
         """The grouped or the flat tree; the flat one is built on first use (a quarter of
@@ -72,6 +76,7 @@ def load_file(path: str, flat: bool = False, cancel: threading.Event | None = No
         flat_tree = build_display_tree(ckpt.root, grouped=False) if flat else None
         file = LoadedFile(path, ckpt, report, grouped, flat_tree, totals(ckpt), 0.0)
     file.adapter = find_adapter(ckpt)
+    file.torch_load = predict(ckpt, report, devices=file.totals.get("devices") or {})
     file.seconds = time.perf_counter() - start
     return file
 

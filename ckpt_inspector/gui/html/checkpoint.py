@@ -124,7 +124,8 @@ def summary_html(loaded: LoadedFile, sections: str = "",
     for f in trust:
         if not f.name:
             parts.append(f"<p>{escape(f.message)}</p>")
-    parts.append(torch_load_html(predict(ckpt, report, devices=tot.get("devices") or {})))
+    parts.append(torch_load_html(loaded.torch_load or predict(
+        ckpt, report, devices=tot.get("devices") or {})))
     parts.append("<h3>Tensors</h3>")
     pairs = [("tensors", f"{tot['tensors']:,}"), ("elements", f"{tot['numel']:,}"),
              ("size", human_bytes(tot["nbytes"]))]
