@@ -84,6 +84,21 @@ def run_limited(*args: str, memory_gb: int = 2, timeout: int = 120):
     return proc
 
 
+def user_env(home: Path) -> dict[str, str]:
+    """A user's environment for a bundle: their own config and cache folders under ``home``,
+    no display (offscreen Qt), nothing of .venv."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON", "VIRTUAL_ENV", "CKPT_INSPECTOR_", "QT_"))}
+    return {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_CACHE_HOME": str(home / ".cache"), "QT_QPA_PLATFORM": "offscreen"}
+
+
+def run_exe(exe: Path, *args: str, env: dict[str, str], timeout: float = 300):
+    """A bundle's executable run as a user runs it, from their home folder."""
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=env["HOME"])
+
+
 def torch_blocker(folder: Path) -> Path:
     """A folder that, first on PYTHONPATH, makes torch, torchvision and onnxscript fail to
     import as they do where they are not installed (a light install)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT, Payload, TinyNet, run_cli
+from support import ROOT, Payload, TinyNet, run_cli, run_exe, user_env
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +48,7 @@ def exe() -> Path:
 def env(tmp_path_factory) -> dict[str, str]:
     """A user's environment: own config and cache folders (the demo checkpoint is made once
     in the cache), no display, nothing of .venv."""
-    home = tmp_path_factory.mktemp("home")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTHON", "VIRTUAL_ENV", "CKPT_INSPECTOR_", "QT_"))}
-    return {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_CACHE_HOME": str(home / ".cache"), "QT_QPA_PLATFORM": "offscreen"}
+    return user_env(tmp_path_factory.mktemp("home"))
 
 
 @pytest.fixture
@@ -64,9 +60,7 @@ def sample(torch, tmp_path) -> Path:
     return path
 
 
-def run(exe: Path, *args: str, env: dict[str, str], timeout: float = 300):
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=env["HOME"])
+run = run_exe
 
 
 def no_traceback(proc: subprocess.CompletedProcess) -> None:

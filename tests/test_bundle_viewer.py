@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from support import ROOT, TinyNet, payload, run_cli
+from support import ROOT, TinyNet, payload, run_cli, run_exe, user_env
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +38,7 @@ def exe() -> Path:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
     """A user's environment: own config and cache folders, no display, nothing of .venv."""
-    home = tmp_path_factory.mktemp("home")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTHON", "VIRTUAL_ENV", "CKPT_INSPECTOR_", "QT_"))}
-    return {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_CACHE_HOME": str(home / ".cache"), "QT_QPA_PLATFORM": "offscreen"}
+    return user_env(tmp_path_factory.mktemp("home"))
 
 
 @pytest.fixture
@@ -54,9 +49,7 @@ def sample(torch, tmp_path) -> Path:
     return path
 
 
-def run(exe: Path, *args: str, env: dict[str, str], timeout: float = 300):
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=env["HOME"])
+run = run_exe
 
 
 def test_no_torch_in_the_bundle(exe):

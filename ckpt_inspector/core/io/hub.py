@@ -135,8 +135,7 @@ def first_bytes(url: str, n: int) -> tuple[str | None, bytes]:
         if r.status_code >= 400:
             r.read()
             hf_raise_for_status(r)
-        commit = next((h.headers["X-Repo-Commit"] for h in [*r.history, r]
-                       if "X-Repo-Commit" in h.headers), None)
+        commit = _commit_of(r)
         m = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", "").strip())
         if r.status_code != 206 or m is None or int(m.group(1)) != 0:
             raise CheckpointError("the server does not answer byte-range requests: "
@@ -145,6 +144,13 @@ def first_bytes(url: str, n: int) -> tuple[str | None, bytes]:
         if len(body) != int(m.group(2)) + 1:
             raise ConnectionError("the connection dropped in the middle of an answer")
         return commit, body
+
+
+def _commit_of(r: Any) -> str | None:
+    """The commit an answer names (``X-Repo-Commit``), on it or on the Hub's redirect to its
+    CDN that led to it."""
+    return next((h.headers["X-Repo-Commit"] for h in [*r.history, r]
+                 if "X-Repo-Commit" in h.headers), None)
 
 
 def _limited(pieces: Any, n: int) -> Any:
@@ -193,8 +199,7 @@ class HubFile:
                 r.read()
                 hf_raise_for_status(r)
             hops = [*r.history, r]
-            commit = next((h.headers["X-Repo-Commit"] for h in hops
-                           if "X-Repo-Commit" in h.headers), None)
+            commit = _commit_of(r)
             etag = next((h.headers.get("X-Linked-Etag") or h.headers.get("ETag") for h in hops
                          if h.headers.get("X-Linked-Etag") or h.headers.get("ETag")), None)
             if commit is None:
