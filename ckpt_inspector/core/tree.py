@@ -161,7 +161,10 @@ class LazyTensorNode(Node):
     """A tensor node of a format whose header says everything (safetensors) made by the
     hundred thousand: its :class:`TensorInfo`, :class:`StorageInfo` and data source are
     made when ``tensor`` is first read, and the node then becomes a plain :class:`Node`.
-    A verdict (``scan``) never reads them. Built only by :func:`pending_tensor`."""
+    A verdict (``scan``) never reads them. Made as ``LazyTensorNode("tensor", key,
+    "torch.Tensor", None, [make, offset, length, dtype, shape, numel, key, None])``: a tensor
+    on the CPU, contiguous, a storage of its own of ``numel`` elements at
+    ``make(offset, length)`` (``Source.ranges()``)."""
 
     __slots__ = ()
 
@@ -183,14 +186,6 @@ class LazyTensorNode(Node):
     @tensor.setter
     def tensor(self, value: TensorInfo | None) -> None:
         _TENSOR_SLOT.__set__(self, value)
-
-
-def pending_tensor(key: str, make: Any, offset: int, length: int, dtype: str,
-                   shape: list[int], numel: int) -> Node:
-    """A tensor node whose TensorInfo (on the CPU, contiguous, a storage of its own of
-    ``numel`` elements at ``make(offset, length)``) is made when first read."""
-    return LazyTensorNode("tensor", key, "torch.Tensor", None,
-                          [make, offset, length, dtype, shape, numel, key, None])  # type: ignore[arg-type]
 
 
 def peek_tensor(node: Node) -> Any:

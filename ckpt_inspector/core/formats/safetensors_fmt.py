@@ -113,7 +113,7 @@ def _tensors(header: dict[str, Any], root: Node, src: Source, data_start: int,
     add_child = kids.append
     ranges = src.ranges()  # what a tensor made when first read keeps (not the file's map)
     plain = _PLAIN
-    lazy = LazyTensorNode  # pending_tensor, inlined
+    lazy = LazyTensorNode
     for name, entry in header.items():
         if type(entry) is dict:
             code = entry.get("dtype")
