@@ -32,7 +32,7 @@ from ckpt_inspector.core.summary import (
 )
 from ckpt_inspector.core.tensor_text import tensors_json
 from ckpt_inspector.core.torch_load_prediction import predict
-from ckpt_inspector.core.tree import Checkpoint, Node
+from ckpt_inspector.core.tree import Checkpoint, Node, tensors_when_read
 
 NAMES = ("info", "scan", "demo")
 
@@ -294,6 +294,7 @@ def scan_json(path: str, ckpt: Checkpoint | None, report: ScanReport,
 
 def cmd_scan(args: argparse.Namespace) -> int:
     error = None
+    token = tensors_when_read.set(True)  # the verdict reads no TensorInfo: none is made
     try:
         ckpt: Checkpoint | None = _common.open_file(args.path)
     except CheckpointError as err:
@@ -301,6 +302,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         error = str(err)
         if ckpt is None:  # nothing identified: not even a verdict to give
             return unreadable(args.path, err)
+    finally:
+        tensors_when_read.reset(token)
     assert ckpt is not None
     report = scan(ckpt, error)
     code, failure = _scan_failure(report, error)

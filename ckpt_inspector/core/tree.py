@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -156,15 +157,20 @@ _TENSOR_SLOT = Node.__dict__["tensor"]
 _FILE = 7
 _lazy_lock = threading.Lock()
 
+# True where the caller reads the verdict and not the tensors (``scan``): header formats
+# then make tensor nodes whose TensorInfo is made when first read (:class:`LazyTensorNode`);
+# elsewhere (a tree, info, the window) at once, which costs less than later
+tensors_when_read: ContextVar[bool] = ContextVar("tensors_when_read", default=False)
+
 
 class LazyTensorNode(Node):
     """A tensor node of a format whose header says everything (safetensors) made by the
     hundred thousand: its :class:`TensorInfo`, :class:`StorageInfo` and data source are
     made when ``tensor`` is first read, and the node then becomes a plain :class:`Node`.
-    A verdict (``scan``) never reads them. Made as ``LazyTensorNode("tensor", key,
-    "torch.Tensor", None, [make, offset, length, dtype, shape, numel, key, None])``: a tensor
-    on the CPU, contiguous, a storage of its own of ``numel`` elements at
-    ``make(offset, length)`` (``Source.ranges()``)."""
+    Made where :data:`tensors_when_read` is set: a verdict (``scan``) never reads them.
+    Made as ``LazyTensorNode("tensor", key, "torch.Tensor", None, [make, offset, length,
+    dtype, shape, numel, key, None])``: a tensor on the CPU, contiguous, a storage of its
+    own of ``numel`` elements at ``make(offset, length)`` (``Source.ranges()``)."""
 
     __slots__ = ()
 
@@ -172,13 +178,12 @@ class LazyTensorNode(Node):
     def tensor(self) -> TensorInfo | None:
         value = _TENSOR_SLOT.__get__(self, Node)
         if type(value) is list:
-            with _lazy_lock:  # two threads reading it first make one TensorInfo
-                value = _TENSOR_SLOT.__get__(self, Node)
-                if type(value) is list:
-                    make, offset, length, dtype, shape, numel, key, file = value
-                    value = TensorInfo(dtype, tuple(shape), None, 0, StorageInfo(
-                        key, dtype, numel, "cpu", make(offset, length)), "cpu", file=file)
-                    _TENSOR_SLOT.__set__(self, value)
+            with _lazy_lock:  # two threads reading first make one TensorInfo
+                # its siblings too, in one pass: what reads one tensor of a file reads them
+                # all (a tree, info), and one pass costs what reading at once did
+                parent = self.parent
+                _make_all(parent.children if parent is not None else [self])
+            value = _TENSOR_SLOT.__get__(self, Node)
         if type(self) is LazyTensorNode:
             self.__class__ = Node  # read as a plain slot from now on
         return value
@@ -186,6 +191,22 @@ class LazyTensorNode(Node):
     @tensor.setter
     def tensor(self, value: TensorInfo | None) -> None:
         _TENSOR_SLOT.__set__(self, value)
+
+
+def _make_all(nodes: list[Node]) -> None:
+    """The TensorInfo of every pending node of ``nodes`` (under ``_lazy_lock``); each then
+    becomes a plain :class:`Node`."""
+    get, put = _TENSOR_SLOT.__get__, _TENSOR_SLOT.__set__
+    for node in nodes:
+        if type(node) is not LazyTensorNode:
+            continue
+        value = get(node, Node)
+        if type(value) is list:
+            make, offset, length, dtype, shape, numel, key, file = value
+            put(node, TensorInfo(dtype, tuple(shape), None, 0, StorageInfo(
+                key, dtype, numel, "cpu", make(offset, length)), "cpu", False, False,
+                "strided", None, None, None, None, file))
+        node.__class__ = Node
 
 
 def peek_tensor(node: Node) -> Any:

@@ -1,8 +1,10 @@
-"""Tensor nodes of a safetensors header make their TensorInfo when first read: a verdict
-(``scan``) reads none, and what is made then is what reading at once would have made."""
+"""Where only a verdict is wanted (``scan``, :data:`tensors_when_read`), tensor nodes of a
+safetensors header make their TensorInfo when first read: the verdict reads none, and what
+is made then is what reading at once (everywhere else) makes."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -11,7 +13,16 @@ import pytest
 from ckpt_inspector.core.formats import open_checkpoint
 from ckpt_inspector.core.layouts import open_checkpoint as open_layout
 from ckpt_inspector.core.scan import scan
-from ckpt_inspector.core.tree import LazyTensorNode, Node, peek_tensor
+from ckpt_inspector.core.tree import LazyTensorNode, Node, peek_tensor, tensors_when_read
+
+from support import run_cli
+
+
+@pytest.fixture(autouse=True)
+def when_read():
+    token = tensors_when_read.set(True)
+    yield
+    tensors_when_read.reset(token)
 
 
 @pytest.fixture
@@ -76,3 +87,35 @@ def test_threads_reading_first_get_one_tensorinfo(small):
         for t in threads:
             t.join()
         assert len({id(x) for x in seen}) == 1
+
+
+def _fields(ckpt):
+    out = []
+    for path, node in ckpt.tensors():
+        t = node.tensor
+        src = t.storage.source
+        out.append((path, t.dtype, t.shape, t.stride, t.storage_offset, t.device, t.file,
+                    t.storage.key, t.storage.dtype, t.storage.numel, t.storage.location,
+                    type(src).__name__, src.offset, src.nbytes, bytes(src.buffer())))
+    return out
+
+
+def test_made_when_read_is_what_reading_at_once_makes(small, tmp_path):
+    path, _ = small
+    lazy = open_checkpoint(path)
+    token = tensors_when_read.set(False)
+    try:
+        eager = open_checkpoint(path)
+    finally:
+        tensors_when_read.reset(token)
+    assert all(type(n) is Node for n in eager.root.children)  # at once, by default
+    assert _fields(lazy) == _fields(eager)
+
+
+def test_scan_makes_none_and_info_reads_them_all(small):
+    path, tensors = small
+    out = run_cli("scan", str(path))
+    assert out.returncode == 0 and "safe" in out.stdout
+    info = json.loads(run_cli("info", "--json", str(path)).stdout)
+    assert {t["key"]: t["shape"] for t in info["tensors"]} == {
+        k: list(v.shape) for k, v in tensors.items()}

@@ -24,7 +24,14 @@ import orjson
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io.source import Source
-from ckpt_inspector.core.tree import Checkpoint, LazyTensorNode, Node, StorageInfo, TensorInfo
+from ckpt_inspector.core.tree import (
+    Checkpoint,
+    LazyTensorNode,
+    Node,
+    StorageInfo,
+    TensorInfo,
+    tensors_when_read,
+)
 
 NAME = "safetensors"
 MAX_HEADER = 100_000_000  # MAX_HEADER_SIZE of the safetensors library
@@ -112,8 +119,9 @@ def _tensors(header: dict[str, Any], root: Node, src: Source, data_start: int,
     kids = root.children
     add_child = kids.append
     ranges = src.ranges()  # what a tensor made when first read keeps (not the file's map)
+    file_range = src.range
     plain = _PLAIN
-    lazy = LazyTensorNode
+    lazy = LazyTensorNode if tensors_when_read.get() else None
     for name, entry in header.items():
         if type(entry) is dict:
             code = entry.get("dtype")
@@ -131,11 +139,18 @@ def _tensors(header: dict[str, Any], root: Node, src: Source, data_start: int,
                     numel *= s
                 if 0 < numel < _U64 and type(begin) is int and type(end) is int and \
                         0 <= begin <= end <= data_len and numel * fast[1] == end - begin:
-                    # its TensorInfo is made when first read (a verdict reads none);
-                    # root.add inlined: the node knows its parent and row
-                    node = lazy("tensor", name, "torch.Tensor", None, [
-                        ranges, data_start + begin, end - begin, fast[0], shape, numel,
-                        name, None])
+                    if lazy is not None:  # a verdict reads no TensorInfo: made when read
+                        node = lazy("tensor", name, "torch.Tensor", None, [
+                            ranges, data_start + begin, end - begin, fast[0], shape, numel,
+                            name, None])
+                    else:
+                        dtype = fast[0]
+                        node = Node("tensor", name, "torch.Tensor", None, TensorInfo(
+                            dtype, tuple(shape), None, 0, StorageInfo(
+                                name, dtype, numel, "cpu",
+                                file_range(data_start + begin, end - begin)), "cpu"))
+                    # root.add inlined: the node knows its parent and row (set after:
+                    # keyword arguments cost more than the two stores)
                     node.parent = root
                     node.row = len(kids)
                     add_child(node)
