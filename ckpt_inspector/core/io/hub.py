@@ -209,12 +209,12 @@ class HubFile:
                 return commit, 0, etag, (0, b"")
             m = _CONTENT_RANGE.fullmatch(r.headers.get("Content-Range", "").strip())
             if r.status_code == 200 and int(r.headers.get("Content-Length", tail + 1)) <= tail:
-                body = r.read()
+                body = b"".join(_limited(r.iter_bytes(), tail))
                 return commit, len(body), etag, (0, body)
             if r.status_code != 206 or m is None:
                 raise CheckpointError("the server does not answer byte-range requests: "
                                       "download the file first")  # before the body
-            body = r.read()
+            body = b"".join(_limited(r.iter_bytes(), tail))
             start, total = int(m.group(1)), int(m.group(3))
             if len(body) != int(m.group(2)) - start + 1:
                 raise ConnectionError("the connection dropped in the middle of an answer")
@@ -241,7 +241,7 @@ class HubFile:
                 if r.status_code != 206 and not (start == 0 and end == self.size):
                     raise CheckpointError("the server does not answer byte-range requests: "
                                           "download the file first")  # before the body
-                return r.read()
+                return b"".join(_limited(r.iter_bytes(), end - start))
 
         data: bytes = _call(get)
         self.pos = start + len(data)
