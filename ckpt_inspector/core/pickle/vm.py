@@ -13,6 +13,9 @@ Hostile streams end in a :class:`PickleError` with the byte offset, never in
 a crash: the interpreter does not recurse, every length is checked against
 the data before it is read, and tuples (the only containers whose hashing
 recurses in C) may not nest deeper than :data:`MAX_TUPLE_DEPTH`.
+
+The thirty-odd opcodes ``torch.save`` writes for each tensor of a state_dict are read in
+one step where they can be (:mod:`fused`), with exactly their effects.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ckpt_inspector.core.errors import PickleError
+from ckpt_inspector.core.pickle.fused import tensor_run
 from ckpt_inspector.core.pickle.values import (
     Anomaly,
     Builds,
@@ -321,10 +325,18 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 if pos + n > size:
                     raise truncated(op_pos)
                 try:
-                    stack.append(data[pos:pos + n].decode("utf-8", "surrogatepass"))
+                    key = data[pos:pos + n].decode("utf-8", "surrogatepass")
                 except UnicodeDecodeError:
                     raise fail("invalid UTF-8 in a string", op_pos) from None
+                stack.append(key)
                 pos += n
+                # a state_dict key, then the run torch.save writes for its tensor: one step
+                run = tensor_run(data, pos, limit, key, memo, calls, persistent_load, deep,
+                                 tuple_depth, tuple_cost, alive, ops_left - check_at)
+                if run is not None:
+                    stack.append(run[0])
+                    pos = run[1]
+                    ops_left -= run[2]
             elif op == 0x74:  # TUPLE
                 items = stack
                 stack = metastack.pop()
