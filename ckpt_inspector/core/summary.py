@@ -325,13 +325,22 @@ def totals(ckpt: Checkpoint, nodes: list[Node] | None = None) -> dict[str, Any]:
     checkpoint's tensor nodes in tree order, when the caller has them."""
     if nodes is None:
         nodes = [n for n in ckpt.root.walk() if n.kind == "tensor"]
-    ts = list(map(_TENSOR, nodes))
+    ts: list[TensorInfo] = []
+    for part in _slices(nodes):
+        ts.extend(map(_TENSOR, part))
     fast = _by_dtype_fast(ts)
     sums = fast if fast is not None else _by_dtype(ts)
     by_dtype, numel, nbytes = sums
     storages = [st.source for st in map(_STORAGE, ts) if st is not None and
                 st.source is not None]
-    distinct = dict(zip(map(id, storages), storages))  # each storage counted once
+    distinct: dict[int, Any] = {}  # each storage counted once
+    devices: Counter[str] = Counter()
+    damaged = 0
+    for part in _slices(storages):
+        distinct.update(zip(map(id, part), part))
+    for part in _slices(ts):
+        devices.update(map(_DEVICE, part))
+        damaged += len(list(filter(None, map(_PROBLEM, part))))
     out = {
         "tensors": len(ts),
         "numel": numel,
@@ -339,8 +348,8 @@ def totals(ckpt: Checkpoint, nodes: list[Node] | None = None) -> dict[str, Any]:
         "storage_nbytes": _stored_nbytes(list(distinct.values())),
         "by_dtype": {k: {"tensors": v[0], "numel": v[1], "nbytes": v[2]} for k, v in
                      sorted(by_dtype.items(), key=lambda kv: -kv[1][2])},
-        "devices": dict(Counter(map(_DEVICE, ts))),
-        "damaged_tensors": len(list(filter(None, map(_PROBLEM, ts)))),
+        "devices": dict(devices),
+        "damaged_tensors": damaged,
     }
     if out["damaged_tensors"]:  # damaged ones whose file is missing: shape unknown, no count
         out["unknown_shape_tensors"] = sum(1 for t in ts if t.problem and not t.shape_known)
@@ -352,11 +361,25 @@ def totals(ckpt: Checkpoint, nodes: list[Node] | None = None) -> dict[str, Any]:
     return out
 
 
+# Whole-list steps in C (map, set, Counter, sum) hold the interpreter's lock for as long
+# as they run: over 1,000,000 tensors up to a quarter of a second each, the window frozen
+# (its thread waits for the lock while a worker sums). They run on slices of this many.
+SLICE = 1 << 15
+
+
+def _slices(seq: list[Any]) -> Iterator[list[Any]]:
+    for i in range(0, len(seq), SLICE):
+        yield seq[i:i + SLICE]
+
+
 def _stored_nbytes(sources: list[Any]) -> int:
     """The sum of the sources' ``stored_nbytes``: their ``nbytes`` summed in C where no
     source's class says otherwise (a file's own bytes, not decoded ones)."""
-    if all(kind.stored_nbytes is DataSource.stored_nbytes for kind in set(map(type, sources))):
-        return sum(map(_NBYTES, sources))
+    kinds: set[type] = set()
+    for part in _slices(sources):
+        kinds.update(map(type, part))
+    if all(kind.stored_nbytes is DataSource.stored_nbytes for kind in kinds):
+        return sum(sum(map(_NBYTES, part)) for part in _slices(sources))
     return sum(src.stored_nbytes for src in sources)
 
 
@@ -397,24 +420,31 @@ def _by_dtype_fast(ts: list[TensorInfo]) -> tuple[dict[str, list[int]], int, int
     """:func:`_by_dtype` with no Python step per tensor, for strided tensors of a few
     dtypes whose shapes are ints (None otherwise: the sums of other numbers depend on
     their order)."""
-    if set(map(_LAYOUT, ts)) - {"strided"} or set(map(type, ts)) - {TensorInfo}:
-        return None
-    dtype_of = list(map(_DTYPE, ts))
-    counts = Counter(dtype_of)
-    if len(counts) > 8 or not all(type(d) is str for d in counts) or UNKNOWN_DTYPE in counts:
-        return None
-    numels = list(map(math.prod, map(_SHAPE, ts)))
-    if set(map(type, numels)) - {int}:
-        return None
     by_dtype: dict[str, list[int]] = {}
+    for part in _slices(ts):  # partial sums of ints: the same whatever the order
+        if set(map(_LAYOUT, part)) - {"strided"} or set(map(type, part)) - {TensorInfo}:
+            return None
+        dtype_of = list(map(_DTYPE, part))
+        counts = Counter(dtype_of)
+        if len(counts) > 8 or not all(type(d) is str for d in counts) or \
+                UNKNOWN_DTYPE in counts:
+            return None
+        numels = list(map(math.prod, map(_SHAPE, part)))
+        if set(map(type, numels)) - {int}:
+            return None
+        for dtype, count in counts.items():
+            n = sum(numels) if len(counts) == 1 else \
+                sum(itertools.compress(numels, map(dtype.__eq__, dtype_of)))
+            sums = by_dtype.setdefault(dtype, [0, 0, 0])
+            sums[0] += count
+            sums[1] += n
+        if len(by_dtype) > 8:
+            return None
     numel = nbytes = 0
-    for dtype, count in counts.items():
-        n = sum(numels) if len(counts) == 1 else \
-            sum(itertools.compress(numels, map(dtype.__eq__, dtype_of)))
-        b = n * (_ITEMSIZE.get(dtype) or 0)
-        by_dtype[dtype] = [count, n, b]
-        numel += n
-        nbytes += b
+    for dtype, sums in by_dtype.items():
+        sums[2] = sums[1] * (_ITEMSIZE.get(dtype) or 0)
+        numel += sums[1]
+        nbytes += sums[2]
     return by_dtype, numel, nbytes
 
 

@@ -54,3 +54,55 @@ def test_100000_equal_tensors_are_not_all_visited(monkeypatch):
     got = overview.largest_tensors(top, 10)
     assert [d.key for d in got] == [f"model.layers.0.sub{i}.weight" for i in range(10)]
     assert len(pushed) < 10_100, len(pushed)
+
+
+def _every_child_pushed(top, n):
+    """The walk before it skipped children: every child of an opened group pushed."""
+    out, heap, count = [], [], 0
+
+    def push(d):
+        nonlocal count
+        if d.is_tensor:
+            heapq.heappush(heap, (-d.node.tensor.nbytes, 0, -count, d))
+            count += 1
+        if d.children and d.tensors > d.is_tensor:
+            heapq.heappush(heap, (-d.largest, 1, -count, d))
+            count += 1
+
+    push(top)
+    while heap and len(out) < n:
+        _b, below, _o, d = heapq.heappop(heap)
+        if not below:
+            out.append(d)
+            continue
+        for child in reversed(d.children):
+            push(child)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("grouped", [True, False])
+def test_only_contenders_are_opened_and_the_answer_is_the_same(seed, grouped):
+    """Groups of many children (only the few that can hold a winner are pushed): the same
+    rows in the same order as pushing them all, ties included."""
+    rng = random.Random(seed)
+    sizes = [rng.choice([1, 2, 2, 3, 8]) for _ in range(6000)]
+    fanout = rng.choice([50, 300, 3000])
+    root = state_dict(sizes, lambda i: f"m.l{i % fanout}.s{i % 7}.w{i}")
+    top = build_display_tree(root, grouped=grouped)
+    for n in (1, 3, 10, 25):
+        assert overview.largest_tensors(top, n) == _every_child_pushed(top, n)
+
+
+def test_a_module_of_20000_layers_is_not_pushed(monkeypatch):
+    """One module holding 20,000 layers: its few contenders are pushed, not every layer."""
+    root = state_dict([4] * 200_000 + [8], lambda i: f"model.layers.{i // 10}.w{i % 10}")
+    top = build_display_tree(root, grouped=True)
+    pushed = []
+    real = heapq.heappush
+    monkeypatch.setattr(overview.heapq, "heappush",
+                        lambda heap, item: pushed.append(1) or real(heap, item))
+    got = overview.largest_tensors(top, 10)
+    assert got[0].key == "model.layers.20000.w0"
+    assert [d.key for d in got[1:]] == [f"model.layers.0.w{i}" for i in range(9)]
+    assert len(pushed) < 1000, len(pushed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from html import escape
+from operator import attrgetter
 from urllib.parse import quote, unquote
 
 from ckpt_inspector.core.display import DisplayNode
@@ -61,20 +62,36 @@ def largest_tensors(top: DisplayNode, n: int = LISTED) -> list[DisplayNode]:
         if not below:
             out.append(d)
             continue
-        for child in reversed(d.children):  # the first child last: it comes out first
-            push(child)
+        for child in reversed(_contenders(d.children, n)):  # the first child last: it
+            push(child)                                        # comes out first
     return out
+
+
+def _contenders(children: list[DisplayNode], n: int) -> list[DisplayNode]:
+    """The children that can hold one of the ``n`` largest tensors below their parent, in
+    the tree's order: those ``n`` whose largest tensors are the largest (the first of equal
+    ones). Any other child's tensors are all outdone by ``n`` tensors, one in each of
+    these. A module of 100,000 layers is sorted in C, not pushed through the heap."""
+    if len(children) <= 4 * n:
+        return children
+    best = sorted(children, key=attrgetter("largest"), reverse=True)[:n]  # stable: ties
+    return sorted(best, key=attrgetter("row"))  # in the tree's order
 
 
 def _parts(top: DisplayNode) -> list[DisplayNode]:
     """The largest groups holding tensors right below ``top``, or below the one group that
     holds them all (``model`` of a training checkpoint); none for a flat mapping."""
-    while True:
-        groups = [c for c in top.children if c.children and c.tensors]
+    while True:  # filtered in C: a module may hold 100,000 layers
+        groups = list(filter(_TENSORS, filter(_CHILDREN, top.children)))
         if len(groups) != 1 or groups[0].tensors != top.tensors:
             break
         top = groups[0]
-    return heapq.nlargest(LISTED, groups, key=lambda c: c.nbytes) if len(groups) > 1 else []
+    # sorted in C (equal ones keep the tree's order, as heapq.nlargest would)
+    return sorted(groups, key=_NBYTES, reverse=True)[:LISTED] if len(groups) > 1 else []
+
+
+_TENSORS, _CHILDREN, _NBYTES = attrgetter("tensors"), attrgetter("children"), \
+    attrgetter("nbytes")
 
 
 def _share(part: int, whole: int) -> str:

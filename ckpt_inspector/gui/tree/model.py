@@ -131,6 +131,7 @@ class NodeTreeModel(QAbstractItemModel):
         self._sorted_by: tuple[int, Qt.SortOrder] | None = None  # None: the file's order
         self._in_order: set[int] = set()  # ids of the nodes whose children are sorted so
         self._resorted = False  # sorted by a column since built (else in the file's order)
+        self._opened: dict[int, Any] = {}  # large rows the view has opened (canFetchMore)
 
     # -- structure -------------------------------------------------------------------
     def node(self, index: QModelIndex) -> Any:
@@ -181,6 +182,25 @@ class NodeTreeModel(QAbstractItemModel):
 
     def hasChildren(self, parent: QModelIndex = QModelIndex()) -> bool:
         return self.rowCount(parent) > 0
+
+    # A row with more children than this says it "can fetch more" until the view first
+    # opens it. All its rows are there (rowCount is true), but a filter proxy answers
+    # hasChildren from this instead of mapping the rows, which asks its filterAcceptsRow,
+    # a Python call, once per row: 100,000 calls (a quarter of a second, the window frozen)
+    # for a closed module of 100,000 layers, then again at every change of the filter.
+    LAZY_ROWS = 2000
+
+    def canFetchMore(self, parent: QModelIndex | QPersistentModelIndex) -> bool:
+        if not parent.isValid():
+            return False
+        node = parent.internalPointer()
+        return len(node.children) > self.LAZY_ROWS and id(node) not in self._opened
+
+    def fetchMore(self, parent: QModelIndex | QPersistentModelIndex) -> None:
+        """The view opens a large row (QTreeView asks when it expands one)."""
+        if parent.isValid():
+            node = parent.internalPointer()
+            self._opened[id(node)] = node
 
     def flags(self, index: QModelIndex) -> Qt.ItemFlag:
         if not index.isValid():
