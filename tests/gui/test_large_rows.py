@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
-from support import open_and_wait
 
 from ckpt_inspector.gui.tree import model as model_mod
 from ckpt_inspector.gui.tree.model import NodeRole
+
+from support import open_and_wait
 
 LAYERS = 3000  # more than NodeTreeModel.LAZY_ROWS
 
