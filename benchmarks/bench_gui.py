@@ -1,6 +1,7 @@
 """Start-up, open and event-loop stalls of the desktop app.
 
     .venv/bin/python benchmarks/bench_gui.py [--platform offscreen|xcb] [--repeat 3]
+    .venv/bin/python benchmarks/bench_gui.py --million
 
 Measures, side by side in one run, on the 2 GiB / 800-tensor checkpoint that
 bench_info.py writes (made here if missing) and on a 100,000-tensor state_dict:
@@ -137,14 +138,36 @@ def in_app(paths: list[Path], platform: str, repeat: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def million(folder: Path, platform: str) -> None:
+    if not (folder / "model.safetensors.index.json").exists():
+        sys.path.insert(0, str(HERE))
+        from bench_shards import make_model
+
+        make_model(folder, 1_000_000, 16)
+    r = in_app([folder], platform, 1)[str(folder)]
+    print(f"\nQt platform: {platform}; 1,000,000 tensors in 16 shards, opened once\n")
+    print(f"  open to tree shown:          {r['open'][0]:.1f} s")
+    print(f"  longest event-loop stall:    {r['stall'][0]:.0f} ms (while reading)")
+    print(f"  filter 'sub3' to shown:      {r['filter'][0]:.1f} s, longest stall "
+          f"{r['filter_stall'][0]:.0f} ms")
+    print(f"  sort by key (GUI thread):    {r['sort'][0] * 1000:.0f} ms, longest stall "
+          f"{r['sort_stall'][0]:.0f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--platform", default="offscreen")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "ckpt-inspector-bench"))
+    ap.add_argument("--million", action="store_true",
+                    help="instead: 1,000,000 tensors in 16 safetensors shards and their index "
+                         "(made once, about 250 MB), opened once")
     args = ap.parse_args()
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
+    if args.million:
+        million(folder / "model_1m", args.platform)
+        return
     big, many = ensure_files(folder)
 
     cold = [cold_start(big, args.platform) for _ in range(args.repeat)]
