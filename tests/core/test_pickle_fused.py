@@ -308,3 +308,34 @@ def test_a_payload_in_a_run_is_still_seen(tmp_path, monkeypatch):
     assert isinstance(call, Call) and call.func_name == "os.system"
     assert not marker.exists()
     assert not any(isinstance(a, Anomaly) and a.code == "stack-left" for a in result.anomalies)
+
+
+@pytest.mark.parametrize("error", [KeyError, IndexError, TypeError, struct.error])
+def test_a_persistent_load_error_is_reported_at_binpersid(monkeypatch, error):
+    """A persistent_load that raises one of the errors the loop turns into a PickleError at
+    the opcode's offset: the same message at the same offset (BINPERSID's) both ways."""
+    data = (b"\x80\x02Nq\x000X\x00\x00\x00\x00q\x01h\x00((h\x00h\x00X\x01\x00\x00\x000q\x02"
+            b"h\x00K\x00tq\x03QK\x00))\x89h\x00)Rq\x04tq\x05Rq\x06.")
+    assert fused.TENSOR_RUN.match(data, 11)
+
+    def load(pid, at):
+        raise error(pid[2])
+
+    fast = interpret(data, True, monkeypatch, load)
+    assert fast == interpret(data, False, monkeypatch, load)
+    assert fast[0] is not None and "at byte 36" in fast[0][1], fast[0]
+
+
+def test_a_run_of_ints_is_bounded(monkeypatch):
+    """A MARK followed by many ints: the run's regex gives up after 64 (a dimension count no
+    tensor has) instead of keeping state for each of millions of them; both ways agree."""
+    head = (b"\x80\x02X\x00\x00\x00\x00q\x00h\x00((h\x00h\x00X\x01\x00\x00\x000q\x01h\x00"
+            b"K\x00tq\x02QK\x00(")
+    tail = b"t)\x89h\x00)Rq\x03tq\x04Rq\x05."
+    for n, matches in ((64, True), (65, False), (200_000, False)):
+        data = head + b"K\x00" * n + tail
+        assert (fused.TENSOR_RUN.match(data, 7) is not None) is matches, n
+        assert interpret(data, True, monkeypatch) == interpret(data, False, monkeypatch)
+    digits = (b"\x80\x02X\x00\x00\x00\x00q\x00h\x00((h\x00h\x00X\x05\x00\x00\x00"
+              + b"0" * 100_000 + b"q\x01.")
+    assert fused.TENSOR_RUN.match(digits, 7) is None

@@ -36,8 +36,10 @@ _PUT = rb"(q.|r....)"  # BINPUT, LONG_BINPUT
 _GET = rb"(h.|j....)"  # BINGET, LONG_BINGET
 _OPT_PUT = rb"(q.|r....)?"
 # a tuple of ints: EMPTY_TUPLE, TUPLE1/2/3 after as many ints, or MARK ints TUPLE
+# (bounded: an unbounded repeat makes the regex engine keep state per item, a file of
+# millions of ints in one uninterruptible call; a tensor has far fewer dimensions)
 _TUPLE = (rb"(\)|" + _INT + rb"\x85|" + _INT * 2 + rb"\x86|" + _INT * 3 + rb"\x87|\("
-          + _INT + rb"*t)")
+          + _INT + rb"{0,64}t)")
 
 # Starts right after the key's BINUNICODE; groups are numbered as :func:`tensor_run` reads them.
 TENSOR_RUN = re.compile(
@@ -45,7 +47,7 @@ TENSOR_RUN = re.compile(
     + _GET  # 2: _rebuild_tensor_v2
     + rb"\(\("  # MARK MARK
     + _GET + _GET  # 3: 'storage', 4: the storage class
-    + rb"X(.)\x00\x00\x00([0-9]+)"  # 5: the storage key's length, 6: its digits
+    + rb"X(.)\x00\x00\x00([0-9]{1,32})"  # 5: the storage key's length, 6: its digits
     + _PUT  # 7: its slot
     + _GET  # 8: the location
     + rb"(" + _INT + rb")"  # 9: numel
@@ -62,6 +64,17 @@ TENSOR_RUN = re.compile(
 
 # opcodes in a run besides those of its two tuples
 _FIXED_OPS = 23
+
+
+class LoadFailed(Exception):
+    """``persistent_load`` raised one of the errors the opcode loop turns into a
+    :class:`PickleError` at the opcode's offset: the loop re-raises ``error`` as if at the
+    BINPERSID at ``at``."""
+
+    def __init__(self, error: BaseException, at: int):
+        super().__init__(error, at)
+        self.error = error
+        self.at = at
 
 unpack = _UNPACK_IU  # a memo index: raw[1] if BINPUT/BINGET, else this at 1
 
@@ -94,6 +107,13 @@ def _int_tuple(raw: bytes) -> tuple[tuple[int, ...], int]:
     if len(_tuples) < _MAX_CACHED:
         _tuples[raw] = found
     return found
+
+
+def _resolve(persistent_load: PersistentLoad, pid: Any, at: int) -> Any:
+    try:
+        return persistent_load(pid, at)
+    except (IndexError, KeyError, TypeError, struct.error) as err:
+        raise LoadFailed(err, at) from err  # the loop reports it at BINPERSID
 
 
 def tensor_run(
@@ -164,7 +184,8 @@ def tensor_run(
         pid = deep(pid, m.end(9))  # TUPLE
     memo[i_pid] = pid
     at = m.end(10)  # BINPERSID
-    ref = PersistentRef(pid, at) if persistent_load is None else persistent_load(pid, at)
+    ref = PersistentRef(pid, at) if persistent_load is None else _resolve(persistent_load,
+                                                                          pid, at)
     if put_size is not None:
         memo[i_size] = size_value
     if put_stride is not None:

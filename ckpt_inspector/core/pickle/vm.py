@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ckpt_inspector.core.errors import PickleError
-from ckpt_inspector.core.pickle.fused import tensor_run
+from ckpt_inspector.core.pickle.fused import LoadFailed, tensor_run
 from ckpt_inspector.core.pickle.values import (
     Anomaly,
     Builds,
@@ -331,8 +331,12 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 stack.append(key)
                 pos += n
                 # a state_dict key, then the run torch.save writes for its tensor: one step
-                run = tensor_run(data, pos, limit, key, memo, calls, persistent_load, deep,
-                                 tuple_depth, tuple_cost, alive, ops_left - check_at)
+                try:
+                    run = tensor_run(data, pos, limit, key, memo, calls, persistent_load, deep,
+                                     tuple_depth, tuple_cost, alive, ops_left - check_at)
+                except LoadFailed as failed:  # as the BINPERSID branch below would fail
+                    op_pos, pos = failed.at, failed.at + 1
+                    raise failed.error from None
                 if run is not None:
                     stack.append(run[0])
                     pos = run[1]
