@@ -108,7 +108,11 @@ def test_a_gcs_object_reads_as_the_local_file(bucket, name):
     # each read names the generation the metadata gave: a replaced object is not mixed in
     assert all(r.range and r.query.get("generation") for r in media), media
     assert remote.metadata["remote"]["size"] == (folder / name).stat().st_size
-    assert remote.metadata["remote"]["requests"] == len(seen)  # each one the server saw
+    # each one the server saw; the folder check is counted when gcsfs starts it, and it may
+    # be cancelled before it is sent when the object's metadata answers first (seen once in
+    # CI on a loaded machine)
+    counted = remote.metadata["remote"]["requests"]
+    assert counted == len(seen) or (counted == len(seen) + 1 and not folder_check), seen
     size = (folder / name).stat().st_size
     if name == "m.safetensors":
         assert len(media) <= 2, seen  # the end, the header
