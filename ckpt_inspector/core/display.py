@@ -56,13 +56,23 @@ def _groupable(node: Node) -> bool:
                                        for c in node.children)
 
 
-Slots = dict[tuple[int, Any], DisplayNode]  # (id of the parent row, part) -> row
+# id of a row -> its rows by part: one small dict per row rather than one entry per row in
+# a dict of the whole tree (past a million entries, each time such a dict grows it copies
+# itself in one step that holds the interpreter's lock for a quarter of a second)
+Slots = dict[int, dict[Any, DisplayNode]]
+
+
+def _rows_of(slots: Slots, parent: DisplayNode) -> dict[Any, DisplayNode]:
+    rows = slots.get(id(parent))
+    if rows is None:
+        rows = slots[id(parent)] = {}
+    return rows
 
 
 def _place_all(dnode: DisplayNode, children: list[Node], slots: Slots, made: list[DisplayNode],
                stack: list[tuple[Node, DisplayNode]]) -> None:
     """The rows of a groupable mapping's children below ``dnode``, by the rule of
-    :class:`~ckpt_inspector.core.keytree.DottedKeys` (rows looked up by (parent, part) in
+    :class:`~ckpt_inspector.core.keytree.DottedKeys` (rows looked up by parent and part in
     ``slots``, shared by the whole tree; ``x`` and ``x.y`` share the row ``x``; a duplicate
     key gets a row of its own that nothing joins). Group rows are remembered by their
     dotted prefix, so a key costs a look-up or two, not one per part.
@@ -71,7 +81,9 @@ def _place_all(dnode: DisplayNode, children: list[Node], slots: Slots, made: lis
     parent group exists, or is one part below one that does) is made inline, rows are
     built without keyword arguments, and only a row with children goes on the stack."""
     groups: dict[str, DisplayNode] = {}  # dotted prefix -> its group row
-    get_group, get_slot, add_made, push = groups.get, slots.get, made.append, stack.append
+    get_group, add_made, push = groups.get, made.append, stack.append
+    last_parent: DisplayNode | None = None
+    here: dict[Any, DisplayNode] = {}  # the rows of last_parent
     for child in children:
         key = child.key
         if type(key) is str and "." in key:
@@ -81,12 +93,12 @@ def _place_all(dnode: DisplayNode, children: list[Node], slots: Slots, made: lis
                 head, dot, last = prefix.rpartition(".")
                 above = get_group(head) if dot and head else None
                 if above is not None:  # one group row missing: made here
-                    slot = (id(above), last)
-                    parent = get_slot(slot)
+                    rows = _rows_of(slots, above)
+                    parent = rows.get(last)
                     if parent is None:
                         kids = above.children
                         n = len(kids)
-                        parent = slots[slot] = DisplayNode(
+                        parent = rows[last] = DisplayNode(
                             last, f"{above.key}.{last}" if above.key else last, n)
                         parent.parent = above
                         parent.row = n
@@ -97,14 +109,15 @@ def _place_all(dnode: DisplayNode, children: list[Node], slots: Slots, made: lis
                     parent = _group(dnode, prefix, groups, slots, made)
         else:
             parent, part = dnode, key
-        slot = (id(parent), part)
-        row = get_slot(slot)
+        if parent is not last_parent:
+            last_parent, here = parent, _rows_of(slots, parent)
+        row = here.get(part)
         if row is None:
             kids = parent.children
             n = len(kids)
             pkey = parent.key
-            row = slots[slot] = DisplayNode(str(part), f"{pkey}.{part}" if pkey else str(part),
-                                            n)
+            row = here[part] = DisplayNode(str(part), f"{pkey}.{part}" if pkey else str(part),
+                                           n)
             row.parent = parent  # the two stores cost less than keyword arguments
             row.row = n
             kids.append(row)
@@ -133,10 +146,10 @@ def _group(dnode: DisplayNode, prefix: str, groups: dict[str, DisplayNode], slot
     if not dot:
         prefix = ""
     for part in reversed(missing):
-        slot = (id(parent), part)
-        row = slots.get(slot)
+        rows = _rows_of(slots, parent)
+        row = rows.get(part)
         if row is None:
-            row = slots[slot] = _make(parent, part, join(parent.key, part), made)
+            row = rows[part] = _make(parent, part, join(parent.key, part), made)
         prefix = f"{prefix}.{part}" if prefix or parent is not dnode else part
         groups[prefix] = parent = row
     return parent

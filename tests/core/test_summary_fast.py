@@ -100,3 +100,19 @@ def test_totals_count_each_storage_once(layout):
     a.tensor.layout = layout
     t = totals(Checkpoint("x.pt", "torch-zip", state_dict(a, b)))
     assert t["tensors"] == 2 and t["storage_nbytes"] == 24 and t["numel"] == 12
+
+
+def test_totals_past_a_slice_count_each_storage_once(monkeypatch):
+    """More tensors than a slice (the ids sorted by numpy, sums taken a slice at a time):
+    the same totals as the small path, shared storages once."""
+    from ckpt_inspector.core import summary
+
+    sources = [BytesRange(b"\0" * 64, 0, 8 + i % 5) for i in range(40)]
+    nodes = [_stored(f"k{i}", source=sources[i % 40], dtype=("float32", "bfloat16")[i % 2])
+             for i in range(3000)]
+    small = totals(Checkpoint("x.pt", "torch-zip", state_dict(*nodes)))
+    monkeypatch.setattr(summary, "SLICE", 64)
+    sliced = totals(Checkpoint("x.pt", "torch-zip", state_dict(*nodes)))
+    assert sliced == small
+    assert small["storage_nbytes"] == sum(8 + i % 5 for i in range(40))
+    assert small["by_dtype"]["bfloat16"]["tensors"] == 1500
