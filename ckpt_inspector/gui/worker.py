@@ -75,12 +75,19 @@ class Worker(QRunnable):
             if inspect.isgenerator(result):
                 result = self._drive(result)
             if result is not _ABORTED:
-                self.signals.returned.emit(result)
+                self._emit(self.signals.returned, result)
         except Exception as exc:  # every error goes to ``errored``, never the event loop
-            self.signals.errored.emit(exc)
+            self._emit(self.signals.errored, exc)
         finally:
-            self.signals.finished.emit()
-            self.signals.done.emit(self)
+            self._emit(self.signals.finished)
+            self._emit(self.signals.done, self)
+
+    @staticmethod
+    def _emit(signal: Any, *args: Any) -> None:
+        try:
+            signal.emit(*args)
+        except RuntimeError:  # "Signal source has been deleted": the app quit meanwhile
+            pass  # (a read of a million tensors outlasts the wait at exit): no one to tell
 
     def _drive(self, gen: Any) -> Any:
         try:
@@ -91,7 +98,7 @@ class Worker(QRunnable):
                     value = next(gen)
                 except StopIteration as stop:
                     return stop.value
-                self.signals.yielded.emit(value)
+                self._emit(self.signals.yielded, value)
         finally:
             gen.close()  # its ``finally`` blocks run now, on this thread
 

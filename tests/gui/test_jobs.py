@@ -116,3 +116,28 @@ def test_a_worker_reports_an_error_once_and_never_raises_it(qtbot):
     worker.start()
     qtbot.waitUntil(lambda: finished == [True], timeout=WAIT)
     assert len(errors) == 1 and str(errors[0]) == "bad file"
+
+
+def test_a_worker_whose_signals_are_gone_ends_quietly(qtbot, capfd):
+    """The app quit while a long read ran (its signals object deleted at exit): the worker
+    ends without "Signal source has been deleted" tracebacks."""
+    import threading
+
+    import shiboken6
+    from PySide6.QtCore import QThreadPool
+
+    from ckpt_inspector.gui.worker import Worker
+
+    release = threading.Event()
+
+    def long_read():
+        release.wait(10)
+        return "tree"
+
+    worker = Worker(long_read)
+    worker.start()
+    shiboken6.delete(worker.signals)
+    release.set()
+    assert QThreadPool.globalInstance().waitForDone(10_000)
+    Worker.running.discard(worker)
+    assert "Signal source has been deleted" not in capfd.readouterr().err
