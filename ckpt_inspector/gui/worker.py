@@ -15,6 +15,7 @@ released), while an aborted generator is closed and returns nothing.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -84,10 +85,10 @@ class Worker(QRunnable):
 
     @staticmethod
     def _emit(signal: Any, *args: Any) -> None:
-        try:
+        # "Signal source has been deleted": the app quit meanwhile (a read of a million
+        # tensors outlasts the wait at exit), and there is no one to tell
+        with contextlib.suppress(RuntimeError):
             signal.emit(*args)
-        except RuntimeError:  # "Signal source has been deleted": the app quit meanwhile
-            pass  # (a read of a million tensors outlasts the wait at exit): no one to tell
 
     def _drive(self, gen: Any) -> Any:
         try:
