@@ -9,9 +9,11 @@ progress and result (``--progress``) is written and read here, in one place.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -67,6 +69,29 @@ def run(job: Job[T], on_progress: Callable[[Progress], Any] | None = None,
                 on_progress(report)
     finally:
         job.close()
+
+
+# Progress from inside a plain function (a reader deep in a layout): whoever runs it sets
+# where reports go for the context; a copied context (the threads that read shards) reports
+# there too, so the callback must be safe to call from any thread.
+_reporter: contextvars.ContextVar[Callable[[Progress], Any] | None] = contextvars.ContextVar(
+    "ckpt_inspector_reporter", default=None)
+
+
+@contextmanager
+def reporting(to: Callable[[Progress], Any] | None) -> Iterator[None]:
+    """:func:`report` calls in this context go to ``to`` (None: nowhere)."""
+    reset = _reporter.set(to)
+    try:
+        yield
+    finally:
+        _reporter.reset(reset)
+
+
+def report(stage: str, done: int = 0, total: int = 0, detail: str = "") -> None:
+    to = _reporter.get()
+    if to is not None:
+        to(Progress(stage, done, total, detail))
 
 
 # The JSON-lines protocol of ``--progress``: progress lines, then one result line.

@@ -59,17 +59,21 @@ class JobRunner(QObject):
             on_progress: Callable[[Any], None] | None = None,
             on_discard: Callable[[Any], None] | None = None,
             on_cancel: Callable[[], None] | None = None, quiet: bool = False,
-            cancellable: bool = False) -> Task:
+            cancellable: bool = False, reports: bool = False) -> Task:
         """Run ``fn(*args)`` (a function or a job: a generator function) on a worker thread.
 
         A ``cancellable`` ``fn`` also gets ``cancel=`` the task's token, which cancelling
         sets, so a job stops within a step (a chunk, a tensor), not only between its yields.
+        A function that ``reports`` gets ``progress=``, a callable taking a
+        :class:`Progress` from any thread, delivered as a generator's yields are.
         ``on_cancel`` runs when the user cancels; ``on_discard`` receives the result of a
         task that was cancelled meanwhile. A ``quiet`` task stays out of :attr:`tasks` (the
         status bar): its owner shows its progress and cancels it.
         """
         task = self._task(label, quiet, on_cancel)
-        kwargs = {"cancel": task.token} if cancellable else {}
+        kwargs: dict[str, Any] = {"cancel": task.token} if cancellable else {}
+        if reports:  # a function that says how far it is, from its thread or others
+            kwargs["progress"] = lambda report: Worker.emit(worker.yielded, report)
 
         def returned(result: Any) -> None:
             # a worker told to quit (the window closing) hands its result to nobody's view
@@ -82,7 +86,7 @@ class JobRunner(QObject):
         worker.returned.connect(returned)
         worker.errored.connect(self._errored(task, on_error))
         worker.finished.connect(lambda: self._finished(task))
-        if on_progress is not None or inspect.isgeneratorfunction(fn):
+        if on_progress is not None or reports or inspect.isgeneratorfunction(fn):
             worker.yielded.connect(self._progressed(task, on_progress))
         task.worker = worker
         self._started(task)

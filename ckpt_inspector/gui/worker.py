@@ -76,15 +76,15 @@ class Worker(QRunnable):
             if inspect.isgenerator(result):
                 result = self._drive(result)
             if result is not _ABORTED:
-                self._emit(self.signals.returned, result)
+                self.emit(self.signals.returned, result)
         except Exception as exc:  # every error goes to ``errored``, never the event loop
-            self._emit(self.signals.errored, exc)
+            self.emit(self.signals.errored, exc)
         finally:
-            self._emit(self.signals.finished)
-            self._emit(self.signals.done, self)
+            self.emit(self.signals.finished)
+            self.emit(self.signals.done, self)
 
     @staticmethod
-    def _emit(signal: Any, *args: Any) -> None:
+    def emit(signal: Any, *args: Any) -> None:
         # "Signal source has been deleted": the app quit meanwhile (a read of a million
         # tensors outlasts the wait at exit), and there is no one to tell
         with contextlib.suppress(RuntimeError):
@@ -99,7 +99,7 @@ class Worker(QRunnable):
                     value = next(gen)
                 except StopIteration as stop:
                     return stop.value
-                self._emit(self.signals.yielded, value)
+                self.emit(self.signals.yielded, value)
         finally:
             gen.close()  # its ``finally`` blocks run now, on this thread
 

@@ -169,3 +169,27 @@ def test_config_json_is_a_table_of_its_top_level_keys(qtbot, window, torch, tmp_
     assert '{"model_type"' not in summary  # not one raw JSON blob
     table = summary.split(f"config.json ({len(config)})")[1].splitlines()
     assert max(len(line) for line in table) < 120  # the long value is cut short
+
+
+def test_reading_a_sharded_folder_says_which_file(qtbot, window, torch, tmp_path, monkeypatch):
+    """A checkpoint of many files says how many are read (the tab and the status bar's
+    bar), then each step, while it is read."""
+    from ckpt_inspector.gui.tree.widgets import MessagePage
+
+    folder, weight_map = _model(torch, tmp_path)
+    shown, fractions = [], []
+    real = MessagePage.show_message
+    monkeypatch.setattr(MessagePage, "show_message",
+                        lambda self, html, retry: shown.append(html) or real(self, html, retry))
+    window.runner.changed.connect(
+        lambda: fractions.extend(t.fraction for t in window.runner.tasks))
+    open_and_wait(qtbot, window, folder)
+    shards = sorted(set(weight_map.values()))
+    n = len(shards)
+    assert n > 1
+    for k, shard in enumerate(shards):
+        assert f"Reading <b>sharded</b>: {k} of {n} files read<br>{shard}" in shown, shown
+    assert f"Reading <b>sharded</b>: {n} of {n} files read" in shown
+    assert shown.index("Reading <b>sharded</b>: scanning…") < \
+        shown.index("Reading <b>sharded</b>: building the tree…")
+    assert any(f is not None and 0 < f < 1 for f in fractions), fractions

@@ -39,6 +39,7 @@ from ckpt_inspector.core.io.opening import is_url
 from ckpt_inspector.core.io.remote_fs import ServerError
 from ckpt_inspector.core.layouts import _index_json
 from ckpt_inspector.core.layouts._union import Union, file_size, read_file
+from ckpt_inspector.core.progress import report
 from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import Checkpoint
 
@@ -204,8 +205,10 @@ def read_plan(path: str, plan: _Plan, fmt: str) -> Checkpoint:
         ckpt.warnings.append(f"{plan.index} lists no tensor")
     promised = _Promised(plan.weight_map)
     with _reads(plan) as reads:
-        for rel in plan.shards:
+        for k, rel in enumerate(plan.shards):
+            report("files read", k, len(plan.shards), rel)
             _read_shard(union, plan.folder, rel, promised, reads.get(rel))
+        report("files read", len(plan.shards), len(plan.shards))
     _config(ckpt, plan.folder)
     for other in plan.others:
         ckpt.warnings.append(f"the folder also holds {other}, not read (open it on its own "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,8 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.gcpause import bulk_allocation, release_steps
 from ckpt_inspector.core.io.cancel import cancellable
 from ckpt_inspector.core.layouts import open_checkpoint
-from ckpt_inspector.core.progress import Cancelled
+from ckpt_inspector.core.progress import Cancelled, Progress, reporting
+from ckpt_inspector.core.progress import report as report_step
 from ckpt_inspector.core.scan import ScanReport, scan
 from ckpt_inspector.core.summary import totals
 from ckpt_inspector.core.torch_load_prediction import predict
@@ -62,19 +63,23 @@ def open_file(path: str) -> Checkpoint:
         raise CheckpointError(f"unexpected {type(err).__name__} while reading: {err}") from err
 
 
-def load_file(path: str, flat: bool = False, cancel: threading.Event | None = None
-              ) -> LoadedFile:
+def load_file(path: str, flat: bool = False, cancel: threading.Event | None = None,
+              progress: Callable[[Progress], Any] | None = None) -> LoadedFile:
     """Read, scan and build the grouped tree of ``path`` (and the flat one with ``flat``,
     else on first use). Setting ``cancel`` stops a remote file's reading at its next
-    request (:class:`~ckpt_inspector.core.progress.Cancelled`)."""
+    request (:class:`~ckpt_inspector.core.progress.Cancelled`); ``progress`` hears how far
+    it is (the files of a checkpoint made of many, then each step), from any thread."""
     start = time.perf_counter()
-    with cancellable(cancel):
-        ckpt = open_file(path)
-    with bulk_allocation():
-        report = scan(ckpt)
-        grouped = build_display_tree(ckpt.root, grouped=True)
-        flat_tree = build_display_tree(ckpt.root, grouped=False) if flat else None
-        file = LoadedFile(path, ckpt, report, grouped, flat_tree, totals(ckpt), 0.0)
+    with reporting(progress):
+        with cancellable(cancel):
+            ckpt = open_file(path)
+        report_step("scanning")
+        with bulk_allocation():
+            report = scan(ckpt)
+            report_step("building the tree")
+            grouped = build_display_tree(ckpt.root, grouped=True)
+            flat_tree = build_display_tree(ckpt.root, grouped=False) if flat else None
+            file = LoadedFile(path, ckpt, report, grouped, flat_tree, totals(ckpt), 0.0)
     file.adapter = find_adapter(ckpt)
     file.torch_load = predict(ckpt, report, devices=file.totals.get("devices") or {})
     file.seconds = time.perf_counter() - start

@@ -27,6 +27,7 @@ from ckpt_inspector.core import query as query_mod
 from ckpt_inspector.core.display import DisplayNode
 from ckpt_inspector.core.ops.session import LoadedFile, load_file
 from ckpt_inspector.core.ops.stats import Stats
+from ckpt_inspector.core.progress import Progress
 from ckpt_inspector.core.torch_load_prediction import predict
 from ckpt_inspector.core.tree import TensorInfo
 from ckpt_inspector.gui.analysis import Analysis
@@ -100,11 +101,12 @@ AUTO_EXPAND_LIMIT = 400
 SYNC_FILTER_TENSORS = 5_000  # a larger tree is filtered a slice at a time
 
 
-def _load(path: str, flat: bool = False, cancel: Any = None) -> tuple[LoadedFile, int, str]:
+def _load(path: str, flat: bool = False, cancel: Any = None, progress: Any = None
+          ) -> tuple[LoadedFile, int, str]:
     """What a tab reads on a worker: the file (and its flat tree when that is what the tab
     shows), how many files hold its tensors, and the folder they all lie in ("" if none:
     the File column leaves it out)."""
-    file = load_file(path, flat, cancel)  # a URL's transfer stops when cancelled
+    file = load_file(path, flat, cancel, progress)  # a URL's transfer stops when cancelled
     files = {n.tensor.file for n in file.ckpt.root.walk() if n.tensor is not None}
     folders = {os.path.dirname(f or "") for f in files}
     return file, len(files), folders.pop() if len(folders) == 1 else ""
@@ -259,8 +261,17 @@ class CheckpointView(QWidget):
         name = name_of(self.path)
         where = f" from {escape(urlsplit(self.path).hostname or '')}" if is_url(self.path) \
             else ""
-        self._show_message(f"Reading <b>{escape(name)}</b>{where}…", retry=False)
+        reading = f"Reading <b>{escape(name)}</b>{where}"
+        self._show_message(reading + "…", retry=False)
+
+        def progressed(p: Progress) -> None:  # a checkpoint of many files: which one
+            if generation == self._generation and self.file is None:
+                step = f"{p.done:,} of {p.total:,} {p.stage}" if p.total else f"{p.stage}…"
+                detail = f"<br>{escape(p.detail)}" if p.detail else ""
+                self.message.show_message(f"{reading}: {step}{detail}", False)
+
         self.runner.run(f"Reading {name}", _load, self.path, not self.group_box.isChecked(),
+                        on_progress=progressed, reports=True,
                         on_result=lambda r: self._loaded(r[0], generation, r[1], r[2]),
                         on_error=lambda e: self._failed(e, generation),
                         on_discard=lambda r: release_soon(r[0]),
