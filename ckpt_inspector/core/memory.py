@@ -35,6 +35,7 @@ from operator import attrgetter, gt, not_, or_
 from typing import Any
 
 from ckpt_inspector.core import dtypes
+from ckpt_inspector.core.chunks import in_slices
 from ckpt_inspector.core.tensors import DataSource
 from ckpt_inspector.core.tree import Checkpoint, Node, TensorInfo
 
@@ -245,7 +246,9 @@ def _is_optimizer_dict(node: Node) -> bool:
 def _by_role(nodes: list[Node]) -> tuple[list[Node], list[Node]]:
     """(tensors a ``state_dict()`` holds, the others: attributes, non-persistent
     buffers)."""
-    roles = set(map(_ROLE, nodes))
+    roles: set[Any] = set()
+    for part in in_slices(nodes):
+        roles.update(map(_ROLE, part))
     if not roles & set(NOT_IN_STATE_DICT):
         return list(nodes), []
     return ([n for n in nodes if n.role not in NOT_IN_STATE_DICT],

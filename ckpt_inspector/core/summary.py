@@ -12,6 +12,7 @@ from operator import attrgetter
 from typing import Any
 
 from ckpt_inspector.core import dtypes
+from ckpt_inspector.core.chunks import SLICE, in_slices
 from ckpt_inspector.core.keytree import roll_up
 from ckpt_inspector.core.memory import memory_totals
 from ckpt_inspector.core.tensors import DataSource
@@ -359,15 +360,8 @@ def totals(ckpt: Checkpoint, nodes: list[Node] | None = None) -> dict[str, Any]:
     return out
 
 
-# Whole-list steps in C (map, set, Counter, sum) hold the interpreter's lock for as long
-# as they run: over 1,000,000 tensors up to a quarter of a second each, the window frozen
-# (its thread waits for the lock while a worker sums). They run on slices of this many.
-SLICE = 1 << 15
-
-
 def _slices(seq: list[Any]) -> Iterator[list[Any]]:
-    for i in range(0, len(seq), SLICE):
-        yield seq[i:i + SLICE]
+    return in_slices(seq, SLICE)
 
 
 def _distinct(objs: list[Any]) -> list[Any]:

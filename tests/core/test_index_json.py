@@ -104,3 +104,13 @@ def test_read_json_still_accepts_what_python_json_does(tmp_path, monkeypatch):
     path = tmp_path / "model.safetensors.index.json"
     path.write_bytes(_index().replace(b"123", b"NaN"))
     assert hf_sharded.read_json(str(path), path.name)["metadata"]["total_size"] != 123
+
+
+@pytest.mark.parametrize("start", [0, 1, 250, 299, 300, 301])
+def test_find_in_windows_is_find(start):
+    raw = _index(60)
+    for needle in (b'"weight_map"', b"model-00003", b"}", b"not there"):
+        assert _index_json._find(raw, needle, start) == raw.find(needle, start)
+    for at in range(0, 1200, 7):  # a needle across every window's edge
+        doc = b"x" * at + b'"weight_map"' + b"y" * 700
+        assert _index_json._find(doc, b'"weight_map"', start) == doc.find(b'"weight_map"', start)
