@@ -1,7 +1,7 @@
 """Start-up, open and event-loop stalls of the desktop app.
 
     .venv/bin/python benchmarks/bench_gui.py [--platform offscreen|xcb] [--repeat 3]
-    .venv/bin/python benchmarks/bench_gui.py --million
+    .venv/bin/python benchmarks/bench_gui.py --million [--stalls 100]
 
 Measures, side by side in one run, on the 2 GiB / 800-tensor checkpoint that
 bench_info.py writes (made here if missing) and on a 100,000-tensor state_dict:
@@ -65,7 +65,15 @@ win.show()
 paths, repeat = sys.argv[1:-1], int(sys.argv[-1])
 clock = QElapsedTimer(); clock.start()
 last = [clock.elapsed()]; gaps = []
+# --stalls MS: whenever the loop is MS late, every thread's stack, dumped from C (a thread
+# holding the interpreter's lock in one long C step stops Python-level watchdogs too)
+stall_ms = int(os.environ.get("CKPT_BENCH_STALLS") or 0)
+if stall_ms:
+    import faulthandler
+    stall_log = open(os.environ["CKPT_BENCH_STALL_LOG"], "w")
 def beat():
+    if stall_ms:
+        faulthandler.dump_traceback_later(stall_ms / 1000, repeat=True, file=stall_log)
     now = clock.elapsed(); gaps.append(now - last[0]); last[0] = now
 heart = QTimer(); heart.setInterval(2); heart.timeout.connect(beat); heart.start()
 results = {}
@@ -129,12 +137,21 @@ print(json.dumps(results))
 '''
 
 
+STALLS = {"ms": 0}  # --stalls
+
+
 def in_app(paths: list[Path], platform: str, repeat: int) -> dict:
     env = {**os.environ, "QT_QPA_PLATFORM": platform}
+    log = Path(tempfile.mkdtemp()) / "stalls.txt"
+    if STALLS["ms"]:
+        env.update(CKPT_BENCH_STALLS=str(STALLS["ms"]), CKPT_BENCH_STALL_LOG=str(log))
     proc = subprocess.run([sys.executable, "-c", HARNESS, *map(str, paths), str(repeat)],
                           env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
+    if STALLS["ms"]:
+        print(f"\nevery thread's stack each time the event loop was {STALLS['ms']} ms late "
+              f"(innermost first):\n{log.read_text() or '(never)'}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -162,7 +179,10 @@ def main() -> None:
     ap.add_argument("--million", action="store_true",
                     help="instead: 1,000,000 tensors in 16 safetensors shards and their index "
                          "(made once, about 250 MB), opened once")
+    ap.add_argument("--stalls", type=int, default=0, metavar="MS",
+                    help="print every thread's stack whenever the event loop is MS late")
     args = ap.parse_args()
+    STALLS["ms"] = args.stalls
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
     if args.million:
