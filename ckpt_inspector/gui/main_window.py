@@ -109,10 +109,13 @@ class MainWindow(QMainWindow):
         # read: it would slow the read down while the user waits for the first tree
         QTimer.singleShot(IDLE_AFTER_MS, self, self._when_idle)  # not once deleted
 
-    def _when_idle(self) -> None:
-        """Start what waits for an idle window (see ``__init__``), or look again later."""
-        if self.runner.tasks:
-            QTimer.singleShot(IDLE_AFTER_MS, self, self._when_idle)
+    def _when_idle(self, was_busy: bool = False) -> None:
+        """Start what waits for an idle window (see ``__init__``), or look again later: a
+        whole period after the last task ended (a read's end is when its tree is laid out
+        and painted, which an import on a worker would stall)."""
+        if self.runner.tasks or was_busy:
+            busy = bool(self.runner.tasks)
+            QTimer.singleShot(IDLE_AFTER_MS, self, lambda: self._when_idle(busy))
             return
         preload_when_idle(self.runner)
 
