@@ -63,6 +63,9 @@ def test_transformers_layout_is_read_in_pieces(monkeypatch):
     json.dumps({"metadata": {"weight_map": {"a": "b"}}}, indent=2).encode(),
     json.dumps({"weight_map": {'x"weight_map': "a", "y": "b"}}, indent=2).encode(),
     json.dumps({"weight_map": {"n": {"deep": [1, 2, {"x": 3}]}, "m": "b"}}, indent=2).encode(),
+    # a value nested to orjson's limit counted in the document, not in its piece
+    b'{"weight_map": {"a": "x",\n"b": ' + b"[" * 1023 + b"]" * 1023 + b"}}",
+    b'{"weight_map": {"a": "x",\n"b": ' + b"[" * 300 + b"]" * 300 + b"}}",
     json.dumps({"weight_map": {}}, indent=2).encode(),
     json.dumps({"weight_map": []}, indent=2).encode(),
     json.dumps([{"weight_map": {"a": "b"}}], indent=2).encode(),
@@ -73,6 +76,8 @@ def test_transformers_layout_is_read_in_pieces(monkeypatch):
     _index().replace(b'",\n    "model.layers.20', b'",,\n    "model.layers.20'),
     _index().replace(b'safetensors"\n  }', b'safetensors",\n  }'),
     _index().replace(b'safetensors"\n  }', b'safetensors",}'),
+    _index().replace(b'safetensors"\n  }', b'safetensors",\n}'),  # the last cut: a comma
+    _index(indent=None).replace(b", ", b",\n").replace(b'"}}', b'",\n}}'),
     _index().replace(b'safetensors"\n  }', b'safetensors"}'),
     _index().replace(b'"model-00002-of-00003.safetensors"', b"NaN", 1),
     _index()[:-40],

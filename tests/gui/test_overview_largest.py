@@ -106,3 +106,28 @@ def test_a_module_of_20000_layers_is_not_pushed(monkeypatch):
     assert got[0].key == "model.layers.20000.w0"
     assert [d.key for d in got[1:]] == [f"model.layers.0.w{i}" for i in range(9)]
     assert len(pushed) < 1000, len(pushed)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tensor_and_group_siblings_of_equal_size(seed):
+    """A tensor row and a group row of equal size side by side (the walk takes the tensor
+    first): the same answer as pushing every child, however many children a group has."""
+    rng = random.Random(seed)
+    sizes = []
+    keys = []
+    for i in range(rng.randint(60, 400)):
+        if rng.random() < 0.5:
+            keys.append(f"m.g{i}.w")
+        else:
+            keys.append(f"m.t{i}")
+        sizes.append(rng.choice([4, 4, 1]))
+    root = state_dict(sizes, lambda i: keys[i])
+    top = build_display_tree(root, grouped=True)
+    for n in (1, 3, 10):
+        assert overview.largest_tensors(top, n) == _every_child_pushed(top, n)
+    # the case a review found: the later tensor of equal size comes before the groups
+    root = state_dict([16] + [1] * 50 + [16], lambda i: "m.a.w" if i == 0 else
+                      ("m.z" if i == 51 else f"m.f{i}"))
+    top = build_display_tree(root, grouped=True)
+    assert [d.key for d in overview.largest_tensors(top, 1)] == \
+        [d.key for d in _every_child_pushed(top, 1)] == ["m.z"]

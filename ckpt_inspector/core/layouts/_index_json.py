@@ -11,7 +11,8 @@ piece that does not parse). The result is the one a
 single parse gives, or the document is parsed in one go: every piece but the last must end
 with that comma and parse as an object of its own, and the rest of the document, the map
 replaced by a token found nowhere in the file, must parse with the token as its top-level
-``weight_map``. Duplicate names keep the last, as in one parse.
+``weight_map``; every value must be a string (a file's name), and the map must not end with
+a comma. Duplicate names keep the last, as in one parse.
 """
 
 from __future__ import annotations
@@ -74,14 +75,22 @@ def _in_pieces(raw: bytes) -> dict[str, Any] | None:
             return None
         weight_map: dict[str, Any] = {}
         at = start
+        cut = None
         while at < end:
             cut = _CUT.search(raw, min(at + PIECE, end), end) if at + PIECE < end else None
             stop = cut.start() if cut else end  # at the comma, or the map's end
             piece = raw[at:stop]
             if not piece.strip():
                 return None  # no member between two commas: the document is not JSON
-            weight_map.update(orjson.loads(b"{" + piece + b"}"))
+            part = orjson.loads(b"{" + piece + b"}")
+            # names of files only: a nested value would sit one level shallower in its
+            # piece than in the document (orjson's depth limit), and no index has one
+            if set(map(type, part.values())) - {str}:
+                return None
+            weight_map.update(part)
             at = cut.end() if cut else end
+        if cut is not None:
+            return None  # the last member ends with a comma: "...,}" is not JSON
     except orjson.JSONDecodeError:
         return None
     rest["weight_map"] = weight_map

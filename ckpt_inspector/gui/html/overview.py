@@ -71,8 +71,13 @@ def _contenders(children: list[DisplayNode], n: int) -> list[DisplayNode]:
     """The children that can hold one of the ``n`` largest tensors below their parent, in
     the tree's order: those ``n`` whose largest tensors are the largest (the first of equal
     ones). Any other child's tensors are all outdone by ``n`` tensors, one in each of
-    these. A module of 100,000 layers is sorted in C, not pushed through the heap."""
-    if len(children) <= 4 * n:
+    these. A module of 100,000 layers is sorted in C, not pushed through the heap.
+
+    Only where the children are all alike (all groups, or all leaves): where a tensor row
+    and a group row of equal size are siblings, the walk takes the tensor first, an order
+    a sort by size alone does not keep, so every child is pushed."""
+    if len(children) <= 4 * n or (any(map(_NODE, children)) and
+                                  any(map(_CHILDREN, children))):
         return children
     best = sorted(children, key=attrgetter("largest"), reverse=True)[:n]  # stable: ties
     return sorted(best, key=attrgetter("row"))  # in the tree's order
@@ -90,8 +95,8 @@ def _parts(top: DisplayNode) -> list[DisplayNode]:
     return sorted(groups, key=_NBYTES, reverse=True)[:LISTED] if len(groups) > 1 else []
 
 
-_TENSORS, _CHILDREN, _NBYTES = attrgetter("tensors"), attrgetter("children"), \
-    attrgetter("nbytes")
+_TENSORS, _CHILDREN, _NBYTES, _NODE = attrgetter("tensors"), attrgetter("children"), \
+    attrgetter("nbytes"), attrgetter("node")
 
 
 def _share(part: int, whole: int) -> str:

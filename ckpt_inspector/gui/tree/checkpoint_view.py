@@ -265,7 +265,7 @@ class CheckpointView(QWidget):
         self._show_message(reading + "…", retry=False)
 
         def progressed(p: Progress) -> None:  # a checkpoint of many files: which one
-            if generation == self._generation and self.file is None:
+            if generation == self._generation and self.pages.currentIndex() == 0:
                 step = f"{p.done:,} of {p.total:,} {p.stage}" if p.total else f"{p.stage}…"
                 detail = f"<br>{escape(p.detail)}" if p.detail else ""
                 self.message.show_message(f"{reading}: {step}{detail}", False)
