@@ -94,6 +94,21 @@ def report(stage: str, done: int = 0, total: int = 0, detail: str = "") -> None:
         to(Progress(stage, done, total, detail))
 
 
+def reporter() -> Callable[[Progress], Any] | None:
+    """Where :func:`report` calls go now (None: nowhere), for a loop that reports often
+    and looks it up once."""
+    return _reporter.get()
+
+
+@contextmanager
+def muted() -> Iterator[None]:
+    """No reports from inside the block: one file of a checkpoint made of many, whose
+    layout reports which file it reads (a bar counting files must not jump to one
+    file's bytes and back)."""
+    with reporting(None):
+        yield
+
+
 # The JSON-lines protocol of ``--progress``: progress lines, then one result line.
 
 def progress_line(report: Progress) -> str:

@@ -29,15 +29,18 @@ def run_pickle(
     *,
     expect_end: bool = True,
     executed: bool = True,
+    end_hint: int | None = None,
 ) -> PickleResult:
     """Interpret one pickle and record it on ``ckpt``.
 
     With ``expect_end``, bytes after STOP are recorded as trailing data (the
-    scanner flags them). On a broken stream the partial record is kept and a
-    :class:`CheckpointError` carrying ``ckpt`` is raised.
+    scanner flags them); ``end_hint`` is where the stream should end when the data runs
+    on past it (for the progress of a long read). On a broken stream the partial record
+    is kept and a :class:`CheckpointError` carrying ``ckpt`` is raised.
     """
     try:
-        result = pickle_vm.load(data, start, persistent_load=persistent_load)
+        result = pickle_vm.load(data, start, persistent_load=persistent_load,
+                                end_hint=end_hint)
     except PickleError as err:
         partial = err.result or PickleResult(None, start, start, 0)
         _tag(partial, member)

@@ -256,7 +256,7 @@ class _Archive:
         ckpt = self.ckpt
         try:
             result = run_pickle(ckpt, data, where, start, persistent, expect_end=False,
-                                executed=executed)
+                                executed=executed, end_hint=stop)
         except CheckpointError:
             record = ckpt.pickles[-1]
             if record.result.end > stop or (record.error and "truncated" in record.error):

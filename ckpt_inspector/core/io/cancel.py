@@ -1,5 +1,6 @@
-"""Stopping a read of remote files between two requests: a cancel token set for a context
-(the window's Cancel, for the job that opens a file)."""
+"""Stopping a read between two requests of a remote file, or between two steps of a long
+local one (the pickle interpreter checks every few thousand opcodes): a cancel token set
+for a context (the window's Cancel, for the job that opens a file)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ def cancellable(token: threading.Event | None) -> Iterator[None]:
         yield
     finally:
         _cancel.reset(reset)
+
+
+def current_token() -> threading.Event | None:
+    """The token of this context (None: nothing can cancel it), for a loop that checks it
+    often and looks it up once."""
+    return _cancel.get()
 
 
 def check_cancelled() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
 from ckpt_inspector.core.io import paths
-from ckpt_inspector.core.progress import Cancelled
+from ckpt_inspector.core.progress import Cancelled, muted
 from ckpt_inspector.core.tree import (
     UNKNOWN_DTYPE,
     Checkpoint,
@@ -30,7 +30,8 @@ def read_file(path: str) -> Checkpoint:
     from ckpt_inspector.core import formats
 
     try:
-        return formats.open_checkpoint(path)
+        with muted():  # the layout says which file it reads; not each file's steps
+            return formats.open_checkpoint(path)
     except (CheckpointError, Cancelled):
         raise
     except Exception as err:  # a reader bug on one shard must not hide the others

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ckpt_inspector.core.errors import PickleError
+from ckpt_inspector.core.io.cancel import current_token
 from ckpt_inspector.core.pickle.fused import LoadFailed, tensor_run
 from ckpt_inspector.core.pickle.values import (
     Anomaly,
@@ -44,6 +45,7 @@ from ckpt_inspector.core.pickle.values import (
     SafeKey,
     safe_key,
 )
+from ckpt_inspector.core.progress import Cancelled, Progress, reporter
 
 MAX_TUPLE_DEPTH = 1000
 MAX_LONG_BYTES = 1 << 20
@@ -53,6 +55,11 @@ MAX_OPS = 25_000_000
 # checked every few thousand opcodes and after every costly hash, so no one step starves it
 MAX_SECONDS = 15.0
 _CHECK_EVERY = 1 << 12
+# a stream this long that takes longer than this to read says how far it is (to whoever
+# listens: the window's tab and status bar), then again at most every REPORT_EVERY s
+REPORT_BYTES = 4 << 20
+REPORT_AFTER = 0.25
+REPORT_EVERY = 0.1
 # a dict key or set member whose hash would visit more items than this is refused: tuple
 # hashes are not cached, and memo references let a small stream name an enormous key
 MAX_KEY_ITEMS = 1 << 20
@@ -101,16 +108,18 @@ def load(
     *,
     persistent_load: PersistentLoad | None = None,
     lazy_bytes_threshold: int = LAZY_BYTES_THRESHOLD,
+    end_hint: int | None = None,
 ) -> PickleResult:
     """Interpret one pickle in ``data`` (``bytes`` or ``mmap``) starting at ``start``.
 
     Reads up to and including the first ``STOP`` and returns the inert value
     with every global, call and anomaly seen. Raises :class:`PickleError` on a
-    malformed, truncated or hostile stream.
+    malformed, truncated or hostile stream. ``end_hint``: where the stream should end
+    (a zip member's end: the data runs on past it), for the progress a long read reports.
     """
     partial = PickleResult(None, start, start, 0)
     try:
-        return _run(data, start, persistent_load, lazy_bytes_threshold, partial)
+        return _run(data, start, persistent_load, lazy_bytes_threshold, partial, end_hint)
     except PickleError as err:
         err.result = partial
         raise
@@ -126,11 +135,12 @@ def load(
 
 
 def _run(data: Any, start: int, persistent_load: PersistentLoad | None,
-         lazy_threshold: int, result: PickleResult) -> PickleResult:
+         lazy_threshold: int, result: PickleResult, end_hint: int | None) -> PickleResult:
     # The hot loop uses plain locals only; rare errors surface as IndexError/KeyError/
     # struct.error/TypeError from the fast path and are turned into PickleError below.
     try:
-        return _loop(data, start, len(data), persistent_load, lazy_threshold, result)
+        return _loop(data, start, len(data), persistent_load, lazy_threshold, result,
+                     end_hint)
     except _Stop as stop:
         raise stop.error from None
 
@@ -141,7 +151,7 @@ class _Stop(Exception):
 
 
 def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None,
-          lazy_threshold: int, result: PickleResult) -> PickleResult:
+          lazy_threshold: int, result: PickleResult, end_hint: int | None) -> PickleResult:
     stack: list[Any] = []
     metastack: list[list[Any]] = []
     memo: dict[int, Any] = {}
@@ -284,15 +294,27 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
     deadline_at = time.monotonic() + MAX_SECONDS
     if shared is not None and shared < deadline_at:
         deadline_at = shared
+    cancel = current_token()  # the window's Cancel stops a long read between two checks
+    first, last = pos, min(size, end_hint or size)
+    to = reporter() if last - first >= REPORT_BYTES else None
+    report_at = time.monotonic() + REPORT_AFTER if to is not None else float("inf")
     try:
         while True:
             ops_left -= 1
             if ops_left <= check_at:
                 if ops_left < 0:
                     raise fail(f"more than {MAX_OPS:,} opcodes: the stream is refused", pos)
-                if time.monotonic() > deadline_at:
+                now = time.monotonic()
+                if now > deadline_at:
                     raise fail(f"reading the stream took more than {MAX_SECONDS:.0f} s: "
                                "refused (a hash-collision or similar attack?)", pos)
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                if now >= report_at:
+                    report_at = now + REPORT_EVERY
+                    to(Progress("MB of the pickle read",  # type: ignore[misc]
+                                (min(pos, last) - first) // 1_000_000,
+                                (last - first) // 1_000_000))
                 check_at = max(ops_left - _CHECK_EVERY, -1)
             if pos >= limit:
                 if frame_end >= 0 and pos >= frame_end:
