@@ -15,8 +15,13 @@ NAMES = ("stats",)
 
 
 def add_parser(sub: Any) -> None:
-    st = sub.add_parser("stats", help="statistics of tensors (and histograms), read in chunks")
-    st.add_argument("path")
+    st = sub.add_parser(
+        "stats", help="statistics of tensors (and histograms), read in chunks",
+        description="min, max, mean, std, mean |x|, L2 norm, zeros, NaN and inf of tensors, "
+                    "summed in float64 a chunk at a time. std is the population standard "
+                    "deviation (divided by n, numpy's std(); torch's t.std() divides by n-1, "
+                    "t.std(correction=0) matches).")
+    st.add_argument("path", help="a checkpoint file, folder or URL")
     st.add_argument("keys", nargs="*", metavar="KEY", help="tensors to describe (default: all)")
     st.add_argument("--device", default="cpu",
                     help="where the arithmetic runs: cpu (numpy) or a torch device (cuda:0)")
@@ -84,7 +89,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.lora_update:
         print("effective update scale·B@A of each LoRA pair, computed from its two tensors")
     print(f"{'module' if args.lora_update else 'key':{width}s}  {'dtype':9s} {'min':>11s} "
-          f"{'max':>11s} {'mean':>11s} {'std':>11s} {'zeros':>7s}  nan/inf")
+          f"{'max':>11s} {'mean':>11s} {'std (÷n)':>11s} {'zeros':>7s}  nan/inf")
     for key, e in report.items():
         if "error" in e:
             print(f"{key:{width}s}  {e['dtype']:9s} {e['error']}")

@@ -23,6 +23,9 @@ def test_stats_command(resnet_params, cuda_file, torch):
     assert report["bn1.num_batches_tracked"]["kind"] == "int"
     text = run_cli("stats", str(cuda_file[0]))
     assert text.returncode == 0 and "0.weight" in text.stdout and "nan/inf" in text.stdout
+    # which std it is, where a torch user compares it with t.std() (which divides by n-1)
+    assert "std (÷n)" in text.stdout
+    assert "correction=0" in " ".join(run_cli("stats", "--help").stdout.split())
     progress = run_cli("stats", str(path), "fc.weight", "--progress").stdout.splitlines()
     assert json.loads(progress[0])["event"] == "progress"
     assert json.loads(progress[-1])["tensors"]["fc.weight"]["numel"] == 512_000

@@ -215,7 +215,7 @@ def stats_pairs(stats: Stats) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     if stats.min is not None:
         pairs += [("min", f(stats.min)), ("max", f(stats.max)), ("mean", f(stats.mean)),
-                  ("std", f(stats.std))]
+                  ("std (÷n)", f(stats.std))]
         if stats.kind != "bool":
             pairs += [("mean |x|", f(stats.abs_mean)), ("L2 norm", f(stats.l2))]
     if stats.true is not None:
