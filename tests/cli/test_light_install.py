@@ -82,3 +82,24 @@ def test_what_needs_torch_says_what_to_install(no_torch, args):
     answer = run_cli(*argv, "--json", env=env)
     doc = json.loads(answer.stdout)
     assert answer.returncode == 2 and doc["exit_code"] == 2 and HINT in doc["error"], answer
+
+
+def test_onnx_export_without_torch_or_onnxscript_asks_for_torch(monkeypatch):
+    """In a light install neither torch nor onnxscript is found: the dynamo exporter's
+    check for onnxscript must not be what the user is told (the blocker above leaves both
+    findable, so this asks the check itself)."""
+    import importlib.util
+
+    from ckpt_inspector.core.extras import missing
+    from ckpt_inspector.core.ops.export import model
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in (
+        "torch", "onnxscript") else real(name, *a))
+    with pytest.raises(ModuleNotFoundError) as err:
+        model._check_options("onnx", "cpu", "float32", "trace", "dynamo", 1e-4, 1e-5)
+    assert HINT in missing(err.value)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == (
+        "onnxscript") else real(name, *a))
+    with pytest.raises(model.ExportUsageError, match="onnxscript"):
+        model._check_options("onnx", "cpu", "float32", "trace", "dynamo", 1e-4, 1e-5)

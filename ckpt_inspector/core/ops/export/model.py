@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ckpt_inspector.core.errors import ExportError, ExportUsageError
+from ckpt_inspector.core.extras import install_hint
 from ckpt_inspector.core.io.atomic import check_target, staged_file
 from ckpt_inspector.core.ops.export.model_source import (
     INPUT_DTYPES,
@@ -85,8 +86,10 @@ def _check_options(target: str, device: str, input_dtype: str, method: str, expo
         raise ExportUsageError(f"the ONNX exporter is dynamo or legacy, not {exporter!r}")
     if target == "onnx" and exporter == "dynamo" and importlib.util.find_spec(
             "onnxscript") is None:
-        raise ExportUsageError("the dynamo exporter needs onnxscript (pip install onnxscript); "
-                               "or choose the legacy exporter")
+        if importlib.util.find_spec("torch") is None:  # a light install: torch first
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+        raise ExportUsageError("the dynamo exporter needs onnxscript (pip install onnxscript, "
+                               f"or {install_hint('torch')}); or choose the legacy exporter")
 
 
 def _inputs(model: Any, x: Any, dynamic_batch: bool, input_dtype: str) -> Inputs:
