@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import socket
 import sys
 from collections.abc import Iterable
 
@@ -37,9 +39,68 @@ def display_problem(environ: dict[str, str] | None = None) -> str:
     else:
         usable = any(x11 if n == "xcb" else wayland if n.startswith("wayland") else True
                      for n in names)
-    if usable:
+    if not usable:
+        return "no display to show the window on (DISPLAY and WAYLAND_DISPLAY are not set)"
+    if names and not all(n == "xcb" or n.startswith("wayland") for n in names):
+        return ""  # a platform of its own (offscreen, vnc...) may be tried
+    tried = []
+    if x11 and (not names or "xcb" in names):
+        answer = _x11_answers(env["DISPLAY"])
+        if answer is not False:
+            return ""
+        tried.append(f"DISPLAY={env['DISPLAY']}")
+    if wayland and (not names or any(n.startswith("wayland") for n in names)):
+        name = env.get("WAYLAND_DISPLAY") or "wayland-0"
+        if _socket_answers(name if os.path.isabs(name) else os.path.join(runtime, name))\
+                is not False:
+            return ""
+        tried.append(f"WAYLAND_DISPLAY={name}")
+    if not tried:
         return ""
-    return "no display to show the window on (DISPLAY and WAYLAND_DISPLAY are not set)"
+    why = "the display server is not running" + (
+        ", or an ssh session's X forwarding ended" if x11 else "")
+    return f"no display to show the window on (nothing answers at {' or '.join(tried)}: {why})"
+
+
+# Qt aborts the process when the display it is given does not answer: asked here first,
+# and only a definite "nothing there" counts (an address this does not understand, or one
+# that does not answer in time, is left to Qt)
+_X11 = re.compile(r"(?P<host>[^:/]*):(?P<num>\d+)(?:\.\d+)?")
+
+
+def _x11_answers(display: str) -> bool | None:
+    """Whether an X server listens at ``display`` (``:0``, ``unix:1``, ``host:10.0``);
+    None where it cannot be told."""
+    m = _X11.fullmatch(display)
+    if m is None:
+        return None
+    host, num = m["host"], int(m["num"])
+    if host in ("", "unix"):
+        path = f"/tmp/.X11-unix/X{num}"
+        answers = [_socket_answers(path), _socket_answers("\0" + path)]  # and the abstract one
+        return True if True in answers else None if None in answers else False
+    try:
+        with socket.create_connection((host, 6000 + num), timeout=2):
+            return True
+    except (ConnectionRefusedError, socket.gaierror):
+        return False
+    except OSError:  # a timeout, no route: not a definite answer
+        return None
+
+
+def _socket_answers(path: str) -> bool | None:
+    """Whether something accepts connections on the Unix socket ``path``."""
+    if not hasattr(socket, "AF_UNIX"):
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(path)
+            return True
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except (OSError, ValueError):  # an abstract name where there are none, a timeout
+            return None
 
 
 def unknown_word(words: Iterable[str], commands: Iterable[str]) -> str:
@@ -54,6 +115,10 @@ def unknown_word(words: Iterable[str], commands: Iterable[str]) -> str:
         if i == names or os.path.exists(word) or is_url(word):
             continue
         if word.startswith("-") and i < names:
+            later = next((w for w in words[i + 1:names] if w in commands), None)
+            if later is not None:  # ckpt-inspector --json info FILE
+                return (f"{word} goes after the command: ckpt-inspector {later} {word} ... "
+                        "(ckpt-inspector --help lists the commands)")
             return f"unknown option {word!r} (ckpt-inspector --help lists the commands)"
         if i == 0 and os.sep not in word and "/" not in word and "." not in word:
             guess = (difflib.get_close_matches(word, commands, n=1, cutoff=0.6)

@@ -48,6 +48,33 @@ def test_without_a_display_the_app_says_so_and_points_at_info(tensors_file):
     assert shown.returncode == 0 and shown.stdout.startswith("shown "), shown.stderr[-2000:]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="X11/Wayland only")
+def test_a_display_that_does_not_answer_is_said_too(tensors_file, tmp_path):
+    """DISPLAY set to a server that is gone (an ended ssh forwarding, a stopped Xvfb): Qt
+    would abort (exit 134); a display that answers still starts the window."""
+    import socket
+
+    with socket.socket() as sock:  # a free port, nothing listening: localhost:N-6000
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gone = {"DISPLAY": f"127.0.0.1:{port - 6000}"} if port > 6000 else {"DISPLAY": ":4242"}
+    for env in (gone, {"DISPLAY": ":4242"}, {"WAYLAND_DISPLAY": "wayland-gone",
+                                             "XDG_RUNTIME_DIR": str(tmp_path)}):
+        line = _one_line(_run(str(tensors_file[0]), display=False, **env))
+        assert "no display" in line and "nothing answers" in line and \
+            "ckpt-inspector info" in line, line
+    # something listening on the X socket's address: left to Qt (here: told to be headless)
+    from ckpt_inspector.cli._app import display_problem
+
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "wayland-here"))
+        server.listen()
+        assert display_problem({"WAYLAND_DISPLAY": "wayland-here",
+                                "XDG_RUNTIME_DIR": str(tmp_path)}) == ""
+    assert display_problem({"DISPLAY": "not a display"}) == ""  # unknown: Qt decides
+    assert display_problem({"DISPLAY": ":4242", "QT_QPA_PLATFORM": "offscreen"}) == ""
+
+
 @pytest.mark.parametrize("display", [False, True])
 def test_an_unknown_word_is_a_usage_error_with_a_suggestion(tensors_file, display):
     path = str(tensors_file[0])
@@ -61,6 +88,8 @@ def test_an_unknown_word_is_a_usage_error_with_a_suggestion(tensors_file, displa
     assert "no-such-file.pt" in line and "ckpt-inspector info" in line, line
     line = _one_line(_run("--frobnicate", display=display))
     assert "--frobnicate" in line, line
+    line = _one_line(_run("--json", "info", path, display=display))
+    assert "--json goes after the command: ckpt-inspector info --json" in line, line
 
 
 def test_an_unknown_word_with_json_answers_in_json(tensors_file):
