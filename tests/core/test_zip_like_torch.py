@@ -346,6 +346,25 @@ def test_directory_claiming_too_many_records_is_refused():
         _zip.Directory(z.bytes())
 
 
+def test_an_archive_past_the_readers_bound_is_not_said_to_be_refused_by_torch(
+        torch, tmp_path, monkeypatch):
+    """torch opens an archive of more records than this reader lists: the message must not
+    say torch cannot, and what was not read is not vouched for."""
+    from ckpt_inspector.core.errors import CheckpointError
+    from ckpt_inspector.core.ops.session import open_file
+    from ckpt_inspector.core.scan import scan
+
+    path = tmp_path / "five.pt"
+    torch.save({f"w{i}": torch.zeros(2) for i in range(5)}, path)
+    monkeypatch.setattr(_zip, "MAX_RECORDS", 4)
+    with pytest.raises(CheckpointError) as err:
+        open_file(str(path))
+    message = str(err.value)
+    assert "is not read here" in message and "torch's reader opens it" in message, message
+    assert "torch cannot open" not in message
+    assert scan(err.value.partial, message).verdict == "dangerous"
+
+
 def test_record_starting_a_pickle_past_the_cap_is_reported(torch):
     """A record (not named .pkl) whose pickle goes on past 64 MiB: not silently passed."""
     prefix = b"\x80\x04\x8e" + struct.pack("<Q", 100 << 20)

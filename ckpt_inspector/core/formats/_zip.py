@@ -52,6 +52,10 @@ class ZipError(Exception):
     """torch's reader cannot open the archive (the message says why)."""
 
 
+class ZipLimit(ZipError):
+    """The archive is past one of this reader's bounds (torch's reader may well open it)."""
+
+
 def _decode_name(raw: bytes, flags: int) -> str:
     return raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
 
@@ -227,7 +231,7 @@ class Directory(MinizLookup):
         if cdir_ofs + cdir_size > size:
             raise ZipError("the central directory runs past the end of the file")
         if total > MAX_RECORDS:
-            raise ZipError(f"the archive claims {total:,} records, more than the "
+            raise ZipLimit(f"the archive claims {total:,} records, more than the "
                            f"{MAX_RECORDS:,} this reader lists")
         self.cdir_offset, self.cdir_size, self.count = cdir_ofs, cdir_size, total
         return total, this_disk

@@ -125,6 +125,9 @@ class _Archive:
         self.label = label  # prefix for member names in findings ("" for the file itself)
         try:
             self.dir = _zip.directory_of(src)
+        except _zip.ZipLimit as err:  # torch reads it: what it holds is not known here
+            raise fail(ckpt, f"this zip archive is not read here: {err}; torch's reader "
+                             "opens it") from None
         except _zip.ZipError as err:
             hint = ("; the file is probably truncated" if "too short" in str(err)
                     or "no end-of-directory" in str(err) else "")
