@@ -394,6 +394,10 @@ def test_onnx_external_data_is_part_of_the_output(models, tmp_path):
     result = tiny_export(models, "onnx", out, exporter="dynamo", overwrite=True)
     assert result["passed"] and result["files"] == ["tiny.onnx", "tiny.onnx.data"]
     assert data.read_bytes() != b"someone's data"
+    from ckpt_inspector.core.ops.export.result import ExportResult
+
+    text = ExportResult.from_json(result).text()  # what the command prints: both files
+    assert "files: tiny.onnx, tiny.onnx.data" in text, text
     inline = tiny_export(models, "onnx", out, exporter="legacy", overwrite=True)
     assert inline["passed"] and inline["files"] == ["tiny.onnx"]
     assert sorted(os.listdir(tmp_path)) == ["tiny.onnx"]  # the old .data went with it

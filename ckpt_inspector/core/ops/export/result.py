@@ -190,7 +190,9 @@ class ExportResult:
         if self.opset:
             rows.append(Row("Opset", str(self.opset)))
         if self.files and len(self.files) > 1:
-            rows.append(Row("Files", ", ".join(self.files)))
+            listed = ", ".join(self.files)
+            rows.append(Row("Files", listed, f"files: {listed} (the model reads its weights "
+                                             "from the others: keep them in one folder)"))
         return rows
 
     def text(self) -> str:
