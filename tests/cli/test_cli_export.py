@@ -103,6 +103,9 @@ def test_model_export_errors_exit_with_one_line(export_models, tmp_path, torch):
         run_cli(*tiny, "--input-shape", "1,3", env=env), 2)
     bad_dtype = run_cli(*tiny, "--input-dtype", "banana", env=env)
     assert bad_dtype.returncode == 2 and "Traceback" not in bad_dtype.stderr
+    no_arch = run_cli("export", str(export_models["tiny"]), "--to", "torchscript", "--arch",
+                      "resnet1800", "-o", str(tmp_path / "n.pt"))  # a usage error, as in check
+    assert "torchvision has no model called 'resnet1800'" in _one_line(no_arch, 2)
     if not torch.cuda.is_available():
         assert "not available" in _one_line(
             run_cli(*tiny, "--input-shape", "1,3,8,8", "--device", "cuda:0", env=env), 2)

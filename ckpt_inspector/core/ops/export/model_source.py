@@ -111,8 +111,8 @@ def load_model(path: str, source: ModelSource, device: str = "cpu") -> LoadedMod
             name, classes = found[0].name, found[0].num_classes
         try:
             model = arch.build(name, classes)
-        except CheckpointError:
-            raise
+        except CheckpointError as err:  # no such model: the user named it (exit 2, as check)
+            raise ExportUsageError(str(err)) from None
         except Exception as err:
             raise ExportUsageError(f"cannot build torchvision {name!r}: {brief(err)}") from None
     tensors = {k: to_torch(t, "cpu") for k, t in state.items()}
