@@ -45,7 +45,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from ckpt_inspector.core.tree import key_of
 
     if args.bins < 0 or args.bins > 10_000:
-        return usage("--bins must be between 1 and 10000")
+        return usage("--bins must be between 1 and 10000 (0, the default: no histogram)")
     problem = _device_problem(args.device)
     if problem:
         return usage(problem)

@@ -188,7 +188,7 @@ def test_result_json_round_trip_and_text_report():
                "status": "passed"}
     result = ExportResult.from_json({"event": "result", **figures})
     assert result.to_json() == figures and list(result.to_json()) == list(figures)
-    assert result.text().splitlines()[1:] == ["  2 tensors from (whole file), 1 left out",
+    assert result.text().splitlines()[1:] == ["  2 tensors from the whole file, 1 left out",
                                               "  read back: 2 bit-exact", "verification PASSED"]
 
 

@@ -137,7 +137,8 @@ class ExportResult:
         left = (f", {self.excluded} left out" if self.excluded else "") + \
             (f", {self.renamed} renamed" if self.renamed else "")
         rows = [Row("Tensors", f"{self.tensors:,} from {self.source}{left}",
-                    f"{counted(self.tensors or 0, 'tensor')} from {self.source}{left}")]
+                    f"{counted(self.tensors or 0, 'tensor')} from "
+                    f"{_from(self.source)}{left}")]
         if self.target == "hf-sharded" and self.files:
             shards = [f for f in self.files if not f.endswith(".json")]
             limit = f"limit {_decimal(self.max_shard_size)}" if self.max_shard_size else ""
@@ -213,6 +214,13 @@ class ExportResult:
         else:
             lines.append("verification FAILED")
         return "\n".join(lines)
+
+
+def _from(source: Any) -> str:
+    """``(whole file)`` reads as "the whole file" in a sentence."""
+    text = str(source)
+    return text[1:-1].replace("whole", "the whole") if text in ("(whole file)",
+                                                                 "(whole model)") else text
 
 
 def _decimal(n: int) -> str:
