@@ -64,6 +64,29 @@ def test_state_dict_to_torchscript_with_detected_architecture(qtbot, window, res
     assert "Exported and verified" in text and "max abs difference" in text, text
 
 
+def test_preview_shows_whole_keys(qtbot, window, resnet_params):
+    """resnet18's longest keys (layer4.0.downsample.1.num_batches_tracked) fit whole, in
+    one key column while the export keeps the file's keys, in two once a rule renames."""
+    dialog = dialog_for(qtbot, window, resnet_params[0])
+    dialog.resize(1280, 720)
+    dialog.show()
+    options = dialog.options
+    for target in ("state_dict", "onnx"):
+        choose(options.target_box, target)
+        options.update_preview()
+        qtbot.wait(50)  # the layout settles
+        table = options.preview
+        assert table.isColumnHidden(1) and table.horizontalHeaderItem(0).text() == "Key"
+        rows = range(table.rowCount())
+        longest = max((table.item(r, 0).text() for r in rows), key=len)
+        need = table.fontMetrics().horizontalAdvance(longest)
+        assert table.columnWidth(0) > need, (target, table.columnWidth(0), need, longest)
+    options.add_edit.setText("net.")
+    options.update_preview()
+    assert not options.preview.isColumnHidden(1)
+    assert options.preview.horizontalHeaderItem(0).text() == "Key in the file"
+
+
 def test_preview_shows_rule_errors(qtbot, window, tensors_file):
     dialog = dialog_for(qtbot, window, tensors_file[0])
     dialog.options.rename_from.setText("(")

@@ -73,9 +73,10 @@ class ExportDialog(QDialog):
         layout.addWidget(self.pages)
 
     def _fit_screen(self) -> None:
-        """1060×720 where the screen has room, else what it has (a 1024×700 laptop)."""
+        """1280×720 where the screen has room (the key preview takes the width), else what it
+        has (a 1024×700 laptop)."""
         screen = self.screen().availableGeometry()
-        width, height = min(1060, screen.width() - 24), min(720, screen.height() - 48)
+        width, height = min(1280, screen.width() - 24), min(720, screen.height() - 48)
         self.setMinimumSize(min(900, width), min(600, height))
         self.resize(width, height)
 

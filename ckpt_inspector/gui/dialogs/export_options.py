@@ -90,8 +90,8 @@ class ExportOptions(QWidget):
         right.addWidget(self._preview_table(), 1)
         right.addWidget(self.preview_label)
         body = QHBoxLayout()
-        body.addLayout(left, 1)
-        body.addLayout(right, 1)  # the keys need the room more than the option fields
+        body.addLayout(left, 2)
+        body.addLayout(right, 3)  # the keys need the room more than the option fields
         layout = QVBoxLayout(self)
         layout.addLayout(body, 1)
         out_form = QFormLayout()
@@ -356,6 +356,10 @@ class ExportOptions(QWidget):
                 item = QTableWidgetItem(text)
                 item.setToolTip(text)
                 self.preview.setItem(row, col, item)
+        # keys written as they are read: one column for them, with the room of two
+        renamed = any(new != old for old, new in mapping)
+        self.preview.setColumnHidden(1, not renamed)
+        self.preview.horizontalHeaderItem(0).setText("Key in the file" if renamed else "Key")
         p = plan.preview()
         text = f"{p['tensors']:,} tensors, {human_bytes(p['bytes'])}"
         if p["excluded"]:
