@@ -51,6 +51,15 @@ def test_the_export_preview_keeps_the_ends_of_keys(qtbot, window, resnet_params)
     dialog.reject()
 
 
+def test_narrow_key_columns_keep_the_ends_of_keys_and_shapes(qtbot, window, resnet_params):
+    """At 1024 pixels the flat tree cannot show layer4.0.downsample.1.running_mean whole:
+    its distinct end stays, as the kernel size of [512, 512, 3, 3] does."""
+    from PySide6.QtCore import Qt
+
+    view = open_and_wait(qtbot, window, resnet_params[0])
+    assert view.tree.textElideMode() == Qt.TextElideMode.ElideMiddle
+
+
 def test_before_a_selection_the_lower_half_shows_where_the_bytes_are(qtbot, window,
                                                                      training_ckpt):
     from PySide6.QtCore import QUrl

@@ -79,7 +79,7 @@ def kernel_grid_axes(out_c: int, in_c: int, shown: tuple[int, int], kh: int, kw:
         bottom = f"input channel ({of_in}, {kernels})"
         bottom_ticks = _ticks(centres, [str(j) for j in range(n_in)])
     else:
-        left = f"output channel, first of each row{of_out}"
+        left = f"output channel (row start){of_out}"  # short: a short plot cuts it
         left_ticks = _ticks(row_centres, [str(r * across) for r in range(rows)])
         centres = [t * (tile_w + 2) + tile_w / 2 for t in range(across)]
         bottom = (f"+ output channel in the row; each tile: input channels 0–{n_in - 1}"

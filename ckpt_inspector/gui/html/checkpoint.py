@@ -141,13 +141,13 @@ def summary_html(loaded: LoadedFile, sections: str = "",
         rows = "".join(
             f"<tr><td class='mono' style='white-space:nowrap'>{escape(d)}</td>"
             f"<td class='num' style='white-space:nowrap'>{v['tensors']:,}</td>"
-            f"<td class='num' style='white-space:nowrap'>{v['numel']:,}</td>"
             f"<td class='num' style='white-space:nowrap'>{human_bytes(v['nbytes'])}</td></tr>"
             for d, v in tot["by_dtype"].items())
         nw = "style='white-space:nowrap'"
+        # three columns: a panel yielding room to the tree is ~220 pixels wide (the
+        # elements of each dtype, a fourth, made it scroll sideways at 1024×700)
         parts.append(f"<table><tr><th {nw}>dtype</th><th class='num' {nw}>tensors</th>"
-                     f"<th class='num' {nw}>elements</th><th class='num' {nw}>size</th></tr>"
-                     f"{rows}</table>")
+                     f"<th class='num' {nw}>size</th></tr>{rows}</table>")
     parts.append(memory_html(tot.get("memory"), devices))
     values, total = top_values(ckpt.root)
     if values:

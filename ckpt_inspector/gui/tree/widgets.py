@@ -54,6 +54,9 @@ def make_key_tree(proxy: QSortFilterProxyModel, name: str,
     tree.setModel(proxy)
     tree.setUniformRowHeights(True)
     tree.setAlternatingRowColors(True)
+    # a cell too narrow loses its middle: keys differ at their ends (running_mean,
+    # running_var), shapes and types too ([512, 512, 3, 3]: the kernel's size)
+    tree.setTextElideMode(Qt.TextElideMode.ElideMiddle)
     tree.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
     tree.selectionModel().currentChanged.connect(on_current)
     tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
