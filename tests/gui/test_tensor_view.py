@@ -161,11 +161,15 @@ def test_the_slice_controls_show_only_where_they_act(qtbot, window, resnet_param
     assert bar.isVisible()  # two axes of the weight, the others at an index
     show_tab(qtbot, tv, VALUES)
     assert bar.isVisible()
+    tabs_at = tv.tabs.mapTo(tv, tv.tabs.rect().topLeft()).y()
     tv.tabs.setCurrentIndex(HISTOGRAM)
     assert not bar.isVisible()
+    qtbot.wait(20)  # laid out again: the tabs stay where they were, under the pointer
+    assert tv.tabs.mapTo(tv, tv.tabs.rect().topLeft()).y() == tabs_at
     tv.tabs.setCurrentIndex(VALUES)
     tv, _ = select(qtbot, view, "bn1.bias")  # one axis: nothing to choose
     assert not bar.isVisible()
+    assert not bar.sizePolicy().retainSizeWhenHidden()  # and no room kept for it
     tv, _ = select(qtbot, view, "fc.weight")
     assert bar.isVisible()
 

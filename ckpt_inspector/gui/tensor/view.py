@@ -457,9 +457,13 @@ class TensorView(QWidget):
         info, tab = self.info, self.tabs.currentIndex()
         kernels = (self.heat_panel is not None and self.heat_panel.kernels.isChecked()
                    and info is not None and len(info.shape) == 4)
-        self.slice_bar.setVisible(
-            info is not None and len(info.shape) >= 2 and self.pages.currentIndex() == 1
-            and (tab == VALUES or (tab == HEATMAP and not kernels)))
+        sliced = info is not None and len(info.shape) >= 2 and self.pages.currentIndex() == 1
+        # a tensor that has slices keeps the bar's room on every tab: the tabs do not jump
+        # under the pointer when one without the bar is chosen
+        policy = self.slice_bar.sizePolicy()
+        policy.setRetainSizeWhenHidden(sliced)
+        self.slice_bar.setSizePolicy(policy)
+        self.slice_bar.setVisible(sliced and (tab == VALUES or (tab == HEATMAP and not kernels)))
 
     def _update_heatmap(self) -> None:
         info = self.info
