@@ -269,7 +269,9 @@ class ExportOptions(QWidget):
         self.model_group.setVisible(model)
         self.tensor_group.setVisible(not model)
         self.model_group.show_target(target)
-        self.metadata_edit.setEnabled(target in ("safetensors", "hf-sharded"))
+        # safetensors' header only: no room taken by a field that does nothing
+        self.tensor_form.setRowVisible(self.metadata_edit,
+                                       target in ("safetensors", "hf-sharded"))
         self.tensor_form.setRowVisible(self.shard_row, target == "hf-sharded")
         self._model_changed()
         self._suggest_output()
