@@ -57,6 +57,10 @@ def _release(version: str | None) -> tuple[int, ...] | None:
     return tuple(int(x or 0) for x in m.groups()) if m else None
 
 
+# findings that say only that the file could not be read (damaged, truncated, past a bound)
+UNREAD_CODES = frozenset({"malformed"})
+
+
 @dataclass
 class TorchLoadPrediction:
     """What ``torch.load(path, map_location="cpu")`` would do with its default
@@ -66,6 +70,8 @@ class TorchLoadPrediction:
     blocked_by: list[str] = field(default_factory=list)  # globals torch refuses
     fix: str | None = None  # code that makes it succeed, run before torch.load
     dangerous: bool = False  # do not load this file with torch at all
+    # dangerous only because it could not be read whole: nothing in what was read is
+    unread: bool = False
     problem: str | None = None  # why it fails that no allowlist fixes, or why there is no fix
     loader: str | None = None  # what reads this format, when torch.load does not (only)
     older_torch: str | None = None  # torch < 2.6, whose torch.load runs the file's imports
@@ -112,6 +118,9 @@ class TorchLoadPrediction:
 
     def headline(self) -> str:
         """One line: will it load, and if not, what to do."""
+        if self.dangerous and self.unread:
+            return ("do not load this file with torch: it could not be read whole, so nothing "
+                    "vouches for it")
         if self.dangerous:
             refused = (f" (weights_only=True refuses {_listed(self.blocked_by)})"
                        if self.blocked_by else "")
@@ -217,6 +226,10 @@ def predict(ckpt: Checkpoint, report: ScanReport, error: str | None = None,
         pred.problem = (f"ckpt-inspector could not read it whole ({error}): torch.load most "
                         "likely fails too")
     pred.dangerous = dangerous
+    # nothing dangerous in what was read: only the failure to read it all (a truncated
+    # download) makes it so, which is not a payload torch would run
+    pred.unread = dangerous and error is not None and all(
+        f.code in UNREAD_CODES for f in report.findings if f.severity == DANGEROUS)
     if dangerous:
         pred.fix = pred.mmap = None
     pred.older_torch = _older_torch(ckpt, report, pred)
@@ -296,6 +309,9 @@ def _older_torch(ckpt: Checkpoint, report: ScanReport, pred: TorchLoadPrediction
     fmt = ckpt.format
     torch_files = bool(pred.formats & set(TORCH_LOAD_FORMATS))
     before = "torch < 2.6 (weights_only=False by default)"
+    if pred.unread:
+        return (f"{before}: nothing dangerous is in what could be read; what could not be "
+                "read is not known")
     if report.verdict == DANGEROUS and (torch_files or fmt == "pickle"):
         return f"{before}: a plain torch.load(path) runs this file's payload"
     if "torchscript" in pred.formats:

@@ -389,3 +389,32 @@ def test_lines_for_scan():
     first, second = pred.lines()
     assert "refuses argparse.Namespace" in first
     assert second.startswith("fix: torch.serialization.add_safe_globals([argparse.Namespace])")
+
+
+def test_a_file_that_could_not_be_read_is_not_said_to_run_a_payload(tmp_path):
+    """A download cut in half: nothing dangerous is in what was read, so the verdict stays
+    dangerous (nothing vouches for the rest) but no sentence claims a payload; a payload
+    read before the cut is still called one."""
+    import torch
+
+    whole = tmp_path / "whole.pt"
+    torch.save({"w": torch.zeros(64, 64)}, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    ckpt, report, error = scan_file(cut)
+    pred = predict(ckpt, report, error)
+    assert report.verdict == "dangerous" and pred.dangerous and pred.unread
+    assert "could not be read whole" in pred.headline()
+    assert "is dangerous" not in pred.headline() and "payload" not in pred.older_torch
+    assert "nothing dangerous is in what could be read" in pred.older_torch
+
+    marker = tmp_path / "ran"
+    stream = pickle.dumps({"a": Payload(f"touch {marker}"), "b": list(range(1000))},
+                          protocol=2)
+    bad = tmp_path / "payload_then_cut.pkl"
+    bad.write_bytes(stream[: len(stream) - 200])  # the payload, then the data ends
+    ckpt, report, error = scan_file(bad)
+    pred = predict(ckpt, report, error)
+    assert error and report.verdict == "dangerous" and not pred.unread
+    assert "it is dangerous" in pred.headline() and "payload" in pred.older_torch
+    assert not marker.exists()
