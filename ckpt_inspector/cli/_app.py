@@ -8,6 +8,7 @@ line first (exit 2), before Qt is imported.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import socket
@@ -44,17 +45,18 @@ def display_problem(environ: dict[str, str] | None = None) -> str:
     if names and not all(n == "xcb" or n.startswith("wayland") for n in names):
         return ""  # a platform of its own (offscreen, vnc...) may be tried
     tried = []
+    # Wayland first: asking X on a Wayland desktop may start Xwayland for nothing
+    if wayland and (not names or any(n.startswith("wayland") for n in names)):
+        name = env.get("WAYLAND_DISPLAY") or "wayland-0"
+        path = name if os.path.isabs(name) else os.path.join(runtime, name)
+        if _socket_answers(path) is not False:
+            return ""
+        tried.append(f"WAYLAND_DISPLAY={name}" if env.get("WAYLAND_DISPLAY") else path)
     if x11 and (not names or "xcb" in names):
         answer = _x11_answers(env["DISPLAY"])
         if answer is not False:
             return ""
         tried.append(f"DISPLAY={env['DISPLAY']}")
-    if wayland and (not names or any(n.startswith("wayland") for n in names)):
-        name = env.get("WAYLAND_DISPLAY") or "wayland-0"
-        if _socket_answers(name if os.path.isabs(name) else os.path.join(runtime, name))\
-                is not False:
-            return ""
-        tried.append(f"WAYLAND_DISPLAY={name}")
     if not tried:
         return ""
     why = "the display server is not running" + (
@@ -75,14 +77,27 @@ def _x11_answers(display: str) -> bool | None:
     if m is None:
         return None
     host, num = m["host"], int(m["num"])
+    answers = []
     if host in ("", "unix"):
         path = f"/tmp/.X11-unix/X{num}"
-        answers = [_socket_answers(path), _socket_answers("\0" + path)]  # and the abstract one
-        return True if True in answers else None if None in answers else False
+        answers += [_socket_answers(path), _socket_answers("\0" + path)]  # and the abstract
+    if host != "unix":  # libxcb tries TCP too for ":N" (an X server on Windows, WSL)
+        answers.append(_tcp_answers(host or "127.0.0.1", 6000 + num))
+    return True if True in answers else None if None in answers else False
+
+
+def _tcp_answers(host: str, port: int) -> bool | None:
+    """Whether something accepts connections at ``host:port``; a name other than localhost
+    is not looked up (a lookup cannot be bounded in time): None."""
     try:
-        with socket.create_connection((host, 6000 + num), timeout=2):
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            return None
+    try:
+        with socket.create_connection((host, port), timeout=2):
             return True
-    except (ConnectionRefusedError, socket.gaierror):
+    except ConnectionRefusedError:
         return False
     except OSError:  # a timeout, no route: not a definite answer
         return None

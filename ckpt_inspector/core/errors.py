@@ -25,10 +25,13 @@ class PickleError(CheckpointError):
     ``offset`` is the byte position of the opcode that failed, when known.
     """
 
-    def __init__(self, message: str, offset: int | None = None):
+    def __init__(self, message: str, offset: int | None = None, limit: bool = False):
         super().__init__(message if offset is None else f"{message} (at byte {offset})")
         self.offset = offset
         self.reason = message
+        # refused by one of this reader's bounds (time, opcodes, sizes), where Python's
+        # unpickler reads on: not a sign that the stream ends or that a loader fails there
+        self.limit = limit
         self.result = None  # pickle_vm.PickleResult: what was read before the error
 
 

@@ -57,8 +57,10 @@ def _release(version: str | None) -> tuple[int, ...] | None:
     return tuple(int(x or 0) for x in m.groups()) if m else None
 
 
-# findings that say only that the file could not be read (damaged, truncated, past a bound)
-UNREAD_CODES = frozenset({"malformed"})
+# why a file could not be read where torch's own readers stop too: its data ends (a cut
+# download) or torch's zip reader refuses the archive. A bound of this reader (a LONG4 over
+# 1 MiB, 25 million opcodes, a million records) is not one: torch reads on past it.
+TORCH_STOPS_TOO = ("truncated", "torch cannot open this zip archive")
 
 
 @dataclass
@@ -226,10 +228,11 @@ def predict(ckpt: Checkpoint, report: ScanReport, error: str | None = None,
         pred.problem = (f"ckpt-inspector could not read it whole ({error}): torch.load most "
                         "likely fails too")
     pred.dangerous = dangerous
-    # nothing dangerous in what was read: only the failure to read it all (a truncated
-    # download) makes it so, which is not a payload torch would run
+    # nothing dangerous in what was read, and torch stops where this reader did: only the
+    # failure to read it all (a truncated download) makes it so, not a payload torch runs
     pred.unread = dangerous and error is not None and all(
-        f.code in UNREAD_CODES for f in report.findings if f.severity == DANGEROUS)
+        f.code == "malformed" and any(m in f.message for m in TORCH_STOPS_TOO)
+        for f in report.findings if f.severity == DANGEROUS)
     if dangerous:
         pred.fix = pred.mmap = None
     pred.older_torch = _older_torch(ckpt, report, pred)

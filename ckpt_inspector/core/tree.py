@@ -235,6 +235,8 @@ class PickleRecord:
     result: PickleResult  # globals, calls and anomalies (partial when ``error`` is set)
     trailing: int = 0  # bytes after STOP that no format explains
     error: str | None = None
+    # the error is a bound of this reader (time, opcodes, sizes): a loader reads on past it
+    limit: bool = False
     executed: bool = True  # False: found by sniffing; torch itself never unpickles it
     file: str | None = None  # the file of a checkpoint made of several files that holds it
     # classes the stream's own loader expects and that are plain records there (DCP's

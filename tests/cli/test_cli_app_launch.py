@@ -72,7 +72,19 @@ def test_a_display_that_does_not_answer_is_said_too(tensors_file, tmp_path):
         assert display_problem({"WAYLAND_DISPLAY": "wayland-here",
                                 "XDG_RUNTIME_DIR": str(tmp_path)}) == ""
     assert display_problem({"DISPLAY": "not a display"}) == ""  # unknown: Qt decides
+    assert display_problem({"DISPLAY": "somehost.invalid:0"}) == ""  # not looked up
     assert display_problem({"DISPLAY": ":4242", "QT_QPA_PLATFORM": "offscreen"}) == ""
+    # ":N" with no Unix socket: libxcb tries TCP 6000+N (an X server on Windows under WSL)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        if port > 6000:
+            assert display_problem({"DISPLAY": f":{port - 6000}"}) == ""
+    # the default Wayland socket, named as such
+    (tmp_path / "wayland-0").touch()  # a file, not a listening socket
+    line = display_problem({"XDG_RUNTIME_DIR": str(tmp_path)})
+    assert "wayland-0" in line and "WAYLAND_DISPLAY=" not in line, line
 
 
 @pytest.mark.parametrize("display", [False, True])

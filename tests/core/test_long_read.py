@@ -122,3 +122,50 @@ def test_files_of_a_sharded_model_keep_their_own_reports_out(tmp_path, eager):
     # the same shard opened on its own does report
     _, alone = _load(folder / "pytorch_model-00001-of-00002.bin")
     assert PICKLED in {p.stage for p in alone}
+
+
+def test_every_stream_checks_the_deadline_and_the_token_at_its_first_opcode():
+    """A file of a million tiny pickles is bounded by the one deadline, and stopped by
+    Cancel, although none of them reaches the check every few thousand opcodes."""
+    import pickle
+
+    from ckpt_inspector.core.errors import PickleError
+
+    tiny = pickle.dumps(1, protocol=2)
+    with vm.deadline(-1.0), pytest.raises(PickleError, match="took more than") as err:
+        vm.load(tiny)
+    assert err.value.limit  # a bound of this reader, not a sign the stream ends
+    token = threading.Event()
+    token.set()
+    with cancellable(token), pytest.raises(Cancelled):
+        vm.load(tiny)
+
+
+def test_a_listener_that_fails_does_not_change_the_read(many, eager):
+    import pickle
+
+    from ckpt_inspector.core.progress import reporting
+
+    calls = []
+
+    def broken(p):
+        calls.append(p)
+        raise ValueError("a listener's bug")
+
+    stream = pickle.dumps([list(range(50)) for _ in range(20_000)], protocol=2)
+    with reporting(broken):
+        result = vm.load(stream, end_hint=len(stream))
+    assert len(calls) == 1 and result.value == pickle.loads(stream)
+
+
+def test_a_plain_pickle_read_stops_at_cancel(tmp_path):
+    """Sniffing the format reads the first bytes with the interpreter: Cancel there is
+    Cancel, not 'not this format' (the read would go on to 'not recognised')."""
+    import pickle
+
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"a": list(range(10))}, protocol=2))
+    token = threading.Event()
+    token.set()
+    with pytest.raises(Cancelled):
+        _load(path, cancel=token)

@@ -418,3 +418,37 @@ def test_a_file_that_could_not_be_read_is_not_said_to_run_a_payload(tmp_path):
     assert error and report.verdict == "dangerous" and not pred.unread
     assert "it is dangerous" in pred.headline() and "payload" in pred.older_torch
     assert not marker.exists()
+
+
+def _long_then(payload_stream: bytes) -> bytes:
+    """A LONG4 just over this reader's 1 MiB bound, popped, then ``payload_stream``'s
+    opcodes: Python's unpickler reads on to the payload; this reader stops at the LONG4."""
+    import struct
+
+    n = (1 << 20) + 1
+    return (b"\x80\x02\x8b" + struct.pack("<i", n) + b"\x01" * n + b"0"
+            + payload_stream[2:])
+
+
+def test_a_payload_behind_a_readers_bound_is_not_said_to_be_unread(tmp_path):
+    """torch.load reads past every bound of this reader: what lies behind one is not known,
+    and may be a payload. The verdict is dangerous, and no sentence says the file merely
+    could not be read or that torch fails too (as a plain pickle and as a torch zip)."""
+    import zipfile
+
+    marker = tmp_path / "ran"
+    stream = _long_then(pickle.dumps(Payload(f"touch {marker}"), protocol=2))
+    plain = tmp_path / "long.pkl"
+    plain.write_bytes(stream)
+    archive = tmp_path / "long.pt"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("archive/data.pkl", stream)
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
+    for path in (plain, archive):
+        ckpt, report, error = scan_file(path)  # the plain one was 'not recognised'
+        pred = predict(ckpt, report, error)
+        assert report.verdict == "dangerous" and error and "LONG4" in error, (path, error)
+        assert not pred.unread and "could not be read whole" not in pred.headline()
+        assert "it is dangerous" in pred.headline()
+    assert not marker.exists()

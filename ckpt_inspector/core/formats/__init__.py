@@ -171,6 +171,13 @@ def _zip_view(ckpt: Checkpoint, src: Source) -> bool:
         _zip.find_end_record(src.data, len(src.data))
         try:  # miniz, as torch.jit.load and torch.export.load read it
             kind = archive._kind_of(_zip.directory_of(src))
+        except _zip.ZipLimit as err:  # an archive those loaders may open, not listed here
+            ckpt.findings.append(Finding(
+                DANGEROUS, "polyglot",
+                f"the file also ends in a zip archive that torch.jit.load and "
+                f"torch.export.load may open from its directory, whatever its first bytes "
+                f"say; it is not read here ({err}), so what it holds is not known"))
+            return True
         except _zip.ZipError:
             # torch.export.load's fallback for the older layout reads with zipfile, which
             # allows for bytes before the archive; torch.jit.load has no such fallback

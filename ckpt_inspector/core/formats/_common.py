@@ -44,7 +44,8 @@ def run_pickle(
     except PickleError as err:
         partial = err.result or PickleResult(None, start, start, 0)
         _tag(partial, member)
-        ckpt.pickles.append(PickleRecord(member, partial, error=str(err), executed=executed))
+        ckpt.pickles.append(PickleRecord(member, partial, error=str(err), limit=err.limit,
+                                         executed=executed))
         read_embedded(ckpt, partial, member)
         where = f" in {member}" if member else ""
         raise _with_partial(CheckpointError(f"broken pickle{where}: {err}"), ckpt) from None

@@ -24,6 +24,7 @@ from ckpt_inspector.core.formats._common import build_tree, new_checkpoint, run_
 from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.pickle import vm as pickle_vm
 from ckpt_inspector.core.pickle.values import LazyBytes, PickleResult
+from ckpt_inspector.core.progress import Cancelled
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 NAME = "pickle"
@@ -43,7 +44,10 @@ def sniff(head: bytes) -> bool:
     try:
         pickle_vm.load(head)
     except PickleError as err:
-        return _cut_short(err, head) or _acted(err.result)
+        # a bound of this reader (a LONG4 over 1 MiB, deep tuples): pickle.load reads on
+        return err.limit or _cut_short(err, head) or _acted(err.result)
+    except Cancelled:
+        raise
     except Exception:  # any other failure of the interpreter: not a stream it reads
         return False
     return True
@@ -121,8 +125,8 @@ def _not_a_pickle(ckpt: Checkpoint, err: CheckpointError) -> CheckpointError:
     """A stream that breaks before it imports or calls anything does nothing when a
     loader runs it: bytes that only looked like a pickle at first (random data, text)
     are not a checkpoint. Any other failure keeps what was read, for the scan."""
-    if len(ckpt.pickles) == 1 and ckpt.pickles[0].error:
-        result = ckpt.pickles[0].result
+    if len(ckpt.pickles) == 1 and ckpt.pickles[0].error and not ckpt.pickles[0].limit:
+        result = ckpt.pickles[0].result  # (past a bound of this reader, a loader reads on)
         if not (result.globals or result.calls or result.anomalies):
             return CheckpointError(f"not a checkpoint: the format is not recognised (the "
                                    f"bytes break as a pickle: {ckpt.pickles[0].error})")
@@ -132,7 +136,8 @@ def _not_a_pickle(ckpt: Checkpoint, err: CheckpointError) -> CheckpointError:
 def read_stream(ckpt: Checkpoint, src: Source, label: str) -> Node:
     """What a loader does with a stream: run its first pickle; when that evaluates (or may
     evaluate) to torch's magic number and more bytes follow, go on as the legacy format."""
-    first = run_pickle(ckpt, src.buffer(), label, expect_end=False)
+    buffer = src.buffer()
+    first = run_pickle(ckpt, buffer, label, expect_end=False, end_hint=len(buffer))
     record = ckpt.pickles[-1]
     if torch_legacy.equals(first.value, torch_legacy.MAGIC_NUMBER) is not False \
             and first.end < len(src.data):

@@ -31,6 +31,7 @@ from ckpt_inspector.core.pickle.values import (
     PickleResult,
     short_repr,
 )
+from ckpt_inspector.core.progress import Cancelled
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
 NAME = "torch-legacy"
@@ -51,7 +52,9 @@ def sniff(head: bytes) -> bool:
         return True
     try:
         result = pickle_vm.load(bytes(head[:SNIFF_BYTES]))
-    except Exception:  # any failure means "not this format"
+    except Cancelled:
+        raise
+    except Exception:  # any other failure means "not this format"
         return False
     return equals(result.value, MAGIC_NUMBER) is True
 

@@ -127,7 +127,7 @@ class _Archive:
             self.dir = _zip.directory_of(src)
         except _zip.ZipLimit as err:  # torch reads it: what it holds is not known here
             raise fail(ckpt, f"this zip archive is not read here: {err}; torch's reader "
-                             "opens it") from None
+                             "may open it") from None
         except _zip.ZipError as err:
             hint = ("; the file is probably truncated" if "too short" in str(err)
                     or "no end-of-directory" in str(err) else "")
@@ -235,7 +235,8 @@ class _Archive:
                 ckpt.warnings.append(f"{info.filename}: damaged compressed data (torch's "
                                      "reader refuses it); what inflates is interpreted")
             self._check_crc(info, data, where)
-            return run_pickle(ckpt, data, where, executed=executed, persistent_load=persistent)
+            return run_pickle(ckpt, data, where, executed=executed, persistent_load=persistent,
+                              end_hint=len(data))
         with contextlib.suppress(CheckpointError):  # recorded; the cap is the error
             run_pickle(ckpt, data, where, executed=executed, persistent_load=persistent)
         message = (f"{info.filename} inflates to {info.file_size:,} bytes, more than the "

@@ -115,7 +115,8 @@ def load(
     Reads up to and including the first ``STOP`` and returns the inert value
     with every global, call and anomaly seen. Raises :class:`PickleError` on a
     malformed, truncated or hostile stream. ``end_hint``: where the stream should end
-    (a zip member's end: the data runs on past it), for the progress a long read reports.
+    (a zip member's end: the data runs on past it); a long read says how far it is (to
+    :func:`~ckpt_inspector.core.progress.reporter`) only where it is given.
     """
     partial = PickleResult(None, start, start, 0)
     try:
@@ -173,6 +174,9 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
     def fail(msg: str, at: int) -> _Stop:
         return _Stop(PickleError(msg, at))
 
+    def bound(msg: str, at: int) -> _Stop:  # a limit of this reader, not of the stream
+        return _Stop(PickleError(msg, at, limit=True))
+
     def deep(t: tuple[Any, ...], at: int) -> tuple[Any, ...]:
         """Record a tuple's nesting depth and the items hashing it visits; refuse depths
         whose hashing could overflow C."""
@@ -185,7 +189,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     depth = d
                 cost += tuple_cost.get(id(item), len(item))
         if depth > MAX_TUPLE_DEPTH:
-            raise fail(f"tuples nested deeper than {MAX_TUPLE_DEPTH}", at)
+            raise bound(f"tuples nested deeper than {MAX_TUPLE_DEPTH}", at)
         if depth > 1:
             tuple_depth[id(t)] = depth
             tuple_cost[id(t)] = cost
@@ -201,13 +205,13 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 return cached
             cost = tuple_cost.get(id(key), len(key)) if t is tuple else 1
             if cost > MAX_KEY_ITEMS:
-                raise fail(f"a dict key or set member of {cost:,} items: too costly to hash",
+                raise bound(f"a dict key or set member of {cost:,} items: too costly to hash",
                            at)
             work[0] += cost
             if work[0] > _WORK_CHECK:
                 work[0] = 0
                 if time.monotonic() > deadline_at:
-                    raise fail(f"reading the stream took more than {MAX_SECONDS:.0f} s: "
+                    raise bound(f"reading the stream took more than {MAX_SECONDS:.0f} s: "
                                "refused (a hash-collision or similar attack?)", at)
         value = safe_key(key)
         if big and type(value) is tuple and len(value) > 64:
@@ -243,7 +247,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 original = (module, name)
                 module = _compat_pickle.IMPORT_MAPPING[module]
         if len(globals_) >= MAX_GLOBALS:
-            raise fail(f"more than {MAX_GLOBALS:,} imports in one stream: refused (pickles "
+            raise bound(f"more than {MAX_GLOBALS:,} imports in one stream: refused (pickles "
                        "import each name once and then reuse it)", at)
         ref = GlobalRef(module, name, at, _name(opcode), literal, original)
         globals_.append(ref)
@@ -289,32 +293,40 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
 
     op_pos = pos
     ops_left = MAX_OPS
-    check_at = max(MAX_OPS - _CHECK_EVERY, -1)
+    # the first opcode checks the deadline and the cancel token, then every few thousand:
+    # a file of a million tiny pickles is bounded by the one deadline too
+    check_at = MAX_OPS
     shared = _DEADLINE.get()
     deadline_at = time.monotonic() + MAX_SECONDS
     if shared is not None and shared < deadline_at:
         deadline_at = shared
     cancel = current_token()  # the window's Cancel stops a long read between two checks
-    first, last = pos, min(size, end_hint or size)
-    to = reporter() if last - first >= REPORT_BYTES else None
+    # progress where the stream's end is known (a zip member, a file that is one pickle)
+    first, last = pos, min(size, end_hint if end_hint is not None else size)
+    to = reporter() if end_hint is not None and last - first >= REPORT_BYTES else None
     report_at = time.monotonic() + REPORT_AFTER if to is not None else float("inf")
     try:
         while True:
             ops_left -= 1
             if ops_left <= check_at:
                 if ops_left < 0:
-                    raise fail(f"more than {MAX_OPS:,} opcodes: the stream is refused", pos)
+                    raise bound(f"more than {MAX_OPS:,} opcodes: the stream is refused", pos)
                 now = time.monotonic()
                 if now > deadline_at:
-                    raise fail(f"reading the stream took more than {MAX_SECONDS:.0f} s: "
+                    raise bound(f"reading the stream took more than {MAX_SECONDS:.0f} s: "
                                "refused (a hash-collision or similar attack?)", pos)
                 if cancel is not None and cancel.is_set():
                     raise Cancelled()
                 if now >= report_at:
                     report_at = now + REPORT_EVERY
-                    to(Progress("MB of the pickle read",  # type: ignore[misc]
-                                (min(pos, last) - first) // 1_000_000,
-                                (last - first) // 1_000_000))
+                    try:
+                        to(Progress("MB of the pickle read",  # type: ignore[misc]
+                                    (min(pos, last) - first) // 1_000_000,
+                                    (last - first) // 1_000_000))
+                    except Cancelled:
+                        raise
+                    except Exception:  # whoever listens failed: the read goes on, unheard
+                        report_at = float("inf")
                 check_at = max(ops_left - _CHECK_EVERY, -1)
             if pos >= limit:
                 if frame_end >= 0 and pos >= frame_end:
@@ -586,7 +598,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 if n < 0:
                     raise fail("LONG4 with a negative length", op_pos)
                 if n > MAX_LONG_BYTES:
-                    raise fail("LONG4 integer is unreasonably large", op_pos)
+                    raise bound("LONG4 integer is unreasonably large", op_pos)
                 if pos + n > size:
                     raise truncated(op_pos)
                 stack.append(int.from_bytes(data[pos:pos + n], "little", signed=True))
