@@ -362,10 +362,13 @@ class _Reader:
         budget = [torch_zip.MAX_SNIFF_TOTAL]
         theirs = {id(e) for e in self.extra}
         skipped: list[str] = []
+        quota = torch_zip.PickleQuota()
         for e in entries:
             if id(e) in self.done or e.file_size == 0 or e.filename.endswith("/"):
                 continue
             self.done.add(id(e))
+            if not quota.allows(e.filename):
+                continue
             head = _zip_members.read_prefix(self.raw, e, 512)
             if is_native(head) or e.filename.endswith((".so", ".dll", ".dylib", ".pyd")):
                 self.ckpt.findings.append(Finding(
@@ -375,10 +378,12 @@ class _Reader:
                 continue
             lower = e.filename.lower()
             if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+                quota.read += 1
                 node = self.nested(e, e.filename, executed=False)
                 if node is not None:
                     self.root.add(node)
             elif lower.endswith((".pkl", ".debug_pkl")):
+                quota.read += 1
                 node = self.nested(e, e.filename, executed=id(e) not in theirs)
             else:
                 data = torch_zip.sniff_pickle(self.raw, e, budget)
@@ -389,10 +394,14 @@ class _Reader:
                         e.filename, e.file_size, torch_zip.MAX_SNIFF_MEMBER, self.where(e),
                         " for records that are pickles by their bytes, not their name"))
                 elif isinstance(data, bytes):
+                    quota.read += 1
                     try:
                         run_pickle(self.ckpt, data, self.where(e), executed=False)
                     except CheckpointError as err:
                         self.ckpt.warnings.append(str(err))
+        unread = quota.finding(self.label.rstrip("/") or None)
+        if unread is not None:
+            self.ckpt.findings.append(unread)
         if skipped:
             self.ckpt.findings.append(Finding(
                 NEEDS_TRUST, "unscanned-member",

@@ -27,7 +27,9 @@ from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats import _zip, _zip_audit, _zip_members, torchscript
 from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
+from ckpt_inspector.core.io.cancel import check_cancelled
 from ckpt_inspector.core.io.source import BytesSource, Source, span
+from ckpt_inspector.core.pickle import vm as pickle_vm
 from ckpt_inspector.core.pickle.values import GlobalRef, PersistentRef
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo
 
@@ -43,6 +45,9 @@ MAX_INFLATED_PICKLE = 128 << 20
 SNIFF_BYTES = 64 << 10
 MAX_SNIFF_MEMBER = 64 << 20
 MAX_SNIFF_TOTAL = 256 << 20
+# Pickles read from an archive's other records (torch writes none; TorchScript a few):
+# past this many, or the time limit every pickle of the file shares, the rest go unread
+MAX_MEMBER_PICKLES = 10_000
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
@@ -183,6 +188,11 @@ class _Archive:
         self.prefix = candidates[0].filename[:-len("data.pkl")]
         return candidates[0]
 
+    def close(self) -> None:
+        """Let the table go of this archive: the two refer to each other, and a cycle
+        outlives a read that pauses the collector (gcpause) for good."""
+        self.table.lookup = None
+
     def _storage(self, key: str) -> _zip_members.ZipEntryData | None:
         if self.via_root:
             entry = self.dir.record(f"data/{key}")
@@ -298,17 +308,24 @@ class _Archive:
         budget = [MAX_SNIFF_TOTAL]
         theirs = {id(e) for e in self.extra}
         skipped: list[str] = []
+        quota = PickleQuota()
         for info in self.entries:
             if info is self.main or id(info) in used or info.file_size == 0 or (
                     isinstance(info, _zip.Entry) and info.is_dir):
                 continue
+            if not quota.allows(info.filename):
+                continue
             try:
                 if _pickle_name(info.filename):
+                    quota.read += 1
                     self.load(info, executed=self.executed and id(info) not in theirs)
-                elif self._sniff(info, budget):
+                elif self._sniff(info, budget, quota):
                     skipped.append(info.filename)
             except CheckpointError as err:  # recorded; the scanner reports it
                 self.ckpt.warnings.append(str(err))
+        unread = quota.finding(self.label.rstrip("/") or None)
+        if unread is not None:
+            self.ckpt.findings.append(unread)
         if skipped:
             more = f" and {len(skipped) - 3:,} more" if len(skipped) > 3 else ""
             self.ckpt.findings.append(Finding(
@@ -317,7 +334,7 @@ class _Archive:
                 f"{MAX_SNIFF_TOTAL >> 20} MiB this reader spends per archive on records that "
                 "are not pickles by name was used up", self.label.rstrip("/") or None))
 
-    def _sniff(self, info: Any, budget: list[int]) -> bool:
+    def _sniff(self, info: Any, budget: list[int], quota: PickleQuota) -> bool:
         """Record ``info`` if it parses as a pickle up to STOP with an import. True when
         the budget was spent before it could be tried."""
         found = sniff_pickle(self.raw, info, budget)
@@ -326,9 +343,45 @@ class _Archive:
                 info.filename, info.file_size, MAX_SNIFF_MEMBER, self.label + info.filename,
                 " for records that are pickles by their bytes, not their name"))
         elif isinstance(found, bytes):
+            quota.read += 1
             run_pickle(self.ckpt, found, self.label + info.filename, executed=False,
                        persistent_load=_persistent_load(self.table))
         return found is SKIPPED
+
+
+class PickleQuota:
+    """The bound on an archive's other records: a number of pickles and the file's shared
+    time limit. A record left unread could hold anything, so the rest are refused as
+    dangerous, as a stream past one of the interpreter's limits is; a million tiny
+    pickles is an attack on the reader, not a checkpoint."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.why: str | None = None
+        self.left: list[str] = []
+
+    def allows(self, name: str) -> bool:
+        """Whether record ``name`` may be read (Cancel stops the loop here)."""
+        check_cancelled()
+        if self.why is None:
+            if self.read >= MAX_MEMBER_PICKLES:
+                self.why = f"more than {MAX_MEMBER_PICKLES:,} of them are pickles"
+            elif pickle_vm.past_deadline():
+                self.why = (f"reading the file's pickles took more than "
+                            f"{pickle_vm.MAX_SECONDS:.0f} s")
+        if self.why is not None:
+            self.left.append(name)
+            return False
+        return True
+
+    def finding(self, where: str | None) -> Finding | None:
+        if not self.left:
+            return None
+        more = f" and {len(self.left) - 3:,} more" if len(self.left) > 3 else ""
+        return Finding(DANGEROUS, "unread-member",
+                       f"{', '.join(self.left[:3])}{more} were not read: {self.why}, so "
+                       "the archive is refused; what those records hold is not known",
+                       where)
 
 
 class _Answer:
@@ -360,8 +413,6 @@ def sniff_pickle(raw: Any, info: Any, budget: list[int]) -> bytes | None:
     (``budget[0]``: bytes the archive may still spend). Never inflates more than needed.
     :data:`UNFINISHED` when the record starts a pickle that goes on past the caps,
     :data:`SKIPPED` when the budget is spent."""
-    from ckpt_inspector.core.pickle import vm as pickle_vm
-
     if _zip_members.torch_refuses(info) and info.compress_type not in (_zip.STORED, _zip.DEFLATED):
         return None
     size = info.file_size
@@ -404,15 +455,18 @@ def read_into(ckpt: Checkpoint, src: Source, label: str, executed: bool = True) 
     False for one that no loader would unpickle, found by its bytes alone)."""
     archive = _Archive(ckpt, src, label, executed)
     try:
-        result = archive.load(archive.main, archive.executed)
-    except CheckpointError:
-        archive.scan_other_members()  # the other pickles still count
-        raise
-    roles = torchscript.ScriptRoles(archive) if archive.is_script else None
-    try:
-        root = build_tree(ckpt, result.value, script_module_roles=roles)
+        try:
+            result = archive.load(archive.main, archive.executed)
+        except CheckpointError:
+            archive.scan_other_members()  # the other pickles still count
+            raise
+        roles = torchscript.ScriptRoles(archive) if archive.is_script else None
+        try:
+            root = build_tree(ckpt, result.value, script_module_roles=roles)
+        finally:
+            archive.scan_other_members()
     finally:
-        archive.scan_other_members()
+        archive.close()
     code = torchscript.code_files(archive.names, archive.prefix)
     if archive.is_script:
         torchscript.note_code(ckpt, code, label)
@@ -431,6 +485,7 @@ def load_nested(ckpt: Checkpoint, data: bytes, label: str) -> Any:
         value = archive.load(archive.main, archive.executed).value
     finally:
         archive.scan_other_members()
+        archive.close()
     return value
 
 

@@ -89,6 +89,13 @@ def deadline(seconds: float = MAX_SECONDS) -> Iterator[None]:
         _DEADLINE.reset(token)
 
 
+def past_deadline() -> bool:
+    """Whether the time limit shared by this block's pickle reads has passed (a loop over
+    many small pickles stops there rather than failing each of them)."""
+    shared = _DEADLINE.get()
+    return shared is not None and time.monotonic() > shared
+
+
 _UNPACK_I = struct.Struct("<i").unpack_from
 _UNPACK_H = struct.Struct("<H").unpack_from
 _UNPACK_IU = struct.Struct("<I").unpack_from
@@ -143,12 +150,23 @@ def _run(data: Any, start: int, persistent_load: PersistentLoad | None,
         return _loop(data, start, len(data), persistent_load, lazy_threshold, result,
                      end_hint)
     except _Stop as stop:
-        raise stop.error from None
+        raise stop.take() from None
 
 
 class _Stop(Exception):
     def __init__(self, error: PickleError):
-        self.error = error
+        super().__init__()  # not in args: see take
+        self.error: PickleError | None = error
+
+    def take(self) -> PickleError:
+        """The error, let go of: it is raised while this is handled, so keeps this as its
+        context, and the two referring to each other would keep the interpreter's frame
+        (its stack and memo) alive as cyclic garbage, which no collection frees while the
+        readers pause the collector, and none at all once it is frozen with what they
+        read (gcpause): a few KB for each record of an archive tried as a pickle."""
+        error, self.error = self.error, None
+        assert error is not None
+        return error
 
 
 def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None,
