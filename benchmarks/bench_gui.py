@@ -9,7 +9,8 @@ bench_info.py writes (made here if missing) and on a 100,000-tensor state_dict:
 - cold start: from spawning ``ckpt-inspector FILE`` to the window showing its tree;
 - open to tree: ``open_paths`` in a running app until the tree is on screen;
 - longest stall of the GUI event loop while a file opens (a 2 ms timer heartbeat);
-- for 100,000 tensors: filter (until shown) and sort times, and the longest stall of each.
+- for 100,000 tensors: filter (until shown) and sort times, and the longest stall of each;
+- the process's resident memory each time a file is shown again (its tab closed, reopened).
 
 Targets: cold start <= 1.5 s, open to tree <= 0.3 s, longest stall <= 50 ms.
 """
@@ -96,8 +97,10 @@ def shown(path):
 def painted():
     t1 = time.perf_counter()
     r = results.setdefault(state["path"], {"open": [], "stall": [], "filter": [], "sort": [],
-                                          "filter_stall": [], "sort_stall": []})
+                                          "filter_stall": [], "sort_stall": [], "rss": []})
     r["open"].append(t1 - state["t0"])
+    with open("/proc/self/statm") as statm:  # resident pages, with the file shown
+        r["rss"].append(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
     QTimer.singleShot(100, lambda: finish(r))
 
 def set_filter(view, text):
@@ -204,6 +207,8 @@ def main() -> None:
               f"{max(r['filter_stall']):.0f} ms")
         print(f"  sort by key (GUI thread):    {med(r['sort']) * 1000:.0f} ms, longest stall "
               f"{max(r['sort_stall']):.0f} ms")
+        print("  resident memory, each time it is shown again: "
+              + ", ".join(f"{b / 2**20:,.0f}" for b in r["rss"]) + " MB")
 
 
 if __name__ == "__main__":

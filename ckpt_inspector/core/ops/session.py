@@ -14,7 +14,7 @@ from typing import Any
 from ckpt_inspector.core.adapters import Adapter, find_adapter
 from ckpt_inspector.core.display import DisplayNode, build_display_tree
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.gcpause import bulk_allocation, release_steps
+from ckpt_inspector.core.gcpause import bulk_allocation, drop_steps, release_steps
 from ckpt_inspector.core.io.cancel import cancellable
 from ckpt_inspector.core.layouts import open_checkpoint
 from ckpt_inspector.core.progress import Cancelled, Progress, reporting
@@ -93,7 +93,14 @@ def release_file(file: LoadedFile) -> None:
 
 
 def release_file_steps(file: LoadedFile, per: int = 2048) -> Iterator[None]:
-    """:func:`release_file` in steps of ``per`` nodes (see :func:`release_steps`)."""
+    """:func:`release_file` in steps of ``per`` nodes (see :func:`release_steps`), then the
+    values the pickles built (see :func:`drop_steps`)."""
     for tree in (file.grouped, file.flat, file.ckpt.root):
         if tree is not None:
             yield from release_steps(tree, per)
+    for record in file.ckpt.pickles:
+        result = record.result
+        parts = [result.value, result.calls]  # the calls: each tensor's rebuild, and more
+        result.value, result.calls = None, []
+        yield from drop_steps(parts, per)
+        del parts
