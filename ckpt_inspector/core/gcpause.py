@@ -15,6 +15,7 @@ file after file and drops them without ``release`` should not use this.
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,17 +74,21 @@ def release_steps(root: Any, per: int = 2048) -> Iterator[None]:
 def drop_steps(value: Any, per: int = 2048) -> Iterator[None]:
     """Let go of a large value (a pickle's dict of 100,000 calls) in steps of about ``per``
     items, emptying its dicts and lists depth first: dropped at once it takes 50 ms and
-    more on whichever thread lets go of it last. Nothing may use ``value`` any more."""
+    more on whichever thread lets go of it last. The caller keeps no reference to it."""
     stack = [value]
     del value
     n = 0
     while stack:
         top = stack[-1]
-        if isinstance(top, dict) and top:
+        # only a container nothing else holds is emptied (the stack, ``top`` and the
+        # call's argument are the three references): one shared with anything else would
+        # not be freed here anyway, and must not change under whoever holds it
+        owned = sys.getrefcount(top) <= 3
+        if owned and isinstance(top, dict) and top:
             stack.append(top.popitem()[1])
-        elif isinstance(top, list) and top:
+        elif owned and isinstance(top, list) and top:
             stack.append(top.pop())
-        else:  # a leaf or an emptied container: freed here unless something else holds it
+        else:  # a leaf, an emptied container or a shared one: let go of here
             del top
             stack.pop()
         n += 1

@@ -100,3 +100,15 @@ def test_a_released_file_lets_go_of_its_pickles_values(tmp_path):
     session.release_file(file)
     assert result.value is None and result.calls == []
     assert sys.getrefcount(call) == 2  # this test's name for it, and the argument
+
+
+def test_a_container_held_elsewhere_is_not_emptied():
+    """A dict or list something else still holds (a cache, a constant) is left as it is."""
+    from ckpt_inspector.core.gcpause import drop_steps
+
+    shared, also = {"a": 1}, [1, 2]
+    value = {"x": shared, "y": [also, {"z": 3}]}
+    steps = drop_steps(value, per=1)
+    del value
+    assert sum(1 for _ in steps) > 3
+    assert shared == {"a": 1} and also == [1, 2]

@@ -102,5 +102,6 @@ def release_file_steps(file: LoadedFile, per: int = 2048) -> Iterator[None]:
         result = record.result
         parts = [result.value, result.calls]  # the calls: each tensor's rebuild, and more
         result.value, result.calls = None, []
-        yield from drop_steps(parts, per)
-        del parts
+        steps = drop_steps(parts, per)
+        del parts  # drop_steps holds the only reference
+        yield from steps
