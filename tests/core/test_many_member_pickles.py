@@ -5,13 +5,17 @@ a payload after them be called safe."""
 
 from __future__ import annotations
 
+import io
 import pickle
+import time
+import zipfile
 
 import pytest
 
 from ckpt_inspector.core import open_checkpoint
+from ckpt_inspector.core.errors import PickleError
 from ckpt_inspector.core.findings import DANGEROUS
-from ckpt_inspector.core.formats import torch_zip
+from ckpt_inspector.core.formats import _quota, torch_zip
 from ckpt_inspector.core.pickle import vm
 from ckpt_inspector.core.scan import scan
 
@@ -36,7 +40,7 @@ def _unread(ckpt):
 @pytest.mark.parametrize("kind", ["torch-zip", "pt2"])
 def test_past_the_number_of_pickles_the_rest_are_refused(torch, tmp_path, marker,
                                                          monkeypatch, kind):
-    monkeypatch.setattr(torch_zip, "MAX_MEMBER_PICKLES", 5)
+    monkeypatch.setattr(_quota, "MAX_MEMBER_PICKLES", 5)
     members = benign_members(torch) if kind == "torch-zip" else _pt2_parts(torch)
     path = tmp_path / ("many.pt" if kind == "torch-zip" else "many.pt2")
     path.write_bytes(_with_records(members, marker, quiet=8))
@@ -80,3 +84,78 @@ def test_the_deadline_is_only_past_inside_a_block_that_set_it():
         assert vm.past_deadline()
     with vm.deadline():
         assert not vm.past_deadline()
+
+
+def test_a_record_whose_try_runs_out_of_time_is_refused(torch, tmp_path, marker,
+                                                        monkeypatch):
+    """The time limit passing while a record is tried (after the check before it) leaves
+    that record unread, never taken for 'not a pickle'."""
+    late = {"now": False}
+    real = vm.load
+
+    def load(data, *args, **kwargs):
+        if b"system" in bytes(data[:64]):  # the payload's first opcodes: time runs out
+            late["now"] = True
+            raise PickleError("reading the stream took more than 15 s", 0, limit=True)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(vm, "load", load)
+    monkeypatch.setattr(vm, "past_deadline", lambda: late["now"])
+    members = benign_members(torch)
+    path = tmp_path / "late.pt"
+    path.write_bytes(simple_zip([*members, ("archive/extra/blob", payload(marker))]))
+    report = scan(open_checkpoint(str(path)))
+    assert report.verdict == DANGEROUS
+    (found,) = [f for f in report.findings if f.code == "unread-member"]
+    assert "archive/extra/blob" in found.message and "15 s" in found.message
+
+
+def test_building_the_tree_does_not_use_up_the_pickles_time(torch, tmp_path, monkeypatch):
+    """The limit is on reading pickles: a large checkpoint's tree (seconds of Python) does
+    not leave its other records unread."""
+    real = torch_zip.build_tree
+
+    def slow(*args, **kwargs):
+        time.sleep(0.6)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch_zip, "build_tree", slow)
+    path = tmp_path / "big.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    with vm.deadline(0.5):
+        report = scan(open_checkpoint(str(path)))
+    assert not [f for f in report.findings if f.code == "unread-member"]
+    assert report.verdict == "safe"
+
+
+def _plain_zip(members) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name, data in members:
+            z.writestr(name, data)
+    return out.getvalue()
+
+
+def test_a_plain_archive_of_pickles_has_the_same_bound(tmp_path, marker, monkeypatch):
+    monkeypatch.setattr(_quota, "MAX_MEMBER_PICKLES", 5)
+    members = [(f"m{i}.pkl", QUIET) for i in range(8)] + [("z.pkl", payload(marker))]
+    path = tmp_path / "many.zip"
+    path.write_bytes(_plain_zip(members))
+    ckpt = open_checkpoint(str(path))
+    report = scan(ckpt)
+    assert report.verdict == DANGEROUS
+    (found,) = [f for f in report.findings if f.code == "unread-member"]
+    assert "more than 5 of them are pickles" in found.message
+    assert not any("system" in f.message for f in report.findings)
+
+
+def test_archives_inside_an_archive_share_one_bound(torch, tmp_path, marker, monkeypatch):
+    """Three checkpoints, each with three more pickles, in one zip: eleven pickles
+    against a bound of eight, wherever they are."""
+    monkeypatch.setattr(_quota, "MAX_MEMBER_PICKLES", 8)
+    inner = _with_records(benign_members(torch), marker, quiet=2)
+    path = tmp_path / "nest.zip"
+    path.write_bytes(_plain_zip([(f"ckpt{i}.pt", inner) for i in range(3)]))
+    report = scan(open_checkpoint(str(path)))
+    assert report.verdict == DANGEROUS
+    assert any(f.code == "unread-member" for f in report.findings)

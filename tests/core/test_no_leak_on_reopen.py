@@ -8,12 +8,13 @@ import gc
 import io
 import pickle
 import sys
+import tarfile
 import weakref
 import zipfile
 
 import pytest
 
-from ckpt_inspector.core.errors import PickleError
+from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.ops import session
 from ckpt_inspector.core.pickle import vm
 
@@ -23,9 +24,13 @@ torch = pytest.importorskip("torch")
 def _frozen_after_reads(path, times: int = 3) -> list[int]:
     counts = []
     for _ in range(times):
-        file = session.load_file(str(path))
-        session.release_file(file)
-        del file
+        try:
+            file = session.load_file(str(path))
+        except CheckpointError:
+            pass  # what could not be read is not kept either
+        else:
+            session.release_file(file)
+            del file
         counts.append(gc.get_freeze_count())
     return counts
 
@@ -42,15 +47,24 @@ def _with_text_records(path, n: int) -> None:
             out.writestr(f"archive/extra/r{i}", b"just some bytes")
 
 
-@pytest.mark.parametrize("kind", ["state_dict", "failed_sniffs"])
+@pytest.mark.parametrize("kind", ["state_dict", "failed_sniffs", "in_a_tar", "truncated"])
 def test_reading_a_file_again_leaves_nothing_frozen(tmp_path, kind):
     path = tmp_path / "f.pt"
     if kind == "state_dict":  # an archive and its storage table referred to each other
         torch.save({f"layer{i}.weight": torch.zeros(2) for i in range(2000)}, path)
-    else:  # every pickle that failed kept its interpreter's frame in a cycle
+    elif kind == "failed_sniffs":  # every pickle that failed kept its interpreter's frame
         _with_text_records(path, 2000)
+    else:  # a source kept the error it raised, whose frames held the source
+        inner = tmp_path / "inner.pt"
+        torch.save({f"layer{i}.weight": torch.zeros(2) for i in range(2000)}, inner)
+        if kind == "in_a_tar":
+            path = tmp_path / "f.tar"
+            with tarfile.open(path, "w") as tar:
+                tar.add(inner, arcname="model.pt")
+        else:
+            path.write_bytes(inner.read_bytes()[:-5000])
     first, *later = _frozen_after_reads(path)
-    assert all(n - first < 100 for n in later), (first, later)  # thousands before
+    assert all(n - first < 30 for n in later), (first, later)  # 71 to thousands before
 
 
 def test_a_failed_stream_leaves_no_cycle():
@@ -99,7 +113,8 @@ def test_a_released_file_lets_go_of_its_pickles_values(tmp_path):
     call = next(iter(result.value.values()))  # one tensor's rebuild
     session.release_file(file)
     assert result.value is None and result.calls == []
-    assert sys.getrefcount(call) == 2  # this test's name for it, and the argument
+    alone = object()  # held by one name, as ``call`` should be now
+    assert sys.getrefcount(call) == sys.getrefcount(alone)
 
 
 def test_a_container_held_elsewhere_is_not_emptied():

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.formats import _quota
 from ckpt_inspector.core.io.opening import open_source
 from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.pickle import vm as pickle_vm
@@ -124,7 +125,9 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         if os.path.isdir(path):
             raise CheckpointError("is a folder, not a file")
-        with pickle_vm.deadline():  # one time limit for every pickle the file holds
+        # one time limit for every pickle the file holds, and one count of those besides
+        # its checkpoint's own
+        with pickle_vm.deadline(), _quota.per_file():
             src = open_source(path)
             try:
                 ckpt = reader_for(src).read(src)

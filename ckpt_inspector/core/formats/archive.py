@@ -21,7 +21,7 @@ from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
-from ckpt_inspector.core.formats import _tar_listing, _zip, _zip_audit, _zip_members
+from ckpt_inspector.core.formats import _quota, _tar_listing, _zip, _zip_audit, _zip_members
 from ckpt_inspector.core.formats._common import fail, new_checkpoint
 from ckpt_inspector.core.io.source import BytesSource, Source, span
 from ckpt_inspector.core.pickle import vm as pickle_vm
@@ -102,8 +102,11 @@ def read_into(ckpt: Checkpoint, src: Source, label: str, kind: str, depth: int,
               budget: list[int] | None = None) -> Node:
     root = Node("dict", None, f"{kind} archive")
     budget = budget if budget is not None else [MAX_INFLATE_TOTAL]
+    quota = _quota.current()
     for m in _members(ckpt, src, kind, label):
         where = label + m.name
+        if not quota.allows(m.name):
+            continue
         if m.size > MAX_MEMBER_BYTES:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
                                          f"{m.name} ({m.size:,} bytes) is too large to scan inside "
@@ -111,13 +114,16 @@ def read_into(ckpt: Checkpoint, src: Source, label: str, kind: str, depth: int,
             root.add(Node("value", m.name, "member", f"<not scanned: {m.size:,} bytes>"))
             continue
         try:
-            node = _member_node(ckpt, src, m, f"{where}/", depth, budget)
+            node = _member_node(ckpt, src, m, f"{where}/", depth, budget, quota)
         except (_zip_members.MemberError, OSError, tarfile.TarError) as err:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
                                          f"{m.name} could not be read: {err}", where))
             continue
         node.key = m.name
         root.add(node)
+    unread = quota.finding(label.rstrip("/") or None)
+    if unread is not None:
+        ckpt.findings.append(unread)
     if kind == "tar":
         zipped = _zip_over_tar(ckpt, src, label, depth, budget)
         if zipped is not None:
@@ -207,7 +213,7 @@ def _whole(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
 
 
 def _member_node(ckpt: Checkpoint, src: Source, m: _Member, label: str, depth: int,
-                 budget: list[int]) -> Node:
+                 budget: list[int], quota: _quota.PickleQuota) -> Node:
     """The tree of one member: a checkpoint's own tree, or a note of what it is."""
     from ckpt_inspector.core.formats import pickle_file, safetensors_fmt, torch_legacy, torch_tar
 
@@ -219,11 +225,13 @@ def _member_node(ckpt: Checkpoint, src: Source, m: _Member, label: str, depth: i
     try:
         if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or tar:
             kind = "tar" if tar else "zip"
+            quota.read += 1
             data = _whole(ckpt, m, label, budget, copy=tar)
             if data is None:
                 return Node("value", None, "member", "<not scanned: over the inflation budget>")
             return _nested(ckpt, path, data, kind, label, depth, budget)
         if torch_legacy.sniff(head):
+            quota.read += 1
             data = _whole(ckpt, m, label, budget, copy=True)
             if data is None:
                 return Node("value", None, "member", "<not scanned: over the inflation budget>")
@@ -235,8 +243,9 @@ def _member_node(ckpt: Checkpoint, src: Source, m: _Member, label: str, depth: i
                                          label.rstrip("/")))
             return Node("value", None, "member", f"<{kind} data, not unpacked>")
         # a pickle first: no other format's sniff may hide one
-        data = _pickle_bytes(ckpt, m, label, budget, named)
+        data = _pickle_bytes(ckpt, m, label, budget, named, quota)
         if data is not None:
+            quota.read += 1
             # a pickle whatever its name; one not named like a checkpoint is not something
             # a loader would run, so only what it imports counts
             return pickle_file.read_into(ckpt, BytesSource(path, data), label, executed=named)
@@ -271,7 +280,7 @@ def _nested(ckpt: Checkpoint, path: str, data: Any, kind: str, label: str, depth
 
 
 def _pickle_bytes(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
-                  named: bool) -> bytes | None:
+                  named: bool, quota: _quota.PickleQuota) -> bytes | None:
     """The member's bytes when it is a pickle: one that parses up to STOP (a member named
     like a checkpoint), or that imports something (any member); tried on the prefix first,
     read whole only when the prefix is a pickle that goes on."""
@@ -287,6 +296,9 @@ def _pickle_bytes(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
         try:
             result = pickle_vm.load(data)
         except PickleError as err:
+            if err.limit and pickle_vm.past_deadline():
+                quota.late(m.name)  # not tried: the file's time ran out
+                return None
             cut = not whole_read and len(data) < m.size and (
                 "truncated" in err.reason or "missing end" in err.reason
                 or (err.offset or 0) >= len(data) - 9)

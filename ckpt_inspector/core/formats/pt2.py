@@ -35,7 +35,7 @@ from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
-from ckpt_inspector.core.formats import _zip, _zip_audit, _zip_members, torch_zip
+from ckpt_inspector.core.formats import _quota, _zip, _zip_audit, _zip_members, torch_zip
 from ckpt_inspector.core.formats._common import new_checkpoint, run_pickle
 from ckpt_inspector.core.formats._pt2_expressions import check_expressions
 from ckpt_inspector.core.formats._pt2_expressions import (
@@ -362,7 +362,7 @@ class _Reader:
         budget = [torch_zip.MAX_SNIFF_TOTAL]
         theirs = {id(e) for e in self.extra}
         skipped: list[str] = []
-        quota = torch_zip.PickleQuota()
+        quota = _quota.current()
         for e in entries:
             if id(e) in self.done or e.file_size == 0 or e.filename.endswith("/"):
                 continue
@@ -387,7 +387,9 @@ class _Reader:
                 node = self.nested(e, e.filename, executed=id(e) not in theirs)
             else:
                 data = torch_zip.sniff_pickle(self.raw, e, budget)
-                if data is torch_zip.SKIPPED:
+                if data is torch_zip.LATE:
+                    quota.late(e.filename)
+                elif data is torch_zip.SKIPPED:
                     skipped.append(e.filename)
                 elif data is torch_zip.UNFINISHED:
                     self.ckpt.findings.append(_zip_members.unscanned(

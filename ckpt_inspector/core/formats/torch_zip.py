@@ -25,9 +25,8 @@ from typing import Any
 from ckpt_inspector.core.dtypes import storage_class_dtype
 from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
-from ckpt_inspector.core.formats import _zip, _zip_audit, _zip_members, torchscript
+from ckpt_inspector.core.formats import _quota, _zip, _zip_audit, _zip_members, torchscript
 from ckpt_inspector.core.formats._common import build_tree, fail, new_checkpoint, run_pickle
-from ckpt_inspector.core.io.cancel import check_cancelled
 from ckpt_inspector.core.io.source import BytesSource, Source, span
 from ckpt_inspector.core.pickle import vm as pickle_vm
 from ckpt_inspector.core.pickle.values import GlobalRef, PersistentRef
@@ -45,9 +44,6 @@ MAX_INFLATED_PICKLE = 128 << 20
 SNIFF_BYTES = 64 << 10
 MAX_SNIFF_MEMBER = 64 << 20
 MAX_SNIFF_TOTAL = 256 << 20
-# Pickles read from an archive's other records (torch writes none; TorchScript a few):
-# past this many, or the time limit every pickle of the file shares, the rest go unread
-MAX_MEMBER_PICKLES = 10_000
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
@@ -308,7 +304,7 @@ class _Archive:
         budget = [MAX_SNIFF_TOTAL]
         theirs = {id(e) for e in self.extra}
         skipped: list[str] = []
-        quota = PickleQuota()
+        quota = _quota.current()
         for info in self.entries:
             if info is self.main or id(info) in used or info.file_size == 0 or (
                     isinstance(info, _zip.Entry) and info.is_dir):
@@ -334,11 +330,13 @@ class _Archive:
                 f"{MAX_SNIFF_TOTAL >> 20} MiB this reader spends per archive on records that "
                 "are not pickles by name was used up", self.label.rstrip("/") or None))
 
-    def _sniff(self, info: Any, budget: list[int], quota: PickleQuota) -> bool:
+    def _sniff(self, info: Any, budget: list[int], quota: _quota.PickleQuota) -> bool:
         """Record ``info`` if it parses as a pickle up to STOP with an import. True when
         the budget was spent before it could be tried."""
         found = sniff_pickle(self.raw, info, budget)
-        if found is UNFINISHED:
+        if found is LATE:
+            quota.late(info.filename)
+        elif found is UNFINISHED:
             self.ckpt.findings.append(_zip_members.unscanned(
                 info.filename, info.file_size, MAX_SNIFF_MEMBER, self.label + info.filename,
                 " for records that are pickles by their bytes, not their name"))
@@ -347,41 +345,6 @@ class _Archive:
             run_pickle(self.ckpt, found, self.label + info.filename, executed=False,
                        persistent_load=_persistent_load(self.table))
         return found is SKIPPED
-
-
-class PickleQuota:
-    """The bound on an archive's other records: a number of pickles and the file's shared
-    time limit. A record left unread could hold anything, so the rest are refused as
-    dangerous, as a stream past one of the interpreter's limits is; a million tiny
-    pickles is an attack on the reader, not a checkpoint."""
-
-    def __init__(self) -> None:
-        self.read = 0
-        self.why: str | None = None
-        self.left: list[str] = []
-
-    def allows(self, name: str) -> bool:
-        """Whether record ``name`` may be read (Cancel stops the loop here)."""
-        check_cancelled()
-        if self.why is None:
-            if self.read >= MAX_MEMBER_PICKLES:
-                self.why = f"more than {MAX_MEMBER_PICKLES:,} of them are pickles"
-            elif pickle_vm.past_deadline():
-                self.why = (f"reading the file's pickles took more than "
-                            f"{pickle_vm.MAX_SECONDS:.0f} s")
-        if self.why is not None:
-            self.left.append(name)
-            return False
-        return True
-
-    def finding(self, where: str | None) -> Finding | None:
-        if not self.left:
-            return None
-        more = f" and {len(self.left) - 3:,} more" if len(self.left) > 3 else ""
-        return Finding(DANGEROUS, "unread-member",
-                       f"{', '.join(self.left[:3])}{more} were not read: {self.why}, so "
-                       "the archive is refused; what those records hold is not known",
-                       where)
 
 
 class _Answer:
@@ -396,6 +359,7 @@ class _Answer:
 # one left untried because the archive's budget is spent
 UNFINISHED: Any = _Answer("UNFINISHED")
 SKIPPED: Any = _Answer("SKIPPED")
+LATE: Any = _Answer("LATE")  # the file's time limit ran out while it was tried
 
 
 def _worth_recording(result: Any) -> bool:
@@ -412,7 +376,7 @@ def sniff_pickle(raw: Any, info: Any, budget: list[int]) -> bytes | None:
     read from a prefix first and whole only when the prefix is a pickle that goes on
     (``budget[0]``: bytes the archive may still spend). Never inflates more than needed.
     :data:`UNFINISHED` when the record starts a pickle that goes on past the caps,
-    :data:`SKIPPED` when the budget is spent."""
+    :data:`SKIPPED` when the budget is spent, :data:`LATE` when the file's time ran out."""
     if _zip_members.torch_refuses(info) and info.compress_type not in (_zip.STORED, _zip.DEFLATED):
         return None
     size = info.file_size
@@ -428,6 +392,8 @@ def sniff_pickle(raw: Any, info: Any, budget: list[int]) -> bytes | None:
         try:
             result = pickle_vm.load(data)
         except PickleError as err:
+            if err.limit and pickle_vm.past_deadline():
+                return LATE  # not tried: the file's time ran out
             partial = err.result
             if partial is not None and _worth_recording(partial):
                 return data  # it imported something before it broke (or was cut)
@@ -462,7 +428,8 @@ def read_into(ckpt: Checkpoint, src: Source, label: str, executed: bool = True) 
             raise
         roles = torchscript.ScriptRoles(archive) if archive.is_script else None
         try:
-            root = build_tree(ckpt, result.value, script_module_roles=roles)
+            with pickle_vm.not_counted():  # Python work of a few µs per tensor
+                root = build_tree(ckpt, result.value, script_module_roles=roles)
         finally:
             archive.scan_other_members()
     finally:
@@ -482,9 +449,11 @@ def load_nested(ckpt: Checkpoint, data: bytes, label: str) -> Any:
     """The inert root value of a torch zip archive embedded in a pickle."""
     archive = _Archive(ckpt, BytesSource(ckpt.path, data), label)
     try:
-        value = archive.load(archive.main, archive.executed).value
+        try:
+            value = archive.load(archive.main, archive.executed).value
+        finally:
+            archive.scan_other_members()
     finally:
-        archive.scan_other_members()
         archive.close()
     return value
 

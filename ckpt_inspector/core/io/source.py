@@ -139,11 +139,15 @@ class Source:
         if key not in self._cache:
             try:
                 self._cache[key] = (True, make())
-            except Exception as err:  # kept and re-raised: the same failure each time
-                self._cache[key] = (False, err)
+            except Exception as err:  # the same failure each time
+                # kept without its traceback, and raised as a copy: the exception raised
+                # holds the frames it passes through, one of which holds this source,
+                # and a cycle made while reading is never freed (gcpause freezes it)
+                self._cache[key] = (False, (type(err), err.args, dict(vars(err))))
+                raise
         ok, value = self._cache[key]
         if not ok:
-            raise value
+            raise _copy_of(value)  # no name here for it: its traceback holds this frame
         return value
 
     def __repr__(self) -> str:
@@ -211,3 +215,12 @@ class BytesSource(Source):
     @property
     def data(self) -> Any:
         return self._data
+
+
+def _copy_of(kept: tuple[type[BaseException], tuple[Any, ...], dict[str, Any]]) -> BaseException:
+    """The exception :meth:`Source.cached` kept, made again (its type, args and attributes)."""
+    kind, args, attrs = kept
+    err = kind.__new__(kind, *args)
+    err.args = args
+    err.__dict__.update(attrs)
+    return err
