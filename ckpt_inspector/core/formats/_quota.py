@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
+from ckpt_inspector.core.errors import PickleError
 from ckpt_inspector.core.findings import DANGEROUS, Finding
 from ckpt_inspector.core.io.cancel import check_cancelled
 from ckpt_inspector.core.pickle import vm as pickle_vm
@@ -45,17 +46,23 @@ class PickleQuota:
         if name is not None:
             self.left.append(name)
 
-    def finding(self, where: str | None) -> Finding | None:
+    def report(self, findings: list[Finding], where: str | None) -> None:
         """The records refused since the last call, as one finding (each archive reports
         its own)."""
         if not self.left:
-            return None
+            return
         left, self.left = self.left, []
         more = f" and {len(left) - 3:,} more" if len(left) > 3 else ""
-        return Finding(DANGEROUS, "unread-member",
-                       f"{', '.join(left[:3])}{more} were not read: {self.why}, so "
-                       "the archive is refused; what those records hold is not known",
-                       where)
+        findings.append(Finding(
+            DANGEROUS, "unread-member",
+            f"{', '.join(left[:3])}{more} were not read: {self.why}, so the archive is "
+            "refused; what those records hold is not known", where))
+
+
+def ran_out(err: PickleError) -> bool:
+    """Whether trying a record as a pickle stopped because the file's time ran out (the
+    record was not tried, so it is not 'not a pickle')."""
+    return err.limit and pickle_vm.past_deadline()
 
 
 _CURRENT: contextvars.ContextVar[PickleQuota | None] = contextvars.ContextVar(

@@ -121,9 +121,7 @@ def read_into(ckpt: Checkpoint, src: Source, label: str, kind: str, depth: int,
             continue
         node.key = m.name
         root.add(node)
-    unread = quota.finding(label.rstrip("/") or None)
-    if unread is not None:
-        ckpt.findings.append(unread)
+    quota.report(ckpt.findings, label.rstrip("/") or None)
     if kind == "tar":
         zipped = _zip_over_tar(ckpt, src, label, depth, budget)
         if zipped is not None:
@@ -296,7 +294,7 @@ def _pickle_bytes(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
         try:
             result = pickle_vm.load(data)
         except PickleError as err:
-            if err.limit and pickle_vm.past_deadline():
+            if _quota.ran_out(err):
                 quota.late(m.name)  # not tried: the file's time ran out
                 return None
             cut = not whole_read and len(data) < m.size and (

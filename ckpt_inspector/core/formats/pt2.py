@@ -401,9 +401,7 @@ class _Reader:
                         run_pickle(self.ckpt, data, self.where(e), executed=False)
                     except CheckpointError as err:
                         self.ckpt.warnings.append(str(err))
-        unread = quota.finding(self.label.rstrip("/") or None)
-        if unread is not None:
-            self.ckpt.findings.append(unread)
+        quota.report(self.ckpt.findings, self.label.rstrip("/") or None)
         if skipped:
             self.ckpt.findings.append(Finding(
                 NEEDS_TRUST, "unscanned-member",

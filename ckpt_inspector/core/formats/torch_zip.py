@@ -319,9 +319,7 @@ class _Archive:
                     skipped.append(info.filename)
             except CheckpointError as err:  # recorded; the scanner reports it
                 self.ckpt.warnings.append(str(err))
-        unread = quota.finding(self.label.rstrip("/") or None)
-        if unread is not None:
-            self.ckpt.findings.append(unread)
+        quota.report(self.ckpt.findings, self.label.rstrip("/") or None)
         if skipped:
             more = f" and {len(skipped) - 3:,} more" if len(skipped) > 3 else ""
             self.ckpt.findings.append(Finding(
@@ -392,7 +390,7 @@ def sniff_pickle(raw: Any, info: Any, budget: list[int]) -> bytes | None:
         try:
             result = pickle_vm.load(data)
         except PickleError as err:
-            if err.limit and pickle_vm.past_deadline():
+            if _quota.ran_out(err):
                 return LATE  # not tried: the file's time ran out
             partial = err.result
             if partial is not None and _worth_recording(partial):
