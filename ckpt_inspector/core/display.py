@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckpt_inspector.core.keytree import KeyRow, join, roll_up
-from ckpt_inspector.core.tree import Node
+from ckpt_inspector.core.tree import ARCHIVE_SUFFIX, Node
 
 
 @dataclass(eq=False, slots=True)
@@ -51,9 +51,11 @@ class DisplayNode(KeyRow):
 
 
 def _groupable(node: Node) -> bool:
-    """A mapping whose keys are dotted names: a state_dict, safetensors, ONNX initializers."""
-    return node.kind == "dict" and any(isinstance(c.key, str) and "." in c.key
-                                       for c in node.children)
+    """A mapping whose keys are dotted names: a state_dict, safetensors, ONNX initializers;
+    not the members of a zip or tar archive (``model.pt`` is a file name, not module
+    ``model``'s ``pt``)."""
+    return node.kind == "dict" and not node.type_name.endswith(ARCHIVE_SUFFIX) and any(
+        isinstance(c.key, str) and "." in c.key for c in node.children)
 
 
 # id of a row -> its rows by part: one small dict per row rather than one entry per row in

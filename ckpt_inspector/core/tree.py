@@ -109,6 +109,10 @@ class TensorInfo:
         return True
 
 
+# the type name of the node listing an archive's members ("zip archive", "tar archive")
+ARCHIVE_SUFFIX = " archive"
+
+
 @dataclass(eq=False, slots=True)
 class Node(TreeNode):
     """One entry of the tree.

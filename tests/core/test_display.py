@@ -64,3 +64,28 @@ def test_lists_are_not_grouped():
         root.add(tensor(i))
     top = build_display_tree(root)
     assert rows(top) == [("0", "0", "tensor"), ("1", "1", "tensor"), ("2", "2", "tensor")]
+
+
+def test_an_archives_member_names_are_not_grouped_as_modules(tmp_path):
+    """A zip's ``model.pt`` and ``m0.pkl`` are files: once shown as module ``model``
+    holding ``pt``; the state_dict inside a member is still grouped."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    from ckpt_inspector.core.formats import open_checkpoint
+
+    inner = tmp_path / "inner.pt"
+    torch.save({"conv.weight": torch.zeros(2), "conv.bias": torch.zeros(1)}, inner)
+    path = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.write(inner, "model.pt")
+        z.writestr("m0.pkl", pickle.dumps([1, 2]))
+        z.writestr("config.json", "{}")
+    top = build_display_tree(open_checkpoint(str(path)).root)
+    labels = [d.label for d in top.children]
+    assert labels == ["model.pt", "m0.pkl", "config.json"]
+    model = top.children[0]
+    assert [(d.label, d.key) for d in model.walk() if d is not model][:2] == [
+        ("conv", "model.pt.conv"), ("weight", "model.pt.conv.weight")]

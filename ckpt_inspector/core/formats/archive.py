@@ -25,7 +25,7 @@ from ckpt_inspector.core.formats import _quota, _tar_listing, _zip, _zip_audit, 
 from ckpt_inspector.core.formats._common import fail, new_checkpoint
 from ckpt_inspector.core.io.source import BytesSource, Source, span
 from ckpt_inspector.core.pickle import vm as pickle_vm
-from ckpt_inspector.core.tree import Checkpoint, Node
+from ckpt_inspector.core.tree import ARCHIVE_SUFFIX, Checkpoint, Node
 
 MAX_DEPTH = 3
 MAX_MEMBER_BYTES = 1 << 30  # a member read whole (stored members are views, not copies)
@@ -100,7 +100,7 @@ def read(src: Source, kind: str) -> Checkpoint:
 
 def read_into(ckpt: Checkpoint, src: Source, label: str, kind: str, depth: int,
               budget: list[int] | None = None) -> Node:
-    root = Node("dict", None, f"{kind} archive")
+    root = Node("dict", None, kind + ARCHIVE_SUFFIX)
     budget = budget if budget is not None else [MAX_INFLATE_TOTAL]
     quota = _quota.current()
     for m in _members(ckpt, src, kind, label):
