@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from PySide6.QtCore import QMimeData, QPoint, QSettings, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QPoint, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QCloseEvent,
     QDragEnterEvent,
@@ -49,6 +49,7 @@ from ckpt_inspector.gui.dialogs.files import ask_files, ask_folder
 from ckpt_inspector.gui.dialogs.help import ShortcutsDialog, about_box, about_html
 from ckpt_inspector.gui.dialogs.open_url import OpenUrlDialog
 from ckpt_inspector.gui.diff.view import DiffView
+from ckpt_inspector.gui.dropping import dropped_paths, take_as_copy
 from ckpt_inspector.gui.errors import ErrorReporter
 from ckpt_inspector.gui.icons import VERDICT_WORDS, app_icon, verdict_icon
 from ckpt_inspector.gui.jobs import JobRunner
@@ -551,37 +552,3 @@ class MainWindow(QMainWindow):
                 view.dispose()  # its statistics run as quiet tasks: stop them too
         self.probe.stop()
         super().closeEvent(event)
-
-
-def drop_urls(paths: list[str]) -> list[QUrl]:
-    return [QUrl(p) if is_url(p) else QUrl.fromLocalFile(os.path.abspath(p)) for p in paths]
-
-
-def take_as_copy(event: QDropEvent) -> bool:
-    """Accept a drag or a drop as a copy (a link where the source offers no copy), never as
-    the move it may propose: the source would delete the user's file. False, and the event
-    ignored, when the source offers only a move."""
-    offered = event.possibleActions()
-    for action in (Qt.DropAction.CopyAction, Qt.DropAction.LinkAction):
-        if offered & action:
-            event.setDropAction(action)
-            event.accept()
-            return True
-    event.ignore()
-    return False
-
-
-def dropped_paths(mime: QMimeData) -> list[str]:
-    """What a drop names: local files and folders that exist (a plain folder is browsed),
-    URLs that are not local files, and URLs dropped as text (one a line)."""
-    paths = []
-    for url in mime.urls():
-        if url.isLocalFile():
-            path = url.toLocalFile()
-            if os.path.exists(path):
-                paths.append(path)
-        elif is_url(url.toString()):
-            paths.append(url.toString())
-    if not paths and mime.hasText():
-        paths = [line.strip() for line in mime.text().splitlines() if is_url(line.strip())]
-    return paths

@@ -33,8 +33,8 @@ from ckpt_inspector.gui.diff.model import (
     DiffModel,
 )
 from ckpt_inspector.gui.diff.view import DiffView
+from ckpt_inspector.gui.dropping import drop_urls
 from ckpt_inspector.gui.html.diff import numbers_rows, percent, status_color
-from ckpt_inspector.gui.main_window import drop_urls
 from ckpt_inspector.gui.tree.model import NodeRole
 
 from support import TinyNet, drive, open_and_wait, run_cli

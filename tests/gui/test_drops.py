@@ -8,7 +8,7 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt
 from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
 
-from ckpt_inspector.gui.main_window import drop_urls
+from ckpt_inspector.gui.dropping import drop_urls
 
 A = Qt.DropAction
 K = Qt.KeyboardModifier

@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QApplication, QFileDialog, QLineEdit, QMessageBox
 from ckpt_inspector.core.display import build_display_tree
 from ckpt_inspector.core.formats import open_checkpoint
 from ckpt_inspector.gui import main_window as main_window_mod
-from ckpt_inspector.gui.main_window import drop_urls
+from ckpt_inspector.gui.dropping import drop_urls
 from ckpt_inspector.gui.tree.checkpoint_view import CheckpointView
 from ckpt_inspector.gui.tree.model import (
     DEVICE,

@@ -14,7 +14,8 @@ from PySide6.QtWidgets import QApplication
 
 from ckpt_inspector.core.summary import human_bytes
 from ckpt_inspector.gui import settings as settings_mod
-from ckpt_inspector.gui.main_window import MainWindow, drop_urls
+from ckpt_inspector.gui.dropping import drop_urls
+from ckpt_inspector.gui.main_window import MainWindow
 from ckpt_inspector.gui.remote import name_of, strip_credentials, transfer_text
 
 from rangeserver import RangeServer
