@@ -270,3 +270,29 @@ def test_a_name_of_another_format_is_warned_about(qtbot, window, tensors_file, t
     dialog.options.export_button.click()
     assert len(asked) == 1 and dialog.process is not None
     wait_result(qtbot, dialog)
+
+
+def test_model_options_fit_a_small_screen_and_show_what_trust_imports(qtbot, window,
+                                                                     resnet_full):
+    """At 1024×700 the model options once squeezed every field to a sliver and cut the
+    consent's list of imports at the dialog's edge: now they scroll, whole, and the list
+    wraps below the box."""
+    dialog = dialog_for(qtbot, window, resnet_full[0])
+    dialog.resize(1000, 650)
+    dialog.show()
+    options = dialog.options
+    choose(options.target_box, "onnx")
+    model = options.model_group
+    assert model.kind == "own"
+    qtbot.waitUntil(lambda: model.trust_imports.isVisible())
+    text = model.trust_imports.text()
+    assert "torchvision.models.resnet.ResNet" in text and model.trust_imports.wordWrap()
+    assert "ResNet" in model.trust_imports.toolTip()
+    from PySide6.QtWidgets import QScrollArea
+
+    area = options.findChild(QScrollArea, "optionsScroll")
+    inner = area.widget()
+    qtbot.waitUntil(lambda: area.viewport().width() >= inner.minimumSizeHint().width())
+    for field in (model.shape_edit, model.tolerance, model.input_dtype):
+        assert field.height() >= field.minimumSizeHint().height(), field
+    assert model.tolerance.text() == "0.0001"

@@ -4,10 +4,12 @@ torchvision architecture, your builder), the example input and the exporter's op
 from __future__ import annotations
 
 import json
+import re
 from html import escape
 from typing import Any
 
 from PySide6.QtCore import QProcess, Qt, Signal
+from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -25,6 +27,7 @@ from PySide6.QtWidgets import (
 from ckpt_inspector.core.ops.export.request import ExportRequest, parse_shape
 from ckpt_inspector.core.ops.session import LoadedFile
 from ckpt_inspector.gui.commands import cli_command
+from ckpt_inspector.gui.theme import span
 
 
 class ModelOptions(QGroupBox):
@@ -48,8 +51,14 @@ class ModelOptions(QGroupBox):
         self.trust_box = QCheckBox()
         self.trust_box.setObjectName("trustBox")
         self.run_code_box = QCheckBox("Let the file run its own code (weights_only=False)")
+        # what trusting it imports, wrapped below the box (a check box's text is one line,
+        # cut off at the dialog's edge: the user must read all of what they consent to)
+        self.trust_imports = QLabel()
+        self.trust_imports.setObjectName("trustImports")
+        self.trust_imports.setWordWrap(True)
         self._set_trust_text()
         model.addRow("", self.trust_box)
+        model.addRow("", self.trust_imports)
         model.addRow("", self.run_code_box)
         self._exporter_rows(model)
         self.setLayout(model)
@@ -63,18 +72,22 @@ class ModelOptions(QGroupBox):
     def _model_choice(self) -> QComboBox:
         self.model_box = QComboBox()
         self.model_box.setObjectName("modelBox")
+        # its longest choice is not what sets the dialog's width (a tooltip holds each)
+        self.model_box.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_box.setMinimumContentsLength(24)
         holds_model = self.file.ckpt.format == "torchscript" or any(
             n.kind == "module" for n in self.file.ckpt.root.walk())
         dangerous = self.file.report.verdict == "dangerous"
         if holds_model:
-            self.model_box.addItem("the model in this file (loaded with torch)", "own")
+            self.model_box.addItem("the file's own model (torch loads it)", "own")
             if dangerous:
                 self.model_box.model().item(0).setEnabled(False)
                 self.model_box.setItemData(0, "Dangerous file: its model is not loaded",
                                            Qt.ItemDataRole.ToolTipRole)
-        self.model_box.addItem("a torchvision architecture, with the weights from the file",
+        self.model_box.addItem("a torchvision architecture + the weights in this file",
                                "torchvision")
-        self.model_box.addItem("my builder (module:function), with the weights from the file",
+        self.model_box.addItem("my builder (module:function) + the weights in this file",
                                "callable")
         if holds_model and dangerous:
             self.model_box.setCurrentIndex(1)
@@ -116,7 +129,7 @@ class ModelOptions(QGroupBox):
         self.dynamic_box = QCheckBox("Dynamic batch dimension")
         self.input_names = QLineEdit("input")
         self.output_names = QLineEdit("output")
-        self.tolerance = QDoubleSpinBox()
+        self.tolerance = _Tolerance()
         self.tolerance.setDecimals(7)
         self.tolerance.setRange(0, 1)
         self.tolerance.setSingleStep(1e-4)
@@ -133,8 +146,10 @@ class ModelOptions(QGroupBox):
     def _set_trust_text(self) -> None:
         names = self.file.report.flagged_names()
         listed = ", ".join(names[:3]) + (" …" if len(names) > 3 else "")
-        self.trust_box.setText("I trust this file: load its model with torch"
-                               + (f" (imports {listed})" if listed else ""))
+        self.trust_box.setText("I trust this file: load its model with torch")
+        self.trust_imports.setText(span("muted", escape(f"Loading it imports {listed}"))
+                                   if listed else "")
+        self.trust_imports.setToolTip("\n".join(names))
 
     def show_target(self, target: str) -> None:
         """Only the rows that apply to ``target``."""
@@ -156,6 +171,8 @@ class ModelOptions(QGroupBox):
         self.builder_edit.setEnabled(kind == "callable")
         needs_trust = own and self.file.report.verdict != "safe"
         self.trust_box.setVisible(needs_trust or own)
+        self.model_form.setRowVisible(self.trust_imports,
+                                      own and bool(self.trust_imports.text()))
         code = own and (self.file.ckpt.format == "torchscript" or not all(
             n.startswith(("torch.nn.", "torchvision.")) for n in self.file.report.flagged_names()))
         self.run_code_box.setVisible(code)
@@ -229,3 +246,26 @@ def _pair(a: QWidget, b: QWidget) -> QWidget:
     row.addWidget(b)
     return w
 
+
+class _Tolerance(QDoubleSpinBox):
+    """A tolerance as people write it (0.0001, 1e-07), not with seven fixed decimals."""
+
+    def textFromValue(self, value: float) -> str:
+        return f"{value:g}"
+
+    def valueFromText(self, text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            return self.value()
+
+    def validate(self, text: str, pos: int) -> Any:
+        try:
+            value = float(text)
+        except ValueError:  # "", "1e", "1e-": on the way to a number
+            ok = bool(re.fullmatch(r"[0-9.]*(e-?)?", text.strip().lower()))
+            return (QValidator.State.Intermediate if ok else QValidator.State.Invalid,
+                    text, pos)
+        inside = self.minimum() <= value <= self.maximum()
+        return (QValidator.State.Acceptable if inside else QValidator.State.Intermediate,
+                text, pos)

@@ -10,17 +10,19 @@ import os
 from html import escape
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QSize, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -85,12 +87,23 @@ class ExportOptions(QWidget):
         left.addWidget(self._tensor_group())
         left.addWidget(self._model_group())
         left.addStretch(1)
+        left.setContentsMargins(0, 0, 0, 0)
+        # on a short screen the options scroll rather than squeezing every field to a
+        # sliver of its height (a 1024×700 laptop with the model options shown)
+        options = QWidget()
+        options.setLayout(left)
+        scroll = _OptionsScroll()
+        scroll.setObjectName("optionsScroll")
+        scroll.setWidget(options)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         right = QVBoxLayout()
         right.addWidget(QLabel("<b>Preview</b>"))
         right.addWidget(self._preview_table(), 1)
         right.addWidget(self.preview_label)
         body = QHBoxLayout()
-        body.addLayout(left, 2)
+        body.addWidget(scroll, 2)
         body.addLayout(right, 3)  # the keys need the room more than the option fields
         layout = QVBoxLayout(self)
         layout.addLayout(body, 1)
@@ -434,3 +447,20 @@ def folder_output(chosen: str, name: str) -> str:
     return os.path.join(chosen, name)
 
 
+class _OptionsScroll(QScrollArea):
+    """Scrolls the options up and down only: as wide as they need (the model options,
+    shown for TorchScript and ONNX, need more), never cut off at the right."""
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        inner = self.widget()
+        if inner is not None:
+            hint.setWidth(inner.minimumSizeHint().width()
+                          + self.verticalScrollBar().sizeHint().width())
+        return hint
+
+    def eventFilter(self, watched: Any, event: QEvent) -> bool:
+        # the options' needs change when rows show or hide: the dialog's layout asks again
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
