@@ -152,6 +152,51 @@ def tar_pax_digits(torch, marker: Path) -> bytes:
             + tar_bytes([("storages", EMPTY_STORAGES), ("pickle", payload(marker))]))
 
 
+def _quiet_payload(marker: Path) -> bytes:
+    """``os.system("touch marker")``, its result dropped, then ``[]``: a payload that also
+    passes for the (empty) list of storage views, so torch.load carries on without error."""
+    cmd = f"touch {marker}".encode()
+    return (b"\x80\x02cos\nsystem\n(X" + struct.pack("<I", len(cmd)) + cmd + b"tR0].")
+
+
+def _one_storage_then(torch, stype: bytes, numel: int, marker: Path) -> bytes:
+    """A ``storages`` member of one record of type ``stype`` (pickled) claiming ``numel``
+    elements, no data, then the quiet payload; an empty tensors member and a clean object."""
+    record = (b"\x80\x02(X\x01\x00\x00\x000X\x03\x00\x00\x00cpu" + stype + b"t.")
+    storages = pickle.dumps(1, protocol=2) + record + struct.pack("<q", numel)
+    return tar_bytes([("storages", storages + _quiet_payload(marker)),
+                      ("tensors", EMPTY_TENSORS), ("pickle", pickle.dumps({"a": 1}, protocol=2))])
+
+
+def tar_storage_size_overflow(torch, marker: Path) -> bytes:
+    """2**62 four-byte elements: torch multiplies in 64 bits, reads 0 bytes of data and
+    unpickles the payload as the storage views; Python's integers put it past the end."""
+    return _one_storage_then(torch, b"ctorch\nFloatStorage\n", 2**62, marker)
+
+
+def tar_storage_type_instance(torch, marker: Path) -> bytes:
+    """The storage type is ``TypedStorage()``, an object: torch takes the element size of its
+    dtype (float32, 4 bytes) and skips 4 bytes of data where a reader without it skips
+    fewer. Here a decoy empty list of views lies in those 4 bytes' place for a 1-byte
+    reading; torch reads past it, to the payload."""
+    stype = b"ctorch.storage\nTypedStorage\n)R"
+    storages = (pickle.dumps(1, protocol=2)
+                + b"\x80\x02(X\x01\x00\x00\x000X\x03\x00\x00\x00cpu" + stype + b"t."
+                + struct.pack("<q", 1) + b"]..." + _quiet_payload(marker))
+    return tar_bytes([("storages", storages), ("tensors", EMPTY_TENSORS),
+                      ("pickle", pickle.dumps({"a": 1}, protocol=2))])
+
+
+def tar_computed_record_count(torch, marker: Path) -> bytes:
+    """The count of storages is ``torch.LongTensor([1])``, computed when the file loads;
+    torch reads one record, its data, then the payload as the views."""
+    count = b"\x80\x02ctorch\nLongTensor\n(]K\x01atR."
+    record = b"\x80\x02(X\x01\x00\x00\x000X\x03\x00\x00\x00cpuctorch\nFloatStorage\nt."
+    storages = count + record + struct.pack("<q", 0) + _quiet_payload(marker)
+    return tar_bytes([("storages", storages), ("tensors", EMPTY_TENSORS),
+                      ("pickle", pickle.dumps({"a": 1}, protocol=2))])
+
+
 # -- bare pickles and the legacy stream -----------------------------------------------------
 def pickle_odd_first_opcode(torch, marker: Path) -> bytes:
     """BININT2, POP, then the payload: no PROTO and no protocol-0 opcode comes first."""
@@ -271,6 +316,12 @@ def onnx_packed_dims(torch, marker: Path, count: int = 100_000_000) -> bytes:
 
 
 SAMPLES = [
+    ("tar_storage_size_overflow.pt", tar_storage_size_overflow, "dangerous",
+     "storage-size-overflow", "pre-0.4 tar: a storage size that wraps in torch's 64 bits"),
+    ("tar_storage_type_instance.pt", tar_storage_type_instance, "dangerous",
+     "unfollowable-records", "pre-0.4 tar: the storage type is an object, its size unknown"),
+    ("tar_computed_record_count.pt", tar_computed_record_count, "dangerous",
+     "unfollowable-records", "pre-0.4 tar: the number of storages is computed at load"),
     ("tar_pickle_hard_link.pt", tar_pickle_hard_link, "dangerous", "tar-link",
      "pre-0.4 tar: 'pickle' is a hard link to a payload member (extractfile follows it)"),
     ("tar_pickle_symlink.pt", tar_pickle_symlink, "dangerous", "tar-link",
@@ -308,7 +359,9 @@ SAMPLES = [
 ]
 
 # the samples whose payload torch.load(path, weights_only=False) runs
-LIVE_WITH_TORCH = {"tar_pickle_hard_link.pt", "tar_pickle_symlink.pt",
+LIVE_WITH_TORCH = {"tar_storage_size_overflow.pt", "tar_storage_type_instance.pt",
+                   "tar_computed_record_count.pt", "tar_pickle_hard_link.pt",
+                   "tar_pickle_symlink.pt",
                    "tar_storages_hard_link.pt", "tar_duplicate_pickle.pt", "tar_v7.pt",
                    "tar_sparse_pickle.pt", "tar_storages_link_outside.pt",
                    "tar_falls_back_to_pickle.pt", "pickle_odd_first_opcode.pkl",

@@ -66,6 +66,7 @@ MAX_NDIM = 64
 # keys torch matches by value; longer ones are kept apart instead of hashed again and again
 MAX_KEY_BITS = 64
 MAX_KEY_CHARS = 1024
+_WRAP = 1 << 64  # torch computes a storage's bytes as a size_t
 
 
 sniff = is_tar
@@ -167,31 +168,34 @@ class _TorchTar(MemberResolver):
         raw, end = content.data, content.end
         count = self.pickle_at(content, content.start, "storages")
         pos = count.end
-        n = _count(count.value)
-        i = 0
-        while n is None or i < n:
+        n = self._count(count.value, "storages")
+        for i in range(n):
             if i >= MAX_RECORDS:
                 raise Stop(f"more than {MAX_RECORDS:,} storage records: refused")
-            if n is None and pos >= end:
-                break
             args = self.pickle_at(content, pos, f"storages#{i}")
             pos = args.end
-            if n is None and isinstance(args.value, list):  # the views: the count was computed
-                self.views(content, args.value)
-                return
             try:
                 key, location, stype = args.value
             except (TypeError, ValueError):
                 raise Stop("malformed storage record in the tar archive") from None
-            name = stype.name if isinstance(stype, GlobalRef) and stype.literal else ""
-            dtype = storage_class_dtype(name) or "uint8"
+            dtype = self._storage_dtype(stype, f"storages#{i}")
             item = dtypes.itemsize(dtype) or 1
             if pos + 8 > end:
                 raise Stop("storage data is truncated (torch.load fails there)")
             (numel,) = struct.unpack_from("<q", raw, pos)
-            nbytes = numel * item
+            # torch's reader multiplies in 64 bits: a count of 2**62 four-byte elements
+            # is 0 bytes to it, and the next record starts right after the count
+            nbytes = (item * numel) % _WRAP
             st = StorageInfo(_text(key), dtype, max(numel, 0), _text(location))
-            if numel < 0 or pos + 8 + nbytes > end:
+            if nbytes != item * numel:
+                self.finding(DANGEROUS, "storage-size-overflow",
+                             f"storage record {i} claims {numel:,} elements of {item} bytes, "
+                             f"which torch's reader computes in 64 bits as {nbytes:,} bytes: "
+                             "it reads the records that follow from where no writer puts "
+                             "them", "storages")
+                st.numel = nbytes // item
+                st.problem = "its size overflows torch's 64-bit arithmetic"
+            if pos + 8 + nbytes > end:
                 st.numel = 0
                 st.problem = "storage data runs past its tar member"
                 pos = end
@@ -199,10 +203,44 @@ class _TorchTar(MemberResolver):
                 st.source = content.range(self.src, pos + 8, nbytes)
                 pos += 8 + nbytes
             self.objects[_key(key)] = st
-            i += 1
         if pos < end:
             views = self.pickle_at(content, pos, "storage views")
             self.views(content, views.value)
+
+    def _count(self, value: Any, member: str) -> int:
+        """A record count as torch's ``range(count)`` takes it. One the stream computes
+        (a call, known only when it runs) decides where torch reads every record after
+        it: the file is refused rather than read by a guess."""
+        if isinstance(value, int):
+            return max(value, 0)
+        if isinstance(value, (Call, GlobalRef, ExtensionRef)):
+            self._unfollowable(f"the number of records in {member} is computed when the "
+                               "file loads", member)
+        raise Stop(f"the record count is a {type(value).__name__} (torch.load fails there)")
+
+    def _storage_dtype(self, stype: Any, where: str) -> str:
+        """The dtype torch reads a storage record as: ``storage_type._dtype`` of a torch
+        storage class. Its element size says where the next record starts."""
+        if isinstance(stype, GlobalRef) and stype.literal:
+            dtype = storage_class_dtype(stype.name)
+            if stype.name.rsplit(".", 1)[-1] == "UntypedStorage":
+                raise Stop("an UntypedStorage record (it has no dtype: torch.load fails "
+                           "there)")
+            if dtype is not None:
+                return dtype
+            self._unfollowable(f"the storage type {stype.name} is not one of torch's "
+                               "storage classes, so its element size is not known", where)
+        if isinstance(stype, (Call, GlobalRef, ExtensionRef, PersistentRef)):
+            self._unfollowable("the storage type is an object made when the file loads, "
+                               "so its element size is not known", where)
+        raise Stop(f"the storage type is a {type(stype).__name__} (torch.load fails there)")
+
+    def _unfollowable(self, why: str, member: str) -> None:
+        self.finding(DANGEROUS, "unfollowable-records",
+                     f"{why}: where torch reads the next records (and unpickles them with "
+                     "the full unpickler) cannot be known without running the file",
+                     member.split("#")[0])
+        raise Stop(f"{why}; the rest of the member is not read")
 
     def views(self, content: Content, value: Any) -> None:
         for view in value if isinstance(value, list) else []:
@@ -230,13 +268,10 @@ class _TorchTar(MemberResolver):
         raw, end = content.data, content.end
         count = self.pickle_at(content, content.start, "tensors")
         pos = count.end
-        n = _count(count.value)
-        i = 0
-        while n is None or i < n:
+        n = self._count(count.value, "tensors")
+        for i in range(n):
             if i >= MAX_RECORDS:
                 raise Stop(f"more than {MAX_RECORDS:,} tensor records: refused")
-            if n is None and pos >= end:
-                break
             args = self.pickle_at(content, pos, f"tensors#{i}")
             pos = args.end
             try:
@@ -263,7 +298,6 @@ class _TorchTar(MemberResolver):
                 info.problem = check_tensor(info, offset, storage)
             pos += size
             self.objects[_key(key)] = info
-            i += 1
 
     def main_pickle(self) -> PickleResult:
         content = self.extractfile("pickle")
@@ -282,16 +316,6 @@ class _TorchTar(MemberResolver):
         main = self.pickle_at(content, content.start, "pickle", persistent_load)
         self.ckpt.pickles[-1].trailing = content.end - main.end
         return main
-
-
-def _count(value: Any) -> int | None:
-    """A record count as torch's ``range(count)`` takes it; None when the stream computes
-    it (a call whose result is only known when it runs)."""
-    if isinstance(value, int):
-        return max(value, 0)
-    if isinstance(value, (Call, GlobalRef, ExtensionRef)):
-        return None
-    raise Stop(f"the record count is a {type(value).__name__} (torch.load fails there)")
 
 
 def _small(value: Any, limit: int) -> bool:
