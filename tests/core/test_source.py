@@ -96,3 +96,24 @@ def test_detection_takes_a_source_or_a_path(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty file"):
         detect_format(empty)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_or_a_device_is_refused_not_waited_on(tmp_path):
+    """Opening a named pipe for reading blocks until something writes to it: `scan` once
+    waited forever. Now it says what the path is, at once, in JSON too."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "named pipe"), ("/dev/zero", "character device")):
+        proc = subprocess.run([sys.executable, "-m", "ckpt_inspector", "scan", str(path),
+                               "--json"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 3, proc.stderr
+        answer = json.loads(proc.stdout)
+        assert what in answer["error"] and answer["exit_code"] == 3
+    with pytest.raises(CheckpointError, match="named pipe"):
+        open_checkpoint(str(fifo))

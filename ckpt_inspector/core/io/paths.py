@@ -18,6 +18,7 @@ from typing import Any
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io import listings
 from ckpt_inspector.core.io.opening import is_url
+from ckpt_inspector.core.io.source import open_regular
 
 _sizes: dict[str, int] = {}  # URL -> size, of the files read whole here
 _lock = threading.Lock()
@@ -146,8 +147,12 @@ def read_bytes(path: str, limit: int) -> bytes:
         if size > limit:
             raise CheckpointError(f"{basename(path)} is {size:,} bytes: more than the "
                                   f"{limit:,} ckpt-inspector reads")
-        with open(path, "rb") as f:
-            return f.read()
+        with open_regular(path) as f:  # never a named pipe: it would block for good
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise CheckpointError(f"{basename(path)} is more than the {limit:,} bytes "
+                                  "ckpt-inspector reads")
+        return data
     from ckpt_inspector.core.io.remote import RemoteSource
 
     src = RemoteSource(path, whole=True)

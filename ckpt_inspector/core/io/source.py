@@ -15,9 +15,11 @@ import functools
 import io
 import mmap
 import os
+import stat
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.tensors import BytesRange, DataSource, FileRange
 
 T = TypeVar("T")
@@ -154,6 +156,30 @@ class Source:
         return f"{type(self).__name__}({self.name!r})"
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def open_regular(path: str) -> io.BufferedReader:
+    """``path`` opened for reading if it is a regular file. A named pipe would block the
+    read until something writes to it (forever), a device has no end: both are refused
+    with what they are, checked on the opened file itself (no race with a rename)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(21, "Is a directory", path)
+        if not stat.S_ISREG(mode):
+            what = next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
+            raise CheckpointError(f"it is {what}, not a file: not read")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class LocalSource(Source):
     """A file on disk, memory-mapped on first use (random access, no read-ahead: readers
     jump between headers and must not page in tensor data)."""
@@ -167,7 +193,7 @@ class LocalSource(Source):
     @property
     def data(self) -> Any:
         if self._data is None:
-            with open(self._path, "rb") as f:
+            with open_regular(self._path) as f:
                 size = os.fstat(f.fileno()).st_size
                 self._data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
             if size and hasattr(mmap, "MADV_RANDOM"):
@@ -177,7 +203,7 @@ class LocalSource(Source):
     def read(self, offset: int, n: int) -> bytes:
         if self._data is not None or offset < 0 or n < 0:
             return super().read(offset, n)
-        with open(self._path, "rb") as f:  # a few bytes need no map
+        with open_regular(self._path) as f:  # a few bytes need no map
             f.seek(offset)
             return f.read(n)
 
