@@ -404,6 +404,40 @@ def pt2_sample_inputs(torch, marker: Path) -> bytes:
                        for n, d in parts])
 
 
+def tar_and_pickle(marker: Path) -> bytes:
+    """A benign pre-0.4 tar checkpoint whose first header is also the start of a pickle
+    (BINBYTES swallows the rest of the header; the first member's data, POP then the
+    payload, goes on with the stream). ``torch.load(path)`` reads the tar;
+    ``torch.load(io.BytesIO(data))`` never tries tar and runs the payload."""
+    import pickle
+    import tarfile
+
+    members = [("A", b"0" + payload(marker)),
+               ("storages", pickle.dumps(0, protocol=2) + pickle.dumps([], protocol=2)),
+               ("tensors", pickle.dumps(0, protocol=2)),
+               ("pickle", pickle.dumps({"a": 1}, protocol=2))]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    raw = bytearray(out.getvalue())
+    start = b"\x80\x02B" + struct.pack("<I", 512 - 7)
+    raw[0:100] = start + bytes(100 - len(start))
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw[0:512])
+    return bytes(raw)
+
+
+def pt2_sample_inputs_tar(torch, marker: Path) -> bytes:
+    """Sample inputs that are a tar checkpoint to a reader of files and a payload to
+    ``torch.load(io.BytesIO(...))``, which is how torch.export.load reads them."""
+    bytes_ = tar_and_pickle(marker)
+    return simple_zip([(n, bytes_ if "sample_inputs" in n else d)
+                       for n, d in _pt2_parts(torch)])
+
+
 def pt2_native_code(torch, marker: Path) -> bytes:
     """An AOTInductor package: compiled code that torch.export.load loads and runs."""
     parts = _pt2_parts(torch)
@@ -495,6 +529,8 @@ SAMPLES = [
      "null tensor_meta and wrong types beside an opaque payload"),
     ("pt2_sample_inputs.pt2", pt2_sample_inputs, "dangerous", "dangerous-import",
      "sample inputs loaded with the weights_only=False fallback"),
+    ("pt2_sample_inputs_tar.pt2", pt2_sample_inputs_tar, "dangerous", "dangerous-import",
+     "sample inputs that are a tar to a file reader, a pickle to torch.load(BytesIO)"),
     ("pt2_native_code.pt2", pt2_native_code, "needs-trust", "native-code",
      "an AOTInductor shared library"),
     ("pt2_sympy_expression.pt2", pt2_sympy_expression, "dangerous", "code-in-expression",
@@ -519,6 +555,7 @@ LIVE = {
     "pt2_opaque_constant.pt2": "torch.export.load",
     "pt2_pickled_weight.pt2": "torch.export.load",
     "pt2_sample_inputs.pt2": "torch.export.load",
+    "pt2_sample_inputs_tar.pt2": "torch.export.load",
     "pt2_sympy_expression.pt2": "torch.export.load",
     "pt2_legacy_layout.pt2": "torch.export.load",
     "pt2_with_data_pkl.pt2": "torch.load",

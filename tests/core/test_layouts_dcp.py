@@ -188,3 +188,32 @@ def test_broken_metadata_is_one_clear_error(one_rank, tmp_path):
     with pytest.raises(CheckpointError, match=r"holds no torch\.distributed\.checkpoint") as err:
         open_checkpoint(folder)
     assert err.value.partial is not None and err.value.partial.pickles
+
+
+@pytest.mark.parametrize("kind", ["bare pickle", "tar and pickle"])
+def test_a_bytes_entry_that_is_no_zip_is_read_as_torch_load_of_bytes_reads_it(torch, tmp_path,
+                                                                          kind):
+    """torch.load(io.BytesIO(item)) runs anything that is not a zip as a pickle stream (it
+    tries a tar only on a real file): such an item was 'not a zip archive', needs-trust,
+    while dcp.load ran its payload."""
+    import hostile_zip
+    from support import payload
+
+    marker = tmp_path / "marker"
+    folder = dcp_files.save(torch, tmp_path / "evil", {"w": torch.zeros(3),
+                                                     "extra": {"note": "hello"}})
+    body = (payload(marker) if kind == "bare pickle"
+            else hostile_zip.tar_and_pickle(marker))
+    meta_path = folder / ".metadata"
+    meta = pickle.loads(meta_path.read_bytes())  # our own file, made by dcp.save above
+    for index, info in meta.storage_data.items():
+        if "note" in index.fqn:
+            data = folder / info.relative_path
+            info.offset, info.length = data.stat().st_size, len(body)
+            with open(data, "ab") as f:
+                f.write(body)
+    meta_path.write_bytes(pickle.dumps(meta))
+    report = scan(open_checkpoint(folder))
+    assert report.verdict == "dangerous"
+    assert "dangerous-import" in {f.code for f in report.findings}, report.findings
+    assert not marker.exists()

@@ -418,16 +418,16 @@ class _Reader:
 
 def read_torch_bytes(ckpt: Checkpoint, data: Any, path: str, label: str,
                      executed: bool = True) -> Node | None:
-    """What ``torch.load`` reads from these bytes: a zip archive; else a tar archive of the
-    pre-0.4 format; else a pickle stream (its first pickle runs, then the legacy format)."""
-    from ckpt_inspector.core.formats import pickle_file, torch_tar
+    """What ``torch.load(io.BytesIO(data))`` reads, as the .pt2 loader calls it: a zip
+    archive; else a pickle stream (its first pickle runs, then the legacy format). Never a
+    tar archive: torch tries tar only on a real file (one with a descriptor), so bytes that
+    are both a tar and a pickle are read here as the pickle torch runs."""
+    from ckpt_inspector.core.formats import pickle_file
 
-    head = bytes(data[:512])
-    if head[:4] == b"PK\x03\x04":
+    head = bytes(data[:4])
+    if head == b"PK\x03\x04":
         return torch_zip.read_into(ckpt, BytesSource(path, data), label, executed)
     src = BytesSource(path, bytes(data))
     if not executed:
         return pickle_file.read_into(ckpt, src, label, executed=False)
-    if torch_tar.sniff(head):
-        return torch_tar.read_into(ckpt, src, label)
     return pickle_file.read_stream(ckpt, src, label)

@@ -172,7 +172,7 @@ class Files:
     def _parse(self, fqn: str, where: Where, expected: int | None, file: Any) -> Parsed:
         """(what was read of the item, its tree or None, the error or None): ``file`` a
         local path or a RemoteSource."""
-        from ckpt_inspector.core.formats import torch_zip
+        from ckpt_inspector.core.formats import pickle_file, torch_zip
         from ckpt_inspector.core.pickle import vm as pickle_vm
 
         rel, offset, length, transforms = where
@@ -187,7 +187,16 @@ class Files:
         part = Checkpoint(f"{rel}@{offset}", "torch-zip", None)  # type: ignore[arg-type]
         try:
             with pickle_vm.deadline():
-                root = torch_zip.read_into(part, src, f"{fqn}/")
+                if bytes(src.read(0, 4)) == b"PK\x03\x04":
+                    root = torch_zip.read_into(part, src, f"{fqn}/")
+                else:  # torch.load(BytesIO) of anything else runs it as a pickle stream
+                    # (never as a tar: only a real file is tried as one), of these bytes only
+                    part.format = "pickle"
+                    if length > MAX_STREAM_BYTES:
+                        raise CheckpointError(f"a {length:,}-byte item that is not a zip "
+                                              "archive: too large to read as a pickle")
+                    whole = _bytes_source(f"{rel}@{offset}", bytes(src.read(0, length)))
+                    root = pickle_file.read_stream(part, whole, f"{fqn}/")
         except CheckpointError as err:
             return part, None, CheckpointError(f"{rel} at {offset}: {err}")
         path = file if isinstance(file, str) else file.name
@@ -198,6 +207,9 @@ class Files:
         elif isinstance(file, str):
             _in_place(root, lambda inner: ItemRange(path, offset, inner))
         return part, root, None
+
+
+MAX_STREAM_BYTES = 1 << 30  # an item read as a pickle stream is copied whole, as torch does
 
 
 def _bytes_source(name: str, raw: Any) -> Any:
