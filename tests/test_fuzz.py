@@ -342,6 +342,28 @@ def test_tar_of_a_torch_file_is_not_a_polyglot(tmp_path):
     assert verdict(path) == "safe"
 
 
+def test_a_zip_inside_a_members_data_is_a_polyglot(tmp_path, marker):
+    """Was (found by the red team): a member whose data is some text and then a zip was
+    exempt as 'a zip member of the tar', yet read by no one as a zip (it does not start
+    with one); zipfile and unzip open the tar as that zip and extract its payload."""
+    import zipfile
+
+    import torch
+
+    from support import Payload
+
+    pt = io.BytesIO()
+    torch.save({"w": torch.zeros(2), "x": Payload(f"touch {marker}")}, pt)
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("model.pt", pt.getvalue())
+    path = tmp_path / "release.tar"
+    path.write_bytes(tar_of([("readme.txt", b"hi" + inner.getvalue())]))
+    with zipfile.ZipFile(path) as z:  # what zipfile makes of the tar
+        assert z.namelist() == ["model.pt"]
+    assert verdict(path) == "dangerous"
+
+
 @pytest.mark.slow
 def test_member_shorter_than_declared_in_an_archive(tmp_path):
     """Was (fixed): archive._pickle_bytes loops for ever when a member inflates to fewer

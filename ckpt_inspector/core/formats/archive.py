@@ -132,8 +132,8 @@ def read_into(ckpt: Checkpoint, src: Source, label: str, kind: str, depth: int,
 def _zip_over_tar(ckpt: Checkpoint, src: Source, label: str, depth: int,
                   budget: list[int]) -> Node | None:
     """A tar that Python's zipfile (and unzip) also open, from a zip directory at its end
-    that is not inside one member's data: extracted as a zip, it yields other files than
-    tar gives. Such a polyglot is dangerous and its zip members are scanned too."""
+    that is not one member's data: extracted as a zip, it yields other files than tar
+    gives. Such a polyglot is dangerous and its zip members are scanned too."""
     infos, _why = _zip_audit.zipfile_view(src.data)
     if not infos:
         return None
@@ -143,8 +143,13 @@ def _zip_over_tar(ckpt: Checkpoint, src: Source, label: str, depth: int,
     except CheckpointError:
         spans = []
     offsets = [i.header_offset for i in infos]
-    if any(all(a <= o < b for o in offsets) for a, b in spans):
-        return None  # a zip member of the tar (a torch.save file): read as a member
+    first = min(offsets)
+    if any(first == a and all(a <= o < b for o in offsets) for a, b in spans):
+        # a zip member of the tar (a torch.save file), which starts with the zip's first
+        # record: read as a zip in its own right. A zip that starts further into a
+        # member's data ("notes.txt": some text, then a zip) is read by no one as that
+        # member, yet zipfile and unzip open the tar as it.
+        return None
     ckpt.findings.append(Finding(
         DANGEROUS, "polyglot",
         "the tar archive is also a zip archive (Python's zipfile and unzip open it from the "
