@@ -308,3 +308,25 @@ def test_a_huge_shape_is_one_damaged_tensor_not_an_overflow(torch, tmp_path, sta
     assert "about 10^400 elements" in huge.problem and huge.numel == 0  # counts nothing
     assert model["after"].problem  # its offset lies past the huge one
     assert scan(ckpt).verdict == "safe"
+
+
+@pytest.mark.parametrize("name", ["mp_rank_01_model_states.pt",
+                                  "zero_pp_rank_0_mp_rank_01_optim_states.pt"])
+def test_a_payload_in_another_model_parallel_ranks_file_is_dangerous(torch, tmp_path, name):
+    """Was (red team): the files of model-parallel ranks above 0 were not read at all
+    (zero_to_fp32.py rebuilds rank 0), so a payload there left the folder 'safe', while
+    DeepSpeed's load_checkpoint torch.loads it on that rank."""
+    from support import Payload
+
+    marker = tmp_path / "marker"
+    root = zero_files.save(torch, tmp_path / "mp", 2, 1)
+    torch.save({"module": {}, "x": Payload(f"touch {marker}")},
+               root / zero_files.TAG / name)
+    ckpt = open_checkpoint(root)
+    report = scan(ckpt)
+    assert report.verdict == "dangerous"
+    assert {f.file for f in report.findings if f.severity == "dangerous"} == {
+        f"{zero_files.TAG}/{name}"}
+    assert name.removesuffix(".pt") in {str(n.key) for n in ckpt.root.children}
+    assert all(i.problem is None for i in _model(ckpt).values())
+    assert not marker.exists()

@@ -96,6 +96,7 @@ class _Build:
         self.first_bad = 0  # the first rank whose partitions are unknown (or how many are read)
         self.cut = False  # ranks after a missing one are not read (too many missing)
         self.pieces = 0  # pieces made so far (MAX_PIECES)
+        self.other_ranks: list[str] = []  # files of model-parallel ranks above 0
 
     # -- files ---------------------------------------------------------------------------
     def run(self, names: list[str]) -> None:
@@ -121,6 +122,12 @@ class _Build:
         model_files = [read[n] for n in models]
         rank_files = [read[n] for n in want]
         self._model(model_files, rank_files)
+        # the other model-parallel ranks' files: not the model zero_to_fp32.py rebuilds,
+        # but what DeepSpeed's load_checkpoint torch.loads on those ranks: read, so that
+        # their pickles count in the verdict, and shown under their names
+        self.reader.prefetch(self.other_ranks)
+        for name in self.other_ranks:
+            read[name] = self.reader.file(name)
         first = set(models)
         for name in sorted(read, key=lambda n: (n not in first, n)):
             self._subtree(read[name])
@@ -162,10 +169,13 @@ class _Build:
             for pattern, out in ((df.MODEL, models), (df.OPTIM, optims)):
                 if pattern.match(n):
                     (out if df.rank_of(n, pattern)[0] == 0 else skipped).append(n)
+        self.other_ranks = sorted(skipped)
         if skipped:
             self.ckpt.warnings.append(
-                f"{counted(len(skipped), 'file')} of model-parallel ranks above 0 not read (as "
-                f"zero_to_fp32.py does not), e.g. {self.reader.prefix}{skipped[0]}")
+                f"{counted(len(skipped), 'file')} of model-parallel ranks above 0 are not part "
+                f"of the model shown (zero_to_fp32.py rebuilds rank 0), e.g. "
+                f"{self.reader.prefix}{skipped[0]}: their pickles are read for the verdict "
+                "and each is shown under its name")
         models.sort(key=lambda n: df.rank_of(n, df.MODEL))
         optims.sort(key=lambda n: df.rank_of(n, df.OPTIM))
         prefixes = [m["prefix"] for n in optims if (m := df.OPTIM.match(n))]
