@@ -132,6 +132,26 @@ def test_a_malicious_bin_shard_makes_the_folder_dangerous(torch, sd, tmp_path):
     assert not marker.exists()
 
 
+def test_a_payload_in_the_bin_weights_not_shown_still_counts(torch, sd, tmp_path):
+    """Was (red team): beside model.safetensors, a pytorch_model.bin was only named, and
+    the folder 'safe', while transformers torch.loads the .bin with use_safetensors=False
+    or without the safetensors package."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "model.safetensors")
+    marker = tmp_path / "PWNED-marker"
+    evil = tmp_path / "pytorch_model.bin"
+    torch.save(sd, evil)
+    marker_payload(torch, evil, marker)
+    ckpt = open_checkpoint(tmp_path)
+    assert [f["path"] for f in ckpt.files] == ["model.safetensors"]  # still what is shown
+    report = scan(ckpt)
+    assert report.verdict == "dangerous"
+    assert {f.file for f in report.findings if f.severity == "dangerous"} == {evil.name}
+    assert any("pytorch_model.bin" in w and "verdict" in w for w in ckpt.warnings)
+    assert not marker.exists()
+
+
 def test_a_missing_shard_leaves_the_others_readable(torch, sd, tmp_path):
     weight_map = save_sharded(torch, tmp_path, sd, "safetensors")
     gone = sorted(set(weight_map.values()))[1]

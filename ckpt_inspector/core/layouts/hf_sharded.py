@@ -143,9 +143,21 @@ class _Plan:
     weight_map: dict[str, str] | None = None
     metadata: Any = None  # the index's "metadata"
     others: list[str] = field(default_factory=list)  # indexes or groups not read
+    # the folder's other .bin weights: not shown, but what transformers torch.loads with
+    # use_safetensors=False (or without the safetensors package), so read for the verdict
+    pickled_others: list[str] = field(default_factory=list)
 
 
 def _plan(path: str) -> _Plan:
+    plan = _plan_of(path)
+    if paths.isdir(path):
+        read = set(plan.shards)
+        plan.pickled_others = [n for n in paths.listdir(path) if n.endswith(".bin") and n not in
+                               read and (SINGLE.match(n) or SHARD.match(n))][:MAX_SHARDS]
+    return plan
+
+
+def _plan_of(path: str) -> _Plan:
     if not paths.isdir(path):
         folder, index = paths.dirname(path), paths.basename(path)
         others: list[str] = []
@@ -210,10 +222,29 @@ def read_plan(path: str, plan: _Plan, fmt: str) -> Checkpoint:
             _read_shard(union, plan.folder, rel, promised, reads.get(rel))
         report("files read", len(plan.shards), len(plan.shards))
     _config(ckpt, plan.folder)
+    for k, rel in enumerate(plan.pickled_others):
+        report("other files scanned", k, len(plan.pickled_others), rel)
+        _scan_only(union, plan.folder, rel)
     for other in plan.others:
-        ckpt.warnings.append(f"the folder also holds {other}, not read (open it on its own "
-                             "to see those weights)")
+        scanned = " (its pickles are read for the verdict)" if other.endswith(
+            (".bin", ".bin.index.json")) and plan.pickled_others else ""
+        ckpt.warnings.append(f"the folder also holds {other}, not shown{scanned}: open it "
+                             "on its own to see those weights")
     return ckpt
+
+
+def _scan_only(union: Union, folder: str, rel: str) -> None:
+    """A .bin file of the folder that is not shown: its pickles go to the verdict (a file
+    that cannot be read whole keeps the verdict from being safe)."""
+    full = paths.join(folder, rel)
+    try:
+        part = read_file(full)
+    except ServerError:
+        raise
+    except CheckpointError as err:
+        union.unreadable(rel, full, err)
+        return
+    union.absorb(rel, part)
 
 
 class _Promised:
