@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ckpt_inspector.core.findings import DANGEROUS, Finding
 from ckpt_inspector.core.formats import _zip, _zip_members
 from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.pickle.values import Call, GlobalRef
@@ -64,6 +65,10 @@ _CLASS_RE = re.compile(r"^class (\w+)\(", re.M)
 # (``^\s+`` crossed blank lines and made 120,000 of them take 36 s)
 _LIST_RE = re.compile(r"^[ \t]+__(parameters|buffers)__ = \[([^\]\n]*)\]", re.M)
 _QUOTED_RE = re.compile(r'"([^"\n]+)"')
+# builtins of TorchScript that reach the file system when the code runs: from_file
+# (``torch.from_file(path, shared=True, size)`` creates and maps the file; also reached
+# as ``ops.aten.from_file``)
+_FILE_OPS_RE = re.compile(r"\bfrom_file[ \t]*\(")
 
 
 class ScriptRoles:
@@ -92,6 +97,7 @@ class ScriptRoles:
             except _zip_members.MemberError:
                 continue
             left -= info.file_size
+            _file_access(archive, name, text)
             starts = [(m.start(), m.group(1)) for m in _CLASS_RE.finditer(text)]
             for i, (start, cls) in enumerate(starts):
                 end = starts[i + 1][0] if i + 1 < len(starts) else len(text)
@@ -108,3 +114,15 @@ class ScriptRoles:
             return self.classes.get(cls.full_name, {})
         return None
 
+
+def _file_access(archive: Any, name: str, text: str) -> None:
+    """Code that creates or maps files when torch.jit.load runs it (its ``__setstate__``
+    runs at load): dangerous, not merely code that needs trust."""
+    found = _FILE_OPS_RE.search(text)
+    if found is None:
+        return
+    line = text.count("\n", 0, found.start()) + 1
+    archive.ckpt.findings.append(Finding(
+        DANGEROUS, "script-file-access",
+        f"its TorchScript calls from_file (line {line}): when torch.jit.load or torch.load "
+        "runs the code, it creates or maps a file on disk", archive.label + name))
