@@ -197,3 +197,43 @@ def test_a_legitimate_100000_tensor_safetensors_opens(tmp_path):
     proc = run_limited("scan", str(path), "--json", timeout=120)
     assert proc.returncode == 0 and json.loads(proc.stdout)["verdict"] == "safe", proc.stderr
 
+
+
+def test_a_tar_that_is_also_a_pickle_stream_is_dangerous(torch, tmp_path, marker):
+    """torch.load(path) reads a tar; torch.load of the same bytes as a stream (io.BytesIO,
+    a file from a URL) never tries tar and runs the pickle at byte 0. A benign tar whose
+    first header starts such a pickle was 'safe', on its own and inside a zip."""
+    import zipfile
+
+    import hostile_zip
+
+    ran = tmp_path / "ran"
+    live = tmp_path / "live.pt"
+    live.write_bytes(hostile_zip.tar_and_pickle(ran))
+    code = ("import io, sys, torch\ntorch.load(sys.argv[1], weights_only=False)\n"
+            "assert not __import__('os').path.exists(sys.argv[2]), 'ran from the file'\n"
+            "try:\n    torch.load(io.BytesIO(open(sys.argv[1], 'rb').read()), "
+            "weights_only=False)\nexcept Exception:\n    pass\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(live), str(ran)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert ran.exists(), "the payload runs from a stream"
+    path = tmp_path / "both.pt"
+    path.write_bytes(hostile_zip.tar_and_pickle(marker))
+    with zipfile.ZipFile(tmp_path / "release.zip", "w") as z:
+        z.write(path, "model.pt")
+    for candidate in (path, tmp_path / "release.zip"):
+        verdict, codes = verdict_of(candidate)
+        assert verdict == "dangerous" and {"tar-and-pickle", "dangerous-import"} <= codes, (
+            candidate, verdict, codes)
+
+
+def test_a_real_tar_checkpoint_is_not_a_stream(torch, tmp_path):
+    """The first header of a torch tar (its member's name) breaks as a pickle before it
+    does anything: no finding."""
+    path = tmp_path / "old.pt"
+    path.write_bytes(hf.tar_bytes([("sys_info", pickle.dumps({"little_endian": True})),
+                                   ("storages", hf.EMPTY_STORAGES),
+                                   ("tensors", hf.EMPTY_TENSORS),
+                                   ("pickle", pickle.dumps({"a": 1}, protocol=2))]))
+    assert verdict_of(path) == ("safe", set())

@@ -28,6 +28,7 @@ torch reads it), through a file object that bounds each header record
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from typing import Any
 
@@ -86,12 +87,35 @@ def read_into(ckpt: Checkpoint, src: Source, label: str) -> Node:
         return _fallback(ckpt, src, label, f"Python's tarfile rejects it ({err})")
     except CheckpointError as err:
         raise fail(ckpt, str(err)) from None
+    _as_a_stream(ckpt, src, label)
     if listing.last("storages") is None:
         raise fail(ckpt, "tar archive without the storages member of a torch checkpoint "
                          "(torch.load fails on it)")
     if not label:
         ckpt.metadata["container"] = "tar (torch < 0.4)"
     return _TorchTar(ckpt, src, label, listing).run()
+
+
+def _as_a_stream(ckpt: Checkpoint, src: Source, label: str) -> None:
+    """torch tries tar only on a real file: the same bytes given as a stream (``BytesIO``,
+    a file opened by fsspec or requests, no descriptor) are read as a pickle stream from
+    their first byte. A real tar's first header breaks that stream before it does anything;
+    one that imports or calls something makes the file two checkpoints: dangerous, and its
+    pickles are scanned as run."""
+    from ckpt_inspector.core.formats import pickle_file
+
+    stream = new_checkpoint(src, "pickle")
+    with contextlib.suppress(CheckpointError):  # what was read before it broke counts
+        pickle_file.read_stream(stream, src, f"{label}(read as a stream)/")
+    if not any(r.result.globals or r.result.calls for r in stream.pickles):
+        return
+    ckpt.findings.append(Finding(
+        DANGEROUS, "tar-and-pickle",
+        "a tar archive to torch.load of a file, and a pickle stream that imports or calls "
+        "something to torch.load of the same bytes as a stream (io.BytesIO, a file opened "
+        "from a URL): the file is both, and the stream runs", label.rstrip("/") or None))
+    ckpt.pickles.extend(stream.pickles)
+    ckpt.findings.extend(stream.findings)
 
 
 def _fallback(ckpt: Checkpoint, src: Source, label: str, why: str) -> Node:
@@ -105,6 +129,11 @@ def _fallback(ckpt: Checkpoint, src: Source, label: str, why: str) -> Node:
     if not label:
         ckpt.metadata["container"] = "tar header, read as a pickle stream"
     return pickle_file.read_stream(ckpt, src, label)
+
+
+class _Unfollowable(Exception):
+    """Where torch reads the rest of a member depends on what the file computes: that
+    member is not read further (the finding says why), the others still are."""
 
 
 class _TorchTar(MemberResolver):
@@ -165,6 +194,10 @@ class _TorchTar(MemberResolver):
         return result
 
     def storages(self, content: Content) -> None:
+        with contextlib.suppress(_Unfollowable):  # the finding is made: the next member
+            self._storages(content)
+
+    def _storages(self, content: Content) -> None:
         raw, end = content.data, content.end
         count = self.pickle_at(content, content.start, "storages")
         pos = count.end
@@ -240,7 +273,9 @@ class _TorchTar(MemberResolver):
                      f"{why}: where torch reads the next records (and unpickles them with "
                      "the full unpickler) cannot be known without running the file",
                      member.split("#")[0])
-        raise Stop(f"{why}; the rest of the member is not read")
+        self.ckpt.warnings.append(f"{member.split('#')[0]}: {why}; the rest of that member "
+                                  "is not read")
+        raise _Unfollowable()
 
     def views(self, content: Content, value: Any) -> None:
         for view in value if isinstance(value, list) else []:
@@ -265,6 +300,10 @@ class _TorchTar(MemberResolver):
             self.objects[_key(target)] = st
 
     def tensors(self, content: Content) -> None:
+        with contextlib.suppress(_Unfollowable):
+            self._tensors(content)
+
+    def _tensors(self, content: Content) -> None:
         raw, end = content.data, content.end
         count = self.pickle_at(content, content.start, "tensors")
         pos = count.end
