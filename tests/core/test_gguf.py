@@ -264,3 +264,52 @@ def test_a_split_that_disagrees_with_its_name(split_folder, tmp_path):
     ckpt = open_any(folder)
     assert any(f.code == "split-mismatch" and f.file == SPLIT_NAMES[1]
                for f in ckpt.findings)
+
+
+def _with_template(path, template):
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_chat_template(template)
+    w.add_tensor("w", np.zeros(4, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_a_chat_template_that_reaches_python_is_dangerous(tmp_path, marker):
+    """CVE-2024-34359: llama-cpp-python < 0.2.72 rendered a GGUF's chat template with an
+    unsandboxed Jinja environment; this template then runs a command. The file was 'safe'."""
+    import subprocess
+    import sys
+
+    def payload(target):
+        return ("{% for c in ''.__class__.__base__.__subclasses__() %}"
+                "{% if c.__name__ == 'catch_warnings' %}"
+                "{{ c()._module.__builtins__['__import__']('os').system('touch " + str(target)
+                + "') }}{% endif %}{% endfor %}{{ messages }}")
+
+    ran = tmp_path / "ran"
+    proc = subprocess.run([sys.executable, "-c", "import sys, jinja2; jinja2.Environment()"
+                           ".from_string(sys.argv[1]).render(messages=[])", payload(ran)],
+                          capture_output=True, text=True, timeout=60)
+    assert ran.exists(), ("the payload is live in an unsandboxed renderer", proc.stderr)
+    path = _with_template(tmp_path / "chat.gguf", payload(marker))
+    report = scan(open_checkpoint(str(path)))
+    assert report.verdict == "dangerous"
+    [finding] = [f for f in report.findings if f.code == "code-in-template"]
+    assert finding.member == "tokenizer.chat_template" and "__class__" in finding.message
+
+
+def test_real_chat_templates_are_safe(tmp_path):
+    chatml = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+              "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if "
+              "add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    tools = ("{%- set ns = namespace(system=false) %}{%- for tool in tools %}{{- tool | tojson }}"
+             "{%- endfor %}{{ messages | selectattr('role', 'equalto', 'system') | "
+             "map(attribute='content') | list }}{{ raise_exception('no') if not messages }}")
+    for i, template in enumerate((chatml, tools)):
+        path = _with_template(tmp_path / f"ok{i}.gguf", template)
+        assert scan(open_checkpoint(str(path))).verdict == "safe"

@@ -21,7 +21,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from ckpt_inspector.core import dtypes
+from ckpt_inspector.core import dtypes, templates
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
@@ -61,6 +61,9 @@ def read(src: Source) -> Checkpoint:
     root = Node("dict", None, "gguf")
     ckpt = Checkpoint(src.name, NAME, root, file_size=size)
     ckpt.metadata.update(_metadata(reader))
+    for key, value in ckpt.metadata.items():  # the Jinja a chat loader renders
+        if templates.is_template_key(key) and isinstance(value, str):
+            ckpt.findings.extend(templates.template_findings(value, key))
     types: Counter[str] = Counter()
     for t in reader.tensors:
         info = _tensor(src, t, reader.byte_order == "S")
