@@ -244,3 +244,24 @@ def test_values_match_the_state_dict(sharded, torch, sd):
         got = to_torch(info)
         assert got.dtype == sd[key].dtype
         assert np.array_equal(got.float().numpy(), sd[key].float().numpy()), key
+
+
+def test_a_payload_in_a_trainer_checkpoints_optimizer_counts(torch, sd, tmp_path):
+    """A Trainer checkpoint folder: the model, and optimizer.pt, scheduler.pt and
+    rng_state.pth that resuming torch.loads. A payload in optimizer.pt left it 'safe'."""
+    from safetensors.torch import save_file
+
+    from support import Payload
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text('{"model_type": "toy"}')
+    torch.save({"last_epoch": 3}, tmp_path / "scheduler.pt")
+    marker = tmp_path / "PWNED-marker"
+    torch.save({"state": {}, "evil": Payload(f"touch {marker}")}, tmp_path / "optimizer.pt")
+    ckpt = open_checkpoint(tmp_path)
+    assert [f["path"] for f in ckpt.files] == ["model.safetensors"]
+    report = scan(ckpt)
+    assert report.verdict == "dangerous"
+    assert {f.file for f in report.findings if f.severity == "dangerous"} == {"optimizer.pt"}
+    assert any("optimizer.pt" in w and "verdict" in w for w in ckpt.warnings)
+    assert not marker.exists()

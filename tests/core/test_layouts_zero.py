@@ -330,3 +330,19 @@ def test_a_payload_in_another_model_parallel_ranks_file_is_dangerous(torch, tmp_
     assert name.removesuffix(".pt") in {str(n.key) for n in ckpt.root.children}
     assert all(i.problem is None for i in _model(ckpt).values())
     assert not marker.exists()
+
+
+def test_a_payload_in_an_experts_file_is_dangerous(torch, tmp_path):
+    """A mixture of experts' layer_0_expert_0_mp_rank_00_model_states.pt, which DeepSpeed
+    torch.loads beside the model states, was never read."""
+    from support import Payload
+
+    marker = tmp_path / "marker"
+    root = zero_files.save(torch, tmp_path / "moe", 2, 1)
+    name = "layer_0_expert_0_mp_rank_00_model_states.pt"
+    torch.save({"x": Payload(f"touch {marker}")}, root / zero_files.TAG / name)
+    report = scan(open_checkpoint(root))
+    assert report.verdict == "dangerous"
+    assert {f.file for f in report.findings if f.severity == "dangerous"} == {
+        f"{zero_files.TAG}/{name}"}
+    assert not marker.exists()

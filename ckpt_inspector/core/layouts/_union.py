@@ -24,6 +24,11 @@ from ckpt_inspector.core.tree import (
     set_file,
 )
 
+# names of the files a folder's loaders pass to torch.load (a Trainer's optimizer.pt and
+# rng_state.pth, a .bin of weights, an expert's .pt): a layout reads every such file of its
+# folder for the verdict, shown or not
+TORCH_LOADED = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
 
 def read_file(path: str) -> Checkpoint:
     """One file with the single-file readers; any failure is a :class:`CheckpointError`."""

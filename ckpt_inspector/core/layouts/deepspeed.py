@@ -37,7 +37,7 @@ from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.io.opening import is_url
 from ckpt_inspector.core.layouts import _deepspeed_files as df
 from ckpt_inspector.core.layouts import _deepspeed_zero as zero
-from ckpt_inspector.core.layouts._union import file_size
+from ckpt_inspector.core.layouts._union import TORCH_LOADED, file_size
 from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import UNKNOWN_DTYPE, Checkpoint, Node, TensorInfo
 
@@ -169,7 +169,11 @@ class _Build:
             for pattern, out in ((df.MODEL, models), (df.OPTIM, optims)):
                 if pattern.match(n):
                     (out if df.rank_of(n, pattern)[0] == 0 else skipped).append(n)
-        self.other_ranks = sorted(skipped)
+        # and what else DeepSpeed torch.loads from the tag folder (a mixture of experts'
+        # layer_L_expert_E_mp_rank_00_model_states.pt, a client's own files)
+        loaded = [n for n in names if n.endswith(TORCH_LOADED) and n not in skipped
+                  and not (df.MODEL.match(n) or df.OPTIM.match(n))]
+        self.other_ranks = sorted(skipped) + sorted(loaded)
         if skipped:
             self.ckpt.warnings.append(
                 f"{counted(len(skipped), 'file')} of model-parallel ranks above 0 are not part "

@@ -38,7 +38,7 @@ from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.io.opening import is_url
 from ckpt_inspector.core.io.remote_fs import ServerError
 from ckpt_inspector.core.layouts import _index_json
-from ckpt_inspector.core.layouts._union import Union, file_size, read_file
+from ckpt_inspector.core.layouts._union import TORCH_LOADED, Union, file_size, read_file
 from ckpt_inspector.core.progress import report
 from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import Checkpoint
@@ -143,8 +143,9 @@ class _Plan:
     weight_map: dict[str, str] | None = None
     metadata: Any = None  # the index's "metadata"
     others: list[str] = field(default_factory=list)  # indexes or groups not read
-    # the folder's other .bin weights: not shown, but what transformers torch.loads with
-    # use_safetensors=False (or without the safetensors package), so read for the verdict
+    # the folder's other files that loaders torch.load: not shown, but read for the verdict
+    # (the .bin weights transformers loads with use_safetensors=False, a Trainer
+    # checkpoint's optimizer.pt, scheduler.pt and rng_state.pth on resume)
     pickled_others: list[str] = field(default_factory=list)
 
 
@@ -152,8 +153,8 @@ def _plan(path: str) -> _Plan:
     plan = _plan_of(path)
     if paths.isdir(path):
         read = set(plan.shards)
-        plan.pickled_others = [n for n in paths.listdir(path) if n.endswith(".bin") and n not in
-                               read and (SINGLE.match(n) or SHARD.match(n))][:MAX_SHARDS]
+        plan.pickled_others = [n for n in paths.listdir(path) if n.endswith(TORCH_LOADED)
+                               and n not in read][:MAX_SHARDS]
     return plan
 
 
@@ -225,17 +226,23 @@ def read_plan(path: str, plan: _Plan, fmt: str) -> Checkpoint:
     for k, rel in enumerate(plan.pickled_others):
         report("other files scanned", k, len(plan.pickled_others), rel)
         _scan_only(union, plan.folder, rel)
+    rest = [n for n in plan.pickled_others if n not in plan.others]
+    if rest:
+        ckpt.warnings.append(
+            f"{counted(len(rest), 'other file')} of the folder that loaders torch.load "
+            f"({', '.join(rest[:3])}{', …' if len(rest) > 3 else ''}) read for the verdict, "
+            "not shown: open one on its own to see it")
     for other in plan.others:
         scanned = " (its pickles are read for the verdict)" if other.endswith(
-            (".bin", ".bin.index.json")) and plan.pickled_others else ""
+            (*TORCH_LOADED, ".bin.index.json")) and plan.pickled_others else ""
         ckpt.warnings.append(f"the folder also holds {other}, not shown{scanned}: open it "
                              "on its own to see those weights")
     return ckpt
 
 
 def _scan_only(union: Union, folder: str, rel: str) -> None:
-    """A .bin file of the folder that is not shown: its pickles go to the verdict (a file
-    that cannot be read whole keeps the verdict from being safe)."""
+    """A file of the folder that loaders torch.load but is not shown: its pickles go to the
+    verdict (one that cannot be read whole keeps the verdict from being safe)."""
     full = paths.join(folder, rel)
     try:
         part = read_file(full)
