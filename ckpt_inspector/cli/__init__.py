@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 from ckpt_inspector import __version__
 from ckpt_inspector.cli import _app
@@ -93,6 +96,7 @@ def _main(argv: list[str]) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file's names may hold lone surrogates
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    terminated = _on_sigterm()
     try:
         return handler(args)
     except ModuleNotFoundError as err:  # torch, on a light install: say what to install
@@ -103,7 +107,23 @@ def _main(argv: list[str]) -> int:
     except BrokenPipeError:  # e.g. piped into head
         return EXIT_OK
     except KeyboardInterrupt:
-        return interrupted(args.command)
+        return interrupted(args.command, 128 + signal.SIGTERM if terminated else None)
+
+
+def _on_sigterm() -> list[int]:
+    """SIGTERM stops a command as Ctrl-C does (its --json answer printed, exit 143), not by
+    the default action that prints nothing; the list it returns holds the signal once it
+    came."""
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        return came
+
+    def stop(signum: int, _frame: Any) -> None:
+        came.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    return came
 
 
 def _hide_credentials(args: argparse.Namespace) -> None:

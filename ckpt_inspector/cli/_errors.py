@@ -90,11 +90,13 @@ def unreadable(path: str, err: BaseException) -> int:
     return fail(f"{path}: {str(err) or type(err).__name__}", EXIT_UNREADABLE, path)
 
 
-def interrupted(command: str) -> int:
-    """Ctrl-C in info, scan, stats…: one line, no traceback."""
-    print(f"{PROG} {command}: interrupted", file=sys.stderr)
-    note(f"{command}: interrupted")
-    return EXIT_INTERRUPTED
+def interrupted(command: str, code: int | None = None) -> int:
+    """Ctrl-C (130) or SIGTERM (``code`` 143) in info, scan, stats…: one line, no
+    traceback, and the --json answer with the exit status."""
+    what = "terminated" if code is not None else "interrupted"
+    print(f"{PROG} {command}: {what}", file=sys.stderr)
+    note(f"{command}: {what}")
+    return code if code is not None else EXIT_INTERRUPTED
 
 
 # -- --json: one object on stdout, whatever happens ----------------------------------------

@@ -150,3 +150,26 @@ def test_json_errors_from_a_real_process(bad_files):
     assert obj["exit_code"] == 3 and obj["error"] in proc.stderr
     proc = run_cli("export", "--json")
     assert proc.returncode == 2 and json.loads(proc.stdout)["exit_code"] == 2
+
+
+def test_sigterm_ends_a_command_with_its_json_answer(tmp_path):
+    """Was: SIGTERM killed info/scan/stats by the default action, printing nothing; the
+    README promises one JSON object however --json ends, 143 after SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "many.pt"
+    code = ("import sys, torch; torch.save({f'l{i}.w': torch.zeros(1) for i in range(200000)}, "
+            "sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, "-m", "ckpt_inspector", "scan", "--json",
+                             str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(1.0)  # past the imports, into the read
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (out, err)  # (reading 200,000 tensors takes seconds)
+    assert json.loads(out) == {"error": "scan: terminated", "exit_code": 143}
+    assert "terminated" in err and "Traceback" not in err
