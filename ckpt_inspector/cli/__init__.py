@@ -96,7 +96,7 @@ def _main(argv: list[str]) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file's names may hold lone surrogates
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    terminated = _on_sigterm()
+    terminated, previous = _on_sigterm()
     try:
         return handler(args)
     except ModuleNotFoundError as err:  # torch, on a light install: say what to install
@@ -108,22 +108,24 @@ def _main(argv: list[str]) -> int:
         return EXIT_OK
     except KeyboardInterrupt:
         return interrupted(args.command, 128 + signal.SIGTERM if terminated else None)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def _on_sigterm() -> list[int]:
+def _on_sigterm() -> tuple[list[int], Any]:
     """SIGTERM stops a command as Ctrl-C does (its --json answer printed, exit 143), not by
-    the default action that prints nothing; the list it returns holds the signal once it
-    came."""
+    the default action that prints nothing. (the list that holds the signal once it came,
+    the handler it replaced: None off the main thread, where none is set)"""
     came: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        return came
+        return came, None
 
     def stop(signum: int, _frame: Any) -> None:
         came.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
-    return came
+    return came, signal.signal(signal.SIGTERM, stop)
 
 
 def _hide_credentials(args: argparse.Namespace) -> None:
