@@ -281,7 +281,7 @@ def scan_json(path: str, ckpt: Checkpoint | None, report: ScanReport,
         "verdict": report.verdict,
         "globals": report.globals,
         "findings": [f.to_json() for f in report.findings],
-        "readable": error is None,
+        "readable": error is None and not report.unscanned,  # read whole, every file
     }
     if report.unscanned:  # files not scanned: a "safe" verdict is incomplete
         out["unscanned"] = report.unscanned

@@ -158,20 +158,19 @@ class Union:
 
     def unreadable(self, rel: str, full: str, err: CheckpointError) -> None:
         """A file that exists but did not read: what was read before the failure still
-        counts for the verdict, and a file that is no safetensors file is not safe
-        (what loading it would run is unknown)."""
+        counts for the verdict, and the checkpoint is not vouched for (what loading that
+        file would run is unknown; a safetensors loader would refuse it, but what is not
+        read is not called safe)."""
         partial = err.partial
         if partial is not None:
             self._absorb_scan(rel, partial)
         self.ckpt.warnings.append(f"{rel} cannot be read ({err}): its tensors are shown "
                                   "damaged")
         fmt = partial.format if partial is not None else _sniffed(full)
-        severity = "info" if fmt == "safetensors" else NEEDS_TRUST
+        why = ("a safetensors loader refuses it too, but a file not read is not called "
+               "safe" if fmt == "safetensors" else "what loading it would run is unknown")
         self.ckpt.findings.append(Finding(
-            severity, "unreadable-file",
-            f"{rel} cannot be read: {err}" + ("" if severity == "info" else
-                                               "; what loading it would run is unknown"),
-            file=rel))
+            NEEDS_TRUST, "unreadable-file", f"{rel} cannot be read: {err}; {why}", file=rel))
 
     # -- inside --------------------------------------------------------------------------
     def _put(self, key: str, node: Node, rel: str) -> None:
