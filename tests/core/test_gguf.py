@@ -313,3 +313,24 @@ def test_real_chat_templates_are_safe(tmp_path):
     for i, template in enumerate((chatml, tools)):
         path = _with_template(tmp_path / f"ok{i}.gguf", template)
         assert scan(open_checkpoint(str(path))).verdict == "safe"
+
+
+@pytest.mark.parametrize("case", ["tensors", "key/values", "arrays of arrays"])
+def test_headers_of_huge_counts_that_fit_the_file_are_refused_at_once(tmp_path, case):
+    """Found by the fuzz round: counts the file's bytes can hold still made gguf's reader
+    build an object each (500,000 tensors: 30 s and 2.8 GB; 1,000,000 empty sub-arrays:
+    28 s and 2.3 GB)."""
+    import struct
+
+    if case == "tensors":
+        raw = b"GGUF" + struct.pack("<IQQ", 3, 100_001, 0) + bytes(100_001 * 24)
+    elif case == "key/values":
+        raw = b"GGUF" + struct.pack("<IQQ", 3, 0, 65_537) + bytes(65_537 * 13)
+    else:
+        n = 70_000
+        raw = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"a"
+               + struct.pack("<IIQ", 9, 9, n) + struct.pack("<IQ", 0, 0) * n)
+    path = tmp_path / "counts.gguf"
+    path.write_bytes(raw)
+    with pytest.raises(CheckpointError, match="ckpt-inspector reads"):  # the cap, not the size
+        open_checkpoint(str(path))

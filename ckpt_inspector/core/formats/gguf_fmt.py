@@ -30,6 +30,12 @@ NAME = "gguf"
 MAGIC = b"GGUF"
 MAX_DIMS = 4  # GGML_MAX_DIMS: llama.cpp refuses more
 MAX_ITEMS = 8_000_000  # array elements in all; the reader builds an object for each
+# gguf's reader makes Python objects for each key/value, tensor and item of an array of
+# arrays (about 5 KB and 60 µs a tensor): a header of 500,000 tiny tensors took 30 s and
+# 2.8 GB. Real models hold tens of key/values and at most a few thousand tensors.
+MAX_KV = 65_536
+MAX_TENSORS = 100_000
+MAX_NESTED_ITEMS = 65_536  # items of arrays of arrays, in all (no model writes one)
 SHOWN_ITEMS = 8  # first items of a long array shown in the metadata
 _I64 = 1 << 63
 
@@ -57,6 +63,10 @@ def read(src: Source) -> Checkpoint:
     if n_tensors * _MIN_TENSOR + n_kv * _MIN_KV > size - 24:
         raise CheckpointError(f"GGUF header claims {n_tensors:,} tensors and {n_kv:,} "
                               f"key/values: more than a file of {size:,} bytes can hold")
+    if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
+        raise CheckpointError(f"GGUF header claims {n_tensors:,} tensors and {n_kv:,} "
+                              f"key/values: more than the {MAX_TENSORS:,} tensors and "
+                              f"{MAX_KV:,} key/values ckpt-inspector reads")
     reader = _open(src.path) if src.path is not None else _open_remote(src, size)
     root = Node("dict", None, "gguf")
     ckpt = Checkpoint(src.name, NAME, root, file_size=size)
@@ -145,6 +155,7 @@ def _bounded(base: type) -> type:
 
     class Bounded(base):  # type: ignore[misc, valid-type]
         items = 0
+        nested = 0
 
         def _get(self, offset: int, dtype: Any, count: int = 1,
                  override_order: Any = None) -> Any:
@@ -174,6 +185,11 @@ def _bounded(base: type) -> type:
                 itype, n = _check_array(self, orig_offs, least)
                 if itype != GGUFValueType.ARRAY:  # arrays of arrays take gguf's own walk
                     return _array_parts(self, orig_offs, itype, n)
+                self.nested += n
+                if self.nested > MAX_NESTED_ITEMS:
+                    raise CheckpointError(f"GGUF metadata holds arrays of more than "
+                                          f"{MAX_NESTED_ITEMS:,} arrays: more than "
+                                          "ckpt-inspector reads")
             return super()._get_field_parts(orig_offs, raw_type)
 
         def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
