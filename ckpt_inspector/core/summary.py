@@ -45,10 +45,24 @@ def int_text(value: int) -> str:
     return str(value)
 
 
+MAX_TEXT = 10_000  # characters of a string value given whole; a longer one is cut
+
+
+def _cut(text: str) -> str:
+    """A string value, its first :data:`MAX_TEXT` characters if longer (a file may hold one
+    1 MB string referenced 100,000 times: 100 GB of output, given whole each time)."""
+    if len(text) <= MAX_TEXT:
+        return text
+    return f"{text[:MAX_TEXT]}… ({len(text):,} characters in all)"
+
+
 def jsonable(value: Any, limit: int = 100) -> Any:
-    """A JSON-safe version of a value (NaN, complex and huge ints become strings)."""
-    if value is None or isinstance(value, (bool, str)):
+    """A JSON-safe version of a value (NaN, complex and huge ints become strings, long
+    strings are cut)."""
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return _cut(value)
     if isinstance(value, int):
         return value if value.bit_length() <= 63 else int_text(value)
     if isinstance(value, float):
@@ -62,7 +76,7 @@ def jsonable(value: Any, limit: int = 100) -> Any:
         return {str(k): jsonable(v) for k, v in list(value.items())[:limit]}
     if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"
-    return str(value)
+    return _cut(str(value))
 
 
 def format_value(node: Node, limit: int = 100) -> str:
@@ -70,7 +84,8 @@ def format_value(node: Node, limit: int = 100) -> str:
     if node.kind == "none":
         return "None"
     if node.kind == "str":
-        text = repr(node.value)
+        value = node.value
+        text = repr(value if len(value) <= limit else value[:limit])  # not all of a long one
     elif node.kind in ("list", "tuple", "set") and node.value is not None:
         parts = []
         size = 0
@@ -93,6 +108,8 @@ def format_value(node: Node, limit: int = 100) -> str:
         text = f"<{node.note}>"
     elif isinstance(node.value, int) and not isinstance(node.value, bool):
         text = int_text(node.value)
+    elif isinstance(node.value, str):
+        text = node.value[:limit + 1]
     else:
         text = str(node.value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -173,3 +173,27 @@ def test_sigterm_ends_a_command_with_its_json_answer(tmp_path):
     assert proc.returncode == 143, (out, err)  # (reading 200,000 tensors takes seconds)
     assert json.loads(out) == {"error": "scan: terminated", "exit_code": 143}
     assert "terminated" in err and "Traceback" not in err
+
+
+def test_one_long_string_referenced_many_times_is_cut_in_every_answer(tmp_path):
+    """Found by the fuzz round: a 1 MB string memoised once and referenced 100,000 times
+    made `info --json` write 1 GB (and 2 GB of memory), text `info` run for minutes."""
+    import struct
+    import subprocess
+    import sys
+
+    big = "x" * 1_000_000
+    refs = 20_000
+    raw = (b"\x80\x02]q\x00(X" + struct.pack("<I", len(big)) + big.encode() + b"q\x01"
+           + b"h\x01" * (refs - 1) + b"e.")
+    path = tmp_path / "refs.pkl"
+    path.write_bytes(raw)
+    for argv in (["info", "--json"], ["info"]):
+        proc = subprocess.run([sys.executable, "-m", "ckpt_inspector", *argv, str(path)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-500:]
+        assert len(proc.stdout) < 15_000_000, (argv, len(proc.stdout))
+    values = json.loads(subprocess.run(
+        [sys.executable, "-m", "ckpt_inspector", "info", "--json", str(path)],
+        capture_output=True, text=True, timeout=300).stdout)["values"]
+    assert values[0]["value"].endswith("(1,000,000 characters in all)")
