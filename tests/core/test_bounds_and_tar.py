@@ -237,3 +237,31 @@ def test_a_real_tar_checkpoint_is_not_a_stream(torch, tmp_path):
                                    ("tensors", hf.EMPTY_TENSORS),
                                    ("pickle", pickle.dumps({"a": 1}, protocol=2))]))
     assert verdict_of(path) == ("safe", set())
+
+
+def test_a_tar_whose_stream_hits_a_bound_before_its_payload_is_dangerous(torch, tmp_path,
+                                                                         marker):
+    """Found by review: the stream side of the polyglot first nests 1,001 tuples (past the
+    interpreter's bound), then runs the payload: a stream not read was taken for one that
+    does nothing, and the file was 'safe'."""
+    import struct
+
+    import hostile_zip
+
+    raw = bytearray(hostile_zip.tar_and_pickle(marker))
+    # the first member's data: POP, then the payload; put the deep tuples before it
+    start = 512
+    deep = b"N" + b"\x85" * 1001 + b"0"
+    size = int(raw[124:135], 8)
+    body = bytes(raw[start:start + size])
+    new = body[:1] + deep + body[1:]
+    raw[124:136] = b"%011o\0" % len(new)
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw[0:512])
+    rest = bytes(raw[start + size + (-size % 512):])
+    data = bytes(raw[:512]) + new + bytes(-len(new) % 512) + rest
+    path = tmp_path / "deep.pt"
+    path.write_bytes(data)
+    assert struct.unpack_from("<I", data, 3)[0] == 512 - 7  # still the BINBYTES header
+    verdict, codes = verdict_of(path)
+    assert verdict == "dangerous" and "tar-and-pickle" in codes, codes

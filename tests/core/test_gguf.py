@@ -300,7 +300,7 @@ def test_a_chat_template_that_reaches_python_is_dangerous(tmp_path, marker):
     report = scan(open_checkpoint(str(path)))
     assert report.verdict == "dangerous"
     [finding] = [f for f in report.findings if f.code == "code-in-template"]
-    assert finding.member == "tokenizer.chat_template" and "__class__" in finding.message
+    assert finding.member == "tokenizer.chat_template" and "attribute '__" in finding.message
 
 
 def test_real_chat_templates_are_safe(tmp_path):
@@ -334,3 +334,36 @@ def test_headers_of_huge_counts_that_fit_the_file_are_refused_at_once(tmp_path, 
     path.write_bytes(raw)
     with pytest.raises(CheckpointError, match="ckpt-inspector reads"):  # the cap, not the size
         open_checkpoint(str(path))
+
+
+@pytest.mark.parametrize("spelling", [
+    '{{ "}}" ~ cycler.__init__.__globals__.os.popen("touch M").read() }}',
+    "{%- set u = '_' -%}{%- set d = u ~ u -%}{{ namespace[d ~ 'init' ~ d] }}",
+    "{{ ''['\\N{LOW LINE}' * 2 ~ 'class' ~ '\\N{LOW LINE}' * 2] }}",
+    "{% set k = ('%' ~ 'c%' ~ 'c')|format(95, 95) %}{{ self[k ~ 'init' ~ k] }}",
+    "{% set k = ['_', '_']|join %}{{ lipsum[k ~ 'globals' ~ k] }}",
+    "{{ ''|attr(x) }}",
+    "{{ messages|map(attribute=k)|list }}",
+])
+def test_chat_templates_spelling_their_way_to_dunders_are_dangerous(tmp_path, spelling):
+    """Found by review: a denylist of spellings missed each of these (a '}}' inside a
+    string, an underscore from an escape, '%c', join); the template is now parsed."""
+    path = _with_template(tmp_path / "t.gguf", "{{ bos_token }}" + spelling)
+    assert scan(open_checkpoint(str(path))).verdict == "dangerous"
+
+
+def test_a_chat_template_cut_by_a_nul_is_read_as_c_readers_read_it(tmp_path):
+    """llama.cpp hands out the template as a C string: bytes after a NUL (here not even
+    UTF-8) hid the payload before it behind '<not UTF-8>'."""
+    import gguf
+
+    path = tmp_path / "nul.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_key_value("tokenizer.chat_template",
+                    b"{{ ''.__class__.__mro__ }}\x00\xff", gguf.GGUFValueType.STRING)
+    w.add_tensor("w", np.zeros(4, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert scan(open_checkpoint(str(path))).verdict == "dangerous"

@@ -3,6 +3,7 @@ as one checkpoint, checked against what torch and safetensors read from the same
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 
@@ -266,3 +267,35 @@ def test_a_payload_in_a_trainer_checkpoints_optimizer_counts(torch, sd, tmp_path
     assert {f.file for f in report.findings if f.severity == "dangerous"} == {"optimizer.pt"}
     assert any("optimizer.pt" in w and "verdict" in w for w in ckpt.warnings)
     assert not marker.exists()
+
+
+def test_a_trainer_checkpoint_saved_with_deepspeed_reads_its_subfolder(torch, sd, tmp_path):
+    """Found by review: Trainer under DeepSpeed keeps the model states in global_step3/,
+    which a resume torch.loads; only the folder's own files were read."""
+    from safetensors.torch import save_file
+
+    from support import Payload
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "model.safetensors")
+    (tmp_path / "latest").write_text("global_step3")
+    (tmp_path / "global_step3").mkdir()
+    marker = tmp_path / "PWNED-marker"
+    torch.save({"module": {}, "x": Payload(f"touch {marker}")},
+               tmp_path / "global_step3" / "mp_rank_00_model_states.pt")
+    report = scan(open_checkpoint(tmp_path))
+    assert report.verdict == "dangerous"
+    assert {f.file for f in report.findings if f.severity == "dangerous"} == {
+        "global_step3/mp_rank_00_model_states.pt"}
+    assert not marker.exists()
+
+
+def test_training_args_bin_alone_does_not_need_trust(torch, sd, tmp_path):
+    """training_args.bin is a pickled TrainingArguments written for reference: no loader
+    loads it, and Hub folders ship it (it made every such folder needs-trust)."""
+    from safetensors.torch import save_file
+
+    from support import Reduce
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "model.safetensors")
+    torch.save(Reduce(argparse.Namespace), tmp_path / "training_args.bin")
+    assert scan(open_checkpoint(tmp_path)).verdict == "safe"

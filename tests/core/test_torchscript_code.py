@@ -54,6 +54,19 @@ def test_code_that_creates_a_file_at_load_is_dangerous(torch, tmp_path, marker):
     assert found and found[0].member.endswith(".py") and "from_file" in found[0].message
 
 
+def test_a_call_broken_across_lines_is_found_too(tmp_path):
+    """Found by review: ``from_file``, a line break, then ``(`` is valid TorchScript and
+    escaped the pattern."""
+    from types import SimpleNamespace
+
+    from ckpt_inspector.core.formats import torchscript
+
+    archive = SimpleNamespace(label="", ckpt=SimpleNamespace(findings=[]))
+    torchscript._file_access(archive, "code/__torch__.py",
+                             "def __setstate__(self, s):\n  t = torch.from_file\n  (s[2])\n")
+    assert [f.code for f in archive.ckpt.findings] == ["script-file-access"]
+
+
 def test_ordinary_scripted_code_only_needs_trust(jit_trace):
     report = scan(open_checkpoint(str(jit_trace[0])))
     assert report.verdict == "needs-trust"

@@ -71,9 +71,7 @@ def read(src: Source) -> Checkpoint:
     root = Node("dict", None, "gguf")
     ckpt = Checkpoint(src.name, NAME, root, file_size=size)
     ckpt.metadata.update(_metadata(reader))
-    for key, value in ckpt.metadata.items():  # the Jinja a chat loader renders
-        if templates.is_template_key(key) and isinstance(value, str):
-            ckpt.findings.extend(templates.template_findings(value, key))
+    ckpt.findings.extend(_template_findings(reader))
     types: Counter[str] = Counter()
     for t in reader.tensors:
         info = _tensor(src, t, reader.byte_order == "S")
@@ -303,6 +301,26 @@ def _tensor(src: Source, t: Any, swapped: bool) -> TensorInfo:
     info.storage = StorageInfo(t.name, "uint8", int(t.n_bytes), "cpu",
                                ggml_source(raw, name, numel, t.tensor_type))
     return info
+
+
+def _template_findings(reader: Any) -> list[Any]:
+    """The Jinja a chat loader renders, checked from its bytes: as a C string up to a NUL
+    (what llama.cpp hands out) and whole, each decoded as loaders decode it."""
+    from gguf import GGUFValueType
+
+    out: list[Any] = []
+    for key, field in reader.fields.items():
+        if not templates.is_template_key(key) or not field.types or \
+                field.types[0] != GGUFValueType.STRING:
+            continue
+        raw = bytes(field.parts[field.data[0]])
+        texts = dict.fromkeys(r.decode("utf-8", "replace") for r in (raw.split(b"\0")[0], raw))
+        for text in texts:
+            found = templates.template_findings(text, key)
+            if found:
+                out += found
+                break
+    return out
 
 
 def _metadata(reader: Any) -> dict[str, Any]:

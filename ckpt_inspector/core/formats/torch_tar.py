@@ -107,13 +107,16 @@ def _as_a_stream(ckpt: Checkpoint, src: Source, label: str) -> None:
     stream = new_checkpoint(src, "pickle")
     with contextlib.suppress(CheckpointError):  # what was read before it broke counts
         pickle_file.read_stream(stream, src, f"{label}(read as a stream)/")
-    if not any(r.result.globals or r.result.calls for r in stream.pickles):
+    # a stream that stops at one of the interpreter's bounds was not read: what it does
+    # after is unknown (1,001 nested tuples, then the payload, was 'safe')
+    if not any(r.result.globals or r.result.calls or r.limit for r in stream.pickles):
         return
     ckpt.findings.append(Finding(
         DANGEROUS, "tar-and-pickle",
         "a tar archive to torch.load of a file, and a pickle stream that imports or calls "
-        "something to torch.load of the same bytes as a stream (io.BytesIO, a file opened "
-        "from a URL): the file is both, and the stream runs", label.rstrip("/") or None))
+        "something (or that is too large to read) to torch.load of the same bytes as a "
+        "stream (io.BytesIO, a file opened from a URL): the file is both, and the stream "
+        "runs", label.rstrip("/") or None))
     ckpt.pickles.extend(stream.pickles)
     ckpt.findings.extend(stream.findings)
 

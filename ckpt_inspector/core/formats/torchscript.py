@@ -68,7 +68,7 @@ _QUOTED_RE = re.compile(r'"([^"\n]+)"')
 # builtins of TorchScript that reach the file system when the code runs: from_file
 # (``torch.from_file(path, shared=True, size)`` creates and maps the file; also reached
 # as ``ops.aten.from_file``)
-_FILE_OPS_RE = re.compile(r"\bfrom_file[ \t]*\(")
+_FILE_OPS_RE = re.compile(r"\bfrom_file\s*\(")  # (a call may break its line before the "(")
 
 
 class ScriptRoles:

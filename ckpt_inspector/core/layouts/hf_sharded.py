@@ -149,13 +149,38 @@ class _Plan:
     pickled_others: list[str] = field(default_factory=list)
 
 
+# written for reference beside a Trainer checkpoint (a pickled TrainingArguments, which
+# needs trust by itself): neither from_pretrained nor a resume loads it
+NOT_LOADED = frozenset({"training_args.bin"})
+MAX_OTHERS = 10_000  # other files read for the verdict (more: the rest named, not read)
+
+
 def _plan(path: str) -> _Plan:
     plan = _plan_of(path)
     if paths.isdir(path):
-        read = set(plan.shards)
-        plan.pickled_others = [n for n in paths.listdir(path) if n.endswith(TORCH_LOADED)
-                               and n not in read][:MAX_SHARDS]
+        read = set(plan.shards) | NOT_LOADED
+        plan.pickled_others = [n for n in _loadable(path) if n not in read]
     return plan
+
+
+def _loadable(folder: str) -> list[str]:
+    """The files of ``folder`` that loaders torch.load, by name; in a local folder also in
+    its subfolders, two deep (a Trainer checkpoint saved with DeepSpeed keeps its model
+    states in ``global_step3/``)."""
+    if is_url(folder):
+        return [n for n in paths.listdir(folder) if n.endswith(TORCH_LOADED)]
+    found: list[str] = []
+    for here, dirs, files in os.walk(folder):
+        rel = os.path.relpath(here, folder)
+        depth = 0 if rel == "." else rel.count(os.sep) + 1
+        if depth >= 2:
+            dirs[:] = []
+        dirs.sort()
+        found += [f if rel == "." else os.path.join(rel, f) for f in sorted(files)
+                  if f.endswith(TORCH_LOADED)]
+        if len(found) > MAX_OTHERS:
+            break
+    return found
 
 
 def _plan_of(path: str) -> _Plan:
@@ -223,10 +248,14 @@ def read_plan(path: str, plan: _Plan, fmt: str) -> Checkpoint:
             _read_shard(union, plan.folder, rel, promised, reads.get(rel))
         report("files read", len(plan.shards), len(plan.shards))
     _config(ckpt, plan.folder)
-    for k, rel in enumerate(plan.pickled_others):
+    for k, rel in enumerate(plan.pickled_others[:MAX_OTHERS]):
         report("other files scanned", k, len(plan.pickled_others), rel)
         _scan_only(union, plan.folder, rel)
     rest = [n for n in plan.pickled_others if n not in plan.others]
+    if len(plan.pickled_others) > MAX_OTHERS:
+        ckpt.findings.append(Finding(
+            "needs-trust", "unread-files", f"the folder holds more than {MAX_OTHERS:,} files "
+            "that loaders torch.load: only the first were read for the verdict"))
     if rest:
         ckpt.warnings.append(
             f"{counted(len(rest), 'other file')} of the folder that loaders torch.load "
