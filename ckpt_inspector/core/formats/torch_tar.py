@@ -104,12 +104,20 @@ def _as_a_stream(ckpt: Checkpoint, src: Source, label: str) -> None:
     pickles are scanned as run."""
     from ckpt_inspector.core.formats import pickle_file
 
+    # the first header of a real tar breaks as a pickle at once: decided from the head,
+    # without mapping (or, at a URL, fetching) the whole file
+    if not pickle_file.sniff(src.head(pickle_file.SNIFF_BYTES)):
+        return
     stream = new_checkpoint(src, "pickle")
-    with contextlib.suppress(CheckpointError):  # what was read before it broke counts
+    unread = False
+    try:
         pickle_file.read_stream(stream, src, f"{label}(read as a stream)/")
+    except CheckpointError:  # what was read before it broke counts
+        unread = not stream.pickles  # (not read at all: too large to fetch whole)
     # a stream that stops at one of the interpreter's bounds was not read: what it does
     # after is unknown (1,001 nested tuples, then the payload, was 'safe')
-    if not any(r.result.globals or r.result.calls or r.limit for r in stream.pickles):
+    if not unread and not any(r.result.globals or r.result.calls or r.limit
+                              for r in stream.pickles):
         return
     ckpt.findings.append(Finding(
         DANGEROUS, "tar-and-pickle",
