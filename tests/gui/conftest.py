@@ -22,6 +22,10 @@ def window(qtbot, settings):
     qtbot.addWidget(win)
     win.show()
     yield win
+    # close the tabs as a user would: nothing of this test (a debounce timer, a slice of
+    # filtering) may then run during the next one
+    while win.tabs.count():
+        win.close_tab(win.tabs.count() - 1)
     win.close()
 
 
