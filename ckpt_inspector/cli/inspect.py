@@ -109,6 +109,8 @@ def info_json(ckpt: Checkpoint) -> dict[str, Any]:
         out["arrays"] = arrays
     if ckpt.files:  # a checkpoint made of several files
         out["files"] = ckpt.files
+    if ckpt.verdict_files:  # and those its loaders torch.load too, not shown
+        out["verdict_files"] = ckpt.verdict_files
     _adapter_json(ckpt, out)
     return out
 
@@ -248,6 +250,15 @@ def _print_files(ckpt: Checkpoint) -> None:
         print(f"    {f['path']}  {human_bytes(f['size'])}  {what}")
     if len(ckpt.files) > 50:
         print(f"    … and {len(ckpt.files) - 50:,} more (info --json lists them)")
+    if ckpt.verdict_files:
+        print(f"  also read for the verdict, not shown: {len(ckpt.verdict_files):,}")
+        for f in ckpt.verdict_files[:10]:
+            what = f.get("problem") or f["format"] or "?"
+            size = human_bytes(f["size"]) if f.get("size") is not None else "?"
+            print(f"    {f['path']}  {size}  {what}")
+        if len(ckpt.verdict_files) > 10:
+            print(f"    … and {len(ckpt.verdict_files) - 10:,} more (info --json lists "
+                  "them)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -107,7 +107,9 @@ class TorchLoadPrediction:
     @property
     def works(self) -> str:
         """"torch.load(path) works", or of each file of a checkpoint of several."""
-        return (f"torch.load works on each of its {len(self.files)} files" if self.files
+        if len(self.files) == 1:
+            return f"torch.load works on its one file, {self.files[0]['path']}"
+        return (f"torch.load works on each of its {len(self.files):,} files" if self.files
                 else "torch.load(path) works")
 
     @property
@@ -116,7 +118,9 @@ class TorchLoadPrediction:
         if not self.files:
             return "torch.load(path) fails"
         bad = sum(not f["weights_only"] for f in self.files)
-        return f"torch.load fails on {bad} of its {len(self.files)} files"
+        if len(self.files) == 1:
+            return f"torch.load fails on its one file, {self.files[0]['path']}"
+        return f"torch.load fails on {bad:,} of its {len(self.files):,} files"
 
     def headline(self) -> str:
         """One line: will it load, and if not, what to do."""
@@ -259,6 +263,7 @@ def _many_files(ckpt: Checkpoint, report: ScanReport) -> TorchLoadPrediction:
     each (a folder of .distcp or GGUF files has none)."""
     fmt = ckpt.format
     weights = [f for f in ckpt.files if f.get("format") not in NOT_WEIGHTS or f.get("problem")]
+    weights += [{**f, "shown": False} for f in ckpt.verdict_files]  # they count as well
     if fmt in LOADERS or not weights:
         answer = _other_file(fmt, ckpt.path)
         pred = _prediction(answer, report.verdict == DANGEROUS)
@@ -288,6 +293,8 @@ def _many_files(ckpt: Checkpoint, report: ScanReport) -> TorchLoadPrediction:
         if answer.problem:
             entry["problem"] = answer.problem
             problems.append(f"{rel}: {answer.problem}")
+        if f.get("shown") is False:
+            entry["shown"] = False  # read for the verdict only
         files.append(entry)
         blocked.update(answer.blocked)
         names.update(dict.fromkeys(answer.names))
@@ -341,8 +348,12 @@ def _note(ckpt: Checkpoint, pred: TorchLoadPrediction, devices: dict[str, int] |
     installed torch other than the one the allowlist came from."""
     notes = []
     if pred.files:
-        notes.append(f"{len(pred.files)} files: torch.load reads one at a time, each answered "
-                     "on its own" + ("; the fix covers them all" if pred.fix else ""))
+        hidden = sum(f.get("shown") is False for f in pred.files)
+        also = (f" ({hidden:,} of them not shown: what loaders of the folder torch.load "
+                "too, read for the verdict)" if hidden else "")
+        notes.append(f"{len(pred.files):,} file{'s' if len(pred.files) != 1 else ''}{also}: "
+                     "torch.load reads one at a time, each answered on its own"
+                     + ("; the fix covers them all" if pred.fix else ""))
         if ckpt.format in LAYOUT_NOTES:
             notes.append(LAYOUT_NOTES[ckpt.format])
     torch_files = bool(pred.formats & set(TORCH_LOAD_FORMATS))

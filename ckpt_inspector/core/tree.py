@@ -268,6 +268,9 @@ class Checkpoint:
     # a checkpoint made of several files (a layout): each file as ``{"path" (relative to
     # what was opened), "size", "format", ...}``; empty for a single file
     files: list[dict[str, Any]] = field(default_factory=list)
+    # files a loader of such a checkpoint torch.loads too (a Trainer's optimizer.pt), read
+    # for the verdict and not shown: ``{"path", "size", "format"[, "problem"]}``
+    verdict_files: list[dict[str, Any]] = field(default_factory=list)
 
     def tensors(self) -> Iterator[tuple[list[Any], Node]]:
         """``(path, node)`` for every tensor node, in tree order."""

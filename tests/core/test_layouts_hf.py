@@ -269,6 +269,56 @@ def test_a_payload_in_a_trainer_checkpoints_optimizer_counts(torch, sd, tmp_path
     assert not marker.exists()
 
 
+def test_the_torch_load_answer_counts_the_files_read_for_the_verdict(torch, sd, tmp_path):
+    """A Trainer folder whose scheduler.pt needs an import allowed: the answer said
+    "torch.load works on each of its 1 files" under a needs-trust verdict, as if only the
+    shown model counted. It answers for every file it read, and says which are not shown."""
+    from safetensors.torch import save_file
+
+    from ckpt_inspector.core.torch_load_prediction import predict
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text('{"model_type": "toy"}')
+    torch.save({"state": {}, "param_groups": []}, tmp_path / "optimizer.pt")
+    torch.save({"args": argparse.Namespace(lr=0.1)}, tmp_path / "scheduler.pt")
+    ckpt = open_checkpoint(tmp_path)
+    assert [f["path"] for f in ckpt.verdict_files] == ["optimizer.pt", "scheduler.pt"]
+    assert all(f["format"] == "torch-zip" and f["size"] > 0 for f in ckpt.verdict_files)
+    report = scan(ckpt)
+    pred = predict(ckpt, report)
+    assert report.verdict == "needs-trust" and not pred.weights_only
+    answers = {f["path"]: f for f in pred.files}
+    assert set(answers) == {"model.safetensors", "optimizer.pt", "scheduler.pt"}
+    assert answers["scheduler.pt"]["blocked_by"] == ["argparse.Namespace"]
+    assert answers["scheduler.pt"]["shown"] is False and "shown" not in answers[
+        "model.safetensors"]
+    assert pred.headline().startswith("torch.load fails on 1 of its 3 files")
+    assert "argparse.Namespace" in (pred.fix or "")
+    assert "2 of them not shown" in (pred.note or "")
+
+
+def test_an_unreadable_file_read_for_the_verdict_is_answered_too(torch, sd, tmp_path):
+    from safetensors.torch import save_file
+
+    from ckpt_inspector.core.torch_load_prediction import predict
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text('{"model_type": "toy"}')
+    torch.save({"state": {}}, tmp_path / "optimizer.pt")
+    data = (tmp_path / "optimizer.pt").read_bytes()
+    (tmp_path / "optimizer.pt").write_bytes(data[: len(data) // 2])
+    ckpt = open_checkpoint(tmp_path)
+    [entry] = ckpt.verdict_files
+    assert entry["path"] == "optimizer.pt" and entry["problem"]
+    assert not any("shown damaged" in w for w in ckpt.warnings)  # it is not shown
+    report = scan(ckpt)
+    assert report.verdict != "safe"
+    pred = predict(ckpt, report)
+    assert not pred.weights_only
+    assert {f["path"]: f["weights_only"] for f in pred.files} == {
+        "model.safetensors": True, "optimizer.pt": False}
+
+
 def test_a_trainer_checkpoint_saved_with_deepspeed_reads_its_subfolder(torch, sd, tmp_path):
     """Found by review: Trainer under DeepSpeed keeps the model states in global_step3/,
     which a resume torch.loads; only the folder's own files were read."""

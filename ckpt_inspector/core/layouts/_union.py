@@ -156,16 +156,18 @@ class Union:
         info = TensorInfo(UNKNOWN_DTYPE, (), problem=problem, file=rel)
         self._put(key, Node("tensor", key, "torch.Tensor", tensor=info), rel)
 
-    def unreadable(self, rel: str, full: str, err: CheckpointError) -> None:
+    def unreadable(self, rel: str, full: str, err: CheckpointError, shown: bool = True
+                   ) -> None:
         """A file that exists but did not read: what was read before the failure still
         counts for the verdict, and the checkpoint is not vouched for (what loading that
         file would run is unknown; a safetensors loader would refuse it, but what is not
-        read is not called safe)."""
+        read is not called safe). ``shown``: its tensors are part of the tree."""
         partial = err.partial
         if partial is not None:
             self._absorb_scan(rel, partial)
-        self.ckpt.warnings.append(f"{rel} cannot be read ({err}): its tensors are shown "
-                                  "damaged")
+        if shown:
+            self.ckpt.warnings.append(f"{rel} cannot be read ({err}): its tensors are shown "
+                                      "damaged")
         fmt = partial.format if partial is not None else _sniffed(full)
         why = ("a safetensors loader refuses it too, but a file not read is not called "
                "safe" if fmt == "safetensors" else "what loading it would run is unknown")

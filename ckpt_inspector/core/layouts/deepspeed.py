@@ -96,7 +96,8 @@ class _Build:
         self.first_bad = 0  # the first rank whose partitions are unknown (or how many are read)
         self.cut = False  # ranks after a missing one are not read (too many missing)
         self.pieces = 0  # pieces made so far (MAX_PIECES)
-        self.other_ranks: list[str] = []  # files of model-parallel ranks above 0
+        # what DeepSpeed also torch.loads: model-parallel ranks above 0, experts' files
+        self.also_loaded: list[str] = []
 
     # -- files ---------------------------------------------------------------------------
     def run(self, names: list[str]) -> None:
@@ -122,11 +123,12 @@ class _Build:
         model_files = [read[n] for n in models]
         rank_files = [read[n] for n in want]
         self._model(model_files, rank_files)
-        # the other model-parallel ranks' files: not the model zero_to_fp32.py rebuilds,
-        # but what DeepSpeed's load_checkpoint torch.loads on those ranks: read, so that
+        # the other model-parallel ranks' files and the tag folder's other loadable files:
+        # not the model zero_to_fp32.py rebuilds, but what DeepSpeed's load_checkpoint
+        # torch.loads (on those ranks, or for the experts): read, so that
         # their pickles count in the verdict, and shown under their names
-        self.reader.prefetch(self.other_ranks)
-        for name in self.other_ranks:
+        self.reader.prefetch(self.also_loaded)
+        for name in self.also_loaded:
             read[name] = self.reader.file(name)
         first = set(models)
         for name in sorted(read, key=lambda n: (n not in first, n)):
@@ -173,7 +175,7 @@ class _Build:
         # layer_L_expert_E_mp_rank_00_model_states.pt, a client's own files)
         loaded = [n for n in names if n.endswith(TORCH_LOADED) and n not in skipped
                   and not (df.MODEL.match(n) or df.OPTIM.match(n))]
-        self.other_ranks = sorted(skipped) + sorted(loaded)
+        self.also_loaded = sorted(skipped) + sorted(loaded)
         if skipped:
             self.ckpt.warnings.append(
                 f"{counted(len(skipped), 'file')} of model-parallel ranks above 0 are not part "

@@ -278,8 +278,14 @@ def _scan_only(union: Union, folder: str, rel: str) -> None:
     except ServerError:
         raise
     except CheckpointError as err:
-        union.unreadable(rel, full, err)
+        partial = err.partial
+        union.ckpt.verdict_files.append({
+            "path": rel, "size": partial.file_size if partial else None,
+            "format": partial.format if partial else None, "problem": str(err)})
+        union.unreadable(rel, full, err, shown=False)
         return
+    union.ckpt.verdict_files.append({"path": rel, "size": part.file_size,
+                                     "format": part.format})
     union.absorb(rel, part)
 
 
