@@ -274,3 +274,50 @@ REDTEAM = [
     ("sympy_parse.pkl", sympy_parse, "sympy.sympify"),
 ]
 HOSTILE += REDTEAM
+
+
+# -- found by a second red-team round: a BUILD state that is a dict subclass -----------------
+# C's load_build takes any dict as the state (PyDict_Check): an OrderedDict plants methods as
+# well as a plain dict does, and was not looked into.
+RUN = g("torch.utils.collect_env", "run")
+
+
+def _ordered(**items: bytes) -> bytes:
+    return call(g("collections", "OrderedDict")) + b"".join(
+        s(k) + v + SETITEM for k, v in items.items())
+
+
+def ordered_state_setstate(marker: Path) -> bytes:
+    """An OrderedDict state plants __setstate__; a second BUILD calls it."""
+    return pickle_of(_ordered() + _ordered(__setstate__=RUN) + BUILD + s(touch(marker))
+                     + BUILD)
+
+
+def ordered_slotstate_append(marker: Path) -> bytes:
+    """(None, OrderedDict) as the state: its slot state plants 'append', APPEND calls it."""
+    return pickle_of(_ordered() + t(b"N", _ordered(append=RUN)) + BUILD + s(touch(marker))
+                     + b"a")
+
+
+def ordered_state_extend(marker: Path) -> bytes:
+    """An OrderedDict state plants 'extend', APPENDS calls it with the items."""
+    return pickle_of(_ordered() + _ordered(extend=RUN) + BUILD + MARK + s("touch")
+                     + s(str(marker)) + b"e")
+
+
+def ordered_from_pairs_setstate(marker: Path) -> bytes:
+    """The state is OrderedDict([('__setstate__', run)]): the pair is an argument, not a
+    SETITEM."""
+    pairs = b"]" + MARK + t(s("__setstate__"), RUN) + b"e"
+    state = call(g("collections", "OrderedDict"), pairs)
+    return pickle_of(_ordered() + state + BUILD + s(touch(marker)) + BUILD)
+
+
+REDTEAM2 = [
+    ("ordered_state_setstate.pkl", ordered_state_setstate, "torch.utils.collect_env.run"),
+    ("ordered_slotstate_append.pkl", ordered_slotstate_append, "torch.utils.collect_env.run"),
+    ("ordered_state_extend.pkl", ordered_state_extend, "torch.utils.collect_env.run"),
+    ("ordered_from_pairs_setstate.pkl", ordered_from_pairs_setstate,
+     "torch.utils.collect_env.run"),
+]
+HOSTILE += REDTEAM2

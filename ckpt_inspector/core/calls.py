@@ -21,7 +21,7 @@ The denylists in :mod:`scan` stay as a second opinion.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,17 +162,34 @@ def _values(obj: Any) -> Iterator[Any]:
         yield from obj.values()
 
 
-def _states(state: Any) -> Iterator[dict[Any, Any]]:
-    """The attribute dicts a BUILD state sets (``(dict, slots)`` pairs, several BUILDs)."""
+def _states(state: Any) -> Iterator[Iterable[tuple[Any, Any]]]:
+    """The attributes a BUILD state sets, as ``(name, value)`` pairs, for each dict in it
+    (``(dict, slots)`` pairs, several BUILDs). C's load_build takes any dict, subclasses
+    too: an OrderedDict, a Counter or any call whose result may be a dict counts, with the
+    items SETITEM(S) gave it and those its arguments give it (``OrderedDict(pairs)``)."""
     if isinstance(state, Builds):
         for s in state:
             yield from _states(s)
-    elif isinstance(state, dict):
-        yield state
+    elif isinstance(state, (dict, Call)):
+        yield _dict_items(state)
     elif isinstance(state, tuple) and len(state) == 2:
         for part in state:
-            if isinstance(part, dict):
-                yield part
+            if isinstance(part, (dict, Call)):
+                yield _dict_items(part)
+
+
+def _dict_items(d: dict[Any, Any] | Call) -> list[tuple[Any, Any]]:
+    if isinstance(d, dict):
+        return list(d.items())
+    items = list(d.dict_items or ())
+    for arg in d.args if isinstance(d.args, tuple) else ():
+        if isinstance(arg, dict):
+            items.extend(arg.items())
+        elif isinstance(arg, (list, tuple)):
+            items.extend(p for p in arg if isinstance(p, tuple) and len(p) == 2)
+    if isinstance(d.kwargs, dict):
+        items.extend(d.kwargs.items())
+    return items
 
 
 class Analysis:
@@ -296,7 +313,7 @@ class Analysis:
         if at is not None and at < len(c.args):
             states.append(c.args[at])  # set on the rebuilt tensor attribute by attribute
         for state in (d for s in states for d in _states(s)):
-            for key, value in state.items():
+            for key, value in state:
                 if key in ITEM_METHODS and isinstance(value, (GlobalRef, Call)):
                     self.verdicts.append(Verdict(
                         "dangerous", "build-sets-method",
