@@ -234,6 +234,26 @@ def load_from_bytes_plain_pickle(torch, marker: Path) -> bytes:
             + b"\x85R.")
 
 
+def _legacy_module_pid(length: int, marker: Path) -> bytes:
+    """A legacy file whose persistent id ('module', cls, ...) has ``length`` items: torch
+    returns cls for any length, so REDUCE calls it on the payload."""
+    header = (pickle.dumps(MAGIC, protocol=2) + pickle.dumps(1001, protocol=2)
+              + pickle.dumps({"protocol_version": 1001, "little_endian": True,
+                              "type_sizes": {"short": 2, "int": 4, "long": 4}}, protocol=2))
+    run = b"ctorch.utils.collect_env\nrun\n"
+    pid = b"(" + _str("module") + run + b"N" * (length - 2) + b"t"
+    body = b"\x80\x02" + pid + b"Q" + _str(f"touch {marker}") + b"\x85R."
+    return header + body + pickle.dumps([], protocol=2)
+
+
+def legacy_module_pid_3(torch, marker: Path) -> bytes:
+    return _legacy_module_pid(3, marker)
+
+
+def legacy_module_pid_5(torch, marker: Path) -> bytes:
+    return _legacy_module_pid(5, marker)
+
+
 def legacy_huge_integer(torch, marker: Path, tensors: int = 10_000) -> bytes:
     """A legacy file whose storage size and every tensor's shape are one memoized 1 MB
     integer, used by 10,000 tensors, beside a payload."""
@@ -348,6 +368,10 @@ SAMPLES = [
      "legacy format whose magic number is computed by builtins.int"),
     ("load_from_bytes_plain_pickle.pkl", load_from_bytes_plain_pickle, "dangerous",
      "dangerous-import", "_load_from_bytes of a plain payload pickle (not a checkpoint)"),
+    ("legacy_module_pid_3.pt", legacy_module_pid_3, "dangerous", "dangerous-call",
+     "legacy format: a ('module', cls, None) persistent id gives cls, which REDUCE calls"),
+    ("legacy_module_pid_5.pt", legacy_module_pid_5, "dangerous", "dangerous-call",
+     "legacy format: the same with a 5-item persistent id"),
     ("legacy_huge_integer.pt", legacy_huge_integer, "dangerous", "dangerous-import",
      "legacy format: a 1 MB integer as storage size and shape of 10,000 tensors"),
     ("safetensors_150000_dims.safetensors", safetensors_150000_dims, "refused", None,
@@ -365,4 +389,5 @@ LIVE_WITH_TORCH = {"tar_storage_size_overflow.pt", "tar_storage_type_instance.pt
                    "tar_storages_hard_link.pt", "tar_duplicate_pickle.pt", "tar_v7.pt",
                    "tar_sparse_pickle.pt", "tar_storages_link_outside.pt",
                    "tar_falls_back_to_pickle.pt", "pickle_odd_first_opcode.pkl",
-                   "legacy_magic_after_pop.pt", "legacy_computed_magic.pt"}
+                   "legacy_magic_after_pop.pt", "legacy_computed_magic.pt",
+                   "legacy_module_pid_3.pt", "legacy_module_pid_5.pt"}

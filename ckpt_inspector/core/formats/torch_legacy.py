@@ -106,8 +106,11 @@ class _Storages:
         if not (isinstance(pid, tuple) and pid):
             return PersistentRef(pid, offset)
         kind = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
-        if kind == "module" and len(pid) == 4:
-            return pid[1]  # a module class, saved with its source for a check on load
+        if kind == "module" and len(pid) >= 2:
+            # a module class, saved with its source for a check on load: torch returns
+            # saved_id[1] whatever the length (and checks the source only when all of the
+            # rest is truthy), so a 3- or 5-tuple gives the class just as well
+            return pid[1]
         if kind != "storage" or len(pid) != 6:
             return PersistentRef(pid, offset)
         _, stype, root_key, location, numel, view = pid
