@@ -21,6 +21,8 @@ LOADERS = {
     "onnx": "onnx.load(path), or onnxruntime.InferenceSession(path)",
     "gguf": "gguf.GGUFReader(path) (the gguf package), or llama.cpp",
     "pickle": "pickle.load, which runs whatever the file imports (only for a file you trust)",
+    "npy": "numpy.load(path); an array of Python objects needs allow_pickle=True, which "
+           "runs the pickle it holds (only for a file you trust)",
     "archive": "extract the archive: torch.load reads the checkpoint files inside it, "
                "one at a time",
     "dcp": "torch.distributed.checkpoint.load(state_dict, checkpoint_id=folder), or "
@@ -46,6 +48,7 @@ WHY_NOT = {
     "pickle": "a plain pickle, not a torch.save file: torch.load fails on it (invalid magic "
               "number)",
     "archive": "an archive of files, not one checkpoint: torch.load cannot read it",
+    "npy": "a NumPy array file (numpy.save), not a torch.save file: torch.load cannot read it",
     "dcp": "a torch.distributed.checkpoint folder: its .distcp files are not torch.load files",
 }
 

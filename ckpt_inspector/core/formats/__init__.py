@@ -14,7 +14,7 @@ from ckpt_inspector.core.pickle import vm as pickle_vm
 from ckpt_inspector.core.tree import Checkpoint, Node
 
 FORMATS = ("torch-zip", "torch-legacy", "torchscript", "pickle", "safetensors", "onnx",
-           "pt2", "archive")
+           "pt2", "archive", "gguf", "npy")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ def _readers() -> tuple[Reader, ...]:
     from ckpt_inspector.core.formats import (
         archive,
         gguf_fmt,
+        npy,
         onnx_fmt,
         pickle_file,
         pt2,
@@ -74,6 +75,8 @@ def _readers() -> tuple[Reader, ...]:
                safetensors_fmt.read),
         Reader(onnx_fmt.NAME, onnx, onnx_fmt.read),
         Reader(gguf_fmt.NAME, lambda src: gguf_fmt.sniff(src.head()), gguf_fmt.read),
+        # "\x93NUMPY": STACK_GLOBAL first, so never a pickle to torch.load; numpy.load's
+        Reader(npy.NAME, lambda src: npy.sniff(src.head()), npy.read),
         Reader(pickle_file.NAME, lambda src: pickle_file.sniff(src.head()), pickle_file.read),
     )
 

@@ -218,7 +218,13 @@ def _whole(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
 def _member_node(ckpt: Checkpoint, src: Source, m: _Member, label: str, depth: int,
                  budget: list[int], quota: _quota.PickleQuota) -> Node:
     """The tree of one member: a checkpoint's own tree, or a note of what it is."""
-    from ckpt_inspector.core.formats import pickle_file, safetensors_fmt, torch_legacy, torch_tar
+    from ckpt_inspector.core.formats import (
+        npy,
+        pickle_file,
+        safetensors_fmt,
+        torch_legacy,
+        torch_tar,
+    )
 
     head, name = m.head, m.name
     path = f"{ckpt.path}!{label}"
@@ -239,6 +245,12 @@ def _member_node(ckpt: Checkpoint, src: Source, m: _Member, label: str, depth: i
             if data is None:
                 return Node("value", None, "member", "<not scanned: over the inflation budget>")
             return torch_legacy.read_into(ckpt, BytesSource(path, data), label)
+        if npy.sniff(head):  # numpy.load of an .npz reads any member with its magic
+            quota.read += 1
+            data = _whole(ckpt, m, label, budget)
+            if data is None:
+                return Node("value", None, "member", "<not scanned: over the inflation budget>")
+            return npy.read_into(ckpt, BytesSource(path, data), label)
         kind = wrapper_kind(head)
         if kind:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtWidgets import QFileDialog, QWidget
 
 FILE_FILTER = ("Checkpoints (*.pt *.pth *.ckpt *.bin *.pt2 *.onnx *.safetensors *.gguf *.pkl "
-               "*.index.json);;All files (*)")
+               "*.npy *.npz *.index.json);;All files (*)")
 
 
 def ask_files(parent: QWidget, folder: str, title: str, single: bool = False) -> list[str]:

@@ -1,0 +1,201 @@
+"""NumPy's .npy and .npz files (``core/formats/npy``): plain arrays shown as tensors whose
+values match numpy.load; an object array's pickle, which numpy.load(allow_pickle=True)
+runs, scanned like any pickle, alone, in an .npz (stored or deflated) and under any member
+name; headers read as numpy reads them, within bounds."""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from ckpt_inspector.core import CheckpointError, open_checkpoint
+from ckpt_inspector.core.scan import scan
+from ckpt_inspector.core.tensors import to_numpy
+from ckpt_inspector.core.tree import key_of
+
+from support import Payload, run_cli
+
+ARRAYS = {
+    "c_order": np.arange(12, dtype=np.float32).reshape(3, 4),
+    "fortran": np.asfortranarray(np.arange(24, dtype=np.int16).reshape(2, 3, 4)),
+    "big_endian": np.arange(5, dtype=">f8") / 3,
+    "flags": np.array([True, False, True]),
+    "complex": np.array([1 + 2j, 3 - 4j], dtype=np.complex64),
+    "scalar": np.array(7, dtype=np.uint32),
+    "empty": np.zeros((0, 3), dtype=np.float16),
+}
+
+
+def _tensors(ckpt):
+    return {key_of(p): n.tensor for p, n in ckpt.tensors()}
+
+
+@pytest.mark.parametrize("name", ARRAYS)
+def test_a_plain_npy_is_a_safe_tensor_with_numpys_values(tmp_path, name):
+    path = tmp_path / f"{name}.npy"
+    np.save(path, ARRAYS[name])
+    ckpt = open_checkpoint(path)
+    assert ckpt.format == "npy"
+    assert scan(ckpt).verdict == "safe"
+    [(key, info)] = _tensors(ckpt).items()
+    assert key == name and info.problem is None
+    want = np.load(path)
+    assert tuple(info.shape) == want.shape
+    got = to_numpy(info)
+    assert np.array_equal(got.astype(want.dtype.newbyteorder("=")), want)
+
+
+def test_an_npz_shows_each_array_with_its_values(tmp_path):
+    for save in (np.savez, np.savez_compressed):
+        path = tmp_path / f"{save.__name__}.npz"
+        save(path, **ARRAYS)
+        ckpt = open_checkpoint(path)
+        assert scan(ckpt).verdict == "safe"
+        got = _tensors(ckpt)
+        with np.load(path) as npz:
+            assert set(got) == {f"{k}.npy" for k in npz.files}
+            for k in npz.files:
+                info = got[f"{k}.npy"]
+                assert np.array_equal(to_numpy(info).astype(npz[k].dtype.newbyteorder("=")),
+                                      npz[k]), k
+
+
+def _evil(marker):
+    a = np.empty(2, dtype=object)
+    a[0], a[1] = 1.5, Payload(f"touch {marker}")
+    return a
+
+
+NAMES = ("alone.npy", "stored.npz", "deflated.npz", "odd_name.zip", "python2.npy")
+
+
+def _object_files(tmp_path, marker):
+    """An object array whose pickle runs the payload, in every container numpy.load opens."""
+    out = {}
+    out["alone.npy"] = tmp_path / "alone.npy"
+    np.save(out["alone.npy"], _evil(marker), allow_pickle=True)
+    out["stored.npz"] = tmp_path / "stored.npz"
+    np.savez(out["stored.npz"], x=_evil(marker), w=np.zeros(3))
+    out["deflated.npz"] = tmp_path / "deflated.npz"
+    np.savez_compressed(out["deflated.npz"], x=_evil(marker))
+    # numpy.load reads any member that starts with the magic, whatever its name
+    buf = io.BytesIO()
+    np.save(buf, _evil(marker), allow_pickle=True)
+    out["odd_name.zip"] = tmp_path / "odd_name.zip"
+    with zipfile.ZipFile(out["odd_name.zip"], "w") as z:
+        z.writestr("weights", buf.getvalue())
+        z.writestr("readme.txt", "arrays")
+    # a header of Python 2 ("2L"), which numpy filters before reading it
+    out["python2.npy"] = tmp_path / "python2.npy"
+    out["python2.npy"].write_bytes(_edit_header(buf.getvalue(), "(2,)", "(2L,)"))
+    return out
+
+
+def _edit_header(raw: bytes, old: str, new: str) -> bytes:
+    """A version 1 .npy with ``old`` replaced in its header, padded to the same length."""
+    (length,) = struct.unpack("<H", raw[8:10])
+    header = raw[10:10 + length].decode("latin1").replace(old, new)
+    header = header.rstrip("\n ").ljust(length - 1) + "\n"
+    assert len(header) == length
+    return raw[:10] + header.encode("latin1") + raw[10 + length:]
+
+
+@pytest.mark.slow
+def test_numpy_load_runs_each_object_array(tmp_path):
+    """The oracle: numpy.load(allow_pickle=True) in a child process runs every payload
+    (and the child is thrown away)."""
+    files = {}
+    for n, name in enumerate(NAMES):
+        sub = tmp_path / str(n)
+        sub.mkdir()
+        marker = sub / "ran"
+        files[name] = (_object_files(sub, marker)[name], marker)
+    code = """
+import sys, numpy as np
+for p in sys.argv[1:]:
+    try:
+        r = np.load(p, allow_pickle=True)
+        if hasattr(r, "files"):
+            [r[k] for k in r.files]
+    except Exception:
+        pass
+"""
+    subprocess.run([sys.executable, "-c", code, *(str(p) for p, _ in files.values())],
+                   capture_output=True, timeout=120, cwd=tmp_path)
+    assert [n for n, (_, m) in files.items() if not m.exists()] == []
+
+
+def test_each_object_array_is_dangerous_and_nothing_runs(tmp_path, marker):
+    for name, path in _object_files(tmp_path, marker).items():
+        report = scan(open_checkpoint(path))
+        assert report.verdict == "dangerous", name
+        assert "posix.system" in report.flagged_names() or "os.system" in \
+            report.flagged_names(), (name, report.flagged_names())
+
+
+def test_an_object_array_of_plain_values_needs_trust(tmp_path):
+    path = tmp_path / "objects.npy"
+    np.save(path, np.array([1, "a", None], dtype=object), allow_pickle=True)
+    report = scan(open_checkpoint(path))
+    assert report.verdict == "needs-trust"  # numpy.load runs its pickle: allow_pickle
+
+
+def test_a_negative_size_does_not_hide_the_pickle(tmp_path, marker):
+    """numpy checks only that the shape holds ints; the pickle is read all the same."""
+    buf = io.BytesIO()
+    np.save(buf, _evil(marker), allow_pickle=True)
+    raw = _edit_header(buf.getvalue(), "(2,)", "(-2,)")
+    path = tmp_path / "negative.npy"
+    path.write_bytes(raw)
+    assert scan(open_checkpoint(path)).verdict == "dangerous"
+
+
+def _npy(header: bytes, version: int = 1, data: bytes = b"") -> bytes:
+    length = struct.pack("<H", len(header)) if version == 1 else struct.pack("<I", len(header))
+    return b"\x93NUMPY" + bytes([version, 0]) + length + header + data
+
+
+@pytest.mark.parametrize("raw, why", [
+    (_npy(b"{'descr': '|O', 'fortran_order': False, 'shape': (1,)" + b" " * (2 << 20) + b"}",
+          version=2), "more than"),
+    (_npy(b"[" * 100_000 + b"]" * 100_000, version=2), "literal"),
+    (_npy(b"{'descr': '<f4', 'shape': (1,)}"), "descr, fortran_order and shape"),
+    (_npy(b"{'descr': 'no such type', 'fortran_order': False, 'shape': (1,)}"), "descr"),
+    (b"\x93NUMPY\x09\x00", "version"),
+    (b"\x93NUMPY\x01\x00\xff\xff{", "truncated"),
+])
+def test_headers_numpy_refuses_are_refused_in_bounded_time(tmp_path, raw, why):
+    path = tmp_path / "bad.npy"
+    path.write_bytes(raw)
+    with pytest.raises(CheckpointError, match=why):
+        open_checkpoint(path)
+    proc = run_cli("scan", str(path))
+    assert proc.returncode != 0 and "safe" not in proc.stdout.split(":", 1)[-1][:20]
+
+
+def test_a_cut_array_is_shown_damaged(tmp_path):
+    path = tmp_path / "cut.npy"
+    np.save(path, np.zeros(1000, dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:-100])
+    [info] = _tensors(open_checkpoint(path)).values()
+    assert info.problem and "truncated" in info.problem
+
+
+def test_cli_info_and_torch_load_answer(tmp_path):
+    path = tmp_path / "w.npy"
+    np.save(path, np.ones((2, 3), dtype=np.float32))
+    proc = run_cli("info", "--json", str(path))
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    out = json.loads(proc.stdout)
+    assert out["format"] == "npy"
+    assert out["tensors"][0]["shape"] == [2, 3]
+    assert "numpy.load" in out["torch_load"]["loader"]
+    assert out["torch_load"]["weights_only"] is False
