@@ -72,7 +72,10 @@ def _evil(marker):
     return a
 
 
-NAMES = ("alone.npy", "stored.npz", "deflated.npz", "odd_name.zip", "python2.npy")
+NAMES = ("alone.npy", "stored.npz", "deflated.npz", "odd_name.zip", "python2.npy",
+         # found by a red-team round: each was "safe"
+         "lzma.npz", "bzip2.npz", "folder_name.npz", "empty_name.npz", "torch_zip.pt",
+         "pt2_like.pt2", "zip_end_pickle.bin", "zip_end_junk.npz", "npy_tar.npy")
 
 
 def _object_files(tmp_path, marker):
@@ -94,7 +97,57 @@ def _object_files(tmp_path, marker):
     # a header of Python 2 ("2L"), which numpy filters before reading it
     out["python2.npy"] = tmp_path / "python2.npy"
     out["python2.npy"].write_bytes(_edit_header(buf.getvalue(), "(2,)", "(2L,)"))
+    evil = buf.getvalue()
+    # members zipfile unpacks and torch's reader does not
+    for name, method in (("lzma.npz", zipfile.ZIP_LZMA), ("bzip2.npz", zipfile.ZIP_BZIP2)):
+        out[name] = tmp_path / name
+        with zipfile.ZipFile(out[name], "w", method) as z:
+            z.writestr("a.npy", evil)
+    # names zipfile lists like any other member: "x/" holding bytes, and ""
+    for name, member in (("folder_name.npz", "x/"), ("empty_name.npz", "")):
+        out[name] = tmp_path / name
+        with zipfile.ZipFile(out[name], "w") as z:
+            z.writestr(zipfile.ZipInfo(member), evil)
+    # a torch.save zip torch.load reads as safe, with an object array numpy.load reads
+    import torch
+
+    out["torch_zip.pt"] = tmp_path / "torch_zip.pt"
+    torch.save({"w": torch.zeros(3)}, out["torch_zip.pt"])
+    with zipfile.ZipFile(out["torch_zip.pt"], "a") as z:
+        z.writestr("torch_zip/w.npy", evil)
+    out["pt2_like.pt2"] = tmp_path / "pt2_like.pt2"
+    with zipfile.ZipFile(out["pt2_like.pt2"], "w") as z:
+        z.writestr("archive/archive_format", "pt2")
+        z.writestr("archive/version", "0")
+        z.writestr("archive/models/x.json", "{}")
+        z.writestr("archive/evil.npy", evil)
+    npz = io.BytesIO()
+    with zipfile.ZipFile(npz, "w") as z:
+        z.writestr("a.npy", evil)
+    npz = npz.getvalue()
+    # "PK\x05\x06" first: a harmless pickle to torch.load, an .npz to numpy.load
+    out["zip_end_pickle.bin"] = tmp_path / "zip_end_pickle.bin"
+    out["zip_end_pickle.bin"].write_bytes(b"PK\x05\x06\n0B" + struct.pack("<I", len(npz))
+                                          + npz + b".")
+    out["zip_end_junk.npz"] = tmp_path / "zip_end_junk.npz"
+    out["zip_end_junk.npz"].write_bytes(b"PK\x05\x06" + b"\0" * 18 + npz)
+    out["npy_tar.npy"] = tmp_path / "npy_tar.npy"
+    out["npy_tar.npy"].write_bytes(_npy_and_tar(evil))
     return out
+
+
+def _npy_and_tar(evil: bytes) -> bytes:
+    """An object array whose first 512 bytes are also a V7 tar header (its checksum in a
+    comment of the npy header): it was read as a harmless tar."""
+    (length,) = struct.unpack("<H", evil[8:10])
+    pickled = evil[10 + length:]
+    text = "{'descr': '|O', 'fortran_order': False, 'shape': (2,), }"
+    header = bytearray(text.ljust(501).encode("latin1") + b"\n")
+    header[70:71] = b"#"
+    block = bytearray(b"\x93NUMPY\x01\x00" + struct.pack("<H", 502) + bytes(header))
+    block[148:156] = b" " * 8
+    block[148:156] = b"%07o " % (256 + sum(block[:148]) + sum(block[156:]))
+    return bytes(block) + pickled
 
 
 def _edit_header(raw: bytes, old: str, new: str) -> bytes:

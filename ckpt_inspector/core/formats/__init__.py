@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.formats import _quota
+from ckpt_inspector.core.formats import _npz_view, _quota
 from ckpt_inspector.core.io.opening import open_source
 from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.pickle import vm as pickle_vm
@@ -65,6 +65,9 @@ def _readers() -> tuple[Reader, ...]:
         Reader(torch_zip.NAME, zip_of("torch-zip"), torch_zip.read),
         Reader(pt2.NAME, zip_of("pt2"), pt2.read),
         Reader("archive", zip_of("archive"), lambda src: archive.read(src, "zip")),
+        # "\x93NUMPY": numpy.load reads it as an array whatever else it is; it is never a
+        # pickle to torch.load (STACK_GLOBAL first), and a tar as well is a polyglot
+        Reader(npy.NAME, lambda src: npy.sniff(src.head()), npy.read),
         Reader(torch_tar.NAME, tar_of("torch-tar"), torch_tar.read),  # reported as torch-legacy
         Reader("archive-tar", tar_of("archive-tar"), lambda src: archive.read(src, "tar")),
         Reader("compressed", lambda src: archive.wrapper_kind(src.head()) is not None,
@@ -75,9 +78,11 @@ def _readers() -> tuple[Reader, ...]:
                safetensors_fmt.read),
         Reader(onnx_fmt.NAME, onnx, onnx_fmt.read),
         Reader(gguf_fmt.NAME, lambda src: gguf_fmt.sniff(src.head()), gguf_fmt.read),
-        # "\x93NUMPY": STACK_GLOBAL first, so never a pickle to torch.load; numpy.load's
-        Reader(npy.NAME, lambda src: npy.sniff(src.head()), npy.read),
         Reader(pickle_file.NAME, lambda src: pickle_file.sniff(src.head()), pickle_file.read),
+        # numpy.load opens any file starting like a zip with zipfile (an .npz): one torch's
+        # reader refuses (bytes before the archive) is read as zipfile reads it
+        Reader("archive", lambda src: bytes(src.head(4)) in _npz_view.PREFIXES,
+               lambda src: archive.read(src, "zip")),
     )
 
 
@@ -143,6 +148,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 raise
             if not _is_zip(ckpt):
                 _zip_view(ckpt, src)
+            if _npz_view.applies(src, ckpt):  # numpy.load's reading of any PK file
+                _npz_view.scan(ckpt, src)
             transfer = getattr(src, "transfer", None)
             if transfer is not None:  # a remote file: what its structure took to read
                 ckpt.metadata["remote"] = transfer.to_json()

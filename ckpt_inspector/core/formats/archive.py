@@ -173,7 +173,14 @@ def _members(ckpt: Checkpoint, src: Source, kind: str, label: str) -> Iterator[_
                 raise fail(ckpt, f"damaged zip archive: {err}; {why}") from None
             entries = [_zip_audit.as_entry(i, n) for n, i in enumerate(infos)]
         for e in entries:
-            if not e.filename or e.filename.endswith("/") or e.file_size == 0:
+            # a directory's record holds nothing; a record named "" or "x/" that holds
+            # bytes is a member to zipfile (numpy.load of an .npz reads it)
+            if e.file_size == 0:
+                continue
+            if e.compress_type not in (_zip.STORED, _zip.DEFLATED):
+                other = _other_method(ckpt, raw, e, label)
+                if other is not None:
+                    yield other
                 continue
             yield _Member(e.filename, e.file_size,
                           lambda e=e: _zip_members.read_prefix(raw, e, SNIFF_BYTES, clamp=True),
@@ -187,6 +194,31 @@ def _members(ckpt: Checkpoint, src: Source, kind: str, label: str) -> Iterator[_
             yield _Member(name, size,
                           lambda s=start, n=size: bytes(raw[s:s + min(n, SNIFF_BYTES)]),
                           lambda s=start, n=size: span(raw, s, s + n), False)
+
+
+# what Python's zipfile also unpacks (torch's reader does not: only zipfile-based loaders,
+# numpy.load of an .npz among them, read such members)
+ZIPFILE_METHODS = {12: "bzip2", 14: "lzma"}
+
+
+def _other_method(ckpt: Checkpoint, raw: Any, e: Any, label: str) -> _Member | None:
+    """A member compressed with bzip2 or LZMA, unpacked by zipfile within the per-member
+    cap; any other method, or one past the cap, is a finding: not scanned, never safe."""
+    method = ZIPFILE_METHODS.get(e.compress_type)
+    where = label + e.filename
+    if method is None or e.file_size > MAX_INFLATE_MEMBER:
+        why = f"compressed with method {e.compress_type}" if method is None else \
+            f"{method}-compressed and larger than {MAX_INFLATE_MEMBER >> 20} MiB"
+        ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
+                                     f"{e.filename} is {why}: not unpacked", where))
+        return None
+    try:
+        data = _zip_audit.zipfile_read(raw, e.filename, MAX_INFLATE_MEMBER)
+    except _zip_members.MemberError as err:
+        ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
+                                     f"{e.filename} could not be unpacked: {err}", where))
+        return None
+    return _Member(e.filename, len(data), lambda: data[:SNIFF_BYTES], lambda: data, True)
 
 
 def _zip_whole(ckpt: Checkpoint, raw: Any, entry: Any, label: str) -> Any:
@@ -232,6 +264,12 @@ def _member_node(ckpt: Checkpoint, src: Source, m: _Member, label: str, depth: i
     # tarfile takes 512 zero bytes for an empty archive, from which torch.load gets nothing
     tar = torch_tar.sniff(head) and bool(head[:512].strip(b"\0"))
     try:
+        if npy.sniff(head):  # numpy.load of an .npz reads any member with its magic
+            quota.read += 1
+            data = _whole(ckpt, m, label, budget)
+            if data is None:
+                return Node("value", None, "member", "<not scanned: over the inflation budget>")
+            return npy.read_into(ckpt, BytesSource(path, data), label)
         if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or tar:
             kind = "tar" if tar else "zip"
             quota.read += 1
@@ -245,12 +283,6 @@ def _member_node(ckpt: Checkpoint, src: Source, m: _Member, label: str, depth: i
             if data is None:
                 return Node("value", None, "member", "<not scanned: over the inflation budget>")
             return torch_legacy.read_into(ckpt, BytesSource(path, data), label)
-        if npy.sniff(head):  # numpy.load of an .npz reads any member with its magic
-            quota.read += 1
-            data = _whole(ckpt, m, label, budget)
-            if data is None:
-                return Node("value", None, "member", "<not scanned: over the inflation budget>")
-            return npy.read_into(ckpt, BytesSource(path, data), label)
         kind = wrapper_kind(head)
         if kind:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",

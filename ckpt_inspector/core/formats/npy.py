@@ -126,7 +126,31 @@ def read(src: Source) -> Checkpoint:
     node.key = stem or "array"
     root.add(node)
     ckpt.root = root
+    _tar_view(ckpt, src)
     return ckpt
+
+
+def _tar_view(ckpt: Checkpoint, src: Source) -> None:
+    """An .npy whose first block is also a tar header torch.load accepts: numpy.load reads
+    an array, torch.load the tar's pickles. Such a polyglot is dangerous, and what the tar
+    holds is scanned too."""
+    from ckpt_inspector.core.findings import DANGEROUS, Finding
+    from ckpt_inspector.core.formats import archive, torch_tar
+
+    if not torch_tar.sniff(src.head()) or archive.tar_kind(src) != "torch-tar":
+        return
+    ckpt.findings.append(Finding(
+        DANGEROUS, "polyglot", "the file is an .npy to numpy.load and a legacy torch tar "
+        "checkpoint to torch.load: it reads as two different things to two loaders"))
+    try:
+        view = torch_tar.read(src)
+    except CheckpointError as err:
+        view = err.partial
+    if view is not None:
+        for record in view.pickles:
+            record.member = f"(as tar) {record.member}"
+        ckpt.pickles.extend(view.pickles)
+        ckpt.findings.extend(view.findings)
 
 
 def read_into(ckpt: Checkpoint, src: Source, label: str) -> Node:
@@ -158,18 +182,20 @@ _PLAIN = {("f", 8): "float64", ("f", 4): "float32", ("f", 2): "float16",
 
 def _tensor(src: Source, header: Header) -> TensorInfo:
     dtype, shape = header.dtype, header.shape
+    # checked before multiplying: a product of 500,000 sizes is quadratic in big integers
+    bad_shape = len(shape) > MAX_NDIM or any(type(s) is not int or s < 0 for s in shape)
     numel = 1
-    for s in shape:
+    for s in () if bad_shape else shape:
         numel *= s
     plain = _PLAIN.get((dtype.kind, dtype.itemsize)) if dtype.fields is None and \
         dtype.subdtype is None else None
-    bad_shape = len(shape) > MAX_NDIM or any(s < 0 for s in shape)
     info = TensorInfo(plain or f"numpy:{dtype.str}"[:60], () if bad_shape else shape,
                       device="cpu")
     nbytes = numel * dtype.itemsize
     have = len(src) - header.data_start
     if bad_shape:
-        info.problem = f"npy shape {str(shape)[:80]} is not one numpy can make"
+        info.problem = f"npy shape {str(shape[:8])[:80]}… ({len(shape):,} sizes) is not one " \
+            "numpy can make" if len(shape) > 8 else f"npy shape {shape} is not one numpy can make"
     elif plain is None:
         info.problem = f"numpy dtype {str(dtype)[:60]!r} has no tensor type to show it as"
     elif nbytes > have:

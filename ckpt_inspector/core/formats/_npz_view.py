@@ -1,0 +1,139 @@
+"""A file ``numpy.load`` opens as an ``.npz`` whatever else it is.
+
+``numpy.load(path, allow_pickle=True)`` takes any file whose first bytes are
+``PK\\x03\\x04`` or ``PK\\x05\\x06`` for an ``.npz``: Python's zipfile opens it (from the
+directory at its end, bytes before the archive allowed), and each member that starts with
+numpy's magic is read as an array, an object array's pickle run. A ``torch.save`` zip, a
+``.pt2`` or a file read as a pickle may be such an ``.npz`` too. Their members with the
+magic are found here (the stored ones by one vectorized pass over their local headers:
+100,000 records cost milliseconds), and each object array's pickle is interpreted and
+scanned, with a finding that names the polyglot. An ``archive`` reads its members itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+import zipfile
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from ckpt_inspector.core.errors import CheckpointError
+from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
+from ckpt_inspector.core.formats import _zip, _zip_audit, _zip_members, npy
+from ckpt_inspector.core.io.source import BytesSource, Source, span
+from ckpt_inspector.core.tree import Checkpoint
+
+PREFIXES = (b"PK\x03\x04", b"PK\x05\x06")  # what numpy.load takes for a zip
+MAX_MEMBER = 256 << 20  # an object array's bytes read to scan its pickle
+MAX_SLOW = 10_000  # members read one by one (compressed, or listed by zipfile only)
+
+
+def applies(src: Source, ckpt: Checkpoint) -> bool:
+    """Whether numpy.load would open this file as an .npz that was not read as one."""
+    return ckpt.format != "archive" and bytes(src.head(4)) in PREFIXES and \
+        getattr(src, "transfer", None) is None  # (a URL: no request per member)
+
+
+def scan(ckpt: Checkpoint, src: Source) -> None:
+    raw = src.data
+    try:
+        members = _by_directory(raw, _zip.directory_of(src))
+    except _zip.ZipError:
+        members = _by_zipfile(raw)
+    for name, read in members:
+        try:
+            data = read()
+            header = npy.parse_header(BytesSource(ckpt.path, data))
+        except (CheckpointError, _zip_members.MemberError, OSError) as err:
+            ckpt.findings.append(Finding(
+                NEEDS_TRUST, "unscanned-member", f"numpy.load opens this file as an .npz, "
+                f"and its member {name} starts like an array but could not be read: {err}",
+                name))
+            continue
+        if not header.dtype.hasobject:
+            continue  # numbers: numpy.load runs nothing
+        ckpt.findings.append(Finding(
+            DANGEROUS, "polyglot",
+            f"numpy.load opens this {ckpt.format} file as an .npz and unpickles its member "
+            f"{name} (an array of Python objects): a pickle its own loader never reads",
+            name))
+        with contextlib.suppress(CheckpointError):  # (a broken pickle is recorded)
+            npy.read_into(ckpt, BytesSource(ckpt.path, data), f"(as npz) {name}/")
+
+
+def _by_directory(raw: Any, directory: _zip.Directory) -> list[tuple[str, Any]]:
+    """The members whose data starts with numpy's magic, as ``(name, read whole)``."""
+    entries = [e for e in directory.entries if e.file_size >= 10]
+    out: list[tuple[str, Any]] = []
+    stored = [e for e in entries if e.compress_type == _zip.STORED]
+    if stored:
+        buf = np.frombuffer(raw, dtype=np.uint8)
+        n = len(buf)
+        offs = np.fromiter((e.header_offset for e in stored), np.int64, len(stored))
+        ok = (offs >= 0) & (offs + 30 <= n)
+        o = np.where(ok, offs, 0)
+        names = buf[o + 26].astype(np.int64) | (buf[o + 27].astype(np.int64) << 8)
+        extras = buf[o + 28].astype(np.int64) | (buf[o + 29].astype(np.int64) << 8)
+        start = o + 30 + names + extras
+        ok &= start + 6 <= n
+        start = np.where(ok, start, 0)
+        for k, byte in enumerate(npy.MAGIC):
+            ok &= buf[start + k] == byte
+        for i in np.flatnonzero(ok):
+            e, s = stored[i], int(start[i])
+            out.append((e.filename, lambda s=s, e=e: span(
+                raw, s, min(s + min(e.compress_size, MAX_MEMBER), len(raw)))))
+    others = [e for e in entries if e.compress_type != _zip.STORED][:MAX_SLOW]
+    for e in others:
+        if e.compress_type == _zip.DEFLATED:
+            if npy.sniff(_zip_members.read_prefix(raw, e, 6, clamp=True)):
+                out.append((e.filename, partial(_inflated, raw, e)))
+            continue
+        # what zipfile unpacks (bzip2, LZMA) and torch's reader does not
+        try:
+            data = _zip_audit.zipfile_read(raw, e.filename, MAX_MEMBER)
+        except _zip_members.MemberError:
+            continue
+        if npy.sniff(data[:6]):
+            out.append((e.filename, partial(bytes, data)))
+    return out
+
+
+def _inflated(raw: Any, e: Any) -> bytes:
+    if e.file_size > MAX_MEMBER:
+        raise _zip_members.MemberError(f"{e.file_size:,} bytes when inflated, more than the "
+                                       f"{MAX_MEMBER >> 20} MiB read to scan it")
+    start, end, _local = _zip_members.data_span(raw, e, clamp=True)
+    return _zip_members.inflate(raw, start, end, e.file_size, e.filename, exact=False)[0]
+
+
+def _by_zipfile(raw: Any) -> list[tuple[str, Any]]:
+    """As zipfile lists them, where torch's reader refuses the archive (bytes before it):
+    the first bytes of each member, then the whole of those with the magic."""
+    infos, _why = _zip_audit.zipfile_view(raw)
+    if not infos:
+        return []
+    out: list[tuple[str, Any]] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with zipfile.ZipFile(io.BytesIO(raw) if isinstance(raw, bytes)
+                                 else _zip_audit.BufferReader(raw)) as zf:
+                for info in infos[:MAX_SLOW]:
+                    if info.file_size < 10:
+                        continue
+                    try:
+                        with zf.open(info) as member:
+                            head = member.read(6)
+                    except Exception:  # zipfile fails in many ways: skip the member
+                        continue
+                    if npy.sniff(head):
+                        out.append((info.filename, lambda name=info.filename:
+                                    _zip_audit.zipfile_read(raw, name, MAX_MEMBER)))
+    except Exception:  # listed above, so rare: nothing more to find
+        return out
+    return out
