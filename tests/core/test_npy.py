@@ -252,3 +252,23 @@ def test_cli_info_and_torch_load_answer(tmp_path):
     assert out["tensors"][0]["shape"] == [2, 3]
     assert "numpy.load" in out["torch_load"]["loader"]
     assert out["torch_load"]["weights_only"] is False
+
+
+def test_a_large_torch_zip_is_looked_through_at_once(torch, tmp_path, marker):
+    """From 2,000 stored records the members are looked at in one vectorized pass: an
+    object array among 2,500 tensors is found, and a plain torch zip has none."""
+    from ckpt_inspector.core.formats import _npz_view
+
+    path = tmp_path / "many.pt"
+    torch.save({f"layer.{i}.w": torch.zeros(4) for i in range(2_500)}, path)
+    report = scan(open_checkpoint(path))
+    assert report.verdict == "safe" and not report.findings
+    buf = io.BytesIO()
+    np.save(buf, _evil(marker), allow_pickle=True)
+    with zipfile.ZipFile(path, "a") as z:
+        assert len(z.infolist()) > _npz_view.VECTORIZE
+        z.writestr("many/data/evil", buf.getvalue())  # a storage's name, numpy's magic
+    report = scan(open_checkpoint(path))
+    assert report.verdict == "dangerous"
+    assert any(f.code == "polyglot" and "many/data/evil" in f.message
+               for f in report.findings)

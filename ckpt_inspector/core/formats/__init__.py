@@ -81,7 +81,7 @@ def _readers() -> tuple[Reader, ...]:
         Reader(pickle_file.NAME, lambda src: pickle_file.sniff(src.head()), pickle_file.read),
         # numpy.load opens any file starting like a zip with zipfile (an .npz): one torch's
         # reader refuses (bytes before the archive) is read as zipfile reads it
-        Reader("archive", lambda src: bytes(src.head(4)) in _npz_view.PREFIXES,
+        Reader("archive-zipfile", lambda src: bytes(src.head(4)) in _npz_view.PREFIXES,
                lambda src: archive.read(src, "zip")),
     )
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import struct
 import warnings
 import zipfile
 from functools import partial
 from typing import Any
-
-import numpy as np
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
@@ -30,6 +29,7 @@ from ckpt_inspector.core.tree import Checkpoint
 PREFIXES = (b"PK\x03\x04", b"PK\x05\x06")  # what numpy.load takes for a zip
 MAX_MEMBER = 256 << 20  # an object array's bytes read to scan its pickle
 MAX_SLOW = 10_000  # members read one by one (compressed, or listed by zipfile only)
+VECTORIZE = 2_000  # stored members looked at with numpy at once, from this many
 
 
 def applies(src: Source, ckpt: Checkpoint) -> bool:
@@ -70,7 +70,14 @@ def _by_directory(raw: Any, directory: _zip.Directory) -> list[tuple[str, Any]]:
     entries = [e for e in directory.entries if e.file_size >= 10]
     out: list[tuple[str, Any]] = []
     stored = [e for e in entries if e.compress_type == _zip.STORED]
-    if stored:
+    if len(stored) < VECTORIZE:
+        for e in stored:
+            start = _data_start(raw, e.header_offset)
+            if start is not None and bytes(raw[start:start + 6]) == npy.MAGIC:
+                out.append((e.filename, partial(_stored, raw, start, e)))
+    else:  # (numpy is imported for the large ones only: info and scan start without it)
+        import numpy as np
+
         buf = np.frombuffer(raw, dtype=np.uint8)
         n = len(buf)
         offs = np.fromiter((e.header_offset for e in stored), np.int64, len(stored))
@@ -84,9 +91,8 @@ def _by_directory(raw: Any, directory: _zip.Directory) -> list[tuple[str, Any]]:
         for k, byte in enumerate(npy.MAGIC):
             ok &= buf[start + k] == byte
         for i in np.flatnonzero(ok):
-            e, s = stored[i], int(start[i])
-            out.append((e.filename, lambda s=s, e=e: span(
-                raw, s, min(s + min(e.compress_size, MAX_MEMBER), len(raw)))))
+            e = stored[i]
+            out.append((e.filename, partial(_stored, raw, int(start[i]), e)))
     others = [e for e in entries if e.compress_type != _zip.STORED][:MAX_SLOW]
     for e in others:
         if e.compress_type == _zip.DEFLATED:
@@ -101,6 +107,18 @@ def _by_directory(raw: Any, directory: _zip.Directory) -> list[tuple[str, Any]]:
         if npy.sniff(data[:6]):
             out.append((e.filename, partial(bytes, data)))
     return out
+
+
+def _data_start(raw: Any, h: int) -> int | None:
+    """Where a stored member's data starts, from its local header (None: no header)."""
+    if h < 0 or h + 30 > len(raw) or bytes(raw[h:h + 4]) != b"PK\x03\x04":
+        return None
+    names, extras = struct.unpack_from("<HH", raw, h + 26)
+    return h + 30 + names + extras
+
+
+def _stored(raw: Any, start: int, e: Any) -> Any:
+    return span(raw, start, min(start + min(e.compress_size, MAX_MEMBER), len(raw)))
 
 
 def _inflated(raw: Any, e: Any) -> bytes:
