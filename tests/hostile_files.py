@@ -79,6 +79,22 @@ def tar_duplicate_pickle(torch, marker: Path) -> bytes:
                       ("pickle", payload(marker))])
 
 
+def tar_named_like_npy(torch, marker: Path) -> bytes:
+    """A legacy torch tar whose first member is named so that the file starts with numpy's
+    magic (its version byte wrong): torch.load reads the tar, the npy reader refuses it."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT,
+                      encoding="latin-1") as tar:
+        for name, data in (("\x93NUMPY\x09\x00notes", b"x"), ("storages", EMPTY_STORAGES),
+                           ("tensors", EMPTY_TENSORS), ("pickle", payload(marker))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    raw = out.getvalue()
+    assert raw.startswith(b"\x93NUMPY\x09")
+    return raw
+
+
 def tar_v7(torch, marker: Path) -> bytes:
     """A V7 tar (no "ustar" magic): Python's tarfile, so torch, reads it all the same."""
     raw = bytearray(tar_bytes([("storages", EMPTY_STORAGES), ("tensors", EMPTY_TENSORS),
@@ -350,6 +366,8 @@ SAMPLES = [
      "pre-0.4 tar: 'storages' is a hard link to a payload member"),
     ("tar_duplicate_pickle.pt", tar_duplicate_pickle, "dangerous", "duplicate-member",
      "pre-0.4 tar: two 'pickle' members, torch runs the last"),
+    ("tar_named_like_npy.pt", tar_named_like_npy, "dangerous", "polyglot",
+     "pre-0.4 tar whose first member's name starts with numpy's magic"),
     ("tar_v7.pt", tar_v7, "dangerous", "dangerous-import",
      "pre-0.4 checkpoint in a V7 tar (no ustar magic)"),
     ("tar_sparse_pickle.pt", tar_sparse_pickle, "dangerous", "tar-sparse-member",
@@ -383,7 +401,8 @@ SAMPLES = [
 ]
 
 # the samples whose payload torch.load(path, weights_only=False) runs
-LIVE_WITH_TORCH = {"tar_storage_size_overflow.pt", "tar_storage_type_instance.pt",
+LIVE_WITH_TORCH = {"tar_named_like_npy.pt", "tar_storage_size_overflow.pt",
+                   "tar_storage_type_instance.pt",
                    "tar_computed_record_count.pt", "tar_pickle_hard_link.pt",
                    "tar_pickle_symlink.pt",
                    "tar_storages_hard_link.pt", "tar_duplicate_pickle.pt", "tar_v7.pt",

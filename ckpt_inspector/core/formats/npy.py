@@ -122,6 +122,7 @@ def read(src: Source) -> Checkpoint:
         if err.partial is None:
             err.partial = ckpt
         ckpt.root = root
+        _tar_view(ckpt, src)  # what torch.load reads of it all the same
         raise
     node.key = stem or "array"
     root.add(node)
@@ -166,7 +167,7 @@ def read_into(ckpt: Checkpoint, src: Source, label: str) -> Node:
     dtype = header.dtype
     if not label:
         ckpt.metadata["npy version"] = "{}.{}".format(*header.version)
-        ckpt.metadata["dtype"] = dtype.str if not dtype.fields else str(dtype.descr)
+        ckpt.metadata["dtype"] = dtype.str if not dtype.fields else str(dtype.descr)[:200]
     if dtype.hasobject:
         # numpy.load(allow_pickle=True): pickle.load(fp) from the end of the header
         data = src.buffer()
