@@ -51,8 +51,6 @@ class Header:
 def parse_header(src: Source) -> Header:
     """The header as ``numpy.lib.format.read_array_header_*`` reads it; CheckpointError
     (with numpy's reason, in other words) where numpy would refuse the file."""
-    import numpy as np
-
     first = bytes(src.read(0, 10))
     if len(first) < 8 or first[:6] != MAGIC:
         raise CheckpointError("npy header is truncated")
@@ -88,6 +86,8 @@ def parse_header(src: Source) -> Header:
         raise CheckpointError(f"npy shape is not a tuple of ints: {str(shape)[:80]}")
     if not isinstance(fortran, bool):
         raise CheckpointError("npy fortran_order is not a bool")
+    import numpy as np  # (only for a header that is one: scan starts without numpy)
+
     try:
         dtype = np.lib.format.descr_to_dtype(d["descr"])
     except Exception as err:  # numpy refuses it too: any descr it cannot make
