@@ -13,10 +13,7 @@ scanned, with a finding that names the polyglot. An ``archive`` reads its member
 from __future__ import annotations
 
 import contextlib
-import io
 import struct
-import warnings
-import zipfile
 from functools import partial
 from typing import Any
 
@@ -94,6 +91,7 @@ def _by_directory(raw: Any, directory: _zip.Directory) -> list[tuple[str, Any]]:
             e = stored[i]
             out.append((e.filename, partial(_stored, raw, int(start[i]), e)))
     others = [e for e in entries if e.compress_type != _zip.STORED][:MAX_SLOW]
+    unpacker = _zip_audit.ZipfileReader(raw)
     for e in others:
         if e.compress_type == _zip.DEFLATED:
             if npy.sniff(_zip_members.read_prefix(raw, e, 6, clamp=True)):
@@ -101,11 +99,11 @@ def _by_directory(raw: Any, directory: _zip.Directory) -> list[tuple[str, Any]]:
             continue
         # what zipfile unpacks (bzip2, LZMA) and torch's reader does not
         try:
-            data = _zip_audit.zipfile_read(raw, e.filename, MAX_MEMBER)
+            head = unpacker.read(e.filename, 6, whole=False)
         except _zip_members.MemberError:
             continue
-        if npy.sniff(data[:6]):
-            out.append((e.filename, partial(bytes, data)))
+        if npy.sniff(head):
+            out.append((e.filename, partial(unpacker.read, e.filename, MAX_MEMBER)))
     return out
 
 
@@ -133,25 +131,15 @@ def _by_zipfile(raw: Any) -> list[tuple[str, Any]]:
     """As zipfile lists them, where torch's reader refuses the archive (bytes before it):
     the first bytes of each member, then the whole of those with the magic."""
     infos, _why = _zip_audit.zipfile_view(raw)
-    if not infos:
-        return []
+    unpacker = _zip_audit.ZipfileReader(raw)
     out: list[tuple[str, Any]] = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with zipfile.ZipFile(io.BytesIO(raw) if isinstance(raw, bytes)
-                                 else _zip_audit.BufferReader(raw)) as zf:
-                for info in infos[:MAX_SLOW]:
-                    if info.file_size < 10:
-                        continue
-                    try:
-                        with zf.open(info) as member:
-                            head = member.read(6)
-                    except Exception:  # zipfile fails in many ways: skip the member
-                        continue
-                    if npy.sniff(head):
-                        out.append((info.filename, lambda name=info.filename:
-                                    _zip_audit.zipfile_read(raw, name, MAX_MEMBER)))
-    except Exception:  # listed above, so rare: nothing more to find
-        return out
+    for info in (infos or [])[:MAX_SLOW]:
+        if info.file_size < 10:
+            continue
+        try:
+            head = unpacker.read(info.filename, 6, whole=False)
+        except _zip_members.MemberError:
+            continue
+        if npy.sniff(head):
+            out.append((info.filename, partial(unpacker.read, info.filename, MAX_MEMBER)))
     return out

@@ -60,6 +60,38 @@ def zipfile_read(raw: Any, name: str, limit: int) -> bytes:
     return data
 
 
+class ZipfileReader:
+    """Members read as Python's zipfile reads them, through one ``ZipFile`` opened on first
+    use (opening one per member would parse the whole directory each time): for members
+    torch's reader does not unpack (bzip2, LZMA) that zipfile-based loaders do. Every
+    failure is a :class:`MemberError`."""
+
+    ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
+              RuntimeError, struct.error, UnicodeDecodeError, NotImplementedError, KeyError,
+              zlib.error, MemoryError, LookupError)
+
+    def __init__(self, raw: Any):
+        self._raw = raw
+        self._zf: zipfile.ZipFile | None = None
+
+    def read(self, name: str, limit: int, whole: bool = True) -> bytes:
+        """Up to ``limit`` bytes of ``name``; with ``whole``, more than that is an error."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if self._zf is None:
+                    self._zf = zipfile.ZipFile(io.BytesIO(self._raw) if isinstance(
+                        self._raw, bytes) else BufferReader(self._raw))
+                with self._zf.open(name) as member:
+                    data = member.read(limit + 1 if whole else limit)
+        except self.ERRORS as err:
+            raise MemberError(f"{name}: {err or type(err).__name__}") from None
+        if whole and len(data) > limit:
+            raise MemberError(f"{name} holds more than the {limit >> 20} MiB the reader "
+                              "accepts")
+        return data
+
+
 def _info_key(info: zipfile.ZipInfo) -> tuple[str, int, int, int, int]:
     return (info.orig_filename, info.header_offset, info.compress_size, info.file_size,
             info.compress_type)

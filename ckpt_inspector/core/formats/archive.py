@@ -172,13 +172,14 @@ def _members(ckpt: Checkpoint, src: Source, kind: str, label: str) -> Iterator[_
             if infos is None:
                 raise fail(ckpt, f"damaged zip archive: {err}; {why}") from None
             entries = [_zip_audit.as_entry(i, n) for n, i in enumerate(infos)]
+        unpacker = _zip_audit.ZipfileReader(raw)
         for e in entries:
             # a directory's record holds nothing; a record named "" or "x/" that holds
             # bytes is a member to zipfile (numpy.load of an .npz reads it)
             if e.file_size == 0:
                 continue
             if e.compress_type not in (_zip.STORED, _zip.DEFLATED):
-                other = _other_method(ckpt, raw, e, label)
+                other = _other_method(ckpt, unpacker, e, label)
                 if other is not None:
                     yield other
                 continue
@@ -201,24 +202,22 @@ def _members(ckpt: Checkpoint, src: Source, kind: str, label: str) -> Iterator[_
 ZIPFILE_METHODS = {12: "bzip2", 14: "lzma"}
 
 
-def _other_method(ckpt: Checkpoint, raw: Any, e: Any, label: str) -> _Member | None:
-    """A member compressed with bzip2 or LZMA, unpacked by zipfile within the per-member
-    cap; any other method, or one past the cap, is a finding: not scanned, never safe."""
+def _other_method(ckpt: Checkpoint, unpacker: _zip_audit.ZipfileReader, e: Any,
+                  label: str) -> _Member | None:
+    """A member compressed with bzip2 or LZMA, unpacked by zipfile (its prefix to tell what
+    it is, the whole within the archive's inflation budget); any other method is a finding:
+    not scanned, never safe."""
     method = ZIPFILE_METHODS.get(e.compress_type)
-    where = label + e.filename
-    if method is None or e.file_size > MAX_INFLATE_MEMBER:
-        why = f"compressed with method {e.compress_type}" if method is None else \
-            f"{method}-compressed and larger than {MAX_INFLATE_MEMBER >> 20} MiB"
-        ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
-                                     f"{e.filename} is {why}: not unpacked", where))
+    if method is None:
+        ckpt.findings.append(Finding(
+            NEEDS_TRUST, "unscanned-member",
+            f"{e.filename} is compressed with method {e.compress_type}: not unpacked",
+            label + e.filename))
         return None
-    try:
-        data = _zip_audit.zipfile_read(raw, e.filename, MAX_INFLATE_MEMBER)
-    except _zip_members.MemberError as err:
-        ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
-                                     f"{e.filename} could not be unpacked: {err}", where))
-        return None
-    return _Member(e.filename, len(data), lambda: data[:SNIFF_BYTES], lambda: data, True)
+    name = e.filename
+    return _Member(name, e.file_size,
+                   lambda: unpacker.read(name, SNIFF_BYTES, whole=False),
+                   lambda: unpacker.read(name, MAX_INFLATE_MEMBER), True)
 
 
 def _zip_whole(ckpt: Checkpoint, raw: Any, entry: Any, label: str) -> Any:
