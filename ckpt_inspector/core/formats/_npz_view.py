@@ -13,7 +13,6 @@ scanned, with a finding that names the polyglot. An ``archive`` reads its member
 from __future__ import annotations
 
 import contextlib
-import struct
 from functools import partial
 from typing import Any
 
@@ -69,8 +68,11 @@ def _by_directory(raw: Any, directory: _zip.Directory) -> list[tuple[str, Any]]:
     stored = [e for e in entries if e.compress_type == _zip.STORED]
     if len(stored) < VECTORIZE:
         for e in stored:
-            start = _data_start(raw, e.header_offset)
-            if start is not None and bytes(raw[start:start + 6]) == npy.MAGIC:
+            try:
+                start = _zip_members.data_span(raw, e, clamp=True)[0]
+            except _zip_members.MemberError:
+                continue
+            if bytes(raw[start:start + 6]) == npy.MAGIC:
                 out.append((e.filename, partial(_stored, raw, start, e)))
     else:  # (numpy is imported for the large ones only: info and scan start without it)
         import numpy as np
@@ -80,6 +82,8 @@ def _by_directory(raw: Any, directory: _zip.Directory) -> list[tuple[str, Any]]:
         offs = np.fromiter((e.header_offset for e in stored), np.int64, len(stored))
         ok = (offs >= 0) & (offs + 30 <= n)
         o = np.where(ok, offs, 0)
+        for k, byte in enumerate(b"PK\x03\x04"):  # a local header, as data_span checks
+            ok &= buf[o + k] == byte
         names = buf[o + 26].astype(np.int64) | (buf[o + 27].astype(np.int64) << 8)
         extras = buf[o + 28].astype(np.int64) | (buf[o + 29].astype(np.int64) << 8)
         start = o + 30 + names + extras
@@ -90,29 +94,28 @@ def _by_directory(raw: Any, directory: _zip.Directory) -> list[tuple[str, Any]]:
         for i in np.flatnonzero(ok):
             e = stored[i]
             out.append((e.filename, partial(_stored, raw, int(start[i]), e)))
-    others = [e for e in entries if e.compress_type != _zip.STORED][:MAX_SLOW]
-    unpacker = _zip_audit.ZipfileReader(raw)
-    for e in others:
-        if e.compress_type == _zip.DEFLATED:
-            if npy.sniff(_zip_members.read_prefix(raw, e, 6, clamp=True)):
-                out.append((e.filename, partial(_inflated, raw, e)))
-            continue
-        # what zipfile unpacks (bzip2, LZMA) and torch's reader does not
-        try:
-            head = unpacker.read(e.filename, 6, whole=False)
-        except _zip_members.MemberError:
-            continue
-        if npy.sniff(head):
-            out.append((e.filename, partial(unpacker.read, e.filename, MAX_MEMBER)))
+    deflated = [e for e in entries if e.compress_type == _zip.DEFLATED][:MAX_SLOW]
+    for e in deflated:
+        if npy.sniff(_zip_members.read_prefix(raw, e, 6, clamp=True)):
+            out.append((e.filename, partial(_inflated, raw, e)))
+    # what zipfile unpacks (bzip2, LZMA) and torch's reader does not
+    out += _with_magic(raw, [e.filename for e in entries
+                             if e.compress_type not in (_zip.STORED, _zip.DEFLATED)])
     return out
 
 
-def _data_start(raw: Any, h: int) -> int | None:
-    """Where a stored member's data starts, from its local header (None: no header)."""
-    if h < 0 or h + 30 > len(raw) or bytes(raw[h:h + 4]) != b"PK\x03\x04":
-        return None
-    names, extras = struct.unpack_from("<HH", raw, h + 26)
-    return h + 30 + names + extras
+def _with_magic(raw: Any, names: list[str]) -> list[tuple[str, Any]]:
+    """Those of ``names`` whose first bytes, as zipfile unpacks them, are numpy's magic."""
+    unpacker = _zip_audit.ZipfileReader(raw)
+    out: list[tuple[str, Any]] = []
+    for name in names[:MAX_SLOW]:
+        try:
+            head = unpacker.read(name, 6, whole=False)
+        except _zip_members.MemberError:
+            continue
+        if npy.sniff(head):
+            out.append((name, partial(unpacker.read, name, MAX_MEMBER)))
+    return out
 
 
 def _stored(raw: Any, start: int, e: Any) -> Any:
@@ -128,18 +131,6 @@ def _inflated(raw: Any, e: Any) -> bytes:
 
 
 def _by_zipfile(raw: Any) -> list[tuple[str, Any]]:
-    """As zipfile lists them, where torch's reader refuses the archive (bytes before it):
-    the first bytes of each member, then the whole of those with the magic."""
+    """As zipfile lists them, where torch's reader refuses the archive (bytes before it)."""
     infos, _why = _zip_audit.zipfile_view(raw)
-    unpacker = _zip_audit.ZipfileReader(raw)
-    out: list[tuple[str, Any]] = []
-    for info in (infos or [])[:MAX_SLOW]:
-        if info.file_size < 10:
-            continue
-        try:
-            head = unpacker.read(info.filename, 6, whole=False)
-        except _zip_members.MemberError:
-            continue
-        if npy.sniff(head):
-            out.append((info.filename, partial(unpacker.read, info.filename, MAX_MEMBER)))
-    return out
+    return _with_magic(raw, [i.filename for i in infos or [] if i.file_size >= 10])
