@@ -321,3 +321,14 @@ REDTEAM2 = [
      "torch.utils.collect_env.run"),
 ]
 HOSTILE += REDTEAM2
+
+
+def ordered_from_list_pairs_setstate(marker: Path) -> bytes:
+    """The same with the pair written as a list: OrderedDict([['__setstate__', run]])."""
+    pair = b"]" + MARK + s("__setstate__") + RUN + b"e"
+    state = call(g("collections", "OrderedDict"), b"]" + MARK + pair + b"e")
+    return pickle_of(_ordered() + state + BUILD + s(touch(marker)) + BUILD)
+
+
+HOSTILE.append(("ordered_from_list_pairs_setstate.pkl", ordered_from_list_pairs_setstate,
+                "torch.utils.collect_env.run"))

@@ -178,15 +178,18 @@ def _states(state: Any) -> Iterator[Iterable[tuple[Any, Any]]]:
                 yield _dict_items(part)
 
 
-def _dict_items(d: dict[Any, Any] | Call) -> list[tuple[Any, Any]]:
+def _dict_items(d: dict[Any, Any] | Call, depth: int = 0) -> list[tuple[Any, Any]]:
     if isinstance(d, dict):
         return list(d.items())
     items = list(d.dict_items or ())
     for arg in d.args if isinstance(d.args, tuple) else ():
         if isinstance(arg, dict):
             items.extend(arg.items())
-        elif isinstance(arg, (list, tuple)):
-            items.extend(p for p in arg if isinstance(p, tuple) and len(p) == 2)
+        elif isinstance(arg, Call) and depth < 3:  # OrderedDict(OrderedDict(...))
+            items.extend(_dict_items(arg, depth + 1))
+        elif isinstance(arg, (list, tuple)):  # pairs as tuples or as lists
+            items.extend(tuple(p) for p in arg
+                         if isinstance(p, (tuple, list)) and len(p) == 2)
     if isinstance(d.kwargs, dict):
         items.extend(d.kwargs.items())
     return items

@@ -28,42 +28,76 @@ MAX_SLOW = 10_000  # members read one by one (compressed, or listed by zipfile o
 VECTORIZE = 2_000  # stored members looked at with numpy at once, from this many
 
 
+MAX_TOTAL = 1 << 30  # bytes read (copied or inflated) for all of a file's object arrays
+
+
 def applies(src: Source, ckpt: Checkpoint) -> bool:
-    """Whether numpy.load would open this file as an .npz that was not read as one."""
-    return ckpt.format != "archive" and bytes(src.head(4)) in PREFIXES and \
+    """Whether numpy.load would open this file as an .npz that was not read as one (a zip
+    archive reads its members itself; a tar that starts like a zip is opened by numpy as
+    the zip at its end)."""
+    read_as_zip = ckpt.format == "archive" and ckpt.metadata.get("container") == "zip"
+    return not read_as_zip and bytes(src.head(4)) in PREFIXES and \
         getattr(src, "transfer", None) is None  # (a URL: no request per member)
 
 
-def scan(ckpt: Checkpoint, src: Source) -> None:
+class _Skipped(list):
+    """The names of members that could not be looked at (a finding, never silence)."""
+
+
+def scan(ckpt: Checkpoint, src: Source, label: str = "", fmt: str | None = None) -> None:
+    """``label``: where the file lies inside an archive (its findings and pickles say);
+    ``fmt``: the file's format there (else the checkpoint's)."""
     raw = src.data
-    try:
-        members = _by_directory(raw, _zip.directory_of(src))
-    except _zip.ZipError:
-        members = _by_zipfile(raw)
+    fmt = fmt or ckpt.format
+    skipped = _Skipped()
+    members: list[tuple[str, Any]] = []
+    if fmt in ("torch-zip", "torchscript", "pt2"):
+        # torch's directory, which the zip audit checked against zipfile's
+        with contextlib.suppress(_zip.ZipError):
+            members = _by_directory(raw, _zip.directory_of(src), skipped)
+    else:  # numpy reads with zipfile, whatever torch's reader would list
+        members = _by_zipfile(raw, skipped)
+    where = label.rstrip("/") or None
+    if skipped:
+        ckpt.findings.append(Finding(
+            NEEDS_TRUST, "unscanned-member", f"numpy.load opens this file as an .npz, and "
+            f"{len(skipped):,} of its members were not looked at here (e.g. {skipped[0]!r}): "
+            "an array of objects among them would run its pickle", where))
+    budget = MAX_TOTAL
     for name, read in members:
         try:
             data = read()
+            budget -= len(data)
+            if budget < 0:
+                raise _zip_members.MemberError(
+                    f"more than {MAX_TOTAL >> 20} MiB of arrays read for this file")
             header = npy.parse_header(BytesSource(ckpt.path, data))
         except (CheckpointError, _zip_members.MemberError, OSError) as err:
             ckpt.findings.append(Finding(
                 NEEDS_TRUST, "unscanned-member", f"numpy.load opens this file as an .npz, "
                 f"and its member {name} starts like an array but could not be read: {err}",
-                name))
+                where))
+            if budget < 0:
+                break
             continue
         if not header.dtype.hasobject:
             continue  # numbers: numpy.load runs nothing
         ckpt.findings.append(Finding(
             DANGEROUS, "polyglot",
-            f"numpy.load opens this {ckpt.format} file as an .npz and unpickles its member "
+            f"numpy.load opens this {fmt} file as an .npz and unpickles its member "
             f"{name} (an array of Python objects): a pickle its own loader never reads",
-            name))
+            where))
         with contextlib.suppress(CheckpointError):  # (a broken pickle is recorded)
-            npy.read_into(ckpt, BytesSource(ckpt.path, data), f"(as npz) {name}/")
+            npy.read_into(ckpt, BytesSource(ckpt.path, data), f"{label}(as npz) {name}/")
 
 
-def _by_directory(raw: Any, directory: _zip.Directory) -> list[tuple[str, Any]]:
-    """The members whose data starts with numpy's magic, as ``(name, read whole)``."""
-    entries = [e for e in directory.entries if e.file_size >= 10]
+def _by_directory(raw: Any, directory: _zip.Directory, skipped: _Skipped
+                  ) -> list[tuple[str, Any]]:
+    """The members whose data starts with numpy's magic, as ``(name, read whole)``; each
+    local header once (records may all point at one)."""
+    seen: set[int] = set()
+    entries = [e for e in directory.entries if e.file_size >= 10
+               and not (e.header_offset in seen or seen.add(e.header_offset))]
     out: list[tuple[str, Any]] = []
     stored = [e for e in entries if e.compress_type == _zip.STORED]
     if len(stored) < VECTORIZE:
@@ -94,27 +128,32 @@ def _by_directory(raw: Any, directory: _zip.Directory) -> list[tuple[str, Any]]:
         for i in np.flatnonzero(ok):
             e = stored[i]
             out.append((e.filename, partial(_stored, raw, int(start[i]), e)))
-    deflated = [e for e in entries if e.compress_type == _zip.DEFLATED][:MAX_SLOW]
-    for e in deflated:
+    deflated = [e for e in entries if e.compress_type == _zip.DEFLATED]
+    skipped.extend(e.filename for e in deflated[MAX_SLOW:])
+    for e in deflated[:MAX_SLOW]:
         if npy.sniff(_zip_members.read_prefix(raw, e, 6, clamp=True)):
             out.append((e.filename, partial(_inflated, raw, e)))
     # what zipfile unpacks (bzip2, LZMA) and torch's reader does not
     out += _with_magic(raw, [e.filename for e in entries
-                             if e.compress_type not in (_zip.STORED, _zip.DEFLATED)])
+                             if e.compress_type not in (_zip.STORED, _zip.DEFLATED)], skipped)
     return out
 
 
-def _with_magic(raw: Any, names: list[str]) -> list[tuple[str, Any]]:
-    """Those of ``names`` whose first bytes, as zipfile unpacks them, are numpy's magic."""
+def _with_magic(raw: Any, names: list[Any], skipped: _Skipped) -> list[tuple[str, Any]]:
+    """Those of ``names`` (or zipfile's infos) whose first bytes, as zipfile unpacks them,
+    are numpy's magic; those it cannot open are ``skipped``."""
     unpacker = _zip_audit.ZipfileReader(raw)
     out: list[tuple[str, Any]] = []
+    skipped.extend(str(getattr(n, "filename", n)) for n in names[MAX_SLOW:])
     for name in names[:MAX_SLOW]:
+        shown = str(getattr(name, "filename", name))
         try:
             head = unpacker.read(name, 6, whole=False)
         except _zip_members.MemberError:
+            skipped.append(shown)
             continue
         if npy.sniff(head):
-            out.append((name, partial(unpacker.read, name, MAX_MEMBER)))
+            out.append((shown, partial(unpacker.read, name, MAX_MEMBER)))
     return out
 
 
@@ -130,7 +169,8 @@ def _inflated(raw: Any, e: Any) -> bytes:
     return _zip_members.inflate(raw, start, end, e.file_size, e.filename, exact=False)[0]
 
 
-def _by_zipfile(raw: Any) -> list[tuple[str, Any]]:
-    """As zipfile lists them, where torch's reader refuses the archive (bytes before it)."""
+def _by_zipfile(raw: Any, skipped: _Skipped) -> list[tuple[str, Any]]:
+    """As zipfile, so numpy, lists them (each record by its info, so a name zipfile cuts at
+    a NUL is still found)."""
     infos, _why = _zip_audit.zipfile_view(raw)
-    return _with_magic(raw, [i.filename for i in infos or [] if i.file_size >= 10])
+    return _with_magic(raw, [i for i in infos or [] if i.file_size >= 10], skipped)

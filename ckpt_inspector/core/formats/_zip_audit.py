@@ -73,15 +73,23 @@ class ZipfileReader:
     def __init__(self, raw: Any):
         self._raw = raw
         self._zf: zipfile.ZipFile | None = None
+        self._refused: MemberError | None = None  # zipfile cannot open the archive
 
-    def read(self, name: str, limit: int, whole: bool = True) -> bytes:
-        """Up to ``limit`` bytes of ``name``; with ``whole``, more than that is an error."""
+    def read(self, name: str | zipfile.ZipInfo, limit: int, whole: bool = True) -> bytes:
+        """Up to ``limit`` bytes of ``name`` (or of that record); with ``whole``, more than
+        that is an error."""
+        if self._refused is not None:
+            raise self._refused
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if self._zf is None:
-                    self._zf = zipfile.ZipFile(io.BytesIO(self._raw) if isinstance(
-                        self._raw, bytes) else BufferReader(self._raw))
+                    try:
+                        self._zf = zipfile.ZipFile(io.BytesIO(self._raw) if isinstance(
+                            self._raw, bytes) else BufferReader(self._raw))
+                    except self.ERRORS as err:  # once: not again for every member
+                        self._refused = MemberError(f"zipfile refuses the archive: {err}")
+                        raise self._refused from None
                 with self._zf.open(name) as member:
                     data = member.read(limit + 1 if whole else limit)
         except self.ERRORS as err:

@@ -21,7 +21,14 @@ from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
-from ckpt_inspector.core.formats import _quota, _tar_listing, _zip, _zip_audit, _zip_members
+from ckpt_inspector.core.formats import (
+    _npz_view,
+    _quota,
+    _tar_listing,
+    _zip,
+    _zip_audit,
+    _zip_members,
+)
 from ckpt_inspector.core.formats._common import fail, new_checkpoint
 from ckpt_inspector.core.io.source import BytesSource, Source, span
 from ckpt_inspector.core.pickle import vm as pickle_vm
@@ -311,10 +318,10 @@ def _nested(ckpt: Checkpoint, path: str, data: Any, kind: str, label: str, depth
     nested = BytesSource(path, data if kind == "zip" or isinstance(data, bytes) else bytes(data))
     if kind == "zip":
         shape = zip_kind(nested)
-        if shape == "torch-zip":
-            return torch_zip.read_into(ckpt, nested, label)
-        if shape == "pt2":
-            return pt2.read_into(ckpt, nested, label)
+        if shape in ("torch-zip", "pt2"):
+            node = (torch_zip if shape == "torch-zip" else pt2).read_into(ckpt, nested, label)
+            _npz_view.scan(ckpt, nested, label, shape)  # numpy.load of it, once extracted
+            return node
     elif _tar_listing.is_torch_tar(_tar_listing.members_of(ckpt, nested)):
         return torch_tar.read_into(ckpt, nested, label)
     if depth + 1 >= MAX_DEPTH:

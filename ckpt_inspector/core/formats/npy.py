@@ -105,8 +105,9 @@ def _literal(text: str, python2: bool) -> Any:
             raise
     tokens, after_number = [], False
     for token in tokenize.generate_tokens(io.StringIO(text).readline):
-        if not (after_number and token.type == tokenize.NAME and token.string == "L"):
-            tokens.append(token)
+        if after_number and token.type == tokenize.NAME and token.string == "L":
+            continue  # (as numpy: what follows a dropped L still follows a number)
+        tokens.append(token)
         after_number = token.type == tokenize.NUMBER
     return ast.literal_eval(tokenize.untokenize(tokens))
 
