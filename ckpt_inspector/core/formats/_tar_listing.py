@@ -16,7 +16,7 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats._common import fail
 from ckpt_inspector.core.io.source import Source
-from ckpt_inspector.core.tree import Checkpoint
+from ckpt_inspector.core.tree import Checkpoint, Node
 
 MEMBERS = ("storages", "tensors", "pickle")
 MAX_MEMBERS = 100_000
@@ -202,6 +202,16 @@ def members_of(ckpt: Checkpoint, src: Source) -> TarMembers:
                                              f"{m.name} is a link to {m.linkname!r}: extract "
                                              "the archive and open the file it names", m.name))
     return found
+
+
+def runs_pickles(src: Source) -> bool | None:
+    """Whether ``torch.load`` runs pickles from the tar ``src`` (:func:`is_torch_tar`);
+    None when the tar cannot be listed."""
+    try:
+        members = members_of(Checkpoint(src.name, "archive", Node("dict")), src)
+    except CheckpointError:
+        return None
+    return is_torch_tar(members)
 
 
 def is_torch_tar(members: dict[str, Any]) -> bool:

@@ -418,8 +418,5 @@ def _pickle_like_name(name: str) -> bool:
 
 def tar_kind(src: Source) -> str:
     """``torch-tar`` when ``torch.load`` runs pickles from this tar, else ``archive-tar``."""
-    try:
-        members = _tar_listing.members_of(Checkpoint(src.name, "archive", Node("dict")), src)
-    except CheckpointError:
-        return "torch-tar"
-    return "torch-tar" if _tar_listing.is_torch_tar(members) else "archive-tar"
+    # one that cannot be listed goes to the torch reader, which says what is wrong with it
+    return "archive-tar" if _tar_listing.runs_pickles(src) is False else "torch-tar"

@@ -139,13 +139,7 @@ def _tar_view(ckpt: Checkpoint, src: Source) -> None:
     from ckpt_inspector.core.findings import DANGEROUS, Finding
     from ckpt_inspector.core.formats import _tar_listing, torch_tar
 
-    if not torch_tar.sniff(src.head()):
-        return
-    try:  # as archive.tar_kind tells torch's tars from others
-        members = _tar_listing.members_of(Checkpoint(src.name, "archive", Node("dict")), src)
-    except CheckpointError:
-        return
-    if not _tar_listing.is_torch_tar(members):
+    if not torch_tar.sniff(src.head()) or not _tar_listing.runs_pickles(src):
         return
     ckpt.findings.append(Finding(
         DANGEROUS, "polyglot", "the file is an .npy to numpy.load and a legacy torch tar "
