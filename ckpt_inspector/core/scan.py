@@ -250,7 +250,7 @@ def _judge(use: Use, invoked: set[int],
     renamed = (f" (written as {use.ref.original[0]}.{use.ref.original[1]})"
                if use.ref.original else "")
     judged = judge_use(use, known)
-    if denied(use) and use.kind != callables.RECORD:
+    if denied(use) and use.kind != callables.RECORD and name not in known:
         benign = _benign_use(name, use.called, invoked)
         if benign:
             return (NEEDS_TRUST, "import", f"imports {name}{renamed}, which {benign}; loading "

@@ -29,6 +29,13 @@ LOADERS = {
            "torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt') "
            "for one torch.load file",
 }
+# a file compressed whole (its format is "archive", its container the compression)
+COMPRESSED = ("gzip", "bzip2", "xz", "lzma", "zlib")
+COMPRESSED_LOADER = ("unpack it first (torch.load reads the file it holds), or joblib.load(path) "
+                     "for a joblib file, pandas.read_pickle(path) for a compressed pickle: "
+                     "they run the pickle it holds (only for a file you trust)")
+JOBLIB_LOADER = ("joblib.load(path), which reads the arrays after each wrapper and runs "
+                 "whatever the file imports (only for a file you trust)")
 # what reads a checkpoint of several torch.load files as a whole
 LAYOUT_NOTES = {
     "hf-sharded": "transformers' from_pretrained(folder) reads all the shards",

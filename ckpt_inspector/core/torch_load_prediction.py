@@ -30,6 +30,9 @@ from ckpt_inspector.core.findings import DANGEROUS, SAFE, Finding
 from ckpt_inspector.core.safe_globals_fix import fix_code
 from ckpt_inspector.core.scan import ScanReport
 from ckpt_inspector.core.torch_load_formats import (
+    COMPRESSED,
+    COMPRESSED_LOADER,
+    JOBLIB_LOADER,
     LAYOUT_NOTES,
     LOADERS,
     NOT_WEIGHTS,
@@ -138,7 +141,8 @@ class TorchLoadPrediction:
                     f"{_listed(self.blocked_by)}; allowing {_them(self.blocked_by)} fixes it")
         parts = [f"{self.fails}: {self.problem or 'not a torch.load file'}"]
         if self.loader:
-            parts.append(f"read it with {self.loader}")
+            parts.append(self.loader if self.loader.startswith(("extract", "unpack"))
+                         else f"read it with {self.loader}")
         return "; ".join(parts)
 
     def lines(self) -> list[str]:
@@ -212,6 +216,17 @@ def _other_file(fmt: str, path: str) -> _FileAnswer:
                                                            f"{fmt} files"))
 
 
+def _wrapped(pred: TorchLoadPrediction, seen: str, metadata: dict[str, Any]) -> None:
+    """The loader of a compressed file, and of a joblib pickle."""
+    container = metadata.get("container")
+    if seen == "archive" and container in COMPRESSED:
+        if pred.problem == WHY_NOT["archive"]:
+            pred.problem = f"a {container}-compressed file: torch.load cannot read it as it is"
+        pred.loader = COMPRESSED_LOADER
+    elif seen == "pickle" and metadata.get("written by") == "joblib.dump":
+        pred.loader = JOBLIB_LOADER
+
+
 def predict(ckpt: Checkpoint, report: ScanReport, error: str | None = None,
             devices: dict[str, int] | None = None) -> TorchLoadPrediction:
     """What ``torch.load(ckpt.path, map_location="cpu")`` would do (``report``: its scan;
@@ -227,6 +242,7 @@ def predict(ckpt: Checkpoint, report: ScanReport, error: str | None = None,
         pred.formats = {seen}
         pred.loader = loader_text(seen, answer.weights_only)
         pred.mmap = mmap_text(seen)
+        _wrapped(pred, seen, ckpt.metadata)
     if error:
         pred.weights_only, pred.fix = False, None
         pred.problem = (f"ckpt-inspector could not read it whole ({error}): torch.load most "

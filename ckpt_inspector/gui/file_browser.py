@@ -23,7 +23,8 @@ from ckpt_inspector.gui.remote import is_url
 from ckpt_inspector.gui.theme import color
 
 CHECKPOINT_PATTERNS = ["*.pt", "*.pth", "*.ckpt", "*.bin", "*.pt2", "*.onnx", "*.safetensors",
-                       "*.gguf", "*.pkl", "*.pickle", "*.npy", "*.npz", "*.tar", "*.index.json"]
+                       "*.gguf", "*.pkl", "*.pickle", "*.npy", "*.npz", "*.joblib", "*.tar",
+                       "*.gz", "*.bz2", "*.xz", "*.lzma", "*.tgz", "*.index.json"]
 
 
 class _CheckpointFolders(QFileSystemModel):

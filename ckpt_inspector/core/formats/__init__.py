@@ -70,7 +70,7 @@ def _readers() -> tuple[Reader, ...]:
         Reader(npy.NAME, lambda src: npy.sniff(src.head()), npy.read),
         Reader(torch_tar.NAME, tar_of("torch-tar"), torch_tar.read),  # reported as torch-legacy
         Reader("archive-tar", tar_of("archive-tar"), lambda src: archive.read(src, "tar")),
-        Reader("compressed", lambda src: archive.wrapper_kind(src.head()) is not None,
+        Reader("compressed", lambda src: archive.sniff_wrapped(src.head()),
                archive.read_wrapped),
         Reader(torch_legacy.NAME, lambda src: torch_legacy.sniff(src.head()),
                torch_legacy.read),

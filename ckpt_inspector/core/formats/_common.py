@@ -30,6 +30,7 @@ def run_pickle(
     expect_end: bool = True,
     executed: bool = True,
     end_hint: int | None = None,
+    after_build: pickle_vm.AfterBuild | None = None,
 ) -> PickleResult:
     """Interpret one pickle and record it on ``ckpt``.
 
@@ -40,7 +41,7 @@ def run_pickle(
     """
     try:
         result = pickle_vm.load(data, start, persistent_load=persistent_load,
-                                end_hint=end_hint)
+                                end_hint=end_hint, after_build=after_build)
     except PickleError as err:
         partial = err.result or PickleResult(None, start, start, 0)
         _tag(partial, member)

@@ -3,9 +3,10 @@
 ``torch.load`` cannot open such a file, but the checkpoints inside can be
 extracted and loaded, so each member that is a checkpoint is read in place
 (nothing is extracted to disk) and its findings are reported under its name.
-Archives nest up to :data:`MAX_DEPTH` levels. Compressed wrappers this reader
-does not unpack (7z, gzip, xz, ...) are refused with the reason, never called
-safe.
+Archives nest up to :data:`MAX_DEPTH` levels. A file compressed whole (gzip, bzip2,
+xz, LZMA, zlib: a ``.pkl.gz``, a compressed joblib file, a ``.tar.gz``) is an archive
+of one member, unpacked as its loaders unpack it (``_unpack``); wrappers this reader
+does not unpack (7z, zstd, rar) are refused with the reason, never called safe.
 
 Members are told apart from a bounded prefix (a compressed member is never inflated
 whole just to see what it is); one is read whole only when it is a checkpoint, within
@@ -25,6 +26,7 @@ from ckpt_inspector.core.formats import (
     _npz_view,
     _quota,
     _tar_listing,
+    _unpack,
     _zip,
     _zip_audit,
     _zip_members,
@@ -51,29 +53,80 @@ WRAPPERS = (
 
 
 def wrapper_kind(head: bytes) -> str | None:
+    kind = _unpack.kind_of(head)
+    if kind is not None:
+        return kind
     for magic, kind in WRAPPERS:
         if head.startswith(magic):
             return kind
     return None
 
 
+def sniff_wrapped(head: bytes) -> bool:
+    """A file compressed whole: by its magic, or a zlib or LZMA header whose first bytes
+    unpack (``x`` and ``]`` start other files too)."""
+    kind = wrapper_kind(head)
+    return kind is not None and (kind not in ("zlib", "lzma") or _unpack.starts(head, kind))
+
+
 def read_wrapped(src: Source) -> Checkpoint:
     """A file that starts like a compressed wrapper: ``torch.load`` unpickles whatever is
     not a zip or a tar, and "BZh" also starts a pickle (BINBYTES), so one that parses (or
-    imports something before it breaks) is read as a pickle; anything else is refused,
-    with the reason, never called safe."""
+    imports something before it breaks) is read as a pickle; one this reader unpacks is
+    an archive of one member; anything else is refused, with the reason, never called
+    safe."""
     from ckpt_inspector.core.formats import pickle_file
 
     kind = wrapper_kind(src.head()) or "compressed"
-    if not pickle_file.sniff(src.head()):
-        raise refuse_wrapper(kind)
-    try:
-        return pickle_file.read(src)
-    except CheckpointError as err:
-        if err.partial is not None and err.partial.pickles and \
-                err.partial.pickles[0].result.globals:
-            raise
-        raise refuse_wrapper(kind) from None
+    if pickle_file.sniff(src.head()):
+        try:
+            return pickle_file.read(src)
+        except CheckpointError as err:
+            if err.partial is not None and err.partial.pickles and \
+                    err.partial.pickles[0].result.globals:
+                raise
+    if kind in _unpack.UNPACKED:
+        return read_unpacked(src, kind)
+    raise refuse_wrapper(kind)
+
+
+def read_unpacked(src: Source, kind: str) -> Checkpoint:
+    """A file compressed whole, as an archive of the one file it holds."""
+    ckpt = new_checkpoint(src, "archive")
+    ckpt.metadata["container"] = kind
+    root = Node("dict", None, kind + ARCHIVE_SUFFIX)
+    quota = _quota.current()
+    root.add(_unpacked(ckpt, src.data, kind, _unpack.inner_name(src.name), "", 0,
+                       [MAX_INFLATE_TOTAL], quota))
+    quota.report(ckpt.findings, None)
+    ckpt.root = root
+    return ckpt
+
+
+def _unpacked(ckpt: Checkpoint, raw: Any, kind: str, name: str, label: str, depth: int,
+              budget: list[int], quota: _quota.PickleQuota) -> Node:
+    """The node of what a compressed stream holds, unpacked within the archive's budget;
+    whatever it holds is run by the loaders that unpack it (joblib.load, pandas'
+    read_pickle, pickle.load of gzip.open), whatever its name."""
+    where = label + name
+    cap = max(0, min(MAX_INFLATE_MEMBER, budget[0]))
+    out = _unpack.unpack(raw, kind, cap)
+    budget[0] -= len(out.data)
+    if out.over:
+        ckpt.findings.append(Finding(
+            NEEDS_TRUST, "unscanned-member",
+            f"{name} unpacks to more than the {cap >> 20} MiB this reader unpacks: it was "
+            "not scanned", where))
+        return Node("value", name, "member", f"<not scanned: over {cap:,} bytes unpacked>")
+    if out.error:
+        ckpt.metadata.setdefault("unpacked", []).append(f"{where}: {out.error}")
+    data = out.data
+    m = _Member(name, len(data), lambda: data[:SNIFF_BYTES], lambda: data, False)
+    node = _member_node(ckpt, m, f"{where}/", depth, budget, quota, runs=True)
+    node.key = name
+    if out.error and node.note is None:
+        node.note = out.error
+    return node
 
 
 def refuse_wrapper(kind: str) -> CheckpointError:
@@ -121,7 +174,7 @@ def read_into(ckpt: Checkpoint, src: Source, label: str, kind: str, depth: int,
             root.add(Node("value", m.name, "member", f"<not scanned: {m.size:,} bytes>"))
             continue
         try:
-            node = _member_node(ckpt, src, m, f"{where}/", depth, budget, quota)
+            node = _member_node(ckpt, m, f"{where}/", depth, budget, quota)
         except (_zip_members.MemberError, OSError, tarfile.TarError) as err:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
                                          f"{m.name} could not be read: {err}", where))
@@ -253,9 +306,10 @@ def _whole(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
     return bytes(data) if copy else data
 
 
-def _member_node(ckpt: Checkpoint, src: Source, m: _Member, label: str, depth: int,
-                 budget: list[int], quota: _quota.PickleQuota) -> Node:
-    """The tree of one member: a checkpoint's own tree, or a note of what it is."""
+def _member_node(ckpt: Checkpoint, m: _Member, label: str, depth: int,
+                 budget: list[int], quota: _quota.PickleQuota, runs: bool = False) -> Node:
+    """The tree of one member: a checkpoint's own tree, or a note of what it is. ``runs``:
+    a pickle it holds is run by its loader whatever its name (a compressed file's)."""
     from ckpt_inspector.core.formats import (
         npy,
         pickle_file,
@@ -266,7 +320,7 @@ def _member_node(ckpt: Checkpoint, src: Source, m: _Member, label: str, depth: i
 
     head, name = m.head, m.name
     path = f"{ckpt.path}!{label}"
-    named = _pickle_like_name(name)
+    named = runs or _pickle_like_name(name)
     # tarfile takes 512 zero bytes for an empty archive, from which torch.load gets nothing
     tar = torch_tar.sniff(head) and bool(head[:512].strip(b"\0"))
     try:
@@ -289,8 +343,17 @@ def _member_node(ckpt: Checkpoint, src: Source, m: _Member, label: str, depth: i
             if data is None:
                 return Node("value", None, "member", "<not scanned: over the inflation budget>")
             return torch_legacy.read_into(ckpt, BytesSource(path, data), label)
-        kind = wrapper_kind(head)
-        if kind:
+        kind = wrapper_kind(head) if sniff_wrapped(head) else None
+        if kind and not pickle_file.sniff(head):
+            if kind in _unpack.UNPACKED and depth + 1 < MAX_DEPTH:
+                data = _whole(ckpt, m, label, budget)
+                if data is None:
+                    return Node("value", None, "member",
+                                "<not scanned: over the inflation budget>")
+                inner = _unpack.inner_name(name)
+                node = Node("dict", None, kind + ARCHIVE_SUFFIX)
+                node.add(_unpacked(ckpt, data, kind, inner, label, depth + 1, budget, quota))
+                return node
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
                                          f"{name} is {kind}-compressed and was not unpacked",
                                          label.rstrip("/")))

@@ -19,7 +19,7 @@ import pickletools
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError, PickleError
-from ckpt_inspector.core.formats import torch_legacy, torch_zip
+from ckpt_inspector.core.formats import _joblib, torch_legacy, torch_zip
 from ckpt_inspector.core.formats._common import build_tree, new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import Source
 from ckpt_inspector.core.pickle import vm as pickle_vm
@@ -137,10 +137,22 @@ def read_stream(ckpt: Checkpoint, src: Source, label: str) -> Node:
     """What a loader does with a stream: run its first pickle; when that evaluates (or may
     evaluate) to torch's magic number and more bytes follow, go on as the legacy format."""
     buffer = src.buffer()
-    first = run_pickle(ckpt, buffer, label, expect_end=False, end_hint=len(buffer))
-    record = ckpt.pickles[-1]
-    if torch_legacy.equals(first.value, torch_legacy.MAGIC_NUMBER) is not False \
-            and first.end < len(src.data):
+    count = len(ckpt.pickles)
+    try:
+        first = run_pickle(ckpt, buffer, label, expect_end=False, end_hint=len(buffer))
+    except CheckpointError:
+        if len(ckpt.pickles) > count and _joblib.applies(ckpt.pickles[count].result):
+            return _joblib.read_stream(ckpt, src, label, ckpt.pickles[count], False)
+        raise
+    record = ckpt.pickles[count]
+    legacy = torch_legacy.equals(first.value, torch_legacy.MAGIC_NUMBER) is not False \
+        and first.end < len(src.data)
+    if _joblib.applies(first):  # joblib.load reads arrays' bytes where pickle.load breaks
+        # (as torch.load reads it, a legacy file only if it is the number itself: an object
+        # array's value compares unequal, and whatever computes it is scanned)
+        literal = torch_legacy.equals(first.value, torch_legacy.MAGIC_NUMBER) is True
+        return _joblib.read_stream(ckpt, src, label, record, legacy and literal)
+    if legacy:
         if not label:
             ckpt.format = "torch-legacy"
         record.member = f"{label}magic number"

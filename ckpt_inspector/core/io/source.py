@@ -53,6 +53,11 @@ class BufferReader(io.RawIOBase):
         self.pos = max(self.pos, end)
         return data
 
+    def readinto(self, buffer: Any) -> int:  # what io.BufferedReader reads with
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
 
 def span(raw: Any, start: int, stop: int) -> memoryview:
     """``raw[start:stop]`` as a memoryview: in place over bytes or a memory map; fetched

@@ -368,6 +368,20 @@ def _frombuffer(b: TreeBuilder, call: Call, key: Any, depth: int,
     return _array_node(key, raw, dtype_call, shape, order == "F")
 
 
+@_values("joblib.numpy_pickle.NumpyArrayWrapper.read")
+def _joblib_array(b: TreeBuilder, call: Call, key: Any, depth: int,
+                  ancestors: set[int]) -> Node | None:
+    """An array joblib.load reads from the bytes after its wrapper (``formats._joblib``):
+    ``(bytes, dtype, shape, order)``. Its data lies in the file like a tensor's."""
+    if len(call.args) != 4:
+        return None
+    raw, dtype_call, shape, order = call.args
+    node = _array_node(key, raw, dtype_call, shape, order == "F")
+    if node.tensor is not None:
+        node.kind = "tensor"
+    return node
+
+
 def _array_node(key: Any, raw: Any, dtype_call: Any, shape: Any, fortran: bool) -> Node:
     code, order = _numpy_dtype(dtype_call)
     shape_t = shape_of(shape)

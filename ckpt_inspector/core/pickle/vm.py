@@ -26,7 +26,7 @@ import contextlib
 import contextvars
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckpt_inspector.core.errors import PickleError
@@ -117,6 +117,7 @@ _UNPACK_Q = struct.Struct("<Q").unpack_from
 _UNPACK_D = struct.Struct(">d").unpack_from
 
 _MARK = object()
+AfterBuild = Callable[[Any, int, int], "tuple[int, Any] | None"]
 
 
 def _name(opcode: int) -> str:
@@ -130,6 +131,7 @@ def load(
     persistent_load: PersistentLoad | None = None,
     lazy_bytes_threshold: int = LAZY_BYTES_THRESHOLD,
     end_hint: int | None = None,
+    after_build: AfterBuild | None = None,
 ) -> PickleResult:
     """Interpret one pickle in ``data`` (``bytes`` or ``mmap``) starting at ``start``.
 
@@ -138,10 +140,14 @@ def load(
     malformed, truncated or hostile stream. ``end_hint``: where the stream should end
     (a zip member's end: the data runs on past it); a long read says how far it is (to
     :func:`~ckpt_inspector.core.progress.reporter`) only where it is given.
+    ``after_build(obj, pos, frame_end)``: a loader's own BUILD (joblib's reads array bytes
+    that follow it); it returns None, or where the stream goes on and what replaces
+    ``obj`` on the stack.
     """
     partial = PickleResult(None, start, start, 0)
     try:
-        return _run(data, start, persistent_load, lazy_bytes_threshold, partial, end_hint)
+        return _run(data, start, persistent_load, lazy_bytes_threshold, partial, end_hint,
+                    after_build)
     except PickleError as err:
         err.result = partial
         raise
@@ -157,12 +163,13 @@ def load(
 
 
 def _run(data: Any, start: int, persistent_load: PersistentLoad | None,
-         lazy_threshold: int, result: PickleResult, end_hint: int | None) -> PickleResult:
+         lazy_threshold: int, result: PickleResult, end_hint: int | None,
+         after_build: AfterBuild | None) -> PickleResult:
     # The hot loop uses plain locals only; rare errors surface as IndexError/KeyError/
     # struct.error/TypeError from the fast path and are turned into PickleError below.
     try:
         return _loop(data, start, len(data), persistent_load, lazy_threshold, result,
-                     end_hint)
+                     end_hint, after_build)
     except _Stop as stop:
         raise stop.take() from None
 
@@ -184,7 +191,8 @@ class _Stop(Exception):
 
 
 def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None,
-          lazy_threshold: int, result: PickleResult, end_hint: int | None) -> PickleResult:
+          lazy_threshold: int, result: PickleResult, end_hint: int | None,
+          after_build: AfterBuild | None) -> PickleResult:
     stack: list[Any] = []
     metastack: list[list[Any]] = []
     memo: dict[int, Any] = {}
@@ -552,6 +560,13 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                         prev = target.state
                         target.state = Builds([*prev, state] if isinstance(prev, Builds)
                                               else [prev, state])
+                    if after_build is not None:
+                        swap = after_build(target, pos, frame_end)
+                        if swap is not None:
+                            pos, stack[-1] = swap
+                            if frame_end >= 0:
+                                frame_end = -1
+                                limit = size
                 elif isinstance(target, GlobalRef):
                     target.state = state
                     anomalies.append(Anomaly(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from PySide6.QtWidgets import QFileDialog, QWidget
 
 FILE_FILTER = ("Checkpoints (*.pt *.pth *.ckpt *.bin *.pt2 *.onnx *.safetensors *.gguf *.pkl "
-               "*.npy *.npz *.index.json);;All files (*)")
+               "*.npy *.npz *.joblib *.index.json);;Compressed (*.gz *.bz2 *.xz *.lzma *.z "
+               "*.tgz);;All files (*)")
 
 
 def ask_files(parent: QWidget, folder: str, title: str, single: bool = False) -> list[str]:

@@ -1,0 +1,129 @@
+"""A file compressed whole (gzip, bzip2, xz, LZMA, zlib), unpacked the way its loaders do.
+
+Who loads such a file: ``joblib.load``, which picks the decompressor from the first
+bytes (zlib ``x``, gzip, ``BZ``, LZMA ``]\\0``, xz) whatever the name;
+``pandas.read_pickle`` by extension; anyone's ``pickle.load(gzip.open(path))`` or
+``torch.load(gzip.open(path))``. Each reads the unpacked stream from its start until
+its pickle ends, through the standard library's file objects, so the stream is unpacked
+here with the same objects (``GzipFile`` reads concatenated members, ``BZ2File`` and
+``LZMAFile`` concatenated streams; zlib is one stream, as joblib's reader reads it),
+block by block: where the data breaks, what came before is what a loader read before
+it failed, and it is kept. At most ``cap`` bytes are unpacked.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from ckpt_inspector.core.io.source import BufferReader
+
+BLOCK = 1 << 20
+# unpacked here (a name for messages); others are told apart only to be refused
+UNPACKED = ("gzip", "bzip2", "xz", "lzma", "zlib")
+SUFFIXES = (".gz", ".gzip", ".tgz", ".bz2", ".tbz2", ".xz", ".txz", ".lzma", ".z", ".zz",
+            ".zlib")
+
+
+@dataclass
+class Unpacked:
+    data: bytes
+    error: str | None  # where the compressed data broke (what came before is kept)
+    over: bool  # more than the cap: cut there
+
+
+def kind_of(head: bytes) -> str | None:
+    """The compression a file's first bytes announce, as the loaders that unpack it tell
+    (zlib and LZMA only when their header is well formed, since ``x`` and ``]`` start
+    other files too)."""
+    head = bytes(head[:16])
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"BZh"):
+        return "bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if len(head) >= 2 and head[0] == 0x78 and head[0] & 0x0F == 8 and \
+            (head[0] << 8 | head[1]) % 31 == 0 and not head[1] & 0x20:
+        return "zlib"  # CM 8 (deflate), FCHECK right, no preset dictionary
+    if head.startswith(b"\x5d\x00") and len(head) >= 13:
+        return "lzma"  # lc/lp/pb 3/0/2, as lzma's "alone" format writes them
+    return None
+
+
+def starts(head: bytes, kind: str) -> bool:
+    """Whether ``head`` unpacks without an error (as far as it goes)."""
+    try:
+        if kind == "zlib":
+            return bool(zlib.decompressobj().decompress(bytes(head), 64))
+        return bool(lzma.LZMADecompressor().decompress(bytes(head), 64))
+    except (zlib.error, lzma.LZMAError, EOFError, ValueError):
+        return False
+
+
+def _opened(raw: Any, kind: str) -> Any:
+    fileobj = io.BufferedReader(BufferReader(raw), BLOCK)
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=fileobj, mode="rb")
+    if kind == "bzip2":
+        return bz2.BZ2File(fileobj, "rb")
+    if kind == "zlib":
+        return _ZlibReader(fileobj)
+    return lzma.LZMAFile(fileobj, "rb")  # xz or "alone", told apart by lzma itself
+
+
+class _ZlibReader:
+    """One zlib stream, read block by block (what follows its end is not read)."""
+
+    def __init__(self, fileobj: Any):
+        self.fileobj = fileobj
+        self.inflater = zlib.decompressobj()
+
+    def read(self, n: int) -> bytes:
+        out = b""
+        while not out and not self.inflater.eof:
+            raw = self.inflater.unconsumed_tail or self.fileobj.read(BLOCK)
+            if not raw:
+                raise EOFError("the zlib stream ends before its end marker")
+            out = self.inflater.decompress(raw, n)
+        return out
+
+
+def unpack(raw: Any, kind: str, cap: int) -> Unpacked:
+    """At most ``cap`` bytes of the unpacked stream (``over`` if there were more), and the
+    error where the compressed data broke, if it did."""
+    reader = _opened(raw, kind)
+    # read1: one block at a time, so that what a block before the damage held is kept
+    # (read(n) fills n bytes from several blocks and loses them all to the error)
+    read = getattr(reader, "read1", reader.read)
+    parts: list[bytes] = []
+    size = 0
+    error = None
+    while size <= cap:
+        try:
+            chunk = read(min(BLOCK, cap + 1 - size))
+        except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as err:
+            error = f"the {kind} data is damaged after {size:,} unpacked bytes ({err})"
+            break
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    data = b"".join(parts)
+    return Unpacked(data[:cap], error, len(data) > cap)
+
+
+def inner_name(name: str) -> str:
+    """The name of what a compressed file holds: its own, less the compression's suffix."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    lower = base.lower()
+    for suffix in SUFFIXES:
+        if lower.endswith(suffix) and len(base) > len(suffix):
+            stem = base[:-len(suffix)]
+            return stem + ".tar" if suffix in (".tgz", ".tbz2", ".txz") else stem
+    return base
