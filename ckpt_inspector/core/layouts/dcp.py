@@ -190,6 +190,50 @@ def _read_metadata(union: Union, folder: str) -> dict[str, Any]:
     return fields
 
 
+MAX_RANK_METADATA = 64
+
+
+def _rank_metadata(union: Union, folder: str) -> None:
+    """Each rank's own metadata file (``__0.metadata``): torch.distributed.checkpoint.load
+    falls back to unpickling it when ``.metadata`` fails to load, so its pickles count for
+    the verdict too (a local folder: nothing lists a folder at a URL)."""
+    from ckpt_inspector.core.formats._common import run_pickle
+    from ckpt_inspector.core.pickle import vm as pickle_vm
+
+    if is_url(folder):
+        return
+    try:
+        names = sorted(n for n in paths.listdir(folder)
+                       if n.startswith("__") and n.endswith(METADATA) and n != METADATA)
+    except OSError:
+        return
+    ckpt = union.ckpt
+    for name in names[:MAX_RANK_METADATA]:
+        full = paths.join(folder, name)
+        size = file_size(full)
+        union.add_file(name, size, "pickle")
+        if size > MAX_METADATA:
+            union.unreadable(name, full, CheckpointError(
+                f"{size:,} bytes: more than the {MAX_METADATA:,} ckpt-inspector reads"),
+                shown=False)
+            continue
+        count = len(ckpt.pickles)
+        with builtins.open(full, "rb") as f:
+            raw = f.read()
+        try:
+            with pickle_vm.deadline():
+                run_pickle(ckpt, raw, name)
+        except CheckpointError:
+            pass  # the broken record stays, for the scan
+        for record in ckpt.pickles[count:]:
+            record.file = name
+            record.known_classes = DCP_METADATA_CLASSES
+    if len(names) > MAX_RANK_METADATA:
+        ckpt.findings.append(Finding(
+            "needs-trust", "unread-files", f"more than {MAX_RANK_METADATA} per-rank metadata "
+            "files: only the first were read for the verdict"))
+
+
 def _metadata_bytes(union: Union, full: str) -> bytes:
     """``.metadata`` whole (at a URL: one request where it is under 128 KiB)."""
     if is_url(full):
@@ -222,6 +266,7 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
         meta = _read_metadata(union, folder)
     except OSError as err:
         raise CheckpointError(f"cannot read {METADATA}: {err}") from None
+    _rank_metadata(union, folder)
     entries, odd = _entries(meta)
     for fqn in odd:
         ckpt.findings.append(Finding("info", "dcp-metadata", f"{fqn!r}: an entry of a kind "

@@ -35,6 +35,7 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import Finding
 from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.io.opening import is_url
+from ckpt_inspector.core.layouts import _remote_code
 from ckpt_inspector.core.layouts import _deepspeed_files as df
 from ckpt_inspector.core.layouts import _deepspeed_zero as zero
 from ckpt_inspector.core.layouts._union import TORCH_LOADED, file_size
@@ -76,6 +77,7 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
             _Build(reader).run(names)
         except OSError as err:
             raise CheckpointError(f"cannot read the checkpoint: {err}") from None
+    _remote_code.loose_code(reader.ckpt, reader.root_folder)
     return reader.ckpt
 
 

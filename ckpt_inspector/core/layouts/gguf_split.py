@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.findings import Finding
+from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
 from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.io.urls import is_url
 from ckpt_inspector.core.layouts._union import Union, file_size, read_file
@@ -93,12 +93,15 @@ def _read_split(union: Union, folder: str, rel: str) -> Checkpoint | None:
                        problem=str(err))
         if err.partial is not None:
             union.absorb(rel, err.partial)
-        # what loads a split (llama.cpp, gguf) runs no code from it, whatever its bytes:
-        # an unreadable split is damage, not a reason for trust
+        # llama.cpp runs no Python from a split, but the chat template in its metadata is
+        # rendered (unsandboxed by older llama-cpp-python), and a split past this reader's
+        # bounds may be one llama.cpp reads: what was not read is never vouched for
         union.ckpt.warnings.append(f"{rel} cannot be read ({err}): its tensors are shown "
                                    "damaged")
-        union.ckpt.findings.append(Finding("info", "unreadable-file",
-                                           f"{rel} cannot be read: {err}", file=rel))
+        union.ckpt.findings.append(Finding(
+            NEEDS_TRUST, "unreadable-file",
+            f"{rel} cannot be read: {err}; its metadata (a chat template) was not checked",
+            file=rel))
         return None
     union.add_file(rel, part.file_size, part.format)
     union.add(rel, part)

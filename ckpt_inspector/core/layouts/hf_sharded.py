@@ -37,7 +37,7 @@ from ckpt_inspector.core.findings import DANGEROUS, Finding
 from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.io.opening import is_url
 from ckpt_inspector.core.io.remote_fs import ServerError
-from ckpt_inspector.core.layouts import _index_json
+from ckpt_inspector.core.layouts import _index_json, _remote_code
 from ckpt_inspector.core.layouts._union import TORCH_LOADED, Union, file_size, read_file
 from ckpt_inspector.core.progress import report
 from ckpt_inspector.core.summary import counted
@@ -248,6 +248,7 @@ def read_plan(path: str, plan: _Plan, fmt: str) -> Checkpoint:
             _read_shard(union, plan.folder, rel, promised, reads.get(rel))
         report("files read", len(plan.shards), len(plan.shards))
     _config(ckpt, plan.folder)
+    _remote_code.check(ckpt, plan.folder, read_json)
     for k, rel in enumerate(plan.pickled_others[:MAX_OTHERS]):
         report("other files scanned", k, len(plan.pickled_others), rel)
         _scan_only(union, plan.folder, rel)
