@@ -97,3 +97,196 @@ def test_a_rank_metadata_file_counts_for_the_verdict(torch, tmp_path, marker):
     _, report, _ = scan_file(folder)
     assert report.verdict == "dangerous"
     assert "posix.system" in report.flagged_names()
+
+
+def _dcp_with(torch, folder, marker, reducer):
+    """A DCP folder holding a payload in a bytes entry, its .metadata pickled again with
+    ``reducer`` deciding how each object is written."""
+    import io
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from support import Payload
+
+    dcp.save({"w": torch.arange(6.0).reshape(2, 3), "obj": Payload(f"touch {marker}")},
+             checkpoint_id=str(folder))
+    md = pickle.loads((folder / ".metadata").read_bytes())  # our own file: trusted
+
+    class Pickler(pickle.Pickler):
+        def reducer_override(self, obj):
+            return reducer(obj)
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump(md)
+    (folder / ".metadata").write_bytes(buf.getvalue())
+
+
+def test_dcp_storage_entries_built_by_calling_the_class(torch, tmp_path, marker):
+    """MetadataIndex and _StorageInfo made by calling the dataclass (REDUCE) are the same
+    to DCP; the reader dropped them, never read the bytes item and said "safe"."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    def by_call(obj):
+        if type(obj) is MetadataIndex:
+            return MetadataIndex, (obj.fqn, None if obj.offset is None else tuple(obj.offset))
+        if type(obj) is _StorageInfo:
+            return _StorageInfo, (obj.relative_path, obj.offset, obj.length,
+                                  obj.transform_descriptors)
+        return NotImplemented
+
+    folder = tmp_path / "dcp"
+    _dcp_with(torch, folder, marker, by_call)
+    _, report, _ = scan_file(folder)
+    assert report.verdict == "dangerous"
+    assert "posix.system" in report.flagged_names()
+
+
+def test_dcp_storage_entries_it_cannot_read_are_never_safe(torch, tmp_path, marker):
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    def odd(obj):
+        if type(obj) is _StorageInfo:
+            return tuple, ((obj.relative_path, obj.offset, obj.length),)
+        return NotImplemented
+
+    folder = tmp_path / "dcp"
+    _dcp_with(torch, folder, marker, odd)
+    _, report, _ = scan_file(folder)
+    assert report.verdict != "safe"
+    assert any(f.code == "dcp-unread" for f in report.findings)
+
+
+def _hf_model(torch, folder):
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    save_file({"w": torch.zeros(2, 2)}, str(folder / "model.safetensors"))
+
+
+def test_a_trainer_fsdp_folder_scans_its_dcp_subfolder(torch, tmp_path, marker):
+    """A Trainer under FSDP resumes from pytorch_model_fsdp_0/ with DCP, which unpickles its
+    .metadata: the Hugging Face layout read the folder and never looked there ("safe")."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from support import Payload
+
+    folder = tmp_path / "checkpoint-10"
+    _hf_model(torch, folder)
+    dcp.save({"w": torch.zeros(2, 2)}, checkpoint_id=str(folder / "pytorch_model_fsdp_0"))
+    _, report, _ = scan_file(folder)
+    assert report.verdict == "safe"
+    (folder / "pytorch_model_fsdp_0" / ".metadata").write_bytes(
+        pickle.dumps(Payload(f"touch {marker}")))
+    _, report, _ = scan_file(folder)
+    assert report.verdict == "dangerous"
+    assert "posix.system" in report.flagged_names()
+
+
+@pytest.mark.parametrize("where", ["deep", "outside"])
+def test_a_trainer_deepspeed_folder_follows_latest(torch, tmp_path, marker, where):
+    """A Trainer under DeepSpeed resumes with load_checkpoint, which joins ``latest`` to the
+    folder unchecked: a tag three folders deep, or outside, was never read ("safe")."""
+    from support import Payload
+
+    folder = tmp_path / "checkpoint-10"
+    _hf_model(torch, folder)
+    (folder / "global_step1").mkdir()
+    torch.save({"module": {"w": torch.zeros(2, 2)}},
+               folder / "global_step1" / "mp_rank_00_model_states.pt")
+    evil = folder / "a" / "b" / "global_step9" if where == "deep" else \
+        tmp_path / "elsewhere" / "global_step9"
+    evil.mkdir(parents=True)
+    torch.save({"module": {}, "x": Payload(f"touch {marker}")},
+               evil / "mp_rank_00_model_states.pt")
+    (folder / "latest").write_text("a/b/global_step9" if where == "deep" else str(evil))
+    _, report, _ = scan_file(folder)
+    assert report.verdict == "dangerous"
+    if where == "deep":
+        assert "posix.system" in report.flagged_names()
+    else:
+        assert any(f.code == "path-outside" for f in report.findings)
+
+
+def test_a_universal_checkpoint_counts_for_the_verdict(torch, tmp_path, marker):
+    """DeepSpeed's universal checkpoint (``latest_universal``, ``zero/<param>/fp32.pt``,
+    ``zero/optimizer_state.pt``), loaded with load_universal: never read ("safe")."""
+    from support import Payload
+
+    folder = tmp_path / "ds"
+    (folder / "global_step1").mkdir(parents=True)
+    torch.save({"module": {"w": torch.zeros(2)}},
+               folder / "global_step1" / "mp_rank_00_model_states.pt")
+    (folder / "latest").write_text("global_step1")
+    uni = folder / "global_step1_universal"
+    (uni / "zero" / "w").mkdir(parents=True)
+    torch.save({"module": {"w": torch.zeros(2)}}, uni / "mp_rank_00_model_states.pt")
+    torch.save({"param": torch.zeros(2), "x": Payload(f"touch {marker}")},
+               uni / "zero" / "w" / "fp32.pt")
+    (folder / "latest_universal").write_text("global_step1_universal")
+    for path in (folder, uni):
+        _, report, _ = scan_file(path)
+        assert report.verdict == "dangerous", path
+        assert "posix.system" in report.flagged_names()
+
+
+def test_one_dcp_item_named_by_many_entries_is_read_once(torch, tmp_path):
+    """A .metadata pointing 30 entries at one bytes item made the reader interpret it 30
+    times (37 s and 4 GB for 50 entries of a 10 MB item): now once."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    folder = tmp_path / "dcp"
+    dcp.save({"w": torch.zeros(2), "obj": {"a": [1, 2, 3]}}, checkpoint_id=str(folder))
+    md = pickle.loads((folder / ".metadata").read_bytes())  # our own file: trusted
+    key = next(k for k in md.storage_data if k.fqn.startswith("obj"))
+    for i in range(30):
+        md.state_dict_metadata[f"obj{i}"] = md.state_dict_metadata[key.fqn]
+        md.storage_data[MetadataIndex(f"obj{i}")] = md.storage_data[key]
+    (folder / ".metadata").write_bytes(pickle.dumps(md))
+    ckpt, report, _ = scan_file(folder)
+    items = [r for r in ckpt.pickles if r.file and r.file.endswith(".distcp")]
+    assert len(items) == 2  # w's and obj's, each once
+    assert {str(p[0]) for p, _ in ckpt.tensors()} >= {"w"}
+    assert report.verdict in ("safe", "needs-trust")
+
+
+def test_one_shard_spelt_many_ways_is_read_once(torch, tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    torch.save({f"k{i}": torch.zeros(2) for i in range(20)}, folder / "big.bin")
+    weight_map = {f"k{i}": "./" * i + "big.bin" for i in range(20)}
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}))
+    ckpt, report, _ = scan_file(folder)
+    assert report.verdict == "safe"
+    assert [f["path"] for f in ckpt.files if f["path"].endswith(".bin")] == ["big.bin"]
+    assert len(ckpt.pickles) == 1
+    assert len(list(ckpt.tensors())) == 20
+
+
+def test_shards_of_a_second_index_count_whatever_their_names(torch, tmp_path, marker):
+    """A safetensors model whose folder also has a pytorch_model.bin.index.json naming a
+    ``.dat`` shard (from_pretrained(use_safetensors=False) torch.loads it): "safe"."""
+    from safetensors.torch import save_file
+
+    from support import Payload
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file({"w": torch.zeros(2)}, str(folder / "model-00001-of-00001.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"w": "model-00001-of-00001.safetensors"}}))
+    torch.save({"w": torch.zeros(2), "x": Payload(f"touch {marker}")},
+               folder / "pytorch_model-00001-of-00001.dat")
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"w": "pytorch_model-00001-of-00001.dat"}}))
+    _, report, _ = scan_file(folder)
+    assert report.verdict == "dangerous"
+    assert "posix.system" in report.flagged_names()

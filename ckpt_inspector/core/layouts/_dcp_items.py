@@ -15,6 +15,7 @@ file) come in one request; the tree is still built in ``.metadata``'s order.
 from __future__ import annotations
 
 import contextvars
+import copy
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +41,29 @@ Item = tuple[str, Where, "int | None"]  # fqn, where, the bytes of the tensor ch
 Parsed = tuple["Checkpoint | None", "Node | None", "CheckpointError | None"]
 
 
+MAX_PARSED = 1_000_000
+
+
+MAX_ALIAS_NODES = 10_000
+
+
+def _alias(root: Node, fqn: str) -> Node:
+    """A second entry's node for bytes already read for another: a copy of that tree (its
+    tensors' data shared), or a note where the tree is large."""
+    if any(n > MAX_ALIAS_NODES for n, _ in enumerate(root.walk())):
+        return Node("value", fqn, "alias", f"<the same bytes as another entry: "
+                                           f"{root.key!r}>")
+    return _copy(root, fqn)
+
+
+def _copy(node: Node, key: Any) -> Node:
+    twin = copy.copy(node)
+    twin.key, twin.parent, twin.children = key, None, []
+    for child in node.children:
+        twin.add(_copy(child, child.key))
+    return twin
+
+
 def _key(fqn: str, where: Where) -> tuple[str, str, int, int]:
     return fqn, where[0], where[1], where[2]
 
@@ -52,6 +76,7 @@ class Files:
         self.folder = folder
         self.remote = is_url(folder)
         self.seen: dict[str, str | None] = {}  # rel -> problem
+        self._parsed: dict[tuple[str, int, int, str], Parsed] = {}  # bytes read, by place
         self._files: dict[str, Future[tuple[Any, dict[Any, Parsed]]]] = {}
 
     # -- over a URL: the files read concurrently ---------------------------------------
@@ -138,7 +163,17 @@ class Files:
             if not os.path.isfile(full):
                 self._unreadable(rel, None)
             self.seen.setdefault(rel, None)
+            place = (rel, where[1], where[2], repr(where[3]))
+            first = self._parsed.get(place)
+            if first is not None:  # the same bytes again: read once, the verdict once
+                part, root, err = first
+                if err is not None:
+                    raise err
+                assert root is not None
+                return _alias(root, fqn)
             got = self._parse(fqn, where, expected, full)
+            if len(self._parsed) < MAX_PARSED:
+                self._parsed[place] = (None, got[1], got[2])
         part, root, err = got
         if part is not None:
             self.union.absorb(rel, part)

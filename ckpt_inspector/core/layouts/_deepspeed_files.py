@@ -68,10 +68,11 @@ def inside(rel: str) -> bool:
         ".." not in rel.replace("\\", "/").split("/")
 
 
-def read_latest(folder: str, transfer: dict[str, int] | None = None) -> str | None:
-    """The tag the ``latest`` file names, or None where there is no such file; at a URL,
-    what reading it took is added to ``transfer``."""
-    path = paths.join(folder, LATEST)
+def read_latest(folder: str, transfer: dict[str, int] | None = None,
+                name: str = LATEST) -> str | None:
+    """The tag the ``latest`` file (or ``name``) names, or None where there is no such
+    file; at a URL, what reading it took is added to ``transfer``."""
+    path = paths.join(folder, name)
     if not paths.isfile(path):
         return None
     if is_url(path):
@@ -401,11 +402,16 @@ def _partitions(value: dict[str, Any]) -> Any:
     return count
 
 
+class OutsideError(CheckpointError):
+    """``latest`` names a folder outside the checkpoint's: DeepSpeed joins it unchecked and
+    loads what is there."""
+
+
 def _tag(tag: str | None) -> str:
     if not tag:
         raise CheckpointError(f"{LATEST} names no tag folder")
     if not inside(tag):
-        raise CheckpointError(f"{LATEST} names {tag!r}, outside the checkpoint's folder")
+        raise OutsideError(f"{LATEST} names {tag!r}, outside the checkpoint's folder")
     return tag
 
 

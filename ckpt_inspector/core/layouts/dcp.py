@@ -40,14 +40,15 @@ from typing import Any
 from ckpt_inspector.core import dtypes
 from ckpt_inspector.core.calls import DCP_METADATA_CLASSES
 from ckpt_inspector.core.errors import CheckpointError
-from ckpt_inspector.core.findings import Finding
+from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
 from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.io.opening import is_url
 from ckpt_inspector.core.io.remote_fs import ServerError
 from ckpt_inspector.core.layouts._dcp_items import METADATA, Files, Item
 from ckpt_inspector.core.layouts._stitch import StitchedSource, tiling_problem
 from ckpt_inspector.core.layouts._union import Union, file_size
-from ckpt_inspector.core.pickle.values import Call, GlobalRef
+from ckpt_inspector.core.pickle.values import Call, GlobalRef, short_repr
+from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import Checkpoint, Node, StorageInfo, TensorInfo
 
 NAME = "dcp"
@@ -74,11 +75,31 @@ def detect(path: str) -> bool:
 
 
 # -- the metadata, as inert values -------------------------------------------------------
+# the dataclasses' fields in order, for one built by calling the class (REDUCE, NEWOBJ with
+# arguments): the instance is the same to DCP
+FIELDS = {
+    M + "MetadataIndex": ("fqn", "offset", "index"),
+    "torch.distributed.checkpoint.filesystem._StorageInfo": (
+        "relative_path", "offset", "length", "transform_descriptors"),
+}
+
+
 def _state(value: Any, cls: str) -> dict[str, Any] | None:
-    """The fields of a dataclass instance the stream builds (NEWOBJ + BUILD of a dict)."""
-    if isinstance(value, Call) and value.func_name == cls and isinstance(value.state, dict):
-        return value.state
-    return None
+    """The fields of a dataclass instance the stream builds: NEWOBJ + BUILD of a dict, or
+    the class called with its fields (positional or keyword; a BUILD after it wins)."""
+    if not (isinstance(value, Call) and value.func_name == cls):
+        return None
+    fields: dict[str, Any] = {}
+    names = FIELDS.get(cls)
+    if names is not None and isinstance(value.args, tuple) and len(value.args) <= len(names):
+        fields.update(zip(names, value.args))
+    if isinstance(value.kwargs, dict):
+        fields.update({k: v for k, v in value.kwargs.items() if isinstance(k, str)})
+    if isinstance(value.state, dict):
+        fields.update(value.state)
+    elif value.state is not None:
+        return None
+    return fields if fields or isinstance(value.state, dict) else None
 
 
 def _ints(value: Any) -> tuple[int, ...] | None:
@@ -118,26 +139,33 @@ class Entry:
     where: tuple[str, int, int, Any] | None = None  # of a bytes entry
 
 
-def _storage(value: Any) -> dict[tuple[str, Any], tuple[str, int, int, Any]]:
-    """``storage_data``: (fqn, chunk offsets or None) -> (file, offset, length, transforms)."""
+def _storage(value: Any, odd: list[str]) -> dict[tuple[str, Any], tuple[str, int, int, Any]]:
+    """``storage_data``: (fqn, chunk offsets or None) -> (file, offset, length, transforms);
+    ``odd`` gets a line for each entry of a form this reader does not know."""
     out: dict[tuple[str, Any], tuple[str, int, int, Any]] = {}
+    if value is not None and not isinstance(value, dict):
+        odd.append("storage_data is not a dict")
     items = value.items() if isinstance(value, dict) else ()
     for index, info in items:
         key = _state(index, M + "MetadataIndex")
         where = _state(info, "torch.distributed.checkpoint.filesystem._StorageInfo")
         if key is None or where is None or not isinstance(key.get("fqn"), str):
+            odd.append(f"a storage entry for {short_repr(index)}")
             continue
         rel, off, length = (where.get(k) for k in ("relative_path", "offset", "length"))
         if isinstance(rel, str) and type(off) is int and type(length) is int:
             out[(key["fqn"], _ints(key.get("offset")))] = (
                 rel, off, length, where.get("transform_descriptors"))
+        else:
+            odd.append(f"the storage entry of {key['fqn']!r}")
     return out
 
 
-def _entries(meta: dict[str, Any]) -> tuple[list[Entry], list[str]]:
+def _entries(meta: dict[str, Any], unread: list[str]) -> tuple[list[Entry], list[str]]:
     """The entries ``state_dict_metadata`` lists, each with where its bytes are; and the
-    names of those it lists in a form this reader does not know."""
-    storage = _storage(meta.get("storage_data"))
+    names of those it lists in a form this reader does not know (``unread`` gets the
+    storage entries it cannot read)."""
+    storage = _storage(meta.get("storage_data"), unread)
     entries: list[Entry] = []
     odd: list[str] = []
     sdm = meta.get("state_dict_metadata")
@@ -267,10 +295,17 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
     except OSError as err:
         raise CheckpointError(f"cannot read {METADATA}: {err}") from None
     _rank_metadata(union, folder)
-    entries, odd = _entries(meta)
+    unread: list[str] = []
+    entries, odd = _entries(meta, unread)
     for fqn in odd:
         ckpt.findings.append(Finding("info", "dcp-metadata", f"{fqn!r}: an entry of a kind "
                                      "this reader does not know: not shown", file=METADATA))
+    if unread:  # the item such an entry names is not read: a bytes item DCP torch.loads?
+        ckpt.findings.append(Finding(
+            NEEDS_TRUST, "dcp-unread",
+            f"{counted(len(unread), 'storage entry', 'storage entries')} of {METADATA} this "
+            f"reader cannot read ({unread[0]}{', …' if len(unread) > 1 else ''}): the items "
+            "they name were not scanned", file=METADATA))
     ckpt.metadata["dcp version"] = meta.get("version")
     ckpt.metadata["entries"] = len(entries)
     reader = Files(union, folder)
@@ -283,6 +318,11 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
                 raise  # the server's failure: every entry would fail alike
             except CheckpointError as err:
                 node = _damaged(entry, str(err))
+                if entry.kind == "bytes" and entry.where is None:  # never looked at
+                    ckpt.findings.append(Finding(
+                        NEEDS_TRUST, "dcp-unread", f"{entry.fqn!r}: {METADATA} says nowhere "
+                        "where its bytes are, so they were not scanned (DCP torch.loads a "
+                        "bytes entry with weights_only=False)", file=METADATA))
             union.put(entry.fqn, node, node.tensor.file if node.tensor and node.tensor.file
                       else _first_file(entry))
     reader.list_files()

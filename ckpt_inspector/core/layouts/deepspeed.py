@@ -35,9 +35,9 @@ from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import Finding
 from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.io.opening import is_url
-from ckpt_inspector.core.layouts import _remote_code
 from ckpt_inspector.core.layouts import _deepspeed_files as df
 from ckpt_inspector.core.layouts import _deepspeed_zero as zero
+from ckpt_inspector.core.layouts import _remote_code
 from ckpt_inspector.core.layouts._union import TORCH_LOADED, file_size
 from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import UNKNOWN_DTYPE, Checkpoint, Node, TensorInfo
@@ -78,6 +78,7 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
         except OSError as err:
             raise CheckpointError(f"cannot read the checkpoint: {err}") from None
     _remote_code.loose_code(reader.ckpt, reader.root_folder)
+    _universal(reader)
     return reader.ckpt
 
 
@@ -475,3 +476,69 @@ def _damaged(shape: tuple[int, ...], rel: str, problem: str) -> TensorInfo:
 
 def _finding(ckpt: Checkpoint, rel: str, message: str) -> None:
     ckpt.findings.append(Finding("info", "zero-partitions", message, file=rel))
+
+
+# -- universal checkpoints ------------------------------------------------------------------
+UNIVERSAL = "latest_universal"
+MAX_UNIVERSAL = 10_000
+
+
+def _universal(reader: df.Reader) -> None:
+    """What DeepSpeed also torch.loads from a universal checkpoint, for the verdict (a local
+    folder): the files in the tag folder's subfolders (``zero/*/fp32.pt``,
+    ``zero/optimizer_state.pt``), and the whole folder ``latest_universal`` names (DeepSpeed
+    loads it instead, with ``load_universal``)."""
+    root = reader.root_folder
+    if is_url(root):
+        return
+    if reader.tag is not None or paths.isdir(paths.join(reader.folder, "zero")):
+        sub = [rel for rel in _loadable(reader.folder, reader.ckpt)
+               if os.sep in rel]  # the tag's own files are read above
+        _absorb_all(reader, reader.folder, reader.prefix, sub)
+    try:
+        tag = df.read_latest(root, name=UNIVERSAL)
+    except CheckpointError as err:
+        reader.union.unreadable(UNIVERSAL, paths.join(root, UNIVERSAL), err, shown=False)
+        return
+    if tag is None or tag.strip("/") == (reader.tag or "").strip("/"):
+        return
+    if not df.inside(tag):
+        reader.ckpt.findings.append(Finding(
+            "dangerous", "path-outside", f"{UNIVERSAL} names {tag!r}, outside the "
+            "checkpoint's folder: DeepSpeed would load what is there", file=UNIVERSAL))
+        return
+    folder = paths.join(root, tag)
+    _absorb_all(reader, folder, f"{tag}/", _loadable(folder, reader.ckpt))
+
+
+def _loadable(folder: str, ckpt: Checkpoint) -> list[str]:
+    """The files under ``folder`` that DeepSpeed may torch.load (at most MAX_UNIVERSAL)."""
+    found: list[str] = []
+    for here, dirs, files in os.walk(folder):
+        if os.path.relpath(here, folder).count(os.sep) >= 3:  # zero/<param>/ and below
+            dirs[:] = []
+        dirs.sort()
+        found += [os.path.relpath(os.path.join(here, f), folder) for f in sorted(files)
+                  if f.endswith(TORCH_LOADED)]
+        if len(found) > MAX_UNIVERSAL:
+            ckpt.findings.append(Finding(
+                "needs-trust", "unread-files", f"{folder} holds more than {MAX_UNIVERSAL:,} "
+                "files DeepSpeed loads: only the first were read for the verdict"))
+            break
+    return found[:MAX_UNIVERSAL]
+
+
+def _absorb_all(reader: df.Reader, folder: str, prefix: str, names: list[str]) -> None:
+    from ckpt_inspector.core.layouts._union import read_file
+
+    for rel in names:
+        full = paths.join(folder, rel)
+        name = prefix + rel.replace(os.sep, "/")
+        try:
+            part = read_file(full)
+        except CheckpointError as err:
+            reader.union.unreadable(name, full, err, shown=False)
+            continue
+        reader.ckpt.verdict_files.append({"path": name, "size": part.file_size,
+                                          "format": part.format})
+        reader.union.absorb(name, part)

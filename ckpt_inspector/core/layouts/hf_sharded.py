@@ -126,7 +126,19 @@ def _weight_map(index: Any, name: str) -> dict[str, str]:
     if set(map(type, weight_map.values())) - {str}:  # in C: 100,000s of names
         bad = next(k for k, v in weight_map.items() if not isinstance(v, str))
         raise CheckpointError(f"{name}: the file of {bad!r} is not a string")
+    spellings = set(weight_map.values())
+    tidy = {v: _tidy(v) for v in spellings if "./" in v or "//" in v or v.endswith("/.")}
+    if tidy:  # "./big.bin", "././big.bin": one file to the loader, read once here
+        weight_map = {k: tidy.get(v, v) for k, v in weight_map.items()}
     return weight_map
+
+
+def _tidy(rel: str) -> str:
+    """``rel`` without its empty and ``.`` parts, which name the same file to the loader's
+    os.path.join (``..`` stays: through a symlinked folder it leads elsewhere)."""
+    if rel.startswith(("/", "\\")):
+        return rel
+    return "/".join(p for p in rel.split("/") if p not in ("", ".")) or rel
 
 
 def _inside(rel: str) -> bool:
@@ -147,6 +159,9 @@ class _Plan:
     # (the .bin weights transformers loads with use_safetensors=False, a Trainer
     # checkpoint's optimizer.pt, scheduler.pt and rng_state.pth on resume)
     pickled_others: list[str] = field(default_factory=list)
+    # folders inside it (or itself) that another loader reads as a whole: a DCP folder (a
+    # Trainer under FSDP saves pytorch_model_fsdp_0/), a DeepSpeed one (``latest``)
+    nested: list[tuple[str, str]] = field(default_factory=list)
 
 
 # written for reference beside a Trainer checkpoint (a pickled TrainingArguments, which
@@ -159,14 +174,37 @@ def _plan(path: str) -> _Plan:
     plan = _plan_of(path)
     if paths.isdir(path):
         read = set(plan.shards) | NOT_LOADED
-        plan.pickled_others = [n for n in _loadable(path) if n not in read]
+        plan.pickled_others = [n for n in _loadable(path, plan.nested) if n not in read]
+        listed = set(plan.pickled_others)
+        plan.pickled_others += [n for n in _other_index_shards(path, plan)
+                                if n not in read and n not in listed]
     return plan
 
 
-def _loadable(folder: str) -> list[str]:
+def _other_index_shards(folder: str, plan: _Plan) -> list[str]:
+    """The shards another (non-safetensors) index of the folder names, whatever their
+    names end with: from_pretrained(use_safetensors=False) torch.loads each of them."""
+    out: list[str] = []
+    for other in plan.others:
+        if not other.endswith(".index.json") or other.endswith(".safetensors.index.json"):
+            continue
+        try:
+            names = set(_weight_map(read_json(paths.join(folder, other), other), other)
+                        .values())
+        except (CheckpointError, OSError):
+            continue  # a broken second index is named among the folder's other files
+        out += sorted(n for n in names if _inside(n) and paths.isfile(paths.join(folder, n)))
+    return out[:MAX_OTHERS]
+
+
+NESTED = {".metadata": "dcp", "latest": "deepspeed-zero", "latest_universal": "deepspeed-zero"}
+
+
+def _loadable(folder: str, nested: list[tuple[str, str]] | None = None) -> list[str]:
     """The files of ``folder`` that loaders torch.load, by name; in a local folder also in
     its subfolders, two deep (a Trainer checkpoint saved with DeepSpeed keeps its model
-    states in ``global_step3/``)."""
+    states in ``global_step3/``). ``nested`` gets (folder, layout) of each folder there that
+    a DCP or DeepSpeed loader reads as a whole."""
     if is_url(folder):
         return [n for n in paths.listdir(folder) if n.endswith(TORCH_LOADED)]
     found: list[str] = []
@@ -176,6 +214,9 @@ def _loadable(folder: str) -> list[str]:
         if depth >= 2:
             dirs[:] = []
         dirs.sort()
+        kinds = sorted({NESTED[f] for f in files if f in NESTED})
+        if nested is not None:
+            nested += [(rel, kind) for kind in kinds]
         found += [f if rel == "." else os.path.join(rel, f) for f in sorted(files)
                   if f.endswith(TORCH_LOADED)]
         if len(found) > MAX_OTHERS:
@@ -252,6 +293,8 @@ def read_plan(path: str, plan: _Plan, fmt: str) -> Checkpoint:
     for k, rel in enumerate(plan.pickled_others[:MAX_OTHERS]):
         report("other files scanned", k, len(plan.pickled_others), rel)
         _scan_only(union, plan.folder, rel)
+    for rel, kind in plan.nested:
+        _scan_layout(union, plan.folder, rel, kind)
     rest = [n for n in plan.pickled_others if n not in plan.others]
     if len(plan.pickled_others) > MAX_OTHERS:
         ckpt.findings.append(Finding(
@@ -268,6 +311,30 @@ def read_plan(path: str, plan: _Plan, fmt: str) -> Checkpoint:
         ckpt.warnings.append(f"the folder also holds {other}, not shown{scanned}: open it "
                              "on its own to see those weights")
     return ckpt
+
+
+def _scan_layout(union: Union, folder: str, rel: str, kind: str) -> None:
+    """A folder inside (or the folder itself) that a DCP or DeepSpeed loader reads whole
+    (a Trainer resume under FSDP or DeepSpeed does): read with that layout, for the
+    verdict only, as those loaders resolve its files (DeepSpeed's ``latest`` tag)."""
+    from ckpt_inspector.core.layouts import dcp, deepspeed
+    from ckpt_inspector.core.layouts._deepspeed_files import OutsideError
+
+    full = folder if rel == "." else paths.join(folder, rel)
+    layout = dcp if kind == "dcp" else deepspeed
+    name = f"{rel}/" if rel != "." else f"({kind})"
+    try:
+        part = layout.open(full)
+    except ServerError:
+        raise
+    except CheckpointError as err:
+        union.unreadable(name, full, err, shown=False)
+        if isinstance(err, OutsideError):  # DeepSpeed would load whatever is there
+            union.ckpt.findings.append(Finding(DANGEROUS, "path-outside", str(err), file=name))
+        return
+    union.ckpt.verdict_files.append({"path": name, "size": part.file_size,
+                                     "format": part.format})
+    union.absorb(name, part)
 
 
 def _scan_only(union: Union, folder: str, rel: str) -> None:
