@@ -229,6 +229,34 @@ def build(out: Path, marker: Path) -> list[Sample]:
                    "lying_frame.pkl": "frame-mismatch"}.get(name, "dangerous-import")
         add(name, data, "dangerous", finding, about,
             live=name not in ("trailing_second_pickle.pkl", "truncated_after_payload.pkl"))
+    # compressed whole: joblib.load (by the first bytes), pandas.read_pickle (by name) and
+    # pickle.load(gzip.open(...)) unpack and run them
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+
+    evil = pickle.dumps({"a": Reduce(os.system, touch)}, protocol=4)
+    for suffix, pack in (("gz", gzip.compress), ("bz2", bz2.compress), ("xz", lzma.compress),
+                         ("z", zlib.compress),
+                         ("lzma", lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE))):
+        add(f"compressed_pickle.pkl.{suffix}", pack(evil), "dangerous", "dangerous-import",
+            f"a pickle compressed whole ({suffix}), as joblib.load and pandas unpack it")
+    # joblib: the payload after an array's raw bytes (pickle.load breaks before it, joblib
+    # reads on), and in an object array's pickle, plain and zlib-compressed
+    import joblib
+    import numpy as np
+
+    for name, obj in (("after_array", {"w": np.ones(4, dtype=np.float32),
+                                       "z": Reduce(os.system, touch)}),
+                      ("object_array", {"w": np.array([Reduce(os.system, touch)],
+                                                      dtype=object)})):
+        for compress in (0, 3):
+            buf = io.BytesIO()
+            joblib.dump(obj, buf, compress=compress)
+            add(f"joblib_{name}{'_zlib' if compress else ''}.joblib", buf.getvalue(),
+                "dangerous", "dangerous-import",
+                f"joblib.dump{' compressed' if compress else ''}: payload {name.replace('_', ' ')}")
     add("build_on_global.pkl", build_on_global(), "dangerous", "build-on-global",
         "BUILD sets attributes on an imported class")
     add("extension_code.pkl", extension_code(), "dangerous", "extension-import",

@@ -198,6 +198,20 @@ class Union:
             if n.tensor is not None:
                 n.tensor.file = rel
 
+    def absorb_layout(self, prefix: str, part: Checkpoint) -> None:
+        """Like :meth:`absorb`, for a checkpoint of several files read from the folder
+        ``prefix`` names (``""``: this one): each keeps its own file, under ``prefix``."""
+        for record in part.pickles:
+            record.file = prefix + (record.file or "")
+        self.ckpt.pickles.extend(part.pickles)
+        for finding in part.findings:
+            finding.file = prefix + (finding.file or "") or None
+        self.ckpt.findings.extend(part.findings)
+        if part.runs_code:
+            self.ckpt.findings.append(Finding(NEEDS_TRUST, "code", part.runs_code,
+                                              file=prefix or None))
+        self.ckpt.warnings.extend(f"{prefix}{w}" if prefix else w for w in part.warnings)
+
     def _absorb_scan(self, rel: str, part: Checkpoint) -> None:
         """The part's pickles, findings, warnings and code for the verdict, each naming
         its file."""

@@ -316,25 +316,36 @@ def read_plan(path: str, plan: _Plan, fmt: str) -> Checkpoint:
 def _scan_layout(union: Union, folder: str, rel: str, kind: str) -> None:
     """A folder inside (or the folder itself) that a DCP or DeepSpeed loader reads whole
     (a Trainer resume under FSDP or DeepSpeed does): read with that layout, for the
-    verdict only, as those loaders resolve its files (DeepSpeed's ``latest`` tag)."""
+    verdict only, as those loaders resolve its files (DeepSpeed's ``latest`` tag), unless
+    the folder's own sweep read those files already."""
+    from ckpt_inspector.core.layouts import _deepspeed_files as df
     from ckpt_inspector.core.layouts import dcp, deepspeed
-    from ckpt_inspector.core.layouts._deepspeed_files import OutsideError
 
     full = folder if rel == "." else paths.join(folder, rel)
+    prefix = "" if rel == "." else f"{rel}/"
+    if kind != "dcp":
+        try:
+            tag = df.read_latest(full)
+        except CheckpointError:
+            tag = None  # the layout says what is wrong with it
+        swept = tag is not None and df.inside(tag) and "/" not in tag.strip("/") and \
+            prefix.count("/") + 1 < 2 and not os.path.islink(paths.join(full, tag))
+        if swept and not paths.isfile(paths.join(full, "latest_universal")):
+            return  # its files are among those read for the verdict already
     layout = dcp if kind == "dcp" else deepspeed
-    name = f"{rel}/" if rel != "." else f"({kind})"
     try:
         part = layout.open(full)
     except ServerError:
         raise
     except CheckpointError as err:
+        name = prefix or f"({kind})"
         union.unreadable(name, full, err, shown=False)
-        if isinstance(err, OutsideError):  # DeepSpeed would load whatever is there
+        if isinstance(err, df.OutsideError):  # DeepSpeed would load whatever is there
             union.ckpt.findings.append(Finding(DANGEROUS, "path-outside", str(err), file=name))
         return
-    union.ckpt.verdict_files.append({"path": name, "size": part.file_size,
-                                     "format": part.format})
-    union.absorb(name, part)
+    for f in part.files:
+        union.ckpt.verdict_files.append({**f, "path": prefix + str(f.get("path"))})
+    union.absorb_layout(prefix, part)
 
 
 def _scan_only(union: Union, folder: str, rel: str) -> None:
