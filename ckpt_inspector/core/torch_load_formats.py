@@ -34,6 +34,8 @@ COMPRESSED = ("gzip", "bzip2", "xz", "lzma", "zlib")
 COMPRESSED_LOADER = ("unpack it first (torch.load reads the file it holds), or joblib.load(path) "
                      "for a joblib file, pandas.read_pickle(path) for a compressed pickle: "
                      "they run the pickle it holds (only for a file you trust)")
+NPZ_LOADER = ("numpy.load(path), each array by its name; an array of Python objects needs "
+              "allow_pickle=True, which runs the pickle it holds (only for a file you trust)")
 JOBLIB_LOADER = ("joblib.load(path), which reads the arrays after each wrapper and runs "
                  "whatever the file imports (only for a file you trust)")
 # what reads a checkpoint of several torch.load files as a whole

@@ -36,6 +36,7 @@ from ckpt_inspector.core.torch_load_formats import (
     LAYOUT_NOTES,
     LOADERS,
     NOT_WEIGHTS,
+    NPZ_LOADER,
     OUTSIDE_ROOT,
     READS_SAFETENSORS_PATHS,
     SAFETENSORS_LOADER,
@@ -217,12 +218,17 @@ def _other_file(fmt: str, path: str) -> _FileAnswer:
 
 
 def _wrapped(pred: TorchLoadPrediction, seen: str, metadata: dict[str, Any]) -> None:
-    """The loader of a compressed file, and of a joblib pickle."""
+    """The loader of a compressed file, an .npz and a joblib pickle."""
     container = metadata.get("container")
     if seen == "archive" and container in COMPRESSED:
         if pred.problem == WHY_NOT["archive"]:
             pred.problem = f"a {container}-compressed file: torch.load cannot read it as it is"
         pred.loader = COMPRESSED_LOADER
+    elif seen == "archive" and container == "npz":
+        if pred.problem == WHY_NOT["archive"]:
+            pred.problem = ("a NumPy .npz archive (numpy.savez), not a torch.save file: "
+                            "torch.load cannot read it")
+        pred.loader = NPZ_LOADER
     elif seen == "pickle" and metadata.get("written by") == "joblib.dump":
         pred.loader = JOBLIB_LOADER
 

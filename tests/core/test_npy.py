@@ -349,3 +349,11 @@ def test_a_python2_header_with_two_ls(tmp_path, marker):
     path = tmp_path / "ll.npy"
     path.write_bytes(_edit_header(_evil_npy(marker), "(2,)", "(2L L,)"))
     assert scan(open_checkpoint(path)).verdict == "dangerous"
+
+
+def test_an_npz_is_answered_with_numpy_load(tmp_path):
+    path = tmp_path / "arrays.npz"
+    np.savez(path, x=np.ones(3), y=np.zeros((2, 2)))
+    proc = run_cli("scan", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "a NumPy .npz archive" in proc.stdout and "numpy.load(path)" in proc.stdout

@@ -155,6 +155,9 @@ def read(src: Source, kind: str) -> Checkpoint:
     ckpt = new_checkpoint(src, "archive")
     ckpt.metadata["container"] = kind
     ckpt.root = read_into(ckpt, src, "", kind, 0)
+    members = [str(n.key) for n in ckpt.root.children]
+    if kind == "zip" and members and all(m.endswith(".npy") for m in members):
+        ckpt.metadata["container"] = "npz"  # numpy.savez's: numpy.load reads it
     return ckpt
 
 
