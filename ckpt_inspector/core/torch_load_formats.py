@@ -30,7 +30,7 @@ LOADERS = {
            "for one torch.load file",
 }
 # a file compressed whole (its format is "archive", its container the compression)
-COMPRESSED = ("gzip", "bzip2", "xz", "lzma", "zlib")
+COMPRESSED = ("gzip", "bzip2", "xz", "lzma", "zlib", "joblib-zfile")
 COMPRESSED_LOADER = ("unpack it first (torch.load reads the file it holds), or joblib.load(path) "
                      "for a joblib file, pandas.read_pickle(path) for a compressed pickle: "
                      "they run the pickle it holds (only for a file you trust)")

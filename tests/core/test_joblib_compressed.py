@@ -268,3 +268,21 @@ def test_cli_says_what_reads_it(tmp_path):
     joblib.dump({"w": np.ones(3)}, plain)
     proc = run_cli("info", str(plain))
     assert proc.returncode == 0 and "written by: joblib.dump" in proc.stdout
+
+
+def test_joblibs_old_z_file_is_unpacked(tmp_path, marker):
+    """joblib < 0.9.3 wrote "ZF", the length in hex, then zlib data (joblib.load still
+    reads it, with its compat unpickler)."""
+    from joblib.numpy_pickle_compat import write_zfile
+
+    path = tmp_path / "old.pkl"
+    with open(path, "wb") as f:
+        write_zfile(f, pickle.dumps({"a": Payload(f"touch {marker}")}, protocol=2))
+    _, report, _ = scan_file(path)
+    assert report.verdict == "dangerous"
+    assert "posix.system" in report.flagged_names()
+    ok = tmp_path / "old_ok.pkl"
+    with open(ok, "wb") as f:
+        write_zfile(f, pickle.dumps({"a": [1, 2]}, protocol=2))
+    ckpt, report, _ = scan_file(ok)
+    assert report.verdict == "safe" and ckpt.metadata["container"] == "joblib-zfile"

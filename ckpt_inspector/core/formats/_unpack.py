@@ -6,7 +6,8 @@ bytes (zlib ``x``, gzip, ``BZ``, LZMA ``]\\0``, xz) whatever the name;
 ``torch.load(gzip.open(path))``. Each reads the unpacked stream from its start until
 its pickle ends, through the standard library's file objects, so the stream is unpacked
 here with the same objects (``GzipFile`` reads concatenated members, ``BZ2File`` and
-``LZMAFile`` concatenated streams; zlib is one stream, as joblib's reader reads it),
+``LZMAFile`` concatenated streams; zlib is one stream, as joblib's reader reads it, also
+after the header of joblib < 0.9.3's "Z-file"),
 block by block: where the data breaks, what came before is what a loader read before
 it failed, and it is kept. At most ``cap`` bytes are unpacked.
 """
@@ -25,7 +26,8 @@ from ckpt_inspector.core.io.source import BufferReader
 
 BLOCK = 1 << 20
 # unpacked here (a name for messages); others are told apart only to be refused
-UNPACKED = ("gzip", "bzip2", "xz", "lzma", "zlib")
+UNPACKED = ("gzip", "bzip2", "xz", "lzma", "zlib", "joblib-zfile")
+ZFILE_HEADER = 2 + 19  # joblib < 0.9.3: "ZF", the unpacked length in hex padded to 19
 SUFFIXES = (".gz", ".gzip", ".tgz", ".bz2", ".tbz2", ".xz", ".txz", ".lzma", ".z", ".zz",
             ".zlib")
 
@@ -41,7 +43,7 @@ def kind_of(head: bytes) -> str | None:
     """The compression a file's first bytes announce, as the loaders that unpack it tell
     (zlib and LZMA only when their header is well formed, since ``x`` and ``]`` start
     other files too)."""
-    head = bytes(head[:16])
+    head = bytes(head[:32])
     if head.startswith(b"\x1f\x8b"):
         return "gzip"
     if head.startswith(b"BZh"):
@@ -53,11 +55,24 @@ def kind_of(head: bytes) -> str | None:
         return "zlib"  # CM 8 (deflate), FCHECK right, no preset dictionary
     if head.startswith(b"\x5d\x00") and len(head) >= 13:
         return "lzma"  # lc/lp/pb 3/0/2, as lzma's "alone" format writes them
-    return None
+    return "joblib-zfile" if _zfile_length(head) is not None else None
+
+
+def _zfile_length(head: bytes) -> int | None:
+    """The length an old joblib "Z-file" header declares (read with int(..., 16))."""
+    if not head.startswith(b"ZF") or len(head) < ZFILE_HEADER:
+        return None
+    try:
+        return int(bytes(head[2:ZFILE_HEADER]).decode("ascii"), 16)
+    except ValueError:
+        return None
 
 
 def starts(head: bytes, kind: str) -> bool:
     """Whether ``head`` unpacks without an error (as far as it goes)."""
+    if kind == "joblib-zfile":
+        head = head[ZFILE_HEADER + (head[ZFILE_HEADER:ZFILE_HEADER + 1] == b" "):]
+        kind = "zlib"
     try:
         if kind == "zlib":
             return bool(zlib.decompressobj().decompress(bytes(head), 64))
@@ -67,7 +82,11 @@ def starts(head: bytes, kind: str) -> bool:
 
 
 def _opened(raw: Any, kind: str) -> Any:
-    fileobj = io.BufferedReader(BufferReader(raw), BLOCK)
+    plain = BufferReader(raw)
+    if kind == "joblib-zfile":  # its zlib data, after the header (and one space, if any)
+        plain.seek(ZFILE_HEADER + (raw[ZFILE_HEADER:ZFILE_HEADER + 1] == b" "))
+        kind = "zlib"
+    fileobj = io.BufferedReader(plain, BLOCK)
     if kind == "gzip":
         return gzip.GzipFile(fileobj=fileobj, mode="rb")
     if kind == "bzip2":

@@ -66,7 +66,8 @@ def sniff_wrapped(head: bytes) -> bool:
     """A file compressed whole: by its magic, or a zlib or LZMA header whose first bytes
     unpack (``x`` and ``]`` start other files too)."""
     kind = wrapper_kind(head)
-    return kind is not None and (kind not in ("zlib", "lzma") or _unpack.starts(head, kind))
+    return kind is not None and (kind not in ("zlib", "lzma", "joblib-zfile")
+                                 or _unpack.starts(head, kind))
 
 
 def read_wrapped(src: Source) -> Checkpoint:
