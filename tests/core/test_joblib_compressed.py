@@ -286,3 +286,28 @@ def test_joblibs_old_z_file_is_unpacked(tmp_path, marker):
         write_zfile(f, pickle.dumps({"a": [1, 2]}, protocol=2))
     ckpt, report, _ = scan_file(ok)
     assert report.verdict == "safe" and ckpt.metadata["container"] == "joblib-zfile"
+
+
+@pytest.mark.parametrize("name", ["arr_01.npy", "../outside.npy"])
+def test_old_joblib_companion_arrays_are_named(tmp_path, name):
+    """joblib < 0.10 kept arrays in files beside the pickle (NDArrayWrapper); joblib.load
+    still reads them with numpy.load(allow_pickle=True): the oracle shows a payload in one
+    runs; the reader names the file (and calls a path out of the folder dangerous)."""
+    from joblib.numpy_pickle_compat import NDArrayWrapper
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    ran = tmp_path / "ran"  # the oracle's marker: the scan must not create it
+    np.save(folder / name, np.array([Payload(f"touch {ran}")], dtype=object),
+            allow_pickle=True)
+    path = folder / "model.pkl"
+    path.write_bytes(pickle.dumps({"w": NDArrayWrapper(name, np.ndarray)}, protocol=2))
+    _, report, _ = scan_file(path)
+    codes = {f.code: f.severity for f in report.findings}
+    assert codes.get("companion-file") == ("dangerous" if ".." in name else "needs-trust")
+    assert report.verdict != "safe"
+    assert not ran.exists()
+    oracle = subprocess.run(
+        [sys.executable, "-c", "import sys, joblib, warnings; warnings.simplefilter('ignore');"
+         " joblib.load(sys.argv[1])", str(path)], capture_output=True, timeout=60)
+    assert ran.exists(), oracle.stderr  # the oracle ran it: the payload is real
