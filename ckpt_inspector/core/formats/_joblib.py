@@ -20,6 +20,8 @@ past the first array (it imports or calls something there) is a polyglot: danger
 
 from __future__ import annotations
 
+import contextvars
+import os
 import re
 from typing import Any
 
@@ -37,6 +39,7 @@ COMPANIONS = ("joblib.numpy_pickle_compat.NDArrayWrapper",
 KNOWN = frozenset({WRAPPER})  # built and read by joblib itself: a plain record there
 MAX_OBJECT_ARRAYS = 10_000
 _INT64 = 1 << 63
+_FOLLOWING = contextvars.ContextVar("joblib_companion", default=False)
 _CODE = re.compile(r"([biufcmMOSUV])(\d*)")
 _DTYPES = ("numpy.dtype", "numpy.core.multiarray.dtype", "numpy._core.multiarray.dtype")
 # what an array read from the bytes after its wrapper is shown as (pickle.rebuilders)
@@ -118,6 +121,7 @@ class ArrayReads:
         self.ckpt, self.data, self.label = ckpt, data, label
         self.first: int | None = None  # where the first array's bytes start
         self.objects: list[tuple[int, int]] = []  # object arrays' pickles, read as run
+        self.companions: set[str] = set()  # old joblib's array files, read for the verdict
 
     def __call__(self, obj: Any, pos: int, frame_end: int) -> tuple[int, Any] | None:
         if _is_wrapper(obj, COMPANIONS):
@@ -190,13 +194,45 @@ class ArrayReads:
         shown = name if isinstance(name, str) else "a file it names"
         escapes = not isinstance(name, str) or name.startswith(("/", "\\")) or \
             ".." in re.split(r"[\\/]", name) or (len(name) > 1 and name[1] == ":")
+        where = self.label.rstrip("/") or None
+        scanned = not escapes and isinstance(name, str) and self._scan_companion(name)
         self.ckpt.findings.append(Finding(
             DANGEROUS if escapes else NEEDS_TRUST, "companion-file",
             f"joblib.load reads {shown!r} with numpy.load(allow_pickle=True), which runs any "
-            "pickle that file holds: it was not scanned"
-            + (" (a path outside this file's folder)" if escapes else
-               "; scan it too (written by joblib before 0.10)"),
-            self.label.rstrip("/") or None, offset=pos))
+            "pickle that file holds"
+            + (" (a path outside this file's folder): it was not scanned" if escapes else
+               "; it is scanned with this file" if scanned else
+               ": it was not scanned (written by joblib before 0.10): scan it too"),
+            where, offset=pos))
+
+    def _scan_companion(self, name: str) -> bool:
+        """Read a companion file beside a local file (one level: a companion's own
+        companions are only named) for the verdict; whether it was read."""
+        from ckpt_inspector.core.formats import open_checkpoint
+
+        folder = os.path.dirname(self.ckpt.path)
+        full = os.path.join(folder, name)
+        if self.label or _FOLLOWING.get() or not os.path.isfile(self.ckpt.path) or \
+                not os.path.isfile(full) or name in self.companions:
+            return name in self.companions
+        self.companions.add(name)
+        token = _FOLLOWING.set(True)
+        try:
+            part = open_checkpoint(full)
+        except CheckpointError as err:
+            part = err.partial
+            self.ckpt.findings.append(Finding(
+                NEEDS_TRUST, "unreadable-file", f"{name} cannot be read: {err}", file=name))
+        finally:
+            _FOLLOWING.reset(token)
+        if part is not None:
+            for record in part.pickles:
+                record.file = name
+            self.ckpt.pickles.extend(part.pickles)
+            for finding in part.findings:
+                finding.file = name
+            self.ckpt.findings.extend(part.findings)
+        return True
 
     def _stop(self, severity: str, why: str, pos: int) -> Any:
         self.ckpt.findings.append(Finding(
