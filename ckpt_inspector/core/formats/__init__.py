@@ -90,9 +90,10 @@ READERS: tuple[Reader, ...] = ()
 
 
 def _register_embedded_loader() -> None:
-    from ckpt_inspector.core.formats import _common, pickle_file
+    from ckpt_inspector.core.formats import _common, _joblib, pickle_file
 
     _common.embedded_loader = pickle_file.load_embedded
+    _joblib.file_reader = lambda path: open_checkpoint(path)  # defined below
 
 
 _register_embedded_loader()

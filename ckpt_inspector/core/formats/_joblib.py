@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError, PickleError
@@ -40,6 +41,9 @@ KNOWN = frozenset({WRAPPER})  # built and read by joblib itself: a plain record 
 MAX_OBJECT_ARRAYS = 10_000
 _INT64 = 1 << 63
 _FOLLOWING = contextvars.ContextVar("joblib_companion", default=False)
+# ``path -> Checkpoint``: reads a companion file through the readers, which build on this
+# module, so the registry (formats/__init__) sets it rather than this module importing it
+file_reader: Callable[[str], Checkpoint] | None = None
 _CODE = re.compile(r"([biufcmMOSUV])(\d*)")
 _DTYPES = ("numpy.dtype", "numpy.core.multiarray.dtype", "numpy._core.multiarray.dtype")
 # what an array read from the bytes after its wrapper is shown as (pickle.rebuilders)
@@ -208,8 +212,8 @@ class ArrayReads:
     def _scan_companion(self, name: str) -> bool:
         """Read a companion file beside a local file (one level: a companion's own
         companions are only named) for the verdict; whether it was read."""
-        from ckpt_inspector.core.formats import open_checkpoint
-
+        open_checkpoint = file_reader
+        assert open_checkpoint is not None, "formats/__init__ registers the file reader"
         folder = os.path.dirname(self.ckpt.path)
         full = os.path.join(folder, name)
         if self.label or _FOLLOWING.get() or not os.path.isfile(self.ckpt.path) or \
