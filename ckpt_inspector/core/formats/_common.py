@@ -31,6 +31,7 @@ def run_pickle(
     executed: bool = True,
     end_hint: int | None = None,
     after_build: pickle_vm.AfterBuild | None = None,
+    python: bool = False,
 ) -> PickleResult:
     """Interpret one pickle and record it on ``ckpt``.
 
@@ -41,7 +42,7 @@ def run_pickle(
     """
     try:
         result = pickle_vm.load(data, start, persistent_load=persistent_load,
-                                end_hint=end_hint, after_build=after_build)
+                                end_hint=end_hint, after_build=after_build, python=python)
     except PickleError as err:
         partial = err.result or PickleResult(None, start, start, 0)
         _tag(partial, member)

@@ -30,7 +30,14 @@ from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats._common import build_tree, run_pickle
 from ckpt_inspector.core.io.source import Source
-from ckpt_inspector.core.pickle.values import Builds, Call, GlobalRef, LazyBytes, PickleResult
+from ckpt_inspector.core.pickle.values import (
+    Builds,
+    Call,
+    GlobalRef,
+    LazyBytes,
+    PickleResult,
+    short_repr,
+)
 from ckpt_inspector.core.tree import Checkpoint, Node, PickleRecord
 
 WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
@@ -76,7 +83,11 @@ def _attributes(state: Any) -> dict[str, Any] | None:
                 continue
             if type(part) is not dict:
                 return None
-            attrs.update({k: v for k, v in part.items() if type(k) is str})
+            if any(type(k) is not str for k in part):
+                # a key computed at load time (str("shape"), numpy.str_) is the same key to
+                # Python: which value wins cannot be told here, and no joblib.dump writes one
+                raise _Crafted("an array wrapper whose state has a key computed at load time")
+            attrs.update(part)
     return attrs
 
 
@@ -87,6 +98,11 @@ def dtype_bytes(value: Any) -> tuple[int, bool] | str:
     if not (isinstance(value, Call) and value.func_name in _DTYPES and value.args
             and type(value.args[0]) is str and not isinstance(value.state, Builds)):
         return "its dtype is not a plain numpy dtype"
+    if value.args[1:] != (False, True):
+        # numpy.dtype(code, align, copy) as numpy pickles it; with copy=False the state
+        # would apply to numpy's shared dtype, which is read otherwise
+        raise _Crafted(f"a dtype made as numpy.dtype{short_repr(value.args)}, not as numpy "
+                       "pickles one")
     match = _CODE.fullmatch(value.args[0])
     if match is None:
         return f"dtype code {value.args[0]!r}"
@@ -106,9 +122,12 @@ def dtype_bytes(value: Any) -> tuple[int, bool] | str:
         return "a dtype state numpy does not write"
     if size <= 0:
         return f"a dtype of item size {size}"
-    if flexible and flags & 1:
-        raise _Crafted("a string or void dtype flagged as holding objects: numpy 2 takes it "
-                       "for an object array (a pickle follows), older numpy for raw bytes")
+    # an unpickled dtype holds objects as its pickled flags say (NPY_ITEM_HASOBJECT), not as
+    # its code does: one where they disagree is read as raw bytes by one numpy and as a
+    # pickle by another, or the other way round, and no numpy writes one
+    if state is not None and bool(flags & 1) != (kind == "O"):
+        raise _Crafted(f"a {value.args[0]} dtype whose flags say it "
+                       f"{'holds' if flags & 1 else 'does not hold'} Python objects")
     return size, kind == "O"
 
 
@@ -139,11 +158,11 @@ class ArrayReads:
             return self._stop(DANGEROUS, "joblib reads this array's bytes from the end of "
                               "the frame it sits in, not where it is: bytes read out of "
                               "order, which no joblib.dump writes", pos)
-        attrs = _attributes(obj.state)
-        if attrs is None:
-            return self._stop(NEEDS_TRUST, "an array wrapper whose state is not plain data",
-                              pos)
         try:
+            attrs = _attributes(obj.state)
+            if attrs is None:
+                return self._stop(NEEDS_TRUST, "an array wrapper whose state is not plain "
+                                  "data", pos)
             spec = dtype_bytes(attrs.get("dtype"))
         except _Crafted as crafted:
             return self._stop(DANGEROUS, str(crafted), pos)
@@ -193,7 +212,10 @@ class ArrayReads:
         return inner.end, inner.value
 
     def _companion(self, obj: Any, pos: int) -> None:
-        attrs = _attributes(obj.state) or {}
+        try:
+            attrs = _attributes(obj.state) or {}
+        except _Crafted:
+            attrs = {}
         name = attrs.get("filename")
         shown = name if isinstance(name, str) else "a file it names"
         escapes = not isinstance(name, str) or name.startswith(("/", "\\")) or \
@@ -283,12 +305,19 @@ def _reconcile(ckpt: Checkpoint, plain: PickleRecord, reads: ArrayReads, legacy:
     past that point, or reads on as a legacy torch file."""
     result = plain.result
     first = reads.first
+    # what joblib's own reading of the object arrays' pickles did, by offset: pickle.load
+    # reads those bytes with the outer stream's memo, and may get other objects from them
+    same = {(g.offset, g.full_name) for r in ckpt.pickles if r is not plain
+            and r.member.startswith(f"{label}object array at byte") for g in r.result.globals}
+    same |= {(c.offset, c.func_name) for r in ckpt.pickles if r is not plain
+             and r.member.startswith(f"{label}object array at byte") for c in r.result.calls}
 
-    def elsewhere(at: int) -> bool:
-        return first is not None and at >= first and not any(
-            a <= at < b for a, b in reads.objects)
+    def elsewhere(at: int, name: Any) -> bool:
+        return first is not None and at >= first and not (
+            any(a <= at < b for a, b in reads.objects) and (at, name) in same)
 
-    past = any(elsewhere(x.offset or 0) for x in [*result.globals, *result.calls])
+    past = any(elsewhere(g.offset or 0, g.full_name) for g in result.globals) or any(
+        elsewhere(c.offset or 0, c.func_name) for c in result.calls)
     if not past and not legacy:
         ckpt.pickles.remove(plain)
         return

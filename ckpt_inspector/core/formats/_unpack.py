@@ -18,6 +18,7 @@ import bz2
 import gzip
 import io
 import lzma
+import mmap
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ SUFFIXES = (".gz", ".gzip", ".tgz", ".bz2", ".tbz2", ".xz", ".txz", ".lzma", ".z
 
 @dataclass
 class Unpacked:
-    data: bytes
+    data: Any  # bytes, or an anonymous memory map
     error: str | None  # where the compressed data broke (what came before is kept)
     over: bool  # more than the cap: cut there
 
@@ -73,12 +74,14 @@ def starts(head: bytes, kind: str) -> bool:
     if kind == "joblib-zfile":
         head = head[ZFILE_HEADER + (head[ZFILE_HEADER:ZFILE_HEADER + 1] == b" "):]
         kind = "zlib"
-    try:
+    try:  # (an empty first stream unpacks to nothing, and the next one is read on)
         if kind == "zlib":
-            return bool(zlib.decompressobj().decompress(bytes(head), 64))
-        return bool(lzma.LZMADecompressor().decompress(bytes(head), 64))
+            zlib.decompressobj().decompress(bytes(head), 64)
+        else:
+            lzma.LZMADecompressor().decompress(bytes(head), 64)
     except (zlib.error, lzma.LZMAError, EOFError, ValueError):
         return False
+    return True
 
 
 def _opened(raw: Any, kind: str) -> Any:
@@ -115,26 +118,50 @@ class _ZlibReader:
 
 def unpack(raw: Any, kind: str, cap: int) -> Unpacked:
     """At most ``cap`` bytes of the unpacked stream (``over`` if there were more), and the
-    error where the compressed data broke, if it did."""
+    error where the compressed data broke, if it did. The bytes are unpacked twice: once to
+    count them, then into an anonymous memory map of that size (readers take a map as they
+    take a file's), so memory peaks at the unpacked size, not twice it."""
+    size, error, over = _unpacked_size(raw, kind, cap)
+    if size == 0:
+        return Unpacked(b"", error, over)
+    out = mmap.mmap(-1, size)
+    reader = _opened(raw, kind)
+    read = getattr(reader, "read1", reader.read)
+    done = 0
+    while done < size:
+        try:
+            chunk = read(min(BLOCK, size - done))
+        except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError):
+            break  # where the first pass broke: it is not reached
+        if not chunk:
+            break
+        out[done:done + len(chunk)] = chunk
+        done += len(chunk)
+    return Unpacked(out, error, over)
+
+
+def unpacks(raw: Any, kind: str) -> bool:
+    """Whether the data unpacks to at least one byte."""
+    return _unpacked_size(raw, kind, 1)[0] > 0
+
+
+def _unpacked_size(raw: Any, kind: str, cap: int) -> tuple[int, str | None, bool]:
     reader = _opened(raw, kind)
     # read1: one block at a time, so that what a block before the damage held is kept
     # (read(n) fills n bytes from several blocks and loses them all to the error)
     read = getattr(reader, "read1", reader.read)
-    parts: list[bytes] = []
     size = 0
-    error = None
-    while size <= cap:
+    while True:
         try:
-            chunk = read(min(BLOCK, cap + 1 - size))
+            chunk = read(min(BLOCK, cap - size) or 1)
         except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as err:
-            error = f"the {kind} data is damaged after {size:,} unpacked bytes ({err})"
-            break
+            return size, f"the {kind} data is damaged after {size:,} unpacked bytes ({err})", \
+                False
         if not chunk:
-            break
-        parts.append(chunk)
+            return size, None, False
+        if size == cap:  # one byte more than the cap: there is more
+            return size, None, True
         size += len(chunk)
-    data = b"".join(parts)
-    return Unpacked(data[:cap], error, len(data) > cap)
 
 
 def inner_name(name: str) -> str:

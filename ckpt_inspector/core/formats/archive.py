@@ -79,16 +79,38 @@ def read_wrapped(src: Source) -> Checkpoint:
     from ckpt_inspector.core.formats import pickle_file
 
     kind = wrapper_kind(src.head()) or "compressed"
+    unpacked = kind in _unpack.UNPACKED and _unpack.unpacks(src.data, kind)
     if pickle_file.sniff(src.head()):
         try:
-            return pickle_file.read(src)
+            ckpt = pickle_file.read(src)
         except CheckpointError as err:
             if err.partial is not None and err.partial.pickles and \
                     err.partial.pickles[0].result.globals:
+                if unpacked:
+                    _polyglot(err.partial, src, kind)
                 raise
-    if kind in _unpack.UNPACKED:
+        else:
+            if unpacked:
+                _polyglot(ckpt, src, kind)
+            return ckpt
+    if unpacked:
         return read_unpacked(src, kind)
     raise refuse_wrapper(kind)
+
+
+def _polyglot(ckpt: Checkpoint, src: Source, kind: str) -> None:
+    """A pickle to torch.load and pickle.load that also unpacks ("BZh" starts both a bz2
+    stream and BINBYTES): joblib.load and bz2.open read the other file, which counts too."""
+    try:
+        other = read_unpacked(src, kind)
+    except CheckpointError as err:
+        other = err.partial
+    ckpt.findings.append(Finding(
+        DANGEROUS, "polyglot", f"the file is a pickle to torch.load and pickle.load, and "
+        f"{kind}-compressed data to joblib.load and {kind} readers: they read other things"))
+    if other is not None:
+        ckpt.pickles.extend(other.pickles)
+        ckpt.findings.extend(other.findings)
 
 
 def read_unpacked(src: Source, kind: str) -> Checkpoint:
@@ -113,12 +135,11 @@ def _unpacked(ckpt: Checkpoint, raw: Any, kind: str, name: str, label: str, dept
     cap = max(0, min(MAX_INFLATE_MEMBER, budget[0]))
     out = _unpack.unpack(raw, kind, cap)
     budget[0] -= len(out.data)
-    if out.over:
+    if out.over:  # its first bytes are read all the same: a payload there is found
         ckpt.findings.append(Finding(
             NEEDS_TRUST, "unscanned-member",
-            f"{name} unpacks to more than the {cap >> 20} MiB this reader unpacks: it was "
-            "not scanned", where))
-        return Node("value", name, "member", f"<not scanned: over {cap:,} bytes unpacked>")
+            f"{name} unpacks to more than the {cap >> 20} MiB this reader unpacks: only "
+            "those were scanned", where))
     if out.error:
         ckpt.metadata.setdefault("unpacked", []).append(f"{where}: {out.error}")
     data = out.data

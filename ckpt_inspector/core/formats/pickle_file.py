@@ -19,6 +19,7 @@ import pickletools
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError, PickleError
+from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats import _joblib, torch_legacy, torch_zip
 from ckpt_inspector.core.formats._common import build_tree, new_checkpoint, run_pickle
 from ckpt_inspector.core.io.source import Source
@@ -42,7 +43,12 @@ def sniff(head: bytes) -> bool:
     if not head or head[0] not in OPCODES:
         return False
     try:
-        pickle_vm.load(head)
+        try:
+            pickle_vm.load(head)
+        except PickleError as err:
+            if err.reason != pickle_vm.FRAME_TOO_LONG:
+                raise
+            pickle_vm.load(head, python=True)  # joblib.load's unpickler reads on
     except PickleError as err:
         # a bound of this reader (a LONG4 over 1 MiB, deep tuples): pickle.load reads on
         return err.limit or _cut_short(err, head) or _acted(err.result)
@@ -143,7 +149,10 @@ def read_stream(ckpt: Checkpoint, src: Source, label: str) -> Node:
     except CheckpointError:
         if len(ckpt.pickles) > count and _joblib.applies(ckpt.pickles[count].result):
             return _joblib.read_stream(ckpt, src, label, ckpt.pickles[count], False)
-        raise
+        if len(ckpt.pickles) <= count or pickle_vm.FRAME_TOO_LONG not in str(
+                ckpt.pickles[count].error):
+            raise
+        first = _python_reading(ckpt, buffer, label, count)
     record = ckpt.pickles[count]
     legacy = torch_legacy.equals(first.value, torch_legacy.MAGIC_NUMBER) is not False \
         and first.end < len(src.data)
@@ -163,6 +172,18 @@ def read_stream(ckpt: Checkpoint, src: Source, label: str) -> Node:
     if not label:
         ckpt.metadata["pickle protocol"] = first.protocol
     return build_tree(ckpt, first.value, nested_loader=_Nested(ckpt, label))
+
+
+def _python_reading(ckpt: Checkpoint, buffer: Any, label: str, count: int) -> PickleResult:
+    """A stream pickle.load and torch.load refuse at a frame longer than the data, which
+    Python's own unpickler (joblib.load's) reads on from: read as that one reads it."""
+    del ckpt.pickles[count:]
+    ckpt.findings.append(Finding(
+        NEEDS_TRUST, "frame-mismatch", "a frame longer than the data: pickle.load and "
+        "torch.load fail there, Python's own unpickler (joblib.load's) reads on, as here",
+        label.rstrip("/") or None))
+    return run_pickle(ckpt, buffer, label, expect_end=False, end_hint=len(buffer),
+                      python=True)
 
 
 def read_into(ckpt: Checkpoint, src: Source, label: str, executed: bool = True) -> Node:

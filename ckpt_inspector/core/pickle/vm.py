@@ -117,6 +117,7 @@ _UNPACK_Q = struct.Struct("<Q").unpack_from
 _UNPACK_D = struct.Struct(">d").unpack_from
 
 _MARK = object()
+FRAME_TOO_LONG = "frame length is larger than the data"  # Python's unpickler reads on
 AfterBuild = Callable[[Any, int, int], "tuple[int, Any] | None"]
 
 
@@ -132,6 +133,7 @@ def load(
     lazy_bytes_threshold: int = LAZY_BYTES_THRESHOLD,
     end_hint: int | None = None,
     after_build: AfterBuild | None = None,
+    python: bool = False,
 ) -> PickleResult:
     """Interpret one pickle in ``data`` (``bytes`` or ``mmap``) starting at ``start``.
 
@@ -142,12 +144,14 @@ def load(
     :func:`~ckpt_inspector.core.progress.reporter`) only where it is given.
     ``after_build(obj, pos, frame_end)``: a loader's own BUILD (joblib's reads array bytes
     that follow it); it returns None, or where the stream goes on and what replaces
-    ``obj`` on the stack.
+    ``obj`` on the stack. ``python``: read as Python's own ``pickle._Unpickler`` reads
+    (joblib's, and any loader built on it; implied by ``after_build``): a frame longer
+    than the data holds what there is, INT's text is ``int(text, 0)``.
     """
     partial = PickleResult(None, start, start, 0)
     try:
         return _run(data, start, persistent_load, lazy_bytes_threshold, partial, end_hint,
-                    after_build)
+                    after_build, python or after_build is not None)
     except PickleError as err:
         err.result = partial
         raise
@@ -164,12 +168,12 @@ def load(
 
 def _run(data: Any, start: int, persistent_load: PersistentLoad | None,
          lazy_threshold: int, result: PickleResult, end_hint: int | None,
-         after_build: AfterBuild | None) -> PickleResult:
+         after_build: AfterBuild | None, python: bool) -> PickleResult:
     # The hot loop uses plain locals only; rare errors surface as IndexError/KeyError/
     # struct.error/TypeError from the fast path and are turned into PickleError below.
     try:
         return _loop(data, start, len(data), persistent_load, lazy_threshold, result,
-                     end_hint, after_build)
+                     end_hint, after_build, python)
     except _Stop as stop:
         raise stop.take() from None
 
@@ -192,7 +196,7 @@ class _Stop(Exception):
 
 def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None,
           lazy_threshold: int, result: PickleResult, end_hint: int | None,
-          after_build: AfterBuild | None) -> PickleResult:
+          after_build: AfterBuild | None, python: bool) -> PickleResult:
     stack: list[Any] = []
     metastack: list[list[Any]] = []
     memo: dict[int, Any] = {}
@@ -596,7 +600,9 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 n = unpack_q(data, pos)[0]
                 pos += 8
                 if pos + n > size:
-                    raise fail("frame length is larger than the data", op_pos)
+                    if not python:
+                        raise fail(FRAME_TOO_LONG, op_pos)
+                    n = size - pos  # Python's unpickler frames what there is, and reads on
                 frame_end = pos + n
                 limit = frame_end
             elif op == 0x80:  # PROTO
@@ -738,18 +744,13 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
             elif op == 0x49:  # INT
                 line = line_at(pos, op_pos)
                 pos += len(line) + 1
-                if line == b"00":
-                    stack.append(False)
-                elif line == b"01":
-                    stack.append(True)
-                else:
-                    stack.append(_text_int(line, op_pos))
-            elif op == 0x4C:  # LONG
+                stack.append(_int_opcode(line, op_pos, python))
+            elif op == 0x4C:  # LONG: int(text, 0) in both unpicklers
                 line = line_at(pos, op_pos)
                 pos += len(line) + 1
                 if line.endswith(b"L"):
                     line = line[:-1]
-                stack.append(_text_int(line, op_pos))
+                stack.append(_text_int(line, op_pos, 0))
             elif op == 0x46:  # FLOAT
                 line = line_at(pos, op_pos)
                 pos += len(line) + 1
@@ -828,8 +829,44 @@ def _py2_str(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def _text_int(line: bytes, at: int) -> int:
+def _text_int(line: bytes, at: int, base: int = 10) -> int:
     try:
-        return int(line)
+        return int(line, base)
     except ValueError:
         raise _Stop(PickleError("malformed integer", at)) from None
+
+
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _int_opcode(line: bytes, at: int, python: bool) -> int:
+    """INT's text as each unpickler reads it: Python's ``int(text, 0)`` ("00" and "01" are
+    bools); C's ``strtol(text, 0)`` (a leading 0 is octal, "010" is 8; any two characters
+    reading 0 or 1 are a bool) or, where that does not take the whole line or overflows,
+    ``int(text, 0)``."""
+    if python:
+        if line in (b"00", b"01"):
+            return line == b"01"
+    else:
+        value = _strtol(line)
+        if value is not None:  # a two-character 0 or 1 is a bool ("00", "01", "-0", "+1")
+            return bool(value) if len(line) == 2 and value in (0, 1) else value
+    return _text_int(line, at, 0)
+
+
+def _strtol(line: bytes) -> int | None:
+    """C's strtol(line, &end, 0) when it consumes the whole line within a C long."""
+    text = line.lstrip(b" \t\n\v\f\r")
+    sign = -1 if text[:1] == b"-" else 1
+    if text[:1] in (b"+", b"-"):
+        text = text[1:]
+    if text[:2] in (b"0x", b"0X") and len(text) > 2:
+        digits, base, ok = text[2:], 16, b"0123456789abcdefABCDEF"
+    elif text[:1] == b"0":
+        digits, base, ok = text, 8, b"01234567"
+    else:
+        digits, base, ok = text, 10, b"0123456789"
+    if not digits or any(c not in ok for c in digits):
+        return None
+    value = sign * int(digits, base)
+    return value if _LONG_MIN <= value <= _LONG_MAX else None
