@@ -313,3 +313,10 @@ def test_old_joblib_companion_arrays_are_named(tmp_path, name):
         [sys.executable, "-c", "import sys, joblib, warnings; warnings.simplefilter('ignore');"
          " joblib.load(sys.argv[1])", str(path)], capture_output=True, timeout=60)
     assert ran.exists(), oracle.stderr  # the oracle ran it: the payload is real
+
+
+def test_the_torch_load_answer_knows_every_compression_unpacked():
+    from ckpt_inspector.core.formats import _unpack
+    from ckpt_inspector.core.torch_load_formats import COMPRESSED
+
+    assert set(COMPRESSED) == set(_unpack.UNPACKED)

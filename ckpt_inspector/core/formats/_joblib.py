@@ -44,8 +44,9 @@ WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
 # joblib < 0.10 kept arrays in files next to the pickle, read with numpy.load
 COMPANIONS = ("joblib.numpy_pickle_compat.NDArrayWrapper",
               "joblib.numpy_pickle_compat.ZNDArrayWrapper")
-KNOWN = frozenset({WRAPPER})  # built and read by joblib itself: a plain record there
+KNOWN = frozenset({WRAPPER, *COMPANIONS})  # built and read by joblib itself: records there
 MAX_OBJECT_ARRAYS = 10_000
+MAX_COMPANIONS = 16  # array files beside an old joblib pickle read for the verdict
 _INT64 = 1 << 63
 _FOLLOWING = contextvars.ContextVar("joblib_companion", default=False)
 # ``path -> Checkpoint``: reads a companion file through the readers, which build on this
@@ -57,19 +58,47 @@ _DTYPES = ("numpy.dtype", "numpy.core.multiarray.dtype", "numpy._core.multiarray
 _AS_ARRAY = GlobalRef("joblib.numpy_pickle", "NumpyArrayWrapper.read", 0, "joblib")
 
 
+# a joblib < 0.9.3 "Z-file" is read by joblib's compat unpickler, for which only the
+# companion wrappers are arrays (set while one is read: formats.archive)
+ZFILE = contextvars.ContextVar("joblib_zfile", default=False)
+_RECONSTRUCTORS = ("copyreg._reconstructor", "copyreg.__newobj__", "copy_reg._reconstructor",
+                   "copy_reg.__newobj__")
+
+
+def _wrappers() -> tuple[str, ...]:
+    return COMPANIONS if ZFILE.get() else (WRAPPER, *COMPANIONS)
+
+
 def applies(result: PickleResult) -> bool:
     """Whether a stream names joblib's array wrappers (so joblib.load reads arrays in it)."""
-    return any(g.literal and g.full_name in (WRAPPER, *COMPANIONS) for g in result.globals)
+    names = _wrappers()
+    return any(g.literal and g.full_name in names for g in result.globals)
 
 
 def _is_wrapper(obj: Any, names: tuple[str, ...]) -> bool:
-    """Whether a built object may be an instance of one of ``names``: made by calling the
-    class, or by a reconstructor handed the class (copyreg._reconstructor, __newobj__)."""
+    """Whether a built object is an instance of one of ``names`` as joblib.dump writes one:
+    the class called with no arguments (NEWOBJ), or copyreg's reconstructors handed the
+    class. Any other call given the class, or the class given arguments, may or may not
+    make one (joblib's ``isinstance`` decides, and ``__init__`` sets what the BUILD state
+    does not): no joblib.dump writes it, and it is refused (:class:`_Crafted`)."""
     if not isinstance(obj, Call):
         return False
-    if isinstance(obj.func, GlobalRef) and obj.func.full_name in names:
+    func = obj.func_name
+    args = obj.args if isinstance(obj.args, tuple) else ()
+    if func in names:
+        if args or obj.kwargs:
+            raise _Crafted(f"{func} called with arguments")
         return True
-    return any(isinstance(a, GlobalRef) and a.full_name in names for a in obj.args or ())
+    named = [a for a in args if isinstance(a, GlobalRef) and a.full_name in names]
+    if not named:
+        return False
+    if func in _RECONSTRUCTORS and args[0] is named[0] and (
+            len(args) == 1 or (func.endswith("_reconstructor") and len(args) == 3
+                               and isinstance(args[1], GlobalRef)
+                               and args[1].full_name == "builtins.object"
+                               and args[2] is None)) and not obj.kwargs:
+        return True
+    raise _Crafted(f"{func or 'a computed call'} handed {named[0].full_name}")
 
 
 def _attributes(state: Any) -> dict[str, Any] | None:
@@ -147,11 +176,14 @@ class ArrayReads:
         self.companions: set[str] = set()  # old joblib's array files, read for the verdict
 
     def __call__(self, obj: Any, pos: int, frame_end: int) -> tuple[int, Any] | None:
-        if _is_wrapper(obj, COMPANIONS):
-            self._companion(obj, pos)
-            return None
-        if not _is_wrapper(obj, (WRAPPER,)):
-            return None
+        try:
+            if _is_wrapper(obj, COMPANIONS):
+                self._companion(obj, pos)
+                return None
+            if ZFILE.get() or not _is_wrapper(obj, (WRAPPER,)):
+                return None
+        except _Crafted as crafted:
+            return self._stop(DANGEROUS, str(crafted), pos)
         if self.first is None:
             self.first = pos
         if frame_end >= 0 and pos < frame_end:
@@ -224,11 +256,12 @@ class ArrayReads:
         scanned = not escapes and isinstance(name, str) and self._scan_companion(name)
         self.ckpt.findings.append(Finding(
             DANGEROUS if escapes else NEEDS_TRUST, "companion-file",
-            f"joblib.load reads {shown!r} with numpy.load(allow_pickle=True), which runs any "
-            "pickle that file holds"
-            + (" (a path outside this file's folder): it was not scanned" if escapes else
-               "; it is scanned with this file" if scanned else
-               ": it was not scanned (written by joblib before 0.10): scan it too"),
+            f"joblib.load reads the array's file {shown!r} (joblib before 0.10 wrote "
+            "arrays beside the pickle; an NDArrayWrapper's with numpy.load(allow_pickle="
+            "True), which runs any pickle that file holds)"
+            + (": a path outside this file's folder, not scanned" if escapes else
+               ": it is scanned with this file" if scanned else
+               ": it was not scanned: scan it too"),
             where, offset=pos))
 
     def _scan_companion(self, name: str) -> bool:
@@ -237,11 +270,13 @@ class ArrayReads:
         open_checkpoint = file_reader
         assert open_checkpoint is not None, "formats/__init__ registers the file reader"
         folder = os.path.dirname(self.ckpt.path)
-        full = os.path.join(folder, name)
+        full = os.path.realpath(os.path.join(folder, name))
+        if full in self.companions:  # one file however it is spelt ("./x", "././x")
+            return True
         if self.label or _FOLLOWING.get() or not os.path.isfile(self.ckpt.path) or \
-                not os.path.isfile(full) or name in self.companions:
-            return name in self.companions
-        self.companions.add(name)
+                not os.path.isfile(full) or len(self.companions) >= MAX_COMPANIONS:
+            return False
+        self.companions.add(full)
         token = _FOLLOWING.set(True)
         try:
             part = open_checkpoint(full)

@@ -118,50 +118,49 @@ class _ZlibReader:
 
 def unpack(raw: Any, kind: str, cap: int) -> Unpacked:
     """At most ``cap`` bytes of the unpacked stream (``over`` if there were more), and the
-    error where the compressed data broke, if it did. The bytes are unpacked twice: once to
-    count them, then into an anonymous memory map of that size (readers take a map as they
-    take a file's), so memory peaks at the unpacked size, not twice it."""
-    size, error, over = _unpacked_size(raw, kind, cap)
-    if size == 0:
-        return Unpacked(b"", error, over)
-    out = mmap.mmap(-1, size)
+    error where the compressed data broke, if it did. The bytes go into an anonymous
+    memory map of ``cap`` bytes (its pages are taken only as they are written), cut to
+    size after: readers take a map as they take a file's, and memory peaks at the
+    unpacked size, not twice it (where a map cannot be cut, its bytes are copied)."""
     reader = _opened(raw, kind)
+    # read1: one block at a time, so that what a block before the damage held is kept
+    # (read(n) fills n bytes from several blocks and loses them all to the error)
     read = getattr(reader, "read1", reader.read)
-    done = 0
-    while done < size:
+    out = mmap.mmap(-1, max(cap, 1))
+    size, error, over = 0, None, False
+    while True:
         try:
-            chunk = read(min(BLOCK, size - done))
-        except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError):
-            break  # where the first pass broke: it is not reached
+            chunk = read(min(BLOCK, cap - size) or 1)
+        except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as err:
+            error = f"the {kind} data is damaged after {size:,} unpacked bytes ({err})"
+            break
         if not chunk:
             break
-        out[done:done + len(chunk)] = chunk
-        done += len(chunk)
+        if size == cap:  # a byte more than the cap: there is more
+            over = True
+            break
+        out[size:size + len(chunk)] = chunk
+        size += len(chunk)
+    if size == 0:
+        out.close()
+        return Unpacked(b"", error, over)
+    try:
+        out.resize(size)
+    except (OSError, SystemError, ValueError):  # no mremap (macOS): a copy
+        data = out[:size]
+        out.close()
+        return Unpacked(data, error, over)
     return Unpacked(out, error, over)
 
 
 def unpacks(raw: Any, kind: str) -> bool:
     """Whether the data unpacks to at least one byte."""
-    return _unpacked_size(raw, kind, 1)[0] > 0
-
-
-def _unpacked_size(raw: Any, kind: str, cap: int) -> tuple[int, str | None, bool]:
     reader = _opened(raw, kind)
-    # read1: one block at a time, so that what a block before the damage held is kept
-    # (read(n) fills n bytes from several blocks and loses them all to the error)
     read = getattr(reader, "read1", reader.read)
-    size = 0
-    while True:
-        try:
-            chunk = read(min(BLOCK, cap - size) or 1)
-        except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as err:
-            return size, f"the {kind} data is damaged after {size:,} unpacked bytes ({err})", \
-                False
-        if not chunk:
-            return size, None, False
-        if size == cap:  # one byte more than the cap: there is more
-            return size, None, True
-        size += len(chunk)
+    try:
+        return bool(read(1))
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError):
+        return False
 
 
 def inner_name(name: str) -> str:

@@ -16,6 +16,7 @@ whatever its first byte and whatever else its first bytes look like.
 
 from __future__ import annotations
 
+import contextlib
 import tarfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from ckpt_inspector.core.errors import CheckpointError, PickleError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
 from ckpt_inspector.core.formats import (
+    _joblib,
     _npz_view,
     _quota,
     _tar_listing,
@@ -144,8 +146,20 @@ def _unpacked(ckpt: Checkpoint, raw: Any, kind: str, name: str, label: str, dept
         ckpt.metadata.setdefault("unpacked", []).append(f"{where}: {out.error}")
     data = out.data
     m = _Member(name, len(data), lambda: data[:SNIFF_BYTES], lambda: data, False)
-    node = _member_node(ckpt, m, f"{where}/", depth, budget, quota, runs=True)
+    count = len(ckpt.pickles)
+    token = _joblib.ZFILE.set(kind == "joblib-zfile")  # joblib's compat unpickler reads it
+    try:
+        node = _member_node(ckpt, m, f"{where}/", depth, budget, quota, runs=True)
+    finally:
+        _joblib.ZFILE.reset(token)
     node.key = name
+    if out.over:  # a stream cut at the cap breaks there for this reader only
+        for record in ckpt.pickles[count:]:
+            if record.error:
+                ckpt.findings.append(Finding(
+                    NEEDS_TRUST, "unscanned-member", f"{record.member or name}: read up to "
+                    f"the cap, where it breaks for this reader only: {record.error}", where))
+                record.error = None
     if out.error and node.note is None:
         node.note = out.error
     return node
@@ -369,16 +383,19 @@ def _member_node(ckpt: Checkpoint, m: _Member, label: str, depth: int,
                 return Node("value", None, "member", "<not scanned: over the inflation budget>")
             return torch_legacy.read_into(ckpt, BytesSource(path, data), label)
         kind = wrapper_kind(head) if sniff_wrapped(head) else None
-        if kind and not pickle_file.sniff(head):
-            if kind in _unpack.UNPACKED and depth + 1 < MAX_DEPTH:
-                data = _whole(ckpt, m, label, budget)
-                if data is None:
-                    return Node("value", None, "member",
-                                "<not scanned: over the inflation budget>")
+        pickled = pickle_file.sniff(head)
+        if kind in _unpack.UNPACKED and depth + 1 < MAX_DEPTH:
+            data = _whole(ckpt, m, label, budget)
+            if data is None:
+                return Node("value", None, "member", "<not scanned: over the inflation budget>")
+            if _unpack.unpacks(data, kind):  # ("BZh" also starts a pickle: BINBYTES)
+                if pickled and _runs_as_pickle(data):
+                    _member_polyglot(ckpt, path, data, label, kind)
                 inner = _unpack.inner_name(name)
                 node = Node("dict", None, kind + ARCHIVE_SUFFIX)
                 node.add(_unpacked(ckpt, data, kind, inner, label, depth + 1, budget, quota))
                 return node
+        if kind and not pickled:
             ckpt.findings.append(Finding(NEEDS_TRUST, "unscanned-member",
                                          f"{name} is {kind}-compressed and was not unpacked",
                                          label.rstrip("/")))
@@ -397,6 +414,29 @@ def _member_node(ckpt: Checkpoint, m: _Member, label: str, depth: int,
         ckpt.findings.append(Finding(NEEDS_TRUST, "unreadable-member",
                                      f"{name} could not be read: {err}", label.rstrip("/")))
         return Node("value", None, "member", f"<unreadable: {err}>")
+
+
+def _runs_as_pickle(data: Any) -> bool:
+    """Whether pickle.load of the whole of ``data`` reads to its end or does something
+    before it breaks (a bz2 stream's "BZh9" is a BINBYTES far longer than the data: it
+    breaks at once, having done nothing)."""
+    try:
+        pickle_vm.load(data)
+    except PickleError as err:
+        return err.result is not None and bool(err.result.globals or err.result.calls)
+    return True
+
+
+def _member_polyglot(ckpt: Checkpoint, path: str, data: Any, label: str, kind: str) -> None:
+    """A member that is a pickle and also unpacks: both readings count."""
+    from ckpt_inspector.core.formats import pickle_file
+
+    ckpt.findings.append(Finding(
+        DANGEROUS, "polyglot", f"{label.rstrip('/')} is a pickle to torch.load and "
+        f"pickle.load, and {kind}-compressed data to joblib.load and {kind} readers",
+        label.rstrip("/")))
+    with contextlib.suppress(CheckpointError):  # what it read stays recorded, for the scan
+        pickle_file.read_into(ckpt, BytesSource(path, bytes(data)), f"{label}(as a pickle)/")
 
 
 def _nested(ckpt: Checkpoint, path: str, data: Any, kind: str, label: str, depth: int,

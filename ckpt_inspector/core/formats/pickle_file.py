@@ -147,12 +147,17 @@ def read_stream(ckpt: Checkpoint, src: Source, label: str) -> Node:
     try:
         first = run_pickle(ckpt, buffer, label, expect_end=False, end_hint=len(buffer))
     except CheckpointError:
-        if len(ckpt.pickles) > count and _joblib.applies(ckpt.pickles[count].result):
-            return _joblib.read_stream(ckpt, src, label, ckpt.pickles[count], False)
-        if len(ckpt.pickles) <= count or pickle_vm.FRAME_TOO_LONG not in str(
-                ckpt.pickles[count].error):
+        if len(ckpt.pickles) <= count:
             raise
-        first = _python_reading(ckpt, buffer, label, count)
+        try:
+            if pickle_vm.FRAME_TOO_LONG not in str(ckpt.pickles[count].error):
+                raise
+            # pickle.load fails at a frame longer than the data; Python's unpickler reads on
+            first = _python_reading(ckpt, buffer, label, count)
+        except CheckpointError:
+            if len(ckpt.pickles) > count and _joblib.applies(ckpt.pickles[count].result):
+                return _joblib.read_stream(ckpt, src, label, ckpt.pickles[count], False)
+            raise
     record = ckpt.pickles[count]
     legacy = torch_legacy.equals(first.value, torch_legacy.MAGIC_NUMBER) is not False \
         and first.end < len(src.data)

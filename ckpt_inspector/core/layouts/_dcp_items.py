@@ -76,7 +76,8 @@ class Files:
         self.folder = folder
         self.remote = is_url(folder)
         self.seen: dict[str, str | None] = {}  # rel -> problem
-        self._parsed: dict[tuple[str, int, int, str], Parsed] = {}  # bytes read, by place
+        # bytes read, by place (and the size a tensor chunk may inflate to)
+        self._parsed: dict[tuple[str, int, int, str, int | None], Parsed] = {}
         self._files: dict[str, Future[tuple[Any, dict[Any, Parsed]]]] = {}
 
     # -- over a URL: the files read concurrently ---------------------------------------
@@ -163,7 +164,7 @@ class Files:
             if not os.path.isfile(full):
                 self._unreadable(rel, None)
             self.seen.setdefault(rel, None)
-            place = (rel, where[1], where[2], repr(where[3]))
+            place = (rel, where[1], where[2], repr(where[3]), expected)
             first = self._parsed.get(place)
             if first is not None:  # the same bytes again: read once, the verdict once
                 part, root, err = first

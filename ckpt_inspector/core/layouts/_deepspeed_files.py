@@ -81,11 +81,11 @@ def read_latest(folder: str, transfer: dict[str, int] | None = None,
         with builtins.open(path, "rb") as f:  # this module's open() reads a layout
             raw = f.read(MAX_LATEST + 1)
     if len(raw) > MAX_LATEST:
-        raise CheckpointError(f"{LATEST} is over {MAX_LATEST:,} bytes: not a tag")
+        raise CheckpointError(f"{name} is over {MAX_LATEST:,} bytes: not a tag")
     try:
         return raw.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise CheckpointError(f"{LATEST} is not text") from None
+        raise CheckpointError(f"{name} is not text") from None
 
 
 def _remote_latest(url: str, transfer: dict[str, int] | None) -> bytes:

@@ -194,28 +194,36 @@ def _entries(meta: dict[str, Any], unread: list[str]) -> tuple[list[Entry], list
 
 # -- reading ---------------------------------------------------------------------------------
 def _read_metadata(union: Union, folder: str) -> dict[str, Any]:
-    from ckpt_inspector.core.formats._common import run_pickle
-    from ckpt_inspector.core.pickle import vm as pickle_vm
-
     ckpt = union.ckpt
-    raw = _metadata_bytes(union, paths.join(folder, METADATA))
+    raw = _metadata_bytes(union, paths.join(folder, METADATA), METADATA)
     try:
-        with pickle_vm.deadline():
-            result = run_pickle(ckpt, raw, "")  # findings name the file (record.file)
+        result = _run_metadata(ckpt, raw, METADATA)
     except CheckpointError as err:
         wrapped = CheckpointError(f"{METADATA}: {err}")
         wrapped.partial = ckpt
         raise wrapped from None
-    finally:
-        for record in ckpt.pickles:
-            record.file = METADATA
-            record.known_classes = DCP_METADATA_CLASSES
     fields = _state(result.value, M + "Metadata")
     if fields is None:
         err = CheckpointError(f"{METADATA} holds no torch.distributed.checkpoint Metadata")
         err.partial = ckpt  # its pickle still counts for the verdict
         raise err
     return fields
+
+
+def _run_metadata(ckpt: Checkpoint, raw: bytes, name: str) -> Any:
+    """Interpret one metadata pickle (DCP's classes known in it), its records naming
+    ``name``; a broken one raises, its record kept for the scan."""
+    from ckpt_inspector.core.formats._common import run_pickle
+    from ckpt_inspector.core.pickle import vm as pickle_vm
+
+    count = len(ckpt.pickles)
+    try:
+        with pickle_vm.deadline():
+            return run_pickle(ckpt, raw, "" if name == METADATA else name)
+    finally:
+        for record in ckpt.pickles[count:]:
+            record.file = name
+            record.known_classes = DCP_METADATA_CLASSES
 
 
 MAX_RANK_METADATA = 64
@@ -225,9 +233,6 @@ def _rank_metadata(union: Union, folder: str) -> None:
     """Each rank's own metadata file (``__0.metadata``): torch.distributed.checkpoint.load
     falls back to unpickling it when ``.metadata`` fails to load, so its pickles count for
     the verdict too (a local folder: nothing lists a folder at a URL)."""
-    from ckpt_inspector.core.formats._common import run_pickle
-    from ckpt_inspector.core.pickle import vm as pickle_vm
-
     if is_url(folder):
         return
     try:
@@ -235,35 +240,23 @@ def _rank_metadata(union: Union, folder: str) -> None:
                        if n.startswith("__") and n.endswith(METADATA) and n != METADATA)
     except OSError:
         return
-    ckpt = union.ckpt
     for name in names[:MAX_RANK_METADATA]:
         full = paths.join(folder, name)
-        size = file_size(full)
-        union.add_file(name, size, "pickle")
-        if size > MAX_METADATA:
-            union.unreadable(name, full, CheckpointError(
-                f"{size:,} bytes: more than the {MAX_METADATA:,} ckpt-inspector reads"),
-                shown=False)
-            continue
-        count = len(ckpt.pickles)
-        with builtins.open(full, "rb") as f:
-            raw = f.read()
         try:
-            with pickle_vm.deadline():
-                run_pickle(ckpt, raw, name)
-        except CheckpointError:
-            pass  # the broken record stays, for the scan
-        for record in ckpt.pickles[count:]:
-            record.file = name
-            record.known_classes = DCP_METADATA_CLASSES
+            _run_metadata(union.ckpt, _metadata_bytes(union, full, name), name)
+        except OSError as err:
+            union.unreadable(name, full, CheckpointError(str(err)), shown=False)
+        except CheckpointError as err:
+            if not union.ckpt.pickles or union.ckpt.pickles[-1].file != name:
+                union.unreadable(name, full, err, shown=False)  # not read at all
     if len(names) > MAX_RANK_METADATA:
-        ckpt.findings.append(Finding(
-            "needs-trust", "unread-files", f"more than {MAX_RANK_METADATA} per-rank metadata "
+        union.ckpt.findings.append(Finding(
+            NEEDS_TRUST, "unread-files", f"more than {MAX_RANK_METADATA} per-rank metadata "
             "files: only the first were read for the verdict"))
 
 
-def _metadata_bytes(union: Union, full: str) -> bytes:
-    """``.metadata`` whole (at a URL: one request where it is under 128 KiB)."""
+def _metadata_bytes(union: Union, full: str, name: str) -> bytes:
+    """A metadata file whole (at a URL: one request where it is under 128 KiB)."""
     if is_url(full):
         from ckpt_inspector.core.io.remote import RemoteSource
 
@@ -271,9 +264,9 @@ def _metadata_bytes(union: Union, full: str) -> bytes:
         size = len(src)
     else:
         size = file_size(full)
-    union.add_file(METADATA, size, "pickle")
+    union.add_file(name, size, "pickle")
     if size > MAX_METADATA:
-        raise CheckpointError(f"{METADATA} is {size:,} bytes: more than the "
+        raise CheckpointError(f"{name} is {size:,} bytes: more than the "
                               f"{MAX_METADATA:,} ckpt-inspector reads")
     if is_url(full):
         raw = src.read(0, size)

@@ -497,6 +497,9 @@ def _universal(reader: df.Reader) -> None:
         _absorb_all(reader, reader.folder, reader.prefix, sub)
     try:
         tag = df.read_latest(root, name=UNIVERSAL)
+    except OSError as err:
+        tag, err = None, CheckpointError(str(err))
+        reader.union.unreadable(UNIVERSAL, paths.join(root, UNIVERSAL), err, shown=False)
     except CheckpointError as err:
         reader.union.unreadable(UNIVERSAL, paths.join(root, UNIVERSAL), err, shown=False)
         return
@@ -536,6 +539,9 @@ def _absorb_all(reader: df.Reader, folder: str, prefix: str, names: list[str]) -
         name = prefix + rel.replace(os.sep, "/")
         try:
             part = read_file(full)
+        except OSError as err:
+            reader.union.unreadable(name, full, CheckpointError(str(err)), shown=False)
+            continue
         except CheckpointError as err:
             reader.union.unreadable(name, full, err, shown=False)
             continue

@@ -329,7 +329,7 @@ def _scan_layout(union: Union, folder: str, rel: str, kind: str) -> None:
         except CheckpointError:
             tag = None  # the layout says what is wrong with it
         swept = tag is not None and df.inside(tag) and "/" not in tag.strip("/") and \
-            prefix.count("/") + 1 < 2 and not os.path.islink(paths.join(full, tag))
+            prefix.count("/") + 1 <= 2 and not os.path.islink(paths.join(full, tag))
         if swept and not paths.isfile(paths.join(full, "latest_universal")):
             return  # its files are among those read for the verdict already
     layout = dcp if kind == "dcp" else deepspeed
