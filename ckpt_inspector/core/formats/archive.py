@@ -17,6 +17,7 @@ whatever its first byte and whatever else its first bytes look like.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import tarfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -342,7 +343,7 @@ def _whole(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
             return None
         budget[0] -= m.size
     data = m._whole()
-    return bytes(data) if copy else data
+    return _as_bytes(data) if copy else data
 
 
 def _member_node(ckpt: Checkpoint, m: _Member, label: str, depth: int,
@@ -492,11 +493,17 @@ def _pickle_bytes(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
             partial = err.result
             if (partial is not None and _worth_recording(partial)) or (
                     named and pickle_file.sniff(head)):
-                return bytes(data)  # a broken pickle: read so the scan reports it
+                return _as_bytes(data)  # a broken pickle: read so the scan reports it
             return None
         if named or _worth_recording(result):
-            return bytes(data)
+            return _as_bytes(data)
         return None
+
+
+def _as_bytes(data: Any) -> Any:
+    """``data`` as something that slices to bytes: bytes, or a map (an unpacked file's),
+    as they are; a view copied."""
+    return data if isinstance(data, (bytes, mmap.mmap)) else bytes(data)
 
 
 def zip_kind(src: Source) -> str:

@@ -4,7 +4,8 @@
 an Auto class to ``module.Class``: ``from_pretrained(folder, trust_remote_code=True)``
 then imports ``module.py`` from the folder (or, written ``repo--module.Class``, from
 another repository on the Hub) and runs its code. No weights file is involved, so
-nothing else in the verdict would say so: each such module is a needs-trust finding.
+nothing else in the verdict would say so: each such module is a needs-trust finding (at a
+URL, config.json's only: the other configs would cost a request each).
 Any other Python file at the folder's top level is named (loading runs none of it, but
 what a user is told to run, such as DeepSpeed's ``zero_to_fp32.py``, is code too).
 """
@@ -45,6 +46,8 @@ def check(ckpt: Checkpoint, folder: str, read_json: Callable[[str, str], Any]) -
     for name in CONFIGS:
         if name == "config.json":
             config = ckpt.metadata.get("config")
+        elif is_url(folder):
+            continue  # a request per config that may not be there: config.json's only
         else:
             path = paths.join(folder, name)
             try:

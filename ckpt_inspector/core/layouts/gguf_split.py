@@ -67,7 +67,7 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
     read: dict[str, Checkpoint] = {}
     lost: list[str] = []
     for rel in splits:
-        part = _read_split(union, path, rel)
+        part = _read_split(union, path, rel, first=rel == splits[0])
         if part is None:
             lost.append(rel)
         else:
@@ -81,7 +81,7 @@ def open(path: str) -> Checkpoint:  # every layout has detect(path) and open(pat
     return ckpt
 
 
-def _read_split(union: Union, folder: str, rel: str) -> Checkpoint | None:
+def _read_split(union: Union, folder: str, rel: str, first: bool) -> Checkpoint | None:
     full = paths.join(folder, rel)
     if not paths.isfile(full):
         union.add_file(rel, 0, None, problem="missing")
@@ -93,14 +93,16 @@ def _read_split(union: Union, folder: str, rel: str) -> Checkpoint | None:
                        problem=str(err))
         if err.partial is not None:
             union.absorb(rel, err.partial)
-        # llama.cpp runs no Python from a split, but the chat template in its metadata is
-        # rendered (unsandboxed by older llama-cpp-python), and a split past this reader's
-        # bounds may be one llama.cpp reads: what was not read is never vouched for
+        # llama.cpp runs no Python from a split, but the first split's metadata (the
+        # model's) holds the chat template it renders (unsandboxed by older
+        # llama-cpp-python), and a split past this reader's bounds may be one llama.cpp
+        # reads: a first split not read is never vouched for; another is damage only
         union.ckpt.warnings.append(f"{rel} cannot be read ({err}): its tensors are shown "
                                    "damaged")
         union.ckpt.findings.append(Finding(
-            NEEDS_TRUST, "unreadable-file",
-            f"{rel} cannot be read: {err}; its metadata (a chat template) was not checked",
+            NEEDS_TRUST if first else "info", "unreadable-file",
+            f"{rel} cannot be read: {err}" + ("; the model's metadata (its chat template) "
+                                              "was not checked" if first else ""),
             file=rel))
         return None
     union.add_file(rel, part.file_size, part.format)
