@@ -163,3 +163,19 @@ def find_row(view, key):
                 return index
             stack.append(index)
     raise KeyError(key)
+
+
+def numpy_arrays() -> dict:
+    """Arrays of each layout and kind numpy writes: C and Fortran order, big-endian, bool,
+    complex, a 0-d scalar and an empty array (for the readers of .npy and joblib files)."""
+    import numpy as np
+
+    return {
+        "c_order": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "fortran": np.asfortranarray(np.arange(24, dtype=np.int16).reshape(2, 3, 4)),
+        "big_endian": np.arange(5, dtype=">f8") / 3,
+        "flags": np.array([True, False, True]),
+        "complex": np.array([1 + 2j, 3 - 4j], dtype=np.complex64),
+        "scalar": np.array(7, dtype=np.uint32),
+        "empty": np.zeros((0, 3), dtype=np.float16),
+    }

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -284,3 +284,20 @@ class Checkpoint:
 
     def global_names(self) -> list[str]:
         return sorted({g.full_name for g in self.globals()})
+
+    def take_scan(self, part: Checkpoint, file_of: Callable[[str | None], str | None],
+                  warn: Callable[[str], str] = lambda w: w) -> None:
+        """``part``'s pickles, findings, warnings and code, for this one's verdict: each
+        names its file as ``file_of`` its own says (``part`` read from another file)."""
+        from ckpt_inspector.core.findings import NEEDS_TRUST, Finding
+
+        for record in part.pickles:
+            record.file = file_of(record.file)
+        self.pickles.extend(part.pickles)
+        for finding in part.findings:
+            finding.file = file_of(finding.file)
+        self.findings.extend(part.findings)
+        if part.runs_code:
+            self.findings.append(Finding(NEEDS_TRUST, "code", part.runs_code,
+                                         file=file_of(None)))
+        self.warnings.extend(warn(w) for w in part.warnings)

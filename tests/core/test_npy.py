@@ -19,17 +19,9 @@ from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import key_of
 
-from support import Payload, run_cli
+from support import Payload, numpy_arrays, run_cli
 
-ARRAYS = {
-    "c_order": np.arange(12, dtype=np.float32).reshape(3, 4),
-    "fortran": np.asfortranarray(np.arange(24, dtype=np.int16).reshape(2, 3, 4)),
-    "big_endian": np.arange(5, dtype=">f8") / 3,
-    "flags": np.array([True, False, True]),
-    "complex": np.array([1 + 2j, 3 - 4j], dtype=np.complex64),
-    "scalar": np.array(7, dtype=np.uint32),
-    "empty": np.zeros((0, 3), dtype=np.float16),
-}
+ARRAYS = numpy_arrays()
 
 
 def _tensors(ckpt):

@@ -287,12 +287,7 @@ class ArrayReads:
         finally:
             _FOLLOWING.reset(token)
         if part is not None:
-            for record in part.pickles:
-                record.file = name
-            self.ckpt.pickles.extend(part.pickles)
-            for finding in part.findings:
-                finding.file = name
-            self.ckpt.findings.extend(part.findings)
+            self.ckpt.take_scan(part, lambda _f: name, lambda w: f"{name}: {w}")
         return True
 
     def _stop(self, severity: str, why: str, pos: int) -> Any:

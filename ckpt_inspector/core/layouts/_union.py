@@ -201,29 +201,13 @@ class Union:
     def absorb_layout(self, prefix: str, part: Checkpoint) -> None:
         """Like :meth:`absorb`, for a checkpoint of several files read from the folder
         ``prefix`` names (``""``: this one): each keeps its own file, under ``prefix``."""
-        for record in part.pickles:
-            record.file = prefix + (record.file or "")
-        self.ckpt.pickles.extend(part.pickles)
-        for finding in part.findings:
-            finding.file = prefix + (finding.file or "") or None
-        self.ckpt.findings.extend(part.findings)
-        if part.runs_code:
-            self.ckpt.findings.append(Finding(NEEDS_TRUST, "code", part.runs_code,
-                                              file=prefix or None))
-        self.ckpt.warnings.extend(f"{prefix}{w}" if prefix else w for w in part.warnings)
+        self.ckpt.take_scan(part, lambda f: prefix + (f or "") or None,
+                            lambda w: f"{prefix}{w}" if prefix else w)
 
     def _absorb_scan(self, rel: str, part: Checkpoint) -> None:
         """The part's pickles, findings, warnings and code for the verdict, each naming
         its file."""
-        for record in part.pickles:
-            record.file = rel
-        self.ckpt.pickles.extend(part.pickles)
-        for finding in part.findings:
-            finding.file = rel
-        self.ckpt.findings.extend(part.findings)
-        if part.runs_code:
-            self.ckpt.findings.append(Finding(NEEDS_TRUST, "code", part.runs_code, file=rel))
-        self.ckpt.warnings.extend(f"{rel}: {w}" for w in part.warnings)
+        self.ckpt.take_scan(part, lambda _f: rel, lambda w: f"{rel}: {w}")
 
 
 # files that hold tensors and metadata only: what loads them runs no code from them
