@@ -290,3 +290,30 @@ def test_shards_of_a_second_index_count_whatever_their_names(torch, tmp_path, ma
     _, report, _ = scan_file(folder)
     assert report.verdict == "dangerous"
     assert "posix.system" in report.flagged_names()
+
+
+@pytest.mark.usefixtures("loopback_only")  # tests/conftest.py
+def test_one_dcp_item_named_by_many_entries_is_fetched_once_over_http(torch, tmp_path):
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    from rangeserver import RangeServer
+
+    folder = tmp_path / "dcp"
+    dcp.save({"w": torch.zeros(2), "obj": {"a": list(range(50_000))}},
+             checkpoint_id=str(folder))
+    md = pickle.loads((folder / ".metadata").read_bytes())  # our own file: trusted
+    key = next(k for k in md.storage_data if k.fqn.startswith("obj"))
+    for i in range(30):
+        md.state_dict_metadata[f"obj{i}"] = md.state_dict_metadata[key.fqn]
+        md.storage_data[MetadataIndex(f"obj{i}")] = md.storage_data[key]
+    (folder / ".metadata").write_bytes(pickle.dumps(md))
+    local, _, _ = scan_file(folder)
+    with RangeServer(folder) as served:
+        ckpt, _, _ = scan_file(served.url(".metadata"))
+        sent = sum(r.sent for r in served.requests())
+    assert len([r for r in ckpt.pickles if r.file and r.file.endswith(".distcp")]) == 2
+    assert sent < 3 * (folder / "__0_0.distcp").stat().st_size + 10_000
+    assert len(list(ckpt.tensors())) == len(list(local.tensors()))

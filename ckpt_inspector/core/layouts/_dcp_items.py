@@ -64,6 +64,11 @@ def _copy(node: Node, key: Any) -> Node:
     return twin
 
 
+def _place(where: Where, expected: int | None) -> tuple[str, int, int, str, int | None]:
+    """Where an item's bytes are (and the size a tensor chunk may inflate to)."""
+    return where[0], where[1], where[2], repr(where[3]), expected
+
+
 def _key(fqn: str, where: Where) -> tuple[str, str, int, int]:
     return fqn, where[0], where[1], where[2]
 
@@ -113,7 +118,11 @@ class Files:
             return err, {}
         todo = sorted(todo, key=lambda item: item[1][1])
         out: dict[Any, Parsed] = {}
+        places: set[Any] = set()
         for i, (fqn, where, expected) in enumerate(todo):
+            if _place(where, expected) in places:
+                continue  # the same bytes as an item before: read once (see item)
+            places.add(_place(where, expected))
             _warm(src, todo, i)
             out[_key(fqn, where)] = self._parse(fqn, where, expected, src)
         return src, out
@@ -151,6 +160,14 @@ class Files:
                 NEEDS_TRUST, "shard-outside-folder", f"{METADATA} puts {fqn!r} in {rel!r}, "
                 "outside the checkpoint's folder: loading it would read that file", file=rel))
             raise CheckpointError(f"{METADATA} puts it outside the folder ({rel})")
+        place = _place(where, expected)
+        first = self._parsed.get(place)
+        if first is not None:  # the same bytes again: read once, the verdict once
+            _part, root, err = first
+            if err is not None:
+                raise err
+            assert root is not None
+            return _alias(root, fqn)
         if self.remote:
             src, parsed = self._remote(rel)
             if isinstance(src, ServerError):
@@ -164,17 +181,9 @@ class Files:
             if not os.path.isfile(full):
                 self._unreadable(rel, None)
             self.seen.setdefault(rel, None)
-            place = (rel, where[1], where[2], repr(where[3]), expected)
-            first = self._parsed.get(place)
-            if first is not None:  # the same bytes again: read once, the verdict once
-                part, root, err = first
-                if err is not None:
-                    raise err
-                assert root is not None
-                return _alias(root, fqn)
             got = self._parse(fqn, where, expected, full)
-            if len(self._parsed) < MAX_PARSED:
-                self._parsed[place] = (None, got[1], got[2])
+        if len(self._parsed) < MAX_PARSED:
+            self._parsed[place] = (None, got[1], got[2])
         part, root, err = got
         if part is not None:
             self.union.absorb(rel, part)
