@@ -153,12 +153,40 @@ def z_file_with_a_new_wrapper(marker) -> tuple[bytes, str]:
     return (b"ZF" + hex(len(inner)).encode().ljust(19) + zlib.compress(inner)), "joblib"
 
 
-CASES = {f.__name__: f for f in (bz2_and_pickle, outer_memo, computed_key, object_flags_off,
+def _u1_state(extra: bytes = b"") -> bytes:
+    return (S("subclass") + b"cnumpy\nndarray\n" + S("shape") + b"K\x01\x85" + S("order")
+            + S("C") + S("dtype") + b"cnumpy\ndtype\n" + S("u1") + b"\x89\x88\x87R(K\x03"
+            + S("|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb" + S("allow_mmap")
+            + b"\x89" + extra)
+
+
+def state_changed_after_build(marker) -> tuple[bytes, str]:
+    """A wrapper built twice: BUILD copies its state dict in when it runs, so changing the
+    dict afterwards (SETITEM on its memo) does not change what joblib reads the second
+    time."""
+    payload = _cmd(marker)[:-1] + b"0"
+    return (b"\x80\x02" + WRAPPER + b")\x81q\x02}q\x03(" + _u1_state() + b"ub" + b"."
+            + b"0h\x03" + S("shape") + b"K" + bytes([1 + len(payload)]) + b"\x85s0"
+            + b"h\x02}b" + b"\x00" + payload + b"."), "joblib"
+
+
+def attribute_hides_a_method(marker) -> tuple[bytes, str]:
+    """An instance attribute hides the wrapper's method (OrderedDict() is not None):
+    joblib reads a padding byte the state does not announce."""
+    payload = _cmd(marker)[:-1]
+    hidden = S("safe_get_numpy_array_alignment_bytes") + b"ccollections\nOrderedDict\n"
+    ops = b"B" + (1 + len(payload)).to_bytes(4, "little")
+    return (b"\x80\x02" + WRAPPER + b")\x81}(" + _u1_state(hidden) + b"ub"
+            + bytes([len(ops)]) + ops + b"\x00" + payload + b"0."), "joblib"
+
+
+CASES = {f.__name__: f for f in (state_changed_after_build, attribute_hides_a_method,
+                                 bz2_and_pickle, outer_memo, computed_key, object_flags_off,
                                  float_flags_on, long_frame, hex_int, gzip_bomb,
                                  lzma_empty_first, called_with_alignment,
                                  other_class_given_the_wrapper, z_file_with_a_new_wrapper)}
 CRAFTED = ("computed_key", "object_flags_off", "float_flags_on", "called_with_alignment",
-           "other_class_given_the_wrapper")
+           "other_class_given_the_wrapper", "attribute_hides_a_method")
 
 
 def _write(path, data: bytes) -> None:
@@ -264,3 +292,24 @@ def test_a_rank_metadata_that_is_a_folder_does_not_crash(torch, tmp_path):
     (folder / "__0.metadata").mkdir()
     _, report, error = scan_file(folder)
     assert error is None and report.verdict != "safe"
+
+
+def test_a_good_object_array_written_at_protocol_2_is_not_a_polyglot(tmp_path):
+    """pickle.load reads the object array's pickle with the outer memo and fails at its
+    first STACK_GLOBAL (a wrapper where a module name should be): no polyglot."""
+    import joblib
+    import numpy as np
+
+    path = tmp_path / "objects.joblib"
+    joblib.dump({"a": np.array([1, "x"], dtype=object)}, path, protocol=2)
+    _, report, _ = scan_file(path)
+    assert report.verdict == "needs-trust", report.findings
+
+
+def test_an_lz4_file_is_refused_with_the_reason(tmp_path):
+    path = tmp_path / "model.joblib"
+    path.write_bytes(b"\x04\x22\x4d\x18" + bytes(20))
+    from support import run_cli
+
+    proc = run_cli("scan", str(path))
+    assert proc.returncode == 3 and "lz4" in proc.stderr

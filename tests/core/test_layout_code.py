@@ -317,3 +317,21 @@ def test_one_dcp_item_named_by_many_entries_is_fetched_once_over_http(torch, tmp
     assert len([r for r in ckpt.pickles if r.file and r.file.endswith(".distcp")]) == 2
     assert sent < 3 * (folder / "__0_0.distcp").stat().st_size + 10_000
     assert len(list(ckpt.tensors())) == len(list(local.tensors()))
+
+
+def test_other_code_transformers_imports_needs_trust(tmp_path, marker):
+    """A tokenizer's legacy auto_map list, config.json's custom_pipelines and
+    custom_generate/generate.py are imported with trust_remote_code too: they were "safe"."""
+    folder = _hf_folder(tmp_path, marker)
+    (folder / "config.json").write_text(json.dumps({"custom_pipelines": {
+        "evil-task": {"impl": "pipeline_evil.EvilPipeline", "pt": ["AutoModel"]}}}))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"auto_map": ["tokenization_evil.EvilTokenizer", None]}))
+    (folder / "custom_generate").mkdir()
+    code = f"import os\nos.system('touch {marker}')\n"
+    (folder / "custom_generate" / "generate.py").write_text(code)
+    _, report, _ = scan_file(folder)
+    assert report.verdict == "needs-trust"
+    said = " ".join(f.message for f in report.findings if f.code == "remote-code")
+    for name in ("pipeline_evil.py", "tokenization_evil.py", "custom_generate/generate.py"):
+        assert name in said, name

@@ -47,6 +47,9 @@ COMPANIONS = ("joblib.numpy_pickle_compat.NDArrayWrapper",
 KNOWN = frozenset({WRAPPER, *COMPANIONS})  # built and read by joblib itself: records there
 MAX_OBJECT_ARRAYS = 10_000
 MAX_COMPANIONS = 16  # array files beside an old joblib pickle read for the verdict
+# what joblib.dump's wrappers hold (NumpyArrayWrapper.__init__'s fields)
+FIELDS = frozenset({"subclass", "shape", "order", "dtype", "allow_mmap",
+                    "numpy_array_alignment_bytes"})
 _INT64 = 1 << 63
 _FOLLOWING = contextvars.ContextVar("joblib_companion", default=False)
 # ``path -> Checkpoint``: reads a companion file through the readers, which build on this
@@ -174,6 +177,8 @@ class ArrayReads:
         self.first: int | None = None  # where the first array's bytes start
         self.objects: list[tuple[int, int]] = []  # object arrays' pickles, read as run
         self.companions: set[str] = set()  # old joblib's array files, read for the verdict
+        self._dicts: dict[int, dict[str, Any]] = {}  # each wrapper's instance dict so far
+        self._alive: list[Any] = []  # (the wrappers whose ids key it)
 
     def __call__(self, obj: Any, pos: int, frame_end: int) -> tuple[int, Any] | None:
         try:
@@ -191,10 +196,14 @@ class ArrayReads:
                               "the frame it sits in, not where it is: bytes read out of "
                               "order, which no joblib.dump writes", pos)
         try:
-            attrs = _attributes(obj.state)
+            attrs = self._snapshot(obj)
             if attrs is None:
                 return self._stop(NEEDS_TRUST, "an array wrapper whose state is not plain "
                                   "data", pos)
+            odd = sorted(set(attrs) - FIELDS)
+            if odd:  # an instance attribute hides what joblib calls (read_array, ...)
+                raise _Crafted(f"an array wrapper whose state sets {odd[0]!r}, which no "
+                               "joblib.dump writes")
             spec = dtype_bytes(attrs.get("dtype"))
         except _Crafted as crafted:
             return self._stop(DANGEROUS, str(crafted), pos)
@@ -217,6 +226,22 @@ class ArrayReads:
         array = Call(_AS_ARRAY, (LazyBytes(self.data, start, end - start, "bytes"),
                                  attrs.get("dtype"), attrs.get("shape"), order), "joblib", pos)
         return end, array
+
+    def _snapshot(self, obj: Call) -> dict[str, Any] | None:
+        """The wrapper's instance dict as Python's BUILD leaves it now: each BUILD copies
+        its state's items in when it runs, so a state dict changed after (SETITEM on its
+        memo) does not count; the latest state is taken at each BUILD and merged."""
+        state = obj.state
+        latest = state[-1] if isinstance(state, Builds) else state
+        merged = self._dicts.get(id(obj))
+        if merged is None:
+            merged = self._dicts[id(obj)] = {}
+            self._alive.append(obj)
+        news = _attributes(latest)
+        if news is None:
+            return None
+        merged.update(news)  # a copy of the items as they are at this BUILD
+        return dict(merged)
 
     def _count(self, shape: Any, pos: int) -> int:
         """numpy.multiply.reduce of the shape as int64 (joblib's count), or the stop."""
@@ -327,6 +352,17 @@ def read_stream(ckpt: Checkpoint, src: Source, label: str, plain: PickleRecord,
     return build_tree(ckpt, result.value)
 
 
+def _not_str(value: Any) -> bool:
+    """Whether a stack value is certainly not a str when the stream runs: a literal of
+    another type, an imported object, or one of joblib's wrappers (a call may return
+    anything)."""
+    if isinstance(value, str):
+        return False
+    if isinstance(value, Call):
+        return value.func_name in (WRAPPER, *COMPANIONS) and value.kind == "newobj"
+    return True
+
+
 def _reconcile(ckpt: Checkpoint, plain: PickleRecord, reads: ArrayReads, legacy: bool,
                label: str) -> None:
     """Drop pickle.load's reading when it is joblib's up to the first array's bytes (it
@@ -342,8 +378,15 @@ def _reconcile(ckpt: Checkpoint, plain: PickleRecord, reads: ArrayReads, legacy:
     same |= {(c.offset, c.func_name) for r in ckpt.pickles if r is not plain
              and r.member.startswith(f"{label}object array at byte") for c in r.result.calls}
 
+    # pickle.load raises at a STACK_GLOBAL whose module or name is not a str (a wrapper
+    # from the outer memo where the object array's pickle has a name of its own): nothing
+    # it reads past that runs
+    fails = [g.offset or 0 for g in result.globals if not g.literal and (
+        _not_str(g.module) or _not_str(g.name)) and (g.offset or 0) >= (first or 0)]
+    stop = min(fails, default=None)
+
     def elsewhere(at: int, name: Any) -> bool:
-        return first is not None and at >= first and not (
+        return first is not None and at >= first and (stop is None or at < stop) and not (
             any(a <= at < b for a, b in reads.objects) and (at, name) in same)
 
     past = any(elsewhere(g.offset or 0, g.full_name) for g in result.globals) or any(

@@ -52,6 +52,7 @@ WRAPPERS = (
     (b"\xfd7zXZ\x00", "xz"),
     (b"\x28\xb5\x2f\xfd", "zstd"),
     (b"Rar!\x1a\x07", "rar"),
+    (b"\x04\x22\x4d\x18", "lz4"),  # joblib.load unpacks it where the lz4 package is installed
 )
 
 

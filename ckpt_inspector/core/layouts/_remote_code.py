@@ -3,7 +3,8 @@
 ``config.json`` (and the tokenizer's, processor's and image processor's configs) may map
 an Auto class to ``module.Class``: ``from_pretrained(folder, trust_remote_code=True)``
 then imports ``module.py`` from the folder (or, written ``repo--module.Class``, from
-another repository on the Hub) and runs its code. No weights file is involved, so
+another repository on the Hub) and runs its code. So do ``custom_pipelines`` (a
+pipeline's ``impl``) and ``custom_generate/generate.py``. No weights file is involved, so
 nothing else in the verdict would say so: each such module is a needs-trust finding (at a
 URL, config.json's only: the other configs would cost a request each).
 Any other Python file at the folder's top level is named (loading runs none of it, but
@@ -25,24 +26,34 @@ CONFIGS = ("config.json", "tokenizer_config.json", "preprocessor_config.json",
            "processor_config.json", "image_processor_config.json",
            "feature_extractor_config.json", "video_preprocessor_config.json")
 MAX_MODULES = 50
+CUSTOM_GENERATE = "custom_generate/generate.py"
 
 
 def _targets(auto_map: Any) -> list[str]:
-    """The ``module.Class`` strings of an auto_map (values may be lists: slow and fast
-    tokenizers)."""
+    """The ``module.Class`` strings of an auto_map: a dict whose values may be lists (slow
+    and fast tokenizers), or the legacy list of a tokenizer's config."""
     out: list[str] = []
-    if not isinstance(auto_map, dict):
-        return out
-    for value in auto_map.values():
-        for one in (value if isinstance(value, list) else [value]):
+    values = auto_map.values() if isinstance(auto_map, dict) else \
+        [auto_map] if isinstance(auto_map, list) else []
+    for value in values:
+        for one in (value if isinstance(value, (list, tuple)) else [value]):
             if isinstance(one, str) and "." in one:
                 out.append(one)
     return out
 
 
+def _pipelines(custom: Any) -> list[str]:
+    """The ``impl`` modules of config.json's ``custom_pipelines`` (pipeline(...,
+    trust_remote_code=True) imports them)."""
+    if not isinstance(custom, dict):
+        return []
+    return [task["impl"] for task in custom.values() if isinstance(task, dict)
+            and isinstance(task.get("impl"), str) and "." in task["impl"]]
+
+
 def check(ckpt: Checkpoint, folder: str, read_json: Callable[[str, str], Any]) -> None:
     """Findings for the code the folder's configs import, and its own Python files."""
-    modules: dict[str, str] = {}
+    modules: dict[str, tuple[str, str, str]] = {}  # module -> (config, key, loader)
     for name in CONFIGS:
         if name == "config.json":
             config = ckpt.metadata.get("config")
@@ -57,16 +68,26 @@ def check(ckpt: Checkpoint, folder: str, read_json: Callable[[str, str], Any]) -
         if not isinstance(config, dict):
             continue
         for target in _targets(config.get("auto_map")):
-            modules.setdefault(target.rpartition(".")[0], name)
-    for module, where in list(modules.items())[:MAX_MODULES]:
+            modules.setdefault(target.rpartition(".")[0], (name, "auto_map",
+                                                           "from_pretrained"))
+        for target in _pipelines(config.get("custom_pipelines")):
+            modules.setdefault(target.rpartition(".")[0], (name, "custom_pipelines",
+                                                           "pipeline"))
+    for module, (where, key, loader) in list(modules.items())[:MAX_MODULES]:
         repo, sep, local = module.rpartition("--")
         source = (f"{local}.py from the Hub repository {repo}" if sep else f"{module}.py")
         present = "" if sep or paths.isfile(paths.join(folder, f"{module}.py")) else \
             " (not in the folder: it would be fetched from the model's repository)"
         ckpt.findings.append(Finding(
             NEEDS_TRUST, "remote-code",
-            f"{where}'s auto_map makes from_pretrained(trust_remote_code=True) import "
+            f"{where}'s {key} makes {loader}(trust_remote_code=True) import "
             f"{source}{present}: that runs its code", file=where))
+    generate = paths.join(folder, CUSTOM_GENERATE)
+    if not is_url(folder) and paths.isfile(generate):
+        ckpt.findings.append(Finding(
+            NEEDS_TRUST, "remote-code", f"{CUSTOM_GENERATE} is imported by from_pretrained("
+            "trust_remote_code=True) (transformers' custom generate): that runs its code",
+            file=CUSTOM_GENERATE))
     loose_code(ckpt, folder, {f"{m}.py" for m in modules})
 
 
