@@ -149,6 +149,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 raise
             if not _is_zip(ckpt):
                 _zip_view(ckpt, src)
+            if ckpt.format in NOT_PICKLES:  # pickle.load's reading of any file
+                _pickle_view(ckpt, src)
             if _npz_view.applies(src, ckpt):  # numpy.load's reading of any PK file
                 _npz_view.scan(ckpt, src)
             transfer = getattr(src, "transfer", None)
@@ -166,6 +168,30 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 ZIP_FORMATS = ("torch-zip", "torchscript", "pt2")
+# formats read otherwise than as a pickle, whose first bytes may still start one
+NOT_PICKLES = ("safetensors", "gguf", "onnx")
+
+
+def _pickle_view(ckpt: Checkpoint, src: Source) -> None:
+    """A file read as another format whose first bytes are also a pickle that does
+    something (a safetensors header whose length reads as a STRING opcode, and so on):
+    pickle.load, joblib.load and torch.load run that pickle. Such a polyglot is dangerous
+    and the pickle is scanned too."""
+    from ckpt_inspector.core.findings import DANGEROUS, Finding
+    from ckpt_inspector.core.formats import pickle_file
+
+    if src.head(1)[0] not in pickle_file.OPCODES:
+        return  # (the whole file, not a sniffed head: a STRING may run past any head)
+    try:
+        other = pickle_file.read(src)
+    except CheckpointError as err:
+        other = err.partial
+    if other is None or not any(r.result.globals or r.result.calls for r in other.pickles):
+        return  # a stream that breaks before it does anything: nothing runs
+    ckpt.findings.append(Finding(
+        DANGEROUS, "polyglot", f"the {ckpt.format} file is also a pickle that pickle.load, "
+        "joblib.load and torch.load run: it imports or calls something"))
+    ckpt.take_scan(other, lambda _f: "(as a pickle)")
 
 
 def _is_zip(ckpt: Checkpoint) -> bool:

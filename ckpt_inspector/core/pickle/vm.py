@@ -505,6 +505,9 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     for i in range(0, len(items), 2):
                         checked(items[i], op_pos)
                     target.dict_items.extend(zip(items[::2], items[1::2]))
+                elif _indexable(target):  # list[i] = v, bytearray[i] = v: a no-op here
+                    anomalies.append(Anomaly("container-op", "SETITEMS on a "
+                                             f"{type(target).__name__}", op_pos))
                 else:
                     raise fail(f"SETITEMS on {type(target).__name__}", op_pos)
             elif op == 0x73:  # SETITEM
@@ -518,6 +521,9 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                         target.dict_items = []
                     checked(key, op_pos)
                     target.dict_items.append((key, value))
+                elif _indexable(target):
+                    anomalies.append(Anomaly("container-op", "SETITEM on a "
+                                             f"{type(target).__name__}", op_pos))
                 else:
                     raise fail(f"SETITEM on {type(target).__name__}", op_pos)
             elif op == 0x65:  # APPENDS
@@ -530,6 +536,8 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     if target.list_items is None:
                         target.list_items = []
                     target.list_items.extend(items)
+                elif _extendable(target):  # bytearray.extend: a no-op here
+                    anomalies.append(Anomaly("container-op", "APPENDS on a bytearray", op_pos))
                 else:
                     raise fail(f"APPENDS on {type(target).__name__}", op_pos)
             elif op == 0x61:  # APPEND
@@ -541,6 +549,8 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     if target.list_items is None:
                         target.list_items = []
                     target.list_items.append(value)
+                elif _extendable(target):
+                    anomalies.append(Anomaly("container-op", "APPEND on a bytearray", op_pos))
                 else:
                     raise fail(f"APPEND on {type(target).__name__}", op_pos)
             elif op == 0x63:  # GLOBAL
@@ -733,11 +743,11 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
             elif op == 0x67:  # GET
                 line = line_at(pos, op_pos)
                 pos += len(line) + 1
-                stack.append(memo[_text_int(line, op_pos)])
+                stack.append(memo[_text_int(line if python else _c_str(line), op_pos)])
             elif op == 0x70:  # PUT
                 line = line_at(pos, op_pos)
                 pos += len(line) + 1
-                idx = _text_int(line, op_pos)
+                idx = _text_int(line if python else _c_str(line), op_pos)
                 if idx < 0:
                     raise fail("negative PUT index", op_pos)
                 memo[idx] = stack[-1]
@@ -748,6 +758,8 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
             elif op == 0x4C:  # LONG: int(text, 0) in both unpicklers
                 line = line_at(pos, op_pos)
                 pos += len(line) + 1
+                if not python:
+                    line = _c_str(line)  # C parses the line as a C string: up to a NUL
                 if line.endswith(b"L"):
                     line = line[:-1]
                 stack.append(_text_int(line, op_pos, 0))
@@ -755,7 +767,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 line = line_at(pos, op_pos)
                 pos += len(line) + 1
                 try:
-                    stack.append(float(line))
+                    stack.append(float(line if python else _c_str(line)))
                 except ValueError:
                     raise fail("malformed FLOAT", op_pos) from None
             elif op == 0x53:  # STRING
@@ -806,7 +818,11 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     f"imports through copyreg extension code {code}, a name not in the file",
                     op_pos))
                 stack.append(ExtensionRef(code, op_pos))
-            elif op in (0x97, 0x98):  # NEXT_BUFFER, READONLY_BUFFER
+            elif op == 0x98:  # READONLY_BUFFER: a read-only view of the bytes on top
+                rare.setdefault(op, op_pos)
+                if not isinstance(stack[-1], (bytes, bytearray, LazyBytes)):
+                    raise fail("READONLY_BUFFER on an object without a buffer", op_pos)
+            elif op == 0x97:  # NEXT_BUFFER
                 raise fail("out-of-band buffers are not part of a file", op_pos)
             else:
                 raise fail(f"unknown opcode 0x{op:02x}", op_pos)
@@ -847,11 +863,29 @@ def _int_opcode(line: bytes, at: int, python: bool) -> int:
     if python:
         if line in (b"00", b"01"):
             return line == b"01"
-    else:
-        value = _strtol(line)
+    else:  # C reads the line as a C string: up to its first NUL
+        value = _strtol(_c_str(line))
         if value is not None:  # a two-character 0 or 1 is a bool ("00", "01", "-0", "+1")
             return bool(value) if len(line) == 2 and value in (0, 1) else value
+        line = _c_str(line)
     return _text_int(line, at, 0)
+
+
+def _extendable(target: Any) -> bool:
+    """A bytearray (the unpicklers extend whatever has ``extend``)."""
+    return type(target) is bytearray or (type(target) is LazyBytes and
+                                         target.kind == "bytearray")
+
+
+def _indexable(target: Any) -> bool:
+    """A list or a bytearray (the unpicklers set items on whatever takes them)."""
+    return type(target) is list or _extendable(target)
+
+
+def _c_str(line: bytes) -> bytes:
+    """The line as C code reads it (a C string: up to its first NUL)."""
+    nul = line.find(b"\0")
+    return line if nul < 0 else line[:nul]
 
 
 def _strtol(line: bytes) -> int | None:

@@ -1,0 +1,91 @@
+"""Streams the real unpicklers accept and the reader refused, so that the payload after
+them was never read ("not a checkpoint"), found by a red-team review; and a safetensors
+file that is also a pickle ("safe"). Each is dangerous now, and an oracle shows each
+payload runs under pickle.load (the C unpickler, which torch.load uses too)."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from support import scan_file
+
+
+def _cmd(marker) -> bytes:
+    return b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+
+
+PREFIXES = {
+    # READONLY_BUFFER needs no buffers argument: a read-only view of the bytes on top
+    "readonly_buffer": b"C\x01x\x980",
+    "readonly_bytearray": b"\x96" + struct.pack("<Q", 1) + b"x\x980",
+    # APPEND(S) call .extend/.append on whatever is there; SETITEM(S) set items on it
+    "appends_bytearray": b"\x96" + struct.pack("<Q", 0) + b"(K\x01e0",
+    "append_bytearray": b"\x96" + struct.pack("<Q", 0) + b"K\x01a0",
+    "setitem_list": b"]K\x00aK\x00K\x05s0",
+    "setitems_list": b"]K\x00a(K\x00K\x05u0",
+    # C parses INT, LONG, FLOAT, GET and PUT's text as a C string: up to a NUL
+    "int_nul": b"I5\x00x\n0",
+    "long_nul": b"L5\x00junk\n0",
+    "float_nul": b"F1.5\x00junk\n0",
+    "put_get_nul": b"K\x07p3\x00junk\n0g3\x00zz\n0",
+}
+
+
+@pytest.mark.parametrize("name", PREFIXES)
+def test_each_is_read_on_and_dangerous(tmp_path, marker, name):
+    path = tmp_path / f"{name}.pkl"
+    path.write_bytes(PREFIXES[name] + _cmd(marker))
+    _, report, error = scan_file(path)
+    assert report.verdict == "dangerous", (name, error, report.findings)
+    assert "posix.system" in report.flagged_names() or "os.system" in report.flagged_names()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PREFIXES)
+def test_pickle_load_runs_each(tmp_path, name):
+    ran = tmp_path / "ran"
+    path = tmp_path / f"{name}.pkl"
+    path.write_bytes(PREFIXES[name] + _cmd(ran))
+    subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], "
+                    "'rb'))", str(path)], capture_output=True, timeout=60)
+    assert ran.exists(), name
+
+
+def _safetensors_pickle(marker) -> bytes:
+    """b'S"' + six NULs: a header length of 0x2253 to safetensors, a STRING opcode whose
+    quoted line runs through the JSON to pickle.load, which then runs what follows."""
+    n = 0x2253
+    prefix, suffix = b'{"__metadata__":{"x":"', b'"\n}}'
+    header = prefix + b"y" * (n - len(prefix) - len(suffix)) + suffix
+    return b'S"' + b"\0" * 6 + header + _cmd(marker)
+
+
+def test_a_safetensors_file_that_is_a_pickle_is_a_polyglot(tmp_path, marker):
+    path = tmp_path / "model.joblib"
+    path.write_bytes(_safetensors_pickle(marker))
+    ckpt, report, _ = scan_file(path)
+    assert ckpt.format == "safetensors"
+    assert report.verdict == "dangerous"
+    assert any(f.code == "polyglot" for f in report.findings)
+    assert "os.system" in report.flagged_names()
+    ran = tmp_path / "ran"
+    oracle = tmp_path / "oracle.pkl"
+    oracle.write_bytes(_safetensors_pickle(ran))
+    subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], "
+                    "'rb'))", str(oracle)], capture_output=True, timeout=60)
+    assert ran.exists()  # the oracle: pickle.load runs it
+
+
+def test_a_real_safetensors_file_is_no_polyglot(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    for i in range(4):  # headers of several lengths (first bytes that are opcodes or not)
+        path = tmp_path / f"w{i}.safetensors"
+        save_file({f"w{k}": np.zeros(2, np.float32) for k in range(1 + 9 * i)}, str(path))
+        _, report, _ = scan_file(path)
+        assert report.verdict == "safe", report.findings
