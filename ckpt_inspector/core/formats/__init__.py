@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.formats import _npz_view, _quota
 from ckpt_inspector.core.io.opening import open_source
-from ckpt_inspector.core.io.source import Source
+from ckpt_inspector.core.io.source import BytesSource, Source
 from ckpt_inspector.core.pickle import vm as pickle_vm
 from ckpt_inspector.core.tree import Checkpoint, Node
 
@@ -181,7 +181,11 @@ def _pickle_view(ckpt: Checkpoint, src: Source) -> None:
     from ckpt_inspector.core.formats import pickle_file
 
     if src.head(1)[0] not in pickle_file.OPCODES:
-        return  # (the whole file, not a sniffed head: a STRING may run past any head)
+        return
+    # the whole of a local file (a STRING may run past any head); of a remote one, what was
+    # fetched already (a request more for every such file is not worth it: said in README)
+    if getattr(src, "transfer", None) is not None:
+        src = BytesSource(src.name, bytes(src.head()))
     try:
         other = pickle_file.read(src)
     except CheckpointError as err:
