@@ -234,22 +234,27 @@ def test_a_universal_checkpoint_counts_for_the_verdict(torch, tmp_path, marker):
         assert "posix.system" in report.flagged_names()
 
 
-def test_one_dcp_item_named_by_many_entries_is_read_once(torch, tmp_path):
-    """A .metadata pointing 30 entries at one bytes item made the reader interpret it 30
-    times (37 s and 4 GB for 50 entries of a 10 MB item): now once."""
+def _aliased_dcp(torch, folder, obj):
+    """A DCP folder whose bytes entry ``obj`` is named by 30 more entries of .metadata."""
     import pickle
 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import MetadataIndex
 
-    folder = tmp_path / "dcp"
-    dcp.save({"w": torch.zeros(2), "obj": {"a": [1, 2, 3]}}, checkpoint_id=str(folder))
+    dcp.save({"w": torch.zeros(2), "obj": obj}, checkpoint_id=str(folder))
     md = pickle.loads((folder / ".metadata").read_bytes())  # our own file: trusted
     key = next(k for k in md.storage_data if k.fqn.startswith("obj"))
     for i in range(30):
         md.state_dict_metadata[f"obj{i}"] = md.state_dict_metadata[key.fqn]
         md.storage_data[MetadataIndex(f"obj{i}")] = md.storage_data[key]
     (folder / ".metadata").write_bytes(pickle.dumps(md))
+    return folder
+
+
+def test_one_dcp_item_named_by_many_entries_is_read_once(torch, tmp_path):
+    """A .metadata pointing 30 entries at one bytes item made the reader interpret it 30
+    times (37 s and 4 GB for 50 entries of a 10 MB item): now once."""
+    folder = _aliased_dcp(torch, tmp_path / "dcp", {"a": [1, 2, 3]})
     ckpt, report, _ = scan_file(folder)
     items = [r for r in ckpt.pickles if r.file and r.file.endswith(".distcp")]
     assert len(items) == 2  # w's and obj's, each once
@@ -294,22 +299,9 @@ def test_shards_of_a_second_index_count_whatever_their_names(torch, tmp_path, ma
 
 @pytest.mark.usefixtures("loopback_only")  # tests/conftest.py
 def test_one_dcp_item_named_by_many_entries_is_fetched_once_over_http(torch, tmp_path):
-    import pickle
-
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import MetadataIndex
-
     from rangeserver import RangeServer
 
-    folder = tmp_path / "dcp"
-    dcp.save({"w": torch.zeros(2), "obj": {"a": list(range(50_000))}},
-             checkpoint_id=str(folder))
-    md = pickle.loads((folder / ".metadata").read_bytes())  # our own file: trusted
-    key = next(k for k in md.storage_data if k.fqn.startswith("obj"))
-    for i in range(30):
-        md.state_dict_metadata[f"obj{i}"] = md.state_dict_metadata[key.fqn]
-        md.storage_data[MetadataIndex(f"obj{i}")] = md.storage_data[key]
-    (folder / ".metadata").write_bytes(pickle.dumps(md))
+    folder = _aliased_dcp(torch, tmp_path / "dcp", {"a": list(range(50_000))})
     local, _, _ = scan_file(folder)
     with RangeServer(folder) as served:
         ckpt, _, _ = scan_file(served.url(".metadata"))
