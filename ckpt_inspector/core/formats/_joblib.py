@@ -176,6 +176,8 @@ class ArrayReads:
         self.ckpt, self.data, self.label = ckpt, data, label
         self.first: int | None = None  # where the first array's bytes start
         self.objects: list[tuple[int, int]] = []  # object arrays' pickles, read as run
+        # what those pickles name, by offset: (offset, a global's or a call's name)
+        self.named: set[tuple[int | None, Any]] = set()
         self.companions: set[str] = set()  # old joblib's array files, read for the verdict
         self._dicts: dict[int, dict[str, Any]] = {}  # each wrapper's instance dict so far
         self._alive: list[Any] = []  # (the wrappers whose ids key it)
@@ -266,6 +268,8 @@ class ArrayReads:
             raise PickleError("the object array's pickle is broken: joblib.load fails here",
                               pos) from None
         self.objects.append((pos, inner.end))
+        self.named.update((g.offset, g.full_name) for g in inner.globals)
+        self.named.update((c.offset, c.func_name) for c in inner.calls)
         return inner.end, inner.value
 
     def _companion(self, obj: Any, pos: int) -> None:
@@ -371,13 +375,6 @@ def _reconcile(ckpt: Checkpoint, plain: PickleRecord, reads: ArrayReads, legacy:
     past that point, or reads on as a legacy torch file."""
     result = plain.result
     first = reads.first
-    # what joblib's own reading of the object arrays' pickles did, by offset: pickle.load
-    # reads those bytes with the outer stream's memo, and may get other objects from them
-    same = {(g.offset, g.full_name) for r in ckpt.pickles if r is not plain
-            and r.member.startswith(f"{label}object array at byte") for g in r.result.globals}
-    same |= {(c.offset, c.func_name) for r in ckpt.pickles if r is not plain
-             and r.member.startswith(f"{label}object array at byte") for c in r.result.calls}
-
     # pickle.load raises at a STACK_GLOBAL whose module or name is not a str (a wrapper
     # from the outer memo where the object array's pickle has a name of its own): nothing
     # it reads past that runs
@@ -387,7 +384,9 @@ def _reconcile(ckpt: Checkpoint, plain: PickleRecord, reads: ArrayReads, legacy:
 
     def elsewhere(at: int, name: Any) -> bool:
         return first is not None and at >= first and (stop is None or at < stop) and not (
-            any(a <= at < b for a, b in reads.objects) and (at, name) in same)
+            # joblib's own reading of an object array's pickle named the same there
+            # (pickle.load reads it with the outer memo, and may get other objects)
+            any(a <= at < b for a, b in reads.objects) and (at, name) in reads.named)
 
     past = any(elsewhere(g.offset or 0, g.full_name) for g in result.globals) or any(
         elsewhere(c.offset or 0, c.func_name) for c in result.calls)
