@@ -9,6 +9,8 @@ its place: the tensors something else promised it holds are shown damaged.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
@@ -208,6 +210,28 @@ class Union:
         """The part's pickles, findings, warnings and code for the verdict, each naming
         its file."""
         self.ckpt.take_scan(part, lambda _f: rel, lambda w: f"{rel}: {w}")
+
+
+def loadable_files(folder: str, max_depth: int, limit: int,
+                   each_dir: Callable[[str, list[str]], None] | None = None) -> list[str]:
+    """The files of a local folder that loaders torch.load (by name), in its subfolders
+    down to ``max_depth`` (files of a folder that deep are listed, its subfolders not),
+    in a stable order, as paths relative to it; the walk stops after the folder where more
+    than ``limit`` were found (the caller tells that from the count). ``each_dir`` sees
+    each folder's relative path and file names."""
+    found: list[str] = []
+    for here, dirs, files in os.walk(folder):
+        rel = os.path.relpath(here, folder)
+        if (0 if rel == "." else rel.count(os.sep) + 1) >= max_depth:
+            dirs[:] = []
+        dirs.sort()
+        if each_dir is not None:
+            each_dir(rel, files)
+        found += [f if rel == "." else os.path.join(rel, f) for f in sorted(files)
+                  if f.endswith(TORCH_LOADED)]
+        if len(found) > limit:
+            break
+    return found
 
 
 # files that hold tensors and metadata only: what loads them runs no code from them

@@ -38,7 +38,7 @@ from ckpt_inspector.core.io.opening import is_url
 from ckpt_inspector.core.layouts import _deepspeed_files as df
 from ckpt_inspector.core.layouts import _deepspeed_zero as zero
 from ckpt_inspector.core.layouts import _remote_code
-from ckpt_inspector.core.layouts._union import TORCH_LOADED, file_size
+from ckpt_inspector.core.layouts._union import TORCH_LOADED, file_size, loadable_files
 from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import UNKNOWN_DTYPE, Checkpoint, Node, TensorInfo
 
@@ -516,18 +516,11 @@ def _universal(reader: df.Reader) -> None:
 
 def _loadable(folder: str, ckpt: Checkpoint) -> list[str]:
     """The files under ``folder`` that DeepSpeed may torch.load (at most MAX_UNIVERSAL)."""
-    found: list[str] = []
-    for here, dirs, files in os.walk(folder):
-        if os.path.relpath(here, folder).count(os.sep) >= 3:  # zero/<param>/ and below
-            dirs[:] = []
-        dirs.sort()
-        found += [os.path.relpath(os.path.join(here, f), folder) for f in sorted(files)
-                  if f.endswith(TORCH_LOADED)]
-        if len(found) > MAX_UNIVERSAL:
-            ckpt.findings.append(Finding(
-                "needs-trust", "unread-files", f"{folder} holds more than {MAX_UNIVERSAL:,} "
-                "files DeepSpeed loads: only the first were read for the verdict"))
-            break
+    found = loadable_files(folder, 4, MAX_UNIVERSAL)  # zero/<param>/ and below
+    if len(found) > MAX_UNIVERSAL:
+        ckpt.findings.append(Finding(
+            "needs-trust", "unread-files", f"{folder} holds more than {MAX_UNIVERSAL:,} "
+            "files DeepSpeed loads: only the first were read for the verdict"))
     return found[:MAX_UNIVERSAL]
 
 

@@ -38,7 +38,13 @@ from ckpt_inspector.core.io import paths
 from ckpt_inspector.core.io.opening import is_url
 from ckpt_inspector.core.io.remote_fs import ServerError
 from ckpt_inspector.core.layouts import _index_json, _remote_code
-from ckpt_inspector.core.layouts._union import TORCH_LOADED, Union, file_size, read_file
+from ckpt_inspector.core.layouts._union import (
+    TORCH_LOADED,
+    Union,
+    file_size,
+    loadable_files,
+    read_file,
+)
 from ckpt_inspector.core.progress import report
 from ckpt_inspector.core.summary import counted
 from ckpt_inspector.core.tree import Checkpoint
@@ -207,21 +213,13 @@ def _loadable(folder: str, nested: list[tuple[str, str]] | None = None) -> list[
     a DCP or DeepSpeed loader reads as a whole."""
     if is_url(folder):
         return [n for n in paths.listdir(folder) if n.endswith(TORCH_LOADED)]
-    found: list[str] = []
-    for here, dirs, files in os.walk(folder):
-        rel = os.path.relpath(here, folder)
-        depth = 0 if rel == "." else rel.count(os.sep) + 1
-        if depth >= 2:
-            dirs[:] = []
-        dirs.sort()
-        kinds = sorted({NESTED[f] for f in files if f in NESTED})
+
+    def layouts(rel: str, files: list[str]) -> None:
         if nested is not None:
-            nested += [(rel, kind) for kind in kinds]
-        found += [f if rel == "." else os.path.join(rel, f) for f in sorted(files)
-                  if f.endswith(TORCH_LOADED)]
-        if len(found) > MAX_OTHERS:
-            break
-    return found
+            nested.extend((rel, kind) for kind in sorted({NESTED[f] for f in files
+                                                          if f in NESTED}))
+
+    return loadable_files(folder, 2, MAX_OTHERS, layouts)
 
 
 def _plan_of(path: str) -> _Plan:
