@@ -33,6 +33,7 @@ concurrently (:mod:`~ckpt_inspector.core.layouts._dcp_items`); tensor data when 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -243,12 +244,12 @@ def _rank_metadata(union: Union, folder: str) -> None:
     for name in names[:MAX_RANK_METADATA]:
         full = paths.join(folder, name)
         try:
-            _run_metadata(union.ckpt, _metadata_bytes(union, full, name), name)
-        except OSError as err:
+            raw = _metadata_bytes(union, full, name)
+        except (OSError, CheckpointError) as err:  # not read at all
             union.unreadable(name, full, CheckpointError(str(err)), shown=False)
-        except CheckpointError as err:
-            if not union.ckpt.pickles or union.ckpt.pickles[-1].file != name:
-                union.unreadable(name, full, err, shown=False)  # not read at all
+            continue
+        with contextlib.suppress(CheckpointError):  # a broken one's record stays, for the scan
+            _run_metadata(union.ckpt, raw, name)
     if len(names) > MAX_RANK_METADATA:
         union.ckpt.findings.append(Finding(
             NEEDS_TRUST, "unread-files", f"more than {MAX_RANK_METADATA} per-rank metadata "
