@@ -80,6 +80,72 @@ def test_a_safetensors_file_that_is_a_pickle_is_a_polyglot(tmp_path, marker):
     assert ran.exists()  # the oracle: pickle.load runs it
 
 
+def _safetensors_pickle_past_the_head(marker) -> bytes:
+    """As above, with a real 1 MiB tensor after the header: the pickle goes on through it
+    (a BINBYTES over its bytes) to the payload at its end, far past what a URL's first
+    read fetches."""
+    import json
+
+    size = 1 << 20
+    cmd = _cmd(marker)
+    data = b"B" + struct.pack("<I", size - 5 - len(cmd)) + b"\0" * (size - 5 - len(cmd)) + cmd
+    n = 0x2253
+    meta = json.dumps({"t": {"dtype": "U8", "shape": [size], "data_offsets": [0, size]}})
+    prefix, suffix = meta[:-1].encode() + b',"__metadata__":{"x":"', b'"\n}}'
+    header = prefix + b"y" * (n - len(prefix) - len(suffix)) + suffix
+    return b'S"' + b"\0" * 6 + header + data
+
+
+@pytest.mark.usefixtures("loopback_only")
+def test_at_a_url_a_pickle_going_on_past_the_fetched_bytes_is_not_safe(tmp_path, marker):
+    """Over a URL only the header is fetched: a pickle that is still going where the
+    fetched bytes end may do anything after them, so the file is not called safe."""
+    from safetensors.numpy import load_file
+
+    from ckpt_inspector.core import open_checkpoint
+    from ckpt_inspector.core.scan import scan
+
+    from rangeserver import RangeServer
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(_safetensors_pickle_past_the_head(marker))
+    assert load_file(str(path))["t"].shape == (1 << 20,)  # a real safetensors file
+    _, local, _ = scan_file(path)
+    assert local.verdict == "dangerous" and "os.system" in local.flagged_names()
+    with RangeServer(tmp_path) as rs:
+        ckpt = open_checkpoint(rs.url("model.safetensors"))
+        report = scan(ckpt)
+        assert ckpt.metadata["remote"]["bytes"] < 1 << 20  # the tensor was not fetched
+    assert report.verdict == "needs-trust", report.findings
+    assert any(f.code == "polyglot-unread" for f in report.findings)
+    assert not marker.exists()
+    ran = tmp_path / "ran"
+    oracle = tmp_path / "oracle.safetensors"
+    oracle.write_bytes(_safetensors_pickle_past_the_head(ran))
+    subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], "
+                    "'rb'))", str(oracle)], capture_output=True, timeout=60)
+    assert ran.exists()  # the oracle: pickle.load runs it
+
+
+@pytest.mark.usefixtures("loopback_only")
+def test_at_a_url_a_real_safetensors_file_is_no_polyglot(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from ckpt_inspector.core import open_checkpoint
+    from ckpt_inspector.core.scan import scan
+
+    from rangeserver import RangeServer
+
+    for i in range(4):
+        save_file({f"w{k}": np.zeros(1 << 16, np.float32) for k in range(1 + 9 * i)},
+                  str(tmp_path / f"w{i}.safetensors"))
+    with RangeServer(tmp_path) as rs:
+        for i in range(4):
+            report = scan(open_checkpoint(rs.url(f"w{i}.safetensors")))
+            assert report.verdict == "safe", report.findings
+
+
 def test_a_real_safetensors_file_is_no_polyglot(tmp_path):
     import numpy as np
     from safetensors.numpy import save_file

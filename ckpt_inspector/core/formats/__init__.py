@@ -177,20 +177,29 @@ def _pickle_view(ckpt: Checkpoint, src: Source) -> None:
     something (a safetensors header whose length reads as a STRING opcode, and so on):
     pickle.load, joblib.load and torch.load run that pickle. Such a polyglot is dangerous
     and the pickle is scanned too."""
-    from ckpt_inspector.core.findings import DANGEROUS, Finding
+    from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
     from ckpt_inspector.core.formats import pickle_file
 
+    size = len(src)
     if src.head(1)[0] not in pickle_file.OPCODES:
         return
     # the whole of a local file (a STRING may run past any head); of a remote one, what was
     # fetched already (a request more for every such file is not worth it: said in README)
-    if getattr(src, "transfer", None) is not None:
-        src = BytesSource(src.name, bytes(src.head()))
+    fetched = src.fetched_start() if getattr(src, "transfer", None) is not None else None
+    if fetched is not None:
+        src = BytesSource(src.name, fetched)
     try:
         other = pickle_file.read(src)
     except CheckpointError as err:
         other = err.partial
     if other is None or not any(r.result.globals or r.result.calls for r in other.pickles):
+        if fetched is not None and len(fetched) < size and pickle_file.runs_past(fetched):
+            ckpt.findings.append(Finding(
+                NEEDS_TRUST, "polyglot-unread",
+                f"the {ckpt.format} file's first {len(fetched):,} bytes are also the start "
+                "of a pickle that goes on past them: what pickle.load, joblib.load and "
+                "torch.load would run is in the rest of the file, which was not fetched "
+                "(download it and scan it here to know)"))
         return  # a stream that breaks before it does anything: nothing runs
     ckpt.findings.append(Finding(
         DANGEROUS, "polyglot", f"the {ckpt.format} file is also a pickle that pickle.load, "

@@ -42,6 +42,26 @@ def sniff(head: bytes) -> bool:
     head = bytes(head[:SNIFF_BYTES])
     if not head or head[0] not in OPCODES:
         return False
+    ended, err = _interpret(head)
+    if err is None:
+        return ended
+    # a bound of this reader (a LONG4 over 1 MiB, deep tuples): pickle.load reads on
+    return err.limit or _cut_short(err, head) or _acted(err.result)
+
+
+def runs_past(head: bytes) -> bool:
+    """Whether ``head``, the start of a longer file, is a pickle that goes on past its end:
+    the interpreter runs out of data there (or past one of its own bounds), having failed
+    on nothing else. What the rest of the file makes such a pickle do is not known."""
+    if not head or head[0] not in OPCODES:
+        return False
+    ended, err = _interpret(head)
+    return not ended and err is not None and (err.limit or _cut_short(err, head))
+
+
+def _interpret(head: bytes) -> tuple[bool, PickleError | None]:
+    """Run the interpreter on ``head``: (whether it read a whole pickle, the error it
+    failed with where that is one of the stream's)."""
     try:
         try:
             pickle_vm.load(head)
@@ -50,13 +70,12 @@ def sniff(head: bytes) -> bool:
                 raise
             pickle_vm.load(head, python=True)  # joblib.load's unpickler reads on
     except PickleError as err:
-        # a bound of this reader (a LONG4 over 1 MiB, deep tuples): pickle.load reads on
-        return err.limit or _cut_short(err, head) or _acted(err.result)
+        return False, err
     except Cancelled:
         raise
     except Exception:  # any other failure of the interpreter: not a stream it reads
-        return False
-    return True
+        return False, None
+    return True, None
 
 
 def _acted(result: PickleResult | None) -> bool:

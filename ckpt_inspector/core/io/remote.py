@@ -278,6 +278,18 @@ class RemoteBuffer:
         """The bytes ``[start, stop)`` straight from the server, not kept: tensor data."""
         return self.file.fetch(start, stop)
 
+    def fetched_start(self) -> bytes:
+        """The file's first bytes that are held already (whole blocks from the start, in a
+        row): what can be read again without a request."""
+        with self._lock:
+            held = []
+            for b in range(len(self._blocks) + 1):
+                block = self._blocks.get(b)
+                if block is None:
+                    break
+                held.append(block)
+        return b"".join(held)
+
     def _from_disk(self, b: int) -> bool:
         """Block ``b`` from the disk cache into memory, if it is there and intact."""
         cache, size = self.file.cache, self.file.size
@@ -371,6 +383,10 @@ class RemoteSource(Source):
 
     def range(self, offset: int, length: int, byteorder: str = "little") -> DataSource:
         return RemoteRange(self.file, offset, length, byteorder)
+
+    def fetched_start(self) -> bytes:
+        """The file's first bytes already fetched (no request more)."""
+        return self._whole if self._whole is not None else self._buffer.fetched_start()
 
     def ranges(self) -> Callable[[int, int], DataSource]:
         return functools.partial(RemoteRange, self.file)  # not the block cache
