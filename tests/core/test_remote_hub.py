@@ -70,6 +70,17 @@ def hub(made, monkeypatch, tmp_path):
         "owner/sharded": Repo(data["sharded"], lfs={n for n in data["sharded"]
                                                     if n.endswith(".safetensors")}),
         "owner/notes": Repo({"README.md": b"# nothing to load\n"}),
+        "owner/custom": Repo({
+            "model.safetensors": data["model.safetensors"],
+            "config.json": json.dumps({"auto_map": {
+                "AutoModel": "modeling_evil.EvilModel"}}).encode(),
+            "tokenizer_config.json": json.dumps({"auto_map": {
+                "AutoTokenizer": ["someone/evil--tokenization_evil.EvilTokenizer",
+                                  None]}}).encode(),
+            "modeling_evil.py": b"import os\nos.system('touch " + str(made[4]).encode()
+                                + b"')\n",
+            "helpers.py": b"print('hi')\n",
+            "custom_generate/generate.py": b"import os\n"}, lfs={"model.safetensors"}),
         "owner/gguf": Repo(data["splits"], lfs=set(data["splits"])),
         "owner/adapter": Repo({**data["adapter"], "kohya.safetensors": data["kohya.safetensors"]},
                               lfs={"adapter_model.safetensors", "kohya.safetensors"}),
@@ -328,3 +339,21 @@ def test_a_listed_shards_start_is_asked_beside_its_tail(hub, big_shards, monkeyp
     mixed = open_checkpoint("hf://owner/big")
     assert all(f.get("problem", "").startswith("the file changed on the server")
                for f in mixed.files if f["path"].endswith(".safetensors")), mixed.files
+
+
+def test_code_a_repository_imports_is_found_from_its_listing(hub, made):
+    """The configs beside config.json are read where the listing shows them (one small
+    request each): a tokenizer's auto_map, here naming another repository, and
+    custom_generate/generate.py make the repository needs-trust, as the same folder on
+    disk; a loose Python file is named; no Python file is fetched."""
+    hub.clear()
+    report = scan(open_checkpoint("hf://owner/custom"))
+    assert report.verdict == "needs-trust", report.findings
+    code = sorted(f.file for f in report.findings if f.code == "remote-code")
+    assert code == ["config.json", "custom_generate/generate.py", "tokenizer_config.json"]
+    assert any("Hub repository someone/evil" in f.message for f in report.findings)
+    assert [f.file for f in report.findings if f.code == "code-file"] == ["helpers.py"]
+    fetched = [r.path for r in hub.requests() if "/resolve/" in r.path]
+    assert not any(p.endswith(".py") for p in fetched), fetched
+    assert sum(p.endswith("tokenizer_config.json") for p in fetched) <= 2, fetched
+    assert not made[4].exists()

@@ -5,8 +5,9 @@ an Auto class to ``module.Class``: ``from_pretrained(folder, trust_remote_code=T
 then imports ``module.py`` from the folder (or, written ``repo--module.Class``, from
 another repository on the Hub) and runs its code. So do ``custom_pipelines`` (a
 pipeline's ``impl``) and ``custom_generate/generate.py``. No weights file is involved, so
-nothing else in the verdict would say so: each such module is a needs-trust finding (at a
-URL, config.json's only: the other configs would cost a request each).
+nothing else in the verdict would say so: each such module is a needs-trust finding. At a
+URL the other configs are read where the folder's listing (asked already) shows them, a
+small request each; over plain HTTP, which lists nothing, config.json's only.
 Any other Python file at the folder's top level is named (loading runs none of it, but
 what a user is told to run, such as DeepSpeed's ``zero_to_fp32.py``, is code too).
 """
@@ -54,11 +55,12 @@ def _pipelines(custom: Any) -> list[str]:
 def check(ckpt: Checkpoint, folder: str, read_json: Callable[[str, str], Any]) -> None:
     """Findings for the code the folder's configs import, and its own Python files."""
     modules: dict[str, tuple[str, str, str]] = {}  # module -> (config, key, loader)
+    listed = _listed(folder)
     for name in CONFIGS:
         if name == "config.json":
             config = ckpt.metadata.get("config")
-        elif is_url(folder):
-            continue  # a request per config that may not be there: config.json's only
+        elif listed is not None and name not in listed:
+            continue  # not there (at a URL without a listing: config.json's only)
         else:
             path = paths.join(folder, name)
             try:
@@ -83,7 +85,8 @@ def check(ckpt: Checkpoint, folder: str, read_json: Callable[[str, str], Any]) -
             f"{where}'s {key} makes {loader}(trust_remote_code=True) import "
             f"{source}{present}: that runs its code", file=where))
     generate = paths.join(folder, CUSTOM_GENERATE)
-    if not is_url(folder) and paths.isfile(generate):
+    if (listed is None or CUSTOM_GENERATE.partition("/")[0] in listed) and \
+            paths.isfile(generate):
         ckpt.findings.append(Finding(
             NEEDS_TRUST, "remote-code", f"{CUSTOM_GENERATE} is imported by from_pretrained("
             "trust_remote_code=True) (transformers' custom generate): that runs its code",
@@ -95,12 +98,24 @@ ADVICE = {"zero_to_fp32.py": "DeepSpeed's installed copy (python -m "
                              "deepspeed.utils.zero_to_fp32) does the same without it"}
 
 
-def loose_code(ckpt: Checkpoint, folder: str, skip: set[str] = frozenset()) -> None:
-    """An info finding for each Python file at the folder's top level (a local folder)."""
-    if is_url(folder):
-        return
+def _listed(folder: str) -> set[str] | None:
+    """The names at a URL folder's top level, where its listing is known (asked already:
+    the layout was found from it); an empty set over plain HTTP, which lists nothing, so
+    that no file is asked for on the chance it is there. None for a local folder."""
+    if not is_url(folder):
+        return None
     try:
-        names = paths.listdir(folder)
+        return set(paths.listdir(folder))
+    except (CheckpointError, OSError):
+        return set()
+
+
+def loose_code(ckpt: Checkpoint, folder: str, skip: set[str] = frozenset()) -> None:
+    """An info finding for each Python file at the folder's top level."""
+    try:
+        names = _listed(folder)
+        if names is None:
+            names = set(paths.listdir(folder))
     except OSError:
         return
     for name in sorted(n for n in names if n.endswith(".py") and n not in skip)[:MAX_MODULES]:
