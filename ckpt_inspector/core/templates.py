@@ -7,8 +7,11 @@ string to Python's internals (``''.__class__.__mro__``...) and run a command: lo
 a file runs code. The template is never rendered here. It is read for what real chat
 templates never hold inside their ``{{ }}`` and ``{% %}`` blocks: dunder names, the
 ``attr`` filter that fetches them by a computed name, escapes that spell an underscore, and
-the names of Python's machinery. One of those is a finding, since a template that needs
-them is not formatting a chat.
+the names of Python's machinery, among them those of frames and generators, which climb
+without a single underscore (``([1]|map('string')).gi_frame.f_builtins['exec']``). Any
+such name, wherever it is written (a loop's list, a macro's argument, a keyword), and any
+lookup by a name the template builds, is a finding: a template that needs them is not
+formatting a chat.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ _BLOCKS = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
 _REACH = re.compile(
     r"__|\|\s*attr\b|\battr\s*\(|\\x5f|\\u005f|\\U0000005f|\\137|%c|\bmro\b|subclasses"
     r"|\bglobals\b|builtins|\bimport\b|\bpopen\b|\beval\b|\bexec\b|\bgetattr\b"
-    r"|\bos\.|\bsubprocess\b|_TemplateReference|\bcycler\b|\bjoiner\b|\blipsum\b", re.I)
+    r"|\bos\.|\bsubprocess\b|_TemplateReference|\bcycler\b|\bjoiner\b|\blipsum\b"
+    r"|\b(?:gi|cr|ag|tb|f)_[a-z]+\b", re.I)
+# Python's own attribute names: dunders, and those of frames, generators, coroutines and
+# tracebacks (a filter such as map returns a generator: its frame holds the builtins)
+_INTERNAL = re.compile(
+    r"__|(?:gi_(?:frame|code|yieldfrom|running|suspended)|cr_(?:frame|code|await|origin|"
+    r"running|suspended)|ag_(?:frame|code|await|running)|tb_(?:frame|next|lasti|lineno)|"
+    r"f_(?:back|builtins|code|globals|locals|trace|lasti|lineno|generator)|mro|"
+    r"func_globals)\Z")
 
 
 def is_template_key(key: str) -> bool:
@@ -75,6 +86,12 @@ _STRINGY = frozenset({"join", "format", "replace", "string", "lower", "upper", "
                       "capitalize", "trim", "first", "last", "reverse", "center", "indent",
                       "truncate", "striptags", "urlencode", "wordwrap", "tojson", "safe",
                       "escape", "e", "forceescape", "list", "sum", "min", "max", "random"})
+# string filters whose positional arguments are text, never an attribute's name (their
+# result, if used as a name, is caught as built from strings)
+_TEXT_ONLY = frozenset({"replace", "format", "center", "indent", "truncate", "wordwrap",
+                        "trim", "string", "lower", "upper", "title", "capitalize",
+                        "striptags", "urlencode", "tojson", "safe", "escape", "e",
+                        "forceescape", "first", "last", "reverse", "random"})
 # filters and tests that fetch an attribute by a name given as an argument
 _BY_NAME = frozenset({"map", "select", "reject", "selectattr", "rejectattr", "sort",
                       "groupby", "unique", "sum", "min", "max", "dictsort"})
@@ -98,6 +115,10 @@ def _parsed_reach(text: str) -> str | None:
         reach = _reach_of(n, built)
         if reach is not None:
             return reach
+    for n in tree.find_all((nodes.Const, nodes.Keyword)):
+        name = n.value if isinstance(n, nodes.Const) else n.key
+        if _internal(name):  # wherever it is written: a loop, a macro may hand it on
+            return f"names Python's internals ({name!r})"
     return None
 
 
@@ -105,13 +126,18 @@ def _under(value: object) -> bool:
     return isinstance(value, str) and value.startswith("_")
 
 
+def _internal(value: object) -> bool:
+    return isinstance(value, str) and _INTERNAL.match(value) is not None
+
+
 def _stringy(expr: Any, names: set[str]) -> bool:
-    """Whether ``expr`` makes a string (from literals, ``~``, ``%``, string filters or
-    names set from those)."""
+    """Whether ``expr`` may make a name of Python's internals: from a literal that starts
+    with an underscore, ``~``, ``%``, string filters, or names set from those (a literal
+    such as ``'content'`` cannot, and one of the internals is a finding of its own)."""
     from jinja2 import nodes
 
     for n in [expr, *expr.find_all(nodes.Node)]:
-        if isinstance(n, nodes.Const) and isinstance(n.value, str):
+        if isinstance(n, nodes.Const) and (_under(n.value) or _internal(n.value)):
             return True
         if isinstance(n, (nodes.Concat, nodes.Mod)):
             return True
@@ -122,35 +148,76 @@ def _stringy(expr: Any, names: set[str]) -> bool:
     return False
 
 
+def _targets(target: Any) -> list[str]:
+    from jinja2 import nodes
+
+    return [n.name for n in [target, *target.find_all(nodes.Name)]
+            if isinstance(n, nodes.Name)]
+
+
 def _built_names(tree: Any) -> set[str]:
-    """Names the template sets from strings (a key spelled piece by piece)."""
+    """Names the template may bind to a string it builds (a key spelled piece by piece):
+    by ``set``, a loop over such strings, ``with``, and a macro's or call block's
+    parameters where any call hands it one."""
     from jinja2 import nodes
 
     built: set[str] = set()
-    for _ in range(3):  # names built from names built from strings
+    macros = {m.name: m for m in tree.find_all(nodes.Macro)}
+    for _ in range(4):  # names built from names built from strings
         for a in tree.find_all(nodes.Assign):
-            if isinstance(a.target, nodes.Name) and _stringy(a.node, built):
-                built.add(a.target.name)
+            if _stringy(a.node, built):
+                built.update(_targets(a.target))
         for b in tree.find_all(nodes.AssignBlock):
-            if isinstance(b.target, nodes.Name):
-                built.add(b.target.name)
+            built.update(_targets(b.target))
+        for f in tree.find_all(nodes.For):
+            if _stringy(f.iter, built):
+                built.update(_targets(f.target))
+        for w in tree.find_all(nodes.With):
+            if any(_stringy(v, built) for v in w.values):
+                for t in w.targets:
+                    built.update(_targets(t))
+        _parameters(tree, macros, built)
     return built
+
+
+def _parameters(tree: Any, macros: dict[str, Any], built: set[str]) -> None:
+    """Add to ``built`` the parameters of macros and call blocks that a call or a default
+    may hand a built string."""
+    from jinja2 import nodes
+
+    blocks = [*macros.values(), *tree.find_all(nodes.CallBlock)]
+    for c in tree.find_all(nodes.Call):
+        handed = [*c.args, *(k.value for k in c.kwargs),
+                  *(x for x in (c.dyn_args, c.dyn_kwargs) if x is not None)]
+        if any(_stringy(v, built) for v in handed):
+            if isinstance(c.node, nodes.Name) and c.node.name in macros:
+                built.update(a.name for a in macros[c.node.name].args)
+            else:  # a call block's caller(...), or a macro handed on: any parameter
+                for m in blocks:
+                    built.update(a.name for a in m.args)
+    for m in blocks:
+        if any(_stringy(d, built) for d in m.defaults):
+            built.update(a.name for a in m.args)
 
 
 def _reach_of(n: Any, built: set[str]) -> str | None:
     from jinja2 import nodes
 
     if isinstance(n, nodes.Getattr):
-        return f"reads the attribute {n.attr!r}" if _under(n.attr) else None
+        return f"reads the attribute {n.attr!r}" if _under(n.attr) or _internal(n.attr) \
+            else None
     if isinstance(n, nodes.Getitem):
         if isinstance(n.arg, nodes.Const):
-            return f"reads the item {n.arg.value!r}" if _under(n.arg.value) else None
+            return f"reads the item {n.arg.value!r}" if _under(n.arg.value) or \
+                _internal(n.arg.value) else None
         if not isinstance(n.arg, nodes.Slice) and _stringy(n.arg, built):
             return "reads an item by a name it builds from strings"
         return None
     if n.name == "attr":
         return "fetches attributes by name (the attr filter)"
     values = [*n.args, *(k.value for k in n.kwargs)]
+    if isinstance(n, nodes.Filter) and n.name in _TEXT_ONLY:
+        values = [k.value for k in n.kwargs]  # text to work on (replace('_', ' ')), no name
     if any(isinstance(v, nodes.Const) and _under(v.value) for v in values):
         return f"passes a name starting with '_' to {n.name}"
     if n.name in _BY_NAME and (

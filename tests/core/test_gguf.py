@@ -303,6 +303,51 @@ def test_a_chat_template_that_reaches_python_is_dangerous(tmp_path, marker):
     assert finding.member == "tokenizer.chat_template" and "attribute '__" in finding.message
 
 
+@pytest.mark.parametrize("template", [
+    "{% for a in ['__init__'] %}{% for g in ['__globals__'] %}{{ cycler[a][g]['os']"
+    ".popen('touch M').read() }}{% endfor %}{% endfor %}",
+    "{{ ([1]|map('string')).gi_frame.f_builtins['exec'](\"import os; os.system('touch M')\")"
+    " }}",
+])
+def test_templates_that_climb_without_a_dunder_run_and_are_dangerous(tmp_path, template):
+    """An unsandboxed renderer runs both (the oracle); neither reads an attribute whose
+    name starts with an underscore, so the scan had called both safe."""
+    import subprocess
+    import sys
+
+    ran = tmp_path / "ran"
+    subprocess.run([sys.executable, "-c", "import sys, jinja2; jinja2.Environment()"
+                    ".from_string(sys.argv[1]).render(messages=[])",
+                    template.replace("touch M", f"touch {ran}")],
+                   capture_output=True, text=True, timeout=60)
+    assert ran.exists(), "the payload is live in an unsandboxed renderer"
+    marker = tmp_path / "marker"
+    path = _with_template(tmp_path / "t.gguf", template.replace("touch M", f"touch {marker}"))
+    report = scan(open_checkpoint(str(path)))
+    assert report.verdict == "dangerous"
+    assert not marker.exists()
+
+
+def test_templates_that_hand_strings_around_as_real_ones_do_are_safe(tmp_path):
+    """What the rules above must not catch: loops over literal names, macros given
+    literals, underscores as text, a namespace's fields, lookups by a message's fields."""
+    template = (
+        "{%- macro render(m, role='user') -%}{{ '<|' ~ role ~ '|>' ~ m['content'] }}"
+        "{%- endmacro -%}"
+        "{%- set ns = namespace(found=false, sep='_') -%}"
+        "{%- for key in ['role', 'content'] -%}{{ messages[0][key] if messages }}"
+        "{%- endfor -%}"
+        "{%- with name = 'tool_call' -%}{{ name | replace('_', ' ') }}{%- endwith -%}"
+        "{%- for message in messages -%}{{ render(message, message.role) }}"
+        "{%- if message.tool_calls is defined -%}{%- for call in message.tool_calls -%}"
+        "{{ call.function.name ~ ns.sep ~ call.function.arguments | tojson }}"
+        "{%- endfor -%}{%- endif -%}{%- endfor -%}"
+        "{{ '<|assistant|>' if add_generation_prompt }}")
+    path = _with_template(tmp_path / "ok.gguf", template)
+    report = scan(open_checkpoint(str(path)))
+    assert report.verdict == "safe", report.findings
+
+
 def test_real_chat_templates_are_safe(tmp_path):
     chatml = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
               "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if "
@@ -344,6 +389,18 @@ def test_headers_of_huge_counts_that_fit_the_file_are_refused_at_once(tmp_path, 
     "{% set k = ['_', '_']|join %}{{ lipsum[k ~ 'globals' ~ k] }}",
     "{{ ''|attr(x) }}",
     "{{ messages|map(attribute=k)|list }}",
+    # found by a later review: a name handed on by a loop, a macro, a with or a call
+    # block, a keyword's name, and frames, reached without a single underscore
+    "{% for a in ['__init__'] %}{{ cycler[a] }}{% endfor %}",
+    "{% for a in ['_' ~ '_init__'] %}{{ cycler[a] }}{% endfor %}",
+    "{% macro f(a) %}{{ cycler[a] }}{% endmacro %}{{ f('_' ~ '_init__') }}",
+    "{% macro f(a='_' ~ '_init__') %}{{ cycler[a] }}{% endmacro %}{{ f() }}",
+    "{% with a = '_' ~ '_init__' %}{{ cycler[a] }}{% endwith %}",
+    "{% for a in dict(__init__=1) %}{{ cycler[a] }}{% endfor %}",
+    "{% macro f() %}{{ caller('_' ~ '_init__') }}{% endmacro %}{% call(a) f() %}"
+    "{{ cycler[a] }}{% endcall %}",
+    "{{ ([1]|map('string')).gi_frame.f_builtins['exec']('import os') }}",
+    "{% set g = [1]|select %}{{ g['gi_frame'] }}",
 ])
 def test_chat_templates_spelling_their_way_to_dunders_are_dangerous(tmp_path, spelling):
     """Found by review: a denylist of spellings missed each of these (a '}}' inside a
