@@ -461,10 +461,13 @@ def pt2_sympy_expression(torch, marker: Path) -> bytes:
     return simple_zip(_set_json(parts, "models/model.json", edit))
 
 
-def pt2_legacy_layout(torch, marker: Path) -> bytes:
+def pt2_legacy_layout(torch, marker: Path, behind: bool = False, legacy: bool = False
+                      ) -> bytes:
     """The layout torch.export.load falls back to, read with Python's zipfile when torch's
     reader fails (here: the first record is not in a folder): its .pt files go through
-    torch.load with a weights_only=False retry."""
+    torch.load with a weights_only=False retry. ``behind``: after a whole torch.save
+    archive (data.pkl and all), which made the file read as that archive alone;
+    ``legacy``: the payload in torch.save's older, non-zip stream."""
     from torch._export.serde.schema import SCHEMA_VERSION
 
     parts = dict(_pt2_parts(torch))
@@ -473,9 +476,16 @@ def pt2_legacy_layout(torch, marker: Path) -> bytes:
     weights = io.BytesIO()
     torch.save({}, weights)
     payload = io.BytesIO()
-    torch.save({"c": Reduce(os.system, f"touch {marker}")}, payload)
+    torch.save({"c": Reduce(os.system, f"touch {marker}")}, payload,
+               _use_new_zipfile_serialization=not legacy)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as z:
+        if behind:
+            plain = io.BytesIO()
+            torch.save({"w": torch.zeros(2)}, plain)
+            with zipfile.ZipFile(io.BytesIO(plain.getvalue())) as p:
+                for n in p.namelist():
+                    z.writestr(n, p.read(n))
         z.writestr("version", ".".join(map(str, SCHEMA_VERSION)))
         z.writestr("serialized_exported_program.json", model)
         z.writestr("serialized_state_dict.pt", weights.getvalue())
@@ -539,6 +549,13 @@ SAMPLES = [
      "the older layout torch.export.load falls back to"),
     ("pt2_with_data_pkl.pt2", pt2_with_data_pkl, "dangerous", "dangerous-import",
      "a data.pkl inside a .pt2, run by torch.load"),
+    ("pt2_legacy_behind_torch_zip.pt2",
+     lambda torch, marker: pt2_legacy_layout(torch, marker, behind=True), "dangerous",
+     "dangerous-import", "the older layout after a torch.save archive (was 'safe')"),
+    ("pt2_legacy_stream_behind_torch_zip.pt2",
+     lambda torch, marker: pt2_legacy_layout(torch, marker, behind=True, legacy=True),
+     "dangerous", "dangerous-import",
+     "the same with the payload in torch.save's non-zip stream (was 'safe')"),
 ]
 
 # samples whose payload the real loader runs: (filename, loader) for the child-process proof
@@ -558,5 +575,7 @@ LIVE = {
     "pt2_sample_inputs_tar.pt2": "torch.export.load",
     "pt2_sympy_expression.pt2": "torch.export.load",
     "pt2_legacy_layout.pt2": "torch.export.load",
+    "pt2_legacy_behind_torch_zip.pt2": "torch.export.load",
+    "pt2_legacy_stream_behind_torch_zip.pt2": "torch.export.load",
     "pt2_with_data_pkl.pt2": "torch.load",
 }

@@ -526,13 +526,20 @@ def _zip_kind(src: Source) -> str:
 
 
 def _kind_of(directory: _zip.Directory) -> str:
-    # torch.export.save never writes a data.pkl nor torch.save an archive_format: a file
-    # with both is read as pt2, whose reader also interprets the data.pkl torch.load runs
+    # torch.export.save never writes a data.pkl nor torch.save an archive_format or the
+    # older pt2 layout: a file with both is read as pt2, whose reader also interprets the
+    # data.pkl torch.load runs (torch.export.load's fallback runs the older layout's
+    # records whatever else the archive holds)
     if directory.record("archive_format") is not None:
+        return "pt2"
+    names = [e.filename for e in directory.entries]
+    from ckpt_inspector.core.formats.pt2 import is_pt2
+
+    if is_pt2(names):
         return "pt2"
     if directory.record("data.pkl") is not None:
         return "torch-zip"
-    return _kind_of_names([e.filename for e in directory.entries])
+    return _kind_of_names(names)
 
 
 def _kind_of_names(names: list[str]) -> str:
