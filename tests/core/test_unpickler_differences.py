@@ -155,3 +155,46 @@ def test_a_real_safetensors_file_is_no_polyglot(tmp_path):
         save_file({f"w{k}": np.zeros(2, np.float32) for k in range(1 + 9 * i)}, str(path))
         _, report, _ = scan_file(path)
         assert report.verdict == "safe", report.findings
+
+
+def _nested_frame(marker) -> bytes:
+    """A FRAME inside a 9,000-byte frame, reaching past its end: C's unpickler reading a
+    file (pickle.load; torch.load's BytesIO of data.pkl) reads the new frame from the
+    outer frame's end and runs what lies there, which a reader going straight on sees as
+    the inside of a BINBYTES."""
+    def frame(n):
+        return b"\x95" + struct.pack("<Q", n)
+
+    def binbytes(b):
+        return b"B" + struct.pack("<I", len(b)) + b
+
+    touch = f"touch {marker}".encode()
+    evil = b"cos\nsystem\nX" + struct.pack("<I", len(touch)) + touch + b"\x85R."
+    outer = 9000
+    outer_end = 11 + outer  # PROTO, FRAME, the frame
+    start = 2 + 9 + 9 + 5  # PROTO, two FRAMEs, BINBYTES' header
+    end = outer_end + len(evil) + 16  # where the BINBYTES ends, read straight on
+    hidden = bytearray(end - start)
+    hidden[outer_end - start:outer_end - start + len(evil)] = evil
+    inner = end - 19
+    tail = b"0" + binbytes(bytes(outer_end + inner)) + b"0N."
+    return (b"\x80\x04" + frame(outer) + frame(inner) + binbytes(bytes(hidden))
+            + frame(len(tail)) + tail)
+
+
+def test_a_frame_inside_a_frame_is_dangerous(tmp_path, marker):
+    """Found by a red-team review: the reader went straight on and called it safe."""
+    path = tmp_path / "nested.pkl"
+    path.write_bytes(_nested_frame(marker))
+    _, report, _ = scan_file(path)
+    assert report.verdict == "dangerous"
+    assert any(f.code == "frame-mismatch" and "inside another" in f.message
+               for f in report.findings)
+    ran = tmp_path / "ran"
+    oracle = tmp_path / "oracle.pkl"
+    oracle.write_bytes(_nested_frame(ran))
+    subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], "
+                    "'rb'))", str(oracle)], capture_output=True, timeout=60)
+    assert ran.exists()  # the oracle: pickle.load runs it
+    assert not marker.exists()
+

@@ -609,6 +609,13 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 rare.setdefault(op, op_pos)
                 n = unpack_q(data, pos)[0]
                 pos += 8
+                if frame_end >= 0:  # no pickler writes this: the loaders part ways here
+                    anomalies.append(Anomaly(
+                        "frame-mismatch", "a frame begins inside another: pickle.load from "
+                        "a file (torch.load's BytesIO too) goes on at the outer frame's end "
+                        "where the new frame runs past it, pickle.loads and this reader "
+                        "straight on, Python's own unpickler refuses it; each loader may "
+                        "run another stream", op_pos))
                 if pos + n > size:
                     if not python:
                         raise fail(FRAME_TOO_LONG, op_pos)
