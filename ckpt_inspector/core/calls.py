@@ -21,7 +21,7 @@ The denylists in :mod:`scan` stay as a second opinion.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,37 +162,38 @@ def _values(obj: Any) -> Iterator[Any]:
         yield from obj.values()
 
 
-def _states(state: Any) -> Iterator[Iterable[tuple[Any, Any]]]:
-    """The attributes a BUILD state sets, as ``(name, value)`` pairs, for each dict in it
-    (``(dict, slots)`` pairs, several BUILDs). C's load_build takes any dict, subclasses
-    too: an OrderedDict, a Counter or any call whose result may be a dict counts, with the
-    items SETITEM(S) gave it and those its arguments give it (``OrderedDict(pairs)``)."""
+def _states(state: Any) -> Iterator[dict[Any, Any] | Call]:
+    """The dicts whose items a BUILD state sets as attributes (``(dict, slots)`` pairs,
+    several BUILDs). C's load_build takes any dict, subclasses too: an OrderedDict, a
+    Counter or any call whose result may be a dict counts, with the items SETITEM(S) gave
+    it and those its arguments give it (``OrderedDict(pairs)``)."""
     if isinstance(state, Builds):
         for s in state:
             yield from _states(s)
     elif isinstance(state, (dict, Call)):
-        yield _dict_items(state)
+        yield state
     elif isinstance(state, tuple) and len(state) == 2:
         for part in state:
             if isinstance(part, (dict, Call)):
-                yield _dict_items(part)
+                yield part
 
 
-def _dict_items(d: dict[Any, Any] | Call, depth: int = 0) -> list[tuple[Any, Any]]:
-    if isinstance(d, dict):
-        return list(d.items())
-    items = list(d.dict_items or ())
-    for arg in d.args if isinstance(d.args, tuple) else ():
-        if isinstance(arg, dict):
-            items.extend(arg.items())
-        elif isinstance(arg, Call) and depth < 3:  # OrderedDict(OrderedDict(...))
-            items.extend(_dict_items(arg, depth + 1))
-        elif isinstance(arg, (list, tuple)):  # pairs as tuples or as lists
-            items.extend(tuple(p) for p in arg
-                         if isinstance(p, (tuple, list)) and len(p) == 2)
-    if isinstance(d.kwargs, dict):
-        items.extend(d.kwargs.items())
-    return items
+def _sets_behaviour(key: Any, value: Any) -> bool:
+    """Whether setting attribute ``key`` to ``value`` can change what an object does: a
+    method APPEND(S)/ADDITEMS call, or a dunder (a name of Python's protocols, or any
+    dunder set to something imported or computed)."""
+    if not isinstance(key, str):
+        return False
+    if key in ITEM_METHODS:
+        return isinstance(value, (GlobalRef, Call))
+    return key.startswith("__") and key.endswith("__") and (
+        key in BEHAVIOUR_DUNDERS or isinstance(value, (GlobalRef, Call)))
+
+
+def _pairs(items: Any) -> Iterator[tuple[Any, Any]]:
+    """The ``(key, value)`` pairs a dict's constructor takes from a list or tuple: pairs
+    as tuples or as lists."""
+    return (tuple(p) for p in items if isinstance(p, (tuple, list)) and len(p) == 2)
 
 
 class Analysis:
@@ -202,6 +203,8 @@ class Analysis:
         self.uses: dict[str, Use] = {}
         self.by_id: dict[int, Use] = {}
         self.verdicts: list[Verdict] = []
+        self._state_items: dict[tuple[int, int], list[tuple[Any, Any]]] = {}
+        self._alive: list[Any] = []
         for g in result.globals:
             if not g.literal:
                 continue
@@ -316,24 +319,44 @@ class Analysis:
         if at is not None and at < len(c.args):
             states.append(c.args[at])  # set on the rebuilt tensor attribute by attribute
         for state in (d for s in states for d in _states(s)):
-            for key, value in state:
-                if key in ITEM_METHODS and isinstance(value, (GlobalRef, Call)):
-                    self.verdicts.append(Verdict(
-                        "dangerous", "build-sets-method",
-                        f"BUILD sets {key} on a {c.func_name or 'computed'} object to "
-                        f"{_short(value)}: APPEND(S)/ADDITEMS call it with the file's items",
-                        c.offset, value.full_name if isinstance(value, GlobalRef) and
-                        value.literal else None))
-                    continue
-                if not (isinstance(key, str) and key.startswith("__") and key.endswith("__")):
-                    continue
-                if key in BEHAVIOUR_DUNDERS or isinstance(value, (GlobalRef, Call)):
-                    self.verdicts.append(Verdict(
-                        "dangerous", "build-sets-method",
-                        f"BUILD sets {key} on a {c.func_name or 'computed'} object to "
-                        f"{_short(value)}: a later BUILD or call runs it", c.offset,
-                        value.full_name if isinstance(value, GlobalRef) and value.literal
-                        else None))
+            for key, value in self._behaviour_items(state):
+                how = ("APPEND(S)/ADDITEMS call it with the file's items" if key in
+                       ITEM_METHODS else "a later BUILD or call runs it")
+                self.verdicts.append(Verdict(
+                    "dangerous", "build-sets-method",
+                    f"BUILD sets {key} on a {c.func_name or 'computed'} object to "
+                    f"{_short(value)}: {how}", c.offset,
+                    value.full_name if isinstance(value, GlobalRef) and value.literal
+                    else None))
+
+    def _behaviour_items(self, state: Any, depth: int = 0) -> list[tuple[Any, Any]]:
+        """The items of a BUILD state (a dict, or a call whose result may be one: its
+        SETITEM(S) items, its arguments' and keywords' items, ``OrderedDict(pairs)``) that
+        set behaviour (:func:`_sets_behaviour`). Found once for each object: a file may
+        give one state, or one list of 200,000 pairs, to 20,000 BUILDs (reading them at
+        each was 4e9 steps, where pickle.load takes 0.1 s)."""
+        key = (id(state), depth if isinstance(state, Call) else 0)  # how deep it looked
+        found = self._state_items.get(key)
+        if found is not None:
+            return found
+        if isinstance(state, dict):
+            items: Any = state.items()
+        elif isinstance(state, (list, tuple)):
+            items = _pairs(state)
+        elif isinstance(state, Call):
+            items = list(state.dict_items or ())
+            for arg in state.args if isinstance(state.args, tuple) else ():
+                if isinstance(arg, (dict, list, tuple)) or (
+                        isinstance(arg, Call) and depth < 3):  # OrderedDict(OrderedDict(..))
+                    items.extend(self._behaviour_items(arg, depth + 1))
+            if isinstance(state.kwargs, dict):
+                items.extend(state.kwargs.items())
+        else:
+            items = ()
+        found = [(k, v) for k, v in items if _sets_behaviour(k, v)]
+        self._state_items[key] = found
+        self._alive.append(state)  # ids are the keys: keep each object alive
+        return found
 
 
 def attribute_name(c: Call) -> str | None:
