@@ -186,18 +186,32 @@ def _parameters(tree: Any, macros: dict[str, Any], built: set[str]) -> None:
     from jinja2 import nodes
 
     blocks = [*macros.values(), *tree.find_all(nodes.CallBlock)]
+    parameters = {a.name for m in blocks for a in m.args}
     for c in tree.find_all(nodes.Call):
-        handed = [*c.args, *(k.value for k in c.kwargs),
-                  *(x for x in (c.dyn_args, c.dyn_kwargs) if x is not None)]
-        if any(_stringy(v, built) for v in handed):
-            if isinstance(c.node, nodes.Name) and c.node.name in macros:
-                built.update(a.name for a in macros[c.node.name].args)
-            else:  # a call block's caller(...), or a macro handed on: any parameter
-                for m in blocks:
-                    built.update(a.name for a in m.args)
+        if not isinstance(c.node, nodes.Name):
+            continue  # a method (text.split('_')): no macro of the template's
+        macro = macros.get(c.node.name)
+        if macro is not None:  # each parameter a built string is handed to
+            names = [a.name for a in macro.args]
+            for i, v in enumerate(c.args):
+                if _stringy(v, built):
+                    built.add(names[i] if i < len(names) else "varargs")
+            for k in c.kwargs:
+                if _stringy(k.value, built):
+                    built.add(k.key if k.key in names else "kwargs")
+            if any(_stringy(x, built) for x in (c.dyn_args, c.dyn_kwargs) if x is not None):
+                built.update(names)
+        elif c.node.name == "caller" or c.node.name in parameters:
+            # a call block's caller(...), or a macro handed on as an argument: any of them
+            handed = [*c.args, *(k.value for k in c.kwargs),
+                      *(x for x in (c.dyn_args, c.dyn_kwargs) if x is not None)]
+            if any(_stringy(v, built) for v in handed):
+                built.update(parameters | {"varargs", "kwargs"})
     for m in blocks:
-        if any(_stringy(d, built) for d in m.defaults):
-            built.update(a.name for a in m.args)
+        names = [a.name for a in m.args]
+        for name, default in zip(names[len(names) - len(m.defaults):], m.defaults):
+            if _stringy(default, built):
+                built.add(name)
 
 
 def _reach_of(n: Any, built: set[str]) -> str | None:
