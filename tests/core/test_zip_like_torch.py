@@ -403,3 +403,61 @@ def open_checkpoint_bytes(raw: bytes):
     ckpt = Checkpoint("<bytes>", "torch-zip", None, file_size=len(raw))  # type: ignore[arg-type]
     ckpt.root = torch_zip.read_into(ckpt, BytesSource("<bytes>", raw), "")
     return ckpt
+
+
+def _zip64_everywhere(members: list[tuple[str, bytes]], odd: bool = False) -> bytes:
+    """A zip whose central records each keep sizes and offset in a zip64 field, as
+    torch.save's writer does past 4 GiB (``odd``: one more field after it on the first
+    record, which Python's zipfile and miniz need not read alike)."""
+    z = H.RawZip()
+    recs = [z.add(n, d) for n, d in members]
+    cd = bytearray()
+    for i, r in enumerate(recs):
+        extra = struct.pack("<HHQQQ", 1, 24, r.size, len(r.data), r.offset)
+        if odd and i == 0:
+            extra += struct.pack("<HH", 0xCAFE, 0)
+        cd += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45, 0, 0, 0, 0, r.crc,
+                          0xFFFFFFFF, 0xFFFFFFFF, len(r.name), len(extra), 0, 0, 0, 0,
+                          0xFFFFFFFF)
+        cd += r.name + extra
+    at = z.put(bytes(cd))
+    end64 = z.zip64_end(len(recs), len(cd), at)
+    z.zip64_locator(end64)
+    z.end(0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
+    return z.bytes()
+
+
+def test_zip64_records_as_torch_writes_them_are_not_listed_again(torch, tmp_path, monkeypatch):
+    """Records whose zip64 field zipfile reads as miniz does count as plain: a checkpoint
+    past 4 GiB is no longer listed a second time by zipfile (2.5 KB a record)."""
+    from ckpt_inspector.core.formats import _zip_audit
+
+    path = tmp_path / "zip64.pt"
+    path.write_bytes(_zip64_everywhere(H.benign_members(torch)))
+    assert torch.load(path)["w"].tolist() == [1.0, 1.0]  # torch's reader takes it
+    calls = []
+    real = _zip_audit.zipfile_view
+    monkeypatch.setattr(_zip_audit, "zipfile_view", lambda raw: calls.append(1) or real(raw))
+    _, report, error = scan_file(path)
+    assert error is None and report.verdict == "safe", report.findings
+    assert not calls
+    path.write_bytes(_zip64_everywhere(H.benign_members(torch), odd=True))
+    _, report, _ = scan_file(path)
+    assert calls and report.verdict == "safe", report.findings  # compared, and agrees
+
+
+def test_zipfiles_listing_is_compared_up_to_a_bound(torch, tmp_path, monkeypatch):
+    """Found by a red-team review: 1,000,000 records, one with an odd extra field, made
+    both listings be kept (2.5 GB, 30 s). Past the bound the comparison is not made, and
+    the file is not called safe."""
+    from ckpt_inspector.core.formats import _zip_audit
+
+    monkeypatch.setattr(_zip_audit, "MAX_COMPARED", 4)
+    path = tmp_path / "many.pt"
+    path.write_bytes(_zip64_everywhere(H.benign_members(torch), odd=True))
+    calls = []
+    monkeypatch.setattr(_zip_audit, "zipfile_view", lambda raw: calls.append(1))
+    _, report, _ = scan_file(path)
+    assert not calls
+    assert report.verdict == "needs-trust"
+    assert any(f.code == "zip-unverified" for f in report.findings)

@@ -121,6 +121,24 @@ def _plain_extra(extra: bytes) -> bool:
     return True
 
 
+def _plain_zip64(entry: Entry, extra: bytes, usize: int, comp: int, lho: int) -> bool:
+    """Whether zipfile reads a zip64 record's values as miniz does: the extra holds one
+    zip64 field and nothing else, eight bytes for each size or offset the record marks as
+    in it (in zipfile's order, which is miniz's), and no more. torch.save writes such
+    records in a file past 4 GiB: telling them plain spares listing its records again
+    with zipfile."""
+    if entry.problem or len(extra) < 4:
+        return False
+    tp, ln = struct.unpack_from("<HH", extra)
+    marked = [v for v in (usize, comp, lho) if v == U32]
+    if tp != 1 or ln + 4 != len(extra) or ln != 8 * len(marked):
+        return False
+    values = iter(struct.unpack_from(f"<{len(marked)}Q", extra, 4))
+    return all(
+        getattr(entry, attr) == (next(values) if v == U32 else v)
+        for attr, v in (("file_size", usize), ("compress_size", comp), ("header_offset", lho)))
+
+
 def _reads_plainly(entry: Entry, version: int, extra: bytes) -> bool:
     """Whether zipfile reads a record without zip64 values the way miniz does."""
     if version > 63 or (extra and not _plain_extra(extra)):
@@ -285,10 +303,13 @@ class Directory(MinizLookup):
         d_comp, d_size, d_lho = comp, usize, lho
         extra_at = p + 46 + name_len
         if extra_len and max(comp, usize, lho) == U32:
-            plain = False
             d_size, d_comp, d_lho = self._zip64_fields_dir(base + extra_at, extra_len, usize,
                                                            comp, lho)
             self._zip64_fields_stat(entry, base + extra_at, extra_len)
+            if plain:
+                extra = cd[extra_at:extra_at + extra_len]
+                plain = _reads_plainly(entry, version, b"") and _plain_zip64(
+                    entry, extra if type(extra) is bytes else bytes(extra), usize, comp, lho)
         elif plain:
             plain = _reads_plainly(entry, version, cd[extra_at:extra_at + extra_len])
         # miniz reads the method as a 32-bit field (method and time): a stored record
