@@ -306,6 +306,11 @@ def test_a_chat_template_that_reaches_python_is_dangerous(tmp_path, marker):
 @pytest.mark.parametrize("template", [
     "{% for a in ['__init__'] %}{% for g in ['__globals__'] %}{{ cycler[a][g]['os']"
     ".popen('touch M').read() }}{% endfor %}{% endfor %}",
+    "{% macro i() %}__init__{% endmacro %}{% macro g() %}__globals__{% endmacro %}"
+    "{{ cycler[i()][g()]['os'].popen('touch M').read() }}",
+    "{% set ns = namespace() %}{% set ns.i = '_' ~ '_' ~ 'init' ~ '_' ~ '_' %}"
+    "{% set ns.g = '_' ~ '_' ~ 'globals' ~ '_' ~ '_' %}"
+    "{{ cycler[ns.i][ns.g]['os'].popen('touch M').read() }}",
     "{{ ([1]|map('string')).gi_frame.f_builtins['exec'](\"import os; os.system('touch M')\")"
     " }}",
 ])
@@ -328,6 +333,14 @@ def test_templates_that_climb_without_a_dunder_run_and_are_dangerous(tmp_path, t
     assert not marker.exists()
 
 
+def test_a_template_nested_too_deep_to_walk_is_not_vouched_for(tmp_path):
+    """Found by review: 1,000 terms parse, but walking them raised a RecursionError."""
+    path = _with_template(tmp_path / "deep.gguf", "{{ " + "+".join(["1"] * 1000) + " }}")
+    report = scan(open_checkpoint(str(path)))
+    assert report.verdict == "needs-trust"
+    assert any(f.code == "unread-template" for f in report.findings)
+
+
 def test_templates_that_hand_strings_around_as_real_ones_do_are_safe(tmp_path):
     """What the rules above must not catch: loops over literal names, macros given
     literals, underscores as text, a namespace's fields, lookups by a message's fields."""
@@ -342,6 +355,14 @@ def test_templates_that_hand_strings_around_as_real_ones_do_are_safe(tmp_path):
         "{%- if message.tool_calls is defined -%}{%- for call in message.tool_calls -%}"
         "{{ call.function.name ~ ns.sep ~ call.function.arguments | tojson }}"
         "{%- endfor -%}{%- endif -%}{%- endfor -%}"
+        "{%- for i in range(messages|length) -%}{{ messages[i]['role'] }}"
+        "{%- if not loop.last and messages[loop.index0 + 1].role == 'tool' %}, {% endif -%}"
+        "{%- endfor -%}"
+        "{%- set ref = tools[0]['$ref'] if tools else '#/a/b' -%}"
+        "{%- for seg in ref[2:].split('/') -%}{{ tools[0][seg|replace('~1', '/')]"
+        " if tools }}{%- endfor -%}"
+        "{%- set weekday = {'Monday': 'Mon'}[strftime_now('%A')] if strftime_now is defined"
+        " -%}"
         "{{ '<|assistant|>' if add_generation_prompt }}")
     path = _with_template(tmp_path / "ok.gguf", template)
     report = scan(open_checkpoint(str(path)))
@@ -401,6 +422,25 @@ def test_headers_of_huge_counts_that_fit_the_file_are_refused_at_once(tmp_path, 
     "{{ cycler[a] }}{% endcall %}",
     "{{ ([1]|map('string')).gi_frame.f_builtins['exec']('import os') }}",
     "{% set g = [1]|select %}{{ g['gi_frame'] }}",
+    # and by a further review, each run by an unsandboxed renderer: str.format's {:c},
+    # ''.join, a repr's character, a namespace's attribute, macro, block and call block
+    # output, a dotted attribute path, a recursive loop's argument, a character of a
+    # literal
+    "{{ cycler['{:c}{:c}init{:c}{:c}'.format(95,95,95,95)] }}",
+    "{% set u = '{:c}'.format(95) %}{% set i = ''.join([u,u,'init',u,u]) %}{{ cycler[i] }}",
+    "{% set u = '{}'.format(lipsum)[18] %}{{ cycler[''.join([u,u,'init',u,u])] }}",
+    "{% set ns = namespace() %}{% set ns.i = '_' ~ '_' ~ 'init' ~ '_' ~ '_' %}"
+    "{{ cycler[ns.i] }}",
+    "{% with n = namespace() %}{% set n.i = '_' ~ '_init__' %}{{ cycler[n.i] }}{% endwith %}",
+    "{% macro i() %}__init__{% endmacro %}{{ cycler[i()] }}",
+    "{% block i %}__init__{% endblock %}{{ cycler[self.i()] }}",
+    "{% macro m() %}{{ cycler[caller()] }}{% endmacro %}{% call m() %}__init__{% endcall %}",
+    "{% for o in [[cycler]]|map(attribute='0.__init__.__globals__.os') %}{{ o }}{% endfor %}",
+    "{% for g in [[cycler]]|groupby('0.__init__') %}{{ g }}{% endfor %}",
+    "{% for p in [0] recursive %}{% if p == 0 %}{{ loop([['_' ~ '_init__']]) }}{% else %}"
+    "{{ cycler[p[0]] }}{% endif %}{% endfor %}",
+    "{{ (messages|map('string'))['gi{:c}frame'.format(95)] }}",
+    "{% set u = 'a_b'[1] %}{{ cycler[[u, u, 'init', u, u]|join] }}",
 ])
 def test_chat_templates_spelling_their_way_to_dunders_are_dangerous(tmp_path, spelling):
     """Found by review: a denylist of spellings missed each of these (a '}}' inside a
