@@ -26,7 +26,7 @@ from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import key_of
 
-from support import Payload, numpy_arrays, run_cli, scan_file
+from support import Payload, numpy_arrays, payload, run_cli, scan_file
 
 joblib = pytest.importorskip("joblib")
 
@@ -312,3 +312,38 @@ def test_the_torch_load_answer_knows_every_compression_unpacked():
     from ckpt_inspector.core.torch_load_formats import COMPRESSED
 
     assert set(COMPRESSED) == set(_unpack.UNPACKED)
+
+
+def _lzma_alone_pickle(marker) -> bytes:
+    """Found by a red-team review: ``I0\\0\\0\\0`` is an LZMA "alone" header (lc 1, lp 3,
+    pb 1, a 48-byte dictionary) that lzma.open accepts, and an INT that pickle.load reads
+    as 0 (C's strtol stops at the NUL; the line runs to the final newline). Unpacked, the
+    file is a payload. Only ``]\\0`` was taken for LZMA: it was a safe pickle."""
+    filters = [{"id": lzma.FILTER_LZMA1, "lc": 1, "lp": 3, "pb": 1, "dict_size": 4096}]
+    for pad in range(1, 5000):
+        inner = payload(marker) + b"\0" * pad
+        raw = lzma.compress(inner, format=lzma.FORMAT_ALONE, filters=filters)
+        data = b"I0\0\0\0" + struct.pack("<Q", len(inner)) + raw[13:] + b"\n."
+        if b"\n" not in data[:-2]:
+            return data
+    raise AssertionError("no such file")
+
+
+def test_an_lzma_header_of_any_properties_is_unpacked(tmp_path, marker):
+    from ckpt_inspector.core.formats import _unpack
+
+    path = tmp_path / "model.pkl.xz"
+    path.write_bytes(_lzma_alone_pickle(marker))
+    assert pickle.loads(path.read_bytes()) == 0  # a harmless pickle, read as one
+    _, report, _ = scan_file(path)
+    assert report.verdict == "dangerous"
+    assert "posix.system" in report.flagged_names() or "os.system" in report.flagged_names()
+    ran = tmp_path / "ran"
+    oracle = tmp_path / "oracle.pkl.xz"
+    oracle.write_bytes(_lzma_alone_pickle(ran))
+    subprocess.run([sys.executable, "-c", "import lzma, pickle, sys; pickle.load(lzma.open("
+                    "sys.argv[1]))", str(oracle)], capture_output=True, timeout=60)
+    assert ran.exists()  # as pandas.read_pickle of an .xz reads it
+    assert not marker.exists()
+    plain = lzma.compress(b"x" * 100, format=lzma.FORMAT_ALONE)
+    assert _unpack.kind_of(plain) == "lzma"

@@ -19,6 +19,7 @@ import gzip
 import io
 import lzma
 import mmap
+import struct
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,25 @@ def kind_of(head: bytes) -> str | None:
         return "zlib"  # CM 8 (deflate), FCHECK right, no preset dictionary
     if head.startswith(b"\x5d\x00") and len(head) >= 13:
         return "lzma"  # lc/lp/pb 3/0/2, as lzma's "alone" format writes them
-    return "joblib-zfile" if _zfile_length(head) is not None else None
+    if _zfile_length(head) is not None:
+        return "joblib-zfile"
+    return "lzma" if _alone_header(head) else None
+
+
+def _alone_header(head: bytes) -> bool:
+    """An LZMA "alone" header as liblzma's automatic decoder (``lzma.open``, pandas'
+    ``read_pickle`` of an ``.xz``) accepts it, whatever its properties: lc + lp <= 4, a
+    dictionary size of 2^n or 2^n + 2^(n-1), a size unknown or under 2^38. (``I0\0\0\0``
+    is one, and the start of an INT that ``pickle.load`` reads as 0.)"""
+    if len(head) < 13 or head[0] >= 225:
+        return False
+    lc, rest = head[0] % 9, head[0] // 9
+    if lc + rest % 5 > 4:
+        return False
+    d = struct.unpack_from("<I", head, 1)[0]
+    size = struct.unpack_from("<Q", head, 5)[0]
+    return d > 0 and (d & (d - 1) == 0 or ((d // 3) & (d // 3 - 1) == 0 and d % 3 == 0)) \
+        and (size == (1 << 64) - 1 or size < 1 << 38)
 
 
 def _zfile_length(head: bytes) -> int | None:
