@@ -21,7 +21,7 @@ from ckpt_inspector.core.formats import _tar_listing, detect_format, torch_tar
 from ckpt_inspector.core.scan import scan
 
 import hostile_files as hf
-from support import run_limited
+from support import run_limited, scan_file
 
 SAMPLES = {name: (builder, expect, code) for name, builder, expect, code, _ in hf.SAMPLES}
 
@@ -265,3 +265,45 @@ def test_a_tar_whose_stream_hits_a_bound_before_its_payload_is_dangerous(torch, 
     assert struct.unpack_from("<I", data, 3)[0] == 512 - 7  # still the BINBYTES header
     verdict, codes = verdict_of(path)
     assert verdict == "dangerous" and "tar-and-pickle" in codes, codes
+
+
+def _tar_named_as_pickle(path, first: bytes) -> None:
+    """A tar of one safetensors file whose name is ``first`` (tar headers start with it)."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    data = save({"w": np.zeros(2, np.float32)})
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo(first.decode("latin-1"))
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+
+
+def test_a_tar_whose_first_name_is_a_pickle_is_a_polyglot(tmp_path, monkeypatch):
+    """Found by a red-team review: a tar's first bytes are its first member's name, here
+    a protocol-0 pickle that pickle.load, joblib.load and numpy.load(allow_pickle=True)
+    run; read as a tar alone, it was safe. (A name fits in 100 bytes: the marker is named
+    relative to the folder each side runs in.)"""
+
+    def name(m):
+        return b"cposix\nsystem\n(S'touch " + m.encode() + b"'\ntR."
+
+    scanned, oracle = tmp_path / "scanned", tmp_path / "oracle"
+    scanned.mkdir()
+    oracle.mkdir()
+    path = scanned / "model.tar"
+    _tar_named_as_pickle(path, name("marker"))
+    monkeypatch.chdir(scanned)  # where the payload would create its marker
+    _, report, _ = scan_file(path)
+    assert report.verdict == "dangerous"
+    assert any(f.code == "polyglot" for f in report.findings)
+    _tar_named_as_pickle(oracle / "model.tar", name("ran"))
+    subprocess.run([sys.executable, "-c", "import pickle; pickle.load(open('model.tar', "
+                    "'rb'))"], cwd=oracle, capture_output=True, timeout=60)
+    assert (oracle / "ran").exists()
+    assert not (scanned / "marker").exists()
+    plain = tmp_path / "plain.tar"  # a name that starts like GLOBAL: nothing is imported
+    _tar_named_as_pickle(plain, b"checkpoint/model.safetensors")
+    assert scan_file(plain)[1].verdict == "safe"

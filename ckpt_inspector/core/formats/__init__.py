@@ -138,8 +138,9 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         # its checkpoint's own
         with pickle_vm.deadline(), _quota.per_file():
             src = open_source(path)
+            reader = reader_for(src)
             try:
-                ckpt = reader_for(src).read(src)
+                ckpt = reader.read(src)
             except CheckpointError as err:
                 # unreadable as what its first bytes say, yet maybe an archive to torch
                 partial = err.partial or Checkpoint(path, "unknown", Node(
@@ -149,8 +150,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 raise
             if not _is_zip(ckpt):
                 _zip_view(ckpt, src)
-            if ckpt.format in NOT_PICKLES:  # pickle.load's reading of any file
-                _pickle_view(ckpt, src)
+            if ckpt.format in NOT_PICKLES or reader.name in TARS:
+                _pickle_view(ckpt, src)  # pickle.load's reading of any file
             if _npz_view.applies(src, ckpt):  # numpy.load's reading of any PK file
                 _npz_view.scan(ckpt, src)
             transfer = getattr(src, "transfer", None)
@@ -168,13 +169,16 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 ZIP_FORMATS = ("torch-zip", "torchscript", "pt2")
-# formats read otherwise than as a pickle, whose first bytes may still start one
+# formats read otherwise than as a pickle, whose first bytes may still start one (a
+# tar's are its first member's name); a zip's ("PK": PERSID) make pickle.load fail at once
 NOT_PICKLES = ("safetensors", "gguf", "onnx")
+TARS = ("torch-tar", "archive-tar")
 
 
 def _pickle_view(ckpt: Checkpoint, src: Source) -> None:
     """A file read as another format whose first bytes are also a pickle that does
-    something (a safetensors header whose length reads as a STRING opcode, and so on):
+    something (a safetensors header whose length reads as a STRING opcode, a tar whose
+    first member's name is a pickle, and so on):
     pickle.load, joblib.load and torch.load run that pickle. Such a polyglot is dangerous
     and the pickle is scanned too."""
     from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
@@ -192,7 +196,7 @@ def _pickle_view(ckpt: Checkpoint, src: Source) -> None:
         other = pickle_file.read(src)
     except CheckpointError as err:
         other = err.partial
-    if other is None or not any(r.result.globals or r.result.calls for r in other.pickles):
+    if other is None or not any(pickle_file.acted(r.result) for r in other.pickles):
         if fetched is not None and len(fetched) < size and pickle_file.runs_past(fetched):
             ckpt.findings.append(Finding(
                 NEEDS_TRUST, "polyglot-unread",

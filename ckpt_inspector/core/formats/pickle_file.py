@@ -46,7 +46,7 @@ def sniff(head: bytes) -> bool:
     if err is None:
         return ended
     # a bound of this reader (a LONG4 over 1 MiB, deep tuples): pickle.load reads on
-    return err.limit or _cut_short(err, head) or _acted(err.result)
+    return err.limit or _cut_short(err, head) or acted(err.result)
 
 
 def runs_past(head: bytes) -> bool:
@@ -78,7 +78,7 @@ def _interpret(head: bytes) -> tuple[bool, PickleError | None]:
     return True, None
 
 
-def _acted(result: PickleResult | None) -> bool:
+def acted(result: PickleResult | None) -> bool:
     """Whether a stream did something before it broke, as a loader would run it: called
     anything, or imported a name that could be a module's (``pickle.load`` raises only
     after the call or the import)."""
