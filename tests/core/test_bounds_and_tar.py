@@ -21,7 +21,7 @@ from ckpt_inspector.core.formats import _tar_listing, detect_format, torch_tar
 from ckpt_inspector.core.scan import scan
 
 import hostile_files as hf
-from support import run_limited, scan_file
+from support import payload, run_limited, scan_file
 
 SAMPLES = {name: (builder, expect, code) for name, builder, expect, code, _ in hf.SAMPLES}
 
@@ -307,3 +307,38 @@ def test_a_tar_whose_first_name_is_a_pickle_is_a_polyglot(tmp_path, monkeypatch)
     plain = tmp_path / "plain.tar"  # a name that starts like GLOBAL: nothing is imported
     _tar_named_as_pickle(plain, b"checkpoint/model.safetensors")
     assert scan_file(plain)[1].verdict == "safe"
+
+
+def test_a_tar_that_starts_like_a_zip_is_read_as_both(tmp_path, marker):
+    """Found by a red-team review: a tar whose first member is named "PK\\3\\4readme", a
+    zip appended after it. Its first bytes chose the zip reader, which never saw the
+    tar's payload member, and called it safe; tar and tarfile extract that member."""
+    import zipfile
+
+    def build(path, m):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name, data in (("PK\x03\x04readme", b"hello\n"), ("model.pkl", payload(m))):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        path.write_bytes(buf.getvalue())
+        with zipfile.ZipFile(path, "a") as z:
+            z.writestr("weights.txt", b"just numbers")
+
+    path = tmp_path / "model.tar"
+    build(path, marker)
+    _, report, _ = scan_file(path)
+    assert report.verdict == "dangerous"
+    assert any(f.code == "polyglot" for f in report.findings)
+    assert any(f.code == "dangerous-import" for f in report.findings)
+    ran = tmp_path / "ran"
+    oracle = tmp_path / "oracle.tar"
+    build(oracle, ran)
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-c", "import pickle, sys, tarfile; tarfile.open(sys.argv"
+                    "[1]).extractall(sys.argv[2]); pickle.load(open(sys.argv[2] + "
+                    "'/model.pkl', 'rb'))", str(oracle), str(out)], capture_output=True,
+                   timeout=60)
+    assert ran.exists()
+    assert not marker.exists()

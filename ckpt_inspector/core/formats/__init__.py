@@ -150,6 +150,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 raise
             if not _is_zip(ckpt):
                 _zip_view(ckpt, src)
+            elif reader.name not in TARS:
+                _tar_view(ckpt, src)
             if ckpt.format in NOT_PICKLES or reader.name in TARS:
                 _pickle_view(ckpt, src)  # pickle.load's reading of any file
             if _npz_view.applies(src, ckpt):  # numpy.load's reading of any PK file
@@ -209,6 +211,33 @@ def _pickle_view(ckpt: Checkpoint, src: Source) -> None:
         DANGEROUS, "polyglot", f"the {ckpt.format} file is also a pickle that pickle.load, "
         "joblib.load and torch.load run: it imports or calls something"))
     ckpt.take_scan(other, lambda _f: "(as a pickle)")
+
+
+def _tar_view(ckpt: Checkpoint, src: Source) -> None:
+    """A zip (read so: its first bytes are a local header) whose first 512 bytes are also
+    a tar header: tar, tarfile and shutil.unpack_archive extract the tar's members, which
+    a name starting "PK\3\4" and a zip appended hide from a reader of the zip alone.
+    Such a polyglot is dangerous and its tar members are scanned too."""
+    from ckpt_inspector.core.findings import DANGEROUS, Finding
+    from ckpt_inspector.core.formats import _tar_listing, archive
+
+    if not _tar_listing.is_tar(src.head()):
+        return
+    try:
+        view = archive.read(src, "tar")
+    except CheckpointError as err:
+        view = err.partial
+    if view is None or not view.root.children:
+        return
+    ckpt.findings.append(Finding(
+        DANGEROUS, "polyglot",
+        "the zip archive is also a tar archive (tar, tarfile and shutil.unpack_archive "
+        "extract it from its first bytes): extracted as a tar it yields other files than "
+        "the zip does"))
+    ckpt.take_scan(view, lambda f: f"(as tar) {f}" if f else "(as tar)")
+    node = view.root
+    node.key = "(as tar)"
+    ckpt.root.add(node)
 
 
 def _is_zip(ckpt: Checkpoint) -> bool:
