@@ -115,6 +115,14 @@ def _pickle_name(name: str) -> bool:
     return name.lower().endswith((".pkl", ".debug_pkl"))
 
 
+def outside_root(prefix: str, label: str) -> Finding:
+    """A record outside the archive's folder: torch's reader refuses the archive."""
+    return Finding("info", "outside-root",
+                   f"a record lies outside the archive's folder {prefix!r}: torch's reader "
+                   "refuses the whole archive (torch.load cannot read it)",
+                   label.rstrip("/") or None)
+
+
 class _Archive:
     """An open torch zip archive, as torch's reader sees it: its root folder, records and
     main pickle."""
@@ -152,11 +160,7 @@ class _Archive:
         self.names = {e.filename: e for e in self.infos}
         self.is_script = torchscript.is_script(self.dir, self.prefix, self.names)
         if self.via_root and self.dir.all_records() is None:
-            ckpt.findings.append(Finding(
-                "info", "outside-root",
-                f"a record lies outside the archive's folder {self.prefix!r}: torch's reader "
-                "refuses the whole archive (torch.load cannot read it)",
-                label.rstrip("/") or None))
+            ckpt.findings.append(outside_root(self.prefix, label))
         self.byteorder = "little"
         order = self.dir.record("byteorder")
         if order is not None and order.file_size <= 64:
