@@ -19,7 +19,7 @@ from ckpt_inspector.core.scan import scan
 from ckpt_inspector.core.tensors import to_numpy
 from ckpt_inspector.core.tree import key_of
 
-from support import Payload, numpy_arrays, run_cli
+from support import Payload, numpy_arrays, run_cli, scan_file
 
 ARRAYS = numpy_arrays()
 
@@ -349,3 +349,36 @@ def test_an_npz_is_answered_with_numpy_load(tmp_path):
     proc = run_cli("scan", str(path))
     assert proc.returncode == 0, proc.stderr
     assert "a NumPy .npz archive" in proc.stdout and "numpy.load(path)" in proc.stdout
+
+
+def test_object_arrays_of_nested_torch_files_share_one_budget(tmp_path, monkeypatch, torch):
+    """Found by a red-team review: a zip of torch.save files, each holding object arrays
+    numpy.load would unpickle, gave each nested file its own 1 GiB of array bytes to read
+    (a 23 MB file took 4.5 GB). The file and all it nests now share one budget (here made
+    1 MiB: three arrays of 400 KB go past it, and the scan says so)."""
+    import os
+
+    from ckpt_inspector.core.formats import _quota
+
+    monkeypatch.setattr(_quota, "MAX_ARRAY_BYTES", 1 << 20)
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as outer:
+        for i in range(3):
+            saved = io.BytesIO()
+            torch.save({"w": torch.zeros(2)}, saved)
+            arr = io.BytesIO()
+            np.save(arr, np.array([Payload(f"touch {tmp_path / 'marker'}"), b"\0" * 400_000],
+                                  dtype=object), allow_pickle=True)
+            inner = io.BytesIO()
+            with zipfile.ZipFile(io.BytesIO(saved.getvalue())) as src, \
+                    zipfile.ZipFile(inner, "w") as dst:
+                for name in src.namelist():
+                    dst.writestr(name, src.read(name))
+                dst.writestr("archive/extra.npy", arr.getvalue())
+            outer.writestr(f"model{i}.pt", inner.getvalue())
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(bundle.getvalue())
+    _, report, _ = scan_file(path)
+    assert report.verdict == "dangerous"
+    assert any("MiB of arrays read for this file" in f.message for f in report.findings)
+    assert not os.path.exists(tmp_path / "marker")

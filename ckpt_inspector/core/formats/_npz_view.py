@@ -18,7 +18,7 @@ from typing import Any
 
 from ckpt_inspector.core.errors import CheckpointError
 from ckpt_inspector.core.findings import DANGEROUS, NEEDS_TRUST, Finding
-from ckpt_inspector.core.formats import _zip, _zip_audit, _zip_members, npy
+from ckpt_inspector.core.formats import _quota, _zip, _zip_audit, _zip_members, npy
 from ckpt_inspector.core.io.source import BytesSource, Source, span
 from ckpt_inspector.core.tree import Checkpoint
 
@@ -26,9 +26,6 @@ PREFIXES = (b"PK\x03\x04", b"PK\x05\x06")  # what numpy.load takes for a zip
 MAX_MEMBER = 256 << 20  # an object array's bytes read to scan its pickle
 MAX_SLOW = 10_000  # members read one by one (compressed, or listed by zipfile only)
 VECTORIZE = 2_000  # stored members looked at with numpy at once, from this many
-
-
-MAX_TOTAL = 1 << 30  # bytes read (copied or inflated) for all of a file's object arrays
 
 
 def applies(src: Source, ckpt: Checkpoint) -> bool:
@@ -63,21 +60,26 @@ def scan(ckpt: Checkpoint, src: Source, label: str = "", fmt: str | None = None)
             NEEDS_TRUST, "unscanned-member", f"numpy.load opens this file as an .npz, and "
             f"{len(skipped):,} of its members were not looked at here (e.g. {skipped[0]!r}): "
             "an array of objects among them would run its pickle", where))
-    budget = MAX_TOTAL
+    quota = _quota.current()  # one budget for the file and the archives it nests
     for name, read in members:
         try:
-            data = read()
-            budget -= len(data)
-            if budget < 0:
+            if quota.arrays_left < 0:
                 raise _zip_members.MemberError(
-                    f"more than {MAX_TOTAL >> 20} MiB of arrays read for this file")
+                    f"more than {_quota.MAX_ARRAY_BYTES >> 20} MiB of arrays read for this "
+                    "file")
+            data = read()
+            quota.arrays_left -= len(data)
+            if quota.arrays_left < 0:
+                raise _zip_members.MemberError(
+                    f"more than {_quota.MAX_ARRAY_BYTES >> 20} MiB of arrays read for this "
+                    "file")
             header = npy.parse_header(BytesSource(ckpt.path, data))
         except (CheckpointError, _zip_members.MemberError, OSError) as err:
             ckpt.findings.append(Finding(
                 NEEDS_TRUST, "unscanned-member", f"numpy.load opens this file as an .npz, "
                 f"and its member {name} starts like an array but could not be read: {err}",
                 where))
-            if budget < 0:
+            if quota.arrays_left < 0:
                 break
             continue
         if not header.dtype.hasobject:

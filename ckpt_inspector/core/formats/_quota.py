@@ -19,9 +19,15 @@ from ckpt_inspector.core.pickle import vm as pickle_vm
 MAX_MEMBER_PICKLES = 10_000
 
 
+MAX_ARRAY_BYTES = 512 << 20
+
+
 class PickleQuota:
     def __init__(self) -> None:
         self.read = 0
+        # bytes of object arrays numpy.load would unpickle, read for the whole file (its
+        # nested archives share them: each had its own 1 GiB, and 5 of them took 4.5 GB)
+        self.arrays_left = MAX_ARRAY_BYTES
         self.why: str | None = None
         self.left: list[str] = []
 
