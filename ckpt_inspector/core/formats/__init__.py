@@ -138,8 +138,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         # its checkpoint's own
         with pickle_vm.deadline(), _quota.per_file():
             src = open_source(path)
-            reader = reader_for(src)
             try:
+                reader = reader_for(src)
                 ckpt = reader.read(src)
             except CheckpointError as err:
                 # unreadable as what its first bytes say, yet maybe an archive to torch
@@ -150,7 +150,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 raise
             if not _is_zip(ckpt):
                 _zip_view(ckpt, src)
-            elif reader.name not in TARS:
+            else:
                 _tar_view(ckpt, src)
             if ckpt.format in NOT_PICKLES or reader.name in TARS:
                 _pickle_view(ckpt, src)  # pickle.load's reading of any file

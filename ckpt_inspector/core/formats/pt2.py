@@ -112,7 +112,8 @@ class _Reader:
         self.names: list[str] = []
         if self.dir is not None:
             listed = self.dir.all_records()
-            if listed is None:  # (the older layout's records, at the top: its fallback)
+            if listed is None and self.dir.record("data.pkl") is not None:
+                # a torch.save archive too, whose records torch's reader refuses
                 ckpt.findings.append(torch_zip.outside_root(self.dir.prefix, label))
             self.names = listed if listed is not None else [
                 n for n in (self.dir.under_root(e) for e in self.dir.entries) if n is not None]
