@@ -27,6 +27,11 @@ PREFIXES = {
     "append_bytearray": b"\x96" + struct.pack("<Q", 0) + b"K\x01a0",
     "setitem_list": b"]K\x00aK\x00K\x05s0",
     "setitems_list": b"]K\x00a(K\x00K\x05u0",
+    # an APPENDS, SETITEMS or ADDITEMS with nothing after its MARK: C does nothing, whatever
+    # is under it (found by differential fuzzing: "not a checkpoint" before the payload)
+    "empty_appends_on_none": b"N(e0",
+    "empty_setitems_on_none": b"N(u0",
+    "empty_additems_on_int": b"\x80\x04K\x01(\x900",
     # C parses INT, LONG, FLOAT, GET and PUT's text as a C string: up to a NUL
     "int_nul": b"I5\x00x\n0",
     "long_nul": b"L5\x00junk\n0",

@@ -508,7 +508,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 elif _indexable(target):  # list[i] = v, bytearray[i] = v: a no-op here
                     anomalies.append(Anomaly("container-op", "SETITEMS on a "
                                              f"{type(target).__name__}", op_pos))
-                else:
+                elif items:  # (none: both unpicklers do nothing, whatever is there)
                     raise fail(f"SETITEMS on {type(target).__name__}", op_pos)
             elif op == 0x73:  # SETITEM
                 value = stack.pop()
@@ -538,7 +538,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     target.list_items.extend(items)
                 elif _extendable(target):  # bytearray.extend: a no-op here
                     anomalies.append(Anomaly("container-op", "APPENDS on a bytearray", op_pos))
-                else:
+                elif items or python:  # (none: C's unpickler does nothing, whatever is there)
                     raise fail(f"APPENDS on {type(target).__name__}", op_pos)
             elif op == 0x61:  # APPEND
                 value = stack.pop()
@@ -721,7 +721,7 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     if target.list_items is None:
                         target.list_items = []
                     target.list_items.extend(items)
-                else:
+                elif items or python:  # (none: C's unpickler does nothing, whatever is there)
                     raise fail(f"ADDITEMS on {type(target).__name__}", op_pos)
             elif op == 0x91:  # FROZENSET
                 items = stack
