@@ -333,9 +333,12 @@ def test_templates_that_climb_without_a_dunder_run_and_are_dangerous(tmp_path, t
     assert not marker.exists()
 
 
-def test_a_template_nested_too_deep_to_walk_is_not_vouched_for(tmp_path):
-    """Found by review: 1,000 terms parse, but walking them raised a RecursionError."""
-    path = _with_template(tmp_path / "deep.gguf", "{{ " + "+".join(["1"] * 1000) + " }}")
+@pytest.mark.parametrize("template", ["{{ " + "+".join(["1"] * 1000) + " }}",
+                                      "{{ 1" + "1" * 5000 + " }}"])
+def test_a_template_jinja_cannot_read_is_not_vouched_for(tmp_path, template):
+    """Found by review: 1,000 terms parse, but walking them raised a RecursionError; an
+    integer of 5,000 digits made Jinja's lexer raise ValueError (the file was unreadable)."""
+    path = _with_template(tmp_path / "deep.gguf", template)
     report = scan(open_checkpoint(str(path)))
     assert report.verdict == "needs-trust"
     assert any(f.code == "unread-template" for f in report.findings)
@@ -363,6 +366,9 @@ def test_templates_that_hand_strings_around_as_real_ones_do_are_safe(tmp_path):
         " if tools }}{%- endfor -%}"
         "{%- set weekday = {'Monday': 'Mon'}[strftime_now('%A')] if strftime_now is defined"
         " -%}"
+        "{%- set xs = [] -%}{%- for m in messages -%}{%- set xs = xs + [render(m)] -%}"
+        "{%- endfor -%}{%- for i in range(xs|length) -%}{{ xs[i] }}{%- endfor -%}"
+        "{%- generation -%}{{ messages[-1]['content'] if messages }}{%- endgeneration -%}"
         "{{ '<|assistant|>' if add_generation_prompt }}")
     path = _with_template(tmp_path / "ok.gguf", template)
     report = scan(open_checkpoint(str(path)))
@@ -441,6 +447,22 @@ def test_headers_of_huge_counts_that_fit_the_file_are_refused_at_once(tmp_path, 
     "{{ cycler[p[0]] }}{% endif %}{% endfor %}",
     "{{ (messages|map('string'))['gi{:c}frame'.format(95)] }}",
     "{% set u = 'a_b'[1] %}{{ cycler[[u, u, 'init', u, u]|join] }}",
+    # and by a third: text filters of literals, an object's text, filters that hand back
+    # an argument, aliases and containers a built name is put in, long chains, attr by name
+    "{{ lipsum['x__globals__'|replace('x', '')] }}",
+    "{% set u = ('a_b'|list)[1] %}{{ lipsum[[u, u, 'globals', u, u]|join] }}",
+    "{% set u = ([1]|reverse|string)[5] %}{{ lipsum[[u, u, 'globals', u, u]|join] }}",
+    "{{ lipsum[x|default('_' ~ '_globals__')] }}",
+    "{{ lipsum['x'|int('_' ~ '_globals__')] }}",
+    "{% set ns = namespace() %}{% set n2 = ns %}{% set n2.g = '_' ~ '_globals__' %}"
+    "{{ lipsum[ns.g] }}",
+    "{% set d = {} %}{% if d.update({'g': '_' ~ '_globals__'}) %}{% endif %}{{ lipsum[d.g] }}",
+    "{% set l = [] %}{% if l.append('_' ~ '_globals__') %}{% endif %}{{ lipsum[l[0]] }}",
+    "{% macro m(a) %}{{ lipsum[a] }}{% endmacro %}{% set f = m %}{{ f('_' ~ '_globals__') }}",
+    "{% set ns = namespace() %}{% for i in range(12) %}"
+    + "".join(f"{{% set ns.a{k} = ns.a{k - 1} %}}" for k in range(10, 0, -1))
+    + "{% set ns.a0 = '_' ~ '_globals__' %}{% endfor %}{{ lipsum[ns.a10] }}",
+    "{% set f = 'attr' %}{{ ([lipsum]|map(f, g)|first) }}",
 ])
 def test_chat_templates_spelling_their_way_to_dunders_are_dangerous(tmp_path, spelling):
     """Found by review: a denylist of spellings missed each of these (a '}}' inside a

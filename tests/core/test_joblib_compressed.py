@@ -347,3 +347,8 @@ def test_an_lzma_header_of_any_properties_is_unpacked(tmp_path, marker):
     assert not marker.exists()
     plain = lzma.compress(b"x" * 100, format=lzma.FORMAT_ALONE)
     assert _unpack.kind_of(plain) == "lzma"
+    for size in (0, 0xFFFFFFFF):  # dictionary sizes liblzma also accepts (found by review)
+        odd = plain[:1] + struct.pack("<I", size) + plain[5:]
+        assert lzma.LZMADecompressor().decompress(odd) == b"x" * 100
+        assert _unpack.kind_of(odd) == "lzma"
+    assert _unpack.kind_of(bytes(64)) is None  # zeros: no LZMA file

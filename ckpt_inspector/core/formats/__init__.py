@@ -191,7 +191,9 @@ def _pickle_view(ckpt: Checkpoint, src: Source) -> None:
         return
     # the whole of a local file (a STRING may run past any head); of a remote one, what was
     # fetched already (a request more for every such file is not worth it: said in README)
-    fetched = src.fetched_start() if getattr(src, "transfer", None) is not None else None
+    fetched = None
+    if getattr(src, "transfer", None) is not None:  # (its first block may be evicted)
+        fetched = max(src.fetched_start(), bytes(src.head()), key=len)
     if fetched is not None:
         src = BytesSource(src.name, fetched)
     try:

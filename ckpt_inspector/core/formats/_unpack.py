@@ -65,7 +65,8 @@ def kind_of(head: bytes) -> str | None:
 def _alone_header(head: bytes) -> bool:
     """An LZMA "alone" header as liblzma's automatic decoder (``lzma.open``, pandas'
     ``read_pickle`` of an ``.xz``) accepts it, whatever its properties: lc + lp <= 4, a
-    dictionary size of 2^n or 2^n + 2^(n-1), a size unknown or under 2^38. (``I0\0\0\0``
+    dictionary size of 2^n or 2^n + 2^(n-1) (or 0, or 2^32 - 1), a size unknown or under
+    2^38. (``I0\0\0\0``
     is one, and the start of an INT that ``pickle.load`` reads as 0.)"""
     if len(head) < 13 or head[0] >= 225:
         return False
@@ -74,8 +75,11 @@ def _alone_header(head: bytes) -> bool:
         return False
     d = struct.unpack_from("<I", head, 1)[0]
     size = struct.unpack_from("<Q", head, 5)[0]
-    return d > 0 and (d & (d - 1) == 0 or ((d // 3) & (d // 3 - 1) == 0 and d % 3 == 0)) \
-        and (size == (1 << 64) - 1 or size < 1 << 38)
+    if not (size == (1 << 64) - 1 or size < 1 << 38):
+        return False
+    if d == 0:  # accepted too; a run of zero bytes (size 0) is no LZMA file, though
+        return size != 0
+    return d == 0xFFFFFFFF or d & (d - 1) == 0 or (d % 3 == 0 and (d // 3) & (d // 3 - 1) == 0)
 
 
 def _zfile_length(head: bytes) -> int | None:

@@ -67,13 +67,11 @@ def is_native(head: bytes) -> bool:
 def is_pt2(names: list[str]) -> bool:
     """Whether torch.export.load reads an archive of these records as a program: its
     ``archive_format`` record, or the older layout its fallback reads with Python's
-    zipfile (a ``version`` and ``serialized_*`` records at the top, named as zipfile names
-    them: cut at a NUL), whatever else the archive holds (a data.pkl too)."""
+    zipfile (its ``serialized_exported_program.json``, named as zipfile names it: cut at a
+    NUL), whatever else the archive holds (a data.pkl too)."""
     if any(n.endswith("/archive_format") and n.count("/") == 1 for n in names):
         return True
-    top = {cut for cut in (n.split("\0", 1)[0] for n in names) if "/" not in cut}
-    return "serialized_exported_program.json" in top or (
-        "version" in top and any(n.startswith("serialized_") for n in top))
+    return "serialized_exported_program.json" in {n.split("\0", 1)[0] for n in names}
 
 
 def read(src: Source) -> Checkpoint:

@@ -86,7 +86,7 @@ def check(ckpt: Checkpoint, folder: str, read_json: Callable[[str, str], Any]) -
             f"{source}{present}: that runs its code", file=where))
     generate = paths.join(folder, CUSTOM_GENERATE)
     if (listed is None or CUSTOM_GENERATE.partition("/")[0] in listed) and \
-            paths.isfile(generate):
+            _is_file(generate):
         ckpt.findings.append(Finding(
             NEEDS_TRUST, "remote-code", f"{CUSTOM_GENERATE} is imported by from_pretrained("
             "trust_remote_code=True) (transformers' custom generate): that runs its code",
@@ -96,6 +96,15 @@ def check(ckpt: Checkpoint, folder: str, read_json: Callable[[str, str], Any]) -
 
 ADVICE = {"zero_to_fp32.py": "DeepSpeed's installed copy (python -m "
                              "deepspeed.utils.zero_to_fp32) does the same without it"}
+
+
+def _is_file(path: str) -> bool:
+    """Whether ``path`` is a file; one whose listing fails is taken to be there (at a URL:
+    the folder's listing failed after its retries)."""
+    try:
+        return paths.isfile(path)
+    except (CheckpointError, OSError):
+        return True
 
 
 def _listed(folder: str) -> set[str] | None:
