@@ -461,3 +461,20 @@ def test_zipfiles_listing_is_compared_up_to_a_bound(torch, tmp_path, monkeypatch
     assert not calls
     assert report.verdict == "needs-trust"
     assert any(f.code == "zip-unverified" for f in report.findings)
+
+
+def test_past_the_bound_another_directory_is_still_dangerous(torch, tmp_path, marker,
+                                                             monkeypatch):
+    """Found by review: past the bound a directory zipfile finds elsewhere (offsets shifted
+    by 'prepended data') was only needs-trust; the layout says so without a listing."""
+    from ckpt_inspector.core.formats import _zip_audit
+
+    monkeypatch.setattr(_zip_audit, "MAX_COMPARED", 2)
+    calls = []
+    monkeypatch.setattr(_zip_audit, "zipfile_view", lambda raw: calls.append(1))
+    path = tmp_path / "shifted.pt"
+    path.write_bytes(build_sample(torch, H.shifted_offsets, marker))
+    _, report, _ = scan_file(path)
+    assert not calls
+    assert report.verdict == "dangerous"
+    assert any(f.code == "zip-mismatch" for f in report.findings)

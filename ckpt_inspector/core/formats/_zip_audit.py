@@ -202,6 +202,18 @@ def audit(ckpt: Checkpoint, raw: Any, directory: Directory, label: str) -> list[
     if zipfile_agrees(directory):
         return []
     if len(entries) > MAX_COMPARED:  # zipfile's listing would be kept beside this one
+        layout = zipfile_layout(directory.raw)
+        ours = (directory.end_offset, directory.cdir_offset, directory.cdir_size, 0,
+                directory.zip64_end_offset)
+        if layout is None or layout != ours:  # another directory, or none: no listing needed
+            ckpt.findings.append(Finding(
+                DANGEROUS, "zip-mismatch",
+                "torch's zip reader and Python's zipfile see different archives"
+                f"{_directory_trick(directory, len(raw))}: zipfile reads "
+                + ("no directory" if layout is None else "its directory elsewhere")
+                + " (its records were not listed here: more than "
+                f"{MAX_COMPARED:,})", label.rstrip("/") or None))
+            return []
         ckpt.findings.append(Finding(
             NEEDS_TRUST, "zip-unverified",
             f"the archive's {len(entries):,} records include some Python's zipfile may read "
