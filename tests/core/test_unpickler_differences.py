@@ -203,3 +203,26 @@ def test_a_frame_inside_a_frame_is_dangerous(tmp_path, marker):
     assert ran.exists()  # the oracle: pickle.load runs it
     assert not marker.exists()
 
+
+
+def test_a_line_running_past_its_frame_is_dangerous(tmp_path, marker):
+    """Found by differential fuzzing: a FRAME of two bytes, 'c' and the start of a line.
+    Read from a BytesIO (as torch.load reads data.pkl), C's unpickler drops the frame's
+    rest and reads the module's line after the frame: os.system runs. This reader failed
+    on the byte (invalid UTF-8) and called the file unrecognised."""
+    def stream(m):
+        return (b"\x95" + struct.pack("<Q", 2) + b"c\xff" + b"os\nsystem\n(S'touch "
+                + str(m).encode() + b"'\ntR.")
+
+    path = tmp_path / "frame.pkl"
+    path.write_bytes(stream(marker))
+    _, report, _ = scan_file(path)
+    assert report.verdict == "dangerous"
+    assert any(f.code == "frame-mismatch" and "past the end of its frame" in f.message
+               for f in report.findings)
+    ran = tmp_path / "ran"
+    subprocess.run([sys.executable, "-c", "import io, pickle, sys; pickle.load(io.BytesIO("
+                    "bytes.fromhex(sys.argv[1])))", stream(ran).hex()], capture_output=True,
+                   timeout=60)
+    assert ran.exists()
+    assert not marker.exists()

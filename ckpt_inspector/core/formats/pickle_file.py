@@ -45,8 +45,10 @@ def sniff(head: bytes) -> bool:
     ended, err = _interpret(head)
     if err is None:
         return ended
-    # a bound of this reader (a LONG4 over 1 MiB, deep tuples): pickle.load reads on
-    return err.limit or _cut_short(err, head) or acted(err.result)
+    # a bound of this reader (a LONG4 over 1 MiB, deep tuples): pickle.load reads on; a
+    # frame that loaders read otherwise (one of them may read on from there)
+    return err.limit or _cut_short(err, head) or acted(err.result) or (
+        err.result is not None and any(a.code == "frame-mismatch" for a in err.result.anomalies))
 
 
 def runs_past(head: bytes) -> bool:

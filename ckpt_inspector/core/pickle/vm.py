@@ -308,10 +308,17 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
         except UnicodeDecodeError:
             raise fail("invalid UTF-8 in a string", at) from None
 
-    def line_at(p: int, at: int) -> bytes:
+    def line_at(p: int, at: int, frame: int) -> bytes:
         end = data.find(b"\n", p)
         if end < 0:
             raise fail("truncated pickle: missing end of line", at)
+        if end >= frame and (not anomalies or anomalies[-1].offset != at):
+            # (frame: where the current frame ends, else the data's end)
+            anomalies.append(Anomaly(
+                "frame-mismatch", "a line runs past the end of its frame: pickle.load from a "
+                "file it cannot peek into (torch.load's BytesIO) drops the frame's rest and "
+                "reads the line from after it, pickle.loads reads on: they read other "
+                "streams", at))
         return data[p:end]
 
     def bytes_value(p: int, n: int, kind: str, at: int) -> Any:
@@ -554,9 +561,9 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 else:
                     raise fail(f"APPEND on {type(target).__name__}", op_pos)
             elif op == 0x63:  # GLOBAL
-                module = line_at(pos, op_pos)
+                module = line_at(pos, op_pos, limit)
                 pos += len(module) + 1
-                name = line_at(pos, op_pos)
+                name = line_at(pos, op_pos, limit)
                 pos += len(name) + 1
                 stack.append(add_global(text(module, op_pos), text(name, op_pos), op, op_pos))
             elif op == 0x93:  # STACK_GLOBAL
@@ -748,22 +755,22 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
             elif op == 0x32:  # DUP
                 stack.append(stack[-1])
             elif op == 0x67:  # GET
-                line = line_at(pos, op_pos)
+                line = line_at(pos, op_pos, limit)
                 pos += len(line) + 1
                 stack.append(memo[_text_int(line if python else _c_str(line), op_pos)])
             elif op == 0x70:  # PUT
-                line = line_at(pos, op_pos)
+                line = line_at(pos, op_pos, limit)
                 pos += len(line) + 1
                 idx = _text_int(line if python else _c_str(line), op_pos)
                 if idx < 0:
                     raise fail("negative PUT index", op_pos)
                 memo[idx] = stack[-1]
             elif op == 0x49:  # INT
-                line = line_at(pos, op_pos)
+                line = line_at(pos, op_pos, limit)
                 pos += len(line) + 1
                 stack.append(_int_opcode(line, op_pos, python))
             elif op == 0x4C:  # LONG: int(text, 0) in both unpicklers
-                line = line_at(pos, op_pos)
+                line = line_at(pos, op_pos, limit)
                 pos += len(line) + 1
                 if not python:
                     line = _c_str(line)  # C parses the line as a C string: up to a NUL
@@ -771,14 +778,14 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                     line = line[:-1]
                 stack.append(_text_int(line, op_pos, 0))
             elif op == 0x46:  # FLOAT
-                line = line_at(pos, op_pos)
+                line = line_at(pos, op_pos, limit)
                 pos += len(line) + 1
                 try:
                     stack.append(float(line if python else _c_str(line)))
                 except ValueError:
                     raise fail("malformed FLOAT", op_pos) from None
             elif op == 0x53:  # STRING
-                line = line_at(pos, op_pos)
+                line = line_at(pos, op_pos, limit)
                 pos += len(line) + 1
                 if len(line) >= 2 and line[0] == line[-1] and line[:1] in (b"'", b'"'):
                     try:
@@ -789,20 +796,20 @@ def _loop(data: Any, pos: int, size: int, persistent_load: PersistentLoad | None
                 else:
                     raise fail("STRING argument is not quoted", op_pos)
             elif op == 0x56:  # UNICODE
-                line = line_at(pos, op_pos)
+                line = line_at(pos, op_pos, limit)
                 pos += len(line) + 1
                 try:
                     stack.append(line.decode("raw-unicode-escape"))
                 except UnicodeDecodeError:
                     raise fail("malformed UNICODE", op_pos) from None
             elif op == 0x50:  # PERSID
-                line = line_at(pos, op_pos)
+                line = line_at(pos, op_pos, limit)
                 pos += len(line) + 1
                 stack.append(persistent(text(line, op_pos, "ascii"), op_pos))
             elif op == 0x69:  # INST
-                module = line_at(pos, op_pos)
+                module = line_at(pos, op_pos, limit)
                 pos += len(module) + 1
-                name = line_at(pos, op_pos)
+                name = line_at(pos, op_pos, limit)
                 pos += len(name) + 1
                 cls = add_global(text(module, op_pos), text(name, op_pos), op, op_pos)
                 items = stack
