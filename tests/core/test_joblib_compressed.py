@@ -352,3 +352,18 @@ def test_an_lzma_header_of_any_properties_is_unpacked(tmp_path, marker):
         assert lzma.LZMADecompressor().decompress(odd) == b"x" * 100
         assert _unpack.kind_of(odd) == "lzma"
     assert _unpack.kind_of(bytes(64)) is None  # zeros: no LZMA file
+
+
+@pytest.mark.parametrize("method", ["zlib", "gzip", "bz2", "xz", "lzma"])
+def test_a_compressed_joblib_file_with_a_large_array_reads_as_the_plain_one(tmp_path, method):
+    """Found by review: an array past the first 64 KiB made a compressed joblib file
+    'dangerous' (only the prefix was handed on, where the array's bytes run out)."""
+    import joblib
+
+    value = {"w": np.arange(100_000.0), "names": np.array(["a", None], dtype=object)}
+    plain, packed = tmp_path / "plain.joblib", tmp_path / f"packed.{method}.joblib"
+    joblib.dump(value, plain)
+    joblib.dump(value, packed, compress=(method, 3))
+    expected = scan_file(plain)[1].verdict
+    assert expected != "dangerous"
+    assert scan_file(packed)[1].verdict == expected

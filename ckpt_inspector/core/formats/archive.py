@@ -484,7 +484,9 @@ def _pickle_bytes(ckpt: Checkpoint, m: _Member, label: str, budget: list[int],
                 return None
             cut = not whole_read and len(data) < m.size and (
                 "truncated" in err.reason or "missing end" in err.reason
-                or (err.offset or 0) >= len(data) - 9)
+                or (err.offset or 0) >= len(data) - 9
+                # joblib's arrays: pickle.load breaks at their bytes, joblib.load reads on
+                or (err.result is not None and _joblib.applies(err.result)))
             if cut:
                 whole = _whole(ckpt, m, label, budget, copy=True)
                 if whole is None:
