@@ -55,9 +55,14 @@ def test_pickle_load_runs_each(tmp_path, name):
     ran = tmp_path / "ran"
     path = tmp_path / f"{name}.pkl"
     path.write_bytes(PREFIXES[name] + _cmd(ran))
-    subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], "
-                    "'rb'))", str(path)], capture_output=True, timeout=60)
+    pickle_load(str(path))
     assert ran.exists(), name
+
+
+def pickle_load(path: str) -> None:
+    """The oracle: ``pickle.load`` of the file, in a child process."""
+    subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], "
+                    "'rb'))", path], capture_output=True, timeout=60)
 
 
 def _safetensors_pickle(marker) -> bytes:
@@ -80,8 +85,7 @@ def test_a_safetensors_file_that_is_a_pickle_is_a_polyglot(tmp_path, marker):
     ran = tmp_path / "ran"
     oracle = tmp_path / "oracle.pkl"
     oracle.write_bytes(_safetensors_pickle(ran))
-    subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], "
-                    "'rb'))", str(oracle)], capture_output=True, timeout=60)
+    pickle_load(str(oracle))
     assert ran.exists()  # the oracle: pickle.load runs it
 
 
@@ -127,8 +131,7 @@ def test_at_a_url_a_pickle_going_on_past_the_fetched_bytes_is_not_safe(tmp_path,
     ran = tmp_path / "ran"
     oracle = tmp_path / "oracle.safetensors"
     oracle.write_bytes(_safetensors_pickle_past_the_head(ran))
-    subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], "
-                    "'rb'))", str(oracle)], capture_output=True, timeout=60)
+    pickle_load(str(oracle))
     assert ran.exists()  # the oracle: pickle.load runs it
 
 
@@ -198,8 +201,7 @@ def test_a_frame_inside_a_frame_is_dangerous(tmp_path, marker):
     ran = tmp_path / "ran"
     oracle = tmp_path / "oracle.pkl"
     oracle.write_bytes(_nested_frame(ran))
-    subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.load(open(sys.argv[1], "
-                    "'rb'))", str(oracle)], capture_output=True, timeout=60)
+    pickle_load(str(oracle))
     assert ran.exists()  # the oracle: pickle.load runs it
     assert not marker.exists()
 
