@@ -329,22 +329,26 @@ def _lzma_alone_pickle(marker) -> bytes:
     raise AssertionError("no such file")
 
 
-def test_an_lzma_header_of_any_properties_is_unpacked(tmp_path, marker):
+def test_an_lzma_header_of_any_properties_is_unpacked(tmp_path, monkeypatch):
+    """(The marker is named relative to the folder each side runs in: the same bytes
+    whatever the test's folder, as the header's trick needs a stream without a newline.)"""
     from ckpt_inspector.core.formats import _unpack
 
-    path = tmp_path / "model.pkl.xz"
-    path.write_bytes(_lzma_alone_pickle(marker))
-    assert pickle.loads(path.read_bytes()) == 0  # a harmless pickle, read as one
-    _, report, _ = scan_file(path)
+    data = _lzma_alone_pickle("marker")
+    scanned, oracle = tmp_path / "scanned", tmp_path / "oracle"
+    scanned.mkdir()
+    oracle.mkdir()
+    (scanned / "model.pkl.xz").write_bytes(data)
+    (oracle / "model.pkl.xz").write_bytes(data)
+    assert pickle.loads(data) == 0  # a harmless pickle, read as one
+    monkeypatch.chdir(scanned)  # where the payload would create its marker
+    _, report, _ = scan_file(scanned / "model.pkl.xz")
     assert report.verdict == "dangerous"
     assert "posix.system" in report.flagged_names() or "os.system" in report.flagged_names()
-    ran = tmp_path / "ran"
-    oracle = tmp_path / "oracle.pkl.xz"
-    oracle.write_bytes(_lzma_alone_pickle(ran))
-    subprocess.run([sys.executable, "-c", "import lzma, pickle, sys; pickle.load(lzma.open("
-                    "sys.argv[1]))", str(oracle)], capture_output=True, timeout=60)
-    assert ran.exists()  # as pandas.read_pickle of an .xz reads it
-    assert not marker.exists()
+    subprocess.run([sys.executable, "-c", "import lzma, pickle; pickle.load(lzma.open("
+                    "'model.pkl.xz'))"], cwd=oracle, capture_output=True, timeout=60)
+    assert (oracle / "marker").exists()  # as pandas.read_pickle of an .xz reads it
+    assert not (scanned / "marker").exists()
     plain = lzma.compress(b"x" * 100, format=lzma.FORMAT_ALONE)
     assert _unpack.kind_of(plain) == "lzma"
     for size in (0, 0xFFFFFFFF):  # dictionary sizes liblzma also accepts (found by review)
